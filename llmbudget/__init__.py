@@ -1,0 +1,41 @@
+"""llmbudget: cut what an app spends on LLM APIs without changing what its users see."""
+
+from __future__ import annotations
+
+from .calls import SpendRecord, Usage
+from .interception import async_http_client, http_client, install, installed, uninstall
+from .ledger import Budget, MemoryBudgetStore, MemoryLedger, Refusal, SQLiteBudgetStore, SQLiteLedger
+from .pipeline import Engine, configure, get_engine, set_engine
+from .pricing import Price, Pricing, UnknownModelError, UnpricedModelWarning
+from .refusals import budget_refusal
+from .scope import Scope, current_scope, scope
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "Engine",
+    "MemoryBudgetStore",
+    "MemoryLedger",
+    "Price",
+    "Pricing",
+    "Refusal",
+    "SQLiteBudgetStore",
+    "SQLiteLedger",
+    "Scope",
+    "SpendRecord",
+    "UnknownModelError",
+    "UnpricedModelWarning",
+    "Usage",
+    "async_http_client",
+    "budget_refusal",
+    "configure",
+    "current_scope",
+    "get_engine",
+    "http_client",
+    "install",
+    "installed",
+    "scope",
+    "set_engine",
+    "uninstall",
+]

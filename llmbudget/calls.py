@@ -1,0 +1,107 @@
+"""The normalized model of one LLM call: what was asked, what it used, what it cost."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["Call", "Usage", "SpendRecord", "ENDPOINTS"]
+
+#: The wire formats llmbudget understands, by name.
+ENDPOINTS = ("chat.completions", "responses", "embeddings", "completions")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one call used, by kind.
+
+    ``cached_input_tokens`` and ``cache_write_tokens`` are subsets of
+    ``input_tokens``; ``reasoning_tokens`` is a subset of ``output_tokens``;
+    the audio counts are subsets of their side too.
+    """
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    service_tier: str | None = None
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def replace(self, **changes: Any) -> Usage:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(slots=True)
+class Call:
+    """An LLM request as a provider adapter understood it."""
+
+    endpoint: str
+    model: str | None
+    body: dict[str, Any]
+    stream: bool
+    base_url: str
+    max_output_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class SpendRecord:
+    """One attempt at one LLM call, as the ledger keeps it.
+
+    ``cost_usd`` is exact (``Decimal``); convert to float only to display.
+    """
+
+    time: float
+    endpoint: str
+    base_url: str
+    model_requested: str | None
+    model_sent: str | None
+    model_answered: str | None
+    usage: Usage
+    cost_usd: Decimal
+    latency_s: float
+    tenant: str | None = None
+    request_id: str | None = None
+    test_id: str | None = None
+    status: int | None = None
+    attempt: int = 0
+    price_source: str = "genai-prices"
+    from_cache: bool = False
+    routed: bool = False
+    capped: bool = False
+    estimated: bool = False
+    error: str | None = None
+    saved_usd: Decimal = field(default_factory=Decimal)
+
+    @property
+    def retried(self) -> bool:
+        return self.attempt > 0
+
+    @property
+    def model(self) -> str:
+        """The model that answered, else the one asked for."""
+        return self.model_answered or self.model_sent or self.model_requested or "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (costs as decimal strings, usage flattened)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
+        data["cost_usd"] = str(self.cost_usd)
+        data["saved_usd"] = str(self.saved_usd)
+        data["usage"] = dataclasses.asdict(self.usage)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpendRecord:
+        values = dict(data)
+        values["usage"] = Usage(**values["usage"])
+        values["cost_usd"] = Decimal(values["cost_usd"])
+        values["saved_usd"] = Decimal(values.get("saved_usd", "0"))
+        return cls(**values)

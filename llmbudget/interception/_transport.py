@@ -1,0 +1,198 @@
+"""Transports that wrap a real httpx/httpx2 transport, built once per library.
+
+httpx2 (openai >= 3) and httpx (openai 2.x) share one API, so the classes are
+made by :func:`build` from the library module; ``httpx2.py`` and ``httpx.py``
+hold one set each. Nothing here decides anything: the pipeline does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
+from typing import Any
+
+from ..pipeline import Attempt, get_engine
+
+log = logging.getLogger("llmbudget.interception")
+
+_REFUSAL_HEADERS = {
+    "content-type": "application/json",
+    "x-should-retry": "false",
+    "x-llmbudget-refused": "budget",
+}
+
+
+class Transports:
+    """The wrapping transport and stream classes for one HTTP library."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+        self.Sync, self.Async = _build(module)
+
+    def wrap(self, transport: Any, *, explicit: bool = False) -> Any:
+        """``transport`` behind llmbudget (already wrapped transports are returned as they are)."""
+        if isinstance(transport, (self.Sync, self.Async)):
+            return transport
+        if isinstance(transport, self.module.AsyncBaseTransport):
+            return self.Async(transport, explicit=explicit)
+        return self.Sync(transport, explicit=explicit)
+
+
+def _begin(request: Any, body: bytes) -> Attempt | None:
+    try:
+        url = request.url
+        return get_engine().begin(url=str(url), path=url.path, headers=request.headers, body=body)
+    except Exception:
+        log.exception("llmbudget: could not read an LLM request; it passes through untouched")
+        return None
+
+
+def _refusal_or_none(attempt: Attempt) -> bytes | None:
+    try:
+        refusal = attempt.reserve()
+    except Exception:
+        log.exception("llmbudget: budget reservation failed; the call goes ahead unbudgeted")
+        attempt.release()
+        return None
+    return refusal.to_json() if refusal is not None else None
+
+
+def _wants(request: Any, explicit: bool) -> bool:
+    try:
+        url = request.url
+        return get_engine().wants(request.method, url.host, url.path, request.headers, explicit=explicit)
+    except Exception:
+        log.exception("llmbudget: could not classify a request; it passes through untouched")
+        return False
+
+
+def _is_json(request: Any) -> bool:
+    content_type = request.headers.get("content-type", "")
+    return not content_type or "json" in content_type
+
+
+def _started(attempt: Attempt, response: Any) -> None:
+    try:
+        attempt.start_response(response.status_code, response.headers)
+    except Exception:
+        log.exception("llmbudget: could not read response headers")
+
+
+def _build(httpx: ModuleType) -> tuple[type, type]:
+    class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, attempt: Attempt) -> None:
+            self._inner = inner
+            self._attempt = attempt
+
+        def __iter__(self) -> Iterator[bytes]:
+            attempt = self._attempt
+            for chunk in self._inner:
+                attempt.feed(chunk)
+                yield chunk
+            attempt.finish(complete=True)
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._attempt.finish(complete=False)
+
+    class AsyncStream(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, attempt: Attempt) -> None:
+            self._inner = inner
+            self._attempt = attempt
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            attempt = self._attempt
+            async for chunk in self._inner:
+                attempt.feed(chunk)
+                yield chunk
+            attempt.finish(complete=True)
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                self._attempt.finish(complete=False)
+
+    def _wrap_response(response: Any, attempt: Attempt, stream: Any) -> Any:
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=stream,
+            extensions=response.extensions,
+        )
+
+    class SyncTransport(httpx.BaseTransport):  # type: ignore[name-defined,misc]
+        """Puts every LLM call through llmbudget, then through ``inner``."""
+
+        def __init__(self, inner: Any = None, *, explicit: bool = True) -> None:
+            self.inner = inner if inner is not None else httpx.HTTPTransport()
+            self.explicit = explicit
+
+        def handle_request(self, request: Any) -> Any:
+            if not _wants(request, self.explicit) or not _is_json(request):
+                return self.inner.handle_request(request)
+            attempt = _begin(request, request.read())
+            if attempt is None:
+                return self.inner.handle_request(request)
+            refusal = _refusal_or_none(attempt)
+            if refusal is not None:
+                return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
+            try:
+                response = self.inner.handle_request(request)
+            except BaseException as exc:
+                attempt.finish(complete=False, error=exc)
+                raise
+            _started(attempt, response)
+            return _wrap_response(response, attempt, SyncStream(response.stream, attempt))
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def __enter__(self) -> Any:
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            self.inner.__exit__(*args)
+
+    class AsyncTransport(httpx.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+        """Puts every LLM call through llmbudget, then through ``inner``."""
+
+        def __init__(self, inner: Any = None, *, explicit: bool = True) -> None:
+            self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+            self.explicit = explicit
+
+        async def handle_async_request(self, request: Any) -> Any:
+            if not _wants(request, self.explicit) or not _is_json(request):
+                return await self.inner.handle_async_request(request)
+            attempt = _begin(request, await request.aread())
+            if attempt is None:
+                return await self.inner.handle_async_request(request)
+            refusal = _refusal_or_none(attempt)
+            if refusal is not None:
+                return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
+            try:
+                response = await self.inner.handle_async_request(request)
+            except BaseException as exc:
+                attempt.finish(complete=False, error=exc)
+                raise
+            _started(attempt, response)
+            return _wrap_response(response, attempt, AsyncStream(response.stream, attempt))
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+        async def __aenter__(self) -> Any:
+            await self.inner.__aenter__()
+            return self
+
+        async def __aexit__(self, *args: Any) -> None:
+            await self.inner.__aexit__(*args)
+
+    SyncTransport.__qualname__ = SyncTransport.__name__ = "LLMBudgetTransport"
+    AsyncTransport.__qualname__ = AsyncTransport.__name__ = "AsyncLLMBudgetTransport"
+    SyncTransport.__module__ = AsyncTransport.__module__ = f"llmbudget.interception.{httpx.__name__}"
+    return SyncTransport, AsyncTransport

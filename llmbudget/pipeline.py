@@ -1,0 +1,388 @@
+"""The pipeline every intercepted call goes through, written once for sync and async transports.
+
+The transports do the I/O; this module decides. For one request:
+``Engine.begin`` parses it (a non-LLM or unreadable request gets ``None``: pass
+it through untouched) and returns an :class:`Attempt`; ``Attempt.reserve``
+holds the worst case against every budget in scope (or returns a
+:class:`~llmbudget.ledger.Refusal`); the transport sends and feeds the response
+bytes to ``Attempt.feed`` as they pass; ``Attempt.finish`` prices the usage the
+provider reported (or an estimate for a cut stream), settles the
+reservations and records the attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from . import tokens
+from .calls import Call, SpendRecord, Usage
+from .ledger.budgets import Budget, BudgetStore, MemoryBudgetStore, Refusal, Reservation
+from .ledger.records import Ledger, MemoryLedger
+from .pricing import Pricing, PriceLike
+from .providers import Adapter, ResponseState, adapter_for_path
+from .scope import Scope, current_scope
+
+__all__ = ["Engine", "Attempt", "configure", "get_engine", "set_engine"]
+
+log = logging.getLogger("llmbudget.pipeline")
+
+#: Responses larger than this are passed through without being read for usage.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_EVENT_SPLIT = re.compile(r"\r?\n\r?\n")
+Observer = Callable[[SpendRecord], None]
+
+
+class Engine:
+    """The configuration calls are judged by: prices, budgets, where records go.
+
+    Keyword-only options:
+
+    - ``prices``: price overrides (see :class:`~llmbudget.pricing.Pricing`), or ``pricing``: a ready Pricing.
+    - ``budgets``: budgets for every call (per request, tenant or globally; see :class:`Budget`).
+    - ``ledger``: where records go (default: in memory); ``budget_store``: where tenant and
+      global counters live (default: in memory; use a SQLite store for several processes).
+    - ``hosts``: hosts whose OpenAI-style paths are intercepted from any client
+      (requests the openai SDK makes are recognised on every host).
+    - ``default_max_output_tokens``: the output assumed when reserving for a request that sets no cap.
+    - ``default_tenant``: the tenant of calls made outside any scope that names one.
+    """
+
+    def __init__(
+        self,
+        *,
+        prices: Mapping[str, PriceLike] | None = None,
+        pricing: Pricing | None = None,
+        budgets: Sequence[Budget] = (),
+        ledger: Ledger | None = None,
+        budget_store: BudgetStore | None = None,
+        hosts: Iterable[str] = ("api.openai.com",),
+        default_max_output_tokens: int = 4096,
+        default_tenant: str = "default",
+    ) -> None:
+        if pricing is not None and prices is not None:
+            raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
+        if default_max_output_tokens <= 0:
+            raise ValueError("default_max_output_tokens must be a positive number of tokens")
+        self.pricing = pricing if pricing is not None else Pricing(prices)
+        self.budgets = tuple(budgets)
+        for budget in self.budgets:
+            if not isinstance(budget, Budget):
+                raise TypeError(f"budgets must be llmbudget.Budget instances, got {budget!r}")
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.budget_store: BudgetStore = budget_store if budget_store is not None else MemoryBudgetStore()
+        self.hosts = frozenset(host.lower() for host in hosts)
+        self.default_max_output_tokens = default_max_output_tokens
+        self.default_tenant = default_tenant
+        self._observers: tuple[Observer, ...] = ()
+        self._observers_lock = threading.Lock()
+
+    # -- observers (the pytest plugin, metrics) ------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(record)`` for every settled attempt, whatever scope it ran in."""
+        with self._observers_lock:
+            self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        with self._observers_lock:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+    # -- the pipeline ---------------------------------------------------------------------------
+
+    def wants(self, method: str, host: str, path: str, headers: Mapping[str, str], *, explicit: bool) -> bool:
+        """Whether a request is an LLM call to intercept (cheap: no body is read)."""
+        if method != "POST" or adapter_for_path(path) is None:
+            return False
+        if explicit or host.lower() in self.hosts:
+            return True
+        user_agent = headers.get("user-agent", "")
+        return user_agent.startswith(("OpenAI/", "AsyncOpenAI/")) or "x-stainless-lang" in headers
+
+    def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes) -> Attempt | None:
+        """An Attempt for an LLM request, or None when the body is not a JSON object (pass it through)."""
+        found = adapter_for_path(path)
+        if found is None:
+            return None
+        adapter, prefix = found
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        base_url = url.split("?", 1)[0].rstrip("/")
+        base_url = base_url[: -len(adapter.path)] if base_url.endswith(adapter.path) else base_url
+        call = adapter.parse(data, base_url)
+        retry = headers.get("x-stainless-retry-count", "0")
+        return Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0)
+
+    def record(self, record: SpendRecord, scope: Scope | None) -> None:
+        """Keep a settled record: ledger, scope totals, observers. Never raises."""
+        for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers):
+            if sink is None:
+                continue
+            try:
+                sink(record)
+            except Exception:
+                log.exception("llmbudget: recording a spend record failed in %r", sink)
+
+
+@dataclass(slots=True)
+class _Hold:
+    store: BudgetStore
+    reservation: Reservation
+
+
+class Attempt:
+    """One try of one LLM call, from reservation to record."""
+
+    def __init__(self, engine: Engine, scope: Scope | None, adapter: Adapter, call: Call, *, attempt: int = 0) -> None:
+        self.engine = engine
+        self.scope = scope
+        self.adapter = adapter
+        self.call = call
+        self.attempt = attempt
+        self.started = time.perf_counter()
+        self.time = time.time()
+        self.status: int | None = None
+        self.state = ResponseState()
+        self.record: SpendRecord | None = None
+        self._holds: list[_Hold] = []
+        self._buffer = bytearray()
+        self._overflow = False
+        self._decoder: Any = None
+        self._sse = False
+        self._lock = threading.Lock()
+
+    # -- before sending ------------------------------------------------------------------------
+
+    def _budgets(self) -> list[tuple[Budget, Scope | None]]:
+        found: list[tuple[Budget, Scope | None]] = [(b, self.scope) for b in self.engine.budgets]
+        node = self.scope
+        while node is not None:
+            found.extend((b, node) for b in node.budgets)
+            node = node.parent
+        return found
+
+    def estimate_input_tokens(self) -> int:
+        adapter, body = self.adapter, self.call.body
+        messages = body.get("messages")
+        count = len(messages) if isinstance(messages, list) else 0
+        return tokens.estimate_input_tokens(adapter.input_text(body), model=self.call.model, messages=count)
+
+    def worst_case_usd(self) -> Decimal:
+        """Estimated input plus the most output the request allows, at the model's prices."""
+        max_output = self.call.max_output_tokens
+        if max_output is None:
+            max_output = self.engine.default_max_output_tokens
+        usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=max_output, estimated=True)
+        return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
+
+    def reserve(self) -> Refusal | None:
+        """Hold the worst case against every budget in scope; a Refusal if one would overflow."""
+        budgets = self._budgets()
+        if not budgets:
+            return None
+        amount = self.worst_case_usd()
+        tenant = (self.scope.tenant if self.scope else None) or self.engine.default_tenant
+        request_id = self.scope.request_id if self.scope else "-"
+        now = time.time()
+        groups: dict[int, tuple[BudgetStore, list[Any]]] = {}
+        for budget, owner in budgets:
+            if budget.per == "request":
+                store: BudgetStore = owner.store if owner is not None else MemoryBudgetStore()
+            else:
+                store = self.engine.budget_store
+            groups.setdefault(id(store), (store, []))[1].append(
+                budget.bucket(tenant=tenant, request_id=request_id, now=now)
+            )
+        for store, buckets in groups.values():
+            result = store.reserve(buckets, amount, tenant=tenant)
+            if isinstance(result, Refusal):
+                self.release()
+                return result
+            self._holds.append(_Hold(store, result))
+        return None
+
+    def release(self) -> None:
+        """Drop every hold without charging (the call was not sent or failed before it was)."""
+        self._settle_holds(Decimal(0))
+
+    def _settle_holds(self, actual: Decimal) -> None:
+        holds, self._holds = self._holds, []
+        for hold in holds:
+            try:
+                hold.store.settle(hold.reservation, actual)
+            except Exception:
+                log.exception("llmbudget: settling a budget reservation failed")
+
+    # -- the response --------------------------------------------------------------------------
+
+    def start_response(self, status: int, headers: Mapping[str, str]) -> None:
+        self.status = status
+        self._sse = "text/event-stream" in headers.get("content-type", "")
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        elif encoding in ("", "identity"):
+            self._decoder = None
+        else:  # br, zstd...: not read, the usage is estimated
+            self._overflow = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Take a chunk of the raw body as it passes to the app. Never raises."""
+        if self._overflow or self.status is None or self.status >= 400:
+            return
+        try:
+            data = self._decoder.decompress(chunk) if self._decoder is not None else chunk
+        except zlib.error:
+            self._overflow = True
+            return
+        if len(self._buffer) + len(data) > MAX_BODY_BYTES:
+            self._overflow = True
+            self._buffer.clear()
+            return
+        self._buffer += data
+
+    def _parse(self) -> None:
+        if self._overflow or not self._buffer:
+            return
+        text = self._buffer.decode("utf-8", "replace")
+        if not self._sse:
+            try:
+                self.adapter.read_json(json.loads(text), self.state)
+            except (ValueError, RecursionError):
+                pass
+            return
+        for block in _EVENT_SPLIT.split(text):
+            payload = "\n".join(
+                line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:")
+            )
+            if not payload:
+                continue
+            if payload == "[DONE]":
+                self.state.done = True
+                continue
+            try:
+                self.adapter.read_event(json.loads(payload), self.state)
+            except (ValueError, RecursionError):
+                continue
+
+    def finish(self, *, complete: bool, error: BaseException | None = None) -> SpendRecord | None:
+        """Price, settle and record this attempt (once; later calls return the same record)."""
+        with self._lock:
+            if self.record is not None or (error is None and self.status is None and not complete):
+                return self.record
+            try:
+                record = self._build_record(complete=complete, error=error)
+            except Exception:
+                log.exception("llmbudget: settling a call failed; it is recorded as an estimate")
+                record = self._fallback_record(error)
+            self.record = record
+        self._settle_holds(record.cost_usd)
+        self.engine.record(record, self.scope)
+        return record
+
+    def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
+        call, state = self.call, self.state
+        failed = error is not None or self.status is None or self.status >= 400
+        estimated = False
+        if failed:
+            usage = Usage()
+            if error is not None and not _never_sent(error):
+                # It may have reached the provider: pay for what was sent.
+                usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
+                estimated = True
+        else:
+            self._parse()
+            usage_seen = state.usage
+            if usage_seen is not None and (complete or state.done):
+                usage = usage_seen
+            else:
+                output = tokens.estimate_output_tokens(state.text, model=call.model)
+                usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+                estimated = True
+            if state.service_tier and usage.service_tier is None:
+                usage = usage.replace(service_tier=state.service_tier)
+        model = state.model or call.model
+        priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if usage.total_tokens else None
+        return self._record(
+            usage=usage,
+            cost=priced.usd if priced else Decimal(0),
+            source=priced.source if priced else "none",
+            estimated=estimated or bool(priced and not priced.known),
+            error=_describe(error, self.status) if failed else None,
+        )
+
+    def _fallback_record(self, error: BaseException | None) -> SpendRecord:
+        return self._record(usage=Usage(estimated=True), cost=Decimal(0), source="none", estimated=True,
+                            error=_describe(error, self.status))
+
+    def _record(self, *, usage: Usage, cost: Decimal, source: str, estimated: bool, error: str | None) -> SpendRecord:
+        scope = self.scope
+        return SpendRecord(
+            time=self.time,
+            endpoint=self.call.endpoint,
+            base_url=self.call.base_url,
+            model_requested=self.call.model,
+            model_sent=self.call.model,
+            model_answered=self.state.model,
+            usage=usage,
+            cost_usd=cost,
+            latency_s=time.perf_counter() - self.started,
+            tenant=(scope.tenant if scope else None) or self.engine.default_tenant,
+            request_id=scope.request_id if scope else None,
+            test_id=scope.test_id if scope else None,
+            status=self.status,
+            attempt=self.attempt,
+            price_source=source,
+            estimated=estimated,
+            error=error,
+        )
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Connection failures never reached the provider: nothing to pay."""
+    name = type(error).__name__
+    return name in ("ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError")
+
+
+def _describe(error: BaseException | None, status: int | None) -> str:
+    if error is not None:
+        return f"{type(error).__name__}: {error}"[:500]
+    return f"HTTP {status}" if status is not None else "no response"
+
+
+_engine = Engine()
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """The engine calls are judged by (set with :func:`configure`)."""
+    return _engine
+
+
+def set_engine(engine: Engine) -> Engine:
+    """Make ``engine`` the current one; returns the previous one."""
+    global _engine
+    with _engine_lock:
+        previous, _engine = _engine, engine
+    return previous
+
+
+def configure(**options: Any) -> Engine:
+    """Build an :class:`Engine` from keyword options and make it current. Returns it."""
+    engine = Engine(**options)
+    set_engine(engine)
+    return engine

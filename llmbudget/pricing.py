@@ -1,0 +1,335 @@
+"""Usage -> USD, exactly, from genai-prices plus the user's overrides.
+
+Costs are ``Decimal`` dollars. A model that neither genai-prices nor an
+override knows is never priced at $0 silently: :meth:`Pricing.require` raises
+at configuration time, and at run time :meth:`Pricing.cost` warns once per
+model and charges the conservative ``unknown_model_price``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Union
+
+from .calls import Usage
+
+__all__ = [
+    "Price",
+    "PriceSnapshot",
+    "Priced",
+    "Pricing",
+    "UnknownModelError",
+    "UnpricedModelWarning",
+    "CONSERVATIVE_PRICE",
+]
+
+log = logging.getLogger("llmbudget.pricing")
+_MILLION = Decimal(1_000_000)
+_THOUSAND = Decimal(1000)
+PriceLike = Union["Price", Mapping[str, Any]]
+
+
+class UnknownModelError(LookupError):
+    """A model has no price: neither genai-prices nor an override knows it."""
+
+
+class UnpricedModelWarning(UserWarning):
+    """A call used a model without a price; it was charged a conservative estimate."""
+
+
+def _decimal(value: Any, what: str) -> Decimal:
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        result = Decimal(value)
+    except Exception:
+        raise ValueError(f"{what} must be a number of USD per 1M tokens, got {value!r}") from None
+    if not result.is_finite() or result < 0:
+        raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens by kind. Cached input and cache writes default to the input price."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+
+    @classmethod
+    def of(cls, value: PriceLike, *, what: str = "price") -> Price:
+        """A Price from a Price or a mapping such as ``{"input": 0.15, "output": 0.6}``."""
+        if isinstance(value, Price):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{what}: expected a mapping with 'input' and 'output', got {value!r}")
+        unknown = set(value) - {"input", "output", "cached_input", "cache_write"}
+        if unknown:
+            raise ValueError(
+                f"{what}: unknown keys {sorted(unknown)}; expected input, output, cached_input, cache_write"
+            )
+        if "input" not in value or "output" not in value:
+            raise ValueError(f"{what}: both 'input' and 'output' (USD per 1M tokens) are required")
+        optional = {
+            key: _decimal(value[key], f"{what}.{key}") for key in ("cached_input", "cache_write") if key in value
+        }
+        return cls(_decimal(value["input"], f"{what}.input"), _decimal(value["output"], f"{what}.output"), **optional)
+
+    def cost(self, usage: Usage) -> Decimal:
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        plain = usage.input_tokens - cached - written
+        total = (
+            plain * self.input
+            + cached * (self.input if self.cached_input is None else self.cached_input)
+            + written * (self.input if self.cache_write is None else self.cache_write)
+            + usage.output_tokens * self.output
+        )
+        return total / _MILLION
+
+
+#: Charged (with a warning) for a model nothing knows: above today's frontier list prices.
+CONSERVATIVE_PRICE = Price(Decimal(15), Decimal(75))
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSnapshot:
+    """Where prices came from and the date they were in force for."""
+
+    source: str
+    as_of: str
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A cost and how it was found: ``genai-prices``, ``override`` or ``unknown``."""
+
+    usd: Decimal
+    source: str
+    model: str
+
+    @property
+    def known(self) -> bool:
+        return self.source != "unknown"
+
+
+# Units the fast path prices itself; any other unit in a model's price uses genai-prices' own calc.
+_FAST_KEYS = frozenset(
+    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "input_audio_mtok", "output_audio_mtok",
+     "requests_kcount"}
+)
+# Units llmbudget never reports, so they cannot change a cost.
+_UNREPORTED_KEYS = frozenset(
+    {"input_image_mtok", "cache_image_read_mtok", "input_video_mtok", "output_image_mtok", "output_video_mtok",
+     "web_searches_kcount", "storage_searches_kcount", "input_mchars", "audio_hours", "input_audio_hours",
+     "input_document_kpages", "input_annotated_document_kpages", "input_text_messages_kcount",
+     "output_citation_mtok"}
+)
+
+
+class _ModelRate:
+    """A genai-prices ModelPrice, with a fast exact path for the plain per-token units."""
+
+    __slots__ = ("model_price", "fast")
+
+    def __init__(self, model_price: Any) -> None:
+        self.model_price = model_price
+        keys = {k: v for k, v in model_price.__dict__.items() if v is not None and not k.startswith("_")}
+        simple = all(isinstance(v, Decimal) for v in keys.values())
+        self.fast = keys if simple and set(keys) <= _FAST_KEYS | _UNREPORTED_KEYS else None
+
+    def cost(self, usage: Usage) -> Decimal:
+        fast = self.fast
+        if fast is None:
+            return _genai_cost(self.model_price, usage)
+        zero = Decimal(0)
+        input_rate = fast.get("input_mtok", zero)
+        output_rate = fast.get("output_mtok", zero)
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        audio_in = min(usage.input_audio_tokens, usage.input_tokens - cached - written)
+        audio_out = min(usage.output_audio_tokens, usage.output_tokens)
+        total = (
+            (usage.input_tokens - cached - written - audio_in) * input_rate
+            + cached * fast.get("cache_read_mtok", input_rate)
+            + written * fast.get("cache_write_mtok", input_rate)
+            + audio_in * fast.get("input_audio_mtok", input_rate)
+            + (usage.output_tokens - audio_out) * output_rate
+            + audio_out * fast.get("output_audio_mtok", output_rate)
+        ) / _MILLION
+        if "requests_kcount" in fast:
+            total += fast["requests_kcount"] / _THOUSAND
+        return total
+
+
+def _genai_usage(usage: Usage) -> Any:
+    from genai_prices import Usage as GenaiUsage
+
+    values = {
+        "input_tokens": usage.input_tokens,
+        "cache_read_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "output_audio_tokens": usage.output_audio_tokens,
+    }
+    return GenaiUsage(**{key: value for key, value in values.items() if value})
+
+
+def _genai_cost(model_price: Any, usage: Usage) -> Decimal:
+    return Decimal(model_price.calc_price(_genai_usage(usage))["total_price"])
+
+
+def _genai_version() -> str:
+    try:
+        return version("genai-prices")
+    except PackageNotFoundError:  # pragma: no cover - a dependency of the package
+        return "unknown"
+
+
+def _is_url(key: str) -> bool:
+    return key.startswith(("http://", "https://"))
+
+
+class Pricing:
+    """Prices calls: user overrides first, then genai-prices, else a loud conservative estimate.
+
+    ``overrides`` maps a key to a :class:`Price` (or a mapping like
+    ``{"input": 0.1, "output": 0.4}``, USD per 1M tokens). A key is a model
+    name or glob (``"gemma-3-*"``), a base URL (``"http://127.0.0.1:8080/v1"``:
+    every model served there), or both separated by a space
+    (``"http://127.0.0.1:8080/v1 gemma-*"``). The most specific key wins.
+    """
+
+    def __init__(
+        self,
+        overrides: Mapping[str, PriceLike] | None = None,
+        *,
+        unknown_model_price: PriceLike = CONSERVATIVE_PRICE,
+    ) -> None:
+        self._by_model: list[tuple[str, Price]] = []
+        self._by_url: list[tuple[str, Price]] = []
+        self._by_both: list[tuple[str, str, Price]] = []
+        for key, value in (overrides or {}).items():
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"price override keys must be model names or base URLs, got {key!r}")
+            price = Price.of(value, what=f"prices[{key!r}]")
+            url, _, model = key.strip().partition(" ")
+            if _is_url(url) and model.strip():
+                self._by_both.append((url.rstrip("/"), model.strip().lower(), price))
+            elif _is_url(url):
+                self._by_url.append((url.rstrip("/"), price))
+            else:
+                self._by_model.append((key.strip().lower(), price))
+        self.unknown_model_price = Price.of(unknown_model_price, what="unknown_model_price")
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def snapshot(self) -> PriceSnapshot:
+        """The price source and today's date (genai-prices applies prices by date)."""
+        return PriceSnapshot(f"genai-prices {_genai_version()}", date.today().isoformat())
+
+    def _override(self, model: str, base_url: str) -> Price | None:
+        base_url = base_url.rstrip("/")
+        lowered = model.lower()
+        for url, pattern, price in self._by_both:
+            if base_url == url and fnmatch.fnmatchcase(lowered, pattern):
+                return price
+        for pattern, price in self._by_model:
+            if fnmatch.fnmatchcase(lowered, pattern):
+                return price
+        for url, price in self._by_url:
+            if base_url == url:
+                return price
+        return None
+
+    def rate(self, model: str, base_url: str = "", *, service_tier: str | None = None) -> Price | _ModelRate | None:
+        """The price that applies to ``model`` at ``base_url`` today, or None when unknown."""
+        override = self._override(model, base_url)
+        if override is not None:
+            return override
+        return _genai_rate(model, _provider_url(base_url), service_tier, date.today())
+
+    def require(self, model: str, base_url: str = "") -> None:
+        """Raise :class:`UnknownModelError` unless ``model`` has a price (use at configuration time)."""
+        if self.rate(model, base_url) is None:
+            raise UnknownModelError(
+                f"no price for model {model!r}"
+                + (f" at {base_url}" if base_url else "")
+                + ": genai-prices does not list it and no override matches. Add one, e.g. "
+                f"prices = {{{model!r} = {{input = 0.15, output = 0.60}}}} (USD per 1M tokens) "
+                "in [tool.llmbudget] or Pricing(overrides=...)."
+            )
+
+    def cost(self, usage: Usage, *, model: str | None, base_url: str = "") -> Priced:
+        """What ``usage`` cost on ``model``; unknown models warn once and get ``unknown_model_price``."""
+        name = model or "unknown"
+        rate = self.rate(name, base_url, service_tier=usage.service_tier) if model else None
+        if rate is not None:
+            source = "override" if isinstance(rate, Price) else "genai-prices"
+            return Priced(rate.cost(usage), source, name)
+        self._warn_unknown(name, base_url)
+        return Priced(self.unknown_model_price.cost(usage), "unknown", name)
+
+    def _warn_unknown(self, model: str, base_url: str) -> None:
+        with self._lock:
+            if model in self._warned:
+                return
+            self._warned.add(model)
+        message = (
+            f"llmbudget: no price for model {model!r}"
+            + (f" at {base_url}" if base_url else "")
+            + f"; charging a conservative ${self.unknown_model_price.input}/"
+            f"${self.unknown_model_price.output} per 1M input/output tokens. Add a price override "
+            "(prices in [tool.llmbudget]) to price it exactly."
+        )
+        log.warning(message)
+        warnings.warn(message, UnpricedModelWarning, stacklevel=2)
+
+
+def _provider_url(base_url: str) -> str | None:
+    """Only real provider hosts select a genai-prices provider; other URLs match by model name."""
+    if "://" not in base_url:
+        return None
+    host = base_url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0].lower()
+    if host in ("localhost", "127.0.0.1", "::1", "[::1]") or host.startswith("127."):
+        return None
+    return base_url
+
+
+@functools.lru_cache(maxsize=1024)
+def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, day: date) -> _ModelRate | None:
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+    except ImportError:  # pragma: no cover - a dependency of the package
+        return None
+    snapshot = get_snapshot()
+    found = None
+    for url in (provider_url, None) if provider_url else (None,):
+        try:
+            found = snapshot.find_provider_model(model, None, None, url)
+            break
+        except LookupError:
+            continue
+    if found is None:
+        return None
+    _, info = found
+    when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+    context = {"service_tier": service_tier} if service_tier else None
+    try:
+        return _ModelRate(info.get_prices(when, context))
+    except Exception:  # a price entry genai-prices itself cannot resolve
+        log.debug("genai-prices could not resolve prices for %r", model, exc_info=True)
+        return None

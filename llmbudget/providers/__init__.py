@@ -1,0 +1,33 @@
+"""Provider adapters: one per OpenAI wire format."""
+
+from __future__ import annotations
+
+from ._base import Adapter, ResponseState
+from .chat import ChatAdapter
+from .completions import CompletionsAdapter
+from .embeddings import EmbeddingsAdapter
+from .responses import ResponsesAdapter
+
+__all__ = ["Adapter", "ResponseState", "ADAPTERS", "adapter_for_path", "adapter_for_endpoint"]
+
+#: Longest path first: ``/chat/completions`` must win over ``/completions``.
+ADAPTERS: tuple[Adapter, ...] = (ChatAdapter(), ResponsesAdapter(), EmbeddingsAdapter(), CompletionsAdapter())
+_BY_ENDPOINT = {adapter.endpoint: adapter for adapter in ADAPTERS}
+
+
+def adapter_for_path(path: str) -> tuple[Adapter, str] | None:
+    """The adapter whose endpoint ``path`` ends with, and the path before it."""
+    path = path.rstrip("/")
+    for adapter in ADAPTERS:
+        if path.endswith(adapter.path):
+            return adapter, path[: -len(adapter.path)]
+    return None
+
+
+def adapter_for_endpoint(endpoint: str) -> Adapter:
+    try:
+        return _BY_ENDPOINT[endpoint]
+    except KeyError:
+        raise ValueError(
+            f"unknown endpoint {endpoint!r}: expected one of {', '.join(_BY_ENDPOINT)}"
+        ) from None

@@ -1,0 +1,113 @@
+"""What every wire-format adapter provides, and the SSE/JSON readers they share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..calls import Call, Usage
+
+__all__ = ["Adapter", "ResponseState", "as_int"]
+
+
+def as_int(value: Any) -> int:
+    """A token count from a JSON value: ints pass, anything else counts as 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value.is_integer():
+        return max(int(value), 0)
+    return 0
+
+
+@dataclass(slots=True)
+class ResponseState:
+    """What a response revealed so far (filled by JSON or by stream events)."""
+
+    usage: Usage | None = None
+    model: str | None = None
+    service_tier: str | None = None
+    text_parts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    done: bool = False
+    tool_calls: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class Adapter:
+    """One OpenAI wire format: request body -> Call, response -> usage."""
+
+    endpoint: str = ""
+    path: str = ""
+
+    def parse(self, body: dict[str, Any], base_url: str) -> Call:
+        model = body.get("model")
+        return Call(
+            endpoint=self.endpoint,
+            model=model if isinstance(model, str) else None,
+            body=body,
+            stream=body.get("stream") is True,
+            base_url=base_url,
+            max_output_tokens=self.max_output_tokens(body),
+        )
+
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        return None
+
+    def input_text(self, body: dict[str, Any]) -> list[str]:
+        """The texts that make up the input, for token estimates."""
+        return []
+
+    def usage(self, data: dict[str, Any]) -> Usage | None:
+        """Usage from the response's ``usage`` object (each adapter reads its own shape)."""
+        return None
+
+    def read_json(self, data: Any, state: ResponseState) -> None:
+        """Fill ``state`` from a complete (non-streamed) response body."""
+        if not isinstance(data, dict):
+            return
+        self._read_common(data, state)
+        state.done = True
+
+    def read_event(self, data: Any, state: ResponseState) -> None:
+        """Fill ``state`` from one decoded SSE ``data:`` payload."""
+        if isinstance(data, dict):
+            self._read_common(data, state)
+
+    def _read_common(self, data: dict[str, Any], state: ResponseState) -> None:
+        model = data.get("model")
+        if isinstance(model, str):
+            state.model = model
+        tier = data.get("service_tier")
+        if isinstance(tier, str):
+            state.service_tier = tier
+        raw = data.get("usage")
+        if isinstance(raw, dict):
+            state.usage = self.usage(raw)
+
+
+def _text_of(content: Any, out: list[str]) -> None:
+    """Collect the text of a message content (string or list of parts)."""
+    if isinstance(content, str):
+        out.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON for token estimates of structured fields (tools, schemas)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return ""

@@ -1,0 +1,96 @@
+"""OpenAI chat.completions: ``POST .../chat/completions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..calls import Usage
+from ._base import Adapter, ResponseState, _text_of, as_int, json_text
+
+
+def chat_usage(raw: dict[str, Any]) -> Usage:
+    """Usage from a chat/completions ``usage`` object (OpenAI and compatible servers)."""
+    prompt_details = raw.get("prompt_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
+    completion_details = raw.get("completion_tokens_details")
+    completion_details = completion_details if isinstance(completion_details, dict) else {}
+    return Usage(
+        input_tokens=as_int(raw.get("prompt_tokens")),
+        cached_input_tokens=as_int(prompt_details.get("cached_tokens")),
+        cache_write_tokens=as_int(
+            prompt_details.get("cache_write_tokens") or prompt_details.get("cache_creation_tokens")
+        ),
+        output_tokens=as_int(raw.get("completion_tokens")),
+        reasoning_tokens=as_int(completion_details.get("reasoning_tokens")),
+        input_audio_tokens=as_int(prompt_details.get("audio_tokens")),
+        output_audio_tokens=as_int(completion_details.get("audio_tokens")),
+    )
+
+
+class ChatAdapter(Adapter):
+    endpoint = "chat.completions"
+    path = "/chat/completions"
+
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                n = body.get("n")
+                choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+                return value * choices
+        return None
+
+    def input_text(self, body: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for message in messages:
+                if isinstance(message, dict):
+                    _text_of(message.get("content"), out)
+                    if message.get("tool_calls"):
+                        out.append(json_text(message["tool_calls"]))
+        for key in ("tools", "functions", "response_format"):
+            if body.get(key):
+                out.append(json_text(body[key]))
+        return out
+
+    def message_count(self, body: dict[str, Any]) -> int:
+        messages = body.get("messages")
+        return len(messages) if isinstance(messages, list) else 0
+
+    def usage(self, data: dict[str, Any]) -> Usage | None:
+        return chat_usage(data)
+
+    def read_json(self, data: Any, state: ResponseState) -> None:
+        super().read_json(data, state)
+        if not isinstance(data, dict):
+            return
+        for choice in data.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("message")
+            if isinstance(message, dict):
+                _text_of(message.get("content"), state.text_parts)
+                if message.get("tool_calls") or message.get("function_call"):
+                    state.tool_calls = True
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                state.finish_reasons.append(reason)
+
+    def read_event(self, data: Any, state: ResponseState) -> None:
+        super().read_event(data, state)
+        if not isinstance(data, dict):
+            return
+        for choice in data.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    state.text_parts.append(content)
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    state.tool_calls = True
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                state.finish_reasons.append(reason)

@@ -1,0 +1,50 @@
+"""OpenAI legacy completions: ``POST .../completions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..calls import Usage
+from ._base import Adapter, ResponseState, _text_of
+from .chat import chat_usage
+
+
+class CompletionsAdapter(Adapter):
+    endpoint = "completions"
+    path = "/completions"
+
+    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        value = body.get("max_tokens")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            n = body.get("n")
+            choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+            return value * choices
+        return None
+
+    def input_text(self, body: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        _text_of(body.get("prompt"), out)
+        return out
+
+    def usage(self, data: dict[str, Any]) -> Usage | None:
+        return chat_usage(data)
+
+    def _read_choices(self, data: Any, state: ResponseState) -> None:
+        if not isinstance(data, dict):
+            return
+        for choice in data.get("choices") or ():
+            if isinstance(choice, dict):
+                text = choice.get("text")
+                if isinstance(text, str):
+                    state.text_parts.append(text)
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    state.finish_reasons.append(reason)
+
+    def read_json(self, data: Any, state: ResponseState) -> None:
+        super().read_json(data, state)
+        self._read_choices(data, state)
+
+    def read_event(self, data: Any, state: ResponseState) -> None:
+        super().read_event(data, state)
+        self._read_choices(data, state)

@@ -1,0 +1,108 @@
+"""The scope of a request or a test: who is spending, under which budgets, and the running totals.
+
+Set per inbound request by the middleware and per test by the pytest plugin;
+set by hand with :func:`scope`. It is a context variable: it follows asyncio
+tasks; threads started inside it get it through ``contextvars.copy_context()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .calls import SpendRecord
+from .ledger.budgets import Budget, MemoryBudgetStore
+
+__all__ = ["Scope", "Totals", "scope", "current_scope"]
+
+
+@dataclass
+class Totals:
+    """Running totals of a scope (thread-safe)."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = field(default_factory=Decimal)
+    saved_usd: Decimal = field(default_factory=Decimal)
+    records: list[SpendRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, record: SpendRecord) -> None:
+        usage = record.usage
+        with self._lock:
+            self.calls += 1
+            self.input_tokens += usage.input_tokens
+            self.cached_input_tokens += usage.cached_input_tokens
+            self.output_tokens += usage.output_tokens
+            self.reasoning_tokens += usage.reasoning_tokens
+            self.cost_usd += record.cost_usd
+            self.saved_usd += record.saved_usd
+            self.records.append(record)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(eq=False)
+class Scope:
+    """Who spends (tenant, request, test), the budgets that apply and what was spent so far."""
+
+    tenant: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    test_id: str | None = None
+    budgets: tuple[Budget, ...] = ()
+    parent: Scope | None = None
+    totals: Totals = field(default_factory=Totals)
+    #: Per-request budgets count in memory, in the scope itself.
+    store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
+
+    def add(self, record: SpendRecord) -> None:
+        node: Scope | None = self
+        while node is not None:
+            node.totals.add(record)
+            node = node.parent
+
+
+_current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("llmbudget_scope", default=None)
+
+
+def current_scope() -> Scope | None:
+    """The scope of the running request or test, if any."""
+    return _current.get()
+
+
+@contextmanager
+def scope(
+    *,
+    tenant: str | None = None,
+    request_id: str | None = None,
+    budgets: Sequence[Budget] = (),
+    test_id: str | None = None,
+) -> Iterator[Scope]:
+    """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
+
+    A nested scope inherits the tenant and the test of the enclosing one, and
+    its spending also counts in the enclosing scope's totals.
+    """
+    parent = _current.get()
+    new = Scope(
+        tenant=tenant if tenant is not None else (parent.tenant if parent else None),
+        request_id=request_id or uuid.uuid4().hex,
+        test_id=test_id if test_id is not None else (parent.test_id if parent else None),
+        budgets=tuple(budgets),
+        parent=parent,
+    )
+    token = _current.set(new)
+    try:
+        yield new
+    finally:
+        _current.reset(token)

@@ -1,0 +1,88 @@
+"""Token estimates before a call (for reservations) and for streams cut short.
+
+Exact counts always come from the provider's usage; these are estimates. They
+use tiktoken when its encoding files can be loaded (``TIKTOKEN_CACHE_DIR`` or a
+download) and fall back to a character-based estimate, with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+__all__ = ["count_text", "estimate_input_tokens", "estimate_output_tokens"]
+
+log = logging.getLogger("llmbudget.tokens")
+
+#: Per-message overhead from the OpenAI cookbook (gpt-3.5-turbo-0613 and later).
+TOKENS_PER_MESSAGE = 3
+#: Every reply is primed with ``<|start|>assistant<|message|>``.
+REPLY_PRIMING_TOKENS = 3
+#: Roughly four characters per token for English text.
+_CHARS_PER_TOKEN = 4
+
+
+class _Encoding(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+_lock = threading.Lock()
+_warned = False
+
+
+@functools.lru_cache(maxsize=8)
+def _encoding(name: str) -> _Encoding | None:
+    global _warned
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding(name)
+    except Exception as exc:  # offline, missing package, corrupt cache: estimate instead
+        with _lock:
+            if not _warned:
+                _warned = True
+                log.warning(
+                    "tiktoken encoding %r is not available (%s); token estimates fall back to "
+                    "%d characters per token. Set TIKTOKEN_CACHE_DIR to a folder holding the "
+                    "encoding files to get exact estimates offline.",
+                    name,
+                    exc,
+                    _CHARS_PER_TOKEN,
+                )
+        return None
+
+
+def encoding_name(model: str | None) -> str:
+    """The tiktoken encoding for a model: cl100k_base for the GPT-3.5/4 family, else o200k_base."""
+    if model:
+        lowered = model.lower()
+        if lowered.startswith(("gpt-3.5", "gpt-35", "gpt-4-", "text-embedding")) or lowered == "gpt-4":
+            return "cl100k_base"
+    return "o200k_base"
+
+
+def count_text(text: str, model: str | None = None) -> int:
+    """Tokens in ``text`` for ``model`` (an estimate when tiktoken can't load)."""
+    if not text:
+        return 0
+    encoding = _encoding(encoding_name(model))
+    if encoding is None:
+        return -(-len(text) // _CHARS_PER_TOKEN)
+    return len(encoding.encode_ordinary(text))
+
+
+def estimate_input_tokens(texts: Iterable[str], *, model: str | None, messages: int = 0) -> int:
+    """Input tokens of a request: its texts plus the cookbook's per-message overhead."""
+    total = sum(count_text(text, model) for text in texts)
+    if messages:
+        total += messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS
+    return total
+
+
+def estimate_output_tokens(text: str, *, model: str | None) -> int:
+    """Output tokens of an answer seen only as text (a stream without usage)."""
+    return count_text(text, model)
+

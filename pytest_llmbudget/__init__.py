@@ -1,0 +1,1 @@
+"""pytest --llm-budget: spend per test, budgets and regressions against a baseline."""

@@ -1,0 +1,308 @@
+"""pytest --llm-budget: what every test spent on LLM calls, budgets per test and per run, baselines.
+
+Budgets here judge, they don't refuse: a test runs to its end and then fails
+with its spend report (refusing calls is the middleware's job).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Generator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmbudget
+from llmbudget.calls import SpendRecord
+from llmbudget.config import ConfigError, engine_from_config, find_config
+
+from . import report
+from .spend import Counters, TestSpend
+
+_FLAG = "--llm-budget"
+_FALLBACK_FLAG = "--llmbudget"
+_KEY = pytest.StashKey["LLMBudgetPlugin"]()
+_flag_in_use = _FLAG
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmbudget", "LLM spend per test (llmbudget)")
+    help_text = (
+        "record what each test spends on LLM calls; with USD, fail the run when its total exceeds it"
+    )
+    global _flag_in_use
+    _flag_in_use = _FLAG
+    try:
+        group.addoption(_FLAG, dest="llm_budget", nargs="?", const="", default=None, metavar="USD", help=help_text)
+    except ValueError:  # another plugin (pytest-llm-cost) owns --llm-budget
+        group.addoption(
+            _FALLBACK_FLAG, dest="llm_budget", nargs="?", const="", default=None, metavar="USD",
+            help=help_text + f" ({_FLAG} is taken by another plugin)",
+        )
+        _flag_in_use = _FALLBACK_FLAG
+    group.addoption("--llm-budget-json", dest="llm_budget_json", metavar="PATH", help="write the spend report as JSON")
+    group.addoption("--llm-budget-save", dest="llm_budget_save", metavar="PATH", help="save this run as a baseline")
+    group.addoption(
+        "--llm-budget-compare", dest="llm_budget_compare", metavar="PATH",
+        help="fail when the total or a test costs more than in this baseline (beyond the tolerance)",
+    )
+    group.addoption(
+        "--llm-budget-tolerance", dest="llm_budget_tolerance", metavar="PCT", default=None,
+        help="allowed cost increase over the baseline, e.g. 10%% (default: ini llm_budget_tolerance or 0%%)",
+    )
+    parser.addini("llm_budget_usd", "default budget per test in USD (marker values win)", default="")
+    parser.addini("llm_budget_tokens", "default budget per test in tokens", default="")
+    parser.addini("llm_budget_calls", "default budget per test in calls", default="")
+    parser.addini("llm_budget_tolerance", "default tolerance for --llm-budget-compare, e.g. 10%", default="0%")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "llm_budget(usd=None, tokens=None, calls=None): fail the test when its LLM calls exceed these limits",
+    )
+    wanted = config.getoption("llm_budget") is not None or any(
+        config.getoption(name) for name in ("llm_budget_json", "llm_budget_save", "llm_budget_compare")
+    )
+    if not wanted:
+        return
+    plugin = LLMBudgetPlugin(config)
+    config.stash[_KEY] = plugin
+    config.pluginmanager.register(plugin, "llmbudget-recorder")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.stash.get(_KEY, None)
+    if plugin is not None:
+        plugin.close()
+
+
+def _usd(value: Any, what: str) -> Decimal:
+    try:
+        amount = Decimal(str(value).strip().lstrip("$"))
+    except InvalidOperation:
+        raise pytest.UsageError(f"{what}: expected an amount in USD such as 0.05, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise pytest.UsageError(f"{what}: expected a non-negative amount in USD, got {value!r}")
+    return amount
+
+
+def _tolerance(value: str) -> Decimal:
+    text = value.strip()
+    try:
+        amount = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
+    except InvalidOperation:
+        raise pytest.UsageError(f"--llm-budget-tolerance: expected a percentage such as 10%, got {value!r}") from None
+    if amount < 0:
+        raise pytest.UsageError(f"--llm-budget-tolerance must not be negative, got {value!r}")
+    return amount
+
+
+class LLMBudgetPlugin:
+    """Records every LLM call the session makes and reports it per test."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.is_worker = hasattr(config, "workerinput")
+        raw = config.getoption("llm_budget")
+        self.run_budget = _usd(raw, "--llm-budget") if raw else None
+        self.tolerance = _tolerance(config.getoption("llm_budget_tolerance") or config.getini("llm_budget_tolerance"))
+        self.defaults = {
+            key: config.getini(f"llm_budget_{key}") for key in ("usd", "tokens", "calls")
+        }
+        self.flag = _flag_in_use
+        self.engine = self._engine()
+        self.tests: dict[str, TestSpend] = {}
+        self.outcomes: dict[str, str] = {}
+        self.outside = TestSpend()
+        self._current: TestSpend | None = None
+        self._current_id: str | None = None
+        self._lock = threading.Lock()
+        self.verdicts: list[str] = []
+        self.new_tests: list[str] = []
+        self.failed = False
+        self._previous_engine = llmbudget.set_engine(self.engine)
+        self._was_installed = llmbudget.installed()
+        llmbudget.install()
+        self.engine.add_observer(self._on_record)
+
+    def _engine(self) -> llmbudget.Engine:
+        found = find_config(Path(str(self.config.rootpath)))
+        if found is None:
+            return llmbudget.Engine()
+        path, table = found
+        try:
+            return engine_from_config(table, source=str(path), root=path.parent)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def close(self) -> None:
+        self.engine.remove_observer(self._on_record)
+        llmbudget.set_engine(self._previous_engine)
+        if not self._was_installed:
+            llmbudget.uninstall()
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def _on_record(self, record: SpendRecord) -> None:
+        with self._lock:
+            spend, test_id = self._current, self._current_id
+        if test_id is not None and record.test_id is None:
+            record.test_id = test_id
+        (spend if spend is not None else self.outside).add(record)
+
+    def current(self) -> TestSpend:
+        with self._lock:
+            return self._current if self._current is not None else self.outside
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        spend = TestSpend()
+        with self._lock:
+            self._current, self._current_id = spend, item.nodeid
+        try:
+            return (yield)
+        finally:
+            with self._lock:
+                self._current, self._current_id = None, None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
+        spend = self.current()
+        if call.when == "teardown":
+            item.user_properties.extend(
+                [("llm_cost_usd", str(spend.cost_usd)), ("llm_calls", spend.calls),
+                 ("llm_input_tokens", spend.input_tokens), ("llm_cached_input_tokens", spend.cached_input_tokens),
+                 ("llm_output_tokens", spend.output_tokens)]
+            )
+        rep: pytest.TestReport = yield
+        if call.when == "call" and rep.passed:
+            problems = self._over_budget(item, spend)
+            if problems:
+                rep.outcome = "failed"
+                rep.longrepr = report.budget_failure(item.nodeid, problems, spend)
+        if call.when == "teardown":
+            rep.llm_budget = spend.to_wire()  # type: ignore[attr-defined]
+        return rep
+
+    def _over_budget(self, item: pytest.Item, spend: TestSpend) -> list[str]:
+        limits: dict[str, Any] = {key: value for key, value in self.defaults.items() if value not in ("", None)}
+        marker = item.get_closest_marker("llm_budget")
+        if marker is not None:
+            if marker.args:
+                raise pytest.UsageError(f"{item.nodeid}: use llm_budget(usd=..., tokens=..., calls=...) keywords")
+            unknown = set(marker.kwargs) - {"usd", "tokens", "calls"}
+            if unknown:
+                raise pytest.UsageError(f"{item.nodeid}: llm_budget got unknown limits {sorted(unknown)}")
+            limits.update({k: v for k, v in marker.kwargs.items() if v is not None})
+        problems = []
+        if "usd" in limits and spend.cost_usd > _usd(limits["usd"], f"{item.nodeid}: llm_budget usd"):
+            problems.append(f"cost ${spend.cost_usd} > budget ${_usd(limits['usd'], 'usd')}")
+        if "tokens" in limits and spend.tokens > int(limits["tokens"]):
+            problems.append(f"tokens {spend.tokens} > budget {int(limits['tokens'])}")
+        if "calls" in limits and spend.calls > int(limits["calls"]):
+            problems.append(f"calls {spend.calls} > budget {int(limits['calls'])}")
+        return problems
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.outcomes[report.nodeid] = "failed" if report.when == "call" else "error"
+        elif report.skipped and report.nodeid not in self.outcomes:
+            self.outcomes[report.nodeid] = "skipped"
+        elif report.when == "call" and report.passed:
+            self.outcomes.setdefault(report.nodeid, "passed")
+        payload = getattr(report, "llm_budget", None)
+        if report.when == "teardown" and isinstance(payload, dict):
+            self.tests[report.nodeid] = TestSpend.from_wire(payload)
+
+    # -- the end of the run --------------------------------------------------------------------
+
+    def summary(self) -> report.Summary:
+        models: dict[str, Counters] = {}
+        total = Counters()
+        unpriced: set[str] = set()
+        for spend in (*self.tests.values(), self.outside):
+            total.merge(spend)
+            unpriced |= spend.unpriced
+            for model, counters in spend.models.items():
+                models.setdefault(model, Counters()).merge(counters)
+        return report.Summary(
+            tests=self.tests, outcomes=self.outcomes, models=models, total=total,
+            outside=self.outside, snapshot=self.engine.pricing.snapshot, unpriced=sorted(unpriced),
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            return
+        summary = self.summary()
+        if self.run_budget is not None and summary.total.cost_usd > self.run_budget:
+            self.verdicts.append(
+                f"LLM spend ${summary.total.cost_usd} exceeds the run budget ${self.run_budget} ({self.flag})"
+            )
+        compare = self.config.getoption("llm_budget_compare")
+        if compare:
+            regressions, self.new_tests = report.compare(summary, _load_baseline(compare), self.tolerance)
+            self.verdicts.extend(regressions)
+        doc = report.json_document(summary)
+        for option in ("llm_budget_json", "llm_budget_save"):
+            path = self.config.getoption(option)
+            if path:
+                report.write_json(Path(path), doc)
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary:
+            try:
+                with open(step_summary, "a", encoding="utf-8") as handle:
+                    handle.write(report.markdown(summary, self.verdicts, self.new_tests))
+            except OSError as exc:
+                warnings.warn(f"llmbudget: could not write GITHUB_STEP_SUMMARY: {exc}", stacklevel=1)
+        if self.verdicts:
+            self.failed = True
+            if session.exitstatus == 0:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker:
+            return
+        summary = self.summary()
+        if self.flag == _FALLBACK_FLAG:
+            terminalreporter.write_line(
+                f"llmbudget: {_FLAG} belongs to another installed plugin; use {_FALLBACK_FLAG} for llmbudget.",
+                yellow=True,
+            )
+        report.terminal(terminalreporter, summary, self.verdicts, self.new_tests)
+
+
+def _load_baseline(path: str) -> dict[str, Any]:
+    try:
+        return report.read_json(Path(path))
+    except FileNotFoundError:
+        raise pytest.UsageError(
+            f"--llm-budget-compare: no baseline at {path}; create one with --llm-budget-save {path}"
+        ) from None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--llm-budget-compare: {path} is not a llmbudget baseline: {exc}") from None
+
+
+@pytest.fixture
+def llm_spend(request: pytest.FixtureRequest) -> Generator[TestSpend, None, None]:
+    """What the current test has spent on LLM calls so far (live)."""
+    plugin = request.config.stash.get(_KEY, None)
+    if plugin is not None:
+        yield plugin.current()
+        return
+    spend = TestSpend()
+    engine = llmbudget.get_engine()
+    was_installed = llmbudget.installed()
+    llmbudget.install()
+    engine.add_observer(spend.add)
+    try:
+        yield spend
+    finally:
+        engine.remove_observer(spend.add)
+        if not was_installed:
+            llmbudget.uninstall()

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiktoken's files offline, a fresh engine per test, a real local LLM server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
+sys.path.insert(0, str(ROOT / "ci"))
+
+# Import both HTTP libraries up front: the openai SDK looks httpx up in sys.modules
+# while streams close, and a first import in the middle of that confuses it.
+import httpx  # noqa: E402,F401
+import httpx2  # noqa: E402,F401
+
+import llmbudget  # noqa: E402
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def engine() -> Iterator[llmbudget.Engine]:
+    """A fresh in-memory engine, current for the test; install state is restored after."""
+    fresh = llmbudget.Engine()
+    previous = llmbudget.set_engine(fresh)
+    was_installed = llmbudget.installed()
+    try:
+        yield fresh
+    finally:
+        llmbudget.set_engine(previous)
+        if not was_installed:
+            llmbudget.uninstall()
+
+
+@pytest.fixture
+def records(engine: llmbudget.Engine) -> list[llmbudget.SpendRecord]:
+    """Every record the test's engine settles, in order."""
+    seen: list[llmbudget.SpendRecord] = []
+    engine.add_observer(seen.append)
+    return seen
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[str]:
+    """Base URL of a real OpenAI-compatible server (llama-cpp-python, Gemma 3 270M, named gpt-4o-mini)."""
+    from llama_server import llama_server
+
+    with llama_server(alias="gpt-4o-mini") as base_url:
+        yield base_url

@@ -1,0 +1,221 @@
+"""The real openai SDK against a real local LLM server, through llmbudget: sync, async, streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from decimal import Decimal
+
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+from llmbudget.pricing import Pricing
+
+HI = [{"role": "user", "content": "Say hi"}]
+# gpt-4o-mini list prices (USD per 1M tokens), as genai-prices has them.
+INPUT, OUTPUT = Decimal("0.15"), Decimal("0.6")
+
+
+def expected_cost(prompt_tokens: int, completion_tokens: int) -> Decimal:
+    return (prompt_tokens * INPUT + completion_tokens * OUTPUT) / 1_000_000
+
+
+def test_explicit_client_records_the_servers_usage_exactly(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=6, temperature=0)
+    assert len(records) == 1
+    record = records[0]
+    assert record.usage.input_tokens == answer.usage.prompt_tokens
+    assert record.usage.output_tokens == answer.usage.completion_tokens
+    assert record.cost_usd == expected_cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    assert (record.endpoint, record.model_answered, record.status) == ("chat.completions", "gpt-4o-mini", 200)
+    assert record.base_url == llm_server and not record.estimated and record.error is None
+
+
+def test_async_client(llm_server, records):
+    async def main() -> openai.types.chat.ChatCompletion:
+        async with openai.AsyncOpenAI(
+            base_url=llm_server, api_key="sk-test", http_client=llmbudget.async_http_client()
+        ) as client:
+            return await client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5)
+
+    answer = asyncio.run(main())
+    assert [r.usage.output_tokens for r in records] == [answer.usage.completion_tokens]
+    assert records[0].cost_usd == expected_cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+
+
+def test_install_covers_clients_created_before_it(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test")  # built before install()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+    assert records == []
+    llmbudget.install()
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+    assert [r.usage.input_tokens for r in records] == [answer.usage.prompt_tokens]
+    llmbudget.uninstall()
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+    assert len(records) == 1
+
+
+def test_install_is_idempotent_and_uninstall_restores_exactly(engine):
+    import httpx2
+
+    originals = (httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url)
+    llmbudget.install()
+    llmbudget.install()
+    assert httpx2.Client._transport_for_url is not originals[0]
+    assert httpx2.Client._transport_for_url.__wrapped__ is originals[0]
+    llmbudget.uninstall()
+    llmbudget.uninstall()
+    assert (httpx2.Client._transport_for_url, httpx2.AsyncClient._transport_for_url) == originals
+    assert not llmbudget.installed()
+
+
+def test_install_from_many_threads_patches_once(engine):
+    import httpx2
+
+    original = httpx2.Client._transport_for_url
+    threads = [threading.Thread(target=llmbudget.install) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert httpx2.Client._transport_for_url.__wrapped__ is original
+    llmbudget.uninstall()
+    assert httpx2.Client._transport_for_url is original
+
+
+def test_stream_passes_through_and_is_settled_with_an_estimate_when_usage_is_absent(llm_server, records):
+    """llama-cpp-python's server sends no usage in streams: the record is a flagged estimate."""
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=6, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 2 and text
+    (record,) = records
+    assert record.estimated and record.usage.estimated
+    assert 1 <= record.usage.output_tokens <= 12
+    assert record.usage.input_tokens > 0 and record.cost_usd > 0
+
+
+def test_abandoned_stream_is_settled_as_an_estimate(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Count from 1 to 50."}], max_tokens=60, stream=True
+    )
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    assert records == []  # still open: nothing settled yet
+    stream.close()
+    (record,) = records
+    assert record.estimated and record.usage.output_tokens >= 1
+    assert record.usage.output_tokens < 60
+
+
+def test_async_stream(llm_server, records):
+    async def main() -> str:
+        client = openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.async_http_client())
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5, stream=True)
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        await client.close()
+        return "".join(parts)
+
+    assert asyncio.run(main())
+    assert len(records) == 1 and records[0].estimated
+
+
+def test_gzip_encoded_answers_are_read(llm_server, records):
+    with proxy(llm_server, gzip=True) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+        assert "gzip" in server.received[0][3].get("Accept-Encoding", "")
+    (record,) = records
+    assert not record.estimated
+    assert record.usage.input_tokens == answer.usage.prompt_tokens
+    assert record.usage.output_tokens == answer.usage.completion_tokens
+
+
+def test_every_sdk_retry_is_recorded_as_an_attempt(llm_server, records):
+    with proxy(llm_server, fail_first=2, fail_status=503) as server:
+        client = openai.OpenAI(
+            base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(), max_retries=3
+        )
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+        assert len(server.received) == 3
+    assert [(r.attempt, r.status) for r in records] == [(0, 503), (1, 503), (2, 200)]
+    assert [r.cost_usd for r in records[:2]] == [0, 0] and records[0].error == "HTTP 503"
+    assert records[2].usage.output_tokens == answer.usage.completion_tokens
+
+
+def test_budget_refusal_is_a_catchable_api_error_that_is_not_retried(llm_server, records):
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(
+            base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(), max_retries=3
+        )
+        with llmbudget.scope(tenant="acme", budgets=[llmbudget.Budget("0.0000001")]):
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=50)
+        assert server.received == []  # never sent, never retried
+    error = caught.value
+    assert error.status_code == 402
+    assert error.response.headers["x-should-retry"] == "false"
+    refusal = llmbudget.budget_refusal(error)
+    assert refusal is not None and refusal.budget == "request" and refusal.tenant == "acme"
+    assert refusal.limit_usd == Decimal("0.0000001") and refusal.estimated_cost_usd > refusal.limit_usd
+    body = error.response.json()["error"]["llmbudget"]
+    assert body["remaining_usd"] == pytest.approx(0.0000001) and body["estimated_cost_usd"] > 0
+    assert records == []
+
+
+def test_budget_allows_calls_until_spent(llm_server, engine, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    # Each call may cost at most (input + 5 output tokens) at gpt-4o-mini prices: about $0.000006.
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.00002")]) as scope:
+        outcomes = []
+        for _ in range(6):
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5)
+                outcomes.append("ok")
+            except openai.APIStatusError as exc:
+                assert llmbudget.budget_refusal(exc) is not None
+                outcomes.append("refused")
+    assert "ok" in outcomes and outcomes[-1] == "refused"
+    assert outcomes == sorted(outcomes)  # all calls before the first refusal went through
+    assert scope.totals.cost_usd <= Decimal("0.00002")
+    assert scope.totals.calls == outcomes.count("ok") == len(records)
+
+
+def test_non_llm_requests_pass_through_untouched(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["gpt-4o-mini"]
+    assert records == []
+
+
+def test_overrides_price_a_self_hosted_model(llm_server, records):
+    llmbudget.set_engine(llmbudget.Engine(pricing=Pricing({llm_server: {"input": 1, "output": 2}})))
+    try:
+        llmbudget.get_engine().add_observer(records.append)
+        client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+    finally:
+        pass
+    (record,) = records
+    assert record.price_source == "override"
+    assert record.cost_usd == (answer.usage.prompt_tokens * 1 + answer.usage.completion_tokens * 2) / Decimal(10**6)
+
+
+def test_threads_and_tasks_inherit_the_scope(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
+    import contextvars
+
+    with llmbudget.scope(tenant="t-threads") as scope:
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run,
+            args=(lambda: client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2),),
+        )
+        thread.start()
+        thread.join()
+    assert scope.totals.calls == 1 and records[0].tenant == "t-threads"

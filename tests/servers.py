@@ -1,0 +1,112 @@
+"""Small real HTTP servers for tests: an echo server and a proxy in front of the LLM server."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    received: list[tuple[str, str, bytes, dict[str, str]]]
+    options: dict[str, Any]
+
+
+def _serve(handler: type[BaseHTTPRequestHandler], **options: Any) -> Iterator[_Server]:
+    server = _Server(("127.0.0.1", 0), handler)
+    server.received = []
+    server.options = options
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers every request with its own body, as ``application/octet-stream``."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length)
+        self.server.received.append((self.command, self.path, body, dict(self.headers)))
+        self.send_response(200)
+        self.send_header("content-type", "application/octet-stream")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _answer
+
+
+@contextmanager
+def echo_server() -> Iterator[_Server]:
+    """A server that answers each request with the bytes it received."""
+    yield from _serve(_Echo)
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """Forwards to ``upstream``; can fail the first requests, gzip answers, or cut streams."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        options = self.server.options
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else None
+        self.server.received.append((self.command, self.path, body or b"", dict(self.headers)))
+        if len(self.server.received) <= options.get("fail_first", 0):
+            payload = b'{"error": {"message": "try again", "type": "server_error"}}'
+            self.send_response(options.get("fail_status", 503))
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        upstream = options["upstream"].rstrip("/") + self.path[len("/v1"):]
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+        request = urllib.request.Request(upstream, data=body, method=self.command, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, content, content_type = response.status, response.read(), response.headers["content-type"]
+        except urllib.error.HTTPError as exc:
+            status, content, content_type = exc.code, exc.read(), exc.headers["content-type"]
+        self.send_response(status)
+        self.send_header("content-type", content_type or "application/json")
+        if options.get("gzip") and "gzip" in self.headers.get("accept-encoding", ""):
+            content = gzip.compress(content)
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_GET = do_POST = _forward
+
+
+@contextmanager
+def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False) -> Iterator[_Server]:
+    """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``)."""
+    yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip)
+
+
+def base_url(server: _Server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/v1"

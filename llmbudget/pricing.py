@@ -317,9 +317,13 @@ def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, 
         return None
     snapshot = get_snapshot()
     found = None
-    for url in (provider_url, None) if provider_url else (None,):
+    # The provider at a real URL first; then any provider that claims the model name; then
+    # OpenAI's own list (every call here speaks OpenAI's wire format).
+    attempts = [(None, provider_url)] if provider_url else []
+    attempts += [(None, None), ("openai", None)]
+    for provider_id, url in attempts:
         try:
-            found = snapshot.find_provider_model(model, None, None, url)
+            found = snapshot.find_provider_model(model, None, provider_id, url)
             break
         except LookupError:
             continue

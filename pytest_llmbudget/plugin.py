@@ -29,21 +29,20 @@ _KEY = pytest.StashKey["LLMBudgetPlugin"]()
 _flag_in_use = _FLAG
 
 
+_HELP = "record what each test spends on LLM calls; with USD, fail the run when its total exceeds it"
+
+
+def _option_taken(parser: pytest.Parser, name: str) -> bool:
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", ())]
+    return any(name in option.names() for group in groups for option in getattr(group, "options", ()))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmbudget", "LLM spend per test (llmbudget)")
-    help_text = (
-        "record what each test spends on LLM calls; with USD, fail the run when its total exceeds it"
+    group.addoption(
+        _FALLBACK_FLAG, dest="llmbudget_usd", nargs="?", const="", default=None, metavar="USD",
+        help=f"the same as {_FLAG} (for when another plugin owns {_FLAG})",
     )
-    global _flag_in_use
-    _flag_in_use = _FLAG
-    try:
-        group.addoption(_FLAG, dest="llm_budget", nargs="?", const="", default=None, metavar="USD", help=help_text)
-    except ValueError:  # another plugin (pytest-llm-cost) owns --llm-budget
-        group.addoption(
-            _FALLBACK_FLAG, dest="llm_budget", nargs="?", const="", default=None, metavar="USD",
-            help=help_text + f" ({_FLAG} is taken by another plugin)",
-        )
-        _flag_in_use = _FALLBACK_FLAG
     group.addoption("--llm-budget-json", dest="llm_budget_json", metavar="PATH", help="write the spend report as JSON")
     group.addoption("--llm-budget-save", dest="llm_budget_save", metavar="PATH", help="save this run as a baseline")
     group.addoption(
@@ -60,12 +59,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llm_budget_tolerance", "default tolerance for --llm-budget-compare, e.g. 10%", default="0%")
 
 
+def _is_amount(text: str) -> bool:
+    try:
+        return Decimal(text.lstrip("$")).is_finite()
+    except InvalidOperation:
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Add ``--llm-budget`` once every installed plugin had its say, unless one owns it already.
+
+    Also: ``--llm-budget tests/`` means recording on, not a budget of "tests/": keep the path a path.
+    """
+    global _flag_in_use
+    if _option_taken(parser, _FLAG):
+        _flag_in_use = _FALLBACK_FLAG
+    else:
+        _flag_in_use = _FLAG
+        parser.getgroup("llmbudget").addoption(
+            _FLAG, dest="llmbudget_usd", nargs="?", const="", default=None, metavar="USD", help=_HELP
+        )
+    for i, arg in enumerate(args):
+        if arg == _flag_in_use and i + 1 < len(args) and not _is_amount(args[i + 1]):
+            args[i] = f"{arg}="
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "llm_budget(usd=None, tokens=None, calls=None): fail the test when its LLM calls exceed these limits",
     )
-    wanted = config.getoption("llm_budget") is not None or any(
+    wanted = config.getoption("llmbudget_usd") is not None or any(
         config.getoption(name) for name in ("llm_budget_json", "llm_budget_save", "llm_budget_compare")
     )
     if not wanted:
@@ -108,7 +133,7 @@ class LLMBudgetPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
-        raw = config.getoption("llm_budget")
+        raw = config.getoption("llmbudget_usd")
         self.run_budget = _usd(raw, "--llm-budget") if raw else None
         self.tolerance = _tolerance(config.getoption("llm_budget_tolerance") or config.getini("llm_budget_tolerance"))
         self.defaults = {

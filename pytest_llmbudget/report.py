@@ -37,7 +37,9 @@ class Summary:
 
 
 def usd(amount: Decimal) -> str:
-    """Dollars for people: six decimals, exact value in the JSON."""
+    """Dollars for people: six decimals, more for sub-micro-dollar amounts (the JSON is exact)."""
+    if 0 < abs(amount) < Decimal("0.000001"):
+        return f"${amount:.10f}".rstrip("0")
     return f"${amount:.6f}"
 
 

@@ -1,0 +1,277 @@
+"""pytest --llm-budget, run on inner test suites that replay cassettes recorded from a real server."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+from pathlib import Path
+
+import openai  # noqa: F401  (imported here so pytester's in-process runs share one copy)
+import pytest
+import vcr  # noqa: F401
+import yaml  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+CASSETTES = ROOT / "fixtures" / "cassettes"
+
+CONFTEST = f'''
+import openai, pytest, vcr
+_vcr = vcr.VCR(cassette_library_dir={str(CASSETTES)!r}, record_mode="none",
+               match_on=("method", "scheme", "host", "port", "path", "query", "body"))
+
+@pytest.fixture
+def client():
+    with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0) as c:
+        yield c
+
+@pytest.fixture
+def cassette():
+    return lambda name: _vcr.use_cassette(name)
+
+def ask(client, question, max_tokens, model="gpt-4o-mini"):
+    return client.chat.completions.create(
+        model=model, messages=[{{"role": "user", "content": question}}], max_tokens=max_tokens, temperature=0)
+'''
+
+TESTS = '''
+import threading, pytest
+from conftest import ask
+
+def test_capital(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+
+def test_two(client, cassette):
+    with cassette("chat_two_calls.yaml"):
+        ask(client, "What is 2+2?", 8)
+        ask(client, "Write a haiku about rain.", 24)
+
+def test_no_calls():
+    pass
+'''
+
+# gpt-4o-mini: $0.15 / $0.60 per 1M input / output tokens. chat.yaml used 16 in / 16 out;
+# chat_two_calls.yaml 16 in / 8 out, then 16 in / 24 out.
+CAPITAL = (16 * Decimal("0.15") + 16 * Decimal("0.6")) / 10**6
+TWO = (32 * Decimal("0.15") + 32 * Decimal("0.6")) / 10**6
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_app=TESTS)
+    pytester.syspathinsert()
+    return pytester
+
+
+def run_json(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:
+    out = pytester.path / "spend.json"
+    result = pytester.runpytest("--llm-budget", "--llm-budget-json", str(out), *args)
+    return result, json.loads(out.read_text())
+
+
+def test_json_report_has_exact_shape_and_costs(suite):
+    result, doc = run_json(suite)
+    result.assert_outcomes(passed=3)
+    assert doc["version"] == 1
+    assert doc["prices"]["source"].startswith("genai-prices ") and len(doc["prices"]["as_of"]) == 10
+    keys = {"calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost_usd"}
+    capital = doc["tests"]["test_app.py::test_capital"]
+    assert keys | {"outcome"} <= set(capital)
+    assert {k: capital[k] for k in keys - {"cost_usd"}} == {
+        "calls": 1, "input_tokens": 16, "cached_input_tokens": 0, "output_tokens": 16, "reasoning_tokens": 0}
+    assert Decimal(capital["cost_usd_exact"]) == CAPITAL and capital["outcome"] == "passed"
+    assert doc["tests"]["test_app.py::test_two"]["calls"] == 2
+    assert Decimal(doc["tests"]["test_app.py::test_two"]["cost_usd_exact"]) == TWO
+    assert doc["tests"]["test_app.py::test_no_calls"]["calls"] == 0
+    assert set(doc["models"]) == {"gpt-4o-mini"} and keys <= set(doc["models"]["gpt-4o-mini"])
+    assert doc["total"]["calls"] == 3 and Decimal(doc["total"]["cost_usd_exact"]) == CAPITAL + TWO
+    assert doc["total"]["cost_usd"] == pytest.approx(float(CAPITAL + TWO))
+    result.stdout.fnmatch_lines(["*LLM spend (llmbudget)*", "*test_app.py::test_two*2*32*0*32*", "TOTAL*3*48*",
+                                 "prices: genai-prices *, as of *"])
+
+
+def test_marker_budget_fails_the_test_after_it_ran_with_its_calls_listed(suite):
+    suite.makepyfile(test_marked='''
+import pytest
+from conftest import ask
+
+@pytest.mark.llm_budget(usd=0.00001)
+def test_over(client, cassette, tmp_path_factory):
+    with cassette("chat_two_calls.yaml"):
+        ask(client, "What is 2+2?", 8)
+        ask(client, "Write a haiku about rain.", 24)
+    open("ran-to-the-end", "w").close()
+
+@pytest.mark.llm_budget(calls=1)
+def test_too_many_calls(client, cassette):
+    with cassette("chat_two_calls.yaml"):
+        ask(client, "What is 2+2?", 8)
+        ask(client, "Write a haiku about rain.", 24)
+
+@pytest.mark.llm_budget(usd=1, tokens=1000, calls=5)
+def test_within(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result = suite.runpytest("--llm-budget", "test_marked.py")
+    result.assert_outcomes(passed=1, failed=2)
+    assert (suite.path / "ran-to-the-end").exists()
+    result.stdout.fnmatch_lines([
+        "*test_over exceeded its LLM budget: cost $0.0000* > budget $0.00001*",
+        "*chat.completions gpt-4o-mini: 16 in (0 cached) / 8 out tokens, $0.0000072*",
+        "*chat.completions gpt-4o-mini: 16 in (0 cached) / 24 out tokens, $0.0000168*",
+        "*total: 2 calls, 64 tokens*",
+    ])
+    result.stdout.fnmatch_lines(["*test_too_many_calls exceeded its LLM budget: calls 2 > budget 1*"])
+
+
+def test_ini_default_budget_applies_to_unmarked_tests(suite):
+    suite.makeini("[pytest]\nllm_budget_tokens = 40\n")
+    result = suite.runpytest("--llm-budget")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_two exceeded its LLM budget: tokens 64 > budget 40*"])
+
+
+def test_run_budget_fails_the_run(suite):
+    result = suite.runpytest("--llm-budget=0.00002")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*FAILED llmbudget: LLM spend $0.000036* exceeds the run budget $0.00002*"])
+    assert suite.runpytest("--llm-budget=0.0001").ret == 0
+
+
+def test_baseline_compare_fails_on_regression_and_lists_new_tests(suite):
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    assert suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline)).ret == 0
+    # The capital test now makes a second, dearer call; a new test appears.
+    suite.makepyfile(test_app=TESTS.replace(
+        'ask(client, "What is the capital of France?", 16)',
+        'ask(client, "What is the capital of France?", 16)\n    with cassette("chat_two_calls.yaml"):\n'
+        '        ask(client, "Write a haiku about rain.", 24)',
+    ) + '''
+def test_new(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", "10%")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*not in the baseline (not judged): test_app.py::test_new*",
+        "*FAILED llmbudget: total LLM cost rose from $0.000036 to $0.000065 (tolerance 10*%)*",
+        "*FAILED llmbudget: test_app.py::test_capital: LLM cost rose from $0.000012 to $0.000029*",
+    ])
+    assert "test_new: LLM cost rose" not in result.stdout.str()
+    # A generous tolerance lets the total and the test through.
+    loose = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", "200%")
+    assert loose.ret == 0
+
+
+def test_missing_baseline_is_a_usage_error(suite):
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", "nope.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no baseline at nope.json; create one with --llm-budget-save nope.json*"])
+
+
+def test_github_step_summary_and_junit_properties(suite, monkeypatch):
+    summary = suite.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    junit = suite.path / "junit.xml"
+    assert suite.runpytest("--llm-budget", f"--junitxml={junit}").ret == 0
+    text = summary.read_text()
+    assert "## LLM spend (llmbudget)" in text and "| `test_app.py::test_two` | 2 | 32 | 0 | 32 | $0.000024 |" in text
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    props = {p.get("name"): p.get("value") for p in cases["test_two"].iter("property")}
+    assert Decimal(props["llm_cost_usd"]) == TWO and props["llm_calls"] == "2" and props["llm_output_tokens"] == "32"
+
+
+def test_xdist_workers_aggregate_on_the_controller(suite):
+    serial = run_json(suite)[1]
+    out = suite.path / "xdist.json"
+    result = suite.runpytest_subprocess("-n", "2", "--llm-budget", "--llm-budget-json", str(out))
+    result.assert_outcomes(passed=3)
+    parallel = json.loads(out.read_text())
+    assert parallel["tests"] == serial["tests"] and parallel["total"] == serial["total"]
+
+
+def test_calls_from_threads_and_event_loops_count_for_the_test(suite):
+    suite.makepyfile(test_threads='''
+import asyncio, threading
+from concurrent.futures import ThreadPoolExecutor
+import openai
+from conftest import ask
+
+def test_thread(client, cassette):
+    with cassette("chat_two_calls.yaml"):
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda a: ask(client, *a), [("What is 2+2?", 8), ("Write a haiku about rain.", 24)]))
+
+def test_loop(cassette):
+    async def main():
+        async with openai.AsyncOpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test") as c:
+            await c.chat.completions.create(model="gpt-4o-mini", temperature=0, max_tokens=16,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+    with cassette("chat.yaml"):
+        thread = threading.Thread(target=asyncio.run, args=(main(),))
+        thread.start()
+        thread.join()
+''')
+    out = suite.path / "t.json"
+    result = suite.runpytest("--llm-budget", "--llm-budget-json", str(out), "test_threads.py")
+    result.assert_outcomes(passed=2)
+    tests = json.loads(out.read_text())["tests"]
+    assert tests["test_threads.py::test_thread"]["calls"] == 2
+    assert Decimal(tests["test_threads.py::test_thread"]["cost_usd_exact"]) == TWO
+    assert Decimal(tests["test_threads.py::test_loop"]["cost_usd_exact"]) == CAPITAL
+
+
+def test_llm_spend_fixture_is_live(suite):
+    suite.makepyfile(test_fixture='''
+from decimal import Decimal
+from conftest import ask
+
+def test_live(client, cassette, llm_spend):
+    assert llm_spend.calls == 0
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+    assert llm_spend.calls == 1 and llm_spend.output_tokens == 16
+    assert llm_spend.cost_usd == Decimal("0.000012")
+''')
+    suite.runpytest("--llm-budget", "test_fixture.py").assert_outcomes(passed=1)
+    suite.runpytest("test_fixture.py").assert_outcomes(passed=1)  # works without the flag too
+
+
+def test_falls_back_to_llmbudget_when_another_plugin_owns_the_flag(suite):
+    suite.makepyfile(other_plugin='''
+def pytest_addoption(parser):
+    parser.addoption("--llm-budget", action="store", default=None)
+''')
+    result = suite.runpytest("-p", "other_plugin", "--llmbudget")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*--llm-budget belongs to another installed plugin; use --llmbudget*", "TOTAL*3*"])
+
+
+def test_unknown_models_are_flagged_not_free(suite):
+    suite.makepyfile(test_local='''
+from conftest import ask
+
+def test_local(client, cassette):
+    with cassette("chat_local_model.yaml"):
+        ask(client, "What is the capital of France?", 16, model="gemma-3-270m-q4_k_m")
+''')
+    result, doc = run_json(suite, "test_local.py")
+    assert doc["unpriced_models"] == ["gemma-3-270m-q4_k_m"]
+    assert doc["total"]["cost_usd"] > 0
+    result.stdout.fnmatch_lines(["*no price for model 'gemma-3-270m-q4_k_m'*"])
+    suite.makefile(".toml", llmbudget='[prices]\n"gemma-3-*" = { input = 1, output = 2 }\n')
+    doc = run_json(suite, "test_local.py")[1]
+    assert doc["unpriced_models"] == [] and Decimal(doc["total"]["cost_usd_exact"]) == Decimal(48) / 10**6
+
+
+def test_bad_config_is_a_clear_usage_error(suite):
+    suite.makefile(".toml", llmbudget='[prices]\n"gemma" = { input = 1 }\n')
+    result = suite.runpytest("--llm-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llmbudget.toml*both 'input' and 'output'*"])

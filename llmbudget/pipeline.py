@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import zlib
@@ -37,7 +36,6 @@ log = logging.getLogger("llmbudget.pipeline")
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-_EVENT_SPLIT = re.compile(r"\r?\n\r?\n")
 Observer = Callable[[SpendRecord], None]
 
 
@@ -161,6 +159,7 @@ class Attempt:
         self._overflow = False
         self._decoder: Any = None
         self._sse = False
+        self._events: list[Any] = []
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -265,19 +264,32 @@ class Attempt:
             except (ValueError, RecursionError):
                 pass
             return
-        for block in _EVENT_SPLIT.split(text):
-            payload = "\n".join(
-                line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:")
-            )
-            if not payload:
-                continue
+        payloads = []
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        for block in text.split("\n\n"):
+            if block.startswith("data: ") and "\n" not in block:
+                payload = block[6:]
+            else:
+                payload = "\n".join(line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:"))
             if payload == "[DONE]":
                 self.state.done = True
-                continue
-            try:
-                self.adapter.read_event(json.loads(payload), self.state)
-            except (ValueError, RecursionError):
-                continue
+            elif payload:
+                payloads.append(payload)
+        try:  # one parse for the whole stream; event by event only if one of them is broken
+            events = json.loads("[" + ",".join(payloads) + "]")
+        except (ValueError, RecursionError):
+            events = []
+            for payload in payloads:
+                try:
+                    events.append(json.loads(payload))
+                except (ValueError, RecursionError):
+                    continue
+        self._events = events
+        self.adapter.read_stream(events, self.state)
+
+    def _output_text(self) -> str:
+        return self.adapter.stream_text(self._events) if self._sse else self.state.text
 
     def finish(self, *, complete: bool, error: BaseException | None = None) -> SpendRecord | None:
         """Price, settle and record this attempt (once; later calls return the same record)."""
@@ -310,7 +322,7 @@ class Attempt:
             if usage_seen is not None and (complete or state.done):
                 usage = usage_seen
             else:
-                output = tokens.estimate_output_tokens(state.text, model=call.model)
+                output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
                 usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
                 estimated = True
             if state.service_tier and usage.service_tier is None:

@@ -79,6 +79,17 @@ class Adapter:
         if isinstance(data, dict):
             self._read_common(data, state)
 
+    def read_stream(self, events: list[Any], state: ResponseState) -> None:
+        """Fill ``state`` from a whole stream's decoded events (text too)."""
+        for event in events:
+            self.read_event(event, state)
+
+    def stream_text(self, events: list[Any]) -> str:
+        """The generated text of a stream (for estimates when it carried no usage)."""
+        state = ResponseState()
+        self.read_stream(events, state)
+        return state.text
+
     def _read_common(self, data: dict[str, Any], state: ResponseState) -> None:
         model = data.get("model")
         if isinstance(model, str):

@@ -77,6 +77,43 @@ class ChatAdapter(Adapter):
             if isinstance(reason, str):
                 state.finish_reasons.append(reason)
 
+    def read_stream(self, events: list[Any], state: ResponseState) -> None:
+        """Reads only what settling needs: usage sits in the last chunks, the model in the first.
+
+        The text is left to :meth:`stream_text` (needed only when there is no usage).
+        """
+        chunks = [event for event in events if isinstance(event, dict)]
+        if not chunks:
+            return
+        self._read_common(chunks[0], state)
+        for chunk in reversed(chunks):
+            raw = chunk.get("usage")
+            if isinstance(raw, dict):
+                state.usage = self.usage(raw)
+                tier = chunk.get("service_tier")
+                if isinstance(tier, str):
+                    state.service_tier = tier
+                break
+        for chunk in reversed(chunks):
+            reasons = [c.get("finish_reason") for c in chunk.get("choices") or () if isinstance(c, dict)]
+            reasons = [reason for reason in reasons if isinstance(reason, str)]
+            if reasons:
+                state.finish_reasons.extend(reasons)
+                break
+        state.tool_calls = any(
+            isinstance(c, dict) and isinstance(c.get("delta"), dict)
+            and (c["delta"].get("tool_calls") or c["delta"].get("function_call"))
+            for chunk in chunks for c in chunk.get("choices") or ()
+        )
+
+    def stream_text(self, events: list[Any]) -> str:
+        return "".join(
+            content
+            for event in events if isinstance(event, dict)
+            for c in event.get("choices") or () if isinstance(c, dict) and isinstance(c.get("delta"), dict)
+            for content in (c["delta"].get("content"),) if isinstance(content, str)
+        )
+
     def read_event(self, data: Any, state: ResponseState) -> None:
         super().read_event(data, state)
         if not isinstance(data, dict):

@@ -1,0 +1,42 @@
+"""README's Python examples run as written, against the real local LLM server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import llmbudget
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_example_runs(code, llm_server, engine, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    shutil.rmtree("/tmp/llmbudget-readme", ignore_errors=True)
+    try:
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    finally:
+        llmbudget.uninstall()
+        llmbudget.set_engine(engine)
+
+
+def test_readme_budget_example_spends_and_reports(llm_server, engine, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    code = next(block for block in BLOCKS if "budget_refusal" in block)
+    try:
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    finally:
+        llmbudget.uninstall()
+    calls, cost = capsys.readouterr().out.split()[-2:]
+    assert calls == "1" and 0 < float(cost) < 0.05

@@ -80,6 +80,8 @@ class SpendRecord:
     estimated: bool = False
     error: str | None = None
     saved_usd: Decimal = field(default_factory=Decimal)
+    cache_tier: str | None = None
+    cache_score: float | None = None
 
     @property
     def retried(self) -> bool:

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tokens
 from .calls import Call, SpendRecord, Usage
@@ -29,6 +29,9 @@ from .ledger.records import Ledger, MemoryLedger
 from .pricing import Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
 from .scope import Scope, current_scope
+
+if TYPE_CHECKING:
+    from .cache.cache import Cache, CacheLookup
 
 __all__ = ["Engine", "Attempt", "configure", "get_engine", "set_engine"]
 
@@ -52,6 +55,7 @@ class Engine:
       (requests the openai SDK makes are recognised on every host).
     - ``default_max_output_tokens``: the output assumed when reserving for a request that sets no cap.
     - ``default_tenant``: the tenant of calls made outside any scope that names one.
+    - ``cache``: a :class:`~llmbudget.cache.Cache` answering repeated questions (default: none).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Engine:
         hosts: Iterable[str] = ("api.openai.com",),
         default_max_output_tokens: int = 4096,
         default_tenant: str = "default",
+        cache: Cache | None = None,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -80,6 +85,7 @@ class Engine:
         self.hosts = frozenset(host.lower() for host in hosts)
         self.default_max_output_tokens = default_max_output_tokens
         self.default_tenant = default_tenant
+        self.cache = cache
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
 
@@ -160,6 +166,8 @@ class Attempt:
         self._decoder: Any = None
         self._sse = False
         self._events: list[Any] = []
+        self._json: Any = None
+        self._lookup: CacheLookup | None = None
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -224,6 +232,58 @@ class Attempt:
             except Exception:
                 log.exception("llmbudget: settling a budget reservation failed")
 
+    # -- the cache -----------------------------------------------------------------------------
+
+    @property
+    def tenant(self) -> str:
+        return (self.scope.tenant if self.scope else None) or self.engine.default_tenant
+
+    def lookup_cache(self) -> tuple[bytes, str] | None:
+        """A cached answer for this call (body, content type), recorded as a hit; None on a miss."""
+        cache = self.engine.cache
+        if cache is None or (self.scope is not None and self.scope.cache is False):
+            return None
+        try:
+            lookup = self._lookup = cache.lookup(self.call, tenant=self.tenant)
+            if not lookup.hit:
+                return None
+            from .cache.answers import render, stored_usage
+
+            assert lookup.stored is not None
+            answer = render(lookup.stored, self.call)
+        except Exception:
+            log.exception("llmbudget: cache lookup failed; the call goes to the provider")
+            self._lookup = None
+            return None
+        self._record_hit(lookup, stored_usage(lookup.stored))
+        return answer
+
+    def _record_hit(self, lookup: CacheLookup, raw_usage: dict[str, Any] | None) -> None:
+        if raw_usage is not None:
+            usage = self.adapter.usage(raw_usage) or Usage()
+        else:
+            usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
+        model = (lookup.stored or {}).get("model") or self.call.model
+        saved = self.engine.pricing.cost(usage, model=model, base_url=self.call.base_url).usd
+        self.status = 200
+        with self._lock:
+            record = self._record(usage=Usage(), cost=Decimal(0), source="cache", estimated=False, error=None)
+            record.from_cache, record.saved_usd = True, saved
+            record.model_answered = model
+            record.cache_tier, record.cache_score = lookup.tier, lookup.score
+            self.record = record
+        self.engine.record(record, self.scope)
+
+    def _save_to_cache(self) -> None:
+        cache, lookup = self.engine.cache, self._lookup
+        if cache is None or lookup is None or lookup.hit or not lookup.keys.cacheable:
+            return
+        try:
+            cache.save(lookup, self.call, tenant=self.tenant, model=self.state.model,
+                       body=None if self._sse else self._json, events=self._events if self._sse else None)
+        except Exception:
+            log.exception("llmbudget: storing an answer in the cache failed")
+
     # -- the response --------------------------------------------------------------------------
 
     def start_response(self, status: int, headers: Mapping[str, str]) -> None:
@@ -260,9 +320,10 @@ class Attempt:
         text = self._buffer.decode("utf-8", "replace")
         if not self._sse:
             try:
-                self.adapter.read_json(json.loads(text), self.state)
+                self._json = json.loads(text)
             except (ValueError, RecursionError):
-                pass
+                return
+            self.adapter.read_json(self._json, self.state)
             return
         payloads = []
         if "\r" in text:
@@ -304,6 +365,8 @@ class Attempt:
             self.record = record
         self._settle_holds(record.cost_usd)
         self.engine.record(record, self.scope)
+        if complete and error is None and self.status == 200 and not self._overflow:
+            self._save_to_cache()
         return record
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:

@@ -61,6 +61,8 @@ class Scope:
     test_id: str | None = None
     budgets: tuple[Budget, ...] = ()
     parent: Scope | None = None
+    #: False turns the cache off for calls in this scope (None: as the enclosing scope says).
+    cache: bool | None = None
     totals: Totals = field(default_factory=Totals)
     #: Per-request budgets count in memory, in the scope itself.
     store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
@@ -87,11 +89,13 @@ def scope(
     request_id: str | None = None,
     budgets: Sequence[Budget] = (),
     test_id: str | None = None,
+    cache: bool | None = None,
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
     A nested scope inherits the tenant and the test of the enclosing one, and
-    its spending also counts in the enclosing scope's totals.
+    its spending also counts in the enclosing scope's totals. ``cache=False``
+    keeps the block's calls away from the cache.
     """
     parent = _current.get()
     new = Scope(
@@ -100,6 +104,7 @@ def scope(
         test_id=test_id if test_id is not None else (parent.test_id if parent else None),
         budgets=tuple(budgets),
         parent=parent,
+        cache=cache if cache is not None else (parent.cache if parent else None),
     )
     token = _current.set(new)
     try:

@@ -79,6 +79,11 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
+def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
+    body, content_type = cached
+    return httpx.Response(200, headers={"content-type": content_type}, content=body)
+
+
 def _build(httpx: ModuleType) -> tuple[type, type]:
     class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:
@@ -137,6 +142,9 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, request.read())
             if attempt is None:
                 return self.inner.handle_request(request)
+            cached = attempt.lookup_cache()
+            if cached is not None:
+                return _cached_response(httpx, cached)
             refusal = _refusal_or_none(attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
@@ -171,6 +179,9 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, await request.aread())
             if attempt is None:
                 return await self.inner.handle_async_request(request)
+            cached = attempt.lookup_cache()
+            if cached is not None:
+                return _cached_response(httpx, cached)
             refusal = _refusal_or_none(attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)

@@ -1,0 +1,179 @@
+"""Cached answers: what is kept of a provider response, and the response a hit sends back.
+
+A hit returns what the original answer returned (content, finish_reason, usage,
+model) with a fresh id and timestamp, shaped for the request that asked: chat
+JSON or a chat SSE stream, Responses JSON or SSE, embeddings and completions JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from ..calls import Call
+
+__all__ = ["storable", "render", "stored_usage"]
+
+
+def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
+    text: list[str] = []
+    refusal: list[str] = []
+    model = fingerprint = None
+    finish = None
+    usage = None
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        model = event.get("model") or model
+        fingerprint = event.get("system_fingerprint") or fingerprint
+        if isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                return None
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                text.append(delta["content"])
+            if isinstance(delta.get("refusal"), str):
+                refusal.append(delta["refusal"])
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    if finish != "stop":
+        return None
+    message = {"role": "assistant", "content": "".join(text), "refusal": "".join(refusal) or None}
+    return {"kind": "chat", "model": model, "message": message, "finish_reason": finish, "usage": usage,
+            "system_fingerprint": fingerprint}
+
+
+def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -> dict[str, Any] | None:
+    """What to keep of a complete answer, or None when it must not be cached.
+
+    Only complete answers that stopped on their own (``finish_reason`` ``stop``,
+    Responses ``status`` ``completed``) without tool calls are kept.
+    """
+    if call.endpoint == "chat.completions":
+        if events is not None:
+            return _chat_from_stream(events)
+        if not isinstance(body, dict):
+            return None
+        choices = body.get("choices")
+        if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+            return None
+        choice = choices[0]
+        message = choice.get("message")
+        if choice.get("finish_reason") != "stop" or not isinstance(message, dict):
+            return None
+        if message.get("tool_calls") or message.get("function_call") or message.get("audio"):
+            return None
+        return {"kind": "chat", "model": body.get("model"), "message": message, "finish_reason": "stop",
+                "usage": body.get("usage"), "system_fingerprint": body.get("system_fingerprint")}
+    if call.endpoint == "responses":
+        response = body
+        if events is not None:
+            response = next(
+                (e.get("response") for e in reversed(events)
+                 if isinstance(e, dict) and e.get("type") == "response.completed"), None)
+        if not isinstance(response, dict) or response.get("status") != "completed":
+            return None
+        output = response.get("output") or []
+        if any(not isinstance(item, dict) or item.get("type") != "message" for item in output):
+            return None  # tool calls, reasoning items tied to stored state...
+        return {"kind": "responses", "response": response}
+    if call.endpoint in ("embeddings", "completions") and events is None and isinstance(body, dict):
+        if call.endpoint == "completions":
+            choices = body.get("choices") or []
+            if len(choices) != 1 or not isinstance(choices[0], dict) or choices[0].get("finish_reason") != "stop":
+                return None
+        return {"kind": "raw", "body": body}
+    return None
+
+
+def stored_usage(stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The usage object the original answer reported (None if it reported none)."""
+    if stored.get("kind") == "chat":
+        usage = stored.get("usage")
+    elif stored.get("kind") == "responses":
+        usage = stored["response"].get("usage")
+    else:
+        usage = stored.get("body", {}).get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+def _sse(events: list[Any], *, done: bool) -> bytes:
+    out = [f"data: {json.dumps(event, separators=(',', ':'))}\n\n" for event in events]
+    if done:
+        out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
+def render(stored: dict[str, Any], call: Call) -> tuple[bytes, str]:
+    """The body and content type a hit answers ``call`` with."""
+    now = int(time.time())
+    kind = stored.get("kind")
+    if kind == "chat":
+        return _render_chat(stored, call, now)
+    if kind == "responses":
+        return _render_responses(stored, call, now)
+    return json.dumps(stored["body"]).encode(), "application/json"
+
+
+def _render_chat(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, str]:
+    ident = f"chatcmpl-{uuid.uuid4().hex}"
+    model = stored.get("model") or call.model
+    message = stored["message"]
+    base = {"id": ident, "created": now, "model": model, "system_fingerprint": stored.get("system_fingerprint")}
+    if not call.stream:
+        body = {**base, "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                "usage": stored.get("usage")}
+        return json.dumps(body).encode(), "application/json"
+    chunk = {**base, "object": "chat.completion.chunk"}
+    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+    if message.get("refusal"):
+        delta["refusal"] = message["refusal"]
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
+    ]
+    options = call.body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        events.append({**chunk, "choices": [], "usage": stored.get("usage")})
+    return _sse(events, done=True), "text/event-stream; charset=utf-8"
+
+
+def _render_responses(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, str]:
+    response = dict(stored["response"])
+    response["id"] = f"resp_{uuid.uuid4().hex}"
+    response["created_at"] = now
+    if not call.stream:
+        return json.dumps(response).encode(), "application/json"
+    events: list[dict[str, Any]] = []
+    seq = 0
+
+    def emit(kind: str, **fields: Any) -> None:
+        nonlocal seq
+        events.append({"type": kind, "sequence_number": seq, **fields})
+        seq += 1
+
+    emit("response.created", response={**response, "status": "in_progress", "output": [], "usage": None})
+    emit("response.in_progress", response={**response, "status": "in_progress", "output": [], "usage": None})
+    for index, item in enumerate(response.get("output") or []):
+        item_id = item.get("id") or f"msg_{uuid.uuid4().hex}"
+        emit("response.output_item.added", output_index=index,
+             item={**item, "id": item_id, "status": "in_progress", "content": []})
+        for part_index, part in enumerate(item.get("content") or []):
+            empty = {**part, "text": ""} if part.get("type") == "output_text" else part
+            emit("response.content_part.added", item_id=item_id, output_index=index, content_index=part_index,
+                 part=empty)
+            if part.get("type") == "output_text":
+                emit("response.output_text.delta", item_id=item_id, output_index=index, content_index=part_index,
+                     delta=part.get("text", ""), logprobs=[])
+                emit("response.output_text.done", item_id=item_id, output_index=index, content_index=part_index,
+                     text=part.get("text", ""), logprobs=[])
+            emit("response.content_part.done", item_id=item_id, output_index=index, content_index=part_index,
+                 part=part)
+        emit("response.output_item.done", output_index=index, item={**item, "id": item_id})
+    emit("response.completed", response=response)
+    return _sse(events, done=False), "text/event-stream; charset=utf-8"

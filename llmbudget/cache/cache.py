@@ -1,0 +1,111 @@
+"""The cache the pipeline consults: exact tier first, then the semantic tier, then the provider."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..calls import Call
+from .answers import storable
+from .keys import CacheKeys, cache_keys
+
+__all__ = ["Cache", "CacheLookup"]
+
+log = logging.getLogger("llmbudget.cache")
+
+
+@dataclass(slots=True)
+class CacheLookup:
+    """The keys of one request and, on a hit, the stored answer."""
+
+    keys: CacheKeys
+    stored: dict[str, Any] | None = None
+    tier: str | None = None  # "exact" or "semantic"
+    score: float | None = None
+    entry_id: int | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.stored is not None
+
+
+class Cache:
+    """Exact and semantic answer cache, safe by default.
+
+    - ``path``: a directory for the SQLite store and the usearch index files
+      (``None``: a temporary one, gone with the process).
+    - ``semantic``: also reuse answers to the same question asked in other words
+      (decided by the verifier, inside one partition); ``False``: exact repeats only.
+    - ``allow_temperature``: cache requests that set temperature > 0 (off: such
+      answers are meant to vary).
+    - ``ttl`` (seconds), ``max_entries`` (evicting least recently used beyond it),
+      ``embedder`` (default: the bundled WordLlama), ``threshold`` (verifier score for a hit).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        semantic: bool = True,
+        allow_temperature: bool = False,
+        ttl: float | None = None,
+        max_entries: int | None = 100_000,
+        embedder: Any = None,
+        threshold: float | None = None,
+        store: Any = None,
+    ) -> None:
+        if store is None:
+            from .store import CacheStore
+
+            store = CacheStore(path, embedder=embedder, threshold=threshold, max_entries=max_entries, ttl=ttl)
+        self.store = store
+        self.semantic = semantic
+        self.allow_temperature = allow_temperature
+
+    def lookup(self, call: Call, *, tenant: str) -> CacheLookup:
+        """Look ``call`` up: exact tier, then (when allowed) the semantic tier."""
+        keys = cache_keys(call, tenant=tenant, allow_temperature=self.allow_temperature)
+        lookup = CacheLookup(keys)
+        if not keys.cacheable or keys.exact is None:
+            return lookup
+        partition = keys.partition or f"exact:{keys.exact}"
+        entry = self.store.get_exact(partition, keys.exact)
+        if entry is not None:
+            lookup.tier, lookup.score = "exact", 1.0
+        elif self.semantic and keys.text and keys.partition:
+            found = self.store.search(keys.partition, keys.text)
+            if found is not None:
+                entry = found.entry
+                lookup.tier, lookup.score = "semantic", float(found.score)
+        if entry is not None:
+            try:
+                lookup.stored = json.loads(entry.response)
+                lookup.entry_id = entry.id
+                self.store.record_hit(entry.id)
+            except (ValueError, TypeError):
+                log.warning("llmbudget: a cache entry could not be read; treating it as a miss")
+                lookup.stored = lookup.tier = lookup.score = None
+        return lookup
+
+    def save(self, lookup: CacheLookup, call: Call, *, tenant: str, model: str | None,
+             body: Any = None, events: list[Any] | None = None) -> bool:
+        """Keep a complete answer for later requests; False when it must not be cached."""
+        keys = lookup.keys
+        if not keys.cacheable or keys.exact is None or lookup.hit:
+            return False
+        stored = storable(call, body=body, events=events)
+        if stored is None:
+            return False
+        self.store.put(
+            partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
+            response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
+            semantic=bool(keys.text and keys.partition),
+        )
+        return True
+
+    def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
+        """Drop entries of a tenant, of a model, or (no argument) all of them."""
+        return int(self.store.invalidate(tenant=tenant, model=model))

@@ -1,0 +1,165 @@
+"""What a cached answer may be reused for: exact keys, partitions, and the never-cache rules.
+
+- The **exact key** hashes the whole request as it will be sent (minus transport-only
+  fields such as ``stream``): a byte-for-byte repeat.
+- The **partition** hashes everything that must be equal for an earlier answer to
+  be valid at all: tenant, endpoint, requested model, system/developer messages,
+  tools and tool choice, response format, every sampling parameter and all earlier
+  turns. Semantic matching compares only the last user turn, only inside one partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..calls import Call
+
+__all__ = ["CacheKeys", "cache_keys", "canonical"]
+
+# Fields that change how the answer travels, not what it says.
+_TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "prompt_cache_key", "safety_identifier",
+                               "service_tier", "store", "background"})
+_MEDIA_PARTS = frozenset({"image_url", "input_image", "input_audio", "file", "input_file", "audio", "image"})
+
+
+def canonical(value: Any) -> str:
+    """Stable JSON: sorted keys, no spaces, non-ASCII kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKeys:
+    """The keys of one request, or why it must not be cached (``reason``)."""
+
+    exact: str | None
+    partition: str | None
+    text: str | None  # the last user turn, for the semantic tier (None: exact tier only)
+    reason: str | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.reason is None
+
+
+def _never(reason: str) -> CacheKeys:
+    return CacheKeys(None, None, None, reason)
+
+
+def _has_media(content: Any) -> bool:
+    if isinstance(content, list):
+        return any(isinstance(part, dict) and part.get("type") in _MEDIA_PARTS for part in content)
+    return False
+
+
+def _plain_text(content: Any) -> str | None:
+    """The text of a content made only of text parts, else None."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                return None
+            text = part.get("text")
+            if not isinstance(text, str):
+                return None
+            texts.append(text)
+        return "\n".join(texts)
+    return None
+
+
+def _sampling_rules(body: dict[str, Any], allow_temperature: bool) -> str | None:
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        return "n > 1"
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return "logprobs requested"
+    temperature = body.get("temperature")
+    if not allow_temperature and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        if temperature > 0:
+            return "temperature > 0 (set allow_temperature to cache sampled answers)"
+    return None
+
+
+def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> CacheKeys:
+    """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache."""
+    body = call.body
+    rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
+    if call.endpoint == "chat.completions":
+        return _chat_keys(call, rest, tenant, allow_temperature)
+    if call.endpoint == "responses":
+        return _responses_keys(call, rest, tenant, allow_temperature)
+    if call.endpoint in ("embeddings", "completions"):
+        if call.endpoint == "completions":
+            reason = _sampling_rules(body, allow_temperature)
+            if reason:
+                return _never(reason)
+        exact = _digest(tenant, call.endpoint, canonical(rest))
+        return CacheKeys(exact, _digest(tenant, call.endpoint, str(call.model)), None)
+    return _never(f"endpoint {call.endpoint} is not cached")
+
+
+def _chat_keys(call: Call, rest: dict[str, Any], tenant: str, allow_temperature: bool) -> CacheKeys:
+    messages = rest.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return _never("no messages")
+    reason = _sampling_rules(rest, allow_temperature)
+    if reason:
+        return _never(reason)
+    for message in messages:
+        if message.get("role") in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+            return _never("the conversation carries tool calls or tool results")
+    if rest.get("audio") or "audio" in (rest.get("modalities") or ()):
+        return _never("audio output")
+    last = messages[-1]
+    exact = _digest(tenant, call.endpoint, canonical(rest))
+    if last.get("role") != "user":
+        return CacheKeys(exact, None, None)
+    earlier = messages[:-1]
+    context = {key: value for key, value in rest.items() if key != "messages"}
+    partition = _digest(tenant, call.endpoint, str(call.model), canonical(context), canonical(earlier),
+                        canonical({k: v for k, v in last.items() if k != "content"}))
+    if any(_has_media(m.get("content")) for m in messages):
+        return CacheKeys(exact, partition, None)  # exact tier at most
+    return CacheKeys(exact, partition, _plain_text(last.get("content")))
+
+
+def _responses_keys(call: Call, rest: dict[str, Any], tenant: str, allow_temperature: bool) -> CacheKeys:
+    body = call.body
+    if body.get("previous_response_id") or body.get("conversation"):
+        return _never("stateful Responses call (previous_response_id / conversation)")
+    if body.get("store") is not False:
+        return _never("stored Responses call (store defaults to true; set store=false to allow caching)")
+    if body.get("background"):
+        return _never("background Responses call")
+    reason = _sampling_rules(rest, allow_temperature)
+    if reason:
+        return _never(reason)
+    items = rest.get("input")
+    exact = _digest(tenant, call.endpoint, canonical(rest))
+    context = {key: value for key, value in rest.items() if key != "input"}
+    if isinstance(items, str):
+        return CacheKeys(exact, _digest(tenant, call.endpoint, str(call.model), canonical(context), "[]"), items)
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        return _never("no input")
+    for item in items:
+        if item.get("type") in ("function_call", "function_call_output", "tool_call", "custom_tool_call_output"):
+            return _never("the input carries tool calls or tool results")
+    last = items[-1]
+    if last.get("role") != "user":
+        return CacheKeys(exact, None, None)
+    partition = _digest(tenant, call.endpoint, str(call.model), canonical(context), canonical(items[:-1]))
+    if any(_has_media(i.get("content")) for i in items):
+        return CacheKeys(exact, partition, None)
+    return CacheKeys(exact, partition, _plain_text(last.get("content")))

@@ -1,0 +1,494 @@
+"""Train the request-complexity router and write llmbudget/routing/router_weights.json.
+
+Data: ../shared/data/routing, the per-prompt correctness of Mixtral-8x7B (weak)
+and GPT-4-1106 (strong) on 29 MMLU subjects, GSM8K and MT-Bench (judge scores
+1-10, scaled to [0, 1]); prompts in *_contaminated.jsonl are dropped.  Model: a
+logistic regression on the standardised hand features of
+``llmbudget.routing.features``.  Word-presence weights (``--vocab-size``) are
+supported but off: on held-out subjects 300 common words gained under 0.005
+APGR and 3,000 lost 0.04 (they learn the subjects, not the difficulty).
+
+Label.  A strong call pays off where the weak model fails; the target is
+``(1 - weak_ok) * (strong_ok + 0.5 * (1 - strong_ok))``: 1 where only the strong
+model is right, 0.5 where both are wrong (the weak answer is surely wrong, the
+strong one may or may not help on a paraphrase), 0 where the weak model is
+right (both right, or only the weak one).  ``--label gain`` (the tie-is-0.5
+target ``(1 + strong - weak) / 2``) and ``--label weak_wrong`` are there for
+comparison; on held-out subjects ``needs_strong`` and ``weak_wrong`` beat ``gain``.
+
+Validation keeps subjects and tasks apart.  (1) Each MMLU domain (STEM,
+humanities, social sciences, other) is held out in turn, training on the other
+domains plus GSM8K and MT-Bench; GSM8K and MT-Bench are held out the same way.
+(2) The 29 subjects are split at random (fixed seed) into 5 folds of subjects,
+each held out in turn.  Every printed figure is on prompts of subjects or tasks
+the scoring model never saw; "pooled" concatenates the held-out scores of all
+folds.  The shipped model is then trained on everything.
+
+Run from the project root (deterministic; a few seconds on 2 cores)::
+
+    .venv/bin/python ci/train/train_router.py            # writes the weights
+    .venv/bin/python ci/train/train_router.py --no-write # validation only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from llmbudget.routing.evaluate import routing_metrics  # noqa: E402
+from llmbudget.routing.features import FEATURE_NAMES, PRIOR_FEATURES, extract_with_words  # noqa: E402
+
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing"
+DEFAULT_OUT = ROOT / "llmbudget" / "routing" / "router_weights.json"
+SEED = 20240601
+STRONG_FRACTION = 0.3
+
+#: MMLU's own category of each subject; a domain is held out at a time.
+DOMAINS: dict[str, str] = {
+    **dict.fromkeys(
+        "abstract_algebra astronomy college_chemistry college_mathematics college_physics conceptual_physics "
+        "electrical_engineering high_school_biology high_school_computer_science".split(),
+        "stem",
+    ),
+    **dict.fromkeys(
+        "formal_logic high_school_us_history international_law logical_fallacies moral_disputes prehistory "
+        "professional_law world_religions".split(),
+        "humanities",
+    ),
+    **dict.fromkeys(
+        "high_school_geography high_school_macroeconomics high_school_microeconomics high_school_psychology "
+        "professional_psychology security_studies us_foreign_policy".split(),
+        "social_sciences",
+    ),
+    **dict.fromkeys("clinical_knowledge human_aging management medical_genetics nutrition".split(), "other"),
+}
+
+#: Log-odds per unit of features the training data never varies (request shape): hand-set, not learned.
+PRIOR_WEIGHTS: dict[str, float] = {
+    "conversation_depth": 0.15,
+    "has_system": 0.0,
+    "tools": 0.35,
+    "response_schema": 0.35,
+    "json_mode": 0.15,
+    "images": 0.4,
+    "files_or_audio": 0.4,
+    "reasoning_requested": 0.6,
+}
+
+
+#: Prior means (log-odds per unit) for features the data rarely exercises; the fit shrinks towards them.
+PRIOR_MEANS: dict[str, float] = {
+    "code_fence": 0.4,
+    "code_syntax": 0.1,
+    "code_words": 0.1,
+    "latex": 0.2,
+    "step_by_step": 0.3,
+    "chitchat": -0.6,
+    "creative_words": -0.1,
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labeled prompt: where it comes from and how well each model did (0..1)."""
+
+    prompt: str
+    task: str
+    subject: str
+    weak: float
+    strong: float
+
+    @property
+    def group(self) -> str:
+        """The held-out group the row belongs to."""
+        return DOMAINS.get(self.subject, self.subject) if self.task == "mmlu" else self.task
+
+
+def _contaminated(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with path.open(encoding="utf-8") as handle:
+        return {json.loads(line)["eval_prompt"].strip() for line in handle if line.strip()}
+
+
+def _truth(value: str) -> float:
+    return 1.0 if value.strip().lower() == "true" else 0.0
+
+
+def load_rows(data: Path) -> list[Row]:
+    """All labeled prompts under ``data``, contaminated prompts excluded."""
+    csv.field_size_limit(2**31 - 1)
+    rows: list[Row] = []
+    banned = _contaminated(data / "mmlu_contaminated.jsonl")
+    for file in sorted((data / "mmlu").glob("*.csv")):
+        subject = file.stem.removeprefix("mmlu_")
+        with file.open(newline="", encoding="utf-8") as handle:
+            for r in csv.DictReader(handle):
+                if r["prompt"].strip() in banned:
+                    continue
+                rows.append(Row(r["prompt"], "mmlu", subject, _truth(r[WEAK]), _truth(r[STRONG])))
+    banned = _contaminated(data / "gsm8k_contaminated.jsonl")
+    with (data / "gsm8k_responses.csv").open(newline="", encoding="utf-8") as handle:
+        for r in csv.DictReader(handle):
+            if r["prompt"].strip() in banned:
+                continue
+            rows.append(Row(r["prompt"], "gsm8k", "gsm8k", _truth(r[WEAK]), _truth(r[STRONG])))
+    banned = _contaminated(data / "mt_bench_contaminated.jsonl")
+    questions: dict[int, str] = {}
+    with (data / "mt_bench_questions.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            q = json.loads(line)
+            if q["turns"][0].strip() not in banned:
+                questions[q["question_id"]] = q["turns"][0]
+    scores: dict[tuple[int, str], float] = {}
+    with (data / "mt_bench_judgements.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            j = json.loads(line)
+            if j["turn"] == 1 and j["score"] is not None and j["score"] >= 1:
+                scores[(j["question_id"], j["model"])] = (float(j["score"]) - 1.0) / 9.0
+    for qid in sorted(questions):
+        if (qid, WEAK) in scores and (qid, STRONG) in scores:
+            rows.append(Row(questions[qid], "mt_bench", "mt_bench", scores[(qid, WEAK)], scores[(qid, STRONG)]))
+    return rows
+
+
+def featurize(rows: Sequence[Row]) -> tuple[np.ndarray, list[frozenset[bytes] | set[bytes]]]:
+    """Hand-feature matrix and word sets, each prompt scored as one user message."""
+    feats: list[list[float]] = []
+    words: list[frozenset[bytes] | set[bytes]] = []
+    for row in rows:
+        v, w = extract_with_words({"messages": [{"role": "user", "content": row.prompt}]})
+        feats.append(v)
+        words.append(w)
+    return np.asarray(feats, dtype=np.float64), words
+
+
+LABELS = ("needs_strong", "gain", "weak_wrong")
+
+
+def soft_labels(rows: Sequence[Row], scheme: str = "needs_strong") -> np.ndarray:
+    """Training targets in [0, 1] for ``scheme`` (see the module docstring)."""
+    if scheme == "needs_strong":
+        return np.asarray([(1.0 - r.weak) * (r.strong + 0.5 * (1.0 - r.strong)) for r in rows])
+    if scheme == "gain":
+        return np.asarray([(1.0 + r.strong - r.weak) / 2.0 for r in rows])
+    if scheme == "weak_wrong":
+        return np.asarray([1.0 - r.weak for r in rows])
+    raise ValueError(f"unknown label scheme {scheme!r}; expected one of {LABELS}")
+
+
+def sample_weights(rows: Sequence[Row], *, gsm8k: float = 0.25, mt_bench: float = 0.05) -> np.ndarray:
+    """Weight 1 per MMLU prompt; GSM8K and MT-Bench together weigh these shares of MMLU's total."""
+    w = np.ones(len(rows))
+    mmlu = sum(1 for r in rows if r.task == "mmlu") or 1
+    for task, share in (("gsm8k", gsm8k), ("mt_bench", mt_bench)):
+        idx = [i for i, r in enumerate(rows) if r.task == task]
+        if idx:
+            w[idx] = share * mmlu / len(idx)
+    return w
+
+
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray,
+    penalty: np.ndarray,
+    prior: np.ndarray | None = None,
+    *,
+    iterations: int = 500,
+) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression on soft targets, L2-penalised towards ``prior`` (L-BFGS, deterministic)."""
+    n, d = x.shape
+    sw = sample_weight / sample_weight.sum()
+    pen = np.concatenate([[0.0], penalty])
+    centre = np.concatenate([[0.0], np.zeros(d) if prior is None else prior])
+
+    def loss_grad(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = beta[0] + x @ beta[1:]
+        off = beta - centre
+        # log(1 + e^z) - y z, computed stably
+        loss = float(sw @ (np.logaddexp(0.0, z) - y * z)) + 0.5 * float(pen @ (off * off))
+        r = sw * (1.0 / (1.0 + np.exp(-z)) - y)
+        grad = np.concatenate([[r.sum()], x.T @ r]) + pen * off
+        return loss, grad
+
+    beta = centre.copy()
+    f, g = loss_grad(beta)
+    s_hist: list[np.ndarray] = []
+    y_hist: list[np.ndarray] = []
+    for _ in range(iterations):
+        q = g.copy()
+        alphas = []
+        for s_k, y_k in reversed(list(zip(s_hist, y_hist))):
+            a = (s_k @ q) / (y_k @ s_k)
+            alphas.append(a)
+            q -= a * y_k
+        if s_hist:
+            q *= (s_hist[-1] @ y_hist[-1]) / (y_hist[-1] @ y_hist[-1])
+        for (s_k, y_k), a in zip(zip(s_hist, y_hist), reversed(alphas)):
+            q += s_k * (a - (y_k @ q) / (y_k @ s_k))
+        direction = -q
+        step = 1.0
+        while True:
+            candidate = beta + step * direction
+            f_new, g_new = loss_grad(candidate)
+            if f_new <= f + 1e-4 * step * float(g @ direction) or step < 1e-10:
+                break
+            step *= 0.5
+        s_k, y_k = candidate - beta, g_new - g
+        beta, f_old, f, g = candidate, f, f_new, g_new
+        if y_k @ s_k > 1e-12:
+            s_hist.append(s_k)
+            y_hist.append(y_k)
+            if len(s_hist) > 20:
+                s_hist.pop(0)
+                y_hist.pop(0)
+        if abs(f_old - f) < 1e-12 * max(1.0, abs(f)) or np.abs(g).max() < 1e-9:
+            break
+    return beta[1:], float(beta[0])
+
+
+@dataclass
+class Model:
+    """A fitted router: standardisation, weights and word weights."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    vocab: dict[bytes, float]
+
+    def logits(self, x: np.ndarray, words: Sequence[frozenset[bytes] | set[bytes]]) -> np.ndarray:
+        """Log-odds for feature rows ``x`` with word sets ``words``."""
+        z = self.intercept + ((x - self.mean) / self.scale) @ self.coef
+        if self.vocab:
+            keys = set(self.vocab)
+            z = z + np.asarray([sum(self.vocab[k] for k in w & keys) for w in words])
+        return z
+
+
+def choose_vocab(rows: Sequence[Row], words: Sequence[set[bytes]], *, min_subjects: int, size: int) -> list[bytes]:
+    """Words present in at least ``min_subjects`` subjects, the ``size`` most spread, alphabetic only."""
+    spread: dict[bytes, set[str]] = {}
+    for r, w in zip(rows, words):
+        for token in w:
+            spread.setdefault(token, set()).add(r.subject)
+    ok = [t for t, s in spread.items() if len(s) >= min_subjects and t.isalpha() and len(t) >= 3]
+    ok.sort(key=lambda t: (-len(spread[t]), t))
+    return sorted(ok[:size])
+
+
+def train(
+    rows: Sequence[Row],
+    x: np.ndarray,
+    words: Sequence[frozenset[bytes] | set[bytes]],
+    *,
+    l2: float = 0.1,
+    label: str = "needs_strong",
+    vocab_size: int = 0,
+    vocab_l2: float = 0.01,
+    min_subjects: int = 12,
+) -> Model:
+    """Fit the router on ``rows`` (features ``x``, word sets ``words``)."""
+    learned = [i for i, name in enumerate(FEATURE_NAMES) if name not in PRIOR_FEATURES]
+    mean = np.zeros(x.shape[1])
+    scale = np.ones(x.shape[1])
+    mean[learned] = x[:, learned].mean(axis=0)
+    sd = x[:, learned].std(axis=0)
+    scale[learned] = np.where(sd > 1e-9, sd, 1.0)
+    xs = (x - mean) / scale
+    # priors are in raw units (log-odds per unit of the feature); the fit works in standard units
+    prior = np.asarray([PRIOR_MEANS.get(FEATURE_NAMES[i], 0.0) * scale[i] for i in learned])
+    vocab = choose_vocab(rows, list(words), min_subjects=min_subjects, size=vocab_size) if vocab_size else []
+    cols = [xs[:, learned]]
+    if vocab:
+        index = {t: j for j, t in enumerate(vocab)}
+        m = np.zeros((len(rows), len(vocab)))
+        for i, w in enumerate(words):
+            for t in w:
+                j = index.get(t)
+                if j is not None:
+                    m[i, j] = 1.0
+        cols.append(m)
+    design = np.hstack(cols)
+    penalty = np.concatenate([np.full(len(learned), l2), np.full(len(vocab), vocab_l2)])
+    prior = np.concatenate([prior, np.zeros(len(vocab))])
+    beta, intercept = fit_logistic(design, soft_labels(rows, label), sample_weights(rows), penalty, prior)
+    coef = np.zeros(x.shape[1])
+    coef[learned] = beta[: len(learned)]
+    for name, weight in PRIOR_WEIGHTS.items():
+        coef[FEATURE_NAMES.index(name)] = weight
+    word_weights = {t: float(b) for t, b in zip(vocab, beta[len(learned):]) if abs(b) > 1e-4}
+    return Model(mean, scale, coef, intercept, word_weights)
+
+
+def _figures(scores: np.ndarray, rows: Sequence[Row]) -> dict[str, float]:
+    w = np.asarray([r.weak for r in rows])
+    s = np.asarray([r.strong for r in rows])
+    m = routing_metrics(scores, w, s)
+    return {"n": len(rows), "apgr": m["apgr"], "cpt50": m["cpt50"], "oracle_apgr": m["oracle_apgr"]}
+
+
+def subject_folds(rows: Sequence[Row], k: int = 5, seed: int = SEED) -> dict[str, str]:
+    """A fixed random split of the MMLU subjects into ``k`` folds: subject -> fold name."""
+    subjects = sorted({r.subject for r in rows if r.task == "mmlu"})
+    random.Random(seed).shuffle(subjects)
+    return {s: f"subjects-{i % k + 1}" for i, s in enumerate(subjects)}
+
+
+def cross_validate(
+    rows: Sequence[Row],
+    x: np.ndarray,
+    words: Sequence[frozenset[bytes] | set[bytes]],
+    keys: Sequence[str],
+    **params: Any,
+) -> np.ndarray:
+    """Log-odds of every row from a model trained without the rows that share its key."""
+    out = np.zeros(len(rows))
+    for key in sorted(set(keys)):
+        test = np.asarray([k == key for k in keys])
+        tr = np.flatnonzero(~test)
+        te = np.flatnonzero(test)
+        model = train([rows[i] for i in tr], x[tr], [words[i] for i in tr], **params)
+        out[te] = model.logits(x[te], [words[i] for i in te])
+    return out
+
+
+def length_scores(rows: Sequence[Row]) -> np.ndarray:
+    """The prompt-length baseline: the longest prompts go to the strong model first."""
+    return np.asarray([float(len(r.prompt)) for r in rows])
+
+
+def report(
+    title: str, rows: Sequence[Row], keys: Sequence[str], scores: np.ndarray, length: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Print held-out figures per group and pooled over MMLU; return them."""
+    print(f"\n{title}")
+    print(f"  {'held-out group':22s} {'prompts':>7s} {'APGR':>6s} {'CPT50':>6s} {'length':>6s} {'oracle':>6s}")
+    out: dict[str, dict[str, float]] = {}
+    groups = sorted(set(keys), key=lambda g: (g in ("gsm8k", "mt_bench"), g))
+    selections = [(g, np.asarray([k == g for k in keys])) for g in groups]
+    selections.append(("MMLU pooled", np.asarray([r.task == "mmlu" for r in rows])))
+    for name, sel in selections:
+        idx = np.flatnonzero(sel)
+        sub = [rows[i] for i in idx]
+        fig = _figures(scores[idx], sub)
+        base = _figures(length[idx], sub)
+        fig["length_apgr"] = base["apgr"]
+        fig["length_cpt50"] = base["cpt50"]
+        out[name] = fig
+        print(
+            f"  {name:22s} {fig['n']:7d} {fig['apgr']:6.3f} {fig['cpt50']:6.3f} "
+            f"{base['apgr']:6.3f} {fig['oracle_apgr']:6.3f}"
+        )
+    return out
+
+
+def write_weights(model: Model, threshold: float, path: Path, meta: dict[str, Any]) -> None:
+    """Write the router weights JSON the ``Router`` loads."""
+    doc = {
+        "format": "llmbudget-router/1",
+        "model": "logistic",
+        "features": list(FEATURE_NAMES),
+        "mean": [round(float(v), 6) for v in model.mean],
+        "scale": [round(float(v), 6) for v in model.scale],
+        "coef": [round(float(v), 6) for v in model.coef],
+        "intercept": round(model.intercept, 6),
+        "words": {t.decode(): round(w, 5) for t, w in sorted(model.vocab.items())},
+        "threshold": round(threshold, 6),
+        "strong_fraction": STRONG_FRACTION,
+        "meta": meta,
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def _rounded(figures: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {g: {k: round(v, 4) for k, v in f.items()} for g, f in figures.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Validate on held-out subjects and tasks, train on everything, write the weights."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the routing data folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the weights")
+    parser.add_argument("--label", choices=LABELS, default="needs_strong", help="training target")
+    parser.add_argument("--l2", type=float, default=0.1, help="L2 penalty on standardised features")
+    parser.add_argument("--vocab-size", type=int, default=0, help="word-presence features (0: off)")
+    parser.add_argument("--vocab-l2", type=float, default=0.01, help="L2 penalty on word weights")
+    parser.add_argument("--min-subjects", type=int, default=12, help="a word must occur in this many subjects")
+    parser.add_argument("--no-write", action="store_true", help="validate only")
+    args = parser.parse_args(argv)
+    random.seed(SEED)
+    np.random.seed(SEED)
+    t0 = time.perf_counter()
+    rows = load_rows(args.data)
+    x, words = featurize(rows)
+    params: dict[str, Any] = {
+        "l2": args.l2,
+        "label": args.label,
+        "vocab_size": args.vocab_size,
+        "vocab_l2": args.vocab_l2,
+        "min_subjects": args.min_subjects,
+    }
+    counts = {t: sum(1 for r in rows if r.task == t) for t in ("mmlu", "gsm8k", "mt_bench")}
+    print(f"{len(rows)} prompts {counts}, label={args.label}, l2={args.l2}, vocab={args.vocab_size}")
+    print("APGR/CPT50 of the router on prompts its model never saw; length = longest prompts first; random = 0.500")
+    length = length_scores(rows)
+    domain_keys = [r.group for r in rows]
+    by_domain = report(
+        "(1) leave one MMLU domain / task out",
+        rows, domain_keys, cross_validate(rows, x, words, domain_keys, **params), length,
+    )
+    folds = subject_folds(rows)
+    subject_keys = [folds.get(r.subject, r.task) for r in rows]
+    by_subjects = report(
+        "(2) leave 5 random folds of MMLU subjects out (trained on the other subjects + GSM8K + MT-Bench)",
+        rows, subject_keys, cross_validate(rows, x, words, subject_keys, **params), length,
+    )
+    for fold in sorted(set(folds.values())):
+        print(f"  {fold}: {', '.join(sorted(s for s, f in folds.items() if f == fold))}")
+    if args.no_write:
+        return 0
+    model = train(rows, x, words, **params)
+    z = model.logits(x, words)
+    is_mmlu = np.asarray([r.task == "mmlu" for r in rows])
+    threshold = 1.0 / (1.0 + math.exp(-float(np.quantile(z[is_mmlu], 1.0 - STRONG_FRACTION))))
+    meta = {
+        "data": "lm-sys/RouteLLM evals @ 0b64fdaf: 29 MMLU subjects, GSM8K, MT-Bench turn 1; "
+        "contaminated prompts dropped",
+        "weak": WEAK,
+        "strong": STRONG,
+        "label": args.label,
+        "params": params,
+        "threshold": f"score quantile sending {STRONG_FRACTION:.0%} of the MMLU training prompts to strong",
+        "held_out_by_domain": _rounded(by_domain),
+        "held_out_by_subject_folds": _rounded(by_subjects),
+    }
+    write_weights(model, threshold, args.out, meta)
+    size = args.out.stat().st_size / 1024
+    print(
+        f"\ndefault threshold (score >= t goes strong; {STRONG_FRACTION:.0%} of the MMLU training prompts): "
+        f"{threshold:.4f}"
+    )
+    print(f"wrote {args.out} ({size:.1f} KiB) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

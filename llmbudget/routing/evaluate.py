@@ -1,0 +1,220 @@
+"""Offline evaluation of a router on labeled prompts (RouteLLM's APGR and CPT).
+
+A label file is a CSV with a ``prompt`` column and one ``True``/``False``
+correctness column per model (the format of ``../shared/data/routing``).  For
+every strong-call fraction ``f`` in 0, 0.1, ..., 1 the ``round(f * n)``
+prompts the router scores highest go to the strong model, the rest to the
+weak one.  PGR(f), the performance gap recovered, is
+``(accuracy(f) - weak_accuracy) / (strong_accuracy - weak_accuracy)``; APGR is
+the trapezoid area under PGR over those fractions (always-weak 0,
+always-strong 1, random about 0.5) and CPT(50%) the smallest fraction, linearly
+interpolated between grid points, at which PGR reaches 0.5.  Prompts with tied
+scores share the strong calls at the cut evenly (the expectation of a random
+tie-break), so a constant router scores exactly the random APGR.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from llmbudget.routing.classifier import Router
+
+__all__ = [
+    "FRACTIONS",
+    "apgr",
+    "cpt",
+    "eval_router",
+    "load_labels",
+    "oracle_order",
+    "pgr_curve",
+    "routing_metrics",
+]
+
+#: Strong-call fractions the curve is measured at.
+FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+_TRUE = frozenset({"true", "1", "yes", "t", "1.0"})
+_FALSE = frozenset({"false", "0", "no", "f", "0.0", ""})
+
+
+def _as_bool(value: str, *, column: str, where: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{where}: column {column!r} holds {value!r}; expected True or False")
+
+
+def _csv_files(labels: str | Path) -> list[Path]:
+    path = Path(labels)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.csv") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no *.csv files under {path}; expected label CSVs with a 'prompt' column")
+        return files
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"labels {path} not found; pass a CSV file or a folder of CSV files")
+
+
+def load_labels(labels: str | Path, *, weak: str, strong: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read prompts and the weak/strong correctness columns from a CSV file or a folder of CSVs."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    prompts: list[str] = []
+    weak_ok: list[bool] = []
+    strong_ok: list[bool] = []
+    for file in _csv_files(labels):
+        with file.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in ("prompt", weak, strong) if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"{file}: missing column(s) {missing}; it has {columns}. "
+                    "Pass --weak/--strong as the names of the models' correctness columns."
+                )
+            for line, row in enumerate(reader, start=2):
+                where = f"{file}:{line}"
+                prompts.append(row["prompt"] or "")
+                weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
+                strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))
+    return prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64)
+
+
+def _routed_gain(scores: np.ndarray, gain: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Total gain of sending the ``k`` highest-scored prompts to strong, for each ``k`` in ``counts``.
+
+    Ties at the cut share the calls evenly (the expectation of a random tie-break).
+    """
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    g = gain[order]
+    cum = np.concatenate(([0.0], np.cumsum(g)))
+    # boundaries of runs of equal scores
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    ends = np.concatenate((starts[1:], [len(s)]))
+    out = np.empty(len(counts), dtype=np.float64)
+    for i, k in enumerate(counts):
+        if k <= 0:
+            out[i] = 0.0
+            continue
+        if k >= len(s):
+            out[i] = cum[-1]
+            continue
+        run = int(np.searchsorted(starts, k, side="right") - 1)
+        a, b = int(starts[run]), int(ends[run])
+        out[i] = cum[a] + (k - a) * (cum[b] - cum[a]) / (b - a)
+    return out
+
+
+def _counts(n: int, fractions: Sequence[float]) -> list[int]:
+    return [int(round(f * n)) for f in fractions]
+
+
+def pgr_curve(
+    scores: Iterable[float], weak: Iterable[float], strong: Iterable[float], *, fractions: Sequence[float] = FRACTIONS
+) -> np.ndarray:
+    """PGR at each strong-call fraction when the highest scores go to the strong model."""
+    s = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=np.float64)
+    w = np.asarray(weak if isinstance(weak, np.ndarray) else list(weak), dtype=np.float64)
+    g = np.asarray(strong if isinstance(strong, np.ndarray) else list(strong), dtype=np.float64) - w
+    total_gap = float(g.sum())
+    if len(s) == 0 or total_gap == 0.0:
+        return np.full(len(fractions), math.nan)
+    return _routed_gain(s, g, _counts(len(s), fractions)) / total_gap
+
+
+def apgr(curve: Sequence[float] | np.ndarray, *, fractions: Sequence[float] = FRACTIONS) -> float:
+    """Trapezoid area under a PGR curve over ``fractions``."""
+    y = np.asarray(curve, dtype=np.float64)
+    x = np.asarray(fractions, dtype=np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def cpt(curve: Sequence[float] | np.ndarray, target: float = 0.5, *, fractions: Sequence[float] = FRACTIONS) -> float:
+    """Smallest strong-call fraction whose PGR reaches ``target`` (linear between grid points)."""
+    y = np.asarray(curve, dtype=np.float64)
+    if np.isnan(y).any():
+        return math.nan
+    for i, value in enumerate(y):
+        if value >= target:
+            if i == 0:
+                return float(fractions[0])
+            lo, hi = float(y[i - 1]), float(value)
+            x0, x1 = float(fractions[i - 1]), float(fractions[i])
+            return x0 + (x1 - x0) * (target - lo) / (hi - lo)
+    return math.nan
+
+
+def oracle_order(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Oracle scores: prompts the weak model fails and the strong one solves first, the reverse last."""
+    return np.asarray(strong, dtype=np.float64) - np.asarray(weak, dtype=np.float64)
+
+
+def routing_metrics(
+    scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, *, threshold: float | None = None
+) -> dict[str, Any]:
+    """The ``eval_router`` figures for given scores and correctness arrays."""
+    scores = np.asarray(scores, dtype=np.float64)
+    weak = np.asarray(weak, dtype=np.float64)
+    strong = np.asarray(strong, dtype=np.float64)
+    n = len(scores)
+    if not (len(weak) == len(strong) == n):
+        raise ValueError(f"scores, weak and strong differ in length: {n}, {len(weak)}, {len(strong)}")
+    curve = pgr_curve(scores, weak, strong)
+    oracle = pgr_curve(oracle_order(weak, strong), weak, strong)
+    counts = _counts(n, FRACTIONS)
+    random_curve = np.asarray([k / n for k in counts]) if n and not np.isnan(curve).any() else np.full(11, math.nan)
+    if threshold is None or n == 0:
+        at = {"strong_fraction": math.nan, "accuracy": math.nan}
+    else:
+        routed = scores >= threshold
+        at = {
+            "strong_fraction": float(routed.mean()),
+            "accuracy": float(np.where(routed, strong, weak).mean()),
+        }
+    return {
+        "prompts": int(n),
+        "weak_accuracy": float(weak.mean()) if n else math.nan,
+        "strong_accuracy": float(strong.mean()) if n else math.nan,
+        "apgr": apgr(curve),
+        "cpt50": cpt(curve),
+        "random_apgr": apgr(random_curve),
+        "oracle_apgr": apgr(oracle),
+        "at_threshold": at,
+    }
+
+
+def eval_router(
+    labels: str | Path,
+    *,
+    weak: str,
+    strong: str,
+    router: Router | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Score every labeled prompt as one user message and measure the routing curve.
+
+    ``router`` defaults to the shipped ``Router()``; ``threshold`` to the router's own.
+    Figures that need a weak-to-strong gap are NaN when both models are equally accurate.
+    """
+    if router is None:
+        from llmbudget.routing.classifier import Router
+
+        router = Router()
+    prompts, weak_ok, strong_ok = load_labels(labels, weak=weak, strong=strong)
+    scores = np.asarray(
+        [router.score({"messages": [{"role": "user", "content": p}]}) for p in prompts], dtype=np.float64
+    )
+    if threshold is None:
+        threshold = router.threshold
+    return routing_metrics(scores, weak_ok, strong_ok, threshold=threshold)

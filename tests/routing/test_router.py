@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmbudget.routing import FEATURE_NAMES, Router, eval_router, extract, feature_dict
+from llmbudget.routing.classifier import load_weights
+from llmbudget.routing.evaluate import apgr, cpt, load_labels, pgr_curve, routing_metrics
+from llmbudget.routing.features import request_text, tokens
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "llmbudget" / "routing" / "router_weights.json"
+KEYS = {
+    "prompts",
+    "weak_accuracy",
+    "strong_accuracy",
+    "apgr",
+    "cpt50",
+    "random_apgr",
+    "oracle_apgr",
+    "at_threshold",
+}
+
+
+def user(text: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+EDGE_BODIES: list[Any] = [
+    None,
+    "just a string",
+    42,
+    [],
+    {},
+    {"messages": []},
+    {"messages": None},
+    {"messages": "not a list"},
+    {"messages": [None, 3, "loose string", {"role": None}]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "content": None}]},
+    {"messages": [{"role": "user", "content": 123}]},
+    {"messages": [{"role": "user", "content": 1.5}]},
+    {"messages": [{"role": "user", "content": True}]},
+    {"messages": [{"role": "user", "content": {"text": "dict content"}}]},
+    {"messages": [{"role": "user", "content": {"unexpected": ["x"]}}]},
+    {"messages": [{"role": "user", "content": b"bytes content"}]},
+    {"messages": [{"role": "user", "content": [None, 7, {"type": "text"}, {"type": "text", "text": None}]}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": [{"type": "text", "text": "nested"}]}]}]},
+    {"messages": [{"role": "user", "content": ""}]},
+    {"messages": [{"role": "user", "content": "\ud800 lone surrogate \udfff"}]},
+    {"messages": [{"role": "user", "content": "x" * 200_000}]},
+    {"messages": [{"role": "user", "content": "\n\n\n" + "A. \nB. \n" * 50}]},
+    {"messages": [{"role": "user", "content": "A.\nB.\n(C)\n("}]},
+    {"messages": [{"role": "user", "content": "数学の問題を解いてください。 2x + 3 = 7"}]},
+    {"input": "Responses API string input"},
+    {"input": ["a", "list", "of", "strings"]},
+    {"input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]},
+    {"input": [{"type": "function_call_output", "call_id": "c1", "output": "42"}, {"weird": object()}]},
+    {"input": None, "instructions": 5},
+    {"input": [{"type": {"unhashable": 1}, "role": ["x"], "content": "z"}, {"type": ["y"]}]},
+    {"messages": [{"role": "user", "content": [{"type": {"a": 1}, "text": "t"}]}]},
+    {"prompt": "legacy completions prompt"},
+    {"messages": [{"role": "user", "content": "hi"}], "tools": "not a list", "response_format": "json_schema"},
+    {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": None}, "reasoning": "high"},
+    {"messages": [{"role": "user", "content": "hi"}], "text": {"format": 3}, "reasoning_effort": 1},
+]
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES, ids=range(len(EDGE_BODIES)))
+def test_features_never_crash_and_stay_finite(body: Any) -> None:
+    x = extract(body)
+    assert len(x) == len(FEATURE_NAMES)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in x)
+
+
+@pytest.mark.parametrize("body", EDGE_BODIES, ids=range(len(EDGE_BODIES)))
+def test_score_is_a_probability_for_any_body(body: Any) -> None:
+    router = Router()
+    s = router.score(body)
+    assert 0.0 <= s <= 1.0
+    explanation = router.explain(body, top=3)
+    assert len(explanation) <= 3
+    assert all(isinstance(name, str) and isinstance(value, float) for name, value in explanation)
+
+
+def test_empty_request_has_all_zero_text_features() -> None:
+    f = feature_dict({"messages": []})
+    assert f["log_chars"] == 0.0 and f["mc_options"] == 0.0 and f["tools"] == 0.0
+
+
+def test_request_shape_features() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "first answer"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}},
+                    {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
+                ],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+        "reasoning_effort": "high",
+    }
+    req = request_text(body)
+    assert req.query == "What is in this picture?"
+    assert req.turns == 2 and req.assistant_turns == 1 and req.has_system
+    f = feature_dict(body)
+    assert f["images"] == 2.0
+    assert f["files_or_audio"] == 1.0
+    assert f["tools"] == pytest.approx(math.log1p(2))
+    assert f["response_schema"] == 1.0 and f["json_mode"] == 0.0
+    assert f["conversation_depth"] == pytest.approx(math.log1p(1))
+    assert f["has_system"] == 1.0
+    assert f["reasoning_requested"] == 1.0
+    assert f["log_context_chars"] > 0.0
+    assert f["q_factual"] == 1.0
+
+
+def test_responses_input_and_json_mode() -> None:
+    body = {
+        "instructions": "Answer in JSON.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Name a prime."}]},
+            {"type": "input_image", "image_url": "https://example.com/x.png"},
+        ],
+        "text": {"format": {"type": "json_object"}},
+        "reasoning": {"effort": "low"},
+    }
+    f = feature_dict(body)
+    assert f["json_mode"] == 1.0 and f["response_schema"] == 0.0
+    assert f["has_system"] == 1.0
+    assert f["reasoning_requested"] == pytest.approx(0.33)
+    assert request_text(body).query == "Name a prime."
+    assert f["images"] == 1.0
+
+
+def test_multiple_choice_math_and_code_markers() -> None:
+    mc = feature_dict(user("Statement 1 | Every group is abelian. Statement 2 | 7 is prime.\nA. True, True\n"
+                           "B. False, False\nC. True, False\nD. False, True\nAnswer:"))
+    assert mc["mc_options"] == 4.0
+    assert mc["mc_combo_options"] == 1.0 and mc["mc_pair_options"] == 1.0 and mc["paired_items"] == 1.0
+    assert 0.0 < mc["mc_stem_share"] < 1.0
+    math_f = feature_dict(user("Solve step by step: 3x + 5 = 20, then compute \\frac{x}{2} in kg."))
+    assert math_f["equation"] > 0 and math_f["latex"] > 0 and math_f["step_by_step"] > 0
+    assert math_f["math_words"] > 0 and math_f["units"] > 0 and math_f["digit_share"] > 0
+    code = feature_dict(user("```python\ndef f(x):\n    return x == 1;\n```\nWhy does this function fail?"))
+    assert code["code_fence"] == 1.0 and code["code_syntax"] > 0 and code["code_words"] > 0
+    assert code["q_explain"] == 1.0
+    foreign = feature_dict(user("Объясните, почему небо голубое?"))
+    assert foreign["non_ascii_share"] > 0.5 and foreign["non_latin_share"] > 0.3
+    assert tokens("Hello, World! It's 3.5") == ["hello", "world", "it's", "3", "5"]
+
+
+def test_math_and_code_outscore_chit_chat() -> None:
+    router = Router()
+    chit_chat = [router.score(user(p)) for p in ("hi", "thanks!", "hello, how are you?", "good morning :)")]
+    hard = [
+        router.score(user(p))
+        for p in (
+            "Solve for x step by step: 3x^2 + 5x - 20 = 0, and give both roots to 3 decimals.",
+            "A train leaves at 3pm at 60 mph and another at 4pm at 80 mph. When does the second catch up?",
+            "```python\ndef merge(a, b):\n    return sorted(a + b)\n```\nMake this O(n) and explain why it is correct.",
+            "Prove that the square root of 2 is irrational.",
+        )
+    ]
+    assert min(hard) > max(chit_chat)
+
+
+def test_explain_names_features_sorted_by_size() -> None:
+    router = Router()
+    parts = router.explain(user("```python\nprint(1)\n```\nWhy?"), top=50)
+    names = [n for n, _ in parts]
+    assert set(names) <= set(FEATURE_NAMES)
+    sizes = [abs(v) for _, v in parts]
+    assert sizes == sorted(sizes, reverse=True)
+    assert router.explain(user("x"), top=0) == []
+
+
+def test_shipped_weights_load_and_are_small() -> None:
+    assert WEIGHTS.stat().st_size < 200 * 1024
+    doc = load_weights()
+    assert doc["features"] == list(FEATURE_NAMES)
+    assert len(doc["coef"]) == len(doc["mean"]) == len(doc["scale"]) == len(FEATURE_NAMES)
+    router = Router()
+    assert 0.0 < router.threshold < 1.0
+    assert Router(WEIGHTS).score(user("hi")) == router.score(user("hi"))
+    assert Router(threshold=0.9).threshold == 0.9
+
+
+def test_weights_with_the_wrong_format_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "w.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="llmbudget-router/1"):
+        Router(bad)
+    doc = load_weights()
+    doc["features"] = [*doc["features"][:-1], "no_such_feature"]
+    with pytest.raises(ValueError, match="no_such_feature"):
+        Router(doc)
+
+
+class TableRouter:
+    """A router that looks each prompt's score up in a table."""
+
+    def __init__(self, table: dict[str, float], threshold: float = 0.5) -> None:
+        self.table = table
+        self.threshold = threshold
+
+    def score(self, body: dict[str, Any]) -> float:
+        return self.table[body["messages"][0]["content"]]
+
+
+def write_labels(path: Path, rows: list[tuple[str, bool, bool]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "weak/model", "strong-model"])
+        writer.writerows((p, str(w), str(s)) for p, w, s in rows)
+
+
+def labeled_rows() -> list[tuple[str, bool, bool]]:
+    rows = []
+    for i in range(40):
+        kind = i % 4  # 0: only strong right, 1: both right, 2: both wrong, 3: only weak right
+        rows.append((f"prompt {i}, with a comma", kind in (1, 3), kind in (0, 1)))
+    return rows
+
+
+def test_eval_router_perfect_router_reaches_oracle(tmp_path: Path) -> None:
+    rows = labeled_rows()
+    write_labels(tmp_path / "labels.csv", rows)
+    oracle = {p: float(s) - float(w) for p, w, s in rows}
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
+                         router=TableRouter(oracle, threshold=0.5))
+    assert set(result) == KEYS
+    assert set(result["at_threshold"]) == {"strong_fraction", "accuracy"}
+    assert result["prompts"] == 40
+    assert result["weak_accuracy"] == 0.5 and result["strong_accuracy"] == 0.5
+    # equal accuracies: no gap to recover
+    assert math.isnan(result["apgr"])
+
+    # give the strong model one more right answer than the weak one per 4 prompts
+    rows = [(p, w, s or i % 4 == 2) for i, (p, w, s) in enumerate(rows)]
+    write_labels(tmp_path / "labels.csv", rows)
+    oracle = {p: float(s) - float(w) for p, w, s in rows}
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
+                         router=TableRouter(oracle, threshold=0.5))
+    assert result["strong_accuracy"] == 0.75
+    assert result["apgr"] == pytest.approx(result["oracle_apgr"])
+    assert result["oracle_apgr"] > 1.0
+    assert result["cpt50"] <= 0.2
+    assert result["random_apgr"] == pytest.approx(0.5)
+    # the oracle routes exactly the 20 prompts with a gain: accuracy 0.5 + 20/40
+    assert result["at_threshold"] == {"strong_fraction": 0.5, "accuracy": 1.0}
+
+    inverse = {p: -v for p, v in oracle.items()}
+    worst = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
+                        router=TableRouter(inverse, threshold=2.0))
+    assert worst["apgr"] < 0.0 < worst["cpt50"] and worst["cpt50"] > 0.8
+    assert worst["at_threshold"] == {"strong_fraction": 0.0, "accuracy": 0.5}
+
+
+def test_eval_router_constant_router_is_random_and_folders_are_read(tmp_path: Path) -> None:
+    rows = [(f"q{i}", i % 3 == 0, i % 3 != 2) for i in range(30)]
+    write_labels(tmp_path / "a.csv", rows[:17])
+    write_labels(tmp_path / "b.csv", rows[17:])
+    constant = TableRouter({p: 0.3 for p, _, _ in rows}, threshold=0.3)
+    result = eval_router(tmp_path, weak="weak/model", strong="strong-model", router=constant)
+    assert result["prompts"] == 30
+    assert result["apgr"] == pytest.approx(result["random_apgr"])
+    assert result["random_apgr"] == pytest.approx(0.5)
+    assert result["at_threshold"]["strong_fraction"] == 1.0
+
+
+def test_eval_router_with_the_shipped_router_and_bad_columns(tmp_path: Path) -> None:
+    rows = [("hi", True, True), ("Solve 3x + 5 = 20 step by step.", False, True), ("thanks", True, False)]
+    write_labels(tmp_path / "labels.csv", rows)
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model")
+    assert set(result) == KEYS and result["prompts"] == 3
+    assert json.loads(json.dumps(result))["prompts"] == 3
+    with pytest.raises(ValueError, match="missing column"):
+        eval_router(tmp_path / "labels.csv", weak="nope", strong="strong-model")
+    with pytest.raises(FileNotFoundError):
+        eval_router(tmp_path / "missing.csv", weak="a", strong="b")
+
+
+def test_curve_helpers() -> None:
+    assert apgr([0.0] * 11) == 0.0
+    assert apgr([i / 10 for i in range(11)]) == pytest.approx(0.5)
+    assert cpt([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == pytest.approx(0.25)
+    assert cpt([0.7] * 10 + [1.0]) == 0.0
+    weak = np.array([0, 1, 0, 0], dtype=float)
+    strong = np.array([1, 1, 0, 1], dtype=float)
+    curve = pgr_curve(np.array([3.0, 2.0, 1.0, 0.0]), weak, strong)
+    assert curve[0] == 0.0 and curve[-1] == pytest.approx(1.0)
+    ties = routing_metrics(np.zeros(4), weak, strong)
+    assert ties["apgr"] == pytest.approx(ties["random_apgr"])
+    prompts, w, s = load_labels_from_rows([("p", True, False)])
+    assert prompts == ["p"] and w.tolist() == [1.0] and s.tolist() == [0.0]
+
+
+def load_labels_from_rows(rows: list[tuple[str, bool, bool]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.csv"
+        write_labels(path, rows)
+        return load_labels(path, weak="weak/model", strong="strong-model")

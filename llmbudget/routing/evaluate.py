@@ -216,5 +216,5 @@ def eval_router(
         [router.score({"messages": [{"role": "user", "content": p}]}) for p in prompts], dtype=np.float64
     )
     if threshold is None:
-        threshold = router.threshold
+        threshold = getattr(router, "threshold", None)
     return routing_metrics(scores, weak_ok, strong_ok, threshold=threshold)

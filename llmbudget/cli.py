@@ -1,0 +1,222 @@
+"""``llmbudget``: evaluate and benchmark the cache and the router, look up prices, read ledgers.
+
+Every command prints readable tables (rich) or, with ``--json``, one JSON object
+whose keys tools may rely on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _run(task: Callable[..., dict[str, Any]], args: dict[str, Any], *, as_json: bool, title: str) -> dict[str, Any]:
+    """Run a long task, with a progress bar when the task reports progress and the output is a terminal."""
+    if as_json or "progress" not in inspect.signature(task).parameters:
+        if as_json:
+            return task(**args)
+        with _console().status(title):
+            return task(**args)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        tid = bar.add_task(title, total=None)
+
+        def progress(done: int, total: int | None = None) -> None:
+            bar.update(tid, completed=done, total=total)
+
+        return task(**args, progress=progress)
+
+
+def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def rows(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                rows(f"{prefix}{key}." if isinstance(inner, dict) else f"{prefix}{key}", inner)
+        else:
+            table.add_row(prefix, f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    for key, value in result.items():
+        rows(f"{key}." if isinstance(value, dict) else key, value)
+    _console().print(table)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _eval_cache(ns: argparse.Namespace) -> int:
+    if ns.mode == "pairs":
+        from .cache.evaluate import eval_pairs as task
+    else:
+        from .cache.bench import eval_replay as task
+    result = _run(task, {"pairs_path" if ns.mode == "replay" else "path": ns.pairs}, as_json=ns.json,
+                  title=f"scoring {ns.pairs} ({ns.mode})")
+    _print(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
+    return 0
+
+
+def _bench_cache(ns: argparse.Namespace) -> int:
+    from .cache.bench import bench_cache
+
+    result = _run(bench_cache, {"entries": ns.entries}, as_json=ns.json, title=f"building {ns.entries} entries")
+    _print(result, as_json=ns.json, title="cache benchmark")
+    return 0
+
+
+def _eval_router(ns: argparse.Namespace) -> int:
+    from .routing.evaluate import eval_router
+
+    result = _run(eval_router, {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong}, as_json=ns.json,
+                  title=f"scoring {ns.labels}")
+    _print(result, as_json=ns.json, title="router evaluation")
+    return 0
+
+
+def _prices(ns: argparse.Namespace) -> int:
+    from .calls import Usage
+    from .pricing import Pricing
+
+    pricing = Pricing()
+    rows = []
+    for model in ns.models:
+        if pricing.rate(model, ns.base_url) is None:
+            rows.append({"model": model, "known": False, "input_per_mtok": None, "cached_input_per_mtok": None,
+                         "output_per_mtok": None})
+            continue
+        million = pricing.cost(Usage(input_tokens=1_000_000), model=model, base_url=ns.base_url)
+        output = pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=ns.base_url)
+        cached = pricing.cost(Usage(input_tokens=1_000_000, cached_input_tokens=1_000_000), model=model,
+                              base_url=ns.base_url)
+        rows.append({"model": model, "known": million.known, "input_per_mtok": float(million.usd),
+                     "cached_input_per_mtok": float(cached.usd), "output_per_mtok": float(output.usd)})
+    snapshot = pricing.snapshot
+    if ns.json:
+        print(json.dumps({"prices": {"source": snapshot.source, "as_of": snapshot.as_of}, "models": rows}, indent=2))
+        return 0 if all(row["known"] for row in rows) else 1
+    from rich.table import Table
+
+    table = Table(title=f"USD per 1M tokens ({snapshot.source}, {snapshot.as_of})")
+    for column in ("model", "input", "cached input", "output"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        if not row["known"]:
+            table.add_row(row["model"], "unknown", "", "")
+        else:
+            table.add_row(row["model"], f"{row['input_per_mtok']:g}", f"{row['cached_input_per_mtok']:g}",
+                          f"{row['output_per_mtok']:g}")
+    _console().print(table)
+    return 0 if all(row["known"] for row in rows) else 1
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from .ledger.records import SQLiteLedger
+
+    groups: dict[str, dict[str, dict[str, Any]]] = {"tenant": {}, "model": {}, "day": {}}
+    total = {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0)}
+    for record in SQLiteLedger(ns.ledger).records():
+        day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
+        for name, key in (("tenant", record.tenant or "-"), ("model", record.model), ("day", day)):
+            row = groups[name].setdefault(key, {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0)})
+            row["calls"] += 1
+            row["cost_usd"] += record.cost_usd
+            row["saved_usd"] += record.saved_usd
+        total["calls"] += 1
+        total["cost_usd"] += record.cost_usd
+        total["saved_usd"] += record.saved_usd
+
+    def out(row: dict[str, Any]) -> dict[str, Any]:
+        return {"calls": row["calls"], "cost_usd": float(row["cost_usd"]), "saved_usd": float(row["saved_usd"])}
+
+    result = {name: {key: out(row) for key, row in sorted(rows.items())} for name, rows in groups.items()}
+    result["total"] = out(total)
+    if ns.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    for name in ("tenant", "model", "day"):
+        table = Table(title=f"spend by {name}")
+        for column in (name, "calls", "USD spent", "USD saved"):
+            table.add_column(column, justify="left" if column == name else "right")
+        for key, row in result[name].items():
+            table.add_row(key, str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}")
+        console.print(table)
+    console.print(f"total: {total['calls']} calls, ${total['cost_usd']} spent, ${total['saved_usd']} saved")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmbudget", description="Cut and control what an app spends on LLM APIs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    evaluate = commands.add_parser("eval", help="measure the cache or the router on labeled data")
+    what = evaluate.add_subparsers(dest="what", required=True)
+    cache = what.add_parser("cache", help="score question pairs with the semantic tier's hit decision")
+    cache.add_argument("pairs", help='JSONL lines {"a": str, "b": str, "duplicate": bool}')
+    cache.add_argument("--mode", choices=("pairs", "replay"), default="pairs")
+    cache.add_argument("--json", action="store_true", help="print one JSON object")
+    cache.set_defaults(handler=_eval_cache)
+    router = what.add_parser("router", help="APGR and CPT(50%%) of the router on labeled prompts")
+    router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")
+    router.add_argument("--weak", required=True, help="column of the weak model's correctness")
+    router.add_argument("--strong", required=True, help="column of the strong model's correctness")
+    router.add_argument("--json", action="store_true")
+    router.set_defaults(handler=_eval_router)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_what = bench.add_subparsers(dest="what", required=True)
+    bench_cache = bench_what.add_parser("cache", help="time cache lookups at N entries (embedding included)")
+    bench_cache.add_argument("--entries", type=int, default=100_000)
+    bench_cache.add_argument("--json", action="store_true")
+    bench_cache.set_defaults(handler=_bench_cache)
+
+    prices = commands.add_parser("prices", help="what models cost per 1M tokens (genai-prices)")
+    prices.add_argument("models", nargs="+")
+    prices.add_argument("--base-url", default="", help="the base URL the model is served at")
+    prices.add_argument("--json", action="store_true")
+    prices.set_defaults(handler=_prices)
+
+    report = commands.add_parser("report", help="spend and savings by tenant, model and day from a SQLite ledger")
+    report.add_argument("ledger", help="the ledger file (ledger = ... in the policy)")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmbudget`` command."""
+    ns = _parser().parse_args(argv)
+    try:
+        return int(ns.handler(ns))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

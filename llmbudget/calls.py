@@ -82,6 +82,10 @@ class SpendRecord:
     saved_usd: Decimal = field(default_factory=Decimal)
     cache_tier: str | None = None
     cache_score: float | None = None
+    #: How the request was routed: tier, score, threshold, reason and top features.
+    routing: dict[str, Any] | None = None
+    #: The answer stopped at an output cap llmbudget set (``finish_reason: length``).
+    truncated_by_cap: bool = False
 
     @property
     def retried(self) -> bool:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import tokens
 from .calls import Call, SpendRecord, Usage
 from .ledger.budgets import Budget, BudgetStore, MemoryBudgetStore, Refusal, Reservation
+from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
 from .pricing import Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
@@ -32,6 +33,7 @@ from .scope import Scope, current_scope
 
 if TYPE_CHECKING:
     from .cache.cache import Cache, CacheLookup
+    from .routing.tiers import Routing
 
 __all__ = ["Engine", "Attempt", "configure", "get_engine", "set_engine"]
 
@@ -56,6 +58,9 @@ class Engine:
     - ``default_max_output_tokens``: the output assumed when reserving for a request that sets no cap.
     - ``default_tenant``: the tenant of calls made outside any scope that names one.
     - ``cache``: a :class:`~llmbudget.cache.Cache` answering repeated questions (default: none).
+    - ``routing``: a :class:`~llmbudget.routing.Routing` sending requests to the cheapest tier that will do.
+    - ``prompt_cache_keys``: give OpenAI requests that lack one a ``prompt_cache_key`` (stable per
+      tenant and system prompt), so repeated prefixes land on the provider's prompt cache.
     """
 
     def __init__(
@@ -70,6 +75,8 @@ class Engine:
         default_max_output_tokens: int = 4096,
         default_tenant: str = "default",
         cache: Cache | None = None,
+        routing: Routing | None = None,
+        prompt_cache_keys: bool = True,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -86,6 +93,8 @@ class Engine:
         self.default_max_output_tokens = default_max_output_tokens
         self.default_tenant = default_tenant
         self.cache = cache
+        self.routing = routing
+        self.prompt_cache_keys = prompt_cache_keys
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
 
@@ -168,6 +177,10 @@ class Attempt:
         self._events: list[Any] = []
         self._json: Any = None
         self._lookup: CacheLookup | None = None
+        self.model_requested = call.model
+        self.routing: dict[str, Any] | None = None
+        self.routed = False
+        self.capped = False
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -283,6 +296,60 @@ class Attempt:
                        body=None if self._sse else self._json, events=self._events if self._sse else None)
         except Exception:
             log.exception("llmbudget: storing an answer in the cache failed")
+
+    # -- routing, caps, prompt cache keys ---------------------------------------------------------
+
+    def plan(self, path: str = "") -> bool:
+        """Route, cap and key the request; True when its body or base URL changed."""
+        try:
+            return self._plan(path)
+        except Exception:
+            log.exception("llmbudget: routing or capping failed; the request goes as the app wrote it")
+            return False
+
+    def _plan(self, path: str) -> bool:
+        call, engine, scope = self.call, self.engine, self.scope
+        body = call.body
+        base_url = call.base_url
+        routing = engine.routing
+        setting = scope.routing if scope is not None else None
+        if routing is not None and setting is not False:
+            decision = routing.decide(call, path=path, forced=setting if isinstance(setting, str) else None)
+            self.routing = {"tier": decision.tier, "score": decision.score, "threshold": decision.threshold,
+                            "reason": decision.reason, "features": [list(f) for f in decision.features]}
+            tier = routing.tiers[decision.tier]
+            if tier.model and tier.model != call.model:
+                body = {**body, "model": tier.model}
+                self.routed = True
+            if tier.base_url and tier.base_url != base_url:
+                base_url = tier.base_url
+                self.routed = True
+            if tier.max_output_tokens:
+                body, self.capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
+            log.debug("llmbudget route: tier=%s score=%s threshold=%s reason=%s features=%s",
+                      decision.tier, decision.score, decision.threshold, decision.reason, decision.features)
+        if (engine.prompt_cache_keys and "prompt_cache_key" not in body
+                and call.endpoint in ("chat.completions", "responses") and "api.openai.com" in base_url):
+            body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
+        if body is call.body and base_url == call.base_url:
+            return False
+        self.call = self.adapter.parse(body, base_url)
+        return True
+
+    def _prompt_cache_key(self, body: dict[str, Any]) -> str:
+        import hashlib
+
+        prefix: list[Any] = [self.tenant, body.get("instructions")]
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            prefix += [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in
+                       ("system", "developer")]
+        digest = hashlib.blake2b(json.dumps(prefix, sort_keys=True, default=str).encode(), digest_size=12)
+        return f"llmbudget-{digest.hexdigest()}"
+
+    def request_bytes(self) -> bytes:
+        """The body to send after :meth:`plan` changed it."""
+        return json.dumps(self.call.body, separators=(",", ":"), ensure_ascii=False).encode()
 
     # -- the response --------------------------------------------------------------------------
 
@@ -410,7 +477,7 @@ class Attempt:
             time=self.time,
             endpoint=self.call.endpoint,
             base_url=self.call.base_url,
-            model_requested=self.call.model,
+            model_requested=self.model_requested,
             model_sent=self.call.model,
             model_answered=self.state.model,
             usage=usage,
@@ -424,6 +491,10 @@ class Attempt:
             price_source=source,
             estimated=estimated,
             error=error,
+            routed=self.routed,
+            capped=self.capped,
+            routing=self.routing,
+            truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
         )
 
 

@@ -63,6 +63,8 @@ class Scope:
     parent: Scope | None = None
     #: False turns the cache off for calls in this scope (None: as the enclosing scope says).
     cache: bool | None = None
+    #: False turns routing off; a tier name forces that tier (None: as the enclosing scope says).
+    routing: bool | str | None = None
     totals: Totals = field(default_factory=Totals)
     #: Per-request budgets count in memory, in the scope itself.
     store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
@@ -90,12 +92,14 @@ def scope(
     budgets: Sequence[Budget] = (),
     test_id: str | None = None,
     cache: bool | None = None,
+    routing: bool | str | None = None,
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
     A nested scope inherits the tenant and the test of the enclosing one, and
     its spending also counts in the enclosing scope's totals. ``cache=False``
-    keeps the block's calls away from the cache.
+    keeps the block's calls away from the cache; ``routing=False`` keeps their
+    model, ``routing="large"`` forces that tier.
     """
     parent = _current.get()
     new = Scope(
@@ -105,6 +109,7 @@ def scope(
         budgets=tuple(budgets),
         parent=parent,
         cache=cache if cache is not None else (parent.cache if parent else None),
+        routing=routing if routing is not None else (parent.routing if parent else None),
     )
     token = _current.set(new)
     try:

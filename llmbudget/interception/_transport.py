@@ -79,6 +79,19 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
+def _planned(httpx: ModuleType, request: Any, attempt: Attempt) -> Any:
+    """The request to send: as the app wrote it, or rewritten by routing, caps and keys."""
+    original_base = attempt.call.base_url
+    if not attempt.plan(request.url.path):
+        return request
+    url = str(request.url)
+    if attempt.call.base_url != original_base and url.startswith(original_base):
+        url = attempt.call.base_url + url[len(original_base):]
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "host")]
+    return httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes(),
+                         extensions=request.extensions)
+
+
 def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
     body, content_type = cached
     return httpx.Response(200, headers={"content-type": content_type}, content=body)
@@ -145,6 +158,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
+            request = _planned(httpx, request, attempt)
             refusal = _refusal_or_none(attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
@@ -182,6 +196,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
+            request = _planned(httpx, request, attempt)
             refusal = _refusal_or_none(attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)

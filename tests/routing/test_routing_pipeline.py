@@ -1,0 +1,117 @@
+"""Routing, caps and prompt cache keys in the pipeline, with the real SDK and the real local server."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+from servers import base_url, echo_server, proxy
+
+import llmbudget
+from llmbudget.caps import apply_cap, cap_field
+from llmbudget.routing.tiers import Routing
+
+HI = [{"role": "user", "content": "Say hi"}]
+
+
+def client_for(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="sk-test", http_client=llmbudget.http_client(), max_retries=0)
+
+
+@pytest.fixture
+def route(engine):
+    def configure(**routing):
+        engine.routing = Routing(**routing)
+        return engine
+    return configure
+
+
+def test_a_simple_request_goes_to_the_small_tier_and_is_priced_there(llm_server, route, records):
+    route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
+    answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=4)
+    (record,) = records
+    assert answer.model == "gpt-4.1-nano"  # the server answers as the model it was sent
+    assert (record.model_requested, record.model_sent, record.routed) == ("gpt-4o", "gpt-4.1-nano", True)
+    assert record.routing["tier"] == "small" and record.routing["reason"] == "router"
+    assert 0 <= record.routing["score"] <= 1 and record.routing["threshold"] == 1.0 and record.routing["features"]
+    nano = (Decimal("0.1") * answer.usage.prompt_tokens + Decimal("0.4") * answer.usage.completion_tokens) / 10**6
+    assert record.cost_usd == nano
+
+
+def test_strong_tier_keeps_the_requested_model(llm_server, route, records):
+    route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.0)
+    client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    assert records[0].model_sent == "gpt-4o" and not records[0].routed and records[0].routing["tier"] == "large"
+
+
+def test_tools_scope_and_paths_are_not_routed(llm_server, route, records):
+    route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
+    client = client_for(llm_server)
+    with llmbudget.scope(routing=False):
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    with llmbudget.scope(routing="large"):
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    assert [r.model_sent for r in records] == ["gpt-4o", "gpt-4o"]
+    assert records[0].routing is None and records[1].routing["reason"] == "forced"
+
+
+def test_a_tier_on_another_base_url_is_sent_there(llm_server, route, records):
+    with proxy(llm_server) as self_hosted:
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(self_hosted)}, "large": None},
+              threshold=1.0)
+        llmbudget.get_engine().pricing = llmbudget.Pricing({"gemma-*": {"input": 0, "output": 0}})
+        client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+        assert len(self_hosted.received) == 1
+        assert json.loads(self_hosted.received[0][2])["model"] == "gemma-3-270m"
+    assert records[0].base_url == base_url(self_hosted) and records[0].cost_usd == 0
+
+
+def test_tier_cap_lowers_but_never_raises_the_apps_limit(llm_server, route, records):
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 3}, "large": None}, threshold=1.0)
+    client = client_for(llm_server)
+    capped = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Count from 1 to 30."}], max_tokens=40)
+    assert capped.usage.completion_tokens <= 3
+    assert records[0].capped and records[0].truncated_by_cap
+    client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=2)
+    assert not records[1].capped and records[1].usage.output_tokens <= 2
+
+
+def test_cap_fields_follow_the_api_and_the_model():
+    assert cap_field("chat.completions", {}, "gpt-4o") == "max_tokens"
+    assert cap_field("chat.completions", {}, "o3-mini") == "max_completion_tokens"
+    assert cap_field("chat.completions", {"max_completion_tokens": 9}, "gpt-4o") == "max_completion_tokens"
+    assert cap_field("responses", {}, "gpt-4o") == "max_output_tokens"
+    assert apply_cap("chat.completions", {"max_tokens": 10}, "gpt-4o", 50) == ({"max_tokens": 10}, False)
+    assert apply_cap("chat.completions", {"max_tokens": 100}, "gpt-4o", 50) == ({"max_tokens": 50}, True)
+    assert apply_cap("responses", {}, "gpt-4o", 7) == ({"max_output_tokens": 7}, True)
+
+
+def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine):
+    engine.hosts = frozenset({"127.0.0.1"})
+    with echo_server() as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        client.with_options(max_retries=0).chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    assert "prompt_cache_key" not in json.loads(server.received[0][2])
+
+    from llmbudget.pipeline import get_engine
+
+    def key_for(system: str, tenant: str) -> str:
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "system", "content": system}] + HI}).encode()
+        with llmbudget.scope(tenant=tenant):
+            attempt = get_engine().begin(url="https://api.openai.com/v1/chat/completions",
+                                         path="/v1/chat/completions", headers={}, body=body)
+            assert attempt.plan("/v1/chat/completions")
+        return attempt.call.body["prompt_cache_key"]
+
+    assert key_for("Be brief.", "a") == key_for("Be brief.", "a")
+    assert key_for("Be brief.", "a") != key_for("Be brief.", "b") != key_for("Be long.", "b")
+
+
+def test_unknown_tiers_are_configuration_errors():
+    with pytest.raises(ValueError, match="tier 'small' is not defined"):
+        Routing(tiers={"large": None})
+    with pytest.raises(ValueError, match="max_output_tokens must be a positive integer"):
+        Routing(tiers={"small": {"model": "m", "max_output_tokens": 0}, "large": None})

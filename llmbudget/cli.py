@@ -94,6 +94,17 @@ def _eval_router(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_router(ns: argparse.Namespace) -> int:
+    from .routing.calibrate import calibrate, write_threshold
+
+    result = calibrate(ns.sample, strong_fraction=ns.strong_fraction)
+    if ns.policy:
+        write_threshold(ns.policy, result["threshold"])
+        result["policy"] = ns.policy
+    _print(result, as_json=ns.json, title="router calibration")
+    return 0
+
+
 def _prices(ns: argparse.Namespace) -> int:
     from .calls import Usage
     from .pricing import Pricing
@@ -194,6 +205,15 @@ def _parser() -> argparse.ArgumentParser:
     bench_cache.add_argument("--entries", type=int, default=100_000)
     bench_cache.add_argument("--json", action="store_true")
     bench_cache.set_defaults(handler=_bench_cache)
+
+    calibrate = commands.add_parser("calibrate", help="fit a setting to a sample of your own traffic")
+    calibrate_what = calibrate.add_subparsers(dest="what", required=True)
+    calibrate_router = calibrate_what.add_parser("router", help="the threshold that sends a share of prompts to strong")
+    calibrate_router.add_argument("sample", help="JSONL of request bodies / {'prompt': ...}, or a CSV with a prompt column")
+    calibrate_router.add_argument("--strong-fraction", type=float, required=True)
+    calibrate_router.add_argument("--policy", help="write the threshold to this policy file (llmbudget.toml or pyproject)")
+    calibrate_router.add_argument("--json", action="store_true")
+    calibrate_router.set_defaults(handler=_calibrate_router)
 
     prices = commands.add_parser("prices", help="what models cost per 1M tokens (genai-prices)")
     prices.add_argument("models", nargs="+")

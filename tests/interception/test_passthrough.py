@@ -1,0 +1,245 @@
+"""Interception never breaks a request: any body reaches the server and comes back byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from servers import base_url, echo_server
+
+import llmbudget
+
+pytestmark = pytest.mark.filterwarnings("ignore::llmbudget.UnpricedModelWarning")
+
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SDK_HEADERS = {
+    "User-Agent": "OpenAI/Python 3.0",
+    "x-stainless-lang": "python",
+    "content-type": "application/json",
+}
+LIBRARIES = {"httpx2": httpx2, "httpx": httpx}
+
+
+class Harness:
+    def __init__(self, server: Any, engine: llmbudget.Engine) -> None:
+        self.server = server
+        self.url = base_url(server)
+        self.engine = engine
+        self.records: list[llmbudget.SpendRecord] = []
+        engine.add_observer(self.records.append)
+        self.clients = {name: module.Client(timeout=30) for name, module in LIBRARIES.items()}
+
+    def reset(self) -> None:
+        self.server.received.clear()
+        self.records.clear()
+
+    def send(self, library: str, method: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+        self.reset()
+        response = self.clients[library].request(method, self.url + path, content=body,
+                                                 headers=SDK_HEADERS if headers is None else headers)
+        assert response.status_code == 200
+        return response
+
+    def received(self) -> tuple[str, str, bytes, dict[str, str]]:
+        assert len(self.server.received) == 1
+        return self.server.received[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Harness]:
+    """An echo server, a fresh engine, and llmbudget installed globally for this module."""
+    was_installed = llmbudget.installed()
+    engine = llmbudget.Engine()
+    previous = llmbudget.set_engine(engine)
+    llmbudget.install()
+    try:
+        with echo_server() as server:
+            # The echo handler writes its headers and body separately; with Nagle's algorithm on,
+            # every answer waits ~40 ms for a delayed ACK. TCP_NODELAY for this server only.
+            server.RequestHandlerClass = type(
+                "NoDelayEcho", (server.RequestHandlerClass,), {"disable_nagle_algorithm": True}
+            )
+            h = Harness(server, engine)
+            try:
+                yield h
+            finally:
+                for client in h.clients.values():
+                    client.close()
+    finally:
+        if not was_installed:
+            llmbudget.uninstall()
+        llmbudget.set_engine(previous)
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((value for key, value in headers.items() if key.lower() == name), None)
+
+
+def _is_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+def _check_round_trip(harness: Harness, library: str, body: bytes, path: str = "/chat/completions") -> None:
+    response = harness.send(library, "POST", path, body)
+    method, server_path, received, headers = harness.received()
+    assert (method, server_path) == ("POST", "/v1" + path)
+    assert received == body
+    assert response.content == body
+    assert _header(headers, "content-type") == "application/json"
+    # The request went through llmbudget: a JSON object is an LLM call (one record), anything else is not.
+    expected = 1 if _is_object(body) else 0
+    assert len(harness.records) == expected, harness.records
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+MESSAGES = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)}),
+    max_size=4,
+)
+CHAT_REQUESTS = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-4o-mini", "gpt-4o", "o3", "my-local-model"]), "messages": MESSAGES},
+    optional={"stream": st.booleans(), "max_tokens": st.integers(-5, 10_000), "n": JSON, "tools": JSON,
+              "usage": JSON, "choices": JSON},
+)
+
+
+def _encoded(value: Any, ascii_only: bool) -> bytes:
+    return json.dumps(value, ensure_ascii=ascii_only).encode()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(value=JSON, ascii_only=st.booleans())
+def test_any_json_value_passes_through(harness: Harness, library: str, value: Any, ascii_only: bool) -> None:
+    _check_round_trip(harness, library, _encoded(value, ascii_only))
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(request=CHAT_REQUESTS, ascii_only=st.booleans())
+def test_chat_shaped_requests_pass_through(harness: Harness, library: str, request: dict[str, Any],
+                                           ascii_only: bool) -> None:
+    _check_round_trip(harness, library, _encoded(request, ascii_only))
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(body=st.binary(max_size=4096))
+def test_random_bytes_pass_through(harness: Harness, library: str, body: bytes) -> None:
+    _check_round_trip(harness, library, body)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(request=CHAT_REQUESTS, junk=st.binary(min_size=1, max_size=8).filter(lambda b: not _utf8(b)),
+       data=st.data())
+def test_non_utf8_bodies_pass_through(harness: Harness, library: str, request: dict[str, Any], junk: bytes,
+                                      data: st.DataObject) -> None:
+    text = _encoded(request, False)
+    at = data.draw(st.integers(0, len(text)), label="at")
+    _check_round_trip(harness, library, text[:at] + junk + text[at:])
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(request=CHAT_REQUESTS, data=st.data())
+def test_truncated_json_passes_through(harness: Harness, library: str, request: dict[str, Any],
+                                       data: st.DataObject) -> None:
+    text = _encoded(request, False)
+    cut = data.draw(st.integers(0, len(text) - 1), label="cut")
+    _check_round_trip(harness, library, text[:cut])
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_huge_bodies_pass_through(harness: Harness, library: str) -> None:
+    rng = random.Random(7)
+    words = ["budget", "token", "cache", "route", "price", "stream", "model", "naïve", "日本語", "🎉"]
+    content = " ".join(rng.choice(words) for _ in range(800_000))  # ~5 MB of text
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}],
+               "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 1}}
+    body = _encoded(request, False)
+    assert len(body) > 5_000_000
+    _check_round_trip(harness, library, body)
+    assert harness.records[0].usage.input_tokens == 1_000_000
+    noise = rng.randbytes(5 * 1024 * 1024)
+    _check_round_trip(harness, library, noise)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/models"), ("GET", "/chat/completions"), ("PUT", "/chat/completions"), ("POST", "/files"),
+     ("POST", "/responses/resp_123/cancel"), ("POST", "/chat/completions/chatcmpl-1"), ("POST", "/moderations")],
+)
+def test_other_methods_and_paths_pass_through_untouched(harness: Harness, library: str, method: str,
+                                                        path: str) -> None:
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    response = harness.send(library, method, path, body)
+    assert harness.received()[:3] == (method, "/v1" + path, body)
+    assert response.content == body
+    assert harness.records == []
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "multipart/form-data; boundary=x"])
+def test_non_json_content_type_passes_through_untouched(harness: Harness, library: str, content_type: str) -> None:
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {**SDK_HEADERS, "content-type": content_type}
+    response = harness.send(library, "POST", "/chat/completions", body, headers=headers)
+    method, path, received, server_headers = harness.received()
+    assert (method, path, received) == ("POST", "/v1/chat/completions", body)
+    assert _header(server_headers, "content-type") == content_type
+    assert response.content == body
+    assert harness.records == []
+
+
+def test_a_json_chat_request_is_intercepted(harness: Harness) -> None:
+    """The control for the tests above: the same request with a JSON content type is an LLM call."""
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], ' \
+           b'"usage": {"prompt_tokens": 9, "completion_tokens": 2}}'
+    harness.send("httpx2", "POST", "/chat/completions", body)
+    assert len(harness.records) == 1
+    assert harness.records[0].usage.input_tokens == 9
+    assert harness.records[0].cost_usd > 0
+
+
+async def _send_async(module: Any, url: str, body: bytes) -> bytes:
+    async with module.AsyncClient(timeout=30) as client:
+        response = await client.post(url, content=body, headers=SDK_HEADERS)
+        assert response.status_code == 200
+        return response.content  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(JSON.map(lambda v: _encoded(v, False)), CHAT_REQUESTS.map(lambda v: _encoded(v, True)),
+                      st.binary(max_size=512)))
+def test_async_clients_pass_through(harness: Harness, library: str, body: bytes) -> None:
+    harness.reset()
+    content = asyncio.run(_send_async(LIBRARIES[library], harness.url + "/chat/completions", body))
+    assert content == body
+    assert harness.received()[2] == body
+    assert len(harness.records) == (1 if _is_object(body) else 0)

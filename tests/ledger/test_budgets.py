@@ -1,0 +1,359 @@
+"""llmbudget.ledger.budgets: validation, period buckets, reservations, refusals, concurrency."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llmbudget
+import llmbudget.ledger.budgets as budgets_module
+from llmbudget.ledger.budgets import (
+    Bucket,
+    Budget,
+    BudgetStore,
+    MemoryBudgetStore,
+    Refusal,
+    Reservation,
+    SQLiteBudgetStore,
+)
+
+UTC = timezone.utc
+NOW = datetime(2026, 6, 15, 12, 30, 45, tzinfo=UTC).timestamp()
+
+
+def _bucket(usd: str = "1.00", *, name: str = "", per: str = "global") -> Bucket:
+    budget = Budget(Decimal(usd), per=per, name=name)  # type: ignore[arg-type]
+    return budget.bucket(tenant="acme", request_id="req-1", now=NOW)
+
+
+# -- Budget validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "needle"),
+    [
+        ((1,), {"per": "week"}, "per='week'"),
+        ((1,), {"per": "tenant", "period": "week"}, "period='week'"),
+        ((1,), {"period": "day"}, "per-request budget has no period"),
+        ((-1,), {}, "Budget usd"),
+        (("ten dollars",), {}, "'ten dollars'"),
+        ((float("nan"),), {}, "Budget usd"),
+        ((float("inf"),), {"per": "global"}, "Budget usd"),
+    ],
+)
+def test_budget_validation(args: tuple[object, ...], kwargs: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        Budget(*args, **kwargs)  # type: ignore[arg-type]
+    assert needle in str(raised.value)
+
+
+def test_budget_amounts_and_names() -> None:
+    assert Budget(0.1).usd == Decimal("0.1")
+    assert Budget("2.50", per="tenant").usd == Decimal("2.50")
+    assert Budget(0).usd == 0
+    assert Budget(1).name == "request"
+    assert Budget(1, per="tenant", period="day").name == "tenant/day"
+    assert Budget(1, per="global", name="company").name == "company"
+
+
+# -- period buckets --------------------------------------------------------------------------------
+
+
+def _expected_bounds(period: str, t: datetime) -> tuple[datetime, datetime]:
+    if period == "minute":
+        start = t.replace(second=0, microsecond=0)
+        return start, start + timedelta(minutes=1)
+    if period == "hour":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if period == "day":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return start, start.replace(year=year, month=month)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    t=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)),
+    period=st.sampled_from(["minute", "hour", "day", "month"]),
+)
+def test_period_buckets(t: datetime, period: str) -> None:
+    budget = Budget(5, per="tenant", period=period)  # type: ignore[arg-type]
+    start, end = _expected_bounds(period, t)
+    bucket = budget.bucket(tenant="acme", request_id="r", now=t.timestamp())
+    assert bucket.resets_at == end.timestamp()
+    assert bucket.limit == Decimal(5)
+    assert bucket.budget is budget
+    same = budget.bucket(tenant="acme", request_id="other", now=start.timestamp())
+    last = budget.bucket(tenant="acme", request_id="r", now=end.timestamp() - 0.001)
+    following = budget.bucket(tenant="acme", request_id="r", now=end.timestamp())
+    assert bucket.key == same.key == last.key
+    assert following.key != bucket.key
+    assert following.resets_at == _expected_bounds(period, end)[1].timestamp()
+
+
+def test_december_rolls_over_to_january() -> None:
+    budget = Budget(5, per="global", period="month")
+    december = budget.bucket(tenant="a", request_id="r", now=datetime(2026, 12, 31, 23, 59, 59, 999000,
+                                                                       tzinfo=UTC).timestamp())
+    january = budget.bucket(tenant="a", request_id="r", now=datetime(2027, 1, 1, tzinfo=UTC).timestamp())
+    assert december.resets_at == datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    assert january.resets_at == datetime(2027, 2, 1, tzinfo=UTC).timestamp()
+    assert december.key != january.key
+    assert "2026-12-01" in december.key and "2027-01-01" in january.key
+
+
+def test_bucket_owners() -> None:
+    def key(budget: Budget, tenant: str, request_id: str) -> str:
+        return budget.bucket(tenant=tenant, request_id=request_id, now=NOW).key
+
+    tenant = Budget(1, per="tenant", period="day")
+    assert key(tenant, "a", "r1") == key(tenant, "a", "r2") != key(tenant, "b", "r1")
+    everyone = Budget(1, per="global", period="day")
+    assert key(everyone, "a", "r1") == key(everyone, "b", "r2")
+    request = Budget(1)
+    assert key(request, "a", "r1") == key(request, "b", "r1") != key(request, "a", "r2")
+    assert request.bucket(tenant="a", request_id="r", now=NOW).resets_at is None
+    # Different kinds of budgets never share a counter.
+    assert len({key(tenant, "a", "r"), key(everyone, "a", "r"), key(Budget(1, per="tenant"), "a", "r")}) == 3
+
+
+# -- reserve / settle / release --------------------------------------------------------------------
+
+
+StoreFactory = Callable[..., BudgetStore]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    def make(ttl: float = 600.0) -> BudgetStore:
+        if request.param == "memory":
+            return MemoryBudgetStore(reservation_ttl=ttl)
+        return SQLiteBudgetStore(tmp_path / "budgets.sqlite3", reservation_ttl=ttl)
+
+    return make
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> BudgetStore:
+    return store_factory()
+
+
+def test_reserve_settle_release(store: BudgetStore) -> None:
+    bucket = _bucket("1.00")
+    first = store.reserve([bucket], Decimal("0.40"))
+    assert isinstance(first, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.40"))
+    second = store.reserve([bucket], Decimal("0.60"))  # exactly up to the limit is allowed
+    assert isinstance(second, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("1.00"))
+    store.settle(first, Decimal("0.25"))
+    assert store.spent(bucket.key) == (Decimal("0.25"), Decimal("0.60"))
+    store.settle(second, Decimal(0))  # release: nothing charged
+    assert store.spent(bucket.key) == (Decimal("0.25"), Decimal(0))
+    assert store.spent("never-used") == (Decimal(0), Decimal(0))
+
+
+def test_reservation_is_atomic_across_buckets(store: BudgetStore) -> None:
+    small = Budget(Decimal("0.50"), per="tenant", name="small").bucket(tenant="a", request_id="r", now=NOW)
+    large = Budget(Decimal("5"), per="global", name="large").bucket(tenant="a", request_id="r", now=NOW)
+    refused = store.reserve([large, small], Decimal("0.75"))
+    assert isinstance(refused, Refusal)
+    assert refused.budget == "small"
+    assert store.spent(large.key) == (0, 0)  # nothing held on the bucket that had room
+    granted = store.reserve([large, small], Decimal("0.5"))
+    assert isinstance(granted, Reservation)
+    store.settle(granted, Decimal("0.125"))
+    assert store.spent(large.key) == store.spent(small.key) == (Decimal("0.125"), 0)
+
+
+def test_refusal_fields_and_json(store: BudgetStore) -> None:
+    budget = Budget(Decimal("1.00"), per="tenant", period="day", name="daily-tenant")
+    bucket = budget.bucket(tenant="acme", request_id="r", now=NOW)
+    held = store.reserve([bucket], Decimal("0.40"), tenant="acme")
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.15"))
+    assert isinstance(store.reserve([bucket], Decimal("0.25"), tenant="acme"), Reservation)
+    refusal = store.reserve([bucket], Decimal("0.70"), tenant="acme")
+    assert isinstance(refusal, Refusal)
+    assert refusal.budget == "daily-tenant"
+    assert (refusal.per, refusal.period, refusal.tenant) == ("tenant", "day", "acme")
+    assert refusal.limit_usd == Decimal("1.00")
+    assert refusal.spent_usd == Decimal("0.15")
+    assert refusal.reserved_usd == Decimal("0.25")
+    assert refusal.estimated_cost_usd == Decimal("0.70")
+    assert refusal.remaining_usd == Decimal("0.60")
+    assert refusal.resets_at == datetime(2026, 6, 16, tzinfo=UTC).timestamp()
+    message = refusal.message()
+    assert "'daily-tenant'" in message and "$0.60" in message and "$0.70" in message and "$1.00" in message
+    error = json.loads(refusal.to_json())["error"]
+    assert error["type"] == "budget_exceeded"
+    assert error["code"] == "llmbudget_budget_exceeded"
+    assert error["message"] == message
+    assert error["llmbudget"] == {
+        "budget": "daily-tenant", "per": "tenant", "period": "day", "tenant": "acme",
+        "limit_usd": 1.0, "spent_usd": 0.15, "reserved_usd": 0.25, "remaining_usd": 0.6,
+        "estimated_cost_usd": 0.7, "resets_at": "2026-06-16T00:00:00+00:00",
+    }
+    # The refusal the interception returns is read back by budget_refusal from the same JSON.
+    assert refusal.to_dict()["remaining_usd"] == 0.6
+
+
+def test_settling_twice_counts_once(store: BudgetStore) -> None:
+    bucket = _bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.3"))
+    store.settle(held, Decimal("0.3"))
+    store.settle(held, Decimal("0.9"))
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal(0))
+
+
+class _Clock:
+    """Stands in for the ``time`` module of the budgets module: both clocks under the test's control."""
+
+    def __init__(self) -> None:
+        self.now = 1_750_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(budgets_module, "time", fake)
+    return fake
+
+
+def test_expired_reservations_release_their_hold(store_factory: StoreFactory, clock: _Clock) -> None:
+    store = store_factory(ttl=60)
+    bucket = _bucket("1.00")
+    stale = store.reserve([bucket], Decimal("0.9"))
+    assert isinstance(stale, Reservation)
+    clock.now += 59
+    assert isinstance(store.reserve([bucket], Decimal("0.2")), Refusal)
+    clock.now += 2
+    fresh = store.reserve([bucket], Decimal("0.9"))  # the stale hold has expired
+    assert isinstance(fresh, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.9"))
+
+
+def test_late_settle_after_expiry_charges_the_actual_once(store_factory: StoreFactory, clock: _Clock) -> None:
+    store = store_factory(ttl=60)
+    bucket = _bucket("1.00")
+    late = store.reserve([bucket], Decimal("0.6"))
+    assert isinstance(late, Reservation)
+    clock.now += 61
+    other = store.reserve([bucket], Decimal("0.1"))  # triggers expiry of the first hold
+    assert isinstance(other, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.1"))
+    store.settle(late, Decimal("0.45"))
+    assert store.spent(bucket.key) == (Decimal("0.45"), Decimal("0.1"))
+    store.settle(late, Decimal("0.45"))
+    assert store.spent(bucket.key) == (Decimal("0.45"), Decimal("0.1"))
+
+
+def test_engine_reserve_refuses_with_the_worst_case_estimate() -> None:
+    engine = llmbudget.Engine(budgets=[Budget(Decimal("0.0001"), per="global", name="tiny")])
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                       "max_completion_tokens": 1000}).encode()
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=body)
+    assert attempt is not None
+    refusal = attempt.reserve()
+    assert isinstance(refusal, Refusal)
+    assert refusal.budget == "tiny"
+    assert refusal.estimated_cost_usd == attempt.worst_case_usd() > Decimal("0.0001")
+    assert refusal.limit_usd == Decimal("0.0001")
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+LIMIT = Decimal(40)
+PER_WORKER = 50
+
+
+def _reserve_many(store: BudgetStore, bucket: Bucket, seed: int) -> tuple[list[str], int, list[str]]:
+    """Reserve random amounts and settle a random actual <= reserved; (actuals, refusals, violations)."""
+    rng = random.Random(seed)
+    actuals: list[str] = []
+    refusals = 0
+    violations: list[str] = []
+    for _ in range(PER_WORKER):
+        amount = Decimal(rng.randint(1, 200)) / 100
+        held = store.reserve([bucket], amount)
+        spent, reserved = store.spent(bucket.key)
+        if spent + reserved > bucket.limit:
+            violations.append(f"spent {spent} + reserved {reserved} > {bucket.limit}")
+        if isinstance(held, Refusal):
+            refusals += 1
+            continue
+        actual = (amount * Decimal(rng.randint(0, 100)) / 100).quantize(Decimal("0.0001"))
+        store.settle(held, actual)
+        actuals.append(str(actual))
+    return actuals, refusals, violations
+
+
+def _process_worker(path: str, seed: int) -> tuple[list[str], int, list[str]]:
+    store = SQLiteBudgetStore(path)
+    bucket = Budget(LIMIT, per="global", period="month").bucket(tenant="t", request_id="r", now=NOW)
+    return _reserve_many(store, bucket, seed)
+
+
+def _check_totals(store: BudgetStore, bucket: Bucket, results: list[tuple[list[str], int, list[str]]]) -> None:
+    actuals = [Decimal(a) for result in results for a in result[0]]
+    refusals = sum(result[1] for result in results)
+    violations = [v for result in results for v in result[2]]
+    assert violations == []
+    assert actuals and refusals, "the run should both grant and refuse reservations"
+    spent, reserved = store.spent(bucket.key)
+    assert reserved == 0
+    assert spent == sum(actuals)
+    assert spent <= LIMIT
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_threads_never_overspend(kind: str, tmp_path: Path) -> None:
+    store: BudgetStore = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "b.sqlite3")
+    bucket = Budget(LIMIT, per="global", period="month").bucket(tenant="t", request_id="r", now=NOW)
+    results: list[tuple[list[str], int, list[str]]] = [([], 0, [])] * 16
+    start = threading.Barrier(16)
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = _reserve_many(store, bucket, seed=i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(r[0]) + r[1] for r in results) == 16 * PER_WORKER
+    _check_totals(store, bucket, results)
+
+
+def test_processes_never_overspend(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    store = SQLiteBudgetStore(path)
+    bucket = Budget(LIMIT, per="global", period="month").bucket(tenant="t", request_id="r", now=NOW)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.starmap(_process_worker, [(str(path), seed) for seed in range(100, 104)])
+    assert sum(len(r[0]) + r[1] for r in results) == 4 * PER_WORKER
+    _check_totals(store, bucket, results)
+

@@ -1,0 +1,532 @@
+"""llmbudget.providers: usage from every wire format, and the pipeline reading real response bytes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from decimal import Decimal
+from typing import Any
+
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai.types import Completion, CompletionChoice, CreateEmbeddingResponse, Embedding
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice as ChatChoice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from openai.types.create_embedding_response import Usage as EmbeddingUsage
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseTextDeltaEvent,
+    ResponseUsage,
+)
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+
+import llmbudget
+from llmbudget import tokens
+from llmbudget.calls import Usage
+from llmbudget.pipeline import Attempt
+from llmbudget.pricing import Pricing
+from llmbudget.providers import ADAPTERS, ResponseState, adapter_for_endpoint, adapter_for_path
+from llmbudget.providers._base import as_int
+from llmbudget.providers.chat import ChatAdapter, chat_usage
+from llmbudget.providers.completions import CompletionsAdapter
+from llmbudget.providers.embeddings import EmbeddingsAdapter
+from llmbudget.providers.responses import ResponsesAdapter, responses_usage
+
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BASE = "http://127.0.0.1:9/v1"
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return json.loads(model.model_dump_json(exclude_unset=True))
+
+
+@st.composite
+def chat_usages(draw: st.DrawFn) -> CompletionUsage:
+    prompt = draw(st.integers(0, 2_000_000))
+    completion = draw(st.integers(0, 200_000))
+    cached = draw(st.integers(0, prompt))
+    written = draw(st.integers(0, prompt - cached))
+    return CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=cached, cache_write_tokens=written, audio_tokens=draw(st.integers(0, prompt - cached))
+        ),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=draw(st.integers(0, completion)), audio_tokens=draw(st.integers(0, completion))
+        ),
+    )
+
+
+def _expected_chat(usage: CompletionUsage, tier: str | None = None) -> Usage:
+    prompt_details = usage.prompt_tokens_details or PromptTokensDetails()
+    completion_details = usage.completion_tokens_details or CompletionTokensDetails()
+    return Usage(
+        input_tokens=usage.prompt_tokens,
+        cached_input_tokens=prompt_details.cached_tokens or 0,
+        cache_write_tokens=prompt_details.cache_write_tokens or 0,
+        output_tokens=usage.completion_tokens,
+        reasoning_tokens=completion_details.reasoning_tokens or 0,
+        input_audio_tokens=prompt_details.audio_tokens or 0,
+        output_audio_tokens=completion_details.audio_tokens or 0,
+        service_tier=tier,
+    )
+
+
+@st.composite
+def responses_usages(draw: st.DrawFn) -> ResponseUsage:
+    inp = draw(st.integers(0, 2_000_000))
+    out = draw(st.integers(0, 200_000))
+    cached = draw(st.integers(0, inp))
+    return ResponseUsage(
+        input_tokens=inp,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached,
+                                                cache_write_tokens=draw(st.integers(0, inp - cached))),
+        output_tokens=out,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=draw(st.integers(0, out))),
+        total_tokens=inp + out,
+    )
+
+
+def _response(usage: ResponseUsage | None, *, status: str = "completed", tier: str | None = None,
+              text: str = "") -> Response:
+    output = []
+    if text:
+        output.append(ResponseOutputMessage(
+            id="msg_1", type="message", role="assistant", status="completed",
+            content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
+        ))
+    return Response(
+        id="resp_1", created_at=1_700_000_000.0, model="gpt-5-mini-2025-08-07", object="response", output=output,
+        parallel_tool_calls=True, tool_choice="auto", tools=[], status=status, usage=usage, service_tier=tier,
+    )
+
+
+# -- usage from JSON responses -------------------------------------------------------------------
+
+
+@SETTINGS
+@given(usage=chat_usages(), tier=st.sampled_from([None, "default", "flex", "priority"]))
+def test_chat_completion_json_usage(usage: CompletionUsage, tier: str | None) -> None:
+    completion = ChatCompletion(
+        id="chatcmpl-1", created=1, model="gpt-4o-mini-2024-07-18", object="chat.completion", service_tier=tier,
+        choices=[ChatChoice(index=0, finish_reason="stop",
+                            message=ChatCompletionMessage(role="assistant", content="Hi there"))],
+        usage=usage,
+    )
+    state = ResponseState()
+    ChatAdapter().read_json(_dump(completion), state)
+    expected = _expected_chat(usage)
+    assert state.usage == expected
+    assert chat_usage(_dump(usage)) == expected
+    assert state.model == "gpt-4o-mini-2024-07-18"
+    assert state.service_tier == tier
+    assert state.text == "Hi there"
+    assert state.finish_reasons == ["stop"]
+    assert state.done
+
+
+@SETTINGS
+@given(usage=responses_usages(), tier=st.sampled_from([None, "default", "flex", "priority"]))
+def test_responses_json_usage_and_service_tier(usage: ResponseUsage, tier: str | None) -> None:
+    state = ResponseState()
+    ResponsesAdapter().read_json(_dump(_response(usage, tier=tier, text="Hello")), state)
+    expected = Usage(
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.input_tokens_details.cached_tokens,
+        cache_write_tokens=usage.input_tokens_details.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
+    )
+    assert state.usage == expected
+    assert responses_usage(_dump(usage)) == expected
+    assert state.service_tier == tier
+    assert state.model == "gpt-5-mini-2025-08-07"
+    assert state.text == "Hello"
+    assert state.done
+
+
+@SETTINGS
+@given(prompt=st.integers(0, 10**7))
+def test_embeddings_usage(prompt: int) -> None:
+    response = CreateEmbeddingResponse(
+        data=[Embedding(embedding=[0.1, 0.2], index=0, object="embedding")], model="text-embedding-3-small",
+        object="list", usage=EmbeddingUsage(prompt_tokens=prompt, total_tokens=prompt),
+    )
+    state = ResponseState()
+    EmbeddingsAdapter().read_json(_dump(response), state)
+    assert state.usage == Usage(input_tokens=prompt)
+    assert state.model == "text-embedding-3-small"
+
+
+@SETTINGS
+@given(usage=chat_usages())
+def test_legacy_completions_usage(usage: CompletionUsage) -> None:
+    completion = Completion(
+        id="cmpl-1", created=1, model="gpt-3.5-turbo-instruct", object="text_completion", usage=usage,
+        choices=[CompletionChoice(index=0, finish_reason="length", text="once upon", logprobs=None)],
+    )
+    state = ResponseState()
+    CompletionsAdapter().read_json(_dump(completion), state)
+    assert state.usage == _expected_chat(usage)
+    assert state.text == "once upon"
+    assert state.finish_reasons == ["length"]
+
+
+def test_requests_parse_into_calls() -> None:
+    chat = ChatAdapter().parse(
+        {"model": "gpt-4o", "messages": [], "max_completion_tokens": 100, "n": 3, "stream": True}, BASE
+    )
+    assert (chat.endpoint, chat.model, chat.stream, chat.max_output_tokens, chat.base_url) == (
+        "chat.completions", "gpt-4o", True, 300, BASE)
+    legacy_cap = ChatAdapter().parse({"model": "gpt-4o", "max_tokens": 50}, BASE)
+    assert legacy_cap.max_output_tokens == 50 and legacy_cap.stream is False
+    responses = ResponsesAdapter().parse({"model": "o3", "input": "hi", "max_output_tokens": 70}, BASE)
+    assert (responses.endpoint, responses.max_output_tokens) == ("responses", 70)
+    embeddings = EmbeddingsAdapter().parse({"model": "text-embedding-3-small", "input": "x"}, BASE)
+    assert (embeddings.endpoint, embeddings.max_output_tokens) == ("embeddings", 0)
+    completions = CompletionsAdapter().parse({"model": "davinci-002", "prompt": "x", "max_tokens": 9}, BASE)
+    assert (completions.endpoint, completions.max_output_tokens) == ("completions", 9)
+    assert ChatAdapter().parse({"model": 42, "stream": "yes"}, BASE).model is None
+    assert ChatAdapter().parse({"model": 42, "stream": "yes"}, BASE).stream is False
+
+
+# -- which adapter for which path ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint", "prefix"),
+    [
+        ("/v1/chat/completions", "chat.completions", "/v1"),
+        ("/v1/chat/completions/", "chat.completions", "/v1"),
+        ("/openai/deployments/x/chat/completions", "chat.completions", "/openai/deployments/x"),
+        ("/v1/responses", "responses", "/v1"),
+        ("/v1/embeddings", "embeddings", "/v1"),
+        ("/v1/completions", "completions", "/v1"),
+        ("/completions", "completions", ""),
+    ],
+)
+def test_adapter_for_path(path: str, endpoint: str, prefix: str) -> None:
+    found = adapter_for_path(path)
+    assert found is not None
+    adapter, before = found
+    assert adapter.endpoint == endpoint
+    assert before == prefix
+    assert adapter_for_endpoint(endpoint) is adapter
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/responses/abc", "/responses/abc", "/v1/responses/resp_1/cancel", "/v1/responses/resp_1/input_items",
+     "/v1/chat/completions/chatcmpl-1", "/v1/models", "/v1/files", "/", "", "/v1/chat"],
+)
+def test_paths_that_are_not_llm_calls(path: str) -> None:
+    assert adapter_for_path(path) is None
+
+
+def test_chat_path_is_never_taken_for_completions() -> None:
+    found = adapter_for_path("/v1/chat/completions")
+    assert found is not None
+    assert isinstance(found[0], ChatAdapter)
+    assert {a.endpoint for a in ADAPTERS} == {"chat.completions", "responses", "embeddings", "completions"}
+    with pytest.raises(ValueError, match="unknown endpoint 'images'"):
+        adapter_for_endpoint("images")
+
+
+# -- malformed values ----------------------------------------------------------------------------
+
+MALFORMED = st.one_of(
+    st.text(max_size=8),
+    st.integers(max_value=-1),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True).filter(lambda f: not (f == f and f >= 0 and f.is_integer())),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(value=MALFORMED)
+def test_as_int_counts_malformed_values_as_zero(value: Any) -> None:
+    assert as_int(value) == 0
+
+
+def test_as_int_takes_counts() -> None:
+    assert as_int(7) == 7
+    assert as_int(7.0) == 7
+    assert as_int(0) == 0
+    assert as_int(True) == 0
+    assert as_int("7") == 0
+
+
+@SETTINGS
+@given(values=st.lists(MALFORMED, min_size=8, max_size=8))
+def test_malformed_usage_values_count_as_zero(values: list[Any]) -> None:
+    chat = {
+        "prompt_tokens": values[0], "completion_tokens": values[1],
+        "prompt_tokens_details": {"cached_tokens": values[2], "audio_tokens": values[3]},
+        "completion_tokens_details": {"reasoning_tokens": values[4], "audio_tokens": values[5]},
+    }
+    assert chat_usage(chat) == Usage()
+    responses = {
+        "input_tokens": values[0], "output_tokens": values[1],
+        "input_tokens_details": {"cached_tokens": values[2]},
+        "output_tokens_details": {"reasoning_tokens": values[3]},
+    }
+    assert responses_usage(responses) == Usage()
+    assert EmbeddingsAdapter().usage({"prompt_tokens": values[6], "input_tokens": values[7]}) == Usage()
+    assert chat_usage({"prompt_tokens": 5, "prompt_tokens_details": values[2],
+                       "completion_tokens_details": values[3]}) == Usage(input_tokens=5)
+
+
+@SETTINGS
+@given(data=JSON, usage_value=JSON, field=st.sampled_from(["choices", "output", "usage", "model", "service_tier"]))
+def test_adapters_never_raise_on_any_json(data: Any, usage_value: Any, field: str) -> None:
+    bodies = [data, {field: usage_value}, {field: data, "usage": usage_value}]
+    for adapter in ADAPTERS:
+        for body in bodies:
+            adapter.read_json(body, ResponseState())
+            adapter.read_event(body, ResponseState())
+            adapter.read_stream([body, data], ResponseState())
+            assert isinstance(adapter.stream_text([body]), str)
+            state = ResponseState()
+            adapter.read_json(body, state)
+            if state.usage is not None:
+                assert all(isinstance(v, int) and v >= 0 for v in (
+                    state.usage.input_tokens, state.usage.cached_input_tokens, state.usage.output_tokens,
+                    state.usage.reasoning_tokens))
+
+
+# -- the pipeline reading response bytes ---------------------------------------------------------
+
+CHAT_BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the world"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "max_completion_tokens": 64,
+}
+WORDS = ["Hello", ",", " world", "!", " How", " are", " you", "?"]
+
+
+def _begin(engine: llmbudget.Engine, body: dict[str, Any], path: str = "/v1/chat/completions") -> Attempt:
+    attempt = engine.begin(url=BASE.rsplit("/v1", 1)[0] + path, path=path, headers={}, body=json.dumps(body).encode())
+    assert attempt is not None
+    return attempt
+
+
+def _chunks(usage: CompletionUsage | None, tier: str | None = None) -> list[ChatCompletionChunk]:
+    def chunk(**fields: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id="chatcmpl-1", created=1, model="gpt-4o-mini-2024-07-18",
+                                   object="chat.completion.chunk", service_tier=tier, **fields)
+
+    out = [chunk(choices=[ChunkChoice(index=0, delta=ChoiceDelta(role="assistant", content=""))])]
+    out += [chunk(choices=[ChunkChoice(index=0, delta=ChoiceDelta(content=word))]) for word in WORDS]
+    out.append(chunk(choices=[ChunkChoice(index=0, delta=ChoiceDelta(), finish_reason="stop")]))
+    if usage is not None:
+        out.append(chunk(choices=[], usage=usage))
+    return out
+
+
+def _sse(chunks: list[ChatCompletionChunk], *, done: bool = True) -> bytes:
+    text = "".join(f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n" for chunk in chunks)
+    return (text + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def _splits(data: st.DataObject, payload: bytes) -> list[bytes]:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), max_size=20), label="cuts"))
+    bounds = [0, *cuts, len(payload)]
+    return [payload[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _collect(engine: llmbudget.Engine) -> list[llmbudget.SpendRecord]:
+    seen: list[llmbudget.SpendRecord] = []
+    engine.add_observer(seen.append)
+    return seen
+
+
+@SETTINGS
+@given(usage=chat_usages(), tier=st.sampled_from([None, "default", "priority"]), gzipped=st.booleans(),
+       data=st.data())
+def test_streamed_chat_usage_comes_from_the_final_chunk(
+    usage: CompletionUsage, tier: str | None, gzipped: bool, data: st.DataObject
+) -> None:
+    engine = llmbudget.Engine()
+    seen = _collect(engine)
+    attempt = _begin(engine, CHAT_BODY)
+    payload = _sse(_chunks(usage, tier))
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    if gzipped:
+        payload = gzip.compress(payload)
+        headers["content-encoding"] = "gzip"
+    attempt.start_response(200, headers)
+    for piece in _splits(data, payload):
+        attempt.feed(piece)
+    record = attempt.finish(complete=True)
+    assert record is not None
+    expected = _expected_chat(usage, tier)
+    assert record.usage == expected
+    assert not record.estimated and not record.usage.estimated
+    assert record.error is None
+    assert record.model_answered == "gpt-4o-mini-2024-07-18"
+    assert record.cost_usd == Pricing().cost(expected, model="gpt-4o-mini-2024-07-18").usd
+    assert seen == [record]
+    assert attempt.finish(complete=True) is record  # settles once
+    assert seen == [record]
+
+
+@SETTINGS
+@given(usage=responses_usages(), tier=st.sampled_from([None, "default", "flex"]), gzipped=st.booleans(),
+       data=st.data())
+def test_streamed_responses_usage_comes_from_response_completed(
+    usage: ResponseUsage, tier: str | None, gzipped: bool, data: st.DataObject
+) -> None:
+    engine = llmbudget.Engine()
+    attempt = _begin(engine, {"model": "gpt-5-mini", "input": "Say hello", "stream": True}, "/v1/responses")
+    events = [
+        ResponseCreatedEvent(type="response.created", sequence_number=0,
+                             response=_response(None, status="in_progress", tier=tier)),
+        *[ResponseTextDeltaEvent(type="response.output_text.delta", sequence_number=i + 1, item_id="msg_1",
+                                 output_index=0, content_index=0, delta=word, logprobs=[])
+          for i, word in enumerate(WORDS)],
+        ResponseCompletedEvent(type="response.completed", sequence_number=len(WORDS) + 1,
+                               response=_response(usage, tier=tier, text="".join(WORDS))),
+    ]
+    payload = "".join(f"event: {e.type}\ndata: {e.model_dump_json(exclude_unset=True)}\n\n" for e in events).encode()
+    headers = {"content-type": "text/event-stream"}
+    if gzipped:
+        payload = gzip.compress(payload)
+        headers["content-encoding"] = "gzip"
+    attempt.start_response(200, headers)
+    for piece in _splits(data, payload):
+        attempt.feed(piece)
+    record = attempt.finish(complete=True)
+    assert record is not None
+    expected = Usage(
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.input_tokens_details.cached_tokens,
+        cache_write_tokens=usage.input_tokens_details.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
+        service_tier=tier,
+    )
+    assert record.usage == expected
+    assert not record.estimated
+    assert record.endpoint == "responses"
+    assert record.cost_usd == Pricing().cost(expected, model="gpt-5-mini-2025-08-07").usd
+
+
+def test_flex_tier_of_a_responses_call_is_priced_as_flex() -> None:
+    engine = llmbudget.Engine()
+    attempt = _begin(engine, {"model": "gpt-5-mini", "input": "x"}, "/v1/responses")
+    usage = ResponseUsage(input_tokens=100_000, output_tokens=10_000, total_tokens=110_000,
+                          input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+                          output_tokens_details=OutputTokensDetails(reasoning_tokens=0))
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(_response(usage, tier="flex").model_dump_json().encode())
+    record = attempt.finish(complete=True)
+    assert record is not None
+    standard = Pricing().cost(Usage(input_tokens=100_000, output_tokens=10_000), model="gpt-5-mini").usd
+    assert record.usage.service_tier == "flex"
+    assert record.cost_usd == standard / 2
+
+
+@pytest.mark.parametrize("keep", [0, 1, 4, 9])
+def test_cut_stream_is_estimated(engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], keep: int) -> None:
+    attempt = _begin(engine, CHAT_BODY)
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    chunks = _chunks(CompletionUsage(prompt_tokens=20, completion_tokens=9, total_tokens=29))[:keep]
+    attempt.feed(_sse(chunks, done=False))
+    record = attempt.finish(complete=False)
+    assert record is not None
+    assert record.estimated and record.usage.estimated
+    streamed = "".join(WORDS[: max(keep - 1, 0)])
+    assert record.usage.output_tokens == tokens.count_text(streamed, "gpt-4o-mini")
+    assert record.usage.input_tokens == attempt.estimate_input_tokens() > 0
+    assert record.cost_usd == Pricing().cost(record.usage, model="gpt-4o-mini").usd > 0
+    assert records == [record]
+
+
+def test_a_complete_stream_without_usage_is_estimated_from_its_text(engine: llmbudget.Engine) -> None:
+    attempt = _begin(engine, CHAT_BODY)
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(_sse(_chunks(None)))
+    record = attempt.finish(complete=True)
+    assert record is not None and record.estimated
+    assert record.usage.output_tokens == tokens.count_text("".join(WORDS), "gpt-4o-mini")
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
+def test_http_errors_cost_nothing(engine: llmbudget.Engine, records: list[llmbudget.SpendRecord],
+                                  status: int) -> None:
+    attempt = _begin(engine, CHAT_BODY)
+    attempt.start_response(status, {"content-type": "application/json"})
+    attempt.feed(b'{"error": {"message": "nope", "type": "server_error"}, '
+                 b'"usage": {"prompt_tokens": 100, "completion_tokens": 100}}')
+    record = attempt.finish(complete=True)
+    assert record is not None
+    assert record.cost_usd == 0
+    assert record.usage.total_tokens == 0
+    assert record.error == f"HTTP {status}"
+    assert record.status == status
+    assert records == [record]
+
+
+def test_connection_error_costs_nothing(engine: llmbudget.Engine) -> None:
+    attempt = _begin(engine, CHAT_BODY)
+    record = attempt.finish(complete=False, error=httpx2.ConnectError("x"))
+    assert record is not None
+    assert record.cost_usd == 0
+    assert record.usage.total_tokens == 0
+    assert record.error is not None and "ConnectError" in record.error
+
+
+def test_read_timeout_charges_the_input_estimate(engine: llmbudget.Engine) -> None:
+    attempt = _begin(engine, CHAT_BODY)
+    record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))
+    assert record is not None
+    estimate = attempt.estimate_input_tokens()
+    assert estimate > 0
+    assert record.usage == Usage(input_tokens=estimate, estimated=True)
+    assert record.estimated
+    assert record.cost_usd == Pricing().cost(Usage(input_tokens=estimate), model="gpt-4o-mini").usd > 0
+    assert "ReadTimeout" in (record.error or "")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "choices": 5, "usage": {"prompt_tokens": 1000,
+                                                                                   "completion_tokens": 100}}),
+        ("/v1/responses", {"model": "gpt-4o-mini", "output": 5, "status": "completed",
+                           "usage": {"input_tokens": 1000, "output_tokens": 100}}),
+    ],
+)
+def test_malformed_response_fields_do_not_lose_the_reported_usage(
+    engine: llmbudget.Engine, path: str, body: dict[str, Any]
+) -> None:
+    """A response whose usage is fine but another field is odd is still priced from its usage."""
+    attempt = _begin(engine, {"model": "gpt-4o-mini", "messages": [], "input": "x"}, path)
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps(body).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None
+    assert record.usage == Usage(input_tokens=1000, output_tokens=100)
+    assert record.cost_usd == Pricing().cost(Usage(input_tokens=1000, output_tokens=100), model="gpt-4o-mini").usd
+    assert record.cost_usd > Decimal(0)

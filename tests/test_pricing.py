@@ -1,0 +1,308 @@
+"""llmbudget.pricing: exact agreement with genai-prices, overrides, unknown models, the snapshot."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import date
+from decimal import Decimal
+from importlib.metadata import version
+
+import genai_prices
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmbudget.calls import Usage
+from llmbudget.pricing import (
+    CONSERVATIVE_PRICE,
+    Price,
+    Priced,
+    Pricing,
+    UnknownModelError,
+    UnpricedModelWarning,
+)
+
+#: Real OpenAI ids from genai-prices' data: chat, reasoning, embeddings, audio, realtime, dated snapshots.
+OPENAI_MODELS = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4o-2024-08-06",
+    "gpt-4.1",
+    "gpt-4.1-nano",
+    "gpt-3.5-turbo",
+    "gpt-4-turbo",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5.4",  # tiered prices: genai-prices' own calc path
+    "o1",
+    "o3",
+    "o3-mini",
+    "o4-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
+    "gpt-audio",
+    "gpt-audio-mini",
+    "gpt-4o-audio-preview",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-realtime-preview",
+    "gpt-realtime",
+]
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def disjoint_usages(draw: st.DrawFn) -> Usage:
+    """A usage as OpenAI reports it: cached and audio input are disjoint subsets of input."""
+    input_tokens = draw(st.integers(0, 400_000))
+    cached = draw(st.integers(0, input_tokens))
+    audio_in = draw(st.integers(0, input_tokens - cached))
+    output = draw(st.integers(0, 100_000))
+    reasoning = draw(st.integers(0, output))
+    audio_out = draw(st.integers(0, output))
+    return Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=cached,
+        output_tokens=output,
+        reasoning_tokens=reasoning,
+        input_audio_tokens=audio_in,
+        output_audio_tokens=audio_out,
+    )
+
+
+def _genai_total(usage: Usage, model: str, *, tier: str | None = None, cache_audio_read: int | None = None,
+                 **where: str) -> Decimal:
+    values = {
+        "input_tokens": usage.input_tokens,
+        "cache_read_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "output_audio_tokens": usage.output_audio_tokens,
+    }
+    if cache_audio_read is not None:
+        values["cache_audio_read_tokens"] = cache_audio_read
+    if not where:
+        where = {"provider_id": "openai"}
+    context = {"service_tier": tier} if tier else None
+    result = genai_prices.calc_price(genai_prices.Usage(**values), model, price_context=context, **where)
+    return Decimal(result.total_price)
+
+
+# -- exact agreement with genai-prices -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", OPENAI_MODELS)
+@SETTINGS
+@given(usage=disjoint_usages())
+def test_cost_equals_genai_prices_exactly(model: str, usage: Usage) -> None:
+    priced = Pricing().cost(usage, model=model)
+    # cache_audio_read_tokens=0: the reported cached and audio input are disjoint in these usages.
+    assert priced.usd == _genai_total(usage, model, cache_audio_read=0)
+    assert isinstance(priced.usd, Decimal)
+    assert priced.source == "genai-prices"
+    assert priced.known
+
+
+@pytest.mark.parametrize("model", ["gpt-audio", "gpt-4o-transcribe", "gpt-4o-mini", "gpt-5"])
+@SETTINGS
+@given(data=st.data())
+def test_cost_equals_genai_prices_when_cached_and_audio_input_overlap(model: str, data: st.DataObject) -> None:
+    """Cached audio is both cached and audio: subsets of the input that may overlap."""
+    input_tokens = data.draw(st.integers(1, 200_000))
+    usage = Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=data.draw(st.integers(0, input_tokens)),
+        input_audio_tokens=data.draw(st.integers(0, input_tokens)),
+        output_tokens=data.draw(st.integers(0, 50_000)),
+    )
+    assert Pricing().cost(usage, model=model).usd == _genai_total(usage, model)
+
+
+def test_reasoning_tokens_are_billed_as_the_output_they_are_part_of() -> None:
+    pricing = Pricing()
+    plain = Usage(input_tokens=1000, output_tokens=5000)
+    with_reasoning = plain.replace(reasoning_tokens=4000)
+    assert pricing.cost(with_reasoning, model="o3").usd == pricing.cost(plain, model="o3").usd
+    assert pricing.cost(plain, model="o3").usd == _genai_total(plain, "o3")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "o4-mini", "text-embedding-3-small"])
+@SETTINGS
+@given(usage=disjoint_usages())
+def test_cost_at_the_openai_url_equals_genai_prices_for_that_url(model: str, usage: Usage) -> None:
+    url = "https://api.openai.com/v1"
+    expected = _genai_total(usage, model, cache_audio_read=0, provider_api_url=url)
+    assert Pricing().cost(usage, model=model, base_url=url).usd == expected
+
+
+def test_local_base_url_prices_by_model_name() -> None:
+    usage = Usage(input_tokens=12_345, cached_input_tokens=2_000, output_tokens=678)
+    local = Pricing().cost(usage, model="gpt-4o-mini", base_url="http://127.0.0.1:8080/v1")
+    assert local.usd == _genai_total(usage, "gpt-4o-mini")
+    assert local.usd == (Decimal(10_345) * Decimal("0.15") + 2_000 * Decimal("0.075") + 678 * Decimal("0.6")) / 10**6
+
+
+@pytest.mark.parametrize("model", ["gpt-5", "gpt-5-mini", "o3", "gpt-4o", "gpt-4.1", "gpt-5.4"])
+@pytest.mark.parametrize("tier", ["flex", "priority", "default"])
+@SETTINGS
+@given(usage=disjoint_usages())
+def test_service_tier_prices_as_genai_prices_says(model: str, tier: str, usage: Usage) -> None:
+    priced = Pricing().cost(usage.replace(service_tier=tier), model=model)
+    assert priced.usd == _genai_total(usage, model, tier=tier, cache_audio_read=0)
+
+
+@pytest.mark.parametrize(("model", "tier", "ratio"), [("gpt-5", "flex", Decimal("0.5")),
+                                                      ("gpt-5", "priority", Decimal(2)),
+                                                      ("o3", "flex", Decimal("0.5"))])
+def test_service_tier_changes_the_price(model: str, tier: str, ratio: Decimal) -> None:
+    usage = Usage(input_tokens=100_000, output_tokens=10_000)
+    pricing = Pricing()
+    standard = pricing.cost(usage, model=model).usd
+    tiered = pricing.cost(usage.replace(service_tier=tier), model=model).usd
+    assert tiered != standard
+    assert tiered == standard * ratio
+    assert tiered == _genai_total(usage, model, tier=tier)
+
+
+# -- overrides -----------------------------------------------------------------------------------
+
+URL = "http://10.0.0.5:8080/v1"
+BOTH = Price(Decimal(1), Decimal(2))
+BY_MODEL = Price(Decimal(3), Decimal(4))
+BY_URL = Price(Decimal(5), Decimal(6))
+
+
+def _pricing_with_all_override_kinds() -> Pricing:
+    return Pricing(
+        {
+            URL: BY_URL,  # listed first on purpose: precedence must not depend on order
+            "gemma-*": BY_MODEL,
+            f"{URL} gemma-*": BOTH,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "base_url", "expected", "source"),
+    [
+        ("gemma-3-270m", URL, BOTH, "override"),  # URL + glob beats a glob and a URL
+        ("gemma-3-270m", URL + "/", BOTH, "override"),  # trailing slash is the same URL
+        ("GEMMA-3-270M", URL, BOTH, "override"),  # model names match case-insensitively
+        ("gemma-3-270m", "http://elsewhere:1/v1", BY_MODEL, "override"),  # glob beats nothing
+        ("llama-3", URL, BY_URL, "override"),  # every model at the URL
+        ("gpt-4o-mini", URL, BY_URL, "override"),  # even one genai-prices knows
+    ],
+)
+def test_override_precedence(model: str, base_url: str, expected: Price, source: str) -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    priced = _pricing_with_all_override_kinds().cost(usage, model=model, base_url=base_url)
+    assert priced.usd == expected.input + expected.output
+    assert priced.source == source
+
+
+def test_override_beats_genai_prices_and_can_be_zero() -> None:
+    usage = Usage(input_tokens=500, output_tokens=500)
+    priced = Pricing({"gpt-4o-mini": {"input": 0, "output": 0}}).cost(usage, model="gpt-4o-mini")
+    assert priced.usd == 0
+    assert priced.source == "override"
+    assert priced.known
+
+
+def test_override_prices_cached_input_and_cache_writes() -> None:
+    pricing = Pricing({"mine": {"input": "1", "output": "2", "cached_input": "0.1", "cache_write": "1.25"}})
+    usage = Usage(input_tokens=1000, cached_input_tokens=300, cache_write_tokens=200, output_tokens=10)
+    expected = (500 * Decimal(1) + 300 * Decimal("0.1") + 200 * Decimal("1.25") + 10 * Decimal(2)) / 10**6
+    assert pricing.cost(usage, model="mine").usd == expected
+
+
+def test_override_floats_become_exact_decimals() -> None:
+    price = Price.of({"input": 0.1, "output": 0.4})
+    assert price.input == Decimal("0.1")
+    assert price.output == Decimal("0.4")
+
+
+def test_override_without_cached_price_charges_cached_input_at_the_input_price() -> None:
+    pricing = Pricing({"mine": {"input": 2, "output": 0}})
+    cached = Usage(input_tokens=1000, cached_input_tokens=1000)
+    assert pricing.cost(cached, model="mine").usd == Decimal(2000) / 10**6
+
+
+@pytest.mark.parametrize(
+    ("mapping", "error", "needle"),
+    [
+        ({"input": 1}, ValueError, "'output'"),
+        ({"output": 1}, ValueError, "'input'"),
+        ({"input": -1, "output": 1}, ValueError, "non-negative"),
+        ({"input": 1, "output": "-0.5"}, ValueError, "non-negative"),
+        ({"input": 1, "output": "lots"}, ValueError, "USD per 1M tokens"),
+        ({"input": float("nan"), "output": 1}, ValueError, "finite"),
+        ({"input": 1, "output": 1, "inptu": 1}, ValueError, "unknown keys ['inptu']"),
+        ([1, 2], TypeError, "mapping"),
+    ],
+)
+def test_override_mapping_validation(mapping: object, error: type[Exception], needle: str) -> None:
+    with pytest.raises(error) as raised:
+        Pricing({"my-model": mapping})  # type: ignore[dict-item]
+    message = str(raised.value)
+    assert needle in message
+    if error is ValueError:
+        assert "my-model" in message  # says which override is wrong
+
+
+def test_override_key_must_not_be_empty() -> None:
+    with pytest.raises(ValueError, match="model names or base URLs"):
+        Pricing({" ": {"input": 1, "output": 1}})
+
+
+# -- unknown models ------------------------------------------------------------------------------
+
+
+def test_unknown_model_warns_once_per_model_and_charges_the_unknown_price() -> None:
+    pricing = Pricing(unknown_model_price={"input": 7, "output": 11})
+    usage = Usage(input_tokens=1000, output_tokens=100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = [pricing.cost(usage, model=name) for name in ["no-such-model-a"] * 5 + ["no-such-model-b"] * 3]
+    unpriced = [w for w in caught if issubclass(w.category, UnpricedModelWarning)]
+    assert len(unpriced) == 2
+    assert "no-such-model-a" in str(unpriced[0].message)
+    assert "no-such-model-b" in str(unpriced[1].message)
+    for priced in results:
+        assert isinstance(priced, Priced)
+        assert priced.usd == (1000 * Decimal(7) + 100 * Decimal(11)) / 10**6
+        assert priced.source == "unknown"
+        assert priced.known is False
+
+
+def test_unknown_model_default_price_is_conservative_never_zero() -> None:
+    usage = Usage(input_tokens=1000, output_tokens=1000)
+    with pytest.warns(UnpricedModelWarning):
+        priced = Pricing().cost(usage, model="my-private-model-xyz")
+    assert priced.usd == CONSERVATIVE_PRICE.cost(usage) > 0
+    # Above what a known frontier model costs for the same usage.
+    assert priced.usd > Pricing().cost(usage, model="gpt-4o").usd
+
+
+def test_missing_model_is_unknown() -> None:
+    with pytest.warns(UnpricedModelWarning):
+        priced = Pricing().cost(Usage(input_tokens=10, output_tokens=10), model=None)
+    assert not priced.known
+    assert priced.usd > 0
+
+
+def test_require_raises_naming_the_model() -> None:
+    pricing = Pricing({"my-self-hosted": {"input": 0, "output": 0}})
+    pricing.require("gpt-4o-mini")
+    pricing.require("my-self-hosted")
+    with pytest.raises(UnknownModelError, match="'totally-unknown-model'") as raised:
+        pricing.require("totally-unknown-model", "http://127.0.0.1:9/v1")
+    assert "http://127.0.0.1:9/v1" in str(raised.value)
+    assert isinstance(raised.value, LookupError)
+
+
+def test_snapshot_is_dated_and_names_its_source() -> None:
+    snapshot = Pricing().snapshot
+    assert snapshot.source == f"genai-prices {version('genai-prices')}"
+    assert snapshot.as_of == date.today().isoformat()
+    date.fromisoformat(snapshot.as_of)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["Call", "Usage", "SpendRecord", "ENDPOINTS"]
+__all__ = ["Call", "Counters", "Usage", "SpendRecord", "ENDPOINTS"]
 
 #: The wire formats llmbudget understands, by name.
 ENDPOINTS = ("chat.completions", "responses", "embeddings", "completions")
@@ -111,3 +111,54 @@ class SpendRecord:
         values["cost_usd"] = Decimal(values["cost_usd"])
         values["saved_usd"] = Decimal(values.get("saved_usd", "0"))
         return cls(**values)
+
+
+_COUNTS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "estimated")
+
+
+@dataclass
+class Counters:
+    """Calls, tokens by kind, and exact dollars spent and saved, summed over records."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: int = 0
+    cost_usd: Decimal = field(default_factory=Decimal)
+    saved_usd: Decimal = field(default_factory=Decimal)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add_record(self, record: SpendRecord) -> None:
+        usage = record.usage
+        self.calls += 1
+        self.input_tokens += usage.input_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
+        self.output_tokens += usage.output_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
+        self.estimated += int(record.estimated)
+        self.cost_usd += record.cost_usd
+        self.saved_usd += record.saved_usd
+
+    def merge(self, other: Counters) -> None:
+        for key in _COUNTS:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        self.cost_usd += other.cost_usd
+        self.saved_usd += other.saved_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        """Ints and decimal strings only (safe for JSON and for pytest-xdist)."""
+        data: dict[str, Any] = {key: getattr(self, key) for key in _COUNTS}
+        data["cost_usd"] = str(self.cost_usd)
+        data["saved_usd"] = str(self.saved_usd)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counters:
+        values: dict[str, Any] = {key: int(data.get(key, 0)) for key in _COUNTS}
+        return cls(cost_usd=Decimal(str(data.get("cost_usd", "0"))),
+                   saved_usd=Decimal(str(data.get("saved_usd", "0"))), **values)

@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Union
 
 from .calls import Usage
+from .money import usd
 
 __all__ = [
     "Price",
@@ -47,15 +48,7 @@ class UnpricedModelWarning(UserWarning):
 
 
 def _decimal(value: Any, what: str) -> Decimal:
-    if isinstance(value, float):
-        value = repr(value)
-    try:
-        result = Decimal(value)
-    except Exception:
-        raise ValueError(f"{what} must be a number of USD per 1M tokens, got {value!r}") from None
-    if not result.is_finite() or result < 0:
-        raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
-    return result
+    return usd(value, what, unit="a number of USD per 1M tokens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,43 +13,24 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 
-from .calls import SpendRecord
+from .calls import Counters, SpendRecord
 from .ledger.budgets import Budget, MemoryBudgetStore
 
 __all__ = ["Scope", "Totals", "scope", "current_scope"]
 
 
 @dataclass
-class Totals:
-    """Running totals of a scope (thread-safe)."""
+class Totals(Counters):
+    """Running totals of a scope, with its records (thread-safe)."""
 
-    calls: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: Decimal = field(default_factory=Decimal)
-    saved_usd: Decimal = field(default_factory=Decimal)
     records: list[SpendRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, record: SpendRecord) -> None:
-        usage = record.usage
         with self._lock:
-            self.calls += 1
-            self.input_tokens += usage.input_tokens
-            self.cached_input_tokens += usage.cached_input_tokens
-            self.output_tokens += usage.output_tokens
-            self.reasoning_tokens += usage.reasoning_tokens
-            self.cost_usd += record.cost_usd
-            self.saved_usd += record.saved_usd
+            self.add_record(record)
             self.records.append(record)
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
 
 @dataclass(eq=False)

@@ -19,6 +19,7 @@ import pytest
 import llmbudget
 from llmbudget.calls import SpendRecord
 from llmbudget.config import ConfigError, engine_from_config, find_config
+from llmbudget.money import usd
 
 from . import report
 from .spend import Counters, TestSpend
@@ -108,12 +109,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def _usd(value: Any, what: str) -> Decimal:
     try:
-        amount = Decimal(str(value).strip().lstrip("$"))
-    except InvalidOperation:
-        raise pytest.UsageError(f"{what}: expected an amount in USD such as 0.05, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise pytest.UsageError(f"{what}: expected a non-negative amount in USD, got {value!r}")
-    return amount
+        return usd(value, what)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _tolerance(value: str) -> Decimal:

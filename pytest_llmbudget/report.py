@@ -12,7 +12,7 @@ from typing import Any
 
 from llmbudget.pricing import PriceSnapshot
 
-from .spend import Counters, TestSpend
+from .spend import Counters, TestSpend, to_report
 
 __all__ = ["Summary", "terminal", "json_document", "markdown", "compare", "budget_failure"]
 
@@ -90,19 +90,19 @@ def json_document(summary: Summary) -> dict[str, Any]:
     """The report as JSON (version 1): tests, models and total, costs as floats."""
     tests = {}
     for nodeid, spend in summary.tests.items():
-        entry = spend.to_report()
+        entry = to_report(spend)
         entry["outcome"] = summary.outcomes.get(nodeid, "unknown")
         entry["cost_usd_exact"] = str(spend.cost_usd)
         tests[nodeid] = entry
-    total = summary.total.to_report()
+    total = to_report(summary.total)
     total["cost_usd_exact"] = str(summary.total.cost_usd)
     return {
         "version": 1,
         "prices": {"source": summary.snapshot.source, "as_of": summary.snapshot.as_of},
         "tests": tests,
-        "models": {model: counters.to_report() for model, counters in sorted(summary.models.items())},
+        "models": {model: to_report(counters) for model, counters in sorted(summary.models.items())},
         "total": total,
-        "outside_tests": summary.outside.to_report(),
+        "outside_tests": to_report(summary.outside),
         "unpriced_models": summary.unpriced,
     }
 

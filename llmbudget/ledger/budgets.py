@@ -21,6 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..money import usd as to_usd
+
 __all__ = [
     "Budget",
     "Bucket",
@@ -36,18 +38,6 @@ Per = Literal["request", "tenant", "global"]
 Period = Literal["minute", "hour", "day", "month"]
 PERIODS: tuple[str, ...] = ("minute", "hour", "day", "month")
 _PERS: tuple[str, ...] = ("request", "tenant", "global")
-
-
-def _usd(value: Any, what: str) -> Decimal:
-    if isinstance(value, float):
-        value = repr(value)
-    try:
-        amount = Decimal(value)
-    except Exception:
-        raise ValueError(f"{what} must be an amount in USD, got {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{what} must be a finite amount >= 0 USD, got {value!r}")
-    return amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +58,7 @@ class Budget:
             raise ValueError(f"Budget period={period!r}: expected one of {', '.join(PERIODS)} or None")
         if per == "request" and period is not None:
             raise ValueError("a per-request budget has no period; use per='tenant' or per='global'")
-        object.__setattr__(self, "usd", _usd(usd, "Budget usd"))
+        object.__setattr__(self, "usd", to_usd(usd, "Budget usd"))
         object.__setattr__(self, "per", per)
         object.__setattr__(self, "period", period)
         object.__setattr__(self, "name", name or (f"{per}/{period}" if period else per))

@@ -196,8 +196,10 @@ class Attempt:
     def estimate_input_tokens(self) -> int:
         adapter, body = self.adapter, self.call.body
         messages = body.get("messages")
-        count = len(messages) if isinstance(messages, list) else 0
-        return tokens.estimate_input_tokens(adapter.input_text(body), model=self.call.model, messages=count)
+        messages = messages if isinstance(messages, list) else []
+        names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
+        return tokens.estimate_input_tokens(adapter.input_text(body), model=self.call.model, messages=len(messages),
+                                            names=names)
 
     def worst_case_usd(self) -> Decimal:
         """Estimated input plus the most output the request allows, at the model's prices."""

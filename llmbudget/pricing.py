@@ -144,22 +144,18 @@ class _ModelRate:
 
     def cost(self, usage: Usage) -> Decimal:
         fast = self.fast
-        if fast is None:
-            return _genai_cost(self.model_price, usage)
+        if fast is None or usage.input_audio_tokens or usage.output_audio_tokens:
+            return _genai_cost(self.model_price, usage)  # tiers, audio and other units: genai-prices itself
         zero = Decimal(0)
         input_rate = fast.get("input_mtok", zero)
         output_rate = fast.get("output_mtok", zero)
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
-        audio_in = min(usage.input_audio_tokens, usage.input_tokens - cached - written)
-        audio_out = min(usage.output_audio_tokens, usage.output_tokens)
         total = (
-            (usage.input_tokens - cached - written - audio_in) * input_rate
+            (usage.input_tokens - cached - written) * input_rate
             + cached * fast.get("cache_read_mtok", input_rate)
             + written * fast.get("cache_write_mtok", input_rate)
-            + audio_in * fast.get("input_audio_mtok", input_rate)
-            + (usage.output_tokens - audio_out) * output_rate
-            + audio_out * fast.get("output_audio_mtok", output_rate)
+            + usage.output_tokens * output_rate
         ) / _MILLION
         if "requests_kcount" in fast:
             total += fast["requests_kcount"] / _THOUSAND
@@ -177,7 +173,11 @@ def _genai_usage(usage: Usage) -> Any:
         "input_audio_tokens": usage.input_audio_tokens,
         "output_audio_tokens": usage.output_audio_tokens,
     }
-    return GenaiUsage(**{key: value for key, value in values.items() if value})
+    present = {key: value for key, value in values.items() if value}
+    if usage.cached_input_tokens and usage.input_audio_tokens:
+        # OpenAI reports cached tokens without saying how many were audio: count them as text.
+        present["cache_audio_read_tokens"] = 0
+    return GenaiUsage(**present)
 
 
 def _genai_cost(model_price: Any, usage: Usage) -> Decimal:

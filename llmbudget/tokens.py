@@ -55,12 +55,19 @@ def _encoding(name: str) -> _Encoding | None:
         return None
 
 
+@functools.lru_cache(maxsize=512)
 def encoding_name(model: str | None) -> str:
-    """The tiktoken encoding for a model: cl100k_base for the GPT-3.5/4 family, else o200k_base."""
+    """The tiktoken encoding tiktoken itself maps ``model`` to (fine-tunes by their base); else o200k_base."""
     if model:
-        lowered = model.lower()
-        if lowered.startswith(("gpt-3.5", "gpt-35", "gpt-4-", "text-embedding")) or lowered == "gpt-4":
-            return "cl100k_base"
+        name = model.lower()
+        if name.startswith("ft:"):
+            name = name[3:].split(":", 1)[0]
+        try:
+            from tiktoken.model import encoding_name_for_model
+
+            return encoding_name_for_model(name)
+        except (ImportError, KeyError):
+            pass
     return "o200k_base"
 
 
@@ -74,11 +81,11 @@ def count_text(text: str, model: str | None = None) -> int:
     return len(encoding.encode_ordinary(text))
 
 
-def estimate_input_tokens(texts: Iterable[str], *, model: str | None, messages: int = 0) -> int:
-    """Input tokens of a request: its texts plus the cookbook's per-message overhead."""
+def estimate_input_tokens(texts: Iterable[str], *, model: str | None, messages: int = 0, names: int = 0) -> int:
+    """Input tokens of a request: its texts plus the cookbook's per-message (and per-name) overhead."""
     total = sum(count_text(text, model) for text in texts)
     if messages:
-        total += messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS
+        total += messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS + names
     return total
 
 

@@ -102,6 +102,11 @@ class Adapter:
             state.usage = self.usage(raw)
 
 
+def items(value: Any) -> list[Any] | tuple[()]:
+    """A JSON array as a list; anything else (a malformed field) as nothing."""
+    return value if isinstance(value, list) else ()
+
+
 def _text_of(content: Any, out: list[str]) -> None:
     """Collect the text of a message content (string or list of parts)."""
     if isinstance(content, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, as_int, json_text
+from ._base import Adapter, ResponseState, _text_of, items, as_int, json_text
 
 
 def chat_usage(raw: dict[str, Any]) -> Usage:
@@ -46,6 +46,9 @@ class ChatAdapter(Adapter):
         if isinstance(messages, list):
             for message in messages:
                 if isinstance(message, dict):
+                    for key in ("role", "name"):  # the cookbook encodes these too
+                        if isinstance(message.get(key), str):
+                            out.append(message[key])
                     _text_of(message.get("content"), out)
                     if message.get("tool_calls"):
                         out.append(json_text(message["tool_calls"]))
@@ -65,7 +68,7 @@ class ChatAdapter(Adapter):
         super().read_json(data, state)
         if not isinstance(data, dict):
             return
-        for choice in data.get("choices") or ():
+        for choice in items(data.get("choices")):
             if not isinstance(choice, dict):
                 continue
             message = choice.get("message")
@@ -95,7 +98,7 @@ class ChatAdapter(Adapter):
                     state.service_tier = tier
                 break
         for chunk in reversed(chunks):
-            reasons = [c.get("finish_reason") for c in chunk.get("choices") or () if isinstance(c, dict)]
+            reasons = [c.get("finish_reason") for c in items(chunk.get("choices")) if isinstance(c, dict)]
             reasons = [reason for reason in reasons if isinstance(reason, str)]
             if reasons:
                 state.finish_reasons.extend(reasons)
@@ -103,14 +106,14 @@ class ChatAdapter(Adapter):
         state.tool_calls = any(
             isinstance(c, dict) and isinstance(c.get("delta"), dict)
             and (c["delta"].get("tool_calls") or c["delta"].get("function_call"))
-            for chunk in chunks for c in chunk.get("choices") or ()
+            for chunk in chunks for c in items(chunk.get("choices"))
         )
 
     def stream_text(self, events: list[Any]) -> str:
         return "".join(
             content
             for event in events if isinstance(event, dict)
-            for c in event.get("choices") or () if isinstance(c, dict) and isinstance(c.get("delta"), dict)
+            for c in items(event.get("choices")) if isinstance(c, dict) and isinstance(c.get("delta"), dict)
             for content in (c["delta"].get("content"),) if isinstance(content, str)
         )
 
@@ -118,7 +121,7 @@ class ChatAdapter(Adapter):
         super().read_event(data, state)
         if not isinstance(data, dict):
             return
-        for choice in data.get("choices") or ():
+        for choice in items(data.get("choices")):
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of
+from ._base import Adapter, ResponseState, _text_of, items
 from .chat import chat_usage
 
 
@@ -32,7 +32,7 @@ class CompletionsAdapter(Adapter):
     def _read_choices(self, data: Any, state: ResponseState) -> None:
         if not isinstance(data, dict):
             return
-        for choice in data.get("choices") or ():
+        for choice in items(data.get("choices")):
             if isinstance(choice, dict):
                 text = choice.get("text")
                 if isinstance(text, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, as_int, json_text
+from ._base import Adapter, ResponseState, _text_of, items, as_int, json_text
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
@@ -58,7 +58,7 @@ class ResponsesAdapter(Adapter):
         status = data.get("status")
         if isinstance(status, str):
             state.finish_reasons.append("stop" if status == "completed" else status)
-        for item in data.get("output") or ():
+        for item in items(data.get("output")):
             if isinstance(item, dict):
                 if item.get("type") == "function_call":
                     state.tool_calls = True

@@ -1,28 +1,49 @@
-"""Configuration from ``llmbudget.toml`` or ``[tool.llmbudget]`` in ``pyproject.toml``.
+"""Configuration: the :class:`Policy` the middleware applies, from Python or TOML.
 
-Keys (all optional)::
+TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
+``pyproject.toml``. Every key is optional::
 
-    [tool.llmbudget]
+    # the engine: prices, where records and counters go
     hosts = ["api.openai.com"]          # hosts whose OpenAI-style paths any client may call
     default_max_output_tokens = 4096     # assumed output when reserving for an uncapped request
+    default_tenant = "default"           # tenant of calls no request names one for
     ledger = ".llmbudget/ledger.db"      # SQLite ledger file (default: in memory)
-
-    [tool.llmbudget.prices]              # USD per 1M tokens; keys: model glob, base URL, or "URL glob"
+    budget_store = ".llmbudget/budgets.db"  # SQLite budget counters shared by the host's processes
+    [prices]                             # USD per 1M tokens; keys: model glob, base URL, or "URL glob"
     "gemma-3-*" = { input = 0.10, output = 0.40 }
-    "http://127.0.0.1:8080/v1" = { input = 0, output = 0 }
-
-    [tool.llmbudget.unknown_model_price] # charged, with a warning, for a model nothing prices
+    [unknown_model_price]                # charged, with a warning, for a model nothing prices
     input = 15
     output = 75
+
+    # the middleware: who spends, under which budgets, what it shows
+    tenant_header = "x-tenant-id"        # "" to not read the tenant from a header
+    request_id_header = "x-request-id"
+    on_budget = "refuse"                 # "refuse" | "downgrade" | "cap"
+    headers = false                      # spend headers on responses
+    [[budgets]]
+    usd = "0.50"
+    per = "tenant"                       # "request" | "tenant" | "global"
+    period = "day"                       # "minute" | "hour" | "day" | "month" (calendar, UTC)
+    [metrics]                            # or: metrics = true
+    path = "/metrics"
+    max_tenants = 100
+    [[routes]]                           # first matching path glob wins
+    path = "/admin/*"
+    enabled = false
+
+See README ("Middleware") for each key.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
+from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore
 from .ledger.records import SQLiteLedger
 from .pipeline import Engine
 from .pricing import CONSERVATIVE_PRICE, Pricing
@@ -32,13 +53,395 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "find_config", "load_config", "engine_from_config"]
+__all__ = [
+    "ConfigError",
+    "MetricsPolicy",
+    "OnBudget",
+    "Policy",
+    "Route",
+    "RoutePolicy",
+    "engine_from_config",
+    "find_config",
+    "load_config",
+]
 
-_KEYS = {"hosts", "default_max_output_tokens", "ledger", "prices", "unknown_model_price"}
+OnBudget = Literal["refuse", "downgrade", "cap"]
+ON_BUDGET: tuple[str, ...] = get_args(OnBudget)
+#: What a request is given to find its tenant: the ASGI scope or the WSGI environ.
+TenantFinder = Callable[[Mapping[str, Any]], "str | None"]
+
+_ENGINE_KEYS = frozenset(
+    {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price"}
+)
+_POLICY_KEYS = frozenset(
+    {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "request_id_header",
+     "headers", "metrics", "routes", "problem_type"}
+)
+_KEYS = _ENGINE_KEYS | _POLICY_KEYS
+_ROUTE_KEYS = frozenset(
+    {"path", "enabled", "budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "cache", "routing"}
+)
+_METRICS_KEYS = frozenset({"enabled", "path", "max_tenants", "tenants", "max_models"})
+_BUDGET_KEYS = frozenset({"usd", "per", "period", "name"})
+_PROBLEM_TYPE = "urn:llmbudget:budget-exceeded"
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says where and what was expected."""
+
+
+# -- the policy, in Python ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPolicy:
+    """Prometheus metrics: on or off, an optional route, and label cardinality bounds."""
+
+    enabled: bool = True
+    _: KW_ONLY
+    path: str | None = None
+    max_tenants: int = 100
+    tenants: tuple[str, ...] = ()
+    max_models: int = 50
+
+    def __post_init__(self) -> None:
+        _check_bool(self.enabled, "metrics.enabled")
+        if self.path is not None and (not isinstance(self.path, str) or not self.path.startswith("/")):
+            raise ConfigError(f"metrics.path must be a URL path starting with '/', got {self.path!r}")
+        _check_count(self.max_tenants, "metrics.max_tenants", minimum=0)
+        _check_count(self.max_models, "metrics.max_models", minimum=1)
+        object.__setattr__(self, "tenants", _strings(self.tenants, "metrics.tenants"))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Settings for requests whose path matches the glob ``path`` (``*`` matches ``/`` too).
+
+    ``None`` keeps the policy's setting. ``budgets`` replaces the policy's
+    budgets for these paths (``[]``: none). ``enabled=False`` turns the
+    middleware off for them: no scope, no policy budgets, no headers.
+    ``cache=False`` keeps these paths' calls away from the engine's cache;
+    ``routing=False`` keeps their model, a tier name forces that tier.
+    """
+
+    path: str
+    _: KW_ONLY
+    enabled: bool = True
+    budgets: tuple[Budget, ...] | None = None
+    on_budget: OnBudget | None = None
+    downgrade_to: str | None = None
+    cap_min_output_tokens: int | None = None
+    headers: bool | None = None
+    cache: bool | None = None
+    routing: bool | str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigError(f"a route's path must be a non-empty path glob such as '/chat/*', got {self.path!r}")
+        _check_bool(self.enabled, f"route {self.path!r}: enabled")
+        if self.budgets is not None:
+            object.__setattr__(self, "budgets", _budgets(self.budgets, f"route {self.path!r}: budgets"))
+        _check_on_budget(self.on_budget, self.downgrade_to, self.cap_min_output_tokens, f"route {self.path!r}: ",
+                         optional=True)
+        for name in ("headers", "cache"):
+            if getattr(self, name) is not None:
+                _check_bool(getattr(self, name), f"route {self.path!r}: {name}")
+        if self.routing is not None and not isinstance(self.routing, bool) and (
+            not isinstance(self.routing, str) or not self.routing
+        ):
+            raise ConfigError(f"route {self.path!r}: routing must be true, false or a tier name, got {self.routing!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """The settings that apply to one request path (see :meth:`Policy.for_path`)."""
+
+    route: str | None
+    enabled: bool
+    budgets: tuple[Budget, ...]
+    on_budget: OnBudget
+    downgrade_to: str | None
+    cap_min_output_tokens: int | None
+    headers: bool
+    cache: bool | None
+    routing: bool | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the middleware does with each request: tenant, budgets, routes, headers, metrics.
+
+    Keyword-only options:
+
+    - ``budgets``: held against every LLM call a request makes (see :class:`~llmbudget.Budget`);
+      per-tenant and global ones count in the engine's budget store, per calendar period (UTC).
+    - ``on_budget``: what a call that would overflow a budget gets: ``"refuse"`` (an
+      ``openai.APIStatusError``; uncaught, HTTP 402). ``"downgrade"`` (to ``downgrade_to`` or the
+      cheapest tier) and ``"cap"`` (output capped to what is left, refused below
+      ``cap_min_output_tokens``) are validated now and refuse until routing and output caps exist.
+    - ``tenant``: a callable given the ASGI scope or WSGI environ that returns the tenant; else
+      the ``tenant_header`` (``None``: no header); else the authenticated user.
+    - ``request_id_header``: where a request id is read from (one is generated otherwise).
+    - ``headers``: add ``x-llmbudget-*`` spend headers to responses (off: they can leak information).
+    - ``metrics``: ``True`` or a :class:`MetricsPolicy` for Prometheus metrics (needs prometheus-client).
+    - ``routes``: per-path :class:`Route` settings; the first matching glob wins.
+    - ``engine``: an :class:`~llmbudget.Engine` made current when the middleware starts.
+    - ``problem_type``: the ``type`` URI of the 402 problem document.
+    """
+
+    _: KW_ONLY
+    budgets: tuple[Budget, ...] = ()
+    on_budget: OnBudget = "refuse"
+    downgrade_to: str | None = None
+    cap_min_output_tokens: int | None = None
+    tenant: TenantFinder | None = field(default=None, compare=False)
+    tenant_header: str | None = "x-tenant-id"
+    request_id_header: str | None = "x-request-id"
+    headers: bool = False
+    metrics: MetricsPolicy | bool = False
+    routes: tuple[Route, ...] = ()
+    engine: Engine | None = field(default=None, compare=False, repr=False)
+    problem_type: str = _PROBLEM_TYPE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", _budgets(self.budgets, "budgets"))
+        _check_on_budget(self.on_budget, self.downgrade_to, self.cap_min_output_tokens, "", optional=False)
+        if self.tenant is not None and not callable(self.tenant):
+            raise ConfigError(f"tenant must be a callable given the ASGI scope or WSGI environ, got {self.tenant!r}")
+        for name in ("tenant_header", "request_id_header"):
+            value = getattr(self, name) or None
+            if value is not None and (not isinstance(value, str) or not _is_token(value)):
+                raise ConfigError(f"{name} must be an HTTP header name such as 'x-tenant-id' or None, got {value!r}")
+            object.__setattr__(self, name, value.lower() if value else None)
+        _check_bool(self.headers, "headers")
+        metrics = self.metrics
+        if isinstance(metrics, bool):
+            metrics = MetricsPolicy(enabled=metrics)
+        elif not isinstance(metrics, MetricsPolicy):
+            raise ConfigError(f"metrics must be True, False or a MetricsPolicy, got {metrics!r}")
+        object.__setattr__(self, "metrics", metrics)
+        routes = tuple(self.routes)
+        for route in routes:
+            if not isinstance(route, Route):
+                raise ConfigError(f"routes must be llmbudget.config.Route instances, got {route!r}")
+        object.__setattr__(self, "routes", routes)
+        if self.engine is not None and not isinstance(self.engine, Engine):
+            raise ConfigError(f"engine must be an llmbudget.Engine, got {self.engine!r}")
+        if not isinstance(self.problem_type, str) or not self.problem_type:
+            raise ConfigError(f"problem_type must be a URI, got {self.problem_type!r}")
+
+    @property
+    def metrics_policy(self) -> MetricsPolicy:
+        """The metrics settings (``metrics`` normalised)."""
+        return cast(MetricsPolicy, self.metrics)
+
+    def for_path(self, path: str) -> RoutePolicy:
+        """The settings for a request path: the first route whose glob matches, over the policy's."""
+        for route in self.routes:
+            if fnmatch.fnmatchcase(path, route.path):
+                return RoutePolicy(
+                    route=route.path,
+                    enabled=route.enabled,
+                    budgets=self.budgets if route.budgets is None else route.budgets,
+                    on_budget=route.on_budget or self.on_budget,
+                    downgrade_to=route.downgrade_to if route.downgrade_to is not None else self.downgrade_to,
+                    cap_min_output_tokens=(
+                        route.cap_min_output_tokens if route.cap_min_output_tokens is not None
+                        else self.cap_min_output_tokens
+                    ),
+                    headers=self.headers if route.headers is None else route.headers,
+                    cache=route.cache,
+                    routing=route.routing,
+                )
+        return RoutePolicy(
+            route=None, enabled=True, budgets=self.budgets, on_budget=self.on_budget, downgrade_to=self.downgrade_to,
+            cap_min_output_tokens=self.cap_min_output_tokens, headers=self.headers, cache=None, routing=None,
+        )
+
+    # -- from TOML --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None, **options: Any
+    ) -> Policy:
+        """A Policy from a config table; ``options`` (such as ``tenant=``) are added to it.
+
+        An engine is built when the table has engine keys (prices, ledger, budget_store...).
+        """
+        values = _policy_options(config, source)
+        if _ENGINE_KEYS & set(config):
+            values["engine"] = engine_from_config(config, source=source, root=root)
+        values.update(options)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> Policy:
+        """A Policy from ``llmbudget.toml`` (whole file) or ``pyproject.toml`` (``[tool.llmbudget]``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file; expected an llmbudget.toml or a pyproject.toml")
+        return cls.from_config(load_config(path), source=str(path), root=path.parent, **options)
+
+    @classmethod
+    def discover(cls, start: str | Path | None = None, **options: Any) -> Policy:
+        """The Policy of the nearest config file from ``start`` (default: the working folder) up; else defaults."""
+        found = find_config(Path(start) if start is not None else Path.cwd())
+        if found is None:
+            return cls(**options)
+        path, table = found
+        return cls.from_config(table, source=str(path), root=path.parent, **options)
+
+
+# -- validation helpers ---------------------------------------------------------------------------
+
+
+def _is_token(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name) and name.isascii()
+
+
+def _check_bool(value: Any, what: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+
+
+def _check_count(value: Any, what: str, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def _strings(values: Any, what: str) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigError(f"{what} must be a list of strings, got {values!r}")
+    result = tuple(values)
+    if not all(isinstance(v, str) for v in result):
+        raise ConfigError(f"{what} must be a list of strings, got {values!r}")
+    return result
+
+
+def _check_on_budget(on_budget: Any, downgrade_to: Any, cap_min: Any, where: str, *, optional: bool) -> None:
+    if not (optional and on_budget is None) and on_budget not in ON_BUDGET:
+        raise ConfigError(f"{where}on_budget must be one of {', '.join(map(repr, ON_BUDGET))}, got {on_budget!r}")
+    if downgrade_to is not None and (not isinstance(downgrade_to, str) or not downgrade_to):
+        raise ConfigError(f"{where}downgrade_to must be a model name, got {downgrade_to!r}")
+    if cap_min is not None:
+        _check_count(cap_min, f"{where}cap_min_output_tokens", minimum=1)
+
+
+def _budgets(budgets: Any, what: str) -> tuple[Budget, ...]:
+    if isinstance(budgets, (str, Budget)) or not isinstance(budgets, Iterable):
+        raise ConfigError(f"{what} must be a list of llmbudget.Budget, got {budgets!r}")
+    result = tuple(budgets)
+    seen: dict[tuple[str, str | None], Budget] = {}
+    for budget in result:
+        if not isinstance(budget, Budget):
+            raise ConfigError(f"{what} must be a list of llmbudget.Budget, got {budget!r}")
+        key = (budget.per, budget.period)
+        if key in seen:
+            per = f"per {budget.per}" + (f" per {budget.period}" if budget.period else "")
+            raise ConfigError(
+                f"{what}: two budgets {per} ({seen[key].name!r} and {budget.name!r}) would share one counter; keep one"
+            )
+        seen[key] = budget
+    return result
+
+
+def _budget_from_table(table: Any, what: str) -> Budget:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{what} must be a table such as {{usd = 0.5, per = \"tenant\", period = \"day\"}}, "
+                          f"got {table!r}")
+    unknown = set(table) - _BUDGET_KEYS
+    if unknown:
+        raise ConfigError(f"{what}: unknown keys {sorted(unknown)}; expected some of {sorted(_BUDGET_KEYS)}")
+    if "usd" not in table:
+        raise ConfigError(f"{what}: usd is required (the limit in USD, e.g. usd = \"0.50\")")
+    usd = table["usd"]
+    if isinstance(usd, bool) or not isinstance(usd, (int, float, str)):
+        raise ConfigError(f"{what}: usd must be a number or a decimal string, got {usd!r}")
+    period = table.get("period")
+    if period is not None and period not in PERIODS:
+        raise ConfigError(f"{what}: period must be one of {', '.join(map(repr, PERIODS))}, got {period!r}")
+    name = table.get("name", "")
+    if not isinstance(name, str):
+        raise ConfigError(f"{what}: name must be a string, got {name!r}")
+    try:
+        return Budget(usd, per=table.get("per", "request"), period=period, name=name)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def _budgets_from_config(value: Any, what: str) -> list[Budget]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{what} must be an array of tables ([[budgets]] or budgets = [{{usd = ...}}]), got {value!r}")
+    return [_budget_from_table(item, f"{what}[{i}]") for i, item in enumerate(value)]
+
+
+def _metrics_from_config(value: Any) -> MetricsPolicy:
+    if isinstance(value, bool):
+        return MetricsPolicy(enabled=value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"metrics must be true, false or a table ([metrics]), got {value!r}")
+    unknown = set(value) - _METRICS_KEYS
+    if unknown:
+        raise ConfigError(f"metrics: unknown keys {sorted(unknown)}; expected some of {sorted(_METRICS_KEYS)}")
+    tenants = value.get("tenants", [])
+    return MetricsPolicy(
+        value.get("enabled", True),
+        path=value.get("path"),
+        max_tenants=value.get("max_tenants", 100),
+        tenants=_strings(tenants, "metrics.tenants"),
+        max_models=value.get("max_models", 50),
+    )
+
+
+def _route_from_config(value: Any, what: str) -> Route:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a table ([[routes]] with path = \"/chat/*\"), got {value!r}")
+    unknown = set(value) - _ROUTE_KEYS
+    if unknown:
+        raise ConfigError(f"{what}: unknown keys {sorted(unknown)}; expected some of {sorted(_ROUTE_KEYS)}")
+    if "path" not in value:
+        raise ConfigError(f"{what}: path is required (a path glob such as \"/admin/*\")")
+    options = {k: v for k, v in value.items() if k not in ("path", "budgets")}
+    if "budgets" in value:
+        options["budgets"] = _budgets_from_config(value["budgets"], f"{what}.budgets")
+    try:
+        return Route(value["path"], **options)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def _policy_options(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Keyword options for :class:`Policy` from a config table (engine keys are left out)."""
+    unknown = set(config) - _KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    values: dict[str, Any] = {}
+    try:
+        for key in ("on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "problem_type"):
+            if key in config:
+                values[key] = config[key]
+        for key in ("tenant_header", "request_id_header"):
+            if key in config:
+                values[key] = config[key] or None  # "" turns the header off
+        if "budgets" in config:
+            values["budgets"] = _budgets_from_config(config["budgets"], "budgets")
+        if "metrics" in config:
+            values["metrics"] = _metrics_from_config(config["metrics"])
+        if "routes" in config:
+            routes = config["routes"]
+            if not isinstance(routes, list):
+                raise ConfigError(f"routes must be an array of tables ([[routes]]), got {routes!r}")
+            values["routes"] = [_route_from_config(r, f"routes[{i}]") for i, r in enumerate(routes)]
+        Policy(**values)  # validate the whole thing now, with the file named
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return values
+
+
+# -- files ----------------------------------------------------------------------------------------
 
 
 def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -71,11 +474,22 @@ def load_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def _path(value: Any, key: str, source: str, root: Path | None) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {key} must be a file path, got {value!r}")
+    path = Path(value).expanduser()
+    return root / path if root is not None and not path.is_absolute() else path
+
+
 def engine_from_config(config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None) -> Engine:
-    """An Engine from a config table, with errors that name the file and the key."""
-    unknown = set(config) - _KEYS
-    if unknown:
-        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    """An Engine from a config table, with errors that name the file and the key.
+
+    Middleware keys (budgets, routes, ...) are validated too, but only a
+    :class:`Policy` applies them: the engine's own budgets stay empty.
+    """
+    _policy_options(config, source)
     try:
         pricing = Pricing(
             config.get("prices") or {}, unknown_model_price=config.get("unknown_model_price", CONSERVATIVE_PRICE)
@@ -88,13 +502,16 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     max_output = config.get("default_max_output_tokens", 4096)
     if not isinstance(max_output, int) or isinstance(max_output, bool) or max_output <= 0:
         raise ConfigError(f"{source}: default_max_output_tokens must be a positive integer, got {max_output!r}")
-    ledger = config.get("ledger")
-    if ledger is not None and not isinstance(ledger, str):
-        raise ConfigError(f"{source}: ledger must be a file path, got {ledger!r}")
-    ledger_path = (root / ledger if root and not Path(ledger).is_absolute() else Path(ledger)) if ledger else None
+    default_tenant = config.get("default_tenant", "default")
+    if not isinstance(default_tenant, str) or not default_tenant:
+        raise ConfigError(f"{source}: default_tenant must be a non-empty string, got {default_tenant!r}")
+    ledger_path = _path(config.get("ledger"), "ledger", source, root)
+    store_path = _path(config.get("budget_store"), "budget_store", source, root)
     return Engine(
         pricing=pricing,
         hosts=hosts,
         default_max_output_tokens=max_output,
+        default_tenant=default_tenant,
         ledger=SQLiteLedger(ledger_path) if ledger_path else None,
+        budget_store=SQLiteBudgetStore(store_path) if store_path else None,
     )

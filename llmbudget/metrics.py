@@ -1,0 +1,139 @@
+"""Prometheus metrics of LLM spend, fed by an :class:`~llmbudget.Engine` observer.
+
+Needs ``prometheus-client`` (``pip install 'llmbudget[prometheus]'``); nothing in
+the core imports this module. Labels are bounded: the first ``max_tenants``
+tenants seen (plus those listed in ``tenants``) get their own label, later ones
+are counted as ``"other"``; models likewise with ``max_models``.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several workers),
+:meth:`Metrics.render` aggregates every worker's values.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+try:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "llmbudget's metrics need prometheus-client: pip install 'llmbudget[prometheus]' (or prometheus-client)"
+    ) from exc
+
+if TYPE_CHECKING:
+    from .calls import SpendRecord
+    from .ledger.budgets import Refusal
+    from .pipeline import Engine
+
+__all__ = ["OTHER", "Metrics"]
+
+#: The label value of tenants and models beyond the cardinality bounds.
+OTHER = "other"
+
+
+class _Bounded:
+    """Maps values to labels: the first ``limit`` distinct values (and ``always``) keep theirs."""
+
+    def __init__(self, limit: int, always: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.always = frozenset(always)
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None, default: str) -> str:
+        value = value or default
+        if value in self.always or value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+class Metrics:
+    """Counters of LLM calls, tokens, USD spent and saved, cache hits, routed and capped calls, refusals.
+
+    Keyword-only options: ``registry`` (default: a registry of its own),
+    ``namespace`` (metric name prefix), ``max_tenants``, ``tenants`` (always
+    labelled), ``max_models``.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "llmbudget",
+        max_tenants: int = 100,
+        tenants: Iterable[str] = (),
+        max_models: int = 50,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._tenant = _Bounded(max_tenants, tenants)
+        self._model = _Bounded(max_models)
+        self._engines: list[Engine] = []
+        # One bound method, so that Engine.remove_observer (which compares by identity) finds it.
+        self._observer = self.observe
+        labels = ("tenant", "model")
+
+        def counter(name: str, doc: str, names: tuple[str, ...] = labels) -> Counter:
+            return Counter(name, doc, names, namespace=namespace, registry=self.registry)
+
+        self.calls = counter("calls", "LLM call attempts, by outcome (ok or error)", (*labels, "outcome"))
+        self.tokens = counter("tokens", "Tokens used, by kind (input, cached_input, output, reasoning)",
+                              (*labels, "kind"))
+        self.spent = counter("spent_usd", "USD spent on LLM calls")
+        self.saved = counter("saved_usd", "USD saved by the cache and the router")
+        self.cache_hits = counter("cache_hits", "Calls answered from the cache")
+        self.routed = counter("routed", "Calls sent to another model than the one asked for")
+        self.capped = counter("capped", "Calls whose output was capped")
+        self.refusals = counter("refusals", "Calls refused by a budget", ("tenant", "budget"))
+
+    def observe(self, record: SpendRecord) -> None:
+        """Count one settled attempt (an :class:`~llmbudget.Engine` observer)."""
+        tenant = self._tenant(record.tenant, "default")
+        model = self._model(record.model, "unknown")
+        usage = record.usage
+        self.calls.labels(tenant, model, "error" if record.error else "ok").inc()
+        for kind, count in (("input", usage.input_tokens), ("cached_input", usage.cached_input_tokens),
+                            ("output", usage.output_tokens), ("reasoning", usage.reasoning_tokens)):
+            if count:
+                self.tokens.labels(tenant, model, kind).inc(count)
+        if record.cost_usd:
+            self.spent.labels(tenant, model).inc(float(record.cost_usd))
+        if record.saved_usd:
+            self.saved.labels(tenant, model).inc(float(record.saved_usd))
+        for flag, counter in ((record.from_cache, self.cache_hits), (record.routed, self.routed),
+                              (record.capped, self.capped)):
+            if flag:
+                counter.labels(tenant, model).inc()
+
+    def refusal(self, refusal: Refusal) -> None:
+        """Count one budget refusal."""
+        self.refusals.labels(self._tenant(refusal.tenant, "default"), refusal.budget).inc()
+
+    def attach(self, engine: Engine) -> None:
+        """Observe every attempt ``engine`` settles (once per engine)."""
+        if any(e is engine for e in self._engines):
+            return
+        engine.add_observer(self._observer)
+        self._engines.append(engine)
+
+    def detach(self) -> None:
+        """Stop observing every engine :meth:`attach` was given."""
+        while self._engines:
+            self._engines.pop().remove_observer(self._observer)
+
+    def render(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type."""
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST

@@ -1,0 +1,576 @@
+"""ASGI and WSGI middleware: one llmbudget scope per request, budgets, HTTP 402 refusals, headers, metrics.
+
+``LLMBudgetMiddleware`` is pure ASGI (Starlette, FastAPI): the scope is a context
+variable set around the whole app call, so it reaches async endpoints, sync
+endpoints run in the thread pool, streamed bodies and background tasks.
+``LLMBudgetWSGIMiddleware`` (Flask, Django) runs each request in a copy of the
+caller's context: the scope stays set while the server iterates the body and
+can never leak into the next request a worker thread serves.
+
+A budget refusal the app does not catch becomes an RFC 9457 problem document
+with status 402; anything else the app raises passes through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy
+from .interception import install as _install
+from .ledger.budgets import Refusal
+from .pipeline import Engine, get_engine, set_engine
+from .refusals import budget_refusal
+from .scope import Scope, current_scope
+from .scope import scope as _llm_scope
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = [
+    "LLMBudgetMiddleware",
+    "LLMBudgetWSGIMiddleware",
+    "MetricsPolicy",
+    "Policy",
+    "RequestIdFilter",
+    "Route",
+    "current_route",
+]
+
+log = logging.getLogger("llmbudget.middleware")
+
+ASGIMessage = MutableMapping[str, Any]
+ASGIReceive = Callable[[], Awaitable[ASGIMessage]]
+ASGISend = Callable[[ASGIMessage], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
+StartResponse = Callable[..., Callable[[bytes], Any]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_route: contextvars.ContextVar[RoutePolicy | None] = contextvars.ContextVar("llmbudget_route", default=None)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_MAX_TENANT = 128
+_PROBLEM_TITLE = "LLM budget exceeded"
+
+
+def current_route() -> RoutePolicy | None:
+    """The route settings of the request being served, if the middleware is serving one."""
+    return _route.get()
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every log record ``request_id`` and ``tenant`` from the current scope (``-`` outside one).
+
+    ``handler.addFilter(RequestIdFilter())``, then use ``%(request_id)s`` in the format.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = current_scope()
+        if not hasattr(record, "request_id"):
+            record.request_id = current.request_id if current is not None else "-"
+        if not hasattr(record, "tenant"):
+            record.tenant = (current.tenant or "-") if current is not None else "-"
+        return True
+
+
+# -- shared by both faces -------------------------------------------------------------------------
+
+
+def _find_refusal(exc: BaseException) -> Refusal | None:
+    """The budget refusal ``exc`` is, or that every exception of an exception group is."""
+    refusal = budget_refusal(exc)
+    if refusal is not None:
+        return refusal
+    inner = getattr(exc, "exceptions", None)
+    if "ExceptionGroup" in type(exc).__name__ and isinstance(inner, tuple) and inner:
+        found = [_find_refusal(e) for e in inner]
+        if all(r is not None for r in found):
+            return found[0]
+    return None
+
+
+def _clean_tenant(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) > _MAX_TENANT or not text.isprintable():
+        log.warning("llmbudget: ignoring a tenant that is not printable or longer than %d characters", _MAX_TENANT)
+        return None
+    return text
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _usd(amount: Decimal) -> str:
+    return format(amount.normalize(), "f") if amount else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class _Core:
+    """What the ASGI and WSGI faces share: start-up, tenants, problems, headers, logs, metrics."""
+
+    def __init__(self, policy: Policy | None, *, install: bool) -> None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an llmbudget Policy (Policy(...) or Policy.from_file(...)), got {policy!r}")
+        self.policy = policy if policy is not None else Policy()
+        if self.policy.engine is not None:
+            set_engine(self.policy.engine)
+        engine = get_engine()
+        _check_overlap(self.policy, engine)
+        if install:
+            _install()
+        settings = self.policy.metrics_policy
+        self.metrics: Metrics | None = None
+        self.metrics_path: str | None = None
+        if settings.enabled:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(max_tenants=settings.max_tenants, tenants=settings.tenants,
+                                   max_models=settings.max_models)
+            self.metrics.attach(engine)
+            self.metrics_path = settings.path
+        _warn_pending(self.policy)
+
+    # -- per request ----------------------------------------------------------------------------
+
+    def tenant(self, request: Mapping[str, Any], header: str | None, user: str | None) -> str | None:
+        finder = self.policy.tenant
+        if finder is not None:
+            try:
+                return _clean_tenant(finder(request))
+            except Exception:
+                log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")
+                return None
+        if header is not None and (tenant := _clean_tenant(header)) is not None:
+            return tenant
+        return _clean_tenant(user)
+
+    @staticmethod
+    def request_id(value: str | None) -> str:
+        if value is not None and _REQUEST_ID.fullmatch(value):
+            return value
+        return uuid.uuid4().hex
+
+    def problem(self, refusal: Refusal, scope: Scope, *, route: RoutePolicy | None = None) -> _Problem:
+        """The 402 answer for an uncaught budget refusal (RFC 9457 problem+json)."""
+        data = refusal.to_dict()
+        who = f" of tenant {refusal.tenant!r}" if refusal.per == "tenant" and refusal.tenant else ""
+        period = f" per {refusal.period}" if refusal.period else ""
+        resets = _iso(refusal.resets_at)
+        detail = (
+            f"The {refusal.per} budget {refusal.budget!r}{who} (${_usd(refusal.limit_usd)}{period}) has "
+            f"${_usd(refusal.remaining_usd)} left; the next LLM call could cost up to "
+            f"${_usd(refusal.estimated_cost_usd)}." + (f" It resets at {resets}." if resets else "")
+        )
+        body = {
+            "type": self.policy.problem_type,
+            "title": _PROBLEM_TITLE,
+            "status": 402,
+            "detail": detail,
+            **data,
+            "resets_at": resets,
+            "request_id": scope.request_id,
+        }
+        headers = [
+            ("content-type", "application/problem+json"),
+            ("cache-control", "no-store"),
+            ("x-llmbudget-refused", "budget"),
+        ]
+        if refusal.resets_at is not None:
+            headers.append(("retry-after", str(max(1, math.ceil(refusal.resets_at - time.time())))))
+        if route is not None and route.headers:
+            headers.extend(self.spend_headers(scope))
+        return _Problem(402, headers, json.dumps(body).encode())
+
+    @staticmethod
+    def spend_headers(scope: Scope) -> list[tuple[str, str]]:
+        """What the request spent so far, as ``x-llmbudget-*`` headers (opt-in)."""
+        totals = scope.totals
+        with totals._lock:
+            records = list(totals.records)
+            calls, cost, saved = totals.calls, totals.cost_usd, totals.saved_usd
+            input_tokens, output_tokens = totals.input_tokens, totals.output_tokens
+        return [
+            ("x-request-id", scope.request_id),
+            ("x-llmbudget-calls", str(calls)),
+            ("x-llmbudget-cost-usd", _usd(cost)),
+            ("x-llmbudget-saved-usd", _usd(saved)),
+            ("x-llmbudget-input-tokens", str(input_tokens)),
+            ("x-llmbudget-output-tokens", str(output_tokens)),
+            ("x-llmbudget-cache-hits", str(sum(r.from_cache for r in records))),
+            ("x-llmbudget-routed", str(sum(r.routed for r in records))),
+            ("x-llmbudget-capped", str(sum(r.capped for r in records))),
+        ]
+
+    def refused(self, refusal: Refusal, scope: Scope, *, answered: bool) -> None:
+        extra = {"request_id": scope.request_id, "tenant": scope.tenant or "-"}
+        if answered:
+            log.warning("request %s: budget %r refused an LLM call the app did not catch; answering 402",
+                        scope.request_id, refusal.budget, extra=extra)
+        else:
+            log.warning("request %s: budget %r refused an LLM call after the response started; it cannot "
+                        "become a 402", scope.request_id, refusal.budget, extra=extra)
+        if self.metrics is not None:
+            self.metrics.refusal(refusal)
+
+    def finished(self, scope: Scope, method: str, path: str, status: int | None, started: float) -> None:
+        totals = scope.totals
+        level = logging.INFO if totals.calls else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "request %s %s %s tenant=%s status=%s: %d LLM call(s), %d tokens, $%s in %.3fs",
+                    scope.request_id, method, path, scope.tenant or "-", status if status is not None else "-",
+                    totals.calls, totals.tokens, _usd(totals.cost_usd), time.perf_counter() - started,
+                    extra={"request_id": scope.request_id, "tenant": scope.tenant or "-"})
+
+    def metrics_answer(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        assert self.metrics is not None
+        if method not in ("GET", "HEAD"):
+            return 405, [("allow", "GET, HEAD"), ("content-type", "text/plain")], b"method not allowed\n"
+        body, content_type = self.metrics.render()
+        return 200, [("content-type", content_type), ("cache-control", "no-store")], b"" if method == "HEAD" else body
+
+
+def _check_overlap(policy: Policy, engine: Engine) -> None:
+    """Engine budgets and policy budgets of one kind would share (and double-charge) one counter."""
+    kinds = {(b.per, b.period) for b in engine.budgets}
+    for budgets in (policy.budgets, *(r.budgets for r in policy.routes if r.budgets is not None)):
+        for budget in budgets:
+            if (budget.per, budget.period) in kinds:
+                raise ConfigError(
+                    f"the policy's budget {budget.name!r} and one of the engine's budgets are both per "
+                    f"{budget.per}{' per ' + budget.period if budget.period else ''}: they would share one counter; "
+                    "keep it in one place (the policy's budgets, or Engine(budgets=...))"
+                )
+
+
+def _warn_pending(policy: Policy) -> None:
+    modes = {policy.on_budget, *(r.on_budget for r in policy.routes if r.on_budget is not None)} - {"refuse"}
+    for mode in sorted(modes):
+        log.warning(
+            "llmbudget: on_budget=%r is accepted but not in effect yet: calls over a budget are refused until "
+            "%s exist", mode, "output caps" if mode == "cap" else "routing tiers",
+        )
+
+
+# -- ASGI -----------------------------------------------------------------------------------------
+
+
+def _asgi_header(scope: Mapping[str, Any], name: str | None) -> str | None:
+    if name is None:
+        return None
+    key = name.encode("latin-1")
+    for header, value in scope.get("headers") or ():
+        if header.lower() == key:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _asgi_user(scope: Mapping[str, Any]) -> str | None:
+    user = scope.get("user")
+    if user is None:
+        return None
+    try:
+        if not getattr(user, "is_authenticated", False):
+            return None
+        for attribute in ("identity", "display_name"):
+            try:
+                value = getattr(user, attribute)
+            except NotImplementedError:
+                continue
+            if value:
+                return str(value)
+    except Exception:
+        log.debug("llmbudget: could not read the authenticated user", exc_info=True)
+    return None
+
+
+class LLMBudgetMiddleware(_Core):
+    """Pure ASGI middleware: ``app.add_middleware(LLMBudgetMiddleware, policy=Policy(...))``.
+
+    Keyword-only options: ``policy`` (default: ``Policy()``) and ``install``
+    (default True: put every openai client of the process behind llmbudget).
+    """
+
+    def __init__(self, app: ASGIApp, *, policy: Policy | None = None, install: bool = True) -> None:
+        super().__init__(policy, install=install)
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if self.metrics_path is not None and path == self.metrics_path and kind == "http":
+            await _asgi_answer(send, *self.metrics_answer(scope.get("method", "GET")))
+            return
+        route = self.policy.for_path(path)
+        if not route.enabled:
+            await self.app(scope, receive, send)
+            return
+        tenant = self.tenant(scope, _asgi_header(scope, self.policy.tenant_header), _asgi_user(scope))
+        request_id = self.request_id(_asgi_header(scope, self.policy.request_id_header))
+        started_at = time.perf_counter()
+        status: int | None = None
+        response_started = False
+        with _llm_scope(tenant=tenant, request_id=request_id, budgets=route.budgets, cache=route.cache,
+                        routing=route.routing) as current:
+            token = _route.set(route)
+
+            async def send_wrapper(message: ASGIMessage) -> None:
+                nonlocal status, response_started
+                if message["type"] == "http.response.start":
+                    response_started = True
+                    status = message.get("status")
+                    if route.headers:
+                        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.spend_headers(current)]
+                        message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                elif message["type"] == "websocket.accept":
+                    response_started = True
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except BaseException as exc:
+                refusal = _find_refusal(exc)
+                if refusal is None:
+                    raise
+                answer = not response_started and kind == "http"
+                self.refused(refusal, current, answered=answer)
+                if not answer:
+                    raise
+                problem = self.problem(refusal, current, route=route)
+                status = problem.status
+                await _asgi_answer(send, problem.status, problem.headers, problem.body)
+            finally:
+                _route.reset(token)
+                self.finished(current, scope.get("method", "WS"), path, status, started_at)
+
+
+async def _asgi_answer(send: ASGISend, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- WSGI -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _WSGIRequest:
+    """One request's state, in the request's own context."""
+
+    route: RoutePolicy
+    scope: Scope | None = None
+    refusal: Refusal | None = None
+    status: int | None = None
+    replaced: bool = False
+
+
+_wsgi_request: contextvars.ContextVar[_WSGIRequest | None] = contextvars.ContextVar(
+    "llmbudget_wsgi_request", default=None
+)
+_flask_connected = False
+
+
+def _on_flask_exception(sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
+    """Flask turns uncaught exceptions into 500s itself: note a refusal so the middleware answers 402."""
+    state = _wsgi_request.get()
+    if state is not None and exception is not None:
+        refusal = _find_refusal(exception)
+        if refusal is not None:
+            state.refusal = refusal
+
+
+def _connect_flask() -> None:
+    global _flask_connected
+    if _flask_connected or "flask" not in sys.modules:
+        return
+    try:
+        from flask import got_request_exception
+    except ImportError:  # pragma: no cover - a module named flask that is not Flask
+        return
+    got_request_exception.connect(_on_flask_exception, weak=False)
+    _flask_connected = True
+
+
+def _status_code(status: str) -> int | None:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return None
+
+
+class _Body:
+    """The app's response iterable, iterated and closed inside the request's context."""
+
+    def __init__(self, context: contextvars.Context, iterable: Iterable[bytes],
+                 on_error: Callable[[BaseException], None], finish: Callable[[], None]) -> None:
+        self._context = context
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._on_error = on_error
+        self._finish = finish
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            if self._iterator is None:
+                self._iterator = self._context.run(iter, self._iterable)
+            return self._context.run(next, self._iterator)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self._on_error(exc)
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                self._context.run(close)
+        finally:
+            self._finish()
+
+
+def _environ_header(environ: Mapping[str, Any], name: str | None) -> str | None:
+    if name is None:
+        return None
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
+
+
+def _request_context(route: RoutePolicy, state: _WSGIRequest, **options: Any) -> tuple[Scope, contextvars.Context]:
+    """Run in a throwaway copy of the caller's context: a snapshot with the request's scope set.
+
+    The scope is entered and left here, so nothing stays suspended; the
+    snapshot is all the request runs in and is dropped with it, which is why
+    no scope can leak into the next request a thread serves.
+    """
+    _route.set(route)
+    with _llm_scope(**options) as current:
+        state.scope = current
+        _wsgi_request.set(state)
+        return current, contextvars.copy_context()
+
+
+class LLMBudgetWSGIMiddleware(_Core):
+    """WSGI middleware: ``app.wsgi_app = LLMBudgetWSGIMiddleware(app.wsgi_app, policy=Policy(...))``.
+
+    Keyword-only options: ``policy`` (default: ``Policy()``) and ``install``
+    (default True: put every openai client of the process behind llmbudget).
+    """
+
+    def __init__(self, app: WSGIApp, *, policy: Policy | None = None, install: bool = True) -> None:
+        super().__init__(policy, install=install)
+        self.app = app
+        _connect_flask()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if self.metrics_path is not None and path == self.metrics_path:
+            status, headers, body = self.metrics_answer(method)
+            start_response(f"{status} {'OK' if status == 200 else 'Method Not Allowed'}",
+                           [*headers, ("content-length", str(len(body)))])
+            return [body]
+        route = self.policy.for_path(path)
+        if not route.enabled:
+            return self.app(environ, start_response)
+        started_at = time.perf_counter()
+        tenant = self.tenant(environ, _environ_header(environ, self.policy.tenant_header), environ.get("REMOTE_USER"))
+        request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
+        state = _WSGIRequest(route=route)
+        current, context = contextvars.copy_context().run(
+            _request_context, route, state, tenant=tenant, request_id=request_id, budgets=route.budgets,
+            cache=route.cache, routing=route.routing,
+        )
+        counted: list[Refusal] = []
+        problem_body: list[bytes] = []
+
+        def note(refusal: Refusal, *, answered: bool) -> None:
+            if not any(r is refusal for r in counted):
+                counted.append(refusal)
+                self.refused(refusal, current, answered=answered)
+
+        def finish() -> None:
+            self.finished(current, method, path, state.status, started_at)
+
+        def on_error(exc: BaseException) -> None:
+            refusal = _find_refusal(exc)
+            if refusal is not None:
+                note(refusal, answered=False)
+
+        def answer_problem(refusal: Refusal, exc_info: Any = None) -> None:
+            note(refusal, answered=True)
+            problem = self.problem(refusal, current, route=route)
+            # exc_info only when the app already started a response (else servers may re-raise it).
+            exc_info = exc_info if state.status is not None else None
+            state.replaced, state.status = True, problem.status
+            problem_body.append(problem.body)
+            start_response("402 Payment Required", [*problem.headers, ("content-length", str(len(problem.body)))],
+                           exc_info)
+
+        def wrapped_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if state.refusal is not None and status.startswith("5") and not state.replaced:
+                # The framework turned an uncaught refusal into a 500 (Flask does): answer 402 instead.
+                answer_problem(state.refusal, exc_info)
+                return lambda data: None
+            if state.replaced:
+                return lambda data: None
+            state.status = _status_code(status)
+            if route.headers:
+                headers = [*headers, *self.spend_headers(current)]
+            return start_response(status, headers, exc_info)
+
+        try:
+            result = context.run(self.app, environ, wrapped_start_response)
+        except BaseException as exc:
+            refusal = _find_refusal(exc)
+            if refusal is None or state.replaced:
+                finish()
+                raise
+            try:
+                answer_problem(refusal, sys.exc_info())
+            except BaseException:
+                finish()
+                raise
+            return _Body(context, problem_body, on_error, finish)
+        if state.replaced:
+            close = getattr(result, "close", None)
+            try:
+                if close is not None:
+                    context.run(close)
+            except Exception:
+                log.exception("llmbudget: closing the replaced 500 response failed")
+            result = problem_body
+        return _Body(context, result, on_error, finish)

@@ -1,0 +1,371 @@
+"""LLMBudgetMiddleware in process: scopes, 402 problems, pass-through, tenants, headers, metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+import llmbudget
+from llmbudget.config import ConfigError
+from llmbudget.middleware import (
+    LLMBudgetMiddleware,
+    MetricsPolicy,
+    Policy,
+    RequestIdFilter,
+    current_route,
+)
+from llmbudget.middleware import Route as PolicyRoute
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import ExceptionGroup
+
+HI = [{"role": "user", "content": "Say hi"}]
+REFUSE_ALL = [llmbudget.Budget("0")]  # any call's worst case overflows: refused before it is sent
+NOWHERE = "http://127.0.0.1:9/v1"  # refused calls never connect
+
+
+def unreachable_client() -> openai.OpenAI:
+    return openai.OpenAI(base_url=NOWHERE, api_key="sk-test", max_retries=0)
+
+
+def ask(client: openai.OpenAI, max_tokens: int = 4) -> Any:
+    return client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=max_tokens)
+
+
+def scope_info() -> dict[str, Any]:
+    current = llmbudget.current_scope()
+    route = current_route()
+    return {
+        "tenant": current.tenant if current else None,
+        "request_id": current.request_id if current else None,
+        "route": route.route if route else None,
+    }
+
+
+def build(policy: Policy | None = None, *, routes: list[Any] | None = None, install: bool = True,
+          middleware: list[Middleware] | None = None) -> Starlette:
+    client = unreachable_client()
+
+    async def refused(request: Request) -> JSONResponse:
+        ask(client)
+        return JSONResponse({})
+
+    def refused_sync(request: Request) -> JSONResponse:
+        ask(client)
+        return JSONResponse({})
+
+    def caught(request: Request) -> JSONResponse:
+        try:
+            ask(client)
+        except openai.APIStatusError as exc:
+            refusal = llmbudget.budget_refusal(exc)
+            assert refusal is not None
+            return JSONResponse({"fallback": refusal.budget})
+        return JSONResponse({})
+
+    async def boom(request: Request) -> None:
+        raise RuntimeError("an ordinary bug")
+
+    async def missing(request: Request) -> None:
+        raise HTTPException(404, "nothing here")
+
+    async def info(request: Request) -> JSONResponse:
+        return JSONResponse(scope_info())
+
+    def info_sync(request: Request) -> JSONResponse:
+        return JSONResponse(scope_info())
+
+    async def streamed(request: Request) -> StreamingResponse:
+        async def body() -> Any:
+            yield str(scope_info()["tenant"]).encode()
+
+        return StreamingResponse(body())
+
+    async def late_refusal(request: Request) -> StreamingResponse:
+        def body() -> Iterator[bytes]:
+            yield b"started "
+            ask(client)
+
+        return StreamingResponse(body())
+
+    async def grouped(request: Request) -> None:
+        errors: list[Exception] = []
+        for _ in range(2):
+            try:
+                ask(client)
+            except openai.APIStatusError as exc:
+                errors.append(exc)
+        if request.query_params.get("mixed"):
+            errors.append(ValueError("not a budget"))
+        raise ExceptionGroup("calls failed", errors)
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json(scope_info())
+        await websocket.close()
+
+    app = Starlette(
+        routes=[
+            Route("/refused", refused, methods=["POST", "GET"]),
+            Route("/refused/sync", refused_sync),
+            Route("/caught", caught),
+            Route("/boom", boom),
+            Route("/missing", missing),
+            Route("/info", info),
+            Route("/admin/info", info),
+            Route("/info/sync", info_sync),
+            Route("/streamed", streamed),
+            Route("/late", late_refusal),
+            Route("/grouped", grouped),
+            WebSocketRoute("/ws", socket),
+            *(routes or []),
+        ],
+        middleware=[*(middleware or []), Middleware(LLMBudgetMiddleware, policy=policy, install=install)],
+    )
+    return app
+
+
+def test_an_uncaught_refusal_becomes_a_402_problem(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(budgets=REFUSE_ALL)))
+    for path in ("/refused", "/refused/sync"):
+        response = client.get(path, headers={"x-tenant-id": "acme", "x-request-id": "req-1"})
+        assert response.status_code == 402
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["x-llmbudget-refused"] == "budget"
+        assert response.headers["cache-control"] == "no-store"
+        assert "retry-after" not in response.headers  # a per-request budget never resets
+        problem = response.json()
+        assert {k: problem[k] for k in ("type", "title", "status", "budget", "per", "period", "tenant", "limit_usd",
+                                        "spent_usd", "remaining_usd", "resets_at", "request_id")} == {
+            "type": "urn:llmbudget:budget-exceeded", "title": "LLM budget exceeded", "status": 402,
+            "budget": "request", "per": "request", "period": None, "tenant": "acme", "limit_usd": 0.0,
+            "spent_usd": 0.0, "remaining_usd": 0.0, "resets_at": None, "request_id": "req-1",
+        }
+        assert problem["estimated_cost_usd"] > 0
+        assert problem["detail"].startswith("The request budget 'request' ($0) has $0 left")
+
+
+def test_a_refusal_the_app_catches_is_the_apps_business(engine: llmbudget.Engine) -> None:
+    response = TestClient(build(Policy(budgets=REFUSE_ALL))).get("/caught")
+    assert (response.status_code, response.json()) == (200, {"fallback": "request"})
+
+
+def test_other_exceptions_pass_through_untouched(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(budgets=REFUSE_ALL)))
+    with pytest.raises(RuntimeError, match="an ordinary bug"):
+        client.get("/boom")
+    assert client.get("/missing").status_code == 404
+    quiet = TestClient(build(Policy(budgets=REFUSE_ALL)), raise_server_exceptions=False)
+    assert quiet.get("/boom").status_code == 500
+
+
+def test_refusals_in_an_exception_group(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(budgets=REFUSE_ALL)))
+    assert client.get("/grouped").status_code == 402
+    with pytest.raises(ExceptionGroup):  # another error in the group: not the budget's to answer
+        client.get("/grouped?mixed=1")
+
+
+def test_a_refusal_after_the_response_started_is_raised_and_logged(engine: llmbudget.Engine, caplog) -> None:
+    client = TestClient(build(Policy(budgets=REFUSE_ALL)))
+    with caplog.at_level(logging.WARNING, "llmbudget.middleware"), pytest.raises(openai.APIStatusError):
+        client.get("/late")
+    assert "after the response started" in caplog.text
+
+
+def test_the_scope_reaches_every_kind_of_endpoint_and_ends_with_the_request(engine: llmbudget.Engine) -> None:
+    seen: list[Any] = []
+
+    async def with_task(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(lambda: seen.append(scope_info())))
+
+    client = TestClient(build(Policy(), routes=[Route("/task", with_task)]))
+    headers = {"x-tenant-id": "acme", "x-request-id": "r-1"}
+    assert client.get("/info", headers=headers).json() == {"tenant": "acme", "request_id": "r-1", "route": None}
+    assert client.get("/info/sync", headers=headers).json()["tenant"] == "acme"
+    assert client.get("/streamed", headers=headers).text == "acme"
+    client.get("/task", headers=headers)
+    assert seen == [{"tenant": "acme", "request_id": "r-1", "route": None}]
+    with client.websocket_connect("/ws", headers=headers) as socket:
+        assert socket.receive_json()["tenant"] == "acme"
+    # A request without a tenant sees none; nothing is left set in this thread.
+    assert client.get("/info/sync").json()["tenant"] is None
+    assert llmbudget.current_scope() is None and current_route() is None
+
+
+def test_request_ids_are_read_or_generated(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy()))
+    assert client.get("/info", headers={"x-request-id": "abc.DEF-1:2"}).json()["request_id"] == "abc.DEF-1:2"
+    for bad in ("has space", "x" * 200, ""):
+        generated = client.get("/info", headers={"x-request-id": bad}).json()["request_id"]
+        assert generated != bad and len(generated) == 32
+    custom = TestClient(build(Policy(request_id_header="x-trace")))
+    assert custom.get("/info", headers={"x-trace": "t-1"}).json()["request_id"] == "t-1"
+
+
+class _Auth(AuthenticationBackend):
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        user = conn.headers.get("x-user")
+        return (AuthCredentials(["authenticated"]), SimpleUser(user)) if user else None
+
+
+def test_tenants_from_header_callable_or_authenticated_user(engine: llmbudget.Engine) -> None:
+    auth = [Middleware(AuthenticationMiddleware, backend=_Auth())]
+    client = TestClient(build(Policy(), middleware=auth))
+    assert client.get("/info", headers={"x-tenant-id": " acme "}).json()["tenant"] == "acme"
+    assert client.get("/info", headers={"x-user": "alice"}).json()["tenant"] == "alice"
+    assert client.get("/info", headers={"x-tenant-id": "acme", "x-user": "alice"}).json()["tenant"] == "acme"
+    assert client.get("/info", headers={"x-tenant-id": "x" * 500}).json()["tenant"] is None
+    no_header = TestClient(build(Policy(tenant_header=None), middleware=auth))
+    assert no_header.get("/info", headers={"x-tenant-id": "acme"}).json()["tenant"] is None
+    other_header = TestClient(build(Policy(tenant_header="X-Org")))
+    assert other_header.get("/info", headers={"x-org": "org-7"}).json()["tenant"] == "org-7"
+
+    def from_path(scope: Any) -> str | None:
+        return scope["query_string"].decode().partition("org=")[2] or None
+
+    by_callable = TestClient(build(Policy(tenant=from_path)))
+    assert by_callable.get("/info?org=blue", headers={"x-tenant-id": "acme"}).json()["tenant"] == "blue"
+
+    def broken(scope: Any) -> str:
+        raise KeyError("no org")
+
+    assert TestClient(build(Policy(tenant=broken))).get("/info").json()["tenant"] is None
+
+
+def test_routes_turn_the_middleware_off_or_change_budgets(engine: llmbudget.Engine) -> None:
+    policy = Policy(
+        budgets=REFUSE_ALL,
+        routes=(PolicyRoute("/admin/*", enabled=False), PolicyRoute("/caught", budgets=[])),
+    )
+    client = TestClient(build(policy))
+    assert client.get("/admin/info", headers={"x-tenant-id": "acme"}).json() == {
+        "tenant": None, "request_id": None, "route": None}
+    assert client.get("/info").json()["route"] is None
+    # No budget on /caught: the call is sent (and fails to connect: nobody listens there).
+    with pytest.raises(openai.APIConnectionError):
+        client.get("/caught")
+
+
+def test_routes_set_the_scopes_cache_and_routing(engine: llmbudget.Engine) -> None:
+    async def settings(request: Request) -> JSONResponse:
+        current = llmbudget.current_scope()
+        assert current is not None
+        return JSONResponse({"cache": current.cache, "routing": current.routing})
+
+    policy = Policy(routes=[PolicyRoute("/chat/fast", cache=False, routing="small"),
+                            PolicyRoute("/chat/*", routing=False)])
+    client = TestClient(build(policy, routes=[Route("/chat/fast", settings), Route("/chat/plain", settings),
+                                              Route("/other", settings)]))
+    assert client.get("/chat/fast").json() == {"cache": False, "routing": "small"}
+    assert client.get("/chat/plain").json() == {"cache": None, "routing": False}
+    assert client.get("/other").json() == {"cache": None, "routing": None}
+
+
+def test_spend_headers_are_opt_in(engine: llmbudget.Engine, llm_server: str) -> None:
+    client_llm = openai.OpenAI(base_url=llm_server, api_key="sk-test")
+
+    async def chat(request: Request) -> JSONResponse:
+        answer = ask(client_llm, 3)
+        return JSONResponse({"prompt": answer.usage.prompt_tokens, "completion": answer.usage.completion_tokens})
+
+    routes = [Route("/chat", chat)]
+    quiet = TestClient(build(Policy(), routes=routes)).get("/chat")
+    assert not [h for h in quiet.headers if h.startswith("x-llmbudget") or h == "x-request-id"]
+    shown = TestClient(build(Policy(headers=True), routes=routes)).get("/chat", headers={"x-request-id": "h-1"})
+    usage = shown.json()
+    assert shown.headers["x-request-id"] == "h-1"
+    assert shown.headers["x-llmbudget-calls"] == "1"
+    assert shown.headers["x-llmbudget-input-tokens"] == str(usage["prompt"])
+    assert shown.headers["x-llmbudget-output-tokens"] == str(usage["completion"])
+    cost = (usage["prompt"] * Decimal("0.15") + usage["completion"] * Decimal("0.6")) / 1_000_000
+    assert Decimal(shown.headers["x-llmbudget-cost-usd"]) == cost
+    assert shown.headers["x-llmbudget-cache-hits"] == shown.headers["x-llmbudget-capped"] == "0"
+
+
+def test_metrics_route(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(budgets=REFUSE_ALL, metrics=MetricsPolicy(path="/metrics"))))
+    client.get("/refused", headers={"x-tenant-id": "acme"})
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert 'llmbudget_refusals_total{budget="request",tenant="acme"} 1.0' in response.text
+    assert client.post("/metrics").status_code == 405
+    assert TestClient(build(Policy(metrics=True))).get("/metrics").status_code == 404  # no route unless asked
+
+
+def test_install_and_the_policys_engine(engine: llmbudget.Engine) -> None:
+    llmbudget.uninstall()
+    TestClient(build(Policy(), install=False)).get("/info")
+    assert not llmbudget.installed()
+    own = llmbudget.Engine(default_tenant="nobody")
+    TestClient(build(Policy(engine=own))).get("/info")
+    assert llmbudget.installed() and llmbudget.get_engine() is own
+
+
+def test_start_up_checks(engine: llmbudget.Engine, caplog) -> None:
+    llmbudget.set_engine(llmbudget.Engine(budgets=[llmbudget.Budget(1, per="tenant", period="day")]))
+    with pytest.raises(ConfigError, match="share one counter"):
+        LLMBudgetMiddleware(build(), policy=Policy(budgets=[llmbudget.Budget(2, per="tenant", period="day")]))
+    llmbudget.set_engine(engine)
+    with caplog.at_level(logging.WARNING, "llmbudget.middleware"):
+        LLMBudgetMiddleware(build(), policy=Policy(on_budget="cap", cap_min_output_tokens=16))
+    assert "on_budget='cap' is accepted but not in effect yet" in caplog.text
+    with pytest.raises(TypeError, match="policy must be"):
+        LLMBudgetMiddleware(build(), policy={"budgets": []})  # type: ignore[arg-type]
+
+
+def test_request_id_filter_and_request_logs(engine: llmbudget.Engine, caplog) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(RequestIdFilter())
+    app_log = logging.getLogger("tests.app")
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.INFO)
+
+    async def logs(request: Request) -> PlainTextResponse:
+        app_log.info("inside")
+        return PlainTextResponse("ok")
+
+    try:
+        TestClient(build(Policy(), routes=[Route("/logs", logs)])).get(
+            "/logs", headers={"x-request-id": "log-1", "x-tenant-id": "acme"})
+        app_log.info("outside")
+    finally:
+        app_log.removeHandler(handler)
+    assert [(r.getMessage(), r.request_id, r.tenant) for r in records] == [  # type: ignore[attr-defined]
+        ("inside", "log-1", "acme"), ("outside", "-", "-")]
+
+
+def test_lifespan_and_other_scope_types_pass_through(engine: llmbudget.Engine) -> None:
+    events: list[str] = []
+
+    async def lifespan(app: Starlette) -> Any:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = Starlette(routes=[Route("/info", lambda r: JSONResponse(scope_info()))],
+                    lifespan=asynccontextmanager(lifespan),
+                    middleware=[Middleware(LLMBudgetMiddleware, policy=Policy())])
+    with TestClient(app) as client:
+        assert client.get("/info", headers={"x-tenant-id": "a"}).json()["tenant"] == "a"
+    assert events == ["startup", "shutdown"]

@@ -1,0 +1,77 @@
+"""Prometheus metrics from spend records: counters, bounded labels, refusals."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry
+
+import llmbudget
+from llmbudget.metrics import OTHER, Metrics
+
+
+def record(tenant: str | None, model: str = "gpt-4o-mini", **changes: object) -> llmbudget.SpendRecord:
+    values: dict[str, object] = {
+        "time": time.time(), "endpoint": "chat.completions", "base_url": "http://x/v1", "model_requested": model,
+        "model_sent": model, "model_answered": model,
+        "usage": llmbudget.Usage(input_tokens=10, cached_input_tokens=4, output_tokens=5, reasoning_tokens=2),
+        "cost_usd": Decimal("0.000003"), "latency_s": 0.1, "tenant": tenant,
+    }
+    values.update(changes)
+    return llmbudget.SpendRecord(**values)  # type: ignore[arg-type]
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(f"llmbudget_{name}", labels)
+
+
+def test_counts_calls_tokens_spend_and_flags() -> None:
+    metrics = Metrics()
+    metrics.observe(record("acme"))
+    metrics.observe(record("acme", error="HTTP 500", cost_usd=Decimal(0)))
+    metrics.observe(record("acme", from_cache=True, saved_usd=Decimal("0.00001"), cost_usd=Decimal(0)))
+    metrics.observe(record("acme", routed=True, capped=True))
+    labels = {"tenant": "acme", "model": "gpt-4o-mini"}
+    assert value(metrics, "calls_total", **labels, outcome="ok") == 3
+    assert value(metrics, "calls_total", **labels, outcome="error") == 1
+    assert value(metrics, "tokens_total", **labels, kind="input") == 40
+    assert value(metrics, "tokens_total", **labels, kind="cached_input") == 16
+    assert value(metrics, "tokens_total", **labels, kind="output") == 20
+    assert value(metrics, "tokens_total", **labels, kind="reasoning") == 8
+    assert abs(value(metrics, "spent_usd_total", **labels) - 0.000006) < 1e-12  # type: ignore[operator]
+    assert value(metrics, "saved_usd_total", **labels) == 0.00001
+    for name in ("cache_hits_total", "routed_total", "capped_total"):
+        assert value(metrics, name, **labels) == 1
+
+
+def test_labels_are_bounded() -> None:
+    metrics = Metrics(max_tenants=2, tenants=["vip"], max_models=1)
+    for tenant in ("a", "b", "c", "d", "vip", None):
+        metrics.observe(record(tenant))
+    metrics.observe(record("a", model="gpt-4o"))
+    tenants = {s.labels["tenant"] for m in metrics.registry.collect() for s in m.samples if "tenant" in s.labels}
+    assert tenants == {"a", "b", OTHER, "vip"}
+    assert value(metrics, "calls_total", tenant=OTHER, model="gpt-4o-mini", outcome="ok") == 3  # c, d, default
+    assert value(metrics, "calls_total", tenant="a", model=OTHER, outcome="ok") == 1
+
+
+def test_refusals_and_engine_observers() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry=registry, namespace="app")
+    refusal = llmbudget.Refusal("tenant/day", "tenant", "day", Decimal(1), Decimal(1), Decimal(0), Decimal("0.1"),
+                                None, "acme")
+    metrics.refusal(refusal)
+    assert registry.get_sample_value("app_refusals_total", {"tenant": "acme", "budget": "tenant/day"}) == 1
+    engine = llmbudget.Engine()
+    metrics.attach(engine)
+    metrics.attach(engine)  # once per engine
+    engine.record(record("acme"), None)
+    assert registry.get_sample_value("app_calls_total", {"tenant": "acme", "model": "gpt-4o-mini",
+                                                         "outcome": "ok"}) == 1
+    metrics.detach()
+    engine.record(record("acme"), None)
+    assert registry.get_sample_value("app_calls_total", {"tenant": "acme", "model": "gpt-4o-mini",
+                                                         "outcome": "ok"}) == 1
+    body, content_type = metrics.render()
+    assert b"app_refusals_total" in body and content_type.startswith("text/plain")

@@ -1,0 +1,184 @@
+"""Policy from Python and TOML: every key, clear errors, per-path settings, the engine it builds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import llmbudget
+from llmbudget.config import ConfigError, MetricsPolicy, Policy, Route, engine_from_config
+
+FULL = """
+hosts = ["api.openai.com", "llm.internal"]
+default_max_output_tokens = 512
+default_tenant = "anonymous"
+ledger = "data/ledger.db"
+budget_store = "data/budgets.db"
+tenant_header = "X-Org"
+request_id_header = "x-correlation-id"
+on_budget = "refuse"
+headers = true
+problem_type = "https://example.com/problems/llm-budget"
+
+[prices]
+"gemma-3-*" = { input = 0.05, output = 0.10 }
+
+[[budgets]]
+usd = "0.50"
+per = "tenant"
+period = "day"
+
+[[budgets]]
+usd = 0.02
+per = "request"
+
+[[budgets]]
+usd = 100
+per = "global"
+period = "month"
+name = "everyone"
+
+[metrics]
+path = "/metrics"
+max_tenants = 20
+tenants = ["acme"]
+max_models = 5
+
+[[routes]]
+path = "/admin/*"
+enabled = false
+
+[[routes]]
+path = "/chat*"
+on_budget = "cap"
+cap_min_output_tokens = 16
+routing = "small"
+cache = false
+headers = false
+budgets = [{ usd = "0.01", per = "request" }]
+"""
+
+
+def test_every_key_from_toml(tmp_path: Path) -> None:
+    (tmp_path / "llmbudget.toml").write_text(FULL)
+    policy = Policy.from_file(tmp_path / "llmbudget.toml")
+    assert [(b.usd, b.per, b.period, b.name) for b in policy.budgets] == [
+        (Decimal("0.50"), "tenant", "day", "tenant/day"),
+        (Decimal("0.02"), "request", None, "request"),
+        (Decimal(100), "global", "month", "everyone"),
+    ]
+    assert (policy.tenant_header, policy.request_id_header, policy.headers) == ("x-org", "x-correlation-id", True)
+    assert policy.problem_type == "https://example.com/problems/llm-budget"
+    assert policy.metrics == MetricsPolicy(path="/metrics", max_tenants=20, tenants=("acme",), max_models=5)
+    engine = policy.engine
+    assert engine is not None and engine.default_max_output_tokens == 512 and engine.default_tenant == "anonymous"
+    assert engine.hosts == {"api.openai.com", "llm.internal"} and engine.budgets == ()
+    assert isinstance(engine.ledger, llmbudget.SQLiteLedger) and engine.ledger.path == tmp_path / "data/ledger.db"
+    assert isinstance(engine.budget_store, llmbudget.SQLiteBudgetStore)
+    assert engine.budget_store.path == tmp_path / "data/budgets.db"
+
+    admin = policy.for_path("/admin/users")
+    assert (admin.route, admin.enabled) == ("/admin/*", False)
+    chat = policy.for_path("/chat/stream")
+    assert (chat.on_budget, chat.cap_min_output_tokens, chat.routing, chat.cache, chat.headers) == (
+        "cap", 16, "small", False, False)
+    assert [b.usd for b in chat.budgets] == [Decimal("0.01")]
+    other = policy.for_path("/other")
+    assert (other.route, other.enabled, other.budgets, other.headers) == (None, True, policy.budgets, True)
+
+
+def test_pyproject_table_and_discovery(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.llmbudget]\nheaders = true\n[[tool.llmbudget.budgets]]\nusd = 1\n')
+    nested = tmp_path / "src" / "app"
+    nested.mkdir(parents=True)
+    policy = Policy.discover(nested)
+    assert policy.headers and policy.budgets[0].usd == 1
+    assert policy.engine is None  # no engine keys: the current engine stays
+    assert Policy.discover(nested, tenant_header=None).tenant_header is None
+    assert Policy.from_file(tmp_path / "pyproject.toml").headers
+    assert Policy.discover(Path("/")) == Policy()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('on_budget = "deny"', "on_budget must be one of 'refuse', 'downgrade', 'cap', got 'deny'"),
+        ("budgets = 5", "budgets must be an array of tables"),
+        ("[[budgets]]\nper = \"tenant\"", r"budgets\[0\]: usd is required"),
+        ('[[budgets]]\nusd = 1\nper = "team"', r"budgets\[0\]: Budget per='team'"),
+        ('[[budgets]]\nusd = 1\nper = "tenant"\nperiod = "week"', r"budgets\[0\]: period must be one of"),
+        ('[[budgets]]\nusd = 1\nperiod = "day"', "a per-request budget has no period"),
+        ('[[budgets]]\nusd = -1', "usd must be"),
+        ('[[budgets]]\nusd = 1\nlimit = 2', r"budgets\[0\]: unknown keys \['limit'\]"),
+        ('[[budgets]]\nusd = 1\nper = "tenant"\n[[budgets]]\nusd = 2\nper = "tenant"', "would share one counter"),
+        ('[[routes]]\nenabled = false', r"routes\[0\]: path is required"),
+        ('[[routes]]\npath = "/x"\non_budget = "nope"', r"routes\[0\]: .*on_budget must be one of"),
+        ('[[routes]]\npath = "/x"\nenabled = "no"', "enabled must be true or false"),
+        ('[[routes]]\npath = "/x"\nretries = 1', r"routes\[0\]: unknown keys \['retries'\]"),
+        ('[[routes]]\npath = "/x"\ncap_min_output_tokens = 0', "cap_min_output_tokens must be an integer >= 1"),
+        ('[[routes]]\npath = "/x"\nrouting = 3', "routing must be true, false or a tier name"),
+        ("metrics = 3", "metrics must be true, false or a table"),
+        ('[metrics]\npath = "metrics"', "metrics.path must be a URL path"),
+        ("[metrics]\nmax_tenants = -1", "metrics.max_tenants must be an integer >= 0"),
+        ('[metrics]\ntenants = "acme"', "metrics.tenants must be a list of strings"),
+        ('tenant_header = "x tenant"', "tenant_header must be an HTTP header name"),
+        ('headers = "yes"', "headers must be true or false"),
+        ('downgrade_to = ""', "downgrade_to must be a model name"),
+        ("ledger = 5", "ledger must be a file path"),
+        ("default_tenant = ''", "default_tenant must be a non-empty string"),
+        ("surprise = 1", r"unknown keys \['surprise'\]"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "llmbudget.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message) as info:
+        Policy.from_file(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_invalid_toml_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "llmbudget.toml").write_text("budgets = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Policy.from_file(tmp_path / "llmbudget.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        Policy.from_file(tmp_path / "missing.toml")
+
+
+def test_python_policies_are_validated() -> None:
+    with pytest.raises(ConfigError, match="budgets must be a list of llmbudget.Budget"):
+        Policy(budgets=llmbudget.Budget(1))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="tenant must be a callable"):
+        Policy(tenant="x-tenant-id")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="routes must be llmbudget.config.Route"):
+        Policy(routes=[{"path": "/x"}])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="a route's path must be"):
+        Route("")
+    with pytest.raises(ConfigError, match="engine must be an llmbudget.Engine"):
+        Policy(engine="engine")  # type: ignore[arg-type]
+    policy = Policy(budgets=[llmbudget.Budget(1)], routes=[Route("/a/*", headers=True), Route("/a/b")],
+                    tenant_header="", metrics=True)
+    assert policy.tenant_header is None and policy.metrics_policy.enabled and policy.metrics_policy.path is None
+    assert policy.for_path("/a/b").route == "/a/*"  # the first match wins
+    assert policy.for_path("/a/b").headers and not policy.for_path("/b").headers
+
+
+def test_the_plugins_engine_from_config_accepts_policy_keys(tmp_path: Path) -> None:
+    engine = engine_from_config({"budgets": [{"usd": 1, "per": "tenant", "period": "day"}], "headers": True,
+                                 "prices": {"m-*": {"input": 1, "output": 2}}}, source="pyproject.toml")
+    assert engine.budgets == ()  # the middleware applies them, per request; tests only judge
+    with pytest.raises(ConfigError, match=r"pyproject.toml: budgets\[0\]: usd is required"):
+        engine_from_config({"budgets": [{}]}, source="pyproject.toml")
+
+
+def test_the_core_never_imports_the_middlewares_dependencies() -> None:
+    code = (
+        "import sys, llmbudget, llmbudget.config, llmbudget.middleware\n"
+        "print(sorted(m for m in ('prometheus_client', 'starlette', 'flask', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,239 @@
+"""LLMBudgetWSGIMiddleware in process: scope for the whole body, 402s (Flask too), pass-through."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from flask import Flask, Response
+from werkzeug.test import Client
+
+import llmbudget
+from llmbudget.middleware import LLMBudgetWSGIMiddleware, MetricsPolicy, Policy, current_route
+
+HI = [{"role": "user", "content": "Say hi"}]
+REFUSE_ALL = [llmbudget.Budget("0")]
+
+
+def ask() -> None:
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+
+
+def tenant_now() -> str:
+    current = llmbudget.current_scope()
+    return str(current.tenant if current else None)
+
+
+class Body:
+    """A response iterable that reports the scope it is iterated and closed in."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.seen.append("iter " + tenant_now())
+        yield tenant_now().encode()
+        self.seen.append("next " + tenant_now())
+        yield b"!"
+
+    def close(self) -> None:
+        self.seen.append("close " + tenant_now())
+
+
+def test_the_scope_lasts_until_close_and_never_leaks_into_the_thread(engine: llmbudget.Engine) -> None:
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Body:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return Body(seen)
+
+    wrapped = LLMBudgetWSGIMiddleware(app, policy=Policy())
+    body = wrapped({"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_X_TENANT_ID": "acme"}, lambda *a: None)
+    assert llmbudget.current_scope() is None  # set in the request's own context only
+    assert list(body) == [b"acme", b"!"]
+    body.close()  # type: ignore[attr-defined]
+    body.close()  # type: ignore[attr-defined]  # idempotent
+    assert seen == ["iter acme", "next acme", "close acme"]
+    assert llmbudget.current_scope() is None and current_route() is None
+
+
+def test_requests_on_one_thread_never_see_each_others_scope(engine: llmbudget.Engine) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [tenant_now().encode()]
+
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
+    results: list[bytes] = []
+
+    def serve_many() -> None:  # one thread, many requests, half of them without a tenant
+        for i in range(20):
+            headers = {"x-tenant-id": f"t{i}"} if i % 2 == 0 else {}
+            results.append(client.get("/", headers=headers).get_data())
+
+    worker = threading.Thread(target=serve_many)
+    worker.start()
+    worker.join()
+    assert results == [f"t{i}".encode() if i % 2 == 0 else b"None" for i in range(20)]
+
+
+def test_plain_wsgi_refusals_become_402(engine: llmbudget.Engine) -> None:
+    def before_start(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        ask()
+        return []
+
+    def after_start(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        ask()
+        return []
+
+    for app in (before_start, after_start):
+        status, headers, body = call(LLMBudgetWSGIMiddleware(app, policy=Policy(budgets=REFUSE_ALL)),
+                                     HTTP_X_TENANT_ID="acme", HTTP_X_REQUEST_ID="w-1")
+        problem = json.loads(body)
+        assert status == "402 Payment Required"
+        assert headers["content-type"] == "application/problem+json"
+        assert (problem["budget"], problem["tenant"], problem["request_id"]) == ("request", "acme", "w-1")
+        assert int(headers["content-length"]) == len(body)
+
+
+def call(app: Any, **environ: Any) -> tuple[str, dict[str, str], bytes]:
+    """Call a WSGI app as PEP 3333 says a server does (werkzeug's test client re-raises any exc_info)."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+        if started and exc_info is None:
+            raise AssertionError("start_response called twice without exc_info")
+        started[:] = [status, {k.lower(): v for k, v in headers}]
+        return lambda data: None
+
+    result = app({"PATH_INFO": "/", "REQUEST_METHOD": "GET", **environ}, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        result.close()
+    return started[0], started[1], body
+
+
+def test_a_refusal_while_the_body_is_iterated_is_raised_and_logged(engine: llmbudget.Engine, caplog) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"started"
+        ask()
+
+    body = LLMBudgetWSGIMiddleware(app, policy=Policy(budgets=REFUSE_ALL))(
+        {"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, lambda *a: None)
+    iterator = iter(body)
+    assert next(iterator) == b"started"
+    with caplog.at_level(logging.WARNING, "llmbudget.middleware"), pytest.raises(openai.APIStatusError):
+        next(iterator)
+    body.close()  # type: ignore[attr-defined]
+    assert "after the response started" in caplog.text
+
+
+def flask_app(policy: Policy) -> Flask:
+    app = Flask("llmbudget-test")
+
+    @app.get("/refused")
+    def refused() -> str:
+        ask()
+        return "never"
+
+    @app.get("/caught")
+    def caught() -> dict[str, Any]:
+        try:
+            ask()
+        except openai.APIStatusError as exc:
+            refusal = llmbudget.budget_refusal(exc)
+            assert refusal is not None
+            return {"fallback": refusal.budget}
+        return {}
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("an ordinary bug")
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def body() -> Iterator[str]:
+            yield tenant_now()
+            yield "|" + tenant_now()
+
+        return Response(body())
+
+    app.wsgi_app = LLMBudgetWSGIMiddleware(app.wsgi_app, policy=policy)  # type: ignore[method-assign]
+    return app
+
+
+@pytest.mark.parametrize("propagate", [False, True])
+def test_flask_uncaught_refusals_become_402_whether_or_not_flask_propagates(
+    engine: llmbudget.Engine, propagate: bool
+) -> None:
+    app = flask_app(Policy(budgets=REFUSE_ALL))
+    app.config["PROPAGATE_EXCEPTIONS"] = propagate
+    client = app.test_client()
+    response = client.get("/refused", headers={"x-tenant-id": "acme"})
+    assert response.status_code == 402 and response.json["tenant"] == "acme"
+    assert client.get("/caught").json == {"fallback": "request"}
+    if propagate:
+        with pytest.raises(RuntimeError, match="an ordinary bug"):
+            client.get("/boom")
+    else:
+        assert client.get("/boom").status_code == 500  # Flask's own 500, untouched
+
+
+def test_flask_streams_tenants_headers_and_metrics(engine: llmbudget.Engine) -> None:
+    def from_environ(environ: Any) -> str | None:
+        return environ.get("HTTP_X_ORG")
+
+    policy = Policy(tenant=from_environ, headers=True, metrics=MetricsPolicy(path="/metrics"), budgets=REFUSE_ALL)
+    client = flask_app(policy).test_client()
+    streamed = client.get("/stream", headers={"x-org": "blue", "x-request-id": "s-1"})
+    assert streamed.get_data() == b"blue|blue"
+    assert streamed.headers["x-request-id"] == "s-1" and streamed.headers["x-llmbudget-calls"] == "0"
+    client.get("/refused", headers={"x-org": "blue"})
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'llmbudget_refusals_total{budget="request",tenant="blue"} 1.0' in metrics.get_data(as_text=True)
+    assert client.post("/metrics").status_code == 405
+
+
+def test_remote_user_is_the_tenant_when_no_header_names_one(engine: llmbudget.Engine) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [tenant_now().encode()]
+
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
+    assert client.get("/", environ_overrides={"REMOTE_USER": "alice"}).get_data() == b"alice"
+    assert client.get("/", headers={"x-tenant-id": "acme"},
+                      environ_overrides={"REMOTE_USER": "alice"}).get_data() == b"acme"
+
+
+def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [tenant_now().encode()]
+
+    llmbudget.uninstall()
+    policy = Policy(routes=[llmbudget.config.Route("/health*", enabled=False)])
+
+    def settings(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        current = llmbudget.current_scope()
+        assert current is not None
+        return [repr((current.cache, current.routing)).encode()]
+
+    routes = [llmbudget.config.Route("/*", cache=False, routing="large")]
+    routed = Client(LLMBudgetWSGIMiddleware(settings, policy=Policy(routes=routes), install=False))
+    assert routed.get("/x").get_data() == b"(False, 'large')"
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=policy, install=False))
+    assert not llmbudget.installed()
+    assert client.get("/healthz", headers={"x-tenant-id": "acme"}).get_data() == b"None"
+    assert client.get("/other", headers={"x-tenant-id": "acme"}).get_data() == b"acme"
+    LLMBudgetWSGIMiddleware(app)
+    assert llmbudget.installed()

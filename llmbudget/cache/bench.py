@@ -1,0 +1,263 @@
+"""Measure the cache: lookup latency at scale (:func:`bench_cache`) and hit quality on labeled pairs (:func:`eval_replay`).
+
+Both go through :class:`~llmbudget.cache.store.CacheStore` exactly as the
+pipeline does: embed the text, search the partition, score the candidates.
+
+Run ``python -m llmbudget.cache.bench bench 100000`` or
+``python -m llmbudget.cache.bench replay PAIRS.jsonl [--sample 5000]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embedders import Embedder
+from .store import CacheStore, CosineScorer, Scorer
+
+__all__ = ["bench_cache", "default_pairs_path", "eval_replay"]
+
+logger = logging.getLogger("llmbudget.cache")
+
+DATA_ENV = "LLMBUDGET_CACHE_BENCH_DATA"  # a PAIRS.jsonl whose questions fill the bench cache
+DIR_ENV = "LLMBUDGET_CACHE_BENCH_DIR"  # where the bench cache is built (default: a temporary directory)
+_PARTITION = "bench"
+_WARMUP = 20
+_FILLERS = (
+    "today", "please", "exactly", "again", "now", "really", "briefly", "simply", "first", "quickly",
+    "honestly", "actually", "online", "here", "ever", "still", "usually", "mostly", "also", "alone",
+)
+
+
+def default_pairs_path() -> Path | None:
+    """The QQP pairs shipped beside the repository (``../shared/data/cache/qqp_dev.jsonl``), if present."""
+    env = os.environ.get(DATA_ENV)
+    candidates = [Path(env)] if env else []
+    rel = Path("shared") / "data" / "cache" / "qqp_dev.jsonl"
+    candidates += [Path.cwd().parent / rel, Path(__file__).resolve().parents[3] / rel]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _read_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    pairs = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            pair = json.loads(line)
+            if not isinstance(pair, dict) or not {"a", "b", "duplicate"} <= pair.keys():
+                raise ValueError(f"{path}:{number}: expected {{\"a\": str, \"b\": str, \"duplicate\": bool}}")
+            pairs.append(pair)
+    return pairs
+
+
+def _synthetic_pairs(count: int) -> list[dict[str, Any]]:
+    rng = random.Random(0)
+    subjects = ["python", "the moon", "tax returns", "a resume", "tea", "the stock market", "guitar", "a visa",
+                "machine learning", "sleep", "bread", "a startup", "chess", "the ocean", "cars", "rent"]
+    asks = ["How do I learn about", "What is the best way to understand", "Why do people care about",
+            "Where can I read about", "Is it hard to get into", "What should I know about"]
+    out = []
+    for _ in range(count):
+        a = f"{rng.choice(asks)} {rng.choice(subjects)} {rng.choice(_FILLERS)}?"
+        out.append({"a": a, "b": f"{rng.choice(asks)} {rng.choice(subjects)}?", "duplicate": False})
+    return out
+
+
+def _texts(
+    pairs: list[dict[str, Any]], count: int, *, first: Sequence[str] = (), exclude: AbstractSet[str] = frozenset()
+) -> Iterator[str]:
+    """``count`` distinct questions: ``first``, the pairs' own, then perturbed copies (filler words appended).
+
+    Texts in ``exclude`` are never produced (perturbed copies of them may be).
+    """
+    unique = list(dict.fromkeys([*first, *(t for p in pairs for t in (p["a"], p["b"]))]))
+    produced, seen = 0, set(exclude)
+    for round_ in range(count // max(len(unique), 1) + 2):
+        suffix = "" if round_ == 0 else " " + " ".join(
+            _FILLERS[(round_ // len(_FILLERS) ** i) % len(_FILLERS)] for i in range(1 + round_ // len(_FILLERS))
+        )
+        for text in unique:
+            candidate = text + suffix
+            if candidate in seen:
+                continue
+            seen.add(candidate)
+            yield candidate
+            produced += 1
+            if produced >= count:
+                return
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    if not samples:
+        return 0.0, 0.0
+    ms = np.asarray(samples) * 1000.0
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def bench_cache(
+    entries: int,
+    *,
+    queries: int = 1000,
+    embedder: Embedder | None = None,
+    scorer: Scorer | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Build a cache of ``entries`` questions in one partition and time ``queries`` lookups, embedding included.
+
+    ``build_s`` covers embedding, SQLite inserts, the index build and its save;
+    ``bytes_per_entry`` is the directory's size on disk (store + index) per entry.
+    ``scorer``/``threshold`` default to the store's (the verifier).
+    """
+    if entries < 1 or queries < 1:
+        raise ValueError(f"entries and queries must be >= 1, got {entries} and {queries}")
+    source = default_pairs_path()
+    if source is None:
+        logger.warning("cache bench: no QQP pairs found (set %s); using synthetic questions", DATA_ENV)
+        pairs = _synthetic_pairs(max(entries, 2 * queries))
+    else:
+        pairs = _read_pairs(source)
+    # The queries are the second questions of sampled pairs: their first questions are
+    # stored, they are not, so lookups mix paraphrases (duplicates) and near misses.
+    rng = random.Random(1)
+    asked = [rng.choice(pairs) for _ in range(queries + _WARMUP)]
+    originals = list(dict.fromkeys(p["a"] for p in asked))[: entries]
+    held_out = {p["b"] for p in asked} - set(originals)
+    texts = list(_texts(pairs, entries, first=originals, exclude=held_out))
+    with tempfile.TemporaryDirectory(prefix="llmbudget-bench-", dir=os.environ.get(DIR_ENV)) as folder:
+        store = CacheStore(folder, embedder=embedder, scorer=scorer, threshold=threshold, max_entries=None)
+        try:
+            store.threshold  # noqa: B018 - loads the scorer now: fail before a long build
+            started = time.perf_counter()
+            batch = 20_000
+            for start in range(0, len(texts), batch):
+                store.put_many(
+                    {"partition": _PARTITION, "exact_key": f"e{start + i}", "text": text,
+                     "response": json.dumps({"n": start + i}), "tenant": "bench", "model": "bench"}
+                    for i, text in enumerate(texts[start : start + batch])
+                )
+                logger.info("cache bench: stored %d/%d", min(start + batch, len(texts)), len(texts))
+            store.search(_PARTITION, texts[0])  # loads (builds) the partition's index
+            store.save_index()
+            build_s = time.perf_counter() - started
+            store._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = _disk_bytes(Path(folder))
+
+            timings, cpu = [], []
+            for number, text in enumerate(p["b"] for p in asked):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                store.search(_PARTITION, text)
+                if number >= _WARMUP:
+                    timings.append(time.perf_counter() - t0)
+                    cpu.append(time.thread_time() - c0)
+        finally:
+            store.close()
+    p50, p99 = _percentiles(timings)
+    cpu50, cpu99 = _percentiles(cpu)
+    logger.info("cache bench: lookup CPU time p50 %.3f ms, p99 %.3f ms (wall p50 %.3f, p99 %.3f; load average %.2f)",
+                cpu50, cpu99, p50, p99, os.getloadavg()[0])
+    return {"entries": len(texts), "build_s": round(build_s, 3), "lookup_p50_ms": round(p50, 4),
+            "lookup_p99_ms": round(p99, 4), "bytes_per_entry": round(size / len(texts), 1)}
+
+
+def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None) -> dict[str, Any]:
+    """Store every ``a`` of a PAIRS.jsonl (one tenant, one partition), then look every ``b`` up.
+
+    A correct hit returns the entry of its own pair, and the pair is a duplicate;
+    every other hit is wrong. ``hit_recall`` is correct hits over duplicate pairs.
+    """
+    pairs = _read_pairs(pairs_path)
+    own = store is None
+    cache = CacheStore(None, max_entries=None) if store is None else store
+    partition = "replay"
+    try:
+        cache.threshold  # noqa: B018 - loads the scorer now: fail before storing
+        ids = cache.put_many(
+            {"partition": partition, "exact_key": f"pair:{i}", "text": str(p["a"]),
+             "response": json.dumps({"pair": i}), "tenant": "eval", "model": "eval"}
+            for i, p in enumerate(pairs)
+        )
+        correct = wrong = misses = 0
+        timings = []
+        for i, pair in enumerate(pairs):
+            t0 = time.perf_counter()
+            hit = cache.search(partition, str(pair["b"]))
+            timings.append(time.perf_counter() - t0)
+            if hit is None:
+                misses += 1
+            elif bool(pair["duplicate"]) and json.loads(hit.entry.response).get("pair") == i:
+                correct += 1
+            else:
+                wrong += 1
+    finally:
+        if own:
+            cache.close()
+    duplicates = sum(1 for p in pairs if p["duplicate"])
+    p50, p99 = _percentiles(timings)
+    return {"stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong,
+            "misses": misses, "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
+            "hit_recall": round(correct / duplicates, 4) if duplicates else 0.0,
+            "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4)}
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llmbudget.cache.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="lookup latency at N entries")
+    bench.add_argument("entries", type=int)
+    bench.add_argument("--queries", type=int, default=1000)
+    replay = sub.add_parser("replay", help="hit precision and recall on labeled pairs")
+    replay.add_argument("pairs")
+    replay.add_argument("--sample", type=int, default=0, help="a seeded random sample of this many pairs")
+    for command in (bench, replay):
+        command.add_argument("--cosine", type=float, metavar="THRESHOLD",
+                             help="decide hits by raw cosine >= THRESHOLD instead of the verifier")
+    args = parser.parse_args(argv)
+    scorer = CosineScorer() if args.cosine is not None else None
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    started = time.perf_counter()
+    if args.command == "bench":
+        result = bench_cache(args.entries, queries=args.queries, scorer=scorer, threshold=args.cosine)
+    else:
+        path = args.pairs
+        if args.sample:
+            lines = [line for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+            random.Random(0).shuffle(lines)
+            with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as handle:
+                handle.write("\n".join(lines[: args.sample]) + "\n")
+            path = handle.name
+        try:
+            store = CacheStore(None, max_entries=None, scorer=scorer, threshold=args.cosine) if scorer else None
+            result = eval_replay(path, store=store)
+            if store is not None:
+                store.close()
+        finally:
+            if args.sample:
+                os.unlink(path)
+    print(json.dumps(result))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"wall {time.perf_counter() - started:.1f} s, peak RSS {peak_mib:.0f} MiB, "
+          f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,486 @@
+"""Vector search inside one cache partition, kept in step with the SQLite store.
+
+Design: **one index per partition**, loaded lazily, never one global index.
+
+- A partition with at most ``exact_max`` vectors (default 2,048) is searched by
+  brute force: a float32 matrix and one matrix-vector product (tens of
+  microseconds at 2k x 256). Results are exact, and thousands of tiny partitions
+  cost one small array each, only in the processes that search them.
+- A bigger partition gets its own usearch HNSW index (cosine, f16 or i8). Its
+  graph holds only that partition's vectors, so the search explores no foreign
+  entries, the top-k are all candidates, and the cost is that of one index of the
+  partition's size whatever the number of other partitions.
+
+A global index filtered by partition would do neither: with thousands of
+partitions the k nearest neighbours are nearly all foreign, and a filtered HNSW
+walk over a graph where the partition is rare can miss its entries.
+
+Persistence and sharing. The SQLite store is the truth; indexes are caches of it.
+Entry ids increase (AUTOINCREMENT) and every deletion is logged with its own
+increasing sequence number, so ``(max id, max deletion seq)`` is the store's
+*head*. Each process keeps its own indexes and, before a search, compares the
+head with the one it last applied (one tiny query); if the head moved it reads
+the new rows and the logged deletions of the partitions it holds, inside one read
+transaction (a WAL snapshot). HNSW indexes are saved, atomically (temp file +
+``os.replace``, under a file lock), as ``index/p<partition id>-*.usearch`` with a
+JSON manifest naming the file, the store id and the head it reflects. On load the
+manifest is checked (store id, dimensions, dtype), the index caught up from its
+head, and its size compared with the store's count for the partition; a missing or
+corrupt file is rebuilt from the store and a count that disagrees is reconciled id
+by id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+try:  # POSIX; elsewhere saves go without the cross-process lock (still atomic)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["IndexDType", "SourceView", "VectorIndex", "VectorSource"]
+
+logger = logging.getLogger("llmbudget.cache")
+
+IndexDType = Literal["f16", "i8"]
+
+EXACT_MAX = 2048
+SAVE_EVERY = 10_000
+CONNECTIVITY = 16
+EXPANSION_ADD = 64
+EXPANSION_SEARCH = 32
+_MANIFEST_VERSION = 1
+_LOAD_BATCH = 50_000
+
+Head = tuple[int, int]  # (max entry id ever assigned, max deletion seq ever assigned)
+
+
+class SourceView(Protocol):
+    """Reads of the store inside one snapshot (vectors as float32 rows)."""
+
+    def head(self) -> Head: ...
+
+    def oldest_deletion(self) -> int:
+        """The lowest deletion seq still logged (head's seq + 1 when the log is empty)."""
+        ...
+
+    def added(self, after_id: int, upto_id: int, partitions: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, partition ids, vectors)`` of live entries with a vector, ``after_id < id <= upto_id``."""
+        ...
+
+    def deleted(self, after_seq: int, upto_seq: int, partition: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(entry ids, partition ids)`` deleted with ``after_seq < seq <= upto_seq``."""
+        ...
+
+    def partition_count(self, partition: int, upto_id: int) -> int: ...
+
+    def partition_rows(
+        self, partition: int, after_id: int, upto_id: int, limit: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of the partition's live entries with a vector in the id range, by id, at most ``limit``."""
+        ...
+
+    def partition_ids(self, partition: int, upto_id: int) -> np.ndarray: ...
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of those of ``ids`` that are live and have a vector."""
+        ...
+
+
+class VectorSource(Protocol):
+    """The store as the index sees it."""
+
+    store_id: str
+
+    def head(self) -> Head:
+        """The current head, read outside any transaction (cheap)."""
+        ...
+
+    def view(self) -> AbstractContextManager[SourceView]: ...
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+class _Exact:
+    """Brute-force search over a float32 matrix (exact)."""
+
+    kind = "exact"
+
+    def __init__(self, dim: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None) -> None:
+        n = 0 if ids is None else len(ids)
+        cap = max(8, n)
+        self._ids = np.zeros(cap, dtype=np.int64)
+        self._vecs = np.zeros((cap, dim), dtype=np.float32)
+        self._pos: dict[int, int] = {}
+        self._n = 0
+        if ids is not None and vectors is not None and n:
+            self.add(ids, vectors)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        for key, vec in zip(ids.tolist(), vectors):
+            if key in self._pos:
+                continue
+            if self._n == len(self._ids):
+                cap = 2 * len(self._ids)
+                self._ids = np.resize(self._ids, cap)
+                grown = np.zeros((cap, self._vecs.shape[1]), dtype=np.float32)
+                grown[: self._n] = self._vecs[: self._n]
+                self._vecs = grown
+            self._ids[self._n] = key
+            self._vecs[self._n] = vec
+            self._pos[key] = self._n
+            self._n += 1
+
+    def remove(self, ids: np.ndarray) -> None:
+        for key in ids.tolist():
+            row = self._pos.pop(key, None)
+            if row is None:
+                continue
+            last = self._n - 1
+            if row != last:
+                moved = int(self._ids[last])
+                self._ids[row] = moved
+                self._vecs[row] = self._vecs[last]
+                self._pos[moved] = row
+            self._n = last
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._ids[: self._n].copy(), self._vecs[: self._n].copy()
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        n = self._n
+        if n == 0:
+            return []
+        sims = self._vecs[:n] @ vector
+        if n > k:
+            top = np.argpartition(-sims, k - 1)[:k]
+            top = top[np.argsort(-sims[top])]
+        else:
+            top = np.argsort(-sims)
+        return [(int(self._ids[i]), float(sims[i])) for i in top]
+
+
+class _Hnsw:
+    """A usearch HNSW index over one partition."""
+
+    kind = "hnsw"
+
+    def __init__(self, index: Any, *, dirty: int = 0) -> None:
+        self.index = index
+        self.dirty = dirty  # changes since the last save or load
+        self.built = False  # built from the store and never saved
+
+    @classmethod
+    def new(cls, dim: int, dtype: IndexDType) -> _Hnsw:
+        from usearch.index import Index
+
+        index = Index(
+            ndim=dim,
+            metric="cos",
+            dtype=dtype,
+            connectivity=CONNECTIVITY,
+            expansion_add=EXPANSION_ADD,
+            expansion_search=EXPANSION_SEARCH,
+        )
+        return cls(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        keys = ids.astype(np.uint64)
+        fresh = np.logical_not(self.index.contains(keys))
+        if not fresh.all():
+            keys, vectors = keys[fresh], vectors[fresh]
+        if len(keys):
+            threads = 0 if len(keys) > 256 else 1
+            self.index.add(keys, np.ascontiguousarray(vectors, dtype=np.float32), threads=threads)
+            self.dirty += len(keys)
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.dirty += int(self.index.remove(ids.astype(np.uint64)))
+
+    def keys(self) -> np.ndarray:
+        return np.asarray(self.index.keys[:], dtype=np.int64)
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if len(self) == 0:
+            return []
+        found = self.index.search(vector, k, threads=1)
+        return [(int(key), 1.0 - float(dist)) for key, dist in zip(found.keys, found.distances)]
+
+
+_Partition = _Exact | _Hnsw
+
+
+# --------------------------------------------------------------------------- the index
+
+
+class VectorIndex:
+    """This process's vectors, one index per partition, caught up with the store before each search."""
+
+    def __init__(
+        self,
+        source: VectorSource,
+        *,
+        dim: int,
+        directory: str | os.PathLike[str] | None,
+        dtype: IndexDType = "i8",
+        exact_max: int = EXACT_MAX,
+        save_every: int = SAVE_EVERY,
+    ) -> None:
+        if dtype not in ("f16", "i8"):
+            raise ValueError(f"index dtype must be 'f16' or 'i8', got {dtype!r}")
+        if exact_max < 0:
+            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+        self._source = source
+        self.dim = dim
+        self.dtype: IndexDType = dtype
+        self.exact_max = exact_max
+        self.save_every = save_every
+        self.directory = Path(directory) if directory is not None else None
+        self._parts: dict[int, _Partition] = {}
+        self._head: Head = (0, 0)
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- search
+
+    def search(self, partition: int, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` nearest entries of ``partition``: ``[(entry id, approximate cosine)]``, best first."""
+        with self._lock:
+            part = self._ready(partition)
+            return part.search(np.ascontiguousarray(vector, dtype=np.float32), k)
+
+    def sync(self) -> None:
+        """Apply what other writers (threads or processes) changed since the last call."""
+        with self._lock:
+            if self._source.head() != self._head:
+                with self._source.view() as view:
+                    self._catch_up(view, view.head())
+                self._save_dirty()
+
+    def loaded(self) -> dict[int, tuple[str, int]]:
+        """``{partition id: (kind, size)}`` of the partitions this process holds."""
+        with self._lock:
+            return {pid: (part.kind, len(part)) for pid, part in self._parts.items()}
+
+    def drop(self) -> None:
+        """Forget every loaded partition (they reload on their next search)."""
+        with self._lock:
+            self._parts.clear()
+
+    def _ready(self, pid: int) -> _Partition:
+        part = self._parts.get(pid)
+        if part is not None and self._source.head() == self._head:
+            return part
+        with self._source.view() as view:
+            head = view.head()
+            self._catch_up(view, head)
+            part = self._parts.get(pid)
+            if part is None:
+                part = self._parts[pid] = self._load(view, pid, head)
+        self._save_dirty()
+        return part
+
+    def _catch_up(self, view: SourceView, head: Head) -> None:
+        max_id, del_seq = head
+        old_id, old_seq = self._head
+        if del_seq > old_seq and self._parts:
+            if view.oldest_deletion() > old_seq + 1:
+                logger.info("cache index: deletion log trimmed past this process; reloading partitions")
+                self._parts.clear()
+            else:
+                ids, pids = view.deleted(old_seq, del_seq)
+                self._apply(ids, pids, None)
+        if max_id > old_id and self._parts:
+            ids, pids, vecs = view.added(old_id, max_id, list(self._parts))
+            self._apply(ids, pids, vecs)
+        self._head = head
+
+    def _apply(self, ids: np.ndarray, pids: np.ndarray, vectors: np.ndarray | None) -> None:
+        if not len(ids):
+            return
+        for pid in np.unique(pids).tolist():
+            part = self._parts.get(pid)
+            if part is None:
+                continue
+            mask = pids == pid
+            if vectors is None:
+                part.remove(ids[mask])
+                continue
+            part.add(ids[mask], vectors[mask])
+            if isinstance(part, _Exact) and len(part) > self.exact_max:
+                self._parts[pid] = self._build(pid, *part.items())
+
+    # ---------------------------------------------------------------- loading
+
+    def _load(self, view: SourceView, pid: int, head: Head) -> _Partition:
+        count = view.partition_count(pid, head[0])
+        if count <= self.exact_max:
+            return _Exact(self.dim, *view.partition_rows(pid, 0, head[0]))
+        part = self._open(view, pid, head, count)
+        if part is None:
+            logger.info("cache index: building the HNSW index of partition %d (%d vectors)", pid, count)
+            part = _Hnsw.new(self.dim, self.dtype)
+            self._add_rows(view, pid, part, 0, head[0])
+            part.built = True
+        return part
+
+    @staticmethod
+    def _add_rows(view: SourceView, pid: int, part: _Hnsw, after_id: int, upto_id: int) -> None:
+        """Add the partition's rows in the id range, in batches (bounded memory)."""
+        while True:
+            ids, vecs = view.partition_rows(pid, after_id, upto_id, _LOAD_BATCH)
+            if not len(ids):
+                return
+            part.add(ids, vecs)
+            after_id = int(ids[-1])
+
+    def _build(self, pid: int, ids: np.ndarray, vectors: np.ndarray) -> _Hnsw:
+        logger.info("cache index: building the HNSW index of partition %d (%d vectors)", pid, len(ids))
+        part = _Hnsw.new(self.dim, self.dtype)
+        part.add(ids, vectors)
+        part.built = True
+        return part
+
+    def _open(self, view: SourceView, pid: int, head: Head, count: int) -> _Hnsw | None:
+        if self.directory is None:
+            return None
+        manifest_path = self.directory / f"p{pid}.json"
+        try:
+            manifest = json.loads(manifest_path.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("cache index: manifest %s unreadable (%s); rebuilding from the store", manifest_path, exc)
+            return None
+        expected = {"version": _MANIFEST_VERSION, "store_id": self._source.store_id, "partition": pid,
+                    "dim": self.dim, "dtype": self.dtype}
+        if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
+            logger.info("cache index: %s belongs to another store or configuration; rebuilding", manifest_path)
+            return None
+        try:
+            from usearch.index import Index
+
+            index = Index.restore(os.fspath(self.directory / str(manifest["file"])))
+            if index is None or index.ndim != self.dim:
+                raise ValueError("not an index of the expected dimensions")
+        except Exception as exc:  # noqa: BLE001 - usearch raises RuntimeError, ValueError... on a bad file
+            logger.warning("cache index: %s unusable (%s); rebuilding from the store", manifest.get("file"), exc)
+            return None
+        index.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]  # settable; typed read-only
+        part = _Hnsw(index)
+        m_id, m_seq = int(manifest["max_id"]), int(manifest["del_seq"])
+        reconcile = False
+        if m_seq < head[1]:
+            if view.oldest_deletion() > m_seq + 1:
+                reconcile = True
+            else:
+                part.remove(view.deleted(m_seq, head[1], pid)[0])
+        if m_id < head[0]:
+            self._add_rows(view, pid, part, m_id, head[0])
+        if reconcile or m_id > head[0] or m_seq > head[1] or len(part) != count:
+            self._reconcile(view, pid, part, head)
+        return part
+
+    def _reconcile(self, view: SourceView, pid: int, part: _Hnsw, head: Head) -> None:
+        truth = view.partition_ids(pid, head[0])
+        have = part.keys()
+        extra = np.setdiff1d(have, truth, assume_unique=True)
+        missing = np.setdiff1d(truth, have, assume_unique=True)
+        logger.info("cache index: partition %d out of step (%d extra, %d missing); reconciling",
+                    pid, len(extra), len(missing))
+        part.remove(extra)
+        if len(missing):
+            part.add(*view.rows(missing))
+
+    # ---------------------------------------------------------------- saving
+
+    def _save_dirty(self) -> None:
+        if self.directory is None:
+            return
+        for pid, part in list(self._parts.items()):
+            if isinstance(part, _Hnsw) and (part.built or part.dirty >= max(self.save_every, len(part) // 10)):
+                self._save(pid, part)
+
+    def save(self) -> int:
+        """Write every changed HNSW index to disk now; returns how many were written."""
+        with self._lock:
+            written = 0
+            for pid, part in list(self._parts.items()):
+                if isinstance(part, _Hnsw) and (part.dirty or part.built):
+                    written += self._save(pid, part)
+            return written
+
+    def _save(self, pid: int, part: _Hnsw) -> int:
+        if self.directory is None:
+            return 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        max_id, del_seq = self._head
+        name = f"p{pid}-{max_id}-{del_seq}-{uuid.uuid4().hex[:12]}.usearch"
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp"
+        manifest = {"version": _MANIFEST_VERSION, "store_id": self._source.store_id, "partition": pid,
+                    "dim": self.dim, "dtype": self.dtype, "file": name, "max_id": max_id,
+                    "del_seq": del_seq, "count": len(part)}
+        try:
+            with self._file_lock():
+                part.index.save(os.fspath(tmp))
+                os.replace(tmp, final)
+                _write_atomic(self.directory / f"p{pid}.json", json.dumps(manifest).encode("utf-8"))
+                for old in self.directory.glob(f"p{pid}-*.usearch"):
+                    if old.name != name:
+                        with contextlib.suppress(OSError):
+                            old.unlink()
+        except OSError as exc:
+            logger.warning("cache index: could not save partition %d to %s (%s)", pid, self.directory, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return 0
+        part.dirty, part.built = 0, False
+        logger.debug("cache index: saved partition %d (%d vectors) as %s", pid, len(part), name)
+        return 1
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        assert self.directory is not None
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.directory / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,667 @@
+"""The cache's storage: entries in SQLite, their vectors in per-partition indexes.
+
+One directory holds ``cache.sqlite3`` (WAL; every write is one ``BEGIN IMMEDIATE``
+transaction) and ``index/`` (usearch files, a rebuildable copy of the vectors, see
+:mod:`llmbudget.cache.index`). Several threads and several processes may share a
+directory: SQLite serializes the writers, and each process's indexes catch up
+with the store before every search. Triggers keep the entry count, the byte total
+and the deletion log in the same transaction as the rows they describe, so a
+writer killed at any point leaves a consistent store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from ..ledger.budgets import connect
+from .embedders import Embedder
+from .index import EXACT_MAX, Head, IndexDType, VectorIndex
+
+__all__ = ["CacheStore", "CosineScorer", "Entry", "Hit", "Scorer"]
+
+logger = logging.getLogger("llmbudget.cache")
+
+Eviction = Literal["lru", "lfu"]
+
+_SCHEMA_VERSION = "1"
+_PURGE_INTERVAL = 60.0  # seconds between automatic purges of expired entries
+_DELETION_LOG_KEEP = 100_000  # deletions kept for processes catching up
+_CHUNK = 500  # ids per IN (...) query; rows per put_many transaction is 4 chunks
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    partition TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    exact_key TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    vector BLOB,
+    response TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    last_hit REAL,
+    used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS cache_entries_key ON cache_entries (partition_id, exact_key);
+CREATE INDEX IF NOT EXISTS cache_entries_vectors ON cache_entries (partition_id, id) WHERE vector IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cache_entries_lru ON cache_entries (used, id);
+CREATE INDEX IF NOT EXISTS cache_entries_lfu ON cache_entries (hits, used, id);
+CREATE INDEX IF NOT EXISTS cache_entries_expires ON cache_entries (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS cache_entries_tenant ON cache_entries (tenant, model);
+CREATE TABLE IF NOT EXISTS cache_deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id INTEGER NOT NULL,
+    partition_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_deletions_partition ON cache_deletions (partition_id, seq);
+CREATE TABLE IF NOT EXISTS cache_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO cache_totals (id, entries, bytes) VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS cache_entries_added AFTER INSERT ON cache_entries BEGIN
+    UPDATE cache_totals SET entries = entries + 1, bytes = bytes + NEW.size WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS cache_entries_deleted AFTER DELETE ON cache_entries BEGIN
+    UPDATE cache_totals SET entries = entries - 1, bytes = bytes - OLD.size WHERE id = 0;
+    INSERT INTO cache_deletions (entry_id, partition_id) VALUES (OLD.id, OLD.partition_id);
+END;
+"""
+
+_COLUMNS = "id, exact_key, tenant, model, text, response, created, expires, last_hit, hits, size"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored answer; ``response`` is the caller's JSON text, stored as given."""
+
+    id: int
+    partition: str
+    exact_key: str
+    tenant: str
+    model: str
+    text: str
+    response: str
+    created: float
+    expires: float | None
+    last_hit: float | None
+    hits: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A semantic match: the entry, the scorer's score and the exact cosine similarity."""
+
+    entry: Entry
+    score: float
+    cosine: float
+
+
+class Scorer(Protocol):
+    """Decides how well a stored question answers a new one (higher is better).
+
+    Optional: ``threshold`` (the default hit threshold), ``score_many(query_text,
+    query_vec, cand_texts, cand_vecs)`` (one call for all candidates) and
+    ``embedder_name``: a scorer that names the embedder its features expect gets
+    ``None`` for vectors made by another embedder, and must embed the texts itself.
+    """
+
+    def score(self, query_text: str, query_vec: np.ndarray, cand_text: str, cand_vec: np.ndarray) -> float: ...
+
+
+class CosineScorer:
+    """Raw cosine similarity: a baseline only (it confuses "2+2" with "2+3"); the verifier is the default."""
+
+    threshold: float = 0.95
+
+    def score(self, query_text: str, query_vec: np.ndarray, cand_text: str, cand_vec: np.ndarray) -> float:
+        return float(np.dot(query_vec, cand_vec))
+
+
+class _Unset:
+    pass
+
+
+_UNSET: Any = _Unset()
+
+
+def _default_scorer() -> tuple[Scorer, float]:
+    from .verifier import DEFAULT_THRESHOLD, default_verifier
+
+    return default_verifier(), float(DEFAULT_THRESHOLD)
+
+
+class CacheStore:
+    """Cached answers of one directory: exact lookups, semantic search inside a partition, TTL and a size cap.
+
+    - ``path``: the cache directory (``cache.sqlite3`` and ``index/`` inside), or a
+      ``.sqlite3``/``.sqlite``/``.db`` file (its indexes go to ``<file>.index/``);
+      ``None``: a temporary directory, removed by :meth:`close`.
+    - ``embedder``: turns texts into vectors (default: the bundled WordLlama, 256-d).
+      A store remembers its embedder: opening it with another raises, unless it holds no vectors.
+    - ``scorer``/``threshold``: a candidate is a hit when ``scorer.score(...) >= threshold``
+      (default: the trained verifier and its threshold; a scorer without a
+      ``threshold`` attribute needs ``threshold``).
+    - ``max_entries``: beyond it the least recently used (``eviction="lru"``) or least
+      often hit (``"lfu"``) entries go; ``ttl``: seconds an entry lives (``None``: forever).
+    - ``candidates``: nearest neighbours the scorer examines per search.
+    - ``index_dtype``: usearch's storage of vectors in big partitions (``"f16"`` or ``"i8"``);
+      ``exact_search_max``: partitions up to this size are searched by exact brute force.
+    - ``clock``: the time source, epoch seconds (tests).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        embedder: Embedder | None = None,
+        scorer: Scorer | None = None,
+        threshold: float | None = None,
+        max_entries: int | None = 100_000,
+        eviction: Eviction = "lru",
+        ttl: float | None = None,
+        candidates: int = 8,
+        index_dtype: IndexDType = "i8",
+        exact_search_max: int = EXACT_MAX,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if eviction not in ("lru", "lfu"):
+            raise ValueError(f"eviction={eviction!r}: expected 'lru' or 'lfu'")
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries={max_entries}: expected a positive number or None (no cap)")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None (entries never expire)")
+        if candidates < 1:
+            raise ValueError(f"candidates={candidates}: expected at least 1")
+        if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
+            raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
+        self._temp: str | None = None
+        if path is None:
+            self._temp = tempfile.mkdtemp(prefix="llmbudget-cache-")
+            path = self._temp
+        where = Path(path)
+        if where.suffix in (".sqlite3", ".sqlite", ".db") or where.is_file():
+            self.db_path, self.index_dir = where, where.with_name(where.name + ".index")
+        else:
+            self.db_path, self.index_dir = where / "cache.sqlite3", where / "index"
+        if embedder is None:
+            from .embedders import WordLlamaEmbedder
+
+            embedder = WordLlamaEmbedder()
+        self.embedder: Embedder = embedder
+        self.dim = int(embedder.dim)
+        self.max_entries = max_entries
+        self.eviction: Eviction = eviction
+        self.ttl = ttl
+        self.candidates = candidates
+        self._scorer = scorer
+        self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
+        self._scoring_lock = threading.Lock()
+        self._clock = clock
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _cleanup, self._conns, self._temp)
+
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        self.store_id = self._check_meta()
+        self._last_purge = float("-inf")
+        self.purge()
+        self._index = VectorIndex(
+            self, dim=self.dim, directory=self.index_dir, dtype=index_dtype, exact_max=exact_search_max
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError(f"this CacheStore ({self.db_path}) is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = connect(self.db_path)
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _check_meta(self) -> str:
+        name = str(self.embedder.name)
+        with self._write() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM cache_meta").fetchall())
+            if not meta:
+                meta = {"schema": _SCHEMA_VERSION, "store_id": uuid.uuid4().hex, "embedder": name, "dim": str(self.dim)}
+                conn.executemany("INSERT INTO cache_meta (key, value) VALUES (?, ?)", list(meta.items()))
+            if meta.get("schema") != _SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the cache at {self.db_path} has schema {meta.get('schema')!r}, this llmbudget reads "
+                    f"{_SCHEMA_VERSION!r}: delete the cache directory (it is only a cache) or use another path"
+                )
+            if (meta["embedder"], meta["dim"]) != (name, str(self.dim)):
+                has_vectors = conn.execute("SELECT 1 FROM cache_entries WHERE vector IS NOT NULL LIMIT 1").fetchone()
+                if has_vectors:
+                    raise ValueError(
+                        f"the cache at {self.db_path} holds vectors from embedder {meta['embedder']!r} "
+                        f"({meta['dim']}-d), not {name!r} ({self.dim}-d): open it with that embedder, "
+                        "use another path, or delete the directory"
+                    )
+                conn.executemany("UPDATE cache_meta SET value = ? WHERE key = ?", [(name, "embedder"), (str(self.dim), "dim")])
+            return meta["store_id"]
+
+    @staticmethod
+    def _partition_id(partition: str) -> int:
+        """The partition's 63-bit hash: index key and file name (rows also keep the name, checked on every read)."""
+        digest = hashlib.blake2b(partition.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    def _vectors(self, texts: Sequence[str], vectors: Sequence[Any | None]) -> list[bytes | None]:
+        """Stored form (float16, unit norm) of each vector, embedding the texts that have none."""
+        need = [i for i, v in enumerate(vectors) if v is None]
+        out: list[Any] = list(vectors)
+        if need:
+            embedded = self.embedder.embed([texts[i] for i in need])
+            for row, i in enumerate(need):
+                out[i] = embedded[row]
+        stored: list[bytes | None] = []
+        for vector in out:
+            unit = self._unit(vector)
+            stored.append(None if unit is None else unit.astype("<f2").tobytes())
+        return stored
+
+    def _unit(self, vector: Any) -> np.ndarray | None:
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim:
+            raise ValueError(f"a vector of {vec.shape[0]} dimensions was given, this cache uses {self.dim}")
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(norm) or norm < 1e-6:
+            return None  # an empty text: exact tier only
+        return vec / norm
+
+    def _decode(self, blobs: Sequence[bytes]) -> np.ndarray:
+        if not blobs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(-1, self.dim).astype(np.float32)
+
+    def _scoring(self) -> tuple[Scorer, float]:
+        if self._scorer is None or self._threshold is None:
+            with self._scoring_lock:
+                if self._scorer is None:
+                    scorer, default = _default_scorer()
+                    self._scorer = scorer
+                    if self._threshold is None:
+                        self._threshold = default
+        assert self._scorer is not None and self._threshold is not None
+        return self._scorer, self._threshold
+
+    def _score(self, scorer: Scorer, text: str, query: np.ndarray, texts: list[str], cands: np.ndarray) -> np.ndarray:
+        """One score per candidate; vectors from another embedder than the scorer's are not passed to it."""
+        own = getattr(scorer, "embedder_name", None)
+        share = own is None or own == self.embedder.name
+        many = getattr(scorer, "score_many", None)
+        if many is not None:
+            return np.asarray(many(text, query if share else None, texts, cands if share else None), dtype=np.float64)
+        if share:
+            return np.array([scorer.score(text, query, t, c) for t, c in zip(texts, cands)], dtype=np.float64)
+        loose: Any = scorer  # it declared another embedder: it takes None vectors
+        return np.array([loose.score(text, None, t, None) for t in texts], dtype=np.float64)
+
+    @property
+    def threshold(self) -> float:
+        """The score a candidate needs to be a hit."""
+        return self._scoring()[1]
+
+    # ------------------------------------------------------------------ VectorSource (for the index)
+
+    def head(self) -> Head:
+        rows = self._conn().execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+        seqs = dict(rows)
+        return int(seqs.get("cache_entries", 0)), int(seqs.get("cache_deletions", 0))
+
+    @contextlib.contextmanager
+    def view(self) -> Iterator[_View]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield _View(self, conn)
+        finally:
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ public API
+
+    def get_exact(self, partition: str, exact_key: str) -> Entry | None:
+        """The live entry stored under ``exact_key`` in ``partition``, or None."""
+        row = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM cache_entries WHERE partition_id = ? AND exact_key = ? AND partition = ?",
+            (self._partition_id(partition), exact_key, partition),
+        ).fetchone()
+        if row is None or (row[7] is not None and row[7] <= self._clock()):
+            return None
+        return _entry(partition, row)
+
+    def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
+        """The best live entry of ``partition`` whose score reaches the threshold, or None.
+
+        ``text`` is embedded unless ``vector`` is given; only the ``candidates``
+        nearest entries of that partition are scored.
+        """
+        pid = self._partition_id(partition)
+        query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
+        if query is None:
+            return None
+        found = self._index.search(pid, query, self.candidates)
+        if not found:
+            return None
+        ids = [key for key, _ in found]
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS}, partition, vector FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall()
+        scorer, threshold = self._scoring()
+        now = self._clock()
+        live, vectors = [], []
+        expired = False
+        for row in rows:
+            if row[11] != partition:  # a 63-bit hash collision; never served across partitions
+                logger.warning("cache: entry %d of another partition shares this partition's hash; ignored", row[0])
+            elif row[7] is not None and row[7] <= now:
+                expired = True
+            elif row[12] is not None:
+                live.append(row)
+                vectors.append(row[12])
+        best: Hit | None = None
+        if live:
+            cands = self._decode(vectors)
+            cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
+            cosines = np.clip(cands @ query, -1.0, 1.0)
+            scores = self._score(scorer, text, query, [row[4] for row in live], cands)
+            for row, score, cosine in zip(live, scores.tolist(), cosines.tolist()):
+                if score >= threshold and (best is None or (score, cosine) > (best.score, best.cosine)):
+                    best = Hit(_entry(partition, row), float(score), float(cosine))
+        if expired:
+            self._maybe_purge(now)
+        return best
+
+    def put(
+        self,
+        *,
+        partition: str,
+        exact_key: str,
+        text: str,
+        response: str,
+        tenant: str,
+        model: str,
+        vector: Any | None = None,
+        semantic: bool = True,
+        ttl: float | None = _UNSET,
+    ) -> int:
+        """Store an answer (replacing the one under the same ``exact_key``); returns the entry id.
+
+        ``semantic=False`` stores it for exact lookups only (no vector); ``ttl``
+        overrides the store's for this entry.
+        """
+        return self.put_many(
+            [{"partition": partition, "exact_key": exact_key, "text": text, "response": response, "tenant": tenant,
+              "model": model, "vector": vector, "semantic": semantic, "ttl": ttl}]
+        )[0]
+
+    def put_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Store many answers (each a mapping of :meth:`put`'s arguments), embedding in batches; returns their ids."""
+        rows = list(items)
+        ids: list[int] = []
+        step = 4 * _CHUNK
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True)]
+            blobs: list[bytes | None] = [None] * len(chunk)
+            stored = self._vectors([chunk[i]["text"] for i in semantic], [chunk[i].get("vector") for i in semantic])
+            for i, blob in zip(semantic, stored):
+                blobs[i] = blob
+            now = self._clock()
+            with self._write() as conn:
+                first: int | None = None
+                for row, blob in zip(chunk, blobs):
+                    entry_id = self._insert(conn, row, blob, now)
+                    first = entry_id if first is None else first
+                    ids.append(entry_id)
+                self._enforce_cap(conn, now, first)
+        if rows:
+            self._maybe_purge(self._clock())
+        return ids
+
+    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], blob: bytes | None, now: float) -> int:
+        partition, exact_key = str(row["partition"]), str(row["exact_key"])
+        text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
+        ttl = row.get("ttl", _UNSET)
+        ttl = self.ttl if ttl is _UNSET else ttl
+        pid = self._partition_id(partition)
+        size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
+        size += len(blob) if blob is not None else 0
+        conn.execute("DELETE FROM cache_entries WHERE partition_id = ? AND exact_key = ?", (pid, exact_key))
+        cursor = conn.execute(
+            "INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, response,"
+            " created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (partition, pid, exact_key, tenant, model, text, blob, response, now, None if ttl is None else now + ttl, now, size),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def _enforce_cap(self, conn: sqlite3.Connection, now: float, newest: int | None) -> None:
+        if self.max_entries is None:
+            return
+        count = conn.execute("SELECT entries FROM cache_totals WHERE id = 0").fetchone()[0]
+        if count <= self.max_entries:
+            return
+        conn.execute("DELETE FROM cache_entries WHERE expires IS NOT NULL AND expires <= ?", (now,))
+        count = conn.execute("SELECT entries FROM cache_totals WHERE id = 0").fetchone()[0]
+        order = "used, id" if self.eviction == "lru" else "hits, used, id"
+        # Spare the entries just stored when possible: under LFU they have no hits yet.
+        for spare in (newest, None):
+            excess = count - self.max_entries
+            if excess <= 0:
+                break
+            where = "" if spare is None else f"WHERE id < {int(spare)}"
+            evicted = conn.execute(
+                f"DELETE FROM cache_entries WHERE id IN (SELECT id FROM cache_entries {where} ORDER BY {order} LIMIT ?)",
+                (excess,),
+            ).rowcount
+            count -= evicted
+            logger.debug("cache: evicted %d entries (%s, cap %d)", evicted, self.eviction, self.max_entries)
+
+    def record_hit(self, entry_id: int) -> None:
+        """Count a hit on ``entry_id`` (LRU and LFU order by it)."""
+        now = self._clock()
+        self._conn().execute(
+            "UPDATE cache_entries SET hits = hits + 1, last_hit = ?, used = ? WHERE id = ?", (now, now, entry_id)
+        )
+
+    def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
+        """Delete the entries of ``tenant``, of ``model``, of both, or (no argument) all; returns how many."""
+        clauses, params = [], []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
+        if model is not None:
+            clauses.append("model = ?")
+            params.append(model)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._write() as conn:
+            deleted = int(conn.execute(f"DELETE FROM cache_entries{where}", params).rowcount)
+        logger.info("cache: invalidated %d entries (tenant=%r, model=%r)", deleted, tenant, model)
+        self._trim_log()
+        return deleted
+
+    def purge(self) -> int:
+        """Delete expired entries now (also done automatically); returns how many."""
+        now = self._clock()
+        self._last_purge = now
+        with self._write() as conn:
+            deleted = int(
+                conn.execute("DELETE FROM cache_entries WHERE expires IS NOT NULL AND expires <= ?", (now,)).rowcount
+            )
+        self._trim_log()
+        if deleted:
+            logger.debug("cache: purged %d expired entries", deleted)
+        return deleted
+
+    def _maybe_purge(self, now: float) -> None:
+        if now - self._last_purge >= _PURGE_INTERVAL:
+            self.purge()
+
+    def _trim_log(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM cache_deletions WHERE seq <= (SELECT max(seq) FROM cache_deletions) - ?",
+                (_DELETION_LOG_KEEP,),
+            )
+
+    def stats(self) -> dict[str, int]:
+        """``{"entries", "bytes", "partitions"}`` of the live store (expired entries purged first)."""
+        self.purge()
+        conn = self._conn()
+        entries, size = conn.execute("SELECT entries, bytes FROM cache_totals WHERE id = 0").fetchone()
+        partitions = conn.execute("SELECT count(DISTINCT partition_id) FROM cache_entries").fetchone()[0]
+        return {"entries": int(entries), "bytes": int(size), "partitions": int(partitions)}
+
+    def save_index(self) -> int:
+        """Write changed partition indexes to ``index/`` now; returns how many files were written."""
+        return self._index.save()
+
+    def close(self) -> None:
+        """Save changed indexes, close every connection and remove a temporary directory."""
+        if self._closed:
+            return
+        try:
+            if self._temp is None:
+                self._index.save()
+        finally:
+            self._closed = True
+            self._finalizer()
+
+    def __enter__(self) -> CacheStore:  # noqa: PYI034 - typing.Self needs 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CacheStore({os.fspath(self.db_path.parent if self.db_path.name == 'cache.sqlite3' else self.db_path)!r})"
+
+
+def _entry(partition: str, row: Sequence[Any]) -> Entry:
+    return Entry(
+        id=int(row[0]), partition=partition, exact_key=row[1], tenant=row[2], model=row[3], text=row[4],
+        response=row[5], created=float(row[6]), expires=row[7], last_hit=row[8], hits=int(row[9]), size=int(row[10]),
+    )
+
+
+def _cleanup(conns: list[sqlite3.Connection], temp: str | None) -> None:
+    for conn in conns:
+        with contextlib.suppress(Exception):
+            conn.close()
+    conns.clear()
+    if temp is not None:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+class _View:
+    """The store's reads for the index, inside one read transaction."""
+
+    def __init__(self, store: CacheStore, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    def head(self) -> Head:
+        seqs = dict(self._conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        return int(seqs.get("cache_entries", 0)), int(seqs.get("cache_deletions", 0))
+
+    def oldest_deletion(self) -> int:
+        row = self._conn.execute("SELECT min(seq) FROM cache_deletions").fetchone()
+        return int(row[0]) if row[0] is not None else self.head()[1] + 1
+
+    def added(self, after_id: int, upto_id: int, partitions: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sql = "SELECT id, partition_id, vector FROM cache_entries WHERE id > ? AND id <= ? AND vector IS NOT NULL"
+        params: list[int] = [after_id, upto_id]
+        if len(partitions) <= _CHUNK:
+            sql += f" AND partition_id IN ({','.join('?' * len(partitions))})"
+            params += partitions
+        rows = self._conn.execute(sql, params).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        pids = np.array([r[1] for r in rows], dtype=np.int64)
+        return ids, pids, self._store._decode([r[2] for r in rows])
+
+    def deleted(self, after_seq: int, upto_seq: int, partition: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        sql = "SELECT entry_id, partition_id FROM cache_deletions WHERE seq > ? AND seq <= ?"
+        params: list[int] = [after_seq, upto_seq]
+        if partition is not None:
+            sql += " AND partition_id = ?"
+            params.append(partition)
+        rows = self._conn.execute(sql, params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.int64)
+
+    def partition_count(self, partition: int, upto_id: int) -> int:
+        return int(self._conn.execute(
+            "SELECT count(*) FROM cache_entries WHERE partition_id = ? AND id <= ? AND vector IS NOT NULL",
+            (partition, upto_id),
+        ).fetchone()[0])
+
+    def partition_rows(
+        self, partition: int, after_id: int, upto_id: int, limit: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._conn.execute(
+            "SELECT id, vector FROM cache_entries WHERE partition_id = ? AND id > ? AND id <= ? AND vector IS NOT NULL"
+            " ORDER BY id LIMIT ?",
+            (partition, after_id, upto_id, -1 if limit is None else limit),
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), self._store._decode([r[1] for r in rows])
+
+    def partition_ids(self, partition: int, upto_id: int) -> np.ndarray:
+        rows = self._conn.execute(
+            "SELECT id FROM cache_entries WHERE partition_id = ? AND id <= ? AND vector IS NOT NULL ORDER BY id",
+            (partition, upto_id),
+        ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found: list[tuple[int, bytes]] = []
+        keys = ids.tolist()
+        for start in range(0, len(keys), _CHUNK):
+            part = keys[start : start + _CHUNK]
+            found += self._conn.execute(
+                f"SELECT id, vector FROM cache_entries WHERE id IN ({','.join('?' * len(part))}) AND vector IS NOT NULL",
+                part,
+            ).fetchall()
+        return np.array([r[0] for r in found], dtype=np.int64), self._store._decode([r[1] for r in found])

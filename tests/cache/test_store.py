@@ -1,0 +1,449 @@
+"""CacheStore: exact and semantic lookups, isolation, TTL, eviction, invalidation, threads, processes, crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmbudget.cache.index import VectorIndex
+from llmbudget.cache.store import CacheStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words vectors (fast, the same in every process)."""
+
+    dim = 32
+    name = "test-hash-32"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                out[row] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+class CosineStandIn:
+    """A stand-in for the verifier: cosine similarity."""
+
+    threshold = 0.995
+
+    def score(self, query_text: str, query_vec: np.ndarray, cand_text: str, cand_vec: np.ndarray) -> float:
+        return float(np.dot(query_vec, cand_vec))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(path: str | os.PathLike[str] | None, **options: object) -> CacheStore:
+    options.setdefault("embedder", HashEmbedder())
+    options.setdefault("scorer", CosineStandIn())
+    return CacheStore(path, **options)  # type: ignore[arg-type]
+
+
+def put(store: CacheStore, partition: str, key: str, text: str, **extra: object) -> int:
+    fields: dict[str, object] = {"tenant": "t1", "model": "m1", "response": json.dumps({"key": key})}
+    fields.update(extra)
+    return store.put(partition=partition, exact_key=key, text=text, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CacheStore]:
+    with make(tmp_path / "cache") as opened:
+        yield opened
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_exact_and_semantic_lookups(store: CacheStore) -> None:
+    first = put(store, "p", "k1", "how tall is the eiffel tower")
+    put(store, "p", "k2", "best pizza in naples")
+    entry = store.get_exact("p", "k1")
+    assert entry is not None and entry.id == first and json.loads(entry.response) == {"key": "k1"}
+    assert store.get_exact("p", "nope") is None and store.get_exact("other", "k1") is None
+
+    hit = store.search("p", "how tall is the eiffel tower")
+    assert hit is not None and hit.entry.id == first and hit.cosine == pytest.approx(1.0, abs=1e-3)
+    assert hit.score >= store.threshold
+    assert store.search("p", "something else entirely") is None
+    assert store.search("unknown partition", "how tall is the eiffel tower") is None
+
+    replaced = put(store, "p", "k1", "how tall is the eiffel tower", response='{"v": 2}')
+    assert replaced != first and store.get_exact("p", "k1").response == '{"v": 2}'  # type: ignore[union-attr]
+    assert store.search("p", "how tall is the eiffel tower").entry.id == replaced  # type: ignore[union-attr]
+    assert store.stats() == {"entries": 2, "bytes": store.stats()["bytes"], "partitions": 1}
+
+
+def test_exact_only_entries_and_given_vectors(store: CacheStore) -> None:
+    put(store, "p", "media", "describe this picture", semantic=False)
+    assert store.get_exact("p", "media") is not None
+    assert store.search("p", "describe this picture") is None
+    vec = np.zeros(32, dtype=np.float32)
+    vec[3] = 2.0
+    own = put(store, "p", "v", "unrelated words", vector=vec)
+    hit = store.search("p", "whatever", vector=vec)
+    assert hit is not None and hit.entry.id == own
+    with pytest.raises(ValueError, match="32"):
+        store.search("p", "x", vector=np.ones(5))
+
+
+def test_another_embedder_is_refused(tmp_path: Path) -> None:
+    with make(tmp_path / "c") as store:
+        put(store, "p", "k", "hello world")
+    with pytest.raises(ValueError, match="test-hash-32"):
+        CacheStore(tmp_path / "c", embedder=type("E", (HashEmbedder,), {"name": "other"})(), scorer=CosineStandIn())
+
+
+def test_memory_store_removes_its_directory() -> None:
+    store = make(None)
+    put(store, "p", "k", "hello")
+    folder = store.db_path.parent
+    assert folder.is_dir()
+    store.close()
+    assert not folder.exists()
+
+
+# --------------------------------------------------------------------------- isolation
+
+_WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    puts=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "tenant-b|sys"]), st.lists(st.sampled_from(_WORDS), min_size=1, max_size=3)),
+        min_size=1,
+        max_size=40,
+    ),
+    queries=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "tenant-b|sys", "d"]), st.lists(st.sampled_from(_WORDS), min_size=1, max_size=3)),
+        min_size=1,
+        max_size=15,
+    ),
+)
+def test_search_never_crosses_partitions(puts: list[tuple[str, list[str]]], queries: list[tuple[str, list[str]]]) -> None:
+    scorer = CosineStandIn()
+    owner: dict[int, str] = {}
+    with make(None, scorer=scorer, threshold=-1.0, exact_search_max=3) as store:  # threshold -1: every candidate hits
+        for n, (partition, words) in enumerate(puts):
+            owner[put(store, partition, f"k{n}", " ".join(words))] = partition
+        for partition, words in queries:
+            hit = store.search(partition, " ".join(words))
+            if hit is not None:
+                assert hit.entry.partition == partition and owner[hit.entry.id] == partition
+            else:
+                assert partition not in set(owner.values())
+
+
+# --------------------------------------------------------------------------- TTL, eviction, invalidation
+
+
+def test_ttl_expires_and_purges(tmp_path: Path) -> None:
+    clock = Clock()
+    with make(tmp_path / "c", ttl=10.0, clock=clock) as store:
+        put(store, "p", "short", "red apple")
+        put(store, "p", "forever", "green pear", ttl=None)
+        clock.now += 5
+        assert store.get_exact("p", "short") is not None and store.search("p", "red apple") is not None
+        clock.now += 6
+        assert store.get_exact("p", "short") is None and store.search("p", "red apple") is None
+        assert store.get_exact("p", "forever") is not None
+        assert store.stats()["entries"] == 1  # purged
+    with pytest.raises(ValueError, match="ttl"):
+        make(None, ttl=0)
+
+
+def test_lru_eviction_at_the_cap(tmp_path: Path) -> None:
+    clock = Clock()
+    with make(tmp_path / "c", max_entries=3, clock=clock) as store:
+        ids = {}
+        for key in "abc":
+            clock.now += 1
+            ids[key] = put(store, "p", key, f"word {key}")
+        clock.now += 1
+        store.record_hit(ids["a"])
+        clock.now += 1
+        put(store, "p", "d", "word d")
+        assert [k for k in "abcd" if store.get_exact("p", k)] == ["a", "c", "d"]
+        assert store.search("p", "word b") is None and store.stats()["entries"] == 3
+
+
+def test_lfu_eviction_at_the_cap(tmp_path: Path) -> None:
+    clock = Clock()
+    with make(tmp_path / "c", max_entries=3, eviction="lfu", clock=clock) as store:
+        ids = {}
+        for key, hits in (("a", 3), ("b", 1), ("c", 2)):
+            clock.now += 1
+            ids[key] = put(store, "p", key, f"word {key}")
+            for _ in range(hits):
+                store.record_hit(ids[key])
+        clock.now += 1
+        put(store, "p", "d", "word d")  # b (1 hit) goes; the new entry is spared
+        assert [k for k in "abcd" if store.get_exact("p", k)] == ["a", "c", "d"]
+        clock.now += 1
+        put(store, "p", "e", "word e")  # d (0 hits) goes
+        assert [k for k in "abcde" if store.get_exact("p", k)] == ["a", "c", "e"]
+        assert store.get_exact("p", "a").hits == 3  # type: ignore[union-attr]
+
+
+def test_invalidate_by_tenant_model_and_all(store: CacheStore) -> None:
+    for n, (tenant, model) in enumerate([("t1", "m1"), ("t1", "m2"), ("t2", "m1"), ("t2", "m2")]):
+        put(store, f"p{tenant}", f"k{n}", f"question {n}", tenant=tenant, model=model)
+    assert store.search("pt1", "question 0") is not None
+    assert store.invalidate(tenant="t1", model="m1") == 1
+    assert store.search("pt1", "question 0") is None and store.search("pt1", "question 1") is not None
+    assert store.invalidate(model="m2") == 2
+    assert store.stats()["entries"] == 1
+    assert store.invalidate(tenant="t2") == 1
+    put(store, "pt3", "k9", "question 9", tenant="t3")
+    assert store.invalidate() == 1 and store.stats() == {"entries": 0, "bytes": 0, "partitions": 0}
+
+
+# --------------------------------------------------------------------------- threads and processes
+
+
+def test_threads_put_and_search_concurrently(tmp_path: Path) -> None:
+    store = make(tmp_path / "c", exact_search_max=50)  # grows from exact search to HNSW meanwhile
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for n in range(40):
+                text = f"worker{worker} item{n} shared"
+                entry_id = put(store, "shared", f"{worker}-{n}", text)
+                hit = store.search("shared", text)
+                assert hit is not None and hit.entry.id == entry_id
+                assert store.search(f"own{worker}", text) is None
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert store.stats()["entries"] == 160
+    assert store._index.loaded()[store._partition_id("shared")] == ("hnsw", 160)  # type: ignore[index]
+    store.close()
+
+
+_CHILD = """
+import importlib.util, json, os, sys, time
+spec = importlib.util.spec_from_file_location("helpers", {helpers!r})
+helpers = importlib.util.module_from_spec(spec); spec.loader.exec_module(helpers)
+store = helpers.make(sys.argv[1], exact_search_max=int(sys.argv[2]))
+"""
+
+
+def run_child(folder: Path, body: str, *args: str, exact_max: int = 20) -> subprocess.Popen[str]:
+    code = _CHILD.format(helpers=__file__) + textwrap.dedent(body)
+    return subprocess.Popen([sys.executable, "-c", code, str(folder), str(exact_max), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(child: subprocess.Popen[str]) -> str:
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    return out
+
+
+def test_two_processes_share_a_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    with make(folder, exact_search_max=20) as mine:
+        for n in range(30):
+            put(mine, "p", f"mine{n}", f"parent entry number{n}")
+        assert mine.search("p", "parent entry number3") is not None  # loads the (HNSW) partition here
+        child = run_child(folder, """
+            found = store.search("p", "parent entry number7")
+            assert found is not None and found.entry.exact_key == "mine7", found
+            for n in range(25):
+                store.put(partition="p", exact_key=f"child{n}", text=f"child entry number{n}", response="{}",
+                          tenant="t1", model="m1")
+            assert store.invalidate(model="m1") == 55  # everything, the parent's entries included
+            store.put(partition="p", exact_key="late", text="late child entry", response="{}", tenant="t2", model="m2")
+            store.close()
+        """)
+        finish(child)
+        assert mine.search("p", "parent entry number3") is None  # deleted by the other process
+        hit = mine.search("p", "late child entry")
+        assert hit is not None and hit.entry.exact_key == "late"
+        assert mine.stats()["entries"] == 1
+
+
+def test_writer_killed_mid_write_leaves_a_consistent_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    child = run_child(folder, """
+        n = 0
+        while True:
+            store.put(partition="p%d" % (n % 3), exact_key="k%d" % n, text="entry %d token%d" % (n, n),
+                      response="{}", tenant="t", model="m")
+            if n % 7 == 0:
+                store.search("p%d" % (n % 3), "entry %d token%d" % (n, n))
+            if n % 40 == 0:
+                store.save_index()
+            n += 1
+    """)
+    db = folder / "cache.sqlite3"
+    deadline = time.monotonic() + 30
+    count = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if db.exists():
+            probe = sqlite3.connect(db, timeout=30)
+            try:
+                count = probe.execute("SELECT count(*) FROM cache_entries").fetchone()[0]
+            except sqlite3.OperationalError:  # the schema is not there yet
+                count = 0
+            finally:
+                probe.close()
+            if count >= 400:
+                break
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate(timeout=30)
+    assert count >= 400, child.stderr
+
+    with make(folder, exact_search_max=20) as store:
+        conn = store._conn()
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute(
+            "SELECT id, partition, text FROM cache_entries"
+        ).fetchall()
+        assert store.stats()["entries"] == len(rows) >= 400
+        for entry_id, partition, text in rows:
+            hit = store.search(partition, text)
+            assert hit is not None and hit.entry.id == entry_id, (entry_id, text)
+        assert {kind for kind, _ in store._index.loaded().values()} == {"hnsw"}
+
+
+# --------------------------------------------------------------------------- index files
+
+
+PID = CacheStore._partition_id("p")
+
+
+def _fill(folder: Path, count: int, partition: str = "p") -> list[int]:
+    with make(folder, exact_search_max=20) as store:
+        ids = [put(store, partition, f"k{n}", f"stored text{n} marker{n}") for n in range(count)]
+        assert store.search(partition, "stored text0 marker0") is not None
+    return ids
+
+
+def _all_found(store: CacheStore, partition: str, count: int, missing: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    for n in range(count):
+        hit = store.search(partition, f"stored text{n} marker{n}")
+        assert (hit is None) == (n in missing), n
+
+
+def test_index_files_are_saved_and_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "c"
+    _fill(folder, 60)
+    files = sorted(p.name for p in (folder / "index").iterdir())
+    assert f"p{PID}.json" in files and sum(f.endswith(".usearch") for f in files) == 1
+    caplog.set_level("INFO", logger="llmbudget.cache")
+    with make(folder, exact_search_max=20) as store:
+        _all_found(store, "p", 60)
+    assert "building" not in caplog.text and "out of step" not in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing", "manifest"])
+def test_damaged_index_is_rebuilt(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "c"
+    _fill(folder, 60)
+    index_file = next((folder / "index").glob(f"p{PID}-*.usearch"))
+    if damage == "truncate":
+        index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
+    elif damage == "garbage":
+        index_file.write_bytes(b"\0garbage" * 100)
+    elif damage == "missing":
+        index_file.unlink()
+    else:
+        (folder / "index" / f"p{PID}.json").write_text("{not json", "utf-8")
+    caplog.set_level("INFO", logger="llmbudget.cache")
+    with make(folder, exact_search_max=20) as store:
+        _all_found(store, "p", 60)
+    assert f"building the HNSW index of partition {PID}" in caplog.text
+    with make(folder, exact_search_max=20) as store:  # rewritten: usable again
+        caplog.clear()
+        _all_found(store, "p", 60)
+    assert "building" not in caplog.text
+
+
+def test_stale_index_catches_up_and_reconciles(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "c"
+    ids = _fill(folder, 60)
+    # Another process changes the store without ever loading (or saving) the index.
+    with sqlite3.connect(folder / "cache.sqlite3") as conn:
+        conn.execute("DELETE FROM cache_entries WHERE id IN (?, ?, ?)", (ids[1], ids[2], ids[3]))
+    with make(folder, exact_search_max=20) as other:
+        for n in range(60, 70):
+            put(other, "p", f"k{n}", f"stored text{n} marker{n}")
+    caplog.set_level("INFO", logger="llmbudget.cache")
+    with make(folder, exact_search_max=20) as store:
+        _all_found(store, "p", 70, missing={1, 2, 3})
+    assert "building" not in caplog.text and "out of step" not in caplog.text  # caught up from the log
+
+    with sqlite3.connect(folder / "cache.sqlite3") as conn:
+        conn.execute("DELETE FROM cache_entries WHERE id = ?", (ids[4],))
+        conn.execute("DELETE FROM cache_deletions")  # as if the log had been trimmed
+    with make(folder, exact_search_max=20) as store:
+        _all_found(store, "p", 70, missing={1, 2, 3, 4})
+    assert "out of step" in caplog.text
+
+
+def test_index_rejects_a_bad_dtype() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        VectorIndex(None, dim=4, directory=None, dtype="f64")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmbudget.cache.bench import bench_cache, eval_replay
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"a": "how do i learn python fast", "b": "how do i learn python fast", "duplicate": True},
+        {"a": "best pizza in naples", "b": "best pizza in naples", "duplicate": False},
+        {"a": "why is the sky blue", "b": "what colour is grass", "duplicate": True},
+        {"a": "capital of france", "b": "capital of peru", "duplicate": False},
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DATA", str(pairs))
+    monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DIR", str(tmp_path))
+    result = bench_cache(30, queries=20, embedder=HashEmbedder(), scorer=CosineStandIn())
+    assert list(result) == ["entries", "build_s", "lookup_p50_ms", "lookup_p99_ms", "bytes_per_entry"]
+    assert result["entries"] == 30 and result["bytes_per_entry"] > 0 and result["lookup_p99_ms"] > 0
+
+    with make(None) as store:
+        replay = eval_replay(pairs, store=store)
+    assert replay == {
+        "stored": 4, "queries": 4, "correct_hits": 1, "wrong_hits": 1, "misses": 2, "hit_precision": 0.5,
+        "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
+    }

@@ -151,7 +151,6 @@ class _Core:
                                    max_models=settings.max_models)
             self.metrics.attach(engine)
             self.metrics_path = settings.path
-        _warn_pending(self.policy)
 
     # -- per request ----------------------------------------------------------------------------
 
@@ -207,11 +206,10 @@ class _Core:
     @staticmethod
     def spend_headers(scope: Scope) -> list[tuple[str, str]]:
         """What the request spent so far, as ``x-llmbudget-*`` headers (opt-in)."""
-        totals = scope.totals
-        with totals._lock:
-            records = list(totals.records)
-            calls, cost, saved = totals.calls, totals.cost_usd, totals.saved_usd
-            input_tokens, output_tokens = totals.input_tokens, totals.output_tokens
+        snapshot = scope.totals.snapshot()
+        records = list(scope.totals.records)
+        calls, cost, saved = snapshot.calls, snapshot.cost_usd, snapshot.saved_usd
+        input_tokens, output_tokens = snapshot.input_tokens, snapshot.output_tokens
         return [
             ("x-request-id", scope.request_id),
             ("x-llmbudget-calls", str(calls)),
@@ -263,15 +261,6 @@ def _check_overlap(policy: Policy, engine: Engine) -> None:
                     f"{budget.per}{' per ' + budget.period if budget.period else ''}: they would share one counter; "
                     "keep it in one place (the policy's budgets, or Engine(budgets=...))"
                 )
-
-
-def _warn_pending(policy: Policy) -> None:
-    modes = {policy.on_budget, *(r.on_budget for r in policy.routes if r.on_budget is not None)} - {"refuse"}
-    for mode in sorted(modes):
-        log.warning(
-            "llmbudget: on_budget=%r is accepted but not in effect yet: calls over a budget are refused until "
-            "%s exist", mode, "output caps" if mode == "cap" else "routing tiers",
-        )
 
 
 # -- ASGI -----------------------------------------------------------------------------------------
@@ -336,7 +325,8 @@ class LLMBudgetMiddleware(_Core):
         status: int | None = None
         response_started = False
         with _llm_scope(tenant=tenant, request_id=request_id, budgets=route.budgets, cache=route.cache,
-                        routing=route.routing) as current:
+                        routing=route.routing, on_budget=route.on_budget,
+                        downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens) as current:
             token = _route.set(route)
 
             async def send_wrapper(message: ASGIMessage) -> None:
@@ -512,7 +502,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         state = _WSGIRequest(route=route)
         current, context = contextvars.copy_context().run(
             _request_context, route, state, tenant=tenant, request_id=request_id, budgets=route.budgets,
-            cache=route.cache, routing=route.routing,
+            cache=route.cache, routing=route.routing, on_budget=route.on_budget,
+            downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens,
         )
         counted: list[Refusal] = []
         problem_body: list[bytes] = []

@@ -61,6 +61,8 @@ class Engine:
     - ``routing``: a :class:`~llmbudget.routing.Routing` sending requests to the cheapest tier that will do.
     - ``prompt_cache_keys``: give OpenAI requests that lack one a ``prompt_cache_key`` (stable per
       tenant and system prompt), so repeated prefixes land on the provider's prompt cache.
+    - ``input_estimate_margin``: reservations count the estimated input tokens times this
+      (plus 8), since a server's chat template or tokenizer may count more than tiktoken.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Engine:
         cache: Cache | None = None,
         routing: Routing | None = None,
         prompt_cache_keys: bool = True,
+        input_estimate_margin: float = 1.25,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -95,6 +98,10 @@ class Engine:
         self.cache = cache
         self.routing = routing
         self.prompt_cache_keys = prompt_cache_keys
+        if input_estimate_margin < 1:
+            raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
+        self.input_estimate_margin = input_estimate_margin
+        self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
 
@@ -107,7 +114,26 @@ class Engine:
 
     def remove_observer(self, observer: Observer) -> None:
         with self._observers_lock:
-            self._observers = tuple(o for o in self._observers if o is not observer)
+            self._observers = tuple(o for o in self._observers if o != observer)
+
+    def add_refusal_observer(self, observer: Callable[[Refusal, Scope | None], None]) -> None:
+        """Call ``observer(refusal, scope)`` whenever a budget refuses a call (caught by the app or not)."""
+        with self._observers_lock:
+            self._refusal_observers = (*self._refusal_observers, observer)
+
+    def remove_refusal_observer(self, observer: Callable[[Refusal, Scope | None], None]) -> None:
+        with self._observers_lock:
+            self._refusal_observers = tuple(o for o in self._refusal_observers if o != observer)
+
+    def refused(self, refusal: Refusal, scope: Scope | None) -> None:
+        """Tell the scope and the refusal observers about a refusal. Never raises."""
+        if scope is not None:
+            scope.refusals.append(refusal)
+        for observer in self._refusal_observers:
+            try:
+                observer(refusal, scope)
+            except Exception:
+                log.exception("llmbudget: a refusal observer failed")
 
     # -- the pipeline ---------------------------------------------------------------------------
 
@@ -181,6 +207,8 @@ class Attempt:
         self.routing: dict[str, Any] | None = None
         self.routed = False
         self.capped = False
+        #: The body or base URL changed (routing, caps, keys, a budget downgrade): send the rewritten request.
+        self.rewritten = False
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -206,29 +234,92 @@ class Attempt:
         max_output = self.call.max_output_tokens
         if max_output is None:
             max_output = self.engine.default_max_output_tokens
-        usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=max_output, estimated=True)
+        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
+        usage = Usage(input_tokens=padded, output_tokens=max_output, estimated=True)
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
 
     def reserve(self) -> Refusal | None:
-        """Hold the worst case against every budget in scope; a Refusal if one would overflow."""
+        """Hold the worst case against every budget in scope; a Refusal if one would overflow.
+
+        Over a budget, the scope's ``on_budget`` may first cap the output to what is
+        left or downgrade the model; the request is then rewritten (see :attr:`rewritten`).
+        """
+        refusal = self._reserve_once()
+        if refusal is None:
+            return None
+        mode = self._scope_setting("on_budget") or "refuse"
+        if mode == "cap" and self._cap_to(refusal):
+            refusal = self._reserve_once() or None
+        elif mode == "downgrade" and self._downgrade():
+            refusal = self._reserve_once() or None
+        if refusal is not None:
+            self.engine.refused(refusal, self.scope)
+        return refusal
+
+    def _scope_setting(self, name: str) -> Any:
+        node = self.scope
+        while node is not None:
+            value = getattr(node, name)
+            if value is not None:
+                return value
+            node = node.parent
+        return None
+
+    def _cap_to(self, refusal: Refusal) -> bool:
+        """Cap the output so the worst case fits what the refusing budget has left."""
+        pricing, call = self.engine.pricing, self.call
+        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
+        input_cost = pricing.cost(Usage(input_tokens=padded), model=call.model, base_url=call.base_url).usd
+        per_token = pricing.cost(Usage(output_tokens=1_000_000), model=call.model, base_url=call.base_url).usd
+        if per_token <= 0:
+            return False
+        affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token)
+        minimum = self._scope_setting("cap_min_output_tokens") or 16
+        current = call.max_output_tokens or self.engine.default_max_output_tokens
+        if affordable < minimum or affordable >= current:
+            return False
+        body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
+        if changed:
+            self.call = self.adapter.parse(body, call.base_url)
+            self.capped = self.rewritten = True
+        return changed
+
+    def _downgrade(self) -> bool:
+        """Send the call to ``downgrade_to`` or the routing tier with the cheapest output."""
+        target = self._scope_setting("downgrade_to")
+        routing = self.engine.routing
+        if target is None and routing is not None:
+            models = [tier.model for tier in routing.tiers.values() if tier.model]
+            priced = [(self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=m).usd, m) for m in models]
+            target = min(priced)[1] if priced else None
+        if not target or target == self.call.model:
+            return False
+        self.call = self.adapter.parse({**self.call.body, "model": target}, self.call.base_url)
+        self.routed = self.rewritten = True
+        self.routing = {**(self.routing or {}), "tier": "downgrade", "reason": "over budget: downgraded"}
+        return True
+
+    def _reserve_once(self) -> Refusal | None:
         budgets = self._budgets()
         if not budgets:
             return None
         amount = self.worst_case_usd()
-        tenant = (self.scope.tenant if self.scope else None) or self.engine.default_tenant
+        tenant = self.tenant
         request_id = self.scope.request_id if self.scope else "-"
         now = time.time()
-        groups: dict[int, tuple[BudgetStore, list[Any]]] = {}
+        groups: dict[int, tuple[BudgetStore, dict[str, Any]]] = {}
         for budget, owner in budgets:
             if budget.per == "request":
                 store: BudgetStore = owner.store if owner is not None else MemoryBudgetStore()
             else:
                 store = self.engine.budget_store
-            groups.setdefault(id(store), (store, []))[1].append(
-                budget.bucket(tenant=tenant, request_id=request_id, now=now)
-            )
+            bucket = budget.bucket(tenant=tenant, request_id=request_id, now=now)
+            buckets = groups.setdefault(id(store), (store, {}))[1]
+            # Two budgets of one kind share one counter: count it once, under the lower limit.
+            if bucket.key not in buckets or bucket.limit < buckets[bucket.key].limit:
+                buckets[bucket.key] = bucket
         for store, buckets in groups.values():
-            result = store.reserve(buckets, amount, tenant=tenant)
+            result = store.reserve(list(buckets.values()), amount, tenant=tenant)
             if isinstance(result, Refusal):
                 self.release()
                 return result
@@ -336,6 +427,7 @@ class Attempt:
         if body is call.body and base_url == call.base_url:
             return False
         self.call = self.adapter.parse(body, base_url)
+        self.rewritten = True
         return True
 
     def _prompt_cache_key(self, body: dict[str, Any]) -> str:
@@ -434,7 +526,8 @@ class Attempt:
             self.record = record
         self._settle_holds(record.cost_usd)
         self.engine.record(record, self.scope)
-        if complete and error is None and self.status == 200 and not self._overflow:
+        # The SDK closes a stream once it read [DONE]: that is a whole answer too.
+        if error is None and self.status == 200 and not self._overflow and (complete or self.state.done):
             self._save_to_cache()
         return record
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from .calls import Counters, SpendRecord
 from .ledger.budgets import Budget, MemoryBudgetStore
@@ -32,6 +33,13 @@ class Totals(Counters):
             self.add_record(record)
             self.records.append(record)
 
+    def snapshot(self) -> Counters:
+        """A consistent copy of the counters (without the records)."""
+        with self._lock:
+            copy = Counters()
+            copy.merge(self)
+            return copy
+
 
 @dataclass(eq=False)
 class Scope:
@@ -46,6 +54,14 @@ class Scope:
     cache: bool | None = None
     #: False turns routing off; a tier name forces that tier (None: as the enclosing scope says).
     routing: bool | str | None = None
+    #: What a call over a budget does: "refuse", "downgrade" (to ``downgrade_to`` or the
+    #: cheapest routing tier) or "cap" (its output to what is left, if at least
+    #: ``cap_min_output_tokens``); None: as the enclosing scope says, else refuse.
+    on_budget: str | None = None
+    downgrade_to: str | None = None
+    cap_min_output_tokens: int | None = None
+    #: Budget refusals of calls made in this scope (caught by the app or not).
+    refusals: list[Any] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
     #: Per-request budgets count in memory, in the scope itself.
     store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
@@ -74,14 +90,20 @@ def scope(
     test_id: str | None = None,
     cache: bool | None = None,
     routing: bool | str | None = None,
+    on_budget: str | None = None,
+    downgrade_to: str | None = None,
+    cap_min_output_tokens: int | None = None,
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
     A nested scope inherits the tenant and the test of the enclosing one, and
     its spending also counts in the enclosing scope's totals. ``cache=False``
     keeps the block's calls away from the cache; ``routing=False`` keeps their
-    model, ``routing="large"`` forces that tier.
+    model, ``routing="large"`` forces that tier. ``on_budget`` says what a call
+    over a budget does (see :class:`Scope`).
     """
+    if on_budget not in (None, "refuse", "downgrade", "cap"):
+        raise ValueError(f"on_budget={on_budget!r}: expected 'refuse', 'downgrade' or 'cap'")
     parent = _current.get()
     new = Scope(
         tenant=tenant if tenant is not None else (parent.tenant if parent else None),
@@ -91,6 +113,9 @@ def scope(
         parent=parent,
         cache=cache if cache is not None else (parent.cache if parent else None),
         routing=routing if routing is not None else (parent.routing if parent else None),
+        on_budget=on_budget or (parent.on_budget if parent else None),
+        downgrade_to=downgrade_to or (parent.downgrade_to if parent else None),
+        cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
     )
     token = _current.set(new)
     try:

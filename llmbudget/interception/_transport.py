@@ -79,17 +79,20 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
-def _planned(httpx: ModuleType, request: Any, attempt: Attempt) -> Any:
-    """The request to send: as the app wrote it, or rewritten by routing, caps and keys."""
+def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, bytes | None]:
+    """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
-    if not attempt.plan(request.url.path):
-        return request
+    attempt.plan(request.url.path)
+    refusal = _refusal_or_none(attempt)
+    if refusal is not None or not attempt.rewritten:
+        return request, refusal
     url = str(request.url)
     if attempt.call.base_url != original_base and url.startswith(original_base):
         url = attempt.call.base_url + url[len(original_base):]
     headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "host")]
-    return httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes(),
-                         extensions=request.extensions)
+    rewritten = httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes(),
+                              extensions=request.extensions)
+    return rewritten, None
 
 
 def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
@@ -158,8 +161,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
-            request = _planned(httpx, request, attempt)
-            refusal = _refusal_or_none(attempt)
+            request, refusal = _prepare(httpx, request, attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
             try:
@@ -196,8 +198,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
-            request = _planned(httpx, request, attempt)
-            refusal = _refusal_or_none(attempt)
+            request, refusal = _prepare(httpx, request, attempt)
             if refusal is not None:
                 return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
             try:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from .cache import Cache
 from .calls import SpendRecord, Usage
+from .config import ConfigError, Policy
 from .interception import async_http_client, http_client, install, installed, uninstall
 from .ledger import Budget, MemoryBudgetStore, MemoryLedger, Refusal, SQLiteBudgetStore, SQLiteLedger
 from .pipeline import Engine, configure, get_engine, set_engine
 from .pricing import Price, Pricing, UnknownModelError, UnpricedModelWarning
+from .middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware
 from .refusals import budget_refusal
+from .routing.tiers import Routing, Tier
 from .scope import Scope, current_scope, scope
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "Cache",
+    "ConfigError",
+    "LLMBudgetMiddleware",
+    "LLMBudgetWSGIMiddleware",
+    "Policy",
+    "Routing",
+    "Tier",
     "Engine",
     "MemoryBudgetStore",
     "MemoryLedger",

@@ -15,6 +15,17 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
     input = 15
     output = 75
 
+    [cache]                              # answer repeated questions (exact, then semantic)
+    path = ".llmbudget/cache"            # SQLite store + usearch index files
+    semantic = true
+    ttl = 86400                          # seconds; omit for no expiry
+    [routing]                            # send each request to the cheapest tier that will do
+    threshold = 0.27                     # router score at or above which a request goes to "large"
+    never = ["/admin/*"]
+    [routing.tiers]
+    small = "gpt-4.1-nano"               # a model name, or { model, base_url, max_output_tokens }
+    large = ""                           # "": the model the app asked for
+
     # the middleware: who spends, under which budgets, what it shows
     tenant_header = "x-tenant-id"        # "" to not read the tenant from a header
     request_id_header = "x-request-id"
@@ -71,8 +82,11 @@ ON_BUDGET: tuple[str, ...] = get_args(OnBudget)
 TenantFinder = Callable[[Mapping[str, Any]], "str | None"]
 
 _ENGINE_KEYS = frozenset(
-    {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price"}
+    {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price",
+     "cache", "routing", "prompt_cache_keys", "input_estimate_margin"}
 )
+_CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold"})
+_ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas"})
 _POLICY_KEYS = frozenset(
     {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "request_id_header",
      "headers", "metrics", "routes", "problem_type"}
@@ -507,7 +521,17 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         raise ConfigError(f"{source}: default_tenant must be a non-empty string, got {default_tenant!r}")
     ledger_path = _path(config.get("ledger"), "ledger", source, root)
     store_path = _path(config.get("budget_store"), "budget_store", source, root)
+    margin = config.get("input_estimate_margin", 1.25)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 1:
+        raise ConfigError(f"{source}: input_estimate_margin must be a number >= 1, got {margin!r}")
+    prompt_cache_keys = config.get("prompt_cache_keys", True)
+    if not isinstance(prompt_cache_keys, bool):
+        raise ConfigError(f"{source}: prompt_cache_keys must be true or false, got {prompt_cache_keys!r}")
     return Engine(
+        cache=_cache_from_config(config.get("cache"), source, root),
+        routing=_routing_from_config(config.get("routing"), source),
+        prompt_cache_keys=prompt_cache_keys,
+        input_estimate_margin=float(margin),
         pricing=pricing,
         hosts=hosts,
         default_max_output_tokens=max_output,
@@ -515,3 +539,72 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         ledger=SQLiteLedger(ledger_path) if ledger_path else None,
         budget_store=SQLiteBudgetStore(store_path) if store_path else None,
     )
+
+
+def _table(value: Any, name: str, keys: frozenset[str], source: str) -> Mapping[str, Any] | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {name} must be a table ([{name}]) or true/false, got {value!r}")
+    unknown = set(value) - keys
+    if unknown:
+        raise ConfigError(f"{source}: {name}: unknown keys {sorted(unknown)}; expected some of {sorted(keys)}")
+    if value.get("enabled", True) is False:
+        return None
+    return value
+
+
+def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
+    table = _table(value, "cache", _CACHE_KEYS, source)
+    if table is None:
+        return None
+    from .cache import Cache
+
+    for key in ("semantic", "allow_temperature"):
+        if key in table and not isinstance(table[key], bool):
+            raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
+    for key in ("ttl", "max_entries"):
+        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], (int, float))
+                             or table[key] <= 0):
+            raise ConfigError(f"{source}: cache.{key} must be a positive number, got {table[key]!r}")
+    threshold = table.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise ConfigError(f"{source}: cache.threshold must be a number within [0, 1], got {threshold!r}")
+    return Cache(
+        _path(table.get("path"), "cache.path", source, root),
+        semantic=table.get("semantic", True),
+        allow_temperature=table.get("allow_temperature", False),
+        ttl=table.get("ttl"),
+        max_entries=int(table.get("max_entries", 100_000)),
+        threshold=threshold,
+    )
+
+
+def _routing_from_config(value: Any, source: str) -> Any:
+    table = _table(value, "routing", _ROUTING_KEYS, source)
+    if table is None:
+        return None
+    from .routing.tiers import Routing
+
+    tiers = table.get("tiers")
+    if not isinstance(tiers, Mapping) or not tiers:
+        raise ConfigError(f"{source}: routing.tiers must be a table such as "
+                          "{small = \"gpt-4.1-nano\", large = \"\"}, got " + repr(tiers))
+    for key in ("route_tools", "route_schemas"):
+        if key in table and not isinstance(table[key], bool):
+            raise ConfigError(f"{source}: routing.{key} must be true or false, got {table[key]!r}")
+    try:
+        return Routing(
+            tiers=dict(tiers),
+            weak=table.get("weak", "small"),
+            strong=table.get("strong", "large"),
+            threshold=table.get("threshold"),
+            never=_strings(table.get("never", []), "routing.never"),
+            route_tools=table.get("route_tools", False),
+            route_schemas=table.get("route_schemas", False),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None

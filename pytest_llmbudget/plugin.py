@@ -58,6 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llm_budget_tokens", "default budget per test in tokens", default="")
     parser.addini("llm_budget_calls", "default budget per test in calls", default="")
     parser.addini("llm_budget_tolerance", "default tolerance for --llm-budget-compare, e.g. 10%", default="0%")
+    parser.addini("llm_budget_cache", "use the policy's [cache] during tests (off: tests stay independent)",
+                  type="bool", default=False)
 
 
 def _is_amount(text: str) -> bool:
@@ -158,6 +160,8 @@ class LLMBudgetPlugin:
         if found is None:
             return llmbudget.Engine()
         path, table = found
+        if not self.config.getini("llm_budget_cache"):
+            table = {key: value for key, value in table.items() if key != "cache"}
         try:
             return engine_from_config(table, source=str(path), root=path.parent)
         except ConfigError as exc:

@@ -182,3 +182,31 @@ def test_the_core_never_imports_the_middlewares_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cache_and_routing_tables_build_the_engines_cache_and_router(tmp_path) -> None:
+    from llmbudget.config import engine_from_config
+
+    engine = engine_from_config(
+        {"cache": {"path": "cache", "semantic": False, "ttl": 60},
+         "routing": {"tiers": {"small": "gpt-4.1-nano", "large": ""}, "threshold": 0.4, "never": ["/admin/*"]}},
+        source="llmbudget.toml", root=tmp_path)
+    assert engine.cache is not None and engine.cache.semantic is False
+    assert engine.routing.threshold == 0.4 and engine.routing.tiers["large"].model is None
+    assert engine_from_config({"cache": {"enabled": False}}).cache is None
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"cache": {"ttl": 0}}, "cache.ttl must be a positive number"),
+    ({"cache": {"colour": 1}}, "cache: unknown keys ['colour']"),
+    ({"cache": {"threshold": 2}}, "cache.threshold must be a number within [0, 1]"),
+    ({"routing": {"tiers": {"large": ""}}}, "tier 'small' is not defined"),
+    ({"routing": {}}, "routing.tiers must be a table"),
+    ({"input_estimate_margin": 0.5}, "input_estimate_margin must be a number >= 1"),
+])
+def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
+    from llmbudget.config import engine_from_config
+
+    with pytest.raises(ConfigError) as caught:
+        engine_from_config(config, source="llmbudget.toml")
+    assert message in str(caught.value) and "llmbudget.toml" in str(caught.value)

@@ -1,0 +1,136 @@
+"""Measure the semantic tier's hit decision on labeled question pairs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .verifier import Verifier
+
+__all__ = ["PRECISION_TARGETS", "auc", "eval_pairs", "load_pairs", "pair_metrics", "recall_at_precision"]
+
+logger = logging.getLogger("llmbudget.cache")
+
+PRECISION_TARGETS: tuple[str, ...] = ("0.8", "0.9", "0.95")
+
+
+def load_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str, bool]]:
+    """Read JSONL lines ``{"a": str, "b": str, "duplicate": bool}`` (blank lines skipped)."""
+    pairs: list[tuple[str, str, bool]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["a"]), str(row["b"]), bool(row["duplicate"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}}, got {line[:80]!r}'
+                ) from exc
+    return pairs
+
+
+def auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); 0.5 when one class is missing."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return 0.5
+    order = np.argsort(s, kind="mergesort")
+    _, inverse, counts = np.unique(s[order], return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = np.empty(len(s), dtype=np.float64)
+    ranks[order] = ((ends - counts + 1 + ends) / 2.0)[inverse]
+    return float((ranks[y].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def _curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and threshold at every distinct score, highest threshold first."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order].astype(np.float64)
+    cut = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
+    tp = np.cumsum(y)[cut]
+    total = max(float(y.sum()), 1.0)
+    return tp / (cut + 1), tp / total, s[cut]
+
+
+def recall_at_precision(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, target: float) -> float:
+    """Highest recall of any threshold whose precision is at least ``target`` (0.0 if none)."""
+    precision, recall, _ = _curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64))
+    ok = precision >= target
+    return float(recall[ok].max()) if ok.any() else 0.0
+
+
+def pair_metrics(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float) -> dict[str, Any]:
+    """AUC, recall at precision 0.8/0.9/0.95 and precision/recall of ``score >= threshold``.
+
+    Precision is 1.0 when no pair reaches the threshold (no wrong hits).
+    """
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    hits = s >= threshold
+    true_hits = int((hits & y).sum())
+    return {
+        "pairs": len(y),
+        "auc": auc(y, s),
+        "recall_at_precision": {t: recall_at_precision(y, s, float(t)) for t in PRECISION_TARGETS},
+        "default": {
+            "threshold": float(threshold),
+            "precision": true_hits / int(hits.sum()) if hits.any() else 1.0,
+            "recall": true_hits / int(y.sum()) if y.any() else 0.0,
+        },
+    }
+
+
+def eval_pairs(
+    path: str | os.PathLike[str],
+    *,
+    verifier: Verifier | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Score every pair of a JSONL file as the semantic tier decides a hit, with its metrics.
+
+    Each pair runs ``verifier.score(a, embed(a), b, embed(b))`` with a cold text
+    cache, the call the cache store makes for a candidate; ``score_p50_ms`` and
+    ``score_p99_ms`` time that whole step per pair, WordLlama embedding of both
+    texts included. The threshold is ``verifier.threshold`` (default: the shipped
+    verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
+    ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,
+    precision, recall), ``score_p50_ms`` and ``score_p99_ms``. ``progress(done,
+    total)`` is called every 500 pairs.
+    """
+    if verifier is None:
+        from .verifier import default_verifier
+
+        verifier = default_verifier()
+    pairs = load_pairs(path)
+    embedder = verifier.embedder
+    embedder.embed(["warm up"])
+    scores = np.empty(len(pairs), dtype=np.float64)
+    elapsed = np.empty(len(pairs), dtype=np.float64)
+    for i, (a, b, _) in enumerate(pairs):
+        verifier.clear_cache()
+        start = time.perf_counter()
+        vectors = embedder.embed([a, b])
+        scores[i] = verifier.score(a, vectors[0], b, vectors[1])
+        elapsed[i] = time.perf_counter() - start
+        if progress is not None and (i + 1) % 500 == 0:
+            progress(i + 1, len(pairs))
+    if progress is not None:
+        progress(len(pairs), len(pairs))
+    result = pair_metrics([p[2] for p in pairs], scores, verifier.threshold)
+    result["score_p50_ms"] = float(np.percentile(elapsed, 50) * 1e3) if len(pairs) else 0.0
+    result["score_p99_ms"] = float(np.percentile(elapsed, 99) * 1e3) if len(pairs) else 0.0
+    logger.debug("eval_pairs %s: %s", path, result)
+    return result
+

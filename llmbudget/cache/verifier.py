@@ -1,0 +1,506 @@
+"""The semantic tier's hit decision: P(two questions ask the same thing).
+
+A pair is described by WordLlama similarities (pooled cosine, IDF-weighted
+cosine, token alignment, unmatched tokens) and cheap lexical checks (numbers,
+symbols, negation, capitalised names, question word, overlaps, lengths, word
+order). A linear model with per-token weights for unmatched and shared
+WordLlama tokens is stacked under gradient-boosted trees; everything runs in
+numpy from ``verifier_weights.json`` (written by ``ci/train/train_verifier.py``).
+Texts with the same words once case and punctuation are folded always score at
+least the threshold.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib.resources
+import itertools
+import json
+import logging
+import math
+import re
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .embedders import WordLlamaEmbedder, _load_wordllama
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "FEATURE_NAMES",
+    "Verifier",
+    "default_verifier",
+    "score_pair",
+]
+
+logger = logging.getLogger("llmbudget.cache")
+
+_WEIGHTS_FILE = "verifier_weights.json"
+_FORMAT = "llmbudget-verifier/1"
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "cosine",  # pooled WordLlama cosine (the embedder's own vectors)
+    "token_sim_mean",  # mean token-token cosine
+    "idf_cosine",  # cosine of IDF-weighted token sums
+    "alignment",  # IDF-weighted best-match similarity of every token
+    "unmatched_max",  # largest IDF x (1 - best match) over both sides
+    "unmatched_min",  # the smaller of the two sides' largest
+    "idf_jaccard",  # IDF-weighted Jaccard of token ids
+    "unmatched_idf_sum",  # IDF mass of tokens with no exact match
+    "unmatched_idf_diff",  # |difference| of the two sides' unmatched IDF mass
+    "worst_match_min",  # lowest best-match similarity of any token, both sides
+    "worst_match_max",  # the higher of the two sides' lowest
+    "residual_cosine",  # cosine of the unmatched tokens of A and of B
+    "word_jaccard",
+    "content_jaccard",  # without stop words
+    "bigram_jaccard",
+    "trigram_jaccard",  # character 3-grams
+    "numbers_differ",  # size of the symmetric difference of number tokens
+    "numbers_any",
+    "symbols_differ",  # non-ASCII words and symbols (C vs C++, 2+2 vs 2*2, CJK)
+    "symbols_any",
+    "negation_mismatch",
+    "names_differ",  # capitalised words after the first
+    "names_jaccard",
+    "length_ratio",
+    "word_count_log_ratio",
+    "question_word_mismatch",
+    "first_word_same",
+    "last_word_same",
+    "same_words",
+    "content_unmatched_min",
+    "content_unmatched_max",
+    "content_words_min",
+    "content_words_max",
+    "order_discordance",  # share of shared content words in swapped order
+)
+
+_SAME_WORDS = FEATURE_NAMES.index("same_words")
+_OWN_EMBEDDER = WordLlamaEmbedder().name
+_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:\+\+|#)?|[^\w\s]")
+_HAS_DIGIT = re.compile(r"\d").search
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_][\x00-\x7f]*\Z").match  # else a symbol or non-ASCII
+_SKIP = frozenset("?.,!'\"’‘“”:;-()/")
+_STOP = frozenset(
+    "a an the of to in on for and or is are was were be been being do does did i you he she it "
+    "we they me my your his her its our their this that these those what which who whom whose "
+    "why how when where can could should would will shall may might must with as at by from "
+    "about into than then so if any some there here have has had am get s".split()
+)
+_NEG = frozenset(
+    "not no never none nobody nothing neither nor cannot without t dont doesnt didnt isnt "
+    "arent wasnt werent cant wont shouldnt wouldnt couldnt havent hasnt mustnt neednt".split()
+)
+_QUESTION_WORDS = frozenset(
+    "what why how when where who which whom whose is are can do does should will would could "
+    "did was".split()
+)
+_EXACT = np.float32(0.999)
+
+
+class _Text:
+    """One text, prepared once: WordLlama token ids and vectors, word-level sets."""
+
+    __slots__ = (
+        "bigrams",
+        "chars",
+        "content",
+        "contentset",
+        "diff_weight",
+        "grams",
+        "idf",
+        "ids",
+        "idset",
+        "names",
+        "negated",
+        "numbers",
+        "pooled",
+        "qword",
+        "symbols",
+        "unit",
+        "weighted",
+        "words",
+        "wordset",
+    )  # fmt: skip
+
+    ids: np.ndarray
+    idset: frozenset[int]
+    idf: np.ndarray
+    unit: np.ndarray
+    pooled: np.ndarray
+    weighted: np.ndarray
+    words: list[str]
+    wordset: frozenset[str]
+    content: list[str]
+    contentset: frozenset[str]
+    numbers: frozenset[str]
+    symbols: frozenset[str]
+    names: frozenset[str]
+    negated: bool
+    qword: str
+    grams: frozenset[str]
+    chars: int
+    bigrams: frozenset[tuple[str, str]]
+    diff_weight: float
+
+
+_UNIT_LOCK = threading.Lock()
+_UNIT_TABLES: dict[int, np.ndarray] = {}
+
+
+def _unit_rows(table: np.ndarray) -> np.ndarray:
+    """``table`` with unit-norm rows, computed once per process."""
+    with _UNIT_LOCK:
+        unit = _UNIT_TABLES.get(id(table))
+        if unit is None:
+            norms = np.linalg.norm(table, axis=1, keepdims=True)
+            unit = _UNIT_TABLES[id(table)] = (table / np.maximum(norms, 1e-6)).astype(np.float32)
+        return unit
+
+
+def _b64_array(value: str, dtype: str, shape: Sequence[int] | None = None) -> np.ndarray:
+    array = np.frombuffer(zlib.decompress(base64.b64decode(value)), dtype=np.dtype(dtype))
+    return array.reshape(shape) if shape is not None else array
+
+
+def _jaccard(a: frozenset[Any], b: frozenset[Any]) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 1.0
+
+
+def _unit_cos(a: np.ndarray, b: np.ndarray) -> float:
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denominator if denominator > 0.0 else 0.0
+
+
+class Verifier:
+    """Scores (query, candidate) question pairs in [0, 1]; a hit is ``score >= threshold``.
+
+    ``weights``: a weights mapping (default: the shipped ``verifier_weights.json``).
+    ``vectors_from``: the name of the embedder whose vectors :meth:`score` gets;
+    they feed the cosine feature only when it is the verifier's own
+    (``WordLlamaEmbedder().name``, the default), else the cosine is computed
+    from the texts. ``cache_size``: prepared texts kept for reuse (LRU).
+    """
+
+    def __init__(
+        self,
+        weights: dict[str, Any] | None = None,
+        *,
+        vectors_from: str | None = _OWN_EMBEDDER,
+        cache_size: int = 4096,
+    ) -> None:
+        data = weights if weights is not None else _shipped_weights()
+        if data.get("format") != _FORMAT:
+            raise ValueError(
+                f"verifier weights have format {data.get('format')!r}, expected {_FORMAT!r}: "
+                "regenerate them with ci/train/train_verifier.py"
+            )
+        if list(data["features"]) != list(FEATURE_NAMES):
+            raise ValueError("verifier weights were trained on other features; retrain them")
+        self.embedder = WordLlamaEmbedder()
+        if data["embedder"] != self.embedder.name:
+            raise ValueError(f"weights are for embedder {data['embedder']!r}, not {self.embedder.name!r}")
+        self.embedder_name: str = self.embedder.name
+        self.dim: int = self.embedder.dim
+        self._trust_vectors = vectors_from == self.embedder_name
+        self.threshold: float = float(data.get("threshold", 0.5))
+        self.metadata: dict[str, Any] = {k: data[k] for k in ("validation", "training") if k in data}
+
+        idf = data["idf"]
+        self._idf = (_b64_array(idf["q"], "uint8").astype(np.float32) * np.float32(idf["scale"]))
+        self._stack: dict[str, Any] | None = None
+        self._trees: tuple[float, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        if "linear" in data:
+            linear = data["linear"]
+            sparse = data["sparse"]
+            self._stack = {
+                "mean": np.asarray(linear["mean"], dtype=np.float64),
+                "std": np.asarray(linear["std"], dtype=np.float64),
+                "w": np.asarray(linear["w"], dtype=np.float64),
+                "b": float(linear["b"]),
+                "diff": _b64_array(sparse["diff"], "int8").astype(np.float64) * float(sparse["scale"]),
+                "common": _b64_array(sparse["common"], "int8").astype(np.float64) * float(sparse["scale"]),
+            }
+        if "gbdt" in data:
+            g = data["gbdt"]
+            depth, trees = int(g["depth"]), int(g["trees"])
+            inner = 2**depth - 1
+            self._trees = (  # flat arrays: tree t's node i is at t * inner + i, its leaf j at t * (inner + 1) + j
+                float(g["base"]),
+                _b64_array(g["feature"], "uint8", (trees * inner,)).astype(np.intp),
+                _b64_array(g["threshold"], "float32", (trees * inner,)).astype(np.float64),
+                _b64_array(g["leaf"], "float32", (trees * (inner + 1),)).astype(np.float64),
+                depth,
+            )
+            self._tree_index = (np.arange(trees) * inner, np.arange(trees) * (inner + 1))
+        model = _load_wordllama()
+        self._table = model.table
+        self._tokenizer = model.tokenizer
+        self._unit_table = _unit_rows(model.table)
+        self._cache: OrderedDict[str, _Text] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    def score_pair(self, a: str, b: str) -> float:
+        """Return P(``a`` and ``b`` ask the same thing), embedding both texts here."""
+        pa, pb = self._prepare(a), self._prepare(b)
+        return self._probability(self._features(pa, pb), pa, pb)
+
+    def score(
+        self,
+        query_text: str,
+        query_vec: np.ndarray | None,
+        cand_text: str,
+        cand_vec: np.ndarray | None,
+    ) -> float:
+        """Return P(same question) for a query and a stored candidate, reusing their vectors.
+
+        The vectors are the unit embeddings of the texts from ``vectors_from``
+        (WordLlama 256-d by default); ``None`` (or untrusted vectors) means the
+        cosine is computed from the texts.
+        """
+        q, c = self._prepare(query_text), self._prepare(cand_text)
+        cosine = self._vector_cosine(query_vec, cand_vec)
+        return self._probability(self._features(q, c, cosine), q, c)
+
+    def score_many(
+        self,
+        query_text: str,
+        query_vec: np.ndarray | None,
+        cand_texts: Sequence[str],
+        cand_vecs: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Return one probability per candidate (float64 array), as :meth:`score` would."""
+        q = self._prepare(query_text)
+        cands = [self._prepare(text) for text in cand_texts]
+        if not cands:
+            return np.zeros(0, dtype=np.float64)
+        rows = []
+        for i, c in enumerate(cands):
+            cosine = None if cand_vecs is None else self._vector_cosine(query_vec, cand_vecs[i])
+            rows.append(self._features(q, c, cosine))
+        return self._probabilities(np.asarray(rows, dtype=np.float64), q, cands)
+
+    def features(self, a: str, b: str) -> np.ndarray:
+        """Return the pair's feature vector, in :data:`FEATURE_NAMES` order."""
+        return np.asarray(self._features(self._prepare(a), self._prepare(b)), dtype=np.float64)
+
+    def clear_cache(self) -> None:
+        """Forget the prepared texts (token ids, word sets) kept for reuse."""
+        with self._lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _vector_cosine(self, u: np.ndarray | None, v: np.ndarray | None) -> float | None:
+        if not self._trust_vectors or u is None or v is None:
+            return None
+        if u.shape != (self.dim,) or v.shape != (self.dim,):
+            return None
+        return float(np.dot(u, v))
+
+    def _prepare(self, text: str) -> _Text:
+        with self._lock:
+            prepared = self._cache.get(text)
+            if prepared is not None:
+                self._cache.move_to_end(text)
+                return prepared
+        prepared = self._prepare_uncached(text)
+        with self._lock:
+            self._cache[text] = prepared
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return prepared
+
+    def _prepare_uncached(self, text: str) -> _Text:
+        p = _Text()
+        all_ids = self._tokenizer.encode(text, add_special_tokens=False).ids or [0]
+        unique = dict.fromkeys(all_ids)
+        ids = np.fromiter(unique, dtype=np.intp, count=len(unique))
+        rows = self._table[ids]
+        p.ids = ids
+        p.idset = frozenset(unique)
+        p.idf = self._idf[ids]
+        p.unit = self._unit_table[ids]
+        p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[all_ids].sum(axis=0)
+        p.weighted = p.idf @ rows
+        raw = _TOKEN_RE.findall(text)
+        p.words = words = [t.lower() for t in raw if t not in _SKIP]
+        p.wordset = frozenset(words)
+        p.content = [w for w in words if w not in _STOP]
+        p.contentset = frozenset(p.content)
+        p.numbers = frozenset(w.replace(",", "") for w in p.wordset if _HAS_DIGIT(w))
+        p.symbols = frozenset(w for w in p.wordset if not _PLAIN_WORD(w))
+        p.names = frozenset(t.lower() for t in raw[1:] if t[:1].isupper() and t != "I")
+        p.negated = any(w in _NEG for w in words)
+        p.qword = next((w for w in words[:4] if w in _QUESTION_WORDS), "")
+        joined = " " + " ".join(words) + " "
+        p.grams = frozenset(joined[i : i + 3] for i in range(len(joined) - 2))
+        p.bigrams = frozenset(itertools.pairwise(words))
+        p.chars = len(text)
+        p.diff_weight = 0.0
+        if self._stack is not None:
+            p.diff_weight = float(self._stack["diff"][ids].sum())
+        return p
+
+    def _features(self, a: _Text, b: _Text, cosine: float | None = None) -> list[float]:
+        sim = a.unit @ b.unit.T
+        best_a = sim.max(axis=1)
+        best_b = sim.max(axis=0)
+        wa, wb = a.idf, b.idf
+        sum_a, sum_b = float(wa.sum()), float(wb.sum())
+        alignment = float(wa @ best_a + wb @ best_b) / (sum_a + sum_b + 1e-9)
+        un_a = float((wa * (1.0 - best_a)).max())
+        un_b = float((wb * (1.0 - best_b)).max())
+        exact_a = best_a > _EXACT
+        exact_b = best_b > _EXACT
+        shared = float(wa[exact_a].sum())
+        unmatched_a = sum_a - shared
+        unmatched_b = sum_b - float(wb[exact_b].sum())
+        if not exact_a.all() and not exact_b.all():
+            loose_a, loose_b = ~exact_a, ~exact_b
+            residual = _unit_cos(wa[loose_a] @ a.unit[loose_a], wb[loose_b] @ b.unit[loose_b])
+        else:
+            residual = 1.0 if exact_a.all() and exact_b.all() else 0.0
+        if cosine is None:
+            cosine = _unit_cos(a.pooled, b.pooled)
+        ca, cb = a.contentset, b.contentset
+        only_a, only_b = len(ca - cb), len(cb - ca)
+        discordance = 0.0
+        common = [w for w in dict.fromkeys(a.content) if w in cb]
+        if len(common) > 1:
+            where = {w: i for i, w in enumerate(dict.fromkeys(b.content))}
+            seq = [where[w] for w in common]
+            n = len(seq)
+            swapped = sum(seq[i] > seq[j] for i in range(n) for j in range(i + 1, n))
+            discordance = swapped / (n * (n - 1) / 2)
+        na, nb = len(a.words), len(b.words)
+        worst_a, worst_b = float(best_a.min()), float(best_b.min())
+        return [
+            cosine,
+            float(sim.mean()),
+            _unit_cos(a.weighted, b.weighted),
+            alignment,
+            max(un_a, un_b),
+            min(un_a, un_b),
+            shared / (sum_a + sum_b - shared + 1e-9),
+            unmatched_a + unmatched_b,
+            abs(unmatched_a - unmatched_b),
+            min(worst_a, worst_b),
+            max(worst_a, worst_b),
+            residual,
+            _jaccard(a.wordset, b.wordset),
+            _jaccard(ca, cb),
+            _jaccard(a.bigrams, b.bigrams),
+            _jaccard(a.grams, b.grams),
+            float(len(a.numbers ^ b.numbers)),
+            float(bool(a.numbers or b.numbers)),
+            float(len(a.symbols ^ b.symbols)),
+            float(bool(a.symbols or b.symbols)),
+            float(a.negated != b.negated),
+            float(len(a.names ^ b.names)),
+            _jaccard(a.names, b.names),
+            min(a.chars, b.chars) / max(a.chars, b.chars, 1),
+            abs(math.log((na + 1) / (nb + 1))),
+            float(a.qword != b.qword),
+            float(a.words[:1] == b.words[:1]),
+            float(a.words[-1:] == b.words[-1:]),
+            float(a.words == b.words),
+            float(min(only_a, only_b)),
+            float(max(only_a, only_b)),
+            float(min(len(ca), len(cb))),
+            float(max(len(ca), len(cb))),
+            discordance,
+        ]
+
+    def _stack_score(self, x: np.ndarray, a: _Text, cands: Sequence[_Text]) -> np.ndarray:
+        """The linear + per-token model's logit for each row of ``x`` (query ``a`` against ``cands``)."""
+        st = self._stack
+        assert st is not None
+        out = ((x - st["mean"]) / st["std"]) @ st["w"] + st["b"]
+        diff, common = st["diff"], st["common"]
+        for i, b in enumerate(cands):
+            both = a.idset & b.idset
+            if both:
+                shared = np.fromiter(both, dtype=np.intp, count=len(both))
+                out[i] += float(common[shared].sum()) - 2.0 * float(diff[shared].sum())
+            out[i] += a.diff_weight + b.diff_weight
+        return out
+
+    def _tree_logits(self, x: np.ndarray) -> np.ndarray:
+        assert self._trees is not None
+        base, feature, threshold, leaf, depth = self._trees
+        roots, leaf_starts = self._tree_index
+        if x.shape[0] == 1:  # the common case, without 2-d indexing
+            row = x[0]
+            at = np.zeros(roots.shape[0], dtype=np.intp)
+            for level in range(depth):
+                slot = roots + (2**level - 1) + at
+                at = 2 * at + (row[feature[slot]] >= threshold[slot])
+            return np.array([base + leaf[leaf_starts + at].sum()])
+        rows = np.arange(x.shape[0])[:, None]
+        node = np.zeros((x.shape[0], roots.shape[0]), dtype=np.intp)
+        for level in range(depth):
+            slot = roots + (2**level - 1) + node
+            node = 2 * node + (x[rows, feature[slot]] >= threshold[slot])
+        return base + leaf[leaf_starts + node].sum(axis=1)
+
+    def _logits(self, x: np.ndarray, a: _Text, cands: Sequence[_Text]) -> np.ndarray:
+        if self._stack is None:
+            raise RuntimeError("these verifier weights hold no model (only the IDF table)")
+        stacked = self._stack_score(x, a, cands)
+        if self._trees is None:
+            return stacked
+        return self._tree_logits(np.concatenate([x, stacked[:, None]], axis=1))
+
+    def _probability(self, features: list[float], a: _Text, b: _Text) -> float:
+        return float(self._probabilities(np.asarray([features], dtype=np.float64), a, [b])[0])
+
+    def _probabilities(self, x: np.ndarray, a: _Text, cands: Sequence[_Text]) -> np.ndarray:
+        """Model probabilities; texts with the same words (case and punctuation folded) are hits."""
+        p = 1.0 / (1.0 + np.exp(-np.clip(self._logits(x, a, cands), -500.0, 500.0)))
+        return np.where(x[:, _SAME_WORDS] > 0.0, np.maximum(p, self.threshold), p)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_weights() -> dict[str, Any]:
+    text = importlib.resources.files("llmbudget.cache").joinpath(_WEIGHTS_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _shipped_threshold() -> float:
+    try:
+        return float(_shipped_weights()["threshold"])
+    except (FileNotFoundError, KeyError) as exc:  # pragma: no cover - broken install
+        logger.warning("verifier weights unavailable (%s); DEFAULT_THRESHOLD falls back to 0.5", exc)
+        return 0.5
+
+
+DEFAULT_THRESHOLD: float = _shipped_threshold()
+"""Score at or above which the semantic tier counts a hit (precision >= 0.90 on validation)."""
+
+_DEFAULT: Verifier | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_verifier() -> Verifier:
+    """Return the process-wide verifier built from the shipped weights (created once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = Verifier()
+    return _DEFAULT
+
+
+def score_pair(a: str, b: str) -> float:
+    """Return P(``a`` and ``b`` ask the same thing) with the shipped verifier."""
+    return default_verifier().score_pair(a, b)

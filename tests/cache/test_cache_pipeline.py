@@ -1,0 +1,121 @@
+"""The cache in the pipeline: the real SDK, the real local server behind a counting proxy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+from llmbudget.cache import Cache
+
+# The local model stops at the first newline when told to: a complete answer ("stop") that may be cached.
+ASK = dict(model="gpt-4o-mini", max_tokens=24, temperature=0, stop=["\n"])
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def cached(engine, tmp_path, llm_server):
+    engine.cache = Cache(tmp_path / "cache")
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
+                               max_retries=0)
+        yield client, server
+
+
+def test_a_repeat_is_answered_from_the_cache_without_reaching_the_server(cached, records):
+    client, server = cached
+    first = client.chat.completions.create(messages=QUESTION, **ASK)
+    assert first.choices[0].finish_reason == "stop"
+    again = client.chat.completions.create(messages=QUESTION, **ASK)
+    assert len(server.received) == 1
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert again.usage == first.usage and again.model == first.model and again.id != first.id
+    miss, hit = records
+    assert not miss.from_cache and miss.cost_usd > 0
+    assert hit.from_cache and hit.cache_tier == "exact" and hit.cost_usd == 0 and hit.saved_usd == miss.cost_usd
+
+
+def test_a_streamed_request_gets_a_streamed_hit_the_sdk_helpers_accept(cached, records):
+    client, server = cached
+    first = client.chat.completions.create(messages=QUESTION, **ASK)
+    chunks = list(client.chat.completions.create(messages=QUESTION, stream=True, **ASK))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == first.choices[0].message.content
+    with client.chat.completions.stream(messages=QUESTION, **ASK) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == first.choices[0].message.content
+    assert len(server.received) == 1 and [r.from_cache for r in records] == [False, True, True]
+
+
+def test_a_streamed_answer_is_cached_once_seen_whole(cached, records):
+    client, server = cached
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(messages=QUESTION, stream=True, **ASK) if c.choices)
+    again = client.chat.completions.create(messages=QUESTION, **ASK)
+    assert again.choices[0].message.content == streamed and len(server.received) == 1
+
+
+def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_not(cached, records):
+    client, server = cached
+    ask = lambda text: client.chat.completions.create(messages=[{"role": "user", "content": text}], **ASK)  # noqa: E731
+    ask("How do I learn Python quickly?")
+    ask("How can I learn Python fast?")
+    ask("How do I learn Java quickly?")
+    assert len(server.received) == 2
+    assert records[1].cache_tier == "semantic" and records[1].cache_score >= 0.85
+    assert not records[2].from_cache
+
+
+def test_a_different_question_is_not_answered_from_the_cache(cached, records):
+    client, server = cached
+    client.chat.completions.create(messages=[{"role": "user", "content": "What is 2+2?"}], **ASK)
+    client.chat.completions.create(messages=[{"role": "user", "content": "What is 2+3?"}], **ASK)
+    assert len(server.received) == 2 and not records[1].from_cache
+
+
+def test_tenants_system_prompts_and_scopes_keep_their_own_answers(cached, records):
+    client, server = cached
+    with llmbudget.scope(tenant="a"):
+        client.chat.completions.create(messages=QUESTION, **ASK)
+    with llmbudget.scope(tenant="b"):
+        client.chat.completions.create(messages=QUESTION, **ASK)
+    with llmbudget.scope(tenant="a"):
+        client.chat.completions.create(messages=[{"role": "system", "content": "Answer in French."}, *QUESTION],
+                                       **ASK)
+        with llmbudget.scope(cache=False):
+            client.chat.completions.create(messages=QUESTION, **ASK)
+        client.chat.completions.create(messages=QUESTION, **ASK)
+    assert len(server.received) == 4
+    assert [r.from_cache for r in records] == [False, False, False, False, True]
+
+
+def test_truncated_answers_and_sampled_requests_are_not_cached(cached, records):
+    client, server = cached
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=2)  # finish: length
+    for _ in range(2):
+        client.chat.completions.create(messages=QUESTION, **{**ASK, "temperature": 0.8})
+    assert len(server.received) == 4 and not any(r.from_cache for r in records)
+
+
+def test_async_clients_hit_too(cached, records, llm_server):
+    client, server = cached
+    client.chat.completions.create(messages=QUESTION, **ASK)
+
+    async def main() -> str:
+        async with openai.AsyncOpenAI(base_url=base_url(server), api_key="sk-test",
+                                      http_client=llmbudget.async_http_client()) as aclient:
+            answer = await aclient.chat.completions.create(messages=QUESTION, **ASK)
+            return answer.choices[0].message.content
+
+    assert asyncio.run(main()) and len(server.received) == 1 and records[-1].from_cache
+
+
+def test_invalidation(cached, records):
+    client, server = cached
+    client.chat.completions.create(messages=QUESTION, **ASK)
+    assert llmbudget.get_engine().cache.invalidate(tenant="default") == 1
+    client.chat.completions.create(messages=QUESTION, **ASK)
+    assert len(server.received) == 2

@@ -388,33 +388,37 @@ class CacheStore:
         if not found:
             return None
         ids = [key for key, _ in found]
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS}, partition, vector FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})", ids
+        conn = self._conn()
+        rows = conn.execute(  # the candidates without their (possibly long) responses
+            f"SELECT id, partition, expires, text, vector FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})",
+            ids,
         ).fetchall()
         scorer, threshold = self._scoring()
         now = self._clock()
-        live, vectors = [], []
+        live = []
         expired = False
         for row in rows:
-            if row[11] != partition:  # a 63-bit hash collision; never served across partitions
+            if row[1] != partition:  # a 63-bit hash collision; never served across partitions
                 logger.warning("cache: entry %d of another partition shares this partition's hash; ignored", row[0])
-            elif row[7] is not None and row[7] <= now:
+            elif row[2] is not None and row[2] <= now:
                 expired = True
-            elif row[12] is not None:
+            elif row[4] is not None:
                 live.append(row)
-                vectors.append(row[12])
-        best: Hit | None = None
-        if live:
-            cands = self._decode(vectors)
-            cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
-            cosines = np.clip(cands @ query, -1.0, 1.0)
-            scores = self._score(scorer, text, query, [row[4] for row in live], cands)
-            for row, score, cosine in zip(live, scores.tolist(), cosines.tolist()):
-                if score >= threshold and (best is None or (score, cosine) > (best.score, best.cosine)):
-                    best = Hit(_entry(partition, row), float(score), float(cosine))
         if expired:
             self._maybe_purge(now)
-        return best
+        if not live:
+            return None
+        cands = self._decode([row[4] for row in live])
+        cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
+        cosines = np.clip(cands @ query, -1.0, 1.0).tolist()
+        scores = self._score(scorer, text, query, [row[3] for row in live], cands).tolist()
+        best = max(range(len(live)), key=lambda i: (scores[i], cosines[i]))
+        if not scores[best] >= threshold:
+            return None
+        full = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?", (live[best][0],)).fetchone()
+        if full is None:  # deleted meanwhile
+            return None
+        return Hit(_entry(partition, full), float(scores[best]), float(cosines[best]))
 
     def put(
         self,

@@ -20,10 +20,12 @@ __all__ = [
     "PRIOR_FEATURES",
     "RequestText",
     "extract",
+    "extract_with_text",
     "extract_with_words",
     "feature_dict",
     "request_text",
     "tokens",
+    "window",
 ]
 
 #: Names of the features, in the order ``extract`` returns them.
@@ -412,13 +414,19 @@ def _last_sentence(stem: str) -> str:
     return tail
 
 
+def window(text: str) -> str:
+    """The part of a long turn the text features read: its first quarter-window and last three quarters."""
+    if len(text) > _WINDOW:
+        return text[: _WINDOW // 4] + "\n" + text[-(_WINDOW * 3 // 4):]
+    return text
+
+
 def _text_features(text: str) -> tuple[list[float], frozenset[bytes] | set[bytes]]:
     """The text features of the last user turn, in ``FEATURE_NAMES`` order, and its word set."""
     n = len(text)
     if n == 0:
         return [0.0] * _N_TEXT, _NO_WORDS
-    if n > _WINDOW:
-        text = text[: _WINDOW // 4] + "\n" + text[-(_WINDOW * 3 // 4):]
+    text = window(text)
     m = len(text)
     raw = _clean(text)
     low = text.lower()
@@ -518,8 +526,16 @@ def extract(body: Any) -> list[float]:
 
 def extract_with_words(body: Any) -> tuple[list[float], frozenset[bytes] | set[bytes]]:
     """``extract`` plus the set of lower-cased UTF-8 words of the last user turn; never raises."""
+    v, words, _ = extract_with_text(body)
+    return v, words
+
+
+def extract_with_text(body: Any) -> tuple[list[float], frozenset[bytes] | set[bytes], str]:
+    """``extract_with_words`` plus the ``window`` of the last user turn (what the router embeds); never raises."""
+    query = ""
     try:
         req = request_text(body)
+        query = req.query
         v, words = _text_features(req.query)
         context_chars = sum(map(len, req.context))
         v[1] = math.log1p((len(req.query) + context_chars) / 4.0)
@@ -547,8 +563,8 @@ def extract_with_words(body: Any) -> tuple[list[float], frozenset[bytes] | set[b
             _EFFORT.get(effort, 0.0) if isinstance(effort, str) else 0.0,
         )
     except Exception:  # a routing feature must never break a request
-        return [0.0] * _N, _NO_WORDS
-    return v, words
+        return [0.0] * _N, _NO_WORDS, ""
+    return v, words, window(query)
 
 
 _EFFORT = {"minimal": 0.0, "none": 0.0, "low": 0.33, "medium": 0.67, "high": 1.0, "xhigh": 1.0}

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from llmbudget.routing import FEATURE_NAMES, Router, eval_router, extract, feature_dict
+from llmbudget.routing import classifier
 from llmbudget.routing.classifier import load_weights
+from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors
 from llmbudget.routing.evaluate import apgr, cpt, load_labels, pgr_curve, routing_metrics
 from llmbudget.routing.features import request_text, tokens
 
@@ -182,7 +184,8 @@ def test_explain_names_features_sorted_by_size() -> None:
     router = Router()
     parts = router.explain(user("```python\nprint(1)\n```\nWhy?"), top=50)
     names = [n for n, _ in parts]
-    assert set(names) <= set(FEATURE_NAMES)
+    assert set(names) <= {*FEATURE_NAMES, "embedding"}
+    assert "embedding" in names
     sizes = [abs(v) for _, v in parts]
     assert sizes == sorted(sizes, reverse=True)
     assert router.explain(user("x"), top=0) == []
@@ -208,6 +211,83 @@ def test_weights_with_the_wrong_format_are_refused(tmp_path: Path) -> None:
     doc["features"] = [*doc["features"][:-1], "no_such_feature"]
     with pytest.raises(ValueError, match="no_such_feature"):
         Router(doc)
+
+
+def test_shipped_weights_carry_the_embedding_direction() -> None:
+    doc = load_weights()
+    assert doc["model"] == "logistic+embedding"
+    assert doc["embedding"]["vectors"] == VECTORS_NAME
+    assert len(doc["embedding"]["direction"]) == PromptVectors.dim
+    assert "embedding=on" in repr(Router())
+
+
+def test_embedding_term_moves_the_score_and_is_dropped_without_its_block() -> None:
+    body = user("Which of the following statements about eigenvalues of a Hermitian matrix is true?")
+    doc = load_weights()
+    with_emb = Router(doc)
+    without = Router({**doc, "embedding": None})
+    assert with_emb.score(body) != without.score(body)
+    assert "embedding" not in dict(without.explain(body, top=100))
+    # the term is centred: 0 for a request with no text
+    assert with_emb.score({"messages": []}) == without.score({"messages": []})
+
+
+def test_weights_for_other_prompt_vectors_are_refused() -> None:
+    doc = load_weights()
+    with pytest.raises(ValueError, match="prompt vectors"):
+        Router({**doc, "embedding": {**doc["embedding"], "vectors": "something-else"}})
+    with pytest.raises(ValueError, match="shape"):
+        Router({**doc, "embedding": {**doc["embedding"], "direction": [0.0] * 3}})
+
+
+def test_router_falls_back_to_hand_features_when_wordllama_cannot_load(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = user("Prove that the square root of 2 is irrational.")
+    doc = load_weights()
+    hand_only = Router({**doc, "embedding": None}).score(body)
+
+    def broken() -> None:
+        raise ImportError("no wordllama here")
+
+    monkeypatch.setattr(classifier, "_VECTORS", PromptVectors())
+    monkeypatch.setattr(classifier._VECTORS, "load", broken)
+    monkeypatch.setattr(classifier, "_VECTORS_BROKEN", [])
+    router = Router()
+    with caplog.at_level("WARNING", logger="llmbudget.routing"):
+        assert router.score(body) == hand_only
+        assert router.score(body) == hand_only
+    assert sum("could not be loaded" in r.getMessage() for r in caplog.records) == 1
+    assert "embedding" not in dict(router.explain(body, top=100))
+
+
+def test_prompt_vectors() -> None:
+    vectors = PromptVectors(cache_words=50)
+    v = vectors.vector("What is the capital of France?")
+    assert v is not None and v.dtype == np.float32 and v.shape == (PromptVectors.dim,)
+    assert float(np.linalg.norm(v)) == pytest.approx(1.0, abs=1e-5)
+    assert vectors.vector("") is None and vectors.vector(" \n\t ") is None
+    assert vectors.vector("\ud800 lone surrogate") is not None
+    # word by word: the same words give the same vector wherever the whitespace is
+    assert np.allclose(vectors.vector("a  b\nc"), vectors.vector("a b c"))
+    # long texts take the counted path; it matches the plain sum
+    text = " ".join(["the cat sat on the mat"] * 60)
+    ids = vectors.token_ids(text)
+    assert len(ids) > 128
+    assert vectors._table is not None
+    plain = vectors._table[ids].sum(axis=0)
+    assert np.allclose(vectors.vector(text), plain / np.linalg.norm(plain), atol=1e-5)
+    # the word cache stays bounded
+    for i in range(200):
+        vectors.vector(f"word{i}")
+    assert len(vectors._ids) <= 50
+    m = vectors.matrix(["hello world", ""])
+    assert m.shape == (2, PromptVectors.dim) and not m[1].any()
+    # close to WordLlama's own embedding of the same text
+    from llmbudget.cache.embedders import WordLlamaEmbedder
+
+    text = "Explain why the derivative of x squared is two x."
+    assert float(WordLlamaEmbedder().embed([text])[0] @ vectors.vector(text)) > 0.9
 
 
 class TableRouter:

@@ -39,11 +39,19 @@ class ResponseState:
         return "".join(self.text_parts)
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 class Adapter:
     """One OpenAI wire format: request body -> Call, response -> usage."""
 
     endpoint: str = ""
     path: str = ""
+    #: The request fields that limit output, in order of precedence.
+    limit_fields: tuple[str, ...] = ()
+    #: Whether ``n`` answers multiply the limit.
+    limit_per_choice: bool = False
 
     def parse(self, body: dict[str, Any], base_url: str) -> Call:
         model = body.get("model")
@@ -57,6 +65,11 @@ class Adapter:
         )
 
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
+        """The most output tokens the request allows (all choices together), or None when uncapped."""
+        for key in self.limit_fields:
+            value = _count(body.get(key))
+            if value is not None:
+                return value * (_count(body.get("n")) or 1 if self.limit_per_choice else 1)
         return None
 
     def input_text(self, body: dict[str, Any]) -> list[str]:

@@ -30,15 +30,8 @@ def chat_usage(raw: dict[str, Any]) -> Usage:
 class ChatAdapter(Adapter):
     endpoint = "chat.completions"
     path = "/chat/completions"
-
-    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        for key in ("max_completion_tokens", "max_tokens"):
-            value = body.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                n = body.get("n")
-                choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-                return value * choices
-        return None
+    limit_fields = ("max_completion_tokens", "max_tokens")
+    limit_per_choice = True
 
     def input_text(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []

@@ -12,14 +12,8 @@ from .chat import chat_usage
 class CompletionsAdapter(Adapter):
     endpoint = "completions"
     path = "/completions"
-
-    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        value = body.get("max_tokens")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            n = body.get("n")
-            choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-            return value * choices
-        return None
+    limit_fields = ("max_tokens",)
+    limit_per_choice = True
 
     def input_text(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []

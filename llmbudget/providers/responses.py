@@ -28,12 +28,7 @@ def responses_usage(raw: dict[str, Any]) -> Usage:
 class ResponsesAdapter(Adapter):
     endpoint = "responses"
     path = "/responses"
-
-    def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        value = body.get("max_output_tokens")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        return None
+    limit_fields = ("max_output_tokens",)
 
     def input_text(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []

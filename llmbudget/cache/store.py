@@ -183,7 +183,7 @@ class CacheStore:
         max_entries: int | None = 100_000,
         eviction: Eviction = "lru",
         ttl: float | None = None,
-        candidates: int = 4,
+        candidates: int = 2,
         min_cosine: float | None = None,
         index_dtype: IndexDType = "i8",
         exact_search_max: int = EXACT_MAX,

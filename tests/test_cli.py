@@ -1,0 +1,69 @@
+"""The `llmbudget` command: prices, report, and the eval/bench commands' JSON keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import pytest
+
+from llmbudget.calls import SpendRecord, Usage
+from llmbudget.cli import main
+from llmbudget.ledger import SQLiteLedger
+
+
+def run(capsys, *argv: str) -> tuple[int, dict]:
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_prices_known_and_unknown(capsys):
+    code, doc = run(capsys, "prices", "gpt-4o-mini", "no-such-model", "--json")
+    assert code == 1  # an unknown model is an error, not $0
+    known, unknown = doc["models"]
+    assert known == {"model": "gpt-4o-mini", "known": True, "input_per_mtok": 0.15, "cached_input_per_mtok": 0.075,
+                     "output_per_mtok": 0.6}
+    assert unknown["known"] is False and unknown["input_per_mtok"] is None
+    assert doc["prices"]["source"].startswith("genai-prices")
+    assert run(capsys, "prices", "gpt-4o-mini", "--json")[0] == 0
+
+
+def record(tenant: str, model: str, cost: str, saved: str = "0", day: float = 0.0) -> SpendRecord:
+    return SpendRecord(time=time.time() - day * 86400, endpoint="chat.completions", base_url="https://api.openai.com/v1",
+                       model_requested=model, model_sent=model, model_answered=model, usage=Usage(10, 0, 0, 5),
+                       cost_usd=Decimal(cost), latency_s=0.1, tenant=tenant, saved_usd=Decimal(saved))
+
+
+def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys):
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    for rec in (record("a", "gpt-4o", "0.01"), record("a", "gpt-4o-mini", "0.002", "0.01"),
+                record("b", "gpt-4o", "0.03", day=1)):
+        ledger.add(rec)
+    code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
+    assert code == 0
+    assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "saved_usd": pytest.approx(0.01)}
+    assert doc["model"]["gpt-4o"]["calls"] == 2 and len(doc["day"]) == 2
+    assert doc["total"] == {"calls": 3, "cost_usd": pytest.approx(0.042), "saved_usd": pytest.approx(0.01)}
+
+
+def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("How do I learn Python quickly?", "How can I learn Python fast?", True),
+            ("What is 2+2?", "What is 2+3?", False),
+            ("What is the capital of France?", "what is the capital of france", True),
+            ("How do I bake bread?", "How do I fix a bike?", False)]
+    pairs.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in rows))
+    code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "pairs", "--json")
+    assert code == 0 and doc["pairs"] == 4 and set(doc) == {
+        "pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms"}
+    assert set(doc["recall_at_precision"]) == {"0.8", "0.9", "0.95"} and doc["auc"] == 1.0
+    code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "replay", "--json")
+    assert set(doc) == {"stored", "queries", "correct_hits", "wrong_hits", "misses", "hit_precision", "hit_recall",
+                        "lookup_p50_ms", "lookup_p99_ms"}
+    assert doc["stored"] == 4 and doc["wrong_hits"] == 0 and doc["correct_hits"] >= 1
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["eval", "cache", str(tmp_path / "missing.jsonl"), "--json"]) == 2
+    assert "llmbudget eval:" in capsys.readouterr().err

@@ -181,6 +181,95 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(ns: argparse.Namespace) -> int:
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise ValueError("replay sends every request through the openai SDK; install it: "
+                         "pip install 'llmbudget[openai]'") from None
+    from .replay import replay
+
+    if ns.json:
+        result = replay(ns.traffic, ns.policy)
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            tid = bar.add_task(ns.traffic, total=None)
+            result = replay(ns.traffic, ns.policy,
+                            progress=lambda done, total: bar.update(tid, completed=done, total=total))
+    if ns.html:
+        from pathlib import Path
+
+        from .report_html import render_html
+
+        Path(ns.html).write_text(render_html(result, traffic=ns.traffic, policy=ns.policy), encoding="utf-8")
+    if ns.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        _print_replay(result, ns)
+    if result.missing:
+        print(f"llmbudget replay: {result.missing} request(s) went to a model with no recorded answer; each was "
+              "answered with the recorded answer of the model closest in price, priced as the model sent",
+              file=sys.stderr)
+    return 0
+
+
+def _print_replay(result: Any, ns: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    console = _console()
+    summary = result.summary()
+    baseline, actual = result.baseline_usd, result.actual_usd
+
+    def usd(value: Decimal) -> str:
+        return f"${value:.6f}"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}%"
+
+    table = Table(title=f"replay of {ns.traffic} under {ns.policy}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    quality = summary["quality"]
+    for name, value in (
+        ("requests", str(summary["calls"])),
+        ("cost without llmbudget", usd(baseline)),
+        ("cost with llmbudget", usd(actual)),
+        ("saved", f"{usd(baseline - actual)} ({summary['savings_pct']:.1f}%)"),
+        ("cache hits: exact", str(summary["cache"]["exact"])),
+        ("cache hits: semantic", str(summary["cache"]["semantic"])),
+        ("cache hits: wrong (another group)", str(summary["cache"]["wrong"])),
+        ("routed to another model", str(summary["routed"])),
+        ("output capped", str(summary["capped"])),
+        ("refused by a budget", str(result.refused)),
+        ("accuracy without llmbudget", pct(None if quality["baseline_accuracy"] is None
+                                           else quality["baseline_accuracy"] * 100)),
+        ("accuracy with llmbudget", pct(None if quality["accuracy"] is None else quality["accuracy"] * 100)),
+        ("quality kept", pct(quality["kept_pct"])),
+    ):
+        table.add_row(name, value)
+    console.print(table)
+    by_model = Table(title="by model (asked for / sent to)")
+    for column in ("model", "asked", "sent", "cache hits", "without", "with"):
+        by_model.add_column(column, justify="left" if column == "model" else "right")
+    for name, row in result.by("model").items():
+        by_model.add_row(name, str(row["requests"]), str(row["sent"]), str(row["cache_hits"]),
+                         usd(row["baseline_usd"]), usd(row["actual_usd"]))
+    console.print(by_model)
+    by_tenant = Table(title="by tenant")
+    for column in ("tenant", "requests", "cache hits", "without", "with", "saved"):
+        by_tenant.add_column(column, justify="left" if column == "tenant" else "right")
+    for name, row in result.by("tenant").items():
+        by_tenant.add_row(name, str(row["requests"]), str(row["cache_hits"]), usd(row["baseline_usd"]),
+                          usd(row["actual_usd"]), usd(row["baseline_usd"] - row["actual_usd"]))
+    console.print(by_tenant)
+    console.print(f"prices: {result.prices}; {len(result.lines)} requests replayed in {result.seconds:.1f} s"
+                  + (f"; report written to {ns.html}" if ns.html else ""))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmbudget", description="Cut and control what an app spends on LLM APIs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +314,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("ledger", help="the ledger file (ledger = ... in the policy)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(handler=_report)
+
+    replay = commands.add_parser("replay", help="replay recorded traffic through a policy: what it saves and keeps")
+    replay.add_argument("traffic", help='JSONL lines {"request", "responses": {MODEL: body}, "tenant", "group", '
+                        '"correct"}')
+    replay.add_argument("--policy", required=True, help="the policy file (llmbudget.toml or pyproject.toml)")
+    replay.add_argument("--json", action="store_true", help="print one JSON object")
+    replay.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report with charts")
+    replay.set_defaults(handler=_replay)
     return parser
 
 

@@ -1,0 +1,464 @@
+"""``llmbudget replay``: run recorded traffic through the real pipeline, offline, and measure a policy.
+
+Each line of a traffic file is one chat request an app sent, with the answers
+recorded from one or more models::
+
+    {"request": {...OpenAI chat request body...}, "endpoint": "chat.completions",
+     "tenant": "acme", "group": "q-17",
+     "responses": {"gpt-4o": {...chat.completion...}, "gpt-4.1-nano": {...}},
+     "correct": {"gpt-4o": true, "gpt-4.1-nano": false}}
+
+The replay sends every line, in order, with the real openai SDK through
+:func:`llmbudget.http_client` inside :func:`llmbudget.scope` (tenant, the
+policy's budgets). Below llmbudget, instead of the network, a transport
+answers with the recorded response of whichever model the request names by
+then (after routing); a model without a recorded response gets the closest
+recorded one by price and is counted. The cache starts empty in a temporary
+folder; the policy's ledger and budget store files are never touched.
+
+The baseline is what each request would have cost as the app wrote it: the
+usage of the requested model's recorded answer at that model's price.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .calls import SpendRecord, Usage
+from .config import ConfigError, Policy, load_config
+from .pipeline import Engine, set_engine
+from .providers.chat import chat_usage
+
+__all__ = ["BASE_URL", "LineResult", "ReplayResult", "TrafficError", "TrafficLine", "load_traffic", "replay"]
+
+#: The base URL the replayed client talks to (nothing leaves the process).
+BASE_URL = "https://api.openai.com/v1"
+_LINE_KEYS = frozenset({"request", "endpoint", "tenant", "group", "responses", "correct", "meta"})
+_NOT_REPLAYED = frozenset({"stream", "stream_options"})
+Progress = Callable[[int, int], None]
+
+
+class TrafficError(ValueError):
+    """A traffic file that cannot be replayed; the message names the file and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficLine:
+    """One recorded request: what was asked, by whom, and the answers of each model."""
+
+    number: int
+    request: dict[str, Any]
+    responses: dict[str, dict[str, Any]]
+    endpoint: str = "chat.completions"
+    tenant: str | None = None
+    group: str | None = None
+    correct: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        """The model the app asked for."""
+        return str(self.request["model"])
+
+
+@dataclass(slots=True)
+class LineResult:
+    """What the policy did with one line, and what it cost."""
+
+    line: TrafficLine
+    cost_usd: Decimal = Decimal(0)
+    baseline_usd: Decimal = Decimal(0)
+    model_sent: str | None = None
+    #: The model whose recorded answer was served (for a cache hit: the one that answered the source line).
+    answered_by: str | None = None
+    cache_tier: str | None = None
+    #: For a cache hit, the index (in replay order) of the line whose answer was served.
+    source: int | None = None
+    wrong: bool = False
+    routed: bool = False
+    capped: bool = False
+    refused: bool = False
+    missing: bool = False
+    correct: bool | None = None
+    baseline_correct: bool | None = None
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """Every line's outcome, and the figures ``--json`` prints."""
+
+    lines: list[LineResult]
+    seconds: float = 0.0
+    prices: str = ""
+
+    @property
+    def baseline_usd(self) -> Decimal:
+        return sum((r.baseline_usd for r in self.lines), Decimal(0))
+
+    @property
+    def actual_usd(self) -> Decimal:
+        return sum((r.cost_usd for r in self.lines), Decimal(0))
+
+    @property
+    def refused(self) -> int:
+        return sum(r.refused for r in self.lines)
+
+    @property
+    def missing(self) -> int:
+        return sum(r.missing for r in self.lines)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` document (its keys are stable)."""
+        baseline, actual = self.baseline_usd, self.actual_usd
+        judged = [r for r in self.lines if r.baseline_correct is not None and r.correct is not None]
+        base_acc = sum(bool(r.baseline_correct) for r in judged) / len(judged) if judged else None
+        acc = sum(bool(r.correct) for r in judged) / len(judged) if judged else None
+        kept = acc / base_acc * 100 if acc is not None and base_acc else None
+        return {
+            "calls": len(self.lines),
+            "baseline_usd": _usd(baseline),
+            "actual_usd": _usd(actual),
+            "savings_pct": round(float((baseline - actual) / baseline * 100), 2) if baseline else 0.0,
+            "cache": {
+                "exact": sum(r.cache_tier == "exact" for r in self.lines),
+                "semantic": sum(r.cache_tier == "semantic" for r in self.lines),
+                "wrong": sum(r.wrong for r in self.lines),
+            },
+            "routed": sum(r.routed for r in self.lines),
+            "capped": sum(r.capped for r in self.lines),
+            "quality": {
+                "baseline_accuracy": _ratio(base_acc),
+                "accuracy": _ratio(acc),
+                "kept_pct": round(kept, 2) if kept is not None else None,
+            },
+        }
+
+    def by(self, key: str) -> dict[str, dict[str, Any]]:
+        """Calls and spend per ``"tenant"`` or ``"model"``: baseline by the model asked for, actual by the one sent."""
+        rows: dict[str, dict[str, Any]] = {}
+
+        def row(name: str) -> dict[str, Any]:
+            return rows.setdefault(name, {"requests": 0, "sent": 0, "cache_hits": 0, "baseline_usd": Decimal(0),
+                                          "actual_usd": Decimal(0)})
+
+        for result in self.lines:
+            if key == "tenant":
+                name = result.line.tenant or "-"
+                asked = sent = row(name)
+            elif key == "model":
+                asked = row(result.line.model)
+                sent = row(result.model_sent or result.line.model)
+            else:
+                raise ValueError(f"by({key!r}): expected 'tenant' or 'model'")
+            asked["requests"] += 1
+            asked["baseline_usd"] += result.baseline_usd
+            if result.cache_tier:
+                asked["cache_hits"] += 1
+            elif not result.refused:
+                sent["sent"] += 1
+            sent["actual_usd"] += result.cost_usd
+        return dict(sorted(rows.items()))
+
+    def cumulative(self) -> list[tuple[Decimal, Decimal]]:
+        """(baseline, actual) spend after each line, in replay order."""
+        out: list[tuple[Decimal, Decimal]] = []
+        base = actual = Decimal(0)
+        for result in self.lines:
+            base += result.baseline_usd
+            actual += result.cost_usd
+            out.append((base, actual))
+        return out
+
+
+def _usd(value: Decimal) -> float:
+    return float(round(value, 10))
+
+
+def _ratio(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
+
+
+# -- reading traffic ------------------------------------------------------------------------------
+
+
+def _fail(source: str, number: int, message: str) -> TrafficError:
+    return TrafficError(f"{source} line {number}: {message}")
+
+
+def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLine:
+    """One traffic line, checked; a :class:`TrafficError` naming the line and what was expected otherwise."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise _fail(source, number, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _fail(source, number, f"expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - _LINE_KEYS
+    if unknown:
+        raise _fail(source, number, f"unknown keys {sorted(unknown)}; expected some of {sorted(_LINE_KEYS)}")
+    endpoint = data.get("endpoint", "chat.completions")
+    if endpoint != "chat.completions":
+        raise _fail(source, number, f"endpoint {endpoint!r} is not supported; expected 'chat.completions'")
+    request = data.get("request")
+    if not isinstance(request, dict):
+        raise _fail(source, number, "'request' must be an OpenAI chat request body (a JSON object)")
+    if not isinstance(request.get("model"), str) or not request["model"]:
+        raise _fail(source, number, "'request' has no 'model' (the model the app asked for)")
+    if not isinstance(request.get("messages"), list) or not request["messages"]:
+        raise _fail(source, number, "'request' has no 'messages' list")
+    responses = data.get("responses")
+    if not isinstance(responses, dict) or not responses:
+        raise _fail(source, number, "'responses' must be an object {MODEL: recorded chat.completion body}")
+    for model, body in responses.items():
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            raise _fail(source, number, f"responses[{model!r}] is not a chat.completion body (no 'choices')")
+        if not isinstance(body.get("usage"), dict):
+            raise _fail(source, number, f"responses[{model!r}] has no 'usage'; replay prices answers from it")
+    for key in ("tenant", "group"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise _fail(source, number, f"'{key}' must be a string, got {data[key]!r}")
+    correct = data.get("correct") or {}
+    if not isinstance(correct, dict) or not all(isinstance(v, bool) for v in correct.values()):
+        raise _fail(source, number, "'correct' must be an object {MODEL: true|false}")
+    return TrafficLine(number=number, request=request, responses=responses, endpoint=endpoint,
+                       tenant=data.get("tenant") or None, group=data.get("group"), correct=correct)
+
+
+def load_traffic(path: str | Path) -> list[TrafficLine]:
+    """Every line of a traffic JSONL file (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such traffic file; expected JSONL lines "
+                                '{"request": ..., "responses": {MODEL: ...}}')
+    lines = []
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, 1):
+            if text.strip():
+                lines.append(parse_line(text, number=number, source=str(path)))
+    if not lines:
+        raise TrafficError(f"{path}: no traffic lines")
+    return lines
+
+
+# -- the policy -----------------------------------------------------------------------------------
+
+
+def _policy(path: Path, cache_dir: str) -> tuple[Policy, Engine]:
+    """The policy and its engine, with the replay's own cache folder and no files of the app's."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such policy file; expected an llmbudget.toml or a pyproject.toml")
+    config = dict(load_config(path))
+    config.pop("ledger", None)  # the replay must not write the app's ledger
+    config.pop("budget_store", None)  # ... nor spend the app's budgets
+    cache = config.get("cache")
+    if cache is True:
+        config["cache"] = {"path": cache_dir}
+    elif isinstance(cache, Mapping):
+        config["cache"] = {**cache, "path": cache_dir}
+    policy = Policy.from_config(config, source=str(path), root=path.parent)
+    return policy, policy.engine or Engine()
+
+
+class _StoreTap:
+    """Wraps a cache store: which replay line stored each entry, and which entry a hit read."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.line = -1
+        self.sources: dict[int, int] = {}
+        self.hit_entry: int | None = None
+
+    def put(self, **options: Any) -> int:
+        entry_id = int(self._store.put(**options))
+        self.sources[entry_id] = self.line
+        return entry_id
+
+    def record_hit(self, entry_id: int) -> None:
+        self.hit_entry = entry_id
+        self._store.record_hit(entry_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+# -- the transport below llmbudget ----------------------------------------------------------------
+
+
+class _Answers:
+    """The line being replayed, and how its recorded answers are handed out."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.line: TrafficLine | None = None
+        self.answered_by: str | None = None
+        self.missing = False
+        self._prices: dict[str, float] = {}
+
+    def _output_price(self, model: str) -> float:
+        if model not in self._prices:
+            usd = self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=BASE_URL).usd
+            self._prices[model] = max(float(usd), 1e-9)
+        return self._prices[model]
+
+    def pick(self, line: TrafficLine, model: str) -> tuple[str, bool]:
+        """The recorded model that answers a request for ``model``, and whether it is a stand-in."""
+        if model in line.responses:
+            return model, False
+        target = math.log(self._output_price(model))
+        best = min(line.responses, key=lambda m: abs(math.log(self._output_price(m)) - target))
+        return best, True
+
+    def answer(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Status and body for one request that reached the network."""
+        line = self.line
+        if line is None or not path.rstrip("/").endswith("/chat/completions"):
+            return 404, json.dumps({"error": {"message": f"replay: nothing recorded for {path}",
+                                              "type": "not_found"}}).encode()
+        model = str(json.loads(body).get("model") or line.model)
+        chosen, missing = self.pick(line, model)
+        self.answered_by, self.missing = chosen, self.missing or missing
+        response = line.responses[chosen]
+        if missing:  # served as the model the request named, so it is priced as that model
+            response = {**response, "model": model}
+        return 200, json.dumps(response).encode()
+
+
+def _transport(answers: _Answers) -> Any:
+    """An inner transport of the openai SDK's HTTP library that answers from the recording."""
+    import openai
+
+    module = _http_module(openai.DefaultHttpxClient)
+
+    class RecordedTransport(module.BaseTransport):  # type: ignore[name-defined,misc]
+        """Answers each request with the recorded response of the model it names."""
+
+        def handle_request(self, request: Any) -> Any:
+            status, content = answers.answer(request.url.path, request.read())
+            return module.Response(status, headers={"content-type": "application/json"}, content=content,
+                                   request=request)
+
+    return RecordedTransport()
+
+
+def _http_module(client_class: type) -> Any:
+    import importlib
+
+    for base in client_class.__mro__:
+        root = base.__module__.split(".")[0]
+        if base.__name__ == "Client" and root in ("httpx2", "httpx"):
+            return importlib.import_module(root)
+    raise ImportError(f"cannot tell which HTTP library {client_class!r} is built on (httpx2 or httpx)")
+
+
+def _call_options(create: Callable[..., Any], request: Mapping[str, Any]) -> dict[str, Any]:
+    """``create(**options)`` arguments for a raw request body (unknown fields go in ``extra_body``)."""
+    known = set(inspect.signature(create).parameters) - {"extra_headers", "extra_query", "extra_body", "timeout"}
+    options = {k: v for k, v in request.items() if k in known and k not in _NOT_REPLAYED}
+    extra = {k: v for k, v in request.items() if k not in known and k not in _NOT_REPLAYED}
+    if extra:
+        options["extra_body"] = extra
+    return options
+
+
+# -- the replay -----------------------------------------------------------------------------------
+
+
+def replay(traffic: str | Path | Iterable[TrafficLine], policy: str | Path, *,
+           progress: Progress | None = None) -> ReplayResult:
+    """Replay traffic under a policy file; see the module docstring for what is measured."""
+    import openai
+
+    from .interception import http_client
+    from .refusals import budget_refusal
+    from .scope import scope
+
+    lines = load_traffic(traffic) if isinstance(traffic, (str, Path)) else list(traffic)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmbudget-replay-") as cache_dir:
+        policy_obj, engine = _policy(Path(policy), cache_dir)
+        tap = None
+        if engine.cache is not None:
+            tap = _StoreTap(engine.cache.store)
+            engine.cache.store = tap
+        records: list[SpendRecord] = []
+        engine.add_observer(records.append)
+        answers = _Answers(engine)
+        client = openai.OpenAI(api_key="sk-replay", base_url=BASE_URL, max_retries=0,
+                               http_client=http_client(transport=_transport(answers)))
+        previous = set_engine(engine)
+        results: list[LineResult] = []
+        try:
+            for index, line in enumerate(lines):
+                answers.line, answers.answered_by, answers.missing = line, None, False
+                if tap is not None:
+                    tap.line, tap.hit_entry = index, None
+                records.clear()
+                result = LineResult(line)
+                with scope(tenant=line.tenant, budgets=policy_obj.budgets, on_budget=policy_obj.on_budget,
+                           downgrade_to=policy_obj.downgrade_to,
+                           cap_min_output_tokens=policy_obj.cap_min_output_tokens):
+                    try:
+                        client.chat.completions.create(**_call_options(client.chat.completions.create,
+                                                                       line.request))
+                    except openai.APIStatusError as exc:
+                        if budget_refusal(exc) is None:
+                            raise TrafficError(f"line {line.number}: the replayed call failed: {exc}") from None
+                        result.refused = True
+                _settle(result, records, answers, tap, results, engine)
+                results.append(result)
+                if progress is not None:
+                    progress(index + 1, len(lines))
+        finally:
+            set_engine(previous)
+            client.close()
+            if engine.cache is not None:
+                store = engine.cache.store
+                if hasattr(store, "close"):
+                    store.close()
+    snapshot = engine.pricing.snapshot
+    return ReplayResult(results, seconds=time.perf_counter() - started,
+                        prices=f"{snapshot.source}, as of {snapshot.as_of}")
+
+
+def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, tap: _StoreTap | None,
+            done: list[LineResult], engine: Engine) -> None:
+    """Fill a line's result from its spend record and the recording."""
+    line = result.line
+    baseline_model, stand_in = answers.pick(line, line.model)
+    usage = chat_usage(line.responses[baseline_model]["usage"])
+    result.baseline_usd = engine.pricing.cost(usage, model=line.model, base_url=BASE_URL).usd
+    result.missing = stand_in or answers.missing
+    result.baseline_correct = line.correct.get(baseline_model)
+    record = records[-1] if records else None
+    if record is None:  # refused by a budget: nothing served
+        result.correct = False if line.correct else None
+        return
+    result.cost_usd = record.cost_usd
+    result.model_sent = record.model_sent
+    result.routed, result.capped = record.routed, record.capped
+    if not record.from_cache:
+        result.answered_by = answers.answered_by
+        result.correct = line.correct.get(answers.answered_by) if answers.answered_by else None
+        return
+    result.cache_tier = record.cache_tier
+    source_index = tap.sources.get(tap.hit_entry) if tap is not None and tap.hit_entry is not None else None
+    if source_index is None or source_index < 0:
+        result.correct = None
+        return
+    source = done[source_index]
+    result.source, result.answered_by = source_index, source.answered_by
+    result.wrong = line.group is not None and source.line.group is not None and line.group != source.line.group
+    if result.wrong:
+        result.correct = False if line.correct else None
+    elif source.correct is not None:
+        result.correct = source.correct
+    else:
+        result.correct = line.correct.get(source.answered_by) if source.answered_by else None

@@ -1,0 +1,217 @@
+"""``llmbudget replay``: the real pipeline, offline, on a slice of the bundled sample traffic."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+
+from llmbudget.cli import main
+from llmbudget.replay import ReplayResult, TrafficError, load_traffic, replay
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "traffic" / "sample.jsonl"
+POLICY = ROOT / "fixtures" / "traffic" / "llmbudget.toml"
+CACHE_ONLY = "[cache]\nsemantic = true\n"
+
+
+def _sample() -> list[dict[str, Any]]:
+    return [json.loads(text) for text in SAMPLE.read_text(encoding="utf-8").splitlines() if text.strip()]
+
+
+def _slice() -> list[dict[str, Any]]:
+    """About 50 lines in sample order: a few groups asked more than once, near misses, labeled prompts."""
+    lines = _sample()
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line["group"]] = counts.get(line["group"], 0) + 1
+    repeated = [g for g in dict.fromkeys(line["group"] for line in lines) if counts[g] > 1][:14]
+    near = [g for g in dict.fromkeys(line["group"] for line in lines) if g.startswith("qqp-near-")][:6]
+    labeled = [g for g in dict.fromkeys(line["group"] for line in lines if "correct" in line)][:14]
+    keep = set(repeated) | set(near) | set(labeled)
+    return [line for line in lines if line["group"] in keep]
+
+
+def _write(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The slice replayed once through the command (--json --html) and once through the API."""
+    folder = tmp_path_factory.mktemp("replay")
+    lines = _slice()
+    traffic = _write(folder / "traffic.jsonl", lines)
+    html = folder / "report.html"
+    code, out = _cli("replay", str(traffic), "--policy", str(POLICY), "--json", "--html", str(html))
+    assert code == 0
+    return {"lines": lines, "summary": json.loads(out), "html": html,
+            "result": replay(traffic, POLICY)}
+
+
+def test_the_sample_is_small_and_recorded() -> None:
+    lines = load_traffic(SAMPLE)
+    assert 150 <= len(lines) <= 250
+    assert SAMPLE.stat().st_size < 1_500_000
+    for line in lines:
+        assert set(line.responses) == {"gpt-4o", "gpt-4.1-nano"}
+        assert all(r["id"].startswith("chatcmpl-") and r["usage"]["completion_tokens"] > 0
+                   for r in line.responses.values())
+
+
+def test_json_has_exactly_the_documented_keys(sliced: dict[str, Any]) -> None:
+    summary = sliced["summary"]
+    assert list(summary) == ["calls", "baseline_usd", "actual_usd", "savings_pct", "cache", "routed", "capped",
+                             "quality"]
+    assert list(summary["cache"]) == ["exact", "semantic", "wrong"]
+    assert list(summary["quality"]) == ["baseline_accuracy", "accuracy", "kept_pct"]
+    assert summary["calls"] == len(sliced["lines"])
+    assert all(isinstance(summary[k], int) for k in ("calls", "routed", "capped"))
+    assert all(isinstance(summary[k], float) for k in ("baseline_usd", "actual_usd", "savings_pct"))
+
+
+def test_the_policy_saves_money(sliced: dict[str, Any]) -> None:
+    summary = sliced["summary"]
+    assert summary["baseline_usd"] >= summary["actual_usd"] > 0
+    expected = (summary["baseline_usd"] - summary["actual_usd"]) / summary["baseline_usd"] * 100
+    assert summary["savings_pct"] == pytest.approx(expected, abs=0.01)
+    assert summary["routed"] > 0
+    assert summary["capped"] == 0  # the sample policy sets no caps
+    assert sliced["result"].summary() == summary  # the API and the command agree
+
+
+def test_cache_hits_are_counted_and_stay_inside_a_tenant(sliced: dict[str, Any]) -> None:
+    summary, result = sliced["summary"], sliced["result"]
+    assert isinstance(result, ReplayResult)
+    seen: set[tuple[str, str]] = set()
+    repeats = 0
+    for line in sliced["lines"]:
+        key = (line["tenant"], json.dumps(line["request"], sort_keys=True))
+        repeats += key in seen and all(r["choices"][0]["finish_reason"] == "stop" for r in line["responses"].values())
+        seen.add(key)
+    assert repeats > 0
+    assert summary["cache"]["exact"] + summary["cache"]["semantic"] >= repeats
+    hits = [r for r in result.lines if r.cache_tier]
+    assert len(hits) == summary["cache"]["exact"] + summary["cache"]["semantic"]
+    for hit in hits:
+        assert hit.cost_usd == 0 and hit.baseline_usd > 0
+        assert hit.source is not None
+        source = result.lines[hit.source]
+        assert source.line.tenant == hit.line.tenant and not source.cache_tier
+    assert summary["cache"]["wrong"] == sum(r.wrong for r in result.lines)
+
+
+def test_quality_figures(sliced: dict[str, Any]) -> None:
+    quality = sliced["summary"]["quality"]
+    labeled = [line for line in sliced["lines"] if "correct" in line]
+    assert labeled
+    assert quality["baseline_accuracy"] == pytest.approx(
+        sum(line["correct"]["gpt-4o"] for line in labeled) / len(labeled), abs=1e-4)
+    judged = [r for r in sliced["result"].lines if r.line.correct]
+    assert quality["accuracy"] == pytest.approx(sum(bool(r.correct) for r in judged) / len(judged), abs=1e-4)
+    assert quality["kept_pct"] == pytest.approx(quality["accuracy"] / quality["baseline_accuracy"] * 100, abs=0.01)
+    for result in judged:  # a routed answer is judged by the label of the model that gave it
+        if not result.cache_tier:
+            assert result.correct == result.line.correct[result.answered_by]
+
+
+def test_html_report_is_self_contained(sliced: dict[str, Any]) -> None:
+    html = sliced["html"].read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert html.count("<svg") == 4  # total, by model, by tenant, over the replay
+    assert "<script" not in html and "<link" not in html and "<img" not in html
+    assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    for chunk in html.split("<svg")[1:]:
+        ElementTree.fromstring("<svg" + chunk.split("</svg>")[0] + "</svg>")  # well-formed SVG
+    for tenant in {line["tenant"] for line in sliced["lines"]}:
+        assert tenant in html
+
+
+def _line(line: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**json.loads(json.dumps(line)), **changes}
+
+
+def test_a_hit_from_another_group_is_wrong(tmp_path: Path) -> None:
+    base = next(line for line in _sample() if line.get("correct", {}).get("gpt-4o")
+                and line["responses"]["gpt-4o"]["choices"][0]["finish_reason"] == "stop")
+    lines = [base, _line(base, group="another question"), _line(base)]
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text(CACHE_ONLY, encoding="utf-8")
+    code, out = _cli("replay", str(_write(tmp_path / "t.jsonl", lines)), "--policy", str(policy), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["cache"] == {"exact": 2, "semantic": 0, "wrong": 1}
+    assert summary["routed"] == 0
+    assert summary["actual_usd"] == pytest.approx(summary["baseline_usd"] / 3)
+    assert summary["quality"] == {"baseline_accuracy": 1.0, "accuracy": 0.6667, "kept_pct": 66.67}
+
+
+def test_a_model_without_a_recorded_answer_gets_a_stand_in(tmp_path: Path) -> None:
+    base = _sample()[0]
+    line = _line(base, responses={"gpt-4.1-nano": base["responses"]["gpt-4.1-nano"]})
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text("", encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", [line]), policy)
+    assert result.missing == 1
+    # the stand-in answer is priced as the model the request went to (gpt-4o), like the baseline
+    assert result.actual_usd == result.baseline_usd > 0
+
+
+def test_text_output_has_tables(tmp_path: Path) -> None:
+    traffic = _write(tmp_path / "t.jsonl", _slice()[:5])
+    code, out = _cli("replay", str(traffic), "--policy", str(POLICY))
+    assert code == 0
+    for text in ("cost without llmbudget", "cost with llmbudget", "by model", "by tenant", "quality kept"):
+        assert text in out
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}}', "'responses'"),
+        ('{"request": {"messages": [{"role": "user", "content": "hi"}]}, "responses": {}}', "no 'model'"),
+        ('{"request": {"model": "gpt-4o", "messages": []}, "responses": {}}', "no 'messages'"),
+        ('{"endpoint": "embeddings", "request": {}, "responses": {}}', "endpoint 'embeddings' is not supported"),
+        ('{"reqest": {}, "responses": {}}', "unknown keys ['reqest']"),
+        ('{"request": {"model": "m", "messages": [1]}, "responses": {"m": {"choices": []}}}', "no 'usage'"),
+        (('{"request": {"model": "m", "messages": [1]}, "responses": {"m": {"choices": [], "usage": {}}}, '
+          '"correct": {"m": "yes"}}'), "'correct' must be"),
+    ],
+)
+def test_bad_lines_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str, message: str) -> None:
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_text(json.dumps(_sample()[0]) + "\n\n" + bad + "\n", encoding="utf-8")
+    with pytest.raises(TrafficError, match=f"t.jsonl line 3: .*{_escape(message)}"):
+        load_traffic(traffic)
+    assert main(["replay", str(traffic), "--policy", str(POLICY), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "llmbudget replay:" in err and "line 3" in err and message in err
+
+
+def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path / "none.jsonl"), "--policy", str(POLICY), "--json"]) == 2
+    assert "no such traffic file" in capsys.readouterr().err
+    traffic = _write(tmp_path / "t.jsonl", _sample()[:1])
+    assert main(["replay", str(traffic), "--policy", str(tmp_path / "none.toml"), "--json"]) == 2
+    assert "no such policy file" in capsys.readouterr().err
+
+
+def _escape(text: str) -> str:
+    import re
+
+    return re.escape(text)

@@ -157,7 +157,7 @@ def llama_server(
     embedding: bool = False,
     n_ctx: int = 2048,
     port: int | None = None,
-    n_threads: int = 2,
+    n_threads: int = 1,
     startup_timeout: float = _STARTUP_TIMEOUT,
 ) -> Iterator[str]:
     """Run llama_cpp.server on 127.0.0.1 and yield its base URL (ending in ``/v1``).

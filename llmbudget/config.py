@@ -9,6 +9,7 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
     default_tenant = "default"           # tenant of calls no request names one for
     ledger = ".llmbudget/ledger.db"      # SQLite ledger file (default: in memory)
     budget_store = ".llmbudget/budgets.db"  # SQLite budget counters shared by the host's processes
+    # or Redis, shared by every host: "redis://host:6379/0?prefix=myapp:&on_unavailable=open" (rediss:// for TLS)
     [prices]                             # USD per 1M tokens; keys: model glob, base URL, or "URL glob"
     "gemma-3-*" = { input = 0.10, output = 0.40 }
     [unknown_model_price]                # charged, with a warning, for a model nothing prices
@@ -497,6 +498,21 @@ def _path(value: Any, key: str, source: str, root: Path | None) -> Path | None:
     return root / path if root is not None and not path.is_absolute() else path
 
 
+def _redis_url(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.startswith(("redis://", "rediss://")) else None
+
+
+def _redis_backend(key: str, url: str, source: str) -> Any:
+    try:
+        from .ledger.redis import RedisBudgetStore, RedisLedger
+
+        return RedisLedger(url) if key == "ledger" else RedisBudgetStore(url)
+    except ImportError:
+        raise ConfigError(f"{source}: {key} = {url!r} needs redis-py: pip install redis") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
+
+
 def engine_from_config(config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None) -> Engine:
     """An Engine from a config table, with errors that name the file and the key.
 
@@ -519,8 +535,10 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     default_tenant = config.get("default_tenant", "default")
     if not isinstance(default_tenant, str) or not default_tenant:
         raise ConfigError(f"{source}: default_tenant must be a non-empty string, got {default_tenant!r}")
-    ledger_path = _path(config.get("ledger"), "ledger", source, root)
-    store_path = _path(config.get("budget_store"), "budget_store", source, root)
+    ledger_url = _redis_url(config.get("ledger"))
+    store_url = _redis_url(config.get("budget_store"))
+    ledger_path = None if ledger_url else _path(config.get("ledger"), "ledger", source, root)
+    store_path = None if store_url else _path(config.get("budget_store"), "budget_store", source, root)
     margin = config.get("input_estimate_margin", 1.25)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 1:
         raise ConfigError(f"{source}: input_estimate_margin must be a number >= 1, got {margin!r}")
@@ -536,8 +554,10 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         hosts=hosts,
         default_max_output_tokens=max_output,
         default_tenant=default_tenant,
-        ledger=SQLiteLedger(ledger_path) if ledger_path else None,
-        budget_store=SQLiteBudgetStore(store_path) if store_path else None,
+        ledger=_redis_backend("ledger", ledger_url, source) if ledger_url
+        else SQLiteLedger(ledger_path) if ledger_path else None,
+        budget_store=_redis_backend("budget_store", store_url, source) if store_url
+        else SQLiteBudgetStore(store_path) if store_path else None,
     )
 
 

@@ -1,0 +1,507 @@
+"""Budgets and spend records on Redis, shared by every worker and every replica.
+
+Counters are integers in pico-dollars (USD * 10**12, exact for every listed
+price) in one hash per bucket (``s`` spent, ``r`` reserved). ``reserve`` and
+``settle`` are single Lua scripts, so a reservation over several buckets is
+atomic and a retried settle never double-counts. Plain Redis 7, no modules.
+Scripts touch keys they find in the reservation table, so the store needs a
+standalone Redis (or Sentinel), not Redis Cluster.
+
+When Redis cannot be reached, ``on_unavailable`` decides: ``"closed"`` raises
+:class:`BudgetStoreUnavailable` (a 503-style error), ``"open"`` serves and
+counts in this process, then replays its settles into Redis once it answers
+again. Settles are never dropped in either mode: they wait in memory and are
+replayed (settle is idempotent). A Redis that restarts without persistence
+starts every counter from zero.
+
+``redis`` (redis-py) is imported on first use, not with this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..calls import SpendRecord
+from .budgets import Bucket, Refusal, Reservation, _check
+
+__all__ = ["BudgetStoreUnavailable", "RedisBudgetStore", "RedisLedger"]
+
+log = logging.getLogger("llmbudget.ledger.redis")
+
+OnUnavailable = Literal["open", "closed"]
+_PICO = 10**12
+_MAX_PICO = 2**63 - 1
+_ZERO = Decimal(0)
+#: Bucket keys live this long after their period ends (late settles still find them).
+_BUCKET_MARGIN_S = 2 * 86400
+#: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
+_UNPERIODED_TTL_S = 86400
+#: Settled reservation ids are remembered this long (a settle retried later double-counts).
+_SETTLED_TTL_S = 86400
+#: Stale reservations one script call expires at most (the rest go on the next call).
+_EXPIRE_BATCH = 256
+_LOCAL_PREFIX = "local-"
+
+
+class BudgetStoreUnavailable(RuntimeError):
+    """The budget store could not be reached and its policy is fail-closed.
+
+    Answer the call with :attr:`status_code` (503) and :meth:`to_json`; do not send it.
+    """
+
+    status_code = 503
+
+    def __init__(self, message: str, *, store: str = "redis", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.store = store
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "retry_after_s": self.retry_after}
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"error": {"message": str(self), "type": "budget_store_unavailable",
+                       "code": "llmbudget_budget_store_unavailable", "param": None, "llmbudget": self.to_dict()}}
+        ).encode()
+
+
+def to_pico(usd: Decimal, *, rounding: str = ROUND_CEILING) -> int:
+    """USD as integer pico-dollars (rounded up unless told; amounts never under-count)."""
+    pico = int((Decimal(usd) * _PICO).to_integral_value(rounding=rounding))
+    if pico < 0:
+        raise ValueError(f"a budget amount must not be negative, got {usd}")
+    if pico > _MAX_PICO:
+        raise ValueError(f"{usd} USD is more than a Redis counter holds (about 9.2 million USD)")
+    return pico
+
+
+def from_pico(pico: int | str | bytes | None) -> Decimal:
+    """Integer pico-dollars as USD, without trailing zeros or an exponent for whole numbers."""
+    if pico is None:
+        return _ZERO
+    value = Decimal(int(pico)).scaleb(-12)
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without llmbudget's own query options (``prefix``, ``on_unavailable``), and those options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"expected a redis:// or rediss:// URL, got {url!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("prefix", "on_unavailable")}
+    rest = [(k, v) for k, v in query if k not in ours]
+    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+def _client(url: str, timeout: float) -> Any:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
+        health_check_interval=30, decode_responses=False,
+    )
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+# KEYS: reservations zset, reservation data hash, bucket hashes...
+# ARGV: now is taken from the server; id, amount, ttl_ms, expire batch, then per bucket: limit, expire_at_ms
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local zset, data = KEYS[1], KEYS[2]
+local stale = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, rid in ipairs(stale) do
+  local held = redis.call('HGET', data, rid)
+  if held then
+    local parts = cjson.decode(held)
+    for i = 2, #parts do
+      if parts[1] ~= '0' and redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then
+        redis.call('HSET', parts[i], 'r', 0)
+      end
+    end
+    redis.call('HDEL', data, rid)
+  end
+  redis.call('ZREM', zset, rid)
+end
+local function split(s)
+  s = s or '0'
+  local n = #s
+  if n <= 9 then return 0, tonumber(s) end
+  return tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
+end
+local amount = ARGV[2]
+local ahi, alo = split(amount)
+local counters = {}
+for i = 3, #KEYS do
+  local c = redis.call('HMGET', KEYS[i], 's', 'r')
+  local s, r = c[1] or '0', c[2] or '0'
+  counters[#counters + 1] = s
+  counters[#counters + 1] = r
+  local shi, slo = split(s)
+  local rhi, rlo = split(r)
+  local lhi, llo = split(ARGV[3 + 2 * (i - 2)])
+  local lo = slo + rlo + alo
+  local hi = shi + rhi + ahi + math.floor(lo / 1000000000)
+  lo = lo % 1000000000
+  if hi > lhi or (hi == lhi and lo > llo) then
+    return {0, i - 3, s, r}
+  end
+end
+local keys = {amount}
+for i = 3, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'r', amount)
+  local exp = tonumber(ARGV[4 + 2 * (i - 2)])
+  if exp > 0 then redis.call('PEXPIREAT', KEYS[i], exp) end
+  keys[#keys + 1] = KEYS[i]
+end
+redis.call('ZADD', zset, now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', data, ARGV[1], cjson.encode(keys))
+return {1, 0, unpack(counters)}
+"""
+
+# KEYS: reservations zset, reservation data hash, settled-id key, bucket hashes...
+# ARGV: id, actual, amount, settled ttl (s), then per bucket: expire_at_ms (0: leave)
+_SETTLE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SET', KEYS[3], 1, 'EX', tonumber(ARGV[4]))
+local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
+redis.call('HDEL', KEYS[2], ARGV[1])
+for i = 4, #KEYS do
+  if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[i], 's', ARGV[2]) end
+  if held and ARGV[3] ~= '0' then
+    if redis.call('HINCRBY', KEYS[i], 'r', '-' .. ARGV[3]) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
+  end
+  local exp = tonumber(ARGV[5 + i - 4])
+  if exp > 0 and redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIREAT', KEYS[i], exp) end
+end
+if held then return 1 end
+return 2
+"""
+
+
+class RedisBudgetStore:
+    """Budget counters in Redis: atomic reservations across processes and hosts.
+
+    ``url`` may carry ``?prefix=myapp:`` and ``?on_unavailable=open``; the keyword
+    arguments win over the URL. ``client`` (a ``redis.Redis``) replaces the URL.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        reservation_ttl: float = 600,
+        timeout: float = 0.25,
+        on_unavailable: OnUnavailable | None = None,
+        retry_interval: float = 1.0,
+        client: Any = None,
+    ) -> None:
+        url, options = _split_url(url)
+        mode = on_unavailable or options.get("on_unavailable", "closed")
+        if mode not in ("open", "closed"):
+            raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")
+        if reservation_ttl <= 0 or timeout <= 0:
+            raise ValueError("reservation_ttl and timeout must be positive numbers of seconds")
+        self.url = url
+        self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
+        self.reservation_ttl = float(reservation_ttl)
+        self.timeout = float(timeout)
+        self.on_unavailable: OnUnavailable = mode  # type: ignore[assignment]
+        self.retry_interval = float(retry_interval)
+        self._redis = client if client is not None else _client(url, self.timeout)
+        self._reserve_script = self._redis.register_script(_RESERVE)
+        self._settle_script = self._redis.register_script(_SETTLE)
+        self._errors = _unavailable_errors()
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # monotonic; while in the future, Redis is not tried
+        self._warned = False
+        self._pending: deque[tuple[Reservation, int]] = deque()  # settles waiting for Redis
+        self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
+        self._local_open: dict[str, tuple[Reservation, float]] = {}
+        self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
+        self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def _key(self, bucket_key: str) -> str:
+        return f"{self.prefix}b:{bucket_key}"
+
+    @property
+    def _zset(self) -> str:
+        return f"{self.prefix}reservations"
+
+    @property
+    def _data(self) -> str:
+        return f"{self.prefix}reservation-data"
+
+    # -- availability ---------------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        """Whether to try Redis now; replays waiting settles first when it is back."""
+        if time.monotonic() < self._down_until:
+            return False
+        if self._pending:
+            try:
+                self._reconcile()
+            except self._errors as exc:
+                self._mark_down(exc)
+                return False
+        return True
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_interval
+        if not self._warned:
+            self._warned = True
+            action = ("serving and counting in this process until it is back" if self.on_unavailable == "open"
+                      else "refusing budgeted calls (fail-closed) until it is back")
+            log.warning("llmbudget: Redis budget store %s is unreachable (%s); %s", self._where(), exc, action)
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    def _unavailable(self, exc: BaseException | None) -> BudgetStoreUnavailable:
+        return BudgetStoreUnavailable(
+            f"llmbudget could not reach its budget store (Redis at {self._where()}: {exc or 'recently unreachable'}); "
+            f"budgeted calls are refused until it answers (on_unavailable='closed'). "
+            f"Check Redis, or set on_unavailable='open' to serve and count locally meanwhile.",
+            retry_after=self.retry_interval,
+        )
+
+    def _reconcile(self) -> None:
+        """Replay settles made while Redis was unreachable (idempotent: each id is charged once)."""
+        replayed = 0
+        while self._pending:
+            reservation, actual = self._pending[0]
+            self._run_settle(reservation, actual)
+            with self._lock:
+                if self._pending and self._pending[0][0] is reservation:
+                    self._pending.popleft()
+                for key in reservation.keys:
+                    spent, reserved = self._local.get(key, (0, 0))
+                    self._local[key] = (max(spent - actual, 0), reserved)
+            replayed += 1
+        with self._lock:
+            if not self._local_open:
+                self._local = {k: v for k, v in self._local.items() if v != (0, 0)}
+        if replayed:
+            log.warning("llmbudget: Redis budget store %s is back; replayed %d settle(s)", self._where(), replayed)
+        self._warned = False
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+        if not buckets:
+            return Reservation(uuid.uuid4().hex, (), amount)
+        pico = to_pico(amount)
+        if self._usable():
+            try:
+                return self._reserve_redis(buckets, amount, pico, tenant)
+            except self._errors as exc:
+                self._mark_down(exc)
+                if self.on_unavailable == "closed":
+                    raise self._unavailable(exc) from exc
+        elif self.on_unavailable == "closed":
+            raise self._unavailable(None)
+        return self._reserve_local(buckets, amount, pico, tenant)
+
+    def _reserve_redis(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None
+                       ) -> Reservation | Refusal:
+        rid = uuid.uuid4().hex
+        now = time.time()
+        args: list[Any] = [rid, pico, int(self.reservation_ttl * 1000), _EXPIRE_BATCH]
+        for bucket in buckets:
+            resets = bucket.resets_at
+            if resets is not None:
+                exp = int((resets + _BUCKET_MARGIN_S) * 1000)
+            elif bucket.budget.per == "request":
+                exp = int((now + _UNPERIODED_TTL_S) * 1000)
+            else:
+                exp = 0  # a budget without a period counts forever
+            args += [to_pico(bucket.limit, rounding=ROUND_FLOOR), exp]
+            self._remember(self._expiry, bucket.key, exp)
+        keys = [self._zset, self._data, *(self._key(b.key) for b in buckets)]
+        result = self._reserve_script(keys=keys, args=args)
+        if int(result[0]) == 1:
+            for bucket, spent in zip(buckets, result[2::2]):
+                self._remember(self._known, bucket.key, int(spent))
+            return Reservation(rid, tuple(b.key for b in buckets), amount)
+        index, spent, reserved = int(result[1]), int(result[2]), int(result[3])
+        self._remember(self._known, buckets[index].key, spent)
+        b = buckets[index].budget
+        return Refusal(b.name, b.per, b.period, buckets[index].limit, from_pico(spent), from_pico(reserved), amount,
+                       buckets[index].resets_at, tenant)
+
+    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None
+                       ) -> Reservation | Refusal:
+        """Fail-open: check against the last spend seen in Redis plus what this process did since."""
+        with self._lock:
+            now = time.monotonic()
+            for rid, (res, deadline) in list(self._local_open.items()):
+                if deadline < now:
+                    del self._local_open[rid]
+                    for key in res.keys:
+                        spent, reserved = self._local.get(key, (0, 0))
+                        self._local[key] = (spent, max(reserved - to_pico(res.amount), 0))
+            counters = {}
+            for bucket in buckets:
+                spent, reserved = self._local.get(bucket.key, (0, 0))
+                counters[bucket.key] = (from_pico(self._known.get(bucket.key, 0) + spent), from_pico(reserved))
+            refusal = _check(counters, buckets, amount, tenant)
+            if refusal is not None:
+                return refusal
+            reservation = Reservation(_LOCAL_PREFIX + uuid.uuid4().hex, tuple(b.key for b in buckets), amount)
+            for key in reservation.keys:
+                spent, reserved = self._local.get(key, (0, 0))
+                self._local[key] = (spent, reserved + pico)
+            self._local_open[reservation.id] = (reservation, now + self.reservation_ttl)
+            return reservation
+
+    def settle(self, reservation: Reservation, actual: Decimal) -> None:
+        """Charge ``actual`` and drop the hold; a second settle of one reservation changes nothing.
+
+        Never raises because Redis is unreachable: the settle waits in memory and is replayed.
+        """
+        if not reservation.keys:
+            return
+        pico = to_pico(actual)
+        local = reservation.id.startswith(_LOCAL_PREFIX)
+        if local:
+            with self._lock:
+                if self._local_open.pop(reservation.id, None) is not None:
+                    for key in reservation.keys:
+                        spent, reserved = self._local.get(key, (0, 0))
+                        self._local[key] = (spent, max(reserved - to_pico(reservation.amount), 0))
+        if self._usable():
+            try:
+                self._run_settle(reservation, pico)
+                return
+            except self._errors as exc:
+                self._mark_down(exc)
+        with self._lock:
+            if any(r.id == reservation.id for r, _ in self._pending):
+                return
+            self._pending.append((reservation, pico))
+            for key in reservation.keys:
+                spent, reserved = self._local.get(key, (0, 0))
+                self._local[key] = (spent + pico, reserved)
+        if len(self._pending) % 10_000 == 0:
+            log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())
+
+    def _run_settle(self, reservation: Reservation, pico: int) -> None:
+        keys = [self._zset, self._data, f"{self.prefix}settled:{reservation.id}",
+                *(self._key(k) for k in reservation.keys)]
+        args = [reservation.id, pico, to_pico(reservation.amount), _SETTLED_TTL_S,
+                *(self._expiry.get(k, 0) for k in reservation.keys)]
+        self._settle_script(keys=keys, args=args)
+
+    def spent(self, key: str) -> tuple[Decimal, Decimal]:
+        """(spent, reserved) in USD for one bucket key, as Redis has it (plus local counts when open)."""
+        if self._usable():
+            try:
+                spent, reserved = self._redis.hmget(self._key(key), "s", "r")
+                return from_pico(spent), from_pico(reserved)
+            except self._errors as exc:
+                self._mark_down(exc)
+                if self.on_unavailable == "closed":
+                    raise self._unavailable(exc) from exc
+        elif self.on_unavailable == "closed":
+            raise self._unavailable(None)
+        with self._lock:
+            spent_p, reserved_p = self._local.get(key, (0, 0))
+            return from_pico(self._known.get(key, 0) + spent_p), from_pico(reserved_p)
+
+    @property
+    def pending_settles(self) -> int:
+        """Settles made while Redis was unreachable, not yet replayed."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        self._redis.close()
+
+    @staticmethod
+    def _remember(table: OrderedDict[str, int], key: str, value: int) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > 10_000:
+            table.popitem(last=False)
+
+
+class RedisLedger:
+    """Spend records appended to a Redis stream (``XADD`` with approximate ``MAXLEN`` trimming).
+
+    A record that cannot be written waits in memory (up to ``buffer`` records) and is
+    written with the next record once Redis answers.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        stream_maxlen: int = 1_000_000,
+        timeout: float = 0.25,
+        buffer: int = 100_000,
+        client: Any = None,
+    ) -> None:
+        url, options = _split_url(url)
+        self.url = url
+        self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
+        self.stream = f"{self.prefix}spend"
+        self.stream_maxlen = stream_maxlen
+        self._redis = client if client is not None else _client(url, timeout)
+        self._errors = _unavailable_errors()
+        self._waiting: deque[SpendRecord] = deque(maxlen=buffer)
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def add(self, record: SpendRecord) -> None:
+        with self._lock:
+            self._waiting.append(record)
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for waiting in self._waiting:
+                    pipe.xadd(self.stream, {"r": json.dumps(waiting.to_dict())}, maxlen=self.stream_maxlen,
+                              approximate=True)
+                pipe.execute()
+            except self._errors as exc:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("llmbudget: Redis ledger unreachable (%s); keeping up to %d records in memory",
+                                exc, self._waiting.maxlen)
+                return
+            self._waiting.clear()
+            self._warned = False
+
+    def records(self) -> Iterator[SpendRecord]:
+        """Every record in the stream, oldest first (read in pages)."""
+        start = "-"
+        while True:
+            page = self._redis.xrange(self.stream, min=start, max="+", count=1000)
+            for entry_id, fields in page:
+                yield SpendRecord.from_dict(json.loads(fields[b"r"]))
+            if len(page) < 1000:
+                return
+            start = "(" + page[-1][0].decode()
+
+    def close(self) -> None:
+        self._redis.close()

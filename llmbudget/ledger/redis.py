@@ -169,7 +169,7 @@ local keys = {amount}
 for i = 3, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
   local exp = tonumber(ARGV[4 + 2 * (i - 2)])
-  if exp > 0 then redis.call('PEXPIREAT', KEYS[i], exp) end
+  if exp > 0 then redis.call('PEXPIREAT', KEYS[i], math.max(exp, now + 60000)) end
   keys[#keys + 1] = KEYS[i]
 end
 redis.call('ZADD', zset, now + tonumber(ARGV[3]), ARGV[1])
@@ -394,6 +394,10 @@ class RedisBudgetStore:
         if self._usable():
             try:
                 self._run_settle(reservation, pico)
+                with self._lock:
+                    for key in reservation.keys:
+                        if key in self._known:
+                            self._known[key] += pico
                 return
             except self._errors as exc:
                 self._mark_down(exc)

@@ -1,0 +1,451 @@
+"""llmbudget.ledger.redis against a real Redis: the SQLite store's semantics, processes, faults, the stream ledger.
+
+Database 15 of the Redis on 127.0.0.1:6379, one key prefix per test, deleted after it.
+The fault tests run their own ``redis-server`` on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+
+from llmbudget.calls import SpendRecord, Usage
+from llmbudget.config import engine_from_config
+from llmbudget.ledger import (
+    Bucket,
+    Budget,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    RedisBudgetStore,
+    RedisLedger,
+    Refusal,
+    Reservation,
+    SQLiteBudgetStore,
+)
+from llmbudget.ledger.redis import from_pico, to_pico
+
+URL = "redis://127.0.0.1:6379/15"
+LIMIT = Decimal("25")
+PER_WORKER = 300
+
+
+def _now_bucket(usd: str = "1.00", *, name: str = "", per: str = "global", period: str | None = None,
+                tenant: str = "acme") -> Bucket:
+    budget = Budget(Decimal(usd), per=per, period=period, name=name)  # type: ignore[arg-type]
+    return budget.bucket(tenant=tenant, request_id="req-1", now=time.time())
+
+
+def _drop(prefix: str, url: str = URL) -> None:
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted after it."""
+    name = f"llmbudget-test:{uuid.uuid4().hex[:12]}:"
+    yield name
+    _drop(name)
+
+
+StoreFactory = Callable[..., BudgetStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path, prefix: str) -> StoreFactory:
+    def make(ttl: float = 600.0) -> BudgetStore:
+        if request.param == "sqlite":
+            return SQLiteBudgetStore(tmp_path / "budgets.sqlite3", reservation_ttl=ttl)
+        return RedisBudgetStore(URL, prefix=prefix, reservation_ttl=ttl)
+
+    return make
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> BudgetStore:
+    return store_factory()
+
+
+# -- the same semantics as the SQLite store ------------------------------------------------------------
+
+
+def test_pico_dollars_are_exact() -> None:
+    for usd in ["0", "0.000000000001", "0.15", "1", "2.5e-7", "1234.567890123456", "9000000"]:
+        assert from_pico(to_pico(Decimal(usd))) == Decimal(usd)
+    assert str(from_pico(to_pico(Decimal("100")))) == "100"
+    assert to_pico(Decimal("1e-13")) == 1  # rounded up, never under-counted
+    with pytest.raises(ValueError, match="negative"):
+        to_pico(Decimal("-1"))
+    with pytest.raises(ValueError, match="million"):
+        to_pico(Decimal("10000000"))
+
+
+def test_reserve_settle_release(store: BudgetStore) -> None:
+    bucket = _now_bucket("1.00")
+    first = store.reserve([bucket], Decimal("0.40"))
+    assert isinstance(first, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.40"))
+    second = store.reserve([bucket], Decimal("0.60"))  # exactly up to the limit is allowed
+    assert isinstance(second, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("1.00"))
+    assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Refusal)
+    store.settle(first, Decimal("0.25"))
+    assert store.spent(bucket.key) == (Decimal("0.25"), Decimal("0.60"))
+    store.settle(second, Decimal(0))  # release: nothing charged
+    assert store.spent(bucket.key) == (Decimal("0.25"), Decimal(0))
+    assert store.spent("never-used") == (Decimal(0), Decimal(0))
+
+
+def test_reservation_is_atomic_across_buckets(store: BudgetStore) -> None:
+    small = _now_bucket("0.50", per="tenant", name="small")
+    large = _now_bucket("5", per="global", name="large")
+    refused = store.reserve([large, small], Decimal("0.75"))
+    assert isinstance(refused, Refusal)
+    assert refused.budget == "small"
+    assert store.spent(large.key) == (0, 0)  # nothing held on the bucket that had room
+    granted = store.reserve([large, small], Decimal("0.5"))
+    assert isinstance(granted, Reservation)
+    store.settle(granted, Decimal("0.125"))
+    assert store.spent(large.key) == store.spent(small.key) == (Decimal("0.125"), 0)
+
+
+def test_refusal_fields(store: BudgetStore) -> None:
+    bucket = _now_bucket("1.00", per="tenant", period="day", name="daily-tenant")
+    held = store.reserve([bucket], Decimal("0.40"), tenant="acme")
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.15"))
+    assert isinstance(store.reserve([bucket], Decimal("0.25"), tenant="acme"), Reservation)
+    refusal = store.reserve([bucket], Decimal("0.70"), tenant="acme")
+    assert isinstance(refusal, Refusal)
+    assert (refusal.budget, refusal.per, refusal.period, refusal.tenant) == ("daily-tenant", "tenant", "day", "acme")
+    assert (refusal.limit_usd, refusal.spent_usd, refusal.reserved_usd) == (Decimal(1), Decimal("0.15"), Decimal("0.25"))
+    assert (refusal.estimated_cost_usd, refusal.remaining_usd) == (Decimal("0.70"), Decimal("0.60"))
+    assert refusal.resets_at == bucket.resets_at
+    assert "$0.6 left" in refusal.message().replace("$0.60", "$0.6")
+
+
+def test_settling_twice_counts_once(store: BudgetStore) -> None:
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.3"))
+    store.settle(held, Decimal("0.3"))
+    store.settle(held, Decimal("0.9"))
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal(0))
+
+
+def test_expired_reservations_release_their_hold_and_a_late_settle_charges_once(store_factory: StoreFactory) -> None:
+    store = store_factory(ttl=0.3)
+    bucket = _now_bucket("1.00")
+    late = store.reserve([bucket], Decimal("0.6"))
+    assert isinstance(late, Reservation)
+    assert isinstance(store.reserve([bucket], Decimal("0.5")), Refusal)
+    time.sleep(0.4)
+    other = store.reserve([bucket], Decimal("0.5"))  # expires the first hold
+    assert isinstance(other, Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.5"))
+    store.settle(late, Decimal("0.45"))
+    assert store.spent(bucket.key) == (Decimal("0.45"), Decimal("0.5"))
+    store.settle(late, Decimal("0.45"))
+    assert store.spent(bucket.key) == (Decimal("0.45"), Decimal("0.5"))
+
+
+# -- Redis specifics -------------------------------------------------------------------------------------
+
+
+def test_keys_expire_after_their_period_and_settled_ids_are_kept_a_while(prefix: str) -> None:
+    store = RedisBudgetStore(URL, prefix=prefix)
+    daily = _now_bucket("1", per="tenant", period="day")
+    forever = _now_bucket("1", per="tenant")
+    request = _now_bucket("1", per="request")
+    held = store.reserve([daily, forever, request], Decimal("0.1"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.05"))
+    client = redis.Redis.from_url(URL)
+    assert daily.resets_at is not None
+    expected = (daily.resets_at + 2 * 86400 - time.time()) * 1000
+    assert abs(client.pttl(f"{prefix}b:{daily.key}") - expected) < 5000
+    assert client.pttl(f"{prefix}b:{forever.key}") == -1  # a budget without a period counts forever
+    assert 0 < client.pttl(f"{prefix}b:{request.key}") <= 86400 * 1000
+    assert 0 < client.ttl(f"{prefix}settled:{held.id}") <= 86400
+    assert client.zcard(f"{prefix}reservations") == 0 and client.hlen(f"{prefix}reservation-data") == 0
+
+
+def test_large_budgets_compare_exactly(prefix: str) -> None:
+    """Above 2**53 pico-dollars (~$9007) Lua's doubles are not exact; the script compares exactly."""
+    store = RedisBudgetStore(URL, prefix=prefix)
+    bucket = _now_bucket("1000000.000000000001")
+    assert isinstance(store.reserve([bucket], Decimal("1000000")), Reservation)
+    assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Reservation)
+    assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Refusal)
+    assert store.spent(bucket.key) == (0, Decimal("1000000.000000000001"))
+
+
+def test_url_options_and_config(prefix: str) -> None:
+    store = RedisBudgetStore(f"{URL}?prefix={prefix}&on_unavailable=open")
+    assert (store.prefix, store.on_unavailable, store.url) == (prefix, "open", URL)
+    with pytest.raises(ValueError, match="on_unavailable"):
+        RedisBudgetStore(URL, on_unavailable="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="redis://"):
+        RedisBudgetStore("http://localhost:6379")
+    engine = engine_from_config({"budget_store": f"{URL}?prefix={prefix}", "ledger": f"rediss://127.0.0.1:1/0?prefix={prefix}"})
+    assert isinstance(engine.budget_store, RedisBudgetStore) and engine.budget_store.prefix == prefix
+    assert isinstance(engine.ledger, RedisLedger) and engine.ledger.stream == f"{prefix}spend"
+
+
+def _record(i: int) -> SpendRecord:
+    return SpendRecord(
+        time=1_750_000_000.5 + i, endpoint="chat.completions", base_url="https://api.openai.com/v1",
+        model_requested="gpt-4o-mini", model_sent="gpt-4o-mini", model_answered="gpt-4o-mini-2024-07-18",
+        usage=Usage(input_tokens=100 + i, cached_input_tokens=20, output_tokens=7), cost_usd=Decimal("0.000123") * i,
+        latency_s=0.25, tenant="acme", request_id=f"req-{i}", status=200, routing={"tier": "strong"},
+    )
+
+
+def test_ledger_stream_round_trips_and_trims(prefix: str) -> None:
+    ledger = RedisLedger(URL, prefix=prefix)
+    records = [_record(i) for i in range(2100)]
+    for record in records:
+        ledger.add(record)
+    assert list(ledger.records()) == records  # read back in pages of 1000
+    small = RedisLedger(URL, prefix=prefix + "small:", stream_maxlen=100)
+    for record in records[:1000]:
+        small.add(record)
+    kept = list(small.records())
+    assert 100 <= len(kept) < 1000 and kept[-1] == records[999]  # approximate trimming keeps the newest
+    _drop(prefix + "small:")
+
+
+# -- many processes against one budget ---------------------------------------------------------------------
+
+
+def _reserve_many(store: BudgetStore, bucket: Bucket, seed: int, threads: int = 4) -> tuple[list[str], int, list[str]]:
+    actuals: list[str] = []
+    refusals = [0]
+    violations: list[str] = []
+    lock = threading.Lock()
+
+    def run(k: int) -> None:
+        rng = random.Random(seed * 100 + k)
+        for _ in range(PER_WORKER // threads):
+            amount = Decimal(rng.randint(1, 200)) / 100
+            held = store.reserve([bucket], amount)
+            spent, reserved = store.spent(bucket.key)
+            if spent + reserved > bucket.limit:
+                violations.append(f"spent {spent} + reserved {reserved} > {bucket.limit}")
+            if isinstance(held, Refusal):
+                with lock:
+                    refusals[0] += 1
+                continue
+            actual = (amount * Decimal(rng.randint(0, 100)) / 100).quantize(Decimal("0.0001"))
+            store.settle(held, actual)
+            if rng.random() < 0.2:
+                store.settle(held, actual)  # a retried settle
+            with lock:
+                actuals.append(str(actual))
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return actuals, refusals[0], violations
+
+
+def _process_worker(prefix: str, seed: int, key_time: float) -> tuple[list[str], int, list[str]]:
+    store = RedisBudgetStore(URL, prefix=prefix, timeout=2.0)
+    bucket = Budget(LIMIT, per="tenant", period="month").bucket(tenant="t", request_id="r", now=key_time)
+    return _reserve_many(store, bucket, seed)
+
+
+def test_processes_never_overspend_and_refuse_nothing_once_settled(prefix: str) -> None:
+    key_time = time.time()
+    bucket = Budget(LIMIT, per="tenant", period="month").bucket(tenant="t", request_id="r", now=key_time)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.starmap(_process_worker, [(prefix, seed, key_time) for seed in range(4)])
+    assert sum(len(r[0]) + r[1] for r in results) == 4 * PER_WORKER
+    actuals = [Decimal(a) for result in results for a in result[0]]
+    assert [v for result in results for v in result[2]] == []
+    assert actuals and sum(r[1] for r in results), "the run should both grant and refuse reservations"
+    store = RedisBudgetStore(URL, prefix=prefix)
+    spent, reserved = store.spent(bucket.key)
+    assert reserved == 0
+    assert spent == sum(actuals) <= LIMIT
+    # No phantom refusals: what is left can be reserved, to the last pico-dollar, and no more.
+    left = LIMIT - spent
+    if left:
+        assert isinstance(store.reserve([bucket], left), Reservation)
+    assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Refusal)
+
+
+# -- faults: a Redis of our own, stopped and started mid-run -------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Server:
+    """A redis-server this test owns (optionally with an fsync-always append-only file)."""
+
+    def __init__(self, tmp: Path, *, persist: bool) -> None:
+        self.port = _free_port()
+        self.tmp = tmp
+        self.persist = persist
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--dir", str(self.tmp), "--daemonize", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[_Server]:
+    own = _Server(tmp_path, persist=False)
+    own.start()
+    yield own
+    own.kill()
+
+
+def test_fail_closed_refuses_cleanly_and_keeps_its_settles(server: _Server, caplog: pytest.LogCaptureFixture) -> None:
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="closed")
+    bucket = _now_bucket("1.00")
+    before = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(before, Reservation)
+    server.kill()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="llmbudget"), pytest.raises(BudgetStoreUnavailable) as raised:
+        store.reserve([bucket], Decimal("0.1"))
+    assert time.monotonic() - started < 1.0
+    error = json.loads(raised.value.to_json())["error"]
+    assert raised.value.status_code == 503 and error["type"] == "budget_store_unavailable"
+    assert "on_unavailable='closed'" in str(raised.value)
+    with pytest.raises(BudgetStoreUnavailable):  # inside the retry interval: no network wait at all
+        store.reserve([bucket], Decimal("0.1"))
+    with pytest.raises(BudgetStoreUnavailable):
+        store.spent(bucket.key)
+    store.settle(before, Decimal("0.3"))  # never raises: it waits for Redis
+    assert store.pending_settles == 1
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # warned once
+    server.start()  # a fresh Redis without persistence: every counter starts from zero
+    time.sleep(0.25)
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)
+    assert store.pending_settles == 0
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal("0.1"))  # the settle was replayed
+
+
+def test_fail_open_serves_counts_locally_and_reconciles(server: _Server) -> None:
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    bucket = _now_bucket("1.00")
+    first = store.reserve([bucket], Decimal("0.2"))
+    assert isinstance(first, Reservation)
+    store.settle(first, Decimal("0.2"))  # lost with the Redis that restarts without persistence
+    server.kill()
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation) and held.id.startswith("local-")
+    # Locally, the last spend Redis reported plus this process's holds still bound the budget.
+    assert isinstance(store.reserve([bucket], Decimal("0.4")), Refusal)
+    store.settle(held, Decimal("0.25"))
+    store.settle(held, Decimal("0.25"))
+    assert store.pending_settles == 1
+    assert store.spent(bucket.key) == (Decimal("0.45"), 0)
+    server.start()
+    time.sleep(0.25)
+    again = store.reserve([bucket], Decimal("0.1"))
+    assert isinstance(again, Reservation) and not again.id.startswith("local-")
+    assert store.pending_settles == 0
+    assert store.spent(bucket.key) == (Decimal("0.25"), Decimal("0.1"))
+
+
+def test_kill_and_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Threads keep reserving while Redis (append-only, fsync always) is killed and restarted."""
+    own = _Server(tmp_path, persist=True)
+    own.start()
+    try:
+        stores = {mode: RedisBudgetStore(own.url, timeout=0.2, retry_interval=0.1, reservation_ttl=3,
+                                         on_unavailable=mode) for mode in ("open", "closed")}  # type: ignore[misc]
+        bucket = _now_bucket("1000")
+        actuals: dict[str, list[Decimal]] = {"open": [], "closed": []}
+        errors: list[BaseException] = []
+        unavailable = {"open": 0, "closed": 0}
+        stop = threading.Event()
+
+        def run(mode: str, seed: int) -> None:
+            rng = random.Random(seed)
+            store = stores[mode]
+            while not stop.is_set():
+                try:
+                    held = store.reserve([bucket], Decimal("0.01"))
+                except BudgetStoreUnavailable:
+                    unavailable[mode] += 1
+                    time.sleep(0.01)
+                    continue
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+                    return
+                assert isinstance(held, Reservation)
+                actual = Decimal(rng.randint(0, 100)) / 10000
+                store.settle(held, actual)
+                actuals[mode].append(actual)
+
+        threads = [threading.Thread(target=run, args=(mode, i)) for i, mode in enumerate(["open", "closed"] * 2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        own.kill()
+        time.sleep(0.6)
+        own.start()
+        time.sleep(0.6)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        assert errors == []
+        assert unavailable["closed"] > 0 and len(actuals["open"]) > 0
+        for store in stores.values():
+            store.reserve([bucket], Decimal(0))  # replays whatever still waits
+            assert store.pending_settles == 0
+        # Both stores share the bucket: every settled actual is in Redis exactly once.
+        spent, _ = stores["closed"].spent(bucket.key)
+        assert spent == sum(actuals["open"]) + sum(actuals["closed"])
+    finally:
+        own.kill()

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from llmbudget.ledger import (  # noqa: E402
+from llmbudget.ledger import (
     Budget,
     BudgetStore,
     MemoryBudgetStore,

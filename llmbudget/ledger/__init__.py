@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .budgets import Bucket, Budget, BudgetStore, MemoryBudgetStore, Refusal, Reservation, SQLiteBudgetStore
+from .budgets import (
+    Bucket,
+    Budget,
+    BudgetStore,
+    MemoryBudgetStore,
+    Refusal,
+    Reservation,
+    SQLiteBudgetStore,
+)
 from .records import Ledger, MemoryLedger, SQLiteLedger
 from .redis import BudgetStoreUnavailable, RedisBudgetStore, RedisLedger
 

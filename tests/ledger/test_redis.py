@@ -40,7 +40,7 @@ from llmbudget.ledger import (
 from llmbudget.ledger.redis import from_pico, to_pico
 
 URL = "redis://127.0.0.1:6379/15"
-LIMIT = Decimal("25")
+LIMIT = Decimal(25)
 PER_WORKER = 300
 
 
@@ -90,12 +90,12 @@ def store(store_factory: StoreFactory) -> BudgetStore:
 def test_pico_dollars_are_exact() -> None:
     for usd in ["0", "0.000000000001", "0.15", "1", "2.5e-7", "1234.567890123456", "9000000"]:
         assert from_pico(to_pico(Decimal(usd))) == Decimal(usd)
-    assert str(from_pico(to_pico(Decimal("100")))) == "100"
+    assert str(from_pico(to_pico(Decimal(100)))) == "100"
     assert to_pico(Decimal("1e-13")) == 1  # rounded up, never under-counted
     with pytest.raises(ValueError, match="negative"):
-        to_pico(Decimal("-1"))
+        to_pico(Decimal(-1))
     with pytest.raises(ValueError, match="million"):
-        to_pico(Decimal("10000000"))
+        to_pico(Decimal(10000000))
 
 
 def test_reserve_settle_release(store: BudgetStore) -> None:
@@ -193,7 +193,7 @@ def test_large_budgets_compare_exactly(prefix: str) -> None:
     """Above 2**53 pico-dollars (~$9007) Lua's doubles are not exact; the script compares exactly."""
     store = RedisBudgetStore(URL, prefix=prefix)
     bucket = _now_bucket("1000000.000000000001")
-    assert isinstance(store.reserve([bucket], Decimal("1000000")), Reservation)
+    assert isinstance(store.reserve([bucket], Decimal(1000000)), Reservation)
     assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Reservation)
     assert isinstance(store.reserve([bucket], Decimal("0.000000000001")), Refusal)
     assert store.spent(bucket.key) == (0, Decimal("1000000.000000000001"))

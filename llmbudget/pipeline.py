@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tokens
 from .calls import Call, SpendRecord, Usage
-from .ledger.budgets import Budget, BudgetStore, MemoryBudgetStore, Refusal, Reservation
+from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryBudgetStore, Refusal, Reservation
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
 from .pricing import Pricing, PriceLike
@@ -319,7 +319,11 @@ class Attempt:
             if bucket.key not in buckets or bucket.limit < buckets[bucket.key].limit:
                 buckets[bucket.key] = bucket
         for store, buckets in groups.values():
-            result = store.reserve(list(buckets.values()), amount, tenant=tenant)
+            try:
+                result = store.reserve(list(buckets.values()), amount, tenant=tenant)
+            except BudgetStoreUnavailable:
+                self.release()  # drop the holds already taken in other stores
+                raise
             if isinstance(result, Refusal):
                 self.release()
                 return result

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
+from ..ledger.budgets import BudgetStoreUnavailable
 from ..pipeline import Attempt, get_engine
 
 log = logging.getLogger("llmbudget.interception")
@@ -48,14 +49,21 @@ def _begin(request: Any, body: bytes) -> Attempt | None:
         return None
 
 
-def _refusal_or_none(attempt: Attempt) -> bytes | None:
+def _refusal_or_none(attempt: Attempt) -> Any:
+    """None to go ahead, else the response that refuses: 402 over a budget, 503 when a
+    fail-closed budget store is unreachable."""
     try:
         refusal = attempt.reserve()
+    except BudgetStoreUnavailable as exc:
+        attempt.release()
+        headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable",
+                   "retry-after": str(max(1, round(exc.retry_after)))}
+        return exc.status_code, headers, exc.to_json()
     except Exception:
         log.exception("llmbudget: budget reservation failed; the call goes ahead unbudgeted")
         attempt.release()
         return None
-    return refusal.to_json() if refusal is not None else None
+    return (402, _REFUSAL_HEADERS, refusal.to_json()) if refusal is not None else None
 
 
 def _wants(request: Any, explicit: bool) -> bool:
@@ -79,7 +87,7 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
-def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, bytes | None]:
+def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, Any]:
     """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
     attempt.plan(request.url.path)
@@ -163,7 +171,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 return _cached_response(httpx, cached)
             request, refusal = _prepare(httpx, request, attempt)
             if refusal is not None:
-                return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
+                status, headers, body = refusal
+                return httpx.Response(status, headers=headers, content=body)
             try:
                 response = self.inner.handle_request(request)
             except BaseException as exc:
@@ -200,7 +209,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 return _cached_response(httpx, cached)
             request, refusal = _prepare(httpx, request, attempt)
             if refusal is not None:
-                return httpx.Response(402, headers=_REFUSAL_HEADERS, content=refusal)
+                status, headers, body = refusal
+                return httpx.Response(status, headers=headers, content=body)
             try:
                 response = await self.inner.handle_async_request(request)
             except BaseException as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "Budget",
     "Bucket",
     "BudgetStore",
+    "BudgetStoreUnavailable",
     "MemoryBudgetStore",
     "SQLiteBudgetStore",
     "Refusal",
@@ -151,6 +152,29 @@ class Refusal:
         return json.dumps(
             {"error": {"message": self.message(), "type": "budget_exceeded", "code": "llmbudget_budget_exceeded",
                        "param": None, "llmbudget": self.to_dict()}}
+        ).encode()
+
+
+class BudgetStoreUnavailable(RuntimeError):
+    """The budget store could not be reached and its policy is fail-closed.
+
+    Answer the call with :attr:`status_code` (503) and :meth:`to_json`; do not send it.
+    """
+
+    status_code = 503
+
+    def __init__(self, message: str, *, store: str = "redis", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.store = store
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "retry_after_s": self.retry_after}
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"error": {"message": str(self), "type": "budget_store_unavailable",
+                       "code": "llmbudget_budget_store_unavailable", "param": None, "llmbudget": self.to_dict()}}
         ).encode()
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..calls import SpendRecord
-from .budgets import Bucket, Refusal, Reservation, _check
+from .budgets import BudgetStoreUnavailable, Bucket, Refusal, Reservation, _check
 
 __all__ = ["BudgetStoreUnavailable", "RedisBudgetStore", "RedisLedger"]
 
@@ -50,29 +50,6 @@ _SETTLED_TTL_S = 86400
 #: Stale reservations one script call expires at most (the rest go on the next call).
 _EXPIRE_BATCH = 256
 _LOCAL_PREFIX = "local-"
-
-
-class BudgetStoreUnavailable(RuntimeError):
-    """The budget store could not be reached and its policy is fail-closed.
-
-    Answer the call with :attr:`status_code` (503) and :meth:`to_json`; do not send it.
-    """
-
-    status_code = 503
-
-    def __init__(self, message: str, *, store: str = "redis", retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.store = store
-        self.retry_after = retry_after
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "retry_after_s": self.retry_after}
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {"error": {"message": str(self), "type": "budget_store_unavailable",
-                       "code": "llmbudget_budget_store_unavailable", "param": None, "llmbudget": self.to_dict()}}
-        ).encode()
 
 
 def to_pico(usd: Decimal, *, rounding: str = ROUND_CEILING) -> int:

@@ -87,7 +87,8 @@ _ENGINE_KEYS = frozenset(
      "cache", "routing", "prompt_cache_keys", "input_estimate_margin"}
 )
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold"})
-_ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas"})
+_ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
+                           "escalate"})
 _POLICY_KEYS = frozenset(
     {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "request_id_header",
      "headers", "metrics", "routes", "problem_type"}
@@ -613,7 +614,7 @@ def _routing_from_config(value: Any, source: str) -> Any:
     if not isinstance(tiers, Mapping) or not tiers:
         raise ConfigError(f"{source}: routing.tiers must be a table such as "
                           "{small = \"gpt-4.1-nano\", large = \"\"}, got " + repr(tiers))
-    for key in ("route_tools", "route_schemas"):
+    for key in ("route_tools", "route_schemas", "escalate"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: routing.{key} must be true or false, got {table[key]!r}")
     try:
@@ -625,6 +626,7 @@ def _routing_from_config(value: Any, source: str) -> Any:
             never=_strings(table.get("never", []), "routing.never"),
             route_tools=table.get("route_tools", False),
             route_schemas=table.get("route_schemas", False),
+            escalate=table.get("escalate", False),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None

@@ -209,6 +209,9 @@ class Attempt:
         self.capped = False
         #: The body or base URL changed (routing, caps, keys, a budget downgrade): send the rewritten request.
         self.rewritten = False
+        #: A tier this attempt must use whatever the router says (an escalation), and why.
+        self.force_tier: str | None = None
+        self.escalated_from: str | None = None
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -411,9 +414,12 @@ class Attempt:
         routing = engine.routing
         setting = scope.routing if scope is not None else None
         if routing is not None and setting is not False:
-            decision = routing.decide(call, path=path, forced=setting if isinstance(setting, str) else None)
+            forced = self.force_tier or (setting if isinstance(setting, str) else None)
+            decision = routing.decide(call, path=path, forced=forced)
+            reason = f"escalated: the weak tier's answer was {self.escalated_from}" if self.escalated_from \
+                else decision.reason
             self.routing = {"tier": decision.tier, "score": decision.score, "threshold": decision.threshold,
-                            "reason": decision.reason, "features": [list(f) for f in decision.features]}
+                            "reason": reason, "features": [list(f) for f in decision.features]}
             tier = routing.tiers[decision.tier]
             if tier.model and tier.model != call.model:
                 body = {**body, "model": tier.model}
@@ -433,6 +439,32 @@ class Attempt:
         self.call = self.adapter.parse(body, base_url)
         self.rewritten = True
         return True
+
+    def may_escalate(self) -> bool:
+        """Whether the answer must be checked before the app sees it (weak tier, escalation on)."""
+        routing = self.engine.routing
+        return (routing is not None and routing.escalate and not self.call.stream and self.force_tier is None
+                and self.routing is not None and self.routing.get("tier") == routing.weak)
+
+    def escalation_reason(self) -> str | None:
+        """Why a settled weak-tier answer should be retried on the strong tier, or None."""
+        if self.status != 200 or self.record is None:
+            return None
+        if self.capped and "length" in self.state.finish_reasons:
+            return "cut by an output cap"
+        message: Any = None
+        if isinstance(self._json, dict) and isinstance(self._json.get("choices"), list) and self._json["choices"]:
+            first = self._json["choices"][0]
+            message = first.get("message") if isinstance(first, dict) else None
+        if isinstance(message, dict) and message.get("refusal"):
+            return "refused"
+        wants_json = self.call.body.get("response_format")
+        if isinstance(wants_json, dict) and wants_json.get("type") in ("json_object", "json_schema"):
+            try:
+                json.loads(self.state.text)
+            except ValueError:
+                return "invalid JSON"
+        return None
 
     def _prompt_cache_key(self, body: dict[str, Any]) -> str:
         import hashlib

@@ -103,6 +103,20 @@ def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, An
     return rewritten, None
 
 
+def _escalation(request: Any, weak: Attempt, reason: str | None) -> Attempt | None:
+    """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check."""
+    routing = weak.engine.routing
+    if reason is None or routing is None:
+        return None
+    retry = _begin(request, request.content)
+    if retry is None:
+        return None
+    retry.force_tier = routing.strong
+    retry.escalated_from = reason
+    log.info("llmbudget: escalating to tier %r: the %r tier's answer was %s", routing.strong, routing.weak, reason)
+    return retry
+
+
 def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
     body, content_type = cached
     return httpx.Response(200, headers={"content-type": content_type}, content=body)
@@ -166,6 +180,16 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, request.read())
             if attempt is None:
                 return self.inner.handle_request(request)
+            response = self._through(request, attempt)
+            if attempt.may_escalate() and attempt.status == 200:
+                response.read()  # settles the weak tier's attempt
+                retry = _escalation(request, attempt, attempt.escalation_reason())
+                if retry is not None:
+                    response.close()
+                    return self._through(request, retry)
+            return response
+
+        def _through(self, request: Any, attempt: Attempt) -> Any:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
@@ -204,6 +228,16 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, await request.aread())
             if attempt is None:
                 return await self.inner.handle_async_request(request)
+            response = await self._through(request, attempt)
+            if attempt.may_escalate() and attempt.status == 200:
+                await response.aread()  # settles the weak tier's attempt
+                retry = _escalation(request, attempt, attempt.escalation_reason())
+                if retry is not None:
+                    await response.aclose()
+                    return await self._through(request, retry)
+            return response
+
+        async def _through(self, request: Any, attempt: Attempt) -> Any:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)

@@ -64,6 +64,9 @@ class Routing:
     - ``never``: path globs of requests never routed (they keep their model);
       ``route_tools`` / ``route_schemas``: also route requests with tools or a
       response schema (off: those keep their model).
+    - ``escalate``: retry once on the strong tier when the weak tier's (non-streamed)
+      answer fails a check: cut by an output cap llmbudget set, invalid JSON where
+      JSON was asked for, or an explicit refusal. The ledger keeps both attempts.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Routing:
         never: Sequence[str] = (),
         route_tools: bool = False,
         route_schemas: bool = False,
+        escalate: bool = False,
     ) -> None:
         self.tiers = {name: Tier.of(name, value) for name, value in tiers.items()}
         for name in (weak, strong):
@@ -94,6 +98,7 @@ class Routing:
         self.never = tuple(never)
         self.route_tools = route_tools
         self.route_schemas = route_schemas
+        self.escalate = escalate
 
     def decide(self, call: Call, *, path: str = "", forced: str | None = None) -> Decision:
         """The tier for ``call``; ``forced`` (a tier name from the scope) wins over the router."""

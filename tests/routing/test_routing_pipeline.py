@@ -115,3 +115,40 @@ def test_unknown_tiers_are_configuration_errors():
         Routing(tiers={"large": None})
     with pytest.raises(ValueError, match="max_output_tokens must be a positive integer"):
         Routing(tiers={"small": {"model": "m", "max_output_tokens": 0}, "large": None})
+
+
+def test_escalation_retries_a_capped_weak_answer_on_the_strong_tier(llm_server, route, records):
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 2}, "large": None}, threshold=1.0,
+          escalate=True)
+    answer = client_for(llm_server).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Count from 1 to 30."}], max_tokens=6)
+    weak, strong = records
+    assert (weak.model_sent, weak.truncated_by_cap) == ("gpt-4.1-nano", True)
+    assert strong.model_sent == "gpt-4o" and strong.routing["reason"].startswith("escalated")
+    assert answer.model == "gpt-4o" and answer.usage.completion_tokens == strong.usage.output_tokens
+
+
+def test_no_escalation_when_the_weak_answer_passes_or_when_off(llm_server, route, records):
+    route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, escalate=True)
+    client = client_for(llm_server)
+    client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)  # cut by the app's own limit
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 2}, "large": None}, threshold=1.0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Count to 30."}],
+                                   max_tokens=6)
+    assert [r.model_sent for r in records] == ["gpt-4.1-nano", "gpt-4.1-nano"]
+
+
+def test_async_escalation(llm_server, route, records):
+    import asyncio
+
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 2}, "large": None}, threshold=1.0,
+          escalate=True)
+
+    async def main() -> str:
+        async with openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test",
+                                      http_client=llmbudget.async_http_client(), max_retries=0) as client:
+            answer = await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "Count from 1 to 30."}], max_tokens=6)
+            return answer.model
+
+    assert asyncio.run(main()) == "gpt-4o" and [r.model_sent for r in records] == ["gpt-4.1-nano", "gpt-4o"]

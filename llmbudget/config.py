@@ -17,7 +17,7 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
     output = 75
 
     [cache]                              # answer repeated questions (exact, then semantic)
-    path = ".llmbudget/cache"            # SQLite store + usearch index files
+    path = ".llmbudget/cache"            # SQLite store + usearch index files, or "redis://host:6379/0?prefix=myapp:cache:"
     semantic = true
     ttl = 86400                          # seconds; omit for no expiry
     [routing]                            # send each request to the cheapest tier that will do
@@ -595,7 +595,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
                                   or not 0 <= threshold <= 1):
         raise ConfigError(f"{source}: cache.threshold must be a number within [0, 1], got {threshold!r}")
     return Cache(
-        _path(table.get("path"), "cache.path", source, root),
+        _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root),
         semantic=table.get("semantic", True),
         allow_temperature=table.get("allow_temperature", False),
         ttl=table.get("ttl"),

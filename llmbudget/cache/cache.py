@@ -36,7 +36,9 @@ class Cache:
     """Exact and semantic answer cache, safe by default.
 
     - ``path``: a directory for the SQLite store and the usearch index files
-      (``None``: a temporary one, gone with the process).
+      (``None``: a temporary one, gone with the process), or a ``redis://``/``rediss://``
+      URL (``?prefix=myapp:cache:`` optional) for a cache shared by every process
+      (:class:`~llmbudget.cache.redis_store.RedisCacheStore`).
     - ``semantic``: also reuse answers to the same question asked in other words
       (decided by the verifier, inside one partition); ``False``: exact repeats only.
     - ``allow_temperature``: cache requests that set temperature > 0 (off: such
@@ -57,6 +59,10 @@ class Cache:
         threshold: float | None = None,
         store: Any = None,
     ) -> None:
+        if store is None and isinstance(path, str) and path.startswith(("redis://", "rediss://")):
+            from .redis_store import RedisCacheStore
+
+            store = RedisCacheStore(path, embedder=embedder, threshold=threshold, max_entries=max_entries, ttl=ttl)
         if store is None:
             from .store import CacheStore
 

@@ -1,0 +1,583 @@
+"""The cache's storage on Redis, shared by every worker and every replica.
+
+Entries live in Redis hashes (``{prefix}e:{id}``: partition, exact key, tenant,
+model, text, response, the vector as float16 bytes, created, expires, hits) with
+a Redis TTL; ``{prefix}x:{partition hash}`` maps exact keys to entry ids and
+``{prefix}p:{partition hash}`` lists a partition's entries with a vector. Every
+insert and deletion (replacement, eviction, expiry purge, invalidation) is
+appended to the stream ``{prefix}log`` by the same Lua script that makes it, so
+the stream and the entries never disagree.
+
+Each process keeps an in-memory exact vector index per partition it has
+searched. Before each search it reads the stream entries after the last one it
+applied (non-blocking ``XREAD``); a partition it has not searched yet is
+bootstrapped from ``{prefix}p:...``. A trimmed stream (the process fell too far
+behind) or a Redis that lost its data (restart without persistence, ``FLUSHDB``)
+is detected and the local indexes are dropped and rebuilt lazily.
+
+Partition isolation is the SQLite store's: every entry read is checked against
+the partition name it was stored under. When Redis cannot be reached, lookups
+are misses and stores are skipped (logged once until Redis answers again); the
+request never fails because of the cache.
+
+Scripts build key names from the prefix, so this needs a standalone Redis (or
+Sentinel), not Redis Cluster. ``redis`` (redis-py) is imported on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .embedders import Embedder
+from .index import _Exact
+from .store import _UNSET, CacheStore, Entry, Hit, Scorer
+
+__all__ = ["RedisCacheStore"]
+
+log = logging.getLogger("llmbudget.cache")
+
+#: Stream entries kept (approximately); a process further behind rebuilds its indexes.
+STREAM_MAXLEN = 100_000
+_READ_BATCH = 1000
+
+_DELETE = """
+local function delete_entry(P, id)
+    local w = redis.call('HGET', P .. 'w', id)
+    redis.call('DEL', P .. 'e:' .. id)
+    redis.call('ZREM', P .. 'used', id)
+    redis.call('ZREM', P .. 'exp', id)
+    if not w then return 0 end
+    redis.call('HDEL', P .. 'w', id)
+    local a = string.find(w, '\\n', 1, true)
+    local b = string.find(w, '\\n', a + 1, true)
+    local pid = string.sub(w, 1, a - 1)
+    local size = tonumber(string.sub(w, a + 1, b - 1))
+    local key = string.sub(w, b + 1)
+    redis.call('SREM', P .. 'p:' .. pid, id)
+    if redis.call('HGET', P .. 'x:' .. pid, key) == id then
+        redis.call('HDEL', P .. 'x:' .. pid, key)
+    end
+    redis.call('DECRBY', P .. 'bytes', size)
+    redis.call('XADD', P .. 'log', 'MAXLEN', '~', ARGV[2], '*', 'o', 'd', 'i', id, 'p', pid)
+    return 1
+end
+"""
+
+# ARGV: prefix, maxlen, pid, partition, exact_key, tenant, model, text, response, vector, now, ttl_ms, size, cap
+_PUT = _DELETE + """
+local P = ARGV[1]
+local pid, key, vector, now, ttl, size, cap = ARGV[3], ARGV[5], ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14])
+local old = redis.call('HGET', P .. 'x:' .. pid, key)
+if old then delete_entry(P, old) end
+local id = tostring(redis.call('INCR', P .. 'seq'))
+local expires = ''
+if ttl > 0 then expires = tostring(tonumber(now) + ttl / 1000) end
+redis.call('HSET', P .. 'e:' .. id, 'p', ARGV[4], 'k', key, 't', ARGV[6], 'm', ARGV[7], 'x', ARGV[8], 'r', ARGV[9],
+    'v', vector, 'c', now, 'e', expires, 'h', 0, 'l', '', 's', size)
+if ttl > 0 then
+    redis.call('PEXPIRE', P .. 'e:' .. id, ttl)
+    redis.call('ZADD', P .. 'exp', expires, id)
+end
+redis.call('HSET', P .. 'x:' .. pid, key, id)
+redis.call('HSET', P .. 'w', id, pid .. '\\n' .. size .. '\\n' .. key)
+redis.call('INCRBY', P .. 'bytes', size)
+redis.call('ZADD', P .. 'used', now, id)
+if vector ~= '' then
+    redis.call('SADD', P .. 'p:' .. pid, id)
+    redis.call('XADD', P .. 'log', 'MAXLEN', '~', ARGV[2], '*', 'o', 'a', 'i', id, 'p', pid, 'v', vector)
+end
+local evicted = 0
+if cap > 0 then
+    local expired = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now)
+    for _, gone in ipairs(expired) do evicted = evicted + delete_entry(P, gone) end
+    local excess = redis.call('ZCARD', P .. 'used') - cap
+    if excess > 0 then
+        for _, gone in ipairs(redis.call('ZRANGE', P .. 'used', 0, excess)) do
+            if excess > 0 and gone ~= id then
+                evicted = evicted + delete_entry(P, gone)
+                excess = excess - 1
+            end
+        end
+    end
+end
+return {id, evicted}
+"""
+
+# ARGV: prefix, maxlen, id...
+_DELETE_MANY = _DELETE + """
+local n = 0
+for i = 3, #ARGV do n = n + delete_entry(ARGV[1], ARGV[i]) end
+return n
+"""
+
+# ARGV: prefix, maxlen, now
+_PURGE = _DELETE + """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. 'exp', '-inf', ARGV[3])) do
+    n = n + delete_entry(ARGV[1], id)
+end
+return n
+"""
+
+# ARGV: prefix, id, now
+_HIT = """
+local k = ARGV[1] .. 'e:' .. ARGV[2]
+if redis.call('EXISTS', k) == 1 then
+    redis.call('HINCRBY', k, 'h', 1)
+    redis.call('HSET', k, 'l', ARGV[3])
+    redis.call('ZADD', ARGV[1] .. 'used', 'XX', ARGV[3], ARGV[2])
+end
+return 0
+"""
+
+_FIELDS = (b"p", b"k", b"t", b"m", b"x", b"r", b"c", b"e", b"l", b"h", b"s")
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", "surrogatepass")
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class RedisCacheStore:
+    """:class:`~llmbudget.cache.store.CacheStore`'s interface with its entries in Redis.
+
+    - ``url``: ``redis://host:port/db`` or ``rediss://...`` (a ``?prefix=`` query option
+      overrides ``prefix``); ``prefix``: the key prefix (one per app).
+    - ``embedder``, ``scorer``, ``threshold``, ``ttl``, ``candidates``, ``min_cosine``: as
+      :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
+    - ``timeout``: seconds a Redis command may take before the cache counts Redis as down.
+    - ``clock``: the time source, epoch seconds (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "llmbudget:cache:",
+        embedder: Embedder | None = None,
+        scorer: Scorer | None = None,
+        threshold: float | None = None,
+        ttl: float | None = None,
+        max_entries: int | None = 100_000,
+        candidates: int = 2,
+        min_cosine: float | None = None,
+        timeout: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from ..ledger.redis import _client, _split_url, _unavailable_errors
+
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries={max_entries}: expected a positive number or None (no cap)")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None (entries never expire)")
+        if candidates < 1:
+            raise ValueError(f"candidates={candidates}: expected at least 1")
+        if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
+            raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
+        base, options = _split_url(url)
+        self.url = base
+        self.prefix = options.get("prefix") or prefix
+        self._redis = _client(base, timeout)
+        self._down = _unavailable_errors()
+        import redis
+
+        self._no_stream: type[Exception] = redis.ResponseError
+        if embedder is None:
+            from .embedders import WordLlamaEmbedder
+
+            embedder = WordLlamaEmbedder()
+        self.embedder: Embedder = embedder
+        self.dim = int(embedder.dim)
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.candidates = candidates
+        self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else 0.6)
+        self._scorer = scorer
+        self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
+        self._scoring_lock = threading.Lock()
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._parts: dict[int, _Exact] = {}
+        self._last_id = b"0-0"
+        self._position = 0  # stream entries added up to self._last_id
+        self._store_id: bytes | None = None
+        self._warned = False
+        self._closed = False
+        self._put = self._redis.register_script(_PUT)
+        self._delete_many = self._redis.register_script(_DELETE_MANY)
+        self._purge = self._redis.register_script(_PURGE)
+        self._hit = self._redis.register_script(_HIT)
+        try:
+            self._meta()
+        except self._down as exc:
+            self._unreachable(exc)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("llmbudget: Redis cache at %s is unreachable (%s); lookups miss and answers are not stored "
+                        "until it answers again", self.url, exc)
+
+    def _reachable(self) -> None:
+        if self._warned:
+            self._warned = False
+            log.warning("llmbudget: Redis cache at %s answers again", self.url)
+
+    def _meta(self) -> bytes:
+        """The store's id (created on first use); checks the embedder. Drops local indexes when the id changed."""
+        key = self._key("meta")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hsetnx(key, "id", uuid.uuid4().hex)
+        pipe.hsetnx(key, "embedder", str(self.embedder.name))
+        pipe.hsetnx(key, "dim", str(self.dim))
+        pipe.hgetall(key)
+        meta = pipe.execute()[-1]
+        mine = (str(self.embedder.name), str(self.dim))
+        if (_text(meta.get(b"embedder")), _text(meta.get(b"dim"))) != mine and not self._redis.hlen(self._key("w")):
+            self._redis.hset(key, mapping={"embedder": mine[0], "dim": mine[1]})  # an empty store takes any embedder
+        elif (_text(meta.get(b"embedder")), _text(meta.get(b"dim"))) != mine:
+            raise ValueError(
+                f"the Redis cache {self.url} (prefix {self.prefix!r}) holds vectors from embedder "
+                f"{_text(meta.get(b'embedder'))!r} ({_text(meta.get(b'dim'))}-d), not {self.embedder.name!r} "
+                f"({self.dim}-d): use that embedder or another prefix"
+            )
+        store_id = meta[b"id"]
+        if store_id != self._store_id:
+            with self._lock:
+                self._reset(self._stream_head())
+                self._store_id = store_id
+        return store_id
+
+    def _stream_head(self) -> tuple[bytes, int]:
+        """The stream's last id and how many entries were ever added to it."""
+        try:
+            info = self._redis.xinfo_stream(self._key("log"))
+        except self._down:
+            raise
+        except self._no_stream:  # no stream yet
+            return b"0-0", 0
+        return _as_bytes(info.get("last-generated-id") or b"0-0"), int(info.get("entries-added") or 0)
+
+    def _reset(self, head: tuple[bytes, int]) -> None:
+        if self._parts:
+            log.info("llmbudget: Redis cache %s: local vector indexes dropped (behind a trimmed stream or a reset "
+                     "store); they reload on use", self.url)
+        self._parts.clear()
+        self._last_id, self._position = head
+
+    @staticmethod
+    def _partition_id(partition: str) -> int:
+        return CacheStore._partition_id(partition)
+
+    # Vector handling and scoring are the SQLite store's.
+    _vectors: Any = CacheStore._vectors
+    _unit: Any = CacheStore._unit
+    _decode: Any = CacheStore._decode
+    _scoring: Any = CacheStore._scoring
+    _score: Any = CacheStore._score
+
+    @property
+    def threshold(self) -> float:
+        """The score a candidate needs to be a hit."""
+        return self._scoring()[1]
+
+    def sync(self) -> int:
+        """Apply the stream entries written since the last call to the local indexes; returns how many."""
+        with self._lock:
+            store_id = self._redis.hget(self._key("meta"), "id")
+            if store_id is None or store_id != self._store_id:
+                self._meta()
+            applied = 0
+            while True:
+                pipe = self._redis.pipeline(transaction=True)  # the read and the trim count of one moment
+                pipe.xinfo_stream(self._key("log"))
+                pipe.xread({self._key("log"): self._last_id}, count=_READ_BATCH)
+                try:
+                    info, read = pipe.execute()
+                except self._down:
+                    raise
+                except self._no_stream:  # no stream yet
+                    return applied
+                trimmed = int(info.get("entries-added") or 0) - int(info.get("length") or 0)
+                if trimmed > self._position:  # entries this process never applied were trimmed away
+                    self._reset(self._stream_head())
+                    return applied
+                events = read[0][1] if read else []
+                for event_id, fields in events:
+                    self._apply(fields)
+                    self._last_id = event_id
+                self._position += len(events)
+                applied += len(events)
+                if len(events) < _READ_BATCH:
+                    return applied
+
+    def _apply(self, fields: dict[bytes, bytes]) -> None:
+        part = self._parts.get(int(fields[b"p"]))
+        if part is None:
+            return
+        ids = np.array([int(fields[b"i"])], dtype=np.int64)
+        if fields[b"o"] == b"a":
+            unit = self._decode([fields[b"v"]])
+            part.add(ids, unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12))
+        else:
+            part.remove(ids)
+
+    def _partition(self, pid: int) -> _Exact:
+        """The local index of a partition, loaded from Redis on first use (after :meth:`sync`)."""
+        part = self._parts.get(pid)
+        if part is not None:
+            return part
+        members = sorted(int(m) for m in self._redis.smembers(self._key(f"p:{pid}")))
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(members), 1000):
+            chunk = members[start : start + 1000]
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in chunk:
+                pipe.hget(self._key(f"e:{entry_id}"), "v")
+            for entry_id, blob in zip(chunk, pipe.execute()):
+                if blob:
+                    ids.append(entry_id)
+                    blobs.append(blob)
+        vectors = self._decode(blobs)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        part = _Exact(self.dim, np.array(ids, dtype=np.int64), vectors)
+        self._parts[pid] = part
+        return part
+
+    def _entry(self, entry_id: int, values: list[bytes | None]) -> Entry:
+        p, k, t, m, x, r, c, e, lh, h, s = values
+        return Entry(
+            id=entry_id, partition=_text(p), exact_key=_text(k), tenant=_text(t), model=_text(m), text=_text(x),
+            response=_text(r), created=float(c or 0), expires=float(e) if e else None,
+            last_hit=float(lh) if lh else None, hits=int(h or 0), size=int(s or 0),
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def get_exact(self, partition: str, exact_key: str) -> Entry | None:
+        """The live entry stored under ``exact_key`` in ``partition``, or None (also when Redis is down)."""
+        try:
+            found = self._get_exact(partition, exact_key)
+        except self._down as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return found
+
+    def _get_exact(self, partition: str, exact_key: str) -> Entry | None:
+        raw = self._redis.hget(self._key(f"x:{self._partition_id(partition)}"), exact_key)
+        if raw is None:
+            return None
+        values = self._redis.hmget(self._key(f"e:{int(raw)}"), _FIELDS)
+        if values[0] is None or _text(values[0]) != partition or _text(values[1]) != exact_key:
+            return None
+        entry = self._entry(int(raw), values)
+        if entry.expires is not None and entry.expires <= self._clock():
+            return None
+        return entry
+
+    def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
+        """The best live entry of ``partition`` whose score reaches the threshold, or None (also when Redis is down)."""
+        query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
+        if query is None:
+            return None
+        try:
+            found = self._search(partition, text, query)
+        except self._down as exc:
+            self._unreachable(exc)
+            return None
+        self._reachable()
+        return found
+
+    def _search(self, partition: str, text: str, query: np.ndarray) -> Hit | None:
+        pid = self._partition_id(partition)
+        with self._lock:
+            self.sync()
+            part = self._partition(pid)
+            found = part.search(query, self.candidates)
+        if not found:
+            return None
+        ids = [key for key, _ in found]
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.hmget(self._key(f"e:{entry_id}"), [b"p", b"e", b"x", b"v"])
+        rows = pipe.execute()
+        now = self._clock()
+        live: list[tuple[int, str, bytes]] = []
+        gone: list[int] = []
+        for entry_id, (p, e, x, v) in zip(ids, rows):
+            if p is None:
+                gone.append(entry_id)  # expired in Redis (its deletion is logged by the next purge)
+            elif _text(p) != partition:  # a 63-bit hash collision; never served across partitions
+                log.warning("cache: entry %d of another partition shares this partition's hash; ignored", entry_id)
+            elif e and float(e) <= now:
+                continue
+            elif v:
+                live.append((entry_id, _text(x), v))
+        if gone:
+            with self._lock:
+                part.remove(np.array(gone, dtype=np.int64))
+        if not live:
+            return None
+        cands = self._decode([row[2] for row in live])
+        cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
+        similar = np.clip(cands @ query, -1.0, 1.0)
+        keep = np.flatnonzero(similar >= self.min_cosine)
+        if keep.size == 0:
+            return None
+        live = [live[i] for i in keep]
+        cands = cands[keep]
+        cosines = similar[keep].tolist()
+        scorer, threshold = self._scoring()
+        scores = self._score(scorer, text, query, [row[1] for row in live], cands).tolist()
+        best = max(range(len(live)), key=lambda i: (scores[i], cosines[i]))
+        if not scores[best] >= threshold:
+            return None
+        values = self._redis.hmget(self._key(f"e:{live[best][0]}"), _FIELDS)
+        if values[0] is None or _text(values[0]) != partition:  # deleted meanwhile
+            return None
+        return Hit(self._entry(live[best][0], values), float(scores[best]), float(cosines[best]))
+
+    def put(
+        self,
+        *,
+        partition: str,
+        exact_key: str,
+        text: str,
+        response: str,
+        tenant: str,
+        model: str,
+        vector: Any | None = None,
+        semantic: bool = True,
+        ttl: float | None = _UNSET,
+    ) -> int:
+        """Store an answer (replacing the one under the same ``exact_key``); returns the entry id, 0 when Redis is down."""
+        blob = self._vectors([text], [vector])[0] if semantic else None
+        ttl = self.ttl if ttl is _UNSET else ttl
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None")
+        pid = self._partition_id(partition)
+        size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
+        size += len(blob) if blob is not None else 0
+        now = self._clock()
+        args = [self.prefix, STREAM_MAXLEN, pid, partition, exact_key, tenant, model, text, response, blob or b"",
+                repr(now), 0 if ttl is None else max(1, round(ttl * 1000)), size, self.max_entries or 0]
+        try:
+            entry_id, evicted = self._put(args=args)
+        except self._down as exc:
+            self._unreachable(exc)
+            return 0
+        self._reachable()
+        if evicted:
+            log.debug("cache: evicted %d entries (lru, cap %s)", evicted, self.max_entries)
+        return int(entry_id)
+
+    def put_many(self, items: Any) -> list[int]:
+        """Store many answers (each a mapping of :meth:`put`'s arguments); returns their ids."""
+        return [self.put(**dict(item)) for item in items]
+
+    def record_hit(self, entry_id: int) -> None:
+        """Count a hit on ``entry_id`` (LRU orders by it)."""
+        try:
+            self._hit(args=[self.prefix, int(entry_id), repr(self._clock())])
+        except self._down as exc:
+            self._unreachable(exc)
+
+    def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
+        """Delete the entries of ``tenant``, of ``model``, of both, or (no argument) all; returns how many.
+
+        Every process sees the deletions through the stream. Returns 0 when Redis is down.
+        """
+        try:
+            deleted = self._invalidate(tenant, model)
+        except self._down as exc:
+            self._unreachable(exc)
+            return 0
+        self._reachable()
+        log.info("cache: invalidated %d entries (tenant=%r, model=%r)", deleted, tenant, model)
+        return deleted
+
+    def _invalidate(self, tenant: str | None, model: str | None) -> int:
+        ids = [int(m) for m in self._redis.hkeys(self._key("w"))]
+        deleted = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            if tenant is not None or model is not None:
+                pipe = self._redis.pipeline(transaction=False)
+                for entry_id in chunk:
+                    pipe.hmget(self._key(f"e:{entry_id}"), [b"t", b"m"])
+                chunk = [
+                    entry_id for entry_id, (t, m) in zip(chunk, pipe.execute())
+                    if t is None or ((tenant is None or _text(t) == tenant) and (model is None or _text(m) == model))
+                ]  # entries already expired (t is None) go too
+            if chunk:
+                deleted += int(self._delete_many(args=[self.prefix, STREAM_MAXLEN, *chunk]))
+        return deleted
+
+    def purge(self) -> int:
+        """Delete expired entries now (also done by every put under a cap); returns how many."""
+        try:
+            return int(self._purge(args=[self.prefix, STREAM_MAXLEN, repr(self._clock())]))
+        except self._down as exc:
+            self._unreachable(exc)
+            return 0
+
+    def stats(self) -> dict[str, int]:
+        """``{"entries", "bytes", "partitions"}`` of the live store (expired entries purged first)."""
+        self.purge()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hlen(self._key("w"))
+            pipe.get(self._key("bytes"))
+            pipe.hvals(self._key("w"))
+            entries, size, where = pipe.execute()
+        except self._down as exc:
+            self._unreachable(exc)
+            return {"entries": 0, "bytes": 0, "partitions": 0}
+        partitions = {w.split(b"\n", 1)[0] for w in where}
+        return {"entries": int(entries), "bytes": int(size or 0), "partitions": len(partitions)}
+
+    def save_index(self) -> int:
+        """Nothing to save: the local indexes are rebuilt from Redis."""
+        return 0
+
+    def clear(self) -> None:
+        """Delete every key under this store's prefix (tests, tear-down)."""
+        keys = list(self._redis.scan_iter(match=f"{self.prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self._redis.delete(*keys[start : start + 1000])
+        with self._lock:
+            self._parts.clear()
+            self._last_id, self._position = b"0-0", 0
+            self._store_id = None
+
+    def close(self) -> None:
+        """Close the connections."""
+        if not self._closed:
+            self._closed = True
+            self._redis.close()
+
+    def __enter__(self) -> RedisCacheStore:  # noqa: PYI034 - typing.Self needs 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisCacheStore({self.url!r}, prefix={self.prefix!r})"

@@ -1,0 +1,403 @@
+"""RedisCacheStore against the real Redis: lookups, isolation, TTL, eviction, other processes, Redis down.
+
+Database 15 of the Redis on 127.0.0.1:6379, one key prefix per test, deleted after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmbudget.cache import redis_store
+from llmbudget.cache.cache import Cache
+from llmbudget.cache.redis_store import RedisCacheStore
+from llmbudget.config import engine_from_config
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = "redis://127.0.0.1:6379/15"
+#: The most a stored entry may take to become a hit in another process (measured: a few milliseconds).
+CROSS_PROCESS_DELAY_S = 1.0
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words vectors (fast, the same in every process)."""
+
+    dim = 32
+    name = "test-hash-32"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                out[row] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+class OtherEmbedder(HashEmbedder):
+    name = "test-other-32"
+
+
+class CosineStandIn:
+    """A stand-in for the verifier: cosine similarity."""
+
+    threshold = 0.995
+
+    def score(self, query_text: str, query_vec: np.ndarray, cand_text: str, cand_vec: np.ndarray) -> float:
+        return float(np.dot(query_vec, cand_vec))
+
+
+def _drop(prefix: str) -> None:
+    client = redis.Redis.from_url(URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    name = f"llmbudget-test:cache:{uuid.uuid4().hex[:12]}:"
+    yield name
+    _drop(name)
+
+
+def make(prefix: str, url: str = URL, **options: object) -> RedisCacheStore:
+    options.setdefault("embedder", HashEmbedder())
+    options.setdefault("scorer", CosineStandIn())
+    return RedisCacheStore(url, prefix=prefix, **options)  # type: ignore[arg-type]
+
+
+def put(store: RedisCacheStore, partition: str, key: str, text: str, **extra: object) -> int:
+    fields: dict[str, object] = {"tenant": "acme", "model": "gpt-x", "response": json.dumps({"answer": text})}
+    fields.update(extra)
+    return store.put(partition=partition, exact_key=key, text=text, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(prefix: str) -> Iterator[RedisCacheStore]:
+    with make(prefix) as opened:
+        yield opened
+
+
+def test_exact_and_semantic_lookups(store: RedisCacheStore) -> None:
+    entry_id = put(store, "p1", "k1", "what is the capital of france")
+    assert entry_id > 0
+    exact = store.get_exact("p1", "k1")
+    assert exact is not None and exact.id == entry_id and json.loads(exact.response) == {"answer": exact.text}
+    assert store.get_exact("p1", "k2") is None
+    assert store.get_exact("p2", "k1") is None
+    hit = store.search("p1", "What is the capital of France")
+    assert hit is not None and hit.entry.id == entry_id and hit.cosine > 0.99
+    assert store.search("p1", "how tall is mount everest") is None
+    assert store.search("p2", "what is the capital of france") is None
+    store.record_hit(entry_id)
+    store.record_hit(entry_id)
+    again = store.get_exact("p1", "k1")
+    assert again is not None and again.hits == 2 and again.last_hit is not None
+    # Replacing under the same exact key: one entry, the new answer, the old vector gone.
+    new_id = put(store, "p1", "k1", "how tall is mount everest")
+    assert new_id != entry_id and store.stats()["entries"] == 1
+    assert store.search("p1", "what is the capital of france") is None
+    found = store.search("p1", "how tall is mount everest")
+    assert found is not None and found.entry.id == new_id
+    # Exact-only entries and given vectors.
+    put(store, "p1", "k3", "exact only please", semantic=False)
+    assert store.get_exact("p1", "k3") is not None and store.search("p1", "exact only please") is None
+    vec = np.zeros(32, dtype=np.float32)
+    vec[3] = 2.0
+    given_id = put(store, "p3", "k4", "anything", vector=vec)
+    hit = store.search("p3", "ignored", vector=vec)
+    assert hit is not None and hit.entry.id == given_id
+    assert store.stats() == {"entries": 3, "bytes": store.stats()["bytes"], "partitions": 2}
+
+
+words = st.sampled_from(["red", "green", "blue", "cat", "dog", "sun", "moon", "sea"])
+texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
+partitions = st.sampled_from(["a", "b", "c"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(puts=st.lists(st.tuples(partitions, texts), min_size=1, max_size=8),
+       queries=st.lists(st.tuples(partitions, texts), min_size=1, max_size=6))
+def test_search_never_crosses_partitions(
+    prefix: str, puts: list[tuple[str, str]], queries: list[tuple[str, str]]
+) -> None:
+    name = f"{prefix}{uuid.uuid4().hex[:6]}:"
+    with make(name, scorer=CosineStandIn(), threshold=-1.0, min_cosine=-1.0) as store:
+        try:
+            stored: dict[str, set[str]] = {}
+            for i, (partition, text) in enumerate(puts):
+                put(store, partition, f"k{i}", text)
+                stored.setdefault(partition, set()).add(text)
+            for partition, text in queries:
+                hit = store.search(partition, text)
+                if partition not in stored:
+                    assert hit is None
+                else:
+                    assert hit is not None and hit.entry.partition == partition and hit.entry.text in stored[partition]
+                for i in range(len(puts)):
+                    exact = store.get_exact(partition, f"k{i}")
+                    assert exact is None or exact.partition == partition
+                    assert (exact is not None) == (puts[i][0] == partition)
+        finally:
+            store.clear()
+
+
+def test_hash_collision_is_never_served(store: RedisCacheStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RedisCacheStore, "_partition_id", staticmethod(lambda partition: 7))
+    put(store, "tenant-a", "k", "shared question text")
+    assert store.search("tenant-b", "shared question text") is None
+    assert store.get_exact("tenant-b", "k") is None
+    assert store.search("tenant-a", "shared question text") is not None
+
+
+def test_ttl_expires_entries(prefix: str) -> None:
+    with make(prefix, ttl=0.3) as store:
+        put(store, "p", "short", "a question that expires soon")
+        put(store, "p", "long", "a question that stays around", ttl=60)
+        assert store.get_exact("p", "short") is not None
+        assert store.search("p", "a question that expires soon") is not None
+        expires = store.get_exact("p", "short").expires  # type: ignore[union-attr]
+        assert expires is not None and expires - time.time() < 0.31
+        time.sleep(0.45)
+        assert store.get_exact("p", "short") is None
+        assert store.search("p", "a question that expires soon") is None
+        assert store.get_exact("p", "long") is not None
+        assert store.purge() == 1
+        assert store.stats()["entries"] == 1
+
+
+def test_lru_eviction_at_the_cap(prefix: str) -> None:
+    with make(prefix, max_entries=3) as store:
+        ids = [put(store, "p", f"k{i}", f"question number {i} {'x ' * i}") for i in range(3)]
+        store.record_hit(ids[0])  # k1 is now the least recently used
+        put(store, "p", "k3", "one more question")
+        assert store.stats()["entries"] == 3
+        assert store.get_exact("p", "k1") is None
+        assert all(store.get_exact("p", k) is not None for k in ("k0", "k2", "k3"))
+        assert store.search("p", "question number 1 x") is None
+
+
+CHILD = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import hashlib
+from collections.abc import Sequence
+from llmbudget.cache.redis_store import RedisCacheStore
+{classes}
+store = RedisCacheStore({url!r}, prefix=sys.argv[1], embedder=HashEmbedder(), scorer=CosineStandIn())
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "wait":  # poll as a busy worker would: one lookup after another
+        deadline = time.time() + cmd["timeout"]
+        found = None
+        while time.time() < deadline:
+            hit = store.search(cmd["partition"], cmd["text"])
+            found = hit.entry.id if hit is not None else None
+            if (found is not None) == cmd["present"]:
+                break
+            time.sleep(0.002)
+        print(json.dumps({{"at": time.time(), "id": found}}), flush=True)
+    elif cmd["op"] == "put":
+        entry_id = store.put(partition=cmd["partition"], exact_key=cmd["key"], text=cmd["text"],
+                             response="{{}}", tenant=cmd["tenant"], model="m")
+        print(json.dumps({{"id": entry_id}}), flush=True)
+    elif cmd["op"] == "exact":
+        entry = store.get_exact(cmd["partition"], cmd["key"])
+        print(json.dumps({{"id": None if entry is None else entry.id}}), flush=True)
+"""
+
+
+class Child:
+    """Another process with its own RedisCacheStore on the same prefix, driven over stdin."""
+
+    def __init__(self, prefix: str) -> None:
+        source = CHILD.format(root=str(ROOT), url=URL, classes="\n".join(
+            textwrap.dedent(inspect.getsource(cls)) for cls in (HashEmbedder, CosineStandIn)))
+        self.proc = subprocess.Popen([sys.executable, "-c", source, prefix], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+    def ask(self, **cmd: object) -> dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the child process died"
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def test_an_entry_stored_by_one_process_is_a_hit_in_another(
+    store: RedisCacheStore, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    child = Child(prefix)
+    try:
+        put(store, "p", "warm", "a question to load the partition")
+        assert child.ask(op="wait", partition="p", text="a question to load the partition", present=True,
+                         timeout=10)["id"] is not None  # the child has bootstrapped the partition
+        delays = []
+        for round_ in range(5):
+            text = f"brand new question number {round_} about {'sea ' * round_}"
+            assert child.ask(op="wait", partition="p", text=text, present=False, timeout=1)["id"] is None
+            # The child polls while this process stores; it reports when it first sees the entry.
+            assert child.proc.stdin is not None
+            child.proc.stdin.write(json.dumps({"op": "wait", "partition": "p", "text": text, "present": True,
+                                               "timeout": 5}) + "\n")
+            child.proc.stdin.flush()
+            time.sleep(0.1)  # the child is polling by now
+            stored_at = time.time()
+            entry_id = put(store, "p", f"k{round_}", text)
+            assert child.proc.stdout is not None
+            seen = json.loads(child.proc.stdout.readline())
+            assert seen["id"] == entry_id
+            delays.append(seen["at"] - stored_at)
+        with capsys.disabled():
+            print(f"\ncross-process delay (store -> hit in another process): max {max(delays) * 1000:.1f} ms, "
+                  f"median {sorted(delays)[2] * 1000:.1f} ms")
+        assert max(delays) < CROSS_PROCESS_DELAY_S
+        # The other way round, and the exact tier.
+        child_id = child.ask(op="put", partition="p", key="from-child", text="asked in the child process",
+                             tenant="acme")["id"]
+        assert store.get_exact("p", "from-child") is not None
+        hit = store.search("p", "asked in the child process")
+        assert hit is not None and hit.entry.id == child_id
+    finally:
+        child.close()
+
+
+def test_invalidation_is_seen_by_another_process(store: RedisCacheStore, prefix: str) -> None:
+    child = Child(prefix)
+    try:
+        put(store, "p", "a1", "tenant a first question", tenant="a")
+        put(store, "p", "b1", "tenant b first question", tenant="b")
+        put(store, "p", "b2", "tenant b other question", tenant="b", model="other")
+        for text in ("tenant a first question", "tenant b first question"):
+            assert child.ask(op="wait", partition="p", text=text, present=True, timeout=5)["id"] is not None
+        assert store.invalidate(tenant="a") == 1
+        assert child.ask(op="wait", partition="p", text="tenant a first question", present=False,
+                         timeout=CROSS_PROCESS_DELAY_S)["id"] is None
+        assert child.ask(op="exact", partition="p", key="a1")["id"] is None
+        assert child.ask(op="exact", partition="p", key="b1")["id"] is not None
+        assert store.invalidate(tenant="b", model="other") == 1
+        assert child.ask(op="exact", partition="p", key="b2")["id"] is None
+        assert store.invalidate() == 1
+        assert child.ask(op="wait", partition="p", text="tenant b first question", present=False,
+                         timeout=CROSS_PROCESS_DELAY_S)["id"] is None
+        assert child.ask(op="exact", partition="p", key="b1")["id"] is None
+        assert store.stats()["entries"] == 0
+    finally:
+        child.close()
+
+
+def test_a_trimmed_stream_or_a_flushed_store_rebuilds_local_indexes(
+    store: RedisCacheStore, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = make(prefix)
+    try:
+        put(store, "p", "k0", "first question here")
+        assert other.search("p", "first question here") is not None
+        monkeypatch.setattr(redis_store, "STREAM_MAXLEN", 1)
+        for i in range(1, 300):  # the stream keeps ~1 entry: `other` misses the deletions below
+            put(store, "p", f"k{i}", f"question {i} " + "word " * (i % 5))
+        store.invalidate()
+        put(store, "p", "last", "the last question")
+        assert other.search("p", "first question here") is None
+        assert other.search("p", "the last question") is not None
+        # A Redis that lost its data: ids start again at 1.
+        _drop(prefix)
+        put(store, "p", "again", "after the flush")
+        hit = other.search("p", "after the flush")
+        assert hit is not None and hit.entry.exact_key == "again"
+        assert other.search("p", "the last question") is None
+    finally:
+        other.close()
+
+
+def test_redis_down_means_misses_and_skipped_stores(caplog: pytest.LogCaptureFixture) -> None:
+    with socket_free_port() as port, caplog.at_level(logging.WARNING, logger="llmbudget.cache"):
+        url = f"redis://127.0.0.1:{port}/15"
+        started = time.monotonic()
+        store = make("llmbudget-test:down:", url=url)
+        assert store.get_exact("p", "k") is None
+        assert store.search("p", "any question") is None
+        assert put(store, "p", "k", "any question") == 0
+        store.record_hit(1)
+        assert store.invalidate(tenant="t") == 0
+        assert store.purge() == 0
+        assert store.stats() == {"entries": 0, "bytes": 0, "partitions": 0}
+        assert time.monotonic() - started < 5
+        store.close()
+    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+class socket_free_port:  # a context manager
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_cache_and_config_accept_a_redis_url(prefix: str) -> None:
+    cache = Cache(f"{URL}?prefix={prefix}", embedder=HashEmbedder(), threshold=0.5)
+    try:
+        assert isinstance(cache.store, RedisCacheStore) and cache.store.prefix == prefix
+    finally:
+        cache.store.close()
+    put(RedisCacheStore(URL, prefix=prefix, embedder=HashEmbedder(), threshold=0.5), "p", "k", "a stored question")
+    with pytest.raises(ValueError, match="holds vectors from embedder 'test-hash-32'"):
+        RedisCacheStore(URL, prefix=prefix, embedder=OtherEmbedder(), threshold=0.5)
+    engine = engine_from_config({"cache": {"path": f"{URL}?prefix={prefix}other:", "semantic": False}})
+    assert isinstance(engine.cache.store, RedisCacheStore)  # type: ignore[union-attr]
+    engine.cache.store.close()  # type: ignore[union-attr]
+
+
+def test_a_repeat_through_the_sdk_is_a_hit_from_redis(engine, records, llm_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    import openai
+    from servers import base_url, proxy
+
+    import llmbudget
+
+    engine.cache = Cache(f"{URL}?prefix={prefix}")
+    ask = {"model": "gpt-4o-mini", "max_tokens": 24, "temperature": 0, "stop": ["\n"]}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    try:
+        with proxy(llm_server) as server:
+            client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
+                                   max_retries=0)
+            first = client.chat.completions.create(messages=question, **ask)  # type: ignore[call-overload]
+            engine.cache.store.close()
+            engine.cache = Cache(f"{URL}?prefix={prefix}")  # as another worker would see it
+            again = client.chat.completions.create(messages=question, **ask)  # type: ignore[call-overload]
+            assert len(server.received) == 1
+            assert again.choices[0].message.content == first.choices[0].message.content
+        miss, hit = records
+        assert not miss.from_cache and hit.from_cache and hit.cache_tier == "exact"
+    finally:
+        engine.cache.store.close()

@@ -98,7 +98,7 @@ _ROUTE_KEYS = frozenset(
     {"path", "enabled", "budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "cache", "routing"}
 )
 _METRICS_KEYS = frozenset({"enabled", "path", "max_tenants", "tenants", "max_models"})
-_BUDGET_KEYS = frozenset({"usd", "per", "period", "name"})
+_BUDGET_KEYS = frozenset({"usd", "per", "period", "name", "on_unavailable"})
 _PROBLEM_TYPE = "urn:llmbudget:budget-exceeded"
 
 
@@ -383,7 +383,8 @@ def _budget_from_table(table: Any, what: str) -> Budget:
     if not isinstance(name, str):
         raise ConfigError(f"{what}: name must be a string, got {name!r}")
     try:
-        return Budget(usd, per=table.get("per", "request"), period=period, name=name)
+        return Budget(usd, per=table.get("per", "request"), period=period, name=name,
+                      on_unavailable=table.get("on_unavailable"))
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
 

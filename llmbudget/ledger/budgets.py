@@ -49,9 +49,18 @@ class Budget:
     per: Per = "request"
     period: Period | None = None
     name: str = ""
+    #: When a shared budget store (Redis) cannot be reached: "closed" refuses (503), "open"
+    #: serves and counts locally; None: the store's own setting.
+    on_unavailable: Literal["open", "closed"] | None = None
 
     def __init__(
-        self, usd: Decimal | float | int | str, *, per: Per = "request", period: Period | None = None, name: str = ""
+        self,
+        usd: Decimal | float | int | str,
+        *,
+        per: Per = "request",
+        period: Period | None = None,
+        name: str = "",
+        on_unavailable: Literal["open", "closed"] | None = None,
     ) -> None:
         if per not in _PERS:
             raise ValueError(f"Budget per={per!r}: expected one of {', '.join(_PERS)}")
@@ -63,6 +72,9 @@ class Budget:
         object.__setattr__(self, "per", per)
         object.__setattr__(self, "period", period)
         object.__setattr__(self, "name", name or (f"{per}/{period}" if period else per))
+        if on_unavailable not in (None, "open", "closed"):
+            raise ValueError(f"Budget on_unavailable={on_unavailable!r}: expected 'open', 'closed' or None")
+        object.__setattr__(self, "on_unavailable", on_unavailable)
 
     def bucket(self, *, tenant: str, request_id: str, now: float) -> Bucket:
         """The counter this budget charges for a call made at ``now`` (epoch seconds)."""

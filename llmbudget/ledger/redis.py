@@ -290,14 +290,16 @@ class RedisBudgetStore:
         if not buckets:
             return Reservation(uuid.uuid4().hex, (), amount)
         pico = to_pico(amount)
+        # Fail-closed if any budget says so (or leaves it to a fail-closed store).
+        closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
         if self._usable():
             try:
                 return self._reserve_redis(buckets, amount, pico, tenant)
             except self._errors as exc:
                 self._mark_down(exc)
-                if self.on_unavailable == "closed":
+                if closed:
                     raise self._unavailable(exc) from exc
-        elif self.on_unavailable == "closed":
+        elif closed:
             raise self._unavailable(None)
         return self._reserve_local(buckets, amount, pico, tenant)
 

@@ -41,3 +41,32 @@ def test_fail_open_serves(llm_server, dead_redis, engine):
     client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client())
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
     assert answer.usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("store_mode, budget_mode, served", [
+    ("closed", "open", True),    # this budget may be served while the store is down
+    ("open", "closed", False),   # this one must not, whatever the store's default
+    ("closed", None, False),
+    ("open", None, True),
+])
+def test_fail_open_or_closed_per_budget(llm_server, dead_redis, engine, store_mode, budget_mode, served):
+    store = RedisBudgetStore(dead_redis, on_unavailable=store_mode, timeout=0.2)
+    budget = llmbudget.Budget("1", per="tenant", period="day", on_unavailable=budget_mode)
+    llmbudget.set_engine(llmbudget.Engine(budgets=[budget], budget_store=store))
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client(),
+                           max_retries=0)
+    if served:
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2).choices
+    else:
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2)
+
+
+def test_on_unavailable_is_validated_and_read_from_toml():
+    from llmbudget.config import Policy
+
+    with pytest.raises(ValueError, match="on_unavailable"):
+        llmbudget.Budget("1", per="tenant", on_unavailable="maybe")
+    policy = Policy.from_config({"budgets": [{"usd": "1", "per": "tenant", "period": "day",
+                                              "on_unavailable": "open"}]})
+    assert policy.budgets[0].on_unavailable == "open"

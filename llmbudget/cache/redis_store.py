@@ -290,6 +290,7 @@ class RedisCacheStore:
     _decode: Any = CacheStore._decode
     _scoring: Any = CacheStore._scoring
     _score: Any = CacheStore._score
+    _best: Any = CacheStore._best
 
     @property
     def threshold(self) -> float:
@@ -435,24 +436,14 @@ class RedisCacheStore:
                 part.remove(np.array(gone, dtype=np.int64))
         if not live:
             return None
-        cands = self._decode([row[2] for row in live])
-        cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
-        similar = np.clip(cands @ query, -1.0, 1.0)
-        keep = np.flatnonzero(similar >= self.min_cosine)
-        if keep.size == 0:
+        chosen = self._best(text, query, [row[1] for row in live], [row[2] for row in live])
+        if chosen is None:
             return None
-        live = [live[i] for i in keep]
-        cands = cands[keep]
-        cosines = similar[keep].tolist()
-        scorer, threshold = self._scoring()
-        scores = self._score(scorer, text, query, [row[1] for row in live], cands).tolist()
-        best = max(range(len(live)), key=lambda i: (scores[i], cosines[i]))
-        if not scores[best] >= threshold:
-            return None
+        best, score, cosine = chosen
         values = self._redis.hmget(self._key(f"e:{live[best][0]}"), _FIELDS)
         if values[0] is None or _text(values[0]) != partition:  # deleted meanwhile
             return None
-        return Hit(self._entry(live[best][0], values), float(scores[best]), float(cosines[best]))
+        return Hit(self._entry(live[best][0], values), score, cosine)
 
     def put(
         self,

@@ -398,7 +398,6 @@ class CacheStore:
             f"SELECT id, partition, expires, text, vector FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
-        scorer, threshold = self._scoring()
         now = self._clock()
         live = []
         expired = False
@@ -413,23 +412,33 @@ class CacheStore:
             self._maybe_purge(now)
         if not live:
             return None
-        cands = self._decode([row[4] for row in live])
+        chosen = self._best(text, query, [row[3] for row in live], [row[4] for row in live])
+        if chosen is None:
+            return None
+        best, score, cosine = chosen
+        full = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?", (live[best][0],)).fetchone()
+        if full is None:  # deleted meanwhile
+            return None
+        return Hit(_entry(partition, full), score, cosine)
+
+    def _best(self, text: str, query: np.ndarray, texts: Sequence[str], blobs: Sequence[bytes]
+              ) -> tuple[int, float, float] | None:
+        """The candidate the scorer likes best, if it reaches the threshold: (index, score, cosine).
+
+        Candidates below ``min_cosine`` are not scored at all.
+        """
+        cands = self._decode(list(blobs))
         cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
         similar = np.clip(cands @ query, -1.0, 1.0)
         keep = np.flatnonzero(similar >= self.min_cosine)
         if keep.size == 0:
             return None
-        live = [live[i] for i in keep]
-        cands = cands[keep]
-        cosines = similar[keep].tolist()
-        scores = self._score(scorer, text, query, [row[3] for row in live], cands).tolist()
-        best = max(range(len(live)), key=lambda i: (scores[i], cosines[i]))
+        scorer, threshold = self._scoring()
+        scores = self._score(scorer, text, query, [texts[i] for i in keep], cands[keep]).tolist()
+        best = max(range(len(keep)), key=lambda i: (scores[i], similar[keep[i]]))
         if not scores[best] >= threshold:
             return None
-        full = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?", (live[best][0],)).fetchone()
-        if full is None:  # deleted meanwhile
-            return None
-        return Hit(_entry(partition, full), float(scores[best]), float(cosines[best]))
+        return int(keep[best]), float(scores[best]), float(similar[keep[best]])
 
     def put(
         self,

@@ -44,7 +44,7 @@ def redis_prefix() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
+        pytest.fail("no Redis on 127.0.0.1:6379: .ci/run starts one; start it with redis-server --port 6379")
     prefix = f"llmbudget-test-deploy-{uuid.uuid4().hex[:10]}:"
     yield prefix
     keys = list(client.scan_iter(match=f"{prefix}*", count=1000))

@@ -46,6 +46,18 @@ def records(engine: llmbudget.Engine) -> list[llmbudget.SpendRecord]:
     return seen
 
 
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted after it."""
+    import uuid
+
+    from redis_keys import drop
+
+    name = f"llmbudget-test:{uuid.uuid4().hex[:12]}:"
+    yield name
+    drop(name)
+
+
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[str]:
     """Base URL of a real OpenAI-compatible server (llama-cpp-python, Gemma 3 270M, named gpt-4o-mini)."""

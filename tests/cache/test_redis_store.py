@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis_keys import URL, drop
 
 from llmbudget.cache import redis_store
 from llmbudget.cache.cache import Cache
@@ -29,7 +29,6 @@ from llmbudget.cache.redis_store import RedisCacheStore
 from llmbudget.config import engine_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
-URL = "redis://127.0.0.1:6379/15"
 #: The most a stored entry may take to become a hit in another process (measured: a few milliseconds).
 CROSS_PROCESS_DELAY_S = 1.0
 
@@ -63,19 +62,10 @@ class CosineStandIn:
         return float(np.dot(query_vec, cand_vec))
 
 
-def _drop(prefix: str) -> None:
-    client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"llmbudget-test:cache:{uuid.uuid4().hex[:12]}:"
-    yield name
-    _drop(name)
+def prefix(redis_prefix: str) -> str:
+    """A key prefix of this test's own; its keys are deleted after it."""
+    return redis_prefix
 
 
 def make(prefix: str, url: str = URL, **options: object) -> RedisCacheStore:
@@ -326,7 +316,7 @@ def test_a_trimmed_stream_or_a_flushed_store_rebuilds_local_indexes(
         assert other.search("p", "first question here") is None
         assert other.search("p", "the last question") is not None
         # A Redis that lost its data: ids start again at 1.
-        _drop(prefix)
+        drop(prefix)
         put(store, "p", "again", "after the flush")
         hit = other.search("p", "after the flush")
         assert hit is not None and hit.entry.exact_key == "again"

@@ -16,13 +16,13 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import redis
+from redis_keys import URL, drop
 
 from llmbudget.calls import SpendRecord, Usage
 from llmbudget.config import engine_from_config
@@ -39,7 +39,6 @@ from llmbudget.ledger import (
 )
 from llmbudget.ledger.redis import from_pico, to_pico
 
-URL = "redis://127.0.0.1:6379/15"
 LIMIT = Decimal(25)
 PER_WORKER = 300
 
@@ -50,20 +49,10 @@ def _now_bucket(usd: str = "1.00", *, name: str = "", per: str = "global", perio
     return budget.bucket(tenant=tenant, request_id="req-1", now=time.time())
 
 
-def _drop(prefix: str, url: str = URL) -> None:
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @pytest.fixture
-def prefix() -> Iterator[str]:
+def prefix(redis_prefix: str) -> str:
     """A key prefix of this test's own; its keys are deleted after it."""
-    name = f"llmbudget-test:{uuid.uuid4().hex[:12]}:"
-    yield name
-    _drop(name)
+    return redis_prefix
 
 
 StoreFactory = Callable[..., BudgetStore]
@@ -231,7 +220,7 @@ def test_ledger_stream_round_trips_and_trims(prefix: str) -> None:
         small.add(record)
     kept = list(small.records())
     assert 100 <= len(kept) < 1000 and kept[-1] == records[999]  # approximate trimming keeps the newest
-    _drop(prefix + "small:")
+    drop(prefix + "small:")
 
 
 # -- many processes against one budget ---------------------------------------------------------------------

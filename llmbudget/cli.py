@@ -90,7 +90,21 @@ def _eval_router(ns: argparse.Namespace) -> int:
 
     result = _run(eval_router, {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong}, as_json=ns.json,
                   title=f"scoring {ns.labels}")
-    _print(result, as_json=ns.json, title="router evaluation")
+    if ns.json:
+        _print(result, as_json=True, title="router evaluation")
+        return 0
+    _print({k: v for k, v in result.items() if k != "curve"}, as_json=False, title="router evaluation")
+    from rich.table import Table
+
+    weak, strong = result["weak_accuracy"], result["strong_accuracy"]
+    gap = strong - weak
+    table = Table(title="cost/quality curve (highest-scored prompts go to the strong model)")
+    for column in ("strong calls", "accuracy", "gap recovered"):
+        table.add_column(column, justify="right")
+    for point in result["curve"]:
+        recovered = (point["accuracy"] - weak) / gap if gap else float("nan")
+        table.add_row(f"{point['strong_fraction']:.0%}", f"{point['accuracy']:.4f}", f"{recovered:.1%}")
+    _console().print(table)
     return 0
 
 

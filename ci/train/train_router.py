@@ -67,8 +67,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors  # noqa: E402
-from llmbudget.routing.evaluate import routing_metrics  # noqa: E402
+from llmbudget.routing.evaluate import FRACTIONS, accuracy_curve, routing_metrics  # noqa: E402
 from llmbudget.routing.features import FEATURE_NAMES, PRIOR_FEATURES, extract_with_text  # noqa: E402
+from llmbudget.tokens import count_text  # noqa: E402
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -76,6 +77,10 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing"
 DEFAULT_OUT = ROOT / "llmbudget" / "routing" / "router_weights.json"
 SEED = 20240601
 STRONG_FRACTION = 0.3
+#: Input price per million tokens of the two models (genai-prices: gpt-4-1106-preview, mixtral-8x7b-instruct);
+#: MMLU answers are a few tokens, so the prompt's input tokens are the cost.
+STRONG_PRICE = 10.0
+WEAK_PRICE = 0.7
 
 #: MMLU's own category of each subject; a domain is held out at a time.
 DOMAINS: dict[str, str] = {
@@ -470,6 +475,46 @@ def report(
     return out
 
 
+def held_out_curve(
+    rows: Sequence[Row], scores: np.ndarray, length: np.ndarray, tokens: np.ndarray
+) -> dict[str, list[dict[str, float]]]:
+    """Accuracy and relative cost at each strong-call fraction, pooled over the held-out MMLU prompts.
+
+    Relative cost is the input-token cost of the routed prompts over the cost of sending them all to the
+    strong model (``WEAK_PRICE``/``STRONG_PRICE`` per token).  Rows: router, length alone, random.
+    """
+    idx = np.flatnonzero([r.task == "mmlu" for r in rows])
+    w = np.asarray([rows[i].weak for i in idx])
+    s = np.asarray([rows[i].strong for i in idx])
+    t = tokens[idx]
+    ratio = WEAK_PRICE / STRONG_PRICE
+
+    def curve(order: np.ndarray | None) -> list[dict[str, float]]:
+        if order is None:  # random routing: the expectation over tie-breaks of a constant score
+            order = np.zeros(len(idx))
+        acc = accuracy_curve(order, w, s)
+        # tokens routed strong: the same top-k (ties shared) as the accuracy, read off a 0 -> tokens "gain"
+        sent = accuracy_curve(order, np.zeros(len(idx)), t)
+        total = float(t.mean())
+        return [
+            {"strong_fraction": a["strong_fraction"], "accuracy": a["accuracy"],
+             "relative_cost": ratio + (1.0 - ratio) * b["accuracy"] / total}
+            for a, b in zip(acc, sent)
+        ]
+
+    return {"router": curve(scores[idx]), "length": curve(length[idx]), "random": curve(None)}
+
+
+def print_curve(title: str, curves: dict[str, list[dict[str, float]]]) -> None:
+    """The held-out cost/quality curve as a table."""
+    print(f"\n{title}")
+    names = list(curves)
+    print("  strong " + " ".join(f"{n + ' acc':>12s} {n + ' cost':>12s}" for n in names))
+    for i, f in enumerate(FRACTIONS):
+        cells = " ".join(f"{curves[n][i]['accuracy']:12.4f} {curves[n][i]['relative_cost']:12.4f}" for n in names)
+        print(f"  {f:6.0%} {cells}")
+
+
 def write_weights(model: Model, threshold: float, path: Path, meta: dict[str, Any]) -> None:
     """Write the router weights JSON the ``Router`` loads."""
     doc: dict[str, Any] = {
@@ -546,9 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         hand = cross_validate(rows, x, words, None, keys, **params) if use_emb is not None else None
         return scores, hand
 
+    tokens = np.asarray([float(count_text(r.prompt, STRONG)) for r in rows])
     domain_keys = [r.group for r in rows]
     scores, hand = held_out(domain_keys)
     by_domain = report("(1) leave one MMLU domain / task out", rows, domain_keys, scores, length, hand)
+    curve_domain = held_out_curve(rows, scores, length, tokens)
+    print_curve("(1) held-out cost/quality curve, MMLU pooled (cost relative to all-strong, input tokens)",
+                curve_domain)
     folds = subject_folds(rows)
     subject_keys = [folds.get(r.subject, r.task) for r in rows]
     scores, hand = held_out(subject_keys)
@@ -558,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for fold in sorted(set(folds.values())):
         print(f"  {fold}: {', '.join(sorted(s for s, f in folds.items() if f == fold))}")
+    curve_subjects = held_out_curve(rows, scores, length, tokens)
+    print_curve("(2) held-out cost/quality curve, MMLU pooled (cost relative to all-strong, input tokens)",
+                curve_subjects)
     if args.no_write:
         return 0
     model = train(rows, x, words, emb=use_emb, **params)
@@ -574,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threshold": f"score quantile sending {STRONG_FRACTION:.0%} of the MMLU training prompts to strong",
         "held_out_by_domain": _rounded(by_domain),
         "held_out_by_subject_folds": _rounded(by_subjects),
+        "held_out_curve_mmlu_pooled": {
+            "by_domain": [{k: round(v, 4) for k, v in p.items()} for p in curve_domain["router"]],
+            "by_subject_folds": [{k: round(v, 4) for k, v in p.items()} for p in curve_subjects["router"]],
+        },
     }
     write_weights(model, threshold, args.out, meta)
     size = args.out.stat().st_size / 1024

@@ -10,7 +10,9 @@ the trapezoid area under PGR over those fractions (always-weak 0,
 always-strong 1, random about 0.5) and CPT(50%) the smallest fraction, linearly
 interpolated between grid points, at which PGR reaches 0.5.  Prompts with tied
 scores share the strong calls at the cut evenly (the expectation of a random
-tie-break), so a constant router scores exactly the random APGR.
+tie-break), so a constant router scores exactly the random APGR.  The
+cost/quality curve itself, accuracy at each of those fractions, comes back as
+``curve``: its endpoints are the weak and the strong model's accuracy.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FRACTIONS",
     "apgr",
+    "accuracy_curve",
     "cpt",
     "eval_router",
     "load_labels",
@@ -133,6 +136,25 @@ def pgr_curve(
     return _routed_gain(s, g, _counts(len(s), fractions)) / total_gap
 
 
+def accuracy_curve(
+    scores: Iterable[float], weak: Iterable[float], strong: Iterable[float], *, fractions: Sequence[float] = FRACTIONS
+) -> list[dict[str, float]]:
+    """Accuracy at each strong-call fraction when the highest scores go to the strong model.
+
+    Each point is ``{"strong_fraction": f, "accuracy": a}``; ``f`` is the nominal fraction (the
+    ``round(f * n)`` highest-scored prompts go strong), ties at the cut share the calls evenly.
+    """
+    s = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=np.float64)
+    w = np.asarray(weak if isinstance(weak, np.ndarray) else list(weak), dtype=np.float64)
+    g = np.asarray(strong if isinstance(strong, np.ndarray) else list(strong), dtype=np.float64) - w
+    n = len(s)
+    if n == 0:
+        return [{"strong_fraction": float(f), "accuracy": math.nan} for f in fractions]
+    gained = _routed_gain(s, g, _counts(n, fractions))
+    base = float(w.sum())
+    return [{"strong_fraction": float(f), "accuracy": (base + float(v)) / n} for f, v in zip(fractions, gained)]
+
+
 def apgr(curve: Sequence[float] | np.ndarray, *, fractions: Sequence[float] = FRACTIONS) -> float:
     """Trapezoid area under a PGR curve over ``fractions``."""
     y = np.asarray(curve, dtype=np.float64)
@@ -191,6 +213,7 @@ def routing_metrics(
         "random_apgr": apgr(random_curve),
         "oracle_apgr": apgr(oracle),
         "at_threshold": at,
+        "curve": accuracy_curve(scores, weak, strong),
     }
 
 

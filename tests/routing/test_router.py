@@ -13,7 +13,7 @@ from llmbudget.routing import FEATURE_NAMES, Router, eval_router, extract, featu
 from llmbudget.routing import classifier
 from llmbudget.routing.classifier import load_weights
 from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors
-from llmbudget.routing.evaluate import apgr, cpt, load_labels, pgr_curve, routing_metrics
+from llmbudget.routing.evaluate import FRACTIONS, apgr, cpt, load_labels, pgr_curve, routing_metrics
 from llmbudget.routing.features import request_text, tokens
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "llmbudget" / "routing" / "router_weights.json"
@@ -26,6 +26,7 @@ KEYS = {
     "random_apgr",
     "oracle_apgr",
     "at_threshold",
+    "curve",
 }
 
 
@@ -372,6 +373,39 @@ def test_eval_router_with_the_shipped_router_and_bad_columns(tmp_path: Path) -> 
         eval_router(tmp_path / "labels.csv", weak="nope", strong="strong-model")
     with pytest.raises(FileNotFoundError):
         eval_router(tmp_path / "missing.csv", weak="a", strong="b")
+
+
+def test_eval_router_curve_spans_weak_to_strong_and_gives_the_apgr(tmp_path: Path) -> None:
+    rows = [(f"q{i}", i % 3 == 0, i % 5 != 4) for i in range(37)]
+    write_labels(tmp_path / "labels.csv", rows)
+    noisy = TableRouter({p: float((i * 7) % 11) for i, (p, _, _) in enumerate(rows)}, threshold=5.0)
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model", router=noisy)
+    curve = result["curve"]
+    assert [round(c["strong_fraction"], 6) for c in curve] == [round(f, 6) for f in FRACTIONS]
+    assert set(curve[0]) == {"strong_fraction", "accuracy"}
+    assert curve[0]["accuracy"] == pytest.approx(result["weak_accuracy"])
+    assert curve[-1]["accuracy"] == pytest.approx(result["strong_accuracy"])
+    # APGR is the trapezoid area under the curve's gap recovered
+    gap = result["strong_accuracy"] - result["weak_accuracy"]
+    pgr = [(c["accuracy"] - result["weak_accuracy"]) / gap for c in curve]
+    assert apgr(pgr) == pytest.approx(result["apgr"])
+    # on an evenly spaced grid that is the mean of the interior points plus half the endpoints
+    assert (sum(pgr[1:-1]) + (pgr[0] + pgr[-1]) / 2) / 10 == pytest.approx(result["apgr"])
+    assert json.loads(json.dumps(result))["curve"] == curve
+
+
+def test_eval_router_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmbudget.cli import main
+
+    write_labels(tmp_path / "labels.csv", labeled_rows())
+    assert main(["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong",
+                 "strong-model", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == KEYS and len(doc["curve"]) == 11
+    assert main(["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong",
+                 "strong-model"]) == 0
+    out = capsys.readouterr().out
+    assert "cost/quality curve" in out and "100%" in out
 
 
 def test_curve_helpers() -> None:

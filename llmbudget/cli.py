@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--mode", choices=("pairs", "replay"), default="pairs")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
     cache.set_defaults(handler=_eval_cache)
-    router = what.add_parser("router", help="APGR and CPT(50%%) of the router on labeled prompts")
+    router = what.add_parser("router", help="APGR, CPT(50%%) and the cost/quality curve of the router on labeled prompts")
     router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")
     router.add_argument("--weak", required=True, help="column of the weak model's correctness")
     router.add_argument("--strong", required=True, help="column of the strong model's correctness")

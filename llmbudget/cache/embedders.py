@@ -9,6 +9,7 @@ tokenizer in the wrong folder, then tries Hugging Face).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -57,7 +58,7 @@ def normalize_rows(matrix: np.ndarray) -> np.ndarray:
     out = np.asarray(matrix, dtype=np.float32)
     if out.ndim != 2:
         raise ValueError(f"expected a 2-d array of embeddings, got shape {out.shape}")
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms = np.sqrt(np.add.reduce(out * out, axis=1, keepdims=True))  # np.linalg.norm(out, axis=1), less its Python layer
     np.maximum(norms, np.float32(1e-12), out=norms)
     return np.ascontiguousarray(out / norms, dtype=np.float32)
 
@@ -117,6 +118,16 @@ def _read_wordllama(folder: Path) -> _WordLlamaModel:
     return _WordLlamaModel(table=table, tokenizer=tokenizer, folder=folder)
 
 
+@functools.lru_cache(maxsize=256)
+def _wordllama_ids(text: str) -> tuple[int, ...]:
+    """The WordLlama token ids of ``text`` (no special tokens), memoised for the last texts seen.
+
+    A semantic lookup tokenises its query twice, to embed it and in the verifier;
+    the second time is a cache hit.
+    """
+    return tuple(_load_wordllama().tokenizer.encode(text, add_special_tokens=False).ids)
+
+
 class WordLlamaEmbedder:
     """WordLlama ``l2_supercat`` embeddings (mean of token vectors), loaded offline from the wheel.
 
@@ -152,12 +163,15 @@ class WordLlamaEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = model.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        batch: Sequence[Sequence[int]]
+        if len(texts) == 1:  # a lookup's query: the verifier reads the same ids next, from the memo
+            batch = [_wordllama_ids(texts[0])]
+        else:
+            batch = [e.ids for e in model.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
         table = model.table
-        for row, encoding in enumerate(encodings):
-            ids = encoding.ids
+        for row, ids in enumerate(batch):
             if ids:
-                out[row] = table[ids, : self.dim].sum(axis=0)
+                out[row] = table[list(ids), : self.dim].sum(axis=0)
         return normalize_rows(out)
 
     def __repr__(self) -> str:

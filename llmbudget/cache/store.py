@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -313,8 +314,8 @@ class CacheStore:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dim:
             raise ValueError(f"a vector of {vec.shape[0]} dimensions was given, this cache uses {self.dim}")
-        norm = float(np.linalg.norm(vec))
-        if not np.isfinite(norm) or norm < 1e-6:
+        norm = float(np.sqrt(vec.dot(vec)))  # np.linalg.norm(vec), less its Python layer
+        if not math.isfinite(norm) or norm < 1e-6:
             return None  # an empty text: exact tier only
         return vec / norm
 
@@ -428,17 +429,19 @@ class CacheStore:
         Candidates below ``min_cosine`` are not scored at all.
         """
         cands = self._decode(list(blobs))
-        cands /= np.maximum(np.linalg.norm(cands, axis=1, keepdims=True), 1e-12)
-        similar = np.clip(cands @ query, -1.0, 1.0)
-        keep = np.flatnonzero(similar >= self.min_cosine)
-        if keep.size == 0:
+        cands /= np.maximum(np.sqrt(np.add.reduce(cands * cands, axis=1, keepdims=True)), 1e-12)  # unit rows
+        cosines = np.minimum(np.maximum(cands @ query, -1.0), 1.0).tolist()
+        floor = float(np.float32(self.min_cosine))  # the float32 comparison, made on the exact values
+        keep = [i for i, cosine in enumerate(cosines) if cosine >= floor]
+        if not keep:
             return None
         scorer, threshold = self._scoring()
-        scores = self._score(scorer, text, query, [texts[i] for i in keep], cands[keep]).tolist()
-        best = max(range(len(keep)), key=lambda i: (scores[i], similar[keep[i]]))
+        picked = cands if len(keep) == len(cosines) else cands[keep]
+        scores = self._score(scorer, text, query, [texts[i] for i in keep], picked).tolist()
+        best = max(range(len(keep)), key=lambda i: (scores[i], cosines[keep[i]]))
         if not scores[best] >= threshold:
             return None
-        return int(keep[best]), float(scores[best]), float(similar[keep[best]])
+        return keep[best], float(scores[best]), cosines[keep[best]]
 
     def put(
         self,

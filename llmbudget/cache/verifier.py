@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import functools
 import importlib.resources
-import itertools
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import WordLlamaEmbedder, _load_wordllama
+from .embedders import WordLlamaEmbedder, _load_wordllama, _wordllama_ids
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -101,6 +100,9 @@ _QUESTION_WORDS = frozenset(
     "did was".split()
 )
 _EXACT = np.float32(0.999)
+_max = np.maximum.reduce  # what ndarray.max/min/sum call, without their Python layer
+_min = np.minimum.reduce
+_sum = np.add.reduce
 
 
 class _Text:
@@ -110,10 +112,12 @@ class _Text:
         "bigrams",
         "chars",
         "content",
+        "content_pos",
         "contentset",
         "diff_weight",
         "grams",
         "idf",
+        "idf_sum",
         "ids",
         "idset",
         "names",
@@ -124,6 +128,7 @@ class _Text:
         "symbols",
         "unit",
         "weighted",
+        "weighted_sq",
         "words",
         "wordset",
     )  # fmt: skip
@@ -131,19 +136,22 @@ class _Text:
     ids: np.ndarray
     idset: frozenset[int]
     idf: np.ndarray
+    idf_sum: float  # float(idf.sum())
     unit: np.ndarray
     pooled: np.ndarray
     weighted: np.ndarray
+    weighted_sq: float  # float(weighted @ weighted)
     words: list[str]
     wordset: frozenset[str]
     content: list[str]
     contentset: frozenset[str]
+    content_pos: dict[str, int]  # distinct content words -> first-seen rank, in order
     numbers: frozenset[str]
     symbols: frozenset[str]
     names: frozenset[str]
     negated: bool
     qword: str
-    grams: frozenset[str]
+    grams: frozenset[tuple[str, str, str]]
     chars: int
     bigrams: frozenset[tuple[str, str]]
     diff_weight: float
@@ -169,8 +177,9 @@ def _b64_array(value: str, dtype: str, shape: Sequence[int] | None = None) -> np
 
 
 def _jaccard(a: frozenset[Any], b: frozenset[Any]) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else 1.0
+    both = len(a & b)
+    union = len(a) + len(b) - both
+    return both / union if union else 1.0
 
 
 def _unit_cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -239,6 +248,7 @@ class Verifier:
                 depth,
             )
             self._tree_index = (np.arange(trees) * inner, np.arange(trees) * (inner + 1))
+            self._tree_plans: dict[tuple[int, int], tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = {}
         model = _load_wordllama()
         self._table = model.table
         self._tokenizer = model.tokenizer
@@ -320,74 +330,87 @@ class Verifier:
                 self._cache.popitem(last=False)
         return prepared
 
-    def _prepare_uncached(self, text: str) -> _Text:
+    def _prepare_uncached(self, text: str, token_ids: Sequence[int] | None = None) -> _Text:
+        """Prepare ``text``; ``token_ids``: its WordLlama ids when already known (else tokenised here)."""
         p = _Text()
-        all_ids = self._tokenizer.encode(text, add_special_tokens=False).ids or [0]
+        all_ids = (_wordllama_ids(text) if token_ids is None else token_ids) or (0,)
         unique = dict.fromkeys(all_ids)
-        ids = np.fromiter(unique, dtype=np.intp, count=len(unique))
-        rows = self._table[ids]
+        ids = np.array(list(unique), dtype=np.intp)
+        rows = self._table.take(ids, axis=0)
         p.ids = ids
         p.idset = frozenset(unique)
-        p.idf = self._idf[ids]
-        p.unit = self._unit_table[ids]
-        p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[all_ids].sum(axis=0)
-        p.weighted = p.idf @ rows
+        p.idf = idf = self._idf.take(ids)
+        p.idf_sum = float(idf.sum())
+        p.unit = self._unit_table.take(ids, axis=0)
+        p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[list(all_ids)].sum(axis=0)
+        p.weighted = weighted = idf @ rows
+        p.weighted_sq = float(weighted @ weighted)
         raw = _TOKEN_RE.findall(text)
         p.words = words = [t.lower() for t in raw if t not in _SKIP]
-        p.wordset = frozenset(words)
-        p.content = [w for w in words if w not in _STOP]
-        p.contentset = frozenset(p.content)
-        p.numbers = frozenset(w.replace(",", "") for w in p.wordset if _HAS_DIGIT(w))
-        p.symbols = frozenset(w for w in p.wordset if not _PLAIN_WORD(w))
-        p.names = frozenset(t.lower() for t in raw[1:] if t[:1].isupper() and t != "I")
-        p.negated = any(w in _NEG for w in words)
+        p.wordset = wordset = frozenset(words)
+        p.content = content = [w for w in words if w not in _STOP]
+        p.contentset = frozenset(content)
+        p.content_pos = {w: i for i, w in enumerate(dict.fromkeys(content))}
+        p.numbers = frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)])
+        p.symbols = frozenset([w for w in wordset if not _PLAIN_WORD(w)])
+        p.names = frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"])
+        p.negated = not wordset.isdisjoint(_NEG)
         p.qword = next((w for w in words[:4] if w in _QUESTION_WORDS), "")
         joined = " " + " ".join(words) + " "
-        p.grams = frozenset(joined[i : i + 3] for i in range(len(joined) - 2))
-        p.bigrams = frozenset(itertools.pairwise(words))
+        p.grams = frozenset(zip(joined, joined[1:], joined[2:]))  # character 3-grams, as tuples
+        p.bigrams = frozenset(zip(words, words[1:]))
         p.chars = len(text)
         p.diff_weight = 0.0
         if self._stack is not None:
-            p.diff_weight = float(self._stack["diff"][ids].sum())
+            p.diff_weight = float(self._stack["diff"].take(ids).sum())
         return p
 
     def _features(self, a: _Text, b: _Text, cosine: float | None = None) -> list[float]:
+        # Every float comes from the same numpy operations, in the same order, as when the weights
+        # were trained (ufunc reductions are what ndarray.max/sum/mean call, minus their Python
+        # layer): a last-bit difference could move a pair across one of the trees' splits.
         sim = a.unit @ b.unit.T
-        best_a = sim.max(axis=1)
-        best_b = sim.max(axis=0)
+        best_a = _max(sim, 1)
+        best_b = _max(sim, 0)
         wa, wb = a.idf, b.idf
-        sum_a, sum_b = float(wa.sum()), float(wb.sum())
+        sum_a, sum_b = a.idf_sum, b.idf_sum
         alignment = float(wa @ best_a + wb @ best_b) / (sum_a + sum_b + 1e-9)
-        un_a = float((wa * (1.0 - best_a)).max())
-        un_b = float((wb * (1.0 - best_b)).max())
+        un_a = float(_max(wa * (1.0 - best_a)))
+        un_b = float(_max(wb * (1.0 - best_b)))
         exact_a = best_a > _EXACT
         exact_b = best_b > _EXACT
-        shared = float(wa[exact_a].sum())
+        n_exact_a, n_exact_b = int(np.count_nonzero(exact_a)), int(np.count_nonzero(exact_b))
+        all_a, all_b = n_exact_a == exact_a.shape[0], n_exact_b == exact_b.shape[0]
+        shared = float(_sum(wa[exact_a])) if n_exact_a else 0.0
         unmatched_a = sum_a - shared
-        unmatched_b = sum_b - float(wb[exact_b].sum())
-        if not exact_a.all() and not exact_b.all():
+        unmatched_b = sum_b - (float(_sum(wb[exact_b])) if n_exact_b else 0.0)
+        if not all_a and not all_b:
             loose_a, loose_b = ~exact_a, ~exact_b
             residual = _unit_cos(wa[loose_a] @ a.unit[loose_a], wb[loose_b] @ b.unit[loose_b])
         else:
-            residual = 1.0 if exact_a.all() and exact_b.all() else 0.0
+            residual = 1.0 if all_a and all_b else 0.0
         if cosine is None:
             cosine = _unit_cos(a.pooled, b.pooled)
+        norms = a.weighted_sq * b.weighted_sq
+        idf_cosine = float(a.weighted @ b.weighted) / math.sqrt(norms) if norms > 0.0 else 0.0
+        # ndarray.mean: a float32 sum divided, in float64, by the count, rounded back to float32
+        mean = float(np.float32(float(_sum(sim, None)) / sim.size))
         ca, cb = a.contentset, b.contentset
-        only_a, only_b = len(ca - cb), len(cb - ca)
+        both = len(ca & cb)
+        only_a, only_b = len(ca) - both, len(cb) - both
         discordance = 0.0
-        common = [w for w in dict.fromkeys(a.content) if w in cb]
-        if len(common) > 1:
-            where = {w: i for i, w in enumerate(dict.fromkeys(b.content))}
-            seq = [where[w] for w in common]
+        if both > 1:
+            where = b.content_pos
+            seq = [where[w] for w in a.content_pos if w in where]
             n = len(seq)
             swapped = sum(seq[i] > seq[j] for i in range(n) for j in range(i + 1, n))
             discordance = swapped / (n * (n - 1) / 2)
         na, nb = len(a.words), len(b.words)
-        worst_a, worst_b = float(best_a.min()), float(best_b.min())
+        worst_a, worst_b = float(_min(best_a)), float(_min(best_b))
         return [
             cosine,
-            float(sim.mean()),
-            _unit_cos(a.weighted, b.weighted),
+            mean,
+            idf_cosine,
             alignment,
             max(un_a, un_b),
             min(un_a, un_b),
@@ -398,7 +421,7 @@ class Verifier:
             max(worst_a, worst_b),
             residual,
             _jaccard(a.wordset, b.wordset),
-            _jaccard(ca, cb),
+            both / (len(ca) + len(cb) - both) if ca or cb else 1.0,
             _jaccard(a.bigrams, b.bigrams),
             _jaccard(a.grams, b.grams),
             float(len(a.numbers ^ b.numbers)),
@@ -431,27 +454,40 @@ class Verifier:
             both = a.idset & b.idset
             if both:
                 shared = np.fromiter(both, dtype=np.intp, count=len(both))
-                out[i] += float(common[shared].sum()) - 2.0 * float(diff[shared].sum())
+                out[i] += float(_sum(common.take(shared))) - 2.0 * float(_sum(diff.take(shared)))
             out[i] += a.diff_weight + b.diff_weight
         return out
 
     def _tree_logits(self, x: np.ndarray) -> np.ndarray:
+        """The trees' summed logit for each row of ``x``: every row's trees walked at once, level by level."""
         assert self._trees is not None
-        base, feature, threshold, leaf, depth = self._trees
-        roots, leaf_starts = self._tree_index
-        if x.shape[0] == 1:  # the common case, without 2-d indexing
-            row = x[0]
-            at = np.zeros(roots.shape[0], dtype=np.intp)
-            for level in range(depth):
-                slot = roots + (2**level - 1) + at
-                at = 2 * at + (row[feature[slot]] >= threshold[slot])
-            return np.array([base + leaf[leaf_starts + at].sum()])
-        rows = np.arange(x.shape[0])[:, None]
-        node = np.zeros((x.shape[0], roots.shape[0]), dtype=np.intp)
+        base, _, _, leaf, depth = self._trees
+        levels, feature, threshold, leaf_starts = self._tree_plan(x.shape[0], x.shape[1])
+        flat = np.ascontiguousarray(x, dtype=np.float64).ravel()
+        at = np.zeros(leaf_starts.shape[0], dtype=np.intp)
         for level in range(depth):
-            slot = roots + (2**level - 1) + node
-            node = 2 * node + (x[rows, feature[slot]] >= threshold[slot])
-        return base + leaf[leaf_starts + node].sum(axis=1)
+            slot = levels[level] + at
+            at = (at << 1) + (flat.take(feature.take(slot)) >= threshold.take(slot))
+        return base + _sum(leaf.take(leaf_starts + at).reshape(x.shape[0], -1), 1)
+
+    def _tree_plan(self, rows: int, width: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Flat node and leaf indexes for ``rows`` rows of ``width`` features (cached for a few row counts)."""
+        plan = self._tree_plans.get((rows, width))
+        if plan is None:
+            assert self._trees is not None
+            _, feature, threshold, _, depth = self._trees
+            roots, leaf_starts = self._tree_index
+            trees, inner = roots.shape[0], feature.shape[0] // roots.shape[0]
+            row = np.arange(rows)
+            plan = (
+                [(roots + (2**level - 1) + (row * trees * inner)[:, None]).ravel() for level in range(depth)],
+                (feature + (row * width)[:, None]).ravel(),
+                np.tile(threshold, rows),
+                np.tile(leaf_starts, rows),
+            )
+            if rows <= 16:
+                self._tree_plans[rows, width] = plan
+        return plan
 
     def _logits(self, x: np.ndarray, a: _Text, cands: Sequence[_Text]) -> np.ndarray:
         if self._stack is None:
@@ -466,7 +502,7 @@ class Verifier:
 
     def _probabilities(self, x: np.ndarray, a: _Text, cands: Sequence[_Text]) -> np.ndarray:
         """Model probabilities; texts with the same words (case and punctuation folded) are hits."""
-        p = 1.0 / (1.0 + np.exp(-np.clip(self._logits(x, a, cands), -500.0, 500.0)))
+        p = 1.0 / (1.0 + np.exp(-np.minimum(np.maximum(self._logits(x, a, cands), -500.0), 500.0)))
         return np.where(x[:, _SAME_WORDS] > 0.0, np.maximum(p, self.threshold), p)
 
 

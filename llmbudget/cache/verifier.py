@@ -100,6 +100,7 @@ _QUESTION_WORDS = frozenset(
     "did was".split()
 )
 _EXACT = np.float32(0.999)
+_EMPTY: frozenset[Any] = frozenset()
 _max = np.maximum.reduce  # what ndarray.max/min/sum call, without their Python layer
 _min = np.minimum.reduce
 _sum = np.add.reduce
@@ -141,9 +142,9 @@ class _Text:
     pooled: np.ndarray
     weighted: np.ndarray
     weighted_sq: float  # float(weighted @ weighted)
-    words: list[str]
+    words: tuple[str, ...]
     wordset: frozenset[str]
-    content: list[str]
+    content: tuple[str, ...]
     contentset: frozenset[str]
     content_pos: dict[str, int]  # distinct content words -> first-seen rank, in order
     numbers: frozenset[str]
@@ -151,9 +152,9 @@ class _Text:
     names: frozenset[str]
     negated: bool
     qword: str
-    grams: frozenset[tuple[str, str, str]]
+    grams: frozenset[str]
     chars: int
-    bigrams: frozenset[tuple[str, str]]
+    bigrams: frozenset[str]  # "first second"
     diff_weight: float
 
 
@@ -345,20 +346,22 @@ class Verifier:
         p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[list(all_ids)].sum(axis=0)
         p.weighted = weighted = idf @ rows
         p.weighted_sq = float(weighted @ weighted)
+        # What a prepared text keeps is mostly tuples, strings and numbers: objects the garbage
+        # collector stops tracking, so a lookup adds few tracked survivors and collections stay rare.
         raw = _TOKEN_RE.findall(text)
-        p.words = words = [t.lower() for t in raw if t not in _SKIP]
+        p.words = words = tuple([t.lower() for t in raw if t not in _SKIP])
         p.wordset = wordset = frozenset(words)
-        p.content = content = [w for w in words if w not in _STOP]
-        p.contentset = frozenset(content)
+        p.content = content = tuple([w for w in words if w not in _STOP])
+        p.contentset = frozenset(content) or _EMPTY
         p.content_pos = {w: i for i, w in enumerate(dict.fromkeys(content))}
-        p.numbers = frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)])
-        p.symbols = frozenset([w for w in wordset if not _PLAIN_WORD(w)])
-        p.names = frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"])
+        p.numbers = frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)]) or _EMPTY
+        p.symbols = frozenset([w for w in wordset if not _PLAIN_WORD(w)]) or _EMPTY
+        p.names = frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"]) or _EMPTY
         p.negated = not wordset.isdisjoint(_NEG)
         p.qword = next((w for w in words[:4] if w in _QUESTION_WORDS), "")
         joined = " " + " ".join(words) + " "
-        p.grams = frozenset(zip(joined, joined[1:], joined[2:]))  # character 3-grams, as tuples
-        p.bigrams = frozenset(zip(words, words[1:]))
+        p.grams = frozenset({joined[i : i + 3] for i in range(len(joined) - 2)})  # character 3-grams
+        p.bigrams = frozenset([f"{a} {b}" for a, b in zip(words, words[1:])]) or _EMPTY  # words hold no spaces
         p.chars = len(text)
         p.diff_weight = 0.0
         if self._stack is not None:

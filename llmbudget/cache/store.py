@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     model TEXT NOT NULL,
     text TEXT NOT NULL,
     vector BLOB,
+    scorer_data BLOB,
     response TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL,
@@ -226,6 +227,7 @@ class CacheStore:
         self._scorer = scorer
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
+        self._pack_failed = False
         self._clock = clock
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -236,6 +238,7 @@ class CacheStore:
         conn = self._conn()
         conn.executescript(_SCHEMA)
         self.store_id = self._check_meta()
+        self._add_columns()
         self._last_purge = float("-inf")
         self.purge()
         self._index = VectorIndex(
@@ -290,6 +293,13 @@ class CacheStore:
                 conn.executemany("UPDATE cache_meta SET value = ? WHERE key = ?", [(name, "embedder"), (str(self.dim), "dim")])
             return meta["store_id"]
 
+    def _add_columns(self) -> None:
+        """Add the columns later versions introduced to a store an earlier one made (old rows keep NULL)."""
+        conn = self._conn()
+        if "scorer_data" not in {row[1] for row in conn.execute("PRAGMA table_info(cache_entries)")}:
+            with self._write() as conn, contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                conn.execute("ALTER TABLE cache_entries ADD COLUMN scorer_data BLOB")
+
     @staticmethod
     def _partition_id(partition: str) -> int:
         """The partition's 63-bit hash: index key and file name (rows also keep the name, checked on every read)."""
@@ -335,10 +345,18 @@ class CacheStore:
         assert self._scorer is not None and self._threshold is not None
         return self._scorer, self._threshold
 
-    def _score(self, scorer: Scorer, text: str, query: np.ndarray, texts: list[str], cands: np.ndarray) -> np.ndarray:
-        """One score per candidate; vectors from another embedder than the scorer's are not passed to it."""
+    def _score(self, scorer: Scorer, text: str, query: np.ndarray, texts: list[str], cands: np.ndarray,
+               data: Sequence[bytes | None] | None = None) -> np.ndarray:
+        """One score per candidate; vectors from another embedder than the scorer's are not passed to it.
+
+        ``data``: per candidate, what the scorer's ``_pack_texts`` made of its text when it was stored.
+        """
         own = getattr(scorer, "embedder_name", None)
         share = own is None or own == self.embedder.name
+        packed = getattr(scorer, "_score_packed", None)
+        if packed is not None and data is not None:
+            return np.asarray(packed(text, query if share else None, texts, cands if share else None, data),
+                              dtype=np.float64)
         many = getattr(scorer, "score_many", None)
         if many is not None:
             return np.asarray(many(text, query if share else None, texts, cands if share else None), dtype=np.float64)
@@ -396,7 +414,7 @@ class CacheStore:
         ids = [key for key, _ in found]
         conn = self._conn()
         rows = conn.execute(  # the candidates without their (possibly long) responses
-            f"SELECT id, partition, expires, text, vector FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})",
+            f"SELECT id, partition, expires, text, vector, scorer_data FROM cache_entries WHERE id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
         now = self._clock()
@@ -413,7 +431,7 @@ class CacheStore:
             self._maybe_purge(now)
         if not live:
             return None
-        chosen = self._best(text, query, [row[3] for row in live], [row[4] for row in live])
+        chosen = self._best(text, query, [row[3] for row in live], [row[4] for row in live], [row[5] for row in live])
         if chosen is None:
             return None
         best, score, cosine = chosen
@@ -422,11 +440,11 @@ class CacheStore:
             return None
         return Hit(_entry(partition, full), score, cosine)
 
-    def _best(self, text: str, query: np.ndarray, texts: Sequence[str], blobs: Sequence[bytes]
-              ) -> tuple[int, float, float] | None:
+    def _best(self, text: str, query: np.ndarray, texts: Sequence[str], blobs: Sequence[bytes],
+              data: Sequence[bytes | None] | None = None) -> tuple[int, float, float] | None:
         """The candidate the scorer likes best, if it reaches the threshold: (index, score, cosine).
 
-        Candidates below ``min_cosine`` are not scored at all.
+        Candidates below ``min_cosine`` are not scored at all; ``data``: the candidates' scorer data.
         """
         cands = self._decode(list(blobs))
         cands /= np.maximum(np.sqrt(np.add.reduce(cands * cands, axis=1, keepdims=True)), 1e-12)  # unit rows
@@ -437,7 +455,8 @@ class CacheStore:
             return None
         scorer, threshold = self._scoring()
         picked = cands if len(keep) == len(cosines) else cands[keep]
-        scores = self._score(scorer, text, query, [texts[i] for i in keep], picked).tolist()
+        kept = None if data is None else [data[i] for i in keep]
+        scores = self._score(scorer, text, query, [texts[i] for i in keep], picked, kept).tolist()
         best = max(range(len(keep)), key=lambda i: (scores[i], cosines[keep[i]]))
         if not scores[best] >= threshold:
             return None
@@ -475,14 +494,18 @@ class CacheStore:
             chunk = rows[start : start + step]
             semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True)]
             blobs: list[bytes | None] = [None] * len(chunk)
-            stored = self._vectors([chunk[i]["text"] for i in semantic], [chunk[i].get("vector") for i in semantic])
+            texts = [str(chunk[i]["text"]) for i in semantic]
+            stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])
             for i, blob in zip(semantic, stored):
                 blobs[i] = blob
+            extra: list[bytes | None] = [None] * len(chunk)
+            for i, packed in zip(semantic, self._scorer_data(texts)):
+                extra[i] = packed
             now = self._clock()
             with self._write() as conn:
                 first: int | None = None
-                for row, blob in zip(chunk, blobs):
-                    entry_id = self._insert(conn, row, blob, now)
+                for row, blob, packed in zip(chunk, blobs, extra):
+                    entry_id = self._insert(conn, row, blob, now, packed)
                     first = entry_id if first is None else first
                     ids.append(entry_id)
                 self._enforce_cap(conn, now, first)
@@ -490,19 +513,35 @@ class CacheStore:
             self._maybe_purge(self._clock())
         return ids
 
-    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], blob: bytes | None, now: float) -> int:
+    def _scorer_data(self, texts: list[str]) -> list[bytes | None]:
+        """What the scorer precomputes per stored text (the verifier: token ids and words), if it does."""
+        if not texts:
+            return []
+        try:
+            pack = getattr(self._scoring()[0], "_pack_texts", None)
+            if pack is not None:
+                return list(pack(texts))
+        except Exception as exc:  # noqa: BLE001 - an optimisation only: the texts are prepared when scored
+            if not self._pack_failed:
+                logger.warning("cache: the scorer could not precompute its data for stored texts (%s)", exc)
+                self._pack_failed = True
+        return [None] * len(texts)
+
+    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], blob: bytes | None, now: float,
+                scorer_data: bytes | None = None) -> int:
         partition, exact_key = str(row["partition"]), str(row["exact_key"])
         text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
         ttl = row.get("ttl", _UNSET)
         ttl = self.ttl if ttl is _UNSET else ttl
         pid = self._partition_id(partition)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
-        size += len(blob) if blob is not None else 0
+        size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
         conn.execute("DELETE FROM cache_entries WHERE partition_id = ? AND exact_key = ?", (pid, exact_key))
         cursor = conn.execute(
-            "INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, response,"
-            " created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (partition, pid, exact_key, tenant, model, text, blob, response, now, None if ttl is None else now + ttl, now, size),
+            "INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, scorer_data,"
+            " response, created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (partition, pid, exact_key, tenant, model, text, blob, scorer_data, response, now,
+             None if ttl is None else now + ttl, now, size),
         )
         return int(cursor.lastrowid or 0)
 

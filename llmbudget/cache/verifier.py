@@ -101,6 +101,20 @@ _QUESTION_WORDS = frozenset(
 )
 _EXACT = np.float32(0.999)
 _EMPTY: frozenset[Any] = frozenset()
+_PACKED = b"\x01"  # first byte of Verifier._pack_texts's data: uint32 count, uint16 token ids, word fields
+
+
+def _word_fields(text: str) -> tuple[tuple[str, ...], frozenset[str], frozenset[str], frozenset[str]]:
+    """``text``'s words (lower case, no punctuation), capitalised names, numbers and symbols."""
+    raw = _TOKEN_RE.findall(text)
+    words = tuple([t.lower() for t in raw if t not in _SKIP])
+    wordset = frozenset(words)
+    return (
+        words,
+        frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"]) or _EMPTY,
+        frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)]) or _EMPTY,
+        frozenset([w for w in wordset if not _PLAIN_WORD(w)]) or _EMPTY,
+    )
 _max = np.maximum.reduce  # what ndarray.max/min/sum call, without their Python layer
 _min = np.minimum.reduce
 _sum = np.add.reduce
@@ -291,14 +305,7 @@ class Verifier:
     ) -> np.ndarray:
         """Return one probability per candidate (float64 array), as :meth:`score` would."""
         q = self._prepare(query_text)
-        cands = [self._prepare(text) for text in cand_texts]
-        if not cands:
-            return np.zeros(0, dtype=np.float64)
-        rows = []
-        for i, c in enumerate(cands):
-            cosine = None if cand_vecs is None else self._vector_cosine(query_vec, cand_vecs[i])
-            rows.append(self._features(q, c, cosine))
-        return self._probabilities(np.asarray(rows, dtype=np.float64), q, cands)
+        return self._score_prepared(q, query_vec, [self._prepare(text) for text in cand_texts], cand_vecs)
 
     def features(self, a: str, b: str) -> np.ndarray:
         """Return the pair's feature vector, in :data:`FEATURE_NAMES` order."""
@@ -334,7 +341,11 @@ class Verifier:
     def _prepare_uncached(self, text: str, token_ids: Sequence[int] | None = None) -> _Text:
         """Prepare ``text``; ``token_ids``: its WordLlama ids when already known (else tokenised here)."""
         p = _Text()
-        all_ids = (_wordllama_ids(text) if token_ids is None else token_ids) or (0,)
+        self._fill_tokens(p, (_wordllama_ids(text) if token_ids is None else token_ids) or (0,))
+        self._fill_words(p, text, *_word_fields(text))
+        return p
+
+    def _fill_tokens(self, p: _Text, all_ids: Sequence[int]) -> None:
         unique = dict.fromkeys(all_ids)
         ids = np.array(list(unique), dtype=np.intp)
         rows = self._table.take(ids, axis=0)
@@ -346,27 +357,102 @@ class Verifier:
         p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[list(all_ids)].sum(axis=0)
         p.weighted = weighted = idf @ rows
         p.weighted_sq = float(weighted @ weighted)
+        p.diff_weight = 0.0
+        if self._stack is not None:
+            p.diff_weight = float(self._stack["diff"].take(ids).sum())
+
+    @staticmethod
+    def _fill_words(
+        p: _Text, text: str, words: tuple[str, ...], names: frozenset[str], numbers: frozenset[str],
+        symbols: frozenset[str],
+    ) -> None:
         # What a prepared text keeps is mostly tuples, strings and numbers: objects the garbage
         # collector stops tracking, so a lookup adds few tracked survivors and collections stay rare.
-        raw = _TOKEN_RE.findall(text)
-        p.words = words = tuple([t.lower() for t in raw if t not in _SKIP])
+        p.words = words
         p.wordset = wordset = frozenset(words)
         p.content = content = tuple([w for w in words if w not in _STOP])
         p.contentset = frozenset(content) or _EMPTY
         p.content_pos = {w: i for i, w in enumerate(dict.fromkeys(content))}
-        p.numbers = frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)]) or _EMPTY
-        p.symbols = frozenset([w for w in wordset if not _PLAIN_WORD(w)]) or _EMPTY
-        p.names = frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"]) or _EMPTY
+        p.numbers, p.symbols, p.names = numbers, symbols, names
         p.negated = not wordset.isdisjoint(_NEG)
         p.qword = next((w for w in words[:4] if w in _QUESTION_WORDS), "")
         joined = " " + " ".join(words) + " "
         p.grams = frozenset({joined[i : i + 3] for i in range(len(joined) - 2)})  # character 3-grams
         p.bigrams = frozenset([f"{a} {b}" for a, b in zip(words, words[1:])]) or _EMPTY  # words hold no spaces
         p.chars = len(text)
-        p.diff_weight = 0.0
-        if self._stack is not None:
-            p.diff_weight = float(self._stack["diff"].take(ids).sum())
-        return p
+
+    # ------------------------------------------------------------------ per-entry data (for stores)
+
+    def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
+        """Per text, the tokenizer's and the word pass's output, for a store to keep beside the entry.
+
+        :meth:`_score_packed` rebuilds the prepared candidate from it without tokenising or
+        parsing the text again (the bulk of preparing a text); ``None`` where it cannot be packed.
+        """
+        if not texts:
+            return []
+        if self._table.shape[0] > 1 << 16:  # pragma: no cover - ids are packed as uint16
+            return [None] * len(texts)
+        try:
+            batch = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        except Exception:  # noqa: BLE001 - e.g. a lone surrogate: such a text is prepared when scored, as before
+            return [None] * len(texts)
+        out: list[bytes | None] = []
+        for text, ids in zip(texts, batch):
+            words, names, numbers, symbols = _word_fields(text)
+            fields = "\t".join(["\n".join(words), "\n".join(names), "\n".join(numbers), "\n".join(symbols)])
+            out.append(b"".join([_PACKED, len(ids).to_bytes(4, "little"), np.asarray(ids, dtype="<u2").tobytes(),
+                                 fields.encode("utf-8", "surrogatepass")]))
+        return out
+
+    def _unpack(self, text: str, data: bytes | None) -> _Text:
+        """The prepared ``text``: from the LRU, else from ``data`` (made by :meth:`_pack_texts`), else from scratch.
+
+        What is built here is not added to the LRU: a lookup leaves no prepared text behind, so lookups
+        at scale neither evict the texts that recur nor feed the garbage collector survivors to trace.
+        """
+        with self._lock:
+            prepared = self._cache.get(text)
+            if prepared is not None:
+                self._cache.move_to_end(text)
+                return prepared
+        if data is not None and data[:1] == _PACKED:
+            count = int.from_bytes(data[1:5], "little")
+            fields = data[5 + 2 * count :].decode("utf-8", "surrogatepass").split("\t")
+            if len(fields) == 4:
+                prepared = _Text()
+                self._fill_tokens(prepared, np.frombuffer(data, dtype="<u2", count=count, offset=5).tolist() or (0,))
+                words, names, numbers, symbols = (f.split("\n") if f else () for f in fields)
+                self._fill_words(prepared, text, tuple(words), frozenset(names) or _EMPTY,
+                                 frozenset(numbers) or _EMPTY, frozenset(symbols) or _EMPTY)
+                return prepared
+        return self._prepare_uncached(text)
+
+    def _score_packed(
+        self,
+        query_text: str,
+        query_vec: np.ndarray | None,
+        cand_texts: Sequence[str],
+        cand_vecs: np.ndarray | None,
+        cand_data: Sequence[bytes | None],
+    ) -> np.ndarray:
+        """:meth:`score_many` for a store: candidates rebuilt from their :meth:`_pack_texts` data where given."""
+        q = self._unpack(query_text, None)
+        # A candidate with the query's very text shares its prepared form, as the LRU made it do: numpy
+        # multiplies ``x @ x.T`` another way (syrk), a last-bit difference the trees would pass on.
+        cands = [q if t == query_text else self._unpack(t, d) for t, d in zip(cand_texts, cand_data)]
+        return self._score_prepared(q, query_vec, cands, cand_vecs)
+
+    def _score_prepared(
+        self, q: _Text, query_vec: np.ndarray | None, cands: list[_Text], cand_vecs: np.ndarray | None
+    ) -> np.ndarray:
+        if not cands:
+            return np.zeros(0, dtype=np.float64)
+        rows = []
+        for i, c in enumerate(cands):
+            cosine = None if cand_vecs is None else self._vector_cosine(query_vec, cand_vecs[i])
+            rows.append(self._features(q, c, cosine))
+        return self._probabilities(np.asarray(rows, dtype=np.float64), q, cands)
 
     def _features(self, a: _Text, b: _Text, cosine: float | None = None) -> list[float]:
         # Every float comes from the same numpy operations, in the same order, as when the weights

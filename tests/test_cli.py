@@ -56,7 +56,7 @@ def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
     pairs.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in rows))
     code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "pairs", "--json")
     assert code == 0 and doc["pairs"] == 4 and set(doc) == {
-        "pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms"}
+        "pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms", "by_duplicate_share"}
     assert set(doc["recall_at_precision"]) == {"0.8", "0.9", "0.95"} and doc["auc"] == 1.0
     code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "replay", "--json")
     assert set(doc) == {"stored", "queries", "correct_hits", "wrong_hits", "misses", "hit_precision", "hit_recall",

@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .verifier import Verifier
 
-__all__ = ["PRECISION_TARGETS", "auc", "eval_pairs", "load_pairs", "pair_metrics", "recall_at_precision"]
+__all__ = ["DUPLICATE_SHARES", "PRECISION_TARGETS", "auc", "eval_pairs", "load_pairs", "pair_metrics", "recall_at_precision"]
 
 logger = logging.getLogger("llmbudget.cache")
 
@@ -54,42 +54,74 @@ def auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarra
     return float((ranks[y].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def _curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _negative_weight(labels: np.ndarray, duplicate_share: float | None) -> float:
+    """Weight of each non-duplicate so that duplicates make up ``duplicate_share`` of the weighted pairs."""
+    if duplicate_share is None:
+        return 1.0
+    if not 0.0 < duplicate_share < 1.0:
+        raise ValueError(f"duplicate_share must be between 0 and 1, not {duplicate_share!r}")
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return 1.0
+    return positives * (1.0 - duplicate_share) / (duplicate_share * negatives)
+
+
+def _curve(labels: np.ndarray, scores: np.ndarray, negative_weight: float = 1.0
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall and threshold at every distinct score, highest threshold first."""
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], labels[order].astype(np.float64)
     cut = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
     tp = np.cumsum(y)[cut]
+    fp = (cut + 1) - tp
     total = max(float(y.sum()), 1.0)
-    return tp / (cut + 1), tp / total, s[cut]
+    return tp / (tp + negative_weight * fp), tp / total, s[cut]
 
 
-def recall_at_precision(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, target: float) -> float:
-    """Highest recall of any threshold whose precision is at least ``target`` (0.0 if none)."""
-    precision, recall, _ = _curve(np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64))
+def recall_at_precision(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, target: float,
+                        *, duplicate_share: float | None = None) -> float:
+    """Highest recall of any threshold whose precision is at least ``target`` (0.0 if none).
+
+    ``duplicate_share``: judge precision as if duplicates were that share of the
+    pairs (non-duplicates reweighted), the expected figure of a resampled set.
+    """
+    y = np.asarray(labels, dtype=bool)
+    precision, recall, _ = _curve(y, np.asarray(scores, dtype=np.float64), _negative_weight(y, duplicate_share))
     ok = precision >= target
     return float(recall[ok].max()) if ok.any() else 0.0
 
 
-def pair_metrics(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float) -> dict[str, Any]:
+def pair_metrics(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float,
+                 *, duplicate_share: float | None = None) -> dict[str, Any]:
     """AUC, recall at precision 0.8/0.9/0.95 and precision/recall of ``score >= threshold``.
 
-    Precision is 1.0 when no pair reaches the threshold (no wrong hits).
+    Precision is 1.0 when no pair reaches the threshold (no wrong hits). With
+    ``duplicate_share``, precisions are those expected if duplicates made up
+    that share of the pairs (non-duplicates reweighted); recall and AUC do not
+    depend on it.
     """
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
+    weight = _negative_weight(y, duplicate_share)
     hits = s >= threshold
     true_hits = int((hits & y).sum())
+    wrong_hits = int((hits & ~y).sum())
     return {
         "pairs": len(y),
         "auc": auc(y, s),
-        "recall_at_precision": {t: recall_at_precision(y, s, float(t)) for t in PRECISION_TARGETS},
+        "recall_at_precision": {
+            t: recall_at_precision(y, s, float(t), duplicate_share=duplicate_share) for t in PRECISION_TARGETS
+        },
         "default": {
             "threshold": float(threshold),
-            "precision": true_hits / int(hits.sum()) if hits.any() else 1.0,
+            "precision": true_hits / (true_hits + weight * wrong_hits) if hits.any() else 1.0,
             "recall": true_hits / int(y.sum()) if y.any() else 0.0,
         },
     }
+
+
+#: Duplicate shares ``eval_pairs`` also reports figures at (QQP's natural share, and balanced).
+DUPLICATE_SHARES: tuple[float, ...] = (0.37, 0.5)
 
 
 def eval_pairs(
@@ -97,6 +129,7 @@ def eval_pairs(
     *,
     verifier: Verifier | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    duplicate_shares: Sequence[float] = DUPLICATE_SHARES,
 ) -> dict[str, Any]:
     """Score every pair of a JSONL file as the semantic tier decides a hit, with its metrics.
 
@@ -106,7 +139,10 @@ def eval_pairs(
     texts included. The threshold is ``verifier.threshold`` (default: the shipped
     verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
     ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,
-    precision, recall), ``score_p50_ms`` and ``score_p99_ms``. ``progress(done,
+    precision, recall), ``score_p50_ms`` and ``score_p99_ms``, and ``by_duplicate_share``:
+    for each share in ``duplicate_shares``, ``recall_at_precision`` and
+    ``default`` as they would be if duplicates made up that share of the pairs
+    (recall at a fixed precision depends strongly on it). ``progress(done,
     total)`` is called every 500 pairs.
     """
     if verifier is None:
@@ -128,9 +164,15 @@ def eval_pairs(
             progress(i + 1, len(pairs))
     if progress is not None:
         progress(len(pairs), len(pairs))
-    result = pair_metrics([p[2] for p in pairs], scores, verifier.threshold)
+    labels = [p[2] for p in pairs]
+    result = pair_metrics(labels, scores, verifier.threshold)
     result["score_p50_ms"] = float(np.percentile(elapsed, 50) * 1e3) if len(pairs) else 0.0
     result["score_p99_ms"] = float(np.percentile(elapsed, 99) * 1e3) if len(pairs) else 0.0
+    result["by_duplicate_share"] = {
+        f"{share:g}": {k: v for k, v in pair_metrics(labels, scores, verifier.threshold, duplicate_share=share).items()
+                       if k in ("recall_at_precision", "default")}
+        for share in duplicate_shares
+    }
     logger.debug("eval_pairs %s: %s", path, result)
     return result
 

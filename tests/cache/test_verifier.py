@@ -119,6 +119,20 @@ def test_metrics_on_known_scores() -> None:
     assert metrics["default"] == {"threshold": 0.75, "precision": 1.0, "recall": pytest.approx(2 / 3)}
 
 
+def test_precision_at_another_duplicate_share_reweights_the_non_duplicates() -> None:
+    labels = [True, False, True, False, False, False]  # 2 duplicates in 6 pairs
+    scores = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]
+    assert recall_at_precision(labels, scores, 0.8) == pytest.approx(0.5)  # above 0.7, precision is 2/3
+    # Half duplicates: each non-duplicate weighs 2 * 0.5 / (0.5 * 4) = 0.5, so precision at 0.7 is 2 / 2.5.
+    assert recall_at_precision(labels, scores, 0.8, duplicate_share=0.5) == pytest.approx(1.0)
+    assert recall_at_precision(labels, scores, 0.8, duplicate_share=1 / 3) == pytest.approx(0.5)  # its own share
+    balanced = pair_metrics(labels, scores, 0.7, duplicate_share=0.5)
+    assert balanced["default"]["precision"] == pytest.approx(0.8)
+    assert balanced["default"]["recall"] == pytest.approx(1.0) and balanced["auc"] == pair_metrics(labels, scores, 0.7)["auc"]
+    with pytest.raises(ValueError, match="duplicate_share"):
+        pair_metrics(labels, scores, 0.7, duplicate_share=1.0)
+
+
 def test_eval_pairs_returns_exactly_the_documented_keys(tmp_path: Path) -> None:
     rows = [
         ("How do I learn Python fast?", "What is the quickest way to learn Python?", True),
@@ -131,7 +145,10 @@ def test_eval_pairs_returns_exactly_the_documented_keys(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in rows) + "\n")
     result = eval_pairs(path)
-    assert set(result) == {"pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms"}
+    assert set(result) == {"pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms",
+                           "by_duplicate_share"}
+    assert set(result["by_duplicate_share"]) == {"0.37", "0.5"}
+    assert result["by_duplicate_share"]["0.5"]["default"]["recall"] == result["default"]["recall"]
     assert set(result["recall_at_precision"]) == {"0.8", "0.9", "0.95"}
     assert set(result["default"]) == {"threshold", "precision", "recall"}
     assert result["pairs"] == 6 and isinstance(result["pairs"], int)

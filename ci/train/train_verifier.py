@@ -22,7 +22,7 @@ as duplicate) is a second check on text the model never saw.
 Recall at precision 0.9 depends strongly on the share of duplicates among the
 pairs (label noise among near-identical "non-duplicates" decides it at QQP's
 natural share), so the validation figures are also printed with non-duplicates
-reweighted to 37% and 50% duplicates.  WordLlama cosine alone reaches ~0.12 at
+reweighted to 37%, 45% and 50% duplicates.  WordLlama cosine alone reaches ~0.12 at
 45-50% duplicates, where the verifier reaches 0.44-0.55.
 
 Tried on the same split (recall at P0.9 at the natural share / at 50%), none

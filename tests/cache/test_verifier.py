@@ -147,7 +147,7 @@ def test_eval_pairs_returns_exactly_the_documented_keys(tmp_path: Path) -> None:
     result = eval_pairs(path)
     assert set(result) == {"pairs", "auc", "recall_at_precision", "default", "score_p50_ms", "score_p99_ms",
                            "by_duplicate_share"}
-    assert set(result["by_duplicate_share"]) == {"0.37", "0.5"}
+    assert set(result["by_duplicate_share"]) == {"0.37", "0.45", "0.5"}
     assert result["by_duplicate_share"]["0.5"]["default"]["recall"] == result["default"]["recall"]
     assert set(result["recall_at_precision"]) == {"0.8", "0.9", "0.95"}
     assert set(result["default"]) == {"threshold", "precision", "recall"}

@@ -85,6 +85,8 @@ _TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:\+\+|#)?|[^\w\s]")
 _HAS_DIGIT = re.compile(r"\d").search
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_][\x00-\x7f]*\Z").match  # else a symbol or non-ASCII
 _SKIP = frozenset("?.,!'\"’‘“”:;-()/")
+# A text of ASCII letters, digits, "_", spaces and skipped punctuation has no symbol among its words.
+_ONLY_PLAIN = re.compile(r"[A-Za-z0-9_\s" + "".join(re.escape(c) for c in sorted(_SKIP)) + r"]*\Z").match
 _STOP = frozenset(
     "a an the of to in on for and or is are was were be been being do does did i you he she it "
     "we they me my your his her its our their this that these those what which who whom whose "
@@ -112,9 +114,12 @@ def _word_fields(text: str) -> tuple[tuple[str, ...], frozenset[str], frozenset[
     return (
         words,
         frozenset([t.lower() for t in raw[1:] if t[:1].isupper() and t != "I"]) or _EMPTY,
-        frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)]) or _EMPTY,
-        frozenset([w for w in wordset if not _PLAIN_WORD(w)]) or _EMPTY,
+        # Most texts have no digit and only plain ASCII words: one scan of the text says so.
+        (frozenset([w.replace(",", "") for w in wordset if _HAS_DIGIT(w)]) or _EMPTY) if _HAS_DIGIT(text) else _EMPTY,
+        _EMPTY if _ONLY_PLAIN(text) else frozenset([w for w in wordset if not _PLAIN_WORD(w)]) or _EMPTY,
     )
+
+
 _max = np.maximum.reduce  # what ndarray.max/min/sum call, without their Python layer
 _min = np.minimum.reduce
 _sum = np.add.reduce

@@ -203,8 +203,8 @@ def _jaccard(a: frozenset[Any], b: frozenset[Any]) -> float:
 
 
 def _unit_cos(a: np.ndarray, b: np.ndarray) -> float:
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denominator if denominator > 0.0 else 0.0
+    denominator = math.sqrt(float(a.dot(a)) * float(b.dot(b)))
+    return float(a.dot(b)) / denominator if denominator > 0.0 else 0.0
 
 
 class Verifier:
@@ -360,8 +360,8 @@ class Verifier:
         p.idf_sum = float(idf.sum())
         p.unit = self._unit_table.take(ids, axis=0)
         p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[list(all_ids)].sum(axis=0)
-        p.weighted = weighted = idf @ rows
-        p.weighted_sq = float(weighted @ weighted)
+        p.weighted = weighted = idf.dot(rows)
+        p.weighted_sq = float(weighted.dot(weighted))
         p.diff_weight = 0.0
         if self._stack is not None:
             p.diff_weight = float(self._stack["diff"].take(ids).sum())
@@ -463,12 +463,12 @@ class Verifier:
         # Every float comes from the same numpy operations, in the same order, as when the weights
         # were trained (ufunc reductions are what ndarray.max/sum/mean call, minus their Python
         # layer): a last-bit difference could move a pair across one of the trees' splits.
-        sim = a.unit @ b.unit.T
+        sim = a.unit.dot(b.unit.T)  # ndarray.dot: the same BLAS call as @, with less dispatch
         best_a = _max(sim, 1)
         best_b = _max(sim, 0)
         wa, wb = a.idf, b.idf
         sum_a, sum_b = a.idf_sum, b.idf_sum
-        alignment = float(wa @ best_a + wb @ best_b) / (sum_a + sum_b + 1e-9)
+        alignment = float(wa.dot(best_a) + wb.dot(best_b)) / (sum_a + sum_b + 1e-9)
         un_a = float(_max(wa * (1.0 - best_a)))
         un_b = float(_max(wb * (1.0 - best_b)))
         exact_a = best_a > _EXACT
@@ -480,13 +480,14 @@ class Verifier:
         unmatched_b = sum_b - (float(_sum(wb[exact_b])) if n_exact_b else 0.0)
         if not all_a and not all_b:
             loose_a, loose_b = ~exact_a, ~exact_b
-            residual = _unit_cos(wa[loose_a] @ a.unit[loose_a], wb[loose_b] @ b.unit[loose_b])
+            residual = _unit_cos(wa.compress(loose_a).dot(a.unit.compress(loose_a, axis=0)),
+                                 wb.compress(loose_b).dot(b.unit.compress(loose_b, axis=0)))
         else:
             residual = 1.0 if all_a and all_b else 0.0
         if cosine is None:
             cosine = _unit_cos(a.pooled, b.pooled)
         norms = a.weighted_sq * b.weighted_sq
-        idf_cosine = float(a.weighted @ b.weighted) / math.sqrt(norms) if norms > 0.0 else 0.0
+        idf_cosine = float(a.weighted.dot(b.weighted)) / math.sqrt(norms) if norms > 0.0 else 0.0
         # ndarray.mean: a float32 sum divided, in float64, by the count, rounded back to float32
         mean = float(np.float32(float(_sum(sim, None)) / sim.size))
         ca, cb = a.contentset, b.contentset

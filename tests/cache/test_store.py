@@ -433,6 +433,7 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
         {"a": "best pizza in naples", "b": "best pizza in naples", "duplicate": False},
         {"a": "why is the sky blue", "b": "what colour is grass", "duplicate": True},
         {"a": "capital of france", "b": "capital of peru", "duplicate": False},
+        {"a": "how to bake bread", "b": "Capital of  France", "duplicate": False},  # another pair's question
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DATA", str(pairs))
@@ -444,6 +445,6 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
     with make(None) as store:
         replay = eval_replay(pairs, store=store)
     assert replay == {
-        "stored": 4, "queries": 4, "correct_hits": 1, "wrong_hits": 1, "misses": 2, "hit_precision": 0.5,
-        "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
+        "stored": 5, "queries": 5, "correct_hits": 1, "wrong_hits": 2, "misses": 2, "wrong_hits_same_text": 1,
+        "hit_precision": 0.3333, "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
     }

@@ -129,6 +129,9 @@ class Scorer(Protocol):
     query_vec, cand_texts, cand_vecs)`` (one call for all candidates) and
     ``embedder_name``: a scorer that names the embedder its features expect gets
     ``None`` for vectors made by another embedder, and must embed the texts itself.
+    The bundled verifier also has two internal hooks the SQLite store uses:
+    ``_pack_texts(texts)`` (bytes kept beside each entry when it is stored) and
+    ``_score_packed(...)`` (``score_many`` from those bytes, without re-tokenising).
     """
 
     def score(self, query_text: str, query_vec: np.ndarray, cand_text: str, cand_vec: np.ndarray) -> float: ...

@@ -1,8 +1,10 @@
 """The cache's storage on Redis, shared by every worker and every replica.
 
 Entries live in Redis hashes (``{prefix}e:{id}``: partition, exact key, tenant,
-model, text, response, the vector as float16 bytes, created, expires, hits) with
-a Redis TTL; ``{prefix}x:{partition hash}`` maps exact keys to entry ids and
+model, text, response, the vector as float16 bytes, the scorer's data for the
+text (the verifier's token ids and words, absent from entries stored by older
+versions: those are prepared from their text), created, expires, hits) with a
+Redis TTL; ``{prefix}x:{partition hash}`` maps exact keys to entry ids and
 ``{prefix}p:{partition hash}`` lists a partition's entries with a vector. Every
 insert and deletion (replacement, eviction, expiry purge, invalidation) is
 appended to the stream ``{prefix}log`` by the same Lua script that makes it, so
@@ -30,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,7 @@ log = logging.getLogger("llmbudget.cache")
 #: Stream entries kept (approximately); a process further behind rebuilds its indexes.
 STREAM_MAXLEN = 100_000
 _READ_BATCH = 1000
+_PUT_BATCH = 500  # answers embedded together and sent in one round trip
 
 _DELETE = """
 local function delete_entry(P, id)
@@ -70,7 +73,8 @@ local function delete_entry(P, id)
 end
 """
 
-# ARGV: prefix, maxlen, pid, partition, exact_key, tenant, model, text, response, vector, now, ttl_ms, size, cap
+# ARGV: prefix, maxlen, pid, partition, exact_key, tenant, model, text, response, vector, now, ttl_ms, size, cap,
+# scorer data ('' for none)
 _PUT = _DELETE + """
 local P = ARGV[1]
 local pid, key, vector, now, ttl, size, cap = ARGV[3], ARGV[5], ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14])
@@ -81,6 +85,7 @@ local expires = ''
 if ttl > 0 then expires = tostring(tonumber(now) + ttl / 1000) end
 redis.call('HSET', P .. 'e:' .. id, 'p', ARGV[4], 'k', key, 't', ARGV[6], 'm', ARGV[7], 'x', ARGV[8], 'r', ARGV[9],
     'v', vector, 'c', now, 'e', expires, 'h', 0, 'l', '', 's', size)
+if ARGV[15] ~= '' then redis.call('HSET', P .. 'e:' .. id, 'd', ARGV[15]) end
 if ttl > 0 then
     redis.call('PEXPIRE', P .. 'e:' .. id, ttl)
     redis.call('ZADD', P .. 'exp', expires, id)
@@ -205,6 +210,7 @@ class RedisCacheStore:
         self._scorer = scorer
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
+        self._pack_failed = False
         self._clock = clock
         self._lock = threading.RLock()
         self._parts: dict[int, _Exact] = {}
@@ -291,6 +297,7 @@ class RedisCacheStore:
     _scoring: Any = CacheStore._scoring
     _score: Any = CacheStore._score
     _best: Any = CacheStore._best
+    _scorer_data: Any = CacheStore._scorer_data
 
     @property
     def threshold(self) -> float:
@@ -417,12 +424,12 @@ class RedisCacheStore:
         ids = [key for key, _ in found]
         pipe = self._redis.pipeline(transaction=False)
         for entry_id in ids:
-            pipe.hmget(self._key(f"e:{entry_id}"), [b"p", b"e", b"x", b"v"])
+            pipe.hmget(self._key(f"e:{entry_id}"), [b"p", b"e", b"x", b"v", b"d"])
         rows = pipe.execute()
         now = self._clock()
-        live: list[tuple[int, str, bytes]] = []
+        live: list[tuple[int, str, bytes, bytes | None]] = []
         gone: list[int] = []
-        for entry_id, (p, e, x, v) in zip(ids, rows):
+        for entry_id, (p, e, x, v, d) in zip(ids, rows):
             if p is None:
                 gone.append(entry_id)  # expired in Redis (its deletion is logged by the next purge)
             elif _text(p) != partition:  # a 63-bit hash collision; never served across partitions
@@ -430,13 +437,13 @@ class RedisCacheStore:
             elif e and float(e) <= now:
                 continue
             elif v:
-                live.append((entry_id, _text(x), v))
+                live.append((entry_id, _text(x), v, d))  # d: the scorer's data, absent from older entries
         if gone:
             with self._lock:
                 part.remove(np.array(gone, dtype=np.int64))
         if not live:
             return None
-        chosen = self._best(text, query, [row[1] for row in live], [row[2] for row in live])
+        chosen = self._best(text, query, [row[1] for row in live], [row[2] for row in live], [row[3] for row in live])
         if chosen is None:
             return None
         best, score, cosine = chosen
@@ -459,29 +466,61 @@ class RedisCacheStore:
         ttl: float | None = _UNSET,
     ) -> int:
         """Store an answer (replacing the one under the same ``exact_key``); returns the entry id, 0 when Redis is down."""
-        blob = self._vectors([text], [vector])[0] if semantic else None
+        return self.put_many(
+            [{"partition": partition, "exact_key": exact_key, "text": text, "response": response, "tenant": tenant,
+              "model": model, "vector": vector, "semantic": semantic, "ttl": ttl}]
+        )[0]
+
+    def put_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Store many answers (each a mapping of :meth:`put`'s arguments), embedding in batches; returns their ids.
+
+        Each answer is one atomic script; a batch goes to Redis in one round trip. Ids are 0 when Redis is down.
+        """
+        rows = list(items)
+        ids: list[int] = []
+        for start in range(0, len(rows), _PUT_BATCH):
+            chunk = rows[start : start + _PUT_BATCH]
+            semantic = [i for i, row in enumerate(chunk) if row.get("semantic", True)]
+            texts = [str(chunk[i]["text"]) for i in semantic]
+            blobs: list[bytes | None] = [None] * len(chunk)
+            extra: list[bytes | None] = [None] * len(chunk)
+            for i, blob, packed in zip(semantic, self._vectors(texts, [chunk[i].get("vector") for i in semantic]),
+                                       self._scorer_data(texts)):
+                blobs[i] = blob
+                extra[i] = packed if blob is not None else None  # no vector: never a semantic candidate
+            now = self._clock()
+            scripts = [self._put_args(row, blob, packed, now) for row, blob, packed in zip(chunk, blobs, extra)]
+            try:
+                if len(scripts) == 1:
+                    replies = [self._put(args=scripts[0])]
+                else:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for args in scripts:
+                        self._put(args=args, client=pipe)
+                    replies = pipe.execute()
+            except self._down as exc:
+                self._unreachable(exc)
+                ids += [0] * len(chunk)
+                continue
+            self._reachable()
+            evicted = sum(int(reply[1]) for reply in replies)
+            if evicted:
+                log.debug("cache: evicted %d entries (lru, cap %s)", evicted, self.max_entries)
+            ids += [int(reply[0]) for reply in replies]
+        return ids
+
+    def _put_args(self, row: Mapping[str, Any], blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
+        partition, exact_key = str(row["partition"]), str(row["exact_key"])
+        text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
+        ttl = row.get("ttl", _UNSET)
         ttl = self.ttl if ttl is _UNSET else ttl
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl={ttl}: expected seconds > 0 or None")
-        pid = self._partition_id(partition)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
-        size += len(blob) if blob is not None else 0
-        now = self._clock()
-        args = [self.prefix, STREAM_MAXLEN, pid, partition, exact_key, tenant, model, text, response, blob or b"",
-                repr(now), 0 if ttl is None else max(1, round(ttl * 1000)), size, self.max_entries or 0]
-        try:
-            entry_id, evicted = self._put(args=args)
-        except self._down as exc:
-            self._unreachable(exc)
-            return 0
-        self._reachable()
-        if evicted:
-            log.debug("cache: evicted %d entries (lru, cap %s)", evicted, self.max_entries)
-        return int(entry_id)
-
-    def put_many(self, items: Any) -> list[int]:
-        """Store many answers (each a mapping of :meth:`put`'s arguments); returns their ids."""
-        return [self.put(**dict(item)) for item in items]
+        size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
+        return [self.prefix, STREAM_MAXLEN, self._partition_id(partition), partition, exact_key, tenant, model, text,
+                response, blob or b"", repr(now), 0 if ttl is None else max(1, round(ttl * 1000)), size,
+                self.max_entries or 0, scorer_data or b""]
 
     def record_hit(self, entry_id: int) -> None:
         """Count a hit on ``entry_id`` (LRU orders by it)."""

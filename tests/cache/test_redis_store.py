@@ -5,6 +5,7 @@ Database 15 of the Redis on 127.0.0.1:6379, one key prefix per test, deleted aft
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import json
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,6 +118,70 @@ def test_exact_and_semantic_lookups(store: RedisCacheStore) -> None:
     hit = store.search("p3", "ignored", vector=vec)
     assert hit is not None and hit.entry.id == given_id
     assert store.stats() == {"entries": 3, "bytes": store.stats()["bytes"], "partitions": 2}
+
+
+QUESTIONS = [
+    "What is the capital of France?", "How do I learn Python quickly?", "What is 2+2?",
+    "Why is the sky blue?", "How can I lose weight fast?", "What is the best way to learn guitar?",
+    "Who wrote Hamlet?", "How do I reset my password?", "What causes earthquakes?", "Is coffee bad for you?",
+]
+PARAPHRASES = [
+    "what's the capital of france", "How can I learn Python fast?", "What is 2+3?", "Why is the sky blue",
+    "How do I lose weight quickly?", "What is the best way to learn the guitar?", "Who is the author of Hamlet?",
+    "How can I reset my password?", "What causes an earthquake?", "Is coffee bad for your health?",
+]
+
+
+@pytest.fixture(scope="module")
+def verifier_store_options() -> dict[str, object]:
+    """The bundled embedder and verifier, loaded once for the module."""
+    from llmbudget.cache.embedders import WordLlamaEmbedder
+    from llmbudget.cache.verifier import default_verifier
+
+    return {"embedder": WordLlamaEmbedder(), "scorer": default_verifier()}
+
+
+def lookups(store: RedisCacheStore, texts: Sequence[str]) -> list[tuple[int, float, float] | None]:
+    found = [store.search("p", text) for text in texts]
+    return [None if hit is None else (hit.entry.id, hit.score, hit.cosine) for hit in found]
+
+
+def test_scorer_data_is_stored_and_old_entries_without_it_score_the_same(
+    prefix: str, verifier_store_options: dict[str, object]
+) -> None:
+    with RedisCacheStore(URL, prefix=prefix, **verifier_store_options) as store:  # type: ignore[arg-type]
+        ids = store.put_many({"partition": "p", "exact_key": f"k{i}", "text": text, "response": "{}",
+                              "tenant": "acme", "model": "m"} for i, text in enumerate(QUESTIONS))
+        raw = store._redis
+        assert all(raw.hget(f"{prefix}e:{entry_id}", "d") for entry_id in ids)  # the verifier's packed text
+        scorer: Any = verifier_store_options["scorer"]
+        scorer.clear_cache()
+        with_data = lookups(store, PARAPHRASES + QUESTIONS)
+        assert sum(found is not None for found in with_data) >= len(QUESTIONS)  # every question finds itself
+        assert with_data[2] is None or with_data[2][0] != ids[2]  # "2+3" never answered by "2+2"
+        for entry_id in ids:  # as entries stored by an older version: no scorer data
+            raw.hdel(f"{prefix}e:{entry_id}", "d")
+        scorer.clear_cache()
+        assert lookups(store, PARAPHRASES + QUESTIONS) == with_data
+        exact_only = store.put(partition="p", exact_key="x", text="an exact-only answer", response="{}",
+                               tenant="acme", model="m", semantic=False)
+        assert raw.hget(f"{prefix}e:{exact_only}", "d") is None
+
+
+def test_lookups_leave_no_tracked_objects_behind(prefix: str, verifier_store_options: dict[str, object]) -> None:
+    scorer: Any = verifier_store_options["scorer"]
+    with RedisCacheStore(URL, prefix=prefix, **verifier_store_options) as store:  # type: ignore[arg-type]
+        store.put_many({"partition": "p", "exact_key": f"k{i}", "text": f"{text} ({i})", "response": "{}",
+                        "tenant": "acme", "model": "m"} for i, text in enumerate(QUESTIONS * 20))
+        queries = [f"{text} [{i}]" for i, text in enumerate(PARAPHRASES * 30)]  # each query text is new
+        lookups(store, queries[:50])  # warm: the partition is loaded, the scorer's tables built
+        scorer.clear_cache()
+        gc.collect()
+        before = len(gc.get_objects())
+        found = lookups(store, queries[50:])
+        gc.collect()
+        left = len(gc.get_objects()) - before
+        assert any(found) and left < 100, f"{len(queries) - 50} lookups left {left} tracked objects"
 
 
 words = st.sampled_from(["red", "green", "blue", "cat", "dog", "sun", "moon", "sea"])

@@ -10,9 +10,19 @@ insert and deletion (replacement, eviction, expiry purge, invalidation) is
 appended to the stream ``{prefix}log`` by the same Lua script that makes it, so
 the stream and the entries never disagree.
 
-Each process keeps an in-memory exact vector index per partition it has
-searched. Before each search it reads the stream entries after the last one it
-applied (non-blocking ``XREAD``); a partition it has not searched yet is
+Each process keeps its own vector index per partition it has searched: exact
+search up to ``exact_search_max`` vectors (2,048), a usearch HNSW index above,
+as the SQLite store does. A partition that outgrows exact search (or a big one
+loaded from Redis) gets its HNSW index built in a background thread; exact search
+serves meanwhile and the changes made during the build are replayed onto the new
+index before it takes over, so no lookup waits for a build.
+
+A lookup is one round trip (a script): it reads the stream entries after the
+last one this process applied, checks the store's id and the stream's trim
+count, and fetches the fields of the candidates the local index found before
+those entries were applied. If the entries touched the partition, the local
+index is searched again and the new candidates fetched. A hit reads its answer
+in a second round trip. A partition this process has not searched yet is
 bootstrapped from ``{prefix}p:...``. A trimmed stream (the process fell too far
 behind) or a Redis that lost its data (restart without persistence, ``FLUSHDB``)
 is detected and the local indexes are dropped and rebuilt lazily.
@@ -29,6 +39,7 @@ Sentinel), not Redis Cluster. ``redis`` (redis-py) is imported on first use.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -38,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .embedders import Embedder
-from .index import _Exact
+from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
 from .store import _UNSET, CacheStore, Entry, Hit, Scorer
 
 __all__ = ["RedisCacheStore"]
@@ -142,6 +153,24 @@ end
 return 0
 """
 
+# ARGV: prefix, last stream id applied, most entries to read, candidate ids...
+# The store's id, the stream's entries-added and length (the trim check), the entries after the last applied,
+# and the candidates' fields: what a lookup needs from Redis, read at one moment.
+_READ = """
+local P = ARGV[1]
+local added, length, events = 0, 0, {}
+if redis.call('EXISTS', P .. 'log') == 1 then
+    local info = redis.call('XINFO', 'STREAM', P .. 'log')
+    for i = 1, #info, 2 do
+        if info[i] == 'entries-added' then added = info[i + 1] elseif info[i] == 'length' then length = info[i + 1] end
+    end
+    events = redis.call('XRANGE', P .. 'log', '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+end
+local rows = {}
+for i = 4, #ARGV do rows[#rows + 1] = redis.call('HMGET', P .. 'e:' .. ARGV[i], 'p', 'e', 'x', 'v', 'd') end
+return {redis.call('HGET', P .. 'meta', 'id'), added, length, events, rows}
+"""
+
 _FIELDS = (b"p", b"k", b"t", b"m", b"x", b"r", b"c", b"e", b"l", b"h", b"s")
 
 
@@ -153,6 +182,70 @@ def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+class _ExactSearch(_Exact):
+    """:class:`~llmbudget.cache.index._Exact` with its product computed on the calling thread.
+
+    ``matrix @ vector`` goes to BLAS, which splits a product of this size over threads;
+    when the cores are busy (a loaded web server) waking them costs milliseconds
+    (2,048 x 256 on the loaded 2-core development machine: up to 8 ms, 0.08 ms here).
+    """
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        n = self._n
+        if n == 0:
+            return []
+        sims = np.einsum("ij,j->i", self._vecs[:n], vector)
+        if n > k:
+            top = np.argpartition(-sims, k - 1)[:k]
+            top = top[np.argsort(-sims[top])]
+        else:
+            top = np.argsort(-sims)
+        return [(int(self._ids[i]), float(sims[i])) for i in top]
+
+
+class _Local:
+    """One partition's vectors in this process: searched exactly, or by a usearch HNSW index once it is big.
+
+    The HNSW index is built in a background thread from a copy of the vectors; meanwhile
+    the exact search serves, and the changes made during the build (``journal``) are
+    replayed onto the new index, in order, before it takes over.
+    """
+
+    __slots__ = ("builder", "exact", "failed", "hnsw", "journal")
+
+    def __init__(self, exact: _ExactSearch) -> None:
+        self.exact: _ExactSearch | None = exact
+        self.hnsw: _Hnsw | None = None
+        self.journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # None: no build under way
+        self.builder = 0  # the process whose thread builds (a forked child starts its own)
+        self.failed = False
+
+    @property
+    def kind(self) -> str:
+        return "exact" if self.hnsw is None else "hnsw"
+
+    def _searcher(self) -> _ExactSearch | _Hnsw:
+        found = self.exact if self.hnsw is None else self.hnsw
+        assert found is not None
+        return found
+
+    def __len__(self) -> int:
+        return len(self._searcher())
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._searcher().add(ids, vectors)
+        if self.journal is not None:
+            self.journal.append((ids, vectors))
+
+    def remove(self, ids: np.ndarray) -> None:
+        self._searcher().remove(ids)
+        if self.journal is not None:
+            self.journal.append((ids, None))
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        return self._searcher().search(vector, k)
+
+
 class RedisCacheStore:
     """:class:`~llmbudget.cache.store.CacheStore`'s interface with its entries in Redis.
 
@@ -160,6 +253,8 @@ class RedisCacheStore:
       overrides ``prefix``); ``prefix``: the key prefix (one per app).
     - ``embedder``, ``scorer``, ``threshold``, ``ttl``, ``candidates``, ``min_cosine``: as
       :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
+    - ``exact_search_max``: partitions up to this size are searched exactly; a bigger one
+      gets a usearch HNSW index (``index_dtype``: ``"f16"`` or ``"i8"``), as in :class:`CacheStore`.
     - ``timeout``: seconds a Redis command may take before the cache counts Redis as down.
     - ``clock``: the time source, epoch seconds (tests).
     """
@@ -176,6 +271,8 @@ class RedisCacheStore:
         max_entries: int | None = 100_000,
         candidates: int = 2,
         min_cosine: float | None = None,
+        exact_search_max: int = EXACT_MAX,
+        index_dtype: IndexDType = "i8",
         timeout: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -189,6 +286,10 @@ class RedisCacheStore:
             raise ValueError(f"candidates={candidates}: expected at least 1")
         if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
             raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
+        if index_dtype not in ("f16", "i8"):
+            raise ValueError(f"index_dtype={index_dtype!r}: expected 'f16' or 'i8'")
+        if exact_search_max < 0:
+            raise ValueError(f"exact_search_max={exact_search_max}: expected 0 or more")
         base, options = _split_url(url)
         self.url = base
         self.prefix = options.get("prefix") or prefix
@@ -212,8 +313,11 @@ class RedisCacheStore:
         self._scoring_lock = threading.Lock()
         self._pack_failed = False
         self._clock = clock
+        self.exact_search_max = exact_search_max
+        self.index_dtype: IndexDType = index_dtype
         self._lock = threading.RLock()
-        self._parts: dict[int, _Exact] = {}
+        self._parts: dict[int, _Local] = {}
+        self._builds: list[threading.Thread] = []
         self._last_id = b"0-0"
         self._position = 0  # stream entries added up to self._last_id
         self._store_id: bytes | None = None
@@ -223,6 +327,7 @@ class RedisCacheStore:
         self._delete_many = self._redis.register_script(_DELETE_MANY)
         self._purge = self._redis.register_script(_PURGE)
         self._hit = self._redis.register_script(_HIT)
+        self._read = self._redis.register_script(_READ)
         try:
             self._meta()
         except self._down as exc:
@@ -307,46 +412,54 @@ class RedisCacheStore:
     def sync(self) -> int:
         """Apply the stream entries written since the last call to the local indexes; returns how many."""
         with self._lock:
-            store_id = self._redis.hget(self._key("meta"), "id")
-            if store_id is None or store_id != self._store_id:
-                self._meta()
             applied = 0
             while True:
-                pipe = self._redis.pipeline(transaction=True)  # the read and the trim count of one moment
-                pipe.xinfo_stream(self._key("log"))
-                pipe.xread({self._key("log"): self._last_id}, count=_READ_BATCH)
-                try:
-                    info, read = pipe.execute()
-                except self._down:
-                    raise
-                except self._no_stream:  # no stream yet
-                    return applied
-                trimmed = int(info.get("entries-added") or 0) - int(info.get("length") or 0)
-                if trimmed > self._position:  # entries this process never applied were trimmed away
-                    self._reset(self._stream_head())
-                    return applied
-                events = read[0][1] if read else []
-                for event_id, fields in events:
-                    self._apply(fields)
-                    self._last_id = event_id
-                self._position += len(events)
-                applied += len(events)
-                if len(events) < _READ_BATCH:
+                _, _, count, more = self._catch_up([])
+                applied += count
+                if not more:
                     return applied
 
-    def _apply(self, fields: dict[bytes, bytes]) -> None:
-        part = self._parts.get(int(fields[b"p"]))
+    def _catch_up(self, candidates: list[int]) -> tuple[set[int] | None, dict[int, list[bytes | None]], int, bool]:
+        """One round trip: apply the stream entries after the last applied, and read the candidates' fields.
+
+        Returns the partitions the entries touched (None: every local index was dropped, and the
+        fields were not kept), the fields ``[p, e, x, v, d]`` by candidate id, how many entries
+        were applied, and whether more are waiting. Call with ``self._lock`` held.
+        """
+        store_id, added, length, events, rows = self._read(
+            args=[self.prefix, self._last_id, _READ_BATCH, *candidates])
+        if store_id is None or store_id != self._store_id:  # a new store (or Redis lost its data)
+            self._meta()  # drops the local indexes
+            return None, {}, 0, False
+        if int(added) - int(length) > self._position:  # entries this process never applied were trimmed away
+            self._reset(self._stream_head())
+            return None, {}, 0, False
+        touched: set[int] = set()
+        for event_id, flat in events:
+            pid = self._apply(dict(zip(flat[::2], flat[1::2])))
+            if pid is not None:
+                touched.add(pid)
+            self._last_id = event_id
+        self._position += len(events)
+        return touched, dict(zip(candidates, rows)), len(events), len(events) == _READ_BATCH
+
+    def _apply(self, fields: dict[bytes, bytes]) -> int | None:
+        """Apply one stream entry; returns its partition id if this process holds that partition."""
+        pid = int(fields[b"p"])
+        part = self._parts.get(pid)
         if part is None:
-            return
+            return None
         ids = np.array([int(fields[b"i"])], dtype=np.int64)
         if fields[b"o"] == b"a":
             unit = self._decode([fields[b"v"]])
             part.add(ids, unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12))
+            self._maybe_build(pid, part)
         else:
             part.remove(ids)
+        return pid
 
-    def _partition(self, pid: int) -> _Exact:
-        """The local index of a partition, loaded from Redis on first use (after :meth:`sync`)."""
+    def _partition(self, pid: int) -> _Local:
+        """The local index of a partition, loaded from Redis on first use (after a catch-up with the stream)."""
         part = self._parts.get(pid)
         if part is not None:
             return part
@@ -364,9 +477,65 @@ class RedisCacheStore:
                     blobs.append(blob)
         vectors = self._decode(blobs)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        part = _Exact(self.dim, np.array(ids, dtype=np.int64), vectors)
+        part = _Local(_ExactSearch(self.dim, np.array(ids, dtype=np.int64), vectors))
         self._parts[pid] = part
+        self._maybe_build(pid, part)
         return part
+
+    # ------------------------------------------------------------------ HNSW builds
+
+    def _maybe_build(self, pid: int, part: _Local) -> None:
+        """Start building the partition's HNSW index in a thread if it outgrew exact search (lock held)."""
+        if part.hnsw is not None or part.failed or len(part) <= self.exact_search_max:
+            return
+        if part.journal is not None and part.builder == os.getpid():
+            return  # under way
+        assert part.exact is not None
+        ids, vectors = part.exact.items()  # copies: the build reads them without the lock
+        part.journal, part.builder = [], os.getpid()
+        thread = threading.Thread(target=self._build, args=(pid, part, ids, vectors), daemon=True,
+                                  name=f"llmbudget-cache-index-{pid}")
+        self._builds = [t for t in self._builds if t.is_alive()] + [thread]
+        thread.start()
+
+    def _build(self, pid: int, part: _Local, ids: np.ndarray, vectors: np.ndarray) -> None:
+        started = time.perf_counter()
+        try:
+            index = self._new_index(ids, vectors)
+        except Exception as exc:  # noqa: BLE001 - exact search goes on serving
+            log.warning("cache: building the HNSW index of partition %d failed (%s); it stays on exact search",
+                        pid, exc)
+            with self._lock:
+                part.journal, part.failed = None, True
+            return
+        with self._lock:
+            if self._parts.get(pid) is not part or part.journal is None or part.builder != os.getpid():
+                return  # the local indexes were dropped meanwhile
+            for changed, added in part.journal:  # what the stream brought during the build, in order
+                if added is None:
+                    index.remove(changed)
+                else:
+                    index.add(changed, added)
+            part.hnsw, part.exact, part.journal = index, None, None
+        log.info("cache: partition %d (%d vectors) now searched by its HNSW index (built in %.1f s)",
+                 pid, len(index), time.perf_counter() - started)
+
+    def _new_index(self, ids: np.ndarray, vectors: np.ndarray) -> _Hnsw:
+        """An HNSW index of the vectors, built on one core (the other cores keep serving)."""
+        index = _Hnsw.new(self.dim, self.index_dtype)
+        if len(ids):
+            index.index.add(ids.astype(np.uint64), np.ascontiguousarray(vectors, dtype=np.float32), threads=1)
+        return index
+
+    def _wait_for_builds(self, timeout: float | None = None) -> None:
+        """Wait for the HNSW builds under way (tests, benchmarks)."""
+        for thread in list(self._builds):
+            thread.join(timeout)
+
+    def _loaded(self) -> dict[int, tuple[str, int]]:
+        """``{partition id: (kind, size)}`` of the partitions this process holds."""
+        with self._lock:
+            return {pid: (part.kind, len(part)) for pid, part in self._parts.items()}
 
     def _entry(self, entry_id: int, values: list[bytes | None]) -> Entry:
         p, k, t, m, x, r, c, e, lh, h, s = values
@@ -416,20 +585,33 @@ class RedisCacheStore:
     def _search(self, partition: str, text: str, query: np.ndarray) -> Hit | None:
         pid = self._partition_id(partition)
         with self._lock:
-            self.sync()
-            part = self._partition(pid)
-            found = part.search(query, self.candidates)
-        if not found:
+            # The nearest entries as this process knows them, fetched in the round trip that reads
+            # the stream: if the stream brought nothing for this partition, they are the nearest.
+            part = self._parts.get(pid)
+            ids = [key for key, _ in part.search(query, self.candidates)] if part is not None else []
+            touched, rows, _, more = self._catch_up(ids)
+            while more:
+                _, _, _, more = self._catch_up([])
+                touched = None
+            if part is None or touched is None or pid in touched:
+                part = self._partition(pid)
+                ids = [key for key, _ in part.search(query, self.candidates)]
+                if touched is None:
+                    rows = {}
+            self._maybe_build(pid, part)
+        if not ids:
             return None
-        ids = [key for key, _ in found]
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.hmget(self._key(f"e:{entry_id}"), [b"p", b"e", b"x", b"v", b"d"])
-        rows = pipe.execute()
+        missing = [entry_id for entry_id in ids if entry_id not in rows]
+        if missing:
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in missing:
+                pipe.hmget(self._key(f"e:{entry_id}"), [b"p", b"e", b"x", b"v", b"d"])
+            rows.update(zip(missing, pipe.execute()))
         now = self._clock()
         live: list[tuple[int, str, bytes, bytes | None]] = []
         gone: list[int] = []
-        for entry_id, (p, e, x, v, d) in zip(ids, rows):
+        for entry_id in ids:
+            p, e, x, v, d = rows[entry_id]
             if p is None:
                 gone.append(entry_id)  # expired in Redis (its deletion is logged by the next purge)
             elif _text(p) != partition:  # a 63-bit hash collision; never served across partitions
@@ -440,7 +622,8 @@ class RedisCacheStore:
                 live.append((entry_id, _text(x), v, d))  # d: the scorer's data, absent from older entries
         if gone:
             with self._lock:
-                part.remove(np.array(gone, dtype=np.int64))
+                if self._parts.get(pid) is part:
+                    part.remove(np.array(gone, dtype=np.int64))
         if not live:
             return None
         chosen = self._best(text, query, [row[1] for row in live], [row[2] for row in live], [row[3] for row in live])

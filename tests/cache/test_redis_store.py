@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -189,19 +190,24 @@ texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
 partitions = st.sampled_from(["a", "b", "c"])
 
 
+@pytest.mark.parametrize("exact_max", [2048, 0], ids=["exact", "hnsw"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(puts=st.lists(st.tuples(partitions, texts), min_size=1, max_size=8),
        queries=st.lists(st.tuples(partitions, texts), min_size=1, max_size=6))
 def test_search_never_crosses_partitions(
-    prefix: str, puts: list[tuple[str, str]], queries: list[tuple[str, str]]
+    prefix: str, exact_max: int, puts: list[tuple[str, str]], queries: list[tuple[str, str]]
 ) -> None:
     name = f"{prefix}{uuid.uuid4().hex[:6]}:"
-    with make(name, scorer=CosineStandIn(), threshold=-1.0, min_cosine=-1.0) as store:
+    with make(name, scorer=CosineStandIn(), threshold=-1.0, min_cosine=-1.0, exact_search_max=exact_max) as store:
         try:
             stored: dict[str, set[str]] = {}
             for i, (partition, text) in enumerate(puts):
                 put(store, partition, f"k{i}", text)
                 stored.setdefault(partition, set()).add(text)
+            for partition, _ in queries:  # load the partitions, build their indexes
+                store.search(partition, "red")
+            store._wait_for_builds()
+            assert all(kind == ("hnsw" if exact_max == 0 else "exact") for kind, size in store._loaded().values() if size)
             for partition, text in queries:
                 hit = store.search(partition, text)
                 if partition not in stored:
@@ -259,7 +265,8 @@ import hashlib
 from collections.abc import Sequence
 from llmbudget.cache.redis_store import RedisCacheStore
 {classes}
-store = RedisCacheStore({url!r}, prefix=sys.argv[1], embedder=HashEmbedder(), scorer=CosineStandIn())
+store = RedisCacheStore({url!r}, prefix=sys.argv[1], embedder=HashEmbedder(), scorer=CosineStandIn(),
+                        **json.loads(sys.argv[2]))
 for line in sys.stdin:
     cmd = json.loads(line)
     if cmd["op"] == "wait":  # poll as a busy worker would: one lookup after another
@@ -276,6 +283,9 @@ for line in sys.stdin:
         entry_id = store.put(partition=cmd["partition"], exact_key=cmd["key"], text=cmd["text"],
                              response="{{}}", tenant=cmd["tenant"], model="m")
         print(json.dumps({{"id": entry_id}}), flush=True)
+    elif cmd["op"] == "indexes":  # once the HNSW builds under way are done
+        store._wait_for_builds()
+        print(json.dumps({{"kinds": sorted(kind for kind, _ in store._loaded().values())}}), flush=True)
     elif cmd["op"] == "exact":
         entry = store.get_exact(cmd["partition"], cmd["key"])
         print(json.dumps({{"id": None if entry is None else entry.id}}), flush=True)
@@ -285,11 +295,11 @@ for line in sys.stdin:
 class Child:
     """Another process with its own RedisCacheStore on the same prefix, driven over stdin."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, **options: object) -> None:
         source = CHILD.format(root=str(ROOT), url=URL, classes="\n".join(
             textwrap.dedent(inspect.getsource(cls)) for cls in (HashEmbedder, CosineStandIn)))
-        self.proc = subprocess.Popen([sys.executable, "-c", source, prefix], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-c", source, prefix, json.dumps(options)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def ask(self, **cmd: object) -> dict[str, object]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -363,6 +373,96 @@ def test_invalidation_is_seen_by_another_process(store: RedisCacheStore, prefix:
                          timeout=CROSS_PROCESS_DELAY_S)["id"] is None
         assert child.ask(op="exact", partition="p", key="b1")["id"] is None
         assert store.stats()["entries"] == 0
+    finally:
+        child.close()
+
+
+SUBJECTS = ["cats", "dogs", "rain", "tea", "jazz", "chess", "maps", "bread", "glass", "moss", "kites", "ships",
+            "clocks", "bees", "salt", "wool", "ink", "rust", "snow", "figs", "lamps", "ropes", "coins", "shells"]
+
+
+def question(i: int) -> str:
+    return f"tell me about {SUBJECTS[i % len(SUBJECTS)]} and {SUBJECTS[(i * 7 + 3) % len(SUBJECTS)]} number {i}"
+
+
+@pytest.mark.parametrize("exact_max", [2048, 4], ids=["exact", "hnsw"])
+def test_another_stores_put_and_invalidation_show_on_the_very_next_lookup(prefix: str, exact_max: int) -> None:
+    with make(prefix, exact_search_max=exact_max) as reader, make(prefix) as writer:
+        ids = [put(writer, "p", f"k{i}", question(i), tenant=f"t{i}") for i in range(12)]
+        assert reader.search("p", question(0)) is not None
+        reader._wait_for_builds()
+        assert reader._loaded()[reader._partition_id("p")] == ("exact" if exact_max == 2048 else "hnsw", 12)
+        for i in range(12, 20):  # each new entry is the reader's very next lookup, not a later one
+            new_id = put(writer, "p", f"k{i}", question(i), tenant=f"t{i}")
+            hit = reader.search("p", question(i))
+            assert hit is not None and hit.entry.id == new_id
+            ids.append(new_id)
+        for i in (3, 12, 19):
+            assert writer.invalidate(tenant=f"t{i}") == 1
+            assert reader.search("p", question(i)) is None
+        replaced = put(writer, "p", "k5", "an entirely different question about volcanoes")  # same key: replaced
+        assert reader.search("p", question(5)) is None
+        hit = reader.search("p", "an entirely different question about volcanoes")
+        assert hit is not None and hit.entry.id == replaced
+        for i in set(range(20)) - {3, 5, 12, 19}:
+            hit = reader.search("p", question(i))
+            assert hit is not None and hit.entry.id == ids[i], i
+        reader._wait_for_builds()
+        assert reader._loaded()[reader._partition_id("p")][1] == 17
+
+
+def test_changes_during_an_hnsw_build_reach_the_new_index(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    building = threading.Event()
+    new_index = RedisCacheStore._new_index
+
+    def slow_build(self: RedisCacheStore, ids: np.ndarray, vectors: np.ndarray) -> object:
+        building.set()
+        assert release.wait(10)
+        return new_index(self, ids, vectors)
+
+    monkeypatch.setattr(RedisCacheStore, "_new_index", slow_build)
+    with make(prefix, exact_search_max=8) as reader, make(prefix) as writer:
+        ids = [put(writer, "p", f"k{i}", question(i), tenant=f"t{i}") for i in range(12)]
+        pid = reader._partition_id("p")
+        assert reader.search("p", question(0)) is not None
+        assert building.wait(10) and reader._loaded()[pid] == ("exact", 12)  # exact search serves meanwhile
+        added = put(writer, "p", "new", "a question stored during the build")
+        assert writer.invalidate(tenant="t4") == 1
+        hit = reader.search("p", "a question stored during the build")
+        assert hit is not None and hit.entry.id == added
+        assert reader.search("p", question(4)) is None
+        release.set()
+        reader._wait_for_builds()
+        assert reader._loaded()[pid] == ("hnsw", 12)
+        keys = set(reader._parts[pid].hnsw.keys().tolist())  # type: ignore[union-attr]
+        assert added in keys and ids[4] not in keys
+        hit = reader.search("p", "a question stored during the build")
+        assert hit is not None and hit.entry.id == added
+        assert reader.search("p", question(4)) is None
+        assert all(reader.search("p", question(i)).entry.id == ids[i] for i in range(12) if i != 4)  # type: ignore[union-attr]
+
+
+def test_hnsw_partitions_in_another_process_follow_puts_and_invalidations(store: RedisCacheStore, prefix: str) -> None:
+    child = Child(prefix, exact_search_max=8)
+    try:
+        ids = [put(store, "p", f"k{i}", question(i), tenant="a" if i % 2 else "b") for i in range(24)]
+        assert child.ask(op="wait", partition="p", text=question(0), present=True, timeout=5)["id"] == ids[0]
+        assert child.ask(op="indexes")["kinds"] == ["hnsw"]
+        new_id = put(store, "p", "new", "a fresh question after the build", tenant="a")
+        assert child.ask(op="wait", partition="p", text="a fresh question after the build", present=True,
+                         timeout=CROSS_PROCESS_DELAY_S)["id"] == new_id
+        assert store.invalidate(tenant="a") == 13
+        for i in (1, 3, 23):
+            assert child.ask(op="wait", partition="p", text=question(i), present=False,
+                             timeout=CROSS_PROCESS_DELAY_S)["id"] is None
+        assert child.ask(op="wait", partition="p", text="a fresh question after the build", present=False,
+                         timeout=CROSS_PROCESS_DELAY_S)["id"] is None
+        for i in (0, 2, 22):
+            assert child.ask(op="wait", partition="p", text=question(i), present=True, timeout=1)["id"] == ids[i]
+        child_id = child.ask(op="put", partition="p", key="c", text="asked in the child", tenant="b")["id"]
+        hit = store.search("p", "asked in the child")
+        assert hit is not None and hit.entry.id == child_id
     finally:
         child.close()
 

@@ -171,6 +171,13 @@ for i = 4, #ARGV do rows[#rows + 1] = redis.call('HMGET', P .. 'e:' .. ARGV[i], 
 return {redis.call('HGET', P .. 'meta', 'id'), added, length, events, rows}
 """
 
+# ARGV: prefix, partition id, exact key. The entry's id and fields, or nil.
+_EXACT = """
+local id = redis.call('HGET', ARGV[1] .. 'x:' .. ARGV[2], ARGV[3])
+if not id then return false end
+return {id, redis.call('HMGET', ARGV[1] .. 'e:' .. id, 'p', 'k', 't', 'm', 'x', 'r', 'c', 'e', 'l', 'h', 's')}
+"""
+
 _FIELDS = (b"p", b"k", b"t", b"m", b"x", b"r", b"c", b"e", b"l", b"h", b"s")
 
 
@@ -328,6 +335,7 @@ class RedisCacheStore:
         self._purge = self._redis.register_script(_PURGE)
         self._hit = self._redis.register_script(_HIT)
         self._read = self._redis.register_script(_READ)
+        self._exact = self._redis.register_script(_EXACT)
         try:
             self._meta()
         except self._down as exc:
@@ -558,10 +566,10 @@ class RedisCacheStore:
         return found
 
     def _get_exact(self, partition: str, exact_key: str) -> Entry | None:
-        raw = self._redis.hget(self._key(f"x:{self._partition_id(partition)}"), exact_key)
-        if raw is None:
+        found = self._exact(args=[self.prefix, self._partition_id(partition), exact_key])  # one round trip
+        if found is None:
             return None
-        values = self._redis.hmget(self._key(f"e:{int(raw)}"), _FIELDS)
+        raw, values = found
         if values[0] is None or _text(values[0]) != partition or _text(values[1]) != exact_key:
             return None
         entry = self._entry(int(raw), values)

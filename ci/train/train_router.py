@@ -49,6 +49,19 @@ blend 0.5 gains more there (0.606) but loses where length is uninformative.
 Per fold the blend moves APGR down where short prompts carry the gains: held-out
 STEM 0.512 -> 0.493, subject fold 3 0.533 -> 0.532; up elsewhere (other 0.507 ->
 0.520, subject fold 2 0.633 -> 0.636).
+A larger blend for held-out sets where length carries the gains (the target
+subjects, where length alone is said to reach about 0.63)?  Over 1,500 random
+8-20-subject subsets of the leave-one-subject-out scores, a linear fit of the
+router's APGR on length alone's predicts at length 0.63: blend 0 0.581, 0.25
+0.604, 0.5 0.612, 1.0 0.625, 2.0 0.633, i.e. no blend clearly above length
+alone and none near 0.65.  Blend 1.0 was not shipped: 0.585 / 0.585 held out
+here (-0.007), leave-one-subject-out 0.588 (0.590), in-sample 0.601 (0.611);
+at 30% of calls strong it costs 0.63 of all-strong instead of 0.56; and it
+pushes short maths word problems down: at the default threshold GSM8K's strong
+share falls from 72% to 28%, and README's replay keeps 89.0% of answer quality
+(81.1% saved) instead of 98.6% (62.8%); blend 0.5 keeps 91.8% (71.2%).
+Token-rarity features (mean log o200k token id, share of ids above 20,000,
+tokens per word) moved leave-one-subject-out APGR by under 0.003.
 Also within noise: the both-wrong label weight at 0.25 / 0.35 / 0.65 instead
 of 0.5; a stronger embedding penalty (0.1, 0.3, 1.0: 0.587 -> 0.576 domain,
 0.589 -> 0.582 subject folds, lower with every step).  Leave-one-subject-out

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["calibrate", "read_sample", "write_threshold"]
+__all__ = ["calibrate", "input_tokens", "read_sample", "write_threshold"]
 
 
 def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -42,17 +42,36 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}: expected a request body, {{'request': ...}} or {{'prompt': ...}}")
 
 
+def input_tokens(body: dict[str, Any]) -> int:
+    """Estimated input tokens of a request body (the share of them sent strong is the share of input spend)."""
+    from ..providers import adapter_for_endpoint
+    from ..tokens import estimate_input_tokens
+
+    adapter = adapter_for_endpoint("chat.completions" if "messages" in body else "responses")
+    messages = body.get("messages")
+    count = len(messages) if isinstance(messages, list) else 0
+    model = body.get("model")
+    return estimate_input_tokens(adapter.input_text(body), model=model if isinstance(model, str) else None,
+                                 messages=count)
+
+
 def calibrate(sample: str | Path, *, strong_fraction: float, router: Any = None) -> dict[str, Any]:
-    """The threshold that sends ``strong_fraction`` of the sample to the strong tier."""
+    """The threshold that sends ``strong_fraction`` of the sample to the strong tier.
+
+    Also returns ``strong_token_share``: the share of the sample's estimated input tokens those requests
+    carry.  The router favours long prompts, so it is larger than ``strong_fraction``; it, not the share
+    of calls, is the share of input spend that stays on the strong tier.
+    """
     if not 0.0 <= strong_fraction <= 1.0:
         raise ValueError(f"--strong-fraction must be within [0, 1], got {strong_fraction}")
     if router is None:
         from .classifier import Router
 
         router = Router()
-    scores = sorted(float(router.score(body)) for body in read_sample(sample))
-    if not scores:
+    scored = sorted((float(router.score(body)), input_tokens(body)) for body in read_sample(sample))
+    if not scored:
         raise ValueError(f"{sample}: no prompts in the sample")
+    scores = [score for score, _ in scored]
     strong = round(strong_fraction * len(scores))
     if strong <= 0:
         threshold = min(1.0, scores[-1] + 1e-9)
@@ -62,7 +81,14 @@ def calibrate(sample: str | Path, *, strong_fraction: float, router: Any = None)
         # Halfway between the last weak score and the first strong one.
         threshold = (scores[len(scores) - strong - 1] + scores[len(scores) - strong]) / 2
     sent = sum(score >= threshold for score in scores)
-    return {"prompts": len(scores), "threshold": threshold, "strong_fraction": sent / len(scores)}
+    total = sum(tokens for _, tokens in scored)
+    strong_tokens = sum(tokens for score, tokens in scored if score >= threshold)
+    return {
+        "prompts": len(scores),
+        "threshold": threshold,
+        "strong_fraction": sent / len(scores),
+        "strong_token_share": strong_tokens / total if total else 0.0,
+    }
 
 
 def write_threshold(policy: str | Path, threshold: float) -> None:

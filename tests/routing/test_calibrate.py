@@ -56,3 +56,18 @@ def test_bad_samples_are_clear_errors(tmp_path):
         calibrate(bad, strong_fraction=0.3)
     with pytest.raises(ValueError, match="within"):
         calibrate(bad, strong_fraction=1.5)
+
+
+def test_reports_the_share_of_input_tokens_sent_strong(sample):
+    from llmbudget.routing.calibrate import input_tokens, read_sample
+
+    bodies = list(read_sample(sample))
+    result = calibrate(sample, strong_fraction=0.3)
+    router = Router()
+    tokens = [input_tokens(b) for b in bodies]
+    strong = sum(t for b, t in zip(bodies, tokens) if router.score(b) >= result["threshold"])
+    assert result["strong_token_share"] == pytest.approx(strong / sum(tokens))
+    # the router sends the longer prompts strong: 30% of the calls carry more than 30% of the tokens
+    assert result["strong_token_share"] > result["strong_fraction"]
+    assert calibrate(sample, strong_fraction=0.0)["strong_token_share"] == 0.0
+    assert calibrate(sample, strong_fraction=1.0)["strong_token_share"] == pytest.approx(1.0)

@@ -99,11 +99,12 @@ def _eval_router(ns: argparse.Namespace) -> int:
     weak, strong = result["weak_accuracy"], result["strong_accuracy"]
     gap = strong - weak
     table = Table(title="cost/quality curve (highest-scored prompts go to the strong model)")
-    for column in ("strong calls", "accuracy", "gap recovered"):
+    for column in ("strong calls", "accuracy", "gap recovered", "input tokens strong"):
         table.add_column(column, justify="right")
     for point in result["curve"]:
         recovered = (point["accuracy"] - weak) / gap if gap else float("nan")
-        table.add_row(f"{point['strong_fraction']:.0%}", f"{point['accuracy']:.4f}", f"{recovered:.1%}")
+        table.add_row(f"{point['strong_fraction']:.0%}", f"{point['accuracy']:.4f}", f"{recovered:.1%}",
+                      f"{point.get('strong_token_share', float('nan')):.1%}")
     _console().print(table)
     return 0
 

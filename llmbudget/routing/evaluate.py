@@ -12,7 +12,10 @@ interpolated between grid points, at which PGR reaches 0.5.  Prompts with tied
 scores share the strong calls at the cut evenly (the expectation of a random
 tie-break), so a constant router scores exactly the random APGR.  The
 cost/quality curve itself, accuracy at each of those fractions, comes back as
-``curve``: its endpoints are the weak and the strong model's accuracy.
+``curve``: its endpoints are the weak and the strong model's accuracy.  Each
+point also says which share of the prompts' input tokens goes strong
+(``strong_token_share``): the router favours long prompts, so the share of
+input spend is larger than the share of calls.
 """
 
 from __future__ import annotations
@@ -183,15 +186,25 @@ def oracle_order(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
 
 
 def routing_metrics(
-    scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, *, threshold: float | None = None
+    scores: np.ndarray,
+    weak: np.ndarray,
+    strong: np.ndarray,
+    *,
+    threshold: float | None = None,
+    tokens: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The ``eval_router`` figures for given scores and correctness arrays."""
+    """The ``eval_router`` figures for given scores and correctness arrays.
+
+    With ``tokens`` (each prompt's input tokens), every curve point and ``at_threshold`` also carry
+    ``strong_token_share``: the share of the input tokens that the prompts sent strong carry.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     weak = np.asarray(weak, dtype=np.float64)
     strong = np.asarray(strong, dtype=np.float64)
     n = len(scores)
-    if not (len(weak) == len(strong) == n):
-        raise ValueError(f"scores, weak and strong differ in length: {n}, {len(weak)}, {len(strong)}")
+    if not (len(weak) == len(strong) == n) or (tokens is not None and len(tokens) != n):
+        sizes = [n, len(weak), len(strong)] + ([] if tokens is None else [len(tokens)])
+        raise ValueError(f"scores, weak, strong (and tokens) differ in length: {sizes}")
     curve = pgr_curve(scores, weak, strong)
     oracle = pgr_curve(oracle_order(weak, strong), weak, strong)
     counts = _counts(n, FRACTIONS)
@@ -204,6 +217,15 @@ def routing_metrics(
             "strong_fraction": float(routed.mean()),
             "accuracy": float(np.where(routed, strong, weak).mean()),
         }
+    curve_points = accuracy_curve(scores, weak, strong)
+    if tokens is not None:
+        t = np.asarray(tokens, dtype=np.float64)
+        total = float(t.sum())
+        shares = _routed_gain(scores, t, _counts(n, FRACTIONS)) / total if total else np.zeros(len(FRACTIONS))
+        for point, share in zip(curve_points, shares):
+            point["strong_token_share"] = float(share)
+        if n and "strong_fraction" in at and not math.isnan(at["strong_fraction"]):
+            at["strong_token_share"] = float(t[scores >= threshold].sum()) / total if total else 0.0
     return {
         "prompts": int(n),
         "weak_accuracy": float(weak.mean()) if n else math.nan,
@@ -213,7 +235,7 @@ def routing_metrics(
         "random_apgr": apgr(random_curve),
         "oracle_apgr": apgr(oracle),
         "at_threshold": at,
-        "curve": accuracy_curve(scores, weak, strong),
+        "curve": curve_points,
     }
 
 
@@ -240,4 +262,8 @@ def eval_router(
     )
     if threshold is None:
         threshold = getattr(router, "threshold", None)
-    return routing_metrics(scores, weak_ok, strong_ok, threshold=threshold)
+    from llmbudget.routing.calibrate import input_tokens
+
+    tokens = np.asarray([input_tokens({"messages": [{"role": "user", "content": p}]}) for p in prompts],
+                        dtype=np.float64)
+    return routing_metrics(scores, weak_ok, strong_ok, threshold=threshold, tokens=tokens)

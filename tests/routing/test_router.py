@@ -324,7 +324,7 @@ def test_eval_router_perfect_router_reaches_oracle(tmp_path: Path) -> None:
     result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
                          router=TableRouter(oracle, threshold=0.5))
     assert set(result) == KEYS
-    assert set(result["at_threshold"]) == {"strong_fraction", "accuracy"}
+    assert set(result["at_threshold"]) == {"strong_fraction", "accuracy", "strong_token_share"}
     assert result["prompts"] == 40
     assert result["weak_accuracy"] == 0.5 and result["strong_accuracy"] == 0.5
     # equal accuracies: no gap to recover
@@ -342,13 +342,13 @@ def test_eval_router_perfect_router_reaches_oracle(tmp_path: Path) -> None:
     assert result["cpt50"] <= 0.2
     assert result["random_apgr"] == pytest.approx(0.5)
     # the oracle routes exactly the 20 prompts with a gain: accuracy 0.5 + 20/40
-    assert result["at_threshold"] == {"strong_fraction": 0.5, "accuracy": 1.0}
+    assert result["at_threshold"] == {"strong_fraction": 0.5, "accuracy": 1.0, "strong_token_share": 0.5}
 
     inverse = {p: -v for p, v in oracle.items()}
     worst = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
                         router=TableRouter(inverse, threshold=2.0))
     assert worst["apgr"] < 0.0 < worst["cpt50"] and worst["cpt50"] > 0.8
-    assert worst["at_threshold"] == {"strong_fraction": 0.0, "accuracy": 0.5}
+    assert worst["at_threshold"] == {"strong_fraction": 0.0, "accuracy": 0.5, "strong_token_share": 0.0}
 
 
 def test_eval_router_constant_router_is_random_and_folders_are_read(tmp_path: Path) -> None:
@@ -382,7 +382,7 @@ def test_eval_router_curve_spans_weak_to_strong_and_gives_the_apgr(tmp_path: Pat
     result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model", router=noisy)
     curve = result["curve"]
     assert [round(c["strong_fraction"], 6) for c in curve] == [round(f, 6) for f in FRACTIONS]
-    assert set(curve[0]) == {"strong_fraction", "accuracy"}
+    assert set(curve[0]) == {"strong_fraction", "accuracy", "strong_token_share"}
     assert curve[0]["accuracy"] == pytest.approx(result["weak_accuracy"])
     assert curve[-1]["accuracy"] == pytest.approx(result["strong_accuracy"])
     # APGR is the trapezoid area under the curve's gap recovered
@@ -392,6 +392,26 @@ def test_eval_router_curve_spans_weak_to_strong_and_gives_the_apgr(tmp_path: Pat
     # on an evenly spaced grid that is the mean of the interior points plus half the endpoints
     assert (sum(pgr[1:-1]) + (pgr[0] + pgr[-1]) / 2) / 10 == pytest.approx(result["apgr"])
     assert json.loads(json.dumps(result))["curve"] == curve
+
+
+def test_eval_router_reports_the_share_of_input_tokens_sent_strong(tmp_path: Path) -> None:
+    from llmbudget.routing.calibrate import input_tokens
+
+    # one long prompt scored highest, then short ones: 10% of calls carry far more than 10% of the tokens
+    rows = [("Explain, in detail, " + "why the sky is blue and sunsets are red. " * 30, False, True)]
+    rows += [(f"q{i}", i % 2 == 0, True) for i in range(9)]
+    write_labels(tmp_path / "labels.csv", rows)
+    router = TableRouter({p: 1.0 if i == 0 else 0.1 * (i % 3) for i, (p, _, _) in enumerate(rows)}, threshold=0.5)
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model", router=router)
+    tokens = [input_tokens({"messages": [{"role": "user", "content": p}]}) for p, _, _ in rows]
+    first = result["curve"][1]
+    assert first["strong_fraction"] == 0.1
+    assert first["strong_token_share"] == pytest.approx(tokens[0] / sum(tokens)) and first["strong_token_share"] > 0.5
+    assert result["at_threshold"]["strong_token_share"] == pytest.approx(tokens[0] / sum(tokens))
+    assert result["curve"][0]["strong_token_share"] == 0.0
+    assert result["curve"][-1]["strong_token_share"] == pytest.approx(1.0)
+    shares = [c["strong_token_share"] for c in result["curve"]]
+    assert shares == sorted(shares)
 
 
 def test_eval_router_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -405,7 +425,7 @@ def test_eval_router_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong",
                  "strong-model"]) == 0
     out = capsys.readouterr().out
-    assert "cost/quality curve" in out and "100%" in out
+    assert "cost/quality curve" in out and "100%" in out and "input tokens strong" in out
 
 
 def test_curve_helpers() -> None:

@@ -85,11 +85,29 @@ def _bench_cache(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_routing(path: str) -> Any:
+    """The routing of a policy file (router and threshold), or a clear error when it has none."""
+    from pathlib import Path
+
+    from .config import ConfigError, engine_from_config, load_config
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such file; expected an llmbudget.toml or a pyproject.toml")
+    routing = engine_from_config(load_config(file), source=str(file), root=file.parent).routing
+    if routing is None:
+        raise ConfigError(f"{file}: no [routing] table; the router is evaluated with the policy's routing")
+    return routing
+
+
 def _eval_router(ns: argparse.Namespace) -> int:
     from .routing.evaluate import eval_router
 
-    result = _run(eval_router, {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong}, as_json=ns.json,
-                  title=f"scoring {ns.labels}")
+    options: dict[str, Any] = {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong}
+    if ns.policy:
+        routing = _policy_routing(ns.policy)
+        options.update(router=routing.router, threshold=routing.threshold)
+    result = _run(eval_router, options, as_json=ns.json, title=f"scoring {ns.labels}")
     if ns.json:
         _print(result, as_json=True, title="router evaluation")
         return 0
@@ -300,6 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")
     router.add_argument("--weak", required=True, help="column of the weak model's correctness")
     router.add_argument("--strong", required=True, help="column of the strong model's correctness")
+    router.add_argument("--policy", help="evaluate the routing of this policy file (its threshold for at_threshold)")
     router.add_argument("--json", action="store_true")
     router.set_defaults(handler=_eval_router)
 

@@ -450,3 +450,24 @@ def load_labels_from_rows(rows: list[tuple[str, bool, bool]]) -> tuple[list[str]
         path = Path(folder) / "x.csv"
         write_labels(path, rows)
         return load_labels(path, weak="weak/model", strong="strong-model")
+
+
+def test_eval_router_cli_uses_the_policy_threshold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmbudget.cli import main
+
+    rows = [(f"question {i}: " + "why? " * i, i % 2 == 0, True) for i in range(20)]
+    write_labels(tmp_path / "labels.csv", rows)
+    router = Router()
+    scores = sorted(router.score({"messages": [{"role": "user", "content": p}]}) for p, _, _ in rows)
+    threshold = (scores[14] + scores[15]) / 2  # the 5 highest go strong
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text(f'[routing]\nthreshold = {threshold}\n[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n')
+    args = ["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong", "strong-model", "--json"]
+    assert main([*args, "--policy", str(policy)]) == 0
+    assert json.loads(capsys.readouterr().out)["at_threshold"]["strong_fraction"] == 0.25
+    assert main(args) == 0  # without the policy: the shipped router's own threshold
+    assert json.loads(capsys.readouterr().out)["at_threshold"]["strong_fraction"] == pytest.approx(
+        sum(s >= router.threshold for s in scores) / 20)
+    policy.write_text("[cache]\nsemantic = false\n")
+    assert main([*args, "--policy", str(policy)]) != 0
+    assert "no [routing] table" in capsys.readouterr().err

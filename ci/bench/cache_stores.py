@@ -6,17 +6,25 @@ Fills one partition with 10,000 questions from ``../shared/data/cache/qqp_dev.js
 - exact hits: ``get_exact`` of stored keys (no embedding, as the exact tier);
 - semantic lookups: ``search`` of the second questions of sampled pairs (their
   first questions are stored), embedding and the verifier included, as the
-  semantic tier does them (a minority are hits: the "hits" column).
+  semantic tier does them (a minority are hits: the "hits" column), and the
+  tracked objects they leave behind (``gc.get_objects()`` growth over the timed
+  lookups, after a collection).
 
 Prints p50 / p99 in milliseconds. Redis keys go to ``--redis`` (database 15 by
 default) under a unique prefix, deleted afterwards.
 
     python ci/bench/cache_stores.py [--entries 10000] [--queries 1000] [--redis redis://127.0.0.1:6379/15]
+                                    [--stores sqlite,redis,memory]
+
+Partitions above 2,048 entries are searched by a usearch HNSW index in every
+store (the Redis store builds it in the background; the fill column includes
+waiting for it).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -67,15 +75,20 @@ def _measure(store: Any, texts: list[str], queries: list[str], exact: list[int])
         if number >= WARMUP:
             exact_times.append(time.perf_counter() - t0)
         assert entry is not None and json.loads(entry.response) == {"n": i}, f"exact key e{i} missed"
-    semantic_times, hits = [], 0
+    semantic_times, hits, tracked = [], 0, 0
     for number, text in enumerate(queries):
+        if number == WARMUP:
+            gc.collect()
+            tracked = len(gc.get_objects())
         t0 = time.perf_counter()
         hit = store.search(PARTITION, text)
         if number >= WARMUP:
             semantic_times.append(time.perf_counter() - t0)
             hits += hit is not None
+    gc.collect()
+    left = len(gc.get_objects()) - tracked
     return {"build_s": build_s, "exact": _ms(exact_times), "semantic": _ms(semantic_times),
-            "hit_rate": hits / len(semantic_times)}
+            "hit_rate": hits / len(semantic_times), "left": left}
 
 
 def main() -> None:
@@ -83,7 +96,11 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--stores", default="sqlite,redis,memory", help="which to measure, comma-separated")
     args = parser.parse_args()
+    stores = set(args.stores.split(","))
+    if not stores or stores - {"sqlite", "redis", "memory"}:
+        sys.exit(f"--stores {args.stores!r}: expected a comma-separated subset of sqlite,redis,memory")
 
     source = default_pairs_path()
     if source is None:
@@ -99,32 +116,36 @@ def main() -> None:
     embedder = WordLlamaEmbedder()  # one embedder for all: the same vectors, loaded once
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="llmbudget-bench-") as folder:
-        sqlite = CacheStore(folder, embedder=embedder, max_entries=None)
+    if "sqlite" in stores:
+        with tempfile.TemporaryDirectory(prefix="llmbudget-bench-") as folder:
+            sqlite = CacheStore(folder, embedder=embedder, max_entries=None)
+            try:
+                rows.append(("SQLite (WAL)", _measure(sqlite, texts, queries, exact)))
+            finally:
+                sqlite.close()
+    if "redis" in stores:
+        prefix = f"llmbudget-bench-{uuid.uuid4().hex[:8]}:"
+        redis_store = RedisCacheStore(args.redis, prefix=prefix, embedder=embedder, max_entries=None)
         try:
-            rows.append(("SQLite (WAL)", _measure(sqlite, texts, queries, exact)))
+            rows.append(("Redis", _measure(redis_store, texts, queries, exact)))
         finally:
-            sqlite.close()
-    prefix = f"llmbudget-bench-{uuid.uuid4().hex[:8]}:"
-    redis_store = RedisCacheStore(args.redis, prefix=prefix, embedder=embedder, max_entries=None)
-    try:
-        rows.append(("Redis", _measure(redis_store, texts, queries, exact)))
-    finally:
-        redis_store.clear()
-        redis_store.close()
-    memory = CacheStore(None, embedder=embedder, max_entries=None)
-    try:
-        rows.append(("memory (CacheStore(None))", _measure(memory, texts, queries, exact)))
-    finally:
-        memory.close()
+            redis_store.clear()
+            redis_store.close()
+    if "memory" in stores:
+        memory = CacheStore(None, embedder=embedder, max_entries=None)
+        try:
+            rows.append(("memory (CacheStore(None))", _measure(memory, texts, queries, exact)))
+        finally:
+            memory.close()
 
     print(f"{len(texts):,} entries in one partition; {args.queries} lookups of each kind")
-    print("| store | fill | exact hit p50 | exact hit p99 | semantic p50 | semantic p99 | semantic hits |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| store | fill | exact hit p50 | exact hit p99 | semantic p50 | semantic p99 | semantic hits "
+          "| objects left |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in rows:
         (e50, e99), (s50, s99) = row["exact"], row["semantic"]
         print(f"| {name} | {row['build_s']:.1f} s | {e50:.3f} ms | {e99:.3f} ms | {s50:.2f} ms | {s99:.2f} ms "
-              f"| {row['hit_rate']:.0%} |")
+              f"| {row['hit_rate']:.0%} | {row['left']} |")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ class SpendRecord:
     routing: dict[str, Any] | None = None
     #: The answer stopped at an output cap llmbudget set (``finish_reason: length``).
     truncated_by_cap: bool = False
+    #: What the provider's prompt cache took off this call: its cached input tokens at the full input
+    #: rate minus at the cached rate (0 when none were cached or the model's price is unknown).
+    prompt_cache_saved_usd: Decimal = field(default_factory=Decimal)
 
     @property
     def retried(self) -> bool:
@@ -101,6 +104,7 @@ class SpendRecord:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
         data["cost_usd"] = str(self.cost_usd)
         data["saved_usd"] = str(self.saved_usd)
+        data["prompt_cache_saved_usd"] = str(self.prompt_cache_saved_usd)
         data["usage"] = dataclasses.asdict(self.usage)
         return data
 
@@ -110,6 +114,7 @@ class SpendRecord:
         values["usage"] = Usage(**values["usage"])
         values["cost_usd"] = Decimal(values["cost_usd"])
         values["saved_usd"] = Decimal(values.get("saved_usd", "0"))
+        values["prompt_cache_saved_usd"] = Decimal(values.get("prompt_cache_saved_usd", "0"))
         return cls(**values)
 
 
@@ -128,6 +133,7 @@ class Counters:
     estimated: int = 0
     cost_usd: Decimal = field(default_factory=Decimal)
     saved_usd: Decimal = field(default_factory=Decimal)
+    prompt_cache_saved_usd: Decimal = field(default_factory=Decimal)
 
     @property
     def tokens(self) -> int:
@@ -143,22 +149,26 @@ class Counters:
         self.estimated += int(record.estimated)
         self.cost_usd += record.cost_usd
         self.saved_usd += record.saved_usd
+        self.prompt_cache_saved_usd += record.prompt_cache_saved_usd
 
     def merge(self, other: Counters) -> None:
         for key in _COUNTS:
             setattr(self, key, getattr(self, key) + getattr(other, key))
         self.cost_usd += other.cost_usd
         self.saved_usd += other.saved_usd
+        self.prompt_cache_saved_usd += other.prompt_cache_saved_usd
 
     def to_dict(self) -> dict[str, Any]:
         """Ints and decimal strings only (safe for JSON and for pytest-xdist)."""
         data: dict[str, Any] = {key: getattr(self, key) for key in _COUNTS}
         data["cost_usd"] = str(self.cost_usd)
         data["saved_usd"] = str(self.saved_usd)
+        data["prompt_cache_saved_usd"] = str(self.prompt_cache_saved_usd)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:
         values: dict[str, Any] = {key: int(data.get(key, 0)) for key in _COUNTS}
         return cls(cost_usd=Decimal(str(data.get("cost_usd", "0"))),
-                   saved_usd=Decimal(str(data.get("saved_usd", "0"))), **values)
+                   saved_usd=Decimal(str(data.get("saved_usd", "0"))),
+                   prompt_cache_saved_usd=Decimal(str(data.get("prompt_cache_saved_usd", "0"))), **values)

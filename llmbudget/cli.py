@@ -180,20 +180,22 @@ def _report(ns: argparse.Namespace) -> int:
     from .ledger.records import SQLiteLedger
 
     groups: dict[str, dict[str, dict[str, Any]]] = {"tenant": {}, "model": {}, "day": {}}
-    total = {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0)}
+    def empty() -> dict[str, Any]:
+        return {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0), "prompt_cache_saved_usd": Decimal(0)}
+
+    total = empty()
     for record in SQLiteLedger(ns.ledger).records():
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
-        for name, key in (("tenant", record.tenant or "-"), ("model", record.model), ("day", day)):
-            row = groups[name].setdefault(key, {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0)})
+        keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
+        for row in [groups[name].setdefault(key, empty()) for name, key in keys] + [total]:
             row["calls"] += 1
             row["cost_usd"] += record.cost_usd
             row["saved_usd"] += record.saved_usd
-        total["calls"] += 1
-        total["cost_usd"] += record.cost_usd
-        total["saved_usd"] += record.saved_usd
+            row["prompt_cache_saved_usd"] += record.prompt_cache_saved_usd
 
     def out(row: dict[str, Any]) -> dict[str, Any]:
-        return {"calls": row["calls"], "cost_usd": float(row["cost_usd"]), "saved_usd": float(row["saved_usd"])}
+        return {"calls": row["calls"], "cost_usd": float(row["cost_usd"]), "saved_usd": float(row["saved_usd"]),
+                "prompt_cache_saved_usd": float(row["prompt_cache_saved_usd"])}
 
     result = {name: {key: out(row) for key, row in sorted(rows.items())} for name, rows in groups.items()}
     result["total"] = out(total)
@@ -205,12 +207,14 @@ def _report(ns: argparse.Namespace) -> int:
     console = _console()
     for name in ("tenant", "model", "day"):
         table = Table(title=f"spend by {name}")
-        for column in (name, "calls", "USD spent", "USD saved"):
+        for column in (name, "calls", "USD spent", "USD saved", "USD saved by prompt cache"):
             table.add_column(column, justify="left" if column == name else "right")
         for key, row in result[name].items():
-            table.add_row(key, str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}")
+            table.add_row(key, str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}",
+                          f"{row['prompt_cache_saved_usd']:.6f}")
         console.print(table)
-    console.print(f"total: {total['calls']} calls, ${total['cost_usd']} spent, ${total['saved_usd']} saved")
+    console.print(f"total: {total['calls']} calls, ${total['cost_usd']} spent, ${total['saved_usd']} saved, "
+                  f"${total['prompt_cache_saved_usd']} saved by the provider's prompt cache")
     return 0
 
 

@@ -590,13 +590,18 @@ class Attempt:
                 usage = usage.replace(service_tier=state.service_tier)
         model = state.model or call.model
         priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if usage.total_tokens else None
-        return self._record(
+        record = self._record(
             usage=usage,
             cost=priced.usd if priced else Decimal(0),
             source=priced.source if priced else "none",
             estimated=estimated or bool(priced and not priced.known),
             error=_describe(error, self.status) if failed else None,
         )
+        if priced is not None and priced.known and usage.cached_input_tokens:
+            uncached = self.engine.pricing.cost(usage.replace(cached_input_tokens=0), model=model,
+                                                base_url=call.base_url)
+            record.prompt_cache_saved_usd = max(uncached.usd - priced.usd, Decimal(0))
+        return record
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:
         return self._record(usage=Usage(estimated=True), cost=Decimal(0), source="none", estimated=True,

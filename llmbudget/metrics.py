@@ -88,6 +88,8 @@ class Metrics:
                               (*labels, "kind"))
         self.spent = counter("spent_usd", "USD spent on LLM calls")
         self.saved = counter("saved_usd", "USD saved by the cache and the router")
+        self.prompt_cache_saved = counter("prompt_cache_saved_usd",
+                                          "USD the provider's prompt cache took off calls (cached input tokens)")
         self.cache_hits = counter("cache_hits", "Calls answered from the cache")
         self.routed = counter("routed", "Calls sent to another model than the one asked for")
         self.capped = counter("capped", "Calls whose output was capped")
@@ -107,6 +109,8 @@ class Metrics:
             self.spent.labels(tenant, model).inc(float(record.cost_usd))
         if record.saved_usd:
             self.saved.labels(tenant, model).inc(float(record.saved_usd))
+        if record.prompt_cache_saved_usd:
+            self.prompt_cache_saved.labels(tenant, model).inc(float(record.prompt_cache_saved_usd))
         for flag, counter in ((record.from_cache, self.cache_hits), (record.routed, self.routed),
                               (record.capped, self.capped)):
             if flag:

@@ -31,8 +31,9 @@ def test_counts_calls_tokens_spend_and_flags() -> None:
     metrics.observe(record("acme"))
     metrics.observe(record("acme", error="HTTP 500", cost_usd=Decimal(0)))
     metrics.observe(record("acme", from_cache=True, saved_usd=Decimal("0.00001"), cost_usd=Decimal(0)))
-    metrics.observe(record("acme", routed=True, capped=True))
+    metrics.observe(record("acme", routed=True, capped=True, prompt_cache_saved_usd=Decimal("0.000002")))
     labels = {"tenant": "acme", "model": "gpt-4o-mini"}
+    assert value(metrics, "prompt_cache_saved_usd_total", **labels) == 0.000002
     assert value(metrics, "calls_total", **labels, outcome="ok") == 3
     assert value(metrics, "calls_total", **labels, outcome="error") == 1
     assert value(metrics, "tokens_total", **labels, kind="input") == 40

@@ -60,6 +60,7 @@ log = logging.getLogger("llmbudget.cache")
 STREAM_MAXLEN = 100_000
 _READ_BATCH = 1000
 _PUT_BATCH = 500  # answers embedded together and sent in one round trip
+_LOAD_BATCH = 500  # entries one script scans when a partition loads (a few ms of Redis time each)
 
 _DELETE = """
 local function delete_entry(P, id)
@@ -169,6 +170,22 @@ end
 local rows = {}
 for i = 4, #ARGV do rows[#rows + 1] = redis.call('HMGET', P .. 'e:' .. ARGV[i], 'p', 'e', 'x', 'v', 'd') end
 return {redis.call('HGET', P .. 'meta', 'id'), added, length, events, rows}
+"""
+
+# ARGV: prefix, partition id, vector size in bytes, SSCAN cursor, count. The next cursor, the ids
+# (space-separated) of the scanned entries that have a vector of that size, and their vectors, concatenated:
+# a partition loads in a few replies that are cheap to parse, none of which holds Redis for long.
+_VECTORS = """
+local scan = redis.call('SSCAN', ARGV[1] .. 'p:' .. ARGV[2], ARGV[4], 'COUNT', ARGV[5])
+local found, blobs = {}, {}
+for _, id in ipairs(scan[2]) do
+    local v = redis.call('HGET', ARGV[1] .. 'e:' .. id, 'v')
+    if v and #v == tonumber(ARGV[3]) then
+        found[#found + 1] = id
+        blobs[#blobs + 1] = v
+    end
+end
+return {scan[1], table.concat(found, ' '), table.concat(blobs)}
 """
 
 # ARGV: prefix, partition id, exact key. The entry's id and fields, or nil.
@@ -336,6 +353,7 @@ class RedisCacheStore:
         self._hit = self._redis.register_script(_HIT)
         self._read = self._redis.register_script(_READ)
         self._exact = self._redis.register_script(_EXACT)
+        self._load = self._redis.register_script(_VECTORS)
         try:
             self._meta()
         except self._down as exc:
@@ -471,21 +489,18 @@ class RedisCacheStore:
         part = self._parts.get(pid)
         if part is not None:
             return part
-        members = sorted(int(m) for m in self._redis.smembers(self._key(f"p:{pid}")))
-        ids: list[int] = []
+        ids: list[np.ndarray] = []
         blobs: list[bytes] = []
-        for start in range(0, len(members), 1000):
-            chunk = members[start : start + 1000]
-            pipe = self._redis.pipeline(transaction=False)
-            for entry_id in chunk:
-                pipe.hget(self._key(f"e:{entry_id}"), "v")
-            for entry_id, blob in zip(chunk, pipe.execute()):
-                if blob:
-                    ids.append(entry_id)
-                    blobs.append(blob)
+        cursor: bytes | int = 0
+        while True:  # SSCAN may return an id twice: the index adds it once
+            cursor, found, blob = self._load(args=[self.prefix, pid, 2 * self.dim, cursor, _LOAD_BATCH])
+            ids.append(np.array(found.split(), dtype=np.int64))
+            blobs.append(blob)
+            if int(cursor) == 0:
+                break
         vectors = self._decode(blobs)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        part = _Local(_ExactSearch(self.dim, np.array(ids, dtype=np.int64), vectors))
+        part = _Local(_ExactSearch(self.dim, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), vectors))
         self._parts[pid] = part
         self._maybe_build(pid, part)
         return part

@@ -467,6 +467,55 @@ def test_hnsw_partitions_in_another_process_follow_puts_and_invalidations(store:
         child.close()
 
 
+def test_a_partition_of_many_entries_loads_whole(prefix: str) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((1200, 32)).astype(np.float32)  # more than one load batch
+    with make(prefix) as writer:
+        ids = writer.put_many({"partition": "p", "exact_key": f"k{i}", "text": f"entry {i}", "response": "{}",
+                               "tenant": "acme", "model": "m", "vector": vectors[i]} for i in range(1200))
+        writer.put_many({"partition": "q", "exact_key": f"k{i}", "text": f"other {i}", "response": "{}",
+                         "tenant": "acme", "model": "m", "vector": vectors[i]} for i in range(300))
+        writer._redis.delete(f"{prefix}e:{ids[10]}")  # as if Redis expired it: still listed in the partition
+    with make(prefix, exact_search_max=100_000) as reader:
+        assert reader.search("p", "x", vector=vectors[0]) is not None
+        assert reader._loaded() == {reader._partition_id("p"): ("exact", 1199)}
+        for i in (1, 499, 500, 501, 777, 1199):
+            hit = reader.search("p", "x", vector=vectors[i])
+            assert hit is not None and hit.entry.id == ids[i]
+        assert reader.search("p", "x", vector=vectors[10]) is None  # its hash is gone
+
+
+def test_threads_put_and_search_concurrently(prefix: str) -> None:
+    with make(prefix, exact_search_max=50) as store:  # grows from exact search to HNSW meanwhile
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for n in range(40):
+                    text = f"worker{worker} item{n} shared"
+                    entry_id = put(store, "shared", f"{worker}-{n}", text)
+                    hit = store.search("shared", text)
+                    assert hit is not None and hit.entry.id == entry_id
+                    assert store.search(f"own{worker}", text) is None
+                    if n % 10 == 9:
+                        assert store.invalidate(tenant=f"gone{worker}") == (n > 10)  # the one stored last time
+                        assert store.search("shared", f"worker{worker} doomed{n}") is None
+                        put(store, "shared", f"{worker}-doomed{n}", f"worker{worker} doomed{n}", tenant=f"gone{worker}")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        store._wait_for_builds()
+        store.sync()
+        assert store.stats()["entries"] == 164
+        assert store._loaded()[store._partition_id("shared")] == ("hnsw", 164)
+
+
 def test_a_trimmed_stream_or_a_flushed_store_rebuilds_local_indexes(
     store: RedisCacheStore, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

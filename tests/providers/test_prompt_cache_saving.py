@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
 import llmbudget
 from llmbudget.calls import Counters, SpendRecord, Usage
-from llmbudget.pricing import Pricing
+from llmbudget.pricing import Pricing, UnpricedModelWarning
 
 BASE = "http://127.0.0.1:9"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
@@ -54,7 +55,8 @@ def test_the_saving_is_the_cached_tokens_at_the_full_rate_minus_the_cached_rate(
 
 def test_nothing_cached_or_an_unknown_price_saves_nothing() -> None:
     assert _settle("gpt-4o-mini", prompt=4000, cached=0).prompt_cache_saved_usd == 0
-    unknown = _settle("no-such-model-xyz", prompt=4000, cached=3072)
+    with pytest.warns(UnpricedModelWarning):
+        unknown = _settle("no-such-model-xyz", prompt=4000, cached=3072)
     assert unknown.prompt_cache_saved_usd == 0 and unknown.price_source == "unknown"
     # records written before the field existed read back as 0
     data = _settle("gpt-4o-mini", prompt=100, cached=0).to_dict()

@@ -167,7 +167,10 @@ class _Exact:
         n = self._n
         if n == 0:
             return []
-        sims = self._vecs[:n] @ vector
+        # On the calling thread: ``matrix @ vector`` goes to BLAS, which splits a product of this size over
+        # threads; when the cores are busy (a loaded web server) waking them costs milliseconds
+        # (2,048 x 256 on the loaded 2-core development machine: up to 8 ms, against 0.08 ms here).
+        sims = np.einsum("ij,j->i", self._vecs[:n], vector)
         if n > k:
             top = np.argpartition(-sims, k - 1)[:k]
             top = top[np.argsort(-sims[top])]

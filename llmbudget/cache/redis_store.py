@@ -206,27 +206,6 @@ def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-class _ExactSearch(_Exact):
-    """:class:`~llmbudget.cache.index._Exact` with its product computed on the calling thread.
-
-    ``matrix @ vector`` goes to BLAS, which splits a product of this size over threads;
-    when the cores are busy (a loaded web server) waking them costs milliseconds
-    (2,048 x 256 on the loaded 2-core development machine: up to 8 ms, 0.08 ms here).
-    """
-
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        n = self._n
-        if n == 0:
-            return []
-        sims = np.einsum("ij,j->i", self._vecs[:n], vector)
-        if n > k:
-            top = np.argpartition(-sims, k - 1)[:k]
-            top = top[np.argsort(-sims[top])]
-        else:
-            top = np.argsort(-sims)
-        return [(int(self._ids[i]), float(sims[i])) for i in top]
-
-
 class _Local:
     """One partition's vectors in this process: searched exactly, or by a usearch HNSW index once it is big.
 
@@ -237,8 +216,8 @@ class _Local:
 
     __slots__ = ("builder", "exact", "failed", "hnsw", "journal")
 
-    def __init__(self, exact: _ExactSearch) -> None:
-        self.exact: _ExactSearch | None = exact
+    def __init__(self, exact: _Exact) -> None:
+        self.exact: _Exact | None = exact
         self.hnsw: _Hnsw | None = None
         self.journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # None: no build under way
         self.builder = 0  # the process whose thread builds (a forked child starts its own)
@@ -248,7 +227,7 @@ class _Local:
     def kind(self) -> str:
         return "exact" if self.hnsw is None else "hnsw"
 
-    def _searcher(self) -> _ExactSearch | _Hnsw:
+    def _searcher(self) -> _Exact | _Hnsw:
         found = self.exact if self.hnsw is None else self.hnsw
         assert found is not None
         return found
@@ -500,7 +479,7 @@ class RedisCacheStore:
                 break
         vectors = self._decode(blobs)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        part = _Local(_ExactSearch(self.dim, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), vectors))
+        part = _Local(_Exact(self.dim, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), vectors))
         self._parts[pid] = part
         self._maybe_build(pid, part)
         return part

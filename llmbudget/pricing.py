@@ -12,10 +12,11 @@ import fnmatch
 import functools
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Union
@@ -228,6 +229,8 @@ class Pricing:
         self.unknown_model_price = Price.of(unknown_model_price, what="unknown_model_price")
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        # (model, base_url, service_tier) -> (day, rate): rate() runs on every call.
+        self._rates: dict[tuple[str, str, str | None], tuple[date, Price | _ModelRate | None]] = {}
 
     @property
     def snapshot(self) -> PriceSnapshot:
@@ -250,10 +253,18 @@ class Pricing:
 
     def rate(self, model: str, base_url: str = "", *, service_tier: str | None = None) -> Price | _ModelRate | None:
         """The price that applies to ``model`` at ``base_url`` today, or None when unknown."""
-        override = self._override(model, base_url)
-        if override is not None:
-            return override
-        return _genai_rate(model, _provider_url(base_url), service_tier, date.today())
+        day = _today()
+        key = (model, base_url, service_tier)
+        known = self._rates.get(key)
+        if known is not None and known[0] == day:
+            return known[1]
+        found = self._override(model, base_url)
+        if found is None:
+            found = _genai_rate(model, _provider_url(base_url), service_tier, day)
+        if len(self._rates) >= 1024:
+            self._rates.clear()
+        self._rates[key] = (day, found)
+        return found
 
     def require(self, model: str, base_url: str = "") -> None:
         """Raise :class:`UnknownModelError` unless ``model`` has a price (use at configuration time)."""
@@ -300,6 +311,23 @@ def _provider_url(base_url: str) -> str | None:
     if host in ("localhost", "127.0.0.1", "::1", "[::1]") or host.startswith("127."):
         return None
     return base_url
+
+
+_day: tuple[float, float, date] = (0.0, 0.0, date.min)
+
+
+def _today() -> date:
+    """``date.today()``, worked out again only once the local day is over (prices are looked up per call)."""
+    global _day
+    start, end, today = _day
+    now = time.time()
+    if start <= now < end:
+        return today
+    today = date.today()
+    start = datetime.combine(today, datetime.min.time()).timestamp()
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
+    _day = (start, end, today)
+    return today
 
 
 @functools.lru_cache(maxsize=1024)

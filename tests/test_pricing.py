@@ -306,3 +306,47 @@ def test_snapshot_is_dated_and_names_its_source() -> None:
     assert snapshot.source == f"genai-prices {version('genai-prices')}"
     assert snapshot.as_of == date.today().isoformat()
     date.fromisoformat(snapshot.as_of)
+
+
+# -- the rate of each model is looked up once a day ----------------------------------------------
+
+
+def test_remembered_rates_are_the_ones_looked_up() -> None:
+    from llmbudget import pricing as module
+
+    pricing = Pricing({"gemma-*": {"input": 1, "output": 2}, "http://127.0.0.1:8080/v1": {"input": 3, "output": 4}})
+    cases = [("gpt-4o-mini", "", None), ("gpt-4o-mini", "https://api.openai.com/v1", "flex"),
+             ("gemma-3", "http://127.0.0.1:8080/v1", None), ("llama", "http://127.0.0.1:8080/v1/", None),
+             ("no-such-model-xyz", "", None)]
+    for model, url, tier in cases * 2:
+        override = pricing._override(model, url)
+        fresh = override if override is not None else module._genai_rate(model, module._provider_url(url), tier,
+                                                                          date.today())
+        assert pricing.rate(model, url, service_tier=tier) is fresh
+
+
+def test_remembered_rates_follow_the_local_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from llmbudget import pricing as module
+
+    days: list[date] = []
+    real = module._genai_rate
+
+    def rate_on(model: str, provider_url: str | None, service_tier: str | None, day: date) -> object:
+        days.append(day)
+        return real(model, provider_url, service_tier, day)
+
+    monkeypatch.setattr(module, "_genai_rate", rate_on)
+    pricing = Pricing()
+    today = date.today()
+    pricing.rate("gpt-4o")
+    pricing.rate("gpt-4o")
+    assert days == [today]
+    tomorrow = module.time.time() + 86_400
+    monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: tomorrow))
+    monkeypatch.setattr(module, "date", type("Tomorrow", (date,), {
+        "today": classmethod(lambda cls: date.fromtimestamp(tomorrow))}))
+    pricing.rate("gpt-4o")
+    pricing.rate("gpt-4o")
+    assert days == [today, date.fromtimestamp(tomorrow)]

@@ -139,19 +139,34 @@ class Engine:
 
     def wants(self, method: str, host: str, path: str, headers: Mapping[str, str], *, explicit: bool) -> bool:
         """Whether a request is an LLM call to intercept (cheap: no body is read)."""
-        if method != "POST" or adapter_for_path(path) is None:
-            return False
-        if explicit or host.lower() in self.hosts:
-            return True
-        user_agent = headers.get("user-agent", "")
-        return user_agent.startswith(("OpenAI/", "AsyncOpenAI/")) or "x-stainless-lang" in headers
+        return self.wanted(method, host, path, headers, explicit=explicit) is not None
 
-    def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes) -> Attempt | None:
-        """An Attempt for an LLM request, or None when the body is not a JSON object (pass it through)."""
+    def wanted(self, method: str, host: str, path: str, headers: Mapping[str, str], *,
+               explicit: bool) -> Adapter | None:
+        """The adapter of an LLM call to intercept (see :meth:`wants`), else None."""
+        if method != "POST":
+            return None
         found = adapter_for_path(path)
         if found is None:
             return None
-        adapter, prefix = found
+        if explicit or host.lower() in self.hosts:
+            return found[0]
+        user_agent = headers.get("user-agent", "")
+        if user_agent.startswith(("OpenAI/", "AsyncOpenAI/")) or "x-stainless-lang" in headers:
+            return found[0]
+        return None
+
+    def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes,
+              adapter: Adapter | None = None) -> Attempt | None:
+        """An Attempt for an LLM request, or None when the body is not a JSON object (pass it through).
+
+        ``adapter``: the one :meth:`wanted` found for ``path``, if known.
+        """
+        if adapter is None:
+            found = adapter_for_path(path)
+            if found is None:
+                return None
+            adapter = found[0]
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):

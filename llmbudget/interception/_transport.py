@@ -14,6 +14,7 @@ from typing import Any
 
 from ..ledger.budgets import BudgetStoreUnavailable
 from ..pipeline import Attempt, get_engine
+from ..providers import Adapter
 
 log = logging.getLogger("llmbudget.interception")
 
@@ -40,10 +41,10 @@ class Transports:
         return self.Sync(transport, explicit=explicit)
 
 
-def _begin(request: Any, body: bytes) -> Attempt | None:
+def _begin(request: Any, body: bytes, wanted: tuple[Adapter, str]) -> Attempt | None:
     try:
-        url = request.url
-        return get_engine().begin(url=str(url), path=url.path, headers=request.headers, body=body)
+        adapter, path = wanted
+        return get_engine().begin(url=str(request.url), path=path, headers=request.headers, body=body, adapter=adapter)
     except Exception:
         log.exception("llmbudget: could not read an LLM request; it passes through untouched")
         return None
@@ -66,18 +67,19 @@ def _refusal_or_none(attempt: Attempt) -> Any:
     return (402, _REFUSAL_HEADERS, refusal.to_json()) if refusal is not None else None
 
 
-def _wants(request: Any, explicit: bool) -> bool:
+def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
+    """The adapter and URL path of an LLM call with a JSON body to intercept; None passes it through."""
     try:
         url = request.url
-        return get_engine().wants(request.method, url.host, url.path, request.headers, explicit=explicit)
+        path = url.path
+        adapter = get_engine().wanted(request.method, url.host, path, request.headers, explicit=explicit)
+        if adapter is None:
+            return None
     except Exception:
         log.exception("llmbudget: could not classify a request; it passes through untouched")
-        return False
-
-
-def _is_json(request: Any) -> bool:
+        return None
     content_type = request.headers.get("content-type", "")
-    return not content_type or "json" in content_type
+    return (adapter, path) if not content_type or "json" in content_type else None
 
 
 def _started(attempt: Attempt, response: Any) -> None:
@@ -87,10 +89,10 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
-def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, Any]:
+def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
     """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
-    attempt.plan(request.url.path)
+    attempt.plan(path)
     refusal = _refusal_or_none(attempt)
     if refusal is not None or not attempt.rewritten:
         return request, refusal
@@ -103,12 +105,12 @@ def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, An
     return rewritten, None
 
 
-def _escalation(request: Any, weak: Attempt, reason: str | None) -> Attempt | None:
+def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[Adapter, str]) -> Attempt | None:
     """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check."""
     routing = weak.engine.routing
     if reason is None or routing is None:
         return None
-    retry = _begin(request, request.content)
+    retry = _begin(request, request.content, wanted)
     if retry is None:
         return None
     retry.force_tier = routing.strong
@@ -159,7 +161,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             finally:
                 self._attempt.finish(complete=False)
 
-    def _wrap_response(response: Any, attempt: Attempt, stream: Any) -> Any:
+    def _wrap_response(response: Any, stream: Any) -> Any:
+        if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
+            response.stream = stream
+            return response
         return httpx.Response(
             status_code=response.status_code,
             headers=response.headers,
@@ -175,25 +180,26 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             self.explicit = explicit
 
         def handle_request(self, request: Any) -> Any:
-            if not _wants(request, self.explicit) or not _is_json(request):
+            wanted = _wanted(request, self.explicit)
+            if wanted is None:
                 return self.inner.handle_request(request)
-            attempt = _begin(request, request.read())
+            attempt = _begin(request, request.read(), wanted)
             if attempt is None:
                 return self.inner.handle_request(request)
-            response = self._through(request, attempt)
+            response = self._through(request, attempt, wanted[1])
             if attempt.may_escalate() and attempt.status == 200:
                 response.read()  # settles the weak tier's attempt
-                retry = _escalation(request, attempt, attempt.escalation_reason())
+                retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
                 if retry is not None:
                     response.close()
-                    return self._through(request, retry)
+                    return self._through(request, retry, wanted[1])
             return response
 
-        def _through(self, request: Any, attempt: Attempt) -> Any:
+        def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
-            request, refusal = _prepare(httpx, request, attempt)
+            request, refusal = _prepare(httpx, request, attempt, path)
             if refusal is not None:
                 status, headers, body = refusal
                 return httpx.Response(status, headers=headers, content=body)
@@ -203,7 +209,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 attempt.finish(complete=False, error=exc)
                 raise
             _started(attempt, response)
-            return _wrap_response(response, attempt, SyncStream(response.stream, attempt))
+            return _wrap_response(response, SyncStream(response.stream, attempt))
 
         def close(self) -> None:
             self.inner.close()
@@ -223,25 +229,26 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             self.explicit = explicit
 
         async def handle_async_request(self, request: Any) -> Any:
-            if not _wants(request, self.explicit) or not _is_json(request):
+            wanted = _wanted(request, self.explicit)
+            if wanted is None:
                 return await self.inner.handle_async_request(request)
-            attempt = _begin(request, await request.aread())
+            attempt = _begin(request, await request.aread(), wanted)
             if attempt is None:
                 return await self.inner.handle_async_request(request)
-            response = await self._through(request, attempt)
+            response = await self._through(request, attempt, wanted[1])
             if attempt.may_escalate() and attempt.status == 200:
                 await response.aread()  # settles the weak tier's attempt
-                retry = _escalation(request, attempt, attempt.escalation_reason())
+                retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
                 if retry is not None:
                     await response.aclose()
-                    return await self._through(request, retry)
+                    return await self._through(request, retry, wanted[1])
             return response
 
-        async def _through(self, request: Any, attempt: Attempt) -> Any:
+        async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             cached = attempt.lookup_cache()
             if cached is not None:
                 return _cached_response(httpx, cached)
-            request, refusal = _prepare(httpx, request, attempt)
+            request, refusal = _prepare(httpx, request, attempt, path)
             if refusal is not None:
                 status, headers, body = refusal
                 return httpx.Response(status, headers=headers, content=body)
@@ -251,7 +258,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 attempt.finish(complete=False, error=exc)
                 raise
             _started(attempt, response)
-            return _wrap_response(response, attempt, AsyncStream(response.stream, attempt))
+            return _wrap_response(response, AsyncStream(response.stream, attempt))
 
         async def aclose(self) -> None:
             await self.inner.aclose()

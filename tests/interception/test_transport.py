@@ -1,0 +1,100 @@
+"""The wrapping transport reads every answer, whether the inner transport streams it or has read it already."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+import llmbudget
+from llmbudget.calls import Usage
+from llmbudget.interception.install import _transports
+
+LIBRARIES = {"httpx2": httpx2, "httpx": httpx}
+URL = "http://127.0.0.1:9/v1/chat/completions"
+REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 5}
+ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
+                                  "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}).encode()
+STREAM = b"".join(
+    b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    for chunk in [
+        {"model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"model": "gpt-4o-mini-2024-07-18", "choices": [],
+         "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}},
+    ]
+) + b"data: [DONE]\n\n"
+
+
+def _inner(library: Any, *, read: bool) -> tuple[Any, Any]:
+    """A sync and an async transport answering like a server: streamed in pieces, or already read."""
+
+    def answer(request: Any) -> tuple[bytes, str]:
+        stream = json.loads(request.content).get("stream") is True
+        return (STREAM, "text/event-stream") if stream else (ANSWER, "application/json")
+
+    class Pieces(library.SyncByteStream, library.AsyncByteStream):  # type: ignore[misc]
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def __iter__(self) -> Iterator[bytes]:
+            for i in range(0, len(self.body), 50):
+                yield self.body[i:i + 50]
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for piece in self:
+                yield piece
+
+    def respond(request: Any) -> Any:
+        body, content_type = answer(request)
+        if read:
+            return library.Response(200, headers={"content-type": content_type}, content=body)
+        return library.Response(200, headers={"content-type": content_type}, stream=Pieces(body))
+
+    class Sync(library.BaseTransport):  # type: ignore[misc]
+        def handle_request(self, request: Any) -> Any:
+            request.read()
+            return respond(request)
+
+    class Async(library.AsyncBaseTransport):  # type: ignore[misc]
+        async def handle_async_request(self, request: Any) -> Any:
+            await request.aread()
+            return respond(request)
+
+    return Sync(), Async()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("read", [False, True], ids=["streamed", "already-read"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_every_answer_is_read_and_passed_on_unchanged(engine: llmbudget.Engine, records: list[llmbudget.SpendRecord],
+                                                      library: str, read: bool, stream: bool) -> None:
+    module = LIBRARIES[library]
+    transports = _transports(library)
+    assert transports is not None
+    sync_inner, async_inner = _inner(module, read=read)
+    body = {**REQUEST, "stream": True} if stream else REQUEST
+    expected = STREAM if stream else ANSWER
+
+    with module.Client(transport=transports.wrap(sync_inner, explicit=True)) as client:
+        assert client.post(URL, json=body).content == expected
+        with client.stream("POST", URL, json=body) as response:
+            assert b"".join(response.iter_raw()) == expected
+
+    async def run() -> None:
+        async with module.AsyncClient(transport=transports.wrap(async_inner, explicit=True)) as client:
+            assert (await client.post(URL, json=body)).content == expected
+            async with client.stream("POST", URL, json=body) as response:
+                assert b"".join([piece async for piece in response.aiter_raw()]) == expected
+
+    asyncio.run(run())
+    usage = Usage(input_tokens=9, output_tokens=1 if stream else 2)
+    assert [record.usage for record in records] == [usage] * 4
+    assert all(record.model_answered == "gpt-4o-mini-2024-07-18" and record.cost_usd > 0 for record in records)

@@ -537,20 +537,11 @@ class Attempt:
                 return
             self.adapter.read_json(self._json, self.state)
             return
-        payloads = []
         if "\r" in text:
             text = text.replace("\r\n", "\n")
-        for block in text.split("\n\n"):
-            if block.startswith("data: ") and "\n" not in block:
-                payload = block[6:]
-            else:
-                payload = "\n".join(line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:"))
-            if payload == "[DONE]":
-                self.state.done = True
-            elif payload:
-                payloads.append(payload)
+        payloads, joined = _sse_payloads(text, self.state)
         try:  # one parse for the whole stream; event by event only if one of them is broken
-            events = json.loads("[" + ",".join(payloads) + "]")
+            events = json.loads("[" + joined + "]")
         except (ValueError, RecursionError):
             events = []
             for payload in payloads:
@@ -562,7 +553,10 @@ class Attempt:
         self.adapter.read_stream(events, self.state)
 
     def _output_text(self) -> str:
-        return self.adapter.stream_text(self._events) if self._sse else self.state.text
+        if not self._sse:
+            return self.state.text
+        parts = self.state.stream_parts
+        return "".join(parts) if parts is not None else self.adapter.stream_text(self._events)
 
     def finish(self, *, complete: bool, error: BaseException | None = None) -> SpendRecord | None:
         """Price, settle and record this attempt (once; later calls return the same record)."""
@@ -647,6 +641,31 @@ class Attempt:
             routing=self.routing,
             truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
         )
+
+
+def _sse_payloads(text: str, state: ResponseState) -> tuple[list[str], str]:
+    """The ``data:`` payloads of a stream's events, alone and joined by commas; ``[DONE]`` marks ``state`` done."""
+    if text.startswith("data: ") and text.endswith("\n\n"):
+        # The usual shape, one ``data: `` line per event, takes one split; any other newline, the long way.
+        payloads = text[6:-2].split("\n\ndata: ")
+        done = "[DONE]" in payloads
+        if done or "" in payloads:
+            payloads = [payload for payload in payloads if payload and payload != "[DONE]"]
+        joined = ",".join(payloads)
+        if "\n" not in joined:
+            state.done = state.done or done
+            return payloads, joined
+    payloads = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: ") and "\n" not in block:
+            payload = block[6:]
+        else:
+            payload = "\n".join(line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:"))
+        if payload == "[DONE]":
+            state.done = True
+        elif payload:
+            payloads.append(payload)
+    return payloads, ",".join(payloads)
 
 
 def _never_sent(error: BaseException) -> bool:

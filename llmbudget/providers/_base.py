@@ -33,6 +33,9 @@ class ResponseState:
     finish_reasons: list[str] = field(default_factory=list)
     done: bool = False
     tool_calls: bool = False
+    #: A stream's generated text, when the adapter collected it while reading the stream
+    #: (None: ask :meth:`Adapter.stream_text`).
+    stream_parts: list[str] | None = None
 
     @property
     def text(self) -> str:

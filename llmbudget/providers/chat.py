@@ -74,33 +74,53 @@ class ChatAdapter(Adapter):
                 state.finish_reasons.append(reason)
 
     def read_stream(self, events: list[Any], state: ResponseState) -> None:
-        """Reads only what settling needs: usage sits in the last chunks, the model in the first.
-
-        The text is left to :meth:`stream_text` (needed only when there is no usage).
-        """
-        chunks = [event for event in events if isinstance(event, dict)]
-        if not chunks:
-            return
-        self._read_common(chunks[0], state)
-        for chunk in reversed(chunks):
-            raw = chunk.get("usage")
-            if isinstance(raw, dict):
-                state.usage = self.usage(raw)
-                tier = chunk.get("service_tier")
-                if isinstance(tier, str):
-                    state.service_tier = tier
-                break
-        for chunk in reversed(chunks):
-            reasons = [c.get("finish_reason") for c in items(chunk.get("choices")) if isinstance(c, dict)]
-            reasons = [reason for reason in reasons if isinstance(reason, str)]
+        """Reads what settling needs in one pass: the model from the first chunk, the usage
+        and the finish reasons from the last chunks that carry them, and the text (kept in
+        ``state.stream_parts`` for estimates; ``state.text`` is left to :meth:`stream_text`)."""
+        first: dict[str, Any] | None = None
+        usage_chunk: dict[str, Any] | None = None
+        last_reasons: list[str] = []
+        parts: list[str] = []
+        tool_calls = False
+        for chunk in events:
+            if not isinstance(chunk, dict):
+                continue
+            if first is None:
+                first = chunk
+            if isinstance(chunk.get("usage"), dict):
+                usage_chunk = chunk
+            choices = chunk.get("choices")
+            if not isinstance(choices, list):
+                continue
+            reasons = None
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    content = delta.get("content")
+                    if isinstance(content, str):
+                        parts.append(content)
+                    if not tool_calls and (delta.get("tool_calls") or delta.get("function_call")):
+                        tool_calls = True
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str):
+                    if reasons is None:
+                        reasons = []
+                    reasons.append(reason)
             if reasons:
-                state.finish_reasons.extend(reasons)
-                break
-        state.tool_calls = any(
-            isinstance(c, dict) and isinstance(c.get("delta"), dict)
-            and (c["delta"].get("tool_calls") or c["delta"].get("function_call"))
-            for chunk in chunks for c in items(chunk.get("choices"))
-        )
+                last_reasons = reasons
+        if first is None:
+            return
+        self._read_common(first, state)
+        if usage_chunk is not None:
+            state.usage = self.usage(usage_chunk["usage"])
+            tier = usage_chunk.get("service_tier")
+            if isinstance(tier, str):
+                state.service_tier = tier
+        state.finish_reasons.extend(last_reasons)
+        state.tool_calls = tool_calls
+        state.stream_parts = parts
 
     def stream_text(self, events: list[Any]) -> str:
         return "".join(

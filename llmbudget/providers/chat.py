@@ -11,19 +11,26 @@ from ._base import Adapter, ResponseState, _text_of, items, as_int, json_text
 def chat_usage(raw: dict[str, Any]) -> Usage:
     """Usage from a chat/completions ``usage`` object (OpenAI and compatible servers)."""
     prompt_details = raw.get("prompt_tokens_details")
-    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
     completion_details = raw.get("completion_tokens_details")
-    completion_details = completion_details if isinstance(completion_details, dict) else {}
+    if isinstance(prompt_details, dict) and prompt_details:
+        cached = as_int(prompt_details.get("cached_tokens"))
+        written = as_int(prompt_details.get("cache_write_tokens") or prompt_details.get("cache_creation_tokens"))
+        input_audio = as_int(prompt_details.get("audio_tokens"))
+    else:
+        cached = written = input_audio = 0
+    if isinstance(completion_details, dict) and completion_details:
+        reasoning = as_int(completion_details.get("reasoning_tokens"))
+        output_audio = as_int(completion_details.get("audio_tokens"))
+    else:
+        reasoning = output_audio = 0
     return Usage(
         input_tokens=as_int(raw.get("prompt_tokens")),
-        cached_input_tokens=as_int(prompt_details.get("cached_tokens")),
-        cache_write_tokens=as_int(
-            prompt_details.get("cache_write_tokens") or prompt_details.get("cache_creation_tokens")
-        ),
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
         output_tokens=as_int(raw.get("completion_tokens")),
-        reasoning_tokens=as_int(completion_details.get("reasoning_tokens")),
-        input_audio_tokens=as_int(prompt_details.get("audio_tokens")),
-        output_audio_tokens=as_int(completion_details.get("audio_tokens")),
+        reasoning_tokens=reasoning,
+        input_audio_tokens=input_audio,
+        output_audio_tokens=output_audio,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -31,6 +32,15 @@ class _Encoding(Protocol):
 
 _lock = threading.Lock()
 _warned = False
+
+#: Input texts come back call after call (system prompts, role names, a conversation's earlier
+#: turns), so their counts are remembered: up to this many characters of text in all, least
+#: recently used first out, texts longer than ``_REMEMBER_TEXT_CHARS`` never.
+_REMEMBER_CHARS = 1 << 21
+_REMEMBER_TEXT_CHARS = 1 << 16
+_remembered: OrderedDict[tuple[_Encoding, str], int] = OrderedDict()
+_remembered_chars = 0
+_remembered_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,9 +91,34 @@ def count_text(text: str, model: str | None = None) -> int:
     return len(encoding.encode_ordinary(text))
 
 
+def _count_input(text: str, encoding: _Encoding) -> int:
+    """``len(encoding.encode_ordinary(text))``, remembered for texts seen before."""
+    global _remembered_chars
+    key = (encoding, text)
+    with _remembered_lock:
+        count = _remembered.get(key)
+        if count is not None:
+            _remembered.move_to_end(key)
+            return count
+    count = len(encoding.encode_ordinary(text))
+    if len(text) <= _REMEMBER_TEXT_CHARS:
+        with _remembered_lock:
+            if key not in _remembered:
+                _remembered[key] = count
+                _remembered_chars += len(text)
+                while _remembered_chars > _REMEMBER_CHARS:
+                    (_, oldest), _ = _remembered.popitem(last=False)
+                    _remembered_chars -= len(oldest)
+    return count
+
+
 def estimate_input_tokens(texts: Iterable[str], *, model: str | None, messages: int = 0, names: int = 0) -> int:
     """Input tokens of a request: its texts plus the cookbook's per-message (and per-name) overhead."""
-    total = sum(count_text(text, model) for text in texts)
+    encoding = _encoding(encoding_name(model))
+    if encoding is None:
+        total = sum(count_text(text, model) for text in texts)
+    else:
+        total = sum(_count_input(text, encoding) for text in texts if text)
     if messages:
         total += messages * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS + names
     return total

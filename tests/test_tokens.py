@@ -159,3 +159,43 @@ def test_encodings_load_again_after_the_offline_test() -> None:
     """The offline fixture leaves no trace: real counts are back."""
     text = "the quick brown fox"
     assert tokens.count_text(text, "gpt-4o") == len(tiktoken.get_encoding("o200k_base").encode_ordinary(text))
+
+
+# -- remembered input counts -----------------------------------------------------------------------
+
+
+@SETTINGS
+@given(texts=st.lists(st.sampled_from(["user", "system", "Be brief.", "", "héllo  wörld 🎉"]) | TEXT, max_size=6),
+       model=st.sampled_from(["gpt-4o-mini", "gpt-4", None]))
+def test_remembered_input_counts_equal_fresh_ones(texts: list[str], model: str | None) -> None:
+    encoding = tiktoken.get_encoding(tokens.encoding_name(model))
+    expected = sum(len(encoding.encode_ordinary(text)) for text in texts)
+    assert tokens.estimate_input_tokens(texts, model=model) == expected
+    assert tokens.estimate_input_tokens(texts, model=model) == expected  # now from memory
+
+
+def test_remembered_counts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_REMEMBER_CHARS", 100)
+    monkeypatch.setattr(tokens, "_REMEMBER_TEXT_CHARS", 30)
+    monkeypatch.setattr(tokens, "_remembered", type(tokens._remembered)())
+    monkeypatch.setattr(tokens, "_remembered_chars", 0)
+    texts = [f"message number {i} of many" for i in range(50)]
+    for text in texts:
+        assert tokens.estimate_input_tokens([text], model="gpt-4o") == tokens.count_text(text, "gpt-4o")
+    assert tokens._remembered_chars == sum(len(text) for _, text in tokens._remembered) <= 100
+    assert [text for _, text in tokens._remembered] == texts[-len(tokens._remembered):]  # oldest out first
+    long = "x" * 31
+    assert tokens.estimate_input_tokens([long], model="gpt-4o") == tokens.count_text(long, "gpt-4o")
+    assert all(text != long for _, text in tokens._remembered)
+
+
+@pytest.mark.usefixtures("offline")
+def test_offline_estimates_are_not_remembered() -> None:
+    assert tokens.estimate_input_tokens(["an offline text to remember"], model="gpt-4o") == 7
+    assert all(text != "an offline text to remember" for _, text in tokens._remembered)
+
+
+def test_counts_are_exact_again_once_online() -> None:
+    """What was estimated offline (the test above) is counted with tiktoken now."""
+    text = "an offline text to remember"
+    assert tokens.estimate_input_tokens([text], model="gpt-4o") == tokens.count_text(text, "gpt-4o") != 7

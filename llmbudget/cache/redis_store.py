@@ -325,6 +325,7 @@ class RedisCacheStore:
         self._position = 0  # stream entries added up to self._last_id
         self._store_id: bytes | None = None
         self._warned = False
+        self._skipped = False  # a stream entry was skipped (logged once)
         self._closed = False
         self._put = self._redis.register_script(_PUT)
         self._delete_many = self._redis.register_script(_DELETE_MANY)
@@ -440,28 +441,51 @@ class RedisCacheStore:
             self._reset(self._stream_head())
             return None, {}, 0, False
         touched: set[int] = set()
-        for event_id, flat in events:
+        for event_id, flat in events:  # the position moves with each entry, applied or skipped
             pid = self._apply(dict(zip(flat[::2], flat[1::2])))
             if pid is not None:
                 touched.add(pid)
             self._last_id = event_id
-        self._position += len(events)
+            self._position += 1
         return touched, dict(zip(candidates, rows)), len(events), len(events) == _READ_BATCH
 
     def _apply(self, fields: dict[bytes, bytes]) -> int | None:
-        """Apply one stream entry; returns its partition id if this process holds that partition."""
-        pid = int(fields[b"p"])
+        """Apply one stream entry; returns its partition id if this process holds that partition.
+
+        An entry this process cannot use is skipped (logged once): a vector of another size (an emptied
+        store taken over by another embedder keeps its id) is not searchable here, as the loader skips it.
+        A held partition an entry fails to change is dropped, to reload from Redis on its next search.
+        """
+        try:
+            pid, entry_id, op = int(fields[b"p"]), int(fields[b"i"]), fields[b"o"]
+        except (KeyError, ValueError):
+            self._skip("an unreadable entry")
+            return None
         part = self._parts.get(pid)
         if part is None:
             return None
-        ids = np.array([int(fields[b"i"])], dtype=np.int64)
-        if fields[b"o"] == b"a":
-            unit = self._decode([fields[b"v"]])
-            part.add(ids, unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12))
-            self._maybe_build(pid, part)
-        else:
-            part.remove(ids)
+        ids = np.array([entry_id], dtype=np.int64)
+        try:
+            if op == b"a":
+                blob = fields.get(b"v", b"")
+                if len(blob) != 2 * self.dim:
+                    self._skip(f"an entry whose vector is not {self.dim}-d (another embedder's)")
+                    return None
+                unit = self._decode([blob])
+                part.add(ids, unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12))
+                self._maybe_build(pid, part)
+            else:
+                part.remove(ids)
+        except Exception as exc:  # noqa: BLE001 - the partition reloads; the stream goes on
+            self._skip(f"an entry the local index of partition {pid} could not take ({exc!r}); it reloads")
+            del self._parts[pid]
         return pid
+
+    def _skip(self, what: str) -> None:
+        if not self._skipped:
+            self._skipped = True
+            log.warning("llmbudget: Redis cache %s: skipped %s in the stream %slog (logged once)", self.url, what,
+                        self.prefix)
 
     def _partition(self, pid: int) -> _Local:
         """The local index of a partition, loaded from Redis on first use (after a catch-up with the stream)."""

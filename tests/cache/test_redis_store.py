@@ -606,3 +606,30 @@ def test_a_repeat_through_the_sdk_is_a_hit_from_redis(engine, records, llm_serve
         assert not miss.from_cache and hit.from_cache and hit.cache_tier == "exact"
     finally:
         engine.cache.store.close()
+
+
+class WideEmbedder(HashEmbedder):
+    dim = 48
+    name = "test-wide-48"
+
+
+def stream_head(store: RedisCacheStore) -> tuple[bytes, int]:
+    info = store._redis.xinfo_stream(store._key("log"))
+    return info["last-generated-id"], int(info["entries-added"])
+
+
+def test_stream_vectors_of_another_size_are_skipped(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    with make(prefix) as old:
+        put(old, "p", "k0", "hello there friend")
+        assert old.search("p", "hello there friend") is not None  # the partition is held
+        assert old.invalidate() == 1  # emptied: a process with another embedder may take the store over
+        with make(prefix, embedder=WideEmbedder()) as new, caplog.at_level(logging.WARNING, "llmbudget.cache"):
+            assert new._store_id == old._store_id
+            for i in range(3):
+                put(new, "p", f"k{i + 1}", "hello there friend")
+            for _ in range(3):  # neither raises nor stays stuck on the first 48-d event
+                assert old.search("p", "hello there friend") is None
+            assert (old._last_id, old._position) == stream_head(old)
+            assert all(size == 0 for _, size in old._loaded().values())  # the 48-d entries are not its to search
+            assert sum("not 32-d" in r.getMessage() for r in caplog.records) == 1  # logged once
+            assert new.search("p", "hello there friend") is not None

@@ -61,6 +61,7 @@ STREAM_MAXLEN = 100_000
 _READ_BATCH = 1000
 _PUT_BATCH = 500  # answers embedded together and sent in one round trip
 _LOAD_BATCH = 500  # entries one script scans when a partition loads (a few ms of Redis time each)
+_BUILD_RETRY_S = 60.0  # after a build thread could not start, seconds before the next try
 
 _DELETE = """
 local function delete_entry(P, id)
@@ -214,14 +215,15 @@ class _Local:
     replayed onto the new index, in order, before it takes over.
     """
 
-    __slots__ = ("builder", "exact", "failed", "hnsw", "journal")
+    __slots__ = ("builder", "exact", "failed", "hnsw", "journal", "retry_at")
 
     def __init__(self, exact: _Exact) -> None:
         self.exact: _Exact | None = exact
         self.hnsw: _Hnsw | None = None
         self.journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # None: no build under way
         self.builder = 0  # the process whose thread builds (a forked child starts its own)
-        self.failed = False
+        self.failed = False  # the build failed: exact search stays
+        self.retry_at = 0.0  # time.monotonic() before which no build starts (a thread could not start)
 
     @property
     def kind(self) -> str:
@@ -516,13 +518,22 @@ class RedisCacheStore:
             return
         if part.journal is not None and part.builder == os.getpid():
             return  # under way
+        if part.retry_at > time.monotonic():
+            return
         assert part.exact is not None
         ids, vectors = part.exact.items()  # copies: the build reads them without the lock
-        part.journal, part.builder = [], os.getpid()
         thread = threading.Thread(target=self._build, args=(pid, part, ids, vectors), daemon=True,
                                   name=f"llmbudget-cache-index-{pid}")
+        try:
+            thread.start()
+        except Exception as exc:  # noqa: BLE001 - RuntimeError("can't start new thread"): exact search serves
+            part.journal, part.retry_at = None, time.monotonic() + _BUILD_RETRY_S
+            log.warning("cache: the thread to build the HNSW index of partition %d could not start (%s); exact "
+                        "search serves, a build is tried again in %.0f s", pid, exc, _BUILD_RETRY_S)
+            return
+        # Under the lock the build cannot take over before this: it replays a journal that starts here.
+        part.journal, part.builder = [], os.getpid()
         self._builds = [t for t in self._builds if t.is_alive()] + [thread]
-        thread.start()
 
     def _build(self, pid: int, part: _Local, ids: np.ndarray, vectors: np.ndarray) -> None:
         started = time.perf_counter()
@@ -537,11 +548,17 @@ class RedisCacheStore:
         with self._lock:
             if self._parts.get(pid) is not part or part.journal is None or part.builder != os.getpid():
                 return  # the local indexes were dropped meanwhile
-            for changed, added in part.journal:  # what the stream brought during the build, in order
-                if added is None:
-                    index.remove(changed)
-                else:
-                    index.add(changed, added)
+            try:
+                for changed, added in part.journal:  # what the stream brought during the build, in order
+                    if added is None:
+                        index.remove(changed)
+                    else:
+                        index.add(changed, added)
+            except Exception as exc:  # noqa: BLE001 - the exact index has every change: it goes on serving
+                log.warning("cache: the HNSW index of partition %d could not take the changes made during its "
+                            "build (%s); it stays on exact search", pid, exc)
+                part.journal, part.failed = None, True
+                return
             part.hnsw, part.exact, part.journal = index, None, None
         log.info("cache: partition %d (%d vectors) now searched by its HNSW index (built in %.1f s)",
                  pid, len(index), time.perf_counter() - started)

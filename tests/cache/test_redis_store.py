@@ -633,3 +633,77 @@ def test_stream_vectors_of_another_size_are_skipped(prefix: str, caplog: pytest.
             assert all(size == 0 for _, size in old._loaded().values())  # the 48-d entries are not its to search
             assert sum("not 32-d" in r.getMessage() for r in caplog.records) == 1  # logged once
             assert new.search("p", "hello there friend") is not None
+
+
+def test_a_build_thread_that_cannot_start_leaves_exact_search_and_is_retried(
+    prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    start = threading.Thread.start
+
+    def failing(self: threading.Thread) -> None:
+        if self.name.startswith("llmbudget-cache-index"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", failing)
+    monkeypatch.setattr(redis_store, "_BUILD_RETRY_S", 0.0, raising=False)  # retried on the partition's next change or lookup
+    with make(prefix, exact_search_max=4) as reader, make(prefix) as writer:
+        ids = [put(writer, "p", f"k{i}", question(i)) for i in range(5)]
+        pid = reader._partition_id("p")
+        with caplog.at_level(logging.WARNING, "llmbudget.cache"):
+            for i in range(5, 15):  # no build under way: nothing is journaled
+                ids.append(put(writer, "p", f"k{i}", question(i)))
+                hit = reader.search("p", question(i))
+                assert hit is not None and hit.entry.id == ids[i]
+                assert reader._parts[pid].journal is None and reader._loaded()[pid] == ("exact", i + 1)
+        assert any("could not start" in r.getMessage() for r in caplog.records)
+        reader._wait_for_builds(1)  # no thread that never started is waited for
+        monkeypatch.setattr(threading.Thread, "start", start)  # threads start again
+        hit = reader.search("p", question(3))
+        assert hit is not None and hit.entry.id == ids[3]
+        reader._wait_for_builds()
+        assert reader._loaded()[pid] == ("hnsw", 15) and reader._parts[pid].journal is None
+
+
+def test_a_build_whose_replay_fails_leaves_exact_search(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    building = threading.Event()
+    new_index = RedisCacheStore._new_index
+
+    class Broken:
+        def __init__(self, index: Any) -> None:
+            self.index = index
+
+        def __len__(self) -> int:
+            return len(self.index)
+
+        def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+            raise MemoryError("no room for the journal")
+
+        remove = add
+
+    def slow_build(self: RedisCacheStore, ids: np.ndarray, vectors: np.ndarray) -> object:
+        building.set()
+        assert release.wait(10)
+        return Broken(new_index(self, ids, vectors))
+
+    unhandled: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_value))
+    monkeypatch.setattr(RedisCacheStore, "_new_index", slow_build)
+    with make(prefix, exact_search_max=8) as reader, make(prefix) as writer:
+        ids = [put(writer, "p", f"k{i}", question(i)) for i in range(12)]
+        pid = reader._partition_id("p")
+        assert reader.search("p", question(0)) is not None
+        assert building.wait(10)
+        added = put(writer, "p", "new", "a question stored during the build")
+        hit = reader.search("p", "a question stored during the build")
+        assert hit is not None and hit.entry.id == added
+        release.set()
+        reader._wait_for_builds()
+        assert not unhandled
+        part = reader._parts[pid]
+        assert reader._loaded()[pid] == ("exact", 13) and part.journal is None
+        put(writer, "p", "later", "one more question after the failed build")
+        assert reader.search("p", "one more question after the failed build") is not None
+        assert part.journal is None  # not journaled: no build under way
+        assert all(reader.search("p", question(i)).entry.id == ids[i] for i in range(12))  # type: ignore[union-attr]

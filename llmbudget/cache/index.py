@@ -5,7 +5,9 @@ Design: **one index per partition**, loaded lazily, never one global index.
 - A partition with at most ``exact_max`` vectors (default 2,048) is searched by
   brute force: a float32 matrix and one matrix-vector product (tens of
   microseconds at 2k x 256). Results are exact, and thousands of tiny partitions
-  cost one small array each, only in the processes that search them.
+  cost one small array each, only in the processes that search them. A partition
+  without entries is not held (it is remembered as empty, in a bounded list,
+  until an entry is added to it).
 - A bigger partition gets its own usearch HNSW index (cosine, f16 or i8). Its
   graph holds only that partition's vectors, so the search explores no foreign
   entries, the top-k are all candidates, and the cost is that of one index of the
@@ -38,6 +40,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -63,6 +66,7 @@ EXPANSION_ADD = 64
 EXPANSION_SEARCH = 32
 _MANIFEST_VERSION = 1
 _LOAD_BATCH = 50_000
+_EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their searches skip the load)
 
 Head = tuple[int, int]  # (max entry id ever assigned, max deletion seq ever assigned)
 
@@ -262,6 +266,9 @@ class VectorIndex:
         self.save_every = save_every
         self.directory = Path(directory) if directory is not None else None
         self._parts: dict[int, _Partition] = {}
+        # Partitions found without entries, as of ``_head`` (the most recent last): not held, since searches
+        # meet many (earlier turns are part of the partition); an entry added to one makes it load on use.
+        self._empty: OrderedDict[int, None] = OrderedDict()
         self._head: Head = (0, 0)
         self._lock = threading.RLock()
 
@@ -271,7 +278,7 @@ class VectorIndex:
         """The ``k`` nearest entries of ``partition``: ``[(entry id, approximate cosine)]``, best first."""
         with self._lock:
             part = self._ready(partition)
-            return part.search(np.ascontiguousarray(vector, dtype=np.float32), k)
+            return [] if part is None else part.search(np.ascontiguousarray(vector, dtype=np.float32), k)
 
     def sync(self) -> None:
         """Apply what other writers (threads or processes) changed since the last call."""
@@ -290,19 +297,33 @@ class VectorIndex:
         """Forget every loaded partition (they reload on their next search)."""
         with self._lock:
             self._parts.clear()
+            self._empty.clear()
 
-    def _ready(self, pid: int) -> _Partition:
+    def _ready(self, pid: int) -> _Partition | None:
+        """The partition's index, caught up with the store; None when it has no entry (then it is not held)."""
         part = self._parts.get(pid)
-        if part is not None and self._source.head() == self._head:
+        if (part is not None or pid in self._empty) and self._source.head() == self._head:
+            if part is None:
+                self._empty.move_to_end(pid)
             return part
         with self._source.view() as view:
             head = view.head()
             self._catch_up(view, head)
             part = self._parts.get(pid)
-            if part is None:
-                part = self._parts[pid] = self._load(view, pid, head)
+            if part is None and pid not in self._empty:
+                part = self._load(view, pid, head)
+                if part is None:
+                    self._note_empty(pid)
+                else:
+                    self._parts[pid] = part
         self._save_dirty()
         return part
+
+    def _note_empty(self, pid: int) -> None:
+        self._empty[pid] = None
+        self._empty.move_to_end(pid)
+        if len(self._empty) > _EMPTY_KEEP:
+            self._empty.popitem(last=False)  # forgotten: it loads again on its next search
 
     def _catch_up(self, view: SourceView, head: Head) -> None:
         max_id, del_seq = head
@@ -314,8 +335,8 @@ class VectorIndex:
             else:
                 ids, pids = view.deleted(old_seq, del_seq)
                 self._apply(ids, pids, None)
-        if max_id > old_id and self._parts:
-            ids, pids, vecs = view.added(old_id, max_id, list(self._parts))
+        if max_id > old_id and (self._parts or self._empty):
+            ids, pids, vecs = view.added(old_id, max_id, [*self._parts, *self._empty])
             self._apply(ids, pids, vecs)
         self._head = head
 
@@ -325,10 +346,15 @@ class VectorIndex:
         for pid in np.unique(pids).tolist():
             part = self._parts.get(pid)
             if part is None:
+                if vectors is not None:
+                    self._empty.pop(pid, None)  # an entry arrived: the partition loads on its next search
                 continue
             mask = pids == pid
             if vectors is None:
                 part.remove(ids[mask])
+                if not len(part):  # let go (its saved index file, if any, is checked against the store on load)
+                    del self._parts[pid]
+                    self._note_empty(pid)
                 continue
             part.add(ids[mask], vectors[mask])
             if isinstance(part, _Exact) and len(part) > self.exact_max:
@@ -336,8 +362,10 @@ class VectorIndex:
 
     # ---------------------------------------------------------------- loading
 
-    def _load(self, view: SourceView, pid: int, head: Head) -> _Partition:
+    def _load(self, view: SourceView, pid: int, head: Head) -> _Partition | None:
         count = view.partition_count(pid, head[0])
+        if not count:
+            return None
         if count <= self.exact_max:
             return _Exact(self.dim, *view.partition_rows(pid, 0, head[0]))
         part = self._open(view, pid, head, count)

@@ -10,9 +10,10 @@ insert and deletion (replacement, eviction, expiry purge, invalidation) is
 appended to the stream ``{prefix}log`` by the same Lua script that makes it, so
 the stream and the entries never disagree.
 
-Each process keeps its own vector index per partition it has searched: exact
-search up to ``exact_search_max`` vectors (2,048), a usearch HNSW index above,
-as the SQLite store does. A partition that outgrows exact search (or a big one
+Each process keeps its own vector index per partition it has searched that has
+entries (a partition found empty is only remembered as such, in a bounded list,
+until the stream adds to it): exact search up to ``exact_search_max`` vectors
+(2,048), a usearch HNSW index above, as the SQLite store does. A partition that outgrows exact search (or a big one
 loaded from Redis) gets its HNSW index built in a background thread; exact search
 serves meanwhile and the changes made during the build are replayed onto the new
 index before it takes over, so no lookup waits for a build.
@@ -43,6 +44,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -61,6 +63,7 @@ STREAM_MAXLEN = 100_000
 _READ_BATCH = 1000
 _PUT_BATCH = 500  # answers embedded together and sent in one round trip
 _LOAD_BATCH = 500  # entries one script scans when a partition loads (a few ms of Redis time each)
+_EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their lookups skip the load)
 _BUILD_RETRY_S = 60.0  # after a build thread could not start, seconds before the next try
 
 _DELETE = """
@@ -322,6 +325,9 @@ class RedisCacheStore:
         self.index_dtype: IndexDType = index_dtype
         self._lock = threading.RLock()
         self._parts: dict[int, _Local] = {}
+        # Partitions found without entries, as of the stream position (the most recent last): not held, since
+        # lookups meet many (earlier turns are part of the partition); the stream's next add to one forgets it.
+        self._empty: OrderedDict[int, None] = OrderedDict()
         self._builds: list[threading.Thread] = []
         self._last_id = b"0-0"
         self._position = 0  # stream entries added up to self._last_id
@@ -397,6 +403,7 @@ class RedisCacheStore:
             log.info("llmbudget: Redis cache %s: local vector indexes dropped (behind a trimmed stream or a reset "
                      "store); they reload on use", self.url)
         self._parts.clear()
+        self._empty.clear()
         self._last_id, self._position = head
 
     @staticmethod
@@ -465,6 +472,9 @@ class RedisCacheStore:
             return None
         part = self._parts.get(pid)
         if part is None:
+            if op == b"a" and pid in self._empty:
+                del self._empty[pid]  # no longer known to be empty: it loads on its next lookup
+                return pid
             return None
         ids = np.array([entry_id], dtype=np.int64)
         try:
@@ -477,7 +487,7 @@ class RedisCacheStore:
                 part.add(ids, unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12))
                 self._maybe_build(pid, part)
             else:
-                part.remove(ids)
+                self._remove(pid, part, ids)
         except Exception as exc:  # noqa: BLE001 - the partition reloads; the stream goes on
             self._skip(f"an entry the local index of partition {pid} could not take ({exc!r}); it reloads")
             del self._parts[pid]
@@ -489,11 +499,30 @@ class RedisCacheStore:
             log.warning("llmbudget: Redis cache %s: skipped %s in the stream %slog (logged once)", self.url, what,
                         self.prefix)
 
-    def _partition(self, pid: int) -> _Local:
-        """The local index of a partition, loaded from Redis on first use (after a catch-up with the stream)."""
+    def _remove(self, pid: int, part: _Local, ids: np.ndarray) -> None:
+        """Remove entries from a held partition; one left without entries is let go (lock held)."""
+        part.remove(ids)
+        if not len(part) and self._parts.get(pid) is part:
+            del self._parts[pid]
+            self._note_empty(pid)
+
+    def _note_empty(self, pid: int) -> None:
+        self._empty[pid] = None
+        self._empty.move_to_end(pid)
+        if len(self._empty) > _EMPTY_KEEP:
+            self._empty.popitem(last=False)  # forgotten: it loads again on its next lookup
+
+    def _partition(self, pid: int) -> _Local | None:
+        """The local index of a partition, loaded from Redis on first use (after a catch-up with the stream).
+
+        None for a partition without entries (not held: remembered as empty until the stream adds to it).
+        """
         part = self._parts.get(pid)
         if part is not None:
             return part
+        if pid in self._empty:
+            self._empty.move_to_end(pid)
+            return None
         ids: list[np.ndarray] = []
         blobs: list[bytes] = []
         cursor: bytes | int = 0
@@ -504,8 +533,11 @@ class RedisCacheStore:
             if int(cursor) == 0:
                 break
         vectors = self._decode(blobs)
+        if not len(vectors):
+            self._note_empty(pid)
+            return None
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        part = _Local(_Exact(self.dim, np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64), vectors))
+        part = _Local(_Exact(self.dim, np.concatenate(ids), vectors))
         self._parts[pid] = part
         self._maybe_build(pid, part)
         return part
@@ -638,10 +670,11 @@ class RedisCacheStore:
                 touched = None
             if part is None or touched is None or pid in touched:
                 part = self._partition(pid)
-                ids = [key for key, _ in part.search(query, self.candidates)]
+                ids = [key for key, _ in part.search(query, self.candidates)] if part is not None else []
                 if touched is None:
                     rows = {}
-            self._maybe_build(pid, part)
+            if part is not None:
+                self._maybe_build(pid, part)
         if not ids:
             return None
         missing = [entry_id for entry_id in ids if entry_id not in rows]
@@ -665,8 +698,8 @@ class RedisCacheStore:
                 live.append((entry_id, _text(x), v, d))  # d: the scorer's data, absent from older entries
         if gone:
             with self._lock:
-                if self._parts.get(pid) is part:
-                    part.remove(np.array(gone, dtype=np.int64))
+                if part is not None and self._parts.get(pid) is part:
+                    self._remove(pid, part, np.array(gone, dtype=np.int64))
         if not live:
             return None
         chosen = self._best(text, query, [row[1] for row in live], [row[2] for row in live], [row[3] for row in live])
@@ -820,6 +853,7 @@ class RedisCacheStore:
             self._redis.delete(*keys[start : start + 1000])
         with self._lock:
             self._parts.clear()
+            self._empty.clear()
             self._last_id, self._position = b"0-0", 0
             self._store_id = None
 

@@ -625,14 +625,19 @@ def test_stream_vectors_of_another_size_are_skipped(prefix: str, caplog: pytest.
         assert old.invalidate() == 1  # emptied: a process with another embedder may take the store over
         with make(prefix, embedder=WideEmbedder()) as new, caplog.at_level(logging.WARNING, "llmbudget.cache"):
             assert new._store_id == old._store_id
-            for i in range(3):
-                put(new, "p", f"k{i + 1}", "hello there friend")
-            for _ in range(3):  # neither raises nor stays stuck on the first 48-d event
-                assert old.search("p", "hello there friend") is None
-            assert (old._last_id, old._position) == stream_head(old)
-            assert all(size == 0 for _, size in old._loaded().values())  # the 48-d entries are not its to search
-            assert sum("not 32-d" in r.getMessage() for r in caplog.records) == 1  # logged once
-            assert new.search("p", "hello there friend") is not None
+            wide = [put(new, "p", f"k{i + 1}", "hello there friend") for i in range(3)]
+            assert new.search("p", "hello there friend") is not None  # held here, with 48-d vectors
+            narrow = put(old, "p", "k9", "hello there friend")  # the old process still stores 32-d ones
+            for _ in range(3):  # neither raises nor stays stuck on the other's events
+                hit = old.search("p", "hello there friend")
+                assert hit is not None and hit.entry.id == narrow
+                hit = new.search("p", "hello there friend")
+                assert hit is not None and hit.entry.id in wide
+            for store in (old, new):
+                assert (store._last_id, store._position) == stream_head(store)
+            assert old._loaded() == {old._partition_id("p"): ("exact", 1)}
+            assert new._loaded() == {new._partition_id("p"): ("exact", 3)}
+            assert sum("not 48-d" in r.getMessage() for r in caplog.records) == 1  # logged once
 
 
 def test_a_build_thread_that_cannot_start_leaves_exact_search_and_is_retried(
@@ -707,3 +712,31 @@ def test_a_build_whose_replay_fails_leaves_exact_search(prefix: str, monkeypatch
         assert reader.search("p", "one more question after the failed build") is not None
         assert part.journal is None  # not journaled: no build under way
         assert all(reader.search("p", question(i)).entry.id == ids[i] for i in range(12))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("keep", [4096, 3], ids=["remembered", "forgotten"])
+def test_partitions_without_entries_are_not_held(prefix: str, keep: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "_EMPTY_KEEP", keep, raising=False)
+    with make(prefix) as store, make(prefix) as other:
+        put(store, "seed", "k", "something stored")
+        assert store.search("seed", "something stored") is not None
+        seed = store._partition_id("seed")
+        for round_ in range(2):
+            for i in range(50):  # e.g. a partition per conversation: most are never stored into
+                assert store.search(f"conversation-{i}", "hi there") is None
+            assert list(store._loaded()) == [seed], round_
+        assert len(getattr(store, "_empty", ())) <= keep
+        # An entry stored later in such a partition, by this process or another, is found.
+        mine = put(store, "conversation-3", "k", "hi there")
+        theirs = put(other, "conversation-49", "k", "hi there")
+        for name, entry_id in (("conversation-3", mine), ("conversation-49", theirs)):
+            hit = store.search(name, "hi there")
+            assert hit is not None and hit.entry.id == entry_id
+        # A partition whose entries all go is let go too.
+        assert other.invalidate() == 3
+        assert store.search("seed", "something stored") is None
+        assert store.search("conversation-3", "hi there") is None
+        assert store._loaded() == {}
+        again = put(other, "seed", "k2", "something stored")
+        hit = store.search("seed", "something stored")
+        assert hit is not None and hit.entry.id == again

@@ -448,3 +448,33 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
         "stored": 5, "queries": 5, "correct_hits": 1, "wrong_hits": 2, "misses": 2, "wrong_hits_same_text": 1,
         "hit_precision": 0.3333, "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
     }
+
+
+@pytest.mark.parametrize("keep", [4096, 3], ids=["remembered", "forgotten"])
+def test_partitions_without_entries_are_not_held(tmp_path: Path, keep: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmbudget.cache import index
+
+    monkeypatch.setattr(index, "_EMPTY_KEEP", keep, raising=False)
+    with make(tmp_path / "c") as store, make(tmp_path / "c") as other:
+        put(store, "seed", "k", "something stored")
+        assert store.search("seed", "something stored") is not None
+        seed = store._partition_id("seed")
+        for round_ in range(2):
+            for i in range(50):  # e.g. a partition per conversation: most are never stored into
+                assert store.search(f"conversation-{i}", "hi there") is None
+            assert list(store._index.loaded()) == [seed], round_
+        assert len(getattr(store._index, "_empty", ())) <= keep
+        # An entry stored later in such a partition, by this store or another, is found.
+        mine = put(store, "conversation-3", "k", "hi there")
+        theirs = put(other, "conversation-49", "k", "hi there")
+        for name, entry_id in (("conversation-3", mine), ("conversation-49", theirs)):
+            hit = store.search(name, "hi there")
+            assert hit is not None and hit.entry.id == entry_id
+        # A partition whose entries all go is let go too.
+        assert other.invalidate() == 3
+        assert store.search("seed", "something stored") is None
+        assert store.search("conversation-3", "hi there") is None
+        assert store._index.loaded() == {}
+        again = put(other, "seed", "k2", "something stored")
+        hit = store.search("seed", "something stored")
+        assert hit is not None and hit.entry.id == again

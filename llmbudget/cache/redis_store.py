@@ -158,22 +158,25 @@ end
 return 0
 """
 
-# ARGV: prefix, last stream id applied, most entries to read, candidate ids...
+# ARGV: prefix, last stream id applied, most entries to read (0: none), candidate ids...
 # The store's id, the stream's entries-added and length (the trim check), the entries after the last applied,
-# and the candidates' fields: what a lookup needs from Redis, read at one moment.
+# the candidates' fields and the stream's last id: what a lookup needs from Redis, read at one moment.
 _READ = """
 local P = ARGV[1]
-local added, length, events = 0, 0, {}
+local added, length, last, events = 0, 0, '0-0', {}
 if redis.call('EXISTS', P .. 'log') == 1 then
     local info = redis.call('XINFO', 'STREAM', P .. 'log')
     for i = 1, #info, 2 do
-        if info[i] == 'entries-added' then added = info[i + 1] elseif info[i] == 'length' then length = info[i + 1] end
+        local name = info[i]
+        if name == 'entries-added' then added = info[i + 1]
+        elseif name == 'length' then length = info[i + 1]
+        elseif name == 'last-generated-id' then last = info[i + 1] end
     end
-    events = redis.call('XRANGE', P .. 'log', '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+    if ARGV[3] ~= '0' then events = redis.call('XRANGE', P .. 'log', '(' .. ARGV[2], '+', 'COUNT', ARGV[3]) end
 end
 local rows = {}
 for i = 4, #ARGV do rows[#rows + 1] = redis.call('HMGET', P .. 'e:' .. ARGV[i], 'p', 'e', 'x', 'v', 'd') end
-return {redis.call('HGET', P .. 'meta', 'id'), added, length, events, rows}
+return {redis.call('HGET', P .. 'meta', 'id'), added, length, events, rows, last}
 """
 
 # ARGV: prefix, partition id, vector size in bytes, SSCAN cursor, count. The next cursor, the ids
@@ -440,13 +443,18 @@ class RedisCacheStore:
         Returns the partitions the entries touched (None: every local index was dropped, and the
         fields were not kept), the fields ``[p, e, x, v, d]`` by candidate id, how many entries
         were applied, and whether more are waiting. Call with ``self._lock`` held.
+
+        A process that holds no partition has nothing to apply: it moves straight to the stream's
+        head (a worker forked from a long-running master inherits an old position). One that only
+        remembers empty partitions follows the stream, but jumps when a full batch shows it is far behind.
         """
-        store_id, added, length, events, rows = self._read(
-            args=[self.prefix, self._last_id, _READ_BATCH, *candidates])
+        skip = not self._parts and not self._empty
+        store_id, added, length, events, rows, last = self._read(
+            args=[self.prefix, self._last_id, 0 if skip else _READ_BATCH, *candidates])
         if store_id is None or store_id != self._store_id:  # a new store (or Redis lost its data)
             self._meta()  # drops the local indexes
             return None, {}, 0, False
-        if int(added) - int(length) > self._position:  # entries this process never applied were trimmed away
+        if not skip and int(added) - int(length) > self._position:  # entries never applied were trimmed away
             self._reset(self._stream_head())
             return None, {}, 0, False
         touched: set[int] = set()
@@ -456,7 +464,11 @@ class RedisCacheStore:
                 touched.add(pid)
             self._last_id = event_id
             self._position += 1
-        return touched, dict(zip(candidates, rows)), len(events), len(events) == _READ_BATCH
+        more = len(events) == _READ_BATCH
+        if not self._parts and (skip or more):  # to the head as of this read: nothing held misses what is skipped
+            self._empty.clear()
+            self._last_id, self._position, more = _as_bytes(last), int(added), False
+        return touched, dict(zip(candidates, rows)), len(events), more
 
     def _apply(self, fields: dict[bytes, bytes]) -> int | None:
         """Apply one stream entry; returns its partition id if this process holds that partition.

@@ -740,3 +740,53 @@ def test_partitions_without_entries_are_not_held(prefix: str, keep: int, monkeyp
         again = put(other, "seed", "k2", "something stored")
         hit = store.search("seed", "something stored")
         assert hit is not None and hit.entry.id == again
+
+
+def count_reads(store: RedisCacheStore) -> list[int]:
+    """Count the store's read-script round trips (and the stream entries each brought)."""
+    seen: list[int] = []
+    read = store._read
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reply = read(*args, **kwargs)
+        seen.append(len(reply[3]))
+        return reply
+
+    store._read = counting  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_process_that_holds_no_partition_skips_the_backlog(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with make(prefix) as master, make(prefix) as writer:  # e.g. a worker forked from a master that never searched
+        rng = np.random.default_rng(3)
+        vectors = rng.standard_normal((2600, 32)).astype(np.float32)
+        writer.put_many({"partition": f"t{i % 5}", "exact_key": f"k{i}", "text": f"q {i}", "response": "{}",
+                         "tenant": "a", "model": "m", "vector": vectors[i]} for i in range(2500))
+        reads = count_reads(master)
+        assert master.search("never-stored", "x", vector=vectors[0]) is None
+        assert reads == [0]  # one round trip, no stream entry read
+        assert (master._last_id, master._position) == stream_head(master)
+        hit = master.search("t3", "x", vector=vectors[8])  # what was skipped is loaded from Redis
+        assert hit is not None and hit.entry.exact_key == "k8"
+        # Only partitions known to be empty: the stream is followed, but a backlog is not read to its end.
+        master.invalidate(tenant="a")
+        assert master.search("t3", "x", vector=vectors[8]) is None and master._loaded() == {}
+        writer.put_many({"partition": "t9", "exact_key": f"n{i}", "text": f"n {i}", "response": "{}",
+                         "tenant": "b", "model": "m", "vector": vectors[i]} for i in range(2500, 2600))
+        reads.clear()
+        assert master.search("never-stored", "x", vector=vectors[0]) is None
+        assert reads == [100]
+        writer.put_many({"partition": "t4", "exact_key": f"m{i}", "text": f"m {i}", "response": "{}",
+                         "tenant": "b", "model": "m", "vector": vectors[i]} for i in range(2500))
+        reads.clear()
+        hit = master.search("t3", "x", vector=vectors[8])
+        assert hit is None and len(reads) == 1
+        assert (master._last_id, master._position) == stream_head(master)
+        hit = master.search("t4", "x", vector=vectors[9])
+        assert hit is not None and hit.entry.exact_key == "m9"
+        # The trim check still holds after a skip: entries this process never applied are not missed.
+        monkeypatch.setattr(redis_store, "STREAM_MAXLEN", 1)
+        for i in range(300):
+            put(writer, "t4", f"m{i}", f"replaced {i}", vector=vectors[(i + 1) % 2600])
+        hit = master.search("t4", "x", vector=vectors[9])  # m9 now has another vector, m8 this one
+        assert hit is not None and hit.entry.text == "replaced 8"

@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -242,6 +243,18 @@ _Partition = _Exact | _Hnsw
 # --------------------------------------------------------------------------- the index
 
 
+_INDEXES: weakref.WeakSet[VectorIndex] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for index in list(_INDEXES):
+        index._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class VectorIndex:
     """This process's vectors, one index per partition, caught up with the store before each search."""
 
@@ -271,6 +284,15 @@ class VectorIndex:
         self._empty: OrderedDict[int, None] = OrderedDict()
         self._head: Head = (0, 0)
         self._lock = threading.RLock()
+        _INDEXES.add(self)  # its lock is new in a forked child
+
+    def _forked(self) -> None:
+        """In a child just forked: a new lock (a thread of the parent may have held it, and it is not here)."""
+        held = not self._lock.acquire(blocking=False)
+        self._lock = threading.RLock()
+        if held:  # perhaps caught mid-change: the partitions reload on use
+            self._parts.clear()
+            self._empty.clear()
 
     # ---------------------------------------------------------------- search
 

@@ -44,6 +44,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -205,6 +206,18 @@ return {id, redis.call('HMGET', ARGV[1] .. 'e:' .. id, 'p', 'k', 't', 'm', 'x', 
 _FIELDS = (b"p", b"k", b"t", b"m", b"x", b"r", b"c", b"e", b"l", b"h", b"s")
 
 
+_STORES: weakref.WeakSet[RedisCacheStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode("utf-8", "surrogatepass")
 
@@ -338,6 +351,7 @@ class RedisCacheStore:
         self._warned = False
         self._skipped = False  # a stream entry was skipped (logged once)
         self._closed = False
+        _STORES.add(self)  # its locks are new in a forked child
         self._put = self._redis.register_script(_PUT)
         self._delete_many = self._redis.register_script(_DELETE_MANY)
         self._purge = self._redis.register_script(_PURGE)
@@ -354,6 +368,16 @@ class RedisCacheStore:
 
     def _key(self, name: str) -> str:
         return self.prefix + name
+
+    def _forked(self) -> None:
+        """In a child just forked: new locks (a thread of the parent may have held them, and it is not here)."""
+        held = not self._lock.acquire(blocking=False)
+        self._lock = threading.RLock()
+        self._scoring_lock = threading.Lock()
+        self._builds = []  # the parent's threads (a held partition's build starts again here)
+        if held:  # perhaps caught mid-change: start afresh (holding nothing, the next lookup goes to the head)
+            self._parts.clear()
+            self._empty.clear()
 
     def _unreachable(self, exc: BaseException) -> None:
         if not self._warned:

@@ -237,6 +237,7 @@ class CacheStore:
         self._conns_lock = threading.Lock()
         self._closed = False
         self._finalizer = weakref.finalize(self, _cleanup, self._conns, self._temp)
+        _STORES.add(self)  # its locks are new in a forked child
 
         conn = self._conn()
         conn.executescript(_SCHEMA)
@@ -249,6 +250,11 @@ class CacheStore:
         )
 
     # ------------------------------------------------------------------ plumbing
+
+    def _forked(self) -> None:
+        """In a child just forked: new locks (a thread of the parent may have held them, and it is not here)."""
+        self._scoring_lock = threading.Lock()
+        self._conns_lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -648,6 +654,18 @@ class CacheStore:
 
     def __repr__(self) -> str:
         return f"CacheStore({os.fspath(self.db_path.parent if self.db_path.name == 'cache.sqlite3' else self.db_path)!r})"
+
+
+_STORES: weakref.WeakSet[CacheStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _entry(partition: str, row: Sequence[Any]) -> Entry:

@@ -18,8 +18,10 @@ import importlib.resources
 import json
 import logging
 import math
+import os
 import re
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -276,6 +278,7 @@ class Verifier:
         self._cache: OrderedDict[str, _Text] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        _VERIFIERS.add(self)  # its lock is new in a forked child
 
     # ------------------------------------------------------------------ public
 
@@ -635,3 +638,18 @@ def default_verifier() -> Verifier:
 def score_pair(a: str, b: str) -> float:
     """Return P(``a`` and ``b`` ask the same thing) with the shipped verifier."""
     return default_verifier().score_pair(a, b)
+
+
+_VERIFIERS: weakref.WeakSet[Verifier] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """New locks in a child just forked: a thread of the parent may have held one, and it is not here."""
+    global _UNIT_LOCK, _DEFAULT_LOCK
+    _UNIT_LOCK, _DEFAULT_LOCK = threading.Lock(), threading.Lock()
+    for verifier in list(_VERIFIERS):
+        verifier._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,6 +10,8 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -790,3 +792,46 @@ def test_a_process_that_holds_no_partition_skips_the_backlog(prefix: str, monkey
             put(writer, "t4", f"m{i}", f"replaced {i}", vector=vectors[(i + 1) % 2600])
         hit = master.search("t4", "x", vector=vectors[9])  # m9 now has another vector, m8 this one
         assert hit is not None and hit.entry.text == "replaced 8"
+
+
+def forked_lookup(lookup: Any, seconds: int = 5) -> int:
+    """Run ``lookup()`` in a forked child; its exit status (0: it returned true, 14: it hung)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.alarm(seconds)
+            code = 0 if lookup() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else os.WTERMSIG(status)
+
+
+def test_a_fork_while_another_thread_holds_the_lock(prefix: str) -> None:
+    with make(prefix) as store:
+        entry_id = put(store, "p", "k", "hello world")
+        read = store._read
+        inside = threading.Event()
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            inside.set()
+            time.sleep(0.5)  # a slow round trip, made with the lock held
+            return read(*args, **kwargs)
+
+        store._read = slow  # type: ignore[method-assign]
+        thread = threading.Thread(target=store.search, args=("p", "hello world"))
+        thread.start()
+        try:
+            assert inside.wait(5)
+
+            def lookup() -> bool:
+                store._read = read  # type: ignore[method-assign]
+                hit = store.search("p", "hello world")
+                return hit is not None and hit.entry.id == entry_id
+
+            assert forked_lookup(lookup) == 0
+        finally:
+            thread.join()
+        store._read = read  # type: ignore[method-assign]
+        assert store.search("p", "hello world") is not None

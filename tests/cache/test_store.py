@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -478,3 +479,69 @@ def test_partitions_without_entries_are_not_held(tmp_path: Path, keep: int, monk
         again = put(other, "seed", "k2", "something stored")
         hit = store.search("seed", "something stored")
         assert hit is not None and hit.entry.id == again
+
+
+def forked_lookup(lookup: Any, seconds: int = 5) -> int:
+    """Run ``lookup()`` in a forked child; its exit status (0: it returned true, 14: it hung)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.alarm(seconds)
+            code = 0 if lookup() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else os.WTERMSIG(status)
+
+
+def test_a_fork_while_another_thread_holds_the_index_lock(tmp_path: Path) -> None:
+    with make(tmp_path / "c") as store:
+        entry_id = put(store, "p", "k", "hello world")
+        assert store.search("p", "hello world") is not None  # held: the next search reads the head first
+        head = store.head
+        inside = threading.Event()
+
+        def slow() -> Any:
+            inside.set()
+            time.sleep(0.5)  # a slow read, made with the index's lock held
+            return head()
+
+        store.head = slow  # type: ignore[method-assign]
+        thread = threading.Thread(target=store.search, args=("p", "hello world"))
+        thread.start()
+        try:
+            assert inside.wait(5)
+
+            def lookup() -> bool:
+                store.head = head  # type: ignore[method-assign]
+                hit = store.search("p", "hello world")
+                return hit is not None and hit.entry.id == entry_id
+
+            assert forked_lookup(lookup) == 0
+        finally:
+            thread.join()
+        store.head = head  # type: ignore[method-assign]
+        assert store.search("p", "hello world") is not None
+
+
+def test_a_fork_while_another_thread_holds_the_verifiers_lock() -> None:
+    from llmbudget.cache.verifier import default_verifier
+
+    verifier = default_verifier()
+    verifier.score_pair("warm up", "the tables")
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with verifier._lock:
+            held.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(5)
+        assert forked_lookup(lambda: 0.0 <= verifier.score_pair("what is 2+2", "what is 2+3") <= 1.0) == 0
+    finally:
+        done.set()
+        thread.join()

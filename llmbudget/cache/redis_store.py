@@ -3,8 +3,8 @@
 Entries live in Redis hashes (``{prefix}e:{id}``: partition, exact key, tenant,
 model, text, response, the vector as float16 bytes, the scorer's data for the
 text (the verifier's token ids and words, absent from entries stored by older
-versions: those are prepared from their text), created, expires, hits) with a
-Redis TTL; ``{prefix}x:{partition hash}`` maps exact keys to entry ids and
+versions: those, and data of another format or tokenizer, are prepared from
+their text), created, expires, hits) with a Redis TTL; ``{prefix}x:{partition hash}`` maps exact keys to entry ids and
 ``{prefix}p:{partition hash}`` lists a partition's entries with a vector. Every
 insert and deletion (replacement, eviction, expiry purge, invalidation) is
 appended to the stream ``{prefix}log`` by the same Lua script that makes it, so
@@ -336,6 +336,7 @@ class RedisCacheStore:
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
         self._pack_failed = False
+        self._unpack_failed = False
         self._clock = clock
         self.exact_search_max = exact_search_max
         self.index_dtype: IndexDType = index_dtype

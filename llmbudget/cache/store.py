@@ -231,6 +231,7 @@ class CacheStore:
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
         self._pack_failed = False
+        self._unpack_failed = False
         self._clock = clock
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -364,8 +365,14 @@ class CacheStore:
         share = own is None or own == self.embedder.name
         packed = getattr(scorer, "_score_packed", None)
         if packed is not None and data is not None:
-            return np.asarray(packed(text, query if share else None, texts, cands if share else None, data),
-                              dtype=np.float64)
+            try:
+                return np.asarray(packed(text, query if share else None, texts, cands if share else None, data),
+                                  dtype=np.float64)
+            except Exception as exc:  # noqa: BLE001 - the data is an optimisation: score from the texts
+                if not self._unpack_failed:
+                    self._unpack_failed = True
+                    logger.warning("cache: the scorer could not use the data stored with the candidates (%s); "
+                                   "they are scored from their texts", exc)
         many = getattr(scorer, "score_many", None)
         if many is not None:
             return np.asarray(many(text, query if share else None, texts, cands if share else None), dtype=np.float64)

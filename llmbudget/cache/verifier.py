@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import WordLlamaEmbedder, _load_wordllama, _wordllama_ids
+from .embedders import _WORDLLAMA_TOKENIZER, WordLlamaEmbedder, _load_wordllama, _wordllama_ids
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -105,7 +105,16 @@ _QUESTION_WORDS = frozenset(
 )
 _EXACT = np.float32(0.999)
 _EMPTY: frozenset[Any] = frozenset()
-_PACKED = b"\x01"  # first byte of Verifier._pack_texts's data: uint32 count, uint16 token ids, word fields
+# Verifier._pack_texts's data: this format's byte, the tokenizer's tag (4 bytes), uint32 count, uint16 token ids,
+# word fields. Bump the byte when _word_fields changes: data of another format or tokenizer is not unpacked.
+_PACKED = b"\x02"
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_tag(path: str) -> bytes:
+    """4 bytes that differ between tokenizer files (CRC-32 of the file), read once per process."""
+    with open(path, "rb") as handle:
+        return zlib.crc32(handle.read()).to_bytes(4, "little")
 
 
 def _word_fields(text: str) -> tuple[tuple[str, ...], frozenset[str], frozenset[str], frozenset[str]]:
@@ -274,6 +283,10 @@ class Verifier:
         model = _load_wordllama()
         self._table = model.table
         self._tokenizer = model.tokenizer
+        try:
+            self._pack_tag: bytes | None = _PACKED + _tokenizer_tag(str(model.folder / _WORDLLAMA_TOKENIZER))
+        except OSError:  # pragma: no cover - the file was just read: stored texts are prepared when scored
+            self._pack_tag = None
         self._unit_table = _unit_rows(model.table)
         self._cache: OrderedDict[str, _Text] = OrderedDict()
         self._cache_size = cache_size
@@ -399,7 +412,8 @@ class Verifier:
         """
         if not texts:
             return []
-        if self._table.shape[0] > 1 << 16:  # pragma: no cover - ids are packed as uint16
+        tag = self._pack_tag
+        if tag is None or self._table.shape[0] > 1 << 16:  # pragma: no cover - ids are packed as uint16
             return [None] * len(texts)
         try:
             batch = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
@@ -409,7 +423,7 @@ class Verifier:
         for text, ids in zip(texts, batch):
             words, names, numbers, symbols = _word_fields(text)
             fields = "\t".join(["\n".join(words), "\n".join(names), "\n".join(numbers), "\n".join(symbols)])
-            out.append(b"".join([_PACKED, len(ids).to_bytes(4, "little"), np.asarray(ids, dtype="<u2").tobytes(),
+            out.append(b"".join([tag, len(ids).to_bytes(4, "little"), np.asarray(ids, dtype="<u2").tobytes(),
                                  fields.encode("utf-8", "surrogatepass")]))
         return out
 
@@ -418,22 +432,27 @@ class Verifier:
 
         What is built here is not added to the LRU: a lookup leaves no prepared text behind, so lookups
         at scale neither evict the texts that recur nor feed the garbage collector survivors to trace.
+        Data of another format or tokenizer, or that does not unpack, is ignored: the text is prepared.
         """
         with self._lock:
             prepared = self._cache.get(text)
             if prepared is not None:
                 self._cache.move_to_end(text)
                 return prepared
-        if data is not None and data[:1] == _PACKED:
-            count = int.from_bytes(data[1:5], "little")
-            fields = data[5 + 2 * count :].decode("utf-8", "surrogatepass").split("\t")
-            if len(fields) == 4:
-                prepared = _Text()
-                self._fill_tokens(prepared, np.frombuffer(data, dtype="<u2", count=count, offset=5).tolist() or (0,))
-                words, names, numbers, symbols = (f.split("\n") if f else () for f in fields)
-                self._fill_words(prepared, text, tuple(words), frozenset(names) or _EMPTY,
-                                 frozenset(numbers) or _EMPTY, frozenset(symbols) or _EMPTY)
-                return prepared
+        if data is not None and self._pack_tag is not None and data[:5] == self._pack_tag:
+            try:
+                count = int.from_bytes(data[5:9], "little")
+                fields = data[9 + 2 * count :].decode("utf-8", "surrogatepass").split("\t")
+                if len(fields) == 4:
+                    prepared = _Text()
+                    self._fill_tokens(prepared,
+                                      np.frombuffer(data, dtype="<u2", count=count, offset=9).tolist() or (0,))
+                    words, names, numbers, symbols = (f.split("\n") if f else () for f in fields)
+                    self._fill_words(prepared, text, tuple(words), frozenset(names) or _EMPTY,
+                                     frozenset(numbers) or _EMPTY, frozenset(symbols) or _EMPTY)
+                    return prepared
+            except (ValueError, IndexError):  # truncated, or token ids beyond the table: damaged data
+                pass
         return self._prepare_uncached(text)
 
     def _score_packed(

@@ -835,3 +835,50 @@ def test_a_fork_while_another_thread_holds_the_lock(prefix: str) -> None:
             thread.join()
         store._read = read  # type: ignore[method-assign]
         assert store.search("p", "hello world") is not None
+
+
+def damaged(data: bytes) -> list[bytes]:
+    """Scorer data that does not unpack: truncated, another format's, garbage, another tokenizer's."""
+    return [data[:9], b"\x01" + (3).to_bytes(4, "little") + b"\xff\xff\xfe\xff\x00\x01" + b"a\tb\tc\td",
+            b"\x02" + bytes(range(40)), data[:1] + bytes(b ^ 0xFF for b in data[1:5]) + data[5:]]
+
+
+def test_scorer_data_that_does_not_unpack_is_prepared_from_the_text(
+    prefix: str, verifier_store_options: dict[str, object]
+) -> None:
+    with RedisCacheStore(URL, prefix=prefix, **verifier_store_options) as store:  # type: ignore[arg-type]
+        ids = store.put_many({"partition": "p", "exact_key": f"k{i}", "text": text, "response": "{}",
+                              "tenant": "acme", "model": "m"} for i, text in enumerate(QUESTIONS))
+        scorer: Any = verifier_store_options["scorer"]
+        scorer.clear_cache()
+        expected = lookups(store, PARAPHRASES + QUESTIONS)
+        good = {entry_id: store._redis.hget(f"{prefix}e:{entry_id}", "d") for entry_id in ids}
+        for variant in range(4):
+            for entry_id, data in good.items():
+                store._redis.hset(f"{prefix}e:{entry_id}", "d", damaged(data)[variant])
+            scorer.clear_cache()
+            assert lookups(store, PARAPHRASES + QUESTIONS) == expected, variant
+
+
+class BrokenPacking:
+    """A scorer whose packed-data hook fails: the store scores from the texts instead."""
+
+    threshold = 0.995
+
+    def score_many(self, query_text: str, query_vec: np.ndarray, texts: Sequence[str], vecs: np.ndarray) -> np.ndarray:
+        return vecs @ query_vec
+
+    def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
+        return [b"packed"] * len(texts)
+
+    def _score_packed(self, *args: object) -> np.ndarray:
+        raise RuntimeError("stale data")
+
+
+def test_a_failing_packed_scorer_falls_back_to_the_texts(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    with make(prefix, scorer=BrokenPacking()) as store, caplog.at_level(logging.WARNING, "llmbudget.cache"):
+        entry_id = put(store, "p", "k", "what is the capital of france")
+        for _ in range(3):
+            hit = store.search("p", "what is the capital of france")
+            assert hit is not None and hit.entry.id == entry_id
+        assert sum("stale data" in r.getMessage() for r in caplog.records) == 1

@@ -545,3 +545,62 @@ def test_a_fork_while_another_thread_holds_the_verifiers_lock() -> None:
     finally:
         done.set()
         thread.join()
+
+
+QUESTIONS = ["What is the capital of France?", "How do I learn Python quickly?", "What is 2+2?",
+             "Why is the sky blue?", "Who wrote Hamlet?", "How do I reset my password?"]
+PARAPHRASES = ["what's the capital of france", "How can I learn Python fast?", "What is 2+3?",
+               "Why is the sky blue", "Who is the author of Hamlet?", "How can I reset my password?"]
+
+
+def test_scorer_data_that_does_not_unpack_is_prepared_from_the_text(tmp_path: Path) -> None:
+    from llmbudget.cache.embedders import WordLlamaEmbedder
+    from llmbudget.cache.verifier import default_verifier
+
+    verifier = default_verifier()
+    with CacheStore(tmp_path / "c", embedder=WordLlamaEmbedder(), scorer=verifier) as store:
+        ids = store.put_many({"partition": "p", "exact_key": f"k{i}", "text": text, "response": "{}",
+                              "tenant": "t", "model": "m"} for i, text in enumerate(QUESTIONS))
+
+        def lookups() -> list[tuple[int, float, float] | None]:
+            verifier.clear_cache()
+            found = [store.search("p", text) for text in PARAPHRASES + QUESTIONS]
+            return [None if hit is None else (hit.entry.id, hit.score, hit.cosine) for hit in found]
+
+        expected = lookups()
+        assert sum(found is not None for found in expected) >= len(QUESTIONS)
+        conn = store._conn()
+        good = dict(conn.execute("SELECT id, scorer_data FROM cache_entries").fetchall())
+        assert sorted(good) == ids and all(good.values())
+        for variant in range(4):
+            for entry_id, data in good.items():
+                bad = [data[:9], b"\x01" + (3).to_bytes(4, "little") + b"\xff\xff\xfe\xff\x00\x01" + b"a\tb\tc\td",
+                       b"\x02" + bytes(range(40)), data[:1] + bytes(b ^ 0xFF for b in data[1:5]) + data[5:]]
+                conn.execute("UPDATE cache_entries SET scorer_data = ? WHERE id = ?", (bad[variant], entry_id))
+            assert lookups() == expected, variant
+
+
+class BrokenPacking:
+    """A scorer whose packed-data hook fails: the store scores from the texts instead."""
+
+    threshold = 0.995
+
+    def score_many(self, query_text: str, query_vec: np.ndarray, texts: Sequence[str], vecs: np.ndarray) -> np.ndarray:
+        return vecs @ query_vec
+
+    def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
+        return [b"packed"] * len(texts)
+
+    def _score_packed(self, *args: object) -> np.ndarray:
+        raise RuntimeError("stale data")
+
+
+def test_a_failing_packed_scorer_falls_back_to_the_texts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with make(tmp_path / "c", scorer=BrokenPacking()) as store, caplog.at_level(logging.WARNING, "llmbudget.cache"):
+        entry_id = put(store, "p", "k", "what is the capital of france")
+        for _ in range(3):
+            hit = store.search("p", "what is the capital of france")
+            assert hit is not None and hit.entry.id == entry_id
+        assert sum("stale data" in r.getMessage() for r in caplog.records) == 1

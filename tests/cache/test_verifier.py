@@ -163,3 +163,16 @@ def test_eval_pairs_rejects_malformed_lines(tmp_path: Path) -> None:
     path.write_text('{"a": "x", "b": "y"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         eval_pairs(path)
+
+
+def test_packed_data_of_another_tokenizer_or_damaged_is_not_unpacked(verifier: Verifier) -> None:
+    text, query = "How do I reset my password?", "How can I reset my password?"
+    data = verifier._pack_texts([text])[0]
+    assert data is not None and data[:5] == verifier._pack_tag
+    verifier.clear_cache()
+    expected = verifier.score_many(query, None, [text])
+    tag = verifier._pack_tag
+    for bad in (data, data[:9], tag + (3).to_bytes(4, "little") + b"\xff\xff\xfe\xff\x00\x01" + b"a\tb\tc\td",
+                tag + (1 << 30).to_bytes(4, "little") + b"\x00\x01", b"\x01" + data[5:], b"\x02\x00\x00\x00\x00" + data[5:]):
+        verifier.clear_cache()
+        assert verifier._score_packed(query, None, [text], None, [bad]).tolist() == expected.tolist()

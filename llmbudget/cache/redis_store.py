@@ -26,7 +26,12 @@ index is searched again and the new candidates fetched. A hit reads its answer
 in a second round trip. A partition this process has not searched yet is
 bootstrapped from ``{prefix}p:...``. A trimmed stream (the process fell too far
 behind) or a Redis that lost its data (restart without persistence, ``FLUSHDB``)
-is detected and the local indexes are dropped and rebuilt lazily.
+is detected and the local indexes are dropped and rebuilt lazily. A process that
+holds no partition (a worker just forked from a master that never searched) moves
+straight to the stream's head instead of reading what it has nothing to apply to.
+A stream entry this process cannot use (a vector of another size) is skipped. After
+``fork()`` the child gets new locks, so a thread of the parent that held one cannot
+hang it.
 
 Partition isolation is the SQLite store's: every entry read is checked against
 the partition name it was stored under. When Redis cannot be reached, lookups

@@ -532,7 +532,7 @@ class RedisCacheStore:
                 self._remove(pid, part, ids)
         except Exception as exc:  # noqa: BLE001 - the partition reloads; the stream goes on
             self._skip(f"an entry the local index of partition {pid} could not take ({exc!r}); it reloads")
-            del self._parts[pid]
+            self._parts.pop(pid, None)
         return pid
 
     def _skip(self, what: str) -> None:

@@ -168,7 +168,7 @@ class Engine:
                 return None
             adapter = found[0]
         try:
-            data = json.loads(body)
+            data = _json_body(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         if not isinstance(data, dict):
@@ -532,7 +532,7 @@ class Attempt:
         text = self._buffer.decode("utf-8", "replace")
         if not self._sse:
             try:
-                self._json = json.loads(text)
+                self._json = _json_loads(text)
             except (ValueError, RecursionError):
                 return
             self.adapter.read_json(self._json, self.state)
@@ -541,7 +541,7 @@ class Attempt:
             text = text.replace("\r\n", "\n")
         payloads, joined = _sse_payloads(text, self.state)
         try:  # one parse for the whole stream; event by event only if one of them is broken
-            events = json.loads("[" + joined + "]")
+            events = _json_loads("[" + joined + "]")
         except (ValueError, RecursionError):
             events = []
             for payload in payloads:
@@ -641,6 +641,30 @@ class Attempt:
             routing=self.routing,
             truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
         )
+
+
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads(text)``: the same scanner, without the wrapper's steps that are no-ops for an object or array."""
+    if text[:1] not in ("{", "["):
+        return json.loads(text)
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _json_body(body: bytes) -> Any:
+    """``json.loads(body)``: a body opening with ``{`` then a non-NUL byte is the UTF-8 that json.loads would
+    detect; anything else (UTF-16 or 32, a BOM...) goes to json.loads itself."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        return _json_loads(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
 
 
 def _sse_payloads(text: str, state: ResponseState) -> tuple[list[str], str]:

@@ -1,8 +1,9 @@
-"""Stream settling reads the same as the straightforward readers it replaced, on any stream.
+"""Settling reads the same as the straightforward readers it replaced, on any input.
 
 ``_reference_payloads`` and ``_reference_read_stream`` are the earlier implementations
-(every SSE block read on its own; the chat chunks walked once per field): the faster
-ones must agree with them on every input, including malformed ones.
+(every SSE block read on its own; the chat chunks walked once per field), and
+``json.loads`` the reference for the pipeline's JSON loading: the faster ones must
+agree with them on every input, including malformed ones.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmbudget.pipeline import _sse_payloads
+from llmbudget.pipeline import _json_body, _json_loads, _sse_payloads
 from llmbudget.providers import ResponseState
 from llmbudget.providers._base import items
 from llmbudget.providers.chat import ChatAdapter
@@ -172,3 +173,37 @@ def test_chat_read_stream_matches_the_field_by_field_reader(events: list[Any]) -
             state.text) == (expected.usage, expected.model, expected.service_tier, expected.finish_reasons,
                             expected.done, expected.tool_calls, expected.text)
     assert "".join(state.stream_parts or []) == text == CHAT.stream_text(events)
+
+
+# -- JSON --------------------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+def _outcome(load: Any, data: Any) -> Any:
+    try:
+        return "value", load(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
+        return "error", type(exc) if isinstance(exc, UnicodeDecodeError) else ValueError
+
+
+@SETTINGS
+@given(value=JSON_VALUES, before=st.sampled_from(["", " ", "\n", "\ufeff"]),
+       after=st.sampled_from(["", " ", "\r\n", " x", ",", "}", "\x00"]), ascii=st.booleans(),
+       encoding=st.sampled_from(["utf-8", "utf-8", "utf-16", "utf-16-le", "utf-32", "utf-8-sig"]))
+def test_json_loading_matches_json_loads(value: Any, before: str, after: str, ascii: bool, encoding: str) -> None:
+    text = before + json.dumps(value, ensure_ascii=ascii) + after
+    assert _outcome(_json_loads, text) == _outcome(json.loads, text)
+    assert _outcome(_json_loads, "[" + text + "]") == _outcome(json.loads, "[" + text + "]")
+    body = text.encode(encoding, "surrogatepass")
+    assert _outcome(_json_body, body) == _outcome(json.loads, body)
+
+
+@SETTINGS
+@given(body=st.binary(max_size=12).map(lambda tail: b"{" + tail) | st.binary(max_size=12))
+def test_json_body_matches_json_loads_on_any_bytes(body: bytes) -> None:
+    assert _outcome(_json_body, body) == _outcome(json.loads, body)

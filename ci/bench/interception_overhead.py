@@ -8,8 +8,10 @@ Two servers, both local:
 
 Plain SDK calls and llmbudget calls alternate, so machine noise hits both alike.
 Prints p50 and p99 per mode and the microseconds added (difference of the p50s and of the p99s).
+Every call asks the same question unless --fresh-prompts (then no prompt text repeats, so
+token counts of earlier prompts cannot be reused).
 
-    python ci/bench/interception_overhead.py [--calls 2000] [--llama]
+    python ci/bench/interception_overhead.py [--calls 2000] [--modes sync,stream,async] [--fresh-prompts] [--llama]
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ import yaml  # noqa: E402
 import llmbudget  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+_fresh = [False]
+_asked = [0]
+
+
+def question() -> list[dict[str, str]]:
+    """The messages of the next call: the same question, or with --fresh-prompts one never asked before."""
+    if not _fresh[0]:
+        return QUESTION
+    _asked[0] += 1
+    return [{"role": "user", "content": f"What is the capital of France? (question {_asked[0]})"}]
 
 
 def _recorded(name: str) -> tuple[bytes, str]:
@@ -86,11 +98,11 @@ def measure_sync(base_url: str, calls: int, *, stream: bool, max_tokens: int) ->
         start = time.perf_counter()
         if stream:
             for _ in client.chat.completions.create(
-                model="gpt-4o-mini", messages=QUESTION, max_tokens=max_tokens, stream=True
+                model="gpt-4o-mini", messages=question(), max_tokens=max_tokens, stream=True
             ):
                 pass
         else:
-            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=max_tokens)
+            client.chat.completions.create(model="gpt-4o-mini", messages=question(), max_tokens=max_tokens)
         return time.perf_counter() - start
 
     for client in (plain, wrapped):  # warm up connections, imports, caches
@@ -113,7 +125,7 @@ def measure_async(base_url: str, calls: int, *, max_tokens: int) -> dict[str, li
 
         async def one(client: openai.AsyncOpenAI) -> float:
             start = time.perf_counter()
-            await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=max_tokens)
+            await client.chat.completions.create(model="gpt-4o-mini", messages=question(), max_tokens=max_tokens)
             return time.perf_counter() - start
 
         for client in (plain, wrapped):
@@ -151,16 +163,27 @@ def report(label: str, times: dict[str, list[float]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per mode against the replay server")
+    parser.add_argument("--modes", default="sync,stream,async", help="which of sync, stream, async to measure")
+    parser.add_argument("--fresh-prompts", action="store_true", help="a question never asked before in every call")
     parser.add_argument("--llama", action="store_true", help="also measure against the real llama-cpp server")
     parser.add_argument("--llama-calls", type=int, default=40)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = parser.parse_args(argv)
+    modes = args.modes.split(",")
+    unknown = set(modes) - {"sync", "stream", "async"}
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}; expected sync, stream, async")
+    _fresh[0] = args.fresh_prompts
     llmbudget.configure()
     results = {}
     base = replay_server()
-    results["sync"] = report("sync (replay server)", measure_sync(base, args.calls, stream=False, max_tokens=16))
-    results["stream"] = report("stream (replay server)", measure_sync(base, args.calls, stream=True, max_tokens=12))
-    results["async"] = report("async (replay server)", measure_async(base, args.calls, max_tokens=16))
+    if "sync" in modes:
+        results["sync"] = report("sync (replay server)", measure_sync(base, args.calls, stream=False, max_tokens=16))
+    if "stream" in modes:
+        results["stream"] = report("stream (replay server)", measure_sync(base, args.calls, stream=True,
+                                                                          max_tokens=12))
+    if "async" in modes:
+        results["async"] = report("async (replay server)", measure_async(base, args.calls, max_tokens=16))
     if args.llama:
         sys.path.insert(0, str(ROOT / "ci"))
         from llama_server import llama_server

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,16 @@ class _WordLlamaModel:
 
 _WORDLLAMA_LOCK = threading.Lock()
 _WORDLLAMA_MODEL: _WordLlamaModel | None = None
+
+
+def _after_fork_in_child() -> None:
+    """A new loading lock in a child just forked: a thread of the parent may have held it, and it is not here."""
+    global _WORDLLAMA_LOCK
+    _WORDLLAMA_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wordllama_folder() -> Path:

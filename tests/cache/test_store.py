@@ -547,6 +547,30 @@ def test_a_fork_while_another_thread_holds_the_verifiers_lock() -> None:
         thread.join()
 
 
+def test_a_fork_while_another_thread_loads_wordllama() -> None:
+    from llmbudget.cache import embedders
+
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with embedders._WORDLLAMA_LOCK:  # as a thread loading the model does
+            held.set()
+            done.wait(10)
+
+    def load_in_child() -> bool:
+        embedders._WORDLLAMA_MODEL = None  # the child loads it itself
+        return embedders._load_wordllama().table.shape[1] == 256
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(5)
+        assert forked_lookup(load_in_child) == 0
+    finally:
+        done.set()
+        thread.join()
+
+
 QUESTIONS = ["What is the capital of France?", "How do I learn Python quickly?", "What is 2+2?",
              "Why is the sky blue?", "Who wrote Hamlet?", "How do I reset my password?"]
 PARAPHRASES = ["what's the capital of france", "How can I learn Python fast?", "What is 2+3?",

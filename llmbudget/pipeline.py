@@ -560,6 +560,8 @@ class Attempt:
 
     def finish(self, *, complete: bool, error: BaseException | None = None) -> SpendRecord | None:
         """Price, settle and record this attempt (once; later calls return the same record)."""
+        if self.record is not None:  # set once, under the lock: a stream's close() after its end
+            return self.record
         with self._lock:
             if self.record is not None or (error is None and self.status is None and not complete):
                 return self.record

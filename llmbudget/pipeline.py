@@ -477,7 +477,7 @@ class Attempt:
         if isinstance(wants_json, dict) and wants_json.get("type") in ("json_object", "json_schema"):
             try:
                 json.loads(self.state.text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep for json to read
                 return "invalid JSON"
         return None
 

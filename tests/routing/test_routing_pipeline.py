@@ -152,3 +152,21 @@ def test_async_escalation(llm_server, route, records):
             return answer.model
 
     assert asyncio.run(main()) == "gpt-4o" and [r.model_sent for r in records] == ["gpt-4.1-nano", "gpt-4o"]
+
+
+def test_an_answer_nested_too_deep_for_json_is_invalid_json_not_an_error():
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+    from openai.types.chat.chat_completion import Choice
+
+    engine = llmbudget.Engine()
+    body = {"model": "gpt-4.1-nano", "messages": HI, "response_format": {"type": "json_object"}}
+    attempt = engine.begin(url="http://127.0.0.1:9/v1/chat/completions", path="/v1/chat/completions", headers={},
+                           body=json.dumps(body).encode())
+    answer = ChatCompletion(
+        id="chatcmpl-1", created=1, model="gpt-4.1-nano", object="chat.completion",
+        choices=[Choice(index=0, finish_reason="stop",
+                        message=ChatCompletionMessage(role="assistant", content="[" * 100_000))])
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(answer.model_dump_json(exclude_unset=True).encode())
+    assert attempt.finish(complete=True) is not None
+    assert attempt.escalation_reason() == "invalid JSON"

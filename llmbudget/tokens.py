@@ -34,10 +34,12 @@ _lock = threading.Lock()
 _warned = False
 
 #: Input texts come back call after call (system prompts, role names, a conversation's earlier
-#: turns), so their counts are remembered: up to this many characters of text in all, least
-#: recently used first out, texts longer than ``_REMEMBER_TEXT_CHARS`` never.
+#: turns), so their counts are remembered: up to this many characters in all, each entry charged
+#: its text plus ``_REMEMBER_ENTRY_CHARS`` for its own memory (about 220 bytes), so that many short
+#: texts stay bounded too; least recently used first out, texts longer than ``_REMEMBER_TEXT_CHARS`` never.
 _REMEMBER_CHARS = 1 << 21
 _REMEMBER_TEXT_CHARS = 1 << 16
+_REMEMBER_ENTRY_CHARS = 200
 _remembered: OrderedDict[tuple[_Encoding, str], int] = OrderedDict()
 _remembered_chars = 0
 _remembered_lock = threading.Lock()
@@ -105,10 +107,10 @@ def _count_input(text: str, encoding: _Encoding) -> int:
         with _remembered_lock:
             if key not in _remembered:
                 _remembered[key] = count
-                _remembered_chars += len(text)
+                _remembered_chars += len(text) + _REMEMBER_ENTRY_CHARS
                 while _remembered_chars > _REMEMBER_CHARS:
                     (_, oldest), _ = _remembered.popitem(last=False)
-                    _remembered_chars -= len(oldest)
+                    _remembered_chars -= len(oldest) + _REMEMBER_ENTRY_CHARS
     return count
 
 

@@ -175,14 +175,17 @@ def test_remembered_input_counts_equal_fresh_ones(texts: list[str], model: str |
 
 
 def test_remembered_counts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "_REMEMBER_CHARS", 100)
+    monkeypatch.setattr(tokens, "_REMEMBER_CHARS", 160)
     monkeypatch.setattr(tokens, "_REMEMBER_TEXT_CHARS", 30)
+    monkeypatch.setattr(tokens, "_REMEMBER_ENTRY_CHARS", 20)
     monkeypatch.setattr(tokens, "_remembered", type(tokens._remembered)())
     monkeypatch.setattr(tokens, "_remembered_chars", 0)
     texts = [f"message number {i} of many" for i in range(50)]
     for text in texts:
         assert tokens.estimate_input_tokens([text], model="gpt-4o") == tokens.count_text(text, "gpt-4o")
-    assert tokens._remembered_chars == sum(len(text) for _, text in tokens._remembered) <= 100
+    # each entry is charged its text and 20 for itself: at most 160 / (22 + 20) entries
+    assert tokens._remembered_chars == sum(len(text) + 20 for _, text in tokens._remembered) <= 160
+    assert len(tokens._remembered) == 3
     assert [text for _, text in tokens._remembered] == texts[-len(tokens._remembered):]  # oldest out first
     long = "x" * 31
     assert tokens.estimate_input_tokens([long], model="gpt-4o") == tokens.count_text(long, "gpt-4o")

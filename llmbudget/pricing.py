@@ -313,20 +313,22 @@ def _provider_url(base_url: str) -> str | None:
     return base_url
 
 
-_day: tuple[float, float, date] = (0.0, 0.0, date.min)
+_day: tuple[float, float, date, tuple[str, str]] = (0.0, 0.0, date.min, ("", ""))
 
 
 def _today() -> date:
-    """``date.today()``, worked out again only once the local day is over (prices are looked up per call)."""
+    """``date.today()``, worked out again only once the local day is over or the time zone changed
+    (``time.tzset``); prices are looked up per call."""
     global _day
-    start, end, today = _day
+    start, end, today, zone = _day
     now = time.time()
-    if start <= now < end:
+    if start <= now < end and zone == time.tzname:
         return today
+    zone = time.tzname
     today = date.today()
     start = datetime.combine(today, datetime.min.time()).timestamp()
     end = datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
-    _day = (start, end, today)
+    _day = (start, end, today, zone)
     return today
 
 

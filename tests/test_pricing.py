@@ -344,9 +344,25 @@ def test_remembered_rates_follow_the_local_date(monkeypatch: pytest.MonkeyPatch)
     pricing.rate("gpt-4o")
     assert days == [today]
     tomorrow = module.time.time() + 86_400
-    monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: tomorrow))
+    monkeypatch.setattr(module, "time", SimpleNamespace(time=lambda: tomorrow, tzname=module.time.tzname))
     monkeypatch.setattr(module, "date", type("Tomorrow", (date,), {
         "today": classmethod(lambda cls: date.fromtimestamp(tomorrow))}))
     pricing.rate("gpt-4o")
     pricing.rate("gpt-4o")
     assert days == [today, date.fromtimestamp(tomorrow)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("time"), "tzset"), reason="time.tzset is POSIX only")
+def test_the_remembered_day_follows_a_change_of_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as clock
+
+    from llmbudget import pricing as module
+
+    try:
+        for zone in ("Etc/GMT+12", "Etc/GMT-14", "UTC"):  # 26 hours apart: the local dates differ
+            monkeypatch.setenv("TZ", zone)
+            clock.tzset()
+            assert module._today() == date.today(), zone
+    finally:
+        monkeypatch.undo()
+        clock.tzset()

@@ -104,7 +104,7 @@ class Adapter:
         """The generated text of a stream (for estimates when it carried no usage)."""
         state = ResponseState()
         self.read_stream(events, state)
-        return state.text
+        return "".join(state.stream_parts) if state.stream_parts is not None else state.text
 
     def _read_common(self, data: dict[str, Any], state: ResponseState) -> None:
         model = data.get("model")

@@ -129,14 +129,6 @@ class ChatAdapter(Adapter):
         state.tool_calls = tool_calls
         state.stream_parts = parts
 
-    def stream_text(self, events: list[Any]) -> str:
-        return "".join(
-            content
-            for event in events if isinstance(event, dict)
-            for c in items(event.get("choices")) if isinstance(c, dict) and isinstance(c.get("delta"), dict)
-            for content in (c["delta"].get("content"),) if isinstance(content, str)
-        )
-
     def read_event(self, data: Any, state: ResponseState) -> None:
         super().read_event(data, state)
         if not isinstance(data, dict):

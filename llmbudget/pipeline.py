@@ -240,12 +240,7 @@ class Attempt:
         return found
 
     def estimate_input_tokens(self) -> int:
-        adapter, body = self.adapter, self.call.body
-        messages = body.get("messages")
-        messages = messages if isinstance(messages, list) else []
-        names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
-        return tokens.estimate_input_tokens(adapter.input_text(body), model=self.call.model, messages=len(messages),
-                                            names=names)
+        return self.adapter.estimate_input_tokens(self.call.body, self.call.model)
 
     def worst_case_usd(self) -> Decimal:
         """Estimated input plus the most output the request allows, at the model's prices."""

@@ -79,6 +79,15 @@ class Adapter:
         """The texts that make up the input, for token estimates."""
         return []
 
+    def estimate_input_tokens(self, body: dict[str, Any], model: str | None) -> int:
+        """Estimated input tokens of ``body``: its texts plus the cookbook's per-message and per-name overhead."""
+        from .. import tokens
+
+        messages = body.get("messages")
+        messages = messages if isinstance(messages, list) else []
+        names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
+        return tokens.estimate_input_tokens(self.input_text(body), model=model, messages=len(messages), names=names)
+
     def usage(self, data: dict[str, Any]) -> Usage | None:
         """Usage from the response's ``usage`` object (each adapter reads its own shape)."""
         return None

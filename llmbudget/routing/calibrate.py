@@ -45,14 +45,10 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
 def input_tokens(body: dict[str, Any]) -> int:
     """Estimated input tokens of a request body (the share of them sent strong is the share of input spend)."""
     from ..providers import adapter_for_endpoint
-    from ..tokens import estimate_input_tokens
 
     adapter = adapter_for_endpoint("chat.completions" if "messages" in body else "responses")
-    messages = body.get("messages")
-    count = len(messages) if isinstance(messages, list) else 0
     model = body.get("model")
-    return estimate_input_tokens(adapter.input_text(body), model=model if isinstance(model, str) else None,
-                                 messages=count)
+    return adapter.estimate_input_tokens(body, model if isinstance(model, str) else None)
 
 
 def calibrate(sample: str | Path, *, strong_fraction: float, router: Any = None) -> dict[str, Any]:

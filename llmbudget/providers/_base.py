@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import tokens
 from ..calls import Call, Usage
 
 __all__ = ["Adapter", "ResponseState", "as_int"]
@@ -81,8 +82,6 @@ class Adapter:
 
     def estimate_input_tokens(self, body: dict[str, Any], model: str | None) -> int:
         """Estimated input tokens of ``body``: its texts plus the cookbook's per-message and per-name overhead."""
-        from .. import tokens
-
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
         names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))

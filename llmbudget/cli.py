@@ -103,7 +103,7 @@ def _policy_routing(path: str) -> Any:
 def _eval_router(ns: argparse.Namespace) -> int:
     from .routing.evaluate import eval_router
 
-    options: dict[str, Any] = {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong}
+    options: dict[str, Any] = {"labels": ns.labels, "weak": ns.weak, "strong": ns.strong, "baselines": ns.baselines}
     if ns.policy:
         routing = _policy_routing(ns.policy)
         options.update(router=routing.router, threshold=routing.threshold)
@@ -111,8 +111,12 @@ def _eval_router(ns: argparse.Namespace) -> int:
     if ns.json:
         _print(result, as_json=True, title="router evaluation")
         return 0
-    _print({k: v for k, v in result.items() if k != "curve"}, as_json=False, title="router evaluation")
+    _print({k: v for k, v in result.items() if k not in ("curve", "baselines", "by_file")}, as_json=False,
+           title="router evaluation")
     from rich.table import Table
+
+    if "baselines" in result:
+        _print_baselines(result)
 
     weak, strong = result["weak_accuracy"], result["strong_accuracy"]
     gap = strong - weak
@@ -127,14 +131,47 @@ def _eval_router(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate_router(ns: argparse.Namespace) -> int:
-    from .routing.calibrate import calibrate, write_threshold
+def _print_baselines(result: dict[str, Any]) -> None:
+    """The router against the baselines: pooled APGR and CPT(50%), then mean and worst APGR over the files."""
+    from rich.table import Table
 
-    result = calibrate(ns.sample, strong_fraction=ns.strong_fraction)
+    summary = result["by_file"]["summary"]
+    table = Table(title=f"router vs baselines (by file: {summary['groups']} files with a weak-to-strong gap)")
+    for column in ("scorer", "APGR", "CPT(50%)", "mean APGR by file", "worst file", "router better on"):
+        table.add_column(column, justify="right")
+    rows = {"router": result, **result["baselines"]}
+    for name, figures in rows.items():
+        wins = summary[name].get("router_wins")
+        table.add_row(name, f"{figures['apgr']:.3f}", f"{figures['cpt50']:.2f}", f"{summary[name]['mean_apgr']:.3f}",
+                      f"{summary[name]['worst_apgr']:.3f}", "" if wins is None else f"{wins} of {summary['groups']}")
+    _console().print(table)
+
+
+def _calibrate_router(ns: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .routing.calibrate import calibrate, calibrate_quality, write_threshold
+
+    if (ns.strong_fraction is None) == (ns.keep_quality is None):
+        raise ConfigError("pass one of --keep-quality (with --weak and --strong labels) or --strong-fraction")
+    if ns.keep_quality is not None:
+        if not (ns.weak and ns.strong):
+            raise ConfigError("--keep-quality needs --weak and --strong: the label columns (CSV) or the models "
+                              "(replay traffic JSONL) of the small and the large tier")
+        result = calibrate_quality(ns.sample, weak=ns.weak, strong=ns.strong, keep=ns.keep_quality,
+                                   confidence=ns.confidence)
+    else:
+        result = calibrate(ns.sample, strong_fraction=ns.strong_fraction)
     if ns.policy:
         write_threshold(ns.policy, result["threshold"])
         result["policy"] = ns.policy
     _print(result, as_json=ns.json, title="router calibration")
+    if not ns.json and ns.keep_quality is not None:
+        lo, hi = result["quality_kept_interval"]
+        _console().print(
+            f"keeps {result['quality_kept']:.1%} of the all-strong accuracy ({result['confidence']:.0%} interval "
+            f"{lo:.1%}-{hi:.1%}) and sends {result['small_fraction']:.1%} of the calls "
+            f"({result['small_token_share']:.1%} of the input tokens) to the small tier"
+        )
     return 0
 
 
@@ -244,7 +281,8 @@ def _replay(ns: argparse.Namespace) -> int:
 
         Path(ns.html).write_text(render_html(result, traffic=ns.traffic, policy=ns.policy), encoding="utf-8")
     if ns.json:
-        print(json.dumps(result.summary(), indent=2))
+        print(json.dumps({**result.summary(), **({"features": result.features} if result.features else {})},
+                         indent=2))
     else:
         _print_replay(result, ns)
     if result.missing:
@@ -303,8 +341,53 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
         by_tenant.add_row(name, str(row["requests"]), str(row["cache_hits"]), usd(row["baseline_usd"]),
                           usd(row["actual_usd"]), usd(row["baseline_usd"] - row["actual_usd"]))
     console.print(by_tenant)
+    _print_tradeoff(result, summary)
     console.print(f"prices: {result.prices}; {len(result.lines)} requests replayed in {result.seconds:.1f} s"
                   + (f"; report written to {ns.html}" if ns.html else ""))
+
+
+#: At most this many lost or gained answers are listed under the replay tables (``--json`` has none, HTML all).
+_CHANGES_SHOWN = 20
+
+
+def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
+    """Savings and quality per feature, answers lost and gained per decision, and the lines that changed."""
+    from rich.table import Table
+
+    from .replay import prompt_excerpt
+
+    console = _console()
+
+    def kept(figures: dict[str, Any]) -> str:
+        value = figures["quality"]["kept_pct"]
+        return "n/a" if value is None else f"{value:.1f}%"
+
+    if result.features:
+        table = Table(title="what each feature saves and keeps")
+        for column in ("policy", "saved", "quality kept", "answers lost", "answers gained"):
+            table.add_column(column, justify="left" if column == "policy" else "right")
+        for name, figures in (*result.features.items(), ("both", summary)):
+            decisions = figures["quality"]["by_decision"].values()
+            table.add_row(name, f"{figures['savings_pct']:.1f}%", kept(figures),
+                          str(sum(d["lost"] for d in decisions)), str(sum(d["gained"] for d in decisions)))
+        console.print(table)
+    table = Table(title="labeled answers by decision (against the model asked for)")
+    for column in ("decision", "requests", "labeled", "lost", "gained"):
+        table.add_column(column, justify="left" if column == "decision" else "right")
+    for name, row in summary["quality"]["by_decision"].items():
+        if row["requests"]:
+            table.add_row(name, str(row["requests"]), str(row["judged"]), str(row["lost"]), str(row["gained"]))
+    console.print(table)
+    changes = result.changes()
+    if not changes:
+        return
+    table = Table(title=f"answers lost and gained ({min(len(changes), _CHANGES_SHOWN)} of {len(changes)})")
+    for column in ("line", "tenant", "decision", "answered by", "change", "request"):
+        table.add_column(column, justify="right" if column == "line" else "left")
+    for line in changes[:_CHANGES_SHOWN]:
+        table.add_row(str(line.line.number), line.line.tenant or "-", line.decision, line.answered_by or "-",
+                      line.change or "", prompt_excerpt(line.line.request))
+    console.print(table)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -323,6 +406,8 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("--weak", required=True, help="column of the weak model's correctness")
     router.add_argument("--strong", required=True, help="column of the strong model's correctness")
     router.add_argument("--policy", help="evaluate the routing of this policy file (its threshold for at_threshold)")
+    router.add_argument("--baselines", action="store_true",
+                        help="also score routing by prompt length and by a rule-based complexity scorer")
     router.add_argument("--json", action="store_true")
     router.set_defaults(handler=_eval_router)
 
@@ -335,9 +420,18 @@ def _parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="fit a setting to a sample of your own traffic")
     calibrate_what = calibrate.add_subparsers(dest="what", required=True)
-    calibrate_router = calibrate_what.add_parser("router", help="the threshold that sends a share of prompts to strong")
-    calibrate_router.add_argument("sample", help="JSONL of request bodies / {'prompt': ...}, or a CSV with a prompt column")
-    calibrate_router.add_argument("--strong-fraction", type=float, required=True)
+    calibrate_router = calibrate_what.add_parser(
+        "router", help="the threshold that keeps a share of labeled quality, or sends a share of prompts to strong")
+    calibrate_router.add_argument(
+        "sample", help="with --keep-quality: label CSV(s) with a prompt column, or replay traffic JSONL with "
+        "'correct' labels; with --strong-fraction: JSONL of request bodies / {'prompt': ...}, or a CSV")
+    calibrate_router.add_argument("--keep-quality", type=float, metavar="SHARE",
+                                  help="keep this share of the all-strong accuracy, e.g. 0.97")
+    calibrate_router.add_argument("--weak", help="the small tier's label column (CSV) or model (traffic JSONL)")
+    calibrate_router.add_argument("--strong", help="the large tier's label column (CSV) or model (traffic JSONL)")
+    calibrate_router.add_argument("--confidence", type=float, default=0.9,
+                                  help="keep the share at this one-sided bootstrap confidence (default 0.9)")
+    calibrate_router.add_argument("--strong-fraction", type=float, help="send this share of the sample to strong")
     calibrate_router.add_argument("--policy", help="write the threshold to this policy file (llmbudget.toml or pyproject)")
     calibrate_router.add_argument("--json", action="store_true")
     calibrate_router.set_defaults(handler=_calibrate_router)

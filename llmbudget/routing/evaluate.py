@@ -74,10 +74,19 @@ def _csv_files(labels: str | Path) -> list[Path]:
 
 def load_labels(labels: str | Path, *, weak: str, strong: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Read prompts and the weak/strong correctness columns from a CSV file or a folder of CSVs."""
+    prompts, weak_ok, strong_ok, _ = _load_labels(labels, weak=weak, strong=strong)
+    return prompts, weak_ok, strong_ok
+
+
+def _load_labels(
+    labels: str | Path, *, weak: str, strong: str
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """``load_labels`` plus each prompt's file (its stem: one group of the per-file figures)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     prompts: list[str] = []
     weak_ok: list[bool] = []
     strong_ok: list[bool] = []
+    groups: list[str] = []
     for file in _csv_files(labels):
         with file.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -93,7 +102,8 @@ def load_labels(labels: str | Path, *, weak: str, strong: str) -> tuple[list[str
                 prompts.append(row["prompt"] or "")
                 weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
                 strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))
-    return prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64)
+                groups.append(file.stem)
+    return prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64), groups
 
 
 def _routed_gain(scores: np.ndarray, gain: np.ndarray, counts: Sequence[int]) -> np.ndarray:
@@ -239,6 +249,30 @@ def routing_metrics(
     }
 
 
+def _by_group(
+    named: dict[str, np.ndarray], weak: np.ndarray, strong: np.ndarray, groups: Sequence[str]
+) -> dict[str, Any]:
+    """APGR of each scorer on each group (file) with a weak-to-strong gap, their mean and worst, and wins."""
+    names = list(named)
+    per: dict[str, dict[str, float]] = {}
+    keys = np.asarray(groups)
+    for group in sorted(set(groups)):
+        sel = keys == group
+        if float(strong[sel].sum() - weak[sel].sum()) <= 0.0:
+            continue  # no gap to recover: APGR is undefined (or inverted) there
+        per[group] = {n: apgr(pgr_curve(named[n][sel], weak[sel], strong[sel])) for n in names}
+    summary: dict[str, Any] = {"groups": len(per)}
+    for n in names:
+        values = [p[n] for p in per.values()]
+        summary[n] = {
+            "mean_apgr": float(np.mean(values)) if values else math.nan,
+            "worst_apgr": float(np.min(values)) if values else math.nan,
+        }
+        if n != "router":
+            summary[n]["router_wins"] = sum(p["router"] > p[n] for p in per.values())
+    return {"summary": summary, "groups": per}
+
+
 def eval_router(
     labels: str | Path,
     *,
@@ -246,24 +280,38 @@ def eval_router(
     strong: str,
     router: Router | None = None,
     threshold: float | None = None,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """Score every labeled prompt as one user message and measure the routing curve.
 
     ``router`` defaults to the shipped ``Router()``; ``threshold`` to the router's own.
     Figures that need a weak-to-strong gap are NaN when both models are equally accurate.
+    With ``baselines``, the same figures for routing by prompt length and by the
+    rule-based complexity scorer (:mod:`llmbudget.routing.baselines`) come back
+    under ``"baselines"``, and ``"by_file"`` compares the three on each label file
+    with a weak-to-strong gap (mean and worst APGR, and on how many files the router wins).
     """
     if router is None:
         from llmbudget.routing.classifier import Router
 
         router = Router()
-    prompts, weak_ok, strong_ok = load_labels(labels, weak=weak, strong=strong)
-    scores = np.asarray(
-        [router.score({"messages": [{"role": "user", "content": p}]}) for p in prompts], dtype=np.float64
-    )
+    prompts, weak_ok, strong_ok, groups = _load_labels(labels, weak=weak, strong=strong)
+    bodies = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
+    scores = np.asarray([router.score(body) for body in bodies], dtype=np.float64)
     if threshold is None:
         threshold = getattr(router, "threshold", None)
     from llmbudget.routing.calibrate import input_tokens
 
-    tokens = np.asarray([input_tokens({"messages": [{"role": "user", "content": p}]}) for p in prompts],
-                        dtype=np.float64)
-    return routing_metrics(scores, weak_ok, strong_ok, threshold=threshold, tokens=tokens)
+    tokens = np.asarray([input_tokens(body) for body in bodies], dtype=np.float64)
+    result = routing_metrics(scores, weak_ok, strong_ok, threshold=threshold, tokens=tokens)
+    if baselines:
+        from llmbudget.routing.baselines import BASELINES
+
+        named = {"router": scores}
+        result["baselines"] = {}
+        for name, scorer in BASELINES.items():
+            named[name] = np.asarray([scorer(body) for body in bodies], dtype=np.float64)
+            figures = routing_metrics(named[name], weak_ok, strong_ok, tokens=tokens)
+            result["baselines"][name] = {k: figures[k] for k in ("apgr", "cpt50", "curve")}
+        result["by_file"] = _by_group(named, weak_ok, strong_ok, groups)
+    return result

@@ -1,4 +1,14 @@
-"""Calibrate the router on the user's own prompts: the threshold that sends a chosen share to the strong tier."""
+"""Calibrate the router on the user's own prompts.
+
+Two ways to pick the threshold (requests scoring at or above it go to the strong tier):
+
+- ``calibrate_quality``: on *labeled* prompts (which of the weak and the strong
+  model answered each one correctly), the threshold that keeps a chosen share
+  of the all-strong accuracy, with a bootstrap interval. This is how the
+  shipped default is chosen too (on held-out scores of the training data).
+- ``calibrate``: on unlabeled prompts, the threshold that sends a chosen share
+  of them to the strong tier.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["calibrate", "input_tokens", "read_sample", "write_threshold"]
+import numpy as np
+
+__all__ = ["calibrate", "calibrate_quality", "input_tokens", "keep_quality_threshold", "read_labeled",
+           "read_sample", "write_threshold"]
 
 
 def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -85,6 +98,145 @@ def calibrate(sample: str | Path, *, strong_fraction: float, router: Any = None)
         "strong_fraction": sent / len(scores),
         "strong_token_share": strong_tokens / total if total else 0.0,
     }
+
+
+def read_labeled(path: str | Path, *, weak: str, strong: str) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Labeled requests: bodies and the weak and strong model's correctness (1.0 right, 0.0 wrong).
+
+    ``path`` is a CSV file or a folder of CSVs with a ``prompt`` column and one
+    correctness column per model (``weak``/``strong`` name them), or replay traffic
+    (``.jsonl`` lines with ``request`` and ``correct: {MODEL: bool}``; ``weak`` and
+    ``strong`` name the models; lines without both labels are skipped).
+    """
+    file = Path(path)
+    if file.suffix.lower() != ".jsonl":
+        from .evaluate import load_labels
+
+        prompts, weak_ok, strong_ok = load_labels(file, weak=weak, strong=strong)
+        return [{"messages": [{"role": "user", "content": p}]} for p in prompts], weak_ok, strong_ok
+    bodies: list[dict[str, Any]] = []
+    labels: list[tuple[float, float]] = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{file}:{number}: not JSON ({exc})") from None
+            correct = item.get("correct") if isinstance(item, dict) else None
+            request = item.get("request") if isinstance(item, dict) else None
+            if not isinstance(request, dict):
+                raise ValueError(f"{file}:{number}: expected a traffic line with a 'request' object")
+            if isinstance(correct, dict) and weak in correct and strong in correct:
+                bodies.append(request)
+                labels.append((float(bool(correct[weak])), float(bool(correct[strong]))))
+    if not bodies:
+        raise ValueError(f"{file}: no line has 'correct' labels for both {weak!r} and {strong!r}")
+    pairs = np.asarray(labels, dtype=np.float64)
+    return bodies, pairs[:, 0], pairs[:, 1]
+
+
+def keep_quality_threshold(
+    scores: np.ndarray,
+    weak: np.ndarray,
+    strong: np.ndarray,
+    *,
+    keep: float,
+    confidence: float = 0.9,
+    bootstraps: int = 400,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The highest threshold whose routing keeps ``keep`` of the all-strong accuracy, and what it saves.
+
+    Quality kept at a threshold is ``accuracy(routed) / accuracy(all strong)``.
+    Prompts are resampled ``bootstraps`` times; the chosen threshold is the highest
+    one from which every lower threshold keeps ``keep`` at the one-sided
+    ``confidence`` lower bound of the resamples (0 < confidence < 1; the
+    point estimate alone with ``confidence=0.5``), so that a fresh sample of the
+    same traffic keeps it too. Returns ``threshold``, ``strong_fraction``,
+    ``quality_kept`` with its two-sided ``confidence`` interval
+    (``quality_kept_interval``), the weak, strong and routed accuracies.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"--keep-quality must be within (0, 1], got {keep}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be within (0, 1), got {confidence}")
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.asarray(weak, dtype=np.float64)
+    g = np.asarray(strong, dtype=np.float64) - w
+    n = len(s)
+    if n == 0:
+        raise ValueError("no labeled prompts to calibrate on")
+    if float(np.sum(w + g)) <= 0.0:
+        raise ValueError("the strong model answers none of the labeled prompts correctly; nothing to keep")
+    order = np.argsort(-s, kind="stable")
+    ss = s[order]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstraps).astype(np.float64)[:, order]
+    counts = np.vstack([np.ones(n), counts])  # row 0: the sample itself
+    base = counts @ w[order]
+    top = counts @ (w + g)[order]
+    # kept[b, k]: quality kept when the k highest-scored prompts go strong (k = 0..n)
+    gained = np.concatenate([np.zeros((len(counts), 1)), np.cumsum(counts * g[order], axis=1)], axis=1)
+    kept = (base[:, None] + gained) / np.maximum(top[:, None], 1e-12)
+    # cuts only between distinct scores (a threshold cannot split tied prompts)
+    cuts = np.concatenate([[0], np.flatnonzero(ss[1:] != ss[:-1]) + 1, [n]])
+    lower = np.quantile(kept[1:, cuts], 1.0 - confidence, axis=0) if bootstraps else kept[0, cuts]
+    ok = (lower >= keep) & (kept[0, cuts] >= keep)
+    # the first cut from which every larger one is ok (noise cannot pick a lucky dip)
+    bad = np.flatnonzero(~ok)
+    first = int(bad[-1]) + 1 if len(bad) else 0
+    k = int(cuts[min(first, len(cuts) - 1)])
+    if k <= 0:
+        threshold = float(np.nextafter(ss[0], np.inf))
+    elif k >= n:
+        threshold = float(ss[-1])
+    else:
+        threshold = float((ss[k - 1] + ss[k]) / 2.0)
+    tail = (1.0 - confidence) / 2.0
+    at = kept[1:, k] if bootstraps else kept[:1, k]
+    strong_accuracy = float(np.mean(w + g))
+    return {
+        "prompts": n,
+        "threshold": threshold,
+        "strong_fraction": k / n,
+        "weak_accuracy": float(np.mean(w)),
+        "strong_accuracy": strong_accuracy,
+        "accuracy": float(kept[0, k]) * strong_accuracy,
+        "quality_kept": float(kept[0, k]),
+        "quality_kept_interval": [round(float(np.quantile(at, tail)), 4), round(float(np.quantile(at, 1.0 - tail)), 4)],
+        "confidence": confidence,
+    }
+
+
+def calibrate_quality(
+    labels: str | Path,
+    *,
+    weak: str,
+    strong: str,
+    keep: float,
+    router: Any = None,
+    confidence: float = 0.9,
+    bootstraps: int = 400,
+) -> dict[str, Any]:
+    """The threshold that keeps ``keep`` of the labeled all-strong accuracy on ``labels`` (see
+    :func:`read_labeled` and :func:`keep_quality_threshold`), and what it saves: the share of calls and of
+    estimated input tokens that go to the small tier instead (``small_fraction``, ``small_token_share``)."""
+    if router is None:
+        from .classifier import Router
+
+        router = Router()
+    bodies, weak_ok, strong_ok = read_labeled(labels, weak=weak, strong=strong)
+    scores = np.asarray([float(router.score(body)) for body in bodies], dtype=np.float64)
+    result = keep_quality_threshold(scores, weak_ok, strong_ok, keep=keep, confidence=confidence,
+                                    bootstraps=bootstraps)
+    tokens = np.asarray([input_tokens(body) for body in bodies], dtype=np.float64)
+    small = scores < result["threshold"]
+    result["keep_quality"] = keep
+    result["small_fraction"] = float(small.mean())
+    result["small_token_share"] = float(tokens[small].sum() / tokens.sum()) if tokens.sum() else 0.0
+    return result
 
 
 def write_threshold(policy: str | Path, threshold: float) -> None:

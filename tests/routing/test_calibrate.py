@@ -71,3 +71,78 @@ def test_reports_the_share_of_input_tokens_sent_strong(sample):
     assert result["strong_token_share"] > result["strong_fraction"]
     assert calibrate(sample, strong_fraction=0.0)["strong_token_share"] == 0.0
     assert calibrate(sample, strong_fraction=1.0)["strong_token_share"] == pytest.approx(1.0)
+
+
+# -- --keep-quality: the threshold that keeps a share of the labeled accuracy ----------------------------------
+
+import numpy as np  # noqa: E402
+
+from llmbudget.routing.calibrate import calibrate_quality, keep_quality_threshold  # noqa: E402
+
+
+def test_keep_quality_sends_just_enough_strong() -> None:
+    # 100 prompts, scores 0..99; the 30 highest-scored are the only ones the weak model gets wrong
+    scores = np.arange(100, dtype=float)
+    weak = (scores < 70).astype(float)
+    strong = np.ones(100)
+    exact = keep_quality_threshold(scores, weak, strong, keep=1.0, confidence=0.5)
+    assert exact["strong_fraction"] == pytest.approx(0.3) and exact["quality_kept"] == 1.0
+    assert 69 < exact["threshold"] <= 70
+    half = keep_quality_threshold(scores, weak, strong, keep=0.85, confidence=0.5)
+    assert half["strong_fraction"] == pytest.approx(0.15) and half["quality_kept"] == pytest.approx(0.85)
+    # the bootstrap lower bound asks for more strong calls than the point estimate
+    sure = keep_quality_threshold(scores, weak, strong, keep=0.85, confidence=0.95)
+    assert sure["strong_fraction"] > half["strong_fraction"]
+    lo, hi = sure["quality_kept_interval"]
+    assert lo <= sure["quality_kept"] <= hi
+    # nothing to keep: all weak
+    easy = keep_quality_threshold(scores, np.ones(100), strong, keep=0.97)
+    assert easy["strong_fraction"] == 0.0 and easy["threshold"] > scores.max()
+
+
+def test_keep_quality_never_splits_tied_scores() -> None:
+    scores = np.asarray([1.0] * 10 + [0.0] * 10)
+    weak = np.asarray([0.0] + [1.0] * 19)
+    result = keep_quality_threshold(scores, weak, np.ones(20), keep=1.0, confidence=0.5)
+    assert result["strong_fraction"] == 0.5 and 0.0 < result["threshold"] <= 1.0
+
+
+def test_keep_quality_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="keep-quality"):
+        keep_quality_threshold(np.ones(3), np.ones(3), np.ones(3), keep=1.5)
+    with pytest.raises(ValueError, match="no labeled prompts"):
+        keep_quality_threshold(np.ones(0), np.ones(0), np.ones(0), keep=0.9)
+    with pytest.raises(ValueError, match="strong model answers none"):
+        keep_quality_threshold(np.ones(3), np.zeros(3), np.zeros(3), keep=0.9)
+
+
+def _traffic_line(prompt: str, weak_ok: bool, strong_ok: bool) -> str:
+    return json.dumps({"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]},
+                       "correct": {"gpt-4.1-nano": weak_ok, "gpt-4o": strong_ok}})
+
+
+def test_calibrate_quality_on_traffic_and_the_cli_writes_the_policy(tmp_path, capsys):
+    traffic = tmp_path / "traffic.jsonl"
+    lines = [_traffic_line(p, i % 3 != 0, True) for i, p in enumerate(PROMPTS * 3)]
+    lines.append(json.dumps({"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}}))
+    traffic.write_text("\n".join(lines) + "\n")
+    result = calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.9)
+    assert result["prompts"] == 30  # the unlabeled line is skipped
+    assert result["quality_kept"] >= 0.9 and result["small_fraction"] == pytest.approx(1 - result["strong_fraction"])
+    assert 0.0 <= result["small_token_share"] <= 1.0
+    policy = tmp_path / "llmbudget.toml"
+    assert main(["calibrate", "router", str(traffic), "--keep-quality", "0.9", "--weak", "gpt-4.1-nano",
+                 "--strong", "gpt-4o", "--policy", str(policy)]) == 0
+    assert "of the all-strong accuracy" in capsys.readouterr().out
+    assert tomllib.loads(policy.read_text())["routing"]["threshold"] == pytest.approx(result["threshold"], abs=1e-6)
+
+
+def test_calibrate_cli_needs_one_mode(tmp_path, capsys):
+    sample = tmp_path / "s.jsonl"
+    sample.write_text(_traffic_line("hi", True, True) + "\n")
+    assert main(["calibrate", "router", str(sample)]) == 2
+    assert "--keep-quality" in capsys.readouterr().err
+    assert main(["calibrate", "router", str(sample), "--keep-quality", "0.9"]) == 2
+    assert "needs --weak and --strong" in capsys.readouterr().err
+    assert main(["calibrate", "router", str(sample), "--keep-quality", "0.9", "--weak", "a", "--strong", "b"]) == 2
+    assert "no line has 'correct' labels" in capsys.readouterr().err

@@ -38,7 +38,10 @@ from .config import ConfigError, Policy, load_config
 from .pipeline import Engine, set_engine
 from .providers.chat import chat_usage
 
-__all__ = ["BASE_URL", "LineResult", "ReplayResult", "TrafficError", "TrafficLine", "load_traffic", "replay"]
+__all__ = [
+    "BASE_URL", "DECISIONS", "LineResult", "ReplayResult", "TrafficError", "TrafficLine", "load_traffic",
+    "prompt_excerpt", "replay",
+]
 
 #: The base URL the replayed client talks to (nothing leaves the process).
 BASE_URL = "https://api.openai.com/v1"
@@ -90,6 +93,28 @@ class LineResult:
     correct: bool | None = None
     baseline_correct: bool | None = None
 
+    @property
+    def decision(self) -> str:
+        """What the policy did: ``"cache"`` (answered from the cache), ``"routed"`` (sent to another model),
+        ``"refused"`` (by a budget) or ``"kept"`` (sent as asked)."""
+        if self.refused:
+            return "refused"
+        if self.cache_tier:
+            return "cache"
+        return "routed" if self.routed else "kept"
+
+    @property
+    def change(self) -> str | None:
+        """``"lost"`` when the policy served a wrong answer where the app's own model was right, ``"gained"`` for
+        the reverse, ``None`` when both agree or the line has no labels to judge it by."""
+        if self.baseline_correct is None or self.correct is None or self.baseline_correct == self.correct:
+            return None
+        return "lost" if self.baseline_correct else "gained"
+
+
+#: The decisions ``ReplayResult.by_decision`` counts, in table order.
+DECISIONS: tuple[str, ...] = ("kept", "routed", "cache", "refused")
+
 
 @dataclass(slots=True)
 class ReplayResult:
@@ -98,6 +123,9 @@ class ReplayResult:
     lines: list[LineResult]
     seconds: float = 0.0
     prices: str = ""
+    #: The same traffic under the policy with one feature only (``"cache alone"``, ``"routing alone"``), when the
+    #: policy has both: their ``summary()``.
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def baseline_usd(self) -> Decimal:
@@ -138,8 +166,26 @@ class ReplayResult:
                 "baseline_accuracy": _ratio(base_acc),
                 "accuracy": _ratio(acc),
                 "kept_pct": round(kept, 2) if kept is not None else None,
+                "by_decision": self.by_decision(),
             },
         }
+
+    def by_decision(self) -> dict[str, dict[str, int]]:
+        """Per decision (``DECISIONS``): requests, labeled ones, and answers lost and gained against the baseline."""
+        out = {name: {"requests": 0, "judged": 0, "lost": 0, "gained": 0} for name in DECISIONS}
+        for result in self.lines:
+            row = out[result.decision]
+            row["requests"] += 1
+            if result.baseline_correct is not None and result.correct is not None:
+                row["judged"] += 1
+            change = result.change
+            if change is not None:
+                row[change] += 1
+        return out
+
+    def changes(self) -> list[LineResult]:
+        """The lines whose answer the policy made wrong (``lost``) or right (``gained``), in replay order."""
+        return [result for result in self.lines if result.change is not None]
 
     def by(self, key: str) -> dict[str, dict[str, Any]]:
         """Calls and spend per ``"tenant"`` or ``"model"``: baseline by the model asked for, actual by the one sent."""
@@ -176,6 +222,14 @@ class ReplayResult:
             actual += result.cost_usd
             out.append((base, actual))
         return out
+
+
+def prompt_excerpt(request: Mapping[str, Any], limit: int = 60) -> str:
+    """The last user turn of a chat request on one line, cut to ``limit`` characters."""
+    from .routing.features import request_text
+
+    text = " ".join(request_text(request).query.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _usd(value: Decimal) -> float:
@@ -251,13 +305,18 @@ def load_traffic(path: str | Path) -> list[TrafficLine]:
 # -- the policy -----------------------------------------------------------------------------------
 
 
-def _policy(path: Path, cache_dir: str) -> tuple[Policy, Engine]:
-    """The policy and its engine, with the replay's own cache folder and no files of the app's."""
+def _policy(path: Path, cache_dir: str, *, without: str | None = None) -> tuple[Policy, Engine]:
+    """The policy and its engine, with the replay's own cache folder and no files of the app's.
+
+    ``without``: a policy table (``"cache"`` or ``"routing"``) to leave out.
+    """
     if not path.is_file():
         raise ConfigError(f"{path}: no such policy file; expected an llmbudget.toml or a pyproject.toml")
     config = dict(load_config(path))
     config.pop("ledger", None)  # the replay must not write the app's ledger
     config.pop("budget_store", None)  # ... nor spend the app's budgets
+    if without is not None:
+        config.pop(without, None)
     cache = config.get("cache")
     if cache is True:
         config["cache"] = {"path": cache_dir}
@@ -372,18 +431,38 @@ def _call_options(create: Callable[..., Any], request: Mapping[str, Any]) -> dic
 
 
 def replay(traffic: str | Path | Iterable[TrafficLine], policy: str | Path, *,
-           progress: Progress | None = None) -> ReplayResult:
-    """Replay traffic under a policy file; see the module docstring for what is measured."""
+           progress: Progress | None = None, features: bool = True) -> ReplayResult:
+    """Replay traffic under a policy file; see the module docstring for what is measured.
+
+    With ``features`` (the default) and a policy that has both a cache and routing, the traffic is also
+    replayed with each of them alone; ``result.features`` has those runs' summaries.
+    """
+    lines = load_traffic(traffic) if isinstance(traffic, (str, Path)) else list(traffic)
+    started = time.perf_counter()
+    result = _replay_once(lines, Path(policy), progress=progress)
+    if features and result.features:  # both tables present: measure each alone
+        result.features = {
+            "cache alone": _replay_once(lines, Path(policy), without="routing").summary(),
+            "routing alone": _replay_once(lines, Path(policy), without="cache").summary(),
+        }
+    else:
+        result.features = {}
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None = None,
+                 progress: Progress | None = None) -> ReplayResult:
+    """One replay of ``lines`` under ``policy`` (less the ``without`` table)."""
     import openai
 
     from .interception import http_client
     from .refusals import budget_refusal
     from .scope import scope
 
-    lines = load_traffic(traffic) if isinstance(traffic, (str, Path)) else list(traffic)
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmbudget-replay-") as cache_dir:
-        policy_obj, engine = _policy(Path(policy), cache_dir)
+        policy_obj, engine = _policy(policy, cache_dir, without=without)
+        both = engine.cache is not None and engine.routing is not None
         tap = None
         if engine.cache is not None:
             tap = _StoreTap(engine.cache.store)
@@ -424,8 +503,9 @@ def replay(traffic: str | Path | Iterable[TrafficLine], policy: str | Path, *,
                 if hasattr(store, "close"):
                     store.close()
     snapshot = engine.pricing.snapshot
-    return ReplayResult(results, seconds=time.perf_counter() - started,
-                        prices=f"{snapshot.source}, as of {snapshot.as_of}")
+    # a placeholder that tells replay() both features are on (it fills in their runs)
+    return ReplayResult(results, prices=f"{snapshot.source}, as of {snapshot.as_of}",
+                        features={"both": {}} if both else {})
 
 
 def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, tap: _StoreTap | None,

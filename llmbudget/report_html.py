@@ -11,7 +11,7 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
-from .replay import ReplayResult
+from .replay import ReplayResult, prompt_excerpt
 
 __all__ = ["render_html"]
 
@@ -93,6 +93,34 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
 
+def _tradeoff(result: ReplayResult, summary: dict[str, Any]) -> str:
+    """Savings and quality per feature, answers lost and gained per decision, and every line that changed."""
+
+    def kept(figures: dict[str, Any]) -> str:
+        return _pct(figures["quality"]["kept_pct"])
+
+    def totals(figures: dict[str, Any], key: str) -> int:
+        return sum(row[key] for row in figures["quality"]["by_decision"].values())
+
+    parts = []
+    if result.features:
+        rows = [[name, f"{figures['savings_pct']:.1f}%", kept(figures), totals(figures, "lost"),
+                 totals(figures, "gained")] for name, figures in (*result.features.items(), ("both", summary))]
+        parts.append("<h2>What each feature saves and keeps</h2>"
+                     + _table(["policy", "saved", "quality kept", "answers lost", "answers gained"], rows))
+    decisions = [[name, row["requests"], row["judged"], row["lost"], row["gained"]]
+                 for name, row in summary["quality"]["by_decision"].items() if row["requests"]]
+    parts.append("<h2>Labeled answers by decision</h2><p class=\"note\">Lost: the model asked for answered right, "
+                 "the answer served was wrong; gained: the reverse.</p>"
+                 + _table(["decision", "requests", "labeled", "lost", "gained"], decisions))
+    changes = [[line.line.number, line.line.tenant or "-", line.decision, line.answered_by or "-", line.change,
+                prompt_excerpt(line.line.request, 90)] for line in result.changes()]
+    if changes:
+        parts.append("<h2>Answers lost and gained</h2>"
+                     + _table(["line", "tenant", "decision", "answered by", "change", "request"], changes))
+    return "\n".join(parts)
+
+
 def render_html(result: ReplayResult, *, traffic: str = "", policy: str = "") -> str:
     """The whole report as one HTML document."""
     summary = result.summary()
@@ -126,6 +154,7 @@ def render_html(result: ReplayResult, *, traffic: str = "", policy: str = "") ->
                  _money(row["actual_usd"])] for name, row in rows.items()]
 
     head = ["", "requests asked", "calls sent", "cache hits", "without llmbudget", "with llmbudget"]
+    tradeoff = _tradeoff(result, summary)
     legend = (f'<p class="legend"><span style="background:{_WITHOUT}"></span>without llmbudget '
               f'<span style="background:{_WITH}"></span>with llmbudget</p>')
     return f"""<!DOCTYPE html>
@@ -147,6 +176,7 @@ td:first-child, th:first-child {{ text-align: left; }}
 <h1>llmbudget replay: {escape(traffic)}</h1>
 <p class="note">policy {escape(policy)}; prices {escape(result.prices)}; replayed in {result.seconds:.1f} s.</p>
 {_table(["figure", "value"], figures)}
+{tradeoff}
 <h2>Cost with vs without llmbudget</h2>
 {legend}
 {_bars([("all requests", [("without llmbudget", float(baseline), _WITHOUT),

@@ -75,9 +75,11 @@ def test_the_sample_is_small_and_recorded() -> None:
 def test_json_has_exactly_the_documented_keys(sliced: dict[str, Any]) -> None:
     summary = sliced["summary"]
     assert list(summary) == ["calls", "baseline_usd", "actual_usd", "savings_pct", "cache", "routed", "capped",
-                             "quality"]
+                             "quality", "features"]
     assert list(summary["cache"]) == ["exact", "semantic", "wrong"]
-    assert list(summary["quality"]) == ["baseline_accuracy", "accuracy", "kept_pct"]
+    assert list(summary["quality"]) == ["baseline_accuracy", "accuracy", "kept_pct", "by_decision"]
+    assert list(summary["quality"]["by_decision"]) == ["kept", "routed", "cache", "refused"]
+    assert list(summary["features"]) == ["cache alone", "routing alone"]
     assert summary["calls"] == len(sliced["lines"])
     assert all(isinstance(summary[k], int) for k in ("calls", "routed", "capped"))
     assert all(isinstance(summary[k], float) for k in ("baseline_usd", "actual_usd", "savings_pct"))
@@ -90,7 +92,8 @@ def test_the_policy_saves_money(sliced: dict[str, Any]) -> None:
     assert summary["savings_pct"] == pytest.approx(expected, abs=0.01)
     assert summary["routed"] > 0
     assert summary["capped"] == 0  # the sample policy sets no caps
-    assert sliced["result"].summary() == summary  # the API and the command agree
+    result = sliced["result"]
+    assert {**result.summary(), "features": result.features} == summary  # the API and the command agree
 
 
 def test_cache_hits_are_counted_and_stay_inside_a_tenant(sliced: dict[str, Any]) -> None:
@@ -156,7 +159,37 @@ def test_a_hit_from_another_group_is_wrong(tmp_path: Path) -> None:
     assert summary["cache"] == {"exact": 2, "semantic": 0, "wrong": 1}
     assert summary["routed"] == 0
     assert summary["actual_usd"] == pytest.approx(summary["baseline_usd"] / 3)
-    assert summary["quality"] == {"baseline_accuracy": 1.0, "accuracy": 0.6667, "kept_pct": 66.67}
+    quality = summary["quality"]
+    assert {k: quality[k] for k in ("baseline_accuracy", "accuracy", "kept_pct")} == {
+        "baseline_accuracy": 1.0, "accuracy": 0.6667, "kept_pct": 66.67}
+    # the wrong hit is the one answer lost, and it is the cache's
+    assert quality["by_decision"]["cache"] == {"requests": 2, "judged": 2, "lost": 1, "gained": 0}
+    assert quality["by_decision"]["kept"] == {"requests": 1, "judged": 1, "lost": 0, "gained": 0}
+    assert "features" not in summary  # a cache-only policy has no features to compare
+
+
+def test_lost_and_gained_answers_are_counted_per_decision_and_feature(sliced: dict[str, Any]) -> None:
+    result, summary = sliced["result"], sliced["summary"]
+    decisions = summary["quality"]["by_decision"]
+    assert sum(row["requests"] for row in decisions.values()) == summary["calls"]
+    assert decisions["routed"]["requests"] == summary["routed"]
+    assert decisions["cache"]["requests"] == summary["cache"]["exact"] + summary["cache"]["semantic"]
+    judged = [r for r in result.lines if r.correct is not None and r.baseline_correct is not None]
+    lost = sum(r.baseline_correct and not r.correct for r in judged)
+    gained = sum(r.correct and not r.baseline_correct for r in judged)
+    assert sum(row["lost"] for row in decisions.values()) == lost
+    assert sum(row["gained"] for row in decisions.values()) == gained
+    assert [r.change for r in result.changes()].count("lost") == lost
+    # accuracy moves by exactly the gained minus the lost answers
+    assert round((gained - lost) / len(judged), 4) == pytest.approx(
+        summary["quality"]["accuracy"] - summary["quality"]["baseline_accuracy"], abs=1e-4)
+    # each feature alone: the cache never routes, routing alone never hits the cache
+    cache_alone, routing_alone = summary["features"]["cache alone"], summary["features"]["routing alone"]
+    assert cache_alone["routed"] == 0 and cache_alone["quality"]["by_decision"]["routed"]["requests"] == 0
+    assert routing_alone["cache"] == {"exact": 0, "semantic": 0, "wrong": 0}
+    assert routing_alone["savings_pct"] > cache_alone["savings_pct"] > 0
+    html = sliced["html"].read_text(encoding="utf-8")
+    assert "What each feature saves and keeps" in html and "cache alone" in html
 
 
 def test_a_model_without_a_recorded_answer_gets_a_stand_in(tmp_path: Path) -> None:
@@ -174,7 +207,8 @@ def test_text_output_has_tables(tmp_path: Path) -> None:
     traffic = _write(tmp_path / "t.jsonl", _slice()[:5])
     code, out = _cli("replay", str(traffic), "--policy", str(POLICY))
     assert code == 0
-    for text in ("cost without llmbudget", "cost with llmbudget", "by model", "by tenant", "quality kept"):
+    for text in ("cost without llmbudget", "cost with llmbudget", "by model", "by tenant", "quality kept",
+                 "what each feature saves and keeps", "labeled answers by decision"):
         assert text in out
 
 

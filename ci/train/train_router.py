@@ -119,6 +119,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors  # noqa: E402
+from llmbudget.routing.baselines import complexity_rules  # noqa: E402
+from llmbudget.routing.calibrate import keep_quality_threshold  # noqa: E402
 from llmbudget.routing.evaluate import FRACTIONS, accuracy_curve, routing_metrics  # noqa: E402
 from llmbudget.routing.features import FEATURE_NAMES, PRIOR_FEATURES, extract_with_text  # noqa: E402
 from llmbudget.tokens import count_text  # noqa: E402
@@ -128,7 +130,8 @@ STRONG = "gpt-4-1106-preview"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing"
 DEFAULT_OUT = ROOT / "llmbudget" / "routing" / "router_weights.json"
 SEED = 20240601
-STRONG_FRACTION = 0.3
+#: The default threshold keeps this share of the all-strong accuracy (see ``main``).
+KEEP_QUALITY = 0.97
 #: Input price per million tokens of the two models (genai-prices: gpt-4-1106-preview, mixtral-8x7b-instruct);
 #: MMLU answers are a few tokens, so the prompt's input tokens are the cost.
 STRONG_PRICE = 10.0
@@ -543,11 +546,18 @@ def report(
     scores: np.ndarray,
     length: np.ndarray,
     hand: np.ndarray | None = None,
+    rules: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Print held-out figures per group and pooled over MMLU (and of the hand-only model); return them."""
+    """Print held-out figures per group and pooled over MMLU, then the mean and the worst group; return them.
+
+    Columns: the router, the hand-only model (``hand``), and the baselines length and ``rules`` (the rule-based
+    complexity scorer of ``llmbudget.routing.baselines``), which need no training.
+    """
     print(f"\n{title}")
     extra = f" {'hand':>6s} {'hCPT50':>6s}" if hand is not None else ""
-    print(f"  {'held-out group':22s} {'prompts':>7s} {'APGR':>6s} {'CPT50':>6s}{extra} {'length':>6s} {'oracle':>6s}")
+    extra_rules = f" {'rules':>6s}" if rules is not None else ""
+    print(f"  {'held-out group':22s} {'prompts':>7s} {'APGR':>6s} {'CPT50':>6s}{extra} {'length':>6s}{extra_rules} "
+          f"{'oracle':>6s}")
     out: dict[str, dict[str, float]] = {}
     groups = sorted(set(keys), key=lambda g: (g in ("gsm8k", "mt_bench"), g))
     selections = [(g, np.asarray([k == g for k in keys])) for g in groups]
@@ -565,11 +575,26 @@ def report(
             fig["hand_apgr"] = h["apgr"]
             fig["hand_cpt50"] = h["cpt50"]
             extra = f" {h['apgr']:6.3f} {h['cpt50']:6.3f}"
+        if rules is not None:
+            fig["rules_apgr"] = _figures(rules[idx], sub)["apgr"]
+            extra_rules = f" {fig['rules_apgr']:6.3f}"
         out[name] = fig
         print(
             f"  {name:22s} {fig['n']:7d} {fig['apgr']:6.3f} {fig['cpt50']:6.3f}{extra} "
-            f"{base['apgr']:6.3f} {fig['oracle_apgr']:6.3f}"
+            f"{base['apgr']:6.3f}{extra_rules} {fig['oracle_apgr']:6.3f}"
         )
+    folds = [out[g] for g in groups]
+    for column in ("apgr", "length_apgr", *(("rules_apgr",) if rules is not None else ())):
+        values = [f[column] for f in folds]
+        wins = "" if column == "apgr" else f", router better on {sum(f['apgr'] > f[column] for f in folds)} of {len(folds)}"
+        print(f"  {column.replace('_apgr', '') if column != 'apgr' else 'router':8s} mean {np.mean(values):.3f}, "
+              f"worst {np.min(values):.3f}{wins}")
+    out["folds"] = {
+        "mean_apgr": float(np.mean([f["apgr"] for f in folds])),
+        "worst_apgr": float(np.min([f["apgr"] for f in folds])),
+        "length_mean_apgr": float(np.mean([f["length_apgr"] for f in folds])),
+        **({"rules_mean_apgr": float(np.mean([f["rules_apgr"] for f in folds]))} if rules is not None else {}),
+    }
     return out
 
 
@@ -642,7 +667,7 @@ def write_weights(model: Model, threshold: float, path: Path, meta: dict[str, An
             "offset": round(model.offset, 6),
         },
         "threshold": round(threshold, 6),
-        "strong_fraction": STRONG_FRACTION,
+        "keep_quality": KEEP_QUALITY,
         "meta": meta,
     }
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -703,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "length = longest prompts first; random = 0.500"
     )
     length = length_scores(rows)
+    rules = np.asarray([complexity_rules({"messages": [{"role": "user", "content": r.prompt}]}) for r in rows])
     use_emb = emb if args.emb_components > 0 else None
 
     def held_out(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -713,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokens = np.asarray([float(count_text(r.prompt, STRONG)) for r in rows])
     domain_keys = [r.group for r in rows]
     scores, hand = held_out(domain_keys)
-    by_domain = report("(1) leave one MMLU domain / task out", rows, domain_keys, scores, length, hand)
+    by_domain = report("(1) leave one MMLU domain / task out", rows, domain_keys, scores, length, hand, rules)
+    domain_scores = scores
     curve_domain = held_out_curve(rows, scores, length, tokens)
     print_curve("(1) held-out cost/quality curve, MMLU pooled (cost relative to all-strong, input tokens)",
                 curve_domain)
@@ -724,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores, hand = held_out(subject_keys)
     by_subjects = report(
         "(2) leave 5 random folds of MMLU subjects out (trained on the other subjects + GSM8K + MT-Bench)",
-        rows, subject_keys, scores, length, hand,
+        rows, subject_keys, scores, length, hand, rules,
     )
     for fold in sorted(set(folds.values())):
         print(f"  {fold}: {', '.join(sorted(s for s, f in folds.items() if f == fold))}")
@@ -736,9 +763,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_write:
         return 0
     model = train(rows, x, words, emb=use_emb, **params)
-    z = model.logits(x, words, use_emb)
-    is_mmlu = np.asarray([r.task == "mmlu" for r in rows])
-    threshold = 1.0 / (1.0 + math.exp(-float(np.quantile(z[is_mmlu], 1.0 - STRONG_FRACTION))))
+    # the default threshold keeps KEEP_QUALITY of the all-strong accuracy on held-out scores (leave one domain or
+    # task out, every prompt), at the one-sided 90% bootstrap lower bound: chosen as `calibrate --keep-quality`
+    # chooses, on scores of prompts the scoring model never saw, so that it holds on unseen traffic
+    chosen = keep_quality_threshold(1.0 / (1.0 + np.exp(-domain_scores)), np.asarray([r.weak for r in rows]),
+                                    np.asarray([r.strong for r in rows]), keep=KEEP_QUALITY, confidence=0.9)
+    threshold = chosen["threshold"]
+    print(f"\nheld out, the threshold {threshold:.4f} keeps {chosen['quality_kept']:.1%} of the all-strong accuracy "
+          f"(90% interval {chosen['quality_kept_interval'][0]:.1%}-{chosen['quality_kept_interval'][1]:.1%}) "
+          f"with {chosen['strong_fraction']:.1%} of the prompts sent strong")
     meta = {
         "data": "lm-sys/RouteLLM evals @ 0b64fdaf: 29 MMLU subjects, GSM8K, MT-Bench turn 1; "
         "contaminated prompts dropped",
@@ -746,7 +779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "strong": STRONG,
         "label": args.label,
         "params": params,
-        "threshold": f"score quantile sending {STRONG_FRACTION:.0%} of the MMLU training prompts to strong",
+        "threshold": f"keeps {KEEP_QUALITY:.0%} of the all-strong accuracy on held-out scores (leave one domain or "
+        f"task out), 90% bootstrap lower bound; held out it sends {chosen['strong_fraction']:.1%} strong and keeps "
+        f"{chosen['quality_kept']:.2%}",
         "held_out_by_domain": _rounded(by_domain),
         "held_out_by_subject_folds": _rounded(by_subjects),
         "held_out_curve_mmlu_pooled": {
@@ -757,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_weights(model, threshold, args.out, meta)
     size = args.out.stat().st_size / 1024
     print(
-        f"\ndefault threshold (score >= t goes strong; {STRONG_FRACTION:.0%} of the MMLU training prompts): "
+        f"default threshold (score >= t goes strong; keeps {KEEP_QUALITY:.0%} of the held-out all-strong accuracy): "
         f"{threshold:.4f}"
     )
     print(f"wrote {args.out} ({size:.1f} KiB) in {time.perf_counter() - t0:.1f}s")

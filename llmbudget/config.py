@@ -86,7 +86,8 @@ _ENGINE_KEYS = frozenset(
     {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price",
      "cache", "routing", "prompt_cache_keys", "input_estimate_margin"}
 )
-_CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold"})
+_CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
+                         "max_semantic_chars"})
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
                            "escalate"})
 _POLICY_KEYS = frozenset(
@@ -595,6 +596,10 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not 0 <= threshold <= 1):
         raise ConfigError(f"{source}: cache.threshold must be a number within [0, 1], got {threshold!r}")
+    limit = table.get("max_semantic_chars")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"{source}: cache.max_semantic_chars must be a whole number of characters "
+                          f"(0: no limit), got {limit!r}")
     return Cache(
         _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root),
         semantic=table.get("semantic", True),
@@ -602,6 +607,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
         ttl=table.get("ttl"),
         max_entries=int(table.get("max_entries", 100_000)),
         threshold=threshold,
+        **({} if limit is None else {"max_semantic_chars": limit or None}),
     )
 
 

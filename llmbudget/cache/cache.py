@@ -11,6 +11,7 @@ from typing import Any
 from ..calls import Call
 from .answers import storable
 from .keys import CacheKeys, cache_keys
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 __all__ = ["Cache", "CacheLookup"]
 
@@ -45,6 +46,10 @@ class Cache:
       answers are meant to vary).
     - ``ttl`` (seconds), ``max_entries`` (evicting least recently used beyond it),
       ``embedder`` (default: the bundled WordLlama), ``threshold`` (verifier score for a hit).
+    - ``max_semantic_chars``: last user turns longer than this use the exact tier only
+      (default 500; ``None``: any length). ``template_guard``: no semantic hit between
+      prompts that share a template but differ in its data (default on; ``None``: off).
+      Both apply to the store made here; a ``store`` given is used as it was built.
     """
 
     def __init__(
@@ -57,16 +62,20 @@ class Cache:
         max_entries: int | None = 100_000,
         embedder: Any = None,
         threshold: float | None = None,
+        max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
+        template_guard: TemplateGuard | None = TemplateGuard(),
         store: Any = None,
     ) -> None:
+        options: dict[str, Any] = {"embedder": embedder, "threshold": threshold, "max_entries": max_entries, "ttl": ttl,
+                                   "max_semantic_chars": max_semantic_chars, "template_guard": template_guard}
         if store is None and isinstance(path, str) and path.startswith(("redis://", "rediss://")):
             from .redis_store import RedisCacheStore
 
-            store = RedisCacheStore(path, embedder=embedder, threshold=threshold, max_entries=max_entries, ttl=ttl)
+            store = RedisCacheStore(path, **options)
         if store is None:
             from .store import CacheStore
 
-            store = CacheStore(path, embedder=embedder, threshold=threshold, max_entries=max_entries, ttl=ttl)
+            store = CacheStore(path, **options)
         self.store = store
         self.semantic = semantic
         self.allow_temperature = allow_temperature

@@ -58,7 +58,8 @@ import numpy as np
 
 from .embedders import Embedder
 from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
-from .store import _UNSET, CacheStore, Entry, Hit, Scorer
+from .store import _UNSET, CacheStore, Entry, Hit, Scorer, _check_semantic_chars
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 __all__ = ["RedisCacheStore"]
 
@@ -280,8 +281,8 @@ class RedisCacheStore:
 
     - ``url``: ``redis://host:port/db`` or ``rediss://...`` (a ``?prefix=`` query option
       overrides ``prefix``); ``prefix``: the key prefix (one per app).
-    - ``embedder``, ``scorer``, ``threshold``, ``ttl``, ``candidates``, ``min_cosine``: as
-      :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
+    - ``embedder``, ``scorer``, ``threshold``, ``ttl``, ``candidates``, ``min_cosine``,
+      ``max_semantic_chars``, ``template_guard``: as :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
     - ``exact_search_max``: partitions up to this size are searched exactly; a bigger one
       gets a usearch HNSW index (``index_dtype``: ``"f16"`` or ``"i8"``), as in :class:`CacheStore`.
     - ``timeout``: seconds a Redis command may take before the cache counts Redis as down.
@@ -300,6 +301,8 @@ class RedisCacheStore:
         max_entries: int | None = 100_000,
         candidates: int = 2,
         min_cosine: float | None = None,
+        max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
+        template_guard: TemplateGuard | None = _UNSET,
         exact_search_max: int = EXACT_MAX,
         index_dtype: IndexDType = "i8",
         timeout: float = 0.25,
@@ -307,6 +310,7 @@ class RedisCacheStore:
     ) -> None:
         from ..ledger.redis import _client, _split_url, _unavailable_errors
 
+        _check_semantic_chars(max_semantic_chars)
         if max_entries is not None and max_entries < 1:
             raise ValueError(f"max_entries={max_entries}: expected a positive number or None (no cap)")
         if ttl is not None and not ttl > 0:
@@ -337,6 +341,8 @@ class RedisCacheStore:
         self.ttl = ttl
         self.candidates = candidates
         self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else 0.6)
+        self.max_semantic_chars = max_semantic_chars
+        self.template_guard: TemplateGuard | None = TemplateGuard() if template_guard is _UNSET else template_guard
         self._scorer = scorer
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
@@ -450,6 +456,8 @@ class RedisCacheStore:
     _scoring: Any = CacheStore._scoring
     _score: Any = CacheStore._score
     _best: Any = CacheStore._best
+    _template_conflict: Any = CacheStore._template_conflict
+    _within_length: Any = CacheStore._within_length
     _scorer_data: Any = CacheStore._scorer_data
 
     @property
@@ -688,6 +696,8 @@ class RedisCacheStore:
 
     def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
         """The best live entry of ``partition`` whose score reaches the threshold, or None (also when Redis is down)."""
+        if not self._within_length(text):
+            return None
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
         if query is None:
             return None
@@ -781,7 +791,8 @@ class RedisCacheStore:
         ids: list[int] = []
         for start in range(0, len(rows), _PUT_BATCH):
             chunk = rows[start : start + _PUT_BATCH]
-            semantic = [i for i, row in enumerate(chunk) if row.get("semantic", True)]
+            semantic = [i for i, row in enumerate(chunk)
+                        if row.get("semantic", True) and self._within_length(str(row["text"]))]
             texts = [str(chunk[i]["text"]) for i in semantic]
             blobs: list[bytes | None] = [None] * len(chunk)
             extra: list[bytes | None] = [None] * len(chunk)

@@ -33,6 +33,7 @@ import numpy as np
 from ..ledger.budgets import connect
 from .embedders import Embedder
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 __all__ = ["CacheStore", "CosineScorer", "Entry", "Hit", "Scorer"]
 
@@ -173,6 +174,11 @@ class CacheStore:
     - ``max_entries``: beyond it the least recently used (``eviction="lru"``) or least
       often hit (``"lfu"``) entries go; ``ttl``: seconds an entry lives (``None``: forever).
     - ``candidates``: nearest neighbours the scorer examines per search.
+    - ``max_semantic_chars``: texts longer than this are matched by the exact tier only:
+      a longer query is not embedded nor searched, a longer stored text gets no vector
+      (default :data:`~llmbudget.cache.templates.DEFAULT_MAX_SEMANTIC_CHARS`; ``None``: no limit).
+    - ``template_guard``: refuses hits between texts that share a template but differ in its
+      data (default: :class:`~llmbudget.cache.templates.TemplateGuard` ``()``; ``None``: off).
     - ``index_dtype``: usearch's storage of vectors in big partitions (``"f16"`` or ``"i8"``);
       ``exact_search_max``: partitions up to this size are searched by exact brute force.
     - ``clock``: the time source, epoch seconds (tests).
@@ -190,10 +196,13 @@ class CacheStore:
         ttl: float | None = None,
         candidates: int = 2,
         min_cosine: float | None = None,
+        max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
+        template_guard: TemplateGuard | None = _UNSET,
         index_dtype: IndexDType = "i8",
         exact_search_max: int = EXACT_MAX,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        _check_semantic_chars(max_semantic_chars)
         if eviction not in ("lru", "lfu"):
             raise ValueError(f"eviction={eviction!r}: expected 'lru' or 'lfu'")
         if max_entries is not None and max_entries < 1:
@@ -227,6 +236,8 @@ class CacheStore:
         #: (on Quora pairs its hits all sit above WordLlama cosine 0.57, so the floor costs no hits and
         #: saves scoring time); no floor with a scorer of your own.
         self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else 0.6)
+        self.max_semantic_chars = max_semantic_chars
+        self.template_guard: TemplateGuard | None = TemplateGuard() if template_guard is _UNSET else template_guard
         self._scorer = scorer
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
@@ -418,8 +429,12 @@ class CacheStore:
         """The best live entry of ``partition`` whose score reaches the threshold, or None.
 
         ``text`` is embedded unless ``vector`` is given; only the ``candidates``
-        nearest entries of that partition are scored.
+        nearest entries of that partition are scored. A ``text`` longer than
+        ``max_semantic_chars`` is not searched; a candidate the template guard
+        refuses is not a hit.
         """
+        if not self._within_length(text):
+            return None
         pid = self._partition_id(partition)
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
         if query is None:
@@ -460,13 +475,14 @@ class CacheStore:
               data: Sequence[bytes | None] | None = None) -> tuple[int, float, float] | None:
         """The candidate the scorer likes best, if it reaches the threshold: (index, score, cosine).
 
-        Candidates below ``min_cosine`` are not scored at all; ``data``: the candidates' scorer data.
+        Candidates below ``min_cosine``, or that the template guard refuses, are not scored at all
+        (the guard is cheaper than the verifier on long texts); ``data``: the candidates' scorer data.
         """
         cands = self._decode(list(blobs))
         cands /= np.maximum(np.sqrt(np.add.reduce(cands * cands, axis=1, keepdims=True)), 1e-12)  # unit rows
         cosines = np.minimum(np.maximum(cands @ query, -1.0), 1.0).tolist()
         floor = float(np.float32(self.min_cosine))  # the float32 comparison, made on the exact values
-        keep = [i for i, cosine in enumerate(cosines) if cosine >= floor]
+        keep = [i for i, cosine in enumerate(cosines) if cosine >= floor and not self._template_conflict(text, texts[i])]
         if not keep:
             return None
         scorer, threshold = self._scoring()
@@ -477,6 +493,19 @@ class CacheStore:
         if not scores[best] >= threshold:
             return None
         return keep[best], float(scores[best]), cosines[keep[best]]
+
+    def _template_conflict(self, text: str, candidate: str) -> bool:
+        """True when the template guard refuses ``candidate`` as an answer to ``text``."""
+        guard = self.template_guard
+        if guard is None or not guard.conflict(text, candidate):
+            return False
+        logger.debug("cache: a candidate shares a template with the query but not its data; not a hit")
+        return True
+
+    def _within_length(self, text: str) -> bool:
+        """True when ``text`` is short enough for the semantic tier (``max_semantic_chars``)."""
+        limit = self.max_semantic_chars
+        return limit is None or len(text) <= limit
 
     def put(
         self,
@@ -493,8 +522,8 @@ class CacheStore:
     ) -> int:
         """Store an answer (replacing the one under the same ``exact_key``); returns the entry id.
 
-        ``semantic=False`` stores it for exact lookups only (no vector); ``ttl``
-        overrides the store's for this entry.
+        ``semantic=False`` stores it for exact lookups only (no vector), as is a
+        ``text`` longer than ``max_semantic_chars``; ``ttl`` overrides the store's for this entry.
         """
         return self.put_many(
             [{"partition": partition, "exact_key": exact_key, "text": text, "response": response, "tenant": tenant,
@@ -508,7 +537,7 @@ class CacheStore:
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
-            semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True)]
+            semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True) and self._within_length(str(r["text"]))]
             blobs: list[bytes | None] = [None] * len(chunk)
             texts = [str(chunk[i]["text"]) for i in semantic]
             stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])
@@ -664,6 +693,13 @@ class CacheStore:
 
 
 _STORES: weakref.WeakSet[CacheStore] = weakref.WeakSet()
+
+
+def _check_semantic_chars(value: int | None) -> None:
+    """Refuse a ``max_semantic_chars`` that is not a positive whole number or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_semantic_chars={value!r}: expected a positive number of characters, "
+                         "or None to match texts of any length semantically")
 
 
 def _after_fork_in_child() -> None:

@@ -71,8 +71,12 @@ def _eval_cache(ns: argparse.Namespace) -> int:
         from .cache.evaluate import eval_pairs as task
     else:
         from .cache.bench import eval_replay as task
-    result = _run(task, {"pairs_path" if ns.mode == "replay" else "path": ns.pairs}, as_json=ns.json,
-                  title=f"scoring {ns.pairs} ({ns.mode})")
+    from .cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+
+    limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
+    options = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
+               "template_guard": None if ns.no_template_guard else TemplateGuard()}
+    result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({ns.mode})")
     _print(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
     return 0
 
@@ -400,6 +404,11 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("pairs", help='JSONL lines {"a": str, "b": str, "duplicate": bool}')
     cache.add_argument("--mode", choices=("pairs", "replay"), default="pairs")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
+    cache.add_argument("--max-semantic-chars", type=int, default=None, metavar="N",
+                       help="texts longer than N characters use the exact tier only (default: the cache's, 500; "
+                            "0: no limit)")
+    cache.add_argument("--no-template-guard", action="store_true",
+                       help="let prompts that share a template but differ in its data be semantic hits")
     cache.set_defaults(handler=_eval_cache)
     router = what.add_parser("router", help="APGR, CPT(50%%) and the cost/quality curve of the router on labeled prompts")
     router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")

@@ -27,6 +27,7 @@ import numpy as np
 
 from .embedders import Embedder
 from .store import CacheStore, CosineScorer, Scorer
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 __all__ = ["bench_cache", "default_pairs_path", "eval_replay"]
 
@@ -187,8 +188,13 @@ def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None) -> dict[str, Any]:
+def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None,
+                max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
+                template_guard: TemplateGuard | None = TemplateGuard()) -> dict[str, Any]:
     """Store every ``a`` of a PAIRS.jsonl (one tenant, one partition), then look every ``b`` up.
+
+    ``max_semantic_chars`` and ``template_guard`` configure the store made here
+    (as :class:`CacheStore`'s); a ``store`` given is used as it was built.
 
     A correct hit returns the entry of its own pair, and the pair is a duplicate;
     every other hit is wrong. ``hit_recall`` is correct hits over duplicate pairs.
@@ -196,10 +202,19 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     question with exactly the query's words (case and spacing folded): in real
     traffic such a repeat is the same request and an exact hit, but here each
     pair's ``a`` is stored under its own key, so the strict count calls it wrong.
+
+    ``false_hits`` counts the lookups of non-duplicate pairs that hit anything,
+    and ``false_hit_rate`` divides it by the non-duplicate lookups (0.0 when
+    there are none): on a near-miss set (``ci/build_template_pairs.py``) every
+    hit serves another question's answer. Pairs with a ``"kind"`` field are
+    also counted per kind in ``by_kind`` (``pairs``, ``false_hits``,
+    ``false_hit_rate``, and ``correct_hits`` and ``hit_recall`` where the kind
+    has duplicates).
     """
     pairs = _read_pairs(pairs_path)
     own = store is None
-    cache = CacheStore(None, max_entries=None) if store is None else store
+    cache = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
+                       template_guard=template_guard) if store is None else store
     partition = "replay"
     try:
         cache.threshold  # noqa: B018 - loads the scorer now: fail before storing
@@ -210,26 +225,60 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
         )
         correct = wrong = same_text = misses = 0
         timings = []
+        outcomes: list[str] = []  # per pair: "correct", "wrong" or "miss"
         for i, pair in enumerate(pairs):
             t0 = time.perf_counter()
             hit = cache.search(partition, str(pair["b"]))
             timings.append(time.perf_counter() - t0)
             if hit is None:
                 misses += 1
+                outcomes.append("miss")
             elif (own := json.loads(hit.entry.response).get("pair") == i) and bool(pair["duplicate"]):
                 correct += 1
+                outcomes.append("correct")
             else:
                 wrong += 1
+                outcomes.append("wrong")
                 same_text += not own and _fold(hit.entry.text) == _fold(str(pair["b"]))
     finally:
         if own:
             cache.close()
     duplicates = sum(1 for p in pairs if p["duplicate"])
     p50, p99 = _percentiles(timings)
-    return {"stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong,
-            "misses": misses, "wrong_hits_same_text": same_text, "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
-            "hit_recall": round(correct / duplicates, 4) if duplicates else 0.0,
-            "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4)}
+    result: dict[str, Any] = {
+        "stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong, "misses": misses,
+        "wrong_hits_same_text": same_text,
+        "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
+        "hit_recall": round(correct / duplicates, 4) if duplicates else 0.0,
+        "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4),
+    }
+    result.update(_false_hits(pairs, outcomes))
+    return result
+
+
+def _false_hits(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> dict[str, Any]:
+    """``false_hits`` and ``false_hit_rate`` over the non-duplicate pairs, and ``by_kind`` when pairs name one."""
+    def figures(rows: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
+        negatives = [outcome for pair, outcome in rows if not pair["duplicate"]]
+        positives = [outcome for pair, outcome in rows if pair["duplicate"]]
+        false = sum(outcome != "miss" for outcome in negatives)
+        out: dict[str, Any] = {"pairs": len(rows), "false_hits": false,
+                               "false_hit_rate": round(false / len(negatives), 4) if negatives else 0.0}
+        if positives:
+            hits = sum(outcome == "correct" for outcome in positives)
+            out.update(correct_hits=hits, hit_recall=round(hits / len(positives), 4))
+        return out
+
+    rows = list(zip(pairs, outcomes))
+    total = figures(rows)
+    result: dict[str, Any] = {"false_hits": total["false_hits"], "false_hit_rate": total["false_hit_rate"]}
+    kinds: dict[str, list[tuple[dict[str, Any], str]]] = {}
+    for pair, outcome in rows:
+        if pair.get("kind") is not None:
+            kinds.setdefault(str(pair["kind"]), []).append((pair, outcome))
+    if kinds:
+        result["by_kind"] = {kind: figures(group) for kind, group in kinds.items()}
+    return result
 
 
 def _main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+
 if TYPE_CHECKING:
     from .verifier import Verifier
 
@@ -120,6 +122,13 @@ def pair_metrics(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | 
     }
 
 
+def _semantic_candidate(a: str, b: str, max_chars: int | None, guard: TemplateGuard | None) -> bool:
+    """True when the store would score ``b`` as a candidate for ``a`` (length limit and template guard)."""
+    if max_chars is not None and max(len(a), len(b)) > max_chars:
+        return False
+    return guard is None or not guard.conflict(b, a)
+
+
 #: Duplicate shares ``eval_pairs`` also reports figures at (QQP's natural share, nearly and exactly balanced).
 DUPLICATE_SHARES: tuple[float, ...] = (0.37, 0.45, 0.5)
 
@@ -130,13 +139,17 @@ def eval_pairs(
     verifier: Verifier | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     duplicate_shares: Sequence[float] = DUPLICATE_SHARES,
+    max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
+    template_guard: TemplateGuard | None = TemplateGuard(),
 ) -> dict[str, Any]:
     """Score every pair of a JSONL file as the semantic tier decides a hit, with its metrics.
 
     Each pair runs ``verifier.score(a, embed(a), b, embed(b))`` with a cold text
     cache, the call the cache store makes for a candidate; ``score_p50_ms`` and
     ``score_p99_ms`` time that whole step per pair, WordLlama embedding of both
-    texts included. The threshold is ``verifier.threshold`` (default: the shipped
+    texts included. As in the store, a pair with a text longer than
+    ``max_semantic_chars`` (``None``: no limit), or that ``template_guard``
+    refuses (``None``: no guard), scores 0.0 without being embedded or scored. The threshold is ``verifier.threshold`` (default: the shipped
     verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
     ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,
     precision, recall), ``score_p50_ms`` and ``score_p99_ms``, and ``by_duplicate_share``:
@@ -157,8 +170,11 @@ def eval_pairs(
     for i, (a, b, _) in enumerate(pairs):
         verifier.clear_cache()
         start = time.perf_counter()
-        vectors = embedder.embed([a, b])
-        scores[i] = verifier.score(a, vectors[0], b, vectors[1])
+        if _semantic_candidate(a, b, max_semantic_chars, template_guard):
+            vectors = embedder.embed([a, b])
+            scores[i] = verifier.score(a, vectors[0], b, vectors[1])
+        else:
+            scores[i] = 0.0
         elapsed[i] = time.perf_counter() - start
         if progress is not None and (i + 1) % 500 == 0:
             progress(i + 1, len(pairs))

@@ -448,6 +448,7 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
     assert replay == {
         "stored": 5, "queries": 5, "correct_hits": 1, "wrong_hits": 2, "misses": 2, "wrong_hits_same_text": 1,
         "hit_precision": 0.3333, "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
+        "false_hits": 2, "false_hit_rate": 0.6667,  # of the 3 non-duplicate lookups, "best pizza" and "Capital of France"
     }
 
 

@@ -1,0 +1,241 @@
+"""Prompts that share a template but carry other data are never semantic hits; rewordings still are."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmbudget.cache import Cache
+from llmbudget.cache.bench import eval_replay
+from llmbudget.cache.evaluate import eval_pairs
+from llmbudget.cache.store import CacheStore
+from llmbudget.cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+from llmbudget.config import ConfigError, engine_from_config
+from llmbudget.providers import adapter_for_endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PASSAGE = (
+    "Read the passage and answer the question that follows.\n"
+    "The lighthouse at Port Ellis was built in 1868 by the harbour board after two ships ran aground on the northern "
+    "reef. Its first keeper, Thomas Reed, kept the lamp burning for thirty-one years and recorded every storm in a "
+    "logbook that is now kept in the town museum. The light was automated in 1962.\n"
+    "Question: {q}"
+)
+LETTER = (
+    "Write a short, polite reminder email to a client. The invoice for the kitchen renovation, amount {x}, is now "
+    "overdue. Ask them to pay by the end of the week and thank them for their business."
+)
+REVIEW = (
+    "Review this Python function for bugs and suggest a fix:\n```python\ndef total_price(items):\n    total = 0\n"
+    "    for item in items:\n        if item.price {c} 0:\n            total += item.price * item.quantity\n"
+    "    return total\n```"
+)
+NEAR_MISSES = {
+    "passage, another question": (PASSAGE.format(q="Why was the lighthouse built?"),
+                                  PASSAGE.format(q="Who was the first keeper of the lighthouse?")),
+    "form letter, another amount": (LETTER.format(x="two hundred dollars"), LETTER.format(x="two thousand dollars")),
+    "code review, another comparison": (REVIEW.format(c=">"), REVIEW.format(c=">=")),
+}
+REWORDING = ("How do I learn Python quickly?", "How can I learn Python fast?")
+
+
+def _store(**options: Any) -> CacheStore:
+    return CacheStore(None, max_entries=None, **options)
+
+
+def _hit(store: CacheStore, stored: str, asked: str) -> bool:
+    store.put(partition="p", exact_key="k", text=stored, response="{}", tenant="t", model="m")
+    return store.search("p", asked) is not None
+
+
+@pytest.mark.parametrize("stored, asked", NEAR_MISSES.values(), ids=list(NEAR_MISSES))
+def test_a_templated_near_miss_is_not_a_semantic_hit(stored: str, asked: str) -> None:
+    unguarded = _store(template_guard=None, max_semantic_chars=None)
+    guarded = _store()
+    try:
+        assert _hit(unguarded, stored, asked), "the verifier alone takes this pair for a hit: the guard must stop it"
+        assert not _hit(guarded, stored, asked)
+    finally:
+        unguarded.close()
+        guarded.close()
+
+
+def _call(text: str) -> Any:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+    return adapter_for_endpoint("chat.completions").parse(body, "http://127.0.0.1/v1")
+
+
+ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "B."}}],
+    "usage": {"prompt_tokens": 90, "completion_tokens": 2, "total_tokens": 92},
+}
+
+
+def test_the_cache_serves_a_rewording_but_not_another_templated_question(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    try:
+        for text in (REWORDING[0], *(stored for stored, _ in NEAR_MISSES.values())):
+            call = _call(text)
+            assert cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=ANSWER)
+        reworded = cache.lookup(_call(REWORDING[1]), tenant="t")
+        assert reworded.hit and reworded.tier == "semantic"
+        for _, asked in NEAR_MISSES.values():
+            assert not cache.lookup(_call(asked), tenant="t").hit
+    finally:
+        cache.store.close()
+
+
+def test_filler_words_punctuation_and_case_keep_a_template_hit() -> None:
+    guard = TemplateGuard()
+    stored, _ = NEAR_MISSES["passage, another question"]
+    assert not guard.conflict(stored.replace("Read the passage", "Please read the passage").upper(), stored)
+    assert not guard.conflict(*REWORDING)  # one line, under 20 shared tokens: the verifier alone decides
+
+
+def test_swapped_or_changed_data_is_a_conflict() -> None:
+    guard = TemplateGuard()
+    template = ("For which of these two scenarios does the main character do something clearly morally wrong? "
+                "Scenario 1 | {one} Scenario 2 | {two}\nA. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong")
+    one, two = "I kept the extra change.", "I paid for a stranger's coffee."
+    assert guard.conflict(template.format(one=one, two=two), template.format(one=two, two=one))
+    assert guard.conflict(template.format(one=one, two=two), template.format(one=one, two="I lied to my boss."))
+    assert guard.conflict(LETTER.format(x="$1,250"), LETTER.format(x="$1,520"))
+    assert not guard.conflict(LETTER.format(x="$1,250"), LETTER.format(x="$1250"))
+
+
+def test_the_guard_needs_fewer_shared_tokens_for_multiline_texts() -> None:
+    guard = TemplateGuard(min_shared_tokens=20, min_shared_tokens_multiline=8)
+    one_line = ("Which vitamin helps blood clot? A. Vitamin A B. Vitamin D C. Vitamin E D. Vitamin K",
+                "Which vitamin is made in the skin? A. Vitamin A B. Vitamin D C. Vitamin E D. Vitamin K")
+    assert not guard.conflict(*one_line)
+    assert guard.conflict(*(text.replace(" A.", "\nA.") for text in one_line))
+    with pytest.raises(ValueError, match="min_shared_tokens"):
+        TemplateGuard(min_shared_tokens=0)
+
+
+class _CountingEmbedder:
+    """The bundled embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        from llmbudget.cache.embedders import WordLlamaEmbedder
+
+        self.inner = WordLlamaEmbedder()
+        self.name, self.dim = self.inner.name, self.inner.dim
+        self.texts: list[str] = []
+
+    def embed(self, texts: list[str]) -> Any:
+        self.texts += texts
+        return self.inner.embed(texts)
+
+
+def test_long_texts_use_the_exact_tier_only_unless_configured() -> None:
+    long_text = "Summarise this report for the board: " + "Sales rose in every region this quarter. " * 15
+    assert len(long_text) > DEFAULT_MAX_SEMANTIC_CHARS
+    asked = "Please s" + long_text[1:]
+    embedder = _CountingEmbedder()
+    store = _store(embedder=embedder)
+    try:
+        assert not _hit(store, long_text, asked)
+        assert embedder.texts == []  # neither stored with a vector nor embedded to search
+        assert store.get_exact("p", "k") is not None
+    finally:
+        store.close()
+    unlimited = _store(max_semantic_chars=None)
+    try:
+        assert _hit(unlimited, long_text, asked)
+    finally:
+        unlimited.close()
+    with pytest.raises(ValueError, match="max_semantic_chars"):
+        _store(max_semantic_chars=0)
+
+
+def test_the_length_rule_is_read_from_the_policy(tmp_path: Path) -> None:
+    def limit(**table: Any) -> int | None:
+        engine = engine_from_config({"cache": {"path": str(tmp_path / "cache"), **table}})
+        return engine.cache.store.max_semantic_chars
+
+    assert limit() == DEFAULT_MAX_SEMANTIC_CHARS
+    assert limit(max_semantic_chars=1200) == 1200
+    assert limit(max_semantic_chars=0) is None
+    with pytest.raises(ConfigError, match="max_semantic_chars"):
+        limit(max_semantic_chars="long")
+
+
+def _builder() -> Any:
+    spec = importlib.util.spec_from_file_location("build_template_pairs", ROOT / "ci" / "build_template_pairs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mmlu(folder: Path) -> Path:
+    """A small MMLU-shaped folder written here: a shared passage, statement stems, shared options and stems."""
+    passage = "This question refers to the following information.\n" + PASSAGE.split("\n")[1]
+    options = "A. True, True\nB. False, False\nC. True, False\nD. False, True\nAnswer:"
+    prompts = [
+        f"{passage}\nWhy was the lighthouse built?\nA. Wrecks\nB. Trade\nC. War\nD. Tourism\nAnswer:",
+        f"{passage}\nWho was its first keeper?\nA. Thomas Reed\nB. The board\nC. A captain\nD. Nobody\nAnswer:",
+        f"Statement 1 | Every group of order 4 is cyclic. Statement 2 | Every field is a ring.\n{options}",
+        f"Statement 1 | Every subgroup of an abelian group is normal. Statement 2 | Z is a field.\n{options}",
+        "Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:",
+        "Which planet is largest?\nA. Saturn\nB. Neptune\nC. Mercury\nD. Uranus\nAnswer:",
+        "Which planet has rings?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:",
+        "Which gas do plants take in?\nA. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\nAnswer:",
+        "Which gas do plants take in?\nA. Argon\nB. Nitrogen\nC. Hydrogen\nD. Ozone\nAnswer:",
+    ]
+    folder.mkdir()
+    with (folder / "mmlu_sample.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "weak", "strong"])
+        writer.writerows([prompt, True, True] for prompt in prompts)
+    return folder
+
+
+def test_the_near_miss_builder_is_deterministic_and_replay_reports_false_hits(tmp_path: Path) -> None:
+    builder = _builder()
+    mmlu = _mmlu(tmp_path / "mmlu")
+    pairs = builder.build(mmlu, seed=3, per_kind=4)
+    assert pairs == builder.build(mmlu, seed=3, per_kind=4)
+    kinds = {pair["kind"] for pair in pairs}
+    assert {"passage", "statements", "same_stem", "same_options", "form_letter", "code_review", "support",
+            "scenario", "instruction"} <= kinds
+    assert all(pair["duplicate"] is False and pair["a"] != pair["b"] for pair in pairs)
+    texts = [text for pair in pairs for text in (pair["a"], pair["b"])]
+    assert len(texts) == len(set(texts))
+    extra = [{"a": a, "b": b, "duplicate": True, "kind": "rewording"} for a, b in [REWORDING]]
+    extra += [{"a": a, "b": b, "duplicate": False, "kind": "handwritten"} for a, b in NEAR_MISSES.values()]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in [*pairs, *extra]), encoding="utf-8")
+
+    before = eval_replay(path, template_guard=None, max_semantic_chars=None)
+    assert before["by_kind"]["handwritten"]["false_hits"] == len(NEAR_MISSES)
+    after = eval_replay(path)
+    assert after["false_hits"] == 0 and after["false_hit_rate"] == 0.0
+    assert after["by_kind"]["rewording"] == {"pairs": 1, "false_hits": 0, "false_hit_rate": 0.0,
+                                             "correct_hits": 1, "hit_recall": 1.0}
+    assert set(after["by_kind"]) == kinds | {"rewording", "handwritten"}
+    negatives = len(pairs) + len(NEAR_MISSES)
+    assert before["false_hit_rate"] == round(before["false_hits"] / negatives, 4)
+    for key in ("stored", "queries", "correct_hits", "wrong_hits", "misses", "wrong_hits_same_text",
+                "hit_precision", "hit_recall", "lookup_p50_ms", "lookup_p99_ms"):
+        assert key in after
+
+
+def test_pairs_mode_scores_a_refused_pair_zero(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"a": a, "b": b, "duplicate": False} for a, b in NEAR_MISSES.values()]
+    rows.append({"a": REWORDING[0], "b": REWORDING[1], "duplicate": True})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert eval_pairs(path)["default"] == {"threshold": pytest.approx(eval_pairs(path)["default"]["threshold"]),
+                                           "precision": 1.0, "recall": 1.0}
+    assert eval_pairs(path, template_guard=None, max_semantic_chars=None)["default"]["precision"] < 1.0

@@ -89,7 +89,7 @@ _ENGINE_KEYS = frozenset(
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
                          "max_semantic_chars"})
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
-                           "escalate"})
+                           "escalate", "min_confidence"})
 _POLICY_KEYS = frozenset(
     {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "request_id_header",
      "headers", "metrics", "routes", "problem_type"}
@@ -634,6 +634,7 @@ def _routing_from_config(value: Any, source: str) -> Any:
             route_tools=table.get("route_tools", False),
             route_schemas=table.get("route_schemas", False),
             escalate=table.get("escalate", False),
+            min_confidence=table.get("min_confidence"),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None

@@ -227,6 +227,10 @@ class Attempt:
         #: A tier this attempt must use whatever the router says (an escalation), and why.
         self.force_tier: str | None = None
         self.escalated_from: str | None = None
+        #: The cascade judges this weak-tier answer by its log-probabilities (see ``llmbudget.routing.confidence``);
+        #: ``probed``: it asked for them itself (the app did not), so they are taken out before the app sees them.
+        self.cascade = False
+        self.probed = False
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -439,6 +443,15 @@ class Attempt:
                 self.routed = True
             if tier.max_output_tokens:
                 body, self.capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
+            if (routing.min_confidence is not None and decision.tier == routing.weak and self.force_tier is None
+                    and call.endpoint == "chat.completions"):
+                from .routing.confidence import probe
+
+                probed = probe(body)
+                if probed is not None:
+                    body, self.probed, self.cascade = probed, True, True
+                elif body.get("logprobs") and not body.get("stream"):  # the app asked for them: read, keep
+                    self.cascade = True
             log.debug("llmbudget route: tier=%s score=%s threshold=%s reason=%s features=%s",
                       decision.tier, decision.score, decision.threshold, decision.reason, decision.features)
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
@@ -451,14 +464,22 @@ class Attempt:
         return True
 
     def may_escalate(self) -> bool:
-        """Whether the answer must be checked before the app sees it (weak tier, escalation on)."""
+        """Whether the answer must be checked before the app sees it (weak tier, escalation or a cascade on)."""
         routing = self.engine.routing
-        return (routing is not None and routing.escalate and not self.call.stream and self.force_tier is None
+        return (routing is not None and (routing.escalate or routing.min_confidence is not None)
+                and not self.call.stream and self.force_tier is None
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
     def escalation_reason(self) -> str | None:
         """Why a settled weak-tier answer should be retried on the strong tier, or None."""
         if self.status != 200 or self.record is None:
+            return None
+        routing = self.engine.routing
+        confidence = (self.routing or {}).get("confidence")
+        if (routing is not None and routing.min_confidence is not None and isinstance(confidence, float)
+                and confidence < routing.min_confidence):
+            return f"unsure (confidence {confidence:.3f} < {routing.min_confidence:g})"
+        if routing is not None and not routing.escalate:  # a cascade alone judges confidence only
             return None
         if self.capped and "length" in self.state.finish_reasons:
             return "cut by an output cap"
@@ -475,6 +496,14 @@ class Attempt:
             except (ValueError, RecursionError):  # RecursionError: nested too deep for json to read
                 return "invalid JSON"
         return None
+
+    def unprobed_body(self) -> bytes | None:
+        """The answer as the app asked for it (without the cascade's log-probabilities), or None when unchanged."""
+        if not self.probed or not isinstance(self._json, dict):
+            return None
+        from .routing.confidence import without_logprobs
+
+        return json.dumps(without_logprobs(self._json), separators=(",", ":"), ensure_ascii=False).encode()
 
     def _prompt_cache_key(self, body: dict[str, Any]) -> str:
         import hashlib
@@ -594,6 +623,11 @@ class Attempt:
                 estimated = True
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
+            if self.cascade and self.routing is not None:
+                from .routing.confidence import answer_confidence
+
+                confidence = answer_confidence(self._json)
+                self.routing = {**self.routing, "confidence": None if confidence is None else round(confidence, 4)}
         model = state.model or call.model
         priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if usage.total_tokens else None
         record = self._record(

@@ -119,6 +119,18 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     return retry
 
 
+_BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+def _unprobed(httpx: ModuleType, response: Any, attempt: Attempt) -> Any:
+    """The read weak-tier response as the app asked for it: without the cascade's log-probabilities."""
+    body = attempt.unprobed_body()
+    if body is None:
+        return response
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=body, extensions=response.extensions)
+
+
 def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
     body, content_type = cached
     return httpx.Response(200, headers={"content-type": content_type}, content=body)
@@ -193,6 +205,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if retry is not None:
                     response.close()
                     return self._through(request, retry, wanted[1])
+                return _unprobed(httpx, response, attempt)
             return response
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
@@ -242,6 +255,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if retry is not None:
                     await response.aclose()
                     return await self._through(request, retry, wanted[1])
+                return _unprobed(httpx, response, attempt)
             return response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:

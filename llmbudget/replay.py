@@ -87,6 +87,8 @@ class LineResult:
     source: int | None = None
     wrong: bool = False
     routed: bool = False
+    #: Sent to the weak tier, then retried on the strong one (escalation or the cascade); both are paid.
+    escalated: bool = False
     capped: bool = False
     refused: bool = False
     missing: bool = False
@@ -96,11 +98,14 @@ class LineResult:
     @property
     def decision(self) -> str:
         """What the policy did: ``"cache"`` (answered from the cache), ``"routed"`` (sent to another model),
-        ``"refused"`` (by a budget) or ``"kept"`` (sent as asked)."""
+        ``"escalated"`` (routed, then retried on the strong tier), ``"refused"`` (by a budget) or ``"kept"``
+        (sent as asked)."""
         if self.refused:
             return "refused"
         if self.cache_tier:
             return "cache"
+        if self.escalated:
+            return "escalated"
         return "routed" if self.routed else "kept"
 
     @property
@@ -113,7 +118,7 @@ class LineResult:
 
 
 #: The decisions ``ReplayResult.by_decision`` counts, in table order.
-DECISIONS: tuple[str, ...] = ("kept", "routed", "cache", "refused")
+DECISIONS: tuple[str, ...] = ("kept", "routed", "escalated", "cache", "refused")
 
 
 @dataclass(slots=True)
@@ -521,9 +526,11 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
     if record is None:  # refused by a budget: nothing served
         result.correct = False if line.correct else None
         return
-    result.cost_usd = record.cost_usd
+    result.cost_usd = sum((r.cost_usd for r in records), Decimal(0))  # an escalated line paid both attempts
     result.model_sent = record.model_sent
-    result.routed, result.capped = record.routed, record.capped
+    result.escalated = len(records) > 1 and bool((record.routing or {}).get("reason", "").startswith("escalated"))
+    result.routed = record.routed or result.escalated
+    result.capped = record.capped
     if not record.from_cache:
         result.answered_by = answers.answered_by
         result.correct = line.correct.get(answers.answered_by) if answers.answered_by else None

@@ -78,7 +78,7 @@ def test_json_has_exactly_the_documented_keys(sliced: dict[str, Any]) -> None:
                              "quality", "features"]
     assert list(summary["cache"]) == ["exact", "semantic", "wrong"]
     assert list(summary["quality"]) == ["baseline_accuracy", "accuracy", "kept_pct", "by_decision"]
-    assert list(summary["quality"]["by_decision"]) == ["kept", "routed", "cache", "refused"]
+    assert list(summary["quality"]["by_decision"]) == ["kept", "routed", "escalated", "cache", "refused"]
     assert list(summary["features"]) == ["cache alone", "routing alone"]
     assert summary["calls"] == len(sliced["lines"])
     assert all(isinstance(summary[k], int) for k in ("calls", "routed", "capped"))
@@ -172,7 +172,7 @@ def test_lost_and_gained_answers_are_counted_per_decision_and_feature(sliced: di
     result, summary = sliced["result"], sliced["summary"]
     decisions = summary["quality"]["by_decision"]
     assert sum(row["requests"] for row in decisions.values()) == summary["calls"]
-    assert decisions["routed"]["requests"] == summary["routed"]
+    assert decisions["routed"]["requests"] + decisions["escalated"]["requests"] == summary["routed"]
     assert decisions["cache"]["requests"] == summary["cache"]["exact"] + summary["cache"]["semantic"]
     judged = [r for r in result.lines if r.correct is not None and r.baseline_correct is not None]
     lost = sum(r.baseline_correct and not r.correct for r in judged)
@@ -249,3 +249,47 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_recorded_logprobs_drive_the_cascade(tmp_path: Path, llm_server: str) -> None:
+    """Traffic whose small-tier answers were recorded with their log-probabilities, from the real local server:
+    the cascade escalates the unsure ones, pays both attempts, and judges them by the strong tier's label."""
+    import math
+
+    import openai
+
+    from llmbudget.routing.confidence import answer_confidence
+
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0)
+    questions = ["What is the capital of France?", "Name a prime number.", "What colour is the sky?",
+                 "How many legs does a spider have?", "Who wrote Hamlet?", "What is 2 + 2?"]
+    lines = []
+    for i, question in enumerate(questions):
+        request = {"model": "gpt-4o", "messages": [{"role": "user", "content": question}], "max_tokens": 6}
+
+        def recorded(model: str, **extra: Any) -> dict[str, Any]:
+            raw = client.chat.completions.with_raw_response.create(**{**request, "model": model, **extra})
+            return json.loads(raw.http_response.text)
+
+        lines.append({"request": request, "group": f"q{i}",
+                      "responses": {"gpt-4o": recorded("gpt-4o"),
+                                    "gpt-4.1-nano": recorded("gpt-4.1-nano", logprobs=True, top_logprobs=1)},
+                      "correct": {"gpt-4o": True, "gpt-4.1-nano": i % 2 == 0}})
+    confidences = sorted(answer_confidence(line["responses"]["gpt-4.1-nano"]) for line in lines)
+    assert all(c is not None and 0 < c <= 1 for c in confidences)
+    cut = (confidences[2] + confidences[3]) / 2  # the three least sure escalate
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text(f'[routing]\nthreshold = 1.0\nmin_confidence = {cut}\n'
+                      '[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n', encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    escalated = [r for r in result.lines if r.decision == "escalated"]
+    assert len(escalated) == 3 and sum(r.decision == "routed" for r in result.lines) == 3
+    for line in escalated:
+        assert answer_confidence(line.line.responses["gpt-4.1-nano"]) < cut
+        assert line.answered_by == "gpt-4o" and line.correct is True
+        assert line.cost_usd > line.baseline_usd  # the weak attempt is paid on top of the strong one
+    by_decision = result.summary()["quality"]["by_decision"]
+    assert by_decision["escalated"]["requests"] == 3 and by_decision["escalated"]["lost"] == 0
+    kept = [r for r in result.lines if r.decision == "routed"]
+    assert by_decision["routed"]["lost"] == sum(not r.correct for r in kept)
+    assert not math.isnan(result.summary()["quality"]["kept_pct"])

@@ -52,7 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--llm-budget-tolerance", dest="llm_budget_tolerance", metavar="PCT", default=None,
-        help="allowed cost increase over the baseline, e.g. 10%% (default: ini llm_budget_tolerance or 0%%)",
+        help="allowed cost increase over the baseline: 10%% (or the fraction 0.1; a bare number above 1 is refused "
+             "as ambiguous) (default: ini llm_budget_tolerance or 0%%)",
     )
     parser.addini("llm_budget_usd", "default budget per test in USD (marker values win)", default="")
     parser.addini("llm_budget_tokens", "default budget per test in tokens", default="")
@@ -117,14 +118,61 @@ def _usd(value: Any, what: str) -> Decimal:
 
 
 def _tolerance(value: str) -> Decimal:
+    """A tolerance as a fraction: ``10%`` is 0.10, and so is a bare ``0.10``; a bare number above 1 is refused."""
     text = value.strip()
     try:
         amount = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
     except InvalidOperation:
         raise pytest.UsageError(f"--llm-budget-tolerance: expected a percentage such as 10%, got {value!r}") from None
-    if amount < 0:
-        raise pytest.UsageError(f"--llm-budget-tolerance must not be negative, got {value!r}")
+    if not amount.is_finite() or amount < 0:
+        raise pytest.UsageError(f"--llm-budget-tolerance must be a percentage of 0% or more, got {value!r}")
+    if not text.endswith("%") and amount > 1:
+        raise pytest.UsageError(
+            f"--llm-budget-tolerance {value}: a bare number is a fraction (0.1 is 10%), so this would allow a "
+            f"{amount * 100:.0f}% cost rise; write {text}% for {text} percent, or {amount * 100:.0f}% if you "
+            "really mean that"
+        )
     return amount
+
+
+_LIMITS = frozenset({"usd", "tokens", "calls"})
+
+
+class _Verdict:
+    """A failed budget gate, counted in pytest's final summary line like a report (other plugins read the stats)."""
+
+    count_towards_summary = True
+    nodeid = ""
+    when = "session"
+    outcome = "failed"
+
+    def __init__(self, message: str) -> None:
+        self.longrepr = self.message = message
+
+
+def _check_marker(item: pytest.Item) -> pytest.Mark | None:
+    """The item's ``llm_budget`` marker, refused when it has positional arguments or unknown keywords."""
+    marker = item.get_closest_marker("llm_budget")
+    if marker is None:
+        return None
+    if marker.args:
+        raise pytest.UsageError(f"{item.nodeid}: use llm_budget(usd=..., tokens=..., calls=...) keywords")
+    unknown = set(marker.kwargs) - _LIMITS
+    if unknown:
+        raise pytest.UsageError(
+            f"{item.nodeid}: llm_budget got unknown limits {sorted(unknown)}; expected usd, tokens or calls"
+        )
+    return marker
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check every ``llm_budget`` marker, and warn once when markers are present but nothing checks them."""
+    marked = [item for item in items if _check_marker(item) is not None]
+    if marked and config.stash.get(_KEY, None) is None:
+        warnings.warn(pytest.PytestConfigWarning(
+            f"{len(marked)} test(s) carry @pytest.mark.llm_budget but {_flag_in_use} is off: their LLM budgets are "
+            f"not checked. Run pytest with {_flag_in_use} (or add it to addopts) to enforce them."
+        ), stacklevel=1)
 
 
 class LLMBudgetPlugin:
@@ -218,13 +266,8 @@ class LLMBudgetPlugin:
 
     def _over_budget(self, item: pytest.Item, spend: TestSpend) -> list[str]:
         limits: dict[str, Any] = {key: value for key, value in self.defaults.items() if value not in ("", None)}
-        marker = item.get_closest_marker("llm_budget")
+        marker = _check_marker(item)
         if marker is not None:
-            if marker.args:
-                raise pytest.UsageError(f"{item.nodeid}: use llm_budget(usd=..., tokens=..., calls=...) keywords")
-            unknown = set(marker.kwargs) - {"usd", "tokens", "calls"}
-            if unknown:
-                raise pytest.UsageError(f"{item.nodeid}: llm_budget got unknown limits {sorted(unknown)}")
             limits.update({k: v for k, v in marker.kwargs.items() if v is not None})
         problems = []
         if "usd" in limits and spend.cost_usd > _usd(limits["usd"], f"{item.nodeid}: llm_budget usd"):
@@ -302,6 +345,9 @@ class LLMBudgetPlugin:
                 yellow=True,
             )
         report.terminal(terminalreporter, summary, self.verdicts, self.new_tests)
+        if self.verdicts:
+            # pytest's last line ("3 passed, 1 LLM budget failed in 0.98s") counts the stats' keys: the verdict joins it
+            terminalreporter.stats.setdefault("LLM budget failed", []).extend(_Verdict(v) for v in self.verdicts)
 
 
 def _load_baseline(path: str) -> dict[str, Any]:

@@ -275,3 +275,54 @@ def test_bad_config_is_a_clear_usage_error(suite):
     result = suite.runpytest("--llm-budget")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*llmbudget.toml*both 'input' and 'output'*"])
+
+
+# -- the sharp edges a newcomer hit (issue 13) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "ok"), [("10", False), ("1.5", False), ("0.1", True), ("10%", True), ("1", True),
+                                           ("-5%", False), ("NaN", False)])
+def test_tolerance_a_bare_number_above_1_is_refused(suite, given, ok):
+    baseline = suite.path / "base.json"
+    suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline))
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", given)
+    if ok:
+        assert result.ret == 0
+    else:
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--llm-budget-tolerance*"])
+        if given == "10":
+            result.stderr.fnmatch_lines(["*write 10% for 10 percent*"])
+
+
+def test_a_failed_budget_gate_is_in_the_final_summary_line(suite):
+    result = suite.runpytest("--llm-budget=0.000001")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    last = result.stdout.lines[-1]
+    assert "3 passed" in last and "1 LLM budget failed" in last, last
+
+
+def test_markers_are_checked_without_the_plugin_and_warn_that_nothing_enforces_them(suite):
+    suite.makepyfile(test_marked='''
+import pytest
+
+@pytest.mark.llm_budget(usd=0.01)
+def test_marked():
+    pass
+''')
+    result = suite.runpytest("test_marked.py", "-W", "default")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*1 test(s) carry @pytest.mark.llm_budget but --llm-budget is off*"])
+    quiet = suite.runpytest("test_marked.py", "--llm-budget")
+    assert "carry @pytest.mark.llm_budget" not in quiet.stdout.str()
+    suite.makepyfile(test_marked='''
+import pytest
+
+@pytest.mark.llm_budget(dollars=0.01)
+def test_misspelled():
+    pass
+''')
+    for args in ((), ("--llm-budget",)):
+        result = suite.runpytest("test_marked.py", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*llm_budget got unknown limits*dollars*; expected usd, tokens or calls*"])

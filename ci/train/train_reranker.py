@@ -1,0 +1,632 @@
+"""Train and validate a second-stage reranker for the semantic cache (rewordings).
+
+The shipped verifier (WordLlama features, trained on Quora pairs only) learned
+Quora's style: on rewordings it keeps precision but recall collapses.  This
+script builds varied paraphrase data, embeds every text with all-MiniLM-L6-v2
+(``llmbudget.cache.minilm``, numpy), and trains boosted trees over the
+verifier's 34 features plus MiniLM's cosine (and its gap to WordLlama's).
+
+Data (read by path, never committed; give the folder with ``--data``):
+
+- ``qqp_dev.jsonl`` (../shared/data/cache; Quora Question Pairs, GLUE dev split,
+  Quora's terms of use): split by question exactly as
+  ``train_verifier.split_by_question`` (seed 20240607), so nothing the shipped
+  verifier trained on is in validation.
+- ``stsb_dev.tsv`` (../shared/data/cache; STS-B dev, CC BY-SA 3.0 / see
+  stsb_LICENSE.txt): score >= 4 counts as the same; held out whole (never trained on).
+- MRPC (Microsoft Research Paraphrase Corpus, ``msr_paraphrase_train.txt`` /
+  ``msr_paraphrase_test.txt``; Microsoft's research licence), as found in
+  github.com/Pzeyang/Paraphrase_Identification @ dc1755eb1a4755ca310f97209391f1f5c06e2fd1
+  (``--mrpc FOLDER``).  Train split for training, test split for validation only;
+  ``--hold-out mrpc`` leaves it out of training entirely.
+- Generated "user rewording" positives (``reword``): QQP questions rewritten by
+  rules that imitate how an LLM or a user rephrases a question (question frame,
+  polite wrapper, synonyms, case and punctuation), several per pair.  Families
+  are split: training rewrites use ``TRAIN_FAMILIES``, validation rewrites only
+  ``VAL_FAMILIES`` (never seen in training), of questions from the other side
+  of the QQP split.
+- Templated near-misses (negatives): one number, name, antonym, negation or
+  direction changed (PAWS-style word swaps: "from A to B" / "from B to A").
+
+Validation: QQP validation pairs (the verifier's own held-out split), a proxy
+rewording replay (QQP-validation duplicates and MRPC-test paraphrases as
+positives, as many QQP-validation non-duplicates, replayed as
+``llmbudget eval cache --mode replay`` does: every ``a`` stored, every ``b``
+looked up through WordLlama top-k candidates above a cosine floor), STS-B, and
+held-out rewrite families.  Run from the project root::
+
+    .venv/bin/python ci/train/train_reranker.py --mrpc /path/to/mrpc --cache /tmp/rr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_verifier import SEED, VALIDATION_SHARE, load_qqp, load_stsb, split_by_question  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "cache"
+Pair = tuple[str, str, bool]
+
+# --------------------------------------------------------------------------- sources
+
+
+def load_mrpc(path: Path) -> list[Pair]:
+    pairs = []
+    with path.open(encoding="utf-8-sig") as handle:
+        next(handle)
+        for line in handle:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) == 5:
+                pairs.append((cols[3], cols[4], cols[0] == "1"))
+    return pairs
+
+
+# --------------------------------------------------------------------------- generated rewrites
+
+_FRAMES: list[tuple[str, list[str]]] = [  # (pattern, rewrites) over a question's opening
+    (r"^how (?:do|can) i (.+?)\??$", ["what is the best way to {0}?", "what steps should i take to {0}?",
+                                     "what can i do to {0}?", "is there a good way to {0}?",
+                                     "any tips on how to {0}?", "how would i go about trying to {0}?"]),
+    (r"^how (?:do|can) (?:you|one|we) (.+?)\??$", ["how do i {0}?", "what is the way to {0}?",
+                                                    "what's the best method to {0}?"]),
+    (r"^what is the best (.+?)\??$", ["which is the best {0}?", "what {0} would you recommend?",
+                                      "what's the top {0}?", "what is the ideal {0}?"]),
+    (r"^what is (?:a |an |the )?(.+?)\??$", ["can you explain what {0} is?", "what does {0} mean?",
+                                             "could you tell me what {0} is?", "what exactly is {0}?"]),
+    (r"^what are (?:the )?(.+?)\??$", ["can you list the {0}?", "which are the {0}?", "tell me the {0}."]),
+    (r"^why (?:do|does|is|are) (.+?)\??$", ["what is the reason {0}?", "what causes {0}?",
+                                           "can someone explain why {0}?"]),
+    (r"^is it (?:possible|safe|good|bad|true) (?:to|that) (.+?)\??$", ["can i {0}?", "should i {0}?"]),
+    (r"^which is the best (.+?)\??$", ["what is the best {0}?", "what {0} would you recommend?",
+                                       "what's the top {0}?"]),
+    (r"^can (?:i|you|we) (.+?)\??$", ["is it possible to {0}?", "is there a way to {0}?"]),
+]
+_WRAPPERS = ["can you tell me {q}", "i'd like to know: {q}", "quick question: {q}", "please help: {q}",
+             "{q} thanks!", "hey, {q}", "i was wondering, {q}", "{q} any advice?", "question - {q}",
+             "i need to know {q}"]
+_SYNONYMS = {
+    "best": ["top", "greatest", "ideal"], "good": ["great", "decent", "nice"], "way": ["method", "approach"],
+    "ways": ["methods", "approaches"], "learn": ["study", "pick up"], "improve": ["get better at", "boost"],
+    "start": ["begin", "get started with"], "make": ["create", "build"], "buy": ["purchase", "get"],
+    "help": ["assist", "aid"], "fix": ["repair", "solve"], "use": ["utilize", "employ"],
+    "big": ["large", "huge"], "quickly": ["fast", "rapidly"], "find": ["locate", "discover"],
+    "need": ["require"], "job": ["position", "role"], "people": ["folks", "individuals"],
+    "become": ["turn into", "get to be"], "difference": ["distinction"], "movie": ["film"],
+    "movies": ["films"], "book": ["novel"], "books": ["novels"], "earn": ["make"], "lose": ["shed"],
+    "important": ["crucial", "key"], "easy": ["simple"], "hard": ["difficult"], "think": ["believe"],
+    "happen": ["occur"], "happens": ["occurs"], "show": ["display"], "stop": ["quit", "cease"],
+    "get": ["obtain", "acquire"], "car": ["vehicle"], "phone": ["cellphone", "mobile"], "kids": ["children"],
+    "choose": ["pick", "select"], "prepare": ["get ready"], "money": ["cash"], "online": ["on the internet"],
+}
+TRAIN_FAMILIES = ("wrapper", "synonym", "surface")
+VAL_FAMILIES = ("frame",)
+
+
+def _frame(q: str, rng: random.Random) -> str | None:
+    low = q.strip().lower()
+    for pattern, outs in _FRAMES:
+        m = re.match(pattern, low)
+        if m:
+            return rng.choice(outs).format(m.group(1).strip())
+    return None
+
+
+def _wrapper(q: str, rng: random.Random) -> str | None:
+    body = q.strip()
+    return rng.choice(_WRAPPERS).format(q=body[:1].lower() + body[1:])
+
+
+def _synonym(q: str, rng: random.Random) -> str | None:
+    words = q.split()
+    spots = [i for i, w in enumerate(words) if w.lower().strip("?,.") in _SYNONYMS]
+    if not spots:
+        return None
+    for i in rng.sample(spots, min(len(spots), rng.randint(1, 2))):
+        core = words[i].lower().strip("?,.")
+        words[i] = words[i].lower().replace(core, rng.choice(_SYNONYMS[core]))
+    return " ".join(words)
+
+
+def _surface(q: str, rng: random.Random) -> str | None:
+    choice = rng.randrange(4)
+    s = q.strip()
+    if choice == 0:
+        return s.lower().rstrip("?")
+    if choice == 1:
+        return s.rstrip("?") + "??"
+    if choice == 2:
+        return s.replace("What is", "What's").replace("what is", "what's").replace("do not", "don't") \
+            .replace("I am", "I'm").replace("cannot", "can't") if s != s.lower() or "what is" in s else None
+    return s.upper() if len(s) < 60 else s.lower()
+
+
+_FAMILY: dict[str, Callable[[str, random.Random], str | None]] = {
+    "frame": _frame, "wrapper": _wrapper, "synonym": _synonym, "surface": _surface,
+}
+
+
+def rewrite(q: str, families: Sequence[str], rng: random.Random) -> str | None:
+    """``q`` reworded by one or two of ``families`` (None when none applies)."""
+    order = list(families)
+    rng.shuffle(order)
+    out: str | None = q
+    applied = 0
+    for family in order[: rng.randint(1, 2)]:
+        candidate = _FAMILY[family](out, rng) if out else None
+        if candidate and candidate != out:
+            out, applied = candidate, applied + 1
+    if not applied and "frame" not in families:
+        return None
+    if not applied:
+        return None
+    return out
+
+
+# --------------------------------------------------------------------------- templated near-misses
+
+_ANTONYMS = {
+    "best": "worst", "increase": "decrease", "before": "after", "cheap": "expensive", "male": "female",
+    "buy": "sell", "start": "stop", "win": "lose", "good": "bad", "advantages": "disadvantages",
+    "pros": "cons", "rich": "poor", "gain": "lose", "more": "less", "first": "last", "old": "young",
+    "easy": "hard", "love": "hate", "positive": "negative", "fast": "slow", "high": "low",
+}
+_ANTONYMS.update({v: k for k, v in list(_ANTONYMS.items())})
+_SUBJECTS = ["Python", "Java", "C++", "India", "China", "the USA", "Canada", "iPhone", "Android", "Windows",
+             "Linux", "Trump", "Obama", "Hillary Clinton", "Google", "Facebook", "Amazon", "Apple", "Quora",
+             "Delhi", "Mumbai", "London", "Bangalore", "Europe", "Japan", "Germany", "Bitcoin", "Tesla"]
+
+
+TRAIN_MISSES = ("number", "antonym", "subject")
+VAL_MISSES = ("direction", "negate")
+
+
+def near_miss(q: str, rng: random.Random, kinds: Sequence[str] = TRAIN_MISSES + VAL_MISSES) -> str | None:
+    """``q`` with one thing of ``kinds`` changed that changes its answer, or None."""
+    words = q.split()
+    moves: list[Callable[[], str | None]] = []
+    nums = [i for i, w in enumerate(words) if re.fullmatch(r"\$?\d+(?:[.,]\d+)?[a-zA-Z%]*\??", w)]
+    if nums:
+        def number() -> str:
+            i = rng.choice(nums)
+            m = re.search(r"\d+", words[i])
+            assert m
+            n = int(m.group())
+            new = str(n + rng.choice([1, 2, 5, 10, -1] if n > 1 else [1, 2, 5]))
+            return " ".join(words[:i] + [words[i][: m.start()] + new + words[i][m.end():]] + words[i + 1 :])
+        if "number" in kinds:
+            moves.append(number)
+    ants = [i for i, w in enumerate(words) if w.lower().strip("?,.") in _ANTONYMS]
+    if ants:
+        def antonym() -> str:
+            i = rng.choice(ants)
+            core = words[i].lower().strip("?,.")
+            return " ".join(words[:i] + [words[i].lower().replace(core, _ANTONYMS[core])] + words[i + 1 :])
+        if "antonym" in kinds:
+            moves.append(antonym)
+    subjects = [s for s in _SUBJECTS if s in q]
+    if subjects:
+        def subject() -> str:
+            s = rng.choice(subjects)
+            return q.replace(s, rng.choice([x for x in _SUBJECTS if x != s]), 1)
+        if "subject" in kinds:
+            moves.append(subject)
+    m = re.search(r"\bfrom (\w+(?: \w+)?) to (\w+(?: \w+)?)", q)
+    if m and "direction" in kinds:
+        moves.append(lambda: q[: m.start()] + f"from {m.group(2)} to {m.group(1)}" + q[m.end():])
+    low = q.lower()
+    if re.match(r"^(how|why) (can|do|does|should|is|are) ", low) and "negate" in kinds:
+        def negate() -> str:
+            first, aux, rest = q.split(" ", 2)
+            return f"{first} {aux}n't {rest}" if aux.lower() != "can" else f"{first} can't {rest}"
+        moves.append(negate)
+    if not moves:
+        return None
+    out = rng.choice(moves)()
+    return out if out and out != q else None
+
+
+# --------------------------------------------------------------------------- the data sets
+
+
+def _sample(pairs: Sequence[Pair], n: int, seed: int) -> list[Pair]:
+    items = list(pairs)
+    random.Random(seed).shuffle(items)
+    return items[:n]
+
+
+def build_sets(data: Path, mrpc: Path | None, sizes: dict[str, int],
+               train_misses: Sequence[str] = TRAIN_MISSES) -> dict[str, list[Pair]]:
+    """Every named set of (a, b, same) pairs used to train and validate, deterministic."""
+    qqp = load_qqp(data / "qqp_dev.jsonl")
+    is_val = split_by_question(qqp, SEED, VALIDATION_SHARE)
+    qqp_train = [p for p, v in zip(qqp, is_val) if not v]
+    qqp_val = [p for p, v in zip(qqp, is_val) if v]
+    sets: dict[str, list[Pair]] = {}
+    sets["qqp_train"] = _sample(qqp_train, sizes["qqp_train"], SEED)
+    sets["qqp_val"] = _sample(qqp_val, sizes["qqp_val"], SEED + 1)
+    val_dups = [p for p in qqp_val if p[2]]
+    val_non = [p for p in qqp_val if not p[2]]
+    rng = random.Random(SEED + 2)
+    train_questions = list(dict.fromkeys(q for a, b, _ in qqp_train for q in (a, b)))
+    rng.shuffle(train_questions)
+    sets["reword_train"] = _generated(train_questions[: sizes["reword"]], TRAIN_FAMILIES, train_misses, rng)
+    val_questions = list(dict.fromkeys(q for a, b, _ in qqp_val for q in (a, b)))
+    rng.shuffle(val_questions)
+    sets["reword_val"] = _generated(val_questions[: sizes["reword"] // 3], VAL_FAMILIES, VAL_MISSES, rng)
+    if mrpc is not None:
+        sets["mrpc_train"] = load_mrpc(mrpc / "msr_paraphrase_train.txt")[: sizes["mrpc_train"]]
+        sets["mrpc_test"] = load_mrpc(mrpc / "msr_paraphrase_test.txt")
+    stsb = data / "stsb_dev.tsv"
+    if stsb.exists():
+        sets["stsb"] = load_stsb(stsb)
+    # the proxy rewording replay: human rewordings (QQP-val duplicates, MRPC-test paraphrases) + as many negatives
+    positives = _sample(val_dups, sizes["replay_qqp"], SEED + 3)
+    if mrpc is not None:
+        positives += _sample([p for p in sets["mrpc_test"] if p[2]], sizes["replay_mrpc"], SEED + 4)
+    sets["replay"] = positives + _sample(val_non, len(positives), SEED + 5)
+    random.Random(SEED + 6).shuffle(sets["replay"])
+    return sets
+
+
+def _generated(questions: Sequence[str], families: Sequence[str], misses: Sequence[str],
+               rng: random.Random) -> list[Pair]:
+    """Per question: a rewording (positive) and a near-miss (negative) when the rules give one."""
+    out: list[Pair] = []
+    for q in questions:
+        r = rewrite(q, families, rng)
+        if r:
+            out.append((q, r, True))
+        n = near_miss(q, rng, misses)
+        if n:
+            out.append((q, n, False))
+    return out
+
+
+SIZES = {"qqp_train": 5000, "qqp_val": 3000, "reword": 4000, "mrpc_train": 1200,
+         "replay_qqp": 1000, "replay_mrpc": 500}
+
+
+# --------------------------------------------------------------------------- MiniLM vectors, cached on disk
+
+
+def minilm_vectors(texts: Iterable[str], cache: Path, *, chunk: int = 512,
+                   log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+    """MiniLM vectors of ``texts``, computed once and kept in ``cache/minilm_*.npz`` (text-keyed)."""
+    from llmbudget.cache.minilm import MiniLMEmbedder
+
+    known: dict[str, np.ndarray] = {}
+    for part in sorted(cache.glob("minilm_*.npz")):
+        with np.load(part, allow_pickle=False) as z:
+            known.update(zip(z["texts"].tolist(), z["vectors"]))
+    todo = [t for t in dict.fromkeys(texts) if t not in known]
+    if todo:
+        embedder = MiniLMEmbedder(batch_size=64)
+        start, done = time.perf_counter(), 0
+        for i in range(0, len(todo), chunk):
+            part_texts = todo[i : i + chunk]
+            vectors = embedder.embed(part_texts)
+            np.savez(cache / f"minilm_{int(time.time() * 1e3)}_{i}.npz", texts=np.array(part_texts), vectors=vectors)
+            known.update(zip(part_texts, vectors))
+            done += len(part_texts)
+            log(f"  MiniLM: {done}/{len(todo)} texts embedded  [{time.perf_counter() - start:.0f}s]")
+    return known
+
+
+def all_texts(sets: dict[str, list[Pair]], order: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(t for name in order if name in sets for a, b, _ in sets[name] for t in (a, b)))
+
+
+def main_prepare(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="embed the data sets with MiniLM (cached)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--mrpc", type=Path)
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--qqp-train", type=int, default=SIZES["qqp_train"], help="QQP training pairs used")
+    parser.add_argument("--all-misses", action="store_true",
+                        help="train on every near-miss kind (the validation kinds are then no longer held out)")
+    args = parser.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    misses = TRAIN_MISSES + VAL_MISSES if args.all_misses else TRAIN_MISSES
+    sets = build_sets(args.data, args.mrpc, {**SIZES, "qqp_train": args.qqp_train}, misses)
+    for name, pairs in sets.items():
+        print(f"{name}: {len(pairs)} pairs, {sum(p[2] for p in pairs)} positive")
+    order = ["replay", "qqp_val", "reword_val", "mrpc_test", "stsb", "reword_train", "mrpc_train", "qqp_train"]
+    minilm_vectors(all_texts(sets, order), args.cache)
+    return 0
+
+
+# --------------------------------------------------------------------------- features and replay
+
+EXTRA_FEATURES = ("minilm_cosine", "minilm_minus_wordllama")
+
+
+class Featurizer:
+    """Pair features: the verifier's 34 (WordLlama + lexical) and MiniLM's cosine, from cached vectors."""
+
+    def __init__(self, minilm: dict[str, np.ndarray], *, verifier_score: bool = False) -> None:
+        from llmbudget.cache.verifier import Verifier
+
+        self.verifier = Verifier()
+        self.minilm = minilm
+        self.names = EXTRA_FEATURES + (("verifier_score",) if verifier_score else ())
+
+    def rows(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        v = self.verifier
+        out = np.empty((len(pairs), 34 + len(self.names)))
+        for i, (a, b) in enumerate(pairs):
+            pa, pb = v._prepare(a), v._prepare(b)
+            base = v._features(pa, pb)
+            mc = float(self.minilm[a] @ self.minilm[b])
+            extra = [mc, mc - base[0]]
+            if len(self.names) > len(EXTRA_FEATURES):
+                extra.append(v._probability(base, pa, pb))
+            out[i] = base + extra
+        return out
+
+
+def wordllama_vectors(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    from llmbudget.cache.embedders import WordLlamaEmbedder
+
+    texts = list(dict.fromkeys(texts))
+    return dict(zip(texts, WordLlamaEmbedder().embed(texts)))
+
+
+def replay_candidates(pairs: Sequence[Pair], vectors: dict[str, np.ndarray], k: int, floor: float
+                      ) -> list[list[int]]:
+    """Per query ``b``: the indexes of the ``k`` stored ``a`` nearest by ``vectors``' cosine, at least ``floor``."""
+    stored = np.stack([vectors[a] for a, _, _ in pairs])
+    queries = np.stack([vectors[b] for _, b, _ in pairs])
+    sims = queries @ stored.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return [[int(j) for j in row if sims[i, j] >= floor] for i, row in enumerate(top)]
+
+
+def replay_outcome(pairs: Sequence[Pair], cands: list[list[int]], scores: list[np.ndarray],
+                   thresholds: Iterable[float]) -> list[dict[str, float]]:
+    """Hit precision and recall at each threshold, as eval_replay counts them (best-scored candidate)."""
+    best = np.full(len(pairs), -np.inf)
+    own = np.zeros(len(pairs), dtype=bool)
+    same = np.zeros(len(pairs), dtype=bool)  # another pair's entry with the query's very words: an exact hit live
+    for i, (c, s) in enumerate(zip(cands, scores)):
+        if len(c):
+            j = int(np.argmax(s))
+            best[i], own[i] = float(s[j]), c[j] == i
+            same[i] = c[j] != i and _fold(pairs[c[j]][0]) == _fold(pairs[i][1])
+    good = own & np.array([p[2] for p in pairs])
+    duplicates = max(sum(p[2] for p in pairs), 1)
+    out = []
+    for t in thresholds:
+        hit = best >= t
+        correct, wrong = int((hit & good).sum()), int((hit & ~good).sum())
+        same_text = int((hit & ~good & same).sum())
+        out.append({"threshold": float(t), "precision": correct / max(correct + wrong, 1),
+                    "precision_less_same_text": correct / max(correct + wrong - same_text, 1),
+                    "recall": correct / duplicates, "correct": correct, "wrong": wrong, "same_text": same_text})
+    return out
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def recall_at(outcome: list[dict[str, float]], precision: float, key: str = "precision") -> dict[str, float]:
+    ok = [o for o in outcome if o[key] >= precision and o["correct"] >= 20]
+    return max(ok, key=lambda o: o["recall"]) if ok else {"threshold": float("nan"), "precision": 0.0,
+                                                            "recall": 0.0, "correct": 0, "wrong": 0}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def tree_logits(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Logits of ``fit_trees``' model (its b64 arrays decoded) for each row of ``x``."""
+    import base64
+    import zlib
+
+    def arr(key: str, dtype: str) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(base64.b64decode(model[key])), dtype=dtype)
+
+    depth, trees = model["depth"], model["trees"]
+    inner = 2**depth - 1
+    feature = arr("feature", "uint8").reshape(trees, inner).astype(np.intp)
+    threshold = arr("threshold", "float32").reshape(trees, inner)
+    leaf = arr("leaf", "float32").reshape(trees, inner + 1)
+    out = np.full(len(x), model["base"])
+    rows = np.arange(len(x))
+    for t in range(trees):
+        node = np.zeros(len(x), dtype=np.intp)
+        for level in range(depth):
+            slot = 2**level - 1 + node
+            node = 2 * node + (x[rows, feature[t, slot]] >= threshold[t, slot])
+        out += leaf[t, node]
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from train_verifier import fit_trees, stable_threshold
+
+    from llmbudget.cache.evaluate import pair_metrics
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--mrpc", type=Path)
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the MiniLM vectors (reused)")
+    parser.add_argument("--hold-out", action="append", default=[], help="a training set left out (repeatable)")
+    parser.add_argument("--candidates", type=int, default=4, help="WordLlama candidates scored per lookup")
+    parser.add_argument("--floor", type=float, default=0.5, help="WordLlama cosine floor of the candidates")
+    parser.add_argument("--out", type=Path, help="write the model here (JSON)")
+    parser.add_argument("--verifier-score", action="store_true",
+                        help="the shipped verifier's probability as a feature (in-sample on QQP training pairs)")
+    parser.add_argument("--qqp-train", type=int, default=SIZES["qqp_train"], help="QQP training pairs used")
+    parser.add_argument("--all-misses", action="store_true",
+                        help="train on every near-miss kind (the validation kinds are then no longer held out)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    misses = TRAIN_MISSES + VAL_MISSES if args.all_misses else TRAIN_MISSES
+    sets = build_sets(args.data, args.mrpc, {**SIZES, "qqp_train": args.qqp_train}, misses)
+    training = [n for n in ("qqp_train", "reword_train", "mrpc_train") if n in sets and n not in args.hold_out]
+    minilm = minilm_vectors(all_texts(sets, list(sets)), args.cache)
+    feats = Featurizer(minilm, verifier_score=args.verifier_score)
+    train = [p for n in training for p in sets[n]]
+    x = feats.rows([(a, b) for a, b, _ in train])
+    y = np.array([p[2] for p in train], dtype=np.float64)
+    print(f"training on {', '.join(training)}: {len(train)} pairs  [{time.perf_counter() - started:.0f}s]")
+    model = fit_trees(x, y, SEED)
+    print(f"trees fitted  [{time.perf_counter() - started:.0f}s]")
+
+    def rerank(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return _sigmoid(tree_logits(model, feats.rows(pairs))) if pairs else np.zeros(0)
+
+    def verifier(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        v = feats.verifier
+        return np.array([v.score_pair(a, b) for a, b in pairs])
+
+    def minilm_cos(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return np.array([float(minilm[a] @ minilm[b]) for a, b in pairs])
+
+    scorers = {"verifier": verifier, "minilm cosine": minilm_cos, "reranker": rerank}
+    report: dict[str, Any] = {"training": training, "pairs": {}, "replay": {}}
+    for name in ("qqp_val", "reword_val", "mrpc_test", "stsb"):
+        if name not in sets:
+            continue
+        labels = np.array([p[2] for p in sets[name]])
+        for scorer, fn in scorers.items():
+            s = fn([(a, b) for a, b, _ in sets[name]])
+            m = pair_metrics(labels, s, 0.5)
+            report["pairs"][f"{name}/{scorer}"] = m
+            print(f"{name:<11} {scorer:<14} AUC {m['auc']:.3f}  R@P0.9 {m['recall_at_precision']['0.9']:.3f}  "
+                  f"R@P0.95 {m['recall_at_precision']['0.95']:.3f}")
+    # The shipped threshold keeps Quora pair precision where the verifier keeps it: the lowest score above
+    # which QQP-validation precision stays at least the verifier's own at its threshold.
+    qqp_labels = np.array([p[2] for p in sets["qqp_val"]])
+    qqp_pairs = [(a, b) for a, b, _ in sets["qqp_val"]]
+    target = pair_metrics(qqp_labels, verifier(qqp_pairs), feats.verifier.threshold)["default"]["precision"]
+    threshold = stable_threshold(qqp_labels, rerank(qqp_pairs), target)
+    print(f"threshold {threshold:.4f} (QQP validation precision >= {target:.3f}, the verifier's, above it)")
+    wl = wordllama_vectors([t for name in ("replay", "reword_val", "qqp_val") for p in sets[name] for t in p[:2]])
+    thresholds = np.linspace(0.0, 1.0, 401)
+    for label, pairs in replay_views(sets).items():
+        cands = replay_candidates(pairs, wl, args.candidates, args.floor)
+        gpt = replay_candidates(pairs, minilm, 1, -1.0)
+        for scorer, fn, cc in (("verifier", verifier, replay_candidates(pairs, wl, 2, 0.6)),
+                               ("minilm cosine (GPTCache)", minilm_cos, gpt),
+                               ("reranker", rerank, cands)):
+            scores = [fn([(pairs[i][1], pairs[j][0]) for j in c]) for i, c in enumerate(cc)]
+            outcome = replay_outcome(pairs, cc, scores, thresholds)
+            report["replay"][f"{label}/{scorer}"] = outcome
+            at = {p: recall_at(outcome, p) for p in (0.9, 0.95)}
+            lax = recall_at(outcome, 0.95, "precision_less_same_text")
+            print(f"replay {label:<6} {scorer:<26} " + "  ".join(
+                f"R@P{p}: {o['recall']:.3f} (t={o['threshold']:.3f})" for p, o in at.items())
+                + f"  R@P0.95 less same-text: {lax['recall']:.3f} (t={lax['threshold']:.3f})")
+            for t in (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, threshold):
+                o = min(outcome, key=lambda o: abs(o["threshold"] - t))
+                print(f"    t={t:.3f}: P={o['precision']:.3f} (less same-text {o['precision_less_same_text']:.3f}) "
+                      f"R={o['recall']:.3f} ({o['correct']} right, {o['wrong']} wrong, {o['same_text']} same text)")
+    if args.out:
+        args.out.write_text(json.dumps({"format": "llmbudget-reranker/1", "features": feats.names,
+                                        "gbdt": model, "threshold": threshold, "training": training,
+                                        "candidates": args.candidates, "floor": args.floor},
+                                       separators=(",", ":")) + "\n")
+    print(f"done in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def replay_views(sets: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
+    """The proxy rewording replay, whole and by source of its positives (each with as many negatives)."""
+    replay = sets["replay"]
+    negatives = [p for p in replay if not p[2]]
+    mrpc = {(a, b) for a, b, d in sets.get("mrpc_test", []) if d}
+    views = {"all": replay}
+    if "reword_val" in sets:  # rule rewrites of held-out families, the shape of an LLM-reworded replay
+        positives = [p for p in sets["reword_val"] if p[2]]
+        views["reword"] = positives + [p for p in sets["qqp_val"] if not p[2]][: len(positives)]
+    for name, keep in (("qqp", lambda p: (p[0], p[1]) not in mrpc), ("mrpc", lambda p: (p[0], p[1]) in mrpc)):
+        positives = [p for p in replay if p[2] and keep(p)]
+        if positives and len(positives) < len(replay) // 2:
+            views[name] = positives + negatives[: len(positives)]
+    return views
+
+
+def main_bench(argv: Sequence[str] | None = None) -> int:
+    """Lookup latency of a store scored by the reranker: miss path (no candidate above the floor) and candidate path.
+
+    Entries get random MiniLM vectors in their scorer data (embedding 100k texts takes too long here; a
+    lookup's cost does not depend on the values), the query is embedded by MiniLM for real.
+    """
+    import tempfile
+
+    from llmbudget.cache.bench import _read_pairs, _texts, default_pairs_path
+    from llmbudget.cache.reranker import _DIM, _TAG, RewordReranker
+    from llmbudget.cache.store import CacheStore
+
+    parser = argparse.ArgumentParser(description="reranker lookup latency")
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--weights", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    class _FakePack(RewordReranker):
+        def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
+            rng = np.random.default_rng(len(texts))
+            vectors = rng.standard_normal((len(texts), _DIM)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            inner = self.verifier._pack_texts(texts)
+            return [_TAG + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
+                    for p, v in zip(inner, vectors)]
+
+    scorer = _FakePack(json.loads(args.weights.read_text()))
+    scorer.minilm.load()
+    source = default_pairs_path()
+    assert source is not None, "set LLMBUDGET_CACHE_PAIRS or keep ../shared/data/cache/qqp_dev.jsonl"
+    pairs = _read_pairs(source)
+    rng = random.Random(1)
+    asked = [rng.choice(pairs)["b"] for _ in range(args.queries + 20)]
+    texts = list(_texts(pairs, args.entries, exclude=set(asked)))
+    with tempfile.TemporaryDirectory(prefix="llmbudget-rerank-bench-") as folder:
+        store = CacheStore(folder, scorer=scorer, min_cosine=scorer.min_cosine, candidates=scorer.candidates,
+                           max_entries=None)
+        for start in range(0, len(texts), 20_000):
+            store.put_many({"partition": "p", "exact_key": f"e{start + i}", "text": t, "response": "{}",
+                            "tenant": "b", "model": "b"} for i, t in enumerate(texts[start : start + 20_000]))
+        store.search("p", texts[0])
+        timings: dict[str, list[float]] = {"miss path": [], "candidate path": []}
+        for n, text in enumerate(asked):
+            query = store._unit(store.embedder.embed([text])[0])
+            found = store._index.search(store._partition_id("p"), query, store.candidates)
+            path = "candidate path" if any(sim >= scorer.min_cosine for _, sim in found) else "miss path"
+            scorer._vectors.clear()  # a new query: MiniLM runs
+            t0 = time.perf_counter()
+            store.search("p", text)
+            if n >= 20:
+                timings[path].append((time.perf_counter() - t0) * 1e3)
+        store.close()
+    for path, ms in timings.items():
+        if ms:
+            print(f"{path}: {len(ms)} lookups, p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("prepare", "bench"):
+        raise SystemExit((main_prepare if sys.argv[1] == "prepare" else main_bench)(sys.argv[2:]))
+    raise SystemExit(main())

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
-__all__ = ["count_text", "estimate_input_tokens", "estimate_output_tokens"]
+__all__ = ["FALLBACK_NOTE", "count_text", "estimate_input_tokens", "estimate_output_tokens", "unavailable_encodings"]
 
 log = logging.getLogger("llmbudget.tokens")
 
@@ -32,6 +32,20 @@ class _Encoding(Protocol):
 
 _lock = threading.Lock()
 _warned = False
+_unavailable: set[str] = set()
+
+#: What reports print when an estimate fell back to characters (see :func:`unavailable_encodings`).
+FALLBACK_NOTE = (
+    "token estimates: tiktoken's {names} encoding could not be loaded (offline, no cached files), so "
+    f"estimates count {_CHARS_PER_TOKEN} characters per token; set TIKTOKEN_CACHE_DIR to a folder holding the "
+    "encoding files for tiktoken's own counts"
+)
+
+
+def unavailable_encodings() -> tuple[str, ...]:
+    """The tiktoken encodings this process could not load, so its estimates used characters instead."""
+    with _lock:
+        return tuple(sorted(_unavailable))
 
 #: Input texts come back call after call (system prompts, role names, a conversation's earlier
 #: turns), so their counts are remembered: up to this many characters in all, each entry charged
@@ -54,6 +68,7 @@ def _encoding(name: str) -> _Encoding | None:
         return tiktoken.get_encoding(name)
     except Exception as exc:  # offline, missing package, corrupt cache: estimate instead
         with _lock:
+            _unavailable.add(name)
             if not _warned:
                 _warned = True
                 log.warning(

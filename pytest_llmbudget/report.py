@@ -77,6 +77,9 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
     tr.write_line(f"prices: {summary.snapshot.source}, as of {summary.snapshot.as_of}")
     if summary.total.estimated:
         tr.write_line(f"{summary.total.estimated} call(s) priced from token estimates (cut streams or no usage)")
+    note = fallback_note()
+    if note:
+        tr.write_line(note, yellow=True)
     for model in summary.unpriced:
         tr.write_line(f"no price for model {model!r}: charged a conservative estimate; add a price override",
                       yellow=True)
@@ -160,6 +163,14 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
     return regressions, new_tests
 
 
+def fallback_note() -> str | None:
+    """One line when this run's token estimates fell back to characters per token (tiktoken offline), else None."""
+    from llmbudget.tokens import FALLBACK_NOTE, unavailable_encodings
+
+    names = unavailable_encodings()
+    return FALLBACK_NOTE.format(names=" and ".join(names)) if names else None
+
+
 def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str:
     """A GitHub step summary: verdicts, the per-test and per-model tables."""
     lines = ["## LLM spend (llmbudget)", ""]
@@ -175,6 +186,9 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str
         lines.append(f"| {model} | " + " | ".join(_cells(model, c)[1:]) + " |")
     lines.append("| **total** | " + " | ".join(_cells("total", summary.total)[1:]) + " |")
     lines += ["", f"Prices: {summary.snapshot.source}, as of {summary.snapshot.as_of}.", ""]
+    note = fallback_note()
+    if note:
+        lines += [f"> {note}", ""]
     return "\n".join(lines) + "\n"
 
 

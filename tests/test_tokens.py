@@ -127,6 +127,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(tiktoken, "get_encoding", unavailable)
     monkeypatch.setattr(tokens, "_warned", False)
+    monkeypatch.setattr(tokens, "_unavailable", set())
     tokens._encoding.cache_clear()
     try:
         yield
@@ -202,3 +203,27 @@ def test_counts_are_exact_again_once_online() -> None:
     """What was estimated offline (the test above) is counted with tiktoken now."""
     text = "an offline text to remember"
     assert tokens.estimate_input_tokens([text], model="gpt-4o") == tokens.count_text(text, "gpt-4o") != 7
+
+
+def test_an_unavailable_encoding_is_reported_not_silent(tmp_path: Any) -> None:
+    """Offline with no cached encoding files: estimates fall back to characters, and reports say so."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    code = ("from llmbudget import tokens\n"
+            "assert tokens.unavailable_encodings() == ()\n"
+            "print(tokens.count_text('abcdefgh' * 4, 'gpt-4o'))\n"
+            "from pytest_llmbudget.report import fallback_note\n"
+            "print(tokens.unavailable_encodings()); print(fallback_note())\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, names, note = done.stdout.strip().splitlines()
+    assert count == "8" and names == "('o200k_base',)"  # 32 characters at 4 per token
+    assert "o200k_base encoding could not be loaded" in note and "TIKTOKEN_CACHE_DIR" in note
+    assert "fall back to 4 characters per token" in done.stderr  # the log warning, once
+    from pytest_llmbudget.report import fallback_note
+
+    assert tokens.unavailable_encodings() == () and fallback_note() is None  # here the files are found

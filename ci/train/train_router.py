@@ -118,9 +118,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors  # noqa: E402
 from llmbudget.routing.baselines import complexity_rules  # noqa: E402
 from llmbudget.routing.calibrate import keep_quality_threshold  # noqa: E402
+from llmbudget.routing.embedding import VECTORS_NAME, PromptVectors  # noqa: E402
 from llmbudget.routing.evaluate import FRACTIONS, accuracy_curve, routing_metrics  # noqa: E402
 from llmbudget.routing.features import FEATURE_NAMES, PRIOR_FEATURES, extract_with_text  # noqa: E402
 from llmbudget.tokens import count_text  # noqa: E402
@@ -586,7 +586,8 @@ def report(
     folds = [out[g] for g in groups]
     for column in ("apgr", "length_apgr", *(("rules_apgr",) if rules is not None else ())):
         values = [f[column] for f in folds]
-        wins = "" if column == "apgr" else f", router better on {sum(f['apgr'] > f[column] for f in folds)} of {len(folds)}"
+        better = sum(f["apgr"] > f[column] for f in folds)
+        wins = "" if column == "apgr" else f", router better on {better} of {len(folds)}"
         print(f"  {column.replace('_apgr', '') if column != 'apgr' else 'router':8s} mean {np.mean(values):.3f}, "
               f"worst {np.min(values):.3f}{wins}")
     out["folds"] = {

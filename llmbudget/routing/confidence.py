@@ -21,12 +21,14 @@ def _token_logprobs(choice: Mapping[str, Any]) -> list[float] | None:
     if not isinstance(logprobs, Mapping):
         return None
     content = logprobs.get("content")  # chat: [{"token", "logprob", ...}, ...]
+    values: list[Any]
     if isinstance(content, list):
         values = [item.get("logprob") for item in content if isinstance(item, Mapping)]
     else:  # legacy completions: {"tokens": [...], "token_logprobs": [...]}
-        values = logprobs.get("token_logprobs")
-        if not isinstance(values, list):
+        legacy = logprobs.get("token_logprobs")
+        if not isinstance(legacy, list):
             return None
+        values = legacy
     found = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return found or None
 

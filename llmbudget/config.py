@@ -29,6 +29,7 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
 
     # the middleware: who spends, under which budgets, what it shows
     tenant_header = "x-tenant-id"        # "" to not read the tenant from a header
+    trust_tenant_header = false          # true, or the proxies' addresses ["10.0.0.0/8"]: who may set it
     request_id_header = "x-request-id"
     on_budget = "refuse"                 # "refuse" | "downgrade" | "cap"
     headers = false                      # spend headers on responses
@@ -49,6 +50,7 @@ See README ("Middleware") for each key.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -91,8 +93,8 @@ _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "tt
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
                            "escalate", "min_confidence"})
 _POLICY_KEYS = frozenset(
-    {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "request_id_header",
-     "headers", "metrics", "routes", "problem_type"}
+    {"budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "tenant_header", "trust_tenant_header",
+     "request_id_header", "headers", "metrics", "routes", "problem_type"}
 )
 _KEYS = _ENGINE_KEYS | _POLICY_KEYS
 _ROUTE_KEYS = frozenset(
@@ -197,7 +199,10 @@ class Policy:
       cheapest tier) and ``"cap"`` (output capped to what is left, refused below
       ``cap_min_output_tokens``) are validated now and refuse until routing and output caps exist.
     - ``tenant``: a callable given the ASGI scope or WSGI environ that returns the tenant; else
-      the ``tenant_header`` (``None``: no header); else the authenticated user.
+      the authenticated user; else the ``tenant_header`` (``None``: no header), read only when
+      ``trust_tenant_header`` trusts it.
+    - ``trust_tenant_header``: ``False`` (default: the header is ignored), ``True`` (anyone who
+      can reach the app may set it) or the addresses / networks of the proxies that set it.
     - ``request_id_header``: where a request id is read from (one is generated otherwise).
     - ``headers``: add ``x-llmbudget-*`` spend headers to responses (off: they can leak information).
     - ``metrics``: ``True`` or a :class:`MetricsPolicy` for Prometheus metrics (needs prometheus-client).
@@ -213,6 +218,7 @@ class Policy:
     cap_min_output_tokens: int | None = None
     tenant: TenantFinder | None = field(default=None, compare=False)
     tenant_header: str | None = "x-tenant-id"
+    trust_tenant_header: bool | tuple[str, ...] = False
     request_id_header: str | None = "x-request-id"
     headers: bool = False
     metrics: MetricsPolicy | bool = False
@@ -230,6 +236,10 @@ class Policy:
             if value is not None and (not isinstance(value, str) or not _is_token(value)):
                 raise ConfigError(f"{name} must be an HTTP header name such as 'x-tenant-id' or None, got {value!r}")
             object.__setattr__(self, name, value.lower() if value else None)
+        object.__setattr__(self, "trust_tenant_header", _trusted_proxies(self.trust_tenant_header))
+        if self.trust_tenant_header and self.tenant_header is None:
+            raise ConfigError("trust_tenant_header is set but tenant_header is off: name the header to trust, "
+                              "or drop trust_tenant_header")
         _check_bool(self.headers, "headers")
         metrics = self.metrics
         if isinstance(metrics, bool):
@@ -317,6 +327,25 @@ class Policy:
 
 def _is_token(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name) and name.isascii()
+
+
+def _trusted_proxies(value: Any) -> bool | tuple[str, ...]:
+    """``trust_tenant_header`` normalised: a bool, or the proxies' networks (``[]``: False)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"trust_tenant_header must be true, false or a list of proxy addresses or networks "
+                          f"such as [\"10.0.0.5\", \"10.1.0.0/16\"], got {value!r}")
+    networks = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise TypeError(item)
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"trust_tenant_header: {item!r} is not an IP address or network such as "
+                              "\"10.0.0.5\" or \"10.1.0.0/16\"") from None
+    return tuple(networks) or False
 
 
 def _check_bool(value: Any, what: str) -> None:
@@ -438,7 +467,8 @@ def _policy_options(config: Mapping[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
     values: dict[str, Any] = {}
     try:
-        for key in ("on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "problem_type"):
+        for key in ("on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "problem_type",
+                    "trust_tenant_header"):
             if key in config:
                 values[key] = config[key]
         for key in ("tenant_header", "request_id_header"):

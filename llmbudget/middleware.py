@@ -8,13 +8,21 @@ caller's context: the scope stays set while the server iterates the body and
 can never leak into the next request a worker thread serves.
 
 A budget refusal the app does not catch becomes an RFC 9457 problem document
-with status 402; anything else the app raises passes through untouched.
+with status 402; anything else the app raises passes through untouched. A
+request whose tenant is ambiguous or malformed (two tenant headers, invalid
+UTF-8, over 128 characters, control characters) is refused with a 400 problem
+before the app sees it, never counted for the shared default tenant.
+
+Who names the tenant, first match wins: ``Policy(tenant=callable)``; the
+authenticated user; the ``tenant_header``, only when ``trust_tenant_header``
+trusts it (``True``, or the peer is one of the listed proxies).
 """
 
 from __future__ import annotations
 
 import contextvars
 import importlib
+import ipaddress
 import json
 import logging
 import math
@@ -62,6 +70,7 @@ _route: contextvars.ContextVar[RoutePolicy | None] = contextvars.ContextVar("llm
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _MAX_TENANT = 128
 _PROBLEM_TITLE = "LLM budget exceeded"
+_TENANT_PROBLEM_TYPE = "urn:llmbudget:invalid-tenant"
 
 
 def current_route() -> RoutePolicy | None:
@@ -100,16 +109,47 @@ def _find_refusal(exc: BaseException) -> Refusal | None:
     return None
 
 
-def _clean_tenant(value: Any) -> str | None:
+class _TenantRefused(Exception):
+    """The request names its tenant in a way that cannot be trusted or used: answer 400."""
+
+    def __init__(self, reason: str, source: str, detail: str, header: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.source, self.detail, self.header = reason, source, detail, header
+
+
+def _source_name(source: str, header: str | None) -> str:
+    return {"header": f"the {header} header", "user": "the authenticated user's identity",
+            "callable": "the policy's tenant callable"}[source]
+
+
+def _clean_tenant(value: Any, source: str, header: str | None = None) -> str | None:
+    """``value`` stripped; None when empty; refused when too long or not printable."""
     if value is None:
         return None
     text = str(value).strip()
     if not text:
         return None
-    if len(text) > _MAX_TENANT or not text.isprintable():
-        log.warning("llmbudget: ignoring a tenant that is not printable or longer than %d characters", _MAX_TENANT)
-        return None
+    if len(text) > _MAX_TENANT:
+        raise _TenantRefused("too_long", source, f"The tenant named by {_source_name(source, header)} is "
+                             f"{len(text)} characters long; at most {_MAX_TENANT} are allowed.", header)
+    if not text.isprintable():
+        raise _TenantRefused("not_printable", source, f"The tenant named by {_source_name(source, header)} "
+                             "contains control or other non-printable characters.", header)
     return text
+
+
+def _header_tenant(values: list[bytes], header: str) -> str | None:
+    """The one tenant the (trusted) header names: refused when sent twice, as a list, or not UTF-8."""
+    if len(values) > 1 or any(b"," in value for value in values):
+        raise _TenantRefused("duplicate", "header", f"The request names more than one tenant in the {header} "
+                             "header (sent twice, or a comma-separated list); send exactly one.", header)
+    if not values:
+        return None
+    try:
+        text = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _TenantRefused("invalid_utf8", "header", f"The {header} header is not valid UTF-8.", header) from None
+    return _clean_tenant(text, "header", header)
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -152,20 +192,82 @@ class _Core:
                                    max_models=settings.max_models)
             self.metrics.attach(engine)
             self.metrics_path = settings.path
+        trust = self.policy.trust_tenant_header
+        self._trust_all = trust is True
+        self._trusted = tuple(ipaddress.ip_network(n) for n in trust) if isinstance(trust, tuple) else ()
+        self._warned_untrusted = False
 
     # -- per request ----------------------------------------------------------------------------
 
-    def tenant(self, request: Mapping[str, Any], header: str | None, user: str | None) -> str | None:
+    def tenant(self, request: Mapping[str, Any], header_values: list[bytes], user: str | None,
+               peer: str | None) -> str | None:
+        """The request's tenant (None: the engine's default); raises :class:`_TenantRefused`."""
         finder = self.policy.tenant
         if finder is not None:
             try:
-                return _clean_tenant(finder(request))
+                value = finder(request)
             except Exception:
                 log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")
                 return None
-        if header is not None and (tenant := _clean_tenant(header)) is not None:
-            return tenant
-        return _clean_tenant(user)
+            return _clean_tenant(value, "callable")
+        header = self.policy.tenant_header
+        from_header: str | None = None
+        if header is not None and header_values:
+            if self.header_trusted(peer):
+                # Checked even when a user outranks it: two values mean a client got past the proxy.
+                from_header = _header_tenant(header_values, header)
+            else:
+                self.untrusted_header(header, peer)
+        from_user = _clean_tenant(user, "user")
+        return from_user if from_user is not None else from_header
+
+    def header_trusted(self, peer: str | None) -> bool:
+        """Whether the tenant header of a request from ``peer`` (the direct client's address) is trusted."""
+        if self._trust_all:
+            return True
+        if not self._trusted or not isinstance(peer, str) or not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        return any(address in net or (mapped is not None and mapped in net) for net in self._trusted)
+
+    def untrusted_header(self, header: str, peer: str | None) -> None:
+        if self._warned_untrusted:
+            log.debug("llmbudget: ignored the untrusted %s header of a request from %s", header, peer or "-")
+            return
+        self._warned_untrusted = True
+        log.warning(
+            "llmbudget: ignoring the %s header of a request from %s: the policy does not trust it "
+            "(trust_tenant_header is %s), so the request counts for its authenticated user or the default "
+            "tenant. If only your gateway can set this header, set trust_tenant_header = true, or list the "
+            "gateway's addresses. (Said once; later ones are logged at DEBUG.)",
+            header, peer or "an unknown address",
+            "false" if not self.policy.trust_tenant_header else "a list that does not include it",
+        )
+
+    def tenant_problem(self, refused: _TenantRefused, request_id: str, method: str, path: str) -> _Problem:
+        """The 400 answer for a request whose tenant cannot be used (RFC 9457 problem+json)."""
+        log.warning("request %s %s %s refused with 400: %s", request_id, method, path, refused.detail,
+                    extra={"request_id": request_id, "tenant": "-"})
+        body = {
+            "type": _TENANT_PROBLEM_TYPE,
+            "title": "Invalid tenant",
+            "status": 400,
+            "detail": refused.detail,
+            "reason": refused.reason,
+            "source": refused.source,
+            **({"header": refused.header} if refused.header else {}),
+            "request_id": request_id,
+        }
+        headers = [
+            ("content-type", "application/problem+json"),
+            ("cache-control", "no-store"),
+            ("x-llmbudget-refused", "tenant"),
+        ]
+        return _Problem(400, headers, json.dumps(body).encode())
 
     @staticmethod
     def request_id(value: str | None) -> str:
@@ -277,6 +379,22 @@ def _asgi_header(scope: Mapping[str, Any], name: str | None) -> str | None:
     return None
 
 
+def _asgi_header_values(scope: Mapping[str, Any], name: str | None) -> list[bytes]:
+    """Every value of header ``name``, raw bytes, in order."""
+    if name is None:
+        return []
+    key = name.encode("latin-1")
+    return [bytes(value) for header, value in scope.get("headers") or () if bytes(header).lower() == key]
+
+
+def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
+    client = scope.get("client")
+    try:
+        return str(client[0]) if client else None
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
 def _asgi_user(scope: Mapping[str, Any]) -> str | None:
     user = scope.get("user")
     if user is None:
@@ -320,8 +438,19 @@ class LLMBudgetMiddleware(_Core):
         if not route.enabled:
             await self.app(scope, receive, send)
             return
-        tenant = self.tenant(scope, _asgi_header(scope, self.policy.tenant_header), _asgi_user(scope))
         request_id = self.request_id(_asgi_header(scope, self.policy.request_id_header))
+        try:
+            tenant = self.tenant(scope, _asgi_header_values(scope, self.policy.tenant_header), _asgi_user(scope),
+                                 _asgi_peer(scope))
+        except _TenantRefused as refused:
+            problem = self.tenant_problem(refused, request_id, scope.get("method", "WS"), path)
+            if kind == "http":
+                await _asgi_answer(send, problem.status, problem.headers, problem.body)
+            else:  # a websocket: refuse the handshake (servers answer 403), with the reason
+                message = await receive()
+                if message.get("type") == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008, "reason": refused.detail[:120]})
+            return
         started_at = time.perf_counter()
         status: int | None = None
         response_started = False
@@ -468,6 +597,17 @@ def _environ_header(environ: Mapping[str, Any], name: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _environ_header_values(environ: Mapping[str, Any], name: str | None) -> list[bytes]:
+    """Header ``name`` as raw bytes (WSGI servers join repeated headers with commas; PEP 3333 strings are latin-1)."""
+    value = _environ_header(environ, name)
+    if value is None:
+        return []
+    try:
+        return [value.encode("latin-1")]
+    except UnicodeEncodeError:  # a server that decoded the bytes itself
+        return [value.encode("utf-8", "surrogateescape")]
+
+
 def _request_context(route: RoutePolicy, state: _WSGIRequest, **options: Any) -> tuple[Scope, contextvars.Context]:
     """Run in a throwaway copy of the caller's context: a snapshot with the request's scope set.
 
@@ -506,8 +646,15 @@ class LLMBudgetWSGIMiddleware(_Core):
         if not route.enabled:
             return self.app(environ, start_response)
         started_at = time.perf_counter()
-        tenant = self.tenant(environ, _environ_header(environ, self.policy.tenant_header), environ.get("REMOTE_USER"))
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
+        remote_user = environ.get("REMOTE_USER")
+        try:
+            tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header),
+                                 remote_user if isinstance(remote_user, str) else None, environ.get("REMOTE_ADDR"))
+        except _TenantRefused as refused:
+            problem = self.tenant_problem(refused, request_id, method, path)
+            start_response("400 Bad Request", [*problem.headers, ("content-length", str(len(problem.body)))])
+            return [problem.body]
         state = _WSGIRequest(route=route)
         current, context = contextvars.copy_context().run(
             _request_context, route, state, tenant=tenant, request_id=request_id, budgets=route.budgets,

@@ -37,11 +37,15 @@ class Server:
 
 
 def write_policy(folder: Path, name: str, *, limit: str, extra: str = "") -> Path:
-    """An llmbudget.toml for one server: SQLite ledger and counters, a tenant day budget."""
+    """An llmbudget.toml for one server: SQLite ledger and counters, a tenant day budget.
+
+    The tests name tenants with ``x-tenant-id`` from 127.0.0.1, the one proxy trusted to set it.
+    """
     policy = folder / f"{name}.toml"
     policy.write_text(
         f'ledger = "{folder / (name + "-ledger.db")}"\n'
         f'budget_store = "{folder / (name + "-budgets.db")}"\n'
+        'trust_tenant_header = ["127.0.0.1"]\n'
         f"{extra}\n"
         "[[budgets]]\n"
         f'usd = "{limit}"\n'

@@ -144,7 +144,7 @@ def build(policy: Policy | None = None, *, routes: list[Any] | None = None, inst
 
 
 def test_an_uncaught_refusal_becomes_a_402_problem(engine: llmbudget.Engine) -> None:
-    client = TestClient(build(Policy(budgets=REFUSE_ALL)))
+    client = TestClient(build(Policy(trust_tenant_header=True, budgets=REFUSE_ALL)))
     for path in ("/refused", "/refused/sync"):
         response = client.get(path, headers={"x-tenant-id": "acme", "x-request-id": "req-1"})
         assert response.status_code == 402
@@ -197,7 +197,7 @@ def test_the_scope_reaches_every_kind_of_endpoint_and_ends_with_the_request(engi
     async def with_task(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok", background=BackgroundTask(lambda: seen.append(scope_info())))
 
-    client = TestClient(build(Policy(), routes=[Route("/task", with_task)]))
+    client = TestClient(build(Policy(trust_tenant_header=True), routes=[Route("/task", with_task)]))
     headers = {"x-tenant-id": "acme", "x-request-id": "r-1"}
     assert client.get("/info", headers=headers).json() == {"tenant": "acme", "request_id": "r-1", "route": None}
     assert client.get("/info/sync", headers=headers).json()["tenant"] == "acme"
@@ -227,16 +227,19 @@ class _Auth(AuthenticationBackend):
         return (AuthCredentials(["authenticated"]), SimpleUser(user)) if user else None
 
 
-def test_tenants_from_header_callable_or_authenticated_user(engine: llmbudget.Engine) -> None:
+def test_tenants_from_callable_authenticated_user_or_trusted_header(engine: llmbudget.Engine) -> None:
+    # More on who may name the tenant, and on refusals, in test_tenants.py.
     auth = [Middleware(AuthenticationMiddleware, backend=_Auth())]
-    client = TestClient(build(Policy(), middleware=auth))
+    client = TestClient(build(Policy(trust_tenant_header=True), middleware=auth))
     assert client.get("/info", headers={"x-tenant-id": " acme "}).json()["tenant"] == "acme"
     assert client.get("/info", headers={"x-user": "alice"}).json()["tenant"] == "alice"
-    assert client.get("/info", headers={"x-tenant-id": "acme", "x-user": "alice"}).json()["tenant"] == "acme"
-    assert client.get("/info", headers={"x-tenant-id": "x" * 500}).json()["tenant"] is None
+    assert client.get("/info", headers={"x-tenant-id": "acme", "x-user": "alice"}).json()["tenant"] == "alice"
+    assert client.get("/info", headers={"x-tenant-id": "x" * 500}).status_code == 400
+    untrusted = TestClient(build(Policy(), middleware=auth))
+    assert untrusted.get("/info", headers={"x-tenant-id": "acme"}).json()["tenant"] is None
     no_header = TestClient(build(Policy(tenant_header=None), middleware=auth))
     assert no_header.get("/info", headers={"x-tenant-id": "acme"}).json()["tenant"] is None
-    other_header = TestClient(build(Policy(tenant_header="X-Org")))
+    other_header = TestClient(build(Policy(tenant_header="X-Org", trust_tenant_header=True)))
     assert other_header.get("/info", headers={"x-org": "org-7"}).json()["tenant"] == "org-7"
 
     def from_path(scope: Any) -> str | None:
@@ -302,7 +305,8 @@ def test_spend_headers_are_opt_in(engine: llmbudget.Engine, llm_server: str) -> 
 
 
 def test_metrics_route(engine: llmbudget.Engine) -> None:
-    client = TestClient(build(Policy(budgets=REFUSE_ALL, metrics=MetricsPolicy(path="/metrics"))))
+    policy = Policy(trust_tenant_header=True, budgets=REFUSE_ALL, metrics=MetricsPolicy(path="/metrics"))
+    client = TestClient(build(policy))
     client.get("/refused", headers={"x-tenant-id": "acme"})
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
@@ -343,7 +347,7 @@ def test_request_id_filter_and_request_logs(engine: llmbudget.Engine, caplog) ->
         return PlainTextResponse("ok")
 
     try:
-        TestClient(build(Policy(), routes=[Route("/logs", logs)])).get(
+        TestClient(build(Policy(trust_tenant_header=True), routes=[Route("/logs", logs)])).get(
             "/logs", headers={"x-request-id": "log-1", "x-tenant-id": "acme"})
         app_log.info("outside")
     finally:
@@ -362,7 +366,7 @@ def test_lifespan_and_other_scope_types_pass_through(engine: llmbudget.Engine) -
 
     app = Starlette(routes=[Route("/info", lambda r: JSONResponse(scope_info()))],
                     lifespan=asynccontextmanager(lifespan),
-                    middleware=[Middleware(LLMBudgetMiddleware, policy=Policy())])
+                    middleware=[Middleware(LLMBudgetMiddleware, policy=Policy(trust_tenant_header=True))])
     with TestClient(app) as client:
         assert client.get("/info", headers={"x-tenant-id": "a"}).json()["tenant"] == "a"
     assert events == ["startup", "shutdown"]

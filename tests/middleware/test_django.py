@@ -62,7 +62,7 @@ def server(llm_server: str) -> Any:
 def test_django_calls_are_priced_for_the_requests_tenant(
     engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str
 ) -> None:
-    app = django_app(Policy(headers=True))
+    app = django_app(Policy(trust_tenant_header=True, headers=True))
     response = app.get("/answer", headers={"x-tenant-id": "acme", "x-request-id": "d-1"})
     assert response.status_code == 200, response.get_data()
     assert response.json["tenant"] == "acme" and response.json["answer"]
@@ -74,7 +74,7 @@ def test_django_calls_are_priced_for_the_requests_tenant(
 def test_django_uncaught_refusals_become_402_and_other_errors_stay_500(
     engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]
 ) -> None:
-    app = django_app(Policy(budgets=[llmbudget.Budget("0")]))
+    app = django_app(Policy(trust_tenant_header=True, budgets=[llmbudget.Budget("0")]))
     refused = app.get("/answer", headers={"x-tenant-id": "acme"})
     assert refused.status_code == 402, refused.get_data()
     assert refused.headers["content-type"] == "application/problem+json"

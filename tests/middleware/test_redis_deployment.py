@@ -98,6 +98,7 @@ def deployment(llm_server: str, redis_prefix: str, tmp_path_factory: pytest.Temp
     policy.write_text(
         f'budget_store = "{url}"\n'
         f'ledger = "{url}"\n'
+        "trust_tenant_header = true\n"
         f"{EXACT_PRICES}\n"
         "[cache]\n"
         f'path = "{REDIS}?prefix={redis_prefix}cache:"\n\n'

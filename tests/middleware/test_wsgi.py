@@ -53,7 +53,7 @@ def test_the_scope_lasts_until_close_and_never_leaks_into_the_thread(engine: llm
         start_response("200 OK", [("content-type", "text/plain")])
         return Body(seen)
 
-    wrapped = LLMBudgetWSGIMiddleware(app, policy=Policy())
+    wrapped = LLMBudgetWSGIMiddleware(app, policy=Policy(trust_tenant_header=True))
     body = wrapped({"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_X_TENANT_ID": "acme"}, lambda *a: None)
     assert llmbudget.current_scope() is None  # set in the request's own context only
     assert list(body) == [b"acme", b"!"]
@@ -68,7 +68,7 @@ def test_requests_on_one_thread_never_see_each_others_scope(engine: llmbudget.En
         start_response("200 OK", [])
         return [tenant_now().encode()]
 
-    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy(trust_tenant_header=True)))
     results: list[bytes] = []
 
     def serve_many() -> None:  # one thread, many requests, half of them without a tenant
@@ -93,7 +93,8 @@ def test_plain_wsgi_refusals_become_402(engine: llmbudget.Engine) -> None:
         return []
 
     for app in (before_start, after_start):
-        status, headers, body = call(LLMBudgetWSGIMiddleware(app, policy=Policy(budgets=REFUSE_ALL)),
+        policy = Policy(trust_tenant_header=True, budgets=REFUSE_ALL)
+        status, headers, body = call(LLMBudgetWSGIMiddleware(app, policy=policy),
                                      HTTP_X_TENANT_ID="acme", HTTP_X_REQUEST_ID="w-1")
         problem = json.loads(body)
         assert status == "402 Payment Required"
@@ -174,7 +175,7 @@ def flask_app(policy: Policy) -> Flask:
 def test_flask_uncaught_refusals_become_402_whether_or_not_flask_propagates(
     engine: llmbudget.Engine, propagate: bool
 ) -> None:
-    app = flask_app(Policy(budgets=REFUSE_ALL))
+    app = flask_app(Policy(trust_tenant_header=True, budgets=REFUSE_ALL))
     app.config["PROPAGATE_EXCEPTIONS"] = propagate
     client = app.test_client()
     response = client.get("/refused", headers={"x-tenant-id": "acme"})
@@ -203,15 +204,19 @@ def test_flask_streams_tenants_headers_and_metrics(engine: llmbudget.Engine) -> 
     assert client.post("/metrics").status_code == 405
 
 
-def test_remote_user_is_the_tenant_when_no_header_names_one(engine: llmbudget.Engine) -> None:
+def test_remote_user_outranks_the_tenant_header(engine: llmbudget.Engine) -> None:
+    # More on who may name the tenant, and on refusals, in test_tenants.py.
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         start_response("200 OK", [])
         return [tenant_now().encode()]
 
-    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy(trust_tenant_header=True)))
     assert client.get("/", environ_overrides={"REMOTE_USER": "alice"}).get_data() == b"alice"
     assert client.get("/", headers={"x-tenant-id": "acme"},
-                      environ_overrides={"REMOTE_USER": "alice"}).get_data() == b"acme"
+                      environ_overrides={"REMOTE_USER": "alice"}).get_data() == b"alice"
+    assert client.get("/", headers={"x-tenant-id": "acme"}).get_data() == b"acme"
+    untrusted = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
+    assert untrusted.get("/", headers={"x-tenant-id": "acme"}).get_data() == b"None"
 
 
 def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:
@@ -220,7 +225,7 @@ def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:
         return [tenant_now().encode()]
 
     llmbudget.uninstall()
-    policy = Policy(routes=[llmbudget.config.Route("/health*", enabled=False)])
+    policy = Policy(trust_tenant_header=True, routes=[llmbudget.config.Route("/health*", enabled=False)])
 
     def settings(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         start_response("200 OK", [])

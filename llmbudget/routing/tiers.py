@@ -94,8 +94,9 @@ class Routing:
         for name in (weak, strong):
             if name not in self.tiers:
                 raise ValueError(f"routing: tier {name!r} is not defined; tiers are {sorted(self.tiers)}")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"routing: threshold must be within [0, 1], got {threshold!r}")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0.0 <= threshold <= 1.0):
+            raise ValueError(f"routing: threshold must be a number within [0, 1] (a router score), got {threshold!r}")
         self.weak, self.strong = weak, strong
         if router is None:
             from .classifier import Router

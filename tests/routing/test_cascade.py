@@ -118,3 +118,9 @@ def test_min_confidence_in_the_policy(tmp_path):
         with pytest.raises(ConfigError, match="min_confidence"):
             engine_from_config({"routing": {"tiers": {"small": "m", "large": ""}, "min_confidence": bad}},
                                source="t")
+
+
+@pytest.mark.parametrize("bad", ["high", True, -0.1, 1.5, [0.3]])
+def test_a_bad_threshold_names_its_key(bad):
+    with pytest.raises(ConfigError, match=r"threshold must be a number within \[0, 1\]"):
+        engine_from_config({"routing": {"tiers": {"small": "m", "large": ""}, "threshold": bad}}, source="t")

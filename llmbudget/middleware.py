@@ -516,6 +516,24 @@ _wsgi_request: contextvars.ContextVar[_WSGIRequest | None] = contextvars.Context
 _frameworks_connected: set[str] = set()
 
 
+class _RefusalTraceback(logging.Filter):
+    """Drops a framework's ERROR traceback for an uncaught budget refusal: the middleware answers it with a 402
+    and logs one WARNING line itself (an expected outcome, not a crash). Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or _find_refusal(error) is None
+
+
+_REFUSAL_TRACEBACK = _RefusalTraceback()
+
+
+def _quiet(logger: Any) -> None:
+    """Put the refusal filter on a framework's logger (once)."""
+    if isinstance(logger, logging.Logger) and _REFUSAL_TRACEBACK not in logger.filters:
+        logger.addFilter(_REFUSAL_TRACEBACK)
+
+
 def _on_request_exception(sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
     """Flask and Django turn uncaught exceptions into 500s themselves: note a refusal so the middleware answers 402.
 
@@ -530,6 +548,7 @@ def _on_request_exception(sender: Any, exception: BaseException | None = None, *
         refusal = _find_refusal(exception)
         if refusal is not None:
             state.refusal = refusal
+            _quiet(getattr(sender, "logger", None))  # Flask logs the traceback after this signal, on app.logger
 
 
 def _connect_frameworks() -> None:
@@ -542,6 +561,8 @@ def _connect_frameworks() -> None:
         except (ImportError, AttributeError):  # pragma: no cover - a module of that name that is not the framework
             continue
         signal.connect(_on_request_exception, weak=False)
+        if framework == "django":
+            _quiet(logging.getLogger("django.request"))  # Django logs "Internal Server Error" there
         _frameworks_connected.add(framework)
 
 

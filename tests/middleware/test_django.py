@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -72,11 +73,15 @@ def test_django_calls_are_priced_for_the_requests_tenant(
 
 
 def test_django_uncaught_refusals_become_402_and_other_errors_stay_500(
-    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], caplog: pytest.LogCaptureFixture
 ) -> None:
     app = django_app(Policy(trust_tenant_header=True, budgets=[llmbudget.Budget("0")]))
-    refused = app.get("/answer", headers={"x-tenant-id": "acme"})
+    with caplog.at_level(logging.INFO):
+        refused = app.get("/answer", headers={"x-tenant-id": "acme"})
     assert refused.status_code == 402, refused.get_data()
+    # an expected outcome: one WARNING line, no "Internal Server Error" traceback from django.request
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert sum("refused an LLM call" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 1
     assert refused.headers["content-type"] == "application/problem+json"
     assert (refused.json["budget"], refused.json["tenant"]) == ("request", "acme")
     assert records == []  # refused before anything was sent

@@ -242,3 +242,19 @@ def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:
     assert client.get("/other", headers={"x-tenant-id": "acme"}).get_data() == b"acme"
     LLMBudgetWSGIMiddleware(app)
     assert llmbudget.installed()
+
+
+def test_flask_logs_a_refusal_as_one_warning_not_an_error_traceback(
+    engine: llmbudget.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = flask_app(Policy(trust_tenant_header=True, budgets=REFUSE_ALL))
+    client = app.test_client()
+    with caplog.at_level(logging.INFO):
+        assert client.get("/refused", headers={"x-tenant-id": "acme"}).status_code == 402
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "refused an LLM call" in r.getMessage()]
+    assert len(warnings) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert client.get("/boom").status_code == 500
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)  # a real bug still logs its traceback

@@ -9,17 +9,20 @@ call, to a :class:`Bucket` (a counter key, its limit and when it resets). A
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import parse_qsl
 
 from ..money import usd as to_usd
 
@@ -33,7 +36,11 @@ __all__ = [
     "Refusal",
     "Reservation",
     "PERIODS",
+    "SQLITE_TIMEOUT_S",
 ]
+
+log = logging.getLogger("llmbudget.ledger.budgets")
+_T = TypeVar("_T")
 
 Per = Literal["request", "tenant", "global"]
 Period = Literal["minute", "hour", "day", "month"]
@@ -49,7 +56,7 @@ class Budget:
     per: Per = "request"
     period: Period | None = None
     name: str = ""
-    #: When a shared budget store (Redis) cannot be reached: "closed" refuses (503), "open"
+    #: When the budget store (SQLite, Redis) is unavailable: "closed" refuses (503), "open"
     #: serves and counts locally; None: the store's own setting.
     on_unavailable: Literal["open", "closed"] | None = None
 
@@ -168,7 +175,7 @@ class Refusal:
 
 
 class BudgetStoreUnavailable(RuntimeError):
-    """The budget store could not be reached and its policy is fail-closed.
+    """The budget store could not be reached or written and its policy is fail-closed.
 
     Answer the call with :attr:`status_code` (503) and :meth:`to_json`; do not send it.
     """
@@ -277,34 +284,216 @@ CREATE TABLE IF NOT EXISTS budget_reservations (
 CREATE INDEX IF NOT EXISTS budget_reservations_expires ON budget_reservations (state, expires);
 """
 
+#: How long a SQLite budget store waits for another connection's write lock before it counts as unavailable.
+SQLITE_TIMEOUT_S = 5.0
+#: Errors that make a SQLite budget store unavailable: locked past the wait, disk full, I/O errors, a bad file.
+_SQLITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, OSError)
+_SQLITE_OPTIONS = ("on_unavailable", "timeout")
+_LOCAL_PREFIX = "local-"
 
-def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A connection in WAL mode, autocommit (transactions are explicit), with a busy timeout."""
+
+def connect(path: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection in WAL mode, autocommit (transactions are explicit), waiting ``timeout`` s for locks."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(os.fspath(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(os.fspath(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
 
-class SQLiteBudgetStore:
-    """Counters in a SQLite file shared by every process on the host (WAL, ``BEGIN IMMEDIATE``)."""
+def _rollback(conn: sqlite3.Connection) -> bool:
+    """Roll back the open transaction, if any; never raises (the error being handled is the one to report).
 
-    def __init__(self, path: str | os.PathLike[str], *, reservation_ttl: float = 600.0) -> None:
-        self.path = Path(path)
+    False when the connection is left inside a transaction and must not be used again.
+    """
+    if not conn.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR)
+        return True
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.debug("llmbudget: ROLLBACK failed as well (%s)", exc)
+    return not conn.in_transaction
+
+
+def _split_options(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
+    """The file path without llmbudget's ``?on_unavailable=...&timeout=...`` suffix, and those options."""
+    text = os.fspath(path)
+    if "?" not in text:
+        return Path(text), {}
+    base, _, query = text.partition("?")
+    try:
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        options = {"": query}
+    unknown = sorted(set(options) - set(_SQLITE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"SQLite budget store {text!r}: unknown option(s) {', '.join(map(repr, unknown))} after '?'; "
+            f"expected on_unavailable=open|closed and timeout=<seconds>, e.g. 'budgets.db?on_unavailable=open&timeout=2'"
+        )
+    return Path(base), options
+
+
+class SQLiteBudgetStore:
+    """Counters in a SQLite file shared by every process on the host (WAL, ``BEGIN IMMEDIATE``).
+
+    ``path`` may end in ``?on_unavailable=open&timeout=2``; the keyword arguments win over it.
+    A write waits at most ``timeout`` seconds (default :data:`SQLITE_TIMEOUT_S`) for another
+    connection's lock. When the file cannot be written (locked past that wait, disk full, I/O
+    error), ``on_unavailable`` decides, as for Redis: ``"closed"`` (default) raises
+    :class:`BudgetStoreUnavailable` (a 503-style error), ``"open"`` serves and counts in this
+    process against the last spend read from the file. Either way the cause is logged once per
+    outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
+    be written wait in memory and are written (idempotently) once the file answers again.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        reservation_ttl: float = 600.0,
+        timeout: float | None = None,
+        on_unavailable: Literal["open", "closed"] | None = None,
+        retry_interval: float = 1.0,
+    ) -> None:
+        path, options = _split_options(path)
+        mode = on_unavailable or options.get("on_unavailable", "closed")
+        if mode not in ("open", "closed"):
+            raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")
+        wait: Any = timeout if timeout is not None else options.get("timeout", SQLITE_TIMEOUT_S)
+        try:
+            wait = float(wait)
+        except ValueError:
+            wait = -1.0
+        if not wait > 0 or wait == float("inf"):
+            raise ValueError(f"SQLite budget store timeout={timeout if timeout is not None else options['timeout']!r}: "
+                             "expected a positive number of seconds to wait for the database lock")
+        if not retry_interval >= 0:
+            raise ValueError(f"retry_interval={retry_interval!r}: expected seconds >= 0")
+        self.path = path
         self.reservation_ttl = reservation_ttl
-        self._local = threading.local()
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
+        self.timeout = wait
+        self.on_unavailable: Literal["open", "closed"] = mode  # type: ignore[assignment]
+        self.retry_interval = float(retry_interval)
+        self._threads = threading.local()
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._down_until = 0.0  # monotonic; while in the future, the file is not tried
+        self._down = False  # an outage is under way (its warning was logged)
+        self._last_error: BaseException | None = None
+        self._pending: deque[tuple[Reservation, Decimal]] = deque()  # settles waiting for the file
+        self._local: dict[str, tuple[Decimal, Decimal]] = {}  # fail-open counters: (spent, reserved)
+        self._local_open: dict[str, tuple[Reservation, float]] = {}
+        self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
+        self._conn()
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = connect(self.path)
-            self._local.conn = conn
-            self._local.pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._threads, "conn", None)
+        if conn is None or getattr(self._threads, "pid", None) != os.getpid():
+            conn = connect(self.path, timeout=self.timeout)
+            self._threads.conn = conn
+            self._threads.pid = os.getpid()
+        if not self._schema_ready:
+            conn.executescript(_SCHEMA)
+            self._schema_ready = True
         return conn
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error, rolled back and re-raised as it was."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            if not _rollback(conn):
+                self._threads.conn = None
+                conn.close()
+            raise
+
+    # -- availability ---------------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        """Whether to try the file now; writes waiting settles first when it was unavailable."""
+        if time.monotonic() < self._down_until:
+            return False
+        if self._pending:
+            try:
+                self._replay()
+            except _SQLITE_ERRORS as exc:
+                self._mark_down(exc)
+                return False
+        return True
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_interval
+        self._last_error = exc
+        with self._lock:
+            first, self._down = not self._down, True
+        if first:
+            action = ("serving and counting in this process until it is back" if self.on_unavailable == "open"
+                      else "refusing budgeted calls (fail-closed) until it is back")
+            log.warning("llmbudget: SQLite budget store %s is unavailable (%s); %s",
+                        self.path, self._cause(exc), action)
+        else:
+            log.debug("llmbudget: SQLite budget store %s is still unavailable (%s)", self.path, self._cause(exc))
+
+    def _mark_up(self) -> None:
+        if self._down:
+            with self._lock:
+                was, self._down = self._down, False
+            if was:
+                log.warning("llmbudget: SQLite budget store %s is available again", self.path)
+
+    def _cause(self, exc: BaseException | None) -> str:
+        late = exc is None
+        exc = exc or self._last_error
+        if exc is None:
+            return "unavailable at its last try"
+        text = f"{type(exc).__name__}: {exc}"
+        if "locked" in str(exc) or "busy" in str(exc):
+            text += f" (after waiting {self.timeout:g} s for the lock)"
+        return text + (f", at its last try under {self.retry_interval:g} s ago" if late else "")
+
+    def _unavailable(self, exc: BaseException | None) -> BudgetStoreUnavailable:
+        return BudgetStoreUnavailable(
+            f"llmbudget could not use its budget store (SQLite at {self.path}: {self._cause(exc)}); "
+            f"budgeted calls are refused until it can (on_unavailable='closed'). Check the disk and any process "
+            f"holding the database lock, or set on_unavailable='open' to serve and count locally meanwhile.",
+            store="sqlite", retry_after=self.retry_interval,
+        )
+
+    def _replay(self) -> None:
+        """Write settles made while the file was unavailable (idempotent: each id is charged once)."""
+        replayed = 0
+        while True:
+            with self._lock:
+                if not self._pending:
+                    break
+                reservation, actual = self._pending.popleft()
+            try:
+                self._transaction(lambda conn: self._settle_in(conn, reservation, actual))
+            except BaseException:
+                with self._lock:
+                    self._pending.appendleft((reservation, actual))
+                raise
+            with self._lock:
+                for key in reservation.keys:
+                    spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+                    self._local[key] = (max(spent - actual, _ZERO), reserved)
+                    if key in self._known:
+                        self._known[key] += actual
+            replayed += 1
+        with self._lock:
+            if not self._local_open:
+                self._local = {k: v for k, v in self._local.items() if v != (_ZERO, _ZERO)}
+        if replayed:
+            log.warning("llmbudget: SQLite budget store %s: wrote %d settle(s) that waited in memory",
+                        self.path, replayed)
+
+    # -- reading and writing the file -------------------------------------------------------------
 
     def _load(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[Decimal, Decimal]]:
         marks = ",".join("?" * len(keys))
@@ -329,44 +518,137 @@ class SQLiteBudgetStore:
         # Keep settled and expired ids a day, so late or repeated settles stay idempotent.
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
 
-    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
-        conn = self._conn()
+    def _reserve_in(self, conn: sqlite3.Connection, buckets: Sequence[Bucket], amount: Decimal,
+                    tenant: str | None) -> Reservation | Refusal:
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._expire(conn, now)
-            refusal = _check(self._load(conn, [b.key for b in buckets]), buckets, amount, tenant)
-            if refusal is not None:
-                conn.execute("COMMIT")
-                return refusal
-            reservation = Reservation(uuid.uuid4().hex, tuple(b.key for b in buckets), amount)
-            for key in reservation.keys:
-                self._add(conn, key, _ZERO, amount)
+        self._expire(conn, now)
+        counters = self._load(conn, [b.key for b in buckets])
+        with self._lock:
+            for bucket in buckets:
+                self._remember(bucket.key, counters.get(bucket.key, (_ZERO, _ZERO))[0])
+        refusal = _check(counters, buckets, amount, tenant)
+        if refusal is not None:
+            return refusal
+        reservation = Reservation(uuid.uuid4().hex, tuple(b.key for b in buckets), amount)
+        for key in reservation.keys:
+            self._add(conn, key, _ZERO, amount)
+        conn.execute(
+            "INSERT INTO budget_reservations (id, keys, amount, expires) VALUES (?, ?, ?, ?)",
+            (reservation.id, json.dumps(reservation.keys), str(amount), now + self.reservation_ttl),
+        )
+        return reservation
+
+    def _settle_in(self, conn: sqlite3.Connection, reservation: Reservation, actual: Decimal) -> None:
+        row = conn.execute("SELECT state FROM budget_reservations WHERE id = ?", (reservation.id,)).fetchone()
+        if row is None and reservation.id.startswith(_LOCAL_PREFIX):
+            # Served while the file was unavailable (fail-open): charge it once, remembered by its id.
             conn.execute(
-                "INSERT INTO budget_reservations (id, keys, amount, expires) VALUES (?, ?, ?, ?)",
-                (reservation.id, json.dumps(reservation.keys), str(amount), now + self.reservation_ttl),
+                "INSERT INTO budget_reservations (id, keys, amount, expires, state) VALUES (?, ?, ?, ?, 'settled')",
+                (reservation.id, json.dumps(reservation.keys), str(reservation.amount), time.time()),
             )
-            conn.execute("COMMIT")
+            for key in reservation.keys:
+                self._add(conn, key, actual, _ZERO)
+        elif row is not None and row[0] != "settled":
+            held = reservation.amount if row[0] == "open" else _ZERO
+            conn.execute("UPDATE budget_reservations SET state = 'settled' WHERE id = ?", (reservation.id,))
+            for key in reservation.keys:
+                self._add(conn, key, actual, -held)
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+        # Fail-closed if any budget says so (or leaves it to a fail-closed store).
+        closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
+        if self._usable():
+            try:
+                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant))
+            except _SQLITE_ERRORS as exc:
+                self._mark_down(exc)
+                if closed:
+                    raise self._unavailable(exc) from exc
+            else:
+                self._mark_up()
+                return result
+        elif closed:
+            raise self._unavailable(None)
+        return self._reserve_local(buckets, amount, tenant)
+
+    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, tenant: str | None) -> Reservation | Refusal:
+        """Fail-open: check against the last spend read from the file plus what this process did since."""
+        with self._lock:
+            now = time.monotonic()
+            for rid, (res, deadline) in list(self._local_open.items()):
+                if deadline < now:
+                    del self._local_open[rid]
+                    self._unhold(res)
+            counters = {}
+            for bucket in buckets:
+                spent, reserved = self._local.get(bucket.key, (_ZERO, _ZERO))
+                counters[bucket.key] = (self._known.get(bucket.key, _ZERO) + spent, reserved)
+            refusal = _check(counters, buckets, amount, tenant)
+            if refusal is not None:
+                return refusal
+            reservation = Reservation(_LOCAL_PREFIX + uuid.uuid4().hex, tuple(b.key for b in buckets), amount)
+            for key in reservation.keys:
+                spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+                self._local[key] = (spent, reserved + amount)
+            self._local_open[reservation.id] = (reservation, now + self.reservation_ttl)
             return reservation
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+
+    def _unhold(self, reservation: Reservation) -> None:
+        for key in reservation.keys:
+            spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+            self._local[key] = (spent, max(reserved - reservation.amount, _ZERO))
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
-        """Charge ``actual`` and drop the hold; a second settle of one reservation changes nothing."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT state FROM budget_reservations WHERE id = ?", (reservation.id,)).fetchone()
-            if row is not None and row[0] != "settled":
-                held = reservation.amount if row[0] == "open" else _ZERO
-                conn.execute("UPDATE budget_reservations SET state = 'settled' WHERE id = ?", (reservation.id,))
-                for key in reservation.keys:
-                    self._add(conn, key, actual, -held)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        """Charge ``actual`` and drop the hold; a second settle of one reservation changes nothing.
+
+        Never raises because the file is unavailable: the settle waits in memory and is written later.
+        """
+        if reservation.id.startswith(_LOCAL_PREFIX):
+            with self._lock:
+                if self._local_open.pop(reservation.id, None) is not None:
+                    self._unhold(reservation)
+        if self._usable():
+            try:
+                self._transaction(lambda conn: self._settle_in(conn, reservation, actual))
+            except _SQLITE_ERRORS as exc:
+                self._mark_down(exc)
+            else:
+                self._mark_up()
+                return
+        with self._lock:
+            if any(r.id == reservation.id for r, _ in self._pending):
+                return
+            self._pending.append((reservation, actual))
+            for key in reservation.keys:
+                spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+                self._local[key] = (spent + actual, reserved)
+        if len(self._pending) % 10_000 == 0:
+            log.warning("llmbudget: %d budget settles are waiting for SQLite at %s", len(self._pending), self.path)
 
     def spent(self, key: str) -> tuple[Decimal, Decimal]:
-        return self._load(self._conn(), [key]).get(key, (_ZERO, _ZERO))
+        """(spent, reserved) in USD for one bucket key, as the file has it (this process's counts when open)."""
+        if self._usable():
+            try:
+                return self._load(self._conn(), [key]).get(key, (_ZERO, _ZERO))
+            except _SQLITE_ERRORS as exc:
+                self._mark_down(exc)
+                if self.on_unavailable == "closed":
+                    raise self._unavailable(exc) from exc
+        elif self.on_unavailable == "closed":
+            raise self._unavailable(None)
+        with self._lock:
+            spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+            return self._known.get(key, _ZERO) + spent, reserved
+
+    @property
+    def pending_settles(self) -> int:
+        """Settles made while the file was unavailable, not yet written."""
+        return len(self._pending)
+
+    def _remember(self, key: str, spent: Decimal) -> None:
+        self._known[key] = spent
+        self._known.move_to_end(key)
+        if len(self._known) > 10_000:
+            self._known.popitem(last=False)

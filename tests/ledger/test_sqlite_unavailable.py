@@ -1,0 +1,248 @@
+"""A SQLite budget store that cannot be written (locked, disk full) is enforced, waits boundedly, logs the cause."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+import llmbudget
+from llmbudget.config import engine_from_config
+from llmbudget.ledger.budgets import (
+    SQLITE_TIMEOUT_S,
+    Budget,
+    BudgetStoreUnavailable,
+    Refusal,
+    Reservation,
+    SQLiteBudgetStore,
+)
+
+HI = [{"role": "user", "content": "Say hi"}]
+LOG = "llmbudget.ledger.budgets"
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+def _bucket(usd: str = "1", on_unavailable: str | None = None):  # type: ignore[no-untyped-def]
+    budget = Budget(usd, per="global", period="day", on_unavailable=on_unavailable)  # type: ignore[arg-type]
+    return budget.bucket(tenant="t", request_id="r", now=time.time())
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A database file whose write lock another process holds until the test writes a line to its stdin."""
+    path = tmp_path / "budgets.db"
+    SQLiteBudgetStore(path)  # the schema exists before the lock is taken
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield path, holder
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    holder.wait(timeout=10)
+
+
+def _fill_disk(store: SQLiteBudgetStore) -> sqlite3.Connection:
+    """Make every further write to the store's file fail with SQLITE_FULL ("database or disk is full")."""
+    conn = store._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")
+    rows = {  # fill every b-tree (each table and index has pages of its own), big rows first, then small ones
+        "INSERT INTO budget_counters VALUES (?, '0', '0')": lambda key: (key,),
+        "INSERT INTO budget_reservations VALUES (?, '[]', '0', 1e12, 'settled')": lambda key: (key,),
+    }
+    n = 0
+    for sql, args in rows.items():
+        for pad in (200, 40, 8, 1):
+            failures = 0
+            while failures < 3:
+                n += 1
+                try:
+                    conn.execute(sql, args(f"{n:x}".rjust(pad, "f")))
+                except sqlite3.OperationalError as exc:
+                    assert "full" in str(exc)
+                    failures += 1
+    return conn
+
+
+# -- a lock another process holds -----------------------------------------------------------------
+
+
+def test_the_lock_wait_is_bounded_and_documented() -> None:
+    assert SQLITE_TIMEOUT_S <= 10
+    assert SQLiteBudgetStore(":memory:").timeout == SQLITE_TIMEOUT_S
+
+
+def test_a_locked_file_refuses_within_the_wait(lock_holder, caplog) -> None:  # type: ignore[no-untyped-def]
+    path, _ = lock_holder
+    store = SQLiteBudgetStore(path, timeout=0.3)
+    caplog.set_level(logging.WARNING, logger=LOG)
+    started = time.monotonic()
+    with pytest.raises(BudgetStoreUnavailable) as caught:
+        store.reserve([_bucket()], Decimal("0.1"))
+    assert time.monotonic() - started < 3  # 0.3 s, not the 30 s it used to wait
+    assert "database is locked" in str(caught.value) and "0.3 s" in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert json.loads(caught.value.to_json())["error"]["llmbudget"]["store"] == "sqlite"
+    started = time.monotonic()
+    with pytest.raises(BudgetStoreUnavailable) as again:  # within retry_interval: refused at once, same cause
+        store.reserve([_bucket()], Decimal("0.1"))
+    assert time.monotonic() - started < 0.2 and "database is locked" in str(again.value)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "database is locked" in warnings[0]  # once per outage, with the cause
+
+
+def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    path, holder = lock_holder
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    bucket = _bucket("1")
+    started = time.monotonic()
+    held = store.reserve([bucket], Decimal("0.6"))
+    assert isinstance(held, Reservation) and time.monotonic() - started < 3
+    assert isinstance(store.reserve([bucket], Decimal("0.6")), Refusal)  # counted in this process meanwhile
+    store.settle(held, Decimal("0.5"))
+    assert store.pending_settles == 1
+    _release(holder)
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)  # the file answers again
+    assert store.pending_settles == 0
+    spent, reserved = SQLiteBudgetStore(path).spent(bucket.key)
+    assert (spent, reserved) == (Decimal("0.5"), Decimal("0.1"))  # the served call is charged, once
+    store.settle(held, Decimal("0.5"))
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.5")
+
+
+def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    path, _ = lock_holder
+    closed_store = SQLiteBudgetStore(path, timeout=0.1, retry_interval=0)
+    assert isinstance(closed_store.reserve([_bucket(on_unavailable="open")], Decimal("0.1")), Reservation)
+    open_store = SQLiteBudgetStore(path, timeout=0.1, retry_interval=0, on_unavailable="open")
+    with pytest.raises(BudgetStoreUnavailable):
+        open_store.reserve([_bucket(on_unavailable="closed")], Decimal("0.1"))
+
+
+# -- a disk that is full --------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_enforced_and_logged_with_its_cause(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    store = SQLiteBudgetStore(tmp_path / "budgets.db", retry_interval=0)
+    _fill_disk(store)
+    caplog.set_level(logging.WARNING, logger=LOG)
+    served = 0
+    for _ in range(20):  # a budget that fits 5
+        with pytest.raises(BudgetStoreUnavailable) as caught:
+            served += isinstance(store.reserve([_bucket("1")], Decimal("0.2")), Reservation)
+        assert "database or disk is full" in str(caught.value)  # not "cannot rollback"
+    assert served == 0
+    text = caplog.text
+    assert "database or disk is full" in text and "cannot rollback" not in text
+    assert text.count("is unavailable") == 1
+
+
+def test_a_full_disk_when_open_counts_locally_from_the_last_spend_read(tmp_path: Path) -> None:
+    store = SQLiteBudgetStore(tmp_path / "budgets.db", on_unavailable="open", retry_interval=0)
+    bucket = _bucket("1")
+    for _ in range(2):  # $0.40 spent before the disk fills
+        reservation = store.reserve([bucket], Decimal("0.2"))
+        assert isinstance(reservation, Reservation)
+        store.settle(reservation, Decimal("0.2"))
+    conn = _fill_disk(store)
+    results = [store.reserve([bucket], Decimal("0.2")) for _ in range(18)]
+    served = [r for r in results if isinstance(r, Reservation)]
+    assert len(served) == 3 and all(isinstance(r, Refusal) for r in results[3:])
+    for reservation in served:
+        store.settle(reservation, Decimal("0.2"))
+    assert store.pending_settles == 3
+    conn.execute("PRAGMA max_page_count=1073741823")  # space again
+    assert isinstance(store.reserve([bucket], Decimal("0")), Reservation)
+    assert store.pending_settles == 0 and store.spent(bucket.key)[0] == Decimal("1.0")
+
+
+class _Upstream(httpx2.BaseTransport):
+    """A provider that answers every chat completion (sync only, unlike httpx2.MockTransport)."""
+
+    def __init__(self) -> None:
+        self.sent: list[httpx2.Request] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.sent.append(request)
+        return _answer(request)
+
+
+def _openai(upstream: _Upstream) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://llm.test/v1", api_key="sk-test", max_retries=3,
+                         http_client=llmbudget.http_client(transport=upstream))
+
+
+def _answer(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, json={
+        "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+    })
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_the_call_is_refused_with_a_503_not_served_unbudgeted(tmp_path: Path, engine, caplog, mode) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "budgets.db"
+    store = SQLiteBudgetStore(path if mode == "closed" else f"{path}?on_unavailable=open")
+    _fill_disk(store)
+    llmbudget.set_engine(llmbudget.Engine(hosts=["llm.test"], budget_store=store,
+                                          budgets=[Budget("1", per="tenant", period="day")]))
+    upstream = _Upstream()
+    sent = upstream.sent
+    client = _openai(upstream)
+    caplog.set_level(logging.WARNING)
+    if mode == "open":
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2).choices
+        assert len(sent) == 1
+        return
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2)
+    assert sent == []  # never sent, and not retried by the SDK
+    response = caught.value.response
+    assert response.status_code == 503 and response.headers["x-llmbudget-refused"] == "budget-store-unavailable"
+    error = response.json()["error"]
+    assert error["type"] == "budget_store_unavailable" and "database or disk is full" in error["message"]
+    assert "unbudgeted" not in caplog.text and "database or disk is full" in caplog.text
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_options_come_from_the_path_as_from_a_redis_url(tmp_path: Path) -> None:
+    engine = engine_from_config({"budget_store": "budgets.db?on_unavailable=open&timeout=2"}, root=tmp_path)
+    store = engine.budget_store
+    assert isinstance(store, SQLiteBudgetStore)
+    assert (store.path, store.on_unavailable, store.timeout) == (tmp_path / "budgets.db", "open", 2.0)
+    assert SQLiteBudgetStore(tmp_path / "b.db").on_unavailable == "closed"  # closed by default
+    keyword = SQLiteBudgetStore(f"{tmp_path / 'b.db'}?on_unavailable=open", on_unavailable="closed", timeout=1)
+    assert (keyword.on_unavailable, keyword.timeout) == ("closed", 1.0)  # keywords win over the path
+    for bad, needle in [("b.db?onunavailable=open", "unknown option"), ("b.db?on_unavailable=maybe", "on_unavailable"),
+                        ("b.db?timeout=0", "timeout"), ("b.db?timeout=soon", "timeout")]:
+        with pytest.raises(ValueError, match=needle):
+            SQLiteBudgetStore(tmp_path / bad)

@@ -40,3 +40,21 @@ def test_readme_budget_example_spends_and_reports(llm_server, engine, monkeypatc
         llmbudget.uninstall()
     calls, cost = capsys.readouterr().out.split()[-2:]
     assert calls == "1" and 0 < float(cost) < 0.05
+
+
+def _slug(title: str) -> str:
+    """GitHub's anchor for a heading."""
+    import re
+
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_the_table_of_contents_lists_every_section_and_every_link_lands():
+    import re
+
+    text = README.read_text(encoding="utf-8")
+    headings = [title for title in re.findall(r"^#{2,3} (.+)$", text, re.M) if title != "Contents"]
+    contents = text[text.index("## Contents"):text.index("\n## ", text.index("## Contents") + 1)]
+    links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents)
+    assert [title for title, _ in links] == headings
+    assert all(anchor == _slug(title) for title, anchor in links)

@@ -604,6 +604,9 @@ class Attempt:
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
         call, state = self.call, self.state
+        answered = self.status is not None and self.status < 400
+        if error is not None and answered:
+            return self._cut_record(error)
         failed = error is not None or self.status is None or self.status >= 400
         estimated = False
         if failed:
@@ -614,6 +617,10 @@ class Attempt:
                 estimated = True
         else:
             self._parse()
+            if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
+                # the app's JSON decoding fails on this body too: record that, with the input it paid for
+                return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
+                                              "the response body is not valid JSON (the app could not read it either)")
             usage_seen = state.usage
             if usage_seen is not None and (complete or state.done):
                 usage = usage_seen
@@ -642,6 +649,19 @@ class Attempt:
                                                 base_url=call.base_url)
             record.prompt_cache_saved_usd = max(uncached.usd - priced.usd, Decimal(0))
         return record
+
+    def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:
+        priced = self.engine.pricing.cost(usage, model=self.state.model or self.call.model,
+                                          base_url=self.call.base_url)
+        return self._record(usage=usage, cost=priced.usd, source=priced.source, estimated=True, error=error)
+
+    def _cut_record(self, error: BaseException) -> SpendRecord:
+        """A response that started (2xx) and then failed mid-body: the input and the output seen so far, estimated,
+        with the error the app got."""
+        self._parse()
+        output = tokens.estimate_output_tokens(self._output_text(), model=self.call.model)
+        usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+        return self._estimated_record(usage, _describe(error, self.status))
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:
         return self._record(usage=Usage(estimated=True), cost=Decimal(0), source="none", estimated=True,

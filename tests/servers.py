@@ -96,17 +96,30 @@ class _Proxy(BaseHTTPRequestHandler):
         if options.get("gzip") and "gzip" in self.headers.get("accept-encoding", ""):
             content = gzip.compress(content)
             self.send_header("content-encoding", "gzip")
+        if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
+            content = content[: len(content) // 2]
         self.send_header("content-length", str(len(content)))
         self.end_headers()
+        if options.get("cut"):  # promise the whole body, send half of it, drop the connection
+            self.wfile.write(content[: len(content) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         self.wfile.write(content)
 
     do_GET = do_POST = _forward
 
 
 @contextmanager
-def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False) -> Iterator[_Server]:
-    """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``)."""
-    yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip)
+def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
+          garble: bool = False) -> Iterator[_Server]:
+    """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
+
+    ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body.
+    """
+    yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
+                      garble=garble)
 
 
 def base_url(server: _Server) -> str:

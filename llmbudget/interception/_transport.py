@@ -144,9 +144,13 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
 
         def __iter__(self) -> Iterator[bytes]:
             attempt = self._attempt
-            for chunk in self._inner:
-                attempt.feed(chunk)
-                yield chunk
+            try:
+                for chunk in self._inner:
+                    attempt.feed(chunk)
+                    yield chunk
+            except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
+                attempt.finish(complete=False, error=exc)
+                raise
             attempt.finish(complete=True)
 
         def close(self) -> None:
@@ -162,9 +166,13 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             attempt = self._attempt
-            async for chunk in self._inner:
-                attempt.feed(chunk)
-                yield chunk
+            try:
+                async for chunk in self._inner:
+                    attempt.feed(chunk)
+                    yield chunk
+            except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
+                attempt.finish(complete=False, error=exc)
+                raise
             attempt.finish(complete=True)
 
         async def aclose(self) -> None:

@@ -1,0 +1,48 @@
+"""Answers that break after their status line: the record says what the app got (issue 12, item 7)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_a_body_cut_mid_way_is_recorded_as_the_error_the_app_got(llm_server, engine, records):
+    with proxy(llm_server, cut=True) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(openai.APIConnectionError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    (record,) = records
+    assert record.status == 200 and record.error and "RemoteProtocolError" in record.error
+    assert record.estimated and record.usage.input_tokens > 0 and record.cost_usd > 0
+
+
+def test_a_cut_stream_is_recorded_with_its_error_and_the_text_seen(llm_server, engine, records):
+    with proxy(llm_server, cut=True) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises((openai.APIConnectionError, httpx.RemoteProtocolError)):
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=24,
+                                                    stream=True):
+                pass
+    (record,) = records
+    assert record.status == 200 and record.error is not None and record.estimated
+
+
+def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, records):
+    with proxy(llm_server, garble=True) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises((json.JSONDecodeError, openai.APIResponseValidationError)):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    (record,) = records
+    assert record.status == 200 and record.error is not None and "not valid JSON" in record.error
+    assert record.estimated and record.usage.input_tokens > 0 and record.usage.output_tokens == 0

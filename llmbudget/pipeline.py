@@ -41,6 +41,8 @@ log = logging.getLogger("llmbudget.pipeline")
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Of a body over MAX_BODY_BYTES, this many last bytes are kept: the provider's usage is at the end.
+_TAIL_BYTES = 1 << 16
 Observer = Callable[[SpendRecord], None]
 
 
@@ -213,6 +215,7 @@ class Attempt:
         self._holds: list[_Hold] = []
         self._buffer = bytearray()
         self._overflow = False
+        self._tail: bytearray | None = None  # the end of a body too large to keep whole
         self._decoder: Any = None
         self._sse = False
         self._events: list[Any] = []
@@ -537,18 +540,42 @@ class Attempt:
 
     def feed(self, chunk: bytes) -> None:
         """Take a chunk of the raw body as it passes to the app. Never raises."""
-        if self._overflow or self.status is None or self.status >= 400:
+        if (self._overflow and self._tail is None) or self.status is None or self.status >= 400:
             return
         try:
             data = self._decoder.decompress(chunk) if self._decoder is not None else chunk
         except zlib.error:
-            self._overflow = True
+            self._overflow, self._tail = True, None
+            return
+        if self._tail is not None:  # too large already: keep only its end, where the usage is
+            self._tail += data
+            del self._tail[:-_TAIL_BYTES]
             return
         if len(self._buffer) + len(data) > MAX_BODY_BYTES:
             self._overflow = True
+            self._tail = bytearray(self._buffer[-_TAIL_BYTES:]) + data
+            del self._tail[:-_TAIL_BYTES]
             self._buffer.clear()
             return
         self._buffer += data
+
+    def _usage_from_tail(self) -> Usage | None:
+        """The provider's usage from the end of a body too large to keep (the last ``"usage": {...}`` in it)."""
+        if not self._tail:
+            return None
+        text = self._tail.decode("utf-8", "replace")
+        at = text.rfind('"usage"')
+        while at >= 0:
+            start = text.find("{", at)
+            if start >= 0 and not text[at + 7:start].strip(" \t\r\n:"):
+                try:
+                    raw, _ = _scan_json(text, start)
+                except (StopIteration, ValueError, RecursionError):
+                    raw = None
+                if isinstance(raw, dict):
+                    return self.adapter.usage(raw)
+            at = text.rfind('"usage"', 0, at)
+        return None
 
     def _parse(self) -> None:
         if self._overflow or not self._buffer:
@@ -622,6 +649,9 @@ class Attempt:
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
                                               "the response body is not valid JSON (the app could not read it either)")
             usage_seen = state.usage
+            if usage_seen is None and self._tail is not None and complete:
+                usage_seen = self._usage_from_tail()
+                complete = usage_seen is not None
             if usage_seen is not None and (complete or state.done):
                 usage = usage_seen
             else:

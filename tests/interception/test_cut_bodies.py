@@ -46,3 +46,15 @@ def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, rec
     (record,) = records
     assert record.status == 200 and record.error is not None and "not valid JSON" in record.error
     assert record.estimated and record.usage.input_tokens > 0 and record.usage.output_tokens == 0
+
+
+def test_an_answer_too_large_to_keep_is_priced_from_the_usage_at_its_end(llm_server, engine, records, monkeypatch):
+    from llmbudget import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_BODY_BYTES", 64)  # every answer is "too large" now
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    usage = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8).usage
+    (record,) = records
+    assert record.error is None and not record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+    assert record.usage.output_tokens > 0

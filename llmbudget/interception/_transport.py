@@ -8,6 +8,7 @@ hold one set each. Nothing here decides anything: the pipeline does.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
@@ -119,6 +120,19 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     return retry
 
 
+def _settle_dropped(attempt: Attempt) -> None:
+    try:
+        attempt.finish(complete=False)
+    except Exception:  # pragma: no cover - finish never raises; garbage collection must not see it if it did
+        log.exception("llmbudget: settling a response nobody read failed")
+
+
+def _settle_when_dropped(stream: Any, attempt: Attempt) -> None:
+    """A response the app never reads nor closes still settles: its hold is released and its record written
+    (an estimate) when the stream object is garbage-collected, not when the reservation's TTL runs out."""
+    weakref.finalize(stream, _settle_dropped, attempt)
+
+
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
 
@@ -141,6 +155,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
             self._attempt = attempt
+            _settle_when_dropped(self, attempt)
 
         def __iter__(self) -> Iterator[bytes]:
             attempt = self._attempt
@@ -163,6 +178,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
             self._attempt = attempt
+            _settle_when_dropped(self, attempt)
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             attempt = self._attempt

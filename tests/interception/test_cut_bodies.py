@@ -58,3 +58,21 @@ def test_an_answer_too_large_to_keep_is_priced_from_the_usage_at_its_end(llm_ser
     assert record.error is None and not record.estimated
     assert (record.usage.input_tokens, record.usage.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
     assert record.usage.output_tokens > 0
+
+
+def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine, records):
+    import gc
+
+    store = llmbudget.MemoryBudgetStore()
+    engine.budget_store = store
+    engine.budgets = [llmbudget.Budget("1", per="tenant", period="day")]
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8, stream=True)
+    assert records == [] and len(store._open) == 1  # reserved, not settled: nobody read it
+    del stream
+    gc.collect()
+    (record,) = records
+    assert record.estimated and record.status == 200
+    assert store._open == {}  # the hold is released at once, not after the reservation's TTL
+    (counter,) = store._counters.values()
+    assert counter == (record.cost_usd, 0)

@@ -429,11 +429,31 @@ class RedisBudgetStore:
             table.popitem(last=False)
 
 
+#: Appends each record whose id was not written before (ids kept ``ARGV[2]`` seconds): a batch re-sent after a
+#: client timeout, when Redis had applied it already, adds nothing twice.
+_XADD_ONCE = """
+local added = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('SET', KEYS[2] .. ARGV[i], '1', 'NX', 'EX', tonumber(ARGV[2])) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'r', ARGV[i + 1])
+    added = added + 1
+  end
+end
+return added
+"""
+#: How long a written record's id is remembered (about 90 bytes of Redis memory per record meanwhile): a batch is
+#: re-sent with the next record after a timeout, so an outage longer than this could still duplicate one batch.
+_ID_TTL_S = 3_600
+_BATCH = 500  # records per script call
+
+
 class RedisLedger:
     """Spend records appended to a Redis stream (``XADD`` with approximate ``MAXLEN`` trimming).
 
     A record that cannot be written waits in memory (up to ``buffer`` records) and is
-    written with the next record once Redis answers.
+    written with the next record once Redis answers. Writes are idempotent: each record
+    carries an id that a script checks before appending, so a batch re-sent after a client
+    timeout (Redis paused, a slow network) that Redis had applied already is not appended twice.
     """
 
     def __init__(
@@ -450,22 +470,27 @@ class RedisLedger:
         self.url = url
         self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
         self.stream = f"{self.prefix}spend"
+        self._ids = f"{self.prefix}spend-id:"
         self.stream_maxlen = stream_maxlen
         self._redis = client if client is not None else _client(url, timeout)
+        self._sha: str | None = None
         self._errors = _unavailable_errors()
-        self._waiting: deque[SpendRecord] = deque(maxlen=buffer)
+        import redis
+
+        self._no_script = redis.exceptions.NoScriptError
+        self._waiting: deque[tuple[str, str]] = deque(maxlen=buffer)  # (record id, record JSON)
         self._lock = threading.Lock()
         self._warned = False
 
     def add(self, record: SpendRecord) -> None:
         with self._lock:
-            self._waiting.append(record)
+            self._waiting.append((uuid.uuid4().hex, json.dumps(record.to_dict())))
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for waiting in self._waiting:
-                    pipe.xadd(self.stream, {"r": json.dumps(waiting.to_dict())}, maxlen=self.stream_maxlen,
-                              approximate=True)
-                pipe.execute()
+                try:
+                    self._send()
+                except self._no_script:  # Redis restarted and forgot the script: load it again, once
+                    self._sha = None
+                    self._send()
             except self._errors as exc:
                 if not self._warned:
                     self._warned = True
@@ -474,6 +499,19 @@ class RedisLedger:
                 return
             self._waiting.clear()
             self._warned = False
+
+    def _send(self) -> None:
+        """Every waiting record, in one pipeline of script calls (one round trip once the script is loaded)."""
+        if self._sha is None:
+            self._sha = self._redis.script_load(_XADD_ONCE)
+        pipe = self._redis.pipeline(transaction=False)
+        waiting = list(self._waiting)
+        for start in range(0, len(waiting), _BATCH):
+            args: list[Any] = [self.stream_maxlen, _ID_TTL_S]
+            for record_id, payload in waiting[start:start + _BATCH]:
+                args += [record_id, payload]
+            pipe.evalsha(self._sha, 2, self.stream, self._ids, *args)
+        pipe.execute()
 
     def records(self) -> Iterator[SpendRecord]:
         """Every record in the stream, oldest first (read in pages)."""

@@ -438,3 +438,25 @@ def test_kill_and_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path) -> 
         assert spent == sum(actuals["open"]) + sum(actuals["closed"])
     finally:
         own.kill()
+
+
+def test_ledger_writes_are_idempotent_across_a_client_timeout(server: _Server) -> None:
+    """Redis paused past the client's timeout applies the batch later; the resend must not duplicate it."""
+    ledger = RedisLedger(server.url, prefix="idem:", timeout=0.2)
+    admin = redis.Redis(port=server.port)
+    ledger.add(_record(1))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)  # paused: the write reaches its socket, Redis reads it on waking
+    try:
+        started = time.monotonic()
+        ledger.add(_record(2))  # times out: kept in memory, although Redis runs it when it wakes
+        assert time.monotonic() - started < 0.6
+        time.sleep(0.4)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    time.sleep(0.2)
+    assert admin.xlen("idem:spend") == 2  # the timed-out write was applied after all
+    ledger.add(_record(3))  # re-sends record 2 with record 3
+    assert admin.xlen("idem:spend") == 3
+    assert [r.request_id for r in ledger.records()] == ["req-1", "req-2", "req-3"]
+    admin.close()

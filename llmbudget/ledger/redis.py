@@ -76,7 +76,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"expected a redis:// or rediss:// URL, got {url!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("prefix", "on_unavailable")}
+    ours = {k: v for k, v in query if k in ("prefix", "on_unavailable", "open_share")}
     rest = [(k, v) for k, v in query if k not in ours]
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
@@ -174,11 +174,20 @@ return 2
 """
 
 
+#: While Redis is down (fail-open), the share of a budget's limit one process may spend beyond the last spend it read.
+DEFAULT_OPEN_SHARE = 0.25
+
+
 class RedisBudgetStore:
     """Budget counters in Redis: atomic reservations across processes and hosts.
 
-    ``url`` may carry ``?prefix=myapp:`` and ``?on_unavailable=open``; the keyword
-    arguments win over the URL. ``client`` (a ``redis.Redis``) replaces the URL.
+    ``url`` may carry ``?prefix=myapp:``, ``?on_unavailable=open`` and ``?open_share=0.25``;
+    the keyword arguments win over the URL. ``client`` (a ``redis.Redis``) replaces the URL.
+
+    ``open_share`` bounds fail-open: while Redis is unreachable, one process may spend at
+    most this share of each budget's limit beyond the last spend it read from Redis (and
+    never past the limit). With N processes the worst overspend of one outage is therefore
+    ``N * open_share * limit``, whether or not a process had ever seen the budget's spend.
     """
 
     def __init__(
@@ -190,9 +199,19 @@ class RedisBudgetStore:
         timeout: float = 0.25,
         on_unavailable: OnUnavailable | None = None,
         retry_interval: float = 1.0,
+        open_share: float | None = None,
         client: Any = None,
     ) -> None:
         url, options = _split_url(url)
+        share = open_share if open_share is not None else options.get("open_share", DEFAULT_OPEN_SHARE)
+        try:
+            share = float(share)
+        except (TypeError, ValueError):
+            share = -1.0
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"open_share={open_share if open_share is not None else options.get('open_share')!r}: "
+                             "expected the share of a budget one process may spend while Redis is down, in (0, 1]")
+        self.open_share = share
         mode = on_unavailable or options.get("on_unavailable", "closed")
         if mode not in ("open", "closed"):
             raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")
@@ -344,7 +363,12 @@ class RedisBudgetStore:
             counters = {}
             for bucket in buckets:
                 spent, reserved = self._local.get(bucket.key, (0, 0))
-                counters[bucket.key] = (from_pico(self._known.get(bucket.key, 0) + spent), from_pico(reserved))
+                # at most open_share of the limit beyond the last spend read: a process that never read this
+                # bucket's spend (0) cannot spend the whole budget again while Redis is down
+                limit = to_pico(bucket.limit)
+                floor = limit - int(limit * self.open_share)
+                counters[bucket.key] = (from_pico(max(self._known.get(bucket.key, 0), floor) + spent),
+                                        from_pico(reserved))
             refusal = _check(counters, buckets, amount, tenant)
             if refusal is not None:
                 return refusal

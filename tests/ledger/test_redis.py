@@ -364,7 +364,7 @@ def test_fail_closed_refuses_cleanly_and_keeps_its_settles(server: _Server, capl
 
 
 def test_fail_open_serves_counts_locally_and_reconciles(server: _Server) -> None:
-    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open", open_share=1.0)
     bucket = _now_bucket("1.00")
     first = store.reserve([bucket], Decimal("0.2"))
     assert isinstance(first, Reservation)
@@ -460,3 +460,25 @@ def test_ledger_writes_are_idempotent_across_a_client_timeout(server: _Server) -
     assert admin.xlen("idem:spend") == 3
     assert [r.request_id for r in ledger.records()] == ["req-1", "req-2", "req-3"]
     admin.close()
+
+
+def test_fail_open_is_bounded_by_a_share_per_process(server: _Server) -> None:
+    """Two processes that never read the budget's spend: each serves at most open_share of it while Redis is down."""
+    url = f"{server.url}?on_unavailable=open&open_share=0.25"
+    bucket = _now_bucket("1.00")
+    spent_before = RedisBudgetStore(url, timeout=0.2)
+    held = spent_before.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    spent_before.settle(held, Decimal("0.5"))  # half the budget spent before the outage
+    server.kill()
+    served = 0
+    for _ in range(2):  # two fresh processes, no last spend read
+        store = RedisBudgetStore(url, timeout=0.2, retry_interval=60)
+        assert store.open_share == 0.25
+        while isinstance(store.reserve([bucket], Decimal("0.1")), Reservation):
+            served += 1
+            assert served < 20
+    # 2 calls of $0.10 each fit in 25% of $1.00: 4 calls, $0.40 in all, against the $0.50 left
+    assert served == 4
+    with pytest.raises(ValueError, match="open_share"):
+        RedisBudgetStore(f"{server.url}?open_share=2")

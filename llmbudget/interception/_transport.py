@@ -7,9 +7,11 @@ hold one set each. Nothing here decides anything: the pipeline does.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -120,6 +122,21 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     return retry
 
 
+async def _off_loop(attempt: Attempt, work: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``work(...)`` in a worker thread (in this context) when the engine has a cache, else here.
+
+    Cache lookups and stores hash, embed and search texts and touch SQLite: run on the event loop,
+    one long prompt would stall every other request of an async server. Without a cache the work is
+    microseconds, and a thread hop would cost more than it saves.
+    """
+    if attempt.engine.cache is None:
+        return work(*args, **kwargs)
+    import anyio.to_thread  # httpx's and httpx2's own dependency
+
+    context = contextvars.copy_context()
+    return await anyio.to_thread.run_sync(functools.partial(context.run, work, *args, **kwargs))
+
+
 def _settle_dropped(attempt: Attempt) -> None:
     try:
         attempt.finish(complete=False)
@@ -189,13 +206,13 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 attempt.finish(complete=False, error=exc)
                 raise
-            attempt.finish(complete=True)
+            await _off_loop(attempt, attempt.finish, complete=True)  # may store the answer in the cache
 
         async def aclose(self) -> None:
             try:
                 await self._inner.aclose()
             finally:
-                self._attempt.finish(complete=False)
+                await _off_loop(self._attempt, self._attempt.finish, complete=False)
 
     def _wrap_response(response: Any, stream: Any) -> Any:
         if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
@@ -283,7 +300,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            cached = attempt.lookup_cache()
+            cached = await _off_loop(attempt, attempt.lookup_cache)
             if cached is not None:
                 return _cached_response(httpx, cached)
             request, refusal = _prepare(httpx, request, attempt, path)

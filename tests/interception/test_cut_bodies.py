@@ -76,3 +76,39 @@ def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine,
     assert store._open == {}  # the hold is released at once, not after the reservation's TTL
     (counter,) = store._counters.values()
     assert counter == (record.cost_usd, 0)
+
+
+def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, tmp_path, monkeypatch):
+    """A long prompt's hashing, embedding and SQLite work must not stall every other request of an async server."""
+    import asyncio
+    import threading
+
+    from llmbudget.cache import Cache
+
+    engine.cache = Cache(tmp_path / "cache")
+    threads: dict[str, set[int]] = {"lookup": set(), "save": set()}
+    lookup, save = Cache.lookup, Cache.save
+
+    def watched_lookup(self, *args, **kwargs):
+        threads["lookup"].add(threading.get_ident())
+        return lookup(self, *args, **kwargs)
+
+    def watched_save(self, *args, **kwargs):
+        threads["save"].add(threading.get_ident())
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Cache, "lookup", watched_lookup)
+    monkeypatch.setattr(Cache, "save", watched_save)
+
+    async def main() -> tuple[int, str, str]:
+        async with openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test", max_retries=0,
+                                      http_client=llmbudget.async_http_client()) as client:
+            for _ in range(2):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=6,
+                                                     temperature=0)
+            return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(records) == 2
+    assert len(threads["lookup"]) >= 1 and loop_thread not in threads["lookup"]
+    assert len(threads["save"]) >= 1 and loop_thread not in threads["save"]

@@ -338,7 +338,14 @@ class RedisBudgetStore:
             args += [to_pico(bucket.limit, rounding=ROUND_FLOOR), exp]
             self._remember(self._expiry, bucket.key, exp)
         keys = [self._zset, self._data, *(self._key(b.key) for b in buckets)]
-        result = self._reserve_script(keys=keys, args=args)
+        try:
+            result = self._reserve_script(keys=keys, args=args)
+        except self._errors:
+            # Redis may run the script after the client gave up (paused, slow): release that hold, by its id,
+            # once Redis answers again, instead of leaving it orphaned until the reservation's TTL
+            with self._lock:
+                self._pending.append((Reservation(rid, tuple(b.key for b in buckets), amount), 0))
+            raise
         if int(result[0]) == 1:
             for bucket, spent in zip(buckets, result[2::2]):
                 self._remember(self._known, bucket.key, int(spent))

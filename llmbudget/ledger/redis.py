@@ -231,6 +231,7 @@ class RedisBudgetStore:
         self._down_until = 0.0  # monotonic; while in the future, Redis is not tried
         self._warned = False
         self._pending: deque[tuple[Reservation, int]] = deque()  # settles waiting for Redis
+        self._releases: deque[Reservation] = deque(maxlen=100_000)  # reserves whose reply never came
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
@@ -255,7 +256,7 @@ class RedisBudgetStore:
         """Whether to try Redis now; replays waiting settles first when it is back."""
         if time.monotonic() < self._down_until:
             return False
-        if self._pending:
+        if self._pending or self._releases:
             try:
                 self._reconcile()
             except self._errors as exc:
@@ -284,7 +285,13 @@ class RedisBudgetStore:
         )
 
     def _reconcile(self) -> None:
-        """Replay settles made while Redis was unreachable (idempotent: each id is charged once)."""
+        """Replay settles made while Redis was unreachable (idempotent: each id is charged once), then release the
+        holds of reserves whose reply never came (a no-op for one Redis never ran)."""
+        while self._releases:
+            self._run_settle(self._releases[0], 0)
+            with self._lock:
+                if self._releases:
+                    self._releases.popleft()
         replayed = 0
         while self._pending:
             reservation, actual = self._pending[0]
@@ -344,7 +351,7 @@ class RedisBudgetStore:
             # Redis may run the script after the client gave up (paused, slow): release that hold, by its id,
             # once Redis answers again, instead of leaving it orphaned until the reservation's TTL
             with self._lock:
-                self._pending.append((Reservation(rid, tuple(b.key for b in buckets), amount), 0))
+                self._releases.append(Reservation(rid, tuple(b.key for b in buckets), amount))
             raise
         if int(result[0]) == 1:
             for bucket, spent in zip(buckets, result[2::2]):

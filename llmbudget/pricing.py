@@ -273,8 +273,8 @@ class Pricing:
                 f"no price for model {model!r}"
                 + (f" at {base_url}" if base_url else "")
                 + ": genai-prices does not list it and no override matches. Add one, e.g. "
-                f"prices = {{{model!r} = {{input = 0.15, output = 0.60}}}} (USD per 1M tokens) "
-                "in [tool.llmbudget] or Pricing(overrides=...)."
+                f"{model!r} = {{input = 0.15, output = 0.60}} (USD per 1M tokens) under [prices] in llmbudget.toml "
+                "([tool.llmbudget.prices] in pyproject.toml), or Pricing(overrides=...)."
             )
 
     def cost(self, usage: Usage, *, model: str | None, base_url: str = "") -> Priced:
@@ -296,10 +296,11 @@ class Pricing:
             f"llmbudget: no price for model {model!r}"
             + (f" at {base_url}" if base_url else "")
             + f"; charging a conservative ${self.unknown_model_price.input}/"
-            f"${self.unknown_model_price.output} per 1M input/output tokens. Add a price override "
-            "(prices in [tool.llmbudget]) to price it exactly."
+            f"${self.unknown_model_price.output} per 1M input/output tokens. Add its price under [prices] in "
+            "llmbudget.toml ([tool.llmbudget.prices] in pyproject.toml) to price it exactly."
         )
-        log.warning(message)
+        if log.hasHandlers():  # an app that configured logging reads it there; otherwise the warning alone prints it
+            log.warning(message)
         warnings.warn(message, UnpricedModelWarning, stacklevel=2)
 
 

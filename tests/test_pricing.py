@@ -366,3 +366,16 @@ def test_the_remembered_day_follows_a_change_of_time_zone(monkeypatch: pytest.Mo
     finally:
         monkeypatch.undo()
         clock.tzset()
+
+
+def test_the_unknown_price_warning_prints_once_and_names_the_right_table(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from llmbudget.pricing import Pricing\nfrom llmbudget.calls import Usage\n"
+            "Pricing().cost(Usage(input_tokens=10), model='my-own-model')\n"
+            "Pricing().cost(Usage(input_tokens=10), model='my-own-model')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no price for model 'my-own-model'") == 1, done.stderr
+    assert "[prices] in llmbudget.toml" in done.stderr and "[tool.llmbudget.prices] in pyproject.toml" in done.stderr

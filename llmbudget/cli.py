@@ -17,6 +17,13 @@ from typing import Any
 __all__ = ["main"]
 
 
+def escape(text: str) -> str:
+    """``text`` shown as it is in Rich output (a tenant or model named ``[/]`` is not markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -179,6 +186,51 @@ def _calibrate_router(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _route(ns: argparse.Namespace) -> int:
+    """Where one prompt would go, and why: tier, score, threshold and the largest contributions."""
+    if ns.policy:
+        routing = _policy_routing(ns.policy)
+    else:
+        from .routing.tiers import Routing
+
+        routing = Routing(tiers={"small": "the small tier", "large": "the model asked for"})
+    from .providers import adapter_for_endpoint
+
+    body: dict[str, Any] = {"model": ns.model, "messages": [{"role": "user", "content": ns.prompt}]}
+    if ns.system:
+        body["messages"].insert(0, {"role": "system", "content": ns.system})
+    call = adapter_for_endpoint("chat.completions").parse(body, "https://api.openai.com/v1")
+    decision = routing.decide(call, path=ns.path)
+    tier = routing.tiers[decision.tier]
+    result = {
+        "tier": decision.tier,
+        "model": tier.model or ns.model,
+        "score": decision.score,
+        "threshold": decision.threshold,
+        "reason": decision.reason,
+        "features": [{"name": name, "log_odds": value} for name, value in
+                     (routing.router.explain(body, top=ns.top) if decision.score is not None else [])],
+    }
+    if ns.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    console = _console()
+    score = "n/a" if decision.score is None else f"{decision.score:.4f}"
+    threshold = "n/a" if decision.threshold is None else f"{decision.threshold:.4f}"
+    console.print(f"tier [bold]{escape(decision.tier)}[/bold] ({escape(str(result['model']))}): score {score}, "
+                  f"threshold {threshold} ({escape(decision.reason)})")
+    if result["features"]:
+        from rich.table import Table
+
+        table = Table(title="why (log-odds against a typical request)")
+        table.add_column("feature")
+        table.add_column("log-odds", justify="right")
+        for feature in result["features"]:
+            table.add_row(escape(feature["name"]), f"{feature['log_odds']:+.3f}")
+        console.print(table)
+    return 0
+
+
 def _prices(ns: argparse.Namespace) -> int:
     from .calls import Usage
     from .pricing import Pricing
@@ -187,8 +239,10 @@ def _prices(ns: argparse.Namespace) -> int:
     rows = []
     for model in ns.models:
         if pricing.rate(model, ns.base_url) is None:
+            fallback = pricing.unknown_model_price  # what an unpriced call is charged, with a warning
             rows.append({"model": model, "known": False, "input_per_mtok": None, "cached_input_per_mtok": None,
-                         "output_per_mtok": None})
+                         "output_per_mtok": None, "charged_input_per_mtok": float(fallback.input),
+                         "charged_output_per_mtok": float(fallback.output)})
             continue
         million = pricing.cost(Usage(input_tokens=1_000_000), model=model, base_url=ns.base_url)
         output = pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=ns.base_url)
@@ -207,11 +261,15 @@ def _prices(ns: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
         if not row["known"]:
-            table.add_row(row["model"], "unknown", "", "")
+            table.add_row(escape(row["model"]), f"unknown: charged {row['charged_input_per_mtok']:g}", "",
+                          f"charged {row['charged_output_per_mtok']:g}")
         else:
-            table.add_row(row["model"], f"{row['input_per_mtok']:g}", f"{row['cached_input_per_mtok']:g}",
+            table.add_row(escape(row["model"]), f"{row['input_per_mtok']:g}", f"{row['cached_input_per_mtok']:g}",
                           f"{row['output_per_mtok']:g}")
     _console().print(table)
+    if not all(row["known"] for row in rows):
+        _console().print("unknown models are charged the conservative price shown, with a warning; add their "
+                         "prices under \\[prices] in llmbudget.toml to price them exactly")
     return 0 if all(row["known"] for row in rows) else 1
 
 
@@ -289,6 +347,11 @@ def _replay(ns: argparse.Namespace) -> int:
                          indent=2))
     else:
         _print_replay(result, ns)
+    from .tokens import FALLBACK_NOTE, unavailable_encodings
+
+    if unavailable_encodings():
+        print(f"llmbudget replay: {FALLBACK_NOTE.format(names=' and '.join(unavailable_encodings()))}",
+              file=sys.stderr)
     if result.missing:
         print(f"llmbudget replay: {result.missing} request(s) went to a model with no recorded answer; each was "
               "answered with the recorded answer of the model closest in price, priced as the model sent",
@@ -444,6 +507,16 @@ def _parser() -> argparse.ArgumentParser:
     calibrate_router.add_argument("--policy", help="write the threshold to this policy file (llmbudget.toml or pyproject)")
     calibrate_router.add_argument("--json", action="store_true")
     calibrate_router.set_defaults(handler=_calibrate_router)
+
+    route = commands.add_parser("route", help="which tier one prompt goes to, and why (score, threshold, features)")
+    route.add_argument("prompt", help="the user message")
+    route.add_argument("--policy", help="use this policy's routing (tiers, threshold); default: the shipped router")
+    route.add_argument("--model", default="gpt-4o", help="the model the app asks for (default gpt-4o)")
+    route.add_argument("--system", help="a system message to send with it")
+    route.add_argument("--path", default="", help="the request path, for the policy's never-route globs")
+    route.add_argument("--top", type=int, default=5, help="how many contributions to list (default 5)")
+    route.add_argument("--json", action="store_true")
+    route.set_defaults(handler=_route)
 
     prices = commands.add_parser("prices", help="what models cost per 1M tokens (genai-prices)")
     prices.add_argument("models", nargs="+")

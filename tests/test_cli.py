@@ -73,3 +73,37 @@ def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["eval", "cache", str(tmp_path / "missing.jsonl"), "--json"]) == 2
     assert "llmbudget eval:" in capsys.readouterr().err
+
+
+def test_route_explains_one_prompt(capsys, tmp_path):
+    from llmbudget.routing.classifier import Router
+
+    prompt = "Prove that the square root of 2 is irrational, step by step."
+    code, doc = run(capsys, "route", prompt, "--json")
+    router = Router()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}
+    assert code == 0 and doc["score"] == pytest.approx(router.score(body)) and doc["threshold"] == router.threshold
+    assert doc["tier"] == ("large" if doc["score"] >= doc["threshold"] else "small") and doc["reason"] == "router"
+    assert [f["name"] for f in doc["features"]] == [name for name, _ in router.explain(body, top=5)]
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing]\nthreshold = 1.0\nnever = ["/admin/*"]\n[routing.tiers]\nsmall = "gpt-4.1-nano"\n'
+                      'large = ""\n')
+    code, doc = run(capsys, "route", prompt, "--policy", str(policy), "--json")
+    assert (doc["tier"], doc["model"], doc["threshold"]) == ("small", "gpt-4.1-nano", 1.0)
+    code, doc = run(capsys, "route", prompt, "--policy", str(policy), "--path", "/admin/x", "--json")
+    assert (doc["tier"], doc["model"], doc["score"], doc["features"]) == ("large", "gpt-4o", None, [])
+    assert main(["route", "[/]odd [link=x]prompt"]) == 0
+    assert "tier " in capsys.readouterr().out
+
+
+def test_prices_shows_what_an_unknown_model_is_charged(capsys):
+    from llmbudget.pricing import Pricing
+
+    code, doc = run(capsys, "prices", "no-such-model", "--json")
+    (row,) = doc["models"]
+    assert code == 1 and row["known"] is False
+    fallback = Pricing().unknown_model_price
+    assert (row["charged_input_per_mtok"], row["charged_output_per_mtok"]) == (float(fallback.input),
+                                                                               float(fallback.output))
+    assert main(["prices", "no-such-model"]) == 1
+    assert "charged" in capsys.readouterr().out

@@ -63,7 +63,7 @@ def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
             for key, inner in value.items():
                 rows(f"{prefix}{key}." if isinstance(inner, dict) else f"{prefix}{key}", inner)
         else:
-            table.add_row(prefix, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(escape(prefix), f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
 
     for key, value in result.items():
         rows(f"{key}." if isinstance(value, dict) else key, value)
@@ -309,7 +309,7 @@ def _report(ns: argparse.Namespace) -> int:
         for column in (name, "calls", "USD spent", "USD saved", "USD saved by prompt cache"):
             table.add_column(column, justify="left" if column == name else "right")
         for key, row in result[name].items():
-            table.add_row(key, str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}",
+            table.add_row(escape(key), str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}",
                           f"{row['prompt_cache_saved_usd']:.6f}")
         console.print(table)
     console.print(f"total: {total['calls']} calls, ${total['cost_usd']} spent, ${total['saved_usd']} saved, "
@@ -372,7 +372,7 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1f}%"
 
-    table = Table(title=f"replay of {ns.traffic} under {ns.policy}")
+    table = Table(title=f"replay of {escape(ns.traffic)} under {escape(ns.policy)}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     quality = summary["quality"]
@@ -398,19 +398,19 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
     for column in ("model", "asked", "sent", "cache hits", "without", "with"):
         by_model.add_column(column, justify="left" if column == "model" else "right")
     for name, row in result.by("model").items():
-        by_model.add_row(name, str(row["requests"]), str(row["sent"]), str(row["cache_hits"]),
+        by_model.add_row(escape(name), str(row["requests"]), str(row["sent"]), str(row["cache_hits"]),
                          usd(row["baseline_usd"]), usd(row["actual_usd"]))
     console.print(by_model)
     by_tenant = Table(title="by tenant")
     for column in ("tenant", "requests", "cache hits", "without", "with", "saved"):
         by_tenant.add_column(column, justify="left" if column == "tenant" else "right")
     for name, row in result.by("tenant").items():
-        by_tenant.add_row(name, str(row["requests"]), str(row["cache_hits"]), usd(row["baseline_usd"]),
+        by_tenant.add_row(escape(name), str(row["requests"]), str(row["cache_hits"]), usd(row["baseline_usd"]),
                           usd(row["actual_usd"]), usd(row["baseline_usd"] - row["actual_usd"]))
     console.print(by_tenant)
     _print_tradeoff(result, summary)
     console.print(f"prices: {result.prices}; {len(result.lines)} requests replayed in {result.seconds:.1f} s"
-                  + (f"; report written to {ns.html}" if ns.html else ""))
+                  + (f"; report written to {escape(ns.html)}" if ns.html else ""))
 
 
 #: At most this many lost or gained answers are listed under the replay tables (``--json`` has none, HTML all).
@@ -452,8 +452,9 @@ def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
     for column in ("line", "tenant", "decision", "answered by", "change", "request"):
         table.add_column(column, justify="right" if column == "line" else "left")
     for line in changes[:_CHANGES_SHOWN]:
-        table.add_row(str(line.line.number), line.line.tenant or "-", line.decision, line.answered_by or "-",
-                      line.change or "", prompt_excerpt(line.line.request))
+        table.add_row(str(line.line.number), escape(line.line.tenant or "-"), line.decision,
+                      escape(line.answered_by or "-"),
+                      line.change or "", escape(prompt_excerpt(line.line.request)))
     console.print(table)
 
 

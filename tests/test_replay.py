@@ -293,3 +293,13 @@ def test_recorded_logprobs_drive_the_cascade(tmp_path: Path, llm_server: str) ->
     kept = [r for r in result.lines if r.decision == "routed"]
     assert by_decision["routed"]["lost"] == sum(not r.correct for r in kept)
     assert not math.isnan(result.summary()["quality"]["kept_pct"])
+
+
+def test_markup_in_tenants_and_prompts_is_printed_as_text(tmp_path: Path) -> None:
+    """A tenant named ``[/]`` crashed the table (Rich MarkupError); ``[link=...]`` rendered as a link."""
+    lines = [_line(line, tenant="[/]acme[link=https://example.test]x") for line in _slice()[:6]]
+    lines[0]["request"] = {**lines[0]["request"], "messages": [{"role": "user", "content": "[bold]What[/bold] [/]"}]}
+    traffic = _write(tmp_path / "t[x].jsonl", lines)
+    code, out = _cli("replay", str(traffic), "--policy", str(POLICY))
+    assert code == 0
+    assert "[/]acme" in out  # printed as text, not read as markup

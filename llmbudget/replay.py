@@ -248,6 +248,14 @@ def _ratio(value: float | None) -> float | None:
 # -- reading traffic ------------------------------------------------------------------------------
 
 
+#: More tokens than any answer has (a bound that keeps prices finite and exact).
+_MAX_TOKENS = 10**9
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _fail(source: str, number: int, message: str) -> TrafficError:
     return TrafficError(f"{source} line {number}: {message}")
 
@@ -255,9 +263,11 @@ def _fail(source: str, number: int, message: str) -> TrafficError:
 def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLine:
     """One traffic line, checked; a :class:`TrafficError` naming the line and what was expected otherwise."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise _fail(source, number, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _fail(source, number, "nested too deep to read; expected a traffic line object") from None
     if not isinstance(data, dict):
         raise _fail(source, number, f"expected a JSON object, got {type(data).__name__}")
     unknown = set(data) - _LINE_KEYS
@@ -281,6 +291,10 @@ def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLin
             raise _fail(source, number, f"responses[{model!r}] is not a chat.completion body (no 'choices')")
         if not isinstance(body.get("usage"), dict):
             raise _fail(source, number, f"responses[{model!r}] has no 'usage'; replay prices answers from it")
+        for field, count in body["usage"].items():
+            if field.endswith("_tokens") and not (type(count) is int and 0 <= count <= _MAX_TOKENS):
+                raise _fail(source, number, f"responses[{model!r}].usage.{field} is {count!r}; expected a whole "
+                                            f"number of tokens from 0 to {_MAX_TOKENS:,}")
     for key in ("tenant", "group"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise _fail(source, number, f"'{key}' must be a string, got {data[key]!r}")
@@ -298,8 +312,12 @@ def load_traffic(path: str | Path) -> list[TrafficLine]:
         raise FileNotFoundError(f"{path}: no such traffic file; expected JSONL lines "
                                 '{"request": ..., "responses": {MODEL: ...}}')
     lines = []
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _fail(str(path), number, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if text.strip():
                 lines.append(parse_line(text, number=number, source=str(path)))
     if not lines:

@@ -303,3 +303,31 @@ def test_markup_in_tenants_and_prompts_is_printed_as_text(tmp_path: Path) -> Non
     code, out = _cli("replay", str(traffic), "--policy", str(POLICY))
     assert code == 0
     assert "[/]acme" in out  # printed as text, not read as markup
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+        ('{"request": NaN}', "NaN is not a number JSON allows"),
+        ("completion_tokens=1e30", "usage.completion_tokens is 1e+30"),
+        ("completion_tokens=-3", "usage.completion_tokens is -3"),
+        ('completion_tokens="12"', "usage.completion_tokens is '12'"),
+    ],
+)
+def test_hostile_lines_are_refused_with_their_line_number(tmp_path: Path, bad: str, message: str) -> None:
+    if bad.startswith("completion_tokens="):
+        line = _sample()[0]
+        line["responses"]["gpt-4o"]["usage"]["completion_tokens"] = json.loads(bad.split("=", 1)[1])
+        bad = json.dumps(line)
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_text(json.dumps(_sample()[0]) + "\n" + bad + "\n", encoding="utf-8")
+    with pytest.raises(TrafficError, match=f"t.jsonl line 2: .*{_escape(message)}"):
+        load_traffic(traffic)
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_bytes(json.dumps(_sample()[0]).encode() + b"\n" + b'{"tenant": "\xff\xfe"}\n')
+    with pytest.raises(TrafficError, match="t.jsonl line 2: not UTF-8"):
+        load_traffic(traffic)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -512,6 +513,9 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); save the policy file as UTF-8") \
+            from None
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -588,10 +592,19 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         default_max_output_tokens=max_output,
         default_tenant=default_tenant,
         ledger=_redis_backend("ledger", ledger_url, source) if ledger_url
-        else SQLiteLedger(ledger_path) if ledger_path else None,
+        else _open_file("ledger", SQLiteLedger, ledger_path, source) if ledger_path else None,
         budget_store=_redis_backend("budget_store", store_url, source) if store_url
-        else SQLiteBudgetStore(store_path) if store_path else None,
+        else _open_file("budget_store", SQLiteBudgetStore, store_path, source) if store_path else None,
     )
+
+
+def _open_file(key: str, opener: Any, path: Path, source: str) -> Any:
+    """``opener(path)``, or a ConfigError naming the key and the file when it cannot be opened there."""
+    try:
+        return opener(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"{source}: {key} = {str(path)!r} cannot be opened ({exc}); expected a writable path "
+                          "to a file (its folder is created if missing)") from None
 
 
 def _table(value: Any, name: str, keys: frozenset[str], source: str) -> Mapping[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,23 @@ def test_prices_shows_what_an_unknown_model_is_charged(capsys):
                                                                                float(fallback.output))
     assert main(["prices", "no-such-model"]) == 1
     assert "charged" in capsys.readouterr().out
+
+
+def test_start_up_errors_name_the_file_and_the_key(tmp_path, capsys):
+    from llmbudget.config import ConfigError, Policy
+
+    bad = tmp_path / "llmbudget.toml"
+    bad.write_bytes(b'[cache]\nsemantic = true\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match="llmbudget.toml: not UTF-8"):
+        Policy.from_file(bad)
+    (tmp_path / "afile").write_text("")
+    under_a_file = tmp_path / "ledger.toml"
+    under_a_file.write_text('ledger = "afile/ledger.db"\n')
+    with pytest.raises(ConfigError, match=r"ledger = '.*afile/ledger.db' cannot be opened"):
+        Policy.from_file(under_a_file)
+    under_a_file.write_text('budget_store = "afile/budgets.db"\n')
+    with pytest.raises(ConfigError, match=r"budget_store = '.*afile/budgets.db' cannot be opened"):
+        Policy.from_file(under_a_file)
+    sample = Path(__file__).resolve().parent.parent / "fixtures" / "traffic" / "sample.jsonl"
+    assert main(["replay", str(sample), "--policy", str(bad)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err

@@ -598,7 +598,7 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     )
 
 
-def _open_file(key: str, opener: Any, path: Path, source: str) -> Any:
+def _open_file(key: str, opener: Any, path: Any, source: str) -> Any:
     """``opener(path)``, or a ConfigError naming the key and the file when it cannot be opened there."""
     try:
         return opener(path)
@@ -643,15 +643,16 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"{source}: cache.max_semantic_chars must be a whole number of characters "
                           f"(0: no limit), got {limit!r}")
-    return Cache(
-        _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root),
+    where = _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root)
+    return _open_file("cache.path", lambda path: Cache(
+        path,
         semantic=table.get("semantic", True),
         allow_temperature=table.get("allow_temperature", False),
         ttl=table.get("ttl"),
         max_entries=int(table.get("max_entries", 100_000)),
         threshold=threshold,
         **({} if limit is None else {"max_semantic_chars": limit or None}),
-    )
+    ), where, source)
 
 
 def _routing_from_config(value: Any, source: str) -> Any:

@@ -125,6 +125,9 @@ def test_start_up_errors_name_the_file_and_the_key(tmp_path, capsys):
     under_a_file.write_text('budget_store = "afile/budgets.db"\n')
     with pytest.raises(ConfigError, match=r"budget_store = '.*afile/budgets.db' cannot be opened"):
         Policy.from_file(under_a_file)
+    under_a_file.write_text('[cache]\npath = "afile/cache"\n')
+    with pytest.raises(ConfigError, match=r"cache.path = '.*afile/cache' cannot be opened"):
+        Policy.from_file(under_a_file)
     sample = Path(__file__).resolve().parent.parent / "fixtures" / "traffic" / "sample.jsonl"
     assert main(["replay", str(sample), "--policy", str(bad)]) == 2
     assert "not UTF-8" in capsys.readouterr().err

@@ -250,10 +250,63 @@ def _ratio(value: float | None) -> float | None:
 
 #: More tokens than any answer has (a bound that keeps prices finite and exact).
 _MAX_TOKENS = 10**9
+#: Deeper than any request or answer nests; a deeper line is refused before anything recurses into it.
+_MAX_DEPTH = 100
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
+    raise ValueError(f"{name} is not a number JSON allows; expected a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number; expected a finite number")
+    return value
+
+
+def _unsendable(data: Any) -> str | None:
+    """Why a loaded line cannot be sent (nested too deep, a string that is not Unicode text), or None."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((key, depth) for key in value)
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > _MAX_DEPTH:
+                return f"nested more than {_MAX_DEPTH} levels deep; expected a traffic line object"
+            stack.extend((inner, depth + 1) for inner in value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"a string holds {exc.object[exc.start]!r} (a lone surrogate), which is not Unicode "
+                        "text; expected UTF-8 text")
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    """A token count: a whole number from 0 to ``_MAX_TOKENS`` (``12.0`` too, as providers may write it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, int) or value.is_integer()) and 0 <= value <= _MAX_TOKENS
+
+
+def _usage_problem(usage: dict[str, Any]) -> str | None:
+    """What is wrong with a recorded ``usage`` (a missing, negative, absurd or non-integer count), or None."""
+    expected = f"expected a whole number of tokens from 0 to {_MAX_TOKENS:,}"
+    for field in ("prompt_tokens", "completion_tokens"):
+        if field not in usage:
+            return f"usage has no {field}; {expected} (replay prices answers from it)"
+    for field, count in usage.items():
+        if field.endswith("_details") and isinstance(count, dict):
+            for inner, value in count.items():  # cached_tokens, reasoning_tokens...: null means none
+                if inner.endswith("_tokens") and value is not None and not _is_count(value):
+                    return f"usage.{field}.{inner} is {value!r}; {expected}"
+        elif field.endswith("_tokens") and not _is_count(count):
+            return f"usage.{field} is {count!r}; {expected}"
+    return None
 
 
 def _fail(source: str, number: int, message: str) -> TrafficError:
@@ -263,13 +316,16 @@ def _fail(source: str, number: int, message: str) -> TrafficError:
 def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLine:
     """One traffic line, checked; a :class:`TrafficError` naming the line and what was expected otherwise."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:
         raise _fail(source, number, f"not valid JSON ({exc})") from None
     except RecursionError:
         raise _fail(source, number, "nested too deep to read; expected a traffic line object") from None
     if not isinstance(data, dict):
         raise _fail(source, number, f"expected a JSON object, got {type(data).__name__}")
+    problem = _unsendable(data)
+    if problem:
+        raise _fail(source, number, problem)
     unknown = set(data) - _LINE_KEYS
     if unknown:
         raise _fail(source, number, f"unknown keys {sorted(unknown)}; expected some of {sorted(_LINE_KEYS)}")
@@ -291,16 +347,16 @@ def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLin
             raise _fail(source, number, f"responses[{model!r}] is not a chat.completion body (no 'choices')")
         if not isinstance(body.get("usage"), dict):
             raise _fail(source, number, f"responses[{model!r}] has no 'usage'; replay prices answers from it")
-        for field, count in body["usage"].items():
-            if field.endswith("_tokens") and not (type(count) is int and 0 <= count <= _MAX_TOKENS):
-                raise _fail(source, number, f"responses[{model!r}].usage.{field} is {count!r}; expected a whole "
-                                            f"number of tokens from 0 to {_MAX_TOKENS:,}")
     for key in ("tenant", "group"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise _fail(source, number, f"'{key}' must be a string, got {data[key]!r}")
     correct = data.get("correct") or {}
     if not isinstance(correct, dict) or not all(isinstance(v, bool) for v in correct.values()):
         raise _fail(source, number, "'correct' must be an object {MODEL: true|false}")
+    for model, body in responses.items():
+        problem = _usage_problem(body["usage"])
+        if problem:
+            raise _fail(source, number, f"responses[{model!r}].{problem}")
     return TrafficLine(number=number, request=request, responses=responses, endpoint=endpoint,
                        tenant=data.get("tenant") or None, group=data.get("group"), correct=correct)
 
@@ -312,14 +368,18 @@ def load_traffic(path: str | Path) -> list[TrafficLine]:
         raise FileNotFoundError(f"{path}: no such traffic file; expected JSONL lines "
                                 '{"request": ..., "responses": {MODEL: ...}}')
     lines = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _fail(str(path), number, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if text.strip():
-                lines.append(parse_line(text, number=number, source=str(path)))
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _fail(str(path), number, f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                                   "expected a UTF-8 JSON line") from None
+                if text.strip():
+                    lines.append(parse_line(text, number=number, source=str(path)))
+    except OSError as exc:
+        raise TrafficError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not lines:
         raise TrafficError(f"{path}: no traffic lines")
     return lines

@@ -10,6 +10,8 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llmbudget.cli import main
 from llmbudget.replay import ReplayResult, TrafficError, load_traffic, replay
@@ -331,3 +333,101 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     traffic.write_bytes(json.dumps(_sample()[0]).encode() + b"\n" + b'{"tenant": "\xff\xfe"}\n')
     with pytest.raises(TrafficError, match="t.jsonl line 2: not UTF-8"):
         load_traffic(traffic)
+
+
+def _mutated(path: tuple[str, ...], value: Any) -> str:
+    """The first sample line with the value at ``path`` replaced (``...`` deletes it), as JSON text."""
+    line = _sample()[0]
+    *folders, last = path
+    target = line
+    for key in folders:
+        target = target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return json.dumps(line)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_mutated(("tenant",), "a\ud800b"), "'\\ud800' (a lone surrogate), which is not Unicode text"),
+        (_mutated(("request", "temperature"), "NUMBER").replace('"NUMBER"', "1e400"), "1e400 is too large"),
+        (_mutated(("meta",), "NEST").replace('"NEST"', "[" * 200 + "]" * 200), "nested more than 100 levels"),
+        (_mutated(("responses", "gpt-4o", "usage", "prompt_tokens_details"), {"cached_tokens": 1e30}),
+         "usage.prompt_tokens_details.cached_tokens is 1e+30"),
+        (_mutated(("responses", "gpt-4o", "usage", "completion_tokens_details"), {"reasoning_tokens": -1}),
+         "usage.completion_tokens_details.reasoning_tokens is -1"),
+        (_mutated(("responses", "gpt-4o", "usage", "completion_tokens"), 2.5), "usage.completion_tokens is 2.5"),
+        (_mutated(("responses", "gpt-4o", "usage", "prompt_tokens"), True), "usage.prompt_tokens is True"),
+        (_mutated(("responses", "gpt-4o", "usage", "prompt_tokens"), ...), "usage has no prompt_tokens"),
+    ],
+)
+def test_more_hostile_lines_are_refused_with_their_line_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str, message: str
+) -> None:
+    """Lone surrogates, numbers past float range, deep nesting the pipeline would recurse into, bad nested counts."""
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_text(json.dumps(_sample()[0]) + "\n" + bad + "\n", encoding="utf-8")
+    with pytest.raises(TrafficError, match=f"t.jsonl line 2: .*{_escape(message)}"):
+        load_traffic(traffic)
+    assert main(["replay", str(traffic), "--policy", str(POLICY), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t.jsonl line 2: " in err and "expected" in err
+
+
+def test_odd_but_sound_lines_still_load(tmp_path: Path) -> None:
+    """A byte-order mark, counts written as 12.0, null details: what providers and editors really write."""
+    usage = {"prompt_tokens": 12.0, "completion_tokens": 3, "total_tokens": 15,
+             "prompt_tokens_details": {"cached_tokens": None, "audio_tokens": 0}, "completion_tokens_details": None}
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_bytes(b"\xef\xbb\xbf" + _mutated(("responses", "gpt-4o", "usage"), usage).encode() + b"\n")
+    (line,) = load_traffic(traffic)
+    assert line.responses["gpt-4o"]["usage"]["prompt_tokens"] == 12
+
+
+_LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6)
+           | st.sampled_from(["\ud800", "[/]", "[link=https://x.test]x", "\x00", "NEST"]))
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=4) | st.sampled_from(["model", "messages", "usage"]),
+                                         inner, max_size=3), max_leaves=8)
+_PATHS = [("request",), ("request", "model"), ("request", "messages"), ("request", "messages", 0),
+          ("responses",), ("responses", "gpt-4o"), ("responses", "gpt-4o", "choices"),
+          ("responses", "gpt-4o", "usage"), ("responses", "gpt-4o", "usage", "prompt_tokens"),
+          ("responses", "gpt-4o", "usage", "completion_tokens"),
+          ("responses", "gpt-4o", "usage", "prompt_tokens_details"), ("tenant",), ("group",), ("correct",),
+          ("correct", "gpt-4o"), ("endpoint",), ("meta",), ("unknown",)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(_PATHS), value=_VALUES | st.just(...), depth=st.integers(0, 3000),
+       cut=st.none() | st.integers(0, 400))
+def test_any_json_ish_line_loads_or_is_a_traffic_error(path: tuple[Any, ...], value: Any, depth: int,
+                                                       cut: int | None) -> None:
+    """Whatever a line holds, parse_line returns a TrafficLine or raises TrafficError, never another exception."""
+    from llmbudget.replay import TrafficLine, parse_line
+
+    try:
+        text = _mutated(path, value)
+    except (KeyError, IndexError, TypeError):
+        return  # the path runs through a value this line does not have
+    text = text.replace('"NEST"', "[" * depth + "1" + "]" * depth)
+    if cut is not None:
+        text = text[:cut]
+    try:
+        assert isinstance(parse_line(text, number=7, source="t.jsonl"), TrafficLine)
+    except TrafficError as exc:
+        assert str(exc).startswith("t.jsonl line 7: ")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_any_bytes_load_or_are_a_traffic_error(tmp_path: Path, data: bytes) -> None:
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_bytes(data)
+    try:
+        load_traffic(traffic)
+    except TrafficError as exc:
+        assert str(exc).startswith(str(traffic))

@@ -35,12 +35,12 @@ def _run(task: Callable[..., dict[str, Any]], args: dict[str, Any], *, as_json: 
     if as_json or "progress" not in inspect.signature(task).parameters:
         if as_json:
             return task(**args)
-        with _console().status(title):
+        with _console().status(escape(title)):
             return task(**args)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        tid = bar.add_task(title, total=None)
+        tid = bar.add_task(escape(title), total=None)
 
         def progress(done: int, total: int | None = None) -> None:
             bar.update(tid, completed=done, total=total)
@@ -54,7 +54,7 @@ def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=title, show_header=True)
+    table = Table(title=escape(title), show_header=True)
     table.add_column("figure")
     table.add_column("value", justify="right")
 
@@ -153,7 +153,8 @@ def _print_baselines(result: dict[str, Any]) -> None:
     rows = {"router": result, **result["baselines"]}
     for name, figures in rows.items():
         wins = summary[name].get("router_wins")
-        table.add_row(name, f"{figures['apgr']:.3f}", f"{figures['cpt50']:.2f}", f"{summary[name]['mean_apgr']:.3f}",
+        table.add_row(escape(name), f"{figures['apgr']:.3f}", f"{figures['cpt50']:.2f}",
+                      f"{summary[name]['mean_apgr']:.3f}",
                       f"{summary[name]['worst_apgr']:.3f}", "" if wins is None else f"{wins} of {summary['groups']}")
     _console().print(table)
 
@@ -256,7 +257,7 @@ def _prices(ns: argparse.Namespace) -> int:
         return 0 if all(row["known"] for row in rows) else 1
     from rich.table import Table
 
-    table = Table(title=f"USD per 1M tokens ({snapshot.source}, {snapshot.as_of})")
+    table = Table(title=escape(f"USD per 1M tokens ({snapshot.source}, {snapshot.as_of})"))
     for column in ("model", "input", "cached input", "output"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
@@ -276,14 +277,12 @@ def _prices(ns: argparse.Namespace) -> int:
 def _report(ns: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from .ledger.records import SQLiteLedger
-
     groups: dict[str, dict[str, dict[str, Any]]] = {"tenant": {}, "model": {}, "day": {}}
     def empty() -> dict[str, Any]:
         return {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0), "prompt_cache_saved_usd": Decimal(0)}
 
     total = empty()
-    for record in SQLiteLedger(ns.ledger).records():
+    for record in _ledger_records(ns.ledger):
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, empty()) for name, key in keys] + [total]:
@@ -317,6 +316,23 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_records(path: str) -> list[Any]:
+    """Every record of a SQLite ledger file, or an error naming the file when it is not one."""
+    import sqlite3
+    from pathlib import Path
+
+    from .ledger.records import SQLiteLedger
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such ledger file; expected the SQLite file named by ledger = ... "
+                                "in the policy")
+    try:
+        return list(SQLiteLedger(path).records())
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path}: not an llmbudget SQLite ledger ({exc}); expected the file named by "
+                         "ledger = ... in the policy") from None
+
+
 def _replay(ns: argparse.Namespace) -> int:
     try:
         import openai  # noqa: F401
@@ -333,7 +349,7 @@ def _replay(ns: argparse.Namespace) -> int:
 
         with Progress(TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-            tid = bar.add_task(ns.traffic, total=None)
+            tid = bar.add_task(escape(ns.traffic), total=None)
             result = replay(ns.traffic, ns.policy,
                             progress=lambda done, total: bar.update(tid, completed=done, total=total))
     if ns.html:
@@ -341,7 +357,11 @@ def _replay(ns: argparse.Namespace) -> int:
 
         from .report_html import render_html
 
-        Path(ns.html).write_text(render_html(result, traffic=ns.traffic, policy=ns.policy), encoding="utf-8")
+        try:
+            Path(ns.html).write_text(render_html(result, traffic=ns.traffic, policy=ns.policy), encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--html {ns.html}: the report cannot be written there ({exc.strerror or exc}); "
+                             "expected a file path in a folder you can write") from None
     if ns.json:
         print(json.dumps({**result.summary(), **({"features": result.features} if result.features else {})},
                          indent=2))
@@ -409,7 +429,8 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
                           usd(row["actual_usd"]), usd(row["baseline_usd"] - row["actual_usd"]))
     console.print(by_tenant)
     _print_tradeoff(result, summary)
-    console.print(f"prices: {result.prices}; {len(result.lines)} requests replayed in {result.seconds:.1f} s"
+    console.print(f"prices: {escape(str(result.prices))}; {len(result.lines)} requests replayed in "
+                  f"{result.seconds:.1f} s"
                   + (f"; report written to {escape(ns.html)}" if ns.html else ""))
 
 
@@ -435,7 +456,7 @@ def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
             table.add_column(column, justify="left" if column == "policy" else "right")
         for name, figures in (*result.features.items(), ("both", summary)):
             decisions = figures["quality"]["by_decision"].values()
-            table.add_row(name, f"{figures['savings_pct']:.1f}%", kept(figures),
+            table.add_row(escape(name), f"{figures['savings_pct']:.1f}%", kept(figures),
                           str(sum(d["lost"] for d in decisions)), str(sum(d["gained"] for d in decisions)))
         console.print(table)
     table = Table(title="labeled answers by decision (against the model asked for)")
@@ -443,7 +464,8 @@ def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "decision" else "right")
     for name, row in summary["quality"]["by_decision"].items():
         if row["requests"]:
-            table.add_row(name, str(row["requests"]), str(row["judged"]), str(row["lost"]), str(row["gained"]))
+            table.add_row(escape(name), str(row["requests"]), str(row["judged"]), str(row["lost"]),
+                          str(row["gained"]))
     console.print(table)
     changes = result.changes()
     if not changes:
@@ -452,9 +474,9 @@ def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
     for column in ("line", "tenant", "decision", "answered by", "change", "request"):
         table.add_column(column, justify="right" if column == "line" else "left")
     for line in changes[:_CHANGES_SHOWN]:
-        table.add_row(str(line.line.number), escape(line.line.tenant or "-"), line.decision,
-                      escape(line.answered_by or "-"),
-                      line.change or "", escape(prompt_excerpt(line.line.request)))
+        table.add_row(str(line.line.number), escape(line.line.tenant or "-"), escape(line.decision),
+                      escape(line.answered_by or "-"), escape(line.change or ""),
+                      escape(prompt_excerpt(line.line.request)))
     console.print(table)
 
 
@@ -545,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         return int(ns.handler(ns))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # FileNotFoundError, PermissionError...; ConfigError, TrafficError...
         print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -131,3 +131,74 @@ def test_start_up_errors_name_the_file_and_the_key(tmp_path, capsys):
     sample = Path(__file__).resolve().parent.parent / "fixtures" / "traffic" / "sample.jsonl"
     assert main(["replay", str(sample), "--policy", str(bad)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def _odd_folder(tmp_path: Path) -> Path:
+    """A folder whose path holds ``[/]`` (Rich's closing tag) and ``[link=...]``."""
+    folder = tmp_path / "a[" / "]b[link=x]"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_file_names_with_markup_are_printed_as_text(tmp_path, capsys):
+    """The spinner, the progress bar and the titles read file names as Rich markup: ``[/]`` raised MarkupError."""
+    folder = _odd_folder(tmp_path)
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text(json.dumps({"a": "What is 2+2?", "b": "What is 2+3?", "duplicate": False}) + "\n")
+    assert main(["eval", "cache", str(pairs)]) == 0
+    sample = Path(__file__).resolve().parent.parent / "fixtures" / "traffic"
+    traffic = folder / "t.jsonl"
+    traffic.write_text("".join((sample / "sample.jsonl").read_text().splitlines(keepends=True)[:3]))
+    capsys.readouterr()
+    assert main(["replay", str(traffic), "--policy", str(sample / "llmbudget.toml")]) == 0
+    assert "a[/]b[link=x]/t.jsonl" in "".join(capsys.readouterr().out.split())  # the title wraps
+
+
+def test_report_errors_name_the_ledger(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a database, just text\n" * 20)
+    for path, message in ((tmp_path / "none.db", "no such ledger file"), (tmp_path / "afile" / "ledger.db",
+                          "no such ledger file"), (tmp_path / "afile", "not an llmbudget SQLite ledger")):
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"llmbudget report: {path}: {message}" in err
+    assert not (tmp_path / "none.db").exists()  # reading a report creates no ledger
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.add(record("[/]acme[link=https://example.test]x", "gpt-4o", "0.01"))
+    assert main(["report", str(tmp_path / "ledger.db")]) == 0
+    assert "[/]acme" in capsys.readouterr().out
+
+
+def test_an_html_report_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    sample = Path(__file__).resolve().parent.parent / "fixtures" / "traffic"
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_text((sample / "sample.jsonl").read_text().splitlines(keepends=True)[0])
+    assert main(["replay", str(traffic), "--policy", str(sample / "llmbudget.toml"), "--json",
+                 "--html", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--html {tmp_path}: the report cannot be written there" in err
+
+
+def test_a_read_only_cache_folder_is_a_config_error(tmp_path, capsys, monkeypatch):
+    import os
+    import sqlite3
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere: answer as SQLite does for everyone else
+        connect = sqlite3.connect
+
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(read_only)):
+                raise sqlite3.OperationalError("unable to open database file")
+            return connect(path, *args, **kwargs)
+
+        monkeypatch.setattr(sqlite3, "connect", refuse)
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[cache]\npath = "ro"\n[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n')
+    try:
+        assert main(["route", "hello", "--policy", str(policy)]) == 2
+    finally:
+        read_only.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{policy}: cache.path = " in err and "cannot be opened" in err

@@ -116,14 +116,20 @@ def read_labeled(path: str | Path, *, weak: str, strong: str) -> tuple[list[dict
         return [{"messages": [{"role": "user", "content": p}]} for p in prompts], weak_ok, strong_ok
     bodies: list[dict[str, Any]] = []
     labels: list[tuple[float, float]] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{file}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{file}:{number}: not JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError(f"{file}:{number}: nested too deep to read; expected a traffic line") from None
             correct = item.get("correct") if isinstance(item, dict) else None
             request = item.get("request") if isinstance(item, dict) else None
             if not isinstance(request, dict):

@@ -146,3 +146,12 @@ def test_calibrate_cli_needs_one_mode(tmp_path, capsys):
     assert "needs --weak and --strong" in capsys.readouterr().err
     assert main(["calibrate", "router", str(sample), "--keep-quality", "0.9", "--weak", "a", "--strong", "b"]) == 2
     assert "no line has 'correct' labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("bad", "message"), [(b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+                                              (b'{"request": "\xff"}', "not UTF-8")])
+def test_calibrate_names_a_hostile_traffic_line(tmp_path, bad, message):
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_bytes(_traffic_line("hi", True, True).encode() + b"\n" + bad + b"\n")
+    with pytest.raises(ValueError, match=f"traffic.jsonl:2: {message}"):
+        calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.9)

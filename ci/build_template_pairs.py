@@ -109,37 +109,32 @@ def passage_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int
     return _spread(_pairs_within(groups.values(), rng), count)
 
 
-def statement_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int) -> list[tuple[str, str]]:
-    """Two "Statement 1 | ... Statement 2 | ..." prompts with the same options."""
+def _grouped_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int, *, part: int,
+                   keep: Callable[[str, tuple[str, str]], bool]) -> list[tuple[str, str]]:
+    """Pairs of prompts sharing ``split_prompt(prompt)[part]`` (0: the stem, 1: the options), among those ``keep``s."""
     groups: dict[str, list[str]] = defaultdict(list)
     for prompts in subjects.values():
         for prompt in prompts:
             parts = split_prompt(prompt)
-            if parts is not None and prompt.startswith("Statement 1"):
-                groups[parts[1]].append(prompt)
+            if parts is not None and keep(prompt, parts):
+                groups[parts[part]].append(prompt)
     return _spread(_pairs_within(groups.values(), rng), count)
+
+
+def statement_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """Two "Statement 1 | ... Statement 2 | ..." prompts with the same options."""
+    return _grouped_pairs(subjects, rng, count, part=1, keep=lambda prompt, _: prompt.startswith("Statement 1"))
 
 
 def same_option_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int) -> list[tuple[str, str]]:
     """Another stem over the same option list (statement stems left to ``statement_pairs``)."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for prompts in subjects.values():
-        for prompt in prompts:
-            parts = split_prompt(prompt)
-            if parts is not None and not prompt.startswith("Statement 1"):
-                groups[parts[1]].append(prompt)
-    return _spread(_pairs_within(groups.values(), rng), count)
+    return _grouped_pairs(subjects, rng, count, part=1,
+                          keep=lambda prompt, _: not prompt.startswith("Statement 1"))
 
 
 def same_stem_pairs(subjects: dict[str, list[str]], rng: random.Random, count: int) -> list[tuple[str, str]]:
     """The same stem with another option list."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for prompts in subjects.values():
-        for prompt in prompts:
-            parts = split_prompt(prompt)
-            if parts is not None and len(parts[0]) >= 20:
-                groups[parts[0]].append(prompt)
-    return _spread(_pairs_within(groups.values(), rng), count)
+    return _grouped_pairs(subjects, rng, count, part=0, keep=lambda _, parts: len(parts[0]) >= 20)
 
 
 _INSTRUCTIONS: tuple[str, ...] = (

@@ -37,22 +37,33 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
             for row in reader:
                 yield {"messages": [{"role": "user", "content": row["prompt"]}]}
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    for number, item in _json_lines(path):
+        if isinstance(item, dict) and isinstance(item.get("request"), dict):
+            yield item["request"]
+        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            yield {"messages": [{"role": "user", "content": item["prompt"]}]}
+        elif isinstance(item, dict) and ("messages" in item or "input" in item):
+            yield item
+        else:
+            raise ValueError(f"{path}:{number}: expected a request body, {{'request': ...}} or {{'prompt': ...}}")
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSONL file; a ValueError naming the line otherwise."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                yield number, json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-            if isinstance(item, dict) and isinstance(item.get("request"), dict):
-                yield item["request"]
-            elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-                yield {"messages": [{"role": "user", "content": item["prompt"]}]}
-            elif isinstance(item, dict) and ("messages" in item or "input" in item):
-                yield item
-            else:
-                raise ValueError(f"{path}:{number}: expected a request body, {{'request': ...}} or {{'prompt': ...}}")
+            except RecursionError:
+                raise ValueError(f"{path}:{number}: nested too deep to read; expected one JSON object") from None
 
 
 def input_tokens(body: dict[str, Any]) -> int:
@@ -116,27 +127,14 @@ def read_labeled(path: str | Path, *, weak: str, strong: str) -> tuple[list[dict
         return [{"messages": [{"role": "user", "content": p}]} for p in prompts], weak_ok, strong_ok
     bodies: list[dict[str, Any]] = []
     labels: list[tuple[float, float]] = []
-    with file.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{file}:{number}: not JSON ({exc})") from None
-            except RecursionError:
-                raise ValueError(f"{file}:{number}: nested too deep to read; expected a traffic line") from None
-            correct = item.get("correct") if isinstance(item, dict) else None
-            request = item.get("request") if isinstance(item, dict) else None
-            if not isinstance(request, dict):
-                raise ValueError(f"{file}:{number}: expected a traffic line with a 'request' object")
-            if isinstance(correct, dict) and weak in correct and strong in correct:
-                bodies.append(request)
-                labels.append((float(bool(correct[weak])), float(bool(correct[strong]))))
+    for number, item in _json_lines(file):
+        correct = item.get("correct") if isinstance(item, dict) else None
+        request = item.get("request") if isinstance(item, dict) else None
+        if not isinstance(request, dict):
+            raise ValueError(f"{file}:{number}: expected a traffic line with a 'request' object")
+        if isinstance(correct, dict) and weak in correct and strong in correct:
+            bodies.append(request)
+            labels.append((float(bool(correct[weak])), float(bool(correct[strong]))))
     if not bodies:
         raise ValueError(f"{file}: no line has 'correct' labels for both {weak!r} and {strong!r}")
     pairs = np.asarray(labels, dtype=np.float64)

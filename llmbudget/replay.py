@@ -522,21 +522,20 @@ def replay(traffic: str | Path | Iterable[TrafficLine], policy: str | Path, *,
     """
     lines = load_traffic(traffic) if isinstance(traffic, (str, Path)) else list(traffic)
     started = time.perf_counter()
-    result = _replay_once(lines, Path(policy), progress=progress)
-    if features and result.features:  # both tables present: measure each alone
+    result, both = _replay_once(lines, Path(policy), progress=progress)
+    if features and both:  # a cache and routing: measure each alone too
         result.features = {
-            "cache alone": _replay_once(lines, Path(policy), without="routing").summary(),
-            "routing alone": _replay_once(lines, Path(policy), without="cache").summary(),
+            "cache alone": _replay_once(lines, Path(policy), without="routing")[0].summary(),
+            "routing alone": _replay_once(lines, Path(policy), without="cache")[0].summary(),
         }
-    else:
-        result.features = {}
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None = None,
-                 progress: Progress | None = None) -> ReplayResult:
-    """One replay of ``lines`` under ``policy`` (less the ``without`` table)."""
+                 progress: Progress | None = None) -> tuple[ReplayResult, bool]:
+    """One replay of ``lines`` under ``policy`` (less the ``without`` table), and whether the policy used had
+    both a cache and routing."""
     import openai
 
     from .interception import http_client
@@ -586,9 +585,7 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                 if hasattr(store, "close"):
                     store.close()
     snapshot = engine.pricing.snapshot
-    # a placeholder that tells replay() both features are on (it fills in their runs)
-    return ReplayResult(results, prices=f"{snapshot.source}, as of {snapshot.as_of}",
-                        features={"both": {}} if both else {})
+    return ReplayResult(results, prices=f"{snapshot.source}, as of {snapshot.as_of}"), both
 
 
 def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, tap: _StoreTap | None,

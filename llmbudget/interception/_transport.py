@@ -212,7 +212,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 await self._inner.aclose()
             finally:
-                await _off_loop(self._attempt, self._attempt.finish, complete=False)
+                if self._attempt.record is None:  # read to its end, it is settled already: no thread hop
+                    await _off_loop(self._attempt, self._attempt.finish, complete=False)
 
     def _wrap_response(response: Any, stream: Any) -> Any:
         if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``

@@ -43,6 +43,7 @@ def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys)
     for rec in (record("a", "gpt-4o", "0.01"), record("a", "gpt-4o-mini", "0.002", "0.01"),
                 record("b", "gpt-4o", "0.03", day=1, prompt_cache="0.004")):
         ledger.add(rec)
+    ledger.flush()  # written by a background thread otherwise
     code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
     assert code == 0
     assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "saved_usd": pytest.approx(0.01),

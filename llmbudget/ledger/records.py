@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
 import threading
+import weakref
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..calls import SpendRecord
-from .budgets import connect
+from .budgets import (
+    _FORK_GUARDED,
+    _SQLITE_ERRORS,
+    _WRITER_IDLE_S,
+    SQLITE_TIMEOUT_S,
+    _rollback,
+    _sleep,
+    connect,
+)
+
+log = logging.getLogger("llmbudget.ledger")
 
 __all__ = ["Ledger", "MemoryLedger", "SQLiteLedger"]
 
@@ -27,6 +41,8 @@ class Ledger(Protocol):
 @dataclass
 class MemoryLedger:
     """Records in a list (the default; nothing is written to disk)."""
+
+    blocking: ClassVar[bool] = False  # never waits: the async transport calls it on the event loop
 
     max_records: int = 100_000
     _records: list[SpendRecord] = field(default_factory=list)
@@ -54,30 +70,141 @@ CREATE INDEX IF NOT EXISTS spend_tenant ON spend (tenant, time);
 """
 
 
-class SQLiteLedger:
-    """Records in a SQLite file (WAL), safe for several processes on one host."""
+_INSERT = ("INSERT INTO spend (time, tenant, request_id, test_id, endpoint, model, cost_usd, record)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_LIVE: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class SQLiteLedger:
+    """Records in a SQLite file (WAL), safe for several processes on one host.
+
+    :meth:`add` never waits for the file: records queue in memory and a writer thread writes
+    whatever has queued in one transaction, so a busy server pays one commit per batch instead of
+    one per call, and a request never waits on the disk or another process's lock. A record
+    reaches the file within milliseconds; :meth:`records` and :meth:`flush` write the queue first,
+    and it is written when the interpreter exits. A process killed outright (SIGKILL) loses what
+    had not been written yet (the records of its last few milliseconds).
+
+    When the file cannot be written (its lock held past ``timeout`` seconds, the disk full), the
+    records wait in memory (the newest ``buffer``) and are written, once each, when it can; the
+    cause is logged once per outage, with SQLite's own error.
+    """
+
+    blocking: ClassVar[bool] = False  # add() only queues
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = SQLITE_TIMEOUT_S, buffer: int = 100_000,
+                 retry_interval: float = 1.0) -> None:
         self.path = Path(path)
+        self.timeout = timeout
+        self.buffer = buffer
+        self.retry_interval = retry_interval
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
+        self._fork_guard = threading.Lock()  # held while the writer is inside SQLite (see budgets._FORK_GUARDED)
+        self._start()
+        _LIVE.add(self)
+        _FORK_GUARDED.add(self)
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._queue: deque[tuple[int, SpendRecord]] = deque()
+        self._seq = 0  # number of the last record queued
+        self._lock = threading.Lock()  # guards the queue
+        self._write_lock = threading.Lock()  # one writer at a time
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._down = False
+        self._dropped = 0
 
     def _conn(self):  # type: ignore[no-untyped-def]
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = connect(self.path)
+            conn = connect(self.path, timeout=self.timeout)
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
 
     def add(self, record: SpendRecord) -> None:
-        self._conn().execute(
-            "INSERT INTO spend (time, tenant, request_id, test_id, endpoint, model, cost_usd, record)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.time, record.tenant, record.request_id, record.test_id, record.endpoint, record.model,
-             str(record.cost_usd), json.dumps(record.to_dict())),
-        )
+        """Queue ``record``; the writer thread writes it within milliseconds."""
+        if self._pid != os.getpid():  # a forked child: the parent writes what it had queued
+            self._start()
+        with self._lock:
+            if len(self._queue) >= self.buffer:
+                self._queue.popleft()
+                self._dropped += 1
+                if self._dropped % 10_000 == 1:
+                    log.warning("llmbudget: the ledger %s could not be written for a while; %d oldest record(s) "
+                                "dropped (buffer=%d)", self.path, self._dropped, self.buffer)
+            self._seq += 1
+            self._queue.append((self._seq, record))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="llmbudget-ledger", daemon=True)
+                self._writer.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            if not self._wake.wait(_WRITER_IDLE_S):
+                with self._lock:  # idle: end the thread (the next add starts another)
+                    if not self._queue and not self._wake.is_set():
+                        self._writer = None
+                        return
+                continue
+            self._wake.clear()
+            if not self.flush():
+                _sleep(self.retry_interval)
+                self._wake.set()
+
+    def flush(self) -> bool:
+        """Write every queued record now; False when the file could not be written (they stay queued)."""
+        with self._write_lock, self._fork_guard:
+            with self._lock:
+                batch = list(self._queue)
+            if not batch:
+                return True
+            rows = [(r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, str(r.cost_usd),
+                     json.dumps(r.to_dict())) for _, r in batch]
+            try:
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if not _rollback(conn):
+                        self._local.conn = None
+                        conn.close()
+                    raise
+            except _SQLITE_ERRORS as exc:
+                if not self._down:
+                    self._down = True
+                    log.warning("llmbudget: the ledger %s cannot be written (%s: %s); %d record(s) wait in memory "
+                                "and are written when it can", self.path, type(exc).__name__, exc, len(batch))
+                return False
+            last = batch[-1][0]
+            with self._lock:
+                while self._queue and self._queue[0][0] <= last:
+                    self._queue.popleft()
+            if self._down:
+                self._down = False
+                log.warning("llmbudget: the ledger %s is written again", self.path)
+            return True
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not written yet."""
+        return len(self._queue)
 
     def records(self) -> Iterator[SpendRecord]:
+        """Every record in the file, oldest first (this process's queue is written first)."""
+        if self._pid == os.getpid():
+            self.flush()
         rows = self._conn().execute("SELECT record FROM spend ORDER BY id").fetchall()
         return (SpendRecord.from_dict(json.loads(row[0])) for row in rows)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for ledger in list(_LIVE):
+        if ledger._pid == os.getpid():
+            ledger.flush()

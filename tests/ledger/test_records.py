@@ -90,6 +90,7 @@ def test_sqlite_round_trip_across_two_connections(tmp_path: Path, batch: list[Sp
     writer = SQLiteLedger(path)
     for record in batch:
         writer.add(record)
+    assert writer.flush()  # written by a background thread; flush() waits for it
     reader = SQLiteLedger(path)  # another connection to the same file
     back = list(reader.records())
     assert len(back) == len(batch)
@@ -101,6 +102,7 @@ def _write(path: str, costs: list[str], offset: int) -> None:
     ledger = SQLiteLedger(path)
     for i, cost in enumerate(costs):
         ledger.add(_record(Decimal(cost), offset + i))
+    ledger.flush()  # the pool terminates its workers: no exit handler runs
 
 
 def _read(path: str) -> list[SpendRecord]:
@@ -110,7 +112,9 @@ def _read(path: str) -> list[SpendRecord]:
 def test_sqlite_round_trip_across_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite3")
     costs = [str(d) for d in EXACT]
-    SQLiteLedger(path).add(_record(Decimal("0.5"), 99))
+    first = SQLiteLedger(path)
+    first.add(_record(Decimal("0.5"), 99))
+    first.flush()
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.starmap(_write, [(path, costs, 0), (path, costs, 100)])
         seen_by_child = pool.apply(_read, (path,))

@@ -32,8 +32,20 @@ class Server:
     log: Path
 
     def records(self, tenant: str) -> list[llmbudget.SpendRecord]:
-        """The ledger's records of one tenant, in the order they were written."""
-        return [r for r in llmbudget.SQLiteLedger(self.ledger).records() if r.tenant == tenant]
+        """The ledger's records of one tenant, in the order they were written.
+
+        The servers write records from a background thread within milliseconds of each call:
+        read until two reads 0.2 s apart agree (at most 5 s)."""
+        ledger = llmbudget.SQLiteLedger(self.ledger)
+        deadline = time.monotonic() + 5
+        seen = [r for r in ledger.records() if r.tenant == tenant]
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            again = [r for r in ledger.records() if r.tenant == tenant]
+            if len(again) == len(seen):
+                break
+            seen = again
+        return seen
 
 
 def write_policy(folder: Path, name: str, *, limit: str, extra: str = "") -> Path:

@@ -1,0 +1,132 @@
+"""The SQLite ledger writes off the request path: add() never waits for the file, records are written
+in batches by a writer thread, wait in memory while the file is locked, and are written once each."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sqlite3
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from llmbudget.calls import SpendRecord, Usage
+from llmbudget.ledger.records import SQLiteLedger
+
+
+def _record(i: int) -> SpendRecord:
+    return SpendRecord(time=1000.0 + i, endpoint="chat.completions", base_url="http://127.0.0.1/v1",
+                       model_requested="gpt-4o-mini", model_sent="gpt-4o-mini", model_answered="gpt-4o-mini",
+                       usage=Usage(input_tokens=10, output_tokens=i), cost_usd=Decimal("0.000001") * i,
+                       latency_s=0.01, tenant="acme", request_id=f"r{i}")
+
+
+def _rows(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT request_id FROM spend ORDER BY id")]
+
+
+def _locked(path: Path) -> sqlite3.Connection:
+    """Another connection holding the database's write lock."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_add_returns_at_once_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path, timeout=2.0)
+    holder = _locked(path)
+    started = time.perf_counter()
+    for i in range(50):
+        ledger.add(_record(i))
+    assert time.perf_counter() - started < 0.5  # the writer waits for the lock, not the caller
+    assert _rows(path) == []
+    holder.execute("COMMIT")
+    assert ledger.flush()
+    assert _rows(path) == [f"r{i}" for i in range(50)]
+
+
+def test_records_wait_in_memory_while_the_file_is_locked_and_are_written_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path, timeout=0.1, retry_interval=0.05)
+    holder = _locked(path)
+    with caplog.at_level(logging.WARNING, logger="llmbudget.ledger"):
+        for i in range(20):
+            ledger.add(_record(i))
+        time.sleep(0.5)  # the writer tries, fails and retries meanwhile
+        assert not ledger.flush()
+        assert ledger.pending == 20
+        holder.execute("COMMIT")
+        deadline = time.monotonic() + 5
+        while ledger.pending and time.monotonic() < deadline:  # the writer's retry writes them
+            time.sleep(0.02)
+    assert ledger.pending == 0
+    assert _rows(path) == [f"r{i}" for i in range(20)]  # each once, in order
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be written" in m and "database is locked" in m for m in messages) == 1  # once per outage
+    assert any("written again" in m for m in messages)
+
+
+def test_a_busy_writer_batches_many_records_per_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    holder = _locked(path)
+    for i in range(300):
+        ledger.add(_record(i))
+    holder.execute("COMMIT")
+    assert ledger.flush()
+    with sqlite3.connect(path) as conn:
+        # every commit appends each page it changed (the table and its two indexes) to the WAL:
+        # one commit per record would leave at least 3 frames per record
+        frames = conn.execute("PRAGMA wal_checkpoint").fetchone()[1]
+    assert _rows(path) == [f"r{i}" for i in range(300)]
+    assert frames < 300
+
+
+def test_the_newest_records_are_kept_when_the_buffer_overflows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path, timeout=0.05, buffer=10, retry_interval=0.05)
+    holder = _locked(path)
+    with caplog.at_level(logging.WARNING, logger="llmbudget.ledger"):
+        for i in range(15):
+            ledger.add(_record(i))
+    assert "5 oldest record(s) dropped" in caplog.text or "oldest record(s) dropped" in caplog.text
+    holder.execute("COMMIT")
+    assert ledger.flush()
+    assert _rows(path) == [f"r{i}" for i in range(5, 15)]
+
+
+def _child_adds(ledger: SQLiteLedger) -> None:
+    ledger.add(_record(99))
+    for _ in range(200):  # the parent's writer may hold the lock past this ledger's 0.05 s wait
+        if ledger.flush():
+            return
+        time.sleep(0.01)
+    raise SystemExit(1)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_forked_child_writes_only_its_own_records(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path, timeout=0.05, retry_interval=0.05)
+    holder = _locked(path)
+    for i in range(3):
+        ledger.add(_record(i))  # queued in the parent when it forks
+    holder.execute("COMMIT")
+    child = multiprocessing.get_context("fork").Process(target=_child_adds, args=(ledger,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert ledger.flush()
+    assert sorted(_rows(path)) == ["r0", "r1", "r2", "r99"]  # the parent's three once, not again by the child
+
+
+def test_records_reads_what_this_process_queued(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    for i in range(5):
+        ledger.add(_record(i))
+    assert [r.request_id for r in ledger.records()] == [f"r{i}" for i in range(5)]

@@ -8,6 +8,7 @@ call, to a :class:`Bucket` (a counter key, its limit and when it resets). A
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -15,13 +16,14 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from ..money import usd as to_usd
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("llmbudget.ledger.budgets")
+_sleep = time.sleep  # bound at import: tests stand a fake clock in for ``time``
+_WRITER_IDLE_S = 30.0  # a writer thread with nothing to write for this long ends
 _T = TypeVar("_T")
 
 Per = Literal["request", "tenant", "global"]
@@ -229,6 +233,8 @@ def _check(
 class MemoryBudgetStore:
     """Counters in this process (threads share them)."""
 
+    blocking: ClassVar[bool] = False  # never waits: the async transport calls it on the event loop
+
     reservation_ttl: float = 600.0
     _counters: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     _open: dict[str, tuple[Reservation, float]] = field(default_factory=dict)
@@ -288,7 +294,7 @@ CREATE INDEX IF NOT EXISTS budget_reservations_expires ON budget_reservations (s
 SQLITE_TIMEOUT_S = 5.0
 #: Errors that make a SQLite budget store unavailable: locked past the wait, disk full, I/O errors, a bad file.
 _SQLITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, OSError)
-_SQLITE_OPTIONS = ("on_unavailable", "timeout")
+_SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay")
 _LOCAL_PREFIX = "local-"
 
 
@@ -330,9 +336,39 @@ def _split_options(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
     if unknown:
         raise ValueError(
             f"SQLite budget store {text!r}: unknown option(s) {', '.join(map(repr, unknown))} after '?'; "
-            f"expected on_unavailable=open|closed and timeout=<seconds>, e.g. 'budgets.db?on_unavailable=open&timeout=2'"
+            f"expected on_unavailable=open|closed, timeout=<seconds> and settle_delay=<seconds>, e.g. 'budgets.db?on_unavailable=open&timeout=2'"
         )
     return Path(base), options
+
+
+_LIVE_STORES: weakref.WeakSet[SQLiteBudgetStore] = weakref.WeakSet()
+# Objects whose writer thread uses SQLite under a ``_fork_guard`` lock. A fork while that thread is
+# inside SQLite would leave SQLite's own mutexes held in the child (which then hangs): forks wait
+# for the write in progress.
+_FORK_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
+_fork_held: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for obj in list(_FORK_GUARDED):
+        guard = obj._fork_guard
+        guard.acquire()
+        _fork_held.append(guard)
+
+
+def _after_fork() -> None:
+    while _fork_held:
+        _fork_held.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for store in list(_LIVE_STORES):
+        store.flush()
 
 
 class SQLiteBudgetStore:
@@ -346,6 +382,13 @@ class SQLiteBudgetStore:
     process against the last spend read from the file. Either way the cause is logged once per
     outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
     be written wait in memory and are written (idempotently) once the file answers again.
+
+    ``settle_delay`` (seconds, default None): with None a settle is written before
+    :meth:`settle` returns, so every process sees it at once. With a number, settles queue and
+    are written in the same transaction as this process's next reservation, or by a writer thread
+    after that delay: one write per call instead of two, at the price of other processes seeing a
+    settled call's hold (its worst case, never less than its cost) for up to that long, so they may
+    refuse a call early but never overspend.
     """
 
     def __init__(
@@ -356,6 +399,7 @@ class SQLiteBudgetStore:
         timeout: float | None = None,
         on_unavailable: Literal["open", "closed"] | None = None,
         retry_interval: float = 1.0,
+        settle_delay: float | None = None,
     ) -> None:
         path, options = _split_options(path)
         mode = on_unavailable or options.get("on_unavailable", "closed")
@@ -371,6 +415,14 @@ class SQLiteBudgetStore:
                              "expected a positive number of seconds to wait for the database lock")
         if not retry_interval >= 0:
             raise ValueError(f"retry_interval={retry_interval!r}: expected seconds >= 0")
+        if settle_delay is None and "settle_delay" in options:
+            try:
+                settle_delay = float(options["settle_delay"])
+            except ValueError:
+                settle_delay = -1.0
+        if settle_delay is not None and not 0 <= settle_delay < float("inf"):
+            raise ValueError(f"settle_delay={settle_delay!r}: expected seconds >= 0, or None to write each settle "
+                             "before settle() returns")
         self.path = path
         self.reservation_ttl = reservation_ttl
         self.timeout = wait
@@ -386,7 +438,18 @@ class SQLiteBudgetStore:
         self._local: dict[str, tuple[Decimal, Decimal]] = {}  # fail-open counters: (spent, reserved)
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
+        self.settle_delay = settle_delay
+        self._settles: deque[tuple[Reservation, Decimal]] = deque()
+        self._settle_lock = threading.Lock()  # one settle writer at a time
+        self._fork_guard = self._settle_lock
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = os.getpid()
+        self._expire_every = min(1.0, reservation_ttl / 10)
+        self._expired_at = 0.0  # time.time() of this process's last sweep of expired holds
         self._conn()
+        _LIVE_STORES.add(self)
+        _FORK_GUARDED.add(self)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._threads, "conn", None)
@@ -432,6 +495,8 @@ class SQLiteBudgetStore:
         self._last_error = exc
         with self._lock:
             first, self._down = not self._down, True
+        for reservation, actual in self._take_settles():  # counted in this process until written
+            self._defer(reservation, actual)
         if first:
             action = ("serving and counting in this process until it is back" if self.on_unavailable == "open"
                       else "refusing budgeted calls (fail-closed) until it is back")
@@ -519,9 +584,12 @@ class SQLiteBudgetStore:
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
 
     def _reserve_in(self, conn: sqlite3.Connection, buckets: Sequence[Bucket], amount: Decimal,
-                    tenant: str | None) -> Reservation | Refusal:
+                    tenant: str | None, settles: Sequence[tuple[Reservation, Decimal]]) -> Reservation | Refusal:
         now = time.time()
-        self._expire(conn, now)
+        self._settle_all_in(conn, settles)  # this process's settles first: their holds are freed
+        if now - self._expired_at >= self._expire_every:
+            self._expire(conn, now)
+            self._expired_at = now
         counters = self._load(conn, [b.key for b in buckets])
         with self._lock:
             for bucket in buckets:
@@ -560,12 +628,17 @@ class SQLiteBudgetStore:
         # Fail-closed if any budget says so (or leaves it to a fail-closed store).
         closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
         if self._usable():
+            settles = self._take_settles()
             try:
-                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant))
+                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant, settles))
             except _SQLITE_ERRORS as exc:
+                self._return_settles(settles)
                 self._mark_down(exc)
                 if closed:
                     raise self._unavailable(exc) from exc
+            except BaseException:
+                self._return_settles(settles)
+                raise
             else:
                 self._mark_up()
                 return result
@@ -603,20 +676,77 @@ class SQLiteBudgetStore:
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Charge ``actual`` and drop the hold; a second settle of one reservation changes nothing.
 
-        Never raises because the file is unavailable: the settle waits in memory and is written later.
+        Written before returning, or with ``settle_delay`` set, queued (see the class); :meth:`flush`
+        writes queued settles now. Never raises because the
+        file is unavailable: the settle then waits in memory and is written once the file answers.
         """
         if reservation.id.startswith(_LOCAL_PREFIX):
             with self._lock:
                 if self._local_open.pop(reservation.id, None) is not None:
                     self._unhold(reservation)
-        if self._usable():
-            try:
-                self._transaction(lambda conn: self._settle_in(conn, reservation, actual))
-            except _SQLITE_ERRORS as exc:
-                self._mark_down(exc)
-            else:
-                self._mark_up()
+        if self._down:  # counted in this process at once, written when the file answers
+            self._defer(reservation, actual)
+            return
+        if self.settle_delay is None:
+            with self._lock:
+                self._settles.append((reservation, actual))
+            self.flush()
+            return
+        with self._lock:
+            self._settles.append((reservation, actual))
+            if self._writer is None or self._writer_pid != os.getpid():
+                self._writer_pid = os.getpid()
+                self._writer = threading.Thread(target=self._run_writer, name="llmbudget-budgets", daemon=True)
+                self._writer.start()
+        self._wake.set()
+
+    def _take_settles(self) -> list[tuple[Reservation, Decimal]]:
+        with self._lock:
+            batch = list(self._settles)
+            self._settles.clear()
+        return batch
+
+    def _return_settles(self, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
+        if batch:
+            with self._lock:
+                self._settles.extendleft(reversed(batch))
+
+    def _run_writer(self) -> None:
+        while True:
+            if not self._wake.wait(_WRITER_IDLE_S):
+                with self._lock:  # idle: end the thread (the next settle starts another)
+                    if not self._settles and not self._wake.is_set():
+                        self._writer = None
+                        return
+                continue
+            _sleep(self.settle_delay or 0.0)  # a reserve made meanwhile takes the settles along
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the settles this process queued, in one transaction (or keep them for later, see
+        ``on_unavailable``)."""
+        with self._settle_lock:
+            batch = self._take_settles()
+            if not batch:
                 return
+            if self._usable():
+                try:
+                    self._transaction(lambda conn: self._settle_all_in(conn, batch))
+                except _SQLITE_ERRORS as exc:
+                    self._mark_down(exc)
+                else:
+                    self._mark_up()
+                    return
+            for reservation, actual in batch:
+                self._defer(reservation, actual)
+
+    def _settle_all_in(self, conn: sqlite3.Connection, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
+        for reservation, actual in batch:
+            self._settle_in(conn, reservation, actual)
+
+    def _defer(self, reservation: Reservation, actual: Decimal) -> None:
+        """Keep a settle the file could not take, counted in this process until it is written."""
         with self._lock:
             if any(r.id == reservation.id for r, _ in self._pending):
                 return
@@ -629,6 +759,7 @@ class SQLiteBudgetStore:
 
     def spent(self, key: str) -> tuple[Decimal, Decimal]:
         """(spent, reserved) in USD for one bucket key, as the file has it (this process's counts when open)."""
+        self.flush()
         if self._usable():
             try:
                 return self._load(self._conn(), [key]).get(key, (_ZERO, _ZERO))
@@ -644,8 +775,8 @@ class SQLiteBudgetStore:
 
     @property
     def pending_settles(self) -> int:
-        """Settles made while the file was unavailable, not yet written."""
-        return len(self._pending)
+        """Settles not written to the file yet: queued for the writer, or waiting for the file to answer."""
+        return len(self._settles) + len(self._pending)
 
     def _remember(self, key: str, spent: Decimal) -> None:
         self._known[key] = spent

@@ -170,6 +170,7 @@ def test_a_full_disk_when_open_counts_locally_from_the_last_spend_read(tmp_path:
         reservation = store.reserve([bucket], Decimal("0.2"))
         assert isinstance(reservation, Reservation)
         store.settle(reservation, Decimal("0.2"))
+    store.flush()
     conn = _fill_disk(store)
     results = [store.reserve([bucket], Decimal("0.2")) for _ in range(18)]
     served = [r for r in results if isinstance(r, Reservation)]
@@ -243,6 +244,51 @@ def test_options_come_from_the_path_as_from_a_redis_url(tmp_path: Path) -> None:
     keyword = SQLiteBudgetStore(f"{tmp_path / 'b.db'}?on_unavailable=open", on_unavailable="closed", timeout=1)
     assert (keyword.on_unavailable, keyword.timeout) == ("closed", 1.0)  # keywords win over the path
     for bad, needle in [("b.db?onunavailable=open", "unknown option"), ("b.db?on_unavailable=maybe", "on_unavailable"),
-                        ("b.db?timeout=0", "timeout"), ("b.db?timeout=soon", "timeout")]:
+                        ("b.db?timeout=0", "timeout"), ("b.db?timeout=soon", "timeout"),
+                        ("b.db?settle_delay=-1", "settle_delay"), ("b.db?settle_delay=later", "settle_delay")]:
         with pytest.raises(ValueError, match=needle):
             SQLiteBudgetStore(tmp_path / bad)
+
+
+# -- when settles are written -----------------------------------------------------------------------
+
+
+def test_a_settle_is_seen_by_other_processes_at_once_by_default(tmp_path: Path) -> None:
+    store, other = SQLiteBudgetStore(tmp_path / "b.db"), SQLiteBudgetStore(tmp_path / "b.db")
+    bucket = _bucket("1")
+    held = store.reserve([bucket], Decimal("0.6"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.1"))
+    assert store.pending_settles == 0
+    assert other.spent(bucket.key) == (Decimal("0.1"), Decimal("0"))
+    assert isinstance(other.reserve([bucket], Decimal("0.6")), Reservation)  # the hold is gone for everyone
+
+
+def test_a_settle_delay_batches_settles_with_the_next_reserve(tmp_path: Path) -> None:
+    store = SQLiteBudgetStore(f"{tmp_path / 'b.db'}?settle_delay=60")
+    other = SQLiteBudgetStore(tmp_path / "b.db")
+    bucket = _bucket("1")
+    held = store.reserve([bucket], Decimal("0.6"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.1"))
+    assert store.pending_settles == 1
+    assert other.spent(bucket.key) == (Decimal("0"), Decimal("0.6"))  # still held elsewhere: early refusal, no overspend
+    assert isinstance(other.reserve([bucket], Decimal("0.6")), Refusal)
+    assert isinstance(store.reserve([bucket], Decimal("0.2")), Reservation)  # writes the settle in its transaction
+    assert store.pending_settles == 0
+    assert other.spent(bucket.key) == (Decimal("0.1"), Decimal("0.2"))
+    store.settle(held, Decimal("0.1"))  # a second settle of one reservation changes nothing
+    store.flush()
+    assert other.spent(bucket.key)[0] == Decimal("0.1")
+
+
+def test_a_queued_settle_is_written_by_the_writer_thread(tmp_path: Path) -> None:
+    store = SQLiteBudgetStore(tmp_path / "b.db", settle_delay=0.01)
+    bucket = _bucket("1")
+    held = store.reserve([bucket], Decimal("0.3"))
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.2"))
+    deadline = time.monotonic() + 5
+    while store.pending_settles and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert SQLiteBudgetStore(tmp_path / "b.db").spent(bucket.key) == (Decimal("0.2"), Decimal("0"))

@@ -107,6 +107,13 @@ class Engine:
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
 
+    @property
+    def blocking(self) -> bool:
+        """Whether a call's work may wait on a file lock, a disk or the network (a cache, a SQLite or
+        Redis store): the async transport then runs it in a worker thread, off the event loop."""
+        return self.cache is not None or any(
+            getattr(part, "blocking", True) for part in (self.ledger, self.budget_store))
+
     # -- observers (the pytest plugin, metrics) ------------------------------------------------
 
     def add_observer(self, observer: Observer) -> None:

@@ -7,19 +7,23 @@ hold one set each. Nothing here decides anything: the pipeline does.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..ledger.budgets import BudgetStoreUnavailable
 from ..pipeline import Attempt, get_engine
 from ..providers import Adapter
 
 log = logging.getLogger("llmbudget.interception")
+_T = TypeVar("_T")
 
 _REFUSAL_HEADERS = {
     "content-type": "application/json",
@@ -108,6 +112,18 @@ def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tu
     return rewritten, None
 
 
+def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
+    """(the request to send, None), or (None, the response that answers it: a cache hit or a refusal)."""
+    cached = attempt.lookup_cache()
+    if cached is not None:
+        return None, _cached_response(httpx, cached)
+    request, refusal = _prepare(httpx, request, attempt, path)
+    if refusal is not None:
+        status, headers, body = refusal
+        return None, httpx.Response(status, headers=headers, content=body)
+    return request, None
+
+
 def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[Adapter, str]) -> Attempt | None:
     """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check."""
     routing = weak.engine.routing
@@ -122,19 +138,43 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     return retry
 
 
-async def _off_loop(attempt: Attempt, work: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``work(...)`` in a worker thread (in this context) when the engine has a cache, else here.
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
 
-    Cache lookups and stores hash, embed and search texts and touch SQLite: run on the event loop,
-    one long prompt would stall every other request of an async server. Without a cache the work is
-    microseconds, and a thread hop would cost more than it saves.
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llmbudget")
+        return _EXECUTOR
+
+
+async def _off_loop(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``work(...)`` in a worker thread (in this context) when the engine's stores block, else here.
+
+    Cache lookups and stores hash, embed and search texts and touch SQLite, and SQLite or Redis budget
+    stores wait on a file lock or the network: run on the event loop, they would stall every other
+    request of an async server. With only in-memory stores the work is microseconds, and a thread hop
+    would cost more than it saves. The work always runs to its end, even when the caller is cancelled.
     """
-    if attempt.engine.cache is None:
+    if not attempt.engine.blocking:
         return work(*args, **kwargs)
-    import anyio.to_thread  # httpx's and httpx2's own dependency
-
     context = contextvars.copy_context()
-    return await anyio.to_thread.run_sync(functools.partial(context.run, work, *args, **kwargs))
+    job = functools.partial(context.run, work, *args, **kwargs)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): anyio's worker threads
+        import anyio.to_thread  # httpx's and httpx2's own dependency
+
+        return await anyio.to_thread.run_sync(job)
+    future = loop.run_in_executor(_executor(), job)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The caller gave up; the work finishes in its thread, and what it reserved is released.
+        future.add_done_callback(lambda _: _executor().submit(attempt.release))
+        raise
 
 
 def _settle_dropped(attempt: Attempt) -> None:
@@ -251,13 +291,9 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return response
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            cached = attempt.lookup_cache()
-            if cached is not None:
-                return _cached_response(httpx, cached)
-            request, refusal = _prepare(httpx, request, attempt, path)
-            if refusal is not None:
-                status, headers, body = refusal
-                return httpx.Response(status, headers=headers, content=body)
+            request, answer = _open(httpx, request, attempt, path)
+            if answer is not None:
+                return answer
             try:
                 response = self.inner.handle_request(request)
             except BaseException as exc:
@@ -301,13 +337,9 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            cached = await _off_loop(attempt, attempt.lookup_cache)
-            if cached is not None:
-                return _cached_response(httpx, cached)
-            request, refusal = _prepare(httpx, request, attempt, path)
-            if refusal is not None:
-                status, headers, body = refusal
-                return httpx.Response(status, headers=headers, content=body)
+            request, answer = await _off_loop(attempt, _open, httpx, request, attempt, path)
+            if answer is not None:
+                return answer
             try:
                 response = await self.inner.handle_async_request(request)
             except BaseException as exc:

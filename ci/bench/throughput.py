@@ -1,0 +1,235 @@
+"""Requests per second of a web app under uvicorn, plain and behind llmbudget's middleware.
+
+Three processes on loopback: an OpenAI-compatible upstream that answers at once
+with a recorded response (ci/bench/throughput_apps.py), and one uvicorn app per
+mode, each answering ``POST /ask`` with one ``AsyncOpenAI`` chat completion:
+
+- ``plain``: no middleware;
+- ``budgets``: the middleware with SQLite budgets (a tenant budget per day and a
+  request budget) and a SQLite ledger;
+- ``full``: the same plus the semantic cache (SQLite + usearch files), every
+  prompt unique, so every call looks up, misses, calls upstream and stores.
+
+A load generator with ``--concurrency`` clients sends ``--requests`` requests to
+one mode, then the next; modes alternate for ``--rounds`` rounds (the order
+rotates), so machine noise hits every mode alike. Each run is bounded in time by
+``--max-seconds``. Prints per mode the median requests per second over rounds,
+the p50 and p99 latency over all requests, and the median of the per-round ratio
+to ``plain``.
+
+    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+TIKTOKEN = ROOT.parent / "shared" / "data" / "tiktoken"
+
+POLICIES = {
+    "budgets": """
+ledger = "ledger.db"
+budget_store = "budgets.db"
+
+[[budgets]]
+usd = "1000"
+per = "tenant"
+period = "day"
+
+[[budgets]]
+usd = "1"
+per = "request"
+""",
+}
+POLICIES["full"] = POLICIES["budgets"] + """
+[cache]
+path = "cache"
+"""
+
+WORDS = (
+    "invoice refund shipping warranty password router printer kernel garden recipe bicycle lease mortgage "
+    "vaccine sonnet glacier volcano tariff pension violin enzyme satellite harbor thermostat ledger budget "
+    "compiler database tenant ticket schedule airline hotel museum chemistry poetry battery orbit protein "
+    "contract lawsuit audit payroll insulin antenna bridge tunnel canal quartz marble falcon salmon tomato "
+    "espresso cheddar sourdough hiking kayak chess violin piano trumpet novel opera ballet cinema camera"
+).split()
+STEMS = (
+    "How do I fix a {0} problem with my {1} when the {2} is late?",
+    "Explain the difference between a {0} and a {1} for someone who owns a {2}.",
+    "Write two sentences about {0}, {1} and {2}.",
+    "What should I check first if my {0} affects the {1} of the {2}?",
+    "Summarise the history of the {0} and its link to the {1} and the {2}.",
+)
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    """``count`` prompts, none repeated, in the words of users with a question each."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < count:
+        text = rng.choice(STEMS).format(*rng.sample(WORDS, 3)) + f" (order {rng.randrange(10**6)})"
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far; 0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def uvicorn(target: str, *, env: dict[str, str], factory: bool = False) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(HERE), "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    if factory:
+        command.append("--factory")
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=env.get("BENCH_CWD", str(HERE)))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{target} did not start") from None
+                time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def load(url: str, texts: list[str], concurrency: int, max_seconds: float) -> tuple[float, list[float], int]:
+    """Send every text once with ``concurrency`` clients; requests per second, latencies, failures."""
+    latencies: list[float] = []
+    failures = [0]
+    queue = iter(texts)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        deadline = start + max_seconds
+
+        async def worker() -> None:
+            for text in queue:
+                if time.perf_counter() > deadline:
+                    return
+                t0 = time.perf_counter()
+                response = await client.post("/ask", json={"prompt": text})
+                latencies.append(time.perf_counter() - t0)
+                if response.status_code != 200:
+                    failures[0] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, latencies, failures[0]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per mode per round")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=200, help="requests per mode before measuring")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit of one run")
+    parser.add_argument("--modes", default="plain,budgets,full")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"plain", *POLICIES}
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+
+    env = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", str(TIKTOKEN)),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    rps: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # app CPU seconds per request, per run
+    lat: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        upstream, _ = stack.enter_context(uvicorn("throughput_apps:upstream", env=env))
+        apps: dict[str, tuple[str, int]] = {}
+        for mode in modes:
+            mode_env = {**env, "BENCH_UPSTREAM": upstream + "/v1"}
+            if mode != "plain":
+                folder = Path(tmp) / mode
+                folder.mkdir()
+                (folder / "llmbudget.toml").write_text(POLICIES[mode])
+                mode_env["BENCH_POLICY"] = str(folder / "llmbudget.toml")
+            apps[mode] = stack.enter_context(uvicorn("throughput_apps:app", env=mode_env, factory=True))
+        texts = prompts(args.rounds * args.requests * len(modes) + args.warmup * len(modes), seed=7)
+
+        def run(mode: str, count: int) -> tuple[float, list[float], float]:
+            url, pid = apps[mode]
+            before = cpu_seconds(pid)
+            rate, latencies, failed = asyncio.run(load(url, [texts.pop() for _ in range(count)],
+                                                       args.concurrency, args.max_seconds))
+            if failed:
+                raise SystemExit(f"{mode}: {failed} of {len(latencies)} requests failed")
+            return rate, latencies, (cpu_seconds(pid) - before) / max(1, len(latencies))
+
+        for mode in modes:
+            run(mode, args.warmup)
+        for r in range(args.rounds):
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                rate, latencies, per_request = run(mode, args.requests)
+                rps[mode].append(rate)
+                cpu[mode].append(per_request)
+                lat[mode].extend(latencies)
+                print(f"round {r + 1} {mode:8} {rate:7.1f} req/s {per_request * 1000:6.2f} ms app CPU per request",
+                      flush=True)
+
+    def ratio(figures: dict[str, list[float]], mode: str, invert: bool = False) -> str:
+        if "plain" not in figures or mode == "plain":
+            return ""
+        pairs = zip(figures[mode], figures["plain"], strict=True)
+        return f"{statistics.median((b / a) if invert else (a / b) for a, b in pairs):.2f}x"
+
+    print(f"\n{args.requests} unique prompts per run, {args.concurrency} concurrent clients, {args.rounds} rounds")
+    print(f"{'mode':8} {'req/s':>8} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x plain (CPU)':>14}")
+    for mode in modes:
+        print(f"{mode:8} {statistics.median(rps[mode]):8.1f} {ratio(rps, mode):>8} "
+              f"{_pct(lat[mode], 0.5) * 1000:8.1f} {_pct(lat[mode], 0.99) * 1000:8.1f} "
+              f"{statistics.median(cpu[mode]) * 1000:11.2f} {ratio(cpu, mode, invert=True):>14}")
+    print("req/s and latency: medians over rounds; x plain: the median of the per-round ratios; x plain (CPU):\n"
+          "plain's app CPU per request over this mode's, the throughput ratio when the app's core is the limit.")
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ rotates), so machine noise hits every mode alike. Each run is bounded in time by
 the p50 and p99 latency over all requests, and the median of the per-round ratio
 to ``plain``.
 
-    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,full]
+    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full]
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ usd = "1"
 per = "request"
 """,
 }
+# settles batched into the next reservation's transaction (SQLiteBudgetStore settle_delay)
+POLICIES["batched"] = POLICIES["budgets"].replace('"budgets.db"', '"budgets.db?settle_delay=0.02"')
 POLICIES["full"] = POLICIES["budgets"] + """
 [cache]
 path = "cache"
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=200, help="requests per mode before measuring")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit of one run")
-    parser.add_argument("--modes", default="plain,budgets,full")
+    parser.add_argument("--modes", default="plain,budgets,batched,full")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"plain", *POLICIES}

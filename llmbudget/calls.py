@@ -89,6 +89,16 @@ class SpendRecord:
     #: What the provider's prompt cache took off this call: its cached input tokens at the full input
     #: rate minus at the cached rate (0 when none were cached or the model's price is unknown).
     prompt_cache_saved_usd: Decimal = field(default_factory=Decimal)
+    #: What routing took off this call: its usage priced at the model the app asked for minus the
+    #: price paid (0 when the call kept its model, went to a dearer one, or a price is unknown).
+    #: The same usage on both sides: the larger model's answer might have been longer or shorter.
+    routing_saved_usd: Decimal = field(default_factory=Decimal)
+
+    @property
+    def saved_by(self) -> dict[str, Decimal]:
+        """USD saved on this call by mechanism: ``cache`` (``saved_usd``: a hit's price had it gone to
+        the provider), ``routing`` and ``prompt_cache`` (the provider's discount on cached input)."""
+        return {"cache": self.saved_usd, "routing": self.routing_saved_usd, "prompt_cache": self.prompt_cache_saved_usd}
 
     @property
     def retried(self) -> bool:
@@ -102,9 +112,8 @@ class SpendRecord:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (costs as decimal strings, usage flattened)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
-        data["cost_usd"] = str(self.cost_usd)
-        data["saved_usd"] = str(self.saved_usd)
-        data["prompt_cache_saved_usd"] = str(self.prompt_cache_saved_usd)
+        for key in _MONEY:
+            data[key] = str(getattr(self, key))
         data["usage"] = dataclasses.asdict(self.usage)
         return data
 
@@ -113,12 +122,14 @@ class SpendRecord:
         values = dict(data)
         values["usage"] = Usage(**values["usage"])
         values["cost_usd"] = Decimal(values["cost_usd"])
-        values["saved_usd"] = Decimal(values.get("saved_usd", "0"))
-        values["prompt_cache_saved_usd"] = Decimal(values.get("prompt_cache_saved_usd", "0"))
+        for key in _MONEY[1:]:  # records written before a field existed read as 0
+            values[key] = Decimal(str(values.get(key, "0")))
         return cls(**values)
 
 
 _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "estimated")
+#: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
+_MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd")
 
 
 @dataclass
@@ -133,6 +144,7 @@ class Counters:
     estimated: int = 0
     cost_usd: Decimal = field(default_factory=Decimal)
     saved_usd: Decimal = field(default_factory=Decimal)
+    routing_saved_usd: Decimal = field(default_factory=Decimal)
     prompt_cache_saved_usd: Decimal = field(default_factory=Decimal)
 
     @property
@@ -147,28 +159,26 @@ class Counters:
         self.output_tokens += usage.output_tokens
         self.reasoning_tokens += usage.reasoning_tokens
         self.estimated += int(record.estimated)
-        self.cost_usd += record.cost_usd
-        self.saved_usd += record.saved_usd
-        self.prompt_cache_saved_usd += record.prompt_cache_saved_usd
+        for key in _MONEY:
+            setattr(self, key, getattr(self, key) + getattr(record, key))
 
     def merge(self, other: Counters) -> None:
         for key in _COUNTS:
             setattr(self, key, getattr(self, key) + getattr(other, key))
-        self.cost_usd += other.cost_usd
-        self.saved_usd += other.saved_usd
-        self.prompt_cache_saved_usd += other.prompt_cache_saved_usd
+        for key in _MONEY:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
 
     def to_dict(self) -> dict[str, Any]:
         """Ints and decimal strings only (safe for JSON and for pytest-xdist)."""
         data: dict[str, Any] = {key: getattr(self, key) for key in _COUNTS}
-        data["cost_usd"] = str(self.cost_usd)
-        data["saved_usd"] = str(self.saved_usd)
-        data["prompt_cache_saved_usd"] = str(self.prompt_cache_saved_usd)
+        for key in _MONEY:
+            data[key] = str(getattr(self, key))
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Counters:
         values: dict[str, Any] = {key: int(data.get(key, 0)) for key in _COUNTS}
-        return cls(cost_usd=Decimal(str(data.get("cost_usd", "0"))),
-                   saved_usd=Decimal(str(data.get("saved_usd", "0"))),
-                   prompt_cache_saved_usd=Decimal(str(data.get("prompt_cache_saved_usd", "0"))), **values)
+        counters = cls(**values)
+        for key in _MONEY:
+            setattr(counters, key, Decimal(str(data.get(key, "0"))))
+        return counters

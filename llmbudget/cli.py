@@ -277,23 +277,22 @@ def _prices(ns: argparse.Namespace) -> int:
 def _report(ns: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    groups: dict[str, dict[str, dict[str, Any]]] = {"tenant": {}, "model": {}, "day": {}}
-    def empty() -> dict[str, Any]:
-        return {"calls": 0, "cost_usd": Decimal(0), "saved_usd": Decimal(0), "prompt_cache_saved_usd": Decimal(0)}
+    from .calls import Counters
 
-    total = empty()
+    groups: dict[str, dict[str, Counters]] = {"tenant": {}, "model": {}, "day": {}}
+    total = Counters()
     for record in _ledger_records(ns.ledger):
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
-        for row in [groups[name].setdefault(key, empty()) for name, key in keys] + [total]:
-            row["calls"] += 1
-            row["cost_usd"] += record.cost_usd
-            row["saved_usd"] += record.saved_usd
-            row["prompt_cache_saved_usd"] += record.prompt_cache_saved_usd
+        for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
+            row.add_record(record)
 
-    def out(row: dict[str, Any]) -> dict[str, Any]:
-        return {"calls": row["calls"], "cost_usd": float(row["cost_usd"]), "saved_usd": float(row["saved_usd"]),
-                "prompt_cache_saved_usd": float(row["prompt_cache_saved_usd"])}
+    def out(row: Counters) -> dict[str, Any]:
+        # saved_usd: by the cache; routing_saved_usd: by routing (net of escalations); prompt_cache_saved_usd:
+        # the provider's discount on cached input (see SpendRecord.saved_by)
+        return {"calls": row.calls, "cost_usd": float(row.cost_usd), "saved_usd": float(row.saved_usd),
+                "routing_saved_usd": float(row.routing_saved_usd),
+                "prompt_cache_saved_usd": float(row.prompt_cache_saved_usd)}
 
     result = {name: {key: out(row) for key, row in sorted(rows.items())} for name, rows in groups.items()}
     result["total"] = out(total)
@@ -305,14 +304,14 @@ def _report(ns: argparse.Namespace) -> int:
     console = _console()
     for name in ("tenant", "model", "day"):
         table = Table(title=f"spend by {name}")
-        for column in (name, "calls", "USD spent", "USD saved", "USD saved by prompt cache"):
+        for column in (name, "calls", "USD spent", "saved by cache", "saved by routing", "saved by prompt cache"):
             table.add_column(column, justify="left" if column == name else "right")
-        for key, row in result[name].items():
-            table.add_row(escape(key), str(row["calls"]), f"{row['cost_usd']:.6f}", f"{row['saved_usd']:.6f}",
-                          f"{row['prompt_cache_saved_usd']:.6f}")
+        for key, shown in result[name].items():
+            table.add_row(escape(key), str(shown["calls"]), *(f"{shown[money]:.6f}" for money in (
+                "cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd")))
         console.print(table)
-    console.print(f"total: {total['calls']} calls, ${total['cost_usd']} spent, ${total['saved_usd']} saved, "
-                  f"${total['prompt_cache_saved_usd']} saved by the provider's prompt cache")
+    console.print(f"total: {total.calls} calls, ${total.cost_usd} spent; saved ${total.saved_usd} by the cache, "
+                  f"${total.routing_saved_usd} by routing, ${total.prompt_cache_saved_usd} by the provider's prompt cache")
     return 0
 
 

@@ -87,7 +87,12 @@ class Metrics:
         self.tokens = counter("tokens", "Tokens used, by kind (input, cached_input, output, reasoning)",
                               (*labels, "kind"))
         self.spent = counter("spent_usd", "USD spent on LLM calls")
-        self.saved = counter("saved_usd", "USD saved by the cache and the router")
+        self.saved = counter("saved_usd", "USD saved by the cache (a hit's price had it gone to the provider)")
+        self.routing_saved = counter("routing_saved_usd",
+                                     "USD saved by routing: calls priced at the model asked for minus what they cost")
+        self.escalation_cost = counter("routing_escalation_usd",
+                                       "USD routing gave back when a weak answer was retried on the strong tier "
+                                       "(net routing saving: routing_saved_usd minus this)")
         self.prompt_cache_saved = counter("prompt_cache_saved_usd",
                                           "USD the provider's prompt cache took off calls (cached input tokens)")
         self.cache_hits = counter("cache_hits", "Calls answered from the cache")
@@ -109,6 +114,10 @@ class Metrics:
             self.spent.labels(tenant, model).inc(float(record.cost_usd))
         if record.saved_usd:
             self.saved.labels(tenant, model).inc(float(record.saved_usd))
+        if record.routing_saved_usd > 0:
+            self.routing_saved.labels(tenant, model).inc(float(record.routing_saved_usd))
+        elif record.routing_saved_usd < 0:
+            self.escalation_cost.labels(tenant, model).inc(float(-record.routing_saved_usd))
         if record.prompt_cache_saved_usd:
             self.prompt_cache_saved.labels(tenant, model).inc(float(record.prompt_cache_saved_usd))
         for flag, counter in ((record.from_cache, self.cache_hits), (record.routed, self.routed),

@@ -318,6 +318,7 @@ class _Core:
             ("x-llmbudget-calls", str(calls)),
             ("x-llmbudget-cost-usd", _usd(cost)),
             ("x-llmbudget-saved-usd", _usd(saved)),
+            ("x-llmbudget-routing-saved-usd", _usd(snapshot.routing_saved_usd)),
             ("x-llmbudget-input-tokens", str(input_tokens)),
             ("x-llmbudget-output-tokens", str(output_tokens)),
             ("x-llmbudget-cache-hits", str(sum(r.from_cache for r in records))),

@@ -237,6 +237,9 @@ class Attempt:
         #: A tier this attempt must use whatever the router says (an escalation), and why.
         self.force_tier: str | None = None
         self.escalated_from: str | None = None
+        #: On an escalation's retry: the weak attempt's cost plus the saving its record claimed, which
+        #: this record's ``routing_saved_usd`` takes back (net, the request's routing saved minus the weak cost).
+        self.routing_offset_usd: Decimal | None = None
         #: The cascade judges this weak-tier answer by its log-probabilities (see ``llmbudget.routing.confidence``);
         #: ``probed``: it asked for them itself (the app did not), so they are taken out before the app sees them.
         self.cascade = False
@@ -685,6 +688,13 @@ class Attempt:
             uncached = self.engine.pricing.cost(usage.replace(cached_input_tokens=0), model=model,
                                                 base_url=call.base_url)
             record.prompt_cache_saved_usd = max(uncached.usd - priced.usd, Decimal(0))
+        requested = self.model_requested
+        if priced is not None and priced.known and requested and requested != model and self.routed:
+            as_requested = self.engine.pricing.cost(usage, model=requested, base_url=call.base_url)
+            if as_requested.known:
+                record.routing_saved_usd = max(as_requested.usd - priced.usd, Decimal(0))
+        if self.routing_offset_usd is not None:
+            record.routing_saved_usd -= self.routing_offset_usd
         return record
 
     def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:

@@ -30,28 +30,28 @@ def test_prices_known_and_unknown(capsys):
     assert run(capsys, "prices", "gpt-4o-mini", "--json")[0] == 0
 
 
-def record(tenant: str, model: str, cost: str, saved: str = "0", day: float = 0.0, prompt_cache: str = "0"
-           ) -> SpendRecord:
+def record(tenant: str, model: str, cost: str, saved: str = "0", day: float = 0.0, prompt_cache: str = "0",
+           routing: str = "0") -> SpendRecord:
     return SpendRecord(time=time.time() - day * 86400, endpoint="chat.completions", base_url="https://api.openai.com/v1",
                        model_requested=model, model_sent=model, model_answered=model, usage=Usage(10, 0, 0, 5),
                        cost_usd=Decimal(cost), latency_s=0.1, tenant=tenant, saved_usd=Decimal(saved),
-                       prompt_cache_saved_usd=Decimal(prompt_cache))
+                       prompt_cache_saved_usd=Decimal(prompt_cache), routing_saved_usd=Decimal(routing))
 
 
 def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys):
     ledger = SQLiteLedger(tmp_path / "ledger.db")
-    for rec in (record("a", "gpt-4o", "0.01"), record("a", "gpt-4o-mini", "0.002", "0.01"),
+    for rec in (record("a", "gpt-4o", "0.01"), record("a", "gpt-4o-mini", "0.002", "0.01", routing="0.003"),
                 record("b", "gpt-4o", "0.03", day=1, prompt_cache="0.004")):
         ledger.add(rec)
     ledger.flush()  # written by a background thread otherwise
     code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
     assert code == 0
     assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "saved_usd": pytest.approx(0.01),
-                                  "prompt_cache_saved_usd": 0.0}
+                                  "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": 0.0}
     assert doc["tenant"]["b"]["prompt_cache_saved_usd"] == pytest.approx(0.004)
     assert doc["model"]["gpt-4o"]["calls"] == 2 and len(doc["day"]) == 2
     assert doc["total"] == {"calls": 3, "cost_usd": pytest.approx(0.042), "saved_usd": pytest.approx(0.01),
-                            "prompt_cache_saved_usd": pytest.approx(0.004)}
+                            "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": pytest.approx(0.004)}
 
 
 def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
@@ -165,6 +165,7 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()  # reading a report creates no ledger
     ledger = SQLiteLedger(tmp_path / "ledger.db")
     ledger.add(record("[/]acme[link=https://example.test]x", "gpt-4o", "0.01"))
+    ledger.flush()
     assert main(["report", str(tmp_path / "ledger.db")]) == 0
     assert "[/]acme" in capsys.readouterr().out
 

@@ -134,6 +134,8 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
         return None
     retry.force_tier = routing.strong
     retry.escalated_from = reason
+    if weak.record is not None:  # routing paid for the weak answer too: the retry's record takes its saving back
+        retry.routing_offset_usd = weak.record.cost_usd + weak.record.routing_saved_usd
     log.info("llmbudget: escalating to tier %r: the %r tier's answer was %s", routing.strong, routing.weak, reason)
     return retry
 

@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 import llmbudget
+from llmbudget.routing.tiers import Routing
 from llmbudget.config import ConfigError
 from llmbudget.middleware import (
     LLMBudgetMiddleware,
@@ -302,6 +303,24 @@ def test_spend_headers_are_opt_in(engine: llmbudget.Engine, llm_server: str) -> 
     cost = (usage["prompt"] * Decimal("0.15") + usage["completion"] * Decimal("0.6")) / 1_000_000
     assert Decimal(shown.headers["x-llmbudget-cost-usd"]) == cost
     assert shown.headers["x-llmbudget-cache-hits"] == shown.headers["x-llmbudget-capped"] == "0"
+    assert shown.headers["x-llmbudget-saved-usd"] == shown.headers["x-llmbudget-routing-saved-usd"] == "0"
+
+
+def test_the_routing_saving_header(engine: llmbudget.Engine, llm_server: str) -> None:
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
+    client_llm = openai.OpenAI(base_url=llm_server, api_key="sk-test")
+
+    async def chat(request: Request) -> JSONResponse:
+        answer = client_llm.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=3)
+        return JSONResponse({"prompt": answer.usage.prompt_tokens, "completion": answer.usage.completion_tokens})
+
+    shown = TestClient(build(Policy(headers=True), routes=[Route("/chat", chat)])).get("/chat")
+    usage = shown.json()
+    gpt4o = (usage["prompt"] * Decimal("2.5") + usage["completion"] * Decimal("10")) / 1_000_000
+    nano = (usage["prompt"] * Decimal("0.1") + usage["completion"] * Decimal("0.4")) / 1_000_000
+    assert shown.headers["x-llmbudget-routed"] == "1"
+    assert Decimal(shown.headers["x-llmbudget-routing-saved-usd"]) == gpt4o - nano
 
 
 def test_metrics_route(engine: llmbudget.Engine) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 import llmbudget
@@ -44,6 +45,16 @@ def test_counts_calls_tokens_spend_and_flags() -> None:
     assert value(metrics, "saved_usd_total", **labels) == 0.00001
     for name in ("cache_hits_total", "routed_total", "capped_total"):
         assert value(metrics, name, **labels) == 1
+
+
+def test_routing_savings_and_what_escalations_gave_back() -> None:
+    metrics = Metrics()
+    metrics.observe(record("acme", routed=True, routing_saved_usd=Decimal("0.00004")))
+    metrics.observe(record("acme", routed=True, routing_saved_usd=Decimal("0.00003")))  # its answer escalated:
+    metrics.observe(record("acme", model="gpt-4o", routing_saved_usd=Decimal("-0.000033")))  # the retry takes it back
+    assert value(metrics, "routing_saved_usd_total", tenant="acme", model="gpt-4o-mini") == pytest.approx(0.00007)
+    assert value(metrics, "routing_escalation_usd_total", tenant="acme", model="gpt-4o") == 0.000033
+    assert value(metrics, "saved_usd_total", tenant="acme", model="gpt-4o-mini") is None  # the cache saved nothing
 
 
 def test_labels_are_bounded() -> None:

@@ -38,12 +38,16 @@ def test_a_simple_request_goes_to_the_small_tier_and_is_priced_there(llm_server,
     assert 0 <= record.routing["score"] <= 1 and record.routing["threshold"] == 1.0 and record.routing["features"]
     nano = (Decimal("0.1") * answer.usage.prompt_tokens + Decimal("0.4") * answer.usage.completion_tokens) / 10**6
     assert record.cost_usd == nano
+    gpt4o = (Decimal("2.5") * answer.usage.prompt_tokens + Decimal("10") * answer.usage.completion_tokens) / 10**6
+    assert record.routing_saved_usd == gpt4o - nano > 0  # the same usage at the model asked for, minus what it cost
+    assert record.saved_by == {"cache": Decimal(0), "routing": gpt4o - nano, "prompt_cache": Decimal(0)}
 
 
 def test_strong_tier_keeps_the_requested_model(llm_server, route, records):
     route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.0)
     client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
     assert records[0].model_sent == "gpt-4o" and not records[0].routed and records[0].routing["tier"] == "large"
+    assert records[0].routing_saved_usd == 0
 
 
 def test_tools_scope_and_paths_are_not_routed(llm_server, route, records):
@@ -126,6 +130,9 @@ def test_escalation_retries_a_capped_weak_answer_on_the_strong_tier(llm_server, 
     assert (weak.model_sent, weak.truncated_by_cap) == ("gpt-4.1-nano", True)
     assert strong.model_sent == "gpt-4o" and strong.routing["reason"].startswith("escalated")
     assert answer.model == "gpt-4o" and answer.usage.completion_tokens == strong.usage.output_tokens
+    # Routing paid for the weak answer as well: net, it saved minus the weak attempt's cost.
+    assert weak.routing_saved_usd > 0
+    assert weak.routing_saved_usd + strong.routing_saved_usd == -weak.cost_usd
 
 
 def test_no_escalation_when_the_weak_answer_passes_or_when_off(llm_server, route, records):

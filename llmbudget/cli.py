@@ -400,6 +400,7 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
         ("cost without llmbudget", usd(baseline)),
         ("cost with llmbudget", usd(actual)),
         ("saved", f"{usd(baseline - actual)} ({summary['savings_pct']:.1f}%)"),
+        *((f"  {label}", usd(value)) for label, value in result.saved_rows()),
         ("cache hits: exact", str(summary["cache"]["exact"])),
         ("cache hits: semantic", str(summary["cache"]["semantic"])),
         ("cache hits: wrong (another group)", str(summary["cache"]["wrong"])),

@@ -39,7 +39,8 @@ from .pipeline import Engine, set_engine
 from .providers.chat import chat_usage
 
 __all__ = [
-    "BASE_URL", "DECISIONS", "LineResult", "ReplayResult", "TrafficError", "TrafficLine", "load_traffic",
+    "BASE_URL", "DECISIONS", "SAVINGS_MECHANISMS", "LineResult", "ReplayResult", "TrafficError", "TrafficLine",
+    "load_traffic",
     "prompt_excerpt", "replay",
 ]
 
@@ -117,6 +118,12 @@ class LineResult:
         return "lost" if self.baseline_correct else "gained"
 
 
+#: The mechanisms ``ReplayResult.saved_by`` attributes savings to, in table order, with their labels in reports.
+SAVINGS_MECHANISMS: tuple[str, ...] = ("cache", "routing", "caps", "refused", "other")
+SAVINGS_LABELS: dict[str, str] = {"cache": "saved by the cache", "routing": "saved by routing",
+                                  "caps": "saved by output caps", "refused": "not spent: refused by a budget",
+                                  "other": "saved otherwise"}
+
 #: The decisions ``ReplayResult.by_decision`` counts, in table order.
 DECISIONS: tuple[str, ...] = ("kept", "routed", "escalated", "cache", "refused")
 
@@ -160,6 +167,7 @@ class ReplayResult:
             "baseline_usd": _usd(baseline),
             "actual_usd": _usd(actual),
             "savings_pct": round(float((baseline - actual) / baseline * 100), 2) if baseline else 0.0,
+            "saved_by": {name: _usd(value) for name, value in self.saved_by().items()},
             "cache": {
                 "exact": sum(r.cache_tier == "exact" for r in self.lines),
                 "semantic": sum(r.cache_tier == "semantic" for r in self.lines),
@@ -174,6 +182,23 @@ class ReplayResult:
                 "by_decision": self.by_decision(),
             },
         }
+
+    def saved_by(self) -> dict[str, Decimal]:
+        """What was saved (cost without llmbudget minus cost with it), per mechanism: each line's saving goes to
+        what served it: ``cache`` (a hit), ``routing`` (sent to another model; an escalated line's saving is
+        negative: it paid both attempts), ``caps`` (capped, not routed), ``refused`` (by a budget: not served),
+        ``other`` (kept as asked: 0 unless a stand-in answered). The values sum to the total saved."""
+        out = {name: Decimal(0) for name in SAVINGS_MECHANISMS}
+        for result in self.lines:
+            decision = result.decision
+            mechanism = {"cache": "cache", "routed": "routing", "escalated": "routing", "refused": "refused"}.get(
+                decision, "caps" if result.capped else "other")
+            out[mechanism] += result.baseline_usd - result.cost_usd
+        return out
+
+    def saved_rows(self) -> list[tuple[str, Decimal]]:
+        """``saved_by`` for reports: the label and amount of each mechanism that saved (or cost) anything."""
+        return [(SAVINGS_LABELS[name], value) for name, value in self.saved_by().items() if value]
 
     def by_decision(self) -> dict[str, dict[str, int]]:
         """Per decision (``DECISIONS``): requests, labeled ones, and answers lost and gained against the baseline."""

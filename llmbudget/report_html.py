@@ -137,6 +137,7 @@ def render_html(result: ReplayResult, *, traffic: str = "", policy: str = "") ->
         ("cost without llmbudget", _money(baseline)),
         ("cost with llmbudget", _money(actual)),
         ("saved", f"{_money(baseline - actual)} ({summary['savings_pct']:.1f}%)"),
+        *((label, _money(value)) for label, value in result.saved_rows()),
         ("cache hits (exact / semantic)", f"{summary['cache']['exact']} / {summary['cache']['semantic']}"),
         ("wrong cache hits (another group's answer)", summary["cache"]["wrong"]),
         ("routed to another model", summary["routed"]),

@@ -76,8 +76,9 @@ def test_the_sample_is_small_and_recorded() -> None:
 
 def test_json_has_exactly_the_documented_keys(sliced: dict[str, Any]) -> None:
     summary = sliced["summary"]
-    assert list(summary) == ["calls", "baseline_usd", "actual_usd", "savings_pct", "cache", "routed", "capped",
-                             "quality", "features"]
+    assert list(summary) == ["calls", "baseline_usd", "actual_usd", "savings_pct", "saved_by", "cache", "routed",
+                             "capped", "quality", "features"]
+    assert list(summary["saved_by"]) == ["cache", "routing", "caps", "refused", "other"]
     assert list(summary["cache"]) == ["exact", "semantic", "wrong"]
     assert list(summary["quality"]) == ["baseline_accuracy", "accuracy", "kept_pct", "by_decision"]
     assert list(summary["quality"]["by_decision"]) == ["kept", "routed", "escalated", "cache", "refused"]
@@ -96,6 +97,10 @@ def test_the_policy_saves_money(sliced: dict[str, Any]) -> None:
     assert summary["capped"] == 0  # the sample policy sets no caps
     result = sliced["result"]
     assert {**result.summary(), "features": result.features} == summary  # the API and the command agree
+    saved_by = result.saved_by()
+    assert sum(saved_by.values()) == result.baseline_usd - result.actual_usd  # exact: the parts make the whole
+    assert saved_by["cache"] > 0 and saved_by["routing"] > 0  # the sample policy caches and routes
+    assert saved_by["caps"] == saved_by["refused"] == 0  # no caps, no budgets in it
 
 
 def test_cache_hits_are_counted_and_stay_inside_a_tenant(sliced: dict[str, Any]) -> None:
@@ -143,6 +148,7 @@ def test_html_report_is_self_contained(sliced: dict[str, Any]) -> None:
         ElementTree.fromstring("<svg" + chunk.split("</svg>")[0] + "</svg>")  # well-formed SVG
     for tenant in {line["tenant"] for line in sliced["lines"]}:
         assert tenant in html
+    assert "saved by the cache" in html and "saved by routing" in html  # savings by mechanism, as in the table
 
 
 def _line(line: dict[str, Any], **changes: Any) -> dict[str, Any]:

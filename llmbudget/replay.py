@@ -119,10 +119,12 @@ class LineResult:
 
 
 #: The mechanisms ``ReplayResult.saved_by`` attributes savings to, in table order, with their labels in reports.
-SAVINGS_MECHANISMS: tuple[str, ...] = ("cache", "routing", "caps", "refused", "other")
 SAVINGS_LABELS: dict[str, str] = {"cache": "saved by the cache", "routing": "saved by routing",
                                   "caps": "saved by output caps", "refused": "not spent: refused by a budget",
                                   "other": "saved otherwise"}
+SAVINGS_MECHANISMS: tuple[str, ...] = tuple(SAVINGS_LABELS)
+#: The mechanism a line's decision credits (a "kept" line: "caps" when capped, else "other").
+_MECHANISM = {"cache": "cache", "routed": "routing", "escalated": "routing", "refused": "refused"}
 
 #: The decisions ``ReplayResult.by_decision`` counts, in table order.
 DECISIONS: tuple[str, ...] = ("kept", "routed", "escalated", "cache", "refused")
@@ -185,14 +187,12 @@ class ReplayResult:
 
     def saved_by(self) -> dict[str, Decimal]:
         """What was saved (cost without llmbudget minus cost with it), per mechanism: each line's saving goes to
-        what served it: ``cache`` (a hit), ``routing`` (sent to another model; an escalated line's saving is
-        negative: it paid both attempts), ``caps`` (capped, not routed), ``refused`` (by a budget: not served),
+        what served it: ``cache`` (a hit), ``routing`` (sent to another model; an escalated line paid both attempts, so
+        its saving may be negative), ``caps`` (capped, not routed), ``refused`` (by a budget: not served),
         ``other`` (kept as asked: 0 unless a stand-in answered). The values sum to the total saved."""
         out = {name: Decimal(0) for name in SAVINGS_MECHANISMS}
         for result in self.lines:
-            decision = result.decision
-            mechanism = {"cache": "cache", "routed": "routing", "escalated": "routing", "refused": "refused"}.get(
-                decision, "caps" if result.capped else "other")
+            mechanism = _MECHANISM.get(result.decision, "caps" if result.capped else "other")
             out[mechanism] += result.baseline_usd - result.cost_usd
         return out
 

@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -363,6 +363,18 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+def _wait_for_work(owner: Any, queued: Sized) -> bool:
+    """In a writer thread: wait for ``owner._wake``. False when the thread should end instead: nothing
+    woke it for ``_WRITER_IDLE_S`` and nothing is ``queued`` (``owner._writer`` is then cleared, under
+    ``owner._lock``, so the next write starts a new thread)."""
+    while not owner._wake.wait(_WRITER_IDLE_S):
+        with owner._lock:
+            if not queued and not owner._wake.is_set():
+                owner._writer = None
+                return False
+    return True
 
 
 @atexit.register
@@ -712,13 +724,7 @@ class SQLiteBudgetStore:
                 self._settles.extendleft(reversed(batch))
 
     def _run_writer(self) -> None:
-        while True:
-            if not self._wake.wait(_WRITER_IDLE_S):
-                with self._lock:  # idle: end the thread (the next settle starts another)
-                    if not self._settles and not self._wake.is_set():
-                        self._writer = None
-                        return
-                continue
+        while _wait_for_work(self, self._settles):
             _sleep(self.settle_delay or 0.0)  # a reserve made meanwhile takes the settles along
             self._wake.clear()
             self.flush()

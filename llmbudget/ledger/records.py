@@ -18,10 +18,10 @@ from ..calls import SpendRecord
 from .budgets import (
     _FORK_GUARDED,
     _SQLITE_ERRORS,
-    _WRITER_IDLE_S,
     SQLITE_TIMEOUT_S,
     _rollback,
     _sleep,
+    _wait_for_work,
     connect,
 )
 
@@ -143,13 +143,7 @@ class SQLiteLedger:
         self._wake.set()
 
     def _run(self) -> None:
-        while True:
-            if not self._wake.wait(_WRITER_IDLE_S):
-                with self._lock:  # idle: end the thread (the next add starts another)
-                    if not self._queue and not self._wake.is_set():
-                        self._writer = None
-                        return
-                continue
+        while _wait_for_work(self, self._queue):
             self._wake.clear()
             if not self.flush():
                 _sleep(self.retry_interval)

@@ -452,6 +452,7 @@ class SQLiteBudgetStore:
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
         self.settle_delay = settle_delay
         self._settles: deque[tuple[Reservation, Decimal]] = deque()
+        self._writing = 0  # settles flush() took and has not written (or deferred) yet
         self._settle_lock = threading.Lock()  # one settle writer at a time
         self._fork_guard = self._settle_lock
         self._wake = threading.Event()
@@ -733,19 +734,25 @@ class SQLiteBudgetStore:
         """Write the settles this process queued, in one transaction (or keep them for later, see
         ``on_unavailable``)."""
         with self._settle_lock:
-            batch = self._take_settles()
-            if not batch:
-                return
-            if self._usable():
-                try:
-                    self._transaction(lambda conn: self._settle_all_in(conn, batch))
-                except _SQLITE_ERRORS as exc:
-                    self._mark_down(exc)
-                else:
-                    self._mark_up()
+            with self._lock:
+                batch = list(self._settles)
+                self._settles.clear()
+                self._writing = len(batch)  # still pending (pending_settles) until written or deferred
+            try:
+                if not batch:
                     return
-            for reservation, actual in batch:
-                self._defer(reservation, actual)
+                if self._usable():
+                    try:
+                        self._transaction(lambda conn: self._settle_all_in(conn, batch))
+                    except _SQLITE_ERRORS as exc:
+                        self._mark_down(exc)
+                    else:
+                        self._mark_up()
+                        return
+                for reservation, actual in batch:
+                    self._defer(reservation, actual)
+            finally:
+                self._writing = 0
 
     def _settle_all_in(self, conn: sqlite3.Connection, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
         for reservation, actual in batch:
@@ -782,7 +789,7 @@ class SQLiteBudgetStore:
     @property
     def pending_settles(self) -> int:
         """Settles not written to the file yet: queued for the writer, or waiting for the file to answer."""
-        return len(self._settles) + len(self._pending)
+        return len(self._settles) + self._writing + len(self._pending)
 
     def _remember(self, key: str, spent: Decimal) -> None:
         self._known[key] = spent

@@ -22,6 +22,7 @@ from llmbudget.config import ConfigError, engine_from_config, find_config
 from llmbudget.money import usd
 
 from . import report
+from .golden import GoldenRouting
 from .spend import Counters, TestSpend
 
 _FLAG = "--llm-budget"
@@ -175,6 +176,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         ), stacklevel=1)
 
 
+def _project_engine(config: pytest.Config) -> llmbudget.Engine | None:
+    """An engine from the project's ``llmbudget.toml`` / ``[tool.llmbudget]`` (no cache unless
+    ``llm_budget_cache`` is set); None when the project has no policy."""
+    found = find_config(Path(str(config.rootpath)))
+    if found is None:
+        return None
+    path, table = found
+    if not config.getini("llm_budget_cache"):
+        table = {key: value for key, value in table.items() if key != "cache"}
+    try:
+        return engine_from_config(table, source=str(path), root=path.parent)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 class LLMBudgetPlugin:
     """Records every LLM call the session makes and reports it per test."""
 
@@ -188,7 +204,7 @@ class LLMBudgetPlugin:
             key: config.getini(f"llm_budget_{key}") for key in ("usd", "tokens", "calls")
         }
         self.flag = _flag_in_use
-        self.engine = self._engine()
+        self.engine = _project_engine(config) or llmbudget.Engine()
         self.tests: dict[str, TestSpend] = {}
         self.outcomes: dict[str, str] = {}
         self.outside = TestSpend()
@@ -202,18 +218,6 @@ class LLMBudgetPlugin:
         self._was_installed = llmbudget.installed()
         llmbudget.install()
         self.engine.add_observer(self._on_record)
-
-    def _engine(self) -> llmbudget.Engine:
-        found = find_config(Path(str(self.config.rootpath)))
-        if found is None:
-            return llmbudget.Engine()
-        path, table = found
-        if not self.config.getini("llm_budget_cache"):
-            table = {key: value for key, value in table.items() if key != "cache"}
-        try:
-            return engine_from_config(table, source=str(path), root=path.parent)
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
 
     def close(self) -> None:
         self.engine.remove_observer(self._on_record)
@@ -379,3 +383,51 @@ def llm_spend(request: pytest.FixtureRequest) -> Generator[TestSpend, None, None
         engine.remove_observer(spend.add)
         if not was_installed:
             llmbudget.uninstall()
+
+
+_GOLDEN = pytest.StashKey[GoldenRouting]()
+
+
+@pytest.fixture
+def llm_golden_routing(request: pytest.FixtureRequest) -> Generator[GoldenRouting, None, None]:
+    """Pin this test's routing decisions to its vcrpy cassette.
+
+    Turns interception and the project's routing policy on for the test and
+    watches its cassette: pytest-recording's (``@pytest.mark.vcr``) by itself,
+    or a plain vcrpy one passed to ``llm_golden_routing.watch(cassette)``. A
+    request whose prompt the cassette recorded for another model fails the test
+    with one line: the prompt, the old and new tier and model, and the score.
+    """
+    plugin = request.config.stash.get(_KEY, None)
+    engine = plugin.engine if plugin is not None else _project_engine(request.config)
+    if engine is None:
+        engine = llmbudget.get_engine()
+    if engine.routing is None:
+        pytest.fail("llm_golden_routing: no routing policy to pin; add a [routing] table with tiers to "
+                    "llmbudget.toml (or [tool.llmbudget.routing] to pyproject.toml)", pytrace=False)
+    previous = llmbudget.set_engine(engine)
+    was_installed = llmbudget.installed()
+    llmbudget.install()
+    golden = GoldenRouting(engine.routing)
+    request.node.stash[_GOLDEN] = golden
+    if "vcr" in request.fixturenames:
+        cassette = request.getfixturevalue("vcr")
+        if hasattr(cassette, "can_play_response_for") and hasattr(cassette, "requests"):
+            golden.watch(cassette)
+    try:
+        yield golden
+    finally:
+        golden.close()
+        llmbudget.set_engine(previous)
+        if not was_installed:
+            llmbudget.uninstall()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
+    rep: pytest.TestReport = yield
+    golden = item.stash.get(_GOLDEN, None)
+    if call.when == "call" and golden is not None and golden.moved:
+        rep.outcome = "failed"
+        rep.longrepr = "\n".join(moved.line() for moved in golden.moved)
+    return rep

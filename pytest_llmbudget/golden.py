@@ -1,0 +1,162 @@
+"""Golden routing decisions: a recorded cassette pins which tier each prompt goes to.
+
+The ``llm_golden_routing`` fixture (see ``plugin.py``) turns interception and the
+project's routing policy on, and watches the vcrpy cassette of the test (the one
+pytest-recording's ``vcr`` fixture holds, or one handed to :meth:`GoldenRouting.watch`).
+vcrpy sits below llmbudget's transport, so it records and matches the *routed*
+request. Every request the cassette is asked to play is compared with the recorded
+request for the same prompt (the body without the fields routing may change); when
+the model differs, the test fails with one line per prompt that moved, naming the
+old and new tier and the router's score, whatever the cassette's ``match_on`` is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from llmbudget.providers import adapter_for_path
+from llmbudget.routing.tiers import Routing
+
+# Fields a routing decision may set or change: they are not part of "the same prompt".
+_ROUTED_FIELDS = frozenset({"model", "max_tokens", "max_completion_tokens", "max_output_tokens",
+                            "logprobs", "top_logprobs"})
+_EXCERPT = 60
+
+__all__ = ["GoldenRouting", "Moved"]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """One prompt whose request now goes to another model than the recording says."""
+
+    prompt: str
+    old_model: str
+    new_model: str
+    old_tier: str
+    new_tier: str
+    score: float | None
+    threshold: float | None
+    reason: str
+
+    def line(self) -> str:
+        prompt = self.prompt if len(self.prompt) <= _EXCERPT else self.prompt[: _EXCERPT - 1] + "…"
+        if self.score is None or self.threshold is None:
+            why = self.reason
+        else:
+            op = ">=" if self.score >= self.threshold else "<"
+            why = f"score {self.score:.4f} {op} threshold {self.threshold:.4f}"
+        return (f"golden routing: {prompt!r} moved from {self.old_tier} ({self.old_model}) "
+                f"to {self.new_tier} ({self.new_model}): {why}")
+
+
+def _body(raw: Any) -> dict[str, Any] | None:
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _key(method: str, path: str, body: dict[str, Any]) -> str:
+    rest = {name: value for name, value in body.items() if name not in _ROUTED_FIELDS}
+    return json.dumps([method.upper(), path.rstrip("/"), rest], sort_keys=True, default=str)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text(part.get("text") if isinstance(part, dict) else part) for part in content)
+    return "" if content is None else str(content)
+
+
+def prompt_of(body: dict[str, Any]) -> str:
+    """The last user turn of a chat or Responses body (what a reader recognises the test by)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = body.get("input")
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role", "user") == "user":
+                return _text(message.get("content"))
+    return _text(body.get("prompt"))
+
+
+class GoldenRouting:
+    """Compares the routed requests of a test with the ones its cassette recorded."""
+
+    def __init__(self, routing: Routing) -> None:
+        self.routing = routing
+        self.moved: list[Moved] = []
+        self._restore: list[Callable[[], None]] = []
+
+    def watch(self, cassette: Any) -> None:
+        """Check every request ``cassette`` (a vcrpy cassette, from ``use_cassette(...)``) is asked for."""
+        if getattr(cassette, "_llmbudget_golden", None) is self:
+            return
+        original = cassette.can_play_response_for
+
+        def can_play_response_for(request: Any) -> bool:
+            self.check(request, cassette.requests)
+            return bool(original(request))
+
+        cassette.can_play_response_for = can_play_response_for
+        cassette._llmbudget_golden = self
+
+        def restore() -> None:
+            cassette.__dict__.pop("can_play_response_for", None)
+            cassette.__dict__.pop("_llmbudget_golden", None)
+
+        self._restore.append(restore)
+
+    def close(self) -> None:
+        while self._restore:
+            self._restore.pop()()
+
+    def check(self, request: Any, recorded: Iterable[Any]) -> Moved | None:
+        """Record (and return) how ``request`` moved, if a recorded request for its prompt went elsewhere."""
+        body = _body(request.body)
+        if body is None or not isinstance(body.get("model"), str):
+            return None
+        key = _key(request.method, request.path, body)
+        old_models = []
+        for old in recorded:
+            old_body = _body(old.body)
+            if old_body is not None and _key(old.method, old.path, old_body) == key:
+                old_models.append(old_body.get("model"))
+        if not old_models or body["model"] in old_models:
+            return None
+        moved = self._moved(request.path, body, str(old_models[0]))
+        self.moved.append(moved)
+        return moved
+
+    def _tier(self, model: str) -> str:
+        for name, tier in self.routing.tiers.items():
+            if tier.model == model:
+                return name
+        as_asked = [name for name, tier in self.routing.tiers.items() if tier.model is None]
+        return as_asked[0] if as_asked else "no tier"
+
+    def _moved(self, path: str, body: dict[str, Any], old_model: str) -> Moved:
+        score = threshold = None
+        reason = "routed"
+        found = adapter_for_path(path)
+        if found is not None:
+            adapter, base = found
+            try:
+                decision = self.routing.decide(adapter.parse(body, base))
+                score, threshold, reason = decision.score, decision.threshold, decision.reason
+            except Exception as exc:  # the score is an explanation; the move itself is the finding
+                reason = f"score unavailable: {exc}"
+        return Moved(prompt=prompt_of(body), old_model=old_model, new_model=body["model"],
+                     old_tier=self._tier(old_model), new_tier=self._tier(body["model"]),
+                     score=score, threshold=threshold, reason=reason)

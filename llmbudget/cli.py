@@ -11,7 +11,6 @@ import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Any
 
 __all__ = ["main"]
@@ -278,6 +277,7 @@ def _report(ns: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from .calls import Counters
+    from .money import format_usd
 
     groups: dict[str, dict[str, Counters]] = {"tenant": {}, "model": {}, "day": {}}
     total = Counters()
@@ -306,12 +306,13 @@ def _report(ns: argparse.Namespace) -> int:
         table = Table(title=f"spend by {name}")
         for column in (name, "calls", "USD spent", "saved by cache", "saved by routing", "saved by prompt cache"):
             table.add_column(column, justify="left" if column == name else "right")
-        for key, shown in result[name].items():
-            table.add_row(escape(key), str(shown["calls"]), *(f"{shown[money]:.6f}" for money in (
-                "cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd")))
+        for key, row in sorted(groups[name].items()):
+            table.add_row(escape(key), str(row.calls), *(format_usd(money) for money in (
+                row.cost_usd, row.saved_usd, row.routing_saved_usd, row.prompt_cache_saved_usd)))
         console.print(table)
-    console.print(f"total: {total.calls} calls, ${total.cost_usd} spent; saved ${total.saved_usd} by the cache, "
-                  f"${total.routing_saved_usd} by routing, ${total.prompt_cache_saved_usd} by the provider's prompt cache")
+    console.print(f"total: {total.calls} calls, {format_usd(total.cost_usd)} spent; saved "
+                  f"{format_usd(total.saved_usd)} by the cache, {format_usd(total.routing_saved_usd)} by routing, "
+                  f"{format_usd(total.prompt_cache_saved_usd)} by the provider's prompt cache")
     return 0
 
 
@@ -385,8 +386,7 @@ def _print_replay(result: Any, ns: argparse.Namespace) -> None:
     summary = result.summary()
     baseline, actual = result.baseline_usd, result.actual_usd
 
-    def usd(value: Decimal) -> str:
-        return f"${value:.6f}"
+    from .money import format_usd as usd
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1f}%"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["usd"]
+__all__ = ["format_usd", "usd"]
 
 
 def usd(value: Any, what: str, *, unit: str = "an amount in USD") -> Decimal:
@@ -24,3 +24,17 @@ def usd(value: Any, what: str, *, unit: str = "an amount in USD") -> Decimal:
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"{what} must be a finite, non-negative number ({unit}), got {value!r}")
     return amount
+
+
+_MICRO = Decimal("0.000001")
+
+
+def format_usd(amount: Decimal | float) -> str:
+    """Dollars for people, the one format every report uses: ``$0.055690`` (six decimals, micro-dollars),
+    more digits for a non-zero amount under a micro-dollar (``$0.00000012``), ``-$0.000120`` when negative.
+    Exact amounts stay in the JSON outputs."""
+    value = amount if isinstance(amount, Decimal) else Decimal(repr(amount) if isinstance(amount, float) else amount)
+    sign, value = ("-", -value) if value < 0 else ("", value)
+    if 0 < value < _MICRO:
+        return f"{sign}${value:.10f}".rstrip("0")
+    return f"{sign}${value:.6f}"

@@ -11,20 +11,21 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
+from .money import format_usd
 from .replay import ReplayResult, prompt_excerpt
 
 __all__ = ["render_html"]
 
 _WITHOUT = "#9aa5b1"  # grey: cost without llmbudget
 _WITH = "#1f7a4d"  # green: cost with llmbudget
+_COST = "#b03a2e"  # red: a mechanism that cost more than it saved (escalations)
+#: Short chart labels for ReplayResult.saved_by's mechanisms.
+_MECHANISM_LABELS = {"cache": "the cache", "routing": "routing", "caps": "output caps",
+                     "refused": "refused by a budget", "other": "other"}
 _WIDTH = 720
 
 
-def _money(value: Decimal | float) -> str:
-    value = float(value)
-    if value == 0:
-        return "$0"
-    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
+_money = format_usd
 
 
 def _svg(width: int, height: int, title: str) -> str:
@@ -32,8 +33,10 @@ def _svg(width: int, height: int, title: str) -> str:
             f'aria-label="{escape(title)}" font-family="sans-serif" font-size="12">')
 
 
-def _bars(rows: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, title: str) -> str:
-    """Horizontal grouped bars: each row is (label, [(series, value, colour), ...])."""
+def _bars(rows: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, title: str,
+          signed: dict[str, Decimal] | None = None) -> str:
+    """Horizontal grouped bars: each row is (label, [(series, value, colour), ...]); ``signed`` gives the
+    amount a row's label shows when its bar is drawn by magnitude (a negative saving)."""
     label_w, value_w, bar_h, gap = 170, 90, 16, 10
     plot_w = _WIDTH - label_w - value_w
     top = max((v for _, series in rows for _, v, _ in series), default=0.0) or 1.0
@@ -45,9 +48,10 @@ def _bars(rows: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, title
         out.append(f'<text x="{label_w - 8}" y="{y + bar_h - 3}" text-anchor="end">{escape(label)}</text>')
         for name, value, colour in series:
             width = max(1.0, value / top * plot_w) if value > 0 else 0.0
+            shown = _money(signed[label] if signed is not None else value)
             out.append(f'<rect x="{label_w}" y="{y}" width="{width:.1f}" height="{bar_h}" fill="{colour}">'
-                       f'<title>{escape(name)}: {_money(value)}</title></rect>')
-            out.append(f'<text x="{label_w + width + 4:.1f}" y="{y + bar_h - 3}" fill="#333">{_money(value)}</text>')
+                       f'<title>{escape(name)}: {shown}</title></rect>')
+            out.append(f'<text x="{label_w + width + 4:.1f}" y="{y + bar_h - 3}" fill="#333">{shown}</text>')
             y += bar_h + 2
         y += gap
     out.append("</svg>")
@@ -156,6 +160,12 @@ def render_html(result: ReplayResult, *, traffic: str = "", policy: str = "") ->
 
     head = ["", "requests asked", "calls sent", "cache hits", "without llmbudget", "with llmbudget"]
     tradeoff = _tradeoff(result, summary)
+    saved = {_MECHANISM_LABELS[name]: value for name, value in result.saved_by().items() if value}
+    savings_chart = _bars(
+        [(label, [(f"saved by {label}", float(abs(value)), _WITH if value > 0 else _COST)])
+         for label, value in saved.items()], title="saved by mechanism", signed=saved,
+    ) if saved else '<p class="note">Nothing was saved.</p>'
+
     legend = (f'<p class="legend"><span style="background:{_WITHOUT}"></span>without llmbudget '
               f'<span style="background:{_WITH}"></span>with llmbudget</p>')
     return f"""<!DOCTYPE html>
@@ -182,6 +192,10 @@ td:first-child, th:first-child {{ text-align: left; }}
 {legend}
 {_bars([("all requests", [("without llmbudget", float(baseline), _WITHOUT),
                           ("with llmbudget", float(actual), _WITH)])], title="total cost")}
+<h2>Saved, by mechanism</h2>
+<p class="note">Each request's saving (cost without llmbudget minus cost with it) goes to what served it; the
+parts sum to the total saved. A red bar cost more than it saved (escalations pay both attempts).</p>
+{savings_chart}
 <h2>By model</h2>
 <p class="note">Without llmbudget: what the requests that asked for a model cost. With llmbudget: what the calls
 sent to a model cost (cache hits cost nothing).</p>

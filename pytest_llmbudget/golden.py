@@ -155,7 +155,7 @@ class GoldenRouting:
             try:
                 decision = self.routing.decide(adapter.parse(body, base))
                 score, threshold, reason = decision.score, decision.threshold, decision.reason
-            except Exception as exc:  # the score is an explanation; the move itself is the finding
+            except Exception as exc:  # noqa: BLE001  (the score explains; the move is the finding)
                 reason = f"score unavailable: {exc}"
         return Moved(prompt=prompt_of(body), old_model=old_model, new_model=body["model"],
                      old_tier=self._tier(old_model), new_tier=self._tier(body["model"]),

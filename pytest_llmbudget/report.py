@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from llmbudget.money import format_usd
 from llmbudget.pricing import PriceSnapshot
 
 from .spend import Counters, TestSpend, to_report
@@ -36,11 +37,7 @@ class Summary:
         return rows
 
 
-def usd(amount: Decimal) -> str:
-    """Dollars for people: six decimals, more for sub-micro-dollar amounts (the JSON is exact)."""
-    if 0 < abs(amount) < Decimal("0.000001"):
-        return f"${amount:.10f}".rstrip("0")
-    return f"${amount:.6f}"
+usd = format_usd  # dollars for people (the JSON is exact)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmbudget.cli import main
+from llmbudget.money import format_usd
 from llmbudget.replay import ReplayResult, TrafficError, load_traffic, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +144,7 @@ def test_quality_figures(sliced: dict[str, Any]) -> None:
 def test_html_report_is_self_contained(sliced: dict[str, Any]) -> None:
     html = sliced["html"].read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert html.count("<svg") == 4  # total, by model, by tenant, over the replay
+    assert html.count("<svg") == 5  # total, saved by mechanism, by model, by tenant, over the replay
     assert "<script" not in html and "<link" not in html and "<img" not in html
     assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     for chunk in html.split("<svg")[1:]:
@@ -149,6 +152,35 @@ def test_html_report_is_self_contained(sliced: dict[str, Any]) -> None:
     for tenant in {line["tenant"] for line in sliced["lines"]}:
         assert tenant in html
     assert "saved by the cache" in html and "saved by routing" in html  # savings by mechanism, as in the table
+
+
+def test_html_charts_the_savings_by_mechanism_in_the_one_money_format(sliced: dict[str, Any]) -> None:
+    html = sliced["html"].read_text(encoding="utf-8")
+    chart = next(ElementTree.fromstring("<svg" + chunk.split("</svg>")[0] + "</svg>")
+                 for chunk in html.split("<svg")[1:] if 'aria-label="saved by mechanism"' in chunk)
+    saved = {name: value for name, value in sliced["result"].saved_by().items() if value}
+    assert {"cache", "routing"} <= set(saved)
+    svg = "{http://www.w3.org/2000/svg}"
+    bars = {rect.findtext(f"{svg}title") for rect in chart.iter(f"{svg}rect")}
+    assert f"saved by the cache: {format_usd(saved['cache'])}" in bars
+    assert f"saved by routing: {format_usd(saved['routing'])}" in bars
+    assert len(bars) == len(saved)
+    # one money format in the figures table, the terminal table and the charts: $ and six decimals
+    for amount in re.findall(r"\$[0-9.]+", html):
+        assert re.fullmatch(r"\$\d+\.\d{6}", amount), amount
+    code, out = _cli("replay", str(_write(sliced["html"].parent / "again.jsonl", sliced["lines"])),
+                     "--policy", str(POLICY))
+    assert code == 0
+    assert f"{format_usd(saved['cache'])}" in out and f"{format_usd(saved['routing'])}" in out
+
+
+def test_format_usd_is_micro_dollars_with_more_digits_below() -> None:
+    assert format_usd(Decimal("0.0556904")) == "$0.055690"
+    assert format_usd(Decimal(12)) == "$12.000000"
+    assert format_usd(Decimal(0)) == "$0.000000"
+    assert format_usd(Decimal("-0.00012")) == "-$0.000120"
+    assert format_usd(Decimal("0.00000012")) == "$0.00000012"
+    assert format_usd(0.5) == "$0.500000"
 
 
 def _line(line: dict[str, Any], **changes: Any) -> dict[str, Any]:

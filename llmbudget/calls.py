@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["Call", "Counters", "Usage", "SpendRecord", "ENDPOINTS"]
 
 #: The wire formats llmbudget understands, by name.
-ENDPOINTS = ("chat.completions", "responses", "embeddings", "completions")
+ENDPOINTS = ("chat.completions", "responses", "embeddings", "completions", "messages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,8 @@ class Usage:
     """Tokens one call used, by kind.
 
     ``cached_input_tokens`` and ``cache_write_tokens`` are subsets of
-    ``input_tokens``; ``reasoning_tokens`` is a subset of ``output_tokens``;
+    ``input_tokens`` (``cache_write_1h_tokens``, Anthropic's one-hour writes, of
+    ``cache_write_tokens``); ``reasoning_tokens`` is a subset of ``output_tokens``;
     the audio counts are subsets of their side too.
     """
 
@@ -29,6 +30,7 @@ class Usage:
     reasoning_tokens: int = 0
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     service_tier: str | None = None
     estimated: bool = False
 
@@ -93,6 +95,9 @@ class SpendRecord:
     #: price paid (0 when the call kept its model, went to a dearer one, or a price is unknown).
     #: The same usage on both sides: the larger model's answer might have been longer or shorter.
     routing_saved_usd: Decimal = field(default_factory=Decimal)
+    #: The request's stable prefix (see ``llmbudget.prefix``): its group, hash and length, and where it
+    #: first differs from the group's first prefix, with a short excerpt (None: no prefix to cache).
+    prefix: dict[str, Any] | None = None
 
     @property
     def saved_by(self) -> dict[str, Decimal]:

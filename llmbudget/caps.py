@@ -17,7 +17,7 @@ def cap_field(endpoint: str, body: dict[str, Any], model: str | None) -> str | N
     """The output-limit field of a request: the one it uses, else the one its API and model read."""
     if endpoint == "responses":
         return "max_output_tokens"
-    if endpoint == "completions":
+    if endpoint in ("completions", "messages"):
         return "max_tokens"
     if endpoint != "chat.completions":
         return None

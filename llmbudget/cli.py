@@ -279,9 +279,14 @@ def _report(ns: argparse.Namespace) -> int:
     from .calls import Counters
     from .money import format_usd
 
+    from .prefix import prefix_lines, prefix_row, unstable_prefixes
+    from .pricing import Pricing
+
     groups: dict[str, dict[str, Counters]] = {"tenant": {}, "model": {}, "day": {}}
     total = Counters()
+    rows = []
     for record in _ledger_records(ns.ledger):
+        rows.append(prefix_row(record))
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
@@ -296,6 +301,8 @@ def _report(ns: argparse.Namespace) -> int:
 
     result = {name: {key: out(row) for key, row in sorted(rows.items())} for name, rows in groups.items()}
     result["total"] = out(total)
+    findings = unstable_prefixes(rows, Pricing())
+    result["unstable_prefixes"] = [finding.to_dict() for finding in findings]
     if ns.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -313,6 +320,9 @@ def _report(ns: argparse.Namespace) -> int:
     console.print(f"total: {total.calls} calls, {format_usd(total.cost_usd)} spent; saved "
                   f"{format_usd(total.saved_usd)} by the cache, {format_usd(total.routing_saved_usd)} by routing, "
                   f"{format_usd(total.prompt_cache_saved_usd)} by the provider's prompt cache")
+    if findings:
+        for line in prefix_lines(findings):
+            console.print(escape(line), highlight=False)
     return 0
 
 

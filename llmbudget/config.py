@@ -4,7 +4,7 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
 ``pyproject.toml``. Every key is optional::
 
     # the engine: prices, where records and counters go
-    hosts = ["api.openai.com"]          # hosts whose OpenAI-style paths any client may call
+    hosts = ["api.openai.com", "api.anthropic.com"]  # hosts whose LLM API paths any client may call
     default_max_output_tokens = 4096     # assumed output when reserving for an uncapped request
     default_tenant = "default"           # tenant of calls no request names one for
     ledger = ".llmbudget/ledger.db"      # SQLite ledger file (default: in memory)
@@ -563,7 +563,7 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    hosts = config.get("hosts", ["api.openai.com"])
+    hosts = config.get("hosts", ["api.openai.com", "api.anthropic.com"])
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(f"{source}: hosts must be a list of host names, got {hosts!r}")
     max_output = config.get("default_max_output_tokens", 4096)

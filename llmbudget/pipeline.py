@@ -27,6 +27,7 @@ from .calls import Call, SpendRecord, Usage
 from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryBudgetStore, Refusal, Reservation
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
+from .prefix import PrefixWatch
 from .pricing import Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
 from .scope import Scope, current_scope
@@ -55,14 +56,17 @@ class Engine:
     - ``budgets``: budgets for every call (per request, tenant or globally; see :class:`Budget`).
     - ``ledger``: where records go (default: in memory); ``budget_store``: where tenant and
       global counters live (default: in memory; use a SQLite store for several processes).
-    - ``hosts``: hosts whose OpenAI-style paths are intercepted from any client
-      (requests the openai SDK makes are recognised on every host).
+    - ``hosts``: hosts whose LLM API paths (OpenAI's, Anthropic's ``/v1/messages``) are intercepted
+      from any client (requests the openai and anthropic SDKs make are recognised on every host).
     - ``default_max_output_tokens``: the output assumed when reserving for a request that sets no cap.
     - ``default_tenant``: the tenant of calls made outside any scope that names one.
     - ``cache``: a :class:`~llmbudget.cache.Cache` answering repeated questions (default: none).
     - ``routing``: a :class:`~llmbudget.routing.Routing` sending requests to the cheapest tier that will do.
     - ``prompt_cache_keys``: give OpenAI requests that lack one a ``prompt_cache_key`` (stable per
       tenant and system prompt), so repeated prefixes land on the provider's prompt cache.
+    - ``prefix_watch``: note where each request's stable prefix (tools, system, earlier turns) first
+      differs from near-identical earlier ones, so reports can say why a provider's prompt cache misses
+      (see ``llmbudget.prefix``).
     - ``input_estimate_margin``: reservations count the estimated input tokens times this
       (plus 8), since a server's chat template or tokenizer may count more than tiktoken.
     """
@@ -75,13 +79,14 @@ class Engine:
         budgets: Sequence[Budget] = (),
         ledger: Ledger | None = None,
         budget_store: BudgetStore | None = None,
-        hosts: Iterable[str] = ("api.openai.com",),
+        hosts: Iterable[str] = ("api.openai.com", "api.anthropic.com"),
         default_max_output_tokens: int = 4096,
         default_tenant: str = "default",
         cache: Cache | None = None,
         routing: Routing | None = None,
         prompt_cache_keys: bool = True,
         input_estimate_margin: float = 1.25,
+        prefix_watch: bool = True,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -100,6 +105,7 @@ class Engine:
         self.cache = cache
         self.routing = routing
         self.prompt_cache_keys = prompt_cache_keys
+        self.prefix_watch = PrefixWatch() if prefix_watch else None
         if input_estimate_margin < 1:
             raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
         self.input_estimate_margin = input_estimate_margin
@@ -161,7 +167,7 @@ class Engine:
         if explicit or host.lower() in self.hosts:
             return found[0]
         user_agent = headers.get("user-agent", "")
-        if user_agent.startswith(("OpenAI/", "AsyncOpenAI/")) or "x-stainless-lang" in headers:
+        if user_agent.startswith(("OpenAI/", "AsyncOpenAI/", "Anthropic/", "AsyncAnthropic/")) or "x-stainless-lang" in headers:
             return found[0]
         return None
 
@@ -318,12 +324,15 @@ class Attempt:
         """Send the call to ``downgrade_to`` or the routing tier with the cheapest output."""
         target = self._scope_setting("downgrade_to")
         routing = self.engine.routing
+        endpoint = self.call.endpoint
         if target is None and routing is not None:
-            models = [tier.model for tier in routing.tiers.values() if tier.model]
+            models = [model for tier in routing.tiers.values() if (model := tier.model_for(endpoint))]
             priced = [(self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=m).usd, m) for m in models]
             target = min(priced)[1] if priced else None
         if not target or target == self.call.model:
             return False
+        if endpoint == "messages" and not target.lower().startswith("claude"):
+            return False  # never send an Anthropic request to another provider's model
         self.call = self.adapter.parse({**self.call.body, "model": target}, self.call.base_url)
         self.routed = self.rewritten = True
         self.routing = {**(self.routing or {}), "tier": "downgrade", "reason": "over budget: downgraded"}
@@ -448,11 +457,12 @@ class Attempt:
             self.routing = {"tier": decision.tier, "score": decision.score, "threshold": decision.threshold,
                             "reason": reason, "features": [list(f) for f in decision.features]}
             tier = routing.tiers[decision.tier]
-            if tier.model and tier.model != call.model:
-                body = {**body, "model": tier.model}
+            model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
+            if model and model != call.model:
+                body = {**body, "model": model}
                 self.routed = True
-            if tier.base_url and tier.base_url != base_url:
-                base_url = tier.base_url
+            if tier_url and tier_url != base_url:
+                base_url = tier_url
                 self.routed = True
             if tier.max_output_tokens:
                 body, self.capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
@@ -684,10 +694,12 @@ class Attempt:
             estimated=estimated or bool(priced and not priced.known),
             error=_describe(error, self.status) if failed else None,
         )
-        if priced is not None and priced.known and usage.cached_input_tokens:
-            uncached = self.engine.pricing.cost(usage.replace(cached_input_tokens=0), model=model,
-                                                base_url=call.base_url)
-            record.prompt_cache_saved_usd = max(uncached.usd - priced.usd, Decimal(0))
+        if priced is not None and priced.known and (usage.cached_input_tokens or usage.cache_write_tokens):
+            # reads at the input rate minus what they cost; writes (Anthropic) pay a premium: the net may be < 0
+            uncached = self.engine.pricing.cost(
+                usage.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0), model=model,
+                base_url=call.base_url)
+            record.prompt_cache_saved_usd = uncached.usd - priced.usd
         requested = self.model_requested
         if priced is not None and priced.known and requested and requested != model and self.routed:
             as_requested = self.engine.pricing.cost(usage, model=requested, base_url=call.base_url)
@@ -716,6 +728,9 @@ class Attempt:
 
     def _record(self, *, usage: Usage, cost: Decimal, source: str, estimated: bool, error: str | None) -> SpendRecord:
         scope = self.scope
+        watch = self.engine.prefix_watch
+        prefix = watch.observe(self.call.endpoint, self.call.model, self.call.body) \
+            if watch is not None and source != "cache" else None
         return SpendRecord(
             time=self.time,
             endpoint=self.call.endpoint,
@@ -738,6 +753,7 @@ class Attempt:
             capped=self.capped,
             routing=self.routing,
             truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
+            prefix=prefix,
         )
 
 

@@ -120,8 +120,8 @@ class Priced:
 
 # Units the fast path prices itself; any other unit in a model's price uses genai-prices' own calc.
 _FAST_KEYS = frozenset(
-    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "input_audio_mtok", "output_audio_mtok",
-     "requests_kcount"}
+    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", "input_audio_mtok",
+     "output_audio_mtok", "requests_kcount"}
 )
 # Units llmbudget never reports, so they cannot change a cost.
 _UNREPORTED_KEYS = frozenset(
@@ -152,10 +152,13 @@ class _ModelRate:
         output_rate = fast.get("output_mtok", zero)
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        written_1h = min(usage.cache_write_1h_tokens, written)
+        write_rate = fast.get("cache_write_mtok", input_rate)
         total = (
             (usage.input_tokens - cached - written) * input_rate
             + cached * fast.get("cache_read_mtok", input_rate)
-            + written * fast.get("cache_write_mtok", input_rate)
+            + (written - written_1h) * write_rate
+            + written_1h * fast.get("cache_write_1h_mtok", write_rate)
             + usage.output_tokens * output_rate
         ) / _MILLION
         if "requests_kcount" in fast:
@@ -170,6 +173,7 @@ def _genai_usage(usage: Usage) -> Any:
         "input_tokens": usage.input_tokens,
         "cache_read_tokens": usage.cached_input_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "output_tokens": usage.output_tokens,
         "input_audio_tokens": usage.input_audio_tokens,
         "output_audio_tokens": usage.output_audio_tokens,

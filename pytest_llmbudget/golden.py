@@ -141,7 +141,7 @@ class GoldenRouting:
 
     def _tier(self, model: str) -> str:
         for name, tier in self.routing.tiers.items():
-            if tier.model == model:
+            if model in (tier.model, tier.anthropic):
                 return name
         as_asked = [name for name, tier in self.routing.tiers.items() if tier.model is None]
         return as_asked[0] if as_asked else "no tier"

@@ -20,6 +20,7 @@ import llmbudget
 from llmbudget.calls import SpendRecord
 from llmbudget.config import ConfigError, engine_from_config, find_config
 from llmbudget.money import usd
+from llmbudget.prefix import unstable_prefixes
 
 from . import report
 from .golden import GoldenRouting
@@ -299,6 +300,7 @@ class LLMBudgetPlugin:
         models: dict[str, Counters] = {}
         total = Counters()
         unpriced: set[str] = set()
+        rows = [row for spend in (*self.tests.values(), self.outside) for row in spend.prefixes]
         for spend in (*self.tests.values(), self.outside):
             total.merge(spend)
             unpriced |= spend.unpriced
@@ -307,6 +309,7 @@ class LLMBudgetPlugin:
         return report.Summary(
             tests=self.tests, outcomes=self.outcomes, models=models, total=total,
             outside=self.outside, snapshot=self.engine.pricing.snapshot, unpriced=sorted(unpriced),
+            prefixes=unstable_prefixes(rows, self.engine.pricing),
         )
 
     @pytest.hookimpl(trylast=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from llmbudget.money import format_usd
+from llmbudget.prefix import PrefixFinding, prefix_lines
 from llmbudget.pricing import PriceSnapshot
 
 from .spend import Counters, TestSpend, to_report
@@ -29,6 +30,7 @@ class Summary:
     outside: TestSpend
     snapshot: PriceSnapshot
     unpriced: list[str]
+    prefixes: list[PrefixFinding] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, Counters]]:
         rows: list[tuple[str, Counters]] = [(nodeid, spend) for nodeid, spend in self.tests.items() if spend.calls]
@@ -80,6 +82,8 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
     for model in summary.unpriced:
         tr.write_line(f"no price for model {model!r}: charged a conservative estimate; add a price override",
                       yellow=True)
+    for line in prefix_lines(summary.prefixes):
+        tr.write_line(line, yellow=True)
     for name in new_tests:
         tr.write_line(f"not in the baseline (not judged): {name}")
     for verdict in verdicts:
@@ -104,6 +108,7 @@ def json_document(summary: Summary) -> dict[str, Any]:
         "total": total,
         "outside_tests": to_report(summary.outside),
         "unpriced_models": summary.unpriced,
+        "unstable_prefixes": [finding.to_dict() for finding in summary.prefixes],
     }
 
 
@@ -183,6 +188,9 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str
         lines.append(f"| {model} | " + " | ".join(_cells(model, c)[1:]) + " |")
     lines.append("| **total** | " + " | ".join(_cells("total", summary.total)[1:]) + " |")
     lines += ["", f"Prices: {summary.snapshot.source}, as of {summary.snapshot.as_of}.", ""]
+    found = prefix_lines(summary.prefixes)
+    if found:
+        lines += [f"- {line}" for line in found] + [""]
     note = fallback_note()
     if note:
         lines += [f"> {note}", ""]

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbudget.calls import Counters, SpendRecord
+from llmbudget.prefix import prefix_row
 
 __all__ = ["Counters", "TestSpend", "COUNTER_KEYS", "to_report"]
 
+_MAX_PREFIXES = 5000  # per test: what the prefix check reads of a test that makes more calls than that
 COUNTER_KEYS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
 
 
@@ -31,6 +33,8 @@ class TestSpend(Counters):
     calls_seen: list[str] = field(default_factory=list)
     unpriced: set[str] = field(default_factory=set)
     records: list[SpendRecord] = field(default_factory=list)
+    #: Each call's prefix (``llmbudget.prefix.prefix_row``), for the prefix-stability check.
+    prefixes: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, record: SpendRecord) -> None:
@@ -38,6 +42,9 @@ class TestSpend(Counters):
             self.add_record(record)
             self.models.setdefault(record.model, Counters()).add_record(record)
             self.records.append(record)
+            row = prefix_row(record)
+            if row is not None and len(self.prefixes) < _MAX_PREFIXES:
+                self.prefixes.append(row)
             if record.price_source == "unknown":
                 self.unpriced.add(record.model)
             usage = record.usage
@@ -57,6 +64,7 @@ class TestSpend(Counters):
             data["models"] = {model: counters.to_dict() for model, counters in self.models.items()}
             data["calls_seen"] = list(self.calls_seen[:200])
             data["unpriced"] = sorted(self.unpriced)
+            data["prefixes"] = list(self.prefixes)
             return data
 
     @classmethod
@@ -66,4 +74,5 @@ class TestSpend(Counters):
         spend.models = {model: Counters.from_dict(value) for model, value in data.get("models", {}).items()}
         spend.calls_seen = list(data.get("calls_seen", []))
         spend.unpriced = set(data.get("unpriced", []))
+        spend.prefixes = list(data.get("prefixes", []))
         return spend

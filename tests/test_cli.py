@@ -204,3 +204,27 @@ def test_a_read_only_cache_folder_is_a_config_error(tmp_path, capsys, monkeypatc
         read_only.chmod(0o700)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{policy}: cache.path = " in err and "cannot be opened" in err
+
+
+def test_report_names_a_prefix_that_never_matches(tmp_path, capsys, llm_server, engine):
+    """Calls to the real local server whose system prompt starts with a request id: the ledger keeps where
+    each prefix differs, and the report names the group, the position and a short excerpt."""
+    import openai
+
+    import llmbudget
+
+    engine.ledger = SQLiteLedger(tmp_path / "ledger.db")
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0,
+                           http_client=llmbudget.http_client())
+    for n in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=1, temperature=0, messages=[
+            {"role": "system", "content": f"request r-{n}7f. " + "Answer as the shop's assistant, briefly. " * 8},
+            {"role": "user", "content": "Do you sell bells?"}])
+    engine.ledger.flush()
+    code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
+    assert code == 0
+    [finding] = doc["unstable_prefixes"]
+    assert (finding["calls"], finding["distinct_prefixes"]) == (3, 3)
+    assert finding["differs_at"] == len("system: request r-") and "request r-⟨⟩" in finding["excerpt"]
+    assert main(["report", str(tmp_path / "ledger.db")]) == 0
+    assert "3 different prefixes in 3 calls, first differing at character 18" in capsys.readouterr().out

@@ -2,7 +2,8 @@
 
 A hit returns what the original answer returned (content, finish_reason, usage,
 model) with a fresh id and timestamp, shaped for the request that asked: chat
-JSON or a chat SSE stream, Responses JSON or SSE, embeddings and completions JSON.
+JSON or a chat SSE stream, Responses JSON or SSE, Anthropic Messages JSON or SSE,
+embeddings and completions JSON.
 """
 
 from __future__ import annotations
@@ -47,6 +48,40 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
             "system_fingerprint": fingerprint}
 
 
+def _message_from_stream(events: list[Any]) -> dict[str, Any] | None:
+    """The whole Messages response a stream carried (``message_start`` plus its deltas)."""
+    message: dict[str, Any] | None = None
+    blocks: dict[int, dict[str, Any]] = {}
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            message = {**event["message"], "usage": dict(event["message"].get("usage") or {})}
+        elif message is None:
+            continue
+        elif kind == "content_block_start" and isinstance(event.get("content_block"), dict):
+            blocks[event.get("index", len(blocks))] = dict(event["content_block"])
+        elif kind == "content_block_delta" and isinstance(event.get("delta"), dict):
+            block, delta = blocks.get(event.get("index", 0)), event["delta"]
+            if block is None:
+                return None
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                block["text"] = block.get("text", "") + delta["text"]
+            else:
+                block["_other"] = True
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict):
+                message.update({k: v for k, v in delta.items() if k in ("stop_reason", "stop_sequence")})
+            if isinstance(event.get("usage"), dict):
+                message["usage"].update({k: v for k, v in event["usage"].items() if v is not None})
+    if message is None or any(block.get("_other") for block in blocks.values()):
+        return None
+    message["content"] = [blocks[index] for index in sorted(blocks)]
+    return message
+
+
 def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -> dict[str, Any] | None:
     """What to keep of a complete answer, or None when it must not be cached.
 
@@ -81,6 +116,16 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
         if any(not isinstance(item, dict) or item.get("type") != "message" for item in output):
             return None  # tool calls, reasoning items tied to stored state...
         return {"kind": "responses", "response": response}
+    if call.endpoint == "messages":
+        message = _message_from_stream(events) if events is not None else body
+        if (not isinstance(message, dict) or message.get("type", "message") != "message"
+                or message.get("stop_reason") not in ("end_turn", "stop_sequence")):
+            return None
+        content = message.get("content")
+        if not isinstance(content, list) or not all(
+                isinstance(block, dict) and block.get("type") == "text" for block in content):
+            return None  # tool use, thinking blocks tied to their signature...
+        return {"kind": "messages", "model": message.get("model"), "message": message}
     if call.endpoint in ("embeddings", "completions") and events is None and isinstance(body, dict):
         if call.endpoint == "completions":
             choices = body.get("choices") or []
@@ -96,6 +141,8 @@ def stored_usage(stored: dict[str, Any]) -> dict[str, Any] | None:
         usage = stored.get("usage")
     elif stored.get("kind") == "responses":
         usage = stored["response"].get("usage")
+    elif stored.get("kind") == "messages":
+        usage = stored["message"].get("usage")
     else:
         usage = stored.get("body", {}).get("usage")
     return usage if isinstance(usage, dict) else None
@@ -116,6 +163,8 @@ def render(stored: dict[str, Any], call: Call) -> tuple[bytes, str]:
         return _render_chat(stored, call, now)
     if kind == "responses":
         return _render_responses(stored, call, now)
+    if kind == "messages":
+        return _render_messages(stored, call)
     return json.dumps(stored["body"]).encode(), "application/json"
 
 
@@ -177,3 +226,26 @@ def _render_responses(stored: dict[str, Any], call: Call, now: int) -> tuple[byt
         emit("response.output_item.done", output_index=index, item={**item, "id": item_id})
     emit("response.completed", response=response)
     return _sse(events, done=False), "text/event-stream; charset=utf-8"
+
+
+def _render_messages(stored: dict[str, Any], call: Call) -> tuple[bytes, str]:
+    message = {**stored["message"], "id": f"msg_{uuid.uuid4().hex[:24]}"}
+    if not call.stream:
+        return json.dumps(message).encode(), "application/json"
+    usage = message.get("usage") or {}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": {
+            **message, "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**usage, "output_tokens": min(1, usage.get("output_tokens") or 0)}}}),
+    ]
+    for index, block in enumerate(message.get("content") or []):
+        events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": {**block, "text": ""}}))
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                               "delta": {"type": "text_delta", "text": block.get("text", "")}}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(("message_delta", {"type": "message_delta", "delta": {
+        "stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}, "usage": usage}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    body = "".join(f"event: {name}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n" for name, event in events)
+    return body.encode(), "text/event-stream; charset=utf-8"

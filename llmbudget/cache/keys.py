@@ -22,7 +22,7 @@ __all__ = ["CacheKeys", "cache_keys", "canonical"]
 # Fields that change how the answer travels, not what it says.
 _TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "prompt_cache_key", "safety_identifier",
                                "service_tier", "store", "background"})
-_MEDIA_PARTS = frozenset({"image_url", "input_image", "input_audio", "file", "input_file", "audio", "image"})
+_MEDIA_PARTS = frozenset({"image_url", "input_image", "input_audio", "file", "input_file", "audio", "image", "document"})
 
 
 def canonical(value: Any) -> str:
@@ -62,6 +62,13 @@ def _has_media(content: Any) -> bool:
     return False
 
 
+def _has_tool_blocks(content: Any) -> bool:
+    """Anthropic content blocks of a tool call or its result."""
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result", "server_tool_use")
+        for block in content)
+
+
 def _plain_text(content: Any) -> str | None:
     """The text of a content made only of text parts, else None."""
     if isinstance(content, str):
@@ -96,7 +103,7 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
     """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache."""
     body = call.body
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
-    if call.endpoint == "chat.completions":
+    if call.endpoint in ("chat.completions", "messages"):
         return _chat_keys(call, rest, tenant, allow_temperature)
     if call.endpoint == "responses":
         return _responses_keys(call, rest, tenant, allow_temperature)
@@ -118,7 +125,8 @@ def _chat_keys(call: Call, rest: dict[str, Any], tenant: str, allow_temperature:
     if reason:
         return _never(reason)
     for message in messages:
-        if message.get("role") in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+        if (message.get("role") in ("tool", "function") or message.get("tool_calls") or message.get("function_call")
+                or _has_tool_blocks(message.get("content"))):
             return _never("the conversation carries tool calls or tool results")
     if rest.get("audio") or "audio" in (rest.get("modalities") or ()):
         return _never("audio output")

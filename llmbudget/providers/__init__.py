@@ -1,4 +1,4 @@
-"""Provider adapters: one per OpenAI wire format."""
+"""Provider adapters: one per wire format (OpenAI's four, Anthropic's Messages)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from ._base import Adapter, ResponseState
 from .chat import ChatAdapter
 from .completions import CompletionsAdapter
 from .embeddings import EmbeddingsAdapter
+from .messages import MessagesAdapter
 from .responses import ResponsesAdapter
 
 __all__ = ["Adapter", "ResponseState", "ADAPTERS", "adapter_for_path", "adapter_for_endpoint"]
 
 #: Longest path first: ``/chat/completions`` must win over ``/completions``.
-ADAPTERS: tuple[Adapter, ...] = (ChatAdapter(), ResponsesAdapter(), EmbeddingsAdapter(), CompletionsAdapter())
+ADAPTERS: tuple[Adapter, ...] = (ChatAdapter(), ResponsesAdapter(), EmbeddingsAdapter(), CompletionsAdapter(),
+                                 MessagesAdapter())
 _BY_ENDPOINT = {adapter.endpoint: adapter for adapter in ADAPTERS}
 
 
@@ -20,6 +22,8 @@ def adapter_for_path(path: str) -> tuple[Adapter, str] | None:
     path = path.rstrip("/")
     for adapter in ADAPTERS:
         if path.endswith(adapter.path):
+            if adapter.endpoint == "messages" and "/threads/" in path:  # OpenAI Assistants: not an LLM call
+                continue
             return adapter, path[: -len(adapter.path)]
     return None
 

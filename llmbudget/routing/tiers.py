@@ -14,12 +14,29 @@ __all__ = ["Tier", "Routing", "Decision"]
 
 @dataclass(frozen=True, slots=True)
 class Tier:
-    """A tier: the model it sends (``None``: as requested), its base URL and its output cap."""
+    """A tier: the model it sends (``None``: as requested), its base URL and its output cap.
+
+    ``model`` serves OpenAI-format requests; Anthropic Messages requests take ``anthropic``
+    (or ``model`` when that is a Claude model): a tier never sends a Claude request to an
+    OpenAI model or the reverse. ``base_url`` applies to OpenAI-format requests only.
+    """
 
     name: str
     model: str | None = None
     base_url: str | None = None
     max_output_tokens: int | None = None
+    anthropic: str | None = None
+
+    def model_for(self, endpoint: str) -> str | None:
+        """The model this tier sends a request of ``endpoint`` to (None: the model the app asked for)."""
+        if endpoint == "messages":
+            if self.anthropic:
+                return self.anthropic
+            return self.model if self.model and self.model.lower().startswith("claude") else None
+        return self.model
+
+    def base_url_for(self, endpoint: str) -> str | None:
+        return None if endpoint == "messages" else self.base_url
 
     @classmethod
     def of(cls, name: str, value: Any) -> Tier:
@@ -28,15 +45,19 @@ class Tier:
         if value is None or isinstance(value, str):
             return cls(name, value or None)
         if isinstance(value, Mapping):
-            unknown = set(value) - {"model", "base_url", "max_output_tokens"}
+            unknown = set(value) - {"model", "base_url", "max_output_tokens", "anthropic"}
             if unknown:
                 raise ValueError(f"tier {name!r}: unknown keys {sorted(unknown)}; expected model, base_url, "
-                                 "max_output_tokens")
+                                 "max_output_tokens, anthropic")
+            for key in ("model", "base_url", "anthropic"):
+                if value.get(key) is not None and not isinstance(value[key], str):
+                    raise ValueError(f"tier {name!r}: {key} must be a string, got {value[key]!r}")
             cap = value.get("max_output_tokens")
             if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
                 raise ValueError(f"tier {name!r}: max_output_tokens must be a positive integer, got {cap!r}")
             base_url = value.get("base_url")
-            return cls(name, value.get("model") or None, base_url.rstrip("/") if base_url else None, cap)
+            return cls(name, value.get("model") or None, base_url.rstrip("/") if base_url else None, cap,
+                       value.get("anthropic") or None)
         raise TypeError(f"tier {name!r}: expected a model name or a table, got {value!r}")
 
 
@@ -121,11 +142,11 @@ class Routing:
             if forced not in self.tiers:
                 raise ValueError(f"tier {forced!r} forced by the scope is not defined; tiers are {sorted(self.tiers)}")
             return Decision(forced, None, None, "forced")
-        if call.endpoint not in ("chat.completions", "responses"):
+        if call.endpoint not in ("chat.completions", "responses", "messages"):
             return Decision(self.strong, None, None, f"{call.endpoint} is not routed")
         if any(fnmatch.fnmatchcase(path, pattern) for pattern in self.never):
             return Decision(self.strong, None, None, "path is never routed")
-        body = call.body
+        body = chat_view(call.body) if call.endpoint == "messages" else call.body
         if not self.route_tools and (body.get("tools") or body.get("functions")):
             return Decision(self.strong, None, None, "request has tools")
         if not self.route_schemas and _has_schema(body):
@@ -137,6 +158,20 @@ class Routing:
         except Exception:
             features = ()
         return Decision(tier, score, self.threshold, "router", features)
+
+
+def chat_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Messages body as the router reads chat: its ``system`` as the first message."""
+    system = body.get("system")
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    if isinstance(system, list):
+        system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+    view = {key: value for key, value in body.items() if key not in ("system", "messages")}
+    view["messages"] = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [
+        *messages]
+    if "output_format" in body:
+        view["response_format"] = body["output_format"]
+    return view
 
 
 def _has_schema(body: Mapping[str, Any]) -> bool:

@@ -1,0 +1,228 @@
+"""Provider prefix caching: the stable prefix of a request, and why a team's prefixes never match.
+
+Providers cache the longest prefix a request shares with an earlier one (OpenAI by
+itself, Anthropic up to an explicit breakpoint), so a prefix that changes on every
+call, a timestamp or a request id at the top of the system prompt, tools in another
+order, a user name before the instructions, is never read from the cache.
+
+:class:`PrefixWatch` sees every request's *stable part* (tools, system, and every turn
+before the last one), in the order the provider reads it. Requests whose stable parts
+end the same way (the same last 256 characters, for one endpoint and model) are one
+group; when a group's prefixes differ, the record of the call says where
+(``record.prefix["differs_at"]``) with a fixed-length excerpt around that position.
+:func:`unstable_prefixes` turns records into findings: the groups whose prefixes
+(almost) never match, where they first differ, and what fixing it would save at the
+provider's cached-input price. The pytest plugin and ``llmbudget report`` print them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .calls import Usage
+from .money import format_usd
+
+if TYPE_CHECKING:
+    from .calls import SpendRecord
+    from .pricing import Pricing
+
+__all__ = ["PrefixWatch", "PrefixFinding", "prefix_text", "prefix_row", "prefix_lines", "unstable_prefixes", "MIN_CACHEABLE_TOKENS"]
+
+#: The shortest prefix the providers cache (OpenAI and most Claude models: 1,024 tokens).
+MIN_CACHEABLE_TOKENS = 1024
+#: An estimate of the tokens in a prefix, from its characters (reports only: nothing is charged by it).
+CHARS_PER_TOKEN = 4
+_TAIL = 256
+_KEPT = 16_384  # characters of a group's first prefix kept to find where later ones differ
+_EXCERPT = 24  # characters shown on each side of the first difference
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False, default=str)
+    except (TypeError, ValueError):
+        return ""
+
+
+def prefix_text(endpoint: str, body: dict[str, Any]) -> str | None:
+    """The stable part of a request as its provider reads it: tools, then system or instructions,
+    then every turn before the last; None for endpoints with no prefix cache or without a last turn."""
+    if endpoint == "chat.completions":
+        turns, head = body.get("messages"), [body.get("tools"), body.get("functions")]
+    elif endpoint == "messages":
+        turns, head = body.get("messages"), [body.get("tools"), body.get("system")]
+    elif endpoint == "responses":
+        turns = body.get("input")
+        turns = turns if isinstance(turns, list) else [turns]
+        head = [body.get("tools"), body.get("instructions")]
+    else:
+        return None
+    if not isinstance(turns, list) or not turns:
+        return None
+    parts = [_text(part) for part in head if part]
+    for turn in turns[:-1]:
+        if isinstance(turn, dict):
+            parts.append(f"{turn.get('role', turn.get('type', ''))}: {_text(turn.get('content'))}")
+        else:
+            parts.append(_text(turn))
+    return "\n".join(parts)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def excerpt(text: str, at: int) -> str:
+    """A fixed-length window of ``text`` around position ``at``, the difference marked with ``⟨⟩``."""
+    before = text[max(0, at - _EXCERPT):at]
+    after = text[at:at + _EXCERPT]
+    clean = str.maketrans({"\n": "⏎", "\r": " ", "\t": " "})
+    return ("…" if at > _EXCERPT else "") + before.translate(clean) + "⟨⟩" + after.translate(clean) + (
+        "…" if at + _EXCERPT < len(text) else "")
+
+
+class PrefixWatch:
+    """Groups requests by how their stable part ends and notes where a group's prefixes differ.
+
+    Keeps the first prefix of at most ``max_groups`` groups (its first 16,384 characters),
+    least recently seen dropped first. Thread-safe; ``observe`` never raises.
+    """
+
+    def __init__(self, *, max_groups: int = 512, min_chars: int = 200) -> None:
+        self.max_groups = max_groups
+        self.min_chars = min_chars
+        self._groups: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def observe(self, endpoint: str, model: str | None, body: dict[str, Any]) -> dict[str, Any] | None:
+        """What the record of this request keeps about its prefix (None: too short to matter)."""
+        try:
+            text = prefix_text(endpoint, body)
+        except Exception:  # noqa: BLE001  (a report, never a reason for a call to fail)
+            return None
+        if text is None or len(text) < self.min_chars:
+            return None
+        group = _digest(endpoint, model or "", text[-_TAIL:])
+        full = _digest(text)
+        differs_at: int | None = None
+        with self._lock:
+            first = self._groups.get(group)
+            if first is None:
+                self._groups[group] = (full, text[:_KEPT])
+                if len(self._groups) > self.max_groups:
+                    self._groups.popitem(last=False)
+            else:
+                self._groups.move_to_end(group)
+                if first[0] != full:
+                    differs_at = _common_prefix(first[1], text)
+        out: dict[str, Any] = {"group": group, "hash": full, "chars": len(text)}
+        if differs_at is not None:
+            out["differs_at"] = differs_at
+            out["excerpt"] = excerpt(text, differs_at)
+        return out
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (a bisection over C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixFinding:
+    """A group of requests whose prefixes are near-identical but (almost) never match."""
+
+    endpoint: str
+    model: str
+    calls: int
+    distinct: int
+    differs_at: int
+    excerpt: str
+    prefix_tokens: int
+    #: What the calls would have saved at the provider's cached-input price had the prefix been stable
+    #: (0 when it is shorter than the providers' 1,024-token minimum or the model's price is unknown).
+    saving_usd: Decimal
+    tests: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "model": self.model, "calls": self.calls, "distinct_prefixes": self.distinct,
+                "differs_at": self.differs_at, "excerpt": self.excerpt, "prefix_tokens": self.prefix_tokens,
+                "saving_usd": str(self.saving_usd), "tests": list(self.tests)}
+
+    def line(self) -> str:
+        return (f"{self.model}: {self.distinct} different prefixes in {self.calls} calls, first differing at "
+                f"character {self.differs_at}: {self.excerpt!r}")
+
+
+def prefix_row(record: SpendRecord) -> dict[str, Any] | None:
+    """What :func:`unstable_prefixes` needs of a record (plain JSON: it travels between pytest-xdist workers)."""
+    if not record.prefix or record.from_cache:
+        return None
+    return {**record.prefix, "endpoint": record.endpoint, "model": record.model, "base_url": record.base_url,
+            "test_id": record.test_id}
+
+
+def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -> list[PrefixFinding]:
+    """The prefix groups (from :func:`prefix_row`) whose prefixes differ on at least half their calls,
+    those whose fix would save the most first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if not row:
+            continue
+        group = groups.setdefault(row["group"], {"calls": 0, "hashes": set(), "differs_at": None, "excerpt": "",
+                                                  "chars": 0, "row": row, "tests": []})
+        group["calls"] += 1
+        group["hashes"].add(row["hash"])
+        group["chars"] = max(group["chars"], int(row.get("chars", 0)))
+        at = row.get("differs_at")
+        if at is not None and (group["differs_at"] is None or at < group["differs_at"]):
+            group["differs_at"], group["excerpt"] = at, row.get("excerpt", "")
+        test = row.get("test_id")
+        if test and test not in group["tests"]:
+            group["tests"].append(test)
+    findings = []
+    for group in groups.values():
+        calls, distinct = group["calls"], len(group["hashes"])
+        if distinct < 2 or group["differs_at"] is None or distinct * 2 < calls:
+            continue
+        row = group["row"]
+        tokens = group["chars"] // CHARS_PER_TOKEN
+        saving = Decimal(0)
+        if tokens >= MIN_CACHEABLE_TOKENS:
+            full = pricing.cost(Usage(input_tokens=tokens), model=row["model"], base_url=row.get("base_url", ""))
+            cached = pricing.cost(Usage(input_tokens=tokens, cached_input_tokens=tokens), model=row["model"],
+                                  base_url=row.get("base_url", ""))
+            if full.known and cached.known:
+                saving = (full.usd - cached.usd) * (distinct - 1)
+        findings.append(PrefixFinding(row["endpoint"], row["model"], calls, distinct, group["differs_at"],
+                                      group["excerpt"], tokens, saving, tuple(group["tests"])))
+    return sorted(findings, key=lambda f: (-f.saving_usd, -f.calls))
+
+
+def prefix_lines(findings: list[PrefixFinding]) -> list[str]:
+    """The prefix-stability findings for people: one line each, and where the prefix changes."""
+    if not findings:
+        return []
+    out = [f"unstable prompt prefixes: {len(findings)} group(s) of near-identical prompts whose prefixes never "
+           "match, so the provider's prompt cache cannot serve them"]
+    for finding in findings:
+        saving = (f"fixing it would save about {format_usd(finding.saving_usd)}" if finding.saving_usd
+                  else f"prefix of about {finding.prefix_tokens} tokens (providers cache from 1,024)")
+        tests = f" (in {', '.join(finding.tests[:3])}{', ...' if len(finding.tests) > 3 else ''})" if finding.tests else ""
+        out.append(f"  {finding.line()}; {saving}{tests}")
+    return out

@@ -1,0 +1,133 @@
+"""Anthropic Messages: ``POST .../v1/messages`` (the ``anthropic`` SDK, and servers that speak it).
+
+Usage: Anthropic's ``input_tokens`` counts only the input after the last cache
+breakpoint; ``cache_creation_input_tokens`` (written to the cache, by TTL in
+``cache_creation``) and ``cache_read_input_tokens`` (read from it) come on top.
+A :class:`~llmbudget.calls.Usage` counts all three as input, with the reads as
+``cached_input_tokens`` and the writes as ``cache_write_tokens`` (the one-hour
+ones also as ``cache_write_1h_tokens``), so every price applies to its own tokens.
+A stream reports input usage in ``message_start`` and the (cumulative) output, and
+on newer servers the input again, in ``message_delta``: the later value wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..calls import Usage
+from ._base import Adapter, ResponseState, as_int, items, json_text
+
+__all__ = ["MessagesAdapter", "messages_usage", "STOP_REASONS"]
+
+#: Anthropic ``stop_reason`` -> the OpenAI ``finish_reason`` the pipeline reasons about.
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                "refusal": "content_filter", "pause_turn": "pause_turn",
+                "model_context_window_exceeded": "length"}
+
+
+def messages_usage(raw: dict[str, Any]) -> Usage:
+    """Usage from a Messages ``usage`` object."""
+    plain = as_int(raw.get("input_tokens"))
+    written = as_int(raw.get("cache_creation_input_tokens"))
+    read = as_int(raw.get("cache_read_input_tokens"))
+    by_ttl = raw.get("cache_creation")
+    written_1h = as_int(by_ttl.get("ephemeral_1h_input_tokens")) if isinstance(by_ttl, dict) else 0
+    return Usage(
+        input_tokens=plain + written + read,
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(written_1h, written),
+        output_tokens=as_int(raw.get("output_tokens")),
+        service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
+    )
+
+
+def _block_text(content: Any, out: list[str]) -> None:
+    """The text of a Messages content (a string or a list of blocks) for token estimates."""
+    if isinstance(content, str):
+        out.append(content)
+        return
+    for block in items(content):
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if isinstance(block.get("text"), str):
+            out.append(block["text"])
+        elif kind == "tool_use":
+            out.append(json_text(block.get("input")))
+        elif kind == "tool_result":
+            _block_text(block.get("content"), out)
+        elif kind in ("thinking", "redacted_thinking"):
+            out.append(str(block.get("thinking") or block.get("data") or ""))
+
+
+class MessagesAdapter(Adapter):
+    endpoint = "messages"
+    path = "/messages"
+    limit_fields = ("max_tokens",)
+
+    def input_text(self, body: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        _block_text(body.get("system"), out)
+        for message in items(body.get("messages")):
+            if isinstance(message, dict):
+                if isinstance(message.get("role"), str):
+                    out.append(message["role"])
+                _block_text(message.get("content"), out)
+        for key in ("tools", "tool_choice", "output_format"):
+            if body.get(key):
+                out.append(json_text(body[key]))
+        return out
+
+    def usage(self, data: dict[str, Any]) -> Usage | None:
+        return messages_usage(data)
+
+    def _read_message(self, data: dict[str, Any], state: ResponseState) -> None:
+        for block in items(data.get("content")):
+            if isinstance(block, dict):
+                if block.get("type") == "text" and isinstance(block.get("text"), str):
+                    state.text_parts.append(block["text"])
+                elif block.get("type") in ("tool_use", "server_tool_use"):
+                    state.tool_calls = True
+        reason = data.get("stop_reason")
+        if isinstance(reason, str):
+            state.finish_reasons.append(STOP_REASONS.get(reason, reason))
+
+    def read_json(self, data: Any, state: ResponseState) -> None:
+        super().read_json(data, state)
+        if isinstance(data, dict):
+            self._read_message(data, state)
+
+    def read_stream(self, events: list[Any], state: ResponseState) -> None:
+        usage: dict[str, Any] = {}
+        parts: list[str] = []
+        for event in events:
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("type")
+            if kind == "message_start" and isinstance(event.get("message"), dict):
+                message = event["message"]
+                if isinstance(message.get("model"), str):
+                    state.model = message["model"]
+                if isinstance(message.get("usage"), dict):
+                    usage.update(message["usage"])
+            elif kind == "content_block_start":
+                block = event.get("content_block")
+                if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+                    state.tool_calls = True
+            elif kind == "content_block_delta":
+                delta = event.get("delta")
+                if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                    parts.append(delta["text"])
+            elif kind == "message_delta":
+                delta = event.get("delta")
+                if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                    state.finish_reasons.append(STOP_REASONS.get(delta["stop_reason"], delta["stop_reason"]))
+                if isinstance(event.get("usage"), dict):
+                    usage.update({k: v for k, v in event["usage"].items() if v is not None})
+            elif kind == "message_stop":
+                state.done = True
+        if usage:
+            state.usage = messages_usage(usage)
+            state.service_tier = state.usage.service_tier or state.service_tier
+        state.stream_parts = parts

@@ -132,7 +132,8 @@ class SpendRecord:
         return cls(**values)
 
 
-_COUNTS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "estimated")
+_COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+           "estimated")
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd")
 
@@ -144,6 +145,7 @@ class Counters:
     calls: int = 0
     input_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: int = 0
@@ -161,6 +163,7 @@ class Counters:
         self.calls += 1
         self.input_tokens += usage.input_tokens
         self.cached_input_tokens += usage.cached_input_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
         self.output_tokens += usage.output_tokens
         self.reasoning_tokens += usage.reasoning_tokens
         self.estimated += int(record.estimated)

@@ -5,6 +5,9 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
 
     # the engine: prices, where records and counters go
     hosts = ["api.openai.com", "api.anthropic.com"]  # hosts whose LLM API paths any client may call
+    [prefix_cache]
+    breakpoints = "off"                  # "auto": Anthropic cache breakpoints on prefixes that repeat
+    watch = true                         # note where near-identical prefixes differ (reports)
     default_max_output_tokens = 4096     # assumed output when reserving for an uncapped request
     default_tenant = "default"           # tenant of calls no request names one for
     ledger = ".llmbudget/ledger.db"      # SQLite ledger file (default: in memory)
@@ -87,8 +90,9 @@ TenantFinder = Callable[[Mapping[str, Any]], "str | None"]
 
 _ENGINE_KEYS = frozenset(
     {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price",
-     "cache", "routing", "prompt_cache_keys", "input_estimate_margin"}
+     "cache", "routing", "prompt_cache_keys", "input_estimate_margin", "prefix_cache"}
 )
+_PREFIX_CACHE_KEYS = frozenset({"breakpoints", "watch"})
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
                          "max_semantic_chars"})
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
@@ -582,7 +586,22 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     prompt_cache_keys = config.get("prompt_cache_keys", True)
     if not isinstance(prompt_cache_keys, bool):
         raise ConfigError(f"{source}: prompt_cache_keys must be true or false, got {prompt_cache_keys!r}")
+    prefix_cache = config.get("prefix_cache", {})
+    if not isinstance(prefix_cache, Mapping):
+        raise ConfigError(f"{source}: [prefix_cache] must be a table, got {prefix_cache!r}")
+    unknown = set(prefix_cache) - _PREFIX_CACHE_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: [prefix_cache] has unknown keys {sorted(unknown)}; expected "
+                          f"{', '.join(sorted(_PREFIX_CACHE_KEYS))}")
+    breakpoints = prefix_cache.get("breakpoints", "off")
+    if breakpoints not in ("off", "auto"):
+        raise ConfigError(f"{source}: [prefix_cache] breakpoints must be \"off\" or \"auto\", got {breakpoints!r}")
+    watch = prefix_cache.get("watch", True)
+    if not isinstance(watch, bool):
+        raise ConfigError(f"{source}: [prefix_cache] watch must be true or false, got {watch!r}")
     return Engine(
+        breakpoints=breakpoints,
+        prefix_watch=watch,
         cache=_cache_from_config(config.get("cache"), source, root),
         routing=_routing_from_config(config.get("routing"), source),
         prompt_cache_keys=prompt_cache_keys,

@@ -27,6 +27,7 @@ from .calls import Call, SpendRecord, Usage
 from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryBudgetStore, Refusal, Reservation
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
+from .breakpoints import Breakpoints
 from .prefix import PrefixWatch
 from .pricing import Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
@@ -67,6 +68,9 @@ class Engine:
     - ``prefix_watch``: note where each request's stable prefix (tools, system, earlier turns) first
       differs from near-identical earlier ones, so reports can say why a provider's prompt cache misses
       (see ``llmbudget.prefix``).
+    - ``breakpoints``: ``"auto"`` adds an Anthropic cache breakpoint to Messages requests without one
+      whose stable prefix this tenant sent before within the cache's lifetime (see
+      ``llmbudget.breakpoints``); ``"off"`` (the default) never does.
     - ``input_estimate_margin``: reservations count the estimated input tokens times this
       (plus 8), since a server's chat template or tokenizer may count more than tiktoken.
     """
@@ -87,6 +91,7 @@ class Engine:
         prompt_cache_keys: bool = True,
         input_estimate_margin: float = 1.25,
         prefix_watch: bool = True,
+        breakpoints: str = "off",
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -106,6 +111,9 @@ class Engine:
         self.routing = routing
         self.prompt_cache_keys = prompt_cache_keys
         self.prefix_watch = PrefixWatch() if prefix_watch else None
+        if breakpoints not in ("off", "auto"):
+            raise ValueError(f'breakpoints must be "off" or "auto", got {breakpoints!r}')
+        self.breakpoints = Breakpoints(self.pricing) if breakpoints == "auto" else None
         if input_estimate_margin < 1:
             raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
         self.input_estimate_margin = input_estimate_margin
@@ -250,6 +258,8 @@ class Attempt:
         #: ``probed``: it asked for them itself (the app did not), so they are taken out before the app sees them.
         self.cascade = False
         self.probed = False
+        #: llmbudget added an Anthropic cache breakpoint ([prefix_cache] breakpoints = "auto").
+        self.breakpoint = False
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -480,6 +490,10 @@ class Attempt:
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
                 and call.endpoint in ("chat.completions", "responses") and "api.openai.com" in base_url):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
+        if engine.breakpoints is not None and call.endpoint == "messages":
+            marked = engine.breakpoints.apply(body, tenant=self.tenant, model=body.get("model"), base_url=base_url)
+            if marked is not None:
+                body, self.breakpoint = marked, True
         if body is call.body and base_url == call.base_url:
             return False
         self.call = self.adapter.parse(body, base_url)
@@ -731,6 +745,8 @@ class Attempt:
         watch = self.engine.prefix_watch
         prefix = watch.observe(self.call.endpoint, self.call.model, self.call.body) \
             if watch is not None and source != "cache" else None
+        if self.breakpoint:
+            prefix = {**(prefix or {}), "breakpoint": "auto"}
         return SpendRecord(
             time=self.time,
             endpoint=self.call.endpoint,

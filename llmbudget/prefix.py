@@ -171,7 +171,7 @@ class PrefixFinding:
 
 def prefix_row(record: SpendRecord) -> dict[str, Any] | None:
     """What :func:`unstable_prefixes` needs of a record (plain JSON: it travels between pytest-xdist workers)."""
-    if not record.prefix or record.from_cache:
+    if not record.prefix or "group" not in record.prefix or record.from_cache:
         return None
     return {**record.prefix, "endpoint": record.endpoint, "model": record.model, "base_url": record.base_url,
             "test_id": record.test_id}

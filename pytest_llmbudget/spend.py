@@ -13,13 +13,15 @@ from llmbudget.prefix import prefix_row
 __all__ = ["Counters", "TestSpend", "COUNTER_KEYS", "to_report"]
 
 _MAX_PREFIXES = 5000  # per test: what the prefix check reads of a test that makes more calls than that
-COUNTER_KEYS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
+COUNTER_KEYS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                "reasoning_tokens")
 
 
 def to_report(counters: Counters) -> dict[str, Any]:
     """Counters as the JSON report shows them (cost as a float)."""
     data: dict[str, Any] = {key: getattr(counters, key) for key in COUNTER_KEYS}
     data["cost_usd"] = float(counters.cost_usd)
+    data["prompt_cache_saved_usd"] = float(counters.prompt_cache_saved_usd)
     return data
 
 

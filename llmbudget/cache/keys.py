@@ -62,6 +62,19 @@ def _has_media(content: Any) -> bool:
     return False
 
 
+def _without_cache_control(value: Any) -> Any:
+    """``value`` without Anthropic ``cache_control`` markers; a text block left alone becomes its string."""
+    if isinstance(value, dict):
+        return {key: _without_cache_control(item) for key, item in value.items() if key != "cache_control"}
+    if isinstance(value, list):
+        items = [_without_cache_control(item) for item in value]
+        if len(items) == 1 and isinstance(items[0], dict) and set(items[0]) == {"type", "text"} \
+                and items[0]["type"] == "text":
+            return items[0]["text"]
+        return items
+    return value
+
+
 def _has_tool_blocks(content: Any) -> bool:
     """Anthropic content blocks of a tool call or its result."""
     return isinstance(content, list) and any(
@@ -103,6 +116,8 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
     """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache."""
     body = call.body
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
+    if call.endpoint == "messages":  # a cache breakpoint changes what the provider caches, never the answer
+        rest = _without_cache_control(rest)
     if call.endpoint in ("chat.completions", "messages"):
         return _chat_keys(call, rest, tenant, allow_temperature)
     if call.endpoint == "responses":

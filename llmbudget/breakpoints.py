@@ -1,0 +1,144 @@
+"""Automatic Anthropic cache breakpoints (``[prefix_cache] breakpoints = "auto"``).
+
+Anthropic caches a prompt prefix only up to a ``cache_control`` breakpoint, and a
+cache write costs more than plain input (1.25x for five minutes), so a breakpoint on a
+prefix that is never sent again loses money. For a Messages request that carries no
+``cache_control`` of its own, :class:`Breakpoints` marks the end of the stable part
+(tools, system, and the turns before the last) when:
+
+- the prefix is at least the model's minimum cacheable length (1,024 tokens; 2,048
+  for the Haiku 3 models; 4,096 for Haiku 4.5 and Opus 4.5, per Anthropic's docs), and
+- this tenant sent the same prefix within the cache's five-minute lifetime, often
+  enough that the expected reads pay for the write: with ``k`` sightings in the last
+  five minutes, ``k * (input - read price) > (write - input price)``. A one-off
+  prefix is never marked, so it never pays for a write.
+
+One breakpoint is added (the API allows four); content and order are never changed (a
+string becomes the same text as one block); a request with any breakpoint of its own
+is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pricing import Pricing
+
+__all__ = ["Breakpoints", "min_cacheable_tokens", "has_cache_control"]
+
+TTL_S = 300.0
+#: Used when the model's prices are unknown: Anthropic's multipliers of the input price.
+_WRITE, _READ = Decimal("1.25"), Decimal("0.1")
+CHARS_PER_TOKEN = 4
+
+
+def min_cacheable_tokens(model: str | None) -> int:
+    """The shortest prefix Anthropic caches for ``model`` (its docs' table; unknown models: 1,024)."""
+    name = (model or "").lower()
+    if "haiku-4-5" in name or "haiku-4.5" in name or "opus-4-5" in name or "opus-4.5" in name:
+        return 4096
+    if "haiku-3" in name or "3-haiku" in name or "3-5-haiku" in name:
+        return 2048
+    return 1024
+
+
+def has_cache_control(value: Any) -> bool:
+    """Whether any block of ``value`` (a body, its tools, system or messages) carries ``cache_control``."""
+    if isinstance(value, dict):
+        return "cache_control" in value or any(has_cache_control(v) for v in value.values()
+                                                if isinstance(v, (dict, list)))
+    if isinstance(value, list):
+        return any(has_cache_control(v) for v in value)
+    return False
+
+
+def _marked(content: Any) -> Any:
+    """``content`` (a string or a list of blocks) with a breakpoint on its last block, or None when it has none."""
+    mark = {"type": "ephemeral"}
+    if isinstance(content, str):
+        return [{"type": "text", "text": content, "cache_control": mark}] if content else None
+    if isinstance(content, list) and content and isinstance(content[-1], dict):
+        return [*content[:-1], {**content[-1], "cache_control": mark}]
+    return None
+
+
+class Breakpoints:
+    """Decides, per tenant, whether a Messages request's stable prefix gets a breakpoint."""
+
+    def __init__(self, pricing: Pricing, *, max_prefixes: int = 10_000, clock: Any = time.monotonic) -> None:
+        self.pricing = pricing
+        self.max_prefixes = max_prefixes
+        self._clock = clock
+        self._seen: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _sightings(self, key: str) -> int:
+        """Sightings of ``key`` within the cache's lifetime before this one (this one is recorded)."""
+        now = self._clock()
+        with self._lock:
+            times = [t for t in self._seen.pop(key, []) if now - t < TTL_S]
+            before = len(times)
+            times.append(now)
+            self._seen[key] = times[-16:]
+            while len(self._seen) > self.max_prefixes:
+                self._seen.popitem(last=False)
+        return before
+
+    def _worth_it(self, model: str | None, tokens: int, sightings: int, base_url: str) -> bool:
+        from .calls import Usage
+
+        input_ = self.pricing.cost(Usage(input_tokens=tokens), model=model, base_url=base_url)
+        if input_.known:
+            write = self.pricing.cost(Usage(input_tokens=tokens, cache_write_tokens=tokens), model=model,
+                                      base_url=base_url).usd
+            read = self.pricing.cost(Usage(input_tokens=tokens, cached_input_tokens=tokens), model=model,
+                                     base_url=base_url).usd
+            premium, gain = write - input_.usd, input_.usd - read
+        else:
+            premium, gain = _WRITE - 1, 1 - _READ
+        return sightings * gain > premium
+
+    def apply(self, body: dict[str, Any], *, tenant: str, model: str | None, base_url: str = "") -> dict[str, Any] | None:
+        """``body`` with a breakpoint at the end of its stable prefix, or None to send it as it is.
+
+        Two prefixes are candidates, the longest first: everything before the last turn (marked on the
+        turn before it) and the head alone, tools and system (marked on the system prompt, else the last
+        tool), which a new conversation shares with earlier ones. Both are counted as seen.
+        """
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or has_cache_control(body):
+            return None
+        head = {"tools": body.get("tools"), "system": body.get("system")}
+        candidates = [("turns", {**head, "messages": messages[:-1]})] if len(messages) > 1 else []
+        candidates.append(("head", head))
+        minimum = min_cacheable_tokens(model)
+        chosen = None
+        for name, stable in candidates:
+            text = json.dumps(stable, separators=(",", ":"), ensure_ascii=False, default=str)
+            tokens = len(text) // CHARS_PER_TOKEN
+            if tokens < minimum:
+                continue
+            key = hashlib.blake2b(f"{tenant}\0{model}\0{text}".encode(), digest_size=12).hexdigest()
+            sightings = self._sightings(key)
+            if chosen is None and sightings and self._worth_it(model, tokens, sightings, base_url):
+                chosen = name
+        if chosen == "turns" and isinstance(messages[-2], dict):
+            content = _marked(messages[-2].get("content"))
+            if content is not None:
+                return {**body, "messages": [*messages[:-2], {**messages[-2], "content": content}, messages[-1]]}
+        if chosen is None:
+            return None
+        system = _marked(body.get("system"))
+        if system is not None:
+            return {**body, "system": system}
+        tools = body.get("tools")
+        if isinstance(tools, list) and tools and isinstance(tools[-1], dict):
+            return {**body, "tools": [*tools[:-1], {**tools[-1], "cache_control": {"type": "ephemeral"}}]}
+        return None

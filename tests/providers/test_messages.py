@@ -1,0 +1,157 @@
+"""Anthropic Messages: usage and pricing of cache writes and reads, automatic breakpoints.
+
+The local Messages server (llama.cpp) reports no cache fields, so the usage paths for
+``cache_creation_input_tokens`` (by TTL) and ``cache_read_input_tokens`` are tested on
+usage objects shaped as Anthropic's API reference documents them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from llmbudget.breakpoints import Breakpoints, has_cache_control, min_cacheable_tokens
+from llmbudget.cache.keys import cache_keys
+from llmbudget.calls import Usage
+from llmbudget.pricing import Pricing
+from llmbudget.providers import ResponseState, adapter_for_path
+from llmbudget.providers.messages import MessagesAdapter, messages_usage
+
+# Anthropic's documented usage object (https://docs.anthropic.com/en/api/messages, "usage")
+DOCUMENTED_USAGE = {
+    "input_tokens": 50, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 8000, "output_tokens": 120,
+    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
+    "service_tier": "standard",
+}
+
+
+def test_usage_counts_writes_and_reads_as_input():
+    usage = messages_usage(DOCUMENTED_USAGE)
+    assert usage.input_tokens == 50 + 2000 + 8000
+    assert (usage.cached_input_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (8000, 2000, 500)
+    assert usage.output_tokens == 120 and usage.service_tier == "standard"
+
+
+def test_each_kind_of_token_is_priced_at_its_own_rate():
+    """claude-haiku-4-5 at genai-prices: $1 input, $5 output, $0.10 cache read, $1.25 5-minute and $2 1-hour write."""
+    cost = Pricing().cost(messages_usage(DOCUMENTED_USAGE), model="claude-haiku-4-5",
+                          base_url="https://api.anthropic.com/v1")
+    assert cost.source == "genai-prices"
+    expected = (50 * Decimal(1) + 8000 * Decimal("0.1") + 1500 * Decimal("1.25") + 500 * Decimal(2)
+                + 120 * Decimal(5)) / 10**6
+    assert cost.usd == expected
+
+
+def test_a_stream_takes_input_usage_from_message_start_and_output_from_message_delta():
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                              "model": "claude-haiku-4-5", "content": [],
+                                              "usage": {"input_tokens": 12, "cache_read_input_tokens": 4096,
+                                                        "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 7}},
+        {"type": "message_stop"},
+    ]
+    state = ResponseState()
+    MessagesAdapter().read_stream(events, state)
+    assert state.model == "claude-haiku-4-5" and state.done
+    assert state.usage == Usage(input_tokens=12 + 4096, cached_input_tokens=4096, output_tokens=7)
+    assert state.finish_reasons == ["length"] and "".join(state.stream_parts or []) == "Hello there"
+
+
+def test_the_messages_path_is_anthropics_and_assistants_threads_are_not_llm_calls():
+    found = adapter_for_path("/v1/messages")
+    assert found is not None and found[0].endpoint == "messages" and found[1] == "/v1"
+    assert adapter_for_path("/v1/threads/thread_abc/messages") is None
+    assert adapter_for_path("/v1/messages/count_tokens") is None
+
+
+def _body(system: str, turns: int = 1, **extra):
+    messages = []
+    for i in range(turns - 1):
+        messages += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    messages.append({"role": "user", "content": "the question"})
+    return {"model": "claude-sonnet-4-5", "max_tokens": 64, "system": system, "messages": messages, **extra}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+LONG = "You are the assistant of a bicycle shop. " * 120  # about 1,200 tokens
+
+
+def test_a_one_off_prefix_never_pays_for_a_write_and_a_repeated_one_gets_a_breakpoint():
+    clock = Clock()
+    points = Breakpoints(Pricing(), clock=clock)
+    assert points.apply(_body(LONG), tenant="acme", model="claude-sonnet-4-5") is None  # first sighting
+    marked = points.apply(_body(LONG), tenant="acme", model="claude-sonnet-4-5")
+    assert marked is not None
+    assert marked["system"] == [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+    assert marked["messages"] == _body(LONG)["messages"]  # content and order untouched
+    # another tenant's first sighting is its own
+    assert points.apply(_body(LONG), tenant="globex", model="claude-sonnet-4-5") is None
+    # past the cache's five minutes the prefix counts as new again
+    clock.now += 301
+    assert points.apply(_body(LONG), tenant="acme", model="claude-sonnet-4-5") is None
+
+
+def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():
+    points = Breakpoints(Pricing(), clock=Clock())
+    short = "Be brief. " * 20
+    for _ in range(3):
+        assert points.apply(_body(short), tenant="t", model="claude-sonnet-4-5") is None
+    own = _body([{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+    for _ in range(3):
+        assert points.apply(own, tenant="t", model="claude-sonnet-4-5") is None
+    assert has_cache_control(own) and not has_cache_control(_body(LONG))
+    assert min_cacheable_tokens("claude-haiku-4-5") == 4096 and min_cacheable_tokens("claude-3-haiku-20240307") == 2048
+    for _ in range(3):  # about 1,200 tokens is too short for Haiku 4.5
+        assert points.apply(_body(LONG), tenant="t", model="claude-haiku-4-5") is None
+
+
+def test_a_repeated_conversation_is_marked_on_its_last_earlier_turn():
+    points = Breakpoints(Pricing(), clock=Clock())
+    body = _body(LONG, turns=3)
+    assert points.apply(body, tenant="t", model="claude-sonnet-4-5") is None
+    marked = points.apply(body, tenant="t", model="claude-sonnet-4-5")
+    assert marked is not None and marked["system"] == LONG
+    assert marked["messages"][-2]["content"] == [{"type": "text", "text": "answer 1",
+                                                  "cache_control": {"type": "ephemeral"}}]
+    # a new conversation sharing the system prompt: the head is marked
+    other = _body(LONG, turns=2)
+    other["messages"][0]["content"] = "a different opening"
+    marked = points.apply(other, tenant="t", model="claude-sonnet-4-5")
+    assert marked is not None and marked["system"][0]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_the_semantic_cache_key_ignores_breakpoints():
+    from llmbudget.providers import adapter_for_endpoint
+
+    adapter = adapter_for_endpoint("messages")
+    plain = adapter.parse(_body(LONG), "https://api.anthropic.com/v1")
+    marked = adapter.parse(_body([{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]),
+                           "https://api.anthropic.com/v1")
+    a, b = cache_keys(plain, tenant="t"), cache_keys(marked, tenant="t")
+    assert a.exact == b.exact and a.partition == b.partition and a.text == b.text == "the question"
+
+
+@pytest.mark.parametrize("content", [
+    [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}],
+    [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+])
+def test_conversations_with_tool_blocks_are_not_cached(content):
+    from llmbudget.providers import adapter_for_endpoint
+
+    body = _body("sys")
+    body["messages"].insert(0, {"role": "user", "content": content})
+    keys = cache_keys(adapter_for_endpoint("messages").parse(body, "https://api.anthropic.com/v1"), tenant="t")
+    assert not keys.cacheable

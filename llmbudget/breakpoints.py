@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .pricing import Pricing
 
-__all__ = ["Breakpoints", "min_cacheable_tokens", "has_cache_control"]
+__all__ = ["Breakpoints", "has_cache_control", "min_cacheable_tokens"]
 
 TTL_S = 300.0
 #: Used when the model's prices are unknown: Anthropic's multipliers of the input price.

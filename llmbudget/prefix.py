@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .calls import SpendRecord
     from .pricing import Pricing
 
-__all__ = ["PrefixWatch", "PrefixFinding", "prefix_text", "prefix_row", "prefix_lines", "unstable_prefixes", "MIN_CACHEABLE_TOKENS"]
+__all__ = ["MIN_CACHEABLE_TOKENS", "PrefixFinding", "PrefixWatch", "prefix_lines", "prefix_row", "prefix_text", "unstable_prefixes"]
 
 #: The shortest prefix the providers cache (OpenAI and most Claude models: 1,024 tokens).
 MIN_CACHEABLE_TOKENS = 1024
@@ -218,8 +218,8 @@ def prefix_lines(findings: list[PrefixFinding]) -> list[str]:
     """The prefix-stability findings for people: one line each, and where the prefix changes."""
     if not findings:
         return []
-    out = [f"unstable prompt prefixes: {len(findings)} group(s) of near-identical prompts whose prefixes never "
-           "match, so the provider's prompt cache cannot serve them"]
+    out = [(f"unstable prompt prefixes: {len(findings)} group(s) of near-identical prompts whose prefixes never "
+            "match, so the provider's prompt cache cannot serve them")]
     for finding in findings:
         saving = (f"fixing it would save about {format_usd(finding.saving_usd)}" if finding.saving_usd
                   else f"prefix of about {finding.prefix_tokens} tokens (providers cache from 1,024)")

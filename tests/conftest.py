@@ -59,6 +59,16 @@ def redis_prefix() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def messages_server() -> Iterator[str]:
+    """Base URL of a real server speaking Anthropic's Messages API (llama.cpp's llama-server, Gemma 3 270M,
+    named claude-haiku-4-5); built from source once, see ci/messages_server.py."""
+    from messages_server import messages_server as serve
+
+    with serve(alias="claude-haiku-4-5") as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
 def llm_server() -> Iterator[str]:
     """Base URL of a real OpenAI-compatible server (llama-cpp-python, Gemma 3 270M, named gpt-4o-mini)."""
     from llama_server import check, llama_server

@@ -19,9 +19,12 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code, llm_server, engine, monkeypatch, capsys):
+def test_readme_example_runs(code, llm_server, engine, monkeypatch, capsys, request):
     monkeypatch.setenv("OPENAI_BASE_URL", llm_server)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    if "anthropic" in code:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", request.getfixturevalue("messages_server"))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     shutil.rmtree("/tmp/llmbudget-readme", ignore_errors=True)
     try:
         exec(compile(code, str(README), "exec"), {"__name__": "readme"})

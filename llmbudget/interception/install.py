@@ -24,19 +24,27 @@ def _transports(name: str) -> Transports | None:
         return None
 
 
-def _library_for_openai() -> str:
-    """The HTTP library the installed openai SDK uses (httpx2 for openai >= 3, httpx for 2.x)."""
-    try:
-        import openai
+_SDKS = ("openai", "anthropic")
 
-        default: type | None = openai.DefaultHttpxClient
+
+def _sdk_module(sdk: str) -> ModuleType | None:
+    if sdk not in _SDKS:
+        raise ValueError(f"sdk must be one of {', '.join(_SDKS)}, got {sdk!r}")
+    try:
+        return importlib.import_module(sdk)
     except ImportError:
-        default = None
+        return None
+
+
+def _library_for(sdk: str = "openai") -> str:
+    """The HTTP library the installed SDK uses (httpx2 for openai >= 3 and anthropic >= 2, else httpx)."""
+    module = _sdk_module(sdk)
+    default: type | None = getattr(module, "DefaultHttpxClient", None) if module is not None else None
     for name in _LIBRARIES:
         transports = _transports(name)
         if transports is not None and (default is None or issubclass(default, transports.module.Client)):
             return name
-    raise ImportError("llmbudget needs httpx2 (openai >= 3) or httpx (openai 2.x); neither is installed")
+    raise ImportError(f"llmbudget needs the HTTP library the {sdk} SDK uses (httpx2 or httpx); neither is installed")
 
 
 def _wrap_client(client: Any, transports: Transports) -> Any:
@@ -47,34 +55,35 @@ def _wrap_client(client: Any, transports: Transports) -> Any:
     return client
 
 
-def _client(async_: bool, kwargs: dict[str, Any]) -> Any:
-    transports = _transports(_library_for_openai())
+def _client(async_: bool, kwargs: dict[str, Any], sdk: str) -> Any:
+    transports = _transports(_library_for(sdk))
     assert transports is not None
-    try:
-        import openai
-
-        cls = openai.DefaultAsyncHttpxClient if async_ else openai.DefaultHttpxClient
-    except ImportError:
-        module: ModuleType = transports.module
-        cls = module.AsyncClient if async_ else module.Client
+    module = _sdk_module(sdk)
+    if module is not None:
+        cls = module.DefaultAsyncHttpxClient if async_ else module.DefaultHttpxClient
+    else:
+        library: ModuleType = transports.module
+        cls = library.AsyncClient if async_ else library.Client
     if "transport" in kwargs:
         kwargs["transport"] = transports.wrap(kwargs["transport"], explicit=True)
         return cls(**kwargs)
     return _wrap_client(cls(**kwargs), transports)
 
 
-def http_client(**kwargs: Any) -> Any:
+def http_client(*, sdk: str = "openai", **kwargs: Any) -> Any:
     """An HTTP client for ``OpenAI(http_client=...)`` whose LLM calls go through llmbudget.
 
     Takes the keyword arguments of ``openai.DefaultHttpxClient`` (an ``httpx2.Client``
     with openai >= 3, an ``httpx.Client`` with openai 2.x), ``transport`` included.
+    ``sdk="anthropic"``: the same for ``Anthropic(http_client=...)`` (the HTTP library
+    of the installed anthropic SDK, which may differ from openai's).
     """
-    return _client(False, kwargs)
+    return _client(False, kwargs, sdk)
 
 
-def async_http_client(**kwargs: Any) -> Any:
-    """Like :func:`http_client`, for ``AsyncOpenAI(http_client=...)``."""
-    return _client(True, kwargs)
+def async_http_client(*, sdk: str = "openai", **kwargs: Any) -> Any:
+    """Like :func:`http_client`, for ``AsyncOpenAI(http_client=...)`` (or ``AsyncAnthropic``)."""
+    return _client(True, kwargs, sdk)
 
 
 def _patch(client_class: type, transports: Transports) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ..calls import Usage
 from ._base import Adapter, ResponseState, as_int, items, json_text
 
-__all__ = ["MessagesAdapter", "messages_usage", "STOP_REASONS"]
+__all__ = ["STOP_REASONS", "MessagesAdapter", "messages_usage"]
 
 #: Anthropic ``stop_reason`` -> the OpenAI ``finish_reason`` the pipeline reasons about.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -121,8 +121,9 @@ class MessagesAdapter(Adapter):
                     parts.append(delta["text"])
             elif kind == "message_delta":
                 delta = event.get("delta")
-                if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                    state.finish_reasons.append(STOP_REASONS.get(delta["stop_reason"], delta["stop_reason"]))
+                reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+                if isinstance(reason, str):
+                    state.finish_reasons.append(STOP_REASONS.get(reason, reason))
                 if isinstance(event.get("usage"), dict):
                     usage.update({k: v for k, v in event["usage"].items() if v is not None})
             elif kind == "message_stop":

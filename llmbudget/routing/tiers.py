@@ -163,7 +163,8 @@ class Routing:
 def chat_view(body: Mapping[str, Any]) -> dict[str, Any]:
     """A Messages body as the router reads chat: its ``system`` as the first message."""
     system = body.get("system")
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    raw = body.get("messages")
+    messages: list[Any] = raw if isinstance(raw, list) else []
     if isinstance(system, list):
         system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
     view = {key: value for key, value in body.items() if key not in ("system", "messages")}

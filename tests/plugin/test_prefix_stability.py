@@ -7,6 +7,7 @@ openai SDK, as a team's tests would; the report names where the prefixes differ.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import openai  # noqa: F401  (imported here so pytester's in-process runs share one copy)
 import pytest
@@ -128,3 +129,51 @@ def test_one_off_prefixes_and_short_ones_are_not_findings():
             {"role": "system", "content": content}, {"role": "user", "content": f"q{i}"}]})
         rows.append({**prefix, "endpoint": "chat.completions", "model": "gpt-4o", "base_url": "", "test_id": None})
     assert unstable_prefixes(rows, Pricing()) == []
+
+
+ANTHROPIC_SUITE = '''
+import anthropic, pytest
+
+SYSTEM = "You are the support assistant of a bicycle shop. Answer in one short sentence. " * 4
+
+@pytest.fixture
+def client():
+    with anthropic.Anthropic(base_url={url!r}, api_key="sk-test", max_retries=0) as c:
+        yield c
+
+@pytest.mark.parametrize("n", range(3))
+def test_support(client, n):
+    client.messages.create(model="claude-haiku-4-5", max_tokens=8, stop_sequences=["\\\\n"],
+                           system=f"Request {{n}}. " + SYSTEM, messages=[{{"role": "user", "content": "Helmets?"}}],
+                           extra_body={{"temperature": 0}})
+
+def test_again(client):
+    for _ in range(2):
+        client.messages.create(model="claude-haiku-4-5", max_tokens=8, stop_sequences=["\\\\n"], system=SYSTEM + "Be kind.",
+                               messages=[{{"role": "user", "content": "Bells?"}}], extra_body={{"temperature": 0}})
+'''
+
+
+def test_anthropic_calls_are_priced_exactly_with_cache_reads_and_checked_for_stability(pytester, messages_server):
+    """pytest --llm-budget on a suite using the anthropic SDK against the real Messages server: every call
+    priced from its usage (cache reads at the read rate), and the request number planted at the top of the
+    system prompt found."""
+    import llmbudget
+
+    pytester.makepyfile(test_support=ANTHROPIC_SUITE.format(url=messages_server))
+    out = pytester.path / "spend.json"
+    engine_before = llmbudget.get_engine()
+    result = pytester.runpytest("-p", "no:cacheprovider", "--llm-budget", "--llm-budget-json", str(out))
+    assert llmbudget.get_engine() is engine_before
+    result.assert_outcomes(passed=4)
+    doc = json.loads(out.read_text())
+    again = doc["tests"]["test_support.py::test_again"]
+    assert again["calls"] == 2 and again["cached_input_tokens"] > 0  # the second call read the server's cache
+    usage = Usage(input_tokens=again["input_tokens"], cached_input_tokens=again["cached_input_tokens"],
+                  output_tokens=again["output_tokens"])
+    assert Decimal(again["cost_usd_exact"]) == Pricing().cost(usage, model="claude-haiku-4-5").usd > 0
+    assert again["prompt_cache_saved_usd"] > 0
+    assert doc["models"]["claude-haiku-4-5"]["calls"] == 5
+    [finding] = doc["unstable_prefixes"]
+    assert finding["endpoint"] == "messages" and finding["differs_at"] == len("Request ")
+    assert finding["calls"] == 3 and finding["distinct_prefixes"] == 3

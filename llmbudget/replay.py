@@ -18,6 +18,10 @@ folder; the policy's ledger and budget store files are never touched.
 
 The baseline is what each request would have cost as the app wrote it: the
 usage of the requested model's recorded answer at that model's price.
+
+A line with ``"endpoint": "messages"`` is an Anthropic Messages request (its
+``responses`` are recorded Messages bodies); it is sent with the real anthropic
+SDK (``pip install anthropic``) the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .calls import SpendRecord, Usage
 from .config import ConfigError, Policy, load_config
 from .pipeline import Engine, set_engine
 from .providers.chat import chat_usage
+from .providers.messages import messages_usage
 
 __all__ = [
     "BASE_URL", "DECISIONS", "SAVINGS_MECHANISMS", "LineResult", "ReplayResult", "TrafficError", "TrafficLine",
@@ -46,6 +51,11 @@ __all__ = [
 
 #: The base URL the replayed client talks to (nothing leaves the process).
 BASE_URL = "https://api.openai.com/v1"
+#: The same for Messages lines (the anthropic SDK adds ``/v1``).
+ANTHROPIC_URL = "https://api.anthropic.com"
+#: Per endpoint: the path it is served at, the field every recorded body has, and the base URL it is priced at.
+_ENDPOINTS = {"chat.completions": ("/chat/completions", "choices", BASE_URL),
+              "messages": ("/messages", "content", f"{ANTHROPIC_URL}/v1")}
 _LINE_KEYS = frozenset({"request", "endpoint", "tenant", "group", "responses", "correct", "meta"})
 _NOT_REPLAYED = frozenset({"stream", "stream_options"})
 Progress = Callable[[int, int], None]
@@ -318,14 +328,15 @@ def _is_count(value: Any) -> bool:
     return (isinstance(value, int) or value.is_integer()) and 0 <= value <= _MAX_TOKENS
 
 
-def _usage_problem(usage: dict[str, Any]) -> str | None:
+def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") -> str | None:
     """What is wrong with a recorded ``usage`` (a missing, negative, absurd or non-integer count), or None."""
     expected = f"expected a whole number of tokens from 0 to {_MAX_TOKENS:,}"
-    for field in ("prompt_tokens", "completion_tokens"):
+    required = ("input_tokens", "output_tokens") if endpoint == "messages" else ("prompt_tokens", "completion_tokens")
+    for field in required:
         if field not in usage:
             return f"usage has no {field}; {expected} (replay prices answers from it)"
     for field, count in usage.items():
-        if field.endswith("_details") and isinstance(count, dict):
+        if (field.endswith("_details") or field == "cache_creation") and isinstance(count, dict):
             for inner, value in count.items():  # cached_tokens, reasoning_tokens...: null means none
                 if inner.endswith("_tokens") and value is not None and not _is_count(value):
                     return f"usage.{field}.{inner} is {value!r}; {expected}"
@@ -355,21 +366,24 @@ def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLin
     if unknown:
         raise _fail(source, number, f"unknown keys {sorted(unknown)}; expected some of {sorted(_LINE_KEYS)}")
     endpoint = data.get("endpoint", "chat.completions")
-    if endpoint != "chat.completions":
-        raise _fail(source, number, f"endpoint {endpoint!r} is not supported; expected 'chat.completions'")
+    if not isinstance(endpoint, str) or endpoint not in _ENDPOINTS:
+        raise _fail(source, number, f"endpoint {endpoint!r} is not supported; expected one of "
+                                    f"{', '.join(repr(e) for e in _ENDPOINTS)}")
+    kind = "OpenAI chat" if endpoint == "chat.completions" else "Anthropic Messages"
+    field_name = _ENDPOINTS[endpoint][1]
     request = data.get("request")
     if not isinstance(request, dict):
-        raise _fail(source, number, "'request' must be an OpenAI chat request body (a JSON object)")
+        raise _fail(source, number, f"'request' must be an {kind} request body (a JSON object)")
     if not isinstance(request.get("model"), str) or not request["model"]:
         raise _fail(source, number, "'request' has no 'model' (the model the app asked for)")
     if not isinstance(request.get("messages"), list) or not request["messages"]:
         raise _fail(source, number, "'request' has no 'messages' list")
     responses = data.get("responses")
     if not isinstance(responses, dict) or not responses:
-        raise _fail(source, number, "'responses' must be an object {MODEL: recorded chat.completion body}")
+        raise _fail(source, number, f"'responses' must be an object {{MODEL: recorded {kind} response body}}")
     for model, body in responses.items():
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            raise _fail(source, number, f"responses[{model!r}] is not a chat.completion body (no 'choices')")
+        if not isinstance(body, dict) or not isinstance(body.get(field_name), list):
+            raise _fail(source, number, f"responses[{model!r}] is not an {kind} response body (no '{field_name}')")
         if not isinstance(body.get("usage"), dict):
             raise _fail(source, number, f"responses[{model!r}] has no 'usage'; replay prices answers from it")
     for key in ("tenant", "group"):
@@ -379,7 +393,7 @@ def parse_line(text: str, *, number: int, source: str = "traffic") -> TrafficLin
     if not isinstance(correct, dict) or not all(isinstance(v, bool) for v in correct.values()):
         raise _fail(source, number, "'correct' must be an object {MODEL: true|false}")
     for model, body in responses.items():
-        problem = _usage_problem(body["usage"])
+        problem = _usage_problem(body["usage"], endpoint)
         if problem:
             raise _fail(source, number, f"responses[{model!r}].{problem}")
     return TrafficLine(number=number, request=request, responses=responses, endpoint=endpoint,
@@ -486,7 +500,7 @@ class _Answers:
     def answer(self, path: str, body: bytes) -> tuple[int, bytes]:
         """Status and body for one request that reached the network."""
         line = self.line
-        if line is None or not path.rstrip("/").endswith("/chat/completions"):
+        if line is None or not path.rstrip("/").endswith(_ENDPOINTS[line.endpoint][0]):
             return 404, json.dumps({"error": {"message": f"replay: nothing recorded for {path}",
                                               "type": "not_found"}}).encode()
         model = str(json.loads(body).get("model") or line.model)
@@ -498,11 +512,9 @@ class _Answers:
         return 200, json.dumps(response).encode()
 
 
-def _transport(answers: _Answers) -> Any:
-    """An inner transport of the openai SDK's HTTP library that answers from the recording."""
-    import openai
-
-    module = _http_module(openai.DefaultHttpxClient)
+def _transport(answers: _Answers, sdk: Any) -> Any:
+    """An inner transport of the SDK's HTTP library that answers from the recording."""
+    module = _http_module(sdk.DefaultHttpxClient)
 
     class RecordedTransport(module.BaseTransport):  # type: ignore[name-defined,misc]
         """Answers each request with the recorded response of the model it names."""
@@ -513,6 +525,19 @@ def _transport(answers: _Answers) -> Any:
                                    request=request)
 
     return RecordedTransport()
+
+
+def _messages_client(answers: _Answers) -> Any:
+    """The real anthropic SDK, through llmbudget, answered from the recording."""
+    try:
+        import anthropic
+    except ImportError:
+        raise TrafficError("the traffic has Messages lines (\"endpoint\": \"messages\"): replaying them needs the "
+                           "anthropic SDK: pip install anthropic") from None
+    from .interception import http_client
+
+    return anthropic.Anthropic(api_key="sk-replay", base_url=ANTHROPIC_URL, max_retries=0,
+                               http_client=http_client(sdk="anthropic", transport=_transport(answers, anthropic)))
 
 
 def _http_module(client_class: type) -> Any:
@@ -578,7 +603,8 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
         engine.add_observer(records.append)
         answers = _Answers(engine)
         client = openai.OpenAI(api_key="sk-replay", base_url=BASE_URL, max_retries=0,
-                               http_client=http_client(transport=_transport(answers)))
+                               http_client=http_client(transport=_transport(answers, openai)))
+        messages_client = _messages_client(answers) if any(line.endpoint == "messages" for line in lines) else None
         previous = set_engine(engine)
         results: list[LineResult] = []
         try:
@@ -591,10 +617,13 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                 with scope(tenant=line.tenant, budgets=policy_obj.budgets, on_budget=policy_obj.on_budget,
                            downgrade_to=policy_obj.downgrade_to,
                            cap_min_output_tokens=policy_obj.cap_min_output_tokens):
+                    create = (client.chat.completions.create if messages_client is None or line.endpoint != "messages"
+                              else messages_client.messages.create)
                     try:
-                        client.chat.completions.create(**_call_options(client.chat.completions.create,
-                                                                       line.request))
-                    except openai.APIStatusError as exc:
+                        create(**_call_options(create, line.request))
+                    except Exception as exc:  # each SDK raises its own APIStatusError
+                        if getattr(exc, "status_code", None) is None:
+                            raise
                         if budget_refusal(exc) is None:
                             raise TrafficError(f"line {line.number}: the replayed call failed: {exc}") from None
                         result.refused = True
@@ -605,6 +634,8 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
         finally:
             set_engine(previous)
             client.close()
+            if messages_client is not None:
+                messages_client.close()
             if engine.cache is not None:
                 store = engine.cache.store
                 if hasattr(store, "close"):
@@ -618,8 +649,9 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
     """Fill a line's result from its spend record and the recording."""
     line = result.line
     baseline_model, stand_in = answers.pick(line, line.model)
-    usage = chat_usage(line.responses[baseline_model]["usage"])
-    result.baseline_usd = engine.pricing.cost(usage, model=line.model, base_url=BASE_URL).usd
+    raw_usage = line.responses[baseline_model]["usage"]
+    usage = messages_usage(raw_usage) if line.endpoint == "messages" else chat_usage(raw_usage)
+    result.baseline_usd = engine.pricing.cost(usage, model=line.model, base_url=_ENDPOINTS[line.endpoint][2]).usd
     result.missing = stand_in or answers.missing
     result.baseline_correct = line.correct.get(baseline_model)
     record = records[-1] if records else None

@@ -469,3 +469,37 @@ def test_any_bytes_load_or_are_a_traffic_error(tmp_path: Path, data: bytes) -> N
         load_traffic(traffic)
     except TrafficError as exc:
         assert str(exc).startswith(str(traffic))
+
+
+def test_messages_traffic_replays_through_the_anthropic_sdk(tmp_path: Path, messages_server: str) -> None:
+    """Anthropic Messages lines, their answers recorded now from the real Messages server for two models,
+    replayed under a policy with the cache and Claude tiers: routed, cached, priced, saved."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=messages_server, api_key="sk-test", max_retries=0)
+    questions = ["Say hi", "Name a colour", "Say hi", "Count to three", "Name a colour", "Say hi"]
+    lines = []
+    for number, question in enumerate(questions):
+        request = {"model": "claude-sonnet-4-5", "max_tokens": 16, "stop_sequences": ["\n"], "temperature": 0,
+                   "messages": [{"role": "user", "content": question}]}
+        responses = {}
+        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+            raw = client.messages.with_raw_response.create(**{**{k: v for k, v in request.items()
+                                                                 if k != "temperature"}, "model": model},
+                                                           extra_body={"temperature": 0})
+            responses[model] = json.loads(raw.http_response.text)
+        lines.append({"endpoint": "messages", "tenant": "acme", "group": question, "request": request,
+                      "responses": responses, "correct": {"claude-sonnet-4-5": True, "claude-haiku-4-5": True}})
+        assert number == len(lines) - 1
+    traffic = _write(tmp_path / "messages.jsonl", lines)
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[cache]\n[routing]\nthreshold = 0.2\n[routing.tiers]\n'
+                      'small = { model = "gpt-4.1-nano", anthropic = "claude-haiku-4-5" }\nlarge = ""\n')
+    code, out = _cli("replay", str(traffic), "--policy", str(policy), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["calls"] == 6
+    assert summary["cache"]["exact"] == 3  # the repeated questions
+    assert summary["routed"] >= 1 and summary["savings_pct"] > 0
+    assert sum(summary["saved_by"].values()) == pytest.approx(summary["baseline_usd"] - summary["actual_usd"],
+                                                              abs=1e-8)

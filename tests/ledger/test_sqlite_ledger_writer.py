@@ -97,7 +97,11 @@ def test_the_newest_records_are_kept_when_the_buffer_overflows(tmp_path: Path, c
     assert "5 oldest record(s) dropped" in caplog.text or "oldest record(s) dropped" in caplog.text
     holder.execute("COMMIT")
     assert ledger.flush()
-    assert _rows(path) == [f"r{i}" for i in range(5, 15)]
+    rows = _rows(path)
+    # the newest ten always survive; a batch the writer had already taken (waiting on the lock) was never in
+    # the buffer, so it is written too (how many depends on when the writer woke: 0 on an idle machine)
+    assert rows[-10:] == [f"r{i}" for i in range(5, 15)]
+    assert rows[:-10] == [f"r{i}" for i in range(len(rows) - 10)]
 
 
 def _child_adds(ledger: SQLiteLedger) -> None:

@@ -9,6 +9,10 @@ fixed base URL ``http://127.0.0.1:8765/v1`` so that replays can point a client
 there; the ``authorization`` header is filtered.
 
     .venv/bin/python ci/record_cassettes.py [--only chat.yaml ...]
+
+The ``messages*.yaml`` cassettes come from llama.cpp's llama-server speaking
+Anthropic's Messages API (``ci/messages_server.py``), driven by the real
+``anthropic`` SDK, rewritten to ``http://127.0.0.1:8766``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vcr.request import Request
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from llama_server import llama_server  # noqa: E402
+from messages_server import messages_server  # noqa: E402
 
 CASSETTE_DIR = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "cassettes"
 FIXED_HOST = "127.0.0.1:8765"
@@ -37,28 +42,32 @@ LOCAL_MODEL = "gemma-3-270m-q4_k_m"
 MATCH_ON = ("method", "scheme", "host", "port", "path", "query", "body")
 
 
-def _rewrite_to_fixed_base(actual_base_url: str) -> Callable[[Request], Request]:
+MESSAGES_HOST = "127.0.0.1:8766"
+MESSAGES_BASE_URL = f"http://{MESSAGES_HOST}"  # the anthropic SDK's base_url (it adds /v1)
+
+
+def _rewrite_to_fixed_base(actual_base_url: str, fixed_host: str = FIXED_HOST) -> Callable[[Request], Request]:
     actual_root = actual_base_url.removesuffix("/v1")
-    fixed_root = FIXED_BASE_URL.removesuffix("/v1")
+    fixed_root = f"http://{fixed_host}"
 
     def before_record_request(request: Request) -> Request:
         if request.uri.startswith(actual_root):
             request.uri = fixed_root + request.uri[len(actual_root) :]
         if "host" in request.headers:
-            request.headers["host"] = FIXED_HOST
+            request.headers["host"] = fixed_host
         return request
 
     return before_record_request
 
 
-def _recorder(actual_base_url: str) -> vcr.VCR:
+def _recorder(actual_base_url: str, fixed_host: str = FIXED_HOST) -> vcr.VCR:
     return vcr.VCR(
         serializer="yaml",
         record_mode="all",
         decode_compressed_response=False,
-        filter_headers=["authorization"],
+        filter_headers=["authorization", "x-api-key"],
         match_on=MATCH_ON,
-        before_record_request=_rewrite_to_fixed_base(actual_base_url),
+        before_record_request=_rewrite_to_fixed_base(actual_base_url, fixed_host),
     )
 
 
@@ -144,7 +153,26 @@ _PLAN: list[tuple[dict[str, Any], dict[str, Callable[[openai.OpenAI], None]]]] =
     ({}, {"chat_local_model.yaml": _chat_local_model}),
 ]
 
-CASSETTES = [name for _, cassettes in _PLAN for name in cassettes]
+SYSTEM = "You answer questions about a bicycle shop, in one short line. " * 5
+# The 270M base model echoes: a newline ends its answer.
+ASK = {"max_tokens": 16, "stop_sequences": ["\n"], "extra_body": {"temperature": 0}}
+
+
+def _messages(client: Any) -> None:
+    for _ in range(2):  # the second call reads the shared prompt from the server's cache
+        client.messages.create(model="claude-haiku-4-5", system=SYSTEM,
+                               messages=[{"role": "user", "content": "Do you sell bells?"}], **ASK)
+
+
+def _messages_stream(client: Any) -> None:
+    with client.messages.stream(model="claude-haiku-4-5", messages=[{"role": "user", "content": "Say hi"}],
+                                **ASK) as stream:
+        stream.get_final_message()
+
+
+_MESSAGES_PLAN: dict[str, Callable[[Any], None]] = {"messages.yaml": _messages,
+                                                    "messages_stream.yaml": _messages_stream}
+CASSETTES = [name for _, cassettes in _PLAN for name in cassettes] + list(_MESSAGES_PLAN)
 
 
 def record(*, only: set[str] | None = None, directory: pathlib.Path = CASSETTE_DIR) -> list[pathlib.Path]:
@@ -162,6 +190,20 @@ def record(*, only: set[str] | None = None, directory: pathlib.Path = CASSETTE_D
                 path.unlink(missing_ok=True)  # record_mode="all" would keep old interactions
                 client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
                 with recorder.use_cassette(str(path)) as cassette:
+                    fn(client)
+                print(f"recorded {len(cassette)} interaction(s) into {path}", file=sys.stderr)
+                written.append(path)
+    wanted_messages = {name: fn for name, fn in _MESSAGES_PLAN.items() if only is None or name in only}
+    if wanted_messages:
+        import anthropic
+
+        with messages_server(alias="claude-haiku-4-5") as base_url:
+            recorder = _recorder(base_url, MESSAGES_HOST)
+            for name, fn in wanted_messages.items():
+                path = directory / name
+                path.unlink(missing_ok=True)
+                with anthropic.Anthropic(base_url=base_url, api_key=API_KEY, max_retries=0) as client, \
+                        recorder.use_cassette(str(path)) as cassette:
                     fn(client)
                 print(f"recorded {len(cassette)} interaction(s) into {path}", file=sys.stderr)
                 written.append(path)

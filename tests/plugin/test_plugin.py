@@ -326,3 +326,49 @@ def test_misspelled():
         result = suite.runpytest("test_marked.py", *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*llm_budget got unknown limits*dollars*; expected usd, tokens or calls*"])
+
+
+ANTHROPIC_TESTS = f'''
+import anthropic, vcr
+_vcr = vcr.VCR(cassette_library_dir={str(CASSETTES)!r}, record_mode="none",
+               match_on=("method", "scheme", "host", "port", "path", "query", "body"))
+SYSTEM = "You answer questions about a bicycle shop, in one short line. " * 5
+ASK = {{"max_tokens": 16, "stop_sequences": ["\\n"], "extra_body": {{"temperature": 0}}}}
+
+def test_bells():
+    client = anthropic.Anthropic(base_url="http://127.0.0.1:8766", api_key="sk-test", max_retries=0)
+    with _vcr.use_cassette("messages.yaml"):
+        for _ in range(2):
+            client.messages.create(model="claude-haiku-4-5", system=SYSTEM,
+                                   messages=[{{"role": "user", "content": "Do you sell bells?"}}], **ASK)
+
+def test_stream():
+    client = anthropic.Anthropic(base_url="http://127.0.0.1:8766", api_key="sk-test", max_retries=0)
+    with _vcr.use_cassette("messages_stream.yaml"):
+        with client.messages.stream(model="claude-haiku-4-5", messages=[{{"role": "user", "content": "Say hi"}}],
+                                    **ASK) as stream:
+            stream.get_final_message()
+'''
+
+
+def test_anthropic_cassettes_are_priced_exactly_offline(pytester):
+    """Cassettes recorded from the real Messages server (the second call read 75 prompt tokens from the
+    server's cache): the plugin prices each call from its usage, cache reads at claude-haiku-4-5's read rate."""
+    import anthropic  # noqa: F401  (one copy for the in-process run)
+
+    interactions = [yaml.safe_load((CASSETTES / name).read_text())["interactions"]
+                    for name in ("messages.yaml", "messages_stream.yaml")]
+    bodies = [json.loads(i["response"]["body"]["string"]) for i in interactions[0]]
+    pytester.makepyfile(test_claude=ANTHROPIC_TESTS)
+    result, doc = run_json(pytester)
+    result.assert_outcomes(passed=2)
+    bells = doc["tests"]["test_claude.py::test_bells"]
+    read = sum(body["usage"]["cache_read_input_tokens"] for body in bodies)
+    plain = sum(body["usage"]["input_tokens"] for body in bodies)
+    output = sum(body["usage"]["output_tokens"] for body in bodies)
+    assert read > 0 and bells["cached_input_tokens"] == read and bells["input_tokens"] == plain + read
+    # claude-haiku-4-5: $1 input, $0.10 cache read, $5 output per 1M tokens
+    assert Decimal(bells["cost_usd_exact"]) == (plain * Decimal(1) + read * Decimal("0.1") + output * 5) / 10**6
+    assert bells["prompt_cache_saved_usd"] == pytest.approx(float(read * Decimal("0.9") / 10**6))
+    assert doc["tests"]["test_claude.py::test_stream"]["calls"] == 1
+    assert doc["tests"]["test_claude.py::test_stream"]["output_tokens"] > 0

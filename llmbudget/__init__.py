@@ -10,6 +10,7 @@ from .ledger import Budget, MemoryBudgetStore, MemoryLedger, Refusal, SQLiteBudg
 from .pipeline import Engine, configure, get_engine, set_engine
 from .pricing import Price, Pricing, UnknownModelError, UnpricedModelWarning
 from .middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware
+from .output import Output
 from .refusals import budget_refusal
 from .routing.tiers import Routing, Tier
 from .scope import Scope, current_scope, scope
@@ -28,6 +29,7 @@ __all__ = [
     "Engine",
     "MemoryBudgetStore",
     "MemoryLedger",
+    "Output",
     "Price",
     "Pricing",
     "Refusal",

@@ -98,6 +98,9 @@ class SpendRecord:
     #: The request's stable prefix (see ``llmbudget.prefix``): its group, hash and length, and where it
     #: first differs from the group's first prefix, with a short excerpt (None: no prefix to cache).
     prefix: dict[str, Any] | None = None
+    #: Output control: the length directive (``directive``, ``max_words``, ``cap``, ``source``, ``in``) or
+    #: the JSON schema's cap (``schema_cap``) applied, and for JSON answers ``json``: valid, invalid or cut.
+    output: dict[str, Any] | None = None
 
     @property
     def saved_by(self) -> dict[str, Decimal]:

@@ -284,9 +284,9 @@ def _report(ns: argparse.Namespace) -> int:
 
     groups: dict[str, dict[str, Counters]] = {"tenant": {}, "model": {}, "day": {}}
     total = Counters()
-    rows = []
+    prefixes = []
     for record in _ledger_records(ns.ledger):
-        rows.append(prefix_row(record))
+        prefixes.append(prefix_row(record))
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
@@ -299,9 +299,10 @@ def _report(ns: argparse.Namespace) -> int:
                 "routing_saved_usd": float(row.routing_saved_usd),
                 "prompt_cache_saved_usd": float(row.prompt_cache_saved_usd)}
 
-    result = {name: {key: out(row) for key, row in sorted(rows.items())} for name, rows in groups.items()}
+    result: dict[str, Any] = {name: {key: out(row) for key, row in sorted(rows.items())}
+                              for name, rows in groups.items()}
     result["total"] = out(total)
-    findings = unstable_prefixes(rows, Pricing())
+    findings = unstable_prefixes(prefixes, Pricing())
     result["unstable_prefixes"] = [finding.to_dict() for finding in findings]
     if ns.json:
         print(json.dumps(result, indent=2))

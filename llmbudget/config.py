@@ -63,6 +63,7 @@ from typing import Any, Literal, cast, get_args
 
 from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore
 from .ledger.records import SQLiteLedger
+from .output import Output
 from .pipeline import Engine
 from .pricing import CONSERVATIVE_PRICE, Pricing
 
@@ -90,7 +91,7 @@ TenantFinder = Callable[[Mapping[str, Any]], "str | None"]
 
 _ENGINE_KEYS = frozenset(
     {"hosts", "default_max_output_tokens", "default_tenant", "ledger", "budget_store", "prices", "unknown_model_price",
-     "cache", "routing", "prompt_cache_keys", "input_estimate_margin", "prefix_cache"}
+     "cache", "routing", "prompt_cache_keys", "input_estimate_margin", "prefix_cache", "output"}
 )
 _PREFIX_CACHE_KEYS = frozenset({"breakpoints", "watch"})
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
@@ -103,7 +104,8 @@ _POLICY_KEYS = frozenset(
 )
 _KEYS = _ENGINE_KEYS | _POLICY_KEYS
 _ROUTE_KEYS = frozenset(
-    {"path", "enabled", "budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "cache", "routing"}
+    {"path", "enabled", "budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "cache", "routing",
+     "output"}
 )
 _METRICS_KEYS = frozenset({"enabled", "path", "max_tenants", "tenants", "max_models"})
 _BUDGET_KEYS = frozenset({"usd", "per", "period", "name", "on_unavailable"})
@@ -146,6 +148,8 @@ class Route:
     middleware off for them: no scope, no policy budgets, no headers.
     ``cache=False`` keeps these paths' calls away from the engine's cache;
     ``routing=False`` keeps their model, a tier name forces that tier.
+    ``output`` is a length directive for them (``Output(max_words=60)`` or
+    ``{"max_words": 60}``); ``False`` turns directives off there.
     """
 
     path: str
@@ -158,6 +162,7 @@ class Route:
     headers: bool | None = None
     cache: bool | None = None
     routing: bool | str | None = None
+    output: Output | bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -174,6 +179,11 @@ class Route:
             not isinstance(self.routing, str) or not self.routing
         ):
             raise ConfigError(f"route {self.path!r}: routing must be true, false or a tier name, got {self.routing!r}")
+        if self.output is not None and self.output is not False:
+            try:
+                object.__setattr__(self, "output", Output.of(self.output, f"route {self.path!r}: output"))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +199,7 @@ class RoutePolicy:
     headers: bool
     cache: bool | None
     routing: bool | str | None
+    output: Output | bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +295,7 @@ class Policy:
                     headers=self.headers if route.headers is None else route.headers,
                     cache=route.cache,
                     routing=route.routing,
+                    output=route.output,
                 )
         return RoutePolicy(
             route=None, enabled=True, budgets=self.budgets, on_budget=self.on_budget, downgrade_to=self.downgrade_to,
@@ -599,7 +611,12 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     watch = prefix_cache.get("watch", True)
     if not isinstance(watch, bool):
         raise ConfigError(f"{source}: [prefix_cache] watch must be true or false, got {watch!r}")
+    try:
+        output = Output.of(config.get("output"), f"{source}: [output]")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Engine(
+        output=output,
         breakpoints=breakpoints,
         prefix_watch=watch,
         cache=_cache_from_config(config.get("cache"), source, root),

@@ -28,6 +28,7 @@ from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryB
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
 from .breakpoints import Breakpoints
+from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
 from .pricing import Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
@@ -71,6 +72,8 @@ class Engine:
     - ``breakpoints``: ``"auto"`` adds an Anthropic cache breakpoint to Messages requests without one
       whose stable prefix this tenant sent before within the cache's lifetime (see
       ``llmbudget.breakpoints``); ``"off"`` (the default) never does.
+    - ``output``: a length directive (:class:`~llmbudget.output.Output`) for every call that does not say
+      how long to answer; routes and tiers may set their own.
     - ``input_estimate_margin``: reservations count the estimated input tokens times this
       (plus 8), since a server's chat template or tokenizer may count more than tiktoken.
     """
@@ -92,6 +95,7 @@ class Engine:
         input_estimate_margin: float = 1.25,
         prefix_watch: bool = True,
         breakpoints: str = "off",
+        output: Output | None = None,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -114,6 +118,7 @@ class Engine:
         if breakpoints not in ("off", "auto"):
             raise ValueError(f'breakpoints must be "off" or "auto", got {breakpoints!r}')
         self.breakpoints = Breakpoints(self.pricing) if breakpoints == "auto" else None
+        self.output = Output.of(output, "Engine(output=...)")
         if input_estimate_margin < 1:
             raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
         self.input_estimate_margin = input_estimate_margin
@@ -260,6 +265,8 @@ class Attempt:
         self.probed = False
         #: llmbudget added an Anthropic cache breakpoint ([prefix_cache] breakpoints = "auto").
         self.breakpoint = False
+        #: The length directive or schema cap applied (``record.output``), if any.
+        self.output: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -445,6 +452,34 @@ class Attempt:
 
     # -- routing, caps, prompt cache keys ---------------------------------------------------------
 
+    def shape_output(self) -> bool:
+        """Add the scope's (a route's) or the engine's length directive, before the cache is consulted, so the
+        cache keys on the request as sent; True when the body changed. Never raises."""
+        scope_output = self.scope.output if self.scope is not None else None
+        output = scope_output if scope_output is not None else self.engine.output
+        if not output:
+            return False
+        try:
+            return self._direct(output, "route" if scope_output is not None else "policy")
+        except Exception:
+            log.exception("llmbudget: adding a length directive failed; the request goes as the app wrote it")
+            return False
+
+    def _direct(self, output: Output, source: str) -> bool:
+        applied = apply_directive(self.call.endpoint, self.call.body, output)
+        if applied is None:
+            return False
+        body, where = applied
+        capped = False
+        if self.escalated_from is None:  # a retry on the strong tier is not cut where the weak one was
+            body, capped = apply_cap(self.call.endpoint, body, body.get("model"), output.cap)
+        self.capped = self.capped or capped
+        self.output = {"directive": output.text, "max_words": output.max_words, "cap": output.cap if capped else None,
+                       "source": source, "in": where}
+        self.call = self.adapter.parse(body, self.call.base_url)
+        self.rewritten = True
+        return True
+
     def plan(self, path: str = "") -> bool:
         """Route, cap and key the request; True when its body or base URL changed."""
         try:
@@ -475,7 +510,19 @@ class Attempt:
                 base_url = tier_url
                 self.routed = True
             if tier.max_output_tokens:
-                body, self.capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
+                body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
+                self.capped = self.capped or tier_capped
+            if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
+                applied = apply_directive(call.endpoint, body, tier.output)
+                if applied is not None:
+                    body, where = applied
+                    capped = False
+                    if self.escalated_from is None:
+                        body, capped = apply_cap(call.endpoint, body, body.get("model"), tier.output.cap)
+                    self.capped = self.capped or capped
+                    self.output = {"directive": tier.output.text, "max_words": tier.output.max_words,
+                                   "cap": tier.output.cap if capped else None, "source": f"tier {decision.tier}",
+                                   "in": where}
             if (routing.min_confidence is not None and decision.tier == routing.weak and self.force_tier is None
                     and call.endpoint == "chat.completions"):
                 from .routing.confidence import probe
@@ -490,6 +537,12 @@ class Attempt:
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
                 and call.endpoint in ("chat.completions", "responses") and "api.openai.com" in base_url):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
+        bound = schema_cap(body) if self.escalated_from is None else None
+        if bound is not None:
+            body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
+            if capped:
+                self.capped = True
+                self.output = {**(self.output or {}), "schema_cap": bound}
         if engine.breakpoints is not None and call.endpoint == "messages":
             marked = engine.breakpoints.apply(body, tenant=self.tenant, model=body.get("model"), base_url=base_url)
             if marked is not None:
@@ -747,6 +800,15 @@ class Attempt:
             if watch is not None and source != "cache" else None
         if self.breakpoint:
             prefix = {**(prefix or {}), "breakpoint": "auto"}
+        output = self.output
+        if source != "cache" and self.status == 200 and wants_json(self.call.body):
+            verdict = "cut" if "length" in self.state.finish_reasons else "valid"
+            if verdict == "valid":
+                try:
+                    json.loads(self._output_text())
+                except (ValueError, RecursionError):
+                    verdict = "invalid"
+            output = {**(output or {}), "json": verdict}
         return SpendRecord(
             time=self.time,
             endpoint=self.call.endpoint,
@@ -770,6 +832,7 @@ class Attempt:
             routing=self.routing,
             truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
             prefix=prefix,
+            output=output,
         )
 
 

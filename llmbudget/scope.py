@@ -60,6 +60,9 @@ class Scope:
     on_budget: str | None = None
     downgrade_to: str | None = None
     cap_min_output_tokens: int | None = None
+    #: A length directive for calls in this scope (an ``llmbudget.output.Output``); False: none, whatever
+    #: the engine or a tier says; None: as the enclosing scope says.
+    output: Any = None
     #: Budget refusals of calls made in this scope (caught by the app or not).
     refusals: list[Any] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
@@ -93,6 +96,7 @@ def scope(
     on_budget: str | None = None,
     downgrade_to: str | None = None,
     cap_min_output_tokens: int | None = None,
+    output: Any = None,
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
@@ -100,10 +104,16 @@ def scope(
     its spending also counts in the enclosing scope's totals. ``cache=False``
     keeps the block's calls away from the cache; ``routing=False`` keeps their
     model, ``routing="large"`` forces that tier. ``on_budget`` says what a call
-    over a budget does (see :class:`Scope`).
+    over a budget does (see :class:`Scope`). ``output``: a length directive
+    (``llmbudget.Output(max_words=120)`` or ``{"max_words": 120}``) for the block's
+    calls; ``False`` turns directives off.
     """
     if on_budget not in (None, "refuse", "downgrade", "cap"):
         raise ValueError(f"on_budget={on_budget!r}: expected 'refuse', 'downgrade' or 'cap'")
+    if output is not None and output is not False:
+        from .output import Output
+
+        output = Output.of(output, "scope(output=...)")
     parent = _current.get()
     new = Scope(
         tenant=tenant if tenant is not None else (parent.tenant if parent else None),
@@ -116,6 +126,7 @@ def scope(
         on_budget=on_budget or (parent.on_budget if parent else None),
         downgrade_to=downgrade_to or (parent.downgrade_to if parent else None),
         cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
+        output=output if output is not None else (parent.output if parent else None),
     )
     token = _current.set(new)
     try:

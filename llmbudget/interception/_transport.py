@@ -114,6 +114,7 @@ def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tu
 
 def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
     """(the request to send, None), or (None, the response that answers it: a cache hit or a refusal)."""
+    attempt.shape_output()
     cached = attempt.lookup_cache()
     if cached is not None:
         return None, _cached_response(httpx, cached)

@@ -26,6 +26,8 @@ class Tier:
     base_url: str | None = None
     max_output_tokens: int | None = None
     anthropic: str | None = None
+    #: A length directive for what this tier is sent (``max_words`` in the table).
+    output: Any = None
 
     def model_for(self, endpoint: str) -> str | None:
         """The model this tier sends a request of ``endpoint`` to (None: the model the app asked for)."""
@@ -45,10 +47,10 @@ class Tier:
         if value is None or isinstance(value, str):
             return cls(name, value or None)
         if isinstance(value, Mapping):
-            unknown = set(value) - {"model", "base_url", "max_output_tokens", "anthropic"}
+            unknown = set(value) - {"model", "base_url", "max_output_tokens", "anthropic", "max_words", "directive"}
             if unknown:
                 raise ValueError(f"tier {name!r}: unknown keys {sorted(unknown)}; expected model, base_url, "
-                                 "max_output_tokens, anthropic")
+                                 "max_output_tokens, anthropic, max_words, directive")
             for key in ("model", "base_url", "anthropic"):
                 if value.get(key) is not None and not isinstance(value[key], str):
                     raise ValueError(f"tier {name!r}: {key} must be a string, got {value[key]!r}")
@@ -56,8 +58,13 @@ class Tier:
             if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
                 raise ValueError(f"tier {name!r}: max_output_tokens must be a positive integer, got {cap!r}")
             base_url = value.get("base_url")
+            output = None
+            if "max_words" in value or "directive" in value:
+                from ..output import Output
+
+                output = Output.of({k: value[k] for k in ("max_words", "directive") if k in value}, f"tier {name!r}")
             return cls(name, value.get("model") or None, base_url.rstrip("/") if base_url else None, cap,
-                       value.get("anthropic") or None)
+                       value.get("anthropic") or None, output)
         raise TypeError(f"tier {name!r}: expected a model name or a table, got {value!r}")
 
 

@@ -1,0 +1,226 @@
+"""Output boundary control: length directives and structured-output steering.
+
+Output tokens cost four to eight times input tokens, and a hard ``max_tokens`` alone
+cuts answers mid-sentence (and llmbudget never caches a cut answer). A *length
+directive* asks the model to stay within a number of words, in the request's own
+instructions (the system message, Anthropic's ``system``, Responses
+``instructions``), together with a looser token cap (``2 x words + 50``) that
+only stops an answer that ignores it, so answers end by themselves.
+
+A directive is never added to a request whose own messages already say how long
+to answer ("in 3 sentences", "briefly", "one word"...), that has tools, or that
+asks for JSON; for a JSON schema, the schema's own bounds (``maxLength``,
+``maxItems``, ``enum``...) give the cap instead, when every part of it is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DEFAULT_DIRECTIVE", "Output", "apply_directive", "directive_cap", "says_length", "schema_cap", "wants_json"]
+
+DEFAULT_DIRECTIVE = "Answer in at most {max_words} words."
+_LENGTH = re.compile(
+    r"\b(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of|few)\s+"
+    r"(?:words?|sentences?|paragraphs?|lines?|bullet(?:\s+points?)?|points|characters?|tokens?)\b"
+    r"|\b(?:brief(?:ly)?|concise(?:ly)?|succinct(?:ly)?|short answer|keep it short|in short|tl;?dr|one[- ]liner"
+    r"|at most|no more than|word limit|in detail|detailed|elaborate|step[- ]by[- ]step|comprehensive"
+    r"|thorough(?:ly)?|long-form|essay)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A length directive: ``max_words`` and the instruction that says it (``{max_words}`` is filled in)."""
+
+    max_words: int
+    directive: str = DEFAULT_DIRECTIVE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_words, bool) or not isinstance(self.max_words, int) or not 1 <= self.max_words <= 10_000:
+            raise ValueError(f"output: max_words must be a whole number of words from 1 to 10000, "
+                             f"got {self.max_words!r}")
+        if not isinstance(self.directive, str) or not self.directive.strip():
+            raise ValueError(f"output: directive must be a non-empty instruction, got {self.directive!r}")
+        try:
+            self.directive.format(max_words=self.max_words)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"output: directive {self.directive!r} is not a valid template "
+                             f"(only {{max_words}} may be filled in): {exc}") from None
+
+    @classmethod
+    def of(cls, value: Any, what: str = "output") -> Output | None:
+        """An Output from an Output, a table ``{max_words, directive}``, or None/False (none)."""
+        if value is None or value is False or isinstance(value, Output):
+            return value or None
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{what}: expected a table {{max_words = N, directive = \"...\"}} or false, got {value!r}")
+        unknown = set(value) - {"max_words", "directive"}
+        if unknown:
+            raise ValueError(f"{what}: unknown keys {sorted(unknown)}; expected max_words, directive")
+        if "max_words" not in value:
+            raise ValueError(f"{what}: max_words is required (the most words an answer should take)")
+        return cls(value["max_words"], value.get("directive", DEFAULT_DIRECTIVE))
+
+    @property
+    def text(self) -> str:
+        return self.directive.format(max_words=self.max_words)
+
+    @property
+    def cap(self) -> int:
+        return directive_cap(self.max_words)
+
+
+def directive_cap(max_words: int) -> int:
+    """The token cap that goes with a directive: about 1.3 tokens a word, with room to finish a sentence."""
+    return 2 * max_words + 50
+
+
+def _texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+
+    def add(content: Any) -> None:
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    out.append(part["text"])
+                elif isinstance(part, str):
+                    out.append(part)
+
+    for key in ("system", "instructions"):
+        add(body.get(key))
+    turns = body.get("messages") if endpoint != "responses" else body.get("input")
+    if isinstance(turns, str):
+        out.append(turns)
+    elif isinstance(turns, list):
+        for turn in turns:
+            if isinstance(turn, dict) and turn.get("role") in ("system", "developer", "user", None):
+                add(turn.get("content"))
+    return out
+
+
+def says_length(endpoint: str, body: Mapping[str, Any]) -> bool:
+    """Whether the request's own instructions or question already say how long to answer."""
+    return any(_LENGTH.search(text) for text in _texts(endpoint, body))
+
+
+def wants_json(body: Mapping[str, Any]) -> bool:
+    """Whether the request asks for JSON (``response_format``, Responses ``text.format``, Anthropic ``output_format``)."""
+    fmt = body.get("response_format")
+    text = body.get("text")
+    if isinstance(text, Mapping):  # Responses: text.format
+        fmt = text.get("format") or fmt
+    if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
+        return True
+    return bool(body.get("output_format"))  # Anthropic structured outputs
+
+
+def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tuple[dict[str, Any], str] | None:
+    """``body`` with the directive added, and why; None when it must not get one (tools, JSON, a length
+    the request states itself, an endpoint without instructions)."""
+    if endpoint not in ("chat.completions", "responses", "messages"):
+        return None
+    if body.get("tools") or body.get("functions") or wants_json(body) or says_length(endpoint, body):
+        return None
+    text = output.text
+    if endpoint == "responses":
+        instructions = body.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            return None
+        return {**body, "instructions": f"{instructions}\n\n{text}" if instructions else text}, "instructions"
+    if endpoint == "messages":
+        system = body.get("system")
+        if system is None or system == "":
+            return {**body, "system": text}, "system"
+        if isinstance(system, str):
+            return {**body, "system": f"{system}\n\n{text}"}, "system"
+        if isinstance(system, list):
+            return {**body, "system": [*system, {"type": "text", "text": text}]}, "system"
+        return None
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    first = messages[0]
+    if isinstance(first, dict) and first.get("role") in ("system", "developer") and isinstance(first.get("content"),
+                                                                                               str):
+        return {**body, "messages": [{**first, "content": f"{first['content']}\n\n{text}"}, *messages[1:]]}, \
+            first["role"]
+    return {**body, "messages": [{"role": "system", "content": text}, *messages]}, "system"
+
+
+def _schema_of(body: Mapping[str, Any]) -> Any:
+    fmt = body.get("response_format")
+    if isinstance(body.get("text"), Mapping):
+        fmt = body["text"].get("format") or fmt
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        inner = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), Mapping) else fmt
+        return inner.get("schema")
+    output_format = body.get("output_format")
+    if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":
+        return output_format.get("schema")
+    return None
+
+
+def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
+    """The most tokens a JSON value of ``schema`` can take (about 3 characters a token), or None if unbounded."""
+    if depth > 32 or not isinstance(schema, Mapping):
+        return None
+    if isinstance(schema.get("$ref"), str):
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return _bound(defs.get(name), defs, depth + 1)
+    if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
+        return max(len(json.dumps(v)) for v in schema["enum"]) // 3 + 2
+    if "const" in schema:
+        return len(json.dumps(schema["const"])) // 3 + 2
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            bounds = [_bound(option, defs, depth + 1) for option in schema[key]]
+            return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        bounds = [_bound({**schema, "type": k}, defs, depth + 1) for k in kind]
+        return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
+    if kind == "string":
+        length = schema.get("maxLength")
+        return math.ceil(length / 3) + 2 if isinstance(length, int) and not isinstance(length, bool) else None
+    if kind in ("integer", "number"):
+        return 8
+    if kind in ("boolean", "null"):
+        return 2
+    if kind == "array":
+        count = schema.get("maxItems")
+        item = _bound(schema.get("items"), defs, depth + 1)
+        if not isinstance(count, int) or isinstance(count, bool) or item is None:
+            return None
+        return count * (item + 1) + 2
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, Mapping):
+            return None
+        total = 2
+        for name, sub in properties.items():
+            bound = _bound(sub, defs, depth + 1)
+            if bound is None:
+                return None
+            total += bound + len(str(name)) // 3 + 3
+        return total
+    return None
+
+
+def schema_cap(body: Mapping[str, Any]) -> int | None:
+    """A token cap from the JSON schema's own bounds (with a quarter more room), or None when any part of it
+    is unbounded (a string without ``maxLength``, an array without ``maxItems``)."""
+    schema = _schema_of(body)
+    if not isinstance(schema, Mapping):
+        return None
+    defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    bound = _bound(schema, defs)
+    return None if bound is None else math.ceil(bound * 1.25) + 16

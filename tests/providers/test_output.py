@@ -1,0 +1,145 @@
+"""Output boundary control: length directives and JSON-schema caps, on their own and through the pipeline
+against the real local server."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+from llmbudget.config import ConfigError, Route, engine_from_config
+from llmbudget.output import (
+    Output,
+    apply_directive,
+    directive_cap,
+    says_length,
+    schema_cap,
+)
+
+
+def chat(*messages: tuple[str, str], **extra) -> dict:
+    return {"model": "gpt-4o-mini", "messages": [{"role": r, "content": c} for r, c in messages], **extra}
+
+
+def test_the_directive_goes_into_the_system_message_and_a_looser_cap_comes_with_it():
+    out = Output(max_words=120)
+    assert out.text == "Answer in at most 120 words." and out.cap == directive_cap(120) == 290
+    body, where = apply_directive("chat.completions", chat(("system", "You help with bikes."), ("user", "Hi")), out)
+    assert where == "system"
+    assert body["messages"][0]["content"] == "You help with bikes.\n\nAnswer in at most 120 words."
+    body, _ = apply_directive("chat.completions", chat(("user", "Hi")), out)
+    assert body["messages"][0] == {"role": "system", "content": "Answer in at most 120 words."}
+    body, where = apply_directive("chat.completions", chat(("developer", "Be nice."), ("user", "Hi")), out)
+    assert where == "developer" and body["messages"][0]["content"].endswith("at most 120 words.")
+    body, where = apply_directive("responses", {"model": "m", "input": "Hi"}, out)
+    assert (where, body["instructions"]) == ("instructions", "Answer in at most 120 words.")
+    body, where = apply_directive("messages", {"model": "claude-haiku-4-5", "max_tokens": 900, "system": "Be nice.",
+                                               "messages": [{"role": "user", "content": "Hi"}]}, out)
+    assert body["system"] == "Be nice.\n\nAnswer in at most 120 words."
+    custom = Output(max_words=40, directive="Keep it under {max_words} words, please.")
+    assert apply_directive("chat.completions", chat(("user", "Hi")), custom)[0]["messages"][0]["content"] == (
+        "Keep it under 40 words, please.")
+
+
+@pytest.mark.parametrize("body", [
+    chat(("user", "Explain photosynthesis in 3 sentences.")),
+    chat(("system", "Answer briefly."), ("user", "What is DNS?")),
+    chat(("user", "Describe the French revolution in detail.")),
+    chat(("user", "Hi"), tools=[{"type": "function", "function": {"name": "f"}}]),
+    chat(("user", "Hi"), response_format={"type": "json_object"}),
+])
+def test_no_directive_where_the_request_says_how_long_or_wants_tools_or_json(body):
+    assert apply_directive("chat.completions", body, Output(max_words=100)) is None
+
+
+def test_says_length_reads_every_instruction():
+    assert says_length("chat.completions", chat(("user", "Give me two paragraphs on tea")))
+    assert says_length("messages", {"system": "Reply in one word.", "messages": []})
+    assert not says_length("chat.completions", chat(("user", "What is the capital of France?")))
+
+
+def test_schema_caps_come_from_the_schemas_bounds():
+    bounded = {"type": "object", "properties": {
+        "title": {"type": "string", "maxLength": 60},
+        "tags": {"type": "array", "maxItems": 5, "items": {"type": "string", "maxLength": 12}},
+        "score": {"type": "integer"}, "kind": {"enum": ["a", "bb", "ccc"]}}}
+    body = chat(("user", "Tag this"), response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "t", "schema": bounded}})
+    cap = schema_cap(body)
+    assert cap is not None and 60 < cap < 200
+    unbounded = {**bounded, "properties": {**bounded["properties"], "summary": {"type": "string"}}}
+    assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
+                                                           "json_schema": {"name": "t", "schema": unbounded}})) is None
+    assert schema_cap(chat(("user", "x"))) is None
+
+
+def test_bad_settings_are_refused_with_the_key_named():
+    with pytest.raises(ValueError, match="max_words must be a whole number"):
+        Output(max_words=0)
+    with pytest.raises(ValueError, match="not a valid template"):
+        Output(max_words=10, directive="Answer in {words} words")
+    with pytest.raises(ConfigError, match=r"\[output\]: unknown keys \['words'\]"):
+        engine_from_config({"output": {"words": 10}}, source="llmbudget.toml")
+    with pytest.raises(ConfigError, match="route '/x': output: max_words is required"):
+        Route("/x", output={"directive": "Short."})
+    engine = engine_from_config({"output": {"max_words": 80}, "routing": {"tiers": {
+        "small": {"model": "gpt-4.1-nano", "max_words": 50}, "large": ""}}}, source="t")
+    assert engine.output == Output(80) and engine.routing.tiers["small"].output == Output(50)
+
+
+ASK = "What is the capital of France?"
+
+
+def test_a_directive_reaches_the_server_and_the_record_says_so(llm_server, engine, records):
+    engine.output = Output(max_words=30)
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+
+        def sent() -> dict:
+            return json.loads(server.received[-1][2])
+
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": ASK}],
+                                       temperature=0)
+        assert sent()["messages"][0] == {"role": "system", "content": "Answer in at most 30 words."}
+        assert sent()["max_tokens"] == 110  # 2 x 30 + 50: the app set no limit
+        [record] = records
+        assert record.capped and record.output == {"directive": "Answer in at most 30 words.", "max_words": 30,
+                                                   "cap": 110, "source": "policy", "in": "system"}
+        # a scope turns it off; a route's own directive wins over the policy's
+        with llmbudget.scope(output=False):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": ASK}],
+                                           max_tokens=4, temperature=0)
+        assert sent()["messages"] == [{"role": "user", "content": ASK}] and records[-1].output is None
+        with llmbudget.scope(output={"max_words": 10}):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": ASK}],
+                                           max_tokens=8, temperature=0)
+        assert sent()["messages"][0]["content"] == "Answer in at most 10 words."
+        assert sent()["max_tokens"] == 8  # a cap never raises the app's own limit
+        assert records[-1].output["source"] == "route" and records[-1].output["cap"] is None
+
+
+def test_the_cache_keys_on_the_request_with_its_directive(llm_server, engine, records, tmp_path):
+    engine.cache = llmbudget.Cache(path=str(tmp_path / "cache"))
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+
+    def ask(words: int | None) -> None:
+        with llmbudget.scope(output={"max_words": words} if words else False):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": ASK}],
+                                           max_tokens=24, temperature=0, stop=["\n"])
+
+    ask(20)
+    ask(20)
+    ask(None)
+    ask(40)
+    assert [r.from_cache for r in records] == [False, True, False, False]
+
+
+def test_json_answers_are_judged_valid_cut_or_invalid(llm_server, records):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}],
+                                   response_format={"type": "json_object"}, max_tokens=3, temperature=0)
+    assert records[-1].output is not None and records[-1].output["json"] in ("cut", "invalid")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cache import Cache
 from .calls import SpendRecord, Usage
 from .config import ConfigError, Policy
+from .defer import Batcher, defer
 from .interception import async_http_client, http_client, install, installed, uninstall
 from .ledger import Budget, MemoryBudgetStore, MemoryLedger, Refusal, SQLiteBudgetStore, SQLiteLedger
 from .pipeline import Engine, configure, get_engine, set_engine
@@ -18,6 +19,7 @@ from .scope import Scope, current_scope, scope
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batcher",
     "Budget",
     "Cache",
     "ConfigError",
@@ -44,6 +46,7 @@ __all__ = [
     "budget_refusal",
     "configure",
     "current_scope",
+    "defer",
     "get_engine",
     "http_client",
     "install",

@@ -101,12 +101,16 @@ class SpendRecord:
     #: Output control: the length directive (``directive``, ``max_words``, ``cap``, ``source``, ``in``) or
     #: the JSON schema's cap (``schema_cap``) applied, and for JSON answers ``json``: valid, invalid or cut.
     output: dict[str, Any] | None = None
+    #: "flex" or "batch" when the call was deferred (``llmbudget.defer``), and what that took off its price.
+    deferred: str | None = None
+    deferred_saved_usd: Decimal = field(default_factory=Decimal)
 
     @property
     def saved_by(self) -> dict[str, Decimal]:
         """USD saved on this call by mechanism: ``cache`` (``saved_usd``: a hit's price had it gone to
         the provider), ``routing`` and ``prompt_cache`` (the provider's discount on cached input)."""
-        return {"cache": self.saved_usd, "routing": self.routing_saved_usd, "prompt_cache": self.prompt_cache_saved_usd}
+        return {"cache": self.saved_usd, "routing": self.routing_saved_usd, "prompt_cache": self.prompt_cache_saved_usd,
+                "deferral": self.deferred_saved_usd}
 
     @property
     def retried(self) -> bool:
@@ -138,7 +142,7 @@ class SpendRecord:
 _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
            "estimated")
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
-_MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd")
+_MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")
 
 
 @dataclass
@@ -156,6 +160,7 @@ class Counters:
     saved_usd: Decimal = field(default_factory=Decimal)
     routing_saved_usd: Decimal = field(default_factory=Decimal)
     prompt_cache_saved_usd: Decimal = field(default_factory=Decimal)
+    deferred_saved_usd: Decimal = field(default_factory=Decimal)
 
     @property
     def tokens(self) -> int:

@@ -344,6 +344,37 @@ def _ledger_records(path: str) -> list[Any]:
                          "ledger = ... in the policy") from None
 
 
+def _batches(ns: argparse.Namespace) -> int:
+    import os
+
+    from .defer import pending_jobs, resume
+
+    if not ns.resume:
+        jobs = [{"id": job["id"], "base_url": job["base_url"], "endpoint": job["endpoint"],
+                 "calls": len(job["calls"]), "created": job["created"]} for job in pending_jobs(ns.state)]
+        if ns.json:
+            print(json.dumps(jobs, indent=2))
+        else:
+            for job in jobs:
+                print(f"{job['id']}  {job['calls']} call(s)  {job['endpoint']}  {job['base_url']}")
+            print(f"{len(jobs)} pending job(s) in {ns.state}")
+        return 0
+    from .ledger.records import SQLiteLedger
+    from .pipeline import Engine
+
+    engine = Engine(ledger=SQLiteLedger(ns.ledger) if ns.ledger else None)
+    summaries = resume(ns.state, api_key=os.environ.get("OPENAI_API_KEY"), engine=engine, wait=ns.wait)
+    flush = getattr(engine.ledger, "flush", None)
+    if flush is not None:
+        flush()
+    if ns.json:
+        print(json.dumps(summaries, indent=2))
+    else:
+        for summary in summaries:
+            print(f"{summary['id']}: {summary['status']}, {summary['recorded']} of {summary['calls']} call(s) recorded")
+    return 0
+
+
 def _replay(ns: argparse.Namespace) -> int:
     try:
         import openai  # noqa: F401
@@ -570,6 +601,17 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print one JSON object")
     replay.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report with charts")
     replay.set_defaults(handler=_replay)
+
+    batches = commands.add_parser("batches", help="list the Batch API jobs llmbudget.defer(\"batch\") left pending, "
+                                                   "or fetch their results (--resume)")
+    batches.add_argument("--state", default=".llmbudget/batches", help="the Batcher's state folder "
+                         "(default .llmbudget/batches)")
+    batches.add_argument("--resume", action="store_true", help="fetch finished jobs: results to "
+                         "STATE/<job>.results.jsonl, spend to --ledger (API key from OPENAI_API_KEY)")
+    batches.add_argument("--wait", action="store_true", help="with --resume: poll until every job is finished")
+    batches.add_argument("--ledger", help="with --resume: the SQLite ledger to record the calls' spend in")
+    batches.add_argument("--json", action="store_true")
+    batches.set_defaults(handler=_batches)
     return parser
 
 

@@ -105,7 +105,7 @@ _POLICY_KEYS = frozenset(
 _KEYS = _ENGINE_KEYS | _POLICY_KEYS
 _ROUTE_KEYS = frozenset(
     {"path", "enabled", "budgets", "on_budget", "downgrade_to", "cap_min_output_tokens", "headers", "cache", "routing",
-     "output"}
+     "output", "defer"}
 )
 _METRICS_KEYS = frozenset({"enabled", "path", "max_tenants", "tenants", "max_models"})
 _BUDGET_KEYS = frozenset({"usd", "per", "period", "name", "on_unavailable"})
@@ -149,7 +149,8 @@ class Route:
     ``cache=False`` keeps these paths' calls away from the engine's cache;
     ``routing=False`` keeps their model, a tier name forces that tier.
     ``output`` is a length directive for them (``Output(max_words=60)`` or
-    ``{"max_words": 60}``); ``False`` turns directives off there.
+    ``{"max_words": 60}``); ``False`` turns directives off there. ``defer``
+    (``"flex"`` or ``"batch"``) defers their OpenAI calls (see ``llmbudget.defer``).
     """
 
     path: str
@@ -163,6 +164,7 @@ class Route:
     cache: bool | None = None
     routing: bool | str | None = None
     output: Output | bool | None = None
+    defer: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -179,6 +181,8 @@ class Route:
             not isinstance(self.routing, str) or not self.routing
         ):
             raise ConfigError(f"route {self.path!r}: routing must be true, false or a tier name, got {self.routing!r}")
+        if self.defer not in (None, "flex", "batch"):
+            raise ConfigError(f"route {self.path!r}: defer must be \"flex\" or \"batch\", got {self.defer!r}")
         if self.output is not None and self.output is not False:
             try:
                 object.__setattr__(self, "output", Output.of(self.output, f"route {self.path!r}: output"))
@@ -200,6 +204,7 @@ class RoutePolicy:
     cache: bool | None
     routing: bool | str | None
     output: Output | bool | None = None
+    defer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +301,7 @@ class Policy:
                     cache=route.cache,
                     routing=route.routing,
                     output=route.output,
+                    defer=route.defer,
                 )
         return RoutePolicy(
             route=None, enabled=True, budgets=self.budgets, on_budget=self.on_budget, downgrade_to=self.downgrade_to,

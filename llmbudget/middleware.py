@@ -456,7 +456,7 @@ class LLMBudgetMiddleware(_Core):
         status: int | None = None
         response_started = False
         with _llm_scope(tenant=tenant, request_id=request_id, budgets=route.budgets, cache=route.cache,
-                        routing=route.routing, output=route.output, on_budget=route.on_budget,
+                        routing=route.routing, output=route.output, defer=route.defer, on_budget=route.on_budget,
                         downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens) as current:
             token = _route.set(route)
 
@@ -680,7 +680,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         state = _WSGIRequest(route=route)
         current, context = contextvars.copy_context().run(
             _request_context, route, state, tenant=tenant, request_id=request_id, budgets=route.budgets,
-            cache=route.cache, routing=route.routing, output=route.output, on_budget=route.on_budget,
+            cache=route.cache, routing=route.routing, output=route.output, defer=route.defer,
+            on_budget=route.on_budget,
             downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens,
         )
         counted: list[Refusal] = []

@@ -28,9 +28,10 @@ from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryB
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
 from .breakpoints import Breakpoints
+from .defer import Batcher
 from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
-from .pricing import Pricing, PriceLike
+from .pricing import DEFERRED_TIERS, Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
 from .scope import Scope, current_scope
 
@@ -74,6 +75,8 @@ class Engine:
       ``llmbudget.breakpoints``); ``"off"`` (the default) never does.
     - ``output``: a length directive (:class:`~llmbudget.output.Output`) for every call that does not say
       how long to answer; routes and tiers may set their own.
+    - ``batcher``: a :class:`~llmbudget.defer.Batcher` for ``llmbudget.defer("batch")`` calls (how long
+      it gathers calls, how often it polls, the folder that keeps jobs across restarts).
     - ``input_estimate_margin``: reservations count the estimated input tokens times this
       (plus 8), since a server's chat template or tokenizer may count more than tiktoken.
     """
@@ -96,6 +99,7 @@ class Engine:
         prefix_watch: bool = True,
         breakpoints: str = "off",
         output: Output | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
@@ -119,12 +123,20 @@ class Engine:
             raise ValueError(f'breakpoints must be "off" or "auto", got {breakpoints!r}')
         self.breakpoints = Breakpoints(self.pricing) if breakpoints == "auto" else None
         self.output = Output.of(output, "Engine(output=...)")
+        self._batcher = batcher
         if input_estimate_margin < 1:
             raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
         self.input_estimate_margin = input_estimate_margin
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
+
+    @property
+    def batcher(self) -> Batcher:
+        """What runs ``llmbudget.defer("batch")`` calls as Batch API jobs (made with defaults on first use)."""
+        if self._batcher is None:
+            self._batcher = Batcher()
+        return self._batcher
 
     @property
     def blocking(self) -> bool:
@@ -267,6 +279,8 @@ class Attempt:
         self.breakpoint = False
         #: The length directive or schema cap applied (``record.output``), if any.
         self.output: dict[str, Any] | None = None
+        #: "flex" or "batch" when the scope defers this call (``llmbudget.defer``); see ``defer_mode``.
+        self.defer_mode: str | None = None
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -288,7 +302,8 @@ class Attempt:
         if max_output is None:
             max_output = self.engine.default_max_output_tokens
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
-        usage = Usage(input_tokens=padded, output_tokens=max_output, estimated=True)
+        usage = Usage(input_tokens=padded, output_tokens=max_output, estimated=True,
+                      service_tier=self.defer_mode)  # deferred work reserves at its own price
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
 
     def reserve(self) -> Refusal | None:
@@ -537,6 +552,12 @@ class Attempt:
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
                 and call.endpoint in ("chat.completions", "responses") and "api.openai.com" in base_url):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
+        deferral = scope.defer if scope is not None else None
+        if deferral == "flex" and call.endpoint in ("chat.completions", "responses") and "service_tier" not in body:
+            body = {**body, "service_tier": "flex"}
+            self.defer_mode = "flex"
+        elif deferral == "batch" and call.endpoint in _BATCHED and not call.stream:
+            self.defer_mode = "batch"  # sent as a line of a Batch API job (see the transport)
         bound = schema_cap(body) if self.escalated_from is None else None
         if bound is not None:
             body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
@@ -747,6 +768,8 @@ class Attempt:
                 estimated = True
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
+            if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None):
+                usage = usage.replace(service_tier=self.defer_mode)  # the server did not say: as asked
             if self.cascade and self.routing is not None:
                 from .routing.confidence import answer_confidence
 
@@ -774,6 +797,10 @@ class Attempt:
                 record.routing_saved_usd = max(as_requested.usd - priced.usd, Decimal(0))
         if self.routing_offset_usd is not None:
             record.routing_saved_usd -= self.routing_offset_usd
+        if priced is not None and priced.known and usage.service_tier in DEFERRED_TIERS:
+            record.deferred = usage.service_tier
+            standard = self.engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=call.base_url)
+            record.deferred_saved_usd = max(standard.usd - priced.usd, Decimal(0))
         return record
 
     def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:
@@ -835,6 +862,9 @@ class Attempt:
             output=output,
         )
 
+
+#: Endpoints the Batch API runs.
+_BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions"})
 
 _scan_json = json.JSONDecoder().scan_once
 

@@ -52,6 +52,10 @@ def _decimal(value: Any, what: str) -> Decimal:
     return usd(value, what, unit="a number of USD per 1M tokens")
 
 
+#: Service tiers priced as deferred work: flex, and the Batch API (``"batch"``, llmbudget's own name for it).
+DEFERRED_TIERS = frozenset({"flex", "batch"})
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """USD per 1M tokens by kind. Cached input and cache writes default to the input price."""
@@ -208,6 +212,10 @@ class Pricing:
     name or glob (``"gemma-3-*"``), a base URL (``"http://127.0.0.1:8080/v1"``:
     every model served there), or both separated by a space
     (``"http://127.0.0.1:8080/v1 gemma-*"``). The most specific key wins.
+
+    Flex and batch calls (``usage.service_tier`` ``"flex"`` / ``"batch"``) are priced at
+    genai-prices' flex and batch rates where it lists them, else at the standard rate
+    less ``deferred_discount`` (default 0.5, OpenAI's and Anthropic's published discount).
     """
 
     def __init__(
@@ -215,6 +223,7 @@ class Pricing:
         overrides: Mapping[str, PriceLike] | None = None,
         *,
         unknown_model_price: PriceLike = CONSERVATIVE_PRICE,
+        deferred_discount: Decimal | float | str = Decimal("0.5"),
     ) -> None:
         self._by_model: list[tuple[str, Price]] = []
         self._by_url: list[tuple[str, Price]] = []
@@ -231,6 +240,12 @@ class Pricing:
             else:
                 self._by_model.append((key.strip().lower(), price))
         self.unknown_model_price = Price.of(unknown_model_price, what="unknown_model_price")
+        discount = Decimal(repr(deferred_discount)) if isinstance(deferred_discount, float) else Decimal(
+            str(deferred_discount))
+        if not discount.is_finite() or not 0 <= discount < 1:
+            raise ValueError(f"deferred_discount must be a fraction from 0 to below 1, got {deferred_discount!r}")
+        #: Taken off flex and batch calls of models genai-prices lists no flex / batch price for (and overrides).
+        self.deferred_discount = discount
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         # (model, base_url, service_tier) -> (day, rate): rate() runs on every call.
@@ -287,9 +302,19 @@ class Pricing:
         rate = self.rate(name, base_url, service_tier=usage.service_tier) if model else None
         if rate is not None:
             source = "override" if isinstance(rate, Price) else "genai-prices"
-            return Priced(rate.cost(usage), source, name)
+            cost = rate.cost(usage)
+            if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
+                cost *= 1 - self.deferred_discount  # no flex / batch price listed: the documented discount
+            return Priced(cost, source, name)
         self._warn_unknown(name, base_url)
         return Priced(self.unknown_model_price.cost(usage), "unknown", name)
+
+    def _has_own_rate(self, rate: Price | _ModelRate, model: str, base_url: str) -> bool:
+        """Whether genai-prices lists a flex or batch price for the model (different from its standard one)."""
+        if isinstance(rate, Price):
+            return False
+        standard = self.rate(model, base_url)
+        return not isinstance(standard, _ModelRate) or standard.model_price != rate.model_price
 
     def _warn_unknown(self, model: str, base_url: str) -> None:
         with self._lock:
@@ -359,7 +384,8 @@ def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, 
         return None
     _, info = found
     when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
-    context = {"service_tier": service_tier} if service_tier else None
+    context = ({"processing": "batch"} if service_tier == "batch" else {"service_tier": service_tier}) \
+        if service_tier else None
     try:
         return _ModelRate(info.get_prices(when, context))
     except Exception:  # a price entry genai-prices itself cannot resolve

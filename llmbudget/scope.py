@@ -63,6 +63,9 @@ class Scope:
     #: A length directive for calls in this scope (an ``llmbudget.output.Output``); False: none, whatever
     #: the engine or a tier says; None: as the enclosing scope says.
     output: Any = None
+    #: "flex" or "batch": the scope's OpenAI calls are deferred (see ``llmbudget.defer``); None: as the
+    #: enclosing scope says.
+    defer: str | None = None
     #: Budget refusals of calls made in this scope (caught by the app or not).
     refusals: list[Any] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
@@ -97,6 +100,7 @@ def scope(
     downgrade_to: str | None = None,
     cap_min_output_tokens: int | None = None,
     output: Any = None,
+    defer: str | None = None,
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
@@ -110,6 +114,8 @@ def scope(
     """
     if on_budget not in (None, "refuse", "downgrade", "cap"):
         raise ValueError(f"on_budget={on_budget!r}: expected 'refuse', 'downgrade' or 'cap'")
+    if defer not in (None, "flex", "batch"):
+        raise ValueError(f"defer={defer!r}: expected 'flex' or 'batch'")
     if output is not None and output is not False:
         from .output import Output
 
@@ -127,6 +133,7 @@ def scope(
         downgrade_to=downgrade_to or (parent.downgrade_to if parent else None),
         cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
         output=output if output is not None else (parent.output if parent else None),
+        defer=defer if defer is not None else (parent.defer if parent else None),
     )
     token = _current.set(new)
     try:

@@ -148,8 +148,23 @@ def test_local_base_url_prices_by_model_name() -> None:
 @SETTINGS
 @given(usage=disjoint_usages())
 def test_service_tier_prices_as_genai_prices_says(model: str, tier: str, usage: Usage) -> None:
-    priced = Pricing().cost(usage.replace(service_tier=tier), model=model)
-    assert priced.usd == _genai_total(usage, model, tier=tier, cache_audio_read=0)
+    pricing = Pricing()
+    priced = pricing.cost(usage.replace(service_tier=tier), model=model)
+    expected = _genai_total(usage, model, tier=tier, cache_audio_read=0)
+    if tier == "flex" and expected == _genai_total(usage, model, tier="default", cache_audio_read=0):
+        expected *= 1 - pricing.deferred_discount  # no flex price listed: the documented discount
+    assert priced.usd == expected
+
+
+@pytest.mark.parametrize(("model", "listed"), [("gpt-4o-mini", Decimal("0.075")), ("gpt-5", Decimal("0.625")),
+                                              ("claude-haiku-4-5", Decimal("0.5"))])
+def test_batch_calls_are_priced_at_the_batch_rate(model: str, listed: Decimal) -> None:
+    usage = Usage(input_tokens=1_000_000, service_tier="batch")
+    assert Pricing().cost(usage, model=model).usd == listed  # genai-prices' batch input price per 1M
+    assert Pricing({"my-model": {"input": 2, "output": 4}}, deferred_discount="0.4").cost(
+        usage, model="my-model").usd == Decimal("1.2")  # an override: the configured discount
+    with pytest.raises(ValueError, match="deferred_discount must be a fraction"):
+        Pricing(deferred_discount=1)
 
 
 @pytest.mark.parametrize(("model", "tier", "ratio"), [("gpt-5", "flex", Decimal("0.5")),

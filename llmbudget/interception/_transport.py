@@ -125,6 +125,22 @@ def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple
     return request, None
 
 
+def _batched(request: Any, attempt: Attempt, path: str) -> concurrent.futures.Future[tuple[int, bytes]]:
+    """Queue a deferred call as a line of a Batch API job (``llmbudget.defer("batch")``)."""
+    scope = attempt.scope
+    return attempt.engine.batcher.submit(url=str(request.url), path=path, headers=dict(request.headers.items()),
+                            body=attempt.call.body, tenant=attempt.tenant,
+                            request_id=scope.request_id if scope is not None else None)
+
+
+def _batch_response(httpx: ModuleType, request: Any, status: int, content: bytes) -> Any:
+    """The answer a batch job gave one call, as if its server had sent it."""
+    headers = {"content-type": "application/json", "x-llmbudget-deferred": "batch"}
+    if status >= 400:  # a failed, expired or unreadable line: the SDK must not send it again by itself
+        headers["x-should-retry"] = "false"
+    return httpx.Response(status, headers=headers, content=content, request=request)
+
+
 def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[Adapter, str]) -> Attempt | None:
     """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check."""
     routing = weak.engine.routing
@@ -298,7 +314,11 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is not None:
                 return answer
             try:
-                response = self.inner.handle_request(request)
+                if attempt.defer_mode == "batch":
+                    status, content = _batched(request, attempt, path).result()
+                    response = _batch_response(httpx, request, status, content)
+                else:
+                    response = self.inner.handle_request(request)
             except BaseException as exc:
                 attempt.finish(complete=False, error=exc)
                 raise
@@ -344,7 +364,11 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is not None:
                 return answer
             try:
-                response = await self.inner.handle_async_request(request)
+                if attempt.defer_mode == "batch":
+                    status, content = await asyncio.wrap_future(_batched(request, attempt, path))
+                    response = _batch_response(httpx, request, status, content)
+                else:
+                    response = await self.inner.handle_async_request(request)
             except BaseException as exc:
                 attempt.finish(complete=False, error=exc)
                 raise

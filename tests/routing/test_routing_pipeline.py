@@ -40,7 +40,8 @@ def test_a_simple_request_goes_to_the_small_tier_and_is_priced_there(llm_server,
     assert record.cost_usd == nano
     gpt4o = (Decimal("2.5") * answer.usage.prompt_tokens + Decimal("10") * answer.usage.completion_tokens) / 10**6
     assert record.routing_saved_usd == gpt4o - nano > 0  # the same usage at the model asked for, minus what it cost
-    assert record.saved_by == {"cache": Decimal(0), "routing": gpt4o - nano, "prompt_cache": Decimal(0)}
+    assert record.saved_by == {"cache": Decimal(0), "routing": gpt4o - nano, "prompt_cache": Decimal(0),
+                               "deferral": Decimal(0)}
 
 
 def test_strong_tier_keeps_the_requested_model(llm_server, route, records):

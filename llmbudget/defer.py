@@ -1,0 +1,322 @@
+"""Deferred work at half price: OpenAI's ``flex`` service tier and its Batch API.
+
+``with llmbudget.defer("flex"):`` sends the block's OpenAI chat and Responses calls with
+``service_tier: "flex"`` (slower, may answer 429 when capacity is short: the SDK's
+retries handle it; give such clients a long timeout).
+
+``with llmbudget.defer("batch"):`` collects the block's non-streamed OpenAI calls into
+Batch API jobs instead of sending them: each call waits while the engine's :class:`Batcher`
+(``Engine(batcher=Batcher(state=...))``, ``[defer]`` in the policy) gathers
+the calls made within ``linger`` seconds (from threads or asyncio tasks), uploads them as a
+JSONL file (``POST /v1/files``, purpose ``batch``), creates the job (``POST /v1/batches``),
+polls it, downloads the output and error files and hands every caller its own answer,
+matched by ``custom_id``, as if the server had answered it. A line the job could not run
+(failed, expired, cancelled) gets an error answer saying so; the SDK raises it for that
+call alone. Jobs are kept in ``state`` (a folder: the job id and its pending calls) until
+their results are in, so after a restart ``llmbudget batches --resume`` fetches them and
+records their spend.
+
+Budgets reserve at the batch (or flex) price; records carry ``usage.service_tier`` ``"batch"``
+(or the ``"flex"`` the server reports) and are priced at genai-prices' batch and flex rates
+where it lists them, else at the standard rate less ``Pricing.deferred_discount`` (50%).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("llmbudget.defer")
+
+__all__ = ["DEFER_MODES", "BatchError", "Batcher", "defer", "pending_jobs", "resume"]
+
+DEFER_MODES = ("flex", "batch")
+_FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+_FORWARDED = ("authorization", "openai-organization", "openai-project", "user-agent")
+
+
+class BatchError(RuntimeError):
+    """A batch job could not be created or read (the message says which step and why)."""
+
+
+@contextlib.contextmanager
+def defer(mode: str = "batch") -> Iterator[Any]:
+    """Defer the block's OpenAI calls: ``"flex"`` (the flex service tier) or ``"batch"`` (the Batch API)."""
+    if mode not in DEFER_MODES:
+        raise ValueError(f"defer: mode must be one of {', '.join(DEFER_MODES)}, got {mode!r}")
+    from .scope import scope
+
+    with scope(defer=mode) as current:
+        yield current
+
+
+@dataclass
+class _Call:
+    custom_id: str
+    line: dict[str, Any]
+    tenant: str | None
+    request_id: str | None
+    model: str | None
+    future: concurrent.futures.Future[tuple[int, bytes]] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class _Group:
+    base_url: str
+    path: str
+    headers: dict[str, str]
+    calls: list[_Call] = field(default_factory=list)
+    timer: threading.Timer | None = None
+
+
+class Batcher:
+    """Gathers deferred calls into Batch API jobs and hands their answers back.
+
+    - ``linger``: seconds a job waits for more calls after its first (default 1).
+    - ``max_lines``: a job is sent as soon as it has this many calls (the API allows 50,000).
+    - ``poll_interval``: seconds between status checks (default 10; the API's jobs take minutes to hours).
+    - ``completion_window``: the job's window (``"24h"``, the only one the API offers).
+    - ``state``: a folder keeping each job until its results are in (None: in memory only).
+    - ``timeout``: seconds an HTTP request to the API may take.
+    """
+
+    def __init__(self, *, linger: float = 1.0, max_lines: int = 50_000, poll_interval: float = 10.0,
+                 completion_window: str = "24h", state: str | os.PathLike[str] | None = None,
+                 timeout: float = 120.0) -> None:
+        if linger < 0 or poll_interval <= 0 or not 1 <= max_lines <= 50_000:
+            raise ValueError("Batcher: linger >= 0, poll_interval > 0 and 1 <= max_lines <= 50,000 are required")
+        self.linger, self.max_lines, self.poll_interval = linger, max_lines, poll_interval
+        self.completion_window, self.timeout = completion_window, timeout
+        self.state = Path(state) if state is not None else None
+        self._groups: dict[tuple[str, str, str], _Group] = {}
+        self._lock = threading.Lock()
+
+    # -- the calls ---------------------------------------------------------------------------------
+
+    def submit(self, *, url: str, path: str, headers: dict[str, str], body: dict[str, Any], tenant: str | None,
+               request_id: str | None) -> concurrent.futures.Future[tuple[int, bytes]]:
+        """Queue one call; its future gets (status, JSON body) once the job is done."""
+        version = "/v1"
+        root, _, rest = url.partition(version + "/")
+        base_url = root + version if rest else url.rsplit("/", 1)[0]
+        endpoint = "/v1/" + rest if rest else path
+        call = _Call(custom_id=f"llmbudget-{uuid.uuid4().hex}", tenant=tenant, request_id=request_id,
+                     model=body.get("model") if isinstance(body.get("model"), str) else None,
+                     line={"method": "POST", "url": endpoint, "body": body})
+        call.line["custom_id"] = call.custom_id
+        kept = {k: v for k, v in headers.items() if k.lower() in _FORWARDED}
+        key = (base_url, endpoint, kept.get("authorization", ""))
+        with self._lock:
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(base_url, endpoint, kept)
+                group.timer = threading.Timer(self.linger, self._flush, args=(key,))
+                group.timer.daemon = True
+                group.timer.start()
+            group.calls.append(call)
+            full = len(group.calls) >= self.max_lines
+        if full:
+            self._flush(key)
+        return call.future
+
+    def _flush(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            group = self._groups.pop(key, None)
+        if group is None or not group.calls:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        thread = threading.Thread(target=self._run, args=(group,), name="llmbudget-batch", daemon=True)
+        thread.start()
+
+    def _run(self, group: _Group) -> None:
+        try:
+            job = self._create(group)
+        except Exception as exc:
+            log.warning("llmbudget: a batch of %d call(s) could not be created: %s", len(group.calls), exc)
+            _fail_all(group.calls, 502, f"llmbudget: the batch job could not be created: {exc}", "batch_failed")
+            return
+        try:
+            done = self._wait(group, job)
+            answers = self._results(group, done)
+        except Exception as exc:
+            log.warning("llmbudget: batch %s could not be read: %s; `llmbudget batches --resume` fetches it later",
+                        job, exc)
+            _fail_all(group.calls, 502, f"llmbudget: batch {job} could not be read: {exc}", "batch_unreadable")
+            return
+        for call in group.calls:
+            status, body = answers.get(call.custom_id) or _error(
+                504 if done.get("status") == "expired" else 500,
+                f"batch {job} ended {done.get('status')!r} without running this request", f"batch_{done.get('status')}")
+            if not call.future.done():
+                call.future.set_result((status, body))
+        self._forget(job)
+
+    # -- the API (through the openai SDK, so the server must speak its Files and Batches types) ---------
+
+    def _sdk(self, base_url: str, headers: dict[str, str]) -> Any:
+        return _sdk_client(base_url, headers, self.timeout)
+
+    def _create(self, group: _Group) -> str:
+        content = "".join(json.dumps(call.line, separators=(",", ":")) + "\n" for call in group.calls).encode()
+        with self._sdk(group.base_url, group.headers) as client:
+            try:
+                uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
+                job = client.batches.create(input_file_id=uploaded.id, endpoint=group.path,
+                                            completion_window=self.completion_window,
+                                            metadata={"created_by": "llmbudget"}).id
+            except Exception as exc:
+                raise BatchError(f"creating the batch: {exc}") from exc
+        log.info("llmbudget: batch %s created with %d call(s)", job, len(group.calls))
+        self._keep(job, group)
+        return str(job)
+
+    def _wait(self, group: _Group, job: str) -> dict[str, Any]:
+        with self._sdk(group.base_url, group.headers) as client:
+            while True:
+                status = client.batches.retrieve(job).model_dump()
+                if status.get("status") in _FINAL:
+                    return status
+                time.sleep(self.poll_interval)
+
+    def _results(self, group: _Group, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+        with self._sdk(group.base_url, group.headers) as client:
+            return read_results(client, done)
+
+    # -- the state folder ------------------------------------------------------------------------------
+
+    def _keep(self, job: str, group: _Group) -> None:
+        if self.state is None:
+            return
+        self.state.mkdir(parents=True, exist_ok=True)
+        record = {"id": job, "base_url": group.base_url, "endpoint": group.path, "created": time.time(),
+                  "calls": [{"custom_id": c.custom_id, "tenant": c.tenant, "request_id": c.request_id,
+                             "model": c.model} for c in group.calls]}
+        partial = self.state / f".{job}.json.tmp"
+        partial.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(partial, self.state / f"{job}.json")
+
+    def _forget(self, job: str) -> None:
+        if self.state is not None:
+            (self.state / f"{job}.json").unlink(missing_ok=True)
+
+
+def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise BatchError("deferring calls to the Batch API needs the openai SDK: pip install openai") from None
+    auth = headers.get("authorization", "")
+    key = auth[len("Bearer "):] if auth.startswith("Bearer ") else "none"
+    extra = {k: v for k, v in headers.items() if k.lower() in ("openai-organization", "openai-project")}
+    return openai.OpenAI(base_url=base_url, api_key=key, default_headers=extra, timeout=timeout, max_retries=2)
+
+
+def _error(status: int, message: str, kind: str) -> tuple[int, bytes]:
+    return status, json.dumps({"error": {"message": message, "type": kind, "param": None, "code": kind}}).encode()
+
+
+def _fail_all(calls: list[_Call], status: int, message: str, kind: str) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_result(_error(status, message, kind))
+
+
+def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+    """custom_id -> (status, body) from a finished job's output and error files (``client``: an openai SDK client)."""
+    answers: dict[str, tuple[int, bytes]] = {}
+    for key in ("output_file_id", "error_file_id"):
+        file_id = done.get(key)
+        if not file_id:
+            continue
+        try:
+            text = client.files.content(file_id).text
+        except Exception as exc:
+            raise BatchError(f"downloading {key} {file_id}: {exc}") from exc
+        for raw in text.splitlines():
+            if not raw.strip():
+                continue
+            line = json.loads(raw)
+            response = line.get("response") or {}
+            if isinstance(response.get("body"), dict) and response.get("status_code"):
+                answers[line["custom_id"]] = (int(response["status_code"]), json.dumps(response["body"]).encode())
+            else:
+                error = line.get("error") or {}
+                answers[line["custom_id"]] = _error(500, str(error.get("message") or "the batch line failed"),
+                                                    str(error.get("code") or "batch_line_failed"))
+    return answers
+
+
+def pending_jobs(state: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The jobs a state folder still holds (created, results not yet fetched)."""
+    folder = Path(state)
+    if not folder.is_dir():
+        return []
+    jobs = []
+    for path in sorted(folder.glob("*.json")):
+        with contextlib.suppress(ValueError, OSError):
+            jobs.append(json.loads(path.read_text(encoding="utf-8")))
+    return jobs
+
+
+def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,
+           poll_interval: float = 10.0) -> list[dict[str, Any]]:
+    """Fetch the results of the jobs in ``state``: record each call's spend (batch-priced) in ``engine``'s
+    ledger, write ``<job>.results.jsonl`` (custom_id, status, body) beside it and forget the job. A job not
+    finished yet is left (``wait``: poll until it is). Returns one summary per job."""
+    from .calls import SpendRecord, Usage
+    from .providers import adapter_for_path
+
+    folder = Path(state)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    summaries = []
+    for job in pending_jobs(folder):
+        with _sdk_client(job["base_url"], headers, 120.0) as client:
+            while True:
+                done = client.batches.retrieve(job["id"]).model_dump()
+                if done.get("status") in _FINAL or not wait:
+                    break
+                time.sleep(poll_interval)
+            if done.get("status") not in _FINAL:
+                summaries.append({"id": job["id"], "status": done.get("status"), "calls": len(job["calls"]),
+                                  "recorded": 0})
+                continue
+            answers = read_results(client, done)
+        found = adapter_for_path(job["endpoint"])
+        recorded = 0
+        with (folder / f"{job['id']}.results.jsonl").open("w", encoding="utf-8") as out:
+            for call in job["calls"]:
+                status, body = answers.get(call["custom_id"]) or _error(
+                    504, f"batch {job['id']} ended {done.get('status')!r} without running this request",
+                    f"batch_{done.get('status')}")
+                out.write(json.dumps({"custom_id": call["custom_id"], "status": status,
+                                      "body": json.loads(body)}) + "\n")
+                if status >= 400 or found is None:
+                    continue
+                data = json.loads(body)
+                usage = (found[0].usage(data.get("usage") or {}) or Usage()).replace(service_tier="batch")
+                model = data.get("model") or call["model"]
+                priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
+                standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
+                engine.record(SpendRecord(
+                    time=time.time(), endpoint=found[0].endpoint, base_url=job["base_url"],
+                    model_requested=call["model"], model_sent=call["model"], model_answered=model, usage=usage,
+                    cost_usd=priced.usd, latency_s=0.0, tenant=call["tenant"], request_id=call["request_id"],
+                    status=status, price_source=priced.source, deferred="batch",
+                    deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)), None)
+                recorded += 1
+        (folder / f"{job['id']}.json").unlink(missing_ok=True)
+        summaries.append({"id": job["id"], "status": done.get("status"), "calls": len(job["calls"]),
+                          "recorded": recorded})
+    return summaries

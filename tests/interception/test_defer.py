@@ -1,0 +1,175 @@
+"""Deferred work: llmbudget.defer("batch") through a local Files/Batches server whose lines run on the real
+local LLM server (ci/batch_server.py), driven by the real openai SDK; defer("flex") on the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+from batch_server import batch_server
+from servers import base_url, proxy
+
+import llmbudget
+from llmbudget.calls import Usage
+from llmbudget.cli import main
+from llmbudget.defer import Batcher, BatchError, pending_jobs
+from llmbudget.ledger import SQLiteLedger
+from llmbudget.pricing import Pricing
+
+ASK = dict(model="gpt-4o-mini", max_tokens=8, temperature=0)
+QUESTIONS = ["What is the capital of France?", "Say hi", "Name a colour"]
+
+
+def ask(client: openai.OpenAI, question: str) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(messages=[{"role": "user", "content": question}], **ASK)
+
+
+def batch_price(usage: Usage) -> Decimal:
+    return Pricing().cost(usage.replace(service_tier="batch"), model="gpt-4o-mini").usd
+
+
+@pytest.fixture
+def batches(engine, tmp_path):
+    engine._batcher = Batcher(linger=0.5, poll_interval=0.05, state=tmp_path / "batches")
+    return engine._batcher
+
+
+def test_calls_made_together_become_one_job_and_each_gets_its_answer(llm_server, engine, records, batches, tmp_path):
+    with batch_server(llm_server) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(3) as pool:
+            # a scope is a context variable: threads take it along with copy_context()
+            answers = [f.result() for f in [pool.submit(contextvars.copy_context().run, ask, client, q)
+                                             for q in QUESTIONS]]
+        [job] = server.batches.values()
+    assert job["status"] == "completed" and job["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert all(answer.choices[0].message.content is not None for answer in answers)
+    assert len(records) == 3 and {r.deferred for r in records} == {"batch"}
+    for record, answer in zip(sorted(records, key=lambda r: r.usage.input_tokens),
+                              sorted(answers, key=lambda a: a.usage.prompt_tokens)):
+        assert record.usage.service_tier == "batch" and record.usage.output_tokens == answer.usage.completion_tokens
+        assert record.cost_usd == batch_price(record.usage)  # gpt-4o-mini's batch rate: half the standard one
+        standard = Pricing().cost(record.usage.replace(service_tier=None), model="gpt-4o-mini").usd
+        assert record.deferred_saved_usd == standard - record.cost_usd > 0
+    assert pending_jobs(tmp_path / "batches") == []  # the job is forgotten once its answers are in
+
+
+def test_async_calls_are_batched_too(llm_server, engine, records, batches):
+    with batch_server(llm_server) as server:
+        async def run() -> list[openai.types.chat.ChatCompletion]:
+            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                                          http_client=llmbudget.async_http_client()) as client:
+                with llmbudget.defer("batch"):
+                    return await asyncio.gather(*(client.chat.completions.create(
+                        messages=[{"role": "user", "content": q}], **ASK) for q in QUESTIONS[:2]))
+
+        answers = asyncio.run(run())
+        assert len(server.batches) == 1
+    assert len(answers) == 2 and [r.deferred for r in records] == ["batch", "batch"]
+
+
+def test_an_expired_line_fails_alone_and_says_why(llm_server, engine, records, batches):
+    with batch_server(llm_server, expire_after=1) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outcomes = [f.result() for f in [pool.submit(contextvars.copy_context().run, _outcome, client, q)
+                                              for q in QUESTIONS[:2]]]
+    assert sorted(isinstance(o, openai.APIStatusError) for o in outcomes) == [False, True]
+    failure = next(o for o in outcomes if isinstance(o, openai.APIStatusError))
+    assert failure.status_code == 504 and "ended 'expired' without running this request" in str(failure)
+    assert sorted(r.status for r in records) == [200, 504]
+    assert next(r for r in records if r.status == 504).cost_usd == 0
+
+
+def _outcome(client: openai.OpenAI, question: str) -> object:
+    try:
+        return ask(client, question)
+    except openai.APIStatusError as exc:
+        return exc
+
+
+class _Interrupted(Batcher):
+    """A process that stops after creating its job (the callers get an error; the job stays in the state)."""
+
+    def _wait(self, group, job):
+        raise BatchError("the process stopped")
+
+
+def test_a_job_left_by_a_restart_is_resumed_from_the_state_folder(llm_server, engine, tmp_path, capsys,
+                                                                   monkeypatch):
+    state = tmp_path / "batches"
+    engine._batcher = _Interrupted(linger=0.2, poll_interval=0.05, state=state)
+    with batch_server(llm_server) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"), llmbudget.scope(tenant="acme"):
+            with pytest.raises(openai.APIStatusError, match="could not be read"):
+                ask(client, "Say hi")
+        [job] = pending_jobs(state)
+        assert len(job["calls"]) == 1 and job["calls"][0]["tenant"] == "acme"
+        assert main(["batches", "--state", str(state)]) == 0
+        assert f"{job['id']}  1 call(s)" in capsys.readouterr().out
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        ledger = tmp_path / "ledger.db"
+        assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger", str(ledger), "--json"]) == 0
+    [summary] = json.loads(capsys.readouterr().out)
+    assert summary == {"id": job["id"], "status": "completed", "calls": 1, "recorded": 1}
+    [result] = [json.loads(line) for line in (state / f"{job['id']}.results.jsonl").read_text().splitlines()]
+    assert result["status"] == 200 and result["body"]["object"] == "chat.completion"
+    [record] = list(SQLiteLedger(ledger).records())
+    assert (record.tenant, record.deferred, record.usage.service_tier) == ("acme", "batch", "batch")
+    assert record.cost_usd == batch_price(record.usage) > 0
+    assert pending_jobs(state) == []
+
+
+def test_flex_sets_the_service_tier_and_prices_at_the_flex_rate(llm_server, engine, records):
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("flex"):
+            answer = ask(client, "Say hi")
+        assert json.loads(server.received[-1][2])["service_tier"] == "flex"
+        ask(client, "Say hi")
+        assert "service_tier" not in json.loads(server.received[-1][2])
+    flex, standard = records
+    assert (flex.deferred, flex.usage.service_tier) == ("flex", "flex") and standard.deferred is None
+    # gpt-4o-mini has no flex price in genai-prices: the documented 50% discount
+    assert flex.cost_usd == Pricing().cost(flex.usage.replace(service_tier=None), model="gpt-4o-mini").usd / 2
+    assert flex.usage.output_tokens == answer.usage.completion_tokens
+
+
+def test_deferred_calls_reserve_at_their_own_price(engine):
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 1000,
+                       "messages": [{"role": "user", "content": "Summarise this report."}]}).encode()
+
+    def worst(mode: str | None) -> Decimal:
+        with llmbudget.scope(defer=mode):
+            attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                                   headers={}, body=body)
+            assert attempt is not None
+            attempt.plan()
+            return attempt.worst_case_usd()
+
+    assert worst("batch") == worst(None) / 2 > 0
+
+
+def test_defer_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="mode must be one of flex, batch"):
+        with llmbudget.defer("later"):
+            pass
+
+
+def test_a_route_defers_its_calls(engine):
+    from llmbudget.config import ConfigError, Policy, Route
+
+    policy = Policy(routes=(Route("/nightly/*", defer="batch"),))
+    assert policy.for_path("/nightly/summaries").defer == "batch" and policy.for_path("/chat").defer is None
+    with pytest.raises(ConfigError, match="defer must be"):
+        Route("/x", defer="tomorrow")

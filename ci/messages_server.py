@@ -1,15 +1,16 @@
-"""Run a real server that speaks Anthropic's Messages API (llama.cpp's ``llama-server`` + Gemma 3 270M).
+"""Run a real server that speaks Anthropic's Messages API (llama.cpp's HTTP server + Gemma 3 270M).
 
 llama.cpp's own server answers ``POST /v1/messages`` (JSON and SSE, with Anthropic's
 usage fields; ``cache_read_input_tokens`` counts the prompt tokens it reused from its
-KV cache). No wheel on the registries ships that binary, so it is built once from the
-llama.cpp sources vendored in the llama-cpp-python sdist of the installed version
-(``pip download``; cmake, for the portable CPU baseline, statically linked) into
-``~/.cache/llmbudget`` (or ``$LLMBUDGET_MODEL_CACHE``): about 5-6 minutes on 2 cores.
-``$LLMBUDGET_LLAMA_SERVER`` names a binary to use instead.
+KV cache). It comes from the ``xllamacpp`` wheel (in the test extra: llama.cpp's C++
+server in a Python extension, prebuilt for the portable x86-64 baseline, nothing to
+compile), run in a child process. Without xllamacpp (a platform it has no wheel for),
+``$LLMBUDGET_LLAMA_SERVER`` names a ``llama-server`` binary, or ``--build`` builds one
+from the llama.cpp sources vendored in the installed llama-cpp-python's sdist (cmake,
+portable baseline, static; about 5-6 minutes on 2 cores) into ``~/.cache/llmbudget``.
 
-    python ci/messages_server.py --build        # build it now (CI does this before the tests)
     python ci/messages_server.py [--port 8790]  # serve on http://127.0.0.1:8790 (the anthropic SDK's base_url)
+    python ci/messages_server.py --build        # without xllamacpp: build llama-server once
 
 The 270M model is a base model: it echoes, so ask with ``stop_sequences=["\\n"]`` to
 get answers that end by themselves (``stop_reason: end_turn``).
@@ -73,7 +74,8 @@ def _cmake() -> str:
     for candidate in (shutil.which("cmake"), str(pathlib.Path(sys.executable).parent / "cmake")):
         if candidate and pathlib.Path(candidate).is_file():
             return candidate
-    raise RuntimeError("building llama-server needs cmake: pip install cmake (it is in the test extra)")
+    raise RuntimeError("building llama-server needs cmake (pip install cmake); or pip install xllamacpp, which "
+                       "needs no build")
 
 
 def build(*, jobs: int | None = None) -> pathlib.Path:
@@ -113,12 +115,51 @@ def build(*, jobs: int | None = None) -> pathlib.Path:
     return target
 
 
+def _has_xllamacpp() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xllamacpp") is not None and not os.environ.get("LLMBUDGET_LLAMA_SERVER")
+
+
 def _command(*, port: int, alias: str | None, n_ctx: int, n_threads: int) -> list[str]:
+    # The GGUF has no chat template: llama.cpp's built-in "gemma" one, without Jinja (with Jinja on, the
+    # name would be read as a template itself).
+    if _has_xllamacpp():
+        command = [sys.executable, __file__, "--serve", "--port", str(port), "--n-ctx", str(n_ctx),
+                   "--threads", str(n_threads)]
+        return command + (["--alias", alias] if alias is not None else [])
     command = [str(binary()), "-m", str(model_path()), "--host", "127.0.0.1", "--port", str(port),
                "-c", str(n_ctx), "-t", str(n_threads), "--no-jinja", "--chat-template", "gemma", "--no-webui"]
     if alias is not None:
         command += ["--alias", alias]
     return command
+
+
+def _serve_xllamacpp(*, port: int, alias: str | None, n_ctx: int, n_threads: int) -> int:
+    """Serve in this process with xllamacpp until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path())
+    params.n_ctx = n_ctx
+    params.port = port
+    params.n_parallel = 1
+    params.cpuparams.n_threads = n_threads
+    params.cpuparams_batch.n_threads = n_threads
+    params.use_jinja = False
+    params.chat_template = "gemma"
+    if alias is not None:
+        params.model_alias = {alias}  # a set of names
+    server = xllamacpp.Server(params)  # listens from here on, in its own threads
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    del server
+    return 0
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log_path: pathlib.Path,
@@ -169,11 +210,16 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", action="store_true", help="build the binary if it is not built yet, and exit")
     parser.add_argument("--alias", default="claude-haiku-4-5", help="model name the server answers to")
     parser.add_argument("--port", type=int, default=8790)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process (xllamacpp)
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.serve:
+        return _serve_xllamacpp(port=args.port, alias=args.alias, n_ctx=args.n_ctx, n_threads=args.threads)
     if args.build:
         print(binary(), file=sys.stderr)
         return 0
-    process = subprocess.Popen(_command(port=args.port, alias=args.alias, n_ctx=4096, n_threads=2))
+    process = subprocess.Popen(_command(port=args.port, alias=args.alias, n_ctx=args.n_ctx, n_threads=args.threads))
     print(f"serving the Messages API on http://127.0.0.1:{args.port} (Ctrl-C stops)", file=sys.stderr)
     try:
         return process.wait()

@@ -294,10 +294,11 @@ def _report(ns: argparse.Namespace) -> int:
 
     def out(row: Counters) -> dict[str, Any]:
         # saved_usd: by the cache; routing_saved_usd: by routing (net of escalations); prompt_cache_saved_usd:
-        # the provider's discount on cached input (see SpendRecord.saved_by)
+        # the provider's discount on cached input; deferred_saved_usd: flex and batch (see SpendRecord.saved_by)
         return {"calls": row.calls, "cost_usd": float(row.cost_usd), "saved_usd": float(row.saved_usd),
                 "routing_saved_usd": float(row.routing_saved_usd),
-                "prompt_cache_saved_usd": float(row.prompt_cache_saved_usd)}
+                "prompt_cache_saved_usd": float(row.prompt_cache_saved_usd),
+                "deferred_saved_usd": float(row.deferred_saved_usd)}
 
     result: dict[str, Any] = {name: {key: out(row) for key, row in sorted(rows.items())}
                               for name, rows in groups.items()}
@@ -312,15 +313,18 @@ def _report(ns: argparse.Namespace) -> int:
     console = _console()
     for name in ("tenant", "model", "day"):
         table = Table(title=f"spend by {name}")
-        for column in (name, "calls", "USD spent", "saved by cache", "saved by routing", "saved by prompt cache"):
+        for column in (name, "calls", "USD spent", "saved by cache", "saved by routing", "saved by prompt cache",
+                       "saved by deferral"):
             table.add_column(column, justify="left" if column == name else "right")
         for key, row in sorted(groups[name].items()):
             table.add_row(escape(key), str(row.calls), *(format_usd(money) for money in (
-                row.cost_usd, row.saved_usd, row.routing_saved_usd, row.prompt_cache_saved_usd)))
+                row.cost_usd, row.saved_usd, row.routing_saved_usd, row.prompt_cache_saved_usd,
+                row.deferred_saved_usd)))
         console.print(table)
     console.print(f"total: {total.calls} calls, {format_usd(total.cost_usd)} spent; saved "
                   f"{format_usd(total.saved_usd)} by the cache, {format_usd(total.routing_saved_usd)} by routing, "
-                  f"{format_usd(total.prompt_cache_saved_usd)} by the provider's prompt cache")
+                  f"{format_usd(total.prompt_cache_saved_usd)} by the provider's prompt cache, "
+                  f"{format_usd(total.deferred_saved_usd)} by deferral (flex, batch)")
     if findings:
         for line in prefix_lines(findings):
             console.print(escape(line), highlight=False)

@@ -22,6 +22,7 @@ def to_report(counters: Counters) -> dict[str, Any]:
     data: dict[str, Any] = {key: getattr(counters, key) for key in COUNTER_KEYS}
     data["cost_usd"] = float(counters.cost_usd)
     data["prompt_cache_saved_usd"] = float(counters.prompt_cache_saved_usd)
+    data["deferred_saved_usd"] = float(counters.deferred_saved_usd)
     return data
 
 

@@ -47,11 +47,13 @@ def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys)
     code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
     assert code == 0
     assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "saved_usd": pytest.approx(0.01),
-                                  "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": 0.0}
+                                  "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": 0.0,
+                                  "deferred_saved_usd": 0.0}
     assert doc["tenant"]["b"]["prompt_cache_saved_usd"] == pytest.approx(0.004)
     assert doc["model"]["gpt-4o"]["calls"] == 2 and len(doc["day"]) == 2
     assert doc["total"] == {"calls": 3, "cost_usd": pytest.approx(0.042), "saved_usd": pytest.approx(0.01),
-                            "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": pytest.approx(0.004)}
+                            "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": pytest.approx(0.004),
+                            "deferred_saved_usd": 0.0}
 
 
 def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):

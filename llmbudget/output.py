@@ -161,7 +161,7 @@ def _schema_of(body: Mapping[str, Any]) -> Any:
     if isinstance(body.get("text"), Mapping):
         fmt = body["text"].get("format") or fmt
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
-        inner = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), Mapping) else fmt
+        inner: Mapping[str, Any] = fmt["json_schema"] if isinstance(fmt.get("json_schema"), Mapping) else fmt
         return inner.get("schema")
     output_format = body.get("output_format")
     if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":

@@ -182,7 +182,7 @@ def _render_chat(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, s
     delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
     if message.get("refusal"):
         delta["refusal"] = message["refusal"]
-    events = [
+    events: list[dict[str, Any]] = [
         {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]},
         {**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
     ]

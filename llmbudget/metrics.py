@@ -84,7 +84,7 @@ class Metrics:
             return Counter(name, doc, names, namespace=namespace, registry=self.registry)
 
         self.calls = counter("calls", "LLM call attempts, by outcome (ok or error)", (*labels, "outcome"))
-        self.tokens = counter("tokens", "Tokens used, by kind (input, cached_input, output, reasoning)",
+        self.tokens = counter("tokens", "Tokens used, by kind (input, cached_input, cache_write, output, reasoning)",
                               (*labels, "kind"))
         self.spent = counter("spent_usd", "USD spent on LLM calls")
         self.saved = counter("saved_usd", "USD saved by the cache (a hit's price had it gone to the provider)")
@@ -95,6 +95,10 @@ class Metrics:
                                        "(net routing saving: routing_saved_usd minus this)")
         self.prompt_cache_saved = counter("prompt_cache_saved_usd",
                                           "USD the provider's prompt cache took off calls (cached input tokens)")
+        self.prompt_cache_premium = counter("prompt_cache_write_premium_usd",
+                                            "USD calls paid over the input price to write the provider's prompt cache "
+                                            "(Anthropic), net of what their own reads saved")
+        self.deferred_saved = counter("deferred_saved_usd", "USD deferral (flex, Batch API) took off calls")
         self.cache_hits = counter("cache_hits", "Calls answered from the cache")
         self.routed = counter("routed", "Calls sent to another model than the one asked for")
         self.capped = counter("capped", "Calls whose output was capped")
@@ -107,7 +111,8 @@ class Metrics:
         usage = record.usage
         self.calls.labels(tenant, model, "error" if record.error else "ok").inc()
         for kind, count in (("input", usage.input_tokens), ("cached_input", usage.cached_input_tokens),
-                            ("output", usage.output_tokens), ("reasoning", usage.reasoning_tokens)):
+                            ("cache_write", usage.cache_write_tokens), ("output", usage.output_tokens),
+                            ("reasoning", usage.reasoning_tokens)):
             if count:
                 self.tokens.labels(tenant, model, kind).inc(count)
         if record.cost_usd:
@@ -118,8 +123,12 @@ class Metrics:
             self.routing_saved.labels(tenant, model).inc(float(record.routing_saved_usd))
         elif record.routing_saved_usd < 0:
             self.escalation_cost.labels(tenant, model).inc(float(-record.routing_saved_usd))
-        if record.prompt_cache_saved_usd:
+        if record.prompt_cache_saved_usd > 0:
             self.prompt_cache_saved.labels(tenant, model).inc(float(record.prompt_cache_saved_usd))
+        elif record.prompt_cache_saved_usd < 0:  # a counter only goes up: the premium has its own
+            self.prompt_cache_premium.labels(tenant, model).inc(float(-record.prompt_cache_saved_usd))
+        if record.deferred_saved_usd:
+            self.deferred_saved.labels(tenant, model).inc(float(record.deferred_saved_usd))
         for flag, counter in ((record.from_cache, self.cache_hits), (record.routed, self.routed),
                               (record.capped, self.capped)):
             if flag:

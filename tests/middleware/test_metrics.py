@@ -57,6 +57,21 @@ def test_routing_savings_and_what_escalations_gave_back() -> None:
     assert value(metrics, "saved_usd_total", tenant="acme", model="gpt-4o-mini") is None  # the cache saved nothing
 
 
+def test_anthropic_cache_writes_and_deferral_are_counted() -> None:
+    """A call that only wrote Anthropic's prompt cache saved a negative amount: a counter only goes up, so the
+    premium has its own; what deferral saved has one too."""
+    metrics = Metrics()
+    writes = llmbudget.Usage(input_tokens=3000, cache_write_tokens=2900, output_tokens=5)
+    metrics.observe(record("acme", model="claude-haiku-4-5", usage=writes, prompt_cache_saved_usd=Decimal("-0.000725")))
+    metrics.observe(record("acme", model="claude-haiku-4-5", prompt_cache_saved_usd=Decimal("0.0026")))
+    metrics.observe(record("acme", deferred="batch", deferred_saved_usd=Decimal("0.000002")))
+    claude = {"tenant": "acme", "model": "claude-haiku-4-5"}
+    assert value(metrics, "prompt_cache_write_premium_usd_total", **claude) == 0.000725
+    assert value(metrics, "prompt_cache_saved_usd_total", **claude) == 0.0026
+    assert value(metrics, "tokens_total", **claude, kind="cache_write") == 2900
+    assert value(metrics, "deferred_saved_usd_total", tenant="acme", model="gpt-4o-mini") == 0.000002
+
+
 def test_labels_are_bounded() -> None:
     metrics = Metrics(max_tenants=2, tenants=["vip"], max_models=1)
     for tenant in ("a", "b", "c", "d", "vip", None):

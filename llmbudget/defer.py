@@ -121,19 +121,22 @@ class Batcher:
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = _Group(base_url, endpoint, kept)
-                group.timer = threading.Timer(self.linger, self._flush, args=(key,))
+                group.timer = threading.Timer(self.linger, self._flush, args=(key, group))
                 group.timer.daemon = True
                 group.timer.start()
             group.calls.append(call)
             full = len(group.calls) >= self.max_lines
         if full:
-            self._flush(key)
+            self._flush(key, group)
         return call.future
 
-    def _flush(self, key: tuple[str, str, str]) -> None:
+    def _flush(self, key: tuple[str, str, str], group: _Group) -> None:
+        """Send ``group`` as a job, once (its timer and a full group may both ask)."""
         with self._lock:
-            group = self._groups.pop(key, None)
-        if group is None or not group.calls:
+            if self._groups.get(key) is not group:
+                return  # sent already; a newer group under the same key has its own timer
+            del self._groups[key]
+        if not group.calls:
             return
         if group.timer is not None:
             group.timer.cancel()

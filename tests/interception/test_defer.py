@@ -173,3 +173,15 @@ def test_a_route_defers_its_calls(engine):
     assert policy.for_path("/nightly/summaries").defer == "batch" and policy.for_path("/chat").defer is None
     with pytest.raises(ConfigError, match="defer must be"):
         Route("/x", defer="tomorrow")
+
+
+def test_a_full_job_is_sent_at_once_and_the_next_calls_start_another(llm_server, engine, records, tmp_path):
+    engine._batcher = Batcher(linger=0.5, max_lines=2, poll_interval=0.05)
+    with batch_server(llm_server) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = [f.result() for f in [pool.submit(contextvars.copy_context().run, ask, client, q)
+                                             for q in QUESTIONS]]
+        totals = sorted(job["request_counts"]["total"] for job in server.batches.values())
+    assert totals == [1, 2] and len(answers) == 3 and len(records) == 3

@@ -285,8 +285,12 @@ def _report(ns: argparse.Namespace) -> int:
     groups: dict[str, dict[str, Counters]] = {"tenant": {}, "model": {}, "day": {}}
     total = Counters()
     prefixes = []
+    json_answers = {"valid": 0, "invalid": 0, "cut": 0}  # answers to requests for JSON (record.output["json"])
     for record in _ledger_records(ns.ledger):
         prefixes.append(prefix_row(record))
+        verdict = (record.output or {}).get("json")
+        if verdict in json_answers:
+            json_answers[verdict] += 1
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
@@ -305,6 +309,7 @@ def _report(ns: argparse.Namespace) -> int:
     result["total"] = out(total)
     findings = unstable_prefixes(prefixes, Pricing())
     result["unstable_prefixes"] = [finding.to_dict() for finding in findings]
+    result["json_answers"] = json_answers
     if ns.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -325,6 +330,9 @@ def _report(ns: argparse.Namespace) -> int:
                   f"{format_usd(total.saved_usd)} by the cache, {format_usd(total.routing_saved_usd)} by routing, "
                   f"{format_usd(total.prompt_cache_saved_usd)} by the provider's prompt cache, "
                   f"{format_usd(total.deferred_saved_usd)} by deferral (flex, batch)")
+    if any(json_answers.values()):
+        console.print(f"answers to requests for JSON: {json_answers['valid']} valid, {json_answers['invalid']} "
+                      f"invalid, {json_answers['cut']} cut by an output limit")
     if findings:
         for line in prefix_lines(findings):
             console.print(escape(line), highlight=False)

@@ -230,3 +230,16 @@ def test_report_names_a_prefix_that_never_matches(tmp_path, capsys, llm_server, 
     assert finding["differs_at"] == len("system: request r-") and "request r-⟨⟩" in finding["excerpt"]
     assert main(["report", str(tmp_path / "ledger.db")]) == 0
     assert "3 different prefixes in 3 calls, first differing at character 18" in capsys.readouterr().out
+
+
+def test_report_counts_json_answers_valid_invalid_and_cut(tmp_path, capsys):
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    for verdict in ("valid", "valid", "invalid", "cut", None):
+        rec = record("a", "gpt-4o-mini", "0.001")
+        rec.output = {"json": verdict} if verdict else None
+        ledger.add(rec)
+    ledger.flush()
+    code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
+    assert code == 0 and doc["json_answers"] == {"valid": 2, "invalid": 1, "cut": 1}
+    assert main(["report", str(tmp_path / "ledger.db")]) == 0
+    assert "answers to requests for JSON: 2 valid, 1 invalid, 1 cut by an output limit" in capsys.readouterr().out

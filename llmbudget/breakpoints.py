@@ -77,6 +77,8 @@ class Breakpoints:
         self.max_prefixes = max_prefixes
         self._clock = clock
         self._seen: OrderedDict[str, list[float]] = OrderedDict()
+        #: Per tenant: requests seen, and how many of them continued an earlier one within five minutes.
+        self._rates: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def _sightings(self, key: str) -> int:
@@ -91,7 +93,7 @@ class Breakpoints:
                 self._seen.popitem(last=False)
         return before
 
-    def _worth_it(self, model: str | None, tokens: int, sightings: int, base_url: str) -> bool:
+    def _worth_it(self, model: str | None, tokens: int, sightings: float, base_url: str) -> bool:
         from .calls import Usage
 
         input_ = self.pricing.cost(Usage(input_tokens=tokens), model=model, base_url=base_url)
@@ -103,14 +105,32 @@ class Breakpoints:
             premium, gain = write - input_.usd, input_.usd - read
         else:
             premium, gain = _WRITE - 1, 1 - _READ
-        return sightings * gain > premium
+        return Decimal(repr(sightings)) * gain > premium
+
+    def _continues(self, tenant: str, earlier: str | None) -> float:
+        """Note whether this request continues one seen within the cache's lifetime (``earlier``: the key
+        of the request it would continue), and the tenant's smoothed share of requests that were continued."""
+        now = self._clock()
+        with self._lock:
+            continued = earlier is not None and any(now - t < TTL_S for t in self._seen.get(earlier, ()))
+            requests, continuations = self._rates.get(tenant, (0, 0))
+            self._rates[tenant] = (requests + 1, continuations + int(continued))
+            while len(self._rates) > self.max_prefixes:
+                self._rates.pop(next(iter(self._rates)))
+        return (continuations + int(continued)) / (requests + 3)  # a new tenant starts at 0: no write
+
+    def _key(self, tenant: str, model: str | None, text: str) -> str:
+        return hashlib.blake2b(f"{tenant}\0{model}\0{text}".encode(), digest_size=12).hexdigest()
 
     def apply(self, body: dict[str, Any], *, tenant: str, model: str | None, base_url: str = "") -> dict[str, Any] | None:
-        """``body`` with a breakpoint at the end of its stable prefix, or None to send it as it is.
+        """``body`` with breakpoints, or None to send it as it is.
 
-        Two prefixes are candidates, the longest first: everything before the last turn (marked on the
-        turn before it) and the head alone, tools and system (marked on the system prompt, else the last
-        tool), which a new conversation shares with earlier ones. Both are counted as seen.
+        Two prefixes are candidates for the breakpoint that reads, the longest first: everything before
+        the last turn (marked on the turn before it) and the head alone, tools and system (marked on the
+        system prompt, else the last tool), which a new conversation shares with earlier ones. Both are
+        counted as seen. A second breakpoint, on the last turn, writes the whole conversation so far for
+        its next turn to read, when this tenant's conversations go on often enough (the share of its
+        requests that a later one continued within five minutes) for the expected read to pay the write.
         """
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or has_cache_control(body):
@@ -125,20 +145,34 @@ class Breakpoints:
             tokens = len(text) // CHARS_PER_TOKEN
             if tokens < minimum:
                 continue
-            key = hashlib.blake2b(f"{tenant}\0{model}\0{text}".encode(), digest_size=12).hexdigest()
-            sightings = self._sightings(key)
+            sightings = self._sightings(self._key(tenant, model, text))
             if chosen is None and sightings and self._worth_it(model, tokens, sightings, base_url):
                 chosen = name
+        whole = json.dumps({**head, "messages": messages}, separators=(",", ":"), ensure_ascii=False, default=str)
+        earlier = None
+        if len(messages) >= 3:  # this turn's messages less its answer and question were a whole request before
+            earlier = self._key(tenant, model, json.dumps({**head, "messages": messages[:-2]}, separators=(",", ":"),
+                                                            ensure_ascii=False, default=str))
+        share = self._continues(tenant, earlier)
+        self._sightings(self._key(tenant, model, whole))  # what the next turn will look for
+        tokens = len(whole) // CHARS_PER_TOKEN
+        last = tokens >= minimum and self._worth_it(model, tokens, share, base_url)
+        marked = body
         if chosen == "turns" and isinstance(messages[-2], dict):
             content = _marked(messages[-2].get("content"))
             if content is not None:
-                return {**body, "messages": [*messages[:-2], {**messages[-2], "content": content}, messages[-1]]}
-        if chosen is None:
-            return None
-        system = _marked(body.get("system"))
-        if system is not None:
-            return {**body, "system": system}
-        tools = body.get("tools")
-        if isinstance(tools, list) and tools and isinstance(tools[-1], dict):
-            return {**body, "tools": [*tools[:-1], {**tools[-1], "cache_control": {"type": "ephemeral"}}]}
-        return None
+                marked = {**body, "messages": [*messages[:-2], {**messages[-2], "content": content}, messages[-1]]}
+                chosen = "done"
+        if chosen in ("turns", "head"):
+            system = _marked(body.get("system"))
+            tools = body.get("tools")
+            if system is not None:
+                marked = {**body, "system": system}
+            elif isinstance(tools, list) and tools and isinstance(tools[-1], dict):
+                marked = {**body, "tools": [*tools[:-1], {**tools[-1], "cache_control": {"type": "ephemeral"}}]}
+        if last and isinstance(messages[-1], dict):
+            content = _marked(messages[-1].get("content"))
+            if content is not None:
+                turns = marked["messages"]
+                marked = {**marked, "messages": [*turns[:-1], {**turns[-1], "content": content}]}
+        return marked if marked is not body else None

@@ -1,5 +1,5 @@
 """What Anthropic's prompt cache saves on a multi-turn workload: no breakpoints, llmbudget's automatic
-ones, and ideal ones.
+ones, and an oracle's.
 
     python ci/bench/prefix_cache.py [--tenants 4] [--minutes 120] [--seed 7] [--model claude-sonnet-4-5]
 
@@ -16,9 +16,10 @@ breakpoint. Tokens are priced at the model's published rates (genai-prices: inpu
 
 - ``none``: no breakpoints (all input at the input price).
 - ``auto``: ``[prefix_cache] breakpoints = "auto"``.
-- ``ideal``: an oracle that knows the future: a breakpoint at the end of the system
-  prompt when another request of the tenant follows within five minutes, and one at
-  the end of the request when the same conversation's next turn does.
+- ``oracle``: a simple rule that knows the future: a breakpoint at the end of the
+  system prompt when another request of the tenant follows within five minutes, and
+  one at the end of the request when the same conversation's next turn does. Not
+  the optimum: auto, which also reads repeated histories, can beat it.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _mark_last(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "messages": [*messages[:-1], last]}
 
 
-def ideal(request: Request) -> dict[str, Any]:
+def oracle(request: Request) -> dict[str, Any]:
     body = request.body
     if request.next_tenant is not None and request.next_tenant - request.time < TTL:
         body = _mark_system(body)
@@ -192,7 +193,7 @@ def run(requests: list[Request], model: str) -> dict[str, dict[str, Any]]:
     clock = [0.0]
     automatic = Breakpoints(pricing, clock=lambda: clock[0])
     results = {}
-    for name in ("none", "auto", "ideal"):
+    for name in ("none", "auto", "oracle"):
         provider = Provider()
         cost = Decimal(0)
         written = read = total = marked = 0
@@ -201,8 +202,8 @@ def run(requests: list[Request], model: str) -> dict[str, dict[str, Any]]:
             body = {**request.body, "model": model}
             if name == "auto":
                 body = automatic.apply(body, tenant=request.tenant, model=model) or body
-            elif name == "ideal":
-                body = ideal(request)
+            elif name == "oracle":
+                body = oracle(request)
             marked += int(_marked(body))
             usage = provider.send(body, request.time).replace(output_tokens=request.output_tokens)
             cost += pricing.cost(usage, model=model, base_url="https://api.anthropic.com/v1").usd

@@ -155,3 +155,24 @@ def test_conversations_with_tool_blocks_are_not_cached(content):
     body["messages"].insert(0, {"role": "user", "content": content})
     keys = cache_keys(adapter_for_endpoint("messages").parse(body, "https://api.anthropic.com/v1"), tenant="t")
     assert not keys.cacheable
+
+
+def test_a_tenant_whose_conversations_go_on_gets_its_last_turn_written_for_the_next():
+    clock = Clock()
+    points = Breakpoints(Pricing(), clock=clock)
+    history: list[dict] = []
+    last_marked = []
+    for turn in range(6):  # one conversation, a turn every 30 s: each continues the one before
+        history = [*history, {"role": "user", "content": f"question {turn} " + "about the order " * 40}]
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "system": LONG, "messages": history}
+        marked = points.apply(body, tenant="t", model="claude-sonnet-4-5") or body
+        last_marked.append(isinstance(marked["messages"][-1]["content"], list))
+        history = [*history, {"role": "assistant", "content": f"answer {turn} " + "your order ships soon " * 20}]
+        clock.now += 30
+    assert last_marked[0] is False  # nothing known about the tenant yet: no write on a guess
+    assert last_marked[-1] is True  # its conversations go on: the next turn will read this one
+    # the content is unchanged: the marked turn's text is the same, as one block
+    assert marked["messages"][-1]["content"][0]["text"] == history[-2]["content"]
+    assert points.apply({"model": "claude-sonnet-4-5", "max_tokens": 8, "system": LONG,
+                         "messages": [{"role": "user", "content": "one-off"}]}, tenant="other",
+                        model="claude-sonnet-4-5") is None  # another tenant: nothing known, nothing written

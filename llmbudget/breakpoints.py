@@ -13,9 +13,14 @@ prefix that is never sent again loses money. For a Messages request that carries
   five minutes, ``k * (input - read price) > (write - input price)``. A one-off
   prefix is never marked, so it never pays for a write.
 
-One breakpoint is added (the API allows four); content and order are never changed (a
-string becomes the same text as one block); a request with any breakpoint of its own
-is left alone.
+For conversations, a second breakpoint on the last turn writes the conversation so far
+for its next turn to read, when the share ``p`` of this tenant's requests that a later
+turn continued within five minutes makes it pay: ``p * (input - read) > write - input``
+(a tenant starts at ``p = 0``: one-off traffic never pays for it).
+
+At most two breakpoints are added (the API allows four); content and order are never
+changed (a string becomes the same text as one block); a request with any breakpoint of
+its own is left alone.
 """
 
 from __future__ import annotations

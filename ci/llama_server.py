@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-__all__ = ["MODEL_FILENAME", "check", "free_port", "llama_server", "model_path"]
+__all__ = ["MODEL_FILENAME", "check", "foreground", "free_port", "llama_server", "model_path", "run_server"]
 
 MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
 _STARTUP_TIMEOUT = 120.0
@@ -121,27 +121,52 @@ def _tail(path: pathlib.Path, *, lines: int = 40) -> str:
 
 
 def _wait_until_ready(
-    process: subprocess.Popen[bytes], base_url: str, log_path: pathlib.Path, timeout: float
+    process: subprocess.Popen[bytes], probe: str, log_path: pathlib.Path, timeout: float, name: str
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(
-                f"llama_cpp.server exited with code {process.returncode} before answering "
-                f"{base_url}/models; its output ends with:\n{_tail(log_path)}"
+                f"{name} exited with code {process.returncode} before answering "
+                f"{probe}; its output ends with:\n{_tail(log_path)}"
             )
         try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as response:
+            with urllib.request.urlopen(probe, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"llama_cpp.server did not answer {base_url}/models within {timeout:.0f} s; "
+                f"{name} did not answer {probe} within {timeout:.0f} s; "
                 f"its output ends with:\n{_tail(log_path)}"
             )
         time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def run_server(command: list[str], *, probe: str, name: str, startup_timeout: float = _STARTUP_TIMEOUT) -> Iterator[None]:
+    """Run ``command`` until ``probe`` (a URL) answers 200, then until the block ends (terminate, then kill)."""
+    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
+        log_path = pathlib.Path(tmp) / "server.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                _wait_until_ready(process, probe, log_path, startup_timeout, name)
+                yield
+            finally:
+                _stop(process)
+
+
+def foreground(command: list[str], message: str) -> int:
+    """Run a server in the foreground until it exits or Ctrl-C."""
+    print(message, file=sys.stderr)
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        _stop(process)
+        return 130
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -180,17 +205,8 @@ def llama_server(
         n_ctx=n_ctx,
         n_threads=n_threads,
     )
-    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
-        log_path = pathlib.Path(tmp) / "server.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-            try:
-                _wait_until_ready(process, base_url, log_path, startup_timeout)
-                yield base_url
-            finally:
-                _stop(process)
+    with run_server(command, probe=f"{base_url}/models", name="llama_cpp.server", startup_timeout=startup_timeout):
+        yield base_url
 
 
 _CHECK_SCRIPT = """
@@ -239,13 +255,7 @@ def _main(argv: list[str] | None = None) -> int:
         n_ctx=args.n_ctx,
         n_threads=2,
     )
-    print(f"serving on http://127.0.0.1:{args.port}/v1 (Ctrl-C stops)", file=sys.stderr)
-    process = subprocess.Popen(command)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        return 130
+    return foreground(command, f"serving on http://127.0.0.1:{args.port}/v1 (Ctrl-C stops)")
 
 
 if __name__ == "__main__":

@@ -481,19 +481,27 @@ class Attempt:
             return False
 
     def _direct(self, output: Output, source: str) -> bool:
-        applied = apply_directive(self.call.endpoint, self.call.body, output)
-        if applied is None:
+        body = self._directed(self.call.body, output, source)
+        if body is None:
             return False
-        body, where = applied
-        capped = False
-        if self.escalated_from is None:  # a retry on the strong tier is not cut where the weak one was
-            body, capped = apply_cap(self.call.endpoint, body, body.get("model"), output.cap)
-        self.capped = self.capped or capped
-        self.output = {"directive": output.text, "max_words": output.max_words, "cap": output.cap if capped else None,
-                       "source": source, "in": where}
         self.call = self.adapter.parse(body, self.call.base_url)
         self.rewritten = True
         return True
+
+    def _directed(self, body: dict[str, Any], output: Output, source: str) -> dict[str, Any] | None:
+        """``body`` with ``output``'s directive and its cap (noted in ``self.output``), or None when it gets none."""
+        endpoint = self.call.endpoint
+        applied = apply_directive(endpoint, body, output)
+        if applied is None:
+            return None
+        body, where = applied
+        capped = False
+        if self.escalated_from is None:  # a retry on the strong tier is not cut where the weak one was
+            body, capped = apply_cap(endpoint, body, body.get("model"), output.cap)
+        self.capped = self.capped or capped
+        self.output = {"directive": output.text, "max_words": output.max_words, "cap": output.cap if capped else None,
+                       "source": source, "in": where}
+        return body
 
     def plan(self, path: str = "") -> bool:
         """Route, cap and key the request; True when its body or base URL changed."""
@@ -528,16 +536,7 @@ class Attempt:
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
                 self.capped = self.capped or tier_capped
             if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
-                applied = apply_directive(call.endpoint, body, tier.output)
-                if applied is not None:
-                    body, where = applied
-                    capped = False
-                    if self.escalated_from is None:
-                        body, capped = apply_cap(call.endpoint, body, body.get("model"), tier.output.cap)
-                    self.capped = self.capped or capped
-                    self.output = {"directive": tier.output.text, "max_words": tier.output.max_words,
-                                   "cap": tier.output.cap if capped else None, "source": f"tier {decision.tier}",
-                                   "in": where}
+                body = self._directed(body, tier.output, f"tier {decision.tier}") or body
             if (routing.min_confidence is not None and decision.tier == routing.weak and self.force_tier is None
                     and call.endpoint == "chat.completions"):
                 from .routing.confidence import probe

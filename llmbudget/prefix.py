@@ -18,7 +18,6 @@ provider's cached-input price. The pytest plugin and ``llmbudget report`` print 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .calls import Usage
 from .money import format_usd
+from .providers._base import json_text
 
 if TYPE_CHECKING:
     from .calls import SpendRecord
@@ -45,12 +45,7 @@ _EXCERPT = 24  # characters shown on each side of the first difference
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False, default=str)
-    except (TypeError, ValueError):
-        return ""
+    return value if isinstance(value, str) else json_text(value)
 
 
 def prefix_text(endpoint: str, body: dict[str, Any]) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmbudget.providers import adapter_for_path
+from llmbudget.routing.features import request_text
 from llmbudget.routing.tiers import Routing
 
 # Fields a routing decision may set or change: they are not part of "the same prompt".
@@ -69,26 +70,9 @@ def _key(method: str, path: str, body: dict[str, Any]) -> str:
     return json.dumps([method.upper(), path.rstrip("/"), rest], sort_keys=True, default=str)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(_text(part.get("text") if isinstance(part, dict) else part) for part in content)
-    return "" if content is None else str(content)
-
-
 def prompt_of(body: dict[str, Any]) -> str:
-    """The last user turn of a chat or Responses body (what a reader recognises the test by)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        messages = body.get("input")
-    if isinstance(messages, str):
-        return messages
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role", "user") == "user":
-                return _text(message.get("content"))
-    return _text(body.get("prompt"))
+    """The last user turn of a request body (what a reader recognises the test by)."""
+    return request_text(body).query
 
 
 class GoldenRouting:

@@ -61,7 +61,7 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def messages_server() -> Iterator[str]:
     """Base URL of a real server speaking Anthropic's Messages API (llama.cpp's llama-server, Gemma 3 270M,
-    named claude-haiku-4-5); built from source once, see ci/messages_server.py."""
+    named claude-haiku-4-5, from the xllamacpp wheel); see ci/messages_server.py."""
     from messages_server import messages_server as serve
 
     with serve(alias="claude-haiku-4-5") as base_url:

@@ -37,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from llmbudget.breakpoints import Breakpoints  # noqa: E402
+from llmbudget.breakpoints import Breakpoints, has_cache_control  # noqa: E402
+from llmbudget.cache.keys import without_cache_control  # noqa: E402
 from llmbudget.calls import Usage  # noqa: E402
 from llmbudget.pricing import Pricing  # noqa: E402
 
@@ -108,9 +109,9 @@ def blocks(body: dict[str, Any]) -> list[tuple[str, int, bool]]:
     digest = hashlib.blake2b(digest_size=12)
 
     def add(value: Any) -> None:
-        text = json.dumps(_strip(value), sort_keys=True, default=str)  # a breakpoint is not content
+        text = json.dumps(without_cache_control(value), sort_keys=True, default=str)  # a breakpoint is not content
         digest.update(text.encode())
-        out.append((digest.copy().hexdigest(), len(text) // CHARS_PER_TOKEN, _marked(value)))
+        out.append((digest.copy().hexdigest(), len(text) // CHARS_PER_TOKEN, has_cache_control(value)))
 
     for tool in body.get("tools") or []:
         add(tool)
@@ -119,25 +120,6 @@ def blocks(body: dict[str, Any]) -> list[tuple[str, int, bool]]:
     for message in body["messages"]:
         add(message)
     return out
-
-
-def _marked(value: Any) -> bool:
-    if isinstance(value, dict):
-        return "cache_control" in value or any(_marked(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_marked(v) for v in value)
-    return False
-
-
-def _strip(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        stripped = [_strip(v) for v in value]
-        if len(stripped) == 1 and isinstance(stripped[0], dict) and set(stripped[0]) == {"type", "text"}:
-            return stripped[0]["text"]
-        return stripped
-    return value
 
 
 @dataclass
@@ -204,7 +186,7 @@ def run(requests: list[Request], model: str) -> dict[str, dict[str, Any]]:
                 body = automatic.apply(body, tenant=request.tenant, model=model) or body
             elif name == "oracle":
                 body = oracle(request)
-            marked += int(_marked(body))
+            marked += int(has_cache_control(body))
             usage = provider.send(body, request.time).replace(output_tokens=request.output_tokens)
             cost += pricing.cost(usage, model=model, base_url="https://api.anthropic.com/v1").usd
             written += usage.cache_write_tokens

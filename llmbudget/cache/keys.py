@@ -17,7 +17,7 @@ from typing import Any
 
 from ..calls import Call
 
-__all__ = ["CacheKeys", "cache_keys", "canonical"]
+__all__ = ["CacheKeys", "cache_keys", "canonical", "without_cache_control"]
 
 # Fields that change how the answer travels, not what it says.
 _TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "prompt_cache_key", "safety_identifier",
@@ -62,12 +62,12 @@ def _has_media(content: Any) -> bool:
     return False
 
 
-def _without_cache_control(value: Any) -> Any:
+def without_cache_control(value: Any) -> Any:
     """``value`` without Anthropic ``cache_control`` markers; a text block left alone becomes its string."""
     if isinstance(value, dict):
-        return {key: _without_cache_control(item) for key, item in value.items() if key != "cache_control"}
+        return {key: without_cache_control(item) for key, item in value.items() if key != "cache_control"}
     if isinstance(value, list):
-        items = [_without_cache_control(item) for item in value]
+        items = [without_cache_control(item) for item in value]
         if len(items) == 1 and isinstance(items[0], dict) and set(items[0]) == {"type", "text"} \
                 and items[0]["type"] == "text":
             return items[0]["text"]
@@ -117,7 +117,7 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
     body = call.body
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
     if call.endpoint == "messages":  # a cache breakpoint changes what the provider caches, never the answer
-        rest = _without_cache_control(rest)
+        rest = without_cache_control(rest)
     if call.endpoint in ("chat.completions", "messages"):
         return _chat_keys(call, rest, tenant, allow_temperature)
     if call.endpoint == "responses":

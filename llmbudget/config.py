@@ -95,7 +95,7 @@ _ENGINE_KEYS = frozenset(
 )
 _PREFIX_CACHE_KEYS = frozenset({"breakpoints", "watch"})
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
-                         "max_semantic_chars"})
+                         "max_semantic_chars", "reranker"})
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
                            "escalate", "min_confidence"})
 _POLICY_KEYS = frozenset(
@@ -670,7 +670,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
         return None
     from .cache import Cache
 
-    for key in ("semantic", "allow_temperature"):
+    for key in ("semantic", "allow_temperature", "reranker"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
     for key in ("ttl", "max_entries"):
@@ -686,15 +686,19 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
         raise ConfigError(f"{source}: cache.max_semantic_chars must be a whole number of characters "
                           f"(0: no limit), got {limit!r}")
     where = _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root)
-    return _open_file("cache.path", lambda path: Cache(
-        path,
-        semantic=table.get("semantic", True),
-        allow_temperature=table.get("allow_temperature", False),
-        ttl=table.get("ttl"),
-        max_entries=int(table.get("max_entries", 100_000)),
-        threshold=threshold,
-        **({} if limit is None else {"max_semantic_chars": limit or None}),
-    ), where, source)
+    try:
+        return _open_file("cache.path", lambda path: Cache(
+            path,
+            semantic=table.get("semantic", True),
+            allow_temperature=table.get("allow_temperature", False),
+            ttl=table.get("ttl"),
+            max_entries=int(table.get("max_entries", 100_000)),
+            threshold=threshold,
+            reranker=table.get("reranker", False),
+            **({} if limit is None else {"max_semantic_chars": limit or None}),
+        ), where, source)
+    except ImportError as exc:
+        raise ConfigError(f"{source}: cache.reranker = true: {exc}") from None
 
 
 def _routing_from_config(value: Any, source: str) -> Any:

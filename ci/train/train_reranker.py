@@ -38,25 +38,34 @@ held-out rewrite families.  Run from the project root (MiniLM needs
 
     # 1. embed every text once (cached in --cache; ~45k texts, about 15 minutes on the shared 2-core box)
     .venv/bin/python ci/train/train_reranker.py prepare --mrpc MRPC_DIR --cache /tmp/rr --qqp-train 12000 --all-misses
-    # 2. train, validate, write the shipped weights (about 5 minutes)
+    # 2. train, validate, write the shipped weights (about 5 minutes, plus 8 the first time: the
+    #    vectors of texts cut to 32 tokens are computed and cached then)
     .venv/bin/python ci/train/train_reranker.py --mrpc MRPC_DIR --cache /tmp/rr --qqp-train 12000 --all-misses \
-        --out llmbudget/cache/reranker_weights.json
-    # 3. lookup latency at 100k entries (miss path / candidate path)
+        --minilm-tokens 32 --out llmbudget/cache/reranker_weights.json
+    # 3. the validation replays as PAIRS.jsonl, for `llmbudget eval cache --mode replay --reranker`
+    .venv/bin/python ci/train/train_reranker.py export --mrpc MRPC_DIR --out /tmp/rr_sets
+    # 4. lookup latency at 100k entries (miss path / candidate path)
     .venv/bin/python ci/train/train_reranker.py bench --entries 100000 --weights llmbudget/cache/reranker_weights.json
 
-Measured (shipped weights, threshold 0.8618 = the lowest score above which
-QQP-validation precision stays >= the verifier's own 0.869 on the same 3,000 pairs):
+Measured (shipped weights: ``--minilm-tokens 32``, threshold 0.8398 = the lowest score above which
+QQP-validation precision stays >= the verifier's own 0.868 on the same 3,000 pairs):
 
 - proxy rewording replay (629 rule rewrites of held-out families ``frame`` of
-  QQP-validation questions + as many QQP-validation non-duplicates; replayed
-  through the real ``CacheStore``, 4 WordLlama candidates above 0.5):
-  reranker hit precision 0.939 (0.985 without the 20 wrong hits whose entry
-  has the query's very words), recall 0.685; verifier 0.841 / 0.235; MiniLM
-  cosine top-1 (GPTCache) 0.941 / 0.830 at 0.95, 0.887 / 0.972 at 0.90.
-- QQP validation pairs (3,000) at 0.8618: precision 0.870, recall 0.232 (verifier 0.869 / 0.194);
-  STS-B: 0.870 / 0.254 (verifier 0.820 / 0.155).
-- MRPC test (never trained on, news sentences): R@P0.9 0.374 (verifier 0.091, MiniLM 0.248).
-- STS-B dev (never trained on): R@P0.9 0.208 (verifier 0.121, MiniLM 0.114).
+  QQP-validation questions + as many QQP-validation non-duplicates; candidates as the real
+  ``CacheStore`` finds them, 4 WordLlama candidates above 0.5): reranker hit precision 0.942
+  (0.981 without the 20 wrong hits whose entry has the query's very words), recall 0.752;
+  verifier 0.856 / 0.275 at 0.85; MiniLM cosine top-1 (GPTCache) 0.933 / 0.803
+  at 0.95, 0.888 / 0.967 at 0.90.  Through ``llmbudget eval cache --mode replay --reranker``
+  on the ``export``ed file: 0.940 / 0.722 (verifier 0.841 / 0.235).
+- QQP validation pairs (3,000): AUC 0.920 (verifier 0.912); MRPC test (never trained on,
+  news sentences): R@P0.9 0.436 (verifier 0.091, MiniLM 0.151); STS-B dev (never trained
+  on): R@P0.9 0.220 (verifier 0.121, MiniLM 0.208).
+- The whole model (``--minilm-tokens 256``): the same within noise (rewordings 0.941 /
+  0.790 at its threshold 0.829, MRPC R@P0.9 0.378) at about 1.3x the cost on long
+  questions.  Four layers (``--minilm-layers 4``): no threshold keeps QQP-validation
+  precision at the verifier's (AUC 0.895).  The verifier's 34 features alone trained on
+  the same varied data (``--no-minilm``): QQP-validation AUC 0.889, and keeping Quora
+  precision leaves 0.108 rewording recall: MiniLM is what carries the meaning.
 - Trained on QQP alone (``--hold-out mrpc_train --hold-out reword_train``), the
   same replay gives recall 0.598 at P 0.915 and MRPC R@P0.9 0.009: the varied
   data is what generalises.
@@ -333,24 +342,47 @@ SIZES = {"qqp_train": 5000, "qqp_val": 3000, "reword": 4000, "mrpc_train": 1200,
 # --------------------------------------------------------------------------- MiniLM vectors, cached on disk
 
 
-def minilm_vectors(texts: Iterable[str], cache: Path, *, chunk: int = 512,
-                   log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
-    """MiniLM vectors of ``texts``, computed once and kept in ``cache/minilm_*.npz`` (text-keyed)."""
-    from llmbudget.cache.minilm import MiniLMEmbedder
+DEPTHS = (3, 4, 6)  # MiniLM layers whose mean-pooled vectors the cache keeps (6: the full model)
 
+
+def minilm_vectors(texts: Iterable[str], cache: Path, *, layers: int = 6, max_tokens: int = 256, chunk: int = 512,
+                   log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+    """MiniLM vectors of ``texts`` after ``layers`` layers, computed once (every depth of ``DEPTHS`` in one
+    pass) and kept in ``cache/minilm_*.npz`` (text-keyed; ``minilm_t{max_tokens}_*.npz`` for texts cut shorter)."""
+    from llmbudget.cache import minilm as m
+
+    key = "vectors" if layers == 6 else f"vectors_l{layers}"
+    prefix = "minilm_" if max_tokens == 256 else f"minilm_t{max_tokens}_"
+    cutter = m.MiniLMEmbedder(max_tokens=max_tokens)
     known: dict[str, np.ndarray] = {}
-    for part in sorted(cache.glob("minilm_*.npz")):
+    for part in sorted(cache.glob(prefix + "*.npz")):
+        if max_tokens == 256 and part.name.startswith("minilm_t"):
+            continue
         with np.load(part, allow_pickle=False) as z:
-            known.update(zip(z["texts"].tolist(), z["vectors"]))
+            known.update(zip(z["texts"].tolist(), z[key]))
     todo = [t for t in dict.fromkeys(texts) if t not in known]
     if todo:
-        embedder = MiniLMEmbedder(batch_size=64)
+        model = m.MiniLMEmbedder()._model()
         start, done = time.perf_counter(), 0
         for i in range(0, len(todo), chunk):
             part_texts = todo[i : i + chunk]
-            vectors = embedder.embed(part_texts)
-            np.savez(cache / f"minilm_{int(time.time() * 1e3)}_{i}.npz", texts=np.array(part_texts), vectors=vectors)
-            known.update(zip(part_texts, vectors))
+            pooled = {d: np.zeros((len(part_texts), 384), dtype=np.float32) for d in DEPTHS}
+            encoded = [cutter._cut(e.ids) for e in model.tokenizer.encode_batch(part_texts)]
+            order = sorted(range(len(part_texts)), key=lambda j: len(encoded[j]))
+            for b in range(0, len(order), 64):
+                rows = order[b : b + 64]
+                width = max(len(encoded[j]) for j in rows)
+                ids = np.zeros((len(rows), width), dtype=np.intp)
+                mask = np.zeros((len(rows), width), dtype=bool)
+                for r, j in enumerate(rows):
+                    ids[r, : len(encoded[j])] = encoded[j]
+                    mask[r, : len(encoded[j])] = True
+                for depth, states in enumerate(m._layer_states(model, ids, mask), start=1):
+                    if depth in pooled:
+                        pooled[depth][rows] = m._mean_pool(states, mask)
+            vectors = {("vectors" if d == 6 else f"vectors_l{d}"): m.normalize_rows(v) for d, v in pooled.items()}
+            np.savez(cache / f"{prefix}{int(time.time() * 1e3)}_{i}.npz", texts=np.array(part_texts), **vectors)
+            known.update(zip(part_texts, vectors[key]))
             done += len(part_texts)
             log(f"  MiniLM: {done}/{len(todo)} texts embedded  [{time.perf_counter() - start:.0f}s]")
     return known
@@ -387,12 +419,12 @@ EXTRA_FEATURES = ("minilm_cosine", "minilm_minus_wordllama")
 class Featurizer:
     """Pair features: the verifier's 34 (WordLlama + lexical) and MiniLM's cosine, from cached vectors."""
 
-    def __init__(self, minilm: dict[str, np.ndarray], *, verifier_score: bool = False) -> None:
+    def __init__(self, minilm: dict[str, np.ndarray] | None, *, verifier_score: bool = False) -> None:
         from llmbudget.cache.verifier import Verifier
 
         self.verifier = Verifier()
         self.minilm = minilm
-        self.names = EXTRA_FEATURES + (("verifier_score",) if verifier_score else ())
+        self.names = (EXTRA_FEATURES if minilm is not None else ()) + (("verifier_score",) if verifier_score else ())
 
     def rows(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         v = self.verifier
@@ -400,9 +432,11 @@ class Featurizer:
         for i, (a, b) in enumerate(pairs):
             pa, pb = v._prepare(a), v._prepare(b)
             base = v._features(pa, pb)
-            mc = float(self.minilm[a] @ self.minilm[b])
-            extra = [mc, mc - base[0]]
-            if len(self.names) > len(EXTRA_FEATURES):
+            extra: list[float] = []
+            if self.minilm is not None:
+                mc = float(self.minilm[a] @ self.minilm[b])
+                extra += [mc, mc - base[0]]
+            if "verifier_score" in self.names:
                 extra.append(v._probability(base, pa, pb))
             out[i] = base + extra
         return out
@@ -508,13 +542,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--qqp-train", type=int, default=SIZES["qqp_train"], help="QQP training pairs used")
     parser.add_argument("--all-misses", action="store_true",
                         help="train on every near-miss kind (the validation kinds are then no longer held out)")
+    parser.add_argument("--minilm-layers", type=int, choices=DEPTHS, default=6,
+                        help="MiniLM layers run (fewer: a cheaper second stage)")
+    parser.add_argument("--minilm-tokens", type=int, default=256,
+                        help="MiniLM reads at most this many tokens of a text (fewer: a cheaper second stage)")
+    parser.add_argument("--no-minilm", action="store_true",
+                        help="the verifier's 34 features only (no MiniLM: a one-stage verifier on the varied data)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     args.cache.mkdir(parents=True, exist_ok=True)
     misses = TRAIN_MISSES + VAL_MISSES if args.all_misses else TRAIN_MISSES
     sets = build_sets(args.data, args.mrpc, {**SIZES, "qqp_train": args.qqp_train}, misses)
     training = [n for n in ("qqp_train", "reword_train", "mrpc_train") if n in sets and n not in args.hold_out]
-    minilm = minilm_vectors(all_texts(sets, list(sets)), args.cache)
+    minilm = None if args.no_minilm else minilm_vectors(all_texts(sets, list(sets)), args.cache,
+                                                        layers=args.minilm_layers, max_tokens=args.minilm_tokens)
     feats = Featurizer(minilm, verifier_score=args.verifier_score)
     train = [p for n in training for p in sets[n]]
     x = feats.rows([(a, b) for a, b, _ in train])
@@ -531,9 +572,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return np.array([v.score_pair(a, b) for a, b in pairs])
 
     def minilm_cos(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        assert minilm is not None
         return np.array([float(minilm[a] @ minilm[b]) for a, b in pairs])
 
     scorers = {"verifier": verifier, "minilm cosine": minilm_cos, "reranker": rerank}
+    if minilm is None:
+        del scorers["minilm cosine"]
     report: dict[str, Any] = {"training": training, "pairs": {}, "replay": {}}
     for name in ("qqp_val", "reword_val", "mrpc_test", "stsb"):
         if name not in sets:
@@ -556,10 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = np.linspace(0.0, 1.0, 401)
     for label, pairs in replay_views(sets).items():
         cands = replay_candidates(pairs, wl, args.candidates, args.floor)
-        gpt = replay_candidates(pairs, minilm, 1, -1.0)
-        for scorer, fn, cc in (("verifier", verifier, replay_candidates(pairs, wl, 2, 0.6)),
-                               ("minilm cosine (GPTCache)", minilm_cos, gpt),
-                               ("reranker", rerank, cands)):
+        runs = [("verifier", verifier, replay_candidates(pairs, wl, 2, 0.6))]
+        if minilm is not None:
+            runs.append(("minilm cosine (GPTCache)", minilm_cos, replay_candidates(pairs, minilm, 1, -1.0)))
+        for scorer, fn, cc in runs + [("reranker", rerank, cands)]:
             scores = [fn([(pairs[i][1], pairs[j][0]) for j in c]) for i, c in enumerate(cc)]
             outcome = replay_outcome(pairs, cc, scores, thresholds)
             report["replay"][f"{label}/{scorer}"] = outcome
@@ -575,7 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"format": "llmbudget-reranker/1", "features": feats.names,
                                         "gbdt": model, "threshold": threshold, "training": training,
-                                        "candidates": args.candidates, "floor": args.floor},
+                                        "candidates": args.candidates, "floor": args.floor,
+                                        **({} if args.minilm_layers == 6 else {"minilm_layers": args.minilm_layers}),
+                                        **({} if args.minilm_tokens == 256 else {"minilm_tokens": args.minilm_tokens})},
                                        separators=(",", ":")) + "\n")
     print(f"done in {time.perf_counter() - started:.0f}s")
     return 0
@@ -606,7 +652,7 @@ def main_bench(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     from llmbudget.cache.bench import _read_pairs, _texts, default_pairs_path
-    from llmbudget.cache.reranker import _DIM, _TAG, RewordReranker
+    from llmbudget.cache.reranker import _DIM, RewordReranker
     from llmbudget.cache.store import CacheStore
 
     parser = argparse.ArgumentParser(description="reranker lookup latency")
@@ -621,7 +667,7 @@ def main_bench(argv: Sequence[str] | None = None) -> int:
             vectors = rng.standard_normal((len(texts), _DIM)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             inner = self.verifier._pack_texts(texts)
-            return [_TAG + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
+            return [self._tag + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
                     for p, v in zip(inner, vectors)]
 
     scorer = _FakePack(json.loads(args.weights.read_text()))
@@ -656,7 +702,27 @@ def main_bench(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main_export(argv: Sequence[str] | None = None) -> int:
+    """Write the validation replays as PAIRS.jsonl files for ``llmbudget eval cache``."""
+    parser = argparse.ArgumentParser(description="write the validation sets for llmbudget eval cache")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--mrpc", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="a folder")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sets = build_sets(args.data, args.mrpc, SIZES, TRAIN_MISSES + VAL_MISSES)
+    views = {f"replay_{name}": pairs for name, pairs in replay_views(sets).items()}
+    views["qqp_val"] = sets["qqp_val"]
+    for name, pairs in views.items():
+        path = args.out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in pairs),
+                        encoding="utf-8")
+        print(f"{path}: {len(pairs)} pairs, {sum(p[2] for p in pairs)} duplicates")
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("prepare", "bench"):
-        raise SystemExit((main_prepare if sys.argv[1] == "prepare" else main_bench)(sys.argv[2:]))
+    commands = {"prepare": main_prepare, "bench": main_bench, "export": main_export}
+    if len(sys.argv) > 1 and sys.argv[1] in commands:
+        raise SystemExit(commands[sys.argv[1]](sys.argv[2:]))
     raise SystemExit(main())

@@ -190,11 +190,11 @@ def _fold(text: str) -> str:
 
 def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None,
                 max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
-                template_guard: TemplateGuard | None = TemplateGuard()) -> dict[str, Any]:
+                template_guard: TemplateGuard | None = TemplateGuard(), reranker: bool = False) -> dict[str, Any]:
     """Store every ``a`` of a PAIRS.jsonl (one tenant, one partition), then look every ``b`` up.
 
-    ``max_semantic_chars`` and ``template_guard`` configure the store made here
-    (as :class:`CacheStore`'s); a ``store`` given is used as it was built.
+    ``max_semantic_chars``, ``template_guard`` and ``reranker`` configure the store made here
+    (as :class:`~llmbudget.cache.cache.Cache`'s); a ``store`` given is used as it was built.
 
     A correct hit returns the entry of its own pair, and the pair is a duplicate;
     every other hit is wrong. ``hit_recall`` is correct hits over duplicate pairs.
@@ -213,8 +213,15 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     """
     pairs = _read_pairs(pairs_path)
     own = store is None
-    cache = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
-                       template_guard=template_guard) if store is None else store
+    if store is None:
+        second: dict[str, Any] = {}
+        if reranker:
+            from .reranker import RewordReranker
+
+            second = RewordReranker().store_options()
+        store = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
+                           template_guard=template_guard, **second)
+    cache = store
     partition = "replay"
     try:
         cache.threshold  # noqa: B018 - loads the scorer now: fail before storing

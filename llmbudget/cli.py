@@ -94,7 +94,8 @@ def _eval_cache(ns: argparse.Namespace) -> int:
 def _bench_cache(ns: argparse.Namespace) -> int:
     from .cache.bench import bench_cache
 
-    result = _run(bench_cache, {"entries": ns.entries}, as_json=ns.json, title=f"building {ns.entries} entries")
+    result = _run(bench_cache, {"entries": ns.entries, "reranker": ns.reranker}, as_json=ns.json,
+                  title=f"building {ns.entries} entries")
     _print(result, as_json=ns.json, title="cache benchmark")
     return 0
 
@@ -571,6 +572,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_what = bench.add_subparsers(dest="what", required=True)
     bench_cache = bench_what.add_parser("cache", help="time cache lookups at N entries (embedding included)")
     bench_cache.add_argument("--entries", type=int, default=100_000)
+    bench_cache.add_argument("--reranker", action="store_true",
+                             help="the store [cache] reranker = true builds (stored MiniLM vectors are random)")
     bench_cache.add_argument("--json", action="store_true")
     bench_cache.set_defaults(handler=_bench_cache)
 

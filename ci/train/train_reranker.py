@@ -44,8 +44,8 @@ held-out rewrite families.  Run from the project root (MiniLM needs
         --minilm-tokens 32 --out llmbudget/cache/reranker_weights.json
     # 3. the validation replays as PAIRS.jsonl, for `llmbudget eval cache --mode replay --reranker`
     .venv/bin/python ci/train/train_reranker.py export --mrpc MRPC_DIR --out /tmp/rr_sets
-    # 4. lookup latency at 100k entries (miss path / candidate path)
-    .venv/bin/python ci/train/train_reranker.py bench --entries 100000 --weights llmbudget/cache/reranker_weights.json
+    # 4. lookup latency at 100k entries (miss path / candidate path) of the shipped weights
+    .venv/bin/llmbudget bench cache --entries 100000 --reranker --json
 
 Measured (shipped weights: ``--minilm-tokens 32``, threshold 0.8398 = the lowest score above which
 QQP-validation precision stays >= the verifier's own 0.868 on the same 3,000 pairs):
@@ -643,65 +643,6 @@ def replay_views(sets: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
     return views
 
 
-def main_bench(argv: Sequence[str] | None = None) -> int:
-    """Lookup latency of a store scored by the reranker: miss path (no candidate above the floor) and candidate path.
-
-    Entries get random MiniLM vectors in their scorer data (embedding 100k texts takes too long here; a
-    lookup's cost does not depend on the values), the query is embedded by MiniLM for real.
-    """
-    import tempfile
-
-    from llmbudget.cache.bench import _read_pairs, _texts, default_pairs_path
-    from llmbudget.cache.reranker import _DIM, RewordReranker
-    from llmbudget.cache.store import CacheStore
-
-    parser = argparse.ArgumentParser(description="reranker lookup latency")
-    parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--weights", type=Path, required=True)
-    args = parser.parse_args(argv)
-
-    class _FakePack(RewordReranker):
-        def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
-            rng = np.random.default_rng(len(texts))
-            vectors = rng.standard_normal((len(texts), _DIM)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            inner = self.verifier._pack_texts(texts)
-            return [self._tag + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
-                    for p, v in zip(inner, vectors)]
-
-    scorer = _FakePack(json.loads(args.weights.read_text()))
-    scorer.minilm.load()
-    source = default_pairs_path()
-    assert source is not None, "set LLMBUDGET_CACHE_PAIRS or keep ../shared/data/cache/qqp_dev.jsonl"
-    pairs = _read_pairs(source)
-    rng = random.Random(1)
-    asked = [rng.choice(pairs)["b"] for _ in range(args.queries + 20)]
-    texts = list(_texts(pairs, args.entries, exclude=set(asked)))
-    with tempfile.TemporaryDirectory(prefix="llmbudget-rerank-bench-") as folder:
-        store = CacheStore(folder, scorer=scorer, min_cosine=scorer.min_cosine, candidates=scorer.candidates,
-                           max_entries=None)
-        for start in range(0, len(texts), 20_000):
-            store.put_many({"partition": "p", "exact_key": f"e{start + i}", "text": t, "response": "{}",
-                            "tenant": "b", "model": "b"} for i, t in enumerate(texts[start : start + 20_000]))
-        store.search("p", texts[0])
-        timings: dict[str, list[float]] = {"miss path": [], "candidate path": []}
-        for n, text in enumerate(asked):
-            query = store._unit(store.embedder.embed([text])[0])
-            found = store._index.search(store._partition_id("p"), query, store.candidates)
-            path = "candidate path" if any(sim >= scorer.min_cosine for _, sim in found) else "miss path"
-            scorer._vectors.clear()  # a new query: MiniLM runs
-            t0 = time.perf_counter()
-            store.search("p", text)
-            if n >= 20:
-                timings[path].append((time.perf_counter() - t0) * 1e3)
-        store.close()
-    for path, ms in timings.items():
-        if ms:
-            print(f"{path}: {len(ms)} lookups, p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms")
-    return 0
-
-
 def main_export(argv: Sequence[str] | None = None) -> int:
     """Write the validation replays as PAIRS.jsonl files for ``llmbudget eval cache``."""
     parser = argparse.ArgumentParser(description="write the validation sets for llmbudget eval cache")
@@ -722,7 +663,7 @@ def main_export(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    commands = {"prepare": main_prepare, "bench": main_bench, "export": main_export}
+    commands = {"prepare": main_prepare, "export": main_export}
     if len(sys.argv) > 1 and sys.argv[1] in commands:
         raise SystemExit(commands[sys.argv[1]](sys.argv[2:]))
     raise SystemExit(main())

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .embedders import Embedder
+from .reranker import _DIM, RewordReranker
 from .store import CacheStore, CosineScorer, Scorer
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
@@ -120,6 +121,7 @@ def bench_cache(
     embedder: Embedder | None = None,
     scorer: Scorer | None = None,
     threshold: float | None = None,
+    reranker: bool = False,
 ) -> dict[str, Any]:
     """Build a cache of ``entries`` questions in one partition and time ``queries`` lookups, embedding included.
 
@@ -128,10 +130,19 @@ def bench_cache(
     ``_WARMUP`` lookups run first, untimed. ``build_s`` covers embedding, the verifier's
     per-entry data, SQLite inserts, the index build and its save; ``bytes_per_entry`` is the
     directory's size on disk (store + index) per entry. ``scorer``/``threshold`` default to
-    the store's (the verifier).
+    the store's (the verifier). ``miss_path`` and ``candidate_path`` split the lookups (count,
+    p50, p99 ms) by whether the scorer ran (the first stage found a candidate at or above the
+    store's ``min_cosine`` that the template guard let through).
+
+    ``reranker``: the store as ``Cache(reranker=True)`` builds it. The stored entries get
+    random unit MiniLM vectors instead of their own (embedding 100,000 texts with MiniLM takes
+    about 20 minutes on two cores; a lookup's cost does not depend on the values, so hit
+    figures mean nothing here); each query is embedded by MiniLM for real, every time.
     """
     if entries < 1 or queries < 1:
         raise ValueError(f"entries and queries must be >= 1, got {entries} and {queries}")
+    if reranker:
+        scorer = _BenchReranker()
     source = default_pairs_path()
     if source is None:
         logger.warning("cache bench: no QQP pairs found (set %s); using synthetic questions", DATA_ENV)
@@ -146,7 +157,8 @@ def bench_cache(
     held_out = {p["b"] for p in asked} - set(originals)
     texts = list(_texts(pairs, entries, first=originals, exclude=held_out))
     with tempfile.TemporaryDirectory(prefix="llmbudget-bench-", dir=os.environ.get(DIR_ENV)) as folder:
-        store = CacheStore(folder, embedder=embedder, scorer=scorer, threshold=threshold, max_entries=None)
+        options = scorer.store_options() if isinstance(scorer, _BenchReranker) else {"scorer": scorer}
+        store = CacheStore(folder, embedder=embedder, threshold=threshold, max_entries=None, **options)
         try:
             store.threshold  # noqa: B018 - loads the scorer now: fail before a long build
             started = time.perf_counter()
@@ -166,7 +178,12 @@ def bench_cache(
 
             gc.collect()  # the build's garbage: not a lookup's cost
             timings, cpu = [], []
+            paths: dict[str, list[float]] = {"miss_path": [], "candidate_path": []}
+            scored = _count_scoring(store)
             for number, text in enumerate(p["b"] for p in asked):
+                before = scored[0]
+                if isinstance(scorer, _BenchReranker):
+                    scorer.clear_cache()  # MiniLM runs on the query, as for a new question
                 t0, c0 = time.perf_counter(), time.thread_time()
                 # As Cache.lookup does: the exact tier (a miss: the query was never stored), then the semantic one.
                 if store.get_exact(_PARTITION, f"q{number}") is None:
@@ -174,14 +191,42 @@ def bench_cache(
                 if number >= _WARMUP:
                     timings.append(time.perf_counter() - t0)
                     cpu.append(time.thread_time() - c0)
+                    paths["candidate_path" if scored[0] > before else "miss_path"].append(timings[-1])
         finally:
             store.close()
     p50, p99 = _percentiles(timings)
     cpu50, cpu99 = _percentiles(cpu)
     logger.info("cache bench: lookup CPU time p50 %.3f ms, p99 %.3f ms (wall p50 %.3f, p99 %.3f; load average %.2f)",
                 cpu50, cpu99, p50, p99, os.getloadavg()[0])
+    split = {path: {"lookups": len(ms), **dict(zip(("p50_ms", "p99_ms"), (round(v, 4) for v in _percentiles(ms))))}
+             for path, ms in paths.items()}
     return {"entries": len(texts), "build_s": round(build_s, 3), "lookup_p50_ms": round(p50, 4),
-            "lookup_p99_ms": round(p99, 4), "bytes_per_entry": round(size / len(texts), 1)}
+            "lookup_p99_ms": round(p99, 4), "bytes_per_entry": round(size / len(texts), 1), **split}
+
+
+def _count_scoring(store: CacheStore) -> list[int]:
+    """Count the store's scorer calls from now on (a one-item list): a lookup that scored a candidate took
+    the candidate path."""
+    calls = [0]
+    score = store._score
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return score(*args, **kwargs)
+
+    store._score = counted  # type: ignore[method-assign]
+    return calls
+
+
+class _BenchReranker(RewordReranker):
+    """The reranker with random MiniLM vectors in the stored entries' data (see :func:`bench_cache`)."""
+
+    def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
+        vectors = np.random.default_rng(len(texts)).standard_normal((len(texts), _DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        inner = self.verifier._pack_texts(texts)
+        return [self._tag + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
+                for p, v in zip(inner, vectors)]
 
 
 def _fold(text: str) -> str:

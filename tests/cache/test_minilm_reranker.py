@@ -115,3 +115,12 @@ def test_eval_cache_cli_with_the_reranker(tmp_path, capsys) -> None:  # noqa: AN
             assert result["correct_hits"] >= 1 and result["wrong_hits"] == 0
         else:
             assert result["default"]["precision"] == 1.0 and result["default"]["recall"] >= 0.5
+
+
+def test_bench_cache_times_the_reranker_paths() -> None:
+    from llmbudget.cache.bench import bench_cache
+
+    result = bench_cache(200, queries=30, reranker=True)
+    paths = result["miss_path"], result["candidate_path"]
+    assert sum(p["lookups"] for p in paths) == 30 and result["candidate_path"]["lookups"] > 0
+    assert result["candidate_path"]["p50_ms"] > result["miss_path"]["p50_ms"] or result["miss_path"]["lookups"] == 0

@@ -440,8 +440,11 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DATA", str(pairs))
     monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DIR", str(tmp_path))
     result = bench_cache(30, queries=20, embedder=HashEmbedder(), scorer=CosineStandIn())
-    assert list(result) == ["entries", "build_s", "lookup_p50_ms", "lookup_p99_ms", "bytes_per_entry"]
+    assert list(result) == ["entries", "build_s", "lookup_p50_ms", "lookup_p99_ms", "bytes_per_entry", "miss_path",
+                            "candidate_path"]
     assert result["entries"] == 30 and result["bytes_per_entry"] > 0 and result["lookup_p99_ms"] > 0
+    assert result["miss_path"]["lookups"] + result["candidate_path"]["lookups"] == 20
+    assert result["candidate_path"]["lookups"] > 0  # the stored questions are asked again: the scorer runs
 
     with make(None) as store:
         replay = eval_replay(pairs, store=store)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import importlib.resources
 import json
+import os
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -107,6 +109,7 @@ class RewordReranker:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        _RERANKERS.add(self)  # its lock is new in a forked child
 
     # ------------------------------------------------------------------ Scorer
 
@@ -199,3 +202,16 @@ class RewordReranker:
         p = 1.0 / (1.0 + np.exp(-np.clip(self._trees.logits(x), -500.0, 500.0)))
         same = x[:, 28] > 0.0  # FEATURE_NAMES' same_words: texts with the same words are the same question
         return np.where(same, np.maximum(p, self.threshold), p)
+
+
+_RERANKERS: weakref.WeakSet[RewordReranker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """New locks in a child just forked: a thread of the parent may have held one, and it is not here."""
+    for reranker in list(_RERANKERS):
+        reranker._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -124,3 +124,20 @@ def test_bench_cache_times_the_reranker_paths() -> None:
     paths = result["miss_path"], result["candidate_path"]
     assert sum(p["lookups"] for p in paths) == 30 and result["candidate_path"]["lookups"] > 0
     assert result["candidate_path"]["p50_ms"] > result["miss_path"]["p50_ms"] or result["miss_path"]["lookups"] == 0
+
+
+def test_a_fork_while_the_lock_is_held(reranker) -> None:  # noqa: ANN001
+    import os
+    import signal
+
+    with reranker._lock:  # as a thread of the parent would hold it at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal.alarm(20)
+                code = 0 if reranker.score("What is a CPU?", None, "What's a CPU?", None) >= 0 else 1
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -62,6 +62,15 @@ share falls from 72% to 28%, and README's replay keeps 89.0% of answer quality
 (81.1% saved) instead of 98.6% (62.8%); blend 0.5 keeps 91.8% (71.2%).
 Token-rarity features (mean log o200k token id, share of ids above 20,000,
 tokens per word) moved leave-one-subject-out APGR by under 0.003.
+More varied training data (``ci/train/extra_routing_data.py``: RouterBench's
+ARC-Challenge, MBPP and WinoGrande rows for the same Mixtral / GPT-4-1106 pair,
+3,164 prompts, always in training; AlpacaEval's 804 instructions for
+Llama-2-7B / GPT-4-1106), each task weighing a share of MMLU's total, leave one
+domain out (mean / worst of the 6 folds, MMLU pooled; none 0.591 / 0.493 / 0.592):
+RouterBench at 0.1 each 0.596 / 0.499 / 0.588, at 0.3 0.596 / 0.498 / 0.581; with
+AlpacaEval at 0.1 0.597 / 0.491 / 0.588, at 0.3 0.595 / 0.493 / 0.580.  GSM8K,
+MT-Bench and "other" gain, social sciences lose (0.615 -> 0.588-0.602): within the
+noise above, and lower on pooled MMLU, so not shipped.
 Also within noise: the both-wrong label weight at 0.25 / 0.35 / 0.65 instead
 of 0.5; a stronger embedding penalty (0.1, 0.3, 1.0: 0.587 -> 0.576 domain,
 0.589 -> 0.582 subject folds, lower with every step).  Leave-one-subject-out

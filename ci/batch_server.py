@@ -9,6 +9,12 @@ one to ``upstream`` (the real local LLM server, e.g. llama-cpp-python's), and wr
 output file (answers, ``response.status_code`` 200) and the error file (the upstream's
 4xx/5xx answers) as the Batch API does.
 
+Anthropic's Message Batches too, as the anthropic SDK's ``messages.batches`` resource
+sends and reads them: ``POST /v1/messages/batches`` (the requests inline, each with its
+``params``), ``GET /v1/messages/batches/{id}`` and its ``results_url``
+(``/v1/messages/batches/{id}/results``, one JSONL line per request: ``succeeded`` with the
+message, ``errored``, or ``expired``); each request goes to ``upstream``'s ``/messages``.
+
 Options for tests: ``delay`` (seconds before a job starts), ``expire_after`` (run that
 many lines, then end the job ``expired``: the rest are not run).
 
@@ -31,6 +37,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = ["BatchServer", "batch_server"]
+
+
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 class BatchServer(ThreadingHTTPServer):
@@ -102,6 +112,45 @@ class BatchServer(ThreadingHTTPServer):
         stamp = {"completed": "completed_at", "expired": "expired_at", "cancelled": "cancelled_at"}[ended]
         batch.update({"status": ended, stamp: int(time.time())})
 
+    def create_message_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise ValueError("requests: a non-empty list is required")
+        now = time.time()
+        batch = {"id": f"msgbatch_{uuid.uuid4().hex[:24]}", "type": "message_batch", "processing_status": "in_progress",
+                 "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0,
+                                    "expired": 0},
+                 "created_at": _iso(now), "expires_at": _iso(now + 86400), "ended_at": None, "archived_at": None,
+                 "cancel_initiated_at": None, "results_url": None}
+        with self.lock:
+            self.batches[batch["id"]] = batch
+        threading.Thread(target=self._run_messages, args=(batch["id"], requests), daemon=True).start()
+        return batch
+
+    def _run_messages(self, batch_id: str, requests: list[dict[str, Any]]) -> None:
+        time.sleep(self.delay)
+        batch = self.batches[batch_id]
+        counts, results = batch["request_counts"], []
+        for index, request in enumerate(requests):
+            counts["processing"] -= 1
+            if self.expire_after is not None and index >= self.expire_after:
+                results.append({"custom_id": request.get("custom_id"), "result": {"type": "expired"}})
+                counts["expired"] += 1
+                continue
+            status, body = self._send({"url": "/v1/messages", "body": request.get("params")})
+            if status < 400:
+                results.append({"custom_id": request.get("custom_id"), "result": {"type": "succeeded", "message": body}})
+                counts["succeeded"] += 1
+            else:
+                error = body.get("error") if isinstance(body.get("error"), dict) else {"type": "api_error",
+                                                                                        "message": str(body)}
+                results.append({"custom_id": request.get("custom_id"),
+                                "result": {"type": "errored", "error": {"type": "error", "error": error}}})
+                counts["errored"] += 1
+        batch["_results"] = "".join(json.dumps(row) + "\n" for row in results).encode()
+        batch.update(processing_status="ended", ended_at=_iso(time.time()),
+                     results_url=f"http://127.0.0.1:{self.server_address[1]}/v1/messages/batches/{batch_id}/results")
+
     def _send(self, line: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         url = self.upstream + str(line.get("url", "")).removeprefix("/v1")
         request = urllib.request.Request(url, data=json.dumps(line.get("body")).encode(), method="POST",
@@ -152,6 +201,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._reply(200, self.server.add_file(upload.get_payload(decode=True), upload.get_filename() or "upload",
                                                   purpose.get_content().strip()))
+        elif path == "/v1/messages/batches":
+            try:
+                self._reply(200, self.server.create_message_batch(json.loads(self._body())))
+            except (LookupError, ValueError) as exc:
+                self._reply(400, {"type": "error", "error": {"type": "invalid_request_error", "message": str(exc)}})
         elif path == "/v1/batches":
             try:
                 self._reply(200, self.server.create_batch(json.loads(self._body())))
@@ -173,7 +227,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in self.server.batches:
+        if parts[:3] == ["v1", "messages", "batches"] and len(parts) >= 4 and parts[3] in self.server.batches:
+            batch = self.server.batches[parts[3]]
+            if len(parts) == 5 and parts[4] == "results" and "_results" in batch:
+                self._reply(200, batch["_results"], "application/binary")
+            elif len(parts) == 4:
+                self._reply(200, {k: v for k, v in batch.items() if not k.startswith("_")})
+            else:
+                self._missing()
+        elif parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in self.server.batches:
             self._reply(200, self.server.batches[parts[2]])
         elif parts[:2] == ["v1", "files"] and len(parts) >= 3 and parts[2] in self.server.files:
             file = self.server.files[parts[2]]

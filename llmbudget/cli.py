@@ -380,7 +380,8 @@ def _batches(ns: argparse.Namespace) -> int:
     from .pipeline import Engine
 
     engine = Engine(ledger=SQLiteLedger(ns.ledger) if ns.ledger else None)
-    summaries = resume(ns.state, api_key=os.environ.get("OPENAI_API_KEY"), engine=engine, wait=ns.wait)
+    summaries = resume(ns.state, api_key=os.environ.get("OPENAI_API_KEY"), engine=engine, wait=ns.wait,
+                       anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY"))
     flush = getattr(engine.ledger, "flush", None)
     if flush is not None:
         flush()
@@ -629,7 +630,8 @@ def _parser() -> argparse.ArgumentParser:
     batches.add_argument("--state", default=".llmbudget/batches", help="the Batcher's state folder "
                          "(default .llmbudget/batches)")
     batches.add_argument("--resume", action="store_true", help="fetch finished jobs: results to "
-                         "STATE/<job>.results.jsonl, spend to --ledger (API key from OPENAI_API_KEY)")
+                         "STATE/<job>.results.jsonl, spend to --ledger (API keys from OPENAI_API_KEY and "
+                         "ANTHROPIC_API_KEY)")
     batches.add_argument("--wait", action="store_true", help="with --resume: poll until every job is finished")
     batches.add_argument("--ledger", help="with --resume: the SQLite ledger to record the calls' spend in")
     batches.add_argument("--json", action="store_true")

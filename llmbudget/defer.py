@@ -1,4 +1,4 @@
-"""Deferred work at half price: OpenAI's ``flex`` service tier and its Batch API.
+"""Deferred work at half price: OpenAI's ``flex`` service tier, its Batch API and Anthropic's Message Batches.
 
 ``with llmbudget.defer("flex"):`` sends the block's OpenAI chat and Responses calls with
 ``service_tier: "flex"`` (slower, may answer 429 when capacity is short: the SDK's
@@ -10,7 +10,9 @@ Batch API jobs instead of sending them: each call waits while the engine's :clas
 the calls made within ``linger`` seconds (from threads or asyncio tasks), uploads them as a
 JSONL file (``POST /v1/files``, purpose ``batch``), creates the job (``POST /v1/batches``),
 polls it, downloads the output and error files and hands every caller its own answer,
-matched by ``custom_id``, as if the server had answered it. A line the job could not run
+matched by ``custom_id``, as if the server had answered it (Anthropic's Messages calls become a
+Message Batch instead: ``POST /v1/messages/batches``, polled until ``ended``, results from its
+``results_url``). A line the job could not run
 (failed, expired, cancelled) gets an error answer saying so; the SDK raises it for that
 call alone. Jobs are kept in ``state`` (a folder: the job id and its pending calls) until
 their results are in, so after a restart ``llmbudget batches --resume`` fetches them and
@@ -43,7 +45,8 @@ __all__ = ["DEFER_MODES", "BatchError", "Batcher", "defer", "pending_jobs", "res
 
 DEFER_MODES = ("flex", "batch")
 _FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_FORWARDED = ("authorization", "openai-organization", "openai-project", "user-agent")
+_FORWARDED = ("authorization", "openai-organization", "openai-project", "user-agent",
+              "x-api-key", "anthropic-version", "anthropic-beta")
 
 
 class BatchError(RuntimeError):
@@ -52,7 +55,8 @@ class BatchError(RuntimeError):
 
 @contextlib.contextmanager
 def defer(mode: str = "batch") -> Iterator[Any]:
-    """Defer the block's OpenAI calls: ``"flex"`` (the flex service tier) or ``"batch"`` (the Batch API)."""
+    """Defer the block's calls: ``"flex"`` (OpenAI's flex service tier) or ``"batch"`` (OpenAI's Batch API,
+    Anthropic's Message Batches)."""
     if mode not in DEFER_MODES:
         raise ValueError(f"defer: mode must be one of {', '.join(DEFER_MODES)}, got {mode!r}")
     from .scope import scope
@@ -81,7 +85,7 @@ class _Group:
 
 
 class Batcher:
-    """Gathers deferred calls into Batch API jobs and hands their answers back.
+    """Gathers deferred calls into Batch API jobs (Message Batches for Anthropic's) and hands their answers back.
 
     - ``linger``: seconds a job waits for more calls after its first (default 1).
     - ``max_lines``: a job is sent as soon as it has this many calls (the API allows 50,000).
@@ -116,7 +120,7 @@ class Batcher:
                      line={"method": "POST", "url": endpoint, "body": body})
         call.line["custom_id"] = call.custom_id
         kept = {k: v for k, v in headers.items() if k.lower() in _FORWARDED}
-        key = (base_url, endpoint, kept.get("authorization", ""))
+        key = (base_url, endpoint, kept.get("authorization") or kept.get("x-api-key") or "")
         with self._lock:
             group = self._groups.get(key)
             if group is None:
@@ -148,7 +152,8 @@ class Batcher:
             job = self._create(group)
         except Exception as exc:
             log.warning("llmbudget: a batch of %d call(s) could not be created: %s", len(group.calls), exc)
-            _fail_all(group.calls, 502, f"llmbudget: the batch job could not be created: {exc}", "batch_failed")
+            _fail_all(group.calls, 502, f"llmbudget: the batch job could not be created: {exc}", "batch_failed",
+                      anthropic=_jobs_for(group.path).anthropic)
             return
         try:
             done = self._wait(group, job)
@@ -156,46 +161,41 @@ class Batcher:
         except Exception as exc:
             log.warning("llmbudget: batch %s could not be read: %s; `llmbudget batches --resume` fetches it later",
                         job, exc)
-            _fail_all(group.calls, 502, f"llmbudget: batch {job} could not be read: {exc}", "batch_unreadable")
+            _fail_all(group.calls, 502, f"llmbudget: batch {job} could not be read: {exc}", "batch_unreadable",
+                      anthropic=_jobs_for(group.path).anthropic)
             return
+        jobs = _jobs_for(group.path)
         for call in group.calls:
-            status, body = answers.get(call.custom_id) or _error(
-                504 if done.get("status") == "expired" else 500,
-                f"batch {job} ended {done.get('status')!r} without running this request", f"batch_{done.get('status')}")
+            status, body = answers.get(call.custom_id) or _missing_line(jobs, job, done)
             if not call.future.done():
                 call.future.set_result((status, body))
         self._forget(job)
 
-    # -- the API (through the openai SDK, so the server must speak its Files and Batches types) ---------
-
-    def _sdk(self, base_url: str, headers: dict[str, str]) -> Any:
-        return _sdk_client(base_url, headers, self.timeout)
+    # -- the API: OpenAI's Batch API (openai SDK) or Anthropic's Message Batches (anthropic SDK) -----------
 
     def _create(self, group: _Group) -> str:
-        content = "".join(json.dumps(call.line, separators=(",", ":")) + "\n" for call in group.calls).encode()
-        with self._sdk(group.base_url, group.headers) as client:
-            try:
-                uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
-                job = client.batches.create(input_file_id=uploaded.id, endpoint=group.path,
-                                            completion_window=self.completion_window,
-                                            metadata={"created_by": "llmbudget"}).id
-            except Exception as exc:
-                raise BatchError(f"creating the batch: {exc}") from exc
+        jobs = _jobs_for(group.path)
+        try:
+            job = jobs.create(group.base_url, group.headers, self.timeout, group.path,
+                              [call.line for call in group.calls], self.completion_window)
+        except BatchError:
+            raise
+        except Exception as exc:
+            raise BatchError(f"creating the batch: {exc}") from exc
         log.info("llmbudget: batch %s created with %d call(s)", job, len(group.calls))
         self._keep(job, group)
-        return str(job)
+        return job
 
     def _wait(self, group: _Group, job: str) -> dict[str, Any]:
-        with self._sdk(group.base_url, group.headers) as client:
-            while True:
-                status = client.batches.retrieve(job).model_dump()
-                if status.get("status") in _FINAL:
-                    return status
-                time.sleep(self.poll_interval)
+        jobs = _jobs_for(group.path)
+        while True:
+            status = jobs.retrieve(group.base_url, group.headers, self.timeout, job)
+            if jobs.final(status):
+                return status
+            time.sleep(self.poll_interval)
 
     def _results(self, group: _Group, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
-        with self._sdk(group.base_url, group.headers) as client:
-            return read_results(client, done)
+        return _jobs_for(group.path).results(group.base_url, group.headers, self.timeout, done)
 
     # -- the state folder ------------------------------------------------------------------------------
 
@@ -226,14 +226,118 @@ def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
     return openai.OpenAI(base_url=base_url, api_key=key, default_headers=extra, timeout=timeout, max_retries=2)
 
 
-def _error(status: int, message: str, kind: str) -> tuple[int, bytes]:
+def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
+    try:
+        import anthropic
+    except ImportError:
+        raise BatchError("deferring Messages calls needs the anthropic SDK: pip install anthropic") from None
+    extra = {k: v for k, v in headers.items() if k.lower() in ("anthropic-version", "anthropic-beta")}
+    return anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=headers.get("x-api-key") or "none",
+                               default_headers=extra, timeout=timeout, max_retries=2)
+
+
+class _OpenAIJobs:
+    """OpenAI's Batch API: a JSONL file of request lines, ``/v1/batches``, output and error files."""
+
+    anthropic = False
+
+    @staticmethod
+    def final(status: dict[str, Any]) -> bool:
+        return status.get("status") in _FINAL
+
+    @staticmethod
+    def ended(status: dict[str, Any]) -> str:
+        return str(status.get("status"))
+
+    def create(self, base_url: str, headers: dict[str, str], timeout: float, path: str,
+               lines: list[dict[str, Any]], window: str) -> str:
+        content = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+        with _sdk_client(base_url, headers, timeout) as client:
+            uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
+            return str(client.batches.create(input_file_id=uploaded.id, endpoint=path, completion_window=window,
+                                             metadata={"created_by": "llmbudget"}).id)
+
+    def retrieve(self, base_url: str, headers: dict[str, str], timeout: float, job: str) -> dict[str, Any]:
+        with _sdk_client(base_url, headers, timeout) as client:
+            return dict(client.batches.retrieve(job).model_dump())
+
+    def results(self, base_url: str, headers: dict[str, str], timeout: float,
+                done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+        with _sdk_client(base_url, headers, timeout) as client:
+            return read_results(client, done)
+
+
+class _AnthropicJobs:
+    """Anthropic's Message Batches: ``/v1/messages/batches`` with the requests inline, a results JSONL."""
+
+    anthropic = True
+
+    @staticmethod
+    def final(status: dict[str, Any]) -> bool:
+        return status.get("processing_status") == "ended"
+
+    @staticmethod
+    def ended(status: dict[str, Any]) -> str:
+        return str(status.get("processing_status"))
+
+    def create(self, base_url: str, headers: dict[str, str], timeout: float, path: str,
+               lines: list[dict[str, Any]], window: str) -> str:
+        with _anthropic_client(base_url, headers, timeout) as client:
+            requests = [{"custom_id": line["custom_id"], "params": line["body"]} for line in lines]
+            return str(client.messages.batches.create(requests=requests).id)
+
+    def retrieve(self, base_url: str, headers: dict[str, str], timeout: float, job: str) -> dict[str, Any]:
+        with _anthropic_client(base_url, headers, timeout) as client:
+            return dict(client.messages.batches.retrieve(job).model_dump())
+
+    def results(self, base_url: str, headers: dict[str, str], timeout: float,
+                done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+        answers: dict[str, tuple[int, bytes]] = {}
+        with _anthropic_client(base_url, headers, timeout) as client:
+            try:
+                lines = list(client.messages.batches.results(done["id"]))
+            except Exception as exc:
+                raise BatchError(f"downloading the results of {done.get('id')}: {exc}") from exc
+        for line in lines:
+            result = line.result.model_dump()
+            kind = result.get("type")
+            if kind == "succeeded":
+                answers[line.custom_id] = (200, json.dumps(result["message"]).encode())
+            elif kind == "errored":
+                error = (result.get("error") or {}).get("error") or {}
+                status = 400 if error.get("type") == "invalid_request_error" else 500
+                answers[line.custom_id] = _error(status, str(error.get("message") or "the batch request failed"),
+                                                 str(error.get("type") or "api_error"), anthropic=True)
+            else:  # canceled, expired
+                answers[line.custom_id] = _error(504 if kind == "expired" else 500,
+                                                 f"batch {done.get('id')}: this request was {kind}",
+                                                 f"batch_{kind}", anthropic=True)
+        return answers
+
+
+def _jobs_for(path: str) -> _OpenAIJobs | _AnthropicJobs:
+    """The batch API that serves calls to ``path`` (an endpoint path such as ``/v1/messages``)."""
+    return _AnthropicJobs() if path.rstrip("/").endswith("/messages") else _OpenAIJobs()
+
+
+def _error(status: int, message: str, kind: str, *, anthropic: bool = False) -> tuple[int, bytes]:
+    """An error answer in the API's own shape (OpenAI's, or Anthropic's with ``anthropic``)."""
+    if anthropic:
+        return status, json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     return status, json.dumps({"error": {"message": message, "type": kind, "param": None, "code": kind}}).encode()
 
 
-def _fail_all(calls: list[_Call], status: int, message: str, kind: str) -> None:
+def _fail_all(calls: list[_Call], status: int, message: str, kind: str, *, anthropic: bool = False) -> None:
     for call in calls:
         if not call.future.done():
-            call.future.set_result(_error(status, message, kind))
+            call.future.set_result(_error(status, message, kind, anthropic=anthropic))
+
+
+def _missing_line(jobs: _OpenAIJobs | _AnthropicJobs, job: str, done: dict[str, Any]) -> tuple[int, bytes]:
+    """The answer of a call the finished job has no result for."""
+    ended = jobs.ended(done)
+    return _error(504 if ended == "expired" else 500, f"batch {job} ended {ended!r} without running this request",
+                  f"batch_{ended}", anthropic=jobs.anthropic)
 
 
 def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
@@ -274,35 +378,35 @@ def pending_jobs(state: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,
-           poll_interval: float = 10.0) -> list[dict[str, Any]]:
+           poll_interval: float = 10.0, anthropic_api_key: str | None = None) -> list[dict[str, Any]]:
     """Fetch the results of the jobs in ``state``: record each call's spend (batch-priced) in ``engine``'s
     ledger, write ``<job>.results.jsonl`` (custom_id, status, body) beside it and forget the job. A job not
-    finished yet is left (``wait``: poll until it is). Returns one summary per job."""
+    finished yet is left (``wait``: poll until it is). ``api_key`` reads OpenAI jobs, ``anthropic_api_key``
+    Anthropic's Message Batches. Returns one summary per job (``status``: the API's own, e.g. ``completed``
+    or ``ended``)."""
     from .calls import SpendRecord, Usage
     from .providers import adapter_for_path
 
     folder = Path(state)
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     summaries = []
     for job in pending_jobs(folder):
-        with _sdk_client(job["base_url"], headers, 120.0) as client:
-            while True:
-                done = client.batches.retrieve(job["id"]).model_dump()
-                if done.get("status") in _FINAL or not wait:
-                    break
-                time.sleep(poll_interval)
-            if done.get("status") not in _FINAL:
-                summaries.append({"id": job["id"], "status": done.get("status"), "calls": len(job["calls"]),
-                                  "recorded": 0})
-                continue
-            answers = read_results(client, done)
+        jobs = _jobs_for(job["endpoint"])
+        key = anthropic_api_key if jobs.anthropic else api_key
+        headers = ({"x-api-key": key} if jobs.anthropic else {"authorization": f"Bearer {key}"}) if key else {}
+        while True:
+            done = jobs.retrieve(job["base_url"], headers, 120.0, job["id"])
+            if jobs.final(done) or not wait:
+                break
+            time.sleep(poll_interval)
+        if not jobs.final(done):
+            summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": 0})
+            continue
+        answers = jobs.results(job["base_url"], headers, 120.0, done)
         found = adapter_for_path(job["endpoint"])
         recorded = 0
         with (folder / f"{job['id']}.results.jsonl").open("w", encoding="utf-8") as out:
             for call in job["calls"]:
-                status, body = answers.get(call["custom_id"]) or _error(
-                    504, f"batch {job['id']} ended {done.get('status')!r} without running this request",
-                    f"batch_{done.get('status')}")
+                status, body = answers.get(call["custom_id"]) or _missing_line(jobs, job["id"], done)
                 out.write(json.dumps({"custom_id": call["custom_id"], "status": status,
                                       "body": json.loads(body)}) + "\n")
                 if status >= 400 or found is None:
@@ -320,6 +424,6 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
                     deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)), None)
                 recorded += 1
         (folder / f"{job['id']}.json").unlink(missing_ok=True)
-        summaries.append({"id": job["id"], "status": done.get("status"), "calls": len(job["calls"]),
+        summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]),
                           "recorded": recorded})
     return summaries

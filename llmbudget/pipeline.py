@@ -863,7 +863,7 @@ class Attempt:
 
 
 #: Endpoints the Batch API runs.
-_BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions"})
+_BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions", "messages"})
 
 _scan_json = json.JSONDecoder().scan_once
 

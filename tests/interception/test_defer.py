@@ -1,5 +1,6 @@
 """Deferred work: llmbudget.defer("batch") through a local Files/Batches server whose lines run on the real
-local LLM server (ci/batch_server.py), driven by the real openai SDK; defer("flex") on the real server."""
+local LLM server (ci/batch_server.py), driven by the real openai SDK; defer("flex") on the real server; Anthropic's
+Message Batches through the same server, whose requests run on the real local Messages server (anthropic SDK)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextvars
 import json
 from decimal import Decimal
 
+import anthropic
 import openai
 import pytest
 from batch_server import batch_server
@@ -183,3 +185,85 @@ def test_a_full_job_is_sent_at_once_and_the_next_calls_start_another(llm_server,
         answers = together(ask, client_of(server), QUESTIONS)
         totals = sorted(job["request_counts"]["total"] for job in server.batches.values())
     assert totals == [1, 2] and len(answers) == 3 and len(records) == 3
+
+
+# --------------------------------------------------------------------------- Anthropic's Message Batches
+
+CLAUDE = "claude-haiku-4-5"
+def ask_claude(client: anthropic.Anthropic, question: str) -> anthropic.types.Message:
+    return client.messages.create(model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": question}])
+
+
+def claude_outcome(client: anthropic.Anthropic, question: str) -> object:
+    try:
+        return ask_claude(client, question)
+    except anthropic.APIStatusError as exc:
+        return exc
+
+
+def claude_client_of(server) -> anthropic.Anthropic:  # noqa: ANN001
+    return anthropic.Anthropic(base_url=server.base_url.removesuffix("/v1"), api_key="sk-ant-test", max_retries=0,
+                               http_client=llmbudget.http_client(sdk="anthropic"))
+
+
+def test_messages_made_together_become_one_message_batch(messages_server, engine, records, batches, tmp_path):
+    with batch_server(f"{messages_server}/v1") as server:
+        answers = together(ask_claude, claude_client_of(server), QUESTIONS)
+        [job] = server.batches.values()
+    assert job["id"].startswith("msgbatch_") and job["processing_status"] == "ended"
+    assert job["request_counts"]["succeeded"] == 3
+    assert all(isinstance(a, anthropic.types.Message) and a.content for a in answers)
+    assert len(records) == 3 and {r.deferred for r in records} == {"batch"}
+    for record in records:
+        assert record.endpoint == "messages" and record.usage.service_tier == "batch" and record.status == 200
+        priced = Pricing().cost(record.usage, model=CLAUDE).usd
+        standard = Pricing().cost(record.usage.replace(service_tier=None), model=CLAUDE).usd
+        assert record.cost_usd == priced and record.deferred_saved_usd == standard - priced > 0
+        assert 0 < priced < standard
+    assert pending_jobs(tmp_path / "batches") == []
+
+
+def test_async_messages_are_batched(messages_server, engine, records, batches):
+    with batch_server(f"{messages_server}/v1") as server:
+        async def run() -> list[anthropic.types.Message]:
+            async with anthropic.AsyncAnthropic(base_url=server.base_url.removesuffix("/v1"), api_key="sk-ant-test",
+                                                max_retries=0,
+                                                http_client=llmbudget.async_http_client(sdk="anthropic")) as client:
+                with llmbudget.defer("batch"):
+                    return await asyncio.gather(*(client.messages.create(
+                        model=CLAUDE, max_tokens=8, messages=[{"role": "user", "content": q}]) for q in QUESTIONS[:2]))
+
+        answers = asyncio.run(run())
+        assert len(server.batches) == 1
+    assert len(answers) == 2 and [r.deferred for r in records] == ["batch", "batch"]
+
+
+def test_an_expired_request_fails_alone_in_anthropic_shape(messages_server, engine, records, batches):
+    with batch_server(f"{messages_server}/v1", expire_after=1) as server:
+        outcomes = together(claude_outcome, claude_client_of(server), QUESTIONS[:2])
+    failure = next(o for o in outcomes if isinstance(o, anthropic.APIStatusError))
+    assert sum(isinstance(o, anthropic.types.Message) for o in outcomes) == 1
+    assert failure.status_code == 504 and "was expired" in str(failure)
+    assert failure.body["error"]["type"] == "batch_expired"  # the SDK read Anthropic's error shape
+    assert sorted(r.status for r in records) == [200, 504]
+
+
+def test_a_message_batch_left_by_a_restart_is_resumed(messages_server, engine, tmp_path, capsys, monkeypatch):
+    state = tmp_path / "batches"
+    engine._batcher = _Interrupted(linger=0.2, poll_interval=0.05, state=state)
+    with batch_server(f"{messages_server}/v1") as server:
+        with llmbudget.defer("batch"), llmbudget.scope(tenant="acme"):
+            with pytest.raises(anthropic.APIStatusError, match="could not be read"):
+                ask_claude(claude_client_of(server), "Say hi")
+        [job] = pending_jobs(state)
+        assert job["endpoint"] == "/v1/messages" and job["calls"][0]["tenant"] == "acme"
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        ledger = tmp_path / "ledger.db"
+        assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger", str(ledger), "--json"]) == 0
+    [summary] = json.loads(capsys.readouterr().out)
+    assert summary == {"id": job["id"], "status": "ended", "calls": 1, "recorded": 1}
+    [result] = [json.loads(line) for line in (state / f"{job['id']}.results.jsonl").read_text().splitlines()]
+    assert result["status"] == 200 and result["body"]["type"] == "message"
+    [record] = list(SQLiteLedger(ledger).records())
+    assert (record.tenant, record.deferred, record.endpoint) == ("acme", "batch", "messages")
+    assert record.cost_usd == Pricing().cost(record.usage, model=CLAUDE).usd > 0

@@ -73,7 +73,10 @@ class Cache:
     ) -> None:
         options: dict[str, Any] = {"embedder": embedder, "threshold": threshold, "max_entries": max_entries, "ttl": ttl,
                                    "max_semantic_chars": max_semantic_chars, "template_guard": template_guard}
-        if reranker and store is None:
+        if reranker and store is not None:
+            raise ValueError("Cache(reranker=True) builds its store's scorer; with a store of your own, build it "
+                             "with RewordReranker().store_options() instead")
+        if reranker:
             from .reranker import RewordReranker
 
             options.update(RewordReranker().store_options())

@@ -90,6 +90,18 @@ def test_cache_option_catches_a_rewording_the_verifier_misses(where, tmp_path, r
     assert hits == {False: None, True: "semantic"}
 
 
+def test_reranker_with_a_store_of_ones_own_is_a_clear_error(tmp_path) -> None:  # noqa: ANN001
+    import llmbudget
+    from llmbudget.cache.store import CacheStore
+
+    store = CacheStore(tmp_path / "c")
+    try:
+        with pytest.raises(ValueError, match="store_options"):
+            llmbudget.Cache(store=store, reranker=True)
+    finally:
+        store.close()
+
+
 def test_policy_key_builds_the_reranker(tmp_path) -> None:  # noqa: ANN001
     from llmbudget.cache.reranker import RewordReranker
     from llmbudget.config import engine_from_config

@@ -80,6 +80,7 @@ class _Group:
     base_url: str
     path: str
     headers: dict[str, str]
+    jobs: _Jobs
     calls: list[_Call] = field(default_factory=list)
     timer: threading.Timer | None = None
 
@@ -124,7 +125,8 @@ class Batcher:
         with self._lock:
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _Group(base_url, endpoint, kept)
+                jobs = _jobs_for(endpoint)(base_url, kept, self.timeout)
+                group = self._groups[key] = _Group(base_url, endpoint, kept, jobs)
                 group.timer = threading.Timer(self.linger, self._flush, args=(key, group))
                 group.timer.daemon = True
                 group.timer.start()
@@ -148,12 +150,13 @@ class Batcher:
         thread.start()
 
     def _run(self, group: _Group) -> None:
+        jobs = group.jobs
         try:
             job = self._create(group)
         except Exception as exc:
             log.warning("llmbudget: a batch of %d call(s) could not be created: %s", len(group.calls), exc)
-            _fail_all(group.calls, 502, f"llmbudget: the batch job could not be created: {exc}", "batch_failed",
-                      anthropic=_jobs_for(group.path).anthropic)
+            _fail_all(group.calls, jobs.error(502, f"llmbudget: the batch job could not be created: {exc}",
+                                              "batch_failed"))
             return
         try:
             done = self._wait(group, job)
@@ -161,12 +164,11 @@ class Batcher:
         except Exception as exc:
             log.warning("llmbudget: batch %s could not be read: %s; `llmbudget batches --resume` fetches it later",
                         job, exc)
-            _fail_all(group.calls, 502, f"llmbudget: batch {job} could not be read: {exc}", "batch_unreadable",
-                      anthropic=_jobs_for(group.path).anthropic)
+            _fail_all(group.calls, jobs.error(502, f"llmbudget: batch {job} could not be read: {exc}",
+                                              "batch_unreadable"))
             return
-        jobs = _jobs_for(group.path)
         for call in group.calls:
-            status, body = answers.get(call.custom_id) or _missing_line(jobs, job, done)
+            status, body = answers.get(call.custom_id) or jobs.missing(job, done)
             if not call.future.done():
                 call.future.set_result((status, body))
         self._forget(job)
@@ -174,12 +176,8 @@ class Batcher:
     # -- the API: OpenAI's Batch API (openai SDK) or Anthropic's Message Batches (anthropic SDK) -----------
 
     def _create(self, group: _Group) -> str:
-        jobs = _jobs_for(group.path)
         try:
-            job = jobs.create(group.base_url, group.headers, self.timeout, group.path,
-                              [call.line for call in group.calls], self.completion_window)
-        except BatchError:
-            raise
+            job = group.jobs.create(group.path, [call.line for call in group.calls], self.completion_window)
         except Exception as exc:
             raise BatchError(f"creating the batch: {exc}") from exc
         log.info("llmbudget: batch %s created with %d call(s)", job, len(group.calls))
@@ -187,15 +185,14 @@ class Batcher:
         return job
 
     def _wait(self, group: _Group, job: str) -> dict[str, Any]:
-        jobs = _jobs_for(group.path)
         while True:
-            status = jobs.retrieve(group.base_url, group.headers, self.timeout, job)
-            if jobs.final(status):
+            status = group.jobs.retrieve(job)
+            if group.jobs.final(status):
                 return status
             time.sleep(self.poll_interval)
 
     def _results(self, group: _Group, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
-        return _jobs_for(group.path).results(group.base_url, group.headers, self.timeout, done)
+        return group.jobs.results(done)
 
     # -- the state folder ------------------------------------------------------------------------------
 
@@ -236,90 +233,6 @@ def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) ->
                                default_headers=extra, timeout=timeout, max_retries=2)
 
 
-class _OpenAIJobs:
-    """OpenAI's Batch API: a JSONL file of request lines, ``/v1/batches``, output and error files."""
-
-    anthropic = False
-
-    @staticmethod
-    def final(status: dict[str, Any]) -> bool:
-        return status.get("status") in _FINAL
-
-    @staticmethod
-    def ended(status: dict[str, Any]) -> str:
-        return str(status.get("status"))
-
-    def create(self, base_url: str, headers: dict[str, str], timeout: float, path: str,
-               lines: list[dict[str, Any]], window: str) -> str:
-        content = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
-        with _sdk_client(base_url, headers, timeout) as client:
-            uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
-            return str(client.batches.create(input_file_id=uploaded.id, endpoint=path, completion_window=window,
-                                             metadata={"created_by": "llmbudget"}).id)
-
-    def retrieve(self, base_url: str, headers: dict[str, str], timeout: float, job: str) -> dict[str, Any]:
-        with _sdk_client(base_url, headers, timeout) as client:
-            return dict(client.batches.retrieve(job).model_dump())
-
-    def results(self, base_url: str, headers: dict[str, str], timeout: float,
-                done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
-        with _sdk_client(base_url, headers, timeout) as client:
-            return read_results(client, done)
-
-
-class _AnthropicJobs:
-    """Anthropic's Message Batches: ``/v1/messages/batches`` with the requests inline, a results JSONL."""
-
-    anthropic = True
-
-    @staticmethod
-    def final(status: dict[str, Any]) -> bool:
-        return status.get("processing_status") == "ended"
-
-    @staticmethod
-    def ended(status: dict[str, Any]) -> str:
-        return str(status.get("processing_status"))
-
-    def create(self, base_url: str, headers: dict[str, str], timeout: float, path: str,
-               lines: list[dict[str, Any]], window: str) -> str:
-        with _anthropic_client(base_url, headers, timeout) as client:
-            requests = [{"custom_id": line["custom_id"], "params": line["body"]} for line in lines]
-            return str(client.messages.batches.create(requests=requests).id)
-
-    def retrieve(self, base_url: str, headers: dict[str, str], timeout: float, job: str) -> dict[str, Any]:
-        with _anthropic_client(base_url, headers, timeout) as client:
-            return dict(client.messages.batches.retrieve(job).model_dump())
-
-    def results(self, base_url: str, headers: dict[str, str], timeout: float,
-                done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
-        answers: dict[str, tuple[int, bytes]] = {}
-        with _anthropic_client(base_url, headers, timeout) as client:
-            try:
-                lines = list(client.messages.batches.results(done["id"]))
-            except Exception as exc:
-                raise BatchError(f"downloading the results of {done.get('id')}: {exc}") from exc
-        for line in lines:
-            result = line.result.model_dump()
-            kind = result.get("type")
-            if kind == "succeeded":
-                answers[line.custom_id] = (200, json.dumps(result["message"]).encode())
-            elif kind == "errored":
-                error = (result.get("error") or {}).get("error") or {}
-                status = 400 if error.get("type") == "invalid_request_error" else 500
-                answers[line.custom_id] = _error(status, str(error.get("message") or "the batch request failed"),
-                                                 str(error.get("type") or "api_error"), anthropic=True)
-            else:  # canceled, expired
-                answers[line.custom_id] = _error(504 if kind == "expired" else 500,
-                                                 f"batch {done.get('id')}: this request was {kind}",
-                                                 f"batch_{kind}", anthropic=True)
-        return answers
-
-
-def _jobs_for(path: str) -> _OpenAIJobs | _AnthropicJobs:
-    """The batch API that serves calls to ``path`` (an endpoint path such as ``/v1/messages``)."""
-    return _AnthropicJobs() if path.rstrip("/").endswith("/messages") else _OpenAIJobs()
-
-
 def _error(status: int, message: str, kind: str, *, anthropic: bool = False) -> tuple[int, bytes]:
     """An error answer in the API's own shape (OpenAI's, or Anthropic's with ``anthropic``)."""
     if anthropic:
@@ -327,17 +240,106 @@ def _error(status: int, message: str, kind: str, *, anthropic: bool = False) -> 
     return status, json.dumps({"error": {"message": message, "type": kind, "param": None, "code": kind}}).encode()
 
 
-def _fail_all(calls: list[_Call], status: int, message: str, kind: str, *, anthropic: bool = False) -> None:
+class _Jobs:
+    """One batch API at one host, called with the deferred calls' own headers."""
+
+    anthropic = False  # errors in Anthropic's shape
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float) -> None:
+        self.base_url, self.headers, self.timeout = base_url, headers, timeout
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    def error(self, status: int, message: str, kind: str) -> tuple[int, bytes]:
+        """An error answer in the API's own shape."""
+        return _error(status, message, kind, anthropic=self.anthropic)
+
+    def missing(self, job: str, done: dict[str, Any]) -> tuple[int, bytes]:
+        """The answer of a call the finished job has no result for."""
+        ended = self.ended(done)
+        return self.error(504 if ended == "expired" else 500,
+                          f"batch {job} ended {ended!r} without running this request", f"batch_{ended}")
+
+    def ended(self, status: dict[str, Any]) -> str:
+        return str(status.get("status"))
+
+    def final(self, status: dict[str, Any]) -> bool:
+        return status.get("status") in _FINAL
+
+    def create(self, path: str, lines: list[dict[str, Any]], window: str) -> str:
+        content = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+        with _sdk_client(self.base_url, self.headers, self.timeout) as client:
+            uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
+            return str(client.batches.create(input_file_id=uploaded.id, endpoint=path, completion_window=window,
+                                             metadata={"created_by": "llmbudget"}).id)
+
+    def retrieve(self, job: str) -> dict[str, Any]:
+        with _sdk_client(self.base_url, self.headers, self.timeout) as client:
+            return dict(client.batches.retrieve(job).model_dump())
+
+    def results(self, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+        with _sdk_client(self.base_url, self.headers, self.timeout) as client:
+            return read_results(client, done)
+
+
+class _MessageBatches(_Jobs):
+    """Anthropic's Message Batches: ``/v1/messages/batches`` with the requests inline, a results JSONL."""
+
+    anthropic = True
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def ended(self, status: dict[str, Any]) -> str:
+        return str(status.get("processing_status"))
+
+    def final(self, status: dict[str, Any]) -> bool:
+        return status.get("processing_status") == "ended"
+
+    def create(self, path: str, lines: list[dict[str, Any]], window: str) -> str:
+        with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
+            requests = [{"custom_id": line["custom_id"], "params": line["body"]} for line in lines]
+            return str(client.messages.batches.create(requests=requests).id)
+
+    def retrieve(self, job: str) -> dict[str, Any]:
+        with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
+            return dict(client.messages.batches.retrieve(job).model_dump())
+
+    def results(self, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
+        with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
+            try:
+                lines = [(line.custom_id, line.result.model_dump())
+                         for line in client.messages.batches.results(done["id"])]
+            except Exception as exc:
+                raise BatchError(f"downloading the results of {done.get('id')}: {exc}") from exc
+        answers: dict[str, tuple[int, bytes]] = {}
+        for custom_id, result in lines:
+            kind = result.get("type")
+            if kind == "succeeded":
+                answers[custom_id] = (200, json.dumps(result["message"]).encode())
+            elif kind == "errored":
+                error = (result.get("error") or {}).get("error") or {}
+                answers[custom_id] = self.error(400 if error.get("type") == "invalid_request_error" else 500,
+                                                str(error.get("message") or "the batch request failed"),
+                                                str(error.get("type") or "api_error"))
+            else:  # canceled, expired
+                answers[custom_id] = self.error(504 if kind == "expired" else 500,
+                                                f"batch {done.get('id')}: this request was {kind}", f"batch_{kind}")
+        return answers
+
+
+def _jobs_for(path: str) -> type[_Jobs]:
+    """The batch API that serves calls to ``path`` (an endpoint path such as ``/v1/messages``)."""
+    return _MessageBatches if path.rstrip("/").endswith("/messages") else _Jobs
+
+
+def _fail_all(calls: list[_Call], answer: tuple[int, bytes]) -> None:
     for call in calls:
         if not call.future.done():
-            call.future.set_result(_error(status, message, kind, anthropic=anthropic))
-
-
-def _missing_line(jobs: _OpenAIJobs | _AnthropicJobs, job: str, done: dict[str, Any]) -> tuple[int, bytes]:
-    """The answer of a call the finished job has no result for."""
-    ended = jobs.ended(done)
-    return _error(504 if ended == "expired" else 500, f"batch {job} ended {ended!r} without running this request",
-                  f"batch_{ended}", anthropic=jobs.anthropic)
+            call.future.set_result(answer)
 
 
 def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
@@ -390,23 +392,23 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
     folder = Path(state)
     summaries = []
     for job in pending_jobs(folder):
-        jobs = _jobs_for(job["endpoint"])
-        key = anthropic_api_key if jobs.anthropic else api_key
-        headers = ({"x-api-key": key} if jobs.anthropic else {"authorization": f"Bearer {key}"}) if key else {}
+        kind = _jobs_for(job["endpoint"])
+        key = anthropic_api_key if kind.anthropic else api_key
+        jobs = kind(job["base_url"], kind.auth(key) if key else {}, 120.0)
         while True:
-            done = jobs.retrieve(job["base_url"], headers, 120.0, job["id"])
+            done = jobs.retrieve(job["id"])
             if jobs.final(done) or not wait:
                 break
             time.sleep(poll_interval)
         if not jobs.final(done):
             summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": 0})
             continue
-        answers = jobs.results(job["base_url"], headers, 120.0, done)
+        answers = jobs.results(done)
         found = adapter_for_path(job["endpoint"])
         recorded = 0
         with (folder / f"{job['id']}.results.jsonl").open("w", encoding="utf-8") as out:
             for call in job["calls"]:
-                status, body = answers.get(call["custom_id"]) or _missing_line(jobs, job["id"], done)
+                status, body = answers.get(call["custom_id"]) or jobs.missing(job["id"], done)
                 out.write(json.dumps({"custom_id": call["custom_id"], "status": status,
                                       "body": json.loads(body)}) + "\n")
                 if status >= 400 or found is None:

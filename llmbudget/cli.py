@@ -82,10 +82,12 @@ def _eval_cache(ns: argparse.Namespace) -> int:
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
     options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
                                "template_guard": None if ns.no_template_guard else TemplateGuard()}
-    if ns.reranker:
+    if ns.reranker and ns.mode == "replay":
+        options["reranker"] = True
+    elif ns.reranker:
         from .cache.reranker import RewordReranker
 
-        options["reranker" if ns.mode == "replay" else "verifier"] = True if ns.mode == "replay" else RewordReranker()
+        options["verifier"] = RewordReranker()
     result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({ns.mode})")
     _print(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
     return 0

@@ -368,15 +368,7 @@ def minilm_vectors(texts: Iterable[str], cache: Path, *, layers: int = 6, max_to
             part_texts = todo[i : i + chunk]
             pooled = {d: np.zeros((len(part_texts), 384), dtype=np.float32) for d in DEPTHS}
             encoded = [cutter._cut(e.ids) for e in model.tokenizer.encode_batch(part_texts)]
-            order = sorted(range(len(part_texts)), key=lambda j: len(encoded[j]))
-            for b in range(0, len(order), 64):
-                rows = order[b : b + 64]
-                width = max(len(encoded[j]) for j in rows)
-                ids = np.zeros((len(rows), width), dtype=np.intp)
-                mask = np.zeros((len(rows), width), dtype=bool)
-                for r, j in enumerate(rows):
-                    ids[r, : len(encoded[j])] = encoded[j]
-                    mask[r, : len(encoded[j])] = True
+            for rows, ids, mask in m._padded_batches(encoded, 64):
                 for depth, states in enumerate(m._layer_states(model, ids, mask), start=1):
                     if depth in pooled:
                         pooled[depth][rows] = m._mean_pool(states, mask)

@@ -223,10 +223,7 @@ class _BenchReranker(RewordReranker):
 
     def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
         vectors = np.random.default_rng(len(texts)).standard_normal((len(texts), _DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        inner = self.verifier._pack_texts(texts)
-        return [self._tag + len(p or b"").to_bytes(4, "little") + (p or b"") + v.astype("<f2").tobytes()
-                for p, v in zip(inner, vectors)]
+        return self._pack(texts, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
 
 
 def _fold(text: str) -> str:
@@ -259,13 +256,8 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     pairs = _read_pairs(pairs_path)
     own = store is None
     if store is None:
-        second: dict[str, Any] = {}
-        if reranker:
-            from .reranker import RewordReranker
-
-            second = RewordReranker().store_options()
         store = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
-                           template_guard=template_guard, **second)
+                           template_guard=template_guard, **(RewordReranker().store_options() if reranker else {}))
     cache = store
     partition = "replay"
     try:

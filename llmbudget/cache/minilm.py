@@ -216,6 +216,20 @@ def _layer_states(model: _Model, ids: np.ndarray, mask: np.ndarray, layers: int 
         yield x
 
 
+def _padded_batches(encoded: Sequence[Sequence[int]], size: int) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Texts' token ids in batches of ``size`` sorted by length (little padding): (rows, ids, mask) each."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = np.zeros((len(rows), width), dtype=np.intp)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        for r, i in enumerate(rows):
+            ids[r, : len(encoded[i])] = encoded[i]
+            mask[r, : len(encoded[i])] = True
+        yield rows, ids, mask
+
+
 def _mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
     weights = mask.astype(np.float32)[:, :, None]
     return (states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), np.float32(1e-9))
@@ -290,15 +304,7 @@ class MiniLMEmbedder:
         model = self._model()
         encoded = [self._cut(e.ids) for e in model.tokenizer.encode_batch(list(texts))] if len(texts) > 1 else \
             [self._cut(model.tokenizer.encode(texts[0]).ids)]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self._batch_size):
-            rows = order[start : start + self._batch_size]
-            width = max(len(encoded[i]) for i in rows)
-            ids = np.zeros((len(rows), width), dtype=np.intp)
-            mask = np.zeros((len(rows), width), dtype=bool)
-            for r, i in enumerate(rows):
-                ids[r, : len(encoded[i])] = encoded[i]
-                mask[r, : len(encoded[i])] = True
+        for rows, ids, mask in _padded_batches(encoded, self._batch_size):
             out[rows] = _mean_pool(_encode(model, ids, mask, self.layers), mask)
         return normalize_rows(out)
 

@@ -39,12 +39,13 @@ _WEIGHTS_FILE = "reranker_weights.json"
 _FORMAT = "llmbudget-reranker/1"
 _TAG = b"R\x01"  # packed data: tag, uint32 length of the verifier's part, that part, 384 float16 MiniLM values
 
+_DIM = 384
+_EXTRA = ("minilm_cosine", "minilm_minus_wordllama")  # after the verifier's 34 features
+
 
 def _tag(layers: int, tokens: int) -> bytes:
     """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens are another format."""
     return _TAG if (layers, tokens) == (6, 256) else b"R" + bytes([layers * 16 + min(tokens // 32, 8) + 2])
-_DIM = 384
-_EXTRA = ("minilm_cosine", "minilm_minus_wordllama")  # after the verifier's 34 features
 
 
 def _b64(value: str, dtype: str) -> np.ndarray:
@@ -127,10 +128,13 @@ class RewordReranker:
 
     def _pack_texts(self, texts: Sequence[str]) -> list[bytes | None]:
         """Per text: the verifier's packed tokens and the text's MiniLM vector (float16), kept by the store."""
+        return self._pack(texts, self.minilm.embed(list(texts)))
+
+    def _pack(self, texts: Sequence[str], vectors: np.ndarray) -> list[bytes | None]:
+        """The scorer data of ``texts`` whose MiniLM vectors are ``vectors``."""
         inner = self.verifier._pack_texts(texts)
-        vectors = self.minilm.embed(list(texts)).astype("<f2")
         return [self._tag + len(part or b"").to_bytes(4, "little") + (part or b"") + vector.tobytes()
-                for part, vector in zip(inner, vectors)]
+                for part, vector in zip(inner, vectors.astype("<f2"))]
 
     def _score_packed(self, query_text: str, query_vec: np.ndarray | None, cand_texts: Sequence[str],
                       cand_vecs: np.ndarray | None, cand_data: Sequence[bytes | None]) -> np.ndarray:

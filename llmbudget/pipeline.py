@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import tokens
 from .calls import Call, SpendRecord, Usage
-from .ledger.budgets import Budget, BudgetStore, BudgetStoreUnavailable, MemoryBudgetStore, Refusal, Reservation
+from .ledger.budgets import (
+    Budget,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    MemoryBudgetStore,
+    Refusal,
+    Reservation,
+    WouldWait,
+)
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
 from .breakpoints import Breakpoints
@@ -140,10 +148,11 @@ class Engine:
 
     @property
     def blocking(self) -> bool:
-        """Whether a call's work may wait on a file lock, a disk or the network (a cache, a SQLite or
-        Redis store): the async transport then runs it in a worker thread, off the event loop."""
-        return self.cache is not None or any(
-            getattr(part, "blocking", True) for part in (self.ledger, self.budget_store))
+        """Whether recording or budgeting a call may wait on the network (a Redis store): the async
+        transport then runs that work in a worker thread, off the event loop. SQLite stores and ledgers
+        never wait there (see :func:`llmbudget.ledger.budgets.no_wait`); cache work is heavy and runs
+        in a worker thread whatever this says."""
+        return any(getattr(part, "blocking", True) for part in (self.ledger, self.budget_store))
 
     # -- observers (the pytest plugin, metrics) ------------------------------------------------
 
@@ -217,7 +226,8 @@ class Engine:
         base_url = base_url[: -len(adapter.path)] if base_url.endswith(adapter.path) else base_url
         call = adapter.parse(data, base_url)
         retry = headers.get("x-stainless-retry-count", "0")
-        return Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0)
+        return Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0,
+                       size=len(body))
 
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
         """Keep a settled record: ledger, scope totals, observers. Never raises."""
@@ -239,12 +249,15 @@ class _Hold:
 class Attempt:
     """One try of one LLM call, from reservation to record."""
 
-    def __init__(self, engine: Engine, scope: Scope | None, adapter: Adapter, call: Call, *, attempt: int = 0) -> None:
+    def __init__(self, engine: Engine, scope: Scope | None, adapter: Adapter, call: Call, *, attempt: int = 0,
+                 size: int = 0) -> None:
         self.engine = engine
         self.scope = scope
         self.adapter = adapter
         self.call = call
         self.attempt = attempt
+        #: Bytes of the request body as the app sent it.
+        self.size = size
         self.started = time.perf_counter()
         self.time = time.time()
         self.status: int | None = None
@@ -392,7 +405,7 @@ class Attempt:
         for store, buckets in groups.values():
             try:
                 result = store.reserve(list(buckets.values()), amount, tenant=tenant)
-            except BudgetStoreUnavailable:
+            except (BudgetStoreUnavailable, WouldWait):
                 self.release()  # drop the holds already taken in other stores
                 raise
             if isinstance(result, Refusal):
@@ -716,8 +729,9 @@ class Attempt:
         parts = self.state.stream_parts
         return "".join(parts) if parts is not None else self.adapter.stream_text(self._events)
 
-    def finish(self, *, complete: bool, error: BaseException | None = None) -> SpendRecord | None:
-        """Price, settle and record this attempt (once; later calls return the same record)."""
+    def finish(self, *, complete: bool, error: BaseException | None = None, store: bool = True) -> SpendRecord | None:
+        """Price, settle and record this attempt (once; later calls return the same record), then keep a
+        whole answer in the cache; ``store=False`` leaves that to the caller (:meth:`stores_answer`)."""
         if self.record is not None:  # set once, under the lock: a stream's close() after its end
             return self.record
         with self._lock:
@@ -731,10 +745,30 @@ class Attempt:
             self.record = record
         self._settle_holds(record.cost_usd)
         self.engine.record(record, self.scope)
-        # The SDK closes a stream once it read [DONE]: that is a whole answer too.
-        if error is None and self.status == 200 and not self._overflow and (complete or self.state.done):
-            self._save_to_cache()
+        if store and self.stores_answer(complete=complete, error=error):
+            self.store_answer()
         return record
+
+    def stores_answer(self, *, complete: bool, error: BaseException | None = None) -> bool:
+        """Whether the finished attempt's answer goes into the cache: the one heavy part of finishing
+        (its prompt is embedded), which :meth:`store_answer` does."""
+        cache, lookup = self.engine.cache, self._lookup
+        if cache is None or lookup is None or lookup.hit or not lookup.keys.cacheable:
+            return False
+        # The SDK closes a stream once it read [DONE]: that is a whole answer too.
+        if error is not None or self.status != 200 or self._overflow or not (complete or self.state.done):
+            return False
+        from .cache.answers import storable
+
+        try:
+            return storable(self.call, body=None if self._sse else self._json,
+                            events=self._events if self._sse else None) is not None
+        except Exception:  # store_answer() says what is wrong with it
+            return True
+
+    def store_answer(self) -> None:
+        """Keep the answer in the cache (see :meth:`stores_answer`). Never raises."""
+        self._save_to_cache()
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
         call, state = self.call, self.state

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
-from ..ledger.budgets import BudgetStoreUnavailable
+from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import Attempt, get_engine
 from ..providers import Adapter
 
@@ -62,6 +62,8 @@ def _refusal_or_none(attempt: Attempt) -> Any:
     fail-closed budget store is unreachable."""
     try:
         refusal = attempt.reserve()
+    except WouldWait:  # on the event loop, the SQLite budget file is busy: the caller reserves in a thread
+        raise
     except BudgetStoreUnavailable as exc:
         attempt.release()
         headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable",
@@ -100,6 +102,11 @@ def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tu
     """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
     attempt.plan(path)
+    return _reserved(httpx, request, attempt, original_base)
+
+
+def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: str) -> tuple[Any, Any]:
+    """:func:`_prepare` once the call is planned: reserve, then the request to send or a refusal body."""
     refusal = _refusal_or_none(attempt)
     if refusal is not None or not attempt.rewritten:
         return request, refusal
@@ -118,11 +125,28 @@ def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple
     cached = attempt.lookup_cache()
     if cached is not None:
         return None, _cached_response(httpx, cached)
-    request, refusal = _prepare(httpx, request, attempt, path)
+    return _answered(httpx, *_prepare(httpx, request, attempt, path))
+
+
+def _answered(httpx: ModuleType, request: Any, refusal: Any) -> tuple[Any, Any]:
     if refusal is not None:
         status, headers, body = refusal
         return None, httpx.Response(status, headers=headers, content=body)
     return request, None
+
+
+async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
+    """:func:`_open` for the async transport: on the event loop when quick (see :func:`_quick`);
+    when a SQLite budget file turns out busy there, the reservation waits for it in a worker thread."""
+    if not _quick(attempt):
+        return await _in_thread(attempt, _open, httpx, request, attempt, path)
+    original_base = attempt.call.base_url
+    try:
+        with no_wait():
+            return _open(httpx, request, attempt, path)
+    except WouldWait:
+        pass
+    return _answered(httpx, *await _in_thread(attempt, _reserved, httpx, request, attempt, original_base))
 
 
 def _batched(request: Any, attempt: Attempt, path: str) -> concurrent.futures.Future[tuple[int, bytes]]:
@@ -169,16 +193,38 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
         return _EXECUTOR
 
 
-async def _off_loop(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-    """``work(...)`` in a worker thread (in this context) when the engine's stores block, else here.
+# Request bodies up to this size are worked on on the event loop when nothing there may wait: counting
+# their tokens takes under a millisecond, less than the SDK's own building of the request.
+_QUICK_BODY_BYTES = 8 * 1024
 
-    Cache lookups and stores hash, embed and search texts and touch SQLite, and SQLite or Redis budget
-    stores wait on a file lock or the network: run on the event loop, they would stall every other
-    request of an async server. With only in-memory stores the work is microseconds, and a thread hop
-    would cost more than it saves. The work always runs to its end, even when the caller is cancelled.
-    """
-    if not attempt.engine.blocking:
-        return work(*args, **kwargs)
+
+def _quick(attempt: Attempt, *, finishing: bool = False) -> bool:
+    """Whether the call's work may run on the event loop (inside ``no_wait()``), not in a worker thread.
+
+    Cache lookups and stores embed and search texts, Redis stores wait on the network, and a large prompt
+    takes milliseconds to count: on the event loop, they would stall every other request of an async
+    server. The rest is tens of microseconds (a SQLite budget store or ledger never waits there), and a
+    thread hop costs more than it saves: on a busy 2-core server, up to twice the CPU per call, in GIL
+    hand-offs. ``finishing``: settling and recording, which never touch the cache (:func:`_finish`)."""
+    engine = attempt.engine
+    return attempt.size <= _QUICK_BODY_BYTES and not engine.blocking and (finishing or engine.cache is None)
+
+
+async def _finish(attempt: Attempt, *, complete: bool) -> None:
+    """``attempt.finish()``: settling and recording on the event loop when quick, storing the answer in the
+    cache (if it goes there) in a worker thread."""
+    if not _quick(attempt, finishing=True):
+        await _in_thread(attempt, attempt.finish, complete=complete)
+        return
+    with no_wait():
+        attempt.finish(complete=complete, store=False)
+    if attempt.stores_answer(complete=complete):
+        await _in_thread(attempt, attempt.store_answer)
+
+
+async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``work(...)`` in a worker thread, in this context. It always runs to its end, even when the
+    caller is cancelled (what it reserved is then released)."""
     context = contextvars.copy_context()
     job = functools.partial(context.run, work, *args, **kwargs)
     try:
@@ -265,14 +311,14 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 attempt.finish(complete=False, error=exc)
                 raise
-            await _off_loop(attempt, attempt.finish, complete=True)  # may store the answer in the cache
+            await _finish(attempt, complete=True)
 
         async def aclose(self) -> None:
             try:
                 await self._inner.aclose()
             finally:
                 if self._attempt.record is None:  # read to its end, it is settled already: no thread hop
-                    await _off_loop(self._attempt, self._attempt.finish, complete=False)
+                    await _finish(self._attempt, complete=False)
 
     def _wrap_response(response: Any, stream: Any) -> Any:
         if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
@@ -360,7 +406,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            request, answer = await _off_loop(attempt, _open, httpx, request, attempt, path)
+            request, answer = await _open_async(httpx, request, attempt, path)
             if answer is not None:
                 return answer
             try:

@@ -9,6 +9,7 @@ call, to a :class:`Bucket` (a counter key, its limit and when it resets). A
 from __future__ import annotations
 
 import atexit
+import contextvars
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -39,6 +41,8 @@ __all__ = [
     "Reservation",
     "PERIODS",
     "SQLITE_TIMEOUT_S",
+    "WouldWait",
+    "no_wait",
 ]
 
 log = logging.getLogger("llmbudget.ledger.budgets")
@@ -199,6 +203,30 @@ class BudgetStoreUnavailable(RuntimeError):
             {"error": {"message": str(self), "type": "budget_store_unavailable",
                        "code": "llmbudget_budget_store_unavailable", "param": None, "llmbudget": self.to_dict()}}
         ).encode()
+
+
+class WouldWait(Exception):
+    """Raised by a store's ``reserve`` inside :func:`no_wait` instead of waiting (for a lock held by
+    another connection); nothing was reserved. The caller tries again where it may wait."""
+
+
+_NO_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_no_wait", default=False)
+
+
+@contextmanager
+def no_wait() -> Iterator[None]:
+    """Store calls made inside never wait: the async transport runs them on the event loop this way.
+
+    A :class:`SQLiteBudgetStore` then raises :class:`WouldWait` from ``reserve`` when another
+    connection holds the file's write lock, and hands a settle it cannot write at once to its
+    writer thread. Stores that may wait otherwise (Redis: the network) say ``blocking = True`` and
+    are never called inside.
+    """
+    token = _NO_WAIT.set(True)
+    try:
+        yield
+    finally:
+        _NO_WAIT.reset(token)
 
 
 class BudgetStore(Protocol):
@@ -401,7 +429,13 @@ class SQLiteBudgetStore:
     after that delay: one write per call instead of two, at the price of other processes seeing a
     settled call's hold (its worst case, never less than its cost) for up to that long, so they may
     refuse a call early but never overspend.
+
+    Inside :func:`no_wait` (the async transport, on the event loop) it never waits for the lock:
+    ``reserve`` raises :class:`WouldWait` when another connection holds it, and a settle it cannot
+    write at once goes to its writer thread.
     """
+
+    blocking: ClassVar[bool] = False  # inside no_wait() it never waits (see above)
 
     def __init__(
         self,
@@ -464,28 +498,39 @@ class SQLiteBudgetStore:
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._threads, "conn", None)
-        if conn is None or getattr(self._threads, "pid", None) != os.getpid():
-            conn = connect(self.path, timeout=self.timeout)
-            self._threads.conn = conn
-            self._threads.pid = os.getpid()
+    def _conn(self, *, quick: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``quick``: its other one, which never waits for a lock."""
+        name = "quick" if quick else "conn"
+        conn: sqlite3.Connection | None = getattr(self._threads, name, None)
+        if conn is None or getattr(self._threads, name + "_pid", None) != os.getpid():
+            conn = connect(self.path, timeout=0.0 if quick else self.timeout)
+            setattr(self._threads, name, conn)
+            setattr(self._threads, name + "_pid", os.getpid())
         if not self._schema_ready:
             conn.executescript(_SCHEMA)
             self._schema_ready = True
         return conn
 
     def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``work`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error, rolled back and re-raised as it was."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        """``work`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; on any error, rolled back and re-raised as it was.
+
+        Inside :func:`no_wait`, :class:`WouldWait` when another connection holds the write lock.
+        """
+        quick = _NO_WAIT.get()
+        conn = self._conn(quick=quick)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if quick and "locked" in str(exc):  # SQLITE_BUSY: "database is locked"
+                raise WouldWait(f"SQLite budget store {self.path} is locked by another connection") from exc
+            raise
         try:
             result = work(conn)
             conn.execute("COMMIT")
             return result
         except BaseException:
             if not _rollback(conn):
-                self._threads.conn = None
+                setattr(self._threads, "quick" if quick else "conn", None)
                 conn.close()
             raise
 
@@ -700,13 +745,21 @@ class SQLiteBudgetStore:
         if self._down:  # counted in this process at once, written when the file answers
             self._defer(reservation, actual)
             return
-        if self.settle_delay is None:
-            with self._lock:
-                self._settles.append((reservation, actual))
-            self.flush()
-            return
         with self._lock:
             self._settles.append((reservation, actual))
+        if self.settle_delay is None:
+            if not _NO_WAIT.get():
+                self.flush()
+                return
+            if self._settle_lock.acquire(blocking=False):  # else the writer thread is writing: it takes this too
+                try:
+                    self._flush_held()
+                    return
+                except WouldWait:  # another connection holds the lock: the writer thread waits for it
+                    pass
+                finally:
+                    self._settle_lock.release()
+        with self._lock:
             if self._writer is None or self._writer_pid != os.getpid():
                 self._writer_pid = os.getpid()
                 self._writer = threading.Thread(target=self._run_writer, name="llmbudget-budgets", daemon=True)
@@ -734,25 +787,33 @@ class SQLiteBudgetStore:
         """Write the settles this process queued, in one transaction (or keep them for later, see
         ``on_unavailable``)."""
         with self._settle_lock:
-            with self._lock:
-                batch = list(self._settles)
-                self._settles.clear()
-                self._writing = len(batch)  # still pending (pending_settles) until written or deferred
-            try:
-                if not batch:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        """:meth:`flush`, holding ``_settle_lock``; inside :func:`no_wait`, the settles stay queued on
+        :class:`WouldWait`."""
+        with self._lock:
+            batch = list(self._settles)
+            self._settles.clear()
+            self._writing = len(batch)  # still pending (pending_settles) until written or deferred
+        try:
+            if not batch:
+                return
+            if self._usable():
+                try:
+                    self._transaction(lambda conn: self._settle_all_in(conn, batch))
+                except _SQLITE_ERRORS as exc:
+                    self._mark_down(exc)
+                else:
+                    self._mark_up()
                     return
-                if self._usable():
-                    try:
-                        self._transaction(lambda conn: self._settle_all_in(conn, batch))
-                    except _SQLITE_ERRORS as exc:
-                        self._mark_down(exc)
-                    else:
-                        self._mark_up()
-                        return
-                for reservation, actual in batch:
-                    self._defer(reservation, actual)
-            finally:
-                self._writing = 0
+            for reservation, actual in batch:
+                self._defer(reservation, actual)
+        except WouldWait:
+            self._return_settles(batch)
+            raise
+        finally:
+            self._writing = 0
 
     def _settle_all_in(self, conn: sqlite3.Connection, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
         for reservation, actual in batch:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +28,8 @@ from llmbudget.ledger.budgets import (
     Refusal,
     Reservation,
     SQLiteBudgetStore,
+    WouldWait,
+    no_wait,
 )
 
 HI = [{"role": "user", "content": "Say hi"}]
@@ -49,11 +54,18 @@ def lock_holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     """A database file whose write lock another process holds until the test writes a line to its stdin."""
     path = tmp_path / "budgets.db"
     SQLiteBudgetStore(path)  # the schema exists before the lock is taken
+    with _holding(path) as holder:
+        yield path, holder
+
+
+@contextmanager
+def _holding(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the file's write lock until :func:`_release` (or the end of the block)."""
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield path, holder
+        yield holder
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -143,6 +155,96 @@ def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no
     open_store = SQLiteBudgetStore(path, timeout=0.1, retry_interval=0, on_unavailable="open")
     with pytest.raises(BudgetStoreUnavailable):
         open_store.reserve([_bucket(on_unavailable="closed")], Decimal("0.1"))
+
+
+# -- on the event loop (no_wait): never waiting for the lock ---------------------------------------
+
+
+def test_inside_no_wait_a_locked_file_raises_would_wait_at_once(lock_holder, caplog) -> None:  # type: ignore[no-untyped-def]
+    path, holder = lock_holder
+    store = SQLiteBudgetStore(path, timeout=5)
+    caplog.set_level(logging.WARNING, logger=LOG)
+    started = time.monotonic()
+    with no_wait(), pytest.raises(WouldWait):
+        store.reserve([_bucket()], Decimal("0.1"))
+    assert time.monotonic() - started < 1  # not the 5 s lock wait
+    assert caplog.records == []  # busy is not unavailable: nothing logged, the store is not marked down
+    _release(holder)
+    bucket = _bucket()
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.1"))  # only the reservation made after it
+
+
+def test_inside_no_wait_a_settle_the_locked_file_cannot_take_goes_to_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.db"
+    store = SQLiteBudgetStore(path, timeout=5)
+    bucket = _bucket()
+    held = store.reserve([bucket], Decimal("0.3"))
+    assert isinstance(held, Reservation)
+    with _holding(path) as holder:
+        started = time.monotonic()
+        with no_wait():
+            store.settle(held, Decimal("0.2"))
+        assert time.monotonic() - started < 1 and store.pending_settles == 1
+        _release(holder)
+        deadline = time.monotonic() + 10
+        while store.pending_settles and time.monotonic() < deadline:  # the writer thread got the lock
+            time.sleep(0.01)
+    assert store.pending_settles == 0
+    assert SQLiteBudgetStore(path).spent(bucket.key) == (Decimal("0.2"), Decimal(0))
+
+
+def test_async_calls_budget_on_the_event_loop_and_wait_for_a_busy_file_off_it(tmp_path: Path, engine) -> None:  # type: ignore[no-untyped-def]
+    """No thread hop per call (it doubled the CPU of a busy server), and a lock held elsewhere never stalls the loop."""
+    path = tmp_path / "budgets.db"
+    store = SQLiteBudgetStore(path, timeout=5)
+    llmbudget.set_engine(llmbudget.Engine(hosts=["llm.test"], budget_store=store,
+                                          budgets=[Budget("1", per="tenant", period="day")]))
+    reserved_in: list[int] = []
+    reserve = store.reserve
+
+    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        reserved_in.append(threading.get_ident())
+        return reserve(*args, **kwargs)
+
+    store.reserve = watched  # type: ignore[method-assign]
+
+    async def call(client: openai.AsyncOpenAI) -> None:
+        answer = await client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2)
+        assert answer.choices[0].message.content == "hi"
+
+    async def main(holder: subprocess.Popen[str] | None) -> tuple[int, int, float]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async with openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="sk-test", max_retries=0,
+                                      http_client=llmbudget.async_http_client(
+                                          transport=httpx2.MockTransport(_answer))) as client:
+            running = asyncio.ensure_future(ticker())
+            if holder is not None:
+                asyncio.get_running_loop().call_later(0.5, _release, holder)
+            started = time.monotonic()
+            await call(client)
+            took = time.monotonic() - started
+            running.cancel()
+            return threading.get_ident(), ticks, took
+
+    loop_thread, _, _ = asyncio.run(main(None))
+    assert reserved_in == [loop_thread]  # free file: on the event loop
+    with _holding(path) as holder:
+        loop_thread, ticks, took = asyncio.run(main(holder))
+    assert took >= 0.4  # the call waited for the lock ...
+    assert reserved_in[1] == loop_thread and reserved_in[2] != loop_thread  # ... in a worker thread,
+    assert ticks >= 20  # while the event loop went on
+    tenant = Budget("1", per="tenant", period="day").bucket(tenant=llmbudget.get_engine().default_tenant,
+                                                             request_id="-", now=time.time())
+    spent, reserved = store.spent(tenant.key)
+    assert spent > 0 and reserved == 0 and store.pending_settles == 0  # both calls charged, every hold settled
 
 
 # -- a disk that is full --------------------------------------------------------------------------

@@ -379,9 +379,9 @@ _fork_held: list[threading.Lock] = []
 
 def _before_fork() -> None:
     for obj in list(_FORK_GUARDED):
-        guard = obj._fork_guard
-        guard.acquire()
-        _fork_held.append(guard)
+        for guard in getattr(obj, "_fork_guards", (obj._fork_guard,)):
+            guard.acquire()
+            _fork_held.append(guard)
 
 
 def _after_fork() -> None:
@@ -488,7 +488,10 @@ class SQLiteBudgetStore:
         self._settles: deque[tuple[Reservation, Decimal]] = deque()
         self._writing = 0  # settles flush() took and has not written (or deferred) yet
         self._settle_lock = threading.Lock()  # one settle writer at a time
-        self._fork_guard = self._settle_lock
+        # One transaction at a time per process: threads wait on this lock, woken at once, instead of
+        # polling SQLite's (whose busy handler sleeps and retries, so under load a waiter can starve).
+        self._write_lock = threading.Lock()
+        self._fork_guards = (self._settle_lock, self._write_lock)  # in flush()'s order
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._writer_pid = os.getpid()
@@ -517,22 +520,30 @@ class SQLiteBudgetStore:
         Inside :func:`no_wait`, :class:`WouldWait` when another connection holds the write lock.
         """
         quick = _NO_WAIT.get()
-        conn = self._conn(quick=quick)
+        busy = f"SQLite budget store {self.path} is locked by another connection"
+        if not (self._write_lock.acquire(blocking=False) if quick else self._write_lock.acquire(timeout=self.timeout)):
+            if quick:
+                raise WouldWait(busy)
+            raise sqlite3.OperationalError("database is locked")  # as SQLite says after its own wait
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if quick and "locked" in str(exc):  # SQLITE_BUSY: "database is locked"
-                raise WouldWait(f"SQLite budget store {self.path} is locked by another connection") from exc
-            raise
-        try:
-            result = work(conn)
-            conn.execute("COMMIT")
-            return result
-        except BaseException:
-            if not _rollback(conn):
-                setattr(self._threads, "quick" if quick else "conn", None)
-                conn.close()
-            raise
+            conn = self._conn(quick=quick)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if quick and "locked" in str(exc):  # SQLITE_BUSY: another process is writing
+                    raise WouldWait(busy) from exc
+                raise
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if not _rollback(conn):
+                    setattr(self._threads, "quick" if quick else "conn", None)
+                    conn.close()
+                raise
+        finally:
+            self._write_lock.release()
 
     # -- availability ---------------------------------------------------------------------------
 

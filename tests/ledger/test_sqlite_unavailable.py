@@ -157,6 +157,56 @@ def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no
         open_store.reserve([_bucket(on_unavailable="closed")], Decimal("0.1"))
 
 
+def _python_work() -> int:
+    total = 0
+    for i in range(3000):  # bytecode, holding the GIL, as an app's code does
+        total += i
+    return total
+
+
+def test_threads_of_one_process_never_starve_each_other_of_the_lock(tmp_path: Path) -> None:
+    """Exact accounting under load (32 threads and an event loop settling on a store that never waits there).
+
+    SQLite's busy handler sleeps and retries: with connections that never wait (the event loop's) taking
+    the lock between its tries, a thread could wait past the timeout, and calls were refused (503) with the
+    file merely busy."""
+    store = SQLiteBudgetStore(tmp_path / "budgets.db", timeout=1)
+    bucket = _bucket("1000")
+    refused: list[BaseException] = []
+
+    def calls() -> None:
+        for _ in range(150):
+            try:
+                held = store.reserve([bucket], Decimal("0.001"))
+                assert isinstance(held, Reservation)
+                _python_work()  # the app's own, between reserving and settling
+                store.settle(held, Decimal("0.0005"))
+            except BudgetStoreUnavailable as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=calls) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    on_loop = 0
+    for _ in range(1500):  # an event loop's settles and reservations, which never wait, between them
+        _python_work()
+        try:
+            with no_wait():
+                held = store.reserve([bucket], Decimal("0.001"))
+                assert isinstance(held, Reservation)
+                store.settle(held, Decimal("0.0005"))
+                on_loop += 1
+        except WouldWait:
+            pass
+        except BudgetStoreUnavailable as exc:
+            refused.append(exc)
+    for thread in threads:
+        thread.join()
+    store.flush()
+    assert refused == []
+    assert store.spent(bucket.key) == (Decimal("2.4") + on_loop * Decimal("0.0005"), Decimal(0))
+
+
 # -- on the event loop (no_wait): never waiting for the lock ---------------------------------------
 
 

@@ -136,14 +136,20 @@ def _answered(httpx: ModuleType, request: Any, refusal: Any) -> tuple[Any, Any]:
 
 
 async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
-    """:func:`_open` for the async transport: on the event loop when quick (see :func:`_quick`);
-    when a SQLite budget file turns out busy there, the reservation waits for it in a worker thread."""
+    """:func:`_open` for the async transport: on the event loop when quick (see :func:`_quick`), but for
+    the cache lookup, which goes to a worker thread on its own; when a SQLite budget file turns out busy
+    there, the reservation waits for it in a worker thread."""
     if not _quick(attempt):
         return await _in_thread(attempt, _open, httpx, request, attempt, path)
+    attempt.shape_output()
+    if attempt.engine.cache is not None:
+        cached = await _in_thread(attempt, attempt.lookup_cache)
+        if cached is not None:
+            return None, _cached_response(httpx, cached)
     original_base = attempt.call.base_url
     try:
         with no_wait():
-            return _open(httpx, request, attempt, path)
+            return _answered(httpx, *_prepare(httpx, request, attempt, path))
     except WouldWait:
         pass
     return _answered(httpx, *await _in_thread(attempt, _reserved, httpx, request, attempt, original_base))
@@ -198,22 +204,21 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 _QUICK_BODY_BYTES = 8 * 1024
 
 
-def _quick(attempt: Attempt, *, finishing: bool = False) -> bool:
-    """Whether the call's work may run on the event loop (inside ``no_wait()``), not in a worker thread.
+def _quick(attempt: Attempt) -> bool:
+    """Whether the call's work, the cache's apart, may run on the event loop (inside ``no_wait()``).
 
-    Cache lookups and stores embed and search texts, Redis stores wait on the network, and a large prompt
-    takes milliseconds to count: on the event loop, they would stall every other request of an async
-    server. The rest is tens of microseconds (a SQLite budget store or ledger never waits there), and a
-    thread hop costs more than it saves: on a busy 2-core server, up to twice the CPU per call, in GIL
-    hand-offs. ``finishing``: settling and recording, which never touch the cache (:func:`_finish`)."""
-    engine = attempt.engine
-    return attempt.size <= _QUICK_BODY_BYTES and not engine.blocking and (finishing or engine.cache is None)
+    Redis stores wait on the network, and a large prompt takes milliseconds to count: on the event loop,
+    they would stall every other request of an async server; so would cache lookups and stores, which
+    embed and search texts and always run in a worker thread of their own. The rest is tens of
+    microseconds (a SQLite budget store or ledger never waits there), and a thread hop costs more than it
+    saves: on a busy 2-core server, up to twice the CPU per call, in GIL hand-offs."""
+    return attempt.size <= _QUICK_BODY_BYTES and not attempt.engine.blocking
 
 
 async def _finish(attempt: Attempt, *, complete: bool) -> None:
     """``attempt.finish()``: settling and recording on the event loop when quick, storing the answer in the
     cache (if it goes there) in a worker thread."""
-    if not _quick(attempt, finishing=True):
+    if not _quick(attempt):
         await _in_thread(attempt, attempt.finish, complete=complete)
         return
     with no_wait():

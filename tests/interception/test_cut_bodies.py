@@ -10,6 +10,7 @@ import pytest
 from servers import base_url, proxy
 
 import llmbudget
+from llmbudget.pipeline import Attempt
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -86,8 +87,8 @@ def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, t
     from llmbudget.cache import Cache
 
     engine.cache = Cache(tmp_path / "cache")
-    threads: dict[str, set[int]] = {"lookup": set(), "save": set()}
-    lookup, save = Cache.lookup, Cache.save
+    threads: dict[str, set[int]] = {"lookup": set(), "save": set(), "plan": set()}
+    lookup, save, plan = Cache.lookup, Cache.save, Attempt.plan
 
     def watched_lookup(self, *args, **kwargs):
         threads["lookup"].add(threading.get_ident())
@@ -97,8 +98,13 @@ def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, t
         threads["save"].add(threading.get_ident())
         return save(self, *args, **kwargs)
 
+    def watched_plan(self, *args, **kwargs):
+        threads["plan"].add(threading.get_ident())
+        return plan(self, *args, **kwargs)
+
     monkeypatch.setattr(Cache, "lookup", watched_lookup)
     monkeypatch.setattr(Cache, "save", watched_save)
+    monkeypatch.setattr(Attempt, "plan", watched_plan)
     # The base model's answers end at the cap, and cut answers are never stored: count this one whole.
     from llmbudget.cache import answers, cache
 
@@ -124,3 +130,4 @@ def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, t
     assert len(records) == 2 and records[1].from_cache  # the first answer was stored, the second served from it
     assert len(threads["lookup"]) >= 1 and loop_thread not in threads["lookup"]
     assert len(threads["save"]) == 1 and loop_thread not in threads["save"]
+    assert threads["plan"] == {loop_thread}  # the rest of the call's work stays on the loop: no second hop

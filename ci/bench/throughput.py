@@ -112,7 +112,10 @@ def cpu_seconds(pid: int) -> float:
 def uvicorn(target: str, *, env: dict[str, str], factory: bool = False) -> Iterator[tuple[str, int]]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(HERE), "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+               "--port", str(port), "--log-level", "warning", "--no-access-log",
+               # Connections idle while other modes run stay open: closed after uvicorn's default 5 s, the
+               # app's pooled connection to the upstream could be reused as it closed (a ReadError, a 500).
+               "--timeout-keep-alive", "3600"]
     if factory:
         command.append("--factory")
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=env.get("BENCH_CWD", str(HERE)))
@@ -136,10 +139,11 @@ def uvicorn(target: str, *, env: dict[str, str], factory: bool = False) -> Itera
             process.kill()
 
 
-async def load(url: str, texts: list[str], concurrency: int, max_seconds: float) -> tuple[float, list[float], int]:
-    """Send every text once with ``concurrency`` clients; requests per second, latencies, failures."""
+async def load(url: str, texts: list[str], concurrency: int, max_seconds: float) -> tuple[float, list[float], list[str]]:
+    """Send every text once with ``concurrency`` clients; requests per second, latencies, and what failed
+    (a status other than 200, or a connection error), one line each."""
     latencies: list[float] = []
-    failures = [0]
+    failures: list[str] = []
     queue = iter(texts)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
@@ -151,14 +155,18 @@ async def load(url: str, texts: list[str], concurrency: int, max_seconds: float)
                 if time.perf_counter() > deadline:
                     return
                 t0 = time.perf_counter()
-                response = await client.post("/ask", json={"prompt": text})
+                try:
+                    response = await client.post("/ask", json={"prompt": text})
+                except httpx.TransportError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 if response.status_code != 200:
-                    failures[0] += 1
+                    failures.append(f"HTTP {response.status_code}: {response.text[:300]}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies, failures[0]
+    return len(latencies) / elapsed, latencies, failures
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -204,7 +212,7 @@ def main() -> None:
             rate, latencies, failed = asyncio.run(load(url, [texts.pop() for _ in range(count)],
                                                        args.concurrency, args.max_seconds))
             if failed:
-                raise SystemExit(f"{mode}: {failed} of {len(latencies)} requests failed")
+                raise SystemExit(f"{mode}: {len(failed)} of {count} requests failed; the first: {failed[0]}")
             return rate, latencies, (cpu_seconds(pid) - before) / max(1, len(latencies))
 
         for mode in modes:

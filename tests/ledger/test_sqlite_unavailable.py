@@ -244,6 +244,50 @@ def test_inside_no_wait_a_settle_the_locked_file_cannot_take_goes_to_the_writer(
     assert SQLiteBudgetStore(path).spent(bucket.key) == (Decimal("0.2"), Decimal(0))
 
 
+def test_a_waiting_thread_gets_the_lock_from_connections_that_never_wait(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's busy handler sleeps between tries: against a no-wait connection that takes the lock again at
+    once, a thread waited past the timeout and its calls were refused (503) with the file merely busy."""
+    store = SQLiteBudgetStore(tmp_path / "budgets.db", timeout=0.5)
+    bucket = _bucket("1000")
+    reserve_in = SQLiteBudgetStore._reserve_in
+
+    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "hog":
+            time.sleep(0.003)  # holds the lock most of the time
+        return reserve_in(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteBudgetStore, "_reserve_in", slow)
+    stop = threading.Event()
+
+    def hog() -> None:  # an event loop reserving as fast as it can
+        while not stop.is_set():
+            try:
+                with no_wait():
+                    held = store.reserve([bucket], Decimal("0.001"))
+                    assert isinstance(held, Reservation)
+                    store.settle(held, Decimal(0))
+            except WouldWait:
+                time.sleep(0)
+
+    hogger = threading.Thread(target=hog, name="hog")
+    hogger.start()
+    refused = 0
+    try:
+        time.sleep(0.05)
+        for _ in range(10):
+            try:
+                held = store.reserve([bucket], Decimal("0.001"))
+                assert isinstance(held, Reservation)
+                store.settle(held, Decimal("0.001"))
+            except BudgetStoreUnavailable:
+                refused += 1
+    finally:
+        stop.set()
+        hogger.join()
+    assert refused == 0
+    assert store.spent(bucket.key) == (Decimal("0.010"), Decimal(0))
+
+
 def test_async_calls_budget_on_the_event_loop_and_wait_for_a_busy_file_off_it(tmp_path: Path, engine) -> None:  # type: ignore[no-untyped-def]
     """No thread hop per call (it doubled the CPU of a busy server), and a lock held elsewhere never stalls the loop."""
     path = tmp_path / "budgets.db"

@@ -468,16 +468,6 @@ class Attempt:
             self.record = record
         self.engine.record(record, self.scope)
 
-    def _save_to_cache(self) -> None:
-        cache, lookup = self.engine.cache, self._lookup
-        if cache is None or lookup is None or lookup.hit or not lookup.keys.cacheable:
-            return
-        try:
-            cache.save(lookup, self.call, tenant=self.tenant, model=self.state.model,
-                       body=None if self._sse else self._json, events=self._events if self._sse else None)
-        except Exception:
-            log.exception("llmbudget: storing an answer in the cache failed")
-
     # -- routing, caps, prompt cache keys ---------------------------------------------------------
 
     def shape_output(self) -> bool:
@@ -767,8 +757,15 @@ class Attempt:
             return True
 
     def store_answer(self) -> None:
-        """Keep the answer in the cache (see :meth:`stores_answer`). Never raises."""
-        self._save_to_cache()
+        """Keep the answer in the cache, once :meth:`stores_answer` said it goes there. Never raises."""
+        cache, lookup = self.engine.cache, self._lookup
+        if cache is None or lookup is None:
+            return
+        try:  # Cache.save checks again what may be kept: it is also called on its own
+            cache.save(lookup, self.call, tenant=self.tenant, model=self.state.model,
+                       body=None if self._sse else self._json, events=self._events if self._sse else None)
+        except Exception:
+            log.exception("llmbudget: storing an answer in the cache failed")
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
         call, state = self.call, self.state

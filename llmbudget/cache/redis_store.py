@@ -58,7 +58,15 @@ import numpy as np
 
 from .embedders import Embedder
 from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
-from .store import _UNSET, CacheStore, Entry, Hit, Scorer, _check_semantic_chars
+from .store import (
+    _UNSET,
+    CacheStore,
+    Entry,
+    Hit,
+    Scorer,
+    _check_semantic_chars,
+    near_ids,
+)
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 __all__ = ["RedisCacheStore"]
@@ -715,14 +723,14 @@ class RedisCacheStore:
             # The nearest entries as this process knows them, fetched in the round trip that reads
             # the stream: if the stream brought nothing for this partition, they are the nearest.
             part = self._parts.get(pid)
-            ids = [key for key, _ in part.search(query, self.candidates)] if part is not None else []
+            ids = near_ids(part.search(query, self.candidates), self.min_cosine) if part is not None else []
             touched, rows, _, more = self._catch_up(ids)
             while more:
                 _, _, _, more = self._catch_up([])
                 touched = None
             if part is None or touched is None or pid in touched:
                 part = self._partition(pid)
-                ids = [key for key, _ in part.search(query, self.candidates)] if part is not None else []
+                ids = near_ids(part.search(query, self.candidates), self.min_cosine) if part is not None else []
                 if touched is None:
                     rows = {}
             if part is not None:

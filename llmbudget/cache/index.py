@@ -49,6 +49,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from ..ledger.budgets import _NO_WAIT, WouldWait
+
 try:  # POSIX; elsewhere saves go without the cross-process lock (still atomic)
     import fcntl
 except ImportError:  # pragma: no cover
@@ -70,6 +72,8 @@ _LOAD_BATCH = 50_000
 _EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their searches skip the load)
 
 Head = tuple[int, int]  # (max entry id ever assigned, max deletion seq ever assigned)
+#: Inside ``no_wait()`` a search catches up with at most this many insertions (and deletions).
+_QUICK_CHANGES = 64
 
 
 class SourceView(Protocol):
@@ -297,10 +301,37 @@ class VectorIndex:
     # ---------------------------------------------------------------- search
 
     def search(self, partition: int, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` nearest entries of ``partition``: ``[(entry id, approximate cosine)]``, best first."""
-        with self._lock:
+        """The ``k`` nearest entries of ``partition``: ``[(entry id, approximate cosine)]``, best first.
+
+        Inside :func:`~llmbudget.ledger.budgets.no_wait`, :class:`~llmbudget.ledger.budgets.WouldWait`
+        instead of waiting for another thread's search or catching up with more than a few changes
+        (loading a partition, building or saving an HNSW index): the caller searches where it may wait.
+        """
+        quick = _NO_WAIT.get()
+        if not self._lock.acquire(blocking=not quick):
+            raise WouldWait("the cache index is in use by another thread")
+        try:
+            if quick and not self._quick(partition):
+                raise WouldWait("the cache index has more to do than a quick search")
             part = self._ready(partition)
             return [] if part is None else part.search(np.ascontiguousarray(vector, dtype=np.float32), k)
+        finally:
+            self._lock.release()
+
+    def _quick(self, pid: int) -> bool:
+        """Whether a search of ``pid`` now only catches up with a few changes (no load, build or save)."""
+        part = self._parts.get(pid)
+        if part is None and pid not in self._empty:
+            return False  # not loaded yet
+        (max_id, del_seq), (old_id, old_seq) = self._source.head(), self._head
+        if max_id - old_id > _QUICK_CHANGES or del_seq - old_seq > _QUICK_CHANGES:
+            return False
+        if self.directory is not None and any(
+            isinstance(p, _Hnsw) and (p.built or p.dirty + _QUICK_CHANGES >= max(self.save_every, len(p) // 10))
+            for p in self._parts.values()
+        ):
+            return False  # a save may be due
+        return not any(isinstance(p, _Exact) and len(p) + _QUICK_CHANGES > self.exact_max for p in self._parts.values())
 
     def sync(self) -> None:
         """Apply what other writers (threads or processes) changed since the last call."""

@@ -12,6 +12,7 @@ writer killed at any point leaves a consistent store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -26,11 +27,11 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from ..ledger.budgets import connect
+from ..ledger.budgets import _NO_WAIT, WouldWait, connect
 from .embedders import Embedder
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
@@ -164,6 +165,26 @@ def _default_scorer() -> tuple[Scorer, float]:
 INDEX_COSINE_MARGIN = 0.05
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _waitless(method: _F) -> _F:
+    """Inside :func:`~llmbudget.ledger.budgets.no_wait`, a busy database raises :class:`WouldWait`
+    instead of an error: the caller does the work again where it may wait (the async transport runs
+    small lookups and stores on the event loop this way)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if _NO_WAIT.get() and ("locked" in str(exc) or "busy" in str(exc)):
+                raise WouldWait(f"cache database busy: {exc}") from exc
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 def near_ids(found: Sequence[tuple[int, float]], min_cosine: float) -> list[int]:
     """The ids of the index's nearest entries worth fetching: those not clearly below ``min_cosine``.
 
@@ -276,6 +297,15 @@ class CacheStore:
             self, dim=self.dim, directory=self.index_dir, dtype=index_dtype, exact_max=exact_search_max
         )
 
+    @property
+    def quick(self) -> bool:
+        """True with the bundled embedder and verifier: a lookup or a store of a short text then costs well
+        under a millisecond of CPU, so the async transport runs it on the event loop (inside ``no_wait()``,
+        where nothing here waits: see :func:`_waitless` and :meth:`VectorIndex.search`)."""
+        from .embedders import WordLlamaEmbedder
+
+        return self._scorer is None and type(self.embedder) is WordLlamaEmbedder  # not an app's own subclass
+
     # ------------------------------------------------------------------ plumbing
 
     def _forked(self) -> None:
@@ -284,12 +314,16 @@ class CacheStore:
         self._conns_lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection; inside :func:`~llmbudget.ledger.budgets.no_wait`, its other one, which
+        never waits for a lock (see :func:`_waitless`)."""
         if self._closed:
             raise RuntimeError(f"this CacheStore ({self.db_path}) is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = connect(self.db_path)
-            self._local.conn, self._local.pid = conn, os.getpid()
+        name = "quick" if _NO_WAIT.get() else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
+        if conn is None or getattr(self._local, name + "_pid", None) != os.getpid():
+            conn = connect(self.db_path, timeout=0.0 if name == "quick" else 30.0)
+            setattr(self._local, name, conn)
+            setattr(self._local, name + "_pid", os.getpid())
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
@@ -430,6 +464,7 @@ class CacheStore:
 
     # ------------------------------------------------------------------ public API
 
+    @_waitless
     def get_exact(self, partition: str, exact_key: str) -> Entry | None:
         """The live entry stored under ``exact_key`` in ``partition``, or None."""
         row = self._conn().execute(
@@ -440,6 +475,7 @@ class CacheStore:
             return None
         return _entry(partition, row)
 
+    @_waitless
     def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
         """The best live entry of ``partition`` whose score reaches the threshold, or None.
 
@@ -472,7 +508,7 @@ class CacheStore:
                 expired = True
             elif row[4] is not None:
                 live.append(row)
-        if expired:
+        if expired and not _NO_WAIT.get():  # on the event loop, the next store in a worker thread purges
             self._maybe_purge(now)
         if not live:
             return None
@@ -544,9 +580,12 @@ class CacheStore:
               "model": model, "vector": vector, "semantic": semantic, "ttl": ttl}]
         )[0]
 
+    @_waitless
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
         """Store many answers (each a mapping of :meth:`put`'s arguments), embedding in batches; returns their ids."""
         rows = list(items)
+        if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
+            raise WouldWait("a purge of expired entries is due, or many answers to store")
         ids: list[int] = []
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):
@@ -626,6 +665,7 @@ class CacheStore:
             count -= evicted
             logger.debug("cache: evicted %d entries (%s, cap %d)", evicted, self.eviction, self.max_entries)
 
+    @_waitless
     def record_hit(self, entry_id: int) -> None:
         """Count a hit on ``entry_id`` (LRU and LFU order by it)."""
         now = self._clock()

@@ -136,14 +136,14 @@ def _answered(httpx: ModuleType, request: Any, refusal: Any) -> tuple[Any, Any]:
 
 
 async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
-    """:func:`_open` for the async transport: on the event loop when quick (see :func:`_quick`), but for
-    the cache lookup, which goes to a worker thread on its own; when a SQLite budget file turns out busy
+    """:func:`_open` for the async transport: on the event loop when quick (see :func:`_quick`; the cache
+    lookup too when the cache is, see :func:`_cache_work`); when a SQLite budget file turns out busy
     there, the reservation waits for it in a worker thread."""
     if not _quick(attempt):
         return await _in_thread(attempt, _open, httpx, request, attempt, path)
     attempt.shape_output()
     if attempt.engine.cache is not None:
-        cached = await _in_thread(attempt, attempt.lookup_cache)
+        cached = await _cache_work(attempt, attempt.lookup_cache, quick=True)
         if cached is not None:
             return None, _cached_response(httpx, cached)
     original_base = attempt.call.base_url
@@ -202,29 +202,47 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 # Request bodies up to this size are worked on on the event loop when nothing there may wait: counting
 # their tokens takes under a millisecond, less than the SDK's own building of the request.
 _QUICK_BODY_BYTES = 8 * 1024
+# Answers up to this size are stored in a quick cache on the event loop (storing one serialises it).
+_QUICK_ANSWER_BYTES = 64 * 1024
 
 
 def _quick(attempt: Attempt) -> bool:
-    """Whether the call's work, the cache's apart, may run on the event loop (inside ``no_wait()``).
+    """Whether the call's work may run on the event loop (inside ``no_wait()``).
 
     Redis stores wait on the network, and a large prompt takes milliseconds to count: on the event loop,
-    they would stall every other request of an async server; so would cache lookups and stores, which
-    embed and search texts and always run in a worker thread of their own. The rest is tens of
-    microseconds (a SQLite budget store or ledger never waits there), and a thread hop costs more than it
-    saves: on a busy 2-core server, up to twice the CPU per call, in GIL hand-offs."""
+    they would stall every other request of an async server. The rest is tens of microseconds (a SQLite
+    budget store or ledger never waits there), and a thread hop costs more than it saves: on a busy
+    2-core server, up to twice the CPU per call, in GIL hand-offs. Cache work has its own rule
+    (:func:`_cache_work`)."""
     return attempt.size <= _QUICK_BODY_BYTES and not attempt.engine.blocking
+
+
+async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) -> _T:
+    """A cache lookup or store: on the event loop inside ``no_wait()`` when the call is ``quick`` and the
+    cache is (``Cache.quick``: a local store with the bundled embedder and verifier, where a short text
+    costs a fraction of a millisecond, measured in README's "Performance"); in a worker thread otherwise,
+    or as soon as it would wait (the database or index busy, a partition to load, an index to build or
+    save, a purge due): it is then done again there, from the start (nothing was changed)."""
+    cache = attempt.engine.cache
+    if quick and cache is not None and cache.quick:
+        try:
+            with no_wait():
+                return work()
+        except WouldWait:
+            pass
+    return await _in_thread(attempt, work)
 
 
 async def _finish(attempt: Attempt, *, complete: bool) -> None:
     """``attempt.finish()``: settling and recording on the event loop when quick, storing the answer in the
-    cache (if it goes there) in a worker thread."""
+    cache (if it goes there) as :func:`_cache_work` says."""
     if not _quick(attempt):
         await _in_thread(attempt, attempt.finish, complete=complete)
         return
     with no_wait():
         attempt.finish(complete=complete, store=False)
     if attempt.stores_answer(complete=complete):
-        await _in_thread(attempt, attempt.store_answer)
+        await _cache_work(attempt, attempt.store_answer, quick=attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
 
 
 async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:

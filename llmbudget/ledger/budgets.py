@@ -220,7 +220,9 @@ def no_wait() -> Iterator[None]:
     A :class:`SQLiteBudgetStore` then raises :class:`WouldWait` from ``reserve`` when another
     connection holds the file's write lock, and hands a settle it cannot write at once to its
     writer thread. Stores that may wait otherwise (Redis: the network) say ``blocking = True`` and
-    are never called inside.
+    are never called inside. A local cache store (:class:`~llmbudget.cache.store.CacheStore`)
+    raises :class:`WouldWait` from its lookups and stores instead of waiting for its database or
+    its index, or doing more than a quick search's work there.
     """
     token = _NO_WAIT.set(True)
     try:

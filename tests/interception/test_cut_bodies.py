@@ -79,35 +79,24 @@ def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine,
     assert counter == (record.cost_usd, 0)
 
 
-def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, tmp_path, monkeypatch):
-    """A long prompt's hashing, embedding and SQLite work must not stall every other request of an async server."""
-    import asyncio
+def _watch_cache_threads(monkeypatch) -> dict[str, list[int]]:
+    """The threads that run each cache lookup, cache store and call plan, in order; and every answer of the
+    base model (which ends at the cap, and cut answers are never stored) counted whole."""
     import threading
 
-    from llmbudget.cache import Cache
+    from llmbudget.cache import Cache, answers, cache
 
-    engine.cache = Cache(tmp_path / "cache")
-    threads: dict[str, set[int]] = {"lookup": set(), "save": set(), "plan": set()}
-    lookup, save, plan = Cache.lookup, Cache.save, Attempt.plan
+    threads: dict[str, list[int]] = {"lookup": [], "save": [], "plan": []}
 
-    def watched_lookup(self, *args, **kwargs):
-        threads["lookup"].add(threading.get_ident())
-        return lookup(self, *args, **kwargs)
+    def watching(name: str, real):
+        def watched(self, *args, **kwargs):
+            threads[name].append(threading.get_ident())
+            return real(self, *args, **kwargs)
 
-    def watched_save(self, *args, **kwargs):
-        threads["save"].add(threading.get_ident())
-        return save(self, *args, **kwargs)
+        return watched
 
-    def watched_plan(self, *args, **kwargs):
-        threads["plan"].add(threading.get_ident())
-        return plan(self, *args, **kwargs)
-
-    monkeypatch.setattr(Cache, "lookup", watched_lookup)
-    monkeypatch.setattr(Cache, "save", watched_save)
-    monkeypatch.setattr(Attempt, "plan", watched_plan)
-    # The base model's answers end at the cap, and cut answers are never stored: count this one whole.
-    from llmbudget.cache import answers, cache
-
+    for name, owner in (("lookup", Cache), ("save", Cache), ("plan", Attempt)):
+        monkeypatch.setattr(owner, name, watching(name, getattr(owner, name)))
     whole = answers.storable
 
     def storable(call, *, body=None, events=None):
@@ -117,17 +106,89 @@ def test_async_cache_work_runs_off_the_event_loop(llm_server, engine, records, t
 
     monkeypatch.setattr(answers, "storable", storable)
     monkeypatch.setattr(cache, "storable", storable)
+    return threads
 
-    async def main() -> tuple[int, str, str]:
+
+def _ask_twice(llm_server: str, messages: list[dict[str, str]]) -> int:
+    """The same question twice from an async client; returns the event loop's thread."""
+    import asyncio
+    import threading
+
+    async def main() -> int:
         async with openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test", max_retries=0,
                                       http_client=llmbudget.async_http_client()) as client:
             for _ in range(2):
-                await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=6,
+                await client.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=6,
                                                      temperature=0)
             return threading.get_ident()
 
-    loop_thread = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_short_prompt_is_looked_up_and_stored_on_the_event_loop(llm_server, engine, records, tmp_path, monkeypatch):
+    """With the bundled embedder and verifier, a short prompt's cache work costs less than a thread hop: it runs
+    on the loop (but for the first lookup, which loads the partition's index in a worker thread)."""
+    from llmbudget.cache import Cache
+
+    engine.cache = Cache(tmp_path / "cache")
+    assert engine.cache.quick
+    threads = _watch_cache_threads(monkeypatch)
+    loop_thread = _ask_twice(llm_server, QUESTION)
     assert len(records) == 2 and records[1].from_cache  # the first answer was stored, the second served from it
-    assert len(threads["lookup"]) >= 1 and loop_thread not in threads["lookup"]
-    assert len(threads["save"]) == 1 and loop_thread not in threads["save"]
-    assert threads["plan"] == {loop_thread}  # the rest of the call's work stays on the loop: no second hop
+    # the first lookup: no index loaded yet (in a thread, after a try on the loop); the second: on the loop
+    assert threads["lookup"][0] == loop_thread and threads["lookup"][1] != loop_thread
+    assert threads["lookup"][2:] == [loop_thread]
+    assert threads["save"] == [loop_thread] and set(threads["plan"]) == {loop_thread}
+
+
+def test_long_prompts_and_slow_caches_do_their_cache_work_off_the_event_loop(llm_server, engine, records, tmp_path,
+                                                                            monkeypatch):
+    """A long prompt's hashing, embedding and SQLite work, or a cache whose embedder may be slow, must not stall
+    every other request of an async server."""
+    from llmbudget.cache import Cache
+    from llmbudget.cache.embedders import WordLlamaEmbedder
+
+    threads = _watch_cache_threads(monkeypatch)
+    engine.cache = Cache(tmp_path / "long")
+    long_question = [{"role": "user", "content": "Say yes." + " " * 9000 + "Now."}]  # over 8 KiB, few tokens
+    loop_thread = _ask_twice(llm_server, long_question)
+    assert len(records) == 2 and records[1].from_cache
+    assert threads["lookup"] and loop_thread not in threads["lookup"] + threads["save"] + threads["plan"]
+
+    class OtherEmbedder(WordLlamaEmbedder):  # an embedder of the app's own: it may call a service
+        name = "other-embedder"
+
+    for values in threads.values():
+        values.clear()
+    records.clear()
+    engine.cache = Cache(tmp_path / "other", embedder=OtherEmbedder())
+    assert not engine.cache.quick
+    loop_thread = _ask_twice(llm_server, QUESTION)
+    assert len(records) == 2 and records[1].from_cache
+    assert loop_thread not in threads["lookup"] + threads["save"] and set(threads["plan"]) == {loop_thread}
+
+
+def test_a_busy_cache_database_sends_the_store_to_a_worker_thread(llm_server, engine, records, tmp_path, monkeypatch):
+    """Another process holds the cache's write lock: the store on the loop does not wait for it, it is done in a
+    worker thread, which waits; the loop serves meanwhile."""
+    import sqlite3
+    import threading
+    import time
+
+    from llmbudget.cache import Cache
+
+    engine.cache = Cache(tmp_path / "cache")
+    threads = _watch_cache_threads(monkeypatch)
+    blocker = sqlite3.connect(tmp_path / "cache" / "cache.sqlite3", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, as another process writing would hold it
+    release = threading.Timer(1.0, blocker.execute, ("COMMIT",))
+    release.start()
+    try:
+        started = time.monotonic()
+        loop_thread = _ask_twice(llm_server, QUESTION)
+    finally:
+        release.join()
+        blocker.close()
+    assert time.monotonic() - started >= 1.0
+    assert len(records) == 2 and records[1].from_cache  # stored once the lock was free
+    assert threads["save"][0] == loop_thread and threads["save"][1] != loop_thread  # tried on the loop, then

@@ -74,6 +74,8 @@ _EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their search
 Head = tuple[int, int]  # (max entry id ever assigned, max deletion seq ever assigned)
 #: Inside ``no_wait()`` a search catches up with at most this many insertions (and deletions).
 _QUICK_CHANGES = 64
+#: ... and holds at most this many partitions (catching up looks at each).
+_QUICK_PARTS = 256
 
 
 class SourceView(Protocol):
@@ -324,8 +326,10 @@ class VectorIndex:
         if part is None and pid not in self._empty:
             return False  # not loaded yet
         (max_id, del_seq), (old_id, old_seq) = self._source.head(), self._head
-        if max_id - old_id > _QUICK_CHANGES or del_seq - old_seq > _QUICK_CHANGES:
-            return False
+        if (max_id, del_seq) == (old_id, old_seq):
+            return True  # nothing to catch up with
+        if max_id - old_id > _QUICK_CHANGES or del_seq - old_seq > _QUICK_CHANGES or len(self._parts) > _QUICK_PARTS:
+            return False  # catching up goes over every partition held (and their saves)
         if self.directory is not None and any(
             isinstance(p, _Hnsw) and (p.built or p.dirty + _QUICK_CHANGES >= max(self.save_every, len(p) // 10))
             for p in self._parts.values()

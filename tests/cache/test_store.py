@@ -472,6 +472,50 @@ def test_the_hnsw_index_cosines_stay_within_the_fetch_margin() -> None:
     assert max(errors) < INDEX_COSINE_MARGIN / 2, max(errors)
 
 
+def test_inside_no_wait_a_search_does_only_a_quick_searchs_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the event loop (``no_wait()``) a search raises WouldWait instead of loading a partition, catching up
+    with many changes or with many partitions held, or waiting for the index lock; the same search outside
+    does that work."""
+    import llmbudget.cache.index as index_module
+    from llmbudget.ledger.budgets import WouldWait, no_wait
+
+    monkeypatch.setattr(index_module, "_QUICK_PARTS", 3)
+    with make(tmp_path / "c") as store:
+        for n in range(3):
+            put(store, f"p{n}", "k", f"question number {n}")
+        with no_wait(), pytest.raises(WouldWait):
+            store.search("p0", "question number 0")  # the partition is not loaded yet
+        for n in range(3):
+            assert store.search(f"p{n}", f"question number {n}") is not None  # loads them
+        with no_wait():
+            assert store.search("p0", "question number 0") is not None  # nothing to catch up with
+            put(store, "p0", "k2", "another question")  # a store on the loop: one insertion to catch up
+            assert store.search("p0", "another question") is not None
+        put(store, "p3", "k", "question number 3")
+        assert store.search("p3", "question number 3") is not None  # four partitions held now
+        put(store, "p0", "k3", "a third question")
+        with no_wait(), pytest.raises(WouldWait):
+            store.search("p0", "a third question")  # catching up would look at more than 3 partitions
+        assert store.search("p0", "a third question") is not None
+        held = threading.Event()
+        done = threading.Event()
+
+        def hold() -> None:
+            with store._index._lock:
+                held.set()
+                done.wait(5)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(5)
+        try:
+            with no_wait(), pytest.raises(WouldWait):
+                store.search("p0", "a third question")  # another thread holds the index
+        finally:
+            done.set()
+            holder.join()
+
+
 def test_index_rejects_a_bad_dtype() -> None:
     with pytest.raises(ValueError, match="dtype"):
         VectorIndex(None, dim=4, directory=None, dtype="f64")  # type: ignore[arg-type]

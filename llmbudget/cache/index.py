@@ -313,29 +313,33 @@ class VectorIndex:
         if not self._lock.acquire(blocking=not quick):
             raise WouldWait("the cache index is in use by another thread")
         try:
-            if quick and not self._quick(partition):
+            head = None
+            if quick and (head := self._quick_head(partition)) is None:
                 raise WouldWait("the cache index has more to do than a quick search")
-            part = self._ready(partition)
+            part = self._ready(partition, head)
             return [] if part is None else part.search(np.ascontiguousarray(vector, dtype=np.float32), k)
         finally:
             self._lock.release()
 
-    def _quick(self, pid: int) -> bool:
-        """Whether a search of ``pid`` now only catches up with a few changes (no load, build or save)."""
+    def _quick_head(self, pid: int) -> Head | None:
+        """The store's head when a search of ``pid`` now only catches up with a few changes (no load,
+        build or save), else None."""
         part = self._parts.get(pid)
         if part is None and pid not in self._empty:
-            return False  # not loaded yet
-        (max_id, del_seq), (old_id, old_seq) = self._source.head(), self._head
-        if (max_id, del_seq) == (old_id, old_seq):
-            return True  # nothing to catch up with
+            return None  # not loaded yet
+        head = self._source.head()
+        (max_id, del_seq), (old_id, old_seq) = head, self._head
+        if head == self._head:
+            return head  # nothing to catch up with
         if max_id - old_id > _QUICK_CHANGES or del_seq - old_seq > _QUICK_CHANGES or len(self._parts) > _QUICK_PARTS:
-            return False  # catching up goes over every partition held (and their saves)
+            return None  # catching up goes over every partition held (and their saves)
         if self.directory is not None and any(
             isinstance(p, _Hnsw) and (p.built or p.dirty + _QUICK_CHANGES >= max(self.save_every, len(p) // 10))
             for p in self._parts.values()
         ):
-            return False  # a save may be due
-        return not any(isinstance(p, _Exact) and len(p) + _QUICK_CHANGES > self.exact_max for p in self._parts.values())
+            return None  # a save may be due
+        near_build = any(isinstance(p, _Exact) and len(p) + _QUICK_CHANGES > self.exact_max for p in self._parts.values())
+        return None if near_build else head
 
     def sync(self) -> None:
         """Apply what other writers (threads or processes) changed since the last call."""
@@ -356,10 +360,12 @@ class VectorIndex:
             self._parts.clear()
             self._empty.clear()
 
-    def _ready(self, pid: int) -> _Partition | None:
-        """The partition's index, caught up with the store; None when it has no entry (then it is not held)."""
+    def _ready(self, pid: int, head: Head | None = None) -> _Partition | None:
+        """The partition's index, caught up with the store; None when it has no entry (then it is not held).
+
+        ``head``: the store's head, when the caller just read it."""
         part = self._parts.get(pid)
-        if (part is not None or pid in self._empty) and self._source.head() == self._head:
+        if (part is not None or pid in self._empty) and (head or self._source.head()) == self._head:
             if part is None:
                 self._empty.move_to_end(pid)
             return part

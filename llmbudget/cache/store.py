@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from ..ledger.budgets import _NO_WAIT, WouldWait, connect
+from ..ledger.budgets import _NO_WAIT, WouldWait, is_busy, thread_connection
 from .embedders import Embedder
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
@@ -178,7 +178,7 @@ def _waitless(method: _F) -> _F:
         try:
             return method(*args, **kwargs)
         except sqlite3.OperationalError as exc:
-            if _NO_WAIT.get() and ("locked" in str(exc) or "busy" in str(exc)):
+            if _NO_WAIT.get() and is_busy(exc):
                 raise WouldWait(f"cache database busy: {exc}") from exc
             raise
 
@@ -318,12 +318,8 @@ class CacheStore:
         never waits for a lock (see :func:`_waitless`)."""
         if self._closed:
             raise RuntimeError(f"this CacheStore ({self.db_path}) is closed")
-        name = "quick" if _NO_WAIT.get() else "conn"
-        conn: sqlite3.Connection | None = getattr(self._local, name, None)
-        if conn is None or getattr(self._local, name + "_pid", None) != os.getpid():
-            conn = connect(self.db_path, timeout=0.0 if name == "quick" else 30.0)
-            setattr(self._local, name, conn)
-            setattr(self._local, name + "_pid", os.getpid())
+        conn, new = thread_connection(self._local, self.db_path, quick=_NO_WAIT.get(), timeout=30.0)
+        if new:
             with self._conns_lock:
                 self._conns.append(conn)
         return conn

@@ -338,6 +338,25 @@ def connect(path: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.C
     return conn
 
 
+def thread_connection(local: threading.local, path: str | os.PathLike[str], *, quick: bool,
+                      timeout: float) -> tuple[sqlite3.Connection, bool]:
+    """This thread's connection to ``path`` kept in ``local`` (made again in a forked child); ``quick``: its
+    other one, which never waits for a lock (for the event loop, inside :func:`no_wait`). True when new."""
+    name = "quick" if quick else "conn"
+    conn: sqlite3.Connection | None = getattr(local, name, None)
+    if conn is not None and getattr(local, name + "_pid", None) == os.getpid():
+        return conn, False
+    conn = connect(path, timeout=0.0 if quick else timeout)
+    setattr(local, name, conn)
+    setattr(local, name + "_pid", os.getpid())
+    return conn, True
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a SQLite error says another connection holds the lock (SQLITE_BUSY, SQLITE_LOCKED)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _rollback(conn: sqlite3.Connection) -> bool:
     """Roll back the open transaction, if any; never raises (the error being handled is the one to report).
 
@@ -505,12 +524,7 @@ class SQLiteBudgetStore:
 
     def _conn(self, *, quick: bool = False) -> sqlite3.Connection:
         """This thread's connection; ``quick``: its other one, which never waits for a lock."""
-        name = "quick" if quick else "conn"
-        conn: sqlite3.Connection | None = getattr(self._threads, name, None)
-        if conn is None or getattr(self._threads, name + "_pid", None) != os.getpid():
-            conn = connect(self.path, timeout=0.0 if quick else self.timeout)
-            setattr(self._threads, name, conn)
-            setattr(self._threads, name + "_pid", os.getpid())
+        conn, _ = thread_connection(self._threads, self.path, quick=quick, timeout=self.timeout)
         if not self._schema_ready:
             conn.executescript(_SCHEMA)
             self._schema_ready = True
@@ -532,7 +546,7 @@ class SQLiteBudgetStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if quick and "locked" in str(exc):  # SQLITE_BUSY: another process is writing
+                if quick and is_busy(exc):  # another process is writing
                     raise WouldWait(f"SQLite budget store {self.path}: another process is writing") from exc
                 raise
             try:
@@ -589,7 +603,7 @@ class SQLiteBudgetStore:
         if exc is None:
             return "unavailable at its last try"
         text = f"{type(exc).__name__}: {exc}"
-        if "locked" in str(exc) or "busy" in str(exc):
+        if is_busy(exc):
             text += f" (after waiting {self.timeout:g} s for the lock)"
         return text + (f", at its last try under {self.retry_interval:g} s ago" if late else "")
 

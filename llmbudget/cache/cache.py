@@ -27,6 +27,7 @@ class CacheLookup:
     tier: str | None = None  # "exact" or "semantic"
     score: float | None = None
     entry_id: int | None = None
+    vector: Any = None  # the query's vector, made by the semantic search; storing the answer reuses it
 
     @property
     def hit(self) -> bool:
@@ -106,7 +107,12 @@ class Cache:
         if entry is not None:
             lookup.tier, lookup.score = "exact", 1.0
         elif self.semantic and keys.text and keys.partition:
-            found = self.store.search(keys.partition, keys.text)
+            embed = getattr(self.store, "query_vector", None)  # a store of your own may not have it
+            if embed is None:
+                found = self.store.search(keys.partition, keys.text)
+            else:
+                lookup.vector = embed(keys.text)
+                found = None if lookup.vector is None else self.store.search(keys.partition, keys.text, lookup.vector)
             if found is not None:
                 entry = found.entry
                 lookup.tier, lookup.score = "semantic", float(found.score)
@@ -132,7 +138,7 @@ class Cache:
         self.store.put(
             partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
             response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
-            semantic=bool(keys.text and keys.partition),
+            semantic=bool(keys.text and keys.partition), **({} if lookup.vector is None else {"vector": lookup.vector}),
         )
         return True
 

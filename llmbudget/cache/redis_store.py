@@ -466,6 +466,7 @@ class RedisCacheStore:
     _best: Any = CacheStore._best
     _template_conflict: Any = CacheStore._template_conflict
     _within_length: Any = CacheStore._within_length
+    query_vector: Any = CacheStore.query_vector
     _scorer_data: Any = CacheStore._scorer_data
 
     @property

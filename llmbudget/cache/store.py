@@ -471,6 +471,13 @@ class CacheStore:
             return None
         return _entry(partition, row)
 
+    def query_vector(self, text: str) -> np.ndarray | None:
+        """The unit vector :meth:`search` and :meth:`put` make of ``text``: given to both, the text is embedded
+        once. None for a text the semantic tier does not match (longer than ``max_semantic_chars``, or empty)."""
+        if not self._within_length(text):
+            return None
+        return self._unit(self.embedder.embed([text])[0])
+
     @_waitless
     def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
         """The best live entry of ``partition`` whose score reaches the threshold, or None.

@@ -415,8 +415,9 @@ class Verifier:
         tag = self._pack_tag
         if tag is None or self._table.shape[0] > 1 << 16:  # pragma: no cover - ids are packed as uint16
             return [None] * len(texts)
-        try:
-            batch = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        try:  # one answer stored after its lookup: the ids of its query are in the memo
+            batch = ([_wordllama_ids(texts[0])] if len(texts) == 1
+                     else [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)])
         except Exception:  # noqa: BLE001 - e.g. a lone surrogate: such a text is prepared when scored, as before
             return [None] * len(texts)
         out: list[bytes | None] = []

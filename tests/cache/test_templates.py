@@ -239,3 +239,20 @@ def test_pairs_mode_scores_a_refused_pair_zero(tmp_path: Path) -> None:
     assert eval_pairs(path)["default"] == {"threshold": pytest.approx(eval_pairs(path)["default"]["threshold"]),
                                            "precision": 1.0, "recall": 1.0}
     assert eval_pairs(path, template_guard=None, max_semantic_chars=None)["default"]["precision"] < 1.0
+
+
+def test_an_answer_is_stored_with_the_vector_its_lookup_made(tmp_path: Path) -> None:
+    embedder = _CountingEmbedder()
+    cache = Cache(tmp_path / "cache", embedder=embedder)
+    long_text = "Summarise this report for the board: " + "Sales rose in every region this quarter. " * 15
+    try:
+        for text in (REWORDING[0], long_text):
+            call = _call(text)
+            lookup = cache.lookup(call, tenant="t")
+            assert (lookup.vector is None) == (text == long_text)
+            assert cache.save(lookup, call, tenant="t", model="gpt-4o-mini", body=ANSWER)
+        assert embedder.texts == [REWORDING[0]]  # embedded once, to look up; a long text not at all
+        assert cache.lookup(_call(REWORDING[1]), tenant="t").tier == "semantic"
+        assert cache.lookup(_call(long_text), tenant="t").tier == "exact"
+    finally:
+        cache.store.close()

@@ -176,3 +176,11 @@ def test_packed_data_of_another_tokenizer_or_damaged_is_not_unpacked(verifier: V
                 tag + (1 << 30).to_bytes(4, "little") + b"\x00\x01", b"\x01" + data[5:], b"\x02\x00\x00\x00\x00" + data[5:]):
         verifier.clear_cache()
         assert verifier._score_packed(query, None, [text], None, [bad]).tolist() == expected.tolist()
+
+
+def test_one_text_packs_as_it_does_in_a_batch(verifier: Verifier) -> None:
+    # One answer stored after its lookup reads the memoised token ids and words; a batch tokenises anew.
+    texts = ["Wie setze ich mein Passwort zurück? (Bestellung 12)", "How do I reset my password?"]
+    alone = [verifier._pack_texts([t])[0] for t in texts]
+    assert alone == verifier._pack_texts(texts) and all(alone)
+    assert verifier._pack_texts(["lone \ud800 surrogate"]) == [None]  # prepared when scored, as a batch does

@@ -63,6 +63,8 @@ POLICIES["full"] = POLICIES["budgets"] + """
 [cache]
 path = "cache"
 """
+# the same cache, exact repeats only: no embedding, no verifier
+POLICIES["exact"] = POLICIES["full"] + "semantic = false\n"
 
 WORDS = (
     "invoice refund shipping warranty password router printer kernel garden recipe bicycle lease mortgage "

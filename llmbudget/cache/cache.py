@@ -42,7 +42,8 @@ class Cache:
       URL (``?prefix=myapp:cache:`` optional) for a cache shared by every process
       (:class:`~llmbudget.cache.redis_store.RedisCacheStore`).
     - ``semantic``: also reuse answers to the same question asked in other words
-      (decided by the verifier, inside one partition); ``False``: exact repeats only.
+      (decided by the verifier, inside one partition); ``False``: exact repeats only, and
+      answers are stored without a vector (nothing is embedded).
     - ``allow_temperature``: cache requests that set temperature > 0 (off: such
       answers are meant to vary).
     - ``ttl`` (seconds), ``max_entries`` (evicting least recently used beyond it),
@@ -138,7 +139,7 @@ class Cache:
         self.store.put(
             partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
             response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
-            semantic=bool(keys.text and keys.partition), **({} if lookup.vector is None else {"vector": lookup.vector}),
+            semantic=bool(self.semantic and keys.text and keys.partition), **({} if lookup.vector is None else {"vector": lookup.vector}),
         )
         return True
 

@@ -256,3 +256,16 @@ def test_an_answer_is_stored_with_the_vector_its_lookup_made(tmp_path: Path) -> 
         assert cache.lookup(_call(long_text), tenant="t").tier == "exact"
     finally:
         cache.store.close()
+
+
+def test_an_exact_only_cache_embeds_nothing(tmp_path: Path) -> None:
+    embedder = _CountingEmbedder()
+    cache = Cache(tmp_path / "cache", embedder=embedder, semantic=False)
+    try:
+        call = _call(REWORDING[0])
+        assert cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=ANSWER)
+        assert cache.lookup(_call(REWORDING[0]), tenant="t").tier == "exact"
+        assert not cache.lookup(_call(REWORDING[1]), tenant="t").hit
+        assert embedder.texts == []
+    finally:
+        cache.store.close()

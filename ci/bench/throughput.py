@@ -8,7 +8,10 @@ mode, each answering ``POST /ask`` with one ``AsyncOpenAI`` chat completion:
 - ``budgets``: the middleware with SQLite budgets (a tenant budget per day and a
   request budget) and a SQLite ledger;
 - ``full``: the same plus the semantic cache (SQLite + usearch files), every
-  prompt unique, so every call looks up, misses, calls upstream and stores.
+  prompt unique, so every call looks up, misses, calls upstream and stores;
+- ``exact`` (not run by default): ``full`` with the cache's ``semantic = false``
+  (exact repeats only: nothing embedded, no verifier);
+- ``batched``: ``budgets`` with SQLite settles batched (``settle_delay=0.02``).
 
 A load generator with ``--concurrency`` clients sends ``--requests`` requests to
 one mode, then the next; modes alternate for ``--rounds`` rounds (the order
@@ -17,7 +20,7 @@ rotates), so machine noise hits every mode alike. Each run is bounded in time by
 the p50 and p99 latency over all requests, and the median of the per-round ratio
 to ``plain``.
 
-    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full]
+    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full,exact]
 """
 
 from __future__ import annotations

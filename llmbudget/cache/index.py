@@ -369,11 +369,17 @@ class VectorIndex:
             if part is None:
                 self._empty.move_to_end(pid)
             return part
+        quick = _NO_WAIT.get()
         with self._source.view() as view:
-            head = view.head()
+            seen = view.head()
+            if quick and seen != head:  # another writer since the quick check: perhaps much more to catch up
+                raise WouldWait("the cache store changed since the index looked")
+            head = seen
             self._catch_up(view, head)
             part = self._parts.get(pid)
             if part is None and pid not in self._empty:
+                if quick:  # caught up (nothing half done): the partition loads where it may take long
+                    raise WouldWait("a cache partition to load")
                 part = self._load(view, pid, head)
                 if part is None:
                     self._note_empty(pid)

@@ -467,6 +467,7 @@ class RedisCacheStore:
     _template_conflict: Any = CacheStore._template_conflict
     _within_length: Any = CacheStore._within_length
     query_vector: Any = CacheStore.query_vector
+    _models_ready: Any = CacheStore._models_ready
     _scorer_data: Any = CacheStore._scorer_data
 
     @property

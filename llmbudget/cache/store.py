@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from ..ledger.budgets import _NO_WAIT, WouldWait, is_busy, thread_connection
+from . import embedders
 from .embedders import Embedder
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
@@ -275,6 +276,7 @@ class CacheStore:
         self.max_semantic_chars = max_semantic_chars
         self.template_guard: TemplateGuard | None = TemplateGuard() if template_guard is _UNSET else template_guard
         self._scorer = scorer
+        self._default_scoring = scorer is None  # the bundled verifier, loaded on first use
         self._threshold = threshold if threshold is not None else getattr(scorer, "threshold", None)
         self._scoring_lock = threading.Lock()
         self._pack_failed = False
@@ -304,7 +306,7 @@ class CacheStore:
         where nothing here waits: see :func:`_waitless` and :meth:`VectorIndex.search`)."""
         from .embedders import WordLlamaEmbedder
 
-        return self._scorer is None and type(self.embedder) is WordLlamaEmbedder  # not an app's own subclass
+        return self._default_scoring and type(self.embedder) is WordLlamaEmbedder  # not an app's own subclass
 
     # ------------------------------------------------------------------ plumbing
 
@@ -330,11 +332,12 @@ class CacheStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT too: the connection is not left inside the transaction
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _check_meta(self) -> str:
         name = str(self.embedder.name)
@@ -471,9 +474,24 @@ class CacheStore:
             return None
         return _entry(partition, row)
 
+    def _models_ready(self) -> None:
+        """Inside ``no_wait()``: :class:`WouldWait` while the bundled embedder or verifier is not loaded yet
+        (each takes about 0.15 s to load, under a lock a worker thread may hold)."""
+        if not _NO_WAIT.get():
+            return
+        if isinstance(self.embedder, embedders.WordLlamaEmbedder) and embedders._WORDLLAMA_MODEL is None:
+            raise WouldWait("the cache's embedder is not loaded yet")
+        if self._scorer is None:
+            from . import verifier
+
+            if verifier._DEFAULT is None:
+                raise WouldWait("the cache's verifier is not loaded yet")
+            self._scoring()  # the process's verifier, built already: this store takes it at once
+
     def query_vector(self, text: str) -> np.ndarray | None:
         """The unit vector :meth:`search` and :meth:`put` make of ``text``: given to both, the text is embedded
         once. None for a text the semantic tier does not match (longer than ``max_semantic_chars``, or empty)."""
+        self._models_ready()
         if not self._within_length(text):
             return None
         return self._unit(self.embedder.embed([text])[0])
@@ -489,6 +507,7 @@ class CacheStore:
         """
         if not self._within_length(text):
             return None
+        self._models_ready()
         pid = self._partition_id(partition)
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
         if query is None:
@@ -589,6 +608,7 @@ class CacheStore:
         rows = list(items)
         if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
             raise WouldWait("a purge of expired entries is due, or many answers to store")
+        self._models_ready()
         ids: list[int] = []
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):
@@ -610,8 +630,8 @@ class CacheStore:
                     first = entry_id if first is None else first
                     ids.append(entry_id)
                 self._enforce_cap(conn, now, first)
-        if rows:
-            self._maybe_purge(self._clock())
+        if rows and not _NO_WAIT.get():  # on the event loop the check above found none due; nothing after
+            self._maybe_purge(self._clock())  # the commit may hand the store on to be done again
         return ids
 
     def _scorer_data(self, texts: list[str]) -> list[bytes | None]:

@@ -224,7 +224,7 @@ async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) 
     or as soon as it would wait (the database or index busy, a partition to load, an index to build or
     save, a purge due): it is then done again there, from the start (nothing was changed)."""
     cache = attempt.engine.cache
-    if quick and cache is not None and cache.quick:
+    if quick and cache is not None and getattr(cache, "quick", False):
         try:
             with no_wait():
                 return work()

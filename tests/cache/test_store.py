@@ -733,3 +733,93 @@ def test_a_failing_packed_scorer_falls_back_to_the_texts(tmp_path: Path, caplog:
             hit = store.search("p", "what is the capital of france")
             assert hit is not None and hit.entry.id == entry_id
         assert sum("stale data" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_store_on_the_event_loop_never_purges_after_its_commit(tmp_path: Path) -> None:
+    """The purge interval running out during a store on the loop does not purge there: a busy database at
+    that moment would hand the (committed) store on to be done again in a worker thread."""
+    from llmbudget.ledger.budgets import no_wait
+
+    now = [1000.0]
+    with make(tmp_path / "c", clock=lambda: now[0]) as store:
+        put(store, "p", "k0", "warm up")  # purged at 1000
+        last = store._last_purge
+        real_insert = store._insert
+
+        def insert_late(*args: Any, **kwargs: Any) -> int:
+            now[0] += 61.0  # past the purge interval, after put_many found none due
+            return real_insert(*args, **kwargs)
+
+        store._insert = insert_late  # type: ignore[method-assign]
+        with no_wait():
+            entry_id = put(store, "p", "k1", "stored on the loop")
+        store._insert = real_insert  # type: ignore[method-assign]
+        assert store._last_purge == last  # no purge on the loop
+        assert [r[0] for r in store._conn().execute("SELECT id FROM cache_entries WHERE exact_key = 'k1'")] == [entry_id]
+        put(store, "p", "k2", "stored in a thread")
+        assert store._last_purge == now[0]  # the next store where it may wait purges
+
+
+def test_a_quick_search_hands_on_when_the_store_moved_after_its_check(tmp_path: Path) -> None:
+    """Another writer committing between the quick search's look at the store and its catch-up: the search
+    raises WouldWait before changing the index, instead of catching up with everything on the loop."""
+    from llmbudget.ledger.budgets import WouldWait, no_wait
+
+    with make(tmp_path / "c") as store:
+        for n in range(10):
+            put(store, "p", f"k{n}", f"question number {n}")
+        assert store.search("p", "question number 0") is not None  # loaded
+        put(store, "p", "k10", "question number 10")  # one change to catch up with: quick
+        real_head = store.head
+        writer = threading.Thread(target=lambda: store.put_many(
+            [{"partition": "p", "exact_key": f"bulk{n}", "text": f"bulk question {n}", "response": "{}",
+              "tenant": "t1", "model": "m1"} for n in range(100)]))
+
+        def head_then_bulk() -> tuple[int, int]:
+            seen = real_head()
+            if not writer.is_alive() and writer.ident is None:
+                writer.start()
+                writer.join()
+            return seen
+
+        store.head = head_then_bulk  # type: ignore[method-assign]
+        with no_wait(), pytest.raises(WouldWait, match="changed"):
+            store.search("p", "question number 10")
+        assert store._index.loaded() == {store._partition_id("p"): ("exact", 10)}  # untouched
+        store.head = real_head  # type: ignore[method-assign]
+        assert store.search("p", "bulk question 7") is not None
+        assert store._index.loaded()[store._partition_id("p")] == ("exact", 111)
+
+
+def test_on_the_event_loop_the_bundled_models_are_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading WordLlama or the verifier takes about 0.15 s under a lock: inside no_wait() the store hands the
+    work on instead; once they are loaded, a new store takes the process's verifier there at once."""
+    from llmbudget.cache import embedders, verifier
+    from llmbudget.ledger.budgets import WouldWait, no_wait
+
+    monkeypatch.setattr(embedders, "_WORDLLAMA_MODEL", None)
+    monkeypatch.setattr(verifier, "_DEFAULT", None)
+    with CacheStore(tmp_path / "c") as store:
+        assert store.quick
+        for work in (lambda: store.query_vector("a question"), lambda: store.search("p", "a question"),
+                     lambda: put(store, "p", "k", "a question")):
+            with no_wait(), pytest.raises(WouldWait, match="not loaded"):
+                work()
+        assert embedders._WORDLLAMA_MODEL is None and verifier._DEFAULT is None
+        put(store, "p", "k", "a question")  # where it may wait: loads both
+        assert store.quick  # still: the scorer it took is the bundled verifier
+    with CacheStore(tmp_path / "d") as other, no_wait():
+        put(other, "p", "k", "a question")  # on the loop
+        assert other._scorer is verifier._DEFAULT
+
+
+def test_a_partition_known_empty_that_gains_entries_loads_off_the_event_loop(tmp_path: Path) -> None:
+    from llmbudget.ledger.budgets import WouldWait, no_wait
+
+    with make(tmp_path / "c", exact_search_max=0) as store:
+        put(store, "other", "k", "another partition's question")
+        assert store.search("p", "a question") is None  # remembered as empty
+        put(store, "p", "k", "a question")
+        with no_wait(), pytest.raises(WouldWait, match="partition to load"):
+            store.search("p", "a question")  # loading it here would build an HNSW index on the loop
+        assert store.search("p", "a question") is not None

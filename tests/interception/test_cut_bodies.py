@@ -132,7 +132,8 @@ def test_a_short_prompt_is_looked_up_and_stored_on_the_event_loop(llm_server, en
 
     engine.cache = Cache(tmp_path / "cache")
     assert engine.cache.quick
-    threads = _watch_cache_threads(monkeypatch)
+    engine.cache.store.threshold  # noqa: B018 - the models load now (never on the loop: a fresh process's first
+    threads = _watch_cache_threads(monkeypatch)  # lookup and store would load them in a worker thread)
     loop_thread = _ask_twice(llm_server, QUESTION)
     assert len(records) == 2 and records[1].from_cache  # the first answer was stored, the second served from it
     # the first lookup: no index loaded yet (in a thread, after a try on the loop); the second: on the loop

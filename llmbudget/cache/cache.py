@@ -139,7 +139,8 @@ class Cache:
         self.store.put(
             partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
             response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
-            semantic=bool(self.semantic and keys.text and keys.partition), **({} if lookup.vector is None else {"vector": lookup.vector}),
+            semantic=bool(self.semantic and keys.text and keys.partition),
+            **({} if lookup.vector is None else {"vector": lookup.vector}),  # a store of your own may not take one
         )
         return True
 

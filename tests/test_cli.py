@@ -69,7 +69,7 @@ def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
     assert set(doc["recall_at_precision"]) == {"0.8", "0.9", "0.95"} and doc["auc"] == 1.0
     code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "replay", "--json")
     assert set(doc) == {"stored", "queries", "correct_hits", "wrong_hits", "misses", "hit_precision", "hit_recall",
-                        "lookup_p50_ms", "lookup_p99_ms", "wrong_hits_same_text", "false_hits", "false_hit_rate"}
+                        "lookup_p50_ms", "lookup_p99_ms", "same_text_hits", "false_hits", "false_hit_rate"}
     assert doc["stored"] == 4 and doc["wrong_hits"] == 0 and doc["correct_hits"] >= 1
     assert doc["false_hits"] == 0 and doc["false_hit_rate"] == 0.0
 

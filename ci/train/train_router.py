@@ -62,6 +62,11 @@ share falls from 72% to 28%, and README's replay keeps 89.0% of answer quality
 (81.1% saved) instead of 98.6% (62.8%); blend 0.5 keeps 91.8% (71.2%).
 Token-rarity features (mean log o200k token id, share of ids above 20,000,
 tokens per word) moved leave-one-subject-out APGR by under 0.003.
+Per-subject intercepts fitted beside the weights and dropped after (so the weights
+learn what ranks prompts within a subject, not between subjects; L2 0.01 / 0.1 on
+them): domain scheme 0.591 / 0.590 and 0.591 / 0.591 (pooled / fold mean), subject
+folds 0.589 / 0.593 and 0.590 / 0.592, against the shipped 0.592 / 0.591 and
+0.591 / 0.593: no change, not kept.
 More varied training data (``ci/train/extra_routing_data.py``: RouterBench's
 ARC-Challenge, MBPP and WinoGrande rows for the same Mixtral / GPT-4-1106 pair,
 3,164 prompts, always in training; AlpacaEval's 804 instructions for

@@ -238,17 +238,20 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     ``max_semantic_chars``, ``template_guard`` and ``reranker`` configure the store made here
     (as :class:`~llmbudget.cache.cache.Cache`'s); a ``store`` given is used as it was built.
 
-    A correct hit returns the entry of its own pair, and the pair is a duplicate;
-    every other hit is wrong. ``hit_recall`` is correct hits over duplicate pairs.
-    ``wrong_hits_same_text`` counts the wrong hits whose entry is another pair's
-    question with exactly the query's words (case and spacing folded): in real
-    traffic such a repeat is the same request and an exact hit, but here each
-    pair's ``a`` is stored under its own key, so the strict count calls it wrong.
+    A correct hit returns the entry of its own pair and the pair is a duplicate,
+    or returns an entry whose question has exactly the query's words (case and
+    spacing folded): that entry's answer is the answer to this very question, and
+    in real traffic such a repeat is the same request, an exact hit. Every other
+    hit is wrong. ``same_text_hits`` counts the correct hits of the second kind
+    that a strict count (own pair only) would call wrong, so the strict precision
+    is ``(correct_hits - same_text_hits) / (correct_hits + wrong_hits)``.
+    ``hit_recall`` is the duplicate pairs whose lookup hit correctly, over the
+    duplicate pairs.
 
-    ``false_hits`` counts the lookups of non-duplicate pairs that hit anything,
-    and ``false_hit_rate`` divides it by the non-duplicate lookups (0.0 when
-    there are none): on a near-miss set (``ci/build_template_pairs.py``) every
-    hit serves another question's answer. Pairs with a ``"kind"`` field are
+    ``false_hits`` counts the lookups of non-duplicate pairs that hit anything
+    but their own words, and ``false_hit_rate`` divides it by the non-duplicate
+    lookups (0.0 when there are none): on a near-miss set
+    (``ci/build_template_pairs.py``) every such hit serves another question's answer. Pairs with a ``"kind"`` field are
     also counted per kind in ``by_kind`` (``pairs``, ``false_hits``,
     ``false_hit_rate``, and ``correct_hits`` and ``hit_recall`` where the kind
     has duplicates).
@@ -280,20 +283,24 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
             elif (own := json.loads(hit.entry.response).get("pair") == i) and bool(pair["duplicate"]):
                 correct += 1
                 outcomes.append("correct")
+            elif _fold(hit.entry.text) == _fold(str(pair["b"])):
+                correct += 1
+                same_text += not own or not pair["duplicate"]
+                outcomes.append("correct")
             else:
                 wrong += 1
                 outcomes.append("wrong")
-                same_text += not own and _fold(hit.entry.text) == _fold(str(pair["b"]))
     finally:
         if own:
             cache.close()
     duplicates = sum(1 for p in pairs if p["duplicate"])
+    found = sum(1 for p, outcome in zip(pairs, outcomes) if p["duplicate"] and outcome == "correct")
     p50, p99 = _percentiles(timings)
     result: dict[str, Any] = {
         "stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong, "misses": misses,
-        "wrong_hits_same_text": same_text,
+        "same_text_hits": same_text,
         "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
-        "hit_recall": round(correct / duplicates, 4) if duplicates else 0.0,
+        "hit_recall": round(found / duplicates, 4) if duplicates else 0.0,
         "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4),
     }
     result.update(_false_hits(pairs, outcomes))
@@ -305,7 +312,7 @@ def _false_hits(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> dic
     def figures(rows: list[tuple[dict[str, Any], str]]) -> dict[str, Any]:
         negatives = [outcome for pair, outcome in rows if not pair["duplicate"]]
         positives = [outcome for pair, outcome in rows if pair["duplicate"]]
-        false = sum(outcome != "miss" for outcome in negatives)
+        false = sum(outcome == "wrong" for outcome in negatives)
         out: dict[str, Any] = {"pairs": len(rows), "false_hits": false,
                                "false_hit_rate": round(false / len(negatives), 4) if negatives else 0.0}
         if positives:

@@ -536,6 +536,7 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
         {"a": "why is the sky blue", "b": "what colour is grass", "duplicate": True},
         {"a": "capital of france", "b": "capital of peru", "duplicate": False},
         {"a": "how to bake bread", "b": "Capital of  France", "duplicate": False},  # another pair's question
+        {"a": "dogs chase cats", "b": "cats chase dogs", "duplicate": False},  # the same bag of words: a wrong hit
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DATA", str(pairs))
@@ -549,10 +550,13 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
 
     with make(None) as store:
         replay = eval_replay(pairs, store=store)
+    # A hit on the query's very words serves the answer to that question: correct, whatever the pair's label
+    # ("best pizza", labeled non-duplicate) and whichever pair stored it ("Capital of France"); the strict
+    # precision, own pairs only, is (3 - 2) / 4.
     assert replay == {
-        "stored": 5, "queries": 5, "correct_hits": 1, "wrong_hits": 2, "misses": 2, "wrong_hits_same_text": 1,
-        "hit_precision": 0.3333, "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
-        "false_hits": 2, "false_hit_rate": 0.6667,  # of the 3 non-duplicate lookups, "best pizza" and "Capital of France"
+        "stored": 6, "queries": 6, "correct_hits": 3, "wrong_hits": 1, "misses": 2, "same_text_hits": 2,
+        "hit_precision": 0.75, "hit_recall": 0.5, "lookup_p50_ms": replay["lookup_p50_ms"], "lookup_p99_ms": replay["lookup_p99_ms"],
+        "false_hits": 1, "false_hit_rate": 0.25,  # of the 4 non-duplicate lookups, only "cats chase dogs"
     }
 
 

@@ -226,7 +226,7 @@ def test_the_near_miss_builder_is_deterministic_and_replay_reports_false_hits(tm
     assert set(after["by_kind"]) == kinds | {"rewording", "handwritten"}
     negatives = len(pairs) + len(NEAR_MISSES)
     assert before["false_hit_rate"] == round(before["false_hits"] / negatives, 4)
-    for key in ("stored", "queries", "correct_hits", "wrong_hits", "misses", "wrong_hits_same_text",
+    for key in ("stored", "queries", "correct_hits", "wrong_hits", "misses", "same_text_hits",
                 "hit_precision", "hit_recall", "lookup_p50_ms", "lookup_p99_ms"):
         assert key in after
 

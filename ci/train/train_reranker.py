@@ -56,8 +56,8 @@ QQP-validation precision stays >= the verifier's own 0.868 on the same 3,000 pai
   (0.981 without the 20 wrong hits whose entry has the query's very words), recall 0.752;
   verifier 0.856 / 0.275 at 0.85; MiniLM cosine top-1 (GPTCache) 0.933 / 0.803
   at 0.95, 0.888 / 0.967 at 0.90.  Through ``llmbudget eval cache --mode replay --reranker``
-  on the ``export``ed file: 0.981 / 0.720 (verifier 0.960 / 0.235), the replay counting a hit on an
-  entry with the query's very words correct; counted strictly 0.938 (verifier 0.841).
+  on the ``export``ed file: 0.983 / 0.722 (verifier 0.960 / 0.235), the replay counting a hit on an
+  entry with the query's very words correct; counted strictly 0.940 (verifier 0.841).
 - QQP validation pairs (3,000): AUC 0.920 (verifier 0.912); MRPC test (never trained on,
   news sentences): R@P0.9 0.436 (verifier 0.091, MiniLM 0.151); STS-B dev (never trained
   on): R@P0.9 0.220 (verifier 0.121, MiniLM 0.208).

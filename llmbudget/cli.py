@@ -73,10 +73,10 @@ def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
 
 
 def _eval_cache(ns: argparse.Namespace) -> int:
-    if ns.mode == "pairs":
-        from .cache.evaluate import eval_pairs as task
-    else:
-        from .cache.bench import eval_replay as task
+    from .cache.bench import eval_replay
+    from .cache.evaluate import eval_pairs
+
+    task: Callable[..., dict[str, Any]] = eval_pairs if ns.mode == "pairs" else eval_replay
     from .cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None

@@ -685,6 +685,8 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"{source}: cache.max_semantic_chars must be a whole number of characters "
                           f"(0: no limit), got {limit!r}")
+    # absent: the Cache's default limit; 0: no limit
+    semantic_chars: dict[str, Any] = {} if limit is None else {"max_semantic_chars": limit or None}
     where = _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root)
     try:
         return _open_file("cache.path", lambda path: Cache(
@@ -695,7 +697,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
             max_entries=int(table.get("max_entries", 100_000)),
             threshold=threshold,
             reranker=table.get("reranker", False),
-            **({} if limit is None else {"max_semantic_chars": limit or None}),
+            **semantic_chars,
         ), where, source)
     except ImportError as exc:
         raise ConfigError(f"{source}: cache.reranker = true: {exc}") from None

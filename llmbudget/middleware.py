@@ -37,7 +37,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy
-from .interception import install as _install
+from .interception.install import install as _install
 from .ledger.budgets import Refusal
 from .pipeline import Engine, get_engine, set_engine
 from .refusals import budget_refusal

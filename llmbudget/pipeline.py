@@ -907,7 +907,8 @@ class Attempt:
 #: Endpoints the Batch API runs.
 _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions", "messages"})
 
-_scan_json = json.JSONDecoder().scan_once
+# set by JSONDecoder.__init__ (the C scanner when there is one); typeshed does not declare it
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _json_loads(text: str) -> Any:

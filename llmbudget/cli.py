@@ -69,6 +69,23 @@ def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
     _console().print(table)
 
 
+def _print_eval_replay(result: dict[str, Any], *, as_json: bool, title: str) -> None:
+    """A cache replay's figures, then (in a table of its own) its ``curve`` when it has one."""
+    if as_json or "curve" not in result:
+        _print(result, as_json=as_json, title=title)
+        return
+    from rich.table import Table
+
+    _print({k: v for k, v in result.items() if k != "curve"}, as_json=False, title=title)
+    table = Table(title="the same replay at other thresholds")
+    columns = ("threshold", "hit_precision", "hit_recall", "correct_hits", "wrong_hits", "same_text_hits", "false_hits")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for point in result["curve"]:
+        table.add_row(*(f"{point[c]:.4f}" if isinstance(point[c], float) else str(point[c]) for c in columns))
+    _console().print(table)
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -82,6 +99,17 @@ def _eval_cache(ns: argparse.Namespace) -> int:
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
     options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
                                "template_guard": None if ns.no_template_guard else TemplateGuard()}
+    curve: list[float] = []
+    if ns.curve is not None:
+        if ns.mode != "replay":
+            raise ValueError("--curve scores a replay at several thresholds: use it with --mode replay")
+        try:
+            curve = [float(t) for t in ns.curve.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"--curve takes thresholds separated by commas (0.7,0.8,0.9), not {ns.curve!r}") from None
+        if not curve:
+            raise ValueError("--curve needs at least one threshold (0.7,0.8,0.9)")
+        options["curve"] = curve
     if ns.gptcache is not None:
         if ns.mode != "replay" or ns.reranker:
             raise ValueError("--gptcache replays the baseline instead of the cache: use it with --mode replay, "
@@ -93,11 +121,11 @@ def _eval_cache(ns: argparse.Namespace) -> int:
         except (ValueError, ImportError) as exc:
             raise ValueError(f"--gptcache {ns.gptcache}: {exc}") from None
         try:
-            result = _run(task, {"pairs_path": ns.pairs, "store": store}, as_json=ns.json,
+            result = _run(task, {"pairs_path": ns.pairs, "store": store, "curve": curve}, as_json=ns.json,
                           title=f"scoring {ns.pairs} (GPTCache-style baseline)")
         finally:
             store.close()
-        _print(result, as_json=ns.json, title=f"GPTCache-style baseline, cosine >= {ns.gptcache} (replay)")
+        _print_eval_replay(result, as_json=ns.json, title=f"GPTCache-style baseline, cosine >= {ns.gptcache} (replay)")
         return 0
     if ns.reranker and ns.mode == "replay":
         options["reranker"] = True
@@ -106,7 +134,7 @@ def _eval_cache(ns: argparse.Namespace) -> int:
 
         options["verifier"] = RewordReranker()
     result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({ns.mode})")
-    _print(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
+    _print_eval_replay(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
     return 0
 
 
@@ -577,6 +605,9 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--reranker", action="store_true",
                        help="decide hits with the MiniLM second stage ([cache] reranker = true; needs "
                             "llmbudget[reranker])")
+    cache.add_argument("--curve", metavar="T1,T2,...",
+                       help="with --mode replay: also score the replay at these hit thresholds (one pass; "
+                            "\"curve\" in the output; with --gptcache, cosine thresholds)")
     cache.add_argument("--gptcache", type=float, metavar="THRESHOLD",
                        help="replay the GPTCache-style baseline instead of the cache, for comparison: the best "
                             "stored question by all-MiniLM-L6-v2 cosine, a hit at or above THRESHOLD (needs "

@@ -72,6 +72,14 @@ def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
                         "lookup_p50_ms", "lookup_p99_ms", "same_text_hits", "false_hits", "false_hit_rate"}
     assert doc["stored"] == 4 and doc["wrong_hits"] == 0 and doc["correct_hits"] >= 1
     assert doc["false_hits"] == 0 and doc["false_hit_rate"] == 0.0
+    code, curved = run(capsys, "eval", "cache", str(pairs), "--mode", "replay", "--json", "--curve", "0.99,0.0")
+    assert code == 0 and [point["threshold"] for point in curved.pop("curve")] == [0.0, 0.99]
+    assert curved["correct_hits"] == doc["correct_hits"] and curved["wrong_hits"] == doc["wrong_hits"]
+    assert main(["eval", "cache", str(pairs), "--mode", "replay", "--curve", "0.5,0.9"]) == 0
+    assert "the same replay at other thresholds" in capsys.readouterr().out
+    for bad in (["--mode", "pairs", "--curve", "0.5"], ["--mode", "replay", "--curve", "high"]):
+        assert main(["eval", "cache", str(pairs), *bad]) == 2
+        assert "--curve" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):

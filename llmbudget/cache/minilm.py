@@ -216,7 +216,11 @@ def _read_onnx(path: Path) -> dict[str, np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as exc:  # onnx raises protobuf's DecodeError and others on a file that is not ONNX
+        raise ValueError(f"{path} is not an ONNX file llmbudget can read ({type(exc).__name__}: {exc}); "
+                         f"{_ENV} names a folder with {_WEIGHTS} and {_TOKENIZER}, or a {_ONNX}") from exc
     init = {t.name: t for t in graph.initializer}
 
     def value(name: str) -> np.ndarray | None:

@@ -155,6 +155,10 @@ def test_an_onnx_file_of_another_model_is_refused(tmp_path) -> None:  # noqa: AN
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ValueError, match="not an all-MiniLM-L6-v2 export"):
         MiniLMEmbedder(path=path).embed(["text"])
+    garbage = tmp_path / "weights.bin"
+    garbage.write_bytes(b"\x00\xff not protobuf " * 50)
+    with pytest.raises(ValueError, match="not an ONNX file"):
+        MiniLMEmbedder(path=garbage).embed(["text"])
 
 
 @needs_int8

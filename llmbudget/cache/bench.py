@@ -322,16 +322,17 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
         if made_here:
             cache.close()
     p50, p99 = _percentiles(timings)
-    result: dict[str, Any] = {"stored": len(ids), "queries": len(pairs), **_replay_figures(pairs, found, threshold)}
-    result.update(lookup_p50_ms=round(p50, 4), lookup_p99_ms=round(p99, 4))
     outcomes = _outcomes(found, threshold)
+    result: dict[str, Any] = {"stored": len(ids), "queries": len(pairs), **_replay_figures(pairs, outcomes),
+                              "lookup_p50_ms": round(p50, 4), "lookup_p99_ms": round(p99, 4)}
     result.update(_false_hits(pairs, outcomes))
     if thresholds:
-        result["curve"] = [
-            {"threshold": t, **{k: v for k, v in _replay_figures(pairs, found, t).items() if k != "misses"},
-             "false_hits": _false_hits(pairs, _outcomes(found, t))["false_hits"]}
-            for t in thresholds
-        ]
+        result["curve"] = []
+        for t in thresholds:
+            at = _outcomes(found, t)
+            figures = _replay_figures(pairs, at)
+            del figures["misses"]
+            result["curve"].append({"threshold": t, **figures, "false_hits": _false_hits(pairs, at)["false_hits"]})
     return result
 
 
@@ -346,22 +347,20 @@ def _outcome(i: int, pair: dict[str, Any], entry: Any) -> str:
 
 
 def _outcomes(found: Sequence[tuple[float, str] | None], threshold: float) -> list[str]:
-    """Per pair at ``threshold``: ``correct`` (same-text hits included), ``wrong`` or ``miss``."""
-    return ["miss" if f is None or not f[0] >= threshold else "correct" if f[1] != "wrong" else "wrong"
-            for f in found]
+    """Per pair at ``threshold``: ``miss``, or the hit's outcome (``correct``, ``same_text`` or ``wrong``)."""
+    return ["miss" if f is None or not f[0] >= threshold else f[1] for f in found]
 
 
-def _replay_figures(pairs: Sequence[dict[str, Any]], found: Sequence[tuple[float, str] | None],
-                    threshold: float) -> dict[str, Any]:
-    """Hits, misses, precision and recall of a replay at ``threshold``."""
-    hits = [(pair, f[1]) for pair, f in zip(pairs, found, strict=True) if f is not None and f[0] >= threshold]
-    correct = sum(1 for _, outcome in hits if outcome != "wrong")
-    wrong = len(hits) - correct
+def _replay_figures(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> dict[str, Any]:
+    """Hits, misses, precision and recall of a replay's outcomes (a same-text hit is correct)."""
+    correct = sum(outcome in ("correct", "same_text") for outcome in outcomes)
+    wrong = sum(outcome == "wrong" for outcome in outcomes)
     duplicates = sum(1 for p in pairs if p["duplicate"])
-    recalled = sum(1 for pair, outcome in hits if pair["duplicate"] and outcome != "wrong")
-    return {"correct_hits": correct, "wrong_hits": wrong, "misses": len(pairs) - len(hits),
-            "same_text_hits": sum(1 for _, outcome in hits if outcome == "same_text"),
-            "hit_precision": round(correct / len(hits), 4) if hits else 0.0,
+    recalled = sum(1 for p, outcome in zip(pairs, outcomes, strict=True)
+                   if p["duplicate"] and outcome in ("correct", "same_text"))
+    return {"correct_hits": correct, "wrong_hits": wrong, "misses": len(outcomes) - correct - wrong,
+            "same_text_hits": sum(outcome == "same_text" for outcome in outcomes),
+            "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
             "hit_recall": round(recalled / duplicates, 4) if duplicates else 0.0}
 
 
@@ -374,7 +373,7 @@ def _false_hits(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) -> dic
         out: dict[str, Any] = {"pairs": len(rows), "false_hits": false,
                                "false_hit_rate": round(false / len(negatives), 4) if negatives else 0.0}
         if positives:
-            hits = sum(outcome == "correct" for outcome in positives)
+            hits = sum(outcome in ("correct", "same_text") for outcome in positives)
             out.update(correct_hits=hits, hit_recall=round(hits / len(positives), 4))
         return out
 

@@ -88,14 +88,22 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _package_dir(package: str) -> Path | None:
+    """An installed package's folder, found without importing it (None when it is not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return None
+
+
 def _wordllama_folder() -> Path:
-    spec = importlib.util.find_spec("wordllama")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
+    folder = _package_dir("wordllama")
+    if folder is None:
         raise ImportError(
             "The default embedder needs the 'wordllama' package (its wheel carries the "
             "weights); install it with `pip install wordllama` or pass another Embedder."
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return folder
 
 
 def _load_wordllama() -> _WordLlamaModel:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .embedders import normalize_rows
+from .embedders import _package_dir, normalize_rows
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -103,14 +103,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _package_dir(package: str) -> Path | None:
-    """An installed package's folder, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is not None and spec.submodule_search_locations:
-        return Path(next(iter(spec.submodule_search_locations)))
-    return None
 
 
 def minilm_source(path: str | os.PathLike[str] | None = None) -> Path:

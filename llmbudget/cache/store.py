@@ -491,9 +491,9 @@ class CacheStore:
     def query_vector(self, text: str) -> np.ndarray | None:
         """The unit vector :meth:`search` and :meth:`put` make of ``text``: given to both, the text is embedded
         once. None for a text the semantic tier does not match (longer than ``max_semantic_chars``, or empty)."""
-        self._models_ready()
         if not self._within_length(text):
             return None
+        self._models_ready()
         return self._unit(self.embedder.embed([text])[0])
 
     @_waitless

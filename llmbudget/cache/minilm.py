@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,7 +92,9 @@ class _Model:
 
 
 _LOCK = threading.Lock()
-_MODELS: dict[Path, _Model] = {}
+_MODELS: dict[tuple[Path, Path | None], _Model] = {}
+_ADAPTER_FORMAT = "llmbudget-minilm-lora/1"
+_ADAPTED = ("qkv", "out", "up", "down")  # the matrices a low-rank adapter changes, in every layer
 
 
 def _after_fork_in_child() -> None:
@@ -135,14 +137,45 @@ def _missing(source: Path) -> list[str]:
     return [str(source / name) for name in (_WEIGHTS, _TOKENIZER) if not (source / name).is_file()]
 
 
-def _load(source: Path) -> _Model:
-    model = _MODELS.get(source)
+def _load(source: Path, adapter: Path | None = None) -> _Model:
+    key = (source, adapter)
+    model = _MODELS.get(key)
     if model is not None:
         return model
     with _LOCK:
-        if source not in _MODELS:
-            _MODELS[source] = _read(source)
-        return _MODELS[source]
+        if key not in _MODELS:
+            plain = _MODELS.get((source, None)) or _read(source)
+            _MODELS[(source, None)] = plain
+            if adapter is not None:
+                _MODELS[key] = _adapted(plain, adapter)
+        return _MODELS[key]
+
+
+def _adapted(model: _Model, path: Path) -> _Model:
+    """``model`` with a low-rank adapter merged in: each layer's matrix (in, out) += a (in, r) @ b (r, out).
+
+    The adapter (``ci/train/tune_minilm.py``) is an ``.npz`` with ``format`` and ``{layer}.{matrix}.a`` /
+    ``.b`` arrays for every layer and matrix of ``_ADAPTED``; the scale is folded into ``b``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a MiniLM adapter (.npz): {exc}") from exc
+    if str(arrays.get("format", "")) != _ADAPTER_FORMAT:
+        raise ValueError(f"{path}: not a MiniLM adapter (format {_ADAPTER_FORMAT!r} expected)")
+    layers = []
+    for i, layer in enumerate(model.layers):
+        merged = {}
+        for name in _ADAPTED:
+            weight = getattr(layer, name)
+            a, b = arrays.get(f"{i}.{name}.a"), arrays.get(f"{i}.{name}.b")
+            if a is None or b is None or a.shape[0] != weight.shape[0] or b.shape[1] != weight.shape[1] \
+                    or a.shape[1] != b.shape[0]:
+                raise ValueError(f"{path}: layer {i} {name}: missing or of the wrong shape for this model")
+            merged[name] = np.ascontiguousarray(weight + a.astype(np.float32) @ b.astype(np.float32))
+        layers.append(replace(layer, **merged))
+    logger.debug("merged the MiniLM adapter %s", path)
+    return replace(model, layers=tuple(layers))
 
 
 def _read(source: Path) -> _Model:
@@ -351,14 +384,17 @@ class MiniLMEmbedder:
     ``batch_size``: texts encoded together (sorted by length, so padding stays small).
     ``layers`` (1-6) and ``max_tokens`` (at most 256) cut the model for speed; the vectors are then
     another embedding (``name`` says which), as a scorer trained on them expects.
-    The weights load on first use, once per process and folder.
+    ``adapter``: a low-rank adapter (``.npz``, ``ci/train/tune_minilm.py``) merged into the weights at
+    load, such as the reranker's ``minilm_adapter.npz``; the vectors are then another embedding too.
+    The weights load on first use, once per process, folder and adapter.
     """
 
     dim: int = _DIM
     name: str = "minilm-all-MiniLM-L6-v2-384"
 
     def __init__(self, *, path: str | os.PathLike[str] | None = None, batch_size: int = 32,
-                 layers: int = _LAYERS, max_tokens: int = _MAX_TOKENS) -> None:
+                 layers: int = _LAYERS, max_tokens: int = _MAX_TOKENS,
+                 adapter: str | os.PathLike[str] | None = None) -> None:
         if not 1 <= layers <= _LAYERS:
             raise ValueError(f"layers must be 1 to {_LAYERS}, not {layers!r}")
         if not 2 < max_tokens <= _MAX_TOKENS:
@@ -368,14 +404,16 @@ class MiniLMEmbedder:
         self._batch_size = batch_size
         self.layers = layers
         self.max_tokens = max_tokens
-        if layers != _LAYERS or max_tokens != _MAX_TOKENS:
+        self.adapter = Path(adapter) if adapter is not None else None
+        if layers != _LAYERS or max_tokens != _MAX_TOKENS or self.adapter is not None:
             self.name = "minilm-all-MiniLM-L6-v2-384" + (f"-l{layers}" if layers != _LAYERS else "") + (
-                f"-t{max_tokens}" if max_tokens != _MAX_TOKENS else "")
+                f"-t{max_tokens}" if max_tokens != _MAX_TOKENS else "") + (
+                f"+{self.adapter.stem}" if self.adapter is not None else "")
 
     def _model(self) -> _Model:
         if self._folder is None:  # located once: finding the package costs a third of a millisecond
             self._folder = minilm_source(self._path)
-        return _load(self._folder)
+        return _load(self._folder, self.adapter)
 
     def check(self) -> None:
         """Raise ImportError (saying how to install them) unless the model's files are there; loads nothing."""
@@ -415,4 +453,5 @@ class MiniLMEmbedder:
         return normalize_rows(out)
 
     def __repr__(self) -> str:
-        return f"MiniLMEmbedder(path={self._path!r})" if self._path is not None else "MiniLMEmbedder()"
+        args = [f"{k}={v!r}" for k, v in (("path", self._path), ("adapter", self.adapter)) if v is not None]
+        return f"MiniLMEmbedder({', '.join(args)})"

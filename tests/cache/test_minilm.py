@@ -167,3 +167,56 @@ def test_the_int8_export_is_used_when_the_float32_model_is_absent(monkeypatch: p
     monkeypatch.setattr(minilm, "_PACKAGES", ("no_such_minilm_package",))
     assert minilm_source() == INT8
     assert MiniLMEmbedder().embed(["What is 2+2?"]).shape == (1, 384)
+
+
+# ci/train/tune_minilm.py reference --data <export> --adapter llmbudget/cache/minilm_adapter.npz TEXTS: the torch
+# encoder the adapter was trained in (float16 copies of the float32 weights, the adapter added per matrix, not
+# merged), texts cut to 32 tokens: the first 8 values and each text's cosine with the first.
+ADAPTED_REFERENCE = {
+    "How do I reset my password?": [-0.037935, -0.024016, -0.048956, -0.004542, -0.014164, 0.109069, 0.013078, -0.02802],
+    "What's the best way to get my password reset?": [-0.035527, -0.04604, -0.037493, 0.015964, -0.006946, 0.112438,
+                                                      0.016767, -0.031419],
+    "How do I reset my router?": [-0.009527, 0.005885, 0.025455, 0.006543, 0.015814, 0.020342, -0.037141, -0.06865],
+}
+ADAPTED_COSINE_WITH_FIRST = [1.0, 0.930801, 0.716573]
+ADAPTER = Path(minilm.__file__).with_name("minilm_adapter.npz")
+
+
+@needs_float32
+def test_the_shipped_adapter_merged_in_numpy_matches_the_torch_encoder_it_was_trained_in() -> None:
+    assert FLOAT32 is not None
+    adapted = MiniLMEmbedder(path=FLOAT32.parent, max_tokens=32, adapter=ADAPTER)
+    vectors = adapted.embed(list(ADAPTED_REFERENCE))
+    np.testing.assert_allclose(vectors[:, :8], np.array(list(ADAPTED_REFERENCE.values())), atol=3e-4)
+    np.testing.assert_allclose(vectors @ vectors[0], ADAPTED_COSINE_WITH_FIRST, atol=3e-4)
+    plain = MiniLMEmbedder(path=FLOAT32.parent, max_tokens=32).embed(list(ADAPTED_REFERENCE))
+    assert (plain * vectors).sum(axis=1).max() < 0.99  # the adapter does change the embedding
+    assert adapted.name == "minilm-all-MiniLM-L6-v2-384-t32+minilm_adapter" and "adapter=" in repr(adapted)
+
+
+@needs_int8
+def test_the_adapter_merges_into_the_int8_weights_too() -> None:
+    assert INT8 is not None
+    vectors = MiniLMEmbedder(path=INT8, max_tokens=32, adapter=ADAPTER).embed(list(ADAPTED_REFERENCE))
+    np.testing.assert_allclose(vectors[:, :8], np.array(list(ADAPTED_REFERENCE.values())), atol=INT8_ATOL)
+    np.testing.assert_allclose(vectors @ vectors[0], ADAPTED_COSINE_WITH_FIRST, atol=INT8_COSINE_ATOL)
+
+
+@needs_model
+def test_a_zero_adapter_changes_nothing_and_bad_adapters_are_refused(tmp_path) -> None:  # noqa: ANN001
+    with np.load(ADAPTER) as z:
+        arrays = {k: z[k] for k in z.files}
+    zero = {k: (np.zeros_like(v) if k.endswith(".b") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "zero.npz", **zero)
+    texts = ["How do I bake bread?", "What is 2+2?"]
+    np.testing.assert_allclose(MiniLMEmbedder(adapter=tmp_path / "zero.npz").embed(texts),
+                               MiniLMEmbedder().embed(texts), atol=1e-6)
+    np.savez(tmp_path / "other.npz", **{**arrays, "format": np.array("something-else/1")})
+    with pytest.raises(ValueError, match="other.npz: not a MiniLM adapter"):
+        MiniLMEmbedder(adapter=tmp_path / "other.npz").embed(texts)
+    np.savez(tmp_path / "short.npz", **{k: v for k, v in arrays.items() if not k.startswith("5.")})
+    with pytest.raises(ValueError, match="layer 5 qkv: missing or of the wrong shape"):
+        MiniLMEmbedder(adapter=tmp_path / "short.npz").embed(texts)
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="garbage.npz: not a MiniLM adapter"):
+        MiniLMEmbedder(adapter=tmp_path / "garbage.npz").embed(texts)

@@ -11,7 +11,10 @@ kept in the entry's scorer data (``_pack_texts`` / ``_score_packed``, the hooks
 the cache stores already call), so a lookup runs one MiniLM forward pass.
 
 Weights: ``reranker_weights.json`` beside this file (written by
-``ci/train/train_reranker.py --out``).
+``ci/train/train_reranker.py --out``). When they name a ``minilm_adapter``
+(the shipped ones do: ``minilm_adapter.npz``, a low-rank adapter fine-tuned by
+``ci/train/tune_minilm.py``), MiniLM runs with it merged into its weights, and
+entries packed without it (another tag) are re-embedded when scored.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,9 +47,11 @@ _DIM = 384
 _EXTRA = ("minilm_cosine", "minilm_minus_wordllama")  # after the verifier's 34 features
 
 
-def _tag(layers: int, tokens: int) -> bytes:
-    """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens are another format."""
-    return _TAG if (layers, tokens) == (6, 256) else b"R" + bytes([layers * 16 + min(tokens // 32, 8) + 2])
+def _tag(layers: int, tokens: int, adapted: bool = False) -> bytes:
+    """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens, or adapted, are another format."""
+    if (layers, tokens, adapted) == (6, 256, False):
+        return _TAG
+    return (b"A" if adapted else b"R") + bytes([layers * 16 + min(tokens // 32, 8) + 2])
 
 
 def _b64(value: str, dtype: str) -> np.ndarray:
@@ -96,16 +102,22 @@ class RewordReranker:
         self.min_cosine: float = float(data.get("floor", 0.5))
         self.candidates: int = int(data.get("candidates", 4))
         layers, tokens = int(data.get("minilm_layers", 6)), int(data.get("minilm_tokens", 256))
+        adapter = Path(__file__).with_name(data["minilm_adapter"]) if data.get("minilm_adapter") else None
         self.embedder = WordLlamaEmbedder()
         self.embedder_name: str = self.embedder.name
         self.verifier = verifier if verifier is not None else Verifier()
-        self.minilm = minilm if minilm is not None else MiniLMEmbedder(layers=layers, max_tokens=tokens)
+        self.minilm = minilm if minilm is not None else MiniLMEmbedder(layers=layers, max_tokens=tokens,
+                                                                         adapter=adapter)
         self.minilm.check()
         if (self.minilm.layers, self.minilm.max_tokens) != (layers, tokens):
             raise ValueError(f"these reranker weights were trained on MiniLM's first {layers} layers and "
                              f"{tokens} tokens, the embedder given runs {self.minilm.layers} and "
                              f"{self.minilm.max_tokens}")
-        self._tag = _tag(layers, tokens)
+        if (self.minilm.adapter is None) != (adapter is None) or (
+                adapter is not None and self.minilm.adapter is not None and self.minilm.adapter.name != adapter.name):
+            raise ValueError(f"these reranker weights were trained on MiniLM with the adapter "
+                             f"{data.get('minilm_adapter')!r}, the embedder given has {self.minilm.adapter!r}")
+        self._tag = _tag(layers, tokens, adapter is not None)
         self._trees = _Trees(data["gbdt"])
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size

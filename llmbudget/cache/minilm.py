@@ -425,6 +425,20 @@ class MiniLMEmbedder:
         """Load the weights now instead of on first use."""
         self._model()
 
+    def load_in_background(self) -> threading.Thread:
+        """Start loading the weights in a daemon thread (about a second), so that the first text embedded
+        does not wait for them; a failure is logged and raised again on first use."""
+
+        def load() -> None:
+            try:
+                self._model()
+            except Exception:  # noqa: BLE001 - reported here, raised again where the model is needed
+                logger.warning("MiniLM could not be loaded in the background", exc_info=True)
+
+        thread = threading.Thread(target=load, name="llmbudget-minilm-load", daemon=True)
+        thread.start()
+        return thread
+
     def token_ids(self, text: str) -> list[int]:
         """The model's token ids of ``text``, [CLS] and [SEP] included (at most ``max_tokens``)."""
         return self._cut(self._model().tokenizer.encode(text).ids)

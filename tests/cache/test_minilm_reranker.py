@@ -220,3 +220,25 @@ def test_the_shipped_weights_run_minilm_with_their_adapter(reranker) -> None:  #
     # the adapted reranker recomputes a vector packed without the adapter instead of reading it
     np.testing.assert_allclose(reranker._score_packed(q, None, ["How can I change my password?"], None, old),
                                reranker.score_many(q, None, ["How can I change my password?"]), atol=1e-6)
+
+
+def test_a_cache_with_the_reranker_loads_minilm_before_its_first_lookup(tmp_path, monkeypatch, caplog) -> None:  # noqa: ANN001
+    import threading
+
+    from llmbudget.cache.cache import Cache
+    from llmbudget.cache.minilm import MiniLMEmbedder
+
+    monkeypatch.setattr(minilm, "_MODELS", {})  # as in a new process: nothing loaded yet
+    cache = Cache(tmp_path / "c", reranker=True)
+    try:
+        for thread in threading.enumerate():
+            if thread.name == "llmbudget-minilm-load":
+                thread.join(timeout=60)
+        scorer = cache.store._scorer
+        assert (minilm.minilm_source(), scorer.minilm.adapter) in minilm._MODELS  # loaded, no lookup made
+    finally:
+        cache.store.close()
+    # a background load that fails says so in the log and raises nothing there
+    with caplog.at_level("WARNING", logger="llmbudget.cache"):
+        MiniLMEmbedder(path=tmp_path / "nothing-here").load_in_background().join(timeout=10)
+    assert "could not be loaded in the background" in caplog.text

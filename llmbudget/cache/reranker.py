@@ -47,11 +47,14 @@ _DIM = 384
 _EXTRA = ("minilm_cosine", "minilm_minus_wordllama")  # after the verifier's 34 features
 
 
-def _tag(layers: int, tokens: int, adapted: bool = False) -> bytes:
-    """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens, or adapted, are another format."""
-    if (layers, tokens, adapted) == (6, 256, False):
+def _tag(layers: int, tokens: int, adapter: bytes | None = None) -> bytes:
+    """The packed data's tag: vectors of a MiniLM cut to fewer layers or tokens are another format, and so
+    are those of a MiniLM with an adapter (``adapter``: the adapter file's bytes; the tag then carries their
+    CRC-32, so the vectors of another adapter are never read as this one's)."""
+    if (layers, tokens, adapter) == (6, 256, None):
         return _TAG
-    return (b"A" if adapted else b"R") + bytes([layers * 16 + min(tokens // 32, 8) + 2])
+    shape = bytes([layers * 16 + min(tokens // 32, 8) + 2])
+    return b"R" + shape if adapter is None else b"A" + shape + zlib.crc32(adapter).to_bytes(4, "little")
 
 
 def _b64(value: str, dtype: str) -> np.ndarray:
@@ -117,7 +120,7 @@ class RewordReranker:
                 adapter is not None and self.minilm.adapter is not None and self.minilm.adapter.name != adapter.name):
             raise ValueError(f"these reranker weights were trained on MiniLM with the adapter "
                              f"{data.get('minilm_adapter')!r}, the embedder given has {self.minilm.adapter!r}")
-        self._tag = _tag(layers, tokens, adapter is not None)
+        self._tag = _tag(layers, tokens, None if self.minilm.adapter is None else self.minilm.adapter.read_bytes())
         self._trees = _Trees(data["gbdt"])
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
@@ -154,11 +157,12 @@ class RewordReranker:
         inner: list[bytes | None] = []
         vectors = np.empty((len(cand_texts), _DIM), dtype=np.float32)
         missing = []
+        t = len(self._tag)
         for i, data in enumerate(cand_data):
-            if data is not None and data[:2] == self._tag and len(data) >= 6 + 2 * _DIM:
-                n = int.from_bytes(data[2:6], "little")
-                inner.append(data[6 : 6 + n] or None)
-                vectors[i] = np.frombuffer(data, dtype="<f2", count=_DIM, offset=6 + n)
+            if data is not None and data[:t] == self._tag and len(data) >= t + 4 + 2 * _DIM:
+                n = int.from_bytes(data[t : t + 4], "little")
+                inner.append(data[t + 4 : t + 4 + n] or None)
+                vectors[i] = np.frombuffer(data, dtype="<f2", count=_DIM, offset=t + 4 + n)
             else:
                 inner.append(None)
                 missing.append(i)

@@ -209,12 +209,14 @@ def test_the_shipped_weights_run_minilm_with_their_adapter(reranker) -> None:  #
     assert reranker.minilm.adapter is not None and reranker.minilm.adapter.name == "minilm_adapter.npz"
     assert reranker.minilm.adapter.is_file()
     # data packed by the reranker without the adapter holds vectors of another embedding: not read as these
-    assert _tag(6, 32, True) != _tag(6, 32, False) and reranker._tag == _tag(6, 32, True)
+    shipped = reranker.minilm.adapter.read_bytes()
+    assert reranker._tag == _tag(6, 32, shipped) != _tag(6, 32)
+    assert _tag(6, 32, shipped + b"another adapter") != _tag(6, 32, shipped)  # another adapter's vectors
     with pytest.raises(ValueError, match="adapter"):
         RewordReranker(minilm=MiniLMEmbedder(max_tokens=32))
     weights = json.loads((reranker.minilm.adapter.parent / "reranker_weights.json").read_text())
     plain = RewordReranker({**weights, "minilm_adapter": None}, minilm=MiniLMEmbedder(max_tokens=32))
-    assert plain.minilm.adapter is None and plain._tag == _tag(6, 32, False)
+    assert plain.minilm.adapter is None and plain._tag == _tag(6, 32)
     old = plain._pack_texts(["How can I change my password?"])
     q = "How do I reset my password?"
     # the adapted reranker recomputes a vector packed without the adapter instead of reading it

@@ -132,16 +132,22 @@ class Batcher:
                 group.timer.start()
             group.calls.append(call)
             full = len(group.calls) >= self.max_lines
+            if full:  # taken out under the lock: a call arriving next starts a new group, never joins this one
+                del self._groups[key]
         if full:
-            self._flush(key, group)
+            self._send(group)
         return call.future
 
     def _flush(self, key: tuple[str, str, str], group: _Group) -> None:
-        """Send ``group`` as a job, once (its timer and a full group may both ask)."""
+        """Send ``group`` as a job when its linger ends, unless it was sent already (full)."""
         with self._lock:
             if self._groups.get(key) is not group:
                 return  # sent already; a newer group under the same key has its own timer
             del self._groups[key]
+        self._send(group)
+
+    def _send(self, group: _Group) -> None:
+        """Send ``group`` (already taken out of ``_groups``) as a job in a thread of its own."""
         if not group.calls:
             return
         if group.timer is not None:

@@ -110,6 +110,8 @@ def _eval_cache(ns: argparse.Namespace) -> int:
         if not curve:
             raise ValueError("--curve needs at least one threshold (0.7,0.8,0.9)")
         options["curve"] = curve
+    store = None
+    what, title = ns.mode, f"cache evaluation ({ns.mode})"
     if ns.gptcache is not None:
         if ns.mode != "replay" or ns.reranker:
             raise ValueError("--gptcache replays the baseline instead of the cache: use it with --mode replay, "
@@ -120,21 +122,20 @@ def _eval_cache(ns: argparse.Namespace) -> int:
             store = gptcache_baseline(ns.gptcache)
         except (ValueError, ImportError) as exc:
             raise ValueError(f"--gptcache {ns.gptcache}: {exc}") from None
-        try:
-            result = _run(task, {"pairs_path": ns.pairs, "store": store, "curve": curve}, as_json=ns.json,
-                          title=f"scoring {ns.pairs} (GPTCache-style baseline)")
-        finally:
-            store.close()
-        _print_eval_replay(result, as_json=ns.json, title=f"GPTCache-style baseline, cosine >= {ns.gptcache} (replay)")
-        return 0
-    if ns.reranker and ns.mode == "replay":
+        options = {"pairs_path": ns.pairs, "store": store, "curve": curve}  # the store is the baseline as built
+        what, title = "GPTCache-style baseline", f"GPTCache-style baseline, cosine >= {ns.gptcache} (replay)"
+    elif ns.reranker and ns.mode == "replay":
         options["reranker"] = True
     elif ns.reranker:
         from .cache.reranker import RewordReranker
 
         options["verifier"] = RewordReranker()
-    result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({ns.mode})")
-    _print_eval_replay(result, as_json=ns.json, title=f"cache evaluation ({ns.mode})")
+    try:
+        result = _run(task, options, as_json=ns.json, title=f"scoring {ns.pairs} ({what})")
+    finally:
+        if store is not None:
+            store.close()
+    _print_eval_replay(result, as_json=ns.json, title=title)
     return 0
 
 

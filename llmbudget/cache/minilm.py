@@ -144,10 +144,9 @@ def _load(source: Path, adapter: Path | None = None) -> _Model:
         return model
     with _LOCK:
         if key not in _MODELS:
+            # an adapted model keeps only its own layers: the plain ones are not held for a caller that may never come
             plain = _MODELS.get((source, None)) or _read(source)
-            _MODELS[(source, None)] = plain
-            if adapter is not None:
-                _MODELS[key] = _adapted(plain, adapter)
+            _MODELS[key] = plain if adapter is None else _adapted(plain, adapter)
         return _MODELS[key]
 
 

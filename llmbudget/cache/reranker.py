@@ -116,8 +116,7 @@ class RewordReranker:
             raise ValueError(f"these reranker weights were trained on MiniLM's first {layers} layers and "
                              f"{tokens} tokens, the embedder given runs {self.minilm.layers} and "
                              f"{self.minilm.max_tokens}")
-        if (self.minilm.adapter is None) != (adapter is None) or (
-                adapter is not None and self.minilm.adapter is not None and self.minilm.adapter.name != adapter.name):
+        if (self.minilm.adapter and self.minilm.adapter.name) != (adapter and adapter.name):
             raise ValueError(f"these reranker weights were trained on MiniLM with the adapter "
                              f"{data.get('minilm_adapter')!r}, the embedder given has {self.minilm.adapter!r}")
         self._tag = _tag(layers, tokens, None if self.minilm.adapter is None else self.minilm.adapter.read_bytes())

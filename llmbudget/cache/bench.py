@@ -31,7 +31,7 @@ import numpy as np
 from .embedders import Embedder
 from .reranker import _DIM, RewordReranker
 from .store import CacheStore, CosineScorer, Scorer
-from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard, _tokens
 
 __all__ = ["bench_cache", "default_pairs_path", "eval_replay"]
 
@@ -245,8 +245,9 @@ def gptcache_baseline(threshold: float) -> CacheStore:
                       candidates=1, max_semantic_chars=None, template_guard=None, index_dtype="f16")
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.casefold().split())
+def _fold(text: str) -> tuple[str, ...]:
+    """The text as the template guard compares it: soft case and sentence punctuation folded ("CO" is not "Co")."""
+    return tuple(_tokens(text))
 
 
 def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None,
@@ -264,7 +265,8 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     request, an exact hit. The pair's own question is its entry or any other entry
     with the same words (a question stored by several pairs: no cache can tell
     them apart, so which one a search returns decides nothing); words are compared
-    with case and spacing folded. Every other hit is wrong. ``same_text_hits``
+    as the template guard compares them (spacing, sentence punctuation and the case
+    of a word's first letter folded; "CO" is not "Co", "12 - 5" not "12 / 5"). Every other hit is wrong. ``same_text_hits``
     counts the correct hits that are not the pair's own question, only the query's
     words, so a strict precision that counts them wrong is
     ``(correct_hits - same_text_hits) / (correct_hits + wrong_hits)``.

@@ -1,4 +1,4 @@
-"""Templated near-misses: two prompts that share a long template but carry different data.
+r"""Templated near-misses: two prompts that share a long template but carry different data.
 
 Most application prompts are a template with data inserted (a passage, a
 scenario, a name, an amount, a code block). Two such prompts share most of
@@ -7,10 +7,17 @@ answering one with the other's answer answers another question.
 
 :class:`TemplateGuard` aligns the two texts' tokens. When they share at least
 ``min_shared_tokens`` tokens (a template), every token outside the shared part
-must carry no content: each differing segment may only differ in stop words,
-courtesy fillers, punctuation, letter case or plural endings. A different (or
-moved) content word, number, name, symbol or code token means different data,
-and the pair is not a hit whatever its score.
+must carry no content: each differing segment may only differ in articles,
+courtesy or emphasis fillers, sentence punctuation or the case of a word's first
+letter. A different (or moved) word, number, name, symbol or code token means
+different data, and the pair is not a hit whatever its score: pronouns, question
+words, modals, "and"/"or", "than", tense and plural endings all change what is
+asked.
+
+At any length, two texts with the same words and numbers in the same order
+that differ in a symbol or in case beyond a word's first letter ("12 - 5" and "12 / 5", "-7" and "7", "CO" and
+"Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``) are not a hit either: an operator,
+a sign, a bracket or an acronym is all that differs, and it carries the question.
 """
 
 from __future__ import annotations
@@ -19,8 +26,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-
-from .verifier import _STOP
 
 __all__ = [
     "DEFAULT_MAX_SEMANTIC_CHARS",
@@ -39,24 +44,147 @@ DEFAULT_MAX_SEMANTIC_CHARS = 500
 """Longest text the semantic tier matches (longer ones use the exact tier only); see ``CacheStore``."""
 
 _TOKENS = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
-_SOFT = frozenset("?.,!'\"’‘“”:;")  # punctuation that does not change what is asked
-# Words that do not change what is asked either: the verifier's stop words and courtesy or emphasis fillers.
-_FILLERS = _STOP | frozenset("please kindly thank thanks really just actually very also anyone someone".split())
+_SENTENCE = frozenset("?.,!:;")  # sentence punctuation: soft where a space or the end follows it
+_APOSTROPHES = frozenset("'’")  # soft between two letters (a contraction or a possessive)
+_CLOSING = frozenset(")]}\"'’”")
+_OPENING = frozenset("([{\"'‘“")
+# Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
+# a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
+_FILLERS = frozenset("a an the please kindly thank thanks really just actually very also".split())
+_POLITE = {"could": "can", "would": "will"}  # "Could you tell me" asks what "Can you tell me" asks
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?\Z").match  # 1,000 or 12,345.5: a comma that groups digits
+
+
+def _fold(token: str, prose: bool, shouting: bool) -> str:
+    """``token`` with the case that does not change it folded: the first letter of a word standing in prose
+    ("Python", "python"), "I" and "A", or everything in a text without lower-case letters. "CO", "mW", ``S``,
+    "getUser" and a word touching code (``user.Name``, ``A[i]``, ``cfg["Timeout"]``) keep theirs."""
+    if shouting or (prose and token[1:] == token[1:].lower() and (len(token) > 1 or token in "IA")):
+        return token.lower()
+    return token
+
+
+def _in_prose(text: str, i: int, step: int, brackets: frozenset[str]) -> bool:
+    """Whether ``text[i]`` (the character beside a word) leaves the word in prose: a space, the text's end or
+    sentence punctuation, or a quote or bracket with a space or the end beyond it."""
+    char = text[i] if 0 <= i < len(text) else " "
+    if char in brackets:
+        i += step
+        char = text[i] if 0 <= i < len(text) else " "
+    return char.isspace() or (step > 0 and char in _SENTENCE)
 
 
 def _tokens(text: str) -> list[str]:
-    """Lower-case words, numbers and symbols of ``text``, soft punctuation dropped."""
-    return [t.lower() for t in _TOKENS.findall(text) if t not in _SOFT]
+    """Words, numbers and symbols of ``text``, with soft punctuation dropped and soft case folded.
+
+    Sentence punctuation is soft after a word, a number or a closing bracket or quote, where a space or the
+    text's end follows (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``); an apostrophe between two letters is soft.
+    """
+    shouting = text == text.upper() and sum(c.isalpha() for c in text) >= 8  # all capitals, not one acronym
+    out = []
+    end = len(text)
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        start, after = match.start(), match.end()
+        before = text[start - 1] if start else " "
+        following = text[after] if after < end else " "
+        if token in _SENTENCE and following.isspace() and (before.isalnum() or before in _CLOSING):
+            continue
+        if token in _APOSTROPHES and before.isalnum() and following.isalnum():
+            continue
+        prose = token.isalpha() and _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
+        out.append(_fold(token, prose, shouting))
+    return out
+
+
+def _bare(tokens: Sequence[str]) -> list[str]:
+    """The words and numbers of ``tokens`` in lower case, without their symbols."""
+    return [t.lower() for t in tokens if t[0].isalnum() or t[0] == "_"]
+
+
+# Closed classes: two different members of one class are two different data, never a rewording ("Monday" and
+# "Tuesday", "km" and "miles", "into" and "from"). Each group lists the spellings of one member.
+_CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
+    tuple(tuple(group.split()) for group in groups.split(" | "))
+    for groups in (
+        "monday mon | tuesday tue tues | wednesday wed | thursday thu thur thurs | friday fri | saturday sat"
+        " | sunday sun",
+        "january jan | february feb | march mar | april apr | may | june jun | july jul | august aug"
+        " | september sep sept | october oct | november nov | december dec",
+        "today | tomorrow | yesterday | tonight",
+        "mm millimeter millimeters millimetre millimetres | cm centimeter centimeters centimetre centimetres"
+        " | m meter meters metre metres | km kilometer kilometers kilometre kilometres kms"
+        " | in inch inches | ft foot feet | yd yard yards | mi mile miles",
+        "mg milligram milligrams | g gram grams | kg kilogram kilograms kilo kilos | oz ounce ounces"
+        " | lb lbs pound pounds | ton tons tonne tonnes",
+        "ms millisecond milliseconds | s sec secs second seconds | min mins minute minutes | h hr hrs hour hours"
+        " | day days | week weeks | month months | year years",
+        "ml milliliter milliliters millilitre millilitres | l liter liters litre litres | gallon gallons"
+        " | cup cups | pint pints",
+        "celsius centigrade | fahrenheit | kelvin",
+        "b byte bytes | kb kilobyte kilobytes | mb megabyte megabytes | gb gigabyte gigabytes"
+        " | tb terabyte terabytes",
+        "usd dollar dollars | eur euro euros | gbp sterling | jpy yen | inr rupee rupees",
+        "north | south | east | west",
+        "english | french | spanish | german | italian | portuguese | dutch | russian | chinese | mandarin"
+        " | japanese | korean | arabic | hindi",
+        "and | or | nor",
+        "to into | from",
+        "before | after",
+        "above over | below under",
+        "more | less fewer",
+        "most | least",
+        "faster quicker | slower",
+        "higher | lower",
+        "larger bigger | smaller",
+        "increase increases | decrease decreases",
+        "maximum max | minimum min",
+        "first | last",
+        "true | false",
+        "yes | no",
+        "left | right",
+        "buy | sell",
+        "import | export",
+        "inside | outside",
+        "win | lose",
+        "always | never",
+        "all | none",
+        "best | worst",
+        "same | different",
+    )
+)
+_MEMBER: dict[str, tuple[int, int]] = {}
+for _c, _groups in enumerate(_CLASSES):
+    for _g, _group in enumerate(_groups):
+        for _spelling in _group:
+            _MEMBER.setdefault(_spelling, (_c, _g))
+_NEGATING = ("un", "in", "im", "il", "ir", "non", "dis")
+
+
+def _opposed(x: str, y: str) -> bool:
+    """Two different members of one closed class, or a word and its negation by prefix ("legal", "illegal")."""
+    mx, my = _MEMBER.get(x), _MEMBER.get(y)
+    if mx is not None and my is not None and mx[0] == my[0] and mx[1] != my[1]:
+        return True
+    short, long = (x, y) if len(x) < len(y) else (y, x)
+    return len(short) > 3 and any(long == p + short or long == p + "-" + short for p in _NEGATING)
+
+
+def _one_swap(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether ``a`` and ``b`` (bare words) differ in exactly one aligned word, and that word is opposed."""
+    if len(a) != len(b):
+        return False
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return len(pairs) == 1 and _opposed(*pairs[0])
 
 
 def _content_word(token: str) -> str | None:
-    """The token's content form (plural ``s`` dropped, number separators removed), or None for a filler."""
+    """The token's content form (a digit-grouping comma removed, "could" as "can"), or None for a filler."""
     if token in _FILLERS:
         return None
-    if token[:1].isdigit():
+    token = _POLITE.get(token, token)
+    if token[:1].isdigit() and _THOUSANDS(token):
         return token.replace(",", "")
-    if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
-        return token[:-1]
     return token
 
 
@@ -90,8 +218,13 @@ class TemplateGuard:
 
     def conflict(self, query: str, candidate: str) -> bool:
         """True when the texts share a template and the parts that differ carry different content."""
-        needed = self._needed(query, candidate)
         a, b = _tokens(query), _tokens(candidate)
+        bare_a, bare_b = _bare(a), _bare(b)
+        if a != b and bare_a == bare_b:
+            return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
+        if _one_swap(bare_a, bare_b):
+            return True  # one word swapped for another of its class: "Monday" and "Tuesday", "km" and "miles"
+        needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False
         if max(len(a), len(b)) > self.max_tokens:

@@ -111,6 +111,62 @@ def test_swapped_or_changed_data_is_a_conflict() -> None:
     assert not guard.conflict(LETTER.format(x="$1,250"), LETTER.format(x="$1250"))
 
 
+# The same words with another symbol or case, one word of a closed class swapped, or a function word
+# changed in a long template's slot: each is another question, whatever the verifier scores it.
+SAME_WORDS_OTHER_SYMBOL = [
+    ("What is 12 - 5?", "What is 12 / 5?"),
+    ("What is -7 squared?", "What is 7 squared?"),
+    ("What is log(100)/2?", "What is log(100/2)?"),
+    ("Is CO dangerous indoors?", "Is Co dangerous indoors?"),
+    ("What does the regex \\s+ match?", "What does the regex \\S+ match?"),
+    ("What does .*? do in a regex?", "What does .* do in a regex?"),
+    ("What is 2**3 in Python?", "What is 2*3 in Python?"),
+    ("Is there a bug here?\n```\ndef tail(xs):\n    return xs[1]\n```",
+     "Is there a bug here?\n```\ndef tail(xs):\n    return xs[1:]\n```"),
+    ("Review this code and point out any bugs:\nconst user = response.data?.user;\nconsole.log(user.name);",
+     "Review this code and point out any bugs:\nconst user = response.data?.user;\nconsole.log(user.Name);"),
+]
+ONE_WORD_OF_A_CLASS = [
+    ("Is it legal to record a phone call in California?", "Is it illegal to record a phone call in California?"),
+    ("Translate into French: The meeting is on Monday.", "Translate into French: The meeting is on Tuesday."),
+    ("Translate this into Spanish: Where is the nearest pharmacy?",
+     "Translate this from Spanish: Where is the nearest pharmacy?"),
+    ("How long does it take to drive 100 km at 60 mph?", "How long does it take to drive 100 miles at 60 mph?"),
+    ("Is 120 mg of caffeine a lot?", "Is 120 g of caffeine a lot?"),
+    ("Is Python faster than Java?", "Is Python slower than Java?"),
+    ("Why does WHERE a = 1 OR b = 2 return too many rows?", "Why does WHERE a = 1 AND b = 2 return too many rows?"),
+]
+LOG = ("Based on the log excerpt in my previous message, {w} did the nightly backup job fail, and what should I "
+       "change in the cron configuration so that it does not happen again next week?")
+FUNCTION_WORD_SLOTS = [(LOG.format(w="why"), LOG.format(w="where")),
+                       (LETTER.replace("Ask them", "Ask him"), LETTER.replace("Ask them", "Ask her")),
+                       (LETTER.replace("and thank", "or thank"), LETTER)]
+
+
+@pytest.mark.parametrize("stored, asked", SAME_WORDS_OTHER_SYMBOL + ONE_WORD_OF_A_CLASS + FUNCTION_WORD_SLOTS)
+def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str, asked: str) -> None:
+    guard = TemplateGuard()
+    assert guard.conflict(asked, stored) and guard.conflict(stored, asked)
+    store = _store(max_semantic_chars=None)
+    try:
+        assert not _hit(store, stored, asked)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("stored, asked", [
+    ("How do I learn Python?", "how do i learn python"),
+    ("HOW DO I LEARN PYTHON FAST", "How do I learn Python fast?"),
+    ("What's the best way to learn Python?", "Whats the best way to learn Python"),
+    ("Is \"Python\" hard to learn?", "Is \"python\" hard to learn?"),
+    ("How far is 100 km in miles?", "How far is 100 kilometers in miles?"),
+    (LETTER.format(x="$1,250").replace("Ask them", "Could you ask them"),
+     LETTER.format(x="$1,250").replace("Ask them", "Can you please ask them")),
+])
+def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(stored: str, asked: str) -> None:
+    assert not TemplateGuard().conflict(asked, stored)
+
+
 def test_the_guard_needs_fewer_shared_tokens_for_multiline_texts() -> None:
     guard = TemplateGuard(min_shared_tokens=20, min_shared_tokens_multiline=8)
     one_line = ("Which vitamin helps blood clot? A. Vitamin A B. Vitamin D C. Vitamin E D. Vitamin K",

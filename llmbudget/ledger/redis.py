@@ -93,9 +93,12 @@ def _client(url: str, timeout: float) -> Any:
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What makes Redis unavailable to a store: unreachable, timed out, or reachable but refusing the command
+    (``ResponseError``: READONLY after a failover, OOM under ``maxmemory`` with ``noeviction``, MISCONF when it
+    cannot persist, NOREPLICAS), which counts as down too: the write did not happen."""
     import redis
 
-    return (redis.ConnectionError, redis.TimeoutError, OSError)
+    return (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError)
 
 
 # KEYS: reservations zset, reservation data hash, bucket hashes...
@@ -270,7 +273,7 @@ class RedisBudgetStore:
             self._warned = True
             action = ("serving and counting in this process until it is back" if self.on_unavailable == "open"
                       else "refusing budgeted calls (fail-closed) until it is back")
-            log.warning("llmbudget: Redis budget store %s is unreachable (%s); %s", self._where(), exc, action)
+            log.warning("llmbudget: Redis budget store %s is unavailable (%s); %s", self._where(), exc, action)
 
     def _where(self) -> str:
         parts = urlsplit(self.url)

@@ -355,12 +355,42 @@ def test_fail_closed_refuses_cleanly_and_keeps_its_settles(server: _Server, capl
         store.spent(bucket.key)
     store.settle(before, Decimal("0.3"))  # never raises: it waits for Redis
     assert store.pending_settles == 1
-    assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # warned once
+    assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1  # warned once
     server.start()  # a fresh Redis without persistence: every counter starts from zero
     time.sleep(0.25)
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)
     assert store.pending_settles == 0
     assert store.spent(bucket.key) == (Decimal("0.3"), Decimal("0.1"))  # the settle was replayed
+
+
+@pytest.mark.parametrize("fault", ["oom", "readonly", "noreplicas"])
+def test_a_redis_that_refuses_writes_counts_as_unavailable(server: _Server, fault: str) -> None:
+    """Reachable but refusing writes (OOM under noeviction, READONLY after a failover, NOREPLICAS): fail-closed
+    refuses, and a settle waits in memory instead of raising or being dropped."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2)  # on_unavailable="closed" by default
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.4"))
+    assert isinstance(held, Reservation)
+    admin = redis.Redis(port=server.port)
+    if fault == "oom":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+    elif fault == "readonly":
+        admin.replicaof("127.0.0.1", _free_port())  # a master that is not there: writes answer READONLY
+    else:
+        admin.config_set("min-replicas-to-write", "1")
+    store.settle(held, Decimal("0.3"))  # never raises
+    assert store.pending_settles == 1
+    time.sleep(0.25)
+    with pytest.raises(BudgetStoreUnavailable):
+        store.reserve([bucket], Decimal("0.1"))
+    admin.config_set("maxmemory", "0")
+    admin.config_set("min-replicas-to-write", "0")
+    admin.replicaof("NO", "ONE")
+    time.sleep(0.25)
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)
+    assert store.pending_settles == 0
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal("0.1"))  # the settle charged once, late
 
 
 def test_fail_open_serves_counts_locally_and_reconciles(server: _Server) -> None:

@@ -19,7 +19,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -324,7 +324,25 @@ CREATE INDEX IF NOT EXISTS budget_reservations_expires ON budget_reservations (s
 SQLITE_TIMEOUT_S = 5.0
 #: Errors that make a SQLite budget store unavailable: locked past the wait, disk full, I/O errors, a bad file.
 _SQLITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, OSError)
-_SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay")
+_SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay", "open_share")
+
+#: While a budget store is down (fail-open), the share of a budget's limit one process may spend beyond the last
+#: spend it read.
+DEFAULT_OPEN_SHARE = 0.25
+
+
+def _open_share(given: float | None, options: Mapping[str, str], store: str) -> float:
+    """``open_share`` from the keyword (first) or the URL's options, checked: a share in (0, 1]."""
+    raw: Any = given if given is not None else options.get("open_share", DEFAULT_OPEN_SHARE)
+    try:
+        share = float(raw)
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"open_share={raw!r}: expected the share of a budget one process may spend while {store} is "
+                         "down, in (0, 1]")
+    return share
+
 _LOCAL_PREFIX = "local-"
 
 
@@ -385,7 +403,8 @@ def _split_options(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
     if unknown:
         raise ValueError(
             f"SQLite budget store {text!r}: unknown option(s) {', '.join(map(repr, unknown))} after '?'; "
-            f"expected on_unavailable=open|closed, timeout=<seconds> and settle_delay=<seconds>, e.g. 'budgets.db?on_unavailable=open&timeout=2'"
+            f"expected on_unavailable=open|closed, timeout=<seconds>, settle_delay=<seconds> and open_share=<0-1>, "
+            f"e.g. 'budgets.db?on_unavailable=open&timeout=2'"
         )
     return Path(base), options
 
@@ -440,8 +459,11 @@ class SQLiteBudgetStore:
     connection's lock. When the file cannot be written (locked past that wait, disk full, I/O
     error), ``on_unavailable`` decides, as for Redis: ``"closed"`` (default) raises
     :class:`BudgetStoreUnavailable` (a 503-style error), ``"open"`` serves and counts in this
-    process against the last spend read from the file. Either way the cause is logged once per
-    outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
+    process against the last spend read from the file (read again where it still reads: a held lock
+    or a full disk stop writes, not reads), and never more than ``open_share`` (default 0.25) of a
+    limit per process while it is down, so a process that never read a budget cannot spend all of
+    it again: the worst overspend of one outage is ``processes x open_share x limit``. Either way
+    the cause is logged once per outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
     be written wait in memory and are written (idempotently) once the file answers again.
 
     ``settle_delay`` (seconds, default None): with None a settle is written before
@@ -467,8 +489,10 @@ class SQLiteBudgetStore:
         on_unavailable: Literal["open", "closed"] | None = None,
         retry_interval: float = 1.0,
         settle_delay: float | None = None,
+        open_share: float | None = None,
     ) -> None:
         path, options = _split_options(path)
+        self.open_share = _open_share(open_share, options, "the SQLite file")
         mode = on_unavailable or options.get("on_unavailable", "closed")
         if mode not in ("open", "closed"):
             raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")
@@ -732,7 +756,22 @@ class SQLiteBudgetStore:
         return self._reserve_local(buckets, amount, tenant)
 
     def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, tenant: str | None) -> Reservation | Refusal:
-        """Fail-open: check against the last spend read from the file plus what this process did since."""
+        """Fail-open: check against the last spend read from the file plus what this process did since.
+
+        Buckets this process never read are read now if the file still reads. Whatever was read, this
+        process spends at most ``open_share`` of a limit while the file is down.
+        """
+        unread = [b.key for b in buckets if b.key not in self._known]
+        if unread:
+            try:
+                counters = self._load(self._conn(quick=_NO_WAIT.get()), unread)
+            except _SQLITE_ERRORS:
+                pass
+            else:
+                with self._lock:
+                    for key, (spent, _) in counters.items():
+                        self._remember(key, spent)
+        share = Decimal(str(self.open_share))
         with self._lock:
             now = time.monotonic()
             for rid, (res, deadline) in list(self._local_open.items()):
@@ -742,7 +781,8 @@ class SQLiteBudgetStore:
             counters = {}
             for bucket in buckets:
                 spent, reserved = self._local.get(bucket.key, (_ZERO, _ZERO))
-                counters[bucket.key] = (self._known.get(bucket.key, _ZERO) + spent, reserved)
+                floor = bucket.limit - bucket.limit * share  # at most open_share of the limit while it is down
+                counters[bucket.key] = (max(self._known.get(bucket.key, _ZERO), floor) + spent, reserved)
             refusal = _check(counters, buckets, amount, tenant)
             if refusal is not None:
                 return refusal

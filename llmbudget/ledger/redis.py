@@ -31,7 +31,14 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..calls import SpendRecord
-from .budgets import BudgetStoreUnavailable, Bucket, Refusal, Reservation, _check
+from .budgets import (
+    Bucket,
+    BudgetStoreUnavailable,
+    Refusal,
+    Reservation,
+    _check,
+    _open_share,
+)
 
 __all__ = ["BudgetStoreUnavailable", "RedisBudgetStore", "RedisLedger"]
 
@@ -177,10 +184,6 @@ return 2
 """
 
 
-#: While Redis is down (fail-open), the share of a budget's limit one process may spend beyond the last spend it read.
-DEFAULT_OPEN_SHARE = 0.25
-
-
 class RedisBudgetStore:
     """Budget counters in Redis: atomic reservations across processes and hosts.
 
@@ -206,15 +209,7 @@ class RedisBudgetStore:
         client: Any = None,
     ) -> None:
         url, options = _split_url(url)
-        share = open_share if open_share is not None else options.get("open_share", DEFAULT_OPEN_SHARE)
-        try:
-            share = float(share)
-        except (TypeError, ValueError):
-            share = -1.0
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"open_share={open_share if open_share is not None else options.get('open_share')!r}: "
-                             "expected the share of a budget one process may spend while Redis is down, in (0, 1]")
-        self.open_share = share
+        self.open_share = _open_share(open_share, options, "Redis")
         mode = on_unavailable or options.get("on_unavailable", "closed")
         if mode not in ("open", "closed"):
             raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")

@@ -131,7 +131,7 @@ def test_a_locked_file_refuses_within_the_wait(lock_holder, caplog) -> None:  # 
 
 def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder) -> None:  # type: ignore[no-untyped-def]
     path, holder = lock_holder
-    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2&open_share=1", retry_interval=0)
     bucket = _bucket("1")
     started = time.monotonic()
     held = store.reserve([bucket], Decimal("0.6"))
@@ -146,6 +146,28 @@ def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder)
     assert (spent, reserved) == (Decimal("0.5"), Decimal("0.1"))  # the served call is charged, once
     store.settle(held, Decimal("0.5"))
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.5")
+
+
+def test_a_fresh_process_fails_open_from_the_spend_it_reads_and_within_its_share(tmp_path: Path) -> None:
+    """A process that never read the budget (a recycled worker) while another holds the lock: it reads the
+    spend the file still shows, and spends at most open_share of the limit during the outage either way."""
+    path = tmp_path / "budgets.db"
+    bucket = _bucket("1")
+    before = SQLiteBudgetStore(path)
+    held = before.reserve([bucket], Decimal("0.95"))
+    assert isinstance(held, Reservation)
+    before.settle(held, Decimal("0.95"))
+    with _holding(path):
+        fresh = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.1", retry_interval=60)
+        assert isinstance(fresh.reserve([bucket], Decimal("0.10")), Refusal)  # $0.05 left, as the file says
+        other = Budget("1", per="tenant", period="day").bucket(tenant="new", request_id="r", now=time.time())
+        fresh_again = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.1", retry_interval=60)
+        served = 0
+        while isinstance(fresh_again.reserve([other], Decimal("0.05")), Reservation):
+            served += 1
+        assert served == 5  # a budget nobody spent: 0.25 of its limit in this process while the file is down
+    with pytest.raises(ValueError, match="open_share"):
+        SQLiteBudgetStore(f"{path}?open_share=0")
 
 
 def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no-untyped-def]
@@ -360,7 +382,7 @@ def test_a_full_disk_is_enforced_and_logged_with_its_cause(tmp_path: Path, caplo
 
 
 def test_a_full_disk_when_open_counts_locally_from_the_last_spend_read(tmp_path: Path) -> None:
-    store = SQLiteBudgetStore(tmp_path / "budgets.db", on_unavailable="open", retry_interval=0)
+    store = SQLiteBudgetStore(tmp_path / "budgets.db", on_unavailable="open", retry_interval=0, open_share=1.0)
     bucket = _bucket("1")
     for _ in range(2):  # $0.40 spent before the disk fills
         reservation = store.reserve([bucket], Decimal("0.2"))

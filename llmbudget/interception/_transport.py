@@ -245,6 +245,17 @@ async def _finish(attempt: Attempt, *, complete: bool) -> None:
         await _cache_work(attempt, attempt.store_answer, quick=attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
 
 
+async def _finish_failed(attempt: Attempt, error: BaseException) -> None:
+    """``attempt.finish()`` for a call that failed (the upstream unreachable, a reset or a timeout mid-body):
+    on the event loop when quick, else in a worker thread, as for a call that succeeded (counting a large
+    prompt's tokens for the record, or a Redis settle, would stall every other request)."""
+    if _quick(attempt):
+        with no_wait():
+            attempt.finish(complete=False, error=error)
+    else:
+        await _in_thread(attempt, attempt.finish, complete=False, error=error)
+
+
 async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     """``work(...)`` in a worker thread, in this context. It always runs to its end, even when the
     caller is cancelled (what it reserved is then released)."""
@@ -332,7 +343,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     attempt.feed(chunk)
                     yield chunk
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
-                attempt.finish(complete=False, error=exc)
+                await _finish_failed(attempt, exc)
                 raise
             await _finish(attempt, complete=True)
 
@@ -439,7 +450,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 else:
                     response = await self.inner.handle_async_request(request)
             except BaseException as exc:
-                attempt.finish(complete=False, error=exc)
+                await _finish_failed(attempt, exc)
                 raise
             _started(attempt, response)
             return _wrap_response(response, AsyncStream(response.stream, attempt))

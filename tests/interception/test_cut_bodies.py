@@ -61,6 +61,35 @@ def test_an_answer_too_large_to_keep_is_priced_from_the_usage_at_its_end(llm_ser
     assert record.usage.output_tokens > 0
 
 
+def test_a_long_prompt_whose_answer_breaks_is_finished_off_the_event_loop(llm_server, engine, records, monkeypatch):
+    """Counting a long prompt's tokens for the record of a failed call takes long: it must not stall the loop."""
+    import asyncio
+    import threading
+
+    finished: list[int] = []
+    real = Attempt.finish
+
+    def watched(self, **kwargs):
+        finished.append(threading.get_ident())
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Attempt, "finish", watched)
+    long_question = [{"role": "user", "content": "Say yes. " + "Now. " * 3000}]  # over 8 KiB
+
+    async def main() -> int:
+        with proxy(llm_server, cut=True) as upstream:
+            async with openai.AsyncOpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                                          http_client=llmbudget.async_http_client()) as client:
+                with pytest.raises(openai.APIConnectionError):
+                    await client.chat.completions.create(model="gpt-4o-mini", messages=long_question, max_tokens=8)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    (record,) = records
+    assert record.error and "RemoteProtocolError" in record.error and record.usage.input_tokens > 3000
+    assert finished and finished[0] != loop_thread  # the finish that records the call (a later one is a no-op)
+
+
 def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine, records):
     import gc
 

@@ -380,9 +380,24 @@ def pending_jobs(state: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return []
     jobs = []
     for path in sorted(folder.glob("*.json")):
-        with contextlib.suppress(ValueError, OSError):
-            jobs.append(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            job = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError, RecursionError) as exc:
+            log.warning("llmbudget: batch state file %s cannot be read (%s); skipped", path, exc)
+            continue
+        if not _is_job(job):
+            log.warning("llmbudget: batch state file %s is not a batch job (expected an object with id, base_url, "
+                        "endpoint, created and calls); skipped", path)
+            continue
+        jobs.append(job)
     return jobs
+
+
+def _is_job(job: Any) -> bool:
+    """Whether ``job`` has the shape this module writes (a state file damaged or written by hand may not)."""
+    return (isinstance(job, dict) and all(isinstance(job.get(k), str) for k in ("id", "base_url", "endpoint"))
+            and isinstance(job.get("created"), (int, float)) and isinstance(job.get("calls"), list)
+            and all(isinstance(call, dict) and isinstance(call.get("custom_id"), str) for call in job["calls"]))
 
 
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,

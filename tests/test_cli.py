@@ -251,3 +251,38 @@ def test_report_counts_json_answers_valid_invalid_and_cut(tmp_path, capsys):
     assert code == 0 and doc["json_answers"] == {"valid": 2, "invalid": 1, "cut": 1}
     assert main(["report", str(tmp_path / "ledger.db")]) == 0
     assert "answers to requests for JSON: 2 valid, 1 invalid, 1 cut by an output limit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000 + "\n", "pairs.jsonl:1: expected"),
+    ('{"a": "\\ud800", "b": "y", "duplicate": true}\n', "pairs.jsonl:1: expected"),
+    ('{"a": "x", "b": "y", "duplicate": 1}\n', "pairs.jsonl:1: expected"),
+    ("\n\n", "pairs.jsonl: no pairs"),
+])
+@pytest.mark.parametrize("mode", ["pairs", "replay"])
+def test_eval_cache_refuses_bad_pair_files_in_one_line(tmp_path, capsys, content, message, mode):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(content, encoding="utf-8")
+    assert main(["eval", "cache", str(pairs), "--mode", mode, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_a_policy_nested_too_deeply_is_a_config_error(tmp_path, capsys):
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    assert main(["route", "--policy", str(policy), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llmbudget.toml: not a policy file" in err
+
+
+def test_damaged_batch_state_files_are_skipped_with_a_warning(tmp_path, capsys, caplog):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "job1.json").write_text("[1, 2, 3]", encoding="utf-8")
+    (state / "job2.json").write_text('{"id": 5, "provider": [], "lines": "x"}', encoding="utf-8")
+    (state / "job3.json").write_text("{not json", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="llmbudget.defer"):
+        assert main(["batches", "--state", str(state), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert sum("skipped" in r.getMessage() for r in caplog.records) == 3

@@ -39,8 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from llmbudget.cache.bench import _read_pairs, _texts, default_pairs_path
+from llmbudget.cache.bench import _texts, default_pairs_path
 from llmbudget.cache.embedders import WordLlamaEmbedder
+from llmbudget.cache.evaluate import read_pair_rows
 from llmbudget.cache.redis_store import RedisCacheStore
 from llmbudget.cache.store import CacheStore
 
@@ -105,7 +106,7 @@ def main() -> None:
     source = default_pairs_path()
     if source is None:
         sys.exit("no ../shared/data/cache/qqp_dev.jsonl (set LLMBUDGET_CACHE_BENCH_DATA)")
-    pairs = _read_pairs(source)
+    pairs = read_pair_rows(source)
     rng = random.Random(1)
     asked = [rng.choice(pairs) for _ in range(args.queries + WARMUP)]
     originals = list(dict.fromkeys(p["a"] for p in asked))

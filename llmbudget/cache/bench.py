@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .embedders import Embedder
+from .evaluate import read_pair_rows
 from .reranker import _DIM, RewordReranker
 from .store import CacheStore, CosineScorer, Scorer
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard, _tokens
@@ -54,19 +55,6 @@ def default_pairs_path() -> Path | None:
     rel = Path("shared") / "data" / "cache" / "qqp_dev.jsonl"
     candidates += [Path.cwd().parent / rel, Path(__file__).resolve().parents[3] / rel]
     return next((p for p in candidates if p.is_file()), None)
-
-
-def _read_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            pair = json.loads(line)
-            if not isinstance(pair, dict) or not {"a", "b", "duplicate"} <= pair.keys():
-                raise ValueError(f"{path}:{number}: expected {{\"a\": str, \"b\": str, \"duplicate\": bool}}")
-            pairs.append(pair)
-    return pairs
 
 
 def _synthetic_pairs(count: int) -> list[dict[str, Any]]:
@@ -151,7 +139,7 @@ def bench_cache(
         logger.warning("cache bench: no QQP pairs found (set %s); using synthetic questions", DATA_ENV)
         pairs = _synthetic_pairs(max(entries, 2 * queries))
     else:
-        pairs = _read_pairs(source)
+        pairs = read_pair_rows(source)
     # The queries are the second questions of sampled pairs: their first questions are
     # stored, they are not, so lookups mix paraphrases (duplicates) and near misses.
     rng = random.Random(1)
@@ -287,7 +275,7 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     ``wrong_hits``, ``same_text_hits`` and ``false_hits``. The other figures stay at the
     store's own threshold.
     """
-    pairs = _read_pairs(pairs_path)
+    pairs = read_pair_rows(pairs_path)
     thresholds = sorted({float(t) for t in curve})
     if any(not math.isfinite(t) for t in thresholds):
         raise ValueError(f"curve thresholds must be finite numbers, not {list(curve)!r}")

@@ -24,21 +24,35 @@ logger = logging.getLogger("llmbudget.cache")
 PRECISION_TARGETS: tuple[str, ...] = ("0.8", "0.9", "0.95")
 
 
-def load_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str, bool]]:
-    """Read JSONL lines ``{"a": str, "b": str, "duplicate": bool}`` (blank lines skipped)."""
-    pairs: list[tuple[str, str, bool]] = []
+def read_pair_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The JSONL lines ``{"a": str, "b": str, "duplicate": bool, ...}`` of ``path`` (blank lines skipped), checked:
+    a line that is not such an object, or whose texts are not valid Unicode, is a ``ValueError`` naming it."""
+    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                pairs.append((str(row["a"]), str(row["b"]), bool(row["duplicate"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}}, got {line[:80]!r}'
-                ) from exc
-    return pairs
+                ok = (isinstance(row, dict) and isinstance(row.get("a"), str) and isinstance(row.get("b"), str)
+                      and isinstance(row.get("duplicate"), bool))
+                if ok:
+                    row["a"].encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
+                    row["b"].encode("utf-8")
+            except (ValueError, RecursionError):
+                ok = False
+            if not ok:
+                raise ValueError(f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}} with '
+                                 f'UTF-8 texts, got {line[:80]!r}')
+            rows.append(row)
+    if not rows:
+        raise ValueError(f'{path}: no pairs; expected JSON lines {{"a": str, "b": str, "duplicate": bool}}')
+    return rows
+
+
+def load_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str, bool]]:
+    """The pairs of :func:`read_pair_rows` as ``(a, b, duplicate)``."""
+    return [(row["a"], row["b"], row["duplicate"]) for row in read_pair_rows(path)]
 
 
 def auc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:

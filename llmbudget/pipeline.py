@@ -53,7 +53,8 @@ log = logging.getLogger("llmbudget.pipeline")
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-#: Of a body over MAX_BODY_BYTES, this many last bytes are kept: the provider's usage is at the end.
+#: Of a body over MAX_BODY_BYTES, this many first and last bytes are kept: the provider's usage is at its end
+#: (OpenAI, Anthropic's output count) or its start (a JSON body that puts ``usage`` first, Anthropic's input count).
 _TAIL_BYTES = 1 << 16
 Observer = Callable[[SpendRecord], None]
 
@@ -267,6 +268,8 @@ class Attempt:
         self._buffer = bytearray()
         self._overflow = False
         self._tail: bytearray | None = None  # the end of a body too large to keep whole
+        self._head = b""  # and its start
+        self._overflow_events = 0  # SSE events of such a body (a stream's chunks carry about a token each)
         self._decoder: Any = None
         self._sse = False
         self._events: list[Any] = []
@@ -661,11 +664,14 @@ class Attempt:
             self._overflow, self._tail = True, None
             return
         if self._tail is not None:  # too large already: keep only its end, where the usage is
+            self._overflow_events += data.count(b"data:")
             self._tail += data
             del self._tail[:-_TAIL_BYTES]
             return
         if len(self._buffer) + len(data) > MAX_BODY_BYTES:
             self._overflow = True
+            self._head = bytes((self._buffer + data)[:_TAIL_BYTES])
+            self._overflow_events = self._buffer.count(b"data:") + data.count(b"data:")
             self._tail = bytearray(self._buffer[-_TAIL_BYTES:]) + data
             del self._tail[:-_TAIL_BYTES]
             self._buffer.clear()
@@ -673,11 +679,26 @@ class Attempt:
         self._buffer += data
 
     def _usage_from_tail(self) -> Usage | None:
-        """The provider's usage from the end of a body too large to keep (the last ``"usage": {...}`` in it)."""
+        """The provider's usage in a body too large to keep: the last ``"usage": {...}`` of its end, else the
+        first of its start; input counts from the start where the end has none (Anthropic's stream reports its
+        input in ``message_start``, its output in the last ``message_delta``)."""
         if not self._tail:
             return None
-        text = self._tail.decode("utf-8", "replace")
-        at = text.rfind('"usage"')
+        tail = self._edge_usage(self._tail.decode("utf-8", "replace"), last=True)
+        head = self._edge_usage(self._head.decode("utf-8", "replace"), last=False) if self._head else None
+        if tail is None or head is None:
+            return tail or head
+        if tail.input_tokens or not head.input_tokens:
+            return tail
+        return tail.replace(input_tokens=head.input_tokens, cached_input_tokens=head.cached_input_tokens,
+                            cache_write_tokens=head.cache_write_tokens,
+                            cache_write_1h_tokens=head.cache_write_1h_tokens,
+                            input_audio_tokens=head.input_audio_tokens,
+                            output_tokens=max(tail.output_tokens, head.output_tokens))
+
+    def _edge_usage(self, text: str, *, last: bool) -> Usage | None:
+        """The last (or first) ``"usage": {...}`` object in ``text`` that parses, as the adapter reads it."""
+        at = text.rfind('"usage"') if last else text.find('"usage"')
         while at >= 0:
             start = text.find("{", at)
             if start >= 0 and not text[at + 7:start].strip(" \t\r\n:"):
@@ -687,7 +708,7 @@ class Attempt:
                     raw = None
                 if isinstance(raw, dict):
                     return self.adapter.usage(raw)
-            at = text.rfind('"usage"', 0, at)
+            at = text.rfind('"usage"', 0, at) if last else text.find('"usage"', at + 7)
         return None
 
     def _parse(self) -> None:
@@ -805,6 +826,8 @@ class Attempt:
                 usage = usage_seen
             else:
                 output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
+                if self._tail is not None and self._sse:  # too large to read: about a token per chunk
+                    output = max(output, self._overflow_events - 2)  # less the role chunk and [DONE]
                 usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
                 estimated = True
             if state.service_tier and usage.service_tier is None:
@@ -854,7 +877,11 @@ class Attempt:
         with the error the app got."""
         self._parse()
         output = tokens.estimate_output_tokens(self._output_text(), model=self.call.model)
-        usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+        seen = self.state.usage
+        if seen is not None and seen.input_tokens:  # the provider reported its input count before the cut
+            usage = seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
+        else:
+            usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
         return self._estimated_record(usage, _describe(error, self.status))
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:

@@ -21,6 +21,7 @@ class _Server(ThreadingHTTPServer):
 def _serve(handler: type[BaseHTTPRequestHandler], **options: Any) -> Iterator[_Server]:
     server = _Server(("127.0.0.1", 0), handler)
     server.received = []
+    server.sent = []  # the bodies (or the parts of them) a proxy sent back
     server.options = options
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,11 +102,13 @@ class _Proxy(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(content)))
         self.end_headers()
         if options.get("cut"):  # promise the whole body, send half of it, drop the connection
+            self.server.sent.append(content[: len(content) // 2])
             self.wfile.write(content[: len(content) // 2])
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
             return
+        self.server.sent.append(content)
         self.wfile.write(content)
 
     do_GET = do_POST = _forward

@@ -90,6 +90,49 @@ def test_a_long_prompt_whose_answer_breaks_is_finished_off_the_event_loop(llm_se
     assert finished and finished[0] != loop_thread  # the finish that records the call (a later one is a no-op)
 
 
+def test_a_stream_too_large_to_keep_without_usage_estimates_its_output(llm_server, engine, records, monkeypatch):
+    from llmbudget import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_BODY_BYTES", 64)
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=12, stream=True))
+    (record,) = records
+    assert record.error is None and record.estimated and record.usage.input_tokens > 0
+    assert 0 < record.usage.output_tokens <= len(chunks)  # about a token per chunk, not 0
+
+
+def test_anthropic_streams_too_large_or_cut_keep_the_input_count_the_server_reported(messages_server, engine, records,
+                                                                                      monkeypatch):
+    import anthropic
+
+    from llmbudget import pipeline
+
+    def ask(base_url: str) -> int:
+        client = anthropic.Anthropic(base_url=base_url, api_key="sk-test", max_retries=0,
+                                     http_client=llmbudget.http_client(sdk="anthropic"))
+        with client.messages.stream(model="claude-haiku-4-5", max_tokens=24, messages=QUESTION) as stream:
+            return stream.get_final_message().usage.input_tokens
+
+    monkeypatch.setattr(pipeline, "MAX_BODY_BYTES", 64)
+    monkeypatch.setattr(pipeline, "_TAIL_BYTES", 500)  # the start keeps message_start, the end message_delta
+    reported = ask(messages_server)  # the server's count (llama.cpp's own prompt cache makes it vary per call)
+    (record,) = records
+    assert record.usage.input_tokens == reported > 0 and record.usage.output_tokens > 0 and not record.estimated
+    monkeypatch.undo()
+    records.clear()
+    with proxy(messages_server.rstrip("/") + "/v1", cut=True) as upstream:
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's error for a cut stream
+            ask(base_url(upstream).removesuffix("/v1"))
+        (sent,) = upstream.sent
+    start = next(json.loads(line[5:]) for line in sent.decode().splitlines()
+                 if line.startswith("data:") and '"message_start"' in line)
+    (record,) = records
+    assert record.error and record.estimated
+    told = start["message"]["usage"]  # Anthropic's input_tokens leaves out the cache's reads and writes
+    assert record.usage.input_tokens == (told["input_tokens"] + told.get("cache_read_input_tokens", 0)
+                                         + told.get("cache_creation_input_tokens", 0))  # not a tiktoken estimate
+
+
 def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine, records):
     import gc
 

@@ -170,6 +170,26 @@ def _opposed(x: str, y: str) -> bool:
     return len(short) > 3 and any(long == p + short or long == p + "-" + short for p in _NEGATING)
 
 
+_SYMMETRIC = frozenset("and or vs versus & a an the".split())  # "A and B" asks what "B and A" asks
+
+
+def _transposed(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether ``b`` is ``a`` with two words swapped, not across a symmetric "and"/"or"/"vs": "Argentina beat
+    France" and "France beat Argentina", "from 170 to 180" and "from 180 to 170" ask two things."""
+    if len(a) != len(b):
+        return False
+    at = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if len(at) != 2:
+        return False
+    i, j = at
+    if a[i] != b[j] or a[j] != b[i]:
+        return False
+    if j == i + 1:
+        return False  # neighbours trading places: word order ("learn Python fast"), not roles
+    between = set(a[i + 1 : j])
+    return not (between <= _SYMMETRIC and not between <= _FILLERS)  # only "and", "or", "vs" (and articles)
+
+
 def _one_swap(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether ``a`` and ``b`` (bare words) differ in exactly one aligned word, and that word is opposed."""
     if len(a) != len(b):
@@ -224,6 +244,8 @@ class TemplateGuard:
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _one_swap(bare_a, bare_b):
             return True  # one word swapped for another of its class: "Monday" and "Tuesday", "km" and "miles"
+        if _transposed(bare_a, bare_b):
+            return True  # two words trade places: "Argentina beat France", "France beat Argentina"
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False

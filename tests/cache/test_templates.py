@@ -135,6 +135,8 @@ ONE_WORD_OF_A_CLASS = [
     ("Is 120 mg of caffeine a lot?", "Is 120 g of caffeine a lot?"),
     ("Is Python faster than Java?", "Is Python slower than Java?"),
     ("Why does WHERE a = 1 OR b = 2 return too many rows?", "Why does WHERE a = 1 AND b = 2 return too many rows?"),
+    ("Argentina beat France in the final", "France beat Argentina in the final"),
+    ("Convert 100 USD to EUR at today's rate", "Convert 100 EUR to USD at today's rate"),
 ]
 LOG = ("Based on the log excerpt in my previous message, {w} did the nightly backup job fail, and what should I "
        "change in the cron configuration so that it does not happen again next week?")
@@ -160,6 +162,8 @@ def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str,
     ("What's the best way to learn Python?", "Whats the best way to learn Python"),
     ("Is \"Python\" hard to learn?", "Is \"python\" hard to learn?"),
     ("How far is 100 km in miles?", "How far is 100 kilometers in miles?"),
+    ("What is the difference between a cat and a dog?", "What is the difference between a dog and a cat?"),
+    ("How do I learn Python fast?", "How do I learn fast Python?"),
     (LETTER.format(x="$1,250").replace("Ask them", "Could you ask them"),
      LETTER.format(x="$1,250").replace("Ask them", "Can you please ask them")),
 ])

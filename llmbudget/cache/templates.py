@@ -18,10 +18,14 @@ At any length, two texts with the same words and numbers in the same order
 that differ in a symbol or in case beyond a word's first letter ("12 - 5" and "12 / 5", "-7" and "7", "CO" and
 "Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``) are not a hit either: an operator,
 a sign, a bracket or an acronym is all that differs, and it carries the question.
+Nor are texts that differ in one word swapped for another of a closed class or
+its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from",
+"legal" and "illegal"), or in two words trading places ("Argentina beat France").
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,27 +78,39 @@ def _in_prose(text: str, i: int, step: int, brackets: frozenset[str]) -> bool:
     return char.isspace() or (step > 0 and char in _SENTENCE)
 
 
-def _tokens(text: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text``, with soft punctuation dropped and soft case folded.
 
     Sentence punctuation is soft after a word, a number or a closing bracket or quote, where a space or the
     text's end follows (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``); an apostrophe between two letters is soft.
+    Memoised: a lookup compares its query with each candidate, and stored texts come back as candidates.
     """
     shouting = text == text.upper() and sum(c.isalpha() for c in text) >= 8  # all capitals, not one acronym
-    out = []
+    out: list[str] = []
+    append = out.append
     end = len(text)
     for match in _TOKENS.finditer(text):
         token = match.group()
-        start, after = match.start(), match.end()
-        before = text[start - 1] if start else " "
-        following = text[after] if after < end else " "
-        if token in _SENTENCE and following.isspace() and (before.isalnum() or before in _CLOSING):
-            continue
-        if token in _APOSTROPHES and before.isalnum() and following.isalnum():
-            continue
-        prose = token.isalpha() and _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
-        out.append(_fold(token, prose, shouting))
-    return out
+        first = token[0]
+        if first in _SENTENCE or first in _APOSTROPHES:
+            start, after = match.start(), match.end()
+            before = text[start - 1] if start else " "
+            following = text[after] if after < end else " "
+            if first in _SENTENCE and following.isspace() and (before.isalnum() or before in _CLOSING):
+                continue
+            if first in _APOSTROPHES and before.isalnum() and following.isalnum():
+                continue
+            append(token)
+        elif shouting:
+            append(token.lower())
+        elif token.islower() or not token.isalpha():  # most words, numbers, symbols, mixed identifiers: as they are
+            append(token)
+        else:  # a capital: folded where it only starts a word in prose
+            start, after = match.start(), match.end()
+            prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
+            append(_fold(token, prose, False))
+    return tuple(out)
 
 
 def _bare(tokens: Sequence[str]) -> list[str]:

@@ -397,7 +397,9 @@ def _is_job(job: Any) -> bool:
     """Whether ``job`` has the shape this module writes (a state file damaged or written by hand may not)."""
     return (isinstance(job, dict) and all(isinstance(job.get(k), str) for k in ("id", "base_url", "endpoint"))
             and isinstance(job.get("created"), (int, float)) and isinstance(job.get("calls"), list)
-            and all(isinstance(call, dict) and isinstance(call.get("custom_id"), str) for call in job["calls"]))
+            and all(isinstance(call, dict) and isinstance(call.get("custom_id"), str)
+                    and all(isinstance(call.get(k), (str, type(None))) for k in ("tenant", "request_id", "model"))
+                    for call in job["calls"]))
 
 
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,

@@ -664,14 +664,15 @@ class Attempt:
             self._overflow, self._tail = True, None
             return
         if self._tail is not None:  # too large already: keep only its end, where the usage is
-            self._overflow_events += data.count(b"data:")
+            self._overflow_events += data.count(b"\ndata:") + (data.startswith(b"data:") and self._tail.endswith(b"\n"))
             self._tail += data
             del self._tail[:-_TAIL_BYTES]
             return
         if len(self._buffer) + len(data) > MAX_BODY_BYTES:
             self._overflow = True
-            self._head = bytes((self._buffer + data)[:_TAIL_BYTES])
-            self._overflow_events = self._buffer.count(b"data:") + data.count(b"data:")
+            head = bytes(self._buffer[:_TAIL_BYTES])
+            self._head = head + data[: _TAIL_BYTES - len(head)]
+            self._overflow_events = self._buffer.count(b"\ndata:") + data.count(b"\ndata:") + 1  # + the first
             self._tail = bytearray(self._buffer[-_TAIL_BYTES:]) + data
             del self._tail[:-_TAIL_BYTES]
             self._buffer.clear()

@@ -256,7 +256,7 @@ def test_report_counts_json_answers_valid_invalid_and_cut(tmp_path, capsys):
 @pytest.mark.parametrize("content, message", [
     ("[" * 100_000 + "]" * 100_000 + "\n", "pairs.jsonl:1: expected"),
     ('{"a": "\\ud800", "b": "y", "duplicate": true}\n', "pairs.jsonl:1: expected"),
-    ('{"a": "x", "b": "y", "duplicate": 1}\n', "pairs.jsonl:1: expected"),
+    ('{"a": "x", "b": "y", "duplicate": 2}\n', "pairs.jsonl:1: expected"),
     ("\n\n", "pairs.jsonl: no pairs"),
 ])
 @pytest.mark.parametrize("mode", ["pairs", "replay"])

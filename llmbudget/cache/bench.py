@@ -32,7 +32,7 @@ from .embedders import Embedder
 from .evaluate import read_pair_rows
 from .reranker import _DIM, RewordReranker
 from .store import CacheStore, CosineScorer, Scorer
-from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard, _tokens
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard, same_text
 
 __all__ = ["bench_cache", "default_pairs_path", "eval_replay"]
 
@@ -233,11 +233,6 @@ def gptcache_baseline(threshold: float) -> CacheStore:
                       candidates=1, max_semantic_chars=None, template_guard=None, index_dtype="f16")
 
 
-def _fold(text: str) -> tuple[str, ...]:
-    """The text as the template guard compares it: soft case and sentence punctuation folded ("CO" is not "Co")."""
-    return tuple(_tokens(text))
-
-
 def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None = None,
                 max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
                 template_guard: TemplateGuard | None = TemplateGuard(), reranker: bool = False,
@@ -329,9 +324,9 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
 def _outcome(i: int, pair: dict[str, Any], entry: Any) -> str:
     """A hit's outcome for pair ``i``: ``correct``, ``same_text`` (correct: the query's own words) or ``wrong``."""
     if bool(pair["duplicate"]) and (json.loads(entry.response).get("pair") == i
-                                    or _fold(entry.text) == _fold(str(pair["a"]))):
+                                    or same_text(entry.text, str(pair["a"]))):
         return "correct"
-    if _fold(entry.text) == _fold(str(pair["b"])):
+    if same_text(entry.text, str(pair["b"])):
         return "same_text"
     return "wrong"
 

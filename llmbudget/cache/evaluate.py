@@ -35,8 +35,9 @@ def read_pair_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
                 ok = (isinstance(row, dict) and isinstance(row.get("a"), str) and isinstance(row.get("b"), str)
-                      and isinstance(row.get("duplicate"), bool))
+                      and type(row.get("duplicate")) in (bool, int) and row["duplicate"] in (0, 1))
                 if ok:
+                    row["duplicate"] = bool(row["duplicate"])  # 0 / 1 as many label files write it
                     row["a"].encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
                     row["b"].encode("utf-8")
             except (ValueError, RecursionError):

@@ -52,6 +52,9 @@ _SENTENCE = frozenset("?.,!:;")  # sentence punctuation: soft where a space or t
 _APOSTROPHES = frozenset("'’")  # soft between two letters (a contraction or a possessive)
 _CLOSING = frozenset(")]}\"'’”")
 _OPENING = frozenset("([{\"'‘“")
+_QUOTES = frozenset("\"'‘’“”")
+_JOINERS = frozenset("-'’")  # a word joined to another by these is still in prose
+_SOFTISH = _SENTENCE | _QUOTES
 # Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
 # a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
 _FILLERS = frozenset("a an the please kindly thank thanks really just actually very also".split())
@@ -59,33 +62,25 @@ _POLITE = {"could": "can", "would": "will"}  # "Could you tell me" asks what "Ca
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?\Z").match  # 1,000 or 12,345.5: a comma that groups digits
 
 
-def _fold(token: str, prose: bool, shouting: bool) -> str:
-    """``token`` with the case that does not change it folded: the first letter of a word standing in prose
-    ("Python", "python"), "I" and "A", or everything in a text without lower-case letters. "CO", "mW", ``S``,
-    "getUser" and a word touching code (``user.Name``, ``A[i]``, ``cfg["Timeout"]``) keep theirs."""
-    if shouting or (prose and token[1:] == token[1:].lower() and (len(token) > 1 or token in "IA")):
-        return token.lower()
-    return token
+_CODE = "\x00"  # marks a capitalised word touching code (``user.Name``, ``A[i]``): its case is compared exactly
 
 
 def _in_prose(text: str, i: int, step: int, brackets: frozenset[str]) -> bool:
-    """Whether ``text[i]`` (the character beside a word) leaves the word in prose: a space, the text's end or
-    sentence punctuation, or a quote or bracket with a space or the end beyond it."""
+    """Whether ``text[i]`` (the character beside a word) leaves the word in prose: a space, the text's end,
+    sentence punctuation, a hyphen or an apostrophe ("Coca-Cola", "India's"), or a quote or bracket with a
+    space or the end beyond it."""
     char = text[i] if 0 <= i < len(text) else " "
+    if char.isspace() or char in _JOINERS or (step > 0 and char in _SENTENCE):
+        return True
     if char in brackets:
         i += step
         char = text[i] if 0 <= i < len(text) else " "
-    return char.isspace() or (step > 0 and char in _SENTENCE)
+        return char.isspace() or (step > 0 and char in _SENTENCE)
+    return False
 
 
-@functools.lru_cache(maxsize=4096)
-def _tokens(text: str) -> tuple[str, ...]:
-    """Words, numbers and symbols of ``text``, with soft punctuation dropped and soft case folded.
-
-    Sentence punctuation is soft after a word, a number or a closing bracket or quote, where a space or the
-    text's end follows (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``); an apostrophe between two letters is soft.
-    Memoised: a lookup compares its query with each candidate, and stored texts come back as candidates.
-    """
+def _scan(text: str) -> tuple[str, ...]:
+    """Words, numbers and symbols of ``text``, soft punctuation dropped (see :func:`_tokens`)."""
     shouting = text == text.upper() and sum(c.isalpha() for c in text) >= 8  # all capitals, not one acronym
     out: list[str] = []
     append = out.append
@@ -93,29 +88,80 @@ def _tokens(text: str) -> tuple[str, ...]:
     for match in _TOKENS.finditer(text):
         token = match.group()
         first = token[0]
-        if first in _SENTENCE or first in _APOSTROPHES:
+        if first in _SOFTISH:
             start, after = match.start(), match.end()
             before = text[start - 1] if start else " "
             following = text[after] if after < end else " "
-            if first in _SENTENCE and following.isspace() and (before.isalnum() or before in _CLOSING):
-                continue
-            if first in _APOSTROPHES and before.isalnum() and following.isalnum():
-                continue
+            if first in _SENTENCE:
+                if ((following.isspace() or following in _SENTENCE)
+                        and (before.isalnum() or before.isspace() or before in _CLOSING or before in _SENTENCE)):
+                    continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", not "xs[1:]")
+            elif first in _APOSTROPHES and before.isalnum() and following.isalnum():
+                continue  # "What's", "India's"
+            if first in _QUOTES and (
+                    ((before.isspace() or before in _SENTENCE) and following.isalnum())  # an opening quote
+                    or ((before.isalnum() or before in _SENTENCE) and (following.isspace() or following in _SENTENCE))):
+                continue  # quotes around prose: 'What does "carpe diem" mean?' (not print('name'))
             append(token)
         elif shouting:
             append(token.lower())
         elif token.islower() or not token.isalpha():  # most words, numbers, symbols, mixed identifiers: as they are
             append(token)
-        else:  # a capital: folded where it only starts a word in prose
+        elif token in ("I", "A"):
+            append(token.lower())
+        else:  # a capital: kept, compared loosely in prose and exactly beside code
             start, after = match.start(), match.end()
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
-            append(_fold(token, prose, False))
+            append(token if prose else _CODE + token)
     return tuple(out)
 
 
-def _bare(tokens: Sequence[str]) -> list[str]:
-    """The words and numbers of ``tokens`` in lower case, without their symbols."""
-    return [t.lower() for t in tokens if t[0].isalnum() or t[0] == "_"]
+_memo_scan = functools.lru_cache(maxsize=4096)(_scan)
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    """Words, numbers and symbols of ``text`` with soft punctuation dropped: sentence punctuation where a space,
+    the end or more of it follows (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``), an apostrophe between two
+    letters, quotes around prose. Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048
+    characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
+    return _memo_scan(text) if len(text) <= 2048 else _scan(text)
+
+
+def _same_token(x: str, y: str) -> bool:
+    """Whether two tokens are the same word: equal, or in prose the same but for case where one of them is
+    typed in lower case or only their first letters differ ("USA" and "usa", "Python" and "python"; not "CO"
+    and "Co", not ``S`` and ``s``, not a word touching code)."""
+    if x == y:
+        return True
+    if len(x) < 2 or x[0] == _CODE or y[0] == _CODE or x.lower() != y.lower():
+        return False
+    return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
+
+
+def _same(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two token sequences are the same text (:func:`_same_token` for each)."""
+    return len(a) == len(b) and all(map(_same_token, a, b))
+
+
+def same_text(a: str, b: str) -> bool:
+    """Whether two texts are the same question as the guard reads them: spacing, sentence punctuation, quotes
+    around prose and the case a user may drop folded; "CO" is not "Co", "12 - 5" not "12 / 5"."""
+    return a == b or _same(_tokens(a), _tokens(b))
+
+
+def _keys(tokens: Sequence[str]) -> list[str]:
+    """Tokens to align and compare: prose words in lower case, words beside code as they are."""
+    return [t if t[0] == _CODE else t.lower() for t in tokens]
+
+
+def _bare(keys: Sequence[str]) -> list[str]:
+    """The words and numbers of ``keys`` in lower case, without their symbols."""
+    out = []
+    for key in keys:
+        word = key[1:].lower() if key[0] == _CODE else key
+        if word[0].isalnum() or word[0] == "_":
+            out.append(word)
+    return out
 
 
 # Closed classes: two different members of one class are two different data, never a rewording ("Monday" and
@@ -133,7 +179,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         " | in inch inches | ft foot feet | yd yard yards | mi mile miles",
         "mg milligram milligrams | g gram grams | kg kilogram kilograms kilo kilos | oz ounce ounces"
         " | lb lbs pound pounds | ton tons tonne tonnes",
-        "ms millisecond milliseconds | s sec secs second seconds | min mins minute minutes | h hr hrs hour hours"
+        "ms millisecond milliseconds | s sec secs second seconds | minute minutes | h hr hrs hour hours"
         " | day days | week weeks | month months | year years",
         "ml milliliter milliliters millilitre millilitres | l liter liters litre litres | gallon gallons"
         " | cup cups | pint pints",
@@ -254,9 +300,10 @@ class TemplateGuard:
 
     def conflict(self, query: str, candidate: str) -> bool:
         """True when the texts share a template and the parts that differ carry different content."""
-        a, b = _tokens(query), _tokens(candidate)
+        tokens_a, tokens_b = _tokens(query), _tokens(candidate)
+        a, b = _keys(tokens_a), _keys(tokens_b)
         bare_a, bare_b = _bare(a), _bare(b)
-        if a != b and bare_a == bare_b:
+        if bare_a == bare_b and not _same(tokens_a, tokens_b):
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _one_swap(bare_a, bare_b):
             return True  # one word swapped for another of its class: "Monday" and "Tuesday", "km" and "miles"

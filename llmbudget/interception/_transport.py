@@ -252,6 +252,8 @@ async def _finish_failed(attempt: Attempt, error: BaseException) -> None:
     if _quick(attempt):
         with no_wait():
             attempt.finish(complete=False, error=error)
+    elif not isinstance(error, Exception):  # cancelled: a thread hop may itself be cancelled (trio) before it runs
+        attempt.finish(complete=False, error=error)
     else:
         await _in_thread(attempt, attempt.finish, complete=False, error=error)
 

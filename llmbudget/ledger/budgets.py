@@ -769,8 +769,8 @@ class SQLiteBudgetStore:
                 pass
             else:
                 with self._lock:
-                    for key, (spent, _) in counters.items():
-                        self._remember(key, spent)
+                    for key in unread:  # a bucket with no row yet has spent nothing: read once, not per call
+                        self._remember(key, counters.get(key, (_ZERO, _ZERO))[0])
         share = Decimal(str(self.open_share))
         with self._lock:
             now = time.monotonic()

@@ -530,7 +530,7 @@ class RedisLedger:
             except self._errors as exc:
                 if not self._warned:
                     self._warned = True
-                    log.warning("llmbudget: Redis ledger unreachable (%s); keeping up to %d records in memory",
+                    log.warning("llmbudget: Redis ledger unavailable (%s); keeping up to %d records in memory",
                                 exc, self._waiting.maxlen)
                 return
             self._waiting.clear()

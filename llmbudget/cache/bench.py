@@ -248,8 +248,8 @@ def eval_replay(pairs_path: str | os.PathLike[str], *, store: CacheStore | None 
     request, an exact hit. The pair's own question is its entry or any other entry
     with the same words (a question stored by several pairs: no cache can tell
     them apart, so which one a search returns decides nothing); words are compared
-    as the template guard compares them (spacing, sentence punctuation and the case
-    of a word's first letter folded; "CO" is not "Co", "12 - 5" not "12 / 5"). Every other hit is wrong. ``same_text_hits``
+    as the template guard compares them (:func:`templates.same_text`: "USA" is "usa",
+    but "CO" is not "Co", "12 - 5" not "12 / 5"). Every other hit is wrong. ``same_text_hits``
     counts the correct hits that are not the pair's own question, only the query's
     words, so a strict precision that counts them wrong is
     ``(correct_hits - same_text_hits) / (correct_hits + wrong_hits)``.

@@ -8,15 +8,15 @@ answering one with the other's answer answers another question.
 :class:`TemplateGuard` aligns the two texts' tokens. When they share at least
 ``min_shared_tokens`` tokens (a template), every token outside the shared part
 must carry no content: each differing segment may only differ in articles,
-courtesy or emphasis fillers, sentence punctuation or the case of a word's first
-letter. A different (or moved) word, number, name, symbol or code token means
+courtesy or emphasis fillers, sentence punctuation, quotes around prose, "could"
+for "can", or case a user may drop ("USA" and "usa"). A different (or moved) word, number, name, symbol or code token means
 different data, and the pair is not a hit whatever its score: pronouns, question
 words, modals, "and"/"or", "than", tense and plural endings all change what is
 asked.
 
 At any length, two texts with the same words and numbers in the same order
-that differ in a symbol or in case beyond a word's first letter ("12 - 5" and "12 / 5", "-7" and "7", "CO" and
-"Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``) are not a hit either: an operator,
+that differ in a symbol or in case a user would not drop ("12 - 5" and "12 / 5", "-7" and "7", "CO" and
+"Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``, ``user.name`` and ``user.Name``) are not a hit either: an operator,
 a sign, a bracket or an acronym is all that differs, and it carries the question.
 Nor are texts that differ in one word swapped for another of a closed class or
 its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from",

@@ -854,20 +854,24 @@ class RedisCacheStore:
     def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
         """Delete the entries of ``tenant``, of ``model``, of both, or (no argument) all; returns how many.
 
-        Every process sees the deletions through the stream. Returns 0 when Redis is down.
+        Every process sees the deletions through the stream. When Redis stops answering part way, the
+        entries deleted so far are counted, a warning says the rest remain, and calling it again finishes.
         """
+        done = [0]
         try:
-            deleted = self._invalidate(tenant, model)
+            self._invalidate(tenant, model, done)
         except self._down as exc:
             self._unreachable(exc)
-            return 0
+            log.warning("llmbudget: Redis cache at %s: invalidation (tenant=%r, model=%r) stopped after %d "
+                        "entries (%s); the rest remain until it is called again", self.url, tenant, model, done[0], exc)
+            return done[0]
         self._reachable()
-        log.info("cache: invalidated %d entries (tenant=%r, model=%r)", deleted, tenant, model)
-        return deleted
+        log.info("cache: invalidated %d entries (tenant=%r, model=%r)", done[0], tenant, model)
+        return done[0]
 
-    def _invalidate(self, tenant: str | None, model: str | None) -> int:
+    def _invalidate(self, tenant: str | None, model: str | None, done: list[int]) -> None:
+        """Delete in chunks of 500, counting into ``done[0]`` as each chunk is deleted."""
         ids = [int(m) for m in self._redis.hkeys(self._key("w"))]
-        deleted = 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             if tenant is not None or model is not None:
@@ -879,8 +883,7 @@ class RedisCacheStore:
                     if t is None or ((tenant is None or _text(t) == tenant) and (model is None or _text(m) == model))
                 ]  # entries already expired (t is None) go too
             if chunk:
-                deleted += int(self._delete_many(args=[self.prefix, STREAM_MAXLEN, *chunk]))
-        return deleted
+                done[0] += int(self._delete_many(args=[self.prefix, STREAM_MAXLEN, *chunk]))
 
     def purge(self) -> int:
         """Delete expired entries now (also done by every put under a cap); returns how many."""

@@ -379,6 +379,28 @@ def test_invalidation_is_seen_by_another_process(store: RedisCacheStore, prefix:
         child.close()
 
 
+def test_an_invalidation_redis_interrupts_counts_what_it_deleted_and_finishes_when_called_again(
+        store: RedisCacheStore, caplog: pytest.LogCaptureFixture) -> None:
+    import redis
+
+    store.put_many({"partition": "p", "exact_key": f"k{i}", "text": f"question {i}", "response": "{}",
+                    "tenant": "a", "model": "m"} for i in range(700))
+    real = store._delete_many
+    calls = [0]
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 2:  # the second chunk of 500: Redis stops answering
+            raise redis.TimeoutError("Timeout reading from socket")
+        return real(*args, **kwargs)
+
+    store._delete_many = flaky  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="llmbudget"):
+        assert store.invalidate(tenant="a") == 500  # not 0: the first chunk is gone
+    assert any("stopped after 500 entries" in r.getMessage() for r in caplog.records)
+    assert store.invalidate(tenant="a") == 200 and store.stats()["entries"] == 0
+
+
 SUBJECTS = ["cats", "dogs", "rain", "tea", "jazz", "chess", "maps", "bread", "glass", "moss", "kites", "ships",
             "clocks", "bees", "salt", "wool", "ink", "rust", "snow", "figs", "lamps", "ropes", "coins", "shells"]
 

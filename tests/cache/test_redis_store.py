@@ -793,7 +793,8 @@ def test_a_process_that_holds_no_partition_skips_the_backlog(prefix: str, monkey
         hit = master.search("t3", "x", vector=vectors[8])  # what was skipped is loaded from Redis
         assert hit is not None and hit.entry.exact_key == "k8"
         # Only partitions known to be empty: the stream is followed, but a backlog is not read to its end.
-        master.invalidate(tenant="a")
+        while master.invalidate(tenant="a"):  # again if a busy Redis timed a chunk out (it says what it deleted)
+            pass
         assert master.search("t3", "x", vector=vectors[8]) is None and master._loaded() == {}
         writer.put_many({"partition": "t9", "exact_key": f"n{i}", "text": f"n {i}", "response": "{}",
                          "tenant": "b", "model": "m", "vector": vectors[i]} for i in range(2500, 2600))

@@ -19,8 +19,10 @@ that differ in a symbol or in case a user would not drop ("12 - 5" and "12 / 5",
 "Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``, ``user.name`` and ``user.Name``) are not a hit either: an operator,
 a sign, a bracket or an acronym is all that differs, and it carries the question.
 Nor are texts that differ in one word swapped for another of a closed class or
-its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from",
-"legal" and "illegal"), or in two words trading places ("Argentina beat France").
+its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from", "all" and
+"most", "legal" and "illegal"), or in two words or phrases trading places
+("Argentina beat France", "US dollars in Swiss francs"), whatever courtesy opens or
+closes the request.
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ _JOINERS = frozenset("-'’")  # a word joined to another by these is still in p
 _SOFTISH = _SENTENCE | _QUOTES
 # Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
 # a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
-_FILLERS = frozenset("a an the please kindly thank thanks really just actually very also".split())
+_FILLERS = frozenset("a an the please kindly thank thanks thx cheers hey hi hello really just actually very also".split())
+# Courtesy that opens or closes a request ("Hey,", "Please", "Thank you.", "Cheers."): not part of what is asked.
+_OPENERS = frozenset("hey hi hello please kindly".split())
+_CLOSERS = frozenset("please thanks thx cheers".split())
 _POLITE = {"could": "can", "would": "will"}  # "Could you tell me" asks what "Can you tell me" asks
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?\Z").match  # 1,000 or 12,345.5: a comma that groups digits
 
@@ -195,13 +200,18 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "before | after",
         "above over | below under",
         "more | less fewer",
-        "most | least",
         "faster quicker | slower",
+        "fast quick | slow",
+        "cheap cheaper cheapest | expensive",
+        "ascending asc | descending desc",
+        "keep | discard",
         "higher | lower",
         "larger bigger | smaller",
         "increase increases | decrease decreases",
         "maximum max | minimum min",
         "first | last",
+        "one | two | three | four | five | six | seven | eight | nine | ten | dozen | hundred | thousand | million"
+        " | billion",
         "true | false",
         "yes | no",
         "left | right",
@@ -210,7 +220,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "inside | outside",
         "win | lose",
         "always | never",
-        "all | none",
+        "all every each | most | many | some any several | few | least | none",
         "best | worst",
         "same | different",
     )
@@ -232,24 +242,44 @@ def _opposed(x: str, y: str) -> bool:
     return len(short) > 3 and any(long == p + short or long == p + "-" + short for p in _NEGATING)
 
 
-_SYMMETRIC = frozenset("and or vs versus & a an the".split())  # "A and B" asks what "B and A" asks
+# "A and B" asks what "B and A" asks; "how tall is Everest" what "Everest is how tall" asks
+_SYMMETRIC = frozenset("and or vs versus & is are was were a an the".split())
+
+
+def _trimmed(words: Sequence[str]) -> Sequence[str]:
+    """``words`` without the courtesy that opens or closes a request ("hey", "please"; "thanks", "thank you")."""
+    start, end = 0, len(words)
+    while start < end and words[start] in _OPENERS:
+        start += 1
+    while end > start:
+        if words[end - 1] in _CLOSERS:
+            end -= 1
+        elif end - start >= 2 and words[end - 2] == "thank" and words[end - 1] == "you":
+            end -= 2
+        else:
+            break
+    return words[start:end]
 
 
 def _transposed(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether ``b`` is ``a`` with two words swapped, not across a symmetric "and"/"or"/"vs": "Argentina beat
-    France" and "France beat Argentina", "from 170 to 180" and "from 180 to 170" ask two things."""
-    if len(a) != len(b):
+    """Whether ``b`` is ``a`` with two words or spans trading places, not across a symmetric "and"/"or"/"vs":
+    "Argentina beat France" and "France beat Argentina", "1,000 US dollars in Swiss francs" and "1,000 Swiss
+    francs in US dollars" ask two things. Neighbours trading places is word order ("learn Python fast")."""
+    if len(a) != len(b) or a == b:
         return False
-    at = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-    if len(at) != 2:
-        return False
-    i, j = at
-    if a[i] != b[j] or a[j] != b[i]:
-        return False
-    if j == i + 1:
-        return False  # neighbours trading places: word order ("learn Python fast"), not roles
-    between = set(a[i + 1 : j])
-    return not (between <= _SYMMETRIC and not between <= _FILLERS)  # only "and", "or", "vs" (and articles)
+    i = next(k for k in range(len(a)) if a[k] != b[k])
+    j = next(k for k in range(len(a) - 1, -1, -1) if a[k] != b[k])
+    mid_a, mid_b = a[i : j + 1], b[i : j + 1]
+    n = len(mid_a)
+    for x in range(1, n - 1):  # a's first span, b's last
+        if mid_a[:x] != mid_b[n - x :]:
+            continue
+        for y in range(1, n - x):  # a's last span, b's first; what stays between them is not empty
+            if mid_a[n - y :] == mid_b[:y] and mid_a[x : n - y] == mid_b[y : n - x]:
+                between = set(mid_a[x : n - y])
+                if not (between <= _SYMMETRIC and not between <= _FILLERS):
+                    return True
+    return False
 
 
 def _one_swap(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -302,9 +332,10 @@ class TemplateGuard:
         """True when the texts share a template and the parts that differ carry different content."""
         tokens_a, tokens_b = _tokens(query), _tokens(candidate)
         a, b = _keys(tokens_a), _keys(tokens_b)
-        bare_a, bare_b = _bare(a), _bare(b)
-        if bare_a == bare_b and not _same(tokens_a, tokens_b):
+        words_a, words_b = _bare(a), _bare(b)
+        if words_a == words_b and not _same(tokens_a, tokens_b):
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
+        bare_a, bare_b = _trimmed(words_a), _trimmed(words_b)
         if _one_swap(bare_a, bare_b):
             return True  # one word swapped for another of its class: "Monday" and "Tuesday", "km" and "miles"
         if _transposed(bare_a, bare_b):

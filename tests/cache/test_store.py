@@ -536,8 +536,8 @@ def test_bench_and_replay_report_their_keys(tmp_path: Path, monkeypatch: pytest.
         {"a": "why is the sky blue", "b": "what colour is grass", "duplicate": True},
         {"a": "capital of france", "b": "capital of peru", "duplicate": False},
         {"a": "how to bake bread", "b": "Capital of  France", "duplicate": False},  # another pair's question
-        # the same bag of words, reordered beyond the template guard's two-word swap: a wrong hit for cosine
-        {"a": "the dogs chase cats", "b": "cats chase the dogs", "duplicate": False},
+        # the same bag of words, reordered beyond the template guard's swap of two spans: a wrong hit for cosine
+        {"a": "dogs chase cats at night", "b": "at night cats chase dogs", "duplicate": False},
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     monkeypatch.setenv("LLMBUDGET_CACHE_BENCH_DATA", str(pairs))

@@ -138,6 +138,10 @@ ONE_WORD_OF_A_CLASS = [
     ("What is the max speed of a cheetah?", "What is the min speed of a cheetah?"),
     ("Why does print('name') print the word name?", "Why does print(name) print the word name?"),
     ("Argentina beat France in the final", "France beat Argentina in the final"),
+    ("Convert 3 kilometres to miles.", "Convert 3 miles to kilometres. Please."),  # courtesy hides nothing
+    ("How much is 1,000 US dollars in Swiss francs?", "Hey, how much is 1,000 Swiss francs in US dollars? Thank you."),
+    ("Is the euro used by most EU countries?", "Is the euro used by all EU countries?"),
+    ("Sort the orders by date in ascending order", "Sort the orders by date in descending order"),
     ("Convert 100 USD to EUR at today's rate", "Convert 100 EUR to USD at today's rate"),
 ]
 LOG = ("Based on the log excerpt in my previous message, {w} did the nightly backup job fail, and what should I "
@@ -171,6 +175,8 @@ def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str,
     ('What does "carpe diem" mean?', "What does carpe diem mean??"),
     ("Coca-Cola vs Pepsi?", "coca-cola vs pepsi?"),
     ("How do I learn Python fast?", "How do I learn fast Python?"),
+    ("how tall is everest", "everest is how tall"),
+    ("Please, how do I learn Python?", "How do I learn Python? Thanks"),
     (LETTER.format(x="$1,250").replace("Ask them", "Could you ask them"),
      LETTER.format(x="$1,250").replace("Ask them", "Can you please ask them")),
 ])

@@ -220,7 +220,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "inside | outside",
         "win | lose",
         "always | never",
-        "all every each | most | many | some any several | few | least | none",
+        "all every each | most many some any several | few least | none",  # coarse: "some" asks what "many" asks
         "best | worst",
         "same | different",
     )

@@ -247,6 +247,22 @@ class _Hold:
     reservation: Reservation
 
 
+def _edge_usage(text: str, *, last: bool) -> dict[str, Any] | None:
+    """The last (or first) ``"usage": {...}`` object in ``text`` that parses."""
+    at = text.rfind('"usage"') if last else text.find('"usage"')
+    while at >= 0:
+        start = text.find("{", at)
+        if start >= 0 and not text[at + 7:start].strip(" \t\r\n:"):
+            try:
+                raw, _ = _scan_json(text, start)
+            except (StopIteration, ValueError, RecursionError):
+                raw = None
+            if isinstance(raw, dict):
+                return raw
+        at = text.rfind('"usage"', 0, at) if last else text.find('"usage"', at + 7)
+    return None
+
+
 class Attempt:
     """One try of one LLM call, from reservation to record."""
 
@@ -680,37 +696,16 @@ class Attempt:
         self._buffer += data
 
     def _usage_from_tail(self) -> Usage | None:
-        """The provider's usage in a body too large to keep: the last ``"usage": {...}`` of its end, else the
-        first of its start; input counts from the start where the end has none (Anthropic's stream reports its
-        input in ``message_start``, its output in the last ``message_delta``)."""
+        """The provider's usage in a body too large to keep: the first ``"usage": {...}`` of its start updated
+        by the last of its end, as the adapter merges a stream's (Anthropic reports the input in
+        ``message_start``, the output in the last ``message_delta``; OpenAI's usage comes last)."""
         if not self._tail:
             return None
-        tail = self._edge_usage(self._tail.decode("utf-8", "replace"), last=True)
-        head = self._edge_usage(self._head.decode("utf-8", "replace"), last=False) if self._head else None
-        if tail is None or head is None:
-            return tail or head
-        if tail.input_tokens or not head.input_tokens:
-            return tail
-        return tail.replace(input_tokens=head.input_tokens, cached_input_tokens=head.cached_input_tokens,
-                            cache_write_tokens=head.cache_write_tokens,
-                            cache_write_1h_tokens=head.cache_write_1h_tokens,
-                            input_audio_tokens=head.input_audio_tokens,
-                            output_tokens=max(tail.output_tokens, head.output_tokens))
-
-    def _edge_usage(self, text: str, *, last: bool) -> Usage | None:
-        """The last (or first) ``"usage": {...}`` object in ``text`` that parses, as the adapter reads it."""
-        at = text.rfind('"usage"') if last else text.find('"usage"')
-        while at >= 0:
-            start = text.find("{", at)
-            if start >= 0 and not text[at + 7:start].strip(" \t\r\n:"):
-                try:
-                    raw, _ = _scan_json(text, start)
-                except (StopIteration, ValueError, RecursionError):
-                    raw = None
-                if isinstance(raw, dict):
-                    return self.adapter.usage(raw)
-            at = text.rfind('"usage"', 0, at) if last else text.find('"usage"', at + 7)
-        return None
+        head = _edge_usage(self._head.decode("utf-8", "replace"), last=False) if self._head else None
+        tail = _edge_usage(self._tail.decode("utf-8", "replace"), last=True)
+        if head is None and tail is None:
+            return None
+        return self.adapter.usage({**(head or {}), **{k: v for k, v in (tail or {}).items() if v is not None}})
 
     def _parse(self) -> None:
         if self._overflow or not self._buffer:

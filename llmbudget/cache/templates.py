@@ -261,15 +261,19 @@ def _trimmed(words: Sequence[str]) -> Sequence[str]:
     return words[start:end]
 
 
-def _transposed(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether ``b`` is ``a`` with two words or spans trading places, not across a symmetric "and"/"or"/"vs":
-    "Argentina beat France" and "France beat Argentina", "1,000 US dollars in Swiss francs" and "1,000 Swiss
-    francs in US dollars" ask two things. Neighbours trading places is word order ("learn Python fast")."""
-    if len(a) != len(b) or a == b:
+def _swapped(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether ``b`` (bare words) is ``a`` with one word swapped for an opposed one ("Monday" and "Tuesday", "km"
+    and "miles"), or with two words or spans trading places, not across a symmetric "and"/"or"/"vs"
+    ("Argentina beat France" and "France beat Argentina", "1,000 US dollars in Swiss francs" and "1,000 Swiss
+    francs in US dollars"). Neighbours trading places is word order ("learn Python fast")."""
+    if len(a) != len(b):
         return False
-    i = next(k for k in range(len(a)) if a[k] != b[k])
-    j = next(k for k in range(len(a) - 1, -1, -1) if a[k] != b[k])
-    mid_a, mid_b = a[i : j + 1], b[i : j + 1]
+    at = [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if not at:
+        return False
+    if len(at) == 1:
+        return _opposed(a[at[0]], b[at[0]])
+    mid_a, mid_b = a[at[0] : at[-1] + 1], b[at[0] : at[-1] + 1]
     n = len(mid_a)
     for x in range(1, n - 1):  # a's first span, b's last
         if mid_a[:x] != mid_b[n - x :]:
@@ -280,14 +284,6 @@ def _transposed(a: Sequence[str], b: Sequence[str]) -> bool:
                 if not (between <= _SYMMETRIC and not between <= _FILLERS):
                     return True
     return False
-
-
-def _one_swap(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether ``a`` and ``b`` (bare words) differ in exactly one aligned word, and that word is opposed."""
-    if len(a) != len(b):
-        return False
-    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    return len(pairs) == 1 and _opposed(*pairs[0])
 
 
 def _content_word(token: str) -> str | None:
@@ -335,11 +331,8 @@ class TemplateGuard:
         words_a, words_b = _bare(a), _bare(b)
         if words_a == words_b and not _same(tokens_a, tokens_b):
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
-        bare_a, bare_b = _trimmed(words_a), _trimmed(words_b)
-        if _one_swap(bare_a, bare_b):
-            return True  # one word swapped for another of its class: "Monday" and "Tuesday", "km" and "miles"
-        if _transposed(bare_a, bare_b):
-            return True  # two words trade places: "Argentina beat France", "France beat Argentina"
+        if _swapped(_trimmed(words_a), _trimmed(words_b)):
+            return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False

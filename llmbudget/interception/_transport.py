@@ -233,29 +233,22 @@ async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) 
     return await _in_thread(attempt, work)
 
 
-async def _finish(attempt: Attempt, *, complete: bool) -> None:
-    """``attempt.finish()``: settling and recording on the event loop when quick, storing the answer in the
-    cache (if it goes there) as :func:`_cache_work` says."""
+async def _finish(attempt: Attempt, *, complete: bool, error: BaseException | None = None) -> None:
+    """``attempt.finish()``: settling and recording on the event loop when quick, else in a worker thread
+    (counting a large prompt's tokens, or a Redis settle, would stall every other request); storing the answer
+    in the cache (if it goes there) as :func:`_cache_work` says. ``error``: the call failed (the upstream
+    unreachable, a reset or a timeout mid-body); a cancelled one finishes at once, since a thread hop may
+    itself be cancelled (trio) before it runs."""
     if not _quick(attempt):
-        await _in_thread(attempt, attempt.finish, complete=complete)
+        if error is not None and not isinstance(error, Exception):
+            attempt.finish(complete=complete, error=error)
+        else:
+            await _in_thread(attempt, attempt.finish, complete=complete, error=error)
         return
     with no_wait():
-        attempt.finish(complete=complete, store=False)
-    if attempt.stores_answer(complete=complete):
+        attempt.finish(complete=complete, error=error, store=False)
+    if attempt.stores_answer(complete=complete, error=error):
         await _cache_work(attempt, attempt.store_answer, quick=attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
-
-
-async def _finish_failed(attempt: Attempt, error: BaseException) -> None:
-    """``attempt.finish()`` for a call that failed (the upstream unreachable, a reset or a timeout mid-body):
-    on the event loop when quick, else in a worker thread, as for a call that succeeded (counting a large
-    prompt's tokens for the record, or a Redis settle, would stall every other request)."""
-    if _quick(attempt):
-        with no_wait():
-            attempt.finish(complete=False, error=error)
-    elif not isinstance(error, Exception):  # cancelled: a thread hop may itself be cancelled (trio) before it runs
-        attempt.finish(complete=False, error=error)
-    else:
-        await _in_thread(attempt, attempt.finish, complete=False, error=error)
 
 
 async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
@@ -345,7 +338,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     attempt.feed(chunk)
                     yield chunk
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
-                await _finish_failed(attempt, exc)
+                await _finish(attempt, complete=False, error=exc)
                 raise
             await _finish(attempt, complete=True)
 
@@ -452,7 +445,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 else:
                     response = await self.inner.handle_async_request(request)
             except BaseException as exc:
-                await _finish_failed(attempt, exc)
+                await _finish(attempt, complete=False, error=exc)
                 raise
             _started(attempt, response)
             return _wrap_response(response, AsyncStream(response.stream, attempt))

@@ -402,6 +402,47 @@ def _is_job(job: Any) -> bool:
                     for call in job["calls"]))
 
 
+def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine: Any) -> tuple[list[str], list[Any]]:
+    """A finished job's result lines (JSON, one per call) and the spend records of its answered calls.
+
+    A call whose answer or usage cannot be read is written as it came, logged, and not recorded: one odd
+    answer neither stops the job nor leaves the calls before it recorded for a second resume to record again.
+    """
+    from .calls import SpendRecord, Usage
+    from .providers import adapter_for_path
+
+    answers = jobs.results(done)
+    found = adapter_for_path(job["endpoint"])
+    lines: list[str] = []
+    records: list[SpendRecord] = []
+    for call in job["calls"]:
+        status, body = answers.get(call["custom_id"]) or jobs.missing(job["id"], done)
+        try:
+            data: Any = json.loads(body)
+        except (ValueError, RecursionError):
+            data = body.decode("utf-8", "replace")
+        lines.append(json.dumps({"custom_id": call["custom_id"], "status": status, "body": data}))
+        if status >= 400 or found is None:
+            continue
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("the answer is not a JSON object")
+            usage = (found[0].usage(data.get("usage") or {}) or Usage()).replace(service_tier="batch")
+            model = data.get("model") or call["model"]
+            priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
+            standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
+            records.append(SpendRecord(
+                time=time.time(), endpoint=found[0].endpoint, base_url=job["base_url"],
+                model_requested=call["model"], model_sent=call["model"], model_answered=model, usage=usage,
+                cost_usd=priced.usd, latency_s=0.0, tenant=call["tenant"], request_id=call["request_id"],
+                status=status, price_source=priced.source, deferred="batch",
+                deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)))
+        except Exception as exc:  # noqa: BLE001 - one unreadable answer must not lose the others
+            log.warning("llmbudget: batch %s, call %s: its spend could not be read (%s); not recorded",
+                        job["id"], call["custom_id"], exc)
+    return lines, records
+
+
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,
            poll_interval: float = 10.0, anthropic_api_key: str | None = None) -> list[dict[str, Any]]:
     """Fetch the results of the jobs in ``state``: record each call's spend (batch-priced) in ``engine``'s
@@ -409,9 +450,6 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
     finished yet is left (``wait``: poll until it is). ``api_key`` reads OpenAI jobs, ``anthropic_api_key``
     Anthropic's Message Batches. Returns one summary per job (``status``: the API's own, e.g. ``completed``
     or ``ended``)."""
-    from .calls import SpendRecord, Usage
-    from .providers import adapter_for_path
-
     folder = Path(state)
     summaries = []
     for job in pending_jobs(folder):
@@ -426,28 +464,23 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
         if not jobs.final(done):
             summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": 0})
             continue
-        answers = jobs.results(done)
-        found = adapter_for_path(job["endpoint"])
-        recorded = 0
-        with (folder / f"{job['id']}.results.jsonl").open("w", encoding="utf-8") as out:
-            for call in job["calls"]:
-                status, body = answers.get(call["custom_id"]) or jobs.missing(job["id"], done)
-                out.write(json.dumps({"custom_id": call["custom_id"], "status": status,
-                                      "body": json.loads(body)}) + "\n")
-                if status >= 400 or found is None:
-                    continue
-                data = json.loads(body)
-                usage = (found[0].usage(data.get("usage") or {}) or Usage()).replace(service_tier="batch")
-                model = data.get("model") or call["model"]
-                priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
-                standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
-                engine.record(SpendRecord(
-                    time=time.time(), endpoint=found[0].endpoint, base_url=job["base_url"],
-                    model_requested=call["model"], model_sent=call["model"], model_answered=model, usage=usage,
-                    cost_usd=priced.usd, latency_s=0.0, tenant=call["tenant"], request_id=call["request_id"],
-                    status=status, price_source=priced.source, deferred="batch",
-                    deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)), None)
-                recorded += 1
+        lines, records = _job_records(job, jobs, done, engine)
+        # Nothing is recorded until every answer is read and written: a job whose results cannot be written
+        # (a full disk) stays whole in the state folder and is resumed later with none of its calls recorded.
+        results = folder / f"{job['id']}.results.jsonl"
+        partial = results.with_suffix(".jsonl.tmp")
+        try:
+            partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            os.replace(partial, results)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
+        for record in records:
+            engine.record(record, None)
+        flush = getattr(engine.ledger, "flush", None)
+        if flush is not None:
+            flush()  # written before the job is forgotten: a crash in between is the only way to record it twice
+        recorded = len(records)
         (folder / f"{job['id']}.json").unlink(missing_ok=True)
         summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]),
                           "recorded": recorded})

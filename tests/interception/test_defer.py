@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
+import importlib
 import json
 from decimal import Decimal
 
@@ -19,10 +21,11 @@ from servers import base_url, proxy
 import llmbudget
 from llmbudget.calls import Usage
 from llmbudget.cli import main
-from llmbudget.defer import Batcher, BatchError, pending_jobs
+from llmbudget.defer import Batcher, BatchError, pending_jobs, resume
 from llmbudget.ledger import SQLiteLedger
 from llmbudget.pricing import Pricing
 
+defer_module = importlib.import_module("llmbudget.defer")  # llmbudget.defer is also the function
 ASK = dict(model="gpt-4o-mini", max_tokens=8, temperature=0)
 QUESTIONS = ["What is the capital of France?", "Say hi", "Name a colour"]
 
@@ -131,6 +134,64 @@ def test_a_job_left_by_a_restart_is_resumed_from_the_state_folder(llm_server, en
     assert (record.tenant, record.deferred, record.usage.service_tier) == ("acme", "batch", "batch")
     assert record.cost_usd == batch_price(record.usage) > 0
     assert pending_jobs(state) == []
+
+
+@contextlib.contextmanager
+def _left_job(llm_server, engine, state):  # noqa: ANN001
+    """A job of three calls left by a process that stopped before its answers came: yields it, its server running."""
+    engine._batcher = _Interrupted(linger=0.3, poll_interval=0.05, state=state)
+    with batch_server(llm_server) as server:
+        outcomes = together(_outcome, client_of(server), QUESTIONS)
+        assert all(isinstance(outcome, openai.APIStatusError) for outcome in outcomes)
+        [job] = pending_jobs(state)
+        assert len(job["calls"]) == 3
+        yield job
+
+
+def test_a_call_whose_spend_cannot_be_read_is_skipped_and_resuming_again_records_nothing_twice(
+        llm_server, engine, tmp_path, caplog):
+    state = tmp_path / "batches"
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    resumer = llmbudget.Engine(ledger=ledger)
+    priced = resumer.pricing.cost
+    seen: list[int] = []
+
+    def cost(usage, **kwargs):  # noqa: ANN001, ANN003 - the second call's price cannot be computed
+        seen.append(1)
+        if len(seen) == 3:
+            raise ArithmeticError("a price that cannot be computed")
+        return priced(usage, **kwargs)
+
+    resumer.pricing.cost = cost  # type: ignore[method-assign]
+    with _left_job(llm_server, engine, state) as job:
+        [summary] = resume(state, api_key="sk-test", engine=resumer, wait=True, poll_interval=0.05)
+        assert summary["recorded"] == 2 and summary["calls"] == 3
+        assert "its spend could not be read (a price that cannot be computed)" in caplog.text
+        assert resume(state, api_key="sk-test", engine=resumer, wait=True, poll_interval=0.05) == []
+    assert len(list(ledger.records())) == 2  # before, the first call was recorded, then the job stopped and stayed
+    lines = (state / f"{job['id']}.results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines] == [200, 200, 200]  # every answer is kept
+
+
+def test_a_job_whose_results_cannot_be_written_records_nothing_until_it_is_resumed_again(
+        llm_server, engine, tmp_path, monkeypatch):
+    state = tmp_path / "batches"
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    resumer = llmbudget.Engine(ledger=ledger)
+
+    def full_disk(src, dst):  # noqa: ANN001
+        raise OSError(28, "No space left on device")
+
+    with _left_job(llm_server, engine, state) as job:
+        with monkeypatch.context() as patch:
+            patch.setattr(defer_module.os, "replace", full_disk)
+            with pytest.raises(OSError, match="No space left"):
+                resume(state, api_key="sk-test", engine=resumer, wait=True, poll_interval=0.05)
+        assert list(ledger.records()) == [] and len(pending_jobs(state)) == 1
+        assert sorted(p.name for p in state.iterdir()) == [f"{job['id']}.json"]  # no half-written results left
+        [summary] = resume(state, api_key="sk-test", engine=resumer, wait=True, poll_interval=0.05)
+    assert summary["recorded"] == 3
+    assert len(list(ledger.records())) == 3 and pending_jobs(state) == []
 
 
 def test_flex_sets_the_service_tier_and_prices_at_the_flex_rate(llm_server, engine, records):

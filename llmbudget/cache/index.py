@@ -333,13 +333,45 @@ class VectorIndex:
             return head  # nothing to catch up with
         if max_id - old_id > _QUICK_CHANGES or del_seq - old_seq > _QUICK_CHANGES or len(self._parts) > _QUICK_PARTS:
             return None  # catching up goes over every partition held (and their saves)
+        return None if self._due() else head
+
+    def _due(self) -> bool:
+        """True when a few more insertions may make a partition's save or HNSW build due."""
         if self.directory is not None and any(
             isinstance(p, _Hnsw) and (p.built or p.dirty + _QUICK_CHANGES >= max(self.save_every, len(p) // 10))
             for p in self._parts.values()
         ):
-            return None  # a save may be due
-        near_build = any(isinstance(p, _Exact) and len(p) + _QUICK_CHANGES > self.exact_max for p in self._parts.values())
-        return None if near_build else head
+            return True  # a save may be due
+        return any(isinstance(p, _Exact) and len(p) + _QUICK_CHANGES > self.exact_max for p in self._parts.values())
+
+    def added_here(self, first_id: int, last_id: int, added: list[tuple[int, int, np.ndarray]]) -> None:
+        """Apply the entries this process just committed in one transaction (ids ``first_id`` to ``last_id``;
+        ``added``: ``(id, partition id, vector)`` of those with a vector, the vector as the store reads it back)
+        without reading them back, when the index has applied everything inserted before them.
+
+        Ids are handed out in order under the write lock, so ``first_id`` right after the applied head means
+        no other writer inserted in between. Deletions (a replaced key, evictions, other writers') are left
+        to the next search's catch-up: the head keeps its deletion seq. Done only for a store inside
+        ``no_wait()`` (on the event loop, where reading them back costs the most), within the limits of a
+        quick search's catch-up (see :meth:`_quick_head`), so this never loads, builds or saves, and only when
+        no other thread holds the index: else the next search catches up from the store as before.
+        """
+        if not _NO_WAIT.get() or not self._lock.acquire(blocking=False):
+            return
+        try:
+            old_id, old_seq = self._head
+            if (first_id != old_id + 1 or last_id - old_id > _QUICK_CHANGES or len(self._parts) > _QUICK_PARTS
+                    or self._due()):
+                return
+            for entry_id, pid, vector in added:  # as _apply would, one entry at a time
+                part = self._parts.get(pid)
+                if part is None:
+                    self._empty.pop(pid, None)  # an entry arrived: the partition loads on its next search
+                else:
+                    part.add(np.array([entry_id], dtype=np.int64), vector[None])
+            self._head = (last_id, old_seq)
+        finally:
+            self._lock.release()
 
     def sync(self) -> None:
         """Apply what other writers (threads or processes) changed since the last call."""

@@ -96,6 +96,8 @@ END;
 """
 
 _COLUMNS = "id, exact_key, tenant, model, text, response, created, expires, last_hit, hits, size"
+_INSERT = ("INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, scorer_data,"
+           " response, created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,14 +624,17 @@ class CacheStore:
             extra: list[bytes | None] = [None] * len(chunk)
             for i, packed in zip(semantic, self._scorer_data(texts)):
                 extra[i] = packed
+            pids = [self._partition_id(str(row["partition"])) for row in chunk]
             now = self._clock()
             with self._write() as conn:
-                first: int | None = None
-                for row, blob, packed in zip(chunk, blobs, extra):
-                    entry_id = self._insert(conn, row, blob, now, packed)
-                    first = entry_id if first is None else first
-                    ids.append(entry_id)
-                self._enforce_cap(conn, now, first)
+                added = [self._insert(conn, row, pid, blob, now, packed)
+                         for row, pid, blob, packed in zip(chunk, pids, blobs, extra)]
+                self._enforce_cap(conn, now, added[0] if added else None)
+            ids += added
+            if added and _NO_WAIT.get():  # the index takes those with a vector as it would read them back
+                self._index.added_here(added[0], added[-1], [
+                    (entry_id, pid, np.frombuffer(blob, dtype="<f2").astype(np.float32))  # as _decode reads it
+                    for entry_id, pid, blob in zip(added, pids, blobs, strict=True) if blob is not None])
         if rows and not _NO_WAIT.get():  # on the event loop the check above found none due; nothing after
             self._maybe_purge(self._clock())  # the commit may hand the store on to be done again
         return ids
@@ -648,22 +653,21 @@ class CacheStore:
                 self._pack_failed = True
         return [None] * len(texts)
 
-    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], blob: bytes | None, now: float,
+    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], pid: int, blob: bytes | None, now: float,
                 scorer_data: bytes | None = None) -> int:
         partition, exact_key = str(row["partition"]), str(row["exact_key"])
         text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
         ttl = row.get("ttl", _UNSET)
         ttl = self.ttl if ttl is _UNSET else ttl
-        pid = self._partition_id(partition)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
         size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
-        conn.execute("DELETE FROM cache_entries WHERE partition_id = ? AND exact_key = ?", (pid, exact_key))
-        cursor = conn.execute(
-            "INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, scorer_data,"
-            " response, created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (partition, pid, exact_key, tenant, model, text, blob, scorer_data, response, now,
-             None if ttl is None else now + ttl, now, size),
-        )
+        values = (partition, pid, exact_key, tenant, model, text, blob, scorer_data, response, now,
+                  None if ttl is None else now + ttl, now, size)
+        try:  # a new key, nearly always: one statement
+            cursor = conn.execute(_INSERT, values)
+        except sqlite3.IntegrityError:  # the key holds an answer: deleted (and logged) first, as a replacement
+            conn.execute("DELETE FROM cache_entries WHERE partition_id = ? AND exact_key = ?", (pid, exact_key))
+            cursor = conn.execute(_INSERT, values)  # any other error raises again: the transaction rolls back
         return int(cursor.lastrowid or 0)
 
     def _enforce_cap(self, conn: sqlite3.Connection, now: float, newest: int | None) -> None:

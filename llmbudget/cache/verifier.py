@@ -373,14 +373,14 @@ class Verifier:
         p.ids = ids
         p.idset = frozenset(unique)
         p.idf = idf = self._idf.take(ids)
-        p.idf_sum = float(idf.sum())
+        p.idf_sum = float(_sum(idf))  # ndarray.sum's own reduction, as everywhere here
         p.unit = self._unit_table.take(ids, axis=0)
-        p.pooled = rows.sum(axis=0) if len(unique) == len(all_ids) else self._table[list(all_ids)].sum(axis=0)
+        p.pooled = _sum(rows if len(unique) == len(all_ids) else self._table[list(all_ids)], 0)
         p.weighted = weighted = idf.dot(rows)
         p.weighted_sq = float(weighted.dot(weighted))
         p.diff_weight = 0.0
         if self._stack is not None:
-            p.diff_weight = float(self._stack["diff"].take(ids).sum())
+            p.diff_weight = float(_sum(self._stack["diff"].take(ids)))
 
     @staticmethod
     def _fill_words(

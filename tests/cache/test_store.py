@@ -518,6 +518,34 @@ def test_inside_no_wait_a_search_does_only_a_quick_searchs_work(tmp_path: Path, 
             holder.join()
 
 
+def test_a_store_on_the_loop_hands_its_own_entries_to_the_index(tmp_path: Path) -> None:
+    """Inside ``no_wait()`` a store gives the index the entries it just committed (the next search reads
+    nothing back for them), and the index then holds what a process opening the store afresh loads."""
+    from llmbudget.ledger.budgets import no_wait
+
+    with make(tmp_path / "c") as store:
+        put(store, "p", "k0", "question number zero")
+        assert store.search("p", "question number zero") is not None  # loads the partition
+        before = store._index._head
+        with no_wait():
+            ids = [put(store, "p", f"k{n}", f"question number {n} about topic {n}") for n in range(1, 6)]
+            assert store._index._head == (ids[-1], before[1])  # applied at once: no search has run since
+            replaced = put(store, "p", "k1", "the first question, asked again")  # the old k1 leaves a deletion
+            assert store._index._head == (replaced, before[1])
+            for n in range(2, 6):
+                assert store.search("p", f"question number {n} about topic {n}") is not None
+            assert store.search("p", "the first question, asked again") is not None
+        put(store, "q", "k", "a question in a partition never searched")  # not loaded: nothing to apply
+        pid = store._partition_id("p")
+        held_ids, held_vecs = store._index._parts[pid].items()
+        with make(tmp_path / "c") as fresh:
+            assert fresh.search("p", "question number zero") is not None
+            fresh_ids, fresh_vecs = fresh._index._parts[pid].items()
+        order, fresh_order = np.argsort(held_ids), np.argsort(fresh_ids)
+        assert held_ids[order].tolist() == fresh_ids[fresh_order].tolist() == sorted([1, *ids[1:], replaced])
+        assert np.array_equal(held_vecs[order], fresh_vecs[fresh_order])
+
+
 def test_index_rejects_a_bad_dtype() -> None:
     with pytest.raises(ValueError, match="dtype"):
         VectorIndex(None, dim=4, directory=None, dtype="f64")  # type: ignore[arg-type]

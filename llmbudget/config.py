@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import math
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,7 @@ from typing import Any, Literal, cast, get_args
 from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore
 from .ledger.records import SQLiteLedger
 from .output import Output
+from .pipeline import MAX_INPUT_ESTIMATE_MARGIN as _MAX_MARGIN
 from .pipeline import Engine
 from .pricing import CONSERVATIVE_PRICE, Pricing
 
@@ -601,8 +603,8 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     ledger_path = None if ledger_url else _path(config.get("ledger"), "ledger", source, root)
     store_path = None if store_url else _path(config.get("budget_store"), "budget_store", source, root)
     margin = config.get("input_estimate_margin", 1.25)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 1:
-        raise ConfigError(f"{source}: input_estimate_margin must be a number >= 1, got {margin!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 1 <= margin <= _MAX_MARGIN:
+        raise ConfigError(f"{source}: input_estimate_margin must be a number from 1 to {_MAX_MARGIN}, got {margin!r}")
     prompt_cache_keys = config.get("prompt_cache_keys", True)
     if not isinstance(prompt_cache_keys, bool):
         raise ConfigError(f"{source}: prompt_cache_keys must be true or false, got {prompt_cache_keys!r}")
@@ -677,7 +679,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
     for key in ("ttl", "max_entries"):
         if key in table and (isinstance(table[key], bool) or not isinstance(table[key], (int, float))
-                             or table[key] <= 0):
+                             or not 0 < table[key] < math.inf):  # NaN and infinity fail this too
             raise ConfigError(f"{source}: cache.{key} must be a positive number, got {table[key]!r}")
     threshold = table.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

@@ -53,6 +53,8 @@ log = logging.getLogger("llmbudget.pipeline")
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: The largest ``input_estimate_margin`` taken: a larger pad (or infinity, or NaN) would price no reservation.
+MAX_INPUT_ESTIMATE_MARGIN = 100
 #: Of a body over MAX_BODY_BYTES, this many first and last bytes are kept: the provider's usage is at its end
 #: (OpenAI, Anthropic's output count) or its start (a JSON body that puts ``usage`` first, Anthropic's input count).
 _TAIL_BYTES = 1 << 16
@@ -133,8 +135,9 @@ class Engine:
         self.breakpoints = Breakpoints(self.pricing) if breakpoints == "auto" else None
         self.output = Output.of(output, "Engine(output=...)")
         self._batcher = batcher
-        if input_estimate_margin < 1:
-            raise ValueError("input_estimate_margin must be >= 1 (it pads estimates, never shrinks them)")
+        if not 1 <= input_estimate_margin <= MAX_INPUT_ESTIMATE_MARGIN:  # NaN fails this too
+            raise ValueError(f"input_estimate_margin must be a number from 1 to {MAX_INPUT_ESTIMATE_MARGIN} (it pads "
+                             f"estimates, never shrinks them), got {input_estimate_margin!r}")
         self.input_estimate_margin = input_estimate_margin
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from decimal import Decimal
@@ -203,14 +204,23 @@ def test_cache_and_routing_tables_build_the_engines_cache_and_router(tmp_path) -
     ({"cache": {"reranker": "yes"}}, "cache.reranker must be true or false"),
     ({"routing": {"tiers": {"large": ""}}}, "tier 'small' is not defined"),
     ({"routing": {}}, "routing.tiers must be a table"),
-    ({"input_estimate_margin": 0.5}, "input_estimate_margin must be a number >= 1"),
+    ({"input_estimate_margin": 0.5}, "input_estimate_margin must be a number from 1 to 100"),
+    ({"input_estimate_margin": math.nan}, "input_estimate_margin must be a number from 1 to 100"),
+    ({"input_estimate_margin": math.inf}, "input_estimate_margin must be a number from 1 to 100"),
+    ({"cache": {"ttl": math.nan}}, "cache.ttl must be a positive number"),
+    ({"cache": {"ttl": math.inf}}, "cache.ttl must be a positive number"),
 ])
 def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
+    """NaN and infinity too: a margin of NaN once turned every reservation into an error, and calls were then
+    served unbudgeted."""
     from llmbudget.config import engine_from_config
 
     with pytest.raises(ConfigError) as caught:
         engine_from_config(config, source="llmbudget.toml")
     assert message in str(caught.value) and "llmbudget.toml" in str(caught.value)
+    if "input_estimate_margin" in config:
+        with pytest.raises(ValueError, match="input_estimate_margin must be a number from 1 to 100"):
+            llmbudget.Engine(input_estimate_margin=config["input_estimate_margin"])
 
 
 def test_reranker_without_minilm_files_is_a_config_error(tmp_path, monkeypatch) -> None:

@@ -126,7 +126,7 @@ def _clean_tenant(value: Any, source: str, header: str | None = None) -> str | N
     """``value`` stripped; None when empty; refused when too long or not printable."""
     if value is None:
         return None
-    text = str(value).strip()
+    text = str(value).strip(" ")  # spaces only: str.strip() would also drop \x1c-\x1f, \x85 and U+2028 unseen
     if not text:
         return None
     if len(text) > _MAX_TENANT:
@@ -397,22 +397,30 @@ def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
 
 
 def _asgi_user(scope: Mapping[str, Any]) -> str | None:
+    """The authenticated user's ``identity``, else its ``display_name``; None for an anonymous request.
+
+    A user that says it is authenticated but whose name cannot be read (neither attribute exists, both
+    are empty, or reading them raises) is refused: the tenant header must not name it instead.
+    """
     user = scope.get("user")
     if user is None:
         return None
     try:
         if not getattr(user, "is_authenticated", False):
             return None
-        for attribute in ("identity", "display_name"):
-            try:
-                value = getattr(user, attribute)
-            except NotImplementedError:
-                continue
-            if value:
-                return str(value)
     except Exception:
-        log.debug("llmbudget: could not read the authenticated user", exc_info=True)
-    return None
+        log.debug("llmbudget: could not read whether the user is authenticated", exc_info=True)
+        return None
+    for attribute in ("identity", "display_name"):
+        try:
+            value = getattr(user, attribute)
+        except Exception:  # NotImplementedError (Starlette's BaseUser), AttributeError, or the app's own
+            log.debug("llmbudget: could not read the authenticated user's %s", attribute, exc_info=True)
+            continue
+        if value:
+            return str(value)
+    raise _TenantRefused("unnamed_user", "user", "The request is authenticated, but neither the user's identity "
+                         "nor its display_name could be read, so its tenant cannot be named.")
 
 
 class LLMBudgetMiddleware(_Core):

@@ -195,6 +195,9 @@ def problem_of(response: Any) -> dict[str, Any]:
     ([(b"x-tenant-id", b"ac\x7fme")], "not_printable"),
     ([(b"x-tenant-id", b"ac\x00me")], "not_printable"),
     ([(b"x-tenant-id", "ac\u200bme".encode())], "not_printable"),  # a zero-width space
+    ([(b"x-tenant-id", b"acme\x1f")], "not_printable"),  # at either end too: str.strip() took these as spaces
+    ([(b"x-tenant-id", b"\x1cacme")], "not_printable"),
+    ([(b"x-tenant-id", "acme\u2028".encode())], "not_printable"),
 ])
 def test_asgi_ambiguous_or_malformed_tenant_headers_are_refused(
     engine: llmbudget.Engine, headers: list[Any], reason: str, caplog
@@ -235,6 +238,50 @@ def test_asgi_malformed_users_and_callable_tenants_are_refused_too(engine: llmbu
     by_callable = starlette_app(Policy(tenant=from_query))
     assert by_callable.get("/info?org=blue", headers={"x-user": "globex"}).json()["tenant"] == "blue"
     assert problem_of(by_callable.get("/info?org=" + "o" * 129))["source"] == "callable"
+
+
+class _NamedBy:
+    """An authenticated user of the app's own class: some have no ``identity``, or one that raises."""
+
+    is_authenticated = True
+
+    def __init__(self, display_name: str, identity: str | None = None, *, broken: bool = False) -> None:
+        self.display_name, self._identity, self._broken = display_name, identity, broken
+
+    def __getattr__(self, name: str) -> str:
+        if name != "identity" or (self._identity is None and not self._broken):
+            raise AttributeError(name)
+        if self._broken:
+            raise RuntimeError("the session store is down")
+        return self._identity
+
+
+@pytest.mark.parametrize(("user", "tenant"), [
+    (_NamedBy("globex"), "globex"),  # no identity: its display name
+    (_NamedBy("globex", broken=True), "globex"),  # reading identity raises: its display name
+    (_NamedBy("globex", "org-7"), "org-7"),
+    (_NamedBy(""), None),  # authenticated, nameless: refused
+    (_NamedBy("", broken=True), None),
+])
+def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused(
+        engine: llmbudget.Engine, user: Any, tenant: str | None) -> None:
+    async def info(request: Request) -> JSONResponse:
+        return JSONResponse({"tenant": tenant_now()})
+
+    def with_user(app: Any) -> Any:
+        async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            await app({**scope, "user": user} if scope["type"] == "http" else scope, receive, send)
+        return wrapped
+
+    app = Starlette(routes=[Route("/info", info)],
+                    middleware=[Middleware(with_user), Middleware(LLMBudgetMiddleware,  # type: ignore[arg-type]
+                                                                  policy=Policy(trust_tenant_header=True))])
+    for headers in ({}, {"x-tenant-id": "acme"}):  # before, the header named a user it could not read
+        response = TestClient(app).get("/info", headers=headers)
+        if tenant is None:
+            assert (problem_of(response)["reason"], problem_of(response)["source"]) == ("unnamed_user", "user")
+        else:
+            assert response.json()["tenant"] == tenant
 
 
 def test_asgi_websockets_with_a_malformed_tenant_are_refused(engine: llmbudget.Engine) -> None:
@@ -307,6 +354,8 @@ def test_wsgi_the_cache_never_leaks_across_tenants_through_a_spoofed_header(cach
     (as_server_sends(b"\xffacme"), "invalid_utf8"),
     ("x" * 129, "too_long"),
     ("ac\tme", "not_printable"),
+    (as_server_sends("acme\x85".encode()), "not_printable"),
+    ("acme\x0b", "not_printable"),
 ])
 def test_wsgi_ambiguous_or_malformed_tenant_headers_are_refused(engine: llmbudget.Engine, value: str,
                                                                  reason: str) -> None:

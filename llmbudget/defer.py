@@ -427,7 +427,9 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
         try:
             if not isinstance(data, dict):
                 raise ValueError("the answer is not a JSON object")
-            usage = (found[0].usage(data.get("usage") or {}) or Usage()).replace(service_tier="batch")
+            # a malformed usage is logged by the adapter and recorded as estimated (the batch ran: it is not dropped)
+            usage = (found[0].reported_usage(data.get("usage") or {}) or Usage(estimated=True)).replace(
+                service_tier="batch")
             model = data.get("model") or call["model"]
             priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
             standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
@@ -435,7 +437,7 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
                 time=time.time(), endpoint=found[0].endpoint, base_url=job["base_url"],
                 model_requested=call["model"], model_sent=call["model"], model_answered=model, usage=usage,
                 cost_usd=priced.usd, latency_s=0.0, tenant=call["tenant"], request_id=call["request_id"],
-                status=status, price_source=priced.source, deferred="batch",
+                status=status, price_source=priced.source, deferred="batch", estimated=usage.estimated,
                 deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)))
         except Exception as exc:  # noqa: BLE001 - one unreadable answer must not lose the others
             log.warning("llmbudget: batch %s, call %s: its spend could not be read (%s); not recorded",

@@ -478,8 +478,9 @@ class Attempt:
         return answer
 
     def _record_hit(self, lookup: CacheLookup, raw_usage: dict[str, Any] | None) -> None:
-        if raw_usage is not None:
-            usage = self.adapter.usage(raw_usage) or Usage()
+        found = self.adapter.reported_usage(raw_usage) if raw_usage is not None else None
+        if found is not None:
+            usage = found
         else:
             usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
         model = (lookup.stored or {}).get("model") or self.call.model
@@ -708,7 +709,7 @@ class Attempt:
         tail = _edge_usage(self._tail.decode("utf-8", "replace"), last=True)
         if head is None and tail is None:
             return None
-        return self.adapter.usage({**(head or {}), **{k: v for k, v in (tail or {}).items() if v is not None}})
+        return self.adapter.reported_usage({**(head or {}), **{k: v for k, v in (tail or {}).items() if v is not None}})
 
     def _parse(self) -> None:
         if self._overflow or not self._buffer:

@@ -40,6 +40,7 @@ from typing import Any
 from .calls import SpendRecord, Usage
 from .config import ConfigError, Policy, load_config
 from .pipeline import Engine, set_engine
+from .providers._base import MAX_TOKENS
 from .providers.chat import chat_usage
 from .providers.messages import messages_usage
 
@@ -284,7 +285,7 @@ def _ratio(value: float | None) -> float | None:
 
 
 #: More tokens than any answer has (a bound that keeps prices finite and exact).
-_MAX_TOKENS = 10**9
+_MAX_TOKENS = MAX_TOKENS  # what a provider's usage may report, as the interception reads it
 #: Deeper than any request or answer nests; a deeper line is refused before anything recurses into it.
 _MAX_DEPTH = 100
 

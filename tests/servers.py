@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import urllib.error
 import urllib.request
@@ -99,6 +100,10 @@ class _Proxy(BaseHTTPRequestHandler):
             self.send_header("content-encoding", "gzip")
         if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
             content = content[: len(content) // 2]
+        if options.get("usage") is not None:  # the server's real answer, its usage's counts replaced
+            answer = json.loads(content)
+            answer["usage"] = {**answer["usage"], **options["usage"]}
+            content = json.dumps(answer).encode()
         self.send_header("content-length", str(len(content)))
         self.end_headers()
         if options.get("cut"):  # promise the whole body, send half of it, drop the connection
@@ -116,13 +121,14 @@ class _Proxy(BaseHTTPRequestHandler):
 
 @contextmanager
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
-          garble: bool = False) -> Iterator[_Server]:
+          garble: bool = False, usage: dict[str, Any] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
-    ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body.
+    ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
+    ``usage``: fields that replace those of each (JSON) answer's usage.
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
-                      garble=garble)
+                      garble=garble, usage=usage)
 
 
 def base_url(server: _Server) -> str:

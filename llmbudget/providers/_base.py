@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tokens
 from ..calls import Call, Usage
 
-__all__ = ["Adapter", "ResponseState", "as_int"]
+__all__ = ["MAX_TOKENS", "Adapter", "BadUsage", "ResponseState", "as_int"]
+
+log = logging.getLogger("llmbudget")
+
+#: The largest token count a usage object may report for one call (a billion). A count above it, negative, or
+#: not a whole number (a string, 10.5, NaN) makes the usage malformed: the call is priced from estimates and
+#: flagged ``estimated``, never charged at $0 or at an absurd amount as if the provider had said so.
+MAX_TOKENS = 10**9
+
+
+class BadUsage(ValueError):
+    """A usage object whose token counts are not whole numbers from 0 to :data:`MAX_TOKENS`."""
 
 
 def as_int(value: Any) -> int:
-    """A token count from a JSON value: ints pass, anything else counts as 0."""
-    if isinstance(value, bool):
+    """A token count from a JSON value: absent (``None``) is 0; else a whole number from 0 to
+    :data:`MAX_TOKENS` (``12.0`` too, as some servers write it), or :class:`BadUsage`."""
+    if value is None:
         return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, float) and value.is_integer():
-        return max(int(value), 0)
-    return 0
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer()) or not 0 <= value <= MAX_TOKENS):
+        raise BadUsage(f"token count {value!r} is not a whole number from 0 to {MAX_TOKENS:,}")
+    return int(value)
 
 
 @dataclass(slots=True)
@@ -88,8 +100,18 @@ class Adapter:
         return tokens.estimate_input_tokens(self.input_text(body), model=model, messages=len(messages), names=names)
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
-        """Usage from the response's ``usage`` object (each adapter reads its own shape)."""
+        """Usage from the response's ``usage`` object (each adapter reads its own shape); :class:`BadUsage`
+        when a count in it is malformed."""
         return None
+
+    def reported_usage(self, data: dict[str, Any]) -> Usage | None:
+        """:meth:`usage`, or None (as if the response had reported none: estimated) when it is malformed."""
+        try:
+            return self.usage(data)
+        except BadUsage as exc:
+            log.warning("llmbudget: the %s response reports a malformed usage (%s); its tokens are estimated",
+                        self.endpoint, exc)
+            return None
 
     def read_json(self, data: Any, state: ResponseState) -> None:
         """Fill ``state`` from a complete (non-streamed) response body."""
@@ -123,7 +145,7 @@ class Adapter:
             state.service_tier = tier
         raw = data.get("usage")
         if isinstance(raw, dict):
-            state.usage = self.usage(raw)
+            state.usage = self.reported_usage(raw)
 
 
 def items(value: Any) -> list[Any] | tuple[()]:

@@ -121,7 +121,7 @@ class ChatAdapter(Adapter):
             return
         self._read_common(first, state)
         if usage_chunk is not None:
-            state.usage = self.usage(usage_chunk["usage"])
+            state.usage = self.reported_usage(usage_chunk["usage"])
             tier = usage_chunk.get("service_tier")
             if isinstance(tier, str):
                 state.service_tier = tier

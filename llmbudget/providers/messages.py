@@ -129,6 +129,7 @@ class MessagesAdapter(Adapter):
             elif kind == "message_stop":
                 state.done = True
         if usage:
-            state.usage = messages_usage(usage)
-            state.service_tier = state.usage.service_tier or state.service_tier
+            state.usage = self.reported_usage(usage)
+            if state.usage is not None:
+                state.service_tier = state.usage.service_tier or state.service_tier
         state.stream_parts = parts

@@ -266,3 +266,24 @@ def test_a_busy_cache_database_sends_the_store_to_a_worker_thread(llm_server, en
     assert time.monotonic() - started >= 1.0
     assert len(records) == 2 and records[1].from_cache  # stored once the lock was free
     assert threads["save"][0] == loop_thread and threads["save"][1] != loop_thread  # tried on the loop, then
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": "10"},  # a string (the SDK shows the app 10)
+    {"completion_tokens": 10.7},
+    {"completion_tokens": -5},
+    {"prompt_tokens": 10**30},  # absurd: once charged as reported, and the tenant's budget was gone for good
+    {"completion_tokens": 1e308},
+    {"prompt_tokens_details": {"cached_tokens": True}},
+])
+def test_a_malformed_usage_is_estimated_and_flagged_never_charged_as_reported(llm_server, engine, records, usage,
+                                                                               caplog):
+    with proxy(llm_server, usage=usage) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    (record,) = records
+    assert record.estimated and record.error is None and record.status == 200
+    assert 0 < record.usage.input_tokens < 1000 and 0 < record.usage.output_tokens <= 16  # before: $0, or $6e301
+    assert 0 < record.cost_usd < 1
+    assert "reports a malformed usage" in caplog.text

@@ -35,7 +35,7 @@ from llmbudget.calls import Usage
 from llmbudget.pipeline import Attempt
 from llmbudget.pricing import Pricing
 from llmbudget.providers import ADAPTERS, ResponseState, adapter_for_endpoint, adapter_for_path
-from llmbudget.providers._base import as_int
+from llmbudget.providers._base import BadUsage, as_int
 from llmbudget.providers.chat import ChatAdapter, chat_usage
 from llmbudget.providers.completions import CompletionsAdapter
 from llmbudget.providers.embeddings import EmbeddingsAdapter
@@ -264,36 +264,53 @@ JSON = st.recursive(
 
 @SETTINGS
 @given(value=MALFORMED)
-def test_as_int_counts_malformed_values_as_zero(value: Any) -> None:
-    assert as_int(value) == 0
+def test_as_int_refuses_malformed_counts(value: Any) -> None:
+    """A count that is there but not a whole number from 0 to a billion is malformed (it was read as 0, so the
+    call cost $0); an absent one (None) is 0."""
+    if value is None:
+        assert as_int(value) == 0
+    else:
+        with pytest.raises(BadUsage):
+            as_int(value)
 
 
 def test_as_int_takes_counts() -> None:
     assert as_int(7) == 7
     assert as_int(7.0) == 7
     assert as_int(0) == 0
-    assert as_int(True) == 0
-    assert as_int("7") == 0
+    assert as_int(10**9) == 10**9
+    for bad in (True, "7", 10**9 + 1, 1e308, 10**30, -1, 7.5, float("nan")):
+        with pytest.raises(BadUsage):
+            as_int(bad)
+
+
+def _missing_or_malformed(read: Any) -> None:
+    """``read()`` finds no tokens (every count absent) or says the usage is malformed; never a made-up 0."""
+    try:
+        assert read() == Usage()
+    except BadUsage:
+        pass
 
 
 @SETTINGS
 @given(values=st.lists(MALFORMED, min_size=8, max_size=8))
-def test_malformed_usage_values_count_as_zero(values: list[Any]) -> None:
+def test_malformed_usage_values_are_refused_and_the_adapters_estimate_instead(values: list[Any]) -> None:
     chat = {
         "prompt_tokens": values[0], "completion_tokens": values[1],
         "prompt_tokens_details": {"cached_tokens": values[2], "audio_tokens": values[3]},
         "completion_tokens_details": {"reasoning_tokens": values[4], "audio_tokens": values[5]},
     }
-    assert chat_usage(chat) == Usage()
+    _missing_or_malformed(lambda: chat_usage(chat))
+    assert ChatAdapter().reported_usage(chat) in (None, Usage())  # None: the call's tokens are estimated
     responses = {
         "input_tokens": values[0], "output_tokens": values[1],
         "input_tokens_details": {"cached_tokens": values[2]},
         "output_tokens_details": {"reasoning_tokens": values[3]},
     }
-    assert responses_usage(responses) == Usage()
-    assert EmbeddingsAdapter().usage({"prompt_tokens": values[6], "input_tokens": values[7]}) == Usage()
+    _missing_or_malformed(lambda: responses_usage(responses))
+    _missing_or_malformed(lambda: EmbeddingsAdapter().usage({"prompt_tokens": values[6], "input_tokens": values[7]}))
     assert chat_usage({"prompt_tokens": 5, "prompt_tokens_details": values[2],
-                       "completion_tokens_details": values[3]}) == Usage(input_tokens=5)
+                       "completion_tokens_details": values[3]}) == Usage(input_tokens=5)  # not objects: no details
 
 
 @SETTINGS

@@ -17,9 +17,12 @@ __all__ = ["main"]
 
 
 def escape(text: str) -> str:
-    """``text`` shown as it is in Rich output (a tenant or model named ``[/]`` is not markup)."""
+    """``text`` shown as it is in Rich output: a tenant or model named ``[/]`` is not markup, and control or other
+    non-printable characters are written as escapes (``\\x1b``), so a name cannot drive the terminal."""
     from rich.markup import escape as rich_escape
 
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     return rich_escape(text)
 
 

@@ -345,6 +345,14 @@ def test_markup_in_tenants_and_prompts_is_printed_as_text(tmp_path: Path) -> Non
     assert "[/]acme" in out  # printed as text, not read as markup
 
 
+def test_control_characters_in_tenants_are_printed_as_escapes(tmp_path: Path) -> None:
+    """A tenant holding terminal escapes (an OSC that sets the window title, colours) reached the terminal raw."""
+    lines = [_line(line, tenant="a\x1b]0;PWNED\x07\x1b[31m") for line in _slice()[:4]]
+    code, out = _cli("replay", str(_write(tmp_path / "t.jsonl", lines)), "--policy", str(POLICY))
+    assert code == 0
+    assert "\x1b]0;" not in out and "\x07" not in out and "a\\x1b]0;" in out
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [

@@ -131,16 +131,44 @@ class SpendRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpendRecord:
+        """The record :meth:`to_dict` wrote; ValueError saying what is wrong with one that is not (a damaged
+        or hand-edited ledger): token counts must be whole numbers, amounts and the time finite."""
+        if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
+            raise ValueError("not a spend record (expected an object with a usage object)")
         values = dict(data)
-        values["usage"] = Usage(**values["usage"])
-        values["cost_usd"] = Decimal(values["cost_usd"])
-        for key in _MONEY[1:]:  # records written before a field existed read as 0
-            values[key] = Decimal(str(values.get(key, "0")))
-        return cls(**values)
+        try:
+            values["usage"] = usage = Usage(**values["usage"])
+        except TypeError as exc:
+            raise ValueError(f"usage: {exc}") from None
+        for name in _USAGE_COUNTS:
+            count = getattr(usage, name)
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_COUNT:
+                raise ValueError(f"usage.{name} is {count!r}; expected a whole number of tokens")
+        moment = values.get("time")
+        if isinstance(moment, bool) or not isinstance(moment, (int, float)) or not 0 <= moment < _YEAR_10000:
+            raise ValueError(f"time is {moment!r}; expected seconds since the epoch")
+        for key in _MONEY:  # records written before a field existed read as 0
+            raw = values.get(key, "0")
+            try:
+                amount = Decimal(str(raw))
+            except ArithmeticError:
+                amount = Decimal("NaN")
+            if not amount.is_finite() or abs(amount) > _MAX_USD:
+                raise ValueError(f"{key} is {raw!r}; expected an amount in dollars")
+            values[key] = amount
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
 
 
 _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
            "estimated")
+_USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+                 "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens")
+_MAX_COUNT = 10**15  # far beyond any call; a bound that keeps sums exact and fast
+_MAX_USD = Decimal(10) ** 15
+_YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -178,6 +179,46 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     ledger.flush()
     assert main(["report", str(tmp_path / "ledger.db")]) == 0
     assert "[/]acme" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: {**r, "cost_usd": "NaN"}, "cost_usd is 'NaN'"),
+    (lambda r: {**r, "cost_usd": "1e999999"}, "cost_usd is '1e999999'"),  # summing it ran for minutes
+    (lambda r: {**r, "saved_usd": "lots"}, "saved_usd is 'lots'"),
+    (lambda r: {**r, "time": "yesterday"}, "time is 'yesterday'"),
+    (lambda r: {**r, "time": 1e300}, "time is 1e+300"),
+    (lambda r: {**r, "usage": {**r["usage"], "output_tokens": "5"}}, "usage.output_tokens is '5'"),
+    (lambda r: {**r, "usage": None}, "not a spend record"),
+    (lambda r: None, "not a spend record"),
+    (lambda r: [r], "not a spend record"),
+    (lambda r: {**r, "colour": "red"}, "unexpected keyword argument 'colour'"),
+])
+def test_a_damaged_ledger_row_is_an_error_naming_the_file_and_row(tmp_path, capsys, change, message):
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    for _ in range(2):
+        ledger.add(record("acme", "gpt-4o", "0.01"))
+    ledger.flush()
+    with sqlite3.connect(path) as conn:
+        (text,) = conn.execute("SELECT record FROM spend WHERE id = 2").fetchone()
+        conn.execute("UPDATE spend SET record = ? WHERE id = 2", (json.dumps(change(json.loads(text))),))
+    code = main(["report", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1  # one line, never a traceback or a hang
+    assert f"{path}: spend row 2 is not a readable record" in err and message in err
+
+
+def test_a_ledger_row_nested_too_deep_or_not_utf8_is_an_error_too(tmp_path, capsys):
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    ledger.add(record("acme", "gpt-4o", "0.01"))
+    ledger.flush()
+    for bad in ("[" * 100_000 + "]" * 100_000, b"\xff\xfe{}"):
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE spend SET record = ? WHERE id = 1", (bad,))
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "spend row 1 is not a readable record" in err
 
 
 def test_an_html_report_that_cannot_be_written_is_one_line(tmp_path, capsys):

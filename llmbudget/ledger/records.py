@@ -194,8 +194,15 @@ class SQLiteLedger:
         """Every record in the file, oldest first (this process's queue is written first)."""
         if self._pid == os.getpid():
             self.flush()
-        rows = self._conn().execute("SELECT record FROM spend ORDER BY id").fetchall()
-        return (SpendRecord.from_dict(json.loads(row[0])) for row in rows)
+        rows = self._conn().execute("SELECT id, record FROM spend ORDER BY id").fetchall()
+        return (self._read(row_id, text) for row_id, text in rows)
+
+    def _read(self, row_id: int, text: str | bytes) -> SpendRecord:
+        """One row's record; ValueError naming the file and the row when it cannot be read."""
+        try:
+            return SpendRecord.from_dict(json.loads(text))
+        except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+            raise ValueError(f"{self.path}: spend row {row_id} is not a readable record ({exc})") from None
 
 
 @atexit.register

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..textfiles import utf8_lines
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 if TYPE_CHECKING:
@@ -28,24 +29,23 @@ def read_pair_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The JSONL lines ``{"a": str, "b": str, "duplicate": bool, ...}`` of ``path`` (blank lines skipped), checked:
     a line that is not such an object, or whose texts are not valid Unicode, is a ``ValueError`` naming it."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ok = (isinstance(row, dict) and isinstance(row.get("a"), str) and isinstance(row.get("b"), str)
-                      and type(row.get("duplicate")) in (bool, int) and row["duplicate"] in (0, 1))
-                if ok:
-                    row["duplicate"] = bool(row["duplicate"])  # 0 / 1 as many label files write it
-                    row["a"].encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
-                    row["b"].encode("utf-8")
-            except (ValueError, RecursionError):
-                ok = False
-            if not ok:
-                raise ValueError(f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}} with '
-                                 f'UTF-8 texts, got {line[:80]!r}')
-            rows.append(row)
+    for number, line in enumerate(utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = (isinstance(row, dict) and isinstance(row.get("a"), str) and isinstance(row.get("b"), str)
+                  and type(row.get("duplicate")) in (bool, int) and row["duplicate"] in (0, 1))
+            if ok:
+                row["duplicate"] = bool(row["duplicate"])  # 0 / 1 as many label files write it
+                row["a"].encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
+                row["b"].encode("utf-8")
+        except (ValueError, RecursionError):
+            ok = False
+        if not ok:
+            raise ValueError(f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}} with '
+                             f'UTF-8 texts, got {line[:80]!r}')
+        rows.append(row)
     if not rows:
         raise ValueError(f'{path}: no pairs; expected JSON lines {{"a": str, "b": str, "duplicate": bool}}')
     return rows

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..textfiles import utf8_lines
+
 __all__ = ["calibrate", "calibrate_quality", "input_tokens", "keep_quality_threshold", "read_labeled",
            "read_sample", "write_threshold"]
 
@@ -30,12 +32,11 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
     lines, or a CSV with a ``prompt`` column."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-                raise ValueError(f"{path}: a CSV sample needs a 'prompt' column")
-            for row in reader:
-                yield {"messages": [{"role": "user", "content": row["prompt"]}]}
+        reader = csv.DictReader(utf8_lines(path))
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise ValueError(f"{path}: a CSV sample needs a 'prompt' column")
+        for row in reader:
+            yield {"messages": [{"role": "user", "content": row["prompt"]}]}
         return
     for number, item in _json_lines(path):
         if isinstance(item, dict) and isinstance(item.get("request"), dict):
@@ -50,20 +51,15 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, value) of every non-blank line of a JSONL file; a ValueError naming the line otherwise."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-            except RecursionError:
-                raise ValueError(f"{path}:{number}: nested too deep to read; expected one JSON object") from None
+    for number, line in enumerate(utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{number}: nested too deep to read; expected one JSON object") from None
 
 
 def input_tokens(body: dict[str, Any]) -> int:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..textfiles import utf8_lines
+
 if TYPE_CHECKING:
     from llmbudget.routing.classifier import Router
 
@@ -88,21 +90,20 @@ def _load_labels(
     strong_ok: list[bool] = []
     groups: list[str] = []
     for file in _csv_files(labels):
-        with file.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            missing = [c for c in ("prompt", weak, strong) if c not in columns]
-            if missing:
-                raise ValueError(
-                    f"{file}: missing column(s) {missing}; it has {columns}. "
-                    "Pass --weak/--strong as the names of the models' correctness columns."
-                )
-            for line, row in enumerate(reader, start=2):
-                where = f"{file}:{line}"
-                prompts.append(row["prompt"] or "")
-                weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
-                strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))
-                groups.append(file.stem)
+        reader = csv.DictReader(utf8_lines(file))
+        columns = reader.fieldnames or []
+        missing = [c for c in ("prompt", weak, strong) if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{file}: missing column(s) {missing}; it has {columns}. "
+                "Pass --weak/--strong as the names of the models' correctness columns."
+            )
+        for line, row in enumerate(reader, start=2):
+            where = f"{file}:{line}"
+            prompts.append(row["prompt"] or "")
+            weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
+            strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))
+            groups.append(file.stem)
     return prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64), groups
 
 

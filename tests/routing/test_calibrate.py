@@ -155,3 +155,27 @@ def test_calibrate_names_a_hostile_traffic_line(tmp_path, bad, message):
     traffic.write_bytes(_traffic_line("hi", True, True).encode() + b"\n" + bad + b"\n")
     with pytest.raises(ValueError, match=f"traffic.jsonl:2: {message}"):
         calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.9)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_label_csvs_samples_and_pairs_that_are_not_utf8_name_the_file_and_line(tmp_path, capsys, suffix):
+    """A byte that is not UTF-8 gave a bare "'utf-8' codec can't decode byte 0xff in position 8"."""
+    from llmbudget.cache.evaluate import read_pair_rows
+    from llmbudget.routing.calibrate import read_sample
+
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"prompt,weak,strong\nhi,1,1\ncaf\xe9,0,1\n")  # latin-1, not UTF-8
+    assert main(["calibrate", "router", str(labels), "--keep-quality", "0.9", "--weak", "weak", "--strong",
+                 "strong"]) == 2
+    assert f"{labels}:3: not UTF-8 text" in capsys.readouterr().err
+    sample = tmp_path / f"sample{suffix}"
+    sample.write_bytes(b"prompt\nhi\n\xff\n" if suffix == ".csv" else b'{"prompt": "hi"}\n{"prompt": "\xff"}\n')
+    with pytest.raises(ValueError, match=f"sample{suffix}:{3 if suffix == '.csv' else 2}: not UTF-8 text"):
+        list(read_sample(sample))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b'{"a": "x", "b": "y", "duplicate": true}\n{"a": "\xff", "b": "y", "duplicate": true}\n')
+    with pytest.raises(ValueError, match="pairs.jsonl:2: not UTF-8 text"):
+        read_pair_rows(pairs)
+    labels.write_bytes(b"\xef\xbb\xbfprompt,weak,strong\nhi,1,1\n")  # a byte-order mark is not a column name
+    assert main(["calibrate", "router", str(labels), "--keep-quality", "0.9", "--weak", "weak", "--strong",
+                 "strong", "--json"]) == 0

@@ -290,6 +290,8 @@ class Attempt:
         self._head = b""  # and its start
         self._overflow_events = 0  # SSE events of such a body (a stream's chunks carry about a token each)
         self._decoder: Any = None
+        self._encoding = ""
+        self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._sse = False
         self._events: list[Any] = []
         self._json: Any = None
@@ -665,6 +667,7 @@ class Attempt:
         self.status = status
         self._sse = "text/event-stream" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "").strip().lower()
+        self._encoding = encoding
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
@@ -682,6 +685,7 @@ class Attempt:
             data = self._decoder.decompress(chunk) if self._decoder is not None else chunk
         except zlib.error:
             self._overflow, self._tail = True, None
+            self._undecodable = self._encoding
             return
         if self._tail is not None:  # too large already: keep only its end, where the usage is
             self._overflow_events += data.count(b"\ndata:") + (data.startswith(b"data:") and self._tail.endswith(b"\n"))
@@ -736,6 +740,20 @@ class Attempt:
                     continue
         self._events = events
         self.adapter.read_stream(events, self.state)
+
+    def _body_error(self) -> str | None:
+        """What went wrong in a 2xx answer, as the app saw it: a body that does not decode from its
+        content-encoding, an ``error`` object instead of an answer, or an error event in a stream."""
+        if self._undecodable is not None:
+            return f"the response body is not valid {self._undecodable} (the app could not read it either)"
+        found = [self._json] if not self._sse else self._events
+        for item in found:
+            if isinstance(item, dict) and (item.get("type") == "error" or item.get("error")):
+                detail = item.get("error") if isinstance(item.get("error"), dict) else item
+                message = detail.get("message") if isinstance(detail, dict) else None
+                what = "an error event in the stream" if self._sse else "an error object instead of an answer"
+                return f"the server answered {what}" + (f": {str(message)[:200]}" if message else "")
+        return None
 
     def _output_text(self) -> str:
         if not self._sse:
@@ -814,6 +832,11 @@ class Attempt:
                 estimated = True
         else:
             self._parse()
+            problem = self._body_error()
+            if problem is not None:  # the app got this error too: the input it paid for, the output seen so far
+                output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
+                return self._estimated_record(
+                    Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True), problem)
             if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
                 # the app's JSON decoding fails on this body too: record that, with the input it paid for
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),

@@ -7,7 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -100,6 +100,10 @@ class _Proxy(BaseHTTPRequestHandler):
             self.send_header("content-encoding", "gzip")
         if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
             content = content[: len(content) // 2]
+        if options.get("rewrite") is not None:  # the server's real bytes, changed by the test
+            content = options["rewrite"](content)
+        if options.get("encoding"):  # a content-encoding the body does not have
+            self.send_header("content-encoding", options["encoding"])
         if options.get("usage") is not None:  # the server's real answer, its usage's counts replaced
             answer = json.loads(content)
             answer["usage"] = {**answer["usage"], **options["usage"]}
@@ -121,14 +125,16 @@ class _Proxy(BaseHTTPRequestHandler):
 
 @contextmanager
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
-          garble: bool = False, usage: dict[str, Any] | None = None) -> Iterator[_Server]:
+          garble: bool = False, usage: dict[str, Any] | None = None, rewrite: Callable[[bytes], bytes] | None = None,
+          encoding: str | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
-    ``usage``: fields that replace those of each (JSON) answer's usage.
+    ``usage``: fields that replace those of each (JSON) answer's usage; ``rewrite``: a function of each answer's
+    bytes; ``encoding``: a content-encoding header sent with the body as it is.
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
-                      garble=garble, usage=usage)
+                      garble=garble, usage=usage, rewrite=rewrite, encoding=encoding)
 
 
 def base_url(server: _Server) -> str:

@@ -287,3 +287,41 @@ def test_a_malformed_usage_is_estimated_and_flagged_never_charged_as_reported(ll
     assert 0 < record.usage.input_tokens < 1000 and 0 < record.usage.output_tokens <= 16  # before: $0, or $6e301
     assert 0 < record.cost_usd < 1
     assert "reports a malformed usage" in caplog.text
+
+
+def _error_event_after_the_first_chunk(stream: bytes) -> bytes:
+    first, _, rest = stream.partition(b"\n\n")
+    return first + b'\n\ndata: {"error": {"message": "overloaded", "type": "server_error"}}\n\n' + rest
+
+
+def _an_error_object(answer: bytes) -> bytes:
+    return json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
+
+
+@pytest.mark.parametrize(("options", "stream", "raised", "says"), [
+    ({"encoding": "gzip"}, False, openai.APIConnectionError, "not valid gzip"),  # the app's SDK cannot decode it
+    ({"rewrite": _error_event_after_the_first_chunk}, True, openai.APIError, "an error event in the stream: overloaded"),
+    ({"rewrite": _an_error_object}, False, None, "an error object instead of an answer: overloaded"),
+])
+def test_a_2xx_answer_that_fails_is_recorded_with_the_error(llm_server, engine, records, options, stream, raised,
+                                                            says):
+    """These were recorded as status 200 with no error, while the app got an exception (or an error object)."""
+    with proxy(llm_server, **options) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+
+        def ask() -> None:
+            answer = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8,
+                                                    stream=stream)
+            if stream:
+                for _ in answer:
+                    pass
+
+        if raised is None:
+            ask()
+        else:
+            with pytest.raises(raised):
+                ask()
+    (record,) = records
+    assert record.status == 200 and record.error is not None and says in record.error
+    assert record.estimated and record.usage.input_tokens > 0 and record.cost_usd > 0

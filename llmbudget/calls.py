@@ -13,6 +13,10 @@ __all__ = ["Call", "Counters", "Usage", "SpendRecord", "ENDPOINTS"]
 ENDPOINTS = ("chat.completions", "responses", "embeddings", "completions", "messages")
 
 
+#: The most tokens one call's usage may count (a billion). A provider's usage beyond it, negative, or not a whole
+#: number is malformed (the call is estimated instead), and so is a ledger record holding such a count.
+MAX_TOKENS = 10**9
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens one call used, by kind.
@@ -142,7 +146,7 @@ class SpendRecord:
             raise ValueError(f"usage: {exc}") from None
         for name in _USAGE_COUNTS:
             count = getattr(usage, name)
-            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_COUNT:
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
                 raise ValueError(f"usage.{name} is {count!r}; expected a whole number of tokens")
         moment = values.get("time")
         if isinstance(moment, bool) or not isinstance(moment, (int, float)) or not 0 <= moment < _YEAR_10000:
@@ -166,7 +170,6 @@ _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens",
            "estimated")
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
                  "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens")
-_MAX_COUNT = 10**15  # far beyond any call; a bound that keeps sums exact and fast
 _MAX_USD = Decimal(10) ** 15
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).

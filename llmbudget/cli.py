@@ -432,10 +432,7 @@ def _batches(ns: argparse.Namespace) -> int:
 
     engine = Engine(ledger=SQLiteLedger(ns.ledger) if ns.ledger else None)
     summaries = resume(ns.state, api_key=os.environ.get("OPENAI_API_KEY"), engine=engine, wait=ns.wait,
-                       anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY"))
-    flush = getattr(engine.ledger, "flush", None)
-    if flush is not None:
-        flush()
+                       anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY"))  # it flushes the ledger per job
     if ns.json:
         print(json.dumps(summaries, indent=2))
     else:

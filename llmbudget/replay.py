@@ -37,12 +37,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .calls import SpendRecord, Usage
+from .calls import MAX_TOKENS, SpendRecord, Usage
 from .config import ConfigError, Policy, load_config
 from .pipeline import Engine, set_engine
-from .providers._base import MAX_TOKENS
+from .providers._base import BadUsage, as_int
 from .providers.chat import chat_usage
 from .providers.messages import messages_usage
+from .textfiles import utf8_lines
 
 __all__ = [
     "BASE_URL", "DECISIONS", "SAVINGS_MECHANISMS", "LineResult", "ReplayResult", "TrafficError", "TrafficLine",
@@ -284,8 +285,6 @@ def _ratio(value: float | None) -> float | None:
 # -- reading traffic ------------------------------------------------------------------------------
 
 
-#: More tokens than any answer has (a bound that keeps prices finite and exact).
-_MAX_TOKENS = MAX_TOKENS  # what a provider's usage may report, as the interception reads it
 #: Deeper than any request or answer nests; a deeper line is refused before anything recurses into it.
 _MAX_DEPTH = 100
 
@@ -323,15 +322,17 @@ def _unsendable(data: Any) -> str | None:
 
 
 def _is_count(value: Any) -> bool:
-    """A token count: a whole number from 0 to ``_MAX_TOKENS`` (``12.0`` too, as providers may write it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A token count as the interception reads a provider's usage: a whole number from 0 to ``MAX_TOKENS``
+    (``12.0`` too, as providers may write it)."""
+    try:
+        return value is not None and as_int(value) >= 0
+    except BadUsage:
         return False
-    return (isinstance(value, int) or value.is_integer()) and 0 <= value <= _MAX_TOKENS
 
 
 def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") -> str | None:
     """What is wrong with a recorded ``usage`` (a missing, negative, absurd or non-integer count), or None."""
-    expected = f"expected a whole number of tokens from 0 to {_MAX_TOKENS:,}"
+    expected = f"expected a whole number of tokens from 0 to {MAX_TOKENS:,}"
     required = ("input_tokens", "output_tokens") if endpoint == "messages" else ("prompt_tokens", "completion_tokens")
     for field in required:
         if field not in usage:
@@ -409,15 +410,12 @@ def load_traffic(path: str | Path) -> list[TrafficLine]:
                                 '{"request": ..., "responses": {MODEL: ...}}')
     lines = []
     try:
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, 1):
-                try:
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    raise _fail(str(path), number, f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                                   "expected a UTF-8 JSON line") from None
-                if text.strip():
-                    lines.append(parse_line(text, number=number, source=str(path)))
+        def fail(number: int, why: str) -> TrafficError:
+            return _fail(str(path), number, f"{why}; expected a UTF-8 JSON line")
+
+        for number, text in enumerate(utf8_lines(path, fail=fail), 1):
+            if text.strip():
+                lines.append(parse_line(text, number=number, source=str(path)))
     except OSError as exc:
         raise TrafficError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not lines:

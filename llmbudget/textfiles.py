@@ -1,21 +1,24 @@
-"""Reading the text files the CLI takes (labels, pairs, samples): line by line, naming the line that fails."""
+"""Reading the text files the CLI takes (traffic, labels, pairs, samples): line by line, naming the line that fails."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["utf8_lines"]
 
 
-def utf8_lines(path: str | os.PathLike[str]) -> Iterator[str]:
+def utf8_lines(path: str | os.PathLike[str], *,
+               fail: Callable[[int, str], Exception] | None = None) -> Iterator[str]:
     """The lines of ``path`` (line endings kept, a UTF-8 byte-order mark dropped), for ``csv`` readers and JSONL
-    loops alike; a line that is not UTF-8 is a ``ValueError`` naming the file and the line."""
+    loops alike. A line that is not UTF-8 raises ``fail(line number, why)``, by default a ``ValueError`` naming
+    the file and the line."""
     with Path(path).open("rb") as handle:
         for number, raw in enumerate(handle, 1):
             try:
                 yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                 "expected UTF-8") from None
+                why = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                raise (fail(number, why) if fail is not None
+                       else ValueError(f"{path}:{number}: {why}; expected UTF-8")) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import threading
 import urllib.error
 import urllib.request
@@ -104,10 +103,6 @@ class _Proxy(BaseHTTPRequestHandler):
             content = options["rewrite"](content)
         if options.get("encoding"):  # a content-encoding the body does not have
             self.send_header("content-encoding", options["encoding"])
-        if options.get("usage") is not None:  # the server's real answer, its usage's counts replaced
-            answer = json.loads(content)
-            answer["usage"] = {**answer["usage"], **options["usage"]}
-            content = json.dumps(answer).encode()
         self.send_header("content-length", str(len(content)))
         self.end_headers()
         if options.get("cut"):  # promise the whole body, send half of it, drop the connection
@@ -125,16 +120,16 @@ class _Proxy(BaseHTTPRequestHandler):
 
 @contextmanager
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
-          garble: bool = False, usage: dict[str, Any] | None = None, rewrite: Callable[[bytes], bytes] | None = None,
+          garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
           encoding: str | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
-    ``usage``: fields that replace those of each (JSON) answer's usage; ``rewrite``: a function of each answer's
-    bytes; ``encoding``: a content-encoding header sent with the body as it is.
+    ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
+    it is.
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
-                      garble=garble, usage=usage, rewrite=rewrite, encoding=encoding)
+                      garble=garble, rewrite=rewrite, encoding=encoding)
 
 
 def base_url(server: _Server) -> str:

@@ -8,16 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import tokens
-from ..calls import Call, Usage
+from ..calls import MAX_TOKENS, Call, Usage
 
-__all__ = ["MAX_TOKENS", "Adapter", "BadUsage", "ResponseState", "as_int"]
+__all__ = ["Adapter", "BadUsage", "ResponseState", "as_int"]
 
 log = logging.getLogger("llmbudget")
 
-#: The largest token count a usage object may report for one call (a billion). A count above it, negative, or
-#: not a whole number (a string, 10.5, NaN) makes the usage malformed: the call is priced from estimates and
-#: flagged ``estimated``, never charged at $0 or at an absurd amount as if the provider had said so.
-MAX_TOKENS = 10**9
 
 
 class BadUsage(ValueError):

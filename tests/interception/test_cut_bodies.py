@@ -279,7 +279,11 @@ def test_a_busy_cache_database_sends_the_store_to_a_worker_thread(llm_server, en
 ])
 def test_a_malformed_usage_is_estimated_and_flagged_never_charged_as_reported(llm_server, engine, records, usage,
                                                                                caplog):
-    with proxy(llm_server, usage=usage) as upstream:
+    def with_usage(answer: bytes) -> bytes:  # the server's real answer, its usage's counts replaced
+        data = json.loads(answer)
+        return json.dumps({**data, "usage": {**data["usage"], **usage}}).encode()
+
+    with proxy(llm_server, rewrite=with_usage) as upstream:
         client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
                                http_client=llmbudget.http_client())
         client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)

@@ -62,6 +62,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from .calls import MAX_TOKENS
 from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore
 from .ledger.records import SQLiteLedger
 from .output import Output
@@ -593,8 +594,9 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(f"{source}: hosts must be a list of host names, got {hosts!r}")
     max_output = config.get("default_max_output_tokens", 4096)
-    if not isinstance(max_output, int) or isinstance(max_output, bool) or max_output <= 0:
-        raise ConfigError(f"{source}: default_max_output_tokens must be a positive integer, got {max_output!r}")
+    if not isinstance(max_output, int) or isinstance(max_output, bool) or not 0 < max_output <= MAX_TOKENS:
+        raise ConfigError(f"{source}: default_max_output_tokens must be a whole number of tokens from 1 to "
+                          f"{MAX_TOKENS:,}, got {max_output!r}")
     default_tenant = config.get("default_tenant", "default")
     if not isinstance(default_tenant, str) or not default_tenant:
         raise ConfigError(f"{source}: default_tenant must be a non-empty string, got {default_tenant!r}")

@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import tokens
-from .calls import Call, SpendRecord, Usage
+from .calls import MAX_TOKENS, Call, SpendRecord, Usage
 from .ledger.budgets import (
     Budget,
     BudgetStore,
@@ -114,8 +114,9 @@ class Engine:
     ) -> None:
         if pricing is not None and prices is not None:
             raise TypeError("pass either prices= (overrides) or pricing= (a Pricing), not both")
-        if default_max_output_tokens <= 0:
-            raise ValueError("default_max_output_tokens must be a positive number of tokens")
+        if not 0 < default_max_output_tokens <= MAX_TOKENS:
+            raise ValueError(f"default_max_output_tokens must be a positive number of tokens up to {MAX_TOKENS:,}, "
+                             f"got {default_max_output_tokens!r}")
         self.pricing = pricing if pricing is not None else Pricing(prices)
         self.budgets = tuple(budgets)
         for budget in self.budgets:

@@ -209,6 +209,8 @@ def test_cache_and_routing_tables_build_the_engines_cache_and_router(tmp_path) -
     ({"input_estimate_margin": math.inf}, "input_estimate_margin must be a number from 1 to 100"),
     ({"cache": {"ttl": math.nan}}, "cache.ttl must be a positive number"),
     ({"cache": {"ttl": math.inf}}, "cache.ttl must be a positive number"),
+    ({"default_max_output_tokens": 10**26}, "default_max_output_tokens must be a whole number of tokens from 1"),
+    ({"default_max_output_tokens": 0}, "default_max_output_tokens must be a whole number of tokens from 1"),
 ])
 def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
     """NaN and infinity too: a margin of NaN once turned every reservation into an error, and calls were then
@@ -221,6 +223,9 @@ def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
     if "input_estimate_margin" in config:
         with pytest.raises(ValueError, match="input_estimate_margin must be a number from 1 to 100"):
             llmbudget.Engine(input_estimate_margin=config["input_estimate_margin"])
+    if "default_max_output_tokens" in config:
+        with pytest.raises(ValueError, match="default_max_output_tokens must be a positive number of tokens up to"):
+            llmbudget.Engine(default_max_output_tokens=config["default_max_output_tokens"])
 
 
 def test_reranker_without_minilm_files_is_a_config_error(tmp_path, monkeypatch) -> None:

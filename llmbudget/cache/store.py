@@ -610,7 +610,8 @@ class CacheStore:
         rows = list(items)
         if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
             raise WouldWait("a purge of expired entries is due, or many answers to store")
-        self._models_ready()
+        if any(r.get("semantic", True) and self._within_length(str(r["text"])) for r in rows):
+            self._models_ready()  # an answer stored for exact lookups only needs neither model
         ids: list[int] = []
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):

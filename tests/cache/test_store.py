@@ -889,6 +889,11 @@ def test_on_the_event_loop_the_bundled_models_are_never_loaded(tmp_path: Path, m
             with no_wait(), pytest.raises(WouldWait, match="not loaded"):
                 work()
         assert embedders._WORDLLAMA_MODEL is None and verifier._DEFAULT is None
+        with no_wait():  # an answer for exact lookups only needs neither model: stored on the loop at once
+            exact_only = store.put(partition="p", exact_key="e", text="a question", response="{}", tenant="t",
+                                   model="m", semantic=False)
+            assert store.get_exact("p", "e") is not None and store.get_exact("p", "e").id == exact_only
+        assert embedders._WORDLLAMA_MODEL is None and verifier._DEFAULT is None
         put(store, "p", "k", "a question")  # where it may wait: loads both
         assert store.quick  # still: the scorer it took is the bundled verifier
     with CacheStore(tmp_path / "d") as other, no_wait():

@@ -17,12 +17,15 @@ asked.
 At any length, two texts with the same words and numbers in the same order
 that differ in a symbol or in case a user would not drop ("12 - 5" and "12 / 5", "-7" and "7", "CO" and
 "Co", ``\s`` and ``\S``, ``xs[1]`` and ``xs[1:]``, ``user.name`` and ``user.Name``) are not a hit either: an operator,
-a sign, a bracket or an acronym is all that differs, and it carries the question.
+a sign, a bracket or an acronym is all that differs, and it carries the question. Code (inside backticks or a
+fence) is read exactly, sentence punctuation is soft only where a space or the end follows its run (``data?.user``),
+text in double quotes keeps its punctuation, and a few words whose capital changes them ("polish" and "Polish",
+"us" and "US") are not folded past a sentence's start.
 Nor are texts that differ in one word swapped for another of a closed class or
 its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from", "all" and
 "most", "legal" and "illegal"), or in two words or phrases trading places
-("Argentina beat France", "US dollars in Swiss francs"), whatever courtesy opens or
-closes the request.
+("Argentina beat France", "US dollars in Swiss francs", "orders per customer"), whatever courtesy opens or
+closes the request; nor, in code or SQL, texts that differ in one name's plural ("FROM users", "FROM user").
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ _APOSTROPHES = frozenset("'’")  # soft between two letters (a contraction or a
 _CLOSING = frozenset(")]}\"'’”")
 _OPENING = frozenset("([{\"'‘“")
 _QUOTES = frozenset("\"'‘’“”")
+_DOUBLE_QUOTES = frozenset("\"“”")
 _JOINERS = frozenset("-'’")  # a word joined to another by these is still in prose
+_CODE_LIKE = re.compile(r"[=;{}<>]|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE|GROUP BY|ORDER BY)\b").search
+_CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
+# Words whose capital changes what they mean, so that a user typing one for the other asks something else
+# ("polish silver", "Polish silver"; "us", "US"; "2 ms", "2 Ms"; "go", "Go"). Other capitals a user may drop.
+_CAPITONYMS = frozenset("us polish bill ms may march august turkey china will mark rose frank jack nice mobile "
+                        "reading bath job hamlet amazon apple windows word chrome edge go swift rust ruby java".split())
 _SOFTISH = _SENTENCE | _QUOTES
 # Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
 # a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
@@ -84,29 +94,53 @@ def _in_prose(text: str, i: int, step: int, brackets: frozenset[str]) -> bool:
     return False
 
 
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds code: fenced blocks (an unclosed fence runs to the end) and inline backtick spans."""
+    if "`" not in text:
+        return []
+    return [m.span() for m in _CODE_SPANS.finditer(text)]
+
+
+def _run_end(text: str, i: int) -> int:
+    """The index after the run of sentence punctuation that starts at ``i``."""
+    end = len(text)
+    while i < end and text[i] in _SENTENCE:
+        i += 1
+    return i
+
+
 def _scan(text: str) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text``, soft punctuation dropped (see :func:`_tokens`)."""
     shouting = text == text.upper() and sum(c.isalpha() for c in text) >= 8  # all capitals, not one acronym
     out: list[str] = []
     append = out.append
     end = len(text)
+    code = _code_spans(text)
+    quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
     for match in _TOKENS.finditer(text):
         token = match.group()
         first = token[0]
+        start, after = match.start(), match.end()
+        if code and any(s <= start < e for s, e in code):  # code: every symbol counts, and every capital
+            append(_CODE + token if token.isalpha() and not token.islower() else token)
+            continue
         if first in _SOFTISH:
-            start, after = match.start(), match.end()
             before = text[start - 1] if start else " "
             following = text[after] if after < end else " "
-            if first in _SENTENCE:
-                if ((following.isspace() or following in _SENTENCE)
+            if first in _SENTENCE and not quoted:
+                beyond = _run_end(text, after)
+                if ((beyond >= end or text[beyond].isspace())
                         and (before.isalnum() or before.isspace() or before in _CLOSING or before in _SENTENCE)):
-                    continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", not "xs[1:]")
+                    continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", "xs[1:]", "data?.user")
             elif first in _APOSTROPHES and before.isalnum() and following.isalnum():
                 continue  # "What's", "India's"
-            if first in _QUOTES and (
-                    ((before.isspace() or before in _SENTENCE) and following.isalnum())  # an opening quote
-                    or ((before.isalnum() or before in _SENTENCE) and (following.isspace() or following in _SENTENCE))):
-                continue  # quotes around prose: 'What does "carpe diem" mean?' (not print('name'))
+            if first in _QUOTES:
+                if (before.isspace() or before in _SENTENCE) and following.isalnum():  # an opening quote
+                    quoted = first in _DOUBLE_QUOTES
+                    continue
+                if (before.isalnum() or before in _SENTENCE) and (following.isspace() or following in _SENTENCE):
+                    quoted = False
+                    continue  # quotes around prose: 'What does "carpe diem" mean?' (not print('name'))
             append(token)
         elif shouting:
             append(token.lower())
@@ -115,19 +149,29 @@ def _scan(text: str) -> tuple[str, ...]:
         elif token in ("I", "A"):
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
-            start, after = match.start(), match.end()
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
-            append(token if prose else _CODE + token)
+            if prose and token.lower() in _CAPITONYMS and not _sentence_start(text, start):
+                append(_CODE + token)  # "Polish" is not "polish", "US" not "us" (a sentence's first word may be)
+            else:
+                append(token if prose else _CODE + token)
     return tuple(out)
+
+
+def _sentence_start(text: str, i: int) -> bool:
+    """Whether the word at ``i`` opens a sentence (the text, a line, or after ". ", "? ", "! ", ": ")."""
+    i -= 1
+    while i >= 0 and text[i] in " \t\"'‘“(":
+        i -= 1
+    return i < 0 or text[i] in ".?!:\n"
 
 
 _memo_scan = functools.lru_cache(maxsize=4096)(_scan)
 
 
 def _tokens(text: str) -> tuple[str, ...]:
-    """Words, numbers and symbols of ``text`` with soft punctuation dropped: sentence punctuation where a space,
-    the end or more of it follows (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``), an apostrophe between two
-    letters, quotes around prose. Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048
+    """Words, numbers and symbols of ``text`` with soft punctuation dropped: sentence punctuation outside double
+    quotes where a space or the end follows its run (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``, ``data?.user``
+    its ``?``), an apostrophe between two letters, quotes around prose; nothing inside backticks or a fence. Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048
     characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
     return _memo_scan(text) if len(text) <= 2048 else _scan(text)
 
@@ -273,7 +317,8 @@ def _swapped(a: Sequence[str], b: Sequence[str]) -> bool:
         return False
     if len(at) == 1:
         return _opposed(a[at[0]], b[at[0]])
-    mid_a, mid_b = a[at[0] : at[-1] + 1], b[at[0] : at[-1] + 1]
+    # spans compared by their stems: "orders per customer" turned round is "customers per order"
+    mid_a, mid_b = [_stem(w) for w in a[at[0] : at[-1] + 1]], [_stem(w) for w in b[at[0] : at[-1] + 1]]
     n = len(mid_a)
     for x in range(1, n - 1):  # a's first span, b's last
         if mid_a[:x] != mid_b[n - x :]:
@@ -284,6 +329,30 @@ def _swapped(a: Sequence[str], b: Sequence[str]) -> bool:
                 if not (between <= _SYMMETRIC and not between <= _FILLERS):
                     return True
     return False
+
+
+def _stem(word: str) -> str:
+    """``word`` without a plural ending ("orders", "boxes", "queries"); short words and "-ss" as they are."""
+    if len(word) <= 3 or word[-1] != "s" or word.endswith("ss"):
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "zes", "sses")):
+        return word[:-2]
+    return word[:-1]
+
+
+def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether ``b`` (bare words) is ``a`` with one word's plural ending added or dropped ("users", "user")."""
+    if len(a) != len(b):
+        return False
+    at = [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    return len(at) == 1 and _stem(a[at[0]]) == _stem(b[at[0]])
+
+
+def _code_like(text: str) -> bool:
+    """Whether ``text`` holds code or a query (backticks, SQL keywords, or code symbols: ``= ; { } < >``)."""
+    return "`" in text or bool(_CODE_LIKE(text))
 
 
 def _content_word(token: str) -> str | None:
@@ -333,6 +402,8 @@ class TemplateGuard:
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _swapped(_trimmed(words_a), _trimmed(words_b)):
             return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
+        if _plural_only(words_a, words_b) and (_code_like(query) or _code_like(candidate)):
+            return True  # in code or SQL a name's plural is another name: "FROM users", "FROM user"
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False

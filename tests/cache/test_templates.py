@@ -125,6 +125,23 @@ SAME_WORDS_OTHER_SYMBOL = [
      "Is there a bug here?\n```\ndef tail(xs):\n    return xs[1:]\n```"),
     ("Review this code and point out any bugs:\nconst user = response.data?.user;\nconsole.log(user.name);",
      "Review this code and point out any bugs:\nconst user = response.data?.user;\nconsole.log(user.Name);"),
+    # sentence punctuation is soft only where a space or the end follows its run: "?." is an operator
+    ("Explain briefly.\nconst user = response.data.user;\nconsole.log(user.name);",
+     "Explain briefly.\nconst user = response.data?.user;\nconsole.log(user.name);"),
+    # inside backticks or a fence nothing is prose: no soft punctuation or quotes, no case a user may drop
+    ("What does `user?.name` do in JavaScript?", "What does `user.name` do in JavaScript?"),
+    ("What does `a, b = b, a` do in Python?", "What does `a. b = b. a` do in Python?"),
+    ("Is there a bug in the following snippet?\n```\nfor (int i = 0; i < n; i++) {\n    sum += a[i];\n}\n```",
+     "Is there a bug in the following snippet?\n```\nfor (int i = 0; i < n; i++) {\n    sum += A[i];\n}\n```"),
+    ("Is there a bug in the following snippet?\n```\nSELECT * FROM user\nWHERE status = active;\n```",
+     "Is there a bug in the following snippet?\n```\nSELECT * FROM user\nWHERE status = 'active';\n```"),
+    # quoted text is data: its punctuation counts
+    ('Is "Let\'s eat, grandma!" punctuated correctly?', 'Is "Let\'s eat grandma!" punctuated correctly?'),
+    # a capital that changes the word, past a sentence's start
+    ("How do I polish silver?", "How do I Polish silver?"),
+    ("Is the US sanctioning Iran?", "Is the us sanctioning Iran?"),
+    ("What is 2 ms in seconds?", "What is 2 Ms in seconds?"),
+    ("What does Bill mean in Congress?", "What does bill mean in Congress?"),
 ]
 ONE_WORD_OF_A_CLASS = [
     ("Is it legal to record a phone call in California?", "Is it illegal to record a phone call in California?"),
@@ -143,6 +160,8 @@ ONE_WORD_OF_A_CLASS = [
     ("Is the euro used by most EU countries?", "Is the euro used by all EU countries?"),
     ("Sort the orders by date in ascending order", "Sort the orders by date in descending order"),
     ("Convert 100 USD to EUR at today's rate", "Convert 100 EUR to USD at today's rate"),
+    ("SQL to count orders per customer", "SQL to count customers per order"),  # a swap that moves a plural
+    ("SELECT name FROM users WHERE id = 5; what's wrong?", "SELECT name FROM user WHERE id = 5; what's wrong?"),
 ]
 LOG = ("Based on the log excerpt in my previous message, {w} did the nightly backup job fail, and what should I "
        "change in the cron configuration so that it does not happen again next week?")
@@ -178,6 +197,9 @@ def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str,
     ("how tall is everest", "everest is how tall"),
     ("Why is forgiving others difficult for some people?", "Why is forgiving others difficult for many people?"),
     ("Please, how do I learn Python?", "How do I learn Python? Thanks"),
+    ("Polish silver with what?", "polish silver with what?"),  # a sentence's first word
+    ("What is the best book on learning Python?", "What is the best books on learning Python?"),  # prose plural
+    ("Is it fast?!", "Is it fast"),
     (LETTER.format(x="$1,250").replace("Ask them", "Could you ask them"),
      LETTER.format(x="$1,250").replace("Ask them", "Can you please ask them")),
 ])

@@ -307,7 +307,7 @@ class RedisCacheStore:
         threshold: float | None = None,
         ttl: float | None = None,
         max_entries: int | None = 100_000,
-        candidates: int = 2,
+        candidates: int = 1,
         min_cosine: float | None = None,
         max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
         template_guard: TemplateGuard | None = _UNSET,

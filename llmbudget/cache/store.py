@@ -212,7 +212,8 @@ class CacheStore:
       ``threshold`` attribute needs ``threshold``).
     - ``max_entries``: beyond it the least recently used (``eviction="lru"``) or least
       often hit (``"lfu"``) entries go; ``ttl``: seconds an entry lives (``None``: forever).
-    - ``candidates``: nearest neighbours the scorer examines per search.
+    - ``candidates``: nearest neighbours the scorer examines per search (default 1: on every validation
+      replay a second one, scored too, added more wrong hits than right ones).
     - ``max_semantic_chars``: texts longer than this are matched by the exact tier only:
       a longer query is not embedded nor searched, a longer stored text gets no vector
       (default :data:`~llmbudget.cache.templates.DEFAULT_MAX_SEMANTIC_CHARS`; ``None``: no limit).
@@ -233,7 +234,7 @@ class CacheStore:
         max_entries: int | None = 100_000,
         eviction: Eviction = "lru",
         ttl: float | None = None,
-        candidates: int = 2,
+        candidates: int = 1,
         min_cosine: float | None = None,
         max_semantic_chars: int | None = DEFAULT_MAX_SEMANTIC_CHARS,
         template_guard: TemplateGuard | None = _UNSET,

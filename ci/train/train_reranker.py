@@ -556,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mrpc", type=Path)
     parser.add_argument("--cache", type=Path, required=True, help="folder for the MiniLM vectors (reused)")
     parser.add_argument("--hold-out", action="append", default=[], help="a training set left out (repeatable)")
-    parser.add_argument("--candidates", type=int, default=4, help="WordLlama candidates scored per lookup")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="WordLlama candidates scored per lookup (the shipped 1: more only added wrong hits)")
     parser.add_argument("--floor", type=float, default=0.5, help="WordLlama cosine floor of the candidates")
     parser.add_argument("--out", type=Path, help="write the model here (JSON)")
     parser.add_argument("--verifier-score", action="store_true",
@@ -630,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = np.linspace(0.0, 1.0, 401)
     for label, pairs in replay_views(sets).items():
         cands = replay_candidates(pairs, wl, args.candidates, args.floor)
-        runs = [("verifier", verifier, replay_candidates(pairs, wl, 2, 0.6))]
+        runs = [("verifier", verifier, replay_candidates(pairs, wl, 1, 0.6))]
         if minilm is not None:
             runs.append(("minilm cosine (GPTCache)", minilm_cos, replay_candidates(pairs, minilm, 1, -1.0)))
         for scorer, fn, cc in runs + [("reranker", rerank, cands)]:

@@ -327,3 +327,13 @@ def test_damaged_batch_state_files_are_skipped_with_a_warning(tmp_path, capsys, 
         assert main(["batches", "--state", str(state), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert sum("skipped" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "llmbudget", "route", "What is 2+2?", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tier"]

@@ -321,6 +321,15 @@ def passage_diff_question(bld: Builder, sources: list[tuple[str, list[dict[str, 
                 made += 1
 
 
+def _short_passages_first(bld: Builder, cands: list[Any], want: int) -> list[Any]:
+    """Candidates (passage first) in the order pairs are made: the ``want // 2`` shortest passages, then the rest
+    shuffled."""
+    cands.sort(key=lambda c: (len(c[0]["passage"]), c[0]["id"]))
+    short, rest = cands[: want // 2], cands[want // 2:]
+    bld.rng.shuffle(rest)
+    return short + rest
+
+
 def passage_same_question_diff_options(bld: Builder, cosmos: list[dict[str, Any]], want: int,
                                        used: set[tuple[str, str]]) -> None:
     cands = []
@@ -330,15 +339,12 @@ def passage_same_question_diff_options(bld: Builder, cosmos: list[dict[str, Any]
         by: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for q in p["questions"]:
             by[q["question"]].append(q)
-        for question, qs in sorted(by.items()):
+        for _question, qs in sorted(by.items()):
             if len(qs) >= 2 and sorted(qs[0]["options"]) != sorted(qs[1]["options"]):
                 cands.append((p, qs[0], qs[1]))
                 break
-    cands.sort(key=lambda c: (len(c[0]["passage"]), c[0]["id"]))
-    short, rest = cands[: want // 2], cands[want // 2:]
-    bld.rng.shuffle(rest)
     made = 0
-    for p, q1, q2 in short + rest:
+    for p, q1, q2 in _short_passages_first(bld, cands, want):
         if made >= want:
             break
         tpl = READ_TEMPLATES[made % len(READ_TEMPLATES)]
@@ -363,11 +369,8 @@ def passage_question_one_word(bld: Builder, dream: list[dict[str, Any]], want: i
                 if all(x["question"] != other for x in p["questions"]):
                     cands.append((p, q, other))
                     break
-    cands.sort(key=lambda c: (len(c[0]["passage"]), c[0]["id"]))
-    short, rest = cands[: want // 2], cands[want // 2:]
-    bld.rng.shuffle(rest)
     made = 0
-    for p, q, other in short + rest:
+    for p, q, other in _short_passages_first(bld, cands, want):
         if made >= want:
             break
         tpl = DIALOGUE_TEMPLATES[made % len(DIALOGUE_TEMPLATES)]

@@ -611,13 +611,13 @@ class CacheStore:
         rows = list(items)
         if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
             raise WouldWait("a purge of expired entries is due, or many answers to store")
-        if any(r.get("semantic", True) and self._within_length(str(r["text"])) for r in rows):
-            self._models_ready()  # an answer stored for exact lookups only needs neither model
         ids: list[int] = []
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):
             chunk = rows[start : start + step]
             semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True) and self._within_length(str(r["text"]))]
+            if semantic:  # an answer stored for exact lookups only needs neither model
+                self._models_ready()
             blobs: list[bytes | None] = [None] * len(chunk)
             texts = [str(chunk[i]["text"]) for i in semantic]
             stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])

@@ -150,10 +150,10 @@ def _scan(text: str) -> tuple[str, ...]:
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
-            if prose and token.lower() in _CAPITONYMS and not _sentence_start(text, start):
-                append(_CODE + token)  # "Polish" is not "polish", "US" not "us" (a sentence's first word may be)
-            else:
-                append(token if prose else _CODE + token)
+            # compared exactly beside code, and for a word whose capital changes it past a sentence's start
+            # ("Polish" is not "polish", "US" not "us")
+            exact = not prose or (token.lower() in _CAPITONYMS and not _sentence_start(text, start))
+            append(_CODE + token if exact else token)
     return tuple(out)
 
 
@@ -171,8 +171,8 @@ _memo_scan = functools.lru_cache(maxsize=4096)(_scan)
 def _tokens(text: str) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text`` with soft punctuation dropped: sentence punctuation outside double
     quotes where a space or the end follows its run (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``, ``data?.user``
-    its ``?``), an apostrophe between two letters, quotes around prose; nothing inside backticks or a fence. Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048
-    characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
+    its ``?``), an apostrophe between two letters, quotes around prose; nothing inside backticks or a fence.
+    Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048 characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
     return _memo_scan(text) if len(text) <= 2048 else _scan(text)
 
 
@@ -305,14 +305,19 @@ def _trimmed(words: Sequence[str]) -> Sequence[str]:
     return words[start:end]
 
 
+def _differing(a: Sequence[str], b: Sequence[str]) -> list[int]:
+    """Where two word lists of one length differ (none when their lengths differ)."""
+    if len(a) != len(b):
+        return []
+    return [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+
+
 def _swapped(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether ``b`` (bare words) is ``a`` with one word swapped for an opposed one ("Monday" and "Tuesday", "km"
     and "miles"), or with two words or spans trading places, not across a symmetric "and"/"or"/"vs"
     ("Argentina beat France" and "France beat Argentina", "1,000 US dollars in Swiss francs" and "1,000 Swiss
     francs in US dollars"). Neighbours trading places is word order ("learn Python fast")."""
-    if len(a) != len(b):
-        return False
-    at = [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    at = _differing(a, b)
     if not at:
         return False
     if len(at) == 1:
@@ -344,9 +349,7 @@ def _stem(word: str) -> str:
 
 def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether ``b`` (bare words) is ``a`` with one word's plural ending added or dropped ("users", "user")."""
-    if len(a) != len(b):
-        return False
-    at = [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    at = _differing(a, b)
     return len(at) == 1 and _stem(a[at[0]]) == _stem(b[at[0]])
 
 

@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,6 +138,15 @@ def _read_wordllama(folder: Path) -> _WordLlamaModel:
     return _WordLlamaModel(table=table, tokenizer=tokenizer, folder=folder)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def tokenizable(text: str) -> str:
+    """``text`` as the Rust tokenizers take it: a lone surrogate (from a JSON ``"\\ud800"`` escape; not Unicode
+    text, and the tokenizers refuse the whole string) becomes U+FFFD. Any other text is returned as it is."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 @functools.lru_cache(maxsize=256)
 def _wordllama_ids(text: str) -> tuple[int, ...]:
     """The WordLlama token ids of ``text`` (no special tokens), memoised for the last texts seen.
@@ -144,7 +154,7 @@ def _wordllama_ids(text: str) -> tuple[int, ...]:
     A semantic lookup tokenises its query twice, to embed it and in the verifier;
     the second time is a cache hit.
     """
-    return tuple(_load_wordllama().tokenizer.encode(text, add_special_tokens=False).ids)
+    return tuple(_load_wordllama().tokenizer.encode(tokenizable(text), add_special_tokens=False).ids)
 
 
 class WordLlamaEmbedder:
@@ -166,12 +176,12 @@ class WordLlamaEmbedder:
 
     def token_ids(self, text: str) -> list[int]:
         """Return the WordLlama token ids of ``text`` (no special tokens)."""
-        return _load_wordllama().tokenizer.encode(text, add_special_tokens=False).ids
+        return _load_wordllama().tokenizer.encode(tokenizable(text), add_special_tokens=False).ids
 
     def token_vectors(self, text: str) -> np.ndarray:
         """Return the un-pooled token vectors of ``text``, shape ``(tokens, dim)``."""
         model = _load_wordllama()
-        ids = model.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = model.tokenizer.encode(tokenizable(text), add_special_tokens=False).ids
         return model.table[ids, : self.dim]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -186,7 +196,8 @@ class WordLlamaEmbedder:
         if len(texts) == 1:  # a lookup's query: the verifier reads the same ids next, from the memo
             batch = [_wordllama_ids(texts[0])]
         else:
-            batch = [e.ids for e in model.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+            batch = [e.ids for e in model.tokenizer.encode_batch([tokenizable(t) for t in texts],
+                                                                 add_special_tokens=False)]
         table = model.table
         for row, ids in enumerate(batch):
             if ids:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .embedders import _package_dir, normalize_rows
+from .embedders import _package_dir, normalize_rows, tokenizable
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -440,7 +440,7 @@ class MiniLMEmbedder:
 
     def token_ids(self, text: str) -> list[int]:
         """The model's token ids of ``text``, [CLS] and [SEP] included (at most ``max_tokens``)."""
-        return self._cut(self._model().tokenizer.encode(text).ids)
+        return self._cut(self._model().tokenizer.encode(tokenizable(text)).ids)
 
     def _cut(self, ids: list[int]) -> list[int]:
         """At most ``max_tokens`` ids: the text's first ones, then [SEP] (sentence-transformers' truncation)."""
@@ -459,8 +459,8 @@ class MiniLMEmbedder:
         if not texts:
             return out
         model = self._model()
-        encoded = [self._cut(e.ids) for e in model.tokenizer.encode_batch(list(texts))] if len(texts) > 1 else \
-            [self._cut(model.tokenizer.encode(texts[0]).ids)]
+        encoded = [self._cut(e.ids) for e in model.tokenizer.encode_batch([tokenizable(t) for t in texts])] \
+            if len(texts) > 1 else [self._cut(model.tokenizer.encode(tokenizable(texts[0])).ids)]
         for rows, ids, mask in _padded_batches(encoded, self._batch_size):
             out[rows] = _mean_pool(_encode(model, ids, mask, self.layers), mask)
         return normalize_rows(out)

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import Embedder
+from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
 from .store import (
     _UNSET,
@@ -234,6 +234,11 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode("utf-8", "surrogatepass")
+
+
+def _wire(value: str) -> bytes:
+    """``value`` as sent to Redis: UTF-8, a lone surrogate kept (:func:`_text` reads it back)."""
+    return value.encode("utf-8", "surrogatepass")
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -439,9 +444,9 @@ class RedisCacheStore:
         """The stream's last id and how many entries were ever added to it."""
         try:
             info = self._redis.xinfo_stream(self._key("log"))
-        except self._down:
-            raise
-        except self._no_stream:  # no stream yet
+        except self._no_stream as exc:  # a ResponseError, which counts as down, but for a store with no stream yet
+            if "no such key" not in str(exc).lower():
+                raise
             return b"0-0", 0
         return _as_bytes(info.get("last-generated-id") or b"0-0"), int(info.get("entries-added") or 0)
 
@@ -708,6 +713,7 @@ class RedisCacheStore:
         """The best live entry of ``partition`` whose score reaches the threshold, or None (also when Redis is down)."""
         if not self._within_length(text):
             return None
+        text = tokenizable(text)  # as stored
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
         if query is None:
             return None
@@ -803,7 +809,7 @@ class RedisCacheStore:
             chunk = rows[start : start + _PUT_BATCH]
             semantic = [i for i, row in enumerate(chunk)
                         if row.get("semantic", True) and self._within_length(str(row["text"]))]
-            texts = [str(chunk[i]["text"]) for i in semantic]
+            texts = [tokenizable(str(chunk[i]["text"])) for i in semantic]  # as _put_args stores them
             blobs: list[bytes | None] = [None] * len(chunk)
             extra: list[bytes | None] = [None] * len(chunk)
             for i, blob, packed in zip(semantic, self._vectors(texts, [chunk[i].get("vector") for i in semantic]),
@@ -833,15 +839,18 @@ class RedisCacheStore:
 
     def _put_args(self, row: Mapping[str, Any], blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
         partition, exact_key = str(row["partition"]), str(row["exact_key"])
-        text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
+        # a lone surrogate (a JSON "\ud800" escape) is not text the client sends: the text is stored with U+FFFD
+        # as search reads it, a tenant or model as its surrogate-escaped bytes (read back as they were)
+        text, response = tokenizable(str(row["text"])), str(row["response"])
+        tenant, model = str(row["tenant"]), str(row["model"])
         ttl = row.get("ttl", _UNSET)
         ttl = self.ttl if ttl is _UNSET else ttl
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl={ttl}: expected seconds > 0 or None")
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
         size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
-        return [self.prefix, STREAM_MAXLEN, self._partition_id(partition), partition, exact_key, tenant, model, text,
-                response, blob or b"", repr(now), 0 if ttl is None else max(1, round(ttl * 1000)), size,
+        return [self.prefix, STREAM_MAXLEN, self._partition_id(partition), _wire(partition), exact_key, _wire(tenant),
+                _wire(model), text, response, blob or b"", repr(now), 0 if ttl is None else max(1, round(ttl * 1000)), size,
                 self.max_entries or 0, scorer_data or b""]
 
     def record_hit(self, entry_id: int) -> None:

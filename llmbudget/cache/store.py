@@ -33,7 +33,7 @@ import numpy as np
 
 from ..ledger.budgets import _NO_WAIT, WouldWait, is_busy, thread_connection
 from . import embedders
-from .embedders import Embedder
+from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
@@ -511,6 +511,7 @@ class CacheStore:
         if not self._within_length(text):
             return None
         self._models_ready()
+        text = tokenizable(text)  # as stored: SQLite takes no lone surrogate
         pid = self._partition_id(partition)
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
         if query is None:
@@ -619,7 +620,7 @@ class CacheStore:
             if semantic:  # an answer stored for exact lookups only needs neither model
                 self._models_ready()
             blobs: list[bytes | None] = [None] * len(chunk)
-            texts = [str(chunk[i]["text"]) for i in semantic]
+            texts = [tokenizable(str(chunk[i]["text"])) for i in semantic]  # as _insert stores them
             stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])
             for i, blob in zip(semantic, stored):
                 blobs[i] = blob
@@ -658,7 +659,9 @@ class CacheStore:
     def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], pid: int, blob: bytes | None, now: float,
                 scorer_data: bytes | None = None) -> int:
         partition, exact_key = str(row["partition"]), str(row["exact_key"])
-        text, response, tenant, model = str(row["text"]), str(row["response"]), str(row["tenant"]), str(row["model"])
+        # a lone surrogate (a JSON "\ud800" escape) is not text SQLite takes: stored as U+FFFD, as search reads it
+        text = tokenizable(str(row["text"]))
+        response, tenant, model = str(row["response"]), str(row["tenant"]), str(row["model"])
         ttl = row.get("ttl", _UNSET)
         ttl = self.ttl if ttl is _UNSET else ttl
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))

@@ -119,6 +119,9 @@ def _scan(text: str) -> tuple[str, ...]:
     quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
     for match in _TOKENS.finditer(text):
         token = match.group()
+        if token == _CODE:  # a NUL in the text is a symbol, never the marker: doubled, it is compared exactly
+            append(_CODE + _CODE)
+            continue
         first = token[0]
         start, after = match.start(), match.end()
         if code and any(s <= start < e for s, e in code):  # code: every symbol counts, and every capital

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import _WORDLLAMA_TOKENIZER, WordLlamaEmbedder, _load_wordllama, _wordllama_ids
+from .embedders import _WORDLLAMA_TOKENIZER, WordLlamaEmbedder, _load_wordllama, _wordllama_ids, tokenizable
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -417,8 +417,9 @@ class Verifier:
             return [None] * len(texts)
         try:  # one answer stored after its lookup: the ids of its query are in the memo
             batch = ([_wordllama_ids(texts[0])] if len(texts) == 1
-                     else [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)])
-        except Exception:  # noqa: BLE001 - e.g. a lone surrogate: such a text is prepared when scored, as before
+                     else [e.ids for e in self._tokenizer.encode_batch([tokenizable(t) for t in texts],
+                                                                    add_special_tokens=False)])
+        except Exception:  # noqa: BLE001 - a text the tokenizer refuses anyway is prepared when scored
             return [None] * len(texts)
         out: list[bytes | None] = []
         for text, ids in zip(texts, batch):

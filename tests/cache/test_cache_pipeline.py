@@ -119,3 +119,16 @@ def test_invalidation(cached, records):
     assert llmbudget.get_engine().cache.invalidate(tenant="default") == 1
     client.chat.completions.create(messages=QUESTION, **ASK)
     assert len(server.received) == 2
+
+
+def test_a_question_with_a_nul_is_looked_up_without_an_error(cached, records, caplog):
+    # A NUL is the template guard's own marker: the lookup raised IndexError before (logged as "cache lookup
+    # failed", the call sent on), and the answer was never a candidate. Now it is a symbol like any other.
+    client, server = cached
+    client.chat.completions.create(messages=QUESTION, **ASK)
+    with caplog.at_level("WARNING", logger="llmbudget"):
+        for _ in range(2):
+            client.chat.completions.create(messages=[{"role": "user", "content": "What is the capital of France?\x00"}],
+                                           **ASK)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(server.received) == 2 and [r.cache_tier for r in records] == [None, None, "exact"]

@@ -905,3 +905,21 @@ def test_a_failing_packed_scorer_falls_back_to_the_texts(prefix: str, caplog: py
             hit = store.search("p", "what is the capital of france")
             assert hit is not None and hit.entry.id == entry_id
         assert sum("stale data" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_new_store_is_not_reported_unreachable_and_takes_odd_text(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A store whose stream does not exist yet is new, not down: no "unreachable" warning at start-up. A lone
+    surrogate (a JSON "\\ud800" escape) in a text, tenant or model is stored and looked up; the client refused it
+    before (``UnicodeEncodeError``) and the bundled tokenizer too."""
+    with caplog.at_level(logging.WARNING, logger="llmbudget"), make(prefix, embedder=None, scorer=None) as store:
+        assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+        text = "How do I reset my password \ud800?"
+        entry_id = put(store, "p", "k", text, tenant="acme\ud800", model="gpt\udfff")
+        put(store, "p", "nul", "a\x00b")
+        exact = store.get_exact("p", "k")
+        assert exact is not None and exact.id == entry_id and (exact.tenant, exact.model) == ("acme\ud800", "gpt\udfff")
+        hit = store.search("p", text)
+        assert hit is not None and hit.entry.id == entry_id
+        found = store.search("p", "a\x00b")
+        assert found is None or found.entry.text == "a\x00b"
+        assert store.invalidate(tenant="acme\ud800") == 1

@@ -911,3 +911,21 @@ def test_a_partition_known_empty_that_gains_entries_loads_off_the_event_loop(tmp
         with no_wait(), pytest.raises(WouldWait, match="partition to load"):
             store.search("p", "a question")  # loading it here would build an HNSW index on the loop
         assert store.search("p", "a question") is not None
+
+
+def test_texts_with_nul_or_a_lone_surrogate_are_stored_and_looked_up(tmp_path: Path) -> None:
+    """A NUL (the template guard's own marker) or a lone surrogate (a JSON ``"\\ud800"`` escape, which the Rust
+    tokenizers refuse) in a question is stored and looked up like any text, with the bundled models: before,
+    the lookup raised (``IndexError`` in the guard, ``TypeError`` from the tokenizer) and the answer was never
+    stored."""
+    texts = ["\x00", "a\x00b", "How do I reset my password?\x00", "How do I reset my password \ud800?",
+             "\ud800", "Where is my order \udfff number 12?"]
+    with CacheStore(tmp_path / "c") as store:
+        ids = {text: put(store, "p", f"k{i}", text) for i, text in enumerate(texts)}
+        put(store, "p", "plain", "How do I reset my password?")
+        for text in texts:
+            hit = store.search("p", text)
+            assert hit is None or hit.entry.id == ids[text] or hit.entry.text == "How do I reset my password?"
+        hit = store.search("p", "How do I reset my password \ud800?")
+        assert hit is not None and hit.entry.id == ids["How do I reset my password \ud800?"]
+        assert store.search("q", "\x00") is None  # another partition: nothing

@@ -365,3 +365,11 @@ def test_an_exact_only_cache_embeds_nothing(tmp_path: Path) -> None:
         assert embedder.texts == []
     finally:
         cache.store.close()
+
+
+def test_a_nul_in_a_text_is_a_symbol_not_the_guards_marker() -> None:
+    # The guard marks a capital word beside code with a NUL; a NUL the user typed raised IndexError before.
+    guard = TemplateGuard()
+    assert guard.conflict("a\x00b", "a\x01b")  # the same words, another symbol
+    assert not guard.conflict("\x00", "\x00")
+    assert not guard.conflict("What does a \x00 byte end in C?", "What does a \x00 byte end in C?")

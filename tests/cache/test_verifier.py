@@ -183,4 +183,12 @@ def test_one_text_packs_as_it_does_in_a_batch(verifier: Verifier) -> None:
     texts = ["Wie setze ich mein Passwort zurück? (Bestellung 12)", "How do I reset my password?"]
     alone = [verifier._pack_texts([t])[0] for t in texts]
     assert alone == verifier._pack_texts(texts) and all(alone)
-    assert verifier._pack_texts(["lone \ud800 surrogate"]) == [None]  # prepared when scored, as a batch does
+    # A lone surrogate (a JSON "\ud800" escape) is tokenised as U+FFFD: it packs alone and in a batch alike,
+    # and its packed form scores as the text does from scratch.
+    lone = "lone \ud800 surrogate"
+    packed = verifier._pack_texts([lone])
+    assert packed == verifier._pack_texts([lone, texts[0]])[:1] and packed[0] is not None
+    verifier.clear_cache()
+    expected = verifier.score_many("lone surrogate", None, [lone]).tolist()
+    verifier.clear_cache()
+    assert verifier._score_packed("lone surrogate", None, [lone], None, packed).tolist() == expected

@@ -69,6 +69,13 @@ def to_pico(usd: Decimal, *, rounding: str = ROUND_CEILING) -> int:
     return pico
 
 
+def limit_pico(limit: Decimal) -> int:
+    """A budget's limit as pico-dollars (rounded down), at most what a counter holds: a budget over about
+    9.2 million USD counts up to there, where before every reservation raised and its calls went unbudgeted
+    (with every other budget checked in the same call)."""
+    return min(int((Decimal(limit) * _PICO).to_integral_value(rounding=ROUND_FLOOR)), _MAX_PICO)
+
+
 def from_pico(pico: int | str | bytes | None) -> Decimal:
     """Integer pico-dollars as USD, without trailing zeros or an exponent for whole numbers."""
     if pico is None:
@@ -340,7 +347,7 @@ class RedisBudgetStore:
                 exp = int((now + _UNPERIODED_TTL_S) * 1000)
             else:
                 exp = 0  # a budget without a period counts forever
-            args += [to_pico(bucket.limit, rounding=ROUND_FLOOR), exp]
+            args += [limit_pico(bucket.limit), exp]
             self._remember(self._expiry, bucket.key, exp)
         keys = [self._zset, self._data, *(self._key(b.key) for b in buckets)]
         try:
@@ -377,7 +384,7 @@ class RedisBudgetStore:
                 spent, reserved = self._local.get(bucket.key, (0, 0))
                 # at most open_share of the limit beyond the last spend read: a process that never read this
                 # bucket's spend (0) cannot spend the whole budget again while Redis is down
-                limit = to_pico(bucket.limit)
+                limit = limit_pico(bucket.limit)
                 floor = limit - int(limit * self.open_share)
                 counters[bucket.key] = (from_pico(max(self._known.get(bucket.key, 0), floor) + spent),
                                         from_pico(reserved))

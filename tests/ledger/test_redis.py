@@ -188,6 +188,19 @@ def test_large_budgets_compare_exactly(prefix: str) -> None:
     assert store.spent(bucket.key) == (0, Decimal("1000000.000000000001"))
 
 
+def test_a_budget_over_what_a_counter_holds_counts_up_to_there(prefix: str) -> None:
+    """A budget over ~9.2 million USD made every reservation raise, so its calls went unbudgeted, and with them
+    every budget reserved in the same call: here a $5 global budget beside a $10 million tenant budget."""
+    store = RedisBudgetStore(URL, prefix=prefix)
+    big, small = _now_bucket("1e7", per="tenant", name="big"), _now_bucket("5", name="small")
+    first = store.reserve([big, small], Decimal(4))
+    assert isinstance(first, Reservation)
+    store.settle(first, Decimal(4))
+    refused = store.reserve([big, small], Decimal(2))
+    assert isinstance(refused, Refusal) and refused.budget == "small"
+    assert isinstance(store.reserve([big], Decimal(2)), Reservation)
+
+
 def test_url_options_and_config(prefix: str) -> None:
     store = RedisBudgetStore(f"{URL}?prefix={prefix}&on_unavailable=open")
     assert (store.prefix, store.on_unavailable, store.url) == (prefix, "open", URL)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from . import __version__
 
 __all__ = ["main"]
 
@@ -98,6 +101,9 @@ def _eval_cache(ns: argparse.Namespace) -> int:
 
     task: Callable[..., dict[str, Any]] = eval_pairs if ns.mode == "pairs" else eval_replay
     from .cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+
+    if not os.path.isfile(ns.pairs):  # said before any model loads or progress shows
+        raise ValueError(f'{ns.pairs}: no such file (expected JSON lines {{"a": str, "b": str, "duplicate": bool}})')
 
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
     options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,
@@ -590,6 +596,7 @@ def _print_tradeoff(result: Any, summary: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmbudget", description="Cut and control what an app spends on LLM APIs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     evaluate = commands.add_parser("eval", help="measure the cache or the router on labeled data")

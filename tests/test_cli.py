@@ -309,6 +309,14 @@ def test_eval_cache_refuses_bad_pair_files_in_one_line(tmp_path, capsys, content
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.parametrize("mode", ["pairs", "replay"])
+def test_eval_cache_says_a_missing_file_before_it_starts(tmp_path, capsys, mode):
+    assert main(["eval", "cache", str(tmp_path / "missing.jsonl"), "--mode", mode]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "missing.jsonl: no such file (expected JSON lines" in captured.err
+
+
 def test_a_policy_nested_too_deeply_is_a_config_error(tmp_path, capsys):
     policy = tmp_path / "llmbudget.toml"
     policy.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
@@ -337,3 +345,16 @@ def test_python_dash_m_runs_the_command() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tier"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import llmbudget
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"llmbudget {llmbudget.__version__}"
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.findall(r'(?m)^version = "([^"]+)"', pyproject) == [llmbudget.__version__]  # one version, said twice

@@ -1,0 +1,44 @@
+"""``llmbudget.scope`` refuses arguments it would misread later, when the block starts."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import llmbudget
+from llmbudget import Budget
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    # A budget that is not a Budget failed at the first call's reservation, which then went ahead unbudgeted.
+    ({"budgets": [5]}, TypeError, "item 0 is 5, not a Budget"),
+    ({"budgets": [Budget("1"), "0.05"]}, TypeError, "item 1 is '0.05', not a Budget"),
+    ({"budgets": Budget("0.05")}, TypeError, "expected a list of Budget"),
+    ({"budgets": "0.05"}, TypeError, "expected a list of Budget"),
+    # An empty tenant put the block's calls in the engine's shared default tenant.
+    ({"tenant": ""}, ValueError, "scope(tenant=''): expected a non-empty string"),
+    ({"tenant": 42}, TypeError, "scope(tenant=42)"),
+    ({"request_id": b"r1"}, TypeError, "scope(request_id=b'r1')"),
+    ({"test_id": ""}, ValueError, "scope(test_id='')"),
+    ({"downgrade_to": ""}, ValueError, "scope(downgrade_to='')"),
+    ({"cache": "no"}, ValueError, "scope(cache='no'): expected True, False or None"),
+    ({"routing": ""}, ValueError, "scope(routing='')"),
+    ({"routing": 1.0}, ValueError, "scope(routing=1.0)"),
+    ({"cap_min_output_tokens": 0}, ValueError, "scope(cap_min_output_tokens=0)"),
+    ({"cap_min_output_tokens": True}, ValueError, "scope(cap_min_output_tokens=True)"),
+])
+def test_a_scope_refuses_what_it_would_misread(arguments, error, message):
+    with pytest.raises(error) as caught, llmbudget.scope(**arguments):
+        pass
+    assert message in str(caught.value)
+
+
+def test_good_arguments_are_kept(engine):
+    budgets = (Budget("0.05"), Budget("5", per="tenant", period="day"))
+    with llmbudget.scope(tenant="acme", request_id="r-1", test_id="t::1", budgets=list(budgets), cache=False,
+                         routing="large", downgrade_to="gpt-4o-mini", cap_min_output_tokens=8) as outer:
+        assert (outer.tenant, outer.request_id, outer.budgets, outer.cache, outer.routing) == (
+            "acme", "r-1", budgets, False, "large")
+        with llmbudget.scope(budgets=(b for b in [Budget(Decimal("0.01"))]), routing=False) as inner:
+            assert inner.tenant == "acme" and inner.budgets == (Budget("0.01"),) and inner.routing is False

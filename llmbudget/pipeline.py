@@ -118,6 +118,8 @@ class Engine:
             raise ValueError(f"default_max_output_tokens must be a positive number of tokens up to {MAX_TOKENS:,}, "
                              f"got {default_max_output_tokens!r}")
         self.pricing = pricing if pricing is not None else Pricing(prices)
+        if isinstance(budgets, (Budget, str, bytes)):
+            raise TypeError(f"budgets must be a list of llmbudget.Budget, got {budgets!r}")
         self.budgets = tuple(budgets)
         for budget in self.budgets:
             if not isinstance(budget, Budget):
@@ -126,6 +128,8 @@ class Engine:
         self.budget_store: BudgetStore = budget_store if budget_store is not None else MemoryBudgetStore()
         self.hosts = frozenset(host.lower() for host in hosts)
         self.default_max_output_tokens = default_max_output_tokens
+        if not isinstance(default_tenant, str) or not default_tenant:
+            raise ValueError(f"default_tenant must be a non-empty string, got {default_tenant!r}")
         self.default_tenant = default_tenant
         self.cache = cache
         self.routing = routing

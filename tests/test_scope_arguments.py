@@ -42,3 +42,15 @@ def test_good_arguments_are_kept(engine):
             "acme", "r-1", budgets, False, "large")
         with llmbudget.scope(budgets=(b for b in [Budget(Decimal("0.01"))]), routing=False) as inner:
             assert inner.tenant == "acme" and inner.budgets == (Budget("0.01"),) and inner.routing is False
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"default_tenant": ""}, ValueError, "default_tenant must be a non-empty string, got ''"),
+    ({"default_tenant": 5}, ValueError, "default_tenant must be a non-empty string, got 5"),
+    ({"budgets": "0.05"}, TypeError, "budgets must be a list of llmbudget.Budget, got '0.05'"),
+    ({"budgets": Budget("1")}, TypeError, "budgets must be a list of llmbudget.Budget"),
+])
+def test_an_engine_refuses_what_it_would_misread(arguments, error, message):
+    with pytest.raises(error) as caught:
+        llmbudget.Engine(**arguments)
+    assert message in str(caught.value)

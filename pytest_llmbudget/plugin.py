@@ -329,7 +329,11 @@ class LLMBudgetPlugin:
         for option in ("llm_budget_json", "llm_budget_save"):
             path = self.config.getoption(option)
             if path:
-                report.write_json(Path(path), doc)
+                try:
+                    report.write_json(Path(path), doc)
+                except OSError as exc:  # a run asked for a report it did not get: say so, and fail it
+                    flag = "--" + option.replace("_", "-")
+                    self.verdicts.append(f"{flag}: could not write {path} ({exc})")
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary:
             try:

@@ -175,6 +175,15 @@ def test_missing_baseline_is_a_usage_error(suite):
     result.stderr.fnmatch_lines(["*no baseline at nope.json; create one with --llm-budget-save nope.json*"])
 
 
+@pytest.mark.parametrize("option", ["--llm-budget-json", "--llm-budget-save"])
+def test_a_report_that_cannot_be_written_fails_the_run_in_one_line(suite, option):
+    # A path under a file: the write raised out of pytest_sessionfinish (an INTERNALERROR traceback).
+    (suite.path / "a_file").write_text("", encoding="utf-8")
+    result = suite.runpytest("--llm-budget", option, "a_file/report.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines([f"*{option}: could not write a_file/report.json (*"])
+
+
 def test_github_step_summary_and_junit_properties(suite, monkeypatch):
     summary = suite.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))

@@ -412,6 +412,15 @@ def _ledger_records(path: str) -> list[Any]:
         raise FileNotFoundError(f"{path}: no such ledger file; expected the SQLite file named by ledger = ... "
                                 "in the policy")
     try:
+        # read-only first: a file without the ledger's table (an empty file, another app's database) is
+        # refused untouched; opening it as a ledger would write the schema into it
+        check = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            found = check.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone()
+        finally:
+            check.close()
+        if found is None:
+            raise sqlite3.DatabaseError("no spend table")
         return list(SQLiteLedger(path).records())
     except sqlite3.Error as exc:
         raise ValueError(f"{path}: not an llmbudget SQLite ledger ({exc}); expected the file named by "

@@ -174,6 +174,20 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"llmbudget report: {path}: {message}" in err
     assert not (tmp_path / "none.db").exists()  # reading a report creates no ledger
+    # An empty file and another app's SQLite database are refused untouched (the report wrote the schema in)
+    import sqlite3
+
+    (tmp_path / "empty.db").write_bytes(b"")
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("CREATE TABLE users (id INTEGER)")
+    other.commit()
+    other.close()
+    for name in ("empty.db", "other.db"):
+        before = (tmp_path / name).read_bytes()
+        assert main(["report", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not an llmbudget SQLite ledger (no spend table)" in err
+        assert (tmp_path / name).read_bytes() == before
     ledger = SQLiteLedger(tmp_path / "ledger.db")
     ledger.add(record("[/]acme[link=https://example.test]x", "gpt-4o", "0.01"))
     ledger.flush()

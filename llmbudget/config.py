@@ -679,10 +679,11 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     for key in ("semantic", "allow_temperature", "reranker"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
-    for key in ("ttl", "max_entries"):
-        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], (int, float))
-                             or not 0 < table[key] < math.inf):  # NaN and infinity fail this too
-            raise ConfigError(f"{source}: cache.{key} must be a positive number, got {table[key]!r}")
+    if "ttl" in table and (isinstance(table["ttl"], bool) or not isinstance(table["ttl"], (int, float))
+                           or not 0 < table["ttl"] < math.inf):  # NaN and infinity fail this too
+        raise ConfigError(f"{source}: cache.ttl must be a positive number, got {table['ttl']!r}")
+    if "max_entries" in table:  # 1.5 was cut to 1 without a word
+        _check_count(table["max_entries"], f"{source}: cache.max_entries", minimum=1)
     threshold = table.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not 0 <= threshold <= 1):

@@ -64,8 +64,9 @@ from .store import (
     Entry,
     Hit,
     Scorer,
-    _check_semantic_chars,
+    check_store_options,
     near_ids,
+    row_fields,
 )
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
@@ -323,13 +324,8 @@ class RedisCacheStore:
     ) -> None:
         from ..ledger.redis import _client, _split_url, _unavailable_errors
 
-        _check_semantic_chars(max_semantic_chars)
-        if max_entries is not None and max_entries < 1:
-            raise ValueError(f"max_entries={max_entries}: expected a positive number or None (no cap)")
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None (entries never expire)")
-        if candidates < 1:
-            raise ValueError(f"candidates={candidates}: expected at least 1")
+        check_store_options(max_semantic_chars=max_semantic_chars, max_entries=max_entries, ttl=ttl,
+                            candidates=candidates, min_cosine=min_cosine, threshold=threshold)
         if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
             raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
         if index_dtype not in ("f16", "i8"):
@@ -804,12 +800,14 @@ class RedisCacheStore:
         Each answer is one atomic script; a batch goes to Redis in one round trip. Ids are 0 when Redis is down.
         """
         rows = list(items)
+        for row in rows:  # every answer checked before any is stored
+            row_fields(row, self.ttl)
         ids: list[int] = []
         for start in range(0, len(rows), _PUT_BATCH):
             chunk = rows[start : start + _PUT_BATCH]
             semantic = [i for i, row in enumerate(chunk)
                         if row.get("semantic", True) and self._within_length(str(row["text"]))]
-            texts = [tokenizable(str(chunk[i]["text"])) for i in semantic]  # as _put_args stores them
+            texts = [tokenizable(chunk[i]["text"]) for i in semantic]  # as _put_args stores them
             blobs: list[bytes | None] = [None] * len(chunk)
             extra: list[bytes | None] = [None] * len(chunk)
             for i, blob, packed in zip(semantic, self._vectors(texts, [chunk[i].get("vector") for i in semantic]),
@@ -838,15 +836,9 @@ class RedisCacheStore:
         return ids
 
     def _put_args(self, row: Mapping[str, Any], blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
-        partition, exact_key = str(row["partition"]), str(row["exact_key"])
         # a lone surrogate (a JSON "\ud800" escape) is not text the client sends: the text is stored with U+FFFD
         # as search reads it, a tenant or model as its surrogate-escaped bytes (read back as they were)
-        text, response = tokenizable(str(row["text"])), str(row["response"])
-        tenant, model = str(row["tenant"]), str(row["model"])
-        ttl = row.get("ttl", _UNSET)
-        ttl = self.ttl if ttl is _UNSET else ttl
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None")
+        partition, exact_key, text, response, tenant, model, ttl = row_fields(row, self.ttl)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
         size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
         return [self.prefix, STREAM_MAXLEN, self._partition_id(partition), _wire(partition), exact_key, _wire(tenant),

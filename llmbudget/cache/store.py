@@ -242,15 +242,10 @@ class CacheStore:
         exact_search_max: int = EXACT_MAX,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        _check_semantic_chars(max_semantic_chars)
+        check_store_options(max_semantic_chars=max_semantic_chars, max_entries=max_entries, ttl=ttl,
+                            candidates=candidates, min_cosine=min_cosine, threshold=threshold)
         if eviction not in ("lru", "lfu"):
             raise ValueError(f"eviction={eviction!r}: expected 'lru' or 'lfu'")
-        if max_entries is not None and max_entries < 1:
-            raise ValueError(f"max_entries={max_entries}: expected a positive number or None (no cap)")
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl={ttl}: expected seconds > 0 or None (entries never expire)")
-        if candidates < 1:
-            raise ValueError(f"candidates={candidates}: expected at least 1")
         if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
             raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
         self._temp: str | None = None
@@ -610,6 +605,8 @@ class CacheStore:
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
         """Store many answers (each a mapping of :meth:`put`'s arguments), embedding in batches; returns their ids."""
         rows = list(items)
+        for row in rows:  # every answer checked before any is stored
+            row_fields(row, self.ttl)
         if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
             raise WouldWait("a purge of expired entries is due, or many answers to store")
         ids: list[int] = []
@@ -620,7 +617,7 @@ class CacheStore:
             if semantic:  # an answer stored for exact lookups only needs neither model
                 self._models_ready()
             blobs: list[bytes | None] = [None] * len(chunk)
-            texts = [tokenizable(str(chunk[i]["text"])) for i in semantic]  # as _insert stores them
+            texts = [tokenizable(chunk[i]["text"]) for i in semantic]  # as _insert stores them
             stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])
             for i, blob in zip(semantic, stored):
                 blobs[i] = blob
@@ -658,12 +655,9 @@ class CacheStore:
 
     def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], pid: int, blob: bytes | None, now: float,
                 scorer_data: bytes | None = None) -> int:
-        partition, exact_key = str(row["partition"]), str(row["exact_key"])
-        # a lone surrogate (a JSON "\ud800" escape) is not text SQLite takes: stored as U+FFFD, as search reads it
-        text = tokenizable(str(row["text"]))
-        response, tenant, model = str(row["response"]), str(row["tenant"]), str(row["model"])
-        ttl = row.get("ttl", _UNSET)
-        ttl = self.ttl if ttl is _UNSET else ttl
+        partition, exact_key, text, response, tenant, model, ttl = row_fields(row, self.ttl)
+        # SQLite takes no lone surrogate: a tenant or model keeps U+FFFD for it, as invalidate() reads one
+        tenant, model = tokenizable(tenant), tokenizable(model)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
         size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
         values = (partition, pid, exact_key, tenant, model, text, blob, scorer_data, response, now,
@@ -710,10 +704,10 @@ class CacheStore:
         clauses, params = [], []
         if tenant is not None:
             clauses.append("tenant = ?")
-            params.append(tenant)
+            params.append(tokenizable(tenant))  # as stored
         if model is not None:
             clauses.append("model = ?")
-            params.append(model)
+            params.append(tokenizable(model))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._write() as conn:
             deleted = int(conn.execute(f"DELETE FROM cache_entries{where}", params).rowcount)
@@ -779,6 +773,58 @@ class CacheStore:
 
 
 _STORES: weakref.WeakSet[CacheStore] = weakref.WeakSet()
+
+
+#: The most candidates a store scores per lookup (each one is read and verified).
+MAX_CANDIDATES = 64
+#: The longest ``ttl`` in seconds (about 31 years); None: entries never expire.
+MAX_TTL = 1e9
+
+
+def check_store_options(*, max_semantic_chars: Any, max_entries: Any, ttl: Any, candidates: Any, min_cosine: Any,
+                        threshold: Any) -> None:
+    """Refuse, as ``ValueError`` naming it, an option both cache stores would misread later: ``candidates=2.5``
+    failed every search, ``max_entries=1.5`` every store that evicted, a NaN ``min_cosine`` or ``threshold``
+    turned the semantic tier off without a word, ``ttl=inf`` failed every Redis store."""
+    _check_semantic_chars(max_semantic_chars)
+    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, int)
+                                    or max_entries < 1):
+        raise ValueError(f"max_entries={max_entries!r}: expected a whole number >= 1 or None (no cap)")
+    check_ttl(ttl)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+        raise ValueError(f"candidates={candidates!r}: expected a whole number from 1 to {MAX_CANDIDATES}")
+    if min_cosine is not None and not (_real(min_cosine) and -1 <= min_cosine <= 1):
+        raise ValueError(f"min_cosine={min_cosine!r}: expected a cosine from -1 to 1, or None")
+    if threshold is not None and not (_real(threshold) and math.isfinite(threshold)):
+        raise ValueError(f"threshold={threshold!r}: expected a finite number (the scorer's hit threshold), or None")
+
+
+def _real(value: Any) -> bool:
+    """A real number (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def check_ttl(ttl: Any) -> None:
+    """A ttl in seconds: more than 0, at most :data:`MAX_TTL`, or None (never expire)."""
+    if ttl is not None and not (_real(ttl) and 0 < ttl <= MAX_TTL):
+        raise ValueError(f"ttl={ttl!r}: expected seconds > 0 (at most {MAX_TTL:.0e}), or None (entries never expire)")
+
+
+def row_fields(row: Mapping[str, Any], default_ttl: float | None) -> tuple[str, str, str, str, str, str, float | None]:
+    """An answer to store, checked: ``(partition, exact_key, text, response, tenant, model, ttl)``. A field
+    that is not a string is a ``TypeError`` (``text=None`` was stored, and matched, as the question "None");
+    a lone surrogate in the text becomes U+FFFD, as the tokenizers and a search read it."""
+    values = []
+    for name in ("partition", "exact_key", "text", "response", "tenant", "model"):
+        value = row[name]
+        if not isinstance(value, str):
+            raise TypeError(f"put({name}={value!r}): expected a string")
+        values.append(value)
+    partition, exact_key, text, response, tenant, model = values
+    ttl = row.get("ttl", _UNSET)
+    ttl = default_ttl if ttl is _UNSET else ttl
+    check_ttl(ttl)
+    return partition, exact_key, tokenizable(text), response, tenant, model, ttl
 
 
 def _check_semantic_chars(value: int | None) -> None:

@@ -929,3 +929,46 @@ def test_texts_with_nul_or_a_lone_surrogate_are_stored_and_looked_up(tmp_path: P
         hit = store.search("p", "How do I reset my password \ud800?")
         assert hit is not None and hit.entry.id == ids["How do I reset my password \ud800?"]
         assert store.search("q", "\x00") is None  # another partition: nothing
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("candidates", 2.5, "candidates=2.5: expected a whole number from 1 to 64"),  # failed every search
+    ("candidates", 10**12, "candidates=1000000000000"),  # asked numpy for 7 TiB
+    ("candidates", "3", "candidates='3'"),
+    ("min_cosine", float("nan"), "min_cosine=nan: expected a cosine from -1 to 1"),  # the semantic tier off
+    ("min_cosine", 5.0, "min_cosine=5.0"),
+    ("min_cosine", "0.5", "min_cosine='0.5'"),
+    ("threshold", float("nan"), "threshold=nan: expected a finite number"),
+    ("threshold", "0.9", "threshold='0.9'"),
+    ("max_entries", 1.5, "max_entries=1.5: expected a whole number >= 1"),  # failed every evicting store
+    ("ttl", float("inf"), "ttl=inf: expected seconds > 0"),  # failed every Redis store
+    ("ttl", float("nan"), "ttl=nan"),
+])
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_store_options_that_would_be_misread_are_refused(tmp_path: Path, kind: str, option: str, value: object,
+                                                         message: str) -> None:
+    from llmbudget.cache.redis_store import RedisCacheStore
+
+    with pytest.raises(ValueError) as caught:
+        if kind == "sqlite":
+            make(tmp_path / "c", **{option: value})
+        else:  # refused before it connects
+            RedisCacheStore("redis://127.0.0.1:1/0", embedder=HashEmbedder(), scorer=CosineStandIn(),
+                            **{option: value})  # type: ignore[arg-type]
+    assert message in str(caught.value)
+
+
+def test_answers_that_would_be_misread_are_refused_and_odd_tenants_are_kept(tmp_path: Path) -> None:
+    """``text=None`` was stored, and matched, as the question "None"; a NaN ttl stored an entry that never expired
+    (``now + nan`` is NULL); a lone surrogate in a tenant or model failed the store (SQLite takes none)."""
+    now = [1000.0]
+    with make(tmp_path / "c", ttl=60, clock=lambda: now[0]) as store:
+        for field, value, error in (("text", None, TypeError), ("response", b"{}", TypeError),
+                                    ("tenant", 7, TypeError), ("ttl", float("nan"), ValueError),
+                                    ("ttl", -5, ValueError), ("ttl", "60", ValueError)):
+            with pytest.raises(error, match=field):
+                put(store, "p", "k", "a question", **{field: value})
+        assert store.stats()["entries"] == 0 and store.search("p", "None") is None
+        put(store, "p", "k", "a question", tenant="acme\ud800", model="gpt\udfff")
+        assert store.get_exact("p", "k") is not None
+        assert store.invalidate(tenant="acme\ud800") == 1 and store.stats()["entries"] == 0

@@ -328,7 +328,12 @@ class Attempt:
     # -- before sending ------------------------------------------------------------------------
 
     def _budgets(self) -> list[tuple[Budget, Scope | None]]:
-        found: list[tuple[Budget, Scope | None]] = [(b, self.scope) for b in self.engine.budgets]
+        # The engine's budgets belong to the outermost scope (the HTTP request under the middleware): a scope
+        # nested in it for one block (cache=False, defer) must not start a per-request budget over.
+        root = self.scope
+        while root is not None and root.parent is not None:
+            root = root.parent
+        found: list[tuple[Budget, Scope | None]] = [(b, root) for b in self.engine.budgets]
         node = self.scope
         while node is not None:
             found.extend((b, node) for b in node.budgets)
@@ -418,7 +423,6 @@ class Attempt:
             return None
         amount = self.worst_case_usd()
         tenant = self.tenant
-        request_id = self.scope.request_id if self.scope else "-"
         now = time.time()
         groups: dict[int, tuple[BudgetStore, dict[str, Any]]] = {}
         for budget, owner in budgets:
@@ -426,7 +430,8 @@ class Attempt:
                 store: BudgetStore = owner.store if owner is not None else MemoryBudgetStore()
             else:
                 store = self.engine.budget_store
-            bucket = budget.bucket(tenant=tenant, request_id=request_id, now=now)
+            # a per-request budget counts in the scope that set it, under that scope's request id
+            bucket = budget.bucket(tenant=tenant, request_id=owner.request_id if owner is not None else "-", now=now)
             buckets = groups.setdefault(id(store), (store, {}))[1]
             # Two budgets of one kind share one counter: count it once, under the lower limit.
             if bucket.key not in buckets or bucket.limit < buckets[bucket.key].limit:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import openai
 import pytest
 
@@ -57,3 +59,36 @@ def test_two_budgets_of_one_kind_share_one_counter_under_the_lower_limit(client,
     bucket = llmbudget.Budget("1", per="tenant", period="day").bucket(tenant="dup", request_id="", now=record.time)
     spent, reserved = engine.budget_store.spent(bucket.key)
     assert spent == record.cost_usd and reserved == 0  # charged once, not twice
+
+
+@pytest.mark.parametrize("where", ["scope", "engine"])
+@pytest.mark.parametrize("nested", ["none", "scope", "defer"])
+def test_a_per_request_budget_counts_calls_made_in_nested_scopes(client, engine, where, nested):
+    # Each nested scope had its own request id and counter: a per-request budget set on the request's scope (or
+    # the engine's, bound to the innermost scope) started over in every llmbudget.scope(cache=False) or
+    # defer("flex") block inside it, so a budget that fits one call let every call through.
+    ask = dict(model="gpt-4o-mini", messages=ASK, max_tokens=8)
+
+    def inner():
+        return {"none": contextlib.nullcontext(), "scope": llmbudget.scope(cache=False),
+                "defer": llmbudget.defer("flex")}[nested]
+
+    seen = []
+    engine.add_refusal_observer(lambda refusal, scope: seen.append(refusal))
+    with llmbudget.scope(budgets=[llmbudget.Budget("0")]), inner():  # one such call's worst case
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(**ask)
+    worst = seen[0].estimated_cost_usd  # flex calls are priced at half
+    budget = llmbudget.Budget(worst)  # per request: room for one call's worst case, not two
+    outcomes = []
+    if where == "engine":
+        engine.budgets = (budget,)
+    with llmbudget.scope(tenant="acme", budgets=[budget] if where == "scope" else []):
+        for _ in range(3):
+            with inner():
+                try:
+                    client.chat.completions.create(**ask)
+                    outcomes.append("sent")
+                except openai.APIStatusError as exc:
+                    outcomes.append(exc.status_code)
+    assert outcomes == ["sent", 402, 402]

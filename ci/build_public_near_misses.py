@@ -51,7 +51,7 @@ is copied into this file). Each: file(s) under ``--data`` <- repository @ commit
   5c77d073fda993f1652eaae3cf5d04cc5fd21d40 : ``data/v1/<same name>``; repository MIT, and per
   ``data/v1/LICENSE``: SAT MIT, LSAT (from zhongwanjun/AR-LSAT) MIT, AQuA-RAT (deepmind/AQuA)
   Apache-2.0, LogiQA (lgw863/LogiQA-dataset) CC BY-NC-SA 4.0.
-* ``cosmosqa/valid.csv`` <- wilburOne/cosmosqa @ b6eb99cca4e2a51dd28a9a6e144ef187f182edd :
+* ``cosmosqa/valid.csv`` <- wilburOne/cosmosqa @ b6eb99cca4e2a51dd28a9a6f562534872d851639 :
   ``data/valid.csv``; no licence file in the repository (Cosmos QA is distributed as CC BY 4.0).
 * ``ethics/cm_test.csv``, ``ethics/justice_test.csv``, ``ethics/deontology_test.csv`` <- oughtinc/ice @
   5449543c71c039753603ab57344147a1156bfb46 : ``ethics/commonsense/cm_test.csv``,

@@ -39,13 +39,18 @@ class Transports:
         self.module = module
         self.Sync, self.Async = _build(module)
 
-    def wrap(self, transport: Any, *, explicit: bool = False) -> Any:
-        """``transport`` behind llmbudget (already wrapped transports are returned as they are)."""
+    def wrap(self, transport: Any, *, explicit: bool = False, async_: bool | None = None) -> Any:
+        """``transport`` behind llmbudget (already wrapped transports are returned as they are).
+
+        ``async_``: whether the client it serves is async. A transport may be both (``MockTransport``
+        subclasses both bases): given the client's kind, a sync client's gets the sync wrapper; it got
+        the async one, and every request of that client failed. None: judged from the transport alone.
+        """
         if isinstance(transport, (self.Sync, self.Async)):
             return transport
-        if isinstance(transport, self.module.AsyncBaseTransport):
-            return self.Async(transport, explicit=explicit)
-        return self.Sync(transport, explicit=explicit)
+        if async_ is None:
+            async_ = isinstance(transport, self.module.AsyncBaseTransport)
+        return (self.Async if async_ else self.Sync)(transport, explicit=explicit)
 
 
 def _begin(request: Any, body: bytes, wanted: tuple[Adapter, str]) -> Attempt | None:

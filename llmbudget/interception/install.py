@@ -48,9 +48,11 @@ def _library_for(sdk: str = "openai") -> str:
 
 
 def _wrap_client(client: Any, transports: Transports) -> Any:
-    client._transport = transports.wrap(client._transport, explicit=True)
+    async_ = isinstance(client, transports.module.AsyncClient)
+    client._transport = transports.wrap(client._transport, explicit=True, async_=async_)
     client._mounts = {
-        pattern: (transports.wrap(t, explicit=True) if t is not None else None) for pattern, t in client._mounts.items()
+        pattern: (transports.wrap(t, explicit=True, async_=async_) if t is not None else None)
+        for pattern, t in client._mounts.items()
     }
     return client
 
@@ -65,7 +67,7 @@ def _client(async_: bool, kwargs: dict[str, Any], sdk: str) -> Any:
         library: ModuleType = transports.module
         cls = library.AsyncClient if async_ else library.Client
     if "transport" in kwargs:
-        kwargs["transport"] = transports.wrap(kwargs["transport"], explicit=True)
+        kwargs["transport"] = transports.wrap(kwargs["transport"], explicit=True, async_=async_)
         return cls(**kwargs)
     return _wrap_client(cls(**kwargs), transports)
 
@@ -88,9 +90,10 @@ def async_http_client(*, sdk: str = "openai", **kwargs: Any) -> Any:
 
 def _patch(client_class: type, transports: Transports) -> None:
     original = client_class.__dict__["_transport_for_url"]
+    async_ = issubclass(client_class, transports.module.AsyncClient)
 
     def _transport_for_url(self: Any, url: Any) -> Any:
-        return transports.wrap(original(self, url))
+        return transports.wrap(original(self, url), async_=async_)
 
     _transport_for_url.__wrapped__ = original  # type: ignore[attr-defined]
     client_class._transport_for_url = _transport_for_url  # type: ignore[attr-defined]

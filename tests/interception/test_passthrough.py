@@ -243,3 +243,23 @@ def test_async_clients_pass_through(harness: Harness, library: str, body: bytes)
     assert content == body
     assert harness.received()[2] == body
     assert len(harness.records) == (1 if _is_object(body) else 0)
+
+
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_a_transport_that_is_both_sync_and_async_serves_each_kind_of_client(harness: Harness, library: Any) -> None:
+    # MockTransport subclasses both transport bases: a sync client's got the async wrapper once llmbudget was
+    # installed, and every request it made failed (AttributeError: no handle_request), LLM or not.
+    def answer(request: Any) -> Any:
+        return library.Response(200, json={"path": request.url.path})
+
+    with library.Client(transport=library.MockTransport(answer)) as client:
+        assert client.get("http://example.test/ping").json() == {"path": "/ping"}
+    with llmbudget.http_client(transport=library.MockTransport(answer)) as client:
+        if isinstance(client, library.Client):
+            assert client.get("http://example.test/ping").json() == {"path": "/ping"}
+
+    async def async_get() -> Any:
+        async with library.AsyncClient(transport=library.MockTransport(answer)) as client:
+            return (await client.get("http://example.test/ping")).json()
+
+    assert asyncio.run(async_get()) == {"path": "/ping"}

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import math
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -63,7 +62,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from .calls import MAX_TOKENS
-from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore
+from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore, budget_list
 from .ledger.records import SQLiteLedger
 from .output import Output
 from .pipeline import MAX_INPUT_ESTIMATE_MARGIN as _MAX_MARGIN
@@ -403,13 +402,12 @@ def _check_on_budget(on_budget: Any, downgrade_to: Any, cap_min: Any, where: str
 
 
 def _budgets(budgets: Any, what: str) -> tuple[Budget, ...]:
-    if isinstance(budgets, (str, Budget)) or not isinstance(budgets, Iterable):
-        raise ConfigError(f"{what} must be a list of llmbudget.Budget, got {budgets!r}")
-    result = tuple(budgets)
+    try:
+        result = budget_list(budgets, what)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
     seen: dict[tuple[str, str | None], Budget] = {}
     for budget in result:
-        if not isinstance(budget, Budget):
-            raise ConfigError(f"{what} must be a list of llmbudget.Budget, got {budget!r}")
         key = (budget.per, budget.period)
         if key in seen:
             per = f"per {budget.per}" + (f" per {budget.period}" if budget.period else "")
@@ -679,9 +677,14 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     for key in ("semantic", "allow_temperature", "reranker"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
-    if "ttl" in table and (isinstance(table["ttl"], bool) or not isinstance(table["ttl"], (int, float))
-                           or not 0 < table["ttl"] < math.inf):  # NaN and infinity fail this too
-        raise ConfigError(f"{source}: cache.ttl must be a positive number, got {table['ttl']!r}")
+    if "ttl" in table:  # the stores' own bound, said as the policy's error
+        from .cache.store import check_ttl
+
+        try:
+            check_ttl(table["ttl"])
+        except ValueError:
+            raise ConfigError(f"{source}: cache.ttl must be a positive number of seconds up to 1e9, "
+                              f"got {table['ttl']!r}") from None
     if "max_entries" in table:  # 1.5 was cut to 1 without a word
         _check_count(table["max_entries"], f"{source}: cache.max_entries", minimum=1)
     threshold = table.get("threshold")

@@ -32,6 +32,7 @@ from .ledger.budgets import (
     Refusal,
     Reservation,
     WouldWait,
+    budget_list,
 )
 from .caps import apply_cap
 from .ledger.records import Ledger, MemoryLedger
@@ -118,12 +119,7 @@ class Engine:
             raise ValueError(f"default_max_output_tokens must be a positive number of tokens up to {MAX_TOKENS:,}, "
                              f"got {default_max_output_tokens!r}")
         self.pricing = pricing if pricing is not None else Pricing(prices)
-        if isinstance(budgets, (Budget, str, bytes)):
-            raise TypeError(f"budgets must be a list of llmbudget.Budget, got {budgets!r}")
-        self.budgets = tuple(budgets)
-        for budget in self.budgets:
-            if not isinstance(budget, Budget):
-                raise TypeError(f"budgets must be llmbudget.Budget instances, got {budget!r}")
+        self.budgets = budget_list(budgets, "budgets")
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.budget_store: BudgetStore = budget_store if budget_store is not None else MemoryBudgetStore()
         self.hosts = frozenset(host.lower() for host in hosts)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .calls import Counters, SpendRecord
-from .ledger.budgets import Budget, MemoryBudgetStore
+from .ledger.budgets import Budget, MemoryBudgetStore, budget_list
 
 __all__ = ["Scope", "Totals", "scope", "current_scope"]
 
@@ -87,7 +87,7 @@ def current_scope() -> Scope | None:
     return _current.get()
 
 
-def _check_scope_arguments(*, tenant: Any, request_id: Any, test_id: Any, budgets: Any, cache: Any, routing: Any,
+def _check_scope_arguments(*, tenant: Any, request_id: Any, test_id: Any, cache: Any, routing: Any,
                            downgrade_to: Any, cap_min_output_tokens: Any) -> None:
     """Refuse what :func:`scope` would misread later: a budget that is not a :class:`Budget` left its calls
     unbudgeted, an empty tenant put them in the shared default tenant."""
@@ -97,14 +97,9 @@ def _check_scope_arguments(*, tenant: Any, request_id: Any, test_id: Any, budget
             raise TypeError(f"scope({name}={value!r}): expected a non-empty string or None")
         if value == "":
             raise ValueError(f"scope({name}=''): expected a non-empty string or None")
-    if isinstance(budgets, (Budget, str, bytes)) or not isinstance(budgets, Iterable):
-        raise TypeError(f"scope(budgets={budgets!r}): expected a list of Budget, e.g. budgets=[Budget('0.05')]")
-    for i, budget in enumerate(budgets):  # a tuple by now: an iterator is read once, by the caller
-        if not isinstance(budget, Budget):
-            raise TypeError(f"scope(budgets=...): item {i} is {budget!r}, not a Budget")
     if cache is not None and not isinstance(cache, bool):
         raise ValueError(f"scope(cache={cache!r}): expected True, False or None")
-    if routing is not None and not isinstance(routing, (bool, str)) or routing == "":
+    if (routing is not None and not isinstance(routing, (bool, str))) or routing == "":
         raise ValueError(f"scope(routing={routing!r}): expected True, False, a tier name or None")
     if cap_min_output_tokens is not None and (isinstance(cap_min_output_tokens, bool)
                                               or not isinstance(cap_min_output_tokens, int)
@@ -137,9 +132,8 @@ def scope(
     (``llmbudget.Output(max_words=120)`` or ``{"max_words": 120}``) for the block's
     calls; ``False`` turns directives off.
     """
-    if isinstance(budgets, Iterable) and not isinstance(budgets, (Budget, str, bytes)):
-        budgets = tuple(budgets)
-    _check_scope_arguments(tenant=tenant, request_id=request_id, test_id=test_id, budgets=budgets, cache=cache,
+    budgets = budget_list(budgets, "scope(budgets=...)")
+    _check_scope_arguments(tenant=tenant, request_id=request_id, test_id=test_id, cache=cache,
                            routing=routing, downgrade_to=downgrade_to, cap_min_output_tokens=cap_min_output_tokens)
     if on_budget not in (None, "refuse", "downgrade", "cap"):
         raise ValueError(f"on_budget={on_budget!r}: expected 'refuse', 'downgrade' or 'cap'")

@@ -60,6 +60,7 @@ from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
 from .store import (
     _UNSET,
+    Answer,
     CacheStore,
     Entry,
     Hit,
@@ -800,14 +801,13 @@ class RedisCacheStore:
         Each answer is one atomic script; a batch goes to Redis in one round trip. Ids are 0 when Redis is down.
         """
         rows = list(items)
-        for row in rows:  # every answer checked before any is stored
-            row_fields(row, self.ttl)
+        checked = [row_fields(row, self.ttl) for row in rows]  # every answer checked before any is stored
         ids: list[int] = []
         for start in range(0, len(rows), _PUT_BATCH):
-            chunk = rows[start : start + _PUT_BATCH]
+            chunk, fields = rows[start : start + _PUT_BATCH], checked[start : start + _PUT_BATCH]
             semantic = [i for i, row in enumerate(chunk)
-                        if row.get("semantic", True) and self._within_length(str(row["text"]))]
-            texts = [tokenizable(chunk[i]["text"]) for i in semantic]  # as _put_args stores them
+                        if row.get("semantic", True) and self._within_length(fields[i][2])]
+            texts = [fields[i][2] for i in semantic]
             blobs: list[bytes | None] = [None] * len(chunk)
             extra: list[bytes | None] = [None] * len(chunk)
             for i, blob, packed in zip(semantic, self._vectors(texts, [chunk[i].get("vector") for i in semantic]),
@@ -815,7 +815,7 @@ class RedisCacheStore:
                 blobs[i] = blob
                 extra[i] = packed if blob is not None else None  # no vector: never a semantic candidate
             now = self._clock()
-            scripts = [self._put_args(row, blob, packed, now) for row, blob, packed in zip(chunk, blobs, extra)]
+            scripts = [self._put_args(answer, blob, packed, now) for answer, blob, packed in zip(fields, blobs, extra)]
             try:
                 if len(scripts) == 1:
                     replies = [self._put(args=scripts[0])]
@@ -835,10 +835,10 @@ class RedisCacheStore:
             ids += [int(reply[0]) for reply in replies]
         return ids
 
-    def _put_args(self, row: Mapping[str, Any], blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
+    def _put_args(self, answer: Answer, blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
         # a lone surrogate (a JSON "\ud800" escape) is not text the client sends: the text is stored with U+FFFD
-        # as search reads it, a tenant or model as its surrogate-escaped bytes (read back as they were)
-        partition, exact_key, text, response, tenant, model, ttl = row_fields(row, self.ttl)
+        # as search reads it (row_fields), a tenant or model as its surrogate-escaped bytes (read back as they were)
+        partition, exact_key, text, response, tenant, model, ttl = answer
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
         size += (len(blob) if blob is not None else 0) + (len(scorer_data) if scorer_data is not None else 0)
         return [self.prefix, STREAM_MAXLEN, self._partition_id(partition), _wire(partition), exact_key, _wire(tenant),

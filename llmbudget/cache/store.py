@@ -605,30 +605,29 @@ class CacheStore:
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> list[int]:
         """Store many answers (each a mapping of :meth:`put`'s arguments), embedding in batches; returns their ids."""
         rows = list(items)
-        for row in rows:  # every answer checked before any is stored
-            row_fields(row, self.ttl)
+        checked = [row_fields(row, self.ttl) for row in rows]  # every answer checked before any is stored
         if _NO_WAIT.get() and (len(rows) > 1 or self._clock() - self._last_purge >= _PURGE_INTERVAL):
             raise WouldWait("a purge of expired entries is due, or many answers to store")
         ids: list[int] = []
         step = 4 * _CHUNK
         for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True) and self._within_length(str(r["text"]))]
+            chunk, fields = rows[start : start + step], checked[start : start + step]
+            semantic = [i for i, r in enumerate(chunk) if r.get("semantic", True) and self._within_length(fields[i][2])]
             if semantic:  # an answer stored for exact lookups only needs neither model
                 self._models_ready()
             blobs: list[bytes | None] = [None] * len(chunk)
-            texts = [tokenizable(chunk[i]["text"]) for i in semantic]  # as _insert stores them
+            texts = [fields[i][2] for i in semantic]
             stored = self._vectors(texts, [chunk[i].get("vector") for i in semantic])
             for i, blob in zip(semantic, stored):
                 blobs[i] = blob
             extra: list[bytes | None] = [None] * len(chunk)
             for i, packed in zip(semantic, self._scorer_data(texts)):
                 extra[i] = packed
-            pids = [self._partition_id(str(row["partition"])) for row in chunk]
+            pids = [self._partition_id(answer[0]) for answer in fields]
             now = self._clock()
             with self._write() as conn:
-                added = [self._insert(conn, row, pid, blob, now, packed)
-                         for row, pid, blob, packed in zip(chunk, pids, blobs, extra)]
+                added = [self._insert(conn, answer, pid, blob, now, packed)
+                         for answer, pid, blob, packed in zip(fields, pids, blobs, extra)]
                 self._enforce_cap(conn, now, added[0] if added else None)
             ids += added
             if added and _NO_WAIT.get():  # the index takes those with a vector as it would read them back
@@ -653,9 +652,10 @@ class CacheStore:
                 self._pack_failed = True
         return [None] * len(texts)
 
-    def _insert(self, conn: sqlite3.Connection, row: Mapping[str, Any], pid: int, blob: bytes | None, now: float,
+    def _insert(self, conn: sqlite3.Connection, answer: Answer, pid: int, blob: bytes | None, now: float,
                 scorer_data: bytes | None = None) -> int:
-        partition, exact_key, text, response, tenant, model, ttl = row_fields(row, self.ttl)
+        """Insert one answer (as :func:`row_fields` checked it); returns its id."""
+        partition, exact_key, text, response, tenant, model, ttl = answer
         # SQLite takes no lone surrogate: a tenant or model keeps U+FFFD for it, as invalidate() reads one
         tenant, model = tokenizable(tenant), tokenizable(model)
         size = sum(len(s.encode("utf-8", "surrogatepass")) for s in (exact_key, text, response, tenant, model))
@@ -810,7 +810,11 @@ def check_ttl(ttl: Any) -> None:
         raise ValueError(f"ttl={ttl!r}: expected seconds > 0 (at most {MAX_TTL:.0e}), or None (entries never expire)")
 
 
-def row_fields(row: Mapping[str, Any], default_ttl: float | None) -> tuple[str, str, str, str, str, str, float | None]:
+#: An answer to store, checked: partition, exact key, text, response, tenant, model, ttl.
+Answer = tuple[str, str, str, str, str, str, "float | None"]
+
+
+def row_fields(row: Mapping[str, Any], default_ttl: float | None) -> Answer:
     """An answer to store, checked: ``(partition, exact_key, text, response, tenant, model, ttl)``. A field
     that is not a string is a ``TypeError`` (``text=None`` was stored, and matched, as the question "None");
     a lone surrogate in the text becomes U+FFFD, as the tokenizers and a search read it."""

@@ -19,7 +19,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -116,6 +116,19 @@ def _period_bounds(period: str | None, now: float) -> tuple[str, float | None]:
         start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
     return start.strftime("%Y-%m-%dT%H:%M"), end.timestamp()
+
+
+def budget_list(value: Any, what: str) -> tuple[Budget, ...]:
+    """``value`` as a tuple of :class:`Budget`, or a ``TypeError`` naming ``what``: a single Budget, a string or an
+    item that is not a Budget is refused (one that was not failed at the first reservation, unbudgeted)."""
+    if isinstance(value, (Budget, str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be a list of llmbudget.Budget, got {value!r}: expected a list of Budget, "
+                        "e.g. [Budget('0.05')]")
+    result = tuple(value)
+    for i, budget in enumerate(result):
+        if not isinstance(budget, Budget):
+            raise TypeError(f"{what} must be a list of llmbudget.Budget: item {i} is {budget!r}, not a Budget")
+    return result
 
 
 @dataclass(frozen=True, slots=True)

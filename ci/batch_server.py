@@ -46,10 +46,12 @@ def _iso(stamp: float) -> str:
 class BatchServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, upstream: str, *, delay: float = 0.0, expire_after: int | None = None) -> None:
+    def __init__(self, port: int, upstream: str, *, delay: float = 0.0, expire_after: int | None = None,
+                 credential: str | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.upstream = upstream.rstrip("/")
         self.delay, self.expire_after = delay, expire_after
+        self.credential = credential
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
@@ -187,7 +189,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("content-length") or 0))
 
+    def _refused(self) -> bool:
+        """With a ``credential``, a request that carries it neither as a bearer token nor as ``x-api-key`` is
+        answered 401, as the real APIs answer it."""
+        credential = self.server.credential
+        if credential is None or credential in (self.headers.get("x-api-key"),
+                                                (self.headers.get("authorization") or "").removeprefix("Bearer ")):
+            return False
+        if self.command == "POST":
+            self._body()
+        self._reply(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+        return True
+
     def do_POST(self) -> None:
+        if self._refused():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/v1/files":
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
@@ -227,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._missing()
 
     def do_GET(self) -> None:
+        if self._refused():
+            return
         parts = self.path.split("?", 1)[0].strip("/").split("/")
         if parts[:3] == ["v1", "messages", "batches"] and len(parts) >= 4 and parts[3] in self.server.batches:
             batch = self.server.batches[parts[3]]
@@ -249,10 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def batch_server(upstream: str, *, port: int = 0, delay: float = 0.0,
-                 expire_after: int | None = None) -> Iterator[BatchServer]:
-    """Run a :class:`BatchServer` on 127.0.0.1 in a thread; yields it (its ``base_url`` ends in ``/v1``)."""
-    server = BatchServer(port, upstream, delay=delay, expire_after=expire_after)
+def batch_server(upstream: str, *, port: int = 0, delay: float = 0.0, expire_after: int | None = None,
+                 credential: str | None = None) -> Iterator[BatchServer]:
+    """Run a :class:`BatchServer` on 127.0.0.1 in a thread; yields it (its ``base_url`` ends in ``/v1``).
+    ``credential``: every request must carry it (as a bearer token or ``x-api-key``), else 401."""
+    server = BatchServer(port, upstream, delay=delay, expire_after=expire_after, credential=credential)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -235,7 +235,17 @@ def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) ->
     except ImportError:
         raise BatchError("deferring Messages calls needs the anthropic SDK: pip install anthropic") from None
     extra = {k: v for k, v in headers.items() if k.lower() in ("anthropic-version", "anthropic-beta")}
-    return anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=headers.get("x-api-key") or "none",
+    # The calls' own credential, sent as they sent it: an SDK of 2.x sends an api_key as "Authorization: Bearer",
+    # as it does an auth_token (a gateway's); older ones send "X-Api-Key". The header names are spelled as the
+    # SDK spells its own, so that these replace its headers instead of going beside them.
+    key = headers.get("x-api-key") or ""
+    auth = headers.get("authorization", "")
+    token = auth[len("Bearer "):] if auth[:len("Bearer ")].lower() == "bearer " else ""
+    if key:
+        extra["X-Api-Key"] = key
+    if auth:
+        extra["Authorization"] = auth
+    return anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=key or token or "none",
                                default_headers=extra, timeout=timeout, max_retries=2)
 
 

@@ -328,3 +328,29 @@ def test_a_message_batch_left_by_a_restart_is_resumed(messages_server, engine, t
     [record] = list(SQLiteLedger(ledger).records())
     assert (record.tenant, record.deferred, record.endpoint) == ("acme", "batch", "messages")
     assert record.cost_usd == Pricing().cost(record.usage, model=CLAUDE).usd > 0
+
+
+@pytest.mark.parametrize("credential", ["api_key", "auth_token"])
+def test_a_message_batch_is_made_with_the_calls_own_credential(messages_server, engine, records, batches,
+                                                                 credential):
+    # The server refuses (401) any request without this key, as the real API does; an SDK of 2.x sends an
+    # api_key as "Authorization: Bearer", and the batch was made with a key "none" read from "x-api-key".
+    with batch_server(f"{messages_server}/v1", credential="sk-ant-secret") as server:
+        client = anthropic.Anthropic(base_url=server.base_url.removesuffix("/v1"), max_retries=0,
+                                     http_client=llmbudget.http_client(sdk="anthropic"),
+                                     **{credential: "sk-ant-secret"})
+        assert ask_claude(client, "Say hi").content  # not deferred: the credential is right
+        answers = together(ask_claude, client, QUESTIONS[:2])
+        [job] = server.batches.values()
+    assert job["request_counts"]["succeeded"] == 2
+    assert all(isinstance(a, anthropic.types.Message) and a.content for a in answers)
+    assert [r.deferred for r in records] == [None, "batch", "batch"]
+
+
+def test_an_openai_batch_is_made_with_the_calls_own_key(llm_server, engine, records, batches):
+    with batch_server(llm_server, credential="sk-secret") as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-secret", max_retries=0,
+                               http_client=llmbudget.http_client())
+        answers = together(ask, client, QUESTIONS[:2])
+        [job] = server.batches.values()
+    assert job["request_counts"]["completed"] == 2 and all(a.choices[0].message.content for a in answers)

@@ -5,9 +5,10 @@ A cap never raises a limit the app set; it only lowers it or adds one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cap_field", "apply_cap", "REASONING_PREFIXES"]
+__all__ = ["cap_field", "apply_cap", "thinks", "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -37,3 +38,20 @@ def apply_cap(endpoint: str, body: dict[str, Any], model: str | None, cap: int) 
     if isinstance(current, int) and not isinstance(current, bool) and 0 < current <= cap:
         return body, False
     return {**body, field: cap}, True
+
+
+def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
+    """Whether the request's output limit also bounds hidden reasoning: Anthropic ``thinking`` (which needs
+    ``max_tokens`` above its ``budget_tokens``), OpenAI's reasoning models and reasoning settings. A cap that
+    llmbudget adds by itself (a schema's bounds, a length directive's, a budget's) would leave such a call no
+    room to answer, or make the API refuse it, so none is added to it."""
+    if endpoint == "messages":
+        thinking = body.get("thinking")
+        return isinstance(thinking, Mapping) and thinking.get("type") not in (None, "disabled")
+    if endpoint not in ("chat.completions", "responses"):
+        return False
+    reasoning = body.get("reasoning")
+    if body.get("reasoning_effort") not in (None, "none") or (
+            isinstance(reasoning, Mapping) and reasoning.get("effort") not in (None, "none")):
+        return True
+    return (model or "").lower().split("/")[-1].startswith(REASONING_PREFIXES)

@@ -34,7 +34,7 @@ from .ledger.budgets import (
     WouldWait,
     budget_list,
 )
-from .caps import apply_cap
+from .caps import apply_cap, thinks
 from .ledger.records import Ledger, MemoryLedger
 from .breakpoints import Breakpoints
 from .defer import Batcher
@@ -387,7 +387,7 @@ class Attempt:
         affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token)
         minimum = self._scope_setting("cap_min_output_tokens") or 16
         current = call.max_output_tokens or self.engine.default_max_output_tokens
-        if affordable < minimum or affordable >= current:
+        if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model):
             return False
         body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
         if changed:
@@ -533,7 +533,8 @@ class Attempt:
             return None
         body, where = applied
         capped = False
-        if self.escalated_from is None:  # a retry on the strong tier is not cut where the weak one was
+        if self.escalated_from is None and not thinks(endpoint, body, body.get("model")):
+            # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), output.cap)
         self.capped = self.capped or capped
         self.output = {"directive": output.text, "max_words": output.max_words, "cap": output.cap if capped else None,
@@ -594,7 +595,8 @@ class Attempt:
             self.defer_mode = "flex"
         elif deferral == "batch" and call.endpoint in _BATCHED and not call.stream:
             self.defer_mode = "batch"  # sent as a line of a Batch API job (see the transport)
-        bound = schema_cap(body) if self.escalated_from is None else None
+        bound = schema_cap(body) if self.escalated_from is None and not thinks(
+            call.endpoint, body, body.get("model")) else None
         if bound is not None:
             body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
             if capped:

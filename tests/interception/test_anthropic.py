@@ -131,3 +131,30 @@ def test_routing_moves_a_claude_request_between_claude_tiers_only(messages_serve
     engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
     client.messages.create(model="claude-sonnet-4-5", messages=hi(), **ASK)
     assert records[-1].model_sent == "claude-sonnet-4-5" and not records[-1].routed
+
+
+def test_a_thinking_request_keeps_its_max_tokens_under_a_bounded_schema(messages_server, records):
+    # A bounded output_format gives a cap of a few dozen tokens; thinking tokens count toward max_tokens and the
+    # API refuses max_tokens <= thinking.budget_tokens, so the cap would have made this valid call fail.
+    import httpx2
+
+    sent: list[bytes] = []
+
+    class Spy(httpx2.HTTPTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            sent.append(request.read())
+            return super().handle_request(request)
+
+    client = anthropic.Anthropic(base_url=messages_server, api_key="sk-test", max_retries=0,
+                                 http_client=llmbudget.http_client(sdk="anthropic", transport=Spy()))
+    schema = {"type": "object", "additionalProperties": False, "required": ["label"],
+              "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}}}
+    ask = {"model": HAIKU, "messages": hi("Classify: WIN A PRIZE NOW"), "stop_sequences": ["\n"],
+           "extra_body": {"temperature": 0, "output_format": {"type": "json_schema", "schema": schema}}}
+    client.messages.create(max_tokens=200, **ask)  # without thinking the schema's bound caps it
+    client.messages.create(max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024}, **ask)
+    import json
+
+    plain, thinking = (json.loads(body) for body in sent)
+    assert plain["max_tokens"] < 200 and records[0].output["schema_cap"] == plain["max_tokens"]
+    assert thinking["max_tokens"] == 2048 and "schema_cap" not in (records[1].output or {})

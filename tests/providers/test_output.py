@@ -143,3 +143,16 @@ def test_json_answers_are_judged_valid_cut_or_invalid(llm_server, records):
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}],
                                    response_format={"type": "json_object"}, max_tokens=3, temperature=0)
     assert records[-1].output is not None and records[-1].output["json"] in ("cut", "invalid")
+
+
+def test_requests_whose_limit_also_bounds_reasoning_are_told_apart():
+    from llmbudget.caps import thinks
+
+    assert thinks("messages", {"thinking": {"type": "enabled", "budget_tokens": 1024}}, "claude-sonnet-4-5")
+    assert not thinks("messages", {"thinking": {"type": "disabled"}}, "claude-sonnet-4-5")
+    assert not thinks("messages", {}, "claude-sonnet-4-5")
+    assert thinks("chat.completions", {}, "o3-mini") and thinks("responses", {}, "openai/gpt-5-mini")
+    assert thinks("chat.completions", {"reasoning_effort": "low"}, "my-local-model")
+    assert thinks("responses", {"reasoning": {"effort": "high"}}, "my-local-model")
+    assert not thinks("chat.completions", {"reasoning_effort": "none"}, "gpt-4o-mini")
+    assert not thinks("chat.completions", {}, "gpt-4o-mini") and not thinks("completions", {}, "o3")

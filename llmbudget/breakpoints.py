@@ -64,13 +64,25 @@ def has_cache_control(value: Any) -> bool:
     return False
 
 
+#: Blocks the API refuses a ``cache_control`` on (they are cached as part of a prefix all the same).
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+
+
+def _markable(block: Any) -> bool:
+    return (isinstance(block, dict) and block.get("type") not in _UNMARKABLE
+            and not (block.get("type") == "text" and not block.get("text")))  # nor on an empty text
+
+
 def _marked(content: Any) -> Any:
-    """``content`` (a string or a list of blocks) with a breakpoint on its last block, or None when it has none."""
+    """``content`` (a string or a list of blocks) with a breakpoint on its last block that may carry one
+    (not a thinking block, nor an empty text), or None when it has none."""
     mark = {"type": "ephemeral"}
     if isinstance(content, str):
         return [{"type": "text", "text": content, "cache_control": mark}] if content else None
-    if isinstance(content, list) and content and isinstance(content[-1], dict):
-        return [*content[:-1], {**content[-1], "cache_control": mark}]
+    if isinstance(content, list):
+        for at in range(len(content) - 1, -1, -1):
+            if _markable(content[at]):
+                return [*content[:at], {**content[at], "cache_control": mark}, *content[at + 1:]]
     return None
 
 

@@ -104,6 +104,28 @@ def test_a_one_off_prefix_never_pays_for_a_write_and_a_repeated_one_gets_a_break
     assert points.apply(_body(LONG), tenant="acme", model="claude-sonnet-4-5") is None
 
 
+
+@pytest.mark.parametrize("last", [
+    [{"type": "text", "text": "answer 0"}, {"type": "thinking", "thinking": "Let me see", "signature": "s"}],
+    [{"type": "text", "text": "answer 0"}, {"type": "redacted_thinking", "data": "abc"}],
+    [{"type": "text", "text": "answer 0"}, {"type": "text", "text": ""}],
+    [{"type": "thinking", "thinking": "Let me see", "signature": "s"}],
+])
+def test_a_breakpoint_never_lands_on_a_block_the_api_refuses_one_on(last):
+    # The API refuses cache_control on thinking blocks and on empty text: the mark goes on the last block
+    # that takes one, or on the head when the turn has none.
+    points = Breakpoints(Pricing(), clock=Clock())
+    body = _body(LONG, turns=2, thinking={"type": "enabled", "budget_tokens": 1024})
+    body["messages"][1]["content"] = last
+    assert points.apply(body, tenant="t", model="claude-sonnet-4-5") is None
+    marked = points.apply(body, tenant="t", model="claude-sonnet-4-5")
+    assert marked is not None
+    blocks = [b for m in marked["messages"] if isinstance(m["content"], list) for b in m["content"]]
+    blocks += marked["system"] if isinstance(marked["system"], list) else []
+    carriers = [b for b in blocks if "cache_control" in b]
+    assert carriers and all(b["type"] == "text" and b["text"] for b in carriers)
+    assert [{k: v for k, v in b.items() if k != "cache_control"} for b in marked["messages"][1]["content"]] == last
+
 def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():
     points = Breakpoints(Pricing(), clock=Clock())
     short = "Be brief. " * 20

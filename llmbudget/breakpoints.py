@@ -73,6 +73,25 @@ def _markable(block: Any) -> bool:
             and not (block.get("type") == "text" and not block.get("text")))  # nor on an empty text
 
 
+def cache_write_ttls(value: Any) -> set[str]:
+    """The ``ttl`` of every ``cache_control`` in ``value`` (a body, its tools, system or messages; "5m" when
+    unset): what a call may write to the prompt cache, and at which rate."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            control = item.get("cache_control")
+            if isinstance(control, dict):
+                found.add(str(control.get("ttl") or "5m"))
+            elif control is not None:
+                found.add("5m")
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def _marked(content: Any) -> Any:
     """``content`` (a string or a list of blocks) with a breakpoint on its last block that may carry one
     (not a thinking block, nor an empty text), or None when it has none."""

@@ -36,7 +36,7 @@ from .ledger.budgets import (
 )
 from .caps import apply_cap, thinks
 from .ledger.records import Ledger, MemoryLedger
-from .breakpoints import Breakpoints
+from .breakpoints import Breakpoints, cache_write_ttls
 from .defer import Batcher
 from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
@@ -344,10 +344,17 @@ class Attempt:
         max_output = self.call.max_output_tokens
         if max_output is None:
             max_output = self.engine.default_max_output_tokens
-        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
-        usage = Usage(input_tokens=padded, output_tokens=max_output, estimated=True,
-                      service_tier=self.defer_mode)  # deferred work reserves at its own price
+        usage = self._worst_input().replace(output_tokens=max_output)
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
+
+    def _worst_input(self) -> Usage:
+        """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
+        breakpoints (its own, or llmbudget's) may write all of it to the prompt cache, at 1.25x the input
+        price (2x for a one-hour write); deferred work at its own price."""
+        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
+        ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
+        return Usage(input_tokens=padded, estimated=True, cache_write_tokens=padded if ttls else 0,
+                     cache_write_1h_tokens=padded if "1h" in ttls else 0, service_tier=self.defer_mode)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.
@@ -379,8 +386,7 @@ class Attempt:
     def _cap_to(self, refusal: Refusal) -> bool:
         """Cap the output so the worst case fits what the refusing budget has left."""
         pricing, call = self.engine.pricing, self.call
-        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
-        input_cost = pricing.cost(Usage(input_tokens=padded), model=call.model, base_url=call.base_url).usd
+        input_cost = pricing.cost(self._worst_input(), model=call.model, base_url=call.base_url).usd
         per_token = pricing.cost(Usage(output_tokens=1_000_000), model=call.model, base_url=call.base_url).usd
         if per_token <= 0:
             return False

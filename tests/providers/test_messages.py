@@ -198,3 +198,32 @@ def test_a_tenant_whose_conversations_go_on_gets_its_last_turn_written_for_the_n
     assert points.apply({"model": "claude-sonnet-4-5", "max_tokens": 8, "system": LONG,
                          "messages": [{"role": "user", "content": "one-off"}]}, tenant="other",
                         model="claude-sonnet-4-5") is None  # another tenant: nothing known, nothing written
+
+
+def test_a_call_that_may_write_the_prompt_cache_reserves_at_the_write_rate():
+    # A write costs 1.25x the input price (a one-hour one 2x): the worst case must pay it, or a per-request
+    # budget that fits the plain price lets the call spend past it.
+    import json
+
+    import llmbudget
+
+    engine = llmbudget.Engine()
+
+    def worst(system: object) -> Decimal:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "system": system,
+                "messages": [{"role": "user", "content": "Hi"}]}
+        attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                               body=json.dumps(body).encode())
+        assert attempt is not None
+        attempt.plan()
+        return attempt.worst_case_usd()
+
+    def marked(ttl: str | None) -> list[dict]:
+        control = {"type": "ephemeral", **({"ttl": ttl} if ttl else {})}
+        return [{"type": "text", "text": LONG, "cache_control": control}]
+
+    plain, five, hour = worst(LONG), worst(marked(None)), worst(marked("1h"))
+    pricing, output = Pricing(), Pricing().cost(Usage(output_tokens=16), model="claude-sonnet-4-5").usd
+    assert plain < five < hour
+    assert (five - output) == (plain - output) * Decimal("1.25") and (hour - output) == (plain - output) * 2
+    assert pricing.cost(Usage(input_tokens=1), model="claude-sonnet-4-5").known

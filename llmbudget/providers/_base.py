@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +96,12 @@ class Adapter:
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
         names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
-        return tokens.estimate_input_tokens(self.input_text(body), model=model, messages=len(messages), names=names)
+        return (tokens.estimate_input_tokens(self.input_text(body), model=model, messages=len(messages), names=names)
+                + self.media_tokens(body))
+
+    def media_tokens(self, body: dict[str, Any]) -> int:
+        """Estimated tokens of the images and files in the input (see :data:`IMAGE_TOKENS`)."""
+        return 0
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         """Usage from the response's ``usage`` object (each adapter reads its own shape); :class:`BadUsage`
@@ -147,6 +155,49 @@ class Adapter:
 def items(value: Any) -> list[Any] | tuple[()]:
     """A JSON array as a list; anything else (a malformed field) as nothing."""
     return value if isinstance(value, list) else ()
+
+
+#: Token estimates of what an input carries beside text, which the provider counts and llmbudget cannot read:
+#: an image at the largest size the APIs take before scaling it down (Anthropic about 1,600 tokens; OpenAI's
+#: gpt-4o at high detail up to 1,445), a low-detail one at OpenAI's 85, and a PDF page at the top of
+#: Anthropic's 1,500-3,000 range (its text plus an image of the page).
+IMAGE_TOKENS = 1_600
+LOW_DETAIL_IMAGE_TOKENS = 85
+PDF_PAGE_TOKENS = 3_000
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+_PDF_COUNT = re.compile(rb"/Count\s+(\d{1,6})")
+
+
+def pdf_tokens(data: Any) -> int:
+    """:data:`PDF_PAGE_TOKENS` per page of a base64 PDF (or a ``data:`` URL of one): the pages it declares or
+    holds, one when neither can be read (a PDF given by URL or file id, or whose page tree is compressed)."""
+    pages = 0
+    if isinstance(data, str) and data:
+        encoded = data.partition(",")[2] if data.startswith("data:") else data
+        try:
+            raw = base64.b64decode(encoded)
+        except (ValueError, binascii.Error):
+            raw = b""
+        pages = max([len(_PDF_PAGE.findall(raw))] + [int(n) for n in _PDF_COUNT.findall(raw)])
+    return PDF_PAGE_TOKENS * max(pages, 1)
+
+
+def openai_media_tokens(content: Any) -> int:
+    """Estimated tokens of the images and files in an OpenAI message content (chat's ``image_url`` and ``file``
+    parts, Responses' ``input_image`` and ``input_file``)."""
+    total = 0
+    for part in items(content):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("image_url", "input_image"):
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+            total += LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS
+        elif kind in ("file", "input_file"):
+            file = part.get("file")
+            total += pdf_tokens((file if isinstance(file, dict) else part).get("file_data"))
+    return total
 
 
 def _text_of(content: Any, out: list[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, items, as_int, json_text
+from ._base import Adapter, ResponseState, _text_of, as_int, items, json_text, openai_media_tokens
 
 
 def chat_usage(raw: dict[str, Any]) -> Usage:
@@ -56,6 +56,9 @@ class ChatAdapter(Adapter):
             if body.get(key):
                 out.append(json_text(body[key]))
         return out
+
+    def media_tokens(self, body: dict[str, Any]) -> int:
+        return sum(openai_media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
 
     def message_count(self, body: dict[str, Any]) -> int:
         messages = body.get("messages")

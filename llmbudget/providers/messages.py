@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, as_int, items, json_text
+from ._base import (
+    IMAGE_TOKENS,
+    Adapter,
+    ResponseState,
+    as_int,
+    items,
+    json_text,
+    pdf_tokens,
+)
 
 __all__ = ["STOP_REASONS", "MessagesAdapter", "messages_usage"]
 
@@ -59,6 +67,33 @@ def _block_text(content: Any, out: list[str]) -> None:
             _block_text(block.get("content"), out)
         elif kind in ("thinking", "redacted_thinking"):
             out.append(str(block.get("thinking") or block.get("data") or ""))
+        elif kind in ("document", "search_result"):  # their text; an image or a PDF is in _media_tokens
+            for key in ("title", "context"):
+                if isinstance(block.get(key), str):
+                    out.append(block[key])
+            source = block.get("source")
+            if kind == "search_result":
+                _block_text(block.get("content"), out)
+            elif isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+                out.append(source["data"])
+            elif isinstance(source, dict) and source.get("type") == "content":
+                _block_text(source.get("content"), out)
+
+
+def _media_tokens(content: Any) -> int:
+    """Estimated tokens of the images and PDFs in a Messages content (see ``_base.IMAGE_TOKENS``)."""
+    total = 0
+    for block in items(content):
+        if not isinstance(block, dict):
+            continue
+        kind, source = block.get("type"), block.get("source")
+        if kind == "image":
+            total += IMAGE_TOKENS
+        elif kind == "document" and isinstance(source, dict) and source.get("type") not in ("text", "content"):
+            total += pdf_tokens(source.get("data") if source.get("type") == "base64" else None)
+        elif kind == "tool_result":
+            total += _media_tokens(block.get("content"))
+    return total
 
 
 class MessagesAdapter(Adapter):
@@ -78,6 +113,10 @@ class MessagesAdapter(Adapter):
             if body.get(key):
                 out.append(json_text(body[key]))
         return out
+
+    def media_tokens(self, body: dict[str, Any]) -> int:
+        return _media_tokens(body.get("system")) + sum(
+            _media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

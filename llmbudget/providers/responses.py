@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, items, as_int, json_text
+from ._base import Adapter, ResponseState, _text_of, as_int, items, json_text, openai_media_tokens
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
@@ -44,6 +44,10 @@ class ResponsesAdapter(Adapter):
             if body.get(key):
                 out.append(json_text(body[key]))
         return out
+
+    def media_tokens(self, body: dict[str, Any]) -> int:
+        return sum(openai_media_tokens(item.get("content")) for item in items(body.get("input"))
+                   if isinstance(item, dict))
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return responses_usage(data)

@@ -227,3 +227,71 @@ def test_a_call_that_may_write_the_prompt_cache_reserves_at_the_write_rate():
     assert plain < five < hour
     assert (five - output) == (plain - output) * Decimal("1.25") and (hour - output) == (plain - output) * 2
     assert pricing.cost(Usage(input_tokens=1), model="claude-sonnet-4-5").known
+
+
+def test_documents_images_and_pdfs_count_in_the_input_estimate():
+    # They were read as no tokens at all: a per-request budget let a 48k-token document through as 16 tokens.
+    import base64
+    import json
+
+    import llmbudget
+    from llmbudget.providers._base import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, PDF_PAGE_TOKENS, pdf_tokens
+
+    adapter = MessagesAdapter()
+    text = "The quarterly report says revenue grew. " * 500
+
+    def estimate(*blocks: dict) -> int:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 16,
+                "messages": [{"role": "user", "content": [*blocks, {"type": "text", "text": "Summarise it."}]}]}
+        return adapter.estimate_input_tokens(body, "claude-sonnet-4-5")
+
+    bare = estimate()
+    document = {"type": "document", "title": "Q3", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    assert estimate(document) > bare + 3_000
+    result = {"type": "search_result", "source": "https://example.com", "title": "Q3",
+              "content": [{"type": "text", "text": text}]}
+    assert estimate(result) > bare + 3_000
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    assert estimate(image, image) == bare + 2 * IMAGE_TOKENS
+    pages = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R 4 0 R] /Count 3 >> endobj\n" + b"".join(
+        b"%d 0 obj << /Type /Page /Parent 1 0 R >> endobj\n" % n for n in (2, 3, 4))
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                          "data": base64.b64encode(pages).decode()}}
+    assert pdf_tokens(base64.b64encode(pages).decode()) == 3 * PDF_PAGE_TOKENS
+    assert estimate(pdf) == bare + 3 * PDF_PAGE_TOKENS
+    assert estimate({"type": "document", "source": {"type": "url", "url": "https://x/y.pdf"}}) == bare + PDF_PAGE_TOKENS
+    tool = {"type": "tool_result", "tool_use_id": "t", "content": [image]}
+    assert estimate(tool) >= bare + IMAGE_TOKENS
+
+    found = adapter_for_path("/v1/chat/completions")
+    assert found is not None
+    chat = found[0]
+    picture = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                           {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}
+    small = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}]}
+    plain = chat.estimate_input_tokens({"model": "gpt-4o", "messages": [{"role": "user", "content": "What is this?"}]},
+                                       "gpt-4o")
+    assert chat.estimate_input_tokens({"model": "gpt-4o", "messages": [picture]}, "gpt-4o") == plain + IMAGE_TOKENS
+    assert chat.estimate_input_tokens({"model": "gpt-4o", "messages": [small]}, "gpt-4o") == \
+        plain + LOW_DETAIL_IMAGE_TOKENS
+
+    found = adapter_for_path("/v1/responses")
+    assert found is not None
+    responses, question = found[0], {"type": "input_text", "text": "What is this?"}
+    assert responses.estimate_input_tokens({"model": "gpt-4o", "input": [{"role": "user", "content": [
+        question, {"type": "input_image", "image_url": "https://x/a.png"}, {"type": "input_file", "file_id": "f"}]}]},
+        "gpt-4o") == responses.estimate_input_tokens({"model": "gpt-4o", "input": [{"role": "user", "content": [
+            question]}]}, "gpt-4o") + IMAGE_TOKENS + PDF_PAGE_TOKENS
+
+    # and a per-request budget that fits the question alone refuses the call with the document
+    engine = llmbudget.Engine()
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 16,
+            "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Summarise it."}]}]}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.01")]):
+        attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                               body=json.dumps(body).encode())
+        assert attempt is not None
+        attempt.plan()
+        refusal = attempt.reserve()
+    assert refusal is not None and refusal.estimated_cost_usd > Decimal("0.01")

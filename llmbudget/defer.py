@@ -107,6 +107,19 @@ class Batcher:
         self._groups: dict[tuple[str, str, str], _Group] = {}
         self._lock = threading.Lock()
 
+    @property
+    def hold_seconds(self) -> float:
+        """How long a batched call's budget hold must last: the job's window (``"24h"``; hours, minutes or
+        seconds as ``"90m"``, ``"3600s"``) and an hour to poll and fetch the results. A shorter hold would lapse
+        while the job runs and let other calls spend what the job will."""
+        window = self.completion_window.strip().lower()
+        unit = {"h": 3600.0, "m": 60.0, "s": 1.0}.get(window[-1:], 0.0)
+        try:
+            seconds = float(window[:-1]) * unit
+        except ValueError:
+            seconds = 0.0
+        return (seconds if seconds > 0 else 86_400.0) + 3600.0
+
     # -- the calls ---------------------------------------------------------------------------------
 
     def submit(self, *, url: str, path: str, headers: dict[str, str], body: dict[str, Any], tenant: str | None,

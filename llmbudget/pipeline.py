@@ -438,9 +438,12 @@ class Attempt:
             # Two budgets of one kind share one counter: count it once, under the lower limit.
             if bucket.key not in buckets or bucket.limit < buckets[bucket.key].limit:
                 buckets[bucket.key] = bucket
+        # A call sent as a line of a Batch API job is held until the job can have ended, not for the store's
+        # usual TTL (600 s by default), which would lapse while the job runs.
+        hold = {"ttl": self.engine.batcher.hold_seconds} if self.defer_mode == "batch" else {}
         for store, buckets in groups.values():
             try:
-                result = store.reserve(list(buckets.values()), amount, tenant=tenant)
+                result = store.reserve(list(buckets.values()), amount, tenant=tenant, **hold)
             except (BudgetStoreUnavailable, WouldWait):
                 self.release()  # drop the holds already taken in other stores
                 raise

@@ -245,9 +245,11 @@ def no_wait() -> Iterator[None]:
 
 
 class BudgetStore(Protocol):
-    """Where budget counters live. ``reserve`` is atomic across all the buckets it is given."""
+    """Where budget counters live. ``reserve`` is atomic across all the buckets it is given; its hold lapses
+    after ``ttl`` seconds (default: the store's ``reservation_ttl``) unless settled first."""
 
-    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
+                ttl: float | None = None) -> Reservation | Refusal:
         ...
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
@@ -284,7 +286,8 @@ class MemoryBudgetStore:
     _settled: dict[str, None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
+                ttl: float | None = None) -> Reservation | Refusal:
         with self._lock:
             self._expire(time.monotonic())
             refusal = _check(self._counters, buckets, amount, tenant)
@@ -294,7 +297,7 @@ class MemoryBudgetStore:
             for key in reservation.keys:
                 spent, reserved = self._counters.get(key, (_ZERO, _ZERO))
                 self._counters[key] = (spent, reserved + amount)
-            self._open[reservation.id] = (reservation, time.monotonic() + self.reservation_ttl)
+            self._open[reservation.id] = (reservation, time.monotonic() + (self.reservation_ttl if ttl is None else ttl))
             return reservation
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
@@ -706,7 +709,8 @@ class SQLiteBudgetStore:
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
 
     def _reserve_in(self, conn: sqlite3.Connection, buckets: Sequence[Bucket], amount: Decimal,
-                    tenant: str | None, settles: Sequence[tuple[Reservation, Decimal]]) -> Reservation | Refusal:
+                    tenant: str | None, settles: Sequence[tuple[Reservation, Decimal]], ttl: float
+                    ) -> Reservation | Refusal:
         now = time.time()
         self._settle_all_in(conn, settles)  # this process's settles first: their holds are freed
         if now - self._expired_at >= self._expire_every:
@@ -724,7 +728,7 @@ class SQLiteBudgetStore:
             self._add(conn, key, _ZERO, amount)
         conn.execute(
             "INSERT INTO budget_reservations (id, keys, amount, expires) VALUES (?, ?, ?, ?)",
-            (reservation.id, json.dumps(reservation.keys), str(amount), now + self.reservation_ttl),
+            (reservation.id, json.dumps(reservation.keys), str(amount), now + ttl),
         )
         return reservation
 
@@ -746,13 +750,15 @@ class SQLiteBudgetStore:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
+                ttl: float | None = None) -> Reservation | Refusal:
         # Fail-closed if any budget says so (or leaves it to a fail-closed store).
         closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
         if self._usable():
             settles = self._take_settles()
             try:
-                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant, settles))
+                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant, settles,
+                                                                         self.reservation_ttl if ttl is None else ttl))
             except _SQLITE_ERRORS as exc:
                 self._return_settles(settles)
                 self._mark_down(exc)
@@ -766,9 +772,10 @@ class SQLiteBudgetStore:
                 return result
         elif closed:
             raise self._unavailable(None)
-        return self._reserve_local(buckets, amount, tenant)
+        return self._reserve_local(buckets, amount, tenant, self.reservation_ttl if ttl is None else ttl)
 
-    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, tenant: str | None) -> Reservation | Refusal:
+    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, tenant: str | None, ttl: float
+                       ) -> Reservation | Refusal:
         """Fail-open: check against the last spend read from the file plus what this process did since.
 
         Buckets this process never read are read now if the file still reads. Whatever was read, this
@@ -803,7 +810,7 @@ class SQLiteBudgetStore:
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent, reserved + amount)
-            self._local_open[reservation.id] = (reservation, now + self.reservation_ttl)
+            self._local_open[reservation.id] = (reservation, now + ttl)
             return reservation
 
     def _unhold(self, reservation: Reservation) -> None:

@@ -317,28 +317,30 @@ class RedisBudgetStore:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None) -> Reservation | Refusal:
+    def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
+                ttl: float | None = None) -> Reservation | Refusal:
         if not buckets:
             return Reservation(uuid.uuid4().hex, (), amount)
         pico = to_pico(amount)
         # Fail-closed if any budget says so (or leaves it to a fail-closed store).
         closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
+        ttl = self.reservation_ttl if ttl is None else ttl
         if self._usable():
             try:
-                return self._reserve_redis(buckets, amount, pico, tenant)
+                return self._reserve_redis(buckets, amount, pico, tenant, ttl)
             except self._errors as exc:
                 self._mark_down(exc)
                 if closed:
                     raise self._unavailable(exc) from exc
         elif closed:
             raise self._unavailable(None)
-        return self._reserve_local(buckets, amount, pico, tenant)
+        return self._reserve_local(buckets, amount, pico, tenant, ttl)
 
-    def _reserve_redis(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None
+    def _reserve_redis(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:
         rid = uuid.uuid4().hex
         now = time.time()
-        args: list[Any] = [rid, pico, int(self.reservation_ttl * 1000), _EXPIRE_BATCH]
+        args: list[Any] = [rid, pico, int(ttl * 1000), _EXPIRE_BATCH]
         for bucket in buckets:
             resets = bucket.resets_at
             if resets is not None:
@@ -368,7 +370,7 @@ class RedisBudgetStore:
         return Refusal(b.name, b.per, b.period, buckets[index].limit, from_pico(spent), from_pico(reserved), amount,
                        buckets[index].resets_at, tenant)
 
-    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None
+    def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:
         """Fail-open: check against the last spend seen in Redis plus what this process did since."""
         with self._lock:
@@ -395,7 +397,7 @@ class RedisBudgetStore:
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent, reserved + pico)
-            self._local_open[reservation.id] = (reservation, now + self.reservation_ttl)
+            self._local_open[reservation.id] = (reservation, now + ttl)
             return reservation
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:

@@ -254,6 +254,40 @@ def test_expired_reservations_release_their_hold(store_factory: StoreFactory, cl
     assert store.spent(bucket.key) == (Decimal(0), Decimal("0.9"))
 
 
+def test_a_hold_may_last_longer_than_the_stores_ttl(store_factory: StoreFactory, clock: _Clock) -> None:
+    # A call sent as a line of a Batch API job is answered in minutes to hours: its hold must last that long.
+    store = store_factory(ttl=60)
+    bucket = _bucket("1.00")
+    assert isinstance(store.reserve([bucket], Decimal("0.9"), ttl=3600), Reservation)
+    clock.now += 61
+    assert isinstance(store.reserve([bucket], Decimal("0.2")), Refusal)  # still held
+    clock.now += 3600
+    assert isinstance(store.reserve([bucket], Decimal("0.9")), Reservation)
+
+
+def test_a_batched_call_is_held_for_its_jobs_window(clock: _Clock) -> None:
+    from llmbudget.defer import Batcher
+
+    store = MemoryBudgetStore(reservation_ttl=60)
+    engine = llmbudget.Engine(budget_store=store, budgets=[llmbudget.Budget("0.0008", per="tenant")])
+    engine._batcher = Batcher(completion_window="24h")
+    assert engine.batcher.hold_seconds == 25 * 3600 and Batcher(completion_window="90m").hold_seconds == 9000
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 1000,
+                       "messages": [{"role": "user", "content": "Summarise this report."}]}).encode()
+
+    def attempt(**scope: object) -> llmbudget.pipeline.Attempt:
+        with llmbudget.scope(tenant="acme", **scope):  # type: ignore[arg-type]
+            made = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                                headers={}, body=body)
+        assert made is not None
+        made.plan()
+        return made
+
+    batched = attempt(defer="batch")
+    assert batched.reserve() is None
+    clock.now += 3600  # an hour into the job: the store's own 60 s would have let the next call spend it again
+    assert attempt().reserve() is not None
+
 def test_late_settle_after_expiry_charges_the_actual_once(store_factory: StoreFactory, clock: _Clock) -> None:
     store = store_factory(ttl=60)
     bucket = _bucket("1.00")

@@ -157,6 +157,13 @@ def test_expired_reservations_release_their_hold_and_a_late_settle_charges_once(
     assert store.spent(bucket.key) == (Decimal("0.45"), Decimal("0.5"))
 
 
+def test_a_hold_may_last_longer_than_the_stores_ttl(store_factory: StoreFactory) -> None:
+    store = store_factory(ttl=0.3)
+    bucket = _now_bucket("1.00")
+    assert isinstance(store.reserve([bucket], Decimal("0.6"), ttl=30), Reservation)
+    time.sleep(0.4)
+    assert isinstance(store.reserve([bucket], Decimal("0.5")), Refusal)  # the first hold still counts
+
 # -- Redis specifics -------------------------------------------------------------------------------------
 
 

@@ -105,6 +105,7 @@ class Batcher:
         self.completion_window, self.timeout = completion_window, timeout
         self.state = Path(state) if state is not None else None
         self._groups: dict[tuple[str, str, str], _Group] = {}
+        self._leases: dict[str, int] = {}  # job id -> the file descriptor of its locked lease file
         self._lock = threading.Lock()
 
     @property
@@ -183,6 +184,7 @@ class Batcher:
         except Exception as exc:
             log.warning("llmbudget: batch %s could not be read: %s; `llmbudget batches --resume` fetches it later",
                         job, exc)
+            self._unlease(job)  # this process no longer polls it: --resume may take it
             _fail_all(group.calls, jobs.error(502, f"llmbudget: batch {job} could not be read: {exc}",
                                               "batch_unreadable"))
             return
@@ -200,7 +202,13 @@ class Batcher:
         except Exception as exc:
             raise BatchError(f"creating the batch: {exc}") from exc
         log.info("llmbudget: batch %s created with %d call(s)", job, len(group.calls))
-        self._keep(job, group)
+        try:
+            self._keep(job, group)
+        except OSError as exc:  # the job exists and is paid for: poll it all the same
+            self._unlease(job)
+            log.error("llmbudget: batch %s was created, but its state could not be written to %s (%s): this "
+                      "process polls it, and a restart before it ends loses its calls' answers and spend",
+                      job, self.state, exc)
         return job
 
     def _wait(self, group: _Group, job: str) -> dict[str, Any]:
@@ -219,6 +227,9 @@ class Batcher:
         if self.state is None:
             return
         self.state.mkdir(parents=True, exist_ok=True)
+        lease = _take_lease(self.state, job)  # held while this process polls: --resume leaves the job alone
+        if lease is not None:
+            self._leases[job] = lease
         record = {"id": job, "base_url": group.base_url, "endpoint": group.path, "created": time.time(),
                   "calls": [{"custom_id": c.custom_id, "tenant": c.tenant, "request_id": c.request_id,
                              "model": c.model} for c in group.calls]}
@@ -228,7 +239,18 @@ class Batcher:
 
     def _forget(self, job: str) -> None:
         if self.state is not None:
-            (self.state / f"{job}.json").unlink(missing_ok=True)
+            try:
+                (self.state / f"{job}.json").unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("llmbudget: batch %s is done and recorded, but its state file could not be removed (%s): "
+                          "remove %s, or `llmbudget batches --resume` records its calls again", job, exc,
+                          self.state / f"{job}.json")
+        self._unlease(job)
+
+    def _unlease(self, job: str) -> None:
+        lease = self._leases.pop(job, None)
+        if lease is not None and self.state is not None:
+            _give_lease(self.state, job, lease)
 
 
 def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
@@ -396,6 +418,29 @@ def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, byte
     return answers
 
 
+def _take_lease(folder: Path, job: str) -> int | None:
+    """Lock ``<job>.lock`` in ``folder`` for this process (released when it exits, however it exits): the file
+    descriptor, -1 where the platform has no such locks, None when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    fd = os.open(folder / f"{job}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _give_lease(folder: Path, job: str, fd: int) -> None:
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            (folder / f"{job}.lock").unlink()
+        os.close(fd)
+
+
 def pending_jobs(state: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The jobs a state folder still holds (created, results not yet fetched)."""
     folder = Path(state)
@@ -478,35 +523,48 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
     folder = Path(state)
     summaries = []
     for job in pending_jobs(folder):
-        kind = _jobs_for(job["endpoint"])
-        key = anthropic_api_key if kind.anthropic else api_key
-        jobs = kind(job["base_url"], kind.auth(key) if key else {}, 120.0)
-        while True:
-            done = jobs.retrieve(job["id"])
-            if jobs.final(done) or not wait:
-                break
-            time.sleep(poll_interval)
-        if not jobs.final(done):
-            summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": 0})
+        lease = _take_lease(folder, job["id"])
+        if lease is None:  # the process that made it still polls it, and records its calls itself
+            summaries.append({"id": job["id"], "status": "polled by another process", "calls": len(job["calls"]),
+                              "recorded": 0})
             continue
-        lines, records = _job_records(job, jobs, done, engine)
-        # Nothing is recorded until every answer is read and written: a job whose results cannot be written
-        # (a full disk) stays whole in the state folder and is resumed later with none of its calls recorded.
-        results = folder / f"{job['id']}.results.jsonl"
-        partial = results.with_suffix(".jsonl.tmp")
         try:
-            partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            os.replace(partial, results)
-        except OSError:
-            partial.unlink(missing_ok=True)
-            raise
-        for record in records:
-            engine.record(record, None)
-        flush = getattr(engine.ledger, "flush", None)
-        if flush is not None:
-            flush()  # written before the job is forgotten: a crash in between is the only way to record it twice
-        recorded = len(records)
-        (folder / f"{job['id']}.json").unlink(missing_ok=True)
-        summaries.append({"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]),
-                          "recorded": recorded})
+            if (folder / f"{job['id']}.json").exists():  # not forgotten by its process just before the lock
+                summaries.append(_resume_job(folder, job, api_key=api_key, anthropic_api_key=anthropic_api_key,
+                                             engine=engine, wait=wait, poll_interval=poll_interval))
+        finally:
+            _give_lease(folder, job["id"], lease)
     return summaries
+
+
+def _resume_job(folder: Path, job: dict[str, Any], *, api_key: str | None, anthropic_api_key: str | None,
+                engine: Any, wait: bool, poll_interval: float) -> dict[str, Any]:
+    kind = _jobs_for(job["endpoint"])
+    key = anthropic_api_key if kind.anthropic else api_key
+    jobs = kind(job["base_url"], kind.auth(key) if key else {}, 120.0)
+    while True:
+        done = jobs.retrieve(job["id"])
+        if jobs.final(done) or not wait:
+            break
+        time.sleep(poll_interval)
+    if not jobs.final(done):
+        return {"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": 0}
+    lines, records = _job_records(job, jobs, done, engine)
+    # Nothing is recorded until every answer is read and written: a job whose results cannot be written
+    # (a full disk) stays whole in the state folder and is resumed later with none of its calls recorded.
+    results = folder / f"{job['id']}.results.jsonl"
+    partial = results.with_suffix(".jsonl.tmp")
+    try:
+        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(partial, results)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
+    for record in records:
+        engine.record(record, None)
+    flush = getattr(engine.ledger, "flush", None)
+    if flush is not None:
+        flush()  # written before the job is forgotten: a crash in between is the only way to record it twice
+    recorded = len(records)
+    (folder / f"{job['id']}.json").unlink(missing_ok=True)
+    return {"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": recorded}

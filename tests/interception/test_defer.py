@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import importlib
 import json
+import time
 from decimal import Decimal
 
 import anthropic
@@ -354,3 +355,40 @@ def test_an_openai_batch_is_made_with_the_calls_own_key(llm_server, engine, reco
         answers = together(ask, client, QUESTIONS[:2])
         [job] = server.batches.values()
     assert job["request_counts"]["completed"] == 2 and all(a.choices[0].message.content for a in answers)
+
+
+def test_a_job_whose_state_cannot_be_written_is_still_answered_and_recorded(llm_server, engine, records, tmp_path):
+    # The job exists at the provider (and is paid for) once created: a state folder that cannot be written (a
+    # full disk, a read-only mount; here its parent is a file) made every call fail as "never created".
+    (tmp_path / "file").write_text("x")
+    engine._batcher = Batcher(linger=0.1, poll_interval=0.05, state=tmp_path / "file" / "batches")
+    with batch_server(llm_server) as server:
+        answers = together(ask, client_of(server), QUESTIONS[:1])
+        [job] = server.batches.values()
+    assert job["request_counts"]["completed"] == 1 and answers[0].choices[0].message.content
+    assert [(r.status, r.deferred) for r in records] == [(200, "batch")]
+
+
+def test_resume_leaves_a_job_that_its_process_still_polls(llm_server, engine, records, tmp_path):
+    # Resumed while its process still polled it, a job's calls were recorded twice: once by each.
+    state = tmp_path / "batches"
+    engine._batcher = Batcher(linger=0.1, poll_interval=0.05, state=state)
+    with batch_server(llm_server, delay=1.5) as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        def call() -> object:
+            with llmbudget.defer("batch"):
+                return ask(client_of(server), "Say hi")
+
+        answer = pool.submit(contextvars.copy_context().run, call)
+        for _ in range(200):
+            if pending_jobs(state):
+                break
+            time.sleep(0.02)
+        [job] = pending_jobs(state)
+        elsewhere = llmbudget.Engine()
+        seen: list = []
+        elsewhere.add_observer(seen.append)
+        [summary] = resume(state, api_key="sk-test", engine=elsewhere, wait=True, poll_interval=0.05)
+        assert summary == {"id": job["id"], "status": "polled by another process", "calls": 1, "recorded": 0}
+        assert answer.result().choices[0].message.content
+    assert seen == [] and [r.deferred for r in records] == ["batch"]
+    assert pending_jobs(state) == [] and list(state.iterdir()) == []  # the lease file went with the job

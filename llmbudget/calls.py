@@ -37,6 +37,8 @@ class Usage:
     cache_write_1h_tokens: int = 0
     service_tier: str | None = None
     estimated: bool = False
+    #: server-side web searches the call ran (Anthropic's ``web_search`` tool), priced per search
+    web_searches: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -169,7 +171,7 @@ class SpendRecord:
 _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
            "estimated")
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-                 "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens")
+                 "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches")
 _MAX_USD = Decimal(10) ** 15
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).

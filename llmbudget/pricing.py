@@ -125,12 +125,12 @@ class Priced:
 # Units the fast path prices itself; any other unit in a model's price uses genai-prices' own calc.
 _FAST_KEYS = frozenset(
     {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", "input_audio_mtok",
-     "output_audio_mtok", "requests_kcount"}
+     "output_audio_mtok", "requests_kcount", "web_searches_kcount"}
 )
 # Units llmbudget never reports, so they cannot change a cost.
 _UNREPORTED_KEYS = frozenset(
     {"input_image_mtok", "cache_image_read_mtok", "input_video_mtok", "output_image_mtok", "output_video_mtok",
-     "web_searches_kcount", "storage_searches_kcount", "input_mchars", "audio_hours", "input_audio_hours",
+     "storage_searches_kcount", "input_mchars", "audio_hours", "input_audio_hours",
      "input_document_kpages", "input_annotated_document_kpages", "input_text_messages_kcount",
      "output_citation_mtok"}
 )
@@ -167,6 +167,8 @@ class _ModelRate:
         ) / _MILLION
         if "requests_kcount" in fast:
             total += fast["requests_kcount"] / _THOUSAND
+        if usage.web_searches:
+            total += fast.get("web_searches_kcount", zero) * usage.web_searches / _THOUSAND
         return total
 
 
@@ -181,6 +183,7 @@ def _genai_usage(usage: Usage) -> Any:
         "output_tokens": usage.output_tokens,
         "input_audio_tokens": usage.input_audio_tokens,
         "output_audio_tokens": usage.output_audio_tokens,
+        "web_searches": usage.web_searches,
     }
     present = {key: value for key, value in values.items() if value}
     if usage.cached_input_tokens and usage.input_audio_tokens:

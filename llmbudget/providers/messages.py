@@ -40,6 +40,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     read = as_int(raw.get("cache_read_input_tokens"))
     by_ttl = raw.get("cache_creation")
     written_1h = as_int(by_ttl.get("ephemeral_1h_input_tokens")) if isinstance(by_ttl, dict) else 0
+    server = raw.get("server_tool_use")
     return Usage(
         input_tokens=plain + written + read,
         cached_input_tokens=read,
@@ -47,6 +48,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
         cache_write_1h_tokens=min(written_1h, written),
         output_tokens=as_int(raw.get("output_tokens")),
         service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
+        web_searches=as_int(server.get("web_search_requests")) if isinstance(server, dict) else 0,
     )
 
 

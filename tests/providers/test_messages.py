@@ -295,3 +295,14 @@ def test_documents_images_and_pdfs_count_in_the_input_estimate():
         attempt.plan()
         refusal = attempt.reserve()
     assert refusal is not None and refusal.estimated_cost_usd > Decimal("0.01")
+
+
+def test_web_searches_are_read_and_priced():
+    # Anthropic's web_search tool costs $10 per 1,000 searches beside the tokens: it was priced at $0.
+    raw = {"input_tokens": 1200, "output_tokens": 300, "server_tool_use": {"web_search_requests": 25}}
+    usage = messages_usage(raw)
+    assert usage.web_searches == 25
+    pricing = Pricing()
+    tokens_only = pricing.cost(usage.replace(web_searches=0), model="claude-sonnet-4-5").usd
+    assert pricing.cost(usage, model="claude-sonnet-4-5").usd - tokens_only == Decimal("0.25")
+    assert messages_usage({"input_tokens": 1, "output_tokens": 1}).web_searches == 0

@@ -864,6 +864,11 @@ class Attempt:
                 complete = usage_seen is not None
             if usage_seen is not None and (complete or state.done):
                 usage = usage_seen
+                if not usage.input_tokens and not usage.estimated:
+                    # a usage that counts no input (a gateway's stream that left it out) is read as unreported
+                    guess = self.estimate_input_tokens()
+                    if guess > 0:
+                        usage, estimated = usage.replace(input_tokens=guess, estimated=True), True
             else:
                 output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
                 if self._tail is not None and self._sse:  # too large to read: about a token per chunk

@@ -158,3 +158,31 @@ def test_a_thinking_request_keeps_its_max_tokens_under_a_bounded_schema(messages
     plain, thinking = (json.loads(body) for body in sent)
     assert plain["max_tokens"] < 200 and records[0].output["schema_cap"] == plain["max_tokens"]
     assert thinking["max_tokens"] == 2048 and "schema_cap" not in (records[1].output or {})
+
+
+def test_a_stream_whose_usage_counts_no_input_is_estimated(messages_server, records):
+    # A gateway that leaves message_start's usage out: the input was priced at 0 tokens, and not flagged.
+    import json
+    import re
+
+    from servers import base_url, proxy
+
+    def drop_input(body: bytes) -> bytes:
+        def event(match: re.Match) -> bytes:
+            data = json.loads(match.group(1))
+            if data.get("type") == "message_start":
+                data["message"].pop("usage", None)
+            elif data.get("type") == "message_delta" and isinstance(data.get("usage"), dict):
+                data["usage"] = {"output_tokens": data["usage"].get("output_tokens", 0)}
+            return b"data: " + json.dumps(data).encode()
+
+        return re.sub(rb"data: (\{.*\})", event, body)
+
+    with proxy(f"{messages_server}/v1", rewrite=drop_input) as upstream:
+        client = explicit(base_url(upstream).removesuffix("/v1"), max_retries=0)
+        events = [event.type for event in client.messages.create(model=HAIKU, messages=hi("Name a colour"),
+                                                                  stream=True, **ASK)]
+    assert events[0] == "message_start" and events[-1] == "message_stop"  # (the SDK's stream helper needs usage)
+    [record] = records
+    assert record.usage.input_tokens > 0 and record.usage.output_tokens > 0
+    assert record.estimated and record.cost_usd > 0

@@ -864,8 +864,8 @@ class Attempt:
                 complete = usage_seen is not None
             if usage_seen is not None and (complete or state.done):
                 usage = usage_seen
-                if not usage.input_tokens and not usage.estimated:
-                    # a usage that counts no input (a gateway's stream that left it out) is read as unreported
+                if state.input_unreported and not usage.input_tokens:
+                    # a usage that leaves the input out (a gateway's stream without message_start's) is estimated
                     guess = self.estimate_input_tokens()
                     if guess > 0:
                         usage, estimated = usage.replace(input_tokens=guess, estimated=True), True

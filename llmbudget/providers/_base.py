@@ -48,6 +48,8 @@ class ResponseState:
     #: A stream's generated text, when the adapter collected it while reading the stream
     #: (None: ask :meth:`Adapter.stream_text`).
     stream_parts: list[str] | None = None
+    #: The usage seen left the input out (a gateway's Messages stream without message_start's usage).
+    input_unreported: bool = False
 
     @property
     def text(self) -> str:

@@ -171,6 +171,7 @@ class MessagesAdapter(Adapter):
                 state.done = True
         if usage:
             state.usage = self.reported_usage(usage)
+            state.input_unreported = "input_tokens" not in usage
             if state.usage is not None:
                 state.service_tier = state.usage.service_tier or state.service_tier
         state.stream_parts = parts

@@ -120,7 +120,7 @@ def _usd(value: Any, what: str) -> Decimal:
 
 
 def _tolerance(value: str) -> Decimal:
-    """A tolerance as a fraction: ``10%`` is 0.10, and so is a bare ``0.10``; a bare number above 1 is refused."""
+    """A tolerance as a fraction: ``10%`` is 0.10, and so is a bare ``0.10``; a bare number of 1 or more is refused."""
     text = value.strip()
     try:
         amount = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
@@ -128,7 +128,7 @@ def _tolerance(value: str) -> Decimal:
         raise pytest.UsageError(f"--llm-budget-tolerance: expected a percentage such as 10%, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise pytest.UsageError(f"--llm-budget-tolerance must be a percentage of 0% or more, got {value!r}")
-    if not text.endswith("%") and amount > 1:
+    if not text.endswith("%") and amount >= 1:  # "1" may mean 1% or 100%: say which
         raise pytest.UsageError(
             f"--llm-budget-tolerance {value}: a bare number is a fraction (0.1 is 10%), so this would allow a "
             f"{amount * 100:.0f}% cost rise; write {text}% for {text} percent, or {amount * 100:.0f}% if you "
@@ -138,6 +138,8 @@ def _tolerance(value: str) -> Decimal:
 
 
 _LIMITS = frozenset({"usd", "tokens", "calls"})
+_RUNNING = pytest.StashKey[bool]()  # the test function is running (a report now is a subtest's)
+_JUDGE_TEARDOWN = pytest.StashKey[bool]()  # the test passed its budget: judge it again with its teardown's spend
 
 
 class _Verdict:
@@ -152,19 +154,35 @@ class _Verdict:
         self.longrepr = self.message = message
 
 
-def _check_marker(item: pytest.Item) -> pytest.Mark | None:
-    """The item's ``llm_budget`` marker, refused when it has positional arguments or unknown keywords."""
-    marker = item.get_closest_marker("llm_budget")
-    if marker is None:
+def _limit(key: str, value: Any, what: str) -> Decimal | int:
+    """One limit, checked: ``usd`` an amount in dollars, ``tokens`` and ``calls`` whole numbers of 0 or more."""
+    if key == "usd":
+        return _usd(value, f"{what} usd")
+    text = str(value).strip().replace("_", "")
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not text.isdigit():
+        raise pytest.UsageError(f"{what} {key}={value!r}: expected a whole number of {key} (0 or more)")
+    return int(text)
+
+
+def _check_marker(item: pytest.Item) -> dict[str, Decimal | int] | None:
+    """The limits of the item's ``llm_budget`` markers, checked, merged from the farthest (module, class) to the
+    nearest (the function), key by key; None when it has none. Positional arguments, unknown keywords and values
+    that are not limits are refused."""
+    markers = list(item.iter_markers("llm_budget"))
+    if not markers:
         return None
-    if marker.args:
-        raise pytest.UsageError(f"{item.nodeid}: use llm_budget(usd=..., tokens=..., calls=...) keywords")
-    unknown = set(marker.kwargs) - _LIMITS
-    if unknown:
-        raise pytest.UsageError(
-            f"{item.nodeid}: llm_budget got unknown limits {sorted(unknown)}; expected usd, tokens or calls"
-        )
-    return marker
+    limits: dict[str, Decimal | int] = {}
+    for marker in reversed(markers):
+        if marker.args:
+            raise pytest.UsageError(f"{item.nodeid}: use llm_budget(usd=..., tokens=..., calls=...) keywords")
+        unknown = set(marker.kwargs) - _LIMITS
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: llm_budget got unknown limits {sorted(unknown)}; expected usd, tokens or calls"
+            )
+        limits.update({key: _limit(key, value, f"{item.nodeid}: llm_budget")
+                       for key, value in marker.kwargs.items() if value is not None})
+    return limits
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -201,8 +219,12 @@ class LLMBudgetPlugin:
         raw = config.getoption("llmbudget_usd")
         self.run_budget = _usd(raw, "--llm-budget") if raw else None
         self.tolerance = _tolerance(config.getoption("llm_budget_tolerance") or config.getini("llm_budget_tolerance"))
-        self.defaults = {
-            key: config.getini(f"llm_budget_{key}") for key in ("usd", "tokens", "calls")
+        compare = config.getoption("llm_budget_compare")
+        # read (and checked) before any test runs: a baseline that cannot be compared is a usage error up front
+        self.baseline = _load_baseline(compare) if compare and not self.is_worker else None
+        self.defaults = {  # checked up front: a bad ini value is a usage error, not a crash after the first test
+            key: _limit(key, value, f"ini llm_budget_{key}") for key in ("usd", "tokens", "calls")
+            if (value := config.getini(f"llm_budget_{key}")) not in ("", None)
         }
         self.flag = _flag_in_use
         self.engine = _project_engine(config) or llmbudget.Engine()
@@ -213,6 +235,7 @@ class LLMBudgetPlugin:
         self._current_id: str | None = None
         self._lock = threading.Lock()
         self.verdicts: list[str] = []
+        self.notes: list[str] = []  # said at the end, failing nothing
         self.new_tests: list[str] = []
         self.failed = False
         self._previous_engine = llmbudget.set_engine(self.engine)
@@ -251,6 +274,16 @@ class LLMBudgetPlugin:
                 self._current, self._current_id = None, None
 
     @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        # A report made while the test function runs is a subtest's (pytest's subtests fixture): not judged, or
+        # one overspend would fail every subtest after it as well as the test
+        item.stash[_RUNNING] = True
+        try:
+            return (yield)
+        finally:
+            item.stash[_RUNNING] = False
+
+    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
         spend = self.current()
         if call.when == "teardown":
@@ -260,27 +293,32 @@ class LLMBudgetPlugin:
                  ("llm_output_tokens", spend.output_tokens)]
             )
         rep: pytest.TestReport = yield
-        if call.when == "call" and rep.passed:
-            problems = self._over_budget(item, spend)
-            if problems:
-                rep.outcome = "failed"
-                rep.longrepr = report.budget_failure(item.nodeid, problems, spend)
+        if call.when == "call" and not item.stash.get(_RUNNING, False):
+            item.stash[_JUDGE_TEARDOWN] = rep.passed
+            if rep.passed:
+                self._judge(item, spend, rep)
+        elif call.when == "teardown" and rep.passed and item.stash.get(_JUDGE_TEARDOWN, False):
+            self._judge(item, spend, rep)  # what fixtures spent after the test (their teardown) counts too
         if call.when == "teardown":
             rep.llm_budget = spend.to_wire()  # type: ignore[attr-defined]
         return rep
 
+    def _judge(self, item: pytest.Item, spend: TestSpend, rep: pytest.TestReport) -> None:
+        problems = self._over_budget(item, spend)
+        if problems:
+            item.stash[_JUDGE_TEARDOWN] = False  # failed once: its teardown is not failed for it again
+            rep.outcome = "failed"
+            rep.longrepr = report.budget_failure(item.nodeid, problems, spend)
+
     def _over_budget(self, item: pytest.Item, spend: TestSpend) -> list[str]:
-        limits: dict[str, Any] = {key: value for key, value in self.defaults.items() if value not in ("", None)}
-        marker = _check_marker(item)
-        if marker is not None:
-            limits.update({k: v for k, v in marker.kwargs.items() if v is not None})
+        limits: dict[str, Any] = {**self.defaults, **(_check_marker(item) or {})}
         problems = []
-        if "usd" in limits and spend.cost_usd > _usd(limits["usd"], f"{item.nodeid}: llm_budget usd"):
-            problems.append(f"cost ${spend.cost_usd} > budget ${_usd(limits['usd'], 'usd')}")
-        if "tokens" in limits and spend.tokens > int(limits["tokens"]):
-            problems.append(f"tokens {spend.tokens} > budget {int(limits['tokens'])}")
-        if "calls" in limits and spend.calls > int(limits["calls"]):
-            problems.append(f"calls {spend.calls} > budget {int(limits['calls'])}")
+        if "usd" in limits and spend.cost_usd > limits["usd"]:
+            problems.append(f"cost ${spend.cost_usd} > budget ${limits['usd']}")
+        if "tokens" in limits and spend.tokens > limits["tokens"]:
+            problems.append(f"tokens {spend.tokens} > budget {limits['tokens']}")
+        if "calls" in limits and spend.calls > limits["calls"]:
+            problems.append(f"calls {spend.calls} > budget {limits['calls']}")
         return problems
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -312,22 +350,33 @@ class LLMBudgetPlugin:
             prefixes=unstable_prefixes(rows, self.engine.pricing),
         )
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """pytest-xdist: a worker's spend outside tests (at import, in session fixtures) joins the run's."""
+        payload = getattr(node, "workeroutput", {}).get("llm_budget_outside")
+        if isinstance(payload, dict):
+            self.outside.merge_spend(TestSpend.from_wire(payload))
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.is_worker:
+        if self.is_worker:  # xdist sends this to the controller with the worker's other output
+            self.config.workeroutput["llm_budget_outside"] = self.outside.to_wire()  # type: ignore[attr-defined]
             return
         summary = self.summary()
         if self.run_budget is not None and summary.total.cost_usd > self.run_budget:
             self.verdicts.append(
                 f"LLM spend ${summary.total.cost_usd} exceeds the run budget ${self.run_budget} ({self.flag})"
             )
-        compare = self.config.getoption("llm_budget_compare")
-        if compare:
-            regressions, self.new_tests = report.compare(summary, _load_baseline(compare), self.tolerance)
+        if self.baseline is not None:
+            regressions, self.new_tests = report.compare(summary, self.baseline, self.tolerance)
             self.verdicts.extend(regressions)
         doc = report.json_document(summary)
         for option in ("llm_budget_json", "llm_budget_save"):
             path = self.config.getoption(option)
+            if path and option == "llm_budget_save" and not self._ran_tests(session, exitstatus):
+                # --co, an interrupted run or one that ran no test: the baseline keeps what it had
+                self.notes.append(f"--llm-budget-save: {path} not written: no test ran to the end in this run")
+                continue
             if path:
                 try:
                     report.write_json(Path(path), doc)
@@ -346,6 +395,10 @@ class LLMBudgetPlugin:
             if session.exitstatus == 0:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def _ran_tests(self, session: pytest.Session, exitstatus: int) -> bool:
+        return (not self.config.option.collectonly and exitstatus != pytest.ExitCode.INTERRUPTED
+                and not session.shouldstop and bool(self.outcomes))
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
@@ -356,6 +409,8 @@ class LLMBudgetPlugin:
                 yellow=True,
             )
         report.terminal(terminalreporter, summary, self.verdicts, self.new_tests)
+        for note in self.notes:
+            terminalreporter.write_line(f"llmbudget: {note}", yellow=True)
         if self.verdicts:
             # pytest's last line ("3 passed, 1 LLM budget failed in 0.98s") counts the stats' keys: the verdict joins it
             terminalreporter.stats.setdefault("LLM budget failed", []).extend(_Verdict(v) for v in self.verdicts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -127,17 +128,30 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A report or baseline, every cost in it checked (a missing, null, negative or NaN cost is a ValueError
+    that names the entry: compared, it would crash the run's end or pass anything)."""
     doc = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("tests"), dict):
         raise ValueError("expected a JSON object with version 1 and a tests table")
+    entries = [(f"tests[{name!r}]", entry) for name, entry in doc["tests"].items()]
+    entries += [(key, doc[key]) for key in ("total", "outside_tests") if key in doc]
+    for where, entry in entries:
+        _cost(entry, where)
     return doc
 
 
-def _cost(entry: Any) -> Decimal:
+def _cost(entry: Any, where: str = "entry") -> Decimal:
     if not isinstance(entry, dict):
-        return Decimal(0)
+        raise ValueError(f"{where} is {entry!r}; expected an object with cost_usd")
     exact = entry.get("cost_usd_exact")
-    return Decimal(str(exact if exact is not None else entry.get("cost_usd", 0)))
+    raw = exact if exact is not None else entry.get("cost_usd")
+    try:
+        amount = Decimal(str(raw)) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else None
+    except ArithmeticError:
+        amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars of 0 or more")
+    return amount
 
 
 def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> tuple[list[str], list[str]]:
@@ -145,19 +159,28 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
     regressions: list[str] = []
     def over(now: Decimal, before: Decimal) -> bool:
         return now > before * (1 + tolerance) and now - before > Decimal("1e-9")
-    before_total = _cost(baseline.get("total"))
-    if over(summary.total.cost_usd, before_total):
+    known: dict[str, Any] = baseline["tests"]
+    new_tests = [nodeid for nodeid, spend in summary.tests.items() if nodeid not in known and spend.calls]
+    # The total compares what both runs share: the tests the baseline knows and the spend outside tests. New
+    # tests are listed, not judged, so a pull request that adds one is not failed by the total either.
+    now_total = summary.outside.cost_usd + sum(
+        (spend.cost_usd for nodeid, spend in summary.tests.items() if nodeid in known), Decimal(0))
+    before_total = (_cost(baseline["outside_tests"], "outside_tests") if "outside_tests" in baseline
+                    else _cost(baseline.get("total"), "total") - sum(
+                        (_cost(entry) for entry in known.values()), Decimal(0)))
+    before_total = max(before_total, Decimal(0)) + sum(
+        (_cost(known[nodeid]) for nodeid in summary.tests if nodeid in known), Decimal(0))
+    if over(now_total, before_total):
+        partial = new_tests or any(nodeid not in summary.tests for nodeid in known)
+        shared = " (the tests both runs have, and spend outside tests)" if partial else ""
         regressions.append(
-            f"total LLM cost rose from {usd(before_total)} to {usd(summary.total.cost_usd)}"
+            f"total LLM cost rose from {usd(before_total)} to {usd(now_total)}{shared}"
             f" (tolerance {tolerance * 100:g}%)"
         )
-    new_tests = []
     for nodeid, spend in summary.tests.items():
-        if nodeid not in baseline["tests"]:
-            if spend.calls:
-                new_tests.append(nodeid)
+        if nodeid not in known:
             continue
-        before = _cost(baseline["tests"][nodeid])
+        before = _cost(known[nodeid])
         if over(spend.cost_usd, before):
             regressions.append(
                 f"{nodeid}: LLM cost rose from {usd(before)} to {usd(spend.cost_usd)} (tolerance {tolerance * 100:g}%)"
@@ -177,15 +200,15 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str
     """A GitHub step summary: verdicts, the per-test and per-model tables."""
     lines = ["## LLM spend (llmbudget)", ""]
     lines += [f"- :x: {verdict}" for verdict in verdicts]
-    lines += [f"- not in the baseline: `{name}`" for name in new_tests]
+    lines += [f"- not in the baseline: {_code(name)}" for name in new_tests]
     if verdicts or new_tests:
         lines.append("")
     lines += ["| test | calls | input | cached | output | USD |", "|---|---:|---:|---:|---:|---:|"]
     for name, c in summary.rows():
-        lines.append("| `" + name + "` | " + " | ".join(_cells(name, c)[1:]) + " |")
+        lines.append(f"| {_code(name, cell=True)} | " + " | ".join(_cells(name, c)[1:]) + " |")
     lines += ["", "| model | calls | input | cached | output | USD |", "|---|---:|---:|---:|---:|---:|"]
     for model, c in sorted(summary.models.items()):
-        lines.append(f"| {model} | " + " | ".join(_cells(model, c)[1:]) + " |")
+        lines.append(f"| {_code(model, cell=True)} | " + " | ".join(_cells(model, c)[1:]) + " |")
     lines.append("| **total** | " + " | ".join(_cells("total", summary.total)[1:]) + " |")
     lines += ["", f"Prices: {summary.snapshot.source}, as of {summary.snapshot.as_of}.", ""]
     found = prefix_lines(summary.prefixes)
@@ -195,6 +218,17 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str
     if note:
         lines += [f"> {note}", ""]
     return "\n".join(lines) + "\n"
+
+
+def _code(text: str, *, cell: bool = False) -> str:
+    """``text`` as a Markdown code span that its own backticks cannot end (and, in a table ``cell``, whose ``|``
+    cannot split the row): a test id or model name is shown as it is, never read as Markdown."""
+    text = " ".join(text.split())  # a line break would end the table row
+    if cell:
+        text = text.replace("|", "\\|")  # GitHub's tables split on | even inside code spans
+    run = max((len(r) for r in re.findall(r"`+", text)), default=0) + 1
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return "`" * run + pad + text + pad + "`" * run
 
 
 def budget_failure(nodeid: str, problems: list[str], spend: TestSpend) -> str:

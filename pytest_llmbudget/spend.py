@@ -60,6 +60,16 @@ class TestSpend(Counters):
                 f" ${record.cost_usd}" + (f" [{', '.join(flags)}]" if flags else "")
             )
 
+    def merge_spend(self, other: TestSpend) -> None:
+        """Add what ``other`` (another process's, say) spent to this."""
+        with self._lock:
+            self.merge(other)
+            for model, counters in other.models.items():
+                self.models.setdefault(model, Counters()).merge(counters)
+            self.calls_seen.extend(other.calls_seen)
+            self.unpriced |= other.unpriced
+            self.prefixes.extend(other.prefixes[: max(_MAX_PREFIXES - len(self.prefixes), 0)])
+
     def to_wire(self) -> dict[str, Any]:
         """ints and strings only (pytest-xdist serializes reports as JSON)."""
         with self._lock:

@@ -160,13 +160,24 @@ def test_new(client, cassette):
     assert result.ret == 1
     result.stdout.fnmatch_lines([
         "*not in the baseline (not judged): test_app.py::test_new*",
-        "*FAILED llmbudget: total LLM cost rose from $0.000036 to $0.000065 (tolerance 10*%)*",
+        # the total compares what both runs have: a new test is listed, not judged, there too
+        "*FAILED llmbudget: total LLM cost rose from $0.000036 to $0.000053 (the tests both runs have, and spend "
+        "outside tests) (tolerance 10*%)*",
         "*FAILED llmbudget: test_app.py::test_capital: LLM cost rose from $0.000012 to $0.000029*",
     ])
     assert "test_new: LLM cost rose" not in result.stdout.str()
     # A generous tolerance lets the total and the test through.
     loose = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", "200%")
     assert loose.ret == 0
+    # A pull request that only adds an LLM test passes (the whole total rose by a third; it failed at 10%).
+    suite.makepyfile(test_app=TESTS + """
+def test_new(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+""")
+    added = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", "10%")
+    assert added.ret == 0, added.stdout.str()
+    added.stdout.fnmatch_lines(["*not in the baseline (not judged): test_app.py::test_new*"])
 
 
 def test_missing_baseline_is_a_usage_error(suite):
@@ -289,9 +300,10 @@ def test_bad_config_is_a_clear_usage_error(suite):
 # -- the sharp edges a newcomer hit (issue 13) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("given", "ok"), [("10", False), ("1.5", False), ("0.1", True), ("10%", True), ("1", True),
-                                           ("-5%", False), ("NaN", False)])
-def test_tolerance_a_bare_number_above_1_is_refused(suite, given, ok):
+@pytest.mark.parametrize(("given", "ok"), [("10", False), ("1.5", False), ("0.1", True), ("10%", True), ("1", False),
+                                           ("100%", True), ("-5%", False), ("NaN", False)])
+def test_tolerance_a_bare_number_of_1_or_more_is_refused(suite, given, ok):
+    # "1" may mean 1% or 100% (a doubled cost passed): it is refused like "10"
     baseline = suite.path / "base.json"
     suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline))
     result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", given)
@@ -381,3 +393,145 @@ def test_anthropic_cassettes_are_priced_exactly_offline(pytester):
     assert bells["prompt_cache_saved_usd"] == pytest.approx(float(read * Decimal("0.9") / 10**6))
     assert doc["tests"]["test_claude.py::test_stream"]["calls"] == 1
     assert doc["tests"]["test_claude.py::test_stream"]["output_tokens"] > 0
+
+
+# -- found by a review of the plugin (this release) ---------------------------------------------------------
+
+
+def test_spend_in_a_fixtures_teardown_counts_against_the_test(suite):
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.fixture
+def spends_after(client, cassette):
+    yield
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+
+@pytest.mark.llm_budget(calls=0)
+def test_quiet(spends_after):
+    pass
+''')
+    result = suite.runpytest("--llm-budget")
+    result.assert_outcomes(passed=1, errors=1)  # passed its call, failed its teardown
+    result.stdout.fnmatch_lines(["*test_quiet exceeded its LLM budget: calls 1 > budget 0*"])
+
+
+def test_module_class_and_function_markers_merge_limit_by_limit(suite):
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+pytestmark = pytest.mark.llm_budget(usd=0.000001)
+
+@pytest.mark.llm_budget(calls=5)
+def test_marked(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result = suite.runpytest("--llm-budget")
+    result.assert_outcomes(failed=1)  # the module's usd limit held beside the function's calls limit
+    result.stdout.fnmatch_lines(["*exceeded its LLM budget: cost $0.000012 > budget $0.000001*"])
+
+
+def test_subtests_are_not_judged_one_by_one(suite):
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.mark.llm_budget(calls=0)
+def test_many(client, cassette, subtests):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+    for i in range(3):
+        with subtests.test(i=i):
+            pass
+''')
+    result = suite.runpytest("--llm-budget")
+    assert result.parseoutcomes().get("failed") == 1  # one failure for one overspend (was 4: each subtest too)
+    assert "SUBFAIL" not in result.stdout.str()
+
+
+def test_xdist_workers_spend_outside_tests_counts_for_the_run(suite):
+    suite.makepyfile(test_app='''
+import openai
+from conftest import ask, _vcr
+
+with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0) as c, \\
+        _vcr.use_cassette("chat.yaml"):
+    ask(c, "What is the capital of France?", 16)  # at import, on every worker that collects the module
+
+def test_a():
+    pass
+
+def test_b():
+    pass
+''')
+    out = suite.path / "x.json"
+    result = suite.runpytest_subprocess("-n", "2", "--llm-budget=0.000001", "--llm-budget-json", str(out))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*exceeds the run budget $0.000001*"])
+    doc = json.loads(out.read_text())
+    assert doc["outside_tests"]["calls"] == 2 and doc["total"]["calls"] == 2  # one import per worker
+
+
+def test_collect_only_leaves_the_baseline_as_it_was(suite):
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    saved = baseline.read_text()
+    result = suite.runpytest("--co", "--llm-budget", "--llm-budget-save", str(baseline))
+    assert result.ret == 0 and baseline.read_text() == saved
+    result.stdout.fnmatch_lines(["*--llm-budget-save: */baseline.json not written: no test ran*"])
+
+
+@pytest.mark.parametrize("cost", ["null", "NaN", "-1", '"lots"'])
+def test_a_baseline_with_a_bad_cost_is_a_usage_error_before_the_tests(suite, cost):
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    doc = json.loads(baseline.read_text())
+    doc["tests"]["test_app.py::test_capital"] = {"cost_usd": "COST"}
+    baseline.write_text(json.dumps(doc).replace('"COST"', cost))
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baseline.json is not a llmbudget baseline: tests?'test_app.py::test_capital'?: "
+                                 "cost_usd is *"])
+
+
+@pytest.mark.parametrize(("where", "value"), [("marker", 'tokens="lots"'), ("marker", "calls=-1"),
+                                              ("marker", "calls=True"), ("ini", "llm_budget_tokens = 5k")])
+def test_limits_that_are_not_numbers_are_usage_errors(suite, where, value):
+    if where == "marker":
+        suite.makepyfile(test_app=f'''
+import pytest
+
+@pytest.mark.llm_budget({value})
+def test_x():
+    pass
+''')
+    else:
+        suite.makeini(f"[pytest]\n{value}\n")
+    result = suite.runpytest("--llm-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
+    result.stderr.fnmatch_lines(["*expected a whole number of*"])
+
+
+def test_the_step_summary_shows_odd_test_ids_as_they_are(suite, monkeypatch):
+    summary = suite.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.mark.parametrize("q", ["a|b", "x`y"])
+def test_q(client, cassette, q):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    assert suite.runpytest("--llm-budget").ret == 0
+    rows = [line for line in summary.read_text().splitlines() if line.startswith("| ``") or line.startswith("| `")]
+    by_id = {row.split(" | ")[0]: row for row in rows}
+    assert "| ``test_app.py::test_q[x`y]``" in by_id
+    assert "| `test_app.py::test_q[a\\|b]`" in by_id
+    # every row still has its six cells (a | in an id split it, and the cost fell out of its column)
+    assert all(row.replace("\\|", "").count("|") == 7 for row in rows)

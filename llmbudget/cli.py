@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -53,9 +54,21 @@ def _run(task: Callable[..., dict[str, Any]], args: dict[str, Any], *, as_json: 
         return task(**args, progress=progress)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: JSON has no NaN (``json.dumps`` writes a bare ``NaN``
+    that other readers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _print(result: dict[str, Any], *, as_json: bool, title: str) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(_finite(result), indent=2, default=str, allow_nan=False))
         return
     from rich.table import Table
 
@@ -274,7 +287,7 @@ def _route(ns: argparse.Namespace) -> int:
                      (routing.router.explain(body, top=ns.top) if decision.score is not None else [])],
     }
     if ns.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_finite(result), indent=2, allow_nan=False))
         return 0
     console = _console()
     score = "n/a" if decision.score is None else f"{decision.score:.4f}"
@@ -373,7 +386,7 @@ def _report(ns: argparse.Namespace) -> int:
     result["unstable_prefixes"] = [finding.to_dict() for finding in findings]
     result["json_answers"] = json_answers
     if ns.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_finite(result), indent=2, allow_nan=False))
         return 0
     from rich.table import Table
 
@@ -432,6 +445,10 @@ def _batches(ns: argparse.Namespace) -> int:
 
     from .defer import pending_jobs, resume
 
+    if not ns.resume and (ns.wait or ns.ledger):
+        raise ValueError("--wait and --ledger go with --resume (without it, the pending jobs are only listed)")
+    if ns.resume and not os.path.isdir(ns.state):  # a mistyped folder would resume nothing, and say nothing
+        raise ValueError(f"--state {ns.state}: no such folder (the Batcher's state= folder, which holds the jobs)")
     if not ns.resume:
         jobs = [{"id": job["id"], "base_url": job["base_url"], "endpoint": job["endpoint"],
                  "calls": len(job["calls"]), "created": job["created"]} for job in pending_jobs(ns.state)]
@@ -486,8 +503,8 @@ def _replay(ns: argparse.Namespace) -> int:
             raise ValueError(f"--html {ns.html}: the report cannot be written there ({exc.strerror or exc}); "
                              "expected a file path in a folder you can write") from None
     if ns.json:
-        print(json.dumps({**result.summary(), **({"features": result.features} if result.features else {})},
-                         indent=2))
+        print(json.dumps(_finite({**result.summary(), **({"features": result.features} if result.features else {})}),
+                         indent=2, allow_nan=False, default=str))
     else:
         _print_replay(result, ns)
     from .tokens import FALLBACK_NOTE, unavailable_encodings

@@ -372,3 +372,24 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     assert re.findall(r'(?m)^version = "([^"]+)"', pyproject) == [llmbudget.__version__]  # one version, said twice
+
+
+def test_eval_router_writes_strict_json_and_refuses_an_empty_sample(tmp_path, capsys):
+    # A bare NaN (json.dumps' default) is not JSON: other readers refused the output; 0 prompts gave 19 of them
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,weak,strong\n", encoding="utf-8")
+    assert main(["eval", "router", str(empty), "--weak", "weak", "--strong", "strong", "--json"]) == 2
+    assert "no labeled prompts" in capsys.readouterr().err
+    level = tmp_path / "level.csv"  # the weak model as good as the strong one: no gap to recover (APGR undefined)
+    level.write_text("prompt,weak,strong\nWhat is 2+2?,1,1\nName a colour,0,0\n", encoding="utf-8")
+    assert main(["eval", "router", str(level), "--weak", "weak", "--strong", "strong", "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out, parse_constant=lambda token: pytest.fail(f"not JSON: {token}"))
+    assert result["prompts"] == 2 and result["apgr"] is None
+
+
+def test_batches_refuses_a_missing_state_folder_and_options_it_would_ignore(tmp_path, capsys):
+    assert main(["batches", "--state", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["batches", "--state", str(tmp_path), "--ledger", str(tmp_path / "l.db")]) == 2
+    assert "--wait and --ledger go with --resume" in capsys.readouterr().err

@@ -297,6 +297,8 @@ def eval_router(
 
         router = Router()
     prompts, weak_ok, strong_ok, groups = _load_labels(labels, weak=weak, strong=strong)
+    if not prompts:
+        raise ValueError(f"{labels}: no labeled prompts (each row needs a prompt and both {weak!r} and {strong!r})")
     bodies = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
     scores = np.asarray([router.score(body) for body in bodies], dtype=np.float64)
     if threshold is None:

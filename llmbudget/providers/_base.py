@@ -173,15 +173,28 @@ _PDF_COUNT = re.compile(rb"/Count\s+(\d{1,6})")
 def pdf_tokens(data: Any) -> int:
     """:data:`PDF_PAGE_TOKENS` per page of a base64 PDF (or a ``data:`` URL of one): the pages it declares or
     holds, one when neither can be read (a PDF given by URL or file id, or whose page tree is compressed)."""
-    pages = 0
-    if isinstance(data, str) and data:
+    return PDF_PAGE_TOKENS * max(_pdf_pages(data) if isinstance(data, str) and data else 0, 1)
+
+
+# Page counts of the last few PDFs, by (hash, length) of their text: a call's body is estimated more than once
+# (reserve, cap, settle), and the PDFs themselves (megabytes) are not kept alive for it.
+_PAGES: dict[tuple[int, int], int] = {}
+
+
+def _pdf_pages(data: str) -> int:
+    key = (hash(data), len(data))
+    pages = _PAGES.get(key)
+    if pages is None:
         encoded = data.partition(",")[2] if data.startswith("data:") else data
         try:
             raw = base64.b64decode(encoded)
         except (ValueError, binascii.Error):
             raw = b""
         pages = max([len(_PDF_PAGE.findall(raw))] + [int(n) for n in _PDF_COUNT.findall(raw)])
-    return PDF_PAGE_TOKENS * max(pages, 1)
+        if len(_PAGES) >= 64:
+            _PAGES.clear()
+        _PAGES[key] = pages
+    return pages
 
 
 def openai_media_tokens(content: Any) -> int:

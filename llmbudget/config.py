@@ -663,7 +663,9 @@ def _table(value: Any, name: str, keys: frozenset[str], source: str) -> Mapping[
     unknown = set(value) - keys
     if unknown:
         raise ConfigError(f"{source}: {name}: unknown keys {sorted(unknown)}; expected some of {sorted(keys)}")
-    if value.get("enabled", True) is False:
+    enabled = value.get("enabled", True)
+    _check_bool(enabled, f"{source}: {name}.enabled")  # "false" or 0 left the feature on
+    if enabled is False:
         return None
     return value
 

@@ -41,7 +41,7 @@ from .interception.install import install as _install
 from .ledger.budgets import Refusal
 from .pipeline import Engine, get_engine, set_engine
 from .refusals import budget_refusal
-from .scope import Scope, current_scope
+from .scope import Scope, app_path, current_scope
 from .scope import scope as _llm_scope
 
 if TYPE_CHECKING:
@@ -467,6 +467,7 @@ class LLMBudgetMiddleware(_Core):
                         routing=route.routing, output=route.output, defer=route.defer, on_budget=route.on_budget,
                         downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens) as current:
             token = _route.set(route)
+            path_token = app_path.set(path)
 
             async def send_wrapper(message: ASGIMessage) -> None:
                 nonlocal status, response_started
@@ -494,6 +495,7 @@ class LLMBudgetMiddleware(_Core):
                 status = problem.status
                 await _asgi_answer(send, problem.status, problem.headers, problem.body)
             finally:
+                app_path.reset(path_token)
                 _route.reset(token)
                 self.finished(current, scope.get("method", "WS"), path, status, started_at)
 
@@ -638,7 +640,8 @@ def _environ_header_values(environ: Mapping[str, Any], name: str | None) -> list
         return [value.encode("utf-8", "surrogateescape")]
 
 
-def _request_context(route: RoutePolicy, state: _WSGIRequest, **options: Any) -> tuple[Scope, contextvars.Context]:
+def _request_context(route: RoutePolicy, state: _WSGIRequest, path: str, **options: Any
+                     ) -> tuple[Scope, contextvars.Context]:
     """Run in a throwaway copy of the caller's context: a snapshot with the request's scope set.
 
     The scope is entered and left here, so nothing stays suspended; the
@@ -646,6 +649,7 @@ def _request_context(route: RoutePolicy, state: _WSGIRequest, **options: Any) ->
     no scope can leak into the next request a thread serves.
     """
     _route.set(route)
+    app_path.set(path)
     with _llm_scope(**options) as current:
         state.scope = current
         _wsgi_request.set(state)
@@ -687,7 +691,7 @@ class LLMBudgetWSGIMiddleware(_Core):
             return [problem.body]
         state = _WSGIRequest(route=route)
         current, context = contextvars.copy_context().run(
-            _request_context, route, state, tenant=tenant, request_id=request_id, budgets=route.budgets,
+            _request_context, route, state, path, tenant=tenant, request_id=request_id, budgets=route.budgets,
             cache=route.cache, routing=route.routing, output=route.output, defer=route.defer,
             on_budget=route.on_budget,
             downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens,

@@ -453,6 +453,17 @@ class Attempt:
             self._holds.append(_Hold(store, result))
         return None
 
+    def fails_closed(self) -> bool:
+        """Whether a budget in scope is fail-closed (its own ``on_unavailable``, else its store's): a store error
+        of any kind then refuses the call instead of letting it go ahead unbudgeted."""
+        for budget, _owner in self._budgets():
+            if budget.per == "request":
+                continue  # counted in memory
+            store_mode = getattr(self.engine.budget_store, "on_unavailable", "open")
+            if (budget.on_unavailable or store_mode) == "closed":
+                return True
+        return False
+
     def release(self) -> None:
         """Drop every hold without charging (the call was not sent or failed before it was)."""
         self._settle_holds(Decimal(0))

@@ -80,6 +80,8 @@ class Scope:
 
 
 _current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("llmbudget_scope", default=None)
+#: The path of the app's request being served (set by the middleware): what routing's ``never`` globs match.
+app_path: contextvars.ContextVar[str] = contextvars.ContextVar("llmbudget_app_path", default="")
 
 
 def current_scope() -> Scope | None:

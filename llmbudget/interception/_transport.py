@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import Attempt, get_engine
 from ..providers import Adapter
+from ..scope import app_path
 
 log = logging.getLogger("llmbudget.interception")
 _T = TypeVar("_T")
@@ -74,11 +75,26 @@ def _refusal_or_none(attempt: Attempt) -> Any:
         headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable",
                    "retry-after": str(max(1, round(exc.retry_after)))}
         return exc.status_code, headers, exc.to_json()
-    except Exception:
-        log.exception("llmbudget: budget reservation failed; the call goes ahead unbudgeted")
+    except Exception as exc:
         attempt.release()
-        return None
+        if not _fails_closed(attempt):
+            log.exception("llmbudget: budget reservation failed; the call goes ahead unbudgeted")
+            return None
+        # a fail-closed budget refuses whatever made its store fail, as it does when the store is unreachable
+        log.exception("llmbudget: budget reservation failed; the call is refused (on_unavailable='closed')")
+        refused = BudgetStoreUnavailable(f"llmbudget could not use its budget store ({type(exc).__name__}: {exc}); "
+                                         "budgeted calls are refused until it can (on_unavailable='closed')",
+                                         store=type(attempt.engine.budget_store).__name__)
+        headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable", "retry-after": "1"}
+        return refused.status_code, headers, refused.to_json()
     return (402, _REFUSAL_HEADERS, refusal.to_json()) if refusal is not None else None
+
+
+def _fails_closed(attempt: Attempt) -> bool:
+    try:
+        return attempt.fails_closed()
+    except Exception:  # noqa: BLE001 - the budgets cannot even be listed: the call goes ahead, as before
+        return False
 
 
 def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
@@ -106,7 +122,7 @@ def _started(attempt: Attempt, response: Any) -> None:
 def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
     """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
-    attempt.plan(path)
+    attempt.plan(app_path.get())  # the app's request path (the middleware's), which routing's never globs name
     return _reserved(httpx, request, attempt, original_base)
 
 

@@ -100,10 +100,26 @@ def _client(url: str, timeout: float) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
         health_check_interval=30, decode_responses=False,
     )
+    pool = client.connection_pool
+    try:  # a connection made (not opened) now: an option redis-py does not take fails here, not in every call
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError) as exc:
+        option = str(exc).rpartition("argument ")[2].strip("'") if isinstance(exc, TypeError) else str(exc)
+        raise ValueError(f"{_redacted(url)}: the URL option {option!r} is neither llmbudget's (prefix, on_unavailable, "
+                         "open_share) nor redis-py's (socket_timeout, db, client_name, ssl_cert_reqs, ...)") from None
+    return client
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:

@@ -25,7 +25,7 @@ import redis
 from redis_keys import URL, drop
 
 from llmbudget.calls import SpendRecord, Usage
-from llmbudget.config import engine_from_config
+from llmbudget.config import ConfigError, engine_from_config
 from llmbudget.ledger import (
     Bucket,
     Budget,
@@ -218,6 +218,19 @@ def test_url_options_and_config(prefix: str) -> None:
     engine = engine_from_config({"budget_store": f"{URL}?prefix={prefix}", "ledger": f"rediss://127.0.0.1:1/0?prefix={prefix}"})
     assert isinstance(engine.budget_store, RedisBudgetStore) and engine.budget_store.prefix == prefix
     assert isinstance(engine.ledger, RedisLedger) and engine.ledger.stream == f"{prefix}spend"
+    # An option neither llmbudget nor redis-py takes made every command raise TypeError: budgets went unchecked
+    # and ledger records stayed in memory. It is refused up front, with the option named.
+    for bad in ("timeout=2", "on_unavailble=open"):
+        with pytest.raises(ValueError, match=f"the URL option '{bad.split('=')[0]}'"):
+            RedisBudgetStore(f"{URL}?prefix={prefix}&{bad}")
+        with pytest.raises(ValueError, match=f"the URL option '{bad.split('=')[0]}'"):
+            RedisLedger(f"redis://user:secret@127.0.0.1:1/0?prefix={prefix}&{bad}")
+        with pytest.raises(ConfigError, match="URL option"):
+            engine_from_config({"budget_store": f"{URL}?prefix={prefix}&{bad}"})
+    with pytest.raises(ValueError) as refused:
+        RedisLedger("redis://user:secret@127.0.0.1:1/0?timeout=2")
+    assert "secret" not in str(refused.value)
+    assert RedisBudgetStore(f"{URL}?prefix={prefix}&socket_timeout=2&client_name=llmbudget").prefix == prefix
 
 
 def _record(i: int) -> SpendRecord:

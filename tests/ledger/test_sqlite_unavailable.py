@@ -510,3 +510,26 @@ def test_a_queued_settle_is_written_by_the_writer_thread(tmp_path: Path) -> None
     while store.pending_settles and time.monotonic() < deadline:
         time.sleep(0.01)
     assert SQLiteBudgetStore(tmp_path / "b.db").spent(bucket.key) == (Decimal("0.2"), Decimal("0"))
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_an_unexpected_store_error_refuses_a_fail_closed_budget(tmp_path: Path, engine, caplog, mode) -> None:  # type: ignore[no-untyped-def]
+    # Any error but the store's own "unavailable" let the call go ahead unbudgeted, fail-closed or not (a Redis
+    # URL option redis-py does not take made every command raise TypeError).
+    class Broken(SQLiteBudgetStore):
+        def reserve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise TypeError("AbstractConnection.__init__() got an unexpected keyword argument 'timeout'")
+
+    store = Broken(tmp_path / "budgets.db", on_unavailable=mode)
+    llmbudget.set_engine(llmbudget.Engine(hosts=["llm.test"], budget_store=store,
+                                          budgets=[Budget("1", per="tenant", period="day")]))
+    upstream = _Upstream()
+    client = _openai(upstream)
+    if mode == "open":
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2).choices
+        assert len(upstream.sent) == 1 and "goes ahead unbudgeted" in caplog.text
+        return
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2)
+    assert upstream.sent == [] and caught.value.response.status_code == 503
+    assert "unexpected keyword argument" in caught.value.response.json()["error"]["message"]

@@ -323,6 +323,24 @@ def test_the_routing_saving_header(engine: llmbudget.Engine, llm_server: str) ->
     assert Decimal(shown.headers["x-llmbudget-routing-saved-usd"]) == gpt4o - nano
 
 
+def test_paths_never_routed_are_the_apps_own(engine: llmbudget.Engine, llm_server: str) -> None:
+    # routing's never globs were matched against the API's path (/v1/chat/completions): /admin/* was routed
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, never=["/admin/*"])
+    client_llm = openai.OpenAI(base_url=llm_server, api_key="sk-test")
+
+    async def chat(request: Request) -> JSONResponse:
+        answer = client_llm.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=3)
+        return JSONResponse({"model": answer.model})
+
+    records: list = []
+    engine.add_observer(records.append)
+    client = TestClient(build(Policy(headers=True), routes=[Route("/admin/report", chat), Route("/chat", chat)]))
+    assert client.get("/admin/report").headers["x-llmbudget-routed"] == "0"
+    assert client.get("/chat").headers["x-llmbudget-routed"] == "1"
+    assert [r.routed for r in records] == [False, True] and records[0].routing["reason"] == "path is never routed"
+
+
 def test_metrics_route(engine: llmbudget.Engine) -> None:
     policy = Policy(trust_tenant_header=True, budgets=REFUSE_ALL, metrics=MetricsPolicy(path="/metrics"))
     client = TestClient(build(policy))

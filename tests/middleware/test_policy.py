@@ -211,6 +211,9 @@ def test_cache_and_routing_tables_build_the_engines_cache_and_router(tmp_path) -
     ({"cache": {"ttl": math.inf}}, "cache.ttl must be a positive number"),
     ({"default_max_output_tokens": 10**26}, "default_max_output_tokens must be a whole number of tokens from 1"),
     ({"default_max_output_tokens": 0}, "default_max_output_tokens must be a whole number of tokens from 1"),
+    # "false" or 0 left the feature on
+    ({"cache": {"enabled": "false"}}, "cache.enabled must be true or false"),
+    ({"routing": {"enabled": 0, "tiers": {"small": "gpt-4.1-nano", "large": ""}}}, "routing.enabled must be true"),
 ])
 def test_bad_cache_and_routing_tables_are_clear_errors(config, message) -> None:
     """NaN and infinity too: a margin of NaN once turned every reservation into an error, and calls were then

@@ -512,9 +512,12 @@ class RedisLedger:
     """Spend records appended to a Redis stream (``XADD`` with approximate ``MAXLEN`` trimming).
 
     A record that cannot be written waits in memory (up to ``buffer`` records) and is
-    written with the next record once Redis answers. Writes are idempotent: each record
-    carries an id that a script checks before appending, so a batch re-sent after a client
-    timeout (Redis paused, a slow network) that Redis had applied already is not appended twice.
+    written with a later record once Redis answers; for ``retry_interval`` seconds after a
+    failure no write is tried, so calls made while Redis is down do not each wait for its
+    timeout. One thread writes at a time, and the others never wait for it: their records join
+    what it writes. Writes are idempotent: each record carries an id that a script checks before
+    appending, so a batch re-sent after a client timeout (Redis paused, a slow network) that
+    Redis had applied already is not appended twice.
     """
 
     def __init__(
@@ -525,10 +528,13 @@ class RedisLedger:
         stream_maxlen: int = 1_000_000,
         timeout: float = 0.25,
         buffer: int = 100_000,
+        retry_interval: float = 1.0,
         client: Any = None,
     ) -> None:
         url, options = _split_url(url)
         self.url = url
+        self.retry_interval = retry_interval
+        self._retry_at = 0.0
         self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
         self.stream = f"{self.prefix}spend"
         self._ids = f"{self.prefix}spend-id:"
@@ -544,29 +550,50 @@ class RedisLedger:
         self._warned = False
 
     def add(self, record: SpendRecord) -> None:
+        self._waiting.append((uuid.uuid4().hex, json.dumps(record.to_dict())))  # (a deque: thread-safe)
+        while time.monotonic() >= self._retry_at:
+            if not self._lock.acquire(blocking=False):
+                return  # another thread is writing: it writes this record too (it looks again once done)
+            try:
+                self._drain()
+            finally:
+                self._lock.release()
+            if not self._waiting:
+                return
+
+    def flush(self) -> None:
+        """Write every waiting record now (waiting for a write in progress, and whatever the back-off)."""
         with self._lock:
-            self._waiting.append((uuid.uuid4().hex, json.dumps(record.to_dict())))
+            self._retry_at = 0.0
+            self._drain()
+
+    def _drain(self) -> None:
+        """Write what waits, until nothing does or Redis fails (then back off for ``retry_interval``)."""
+        while self._waiting:
+            batch = list(self._waiting)
             try:
                 try:
-                    self._send()
+                    self._send(batch)
                 except self._no_script:  # Redis restarted and forgot the script: load it again, once
                     self._sha = None
-                    self._send()
+                    self._send(batch)
             except self._errors as exc:
+                self._retry_at = time.monotonic() + self.retry_interval
                 if not self._warned:
                     self._warned = True
                     log.warning("llmbudget: Redis ledger unavailable (%s); keeping up to %d records in memory",
                                 exc, self._waiting.maxlen)
                 return
-            self._waiting.clear()
+            written = {record_id for record_id, _ in batch}
+            while self._waiting and self._waiting[0][0] in written:  # records added meanwhile stay
+                self._waiting.popleft()
             self._warned = False
 
-    def _send(self) -> None:
-        """Every waiting record, in one pipeline of script calls (one round trip once the script is loaded)."""
+    def _send(self, waiting: list[tuple[str, str]]) -> None:
+        """``waiting``, in one pipeline of script calls (one round trip once the script is loaded)."""
         if self._sha is None:
             self._sha = self._redis.script_load(_XADD_ONCE)
         pipe = self._redis.pipeline(transaction=False)
-        waiting = list(self._waiting)
         for start in range(0, len(waiting), _BATCH):
             args: list[Any] = [self.stream_maxlen, _ID_TTL_S]
             for record_id, payload in waiting[start:start + _BATCH]:

@@ -6,6 +6,7 @@ The fault tests run their own ``redis-server`` on a free port.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import multiprocessing
@@ -505,7 +506,7 @@ def test_kill_and_restart_mid_run_loses_nothing_acknowledged(tmp_path: Path) -> 
 
 def test_ledger_writes_are_idempotent_across_a_client_timeout(server: _Server) -> None:
     """Redis paused past the client's timeout applies the batch later; the resend must not duplicate it."""
-    ledger = RedisLedger(server.url, prefix="idem:", timeout=0.2)
+    ledger = RedisLedger(server.url, prefix="idem:", timeout=0.2, retry_interval=0.1)
     admin = redis.Redis(port=server.port)
     ledger.add(_record(1))
     assert server.proc is not None
@@ -522,6 +523,27 @@ def test_ledger_writes_are_idempotent_across_a_client_timeout(server: _Server) -
     ledger.add(_record(3))  # re-sends record 2 with record 3
     assert admin.xlen("idem:spend") == 3
     assert [r.request_id for r in ledger.records()] == ["req-1", "req-2", "req-3"]
+    admin.close()
+
+
+def test_a_paused_redis_does_not_stall_the_calls_that_record_spend(server: _Server) -> None:
+    """Each record re-sent the backlog on the caller's thread, under one lock: with Redis paused every call
+    waited for the timeout (0.5 s each), and concurrent calls queued behind one another."""
+    ledger = RedisLedger(server.url, prefix="stall:", timeout=0.2, retry_interval=5.0)
+    admin = redis.Redis(port=server.port)
+    ledger.add(_record(0))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: ledger.add(_record(i)), range(1, 41)))
+        assert time.monotonic() - started < 1.0  # one write waited for the timeout, the others none
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    ledger.flush()  # Redis answers again: everything waiting is written, once
+    assert sorted(r.request_id for r in ledger.records()) == sorted(f"req-{i}" for i in range(41))
+    assert admin.xlen("stall:spend") == 41
     admin.close()
 
 

@@ -143,6 +143,8 @@ class Engine:
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
+        #: What periodic budgets read the time from (a replay fixes it, so its whole file is one period).
+        self.clock: Callable[[], float] = time.time
 
     @property
     def batcher(self) -> Batcher:
@@ -425,7 +427,7 @@ class Attempt:
             return None
         amount = self.worst_case_usd()
         tenant = self.tenant
-        now = time.time()
+        now = self.engine.clock()
         groups: dict[int, tuple[BudgetStore, dict[str, Any]]] = {}
         for budget, owner in budgets:
             if budget.per == "request":

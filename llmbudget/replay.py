@@ -444,7 +444,10 @@ def _policy(path: Path, cache_dir: str, *, without: str | None = None) -> tuple[
     elif isinstance(cache, Mapping):
         config["cache"] = {**cache, "path": cache_dir}
     policy = Policy.from_config(config, source=str(path), root=path.parent)
-    return policy, policy.engine or Engine()
+    engine = policy.engine or Engine()
+    started = time.time()
+    engine.clock = lambda: started  # the whole file is one budget period, however long the replay takes
+    return policy, engine
 
 
 class _StoreTap:
@@ -480,6 +483,7 @@ class _Answers:
         self.line: TrafficLine | None = None
         self.answered_by: str | None = None
         self.missing = False
+        self.cut = False  # the answer handed out was cut by the request's output cap
         self._prices: dict[str, float] = {}
 
     def _output_price(self, model: str) -> float:
@@ -502,13 +506,53 @@ class _Answers:
         if line is None or not path.rstrip("/").endswith(_ENDPOINTS[line.endpoint][0]):
             return 404, json.dumps({"error": {"message": f"replay: nothing recorded for {path}",
                                               "type": "not_found"}}).encode()
-        model = str(json.loads(body).get("model") or line.model)
+        request = json.loads(body)
+        model = str(request.get("model") or line.model)
         chosen, missing = self.pick(line, model)
         self.answered_by, self.missing = chosen, self.missing or missing
         response = line.responses[chosen]
         if missing:  # served as the model the request named, so it is priced as that model
             response = {**response, "model": model}
+        cut = _cut(line.endpoint, request, response)
+        if cut is not None:
+            response, self.cut = cut, True
         return 200, json.dumps(response).encode()
+
+
+def _cut(endpoint: str, request: Mapping[str, Any], response: dict[str, Any]) -> dict[str, Any] | None:
+    """``response`` as a request capped below its recorded output gets it: cut at the cap (its text in
+    proportion, its output tokens at the cap, its finish reason "length"), or None when the cap leaves it whole."""
+    keys = ("max_tokens",) if endpoint == "messages" else ("max_completion_tokens", "max_tokens")
+    cap = next((request[k] for k in keys if isinstance(request.get(k), int) and not isinstance(request[k], bool)),
+               None)
+    usage = response.get("usage")
+    if cap is None or not isinstance(usage, dict):
+        return None
+    field = "output_tokens" if endpoint == "messages" else "completion_tokens"
+    recorded = usage.get(field)
+    if not isinstance(recorded, int) or cap >= recorded or cap < 0:
+        return None
+    share = cap / recorded
+    usage = {**usage, field: cap}
+    if endpoint != "messages" and isinstance(usage.get("prompt_tokens"), int):
+        usage["total_tokens"] = usage["prompt_tokens"] + cap
+
+    def shortened(text: Any) -> Any:
+        return text[: int(len(text) * share)] if isinstance(text, str) else text
+
+    if endpoint == "messages":
+        content = [{**b, "text": shortened(b.get("text"))} if isinstance(b, dict) else b
+                   for b in response.get("content") or []]
+        return {**response, "content": content, "stop_reason": "max_tokens", "usage": usage}
+    choices = []
+    for choice in response.get("choices") or []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            if isinstance(message, dict):
+                choice = {**choice, "message": {**message, "content": shortened(message.get("content"))}}
+            choice = {**choice, "finish_reason": "length"}
+        choices.append(choice)
+    return {**response, "choices": choices, "usage": usage}
 
 
 def _transport(answers: _Answers, sdk: Any) -> Any:
@@ -608,7 +652,7 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
         results: list[LineResult] = []
         try:
             for index, line in enumerate(lines):
-                answers.line, answers.answered_by, answers.missing = line, None, False
+                answers.line, answers.answered_by, answers.missing, answers.cut = line, None, False, False
                 if tap is not None:
                     tap.line, tap.hit_entry = index, None
                 records.clear()
@@ -665,6 +709,8 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
     if not record.from_cache:
         result.answered_by = answers.answered_by
         result.correct = line.correct.get(answers.answered_by) if answers.answered_by else None
+        if answers.cut and result.correct:  # an answer its cap cut is not counted right (nor wrong where it was)
+            result.correct = False
         return
     result.cache_tier = record.cache_tier
     source_index = tap.sources.get(tap.hit_entry) if tap is not None and tap.hit_entry is not None else None

@@ -511,3 +511,34 @@ def test_messages_traffic_replays_through_the_anthropic_sdk(tmp_path: Path, mess
     assert summary["routed"] >= 1 and summary["savings_pct"] > 0
     assert sum(summary["saved_by"].values()) == pytest.approx(summary["baseline_usd"] - summary["actual_usd"],
                                                               abs=1e-8)
+
+
+def test_a_capped_request_is_answered_as_its_cap_cuts_it(tmp_path: Path) -> None:
+    # The recorded answer was served whole whatever the cap: caps looked free and cost no quality.
+    lines = [line for line in _sample() if line.get("correct", {}).get("gpt-4o")
+             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > 4][:5]
+    assert len(lines) == 5
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing]\nthreshold = 0.0\n[routing.tiers]\nsmall = "gpt-4.1-nano"\n'
+                      'large = { model = "", max_output_tokens = 4 }\n', encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    capped = [r for r in result.lines if r.capped]
+    assert len(capped) == 5
+    for r in capped:
+        prompt = r.line.responses["gpt-4o"]["usage"]["prompt_tokens"]
+        assert r.cost_usd == (prompt * Decimal("2.5") + 4 * Decimal("10")) / 1_000_000  # 4 output tokens, not all
+        assert r.correct is False and r.baseline_correct is True  # cut short: not counted right
+    assert result.summary()["saved_by"]["caps"] > 0
+
+
+def test_periodic_budgets_see_the_whole_file_as_one_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each reservation read the wall clock: a replay across a minute (or a midnight) started its budgets over.
+    import time as time_module
+
+    lines = [line for line in _sample() if line.get("tenant") == "acme"][:12]
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[[budgets]]\nusd = 0.002\nper = "tenant"\nperiod = "minute"\n', encoding="utf-8")
+    clock = iter(range(0, 10**6, 30))  # every reading of the clock half a minute later
+    monkeypatch.setattr(time_module, "time", lambda: 1_750_000_000.0 + next(clock))
+    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    assert result.refused > 0 and result.actual_usd <= Decimal("0.002")

@@ -235,7 +235,12 @@ def test_documents_images_and_pdfs_count_in_the_input_estimate():
     import json
 
     import llmbudget
-    from llmbudget.providers._base import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, PDF_PAGE_TOKENS, pdf_tokens
+    from llmbudget.providers._base import (
+        IMAGE_TOKENS,
+        LOW_DETAIL_IMAGE_TOKENS,
+        PDF_PAGE_TOKENS,
+        pdf_tokens,
+    )
 
     adapter = MessagesAdapter()
     text = "The quarterly report says revenue grew. " * 500

@@ -56,12 +56,7 @@ def min_cacheable_tokens(model: str | None) -> int:
 
 def has_cache_control(value: Any) -> bool:
     """Whether any block of ``value`` (a body, its tools, system or messages) carries ``cache_control``."""
-    if isinstance(value, dict):
-        return "cache_control" in value or any(has_cache_control(v) for v in value.values()
-                                                if isinstance(v, (dict, list)))
-    if isinstance(value, list):
-        return any(has_cache_control(v) for v in value)
-    return False
+    return bool(cache_write_ttls(value))
 
 
 #: Blocks the API refuses a ``cache_control`` on (they are cached as part of a prefix all the same).
@@ -81,11 +76,9 @@ def cache_write_ttls(value: Any) -> set[str]:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            control = item.get("cache_control")
-            if isinstance(control, dict):
-                found.add(str(control.get("ttl") or "5m"))
-            elif control is not None:
-                found.add("5m")
+            if "cache_control" in item:
+                control = item["cache_control"]
+                found.add(str(control.get("ttl") or "5m") if isinstance(control, dict) else "5m")
             stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
         elif isinstance(item, list):
             stack.extend(item)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .calls import MAX_TOKENS, SpendRecord, Usage
+from .caps import cap_field
 from .config import ConfigError, Policy, load_config
 from .pipeline import Engine, set_engine
 from .providers._base import BadUsage, as_int
@@ -522,18 +523,17 @@ class _Answers:
 def _cut(endpoint: str, request: Mapping[str, Any], response: dict[str, Any]) -> dict[str, Any] | None:
     """``response`` as a request capped below its recorded output gets it: cut at the cap (its text in
     proportion, its output tokens at the cap, its finish reason "length"), or None when the cap leaves it whole."""
-    keys = ("max_tokens",) if endpoint == "messages" else ("max_completion_tokens", "max_tokens")
-    cap = next((request[k] for k in keys if isinstance(request.get(k), int) and not isinstance(request[k], bool)),
-               None)
+    limit = cap_field(endpoint, dict(request), request.get("model"))
+    cap = request.get(limit) if limit is not None else None
     usage = response.get("usage")
-    if cap is None or not isinstance(usage, dict):
+    if isinstance(cap, bool) or not isinstance(cap, int) or not isinstance(usage, dict):
         return None
-    field = "output_tokens" if endpoint == "messages" else "completion_tokens"
-    recorded = usage.get(field)
+    counted = "output_tokens" if endpoint == "messages" else "completion_tokens"
+    recorded = usage.get(counted)
     if not isinstance(recorded, int) or cap >= recorded or cap < 0:
         return None
     share = cap / recorded
-    usage = {**usage, field: cap}
+    usage = {**usage, counted: cap}
     if endpoint != "messages" and isinstance(usage.get("prompt_tokens"), int):
         usage["total_tokens"] = usage["prompt_tokens"] + cap
 

@@ -72,9 +72,7 @@ def _refusal_or_none(attempt: Attempt) -> Any:
         raise
     except BudgetStoreUnavailable as exc:
         attempt.release()
-        headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable",
-                   "retry-after": str(max(1, round(exc.retry_after)))}
-        return exc.status_code, headers, exc.to_json()
+        return _unavailable(exc)
     except Exception as exc:
         attempt.release()
         if not _fails_closed(attempt):
@@ -82,12 +80,17 @@ def _refusal_or_none(attempt: Attempt) -> Any:
             return None
         # a fail-closed budget refuses whatever made its store fail, as it does when the store is unreachable
         log.exception("llmbudget: budget reservation failed; the call is refused (on_unavailable='closed')")
-        refused = BudgetStoreUnavailable(f"llmbudget could not use its budget store ({type(exc).__name__}: {exc}); "
-                                         "budgeted calls are refused until it can (on_unavailable='closed')",
-                                         store=type(attempt.engine.budget_store).__name__)
-        headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable", "retry-after": "1"}
-        return refused.status_code, headers, refused.to_json()
+        return _unavailable(BudgetStoreUnavailable(
+            f"llmbudget could not use its budget store ({type(exc).__name__}: {exc}); budgeted calls are refused "
+            "until it can (on_unavailable='closed')", store=type(attempt.engine.budget_store).__name__))
     return (402, _REFUSAL_HEADERS, refusal.to_json()) if refusal is not None else None
+
+
+def _unavailable(exc: BudgetStoreUnavailable) -> tuple[int, dict[str, str], bytes]:
+    """The 503 that answers a call a fail-closed budget refuses while its store fails."""
+    headers = {**_REFUSAL_HEADERS, "x-llmbudget-refused": "budget-store-unavailable",
+               "retry-after": str(max(1, round(exc.retry_after)))}
+    return exc.status_code, headers, exc.to_json()
 
 
 def _fails_closed(attempt: Attempt) -> bool:
@@ -119,7 +122,7 @@ def _started(attempt: Attempt, response: Any) -> None:
         log.exception("llmbudget: could not read response headers")
 
 
-def _prepare(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
+def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, Any]:
     """Route, cap and reserve; the request to send (rewritten if anything changed) or a refusal body."""
     original_base = attempt.call.base_url
     attempt.plan(app_path.get())  # the app's request path (the middleware's), which routing's never globs name
@@ -146,7 +149,7 @@ def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple
     cached = attempt.lookup_cache()
     if cached is not None:
         return None, _cached_response(httpx, cached)
-    return _answered(httpx, *_prepare(httpx, request, attempt, path))
+    return _answered(httpx, *_prepare(httpx, request, attempt))
 
 
 def _answered(httpx: ModuleType, request: Any, refusal: Any) -> tuple[Any, Any]:
@@ -170,7 +173,7 @@ async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: s
     original_base = attempt.call.base_url
     try:
         with no_wait():
-            return _answered(httpx, *_prepare(httpx, request, attempt, path))
+            return _answered(httpx, *_prepare(httpx, request, attempt))
     except WouldWait:
         pass
     return _answered(httpx, *await _in_thread(attempt, _reserved, httpx, request, attempt, original_base))

@@ -754,11 +754,11 @@ class SQLiteBudgetStore:
                 ttl: float | None = None) -> Reservation | Refusal:
         # Fail-closed if any budget says so (or leaves it to a fail-closed store).
         closed = any((b.budget.on_unavailable or self.on_unavailable) == "closed" for b in buckets)
+        hold = self.reservation_ttl if ttl is None else ttl
         if self._usable():
             settles = self._take_settles()
             try:
-                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant, settles,
-                                                                         self.reservation_ttl if ttl is None else ttl))
+                result = self._transaction(lambda conn: self._reserve_in(conn, buckets, amount, tenant, settles, hold))
             except _SQLITE_ERRORS as exc:
                 self._return_settles(settles)
                 self._mark_down(exc)
@@ -772,7 +772,7 @@ class SQLiteBudgetStore:
                 return result
         elif closed:
             raise self._unavailable(None)
-        return self._reserve_local(buckets, amount, tenant, self.reservation_ttl if ttl is None else ttl)
+        return self._reserve_local(buckets, amount, tenant, hold)
 
     def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:

@@ -8,10 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cap_field", "apply_cap", "thinks", "REASONING_PREFIXES"]
+__all__ = ["cap_field", "apply_cap", "thinks", "suited", "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+#: OpenAI models that do not reason, and refuse ``reasoning_effort`` / ``reasoning``.
+_PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-")
+#: Sampling parameters OpenAI's reasoning models refuse (with HTTP 400).
+_SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias")
 
 
 def cap_field(endpoint: str, body: dict[str, Any], model: str | None) -> str | None:
@@ -55,3 +59,29 @@ def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
             isinstance(reasoning, Mapping) and reasoning.get("effort") not in (None, "none")):
         return True
     return (model or "").lower().split("/")[-1].startswith(REASONING_PREFIXES)
+
+
+def _family(model: str | None) -> str:
+    return (model or "").lower().split("/")[-1]
+
+
+def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """``body``, which routing sends to ``model`` instead of the model the app wrote it for, without the
+    parameters ``model`` refuses: an OpenAI reasoning model (o-series, gpt-5) takes ``max_completion_tokens``
+    instead of ``max_tokens`` and no sampling parameters (``temperature``, ``logprobs``...); a model that does
+    not reason (gpt-4o, gpt-4.1...) takes no ``reasoning_effort`` or ``reasoning``. Other models' requests are
+    left as they are (what they refuse is unknown: a refusal sends the call to the strong tier)."""
+    if endpoint not in ("chat.completions", "responses"):
+        return body
+    name = _family(model)
+    if name.startswith(REASONING_PREFIXES) and not name.startswith("gpt-5-chat"):
+        out = {k: v for k, v in body.items() if k not in _SAMPLING}
+        if endpoint == "chat.completions" and "max_tokens" in out:
+            limit = out.pop("max_tokens")
+            out.setdefault("max_completion_tokens", limit)
+        return out if out != body else body
+    if name.startswith(_PLAIN_PREFIXES):
+        drop = ("reasoning_effort",) if endpoint == "chat.completions" else ("reasoning",)
+        if any(key in body for key in drop):
+            return {k: v for k, v in body.items() if k not in drop}
+    return body

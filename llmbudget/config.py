@@ -27,7 +27,7 @@ TOML lives in ``llmbudget.toml`` (top level) or ``[tool.llmbudget]`` in
     threshold = 0.27                     # router score at or above which a request goes to "large"
     never = ["/admin/*"]
     [routing.tiers]
-    small = "gpt-4.1-nano"               # a model name, or { model, base_url, max_output_tokens }
+    small = "gpt-4.1-nano"               # a model name, or { model, base_url, api_key_env, max_output_tokens }
     large = ""                           # "": the model the app asked for
 
     # the middleware: who spends, under which budgets, what it shows

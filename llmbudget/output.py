@@ -170,7 +170,9 @@ def _schema_of(body: Mapping[str, Any]) -> Any:
 
 
 def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
-    """The most tokens a JSON value of ``schema`` can take (about 3 characters a token), or None if unbounded."""
+    """The most tokens a JSON value of ``schema`` can take, or None if unbounded: a string's ``maxLength`` counts
+    characters, and a character may be a token of its own (Chinese, Japanese, emoji, escapes), so a string may
+    take a token per character; the schema's own words (names, enums) take about 3 characters a token."""
     if depth > 32 or not isinstance(schema, Mapping):
         return None
     if isinstance(schema.get("$ref"), str):
@@ -190,9 +192,9 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
         return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
     if kind == "string":
         length = schema.get("maxLength")
-        return math.ceil(length / 3) + 2 if isinstance(length, int) and not isinstance(length, bool) else None
+        return length + 2 if isinstance(length, int) and not isinstance(length, bool) else None
     if kind in ("integer", "number"):
-        return 8
+        return 12  # a long or exponent-form number: digits go about 3 to a token
     if kind in ("boolean", "null"):
         return 2
     if kind == "array":
@@ -210,7 +212,7 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
             bound = _bound(sub, defs, depth + 1)
             if bound is None:
                 return None
-            total += bound + len(str(name)) // 3 + 3
+            total += bound + len(json.dumps(str(name))) // 3 + 3
         return total
     return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import zlib
@@ -34,7 +35,7 @@ from .ledger.budgets import (
     WouldWait,
     budget_list,
 )
-from .caps import apply_cap, thinks
+from .caps import apply_cap, suited, thinks
 from .ledger.records import Ledger, MemoryLedger
 from .breakpoints import Breakpoints, cache_write_ttls
 from .defer import Batcher
@@ -300,6 +301,7 @@ class Attempt:
         self._json: Any = None
         self._lookup: CacheLookup | None = None
         self.model_requested = call.model
+        self.base_url_requested = call.base_url
         self.routing: dict[str, Any] | None = None
         self.routed = False
         self.capped = False
@@ -308,6 +310,11 @@ class Attempt:
         #: A tier this attempt must use whatever the router says (an escalation), and why.
         self.force_tier: str | None = None
         self.escalated_from: str | None = None
+        #: A weak-tier answer that escalation or the cascade must judge goes into the cache only once it
+        #: passed (the transport sets this): a rejected answer must never be served to the next caller.
+        self.judged = False
+        #: The environment variable of the key a tier on another host is sent (``Tier.api_key_env``).
+        self.tier_key_env: str | None = None
         #: On an escalation's retry: the weak attempt's cost plus the saving its record claimed, which
         #: this record's ``routing_saved_usd`` takes back (net, the request's routing saved minus the weak cost).
         self.routing_offset_usd: Decimal | None = None
@@ -587,10 +594,11 @@ class Attempt:
             tier = routing.tiers[decision.tier]
             model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
             if model and model != call.model:
-                body = {**body, "model": model}
+                # without the parameters that model refuses (max_tokens and sampling on a reasoning model...)
+                body = suited(call.endpoint, {**body, "model": model}, model)
                 self.routed = True
             if tier_url and tier_url != base_url:
-                base_url = tier_url
+                base_url, self.tier_key_env = tier_url, tier.api_key_env
                 self.routed = True
             if tier.max_output_tokens:
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
@@ -598,7 +606,7 @@ class Attempt:
             if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
                 body = self._directed(body, tier.output, f"tier {decision.tier}") or body
             if (routing.min_confidence is not None and decision.tier == routing.weak and self.force_tier is None
-                    and call.endpoint == "chat.completions"):
+                    and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))):
                 from .routing.confidence import probe
 
                 probed = probe(body)
@@ -640,6 +648,18 @@ class Attempt:
         return (routing is not None and (routing.escalate or routing.min_confidence is not None)
                 and not self.call.stream and self.force_tier is None
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
+
+    def tier_refused(self) -> bool:
+        """Whether the tier routing sent this call to refused it as rewritten (HTTP 400, 404 or 422: a model it
+        does not serve, a parameter it does not take): the call then goes to the strong tier, whatever
+        ``escalate`` says, since routing must never be the reason a call fails."""
+        routing = self.engine.routing
+        return (routing is not None and self.routed and self.force_tier is None and self.status in (400, 404, 422)
+                and self.routing is not None and self.routing.get("tier") not in (routing.strong, "downgrade"))
+
+    def tier_api_key(self) -> str | None:
+        """The key sent to a tier on another host in place of the app's (None: none is sent)."""
+        return os.environ.get(self.tier_key_env) or None if self.tier_key_env else None
 
     def escalation_reason(self) -> str | None:
         """Why a settled weak-tier answer should be retried on the strong tier, or None."""
@@ -822,6 +842,8 @@ class Attempt:
         cache, lookup = self.engine.cache, self._lookup
         if cache is None or lookup is None or lookup.hit or not lookup.keys.cacheable:
             return False
+        if not self.judged and self.may_escalate():  # the transport stores it once it passed the checks
+            return False
         # The SDK closes a stream once it read [DONE]: that is a whole answer too.
         if error is not None or self.status != 200 or self._overflow or not (complete or self.state.done):
             return False
@@ -914,9 +936,10 @@ class Attempt:
             record.prompt_cache_saved_usd = uncached.usd - priced.usd
         requested = self.model_requested
         if priced is not None and priced.known and requested and requested != model and self.routed:
-            as_requested = self.engine.pricing.cost(usage, model=requested, base_url=call.base_url)
-            if as_requested.known:
-                record.routing_saved_usd = max(as_requested.usd - priced.usd, Decimal(0))
+            # at the base URL the app asked for: a tier elsewhere (self-hosted) is priced at its own host
+            as_requested = self.engine.pricing.cost(usage, model=requested, base_url=self.base_url_requested)
+            if as_requested.known:  # < 0 when the tier's model costs more than the one asked for
+                record.routing_saved_usd = as_requested.usd - priced.usd
         if self.routing_offset_usd is not None:
             record.routing_saved_usd -= self.routing_offset_usd
         if priced is not None and priced.known and usage.service_tier in DEFERRED_TIERS:

@@ -135,12 +135,31 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     if refusal is not None or not attempt.rewritten:
         return request, refusal
     url = str(request.url)
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "host")]
     if attempt.call.base_url != original_base and url.startswith(original_base):
         url = attempt.call.base_url + url[len(original_base):]
-    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "host")]
+        if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
+            headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIALS]
+            key = attempt.tier_api_key()
+            if key:
+                headers.append(("authorization", f"Bearer {key}"))
     rewritten = httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes(),
                               extensions=request.extensions)
     return rewritten, None
+
+
+#: Headers that carry the app's credentials for its provider, which a tier on another host must not get.
+_CREDENTIALS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "x-goog-api-key", "cookie",
+                          "openai-organization", "openai-project"})
+
+
+def _origin(url: Any) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _refused(response: Any) -> bool:
+    """Whether ``response`` is llmbudget's own refusal (a budget's 402, a fail-closed store's 503)."""
+    return "x-llmbudget-refused" in response.headers
 
 
 def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
@@ -196,7 +215,8 @@ def _batch_response(httpx: ModuleType, request: Any, status: int, content: bytes
 
 
 def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[Adapter, str]) -> Attempt | None:
-    """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check."""
+    """A new attempt of the same request on the strong tier, when the weak tier's answer failed a check or
+    the tier refused the request (``reason``; None: no escalation)."""
     routing = weak.engine.routing
     if reason is None or routing is None:
         return None
@@ -209,6 +229,16 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
         retry.routing_offset_usd = weak.record.cost_usd + weak.record.routing_saved_usd
     log.info("llmbudget: escalating to tier %r: the %r tier's answer was %s", routing.strong, routing.weak, reason)
     return retry
+
+
+def _refusal_reason(attempt: Attempt) -> str | None:
+    """Why a tier's refusal of a routed call (:meth:`Attempt.tier_refused`) sends it to the strong tier."""
+    return f"HTTP {attempt.status} (the tier refused the request as routed)" if attempt.tier_refused() else None
+
+
+def _kept_weak(attempt: Attempt) -> None:
+    log.warning("llmbudget: a budget refused the escalation of a weak-tier answer that was %s; the app gets that "
+                "answer (it was paid for)", attempt.escalated_from)
 
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
@@ -271,8 +301,14 @@ async def _finish(attempt: Attempt, *, complete: bool, error: BaseException | No
         return
     with no_wait():
         attempt.finish(complete=complete, error=error, store=False)
+    await _store(attempt, complete=complete, error=error)
+
+
+async def _store(attempt: Attempt, *, complete: bool = True, error: BaseException | None = None) -> None:
+    """Store a finished attempt's answer in the cache if it goes there (:meth:`Attempt.stores_answer`)."""
     if attempt.stores_answer(complete=complete, error=error):
-        await _cache_work(attempt, attempt.store_answer, quick=attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
+        await _cache_work(attempt, attempt.store_answer,
+                          quick=_quick(attempt) and attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
 
 
 async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
@@ -398,20 +434,35 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, request.read(), wanted)
             if attempt is None:
                 return self.inner.handle_request(request)
-            response = self._through(request, attempt, wanted[1])
-            if attempt.may_escalate() and attempt.status == 200:
-                response.read()  # settles the weak tier's attempt
-                retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
-                if retry is not None:
-                    response.close()
-                    return self._through(request, retry, wanted[1])
+            path = wanted[1]
+            response = self._through(request, attempt, path)
+            retry = _escalation(request, attempt, _refusal_reason(attempt), wanted)
+            if retry is not None:  # a 4xx: nothing to keep, not even when the retry is refused
+                response.close()
+                return self._through(request, retry, path)
+            if not (attempt.may_escalate() and attempt.status == 200):
+                return response
+            response.read()  # settles the weak tier's attempt
+            retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
+            if retry is None:
+                attempt.judged = True  # it passed: it may be cached now
+                if attempt.stores_answer(complete=True):
+                    attempt.store_answer()
                 return _unprobed(httpx, response, attempt)
-            return response
+            sent, answer = _open(httpx, request, retry, path)
+            if answer is not None and _refused(answer):
+                _kept_weak(retry)
+                return _unprobed(httpx, response, attempt)
+            response.close()
+            return answer if answer is not None else self._send(sent, retry, path)
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = _open(httpx, request, attempt, path)
             if answer is not None:
                 return answer
+            return self._send(request, attempt, path)
+
+        def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:
                 if attempt.defer_mode == "batch":
                     status, content = _batched(request, attempt, path).result()
@@ -448,20 +499,34 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, await request.aread(), wanted)
             if attempt is None:
                 return await self.inner.handle_async_request(request)
-            response = await self._through(request, attempt, wanted[1])
-            if attempt.may_escalate() and attempt.status == 200:
-                await response.aread()  # settles the weak tier's attempt
-                retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
-                if retry is not None:
-                    await response.aclose()
-                    return await self._through(request, retry, wanted[1])
+            path = wanted[1]
+            response = await self._through(request, attempt, path)
+            retry = _escalation(request, attempt, _refusal_reason(attempt), wanted)
+            if retry is not None:  # a 4xx: nothing to keep, not even when the retry is refused
+                await response.aclose()
+                return await self._through(request, retry, path)
+            if not (attempt.may_escalate() and attempt.status == 200):
+                return response
+            await response.aread()  # settles the weak tier's attempt
+            retry = _escalation(request, attempt, attempt.escalation_reason(), wanted)
+            if retry is None:
+                attempt.judged = True  # it passed: it may be cached now
+                await _store(attempt)
                 return _unprobed(httpx, response, attempt)
-            return response
+            sent, answer = await _open_async(httpx, request, retry, path)
+            if answer is not None and _refused(answer):
+                _kept_weak(retry)
+                return _unprobed(httpx, response, attempt)
+            await response.aclose()
+            return answer if answer is not None else await self._send(sent, retry, path)
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = await _open_async(httpx, request, attempt, path)
             if answer is not None:
                 return answer
+            return await self._send(request, attempt, path)
+
+        async def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:
                 if attempt.defer_mode == "batch":
                     status, content = await asyncio.wrap_future(_batched(request, attempt, path))

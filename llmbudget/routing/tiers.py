@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,10 @@ class Tier:
 
     ``model`` serves OpenAI-format requests; Anthropic Messages requests take ``anthropic``
     (or ``model`` when that is a Claude model): a tier never sends a Claude request to an
-    OpenAI model or the reverse. ``base_url`` applies to OpenAI-format requests only.
+    OpenAI model or the reverse. ``base_url`` applies to OpenAI-format requests only. A request sent to a
+    ``base_url`` on another host never carries the app's credentials (its ``Authorization``, ``api-key``,
+    organization and project headers, cookies); ``api_key_env`` names the environment variable whose value
+    it sends instead, as ``Authorization: Bearer``.
     """
 
     name: str
@@ -28,6 +32,8 @@ class Tier:
     anthropic: str | None = None
     #: A length directive for what this tier is sent (``max_words`` in the table).
     output: Any = None
+    #: The environment variable holding the API key sent to ``base_url`` (read when a call is sent).
+    api_key_env: str | None = None
 
     def model_for(self, endpoint: str) -> str | None:
         """The model this tier sends a request of ``endpoint`` to (None: the model the app asked for)."""
@@ -47,24 +53,30 @@ class Tier:
         if value is None or isinstance(value, str):
             return cls(name, value or None)
         if isinstance(value, Mapping):
-            unknown = set(value) - {"model", "base_url", "max_output_tokens", "anthropic", "max_words", "directive"}
+            unknown = set(value) - {"model", "base_url", "max_output_tokens", "anthropic", "max_words", "directive",
+                                    "api_key_env"}
             if unknown:
                 raise ValueError(f"tier {name!r}: unknown keys {sorted(unknown)}; expected model, base_url, "
-                                 "max_output_tokens, anthropic, max_words, directive")
-            for key in ("model", "base_url", "anthropic"):
+                                 "max_output_tokens, anthropic, max_words, directive, api_key_env")
+            for key in ("model", "base_url", "anthropic", "api_key_env"):
                 if value.get(key) is not None and not isinstance(value[key], str):
                     raise ValueError(f"tier {name!r}: {key} must be a string, got {value[key]!r}")
             cap = value.get("max_output_tokens")
             if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0):
                 raise ValueError(f"tier {name!r}: max_output_tokens must be a positive integer, got {cap!r}")
             base_url = value.get("base_url")
+            key_env = value.get("api_key_env") or None
+            if key_env is not None and not base_url:
+                raise ValueError(f"tier {name!r}: api_key_env is the key sent to the tier's base_url; set base_url too")
+            if key_env is not None and not os.environ.get(key_env):
+                raise ValueError(f"tier {name!r}: api_key_env names {key_env!r}, which is not set in the environment")
             output = None
             if "max_words" in value or "directive" in value:
                 from ..output import Output
 
                 output = Output.of({k: value[k] for k in ("max_words", "directive") if k in value}, f"tier {name!r}")
             return cls(name, value.get("model") or None, base_url.rstrip("/") if base_url else None, cap,
-                       value.get("anthropic") or None, output)
+                       value.get("anthropic") or None, output, key_env)
         raise TypeError(f"tier {name!r}: expected a model name or a table, got {value!r}")
 
 

@@ -69,7 +69,7 @@ def test_schema_caps_come_from_the_schemas_bounds():
     body = chat(("user", "Tag this"), response_format={"type": "json_schema",
                                                         "json_schema": {"name": "t", "schema": bounded}})
     cap = schema_cap(body)
-    assert cap is not None and 60 < cap < 200
+    assert cap is not None and 90 < cap < 400
     unbounded = {**bounded, "properties": {**bounded["properties"], "summary": {"type": "string"}}}
     assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
                                                            "json_schema": {"name": "t", "schema": unbounded}})) is None
@@ -156,3 +156,39 @@ def test_requests_whose_limit_also_bounds_reasoning_are_told_apart():
     assert thinks("responses", {"reasoning": {"effort": "high"}}, "my-local-model")
     assert not thinks("chat.completions", {"reasoning_effort": "none"}, "gpt-4o-mini")
     assert not thinks("chat.completions", {}, "gpt-4o-mini") and not thinks("completions", {}, "o3")
+
+
+def test_a_schema_cap_leaves_room_for_strings_of_a_token_per_character():
+    # maxLength counts characters: Chinese, Japanese or emoji take about a token each (some more), so a cap at
+    # three characters a token cut valid answers in half.
+    import tiktoken
+
+    schema = {"type": "object", "required": ["summary", "tags"], "properties": {
+        "summary": {"type": "string", "maxLength": 120},
+        "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 8}},
+        "year": {"type": "integer"}}}
+    body = chat(("user", "总结"), response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    cap = schema_cap(body)
+    longest = {"summary": "这是一个非常长的中文摘要，用来测试输出上限是否足够。" * 5, "tags": ["机器学习与人工智能"[:8]] * 3,
+               "year": -123456789012345}
+    longest["summary"] = longest["summary"][:120]
+    text = json.dumps(longest, ensure_ascii=False)
+    for name in ("o200k_base", "cl100k_base"):
+        assert cap is not None and len(tiktoken.get_encoding(name).encode(text)) <= cap
+
+
+def test_a_routed_body_loses_what_its_new_model_refuses():
+    from llmbudget.caps import suited
+
+    body = {"model": "o4-mini", "messages": [], "max_tokens": 50, "temperature": 0, "top_p": 1, "logprobs": True}
+    assert suited("chat.completions", body, "o4-mini") == {"model": "o4-mini", "messages": [],
+                                                           "max_completion_tokens": 50}
+    assert suited("responses", {"model": "gpt-5-mini", "input": "x", "temperature": 0.3}, "gpt-5-mini") == \
+        {"model": "gpt-5-mini", "input": "x"}
+    assert suited("chat.completions", {"model": "gpt-4.1-nano", "reasoning_effort": "low"}, "gpt-4.1-nano") == \
+        {"model": "gpt-4.1-nano"}
+    assert suited("responses", {"model": "gpt-4o", "reasoning": {"effort": "low"}}, "gpt-4o") == {"model": "gpt-4o"}
+    kept = {"model": "llama-3.1-8b", "max_tokens": 5, "temperature": 0.1, "reasoning_effort": "low"}
+    assert suited("chat.completions", kept, "llama-3.1-8b") is kept  # what another server refuses is unknown
+    assert suited("messages", {"model": "claude-haiku-4-5", "temperature": 0}, "claude-haiku-4-5") == \
+        {"model": "claude-haiku-4-5", "temperature": 0}

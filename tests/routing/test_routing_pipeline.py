@@ -178,3 +178,139 @@ def test_an_answer_nested_too_deep_for_json_is_invalid_json_not_an_error():
     attempt.feed(answer.model_dump_json(exclude_unset=True).encode())
     assert attempt.finish(complete=True) is not None
     assert attempt.escalation_reason() == "invalid JSON"
+
+
+COUNT = [{"role": "user", "content": "Count from 1 to 30."}]
+# The local model stops at the first newline when told to: a complete answer ("stop") that may be cached.
+WHOLE = dict(messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0,
+             stop=["\n"])
+
+
+def test_a_tier_on_another_host_never_gets_the_apps_credentials(llm_server, route, records, monkeypatch):
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-app-secret", organization="org-app", project="proj-app",
+                           http_client=llmbudget.http_client(), max_retries=0)
+    with proxy(llm_server) as elsewhere:
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(elsewhere)}, "large": None},
+              threshold=1.0)
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+        monkeypatch.setenv("GPU_BOX_KEY", "sk-tier-key")
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(elsewhere), "api_key_env": "GPU_BOX_KEY"},
+                     "large": None}, threshold=1.0)
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    (_, _, _, bare), (_, _, _, keyed) = elsewhere.received
+    lowered = [{k.lower(): v for k, v in headers.items()} for headers in (bare, keyed)]
+    for headers in lowered:
+        assert not {"openai-organization", "openai-project"} & set(headers)
+        assert "sk-app-secret" not in json.dumps(headers)
+    assert "authorization" not in lowered[0] and lowered[1]["authorization"] == "Bearer sk-tier-key"
+    assert [r.status for r in records] == [200, 200]
+    monkeypatch.delenv("GPU_BOX_KEY")
+    with pytest.raises(ValueError, match="GPU_BOX_KEY.*not set"):
+        Routing(tiers={"small": {"model": "m", "base_url": "http://x/v1", "api_key_env": "GPU_BOX_KEY"}, "large": None})
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_server, route, records, status):
+    # The small tier does not serve that model, or refuses a parameter: routing must not be why the call fails,
+    # escalation or not.
+    with proxy(llm_server, fail_first=1, fail_status=status) as small:
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(small)}, "large": None}, threshold=1.0)
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    weak, strong = records
+    assert (weak.status, weak.model_sent, weak.cost_usd) == (status, "gemma-3-270m", 0)
+    assert answer.model == "gpt-4o" and strong.status == 200 and strong.base_url == llm_server
+    assert strong.routing["reason"] == f"escalated: the weak tier's answer was HTTP {status} (the tier refused the " \
+                                       "request as routed)"
+
+
+def test_async_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_server, route, records):
+    import asyncio
+
+    async def main(url: str) -> str:
+        async with openai.AsyncOpenAI(base_url=url, api_key="sk-test", http_client=llmbudget.async_http_client(),
+                                      max_retries=0) as client:
+            return (await client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)).model
+
+    with proxy(llm_server, fail_first=1, fail_status=400) as small:
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(small)}, "large": None}, threshold=1.0)
+        assert asyncio.run(main(llm_server)) == "gpt-4o"
+    assert [r.status for r in records] == [400, 200]
+
+
+def test_a_weak_answer_that_escalation_rejects_is_never_cached(llm_server, route, records, tmp_path):
+    from llmbudget.cache import Cache
+
+    # the cascade finds every weak answer unsure: a whole answer ("stop") that the cache would otherwise keep
+    engine = route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, min_confidence=0.99999)
+    engine.cache = Cache(tmp_path / "cache")
+    client = client_for(llm_server)
+    first = client.chat.completions.create(model="gpt-4o", **WHOLE)
+    again = client.chat.completions.create(model="gpt-4o", **WHOLE)
+    # the strong tier's answer, both times: the weak one, rejected, never reached the cache
+    assert first.choices[0].finish_reason == "stop" and first.model == again.model == "gpt-4o"
+    assert first.choices[0].message.content == again.choices[0].message.content
+    weak, strong, hit = records
+    assert (weak.model_sent, strong.model_sent, hit.from_cache, hit.model_answered) == \
+        ("gpt-4.1-nano", "gpt-4o", True, "gpt-4o")
+
+
+@pytest.mark.parametrize("async_", [False, True])
+def test_a_weak_answer_that_passes_escalations_checks_is_cached(llm_server, route, records, tmp_path, async_):
+    import asyncio
+
+    from llmbudget.cache import Cache
+
+    engine = route(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, escalate=True)
+    engine.cache = Cache(tmp_path / "cache")
+
+    async def twice() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test", max_retries=0,
+                                      http_client=llmbudget.async_http_client()) as client:
+            return [(await client.chat.completions.create(model="gpt-4o", **WHOLE)).model
+                    for _ in range(2)]
+
+    if async_:
+        models = asyncio.run(twice())
+    else:
+        client = client_for(llm_server)
+        models = [client.chat.completions.create(model="gpt-4o", **WHOLE).model for _ in range(2)]
+    assert models == ["gpt-4.1-nano", "gpt-4.1-nano"]
+    assert [r.from_cache for r in records] == [False, True]
+
+
+def test_a_budget_that_cannot_pay_for_the_escalation_leaves_the_weak_answer(llm_server, route, records):
+    # The weak answer was paid for; a 402 instead of it would make routing the reason the request failed.
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 2}, "large": None}, threshold=1.0,
+          escalate=True)
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.00003")]):
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=COUNT, max_tokens=6)
+    assert answer.model == "gpt-4.1-nano" and answer.choices[0].finish_reason == "length"
+    assert [r.model_sent for r in records] == ["gpt-4.1-nano"]
+
+
+def test_a_reasoning_tier_is_sent_what_it_takes(llm_server, route, records):
+    # o-series and gpt-5 models refuse max_tokens, temperature and logprobs with HTTP 400; gpt-4o refuses
+    # reasoning_effort. The cascade does not probe a reasoning tier for log-probabilities.
+    with proxy(llm_server) as small:
+        route(tiers={"small": {"model": "o4-mini", "base_url": base_url(small)}, "large": None}, threshold=1.0,
+              min_confidence=0.5)
+        client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=40, temperature=0.2,
+                                                       top_p=0.9)
+    sent = json.loads(small.received[0][2])
+    assert sent["model"] == "o4-mini" and sent["max_completion_tokens"] == 40
+    assert not {"max_tokens", "temperature", "top_p", "logprobs", "top_logprobs"} & set(sent)
+
+
+def test_routing_saved_is_priced_where_the_app_sent_the_call_and_may_be_negative(llm_server, route, records):
+    with proxy(llm_server) as gpu_box:
+        route(tiers={"small": {"model": "gpt-4.1-nano", "base_url": base_url(gpu_box)}, "large": None},
+              threshold=1.0)
+        engine = llmbudget.get_engine()
+        engine.pricing = llmbudget.Pricing({base_url(gpu_box): {"input": 0, "output": 0}})  # free where it runs
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    gpt4o = (Decimal("2.5") * answer.usage.prompt_tokens + Decimal("10") * answer.usage.completion_tokens) / 10**6
+    assert records[0].cost_usd == 0 and records[0].routing_saved_usd == gpt4o
+    engine.pricing = llmbudget.Pricing()
+    route(tiers={"small": "gpt-4o", "large": None}, threshold=1.0)  # a "small" tier dearer than the model asked for
+    answer = client_for(llm_server).chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+    assert records[1].routing_saved_usd < 0

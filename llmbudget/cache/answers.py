@@ -20,7 +20,6 @@ __all__ = ["storable", "render", "stored_usage"]
 
 def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
     text: list[str] = []
-    refusal: list[str] = []
     model = fingerprint = None
     finish = None
     usage = None
@@ -35,15 +34,16 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 return None
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict) or delta.get("tool_calls") or delta.get("function_call") \
+                    or delta.get("audio") or delta.get("refusal"):
+                return None  # a tool call (a forced one ends in "stop"), audio or a refusal: never kept
             if isinstance(delta.get("content"), str):
                 text.append(delta["content"])
-            if isinstance(delta.get("refusal"), str):
-                refusal.append(delta["refusal"])
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
     if finish != "stop":
         return None
-    message = {"role": "assistant", "content": "".join(text), "refusal": "".join(refusal) or None}
+    message = {"role": "assistant", "content": "".join(text), "refusal": None}
     return {"kind": "chat", "model": model, "message": message, "finish_reason": finish, "usage": usage,
             "system_fingerprint": fingerprint}
 
@@ -86,7 +86,8 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
     """What to keep of a complete answer, or None when it must not be cached.
 
     Only complete answers that stopped on their own (``finish_reason`` ``stop``,
-    Responses ``status`` ``completed``) without tool calls are kept.
+    Responses ``status`` ``completed``) without tool calls or a refusal are kept: the model may well answer
+    the next time, and a paraphrase must not be refused for it.
     """
     if call.endpoint == "chat.completions":
         if events is not None:
@@ -100,7 +101,8 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
         message = choice.get("message")
         if choice.get("finish_reason") != "stop" or not isinstance(message, dict):
             return None
-        if message.get("tool_calls") or message.get("function_call") or message.get("audio"):
+        if message.get("tool_calls") or message.get("function_call") or message.get("audio") \
+                or message.get("refusal"):
             return None
         return {"kind": "chat", "model": body.get("model"), "message": message, "finish_reason": "stop",
                 "usage": body.get("usage"), "system_fingerprint": body.get("system_fingerprint")}
@@ -115,6 +117,9 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
         output = response.get("output") or []
         if any(not isinstance(item, dict) or item.get("type") != "message" for item in output):
             return None  # tool calls, reasoning items tied to stored state...
+        if any(isinstance(part, dict) and part.get("type") == "refusal"
+               for item in output for part in (item.get("content") or ())):
+            return None
         return {"kind": "responses", "response": response}
     if call.endpoint == "messages":
         message = _message_from_stream(events) if events is not None else body

@@ -100,8 +100,11 @@ class Cache:
         self.semantic = semantic
         self.allow_temperature = allow_temperature
 
-    def lookup(self, call: Call, *, tenant: str) -> CacheLookup:
-        """Look ``call`` up: exact tier, then (when allowed) the semantic tier."""
+    def lookup(self, call: Call, *, tenant: str, model: str | None = None) -> CacheLookup:
+        """Look ``call`` up: exact tier, then (when allowed) the semantic tier.
+
+        ``model``: the model the answer must have been sent to (a call that keeps its model, or is forced to a
+        tier, is never answered by another tier's answer); None: any (routing decides where the call goes)."""
         keys = cache_keys(call, tenant=tenant, allow_temperature=self.allow_temperature)
         lookup = CacheLookup(keys)
         if not keys.cacheable or keys.exact is None:
@@ -120,6 +123,8 @@ class Cache:
             if found is not None:
                 entry = found.entry
                 lookup.tier, lookup.score = "semantic", float(found.score)
+        if entry is not None and model is not None and getattr(entry, "model", model) not in (model, ""):
+            entry, lookup.tier, lookup.score = None, None, None  # another model's answer: a miss
         if entry is not None:
             try:
                 lookup.stored = json.loads(entry.response)

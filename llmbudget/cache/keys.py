@@ -3,7 +3,8 @@
 - The **exact key** hashes the whole request as it will be sent (minus transport-only
   fields such as ``stream``): a byte-for-byte repeat.
 - The **partition** hashes everything that must be equal for an earlier answer to
-  be valid at all: tenant, endpoint, requested model, system/developer messages,
+  be valid at all: tenant, upstream (base URL: another server, an Azure deployment),
+  endpoint, requested model, system/developer messages,
   tools and tool choice, response format, every sampling parameter and all earlier
   turns. Semantic matching compares only the last user turn, only inside one partition.
 """
@@ -113,7 +114,11 @@ def _sampling_rules(body: dict[str, Any], allow_temperature: bool) -> str | None
 
 
 def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> CacheKeys:
-    """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache."""
+    """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache.
+
+    Both keys name the tenant and the upstream the call is sent to (its base URL, which holds an Azure
+    deployment's name): another server's model of the same name is another model."""
+    tenant = canonical([tenant, call.base_url])
     body = call.body
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
     if call.endpoint == "messages":  # a cache breakpoint changes what the provider caches, never the answer
@@ -124,6 +129,8 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
         return _responses_keys(call, rest, tenant, allow_temperature)
     if call.endpoint in ("embeddings", "completions"):
         if call.endpoint == "completions":
+            if call.stream:  # its answer is kept as the JSON body it came in, which a stream cannot be sent
+                return _never("streamed completions are not cached")
             reason = _sampling_rules(body, allow_temperature)
             if reason:
                 return _never(reason)
@@ -177,8 +184,11 @@ def _responses_keys(call: Call, rest: dict[str, Any], tenant: str, allow_tempera
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
         return _never("no input")
     for item in items:
-        if item.get("type") in ("function_call", "function_call_output", "tool_call", "custom_tool_call_output"):
-            return _never("the input carries tool calls or tool results")
+        # messages only: any other item is a tool's call or output (function, custom, computer, shell, MCP,
+        # web search...), a reasoning item or a reference to stored state
+        if item.get("type", "message") != "message":
+            return _never(f"the input carries a tool call, tool result or state item ({str(item.get('type'))[:40]!r}); "
+                          "only messages are cached")
     last = items[-1]
     if last.get("role") != "user":
         return CacheKeys(exact, None, None)

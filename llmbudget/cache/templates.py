@@ -52,7 +52,7 @@ DEFAULT_MIN_SHARED_TOKENS_MULTILINE = 8
 DEFAULT_MAX_SEMANTIC_CHARS = 500
 """Longest text the semantic tier matches (longer ones use the exact tier only); see ``CacheStore``."""
 
-_TOKENS = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
+_TOKENS = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]|\s+")
 _SENTENCE = frozenset("?.,!:;")  # sentence punctuation: soft where a space or the end follows it
 _APOSTROPHES = frozenset("'’")  # soft between two letters (a contraction or a possessive)
 _CLOSING = frozenset(")]}\"'’”")
@@ -60,7 +60,9 @@ _OPENING = frozenset("([{\"'‘“")
 _QUOTES = frozenset("\"'‘’“”")
 _DOUBLE_QUOTES = frozenset("\"“”")
 _JOINERS = frozenset("-'’")  # a word joined to another by these is still in prose
-_CODE_LIKE = re.compile(r"[=;{}<>]|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE|GROUP BY|ORDER BY)\b").search
+_CODE_LIKE = re.compile(r"[=;{}<>]|\w\((?!s\)|es\)|ies\))|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE|GROUP BY|ORDER BY)\b").search
+_HARD_IN_CODE = frozenset(",:;")  # in code, ``{1: 2}`` is not ``{1, 2}``
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|“[^”\n]*”|‘[^’\n]*’")  # a quoted string: its spacing is data
 _CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 # Words whose capital changes what they mean, so that a user typing one for the other asks something else
 # ("polish silver", "Polish silver"; "us", "US"; "2 ms", "2 Ms"; "go", "Go"). Other capitals a user may drop.
@@ -116,14 +118,29 @@ def _scan(text: str) -> tuple[str, ...]:
     append = out.append
     end = len(text)
     code = _code_spans(text)
+    code_like = _code_like(text)
+    quotes: list[tuple[int, int]] | None = None  # quoted strings, found when a run of spaces needs them
     quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
     for match in _TOKENS.finditer(text):
         token = match.group()
+        first = token[0]
+        start, after = match.start(), match.end()
+        if first.isspace():  # spacing inside the text: line breaks, indents, runs of spaces are data
+            if start == 0 or after == end:
+                continue
+            if code and any(s <= start < e for s, e in code):  # code's every space (``'a b'``, ``x = 1``)
+                append(token.replace("\r\n", "\n"))
+            elif "\n" in token:  # a line break and the next line's indent (a poem's lines, YAML, code)
+                append("\n" + token.rsplit("\n", 1)[1])
+            elif len(token) > 1:  # in code or a quoted string ("'a  b  c'"), two spaces are not one; a typo elsewhere
+                if quotes is None:
+                    quotes = [m.span() for m in _QUOTED.finditer(text)]
+                if code_like or any(s <= start < e for s, e in quotes):
+                    append(token)
+            continue
         if token == _CODE:  # a NUL in the text is a symbol, never the marker: doubled, it is compared exactly
             append(_CODE + _CODE)
             continue
-        first = token[0]
-        start, after = match.start(), match.end()
         if code and any(s <= start < e for s, e in code):  # code: every symbol counts, and every capital
             append(_CODE + token if token.isalpha() and not token.islower() else token)
             continue
@@ -132,9 +149,10 @@ def _scan(text: str) -> tuple[str, ...]:
             following = text[after] if after < end else " "
             if first in _SENTENCE and not quoted:
                 beyond = _run_end(text, after)
-                if ((beyond >= end or text[beyond].isspace())
-                        and (before.isalnum() or before.isspace() or before in _CLOSING or before in _SENTENCE)):
-                    continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", "xs[1:]", "data?.user")
+                word_end = before.isalnum() or before in _CLOSING or before in _SENTENCE
+                if (_line_end(text, beyond) and (word_end or before.isspace())) or (
+                        word_end and text[beyond].isspace() and not (code_like and first in _HARD_IN_CODE)):
+                    continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", "xs[1:]", "data?.user", "x ? a")
             elif first in _APOSTROPHES and before.isalnum() and following.isalnum():
                 continue  # "What's", "India's"
             if first in _QUOTES:
@@ -166,6 +184,14 @@ def _sentence_start(text: str, i: int) -> bool:
     while i >= 0 and text[i] in " \t\"'‘“(":
         i -= 1
     return i < 0 or text[i] in ".?!:\n"
+
+
+def _line_end(text: str, i: int) -> bool:
+    """Whether only spaces or tabs stand between ``text[i]`` and the end of its line (or of the text)."""
+    end = len(text)
+    while i < end and text[i] in " \t":
+        i += 1
+    return i >= end or text[i] in "\r\n"
 
 
 _memo_scan = functools.lru_cache(maxsize=4096)(_scan)
@@ -325,6 +351,8 @@ def _swapped(a: Sequence[str], b: Sequence[str]) -> bool:
         return False
     if len(at) == 1:
         return _opposed(a[at[0]], b[at[0]])
+    if at[-1] - at[0] >= 64:  # the search below is cubic in the span: two phrases trading places are short
+        return False
     # spans compared by their stems: "orders per customer" turned round is "customers per order"
     mid_a, mid_b = [_stem(w) for w in a[at[0] : at[-1] + 1]], [_stem(w) for w in b[at[0] : at[-1] + 1]]
     n = len(mid_a)

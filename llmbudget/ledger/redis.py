@@ -125,10 +125,12 @@ def _redacted(url: str) -> str:
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
     """What makes Redis unavailable to a store: unreachable, timed out, or reachable but refusing the command
     (``ResponseError``: READONLY after a failover, OOM under ``maxmemory`` with ``noeviction``, MISCONF when it
-    cannot persist, NOREPLICAS), which counts as down too: the write did not happen."""
+    cannot persist, NOREPLICAS), which counts as down too: the write did not happen; or answering what is not
+    Redis's protocol (``InvalidResponse``: the URL names another service, or a proxy garbles the replies)."""
     import redis
+    from redis.exceptions import InvalidResponse
 
-    return (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, OSError)
+    return (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, InvalidResponse, OSError)
 
 
 # KEYS: reservations zset, reservation data hash, bucket hashes...

@@ -107,3 +107,32 @@ def test_responses_with_tool_calls_are_not_stored():
     body = json.loads(json.dumps(RESPONSE))
     body["output"] = [{"type": "function_call", "id": "fc", "call_id": "c", "name": "f", "arguments": "{}"}]
     assert storable(call_of(ASK_RESPONSES, "responses"), body=body) is None
+
+
+def _chunk(delta: dict, finish: str | None = None) -> dict:
+    return ChatCompletionChunk.model_validate({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).model_dump(mode="json")
+
+
+def test_a_streamed_tool_call_or_refusal_is_never_stored_whatever_its_finish_reason():
+    # With tool_choice naming a function, OpenAI ends the stream with finish_reason "stop", not "tool_calls":
+    # kept, the call came back as an empty text answer and the tool call was lost.
+    streamed = call_of({**ASK, "stream": True})
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    forced = [_chunk({"role": "assistant", "tool_calls": [call]}),
+              _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris"}'}}]}), _chunk({}, "stop")]
+    assert storable(streamed, events=forced) is None
+    refused = [_chunk({"role": "assistant", "refusal": "I can't help with that."}), _chunk({}, "stop")]
+    assert storable(streamed, events=refused) is None
+
+
+def test_a_refusal_is_never_stored():
+    # the model may answer the next time, and a rewording must not be refused for it
+    refused = json.loads(json.dumps(ORIGINAL))
+    refused["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    assert storable(call_of(ASK), body=refused) is None
+    body = json.loads(json.dumps(RESPONSE))
+    body["output"][0]["content"] = [{"type": "refusal", "refusal": "I can't help with that."}]
+    assert storable(call_of(ASK_RESPONSES, "responses"), body=Response.model_validate(body).model_dump(mode="json")) \
+        is None

@@ -132,3 +132,29 @@ def test_a_question_with_a_nul_is_looked_up_without_an_error(cached, records, ca
                                            **ASK)
     assert not [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(server.received) == 2 and [r.cache_tier for r in records] == [None, None, "exact"]
+
+
+def test_a_call_that_keeps_its_model_never_gets_another_tiers_answer(cached, engine, records):
+    from llmbudget.routing.tiers import Routing
+
+    client, server = cached
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)  # all small
+    ask = {**ASK, "model": "gpt-4o"}
+    routed = client.chat.completions.create(messages=QUESTION, **ask)
+    with llmbudget.scope(routing=False):
+        kept = client.chat.completions.create(messages=QUESTION, **ask)
+    with llmbudget.scope(routing="large"):
+        forced = client.chat.completions.create(messages=QUESTION, **ask)
+    again = client.chat.completions.create(messages=QUESTION, **ask)  # routed: any tier's answer will do
+    assert (routed.model, kept.model) == ("gpt-4.1-nano", "gpt-4o")
+    assert [r.from_cache for r in records] == [False, False, True, True] and len(server.received) == 2
+    assert forced.model == "gpt-4o" and again.model == "gpt-4o"  # the strong answer replaced the small one
+
+
+def test_an_answer_a_budget_downgraded_is_not_kept_for_calls_without_that_pressure(cached, records):
+    client, server = cached
+    ask = {**ASK, "model": "gpt-4o"}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.0005")], on_budget="downgrade", downgrade_to="gpt-4o-mini"):
+        cheap = client.chat.completions.create(messages=QUESTION, **{**ask, "max_tokens": 200})
+    full = client.chat.completions.create(messages=QUESTION, **{**ask, "max_tokens": 200})
+    assert (cheap.model, full.model) == ("gpt-4o-mini", "gpt-4o") and not records[1].from_cache

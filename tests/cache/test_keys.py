@@ -123,3 +123,34 @@ def test_stateless_responses_calls_are_cached():
 def test_embeddings_use_the_exact_tier():
     found = keys({"model": "text-embedding-3-small", "input": "hello"}, endpoint="embeddings")
     assert found.cacheable and found.exact and found.text is None
+
+
+def test_the_upstream_is_part_of_both_keys():
+    # another server's (or Azure deployment's) model of the same name is another model
+    body = chat()
+    here = cache_keys(adapter_for_endpoint("chat.completions").parse(body, "https://api.openai.com/v1"), tenant="t")
+    for other in ("http://finetune.internal:8000/v1", "https://x.openai.azure.com/openai/deployments/canary"):
+        there = cache_keys(adapter_for_endpoint("chat.completions").parse(body, other), tenant="t")
+        assert there.exact != here.exact and there.partition != here.partition
+
+
+def test_a_streamed_completion_is_never_cached():
+    # its answer is kept as the JSON body it came in: a stream got that JSON and the SDK read no chunk
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "The capital of France is", "max_tokens": 4}
+    assert keys(body, endpoint="completions").cacheable
+    assert not keys({**body, "stream": True}, endpoint="completions").cacheable
+
+
+@pytest.mark.parametrize("item", [
+    {"type": "custom_tool_call", "call_id": "c", "name": "f", "input": "x"},
+    {"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot", "image_url": "x"}},
+    {"type": "local_shell_call_output", "id": "s", "output": "ok"},
+    {"type": "mcp_call", "id": "m", "name": "f", "server_label": "s", "arguments": "{}"},
+    {"type": "web_search_call", "id": "w", "status": "completed"},
+    {"type": "reasoning", "id": "r", "summary": []},
+    {"type": "item_reference", "id": "msg_1"},
+])
+def test_responses_inputs_with_any_item_but_messages_are_never_cached(item):
+    body = {"model": "gpt-4o-mini", "store": False, "input": [item, {"role": "user", "content": "and now?"}]}
+    found = keys(body, endpoint="responses")
+    assert not found.cacheable and item["type"] in found.reason

@@ -581,6 +581,36 @@ def test_redis_down_means_misses_and_skipped_stores(caplog: pytest.LogCaptureFix
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # logged once
 
 
+def test_a_url_to_a_service_that_is_not_redis_is_redis_down(caplog: pytest.LogCaptureFixture) -> None:
+    # a typo'd port that an HTTP server answers: redis-py's protocol error escaped and stopped the app's start-up
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmbudget.cache"):
+            store = make("llmbudget-test:not-redis:", url=f"redis://127.0.0.1:{server.getsockname()[1]}/15")
+            assert store.get_exact("p", "k") is None and put(store, "p", "k", "any question") == 0
+            store.close()
+        assert any("unreachable" in r.getMessage() for r in caplog.records)
+    finally:
+        server.close()
+
+
 class socket_free_port:  # a context manager
     def __enter__(self) -> int:
         import socket

@@ -373,3 +373,66 @@ def test_a_nul_in_a_text_is_a_symbol_not_the_guards_marker() -> None:
     assert guard.conflict("a\x00b", "a\x01b")  # the same words, another symbol
     assert not guard.conflict("\x00", "\x00")
     assert not guard.conflict("What does a \x00 byte end in C?", "What does a \x00 byte end in C?")
+
+
+# Code, a layout or a string whose spacing, line breaks or ``:`` / ``,`` are what differs: another question.
+SPACING_AND_CODE_PUNCTUATION = [
+    ('What does this Python code print?\n```python\ntotal = 0\nfor i in range(3):\n    total += i\n    print(total)\n```',
+     'What does this Python code print?\n```python\ntotal = 0\nfor i in range(3):\n    total += i\nprint(total)\n```'),
+    ('What does this Python code print?\ntotal = 0\nfor i in range(3):\n    total += i\n    print(total)',
+     'What does this Python code print?\ntotal = 0\nfor i in range(3):\n    total += i\nprint(total)'),
+    ('What does this print?\nx = []\nfor i in range(3):\n    x.append(i)\n    if i == 1:\n        break\nprint(x)',
+     'What does this print?\nx = []\nfor i in range(3):\n    x.append(i)\nif i == 1:\n    break\nprint(x)'),
+    ('Is this YAML valid?\nserver:\n  port: 80\n  host: example.com',
+     'Is this YAML valid?\nserver:\nport: 80\n  host: example.com'),
+    ("What is len('a b') in Python?",
+     "What is len('a  b') in Python?"),
+    ('What does `len("a b")` return in Python?',
+     'What does `len("a  b")` return in Python?'),
+    ('Why does this give a SyntaxError in Python: def double(x) return x * 2',
+     'Why does this give a SyntaxError in Python: def double(x): return x * 2'),
+    ("Fix the bug in this Python function:\ndef is_even(n):\n    return n % 2 == 0\n    print('checked')",
+     "Fix the bug in this Python function:\ndef is_even(n):\n    return n % 2 == 0\nprint('checked')"),
+    ('What is type({1: 2}) in Python?',
+     'What is type({1, 2}) in Python?'),
+    ('What does let y = x ? a : b do in JavaScript?',
+     'What does let y = x, a, b do in JavaScript?'),
+    ('How many lines does this poem have?\nRoses are red\nviolets are blue\nsugar is sweet',
+     'How many lines does this poem have?\nRoses are red violets are blue\nsugar is sweet'),
+    ("Count the spaces in this string: 'a b c'",
+     "Count the spaces in this string: 'a  b  c'"),
+    ('Is this Makefile correct?\n```make\nall:\n\tgcc main.c\n```',
+     'Is this Makefile correct?\n```make\nall:\n    gcc main.c\n```'),
+    ("What is printed?\n```python\nif x > 1:\n    print('a')\nprint('b')\n```",
+     "What is printed?\n```python\nif x > 1:\n    print('a')\n    print('b')\n```"),
+]
+
+
+@pytest.mark.parametrize("stored, asked", SPACING_AND_CODE_PUNCTUATION)
+def test_spacing_line_breaks_and_code_punctuation_are_data(stored: str, asked: str) -> None:
+    guard = TemplateGuard()
+    assert guard.conflict(asked, stored) and guard.conflict(stored, asked)
+    store = _store(max_semantic_chars=None)
+    try:
+        assert not _hit(store, stored, asked)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("stored, asked", [
+    ("What is the capital of France?\n", "What is the capital of France?"),  # the text's own ends
+    ("  How do I learn Python?", "How do I learn Python?"),
+    ("What is Christian mission(s)?", "What is Christian mission(s) ?"),  # "(s)" is prose, not a call
+])
+def test_spacing_at_the_ends_is_no_conflict(stored: str, asked: str) -> None:
+    assert not TemplateGuard().conflict(asked, stored)
+
+
+def test_a_long_pair_is_judged_in_bounded_time() -> None:
+    import time
+
+    # every split of the span matches at its ends, and "and" between them is symmetric: the swap search was cubic
+    a, b = " ".join(["and"] * 3000 + ["zebra"]), " ".join(["zebra"] + ["and"] * 3000)
+    started = time.perf_counter()
+    TemplateGuard().conflict(a, b)
+    assert time.perf_counter() - started < 5  # about 17 s before on a quiet machine; milliseconds now

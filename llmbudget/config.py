@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -220,7 +221,7 @@ class Policy:
     - ``on_budget``: what a call that would overflow a budget gets: ``"refuse"`` (an
       ``openai.APIStatusError``; uncaught, HTTP 402). ``"downgrade"`` (to ``downgrade_to`` or the
       cheapest tier) and ``"cap"`` (output capped to what is left, refused below
-      ``cap_min_output_tokens``) are validated now and refuse until routing and output caps exist.
+      ``cap_min_output_tokens``).
     - ``tenant``: a callable given the ASGI scope or WSGI environ that returns the tenant; else
       the authenticated user; else the ``tenant_header`` (``None``: no header), read only when
       ``trust_tenant_header`` trusts it.
@@ -339,7 +340,11 @@ class Policy:
 
     @classmethod
     def discover(cls, start: str | Path | None = None, **options: Any) -> Policy:
-        """The Policy of the nearest config file from ``start`` (default: the working folder) up; else defaults."""
+        """The Policy of the file ``LLMBUDGET_POLICY`` names when it is set (and no ``start`` is given), else of the
+        nearest config file from ``start`` (default: the working folder) up; else defaults."""
+        named = os.environ.get("LLMBUDGET_POLICY") if start is None else None
+        if named:
+            return cls.from_file(named, **options)
         found = find_config(Path(start) if start is not None else Path.cwd())
         if found is None:
             return cls(**options)
@@ -601,6 +606,9 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     ledger_url = _redis_url(config.get("ledger"))
     store_url = _redis_url(config.get("budget_store"))
     ledger_path = None if ledger_url else _path(config.get("ledger"), "ledger", source, root)
+    if ledger_path is not None and "?" in str(config.get("ledger")):  # it would be part of the file's name
+        raise ConfigError(f"{source}: ledger = {config.get('ledger')!r}: a SQLite ledger takes no ?options "
+                          "(only budget_store and Redis URLs do)")
     store_path = None if store_url else _path(config.get("budget_store"), "budget_store", source, root)
     margin = config.get("input_estimate_margin", 1.25)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 1 <= margin <= _MAX_MARGIN:
@@ -651,6 +659,8 @@ def _open_file(key: str, opener: Any, path: Any, source: str) -> Any:
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"{source}: {key} = {str(path)!r} cannot be opened ({exc}); expected a writable path "
                           "to a file (its folder is created if missing)") from None
+    except ValueError as exc:  # a bad ``?option`` of the path (a typo, a value that is not one)
+        raise ConfigError(f"{source}: {key}: {exc}") from None
 
 
 def _table(value: Any, name: str, keys: frozenset[str], source: str) -> Mapping[str, Any] | None:

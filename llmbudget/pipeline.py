@@ -313,6 +313,9 @@ class Attempt:
         #: A weak-tier answer that escalation or the cascade must judge goes into the cache only once it
         #: passed (the transport sets this): a rejected answer must never be served to the next caller.
         self.judged = False
+        #: An escalation's retry whose refusal by a budget leaves the app the weak answer: not reported as a
+        #: budget refusal (the app got an answer).
+        self.has_fallback = False
         #: The environment variable of the key a tier on another host is sent (``Tier.api_key_env``).
         self.tier_key_env: str | None = None
         #: On an escalation's retry: the weak attempt's cost plus the saving its record claimed, which
@@ -379,7 +382,7 @@ class Attempt:
             refusal = self._reserve_once() or None
         elif mode == "downgrade" and self._downgrade():
             refusal = self._reserve_once() or None
-        if refusal is not None:
+        if refusal is not None and not self.has_fallback:
             self.engine.refused(refusal, self.scope)
         return refusal
 
@@ -399,6 +402,8 @@ class Attempt:
         per_token = pricing.cost(Usage(output_tokens=1_000_000), model=call.model, base_url=call.base_url).usd
         if per_token <= 0:
             return False
+        if self.escalated_from is not None:  # a capped retry would be cut: the app keeps the paid weak answer
+            return False
         affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token)
         minimum = self._scope_setting("cap_min_output_tokens") or 16
         current = call.max_output_tokens or self.engine.default_max_output_tokens
@@ -412,6 +417,8 @@ class Attempt:
 
     def _downgrade(self) -> bool:
         """Send the call to ``downgrade_to`` or the routing tier with the cheapest output."""
+        if self.escalated_from is not None:  # the weak answer was paid for already: the app keeps it
+            return False
         target = self._scope_setting("downgrade_to")
         routing = self.engine.routing
         endpoint = self.call.endpoint
@@ -423,7 +430,7 @@ class Attempt:
             return False
         if endpoint == "messages" and not target.lower().startswith("claude"):
             return False  # never send an Anthropic request to another provider's model
-        self.call = self.adapter.parse({**self.call.body, "model": target}, self.call.base_url)
+        self.call = self.adapter.parse(suited(endpoint, {**self.call.body, "model": target}, target), self.call.base_url)
         self.routed = self.rewritten = True
         self.routing = {**(self.routing or {}), "tier": "downgrade", "reason": "over budget: downgraded"}
         return True
@@ -497,7 +504,7 @@ class Attempt:
         if cache is None or (self.scope is not None and self.scope.cache is False):
             return None
         try:
-            lookup = self._lookup = cache.lookup(self.call, tenant=self.tenant)
+            lookup = self._lookup = cache.lookup(self.call, tenant=self.tenant, model=self._answer_model())
             if not lookup.hit:
                 return None
             from .cache.answers import render, stored_usage
@@ -513,6 +520,19 @@ class Attempt:
             return None
         self._record_hit(lookup, stored_usage(lookup.stored))
         return answer
+
+    def _answer_model(self) -> str | None:
+        """The model a cached answer must come from: the one the app asked for where routing may not change it
+        (no routing, or ``routing=False`` in scope), the forced tier's under ``routing="<tier>"``; None (any)
+        where the router decides, which may send this very call to the small tier."""
+        routing = self.engine.routing
+        setting = self.scope.routing if self.scope is not None else None
+        if routing is None or setting is False:
+            return self.call.model
+        if isinstance(setting, str):
+            tier = routing.tiers.get(setting)
+            return (tier.model_for(self.call.endpoint) if tier is not None else None) or self.call.model
+        return None
 
     def _record_hit(self, lookup: CacheLookup, raw_usage: dict[str, Any] | None) -> None:
         found = self.adapter.reported_usage(raw_usage) if raw_usage is not None else None
@@ -589,10 +609,16 @@ class Attempt:
             decision = routing.decide(call, path=path, forced=forced)
             reason = f"escalated: the weak tier's answer was {self.escalated_from}" if self.escalated_from \
                 else decision.reason
-            self.routing = {"tier": decision.tier, "score": decision.score, "threshold": decision.threshold,
-                            "reason": reason, "features": [list(f) for f in decision.features]}
-            tier = routing.tiers[decision.tier]
+            chosen, tier = decision.tier, routing.tiers[decision.tier]
             model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
+            if chosen != routing.strong and not model and not tier_url:
+                # a tier with no model for this API (an OpenAI-only tier and a Messages call, or the reverse): the
+                # call keeps its model, so it is the strong tier's, with neither this tier's cap nor its checks
+                reason = f"{reason}; tier {chosen!r} has no model for {call.endpoint}"
+                chosen, tier = routing.strong, routing.tiers[routing.strong]
+                model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
+            self.routing = {"tier": chosen, "score": decision.score, "threshold": decision.threshold,
+                            "reason": reason, "features": [list(f) for f in decision.features]}
             if model and model != call.model:
                 # without the parameters that model refuses (max_tokens and sampling on a reasoning model...)
                 body = suited(call.endpoint, {**body, "model": model}, model)
@@ -604,8 +630,8 @@ class Attempt:
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
                 self.capped = self.capped or tier_capped
             if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
-                body = self._directed(body, tier.output, f"tier {decision.tier}") or body
-            if (routing.min_confidence is not None and decision.tier == routing.weak and self.force_tier is None
+                body = self._directed(body, tier.output, f"tier {chosen}") or body
+            if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))):
                 from .routing.confidence import probe
 
@@ -649,13 +675,21 @@ class Attempt:
                 and not self.call.stream and self.force_tier is None
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
-    def tier_refused(self) -> bool:
-        """Whether the tier routing sent this call to refused it as rewritten (HTTP 400, 404 or 422: a model it
-        does not serve, a parameter it does not take): the call then goes to the strong tier, whatever
-        ``escalate`` says, since routing must never be the reason a call fails."""
+    def tier_failed(self, *, unreachable: bool = False) -> bool:
+        """Whether the tier routing (or a budget's downgrade) sent this call to failed it where the app's own
+        request might not have: it refused the call as rewritten (HTTP 400, 404 or 422: a model it does not
+        serve, a parameter it does not take), or it lives on another host and could not be reached
+        (``unreachable``), refused the tier's key (401, 403) or failed (5xx). The call then goes to the strong
+        tier, whatever ``escalate`` says, since routing must never be the reason a call fails."""
         routing = self.engine.routing
-        return (routing is not None and self.routed and self.force_tier is None and self.status in (400, 404, 422)
-                and self.routing is not None and self.routing.get("tier") not in (routing.strong, "downgrade"))
+        if (routing is None or not self.routed or self.force_tier is not None or self.routing is None
+                or self.routing.get("tier") == routing.strong):
+            return False
+        elsewhere = self.call.base_url != self.base_url_requested
+        if unreachable:
+            return elsewhere
+        status = self.status
+        return status in (400, 404, 422) or (elsewhere and status is not None and (status in (401, 403) or status >= 500))
 
     def tier_api_key(self) -> str | None:
         """The key sent to a tier on another host in place of the app's (None: none is sent)."""
@@ -674,14 +708,9 @@ class Attempt:
             return None
         if self.capped and "length" in self.state.finish_reasons:
             return "cut by an output cap"
-        message: Any = None
-        if isinstance(self._json, dict) and isinstance(self._json.get("choices"), list) and self._json["choices"]:
-            first = self._json["choices"][0]
-            message = first.get("message") if isinstance(first, dict) else None
-        if isinstance(message, dict) and message.get("refusal"):
+        if self.state.refused:  # chat's message.refusal, a Responses refusal part, Anthropic's stop_reason
             return "refused"
-        wants_json = self.call.body.get("response_format")
-        if isinstance(wants_json, dict) and wants_json.get("type") in ("json_object", "json_schema"):
+        if wants_json(self.call.body):  # chat's response_format, Responses' text.format, Messages' output_format
             try:
                 json.loads(self.state.text)
             except (ValueError, RecursionError):  # RecursionError: nested too deep for json to read
@@ -844,6 +873,8 @@ class Attempt:
             return False
         if not self.judged and self.may_escalate():  # the transport stores it once it passed the checks
             return False
+        if self.routing is not None and self.routing.get("tier") == "downgrade":
+            return False  # a budget's downgrade answers this call, not the next one without that budget's pressure
         # The SDK closes a stream once it read [DONE]: that is a whole answer too.
         if error is not None or self.status != 200 or self._overflow or not (complete or self.state.done):
             return False

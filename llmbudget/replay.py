@@ -515,8 +515,9 @@ class _Answers:
         if missing:  # served as the model the request named, so it is priced as that model
             response = {**response, "model": model}
         cut = _cut(line.endpoint, request, response)
+        self.cut = cut is not None  # of the answer that served the line last (an escalation's retry is whole)
         if cut is not None:
-            response, self.cut = cut, True
+            response = cut
         return 200, json.dumps(response).encode()
 
 

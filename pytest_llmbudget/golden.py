@@ -21,9 +21,11 @@ from llmbudget.providers import adapter_for_path
 from llmbudget.routing.features import request_text
 from llmbudget.routing.tiers import Routing
 
-# Fields a routing decision may set or change: they are not part of "the same prompt".
+# Fields a routing decision may set, change or drop (a reasoning tier takes no sampling parameters, other
+# models no reasoning settings; see ``llmbudget.caps.suited``): they are not part of "the same prompt".
 _ROUTED_FIELDS = frozenset({"model", "max_tokens", "max_completion_tokens", "max_output_tokens",
-                            "logprobs", "top_logprobs"})
+                            "logprobs", "top_logprobs", "temperature", "top_p", "presence_penalty",
+                            "frequency_penalty", "logit_bias", "reasoning_effort", "reasoning", "prompt_cache_key"})
 _EXCERPT = 60
 
 __all__ = ["GoldenRouting", "Moved"]
@@ -65,8 +67,42 @@ def _body(raw: Any) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _key(method: str, path: str, body: dict[str, Any]) -> str:
+def _stripped(text: Any, directives: tuple[str, ...]) -> Any:
+    """``text`` without a tier's length directive llmbudget added to it (None: it was only that)."""
+    if isinstance(text, str):
+        for directive in directives:
+            if text == directive:
+                return None
+            if text.endswith("\n\n" + directive):
+                return text[: -len(directive) - 2]
+    return text
+
+
+def _unrouted(body: dict[str, Any], directives: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` without what routing sets: the fields of :data:`_ROUTED_FIELDS` and a tier's length directive
+    (in the first system or developer message, the Responses ``instructions`` or the Messages ``system``)."""
     rest = {name: value for name, value in body.items() if name not in _ROUTED_FIELDS}
+    if not directives:
+        return rest
+    for field in ("instructions", "system"):
+        value = rest.get(field)
+        if isinstance(value, list) and value and isinstance(value[-1], dict) and value[-1].get("text") in directives:
+            value = value[:-1]
+        value = _stripped(value, directives)
+        if value is None:
+            rest.pop(field, None)
+        else:
+            rest[field] = value
+    messages = rest.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
+            and messages[0].get("role") in ("system", "developer"):
+        content = _stripped(messages[0].get("content"), directives)
+        rest["messages"] = messages[1:] if content is None else [{**messages[0], "content": content}, *messages[1:]]
+    return rest
+
+
+def _key(method: str, path: str, body: dict[str, Any], directives: tuple[str, ...] = ()) -> str:
+    rest = _unrouted(body, directives)
     return json.dumps([method.upper(), path.rstrip("/"), rest], sort_keys=True, default=str)
 
 
@@ -80,6 +116,8 @@ class GoldenRouting:
 
     def __init__(self, routing: Routing) -> None:
         self.routing = routing
+        #: The tiers' length directives, which the requests of a tier carry and the others do not.
+        self.directives = tuple(tier.output.text for tier in routing.tiers.values() if tier.output is not None)
         self.moved: list[Moved] = []
         self._restore: list[Callable[[], None]] = []
 
@@ -111,11 +149,11 @@ class GoldenRouting:
         body = _body(request.body)
         if body is None or not isinstance(body.get("model"), str):
             return None
-        key = _key(request.method, request.path, body)
+        key = _key(request.method, request.path, body, self.directives)
         old_models = []
         for old in recorded:
             old_body = _body(old.body)
-            if old_body is not None and _key(old.method, old.path, old_body) == key:
+            if old_body is not None and _key(old.method, old.path, old_body, self.directives) == key:
                 old_models.append(old_body.get("model"))
         if not old_models or body["model"] in old_models:
             return None

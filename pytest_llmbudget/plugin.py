@@ -119,18 +119,18 @@ def _usd(value: Any, what: str) -> Decimal:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _tolerance(value: str) -> Decimal:
+def _tolerance(value: str, what: str = "--llm-budget-tolerance") -> Decimal:
     """A tolerance as a fraction: ``10%`` is 0.10, and so is a bare ``0.10``; a bare number of 1 or more is refused."""
     text = value.strip()
     try:
         amount = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
     except InvalidOperation:
-        raise pytest.UsageError(f"--llm-budget-tolerance: expected a percentage such as 10%, got {value!r}") from None
+        raise pytest.UsageError(f"{what}: expected a percentage such as 10%, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
-        raise pytest.UsageError(f"--llm-budget-tolerance must be a percentage of 0% or more, got {value!r}")
+        raise pytest.UsageError(f"{what} must be a percentage of 0% or more, got {value!r}")
     if not text.endswith("%") and amount >= 1:  # "1" may mean 1% or 100%: say which
         raise pytest.UsageError(
-            f"--llm-budget-tolerance {value}: a bare number is a fraction (0.1 is 10%), so this would allow a "
+            f"{what} {value}: a bare number is a fraction (0.1 is 10%), so this would allow a "
             f"{amount * 100:.0f}% cost rise; write {text}% for {text} percent, or {amount * 100:.0f}% if you "
             "really mean that"
         )
@@ -185,8 +185,26 @@ def _check_marker(item: pytest.Item) -> dict[str, Decimal | int] | None:
     return limits
 
 
+def _ini_limits(config: pytest.Config) -> dict[str, Decimal | int]:
+    """The ini budgets per test, checked (a bad value is a usage error up front, with or without the flag)."""
+    return {key: _limit(key, value, f"ini llm_budget_{key}") for key in ("usd", "tokens", "calls")
+            if (value := config.getini(f"llm_budget_{key}")) not in ("", None)}
+
+
+def _ini_tolerance(config: pytest.Config) -> Decimal:
+    """The tolerance: the flag's, else the ini's (each named as what it is in an error)."""
+    flag = config.getoption("llm_budget_tolerance")
+    if flag:
+        return _tolerance(flag)
+    return _tolerance(config.getini("llm_budget_tolerance"), "ini llm_budget_tolerance")
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Check every ``llm_budget`` marker, and warn once when markers are present but nothing checks them."""
+    """Check every ``llm_budget`` marker (and the ini limits), and warn once when markers are present but
+    nothing checks them."""
+    if config.stash.get(_KEY, None) is None:  # with the flag, the plugin checked them when it started
+        _ini_limits(config)
+        _ini_tolerance(config)
     marked = [item for item in items if _check_marker(item) is not None]
     if marked and config.stash.get(_KEY, None) is None:
         warnings.warn(pytest.PytestConfigWarning(
@@ -218,14 +236,11 @@ class LLMBudgetPlugin:
         self.is_worker = hasattr(config, "workerinput")
         raw = config.getoption("llmbudget_usd")
         self.run_budget = _usd(raw, "--llm-budget") if raw else None
-        self.tolerance = _tolerance(config.getoption("llm_budget_tolerance") or config.getini("llm_budget_tolerance"))
+        self.tolerance = _ini_tolerance(config)
         compare = config.getoption("llm_budget_compare")
         # read (and checked) before any test runs: a baseline that cannot be compared is a usage error up front
         self.baseline = _load_baseline(compare) if compare and not self.is_worker else None
-        self.defaults = {  # checked up front: a bad ini value is a usage error, not a crash after the first test
-            key: _limit(key, value, f"ini llm_budget_{key}") for key in ("usd", "tokens", "calls")
-            if (value := config.getini(f"llm_budget_{key}")) not in ("", None)
-        }
+        self.defaults = _ini_limits(config)  # checked up front: a usage error, not a crash after the first test
         self.flag = _flag_in_use
         self.engine = _project_engine(config) or llmbudget.Engine()
         self.tests: dict[str, TestSpend] = {}

@@ -542,3 +542,18 @@ def test_periodic_budgets_see_the_whole_file_as_one_period(tmp_path: Path, monke
     monkeypatch.setattr(time_module, "time", lambda: 1_750_000_000.0 + next(clock))
     result = replay(_write(tmp_path / "t.jsonl", lines), policy)
     assert result.refused > 0 and result.actual_usd <= Decimal("0.002")
+
+
+def test_an_escalated_line_is_judged_by_the_answer_that_served_it(tmp_path: Path) -> None:
+    # The small tier's answer is cut by its cap and retried on gpt-4o, which answers in full: the cut flag of the
+    # weak answer stayed on, and every such line was counted wrong.
+    lines = [line for line in _sample() if line.get("correct", {}).get("gpt-4o")
+             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > 8][:5]
+    assert len(lines) == 5
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing]\nthreshold = 1.0\nescalate = true\n[routing.tiers]\n'
+                      'small = { model = "gpt-4.1-nano", max_output_tokens = 8 }\nlarge = ""\n', encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    escalated = [r for r in result.lines if r.escalated]
+    assert len(escalated) == 5
+    assert all(r.answered_by == "gpt-4o" and r.correct is True for r in escalated)

@@ -231,9 +231,11 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     return retry
 
 
-def _refusal_reason(attempt: Attempt) -> str | None:
-    """Why a tier's refusal of a routed call (:meth:`Attempt.tier_refused`) sends it to the strong tier."""
-    return f"HTTP {attempt.status} (the tier refused the request as routed)" if attempt.tier_refused() else None
+def _failure_reason(attempt: Attempt, error: BaseException | None = None) -> str | None:
+    """Why a tier's failure of a routed call (:meth:`Attempt.tier_failed`) sends it to the strong tier, or None."""
+    if error is not None:
+        return f"unreachable ({type(error).__name__})" if attempt.tier_failed(unreachable=True) else None
+    return f"HTTP {attempt.status} from the tier" if attempt.tier_failed() else None
 
 
 def _kept_weak(attempt: Attempt) -> None:
@@ -362,6 +364,7 @@ def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
 
 
 def _build(httpx: ModuleType) -> tuple[type, type]:
+    _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing was sent
     class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
@@ -435,9 +438,15 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if attempt is None:
                 return self.inner.handle_request(request)
             path = wanted[1]
-            response = self._through(request, attempt, path)
-            retry = _escalation(request, attempt, _refusal_reason(attempt), wanted)
-            if retry is not None:  # a 4xx: nothing to keep, not even when the retry is refused
+            try:
+                response = self._through(request, attempt, path)
+            except _UNREACHABLE as exc:  # a tier on another host that cannot be reached: the strong tier's turn
+                retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
+                if retry is None:
+                    raise
+                return self._through(request, retry, path)
+            retry = _escalation(request, attempt, _failure_reason(attempt), wanted)
+            if retry is not None:  # a 4xx or 5xx: nothing to keep, not even when the retry is refused
                 response.close()
                 return self._through(request, retry, path)
             if not (attempt.may_escalate() and attempt.status == 200):
@@ -449,6 +458,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if attempt.stores_answer(complete=True):
                     attempt.store_answer()
                 return _unprobed(httpx, response, attempt)
+            retry.has_fallback = True
             sent, answer = _open(httpx, request, retry, path)
             if answer is not None and _refused(answer):
                 _kept_weak(retry)
@@ -500,9 +510,15 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if attempt is None:
                 return await self.inner.handle_async_request(request)
             path = wanted[1]
-            response = await self._through(request, attempt, path)
-            retry = _escalation(request, attempt, _refusal_reason(attempt), wanted)
-            if retry is not None:  # a 4xx: nothing to keep, not even when the retry is refused
+            try:
+                response = await self._through(request, attempt, path)
+            except _UNREACHABLE as exc:  # a tier on another host that cannot be reached: the strong tier's turn
+                retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
+                if retry is None:
+                    raise
+                return await self._through(request, retry, path)
+            retry = _escalation(request, attempt, _failure_reason(attempt), wanted)
+            if retry is not None:  # a 4xx or 5xx: nothing to keep, not even when the retry is refused
                 await response.aclose()
                 return await self._through(request, retry, path)
             if not (attempt.may_escalate() and attempt.status == 200):
@@ -513,6 +529,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 attempt.judged = True  # it passed: it may be cached now
                 await _store(attempt)
                 return _unprobed(httpx, response, attempt)
+            retry.has_fallback = True
             sent, answer = await _open_async(httpx, request, retry, path)
             if answer is not None and _refused(answer):
                 _kept_weak(retry)

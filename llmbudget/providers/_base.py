@@ -50,6 +50,9 @@ class ResponseState:
     stream_parts: list[str] | None = None
     #: The usage seen left the input out (a gateway's Messages stream without message_start's usage).
     input_unreported: bool = False
+    #: The model refused to answer (chat ``message.refusal``, a Responses ``refusal`` part, Anthropic's
+    #: ``stop_reason: "refusal"``).
+    refused: bool = False
 
     @property
     def text(self) -> str:

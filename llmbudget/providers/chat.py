@@ -79,6 +79,8 @@ class ChatAdapter(Adapter):
                 _text_of(message.get("content"), state.text_parts)
                 if message.get("tool_calls") or message.get("function_call"):
                     state.tool_calls = True
+                if message.get("refusal"):
+                    state.refused = True
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 state.finish_reasons.append(reason)

@@ -133,6 +133,7 @@ class MessagesAdapter(Adapter):
         reason = data.get("stop_reason")
         if isinstance(reason, str):
             state.finish_reasons.append(STOP_REASONS.get(reason, reason))
+            state.refused = state.refused or reason == "refusal"
 
     def read_json(self, data: Any, state: ResponseState) -> None:
         super().read_json(data, state)
@@ -165,6 +166,7 @@ class MessagesAdapter(Adapter):
                 reason = delta.get("stop_reason") if isinstance(delta, dict) else None
                 if isinstance(reason, str):
                     state.finish_reasons.append(STOP_REASONS.get(reason, reason))
+                    state.refused = state.refused or reason == "refusal"
                 if isinstance(event.get("usage"), dict):
                     usage.update({k: v for k, v in event["usage"].items() if v is not None})
             elif kind == "message_stop":

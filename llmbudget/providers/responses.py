@@ -56,11 +56,18 @@ class ResponsesAdapter(Adapter):
         self._read_common(data, state)
         status = data.get("status")
         if isinstance(status, str):
-            state.finish_reasons.append("stop" if status == "completed" else status)
+            # an answer cut at max_output_tokens reads as chat's "length" (caps, escalation, the record see it)
+            details = data.get("incomplete_details")
+            reason = details.get("reason") if isinstance(details, dict) else None
+            state.finish_reasons.append("stop" if status == "completed" else "length"
+                                        if reason == "max_output_tokens" else reason
+                                        if reason == "content_filter" else status)
         for item in items(data.get("output")):
             if isinstance(item, dict):
                 if item.get("type") == "function_call":
                     state.tool_calls = True
+                if any(isinstance(part, dict) and part.get("type") == "refusal" for part in items(item.get("content"))):
+                    state.refused = True
                 if not state.text_parts:
                     _text_of(item.get("content"), state.text_parts)
 

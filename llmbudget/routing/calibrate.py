@@ -240,21 +240,41 @@ def calibrate_quality(
 
 
 def write_threshold(policy: str | Path, threshold: float) -> None:
-    """Set ``threshold`` in the routing table of a policy file, keeping everything else as it was."""
+    """Set ``threshold`` in the routing table of a policy file, keeping everything else as it was.
+
+    The file is written only when the result is valid TOML with routing tiers: a policy without
+    ``[routing.tiers]`` would not load with a threshold alone (:class:`~llmbudget.config.ConfigError`)."""
+    import tomllib
+
+    from ..config import ConfigError
+
     path = Path(policy)
-    table = "[tool.llmbudget.routing]" if path.name == "pyproject.toml" else "[routing]"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    pyproject = path.name == "pyproject.toml"
+    table = "[tool.llmbudget.routing]" if pyproject else "[routing]"
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from exc
     line = f"threshold = {threshold:.6f}"
-    pattern = re.compile(rf"^{re.escape(table)}[ \t]*$", re.M)
+    pattern = re.compile(rf"^[ \t]*{re.escape(table)}[ \t]*(?:#.*)?$", re.M)  # a comment may follow the header
     match = pattern.search(text)
     if match is None:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + f"{table}\n{line}\n"
     else:
         start = match.end()
-        following = re.search(r"^\[", text[start:], re.M)
+        following = re.search(r"^[ \t]*\[", text[start:], re.M)
         end = start + following.start() if following else len(text)
         body = text[start:end]
-        existing = re.compile(r"^threshold[ \t]*=.*$", re.M)
+        existing = re.compile(r"^[ \t]*threshold[ \t]*=.*$", re.M)
         body = existing.sub(line, body, count=1) if existing.search(body) else "\n" + line + body
         text = text[:start] + body + text[end:]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: the threshold could not be written in ({exc}); set threshold = {threshold:.6f} "
+                          f"under {table} by hand") from exc
+    routing = (data.get("tool", {}).get("llmbudget", {}) if pyproject else data).get("routing", {})
+    if not isinstance(routing.get("tiers"), dict):
+        raise ConfigError(f"{path}: {table} has no tiers, so a threshold alone would not load; add "
+                          f"{table[:-1]}.tiers] (see README, \"Routing and output caps\") and run this again")
     path.write_text(text, encoding="utf-8")

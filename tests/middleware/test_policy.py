@@ -104,6 +104,18 @@ def test_pyproject_table_and_discovery(tmp_path: Path) -> None:
     assert Policy.discover(Path("/")) == Policy()
 
 
+def test_discover_reads_the_file_llmbudget_policy_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    named = tmp_path / "srv" / "llmbudget.toml"
+    named.parent.mkdir()
+    named.write_text('[[budgets]]\nusd = 3\nper = "tenant"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMBUDGET_POLICY", str(named))
+    assert Policy.discover().budgets[0].usd == 3
+    monkeypatch.setenv("LLMBUDGET_POLICY", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        Policy.discover()
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -132,6 +144,8 @@ def test_pyproject_table_and_discovery(tmp_path: Path) -> None:
         ("ledger = 5", "ledger must be a file path"),
         ("default_tenant = ''", "default_tenant must be a non-empty string"),
         ("surprise = 1", r"unknown keys \['surprise'\]"),
+        ('budget_store = "b.db?on_unavailble=open"', r"budget_store: .*unknown option"),  # was a bare ValueError
+        ('ledger = "l.db?timeout=2"', r"a SQLite ledger takes no \?options"),  # it named the file "l.db?timeout=2"
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

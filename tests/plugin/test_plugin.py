@@ -498,9 +498,10 @@ def test_a_baseline_with_a_bad_cost_is_a_usage_error_before_the_tests(suite, cos
                                  "cost_usd is *"])
 
 
+@pytest.mark.parametrize("flag", [["--llm-budget"], []])  # checked with or without it, as README says
 @pytest.mark.parametrize(("where", "value"), [("marker", 'tokens="lots"'), ("marker", "calls=-1"),
                                               ("marker", "calls=True"), ("ini", "llm_budget_tokens = 5k")])
-def test_limits_that_are_not_numbers_are_usage_errors(suite, where, value):
+def test_limits_that_are_not_numbers_are_usage_errors(suite, where, value, flag):
     if where == "marker":
         suite.makepyfile(test_app=f'''
 import pytest
@@ -511,9 +512,16 @@ def test_x():
 ''')
     else:
         suite.makeini(f"[pytest]\n{value}\n")
-    result = suite.runpytest("--llm-budget")
+    result = suite.runpytest(*flag)
     assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
     result.stderr.fnmatch_lines(["*expected a whole number of*"])
+
+
+def test_a_bad_ini_tolerance_is_named_as_the_ini_option(suite):
+    suite.makeini("[pytest]\nllm_budget_tolerance = lots\n")
+    result = suite.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini llm_budget_tolerance: expected a percentage such as 10%, got 'lots'*"])
 
 
 def test_the_step_summary_shows_odd_test_ids_as_they_are(suite, monkeypatch):

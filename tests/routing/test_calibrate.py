@@ -44,9 +44,29 @@ def test_cli_writes_the_threshold_into_the_policy_keeping_other_keys(sample, tmp
 
 def test_pyproject_gets_the_tool_table(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[project]\nname = "app"\n')
+    pyproject.write_text('[project]\nname = "app"\n\n[tool.llmbudget.routing.tiers]\nsmall = "gpt-4.1-nano"\n')
     write_threshold(pyproject, 0.25)
-    assert tomllib.loads(pyproject.read_text())["tool"]["llmbudget"]["routing"]["threshold"] == 0.25
+    routing = tomllib.loads(pyproject.read_text())["tool"]["llmbudget"]["routing"]
+    assert routing["threshold"] == 0.25 and routing["tiers"] == {"small": "gpt-4.1-nano"}
+
+
+def test_the_threshold_is_never_written_into_a_policy_that_would_not_load(tmp_path):
+    from llmbudget.config import ConfigError, Policy
+
+    # a [routing] header with a comment is the same table: it was appended a second time (invalid TOML)
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing]   # tuned by hand\nthreshold = 0.9\n\n[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n')
+    write_threshold(policy, 0.3)
+    assert tomllib.loads(policy.read_text())["routing"]["threshold"] == 0.3
+    Policy.from_file(policy)  # loads
+    # no tiers: a threshold alone made every later command fail on "routing.tiers must be a table"
+    for name, text in (("llmbudget.toml", '[cache]\nenabled = true\n'), ("pyproject.toml", '[project]\nname = "a"\n')):
+        bare = tmp_path / "bare" / name
+        bare.parent.mkdir(exist_ok=True)
+        bare.write_text(text)
+        with pytest.raises(ConfigError, match="has no tiers"):
+            write_threshold(bare, 0.3)
+        assert bare.read_text() == text
 
 
 def test_bad_samples_are_clear_errors(tmp_path):
@@ -131,6 +151,7 @@ def test_calibrate_quality_on_traffic_and_the_cli_writes_the_policy(tmp_path, ca
     assert result["quality_kept"] >= 0.9 and result["small_fraction"] == pytest.approx(1 - result["strong_fraction"])
     assert 0.0 <= result["small_token_share"] <= 1.0
     policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n')
     assert main(["calibrate", "router", str(traffic), "--keep-quality", "0.9", "--weak", "gpt-4.1-nano",
                  "--strong", "gpt-4o", "--policy", str(policy)]) == 0
     assert "of the all-strong accuracy" in capsys.readouterr().out

@@ -142,3 +142,29 @@ def test_record(llm_golden_routing):
     assert recorded, "pytest-recording wrote no cassette"
     body = json.loads(yaml.safe_load(recorded[0].read_text())["interactions"][0]["request"]["body"])
     assert body["model"] == "gpt-4.1-nano"  # routed, not the gpt-4o the test asked for
+
+
+@pytest.mark.parametrize("small", ["o4-mini", {"model": "gpt-4.1-nano", "max_words": 20}])
+def test_a_move_to_a_tier_that_rewrites_the_request_is_reported(engine, small):
+    # A reasoning tier drops temperature and renames max_tokens; a tier's length directive adds a system message
+    # (and so another prompt_cache_key): the moved request matched no recorded one, and nothing was reported.
+    from vcr.request import Request
+
+    from llmbudget.routing.tiers import Routing
+    from pytest_llmbudget.golden import GoldenRouting
+
+    body = {"model": "gpt-4o", "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    url = "https://api.openai.com/v1/chat/completions"
+
+    def sent(threshold: float) -> Request:
+        engine.routing = Routing(tiers={"small": small, "large": None}, threshold=threshold)
+        attempt = engine.begin(url=url, path="/v1/chat/completions", headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        return Request("POST", url, attempt.request_bytes(), {})
+
+    recorded, now = sent(0.0), sent(1.0)  # recorded on the large tier; the policy now sends it small
+    golden = GoldenRouting(engine.routing)
+    moved = golden.check(now, [recorded])
+    assert moved is not None and (moved.old_tier, moved.new_tier) == ("large", "small")
+    assert golden.check(recorded, [recorded]) is None

@@ -219,8 +219,7 @@ def test_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_
     weak, strong = records
     assert (weak.status, weak.model_sent, weak.cost_usd) == (status, "gemma-3-270m", 0)
     assert answer.model == "gpt-4o" and strong.status == 200 and strong.base_url == llm_server
-    assert strong.routing["reason"] == f"escalated: the weak tier's answer was HTTP {status} (the tier refused the " \
-                                       "request as routed)"
+    assert strong.routing["reason"] == f"escalated: the weak tier's answer was HTTP {status} from the tier"
 
 
 def test_async_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_server, route, records):
@@ -314,3 +313,110 @@ def test_routing_saved_is_priced_where_the_app_sent_the_call_and_may_be_negative
     route(tiers={"small": "gpt-4o", "large": None}, threshold=1.0)  # a "small" tier dearer than the model asked for
     answer = client_for(llm_server).chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
     assert records[1].routing_saved_usd < 0
+
+
+def test_a_tier_without_a_model_for_the_api_leaves_the_call_alone(engine):
+    # An OpenAI-only small tier and a Messages call: the call keeps its model, so it is not the small tier's,
+    # gets none of its cap and is never judged (and resent to the same model) as a weak answer.
+    engine.routing = Routing(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 20}, "large": None},
+                             threshold=1.0, escalate=True)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 500, "messages": HI}
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert attempt.call.body["max_tokens"] == 500 and not attempt.capped and not attempt.routed
+    assert attempt.routing["tier"] == "large" and "no model for messages" in attempt.routing["reason"]
+    assert not attempt.may_escalate()
+
+
+def test_a_downgrade_sends_a_reasoning_model_what_it_takes(engine):
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 200, "temperature": 0.3}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade", downgrade_to="gpt-5-nano"):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        assert attempt.reserve() is None
+    sent = attempt.call.body
+    assert sent["model"] == "gpt-5-nano" and sent["max_completion_tokens"] == 200
+    assert "max_tokens" not in sent and "temperature" not in sent
+    attempt.release()
+
+
+@pytest.mark.parametrize("on_budget", ["downgrade", "cap"])
+def test_a_budget_that_cannot_pay_for_the_escalation_never_downgrades_or_caps_it(llm_server, route, records,
+                                                                                  on_budget):
+    # A downgrade sent the retry back to the weak model (paid twice, the second answer never checked); a cap cut it.
+    route(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 2}, "large": None}, threshold=1.0,
+          escalate=True)
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.00003")], on_budget=on_budget) as scope:
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=COUNT, max_tokens=6)
+    assert answer.model == "gpt-4.1-nano" and [r.model_sent for r in records] == ["gpt-4.1-nano"]
+    assert scope.refusals == []  # the app got an answer: no refusal to report
+
+
+@pytest.mark.parametrize("failure", ["unreachable", 401, 503])
+def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_strong_tier(
+        llm_server, route, records, failure):
+    import socket
+
+    if failure == "unreachable":
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": f"http://127.0.0.1:{port}/v1"}, "large": None},
+              threshold=1.0)
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    else:
+        with proxy(llm_server, fail_first=1, fail_status=failure) as gpu_box:
+            route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(gpu_box)}, "large": None},
+                  threshold=1.0)
+            answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    assert answer.model == "gpt-4o"
+    weak, strong = records
+    assert weak.model_sent == "gemma-3-270m" and strong.base_url == llm_server and strong.status == 200
+    assert strong.routing["reason"].startswith("escalated: the weak tier's answer was ")
+
+
+def _settled(engine, url: str, path: str, body: dict, answer: dict):
+    attempt = engine.begin(url=url, path=path, headers={}, body=json.dumps(body).encode())
+    attempt.plan("/")
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps(answer).encode())
+    attempt.finish(complete=True)
+    return attempt
+
+
+def test_escalation_checks_json_refusals_and_cuts_on_every_api(engine):
+    from openai.types.responses import Response
+
+    engine.routing = Routing(tiers={"small": {"model": "gpt-4.1-nano", "max_output_tokens": 5,
+                                              "anthropic": "claude-haiku-4-5"}, "large": None},
+                             threshold=1.0, escalate=True)
+    url, path = "https://api.openai.com/v1/responses", "/v1/responses"
+
+    def response(content: list, **extra) -> dict:
+        return Response.model_validate({
+            "id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-4.1-nano", "status": "completed",
+            "output": [{"type": "message", "id": "m", "role": "assistant", "status": "completed", "content": content}],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], **extra,
+        }).model_dump(mode="json")
+
+    text = [{"type": "output_text", "text": "not json", "annotations": []}]
+    ask = {"model": "gpt-4o", "input": "Give me JSON", "text": {"format": {"type": "json_object"}}}
+    assert _settled(engine, url, path, ask, response(text)).escalation_reason() == "invalid JSON"
+    refused = [{"type": "refusal", "refusal": "I can't help with that."}]
+    assert _settled(engine, url, path, {"model": "gpt-4o", "input": "x"}, response(refused)).escalation_reason() \
+        == "refused"
+    cut = response([{"type": "output_text", "text": "The answer is", "annotations": []}], status="incomplete",
+                   incomplete_details={"reason": "max_output_tokens"})
+    attempt = _settled(engine, url, path, {"model": "gpt-4o", "input": "x"}, cut)
+    assert attempt.escalation_reason() == "cut by an output cap" and attempt.record.truncated_by_cap
+    from anthropic.types import Message
+
+    message = Message.model_validate({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": [],
+        "stop_reason": "refusal", "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}},
+    ).model_dump(mode="json")
+    asked = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": HI}
+    assert _settled(engine, "https://api.anthropic.com/v1/messages", "/v1/messages", asked, message) \
+        .escalation_reason() == "refused"

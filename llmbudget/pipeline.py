@@ -313,6 +313,8 @@ class Attempt:
         #: A weak-tier answer that escalation or the cascade must judge goes into the cache only once it
         #: passed (the transport sets this): a rejected answer must never be served to the next caller.
         self.judged = False
+        #: Routing moved the app's ``max_tokens`` to a reasoning model's ``max_completion_tokens``.
+        self.limit_moved = False
         #: An escalation's retry whose refusal by a budget leaves the app the weak answer: not reported as a
         #: budget refusal (the app got an answer).
         self.has_fallback = False
@@ -622,6 +624,10 @@ class Attempt:
             if model and model != call.model:
                 # without the parameters that model refuses (max_tokens and sampling on a reasoning model...)
                 body = suited(call.endpoint, {**body, "model": model}, model)
+                # the app's max_tokens, now a reasoning model's max_completion_tokens, bounds its reasoning too:
+                # an answer it cuts was cut because of routing (escalation retries it)
+                self.limit_moved = "max_tokens" in call.body and "max_completion_tokens" in body \
+                    and "max_completion_tokens" not in call.body
                 self.routed = True
             if tier_url and tier_url != base_url:
                 base_url, self.tier_key_env = tier_url, tier.api_key_env
@@ -706,7 +712,7 @@ class Attempt:
             return f"unsure (confidence {confidence:.3f} < {routing.min_confidence:g})"
         if routing is not None and not routing.escalate:  # a cascade alone judges confidence only
             return None
-        if self.capped and "length" in self.state.finish_reasons:
+        if (self.capped or self.limit_moved) and "length" in self.state.finish_reasons:
             return "cut by an output cap"
         if self.state.refused:  # chat's message.refusal, a Responses refusal part, Anthropic's stop_reason
             return "refused"

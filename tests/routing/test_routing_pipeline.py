@@ -420,3 +420,14 @@ def test_escalation_checks_json_refusals_and_cuts_on_every_api(engine):
     asked = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": HI}
     assert _settled(engine, "https://api.anthropic.com/v1/messages", "/v1/messages", asked, message) \
         .escalation_reason() == "refused"
+
+
+def test_an_answer_cut_because_a_reasoning_tier_spent_the_apps_limit_is_escalated(engine):
+    # max_tokens=50 leaves gpt-4o room to answer; as o4-mini's max_completion_tokens it also bounds the reasoning
+    engine.routing = Routing(tiers={"small": "o4-mini", "large": None}, threshold=1.0, escalate=True)
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "o4-mini",
+              "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": ""}}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 50, "total_tokens": 59}}
+    attempt = _settled(engine, "https://api.openai.com/v1/chat/completions", "/v1/chat/completions",
+                       {"model": "gpt-4o", "messages": HI, "max_tokens": 50}, answer)
+    assert attempt.call.body["max_completion_tokens"] == 50 and attempt.escalation_reason() == "cut by an output cap"

@@ -47,6 +47,9 @@ DEFER_MODES = ("flex", "batch")
 _FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _FORWARDED = ("authorization", "openai-organization", "openai-project", "user-agent",
               "x-api-key", "anthropic-version", "anthropic-beta")
+#: The forwarded headers that change what a job does or who pays for it (not the SDK's user-agent).
+_GROUPING = frozenset(_FORWARDED) - {"user-agent"}
+_Key = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
 class BatchError(RuntimeError):
@@ -104,7 +107,7 @@ class Batcher:
         self.linger, self.max_lines, self.poll_interval = linger, max_lines, poll_interval
         self.completion_window, self.timeout = completion_window, timeout
         self.state = Path(state) if state is not None else None
-        self._groups: dict[tuple[str, str, str], _Group] = {}
+        self._groups: dict[_Key, _Group] = {}
         self._leases: dict[str, int] = {}  # job id -> the file descriptor of its locked lease file
         self._lock = threading.Lock()
 
@@ -135,7 +138,9 @@ class Batcher:
                      line={"method": "POST", "url": endpoint, "body": body})
         call.line["custom_id"] = call.custom_id
         kept = {k: v for k, v in headers.items() if k.lower() in _FORWARDED}
-        key = (base_url, endpoint, kept.get("authorization") or kept.get("x-api-key") or "")
+        # calls share a job only when every header the job is sent with is theirs too: a beta, an API version,
+        # an organisation or project (billed there) apply to the whole batch
+        key = (base_url, endpoint, tuple(sorted((k.lower(), v) for k, v in kept.items() if k.lower() in _GROUPING)))
         with self._lock:
             group = self._groups.get(key)
             if group is None:
@@ -152,7 +157,7 @@ class Batcher:
             self._send(group)
         return call.future
 
-    def _flush(self, key: tuple[str, str, str], group: _Group) -> None:
+    def _flush(self, key: _Key, group: _Group) -> None:
         """Send ``group`` as a job when its linger ends, unless it was sent already (full)."""
         with self._lock:
             if self._groups.get(key) is not group:

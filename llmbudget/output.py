@@ -22,15 +22,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_DIRECTIVE", "Output", "apply_directive", "directive_cap", "says_length", "schema_cap", "wants_json"]
+__all__ = ["DEFAULT_DIRECTIVE", "Output", "anthropic_format", "apply_directive", "directive_cap", "says_length",
+           "schema_cap", "wants_json"]
 
 DEFAULT_DIRECTIVE = "Answer in at most {max_words} words."
 _LENGTH = re.compile(
-    r"\b(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of|few)\s+"
-    r"(?:words?|sentences?|paragraphs?|lines?|bullet(?:\s+points?)?|points|characters?|tokens?)\b"
+    r"\b(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of|few)[\s-]+"
+    r"(?:words?|sentences?|paragraphs?|pages?|lines?|bullet(?:\s+points?)?|points|characters?|tokens?)\b"
     r"|\b(?:brief(?:ly)?|concise(?:ly)?|succinct(?:ly)?|short answer|keep it short|in short|tl;?dr|one[- ]liner"
     r"|at most|no more than|word limit|in detail|detailed|elaborate|step[- ]by[- ]step|comprehensive"
-    r"|thorough(?:ly)?|long-form|essay)\b",
+    r"|thorough(?:ly)?|long-form|essay)\b"
+    # other languages: a number of words, characters or pages, and "in detail" / "briefly"
+    r"|\d+\s*(?:слов|страниц|предложени|абзац|mots|pages|phrases|palabras|páginas|frases|parole|pagine"
+    r"|wörter|worte|seiten|sätze|palavras|woorden|kelime|字|文字|語|単語|页|頁|句|段|단어|자|글자|문장)"
+    r"|(?:подробно|кратко|en détail|en bref|brièvement|en detalle|brevemente|ausführlich|kurz gefasst"
+    r"|in dettaglio|详细|詳細|詳しく|简要|簡潔|자세히|간단히)",
     re.IGNORECASE,
 )
 
@@ -76,10 +82,32 @@ class Output:
     def cap(self) -> int:
         return directive_cap(self.max_words)
 
+    def cap_for(self, endpoint: str, body: Mapping[str, Any], model: str | None) -> int:
+        """:attr:`cap` for a request in its own language: scaled by the tokens a word of its text takes."""
+        return directive_cap(self.max_words, tokens_per_word(endpoint, body, model))
 
-def directive_cap(max_words: int) -> int:
-    """The token cap that goes with a directive: about 1.3 tokens a word, with room to finish a sentence."""
-    return 2 * max_words + 50
+
+def directive_cap(max_words: int, tokens_per_word: float = 1.3) -> int:
+    """The token cap that goes with a directive, with room to finish a sentence: 2 tokens a word where a word
+    takes up to 2 (English about 1.3), and 1.5 times what a word takes in a language whose words take more
+    (Russian 2.3, Finnish 2.6, Tamil 3.4, Amharic 6.8 on o200k), so the cap only stops an answer that ignores
+    the directive."""
+    return math.ceil(max_words * (2.0 if tokens_per_word <= 2.0 else 1.5 * tokens_per_word)) + 50
+
+
+_SAMPLE_CHARS = 2000
+
+
+def tokens_per_word(endpoint: str, body: Mapping[str, Any], model: str | None) -> float:
+    """Tokens per whitespace-separated word in the request's own text (its first 2,000 characters), from 1.3
+    to 8 (a script without spaces between words, Chinese or Thai, reads as long words: the most)."""
+    from .tokens import count_text
+
+    text = " ".join(_texts(endpoint, body))[:_SAMPLE_CHARS]
+    words = len(text.split())
+    if not words:
+        return 1.3
+    return min(max(count_text(text, model) / words, 1.3), 8.0)
 
 
 def _texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
@@ -112,6 +140,15 @@ def says_length(endpoint: str, body: Mapping[str, Any]) -> bool:
     return any(_LENGTH.search(text) for text in _texts(endpoint, body))
 
 
+def anthropic_format(body: Mapping[str, Any]) -> Any:
+    """A Messages request's structured-output format: ``output_config.format`` (how the anthropic SDK sends
+    it, ``messages.parse`` included) or the older top-level ``output_format``; None without one."""
+    config = body.get("output_config")
+    if isinstance(config, Mapping) and config.get("format") is not None:
+        return config["format"]
+    return body.get("output_format")
+
+
 def wants_json(body: Mapping[str, Any]) -> bool:
     """Whether the request asks for JSON (``response_format``, Responses ``text.format``, Anthropic ``output_format``)."""
     fmt = body.get("response_format")
@@ -120,7 +157,7 @@ def wants_json(body: Mapping[str, Any]) -> bool:
         fmt = text.get("format") or fmt
     if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
         return True
-    return bool(body.get("output_format"))  # Anthropic structured outputs
+    return bool(anthropic_format(body))  # Anthropic structured outputs (output_config.format, output_format)
 
 
 def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tuple[dict[str, Any], str] | None:
@@ -163,25 +200,27 @@ def _schema_of(body: Mapping[str, Any]) -> Any:
     if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
         inner: Mapping[str, Any] = fmt["json_schema"] if isinstance(fmt.get("json_schema"), Mapping) else fmt
         return inner.get("schema")
-    output_format = body.get("output_format")
+    output_format = anthropic_format(body)
     if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":
         return output_format.get("schema")
     return None
 
 
 def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
-    """The most tokens a JSON value of ``schema`` can take, or None if unbounded: a string's ``maxLength`` counts
-    characters, and a character may be a token of its own (Chinese, Japanese, emoji, escapes), so a string may
-    take a token per character; the schema's own words (names, enums) take about 3 characters a token."""
+    """The most tokens a JSON value of ``schema`` can take, or None if unbounded. A byte-level tokenizer (OpenAI's,
+    Anthropic's) never makes a token of less than a byte, so a value's UTF-8 bytes bound its tokens: an enum or
+    a name takes at most its bytes (ids and hashes come close), and a string of ``maxLength`` characters at most
+    6 a character: 4 UTF-8 bytes (emoji, Amharic or Tibetan take 2-4 tokens a character), 6 when the model
+    writes a character as a ``\\uXXXX`` escape."""
     if depth > 32 or not isinstance(schema, Mapping):
         return None
     if isinstance(schema.get("$ref"), str):
         name = schema["$ref"].rsplit("/", 1)[-1]
         return _bound(defs.get(name), defs, depth + 1)
     if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
-        return max(len(json.dumps(v)) for v in schema["enum"]) // 3 + 2
+        return max(_bytes(v) for v in schema["enum"])
     if "const" in schema:
-        return len(json.dumps(schema["const"])) // 3 + 2
+        return _bytes(schema["const"])
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
             bounds = [_bound(option, defs, depth + 1) for option in schema[key]]
@@ -192,7 +231,7 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
         return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
     if kind == "string":
         length = schema.get("maxLength")
-        return length + 2 if isinstance(length, int) and not isinstance(length, bool) else None
+        return 6 * length + 2 if isinstance(length, int) and not isinstance(length, bool) else None
     if kind in ("integer", "number"):
         return 12  # a long or exponent-form number: digits go about 3 to a token
     if kind in ("boolean", "null"):
@@ -212,17 +251,22 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
             bound = _bound(sub, defs, depth + 1)
             if bound is None:
                 return None
-            total += bound + len(json.dumps(str(name))) // 3 + 3
+            total += bound + _bytes(str(name)) + 1
         return total
     return None
+
+
+def _bytes(value: Any) -> int:
+    """The UTF-8 bytes of ``value`` as JSON (its quotes included): at most that many tokens."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def schema_cap(body: Mapping[str, Any]) -> int | None:
     """A token cap from the JSON schema's own bounds (with a quarter more room), or None when any part of it
     is unbounded (a string without ``maxLength``, an array without ``maxItems``)."""
     schema = _schema_of(body)
-    if not isinstance(schema, Mapping):
-        return None
+    if not isinstance(schema, Mapping) or body.get("tools") or body.get("functions"):
+        return None  # the schema bounds the final answer, not a tool call's arguments
     defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
     bound = _bound(schema, defs)
     return None if bound is None else math.ceil(bound * 1.25) + 16

@@ -301,6 +301,8 @@ class Attempt:
         self._json: Any = None
         self._lookup: CacheLookup | None = None
         self.model_requested = call.model
+        #: The body as the app wrote it (its own output limit, which llmbudget's caps never raise).
+        self.app_body = call.body
         self.base_url_requested = call.base_url
         self.routing: dict[str, Any] | None = None
         self.routed = False
@@ -584,11 +586,12 @@ class Attempt:
             return None
         body, where = applied
         capped = False
+        cap = output.cap_for(endpoint, body, body.get("model"))  # in the request's own language
         if self.escalated_from is None and not thinks(endpoint, body, body.get("model")):
             # (a retry on the strong tier is not cut where the weak one was)
-            body, capped = apply_cap(endpoint, body, body.get("model"), output.cap)
+            body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
-        self.output = {"directive": output.text, "max_words": output.max_words, "cap": output.cap if capped else None,
+        self.output = {"directive": output.text, "max_words": output.max_words, "cap": cap if capped else None,
                        "source": source, "in": where}
         return body
 
@@ -622,6 +625,12 @@ class Attempt:
             self.routing = {"tier": chosen, "score": decision.score, "threshold": decision.threshold,
                             "reason": reason, "features": [list(f) for f in decision.features]}
             if model and model != call.model:
+                if thinks(call.endpoint, {**body, "model": model}, model) and (self.output or {}).get("cap"):
+                    # a directive's cap would bound the reasoning model's thinking too: the app's own limit instead
+                    body = {k: v for k, v in body.items() if k not in _LIMITS}
+                    body.update({k: v for k, v in self.app_body.items() if k in _LIMITS})
+                    self.output = {**(self.output or {}), "cap": None}
+                    self.capped = False
                 # without the parameters that model refuses (max_tokens and sampling on a reasoning model...)
                 body = suited(call.endpoint, {**body, "model": model}, model)
                 # the app's max_tokens, now a reasoning model's max_completion_tokens, bounds its reasoning too:
@@ -632,7 +641,7 @@ class Attempt:
             if tier_url and tier_url != base_url:
                 base_url, self.tier_key_env = tier_url, tier.api_key_env
                 self.routed = True
-            if tier.max_output_tokens:
+            if tier.max_output_tokens and not thinks(call.endpoint, body, body.get("model")):
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
                 self.capped = self.capped or tier_capped
             if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
@@ -1048,6 +1057,9 @@ class Attempt:
             output=output,
         )
 
+
+#: The fields that bound a call's output.
+_LIMITS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 #: Endpoints the Batch API runs.
 _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions", "messages"})

@@ -85,17 +85,25 @@ class Price:
         return cls(_decimal(value["input"], f"{what}.input"), _decimal(value["output"], f"{what}.output"), **optional)
 
     def cost(self, usage: Usage) -> Decimal:
+        """What ``usage`` costs at these prices: one-hour cache writes at twice the input price (Anthropic's
+        rule) or the write price if dearer, and web searches at $10 per 1,000 (OpenAI's and Anthropic's)."""
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        written_1h = min(usage.cache_write_1h_tokens, written)
         plain = usage.input_tokens - cached - written
+        write = self.input if self.cache_write is None else self.cache_write
         total = (
             plain * self.input
             + cached * (self.input if self.cached_input is None else self.cached_input)
-            + written * (self.input if self.cache_write is None else self.cache_write)
+            + (written - written_1h) * write
+            + written_1h * max(write, 2 * self.input)
             + usage.output_tokens * self.output
         )
-        return total / _MILLION
+        return total / _MILLION + usage.web_searches * WEB_SEARCH_USD
 
+
+#: What one web search costs where a price says nothing of them (OpenAI and Anthropic: $10 per 1,000).
+WEB_SEARCH_USD = Decimal("0.01")
 
 #: Charged (with a warning) for a model nothing knows: above today's frontier list prices.
 CONSERVATIVE_PRICE = Price(Decimal(15), Decimal(75))

@@ -394,3 +394,12 @@ def test_the_unknown_price_warning_prints_once_and_names_the_right_table(tmp_pat
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no price for model 'my-own-model'") == 1, done.stderr
     assert "[prices] in llmbudget.toml" in done.stderr and "[tool.llmbudget.prices] in pyproject.toml" in done.stderr
+
+
+def test_an_override_prices_one_hour_cache_writes_and_web_searches() -> None:
+    # 1h writes were charged at the 5-minute rate (1.25x), web searches at $0
+    price = Price(Decimal(3), Decimal(15), cache_write=Decimal("3.75"))
+    usage = Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000)
+    assert price.cost(usage) == Decimal(6)  # twice the input price
+    assert price.cost(Usage(output_tokens=1_000_000, web_searches=3)) == Decimal("15.03")
+    assert CONSERVATIVE_PRICE.cost(Usage(web_searches=1)) == Decimal("0.01")

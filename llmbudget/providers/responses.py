@@ -62,14 +62,18 @@ class ResponsesAdapter(Adapter):
             state.finish_reasons.append("stop" if status == "completed" else "length"
                                         if reason == "max_output_tokens" else reason
                                         if reason == "content_filter" else status)
+        searches = 0
         for item in items(data.get("output")):
             if isinstance(item, dict):
                 if item.get("type") == "function_call":
                     state.tool_calls = True
+                searches += item.get("type") == "web_search_call"  # each one billed per call, beside the tokens
                 if any(isinstance(part, dict) and part.get("type") == "refusal" for part in items(item.get("content"))):
                     state.refused = True
                 if not state.text_parts:
                     _text_of(item.get("content"), state.text_parts)
+        if searches and state.usage is not None:
+            state.usage = state.usage.replace(web_searches=searches)
 
     def read_json(self, data: Any, state: ResponseState) -> None:
         if isinstance(data, dict):

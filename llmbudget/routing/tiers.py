@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..calls import Call
+from ..output import anthropic_format
 
 __all__ = ["Tier", "Routing", "Decision"]
 
@@ -189,9 +190,11 @@ def chat_view(body: Mapping[str, Any]) -> dict[str, Any]:
     view = {key: value for key, value in body.items() if key not in ("system", "messages")}
     view["messages"] = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [
         *messages]
-    if "output_format" in body:
-        view["response_format"] = body["output_format"]
+    output_format = anthropic_format(body)
+    if output_format is not None:
+        view["response_format"] = output_format
     return view
+
 
 
 def _has_schema(body: Mapping[str, Any]) -> bool:

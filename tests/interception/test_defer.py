@@ -392,3 +392,18 @@ def test_resume_leaves_a_job_that_its_process_still_polls(llm_server, engine, re
         assert answer.result().choices[0].message.content
     assert seen == [] and [r.deferred for r in records] == ["batch"]
     assert pending_jobs(state) == [] and list(state.iterdir()) == []  # the lease file went with the job
+
+
+def test_calls_of_another_project_never_share_a_job(llm_server, engine, records, batches):
+    # a job is sent with one set of headers: a call of another OpenAI project (or with another anthropic-beta)
+    # joined the first call's job, and was billed to that project
+    with batch_server(llm_server) as server:
+        ours = client_of(server)
+        theirs = openai.OpenAI(base_url=server.base_url, api_key="sk-test", project="proj-other", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"), concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, ask, client, question)
+                       for client, question in ((ours, QUESTIONS[0]), (theirs, QUESTIONS[1]))]
+            answers = [future.result() for future in futures]
+        assert len(server.batches) == 2
+    assert all(answer.choices[0].message.content is not None for answer in answers) and len(records) == 2

@@ -311,3 +311,28 @@ def test_web_searches_are_read_and_priced():
     tokens_only = pricing.cost(usage.replace(web_searches=0), model="claude-sonnet-4-5").usd
     assert pricing.cost(usage, model="claude-sonnet-4-5").usd - tokens_only == Decimal("0.25")
     assert messages_usage({"input_tokens": 1, "output_tokens": 1}).web_searches == 0
+
+
+def test_openai_web_searches_are_counted_from_the_responses_output():
+    from openai.types.responses import Response
+
+    from llmbudget.providers import adapter_for_endpoint
+    from llmbudget.providers._base import ResponseState
+
+    searched = Response.model_validate({
+        "id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-4.1", "status": "completed",
+        "output": [*({"type": "web_search_call", "id": f"ws_{i}", "status": "completed",
+                      "action": {"type": "search", "query": "news"}} for i in range(3)),
+                   {"type": "message", "id": "m", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "Here.", "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100,
+                  "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
+    }).model_dump(mode="json")
+    state = ResponseState()
+    adapter_for_endpoint("responses").read_json(searched, state)
+    assert state.usage is not None and state.usage.web_searches == 3
+    pricing = Pricing()
+    tokens_only = pricing.cost(state.usage.replace(web_searches=0), model="gpt-4.1").usd
+    assert pricing.cost(state.usage, model="gpt-4.1").usd - tokens_only == Decimal("0.03")

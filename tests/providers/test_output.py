@@ -17,6 +17,7 @@ from llmbudget.output import (
     directive_cap,
     says_length,
     schema_cap,
+    wants_json,
 )
 
 
@@ -69,7 +70,7 @@ def test_schema_caps_come_from_the_schemas_bounds():
     body = chat(("user", "Tag this"), response_format={"type": "json_schema",
                                                         "json_schema": {"name": "t", "schema": bounded}})
     cap = schema_cap(body)
-    assert cap is not None and 90 < cap < 400
+    assert cap is not None and 90 < cap < 1200  # a bound on UTF-8 bytes: loose for English, never too tight
     unbounded = {**bounded, "properties": {**bounded["properties"], "summary": {"type": "string"}}}
     assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
                                                            "json_schema": {"name": "t", "schema": unbounded}})) is None
@@ -192,3 +193,57 @@ def test_a_routed_body_loses_what_its_new_model_refuses():
     assert suited("chat.completions", kept, "llama-3.1-8b") is kept  # what another server refuses is unknown
     assert suited("messages", {"model": "claude-haiku-4-5", "temperature": 0}, "claude-haiku-4-5") == \
         {"model": "claude-haiku-4-5", "temperature": 0}
+
+
+def test_anthropic_structured_outputs_as_the_sdk_sends_them_get_no_directive():
+    # anthropic 2.x sends a schema (messages.parse too) as output_config.format, not output_format: such a
+    # request got "Answer in at most 40 words." and a 130-token cap, and its JSON came back cut
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}}}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 4000, "messages": [{"role": "user", "content": "Classify"}],
+            "output_config": {"format": {"type": "json_schema", "schema": schema}}}
+    assert wants_json(body) and apply_directive("messages", body, Output(max_words=40)) is None
+    assert schema_cap(body) is not None and schema_cap(body) < 100
+
+
+def test_a_schema_cap_never_bounds_a_tool_call():
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    body = chat(("user", "Write the file, then say ok"), response_format={
+        "type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+        tools=[{"type": "function", "function": {"name": "write_file", "parameters": {"type": "object"}}}])
+    assert schema_cap(body) is None
+    assert schema_cap({k: v for k, v in body.items() if k != "tools"}) is not None
+
+
+def test_an_enum_of_ids_is_bounded_by_its_bytes():
+    import uuid
+
+    import tiktoken
+
+    ids = [str(uuid.UUID(int=i * 7919 + 10**30)) for i in range(40)]
+    schema = {"type": "object", "properties": {"ids": {"type": "array", "maxItems": 10,
+                                                       "items": {"type": "string", "enum": ids}}}}
+    body = chat(("user", "Pick ten"), response_format={"type": "json_schema", "json_schema": {"name": "p",
+                                                                                               "schema": schema}})
+    longest = json.dumps({"ids": ids[:10]}, indent=2)
+    assert len(tiktoken.get_encoding("o200k_base").encode(longest)) <= schema_cap(body)
+
+
+@pytest.mark.parametrize("prompt", [
+    "Write a 500-word story about a dragon.", "Give me a 3-paragraph summary of the French Revolution.",
+    "Write a two-page cover letter for a nursing job.", "Напиши рассказ на 500 слов о драконе.",
+    "Explique en détail la Révolution française.", "用500字写一个关于龙的故事。",
+])
+def test_a_length_the_request_states_in_any_form_or_language_is_left_alone(prompt):
+    assert says_length("chat.completions", chat(("user", prompt)))
+
+
+def test_the_directives_cap_follows_what_a_word_takes_in_the_requests_language():
+    out = Output(max_words=120)
+    english = chat(("user", "Describe the history of the Byzantine Empire in plain words."))
+    assert out.cap_for("chat.completions", english, "gpt-4o") == out.cap == 290
+    amharic = chat(("user", "ስለ ባይዛንታይን ግዛት ታሪክ በቀላል ቃላት ግለጽልኝ። ፈጣኑ ቡናማ ቀበሮ ሰነፍ ውሻ ላይ በወንዙ ዳርቻ ዛሬ ዘለለ።"))
+    import tiktoken
+
+    obeying = " ".join(("ፈጣኑ ቡናማ ቀበሮ ሰነፍ ውሻ ላይ በወንዙ ዳርቻ ዛሬ ዘለለ።".split() * 20)[:120])  # 120 words
+    assert len(tiktoken.get_encoding("o200k_base").encode(obeying)) <= out.cap_for("chat.completions", amharic,
+                                                                                    "gpt-4o")

@@ -431,3 +431,31 @@ def test_an_answer_cut_because_a_reasoning_tier_spent_the_apps_limit_is_escalate
     attempt = _settled(engine, "https://api.openai.com/v1/chat/completions", "/v1/chat/completions",
                        {"model": "gpt-4o", "messages": HI, "max_tokens": 50}, answer)
     assert attempt.call.body["max_completion_tokens"] == 50 and attempt.escalation_reason() == "cut by an output cap"
+
+
+def test_a_tiers_cap_never_bounds_thinking(engine):
+    # max_tokens must stay above thinking.budget_tokens: a tier cap of 2048 under a budget of 8000 made a valid
+    # call fail with 400, on both tiers
+    engine.routing = Routing(tiers={"small": {"anthropic": "claude-haiku-4-5", "max_output_tokens": 1024},
+                                    "large": {"max_output_tokens": 2048}}, threshold=1.0)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 16000, "messages": HI,
+            "thinking": {"type": "enabled", "budget_tokens": 8000}}
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert attempt.call.body["model"] == "claude-haiku-4-5" and attempt.call.body["max_tokens"] == 16000
+
+
+def test_a_directives_cap_is_not_moved_onto_a_reasoning_tier(engine):
+    # added before routing (the cache keys on it), the directive's cap became gpt-5-mini's max_completion_tokens,
+    # which its reasoning spent: the app got an empty answer
+    engine.output = llmbudget.Output(max_words=60)
+    engine.routing = Routing(tiers={"small": "gpt-5-mini", "large": None}, threshold=1.0)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Explain photosynthesis."}]}
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps(body).encode())
+    assert attempt.shape_output() and attempt.call.body["max_tokens"] == 170
+    attempt.plan("/")
+    sent = attempt.call.body
+    assert sent["model"] == "gpt-5-mini" and not {"max_tokens", "max_completion_tokens"} & set(sent)
+    assert attempt.output["cap"] is None and not attempt.capped

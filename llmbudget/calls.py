@@ -150,6 +150,10 @@ class SpendRecord:
             count = getattr(usage, name)
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
                 raise ValueError(f"usage.{name} is {count!r}; expected a whole number of tokens")
+        for name in _TEXTS:  # report sorts and groups by these: an int or a list there crashed it
+            text = values.get(name)
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"{name} is {text!r}; expected a string or null")
         moment = values.get("time")
         if isinstance(moment, bool) or not isinstance(moment, (int, float)) or not 0 <= moment < _YEAR_10000:
             raise ValueError(f"time is {moment!r}; expected seconds since the epoch")
@@ -173,6 +177,8 @@ _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens",
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
                  "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches")
 _MAX_USD = Decimal(10) ** 15
+_TEXTS = ("endpoint", "base_url", "model_requested", "model_sent", "model_answered", "tenant", "request_id", "test_id",
+          "price_source", "error", "deferred", "cache_tier")
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")

@@ -138,6 +138,16 @@ def _clean_tenant(value: Any, source: str, header: str | None = None) -> str | N
     return text
 
 
+def _own(tenant: str, source: str, header: str | None = None) -> str:
+    """``tenant``, refused when it is the default tenant's name: a user or a header naming it would share the
+    budgets and the cache of every request that names no tenant (the tenant callable may name it)."""
+    if tenant == get_engine().default_tenant:
+        raise _TenantRefused("reserved", source, f"The tenant named by {_source_name(source, header)} is "
+                             f"{tenant!r}, the name of the default tenant that requests naming no tenant share; "
+                             "it cannot be a user's or a header's.", header)
+    return tenant
+
+
 def _header_tenant(values: list[bytes], header: str) -> str | None:
     """The one tenant the (trusted) header names: refused when sent twice, as a list, or not UTF-8."""
     if len(values) > 1 or any(b"," in value for value in values):
@@ -219,7 +229,9 @@ class _Core:
             else:
                 self.untrusted_header(header, peer)
         from_user = _clean_tenant(user, "user")
-        return from_user if from_user is not None else from_header
+        if from_user is not None:
+            return _own(from_user, "user")
+        return _own(from_header, "header", header) if from_header is not None else None
 
     def header_trusted(self, peer: str | None) -> bool:
         """Whether the tenant header of a request from ``peer`` (the direct client's address) is trusted."""

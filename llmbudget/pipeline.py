@@ -296,6 +296,7 @@ class Attempt:
         self._decoder: Any = None
         self._encoding = ""
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
+        self._broken_events = 0  # stream events that are not JSON
         self._sse = False
         self._events: list[Any] = []
         self._json: Any = None
@@ -797,6 +798,13 @@ class Attempt:
             return
         self._buffer += data
 
+    def _tail_ended(self) -> bool:
+        """Whether the end of a body too large to keep is a stream's end: ``[DONE]`` (OpenAI chat),
+        ``message_stop`` (Anthropic), ``response.completed`` (Responses)."""
+        end = bytes(self._tail or b"")[-4096:]
+        return self._sse and (end.rstrip().endswith(b"data: [DONE]") or b'"message_stop"' in end
+                              or b'"response.completed"' in end)
+
     def _usage_from_tail(self) -> Usage | None:
         """The provider's usage in a body too large to keep: the first ``"usage": {...}`` of its start updated
         by the last of its end, as the adapter merges a stream's (Anthropic reports the input in
@@ -831,6 +839,7 @@ class Attempt:
                 try:
                     events.append(json.loads(payload))
                 except (ValueError, RecursionError):
+                    self._broken_events += 1  # the SDK raised on it: the app got no whole answer
                     continue
         self._events = events
         self.adapter.read_stream(events, self.state)
@@ -840,6 +849,9 @@ class Attempt:
         content-encoding, an ``error`` object instead of an answer, or an error event in a stream."""
         if self._undecodable is not None:
             return f"the response body is not valid {self._undecodable} (the app could not read it either)"
+        if self._broken_events:
+            return (f"{self._broken_events} event(s) of the stream are not valid JSON (the app's SDK could not read "
+                    "them either)")
         found = [self._json] if not self._sse else self._events
         for item in found:
             if isinstance(item, dict) and (item.get("type") == "error" or item.get("error")):
@@ -893,6 +905,8 @@ class Attempt:
         # The SDK closes a stream once it read [DONE]: that is a whole answer too.
         if error is not None or self.status != 200 or self._overflow or not (complete or self.state.done):
             return False
+        if self.record is not None and self.record.error:  # an error the app got too (a broken stream event...)
+            return False
         from .cache.answers import storable
 
         try:
@@ -931,16 +945,20 @@ class Attempt:
         else:
             self._parse()
             problem = self._body_error()
-            if problem is not None:  # the app got this error too: the input it paid for, the output seen so far
-                output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
-                return self._estimated_record(
-                    Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True), problem)
+            if problem is not None:  # the app got this error too: what the server reported it billed, else the
+                # input it paid for and the output seen so far
+                seen = state.usage
+                if seen is None or not seen.input_tokens:
+                    output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
+                    seen = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+                return self._estimated_record(seen, problem)
             if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
                 # the app's JSON decoding fails on this body too: record that, with the input it paid for
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
                                               "the response body is not valid JSON (the app could not read it either)")
             usage_seen = state.usage
-            if usage_seen is None and self._tail is not None and complete:
+            if usage_seen is None and self._tail is not None and (complete or self._tail_ended()):
+                # (the SDK closes a stream once it read its end, before the body is read to its last byte)
                 usage_seen = self._usage_from_tail()
                 complete = usage_seen is not None
             if usage_seen is not None and (complete or state.done):

@@ -206,6 +206,8 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     (lambda r: None, "not a spend record"),
     (lambda r: [r], "not a spend record"),
     (lambda r: {**r, "colour": "red"}, "unexpected keyword argument 'colour'"),
+    (lambda r: {**r, "tenant": 5}, "tenant is 5"),  # sorting tenants raised TypeError
+    (lambda r: {**r, "model_answered": [1]}, "model_answered is [1]"),  # grouping by model: unhashable
 ])
 def test_a_damaged_ledger_row_is_an_error_naming_the_file_and_row(tmp_path, capsys, change, message):
     path = tmp_path / "ledger.db"

@@ -91,6 +91,45 @@ def test_a_long_prompt_whose_answer_breaks_is_finished_off_the_event_loop(llm_se
     assert finished and finished[0] != loop_thread  # the finish that records the call (a later one is a no-op)
 
 
+def test_a_stream_too_large_to_keep_is_priced_from_the_usage_at_its_end(llm_server, engine, records, monkeypatch):
+    # the sync SDK closes the stream once it read [DONE], before its last bytes: the usage at its end was dropped
+    from llmbudget import pipeline
+
+    def with_usage_chunk(stream: bytes) -> bytes:  # the server's real stream, with OpenAI's include_usage chunk
+        events = stream.split(b"\n\n")
+        last = json.loads(events[-3][len(b"data: "):])
+        chunk = {**last, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": len(events) - 3,
+                                                  "total_tokens": 11 + len(events) - 3}}
+        return b"\n\n".join([*events[:-2], b"data: " + json.dumps(chunk).encode(), *events[-2:]])
+
+    monkeypatch.setattr(pipeline, "MAX_BODY_BYTES", 64)
+    with proxy(llm_server, rewrite=with_usage_chunk) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=12,
+                                                     stream=True, stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage is not None
+    (record,) = records
+    assert record.error is None and not record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (usage.prompt_tokens, usage.completion_tokens)
+
+
+def test_a_stream_with_a_broken_event_is_never_cached(llm_server, engine, records, tmp_path):
+    from llmbudget.cache import Cache
+
+    engine.cache = Cache(tmp_path / "cache")
+    ask = dict(model="gpt-4o-mini", messages=QUESTION, max_tokens=24, temperature=0, stop=["\n"])
+    with proxy(llm_server, rewrite=_a_broken_event_after_the_first_chunk) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(json.JSONDecodeError):
+            list(client.chat.completions.create(stream=True, **ask))
+    plain = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    plain.chat.completions.create(**ask)
+    assert [r.from_cache for r in records] == [False, False]  # the app never got the first answer whole
+
+
 def test_a_stream_too_large_to_keep_without_usage_estimates_its_output(llm_server, engine, records, monkeypatch):
     from llmbudget import pipeline
 
@@ -299,6 +338,11 @@ def _error_event_after_the_first_chunk(stream: bytes) -> bytes:
     return first + b'\n\ndata: {"error": {"message": "overloaded", "type": "server_error"}}\n\n' + rest
 
 
+def _a_broken_event_after_the_first_chunk(stream: bytes) -> bytes:
+    first, _, rest = stream.partition(b"\n\n")
+    return first + b"\n\ndata: {broken\n\n" + rest
+
+
 def _an_error_object(answer: bytes) -> bytes:
     return json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
 
@@ -307,6 +351,7 @@ def _an_error_object(answer: bytes) -> bytes:
     ({"encoding": "gzip"}, False, openai.APIConnectionError, "not valid gzip"),  # the app's SDK cannot decode it
     ({"rewrite": _error_event_after_the_first_chunk}, True, openai.APIError, "an error event in the stream: overloaded"),
     ({"rewrite": _an_error_object}, False, None, "an error object instead of an answer: overloaded"),
+    ({"rewrite": _a_broken_event_after_the_first_chunk}, True, json.JSONDecodeError, "not valid JSON"),
 ])
 def test_a_2xx_answer_that_fails_is_recorded_with_the_error(llm_server, engine, records, options, stream, raised,
                                                             says):

@@ -402,3 +402,17 @@ def test_bad_trust_settings_in_toml_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"llmbudget\.toml.*trust_tenant_header must be"):
         Policy.from_file(path)
 
+
+
+def test_a_user_or_header_naming_the_default_tenant_is_refused(cached_engine: llmbudget.Engine) -> None:
+    # a user named "default" shared the budgets and the cached answers of every request that names no tenant
+    upstream = Upstream()
+    client = flask_client(Policy(trust_tenant_header=True), upstream)
+    assert client.get("/chat").json == {"tenant": None, "answer": "answer #1"}
+    problem = problem_of(client.get("/chat", environ_overrides={"REMOTE_USER": "default"}))
+    assert (problem["reason"], problem["source"]) == ("reserved", "user")
+    problem = problem_of(client.get("/chat", headers={"x-tenant-id": "default"}))
+    assert (problem["reason"], problem["source"], problem["header"]) == ("reserved", "header", "x-tenant-id")
+    assert problem_of(starlette_app(Policy()).get("/info", headers={"x-user": "default"}))["reason"] == "reserved"
+    # the app's own tenant callable may name it (anonymous traffic, on purpose)
+    assert starlette_app(Policy(tenant=lambda scope: "default")).get("/info").json()["tenant"] == "default"

@@ -155,6 +155,19 @@ class _ModelRate:
         simple = all(isinstance(v, Decimal) for v in keys.values())
         self.fast = keys if simple and set(keys) <= _FAST_KEYS | _UNREPORTED_KEYS else None
 
+    def gap(self, usage: Usage, model: str) -> str | None:
+        """What of ``usage`` this price cannot say, priced lower than it costs (None: nothing): audio tokens
+        without an audio price (priced as text), or a 1M-context Claude model's input above 200,000 tokens
+        without its long-context price (priced at the base rate)."""
+        price = self.model_price
+        if (usage.input_audio_tokens and getattr(price, "input_audio_mtok", None) is None) or (
+                usage.output_audio_tokens and getattr(price, "output_audio_mtok", None) is None):
+            return "lists no audio price (its audio tokens are priced at the text rate)"
+        if usage.input_tokens > 200_000 and self.fast is not None and model.lower().startswith("claude"):
+            return ("lists no price above 200,000 input tokens (priced at the base rate; Anthropic charges more "
+                    "for long context)")
+        return None
+
     def cost(self, usage: Usage) -> Decimal:
         fast = self.fast
         if fast is None or usage.input_audio_tokens or usage.output_audio_tokens:
@@ -257,7 +270,7 @@ class Pricing:
             raise ValueError(f"deferred_discount must be a fraction from 0 to below 1, got {deferred_discount!r}")
         #: Taken off flex and batch calls of models genai-prices lists no flex / batch price for (and overrides).
         self.deferred_discount = discount
-        self._warned: set[str] = set()
+        self._warned: set[Any] = set()  # model names, and (model, gap) pairs
         self._lock = threading.Lock()
         # (model, base_url, service_tier) -> (day, rate): rate() runs on every call.
         self._rates: dict[tuple[str, str, str | None], tuple[date, Price | _ModelRate | None]] = {}
@@ -314,6 +327,10 @@ class Pricing:
         if rate is not None:
             source = "override" if isinstance(rate, Price) else "genai-prices"
             cost = rate.cost(usage)
+            gap = rate.gap(usage, name) if isinstance(rate, _ModelRate) else None
+            if gap is not None:
+                self._warn_once((name, gap), f"llmbudget: genai-prices {gap} for model {name!r}; add its price under "
+                                "[prices] in llmbudget.toml to price such calls exactly.")
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
                 cost *= 1 - self.deferred_discount  # no flex / batch price listed: the documented discount
             return Priced(cost, source, name)
@@ -326,6 +343,15 @@ class Pricing:
             return False
         standard = self.rate(model, base_url)
         return not isinstance(standard, _ModelRate) or standard.model_price != rate.model_price
+
+    def _warn_once(self, key: Any, message: str) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        if log.hasHandlers():
+            log.warning(message)
+        warnings.warn(message, UnpricedModelWarning, stacklevel=3)
 
     def _warn_unknown(self, model: str, base_url: str) -> None:
         with self._lock:

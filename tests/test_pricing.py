@@ -22,6 +22,9 @@ from llmbudget.pricing import (
     UnpricedModelWarning,
 )
 
+# The generated usages give text models audio tokens too, which llmbudget says it prices as text.
+pytestmark = pytest.mark.filterwarnings("ignore:.*lists no audio price:llmbudget.pricing.UnpricedModelWarning")
+
 #: Real OpenAI ids from genai-prices' data: chat, reasoning, embeddings, audio, realtime, dated snapshots.
 OPENAI_MODELS = [
     "gpt-4o",
@@ -403,3 +406,18 @@ def test_an_override_prices_one_hour_cache_writes_and_web_searches() -> None:
     assert price.cost(usage) == Decimal(6)  # twice the input price
     assert price.cost(Usage(output_tokens=1_000_000, web_searches=3)) == Decimal("15.03")
     assert CONSERVATIVE_PRICE.cost(Usage(web_searches=1)) == Decimal("0.01")
+
+
+def test_usage_a_listed_price_cannot_price_is_said_once() -> None:
+    # audio tokens without an audio price, and Claude input past 200k without a long-context price, were priced
+    # lower than they cost, silently
+    pricing = Pricing()
+    long = Usage(input_tokens=250_000, output_tokens=2_000)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pricing.cost(long, model="claude-sonnet-4-5")  # its long-context price is listed
+        assert not seen
+        pricing.cost(long, model="claude-sonnet-4")
+        pricing.cost(long, model="claude-sonnet-4")
+    assert len(seen) == 1 and "above 200,000 input tokens" in str(seen[0].message)
+    assert issubclass(seen[0].category, UnpricedModelWarning)

@@ -23,15 +23,19 @@ class BadUsage(ValueError):
     """A usage object whose token counts are not whole numbers from 0 to :data:`MAX_TOKENS`."""
 
 
-def as_int(value: Any) -> int:
-    """A token count from a JSON value: absent (``None``) is 0; else a whole number from 0 to
-    :data:`MAX_TOKENS` (``12.0`` too, as some servers write it), or :class:`BadUsage`."""
+def as_int(value: Any, most: int = MAX_TOKENS, what: str = "token count") -> int:
+    """A token count from a JSON value: absent (``None``) is 0; else a whole number from 0 to ``most``
+    (:data:`MAX_TOKENS`; ``12.0`` too, as some servers write it), or :class:`BadUsage`."""
     if value is None:
         return 0
     if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (isinstance(value, float) and not value.is_integer()) or not 0 <= value <= MAX_TOKENS):
-        raise BadUsage(f"token count {value!r} is not a whole number from 0 to {MAX_TOKENS:,}")
+            or (isinstance(value, float) and not value.is_integer()) or not 0 <= value <= most):
+        raise BadUsage(f"{what} {value!r} is not a whole number from 0 to {most:,}")
     return int(value)
+
+
+#: The most web searches one call is believed to make (each costs a cent: a count of a billion was $10M).
+MAX_SEARCHES = 10_000
 
 
 @dataclass(slots=True)

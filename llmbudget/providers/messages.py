@@ -17,6 +17,7 @@ from typing import Any
 from ..calls import Usage
 from ._base import (
     IMAGE_TOKENS,
+    MAX_SEARCHES,
     Adapter,
     ResponseState,
     as_int,
@@ -48,7 +49,8 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
         cache_write_1h_tokens=min(written_1h, written),
         output_tokens=as_int(raw.get("output_tokens")),
         service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
-        web_searches=as_int(server.get("web_search_requests")) if isinstance(server, dict) else 0,
+        web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
+        if isinstance(server, dict) else 0,
     )
 
 

@@ -336,3 +336,11 @@ def test_openai_web_searches_are_counted_from_the_responses_output():
     pricing = Pricing()
     tokens_only = pricing.cost(state.usage.replace(web_searches=0), model="gpt-4.1").usd
     assert pricing.cost(state.usage, model="gpt-4.1").usd - tokens_only == Decimal("0.03")
+
+
+def test_an_implausible_web_search_count_is_malformed_not_charged():
+    from llmbudget.providers._base import BadUsage
+
+    # a count of a billion searches was charged $10,000,000 as exact
+    with pytest.raises(BadUsage, match="web search count"):
+        messages_usage({"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1e9}})

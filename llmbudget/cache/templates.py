@@ -62,6 +62,8 @@ _DOUBLE_QUOTES = frozenset("\"“”")
 _JOINERS = frozenset("-'’")  # a word joined to another by these is still in prose
 _CODE_LIKE = re.compile(r"[=;{}<>]|\w\((?!s\)|es\)|ies\))|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE|GROUP BY|ORDER BY)\b").search
 _HARD_IN_CODE = frozenset(",:;")  # in code, ``{1: 2}`` is not ``{1, 2}``
+# Code's own syntax (not a semicolon, which prose uses too): where ``, : ;`` and runs of spaces are data
+_SYNTAX = re.compile(r"[={}<>`]|\w\((?!s\)|es\)|ies\))|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE)\b").search
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|“[^”\n]*”|‘[^’\n]*’")  # a quoted string: its spacing is data
 _CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 # Words whose capital changes what they mean, so that a user typing one for the other asks something else
@@ -118,7 +120,7 @@ def _scan(text: str) -> tuple[str, ...]:
     append = out.append
     end = len(text)
     code = _code_spans(text)
-    code_like = _code_like(text)
+    code_like = bool(_SYNTAX(text))
     quotes: list[tuple[int, int]] | None = None  # quoted strings, found when a run of spaces needs them
     quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
     for match in _TOKENS.finditer(text):

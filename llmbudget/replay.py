@@ -720,10 +720,11 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
         return
     source = done[source_index]
     result.source, result.answered_by = source_index, source.answered_by
-    result.wrong = line.group is not None and source.line.group is not None and line.group != source.line.group
+    grouped = line.group is not None and source.line.group is not None
+    result.wrong = grouped and line.group != source.line.group
     if result.wrong:
         result.correct = False if line.correct else None
-    elif source.correct is not None:
+    elif grouped and source.correct is not None:  # the same question: the answer served is judged as it was
         result.correct = source.correct
-    else:
+    else:  # not known to be the same question: as this line's own label for the model that wrote the answer
         result.correct = line.correct.get(source.answered_by) if source.answered_by else None

@@ -557,3 +557,18 @@ def test_an_escalated_line_is_judged_by_the_answer_that_served_it(tmp_path: Path
     escalated = [r for r in result.lines if r.escalated]
     assert len(escalated) == 5
     assert all(r.answered_by == "gpt-4o" and r.correct is True for r in escalated)
+
+
+def test_a_hit_between_lines_not_known_to_ask_the_same_is_judged_by_the_lines_own_label(tmp_path: Path) -> None:
+    # one line without a group: the hit inherited the source's label, and the replay kept 200% of quality
+    base = next(line for line in _sample() if line.get("correct", {}).get("gpt-4o")
+                and line["responses"]["gpt-4o"]["choices"][0]["finish_reason"] == "stop")
+    first = {k: v for k, v in _line(base).items() if k != "group"}
+    second = _line(base, group="g2", correct={model: False for model in base["correct"]})
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text(CACHE_ONLY, encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", [first, second]), policy)
+    hit = result.lines[1]
+    assert hit.cache_tier == "exact" and hit.correct is False
+    quality = result.summary()["quality"]
+    assert quality["kept_pct"] == 100.0 and quality["by_decision"]["cache"]["gained"] == 0

@@ -84,12 +84,19 @@ def _negative_weight(labels: np.ndarray, duplicate_share: float | None) -> float
     return positives * (1.0 - duplicate_share) / (duplicate_share * negatives)
 
 
+#: The score of a pair the store never scores (the length limit, the template guard, the cosine floor): no
+#: threshold makes it a hit (a 0.0 did, at threshold 0, and gave recall 1.0 where nothing could ever hit).
+_NEVER = float("-inf")
+
+
 def _curve(labels: np.ndarray, scores: np.ndarray, negative_weight: float = 1.0
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and threshold at every distinct score, highest threshold first."""
+    """Precision, recall and threshold at every distinct score, highest threshold first (never at
+    :data:`_NEVER`: those pairs are no hit at any threshold)."""
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], labels[order].astype(np.float64)
-    cut = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of equal scores
+    cut = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last index of each run of equal scores
+    cut = cut[s[cut] != _NEVER]
     tp = np.cumsum(y)[cut]
     fp = (cut + 1) - tp
     total = max(float(y.sum()), 1.0)
@@ -195,11 +202,11 @@ def eval_pairs(
         if _semantic_candidate(a, b, max_semantic_chars, template_guard):
             vectors = embedder.embed([a, b])
             if floor is not None and _cosine(vectors[0], vectors[1]) < floor:
-                scores[i] = 0.0  # below the candidates' WordLlama floor: the store never scores it
+                scores[i] = _NEVER  # below the candidates' WordLlama floor: the store never scores it
             else:
                 scores[i] = verifier.score(a, vectors[0], b, vectors[1])
         else:
-            scores[i] = 0.0
+            scores[i] = _NEVER  # the length limit or the template guard: never a candidate
         elapsed[i] = time.perf_counter() - start
         if progress is not None and (i + 1) % 500 == 0:
             progress(i + 1, len(pairs))

@@ -40,7 +40,7 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
         return
     for number, item in _json_lines(path):
         if isinstance(item, dict) and isinstance(item.get("request"), dict):
-            yield item["request"]
+            yield _as_routed(item["request"], item.get("endpoint"))
         elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
             yield {"messages": [{"role": "user", "content": item["prompt"]}]}
         elif isinstance(item, dict) and ("messages" in item or "input" in item):
@@ -60,6 +60,26 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
         except RecursionError:
             raise ValueError(f"{path}:{number}: nested too deep to read; expected one JSON object") from None
+
+
+def _as_routed(body: dict[str, Any], endpoint: Any) -> dict[str, Any]:
+    """A traffic line's request as live routing reads it: an Anthropic Messages body as chat (its ``system``
+    first), so that it is scored and counted as in production."""
+    if endpoint == "messages":
+        from .tiers import chat_view
+
+        return chat_view(body)
+    return body
+
+
+def _score(router: Any, body: dict[str, Any]) -> float:
+    """The router's score of ``body``, or +inf for a request live routing never routes (tools, a response
+    schema: with the default ``route_tools`` / ``route_schemas``, it always goes strong)."""
+    from .tiers import _has_schema
+
+    if body.get("tools") or body.get("functions") or _has_schema(body):
+        return float("inf")
+    return float(router.score(body))
 
 
 def input_tokens(body: dict[str, Any]) -> int:
@@ -84,18 +104,21 @@ def calibrate(sample: str | Path, *, strong_fraction: float, router: Any = None)
         from .classifier import Router
 
         router = Router()
-    scored = sorted((float(router.score(body)), input_tokens(body)) for body in read_sample(sample))
+    scored = sorted((_score(router, body), input_tokens(body)) for body in read_sample(sample))
     if not scored:
         raise ValueError(f"{sample}: no prompts in the sample")
     scores = [score for score, _ in scored]
-    strong = round(strong_fraction * len(scores))
-    if strong <= 0:
-        threshold = min(1.0, scores[-1] + 1e-9)
-    elif strong >= len(scores):
-        threshold = scores[0]
+    routable = [score for score in scores if score != float("inf")]  # the others go strong at any threshold
+    strong = max(round(strong_fraction * len(scores)) - (len(scores) - len(routable)), 0)
+    if not routable:
+        threshold = 1.0
+    elif strong <= 0:
+        threshold = min(1.0, routable[-1] + 1e-9)
+    elif strong >= len(routable):
+        threshold = routable[0]
     else:
         # Halfway between the last weak score and the first strong one.
-        threshold = (scores[len(scores) - strong - 1] + scores[len(scores) - strong]) / 2
+        threshold = (routable[len(routable) - strong - 1] + routable[len(routable) - strong]) / 2
     sent = sum(score >= threshold for score in scores)
     total = sum(tokens for _, tokens in scored)
     strong_tokens = sum(tokens for score, tokens in scored if score >= threshold)
@@ -129,7 +152,7 @@ def read_labeled(path: str | Path, *, weak: str, strong: str) -> tuple[list[dict
         if not isinstance(request, dict):
             raise ValueError(f"{file}:{number}: expected a traffic line with a 'request' object")
         if isinstance(correct, dict) and weak in correct and strong in correct:
-            bodies.append(request)
+            bodies.append(_as_routed(request, item.get("endpoint")))
             labels.append((float(bool(correct[weak])), float(bool(correct[strong]))))
     if not bodies:
         raise ValueError(f"{file}: no line has 'correct' labels for both {weak!r} and {strong!r}")
@@ -172,6 +195,7 @@ def keep_quality_threshold(
         raise ValueError("the strong model answers none of the labeled prompts correctly; nothing to keep")
     order = np.argsort(-s, kind="stable")
     ss = s[order]
+    forced = int(np.sum(np.isposinf(ss)))  # scored +inf: never routed, strong at every threshold
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstraps).astype(np.float64)[:, order]
     counts = np.vstack([np.ones(n), counts])  # row 0: the sample itself
@@ -182,16 +206,17 @@ def keep_quality_threshold(
     kept = (base[:, None] + gained) / np.maximum(top[:, None], 1e-12)
     # cuts only between distinct scores (a threshold cannot split tied prompts)
     cuts = np.concatenate([[0], np.flatnonzero(ss[1:] != ss[:-1]) + 1, [n]])
+    cuts = cuts[cuts >= forced]  # no threshold sends a never-routed request small
     lower = np.quantile(kept[1:, cuts], 1.0 - confidence, axis=0) if bootstraps else kept[0, cuts]
     ok = (lower >= keep) & (kept[0, cuts] >= keep)
     # the first cut from which every larger one is ok (noise cannot pick a lucky dip)
     bad = np.flatnonzero(~ok)
     first = int(bad[-1]) + 1 if len(bad) else 0
     k = int(cuts[min(first, len(cuts) - 1)])
-    if k <= 0:
-        threshold = float(np.nextafter(ss[0], np.inf))
-    elif k >= n:
-        threshold = float(ss[-1])
+    if k >= n:
+        threshold = float(ss[-1]) if forced < n else 1.0
+    elif k <= 0 or np.isposinf(ss[k - 1]):  # everything routable strong... or nothing: just above the highest
+        threshold = float(np.nextafter(ss[k], np.inf))
     else:
         threshold = float((ss[k - 1] + ss[k]) / 2.0)
     tail = (1.0 - confidence) / 2.0
@@ -228,7 +253,7 @@ def calibrate_quality(
 
         router = Router()
     bodies, weak_ok, strong_ok = read_labeled(labels, weak=weak, strong=strong)
-    scores = np.asarray([float(router.score(body)) for body in bodies], dtype=np.float64)
+    scores = np.asarray([_score(router, body) for body in bodies], dtype=np.float64)
     result = keep_quality_threshold(scores, weak_ok, strong_ok, keep=keep, confidence=confidence,
                                     bootstraps=bootstraps)
     tokens = np.asarray([input_tokens(body) for body in bodies], dtype=np.float64)

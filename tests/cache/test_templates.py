@@ -436,3 +436,15 @@ def test_a_long_pair_is_judged_in_bounded_time() -> None:
     started = time.perf_counter()
     TemplateGuard().conflict(a, b)
     assert time.perf_counter() - started < 5  # about 17 s before on a quiet machine; milliseconds now
+
+
+def test_pairs_the_store_never_scores_are_no_hit_at_any_threshold(tmp_path: Path) -> None:
+    # scored 0.0, they all "hit" at threshold 0: recall 1.0 at every precision target where nothing can ever hit
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"a": f"{REWORDING[0]} ({i})", "b": f"{REWORDING[1]} ({i})", "duplicate": True} for i in range(9)]
+    rows.append({"a": "How do I bake bread at home today?", "b": "How do I bake a cake at home today?",
+                 "duplicate": False})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    result = eval_pairs(path, max_semantic_chars=20)  # every text is longer: none is ever a candidate
+    assert result["recall_at_precision"] == {"0.8": 0.0, "0.9": 0.0, "0.95": 0.0}
+    assert result["default"]["recall"] == 0.0

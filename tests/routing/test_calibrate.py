@@ -200,3 +200,28 @@ def test_label_csvs_samples_and_pairs_that_are_not_utf8_name_the_file_and_line(t
     labels.write_bytes(b"\xef\xbb\xbfprompt,weak,strong\nhi,1,1\n")  # a byte-order mark is not a column name
     assert main(["calibrate", "router", str(labels), "--keep-quality", "0.9", "--weak", "weak", "--strong",
                  "strong", "--json"]) == 0
+
+
+def test_calibration_reads_traffic_as_live_routing_does(tmp_path):
+    # requests with tools never go small live (route_tools = false), and a Messages body is scored as chat with
+    # its system first: calibration counted the tool lines as small-tier savings, and scored Messages raw
+    from llmbudget.routing.classifier import Router
+    from llmbudget.routing.tiers import chat_view
+
+    tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    lines = [{"request": {"model": "gpt-4o", "messages": [{"role": "user", "content": p}], **extra},
+              "correct": {"gpt-4.1-nano": True, "gpt-4o": True}}
+             for p, extra in (("Hi", {}), ("What is 2+2?", {}), ("Call f", {"tools": tool}),
+                              ("Call f now", {"tools": tool}))]
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.97)
+    assert result["small_fraction"] == 0.5 and result["strong_fraction"] == 0.5 and result["threshold"] <= 1.0
+    messages = {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": "You are a maths tutor. Show all steps.",
+                "messages": [{"role": "user", "content": "Prove that there are infinitely many primes."}]}
+    from llmbudget.routing.calibrate import read_labeled
+
+    (messages_file := tmp_path / "m.jsonl").write_text(json.dumps(
+        {"request": messages, "endpoint": "messages", "correct": {"w": True, "s": True}}) + "\n")
+    bodies, _, _ = read_labeled(messages_file, weak="w", strong="s")
+    assert Router().score(bodies[0]) == Router().score(chat_view(messages))

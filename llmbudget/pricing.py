@@ -144,6 +144,10 @@ _UNREPORTED_KEYS = frozenset(
 )
 
 
+#: Claude models with a 1M-token context, which Anthropic prices higher past 200,000 input tokens.
+_LONG_CONTEXT = ("claude-sonnet-4",)
+
+
 class _ModelRate:
     """A genai-prices ModelPrice, with a fast exact path for the plain per-token units."""
 
@@ -157,13 +161,13 @@ class _ModelRate:
 
     def gap(self, usage: Usage, model: str) -> str | None:
         """What of ``usage`` this price cannot say, priced lower than it costs (None: nothing): audio tokens
-        without an audio price (priced as text), or a 1M-context Claude model's input above 200,000 tokens
+        without an audio price (priced as text), or a 1M-context Claude model's (Sonnet 4) input above 200,000 tokens
         without its long-context price (priced at the base rate)."""
         price = self.model_price
         if (usage.input_audio_tokens and getattr(price, "input_audio_mtok", None) is None) or (
                 usage.output_audio_tokens and getattr(price, "output_audio_mtok", None) is None):
             return "lists no audio price (its audio tokens are priced at the text rate)"
-        if usage.input_tokens > 200_000 and self.fast is not None and model.lower().startswith("claude"):
+        if usage.input_tokens > 200_000 and self.fast is not None and model.lower().startswith(_LONG_CONTEXT):
             return ("lists no price above 200,000 input tokens (priced at the base rate; Anthropic charges more "
                     "for long context)")
         return None

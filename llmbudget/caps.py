@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cap_field", "apply_cap", "thinks", "suited", "REASONING_PREFIXES"]
+__all__ = ["cap_field", "apply_cap", "thinks", "suited", "reasoning_model", "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -29,8 +29,7 @@ def cap_field(endpoint: str, body: dict[str, Any], model: str | None) -> str | N
     for key in ("max_completion_tokens", "max_tokens"):
         if key in body:
             return key
-    name = (model or "").lower().split("/")[-1]
-    return "max_completion_tokens" if name.startswith(REASONING_PREFIXES) else "max_tokens"
+    return "max_completion_tokens" if reasoning_model(model) else "max_tokens"
 
 
 def apply_cap(endpoint: str, body: dict[str, Any], model: str | None, cap: int) -> tuple[dict[str, Any], bool]:
@@ -58,11 +57,18 @@ def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
     if body.get("reasoning_effort") not in (None, "none") or (
             isinstance(reasoning, Mapping) and reasoning.get("effort") not in (None, "none")):
         return True
-    return (model or "").lower().split("/")[-1].startswith(REASONING_PREFIXES)
+    return reasoning_model(model)
 
 
 def _family(model: str | None) -> str:
     return (model or "").lower().split("/")[-1]
+
+
+def reasoning_model(model: str | None) -> bool:
+    """Whether ``model`` is one of OpenAI's reasoning models (o-series, gpt-5; not gpt-5-chat, which does not
+    reason), whose output limit is ``max_completion_tokens`` and also bounds the hidden reasoning."""
+    name = _family(model)
+    return name.startswith(REASONING_PREFIXES) and not name.startswith("gpt-5-chat")
 
 
 def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, 
     if endpoint not in ("chat.completions", "responses"):
         return body
     name = _family(model)
-    if name.startswith(REASONING_PREFIXES) and not name.startswith("gpt-5-chat"):
+    if reasoning_model(model):
         out = {k: v for k, v in body.items() if k not in _SAMPLING}
         if endpoint == "chat.completions" and "max_tokens" in out:
             limit = out.pop("max_tokens")

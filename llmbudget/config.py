@@ -84,6 +84,7 @@ __all__ = [
     "RoutePolicy",
     "engine_from_config",
     "find_config",
+    "locate_config",
     "load_config",
 ]
 
@@ -342,10 +343,7 @@ class Policy:
     def discover(cls, start: str | Path | None = None, **options: Any) -> Policy:
         """The Policy of the file ``LLMBUDGET_POLICY`` names when it is set (and no ``start`` is given), else of the
         nearest config file from ``start`` (default: the working folder) up; else defaults."""
-        named = os.environ.get("LLMBUDGET_POLICY") if start is None else None
-        if named:
-            return cls.from_file(named, **options)
-        found = find_config(Path(start) if start is not None else Path.cwd())
+        found = locate_config(Path.cwd()) if start is None else find_config(Path(start))
         if found is None:
             return cls(**options)
         path, table = found
@@ -533,6 +531,18 @@ def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
             if isinstance(table, dict):
                 return candidate, table
     return None
+
+
+def locate_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The policy file ``LLMBUDGET_POLICY`` names when it is set, else :func:`find_config` from ``start``."""
+    named = os.environ.get("LLMBUDGET_POLICY")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (named by LLMBUDGET_POLICY); expected an llmbudget.toml or "
+                              "a pyproject.toml")
+        return path, load_config(path)
+    return find_config(start)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -582,12 +582,12 @@ class Attempt:
     def _directed(self, body: dict[str, Any], output: Output, source: str) -> dict[str, Any] | None:
         """``body`` with ``output``'s directive and its cap (noted in ``self.output``), or None when it gets none."""
         endpoint = self.call.endpoint
+        cap = output.cap_for(endpoint, body, body.get("model"))  # in the request's own language (before the directive)
         applied = apply_directive(endpoint, body, output)
         if applied is None:
             return None
         body, where = applied
         capped = False
-        cap = output.cap_for(endpoint, body, body.get("model"))  # in the request's own language
         if self.escalated_from is None and not thinks(endpoint, body, body.get("model")):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
@@ -831,15 +831,17 @@ class Attempt:
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         payloads, joined = _sse_payloads(text, self.state)
+        cut = not text.endswith("\n\n")  # the last event is unfinished (a stream closed early): not a broken one
         try:  # one parse for the whole stream; event by event only if one of them is broken
             events = _json_loads("[" + joined + "]")
         except (ValueError, RecursionError):
             events = []
-            for payload in payloads:
+            for index, payload in enumerate(payloads):
                 try:
                     events.append(json.loads(payload))
                 except (ValueError, RecursionError):
-                    self._broken_events += 1  # the SDK raised on it: the app got no whole answer
+                    if not (cut and index == len(payloads) - 1):
+                        self._broken_events += 1  # the SDK raised on it: the app got no whole answer
                     continue
         self._events = events
         self.adapter.read_stream(events, self.state)
@@ -945,13 +947,8 @@ class Attempt:
         else:
             self._parse()
             problem = self._body_error()
-            if problem is not None:  # the app got this error too: what the server reported it billed, else the
-                # input it paid for and the output seen so far
-                seen = state.usage
-                if seen is None or not seen.input_tokens:
-                    output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
-                    seen = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
-                return self._estimated_record(seen, problem)
+            if problem is not None:  # the app got this error too: what the server reported, at least what was seen
+                return self._estimated_record(self._seen_usage(), problem)
             if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
                 # the app's JSON decoding fails on this body too: record that, with the input it paid for
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
@@ -1021,13 +1018,17 @@ class Attempt:
         """A response that started (2xx) and then failed mid-body: the input and the output seen so far, estimated,
         with the error the app got."""
         self._parse()
+        return self._estimated_record(self._seen_usage(), _describe(error, self.status))
+
+    def _seen_usage(self) -> Usage:
+        """An answer that failed after it started: the usage the server reported (its input; Anthropic's
+        ``message_start`` reports 1 output token) with at least the output seen so far, estimated; or both
+        estimated when it reported none."""
         output = tokens.estimate_output_tokens(self._output_text(), model=self.call.model)
         seen = self.state.usage
-        if seen is not None and seen.input_tokens:  # the provider reported its input count before the cut
-            usage = seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
-        else:
-            usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
-        return self._estimated_record(usage, _describe(error, self.status))
+        if seen is not None and seen.input_tokens:
+            return seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
+        return Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:
         return self._record(usage=Usage(estimated=True), cost=Decimal(0), source="none", estimated=True,

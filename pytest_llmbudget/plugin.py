@@ -18,7 +18,7 @@ import pytest
 
 import llmbudget
 from llmbudget.calls import SpendRecord
-from llmbudget.config import ConfigError, engine_from_config, find_config
+from llmbudget.config import ConfigError, engine_from_config, locate_config
 from llmbudget.money import usd
 from llmbudget.prefix import unstable_prefixes
 
@@ -216,7 +216,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def _project_engine(config: pytest.Config) -> llmbudget.Engine | None:
     """An engine from the project's ``llmbudget.toml`` / ``[tool.llmbudget]`` (no cache unless
     ``llm_budget_cache`` is set); None when the project has no policy."""
-    found = find_config(Path(str(config.rootpath)))
+    try:
+        found = locate_config(Path(str(config.rootpath)))  # the file LLMBUDGET_POLICY names, as the app reads
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if found is None:
         return None
     path, table = found

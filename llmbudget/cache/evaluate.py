@@ -176,7 +176,7 @@ def eval_pairs(
     ``score_p99_ms`` time that whole step per pair, WordLlama embedding of both
     texts included. As in the store, a pair with a text longer than
     ``max_semantic_chars`` (``None``: no limit), or that ``template_guard``
-    refuses (``None``: no guard), scores 0.0 without being embedded or scored; so does a pair
+    refuses (``None``: no guard), scores -inf (a hit at no threshold) without being embedded or scored; so does a pair
     below a second stage's WordLlama floor (``verifier.min_cosine``, :class:`RewordReranker`'s). The threshold is ``verifier.threshold`` (default: the shipped
     verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
     ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,

@@ -60,11 +60,12 @@ _OPENING = frozenset("([{\"'‘“")
 _QUOTES = frozenset("\"'‘’“”")
 _DOUBLE_QUOTES = frozenset("\"“”")
 _JOINERS = frozenset("-'’")  # a word joined to another by these is still in prose
-_CODE_LIKE = re.compile(r"[=;{}<>]|\w\((?!s\)|es\)|ies\))|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE|GROUP BY|ORDER BY)\b").search
 _HARD_IN_CODE = frozenset(",:;")  # in code, ``{1: 2}`` is not ``{1, 2}``
-# Code's own syntax (not a semicolon, which prose uses too): where ``, : ;`` and runs of spaces are data
+# Code's own syntax (not a semicolon, which prose uses too): where ``, : ;`` and runs of spaces are data, and a
+# name's plural is another name
 _SYNTAX = re.compile(r"[={}<>`]|\w\((?!s\)|es\)|ies\))|\b(?:SELECT|FROM|WHERE|JOIN|INSERT|UPDATE|DELETE)\b").search
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|“[^”\n]*”|‘[^’\n]*’")  # a quoted string: its spacing is data
+# a quoted string (its spacing is data); not the apostrophes of "What's" and "Bob's"
+_QUOTED = re.compile(r"(?<!\w)'[^'\n]*'(?!\w)|\"[^\"\n]*\"|“[^”\n]*”|(?<!\w)‘[^’\n]*’(?!\w)")
 _CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 # Words whose capital changes what they mean, so that a user typing one for the other asks something else
 # ("polish silver", "Polish silver"; "us", "US"; "2 ms", "2 Ms"; "go", "Go"). Other capitals a user may drop.
@@ -120,7 +121,7 @@ def _scan(text: str) -> tuple[str, ...]:
     append = out.append
     end = len(text)
     code = _code_spans(text)
-    code_like = bool(_SYNTAX(text))
+    code_like = _code_like(text)
     quotes: list[tuple[int, int]] | None = None  # quoted strings, found when a run of spaces needs them
     quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
     for match in _TOKENS.finditer(text):
@@ -152,8 +153,10 @@ def _scan(text: str) -> tuple[str, ...]:
             if first in _SENTENCE and not quoted:
                 beyond = _run_end(text, after)
                 word_end = before.isalnum() or before in _CLOSING or before in _SENTENCE
-                if (_line_end(text, beyond) and (word_end or before.isspace())) or (
-                        word_end and text[beyond].isspace() and not (code_like and first in _HARD_IN_CODE)):
+                spaced = beyond < end and text[beyond].isspace()
+                if (_line_end(text, beyond) and (word_end or before.isspace())) or (spaced and (
+                        (word_end and not (code_like and first in _HARD_IN_CODE))
+                        or (before.isspace() and not code_like))):  # "France ? Tell me" in prose; not "x ? a"
                     continue  # "fast?", "fast??", "Python ?", "Python..." (not ".*?", "xs[1:]", "data?.user", "x ? a")
             elif first in _APOSTROPHES and before.isalnum() and following.isalnum():
                 continue  # "What's", "India's"
@@ -387,8 +390,9 @@ def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
 
 
 def _code_like(text: str) -> bool:
-    """Whether ``text`` holds code or a query (backticks, SQL keywords, or code symbols: ``= ; { } < >``)."""
-    return "`" in text or bool(_CODE_LIKE(text))
+    """Whether ``text`` holds code or a query (backticks, SQL keywords, a call such as ``len(``, or code symbols:
+    ``= { } < >``; a semicolon alone is prose's too)."""
+    return bool(_SYNTAX(text))
 
 
 def _content_word(token: str) -> str | None:

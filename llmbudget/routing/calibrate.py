@@ -75,11 +75,9 @@ def _as_routed(body: dict[str, Any], endpoint: Any) -> dict[str, Any]:
 def _score(router: Any, body: dict[str, Any]) -> float:
     """The router's score of ``body``, or +inf for a request live routing never routes (tools, a response
     schema: with the default ``route_tools`` / ``route_schemas``, it always goes strong)."""
-    from .tiers import _has_schema
+    from .tiers import never_routed
 
-    if body.get("tools") or body.get("functions") or _has_schema(body):
-        return float("inf")
-    return float(router.score(body))
+    return float("inf") if never_routed(body) is not None else float(router.score(body))
 
 
 def input_tokens(body: dict[str, Any]) -> int:

@@ -167,10 +167,9 @@ class Routing:
         if any(fnmatch.fnmatchcase(path, pattern) for pattern in self.never):
             return Decision(self.strong, None, None, "path is never routed")
         body = chat_view(call.body) if call.endpoint == "messages" else call.body
-        if not self.route_tools and (body.get("tools") or body.get("functions")):
-            return Decision(self.strong, None, None, "request has tools")
-        if not self.route_schemas and _has_schema(body):
-            return Decision(self.strong, None, None, "request has a response schema")
+        kept = never_routed(body, route_tools=self.route_tools, route_schemas=self.route_schemas)
+        if kept is not None:
+            return Decision(self.strong, None, None, kept)
         score = float(self.router.score(body))
         tier = self.strong if score >= self.threshold else self.weak
         try:
@@ -195,6 +194,16 @@ def chat_view(body: Mapping[str, Any]) -> dict[str, Any]:
         view["response_format"] = output_format
     return view
 
+
+
+def never_routed(body: Mapping[str, Any], *, route_tools: bool = False, route_schemas: bool = False) -> str | None:
+    """Why routing keeps ``body`` (as :func:`chat_view` shows a Messages one) on the strong tier whatever its
+    score (its tools, its response schema), or None when its score decides."""
+    if not route_tools and (body.get("tools") or body.get("functions")):
+        return "request has tools"
+    if not route_schemas and _has_schema(body):
+        return "request has a response schema"
+    return None
 
 
 def _has_schema(body: Mapping[str, Any]) -> bool:

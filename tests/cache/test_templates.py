@@ -200,6 +200,9 @@ def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str,
     ("Polish silver with what?", "polish silver with what?"),  # a sentence's first word
     ("What is the best book on learning Python?", "What is the best books on learning Python?"),  # prose plural
     ("Is it fast?!", "Is it fast"),
+    ("What is the capital of France ? Tell me please", "What is the capital of France? Tell me please"),  # prose
+    ("What do the cats eat at night; is it healthy?", "What do the cat eat at night; is it healthy?"),  # not code
+    ("What's the  difference between Bob's car and mine?", "What's the difference between Bob's car and mine?"),
     (LETTER.format(x="$1,250").replace("Ask them", "Could you ask them"),
      LETTER.format(x="$1,250").replace("Ask them", "Can you please ask them")),
 ])

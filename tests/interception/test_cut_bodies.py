@@ -375,3 +375,36 @@ def test_a_2xx_answer_that_fails_is_recorded_with_the_error(llm_server, engine, 
     (record,) = records
     assert record.status == 200 and record.error is not None and says in record.error
     assert record.estimated and record.usage.input_tokens > 0 and record.cost_usd > 0
+
+
+def test_a_stream_the_app_stops_reading_is_not_recorded_as_broken(engine):
+    # its unfinished last event failed to parse, and the call was recorded with a "not valid JSON" error
+    body = {"model": "gpt-4o-mini", "messages": QUESTION, "max_tokens": 24, "stream": True}
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps(body).encode())
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Paris"}, "finish_reason": None}]}
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(f"data: {json.dumps(chunk)}\n\n".encode() + f"data: {json.dumps(chunk)}"[:40].encode())
+    record = attempt.finish(complete=False)  # the app closed it there
+    assert record.error is None and record.estimated and record.usage.output_tokens > 0
+
+
+def test_an_anthropic_stream_that_ends_in_an_error_is_charged_for_what_it_streamed(engine):
+    # message_start reports 1 output token: the output streamed before the error was never charged
+    body = {"model": "claude-haiku-4-5", "max_tokens": 4000, "messages": QUESTION, "stream": True}
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    events = [{"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                                                     "model": "claude-haiku-4-5", "content": [], "stop_reason": None,
+                                                     "usage": {"input_tokens": 12, "output_tokens": 1}}},
+              {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word " * 50}}
+                for _ in range(20)),
+              {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}]
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    for event in events:
+        attempt.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    record = attempt.finish(complete=True)
+    assert record.error and "Overloaded" in record.error
+    assert record.usage.input_tokens == 12 and record.usage.output_tokens > 500 and record.estimated

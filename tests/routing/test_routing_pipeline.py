@@ -360,12 +360,12 @@ def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_
     import socket
 
     if failure == "unreachable":
-        with socket.socket() as probe:  # a port nothing listens on
+        with socket.socket() as probe:  # bound, never listening: connections to it are refused
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        route(tiers={"small": {"model": "gemma-3-270m", "base_url": f"http://127.0.0.1:{port}/v1"}, "large": None},
-              threshold=1.0)
-        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+            route(tiers={"small": {"model": "gemma-3-270m", "base_url": f"http://127.0.0.1:{port}/v1"},
+                         "large": None}, threshold=1.0)
+            answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
     else:
         with proxy(llm_server, fail_first=1, fail_status=failure) as gpu_box:
             route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(gpu_box)}, "large": None},
@@ -459,3 +459,24 @@ def test_a_directives_cap_is_not_moved_onto_a_reasoning_tier(engine):
     sent = attempt.call.body
     assert sent["model"] == "gpt-5-mini" and not {"max_tokens", "max_completion_tokens"} & set(sent)
     assert attempt.output["cap"] is None and not attempt.capped
+
+
+def test_a_gpt5_chat_tier_is_capped_like_any_model_that_does_not_reason(engine):
+    # three predicates disagreed on gpt-5-chat: suited kept max_tokens, thinks() skipped the tier's cap
+    engine.routing = Routing(tiers={"small": {"model": "gpt-5-chat-latest", "max_output_tokens": 50}, "large": None},
+                             threshold=1.0)
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 2000, "temperature": 0.2}
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert attempt.call.body["max_tokens"] == 50 and attempt.call.body["temperature"] == 0.2
+
+
+def test_the_directives_cap_is_measured_on_the_apps_own_words(engine):
+    # measured after the English directive was added, a short Russian question got the English cap
+    engine.output = llmbudget.Output(max_words=100)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Расскажите об истории Византийской империи."}]}
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps(body).encode())
+    assert attempt.shape_output()
+    assert attempt.call.body["max_tokens"] > 250 == llmbudget.Output(max_words=100).cap

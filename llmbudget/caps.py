@@ -79,14 +79,13 @@ def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, 
     left as they are (what they refuse is unknown: a refusal sends the call to the strong tier)."""
     if endpoint not in ("chat.completions", "responses"):
         return body
-    name = _family(model)
     if reasoning_model(model):
         out = {k: v for k, v in body.items() if k not in _SAMPLING}
         if endpoint == "chat.completions" and "max_tokens" in out:
             limit = out.pop("max_tokens")
             out.setdefault("max_completion_tokens", limit)
         return out if out != body else body
-    if name.startswith(_PLAIN_PREFIXES):
+    if _family(model).startswith(_PLAIN_PREFIXES):
         drop = ("reasoning_effort",) if endpoint == "chat.completions" else ("reasoning",)
         if any(key in body for key in drop):
             return {k: v for k, v in body.items() if k not in drop}

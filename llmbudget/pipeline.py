@@ -628,8 +628,9 @@ class Attempt:
             if model and model != call.model:
                 if thinks(call.endpoint, {**body, "model": model}, model) and (self.output or {}).get("cap"):
                     # a directive's cap would bound the reasoning model's thinking too: the app's own limit instead
-                    body = {k: v for k, v in body.items() if k not in _LIMITS}
-                    body.update({k: v for k, v in self.app_body.items() if k in _LIMITS})
+                    limits = self.adapter.limit_fields
+                    body = {k: v for k, v in body.items() if k not in limits}
+                    body.update({k: v for k, v in self.app_body.items() if k in limits})
                     self.output = {**(self.output or {}), "cap": None}
                     self.capped = False
                 # without the parameters that model refuses (max_tokens and sampling on a reasoning model...)
@@ -1076,9 +1077,6 @@ class Attempt:
             output=output,
         )
 
-
-#: The fields that bound a call's output.
-_LIMITS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
 
 #: Endpoints the Batch API runs.
 _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completions", "messages"})

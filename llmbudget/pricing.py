@@ -348,30 +348,28 @@ class Pricing:
         standard = self.rate(model, base_url)
         return not isinstance(standard, _ModelRate) or standard.model_price != rate.model_price
 
-    def _warn_once(self, key: Any, message: str) -> None:
+    def _warn_once(self, key: Any, message: str, *, stacklevel: int = 2) -> None:
+        """Say ``message`` once per ``key`` (an :class:`UnpricedModelWarning`, and a log line where the app
+        configured logging). The warning points into :meth:`cost`, one place, so Python's default filter also
+        prints it once per process whatever the number of ``Pricing`` objects."""
         with self._lock:
             if key in self._warned:
                 return
             self._warned.add(key)
-        if log.hasHandlers():
+        if log.hasHandlers():  # an app that configured logging reads it there; otherwise the warning alone prints it
             log.warning(message)
-        warnings.warn(message, UnpricedModelWarning, stacklevel=3)
+        warnings.warn(message, UnpricedModelWarning, stacklevel=stacklevel)
 
     def _warn_unknown(self, model: str, base_url: str) -> None:
-        with self._lock:
-            if model in self._warned:
-                return
-            self._warned.add(model)
-        message = (
+        if model in self._warned:  # said already (the message is not even built: this runs on every such call)
+            return
+        self._warn_once(model, (
             f"llmbudget: no price for model {model!r}"
             + (f" at {base_url}" if base_url else "")
             + f"; charging a conservative ${self.unknown_model_price.input}/"
             f"${self.unknown_model_price.output} per 1M input/output tokens. Add its price under [prices] in "
             "llmbudget.toml ([tool.llmbudget.prices] in pyproject.toml) to price it exactly."
-        )
-        if log.hasHandlers():  # an app that configured logging reads it there; otherwise the warning alone prints it
-            log.warning(message)
-        warnings.warn(message, UnpricedModelWarning, stacklevel=2)
+        ), stacklevel=3)
 
 
 def _provider_url(base_url: str) -> str | None:

@@ -513,15 +513,21 @@ def test_messages_traffic_replays_through_the_anthropic_sdk(tmp_path: Path, mess
                                                               abs=1e-8)
 
 
-def test_a_capped_request_is_answered_as_its_cap_cuts_it(tmp_path: Path) -> None:
-    # The recorded answer was served whole whatever the cap: caps looked free and cost no quality.
+def _replay_long_answers(tmp_path: Path, longer_than: int, policy_text: str) -> Any:
+    """The replay, under ``policy_text``, of five sample lines whose right gpt-4o answer is over ``longer_than``
+    tokens."""
     lines = [line for line in _sample() if line.get("correct", {}).get("gpt-4o")
-             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > 4][:5]
+             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > longer_than][:5]
     assert len(lines) == 5
     policy = tmp_path / "llmbudget.toml"
-    policy.write_text('[routing]\nthreshold = 0.0\n[routing.tiers]\nsmall = "gpt-4.1-nano"\n'
-                      'large = { model = "", max_output_tokens = 4 }\n', encoding="utf-8")
-    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    policy.write_text(policy_text, encoding="utf-8")
+    return replay(_write(tmp_path / "t.jsonl", lines), policy)
+
+
+def test_a_capped_request_is_answered_as_its_cap_cuts_it(tmp_path: Path) -> None:
+    # The recorded answer was served whole whatever the cap: caps looked free and cost no quality.
+    result = _replay_long_answers(tmp_path, 4, '[routing]\nthreshold = 0.0\n[routing.tiers]\nsmall = "gpt-4.1-nano"\n'
+                                               'large = { model = "", max_output_tokens = 4 }\n')
     capped = [r for r in result.lines if r.capped]
     assert len(capped) == 5
     for r in capped:
@@ -547,13 +553,8 @@ def test_periodic_budgets_see_the_whole_file_as_one_period(tmp_path: Path, monke
 def test_an_escalated_line_is_judged_by_the_answer_that_served_it(tmp_path: Path) -> None:
     # The small tier's answer is cut by its cap and retried on gpt-4o, which answers in full: the cut flag of the
     # weak answer stayed on, and every such line was counted wrong.
-    lines = [line for line in _sample() if line.get("correct", {}).get("gpt-4o")
-             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > 8][:5]
-    assert len(lines) == 5
-    policy = tmp_path / "llmbudget.toml"
-    policy.write_text('[routing]\nthreshold = 1.0\nescalate = true\n[routing.tiers]\n'
-                      'small = { model = "gpt-4.1-nano", max_output_tokens = 8 }\nlarge = ""\n', encoding="utf-8")
-    result = replay(_write(tmp_path / "t.jsonl", lines), policy)
+    result = _replay_long_answers(tmp_path, 8, '[routing]\nthreshold = 1.0\nescalate = true\n[routing.tiers]\n'
+                                               'small = { model = "gpt-4.1-nano", max_output_tokens = 8 }\nlarge = ""\n')
     escalated = [r for r in result.lines if r.escalated]
     assert len(escalated) == 5
     assert all(r.answered_by == "gpt-4o" and r.correct is True for r in escalated)

@@ -55,6 +55,17 @@ def _hit(store: CacheStore, stored: str, asked: str) -> bool:
     return store.search("p", asked) is not None
 
 
+def _never_a_hit(stored: str, asked: str) -> None:
+    """The guard refuses the pair both ways, and the store (no length limit) never serves one for the other."""
+    guard = TemplateGuard()
+    assert guard.conflict(asked, stored) and guard.conflict(stored, asked)
+    store = _store(max_semantic_chars=None)
+    try:
+        assert not _hit(store, stored, asked)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("stored, asked", NEAR_MISSES.values(), ids=list(NEAR_MISSES))
 def test_a_templated_near_miss_is_not_a_semantic_hit(stored: str, asked: str) -> None:
     unguarded = _store(template_guard=None, max_semantic_chars=None)
@@ -172,13 +183,7 @@ FUNCTION_WORD_SLOTS = [(LOG.format(w="why"), LOG.format(w="where")),
 
 @pytest.mark.parametrize("stored, asked", SAME_WORDS_OTHER_SYMBOL + ONE_WORD_OF_A_CLASS + FUNCTION_WORD_SLOTS)
 def test_another_symbol_case_class_word_or_slot_word_is_never_a_hit(stored: str, asked: str) -> None:
-    guard = TemplateGuard()
-    assert guard.conflict(asked, stored) and guard.conflict(stored, asked)
-    store = _store(max_semantic_chars=None)
-    try:
-        assert not _hit(store, stored, asked)
-    finally:
-        store.close()
+    _never_a_hit(stored, asked)
 
 
 @pytest.mark.parametrize("stored, asked", [
@@ -413,13 +418,7 @@ SPACING_AND_CODE_PUNCTUATION = [
 
 @pytest.mark.parametrize("stored, asked", SPACING_AND_CODE_PUNCTUATION)
 def test_spacing_line_breaks_and_code_punctuation_are_data(stored: str, asked: str) -> None:
-    guard = TemplateGuard()
-    assert guard.conflict(asked, stored) and guard.conflict(stored, asked)
-    store = _store(max_semantic_chars=None)
-    try:
-        assert not _hit(store, stored, asked)
-    finally:
-        store.close()
+    _never_a_hit(stored, asked)
 
 
 @pytest.mark.parametrize("stored, asked", [

@@ -1032,7 +1032,14 @@ class Attempt:
         return Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:
-        return self._record(usage=Usage(estimated=True), cost=Decimal(0), source="none", estimated=True,
+        """The record of a call whose record could not be built: charged its worst case (what it held), never a
+        silent $0, unless even that cannot be priced."""
+        try:
+            cost = self.worst_case_usd() if self.status is not None else Decimal(0)
+        except Exception:  # noqa: BLE001 - the record is written whatever happens
+            log.exception("llmbudget: pricing the worst case of a call that failed to settle failed; charged $0")
+            cost = Decimal(0)
+        return self._record(usage=Usage(estimated=True), cost=cost, source="none", estimated=True,
                             error=_describe(error, self.status))
 
     def _record(self, *, usage: Usage, cost: Decimal, source: str, estimated: bool, error: str | None) -> SpendRecord:

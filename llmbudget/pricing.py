@@ -356,9 +356,14 @@ class Pricing:
             if key in self._warned:
                 return
             self._warned.add(key)
-        if log.hasHandlers():  # an app that configured logging reads it there; otherwise the warning alone prints it
+        logged = log.hasHandlers()
+        if logged:  # an app that configured logging reads it there; otherwise the warning alone prints it
             log.warning(message)
-        warnings.warn(message, UnpricedModelWarning, stacklevel=stacklevel)
+        try:
+            warnings.warn(message, UnpricedModelWarning, stacklevel=stacklevel)
+        except Warning:  # a filter made it an error (pytest's ``filterwarnings = error``): the call is still
+            if not logged:  # priced, and the log says what the warning would have (never a silent $0)
+                log.warning(message)
 
     def _warn_unknown(self, model: str, base_url: str) -> None:
         if model in self._warned:  # said already (the message is not even built: this runs on every such call)

@@ -159,7 +159,7 @@ def _limit(key: str, value: Any, what: str) -> Decimal | int:
     if key == "usd":
         return _usd(value, f"{what} usd")
     text = str(value).strip().replace("_", "")
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not text.isdigit():
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not (text.isascii() and text.isdigit()):
         raise pytest.UsageError(f"{what} {key}={value!r}: expected a whole number of {key} (0 or more)")
     return int(text)
 
@@ -207,10 +207,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         _ini_tolerance(config)
     marked = [item for item in items if _check_marker(item) is not None]
     if marked and config.stash.get(_KEY, None) is None:
-        warnings.warn(pytest.PytestConfigWarning(
+        _warn(config, pytest.PytestConfigWarning(
             f"{len(marked)} test(s) carry @pytest.mark.llm_budget but {_flag_in_use} is off: their LLM budgets are "
             f"not checked. Run pytest with {_flag_in_use} (or add it to addopts) to enforce them."
-        ), stacklevel=1)
+        ))
+
+
+def _warn(config: pytest.Config, warning: Warning) -> None:
+    """Warn; where a filter makes warnings errors (``filterwarnings = error``), say it on the terminal instead:
+    a notice from this plugin never stops or fails a run."""
+    try:
+        warnings.warn(warning, stacklevel=2)
+    except Warning:
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.ensure_newline()
+            terminal.write_line(f"{type(warning).__name__}: {warning}", yellow=True)
 
 
 def _project_engine(config: pytest.Config) -> llmbudget.Engine | None:
@@ -251,6 +263,7 @@ class LLMBudgetPlugin:
         self.outside = TestSpend()
         self._current: TestSpend | None = None
         self._current_id: str | None = None
+        self._saved: list[tuple[TestSpend | None, str | None]] = []  # tests set aside by wider fixtures' work
         self._lock = threading.Lock()
         self.verdicts: list[str] = []
         self.notes: list[str] = []  # said at the end, failing nothing
@@ -290,6 +303,33 @@ class LLMBudgetPlugin:
         finally:
             with self._lock:
                 self._current, self._current_id = None, None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+                             ) -> Generator[None, Any, Any]:
+        """A class-, module-, package- or session-scoped fixture's setup and teardown run inside whichever test
+        first or last needs it; what they spend is not that test's but ``outside_tests``'s (or a per-test
+        budget would fail, and a baseline regress, by the order tests run in)."""
+        if fixturedef.scope == "function":
+            return (yield)
+        # Its finalizers run last-in first-out: this one last, after the fixture's own teardown code ...
+        fixturedef.addfinalizer(self._leave_outside)
+        self._enter_outside()
+        try:
+            return (yield)
+        finally:
+            self._leave_outside()
+            fixturedef.addfinalizer(self._enter_outside)  # ... and this one first, before it
+
+    def _enter_outside(self) -> None:
+        with self._lock:
+            self._saved.append((self._current, self._current_id))
+            self._current, self._current_id = None, None
+
+    def _leave_outside(self) -> None:
+        with self._lock:
+            if self._saved:
+                self._current, self._current_id = self._saved.pop()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
@@ -407,7 +447,7 @@ class LLMBudgetPlugin:
                 with open(step_summary, "a", encoding="utf-8") as handle:
                     handle.write(report.markdown(summary, self.verdicts, self.new_tests))
             except OSError as exc:
-                warnings.warn(f"llmbudget: could not write GITHUB_STEP_SUMMARY: {exc}", stacklevel=1)
+                _warn(self.config, UserWarning(f"llmbudget: could not write GITHUB_STEP_SUMMARY: {exc}"))
         if self.verdicts:
             self.failed = True
             if session.exitstatus == 0:

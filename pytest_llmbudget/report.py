@@ -145,13 +145,25 @@ def _cost(entry: Any, where: str = "entry") -> Decimal:
         raise ValueError(f"{where} is {entry!r}; expected an object with cost_usd")
     exact = entry.get("cost_usd_exact")
     raw = exact if exact is not None else entry.get("cost_usd")
+    amount = _amount(raw)
+    if amount is None:
+        raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars of 0 or more")
+    shown = entry.get("cost_usd")
+    if exact is not None and shown is not None and (
+            _amount(shown) is None or abs(float(amount) - float(_amount(shown) or 0)) > 1e-12 + 1e-9 * float(amount)):
+        # cost_usd is cost_usd_exact as a float: one edited without the other would be read silently
+        raise ValueError(f"{where}: cost_usd {shown!r} and cost_usd_exact {exact!r} disagree; edit both, or remove "
+                         "cost_usd_exact")
+    return amount
+
+
+def _amount(raw: Any) -> Decimal | None:
+    """``raw`` as a finite amount of 0 or more, or None."""
     try:
         amount = Decimal(str(raw)) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else None
     except ArithmeticError:
-        amount = None
-    if amount is None or not amount.is_finite() or amount < 0:
-        raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars of 0 or more")
-    return amount
+        return None
+    return amount if amount is not None and amount.is_finite() and amount >= 0 else None
 
 
 def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> tuple[list[str], list[str]]:
@@ -165,9 +177,12 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
     # tests are listed, not judged, so a pull request that adds one is not failed by the total either.
     now_total = summary.outside.cost_usd + sum(
         (spend.cost_usd for nodeid, spend in summary.tests.items() if nodeid in known), Decimal(0))
-    before_total = (_cost(baseline["outside_tests"], "outside_tests") if "outside_tests" in baseline
-                    else _cost(baseline.get("total"), "total") - sum(
-                        (_cost(entry) for entry in known.values()), Decimal(0)))
+    if "outside_tests" in baseline:
+        before_total = _cost(baseline["outside_tests"], "outside_tests")
+    elif "total" in baseline:  # an older baseline: what the tests did not spend
+        before_total = _cost(baseline["total"], "total") - sum((_cost(entry) for entry in known.values()), Decimal(0))
+    else:  # written by hand with the tests alone: nothing spent outside them
+        before_total = Decimal(0)
     before_total = max(before_total, Decimal(0)) + sum(
         (_cost(known[nodeid]) for nodeid in summary.tests if nodeid in known), Decimal(0))
     if over(now_total, before_total):
@@ -199,7 +214,7 @@ def fallback_note() -> str | None:
 def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str:
     """A GitHub step summary: verdicts, the per-test and per-model tables."""
     lines = ["## LLM spend (llmbudget)", ""]
-    lines += [f"- :x: {verdict}" for verdict in verdicts]
+    lines += [f"- :x: {_code(verdict)}" for verdict in verdicts]  # they name tests: never read as Markdown
     lines += [f"- not in the baseline: {_code(name)}" for name in new_tests]
     if verdicts or new_tests:
         lines.append("")

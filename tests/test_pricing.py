@@ -293,6 +293,23 @@ def test_unknown_model_warns_once_per_model_and_charges_the_unknown_price() -> N
         assert priced.known is False
 
 
+def test_an_unpriced_model_warning_made_an_error_still_prices_the_call_and_logs_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With ``filterwarnings = error`` (common in CI) the warning raised out of pricing, the call was
+    recorded at $0 with no usage, and no later call of that model said anything."""
+    pricing = Pricing(unknown_model_price={"input": 7, "output": 11})
+    usage = Usage(input_tokens=1000, output_tokens=100)
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="llmbudget"):
+        warnings.simplefilter("error")
+        first = pricing.cost(usage, model="no-such-model-c")
+        gap = Pricing().cost(Usage(input_tokens=10, output_tokens=10, input_audio_tokens=5), model="gpt-4o")
+    assert first.usd == (1000 * Decimal(7) + 100 * Decimal(11)) / 10**6 and first.source == "unknown"
+    assert gap.usd > 0
+    said = [r.getMessage() for r in caplog.records]
+    assert any("no price for model 'no-such-model-c'" in m for m in said), said
+    assert any("audio" in m for m in said), said
+
+
 def test_unknown_model_default_price_is_conservative_never_zero() -> None:
     usage = Usage(input_tokens=1000, output_tokens=1000)
     with pytest.warns(UnpricedModelWarning):

@@ -98,3 +98,24 @@ def test_every_answer_is_read_and_passed_on_unchanged(engine: llmbudget.Engine, 
     usage = Usage(input_tokens=9, output_tokens=1 if stream else 2)
     assert [record.usage for record in records] == [usage] * 4
     assert all(record.model_answered == "gpt-4o-mini-2024-07-18" and record.cost_usd > 0 for record in records)
+
+
+def test_a_call_whose_record_cannot_be_built_is_charged_its_worst_case_never_zero(
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], monkeypatch: pytest.MonkeyPatch) -> None:
+    """When building a call's record fails (a bug, or a warning a filter made an error), the call was recorded
+    at $0: a budget then never saw that spend."""
+    from llmbudget.pipeline import Attempt
+
+    def broken(self: Attempt, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug while pricing")
+
+    monkeypatch.setattr(Attempt, "_build_record", broken)
+    transports = _transports("httpx")
+    assert transports is not None
+    sync_inner, _ = _inner(httpx, read=True)
+    with httpx.Client(transport=transports.wrap(sync_inner, explicit=True)) as client:
+        assert client.post(URL, json=REQUEST).content == ANSWER  # the app still gets its answer
+    [record] = records
+    assert record.usage.estimated and record.cost_usd > 0
+    worst = engine.pricing.cost(Usage(input_tokens=1, output_tokens=REQUEST["max_tokens"]), model="gpt-4o-mini").usd
+    assert record.cost_usd >= worst

@@ -543,3 +543,142 @@ def test_q(client, cassette, q):
     assert "| `test_app.py::test_q[a\\|b]`" in by_id
     # every row still has its six cells (a | in an id split it, and the cost fell out of its column)
     assert all(row.replace("\\|", "").count("|") == 7 for row in rows)
+
+
+@pytest.mark.parametrize("scope", ["session", "module", "class"])
+def test_wider_fixtures_spend_counts_outside_tests_not_for_the_test_that_ran_them(suite, scope):
+    """A session (module, class) fixture's setup and teardown ran inside the first and last test that used it:
+    their per-test budgets failed, and a baseline compared on a subset regressed, by test order."""
+    suite.makepyfile(test_app=f'''
+import pytest
+from conftest import ask
+
+@pytest.fixture(scope={scope!r})
+def warmed_up(cassette):
+    import openai
+    with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0) as c:
+        with cassette("chat.yaml"):
+            ask(c, "What is the capital of France?", 16)
+        yield
+        with cassette("chat.yaml"):
+            ask(c, "What is the capital of France?", 16)
+
+@pytest.fixture(scope={scope!r})
+def cassette():
+    from conftest import _vcr
+    return lambda name: _vcr.use_cassette(name)
+
+class TestBoth:
+    @pytest.mark.llm_budget(calls=0)
+    def test_first(self, warmed_up):
+        pass
+
+    @pytest.mark.llm_budget(calls=0)
+    def test_second(self, warmed_up, client, cassette):
+        with cassette("chat.yaml"):
+            ask(client, "What is the capital of France?", 16)
+''')
+    result, doc = run_json(suite)
+    result.assert_outcomes(passed=1, failed=1)  # test_second's own call is over its budget; nothing else
+    result.stdout.fnmatch_lines(["*test_second*calls 1 > budget 0*"])
+    assert doc["outside_tests"]["calls"] == 2
+    tests = doc["tests"]
+    assert [tests[k]["calls"] for k in sorted(tests)] == [0, 1]
+
+
+def test_an_unpriced_model_under_filterwarnings_error_is_priced_and_flagged(suite):
+    suite.makeini("[pytest]\nfilterwarnings = error\n")
+    suite.makepyfile(test_local='''
+from conftest import ask
+
+def test_local(client, cassette):
+    with cassette("chat_local_model.yaml"):
+        ask(client, "What is the capital of France?", 16, model="gemma-3-270m-q4_k_m")
+''')
+    result, doc = run_json(suite, "test_local.py")
+    result.assert_outcomes(passed=1)
+    assert doc["unpriced_models"] == ["gemma-3-270m-q4_k_m"]
+    assert doc["total"]["cost_usd"] > 0 and doc["total"]["input_tokens"] > 0
+
+
+def test_a_baseline_of_tests_alone_is_compared_with_nothing_spent_outside_them(suite):
+    """A hand-written baseline without "total" or "outside_tests" crashed the run's end with a traceback."""
+    baseline = suite.path / "base.json"
+    spent = float(CAPITAL)
+    baseline.write_text(json.dumps({"version": 1, "tests": {"test_app.py::test_capital": {"cost_usd": spent}}}))
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "-k", "capital")
+    assert result.ret == 0, result.stdout.str()
+    baseline.write_text(json.dumps({"version": 1, "tests": {"test_app.py::test_capital": {"cost_usd": spent / 2}}}))
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "-k", "capital")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*test_app.py::test_capital: LLM cost rose from*"])
+
+
+def test_a_baseline_whose_two_costs_disagree_is_refused(suite):
+    """Editing cost_usd by hand was silently ignored: cost_usd_exact won."""
+    baseline = suite.path / "base.json"
+    suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline))
+    doc = json.loads(baseline.read_text())
+    doc["tests"]["test_app.py::test_capital"]["cost_usd"] = 0.000001
+    baseline.write_text(json.dumps(doc))
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_capital*cost_usd 1e-06 and cost_usd_exact*disagree*"])
+
+
+def test_the_step_summary_shows_test_ids_in_verdicts_as_text_not_markdown(suite, monkeypatch):
+    summary = suite.path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.mark.parametrize("q", ["<img src=x onerror=alert(1)>[see](https://evil.example)**bold**"])
+def test_q(client, cassette, q):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    baseline = suite.path / "base.json"
+    suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline))
+    doc = json.loads(baseline.read_text())
+    for entry in [*doc["tests"].values(), doc["total"]]:
+        entry["cost_usd"], entry["cost_usd_exact"] = 1e-9, "0.000000001"
+    baseline.write_text(json.dumps(doc))
+    summary.write_text("")
+    assert suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline)).ret == pytest.ExitCode.TESTS_FAILED
+    [verdict] = [line for line in summary.read_text().splitlines() if "test_q[" in line and line.startswith("- :x:")]
+    assert verdict.startswith("- :x: `test_app.py::test_q[<img") and verdict.endswith("`"), verdict
+
+
+def test_the_plugins_notices_never_stop_a_run_where_warnings_are_errors(suite, monkeypatch):
+    """With filterwarnings = error, the 'markers but no flag' notice was an INTERNALERROR (exit 3), and an
+    unwritable GITHUB_STEP_SUMMARY a traceback out of the run's end."""
+    suite.makeini("[pytest]\nfilterwarnings = error\n")
+    suite.makepyfile(test_marked='''
+import pytest
+
+@pytest.mark.llm_budget(usd=0.01)
+def test_marked():
+    pass
+''')
+    result = suite.runpytest("test_marked.py")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*PytestConfigWarning: 1 test(s) carry @pytest.mark.llm_budget*"])
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(suite.path / "no-such-dir" / "summary.md"))
+    result = suite.runpytest("test_marked.py", "--llm-budget")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*could not write GITHUB_STEP_SUMMARY*"])
+
+
+@pytest.mark.parametrize("value", ["10²", "١٢"])
+def test_a_marker_limit_in_other_digits_is_a_usage_error(suite, value):
+    suite.makepyfile(test_marked=f'''
+import pytest
+
+@pytest.mark.llm_budget(tokens={value!r})
+def test_marked():
+    pass
+''')
+    result = suite.runpytest("test_marked.py", "--llm-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*expected a whole number of tokens*"])

@@ -93,21 +93,18 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
 
 def json_document(summary: Summary) -> dict[str, Any]:
     """The report as JSON (version 1): tests, models and total, costs as floats."""
-    tests = {}
-    for nodeid, spend in summary.tests.items():
-        entry = to_report(spend)
-        entry["outcome"] = summary.outcomes.get(nodeid, "unknown")
-        entry["cost_usd_exact"] = str(spend.cost_usd)
-        tests[nodeid] = entry
-    total = to_report(summary.total)
-    total["cost_usd_exact"] = str(summary.total.cost_usd)
+    def exact(counters: Counters) -> dict[str, Any]:  # every entry's cost also as the exact decimal string
+        return {**to_report(counters), "cost_usd_exact": str(counters.cost_usd)}
+
+    tests = {nodeid: {**exact(spend), "outcome": summary.outcomes.get(nodeid, "unknown")}
+             for nodeid, spend in summary.tests.items()}
     return {
         "version": 1,
         "prices": {"source": summary.snapshot.source, "as_of": summary.snapshot.as_of},
         "tests": tests,
-        "models": {model: to_report(counters) for model, counters in sorted(summary.models.items())},
-        "total": total,
-        "outside_tests": to_report(summary.outside),
+        "models": {model: exact(counters) for model, counters in sorted(summary.models.items())},
+        "total": exact(summary.total),
+        "outside_tests": exact(summary.outside),
         "unpriced_models": summary.unpriced,
         "unstable_prefixes": [finding.to_dict() for finding in summary.prefixes],
     }

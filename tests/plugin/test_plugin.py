@@ -86,6 +86,8 @@ def test_json_report_has_exact_shape_and_costs(suite):
     assert Decimal(doc["tests"]["test_app.py::test_two"]["cost_usd_exact"]) == TWO
     assert doc["tests"]["test_app.py::test_no_calls"]["calls"] == 0
     assert set(doc["models"]) == {"gpt-4o-mini"} and keys <= set(doc["models"]["gpt-4o-mini"])
+    assert Decimal(doc["models"]["gpt-4o-mini"]["cost_usd_exact"]) == CAPITAL + TWO  # every entry has it
+    assert doc["outside_tests"]["cost_usd_exact"] == "0"
     assert doc["total"]["calls"] == 3 and Decimal(doc["total"]["cost_usd_exact"]) == CAPITAL + TWO
     assert doc["total"]["cost_usd"] == pytest.approx(float(CAPITAL + TWO))
     result.stdout.fnmatch_lines(["*LLM spend (llmbudget)*", "*test_app.py::test_two*2*32*0*32*", "TOTAL*3*48*",

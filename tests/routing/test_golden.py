@@ -168,3 +168,17 @@ def test_a_move_to_a_tier_that_rewrites_the_request_is_reported(engine, small):
     moved = golden.check(now, [recorded])
     assert moved is not None and (moved.old_tier, moved.new_tier) == ("large", "small")
     assert golden.check(recorded, [recorded]) is None
+
+
+def test_a_test_that_fails_on_its_own_keeps_its_failure_and_the_moves_are_said_after_it(pytester):
+    """The moves replaced the failing test's own traceback."""
+    # vcrpy's default matching replays the old answer to a moved request: the test's own assert then fails too
+    suite(pytester, RECORDING.replace("    ask(prompt)\n", "    ask(prompt)\n    assert prompt == 'nothing'\n"),
+          0.0, vcr_config="{}")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=len(SPEC["prompts"]))
+    out = result.stdout.str()
+    small = [p for p, model in recorded_models().items() if model == "gpt-4.1-nano"]
+    assert len([line for line in result.outlines if line.startswith("E   ") and "== 'nothing'" in line]) \
+        == len(SPEC["prompts"]), out
+    assert len([line for line in result.outlines if line.startswith("golden routing: ")]) == len(small) > 0

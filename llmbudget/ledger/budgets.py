@@ -340,11 +340,12 @@ CREATE INDEX IF NOT EXISTS budget_reservations_expires ON budget_reservations (s
 SQLITE_TIMEOUT_S = 5.0
 #: Errors that make a SQLite budget store unavailable: locked past the wait, disk full, I/O errors, a bad file.
 _SQLITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, OSError)
-_SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay", "open_share")
+_SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay", "open_share", "reservation_ttl")
 
 #: While a budget store is down (fail-open), the share of a budget's limit one process may spend beyond the last
 #: spend it read.
 DEFAULT_OPEN_SHARE = 0.25
+DEFAULT_RESERVATION_TTL_S = 600.0
 
 
 def _open_share(given: float | None, options: Mapping[str, str], store: str) -> float:
@@ -358,6 +359,20 @@ def _open_share(given: float | None, options: Mapping[str, str], store: str) -> 
         raise ValueError(f"open_share={raw!r}: expected the share of a budget one process may spend while {store} is "
                          "down, in (0, 1]")
     return share
+
+def _reservation_ttl(given: float | None, options: Mapping[str, str]) -> float:
+    """``reservation_ttl`` from the keyword (first) or the path's / URL's options (600 s by default), checked: how
+    long a hold nobody settles (its process killed) keeps a budget's room."""
+    raw: Any = given if given is not None else options.get("reservation_ttl", DEFAULT_RESERVATION_TTL_S)
+    try:
+        ttl = float(raw)
+    except (TypeError, ValueError):
+        ttl = -1.0
+    if not 0.0 < ttl < float("inf"):
+        raise ValueError(f"reservation_ttl={raw!r}: expected a positive number of seconds after which a hold nobody "
+                         "settled (its process killed) is released; longer than the longest call")
+    return ttl
+
 
 _LOCAL_PREFIX = "local-"
 
@@ -419,7 +434,8 @@ def _split_options(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
     if unknown:
         raise ValueError(
             f"SQLite budget store {text!r}: unknown option(s) {', '.join(map(repr, unknown))} after '?'; "
-            f"expected on_unavailable=open|closed, timeout=<seconds>, settle_delay=<seconds> and open_share=<0-1>, "
+            f"expected on_unavailable=open|closed, timeout=<seconds>, settle_delay=<seconds>, open_share=<0-1> and "
+            f"reservation_ttl=<seconds>, "
             f"e.g. 'budgets.db?on_unavailable=open&timeout=2'"
         )
     return Path(base), options
@@ -500,7 +516,7 @@ class SQLiteBudgetStore:
         self,
         path: str | os.PathLike[str],
         *,
-        reservation_ttl: float = 600.0,
+        reservation_ttl: float | None = None,
         timeout: float | None = None,
         on_unavailable: Literal["open", "closed"] | None = None,
         retry_interval: float = 1.0,
@@ -509,6 +525,7 @@ class SQLiteBudgetStore:
     ) -> None:
         path, options = _split_options(path)
         self.open_share = _open_share(open_share, options, "the SQLite file")
+        reservation_ttl = _reservation_ttl(reservation_ttl, options)
         mode = on_unavailable or options.get("on_unavailable", "closed")
         if mode not in ("open", "closed"):
             raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")

@@ -38,6 +38,7 @@ from .budgets import (
     Reservation,
     _check,
     _open_share,
+    _reservation_ttl,
 )
 
 __all__ = ["BudgetStoreUnavailable", "RedisBudgetStore", "RedisLedger"]
@@ -90,7 +91,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"expected a redis:// or rediss:// URL, got {url!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("prefix", "on_unavailable", "open_share")}
+    ours = {k: v for k, v in query if k in ("prefix", "on_unavailable", "open_share", "reservation_ttl")}
     rest = [(k, v) for k, v in query if k not in ours]
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
@@ -110,7 +111,7 @@ def _client(url: str, timeout: float) -> Any:
     except (TypeError, ValueError) as exc:
         option = str(exc).rpartition("argument ")[2].strip("'") if isinstance(exc, TypeError) else str(exc)
         raise ValueError(f"{_redacted(url)}: the URL option {option!r} is neither llmbudget's (prefix, on_unavailable, "
-                         "open_share) nor redis-py's (socket_timeout, db, client_name, ssl_cert_reqs, ...)") from None
+                         "open_share, reservation_ttl) nor redis-py's (socket_timeout, db, client_name, ssl_cert_reqs, ...)") from None
     return client
 
 
@@ -226,7 +227,7 @@ class RedisBudgetStore:
         url: str = "redis://127.0.0.1:6379/0",
         *,
         prefix: str | None = None,
-        reservation_ttl: float = 600,
+        reservation_ttl: float | None = None,
         timeout: float = 0.25,
         on_unavailable: OnUnavailable | None = None,
         retry_interval: float = 1.0,
@@ -235,11 +236,12 @@ class RedisBudgetStore:
     ) -> None:
         url, options = _split_url(url)
         self.open_share = _open_share(open_share, options, "Redis")
+        reservation_ttl = _reservation_ttl(reservation_ttl, options)
         mode = on_unavailable or options.get("on_unavailable", "closed")
         if mode not in ("open", "closed"):
             raise ValueError(f"on_unavailable={mode!r}: expected 'open' (serve and count locally) or 'closed' (refuse)")
-        if reservation_ttl <= 0 or timeout <= 0:
-            raise ValueError("reservation_ttl and timeout must be positive numbers of seconds")
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout={timeout!r}: expected a positive number of seconds")
         self.url = url
         self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
         self.reservation_ttl = float(reservation_ttl)

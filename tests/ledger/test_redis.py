@@ -232,6 +232,12 @@ def test_url_options_and_config(prefix: str) -> None:
         RedisLedger("redis://user:secret@127.0.0.1:1/0?timeout=2")
     assert "secret" not in str(refused.value)
     assert RedisBudgetStore(f"{URL}?prefix={prefix}&socket_timeout=2&client_name=llmbudget").prefix == prefix
+    # reservation_ttl from the URL (a policy file could not set it: a killed worker's holds stayed 600 s)
+    assert RedisBudgetStore(f"{URL}?prefix={prefix}&reservation_ttl=30").reservation_ttl == 30.0
+    assert RedisBudgetStore(f"{URL}?prefix={prefix}").reservation_ttl == 600.0
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ValueError, match="reservation_ttl"):
+            RedisBudgetStore(f"{URL}?prefix={prefix}&reservation_ttl={bad}")
 
 
 def _record(i: int) -> SpendRecord:

@@ -463,7 +463,8 @@ def test_options_come_from_the_path_as_from_a_redis_url(tmp_path: Path) -> None:
     assert (keyword.on_unavailable, keyword.timeout) == ("closed", 1.0)  # keywords win over the path
     for bad, needle in [("b.db?onunavailable=open", "unknown option"), ("b.db?on_unavailable=maybe", "on_unavailable"),
                         ("b.db?timeout=0", "timeout"), ("b.db?timeout=soon", "timeout"),
-                        ("b.db?settle_delay=-1", "settle_delay"), ("b.db?settle_delay=later", "settle_delay")]:
+                        ("b.db?settle_delay=-1", "settle_delay"), ("b.db?settle_delay=later", "settle_delay"),
+                        ("b.db?reservation_ttl=0", "reservation_ttl"), ("b.db?reservation_ttl=inf", "reservation_ttl")]:
         with pytest.raises(ValueError, match=needle):
             SQLiteBudgetStore(tmp_path / bad)
 
@@ -533,3 +534,19 @@ def test_an_unexpected_store_error_refuses_a_fail_closed_budget(tmp_path: Path, 
         client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=2)
     assert upstream.sent == [] and caught.value.response.status_code == 503
     assert "unexpected keyword argument" in caught.value.response.json()["error"]["message"]
+
+
+def test_the_hold_of_a_killed_process_lapses_after_the_policys_reservation_ttl(tmp_path: Path) -> None:
+    """reservation_ttl could be set in Python only: from a policy file, a killed worker's holds kept a small
+    budget's room for 600 s."""
+    engine = engine_from_config({"budget_store": "budgets.db?reservation_ttl=1"}, root=tmp_path)
+    store = engine.budget_store
+    assert isinstance(store, SQLiteBudgetStore) and store.reservation_ttl == 1.0
+    assert SQLiteBudgetStore(tmp_path / "b.db").reservation_ttl == 600.0
+    assert SQLiteBudgetStore(f"{tmp_path / 'b.db'}?reservation_ttl=5", reservation_ttl=7).reservation_ttl == 7.0
+    bucket = _bucket("1")
+    assert isinstance(store.reserve([bucket], Decimal(1)), Reservation)  # then its process dies: never settled
+    survivor = SQLiteBudgetStore(f"{tmp_path / 'budgets.db'}?reservation_ttl=1")
+    assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Refusal)
+    time.sleep(1.3)
+    assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Reservation)

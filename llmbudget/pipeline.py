@@ -43,6 +43,7 @@ from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
 from .pricing import DEFERRED_TIERS, Pricing, PriceLike
 from .providers import Adapter, ResponseState, adapter_for_path
+from .providers._base import WEB_SEARCH_RESULT_TOKENS
 from .scope import Scope, current_scope
 
 if TYPE_CHECKING:
@@ -359,19 +360,23 @@ class Attempt:
     def worst_case_usd(self) -> Decimal:
         """Estimated input plus the most output the request allows, at the model's prices."""
         max_output = self.call.max_output_tokens
-        if max_output is None:
-            max_output = self.engine.default_max_output_tokens
+        if max_output is None:  # the default limit, once per answer the request asks for
+            max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
         usage = self._worst_input().replace(output_tokens=max_output)
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
 
     def _worst_input(self) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
         breakpoints (its own, or llmbudget's) may write all of it to the prompt cache, at 1.25x the input
-        price (2x for a one-hour write); deferred work at its own price."""
+        price (2x for a one-hour write); deferred work at its own price, ``service_tier: "priority"`` at its
+        (higher) one; every web search the request allows, with its results as input."""
+        searches = self.adapter.web_searches(self.call.body)
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
+        padded += searches * WEB_SEARCH_RESULT_TOKENS
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
+        tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
         return Usage(input_tokens=padded, estimated=True, cache_write_tokens=padded if ttls else 0,
-                     cache_write_1h_tokens=padded if "1h" in ttls else 0, service_tier=self.defer_mode)
+                     cache_write_1h_tokens=padded if "1h" in ttls else 0, service_tier=tier, web_searches=searches)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.

@@ -93,8 +93,17 @@ class Adapter:
         for key in self.limit_fields:
             value = _count(body.get(key))
             if value is not None:
-                return value * (_count(body.get("n")) or 1 if self.limit_per_choice else 1)
+                return value * self.answers(body)
         return None
+
+    def answers(self, body: dict[str, Any]) -> int:
+        """How many answers the request has generated (``n`` where the limit is per choice): an uncapped
+        request's default output limit counts once per answer too."""
+        return (_count(body.get("n")) or 1) if self.limit_per_choice else 1
+
+    def web_searches(self, body: dict[str, Any]) -> int:
+        """The most server-side web searches the request may make (each billed per call, its results as input)."""
+        return 0
 
     def input_text(self, body: dict[str, Any]) -> list[str]:
         """The texts that make up the input, for token estimates."""
@@ -106,10 +115,11 @@ class Adapter:
         messages = messages if isinstance(messages, list) else []
         names = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("name"), str))
         return (tokens.estimate_input_tokens(self.input_text(body), model=model, messages=len(messages), names=names)
-                + self.media_tokens(body))
+                + self.media_tokens(body, model))
 
-    def media_tokens(self, body: dict[str, Any]) -> int:
-        """Estimated tokens of the images and files in the input (see :data:`IMAGE_TOKENS`)."""
+    def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
+        """Estimated tokens of what the input carries beside text: images and files (see :data:`IMAGE_TOKENS`),
+        token ids, input the server keeps."""
         return 0
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
@@ -172,6 +182,17 @@ def items(value: Any) -> list[Any] | tuple[()]:
 #: Anthropic's 1,500-3,000 range (its text plus an image of the page).
 IMAGE_TOKENS = 1_600
 LOW_DETAIL_IMAGE_TOKENS = 85
+#: Models that count an image as many more tokens (their price per token is lower), from OpenAI's vision guide:
+#: (high detail at the most tiles or patches, low detail). gpt-4o-mini: 2,833 + 5,667 per 512-px tile, up to 8
+#: tiles; the patch-based ones: up to 1,536 patches times their multiplier (no cheaper low detail).
+_MODEL_IMAGE_TOKENS = (
+    ("gpt-4o-mini", (2_833 + 8 * 5_667, 2_833)),
+    ("gpt-4.1-nano", (3_780, 3_780)),
+    ("gpt-5-nano", (3_780, 3_780)),
+    ("gpt-4.1-mini", (2_490, 2_490)),
+    ("gpt-5-mini", (2_490, 2_490)),
+    ("o4-mini", (2_642, 2_642)),
+)
 PDF_PAGE_TOKENS = 3_000
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 _PDF_COUNT = re.compile(rb"/Count\s+(\d{1,6})")
@@ -204,10 +225,45 @@ def _pdf_pages(data: str) -> int:
     return pages
 
 
-def openai_media_tokens(content: Any) -> int:
-    """Estimated tokens of the images and files in an OpenAI message content (chat's ``image_url`` and ``file``
-    parts, Responses' ``input_image`` and ``input_file``)."""
+#: A server-side web search a request allows, reserved as this many searches when it sets no ``max_uses``, each
+#: with this many tokens of results billed as input (both providers bill the results beside the per-search fee).
+DEFAULT_WEB_SEARCHES = 5
+WEB_SEARCH_RESULT_TOKENS = 10_000
+
+
+def web_search_tools(body: dict[str, Any], prefix: str) -> int:
+    """The most searches the request's web search tools (types starting with ``prefix``) may make: each tool's
+    ``max_uses``, else :data:`DEFAULT_WEB_SEARCHES`."""
     total = 0
+    for tool in items(body.get("tools")):
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith(prefix):
+            total += _count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES
+    return total
+
+
+def image_tokens(model: str | None) -> tuple[int, int]:
+    """The tokens an image may count for ``model``: (high detail, low detail)."""
+    name = (model or "").lower().rpartition("/")[2]
+    for prefix, counts in _MODEL_IMAGE_TOKENS:
+        if name.startswith(prefix):
+            return counts
+    return IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS
+
+
+def token_ids(value: Any) -> int:
+    """How many token ids an input given as ids holds (a list of ints, or a list of such lists); 0 for text."""
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return len(value)
+    if isinstance(value, list):
+        return sum(token_ids(v) for v in value if isinstance(v, list))
+    return 0
+
+
+def openai_media_tokens(content: Any, model: str | None = None) -> int:
+    """Estimated tokens of the images and files in an OpenAI message content (chat's ``image_url`` and ``file``
+    parts, Responses' ``input_image`` and ``input_file``), as ``model`` counts images."""
+    total = 0
+    high, low = image_tokens(model)
     for part in items(content):
         if not isinstance(part, dict):
             continue
@@ -215,7 +271,7 @@ def openai_media_tokens(content: Any) -> int:
         if kind in ("image_url", "input_image"):
             image = part.get("image_url")
             detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
-            total += LOW_DETAIL_IMAGE_TOKENS if detail == "low" else IMAGE_TOKENS
+            total += low if detail == "low" else high
         elif kind in ("file", "input_file"):
             file = part.get("file")
             total += pdf_tokens((file if isinstance(file, dict) else part).get("file_data"))

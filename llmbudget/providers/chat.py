@@ -57,8 +57,9 @@ class ChatAdapter(Adapter):
                 out.append(json_text(body[key]))
         return out
 
-    def media_tokens(self, body: dict[str, Any]) -> int:
-        return sum(openai_media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
+    def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
+        return sum(openai_media_tokens(m.get("content"), model) for m in items(body.get("messages"))
+                   if isinstance(m, dict))
 
     def message_count(self, body: dict[str, Any]) -> int:
         messages = body.get("messages")

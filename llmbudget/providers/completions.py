@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, items
+from ._base import Adapter, ResponseState, _count, _text_of, items, token_ids
 from .chat import chat_usage
 
 
@@ -19,6 +19,16 @@ class CompletionsAdapter(Adapter):
         out: list[str] = []
         _text_of(body.get("prompt"), out)
         return out
+
+    def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
+        return token_ids(body.get("prompt"))
+
+    def answers(self, body: dict[str, Any]) -> int:
+        """Every prompt of a list gets ``max(n, best_of)`` completions, each billed (``best_of``'s too)."""
+        prompt = body.get("prompt")  # a text, a list of texts, one prompt's token ids, or a list of such lists
+        many = isinstance(prompt, list) and bool(prompt) and all(isinstance(p, (str, list)) for p in prompt)
+        prompts = len(prompt) if many and isinstance(prompt, list) else 1
+        return prompts * max(_count(body.get("n")) or 1, _count(body.get("best_of")) or 1)
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return chat_usage(data)

@@ -24,6 +24,7 @@ from ._base import (
     items,
     json_text,
     pdf_tokens,
+    web_search_tools,
 )
 
 __all__ = ["STOP_REASONS", "MessagesAdapter", "messages_usage"]
@@ -118,9 +119,12 @@ class MessagesAdapter(Adapter):
                 out.append(json_text(body[key]))
         return out
 
-    def media_tokens(self, body: dict[str, Any]) -> int:
+    def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
         return _media_tokens(body.get("system")) + sum(
             _media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
+
+    def web_searches(self, body: dict[str, Any]) -> int:
+        return web_search_tools(body, "web_search")
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, as_int, items, json_text, openai_media_tokens
+from ._base import (
+    Adapter,
+    ResponseState,
+    _text_of,
+    as_int,
+    items,
+    json_text,
+    openai_media_tokens,
+    web_search_tools,
+)
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
@@ -25,6 +36,45 @@ def responses_usage(raw: dict[str, Any]) -> Usage:
     )
 
 
+# The size (input plus output tokens) of the responses and conversations this process saw answered, by id: a
+# call that continues one (``previous_response_id``, ``conversation``) is billed for all of it as input, though
+# its body holds only the new turn. Bounded; a chain made by another process is not known here (README).
+_KEPT: OrderedDict[str, int] = OrderedDict()
+_KEPT_MAX = 20_000
+_KEPT_LOCK = threading.Lock()
+
+
+def _remember_context(data: dict[str, Any]) -> None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return
+    size = as_int(usage.get("input_tokens")) + as_int(usage.get("output_tokens"))
+    conversation, prompt = data.get("conversation"), data.get("prompt")
+    ids = [(data.get("id"), size), (conversation.get("id") if isinstance(conversation, dict) else conversation, size),
+           # a stored prompt template: its input is at most what the whole call's was
+           ("prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None,
+            as_int(usage.get("input_tokens")))]
+    with _KEPT_LOCK:
+        for key, tokens in ids:
+            if isinstance(key, str) and key:
+                _KEPT[key] = tokens
+                _KEPT.move_to_end(key)
+        while len(_KEPT) > _KEPT_MAX:
+            _KEPT.popitem(last=False)
+
+
+def kept_context_tokens(body: dict[str, Any]) -> int:
+    """The tokens of the earlier turns a call continues on the server (``previous_response_id``, a
+    ``conversation``) and of a stored prompt template it names, as far as this process saw them answered; 0
+    when unknown."""
+    conversation, prompt = body.get("conversation"), body.get("prompt")
+    ids = [body.get("previous_response_id"), conversation.get("id") if isinstance(conversation, dict) else conversation]
+    template = "prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None
+    with _KEPT_LOCK:
+        earlier = max([_KEPT.get(key, 0) for key in ids if isinstance(key, str)] or [0])
+        return earlier + (_KEPT.get(template, 0) if template else 0)
+
+
 class ResponsesAdapter(Adapter):
     endpoint = "responses"
     path = "/responses"
@@ -33,21 +83,32 @@ class ResponsesAdapter(Adapter):
     def input_text(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []
         _text_of(body.get("instructions"), out)
-        items = body.get("input")
-        if isinstance(items, str):
-            out.append(items)
-        elif isinstance(items, list):
-            for item in items:
-                if isinstance(item, dict):
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            out.append(inputs)
+        elif isinstance(inputs, list):
+            for item in inputs:
+                if not isinstance(item, dict):
+                    continue
+                if "content" in item:
                     _text_of(item.get("content"), out)
+                else:  # a tool call's arguments, a tool's output, a reasoning item: all of it is input
+                    _text_of(item.get("output"), out)
+                    rest = {k: v for k, v in item.items() if k not in ("output", "type", "id", "call_id", "status")}
+                    if rest:
+                        out.append(json_text(rest))
         for key in ("tools", "text"):
             if body.get(key):
                 out.append(json_text(body[key]))
         return out
 
-    def media_tokens(self, body: dict[str, Any]) -> int:
-        return sum(openai_media_tokens(item.get("content")) for item in items(body.get("input"))
-                   if isinstance(item, dict))
+    def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
+        return kept_context_tokens(body) + sum(
+            openai_media_tokens(item.get("content"), model) + openai_media_tokens(item.get("output"), model)
+            for item in items(body.get("input")) if isinstance(item, dict))
+
+    def web_searches(self, body: dict[str, Any]) -> int:
+        return web_search_tools(body, "web_search")
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return responses_usage(data)
@@ -62,6 +123,7 @@ class ResponsesAdapter(Adapter):
             state.finish_reasons.append("stop" if status == "completed" else "length"
                                         if reason == "max_output_tokens" else reason
                                         if reason == "content_filter" else status)
+        _remember_context(data)
         searches = 0
         for item in items(data.get("output")):
             if isinstance(item, dict):

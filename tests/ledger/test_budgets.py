@@ -6,10 +6,12 @@ import json
 import multiprocessing
 import random
 import threading
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -391,3 +393,101 @@ def test_processes_never_overspend(tmp_path: Path) -> None:
     assert sum(len(r[0]) + r[1] for r in results) == 4 * PER_WORKER
     _check_totals(store, bucket, results)
 
+
+
+def _reserved_and_charged(path: str, body: dict[str, Any], answer: dict[str, Any],
+                          host: str = "https://api.openai.com/v1") -> tuple[Decimal, Decimal]:
+    """The worst case a call reserves, and what it is charged once answered with ``answer``."""
+    engine = llmbudget.Engine(budgets=[Budget(Decimal(1000), per="global")])
+    attempt = engine.begin(url=host + path, path="/v1" + path, headers={}, body=json.dumps(body).encode())
+    assert attempt is not None
+    reserved = attempt.worst_case_usd()
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps(answer).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None
+    return reserved, record.cost_usd
+
+
+def _chat_answer(model: str, prompt: int, completion: int, **extra: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion", "model": model, **extra,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+
+
+_IDS = list(range(8_000))
+_IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}
+_WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
+    # what the provider reports for requests whose worst case was far below it (a red-team review's figures)
+    "embeddings given as token ids": (
+        "/embeddings", {"model": "text-embedding-3-large", "input": [_IDS] * 36},
+        {"object": "list", "data": [], "model": "text-embedding-3-large",
+         "usage": {"prompt_tokens": 288_000, "total_tokens": 288_000}}, "openai"),
+    "a completion prompt given as token ids": (
+        "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": _IDS[:3000], "max_tokens": 10},
+        {"id": "c", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
+         "choices": [{"index": 0, "text": "x", "finish_reason": "length"}],
+         "usage": {"prompt_tokens": 3000, "completion_tokens": 10, "total_tokens": 3010}}, "openai"),
+    "twenty prompts in one completion": (
+        "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": ["Say hi"] * 20, "max_tokens": 1000},
+        {"id": "c", "object": "text_completion", "model": "gpt-3.5-turbo-instruct", "choices": [],
+         "usage": {"prompt_tokens": 40, "completion_tokens": 20_000, "total_tokens": 20_040}}, "openai"),
+    "best_of": (
+        "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi", "max_tokens": 1000, "best_of": 10},
+        {"id": "c", "object": "text_completion", "model": "gpt-3.5-turbo-instruct", "choices": [],
+         "usage": {"prompt_tokens": 4, "completion_tokens": 10_000, "total_tokens": 10_004}}, "openai"),
+    "n=8 with no output limit": (
+        "/chat/completions", {"model": "gpt-4o", "n": 8, "messages": [{"role": "user", "content": "A story."}]},
+        _chat_answer("gpt-4o", 14, 8 * 4096), "openai"),
+    "priority service tier": (
+        "/chat/completions", {"model": "gpt-5", "service_tier": "priority", "max_completion_tokens": 2000,
+                              "messages": [{"role": "user", "content": "Plan a trip."}]},
+        _chat_answer("gpt-5", 12, 2000, service_tier="priority"), "openai"),
+    "four high-detail images on gpt-4o-mini": (
+        "/chat/completions", {"model": "gpt-4o-mini", "max_tokens": 300, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Compare."}, *[_IMAGE] * 4]}]},
+        _chat_answer("gpt-4o-mini", 4 * (2833 + 8 * 5667), 300), "openai"),
+    "a Responses tool output": (
+        "/responses", {"model": "gpt-4.1", "max_output_tokens": 300, "input": [
+            {"type": "function_call", "call_id": "c1", "name": "read", "arguments": "{\"path\": \"a.txt\"}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "word " * 76_000}]},
+        {"id": "r", "object": "response", "model": "gpt-4.1", "status": "completed", "output": [],
+         "usage": {"input_tokens": 76_040, "output_tokens": 300, "total_tokens": 76_340}}, "openai"),
+    "Anthropic web search with max_uses": (
+        "/messages", {"model": "claude-sonnet-4-20250514", "max_tokens": 1024,
+                      "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}],
+                      "messages": [{"role": "user", "content": "News today?"}]},
+        {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+         "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+         "usage": {"input_tokens": 45_000, "output_tokens": 1024,
+                   "server_tool_use": {"web_search_requests": 5}}}, "anthropic"),
+}
+
+
+@pytest.mark.parametrize("case", _WORST_CASES)
+def test_the_worst_case_covers_what_the_provider_charges(case: str) -> None:
+    """Each of these reserved 6-140x less than it cost, so a budget could be overspent by that much."""
+    path, body, answer, provider = _WORST_CASES[case]
+    host = "https://api.anthropic.com/v1" if provider == "anthropic" else "https://api.openai.com/v1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reserved, charged = _reserved_and_charged(path, body, answer, host)
+    assert charged > 0 and reserved >= charged, (reserved, charged)
+    assert reserved < 3 * charged  # and not absurdly above it
+
+
+def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turns() -> None:
+    """previous_response_id and conversation: the server bills the whole chain as input, the body holds one turn."""
+    first = {"id": "resp_chain_1", "object": "response", "model": "gpt-5", "status": "completed",
+             "conversation": {"id": "conv_chain_1"}, "output": [],
+             "usage": {"input_tokens": 119_000, "output_tokens": 500, "total_tokens": 119_500}}
+    _reserved_and_charged("/responses", {"model": "gpt-5", "input": "Summarise the contract."}, first)
+    later = {"id": "resp_chain_2", "object": "response", "model": "gpt-5", "status": "completed", "output": [],
+             "usage": {"input_tokens": 120_000, "output_tokens": 500, "total_tokens": 120_500}}
+    for continued in ({"previous_response_id": "resp_chain_1"}, {"conversation": "conv_chain_1"}):
+        body = {"model": "gpt-5", "input": "And next?", "max_output_tokens": 500, **continued}
+        reserved, charged = _reserved_and_charged("/responses", body, later)
+        assert reserved >= charged, (continued, reserved, charged)
+    unknown = {"model": "gpt-5", "input": "And next?", "max_output_tokens": 500, "previous_response_id": "resp_x"}
+    reserved, _ = _reserved_and_charged("/responses", unknown, later)
+    assert reserved < Decimal("0.01")  # a chain this process never saw is not known (README says so)

@@ -86,6 +86,8 @@ class _Proxy(BaseHTTPRequestHandler):
             return
         upstream = options["upstream"].rstrip("/") + self.path[len("/v1"):]
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+        if body is not None and options.get("forward") is not None:
+            body = options["forward"](body)
         request = urllib.request.Request(upstream, data=body, method=self.command, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -121,15 +123,15 @@ class _Proxy(BaseHTTPRequestHandler):
 @contextmanager
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
           garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
-          encoding: str | None = None) -> Iterator[_Server]:
+          encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
-    it is.
+    it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came).
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
-                      garble=garble, rewrite=rewrite, encoding=encoding)
+                      garble=garble, rewrite=rewrite, encoding=encoding, forward=forward)
 
 
 def base_url(server: _Server) -> str:

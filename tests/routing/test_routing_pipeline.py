@@ -290,7 +290,12 @@ def test_a_budget_that_cannot_pay_for_the_escalation_leaves_the_weak_answer(llm_
 def test_a_reasoning_tier_is_sent_what_it_takes(llm_server, route, records):
     # o-series and gpt-5 models refuse max_tokens, temperature and logprobs with HTTP 400; gpt-4o refuses
     # reasoning_effort. The cascade does not probe a reasoning tier for log-probabilities.
-    with proxy(llm_server) as small:
+    def as_the_local_server_reads_it(body: bytes) -> bytes:  # it knows max_tokens, not max_completion_tokens:
+        sent = json.loads(body)  # without it, it wrote until its context was full (minutes on a busy machine)
+        sent["max_tokens"] = sent.pop("max_completion_tokens", None)
+        return json.dumps(sent).encode()
+
+    with proxy(llm_server, forward=as_the_local_server_reads_it) as small:
         route(tiers={"small": {"model": "o4-mini", "base_url": base_url(small)}, "large": None}, threshold=1.0,
               min_confidence=0.5)
         client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=40, temperature=0.2,

@@ -254,6 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(200, {k: v for k, v in batch.items() if not k.startswith("_")})
             else:
                 self._missing()
+        elif parts == ["v1", "batches"]:  # the list, newest first (one page)
+            newest = sorted(self.server.batches.values(), key=lambda b: b["created_at"], reverse=True)
+            self._reply(200, {"object": "list", "data": [b for b in newest if b.get("object") == "batch"],
+                              "has_more": False})
         elif parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in self.server.batches:
             self._reply(200, self.server.batches[parts[2]])
         elif parts[:2] == ["v1", "files"] and len(parts) >= 3 and parts[2] in self.server.files:

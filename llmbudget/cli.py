@@ -445,8 +445,9 @@ def _batches(ns: argparse.Namespace) -> int:
 
     from .defer import pending_jobs, resume
 
-    if not ns.resume and (ns.wait or ns.ledger):
-        raise ValueError("--wait and --ledger go with --resume (without it, the pending jobs are only listed)")
+    if not ns.resume and (ns.wait or ns.ledger or ns.policy):
+        raise ValueError("--wait, --ledger and --policy go with --resume (without it, the pending jobs are only "
+                         "listed)")
     if ns.resume and not os.path.isdir(ns.state):  # a mistyped folder would resume nothing, and say nothing
         raise ValueError(f"--state {ns.state}: no such folder (the Batcher's state= folder, which holds the jobs)")
     if not ns.resume:
@@ -459,18 +460,32 @@ def _batches(ns: argparse.Namespace) -> int:
                 print(f"{job['id']}  {job['calls']} call(s)  {job['endpoint']}  {job['base_url']}")
             print(f"{len(jobs)} pending job(s) in {ns.state}")
         return 0
-    from .ledger.records import SQLiteLedger
+    from pathlib import Path
+
+    from .config import engine_from_config, load_config, locate_config
+    from .ledger.records import MemoryLedger, SQLiteLedger
     from .pipeline import Engine
 
-    engine = Engine(ledger=SQLiteLedger(ns.ledger) if ns.ledger else None)
+    # the app's policy (its [prices], its ledger), found as the app finds it, or the one --policy names
+    found = (Path(ns.policy), load_config(Path(ns.policy))) if ns.policy else locate_config(Path.cwd())
+    engine = engine_from_config(found[1], source=str(found[0]), root=found[0].parent) if found else Engine()
+    if ns.ledger:
+        engine.ledger = SQLiteLedger(ns.ledger)
+    elif engine.ledger is None or isinstance(engine.ledger, MemoryLedger):  # recorded nowhere, the jobs forgotten
+        raise ValueError("--resume records the calls' spend in a ledger: give --ledger FILE, or run it where the "
+                         "app's policy (with its ledger = ...) is found (or name it with --policy)")
     summaries = resume(ns.state, api_key=os.environ.get("OPENAI_API_KEY"), engine=engine, wait=ns.wait,
                        anthropic_api_key=os.environ.get("ANTHROPIC_API_KEY"))  # it flushes the ledger per job
     if ns.json:
         print(json.dumps(summaries, indent=2))
     else:
         for summary in summaries:
-            print(f"{summary['id']}: {summary['status']}, {summary['recorded']} of {summary['calls']} call(s) recorded")
-    return 0
+            if summary["status"] == "error":
+                print(f"{summary['id']}: not resumed ({summary['error']}); kept for a later --resume")
+            else:
+                print(f"{summary['id']}: {summary['status']}, {summary['recorded']} of {summary['calls']} "
+                      "call(s) recorded")
+    return 1 if any(summary["status"] == "error" for summary in summaries) else 0
 
 
 def _replay(ns: argparse.Namespace) -> int:
@@ -721,7 +736,10 @@ def _parser() -> argparse.ArgumentParser:
                          "STATE/<job>.results.jsonl, spend to --ledger (API keys from OPENAI_API_KEY and "
                          "ANTHROPIC_API_KEY)")
     batches.add_argument("--wait", action="store_true", help="with --resume: poll until every job is finished")
-    batches.add_argument("--ledger", help="with --resume: the SQLite ledger to record the calls' spend in")
+    batches.add_argument("--ledger", help="with --resume: the SQLite ledger to record the calls' spend in (default: "
+                         "the policy's ledger)")
+    batches.add_argument("--policy", help="with --resume: the app's policy file, for its prices and ledger (default: "
+                         "LLMBUDGET_POLICY, else llmbudget.toml or pyproject.toml found from here)")
     batches.add_argument("--json", action="store_true")
     batches.set_defaults(handler=_batches)
     return parser

@@ -49,7 +49,27 @@ _FORWARDED = ("authorization", "openai-organization", "openai-project", "user-ag
               "x-api-key", "anthropic-version", "anthropic-beta")
 #: The forwarded headers that change what a job does or who pays for it (not the SDK's user-agent).
 _GROUPING = frozenset(_FORWARDED) - {"user-agent"}
-_Key = tuple[str, str, tuple[tuple[str, str], ...]]
+_Key = tuple[str, str, tuple[tuple[str, str], ...], str | None]
+#: How many times a finished job's results are fetched again after an error that may pass (a 5xx, a 429, a
+#: timeout, a dropped connection) before its callers are failed; polling goes on through such errors.
+_RESULT_TRIES = 5
+_MAX_BACKOFF_S = 300.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is an error that may pass: the API busy or down for a while, a timeout,
+    a dropped connection; not a refusal (401, 403, 404, a bad request)."""
+    seen = 0
+    error: BaseException | None = exc
+    while error is not None and seen < 5:
+        status = getattr(error, "status_code", None)
+        if isinstance(status, int):
+            return status in (408, 409, 429) or status >= 500
+        if isinstance(error, (OSError, TimeoutError)) or any(
+                word in type(error).__name__ for word in ("Connection", "Timeout")):
+            return True
+        error, seen = error.__cause__, seen + 1
+    return False
 
 
 class BatchError(RuntimeError):
@@ -140,7 +160,10 @@ class Batcher:
         kept = {k: v for k, v in headers.items() if k.lower() in _FORWARDED}
         # calls share a job only when every header the job is sent with is theirs too: a beta, an API version,
         # an organisation or project (billed there) apply to the whole batch
-        key = (base_url, endpoint, tuple(sorted((k.lower(), v) for k, v in kept.items() if k.lower() in _GROUPING)))
+        # and, at OpenAI's Batch API, share a model: a job's input file may name one model only
+        model = None if _jobs_for(endpoint).anthropic else call.model
+        key = (base_url, endpoint, tuple(sorted((k.lower(), v) for k, v in kept.items() if k.lower() in _GROUPING)),
+               model)
         with self._lock:
             group = self._groups.get(key)
             if group is None:
@@ -217,14 +240,39 @@ class Batcher:
         return job
 
     def _wait(self, group: _Group, job: str) -> dict[str, Any]:
+        """Poll ``job`` until it ends. An error that may pass (the API down for a while) is polled through, with a
+        growing pause, until the job's window is over: the job runs (and is billed) whatever this process saw."""
+        deadline = time.monotonic() + self.hold_seconds
+        failures = 0
         while True:
-            status = group.jobs.retrieve(job)
+            try:
+                status = group.jobs.retrieve(job)
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning("llmbudget: batch %s could not be polled (%s); polling on", job, exc)
+                time.sleep(min(self.poll_interval * 2 ** min(failures, 10), _MAX_BACKOFF_S))
+                continue
+            if failures:
+                log.info("llmbudget: batch %s answers again after %d failed poll(s)", job, failures)
+                failures = 0
             if group.jobs.final(status):
                 return status
             time.sleep(self.poll_interval)
 
     def _results(self, group: _Group, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
-        return group.jobs.results(done)
+        for attempt in range(_RESULT_TRIES):
+            try:
+                return group.jobs.results(done)
+            except Exception as exc:
+                if not _transient(exc) or attempt == _RESULT_TRIES - 1:
+                    raise
+                log.warning("llmbudget: the results of batch %s could not be read (%s); trying again",
+                            done.get("id"), exc)
+                time.sleep(min(self.poll_interval * 2 ** attempt, _MAX_BACKOFF_S))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the state folder ------------------------------------------------------------------------------
 
@@ -313,10 +361,15 @@ class _Jobs:
         return _error(status, message, kind, anthropic=self.anthropic)
 
     def missing(self, job: str, done: dict[str, Any]) -> tuple[int, bytes]:
-        """The answer of a call the finished job has no result for."""
+        """The answer of a call the finished job has no result for (with the job's own errors, where it says)."""
         ended = self.ended(done)
+        errors = done.get("errors")
+        data = errors.get("data") if isinstance(errors, dict) else None
+        reasons = [str(e.get("message")) for e in (data if isinstance(data, list) else [])
+                   if isinstance(e, dict) and e.get("message")]
+        why = f": {'; '.join(reasons[:3])}" if reasons else ""
         return self.error(504 if ended == "expired" else 500,
-                          f"batch {job} ended {ended!r} without running this request", f"batch_{ended}")
+                          f"batch {job} ended {ended!r} without running this request{why}", f"batch_{ended}")
 
     def ended(self, status: dict[str, Any]) -> str:
         return str(status.get("status"))
@@ -326,10 +379,19 @@ class _Jobs:
 
     def create(self, path: str, lines: list[dict[str, Any]], window: str) -> str:
         content = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+        mark = uuid.uuid4().hex  # finds the job again when its creation's answer is lost
         with _sdk_client(self.base_url, self.headers, self.timeout) as client:
             uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
-            return str(client.batches.create(input_file_id=uploaded.id, endpoint=path, completion_window=window,
-                                             metadata={"created_by": "llmbudget"}).id)
+            try:  # never sent twice: a create that timed out may have made the job, and a second would run it again
+                return str(client.with_options(max_retries=0).batches.create(
+                    input_file_id=uploaded.id, endpoint=path, completion_window=window,
+                    metadata={"created_by": "llmbudget", "llmbudget_job": mark}).id)
+            except Exception:
+                made = _find_created(client, mark)
+                if made is None:
+                    raise
+                log.info("llmbudget: batch %s was created though its answer was lost", made)
+                return made
 
     def retrieve(self, job: str) -> dict[str, Any]:
         with _sdk_client(self.base_url, self.headers, self.timeout) as client:
@@ -385,6 +447,17 @@ class _MessageBatches(_Jobs):
                 answers[custom_id] = self.error(504 if kind == "expired" else 500,
                                                 f"batch {done.get('id')}: this request was {kind}", f"batch_{kind}")
         return answers
+
+
+def _find_created(client: Any, mark: str) -> str | None:
+    """The id of the job created with ``metadata.llmbudget_job == mark`` among the newest ones, or None."""
+    try:
+        for job in client.batches.list(limit=100):
+            if (getattr(job, "metadata", None) or {}).get("llmbudget_job") == mark:
+                return str(job.id)
+    except Exception as exc:  # noqa: BLE001 - the create's own error is the one to report
+        log.warning("llmbudget: the batch jobs could not be listed to find one whose creation failed: %s", exc)
+    return None
 
 
 def _jobs_for(path: str) -> type[_Jobs]:
@@ -537,6 +610,12 @@ def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, w
             if (folder / f"{job['id']}.json").exists():  # not forgotten by its process just before the lock
                 summaries.append(_resume_job(folder, job, api_key=api_key, anthropic_api_key=anthropic_api_key,
                                              engine=engine, wait=wait, poll_interval=poll_interval))
+        except OSError:  # this machine's own trouble (a full disk): every other job would meet it too
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job the API will not show (another key, gone) stops no other
+            log.warning("llmbudget: batch %s could not be resumed: %s; it is kept for a later --resume", job["id"], exc)
+            summaries.append({"id": job["id"], "status": "error", "error": str(exc), "calls": len(job["calls"]),
+                              "recorded": 0})
         finally:
             _give_lease(folder, job["id"], lease)
     return summaries

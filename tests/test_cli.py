@@ -394,4 +394,4 @@ def test_batches_refuses_a_missing_state_folder_and_options_it_would_ignore(tmp_
     assert main(["batches", "--state", str(tmp_path / "typo"), "--resume"]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(["batches", "--state", str(tmp_path), "--ledger", str(tmp_path / "l.db")]) == 2
-    assert "--wait and --ledger go with --resume" in capsys.readouterr().err
+    assert "--wait, --ledger and --policy go with --resume" in capsys.readouterr().err

@@ -407,3 +407,121 @@ def test_calls_of_another_project_never_share_a_job(llm_server, engine, records,
             answers = [future.result() for future in futures]
         assert len(server.batches) == 2
     assert all(answer.choices[0].message.content is not None for answer in answers) and len(records) == 2
+
+
+class _Down(Exception):
+    """What the SDK raises while the API answers 503 (an InternalServerError carries the status)."""
+
+    status_code = 503
+
+
+def test_polling_goes_on_through_an_outage_and_every_caller_gets_its_answer(llm_server, engine, records, batches,
+                                                                            monkeypatch):
+    """A few seconds of 503 while a job was polled failed every caller of it (502), and the job, which ran and
+    was billed, was recorded at $0."""
+    retrieve = defer_module._Jobs.retrieve
+    failures = []
+
+    def flaky(self, job):  # noqa: ANN001
+        if len(failures) < 3:
+            failures.append(job)
+            raise _Down("Error code: 503 - the API is down")
+        return retrieve(self, job)
+
+    monkeypatch.setattr(defer_module._Jobs, "retrieve", flaky)
+    with batch_server(llm_server) as server:
+        answers = together(ask, client_of(server), QUESTIONS)
+    assert len(failures) == 3 and all(answer.choices[0].message.content is not None for answer in answers)
+    assert len(records) == 3 and all(r.status == 200 and r.cost_usd > 0 for r in records)
+
+
+def test_a_refusal_while_polling_still_fails_the_callers_at_once(llm_server, engine, batches, monkeypatch):
+    def gone(self, job):  # noqa: ANN001
+        raise BatchError("no such batch") from openai.NotFoundError(
+            "gone", response=openai._base_client.httpx.Response(404, request=openai._base_client.httpx.Request(
+                "GET", "http://x")), body=None)
+
+    monkeypatch.setattr(defer_module._Jobs, "retrieve", gone)
+    with batch_server(llm_server) as server:
+        outcomes = together(_outcome, client_of(server), QUESTIONS[:1])
+    assert isinstance(outcomes[0], openai.APIStatusError) and outcomes[0].status_code == 502
+
+
+def test_calls_to_different_models_go_in_jobs_of_their_own(llm_server, engine, records, batches):
+    """One job held two models, which OpenAI's Batch API refuses: both calls failed, the reason dropped."""
+    def ask_model(client, model):  # noqa: ANN001
+        return client.chat.completions.create(messages=[{"role": "user", "content": "Say hi"}], model=model,
+                                              max_tokens=8, temperature=0)
+
+    with batch_server(llm_server) as server:
+        answers = together(ask_model, client_of(server), ["gpt-4o-mini", "gpt-4.1-nano"])
+        jobs = list(server.batches.values())
+    assert len(jobs) == 2 and all(job["request_counts"]["total"] == 1 for job in jobs)
+    assert all(answer.choices[0].message.content is not None for answer in answers)
+
+
+def test_a_job_that_fails_says_why(engine):
+    jobs = defer_module._Jobs("http://127.0.0.1:9/v1", {}, 1.0)
+    done = {"status": "failed", "errors": {"data": [{"message": "A batch may use one model only."}]}}
+    status, body = jobs.missing("batch_1", done)
+    assert status == 500 and "one model only" in json.loads(body)["error"]["message"]
+
+
+def test_a_create_whose_answer_is_lost_adopts_the_job_instead_of_making_a_second(llm_server, engine, records,
+                                                                                 tmp_path):
+    """The SDK sent a create that timed out again: two jobs ran (and were billed) for one call."""
+    import batch_server as batch_server_module
+
+    class SlowCreate(batch_server_module._Handler):
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.startswith("/v1/batches") and not getattr(self.server, "slowed", False):
+                self.server.slowed = True
+                self.server.create_batch(json.loads(self._body()))  # made, but its answer comes too late
+                time.sleep(1.5)
+                with contextlib.suppress(OSError):
+                    self._reply(200, {})
+                return
+            super().do_POST()
+
+    engine._batcher = Batcher(linger=0.1, poll_interval=0.05, timeout=1.0, state=tmp_path / "batches")
+    with batch_server(llm_server) as server:
+        server.RequestHandlerClass = SlowCreate
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=2,
+                               http_client=llmbudget.http_client())
+        with llmbudget.defer("batch"):
+            answer = ask(client, "Say hi")
+        assert answer.choices[0].message.content is not None
+        assert len(server.batches) == 1
+    assert len(records) == 1 and records[0].status == 200
+
+
+def test_resume_goes_on_past_a_job_the_api_does_not_know(llm_server, engine, tmp_path, capsys, monkeypatch):
+    """One job the API answered 404 for stopped --resume with a traceback: the finished jobs after it waited."""
+    state = tmp_path / "batches"
+    ledger = tmp_path / "ledger.db"
+    with _left_job(llm_server, engine, state) as job:
+        gone = {**job, "id": "batch_000gone"}
+        (state / "batch_000gone.json").write_text(json.dumps(gone))
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger", str(ledger)]) == 1
+        out = capsys.readouterr().out
+    assert "batch_000gone: not resumed" in out and f"{job['id']}: completed, 3 of 3 call(s) recorded" in out
+    assert [j["id"] for j in pending_jobs(state)] == ["batch_000gone"]  # kept for a later --resume
+    assert len(list(SQLiteLedger(ledger).records())) == 3
+
+
+def test_resume_refuses_to_record_nowhere(llm_server, engine, tmp_path, capsys, monkeypatch):
+    """Without --ledger (and no policy with a ledger) --resume recorded into memory and forgot the job."""
+    state = tmp_path / "batches"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMBUDGET_POLICY", raising=False)
+    with _left_job(llm_server, engine, state) as job:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        assert main(["batches", "--state", str(state), "--resume", "--wait"]) == 2
+        assert "give --ledger FILE" in capsys.readouterr().err
+        assert [j["id"] for j in pending_jobs(state)] == [job["id"]]
+        (tmp_path / "llmbudget.toml").write_text('ledger = "spend.db"\n[prices]\n"gpt-4o-mini" = '
+                                                 '{ input = 1, output = 2 }\n')
+        assert main(["batches", "--state", str(state), "--resume", "--wait"]) == 0
+    records = list(SQLiteLedger(tmp_path / "spend.db").records())
+    assert len(records) == 3 and all(r.price_source == "override" for r in records)  # the app's own prices

@@ -600,12 +600,15 @@ class _Body:
     """The app's response iterable, iterated and closed inside the request's context."""
 
     def __init__(self, context: contextvars.Context, iterable: Iterable[bytes],
-                 on_error: Callable[[BaseException], None], finish: Callable[[], None]) -> None:
+                 on_error: Callable[[BaseException], None], finish: Callable[[], None],
+                 recover: Callable[[BaseException], list[bytes] | None] | None = None) -> None:
         self._context = context
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._on_error = on_error
         self._finish = finish
+        self._recover = recover
+        self._sent = False
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -615,12 +618,19 @@ class _Body:
         try:
             if self._iterator is None:
                 self._iterator = self._context.run(iter, self._iterable)
-            return self._context.run(next, self._iterator)
+            chunk: bytes = self._context.run(next, self._iterator)
         except StopIteration:
             raise
         except BaseException as exc:
-            self._on_error(exc)
-            raise
+            # A generator app runs only now: a refusal before its first chunk can still be answered 402
+            replacement = None if self._sent or self._recover is None else self._recover(exc)
+            if replacement is None:
+                self._on_error(exc)
+                raise
+            self._iterator = iter(replacement)
+            chunk = next(self._iterator)
+        self._sent = self._sent or bool(chunk)
+        return chunk
 
     def close(self) -> None:
         if self._closed:
@@ -767,4 +777,13 @@ class LLMBudgetWSGIMiddleware(_Core):
             except Exception:
                 log.exception("llmbudget: closing the replaced 500 response failed")
             result = problem_body
-        return _Body(context, result, on_error, finish)
+
+        def recover(exc: BaseException) -> list[bytes] | None:
+            """The 402 a refusal raised by a generator app before its first chunk becomes, or None."""
+            refusal = _find_refusal(exc)
+            if refusal is None or state.replaced:
+                return None
+            answer_problem(refusal, (type(exc), exc, exc.__traceback__))
+            return problem_body
+
+        return _Body(context, result, on_error, finish, recover)

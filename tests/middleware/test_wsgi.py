@@ -92,7 +92,19 @@ def test_plain_wsgi_refusals_become_402(engine: llmbudget.Engine) -> None:
         ask()
         return []
 
-    for app in (before_start, after_start):
+    def generator_before_start(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        # PEP 3333 allows it: the app runs (and calls start_response) when the server asks for the first chunk;
+        # a refusal there was a 500
+        ask()
+        start_response("200 OK", [])
+        yield b"never"
+
+    def generator_after_start(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        ask()
+        yield b"never"
+
+    for app in (before_start, after_start, generator_before_start, generator_after_start):
         policy = Policy(trust_tenant_header=True, budgets=REFUSE_ALL)
         status, headers, body = call(LLMBudgetWSGIMiddleware(app, policy=policy),
                                      HTTP_X_TENANT_ID="acme", HTTP_X_REQUEST_ID="w-1")
@@ -258,3 +270,22 @@ def test_flask_logs_a_refusal_as_one_warning_not_an_error_traceback(
     with caplog.at_level(logging.INFO):
         assert client.get("/boom").status_code == 500
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)  # a real bug still logs its traceback
+
+
+def test_a_thread_pool_takes_the_requests_scope_only_when_handed_it(engine: llmbudget.Engine) -> None:
+    """README's recipe: a ThreadPoolExecutor does not copy context variables, so its calls ran outside the
+    request's scope (default tenant, no request budget); copy_context().run in the request's thread hands it over."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with ThreadPoolExecutor(2) as pool:
+            bare = pool.submit(tenant_now).result()
+            handed = pool.submit(contextvars.copy_context().run, tenant_now).result()
+            refused = pool.submit(contextvars.copy_context().run, ask).exception()
+        start_response("200 OK", [])
+        return [f"{bare} {handed} {type(refused).__name__}".encode()]
+
+    status, _, body = call(LLMBudgetWSGIMiddleware(app, policy=Policy(trust_tenant_header=True,
+                                                                      budgets=REFUSE_ALL)), HTTP_X_TENANT_ID="acme")
+    assert status == "200 OK" and body == b"None acme APIStatusError"

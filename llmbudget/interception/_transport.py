@@ -206,6 +206,19 @@ def _batched(request: Any, attempt: Attempt, path: str) -> concurrent.futures.Fu
                             request_id=scope.request_id if scope is not None else None)
 
 
+def _settle_orphan(attempt: Attempt, done: concurrent.futures.Future[tuple[int, bytes]]) -> None:
+    """The answer of a batched call whose caller gave up: its line ran (and is billed), so it settles and is
+    recorded as if it had been read; its hold is kept until then."""
+    try:
+        status, content = done.result()
+        attempt.start_response(status, {"content-type": "application/json"})
+        attempt.feed(content)
+        attempt.finish(complete=True)
+    except Exception:  # noqa: BLE001 - a callback of the batcher's thread: never raise there
+        log.exception("llmbudget: settling a batched call whose caller gave up failed")
+        attempt.finish(complete=False)
+
+
 def _batch_response(httpx: ModuleType, request: Any, status: int, content: bytes) -> Any:
     """The answer a batch job gave one call, as if its server had sent it."""
     headers = {"content-type": "application/json", "x-llmbudget-deferred": "batch"}
@@ -546,12 +559,18 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         async def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:
                 if attempt.defer_mode == "batch":
-                    status, content = await asyncio.wrap_future(_batched(request, attempt, path))
+                    pending = _batched(request, attempt, path)
+                    try:  # shielded: a caller that gives up does not take its line out of the job
+                        status, content = await asyncio.shield(asyncio.wrap_future(pending))
+                    except asyncio.CancelledError:
+                        pending.add_done_callback(functools.partial(_settle_orphan, attempt))
+                        raise
                     response = _batch_response(httpx, request, status, content)
                 else:
                     response = await self.inner.handle_async_request(request)
             except BaseException as exc:
-                await _finish(attempt, complete=False, error=exc)
+                if not (attempt.defer_mode == "batch" and isinstance(exc, asyncio.CancelledError)):
+                    await _finish(attempt, complete=False, error=exc)  # (a batched one settles when answered)
                 raise
             _started(attempt, response)
             return _wrap_response(response, AsyncStream(response.stream, attempt))

@@ -525,3 +525,24 @@ def test_resume_refuses_to_record_nowhere(llm_server, engine, tmp_path, capsys, 
         assert main(["batches", "--state", str(state), "--resume", "--wait"]) == 0
     records = list(SQLiteLedger(tmp_path / "spend.db").records())
     assert len(records) == 3 and all(r.price_source == "override" for r in records)  # the app's own prices
+
+
+def test_an_async_caller_that_gives_up_still_has_its_batched_call_recorded(llm_server, engine, records, batches):
+    """The line still ran and was billed, but a cancelled caller's call was recorded as an 8-token estimate and the
+    job forgotten: its spend reached neither the ledger nor the budget."""
+    with batch_server(llm_server) as server:
+        async def give_up() -> None:
+            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0,
+                                          http_client=llmbudget.async_http_client()) as client:
+                with llmbudget.defer("batch"), pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.chat.completions.create(
+                        messages=[{"role": "user", "content": "Say hi"}], **ASK), timeout=0.1)
+
+        asyncio.run(give_up())
+        deadline = time.monotonic() + 30
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [job] = server.batches.values()
+    [record] = records
+    assert job["status"] == "completed" and record.status == 200 and not record.usage.estimated
+    assert record.usage.service_tier == "batch" and record.cost_usd == batch_price(record.usage) > 0

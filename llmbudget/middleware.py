@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 __all__ = [
+    "LLMBudgetDjangoMiddleware",
     "LLMBudgetMiddleware",
     "LLMBudgetWSGIMiddleware",
     "MetricsPolicy",
@@ -787,3 +788,77 @@ class LLMBudgetWSGIMiddleware(_Core):
             return problem_body
 
         return _Body(context, result, on_error, finish, recover)
+
+
+_DJANGO_REQUEST = "llmbudget.django_request"
+_DJANGO_RESPONSE = "llmbudget.django_response"
+
+
+class LLMBudgetDjangoMiddleware:
+    """Django middleware: ``MIDDLEWARE = [..., "llmbudget.middleware.LLMBudgetDjangoMiddleware"]``.
+
+    The same as :class:`LLMBudgetWSGIMiddleware` around the project's WSGI application, from inside Django:
+    ``django.test.Client`` and ``LiveServerTestCase`` (which never load ``wsgi.py``) see the budgets and 402s
+    too, and, placed after ``AuthenticationMiddleware``, ``request.user`` names the tenant (as ``REMOTE_USER``
+    does). The policy is ``settings.LLMBUDGET_POLICY`` (a :class:`Policy`), else :meth:`Policy.discover`'s.
+    Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s generator runs after the
+    request's scope has ended: its calls count for the default tenant.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        settings = importlib.import_module("django.conf").settings
+        policy = getattr(settings, "LLMBUDGET_POLICY", None)
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"settings.LLMBUDGET_POLICY is {type(policy).__name__}; expected a llmbudget Policy")
+        self.get_response = get_response
+        self._wsgi = LLMBudgetWSGIMiddleware(self._respond, policy=policy or Policy.discover())
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """A view's uncaught budget refusal: answered here (as the 402, by the WSGI layer), not raised on to
+        Django's handler, which would log it as a 500 and make its test client raise it."""
+        refusal = _find_refusal(exception)
+        state = _wsgi_request.get()
+        if refusal is None or state is None:
+            return None
+        state.refusal = refusal
+        return importlib.import_module("django.http").HttpResponse(status=500)  # replaced by the 402
+
+    def _respond(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        response = self.get_response(environ[_DJANGO_REQUEST])  # inside the request's scope
+        environ[_DJANGO_RESPONSE] = response
+        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        return []
+
+    def __call__(self, request: Any) -> Any:
+        environ = dict(request.META)
+        user: Any = getattr(request, "user", None)
+        if getattr(user, "is_authenticated", False) and not environ.get("REMOTE_USER"):
+            environ["REMOTE_USER"] = str(user.get_username())
+        environ[_DJANGO_REQUEST] = request
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+            started.update(status=status, headers=headers)
+            return lambda data: None
+
+        body = self._wsgi(environ, start_response)
+        try:
+            content = b"".join(body)  # the 402's problem, or nothing (the app's response is kept whole)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        response = environ.get(_DJANGO_RESPONSE)
+        code = _status_code(started.get("status", ""))
+        if response is None or code != response.status_code:  # answered by the middleware: a 402, a 400, metrics
+            answer = importlib.import_module("django.http").HttpResponse(content, status=code or 500)
+            for name, value in started.get("headers", []):
+                answer[name] = value
+            return answer
+        for name, value in started.get("headers", []):  # the spend headers (headers=True)
+            if name.lower().startswith("x-llmbudget-"):
+                response[name] = value
+        return response

@@ -88,3 +88,34 @@ def test_django_uncaught_refusals_become_402_and_other_errors_stay_500(
     broken = app.get("/boom")
     assert broken.status_code == 500  # Django's own answer to a bug, untouched
     assert broken.headers["content-type"] != "application/problem+json"
+
+
+def test_the_django_middleware_class_serves_djangos_own_test_client(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str
+) -> None:
+    """Set up in wsgi.py only, django.test.Client (and LiveServerTestCase) bypassed llmbudget: no tenant, no
+    budget, no 402. As a MIDDLEWARE entry the same policy holds there too."""
+    django_app(Policy())  # configures Django once in this process
+    from django.test import Client as DjangoClient
+    from django.test.utils import override_settings
+
+    middleware = ["llmbudget.middleware.LLMBudgetDjangoMiddleware"]
+    policy = Policy(trust_tenant_header=True, headers=True)
+    with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY=policy):
+        answered = DjangoClient().get("/answer", headers={"x-tenant-id": "acme", "x-request-id": "d-2"})
+    assert answered.status_code == 200 and answered.json()["tenant"] == "acme"
+    assert answered["x-llmbudget-calls"] == "1"
+    assert [(r.tenant, r.request_id, r.status) for r in records] == [("acme", "d-2", 200)]
+
+    refusing = Policy(trust_tenant_header=True, budgets=[llmbudget.Budget("0")])
+    with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY=refusing):
+        refused = DjangoClient().get("/answer", headers={"x-tenant-id": "acme"})
+        broken = DjangoClient(raise_request_exception=False).get("/boom")
+    assert refused.status_code == 402 and refused["content-type"] == "application/problem+json"
+    assert (refused.json()["budget"], refused.json()["tenant"]) == ("request", "acme")
+    assert broken.status_code == 500 and broken["content-type"] != "application/problem+json"
+    assert len(records) == 1  # the refused call was never sent
+
+    with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY="not a policy"), \
+            pytest.raises(TypeError, match="LLMBUDGET_POLICY"):
+        DjangoClient().get("/answer")

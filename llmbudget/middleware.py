@@ -792,6 +792,17 @@ class LLMBudgetWSGIMiddleware(_Core):
 
 _DJANGO_REQUEST = "llmbudget.django_request"
 _DJANGO_RESPONSE = "llmbudget.django_response"
+_DJANGO_CONTEXT = "llmbudget.django_context"
+
+
+def _in_context(context: contextvars.Context, chunks: Iterable[Any]) -> Iterator[Any]:
+    """``chunks`` read inside ``context`` (a streamed response's generator: in the request's scope)."""
+    iterator = context.run(iter, chunks)
+    while True:
+        try:
+            yield context.run(next, iterator)
+        except StopIteration:
+            return
 
 
 class LLMBudgetDjangoMiddleware:
@@ -801,8 +812,8 @@ class LLMBudgetDjangoMiddleware:
     ``django.test.Client`` and ``LiveServerTestCase`` (which never load ``wsgi.py``) see the budgets and 402s
     too, and, placed after ``AuthenticationMiddleware``, ``request.user`` names the tenant (as ``REMOTE_USER``
     does). The policy is ``settings.LLMBUDGET_POLICY`` (a :class:`Policy`), else :meth:`Policy.discover`'s.
-    Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s generator runs after the
-    request's scope has ended: its calls count for the default tenant.
+    Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s (sync) generator runs in the
+    request's scope too.
     """
 
     sync_capable = True
@@ -829,6 +840,7 @@ class LLMBudgetDjangoMiddleware:
     def _respond(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         response = self.get_response(environ[_DJANGO_REQUEST])  # inside the request's scope
         environ[_DJANGO_RESPONSE] = response
+        environ[_DJANGO_CONTEXT] = contextvars.copy_context()
         start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
         return []
 
@@ -861,4 +873,7 @@ class LLMBudgetDjangoMiddleware:
         for name, value in started.get("headers", []):  # the spend headers (headers=True)
             if name.lower().startswith("x-llmbudget-"):
                 response[name] = value
+        if getattr(response, "streaming", False) and not getattr(response, "is_async", False):
+            # streamed after this returns: its generator still runs in the request's scope
+            response.streaming_content = _in_context(environ[_DJANGO_CONTEXT], response.streaming_content)
         return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -15,7 +16,7 @@ from llmbudget.middleware import LLMBudgetWSGIMiddleware, Policy
 
 django = pytest.importorskip("django")  # in the test extra; importorskip only for the openai-2 environment
 from django.conf import settings  # noqa: E402
-from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
 BASE_URL = {"url": "http://127.0.0.1:9/v1"}  # the view's server; a test points it at the local LLM server
@@ -37,7 +38,16 @@ def boom(request: HttpRequest) -> JsonResponse:
     raise RuntimeError("an ordinary bug")
 
 
-urlpatterns = [path("answer", answer), path("boom", boom)]
+def streamed(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[str]:
+        yield "tenant "
+        current = llmbudget.current_scope()  # read while Django streams the body, after the view returned
+        yield str(current and current.tenant)
+
+    return StreamingHttpResponse(chunks())
+
+
+urlpatterns = [path("answer", answer), path("boom", boom), path("streamed", streamed)]
 
 
 def django_app(policy: Policy) -> Client:
@@ -106,6 +116,9 @@ def test_the_django_middleware_class_serves_djangos_own_test_client(
     assert answered.status_code == 200 and answered.json()["tenant"] == "acme"
     assert answered["x-llmbudget-calls"] == "1"
     assert [(r.tenant, r.request_id, r.status) for r in records] == [("acme", "d-2", 200)]
+    with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY=policy):
+        streamed = DjangoClient().get("/streamed", headers={"x-tenant-id": "acme"})
+        assert b"".join(streamed.streaming_content) == b"tenant acme"
 
     refusing = Policy(trust_tenant_header=True, budgets=[llmbudget.Budget("0")])
     with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY=refusing):

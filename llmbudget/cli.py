@@ -470,6 +470,9 @@ def _batches(ns: argparse.Namespace) -> int:
     found = (Path(ns.policy), load_config(Path(ns.policy))) if ns.policy else locate_config(Path.cwd())
     engine = engine_from_config(found[1], source=str(found[0]), root=found[0].parent) if found else Engine()
     if ns.ledger:
+        close = getattr(engine.ledger, "close", None)
+        if close is not None:  # the policy's own, replaced
+            close()
         engine.ledger = SQLiteLedger(ns.ledger)
     elif engine.ledger is None or isinstance(engine.ledger, MemoryLedger):  # recorded nowhere, the jobs forgotten
         raise ValueError("--resume records the calls' spend in a ledger: give --ledger FILE, or run it where the "

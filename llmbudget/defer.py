@@ -337,6 +337,12 @@ def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) ->
                                default_headers=extra, timeout=timeout, max_retries=2)
 
 
+def _once(client: Any) -> Any:
+    """``client`` without retries, for a create: one whose answer is lost may have made the job, and a second
+    would run (and bill) the same requests again."""
+    return client.with_options(max_retries=0)
+
+
 def _error(status: int, message: str, kind: str, *, anthropic: bool = False) -> tuple[int, bytes]:
     """An error answer in the API's own shape (OpenAI's, or Anthropic's with ``anthropic``)."""
     if anthropic:
@@ -383,11 +389,11 @@ class _Jobs:
         with _sdk_client(self.base_url, self.headers, self.timeout) as client:
             uploaded = client.files.create(file=("llmbudget-batch.jsonl", content), purpose="batch")
             try:  # never sent twice: a create that timed out may have made the job, and a second would run it again
-                return str(client.with_options(max_retries=0).batches.create(
+                return str(_once(client).batches.create(
                     input_file_id=uploaded.id, endpoint=path, completion_window=window,
                     metadata={"created_by": "llmbudget", "llmbudget_job": mark}).id)
-            except Exception:
-                made = _find_created(client, mark)
+            except Exception as exc:
+                made = _find_created(client, mark) if _transient(exc) else None  # a refusal made no job
                 if made is None:
                     raise
                 log.info("llmbudget: batch %s was created though its answer was lost", made)
@@ -420,7 +426,7 @@ class _MessageBatches(_Jobs):
     def create(self, path: str, lines: list[dict[str, Any]], window: str) -> str:
         with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
             requests = [{"custom_id": line["custom_id"], "params": line["body"]} for line in lines]
-            return str(client.messages.batches.create(requests=requests).id)
+            return str(_once(client).messages.batches.create(requests=requests).id)
 
     def retrieve(self, job: str) -> dict[str, Any]:
         with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
@@ -450,9 +456,10 @@ class _MessageBatches(_Jobs):
 
 
 def _find_created(client: Any, mark: str) -> str | None:
-    """The id of the job created with ``metadata.llmbudget_job == mark`` among the newest ones, or None."""
+    """The id of the job created with ``metadata.llmbudget_job == mark`` among the 100 newest, or None (one page:
+    iterating the list itself would walk every job the organisation ever made)."""
     try:
-        for job in client.batches.list(limit=100):
+        for job in client.batches.list(limit=100).data:
             if (getattr(job, "metadata", None) or {}).get("llmbudget_job") == mark:
                 return str(job.id)
     except Exception as exc:  # noqa: BLE001 - the create's own error is the one to report

@@ -372,11 +372,12 @@ class Attempt:
         (higher) one; every web search the request allows, with its results as input."""
         searches = self.adapter.web_searches(self.call.body)
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
-        padded += searches * WEB_SEARCH_RESULT_TOKENS
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
         tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
-        return Usage(input_tokens=padded, estimated=True, cache_write_tokens=padded if ttls else 0,
-                     cache_write_1h_tokens=padded if "1h" in ttls else 0, service_tier=tier, web_searches=searches)
+        # search results are input, never written to the prompt cache
+        return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS, estimated=True,
+                     cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
+                     service_tier=tier, web_searches=searches)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.
@@ -414,9 +415,10 @@ class Attempt:
             return False
         if self.escalated_from is not None:  # a capped retry would be cut: the app keeps the paid weak answer
             return False
-        affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token)
+        answers = self.adapter.answers(call.body)  # the cap is per answer; the budget pays for all of them
+        affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token) // answers
         minimum = self._scope_setting("cap_min_output_tokens") or 16
-        current = call.max_output_tokens or self.engine.default_max_output_tokens
+        current = (call.max_output_tokens or self.engine.default_max_output_tokens * answers) // answers
         if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model):
             return False
         body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
@@ -1040,7 +1042,8 @@ class Attempt:
         """The record of a call whose record could not be built: charged its worst case (what it held), never a
         silent $0, unless even that cannot be priced."""
         try:
-            cost = self.worst_case_usd() if self.status is not None else Decimal(0)
+            # what a call the server answered may cost; one it refused or never answered costs nothing
+            cost = self.worst_case_usd() if self.status is not None and self.status < 400 else Decimal(0)
         except Exception:  # noqa: BLE001 - the record is written whatever happens
             log.exception("llmbudget: pricing the worst case of a call that failed to settle failed; charged $0")
             cost = Decimal(0)

@@ -12,6 +12,7 @@ from ._base import (
     ResponseState,
     _text_of,
     as_int,
+    image_tokens,
     items,
     json_text,
     openai_media_tokens,
@@ -50,13 +51,16 @@ def _remember_context(data: dict[str, Any]) -> None:
         return
     size = as_int(usage.get("input_tokens")) + as_int(usage.get("output_tokens"))
     conversation, prompt = data.get("conversation"), data.get("prompt")
+    chained = bool(data.get("previous_response_id") or conversation)
     ids = [(data.get("id"), size), (conversation.get("id") if isinstance(conversation, dict) else conversation, size),
-           # a stored prompt template: its input is at most what the whole call's was
-           ("prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None,
-            as_int(usage.get("input_tokens")))]
+           # a stored prompt template: its input is at most what a call that continues nothing took in
+           ("prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str)
+            and not chained else None, as_int(usage.get("input_tokens")))]
     with _KEPT_LOCK:
         for key, tokens in ids:
             if isinstance(key, str) and key:
+                if key.startswith("prompt:") and key in _KEPT:  # the least a call of it took in
+                    tokens = min(tokens, _KEPT[key])
                 _KEPT[key] = tokens
                 _KEPT.move_to_end(key)
         while len(_KEPT) > _KEPT_MAX:
@@ -72,7 +76,20 @@ def kept_context_tokens(body: dict[str, Any]) -> int:
     template = "prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None
     with _KEPT_LOCK:
         earlier = max([_KEPT.get(key, 0) for key in ids if isinstance(key, str)] or [0])
-        return earlier + (_KEPT.get(template, 0) if template else 0)
+        # a known chain holds its template already
+        return earlier or (_KEPT.get(template, 0) if template else 0)
+
+
+def _item_media(item: dict[str, Any], model: str | None) -> int:
+    """Estimated tokens of the images and files an input item carries: in its content or a tool's output, a
+    screenshot a computer call returned, an image a generation call made (base64 blobs are never counted as
+    text, nor is a reasoning item's encrypted content)."""
+    total = openai_media_tokens(item.get("content"), model) + openai_media_tokens(item.get("output"), model)
+    output = item.get("output")
+    if (isinstance(output, dict) and "image" in str(output.get("type"))) or (
+            item.get("type") == "image_generation_call" and item.get("result")):
+        total += image_tokens(model)[0]
+    return total
 
 
 class ResponsesAdapter(Adapter):
@@ -92,20 +109,23 @@ class ResponsesAdapter(Adapter):
                     continue
                 if "content" in item:
                     _text_of(item.get("content"), out)
-                else:  # a tool call's arguments, a tool's output, a reasoning item: all of it is input
+                else:  # a tool call's name and arguments, a tool's output, a reasoning summary: input too
                     _text_of(item.get("output"), out)
-                    rest = {k: v for k, v in item.items() if k not in ("output", "type", "id", "call_id", "status")}
-                    if rest:
-                        out.append(json_text(rest))
+                    _text_of(item.get("summary"), out)
+                    for key in ("name", "arguments", "input", "code"):
+                        if isinstance(item.get(key), str):
+                            out.append(item[key])
+                    for key in ("action", "results"):  # structured (a computer or a search action)
+                        if item.get(key):
+                            out.append(json_text(item[key]))
         for key in ("tools", "text"):
             if body.get(key):
                 out.append(json_text(body[key]))
         return out
 
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
-        return kept_context_tokens(body) + sum(
-            openai_media_tokens(item.get("content"), model) + openai_media_tokens(item.get("output"), model)
-            for item in items(body.get("input")) if isinstance(item, dict))
+        return kept_context_tokens(body) + sum(_item_media(item, model) for item in items(body.get("input"))
+                                               if isinstance(item, dict))
 
     def web_searches(self, body: dict[str, Any]) -> int:
         return web_search_tools(body, "web_search")

@@ -546,3 +546,27 @@ def test_an_async_caller_that_gives_up_still_has_its_batched_call_recorded(llm_s
     [record] = records
     assert job["status"] == "completed" and record.status == 200 and not record.usage.estimated
     assert record.usage.service_tier == "batch" and record.cost_usd == batch_price(record.usage) > 0
+
+
+def test_finding_a_lost_create_reads_one_page_of_jobs():
+    """Iterating the SDK's list followed every page: 300 requests in an organisation of 30,000 jobs."""
+    class Job:
+        def __init__(self, i: int) -> None:
+            self.id, self.metadata = f"batch_{i}", {"llmbudget_job": f"m{i}"}
+
+    class Page:
+        data = [Job(i) for i in range(100)]
+
+        def __iter__(self):  # what the SDK's auto-paging does
+            raise AssertionError("walked past the first page")
+
+    class Batches:
+        def list(self, limit: int) -> Page:
+            assert limit == 100
+            return Page()
+
+    class Client:
+        batches = Batches()
+
+    assert defer_module._find_created(Client(), "m7") == "batch_7"
+    assert defer_module._find_created(Client(), "m500") is None

@@ -491,3 +491,74 @@ def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turn
     unknown = {"model": "gpt-5", "input": "And next?", "max_output_tokens": 500, "previous_response_id": "resp_x"}
     reserved, _ = _reserved_and_charged("/responses", unknown, later)
     assert reserved < Decimal("0.01")  # a chain this process never saw is not known (README says so)
+
+
+def _reserved(path: str, body: dict[str, Any], host: str = "https://api.openai.com/v1") -> Decimal:
+    engine = llmbudget.Engine()
+    attempt = engine.begin(url=host + path, path="/v1" + path, headers={}, body=json.dumps(body).encode())
+    assert attempt is not None
+    return attempt.worst_case_usd()
+
+
+def test_blobs_in_responses_items_are_not_read_as_text() -> None:
+    """A generated image passed back (base64 in ``result``) was counted as a million tokens of text, a reasoning
+    item's encrypted content as 41k: one call reserved dollars."""
+    image = {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBOR" * 300_000}
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA" * 12_000}
+    for item in (image, reasoning):
+        body = {"model": "gpt-4.1-mini", "max_output_tokens": 100,
+                "input": [{"role": "user", "content": "Again, in blue."}, item]}
+        assert _reserved("/responses", body) < Decimal("0.01")
+
+
+def test_a_prompt_templates_size_is_what_a_fresh_call_of_it_took_in() -> None:
+    """After a long chain on a template, a new user's first call with it reserved the whole chain (118x)."""
+    prompt = {"id": "pmpt_fresh_test", "version": "1"}
+
+    def answered(rid: str, tokens: int, **chain: Any) -> dict[str, Any]:
+        return {"id": rid, "object": "response", "model": "gpt-4.1", "status": "completed", "output": [],
+                "prompt": prompt, **chain, "usage": {"input_tokens": tokens, "output_tokens": 10,
+                                                     "total_tokens": tokens + 10}}
+
+    body = {"model": "gpt-4.1", "prompt": prompt, "input": "hi", "max_output_tokens": 10}
+    _reserved_and_charged("/responses", body, answered("resp_t1", 800))
+    _reserved_and_charged("/responses", {**body, "previous_response_id": "resp_t1"},
+                          answered("resp_t2", 150_000, previous_response_id="resp_t1"))
+    fresh, charged = _reserved_and_charged("/responses", body, answered("resp_t3", 800))
+    assert charged <= fresh < 2 * charged
+    chained, charged = _reserved_and_charged("/responses", {**body, "previous_response_id": "resp_t2"},
+                                             answered("resp_t4", 150_400, previous_response_id="resp_t2"))
+    assert charged <= chained < Decimal("1.5") * charged  # the chain, not the chain and the template again
+
+
+def test_search_results_are_never_priced_as_prompt_cache_writes() -> None:
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]
+    body = {"model": "claude-sonnet-4-20250514", "max_tokens": 100, "tools": tools,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "News?"}]}
+    engine = llmbudget.Engine()
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    assert attempt is not None
+    worst = attempt._worst_input()
+    assert worst.web_searches == 2 and worst.input_tokens >= 20_000 and worst.cache_write_tokens < 1_000
+
+
+def test_a_call_the_server_refused_is_never_charged_its_worst_case_when_its_record_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmbudget.pipeline import Attempt
+
+    engine = llmbudget.Engine()
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps({"model": "gpt-4o", "max_tokens": 1000,
+                                                        "messages": [{"role": "user", "content": "hi"}]}).encode())
+    assert attempt is not None
+
+    def broken(self: Attempt, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Attempt, "_build_record", broken)
+    attempt.start_response(429, {"content-type": "application/json"})
+    attempt.feed(b'{"error": {"message": "slow down"}}')
+    record = attempt.finish(complete=True)
+    assert record is not None and record.cost_usd == 0

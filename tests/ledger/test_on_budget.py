@@ -92,3 +92,18 @@ def test_a_per_request_budget_counts_calls_made_in_nested_scopes(client, engine,
                 except openai.APIStatusError as exc:
                     outcomes.append(exc.status_code)
     assert outcomes == ["sent", 402, 402]
+
+
+def test_cap_with_several_answers_caps_each_to_its_share(engine):
+    """The tokens the budget could pay for were written as the limit of each answer: with n=4 the capped
+    call's worst case was still four times over, and it was refused."""
+    import json
+
+    body = {"model": "gpt-4o-mini", "messages": ASK, "max_tokens": 500, "n": 4}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.0001")], on_budget="cap"):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        assert attempt.reserve() is None
+    assert attempt.capped and attempt.worst_case_usd() <= llmbudget.Budget("0.0001").usd
+    assert 16 <= attempt.call.body["max_tokens"] < 500
+    attempt.release()

@@ -363,6 +363,8 @@ class Attempt:
         if max_output is None:  # the default limit, once per answer the request asks for
             max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
         usage = self._worst_input().replace(output_tokens=max_output)
+        if self.adapter.audio(self.call.body)[1]:  # all of it may be audio, at the audio rate
+            usage = usage.replace(output_audio_tokens=max_output)
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
 
     def _worst_input(self) -> Usage:
@@ -371,13 +373,14 @@ class Attempt:
         price (2x for a one-hour write); deferred work at its own price, ``service_tier: "priority"`` at its
         (higher) one; every web search the request allows, with its results as input."""
         searches = self.adapter.web_searches(self.call.body)
-        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8
+        audio = int(self.adapter.audio(self.call.body)[0] * self.engine.input_estimate_margin)
+        padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8 + audio
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
         tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
         # search results are input, never written to the prompt cache
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
-                     service_tier=tier, web_searches=searches)
+                     service_tier=tier, web_searches=searches, input_audio_tokens=audio)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.

@@ -105,6 +105,11 @@ class Adapter:
         """The most server-side web searches the request may make (each billed per call, its results as input)."""
         return 0
 
+    def audio(self, body: dict[str, Any]) -> tuple[int, bool]:
+        """Estimated tokens of the audio the input carries, and whether the answer may be audio (priced at the
+        model's audio rates, higher than its text ones)."""
+        return 0, False
+
     def input_text(self, body: dict[str, Any]) -> list[str]:
         """The texts that make up the input, for token estimates."""
         return []
@@ -248,6 +253,41 @@ def image_tokens(model: str | None) -> tuple[int, int]:
         if name.startswith(prefix):
             return counts
     return IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS
+
+
+#: Audio input tokens per second (OpenAI counts user audio at about one token per 100 ms), and the lowest bit
+#: rate assumed for a compressed recording whose length cannot be read (32 kbit/s: a longer clip than most).
+AUDIO_TOKENS_PER_SECOND = 10
+_COMPRESSED_BYTES_PER_SECOND = 4_000
+
+
+def audio_seconds(data: Any, fmt: Any) -> float:
+    """The length of a base64 recording: a WAV's from its header (its byte rate), else at the lowest bit rate
+    assumed for compressed audio (so never less than it is)."""
+    if not isinstance(data, str) or not data:
+        return 0.0
+    size = len(data) * 3 // 4
+    if fmt == "wav":
+        try:
+            head = base64.b64decode(data[:64])
+        except (ValueError, binascii.Error):
+            head = b""
+        if len(head) >= 32 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            byte_rate = int.from_bytes(head[28:32], "little")
+            if byte_rate > 0:
+                return size / byte_rate
+    return size / _COMPRESSED_BYTES_PER_SECOND
+
+
+def openai_audio_tokens(content: Any) -> int:
+    """Estimated tokens of the ``input_audio`` parts of an OpenAI message content."""
+    total = 0.0
+    for part in items(content):
+        if isinstance(part, dict) and part.get("type") == "input_audio":
+            audio = part.get("input_audio")
+            if isinstance(audio, dict):
+                total += audio_seconds(audio.get("data"), audio.get("format")) * AUDIO_TOKENS_PER_SECOND
+    return int(total) + (1 if total else 0)
 
 
 def token_ids(value: Any) -> int:

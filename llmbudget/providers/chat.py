@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import Usage
-from ._base import Adapter, ResponseState, _text_of, as_int, items, json_text, openai_media_tokens
+from ._base import (
+    Adapter,
+    ResponseState,
+    _text_of,
+    as_int,
+    items,
+    json_text,
+    openai_audio_tokens,
+    openai_media_tokens,
+)
 
 
 def chat_usage(raw: dict[str, Any]) -> Usage:
@@ -60,6 +69,11 @@ class ChatAdapter(Adapter):
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
         return sum(openai_media_tokens(m.get("content"), model) for m in items(body.get("messages"))
                    if isinstance(m, dict))
+
+    def audio(self, body: dict[str, Any]) -> tuple[int, bool]:
+        tokens = sum(openai_audio_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
+        modalities = body.get("modalities")
+        return tokens, isinstance(modalities, list) and "audio" in modalities
 
     def message_count(self, body: dict[str, Any]) -> int:
         messages = body.get("messages")

@@ -416,6 +416,21 @@ def _chat_answer(model: str, prompt: int, completion: int, **extra: Any) -> dict
 
 
 _IDS = list(range(8_000))
+
+
+def _wav(seconds: int, rate: int = 16_000) -> str:
+    """A base64 WAV of silence (16-bit mono at ``rate``), with a real header."""
+    import base64
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(b"\0\0" * rate * seconds)
+    return base64.b64encode(out.getvalue()).decode()
 _IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}
 _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     # what the provider reports for requests whose worst case was far below it (a red-team review's figures)
@@ -453,6 +468,14 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
             {"type": "function_call_output", "call_id": "c1", "output": "word " * 76_000}]},
         {"id": "r", "object": "response", "model": "gpt-4.1", "status": "completed", "output": [],
          "usage": {"input_tokens": 76_040, "output_tokens": 300, "total_tokens": 76_340}}, "openai"),
+    "audio in and out": (
+        "/chat/completions", {"model": "gpt-audio", "modalities": ["text", "audio"], "max_completion_tokens": 2000,
+                              "audio": {"voice": "alloy", "format": "wav"}, "messages": [{"role": "user", "content": [
+                                  {"type": "input_audio", "input_audio": {"data": _wav(30), "format": "wav"}}]}]},
+        _chat_answer("gpt-audio", 310, 2000, usage_details=None) | {"usage": {
+            "prompt_tokens": 310, "completion_tokens": 2000, "total_tokens": 2310,
+            "prompt_tokens_details": {"audio_tokens": 300},
+            "completion_tokens_details": {"audio_tokens": 1600}}}, "openai"),
     "Anthropic web search with max_uses": (
         "/messages", {"model": "claude-sonnet-4-20250514", "max_tokens": 1024,
                       "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}],

@@ -154,6 +154,10 @@ class _Verdict:
         self.longrepr = self.message = message
 
 
+_PROPERTIES = frozenset({"llm_cost_usd", "llm_calls", "llm_input_tokens", "llm_cached_input_tokens",
+                         "llm_output_tokens"})
+
+
 def _limit(key: str, value: Any, what: str) -> Decimal | int:
     """One limit, checked: ``usd`` an amount in dollars, ``tokens`` and ``calls`` whole numbers of 0 or more."""
     if key == "usd":
@@ -344,7 +348,8 @@ class LLMBudgetPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
         spend = self.current()
-        if call.when == "teardown":
+        if call.when == "teardown":  # (each rerun's teardown replaces the last one's: the spend so far, once)
+            item.user_properties[:] = [p for p in item.user_properties if p[0] not in _PROPERTIES]
             item.user_properties.extend(
                 [("llm_cost_usd", str(spend.cost_usd)), ("llm_calls", spend.calls),
                  ("llm_input_tokens", spend.input_tokens), ("llm_cached_input_tokens", spend.cached_input_tokens),

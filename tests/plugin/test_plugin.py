@@ -684,3 +684,27 @@ def test_marked():
     result = suite.runpytest("test_marked.py", "--llm-budget")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*expected a whole number of tokens*"])
+
+
+def test_a_rerun_test_carries_its_spend_once_in_junit(suite):
+    """As pytest-rerunfailures does: the protocol runs a test again inside one runtest_protocol; every teardown
+    appended the llm_* properties again, so JUnit listed each two or more times."""
+    suite.makeconftest(CONFTEST + '''
+from _pytest.runner import runtestprotocol
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for _ in range(2):
+        for report in runtestprotocol(item, nextitem=nextitem, log=False):
+            item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+''')
+    junit = suite.path / "junit.xml"
+    assert suite.runpytest("--llm-budget", f"--junitxml={junit}", "-k", "capital").ret == 0
+    case = [c for c in ET.parse(junit).getroot().iter("testcase") if c.get("name") == "test_capital"][-1]
+    names = [p.get("name") for p in case.iter("property")]
+    assert sorted(names) == sorted(set(names)) and "llm_cost_usd" in names
+    calls = {p.get("name"): p.get("value") for p in case.iter("property")}["llm_calls"]
+    assert calls == "2"  # both runs' spend, once

@@ -53,6 +53,7 @@ See README ("Middleware") for each key.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import ipaddress
 import os
 import sqlite3
@@ -256,6 +257,10 @@ class Policy:
         _check_on_budget(self.on_budget, self.downgrade_to, self.cap_min_output_tokens, "", optional=False)
         if self.tenant is not None and not callable(self.tenant):
             raise ConfigError(f"tenant must be a callable given the ASGI scope or WSGI environ, got {self.tenant!r}")
+        if self.tenant is not None and (inspect.iscoroutinefunction(self.tenant) or inspect.iscoroutinefunction(
+                getattr(self.tenant, "__call__", None))):
+            raise ConfigError("tenant must be a plain (not async) callable returning the tenant's name: the "
+                              "middleware calls it for every request before the app runs, and never awaits it")
         for name in ("tenant_header", "request_id_header"):
             value = getattr(self, name) or None
             if value is not None and (not isinstance(value, str) or not _is_token(value)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import inspect
 import ipaddress
 import json
 import logging
@@ -217,6 +218,13 @@ class _Core:
         if finder is not None:
             try:
                 value = finder(request)
+                if isinstance(value, bytes):  # a header read from the ASGI scope as it is
+                    value = value.decode("utf-8")
+                if inspect.isawaitable(value) or not isinstance(value, (str, int, type(None))):
+                    close = getattr(value, "close", None)
+                    if inspect.iscoroutine(value) and close is not None:
+                        close()  # never awaited: closed, not left to warn
+                    raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str) or None")
             except Exception:
                 log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")
                 return None
@@ -320,14 +328,16 @@ class _Core:
         return _Problem(402, headers, json.dumps(body).encode())
 
     @staticmethod
-    def spend_headers(scope: Scope) -> list[tuple[str, str]]:
-        """What the request spent so far, as ``x-llmbudget-*`` headers (opt-in)."""
+    def spend_headers(scope: Scope, present: Iterable[str] = ()) -> list[tuple[str, str]]:
+        """What the request spent so far, as ``x-llmbudget-*`` headers (opt-in), and the request id unless the
+        app's response has one already (``present``: its header names, lower case)."""
         snapshot = scope.totals.snapshot()
         records = list(scope.totals.records)
         calls, cost, saved = snapshot.calls, snapshot.cost_usd, snapshot.saved_usd
         input_tokens, output_tokens = snapshot.input_tokens, snapshot.output_tokens
+        own = [] if "x-request-id" in present else [("x-request-id", scope.request_id)]
         return [
-            ("x-request-id", scope.request_id),
+            *own,
             ("x-llmbudget-calls", str(calls)),
             ("x-llmbudget-cost-usd", _usd(cost)),
             ("x-llmbudget-saved-usd", _usd(saved)),
@@ -364,7 +374,9 @@ class _Core:
         if method not in ("GET", "HEAD"):
             return 405, [("allow", "GET, HEAD"), ("content-type", "text/plain")], b"method not allowed\n"
         body, content_type = self.metrics.render()
-        return 200, [("content-type", content_type), ("cache-control", "no-store")], b"" if method == "HEAD" else body
+        # HEAD: GET's headers (its content-length too), no body
+        return 200, [("content-type", content_type), ("cache-control", "no-store"),
+                     ("content-length", str(len(body)))], b"" if method == "HEAD" else body
 
 
 def _check_overlap(policy: Policy, engine: Engine) -> None:
@@ -409,6 +421,18 @@ def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
         return None
 
 
+def _route_path(scope: Mapping[str, Any]) -> str:
+    """The path within the app, as its routes see it: without the ``root_path`` it is mounted or served under
+    (uvicorn's ``--root-path``, a Starlette ``Mount``), which ASGI servers and frameworks put in ``path`` too."""
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if not isinstance(path, str):
+        return ""
+    if isinstance(root, str) and root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):] or "/"
+    return path
+
+
 def _asgi_user(scope: Mapping[str, Any]) -> str | None:
     """The authenticated user's ``identity``, else its ``display_name``; None for an anonymous request.
 
@@ -419,7 +443,10 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
     if user is None:
         return None
     try:
-        if not getattr(user, "is_authenticated", False):
+        authenticated = getattr(user, "is_authenticated", False)
+        if callable(authenticated):  # a method in some frameworks (and Django before 1.10)
+            authenticated = authenticated()
+        if not authenticated:
             return None
     except Exception:
         log.debug("llmbudget: could not read whether the user is authenticated", exc_info=True)
@@ -452,7 +479,7 @@ class LLMBudgetMiddleware(_Core):
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
+        path = _route_path(scope)
         if self.metrics_path is not None and path == self.metrics_path and kind == "http":
             await _asgi_answer(send, *self.metrics_answer(scope.get("method", "GET")))
             return
@@ -488,7 +515,9 @@ class LLMBudgetMiddleware(_Core):
                     response_started = True
                     status = message.get("status")
                     if route.headers:
-                        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.spend_headers(current)]
+                        present = {bytes(k).decode("latin-1").lower() for k, _ in message.get("headers", ())}
+                        extra = [(k.encode("latin-1"), v.encode("latin-1"))
+                                 for k, v in self.spend_headers(current, present)]
                         message = {**message, "headers": [*message.get("headers", ()), *extra]}
                 elif message["type"] == "websocket.accept":
                     response_started = True
@@ -515,7 +544,8 @@ class LLMBudgetMiddleware(_Core):
 
 async def _asgi_answer(send: ASGISend, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    raw.append((b"content-length", str(len(body)).encode()))
+    if not any(k.lower() == "content-length" for k, _ in headers):
+        raw.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -696,8 +726,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         method = environ.get("REQUEST_METHOD", "GET")
         if self.metrics_path is not None and path == self.metrics_path:
             status, headers, body = self.metrics_answer(method)
-            start_response(f"{status} {'OK' if status == 200 else 'Method Not Allowed'}",
-                           [*headers, ("content-length", str(len(body)))])
+            length = [] if any(k == "content-length" for k, _ in headers) else [("content-length", str(len(body)))]
+            start_response(f"{status} {'OK' if status == 200 else 'Method Not Allowed'}", [*headers, *length])
             return [body]
         route = self.policy.for_path(path)
         if not route.enabled:
@@ -754,7 +784,7 @@ class LLMBudgetWSGIMiddleware(_Core):
                 return lambda data: None
             state.status = _status_code(status)
             if route.headers:
-                headers = [*headers, *self.spend_headers(current)]
+                headers = [*headers, *self.spend_headers(current, {k.lower() for k, _ in headers})]
             return start_response(status, headers, exc_info)
 
         try:

@@ -407,3 +407,74 @@ def test_lifespan_and_other_scope_types_pass_through(engine: llmbudget.Engine) -
     with TestClient(app) as client:
         assert client.get("/info", headers={"x-tenant-id": "a"}).json()["tenant"] == "a"
     assert events == ["startup", "shutdown"]
+
+
+def test_routes_and_metrics_are_matched_within_the_app_under_a_root_path(engine: llmbudget.Engine) -> None:
+    """Under uvicorn's --root-path (or a Mount) ASGI puts the root path in ``path`` too: a route ("/refused")
+    never matched, so its budget did not apply, and the metrics path answered 404."""
+    policy = Policy(budgets=[], routes=(PolicyRoute("/refused", budgets=REFUSE_ALL),),
+                    metrics=MetricsPolicy(path="/metrics"))
+    client = TestClient(build(policy), root_path="/api")
+    assert client.get("/api/refused").status_code == 402
+    assert client.get("/api/metrics").status_code == 200
+    assert client.get("/api/info").json()["route"] is None
+
+
+def test_the_metrics_head_says_the_length_of_its_get(engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(metrics=MetricsPolicy(path="/metrics"))))
+    length = len(client.get("/metrics").content)
+    assert length > 0 and client.head("/metrics").headers["content-length"] == str(length)
+
+
+def test_spend_headers_leave_the_apps_own_request_id_alone(engine: llmbudget.Engine) -> None:
+    async def own_id(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", headers={"x-request-id": "app-1"})
+
+    app = Starlette(routes=[Route("/own", own_id)],
+                    middleware=[Middleware(LLMBudgetMiddleware, policy=Policy(headers=True))])
+    response = TestClient(app).get("/own")
+    assert response.headers.get_list("x-request-id") == ["app-1"] and response.headers["x-llmbudget-calls"] == "0"
+
+
+@pytest.mark.parametrize("returned", [b"acme", "acme"])
+def test_a_tenant_callable_may_return_bytes(engine: llmbudget.Engine, returned: Any) -> None:
+    client = TestClient(build(Policy(tenant=lambda scope: returned)))
+    assert client.get("/info").json()["tenant"] == "acme"
+
+
+def test_an_async_tenant_callable_is_refused_at_start_up() -> None:
+    """It was never awaited: the coroutine's repr became the tenant (shared by unrelated requests)."""
+    async def tenant(scope: Any) -> str:
+        return "acme"
+
+    with pytest.raises(ConfigError, match="not async"):
+        Policy(tenant=tenant)
+
+
+def test_a_tenant_callable_returning_something_else_counts_for_the_default_tenant(
+        engine: llmbudget.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    client = TestClient(build(Policy(tenant=lambda scope: object())))
+    assert client.get("/info").json()["tenant"] is None
+    assert "expected the tenant's name" in caplog.text
+
+
+def test_a_user_whose_is_authenticated_is_a_method_is_read_by_calling_it(engine: llmbudget.Engine) -> None:
+    """The method object was true: every anonymous request was refused (400 unnamed_user)."""
+    class Anonymous:
+        def is_authenticated(self) -> bool:
+            return False
+
+    class Named:
+        identity = "globex"
+
+        def is_authenticated(self) -> bool:
+            return True
+
+    for user, tenant in ((Anonymous(), None), (Named(), "globex")):
+        class Auth(AuthenticationBackend):
+            async def authenticate(self, conn: HTTPConnection, user: Any = user) -> Any:
+                return AuthCredentials(["authenticated"]), user
+
+        client = TestClient(build(Policy(), middleware=[Middleware(AuthenticationMiddleware, backend=Auth())]))
+        response = client.get("/info")
+        assert response.status_code == 200 and response.json()["tenant"] == tenant

@@ -763,9 +763,18 @@ class Attempt:
         digest = hashlib.blake2b(json.dumps(prefix, sort_keys=True, default=str).encode(), digest_size=12)
         return f"llmbudget-{digest.hexdigest()}"
 
+    @property
+    def redirected(self) -> bool:
+        """Whether the server answered with a redirect (3xx): the client sends the call again where it points."""
+        return self.status is not None and 300 <= self.status < 400
+
     def request_bytes(self) -> bytes:
         """The body to send after :meth:`plan` changed it."""
-        return json.dumps(self.call.body, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(self.call.body, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:  # a lone surrogate the app's body escaped (valid JSON): escaped again
+            return json.dumps(self.call.body, separators=(",", ":")).encode()
 
     # -- the response --------------------------------------------------------------------------
 
@@ -895,7 +904,8 @@ class Attempt:
                 record = self._fallback_record(error)
             self.record = record
         self._settle_holds(record.cost_usd)
-        self.engine.record(record, self.scope)
+        if not self.redirected:  # a redirect the client follows is not a call: the next hop records it
+            self.engine.record(record, self.scope)
         if store and self.stores_answer(complete=complete, error=error):
             self.store_answer()
         return record
@@ -944,10 +954,10 @@ class Attempt:
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
         call, state = self.call, self.state
-        answered = self.status is not None and self.status < 400
+        answered = self.status is not None and self.status < 400 and not self.redirected
         if error is not None and answered:
             return self._cut_record(error)
-        failed = error is not None or self.status is None or self.status >= 400
+        failed = error is not None or self.status is None or self.status >= 400 or self.redirected
         estimated = False
         if failed:
             usage = Usage()

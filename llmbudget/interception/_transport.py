@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -135,11 +136,12 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     if refusal is not None or not attempt.rewritten:
         return request, refusal
     url = str(request.url)
-    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "host")]
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
     if attempt.call.base_url != original_base and url.startswith(original_base):
         url = attempt.call.base_url + url[len(original_base):]
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
-            headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIALS]
+            # (nor its Host header: the new URL's is used)
+            headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIALS and k.lower() != "host"]
             key = attempt.tier_api_key()
             if key:
                 headers.append(("authorization", f"Bearer {key}"))
@@ -258,6 +260,17 @@ def _kept_weak(attempt: Attempt) -> None:
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor_after_fork() -> None:
+    """In a child just forked: the parent's pool has no threads here (and counts an idle one, so a job queued
+    on it would wait forever); the child makes its own, under a new lock."""
+    global _EXECUTOR, _EXECUTOR_LOCK
+    _EXECUTOR, _EXECUTOR_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_executor_after_fork)
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:

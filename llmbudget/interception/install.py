@@ -66,10 +66,7 @@ def _client(async_: bool, kwargs: dict[str, Any], sdk: str) -> Any:
     else:
         library: ModuleType = transports.module
         cls = library.AsyncClient if async_ else library.Client
-    if "transport" in kwargs:
-        kwargs["transport"] = transports.wrap(kwargs["transport"], explicit=True, async_=async_)
-        return cls(**kwargs)
-    return _wrap_client(cls(**kwargs), transports)
+    return _wrap_client(cls(**kwargs), transports)  # its transport, given or made, and its mounts alike
 
 
 def http_client(*, sdk: str = "openai", **kwargs: Any) -> Any:

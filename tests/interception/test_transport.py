@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -119,3 +119,83 @@ def test_a_call_whose_record_cannot_be_built_is_charged_its_worst_case_never_zer
     assert record.usage.estimated and record.cost_usd > 0
     worst = engine.pricing.cost(Usage(input_tokens=1, output_tokens=REQUEST["max_tokens"]), model="gpt-4o-mini").usd
     assert record.cost_usd >= worst
+
+
+def _chat_handler(sent: list[Any], library: Any = httpx2) -> Callable[[Any], Any]:
+    def handle(request: Any) -> Any:
+        sent.append((str(request.url), dict(request.headers), request.read()))
+        return library.Response(200, content=ANSWER, headers={"content-type": "application/json"})
+
+    return handle
+
+
+def test_a_followed_redirect_is_one_call_not_two(engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
+    """Each hop of a redirect the client follows was its own attempt: the 307 was recorded and charged too."""
+    sent: list[Any] = []
+    chat = _chat_handler(sent)
+
+    def handle(request: Any) -> Any:
+        if request.url.host == "old.example":
+            sent.append((str(request.url), {}, request.read()))
+            return httpx2.Response(307, headers={"location": "https://new.example/v1/chat/completions"})
+        return chat(request)
+
+    with llmbudget.http_client(transport=httpx2.MockTransport(handle), follow_redirects=True) as client:
+        assert client.post("https://old.example/v1/chat/completions", json=REQUEST).content == ANSWER
+    assert [url for url, _, _ in sent] == ["https://old.example/v1/chat/completions",
+                                           "https://new.example/v1/chat/completions"]
+    [record] = records
+    assert record.status == 200 and not record.estimated
+
+
+def test_the_mounts_of_a_client_given_its_transport_are_intercepted_too(
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
+    sent: list[Any] = []
+    mounted = httpx2.MockTransport(_chat_handler(sent))
+    with llmbudget.http_client(transport=httpx2.MockTransport(lambda r: httpx2.Response(404)),
+                               mounts={"https://gateway.example": mounted}) as client:
+        assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).content == ANSWER
+    assert len(sent) == 1 and len(records) == 1  # through the mount, and recorded
+
+
+def test_a_rewritten_request_keeps_the_apps_host_header_and_an_escaped_lone_surrogate(
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
+    """A rewritten body with an escaped lone surrogate (valid JSON) raised UnicodeEncodeError in the app, and a
+    rewritten request lost the app's own Host header (a gateway reached by address)."""
+    sent: list[Any] = []
+    body = json.dumps({**REQUEST, "messages": [{"role": "user", "content": "cut emoji \ud83d"}]}).encode()
+    with llmbudget.http_client(transport=httpx2.MockTransport(_chat_handler(sent))) as client:
+        # api.openai.com: llmbudget adds a prompt_cache_key, so the request is rewritten
+        response = client.post("https://api.openai.com/v1/chat/completions", content=body,
+                               headers={"content-type": "application/json", "host": "gateway.corp"})
+    assert response.content == ANSWER
+    [(_, headers, sent_body)] = sent
+    assert headers["host"] == "gateway.corp"
+    sent_json = json.loads(sent_body)
+    assert sent_json["messages"][0]["content"] == "cut emoji \ud83d" and "prompt_cache_key" in sent_json
+
+
+def _call_in_a_forked_child(queue: Any) -> None:
+    big = {**REQUEST, "messages": [{"role": "user", "content": "x " * 6000}]}  # over 8 KB: a worker thread
+
+    async def run() -> bytes:
+        async with llmbudget.async_http_client(transport=httpx2.MockTransport(_chat_handler([]))) as client:
+            return (await client.post(URL, json=big)).content
+
+    queue.put(asyncio.run(asyncio.wait_for(run(), timeout=20)))
+
+
+def test_an_async_call_in_a_forked_child_is_answered(engine: llmbudget.Engine) -> None:
+    """The child inherited the parent's thread pool without its threads: a call sent to it waited forever."""
+    import multiprocessing
+
+    _call_in_a_forked_child(queue := multiprocessing.get_context("fork").Queue())  # the parent uses the pool first
+    assert queue.get(timeout=5) == ANSWER
+    child = multiprocessing.get_context("fork").Process(target=_call_in_a_forked_child, args=(queue,))
+    child.start()
+    try:
+        assert queue.get(timeout=30) == ANSWER
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()

@@ -220,10 +220,9 @@ class _Core:
                 value = finder(request)
                 if isinstance(value, bytes):  # a header read from the ASGI scope as it is
                     value = value.decode("utf-8")
-                if inspect.isawaitable(value) or not isinstance(value, (str, int, type(None))):
-                    close = getattr(value, "close", None)
-                    if inspect.iscoroutine(value) and close is not None:
-                        close()  # never awaited: closed, not left to warn
+                if not isinstance(value, (str, int, type(None))):
+                    if inspect.iscoroutine(value):
+                        value.close()  # never awaited: closed, not left to warn
                     raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str) or None")
             except Exception:
                 log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")

@@ -362,18 +362,22 @@ class Attempt:
         max_output = self.call.max_output_tokens
         if max_output is None:  # the default limit, once per answer the request asks for
             max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
-        usage = self._worst_input().replace(output_tokens=max_output)
-        if self.adapter.audio(self.call.body)[1]:  # all of it may be audio, at the audio rate
+        audio_in, audio_out = self.adapter.audio(self.call.body)
+        usage = self._worst_input(audio_in).replace(output_tokens=max_output)
+        if audio_out:  # all of it may be audio, at the audio rate
             usage = usage.replace(output_audio_tokens=max_output)
         return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
 
-    def _worst_input(self) -> Usage:
+    def _worst_input(self, audio_tokens: int | None = None) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
         breakpoints (its own, or llmbudget's) may write all of it to the prompt cache, at 1.25x the input
         price (2x for a one-hour write); deferred work at its own price, ``service_tier: "priority"`` at its
-        (higher) one; every web search the request allows, with its results as input."""
+        (higher) one; every web search the request allows, with its results as input; its audio at the audio
+        rate (``audio_tokens``: the adapter's estimate, where the caller has it already)."""
         searches = self.adapter.web_searches(self.call.body)
-        audio = int(self.adapter.audio(self.call.body)[0] * self.engine.input_estimate_margin)
+        if audio_tokens is None:
+            audio_tokens = self.adapter.audio(self.call.body)[0]
+        audio = int(audio_tokens * self.engine.input_estimate_margin)
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8 + audio
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
         tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
@@ -954,10 +958,10 @@ class Attempt:
 
     def _build_record(self, *, complete: bool, error: BaseException | None) -> SpendRecord:
         call, state = self.call, self.state
-        answered = self.status is not None and self.status < 400 and not self.redirected
+        answered = self.status is not None and self.status < 300  # not an error, nor a redirect the client follows
         if error is not None and answered:
             return self._cut_record(error)
-        failed = error is not None or self.status is None or self.status >= 400 or self.redirected
+        failed = error is not None or not answered
         estimated = False
         if failed:
             usage = Usage()

@@ -146,11 +146,11 @@ def _cost(entry: Any, where: str = "entry") -> Decimal:
     if amount is None:
         raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars of 0 or more")
     shown = entry.get("cost_usd")
-    if exact is not None and shown is not None and (
-            _amount(shown) is None or abs(float(amount) - float(_amount(shown) or 0)) > 1e-12 + 1e-9 * float(amount)):
-        # cost_usd is cost_usd_exact as a float: one edited without the other would be read silently
-        raise ValueError(f"{where}: cost_usd {shown!r} and cost_usd_exact {exact!r} disagree; edit both, or remove "
-                         "cost_usd_exact")
+    if exact is not None and shown is not None:  # cost_usd is cost_usd_exact as a float: one edited alone
+        as_float = _amount(shown)
+        if as_float is None or abs(float(amount) - float(as_float)) > 1e-12 + 1e-9 * float(amount):
+            raise ValueError(f"{where}: cost_usd {shown!r} and cost_usd_exact {exact!r} disagree; edit both, or "
+                             "remove cost_usd_exact")
     return amount
 
 

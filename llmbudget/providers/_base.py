@@ -102,8 +102,11 @@ class Adapter:
         return (_count(body.get("n")) or 1) if self.limit_per_choice else 1
 
     def web_searches(self, body: dict[str, Any]) -> int:
-        """The most server-side web searches the request may make (each billed per call, its results as input)."""
-        return 0
+        """The most server-side web searches the request may make (each billed per call, its results as input):
+        each web search tool's ``max_uses`` (Anthropic's ``web_search_20250305``, Responses' ``web_search``),
+        else :data:`DEFAULT_WEB_SEARCHES`."""
+        return sum(_count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES for tool in items(body.get("tools"))
+                   if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"))
 
     def audio(self, body: dict[str, Any]) -> tuple[int, bool]:
         """Estimated tokens of the audio the input carries, and whether the answer may be audio (priced at the
@@ -234,16 +237,6 @@ def _pdf_pages(data: str) -> int:
 #: with this many tokens of results billed as input (both providers bill the results beside the per-search fee).
 DEFAULT_WEB_SEARCHES = 5
 WEB_SEARCH_RESULT_TOKENS = 10_000
-
-
-def web_search_tools(body: dict[str, Any], prefix: str) -> int:
-    """The most searches the request's web search tools (types starting with ``prefix``) may make: each tool's
-    ``max_uses``, else :data:`DEFAULT_WEB_SEARCHES`."""
-    total = 0
-    for tool in items(body.get("tools")):
-        if isinstance(tool, dict) and str(tool.get("type", "")).startswith(prefix):
-            total += _count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES
-    return total
 
 
 def image_tokens(model: str | None) -> tuple[int, int]:

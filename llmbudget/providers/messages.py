@@ -24,7 +24,6 @@ from ._base import (
     items,
     json_text,
     pdf_tokens,
-    web_search_tools,
 )
 
 __all__ = ["STOP_REASONS", "MessagesAdapter", "messages_usage"]
@@ -122,9 +121,6 @@ class MessagesAdapter(Adapter):
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
         return _media_tokens(body.get("system")) + sum(
             _media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
-
-    def web_searches(self, body: dict[str, Any]) -> int:
-        return web_search_tools(body, "web_search")
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

@@ -16,7 +16,6 @@ from ._base import (
     items,
     json_text,
     openai_media_tokens,
-    web_search_tools,
 )
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
@@ -45,17 +44,25 @@ _KEPT_MAX = 20_000
 _KEPT_LOCK = threading.Lock()
 
 
-def _remember_context(data: dict[str, Any]) -> None:
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        return
-    size = as_int(usage.get("input_tokens")) + as_int(usage.get("output_tokens"))
+def _context_ids(data: dict[str, Any]) -> tuple[Any, Any, str | None]:
+    """The previous response, the conversation and the stored prompt template (``prompt:<id>``) a request or a
+    response names (each None where it names none)."""
     conversation, prompt = data.get("conversation"), data.get("prompt")
-    chained = bool(data.get("previous_response_id") or conversation)
-    ids = [(data.get("id"), size), (conversation.get("id") if isinstance(conversation, dict) else conversation, size),
+    template = "prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None
+    return (data.get("previous_response_id"), conversation.get("id") if isinstance(conversation, dict)
+            else conversation, template)
+
+
+def _remember_context(data: dict[str, Any], usage: Usage | None) -> None:
+    """Remember the size of the response ``data`` (its ``usage``, as read), of its conversation and of the prompt
+    template it used."""
+    if usage is None:
+        return
+    size = usage.input_tokens + usage.output_tokens
+    previous, conversation, template = _context_ids(data)
+    ids = [(data.get("id"), size), (conversation, size),
            # a stored prompt template: its input is at most what a call that continues nothing took in
-           ("prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str)
-            and not chained else None, as_int(usage.get("input_tokens")))]
+           (None if previous or conversation else template, usage.input_tokens)]
     with _KEPT_LOCK:
         for key, tokens in ids:
             if isinstance(key, str) and key:
@@ -71,11 +78,9 @@ def kept_context_tokens(body: dict[str, Any]) -> int:
     """The tokens of the earlier turns a call continues on the server (``previous_response_id``, a
     ``conversation``) and of a stored prompt template it names, as far as this process saw them answered; 0
     when unknown."""
-    conversation, prompt = body.get("conversation"), body.get("prompt")
-    ids = [body.get("previous_response_id"), conversation.get("id") if isinstance(conversation, dict) else conversation]
-    template = "prompt:" + prompt["id"] if isinstance(prompt, dict) and isinstance(prompt.get("id"), str) else None
+    previous, conversation, template = _context_ids(body)
     with _KEPT_LOCK:
-        earlier = max([_KEPT.get(key, 0) for key in ids if isinstance(key, str)] or [0])
+        earlier = max([_KEPT.get(key, 0) for key in (previous, conversation) if isinstance(key, str)] or [0])
         # a known chain holds its template already
         return earlier or (_KEPT.get(template, 0) if template else 0)
 
@@ -127,9 +132,6 @@ class ResponsesAdapter(Adapter):
         return kept_context_tokens(body) + sum(_item_media(item, model) for item in items(body.get("input"))
                                                if isinstance(item, dict))
 
-    def web_searches(self, body: dict[str, Any]) -> int:
-        return web_search_tools(body, "web_search")
-
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return responses_usage(data)
 
@@ -143,7 +145,7 @@ class ResponsesAdapter(Adapter):
             state.finish_reasons.append("stop" if status == "completed" else "length"
                                         if reason == "max_output_tokens" else reason
                                         if reason == "content_filter" else status)
-        _remember_context(data)
+        _remember_context(data, state.usage if isinstance(data.get("usage"), dict) else None)
         searches = 0
         for item in items(data.get("output")):
             if isinstance(item, dict):

@@ -3,17 +3,21 @@
 Needs ``prometheus-client`` (``pip install 'llmbudget[prometheus]'``); nothing in
 the core imports this module. Labels are bounded: the first ``max_tenants``
 tenants seen (plus those listed in ``tenants``) get their own label, later ones
-are counted as ``"other"``; models likewise with ``max_models``.
+are counted as ``"other"`` (as is a tenant named ``other``); models likewise with ``max_models``.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several workers),
-:meth:`Metrics.render` aggregates every worker's values.
+:meth:`Metrics.render` aggregates every worker's values, and the workers share
+which values got a label (a file in that folder), so the bounds hold for all of
+them together and each tenant is counted under one label.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 try:
@@ -36,23 +40,54 @@ OTHER = "other"
 
 
 class _Bounded:
-    """Maps values to labels: the first ``limit`` distinct values (and ``always``) keep theirs."""
+    """Maps values to labels: the first ``limit`` distinct values (and ``always``) keep theirs.
 
-    def __init__(self, limit: int, always: Iterable[str] = ()) -> None:
+    ``shared``: a file that every process of a multiprocess deployment reads and appends to (one JSON
+    string a line, under an exclusive ``flock``), so that the first ``limit`` values seen by any of
+    them keep their label in all of them."""
+
+    def __init__(self, limit: int, always: Iterable[str] = (), shared: Path | None = None) -> None:
         self.limit = limit
         self.always = frozenset(always)
         self._seen: set[str] = set()
+        self._full = False  # every label is taken: nothing new gets one (the file only grows)
         self._lock = threading.Lock()
+        self._shared = shared
 
     def __call__(self, value: str | None, default: str) -> str:
         value = value or default
         if value in self.always or value in self._seen:
             return value
+        if value == OTHER or self._full:
+            return OTHER
         with self._lock:
+            if self._shared is not None:
+                return self._claim_shared(value)
             if len(self._seen) < self.limit:
                 self._seen.add(value)
                 return value
+            self._full = True
         return OTHER
+
+    def _claim_shared(self, value: str) -> str:
+        """Under the file's lock: the values labelled so far, and ``value`` added when there is room."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no multiprocess metrics in prometheus-client either
+            fcntl = None  # type: ignore[assignment]
+        with open(self._shared, "a+", encoding="utf-8") as file:  # type: ignore[arg-type]
+            if fcntl is not None:
+                fcntl.flock(file, fcntl.LOCK_EX)
+            file.seek(0)
+            taken = [json.loads(line) for line in file.read().splitlines() if line.strip()]
+            self._seen.update(taken[: self.limit])
+            if value not in self._seen and len(taken) < self.limit:
+                file.write(json.dumps(value) + "\n")
+                file.flush()
+                self._seen.add(value)
+            if len(self._seen) >= self.limit:
+                self._full = True
+        return value if value in self._seen else OTHER
 
 
 class Metrics:
@@ -73,8 +108,10 @@ class Metrics:
         max_models: int = 50,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self._tenant = _Bounded(max_tenants, tenants)
-        self._model = _Bounded(max_models)
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        shared = Path(folder) if folder else None
+        self._tenant = _Bounded(max_tenants, tenants, shared and shared / f"{namespace}_tenant_labels.jsonl")
+        self._model = _Bounded(max_models, (), shared and shared / f"{namespace}_model_labels.jsonl")
         self._engines: list[Engine] = []
         # One bound method, so that Engine.remove_observer (which compares by identity) finds it.
         self._observer = self.observe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -81,6 +82,29 @@ def test_labels_are_bounded() -> None:
     assert tenants == {"a", "b", OTHER, "vip"}
     assert value(metrics, "calls_total", tenant=OTHER, model="gpt-4o-mini", outcome="ok") == 3  # c, d, default
     assert value(metrics, "calls_total", tenant="a", model=OTHER, outcome="ok") == 1
+
+
+def test_workers_sharing_a_multiprocess_folder_share_the_label_bounds(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under gunicorn each worker has its own Metrics: the first tenants seen by any worker keep a label in
+    all of them, so the bound holds for the whole deployment and no tenant is split between its label and other."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    first, second = Metrics(max_tenants=2), Metrics(max_tenants=2)
+    for tenant in ("a", "b", "c"):
+        first.observe(record(tenant))
+    for tenant in ("c", "d", "b"):
+        second.observe(record(tenant))
+    tenants = {s.labels["tenant"] for m in (first, second) for f in m.registry.collect() for s in f.samples}
+    assert tenants == {"a", "b", OTHER}
+    assert value(second, "calls_total", tenant="b", model="gpt-4o-mini", outcome="ok") == 1
+    assert Metrics(max_tenants=2)._tenant("a", "default") == "a"  # a later worker (a restart) reads the file
+
+
+def test_a_tenant_named_like_the_overflow_label_never_takes_a_label_of_its_own() -> None:
+    metrics = Metrics(max_tenants=1)
+    metrics.observe(record(OTHER))
+    metrics.observe(record("acme"))
+    assert value(metrics, "calls_total", tenant="acme", model="gpt-4o-mini", outcome="ok") == 1
 
 
 def test_refusals_and_engine_observers() -> None:

@@ -154,6 +154,15 @@ class SpendRecord:
             text = values.get(name)
             if text is not None and not isinstance(text, str):
                 raise ValueError(f"{name} is {text!r}; expected a string or null")
+        for name in _FLAGS:  # "no" is truthy: a string there was counted as a cache hit
+            flag = values.get(name, False)
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} is {flag!r}; expected true or false")
+        for name in _OBJECTS:
+            detail = values.get(name)
+            if detail is not None and not isinstance(detail, dict):
+                raise ValueError(f"{name} is {detail!r}; expected an object or null")
+        _check_prefix(values.get("prefix"))
         moment = values.get("time")
         if isinstance(moment, bool) or not isinstance(moment, (int, float)) or not 0 <= moment < _YEAR_10000:
             raise ValueError(f"time is {moment!r}; expected seconds since the epoch")
@@ -179,9 +188,27 @@ _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "o
 _MAX_USD = Decimal(10) ** 15
 _TEXTS = ("endpoint", "base_url", "model_requested", "model_sent", "model_answered", "tenant", "request_id", "test_id",
           "price_source", "error", "deferred", "cache_tier")
+_FLAGS = ("from_cache", "routed", "capped", "estimated", "truncated_by_cap")
+_OBJECTS = ("routing", "prefix", "output")
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")
+
+
+def _check_prefix(prefix: dict[str, Any] | None) -> None:
+    """ValueError unless a record's ``prefix`` has what the prefix-stability report reads of it."""
+    if not prefix:
+        return
+    for key in ("group", "hash"):
+        if not isinstance(prefix.get(key), str):
+            raise ValueError(f"prefix.{key} is {prefix.get(key)!r}; expected a string")
+    for key in ("chars", "differs_at"):
+        count = prefix.get(key)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"prefix.{key} is {count!r}; expected a whole number or null")
+    excerpt = prefix.get("excerpt")
+    if excerpt is not None and not isinstance(excerpt, str):
+        raise ValueError(f"prefix.excerpt is {excerpt!r}; expected a string")
 
 
 @dataclass

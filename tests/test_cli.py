@@ -208,6 +208,13 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     (lambda r: {**r, "colour": "red"}, "unexpected keyword argument 'colour'"),
     (lambda r: {**r, "tenant": 5}, "tenant is 5"),  # sorting tenants raised TypeError
     (lambda r: {**r, "model_answered": [1]}, "model_answered is [1]"),  # grouping by model: unhashable
+    (lambda r: {**r, "from_cache": "no"}, "from_cache is 'no'"),  # counted as a cache hit
+    (lambda r: {**r, "estimated": [1]}, "estimated is [1]"),
+    (lambda r: {**r, "output": [1]}, "output is [1]"),  # AttributeError in the JSON answers' count
+    (lambda r: {**r, "prefix": "group"}, "prefix is 'group'"),
+    (lambda r: {**r, "prefix": {"group": "g"}}, "prefix.hash is None"),  # KeyError in the prefix report
+    (lambda r: {**r, "prefix": {"group": ["g"], "hash": "h"}}, "prefix.group is ['g']"),
+    (lambda r: {**r, "prefix": {"group": "g", "hash": "h", "chars": "many"}}, "prefix.chars is 'many'"),
 ])
 def test_a_damaged_ledger_row_is_an_error_naming_the_file_and_row(tmp_path, capsys, change, message):
     path = tmp_path / "ledger.db"

@@ -532,8 +532,8 @@ def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
             return candidate, _read(candidate)
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
-            table = _read(candidate).get("tool", {}).get("llmbudget")
-            if isinstance(table, dict):
+            table = _tool_table(_read(candidate), candidate)
+            if table is not None:
                 return candidate, table
     return None
 
@@ -567,8 +567,19 @@ def load_config(path: Path) -> dict[str, Any]:
     """The llmbudget table of one file (``llmbudget.toml`` whole, else ``[tool.llmbudget]``)."""
     data = _read(path)
     if path.name == "pyproject.toml":
-        data = data.get("tool", {}).get("llmbudget", {})
+        return _tool_table(data, path) or {}
     return data
+
+
+def _tool_table(data: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """A pyproject's ``[tool.llmbudget]`` table, None when it has none; ConfigError when it is not a table."""
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"{path}: tool must be a table ([tool.llmbudget] holds the policy), got {tool!r}")
+    table = tool.get("llmbudget")
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"{path}: tool.llmbudget must be a table ([tool.llmbudget]), got {table!r}")
+    return table
 
 
 def _path(value: Any, key: str, source: str, root: Path | None) -> Path | None:
@@ -602,6 +613,9 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     :class:`Policy` applies them: the engine's own budgets stay empty.
     """
     _policy_options(config, source)
+    for key in ("prices", "unknown_model_price"):
+        if key in config and not isinstance(config[key], Mapping):
+            raise ConfigError(f"{source}: [{key}] must be a table, got {config[key]!r}")
     try:
         pricing = Pricing(
             config.get("prices") or {}, unknown_model_price=config.get("unknown_model_price", CONSERVATIVE_PRICE)

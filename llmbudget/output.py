@@ -72,7 +72,10 @@ class Output:
             raise ValueError(f"{what}: unknown keys {sorted(unknown)}; expected max_words, directive")
         if "max_words" not in value:
             raise ValueError(f"{what}: max_words is required (the most words an answer should take)")
-        return cls(value["max_words"], value.get("directive", DEFAULT_DIRECTIVE))
+        try:
+            return cls(value["max_words"], value.get("directive", DEFAULT_DIRECTIVE))
+        except ValueError as exc:  # named as the caller names the table (the policy file's [output])
+            raise ValueError(f"{what}: {str(exc).removeprefix('output: ')}") from None
 
     @property
     def text(self) -> str:

@@ -49,7 +49,14 @@ class UnpricedModelWarning(UserWarning):
 
 
 def _decimal(value: Any, what: str) -> Decimal:
-    return usd(value, what, unit="a number of USD per 1M tokens")
+    price = usd(value, what, unit="a number of USD per 1M tokens")
+    if price > MAX_PRICE:  # a typo: summing such amounts left Decimal's precision (InvalidOperation)
+        raise ValueError(f"{what} must be at most {MAX_PRICE:,} USD per 1M tokens, got {value!r}")
+    return price
+
+
+#: The highest price per 1M tokens a policy may set (today's dearest models charge hundreds).
+MAX_PRICE = Decimal(1_000_000)
 
 
 #: Service tiers priced as deferred work: flex, and the Batch API (``"batch"``, llmbudget's own name for it).

@@ -14,6 +14,8 @@ from llmbudget.calls import SpendRecord, Usage
 from llmbudget.cli import main
 from llmbudget.ledger import SQLiteLedger
 
+SAMPLE_TRAFFIC = Path(__file__).resolve().parents[1] / "fixtures" / "traffic" / "sample.jsonl"
+
 
 def run(capsys, *argv: str) -> tuple[int, dict]:
     code = main(list(argv))
@@ -346,6 +348,23 @@ def test_a_policy_nested_too_deeply_is_a_config_error(tmp_path, capsys):
     assert main(["route", "--policy", str(policy), "hello"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "llmbudget.toml: not a policy file" in err
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("llmbudget.toml", "prices = [1, 2]\n", "[prices] must be a table, got [1, 2]"),
+    ("llmbudget.toml", '[prices]\n"gpt-4o" = { input = 1e300, output = 1 }\n',  # InvalidOperation when summed
+     "prices['gpt-4o'].input must be at most 1,000,000 USD per 1M tokens"),
+    ("llmbudget.toml", '[output]\nmax_words = "x"\n', "llmbudget.toml: [output]: max_words must be a whole number"),
+    ("pyproject.toml", "tool = 5\n", "pyproject.toml: tool must be a table"),
+    ("pyproject.toml", "[tool]\nllmbudget = 5\n", "pyproject.toml: tool.llmbudget must be a table"),
+])
+@pytest.mark.parametrize("command", [["route", "hello"], ["replay", str(SAMPLE_TRAFFIC)]])
+def test_a_policy_of_the_wrong_shape_is_one_line_naming_the_file(tmp_path, capsys, name, text, message, command):
+    policy = tmp_path / name
+    policy.write_text(text, encoding="utf-8")
+    assert main([*command, "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and str(policy) in err and message in err  # one line (replay: after progress)
 
 
 def test_damaged_batch_state_files_are_skipped_with_a_warning(tmp_path, capsys, caplog):

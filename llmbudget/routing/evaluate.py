@@ -98,8 +98,13 @@ def _load_labels(
                 f"{file}: missing column(s) {missing}; it has {columns}. "
                 "Pass --weak/--strong as the names of the models' correctness columns."
             )
-        for line, row in enumerate(reader, start=2):
-            where = f"{file}:{line}"
+        line = reader.line_num + 1  # where the next row starts: a quoted prompt may take several lines
+        for row in reader:
+            where, line = f"{file}:{line}", reader.line_num + 1
+            if row[weak] is None or row[strong] is None or None in row:  # a row cut short, or one field too many
+                fields = sum(value is not None for key, value in row.items() if key is not None)
+                raise ValueError(f"{where}: a row with {fields + len(row.get(None) or [])} field(s); the header has "
+                                 f"{len(columns)} (a row cut short, or a quote never closed?)")
             prompts.append(row["prompt"] or "")
             weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
             strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,18 @@ def test_eval_router_with_the_shipped_router_and_bad_columns(tmp_path: Path) -> 
         eval_router(tmp_path / "labels.csv", weak="nope", strong="strong-model")
     with pytest.raises(FileNotFoundError):
         eval_router(tmp_path / "missing.csv", weak="a", strong="b")
+
+
+@pytest.mark.parametrize(("tail", "message"), [
+    ("q30\n", "labels.csv:10: a row with 1 field(s); the header has 3"),  # read as both models wrong
+    ("q30,True,True,extra\n", "labels.csv:10: a row with 4 field(s)"),
+    ('"Q\nA. x\nB. y",maybe,True\n', "labels.csv:10: column 'weak' holds 'maybe'"),  # the row's first line
+])
+def test_a_label_row_cut_short_or_bad_names_the_line_it_starts_on(tmp_path: Path, tail: str, message: str) -> None:
+    rows = "".join(f'"Question {i}\nA. x",True,False\n' for i in range(4))  # two lines a row
+    (tmp_path / "labels.csv").write_text("prompt,weak,strong\n" + rows + tail, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        eval_router(tmp_path / "labels.csv", weak="weak", strong="strong")
 
 
 def test_eval_router_curve_spans_weak_to_strong_and_gives_the_apgr(tmp_path: Path) -> None:

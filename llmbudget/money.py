@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["format_usd", "usd"]
+__all__ = ["exact_usd", "format_usd", "usd"]
 
 
 def usd(value: Any, what: str, *, unit: str = "an amount in USD") -> Decimal:
@@ -38,3 +38,10 @@ def format_usd(amount: Decimal | float) -> str:
     if 0 < value < _MICRO:
         return f"{sign}${value:.10f}".rstrip("0")
     return f"{sign}${value:.6f}"
+
+
+def exact_usd(amount: Decimal) -> str:
+    """An exact amount for people, every digit kept and never in exponent form (``$0.0000001``, not ``$1E-7``):
+    for verdicts that compare two amounts, which :func:`format_usd`'s rounding could show as equal."""
+    sign, value = ("-", -amount) if amount < 0 else ("", amount)
+    return f"{sign}${value:f}"

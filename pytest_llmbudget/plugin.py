@@ -19,7 +19,7 @@ import pytest
 import llmbudget
 from llmbudget.calls import SpendRecord
 from llmbudget.config import ConfigError, engine_from_config, locate_config
-from llmbudget.money import usd
+from llmbudget.money import exact_usd, usd
 from llmbudget.prefix import unstable_prefixes
 
 from . import report
@@ -351,7 +351,7 @@ class LLMBudgetPlugin:
         if call.when == "teardown":  # (each rerun's teardown replaces the last one's: the spend so far, once)
             item.user_properties[:] = [p for p in item.user_properties if p[0] not in _PROPERTIES]
             item.user_properties.extend(
-                [("llm_cost_usd", str(spend.cost_usd)), ("llm_calls", spend.calls),
+                [("llm_cost_usd", f"{spend.cost_usd:f}"), ("llm_calls", spend.calls),
                  ("llm_input_tokens", spend.input_tokens), ("llm_cached_input_tokens", spend.cached_input_tokens),
                  ("llm_output_tokens", spend.output_tokens)]
             )
@@ -377,7 +377,7 @@ class LLMBudgetPlugin:
         limits: dict[str, Any] = {**self.defaults, **(_check_marker(item) or {})}
         problems = []
         if "usd" in limits and spend.cost_usd > limits["usd"]:
-            problems.append(f"cost ${spend.cost_usd} > budget ${limits['usd']}")
+            problems.append(f"cost {exact_usd(spend.cost_usd)} > budget {exact_usd(limits['usd'])}")
         if "tokens" in limits and spend.tokens > limits["tokens"]:
             problems.append(f"tokens {spend.tokens} > budget {limits['tokens']}")
         if "calls" in limits and spend.calls > limits["calls"]:
@@ -428,7 +428,8 @@ class LLMBudgetPlugin:
         summary = self.summary()
         if self.run_budget is not None and summary.total.cost_usd > self.run_budget:
             self.verdicts.append(
-                f"LLM spend ${summary.total.cost_usd} exceeds the run budget ${self.run_budget} ({self.flag})"
+                f"LLM spend {exact_usd(summary.total.cost_usd)} exceeds the run budget {exact_usd(self.run_budget)} "
+                f"({self.flag})"
             )
         if self.baseline is not None:
             regressions, self.new_tests = report.compare(summary, self.baseline, self.tolerance)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbudget.calls import Counters, SpendRecord
+from llmbudget.money import exact_usd
 from llmbudget.prefix import prefix_row
 
 __all__ = ["Counters", "TestSpend", "COUNTER_KEYS", "to_report"]
@@ -57,7 +58,7 @@ class TestSpend(Counters):
             self.calls_seen.append(
                 f"{record.endpoint} {record.model}: {usage.input_tokens} in"
                 f" ({usage.cached_input_tokens} cached) / {usage.output_tokens} out tokens,"
-                f" ${record.cost_usd}" + (f" [{', '.join(flags)}]" if flags else "")
+                f" {exact_usd(record.cost_usd)}" + (f" [{', '.join(flags)}]" if flags else "")
             )
 
     def merge_spend(self, other: TestSpend) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
+from ..money import exact_usd
 from ..money import usd as to_usd
 
 __all__ = [
@@ -166,8 +167,8 @@ class Refusal:
 
     def message(self) -> str:
         return (
-            f"llmbudget refused this call: budget {self.budget!r} has ${self.remaining_usd} left of "
-            f"${self.limit_usd} and the call could cost up to ${self.estimated_cost_usd}."
+            f"llmbudget refused this call: budget {self.budget!r} has {exact_usd(self.remaining_usd)} left of "
+            f"{exact_usd(self.limit_usd)} and the call could cost up to {exact_usd(self.estimated_cost_usd)}."
         )
 
     def to_dict(self) -> dict[str, Any]:

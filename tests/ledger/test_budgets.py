@@ -585,3 +585,10 @@ def test_a_call_the_server_refused_is_never_charged_its_worst_case_when_its_reco
     attempt.feed(b'{"error": {"message": "slow down"}}')
     record = attempt.finish(complete=True)
     assert record is not None and record.cost_usd == 0
+
+
+def test_a_refusal_message_shows_tiny_amounts_in_plain_digits() -> None:
+    refusal = llmbudget.Refusal("tenant/day", "tenant", "day", Decimal("1E-7"), Decimal("5E-8"), Decimal(0),
+                                Decimal("0.00000012"), None, "acme")
+    assert refusal.message() == ("llmbudget refused this call: budget 'tenant/day' has $0.00000005 left of $0.0000001 "
+                                 "and the call could cost up to $0.00000012.")

@@ -437,6 +437,23 @@ def test_marked(client, cassette):
     result.stdout.fnmatch_lines(["*exceeded its LLM budget: cost $0.000012 > budget $0.000001*"])
 
 
+def test_verdicts_show_tiny_amounts_in_plain_digits(suite):
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.mark.llm_budget(usd=0.0000001)
+def test_marked(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result = suite.runpytest("--llm-budget=0.0000001")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*exceeded its LLM budget: cost $0.000012 > budget $0.0000001*",
+                                 "*exceeds the run budget $0.0000001*"])
+    assert "E-7" not in result.stdout.str()  # Decimal's str: $1E-7
+
+
 def test_subtests_are_not_judged_one_by_one(suite):
     suite.makepyfile(test_app='''
 import pytest

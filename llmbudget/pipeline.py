@@ -1011,7 +1011,7 @@ class Attempt:
             usage=usage,
             cost=priced.usd if priced else Decimal(0),
             source=priced.source if priced else "none",
-            estimated=estimated or bool(priced and not priced.known),
+            estimated=estimated,  # the tokens; an unknown model's fallback price says so in price_source
             error=_describe(error, self.status) if failed else None,
         )
         if priced is not None and priced.known and (usage.cached_input_tokens or usage.cache_write_tokens):

@@ -58,6 +58,7 @@ def test_nothing_cached_or_an_unknown_price_saves_nothing() -> None:
     with pytest.warns(UnpricedModelWarning):
         unknown = _settle("no-such-model-xyz", prompt=4000, cached=3072)
     assert unknown.prompt_cache_saved_usd == 0 and unknown.price_source == "unknown"
+    assert not unknown.estimated  # its tokens are the server's: reports count it as fallback-priced, not estimated
     # records written before the field existed read back as 0
     data = _settle("gpt-4o-mini", prompt=100, cached=0).to_dict()
     del data["prompt_cache_saved_usd"]

@@ -893,6 +893,11 @@ class Attempt:
         parts = self.state.stream_parts
         return "".join(parts) if parts is not None else self.adapter.stream_text(self._events)
 
+    def _billed_text(self) -> str:
+        """The output a stream's estimate counts: the answer's text and what the provider bills beside it
+        (reasoning, thinking, tool-call arguments)."""
+        return self._output_text() + "".join(self.state.hidden_parts)
+
     def finish(self, *, complete: bool, error: BaseException | None = None, store: bool = True) -> SpendRecord | None:
         """Price, settle and record this attempt (once; later calls return the same record), then keep a
         whole answer in the cache; ``store=False`` leaves that to the caller (:meth:`stores_answer`)."""
@@ -983,7 +988,10 @@ class Attempt:
                 # (the SDK closes a stream once it read its end, before the body is read to its last byte)
                 usage_seen = self._usage_from_tail()
                 complete = usage_seen is not None
-            if usage_seen is not None and (complete or state.done):
+            if usage_seen is not None and (complete or state.done) and not state.usage_final:
+                # Anthropic's placeholder (1 output token) and no final count: the output seen, estimated
+                usage, estimated = self._seen_usage(), True
+            elif usage_seen is not None and (complete or state.done):
                 usage = usage_seen
                 if state.input_unreported and not usage.input_tokens:
                     # a usage that leaves the input out (a gateway's stream without message_start's) is estimated
@@ -991,11 +999,9 @@ class Attempt:
                     if guess > 0:
                         usage, estimated = usage.replace(input_tokens=guess, estimated=True), True
             else:
-                output = tokens.estimate_output_tokens(self._output_text(), model=call.model)
+                usage, estimated = self._seen_usage(), True  # what the server reported of its input, if it did
                 if self._tail is not None and self._sse:  # too large to read: about a token per chunk
-                    output = max(output, self._overflow_events - 2)  # less the role chunk and [DONE]
-                usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
-                estimated = True
+                    usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
             if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None):
@@ -1049,7 +1055,7 @@ class Attempt:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's
         ``message_start`` reports 1 output token) with at least the output seen so far, estimated; or both
         estimated when it reported none."""
-        output = tokens.estimate_output_tokens(self._output_text(), model=self.call.model)
+        output = tokens.estimate_output_tokens(self._billed_text(), model=self.call.model)
         seen = self.state.usage
         if seen is not None and seen.input_tokens:
             return seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)

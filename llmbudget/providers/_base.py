@@ -52,6 +52,12 @@ class ResponseState:
     #: A stream's generated text, when the adapter collected it while reading the stream
     #: (None: ask :meth:`Adapter.stream_text`).
     stream_parts: list[str] | None = None
+    #: Billed output a stream carried beside the answer's text (reasoning, thinking, tool-call arguments): only
+    #: for estimates of a stream that was cut or reported no usage.
+    hidden_parts: list[str] = field(default_factory=list)
+    #: The usage seen is the stream's final count (False: Anthropic's ``message_start`` placeholder only, which
+    #: reports 1 output token, with no ``message_delta`` usage or ``message_stop`` after it).
+    usage_final: bool = True
     #: The usage seen left the input out (a gateway's Messages stream without message_start's usage).
     input_unreported: bool = False
     #: The model refused to answer (chat ``message.refusal``, a Responses ``refusal`` part, Anthropic's

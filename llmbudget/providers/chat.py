@@ -128,8 +128,12 @@ class ChatAdapter(Adapter):
                     content = delta.get("content")
                     if isinstance(content, str):
                         parts.append(content)
-                    if not tool_calls and (delta.get("tool_calls") or delta.get("function_call")):
+                    if delta.get("tool_calls") or delta.get("function_call"):
                         tool_calls = True
+                        _hidden_arguments(delta, state.hidden_parts)
+                    for key in ("reasoning_content", "reasoning"):  # servers that stream the model's reasoning
+                        if isinstance(delta.get(key), str):
+                            state.hidden_parts.append(delta[key])
                 reason = choice.get("finish_reason")
                 if isinstance(reason, str):
                     if reasons is None:
@@ -166,3 +170,13 @@ class ChatAdapter(Adapter):
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 state.finish_reasons.append(reason)
+
+
+def _hidden_arguments(delta: dict[str, Any], out: list[str]) -> None:
+    """The tool-call arguments of a stream chunk's delta (billed output, not the answer's text)."""
+    calls = delta.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    functions.append(delta.get("function_call"))
+    for function in functions:
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            out.append(function["arguments"])

@@ -100,6 +100,9 @@ def _media_tokens(content: Any) -> int:
     return total
 
 
+#: Stream deltas that carry billed output beside the answer's text, and the field that holds it.
+_HIDDEN_DELTAS = {"thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
 class MessagesAdapter(Adapter):
     endpoint = "messages"
     path = "/messages"
@@ -145,6 +148,7 @@ class MessagesAdapter(Adapter):
     def read_stream(self, events: list[Any], state: ResponseState) -> None:
         usage: dict[str, Any] = {}
         parts: list[str] = []
+        final = False  # a message_delta with usage, or message_stop, came after message_start's placeholder
         for event in events:
             if not isinstance(event, dict):
                 continue
@@ -161,8 +165,12 @@ class MessagesAdapter(Adapter):
                     state.tool_calls = True
             elif kind == "content_block_delta":
                 delta = event.get("delta")
-                if isinstance(delta, dict) and delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
-                    parts.append(delta["text"])
+                if isinstance(delta, dict):
+                    kind = delta.get("type")
+                    if kind == "text_delta" and isinstance(delta.get("text"), str):
+                        parts.append(delta["text"])
+                    elif kind in _HIDDEN_DELTAS and isinstance(delta.get(_HIDDEN_DELTAS[kind]), str):
+                        state.hidden_parts.append(delta[_HIDDEN_DELTAS[kind]])  # billed as output too
             elif kind == "message_delta":
                 delta = event.get("delta")
                 reason = delta.get("stop_reason") if isinstance(delta, dict) else None
@@ -171,11 +179,13 @@ class MessagesAdapter(Adapter):
                     state.refused = state.refused or reason == "refusal"
                 if isinstance(event.get("usage"), dict):
                     usage.update({k: v for k, v in event["usage"].items() if v is not None})
+                    final = True
             elif kind == "message_stop":
-                state.done = True
+                state.done = final = True
         if usage:
             state.usage = self.reported_usage(usage)
             state.input_unreported = "input_tokens" not in usage
+            state.usage_final = final
             if state.usage is not None:
                 state.service_tier = state.usage.service_tier or state.service_tier
         state.stream_parts = parts

@@ -97,6 +97,10 @@ def _item_media(item: dict[str, Any], model: str | None) -> int:
     return total
 
 
+#: Stream events whose ``delta`` is billed output beside the answer's text.
+_HIDDEN_EVENTS = frozenset({"response.function_call_arguments.delta", "response.reasoning_text.delta",
+                            "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta"})
+
 class ResponsesAdapter(Adapter):
     endpoint = "responses"
     path = "/responses"
@@ -172,6 +176,10 @@ class ResponsesAdapter(Adapter):
             delta = data.get("delta")
             if isinstance(delta, str):
                 state.text_parts.append(delta)
+        elif kind in _HIDDEN_EVENTS:  # billed output beside the answer's text: for estimates of a cut stream
+            delta = data.get("delta")
+            if isinstance(delta, str):
+                state.hidden_parts.append(delta)
         elif kind in _FINAL_EVENTS or kind == "response.created":
             response = data.get("response")
             if isinstance(response, dict):

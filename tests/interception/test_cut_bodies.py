@@ -408,3 +408,55 @@ def test_an_anthropic_stream_that_ends_in_an_error_is_charged_for_what_it_stream
     record = attempt.finish(complete=True)
     assert record.error and "Overloaded" in record.error
     assert record.usage.input_tokens == 12 and record.usage.output_tokens > 500 and record.estimated
+
+
+_BLOCKS = {  # a content block and one of its deltas, as Anthropic streams them
+    "text": ({"type": "text", "text": ""}, {"type": "text_delta", "text": "word " * 50}),
+    "thinking": ({"type": "thinking", "thinking": ""}, {"type": "thinking_delta", "thinking": "step " * 50}),
+    "tool_use": ({"type": "tool_use", "id": "t", "name": "save", "input": {}},
+                 {"type": "input_json_delta", "partial_json": '"item", ' * 25}),
+}
+
+
+@pytest.mark.parametrize("block", sorted(_BLOCKS))
+@pytest.mark.parametrize("ending", ["body ends", "app stops reading", "connection reset"])
+def test_an_anthropic_stream_cut_short_is_charged_for_the_thinking_and_tool_input_it_streamed(engine, block, ending):
+    # thinking and tool input are billed output: only text deltas were counted (1 output token recorded), and a
+    # stream that ended without message_delta / message_stop was priced at message_start's placeholder as exact
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8000, "messages": QUESTION, "stream": True}
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    start, delta = _BLOCKS[block]
+    events = [{"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant",
+                                                     "model": "claude-haiku-4-5", "content": [], "stop_reason": None,
+                                                     "usage": {"input_tokens": 12, "output_tokens": 1}}},
+              {"type": "content_block_start", "index": 0, "content_block": start},
+              *({"type": "content_block_delta", "index": 0, "delta": delta} for _ in range(20))]
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    for event in events:
+        attempt.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    if ending == "connection reset":
+        record = attempt.finish(complete=False, error=httpx.ReadError("connection reset"))
+    else:
+        record = attempt.finish(complete=ending == "body ends")
+    assert record.usage.input_tokens == 12 and record.usage.output_tokens > 500 and record.estimated
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_cut_openai_stream_is_charged_for_the_tool_arguments_it_streamed(engine, api):
+    path = "/v1/chat/completions" if api == "chat" else "/v1/responses"
+    body = {"model": "gpt-4o-mini", "stream": True, "tools": [{"type": "function", "function": {"name": "save"}}],
+            **({"messages": QUESTION} if api == "chat" else {"input": "What is the capital of France?"})}
+    attempt = engine.begin(url=f"https://api.openai.com{path}", path=path, headers={}, body=json.dumps(body).encode())
+    if api == "chat":
+        event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                 "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
+                     "arguments": '"item", ' * 25}}]}, "finish_reason": None}]}
+    else:
+        event = {"type": "response.function_call_arguments.delta", "item_id": "fc", "output_index": 0,
+                 "delta": '"item", ' * 25}
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    for _ in range(20):
+        attempt.feed(f"data: {json.dumps(event)}\n\n".encode())
+    record = attempt.finish(complete=False)  # the app stopped reading
+    assert record.estimated and record.usage.output_tokens > 500

@@ -373,7 +373,8 @@ class Attempt:
         breakpoints (its own, or llmbudget's) may write all of it to the prompt cache, at 1.25x the input
         price (2x for a one-hour write); deferred work at its own price, ``service_tier: "priority"`` at its
         (higher) one; every web search the request allows, with its results as input; its audio at the audio
-        rate (``audio_tokens``: the adapter's estimate, where the caller has it already)."""
+        rate (``audio_tokens``: the adapter's estimate, where the caller has it already); what web fetch tools
+        may add to the input."""
         searches = self.adapter.web_searches(self.call.body)
         if audio_tokens is None:
             audio_tokens = self.adapter.audio(self.call.body)[0]
@@ -382,7 +383,8 @@ class Attempt:
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
         tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
         # search results are input, never written to the prompt cache
-        return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS, estimated=True,
+        fetched = self.adapter.fetched_tokens(self.call.body)
+        return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
                      service_tier=tier, web_searches=searches, input_audio_tokens=audio)
 

@@ -114,6 +114,11 @@ class Adapter:
         return sum(_count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES for tool in items(body.get("tools"))
                    if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"))
 
+    def fetched_tokens(self, body: dict[str, Any]) -> int:
+        """The most tokens of fetched content server-side tools may add to the input (Anthropic's web fetch):
+        none for most APIs."""
+        return 0
+
     def audio(self, body: dict[str, Any]) -> tuple[int, bool]:
         """Estimated tokens of the audio the input carries, and whether the answer may be audio (priced at the
         model's audio rates, higher than its text ones)."""
@@ -243,6 +248,9 @@ def _pdf_pages(data: str) -> int:
 #: with this many tokens of results billed as input (both providers bill the results beside the per-search fee).
 DEFAULT_WEB_SEARCHES = 5
 WEB_SEARCH_RESULT_TOKENS = 10_000
+#: A web fetch tool without ``max_content_tokens``: each fetch reserved at this many tokens of content (a page
+#: or a PDF; Anthropic sets no limit of its own), ``max_uses`` fetches (:data:`DEFAULT_WEB_SEARCHES` without one).
+WEB_FETCH_TOKENS = 100_000
 
 
 def image_tokens(model: str | None) -> tuple[int, int]:

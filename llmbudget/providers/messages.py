@@ -16,10 +16,13 @@ from typing import Any
 
 from ..calls import Usage
 from ._base import (
+    DEFAULT_WEB_SEARCHES,
     IMAGE_TOKENS,
     MAX_SEARCHES,
+    WEB_FETCH_TOKENS,
     Adapter,
     ResponseState,
+    _count,
     as_int,
     items,
     json_text,
@@ -103,6 +106,21 @@ def _media_tokens(content: Any) -> int:
 #: Stream deltas that carry billed output beside the answer's text, and the field that holds it.
 _HIDDEN_DELTAS = {"thinking_delta": "thinking", "input_json_delta": "partial_json"}
 
+
+#: Input tokens Anthropic adds to a request with tools, beside the tools' definitions (its tool-use docs): the
+#: tool-use system prompt, and the Anthropic-defined tools' own (computer use: the tool and its system prompt).
+TOOL_SYSTEM_PROMPT_TOKENS = 346
+_ANTHROPIC_TOOL_TOKENS = (("bash_", 245), ("text_editor_", 700), ("computer_", 735 + 499))
+
+
+def _tool_overhead(tools: Any) -> int:
+    defined = [tool for tool in items(tools) if isinstance(tool, dict)]
+    if not defined:
+        return 0
+    return TOOL_SYSTEM_PROMPT_TOKENS + sum(
+        next((extra for prefix, extra in _ANTHROPIC_TOOL_TOKENS if str(tool.get("type", "")).startswith(prefix)), 0)
+        for tool in defined)
+
 class MessagesAdapter(Adapter):
     endpoint = "messages"
     path = "/messages"
@@ -122,8 +140,18 @@ class MessagesAdapter(Adapter):
         return out
 
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
+        """Images and documents, and the system prompt Anthropic adds for tools (beside their definitions)."""
         return _media_tokens(body.get("system")) + sum(
-            _media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict))
+            _media_tokens(m.get("content")) for m in items(body.get("messages")) if isinstance(m, dict)
+        ) + _tool_overhead(body.get("tools"))
+
+    def fetched_tokens(self, body: dict[str, Any]) -> int:
+        """Each web fetch tool's ``max_uses`` fetches (5 without one), each its ``max_content_tokens``
+        (:data:`WEB_FETCH_TOKENS` without one): the fetched pages are billed as input."""
+        return sum((_count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES)
+                   * (_count(tool.get("max_content_tokens")) or WEB_FETCH_TOKENS)
+                   for tool in items(body.get("tools"))
+                   if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_fetch"))
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

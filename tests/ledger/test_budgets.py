@@ -484,6 +484,21 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
          "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
          "usage": {"input_tokens": 45_000, "output_tokens": 1024,
                    "server_tool_use": {"web_search_requests": 5}}}, "anthropic"),
+    "Anthropic web fetch": (  # the fetched pages are input: reserved at 0 tokens, one call spent 3x a budget
+        "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [
+            {"role": "user", "content": "Summarise these three pages."}], "tools": [
+            {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 3, "max_content_tokens": 35_000}]},
+        {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+         "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+         "usage": {"input_tokens": 95_000, "output_tokens": 1024}}, "anthropic"),
+    "Anthropic-defined tools": (  # their system prompts (346 + 245 + 700 tokens) are billed beside the request
+        "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": [
+            {"role": "user", "content": "List the files in the repo."}], "tools": [
+            {"type": "bash_20250124", "name": "bash"},
+            {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]},
+        {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+         "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+         "usage": {"input_tokens": 1_320, "output_tokens": 256}}, "anthropic"),
 }
 
 

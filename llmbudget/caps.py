@@ -57,7 +57,24 @@ def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
     if body.get("reasoning_effort") not in (None, "none") or (
             isinstance(reasoning, Mapping) and reasoning.get("effort") not in (None, "none")):
         return True
-    return reasoning_model(model)
+    return reasoning_model(model) or other_reasoner(model) or _speaks(body)
+
+
+#: Open and other providers' models whose output limit also bounds their reasoning (gpt-oss, DeepSeek's
+#: reasoner and R1, QwQ, Magistral, and any "-thinking" or "reasoner" model name).
+OTHER_REASONER_PREFIXES = ("gpt-oss", "deepseek-reasoner", "deepseek-r1", "qwq", "magistral")
+
+
+def other_reasoner(model: str | None) -> bool:
+    """Whether ``model`` reasons before it answers, within its output limit, though not one of OpenAI's."""
+    name = _family(model)
+    return name.startswith(OTHER_REASONER_PREFIXES) or "-thinking" in name or "reasoner" in name
+
+
+def _speaks(body: Mapping[str, Any]) -> bool:
+    """A chat request for a spoken answer: its audio tokens count against the output limit too."""
+    modalities = body.get("modalities")
+    return isinstance(modalities, list) and "audio" in modalities
 
 
 def _family(model: str | None) -> str:

@@ -165,11 +165,15 @@ def wants_json(body: Mapping[str, Any]) -> bool:
 
 def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tuple[dict[str, Any], str] | None:
     """``body`` with the directive added, and why; None when it must not get one (tools, JSON, a length
-    the request states itself, an endpoint without instructions)."""
+    the request states itself, an answer the app started itself, an endpoint without instructions)."""
     if endpoint not in ("chat.completions", "responses", "messages"):
         return None
     if body.get("tools") or body.get("functions") or wants_json(body) or says_length(endpoint, body):
         return None
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) and \
+            messages[-1].get("role") == "assistant":
+        return None  # a prefill: the answer continues text the app wrote (an opening "{" for JSON, a format)
     text = output.text
     if endpoint == "responses":
         instructions = body.get("instructions")

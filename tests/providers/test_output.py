@@ -157,6 +157,22 @@ def test_requests_whose_limit_also_bounds_reasoning_are_told_apart():
     assert thinks("responses", {"reasoning": {"effort": "high"}}, "my-local-model")
     assert not thinks("chat.completions", {"reasoning_effort": "none"}, "gpt-4o-mini")
     assert not thinks("chat.completions", {}, "gpt-4o-mini") and not thinks("completions", {}, "o3")
+    # open and other providers' reasoners, and spoken answers, whose limit holds their reasoning or audio too
+    for model in ("gpt-oss-120b", "openai/gpt-oss-20b", "deepseek-reasoner", "deepseek-r1-distill-qwen-7b",
+                  "qwq-32b", "qwen3-235b-a22b-thinking-2507"):
+        assert thinks("chat.completions", {}, model), model
+    assert thinks("chat.completions", {"modalities": ["text", "audio"]}, "gpt-4o-audio-preview")
+    assert not thinks("chat.completions", {"modalities": ["text"]}, "gpt-4o-audio-preview")
+
+
+@pytest.mark.parametrize("endpoint", ["messages", "chat.completions"])
+def test_an_answer_the_app_started_itself_gets_no_directive(endpoint):
+    # an Anthropic prefill ("{" for JSON): the directive's cap cut a long JSON answer at 290 tokens
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 2000, "messages": [
+        {"role": "user", "content": "List the catalogue as JSON."}, {"role": "assistant", "content": "{"}]}
+    assert apply_directive(endpoint, body, Output(120)) is None
+    asked = {**body, "messages": body["messages"][:1]}
+    assert apply_directive(endpoint, asked, Output(120)) is not None
 
 
 def test_a_schema_cap_leaves_room_for_strings_of_a_token_per_character():

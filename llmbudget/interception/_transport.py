@@ -141,7 +141,7 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
         url = attempt.call.base_url + url[len(original_base):]
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
             # (nor its Host header: the new URL's is used)
-            headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIALS and k.lower() != "host"]
+            headers = [(k, v) for k, v in headers if _goes_elsewhere(k)]
             key = attempt.tier_api_key()
             if key:
                 headers.append(("authorization", f"Bearer {key}"))
@@ -150,9 +150,16 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     return rewritten, None
 
 
-#: Headers that carry the app's credentials for its provider, which a tier on another host must not get.
-_CREDENTIALS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "x-goog-api-key", "cookie",
-                          "openai-organization", "openai-project"})
+#: The headers a request sent to a tier on another host keeps: what describes the request and the SDK, never
+#: a credential (the provider's key, a gateway's such as ``helicone-auth`` or ``x-portkey-api-key``, cookies,
+#: the organisation or project), whatever its name: any other header the app or its SDK set is left out.
+_KEPT_ELSEWHERE = frozenset({"content-type", "accept", "accept-encoding", "accept-language", "user-agent",
+                             "idempotency-key", "openai-beta", "traceparent", "tracestate", "x-request-id"})
+
+
+def _goes_elsewhere(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _KEPT_ELSEWHERE or lowered.startswith("x-stainless-")
 
 
 def _origin(url: Any) -> tuple[str, str, int | None]:

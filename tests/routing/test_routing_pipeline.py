@@ -188,7 +188,8 @@ WHOLE = dict(messages=[{"role": "user", "content": "What is the capital of Franc
 
 def test_a_tier_on_another_host_never_gets_the_apps_credentials(llm_server, route, records, monkeypatch):
     client = openai.OpenAI(base_url=llm_server, api_key="sk-app-secret", organization="org-app", project="proj-app",
-                           http_client=llmbudget.http_client(), max_retries=0)
+                           http_client=llmbudget.http_client(), max_retries=0,
+                           default_headers={"helicone-auth": "Bearer hel-secret", "x-portkey-api-key": "pk-secret"})
     with proxy(llm_server) as elsewhere:
         route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(elsewhere)}, "large": None},
               threshold=1.0)
@@ -202,6 +203,8 @@ def test_a_tier_on_another_host_never_gets_the_apps_credentials(llm_server, rout
     for headers in lowered:
         assert not {"openai-organization", "openai-project"} & set(headers)
         assert "sk-app-secret" not in json.dumps(headers)
+        assert not {"helicone-auth", "x-portkey-api-key"} & set(headers)  # a gateway's keys, whatever their name
+        assert headers["content-type"] == "application/json" and "x-stainless-lang" in headers
     assert "authorization" not in lowered[0] and lowered[1]["authorization"] == "Bearer sk-tier-key"
     assert [r.status for r in records] == [200, 200]
     monkeypatch.delenv("GPU_BOX_KEY")
@@ -485,3 +488,24 @@ def test_the_directives_cap_is_measured_on_the_apps_own_words(engine):
                            headers={}, body=json.dumps(body).encode())
     assert attempt.shape_output()
     assert attempt.call.body["max_tokens"] > 250 == llmbudget.Output(max_words=100).cap
+
+
+@pytest.mark.parametrize(("extra", "tier_url", "routed"), [
+    ({}, "http://gpu-box:8000/v1", False),  # stored by default: the next turn's previous_response_id is only there
+    ({"previous_response_id": "resp_1", "store": False}, "http://gpu-box:8000/v1", False),
+    ({"conversation": "conv_1", "store": False}, "http://gpu-box:8000/v1", False),
+    ({"store": False}, "http://gpu-box:8000/v1", True),  # nothing kept anywhere: free to move
+    ({"previous_response_id": "resp_1"}, None, True),  # a tier on the app's host: the chain is there
+])
+def test_a_responses_call_whose_state_the_provider_keeps_stays_on_its_host(engine, monkeypatch, extra, tier_url,
+                                                                           routed):
+    # turn 1 routed to a self-hosted tier got an id only that host knew: turn 2 on the strong tier failed with 404
+    monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
+    small = {"model": "llama-3-8b", **({"base_url": tier_url, "api_key_env": "GPU_BOX_KEY"} if tier_url else {})}
+    engine.routing = Routing(tiers={"small": small, "large": None}, threshold=1.0)
+    body = {"model": "gpt-4o", "input": "Say hi", **extra}
+    attempt = engine.begin(url="https://api.openai.com/v1/responses", path="/v1/responses", headers={},
+                           body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert attempt.routed is routed, attempt.routing
+    assert attempt.call.model == ("llama-3-8b" if routed else "gpt-4o")

@@ -44,4 +44,4 @@ def exact_usd(amount: Decimal) -> str:
     """An exact amount for people, every digit kept and never in exponent form (``$0.0000001``, not ``$1E-7``):
     for verdicts that compare two amounts, which :func:`format_usd`'s rounding could show as equal."""
     sign, value = ("-", -amount) if amount < 0 else ("", amount)
-    return f"{sign}${value:f}"
+    return f"{sign}${value.normalize():f}"  # no trailing zeros: $0.001, not $0.00100000000

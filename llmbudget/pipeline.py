@@ -442,16 +442,26 @@ class Attempt:
             return False
         target = self._scope_setting("downgrade_to")
         routing = self.engine.routing
-        endpoint = self.call.endpoint
-        if target is None and routing is not None:
-            models = [model for tier in routing.tiers.values() if (model := tier.model_for(endpoint))]
-            priced = [(self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=m).usd, m) for m in models]
-            target = min(priced)[1] if priced else None
-        if not target or target == self.call.model:
+        endpoint, base_url = self.call.endpoint, self.call.base_url
+        key_env = self.tier_key_env
+        if target is None and routing is not None:  # the cheapest tier, where it lives (a self-hosted model...)
+            from .routing.tiers import elsewhere, keeps_state
+
+            options = []
+            for tier in routing.tiers.values():
+                model, url = tier.model_for(endpoint), tier.base_url_for(endpoint) or base_url
+                if not model or (endpoint == "responses" and keeps_state(self.call.body) and elsewhere(url, base_url)):
+                    continue  # no model for this API, or a Responses chain another host does not hold
+                cost = self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=url).usd
+                options.append((cost, model, url, tier.api_key_env if url != base_url else key_env))
+            if options:
+                _, target, base_url, key_env = min(options, key=lambda option: option[0])
+        if not target or (target == self.call.model and base_url == self.call.base_url):
             return False
         if endpoint == "messages" and not target.lower().startswith("claude"):
             return False  # never send an Anthropic request to another provider's model
-        self.call = self.adapter.parse(suited(endpoint, {**self.call.body, "model": target}, target), self.call.base_url)
+        self.call = self.adapter.parse(suited(endpoint, {**self.call.body, "model": target}, target), base_url)
+        self.tier_key_env = key_env
         self.routed = self.rewritten = True
         self.routing = {**(self.routing or {}), "tier": "downgrade", "reason": "over budget: downgraded"}
         return True

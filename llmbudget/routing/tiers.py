@@ -172,8 +172,8 @@ class Routing:
             return Decision(self.strong, None, None, kept)
         score = float(self.router.score(body))
         tier = self.strong if score >= self.threshold else self.weak
-        if tier != self.strong and call.endpoint == "responses" and _keeps_state(call.body) and \
-                _elsewhere(self.tiers[tier].base_url_for(call.endpoint), call.base_url):
+        if tier != self.strong and call.endpoint == "responses" and keeps_state(call.body) and \
+                elsewhere(self.tiers[tier].base_url_for(call.endpoint), call.base_url):
             # the provider keeps a Responses call's answer (store, a chain): its id is only known where it is kept
             return Decision(self.strong, score, self.threshold,
                             "a Responses call kept on its host (store or previous_response_id)")
@@ -184,13 +184,13 @@ class Routing:
         return Decision(tier, score, self.threshold, "router", features)
 
 
-def _keeps_state(body: Mapping[str, Any]) -> bool:
+def keeps_state(body: Mapping[str, Any]) -> bool:
     """A Responses request whose answer the provider stores (``store`` unless false) or that continues one
     it stored (``previous_response_id``, ``conversation``): either ties the chain to the host that holds it."""
     return body.get("store") is not False or bool(body.get("previous_response_id") or body.get("conversation"))
 
 
-def _elsewhere(tier_url: str | None, base_url: str) -> bool:
+def elsewhere(tier_url: str | None, base_url: str) -> bool:
     return tier_url is not None and tier_url.rstrip("/") != base_url.rstrip("/")
 
 

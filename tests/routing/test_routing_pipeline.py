@@ -350,6 +350,24 @@ def test_a_downgrade_sends_a_reasoning_model_what_it_takes(engine):
     attempt.release()
 
 
+def test_a_downgrade_to_a_tier_elsewhere_goes_there_with_its_key(engine, monkeypatch):
+    # the self-hosted tier's model was sent to the app's host with the app's key (a 404, then a refusal)
+    monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
+    engine.routing = Routing(tiers={"small": {"model": "llama-3-8b", "base_url": "http://gpu-box:8000/v1",
+                                              "api_key_env": "GPU_BOX_KEY"}, "large": None}, threshold=0.0)
+    engine.pricing = llmbudget.Pricing({"llama-3-8b": {"input": "0.0000001", "output": "0.0000001"}})
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 1000}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade"):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        assert attempt.call.model == "gpt-4o"  # the router kept it on the strong tier
+        assert attempt.reserve() is None
+    assert attempt.call.model == "llama-3-8b" and attempt.call.base_url == "http://gpu-box:8000/v1"
+    assert attempt.tier_api_key() == "gpu-secret" and attempt.routing["tier"] == "downgrade"
+    attempt.release()
+
+
 @pytest.mark.parametrize("on_budget", ["downgrade", "cap"])
 def test_a_budget_that_cannot_pay_for_the_escalation_never_downgrades_or_caps_it(llm_server, route, records,
                                                                                   on_budget):

@@ -721,7 +721,8 @@ class Attempt:
     def tier_failed(self, *, unreachable: bool = False) -> bool:
         """Whether the tier routing (or a budget's downgrade) sent this call to failed it where the app's own
         request might not have: it refused the call as rewritten (HTTP 400, 404 or 422: a model it does not
-        serve, a parameter it does not take), or it lives on another host and could not be reached
+        serve, a parameter it does not take; 403 for a model the app's project has no access to), or it lives on
+        another host and could not be reached
         (``unreachable``), refused the tier's key (401, 403) or failed (5xx). The call then goes to the strong
         tier, whatever ``escalate`` says, since routing must never be the reason a call fails."""
         routing = self.engine.routing
@@ -732,7 +733,9 @@ class Attempt:
         if unreachable:
             return elsewhere
         status = self.status
-        return status in (400, 404, 422) or (elsewhere and status is not None and (status in (401, 403) or status >= 500))
+        moved = self.call.model != self.model_requested  # a 403 for another model: no access to it (model_not_found)
+        return status in (400, 404, 422) or (status == 403 and moved) or (
+            elsewhere and status is not None and (status in (401, 403) or status >= 500))
 
     def tier_api_key(self) -> str | None:
         """The key sent to a tier on another host in place of the app's (None: none is sent)."""

@@ -225,6 +225,16 @@ def test_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_
     assert strong.routing["reason"] == f"escalated: the weak tier's answer was HTTP {status} from the tier"
 
 
+def test_a_model_the_project_has_no_access_to_on_the_same_host_sends_the_call_to_the_strong_tier(llm_server, route,
+                                                                                                  records):
+    # OpenAI answers 403 model_not_found for a model the project cannot use: the app's call failed with it
+    with proxy(llm_server, fail_first=1, fail_status=403) as host:
+        route(tiers={"small": "gemma-3-270m", "large": None}, threshold=1.0)
+        answer = client_for(base_url(host)).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    assert answer.model == "gpt-4o" and [(r.status, r.model_sent) for r in records] == [
+        (403, "gemma-3-270m"), (200, "gpt-4o")]
+
+
 def test_async_a_tier_that_refuses_the_routed_request_sends_it_to_the_strong_tier(llm_server, route, records):
     import asyncio
 

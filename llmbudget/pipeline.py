@@ -756,12 +756,19 @@ class Attempt:
             return "cut by an output cap"
         if self.state.refused:  # chat's message.refusal, a Responses refusal part, Anthropic's stop_reason
             return "refused"
-        if wants_json(self.call.body):  # chat's response_format, Responses' text.format, Messages' output_format
-            try:
-                json.loads(self.state.text)
-            except (ValueError, RecursionError):  # RecursionError: nested too deep for json to read
-                return "invalid JSON"
+        if wants_json(self.call.body) and not self._valid_json():  # response_format, text.format, output_format
+            return "invalid JSON"
         return None
+
+    def _valid_json(self) -> bool:
+        """Whether every answer (each choice of an ``n`` > 1 chat call) is valid JSON."""
+        answers = self.state.answers if self.state.answers else [self._output_text()]
+        for text in answers:
+            try:
+                json.loads(text)
+            except (ValueError, RecursionError):  # RecursionError: nested too deep for json to read
+                return False
+        return True
 
     def unprobed_body(self) -> bytes | None:
         """The answer as the app asked for it (without the cascade's log-probabilities), or None when unchanged."""
@@ -1098,11 +1105,8 @@ class Attempt:
         output = self.output
         if source != "cache" and self.status == 200 and wants_json(self.call.body):
             verdict = "cut" if "length" in self.state.finish_reasons else "valid"
-            if verdict == "valid":
-                try:
-                    json.loads(self._output_text())
-                except (ValueError, RecursionError):
-                    verdict = "invalid"
+            if verdict == "valid" and not self._valid_json():
+                verdict = "invalid"
             output = {**(output or {}), "json": verdict}
         return SpendRecord(
             time=self.time,

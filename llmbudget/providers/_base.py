@@ -52,6 +52,8 @@ class ResponseState:
     #: A stream's generated text, when the adapter collected it while reading the stream
     #: (None: ask :meth:`Adapter.stream_text`).
     stream_parts: list[str] | None = None
+    #: Each answer's text where a response holds several (chat ``n`` > 1), in choice order; None: one answer.
+    answers: list[str] | None = None
     #: Billed output a stream carried beside the answer's text (reasoning, thinking, tool-call arguments): only
     #: for estimates of a stream that was cut or reported no usage.
     hidden_parts: list[str] = field(default_factory=list)

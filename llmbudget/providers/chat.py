@@ -86,10 +86,13 @@ class ChatAdapter(Adapter):
         super().read_json(data, state)
         if not isinstance(data, dict):
             return
-        for choice in items(data.get("choices")):
-            if not isinstance(choice, dict):
-                continue
+        choices = [choice for choice in items(data.get("choices")) if isinstance(choice, dict)]
+        if len(choices) > 1:
+            state.answers = []
+        for choice in choices:
             message = choice.get("message")
+            if state.answers is not None:
+                state.answers.append(_answer_text(message))
             if isinstance(message, dict):
                 _text_of(message.get("content"), state.text_parts)
                 if message.get("tool_calls") or message.get("function_call"):
@@ -108,6 +111,7 @@ class ChatAdapter(Adapter):
         usage_chunk: dict[str, Any] | None = None
         last_reasons: list[str] = []
         parts: list[str] = []
+        by_choice: dict[Any, list[str]] = {}
         tool_calls = False
         for chunk in events:
             if not isinstance(chunk, dict):
@@ -128,6 +132,8 @@ class ChatAdapter(Adapter):
                     content = delta.get("content")
                     if isinstance(content, str):
                         parts.append(content)
+                        index = choice.get("index", 0)
+                        by_choice.setdefault(index if isinstance(index, int) else 0, []).append(content)
                     if delta.get("tool_calls") or delta.get("function_call"):
                         tool_calls = True
                         _hidden_arguments(delta, state.hidden_parts)
@@ -152,6 +158,8 @@ class ChatAdapter(Adapter):
         state.finish_reasons.extend(last_reasons)
         state.tool_calls = tool_calls
         state.stream_parts = parts
+        if len(by_choice) > 1:  # n > 1: the choices' chunks interleave
+            state.answers = ["".join(by_choice[index]) for index in sorted(by_choice)]
 
     def read_event(self, data: Any, state: ResponseState) -> None:
         super().read_event(data, state)
@@ -180,3 +188,11 @@ def _hidden_arguments(delta: dict[str, Any], out: list[str]) -> None:
     for function in functions:
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
             out.append(function["arguments"])
+
+
+def _answer_text(message: Any) -> str:
+    """One choice's answer text."""
+    out: list[str] = []
+    if isinstance(message, dict):
+        _text_of(message.get("content"), out)
+    return "".join(out)

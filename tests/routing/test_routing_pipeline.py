@@ -458,6 +458,23 @@ def test_escalation_checks_json_refusals_and_cuts_on_every_api(engine):
         .escalation_reason() == "refused"
 
 
+@pytest.mark.parametrize(("second", "reason", "verdict"), [('{"a": 2}', None, "valid"),
+                                                          ('{"a": ', "invalid JSON", "invalid")])
+def test_several_json_answers_are_judged_one_by_one(engine, second, reason, verdict):
+    # n=2: both choices' texts were joined ('{"a": 1}{"a": 2}'), never valid: escalated and paid twice
+    from openai.types.chat import ChatCompletion
+
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, escalate=True)
+    answer = ChatCompletion.model_validate({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4.1-nano",
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    for i, text in enumerate(['{"a": 1}', second])],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}}).model_dump(mode="json")
+    ask = {"model": "gpt-4o", "messages": HI, "n": 2, "response_format": {"type": "json_object"}}
+    attempt = _settled(engine, "https://api.openai.com/v1/chat/completions", "/v1/chat/completions", ask, answer)
+    assert attempt.escalation_reason() == reason and attempt.record.output["json"] == verdict
+
+
 def test_an_answer_cut_because_a_reasoning_tier_spent_the_apps_limit_is_escalated(engine):
     # max_tokens=50 leaves gpt-4o room to answer; as o4-mini's max_completion_tokens it also bounds the reasoning
     engine.routing = Routing(tiers={"small": "o4-mini", "large": None}, threshold=1.0, escalate=True)

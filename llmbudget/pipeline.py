@@ -12,6 +12,7 @@ reservations and records the attempt.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Attempt", "configure", "get_engine", "set_engine"]
 
 log = logging.getLogger("llmbudget.pipeline")
+#: Set by ``llmbudget replay`` for a recorded line the app streamed (replayed as one JSON answer): the call is
+#: judged as the stream it was, never probed for log-probabilities nor escalated, as live.
+REPLAYED_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_replayed_stream", default=False)
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -675,7 +679,8 @@ class Attempt:
             if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
                 body = self._directed(body, tier.output, f"tier {chosen}") or body
             if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None
-                    and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))):
+                    and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
+                    and not REPLAYED_STREAM.get()):
                 from .routing.confidence import probe
 
                 probed = probe(body)
@@ -715,7 +720,7 @@ class Attempt:
         """Whether the answer must be checked before the app sees it (weak tier, escalation or a cascade on)."""
         routing = self.engine.routing
         return (routing is not None and (routing.escalate or routing.min_confidence is not None)
-                and not self.call.stream and self.force_tier is None
+                and not self.call.stream and not REPLAYED_STREAM.get() and self.force_tier is None
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
     def tier_failed(self, *, unreachable: bool = False) -> bool:

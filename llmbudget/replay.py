@@ -40,7 +40,7 @@ from typing import Any
 from .calls import MAX_TOKENS, SpendRecord, Usage
 from .caps import cap_field
 from .config import ConfigError, Policy, load_config
-from .pipeline import Engine, set_engine
+from .pipeline import REPLAYED_STREAM, Engine, set_engine
 from .providers._base import BadUsage, as_int
 from .providers.chat import chat_usage
 from .providers.messages import messages_usage
@@ -663,6 +663,7 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                            cap_min_output_tokens=policy_obj.cap_min_output_tokens):
                     create = (client.chat.completions.create if messages_client is None or line.endpoint != "messages"
                               else messages_client.messages.create)
+                    streamed = REPLAYED_STREAM.set(bool(line.request.get("stream")))
                     try:
                         create(**_call_options(create, line.request))
                     except Exception as exc:  # each SDK raises its own APIStatusError
@@ -671,6 +672,8 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                         if budget_refusal(exc) is None:
                             raise TrafficError(f"line {line.number}: the replayed call failed: {exc}") from None
                         result.refused = True
+                    finally:
+                        REPLAYED_STREAM.reset(streamed)
                 _settle(result, records, answers, tap, results, engine)
                 results.append(result)
                 if progress is not None:

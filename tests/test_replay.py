@@ -560,6 +560,20 @@ def test_an_escalated_line_is_judged_by_the_answer_that_served_it(tmp_path: Path
     assert all(r.answered_by == "gpt-4o" and r.correct is True for r in escalated)
 
 
+def test_a_streamed_line_is_never_escalated_as_live_it_would_not_be(tmp_path: Path) -> None:
+    # live, a stream reaches the app as it comes: never judged nor escalated. Replayed as one JSON answer, the line
+    # was escalated and judged by the strong answer, so the replay overstated the quality routing keeps.
+    lines = [line for line in _sample() if line.get("correct", {}).get("gpt-4o")
+             and line["responses"]["gpt-4o"]["usage"]["completion_tokens"] > 8][:5]
+    streamed = [_line(line, request={**line["request"], "stream": True}) for line in lines]
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[routing]\nthreshold = 1.0\nescalate = true\n[routing.tiers]\n'
+                      'small = { model = "gpt-4.1-nano", max_output_tokens = 8 }\nlarge = ""\n', encoding="utf-8")
+    result = replay(_write(tmp_path / "t.jsonl", streamed), policy)
+    assert [r.decision for r in result.lines] == ["routed"] * 5
+    assert all(r.answered_by == "gpt-4.1-nano" for r in result.lines)
+
+
 def test_a_hit_between_lines_not_known_to_ask_the_same_is_judged_by_the_lines_own_label(tmp_path: Path) -> None:
     # one line without a group: the hit inherited the source's label, and the replay kept 200% of quality
     base = next(line for line in _sample() if line.get("correct", {}).get("gpt-4o")

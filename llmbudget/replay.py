@@ -108,6 +108,8 @@ class LineResult:
     missing: bool = False
     correct: bool | None = None
     baseline_correct: bool | None = None
+    #: What each paid attempt cost, by the model it was sent to (an escalated line: the weak and the strong one).
+    spent_on: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def decision(self) -> str:
@@ -253,7 +255,14 @@ class ReplayResult:
                 asked["cache_hits"] += 1
             elif not result.refused:
                 sent["sent"] += 1
-            sent["actual_usd"] += result.cost_usd
+            if key == "model" and result.spent_on:  # each attempt on the model it was sent to
+                for model, cost in result.spent_on.items():
+                    paid = row(model)
+                    paid["actual_usd"] += cost
+                    if model != (result.model_sent or result.line.model) and not result.refused:
+                        paid["sent"] += 1  # the weak attempt of an escalated line
+            else:
+                sent["actual_usd"] += result.cost_usd
         return dict(sorted(rows.items()))
 
     def cumulative(self) -> list[tuple[Decimal, Decimal]]:
@@ -706,6 +715,9 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
         result.correct = False if line.correct else None
         return
     result.cost_usd = sum((r.cost_usd for r in records), Decimal(0))  # an escalated line paid both attempts
+    for paid in records:
+        name = paid.model_sent or result.line.model
+        result.spent_on[name] = result.spent_on.get(name, Decimal(0)) + paid.cost_usd
     result.model_sent = record.model_sent
     result.escalated = len(records) > 1 and bool((record.routing or {}).get("reason", "").startswith("escalated"))
     result.routed = record.routed or result.escalated

@@ -558,6 +558,11 @@ def test_an_escalated_line_is_judged_by_the_answer_that_served_it(tmp_path: Path
     escalated = [r for r in result.lines if r.escalated]
     assert len(escalated) == 5
     assert all(r.answered_by == "gpt-4o" and r.correct is True for r in escalated)
+    # each attempt is booked on the model it was sent to (the weak one's cost was on gpt-4o, nano had no row)
+    by_model = result.by("model")
+    assert by_model["gpt-4.1-nano"]["sent"] == 5 and by_model["gpt-4.1-nano"]["actual_usd"] > 0
+    assert sum(row["actual_usd"] for row in by_model.values()) == sum(r.cost_usd for r in result.lines)
+    assert by_model["gpt-4o"]["actual_usd"] == sum(r.spent_on["gpt-4o"] for r in escalated)
 
 
 def test_a_streamed_line_is_never_escalated_as_live_it_would_not_be(tmp_path: Path) -> None:

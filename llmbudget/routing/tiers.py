@@ -42,6 +42,8 @@ class Tier:
             if self.anthropic:
                 return self.anthropic
             return self.model if self.model and self.model.lower().startswith("claude") else None
+        if self.model and self.model.lower().startswith("claude") and not self.base_url:
+            return None  # never an OpenAI request to Anthropic's model on the app's host (a gateway's base_url may)
         return self.model
 
     def base_url_for(self, endpoint: str) -> str | None:

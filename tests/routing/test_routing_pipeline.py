@@ -347,6 +347,22 @@ def test_a_tier_without_a_model_for_the_api_leaves_the_call_alone(engine):
     assert not attempt.may_escalate()
 
 
+def test_a_claude_tier_leaves_openai_calls_alone_unless_it_lives_behind_a_gateway(engine):
+    # the tier's Claude model was sent to api.openai.com: a 404 and a retry on every call routed there
+    from llmbudget.routing.tiers import Tier
+
+    assert Tier.of("small", "claude-haiku-4-5").model_for("chat.completions") is None
+    assert Tier.of("small", "claude-haiku-4-5").model_for("messages") == "claude-haiku-4-5"
+    gateway = Tier.of("small", {"model": "claude-haiku-4-5", "base_url": "http://litellm:4000/v1"})
+    assert gateway.model_for("chat.completions") == "claude-haiku-4-5"
+    engine.routing = Routing(tiers={"small": "claude-haiku-4-5", "large": None}, threshold=1.0)
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 50}
+    attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                           headers={}, body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert attempt.call.model == "gpt-4o" and not attempt.routed
+
+
 def test_a_downgrade_sends_a_reasoning_model_what_it_takes(engine):
     body = {"model": "gpt-4o", "messages": HI, "max_tokens": 200, "temperature": 0.3}
     with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade", downgrade_to="gpt-5-nano"):

@@ -575,8 +575,14 @@ class Attempt:
             usage = found
         else:
             usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
-        model = (lookup.stored or {}).get("model") or self.call.model
-        saved = self.engine.pricing.cost(usage, model=model, base_url=self.call.base_url).usd
+        model = (lookup.stored or {}).get("model")
+        if not isinstance(model, str) or not model:  # whatever the server sent there, the hit is still served
+            model = self.call.model
+        try:
+            saved = self.engine.pricing.cost(usage, model=model, base_url=self.call.base_url).usd
+        except Exception:  # noqa: BLE001 - what a hit saved is a report's figure: never the reason a call fails
+            log.exception("llmbudget: pricing a cache hit failed; it is recorded as saving $0")
+            saved = Decimal(0)
         self.status = 200
         with self._lock:
             record = self._record(usage=Usage(), cost=Decimal(0), source="cache", estimated=False, error=None)

@@ -48,6 +48,20 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
             "system_fingerprint": fingerprint}
 
 
+def _with_usage(stored: dict[str, Any] | None, call: Call) -> dict[str, Any] | None:
+    """A streamed chat answer, with a tiktoken estimate of its usage when the stream reported none (no
+    ``include_usage``): a hit replayed as JSON carries ``usage``, as every chat completion does."""
+    if stored is None or isinstance(stored.get("usage"), dict):
+        return stored
+    from ..providers.chat import ChatAdapter
+    from ..tokens import estimate_output_tokens
+
+    prompt = ChatAdapter().estimate_input_tokens(call.body, call.model)
+    completion = estimate_output_tokens(stored["message"]["content"], model=call.model)
+    return {**stored, "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                "total_tokens": prompt + completion}}
+
+
 def _message_from_stream(events: list[Any]) -> dict[str, Any] | None:
     """The whole Messages response a stream carried (``message_start`` plus its deltas)."""
     message: dict[str, Any] | None = None
@@ -91,7 +105,7 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
     """
     if call.endpoint == "chat.completions":
         if events is not None:
-            return _chat_from_stream(events)
+            return _with_usage(_chat_from_stream(events), call)
         if not isinstance(body, dict):
             return None
         choices = body.get("choices")

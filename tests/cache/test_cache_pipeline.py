@@ -57,6 +57,36 @@ def test_a_streamed_answer_is_cached_once_seen_whole(cached, records):
     assert again.choices[0].message.content == streamed and len(server.received) == 1
 
 
+def test_a_streamed_answer_without_usage_is_replayed_as_json_with_its_usage(cached, records):
+    # a stream without include_usage reports none: a JSON hit replayed it as usage: null, and app code reading
+    # usage.total_tokens (as every chat completion lets it) crashed on the hit
+    client, server = cached
+    chunks = list(client.chat.completions.create(messages=QUESTION, stream=True, **ASK))
+    assert all(c.usage is None for c in chunks)
+    again = client.chat.completions.create(messages=QUESTION, **ASK)
+    assert records[-1].from_cache and len(server.received) == 1
+    assert again.usage is not None and again.usage.prompt_tokens > 0 and again.usage.completion_tokens > 0
+
+
+def test_a_hit_whose_stored_model_is_not_a_name_is_still_served(engine, records, tmp_path):
+    # a server that answered "model": 123 made every repeat of that request fail on the hit's pricing
+    import httpx2
+
+    engine.cache = Cache(tmp_path / "cache")
+
+    def answer(request):
+        return httpx2.Response(200, json={
+            "id": "c", "object": "chat.completion", "created": 1, "model": 123,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}})
+
+    client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-test", max_retries=0,
+                           http_client=llmbudget.http_client(transport=httpx2.MockTransport(answer)))
+    for _ in range(2):
+        assert client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content == "4"
+    assert [r.from_cache for r in records] == [False, True] and records[1].saved_usd > 0
+
+
 def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_not(cached, records):
     client, server = cached
     ask = lambda text: client.chat.completions.create(messages=[{"role": "user", "content": text}], **ASK)  # noqa: E731

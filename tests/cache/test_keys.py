@@ -154,3 +154,21 @@ def test_responses_inputs_with_any_item_but_messages_are_never_cached(item):
     body = {"model": "gpt-4o-mini", "store": False, "input": [item, {"role": "user", "content": "and now?"}]}
     found = keys(body, endpoint="responses")
     assert not found.cacheable and item["type"] in found.reason
+
+
+def test_cache_control_is_left_out_of_the_keys_only_where_anthropic_reads_it():
+    tool = {"name": "fetch", "input_schema": {"type": "object", "properties": {"etag": {"type": "string"}}}}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 64, "tools": [tool],
+            "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]}
+    base = keys(body, endpoint="messages")
+    marked = copy.deepcopy(body)
+    marked["cache_control"] = {"type": "ephemeral"}
+    marked["tools"][0]["cache_control"] = {"type": "ephemeral"}
+    marked["system"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    marked["messages"][0]["content"][0]["cache_control"] = {"type": "ephemeral"}
+    assert keys(marked, endpoint="messages") == base  # breakpoints change what is cached, never the answer
+    # a tool whose own schema has a field of that name is another tool: it was stripped at every depth
+    other = copy.deepcopy(body)
+    other["tools"][0]["input_schema"]["properties"]["cache_control"] = {"type": "string"}
+    assert keys(other, endpoint="messages").partition != base.partition

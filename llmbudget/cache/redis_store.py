@@ -59,6 +59,7 @@ import numpy as np
 from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
 from .store import (
+    _PURGE_INTERVAL,
     _UNSET,
     Answer,
     CacheStore,
@@ -359,6 +360,7 @@ class RedisCacheStore:
         self._pack_failed = False
         self._unpack_failed = False
         self._clock = clock
+        self._last_purge = float("-inf")
         self.exact_search_max = exact_search_max
         self.index_dtype: IndexDType = index_dtype
         self._lock = threading.RLock()
@@ -833,6 +835,10 @@ class RedisCacheStore:
             if evicted:
                 log.debug("cache: evicted %d entries (lru, cap %s)", evicted, self.max_entries)
             ids += [int(reply[0]) for reply in replies]
+        if rows and self._clock() - self._last_purge >= _PURGE_INTERVAL:
+            # Redis expires an entry's hash, not its place in the LRU, id and partition sets or the byte count:
+            # without a cap (whose every put purges) they were left for good
+            self.purge()
         return ids
 
     def _put_args(self, answer: Answer, blob: bytes | None, scorer_data: bytes | None, now: float) -> list[Any]:
@@ -887,7 +893,9 @@ class RedisCacheStore:
                 done[0] += int(self._delete_many(args=[self.prefix, STREAM_MAXLEN, *chunk]))
 
     def purge(self) -> int:
-        """Delete expired entries now (also done by every put under a cap); returns how many."""
+        """Delete expired entries now (also done by every put under a cap, and by a put a minute after the
+        last purge); returns how many."""
+        self._last_purge = self._clock()
         try:
             return int(self._purge(args=[self.prefix, STREAM_MAXLEN, repr(self._clock())]))
         except self._down as exc:

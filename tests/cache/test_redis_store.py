@@ -200,7 +200,8 @@ def test_search_never_crosses_partitions(
     prefix: str, exact_max: int, puts: list[tuple[str, str]], queries: list[tuple[str, str]]
 ) -> None:
     name = f"{prefix}{uuid.uuid4().hex[:6]}:"
-    with make(name, scorer=CosineStandIn(), threshold=-1.0, min_cosine=-1.0, exact_search_max=exact_max) as store:
+    with make(name, scorer=CosineStandIn(), threshold=-1.0, min_cosine=-1.0, exact_search_max=exact_max,
+              template_guard=None) as store:  # the partitions, not the guard (it refuses reordered words)
         try:
             stored: dict[str, set[str]] = {}
             for i, (partition, text) in enumerate(puts):
@@ -246,6 +247,19 @@ def test_ttl_expires_entries(prefix: str) -> None:
         assert store.get_exact("p", "long") is not None
         assert store.purge() == 1
         assert store.stats()["entries"] == 1
+
+
+def test_expired_entries_are_purged_by_later_puts_without_a_cap(prefix: str) -> None:
+    # Redis expired the entries' hashes, but without a cap nothing purged their LRU, id and partition sets and
+    # byte count: they grew for good, and loading a partition read ever more dead ids
+    now = [1000.0]
+    with make(prefix, ttl=1, max_entries=None, clock=lambda: now[0]) as store:
+        for i in range(3):
+            put(store, "p", f"k{i}", f"question number {i}")
+        assert store._redis.hlen(store._key("w")) == 3
+        now[0] += 120  # expired, and a purge is due
+        put(store, "p", "later", "a later question")
+        assert store._redis.hlen(store._key("w")) == 1
 
 
 def test_lru_eviction_at_the_cap(prefix: str) -> None:

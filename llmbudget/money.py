@@ -41,7 +41,9 @@ def format_usd(amount: Decimal | float) -> str:
 
 
 def exact_usd(amount: Decimal) -> str:
-    """An exact amount for people, every digit kept and never in exponent form (``$0.0000001``, not ``$1E-7``):
+    """An exact amount for people, every digit kept and never in exponent form (``$0.0000001``, not ``$1E-7``),
+    with cents at least (``$0.60``):
     for verdicts that compare two amounts, which :func:`format_usd`'s rounding could show as equal."""
     sign, value = ("-", -amount) if amount < 0 else ("", amount)
-    return f"{sign}${value.normalize():f}"  # no trailing zeros: $0.001, not $0.00100000000
+    whole, _, cents = f"{value.normalize():f}".partition(".")  # no trailing zeros: $0.001, not $0.00100000000
+    return f"{sign}${whole}.{cents.ljust(2, '0')}"  # but cents: $0.60, $1.00

@@ -792,11 +792,14 @@ class Attempt:
     def _prompt_cache_key(self, body: dict[str, Any]) -> str:
         import hashlib
 
-        prefix: list[Any] = [self.tenant, body.get("instructions")]
-        messages = body.get("messages")
-        if isinstance(messages, list):
-            prefix += [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in
-                       ("system", "developer")]
+        # The prompt's head: its instructions, tools and leading system / developer messages. A system message
+        # after the first turn (retrieved context, the time) is not the prefix: with it, the key changed per call.
+        prefix: list[Any] = [self.tenant, body.get("instructions"), body.get("tools")]
+        turns = body.get("messages") if isinstance(body.get("messages"), list) else body.get("input")
+        for message in turns if isinstance(turns, list) else ():
+            if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+                break
+            prefix.append(message.get("content"))
         digest = hashlib.blake2b(json.dumps(prefix, sort_keys=True, default=str).encode(), digest_size=12)
         return f"llmbudget-{digest.hexdigest()}"
 

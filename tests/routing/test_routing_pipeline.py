@@ -103,8 +103,9 @@ def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine)
 
     from llmbudget.pipeline import get_engine
 
-    def key_for(system: str, tenant: str) -> str:
-        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "system", "content": system}] + HI}).encode()
+    def key_for(system: str, tenant: str, later: list | None = None) -> str:
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "system", "content": system}] + HI
+                           + (later or [])}).encode()
         with llmbudget.scope(tenant=tenant):
             attempt = get_engine().begin(url="https://api.openai.com/v1/chat/completions",
                                          path="/v1/chat/completions", headers={}, body=body)
@@ -113,6 +114,9 @@ def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine)
 
     assert key_for("Be brief.", "a") == key_for("Be brief.", "a")
     assert key_for("Be brief.", "a") != key_for("Be brief.", "b") != key_for("Be long.", "b")
+    # a system message after the first turn (the time, retrieved context) is not the prefix: the key changed per call
+    assert len({key_for("Be brief.", "a", [{"role": "system", "content": f"Current time: 10:00:0{i}"}])
+                for i in range(3)}) == 1
 
 
 def test_unknown_tiers_are_configuration_errors():

@@ -54,34 +54,51 @@ def min_cacheable_tokens(model: str | None) -> int:
     return 1024
 
 
-def has_cache_control(value: Any) -> bool:
-    """Whether any block of ``value`` (a body, its tools, system or messages) carries ``cache_control``."""
-    return bool(cache_write_ttls(value))
+def has_cache_control(body: Any) -> bool:
+    """Whether a Messages body carries a ``cache_control`` where Anthropic reads one."""
+    return bool(cache_write_ttls(body))
 
 
-#: Blocks the API refuses a ``cache_control`` on (they are cached as part of a prefix all the same).
-_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+#: Blocks that take a ``cache_control`` (the API's request schema; sub-content blocks and thinking do not).
+_MARKABLE = frozenset({"text", "image", "document", "search_result", "tool_use", "tool_result", "server_tool_use",
+                       "mcp_tool_use", "mcp_tool_result", "container_upload"})
 
 
 def _markable(block: Any) -> bool:
-    return (isinstance(block, dict) and block.get("type") not in _UNMARKABLE
-            and not (block.get("type") == "text" and not block.get("text")))  # nor on an empty text
+    if not isinstance(block, dict):
+        return False
+    kind = str(block.get("type", ""))
+    if kind == "text":
+        return bool(block.get("text"))  # never on an empty text
+    return kind in _MARKABLE or kind.endswith("_tool_result")  # web search's, code execution's...
 
 
-def cache_write_ttls(value: Any) -> set[str]:
-    """The ``ttl`` of every ``cache_control`` in ``value`` (a body, its tools, system or messages; "5m" when
-    unset): what a call may write to the prompt cache, and at which rate."""
+def cache_write_ttls(body: Any) -> set[str]:
+    """The ``ttl`` of every ``cache_control`` of a Messages body where Anthropic reads one (the body's own, its
+    tools, system and message blocks, a tool result's blocks; "5m" when unset): what a call may write to the
+    prompt cache, and at which rate. A key of that name in a tool's schema or input is the app's data."""
     found: set[str] = set()
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if "cache_control" in item:
-                control = item["cache_control"]
-                found.add(str(control.get("ttl") or "5m") if isinstance(control, dict) else "5m")
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend(item)
+    if not isinstance(body, dict):
+        return found
+
+    def note(item: Any) -> None:
+        if isinstance(item, dict) and "cache_control" in item:
+            control = item["cache_control"]
+            found.add(str(control.get("ttl") or "5m") if isinstance(control, dict) else "5m")
+
+    def blocks(content: Any) -> None:
+        for block in content if isinstance(content, list) else ():
+            note(block)
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                blocks(block.get("content"))
+
+    note(body)
+    for tool in body.get("tools") if isinstance(body.get("tools"), list) else ():
+        note(tool)
+    blocks(body.get("system"))
+    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+        if isinstance(message, dict):
+            blocks(message.get("content"))
     return found
 
 
@@ -110,12 +127,16 @@ class Breakpoints:
         self._rates: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def _sightings(self, key: str) -> int:
-        """Sightings of ``key`` within the cache's lifetime before this one (this one is recorded)."""
+    def _sightings(self, key: str, retry: bool = False) -> int:
+        """Sightings of ``key`` within the cache's lifetime before this one (this one is recorded); ``retry``:
+        this request's first attempt was recorded already, so it is neither counted nor recorded again."""
         now = self._clock()
         with self._lock:
             times = [t for t in self._seen.pop(key, []) if now - t < TTL_S]
             before = len(times)
+            if retry:
+                self._seen[key] = times
+                return max(0, before - 1)
             times.append(now)
             self._seen[key] = times[-16:]
             while len(self._seen) > self.max_prefixes:
@@ -136,11 +157,15 @@ class Breakpoints:
             premium, gain = _WRITE - 1, 1 - _READ
         return Decimal(repr(sightings)) * gain > premium
 
-    def _continues(self, tenant: str, earlier: str | None) -> float:
+    def _continues(self, tenant: str, earlier: str | None, retry: bool = False) -> float:
         """Note whether this request continues one seen within the cache's lifetime (``earlier``: the key
-        of the request it would continue), and the tenant's smoothed share of requests that were continued."""
+        of the request it would continue), and the tenant's smoothed share of requests that were continued
+        (``retry``: the first attempt noted it; the share it saw)."""
         now = self._clock()
         with self._lock:
+            if retry:
+                requests, continuations = self._rates.get(tenant, (1, 0))
+                return continuations / (max(requests, 1) - 1 + 3)
             continued = earlier is not None and any(now - t < TTL_S for t in self._seen.get(earlier, ()))
             requests, continuations = self._rates.get(tenant, (0, 0))
             self._rates[tenant] = (requests + 1, continuations + int(continued))
@@ -151,8 +176,10 @@ class Breakpoints:
     def _key(self, tenant: str, model: str | None, text: str) -> str:
         return hashlib.blake2b(f"{tenant}\0{model}\0{text}".encode(), digest_size=12).hexdigest()
 
-    def apply(self, body: dict[str, Any], *, tenant: str, model: str | None, base_url: str = "") -> dict[str, Any] | None:
-        """``body`` with breakpoints, or None to send it as it is.
+    def apply(self, body: dict[str, Any], *, tenant: str, model: str | None, base_url: str = "",
+              retry: bool = False) -> dict[str, Any] | None:
+        """``body`` with breakpoints, or None to send it as it is; ``retry``: the same request again (an SDK
+        retry), decided as its first attempt was and not counted as another sighting.
 
         Two prefixes are candidates for the breakpoint that reads, the longest first: everything before
         the last turn (marked on the turn before it) and the head alone, tools and system (marked on the
@@ -174,7 +201,7 @@ class Breakpoints:
             tokens = len(text) // CHARS_PER_TOKEN
             if tokens < minimum:
                 continue
-            sightings = self._sightings(self._key(tenant, model, text))
+            sightings = self._sightings(self._key(tenant, model, text), retry)
             if chosen is None and sightings and self._worth_it(model, tokens, sightings, base_url):
                 chosen = name
         whole = json.dumps({**head, "messages": messages}, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -182,8 +209,8 @@ class Breakpoints:
         if len(messages) >= 3:  # this turn's messages less its answer and question were a whole request before
             earlier = self._key(tenant, model, json.dumps({**head, "messages": messages[:-2]}, separators=(",", ":"),
                                                             ensure_ascii=False, default=str))
-        share = self._continues(tenant, earlier)
-        self._sightings(self._key(tenant, model, whole))  # what the next turn will look for
+        share = self._continues(tenant, earlier, retry)
+        self._sightings(self._key(tenant, model, whole), retry)  # what the next turn will look for
         tokens = len(whole) // CHARS_PER_TOKEN
         last = tokens >= minimum and self._worth_it(model, tokens, share, base_url)
         marked = body

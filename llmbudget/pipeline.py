@@ -713,7 +713,8 @@ class Attempt:
                 self.capped = True
                 self.output = {**(self.output or {}), "schema_cap": bound}
         if engine.breakpoints is not None and call.endpoint == "messages":
-            marked = engine.breakpoints.apply(body, tenant=self.tenant, model=body.get("model"), base_url=base_url)
+            marked = engine.breakpoints.apply(body, tenant=self.tenant, model=body.get("model"), base_url=base_url,
+                                              retry=self.attempt > 0)
             if marked is not None:
                 body, self.breakpoint = marked, True
         if body is call.body and base_url == call.base_url:

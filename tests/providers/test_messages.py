@@ -110,6 +110,8 @@ def test_a_one_off_prefix_never_pays_for_a_write_and_a_repeated_one_gets_a_break
     [{"type": "text", "text": "answer 0"}, {"type": "redacted_thinking", "data": "abc"}],
     [{"type": "text", "text": "answer 0"}, {"type": "text", "text": ""}],
     [{"type": "thinking", "thinking": "Let me see", "signature": "s"}],
+    [{"type": "text", "text": "answer 0"}, {"type": "mcp_tool_listing", "server_name": "s", "tools": []}],
+    [{"type": "text", "text": "answer 0"}, {"type": "fallback", "text": "x"}],  # beta blocks without the field
 ])
 def test_a_breakpoint_never_lands_on_a_block_the_api_refuses_one_on(last):
     # The API refuses cache_control on thinking blocks and on empty text: the mark goes on the last block
@@ -125,6 +127,29 @@ def test_a_breakpoint_never_lands_on_a_block_the_api_refuses_one_on(last):
     carriers = [b for b in blocks if "cache_control" in b]
     assert carriers and all(b["type"] == "text" and b["text"] for b in carriers)
     assert [{k: v for k, v in b.items() if k != "cache_control"} for b in marked["messages"][1]["content"]] == last
+
+def test_an_sdk_retry_is_decided_as_its_first_attempt_and_not_counted_again():
+    # the retry of a one-off prompt counted as its second sighting: it was marked and paid for a cache write
+    points = Breakpoints(Pricing(), clock=Clock())
+    assert points.apply(_body(LONG), tenant="t", model="claude-sonnet-4-5") is None
+    assert points.apply(_body(LONG), tenant="t", model="claude-sonnet-4-5", retry=True) is None
+    marked = points.apply(_body(LONG), tenant="t", model="claude-sonnet-4-5")  # truly seen again
+    assert marked is not None
+    again = points.apply(_body(LONG), tenant="t", model="claude-sonnet-4-5", retry=True)
+    assert again == marked  # a marked request's retry is marked too
+
+
+def test_a_field_named_cache_control_in_a_tool_schema_is_not_a_breakpoint():
+    # it made the request look marked by the app (never marked by llmbudget) and reserved at the write price
+    tool = {"name": "fetch", "input_schema": {"type": "object", "properties": {"cache_control": {"type": "string"}}}}
+    body = _body(LONG, tools=[tool])
+    assert not has_cache_control(body)
+    points = Breakpoints(Pricing(), clock=Clock())
+    assert points.apply(body, tenant="t", model="claude-sonnet-4-5") is None
+    assert points.apply(body, tenant="t", model="claude-sonnet-4-5") is not None
+    marked = {**body, "tools": [{**tool, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
+    assert has_cache_control(marked)
+
 
 def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():
     points = Breakpoints(Pricing(), clock=Clock())

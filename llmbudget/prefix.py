@@ -41,6 +41,8 @@ MIN_CACHEABLE_TOKENS = 1024
 CHARS_PER_TOKEN = 4
 _TAIL = 256
 _KEPT = 16_384  # characters of a group's first prefix kept to find where later ones differ
+_CHUNK = 4_096  # beyond them, a digest per chunk of this many characters says where a difference lies
+_MAX_CHUNKS = 256
 _EXCERPT = 24  # characters shown on each side of the first difference
 
 
@@ -95,7 +97,7 @@ class PrefixWatch:
     def __init__(self, *, max_groups: int = 512, min_chars: int = 200) -> None:
         self.max_groups = max_groups
         self.min_chars = min_chars
-        self._groups: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._groups: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def observe(self, endpoint: str, model: str | None, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -111,8 +113,9 @@ class PrefixWatch:
         differs_at: int | None = None
         with self._lock:
             first = self._groups.get(group)
-            if first is None:
-                self._groups[group] = (full, text[:_KEPT])
+            if first is None:  # its first characters, and a digest of each chunk beyond them
+                chunks = tuple(_digest(text[at : at + _CHUNK]) for at in range(_KEPT, len(text), _CHUNK))
+                self._groups[group] = (full, text[:_KEPT], chunks[:_MAX_CHUNKS])
                 if len(self._groups) > self.max_groups:
                     self._groups.popitem(last=False)
             else:
@@ -120,7 +123,12 @@ class PrefixWatch:
                 if first[0] != full:
                     differs_at = _common_prefix(first[1], text)
         out: dict[str, Any] = {"group": group, "hash": full, "chars": len(text)}
-        if differs_at is not None:
+        if differs_at is not None and first is not None:
+            if differs_at == _KEPT:  # past the characters kept: the first chunk that differs
+                chunk = next((i for i, digest in enumerate(first[2])
+                              if _digest(text[_KEPT + i * _CHUNK : _KEPT + (i + 1) * _CHUNK]) != digest), len(first[2]))
+                differs_at = _KEPT + chunk * _CHUNK
+                out["within"] = _CHUNK  # somewhere in the next _CHUNK characters
             out["differs_at"] = differs_at
             out["excerpt"] = excerpt(text, differs_at)
         return out
@@ -153,15 +161,20 @@ class PrefixFinding:
     #: (0 when it is shorter than the providers' 1,024-token minimum or the model's price is unknown).
     saving_usd: Decimal
     tests: tuple[str, ...] = ()
+    #: Past the first 16,384 characters the difference is known to a chunk: it lies within this many characters
+    #: from ``differs_at`` (0: exactly there).
+    within: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "model": self.model, "calls": self.calls, "distinct_prefixes": self.distinct,
                 "differs_at": self.differs_at, "excerpt": self.excerpt, "prefix_tokens": self.prefix_tokens,
-                "saving_usd": str(self.saving_usd), "tests": list(self.tests)}
+                "saving_usd": str(self.saving_usd), "tests": list(self.tests), "within": self.within}
 
     def line(self) -> str:
-        return (f"{self.model}: {self.distinct} different prefixes in {self.calls} calls, first differing at "
-                f"character {self.differs_at}: {self.excerpt!r}")
+        where = (f"within characters {self.differs_at}-{self.differs_at + self.within}" if self.within
+                 else f"at character {self.differs_at}")
+        return (f"{self.model}: {self.distinct} different prefixes in {self.calls} calls, first differing {where}: "
+                f"{self.excerpt!r}")
 
 
 def prefix_row(record: SpendRecord) -> dict[str, Any] | None:
@@ -179,14 +192,14 @@ def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -
     for row in rows:
         if not row:
             continue
-        group = groups.setdefault(row["group"], {"calls": 0, "hashes": set(), "differs_at": None, "excerpt": "",
+        group = groups.setdefault(row["group"], {"calls": 0, "hashes": set(), "differs_at": None, "excerpt": "", "within": 0,
                                                   "chars": 0, "row": row, "tests": []})
         group["calls"] += 1
         group["hashes"].add(row["hash"])
         group["chars"] = max(group["chars"], int(row.get("chars", 0)))
         at = row.get("differs_at")
         if at is not None and (group["differs_at"] is None or at < group["differs_at"]):
-            group["differs_at"], group["excerpt"] = at, row.get("excerpt", "")
+            group["differs_at"], group["excerpt"], group["within"] = at, row.get("excerpt", ""), row.get("within", 0)
         test = row.get("test_id")
         if test and test not in group["tests"]:
             group["tests"].append(test)
@@ -198,15 +211,29 @@ def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -
         row = group["row"]
         tokens = group["chars"] // CHARS_PER_TOKEN
         saving = Decimal(0)
-        if tokens >= MIN_CACHEABLE_TOKENS:
-            full = pricing.cost(Usage(input_tokens=tokens), model=row["model"], base_url=row.get("base_url", ""))
+        if tokens >= _minimum_tokens(row["endpoint"], row["model"]):
+            base_url = row.get("base_url", "")
+            full = pricing.cost(Usage(input_tokens=tokens), model=row["model"], base_url=base_url)
             cached = pricing.cost(Usage(input_tokens=tokens, cached_input_tokens=tokens), model=row["model"],
-                                  base_url=row.get("base_url", ""))
+                                  base_url=base_url)
             if full.known and cached.known:
                 saving = (full.usd - cached.usd) * (distinct - 1)
+                if row["endpoint"] == "messages":  # Anthropic caches at a breakpoint, and writing it costs more
+                    written = pricing.cost(Usage(input_tokens=tokens, cache_write_tokens=tokens), model=row["model"],
+                                           base_url=base_url)
+                    saving = max(Decimal(0), saving - (written.usd - full.usd))
         findings.append(PrefixFinding(row["endpoint"], row["model"], calls, distinct, group["differs_at"],
-                                      group["excerpt"], tokens, saving, tuple(group["tests"])))
+                                      group["excerpt"], tokens, saving, tuple(group["tests"]), group["within"]))
     return sorted(findings, key=lambda f: (-f.saving_usd, -f.calls))
+
+
+def _minimum_tokens(endpoint: str, model: str) -> int:
+    """The shortest prefix the provider caches: OpenAI's 1,024 tokens, Anthropic's per model."""
+    if endpoint == "messages":
+        from .breakpoints import min_cacheable_tokens
+
+        return min_cacheable_tokens(model)
+    return MIN_CACHEABLE_TOKENS
 
 
 def prefix_lines(findings: list[PrefixFinding]) -> list[str]:
@@ -217,7 +244,8 @@ def prefix_lines(findings: list[PrefixFinding]) -> list[str]:
             "match, so the provider's prompt cache cannot serve them")]
     for finding in findings:
         saving = (f"fixing it would save about {format_usd(finding.saving_usd)}" if finding.saving_usd
-                  else f"prefix of about {finding.prefix_tokens} tokens (providers cache from 1,024)")
+                  else f"prefix of about {finding.prefix_tokens} tokens (the provider caches from "
+                       f"{_minimum_tokens(finding.endpoint, finding.model):,})")
         tests = f" (in {', '.join(finding.tests[:3])}{', ...' if len(finding.tests) > 3 else ''})" if finding.tests else ""
         out.append(f"  {finding.line()}; {saving}{tests}")
     return out

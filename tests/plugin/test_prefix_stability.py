@@ -112,6 +112,37 @@ def test_tools_in_another_order_and_a_user_name_are_found():
     assert names[1] is not None and names[1]["differs_at"] == len("system: The user is ")
 
 
+def test_a_difference_past_the_characters_kept_is_placed_within_its_chunk():
+    # only the first 16,384 characters of a group's first prefix are kept: a difference at 18,504 was reported
+    # at 16,384, with an excerpt of text every call shares
+    watch = PrefixWatch()
+    rules = "".join(f"Rule {i:03d}: be kind and precise. " for i in range(700))
+    rows = []
+    for second in range(3):
+        body = {"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": rules[:18_500] + f" now 10:00:0{second} " + rules[18_500:]},
+            {"role": "user", "content": "hi"}]}
+        prefix = watch.observe("chat.completions", "gpt-4o-mini", body)
+        rows.append({**prefix, "endpoint": "chat.completions", "model": "gpt-4o-mini", "base_url": "", "test_id": None})
+    [finding] = unstable_prefixes(rows, Pricing())
+    truth = len("system: ") + 18_500 + len(" now 10:00:0")
+    assert finding.within and finding.differs_at <= truth < finding.differs_at + finding.within
+    assert f"within characters {finding.differs_at}-" in finding.line()
+
+
+def test_an_anthropic_prefix_under_the_models_minimum_promises_no_saving():
+    # Haiku 4.5 caches nothing under 4,096 tokens: a 2,100-token prefix was promised a saving
+    watch = PrefixWatch()
+    rows = []
+    for second in range(3):
+        body = {"model": "claude-haiku-4-5", "max_tokens": 10, "system": f"id {second} " + "Be kind. " * 940,
+                "messages": [{"role": "user", "content": "hi"}]}
+        prefix = watch.observe("messages", "claude-haiku-4-5", body)
+        rows.append({**prefix, "endpoint": "messages", "model": "claude-haiku-4-5", "base_url": "", "test_id": None})
+    [finding] = unstable_prefixes(rows, Pricing())
+    assert 1024 < finding.prefix_tokens < 4096 and finding.saving_usd == 0
+
+
 def test_excerpt_is_a_fixed_window_around_the_difference():
     text = "a" * 100 + "XYZ" + "b" * 100
     assert excerpt(text, 100) == "…" + "a" * 24 + "⟨⟩" + "XYZ" + "b" * 21 + "…"

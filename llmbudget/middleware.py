@@ -187,7 +187,9 @@ class _Core:
     def __init__(self, policy: Policy | None, *, install: bool) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be an llmbudget Policy (Policy(...) or Policy.from_file(...)), got {policy!r}")
-        self.policy = policy if policy is not None else Policy()
+        # no policy given: the file LLMBUDGET_POLICY names, else the nearest one (as Django's middleware and the
+        # pytest plugin find theirs); a policy file next to the app was silently ignored
+        self.policy = policy if policy is not None else Policy.discover()
         if self.policy.engine is not None:
             set_engine(self.policy.engine)
         engine = get_engine()
@@ -465,7 +467,8 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
 class LLMBudgetMiddleware(_Core):
     """Pure ASGI middleware: ``app.add_middleware(LLMBudgetMiddleware, policy=Policy(...))``.
 
-    Keyword-only options: ``policy`` (default: ``Policy()``) and ``install``
+    Keyword-only options: ``policy`` (default: :meth:`Policy.discover`: the file ``LLMBUDGET_POLICY`` names, else
+    the nearest ``llmbudget.toml`` or ``[tool.llmbudget]`` from the working folder up, else defaults) and ``install``
     (default True: put every openai client of the process behind llmbudget).
     """
 
@@ -711,7 +714,8 @@ def _request_context(route: RoutePolicy, state: _WSGIRequest, path: str, **optio
 class LLMBudgetWSGIMiddleware(_Core):
     """WSGI middleware: ``app.wsgi_app = LLMBudgetWSGIMiddleware(app.wsgi_app, policy=Policy(...))``.
 
-    Keyword-only options: ``policy`` (default: ``Policy()``) and ``install``
+    Keyword-only options: ``policy`` (default: :meth:`Policy.discover`: the file ``LLMBUDGET_POLICY`` names, else
+    the nearest ``llmbudget.toml`` or ``[tool.llmbudget]`` from the working folder up, else defaults) and ``install``
     (default True: put every openai client of the process behind llmbudget).
     """
 

@@ -116,6 +116,21 @@ def test_discover_reads_the_file_llmbudget_policy_names(tmp_path: Path, monkeypa
         Policy.discover()
 
 
+@pytest.mark.parametrize("face", ["asgi", "wsgi"])
+def test_a_middleware_without_a_policy_uses_the_discovered_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               face: str) -> None:
+    # a policy file next to the app (or named by LLMBUDGET_POLICY) was silently ignored: its budgets never held
+    from llmbudget.middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware
+
+    (tmp_path / "llmbudget.toml").write_text('[[budgets]]\nusd = "0.25"\nper = "request"\n')
+    monkeypatch.chdir(tmp_path)
+    make = LLMBudgetMiddleware if face == "asgi" else LLMBudgetWSGIMiddleware
+    assert make(lambda *args: None, install=False).policy.budgets[0].usd == Decimal("0.25")  # type: ignore[arg-type]
+    monkeypatch.setenv("LLMBUDGET_POLICY", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        make(lambda *args: None, install=False)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [

@@ -307,10 +307,15 @@ def _route(ns: argparse.Namespace) -> int:
 
 
 def _prices(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .calls import Usage
+    from .config import load_config, locate_config, pricing_from_config
     from .pricing import Pricing
 
-    pricing = Pricing()
+    # the app's own [prices] where its policy is found (or named with --policy), as its calls are priced
+    found = (Path(ns.policy), load_config(Path(ns.policy))) if ns.policy else locate_config(Path.cwd())
+    pricing = pricing_from_config(found[1], source=str(found[0])) if found else Pricing()
     rows = []
     for model in ns.models:
         if pricing.rate(model, ns.base_url) is None:
@@ -715,6 +720,8 @@ def _parser() -> argparse.ArgumentParser:
     prices = commands.add_parser("prices", help="what models cost per 1M tokens (genai-prices)")
     prices.add_argument("models", nargs="+")
     prices.add_argument("--base-url", default="", help="the base URL the model is served at")
+    prices.add_argument("--policy", help="price with this policy file's [prices] (default: the policy found from the "
+                                         "working folder up, or LLMBUDGET_POLICY, as the app finds it)")
     prices.add_argument("--json", action="store_true")
     prices.set_defaults(handler=_prices)
 

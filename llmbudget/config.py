@@ -606,6 +606,18 @@ def _redis_backend(key: str, url: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key}: {exc}") from None
 
 
+def pricing_from_config(config: Mapping[str, Any], *, source: str = "configuration") -> Pricing:
+    """The prices of a config table (``[prices]``, ``[unknown_model_price]``), with errors naming the file."""
+    for key in ("prices", "unknown_model_price"):
+        if key in config and not isinstance(config[key], Mapping):
+            raise ConfigError(f"{source}: [{key}] must be a table, got {config[key]!r}")
+    try:
+        return Pricing(config.get("prices") or {},
+                       unknown_model_price=config.get("unknown_model_price", CONSERVATIVE_PRICE))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def engine_from_config(config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None) -> Engine:
     """An Engine from a config table, with errors that name the file and the key.
 
@@ -613,15 +625,7 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
     :class:`Policy` applies them: the engine's own budgets stay empty.
     """
     _policy_options(config, source)
-    for key in ("prices", "unknown_model_price"):
-        if key in config and not isinstance(config[key], Mapping):
-            raise ConfigError(f"{source}: [{key}] must be a table, got {config[key]!r}")
-    try:
-        pricing = Pricing(
-            config.get("prices") or {}, unknown_model_price=config.get("unknown_model_price", CONSERVATIVE_PRICE)
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    pricing = pricing_from_config(config, source=source)
     hosts = config.get("hosts", ["api.openai.com", "api.anthropic.com"])
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise ConfigError(f"{source}: hosts must be a list of host names, got {hosts!r}")

@@ -379,8 +379,9 @@ class Pricing:
             f"llmbudget: no price for model {model!r}"
             + (f" at {base_url}" if base_url else "")
             + f"; charging a conservative ${self.unknown_model_price.input}/"
-            f"${self.unknown_model_price.output} per 1M input/output tokens. Add its price under [prices] in "
-            "llmbudget.toml ([tool.llmbudget.prices] in pyproject.toml) to price it exactly."
+            f"${self.unknown_model_price.output} per 1M input/output tokens. Add its price under [prices] in the "
+            "policy the app uses (llmbudget.toml, [tool.llmbudget.prices] in pyproject.toml), or "
+            "llmbudget.configure(prices={...}) for an app without one, to price it exactly."
         ), stacklevel=3)
 
 

@@ -22,6 +22,17 @@ def run(capsys, *argv: str) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
+def test_prices_use_the_apps_own_prices(capsys, tmp_path, monkeypatch):
+    # the policy's [prices] were ignored: "unknown: charged 15", and the advice to add what was there already
+    (tmp_path / "llmbudget.toml").write_text('[prices]\n"gemma-3-*" = { input = 0.02, output = 0.04 }\n')
+    monkeypatch.chdir(tmp_path)
+    code, doc = run(capsys, "prices", "gemma-3-1b", "--json")
+    assert code == 0 and doc["models"][0]["input_per_mtok"] == 0.02 and doc["models"][0]["output_per_mtok"] == 0.04
+    monkeypatch.chdir(tmp_path.parent)
+    code, doc = run(capsys, "prices", "gemma-3-1b", "--json", "--policy", str(tmp_path / "llmbudget.toml"))
+    assert code == 0 and doc["models"][0]["known"]
+
+
 def test_prices_known_and_unknown(capsys):
     code, doc = run(capsys, "prices", "gpt-4o-mini", "no-such-model", "--json")
     assert code == 1  # an unknown model is an error, not $0

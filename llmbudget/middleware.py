@@ -194,6 +194,7 @@ class _Core:
             set_engine(self.policy.engine)
         engine = get_engine()
         _check_overlap(self.policy, engine)
+        _check_route_tiers(self.policy, engine)
         if install:
             _install()
         settings = self.policy.metrics_policy
@@ -378,6 +379,18 @@ class _Core:
         # HEAD: GET's headers (its content-length too), no body
         return 200, [("content-type", content_type), ("cache-control", "no-store"),
                      ("content-length", str(len(body)))], b"" if method == "HEAD" else body
+
+
+def _check_route_tiers(policy: Policy, engine: Engine) -> None:
+    """A route that forces a routing tier names one the engine's routing has (else every request it serves
+    logged an error and went out unrouted, or, without routing, nothing said the route did nothing)."""
+    for index, route in enumerate(policy.routes):
+        if not isinstance(route.routing, str):
+            continue
+        tiers = sorted(engine.routing.tiers) if engine.routing is not None else []
+        if route.routing not in tiers:
+            have = f"the tiers are {tiers}" if tiers else "the engine has no [routing]"
+            raise ConfigError(f"routes[{index}] ({route.path!r}): routing = {route.routing!r} names no tier; {have}")
 
 
 def _check_overlap(policy: Policy, engine: Engine) -> None:

@@ -277,6 +277,10 @@ def test_routes_set_the_scopes_cache_and_routing(engine: llmbudget.Engine) -> No
 
     policy = Policy(routes=[PolicyRoute("/chat/fast", cache=False, routing="small"),
                             PolicyRoute("/chat/*", routing=False)])
+    with pytest.raises(ConfigError, match=r"routes\[0\] \('/chat/fast'\): routing = 'small' names no tier; "
+                                          "the engine has no \\[routing\\]"):
+        LLMBudgetMiddleware(Starlette(), policy=policy, install=False)  # at start-up: it served requests unrouted
+    engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None})
     client = TestClient(build(policy, routes=[Route("/chat/fast", settings), Route("/chat/plain", settings),
                                               Route("/other", settings)]))
     assert client.get("/chat/fast").json() == {"cache": False, "routing": "small"}

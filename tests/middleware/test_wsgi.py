@@ -246,6 +246,7 @@ def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:
         return [repr((current.cache, current.routing)).encode()]
 
     routes = [llmbudget.config.Route("/*", cache=False, routing="large")]
+    engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None})
     routed = Client(LLMBudgetWSGIMiddleware(settings, policy=Policy(routes=routes), install=False))
     assert routed.get("/x").get_data() == b"(False, 'large')"
     client = Client(LLMBudgetWSGIMiddleware(app, policy=policy, install=False))

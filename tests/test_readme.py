@@ -61,3 +61,21 @@ def test_the_table_of_contents_lists_every_section_and_every_link_lands():
     links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents)
     assert [title for title, _ in links] == headings
     assert all(anchor == _slug(title) for title, anchor in links)
+
+
+TOML_BLOCKS = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("text", TOML_BLOCKS, ids=[f"toml{i}" for i in range(len(TOML_BLOCKS))])
+def test_readme_policy_examples_load(text, tmp_path, monkeypatch, engine):
+    """Every policy snippet loads as written (one named a tier its routing did not define)."""
+    from llmbudget.config import Policy
+
+    monkeypatch.setenv("GPU_BOX_KEY", "sk-test")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / ("pyproject.toml" if "[tool.llmbudget" in text else "llmbudget.toml")
+    path.write_text(text, encoding="utf-8")
+    policy = Policy.from_file(path)
+    ledger = getattr(policy.engine, "ledger", None)
+    if ledger is not None and hasattr(ledger, "close"):
+        ledger.close()

@@ -760,6 +760,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
         return int(ns.handler(ns))
+    except BrokenPipeError:  # the reader left (`| head`): nothing more to say, to it or anyone
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that the exit's flush does not fail again
+        except OSError:
+            pass
+        return 0
     except (OSError, ValueError) as exc:  # FileNotFoundError, PermissionError...; ConfigError, TrafficError...
         print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
         return 2

@@ -432,3 +432,17 @@ def test_batches_refuses_a_missing_state_folder_and_options_it_would_ignore(tmp_
     assert "no such folder" in capsys.readouterr().err
     assert main(["batches", "--state", str(tmp_path), "--ledger", str(tmp_path / "l.db")]) == 2
     assert "--wait, --ledger and --policy go with --resume" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(capsys, monkeypatch):
+    # `llmbudget report --json | head` printed "[Errno 32] Broken pipe" and exited 2
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Gone())
+    assert main(["prices", "gpt-4o-mini", "--json"]) == 0
+    assert capsys.readouterr().err == ""

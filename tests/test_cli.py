@@ -446,3 +446,16 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(capsys, monkeypatch
     monkeypatch.setattr("sys.stdout", Gone())
     assert main(["prices", "gpt-4o-mini", "--json"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_report_table_fits_a_ci_logs_80_columns_with_every_figure_whole(tmp_path, capsys, monkeypatch):
+    # at 80 columns (output piped or logged) money, models and days were cut: "$0.00000…", "gemma-3-…"
+    monkeypatch.setenv("COLUMNS", "80")
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.add(record("acme", "gemma-3-270m-instruct", "0.0000009", saved="0.001234", routing="0.000321"))
+    ledger.flush()
+    assert main(["report", str(tmp_path / "ledger.db")]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "gemma-3-270m-instru" in out  # a long name folds, never cut
+    assert "$0.0000009" in out and "$0.001234" in out and "$0.000321" in out
+    assert "saved by deferral" not in out  # nothing saved by it: no column

@@ -656,7 +656,9 @@ def _parser() -> argparse.ArgumentParser:
     what = evaluate.add_subparsers(dest="what", required=True)
     cache = what.add_parser("cache", help="score question pairs with the semantic tier's hit decision")
     cache.add_argument("pairs", help='JSONL lines {"a": str, "b": str, "duplicate": bool}')
-    cache.add_argument("--mode", choices=("pairs", "replay"), default="pairs")
+    cache.add_argument("--mode", choices=("pairs", "replay"), default="pairs",
+                       help="pairs: score each pair; replay: store the first of each, look the other up (default: "
+                            "pairs)")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
     cache.add_argument("--max-semantic-chars", type=int, default=None, metavar="N",
                        help="texts longer than N characters use the exact tier only (default: the cache's, 500; "
@@ -687,7 +689,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     bench_what = bench.add_subparsers(dest="what", required=True)
     bench_cache = bench_what.add_parser("cache", help="time cache lookups at N entries (embedding included)")
-    bench_cache.add_argument("--entries", type=int, default=100_000)
+    bench_cache.add_argument("--entries", type=int, default=100_000, help="entries in the store (default 100000)")
     bench_cache.add_argument("--reranker", action="store_true",
                              help="the store [cache] reranker = true builds (stored MiniLM vectors are random)")
     bench_cache.add_argument("--json", action="store_true")
@@ -700,8 +702,8 @@ def _parser() -> argparse.ArgumentParser:
     calibrate_router.add_argument(
         "sample", help="with --keep-quality: label CSV(s) with a prompt column, or replay traffic JSONL with "
         "'correct' labels; with --strong-fraction: JSONL of request bodies / {'prompt': ...}, or a CSV")
-    calibrate_router.add_argument("--keep-quality", type=float, metavar="SHARE",
-                                  help="keep this share of the all-strong accuracy, e.g. 0.97")
+    calibrate_router.add_argument("--keep-quality", type=_share, metavar="SHARE",
+                                  help="keep this share of the all-strong accuracy: 0.97 or 97%%")
     calibrate_router.add_argument("--weak", help="the small tier's label column (CSV) or model (traffic JSONL)")
     calibrate_router.add_argument("--strong", help="the large tier's label column (CSV) or model (traffic JSONL)")
     calibrate_router.add_argument("--confidence", type=float, default=0.9,
@@ -757,6 +759,18 @@ def _parser() -> argparse.ArgumentParser:
     batches.add_argument("--json", action="store_true")
     batches.set_defaults(handler=_batches)
     return parser
+
+
+def _share(text: str) -> float:
+    """A share given as a fraction (0.97) or a percentage (97%)."""
+    raw = text.strip()
+    try:
+        share = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share within (0, 1] such as 0.97 or 97%, got {text!r}")
+    return share
 
 
 def main(argv: Sequence[str] | None = None) -> int:

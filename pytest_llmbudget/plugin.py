@@ -54,7 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--llm-budget-tolerance", dest="llm_budget_tolerance", metavar="PCT", default=None,
-        help="allowed cost increase over the baseline: 10%% (or the fraction 0.1; a bare number above 1 is refused "
+        help="allowed cost increase over the baseline: 10%% (or the fraction 0.1; a bare number of 1 or more is refused "
              "as ambiguous) (default: ini llm_budget_tolerance or 0%%)",
     )
     parser.addini("llm_budget_usd", "default budget per test in USD (marker values win)", default="")

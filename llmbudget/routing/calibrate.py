@@ -180,7 +180,7 @@ def keep_quality_threshold(
     (``quality_kept_interval``), the weak, strong and routed accuracies.
     """
     if not 0.0 < keep <= 1.0:
-        raise ValueError(f"--keep-quality must be within (0, 1], got {keep}")
+        raise ValueError(f"--keep-quality must be a share within (0, 1] (0.97 or 97%), got {keep:g}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be within (0, 1), got {confidence}")
     s = np.asarray(scores, dtype=np.float64)

@@ -167,6 +167,12 @@ def test_calibrate_cli_needs_one_mode(tmp_path, capsys):
     assert "needs --weak and --strong" in capsys.readouterr().err
     assert main(["calibrate", "router", str(sample), "--keep-quality", "0.9", "--weak", "a", "--strong", "b"]) == 2
     assert "no line has 'correct' labels" in capsys.readouterr().err
+    # a percentage reads as its share (argparse's "invalid float value" before); a bare 97 says what it wants
+    assert main(["calibrate", "router", str(sample), "--keep-quality", "97%", "--weak", "a", "--strong", "b"]) == 2
+    assert "no line has 'correct' labels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", "router", str(sample), "--keep-quality", "97", "--weak", "a", "--strong", "b"])
+    assert "such as 0.97 or 97%, got '97'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("bad", "message"), [(b"[" * 100_000 + b"]" * 100_000, "nested too deep"),

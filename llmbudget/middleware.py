@@ -211,8 +211,21 @@ class _Core:
         self._trust_all = trust is True
         self._trusted = tuple(ipaddress.ip_network(n) for n in trust) if isinstance(trust, tuple) else ()
         self._warned_untrusted = False
+        self._warned_nested = False
 
     # -- per request ----------------------------------------------------------------------------
+
+    def nested(self, request: MutableMapping[str, Any]) -> bool:
+        """True when an outer llmbudget middleware serves this request (an ASGI scope or WSGI environ it marked):
+        this one passes it through, with a warning once, so nothing is counted, logged or headed twice."""
+        if request.get(_SERVED) is None:
+            request[_SERVED] = True
+            return False
+        if not self._warned_nested:
+            self._warned_nested = True
+            log.warning("llmbudget: a middleware inside another llmbudget middleware passes requests through; add "
+                        "it once")
+        return True
 
     def tenant(self, request: Mapping[str, Any], header_values: list[bytes], user: str | None,
                peer: str | None) -> str | None:
@@ -381,6 +394,10 @@ class _Core:
                      ("content-length", str(len(body)))], b"" if method == "HEAD" else body
 
 
+#: The key an llmbudget middleware marks the ASGI scope or WSGI environ it serves with.
+_SERVED = "llmbudget.served"
+
+
 def _check_route_tiers(policy: Policy, engine: Engine) -> None:
     """A route that forces a routing tier names one the engine's routing has (else every request it serves
     logged an error and went out unrouted, or, without routing, nothing said the route did nothing)."""
@@ -491,7 +508,7 @@ class LLMBudgetMiddleware(_Core):
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket"):
+        if kind not in ("http", "websocket") or self.nested(scope):
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
@@ -738,6 +755,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         _connect_frameworks()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self.nested(environ):
+            return self.app(environ, start_response)
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         if self.metrics_path is not None and path == self.metrics_path:

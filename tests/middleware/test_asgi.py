@@ -288,6 +288,24 @@ def test_routes_set_the_scopes_cache_and_routing(engine: llmbudget.Engine) -> No
     assert client.get("/other").json() == {"cache": None, "routing": None}
 
 
+def test_a_middleware_added_twice_serves_each_request_once(engine: llmbudget.Engine, llm_server: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # every x-llmbudget-* header came twice, and one request logged two lines under two request ids
+    client_llm = openai.OpenAI(base_url=llm_server, api_key="sk-test")
+
+    async def chat(request: Request) -> JSONResponse:
+        ask(client_llm, 3)
+        return JSONResponse({})
+
+    app = build(Policy(headers=True), routes=[Route("/chat", chat)],
+                middleware=[Middleware(LLMBudgetMiddleware, policy=Policy(headers=True))])
+    with caplog.at_level("INFO", logger="llmbudget.middleware"):
+        answer = TestClient(app).get("/chat")
+    assert answer.headers.get_list("x-llmbudget-calls") == ["1"]
+    assert sum("passes requests through" in r.getMessage() for r in caplog.records) == 1
+    assert len({r.getMessage().split()[0] for r in caplog.records if "calls" in r.getMessage()}) <= 1
+
+
 def test_spend_headers_are_opt_in(engine: llmbudget.Engine, llm_server: str) -> None:
     client_llm = openai.OpenAI(base_url=llm_server, api_key="sk-test")
 

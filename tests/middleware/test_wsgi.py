@@ -290,3 +290,14 @@ def test_a_thread_pool_takes_the_requests_scope_only_when_handed_it(engine: llmb
     status, _, body = call(LLMBudgetWSGIMiddleware(app, policy=Policy(trust_tenant_header=True,
                                                                       budgets=REFUSE_ALL)), HTTP_X_TENANT_ID="acme")
     assert status == "200 OK" and body == b"None acme APIStatusError"
+
+
+def test_a_wsgi_middleware_added_twice_serves_each_request_once(engine: llmbudget.Engine) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [tenant_now().encode()]
+
+    inner = LLMBudgetWSGIMiddleware(app, policy=Policy(headers=True, trust_tenant_header=True), install=False)
+    outer = LLMBudgetWSGIMiddleware(inner, policy=Policy(headers=True, trust_tenant_header=True), install=False)
+    answer = Client(outer).get("/x", headers={"x-tenant-id": "acme"})
+    assert answer.get_data() == b"acme" and answer.headers.getlist("x-llmbudget-calls") == ["0"]

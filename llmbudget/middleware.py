@@ -195,6 +195,7 @@ class _Core:
         engine = get_engine()
         _check_overlap(self.policy, engine)
         _check_route_tiers(self.policy, engine)
+        _check_downgrade(self.policy, engine)
         if install:
             _install()
         settings = self.policy.metrics_policy
@@ -408,6 +409,15 @@ def _check_route_tiers(policy: Policy, engine: Engine) -> None:
         if route.routing not in tiers:
             have = f"the tiers are {tiers}" if tiers else "the engine has no [routing]"
             raise ConfigError(f"routes[{index}] ({route.path!r}): routing = {route.routing!r} names no tier; {have}")
+
+
+def _check_downgrade(policy: Policy, engine: Engine) -> None:
+    """Warn of ``on_budget = "downgrade"`` with nothing to downgrade to: such calls are refused as with "refuse"."""
+    for where, setting in (("the policy", policy), *((f"route {r.path!r}", r) for r in policy.routes)):
+        target = getattr(setting, "downgrade_to", None) or policy.downgrade_to
+        if getattr(setting, "on_budget", None) == "downgrade" and not target and engine.routing is None:
+            log.warning("llmbudget: %s downgrades calls over budget, but has no downgrade_to and the engine no "
+                        "routing tiers: they are refused instead", where)
 
 
 def _check_overlap(policy: Policy, engine: Engine) -> None:

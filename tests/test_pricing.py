@@ -413,7 +413,8 @@ def test_the_unknown_price_warning_prints_once_and_names_the_right_table(tmp_pat
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no price for model 'my-own-model'") == 1, done.stderr
-    assert "[prices] in llmbudget.toml" in done.stderr and "[tool.llmbudget.prices] in pyproject.toml" in done.stderr
+    assert "[prices] in the policy the app uses (llmbudget.toml" in done.stderr
+    assert "[tool.llmbudget.prices] in pyproject.toml" in done.stderr and "llmbudget.configure(prices=" in done.stderr
 
 
 def test_an_override_prices_one_hour_cache_writes_and_web_searches() -> None:

@@ -467,7 +467,8 @@ def _batches(ns: argparse.Namespace) -> int:
         else:
             for job in jobs:
                 print(f"{job['id']}  {job['calls']} call(s)  {job['endpoint']}  {job['base_url']}")
-            print(f"{len(jobs)} pending job(s) in {ns.state}")
+            missing = "" if os.path.isdir(ns.state) else " (no such folder: the Batcher's state= folder?)"
+            print(f"{len(jobs)} pending job(s) in {ns.state}{missing}")
         return 0
     from pathlib import Path
 

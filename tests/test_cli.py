@@ -459,3 +459,12 @@ def test_the_report_table_fits_a_ci_logs_80_columns_with_every_figure_whole(tmp_
     assert "…" not in out and "gemma-3-270m-instru" in out  # a long name folds, never cut
     assert "$0.0000009" in out and "$0.001234" in out and "$0.000321" in out
     assert "saved by deferral" not in out  # nothing saved by it: no column
+
+
+def test_listing_batches_of_a_folder_that_is_not_there_says_so(tmp_path, capsys):
+    # "0 pending job(s)" for a mistyped folder, while --resume on it said "no such folder"
+    assert main(["batches", "--state", str(tmp_path / "typo")]) == 0
+    assert "0 pending job(s)" in (out := capsys.readouterr().out) and "no such folder" in out
+    (tmp_path / "state").mkdir()
+    assert main(["batches", "--state", str(tmp_path / "state")]) == 0
+    assert "no such folder" not in capsys.readouterr().out

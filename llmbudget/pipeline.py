@@ -728,6 +728,7 @@ class Attempt:
         routing = self.engine.routing
         return (routing is not None and (routing.escalate or routing.min_confidence is not None)
                 and not self.call.stream and not REPLAYED_STREAM.get() and self.force_tier is None
+                and not self.call.body.get("background")  # a queued job has no answer to judge yet
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
     def tier_failed(self, *, unreachable: bool = False) -> bool:
@@ -768,7 +769,8 @@ class Attempt:
             return "cut by an output cap"
         if self.state.refused:  # chat's message.refusal, a Responses refusal part, Anthropic's stop_reason
             return "refused"
-        if wants_json(self.call.body) and not self._valid_json():  # response_format, text.format, output_format
+        if wants_json(self.call.body) and not self.state.tool_calls and not self._valid_json():
+            # (response_format, text.format, output_format; a tool call answers without the JSON text)
             return "invalid JSON"
         return None
 
@@ -917,6 +919,9 @@ class Attempt:
                     "them either)")
         found = [self._json] if not self._sse else self._events
         for item in found:
+            if isinstance(item, dict) and item.get("type") == "response.failed" and isinstance(item.get("response"),
+                                                                                               dict):
+                item = item["response"]  # a Responses stream that failed: its response carries the error
             if isinstance(item, dict) and (item.get("type") == "error" or item.get("error")):
                 detail = item.get("error") if isinstance(item.get("error"), dict) else item
                 message = detail.get("message") if isinstance(detail, dict) else None
@@ -1005,6 +1010,7 @@ class Attempt:
             return self._cut_record(error)
         failed = error is not None or not answered
         estimated = False
+        problem: str | None = None
         if failed:
             usage = Usage()
             if error is not None and not _never_sent(error):
@@ -1014,8 +1020,10 @@ class Attempt:
         else:
             self._parse()
             problem = self._body_error()
-            if problem is not None:  # the app got this error too: what the server reported, at least what was seen
+            if problem is not None and not (state.done and state.usage is not None):
+                # the app got this error too: what the server reported, at least what was seen
                 return self._estimated_record(self._seen_usage(), problem)
+            # (a response that failed with its final usage, as a Responses one does: priced as reported)
             if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
                 # the app's JSON decoding fails on this body too: record that, with the input it paid for
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
@@ -1055,7 +1063,7 @@ class Attempt:
             cost=priced.usd if priced else Decimal(0),
             source=priced.source if priced else "none",
             estimated=estimated,  # the tokens; an unknown model's fallback price says so in price_source
-            error=_describe(error, self.status) if failed else None,
+            error=_describe(error, self.status) if failed else problem,
         )
         if priced is not None and priced.known and (usage.cached_input_tokens or usage.cache_write_tokens):
             # reads at the input rate minus what they cost; writes (Anthropic) pay a premium: the net may be < 0

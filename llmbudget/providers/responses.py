@@ -10,6 +10,7 @@ from ..calls import Usage
 from ._base import (
     Adapter,
     ResponseState,
+    _count,
     _text_of,
     as_int,
     image_tokens,
@@ -101,6 +102,13 @@ def _item_media(item: dict[str, Any], model: str | None) -> int:
 _HIDDEN_EVENTS = frozenset({"response.function_call_arguments.delta", "response.reasoning_text.delta",
                             "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta"})
 
+#: Output items asking the app to act (beside every "*_call" but the provider's own tools in :data:`_SERVER_CALLS`).
+_TOOL_CALLS = frozenset({"function_call", "mcp_approval_request"})
+#: Tool calls the provider runs itself and answers within the same response.
+_SERVER_CALLS = frozenset({"web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
+                           "mcp_call", "mcp_list_tools"})
+
+
 class ResponsesAdapter(Adapter):
     endpoint = "responses"
     path = "/responses"
@@ -139,6 +147,13 @@ class ResponsesAdapter(Adapter):
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return responses_usage(data)
 
+    def web_searches(self, body: dict[str, Any]) -> int:
+        """Responses bounds built-in tool calls with ``max_tool_calls`` (no ``max_uses``): that many searches
+        where it is set (a request allowed 20 was reserved 5), else the default per web search tool."""
+        searches = super().web_searches(body)
+        bound = _count(body.get("max_tool_calls"))
+        return bound if searches and bound else searches
+
     def _read_response(self, data: dict[str, Any], state: ResponseState) -> None:
         self._read_common(data, state)
         status = data.get("status")
@@ -153,8 +168,9 @@ class ResponsesAdapter(Adapter):
         searches = 0
         for item in items(data.get("output")):
             if isinstance(item, dict):
-                if item.get("type") == "function_call":
-                    state.tool_calls = True
+                if item.get("type") in _TOOL_CALLS or str(item.get("type", "")).endswith("_call") and \
+                        item.get("type") not in _SERVER_CALLS:
+                    state.tool_calls = True  # a call the app runs (or approves): the answer is the call
                 searches += item.get("type") == "web_search_call"  # each one billed per call, beside the tokens
                 if any(isinstance(part, dict) and part.get("type") == "refusal" for part in items(item.get("content"))):
                     state.refused = True

@@ -460,3 +460,19 @@ def test_a_cut_openai_stream_is_charged_for_the_tool_arguments_it_streamed(engin
         attempt.feed(f"data: {json.dumps(event)}\n\n".encode())
     record = attempt.finish(complete=False)  # the app stopped reading
     assert record.estimated and record.usage.output_tokens > 500
+
+
+def test_a_responses_stream_that_failed_is_recorded_with_its_error_at_the_usage_it_reported(engine):
+    # response.failed carries the final usage and the error: the call was recorded as a success
+    body = {"model": "gpt-4.1-mini", "input": "x", "stream": True}
+    attempt = engine.begin(url="https://api.openai.com/v1/responses", path="/v1/responses", headers={},
+                           body=json.dumps(body).encode())
+    failed = {"type": "response.failed", "sequence_number": 3, "response": {
+        "id": "r", "object": "response", "model": "gpt-4.1-mini", "status": "failed", "output": [],
+        "error": {"code": "server_error", "message": "boom"},
+        "usage": {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}}}
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode())
+    record = attempt.finish(complete=True)
+    assert record.error is not None and "boom" in record.error
+    assert (record.usage.input_tokens, record.usage.output_tokens, record.estimated) == (20, 5, False)

@@ -484,6 +484,12 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
          "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
          "usage": {"input_tokens": 45_000, "output_tokens": 1024,
                    "server_tool_use": {"web_search_requests": 5}}}, "anthropic"),
+    "Responses web searches bounded by max_tool_calls": (  # reserved as 5 searches whatever max_tool_calls said
+        "/responses", {"model": "gpt-4.1", "max_output_tokens": 500, "max_tool_calls": 20, "input": "News?",
+                       "tools": [{"type": "web_search"}]},
+        {"id": "r", "object": "response", "model": "gpt-4.1", "status": "completed",
+         "output": [{"type": "web_search_call", "id": f"ws{i}", "status": "completed"} for i in range(20)],
+         "usage": {"input_tokens": 150_000, "output_tokens": 500, "total_tokens": 150_500}}, "openai"),
     "Anthropic web fetch": (  # the fetched pages are input: reserved at 0 tokens, one call spent 3x a budget
         "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [
             {"role": "user", "content": "Summarise these three pages."}], "tools": [

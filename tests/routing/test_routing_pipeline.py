@@ -495,6 +495,43 @@ def test_several_json_answers_are_judged_one_by_one(engine, second, reason, verd
     assert attempt.escalation_reason() == reason and attempt.record.output["json"] == verdict
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_tool_call_answer_is_not_escalated_as_invalid_json(engine, api):
+    # a request with tools and a JSON schema answered by a tool call has no JSON text: it was re-sent to the strong
+    # tier, paid twice and the valid tool call thrown away
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, escalate=True,
+                             route_tools=True, route_schemas=True)
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    if api == "chat":
+        url, path = "https://api.openai.com/v1/chat/completions", "/v1/chat/completions"
+        ask = {"model": "gpt-4o", "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}],
+               "response_format": schema}
+        answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4.1-nano", "choices": [
+            {"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}
+    else:
+        url, path = "https://api.openai.com/v1/responses", "/v1/responses"
+        ask = {"model": "gpt-4o", "input": "x", "tools": [{"type": "custom", "name": "f"}], "store": False,
+               "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}}
+        answer = {"id": "r", "object": "response", "model": "gpt-4.1-nano", "status": "completed", "output": [
+            {"type": "custom_tool_call", "id": "c", "call_id": "c", "name": "f", "input": "x"}],
+            "usage": {"input_tokens": 9, "output_tokens": 5, "total_tokens": 14}}
+    assert _settled(engine, url, path, ask, answer).escalation_reason() is None
+
+
+def test_a_background_response_is_never_escalated(engine):
+    # a queued job has no text yet: read as invalid JSON, a second job was started and both were billed
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, escalate=True,
+                             route_schemas=True)
+    ask = {"model": "gpt-4o", "input": "x", "background": True, "store": True,
+           "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}}
+    queued = {"id": "r", "object": "response", "model": "gpt-4.1-nano", "status": "queued", "output": [],
+              "usage": None}
+    attempt = _settled(engine, "https://api.openai.com/v1/responses", "/v1/responses", ask, queued)
+    assert not attempt.may_escalate()
+
+
 def test_an_answer_cut_because_a_reasoning_tier_spent_the_apps_limit_is_escalated(engine):
     # max_tokens=50 leaves gpt-4o room to answer; as o4-mini's max_completion_tokens it also bounds the reasoning
     engine.routing = Routing(tiers={"small": "o4-mini", "large": None}, threshold=1.0, escalate=True)

@@ -21,6 +21,7 @@ trusts it (``True``, or the peer is one of the listed proxies).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import importlib
 import inspect
 import ipaddress
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy
 from .interception.install import install as _install
 from .ledger.budgets import Refusal
-from .pipeline import Engine, get_engine, set_engine
+from .pipeline import Engine, engine_configured, get_engine, set_engine
 from .refusals import budget_refusal
 from .scope import Scope, app_path, current_scope
 from .scope import scope as _llm_scope
@@ -189,7 +190,7 @@ class _Core:
             raise TypeError(f"policy must be an llmbudget Policy (Policy(...) or Policy.from_file(...)), got {policy!r}")
         # no policy given: the file LLMBUDGET_POLICY names, else the nearest one (as Django's middleware and the
         # pytest plugin find theirs); a policy file next to the app was silently ignored
-        self.policy = policy if policy is not None else Policy.discover()
+        self.policy = policy if policy is not None else _discovered()
         if self.policy.engine is not None:
             set_engine(self.policy.engine)
         engine = get_engine()
@@ -393,6 +394,18 @@ class _Core:
         # HEAD: GET's headers (its content-length too), no body
         return 200, [("content-type", content_type), ("cache-control", "no-store"),
                      ("content-length", str(len(body)))], b"" if method == "HEAD" else body
+
+
+def _discovered() -> Policy:
+    """:meth:`Policy.discover`, less its engine where the app configured one itself (``configure(...)``): the app's
+    budgets and ledger are kept, and a warning says the file's engine keys are not applied."""
+    found = Policy.discover()
+    if found.engine is not None and engine_configured():
+        log.warning("llmbudget: the app configured its engine (llmbudget.configure), so the engine keys of the policy "
+                    "file found (prices, ledger, budget_store, cache, routing...) are not applied; pass "
+                    "policy=Policy.from_file(...) to use them instead")
+        found = dataclasses.replace(found, engine=None)
+    return found
 
 
 #: The key an llmbudget middleware marks the ASGI scope or WSGI environ it serves with.
@@ -900,7 +913,7 @@ class LLMBudgetDjangoMiddleware:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"settings.LLMBUDGET_POLICY is {type(policy).__name__}; expected a llmbudget Policy")
         self.get_response = get_response
-        self._wsgi = LLMBudgetWSGIMiddleware(self._respond, policy=policy or Policy.discover())
+        self._wsgi = LLMBudgetWSGIMiddleware(self._respond, policy=policy or _discovered())
 
     def process_exception(self, request: Any, exception: Exception) -> Any:
         """A view's uncaught budget refusal: answered here (as the 402, by the WSGI layer), not raised on to

@@ -1224,6 +1224,12 @@ def _describe(error: BaseException | None, status: int | None) -> str:
 
 
 _engine = Engine()
+_INITIAL = _engine
+
+
+def engine_configured() -> bool:
+    """Whether the app made an engine current (:func:`configure`, :func:`set_engine`, a policy with engine keys)."""
+    return _engine is not _INITIAL
 _engine_lock = threading.Lock()
 
 

@@ -275,3 +275,19 @@ def test_a_downgrade_with_nowhere_to_go_is_said_at_start_up(engine: llmbudget.En
         LLMBudgetWSGIMiddleware(lambda *args: [], policy=Policy(on_budget="downgrade", downgrade_to="gpt-4o-mini"),
                                 install=False)
     assert sum("has no downgrade_to" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_discovery_keeps_an_engine_the_app_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      engine: llmbudget.Engine) -> None:  # restores the engine
+    # a pyproject with only [tool.llmbudget.prices] above the app: the discovered engine replaced the app's own,
+    # and its budgets and ledger were gone without a word
+    from llmbudget.middleware import LLMBudgetWSGIMiddleware
+
+    (tmp_path / "pyproject.toml").write_text('[tool.llmbudget.prices]\n"my-model" = { input = 1, output = 2 }\n')
+    monkeypatch.chdir(tmp_path)
+    engine = llmbudget.configure(budgets=[llmbudget.Budget("0.01", per="global")])
+    with caplog.at_level("WARNING", logger="llmbudget.middleware"):
+        LLMBudgetWSGIMiddleware(lambda *args: [], install=False)
+    assert llmbudget.get_engine() is engine and engine.budgets
+    assert any("engine keys of the policy file found" in r.getMessage() for r in caplog.records)

@@ -446,8 +446,8 @@ class Attempt:
             return False
         target = self._scope_setting("downgrade_to")
         routing = self.engine.routing
-        endpoint, base_url = self.call.endpoint, self.call.base_url
-        key_env = self.tier_key_env
+        # where the app sent it, with its own key: downgrade_to, or a tier without a base_url of its own
+        endpoint, base_url, key_env = self.call.endpoint, self.base_url_requested, None
         if target is None and routing is not None:  # the cheapest tier, where it lives (a self-hosted model...)
             from .routing.tiers import elsewhere, keeps_state
 
@@ -457,7 +457,7 @@ class Attempt:
                 if not model or (endpoint == "responses" and keeps_state(self.call.body) and elsewhere(url, base_url)):
                     continue  # no model for this API, or a Responses chain another host does not hold
                 cost = self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=url).usd
-                options.append((cost, model, url, tier.api_key_env if url != base_url else key_env))
+                options.append((cost, model, url, tier.api_key_env if url != base_url else None))
             if options:
                 _, target, base_url, key_env = min(options, key=lambda option: option[0])
         if not target or (target == self.call.model and base_url == self.call.base_url):

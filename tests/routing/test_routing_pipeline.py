@@ -398,6 +398,26 @@ def test_a_downgrade_to_a_tier_elsewhere_goes_there_with_its_key(engine, monkeyp
     attempt.release()
 
 
+def test_a_downgrade_after_routing_elsewhere_sends_a_tier_of_the_apps_host_back_there(engine, monkeypatch):
+    # routed to a tier on another host, then downgraded to a tier without a base_url: it stayed on the other host,
+    # with that host's key
+    monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
+    engine.routing = Routing(tiers={"small": {"model": "llama-3-70b", "base_url": "http://gpu-box:8000/v1",
+                                              "api_key_env": "GPU_BOX_KEY"}, "nano": "gpt-4.1-nano", "large": None},
+                             threshold=1.0)
+    engine.pricing = llmbudget.Pricing({"llama-3-70b": {"input": "3", "output": "30"}})
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 1000}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade"):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        assert attempt.call.base_url == "http://gpu-box:8000/v1"  # routed there first
+        assert attempt.reserve() is None
+    assert (attempt.call.model, attempt.call.base_url) == ("gpt-4.1-nano", "https://api.openai.com/v1")
+    assert attempt.tier_api_key() is None  # the app's own key, on the app's own host
+    attempt.release()
+
+
 @pytest.mark.parametrize("on_budget", ["downgrade", "cap"])
 def test_a_budget_that_cannot_pay_for_the_escalation_never_downgrades_or_caps_it(llm_server, route, records,
                                                                                   on_budget):

@@ -58,7 +58,7 @@ class ResponseState:
     #: for estimates of a stream that was cut or reported no usage.
     hidden_parts: list[str] = field(default_factory=list)
     #: The usage seen is the stream's final count (False: Anthropic's ``message_start`` placeholder only, which
-    #: reports 1 output token, with no ``message_delta`` usage or ``message_stop`` after it).
+    #: reports 1 output token, with no ``message_delta`` output count after it).
     usage_final: bool = True
     #: The usage seen left the input out (a gateway's Messages stream without message_start's usage).
     input_unreported: bool = False

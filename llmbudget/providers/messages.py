@@ -176,7 +176,7 @@ class MessagesAdapter(Adapter):
     def read_stream(self, events: list[Any], state: ResponseState) -> None:
         usage: dict[str, Any] = {}
         parts: list[str] = []
-        final = False  # a message_delta with usage, or message_stop, came after message_start's placeholder
+        final = False  # a message_delta with the output count came after message_start's placeholder
         for event in events:
             if not isinstance(event, dict):
                 continue
@@ -207,9 +207,9 @@ class MessagesAdapter(Adapter):
                     state.refused = state.refused or reason == "refusal"
                 if isinstance(event.get("usage"), dict):
                     usage.update({k: v for k, v in event["usage"].items() if v is not None})
-                    final = True
+                    final = final or event["usage"].get("output_tokens") is not None
             elif kind == "message_stop":
-                state.done = final = True
+                state.done = True  # (a gateway may strip message_delta's count: message_start's is a placeholder)
         if usage:
             state.usage = self.reported_usage(usage)
             state.input_unreported = "input_tokens" not in usage

@@ -419,7 +419,7 @@ _BLOCKS = {  # a content block and one of its deltas, as Anthropic streams them
 
 
 @pytest.mark.parametrize("block", sorted(_BLOCKS))
-@pytest.mark.parametrize("ending", ["body ends", "app stops reading", "connection reset"])
+@pytest.mark.parametrize("ending", ["body ends", "app stops reading", "connection reset", "stop without its count"])
 def test_an_anthropic_stream_cut_short_is_charged_for_the_thinking_and_tool_input_it_streamed(engine, block, ending):
     # thinking and tool input are billed output: only text deltas were counted (1 output token recorded), and a
     # stream that ended without message_delta / message_stop was priced at message_start's placeholder as exact
@@ -435,7 +435,12 @@ def test_an_anthropic_stream_cut_short_is_charged_for_the_thinking_and_tool_inpu
     attempt.start_response(200, {"content-type": "text/event-stream"})
     for event in events:
         attempt.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
-    if ending == "connection reset":
+    if ending == "stop without its count":  # a gateway that strips message_delta's usage
+        for event in ({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}},
+                      {"type": "message_stop"}):
+            attempt.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        record = attempt.finish(complete=True)
+    elif ending == "connection reset":
         record = attempt.finish(complete=False, error=httpx.ReadError("connection reset"))
     else:
         record = attempt.finish(complete=ending == "body ends")

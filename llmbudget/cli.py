@@ -402,13 +402,22 @@ def _report(ns: argparse.Namespace) -> int:
         ("saved by prompt cache", "prompt_cache_saved_usd"), ("saved by deferral", "deferred_saved_usd"))
         if field == "cost_usd" or getattr(total, field)]
     for name in ("tenant", "model", "day"):
+        rows = [[key, str(row.calls), *(format_usd(getattr(row, field)) for _, field in money)]
+                for key, row in sorted(groups[name].items())]
+        titles = [name, "calls", *(title for title, _ in money)]
+        widths = [max([len(title), *(len(r[i]) for r in rows)]) for i, title in enumerate(titles)]
+        if sum(widths) + 3 * len(widths) + 1 > console.width:  # too wide for the terminal (a CI log's 80 columns)
+            console.print(f"spend by {name}")  # one line a row: a table shrunk to fit cut its figures ($0.00000…)
+            for r in rows:
+                console.print(escape(f"  {r[0]}: " + ", ".join(f"{t} {v}" for t, v in zip(titles[1:], r[1:]))),
+                              soft_wrap=True)
+            continue
         table = Table(title=f"spend by {name}")
         table.add_column(name, justify="left", overflow="fold")
-        table.add_column("calls", justify="right", no_wrap=True)
-        for title, _ in money:
-            table.add_column(title, justify="right", no_wrap=True, min_width=len(format_usd(total.cost_usd)))
-        for key, row in sorted(groups[name].items()):
-            table.add_row(escape(key), str(row.calls), *(format_usd(getattr(row, field)) for _, field in money))
+        for title in titles[1:]:
+            table.add_column(title, justify="right", no_wrap=True)
+        for r in rows:
+            table.add_row(escape(r[0]), *r[1:])
         console.print(table)
     console.print(f"total: {total.calls} calls, {format_usd(total.cost_usd)} spent; saved "
                   f"{format_usd(total.saved_usd)} by the cache, {format_usd(total.routing_saved_usd)} by routing, "

@@ -468,3 +468,16 @@ def test_listing_batches_of_a_folder_that_is_not_there_says_so(tmp_path, capsys)
     (tmp_path / "state").mkdir()
     assert main(["batches", "--state", str(tmp_path / "state")]) == 0
     assert "no such folder" not in capsys.readouterr().out
+
+
+def test_a_report_too_wide_for_the_terminal_lists_its_rows_with_every_figure_whole(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.add(record("tenant-with-a-rather-long-name", "gpt-4o", "0.001", saved="1234.5", routing="2345.25",
+                      prompt_cache="3456.125"))
+    ledger.flush()
+    assert main(["report", str(tmp_path / "ledger.db")]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "tenant-with-a-rather-long-name" in out
+    for figure in ("$0.001000", "$1234.500000", "$2345.250000", "$3456.125000"):
+        assert figure in out

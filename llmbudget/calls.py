@@ -202,7 +202,7 @@ def _check_prefix(prefix: dict[str, Any] | None) -> None:
     for key in ("group", "hash"):
         if not isinstance(prefix.get(key), str):
             raise ValueError(f"prefix.{key} is {prefix.get(key)!r}; expected a string")
-    for key in ("chars", "differs_at"):
+    for key in ("chars", "differs_at", "within"):
         count = prefix.get(key)
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
             raise ValueError(f"prefix.{key} is {count!r}; expected a whole number or null")

@@ -228,6 +228,7 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     (lambda r: {**r, "prefix": {"group": "g"}}, "prefix.hash is None"),  # KeyError in the prefix report
     (lambda r: {**r, "prefix": {"group": ["g"], "hash": "h"}}, "prefix.group is ['g']"),
     (lambda r: {**r, "prefix": {"group": "g", "hash": "h", "chars": "many"}}, "prefix.chars is 'many'"),
+    (lambda r: {**r, "prefix": {"group": "g", "hash": "h", "within": "soon"}}, "prefix.within is 'soon'"),
 ])
 def test_a_damaged_ledger_row_is_an_error_naming_the_file_and_row(tmp_path, capsys, change, message):
     path = tmp_path / "ledger.db"

@@ -101,7 +101,8 @@ def _load_labels(
         line = reader.line_num + 1  # where the next row starts: a quoted prompt may take several lines
         for row in reader:
             where, line = f"{file}:{line}", reader.line_num + 1
-            if row[weak] is None or row[strong] is None or None in row:  # a row cut short, or one field too many
+            if row["prompt"] is None or row[weak] is None or row[strong] is None or None in row:
+                # a row cut short, or one field too many
                 fields = sum(value is not None for key, value in row.items() if key is not None)
                 raise ValueError(f"{where}: a row with {fields + len(row.get(None) or [])} field(s); the header has "
                                  f"{len(columns)} (a row cut short, or a quote never closed?)")

@@ -158,11 +158,19 @@ class Routing:
                              f"got {min_confidence!r}")
         self.min_confidence = None if min_confidence is None else float(min_confidence)
 
+    def _stays(self, call: Call, tier: str) -> bool:
+        """Whether ``call`` must not go to ``tier``: a Responses call the provider keeps (store, a chain), whose id
+        is only known where it is kept, and a tier on another host."""
+        return call.endpoint == "responses" and keeps_state(call.body) and \
+            elsewhere(self.tiers[tier].base_url_for(call.endpoint), call.base_url)
+
     def decide(self, call: Call, *, path: str = "", forced: str | None = None) -> Decision:
         """The tier for ``call``; ``forced`` (a tier name from the scope) wins over the router."""
         if forced is not None:
             if forced not in self.tiers:
                 raise ValueError(f"tier {forced!r} forced by the scope is not defined; tiers are {sorted(self.tiers)}")
+            if forced != self.strong and self._stays(call, forced):
+                return Decision(self.strong, None, None, f"forced to {forced!r}, but {_KEPT_ON_HOST}")
             return Decision(forced, None, None, "forced")
         if call.endpoint not in ("chat.completions", "responses", "messages"):
             return Decision(self.strong, None, None, f"{call.endpoint} is not routed")
@@ -174,16 +182,16 @@ class Routing:
             return Decision(self.strong, None, None, kept)
         score = float(self.router.score(body))
         tier = self.strong if score >= self.threshold else self.weak
-        if tier != self.strong and call.endpoint == "responses" and keeps_state(call.body) and \
-                elsewhere(self.tiers[tier].base_url_for(call.endpoint), call.base_url):
-            # the provider keeps a Responses call's answer (store, a chain): its id is only known where it is kept
-            return Decision(self.strong, score, self.threshold,
-                            "a Responses call kept on its host (store or previous_response_id)")
+        if tier != self.strong and self._stays(call, tier):
+            return Decision(self.strong, score, self.threshold, _KEPT_ON_HOST)
         try:
             features = tuple((name, float(value)) for name, value in self.router.explain(body, top=3))
         except Exception:
             features = ()
         return Decision(tier, score, self.threshold, "router", features)
+
+
+_KEPT_ON_HOST = "a Responses call kept on its host (store or previous_response_id)"
 
 
 def keeps_state(body: Mapping[str, Any]) -> bool:

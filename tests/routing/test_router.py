@@ -379,6 +379,7 @@ def test_eval_router_with_the_shipped_router_and_bad_columns(tmp_path: Path) -> 
 @pytest.mark.parametrize(("tail", "message"), [
     ("q30\n", "labels.csv:10: a row with 1 field(s); the header has 3"),  # read as both models wrong
     ("q30,True,True,extra\n", "labels.csv:10: a row with 4 field(s)"),
+    ("False,True\n", "labels.csv:10: a row with 2 field(s)"),  # the prompt missing (it read as '')
     ('"Q\nA. x\nB. y",maybe,True\n', "labels.csv:10: column 'weak' holds 'maybe'"),  # the row's first line
 ])
 def test_a_label_row_cut_short_or_bad_names_the_line_it_starts_on(tmp_path: Path, tail: str, message: str) -> None:

@@ -631,3 +631,8 @@ def test_a_responses_call_whose_state_the_provider_keeps_stays_on_its_host(engin
     attempt.plan("/")
     assert attempt.routed is routed, attempt.routing
     assert attempt.call.model == ("llama-3-8b" if routed else "gpt-4o")
+    with llmbudget.scope(routing="small"):  # a tier forced by a route or a scope too
+        forced = engine.begin(url="https://api.openai.com/v1/responses", path="/v1/responses", headers={},
+                              body=json.dumps(body).encode())
+        forced.plan("/")
+    assert forced.routed is routed, forced.routing

@@ -156,14 +156,16 @@ for i = 3, #ARGV do n = n + delete_entry(ARGV[1], ARGV[i]) end
 return n
 """
 
-# ARGV: prefix, maxlen, now
+# ARGV: prefix, maxlen, now, most (a batch: one script never holds Redis, which the budgets share, for long)
 _PURGE = _DELETE + """
 local n = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. 'exp', '-inf', ARGV[3])) do
+local ids = redis.call('ZRANGEBYSCORE', ARGV[1] .. 'exp', '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(ids) do
     n = n + delete_entry(ARGV[1], id)
 end
-return n
+return {n, #ids}
 """
+_PURGE_BATCH = 500
 
 # ARGV: prefix, id, now
 _HIT = """
@@ -895,12 +897,17 @@ class RedisCacheStore:
     def purge(self) -> int:
         """Delete expired entries now (also done by every put under a cap, and by a put a minute after the
         last purge); returns how many."""
-        self._last_purge = self._clock()
+        self._last_purge = now = self._clock()
+        purged = 0
         try:
-            return int(self._purge(args=[self.prefix, STREAM_MAXLEN, repr(self._clock())]))
+            while True:  # in batches, each its own script
+                deleted, seen = self._purge(args=[self.prefix, STREAM_MAXLEN, repr(now), _PURGE_BATCH])
+                purged += int(deleted)
+                if int(seen) < _PURGE_BATCH:
+                    return purged
         except self._down as exc:
             self._unreachable(exc)
-            return 0
+            return purged
 
     def stats(self) -> dict[str, int]:
         """``{"entries", "bytes", "partitions"}`` of the live store (expired entries purged first)."""

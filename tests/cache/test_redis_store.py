@@ -967,3 +967,17 @@ def test_a_new_store_is_not_reported_unreachable_and_takes_odd_text(prefix: str,
         found = store.search("p", "a\x00b")
         assert found is None or found.entry.text == "a\x00b"
         assert store.invalidate(tenant="acme\ud800") == 1
+
+
+def test_a_purge_of_many_expired_entries_goes_in_batches_and_finishes(prefix: str) -> None:
+    # one script deleted every expired entry: a backlog held Redis (which the budgets share) for as long
+    now = [1000.0]
+    with make(prefix, ttl=1, max_entries=None, clock=lambda: now[0]) as store:
+        store.put_many([{"partition": "p", "exact_key": f"k{i}", "text": f"question {i}", "response": "{}",
+                         "tenant": "acme", "model": "m", "semantic": False} for i in range(1_200)])
+        now[0] += 120
+        scripts = []
+        real = store._purge
+        store._purge = lambda **kw: scripts.append(1) or real(**kw)  # type: ignore[method-assign]
+        assert store.purge() == 1_200 and len(scripts) == 3
+        assert store._redis.hlen(store._key("w")) == 0

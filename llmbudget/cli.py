@@ -789,11 +789,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(ns.handler(ns))
     except BrokenPipeError:  # the reader left (`| head`): nothing more to say, to it or anyone
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that the exit's flush does not fail again
-        except OSError:
+        try:  # the stdout file itself to /dev/null (Python's recipe): the exit's flush, Rich's too, fails no more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stand-in)
             pass
-        return 0
+        return 1  # as Python's recipe and Rich's own handler (the tables) end: the output was cut
     except (OSError, ValueError) as exc:  # FileNotFoundError, PermissionError...; ConfigError, TrafficError...
         print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
         return 2

@@ -418,10 +418,12 @@ def _check_route_tiers(policy: Policy, engine: Engine) -> None:
     for index, route in enumerate(policy.routes):
         if not isinstance(route.routing, str):
             continue
-        tiers = sorted(engine.routing.tiers) if engine.routing is not None else []
-        if route.routing not in tiers:
-            have = f"the tiers are {tiers}" if tiers else "the engine has no [routing]"
-            raise ConfigError(f"routes[{index}] ({route.path!r}): routing = {route.routing!r} names no tier; {have}")
+        where = f"routes[{index}] ({route.path!r}): routing = {route.routing!r}"
+        if engine.routing is None:  # the app may still configure routing (configure(routing=...)) after this
+            log.warning("llmbudget: %s forces a tier, but the engine has no routing (yet): without it the route "
+                        "routes nothing", where)
+        elif route.routing not in engine.routing.tiers:
+            raise ConfigError(f"{where} names no tier; the tiers are {sorted(engine.routing.tiers)}")
 
 
 def _check_downgrade(policy: Policy, engine: Engine) -> None:

@@ -277,8 +277,9 @@ def test_routes_set_the_scopes_cache_and_routing(engine: llmbudget.Engine) -> No
 
     policy = Policy(routes=[PolicyRoute("/chat/fast", cache=False, routing="small"),
                             PolicyRoute("/chat/*", routing=False)])
+    engine.routing = llmbudget.Routing(tiers={"smal": "gpt-4.1-nano", "large": None}, weak="smal")
     with pytest.raises(ConfigError, match=r"routes\[0\] \('/chat/fast'\): routing = 'small' names no tier; "
-                                          "the engine has no \\[routing\\]"):
+                                          r"the tiers are \['large', 'smal'\]"):
         LLMBudgetMiddleware(Starlette(), policy=policy, install=False)  # at start-up: it served requests unrouted
     engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None})
     client = TestClient(build(policy, routes=[Route("/chat/fast", settings), Route("/chat/plain", settings),

@@ -7,6 +7,7 @@ usage objects shaped as Anthropic's API reference documents them.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -369,3 +370,16 @@ def test_an_implausible_web_search_count_is_malformed_not_charged():
     # a count of a billion searches was charged $10,000,000 as exact
     with pytest.raises(BadUsage, match="web search count"):
         messages_usage({"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1e9}})
+
+
+def test_the_pipeline_tells_breakpoints_an_sdk_retry_from_a_new_request(engine):
+    # the SDK's retry header makes the attempt a retry: it is decided as the first attempt was, never counted again
+    engine.breakpoints = Breakpoints(Pricing(), clock=Clock())
+
+    def marked(retry: int) -> bool:
+        attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages",
+                               headers={"x-stainless-retry-count": str(retry)}, body=json.dumps(_body(LONG)).encode())
+        attempt.plan("/v1/messages")
+        return attempt.breakpoint
+
+    assert [marked(0), marked(1), marked(2), marked(0)] == [False, False, False, True]

@@ -363,6 +363,10 @@ class Attempt:
 
     def worst_case_usd(self) -> Decimal:
         """Estimated input plus the most output the request allows, at the model's prices."""
+        return self.engine.pricing.cost(self.worst_usage(), model=self.call.model, base_url=self.call.base_url).usd
+
+    def worst_usage(self) -> Usage:
+        """The usage :meth:`worst_case_usd` prices: estimated input (see :meth:`_worst_input`) and the most output."""
         max_output = self.call.max_output_tokens
         if max_output is None:  # the default limit, once per answer the request asks for
             max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
@@ -370,7 +374,7 @@ class Attempt:
         usage = self._worst_input(audio_in).replace(output_tokens=max_output)
         if audio_out:  # all of it may be audio, at the audio rate
             usage = usage.replace(output_audio_tokens=max_output)
-        return self.engine.pricing.cost(usage, model=self.call.model, base_url=self.call.base_url).usd
+        return usage
 
     def _worst_input(self, audio_tokens: int | None = None) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
@@ -1029,6 +1033,11 @@ class Attempt:
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
                                               "the response body is not valid JSON (the app could not read it either)")
             usage_seen = state.usage
+            if usage_seen is None and self.call.body.get("background") and not self._sse and \
+                    set(state.finish_reasons) & {"queued", "in_progress"}:
+                # a Responses job queued to run in the background: its usage comes later, with a retrieve this
+                # process may never make. Charged its worst case (what its reservation held), never ~$0.
+                usage_seen, estimated = self.worst_usage(), True
             if usage_seen is None and self._tail is not None and (complete or self._tail_ended()):
                 # (the SDK closes a stream once it read its end, before the body is read to its last byte)
                 usage_seen = self._usage_from_tail()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import httpx
 import openai
@@ -481,3 +482,18 @@ def test_a_responses_stream_that_failed_is_recorded_with_its_error_at_the_usage_
     record = attempt.finish(complete=True)
     assert record.error is not None and "boom" in record.error
     assert (record.usage.input_tokens, record.usage.output_tokens, record.estimated) == (20, 5, False)
+
+
+def test_a_background_response_is_charged_its_worst_case_not_its_empty_queued_answer(engine):
+    # create(background=True) answers "queued" with no usage: it was recorded at a 4-token estimate (~$0), its
+    # hold released, and ten o3 jobs ran under a $1 budget
+    body = {"model": "o3", "input": "Prove it.", "background": True, "max_output_tokens": 50_000}
+    attempt = engine.begin(url="https://api.openai.com/v1/responses", path="/v1/responses", headers={},
+                           body=json.dumps(body).encode())
+    queued = {"id": "resp_1", "object": "response", "model": "o3-2025-04-16", "status": "queued", "output": [],
+              "background": True, "usage": None}
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps(queued).encode())
+    record = attempt.finish(complete=True)
+    assert record.estimated and record.usage.output_tokens == 50_000
+    assert record.cost_usd == attempt.worst_case_usd() > Decimal("0.1")

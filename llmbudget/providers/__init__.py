@@ -7,13 +7,13 @@ from .chat import ChatAdapter
 from .completions import CompletionsAdapter
 from .embeddings import EmbeddingsAdapter
 from .messages import MessagesAdapter
-from .responses import ResponsesAdapter
+from .responses import ResponsesAdapter, ResponsesCompactAdapter
 
 __all__ = ["Adapter", "ResponseState", "ADAPTERS", "adapter_for_path", "adapter_for_endpoint"]
 
 #: Longest path first: ``/chat/completions`` must win over ``/completions``.
-ADAPTERS: tuple[Adapter, ...] = (ChatAdapter(), ResponsesAdapter(), EmbeddingsAdapter(), CompletionsAdapter(),
-                                 MessagesAdapter())
+ADAPTERS: tuple[Adapter, ...] = (ChatAdapter(), ResponsesCompactAdapter(), ResponsesAdapter(), EmbeddingsAdapter(),
+                                 CompletionsAdapter(), MessagesAdapter())
 _BY_ENDPOINT = {adapter.endpoint: adapter for adapter in ADAPTERS}
 
 

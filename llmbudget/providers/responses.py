@@ -206,3 +206,13 @@ class ResponsesAdapter(Adapter):
                     self._read_response(response, state)
                     state.text_parts[:] = text or state.text_parts
                     state.done = True
+
+
+class ResponsesCompactAdapter(ResponsesAdapter):
+    """``POST /responses/compact`` (``client.responses.compact``): a compaction pass, billed by the usage it
+    reports as a Responses call is. Priced, recorded and budgeted; never cached, routed, capped or directed (its
+    endpoint is none of theirs)."""
+
+    endpoint = "responses.compact"
+    path = "/responses/compact"
+    limit_fields = ()

@@ -497,3 +497,27 @@ def test_a_background_response_is_charged_its_worst_case_not_its_empty_queued_an
     record = attempt.finish(complete=True)
     assert record.estimated and record.usage.output_tokens == 50_000
     assert record.cost_usd == attempt.worst_case_usd() > Decimal("0.1")
+
+
+def test_a_responses_compaction_is_priced_and_budgeted(engine):
+    # POST /responses/compact reports the usage it bills: it passed through unseen, recorded nowhere and unbudgeted
+    body = {"model": "gpt-5", "previous_response_id": "resp_1"}
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.0001")]):
+        refused = engine.begin(url="https://api.openai.com/v1/responses/compact", path="/v1/responses/compact",
+                               headers={}, body=json.dumps(body).encode())
+        assert refused is not None and refused.call.endpoint == "responses.compact"
+        refused.plan("/")
+        assert refused.reserve() is not None
+    attempt = engine.begin(url="https://api.openai.com/v1/responses/compact", path="/v1/responses/compact",
+                           headers={}, body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert not attempt.routed and not attempt.capped and attempt.lookup_cache() is None
+    compacted = {"id": "cmp_1", "created_at": 1, "object": "response.compaction", "output": [],
+                 "usage": {"input_tokens": 200_000, "output_tokens": 4_000, "total_tokens": 204_000,
+                           "input_tokens_details": {"cached_tokens": 0},
+                           "output_tokens_details": {"reasoning_tokens": 3_000}}}
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps(compacted).encode())
+    record = attempt.finish(complete=True)
+    assert record.endpoint == "responses.compact" and not record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (200_000, 4_000) and record.cost_usd > 0

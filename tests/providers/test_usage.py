@@ -238,7 +238,9 @@ def test_chat_path_is_never_taken_for_completions() -> None:
     found = adapter_for_path("/v1/chat/completions")
     assert found is not None
     assert isinstance(found[0], ChatAdapter)
-    assert {a.endpoint for a in ADAPTERS} == {"chat.completions", "responses", "embeddings", "completions", "messages"}
+    assert {a.endpoint for a in ADAPTERS} == {"chat.completions", "responses", "responses.compact", "embeddings",
+                                             "completions", "messages"}
+    assert adapter_for_path("/v1/responses/compact")[0].endpoint == "responses.compact"  # type: ignore[index]
     assert adapter_for_path("/v1/threads/thread_1/messages") is None  # Assistants: not an LLM call
     with pytest.raises(ValueError, match="unknown endpoint 'images'"):
         adapter_for_endpoint("images")

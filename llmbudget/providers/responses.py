@@ -112,7 +112,7 @@ _SERVER_CALLS = frozenset({"web_search_call", "file_search_call", "code_interpre
 class ResponsesAdapter(Adapter):
     endpoint = "responses"
     path = "/responses"
-    limit_fields = ("max_output_tokens",)
+    limit_fields: tuple[str, ...] = ("max_output_tokens",)
 
     def input_text(self, body: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -215,4 +215,4 @@ class ResponsesCompactAdapter(ResponsesAdapter):
 
     endpoint = "responses.compact"
     path = "/responses/compact"
-    limit_fields = ()
+    limit_fields: tuple[str, ...] = ()

@@ -39,6 +39,10 @@ class Usage:
     estimated: bool = False
     #: server-side web searches the call ran (Anthropic's ``web_search`` tool), priced per search
     web_searches: int = 0
+    #: OpenAI's built-in tools billed per use beside the tokens: file searches (per call) and code interpreter
+    #: containers (per container)
+    file_searches: int = 0
+    code_containers: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -184,7 +188,8 @@ class SpendRecord:
 _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
            "estimated")
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-                 "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches")
+                 "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches", "file_searches",
+                 "code_containers")
 _MAX_USD = Decimal(10) ** 15
 _TEXTS = ("endpoint", "base_url", "model_requested", "model_sent", "model_answered", "tenant", "request_id", "test_id",
           "price_source", "error", "deferred", "cache_tier")

@@ -392,9 +392,11 @@ class Attempt:
         tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
         # search results are input, never written to the prompt cache
         fetched = self.adapter.fetched_tokens(self.call.body)
+        files, containers = self.adapter.tool_uses(self.call.body)
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
-                     service_tier=tier, web_searches=searches, input_audio_tokens=audio)
+                     service_tier=tier, web_searches=searches, input_audio_tokens=audio,
+                     file_searches=files, code_containers=containers)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.

@@ -111,6 +111,15 @@ class Price:
 
 #: What one web search costs where a price says nothing of them (OpenAI and Anthropic: $10 per 1,000).
 WEB_SEARCH_USD = Decimal("0.01")
+#: OpenAI's built-in tool fees (its pricing page): a file search call ($2.50 per 1,000), a code interpreter
+#: container ($0.03).
+FILE_SEARCH_USD = Decimal("0.0025")
+CODE_CONTAINER_USD = Decimal("0.03")
+
+
+def tool_fees(usage: Usage) -> Decimal:
+    """What ``usage``'s built-in tool uses cost beside its tokens (file searches, code interpreter containers)."""
+    return usage.file_searches * FILE_SEARCH_USD + usage.code_containers * CODE_CONTAINER_USD
 
 #: Charged (with a warning) for a model nothing knows: above today's frontier list prices.
 CONSERVATIVE_PRICE = Price(Decimal(15), Decimal(75))
@@ -344,9 +353,9 @@ class Pricing:
                                 "[prices] in llmbudget.toml to price such calls exactly.")
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
                 cost *= 1 - self.deferred_discount  # no flex / batch price listed: the documented discount
-            return Priced(cost, source, name)
+            return Priced(cost + tool_fees(usage), source, name)
         self._warn_unknown(name, base_url)
-        return Priced(self.unknown_model_price.cost(usage), "unknown", name)
+        return Priced(self.unknown_model_price.cost(usage) + tool_fees(usage), "unknown", name)
 
     def _has_own_rate(self, rate: Price | _ModelRate, model: str, base_url: str) -> bool:
         """Whether genai-prices lists a flex or batch price for the model (different from its standard one)."""

@@ -116,6 +116,11 @@ class Adapter:
         return sum(_count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES for tool in items(body.get("tools"))
                    if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"))
 
+    def tool_uses(self, body: dict[str, Any]) -> tuple[int, int]:
+        """The most file searches and code interpreter containers the request's built-in tools may bill (each
+        billed per use beside the tokens): OpenAI's Responses API only."""
+        return 0, 0
+
     def fetched_tokens(self, body: dict[str, Any]) -> int:
         """The most tokens of fetched content server-side tools may add to the input (Anthropic's web fetch):
         none for most APIs."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..calls import Usage
 from ._base import (
+    DEFAULT_WEB_SEARCHES,
     Adapter,
     ResponseState,
     _count,
@@ -154,6 +155,21 @@ class ResponsesAdapter(Adapter):
         bound = _count(body.get("max_tool_calls"))
         return bound if searches and bound else searches
 
+    def tool_uses(self, body: dict[str, Any]) -> tuple[int, int]:
+        """The most file searches (``max_tool_calls``, else 5) and code interpreter containers (one) the
+        request's built-in tools may bill."""
+        kinds = {str(tool.get("type", "")) for tool in items(body.get("tools")) if isinstance(tool, dict)}
+        files = (_count(body.get("max_tool_calls")) or DEFAULT_WEB_SEARCHES) if "file_search" in kinds else 0
+        return files, int("code_interpreter" in kinds)
+
+    def fetched_tokens(self, body: dict[str, Any]) -> int:
+        """What file searches add to the input: each search's results, ``max_num_results`` chunks (20 without
+        one) of 800 tokens (the default chunk size), for the most searches :meth:`tool_uses` allows."""
+        searches = self.tool_uses(body)[0]
+        tools = [tool for tool in items(body.get("tools")) if isinstance(tool, dict) and tool.get("type") == "file_search"]
+        chunks = max((_count(tool.get("max_num_results")) or 20 for tool in tools), default=0)
+        return searches * chunks * 800
+
     def _read_response(self, data: dict[str, Any], state: ResponseState) -> None:
         self._read_common(data, state)
         status = data.get("status")
@@ -165,9 +181,14 @@ class ResponsesAdapter(Adapter):
                                         if reason == "max_output_tokens" else reason
                                         if reason == "content_filter" else status)
         _remember_context(data, state.usage if isinstance(data.get("usage"), dict) else None)
-        searches = 0
+        searches = file_searches = 0
+        containers: set[Any] = set()
         for item in items(data.get("output")):
             if isinstance(item, dict):
+                file_searches += item.get("type") == "file_search_call"
+                if item.get("type") == "code_interpreter_call":  # billed per container, however many calls use it
+                    container = item.get("container_id")
+                    containers.add(container if isinstance(container, str) else None)
                 if item.get("type") in _TOOL_CALLS or str(item.get("type", "")).endswith("_call") and \
                         item.get("type") not in _SERVER_CALLS:
                     state.tool_calls = True  # a call the app runs (or approves): the answer is the call
@@ -176,8 +197,9 @@ class ResponsesAdapter(Adapter):
                     state.refused = True
                 if not state.text_parts:
                     _text_of(item.get("content"), state.text_parts)
-        if searches and state.usage is not None:
-            state.usage = state.usage.replace(web_searches=searches)
+        if (searches or file_searches or containers) and state.usage is not None:
+            state.usage = state.usage.replace(web_searches=searches, file_searches=file_searches,
+                                              code_containers=len(containers))
 
     def read_json(self, data: Any, state: ResponseState) -> None:
         if isinstance(data, dict):

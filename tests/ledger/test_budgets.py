@@ -490,6 +490,15 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         {"id": "r", "object": "response", "model": "gpt-4.1", "status": "completed",
          "output": [{"type": "web_search_call", "id": f"ws{i}", "status": "completed"} for i in range(20)],
          "usage": {"input_tokens": 150_000, "output_tokens": 500, "total_tokens": 150_500}}, "openai"),
+    "Responses file search and code interpreter fees": (  # billed per call and per container: neither counted
+        "/responses", {"model": "gpt-4.1-mini", "max_output_tokens": 300, "input": "Chart the sales file.",
+                       "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]},
+                                 {"type": "code_interpreter", "container": {"type": "auto"}}]},
+        {"id": "r", "object": "response", "model": "gpt-4.1-mini", "status": "completed", "output": [
+            *({"type": "file_search_call", "id": f"fs{i}", "status": "completed", "queries": []} for i in range(5)),
+            {"type": "code_interpreter_call", "id": "ci1", "status": "completed", "container_id": "cntr_1",
+             "code": "print(1)"}],
+         "usage": {"input_tokens": 3_000, "output_tokens": 300, "total_tokens": 3_300}}, "openai"),
     "Anthropic web fetch": (  # the fetched pages are input: reserved at 0 tokens, one call spent 3x a budget
         "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [
             {"role": "user", "content": "Summarise these three pages."}], "tools": [

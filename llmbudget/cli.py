@@ -409,7 +409,7 @@ def _report(ns: argparse.Namespace) -> int:
         if sum(widths) + 3 * len(widths) + 1 > console.width:  # too wide for the terminal (a CI log's 80 columns)
             console.print(f"spend by {name}")  # one line a row: a table shrunk to fit cut its figures ($0.00000…)
             for r in rows:
-                console.print(escape(f"  {r[0]}: " + ", ".join(f"{t} {v}" for t, v in zip(titles[1:], r[1:]))),
+                console.print(escape(f"  {r[0]}: " + ", ".join(f"{t} {v}" for t, v in zip(titles[1:], r[1:], strict=True))),
                               soft_wrap=True)
             continue
         table = Table(title=f"spend by {name}")

@@ -380,42 +380,45 @@ def test_a_downgrade_sends_a_reasoning_model_what_it_takes(engine):
     attempt.release()
 
 
-def test_a_downgrade_to_a_tier_elsewhere_goes_there_with_its_key(engine, monkeypatch):
-    # the self-hosted tier's model was sent to the app's host with the app's key (a 404, then a refusal)
+def _planned_and_downgraded(engine, monkeypatch, tiers: dict, prices: dict, threshold: float):
+    """A gpt-4o call planned under ``tiers`` and then reserved over a $0.001 budget that downgrades: (where the
+    plan sent it, the attempt after the downgrade)."""
     monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
-    engine.routing = Routing(tiers={"small": {"model": "llama-3-8b", "base_url": "http://gpu-box:8000/v1",
-                                              "api_key_env": "GPU_BOX_KEY"}, "large": None}, threshold=0.0)
-    engine.pricing = llmbudget.Pricing({"llama-3-8b": {"input": "0.0000001", "output": "0.0000001"}})
+    engine.routing = Routing(tiers=tiers, threshold=threshold)
+    engine.pricing = llmbudget.Pricing(prices)
     body = {"model": "gpt-4o", "messages": HI, "max_tokens": 1000}
     with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade"):
         attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
                                headers={}, body=json.dumps(body).encode())
         attempt.plan("/")
-        assert attempt.call.model == "gpt-4o"  # the router kept it on the strong tier
+        planned = (attempt.call.model, attempt.call.base_url)
         assert attempt.reserve() is None
-    assert attempt.call.model == "llama-3-8b" and attempt.call.base_url == "http://gpu-box:8000/v1"
-    assert attempt.tier_api_key() == "gpu-secret" and attempt.routing["tier"] == "downgrade"
     attempt.release()
+    return planned, attempt
+
+
+GPU_BOX = {"base_url": "http://gpu-box:8000/v1", "api_key_env": "GPU_BOX_KEY"}
+
+
+def test_a_downgrade_to_a_tier_elsewhere_goes_there_with_its_key(engine, monkeypatch):
+    # the self-hosted tier's model was sent to the app's host with the app's key (a 404, then a refusal)
+    planned, attempt = _planned_and_downgraded(
+        engine, monkeypatch, {"small": {"model": "llama-3-8b", **GPU_BOX}, "large": None},
+        {"llama-3-8b": {"input": "0.0000001", "output": "0.0000001"}}, threshold=0.0)
+    assert planned == ("gpt-4o", "https://api.openai.com/v1")  # the router kept it on the strong tier
+    assert (attempt.call.model, attempt.call.base_url) == ("llama-3-8b", "http://gpu-box:8000/v1")
+    assert attempt.tier_api_key() == "gpu-secret" and attempt.routing["tier"] == "downgrade"
 
 
 def test_a_downgrade_after_routing_elsewhere_sends_a_tier_of_the_apps_host_back_there(engine, monkeypatch):
     # routed to a tier on another host, then downgraded to a tier without a base_url: it stayed on the other host,
     # with that host's key
-    monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
-    engine.routing = Routing(tiers={"small": {"model": "llama-3-70b", "base_url": "http://gpu-box:8000/v1",
-                                              "api_key_env": "GPU_BOX_KEY"}, "nano": "gpt-4.1-nano", "large": None},
-                             threshold=1.0)
-    engine.pricing = llmbudget.Pricing({"llama-3-70b": {"input": "3", "output": "30"}})
-    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 1000}
-    with llmbudget.scope(budgets=[llmbudget.Budget("0.001")], on_budget="downgrade"):
-        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
-                               headers={}, body=json.dumps(body).encode())
-        attempt.plan("/")
-        assert attempt.call.base_url == "http://gpu-box:8000/v1"  # routed there first
-        assert attempt.reserve() is None
+    planned, attempt = _planned_and_downgraded(
+        engine, monkeypatch, {"small": {"model": "llama-3-70b", **GPU_BOX}, "nano": "gpt-4.1-nano", "large": None},
+        {"llama-3-70b": {"input": "3", "output": "30"}}, threshold=1.0)
+    assert planned == ("llama-3-70b", "http://gpu-box:8000/v1")  # routed there first
     assert (attempt.call.model, attempt.call.base_url) == ("gpt-4.1-nano", "https://api.openai.com/v1")
     assert attempt.tier_api_key() is None  # the app's own key, on the app's own host
-    attempt.release()
 
 
 @pytest.mark.parametrize("on_budget", ["downgrade", "cap"])

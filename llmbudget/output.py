@@ -177,8 +177,8 @@ def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tupl
     text = output.text
     if endpoint == "responses":
         instructions = body.get("instructions")
-        if instructions is not None and not isinstance(instructions, str):
-            return None
+        if (instructions is not None and not isinstance(instructions, str)) or body.get("prompt"):
+            return None  # (a stored prompt template holds its own instructions: never written over)
         return {**body, "instructions": f"{instructions}\n\n{text}" if instructions else text}, "instructions"
     if endpoint == "messages":
         system = body.get("system")

@@ -165,6 +165,13 @@ def test_requests_whose_limit_also_bounds_reasoning_are_told_apart():
     assert not thinks("chat.completions", {"modalities": ["text"]}, "gpt-4o-audio-preview")
 
 
+def test_a_stored_prompt_template_gets_no_directive():
+    # its own instructions live in the template: the directive went into `instructions` beside (or over) them
+    body = {"model": "gpt-4.1", "prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}, "input": "Go."}
+    assert apply_directive("responses", body, Output(120)) is None
+    assert apply_directive("responses", {k: v for k, v in body.items() if k != "prompt"}, Output(120)) is not None
+
+
 @pytest.mark.parametrize("endpoint", ["messages", "chat.completions"])
 def test_an_answer_the_app_started_itself_gets_no_directive(endpoint):
     # an Anthropic prefill ("{" for JSON): the directive's cap cut a long JSON answer at 290 tokens

@@ -92,7 +92,8 @@ def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, 
     """``body``, which routing sends to ``model`` instead of the model the app wrote it for, without the
     parameters ``model`` refuses: an OpenAI reasoning model (o-series, gpt-5) takes ``max_completion_tokens``
     instead of ``max_tokens`` and no sampling parameters (``temperature``, ``logprobs``...); a model that does
-    not reason (gpt-4o, gpt-4.1...) takes no ``reasoning_effort`` or ``reasoning``. Other models' requests are
+    not reason (gpt-4o, gpt-4.1...) takes no ``reasoning_effort`` or ``reasoning`` (nor an ``include`` of
+    ``reasoning.encrypted_content``). Other models' requests are
     left as they are (what they refuse is unknown: a refusal sends the call to the strong tier)."""
     if endpoint not in ("chat.completions", "responses"):
         return body
@@ -104,6 +105,10 @@ def suited(endpoint: str, body: dict[str, Any], model: str | None) -> dict[str, 
         return out if out != body else body
     if _family(model).startswith(_PLAIN_PREFIXES):
         drop = ("reasoning_effort",) if endpoint == "chat.completions" else ("reasoning",)
-        if any(key in body for key in drop):
-            return {k: v for k, v in body.items() if k not in drop}
+        out = {k: v for k, v in body.items() if k not in drop}
+        include = out.get("include")
+        if isinstance(include, list) and "reasoning.encrypted_content" in include:  # nothing to include there
+            kept = [item for item in include if item != "reasoning.encrypted_content"]
+            out = {k: v for k, v in out.items() if k != "include"} | ({"include": kept} if kept else {})
+        return out if out != body else body
     return body

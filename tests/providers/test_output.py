@@ -212,6 +212,13 @@ def test_a_routed_body_loses_what_its_new_model_refuses():
     assert suited("chat.completions", {"model": "gpt-4.1-nano", "reasoning_effort": "low"}, "gpt-4.1-nano") == \
         {"model": "gpt-4.1-nano"}
     assert suited("responses", {"model": "gpt-4o", "reasoning": {"effort": "low"}}, "gpt-4o") == {"model": "gpt-4o"}
+    # a reasoning model's request asking for its encrypted reasoning, routed to one that does not reason
+    asked = {"model": "gpt-4.1-nano", "reasoning": {"effort": "low"},
+             "include": ["reasoning.encrypted_content", "file_search_call.results"]}
+    assert suited("responses", asked, "gpt-4.1-nano") == {"model": "gpt-4.1-nano",
+                                                          "include": ["file_search_call.results"]}
+    assert "include" not in suited("responses", {"model": "gpt-4o", "include": ["reasoning.encrypted_content"]},
+                                   "gpt-4o")
     kept = {"model": "llama-3.1-8b", "max_tokens": 5, "temperature": 0.1, "reasoning_effort": "low"}
     assert suited("chat.completions", kept, "llama-3.1-8b") is kept  # what another server refuses is unknown
     assert suited("messages", {"model": "claude-haiku-4-5", "temperature": 0}, "claude-haiku-4-5") == \

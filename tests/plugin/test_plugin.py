@@ -543,18 +543,24 @@ def test_a_bad_ini_tolerance_is_named_as_the_ini_option(suite):
     result.stderr.fnmatch_lines(["*ini llm_budget_tolerance: expected a percentage such as 10%, got 'lots'*"])
 
 
-def test_the_step_summary_shows_odd_test_ids_as_they_are(suite, monkeypatch):
+def _summarised_suite(suite, monkeypatch, ids: list[str]):
+    """A suite of one test per id in ``ids`` (one cassetted call each), writing the GitHub step summary: its path."""
     summary = suite.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    suite.makepyfile(test_app='''
+    suite.makepyfile(test_app=f'''
 import pytest
 from conftest import ask
 
-@pytest.mark.parametrize("q", ["a|b", "x`y"])
+@pytest.mark.parametrize("q", {ids!r})
 def test_q(client, cassette, q):
     with cassette("chat.yaml"):
         ask(client, "What is the capital of France?", 16)
 ''')
+    return summary
+
+
+def test_the_step_summary_shows_odd_test_ids_as_they_are(suite, monkeypatch):
+    summary = _summarised_suite(suite, monkeypatch, ["a|b", "x`y"])
     assert suite.runpytest("--llm-budget").ret == 0
     rows = [line for line in summary.read_text().splitlines() if line.startswith("| ``") or line.startswith("| `")]
     by_id = {row.split(" | ")[0]: row for row in rows}
@@ -646,17 +652,7 @@ def test_a_baseline_whose_two_costs_disagree_is_refused(suite):
 
 
 def test_the_step_summary_shows_test_ids_in_verdicts_as_text_not_markdown(suite, monkeypatch):
-    summary = suite.path / "summary.md"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    suite.makepyfile(test_app='''
-import pytest
-from conftest import ask
-
-@pytest.mark.parametrize("q", ["<img src=x onerror=alert(1)>[see](https://evil.example)**bold**"])
-def test_q(client, cassette, q):
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
-''')
+    summary = _summarised_suite(suite, monkeypatch, ["<img src=x onerror=alert(1)>[see](https://evil.example)**bold**"])
     baseline = suite.path / "base.json"
     suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline))
     doc = json.loads(baseline.read_text())

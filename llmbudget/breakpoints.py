@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .pricing import Pricing
 
-__all__ = ["Breakpoints", "has_cache_control", "min_cacheable_tokens"]
+__all__ = ["Breakpoints", "cache_write_ttls", "has_cache_control", "min_cacheable_tokens", "without_cache_control"]
 
 TTL_S = 300.0
 #: Used when the model's prices are unknown: Anthropic's multipliers of the input price.
@@ -74,33 +74,54 @@ def _markable(block: Any) -> bool:
 
 
 def cache_write_ttls(body: Any) -> set[str]:
-    """The ``ttl`` of every ``cache_control`` of a Messages body where Anthropic reads one (the body's own, its
-    tools, system and message blocks, a tool result's blocks; "5m" when unset): what a call may write to the
-    prompt cache, and at which rate. A key of that name in a tool's schema or input is the app's data."""
-    found: set[str] = set()
+    """The ``ttl`` of every ``cache_control`` of a Messages body where Anthropic reads one (see
+    :func:`without_cache_control`; "5m" when unset): what a call may write to the prompt cache, and at which rate."""
+    found: list[Any] = []
+    without_cache_control(body, found)
+    return {str(control.get("ttl") or "5m") if isinstance(control, dict) else "5m" for control in found}
+
+
+def without_cache_control(body: Any, found: list[Any] | None = None) -> Any:
+    """A Messages ``body`` without Anthropic's ``cache_control`` markers, where Anthropic reads them: the body's
+    own (automatic caching), its ``system`` and message content blocks (and a tool result's), its tool
+    definitions. A key of that name inside a tool's JSON schema, or anywhere else, is the app's data and stays.
+    A text block left alone becomes its string. ``found``: each marker removed is appended to it."""
     if not isinstance(body, dict):
-        return found
+        return body
+    out = _unmarked(body, found)
+    if "system" in out:
+        out["system"] = _unmarked_blocks(out["system"], found)
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [{**m, "content": _unmarked_blocks(m["content"], found)}
+                           if isinstance(m, dict) and "content" in m else m for m in out["messages"]]
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [_unmarked(tool, found) if isinstance(tool, dict) else tool for tool in out["tools"]]
+    return out
 
-    def note(item: Any) -> None:
-        if isinstance(item, dict) and "cache_control" in item:
-            control = item["cache_control"]
-            found.add(str(control.get("ttl") or "5m") if isinstance(control, dict) else "5m")
 
-    def blocks(content: Any) -> None:
-        for block in content if isinstance(content, list) else ():
-            note(block)
-            if isinstance(block, dict) and block.get("type") == "tool_result":
-                blocks(block.get("content"))
+def _unmarked(item: dict[str, Any], found: list[Any] | None) -> dict[str, Any]:
+    if "cache_control" not in item:
+        return dict(item)
+    if found is not None:
+        found.append(item["cache_control"])
+    return {k: v for k, v in item.items() if k != "cache_control"}
 
-    note(body)
-    tools, messages = body.get("tools"), body.get("messages")
-    for tool in tools if isinstance(tools, list) else ():
-        note(tool)
-    blocks(body.get("system"))
-    for message in messages if isinstance(messages, list) else ():
-        if isinstance(message, dict):
-            blocks(message.get("content"))
-    return found
+
+def _unmarked_blocks(content: Any, found: list[Any] | None) -> Any:
+    """Content blocks without their ``cache_control`` (a tool result's own blocks too); one text block: its text."""
+    if not isinstance(content, list):
+        return content
+    blocks = []
+    for block in content:
+        if isinstance(block, dict):
+            block = _unmarked(block, found)
+            if block.get("type") == "tool_result" and "content" in block:
+                block["content"] = _unmarked_blocks(block["content"], found)
+        blocks.append(block)
+    if len(blocks) == 1 and isinstance(blocks[0], dict) and set(blocks[0]) == {"type", "text"} \
+            and blocks[0]["type"] == "text":
+        return blocks[0]["text"]
+    return blocks
 
 
 def _marked(content: Any) -> Any:

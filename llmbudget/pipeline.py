@@ -775,13 +775,15 @@ class Attempt:
             return "cut by an output cap"
         if self.state.refused:  # chat's message.refusal, a Responses refusal part, Anthropic's stop_reason
             return "refused"
-        if wants_json(self.call.body) and not self.state.tool_calls and not self._valid_json():
-            # (response_format, text.format, output_format; a tool call answers without the JSON text)
+        if wants_json(self.call.body) and not self._valid_json():  # response_format, text.format, output_format
             return "invalid JSON"
         return None
 
     def _valid_json(self) -> bool:
-        """Whether every answer (each choice of an ``n`` > 1 chat call) is valid JSON."""
+        """Whether every answer (each choice of an ``n`` > 1 chat call) is valid JSON; a tool call answers without
+        the JSON text, and is not judged by it."""
+        if self.state.tool_calls:
+            return True
         answers = self.state.answers if self.state.answers else [self._output_text()]
         for text in answers:
             try:
@@ -1236,12 +1238,12 @@ def _describe(error: BaseException | None, status: int | None) -> str:
 
 _engine = Engine()
 _INITIAL = _engine
+_engine_lock = threading.Lock()
 
 
 def engine_configured() -> bool:
     """Whether the app made an engine current (:func:`configure`, :func:`set_engine`, a policy with engine keys)."""
     return _engine is not _INITIAL
-_engine_lock = threading.Lock()
 
 
 def get_engine() -> Engine:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..breakpoints import without_cache_control
 from ..calls import Call
 
 __all__ = ["CacheKeys", "cache_keys", "canonical", "without_cache_control"]
@@ -61,42 +62,6 @@ def _has_media(content: Any) -> bool:
     if isinstance(content, list):
         return any(isinstance(part, dict) and part.get("type") in _MEDIA_PARTS for part in content)
     return False
-
-
-def without_cache_control(body: Any) -> Any:
-    """A Messages ``body`` without Anthropic's ``cache_control`` markers, where Anthropic reads them: the body's
-    own (automatic caching), its ``system`` and message content blocks (and a tool result's), its tool
-    definitions. A key of that name inside a tool's JSON schema, or anywhere else, is the app's data and stays.
-    A text block left alone becomes its string."""
-    if not isinstance(body, dict):
-        return body
-    out = {key: value for key, value in body.items() if key != "cache_control"}
-    if "system" in out:
-        out["system"] = _unmarked_blocks(out["system"])
-    if isinstance(out.get("messages"), list):
-        out["messages"] = [{**m, "content": _unmarked_blocks(m["content"])} if isinstance(m, dict) and "content" in m
-                           else m for m in out["messages"]]
-    if isinstance(out.get("tools"), list):
-        out["tools"] = [{k: v for k, v in tool.items() if k != "cache_control"} if isinstance(tool, dict) else tool
-                        for tool in out["tools"]]
-    return out
-
-
-def _unmarked_blocks(content: Any) -> Any:
-    """Content blocks without their ``cache_control`` (a tool result's own blocks too); one text block: its text."""
-    if not isinstance(content, list):
-        return content
-    blocks = []
-    for block in content:
-        if isinstance(block, dict):
-            block = {k: v for k, v in block.items() if k != "cache_control"}
-            if block.get("type") == "tool_result" and "content" in block:
-                block["content"] = _unmarked_blocks(block["content"])
-        blocks.append(block)
-    if len(blocks) == 1 and isinstance(blocks[0], dict) and set(blocks[0]) == {"type", "text"} \
-            and blocks[0]["type"] == "text":
-        return blocks[0]["text"]
-    return blocks
 
 
 def _has_tool_blocks(content: Any) -> bool:

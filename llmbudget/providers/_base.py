@@ -122,7 +122,7 @@ class Adapter:
         return 0, 0
 
     def fetched_tokens(self, body: dict[str, Any]) -> int:
-        """The most tokens of fetched content server-side tools may add to the input (Anthropic's web fetch):
+        """The most tokens server-side tools may add to the input (Anthropic's web fetch, OpenAI's file search):
         none for most APIs."""
         return 0
 

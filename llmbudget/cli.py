@@ -306,15 +306,21 @@ def _route(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _prices(ns: argparse.Namespace) -> int:
+def _apps_policy(named: str | None) -> tuple[Any, dict[str, Any]] | None:
+    """The app's policy file and table: the one ``--policy`` names, else found as the app finds it."""
     from pathlib import Path
 
+    from .config import load_config, locate_config
+
+    return (Path(named), load_config(Path(named))) if named else locate_config(Path.cwd())
+
+
+def _prices(ns: argparse.Namespace) -> int:
     from .calls import Usage
-    from .config import load_config, locate_config, pricing_from_config
+    from .config import pricing_from_config
     from .pricing import Pricing
 
-    # the app's own [prices] where its policy is found (or named with --policy), as its calls are priced
-    found = (Path(ns.policy), load_config(Path(ns.policy))) if ns.policy else locate_config(Path.cwd())
+    found = _apps_policy(ns.policy)  # the app's own [prices], as its calls are priced
     pricing = pricing_from_config(found[1], source=str(found[0])) if found else Pricing()
     rows = []
     for model in ns.models:
@@ -479,14 +485,11 @@ def _batches(ns: argparse.Namespace) -> int:
             missing = "" if os.path.isdir(ns.state) else " (no such folder: the Batcher's state= folder?)"
             print(f"{len(jobs)} pending job(s) in {ns.state}{missing}")
         return 0
-    from pathlib import Path
-
-    from .config import engine_from_config, load_config, locate_config
+    from .config import engine_from_config
     from .ledger.records import MemoryLedger, SQLiteLedger
     from .pipeline import Engine
 
-    # the app's policy (its [prices], its ledger), found as the app finds it, or the one --policy names
-    found = (Path(ns.policy), load_config(Path(ns.policy))) if ns.policy else locate_config(Path.cwd())
+    found = _apps_policy(ns.policy)  # the app's policy: its [prices], its ledger
     engine = engine_from_config(found[1], source=str(found[0]), root=found[0].parent) if found else Engine()
     if ns.ledger:
         close = getattr(engine.ledger, "close", None)

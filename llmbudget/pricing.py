@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
+import re
 import threading
 import time
 import warnings
@@ -244,6 +245,11 @@ def _genai_version() -> str:
         return "unknown"
 
 
+# A snapshot's date at the end of a model name: "-2024-08-06" (OpenAI), "-20250514" (Anthropic), "@20240620"
+# (Vertex), "-0613" (OpenAI's older month-day form).
+_DATE_SUFFIX = re.compile(r"[-@](?:20\d\d-[01]\d-[0-3]\d|20\d\d[01]\d[0-3]\d|(?:0[1-9]|1[0-2])[0-3]\d)\Z")
+
+
 def _is_url(key: str) -> bool:
     return key.startswith(("http://", "https://"))
 
@@ -303,11 +309,13 @@ class Pricing:
     def _override(self, model: str, base_url: str) -> Price | None:
         base_url = base_url.rstrip("/")
         lowered = model.lower()
+        # an override of "gpt-4o" covers the dated snapshot the provider answers with ("gpt-4o-2024-08-06")
+        names = (lowered, undated) if (undated := _DATE_SUFFIX.sub("", lowered)) != lowered else (lowered,)
         for url, pattern, price in self._by_both:
-            if base_url == url and fnmatch.fnmatchcase(lowered, pattern):
+            if base_url == url and any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 return price
         for pattern, price in self._by_model:
-            if fnmatch.fnmatchcase(lowered, pattern):
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 return price
         for url, price in self._by_url:
             if base_url == url:

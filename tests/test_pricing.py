@@ -227,6 +227,24 @@ def test_override_beats_genai_prices_and_can_be_zero() -> None:
     assert priced.known
 
 
+@pytest.mark.parametrize(("answered", "covered"), [
+    ("gpt-4o-2024-08-06", True),
+    ("GPT-4o-2024-08-06", True),
+    ("gpt-4o-0513", True),
+    ("gpt-4o", True),
+    ("gpt-4o-mini", False),
+    ("gpt-4o-mini-2024-07-18", False),
+    ("claude-sonnet-4-20250514", True),
+    ("claude-sonnet-4@20250514", True),
+])
+def test_an_override_covers_the_dated_snapshot_the_provider_answers_with(answered: str, covered: bool) -> None:
+    """The reservation prices the requested name, the settle the answered one: an override of "gpt-4o" ignored for
+    "gpt-4o-2024-08-06" had a call reserved at $2 and settled at $12.50 (list price)."""
+    pricing = Pricing({"gpt-4o": {"input": 1, "output": 1}, "claude-sonnet-4": {"input": 1, "output": 1}})
+    priced = pricing.cost(Usage(input_tokens=1_000_000, output_tokens=1_000_000), model=answered)
+    assert (priced.source == "override" and priced.usd == 2) is covered
+
+
 def test_override_prices_cached_input_and_cache_writes() -> None:
     pricing = Pricing({"mine": {"input": "1", "output": "2", "cached_input": "0.1", "cache_write": "1.25"}})
     usage = Usage(input_tokens=1000, cached_input_tokens=300, cache_write_tokens=200, output_tokens=10)

@@ -161,8 +161,9 @@ _UNREPORTED_KEYS = frozenset(
 )
 
 
-#: Claude models with a 1M-token context, which Anthropic prices higher past 200,000 input tokens.
-_LONG_CONTEXT = ("claude-sonnet-4",)
+#: Claude models with a 1M-token context, which Anthropic prices higher past 200,000 input tokens (Sonnet 4, dated
+#: or not; not Sonnet 4.5, whose tiers genai-prices lists, nor 4.6, priced alike at any length).
+_LONG_CONTEXT = frozenset({"claude-sonnet-4", "claude-sonnet-4-0"})
 
 
 class _ModelRate:
@@ -184,7 +185,8 @@ class _ModelRate:
         if (usage.input_audio_tokens and getattr(price, "input_audio_mtok", None) is None) or (
                 usage.output_audio_tokens and getattr(price, "output_audio_mtok", None) is None):
             return "lists no audio price (its audio tokens are priced at the text rate)"
-        if usage.input_tokens > 200_000 and self.fast is not None and model.lower().startswith(_LONG_CONTEXT):
+        if usage.input_tokens > 200_000 and self.fast is not None \
+                and _DATE_SUFFIX.sub("", model.lower().rsplit("/", 1)[-1]) in _LONG_CONTEXT:
             return ("lists no price above 200,000 input tokens (priced at the base rate; Anthropic charges more "
                     "for long context)")
         return None
@@ -229,8 +231,10 @@ def _genai_usage(usage: Usage) -> Any:
     }
     present = {key: value for key, value in values.items() if value}
     if usage.cached_input_tokens and usage.input_audio_tokens:
-        # OpenAI reports cached tokens without saying how many were audio: count them as text.
-        present["cache_audio_read_tokens"] = 0
+        # OpenAI reports cached tokens without saying how many were audio: as text, but for those beyond the text
+        # tokens (the fewest cached audio tokens the counts allow, the dearest reading, as audio costs more)
+        text = usage.input_tokens - usage.input_audio_tokens
+        present["cache_audio_read_tokens"] = min(usage.input_audio_tokens, max(0, usage.cached_input_tokens - text))
     return GenaiUsage(**present)
 
 

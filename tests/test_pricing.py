@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 import genai_prices
 import pytest
+from genai_prices import Usage as GenaiUsage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -452,8 +453,24 @@ def test_usage_a_listed_price_cannot_price_is_said_once() -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         pricing.cost(long, model="claude-sonnet-4-5")  # its long-context price is listed
+        pricing.cost(long, model="claude-sonnet-4-6")  # priced alike at any length: no warning
         assert not seen
         pricing.cost(long, model="claude-sonnet-4")
         pricing.cost(long, model="claude-sonnet-4")
-    assert len(seen) == 1 and "above 200,000 input tokens" in str(seen[0].message)
+        pricing.cost(long, model="claude-sonnet-4-20250514")
+    assert len(seen) == 2 and all("above 200,000 input tokens" in str(w.message) for w in seen)
     assert issubclass(seen[0].category, UnpricedModelWarning)
+
+
+def test_cached_tokens_beyond_the_text_tokens_of_an_audio_call_are_priced_not_refused() -> None:
+    """OpenAI reports cached tokens without their audio share: 300 cached of 1,000 input, 800 of them audio, made
+    genai-prices refuse the usage (all cached counted as text, beyond the 200 text tokens) and the call was recorded
+    at an estimate. The 100 cached beyond the text are audio, the dearest reading the counts allow."""
+    usage = Usage(input_tokens=1000, cached_input_tokens=300, input_audio_tokens=800, output_tokens=500,
+                  output_audio_tokens=400)
+    priced = Pricing().cost(usage, model="gpt-realtime-mini")
+    assert priced.known
+    dearest = genai_prices.calc_price(GenaiUsage(input_tokens=1000, cache_read_tokens=300, cache_audio_read_tokens=100,
+                                                 input_audio_tokens=800, output_tokens=500, output_audio_tokens=400),
+                                      "gpt-realtime-mini", provider_id="openai").total_price
+    assert priced.usd == Decimal(dearest)

@@ -1021,7 +1021,12 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and not _never_sent(error):
+            if error is not None and _timed_out_waiting(error):
+                # Sent whole, then no answer within the client's timeout: the provider goes on and bills the answer
+                # the app stopped waiting for. Charged its worst case (what its reservation held), never its input
+                # alone (60 such calls spent 4x a tenant's budget).
+                usage, estimated = self.worst_usage().replace(estimated=True), True
+            elif error is not None and not _never_sent(error):
                 # It may have reached the provider: pay for what was sent.
                 usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
                 estimated = True
@@ -1228,6 +1233,11 @@ def _never_sent(error: BaseException) -> bool:
     """Connection failures never reached the provider: nothing to pay."""
     name = type(error).__name__
     return name in ("ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError")
+
+
+def _timed_out_waiting(error: BaseException) -> bool:
+    """A read timeout before any response: the request was sent whole and the provider is working on it."""
+    return type(error).__name__ == "ReadTimeout"
 
 
 def _describe(error: BaseException | None, status: int | None) -> str:

@@ -127,8 +127,10 @@ class SQLiteLedger:
 
     def add(self, record: SpendRecord) -> None:
         """Queue ``record``; the writer thread writes it within milliseconds."""
-        if self._pid != os.getpid():  # a forked child: the parent writes what it had queued
-            self._start()
+        if self._pid != os.getpid():  # a forked child (where no fork hook ran): the parent writes what it had queued
+            with _RESTART_LOCK:  # once, though the child's first records come from several threads
+                if self._pid != os.getpid():
+                    self._start()
         with self._lock:
             if len(self._queue) >= self.buffer:
                 self._queue.popleft()
@@ -203,6 +205,22 @@ class SQLiteLedger:
             return SpendRecord.from_dict(json.loads(text))
         except (ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError too
             raise ValueError(f"{self.path}: spend row {row_id} is not a readable record ({exc})") from None
+
+
+_RESTART_LOCK = threading.Lock()
+
+
+def _restart_in_child() -> None:
+    """In a child just forked (one thread, before any other starts): each ledger gets a queue and locks of its own,
+    and leaves what the parent had queued to the parent."""
+    global _RESTART_LOCK
+    _RESTART_LOCK = threading.Lock()
+    for ledger in list(_LIVE):
+        ledger._start()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
 
 
 @atexit.register

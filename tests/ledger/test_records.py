@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sqlite3
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -148,3 +151,39 @@ def test_record_flags() -> None:
                             model_answered=None, usage=Usage(), cost_usd=Decimal(0), latency_s=0)
     assert anonymous.model == "unknown"
     assert Usage(input_tokens=3, output_tokens=4).total_tokens == 7
+
+
+def test_a_forked_child_gets_its_own_queue_before_its_threads_add_records(tmp_path: Path) -> None:
+    """gunicorn --preload with threaded workers: a child's first records came from several threads at once, and
+    each could restart the ledger it inherited, the second dropping what the first had queued (10 of 300 children
+    lost 1 to 15 records). The child's ledger is now restarted at the fork, before any thread runs."""
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.add(SpendRecord(time=0.0, endpoint="chat.completions", base_url="x", model_requested="m", model_sent="m",
+                           model_answered="m", usage=Usage(input_tokens=1), cost_usd=Decimal("0.01"), latency_s=0.0,
+                           tenant="parent"))
+    ledger.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only when the ledger was restarted at the fork and keeps 16 records
+        code = 1
+        try:
+            if ledger._pid == os.getpid() and not ledger.pending:
+                barrier = threading.Barrier(16)
+
+                def add() -> None:
+                    barrier.wait()
+                    ledger.add(SpendRecord(time=0.0, endpoint="chat.completions", base_url="x", model_requested="m",
+                                           model_sent="m", model_answered="m", usage=Usage(input_tokens=1),
+                                           cost_usd=Decimal("0.01"), latency_s=0.0, tenant="child"))
+
+                threads = [threading.Thread(target=add) for _ in range(16)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                code = 0 if ledger.flush() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("SELECT count(*) FROM spend WHERE tenant = 'child'").fetchone()[0] == 16

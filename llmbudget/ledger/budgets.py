@@ -119,6 +119,24 @@ def _period_bounds(period: str | None, now: float) -> tuple[str, float | None]:
     return start.strftime("%Y-%m-%dT%H:%M"), end.timestamp()
 
 
+def period_over(key: str, now: float, grace: float = 0.0) -> bool:
+    """Whether the counter ``key`` (a :meth:`Budget.bucket` key) belongs to a period that ended ``grace`` seconds
+    or more before ``now``: a counter no call charges any more. Counters without a period never end."""
+    parts = key.split(":", 2)  # per, period, then the start ("%Y-%m-%dT%H:%M", which holds a colon) and owner
+    if len(parts) < 3 or parts[1] not in ("minute", "hour", "day", "month"):
+        return False
+    try:
+        start = datetime.strptime(parts[2][:16], "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return False
+    end = _period_bounds(parts[1], start)[1]
+    return end is not None and end + grace <= now
+
+
+#: How often a store drops the counters of periods that are over (seconds).
+PRUNE_EVERY = 60.0
+
+
 def budget_list(value: Any, what: str) -> tuple[Budget, ...]:
     """``value`` as a tuple of :class:`Budget`, or a ``TypeError`` naming ``what``: a single Budget, a string or an
     item that is not a Budget is refused (one that was not failed at the first reservation, unbudgeted)."""
@@ -286,11 +304,14 @@ class MemoryBudgetStore:
     _open: dict[str, tuple[Reservation, float]] = field(default_factory=dict)
     _settled: dict[str, None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pruned_at: float = field(default_factory=time.monotonic)
 
     def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
                 ttl: float | None = None) -> Reservation | Refusal:
         with self._lock:
             self._expire(time.monotonic())
+            if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+                self._prune()
             refusal = _check(self._counters, buckets, amount, tenant)
             if refusal is not None:
                 return refusal
@@ -311,7 +332,9 @@ class MemoryBudgetStore:
             if len(self._settled) > 100_000:
                 del self._settled[next(iter(self._settled))]
             for key in reservation.keys:
-                spent, reserved = self._counters.get(key, (_ZERO, _ZERO))
+                if key not in self._counters:  # a period over, whose counter was dropped: nothing counts it now
+                    continue
+                spent, reserved = self._counters[key]
                 if held:
                     reserved = max(reserved - reservation.amount, _ZERO)
                 self._counters[key] = (spent + actual, reserved)
@@ -325,8 +348,17 @@ class MemoryBudgetStore:
             if deadline < now:
                 del self._open[rid]
                 for key in reservation.keys:
-                    spent, reserved = self._counters.get(key, (_ZERO, _ZERO))
-                    self._counters[key] = (spent, max(reserved - reservation.amount, _ZERO))
+                    if key in self._counters:
+                        spent, reserved = self._counters[key]
+                        self._counters[key] = (spent, max(reserved - reservation.amount, _ZERO))
+
+    def _prune(self) -> None:
+        """Drop the counters of periods that are over and hold nothing (a process with minute budgets for
+        2,000 tenants kept 360,000 counters after three hours)."""
+        self._pruned_at = time.monotonic()
+        now = time.time()
+        for key in [k for k, (_, reserved) in self._counters.items() if not reserved and period_over(k, now)]:
+            del self._counters[key]
 
 
 _SCHEMA = """
@@ -576,6 +608,7 @@ class SQLiteBudgetStore:
         self._writer_pid = os.getpid()
         self._expire_every = min(1.0, reservation_ttl / 10)
         self._expired_at = 0.0  # time.time() of this process's last sweep of expired holds
+        self._pruned_at = time.time()  # ... and of counters of periods over
         self._conn()
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
@@ -725,6 +758,14 @@ class SQLiteBudgetStore:
                 self._add(conn, key, _ZERO, -Decimal(amount))
         # Keep settled and expired ids a day, so late or repeated settles stay idempotent.
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
+        if now - self._pruned_at >= PRUNE_EVERY:
+            # counters of periods over for a day (late settles still find theirs) and holding nothing
+            self._pruned_at = now
+            for per in ("tenant", "global"):
+                for period in ("minute", "hour", "day", "month"):
+                    prefix = f"{per}:{period}:"  # keys sort by their period's start: one range per kind
+                    conn.execute("DELETE FROM budget_counters WHERE key >= ? AND key < ? AND CAST(reserved AS REAL) = 0",
+                                 (prefix, prefix + _period_bounds(period, now - 86400)[0]))
 
     def _reserve_in(self, conn: sqlite3.Connection, buckets: Sequence[Bucket], amount: Decimal,
                     tenant: str | None, settles: Sequence[tuple[Reservation, Decimal]], ttl: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import sqlite3
 import threading
 import warnings
 from collections.abc import Callable
@@ -622,3 +623,38 @@ def test_a_refusal_message_shows_tiny_amounts_in_plain_digits() -> None:
                                 Decimal("0.00000012"), None, "acme")
     assert refusal.message() == ("llmbudget refused this call: budget 'tenant/day' has $0.00000005 left of $0.0000001 "
                                  "and the call could cost up to $0.00000012.")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_counters_of_periods_over_are_dropped(kind: str, tmp_path: Path) -> None:
+    """A process with minute budgets for 2,000 tenants kept 360,000 counters after three hours (the memory store,
+    the default), and a SQLite file a row per tenant and period for ever. Counters of periods that are over and
+    hold nothing are dropped (SQLite's a day after: late settles still find theirs); a late settle does not bring
+    one back."""
+    store: Any = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "b.sqlite3")
+    now = datetime.now(timezone.utc).timestamp()
+    minute = Budget("1", per="tenant", period="minute")
+    month = Budget("1", per="tenant", period="month")
+    gone = 86400 * 3 if kind == "sqlite" else 3600  # a period over (past SQLite's day of grace)
+    old = [minute.bucket(tenant=f"t{i}", request_id="r", now=now - gone) for i in range(50)]
+    for bucket in old:
+        store.settle(store.reserve([bucket], Decimal("0.01")), Decimal("0.01"))
+    held = store.reserve([minute.bucket(tenant="held", request_id="r", now=now - gone)], Decimal("0.01"))
+    late = store.reserve([minute.bucket(tenant="late", request_id="r", now=now - gone)], Decimal("0.01"))
+    store.settle(late, Decimal(0))
+    assert isinstance(held, Reservation) and isinstance(late, Reservation)
+    current = month.bucket(tenant="t0", request_id="r", now=now)
+    store._pruned_at = -1e18  # the next reservation sweeps
+    if kind == "sqlite":
+        store._expired_at = 0.0
+    store.settle(store.reserve([current], Decimal("0.01")), Decimal("0.01"))
+    store.settle(late, Decimal("0.5"))  # settled again, late: changes nothing
+    assert all(store.spent(b.key) == (0, 0) for b in old)
+    assert store.spent(current.key) == (Decimal("0.01"), 0)  # this period's counter stays
+    assert store.spent(held.keys[0])[1] == Decimal("0.01")  # a counter still holding a call stays
+    if kind == "memory":
+        assert set(store._counters) == {current.key, held.keys[0]}
+    else:
+        with sqlite3.connect(tmp_path / "b.sqlite3") as conn:
+            keys = {row[0] for row in conn.execute("SELECT key FROM budget_counters")}
+        assert keys == {current.key, held.keys[0]}

@@ -167,6 +167,9 @@ class SpendRecord:
             if detail is not None and not isinstance(detail, dict):
                 raise ValueError(f"{name} is {detail!r}; expected an object or null")
         _check_prefix(values.get("prefix"))
+        verdict = (values.get("output") or {}).get("json")
+        if verdict is not None and not isinstance(verdict, str):  # report counts answers by it: a list is unhashable
+            raise ValueError(f"output.json is {verdict!r}; expected a string or null")
         moment = values.get("time")
         if isinstance(moment, bool) or not isinstance(moment, (int, float)) or not 0 <= moment < _YEAR_10000:
             raise ValueError(f"time is {moment!r}; expected seconds since the epoch")
@@ -176,7 +179,7 @@ class SpendRecord:
                 amount = Decimal(str(raw))
             except ArithmeticError:
                 amount = Decimal("NaN")
-            if not amount.is_finite() or abs(amount) > _MAX_USD:
+            if not amount.is_finite() or amount.copy_abs() > _MAX_USD:  # abs() rounds: 1e999999999 overflowed
                 raise ValueError(f"{key} is {raw!r}; expected an amount in dollars")
             values[key] = amount
         try:

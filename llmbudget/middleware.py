@@ -513,10 +513,32 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
         except Exception:  # NotImplementedError (Starlette's BaseUser), AttributeError, or the app's own
             log.debug("llmbudget: could not read the authenticated user's %s", attribute, exc_info=True)
             continue
-        if value:
+        if value is not None and str(value).strip(" "):  # a blank identity names no one: the display_name may
             return str(value)
-    raise _TenantRefused("unnamed_user", "user", "The request is authenticated, but neither the user's identity "
-                         "nor its display_name could be read, so its tenant cannot be named.")
+    raise _unnamed_user()
+
+
+def _unnamed_user() -> _TenantRefused:
+    return _TenantRefused("unnamed_user", "user", "The request is authenticated, but neither the user's identity nor "
+                          "its display_name could be read (or both are blank), so its tenant cannot be named.")
+
+
+def _django_user(request: Any) -> str | None:
+    """The name of the request's authenticated Django user (``get_username()``); None for an anonymous request;
+    :data:`_UNNAMED` for an authenticated user without a usable name (None, blank, or ``get_username`` raised):
+    neither the tenant header nor the default tenant may stand in for it."""
+    user: Any = getattr(request, "user", None)
+    if not getattr(user, "is_authenticated", False):
+        return None
+    try:
+        name = user.get_username()
+    except Exception:
+        log.debug("llmbudget: could not read the authenticated Django user's name", exc_info=True)
+        return _UNNAMED
+    return str(name) if name is not None and str(name).strip(" ") else _UNNAMED
+
+
+_UNNAMED = "\x00llmbudget: unnamed user"  # in REMOTE_USER: an authenticated user without a name (refused)
 
 
 class LLMBudgetMiddleware(_Core):
@@ -796,6 +818,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
         try:
+            if remote_user == _UNNAMED:
+                raise _unnamed_user()
             tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header),
                                  remote_user if isinstance(remote_user, str) else None, environ.get("REMOTE_ADDR"))
         except _TenantRefused as refused:
@@ -936,9 +960,10 @@ class LLMBudgetDjangoMiddleware:
 
     def __call__(self, request: Any) -> Any:
         environ = dict(request.META)
-        user: Any = getattr(request, "user", None)
-        if getattr(user, "is_authenticated", False) and not environ.get("REMOTE_USER"):
-            environ["REMOTE_USER"] = str(user.get_username())
+        if not environ.get("REMOTE_USER"):
+            user = _django_user(request)
+            if user is not None:
+                environ["REMOTE_USER"] = user
         environ[_DJANGO_REQUEST] = request
         started: dict[str, Any] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -132,3 +133,44 @@ def test_the_django_middleware_class_serves_djangos_own_test_client(
     with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY="not a policy"), \
             pytest.raises(TypeError, match="LLMBUDGET_POLICY"):
         DjangoClient().get("/answer")
+
+
+class _DjangoUser:
+    is_authenticated = True
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+    def get_username(self) -> Any:
+        if isinstance(self.name, Exception):
+            raise self.name
+        return self.name
+
+
+@pytest.mark.parametrize("name", ["", "   ", None, RuntimeError("the user table is down")])
+def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_the_header(
+        engine: llmbudget.Engine, name: Any) -> None:
+    """get_username() returning "" let the trusted header name the tenant, None counted every such user as one
+    tenant 'None', and raising answered 500 from the middleware itself: each is the 400 unnamed_user ASGI gives."""
+    django_app(Policy())  # configures Django once in this process
+    from django.test import RequestFactory
+    from django.test.utils import override_settings
+
+    from llmbudget.middleware import LLMBudgetDjangoMiddleware
+
+    seen: list[Any] = []
+
+    def view(request: Any) -> JsonResponse:
+        current = llmbudget.current_scope()
+        seen.append(current and current.tenant)
+        return JsonResponse({})
+
+    with override_settings(LLMBUDGET_POLICY=Policy(trust_tenant_header=True)):
+        middleware = LLMBudgetDjangoMiddleware(view)
+    request = RequestFactory().get("/answer", headers={"x-tenant-id": "acme"})
+    request.user = _DjangoUser(name)
+    response = middleware(request)
+    assert response.status_code == 400 and seen == []
+    assert json.loads(response.content)["reason"] == "unnamed_user"
+    request.user = _DjangoUser("globex")  # a named user outranks the header
+    assert middleware(request).status_code == 200 and seen == ["globex"]

@@ -262,6 +262,8 @@ class _NamedBy:
     (_NamedBy("globex", "org-7"), "org-7"),
     (_NamedBy(""), None),  # authenticated, nameless: refused
     (_NamedBy("", broken=True), None),
+    (_NamedBy("   "), None),  # a blank name names no one: refused (the header named it, or the default tenant)
+    (_NamedBy("bob", "   "), "bob"),  # a blank identity: its display name
 ])
 def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused(
         engine: llmbudget.Engine, user: Any, tenant: str | None) -> None:

@@ -19,11 +19,13 @@ starts every counter from zero.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -260,6 +262,7 @@ class RedisBudgetStore:
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
+        _LIVE.add(self)
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
 
     # -- keys -------------------------------------------------------------------------------------
@@ -552,6 +555,7 @@ class RedisLedger:
         self._waiting: deque[tuple[str, str]] = deque(maxlen=buffer)  # (record id, record JSON)
         self._lock = threading.Lock()
         self._warned = False
+        _LIVE.add(self)
 
     def add(self, record: SpendRecord) -> None:
         self._waiting.append((uuid.uuid4().hex, json.dumps(record.to_dict())))  # (a deque: thread-safe)
@@ -618,3 +622,25 @@ class RedisLedger:
 
     def close(self) -> None:
         self._redis.close()
+
+
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()  # Redis stores and ledgers, written once more at exit
+
+
+@atexit.register
+def _write_what_waits_at_exit() -> None:
+    """Records and settles kept in memory while Redis was down, written once more as the process ends (a worker
+    recycled after the outage, inside its retry interval, lost both: the call unrecorded and never charged, its
+    hold left until its TTL). Redis still down: they are lost, as the process's memory is."""
+    for owner in list(_LIVE):
+        try:
+            if isinstance(owner, RedisLedger):
+                if owner._waiting:
+                    owner.flush()
+                    if owner._waiting:
+                        log.warning("llmbudget: %d spend record(s) could not be written to Redis before exit",
+                                    len(owner._waiting))
+            elif owner._pending or owner._releases:
+                owner._reconcile()
+        except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
+            log.warning("llmbudget: writing what waited for Redis at exit failed (%s: %s)", type(exc).__name__, exc)

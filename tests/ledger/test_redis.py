@@ -595,3 +595,27 @@ def test_a_reserve_that_timed_out_is_released_by_its_id(server: _Server) -> None
     assert isinstance(held, Reservation) and not store._releases
     assert store.spent(bucket.key) == (Decimal(0), Decimal("0.2"))  # 0.1 + 0.1 held; the timed-out 0.4 released
     admin.close()
+
+
+def test_what_waited_for_redis_is_written_as_the_process_exits(server: _Server) -> None:
+    """A worker that settled and recorded a call while Redis was down, and ended (recycled after the outage,
+    inside its retry interval) before writing them, lost both: the record, and the charge (its hold stayed until
+    its TTL). The exit hook writes them once more."""
+    import llmbudget.ledger.redis as redis_ledger
+
+    ledger = RedisLedger(server.url + "?prefix=exit:", retry_interval=60)
+    store = RedisBudgetStore(server.url + "?prefix=exit:", retry_interval=60, timeout=0.2)
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.25"))
+    assert isinstance(held, Reservation)
+    server.kill()
+    store.settle(held, Decimal("0.25"))
+    ledger.add(SpendRecord(time=time.time(), endpoint="chat.completions", base_url="http://x/v1",
+                           model_requested="m", model_sent="m", model_answered="m", usage=Usage(input_tokens=1),
+                           cost_usd=Decimal("0.25"), latency_s=0.0, tenant="acme", request_id="late"))
+    assert store.pending_settles == 1 and ledger._waiting
+    server.start()  # back, but both wait out their retry interval: only the exit writes them
+    redis_ledger._write_what_waits_at_exit()
+    assert [r.request_id for r in ledger.records()] == ["late"]
+    assert store.pending_settles == 0
+    assert RedisBudgetStore(server.url + "?prefix=exit:").spent(bucket.key) == (Decimal("0.25"), 0)

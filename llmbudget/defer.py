@@ -306,7 +306,26 @@ class Batcher:
             _give_lease(self.state, job, lease)
 
 
-def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
+@contextlib.contextmanager
+def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Iterator[Any]:
+    """An OpenAI client for the batcher's own requests (files, batches): not the app's calls, never warned about
+    as unpriced endpoints."""
+    from .pipeline import internal_requests
+
+    with internal_requests(), _openai_client(base_url, headers, timeout) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) -> Iterator[Any]:
+    """The same for Anthropic's Message Batches."""
+    from .pipeline import internal_requests
+
+    with internal_requests(), _anthropic_sdk_client(base_url, headers, timeout) as client:
+        yield client
+
+
+def _openai_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
     try:
         import openai
     except ImportError:
@@ -317,7 +336,7 @@ def _sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
     return openai.OpenAI(base_url=base_url, api_key=key, default_headers=extra, timeout=timeout, max_retries=2)
 
 
-def _anthropic_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
+def _anthropic_sdk_client(base_url: str, headers: dict[str, str], timeout: float) -> Any:
     try:
         import anthropic
     except ImportError:

@@ -12,6 +12,7 @@ reservations and records the attempt.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -19,7 +20,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -209,13 +210,15 @@ class Engine:
         if method != "POST":
             return None
         found = adapter_for_path(path)
-        if found is None:
+        unpriced = _unpriced_endpoint(path) if found is None else None
+        if found is None and unpriced is None:
             return None
-        if explicit or host.lower() in self.hosts:
-            return found[0]
         user_agent = headers.get("user-agent", "")
-        if user_agent.startswith(("OpenAI/", "AsyncOpenAI/", "Anthropic/", "AsyncAnthropic/")) or "x-stainless-lang" in headers:
-            return found[0]
+        if explicit or host.lower() in self.hosts or "x-stainless-lang" in headers or \
+                user_agent.startswith(("OpenAI/", "AsyncOpenAI/", "Anthropic/", "AsyncAnthropic/")):
+            if found is not None:
+                return found[0]
+            self.pricing.warn_unpriced_endpoint(unpriced or path)
         return None
 
     def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes,
@@ -1227,6 +1230,34 @@ def _sse_payloads(text: str, state: ResponseState) -> tuple[list[str], str]:
         elif payload:
             payloads.append(payload)
     return payloads, ",".join(payloads)
+
+
+# Provider endpoints that bill but that llmbudget has no adapter for: images, audio, an app's own Batch API jobs
+# (batches made with llmbudget.defer("batch") are priced), fine-tuning, video. Their calls pass through, said once.
+_UNPRICED_ENDPOINTS = ("/images/generations", "/images/edits", "/images/variations", "/audio/speech",
+                       "/audio/transcriptions", "/audio/translations", "/batches", "/fine_tuning/jobs", "/videos",
+                       "/realtime/sessions", "/realtime/client_secrets")
+
+
+_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_internal_requests", default=False)
+
+
+@contextlib.contextmanager
+def internal_requests() -> Iterator[None]:
+    """llmbudget's own requests in this context (the batcher's files and batches): not warned about."""
+    token = _INTERNAL.set(True)
+    try:
+        yield
+    finally:
+        _INTERNAL.reset(token)
+
+
+def _unpriced_endpoint(path: str) -> str | None:
+    """The billed endpoint without an adapter that ``path`` ends with, if any (none for llmbudget's own)."""
+    if _INTERNAL.get():
+        return None
+    path = path.rstrip("/")
+    return next((tail for tail in _UNPRICED_ENDPOINTS if path.endswith(tail)), None)
 
 
 def _never_sent(error: BaseException) -> bool:

@@ -393,6 +393,12 @@ class Pricing:
             if not logged:  # priced, and the log says what the warning would have (never a silent $0)
                 log.warning(message)
 
+    def warn_unpriced_endpoint(self, endpoint: str) -> None:
+        """Say once that calls to ``endpoint`` (images, audio, an app's own batches...) cost money that llmbudget
+        does not record, price or budget: they pass through untouched, never silently."""
+        self._warn_once(("endpoint", endpoint), f"llmbudget does not price {endpoint} calls: they pass through "
+                        "unrecorded and outside every budget (see README, \"What is intercepted\")", stacklevel=4)
+
     def _warn_unknown(self, model: str, base_url: str) -> None:
         if model in self._warned:  # said already (the message is not even built: this runs on every such call)
             return

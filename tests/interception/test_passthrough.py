@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -214,6 +215,28 @@ def test_non_json_content_type_passes_through_untouched(harness: Harness, librar
     assert _header(server_headers, "content-type") == content_type
     assert response.content == body
     assert harness.records == []
+
+
+def test_billed_endpoints_without_an_adapter_pass_through_and_are_said_once(harness: Harness) -> None:
+    """Images, speech and an app's own Batch API jobs cost money llmbudget does not price: 10 image calls under
+    a $0.05 budget all went out, recorded nowhere and silently. They still pass through untouched (never
+    refused), and each endpoint is said once, as an UnpricedModelWarning; llmbudget's own batch requests are not."""
+    from llmbudget.pipeline import internal_requests
+
+    body = b'{"model": "gpt-image-1", "prompt": "a lighthouse"}'
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with internal_requests():
+            harness.send("httpx2", "POST", "/batches", body)
+        assert not seen
+        for path in ("/images/generations", "/images/generations", "/audio/speech", "/batches"):
+            response = harness.send("httpx2", "POST", path, body)
+            assert harness.received()[:3] == ("POST", "/v1" + path, body) and response.content == body
+            assert harness.records == []
+    said = [str(w.message) for w in seen if issubclass(w.category, llmbudget.UnpricedModelWarning)]
+    assert len(said) == 3
+    assert all(f"does not price {path} calls" in text for path, text in
+               zip(("/images/generations", "/audio/speech", "/batches"), said, strict=True))
 
 
 def test_a_json_chat_request_is_intercepted(harness: Harness) -> None:

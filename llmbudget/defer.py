@@ -581,7 +581,7 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
     answer neither stops the job nor leaves the calls before it recorded for a second resume to record again.
     """
     from .calls import SpendRecord, Usage
-    from .providers import adapter_for_path
+    from .providers import ResponseState, adapter_for_path
 
     answers = jobs.results(done)
     found = adapter_for_path(job["endpoint"])
@@ -599,9 +599,11 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
         try:
             if not isinstance(data, dict):
                 raise ValueError("the answer is not a JSON object")
-            # a malformed usage is logged by the adapter and recorded as estimated (the batch ran: it is not dropped)
-            usage = (found[0].reported_usage(data.get("usage") or {}) or Usage(estimated=True)).replace(
-                service_tier="batch")
+            # read as a live answer is (its web and file searches, containers: tool fees beside the tokens); a
+            # malformed usage is logged by the adapter and recorded as estimated (the batch ran: it is not dropped)
+            answer = ResponseState()
+            found[0].read_json(data, answer)
+            usage = (answer.usage or Usage(estimated=True)).replace(service_tier="batch")
             model = data.get("model") or call["model"]
             priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
             standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])

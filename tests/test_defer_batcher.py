@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from decimal import Decimal
+from typing import Any
 
-from llmbudget.defer import Batcher
+import llmbudget
+from llmbudget.defer import Batcher, _job_records
 
 
 class _Recording(Batcher):
@@ -47,3 +51,28 @@ def test_concurrent_calls_never_make_a_job_larger_than_max_lines() -> None:
                     g.timer.cancel()
         assert max(batcher.sent) <= 2, sorted(batcher.sent)[-5:]
         assert sum(batcher.sent) + sum(left) == 800
+
+
+def test_a_resumed_batch_line_is_charged_its_tool_fees_as_a_live_answer_is() -> None:
+    """`llmbudget batches --resume` read only a line's usage: an o3 line with two web searches and a file search
+    was recorded at $0.0046 (its tokens) instead of $0.0271 (plus $0.01 per search and $0.0025 per file search)."""
+    answer = {"id": "resp_1", "object": "response", "status": "completed", "model": "o3-2025-04-16",
+              "output": [{"type": "web_search_call", "id": "ws1", "status": "completed"},
+                         {"type": "web_search_call", "id": "ws2", "status": "completed"},
+                         {"type": "file_search_call", "id": "fs1", "status": "completed", "queries": ["q"]},
+                         {"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
+              "usage": {"input_tokens": 3000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 400,
+                        "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 3400}}
+
+    class Results:
+        def results(self, done: Any) -> dict[str, tuple[int, bytes]]:
+            return {"c1": (200, json.dumps(answer).encode())}
+
+    job = {"id": "batch_1", "endpoint": "/v1/responses", "base_url": "https://api.openai.com/v1",
+           "calls": [{"custom_id": "c1", "model": "o3", "tenant": None, "request_id": "r"}]}
+    _, records = _job_records(job, Results(), {}, llmbudget.Engine())  # type: ignore[arg-type]
+    (record,) = records
+    assert (record.usage.web_searches, record.usage.file_searches) == (2, 1)
+    tokens = (Decimal(3000) * 1 + Decimal(400) * 4) / 10**6  # o3 at the batch price: $1 / $4 per 1M
+    assert record.cost_usd == tokens + Decimal("0.02") + Decimal("0.0025")

@@ -26,6 +26,13 @@ its opposite ("Monday" and "Tuesday", "km" and "miles", "into" and "from", "all"
 "most", "legal" and "illegal"), or in two words or phrases trading places
 ("Argentina beat France", "US dollars in Swiss francs", "orders per customer"), whatever courtesy opens or
 closes the request; nor, in code or SQL, texts that differ in one name's plural ("FROM users", "FROM user").
+
+Some rules hold whatever else is reworded, template or not: two texts that both quantify must quantify
+alike ("all birds" and "most birds"; "some", "many" and "any" are left free); two comparisons with the same
+comparative must not compare the same things the other way round ("C++ faster than Rust", "Rust faster than
+C++"); neither text may use a unit or an opposite the other replaces ("keep the changes", "discard the
+changes"); and two texts that each quote a short string the other does not ('delivered', 'shipped') ask
+about other data.
 """
 
 from __future__ import annotations
@@ -389,6 +396,100 @@ def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
     return len(at) == 1 and _stem(a[at[0]]) == _stem(b[at[0]])
 
 
+# Quantifiers: a question about "all" of something is not one about "most" of it, whatever else is reworded.
+# "some", "many" and "any" are left out: users trade them freely ("What are some good..." and "What are good...").
+_QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority", "few", "none", "exactly"))
+                for w in words.split()}
+
+
+def _quantifiers(words: Sequence[str]) -> frozenset[int]:
+    """The quantifier groups ``words`` (bare, lower case) use; not "most" after "the" (a superlative) nor
+    "all" in "all the time", "of all time" or "at all"."""
+    found = set()
+    for i, word in enumerate(words):
+        group = _QUANTIFIERS.get(word)
+        if group is None:
+            continue
+        before, after = words[i - 1] if i else "", words[i + 1] if i + 1 < len(words) else ""
+        if (word == "most" and before == "the") or (word == "all" and (after == "time" or before == "at"
+                                                                        or words[i + 1 : i + 3] == ["the", "time"])):
+            continue
+        found.add(group)
+    return frozenset(found)
+
+
+def _quantifiers_differ(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether both texts quantify and not alike: "Can all birds fly?" and "Are most birds able to fly?"."""
+    qa, qb = _quantifiers(a), _quantifiers(b)
+    return bool(qa) and bool(qb) and qa != qb
+
+
+def _comparison_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether the two texts (bare words) compare the same two things the other way round: "Is C++ faster than
+    Rust?" and "Is Rust faster than C++?" (the word after "than" in each stands before "than" in the other)."""
+    for i in range(1, len(a) - 1):
+        if a[i] != "than":
+            continue
+        for j in range(1, len(b) - 1):
+            if b[j] == "than" and a[i - 1] == b[j - 1] and a[i + 1] != b[j + 1] \
+                    and a[i + 1] in b[:j] and b[j + 1] in a[:i]:
+                return True
+    return False
+
+
+def _quoted_data_differs(a: str, b: str) -> bool:
+    """Whether each text quotes a short string (five words at most) that the other does not: "where the status is
+    'delivered'" and "... 'shipped'" (a string only dropped, as a paraphrase may drop one of a list, is not this).
+    Longer quotations (a review, a message) are read by the other rules: "The delivery was fast and..." and "The
+    delivery was slow but..." differ in an opposite."""
+    if not (_QUOTE_CHARS & set(a)) or not (_QUOTE_CHARS & set(b)):
+        return False
+    sa, sb = set(_strings(a)), set(_strings(b))
+    return bool(sa - sb) and bool(sb - sa)
+
+
+_QUOTE_CHARS = frozenset("'\"‘“")
+
+
+def _strings(text: str) -> list[tuple[str, ...]]:
+    """The short quoted strings of ``text`` (five words at most: 'delivered', "carpe diem"), each as its words and
+    symbols (the quote marks and the case a user may drop aside)."""
+    found = (tuple(_keys(_tokens(m.group()[1:-1]))) for m in _QUOTED.finditer(text) if len(m.group()) > 2)
+    return [words for words in found if len(_bare(words)) <= 5]
+
+
+# Closed classes whose members differ in meaning wherever they stand (units, opposites such as "keep" and
+# "discard"), so that two texts using different members of one are different questions even when reworded
+# around them. The others (numbers, "and"/"or", "to"/"from", weekdays, "first"/"last", ...) play other roles
+# too ("which one", "from time to time"): they count only in place, within a shared template.
+_IN_PLACE_ONLY = frozenset("and one all to first yes true more before english january monday today north usd".split())
+_ANYWHERE = frozenset(c for c, groups in enumerate(_CLASSES) if not {w for g in groups for w in g} & _IN_PLACE_ONLY)
+
+
+def _members(words: Sequence[str]) -> dict[int, set[int]]:
+    """Per closed class that counts anywhere, the members ``words`` use; a unit of three letters or fewer
+    ("s", "in", "min") only after a number."""
+    out: dict[int, set[int]] = {}
+    for i, word in enumerate(words):
+        member = _MEMBER.get(word)
+        if member is None or member[0] not in _ANYWHERE:
+            continue
+        if len(word) <= 3 and not (i and words[i - 1][:1].isdigit()):
+            continue
+        out.setdefault(member[0], set()).add(member[1])
+    return out
+
+
+def _opposed_anywhere(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether each text uses a member of one closed class that the other does not ("undo the last commit and
+    discard the changes", "... but keep the changes"; "10 km", "10 miles")."""
+    ma = _members(a)
+    if not ma:
+        return False
+    mb = _members(b)
+    return any(ma[c] - mb[c] and mb[c] - ma[c] for c in ma.keys() & mb.keys())
+
+
 def _code_like(text: str) -> bool:
     """Whether ``text`` holds code or a query (backticks, SQL keywords, a call such as ``len(``, or code symbols:
     ``= { } < >``; a semicolon alone is prose's too)."""
@@ -444,6 +545,11 @@ class TemplateGuard:
             return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
         if _plural_only(words_a, words_b) and (_code_like(query) or _code_like(candidate)):
             return True  # in code or SQL a name's plural is another name: "FROM users", "FROM user"
+        if _quantifiers_differ(words_a, words_b) or _comparison_reversed(words_a, words_b) \
+                or _opposed_anywhere(words_a, words_b):
+            return True  # "all birds" and "most birds"; "C++ faster than Rust" turned round; "keep" and "discard"
+        if _quoted_data_differs(query, candidate):
+            return True  # another quoted string: "status is 'delivered'", "status is 'shipped'"
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False

@@ -120,6 +120,11 @@ class _TenantRefused(Exception):
         self.reason, self.source, self.detail, self.header = reason, source, detail, header
 
 
+#: The user of a request that is authenticated but names no one (blank, None, or unreadable): refused where the user
+#: would name the tenant (as ``REMOTE_USER`` too, which the Django middleware sets).
+_UNNAMED = "\x00llmbudget: unnamed user"
+
+
 def _source_name(source: str, header: str | None) -> str:
     return {"header": f"the {header} header", "user": "the authenticated user's identity",
             "callable": "the policy's tenant callable"}[source]
@@ -246,6 +251,8 @@ class _Core:
                 log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")
                 return None
             return _clean_tenant(value, "callable")
+        if user == _UNNAMED:  # authenticated without a usable name: neither the header nor the default names it
+            raise _unnamed_user()
         header = self.policy.tenant_header
         from_header: str | None = None
         if header is not None and header_values:
@@ -493,7 +500,8 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
     """The authenticated user's ``identity``, else its ``display_name``; None for an anonymous request.
 
     A user that says it is authenticated but whose name cannot be read (neither attribute exists, both
-    are empty, or reading them raises) is refused: the tenant header must not name it instead.
+    are blank, or reading them raises) is :data:`_UNNAMED`, refused unless the policy's tenant callable names
+    the tenant: the tenant header must not name it instead.
     """
     user = scope.get("user")
     if user is None:
@@ -515,7 +523,7 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
             continue
         if value is not None and str(value).strip(" "):  # a blank identity names no one: the display_name may
             return str(value)
-    raise _unnamed_user()
+    return _UNNAMED  # refused where the user would name the tenant (not where the policy's tenant callable does)
 
 
 def _unnamed_user() -> _TenantRefused:
@@ -538,7 +546,6 @@ def _django_user(request: Any) -> str | None:
     return str(name) if name is not None and str(name).strip(" ") else _UNNAMED
 
 
-_UNNAMED = "\x00llmbudget: unnamed user"  # in REMOTE_USER: an authenticated user without a name (refused)
 
 
 class LLMBudgetMiddleware(_Core):
@@ -818,8 +825,6 @@ class LLMBudgetWSGIMiddleware(_Core):
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
         try:
-            if remote_user == _UNNAMED:
-                raise _unnamed_user()
             tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header),
                                  remote_user if isinstance(remote_user, str) else None, environ.get("REMOTE_ADDR"))
         except _TenantRefused as refused:

@@ -1024,7 +1024,7 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and _timed_out_waiting(error):
+            if error is not None and self.status is None and _timed_out_waiting(error):
                 # Sent whole, then no answer within the client's timeout: the provider goes on and bills the answer
                 # the app stopped waiting for. Charged its worst case (what its reservation held), never its input
                 # alone (60 such calls spent 4x a tenant's budget).

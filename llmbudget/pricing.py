@@ -313,14 +313,16 @@ class Pricing:
     def _override(self, model: str, base_url: str) -> Price | None:
         base_url = base_url.rstrip("/")
         lowered = model.lower()
-        # an override of "gpt-4o" covers the dated snapshot the provider answers with ("gpt-4o-2024-08-06")
-        names = (lowered, undated) if (undated := _DATE_SUFFIX.sub("", lowered)) != lowered else (lowered,)
-        for url, pattern, price in self._by_both:
-            if base_url == url and any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                return price
-        for pattern, price in self._by_model:
-            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                return price
+        # an override of "gpt-4o" covers the dated snapshot the provider answers with ("gpt-4o-2024-08-06"), after
+        # every key that names the full name (the most specific key wins)
+        undated = _DATE_SUFFIX.sub("", lowered)
+        for name in (lowered, undated) if undated != lowered else (lowered,):
+            for url, pattern, price in self._by_both:
+                if base_url == url and fnmatch.fnmatchcase(name, pattern):
+                    return price
+            for pattern, price in self._by_model:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return price
         for url, price in self._by_url:
             if base_url == url:
                 return price
@@ -397,7 +399,7 @@ class Pricing:
         """Say once that calls to ``endpoint`` (images, audio, an app's own batches...) cost money that llmbudget
         does not record, price or budget: they pass through untouched, never silently."""
         self._warn_once(("endpoint", endpoint), f"llmbudget does not price {endpoint} calls: they pass through "
-                        "unrecorded and outside every budget (see README, \"What is intercepted\")", stacklevel=4)
+                        "unrecorded and outside every budget (see README, \"The library\": what is priced)", stacklevel=4)
 
     def _warn_unknown(self, model: str, base_url: str) -> None:
         if model in self._warned:  # said already (the message is not even built: this runs on every such call)

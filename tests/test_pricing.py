@@ -246,6 +246,14 @@ def test_an_override_covers_the_dated_snapshot_the_provider_answers_with(answere
     assert (priced.source == "override" and priced.usd == 2) is covered
 
 
+def test_a_snapshots_own_override_wins_over_its_undated_names_in_any_order() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    for order in ([("gpt-4o", 1), ("gpt-4o-2024-05-13", 5)], [("gpt-4o-2024-05-13", 5), ("gpt-4o", 1)]):
+        pricing = Pricing({name: {"input": usd, "output": usd} for name, usd in order})
+        assert pricing.cost(usage, model="gpt-4o-2024-05-13").usd == 10
+        assert pricing.cost(usage, model="gpt-4o-2024-08-06").usd == 2
+
+
 def test_override_prices_cached_input_and_cache_writes() -> None:
     pricing = Pricing({"mine": {"input": "1", "output": "2", "cached_input": "0.1", "cache_write": "1.25"}})
     usage = Usage(input_tokens=1000, cached_input_tokens=300, cache_write_tokens=200, output_tokens=10)

@@ -30,9 +30,9 @@ closes the request; nor, in code or SQL, texts that differ in one name's plural 
 Some rules hold whatever else is reworded, template or not: two texts that both quantify must quantify
 alike ("all birds" and "most birds"; "some", "many" and "any" are left free); two comparisons with the same
 comparative must not compare the same things the other way round ("C++ faster than Rust", "Rust faster than
-C++"); neither text may use a unit or an opposite the other replaces ("keep the changes", "discard the
-changes"); and two texts that each quote a short string the other does not ('delivered', 'shipped') ask
-about other data.
+C++"); neither text may use an opposite the other replaces ("keep the changes", "discard the changes");
+and two texts that each quote a short string the other does not ('delivered', 'shipped') ask about other
+data.
 """
 
 from __future__ import annotations
@@ -400,11 +400,13 @@ def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
 # "some", "many" and "any" are left out: users trade them freely ("What are some good..." and "What are good...").
 _QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority", "few", "none", "exactly"))
                 for w in words.split()}
+_NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten dozen hundred".split())
 
 
 def _quantifiers(words: Sequence[str]) -> frozenset[int]:
-    """The quantifier groups ``words`` (bare, lower case) use; not "most" after "the" (a superlative) nor
-    "all" in "all the time", "of all time" or "at all"."""
+    """The quantifier groups ``words`` (bare, lower case) use; not "most" after "the" (a superlative), "all" in
+    "all the time", "of all time" or "at all", "every time", "each other", nor "exactly" but before a number
+    ("exactly two"; "What exactly does..." is emphasis)."""
     found = set()
     for i, word in enumerate(words):
         group = _QUANTIFIERS.get(word)
@@ -412,7 +414,9 @@ def _quantifiers(words: Sequence[str]) -> frozenset[int]:
             continue
         before, after = words[i - 1] if i else "", words[i + 1] if i + 1 < len(words) else ""
         if (word == "most" and before == "the") or (word == "all" and (after == "time" or before == "at"
-                                                                        or words[i + 1 : i + 3] == ["the", "time"])):
+                                                                        or words[i + 1 : i + 3] == ["the", "time"])) \
+                or (word == "every" and after == "time") or (word == "each" and after == "other") \
+                or (word == "exactly" and not (after[:1].isdigit() or after in _NUMBER_WORDS)):
             continue
         found.add(group)
     return frozenset(found)
@@ -453,36 +457,33 @@ _QUOTE_CHARS = frozenset("'\"‘“")
 
 def _strings(text: str) -> list[tuple[str, ...]]:
     """The short quoted strings of ``text`` (five words at most: 'delivered', "carpe diem"), each as its words and
-    symbols (the quote marks and the case a user may drop aside)."""
-    found = (tuple(_keys(_tokens(m.group()[1:-1]))) for m in _QUOTED.finditer(text) if len(m.group()) > 2)
-    return [words for words in found if len(_bare(words)) <= 5]
+    symbols (the quote marks, fillers such as "the" and the case a user may drop aside)."""
+    found = (tuple(_content(_keys(_tokens(m.group()[1:-1])))) for m in _QUOTED.finditer(text) if len(m.group()) > 2)
+    return [words for words in found if words and len(_bare(words)) <= 5]
 
 
-# Closed classes whose members differ in meaning wherever they stand (units, opposites such as "keep" and
-# "discard"), so that two texts using different members of one are different questions even when reworded
-# around them. The others (numbers, "and"/"or", "to"/"from", weekdays, "first"/"last", ...) play other roles
-# too ("which one", "from time to time"): they count only in place, within a shared template.
-_IN_PLACE_ONLY = frozenset("and one all to first yes true more before english january monday today north usd".split())
-_ANYWHERE = frozenset(c for c, groups in enumerate(_CLASSES) if not {w for g in groups for w in g} & _IN_PLACE_ONLY)
+# Opposites that differ in meaning wherever they stand ("keep" and "discard"), so that two texts using different
+# members of one are different questions even when reworded around them. The other closed classes (units,
+# numbers, comparatives, "and"/"or", "always"/"never", ...) are reworded into each other ("in 30 days", "in a
+# month"; "Why is Python slower than C?", "Why is C faster than Python?"): they count only in place, within a
+# shared template.
+_ANYWHERE = frozenset(c for c, groups in enumerate(_CLASSES) if {w for g in groups for w in g} & frozenset(
+    "keep buy import win inside left increase ascending maximum fast best".split()))
 
 
 def _members(words: Sequence[str]) -> dict[int, set[int]]:
-    """Per closed class that counts anywhere, the members ``words`` use; a unit of three letters or fewer
-    ("s", "in", "min") only after a number."""
+    """Per opposite that counts anywhere, the members ``words`` use."""
     out: dict[int, set[int]] = {}
-    for i, word in enumerate(words):
+    for word in words:
         member = _MEMBER.get(word)
-        if member is None or member[0] not in _ANYWHERE:
-            continue
-        if len(word) <= 3 and not (i and words[i - 1][:1].isdigit()):
-            continue
-        out.setdefault(member[0], set()).add(member[1])
+        if member is not None and member[0] in _ANYWHERE:
+            out.setdefault(member[0], set()).add(member[1])
     return out
 
 
 def _opposed_anywhere(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether each text uses a member of one closed class that the other does not ("undo the last commit and
-    discard the changes", "... but keep the changes"; "10 km", "10 miles")."""
+    """Whether each text uses a member of one such opposite that the other does not ("undo the last commit and
+    discard the changes", "... but keep the changes")."""
     ma = _members(a)
     if not ma:
         return False

@@ -97,7 +97,7 @@ class Budget:
         start, resets = _period_bounds(self.period, now)
         owner = {"request": request_id, "tenant": tenant, "global": ""}[self.per]
         key = f"{self.per}:{self.period or 'all'}:{start}:{owner}"
-        return Bucket(key=key, limit=self.usd, budget=self, resets_at=resets)
+        return Bucket(key=key, limit=self.usd, budget=self, resets_at=resets, made_at=now)
 
 
 def _period_bounds(period: str | None, now: float) -> tuple[str, float | None]:
@@ -137,6 +137,14 @@ def period_over(key: str, now: float, grace: float = 0.0) -> bool:
 PRUNE_EVERY = 60.0
 
 
+def _latest(buckets: Sequence[Bucket], seen: float) -> float:
+    """The latest time buckets were made for: ``seen`` or any of ``buckets``' (whose ``made_at`` is set)."""
+    for bucket in buckets:
+        if bucket.made_at is not None and bucket.made_at > seen:
+            seen = bucket.made_at
+    return seen
+
+
 def budget_list(value: Any, what: str) -> tuple[Budget, ...]:
     """``value`` as a tuple of :class:`Budget`, or a ``TypeError`` naming ``what``: a single Budget, a string or an
     item that is not a Budget is refused (one that was not failed at the first reservation, unbudgeted)."""
@@ -156,6 +164,9 @@ class Bucket:
     limit: Decimal
     budget: Budget
     resets_at: float | None
+    #: The time (epoch seconds, the engine's clock) the bucket was made for: stores drop the counters of periods
+    #: over by that clock, not the wall's (a replay freezes its clock at its start).
+    made_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +316,13 @@ class MemoryBudgetStore:
     _settled: dict[str, None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pruned_at: float = field(default_factory=time.monotonic)
+    _clock_seen: float = 0.0  # the latest time buckets were made for (the engine's clock)
 
     def reserve(self, buckets: Sequence[Bucket], amount: Decimal, *, tenant: str | None = None,
                 ttl: float | None = None) -> Reservation | Refusal:
         with self._lock:
             self._expire(time.monotonic())
+            self._clock_seen = _latest(buckets, self._clock_seen)
             if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
                 self._prune()
             refusal = _check(self._counters, buckets, amount, tenant)
@@ -356,7 +369,7 @@ class MemoryBudgetStore:
         """Drop the counters of periods that are over and hold nothing (a process with minute budgets for
         2,000 tenants kept 360,000 counters after three hours)."""
         self._pruned_at = time.monotonic()
-        now = time.time()
+        now = self._clock_seen  # the clock the keys were made by
         for key in [k for k, (_, reserved) in self._counters.items() if not reserved and period_over(k, now)]:
             del self._counters[key]
 
@@ -609,6 +622,7 @@ class SQLiteBudgetStore:
         self._expire_every = min(1.0, reservation_ttl / 10)
         self._expired_at = 0.0  # time.time() of this process's last sweep of expired holds
         self._pruned_at = time.time()  # ... and of counters of periods over
+        self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
         self._conn()
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
@@ -758,19 +772,22 @@ class SQLiteBudgetStore:
                 self._add(conn, key, _ZERO, -Decimal(amount))
         # Keep settled and expired ids a day, so late or repeated settles stay idempotent.
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
-        if now - self._pruned_at >= PRUNE_EVERY:
-            # counters of periods over for a day (late settles still find theirs) and holding nothing
+        if now - self._pruned_at >= PRUNE_EVERY and self._clock_seen:
+            # counters of periods over for a day by the clock the keys were made by (late settles still find
+            # theirs) and holding nothing
             self._pruned_at = now
+            cutoff = min(now, self._clock_seen) - 86400
             for per in ("tenant", "global"):
                 for period in ("minute", "hour", "day", "month"):
                     prefix = f"{per}:{period}:"  # keys sort by their period's start: one range per kind
                     conn.execute("DELETE FROM budget_counters WHERE key >= ? AND key < ? AND CAST(reserved AS REAL) = 0",
-                                 (prefix, prefix + _period_bounds(period, now - 86400)[0]))
+                                 (prefix, prefix + _period_bounds(period, cutoff)[0]))
 
     def _reserve_in(self, conn: sqlite3.Connection, buckets: Sequence[Bucket], amount: Decimal,
                     tenant: str | None, settles: Sequence[tuple[Reservation, Decimal]], ttl: float
                     ) -> Reservation | Refusal:
         now = time.time()
+        self._clock_seen = _latest(buckets, self._clock_seen)
         self._settle_all_in(conn, settles)  # this process's settles first: their holds are freed
         if now - self._expired_at >= self._expire_every:
             self._expire(conn, now)

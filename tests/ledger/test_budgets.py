@@ -658,3 +658,19 @@ def test_counters_of_periods_over_are_dropped(kind: str, tmp_path: Path) -> None
         with sqlite3.connect(tmp_path / "b.sqlite3") as conn:
             keys = {row[0] for row in conn.execute("SELECT key FROM budget_counters")}
         assert keys == {current.key, held.keys[0]}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_counters_are_dropped_by_the_clock_their_keys_were_made_by(kind: str, tmp_path: Path) -> None:
+    """`llmbudget replay` freezes the engine's clock at its start (the whole file is one period): pruning by the
+    wall clock dropped a minute budget's counter once the replay ran past that minute, and its spend restarted
+    from zero ($0.90 of a $1 budget spent twice)."""
+    store: Any = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "b.sqlite3")
+    frozen = datetime.now(timezone.utc).timestamp() - 3 * 86400  # the replay's clock, days behind the wall's
+    bucket = Budget("1", per="tenant", period="minute").bucket(tenant="acme", request_id="r", now=frozen)
+    store.settle(store.reserve([bucket], Decimal("0.9")), Decimal("0.9"))
+    store._pruned_at = -1e18  # the next reservation sweeps
+    if kind == "sqlite":
+        store._expired_at = 0.0
+    assert isinstance(store.reserve([bucket], Decimal("0.9")), Refusal)
+    assert store.spent(bucket.key)[0] == Decimal("0.9")

@@ -174,3 +174,7 @@ def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_t
     assert json.loads(response.content)["reason"] == "unnamed_user"
     request.user = _DjangoUser("globex")  # a named user outranks the header
     assert middleware(request).status_code == 200 and seen == ["globex"]
+    with override_settings(LLMBUDGET_POLICY=Policy(tenant=lambda environ: "acme")):
+        by_callable = LLMBudgetDjangoMiddleware(view)
+    request.user = _DjangoUser(name)  # the policy's callable names the tenant: the user's name is not needed
+    assert by_callable(request).status_code == 200 and seen[-1] == "acme"

@@ -284,6 +284,9 @@ def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused
             assert (problem_of(response)["reason"], problem_of(response)["source"]) == ("unnamed_user", "user")
         else:
             assert response.json()["tenant"] == tenant
+    by_callable = Starlette(routes=[Route("/info", info)], middleware=[
+        Middleware(with_user), Middleware(LLMBudgetMiddleware, policy=Policy(tenant=lambda scope: "blue"))])  # type: ignore[arg-type]
+    assert TestClient(by_callable).get("/info").json()["tenant"] == "blue"  # the callable names it: no refusal
 
 
 def test_asgi_websockets_with_a_malformed_tenant_are_refused(engine: llmbudget.Engine) -> None:

@@ -528,6 +528,16 @@ def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> N
     assert record.usage == worst.replace(estimated=True)
     assert record.estimated
     assert record.cost_usd == Pricing().cost(worst, model="gpt-4o-mini").usd == attempt.worst_case_usd()
+
+
+def test_a_read_timeout_after_an_error_status_is_not_charged_the_worst_case(engine: llmbudget.Engine) -> None:
+    """A 429 whose body timed out is the provider's refusal, answered: charged as failed calls are (its input
+    estimate), not the worst case of an answer it never produced."""
+    attempt = _begin(engine, CHAT_BODY)
+    attempt.status = 429
+    record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))
+    assert record is not None
+    assert record.usage.output_tokens == 0 and record.cost_usd < attempt.worst_case_usd()
     assert "ReadTimeout" in (record.error or "")
 
 

@@ -165,10 +165,12 @@ def wants_json(body: Mapping[str, Any]) -> bool:
 
 def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tuple[dict[str, Any], str] | None:
     """``body`` with the directive added, and why; None when it must not get one (tools, JSON, a length
-    the request states itself, an answer the app started itself, an endpoint without instructions)."""
+    the request states itself, a predicted output, an answer the app started itself, an endpoint without
+    instructions)."""
     if endpoint not in ("chat.completions", "responses", "messages"):
         return None
-    if body.get("tools") or body.get("functions") or wants_json(body) or says_length(endpoint, body):
+    if body.get("tools") or body.get("functions") or wants_json(body) or says_length(endpoint, body) \
+            or body.get("prediction"):  # a predicted output: the answer is a whole rewritten document
         return None
     messages = body.get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict) and \

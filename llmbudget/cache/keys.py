@@ -111,6 +111,10 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
     if call.endpoint == "messages":  # a cache breakpoint changes what the provider caches, never the answer
         rest = without_cache_control(rest)
+    if call.endpoint == "chat.completions" and body.get("store") is True:
+        # the app asked OpenAI to keep this completion (evals, distillation): a hit would keep nothing, under an
+        # id OpenAI does not know
+        return _never("stored chat completion (store=true)")
     if call.endpoint in ("chat.completions", "messages"):
         return _chat_keys(call, rest, tenant, allow_temperature)
     if call.endpoint == "responses":

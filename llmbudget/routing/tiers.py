@@ -184,6 +184,10 @@ class Routing:
         tier = self.strong if score >= self.threshold else self.weak
         if tier != self.strong and self._stays(call, tier):
             return Decision(self.strong, score, self.threshold, _KEPT_ON_HOST)
+        if tier != self.strong:
+            refused = _reasoning_refuses(call.endpoint, body, self.tiers[tier].model_for(call.endpoint))
+            if refused is not None:
+                return Decision(self.strong, score, self.threshold, f"tier {tier!r} reasons: {refused}")
         try:
             features = tuple((name, float(value)) for name, value in self.router.explain(body, top=3))
         except Exception:
@@ -192,6 +196,24 @@ class Routing:
 
 
 _KEPT_ON_HOST = "a Responses call kept on its host (store or previous_response_id)"
+
+
+def _reasoning_refuses(endpoint: str, body: Mapping[str, Any], model: str | None) -> str | None:
+    """What of ``body`` a reasoning tier (o-series, gpt-5) would drop, so that the call must not go there, or
+    None: log probabilities and logit biases (the app's code reads them, or relies on them: dropped, the app got
+    ``logprobs=None``)."""
+    from ..caps import reasoning_model
+
+    if endpoint not in ("chat.completions", "responses") or not reasoning_model(model):
+        return None
+    asked = [name for name in ("logprobs", "top_logprobs", "logit_bias") if body.get(name) not in (None, False)]
+    return f"it refuses {', '.join(asked)}" if asked else None
+
+
+def fine_tuned(model: str | None) -> bool:
+    """Whether ``model`` is a fine-tune (``ft:gpt-4o-mini-...:org::id``; legacy ``curie:ft-org-...``): no tier
+    stands in for it."""
+    return isinstance(model, str) and (model.startswith("ft:") or ":ft-" in model)
 
 
 def keeps_state(body: Mapping[str, Any]) -> bool:

@@ -77,6 +77,7 @@ def test_tenants_never_share_a_partition_or_key(t1, t2, text):
                                  {"role": "tool", "tool_call_id": "1", "content": "42"}]}, "tool"),
     (chat(modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"}), "audio"),
     ({"model": "m", "messages": "not a list"}, "no messages"),
+    (chat(store=True, metadata={"eval": "run-7"}), "store=true"),  # a hit stored nothing, under an unknown id
 ])
 def test_never_cached(body, reason):
     found = keys(body)

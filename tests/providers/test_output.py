@@ -51,6 +51,7 @@ def test_the_directive_goes_into_the_system_message_and_a_looser_cap_comes_with_
     chat(("user", "Describe the French revolution in detail.")),
     chat(("user", "Hi"), tools=[{"type": "function", "function": {"name": "f"}}]),
     chat(("user", "Hi"), response_format={"type": "json_object"}),
+    chat(("user", "Rename x to count in this file."), prediction={"type": "content", "content": "x = 1\n" * 300}),
 ])
 def test_no_directive_where_the_request_says_how_long_or_wants_tools_or_json(body):
     assert apply_directive("chat.completions", body, Output(max_words=100)) is None

@@ -153,7 +153,7 @@ def test_a_move_to_a_tier_that_rewrites_the_request_is_reported(engine, small):
     from llmbudget.routing.tiers import Routing
     from pytest_llmbudget.golden import GoldenRouting
 
-    body = {"model": "gpt-4o", "max_tokens": 8, "temperature": 0,
+    body = {"model": "gpt-4o", "max_tokens": 2000, "temperature": 0,  # (a reasoning tier takes no smaller limit)
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     url = "https://api.openai.com/v1/chat/completions"
 

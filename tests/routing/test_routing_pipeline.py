@@ -309,16 +309,16 @@ def test_a_reasoning_tier_is_sent_what_it_takes(llm_server, route, records):
     # reasoning_effort. The cascade does not probe a reasoning tier for log-probabilities.
     def as_the_local_server_reads_it(body: bytes) -> bytes:  # it knows max_tokens, not max_completion_tokens:
         sent = json.loads(body)  # without it, it wrote until its context was full (minutes on a busy machine)
-        sent["max_tokens"] = sent.pop("max_completion_tokens", None)
+        sent["max_tokens"] = min(40, sent.pop("max_completion_tokens", None) or 40)  # a small model: 40 do
         return json.dumps(sent).encode()
 
     with proxy(llm_server, forward=as_the_local_server_reads_it) as small:
         route(tiers={"small": {"model": "o4-mini", "base_url": base_url(small)}, "large": None}, threshold=1.0,
               min_confidence=0.5)
-        client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=40, temperature=0.2,
-                                                       top_p=0.9)
+        client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=2000,
+                                                       temperature=0.2, top_p=0.9)
     sent = json.loads(small.received[0][2])
-    assert sent["model"] == "o4-mini" and sent["max_completion_tokens"] == 40
+    assert sent["model"] == "o4-mini" and sent["max_completion_tokens"] == 2000
     assert not {"max_tokens", "temperature", "top_p", "logprobs", "top_logprobs"} & set(sent)
 
 
@@ -639,3 +639,28 @@ def test_a_responses_call_whose_state_the_provider_keeps_stays_on_its_host(engin
                               body=json.dumps(body).encode())
         forced.plan("/")
     assert forced.routed is routed, forced.routing
+
+
+def test_a_fine_tuned_model_keeps_its_model(engine):
+    """No tier stands in for a fine-tune: it was sent to the small tier's base model, its training gone."""
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": "gpt-4o"}, threshold=1.0)
+    for model in ("ft:gpt-4o-mini-2024-07-18:acme:support:9abcDEF", "ft:gpt-4.1-2025-04-14:acme::B2x"):
+        body = {"model": model, "messages": HI, "max_tokens": 50}
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        assert attempt.call.model == model and not attempt.routed
+
+
+@pytest.mark.parametrize("asked", [{"logprobs": True, "top_logprobs": 5}, {"logit_bias": {"9642": 100}}])
+def test_a_request_for_what_a_reasoning_tier_drops_stays_on_the_strong_tier(engine, asked):
+    """gpt-5-nano takes no logprobs or logit_bias: routed there, they were dropped and the app's
+    ``choices[0].logprobs.content`` raised. A tier that does not reason takes them."""
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 50, **asked}
+    for small, routed in (("gpt-5-nano", False), ("gpt-4.1-nano", True)):
+        engine.routing = Routing(tiers={"small": small, "large": None}, threshold=1.0)
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        attempt.plan("/")
+        assert attempt.routed is routed and attempt.call.model == (small if routed else "gpt-4o")
+        assert all(attempt.call.body[k] == v for k, v in asked.items())

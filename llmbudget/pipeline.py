@@ -904,7 +904,7 @@ class Attempt:
             self.adapter.read_json(self._json, self.state)
             return
         if "\r" in text:
-            text = text.replace("\r\n", "\n")
+            text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR alone ends a line too (SSE)
         payloads, joined = _sse_payloads(text, self.state)
         cut = not text.endswith("\n\n")  # the last event is unfinished (a stream closed early): not a broken one
         try:  # one parse for the whole stream; event by event only if one of them is broken

@@ -383,14 +383,15 @@ def _collect(engine: llmbudget.Engine) -> list[llmbudget.SpendRecord]:
 
 @SETTINGS
 @given(usage=chat_usages(), tier=st.sampled_from([None, "default", "priority"]), gzipped=st.booleans(),
-       data=st.data())
+       eol=st.sampled_from([b"\n", b"\r\n", b"\r"]), data=st.data())
 def test_streamed_chat_usage_comes_from_the_final_chunk(
-    usage: CompletionUsage, tier: str | None, gzipped: bool, data: st.DataObject
+    usage: CompletionUsage, tier: str | None, gzipped: bool, eol: bytes, data: st.DataObject
 ) -> None:
+    """Every line ending SSE allows (a lone CR too: the stream was read as one cut event, its output as 0)."""
     engine = llmbudget.Engine()
     seen = _collect(engine)
     attempt = _begin(engine, CHAT_BODY)
-    payload = _sse(_chunks(usage, tier))
+    payload = _sse(_chunks(usage, tier)).replace(b"\n", eol)
     headers = {"content-type": "text/event-stream; charset=utf-8"}
     if gzipped:
         payload = gzip.compress(payload)

@@ -377,7 +377,7 @@ def _report(ns: argparse.Namespace) -> int:
     for record in _ledger_records(ns.ledger):
         prefixes.append(prefix_row(record))
         verdict = (record.output or {}).get("json")
-        if isinstance(verdict, str) and verdict in json_answers:  # a damaged row's list or dict is not one
+        if verdict in json_answers:  # (a string: SpendRecord.from_dict refuses any other)
             json_answers[verdict] += 1
         day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))

@@ -252,7 +252,9 @@ class _Core:
                 return None
             return _clean_tenant(value, "callable")
         if user == _UNNAMED:  # authenticated without a usable name: neither the header nor the default names it
-            raise _unnamed_user()
+            raise _TenantRefused("unnamed_user", "user", "The request is authenticated, but neither the user's "
+                                 "identity nor its display_name could be read (or both are blank), so its tenant "
+                                 "cannot be named.")
         header = self.policy.tenant_header
         from_header: str | None = None
         if header is not None and header_values:
@@ -521,14 +523,14 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
         except Exception:  # NotImplementedError (Starlette's BaseUser), AttributeError, or the app's own
             log.debug("llmbudget: could not read the authenticated user's %s", attribute, exc_info=True)
             continue
-        if value is not None and str(value).strip(" "):  # a blank identity names no one: the display_name may
+        if _named(value) != _UNNAMED:  # a blank identity names no one: the display_name may
             return str(value)
     return _UNNAMED  # refused where the user would name the tenant (not where the policy's tenant callable does)
 
 
-def _unnamed_user() -> _TenantRefused:
-    return _TenantRefused("unnamed_user", "user", "The request is authenticated, but neither the user's identity nor "
-                          "its display_name could be read (or both are blank), so its tenant cannot be named.")
+def _named(value: Any) -> str:
+    """``value`` as a user's name, or :data:`_UNNAMED` when it names no one (None, or blank)."""
+    return str(value) if value is not None and str(value).strip(" ") else _UNNAMED
 
 
 def _django_user(request: Any) -> str | None:
@@ -543,9 +545,7 @@ def _django_user(request: Any) -> str | None:
     except Exception:
         log.debug("llmbudget: could not read the authenticated Django user's name", exc_info=True)
         return _UNNAMED
-    return str(name) if name is not None and str(name).strip(" ") else _UNNAMED
-
-
+    return _named(name)
 
 
 class LLMBudgetMiddleware(_Core):

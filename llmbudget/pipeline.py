@@ -655,7 +655,9 @@ class Attempt:
         base_url = call.base_url
         routing = engine.routing
         setting = scope.routing if scope is not None else None
-        if routing is not None and setting is not False and not _fine_tuned(call.model):
+        from .routing.tiers import fine_tuned
+
+        if routing is not None and setting is not False and not fine_tuned(call.model):
             # (no tier stands in for a fine-tune: it keeps its model and its host, as if routing were off)
             forced = self.force_tier or (setting if isinstance(setting, str) else None)
             decision = routing.decide(call, path=path, forced=forced)
@@ -1259,12 +1261,6 @@ def _unpriced_endpoint(path: str) -> str | None:
         return None
     path = path.rstrip("/")
     return next((tail for tail in _UNPRICED_ENDPOINTS if path.endswith(tail)), None)
-
-
-def _fine_tuned(model: str | None) -> bool:
-    from .routing.tiers import fine_tuned
-
-    return fine_tuned(model)
 
 
 def _never_sent(error: BaseException) -> bool:

@@ -446,7 +446,7 @@ def _quoted_data_differs(a: str, b: str) -> bool:
     'delivered'" and "... 'shipped'" (a string only dropped, as a paraphrase may drop one of a list, is not this).
     Longer quotations (a review, a message) are read by the other rules: "The delivery was fast and..." and "The
     delivery was slow but..." differ in an opposite."""
-    if not (_QUOTE_CHARS & set(a)) or not (_QUOTE_CHARS & set(b)):
+    if not any(q in a for q in _QUOTE_CHARS) or not any(q in b for q in _QUOTE_CHARS):
         return False
     sa, sb = set(_strings(a)), set(_strings(b))
     return bool(sa - sb) and bool(sb - sa)

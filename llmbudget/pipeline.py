@@ -12,6 +12,7 @@ reservations and records the attempt.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -293,6 +294,8 @@ class Attempt:
         self.started = time.perf_counter()
         self.time = time.time()
         self.status: int | None = None
+        #: The connection took the request's body to its last byte: the provider has the request whole.
+        self.sent = False
         self.state = ResponseState()
         self.record: SpendRecord | None = None
         self._holds: list[_Hold] = []
@@ -1027,10 +1030,12 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and self.status is None and _timed_out_waiting(error):
-                # Sent whole, then no answer within the client's timeout: the provider goes on and bills the answer
-                # the app stopped waiting for. Charged its worst case (what its reservation held), never its input
-                # alone (60 such calls spent 4x a tenant's budget).
+            if error is not None and self.status is None and (
+                    _timed_out_waiting(error) or (self.sent and _cancelled(error))):
+                # Sent whole, then no answer within the client's timeout, or the caller cancelled while it waited
+                # (asyncio.wait_for, a client gone): the provider goes on and bills the answer the app stopped
+                # waiting for. Charged its worst case (what its reservation held), never its input alone (60
+                # such calls spent 4x a tenant's budget).
                 usage, estimated = self.worst_usage().replace(estimated=True), True
             elif error is not None and not _never_sent(error):
                 # It may have reached the provider: pay for what was sent.
@@ -1067,8 +1072,8 @@ class Attempt:
                     guess = self.estimate_input_tokens()
                     if guess > 0:
                         usage, estimated = usage.replace(input_tokens=guess, estimated=True), True
-            else:
-                usage, estimated = self._seen_usage(), True  # what the server reported of its input, if it did
+            else:  # what the server reported of its input, if it did; read in part, as a cut answer is
+                usage, estimated = (self._seen_usage() if complete or state.done else self._cut_usage()), True
                 if self._tail is not None and self._sse:  # too large to read: about a token per chunk
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             if state.service_tier and usage.service_tier is None:
@@ -1118,7 +1123,15 @@ class Attempt:
         """A response that started (2xx) and then failed mid-body: the input and the output seen so far, estimated,
         with the error the app got."""
         self._parse()
-        return self._estimated_record(self._seen_usage(), _describe(error, self.status))
+        return self._estimated_record(self._cut_usage(), _describe(error, self.status))
+
+    def _cut_usage(self) -> Usage:
+        """An answer (2xx) not read to its end: a stream's, what the server reported and the output seen (it stops
+        generating when the client goes); a whole (non-streamed) one was generated and billed in full before its
+        first byte was sent, so unless its usage was read, its worst case (what its reservation held)."""
+        if not self._sse and self.state.usage is None:
+            return self.worst_usage().replace(estimated=True)
+        return self._seen_usage()
 
     def _seen_usage(self) -> Usage:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's
@@ -1272,6 +1285,11 @@ def _never_sent(error: BaseException) -> bool:
 def _timed_out_waiting(error: BaseException) -> bool:
     """A read timeout before any response: the request was sent whole and the provider is working on it."""
     return type(error).__name__ == "ReadTimeout"
+
+
+def _cancelled(error: BaseException) -> bool:
+    """The caller's task was cancelled (asyncio's or trio's cancellation, which anyio raises)."""
+    return isinstance(error, asyncio.CancelledError) or type(error).__name__ == "Cancelled"
 
 
 def _describe(error: BaseException | None, status: int | None) -> str:

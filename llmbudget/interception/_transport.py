@@ -445,6 +445,33 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if self._attempt.record is None:  # read to its end, it is settled already: no thread hop
                     await _finish(self._attempt, complete=False)
 
+    class SentBody(httpx.SyncByteStream, httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
+        """A request body that notes, once the connection has taken its last byte, that the provider has the
+        request whole (:attr:`Attempt.sent`): a call cancelled after that is billed upstream all the same."""
+
+        def __init__(self, inner: Any, attempt: Attempt) -> None:
+            self._inner = inner
+            self._attempt = attempt
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield from self._inner
+            self._attempt.sent = True
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._inner:
+                yield chunk
+            self._attempt.sent = True
+
+        def close(self) -> None:
+            self._inner.close()
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    def _watch_sending(request: Any, attempt: Attempt) -> None:
+        if isinstance(request.stream, (httpx.SyncByteStream, httpx.AsyncByteStream)):
+            request.stream = SentBody(request.stream, attempt)
+
     def _wrap_response(response: Any, stream: Any) -> Any:
         if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
             response.stream = stream
@@ -511,6 +538,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     status, content = _batched(request, attempt, path).result()
                     response = _batch_response(httpx, request, status, content)
                 else:
+                    _watch_sending(request, attempt)
                     response = self.inner.handle_request(request)
             except BaseException as exc:
                 attempt.finish(complete=False, error=exc)
@@ -587,6 +615,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                         raise
                     response = _batch_response(httpx, request, status, content)
                 else:
+                    _watch_sending(request, attempt)
                     response = await self.inner.handle_async_request(request)
             except BaseException as exc:
                 if not (attempt.defer_mode == "batch" and isinstance(exc, asyncio.CancelledError)):

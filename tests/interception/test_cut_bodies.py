@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib
 import json
+import threading
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from servers import base_url, proxy
+from servers import _serve, base_url, proxy
 
 import llmbudget
 from llmbudget.pipeline import Attempt
@@ -25,6 +31,9 @@ def test_a_body_cut_mid_way_is_recorded_as_the_error_the_app_got(llm_server, eng
     (record,) = records
     assert record.status == 200 and record.error and "RemoteProtocolError" in record.error
     assert record.estimated and record.usage.input_tokens > 0 and record.cost_usd > 0
+    # a whole answer is generated (and billed) before its first byte is sent: charged its worst case, not the
+    # input alone
+    assert record.usage.output_tokens == 8
 
 
 def test_a_cut_stream_is_recorded_with_its_error_and_the_text_seen(llm_server, engine, records):
@@ -521,3 +530,91 @@ def test_a_responses_compaction_is_priced_and_budgeted(engine):
     record = attempt.finish(complete=True)
     assert record.endpoint == "responses.compact" and not record.estimated
     assert (record.usage.input_tokens, record.usage.output_tokens) == (200_000, 4_000) and record.cost_usd > 0
+
+
+class _Holding(BaseHTTPRequestHandler):
+    """Reads each request whole, then holds its answer until the test lets it go (as a provider still working)."""
+
+    server: Any
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.received.append((self.command, self.path, body, dict(self.headers)))
+        self.server.options["release"].wait(10)
+        try:
+            self.send_response(500)
+            self.end_headers()
+        except OSError:  # the client is gone
+            pass
+
+
+def _cancelled_call(engine: llmbudget.Engine, wait: float) -> list[Any]:
+    """One async chat call against a server that holds its answer, cancelled after ``wait`` seconds."""
+    seen: list[Any] = []
+    engine.add_observer(seen.append)
+    release = threading.Event()
+    server_cm = contextlib.contextmanager(_serve)(_Holding, release=release)
+    with server_cm as server:
+        async def main() -> None:
+            client = openai.AsyncOpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                                        http_client=llmbudget.async_http_client())
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.chat.completions.create(
+                    model="gpt-4o-mini", messages=QUESTION, max_tokens=500), wait)
+            await client.close()
+
+        try:
+            asyncio.run(main())
+        finally:
+            release.set()
+    return seen
+
+
+def test_a_call_cancelled_while_the_provider_works_on_it_is_charged_its_worst_case(engine):
+    """Cancelled after the provider had the request whole (asyncio.wait_for, a client gone), the call still runs
+    and is billed upstream: charged what its reservation held, as a read timeout is, not its input alone."""
+    (record,) = _cancelled_call(engine, 0.5)
+    assert record.status is None and "CancelledError" in (record.error or "")
+    assert record.estimated and record.usage.output_tokens == 500
+    assert record.cost_usd > llmbudget.Pricing().cost(
+        llmbudget.Usage(input_tokens=record.usage.input_tokens), model="gpt-4o-mini").usd
+
+
+def test_a_call_cancelled_before_its_request_was_sent_is_not_charged_an_answer(engine):
+    """Cancelled while it waited for a connection (the pool's only one busy), the provider never had it: no
+    answer is charged."""
+    library = importlib.import_module(next(c.__module__ for c in openai.DefaultAsyncHttpxClient.__mro__
+                                           if c.__module__.startswith("httpx")).split(".")[0])
+    limits = library.Limits(max_connections=1)  # httpx2's with openai >= 3, httpx's with openai 2.x
+    seen: list[Any] = []
+
+    async def main(server: Any) -> None:
+        client = openai.AsyncOpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                                    http_client=llmbudget.async_http_client(limits=limits))
+        first = asyncio.ensure_future(client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION,
+                                                                     max_tokens=500))
+        while not server.received:
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.chat.completions.create(
+                model="gpt-4o-mini", messages=QUESTION, max_tokens=500), 0.3)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await client.close()
+
+    engine.add_observer(seen.append)
+    release = threading.Event()
+    with contextlib.contextmanager(_serve)(_Holding, release=release) as server:
+        try:
+            asyncio.run(main(server))
+        finally:
+            release.set()
+    assert len(server.received) == 1
+    waited = [r for r in seen if r.usage.output_tokens == 0]
+    assert len(seen) == 2 and len(waited) == 1  # the first was sent, so charged its worst case
+    assert "CancelledError" in (waited[0].error or "")

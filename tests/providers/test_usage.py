@@ -531,6 +531,21 @@ def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> N
     assert record.cost_usd == Pricing().cost(worst, model="gpt-4o-mini").usd == attempt.worst_case_usd()
 
 
+@pytest.mark.parametrize("sse", [False, True])
+def test_an_answer_left_unread_is_charged_its_worst_case_unless_streamed(engine: llmbudget.Engine, sse: bool) -> None:
+    """A whole (non-streamed) answer is generated and billed before its first byte is sent: one the app cancelled
+    or dropped mid-body is charged what its reservation held. A stream stops when its reader goes: the output
+    seen so far."""
+    attempt = _begin(engine, {**CHAT_BODY, "stream": sse})
+    attempt.start_response(200, {"content-type": "text/event-stream" if sse else "application/json"})
+    attempt.feed(b'data: {"choices": [{"delta": {"content": "Paris is"}}]}\n\n' if sse else b'{"id": "chatcmpl-1", "cho')
+    record = attempt.finish(complete=False)
+    assert record is not None and record.estimated
+    worst = attempt.worst_usage()
+    assert (record.usage.output_tokens == worst.output_tokens) is not sse
+    assert 0 < record.usage.output_tokens if sse else record.cost_usd == attempt.worst_case_usd()
+
+
 def test_a_read_timeout_after_an_error_status_is_not_charged_the_worst_case(engine: llmbudget.Engine) -> None:
     """A 429 whose body timed out is the provider's refusal, answered: charged as failed calls are (its input
     estimate), not the worst case of an answer it never produced."""

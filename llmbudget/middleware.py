@@ -20,6 +20,7 @@ trusts it (``True``, or the peer is one of the listed proxies).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import importlib
@@ -32,7 +33,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -924,6 +925,27 @@ def _in_context(context: contextvars.Context, chunks: Iterable[Any]) -> Iterator
             return
 
 
+async def _in_context_async(context: contextvars.Context, chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """``chunks`` read inside ``context`` (an async streamed response's generator, which Django under ASGI reads
+    after the request's scope ended: each step runs as a task in that context)."""
+    iterator = chunks.__aiter__()
+    try:
+        while True:
+            step = iterator.__anext__()
+            if sys.version_info >= (3, 11):
+                task = asyncio.get_running_loop().create_task(step, context=context)  # type: ignore[call-arg]
+            else:  # a task runs in a copy of the context current when it is made
+                task = context.run(asyncio.ensure_future, step)
+            try:
+                yield await task
+            except StopAsyncIteration:
+                return
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class LLMBudgetDjangoMiddleware:
     """Django middleware: ``MIDDLEWARE = [..., "llmbudget.middleware.LLMBudgetDjangoMiddleware"]``.
 
@@ -932,7 +954,7 @@ class LLMBudgetDjangoMiddleware:
     too, and, placed after ``AuthenticationMiddleware``, ``request.user`` names the tenant (as ``REMOTE_USER``
     does). The policy is ``settings.LLMBUDGET_POLICY`` (a :class:`Policy`), else :meth:`Policy.discover`'s.
     Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s (sync) generator runs in the
-    request's scope too.
+    request's scope too, and so does an async one's under ASGI.
     """
 
     sync_capable = True
@@ -993,7 +1015,8 @@ class LLMBudgetDjangoMiddleware:
         for name, value in started.get("headers", []):  # the spend headers (headers=True)
             if name.lower().startswith("x-llmbudget-"):
                 response[name] = value
-        if getattr(response, "streaming", False) and not getattr(response, "is_async", False):
-            # streamed after this returns: its generator still runs in the request's scope
-            response.streaming_content = _in_context(environ[_DJANGO_CONTEXT], response.streaming_content)
+        if getattr(response, "streaming", False):
+            # streamed after this returns: its generator (sync or async) still runs in the request's scope
+            wrap = _in_context_async if getattr(response, "is_async", False) else _in_context
+            response.streaming_content = wrap(environ[_DJANGO_CONTEXT], response.streaming_content)
         return response

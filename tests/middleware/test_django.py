@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -48,7 +48,19 @@ def streamed(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
-urlpatterns = [path("answer", answer), path("boom", boom), path("streamed", streamed)]
+def streamed_async(request: HttpRequest) -> StreamingHttpResponse:
+    async def chunks() -> AsyncIterator[str]:
+        yield "tenant "
+        current = llmbudget.current_scope()  # read while Django streams the body, after the view returned
+        reply = await openai.AsyncOpenAI(base_url=BASE_URL["url"], api_key="sk-test", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0)
+        yield f"{current and current.tenant} {bool(reply.choices[0].message.content)}"
+
+    return StreamingHttpResponse(chunks())
+
+
+urlpatterns = [path("answer", answer), path("boom", boom), path("streamed", streamed),
+               path("streamed_async", streamed_async)]
 
 
 def django_app(policy: Policy) -> Client:
@@ -178,3 +190,27 @@ def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_t
         by_callable = LLMBudgetDjangoMiddleware(view)
     request.user = _DjangoUser(name)  # the policy's callable names the tenant: the user's name is not needed
     assert by_callable(request).status_code == 200 and seen[-1] == "acme"
+
+
+def test_an_async_streamed_responses_generator_runs_in_the_requests_scope_under_asgi(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str
+) -> None:
+    """Under ASGI Django reads an async StreamingHttpResponse after the middleware returned: its calls counted
+    for (and read the cache of) the default tenant, so one tenant was served another's answer."""
+    import asyncio
+
+    django_app(Policy())  # configures Django once in this process
+    from django.test import AsyncClient
+    from django.test.utils import override_settings
+
+    llmbudget.install()
+    middleware = ["llmbudget.middleware.LLMBudgetDjangoMiddleware"]
+
+    async def body(tenant: str) -> bytes:
+        response = await AsyncClient().get("/streamed_async", headers={"x-tenant-id": tenant})
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    with override_settings(MIDDLEWARE=middleware, LLMBUDGET_POLICY=Policy(trust_tenant_header=True)):
+        assert asyncio.run(body("acme")) == b"tenant acme True"
+        assert asyncio.run(body("globex")) == b"tenant globex True"
+    assert [r.tenant for r in records] == ["acme", "globex"]

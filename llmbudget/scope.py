@@ -126,7 +126,7 @@ def scope(
 ) -> Iterator[Scope]:
     """Run a block as one scope: its calls count for ``tenant`` and are held to ``budgets``.
 
-    A nested scope inherits the tenant and the test of the enclosing one, and
+    A nested scope inherits the tenant, the request id and the test of the enclosing one, and
     its spending also counts in the enclosing scope's totals. ``cache=False``
     keeps the block's calls away from the cache; ``routing=False`` keeps their
     model, ``routing="large"`` forces that tier. ``on_budget`` says what a call
@@ -148,7 +148,7 @@ def scope(
     parent = _current.get()
     new = Scope(
         tenant=tenant if tenant is not None else (parent.tenant if parent else None),
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=request_id or (parent.request_id if parent else uuid.uuid4().hex),
         test_id=test_id if test_id is not None else (parent.test_id if parent else None),
         budgets=tuple(budgets),
         parent=parent,

@@ -42,6 +42,14 @@ def test_good_arguments_are_kept(engine):
             "acme", "r-1", budgets, False, "large")
         with llmbudget.scope(budgets=(b for b in [Budget(Decimal("0.01"))]), routing=False) as inner:
             assert inner.tenant == "acme" and inner.budgets == (Budget("0.01"),) and inner.routing is False
+            # the request's own id, as its records and logs say (a new random one hid them from the request)
+            assert inner.request_id == "r-1"
+            with llmbudget.defer("flex"):
+                assert llmbudget.current_scope().request_id == "r-1"
+        with llmbudget.scope(request_id="r-2") as named:
+            assert named.request_id == "r-2"
+    with llmbudget.scope() as alone, llmbudget.scope() as nested:
+        assert len(alone.request_id) == 32 and nested.request_id == alone.request_id
 
 
 @pytest.mark.parametrize("arguments, error, message", [

@@ -132,12 +132,16 @@ def _source_name(source: str, header: str | None) -> str:
 
 
 def _clean_tenant(value: Any, source: str, header: str | None = None) -> str | None:
-    """``value`` stripped; None when empty; refused when too long or not printable."""
+    """``value`` (a header's stripped of the spaces around it); None when blank; refused when too long or not
+    printable. A user's or the callable's name is kept as it is: ``" acme"`` is another user than ``"acme"``, and
+    trimming it made the two one tenant, sharing a cache and budgets."""
     if value is None:
         return None
-    text = str(value).strip(" ")  # spaces only: str.strip() would also drop \x1c-\x1f, \x85 and U+2028 unseen
-    if not text:
+    text = str(value)
+    if not text.strip(" "):  # spaces only: str.strip() would also drop \x1c-\x1f, \x85 and U+2028 unseen
         return None
+    if source == "header":  # the spaces around a header's value are not part of it (HTTP's optional whitespace)
+        text = text.strip(" ")
     if len(text) > _MAX_TENANT:
         raise _TenantRefused("too_long", source, f"The tenant named by {_source_name(source, header)} is "
                              f"{len(text)} characters long; at most {_MAX_TENANT} are allowed.", header)

@@ -264,6 +264,8 @@ class _NamedBy:
     (_NamedBy("", broken=True), None),
     (_NamedBy("   "), None),  # a blank name names no one: refused (the header named it, or the default tenant)
     (_NamedBy("bob", "   "), "bob"),  # a blank identity: its display name
+    (_NamedBy(" acme"), " acme"),  # kept as it is: trimmed, it was user "acme"'s tenant (its cache, its budgets)
+    (_NamedBy("x", "acme "), "acme "),
 ])
 def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused(
         engine: llmbudget.Engine, user: Any, tenant: str | None) -> None:
@@ -332,6 +334,9 @@ def test_wsgi_remote_user_outranks_any_tenant_header(engine: llmbudget.Engine, t
     user = {"REMOTE_USER": "globex"}
     assert client.get("/info", headers={"x-tenant-id": "acme"}, environ_overrides=user).json["tenant"] == "globex"
     assert client.get("/info", headers={"x-tenant-id": "acme"}).json["tenant"] == ("acme" if trust else None)
+    # a user's name is kept as it is ("acme " is another account than "acme"); a header's spaces are not its value
+    assert client.get("/info", environ_overrides={"REMOTE_USER": "acme "}).json["tenant"] == "acme "
+    assert client.get("/info", headers={"x-tenant-id": " acme "}).json["tenant"] == ("acme" if trust else None)
 
 
 def test_wsgi_the_tenant_header_is_trusted_from_listed_proxies_only(engine: llmbudget.Engine) -> None:

@@ -150,7 +150,9 @@ class Route:
 
     ``None`` keeps the policy's setting. ``budgets`` replaces the policy's
     budgets for these paths (``[]``: none). ``enabled=False`` turns the
-    middleware off for them: no scope, no policy budgets, no headers.
+    middleware off for them: no tenant read, no policy budgets, no headers,
+    and their calls pass the cache, routing and directives by (with no
+    tenant they would all share one cache partition).
     ``cache=False`` keeps these paths' calls away from the engine's cache;
     ``routing=False`` keeps their model, a tier name forces that tier.
     ``output`` is a length directive for them (``Output(max_words=60)`` or

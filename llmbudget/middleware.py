@@ -576,7 +576,8 @@ class LLMBudgetMiddleware(_Core):
             return
         route = self.policy.for_path(path)
         if not route.enabled:
-            await self.app(scope, receive, send)
+            with _llm_scope(**_PASSING_BY):
+                await self.app(scope, receive, send)
             return
         request_id = self.request_id(_asgi_header(scope, self.policy.request_id_header))
         try:
@@ -784,6 +785,17 @@ def _environ_header_values(environ: Mapping[str, Any], name: str | None) -> list
         return [value.encode("utf-8", "surrogateescape")]
 
 
+#: A disabled route's scope: no tenant read, no budgets, and its calls pass the cache, the router and directives
+#: by (outside any scope they would all share the default tenant's cache partition, whoever made them).
+_PASSING_BY: dict[str, Any] = {"cache": False, "routing": False, "output": False}
+
+
+def _passing_by() -> contextvars.Context:
+    """Run in a throwaway copy of the caller's context: a snapshot with a disabled route's scope set."""
+    with _llm_scope(**_PASSING_BY):
+        return contextvars.copy_context()
+
+
 def _request_context(route: RoutePolicy, state: _WSGIRequest, path: str, **options: Any
                      ) -> tuple[Scope, contextvars.Context]:
     """Run in a throwaway copy of the caller's context: a snapshot with the request's scope set.
@@ -825,7 +837,12 @@ class LLMBudgetWSGIMiddleware(_Core):
             return [body]
         route = self.policy.for_path(path)
         if not route.enabled:
-            return self.app(environ, start_response)
+            context = contextvars.copy_context().run(_passing_by)
+            result = context.run(self.app, environ, start_response)
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(result, (list, tuple)) or (isinstance(file_wrapper, type) and isinstance(result, file_wrapper)):
+                return result  # nothing left to run: as it is (a file wrapper keeps the server's sendfile)
+            return _Body(context, result, lambda exc: None, lambda: None)
         started_at = time.perf_counter()
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")

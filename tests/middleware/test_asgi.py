@@ -261,8 +261,8 @@ def test_routes_turn_the_middleware_off_or_change_budgets(engine: llmbudget.Engi
         routes=(PolicyRoute("/admin/*", enabled=False), PolicyRoute("/caught", budgets=[])),
     )
     client = TestClient(build(policy))
-    assert client.get("/admin/info", headers={"x-tenant-id": "acme"}).json() == {
-        "tenant": None, "request_id": None, "route": None}
+    disabled = client.get("/admin/info", headers={"x-tenant-id": "acme"}).json()
+    assert (disabled["tenant"], disabled["route"]) == (None, None)  # no tenant read, no route's settings
     assert client.get("/info").json()["route"] is None
     # No budget on /caught: the call is sent (and fails to connect: nobody listens there).
     with pytest.raises(openai.APIConnectionError):

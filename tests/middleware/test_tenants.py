@@ -147,6 +147,22 @@ def test_asgi_the_cache_never_leaks_across_tenants_through_a_spoofed_header(cach
     assert upstream.calls == 3
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_disabled_routes_calls_never_share_one_cache_partition(cached_engine: llmbudget.Engine, kind: str) -> None:
+    """A disabled route names no tenant: its calls, outside any scope, read and wrote the default tenant's cache,
+    so user bob was served user alice's answer there. They now pass the cache (and the router) by."""
+    upstream = Upstream()
+    policy = Policy(routes=[llmbudget.config.Route("/chat", enabled=False)])
+    if kind == "asgi":
+        client = starlette_app(policy, upstream=upstream)
+        answers = [client.get("/chat", headers={"x-user": user}).json() for user in ("alice", "bob")]
+    else:
+        flask = flask_client(policy, upstream)
+        answers = [flask.get("/chat", environ_overrides={"REMOTE_USER": user}).json for user in ("alice", "bob")]
+    assert answers == [{"tenant": None, "answer": "answer #1"}, {"tenant": None, "answer": "answer #2"}]
+    assert upstream.calls == 2
+
+
 @dataclass
 class RawResponse:
     status_code: int

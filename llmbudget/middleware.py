@@ -607,7 +607,8 @@ class LLMBudgetMiddleware(_Core):
                     response_started = True
                     status = message.get("status")
                     if route.headers:
-                        present = {bytes(k).decode("latin-1").lower() for k, _ in message.get("headers", ())}
+                        present = {(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k)).lower()
+                                   for k, _ in message.get("headers", ())}  # str names, as some apps send, too
                         extra = [(k.encode("latin-1"), v.encode("latin-1"))
                                  for k, v in self.spend_headers(current, present)]
                         message = {**message, "headers": [*message.get("headers", ()), *extra]}

@@ -501,3 +501,28 @@ def test_a_user_whose_is_authenticated_is_a_method_is_read_by_calling_it(engine:
         client = TestClient(build(Policy(), middleware=[Middleware(AuthenticationMiddleware, backend=Auth())]))
         response = client.get("/info")
         assert response.status_code == 200 and response.json()["tenant"] == tenant
+
+
+def test_spend_headers_are_added_beside_header_names_an_app_sends_as_str(engine: llmbudget.Engine) -> None:
+    """ASGI wants bytes, but some apps send str names (and some servers take them): reading them must not fail
+    the request."""
+    import asyncio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [("content-type", "text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"", "headers": [],
+             "client": ("127.0.0.1", 1), "server": ("test", 80), "scheme": "http", "http_version": "1.1",
+             "asgi": {"version": "3.0"}, "root_path": ""}
+    asyncio.run(LLMBudgetMiddleware(app, policy=Policy(headers=True), install=False)(scope, receive, send))
+    names = [name for name, _ in sent[0]["headers"]]
+    assert sent[0]["status"] == 200 and names[0] == "content-type" and b"x-llmbudget-calls" in names

@@ -12,7 +12,6 @@ reservations and records the attempt.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import json
@@ -309,6 +308,7 @@ class Attempt:
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._broken_events = 0  # stream events that are not JSON
         self._sse = False
+        self._json_body = False
         self._events: list[Any] = []
         self._json: Any = None
         self._lookup: CacheLookup | None = None
@@ -841,6 +841,7 @@ class Attempt:
     def start_response(self, status: int, headers: Mapping[str, str]) -> None:
         self.status = status
         self._sse = "text/event-stream" in headers.get("content-type", "")
+        self._json_body = "json" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "").strip().lower()
         self._encoding = encoding
         if encoding in ("gzip", "x-gzip"):
@@ -1032,10 +1033,10 @@ class Attempt:
             usage = Usage()
             if error is not None and self.status is None and (
                     _timed_out_waiting(error) or (self.sent and _cancelled(error))):
-                # Sent whole, then no answer within the client's timeout, or the caller cancelled while it waited
-                # (asyncio.wait_for, a client gone): the provider goes on and bills the answer the app stopped
-                # waiting for. Charged its worst case (what its reservation held), never its input alone (60
-                # such calls spent 4x a tenant's budget).
+                # Sent whole, then no answer within the client's timeout, or the caller stopped waiting (a task
+                # cancelled by asyncio.wait_for or a client gone, a thread interrupted): the provider goes on and
+                # bills the answer nobody waits for. Charged its worst case (what its reservation held), never its
+                # input alone (60 such calls spent 4x a tenant's budget).
                 usage, estimated = self.worst_usage().replace(estimated=True), True
             elif error is not None and not _never_sent(error):
                 # It may have reached the provider: pay for what was sent.
@@ -1129,9 +1130,15 @@ class Attempt:
         """An answer (2xx) not read to its end: a stream's, what the server reported and the output seen (it stops
         generating when the client goes); a whole (non-streamed) one was generated and billed in full before its
         first byte was sent, so unless its usage was read, its worst case (what its reservation held)."""
-        if not self._sse and self.state.usage is None:
+        if self.state.usage is None and self._whole_answer_coming():
             return self.worst_usage().replace(estimated=True)
         return self._seen_usage()
+
+    def _whole_answer_coming(self) -> bool:
+        """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,
+        however labelled; not an ``error`` object) to a call that generates one (not an embedding)."""
+        return (self.status == 200 and not self._sse and self._json_body and self.call.endpoint != "embeddings"
+                and not self.call.body.get("stream") and not bytes(self._buffer[:64]).lstrip().startswith(b'{"error"'))
 
     def _seen_usage(self) -> Usage:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's
@@ -1288,8 +1295,9 @@ def _timed_out_waiting(error: BaseException) -> bool:
 
 
 def _cancelled(error: BaseException) -> bool:
-    """The caller's task was cancelled (asyncio's or trio's cancellation, which anyio raises)."""
-    return isinstance(error, asyncio.CancelledError) or type(error).__name__ == "Cancelled"
+    """The caller stopped waiting: its task was cancelled (asyncio's or trio's cancellation), or its thread was
+    interrupted (``KeyboardInterrupt``, a worker's ``SystemExit``, ``gevent.Timeout``): none is an ``Exception``."""
+    return not isinstance(error, Exception)
 
 
 def _describe(error: BaseException | None, status: int | None) -> str:

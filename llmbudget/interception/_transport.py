@@ -454,10 +454,12 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             self._attempt = attempt
 
         def __iter__(self) -> Iterator[bytes]:
+            self._attempt.sent = False  # sent again (a connection lost, a transport's own retry): not whole yet
             yield from self._inner
             self._attempt.sent = True
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
+            self._attempt.sent = False
             async for chunk in self._inner:
                 yield chunk
             self._attempt.sent = True

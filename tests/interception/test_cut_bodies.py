@@ -618,3 +618,53 @@ def test_a_call_cancelled_before_its_request_was_sent_is_not_charged_an_answer(e
     waited = [r for r in seen if r.usage.output_tokens == 0]
     assert len(seen) == 2 and len(waited) == 1  # the first was sent, so charged its worst case
     assert "CancelledError" in (waited[0].error or "")
+
+
+def _sdk_library() -> Any:
+    """httpx2 with openai >= 3, httpx with openai 2.x: the library of the SDK's own clients."""
+    return importlib.import_module(next(c.__module__ for c in openai.DefaultHttpxClient.__mro__
+                                        if c.__module__.startswith("httpx")).split(".")[0])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("sent_again", [False, True])
+def test_a_caller_stopped_after_sending_is_charged_the_worst_case_unless_a_resend_was_cut(
+        engine: llmbudget.Engine, records: list[Any], sent_again: bool, mode: str) -> None:
+    """A call whose caller stops waiting once the connection took its request whole (a thread's
+    KeyboardInterrupt or a worker's SystemExit; a task cancelled) is billed upstream: its worst case. One whose
+    transport began sending it again (a connection lost, a transport's own retry) and was stopped before the end
+    is not known to have reached anyone: its input estimate."""
+    library = _sdk_library()
+
+    class SendsThenStopped(library.BaseTransport):  # type: ignore[misc,name-defined]
+        def handle_request(self, request: Any) -> Any:
+            for _ in request.stream:  # written whole, as a connection does
+                pass
+            if sent_again:
+                next(iter(request.stream))  # the first bytes of a second try
+            raise KeyboardInterrupt
+
+    class SendsThenCancelled(library.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        async def handle_async_request(self, request: Any) -> Any:
+            async for _ in request.stream:
+                pass
+            if sent_again:
+                await request.stream.__aiter__().__anext__()
+            raise asyncio.CancelledError
+
+    if mode == "sync":
+        client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client(transport=SendsThenStopped()))
+        with pytest.raises(KeyboardInterrupt):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=500)
+    else:
+        async def main() -> None:
+            client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0,
+                                        http_client=llmbudget.async_http_client(transport=SendsThenCancelled()))
+            with pytest.raises(asyncio.CancelledError):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=500)
+
+        asyncio.run(main())
+    (record,) = records
+    assert record.estimated and ("KeyboardInterrupt" in (record.error or "") or "Cancelled" in (record.error or ""))
+    assert record.usage.output_tokens == (0 if sent_again else 500)

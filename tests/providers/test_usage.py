@@ -546,6 +546,27 @@ def test_an_answer_left_unread_is_charged_its_worst_case_unless_streamed(engine:
     assert 0 < record.usage.output_tokens if sse else record.cost_usd == attempt.worst_case_usd()
 
 
+@pytest.mark.parametrize(("case", "path", "body", "content_type", "start"), [
+    ("a stream labelled JSON", "/v1/chat/completions", {**CHAT_BODY, "stream": True}, "application/json",
+     b'data: {"choices": [{"delta": {"content": "Paris is"}}]}\n\n'),
+    ("a proxy's HTML page", "/v1/chat/completions", {**CHAT_BODY, "stream": False}, "text/html", b"<html><body>Sign"),
+    ("an error object", "/v1/chat/completions", {**CHAT_BODY, "stream": False}, "application/json",
+     b'{"error": {"message": "over'),
+    ("an embedding", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello"}, "application/json",
+     b'{"object": "list", "data": [{"embedding": [0.1,'),
+])
+def test_only_a_whole_generated_answer_cut_short_is_charged_its_worst_case(
+        engine: llmbudget.Engine, case: str, path: str, body: dict[str, Any], content_type: str, start: bytes) -> None:
+    """A cut 200 is charged its worst case only when it is a whole answer under way: not a stream (whatever its
+    content-type), a page that is no answer, an error object, or an embedding (its input is all it bills)."""
+    attempt = _begin(engine, body, path)
+    attempt.start_response(200, {"content-type": content_type})
+    attempt.feed(start)
+    record = attempt.finish(complete=False)
+    assert record is not None and record.estimated
+    assert record.cost_usd < attempt.worst_case_usd(), case
+
+
 def test_a_read_timeout_after_an_error_status_is_not_charged_the_worst_case(engine: llmbudget.Engine) -> None:
     """A 429 whose body timed out is the provider's refusal, answered: charged as failed calls are (its input
     estimate), not the worst case of an answer it never produced."""

@@ -184,7 +184,23 @@ def render(stored: dict[str, Any], call: Call) -> tuple[bytes, str]:
         return _render_responses(stored, call, now)
     if kind == "messages":
         return _render_messages(stored, call)
-    return json.dumps(stored["body"]).encode(), "application/json"
+    body = stored["body"]
+    if isinstance(body, dict) and isinstance(body.get("id"), str):  # a completion: an id and a time of its own
+        body = {**body, "id": _fresh_id(body["id"]), **({"created": now} if "created" in body else {})}
+    return json.dumps(body).encode(), "application/json"
+
+
+def _fresh_id(ident: str) -> str:
+    """A new id shaped as ``ident`` (its ``cmpl-``, ``msg_``, ``rs_``... prefix kept)."""
+    for sep in ("_", "-"):
+        if sep in ident:
+            return f"{ident.split(sep, 1)[0]}{sep}{uuid.uuid4().hex}"
+    return uuid.uuid4().hex
+
+
+#: What a Responses object echoes of its request without it deciding the answer (so not in the cache key): a hit
+#: echoes the caller's own, never the first caller's (its metadata, its user).
+_ECHOED = {"metadata": {}, "user": None, "safety_identifier": None, "prompt_cache_key": None}
 
 
 def _render_chat(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, str]:
@@ -215,6 +231,15 @@ def _render_responses(stored: dict[str, Any], call: Call, now: int) -> tuple[byt
     response = dict(stored["response"])
     response["id"] = f"resp_{uuid.uuid4().hex}"
     response["created_at"] = now
+    for field, absent in _ECHOED.items():
+        if field in response:
+            response[field] = call.body.get(field, absent)
+    tier = call.body.get("service_tier")
+    if "service_tier" in response and isinstance(tier, str):  # what the caller asked for, not the first caller
+        response["service_tier"] = "default" if tier == "auto" else tier
+    if isinstance(response.get("output"), list):  # items of their own, as a new answer's
+        response["output"] = [{**item, "id": _fresh_id(item["id"])} if isinstance(item, dict) and
+                              isinstance(item.get("id"), str) else item for item in response["output"]]
     if not call.stream:
         return json.dumps(response).encode(), "application/json"
     events: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
@@ -392,8 +393,12 @@ def _unprobed(httpx: ModuleType, response: Any, attempt: Attempt) -> Any:
 
 
 def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
+    """A hit's response, with a request id of its own as a provider's carries one (the SDKs' ``_request_id``):
+    ``x-request-id`` (OpenAI's) and ``request-id`` (Anthropic's), each ``llmbudget-cache-...``."""
     body, content_type = cached
-    return httpx.Response(200, headers={"content-type": content_type}, content=body)
+    ident = f"llmbudget-cache-{uuid.uuid4().hex}"
+    return httpx.Response(200, headers={"content-type": content_type, "x-request-id": ident, "request-id": ident},
+                          content=body)
 
 
 def _build(httpx: ModuleType) -> tuple[type, type]:

@@ -100,7 +100,35 @@ def test_responses_json_and_sse_hits():
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Paris."
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    assert storable(call, events=sse_events(stream_body))["response"]["output"] == RESPONSE["output"]
+    restored = storable(call, events=sse_events(stream_body))["response"]["output"]
+    assert [{**item, "id": None} for item in restored] == [{**item, "id": None} for item in RESPONSE["output"]]
+
+
+def test_a_responses_hit_echoes_its_own_callers_fields_with_items_of_its_own():
+    """A Responses object echoes the request's metadata, user and tier: a hit gave Bob Alice's (her metadata,
+    her user id, her tier), and the first answer's item ids."""
+    alice = {**RESPONSE, "metadata": {"order": "A-1"}, "user": "alice", "safety_identifier": "alice-hash",
+             "service_tier": "default"}
+    stored = storable(call_of({**ASK_RESPONSES, "metadata": {"order": "A-1"}, "user": "alice"}, "responses"),
+                      body=alice)
+    bob = call_of({**ASK_RESPONSES, "metadata": {"order": "B-2"}, "user": "bob", "service_tier": "priority"},
+                  "responses")
+    answer = Response.model_validate_json(render(stored, bob)[0])
+    assert (answer.metadata, answer.user, answer.safety_identifier, answer.service_tier) == (
+        {"order": "B-2"}, "bob", None, "priority")
+    assert answer.output[0].id.startswith("msg_") and answer.output[0].id != "msg_1"
+    streamed = sse_events(render(stored, call_of({**ASK_RESPONSES, "stream": True}, "responses"))[0])
+    assert streamed[-1]["response"]["metadata"] == {} and streamed[-1]["response"]["user"] is None
+
+
+def test_a_completions_hit_has_an_id_and_time_of_its_own():
+    original = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                "choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    call = call_of({"model": "gpt-3.5-turbo-instruct", "prompt": "Capital of France?"}, "completions")
+    answer = json.loads(render(storable(call, body=original), call)[0])
+    assert answer["id"].startswith("cmpl-") and answer["id"] != "cmpl-1" and answer["created"] > 1
+    assert answer["choices"] == original["choices"]
 
 
 def test_responses_with_tool_calls_are_not_stored():

@@ -33,6 +33,8 @@ def test_a_repeat_is_answered_from_the_cache_without_reaching_the_server(cached,
     assert len(server.received) == 1
     assert again.choices[0].message.content == first.choices[0].message.content
     assert again.usage == first.usage and again.model == first.model and again.id != first.id
+    # a request id of its own, as every answer has (the SDK's _request_id, in logs and support tickets)
+    assert again._request_id is not None and again._request_id.startswith("llmbudget-cache-")
     miss, hit = records
     assert not miss.from_cache and miss.cost_usd > 0
     assert hit.from_cache and hit.cache_tier == "exact" and hit.cost_usd == 0 and hit.saved_usd == miss.cost_usd

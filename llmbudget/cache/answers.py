@@ -35,8 +35,8 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
                 return None
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict) or delta.get("tool_calls") or delta.get("function_call") \
-                    or delta.get("audio") or delta.get("refusal"):
-                return None  # a tool call (a forced one ends in "stop"), audio or a refusal: never kept
+                    or delta.get("audio") or delta.get("refusal") or _reasons(delta):
+                return None  # a tool call (a forced one ends in "stop"), audio, a refusal or reasoning: never kept
             if isinstance(delta.get("content"), str):
                 text.append(delta["content"])
             if choice.get("finish_reason"):
@@ -46,6 +46,12 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
     message = {"role": "assistant", "content": "".join(text), "refusal": None}
     return {"kind": "chat", "model": model, "message": message, "finish_reason": finish, "usage": usage,
             "system_fingerprint": fingerprint}
+
+
+def _reasons(message: dict[str, Any]) -> bool:
+    """A chat message or delta that carries reasoning text beside its answer (``reasoning_content`` of DeepSeek,
+    vLLM and llama.cpp servers; ``reasoning``): a hit, rendered from the answer alone, would lose it."""
+    return any(isinstance(message.get(key), str) and message[key] for key in ("reasoning_content", "reasoning"))
 
 
 def _with_usage(stored: dict[str, Any] | None, call: Call) -> dict[str, Any] | None:
@@ -116,7 +122,7 @@ def storable(call: Call, *, body: Any = None, events: list[Any] | None = None) -
         if choice.get("finish_reason") != "stop" or not isinstance(message, dict):
             return None
         if message.get("tool_calls") or message.get("function_call") or message.get("audio") \
-                or message.get("refusal"):
+                or message.get("refusal") or _reasons(message):
             return None
         return {"kind": "chat", "model": body.get("model"), "message": message, "finish_reason": "stop",
                 "usage": body.get("usage"), "system_fingerprint": body.get("system_fingerprint")}

@@ -164,3 +164,15 @@ def test_a_refusal_is_never_stored():
     body["output"][0]["content"] = [{"type": "refusal", "refusal": "I can't help with that."}]
     assert storable(call_of(ASK_RESPONSES, "responses"), body=Response.model_validate(body).model_dump(mode="json")) \
         is None
+
+
+def test_an_answer_with_reasoning_text_is_never_stored():
+    """DeepSeek, vLLM and llama.cpp servers send the reasoning as ``reasoning_content`` beside the answer: a hit,
+    rendered from the answer alone, lost it."""
+    reasoned = json.loads(json.dumps(ORIGINAL))
+    reasoned["choices"][0]["message"]["reasoning_content"] = "The capital of France is Paris."
+    assert storable(call_of(ASK), body=reasoned) is None
+    streamed = [_chunk({"role": "assistant", "content": "", "reasoning_content": "France's capital..."}),
+                _chunk({"content": "Paris."}), _chunk({}, "stop")]
+    assert storable(call_of({**ASK, "stream": True}), events=streamed) is None
+    assert storable(call_of({**ASK, "stream": True}), events=[_chunk({"content": "Paris."}), _chunk({}, "stop")])

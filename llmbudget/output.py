@@ -195,10 +195,15 @@ def apply_directive(endpoint: str, body: dict[str, Any], output: Output) -> tupl
     if not isinstance(messages, list) or not messages:
         return None
     first = messages[0]
-    if isinstance(first, dict) and first.get("role") in ("system", "developer") and isinstance(first.get("content"),
-                                                                                               str):
-        return {**body, "messages": [{**first, "content": f"{first['content']}\n\n{text}"}, *messages[1:]]}, \
-            first["role"]
+    if isinstance(first, dict) and first.get("role") in ("system", "developer"):
+        content = first.get("content")
+        if isinstance(content, str):
+            return {**body, "messages": [{**first, "content": f"{content}\n\n{text}"}, *messages[1:]]}, \
+                first["role"]
+        if isinstance(content, list):  # content parts: one more (a second system message first broke templates)
+            return {**body, "messages": [{**first, "content": [*content, {"type": "text", "text": text}]},
+                                         *messages[1:]]}, first["role"]
+        return None
     return {**body, "messages": [{"role": "system", "content": text}, *messages]}, "system"
 
 
@@ -253,8 +258,8 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
         return count * (item + 1) + 2
     if kind == "object":
         properties = schema.get("properties")
-        if not isinstance(properties, Mapping):
-            return None
+        if not isinstance(properties, Mapping) or schema.get("additionalProperties") is not False:
+            return None  # properties beyond those listed may come (a schema that is not strict): unbounded
         total = 2
         for name, sub in properties.items():
             bound = _bound(sub, defs, depth + 1)

@@ -35,6 +35,12 @@ def test_the_directive_goes_into_the_system_message_and_a_looser_cap_comes_with_
     assert body["messages"][0] == {"role": "system", "content": "Answer in at most 120 words."}
     body, where = apply_directive("chat.completions", chat(("developer", "Be nice."), ("user", "Hi")), out)
     assert where == "developer" and body["messages"][0]["content"].endswith("at most 120 words.")
+    # a system prompt in content parts: one part more, never a second system message before the app's own
+    parts = [{"type": "text", "text": "You help with bikes."}]
+    body, where = apply_directive("chat.completions", {"model": "m", "messages": [
+        {"role": "system", "content": parts}, {"role": "user", "content": "Hi"}]}, out)
+    assert where == "system" and len(body["messages"]) == 2
+    assert body["messages"][0]["content"] == [*parts, {"type": "text", "text": "Answer in at most 120 words."}]
     body, where = apply_directive("responses", {"model": "m", "input": "Hi"}, out)
     assert (where, body["instructions"]) == ("instructions", "Answer in at most 120 words.")
     body, where = apply_directive("messages", {"model": "claude-haiku-4-5", "max_tokens": 900, "system": "Be nice.",
@@ -67,7 +73,7 @@ def test_schema_caps_come_from_the_schemas_bounds():
     bounded = {"type": "object", "properties": {
         "title": {"type": "string", "maxLength": 60},
         "tags": {"type": "array", "maxItems": 5, "items": {"type": "string", "maxLength": 12}},
-        "score": {"type": "integer"}, "kind": {"enum": ["a", "bb", "ccc"]}}}
+        "score": {"type": "integer"}, "kind": {"enum": ["a", "bb", "ccc"]}}, "additionalProperties": False}
     body = chat(("user", "Tag this"), response_format={"type": "json_schema",
                                                         "json_schema": {"name": "t", "schema": bounded}})
     cap = schema_cap(body)
@@ -76,6 +82,10 @@ def test_schema_caps_come_from_the_schemas_bounds():
     assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
                                                            "json_schema": {"name": "t", "schema": unbounded}})) is None
     assert schema_cap(chat(("user", "x"))) is None
+    # not strict, properties beyond the listed ones may come ("reason": ...): no bound, or valid JSON was cut
+    loose = {key: value for key, value in bounded.items() if key != "additionalProperties"}
+    assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
+                                                           "json_schema": {"name": "t", "schema": loose}})) is None
 
 
 def test_bad_settings_are_refused_with_the_key_named():
@@ -191,7 +201,7 @@ def test_a_schema_cap_leaves_room_for_strings_of_a_token_per_character():
     schema = {"type": "object", "required": ["summary", "tags"], "properties": {
         "summary": {"type": "string", "maxLength": 120},
         "tags": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 8}},
-        "year": {"type": "integer"}}}
+        "year": {"type": "integer"}}, "additionalProperties": False}
     body = chat(("user", "总结"), response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
     cap = schema_cap(body)
     longest = {"summary": "这是一个非常长的中文摘要，用来测试输出上限是否足够。" * 5, "tags": ["机器学习与人工智能"[:8]] * 3,
@@ -229,7 +239,8 @@ def test_a_routed_body_loses_what_its_new_model_refuses():
 def test_anthropic_structured_outputs_as_the_sdk_sends_them_get_no_directive():
     # anthropic 2.x sends a schema (messages.parse too) as output_config.format, not output_format: such a
     # request got "Answer in at most 40 words." and a 130-token cap, and its JSON came back cut
-    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}}}
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}},
+              "additionalProperties": False}
     body = {"model": "claude-haiku-4-5", "max_tokens": 4000, "messages": [{"role": "user", "content": "Classify"}],
             "output_config": {"format": {"type": "json_schema", "schema": schema}}}
     assert wants_json(body) and apply_directive("messages", body, Output(max_words=40)) is None
@@ -237,7 +248,7 @@ def test_anthropic_structured_outputs_as_the_sdk_sends_them_get_no_directive():
 
 
 def test_a_schema_cap_never_bounds_a_tool_call():
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "additionalProperties": False}
     body = chat(("user", "Write the file, then say ok"), response_format={
         "type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
         tools=[{"type": "function", "function": {"name": "write_file", "parameters": {"type": "object"}}}])
@@ -252,7 +263,8 @@ def test_an_enum_of_ids_is_bounded_by_its_bytes():
 
     ids = [str(uuid.UUID(int=i * 7919 + 10**30)) for i in range(40)]
     schema = {"type": "object", "properties": {"ids": {"type": "array", "maxItems": 10,
-                                                       "items": {"type": "string", "enum": ids}}}}
+                                                       "items": {"type": "string", "enum": ids}}},
+              "additionalProperties": False}
     body = chat(("user", "Pick ten"), response_format={"type": "json_schema", "json_schema": {"name": "p",
                                                                                                "schema": schema}})
     longest = json.dumps({"ids": ids[:10]}, indent=2)

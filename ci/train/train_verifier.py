@@ -35,6 +35,20 @@ diagonal metric on aligned tokens 0.172 / 0.545; 1,000 depth-5 trees 0.221 /
 frozen WordLlama token vectors (torch, 4 epochs) alone AUC 0.868, 0.061 / 0.367
 (underfit; not stacked).  Shipped: 0.197 / 0.554.
 
+LLM-written rewordings added to training (the pairs of ``ci/build_llm_rewordings.py``'s sources that its
+set does not use; measured through ``eval cache --mode replay`` on that set, whose sources the added pairs
+are not from where marked "unseen", and on the near-miss sets of ``ci/build_fresh_near_misses.py`` and
+``ci/build_near_miss_pairs.py``):
+- 780 KEBench ChatGPT paraphrases: MQuAKE (unseen) rewordings found 7 -> 58 of 150, KEBench's own 9 -> 160
+  of 220, Quora non-duplicates served 8 -> 6, near misses served 0 -> 1 and 1 -> 1; QQP R@P0.9 0.188.  Not
+  usable: KEBench (Hi-archers/StableKE) has no licence.
+- 800 MQuAKE gpt-3.5 phrasing pairs (MIT): KEBench (unseen) 9 -> 42 of 220, APTY 43 -> 44, GSM-Plus 13 -> 20,
+  Quora non-duplicates served 8 -> 6; but near misses served 0 -> 3 and 1 -> 2 ("which formula averages
+  column B" answered with the entry for "... sums column B"), Quora replay precision 0.879 -> 0.868.  With all
+  2,648 MQuAKE pairs and 2,080 of its single-hop / two-hop questions as negatives the threshold rose to 0.95
+  and QQP recall fell to 0.03.  Not shipped: more rewordings found, at the cost of near misses served, which
+  the cache must never do.
+
 Run from the project root (deterministic; about 3-4 minutes on 2 cores)::
 
     .venv/bin/python ci/train/train_verifier.py             # writes the weights

@@ -951,13 +951,17 @@ async def _in_context_async(context: contextvars.Context, chunks: AsyncIterable[
     """``chunks`` read inside ``context`` (an async streamed response's generator, which Django under ASGI reads
     after the request's scope ended: each step runs as a task in that context)."""
     iterator = chunks.__aiter__()
+
+    async def step() -> Any:
+        return await iterator.__anext__()
+
     try:
         while True:
-            step = iterator.__anext__()
+            task: asyncio.Task[Any]
             if sys.version_info >= (3, 11):
-                task = asyncio.get_running_loop().create_task(step, context=context)  # type: ignore[call-arg]
+                task = asyncio.get_running_loop().create_task(step(), context=context)
             else:  # a task runs in a copy of the context current when it is made
-                task = context.run(asyncio.ensure_future, step)
+                task = context.run(asyncio.ensure_future, step())
             try:
                 yield await task
             except StopAsyncIteration:

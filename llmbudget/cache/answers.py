@@ -206,7 +206,7 @@ def _fresh_id(ident: str) -> str:
 
 #: What a Responses object echoes of its request without it deciding the answer (so not in the cache key): a hit
 #: echoes the caller's own, never the first caller's (its metadata, its user).
-_ECHOED = {"metadata": {}, "user": None, "safety_identifier": None, "prompt_cache_key": None}
+_ECHOED: dict[str, Any] = {"metadata": {}, "user": None, "safety_identifier": None, "prompt_cache_key": None}
 
 
 def _render_chat(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, str]:

@@ -152,7 +152,8 @@ class Route:
     budgets for these paths (``[]``: none). ``enabled=False`` turns the
     middleware off for them: no tenant read, no policy budgets, no headers,
     and their calls pass the cache, routing and directives by (with no
-    tenant they would all share one cache partition).
+    tenant they would all share one cache partition), unless the app opens
+    its own ``llmbudget.scope(tenant=...)`` there.
     ``cache=False`` keeps these paths' calls away from the engine's cache;
     ``routing=False`` keeps their model, a tier name forces that tier.
     ``output`` is a length directive for them (``Output(max_words=60)`` or

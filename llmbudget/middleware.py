@@ -33,7 +33,17 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -576,7 +586,8 @@ class LLMBudgetMiddleware(_Core):
             return
         route = self.policy.for_path(path)
         if not route.enabled:
-            with _llm_scope(**_PASSING_BY):
+            with _llm_scope(**_PASSING_BY) as passing:
+                passing.passing_by = True
                 await self.app(scope, receive, send)
             return
         request_id = self.request_id(_asgi_header(scope, self.policy.request_id_header))
@@ -793,7 +804,8 @@ _PASSING_BY: dict[str, Any] = {"cache": False, "routing": False, "output": False
 
 def _passing_by() -> contextvars.Context:
     """Run in a throwaway copy of the caller's context: a snapshot with a disabled route's scope set."""
-    with _llm_scope(**_PASSING_BY):
+    with _llm_scope(**_PASSING_BY) as passing:
+        passing.passing_by = True
         return contextvars.copy_context()
 
 
@@ -839,9 +851,16 @@ class LLMBudgetWSGIMiddleware(_Core):
         route = self.policy.for_path(path)
         if not route.enabled:
             context = contextvars.copy_context().run(_passing_by)
-            result = context.run(self.app, environ, start_response)
+            wrapped: list[Any] = []
             file_wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(result, (list, tuple)) or (isinstance(file_wrapper, type) and isinstance(result, file_wrapper)):
+            if callable(file_wrapper):  # what it returns is what the server may send with sendfile (uWSGI: by identity)
+                def recorded(*args: Any, **kwargs: Any) -> Any:
+                    wrapped.append(file_wrapper(*args, **kwargs))
+                    return wrapped[-1]
+
+                environ["wsgi.file_wrapper"] = recorded
+            result = context.run(self.app, environ, start_response)
+            if isinstance(result, (list, tuple)) or any(result is w for w in wrapped):
                 return result  # nothing left to run: as it is (a file wrapper keeps the server's sendfile)
             return _Body(context, result, lambda exc: None, lambda: None)
         started_at = time.perf_counter()
@@ -955,21 +974,24 @@ async def _in_context_async(context: contextvars.Context, chunks: AsyncIterable[
     async def step() -> Any:
         return await iterator.__anext__()
 
+    async def close() -> None:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def in_context(work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        if sys.version_info >= (3, 11):  # the same context every step: what the generator sets lasts
+            return asyncio.get_running_loop().create_task(work, context=context)
+        return context.run(asyncio.ensure_future, work)  # (3.10: a copy of it; the scope is there at each step)
+
     try:
         while True:
-            task: asyncio.Task[Any]
-            if sys.version_info >= (3, 11):
-                task = asyncio.get_running_loop().create_task(step(), context=context)
-            else:  # a task runs in a copy of the context current when it is made
-                task = context.run(asyncio.ensure_future, step())
             try:
-                yield await task
+                yield await in_context(step())
             except StopAsyncIteration:
                 return
     finally:
-        close = getattr(iterator, "aclose", None)
-        if close is not None:
-            await close()
+        await in_context(close())
 
 
 class LLMBudgetDjangoMiddleware:
@@ -980,7 +1002,8 @@ class LLMBudgetDjangoMiddleware:
     too, and, placed after ``AuthenticationMiddleware``, ``request.user`` names the tenant (as ``REMOTE_USER``
     does). The policy is ``settings.LLMBUDGET_POLICY`` (a :class:`Policy`), else :meth:`Policy.discover`'s.
     Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s (sync) generator runs in the
-    request's scope too, and so does an async one's under ASGI.
+    request's scope too, and so does an async one's under ASGI (on Python 3.10 each of its steps gets a copy of
+    the request's context: what the generator itself sets in contextvars does not last past a ``yield`` there).
     """
 
     sync_capable = True

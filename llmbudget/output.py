@@ -258,7 +258,8 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
         return count * (item + 1) + 2
     if kind == "object":
         properties = schema.get("properties")
-        if not isinstance(properties, Mapping) or schema.get("additionalProperties") is not False:
+        if not isinstance(properties, Mapping) or schema.get("additionalProperties") is not False \
+                or schema.get("patternProperties") or schema.get("unevaluatedProperties", False) is not False:
             return None  # properties beyond those listed may come (a schema that is not strict): unbounded
         total = 2
         for name, sub in properties.items():

@@ -1031,12 +1031,13 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and self.status is None and (
+            if error is not None and self.status is None and not self.call.stream and (
                     _timed_out_waiting(error) or (self.sent and _cancelled(error))):
                 # Sent whole, then no answer within the client's timeout, or the caller stopped waiting (a task
                 # cancelled by asyncio.wait_for or a client gone, a thread interrupted): the provider goes on and
                 # bills the answer nobody waits for. Charged its worst case (what its reservation held), never its
-                # input alone (60 such calls spent 4x a tenant's budget).
+                # input alone (60 such calls spent 4x a tenant's budget). A stream is not: it stops generating
+                # when its reader goes.
                 usage, estimated = self.worst_usage().replace(estimated=True), True
             elif error is not None and not _never_sent(error):
                 # It may have reached the provider: pay for what was sent.

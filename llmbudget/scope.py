@@ -71,6 +71,9 @@ class Scope:
     totals: Totals = field(default_factory=Totals)
     #: Per-request budgets count in memory, in the scope itself.
     store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
+    #: A disabled route's scope (the middleware's): its calls name no tenant, so they pass the cache, routing and
+    #: directives by; a scope inside it that names a tenant does not inherit that.
+    passing_by: bool = field(default=False, repr=False)
 
     def add(self, record: SpendRecord) -> None:
         node: Scope | None = self
@@ -146,19 +149,21 @@ def scope(
 
         output = Output.of(output, "scope(output=...)")
     parent = _current.get()
+    # a disabled route's settings are for calls that name no tenant: a scope naming one starts from the defaults
+    settings = None if parent is not None and parent.passing_by and tenant is not None else parent
     new = Scope(
         tenant=tenant if tenant is not None else (parent.tenant if parent else None),
         request_id=request_id or (parent.request_id if parent else uuid.uuid4().hex),
         test_id=test_id if test_id is not None else (parent.test_id if parent else None),
         budgets=tuple(budgets),
         parent=parent,
-        cache=cache if cache is not None else (parent.cache if parent else None),
-        routing=routing if routing is not None else (parent.routing if parent else None),
+        cache=cache if cache is not None else (settings.cache if settings else None),
+        routing=routing if routing is not None else (settings.routing if settings else None),
         on_budget=on_budget or (parent.on_budget if parent else None),
         downgrade_to=downgrade_to or (parent.downgrade_to if parent else None),
         cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
-        output=output if output is not None else (parent.output if parent else None),
-        defer=defer if defer is not None else (parent.defer if parent else None),
+        output=output if output is not None else (settings.output if settings else None),
+        defer=defer if defer is not None else (settings.defer if settings else None),
     )
     token = _current.set(new)
     try:

@@ -240,7 +240,7 @@ def _render_responses(stored: dict[str, Any], call: Call, now: int) -> tuple[byt
     for field, absent in _ECHOED.items():
         if field in response:
             response[field] = call.body.get(field, absent)
-    tier = call.body.get("service_tier")
+    tier = call.body.get("service_tier") or "auto"
     if "service_tier" in response and isinstance(tier, str):  # what the caller asked for, not the first caller
         response["service_tier"] = "default" if tier == "auto" else tier
     if isinstance(response.get("output"), list):  # items of their own, as a new answer's

@@ -108,7 +108,7 @@ def test_a_responses_hit_echoes_its_own_callers_fields_with_items_of_its_own():
     """A Responses object echoes the request's metadata, user and tier: a hit gave Bob Alice's (her metadata,
     her user id, her tier), and the first answer's item ids."""
     alice = {**RESPONSE, "metadata": {"order": "A-1"}, "user": "alice", "safety_identifier": "alice-hash",
-             "service_tier": "default"}
+             "service_tier": "flex"}
     stored = storable(call_of({**ASK_RESPONSES, "metadata": {"order": "A-1"}, "user": "alice"}, "responses"),
                       body=alice)
     bob = call_of({**ASK_RESPONSES, "metadata": {"order": "B-2"}, "user": "bob", "service_tier": "priority"},
@@ -119,6 +119,7 @@ def test_a_responses_hit_echoes_its_own_callers_fields_with_items_of_its_own():
     assert answer.output[0].id.startswith("msg_") and answer.output[0].id != "msg_1"
     streamed = sse_events(render(stored, call_of({**ASK_RESPONSES, "stream": True}, "responses"))[0])
     assert streamed[-1]["response"]["metadata"] == {} and streamed[-1]["response"]["user"] is None
+    assert streamed[-1]["response"]["service_tier"] == "default"  # asked for none: not the first caller's
 
 
 def test_a_completions_hit_has_an_id_and_time_of_its_own():

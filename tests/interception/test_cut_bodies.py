@@ -668,3 +668,27 @@ def test_a_caller_stopped_after_sending_is_charged_the_worst_case_unless_a_resen
     (record,) = records
     assert record.estimated and ("KeyboardInterrupt" in (record.error or "") or "Cancelled" in (record.error or ""))
     assert record.usage.output_tokens == (0 if sent_again else 500)
+
+
+def test_a_stream_cancelled_before_its_first_byte_is_charged_its_input_not_an_answer(
+        engine: llmbudget.Engine, records: list[Any]) -> None:
+    """A stream stops generating when its reader goes: one cancelled while it waited for its first byte (a user
+    pressing stop) is charged its input, as one cut after a few events is, never the 4,000 tokens it may have."""
+    library = _sdk_library()
+
+    class SendsThenCancelled(library.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        async def handle_async_request(self, request: Any) -> Any:
+            async for _ in request.stream:
+                pass
+            raise asyncio.CancelledError
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0,
+                                    http_client=llmbudget.async_http_client(transport=SendsThenCancelled()))
+        with pytest.raises(asyncio.CancelledError):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=4000,
+                                                 stream=True)
+
+    asyncio.run(main())
+    (record,) = records
+    assert record.estimated and record.usage.output_tokens == 0 and record.usage.input_tokens > 0

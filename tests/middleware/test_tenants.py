@@ -163,6 +163,26 @@ def test_a_disabled_routes_calls_never_share_one_cache_partition(cached_engine: 
     assert upstream.calls == 2
 
 
+def test_a_scope_the_app_opens_on_a_disabled_route_with_its_own_tenant_keeps_the_cache(
+        cached_engine: llmbudget.Engine) -> None:
+    """A route disabled so that the app names the tenant itself: its own scope(tenant=...) inherits none of the
+    pass-by settings, so its calls are cached (in its tenant's partition) as anywhere else."""
+    upstream = Upstream()
+    llm = upstream.client()
+
+    async def own(request: Request) -> JSONResponse:
+        with llmbudget.scope(tenant=request.query_params["org"]) as inner:
+            answer = llm.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=8)
+            return JSONResponse({"cache": inner.cache, "answer": answer.choices[0].message.content})
+
+    app = Starlette(routes=[Route("/own", own)], middleware=[Middleware(
+        LLMBudgetMiddleware, policy=Policy(routes=[llmbudget.config.Route("/own", enabled=False)]))])
+    client = TestClient(app)
+    first, again = (client.get("/own?org=acme").json() for _ in range(2))
+    assert first == again == {"cache": None, "answer": "answer #1"}  # the second, acme's hit
+    assert client.get("/own?org=globex").json()["answer"] == "answer #2"
+
+
 @dataclass
 class RawResponse:
     status_code: int

@@ -301,3 +301,25 @@ def test_a_wsgi_middleware_added_twice_serves_each_request_once(engine: llmbudge
     outer = LLMBudgetWSGIMiddleware(inner, policy=Policy(headers=True, trust_tenant_header=True), install=False)
     answer = Client(outer).get("/x", headers={"x-tenant-id": "acme"})
     assert answer.get_data() == b"acme" and answer.headers.getlist("x-llmbudget-calls") == ["0"]
+
+
+def test_a_disabled_routes_file_wrapper_reaches_the_server_as_it_made_it(engine: llmbudget.Engine) -> None:
+    """A server may send a file wrapper's file with sendfile only when it gets back the very object its
+    ``wsgi.file_wrapper`` made (uWSGI's is a function, not a class): a disabled route returns it untouched."""
+    import io
+
+    made: list[Any] = []
+
+    def file_wrapper(handle: Any, size: int = 8192) -> Any:  # uWSGI's is a function
+        made.append(iter(lambda: handle.read(size), b""))
+        return made[-1]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"static bytes"))
+
+    policy = Policy(routes=[llmbudget.config.Route("/static/*", enabled=False)])
+    middleware = LLMBudgetWSGIMiddleware(app, policy=policy, install=False)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/static/a.css", "wsgi.file_wrapper": file_wrapper}
+    result = middleware(environ, lambda status, headers, exc_info=None: None)
+    assert made and result is made[0] and b"".join(result) == b"static bytes"

@@ -84,8 +84,10 @@ def test_schema_caps_come_from_the_schemas_bounds():
     assert schema_cap(chat(("user", "x"))) is None
     # not strict, properties beyond the listed ones may come ("reason": ...): no bound, or valid JSON was cut
     loose = {key: value for key, value in bounded.items() if key != "additionalProperties"}
-    assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
-                                                           "json_schema": {"name": "t", "schema": loose}})) is None
+    patterned = {**bounded, "patternProperties": {"^x-": {"type": "string", "maxLength": 5}}}
+    for schema in (loose, patterned):
+        assert schema_cap(chat(("user", "x"), response_format={"type": "json_schema",
+                                                               "json_schema": {"name": "t", "schema": schema}})) is None
 
 
 def test_bad_settings_are_refused_with_the_key_named():

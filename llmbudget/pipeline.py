@@ -1257,10 +1257,13 @@ def _sse_payloads(text: str, state: ResponseState) -> tuple[list[str], str]:
 
 
 # Provider endpoints that bill but that llmbudget has no adapter for: images, audio, an app's own Batch API jobs
-# (batches made with llmbudget.defer("batch") are priced), fine-tuning, video. Their calls pass through, said once.
+# (batches made with llmbudget.defer("batch") are priced), fine-tuning, video, Assistants and evals runs,
+# Anthropic's legacy completions, and Claude on Bedrock and Vertex (the anthropic SDK's AnthropicBedrock and
+# AnthropicVertex name the model in the path). Their calls pass through, said once.
 _UNPRICED_ENDPOINTS = ("/images/generations", "/images/edits", "/images/variations", "/audio/speech",
                        "/audio/transcriptions", "/audio/translations", "/batches", "/fine_tuning/jobs", "/videos",
-                       "/realtime/sessions", "/realtime/client_secrets")
+                       "/realtime/sessions", "/realtime/client_secrets", "/runs", "/v1/complete", "/invoke",
+                       "/invoke-with-response-stream", ":rawPredict", ":streamRawPredict")
 
 
 _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_internal_requests", default=False)

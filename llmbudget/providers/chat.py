@@ -104,7 +104,7 @@ class ChatAdapter(Adapter):
                 state.finish_reasons.append(reason)
 
     def read_stream(self, events: list[Any], state: ResponseState) -> None:
-        """Reads what settling needs in one pass: the model from the first chunk, the usage
+        """Reads what settling needs in one pass: the model from the first chunk that names it, the usage
         and the finish reasons from the last chunks that carry them, and the text (kept in
         ``state.stream_parts`` for estimates; ``state.text`` is left to :meth:`stream_text`)."""
         first: dict[str, Any] | None = None
@@ -116,8 +116,8 @@ class ChatAdapter(Adapter):
         for chunk in events:
             if not isinstance(chunk, dict):
                 continue
-            if first is None:
-                first = chunk
+            if first is None or (not first.get("model") and chunk.get("model")):
+                first = chunk  # the first that names the model (Azure's first chunk, its filter results, has "")
             if isinstance(chunk.get("usage"), dict):
                 usage_chunk = chunk
             choices = chunk.get("choices")

@@ -239,6 +239,28 @@ def test_billed_endpoints_without_an_adapter_pass_through_and_are_said_once(harn
                zip(("/images/generations", "/audio/speech", "/batches"), said, strict=True))
 
 
+@pytest.mark.parametrize(("path", "said"), [
+    ("/threads/thread_1/runs", "/runs"),  # Assistants runs (evals runs end so too); said once per endpoint
+    ("/complete", "/v1/complete"),  # Anthropic's legacy text completions
+    ("/model/anthropic.claude-sonnet-4-5/invoke", "/invoke"),  # AnthropicBedrock: the model is in the path
+    ("/model/anthropic.claude-sonnet-4-5/invoke-with-response-stream", "/invoke-with-response-stream"),
+    ("/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5:rawPredict", ":rawPredict"),
+    ("/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5:streamRawPredict",
+     ":streamRawPredict"),  # AnthropicVertex
+])
+def test_other_billed_calls_llmbudget_cannot_price_are_said_never_silent(harness: Harness, path: str,
+                                                                         said: str) -> None:
+    """Claude through AnthropicBedrock or AnthropicVertex, Assistants and evals runs: a $0.01 budget let them
+    all through, recorded nowhere and without a word."""
+    body = b'{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3000, "messages": []}'
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        response = harness.send("httpx2", "POST", path, body)
+    assert response.content == body and harness.records == []  # passed through untouched
+    texts = [str(w.message) for w in seen if issubclass(w.category, llmbudget.UnpricedModelWarning)]
+    assert len(texts) == 1 and f"does not price {said} calls" in texts[0]
+
+
 def test_a_json_chat_request_is_intercepted(harness: Harness) -> None:
     """The control for the tests above: the same request with a JSON content type is an LLM call."""
     body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], ' \

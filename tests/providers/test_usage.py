@@ -599,3 +599,24 @@ def test_malformed_response_fields_do_not_lose_the_reported_usage(
     assert record.usage == Usage(input_tokens=1000, output_tokens=100)
     assert record.cost_usd == Pricing().cost(Usage(input_tokens=1000, output_tokens=100), model="gpt-4o-mini").usd
     assert record.cost_usd > Decimal(0)
+
+
+def test_an_azure_stream_is_priced_by_the_model_its_chunks_name_not_its_filter_results(
+        engine: llmbudget.Engine) -> None:
+    """Azure's first chunk holds the prompt filter results with ``"model": ""``: read from it, the call was
+    priced as the deployment's name (unknown: the fallback price, 7x gpt-4o's)."""
+    attempt = _begin(engine, {**CHAT_BODY, "model": "prod-chat"})
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    chunks = [
+        {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+         "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}],
+         "created": 1, "id": "chatcmpl-1", "model": "gpt-4o-2024-08-06", "object": "chat.completion.chunk"},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "created": 1, "id": "chatcmpl-1",
+         "model": "gpt-4o-2024-08-06", "object": "chat.completion.chunk",
+         "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}},
+    ]
+    attempt.feed("".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n")
+    record = attempt.finish(complete=True)
+    assert record is not None and record.model_answered == "gpt-4o-2024-08-06" and not record.estimated
+    assert record.cost_usd == Pricing().cost(Usage(input_tokens=100, output_tokens=10), model="gpt-4o").usd

@@ -141,7 +141,9 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     if attempt.call.base_url != original_base and url.startswith(original_base):
         url = attempt.call.base_url + url[len(original_base):]
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
-            # (nor its Host header: the new URL's is used)
+            # (nor its Host header: the new URL's is used; nor its query string, which may hold a key:
+            # Azure API Management's subscription-key)
+            url = url.split("?", 1)[0]
             headers = [(k, v) for k, v in headers if _goes_elsewhere(k)]
             key = attempt.tier_api_key()
             if key:

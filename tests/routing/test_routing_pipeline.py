@@ -193,7 +193,8 @@ WHOLE = dict(messages=[{"role": "user", "content": "What is the capital of Franc
 def test_a_tier_on_another_host_never_gets_the_apps_credentials(llm_server, route, records, monkeypatch):
     client = openai.OpenAI(base_url=llm_server, api_key="sk-app-secret", organization="org-app", project="proj-app",
                            http_client=llmbudget.http_client(), max_retries=0,
-                           default_headers={"helicone-auth": "Bearer hel-secret", "x-portkey-api-key": "pk-secret"})
+                           default_headers={"helicone-auth": "Bearer hel-secret", "x-portkey-api-key": "pk-secret"},
+                           default_query={"subscription-key": "apim-secret"})  # Azure API Management's key
     with proxy(llm_server) as elsewhere:
         route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(elsewhere)}, "large": None},
               threshold=1.0)
@@ -202,7 +203,8 @@ def test_a_tier_on_another_host_never_gets_the_apps_credentials(llm_server, rout
         route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(elsewhere), "api_key_env": "GPU_BOX_KEY"},
                      "large": None}, threshold=1.0)
         client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
-    (_, _, _, bare), (_, _, _, keyed) = elsewhere.received
+    (_, bare_path, _, bare), (_, keyed_path, _, keyed) = elsewhere.received
+    assert "apim-secret" not in bare_path + keyed_path  # nor a key in the query string
     lowered = [{k.lower(): v for k, v in headers.items()} for headers in (bare, keyed)]
     for headers in lowered:
         assert not {"openai-organization", "openai-project"} & set(headers)

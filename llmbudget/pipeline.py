@@ -1080,8 +1080,11 @@ class Attempt:
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
-            if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None):
-                usage = usage.replace(service_tier=self.defer_mode)  # the server did not say: as asked
+            if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None
+                                              and "api.openai.com" in call.base_url):
+                # the server did not say: as asked (flex only where it exists: another host that ignores
+                # service_tier bills the standard rate, and was recorded at half of it)
+                usage = usage.replace(service_tier=self.defer_mode)
             if self.cascade and self.routing is not None:
                 from .routing.confidence import answer_confidence
 

@@ -195,20 +195,37 @@ def test_a_job_whose_results_cannot_be_written_records_nothing_until_it_is_resum
     assert len(list(ledger.records())) == 3 and pending_jobs(state) == []
 
 
+def _answered_as_flex(content: bytes) -> bytes:
+    """The local server's real answer with the tier OpenAI echoes for a flex call (the local server names none)."""
+    body = json.loads(content)
+    return json.dumps({**body, "service_tier": "flex"}).encode()
+
+
 def test_flex_sets_the_service_tier_and_prices_at_the_flex_rate(llm_server, engine, records):
-    with proxy(llm_server) as server:
-        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+    with proxy(llm_server, rewrite=_answered_as_flex) as flex_server, proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(flex_server), api_key="sk-test", max_retries=0,
                                http_client=llmbudget.http_client())
         with llmbudget.defer("flex"):
             answer = ask(client, "Say hi")
-        assert json.loads(server.received[-1][2])["service_tier"] == "flex"
-        ask(client, "Say hi")
+        assert json.loads(flex_server.received[-1][2])["service_tier"] == "flex"
+        ask(client.with_options(base_url=base_url(server)), "Say hi")
         assert "service_tier" not in json.loads(server.received[-1][2])
     flex, standard = records
     assert (flex.deferred, flex.usage.service_tier) == ("flex", "flex") and standard.deferred is None
     # gpt-4o-mini has no flex price in genai-prices: the documented 50% discount
     assert flex.cost_usd == Pricing().cost(flex.usage.replace(service_tier=None), model="gpt-4o-mini").usd / 2
     assert flex.usage.output_tokens == answer.usage.completion_tokens
+
+
+def test_a_flex_call_a_host_answers_without_a_tier_is_priced_at_the_standard_rate(llm_server, engine, records):
+    """Another host than OpenAI's (DeepSeek, vLLM...) ignores service_tier and bills its standard rate: a flex
+    call it answers without a tier was recorded at half of it."""
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    with llmbudget.defer("flex"):
+        ask(client, "Say hi")
+    (record,) = records
+    assert record.deferred is None and record.usage.service_tier is None
+    assert record.cost_usd == Pricing().cost(record.usage, model="gpt-4o-mini").usd
 
 
 def test_deferred_calls_reserve_at_their_own_price(engine):

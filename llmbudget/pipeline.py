@@ -444,7 +444,8 @@ class Attempt:
         affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token) // answers
         minimum = self._scope_setting("cap_min_output_tokens") or 16
         current = (call.max_output_tokens or self.engine.default_max_output_tokens * answers) // answers
-        if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model):
+        if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model) \
+                or _deployment(call.base_url):
             return False
         body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
         if changed:
@@ -468,11 +469,13 @@ class Attempt:
                 model, url = tier.model_for(endpoint), tier.base_url_for(endpoint) or base_url
                 if not model or (endpoint == "responses" and keeps_state(self.call.body) and elsewhere(url, base_url)):
                     continue  # no model for this API, or a Responses chain another host does not hold
+                if url == base_url and _deployment(url):
+                    continue  # an Azure deployment runs the model its URL names: the body's is not what runs
                 cost = self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=url).usd
                 options.append((cost, model, url, tier.api_key_env if url != base_url else None))
             if options:
                 _, target, base_url, key_env = min(options, key=lambda option: option[0])
-        if not target or (target == self.call.model and base_url == self.call.base_url):
+        if not target or (target == self.call.model and base_url == self.call.base_url) or _deployment(base_url):
             return False
         if endpoint == "messages" and not target.lower().startswith("claude"):
             return False  # never send an Anthropic request to another provider's model
@@ -636,7 +639,8 @@ class Attempt:
             return None
         body, where = applied
         capped = False
-        if self.escalated_from is None and not thinks(endpoint, body, body.get("model")):
+        if self.escalated_from is None and not thinks(endpoint, body, body.get("model")) \
+                and not _deployment(self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
@@ -672,6 +676,12 @@ class Attempt:
                 # a tier with no model for this API (an OpenAI-only tier and a Messages call, or the reverse): the
                 # call keeps its model, so it is the strong tier's, with neither this tier's cap nor its checks
                 reason = f"{reason}; tier {chosen!r} has no model for {call.endpoint}"
+                chosen, tier = routing.strong, routing.tiers[routing.strong]
+                model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
+            if chosen != routing.strong and not tier_url and _deployment(base_url):
+                # an Azure deployment answers with the model its URL names, whatever the body says: rewriting the
+                # body's model would only make the reservation and the record name a cheaper model than runs
+                reason = f"{reason}; an Azure deployment's URL names the model that answers"
                 chosen, tier = routing.strong, routing.tiers[routing.strong]
                 model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
             self.routing = {"tier": chosen, "score": decision.score, "threshold": decision.threshold,
@@ -718,10 +728,12 @@ class Attempt:
         if deferral == "flex" and call.endpoint in ("chat.completions", "responses") and "service_tier" not in body:
             body = {**body, "service_tier": "flex"}
             self.defer_mode = "flex"
-        elif deferral == "batch" and call.endpoint in _BATCHED and not call.stream:
-            self.defer_mode = "batch"  # sent as a line of a Batch API job (see the transport)
+        elif deferral == "batch" and call.endpoint in _BATCHED and not call.stream and not _deployment(base_url):
+            # sent as a line of a Batch API job (see the transport); an Azure deployment's call is sent as usual
+            # (Azure's batch jobs live elsewhere, under another API and key header)
+            self.defer_mode = "batch"
         bound = schema_cap(body) if self.escalated_from is None and not thinks(
-            call.endpoint, body, body.get("model")) else None
+            call.endpoint, body, body.get("model")) and not _deployment(base_url) else None
         if bound is not None:
             body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
             if capped:
@@ -1299,6 +1311,12 @@ def _never_sent(error: BaseException) -> bool:
 def _timed_out_waiting(error: BaseException) -> bool:
     """A read timeout before any response: the request was sent whole and the provider is working on it."""
     return type(error).__name__ == "ReadTimeout"
+
+
+def _deployment(base_url: str) -> bool:
+    """An Azure OpenAI deployment's URL: the deployment named in it answers, whatever model the body names (its
+    model is not known from the request: it may be a reasoning one, which llmbudget's own caps would cut)."""
+    return "/openai/deployments/" in base_url
 
 
 def _cancelled(error: BaseException) -> bool:

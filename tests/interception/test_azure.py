@@ -1,0 +1,82 @@
+"""Azure OpenAI deployments: the deployment named in the URL answers, whatever model the body names."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import openai
+import pytest
+
+import llmbudget
+
+# httpx2 with openai >= 3, httpx with openai 2.x: the library of the SDK's own clients
+library: Any = importlib.import_module(next(c.__module__ for c in openai.DefaultHttpxClient.__mro__
+                                            if c.__module__.startswith("httpx")).split(".")[0])
+
+AZURE = "https://myres.openai.azure.com"
+HI = [{"role": "user", "content": "Classify: I love it"}]
+
+
+class Deployment(library.BaseTransport):  # type: ignore[misc]
+    """An Azure resource: every deployment runs gpt-4o, the model its URL names, and says so in its answer."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def handle_request(self, request: Any) -> Any:
+        self.sent.append((str(request.url), json.loads(request.read())))
+        return library.Response(200, json={
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": '{"label": "positive"}'}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26},
+        })
+
+
+def azure(deployment: Deployment) -> openai.AzureOpenAI:
+    return openai.AzureOpenAI(api_key="k", api_version="2024-06-01", azure_endpoint=AZURE, max_retries=0,
+                              http_client=llmbudget.http_client(transport=deployment))
+
+
+def test_a_deployment_is_never_routed_by_rewriting_the_bodys_model(engine: llmbudget.Engine) -> None:
+    """Routing rewrote only the body's model: the deployment still ran gpt-4o, the reservation was a nano's,
+    and a $0.005 budget let a $0.02 call through (recorded as routed to nano)."""
+    engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.99)
+    upstream = Deployment()
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.005")]), pytest.raises(openai.APIStatusError) as refused:
+        azure(upstream).chat.completions.create(model="gpt-4o", max_tokens=2000, messages=HI)
+    assert refused.value.status_code == 402 and upstream.sent == []
+    with llmbudget.scope() as current:
+        azure(upstream).chat.completions.create(model="gpt-4o", max_tokens=20, messages=HI)
+    (url, body), = upstream.sent
+    assert "/openai/deployments/gpt-4o/" in url and body["model"] == "gpt-4o"
+    (record,) = current.totals.records
+    assert not record.routed and record.model_answered == "gpt-4o-2024-08-06"
+
+
+def test_a_deployment_gets_none_of_llmbudgets_own_caps(engine: llmbudget.Engine) -> None:
+    """A deployment's name says nothing of its model, which may reason (an o3-mini named 'classifier'): a schema's
+    cap there was refused (max_tokens) or cut the reasoning, and the answer came back empty."""
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["positive", "negative"]}},
+              "required": ["label"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}}
+    upstream = Deployment()
+    azure(upstream).chat.completions.create(model="classifier", messages=HI, response_format=fmt)
+    (_, body), = upstream.sent
+    assert not {"max_tokens", "max_completion_tokens"} & set(body)
+    plain = Deployment()  # the same request to OpenAI itself gets the schema's cap
+    openai.OpenAI(api_key="k", max_retries=0, http_client=llmbudget.http_client(transport=plain)).chat.completions.create(
+        model="gpt-4o-mini", messages=HI, response_format=fmt)
+    assert plain.sent[0][1]["max_tokens"] < 100
+
+
+def test_a_deployments_call_in_a_batch_block_is_sent_as_usual(engine: llmbudget.Engine) -> None:
+    """Azure's batch jobs live under another API and key header: a deferred call was posted to a files URL
+    under the deployment and failed (502)."""
+    upstream = Deployment()
+    with llmbudget.defer("batch"):
+        answer = azure(upstream).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=20)
+    assert answer.choices[0].message.content == '{"label": "positive"}'
+    assert "/openai/deployments/gpt-4o/chat/completions" in upstream.sent[0][0]

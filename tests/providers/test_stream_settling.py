@@ -47,7 +47,8 @@ def _reference_read_stream(events: list[Any], state: ResponseState) -> str:
     )
     if not chunks:
         return text
-    CHAT._read_common(chunks[0], state)
+    # the first chunk that names the model (Azure's first, its filter results, names none), else the first
+    CHAT._read_common(next((chunk for chunk in chunks if chunk.get("model")), chunks[0]), state)
     for chunk in reversed(chunks):
         raw = chunk.get("usage")
         if isinstance(raw, dict):

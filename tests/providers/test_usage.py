@@ -520,8 +520,12 @@ def test_connection_error_costs_nothing(engine: llmbudget.Engine) -> None:
 
 def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> None:
     """Sent whole and unanswered within the client's timeout, the call still runs and is billed upstream: charged
-    what its reservation held (its input alone let 60 timed-out calls spend 4x a tenant budget)."""
-    attempt = _begin(engine, CHAT_BODY)
+    what its reservation held (its input alone let 60 timed-out calls spend 4x a tenant budget). A stream is not:
+    it stops generating when its reader goes."""
+    streamed = _begin(engine, CHAT_BODY)
+    record = streamed.finish(complete=False, error=httpx2.ReadTimeout("x"))
+    assert record is not None and record.usage.output_tokens == 0 and record.usage.input_tokens > 0
+    attempt = _begin(engine, {**CHAT_BODY, "stream": False})
     worst = attempt.worst_usage()
     record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))
     assert record is not None

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["DEFAULT_DIRECTIVE", "Output", "anthropic_format", "apply_directive", "directive_cap", "says_length",
@@ -33,7 +33,7 @@ _LENGTH = re.compile(
     r"|at most|no more than|word limit|in detail|detailed|elaborate|step[- ]by[- ]step|comprehensive"
     r"|thorough(?:ly)?|long-form|essay)\b"
     # other languages: a number of words, characters or pages, and "in detail" / "briefly"
-    r"|\d+\s*(?:слов|страниц|предложени|абзац|mots|pages|phrases|palabras|páginas|frases|parole|pagine"
+    r"|(?<!\d)\d+\s*(?:слов|страниц|предложени|абзац|mots|pages|phrases|palabras|páginas|frases|parole|pagine"
     r"|wörter|worte|seiten|sätze|palavras|woorden|kelime|字|文字|語|単語|页|頁|句|段|단어|자|글자|문장)"
     r"|(?:подробно|кратко|en détail|en bref|brièvement|en detalle|brevemente|ausführlich|kurz gefasst"
     r"|in dettaglio|详细|詳細|詳しく|简要|簡潔|자세히|간단히)",
@@ -220,28 +220,43 @@ def _schema_of(body: Mapping[str, Any]) -> Any:
     return None
 
 
-def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
+_MAX_VISITS = 10_000  # schema nodes one bound may visit: past it, unbounded (a $ref fan-out is exponential)
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One bound's walk: the nodes visited, and the bound of each ``$ref`` name met (computed once)."""
+
+    visits: int = 0
+    refs: dict[str, int | None] = field(default_factory=dict)
+
+
+def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0, walk: _Walk | None = None) -> int | None:
     """The most tokens a JSON value of ``schema`` can take, or None if unbounded. A byte-level tokenizer (OpenAI's,
     Anthropic's) never makes a token of less than a byte, so a value's UTF-8 bytes bound its tokens: an enum or
     a name takes at most its bytes (ids and hashes come close), and a string of ``maxLength`` characters at most
     6 a character: 4 UTF-8 bytes (emoji, Amharic or Tibetan take 2-4 tokens a character), 6 when the model
     writes a character as a ``\\uXXXX`` escape."""
-    if depth > 32 or not isinstance(schema, Mapping):
+    walk = walk if walk is not None else _Walk()
+    walk.visits += 1
+    if depth > 32 or walk.visits > _MAX_VISITS or not isinstance(schema, Mapping):
         return None
     if isinstance(schema.get("$ref"), str):
         name = schema["$ref"].rsplit("/", 1)[-1]
-        return _bound(defs.get(name), defs, depth + 1)
+        if name not in walk.refs:
+            walk.refs[name] = _bound(defs.get(name), defs, depth + 1, walk)
+        return walk.refs[name]
     if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
         return max(_bytes(v) for v in schema["enum"])
     if "const" in schema:
         return _bytes(schema["const"])
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
-            bounds = [_bound(option, defs, depth + 1) for option in schema[key]]
+            bounds = [_bound(option, defs, depth + 1, walk) for option in schema[key]]
             return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
     kind = schema.get("type")
     if isinstance(kind, list):
-        bounds = [_bound({**schema, "type": k}, defs, depth + 1) for k in kind]
+        bounds = [_bound({**schema, "type": k}, defs, depth + 1, walk) for k in kind]
         return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
     if kind == "string":
         length = schema.get("maxLength")
@@ -252,7 +267,7 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
         return 2
     if kind == "array":
         count = schema.get("maxItems")
-        item = _bound(schema.get("items"), defs, depth + 1)
+        item = _bound(schema.get("items"), defs, depth + 1, walk)
         if not isinstance(count, int) or isinstance(count, bool) or item is None:
             return None
         return count * (item + 1) + 2
@@ -263,7 +278,7 @@ def _bound(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> int | None:
             return None  # properties beyond those listed may come (a schema that is not strict): unbounded
         total = 2
         for name, sub in properties.items():
-            bound = _bound(sub, defs, depth + 1)
+            bound = _bound(sub, defs, depth + 1, walk)
             if bound is None:
                 return None
             total += bound + _bytes(str(name)) + 1

@@ -512,6 +512,13 @@ def _content(tokens: Sequence[str]) -> list[str]:
     return [c for c in map(_content_word, tokens) if c is not None]
 
 
+def _costly_to_align(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Texts whose alignment would take long: difflib's matcher grows to cubic time on long texts made of few
+    distinct tokens ("a+b+c+..." against "n+o+p+...": 0.4 s for 500 characters). Such a pair is compared by
+    its content words alone, as a pair too long to align is."""
+    return len(a) * len(b) > 10_000 and 4 * min(len(set(a)), len(set(b))) < max(len(a), len(b))
+
+
 @dataclass(frozen=True, slots=True)
 class TemplateGuard:
     """Refuses semantic hits between prompts that share a template but differ in its data.
@@ -554,7 +561,7 @@ class TemplateGuard:
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False
-        if max(len(a), len(b)) > self.max_tokens:
+        if max(len(a), len(b)) > self.max_tokens or _costly_to_align(a, b):
             return _content(a) != _content(b)
         matcher = SequenceMatcher(None, a, b, autojunk=False)
         shared = sum(block.size for block in matcher.get_matching_blocks())

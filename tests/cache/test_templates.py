@@ -485,3 +485,19 @@ def test_pairs_the_store_never_scores_are_no_hit_at_any_threshold(tmp_path: Path
     result = eval_pairs(path, max_semantic_chars=20)  # every text is longer: none is ever a candidate
     assert result["recall_at_precision"] == {"0.8": 0.0, "0.9": 0.0, "0.95": 0.0}
     assert result["default"]["recall"] == 0.0
+
+
+def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(monkeypatch) -> None:
+    """difflib's alignment grows to cubic time on long texts of few distinct tokens ("a+b+c+..." against
+    "n+o+p+...": 0.4 s of the event loop for 500 characters); such pairs are compared by content words."""
+    from llmbudget.cache import templates
+
+    def never(*args, **kwargs):
+        raise AssertionError("aligned")
+
+    monkeypatch.setattr(templates, "SequenceMatcher", never)
+    first, second = "abcdefghijklm", "nopqrstuvwxyz"
+    guard = TemplateGuard()
+    assert guard.conflict("+".join(first[i % 13] for i in range(250)), "+".join(second[i % 13] for i in range(250)))
+    same = "+".join(first[i % 13] for i in range(250))
+    assert not guard.conflict(same, same + " ")

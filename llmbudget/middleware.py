@@ -219,6 +219,9 @@ class _Core:
         _check_downgrade(self.policy, engine)
         if install:
             _install()
+        from .tokens import warm_up
+
+        warm_up()  # the encodings load at start-up, in a thread, not on the event loop of the first requests
         settings = self.policy.metrics_policy
         self.metrics: Metrics | None = None
         self.metrics_path: str | None = None

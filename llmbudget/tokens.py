@@ -59,6 +59,22 @@ _remembered_chars = 0
 _remembered_lock = threading.Lock()
 
 
+_warming: threading.Thread | None = None
+
+
+def warm_up() -> threading.Thread:
+    """Load the usual encodings (o200k, cl100k) in a daemon thread, once per process: the first load takes
+    0.2-0.5 s of CPU (most of it in one call that holds the GIL), which a server's first LLM calls would
+    otherwise spend on its event loop, stalling every other request."""
+    global _warming
+    with _lock:
+        if _warming is None:
+            _warming = threading.Thread(target=lambda: [_encoding(name) for name in ("o200k_base", "cl100k_base")],
+                                        name="llmbudget-tiktoken", daemon=True)
+            _warming.start()
+        return _warming
+
+
 @functools.lru_cache(maxsize=8)
 def _encoding(name: str) -> _Encoding | None:
     global _warned

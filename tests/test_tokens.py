@@ -227,3 +227,24 @@ def test_an_unavailable_encoding_is_reported_not_silent(tmp_path: Any) -> None:
     from pytest_llmbudget.report import fallback_note
 
     assert tokens.unavailable_encodings() == () and fallback_note() is None  # here the files are found
+
+
+def test_the_encodings_load_at_start_up_in_a_thread_not_in_the_first_calls(monkeypatch) -> None:
+    """The first load of an encoding takes 0.2-0.5 s of CPU: in a server's first LLM call, on its event loop,
+    it stalled every other request. The middleware and llmbudget's clients start it in a thread, once."""
+    import sys
+
+    import llmbudget
+    from llmbudget import tokens
+    from llmbudget.middleware import LLMBudgetMiddleware
+
+    thread = tokens.warm_up()
+    assert tokens.warm_up() is thread and thread.daemon  # once per process
+    thread.join(60)
+    assert tokens._encoding("o200k_base") is not None and tokens._encoding("cl100k_base") is not None
+    started: list[str] = []
+    monkeypatch.setattr(tokens, "warm_up", lambda: started.append("middleware"))
+    monkeypatch.setattr(sys.modules["llmbudget.interception.install"], "warm_up", lambda: started.append("client"))
+    LLMBudgetMiddleware(lambda scope, receive, send: None, install=False)
+    llmbudget.http_client().close()
+    assert started == ["middleware", "client"]

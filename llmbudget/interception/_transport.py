@@ -330,8 +330,9 @@ async def _finish(attempt: Attempt, *, complete: bool, error: BaseException | No
     (counting a large prompt's tokens, or a Redis settle, would stall every other request); storing the answer
     in the cache (if it goes there) as :func:`_cache_work` says. ``error``: the call failed (the upstream
     unreachable, a reset or a timeout mid-body); a cancelled one finishes at once, since a thread hop may
-    itself be cancelled (trio) before it runs."""
-    if not _quick(attempt):
+    itself be cancelled (trio) before it runs. A long answer (over 64 KiB: a stream of thousands of events) is
+    read in a worker thread too: parsing it whole took up to a second of the event loop."""
+    if not _quick(attempt) or attempt.answer_bytes > _QUICK_ANSWER_BYTES:
         if error is not None and not isinstance(error, Exception):
             attempt.finish(complete=complete, error=error)
         else:

@@ -7,6 +7,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from ..tokens import warm_up
 from ._transport import Transports
 
 __all__ = ["http_client", "async_http_client", "install", "uninstall", "installed"]
@@ -58,6 +59,7 @@ def _wrap_client(client: Any, transports: Transports) -> Any:
 
 
 def _client(async_: bool, kwargs: dict[str, Any], sdk: str) -> Any:
+    warm_up()  # token counts' encodings load now, in a thread, not in the first calls (on an event loop)
     transports = _transports(_library_for(sdk))
     assert transports is not None
     module = _sdk_module(sdk)
@@ -104,6 +106,7 @@ def install() -> None:
     picks for each request is wrapped when it is picked. Only LLM calls (see
     :meth:`~llmbudget.pipeline.Engine.wants`) are touched.
     """
+    warm_up()
     with _lock:
         if _patches:
             return

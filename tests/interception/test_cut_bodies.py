@@ -692,3 +692,46 @@ def test_a_stream_cancelled_before_its_first_byte_is_charged_its_input_not_an_an
     asyncio.run(main())
     (record,) = records
     assert record.estimated and record.usage.output_tokens == 0 and record.usage.input_tokens > 0
+
+
+def test_a_long_streamed_answer_is_settled_off_the_event_loop(engine: llmbudget.Engine, records: list[Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing a stream of thousands of events whole took up to a second of the event loop when it ended; an
+    answer over 64 KiB is read in a worker thread (a short one still settles on the loop, where a thread hop
+    costs more than the work)."""
+    from llmbudget.pipeline import Attempt
+
+    library = _sdk_library()
+    threads: list[str] = []
+    finish = Attempt.finish
+
+    def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.record is None:  # the call that settles (later ones return what it made)
+            threads.append(threading.current_thread().name)
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Attempt, "finish", noted)
+
+    def event(text: str, finish_reason: str | None = None) -> str:
+        return "data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                                      "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": text},
+                                                                           "finish_reason": finish_reason}]}) + "\n\n"
+
+    def answer(words: int) -> Any:
+        body = "".join(event(" word") for _ in range(words)) + event("", "stop") + "data: [DONE]\n\n"
+        return library.MockTransport(lambda request: library.Response(
+            200, headers={"content-type": "text/event-stream"}, content=body.encode()))
+
+    async def main(words: int) -> None:
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0,
+                                    http_client=llmbudget.async_http_client(transport=answer(words)))
+        async for _ in await client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, stream=True):
+            pass
+
+    main_thread = threading.current_thread().name
+    asyncio.run(main(5))
+    assert threads and set(threads) == {main_thread}
+    threads.clear()
+    asyncio.run(main(2000))  # about 300 KB
+    assert threads and main_thread not in threads
+    assert [r.usage.output_tokens > 1000 for r in records] == [False, True]

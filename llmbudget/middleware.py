@@ -862,7 +862,11 @@ class LLMBudgetWSGIMiddleware(_Core):
                     return wrapped[-1]
 
                 environ["wsgi.file_wrapper"] = recorded
-            result = context.run(self.app, environ, start_response)
+            try:
+                result = context.run(self.app, environ, start_response)
+            finally:
+                if callable(file_wrapper):  # the server's own again: it checks what comes back against it
+                    environ["wsgi.file_wrapper"] = file_wrapper
             if isinstance(result, (list, tuple)) or any(result is w for w in wrapped):
                 return result  # nothing left to run: as it is (a file wrapper keeps the server's sendfile)
             return _Body(context, result, lambda exc: None, lambda: None)

@@ -445,7 +445,7 @@ class Attempt:
         minimum = self._scope_setting("cap_min_output_tokens") or 16
         current = (call.max_output_tokens or self.engine.default_max_output_tokens * answers) // answers
         if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model) \
-                or _deployment(call.base_url):
+                or _unknown_model(call.base_url):
             return False
         body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
         if changed:
@@ -475,8 +475,9 @@ class Attempt:
                 options.append((cost, model, url, tier.api_key_env if url != base_url else None))
             if options:
                 _, target, base_url, key_env = min(options, key=lambda option: option[0])
-        if not target or (target == self.call.model and base_url == self.call.base_url) or _deployment(base_url):
-            return False
+        if not target or (target == self.call.model and base_url == self.call.base_url) \
+                or (base_url == self.base_url_requested and _deployment(base_url)):
+            return False  # (an Azure deployment runs its own model: a body naming another one is not downgraded)
         if endpoint == "messages" and not target.lower().startswith("claude"):
             return False  # never send an Anthropic request to another provider's model
         self.call = self.adapter.parse(suited(endpoint, {**self.call.body, "model": target}, target), base_url)
@@ -640,7 +641,7 @@ class Attempt:
         body, where = applied
         capped = False
         if self.escalated_from is None and not thinks(endpoint, body, body.get("model")) \
-                and not _deployment(self.call.base_url):
+                and not _unknown_model(self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
@@ -678,14 +679,18 @@ class Attempt:
                 reason = f"{reason}; tier {chosen!r} has no model for {call.endpoint}"
                 chosen, tier = routing.strong, routing.tiers[routing.strong]
                 model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
-            if chosen != routing.strong and not tier_url and _deployment(base_url):
-                # an Azure deployment answers with the model its URL names, whatever the body says: rewriting the
-                # body's model would only make the reservation and the record name a cheaper model than runs
+            # an Azure deployment answers with the model its URL names, whatever the body says: rewriting the
+            # body's model would only make the reservation and the record name another model than runs
+            kept = not tier_url and _deployment(base_url)
+            if chosen != routing.strong and kept:
                 reason = f"{reason}; an Azure deployment's URL names the model that answers"
                 chosen, tier = routing.strong, routing.tiers[routing.strong]
                 model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
+                kept = not tier_url
             self.routing = {"tier": chosen, "score": decision.score, "threshold": decision.threshold,
                             "reason": reason, "features": [list(f) for f in decision.features]}
+            if kept:  # the app's body as it wrote it, nor a tier's cap or directive (its model is not known)
+                model = None
             if model and model != call.model:
                 if thinks(call.endpoint, {**body, "model": model}, model) and (self.output or {}).get("cap"):
                     # a directive's cap would bound the reasoning model's thinking too: the app's own limit instead
@@ -704,12 +709,13 @@ class Attempt:
             if tier_url and tier_url != base_url:
                 base_url, self.tier_key_env = tier_url, tier.api_key_env
                 self.routed = True
-            if tier.max_output_tokens and not thinks(call.endpoint, body, body.get("model")):
+            if tier.max_output_tokens and not kept and not thinks(call.endpoint, body, body.get("model")):
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
                 self.capped = self.capped or tier_capped
-            if tier.output is not None and self.output is None and (scope is None or scope.output is not False):
+            if tier.output is not None and not kept and self.output is None and (scope is None
+                                                                                 or scope.output is not False):
                 body = self._directed(body, tier.output, f"tier {chosen}") or body
-            if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None
+            if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None and not kept
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
                     and not REPLAYED_STREAM.get()):
                 from .routing.confidence import probe
@@ -733,7 +739,7 @@ class Attempt:
             # (Azure's batch jobs live elsewhere, under another API and key header)
             self.defer_mode = "batch"
         bound = schema_cap(body) if self.escalated_from is None and not thinks(
-            call.endpoint, body, body.get("model")) and not _deployment(base_url) else None
+            call.endpoint, body, body.get("model")) and not _unknown_model(base_url) else None
         if bound is not None:
             body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
             if capped:
@@ -1050,7 +1056,8 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and self.status is None and not self.call.stream and (
+            if error is not None and self.status is None and not (self.call.stream and not self.call.body.get(
+                    "background")) and (
                     _timed_out_waiting(error) or (self.sent and _cancelled(error))):
                 # Sent whole, then no answer within the client's timeout, or the caller stopped waiting (a task
                 # cancelled by asyncio.wait_for or a client gone, a thread interrupted): the provider goes on and
@@ -1324,9 +1331,16 @@ def _timed_out_waiting(error: BaseException) -> bool:
 
 
 def _deployment(base_url: str) -> bool:
-    """An Azure OpenAI deployment's URL: the deployment named in it answers, whatever model the body names (its
-    model is not known from the request: it may be a reasoning one, which llmbudget's own caps would cut)."""
+    """An Azure OpenAI deployment's URL: the deployment named in it answers, whatever model the body names."""
     return "/openai/deployments/" in base_url
+
+
+def _unknown_model(base_url: str) -> bool:
+    """A host where the request's model is a deployment's name (Azure OpenAI, its deployment URLs and its v1
+    API): what model runs is not known from the request, and it may reason, which llmbudget's own caps would
+    cut (an o3-mini deployment named "classifier")."""
+    host = base_url.split("://", 1)[-1].split("/", 1)[0].lower()
+    return _deployment(base_url) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
 
 
 def _cancelled(error: BaseException) -> bool:

@@ -164,6 +164,8 @@ def scope(
         cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
         output=output if output is not None else (settings.output if settings else None),
         defer=defer if defer is not None else (settings.defer if settings else None),
+        # (a scope that names no tenant inside a disabled route's is one too: a tenant named deeper escapes it)
+        passing_by=parent is not None and parent.passing_by and tenant is None,
     )
     token = _current.set(new)
     try:

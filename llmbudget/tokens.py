@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -60,6 +61,18 @@ _remembered_lock = threading.Lock()
 
 
 _warming: threading.Thread | None = None
+
+
+def _finish_warming() -> None:
+    """Before a fork: let a load under way end (tiktoken holds its registry lock while it loads, and a child
+    forked then would wait for that lock forever; gunicorn --preload forks right after the app is made)."""
+    thread = _warming
+    if thread is not None and thread.is_alive():
+        thread.join(30)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_finish_warming)
 
 
 def warm_up() -> threading.Thread:

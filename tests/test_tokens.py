@@ -240,6 +240,17 @@ def test_the_encodings_load_at_start_up_in_a_thread_not_in_the_first_calls(monke
 
     thread = tokens.warm_up()
     assert tokens.warm_up() is thread and thread.daemon  # once per process
+    # a fork while it loads waits for the load (tiktoken holds its registry lock meanwhile: a child forked then
+    # waited for it forever, as gunicorn --preload's workers may)
+    import threading
+    import time
+
+    slow = threading.Thread(target=time.sleep, args=(0.3,), daemon=True)
+    slow.start()
+    monkeypatch.setattr(tokens, "_warming", slow)
+    tokens._finish_warming()
+    assert not slow.is_alive()
+    monkeypatch.setattr(tokens, "_warming", thread)
     thread.join(60)
     assert tokens._encoding("o200k_base") is not None and tokens._encoding("cl100k_base") is not None
     started: list[str] = []

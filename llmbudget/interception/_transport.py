@@ -139,11 +139,12 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     url = str(request.url)
     headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
     if attempt.call.base_url != original_base and url.startswith(original_base):
-        url = attempt.call.base_url + url[len(original_base):]
+        tier_base, _, tier_query = attempt.call.base_url.partition("?")  # a tier's own query (Azure's api-version)
+        url = tier_base + url[len(original_base):]
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
             # (nor its Host header: the new URL's is used; nor its query string, which may hold a key:
-            # Azure API Management's subscription-key)
-            url = url.split("?", 1)[0]
+            # Azure API Management's subscription-key), only the tier's own
+            url = url.split("?", 1)[0] + (f"?{tier_query}" if tier_query else "")
             headers = [(k, v) for k, v in headers if _goes_elsewhere(k)]
             key = attempt.tier_api_key()
             if key:

@@ -80,3 +80,35 @@ def test_a_deployments_call_in_a_batch_block_is_sent_as_usual(engine: llmbudget.
         answer = azure(upstream).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=20)
     assert answer.choices[0].message.content == '{"label": "positive"}'
     assert "/openai/deployments/gpt-4o/chat/completions" in upstream.sent[0][0]
+
+
+def test_a_deployment_kept_on_the_strong_tier_is_sent_as_the_app_wrote_it(engine: llmbudget.Engine) -> None:
+    """Kept on the strong tier, a deployment's call got that tier's model in its body (o3: temperature dropped,
+    max_tokens renamed) and its cap, though the deployment runs its own model whatever the body says."""
+    engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano",
+                                              "large": {"model": "o3", "max_output_tokens": 64}}, threshold=0.99)
+    upstream = Deployment()
+    azure(upstream).chat.completions.create(model="classifier", messages=HI, max_tokens=500, temperature=0.2)
+    (_, body), = upstream.sent
+    assert body == {"model": "classifier", "messages": HI, "max_tokens": 500, "temperature": 0.2}
+
+
+def test_azures_v1_api_gets_none_of_llmbudgets_own_caps_and_a_tier_elsewhere_gets_its_own_query(
+        engine: llmbudget.Engine) -> None:
+    """On Azure's v1 API the body's model is a deployment's name too (an o3-mini named "classifier" got a schema
+    cap); a tier on another Azure resource gets the api-version its base_url carries, never the app's query."""
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["positive", "negative"]}},
+              "required": ["label"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}}
+    upstream = Deployment()
+    v1 = openai.OpenAI(base_url=f"{AZURE}/openai/v1", api_key="k", max_retries=0,
+                       http_client=llmbudget.http_client(transport=upstream))
+    v1.chat.completions.create(model="classifier", messages=HI, response_format=fmt)
+    assert not {"max_tokens", "max_completion_tokens"} & set(upstream.sent[0][1])
+    other = "https://other.openai.azure.com/openai/deployments/mini?api-version=2024-10-21"
+    engine.routing = llmbudget.Routing(tiers={"small": {"model": "mini", "base_url": other}, "large": None},
+                                       threshold=1.0)
+    azure(upstream).with_options(default_query={"subscription-key": "apim-secret"}).chat.completions.create(
+        model="gpt-4o", messages=HI, max_tokens=20)
+    assert upstream.sent[-1][0] == ("https://other.openai.azure.com/openai/deployments/mini/chat/completions"
+                                    "?api-version=2024-10-21")

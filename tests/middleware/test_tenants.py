@@ -171,7 +171,8 @@ def test_a_scope_the_app_opens_on_a_disabled_route_with_its_own_tenant_keeps_the
     llm = upstream.client()
 
     async def own(request: Request) -> JSONResponse:
-        with llmbudget.scope(tenant=request.query_params["org"]) as inner:
+        with llmbudget.scope(budgets=[llmbudget.Budget("5")]), \
+                llmbudget.scope(tenant=request.query_params["org"]) as inner:  # named under a scope naming none
             answer = llm.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=8)
             return JSONResponse({"cache": inner.cache, "answer": answer.choices[0].message.content})
 

@@ -323,3 +323,5 @@ def test_a_disabled_routes_file_wrapper_reaches_the_server_as_it_made_it(engine:
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/static/a.css", "wsgi.file_wrapper": file_wrapper}
     result = middleware(environ, lambda status, headers, exc_info=None: None)
     assert made and result is made[0] and b"".join(result) == b"static bytes"
+    # the server's own wrapper again, which servers check the answer against (gunicorn: isinstance, a 500 else)
+    assert environ["wsgi.file_wrapper"] is file_wrapper

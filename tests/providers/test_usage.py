@@ -525,6 +525,11 @@ def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> N
     streamed = _begin(engine, CHAT_BODY)
     record = streamed.finish(complete=False, error=httpx2.ReadTimeout("x"))
     assert record is not None and record.usage.output_tokens == 0 and record.usage.input_tokens > 0
+    # a Responses job run in the background goes on whoever reads it
+    background = _begin(engine, {"model": "gpt-4o-mini", "input": "Write an essay", "stream": True,
+                                 "background": True, "max_output_tokens": 4000}, "/v1/responses")
+    record = background.finish(complete=False, error=httpx2.ReadTimeout("x"))
+    assert record is not None and record.usage.output_tokens == 4000
     attempt = _begin(engine, {**CHAT_BODY, "stream": False})
     worst = attempt.worst_usage()
     record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))

@@ -21,6 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -631,8 +632,10 @@ class Attempt:
         self.rewritten = True
         return True
 
-    def _directed(self, body: dict[str, Any], output: Output, source: str) -> dict[str, Any] | None:
-        """``body`` with ``output``'s directive and its cap (noted in ``self.output``), or None when it gets none."""
+    def _directed(self, body: dict[str, Any], output: Output, source: str,
+                  base_url: str | None = None) -> dict[str, Any] | None:
+        """``body`` with ``output``'s directive and its cap (noted in ``self.output``), or None when it gets none;
+        ``base_url``: where the call goes (a tier's), if not where the app sent it."""
         endpoint = self.call.endpoint
         cap = output.cap_for(endpoint, body, body.get("model"))  # in the request's own language (before the directive)
         applied = apply_directive(endpoint, body, output)
@@ -641,7 +644,7 @@ class Attempt:
         body, where = applied
         capped = False
         if self.escalated_from is None and not thinks(endpoint, body, body.get("model")) \
-                and not _unknown_model(self.call.base_url):
+                and not _unknown_model(base_url or self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
@@ -714,7 +717,7 @@ class Attempt:
                 self.capped = self.capped or tier_capped
             if tier.output is not None and not kept and self.output is None and (scope is None
                                                                                  or scope.output is not False):
-                body = self._directed(body, tier.output, f"tier {chosen}") or body
+                body = self._directed(body, tier.output, f"tier {chosen}", base_url) or body
             if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None and not kept
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
                     and not REPLAYED_STREAM.get()):
@@ -1160,7 +1163,8 @@ class Attempt:
         """An answer (2xx) not read to its end: a stream's, what the server reported and the output seen (it stops
         generating when the client goes); a whole (non-streamed) one was generated and billed in full before its
         first byte was sent, so unless its usage was read, its worst case (what its reservation held)."""
-        if self.state.usage is None and self._whole_answer_coming():
+        if self.state.usage is None and (self._whole_answer_coming() or self.call.body.get("background")):
+            # (a Responses job run in the background goes on whoever reads its stream)
             return self.worst_usage().replace(estimated=True)
         return self._seen_usage()
 
@@ -1339,8 +1343,12 @@ def _unknown_model(base_url: str) -> bool:
     """A host where the request's model is a deployment's name (Azure OpenAI, its deployment URLs and its v1
     API): what model runs is not known from the request, and it may reason, which llmbudget's own caps would
     cut (an o3-mini deployment named "classifier")."""
-    host = base_url.split("://", 1)[-1].split("/", 1)[0].lower()
-    return _deployment(base_url) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
+    try:
+        host = (urlsplit(base_url).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    return _deployment(base_url) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com",
+                                                    ".services.ai.azure.com"))
 
 
 def _cancelled(error: BaseException) -> bool:

@@ -74,6 +74,8 @@ class Scope:
     #: A disabled route's scope (the middleware's): its calls name no tenant, so they pass the cache, routing and
     #: directives by; a scope inside it that names a tenant does not inherit that.
     passing_by: bool = field(default=False, repr=False)
+    #: The settings (cache, routing, output, defer) this scope was given, not inherited.
+    given: frozenset[str] = field(default=frozenset(), repr=False)
 
     def add(self, record: SpendRecord) -> None:
         node: Scope | None = self
@@ -90,6 +92,24 @@ app_path: contextvars.ContextVar[str] = contextvars.ContextVar("llmbudget_app_pa
 def current_scope() -> Scope | None:
     """The scope of the running request or test, if any."""
     return _current.get()
+
+
+def _passing_by(scope: Scope | None) -> bool:
+    """Whether ``scope`` is inside a disabled route's scope."""
+    while scope is not None:
+        if scope.passing_by:
+            return True
+        scope = scope.parent
+    return False
+
+
+def _set_by_app(scope: Scope | None, name: str) -> Any:
+    """The setting ``name`` as the nearest of the app's own scopes around a disabled route's set it, or None."""
+    while scope is not None and not scope.passing_by:
+        if name in scope.given:
+            return getattr(scope, name)
+        scope = scope.parent
+    return None
 
 
 def _check_scope_arguments(*, tenant: Any, request_id: Any, test_id: Any, cache: Any, routing: Any,
@@ -149,23 +169,32 @@ def scope(
 
         output = Output.of(output, "scope(output=...)")
     parent = _current.get()
-    # a disabled route's settings are for calls that name no tenant: a scope naming one starts from the defaults
-    settings = None if parent is not None and parent.passing_by and tenant is not None else parent
+    given = {"cache": cache, "routing": routing, "output": output, "defer": defer}
+    # a disabled route's settings are for calls that name no tenant: a scope naming one inside it keeps only what
+    # the app's own scopes set
+    escapes = tenant is not None and _passing_by(parent)
+
+    def inherited(name: str) -> Any:
+        if given[name] is not None:
+            return given[name]
+        if escapes:
+            return _set_by_app(parent, name)
+        return getattr(parent, name) if parent else None
+
     new = Scope(
         tenant=tenant if tenant is not None else (parent.tenant if parent else None),
         request_id=request_id or (parent.request_id if parent else uuid.uuid4().hex),
         test_id=test_id if test_id is not None else (parent.test_id if parent else None),
         budgets=tuple(budgets),
         parent=parent,
-        cache=cache if cache is not None else (settings.cache if settings else None),
-        routing=routing if routing is not None else (settings.routing if settings else None),
+        cache=inherited("cache"),
+        routing=inherited("routing"),
         on_budget=on_budget or (parent.on_budget if parent else None),
         downgrade_to=downgrade_to or (parent.downgrade_to if parent else None),
         cap_min_output_tokens=cap_min_output_tokens or (parent.cap_min_output_tokens if parent else None),
-        output=output if output is not None else (settings.output if settings else None),
-        defer=defer if defer is not None else (settings.defer if settings else None),
-        # (a scope that names no tenant inside a disabled route's is one too: a tenant named deeper escapes it)
-        passing_by=parent is not None and parent.passing_by and tenant is None,
+        output=inherited("output"),
+        defer=inherited("defer"),
+        given=frozenset(name for name, value in given.items() if value is not None),
     )
     token = _current.set(new)
     try:

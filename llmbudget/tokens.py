@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -63,16 +64,29 @@ _remembered_lock = threading.Lock()
 _warming: threading.Thread | None = None
 
 
+_fork_waited = False
+
+
 def _finish_warming() -> None:
-    """Before a fork: let a load under way end (tiktoken holds its registry lock while it loads, and a child
-    forked then would wait for that lock forever; gunicorn --preload forks right after the app is made)."""
+    """Before a fork: let a load under way end, for a few seconds once per process (tiktoken holds its registry
+    lock while it loads, and a child forked then waited for that lock forever; gunicorn --preload forks right
+    after the app is made). A load that takes longer (a download that hangs) does not hold forks up."""
+    global _fork_waited
     thread = _warming
-    if thread is not None and thread.is_alive():
-        thread.join(30)
+    if thread is not None and thread.is_alive() and not _fork_waited:
+        _fork_waited = True
+        thread.join(5)
+
+
+def _fresh_registry_lock() -> None:
+    """In a child just forked: tiktoken's registry lock anew (the parent's load may have held it)."""
+    registry = sys.modules.get("tiktoken.registry")
+    if registry is not None and hasattr(registry, "_lock"):
+        setattr(registry, "_lock", threading.RLock())  # noqa: B010 - a private name of its, when it has one
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(before=_finish_warming)
+    os.register_at_fork(before=_finish_warming, after_in_child=_fresh_registry_lock)
 
 
 def warm_up() -> threading.Thread:

@@ -62,3 +62,17 @@ def test_an_engine_refuses_what_it_would_misread(arguments, error, message):
     with pytest.raises(error) as caught:
         llmbudget.Engine(**arguments)
     assert message in str(caught.value)
+
+
+def test_a_tenant_named_inside_a_disabled_routes_scope_keeps_what_the_apps_own_scopes_set(engine) -> None:
+    """A disabled route's scope keeps its calls (which name no tenant) away from the cache and the router; a
+    scope naming a tenant inside it starts from what the app's own scopes set, never from that rule, and never
+    loses the app's own settings (it lost them all when a scope stood between)."""
+    with llmbudget.scope(cache=False, routing=False, output=False) as route:
+        route.passing_by = True  # as the middleware makes it
+        with llmbudget.scope(tenant="acme") as direct:
+            assert (direct.cache, direct.routing, direct.output) == (None, None, None)
+        with llmbudget.scope(budgets=[Budget("1")]) as middle, llmbudget.scope(tenant="acme") as inner:
+            assert middle.cache is False and inner.cache is None and inner.routing is None
+        with llmbudget.scope(routing="large"), llmbudget.defer("flex"), llmbudget.scope(tenant="acme") as own:
+            assert (own.routing, own.defer, own.cache) == ("large", "flex", None)

@@ -248,9 +248,15 @@ def test_the_encodings_load_at_start_up_in_a_thread_not_in_the_first_calls(monke
     slow = threading.Thread(target=time.sleep, args=(0.3,), daemon=True)
     slow.start()
     monkeypatch.setattr(tokens, "_warming", slow)
+    monkeypatch.setattr(tokens, "_fork_waited", False)
     tokens._finish_warming()
     assert not slow.is_alive()
     monkeypatch.setattr(tokens, "_warming", thread)
+    registry = sys.modules["tiktoken.registry"]
+    held = registry._lock
+    tokens._fresh_registry_lock()  # in a child: the lock anew, whatever the parent's load held
+    assert registry._lock is not held
+    monkeypatch.setattr(registry, "_lock", held)
     thread.join(60)
     assert tokens._encoding("o200k_base") is not None and tokens._encoding("cl100k_base") is not None
     started: list[str] = []

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import Attempt, get_engine
@@ -141,6 +142,10 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     if attempt.call.base_url != original_base and url.startswith(original_base):
         tier_base, _, tier_query = attempt.call.base_url.partition("?")  # a tier's own query (Azure's api-version)
         url = tier_base + url[len(original_base):]
+        if tier_query and _origin(httpx.URL(url)) == _origin(request.url):  # the app's query with the tier's
+            path, _, query = url.partition("?")
+            merged = {**dict(parse_qsl(query, keep_blank_values=True)), **dict(parse_qsl(tier_query))}
+            url = f"{path}?{urlencode(merged)}"
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
             # (nor its Host header: the new URL's is used; nor its query string, which may hold a key:
             # Azure API Management's subscription-key), only the tier's own

@@ -112,3 +112,31 @@ def test_azures_v1_api_gets_none_of_llmbudgets_own_caps_and_a_tier_elsewhere_get
         model="gpt-4o", messages=HI, max_tokens=20)
     assert upstream.sent[-1][0] == ("https://other.openai.azure.com/openai/deployments/mini/chat/completions"
                                     "?api-version=2024-10-21")
+
+
+def test_azure_hosts_are_known_however_their_url_is_spelt() -> None:
+    from llmbudget.pipeline import _unknown_model
+
+    for url in ("https://res.openai.azure.com/openai/v1", "https://RES.OPENAI.AZURE.COM/openai/v1",
+                "https://res.openai.azure.com:443/openai/v1", "https://res.openai.azure.com./openai/v1",
+                "https://res.cognitiveservices.azure.com/openai/v1", "https://res.services.ai.azure.com/openai/v1",
+                "https://gateway.example.com/openai/deployments/chat"):
+        assert _unknown_model(url), url
+    for url in ("https://api.openai.com/v1", "https://openai.azure.com.evil.example/v1", "not a url"):
+        assert not _unknown_model(url), url
+
+
+def test_a_tier_on_the_same_host_keeps_its_own_query_and_its_directive_follows_its_host(
+        engine: llmbudget.Engine) -> None:
+    """A tier on the app's Azure resource lost its api-version (Azure refused every routed call); a tier's
+    directive was judged by the app's host, so a tier on Azure got a cap its unknown model may not take."""
+    upstream = Deployment()
+    mini = f"{AZURE}/openai/deployments/mini?api-version=2024-10-21"
+    engine.routing = llmbudget.Routing(tiers={"small": {"model": "mini", "base_url": mini,
+                                                        "max_words": 50}, "large": None}, threshold=1.0)
+    client = openai.OpenAI(base_url=f"{AZURE}/openai/v1", api_key="k", max_retries=0,
+                           http_client=llmbudget.http_client(transport=upstream))
+    client.chat.completions.create(model="gpt-4o", messages=HI)
+    url, body = upstream.sent[-1]
+    assert url == f"{AZURE}/openai/deployments/mini/chat/completions?api-version=2024-10-21"
+    assert "50 words" in json.dumps(body["messages"]) and "max_tokens" not in body

@@ -530,6 +530,12 @@ def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> N
                                  "background": True, "max_output_tokens": 4000}, "/v1/responses")
     record = background.finish(complete=False, error=httpx2.ReadTimeout("x"))
     assert record is not None and record.usage.output_tokens == 4000
+    started = _begin(engine, {"model": "gpt-4o-mini", "input": "Write an essay", "stream": True,
+                              "background": True, "max_output_tokens": 4000}, "/v1/responses")
+    started.start_response(200, {"content-type": "text/event-stream"})  # cut once its stream had begun
+    started.feed(b'data: {"type": "response.created", "response": {"id": "resp_1", "status": "queued"}}\n\n')
+    record = started.finish(complete=False, error=httpx2.ReadTimeout("x"))
+    assert record is not None and record.usage.output_tokens == 4000
     attempt = _begin(engine, {**CHAT_BODY, "stream": False})
     worst = attempt.worst_usage()
     record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))

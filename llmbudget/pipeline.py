@@ -1059,8 +1059,7 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and self.status is None and not (self.call.stream and not self.call.body.get(
-                    "background")) and (
+            if error is not None and self.status is None and not (self.call.stream and not self._background()) and (
                     _timed_out_waiting(error) or (self.sent and _cancelled(error))):
                 # Sent whole, then no answer within the client's timeout, or the caller stopped waiting (a task
                 # cancelled by asyncio.wait_for or a client gone, a thread interrupted): the provider goes on and
@@ -1163,10 +1162,14 @@ class Attempt:
         """An answer (2xx) not read to its end: a stream's, what the server reported and the output seen (it stops
         generating when the client goes); a whole (non-streamed) one was generated and billed in full before its
         first byte was sent, so unless its usage was read, its worst case (what its reservation held)."""
-        if self.state.usage is None and (self._whole_answer_coming() or self.call.body.get("background")):
+        if self.state.usage is None and (self._whole_answer_coming() or self._background()):
             # (a Responses job run in the background goes on whoever reads its stream)
             return self.worst_usage().replace(estimated=True)
         return self._seen_usage()
+
+    def _background(self) -> bool:
+        """A Responses job run in the background: it goes on whoever reads its stream."""
+        return self.call.endpoint == "responses" and bool(self.call.body.get("background"))
 
     def _whole_answer_coming(self) -> bool:
         """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,
@@ -1343,12 +1346,13 @@ def _unknown_model(base_url: str) -> bool:
     """A host where the request's model is a deployment's name (Azure OpenAI, its deployment URLs and its v1
     API): what model runs is not known from the request, and it may reason, which llmbudget's own caps would
     cut (an o3-mini deployment named "classifier")."""
+    if _deployment(base_url):
+        return True
     try:
         host = (urlsplit(base_url).hostname or "").rstrip(".")
     except ValueError:
-        return False
-    return _deployment(base_url) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com",
-                                                    ".services.ai.azure.com"))
+        host = ""
+    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
 
 
 def _cancelled(error: BaseException) -> bool:

@@ -79,10 +79,17 @@ def _finish_warming() -> None:
 
 
 def _fresh_registry_lock() -> None:
-    """In a child just forked: tiktoken's registry lock anew (the parent's load may have held it)."""
+    """In a child just forked while the parent's load held tiktoken's registry lock: the lock anew, and the
+    registry's table of encodings to be built again (the load may have left it half made)."""
     registry = sys.modules.get("tiktoken.registry")
-    if registry is not None and hasattr(registry, "_lock"):
-        setattr(registry, "_lock", threading.RLock())  # noqa: B010 - a private name of its, when it has one
+    lock = getattr(registry, "_lock", None)
+    if registry is None or lock is None or lock.acquire(blocking=False):
+        if lock is not None:
+            lock.release()
+        return
+    setattr(registry, "_lock", threading.RLock())  # noqa: B010 - private names of tiktoken's, where it has them
+    if hasattr(registry, "ENCODING_CONSTRUCTORS"):
+        setattr(registry, "ENCODING_CONSTRUCTORS", None)  # noqa: B010
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

@@ -253,10 +253,18 @@ def test_the_encodings_load_at_start_up_in_a_thread_not_in_the_first_calls(monke
     assert not slow.is_alive()
     monkeypatch.setattr(tokens, "_warming", thread)
     registry = sys.modules["tiktoken.registry"]
-    held = registry._lock
-    tokens._fresh_registry_lock()  # in a child: the lock anew, whatever the parent's load held
-    assert registry._lock is not held
+    free = registry._lock
+    tokens._fresh_registry_lock()  # a lock nobody held: left as it is
+    assert registry._lock is free
+    held = threading.RLock()
+    taker = threading.Thread(target=held.acquire)  # held by a thread that is not there (as in a forked child)
+    taker.start()
+    taker.join()
     monkeypatch.setattr(registry, "_lock", held)
+    monkeypatch.setattr(registry, "ENCODING_CONSTRUCTORS", registry.ENCODING_CONSTRUCTORS)
+    tokens._fresh_registry_lock()  # the lock anew, and the half-made table of encodings built again
+    assert registry._lock is not held and registry.ENCODING_CONSTRUCTORS is None
+    monkeypatch.setattr(registry, "_lock", free)
     thread.join(60)
     assert tokens._encoding("o200k_base") is not None and tokens._encoding("cl100k_base") is not None
     started: list[str] = []

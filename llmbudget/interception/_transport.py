@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus
 
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import Attempt, get_engine
@@ -143,9 +143,10 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
         tier_base, _, tier_query = attempt.call.base_url.partition("?")  # a tier's own query (Azure's api-version)
         url = tier_base + url[len(original_base):]
         if tier_query and _origin(httpx.URL(url)) == _origin(request.url):  # the app's query with the tier's
-            path, _, query = url.partition("?")
-            merged = {**dict(parse_qsl(query, keep_blank_values=True)), **dict(parse_qsl(tier_query))}
-            url = f"{path}?{urlencode(merged)}"
+            path, _, query = url.partition("?")  # (the app's pairs as it wrote them, less the keys the tier sets)
+            tier_keys = {key for key, _ in parse_qsl(tier_query, keep_blank_values=True)}
+            kept = [pair for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in tier_keys]
+            url = f"{path}?{'&'.join([*kept, tier_query])}"
         if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
             # (nor its Host header: the new URL's is used; nor its query string, which may hold a key:
             # Azure API Management's subscription-key), only the tier's own

@@ -124,6 +124,7 @@ def test_azure_hosts_are_known_however_their_url_is_spelt() -> None:
         assert _unknown_model(url), url
     for url in ("https://api.openai.com/v1", "https://openai.azure.com.evil.example/v1", "not a url"):
         assert not _unknown_model(url), url
+    assert _unknown_model("https://[bad/openai/deployments/x")  # a deployment's path, whatever the host
 
 
 def test_a_tier_on_the_same_host_keeps_its_own_query_and_its_directive_follows_its_host(
@@ -139,4 +140,9 @@ def test_a_tier_on_the_same_host_keeps_its_own_query_and_its_directive_follows_i
     client.chat.completions.create(model="gpt-4o", messages=HI)
     url, body = upstream.sent[-1]
     assert url == f"{AZURE}/openai/deployments/mini/chat/completions?api-version=2024-10-21"
+    # the app's own query as it wrote it (repeated keys, raw characters), less what the tier sets
+    client.with_options(default_query={"sig": "a/b:c", "api-version": "old"}).chat.completions.create(
+        model="gpt-4o", messages=HI, extra_query={"a": ["1", "2"]})
+    url = upstream.sent[-1][0]
+    assert url.endswith("&api-version=2024-10-21") and "old" not in url and url.count("a%5B%5D=") == 2
     assert "50 words" in json.dumps(body["messages"]) and "max_tokens" not in body

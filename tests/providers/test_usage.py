@@ -536,6 +536,12 @@ def test_a_read_timeout_is_charged_its_worst_case(engine: llmbudget.Engine) -> N
     started.feed(b'data: {"type": "response.created", "response": {"id": "resp_1", "status": "queued"}}\n\n')
     record = started.finish(complete=False, error=httpx2.ReadTimeout("x"))
     assert record is not None and record.usage.output_tokens == 4000
+    stray = _begin(engine, {**{k: v for k, v in CHAT_BODY.items() if k != "max_completion_tokens"},
+                            "background": True, "max_tokens": 4000})  # not a Responses job
+    stray.start_response(200, {"content-type": "text/event-stream"})
+    stray.feed(b'data: {"choices": [{"delta": {"content": "Paris is"}}]}\n\n')
+    record = stray.finish(complete=False)
+    assert record is not None and 0 < record.usage.output_tokens < 4000
     attempt = _begin(engine, {**CHAT_BODY, "stream": False})
     worst = attempt.worst_usage()
     record = attempt.finish(complete=False, error=httpx2.ReadTimeout("x"))

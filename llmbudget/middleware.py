@@ -21,6 +21,7 @@ trusts it (``True``, or the peer is one of the listed proxies).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import importlib
@@ -589,8 +590,7 @@ class LLMBudgetMiddleware(_Core):
             return
         route = self.policy.for_path(path)
         if not route.enabled:
-            with _llm_scope(**_PASSING_BY) as passing:
-                passing.passing_by = True
+            with _pass_by():
                 await self.app(scope, receive, send)
             return
         request_id = self.request_id(_asgi_header(scope, self.policy.request_id_header))
@@ -800,15 +800,19 @@ def _environ_header_values(environ: Mapping[str, Any], name: str | None) -> list
         return [value.encode("utf-8", "surrogateescape")]
 
 
-#: A disabled route's scope: no tenant read, no budgets, and its calls pass the cache, the router and directives
-#: by (outside any scope they would all share the default tenant's cache partition, whoever made them).
-_PASSING_BY: dict[str, Any] = {"cache": False, "routing": False, "output": False}
+@contextlib.contextmanager
+def _pass_by() -> Iterator[Scope]:
+    """A disabled route's scope: no tenant read, no budgets, and its calls pass the cache, the router and
+    directives by (outside any scope they would all share the default tenant's cache partition, whoever made
+    them)."""
+    with _llm_scope(cache=False, routing=False, output=False) as passing:
+        passing.passing_by = True
+        yield passing
 
 
 def _passing_by() -> contextvars.Context:
     """Run in a throwaway copy of the caller's context: a snapshot with a disabled route's scope set."""
-    with _llm_scope(**_PASSING_BY) as passing:
-        passing.passing_by = True
+    with _pass_by():
         return contextvars.copy_context()
 
 

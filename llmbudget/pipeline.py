@@ -21,13 +21,16 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from urllib.parse import urlsplit
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from . import tokens
+from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
+from .caps import apply_cap, suited, thinks
+from .defer import Batcher
 from .ledger.budgets import (
     Budget,
     BudgetStore,
@@ -38,13 +41,10 @@ from .ledger.budgets import (
     WouldWait,
     budget_list,
 )
-from .caps import apply_cap, suited, thinks
 from .ledger.records import Ledger, MemoryLedger
-from .breakpoints import Breakpoints, cache_write_ttls
-from .defer import Batcher
 from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
-from .pricing import DEFERRED_TIERS, Pricing, PriceLike
+from .pricing import DEFERRED_TIERS, PriceLike, Pricing
 from .providers import Adapter, ResponseState, adapter_for_path
 from .providers._base import WEB_SEARCH_RESULT_TOKENS
 from .scope import Scope, current_scope
@@ -445,8 +445,7 @@ class Attempt:
         affordable = int((refusal.remaining_usd - input_cost) * 1_000_000 / per_token) // answers
         minimum = self._scope_setting("cap_min_output_tokens") or 16
         current = (call.max_output_tokens or self.engine.default_max_output_tokens * answers) // answers
-        if affordable < minimum or affordable >= current or thinks(call.endpoint, call.body, call.model) \
-                or _unknown_model(call.base_url):
+        if affordable < minimum or affordable >= current or _may_reason(call.endpoint, call.body, call.base_url):
             return False
         body, changed = apply_cap(call.endpoint, call.body, call.model, affordable)
         if changed:
@@ -643,8 +642,7 @@ class Attempt:
             return None
         body, where = applied
         capped = False
-        if self.escalated_from is None and not thinks(endpoint, body, body.get("model")) \
-                and not _unknown_model(base_url or self.call.base_url):
+        if self.escalated_from is None and not _may_reason(endpoint, body, base_url or self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
@@ -712,7 +710,7 @@ class Attempt:
             if tier_url and tier_url != base_url:
                 base_url, self.tier_key_env = tier_url, tier.api_key_env
                 self.routed = True
-            if tier.max_output_tokens and not kept and not thinks(call.endpoint, body, body.get("model")):
+            if tier.max_output_tokens and not _may_reason(call.endpoint, body, base_url):
                 body, tier_capped = apply_cap(call.endpoint, body, body.get("model"), tier.max_output_tokens)
                 self.capped = self.capped or tier_capped
             if tier.output is not None and not kept and self.output is None and (scope is None
@@ -741,8 +739,8 @@ class Attempt:
             # sent as a line of a Batch API job (see the transport); an Azure deployment's call is sent as usual
             # (Azure's batch jobs live elsewhere, under another API and key header)
             self.defer_mode = "batch"
-        bound = schema_cap(body) if self.escalated_from is None and not thinks(
-            call.endpoint, body, body.get("model")) and not _unknown_model(base_url) else None
+        bound = schema_cap(body) if self.escalated_from is None and not _may_reason(
+            call.endpoint, body, base_url) else None
         if bound is not None:
             body, capped = apply_cap(call.endpoint, body, body.get("model"), bound)
             if capped:
@@ -1353,6 +1351,12 @@ def _unknown_model(base_url: str) -> bool:
     except ValueError:
         host = ""
     return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
+
+
+def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:
+    """Whether the model the request goes to may reason (a limit bounds its thinking too), or is not known from
+    the request (an Azure deployment's): no output cap of llmbudget's own is added to such a call."""
+    return thinks(endpoint, body, body.get("model")) or _unknown_model(base_url)
 
 
 def _cancelled(error: BaseException) -> bool:

@@ -83,9 +83,10 @@ def _fresh_registry_lock() -> None:
     registry's table of encodings to be built again (the load may have left it half made)."""
     registry = sys.modules.get("tiktoken.registry")
     lock = getattr(registry, "_lock", None)
-    if registry is None or lock is None or lock.acquire(blocking=False):
-        if lock is not None:
-            lock.release()
+    if lock is None:
+        return
+    if lock.acquire(blocking=False):  # free: nothing was loading
+        lock.release()
         return
     setattr(registry, "_lock", threading.RLock())  # noqa: B010 - private names of tiktoken's, where it has them
     if hasattr(registry, "ENCODING_CONSTRUCTORS"):

@@ -142,15 +142,17 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
     if attempt.call.base_url != original_base and url.startswith(original_base):
         tier_base, _, tier_query = attempt.call.base_url.partition("?")  # a tier's own query (Azure's api-version)
         url = tier_base + url[len(original_base):]
-        if tier_query and _origin(httpx.URL(url)) == _origin(request.url):  # the app's query with the tier's
-            path, _, query = url.partition("?")  # (the app's pairs as it wrote them, less the keys the tier sets)
-            tier_keys = {key for key, _ in parse_qsl(tier_query, keep_blank_values=True)}
-            kept = [pair for pair in query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in tier_keys]
-            url = f"{path}?{'&'.join([*kept, tier_query])}"
-        if _origin(httpx.URL(url)) != _origin(request.url):  # another host: never the app's credentials
+        path, _, query = url.partition("?")
+        if _origin(httpx.URL(url)) == _origin(request.url):
+            if tier_query:  # the app's pairs as it wrote them, less the keys the tier sets, then the tier's
+                tier_keys = {key for key, _ in parse_qsl(tier_query, keep_blank_values=True)}
+                kept = [pair for pair in query.split("&")
+                        if pair and unquote_plus(pair.partition("=")[0]) not in tier_keys]
+                url = f"{path}?{'&'.join([*kept, tier_query])}"
+        else:  # another host: never the app's credentials
             # (nor its Host header: the new URL's is used; nor its query string, which may hold a key:
-            # Azure API Management's subscription-key), only the tier's own
-            url = url.split("?", 1)[0] + (f"?{tier_query}" if tier_query else "")
+            # Azure API Management's subscription-key), only the tier's own query
+            url = path + (f"?{tier_query}" if tier_query else "")
             headers = [(k, v) for k, v in headers if _goes_elsewhere(k)]
             key = attempt.tier_api_key()
             if key:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .money import plain_decimal
+
 __all__ = ["Call", "Counters", "Usage", "SpendRecord", "ENDPOINTS"]
 
 #: The wire formats llmbudget understands, by name.
@@ -135,7 +137,7 @@ class SpendRecord:
         """A JSON-ready dict (costs as decimal strings, usage flattened)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
         for key in _MONEY:
-            data[key] = str(getattr(self, key))
+            data[key] = plain_decimal(getattr(self, key))
         data["usage"] = dataclasses.asdict(self.usage)
         return data
 
@@ -262,7 +264,7 @@ class Counters:
         """Ints and decimal strings only (safe for JSON and for pytest-xdist)."""
         data: dict[str, Any] = {key: getattr(self, key) for key in _COUNTS}
         for key in _MONEY:
-            data[key] = str(getattr(self, key))
+            data[key] = plain_decimal(getattr(self, key))
         return data
 
     @classmethod

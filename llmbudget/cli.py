@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any
 
 from . import __version__
@@ -45,7 +46,13 @@ def _run(task: Callable[..., dict[str, Any]], args: dict[str, Any], *, as_json: 
             return task(**args)
         with _console().status(escape(title)):
             return task(**args)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         tid = bar.add_task(escape(title), total=None)
@@ -362,11 +369,10 @@ def _prices(ns: argparse.Namespace) -> int:
 
 
 def _report(ns: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .calls import Counters
-    from .money import format_usd
-
+    from .money import format_usd, plain_decimal
     from .prefix import prefix_lines, prefix_row, unstable_prefixes
     from .pricing import Pricing
 
@@ -379,7 +385,7 @@ def _report(ns: argparse.Namespace) -> int:
         verdict = (record.output or {}).get("json")
         if verdict in json_answers:  # (a string: SpendRecord.from_dict refuses any other)
             json_answers[verdict] += 1
-        day = datetime.fromtimestamp(record.time, tz=timezone.utc).date().isoformat()
+        day = datetime.fromtimestamp(record.time, tz=UTC).date().isoformat()
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
             row.add_record(record)
@@ -387,8 +393,9 @@ def _report(ns: argparse.Namespace) -> int:
     def out(row: Counters) -> dict[str, Any]:
         # saved_usd: by the cache; routing_saved_usd: by routing (net of escalations); prompt_cache_saved_usd:
         # the provider's discount on cached input; deferred_saved_usd: flex and batch (see SpendRecord.saved_by)
-        return {"calls": row.calls, "cost_usd": float(row.cost_usd), "saved_usd": float(row.saved_usd),
-                "routing_saved_usd": float(row.routing_saved_usd),
+        # (cost_usd_exact: the exact sum as a decimal string, as the pytest plugin's JSON gives it)
+        return {"calls": row.calls, "cost_usd": float(row.cost_usd), "cost_usd_exact": plain_decimal(row.cost_usd),
+                "saved_usd": float(row.saved_usd), "routing_saved_usd": float(row.routing_saved_usd),
                 "prompt_cache_saved_usd": float(row.prompt_cache_saved_usd),
                 "deferred_saved_usd": float(row.deferred_saved_usd)}
 
@@ -527,7 +534,13 @@ def _replay(ns: argparse.Namespace) -> int:
         result = replay(ns.traffic, ns.policy)
     else:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -791,6 +804,11 @@ def _share(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmbudget`` command."""
     ns = _parser().parse_args(argv)
+    import warnings
+
+    # a warning is one line for people (an unpriced model...), not the file and source line it came from
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_args, **_kw: f"{category.__name__}: {message}\n"
     try:
         return int(ns.handler(ns))
     except BrokenPipeError:  # the reader left (`| head`): nothing more to say, to it or anyone
@@ -803,6 +821,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # FileNotFoundError, PermissionError...; ConfigError, TrafficError...
         print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        if "pip install" not in str(exc):  # not an extra left out (ours say which to install): a real bug
+            raise
+        print(f"llmbudget {ns.command}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ import inspect
 import ipaddress
 import os
 import sqlite3
-import sys
-from collections.abc import Callable, Iterable, Mapping
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -70,11 +70,6 @@ from .output import Output
 from .pipeline import MAX_INPUT_ESTIMATE_MARGIN as _MAX_MARGIN
 from .pipeline import Engine
 from .pricing import CONSERVATIVE_PRICE, Pricing
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "ConfigError",
@@ -132,7 +127,7 @@ class MetricsPolicy:
     _: KW_ONLY
     path: str | None = None
     max_tenants: int = 100
-    tenants: tuple[str, ...] = ()
+    tenants: Sequence[str] = ()
     max_models: int = 50
 
     def __post_init__(self) -> None:
@@ -164,7 +159,7 @@ class Route:
     path: str
     _: KW_ONLY
     enabled: bool = True
-    budgets: tuple[Budget, ...] | None = None
+    budgets: Sequence[Budget] | None = None
     on_budget: OnBudget | None = None
     downgrade_to: str | None = None
     cap_min_output_tokens: int | None = None
@@ -241,17 +236,17 @@ class Policy:
     """
 
     _: KW_ONLY
-    budgets: tuple[Budget, ...] = ()
+    budgets: Sequence[Budget] = ()
     on_budget: OnBudget = "refuse"
     downgrade_to: str | None = None
     cap_min_output_tokens: int | None = None
     tenant: TenantFinder | None = field(default=None, compare=False)
     tenant_header: str | None = "x-tenant-id"
-    trust_tenant_header: bool | tuple[str, ...] = False
+    trust_tenant_header: bool | Sequence[str] = False
     request_id_header: str | None = "x-request-id"
     headers: bool = False
     metrics: MetricsPolicy | bool = False
-    routes: tuple[Route, ...] = ()
+    routes: Sequence[Route] = ()
     engine: Engine | None = field(default=None, compare=False, repr=False)
     problem_type: str = _PROBLEM_TYPE
 
@@ -302,7 +297,7 @@ class Policy:
                 return RoutePolicy(
                     route=route.path,
                     enabled=route.enabled,
-                    budgets=self.budgets if route.budgets is None else route.budgets,
+                    budgets=tuple(self.budgets if route.budgets is None else route.budgets),
                     on_budget=route.on_budget or self.on_budget,
                     downgrade_to=route.downgrade_to if route.downgrade_to is not None else self.downgrade_to,
                     cap_min_output_tokens=(
@@ -316,7 +311,7 @@ class Policy:
                     defer=route.defer,
                 )
         return RoutePolicy(
-            route=None, enabled=True, budgets=self.budgets, on_budget=self.on_budget, downgrade_to=self.downgrade_to,
+            route=None, enabled=True, budgets=tuple(self.budgets), on_budget=self.on_budget, downgrade_to=self.downgrade_to,
             cap_min_output_tokens=self.cap_min_output_tokens, headers=self.headers, cache=None, routing=None,
         )
 
@@ -603,8 +598,8 @@ def _redis_backend(key: str, url: str, source: str) -> Any:
         from .ledger.redis import RedisBudgetStore, RedisLedger
 
         return RedisLedger(url) if key == "ledger" else RedisBudgetStore(url)
-    except ImportError:
-        raise ConfigError(f"{source}: {key} = {url!r} needs redis-py: pip install redis") from None
+    except ImportError as exc:  # names the URL without its password
+        raise ConfigError(f"{source}: {key}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{source}: {key}: {exc}") from None
 
@@ -757,8 +752,9 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
             reranker=table.get("reranker", False),
             **semantic_chars,
         ), where, source)
-    except ImportError as exc:
-        raise ConfigError(f"{source}: cache.reranker = true: {exc}") from None
+    except ImportError as exc:  # redis-py for a Redis path, MiniLM's weights for the reranker
+        key = "cache.path" if _redis_url(table.get("path")) and "redis" in str(exc) else "cache.reranker = true"
+        raise ConfigError(f"{source}: {key}: {exc}") from None
 
 
 def _routing_from_config(value: Any, source: str) -> Any:

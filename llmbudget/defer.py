@@ -37,7 +37,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .scope import Scope
 
 log = logging.getLogger("llmbudget.defer")
 
@@ -77,7 +80,7 @@ class BatchError(RuntimeError):
 
 
 @contextlib.contextmanager
-def defer(mode: str = "batch") -> Iterator[Any]:
+def defer(mode: str = "batch") -> Iterator[Scope]:
     """Defer the block's calls: ``"flex"`` (OpenAI's flex service tier) or ``"batch"`` (OpenAI's Batch API,
     Anthropic's Message Batches)."""
     if mode not in DEFER_MODES:

@@ -46,7 +46,7 @@ from collections.abc import (
     MutableMapping,
 )
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +189,7 @@ def _header_tenant(values: list[bytes], header: str) -> str | None:
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _usd(amount: Decimal) -> str:
@@ -991,9 +991,8 @@ async def _in_context_async(context: contextvars.Context, chunks: AsyncIterable[
             await aclose()
 
     def in_context(work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        if sys.version_info >= (3, 11):  # the same context every step: what the generator sets lasts
-            return asyncio.get_running_loop().create_task(work, context=context)
-        return context.run(asyncio.ensure_future, work)  # (3.10: a copy of it; the scope is there at each step)
+        # the same context every step: what the generator sets lasts
+        return asyncio.get_running_loop().create_task(work, context=context)
 
     try:
         while True:
@@ -1013,8 +1012,7 @@ class LLMBudgetDjangoMiddleware:
     too, and, placed after ``AuthenticationMiddleware``, ``request.user`` names the tenant (as ``REMOTE_USER``
     does). The policy is ``settings.LLMBUDGET_POLICY`` (a :class:`Policy`), else :meth:`Policy.discover`'s.
     Synchronous (Django adapts it for async views); a ``StreamingHttpResponse``'s (sync) generator runs in the
-    request's scope too, and so does an async one's under ASGI (on Python 3.10 each of its steps gets a copy of
-    the request's context: what the generator itself sets in contextvars does not last past a ``yield`` there).
+    request's scope too, and so does an async one's under ASGI.
     """
 
     sync_capable = True

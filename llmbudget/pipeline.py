@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 from urllib.parse import urlsplit
 
 from . import tokens
@@ -68,6 +68,17 @@ MAX_INPUT_ESTIMATE_MARGIN = 100
 #: (OpenAI, Anthropic's output count) or its start (a JSON body that puts ``usage`` first, Anthropic's input count).
 _TAIL_BYTES = 1 << 16
 Observer = Callable[[SpendRecord], None]
+
+
+def _check_part(name: str, value: object, methods: tuple[str, ...], expected: str) -> None:
+    """A part given to :class:`Engine` that is not what it takes is a TypeError now, not a failure on every
+    call (a budget store that cannot reserve would let every call through unbudgeted). A string in
+    particular: a policy file takes a path or a URL; in Python the object is built by its class."""
+    if value is None or all(callable(getattr(value, m, None)) for m in methods):
+        return
+    hint = " (a path or URL is what a policy file takes; in Python, build the object)" if isinstance(
+        value, (str, os.PathLike)) else ""
+    raise TypeError(f"Engine({name}=...) must be {expected}, got {value!r}{hint}")
 
 
 class Engine:
@@ -126,6 +137,14 @@ class Engine:
         if not 0 < default_max_output_tokens <= MAX_TOKENS:
             raise ValueError(f"default_max_output_tokens must be a positive number of tokens up to {MAX_TOKENS:,}, "
                              f"got {default_max_output_tokens!r}")
+        _check_part("pricing", pricing, ("cost",), "a llmbudget.Pricing")
+        _check_part("ledger", ledger, ("add", "records"),
+                    "a Ledger: llmbudget.ledger.SQLiteLedger(path) or RedisLedger(url)")
+        _check_part("budget_store", budget_store, ("reserve", "settle", "spent"),
+                    "a BudgetStore: llmbudget.ledger.SQLiteBudgetStore(path) or RedisBudgetStore(url)")
+        _check_part("cache", cache, ("lookup", "save"), 'a llmbudget.Cache: llmbudget.Cache(path) or Cache("redis://...")')
+        _check_part("routing", routing, ("decide",), "a llmbudget.Routing")
+        _check_part("batcher", batcher, ("submit",), "a llmbudget.defer.Batcher")
         self.pricing = pricing if pricing is not None else Pricing(prices)
         self.budgets = budget_list(budgets, "budgets")
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
@@ -148,6 +167,9 @@ class Engine:
             raise ValueError(f"input_estimate_margin must be a number from 1 to {MAX_INPUT_ESTIMATE_MARGIN} (it pads "
                              f"estimates, never shrinks them), got {input_estimate_margin!r}")
         self.input_estimate_margin = input_estimate_margin
+        #: Base URLs that billed a call at the priority tier it did not ask for (an OpenAI project whose default
+        #: tier is priority): their calls that name no tier are reserved at the priority price from then on.
+        self.priority_by_default: set[str] = set()
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -396,7 +418,9 @@ class Attempt:
         audio = int(audio_tokens * self.engine.input_estimate_margin)
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8 + audio
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
-        tier = self.defer_mode or ("priority" if self.call.body.get("service_tier") == "priority" else None)
+        asked = self.call.body.get("service_tier")
+        tier = self.defer_mode or ("priority" if asked == "priority" or (
+            asked in (None, "auto") and self.call.base_url in self.engine.priority_by_default) else None)
         # search results are input, never written to the prompt cache
         fetched = self.adapter.fetched_tokens(self.call.body)
         files, containers = self.adapter.tool_uses(self.call.body)
@@ -1094,18 +1118,17 @@ class Attempt:
                 # Anthropic's placeholder (1 output token) and no final count: the output seen, estimated
                 usage, estimated = self._seen_usage(), True
             elif usage_seen is not None and (complete or state.done):
-                usage = usage_seen
-                if state.input_unreported and not usage.input_tokens:
-                    # a usage that leaves the input out (a gateway's stream without message_start's) is estimated
-                    guess = self.estimate_input_tokens()
-                    if guess > 0:
-                        usage, estimated = usage.replace(input_tokens=guess, estimated=True), True
+                usage = self._filled(usage_seen)
+                estimated = estimated or usage.estimated
             else:  # what the server reported of its input, if it did; read in part, as a cut answer is
                 usage, estimated = (self._seen_usage() if complete or state.done else self._cut_usage()), True
                 if self._tail is not None and self._sse:  # too large to read: about a token per chunk
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
+            if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto") \
+                    and call.base_url not in self.engine.priority_by_default:
+                self.engine.priority_by_default.add(call.base_url)  # the project's default tier (see _worst_input)
             if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None
                                               and "api.openai.com" in call.base_url):
                 # the server did not say: as asked (flex only where it exists: another host that ignores
@@ -1117,7 +1140,8 @@ class Attempt:
                 confidence = answer_confidence(self._json)
                 self.routing = {**self.routing, "confidence": None if confidence is None else round(confidence, 4)}
         model = state.model or call.model
-        priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if usage.total_tokens else None
+        billed = usage.total_tokens or usage.web_searches or usage.file_searches or usage.code_containers
+        priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if billed else None
         record = self._record(
             usage=usage,
             cost=priced.usd if priced else Decimal(0),
@@ -1174,6 +1198,28 @@ class Attempt:
         however labelled; not an ``error`` object) to a call that generates one (not an embedding)."""
         return (self.status == 200 and not self._sse and self._json_body and self.call.endpoint != "embeddings"
                 and not self.call.body.get("stream") and not bytes(self._buffer[:64]).lstrip().startswith(b'{"error"'))
+
+    def _filled(self, usage: Usage) -> Usage:
+        """A usage the server reported, with what it left out filled in: no input count (``{}``, a null
+        ``prompt_tokens``, a gateway's stream without Anthropic's ``message_start``) is the input's estimate, and
+        no output count for an answer that has one, the estimate of what was seen (both ``estimated``); reasoning
+        tokens counted beside the output rather than in it (some gateways' Gemini thinking) are added to it.
+        Never a silent $0 for an answered call."""
+        changes: dict[str, Any] = {}
+        if not usage.input_tokens:
+            guess = self.estimate_input_tokens()
+            if guess > 0:
+                changes["input_tokens"] = guess
+        if usage.reasoning_tokens > usage.output_tokens:
+            changes["output_tokens"] = usage.output_tokens + usage.reasoning_tokens
+        elif not usage.output_tokens:
+            seen = tokens.estimate_output_tokens(self._billed_text(), model=self.call.model)
+            if seen > 0:
+                changes["output_tokens"] = seen
+        if not changes:
+            return usage
+        guessed = "input_tokens" in changes or ("output_tokens" in changes and not usage.reasoning_tokens)
+        return usage.replace(**changes, estimated=usage.estimated or guessed)
 
     def _seen_usage(self) -> Usage:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's
@@ -1394,8 +1440,19 @@ def set_engine(engine: Engine) -> Engine:
     return previous
 
 
-def configure(**options: Any) -> Engine:
-    """Build an :class:`Engine` from keyword options and make it current. Returns it."""
-    engine = Engine(**options)
-    set_engine(engine)
-    return engine
+_P = ParamSpec("_P")
+
+
+def _making_current(build: Callable[_P, Engine]) -> Callable[_P, Engine]:
+    def configure(*args: _P.args, **options: _P.kwargs) -> Engine:
+        """Build an :class:`Engine` from keyword options (those of ``Engine(...)``) and make it current.
+        Returns it."""
+        engine = build(*args, **options)
+        set_engine(engine)
+        return engine
+
+    return configure
+
+
+#: ``configure(**options)``: build an :class:`Engine` (the same keywords, typed alike) and make it current.
+configure = _making_current(Engine)

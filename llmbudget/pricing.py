@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Union
@@ -72,6 +72,8 @@ class Price:
     output: Decimal
     cached_input: Decimal | None = None
     cache_write: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
 
     @classmethod
     def of(cls, value: PriceLike, *, what: str = "price") -> Price:
@@ -80,36 +82,52 @@ class Price:
             return value
         if not isinstance(value, Mapping):
             raise TypeError(f"{what}: expected a mapping with 'input' and 'output', got {value!r}")
-        unknown = set(value) - {"input", "output", "cached_input", "cache_write"}
+        unknown = set(value) - {"input", "output", *_OPTIONAL_PRICES}
         if unknown:
             raise ValueError(
-                f"{what}: unknown keys {sorted(unknown)}; expected input, output, cached_input, cache_write"
+                f"{what}: unknown keys {sorted(unknown)}; expected input, output, {', '.join(_OPTIONAL_PRICES)}"
             )
         if "input" not in value or "output" not in value:
             raise ValueError(f"{what}: both 'input' and 'output' (USD per 1M tokens) are required")
-        optional = {
-            key: _decimal(value[key], f"{what}.{key}") for key in ("cached_input", "cache_write") if key in value
-        }
+        optional = {key: _decimal(value[key], f"{what}.{key}") for key in _OPTIONAL_PRICES if key in value}
         return cls(_decimal(value["input"], f"{what}.input"), _decimal(value["output"], f"{what}.output"), **optional)
 
     def cost(self, usage: Usage) -> Decimal:
         """What ``usage`` costs at these prices: one-hour cache writes at twice the input price (Anthropic's
-        rule) or the write price if dearer, and web searches at $10 per 1,000 (OpenAI's and Anthropic's)."""
+        rule) or the write price if dearer, audio tokens at the audio prices where given (else as text), and
+        web searches at $10 per 1,000 (OpenAI's and Anthropic's)."""
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
         written_1h = min(usage.cache_write_1h_tokens, written)
         plain = usage.input_tokens - cached - written
+        audio_in = min(usage.input_audio_tokens, plain) if self.input_audio is not None else 0
+        audio_out = min(usage.output_audio_tokens, usage.output_tokens) if self.output_audio is not None else 0
         write = self.input if self.cache_write is None else self.cache_write
         total = (
-            plain * self.input
+            (plain - audio_in) * self.input
+            + audio_in * (self.input_audio or 0)
             + cached * (self.input if self.cached_input is None else self.cached_input)
             + (written - written_1h) * write
             + written_1h * max(write, 2 * self.input)
-            + usage.output_tokens * self.output
+            + (usage.output_tokens - audio_out) * self.output
+            + audio_out * (self.output_audio or 0)
         )
-        return total / _MILLION + usage.web_searches * WEB_SEARCH_USD
+        return total / _MILLION + self.search_fees(usage)
+
+    def search_fees(self, usage: Usage) -> Decimal:
+        """What ``usage``'s web searches cost at this price ($10 per 1,000)."""
+        return usage.web_searches * WEB_SEARCH_USD
+
+    def gap(self, usage: Usage, model: str) -> str | None:
+        """What of ``usage`` this override cannot price (None: nothing): audio tokens without an audio price."""
+        if (usage.input_audio_tokens and self.input_audio is None) or (
+                usage.output_audio_tokens and self.output_audio is None):
+            return "lists no audio price (its audio tokens are priced at the text rate)"
+        return None
 
 
+#: A price override's optional keys (USD per 1M tokens), beside ``input`` and ``output``.
+_OPTIONAL_PRICES = ("cached_input", "cache_write", "input_audio", "output_audio")
 #: What one web search costs where a price says nothing of them (OpenAI and Anthropic: $10 per 1,000).
 WEB_SEARCH_USD = Decimal("0.01")
 #: OpenAI's built-in tool fees (its pricing page): a file search call ($2.50 per 1,000), a code interpreter
@@ -179,23 +197,37 @@ class _ModelRate:
 
     def gap(self, usage: Usage, model: str) -> str | None:
         """What of ``usage`` this price cannot say, priced lower than it costs (None: nothing): audio tokens
-        without an audio price (priced as text), or a 1M-context Claude model's (Sonnet 4) input above 200,000 tokens
-        without its long-context price (priced at the base rate)."""
+        without an audio price (priced as text)."""
         price = self.model_price
         if (usage.input_audio_tokens and getattr(price, "input_audio_mtok", None) is None) or (
                 usage.output_audio_tokens and getattr(price, "output_audio_mtok", None) is None):
             return "lists no audio price (its audio tokens are priced at the text rate)"
-        if usage.input_tokens > 200_000 and self.fast is not None \
-                and _DATE_SUFFIX.sub("", model.lower().rsplit("/", 1)[-1]) in _LONG_CONTEXT:
-            return ("lists no price above 200,000 input tokens (priced at the base rate; Anthropic charges more "
-                    "for long context)")
         return None
 
-    def cost(self, usage: Usage) -> Decimal:
+    def long_context(self, usage: Usage, model: str) -> bool:
+        """Whether ``usage`` is a 1M-context Claude model's (Sonnet 4) call above 200,000 input tokens, which
+        genai-prices prices at the base rate: Anthropic charges twice the input rates (cache reads and writes
+        too) and 1.5 times the output rate there, which :meth:`cost` applies when told."""
+        return usage.input_tokens > 200_000 and self.fast is not None \
+            and _DATE_SUFFIX.sub("", model.lower().rsplit("/", 1)[-1]) in _LONG_CONTEXT
+
+    def search_fees(self, usage: Usage) -> Decimal:
+        """What ``usage``'s web searches cost: the model's listed search price, else $10 per 1,000 (OpenAI's
+        and Anthropic's tool price, as for an override)."""
+        if not usage.web_searches:
+            return Decimal(0)
+        listed = getattr(self.model_price, "web_searches_kcount", None)
+        return usage.web_searches * (listed / _THOUSAND if isinstance(listed, Decimal) else WEB_SEARCH_USD)
+
+    def cost(self, usage: Usage, *, long_context: bool = False) -> Decimal:
+        """The tokens' cost (and a per-request fee if listed), without web searches (:meth:`search_fees`)."""
+        if usage.web_searches:
+            usage = usage.replace(web_searches=0)
         fast = self.fast
         if fast is None or usage.input_audio_tokens or usage.output_audio_tokens:
             return _genai_cost(self.model_price, usage)  # tiers, audio and other units: genai-prices itself
         zero = Decimal(0)
+        longer = (Decimal(2), Decimal("1.5")) if long_context else (Decimal(1), Decimal(1))
         input_rate = fast.get("input_mtok", zero)
         output_rate = fast.get("output_mtok", zero)
         cached = min(usage.cached_input_tokens, usage.input_tokens)
@@ -203,16 +235,14 @@ class _ModelRate:
         written_1h = min(usage.cache_write_1h_tokens, written)
         write_rate = fast.get("cache_write_mtok", input_rate)
         total = (
-            (usage.input_tokens - cached - written) * input_rate
-            + cached * fast.get("cache_read_mtok", input_rate)
-            + (written - written_1h) * write_rate
-            + written_1h * fast.get("cache_write_1h_mtok", write_rate)
-            + usage.output_tokens * output_rate
+            ((usage.input_tokens - cached - written) * input_rate
+             + cached * fast.get("cache_read_mtok", input_rate)
+             + (written - written_1h) * write_rate
+             + written_1h * fast.get("cache_write_1h_mtok", write_rate)) * longer[0]
+            + usage.output_tokens * output_rate * longer[1]
         ) / _MILLION
         if "requests_kcount" in fast:
             total += fast["requests_kcount"] / _THOUSAND
-        if usage.web_searches:
-            total += fast.get("web_searches_kcount", zero) * usage.web_searches / _THOUSAND
         return total
 
 
@@ -360,14 +390,22 @@ class Pricing:
         rate = self.rate(name, base_url, service_tier=usage.service_tier) if model else None
         if rate is not None:
             source = "override" if isinstance(rate, Price) else "genai-prices"
-            cost = rate.cost(usage)
-            gap = rate.gap(usage, name) if isinstance(rate, _ModelRate) else None
+            fees = rate.search_fees(usage) + tool_fees(usage)
+            if isinstance(rate, Price):
+                cost = rate.cost(usage) - rate.search_fees(usage)
+            else:
+                cost = rate.cost(usage, long_context=rate.long_context(usage, name))
+            gap = rate.gap(usage, name)
             if gap is not None:
-                self._warn_once((name, gap), f"llmbudget: genai-prices {gap} for model {name!r}; add its price under "
-                                "[prices] in llmbudget.toml to price such calls exactly.")
+                self._warn_once((name, gap), (
+                    f"llmbudget: genai-prices {gap} for model {name!r}; add its prices, with input_audio and "
+                    "output_audio, under [prices] in llmbudget.toml to price such calls exactly."
+                ) if source == "genai-prices" else (
+                    f"llmbudget: the price override for model {name!r} {gap}; add input_audio and output_audio "
+                    "(USD per 1M tokens) to it to price such calls exactly."))
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
-                cost *= 1 - self.deferred_discount  # no flex / batch price listed: the documented discount
-            return Priced(cost + tool_fees(usage), source, name)
+                cost *= 1 - self.deferred_discount  # no flex / batch price listed: the tokens at the documented discount
+            return Priced(cost + fees, source, name)
         self._warn_unknown(name, base_url)
         return Priced(self.unknown_model_price.cost(usage) + tool_fees(usage), "unknown", name)
 
@@ -464,7 +502,7 @@ def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, 
     if found is None:
         return None
     _, info = found
-    when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+    when = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     context = ({"processing": "batch"} if service_tier == "batch" else {"service_tier": service_tier}) \
         if service_tier else None
     try:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from llmbudget.money import format_usd
+from llmbudget.money import format_usd, plain_decimal
 from llmbudget.prefix import PrefixFinding, prefix_lines
 from llmbudget.pricing import PriceSnapshot
 
@@ -94,7 +94,7 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
 def json_document(summary: Summary) -> dict[str, Any]:
     """The report as JSON (version 1): tests, models and total, costs as floats."""
     def exact(counters: Counters) -> dict[str, Any]:  # every entry's cost also as the exact decimal string
-        return {**to_report(counters), "cost_usd_exact": str(counters.cost_usd)}
+        return {**to_report(counters), "cost_usd_exact": plain_decimal(counters.cost_usd)}
 
     tests = {nodeid: {**exact(spend), "outcome": summary.outcomes.get(nodeid, "unknown")}
              for nodeid, spend in summary.tests.items()}

@@ -60,14 +60,38 @@ def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys)
     ledger.flush()  # written by a background thread otherwise
     code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
     assert code == 0
-    assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "saved_usd": pytest.approx(0.01),
-                                  "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": 0.0,
-                                  "deferred_saved_usd": 0.0}
+    assert doc["tenant"]["a"] == {"calls": 2, "cost_usd": pytest.approx(0.012), "cost_usd_exact": "0.012",
+                                  "saved_usd": pytest.approx(0.01), "routing_saved_usd": pytest.approx(0.003),
+                                  "prompt_cache_saved_usd": 0.0, "deferred_saved_usd": 0.0}
     assert doc["tenant"]["b"]["prompt_cache_saved_usd"] == pytest.approx(0.004)
     assert doc["model"]["gpt-4o"]["calls"] == 2 and len(doc["day"]) == 2
-    assert doc["total"] == {"calls": 3, "cost_usd": pytest.approx(0.042), "saved_usd": pytest.approx(0.01),
-                            "routing_saved_usd": pytest.approx(0.003), "prompt_cache_saved_usd": pytest.approx(0.004),
-                            "deferred_saved_usd": 0.0}
+    assert doc["total"] == {"calls": 3, "cost_usd": pytest.approx(0.042), "cost_usd_exact": "0.042",
+                            "saved_usd": pytest.approx(0.01), "routing_saved_usd": pytest.approx(0.003),
+                            "prompt_cache_saved_usd": pytest.approx(0.004), "deferred_saved_usd": 0.0}
+
+
+def test_exact_amounts_are_written_without_exponents(tmp_path, capsys):
+    # the ledger's cost_usd column held "1E-7" and "6.75E-7", and report --json gave floats only
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.add(record("a", "gpt-4o-mini", "1E-7"))
+    ledger.add(record("a", "gpt-4o-mini", "6.75E-7"))
+    ledger.flush()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        column = sorted(row[0] for row in db.execute("SELECT cost_usd FROM spend"))
+        stored = [json.loads(row[0])["cost_usd"] for row in db.execute("SELECT record FROM spend")]
+    assert column == ["0.0000001", "0.000000675"] and sorted(stored) == column
+    code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
+    assert code == 0 and doc["total"]["cost_usd_exact"] == "0.000000775"
+
+
+def test_an_extra_left_out_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    # `eval cache --reranker` without MiniLM's weights printed a 15-line traceback
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"a": "How do I cook rice?", "b": "How to cook rice?", "label": 1}) + "\n")
+    monkeypatch.setenv("LLMBUDGET_MINILM_PATH", str(tmp_path / "no-such-model"))
+    assert main(["eval", "cache", str(pairs), "--mode", "pairs", "--reranker", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmbudget eval: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):

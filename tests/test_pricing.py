@@ -453,21 +453,54 @@ def test_an_override_prices_one_hour_cache_writes_and_web_searches() -> None:
     assert CONSERVATIVE_PRICE.cost(Usage(web_searches=1)) == Decimal("0.01")
 
 
-def test_usage_a_listed_price_cannot_price_is_said_once() -> None:
-    # audio tokens without an audio price, and Claude input past 200k without a long-context price, were priced
-    # lower than they cost, silently
+def test_a_long_context_claude_call_is_priced_at_anthropics_long_context_rates() -> None:
+    # genai-prices lists Sonnet 4's base rates only: 150k input, 60k cache reads and 1k output were priced at
+    # $0.4830 with a warning whose advice (an override) could not price them either. Anthropic charges twice the
+    # input rates (reads and writes too) and 1.5x the output rate past 200,000 input tokens.
     pricing = Pricing()
-    long = Usage(input_tokens=250_000, output_tokens=2_000)
+    usage = Usage(input_tokens=210_000, cached_input_tokens=60_000, output_tokens=1_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left to warn about
+        assert pricing.cost(usage, model="claude-sonnet-4-20250514").usd == Decimal("0.9585")  # 150k*6 + 60k*0.6 + 1k*22.5
+        # the same as genai-prices' own tiers for Sonnet 4.5, and the base rates at or under 200,000 tokens
+        assert pricing.cost(usage, model="claude-sonnet-4-5").usd == Decimal("0.9585")
+        assert pricing.cost(usage.replace(input_tokens=200_000, cached_input_tokens=0),
+                            model="claude-sonnet-4").usd == Decimal("0.615")
+
+
+def test_audio_a_price_cannot_say_is_said_once_and_an_override_can_price_it() -> None:
+    # audio tokens were priced as text, and the warning's remedy (an override) had no audio price either
+    usage = Usage(input_tokens=1_000, input_audio_tokens=400, output_tokens=500, output_audio_tokens=300)
+    pricing = Pricing()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        pricing.cost(long, model="claude-sonnet-4-5")  # its long-context price is listed
-        pricing.cost(long, model="claude-sonnet-4-6")  # priced alike at any length: no warning
-        assert not seen
-        pricing.cost(long, model="claude-sonnet-4")
-        pricing.cost(long, model="claude-sonnet-4")
-        pricing.cost(long, model="claude-sonnet-4-20250514")
-    assert len(seen) == 2 and all("above 200,000 input tokens" in str(w.message) for w in seen)
+        pricing.cost(usage, model="gpt-4o-mini")
+        pricing.cost(usage, model="gpt-4o-mini")
+    assert len(seen) == 1 and "lists no audio price" in str(seen[0].message)
+    assert "input_audio and output_audio" in str(seen[0].message)
     assert issubclass(seen[0].category, UnpricedModelWarning)
+    text_only = Pricing({"gpt-4o-audio-preview": {"input": 2.5, "output": 10}})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert text_only.cost(usage, model="gpt-4o-audio-preview").usd == Decimal("0.0075")
+    assert len(seen) == 1 and "override" in str(seen[0].message)  # it was silent
+    audio = Pricing({"gpt-4o-audio-preview": {"input": 2.5, "output": 10, "input_audio": 40, "output_audio": 80}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # 600 x 2.5 + 400 x 40 + 200 x 10 + 300 x 80 per 1M
+        assert audio.cost(usage, model="gpt-4o-audio-preview").usd == Decimal("0.0435")
+
+
+def test_web_searches_cost_their_fee_on_every_model_and_a_deferred_discount_leaves_it_whole() -> None:
+    # a fallback flex / batch discount halved the search fee too; a model whose genai-prices entry lists no
+    # search price ran them for free, while an override charged $0.01 each
+    pricing = Pricing()
+    usage = Usage(input_tokens=1_000, output_tokens=100, web_searches=10)
+    tokens_only = pricing.cost(usage.replace(web_searches=0, service_tier="batch"), model="claude-sonnet-4-20250514")
+    batch = pricing.cost(usage.replace(service_tier="batch"), model="claude-sonnet-4-20250514")
+    assert batch.usd == tokens_only.usd + Decimal("0.10") == Decimal("0.10225")
+    nano = pricing.cost(Usage(input_tokens=10, web_searches=100), model="gpt-4.1-nano")
+    assert nano.usd == pricing.cost(Usage(input_tokens=10), model="gpt-4.1-nano").usd + Decimal(1)
 
 
 def test_cached_tokens_beyond_the_text_tokens_of_an_audio_call_are_priced_not_refused() -> None:

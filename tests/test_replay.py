@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmbudget.cli import main
-from llmbudget.money import format_usd
+from llmbudget.money import exact_usd, format_usd
 from llmbudget.replay import ReplayResult, TrafficError, load_traffic, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +181,10 @@ def test_format_usd_is_micro_dollars_with_more_digits_below() -> None:
     assert format_usd(Decimal("-0.00012")) == "-$0.000120"
     assert format_usd(Decimal("0.00000012")) == "$0.00000012"
     assert format_usd(0.5) == "$0.500000"
+    # under 1e-10 every digit shows ("$0." before), and minus zero is zero
+    assert format_usd(Decimal("1E-11")) == "$0.00000000001"
+    assert format_usd(Decimal("-0")) == "$0.000000" and exact_usd(Decimal("-0")) == "$0.00"
+    assert exact_usd(Decimal("6.75E-7")) == "$0.000000675"
 
 
 def _line(line: dict[str, Any], **changes: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
@@ -103,7 +103,7 @@ class Budget:
 def _period_bounds(period: str | None, now: float) -> tuple[str, float | None]:
     if period is None:
         return "-", None
-    t = datetime.fromtimestamp(now, tz=timezone.utc)
+    t = datetime.fromtimestamp(now, tz=UTC)
     if period == "minute":
         start = t.replace(second=0, microsecond=0)
         end = start + timedelta(minutes=1)
@@ -126,7 +126,7 @@ def period_over(key: str, now: float, grace: float = 0.0) -> bool:
     if len(parts) < 3 or parts[1] not in ("minute", "hour", "day", "month"):
         return False
     try:
-        start = datetime.strptime(parts[2][:16], "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc).timestamp()
+        start = datetime.strptime(parts[2][:16], "%Y-%m-%dT%H:%M").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return False
     end = _period_bounds(parts[1], start)[1]
@@ -203,7 +203,7 @@ class Refusal:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (amounts as floats, times as ISO 8601 UTC)."""
         resets = (
-            datetime.fromtimestamp(self.resets_at, tz=timezone.utc).isoformat() if self.resets_at is not None else None
+            datetime.fromtimestamp(self.resets_at, tz=UTC).isoformat() if self.resets_at is not None else None
         )
         return {
             "budget": self.budget,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from ..calls import SpendRecord
+from ..money import plain_decimal
 from .budgets import (
     _FORK_GUARDED,
     _SQLITE_ERRORS,
@@ -159,7 +160,7 @@ class SQLiteLedger:
                 batch = list(self._queue)
             if not batch:
                 return True
-            rows = [(r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, str(r.cost_usd),
+            rows = [(r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, plain_decimal(r.cost_usd),
                      json.dumps(r.to_dict())) for _, r in batch]
             try:
                 conn = self._conn()

@@ -99,7 +99,10 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 def _client(url: str, timeout: float) -> Any:
-    import redis
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(f"{_redacted(url)} needs redis-py: pip install 'llmbudget[redis]'") from None
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

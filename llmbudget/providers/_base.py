@@ -60,8 +60,6 @@ class ResponseState:
     #: The usage seen is the stream's final count (False: Anthropic's ``message_start`` placeholder only, which
     #: reports 1 output token, with no ``message_delta`` output count after it).
     usage_final: bool = True
-    #: The usage seen left the input out (a gateway's Messages stream without message_start's usage).
-    input_unreported: bool = False
     #: The model refused to answer (chat ``message.refusal``, a Responses ``refusal`` part, Anthropic's
     #: ``stop_reason: "refusal"``).
     refused: bool = False

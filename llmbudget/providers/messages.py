@@ -44,6 +44,8 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     read = as_int(raw.get("cache_read_input_tokens"))
     by_ttl = raw.get("cache_creation")
     written_1h = as_int(by_ttl.get("ephemeral_1h_input_tokens")) if isinstance(by_ttl, dict) else 0
+    if isinstance(by_ttl, dict):  # writes a usage gives only by TTL (no cache_creation_input_tokens) are writes too
+        written = max(written, written_1h + as_int(by_ttl.get("ephemeral_5m_input_tokens")))
     server = raw.get("server_tool_use")
     return Usage(
         input_tokens=plain + written + read,
@@ -212,7 +214,6 @@ class MessagesAdapter(Adapter):
                 state.done = True  # (a gateway may strip message_delta's count: message_start's is a placeholder)
         if usage:
             state.usage = self.reported_usage(usage)
-            state.input_unreported = "input_tokens" not in usage
             state.usage_final = final
             if state.usage is not None:
                 state.service_tier = state.usage.service_tier or state.service_tier

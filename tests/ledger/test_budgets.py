@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from llmbudget.ledger.budgets import (
     SQLiteBudgetStore,
 )
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 6, 15, 12, 30, 45, tzinfo=UTC).timestamp()
 
 
@@ -632,7 +632,7 @@ def test_counters_of_periods_over_are_dropped(kind: str, tmp_path: Path) -> None
     hold nothing are dropped (SQLite's a day after: late settles still find theirs); a late settle does not bring
     one back."""
     store: Any = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "b.sqlite3")
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     minute = Budget("1", per="tenant", period="minute")
     month = Budget("1", per="tenant", period="month")
     gone = 86400 * 3 if kind == "sqlite" else 3600  # a period over (past SQLite's day of grace)
@@ -666,7 +666,7 @@ def test_counters_are_dropped_by_the_clock_their_keys_were_made_by(kind: str, tm
     wall clock dropped a minute budget's counter once the replay ran past that minute, and its spend restarted
     from zero ($0.90 of a $1 budget spent twice)."""
     store: Any = MemoryBudgetStore() if kind == "memory" else SQLiteBudgetStore(tmp_path / "b.sqlite3")
-    frozen = datetime.now(timezone.utc).timestamp() - 3 * 86400  # the replay's clock, days behind the wall's
+    frozen = datetime.now(UTC).timestamp() - 3 * 86400  # the replay's clock, days behind the wall's
     bucket = Budget("1", per="tenant", period="minute").bucket(tenant="acme", request_id="r", now=frozen)
     store.settle(store.reserve([bucket], Decimal("0.9")), Decimal("0.9"))
     store._pruned_at = -1e18  # the next reservation sweeps

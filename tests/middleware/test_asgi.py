@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -34,9 +33,6 @@ from llmbudget.middleware import (
     current_route,
 )
 from llmbudget.middleware import Route as PolicyRoute
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import ExceptionGroup
 
 HI = [{"role": "user", "content": "Say hi"}]
 REFUSE_ALL = [llmbudget.Budget("0")]  # any call's worst case overflows: refused before it is sent

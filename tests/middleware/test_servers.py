@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx2
@@ -32,7 +32,7 @@ def tenant() -> str:
 
 
 def next_utc_midnight() -> str:
-    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return (today + timedelta(days=1)).isoformat().replace("+00:00", "Z")
 
 

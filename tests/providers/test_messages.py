@@ -34,6 +34,16 @@ def test_usage_counts_writes_and_reads_as_input():
     assert usage.output_tokens == 120 and usage.service_tier == "standard"
 
 
+def test_cache_writes_given_only_by_their_ttl_are_writes():
+    # a usage with the TTL breakdown but no cache_creation_input_tokens had its writes dropped (a 1h write of
+    # 1,000 tokens charged $0.00045 instead of $0.00245 on claude-haiku-4-5)
+    usage = messages_usage({"input_tokens": 50, "output_tokens": 80,
+                            "cache_creation": {"ephemeral_5m_input_tokens": 300, "ephemeral_1h_input_tokens": 1000}})
+    assert (usage.input_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (1350, 1300, 1000)
+    cost = Pricing().cost(usage, model="claude-haiku-4-5", base_url="https://api.anthropic.com/v1")
+    assert cost.usd == (50 * Decimal(1) + 300 * Decimal("1.25") + 1000 * Decimal(2) + 80 * Decimal(5)) / 10**6
+
+
 def test_each_kind_of_token_is_priced_at_its_own_rate():
     """claude-haiku-4-5 at genai-prices: $1 input, $5 output, $0.10 cache read, $1.25 5-minute and $2 1-hour write."""
     cost = Pricing().cost(messages_usage(DOCUMENTED_USAGE), model="claude-haiku-4-5",

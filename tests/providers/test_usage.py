@@ -345,6 +345,16 @@ CHAT_BODY = {
 WORDS = ["Hello", ",", " world", "!", " How", " are", " you", "?"]
 
 
+def _with_estimates(attempt: Attempt, reported: Usage, model: str) -> Usage:
+    """What a complete answer is charged for ``reported``: a count the server gave as 0 (or left out) is the
+    estimate (the request's input; the answer's text, ``WORDS``), never a silent $0."""
+    if reported.input_tokens and reported.output_tokens:
+        return reported
+    return reported.replace(input_tokens=reported.input_tokens or attempt.estimate_input_tokens(),
+                            output_tokens=reported.output_tokens or tokens.count_text("".join(WORDS), model),
+                            estimated=True)
+
+
 def _begin(engine: llmbudget.Engine, body: dict[str, Any], path: str = "/v1/chat/completions") -> Attempt:
     attempt = engine.begin(url=BASE.rsplit("/v1", 1)[0] + path, path=path, headers={}, body=json.dumps(body).encode())
     assert attempt is not None
@@ -401,9 +411,9 @@ def test_streamed_chat_usage_comes_from_the_final_chunk(
         attempt.feed(piece)
     record = attempt.finish(complete=True)
     assert record is not None
-    expected = _expected_chat(usage, tier)
+    expected = _with_estimates(attempt, _expected_chat(usage, tier), "gpt-4o-mini")
     assert record.usage == expected
-    assert not record.estimated and not record.usage.estimated
+    assert record.estimated == record.usage.estimated == (not usage.prompt_tokens or not usage.completion_tokens)
     assert record.error is None
     assert record.model_answered == "gpt-4o-mini-2024-07-18"
     assert record.cost_usd == Pricing().cost(expected, model="gpt-4o-mini-2024-07-18").usd
@@ -439,16 +449,16 @@ def test_streamed_responses_usage_comes_from_response_completed(
         attempt.feed(piece)
     record = attempt.finish(complete=True)
     assert record is not None
-    expected = Usage(
+    expected = _with_estimates(attempt, Usage(
         input_tokens=usage.input_tokens,
         cached_input_tokens=usage.input_tokens_details.cached_tokens,
         cache_write_tokens=usage.input_tokens_details.cache_write_tokens,
         output_tokens=usage.output_tokens,
         reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
         service_tier=tier,
-    )
+    ), "gpt-5-mini")
     assert record.usage == expected
-    assert not record.estimated
+    assert record.estimated == (not usage.input_tokens or not usage.output_tokens)
     assert record.endpoint == "responses"
     assert record.cost_usd == Pricing().cost(expected, model="gpt-5-mini-2025-08-07").usd
 
@@ -466,6 +476,61 @@ def test_flex_tier_of_a_responses_call_is_priced_as_flex() -> None:
     standard = Pricing().cost(Usage(input_tokens=100_000, output_tokens=10_000), model="gpt-5-mini").usd
     assert record.usage.service_tier == "flex"
     assert record.cost_usd == standard / 2
+
+
+def _chat_answer(usage: dict[str, Any], tier: str | None = None) -> bytes:
+    completion = ChatCompletion(
+        id="chatcmpl-1", created=1, model="gpt-4o-mini-2024-07-18", object="chat.completion", service_tier=tier,
+        choices=[ChatChoice(index=0, finish_reason="stop",
+                            message=ChatCompletionMessage(role="assistant", content="".join(WORDS)))],
+    )
+    return json.dumps({**_dump(completion), "usage": usage}).encode()
+
+
+@pytest.mark.parametrize("usage", [{}, {"total_tokens": 130}, {"prompt_tokens": None, "completion_tokens": 9},
+                                   {"prompt_tokens": 20, "completion_tokens": None},
+                                   {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}])
+def test_an_answer_whose_usage_leaves_counts_out_is_charged_their_estimates(
+        engine: llmbudget.Engine, usage: dict[str, Any]) -> None:
+    # a usage object without token counts was recorded at $0 ("none"), silently, and a missing side at 0 tokens
+    attempt = _begin(engine, {**CHAT_BODY, "stream": False})
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(_chat_answer(usage))
+    record = attempt.finish(complete=True)
+    assert record is not None and record.estimated and record.price_source == "genai-prices"
+    given_in, given_out = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    assert record.usage.input_tokens == (given_in or attempt.estimate_input_tokens()) > 0
+    assert record.usage.output_tokens == (given_out or tokens.count_text("".join(WORDS), "gpt-4o-mini")) > 0
+    assert record.cost_usd == Pricing().cost(record.usage, model="gpt-4o-mini-2024-07-18").usd > 0
+
+
+def test_reasoning_tokens_counted_beside_the_output_are_charged(engine: llmbudget.Engine) -> None:
+    # some gateways keep thinking tokens out of completion_tokens: 80 of them were free
+    attempt = _begin(engine, {**CHAT_BODY, "stream": False})
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(_chat_answer({"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 135,
+                               "completion_tokens_details": {"reasoning_tokens": 80}}))
+    record = attempt.finish(complete=True)
+    assert record is not None and not record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (50, 85)
+    assert record.cost_usd == (50 * Decimal("0.15") + 85 * Decimal("0.6")) / 10**6
+
+
+def test_a_project_billed_at_priority_by_default_has_its_next_calls_reserved_at_priority() -> None:
+    # a call that names no tier may be billed at the project's default, priority: its reservation, at the
+    # standard price, was below the charge. Once an answer says so, calls to that host are reserved at priority.
+    engine = llmbudget.Engine()
+    body = {**CHAT_BODY, "stream": False, "model": "gpt-5"}
+    first = _begin(engine, body)
+    standard = first.worst_case_usd()
+    first.start_response(200, {"content-type": "application/json"})
+    first.feed(_chat_answer({"prompt_tokens": 20, "completion_tokens": 9}, tier="priority"))
+    assert first.finish(complete=True) is not None
+    later = _begin(engine, body)
+    assert later.worst_case_usd() == Pricing().cost(later.worst_usage(), model="gpt-5").usd > standard
+    assert later.worst_usage().service_tier == "priority"
+    assert _begin(engine, {**body, "service_tier": "default"}).worst_case_usd() == standard  # pinned: as asked
+    assert _begin(llmbudget.Engine(), body).worst_case_usd() == standard  # per engine
 
 
 @pytest.mark.parametrize("keep", [0, 1, 4, 9])

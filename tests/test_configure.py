@@ -1,0 +1,58 @@
+"""llmbudget.configure / Engine: a part of the wrong kind is an error at once, never a call that fails open."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmbudget
+from llmbudget.config import ConfigError, Policy
+from llmbudget.ledger import SQLiteBudgetStore, SQLiteLedger
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("budget_store", "redis://127.0.0.1:6379/0"), ("budget_store", Path("budgets.db")), ("ledger", "ledger.db"),
+    ("cache", ".llmbudget/cache"), ("routing", {"small": "gpt-4.1-nano"}), ("pricing", {"gpt-4o": {}}),
+])
+def test_a_path_or_url_where_an_object_goes_is_a_type_error_at_once(key: str, value: object) -> None:
+    # configure(budget_store="redis://...") was accepted, then every call went ahead unbudgeted ("'str' object has
+    # no attribute 'reserve'"), spending $3.75 against a $0.01 budget
+    previous = llmbudget.get_engine()
+    with pytest.raises(TypeError, match=f"Engine\\({key}=...\\) must be"):
+        llmbudget.configure(**{key: value})  # type: ignore[arg-type]
+    assert llmbudget.get_engine() is previous  # nothing made current
+    if isinstance(value, (str, Path)):
+        with pytest.raises(TypeError, match="what a policy file takes; in Python, build the object"):
+            llmbudget.Engine(**{key: value})  # type: ignore[arg-type]
+
+
+def test_the_objects_themselves_are_taken(tmp_path: Path) -> None:
+    previous = llmbudget.get_engine()
+    try:
+        engine = llmbudget.configure(ledger=SQLiteLedger(tmp_path / "ledger.db"),
+                                     budget_store=SQLiteBudgetStore(tmp_path / "budgets.db"),
+                                     cache=llmbudget.Cache(None))
+        assert llmbudget.get_engine() is engine and isinstance(engine.budget_store, SQLiteBudgetStore)
+    finally:
+        llmbudget.set_engine(previous)
+
+
+def test_a_redis_url_without_redis_py_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cache("redis://...") and RedisBudgetStore(url) raised a bare "No module named 'redis'", and a policy's
+    # Redis cache path blamed "cache.reranker = true", a key the file did not hold
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis: ImportError
+    from llmbudget.ledger.redis import RedisBudgetStore
+
+    with pytest.raises(ImportError, match=r"needs redis-py: pip install 'llmbudget\[redis\]'") as raised:
+        RedisBudgetStore("redis://:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(ImportError, match=r"pip install 'llmbudget\[redis\]'"):
+        llmbudget.Cache("redis://127.0.0.1:6379/0")
+    for policy in ('[cache]\npath = "redis://127.0.0.1:6379/0"\n', 'budget_store = "redis://127.0.0.1:6379/0"\n'):
+        (tmp_path / "llmbudget.toml").write_text(policy)
+        with pytest.raises(ConfigError) as error:
+            Policy.from_file(tmp_path / "llmbudget.toml")
+        assert "reranker" not in str(error.value) and "pip install 'llmbudget[redis]'" in str(error.value)
+        assert ("cache.path" if "[cache]" in policy else "budget_store") in str(error.value)

@@ -615,7 +615,28 @@ class LLMBudgetMiddleware(_Core):
             token = _route.set(route)
             path_token = app_path.set(path)
 
+            # An error handler inside the app (Starlette's ServerErrorMiddleware, when this middleware wraps the
+            # app from outside) answers an uncaught refusal with a 500, then raises it again: such a 500 is held
+            # until the app returns, and the refusal it raised again becomes the 402 instead.
+            held: list[ASGIMessage] | None = None
+
             async def send_wrapper(message: ASGIMessage) -> None:
+                nonlocal held
+                if held is None and message["type"] == "http.response.start" and message.get("status") == 500 \
+                        and current.refusals:
+                    held = []
+                if held is not None:
+                    held.append(message)
+                    return
+                await forward(message)
+
+            async def release() -> None:
+                nonlocal held
+                messages, held = held or [], None
+                for message in messages:
+                    await forward(message)
+
+            async def forward(message: ASGIMessage) -> None:
                 nonlocal status, response_started
                 if message["type"] == "http.response.start":
                     response_started = True
@@ -632,10 +653,13 @@ class LLMBudgetMiddleware(_Core):
 
             try:
                 await self.app(scope, receive, send_wrapper)
+                await release()  # the app answered its 500 and caught what it refused: its answer stands
             except BaseException as exc:
                 refusal = _find_refusal(exc)
                 if refusal is None:
+                    await release()
                     raise
+                held = None  # the app's own 500 for it, if it sent one: replaced by the 402
                 answer = not response_started and kind == "http"
                 self.refused(refusal, current, answered=answer)
                 if not answer:

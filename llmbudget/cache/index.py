@@ -42,7 +42,7 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -70,6 +70,10 @@ EXPANSION_SEARCH = 32
 _MANIFEST_VERSION = 1
 _LOAD_BATCH = 50_000
 _EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their searches skip the load)
+#: Partitions held in memory at most (the least recently searched let go beyond: they load again on use). A
+#: partition is tenant x system prompt x earlier turns: a long-running multi-tenant or chat app meets new ones
+#: for ever, and each held ~25 KB for good.
+_PARTS_KEEP = 1024
 
 Head = tuple[int, int]  # (max entry id ever assigned, max deletion seq ever assigned)
 #: Inside ``no_wait()`` a search catches up with at most this many insertions (and deletions).
@@ -284,7 +288,9 @@ class VectorIndex:
         self.exact_max = exact_max
         self.save_every = save_every
         self.directory = Path(directory) if directory is not None else None
-        self._parts: dict[int, _Partition] = {}
+        self._parts: OrderedDict[int, _Partition] = OrderedDict()  # the most recently searched last
+        # Partitions emptied here (entries evicted or expired) whose saved index files are to be removed
+        self._emptied: set[int] = set()
         # Partitions found without entries, as of ``_head`` (the most recent last): not held, since searches
         # meet many (earlier turns are part of the partition); an entry added to one makes it load on use.
         self._empty: OrderedDict[int, None] = OrderedDict()
@@ -400,6 +406,8 @@ class VectorIndex:
         if (part is not None or pid in self._empty) and (head or self._source.head()) == self._head:
             if part is None:
                 self._empty.move_to_end(pid)
+            else:
+                self._parts.move_to_end(pid)
             return part
         quick = _NO_WAIT.get()
         with self._source.view() as view:
@@ -417,8 +425,19 @@ class VectorIndex:
                     self._note_empty(pid)
                 else:
                     self._parts[pid] = part
+                    self._let_go()
+            elif part is not None:
+                self._parts.move_to_end(pid)
         self._save_dirty()
         return part
+
+    def _let_go(self) -> None:
+        """Hold at most ``_PARTS_KEEP`` partitions: the least recently searched go (an unsaved HNSW index is
+        saved first, so it loads from its file again rather than being rebuilt)."""
+        while len(self._parts) > _PARTS_KEEP:
+            pid, part = self._parts.popitem(last=False)
+            if isinstance(part, _Hnsw) and (part.dirty or part.built):
+                self._save(pid, part)
 
     def _note_empty(self, pid: int) -> None:
         self._empty[pid] = None
@@ -453,9 +472,11 @@ class VectorIndex:
             mask = pids == pid
             if vectors is None:
                 part.remove(ids[mask])
-                if not len(part):  # let go (its saved index file, if any, is checked against the store on load)
+                if not len(part):  # let go, and its saved index file, if any, with it (see _save_dirty)
                     del self._parts[pid]
                     self._note_empty(pid)
+                    if isinstance(part, _Hnsw):
+                        self._emptied.add(pid)
                 continue
             part.add(ids[mask], vectors[mask])
             if isinstance(part, _Exact) and len(part) > self.exact_max:
@@ -550,6 +571,9 @@ class VectorIndex:
     def _save_dirty(self) -> None:
         if self.directory is None:
             return
+        if self._emptied and not _NO_WAIT.get():  # (removing files takes the file lock, which may wait)
+            self._remove_files(self._emptied - set(self._parts))
+            self._emptied.clear()
         for pid, part in list(self._parts.items()):
             if isinstance(part, _Hnsw) and (part.built or part.dirty >= max(self.save_every, len(part) // 10)):
                 self._save(pid, part)
@@ -591,6 +615,18 @@ class VectorIndex:
         part.dirty, part.built = 0, False
         logger.debug("cache index: saved partition %d (%d vectors) as %s", pid, len(part), name)
         return 1
+
+    def _remove_files(self, pids: Iterable[int]) -> None:
+        """Remove the saved index files of partitions left without entries (they were kept for good)."""
+        assert self.directory is not None
+        try:
+            with self._file_lock():
+                for pid in pids:
+                    for old in [*self.directory.glob(f"p{pid}-*.usearch"), self.directory / f"p{pid}.json"]:
+                        with contextlib.suppress(OSError):
+                            old.unlink()
+        except OSError as exc:
+            logger.debug("cache index: could not remove emptied partitions' files (%s)", exc)
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:

@@ -281,8 +281,8 @@ class CacheStore:
         self._unpack_failed = False
         self._clock = clock
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        # every thread's connections, for close(); a thread's leave with it (see _conn)
+        self._conns: dict[int, sqlite3.Connection] = {}
         self._closed = False
         self._finalizer = weakref.finalize(self, _cleanup, self._conns, self._temp)
         _STORES.add(self)  # its locks are new in a forked child
@@ -311,17 +311,21 @@ class CacheStore:
     def _forked(self) -> None:
         """In a child just forked: new locks (a thread of the parent may have held them, and it is not here)."""
         self._scoring_lock = threading.Lock()
-        self._conns_lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection; inside :func:`~llmbudget.ledger.budgets.no_wait`, its other one, which
         never waits for a lock (see :func:`_waitless`)."""
         if self._closed:
             raise RuntimeError(f"this CacheStore ({self.db_path}) is closed")
-        conn, new = thread_connection(self._local, self.db_path, quick=_NO_WAIT.get(), timeout=30.0)
+        quick = _NO_WAIT.get()
+        conn, new = thread_connection(self._local, self.db_path, quick=quick, timeout=30.0)
         if new:
-            with self._conns_lock:
-                self._conns.append(conn)
+            # Kept for close(), and dropped (closed) when the thread ends, as its thread-local goes with it: a
+            # server that starts a thread per request (flask run, Django's runserver) leaked two files a request.
+            token = _Token()
+            setattr(self._local, "quick_token" if quick else "token", token)
+            self._conns[id(token)] = conn
+            weakref.finalize(token, _forget, self._conns, id(token))
         return conn
 
     @contextlib.contextmanager
@@ -854,11 +858,28 @@ def _entry(partition: str, row: Sequence[Any]) -> Entry:
     )
 
 
-def _cleanup(conns: list[sqlite3.Connection], temp: str | None) -> None:
-    for conn in conns:
+class _Token:
+    """Lives in a thread's local storage beside its connection: its finalizer closes the connection when the
+    thread ends (a sqlite3 connection takes no weak reference)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _forget(conns: dict[int, sqlite3.Connection], key: int) -> None:
+    conn = conns.pop(key, None)  # (a finalizer: no lock, which the thread it interrupts may hold)
+    if conn is not None:
+        with contextlib.suppress(Exception):  # another thread's, or in use: garbage collection closes it
+            conn.close()
+
+
+def _cleanup(conns: dict[int, sqlite3.Connection], temp: str | None) -> None:
+    while conns:
+        try:
+            _, conn = conns.popitem()
+        except KeyError:  # a thread's finalizer took the last one
+            break
         with contextlib.suppress(Exception):
             conn.close()
-    conns.clear()
     if temp is not None:
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -255,6 +255,71 @@ def test_threads_put_and_search_concurrently(tmp_path: Path) -> None:
     store.close()
 
 
+def test_partitions_held_are_bounded_and_a_let_go_one_loads_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # every partition ever searched stayed in memory (~25 KB each, for good): a multi-tenant app grew without end
+    import llmbudget.cache.index as index_module
+
+    monkeypatch.setattr(index_module, "_PARTS_KEEP", 3)
+    store = make(tmp_path / "c", exact_search_max=4)  # some partitions HNSW (saved before they go), some exact
+    for p in range(8):
+        for n in range(2 + p):
+            put(store, f"p{p}", f"{p}-{n}", f"question {n} of partition {p}", tenant=f"t{p}")
+    for p in range(8):
+        assert store.search(f"p{p}", f"question 1 of partition {p}") is not None
+        assert len(store._index.loaded()) <= 3
+    for p in range(8):  # the ones let go load again, with every entry
+        hit = store.search(f"p{p}", f"question {p + 1} of partition {p}")
+        assert hit is not None and hit.entry.exact_key == f"{p}-{p + 1}"
+    assert len(store._index.loaded()) == 3
+    store.close()
+
+
+def test_a_partition_evicted_empty_leaves_no_index_file_behind(tmp_path: Path) -> None:
+    # max_entries evicted whole partitions; their saved HNSW files stayed on disk for good
+    store = make(tmp_path / "c", max_entries=60, exact_search_max=8)
+    for p in range(6):
+        for n in range(20):
+            put(store, f"p{p}", f"{p}-{n}", f"question {n} about topic {p}", tenant=f"t{p}")
+        assert store.search(f"p{p}", f"question 1 about topic {p}") is not None
+        store.save_index()
+    assert store.search("p5", "question 2 about topic 5") is not None  # catches up: earlier partitions emptied
+    live = {row[0] for row in store._conn().execute("SELECT DISTINCT partition_id FROM cache_entries")}
+    files = {int(f.name[1:].split("-")[0]) for f in (tmp_path / "c" / "index").glob("p*-*.usearch")}
+    manifests = {int(f.stem[1:]) for f in (tmp_path / "c" / "index").glob("p*.json")}
+    assert files <= live and manifests <= live and live
+    store.close()
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_a_threads_connection_goes_with_the_thread(tmp_path: Path) -> None:
+    # a server that starts a thread per request (flask run, Django's runserver) kept two open files per request
+    # for good: 500 requests, then "Too many open files"
+    store = make(tmp_path / "c")
+    put(store, "p", "k", "a question")
+
+    def lookup() -> None:
+        assert store.search("p", "a question") is not None
+
+    for _ in range(5):  # warm: every lazily opened file is open
+        worker = threading.Thread(target=lookup)
+        worker.start()
+        worker.join()
+    before = _open_files()
+    for _ in range(200):
+        worker = threading.Thread(target=lookup)
+        worker.start()
+        worker.join()
+    assert _open_files() <= before + 2
+    assert len(store._conns) <= 2  # this thread's (and one more at most, a finalizer not yet run)
+    store.close()
+    assert not store._conns
+
+
 _CHILD = """
 import importlib.util, json, os, sys, time
 spec = importlib.util.spec_from_file_location("helpers", {helpers!r})

@@ -160,6 +160,32 @@ def test_an_uncaught_refusal_becomes_a_402_problem(engine: llmbudget.Engine) -> 
         assert problem["detail"].startswith("The request budget 'request' ($0) has $0 left")
 
 
+def test_an_uncaught_refusal_is_a_402_when_the_middleware_wraps_the_app_from_outside(
+        engine: llmbudget.Engine) -> None:
+    # LLMBudgetMiddleware(app): Starlette's own error middleware answered the refusal with a 500 first, and the
+    # 402 could no longer be sent ("refused ... after the response started"); a client saw 500s
+    client = unreachable_client()
+
+    async def refused(request: Request) -> JSONResponse:
+        ask(client)
+        return JSONResponse({})
+
+    async def caught_then_failed(request: Request) -> JSONResponse:
+        try:
+            ask(client)
+        except openai.APIStatusError:
+            pass
+        raise RuntimeError("an ordinary bug after a refusal the app caught")
+
+    inner = Starlette(routes=[Route("/refused", refused), Route("/bug", caught_then_failed)])
+    outside = TestClient(LLMBudgetMiddleware(inner, policy=Policy(budgets=REFUSE_ALL)), raise_server_exceptions=False)
+    response = outside.get("/refused")
+    assert response.status_code == 402 and response.json()["budget"] == "request"
+    assert response.headers["content-type"] == "application/problem+json"
+    bug = outside.get("/bug")  # not the budget's to answer: the app's own 500 goes out as it was
+    assert bug.status_code == 500 and bug.text == "Internal Server Error"
+
+
 def test_a_refusal_the_app_catches_is_the_apps_business(engine: llmbudget.Engine) -> None:
     response = TestClient(build(Policy(budgets=REFUSE_ALL))).get("/caught")
     assert (response.status_code, response.json()) == (200, {"fallback": "request"})

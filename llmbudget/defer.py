@@ -288,7 +288,8 @@ class Batcher:
             self._leases[job] = lease
         record = {"id": job, "base_url": group.base_url, "endpoint": group.path, "created": time.time(),
                   "calls": [{"custom_id": c.custom_id, "tenant": c.tenant, "request_id": c.request_id,
-                             "model": c.model} for c in group.calls]}
+                             "model": c.model, "input_estimate": _input_estimate(group.path, c)}
+                            for c in group.calls]}
         partial = self.state / f".{job}.json.tmp"
         partial.write_text(json.dumps(record), encoding="utf-8")
         os.replace(partial, self.state / f"{job}.json")
@@ -606,7 +607,7 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
             # malformed usage is logged by the adapter and recorded as estimated (the batch ran: it is not dropped)
             answer = ResponseState()
             found[0].read_json(data, answer)
-            usage = (answer.usage or Usage(estimated=True)).replace(service_tier="batch")
+            usage = _filled(answer.usage or Usage(), answer, call, data).replace(service_tier="batch")
             model = data.get("model") or call["model"]
             priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
             standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
@@ -620,6 +621,38 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
             log.warning("llmbudget: batch %s, call %s: its spend could not be read (%s); not recorded",
                         job["id"], call["custom_id"], exc)
     return lines, records
+
+
+def _input_estimate(path: str, call: _Call) -> int:
+    """The call's estimated input tokens, kept with the job: what its record is charged if the answer's usage
+    leaves the input out."""
+    from .providers import adapter_for_path
+
+    found = adapter_for_path(path)
+    body = call.line.get("body") or call.line.get("params")
+    try:
+        return found[0].estimate_input_tokens(body, call.model) if found and isinstance(body, dict) else 0
+    except Exception:  # noqa: BLE001 - an estimate only
+        return 0
+
+
+def _filled(usage: Any, answer: Any, call: dict[str, Any], data: Any) -> Any:
+    """A batch answer's usage with the counts it leaves out estimated, as a live answer's are
+    (:meth:`llmbudget.pipeline.Attempt._filled`): never a silent $0 for a call the batch ran."""
+    from . import tokens
+    from .calls import Usage
+    from .providers._base import tool_arguments
+
+    changes: dict[str, int] = {}
+    estimate = call.get("input_estimate")
+    if not usage.input_tokens and isinstance(estimate, int) and estimate > 0:
+        changes["input_tokens"] = estimate
+    if not usage.output_tokens:
+        seen = tokens.estimate_output_tokens(answer.text + "".join(answer.hidden_parts) or tool_arguments(data),
+                                             model=call.get("model"))
+        if seen > 0:
+            changes["output_tokens"] = seen
+    return usage.replace(**changes, estimated=True) if changes or usage.estimated or usage == Usage() else usage
 
 
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,

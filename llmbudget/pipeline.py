@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
 from .pricing import DEFERRED_TIERS, PriceLike, Pricing
 from .providers import Adapter, ResponseState, adapter_for_path
-from .providers._base import WEB_SEARCH_RESULT_TOKENS
+from .providers._base import WEB_SEARCH_RESULT_TOKENS, tool_arguments
 from .scope import Scope, current_scope
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def _check_part(name: str, value: object, methods: tuple[str, ...], expected: st
     """A part given to :class:`Engine` that is not what it takes is a TypeError now, not a failure on every
     call (a budget store that cannot reserve would let every call through unbudgeted). A string in
     particular: a policy file takes a path or a URL; in Python the object is built by its class."""
-    if value is None or all(callable(getattr(value, m, None)) for m in methods):
+    if value is None or (not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in methods)):
         return
     hint = " (a path or URL is what a policy file takes; in Python, build the object)" if isinstance(
         value, (str, os.PathLike)) else ""
@@ -138,9 +139,9 @@ class Engine:
             raise ValueError(f"default_max_output_tokens must be a positive number of tokens up to {MAX_TOKENS:,}, "
                              f"got {default_max_output_tokens!r}")
         _check_part("pricing", pricing, ("cost",), "a llmbudget.Pricing")
-        _check_part("ledger", ledger, ("add", "records"),
+        _check_part("ledger", ledger, ("add",),
                     "a Ledger: llmbudget.ledger.SQLiteLedger(path) or RedisLedger(url)")
-        _check_part("budget_store", budget_store, ("reserve", "settle", "spent"),
+        _check_part("budget_store", budget_store, ("reserve", "settle"),
                     "a BudgetStore: llmbudget.ledger.SQLiteBudgetStore(path) or RedisBudgetStore(url)")
         _check_part("cache", cache, ("lookup", "save"), 'a llmbudget.Cache: llmbudget.Cache(path) or Cache("redis://...")')
         _check_part("routing", routing, ("decide",), "a llmbudget.Routing")
@@ -1200,26 +1201,23 @@ class Attempt:
                 and not self.call.body.get("stream") and not bytes(self._buffer[:64]).lstrip().startswith(b'{"error"'))
 
     def _filled(self, usage: Usage) -> Usage:
-        """A usage the server reported, with what it left out filled in: no input count (``{}``, a null
-        ``prompt_tokens``, a gateway's stream without Anthropic's ``message_start``) is the input's estimate, and
-        no output count for an answer that has one, the estimate of what was seen (both ``estimated``); reasoning
-        tokens counted beside the output rather than in it (some gateways' Gemini thinking) are added to it.
-        Never a silent $0 for an answered call."""
+        """A usage the server reported, with what it left out filled in (``estimated``): no input count (``{}``,
+        a null ``prompt_tokens``, a gateway's stream without Anthropic's ``message_start``) is the input's
+        estimate, and no output count for an answer that has output, the estimate of what was seen (its text,
+        and the tool calls' arguments a JSON answer holds). Never a silent $0 for an answered call. A request
+        that allows no output (``max_tokens: 0``) or echoes its prompt (legacy completions' ``echo``, whose text
+        is the prompt) keeps the output reported."""
         changes: dict[str, Any] = {}
         if not usage.input_tokens:
             guess = self.estimate_input_tokens()
             if guess > 0:
                 changes["input_tokens"] = guess
-        if usage.reasoning_tokens > usage.output_tokens:
-            changes["output_tokens"] = usage.output_tokens + usage.reasoning_tokens
-        elif not usage.output_tokens:
-            seen = tokens.estimate_output_tokens(self._billed_text(), model=self.call.model)
+        if not usage.output_tokens and self.call.max_output_tokens != 0 and not self.call.body.get("echo"):
+            seen = tokens.estimate_output_tokens(self._billed_text() or tool_arguments(self._json),
+                                                 model=self.call.model)
             if seen > 0:
                 changes["output_tokens"] = seen
-        if not changes:
-            return usage
-        guessed = "input_tokens" in changes or ("output_tokens" in changes and not usage.reasoning_tokens)
-        return usage.replace(**changes, estimated=usage.estimated or guessed)
+        return usage.replace(**changes, estimated=True) if changes else usage
 
     def _seen_usage(self) -> Usage:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's
@@ -1443,16 +1441,21 @@ def set_engine(engine: Engine) -> Engine:
 _P = ParamSpec("_P")
 
 
-def _making_current(build: Callable[_P, Engine]) -> Callable[_P, Engine]:
-    def configure(*args: _P.args, **options: _P.kwargs) -> Engine:
-        """Build an :class:`Engine` from keyword options (those of ``Engine(...)``) and make it current.
-        Returns it."""
-        engine = build(*args, **options)
-        set_engine(engine)
-        return engine
+def _keywords_of(build: Callable[_P, Engine]) -> Callable[[Callable[..., Engine]], Callable[_P, Engine]]:
+    """Give the decorated function ``build``'s parameters: for type checkers (its type) and for ``help()`` and
+    ``inspect.signature`` (its ``__signature__``)."""
+    def typed(function: Callable[..., Engine]) -> Callable[_P, Engine]:
+        signature = inspect.signature(build)
+        function.__signature__ = signature.replace(return_annotation="Engine")  # type: ignore[attr-defined]
+        return function
 
-    return configure
+    return typed
 
 
-#: ``configure(**options)``: build an :class:`Engine` (the same keywords, typed alike) and make it current.
-configure = _making_current(Engine)
+@_keywords_of(Engine)
+def configure(**options: Any) -> Engine:
+    """Build an :class:`Engine` from keyword options (those of ``Engine(...)``, typed alike) and make it current.
+    Returns it."""
+    engine = Engine(**options)
+    set_engine(engine)
+    return engine

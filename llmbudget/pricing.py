@@ -208,8 +208,7 @@ class _ModelRate:
         """Whether ``usage`` is a 1M-context Claude model's (Sonnet 4) call above 200,000 input tokens, which
         genai-prices prices at the base rate: Anthropic charges twice the input rates (cache reads and writes
         too) and 1.5 times the output rate there, which :meth:`cost` applies when told."""
-        return usage.input_tokens > 200_000 and self.fast is not None \
-            and _DATE_SUFFIX.sub("", model.lower().rsplit("/", 1)[-1]) in _LONG_CONTEXT
+        return usage.input_tokens > 200_000 and self.fast is not None and _bare_model(model) in _LONG_CONTEXT
 
     def search_fees(self, usage: Usage) -> Decimal:
         """What ``usage``'s web searches cost: the model's listed search price, else $10 per 1,000 (OpenAI's
@@ -282,6 +281,19 @@ def _genai_version() -> str:
 # A snapshot's date at the end of a model name: "-2024-08-06" (OpenAI), "-20250514" (Anthropic), "@20240620"
 # (Vertex), "-0613" (OpenAI's older month-day form).
 _DATE_SUFFIX = re.compile(r"[-@](?:20\d\d-[01]\d-[0-3]\d|20\d\d[01]\d[0-3]\d|(?:0[1-9]|1[0-2])[0-3]\d)\Z")
+
+
+# Bedrock's ids around a model's name: a region's inference profile ("us.", "eu.", "apac.", "global.") and the
+# vendor ("anthropic."), a version after it ("-v1:0").
+_BEDROCK_PREFIX = re.compile(r"\A(?:[a-z]{2,6}\.)?anthropic\.")
+_BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?\Z")
+
+
+def _bare_model(model: str) -> str:
+    """The model's name without a provider's path (``anthropic/``), Bedrock's prefixes and version, or a
+    snapshot's date: ``us.anthropic.claude-sonnet-4-20250514-v1:0`` is ``claude-sonnet-4``."""
+    name = _BEDROCK_VERSION.sub("", _BEDROCK_PREFIX.sub("", model.lower().rsplit("/", 1)[-1]))
+    return _DATE_SUFFIX.sub("", name)
 
 
 def _is_url(key: str) -> bool:

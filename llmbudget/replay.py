@@ -347,6 +347,9 @@ def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") ->
     for field in required:
         if field not in usage:
             return f"usage has no {field}; {expected} (replay prices answers from it)"
+        if usage[field] == 0:  # the interception would charge its estimate, and the baseline would disagree
+            return (f"usage.{field} is 0; expected at least 1 (an answered call has input and output, and "
+                    "llmbudget charges a count reported as 0 its estimate)")
     for field, count in usage.items():
         if (field.endswith("_details") or field == "cache_creation") and isinstance(count, dict):
             for inner, value in count.items():  # cached_tokens, reasoning_tokens...: null means none

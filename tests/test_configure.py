@@ -28,6 +28,29 @@ def test_a_path_or_url_where_an_object_goes_is_a_type_error_at_once(key: str, va
             llmbudget.Engine(**{key: value})  # type: ignore[arg-type]
 
 
+def test_a_part_is_judged_by_what_the_engine_calls_and_must_be_an_object() -> None:
+    class WriteOnlyLedger:  # records go elsewhere: the engine only adds
+        def add(self, record: object) -> None: ...
+
+    class StoreWithoutSpent:
+        def reserve(self, *args: object, **kwargs: object) -> None: ...
+
+        def settle(self, *args: object) -> None: ...
+
+    llmbudget.Engine(ledger=WriteOnlyLedger(), budget_store=StoreWithoutSpent())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a Ledger"):
+        llmbudget.Engine(ledger=SQLiteLedger)  # type: ignore[arg-type]  # the class, not a ledger
+
+
+def test_configure_says_its_keywords_to_help_and_pickles() -> None:
+    import inspect
+    import pickle
+
+    assert inspect.signature(llmbudget.configure).parameters.keys() == inspect.signature(llmbudget.Engine).parameters.keys()
+    assert "budget_store" in str(inspect.signature(llmbudget.configure))
+    assert pickle.loads(pickle.dumps(llmbudget.configure)) is llmbudget.configure
+
+
 def test_the_objects_themselves_are_taken(tmp_path: Path) -> None:
     previous = llmbudget.get_engine()
     try:

@@ -76,3 +76,29 @@ def test_a_resumed_batch_line_is_charged_its_tool_fees_as_a_live_answer_is() -> 
     assert (record.usage.web_searches, record.usage.file_searches) == (2, 1)
     tokens = (Decimal(3000) * 1 + Decimal(400) * 4) / 10**6  # o3 at the batch price: $1 / $4 per 1M
     assert record.cost_usd == tokens + Decimal("0.02") + Decimal("0.0025")
+
+
+def test_a_batch_answer_whose_usage_leaves_counts_out_is_charged_their_estimates() -> None:
+    """A batch line with ``usage: {}`` was recorded at $0, not even flagged estimated; a live answer so made is
+    charged its estimates. The job keeps each call's input estimate for it (an older job file has none: its
+    output is estimated all the same)."""
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+              "choices": [{"index": 0, "finish_reason": "tool_calls",
+                           "message": {"role": "assistant", "content": None, "tool_calls": [
+                               {"id": "t1", "type": "function",
+                                "function": {"name": "lookup", "arguments": '{"city": "Paris", "days": 3}'}}]}}],
+              "usage": {}}
+
+    class Results:
+        def results(self, done: Any) -> dict[str, tuple[int, bytes]]:
+            return {"c1": (200, json.dumps(answer).encode()), "c2": (200, json.dumps(answer).encode())}
+
+    job = {"id": "batch_1", "endpoint": "/v1/chat/completions", "base_url": "https://api.openai.com/v1",
+           "calls": [{"custom_id": "c1", "model": "gpt-4o-mini", "tenant": None, "request_id": "r",
+                      "input_estimate": 120},
+                     {"custom_id": "c2", "model": "gpt-4o-mini", "tenant": None, "request_id": "r"}]}
+    _, (with_estimate, older) = _job_records(job, Results(), {}, llmbudget.Engine())  # type: ignore[arg-type]
+    assert with_estimate.estimated and older.estimated
+    assert with_estimate.usage.input_tokens == 120 and older.usage.input_tokens == 0
+    assert with_estimate.usage.output_tokens == older.usage.output_tokens > 5  # the tool call's arguments
+    assert with_estimate.cost_usd > older.cost_usd > 0

@@ -466,6 +466,11 @@ def test_a_long_context_claude_call_is_priced_at_anthropics_long_context_rates()
         assert pricing.cost(usage, model="claude-sonnet-4-5").usd == Decimal("0.9585")
         assert pricing.cost(usage.replace(input_tokens=200_000, cached_input_tokens=0),
                             model="claude-sonnet-4").usd == Decimal("0.615")
+        # Bedrock's ids of the same model, at Bedrock's endpoint
+        bedrock = "https://bedrock-runtime.us-east-1.amazonaws.com"
+        for model in ("anthropic.claude-sonnet-4-20250514-v1:0", "us.anthropic.claude-sonnet-4-20250514-v1:0"):
+            priced = pricing.cost(usage, model=model, base_url=bedrock)
+            assert priced.known and priced.usd == Decimal("0.9585"), model
 
 
 def test_audio_a_price_cannot_say_is_said_once_and_an_override_can_price_it() -> None:

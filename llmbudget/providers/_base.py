@@ -34,6 +34,34 @@ def as_int(value: Any, most: int = MAX_TOKENS, what: str = "token count") -> int
     return int(value)
 
 
+def with_reasoning_beside(prompt: int, output: int, reasoning: int, total: Any) -> int:
+    """The output tokens billed: ``output``, plus ``reasoning`` where the usage counts it beside the output rather
+    than in it (some gateways' Gemini thinking): more reasoning than output, or a ``total`` that adds all three."""
+    if reasoning and (reasoning > output or (type(total) is int and total == prompt + output + reasoning)):
+        return output + reasoning
+    return output
+
+
+def tool_arguments(answer: Any, depth: int = 0) -> str:
+    """The tool calls' arguments a JSON answer holds (chat ``tool_calls``, Responses ``function_call`` items,
+    Anthropic ``tool_use`` blocks): billed as output, and not in the answer's text."""
+    if depth > 8:
+        return ""
+    if isinstance(answer, list):
+        return "".join(tool_arguments(item, depth + 1) for item in answer)
+    if not isinstance(answer, dict):
+        return ""
+    parts = []
+    for key, value in answer.items():
+        if key == "arguments" and isinstance(value, str):
+            parts.append(value)
+        elif key == "input" and answer.get("type") in ("tool_use", "server_tool_use"):
+            parts.append(json.dumps(value))
+        elif isinstance(value, (dict, list)):
+            parts.append(tool_arguments(value, depth + 1))
+    return "".join(parts)
+
+
 #: The most web searches one call is believed to make (each costs a cent: a count of a billion was $10M).
 MAX_SEARCHES = 10_000
 

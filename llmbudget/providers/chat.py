@@ -14,6 +14,7 @@ from ._base import (
     json_text,
     openai_audio_tokens,
     openai_media_tokens,
+    with_reasoning_beside,
 )
 
 
@@ -32,11 +33,12 @@ def chat_usage(raw: dict[str, Any]) -> Usage:
         output_audio = as_int(completion_details.get("audio_tokens"))
     else:
         reasoning = output_audio = 0
+    prompt, output = as_int(raw.get("prompt_tokens")), as_int(raw.get("completion_tokens"))
     return Usage(
-        input_tokens=as_int(raw.get("prompt_tokens")),
+        input_tokens=prompt,
         cached_input_tokens=cached,
         cache_write_tokens=written,
-        output_tokens=as_int(raw.get("completion_tokens")),
+        output_tokens=with_reasoning_beside(prompt, output, reasoning, raw.get("total_tokens")),
         reasoning_tokens=reasoning,
         input_audio_tokens=input_audio,
         output_audio_tokens=output_audio,

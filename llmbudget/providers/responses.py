@@ -18,6 +18,7 @@ from ._base import (
     items,
     json_text,
     openai_media_tokens,
+    with_reasoning_beside,
 )
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
@@ -29,12 +30,14 @@ def responses_usage(raw: dict[str, Any]) -> Usage:
     input_details = input_details if isinstance(input_details, dict) else {}
     output_details = raw.get("output_tokens_details")
     output_details = output_details if isinstance(output_details, dict) else {}
+    prompt, output = as_int(raw.get("input_tokens")), as_int(raw.get("output_tokens"))
+    reasoning = as_int(output_details.get("reasoning_tokens"))
     return Usage(
-        input_tokens=as_int(raw.get("input_tokens")),
+        input_tokens=prompt,
         cached_input_tokens=as_int(input_details.get("cached_tokens")),
         cache_write_tokens=as_int(input_details.get("cache_write_tokens")),
-        output_tokens=as_int(raw.get("output_tokens")),
-        reasoning_tokens=as_int(output_details.get("reasoning_tokens")),
+        output_tokens=with_reasoning_beside(prompt, output, reasoning, raw.get("total_tokens")),
+        reasoning_tokens=reasoning,
     )
 
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types import Completion, CompletionChoice, CreateEmbeddingResponse, Embedding
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion_message_tool_call import ChatCompletionMessageToolCall, Function
 from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
@@ -504,16 +505,59 @@ def test_an_answer_whose_usage_leaves_counts_out_is_charged_their_estimates(
     assert record.cost_usd == Pricing().cost(record.usage, model="gpt-4o-mini-2024-07-18").usd > 0
 
 
-def test_reasoning_tokens_counted_beside_the_output_are_charged(engine: llmbudget.Engine) -> None:
+@pytest.mark.parametrize(("completion", "reasoning", "total", "billed"), [
+    (5, 80, 135, 85),  # more reasoning than output: beside it
+    (100, 50, 200, 150),  # total_tokens adds all three: beside it
+    (100, 50, 150, 100),  # total_tokens adds prompt and completion: inside it, as OpenAI counts it
+    (80, 80, None, 80),  # all of the output is reasoning
+])
+def test_reasoning_tokens_counted_beside_the_output_are_charged(
+        engine: llmbudget.Engine, completion: int, reasoning: int, total: int | None, billed: int) -> None:
     # some gateways keep thinking tokens out of completion_tokens: 80 of them were free
     attempt = _begin(engine, {**CHAT_BODY, "stream": False})
     attempt.start_response(200, {"content-type": "application/json"})
-    attempt.feed(_chat_answer({"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 135,
-                               "completion_tokens_details": {"reasoning_tokens": 80}}))
+    usage = {"prompt_tokens": 50, "completion_tokens": completion, "total_tokens": total,
+             "completion_tokens_details": {"reasoning_tokens": reasoning}}
+    attempt.feed(_chat_answer(usage))
     record = attempt.finish(complete=True)
     assert record is not None and not record.estimated
-    assert (record.usage.input_tokens, record.usage.output_tokens) == (50, 85)
-    assert record.cost_usd == (50 * Decimal("0.15") + 85 * Decimal("0.6")) / 10**6
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (50, billed)
+    assert record.cost_usd == (50 * Decimal("0.15") + billed * Decimal("0.6")) / 10**6
+    assert chat_usage(usage).output_tokens == billed  # as replay's baseline and batch results read it
+    assert responses_usage({"input_tokens": 50, "output_tokens": completion, "total_tokens": total,
+                            "output_tokens_details": {"reasoning_tokens": reasoning}}).output_tokens == billed
+
+
+def test_an_echoed_prompt_scored_with_no_output_is_charged_its_input_alone(engine: llmbudget.Engine) -> None:
+    # echo with max_tokens 0 (scoring a prompt's logprobs) answers with the prompt as its text and 0 completion
+    # tokens: the 0 was taken for a missing count and the prompt charged twice, flagged estimated
+    prompt = "The quick brown fox jumps over the lazy dog. " * 10
+    attempt = _begin(engine, {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "echo": True, "max_tokens": 0,
+                              "logprobs": 1}, "/v1/completions")
+    completion = Completion(
+        id="cmpl-1", created=1, model="gpt-3.5-turbo-instruct", object="text_completion",
+        usage=CompletionUsage(prompt_tokens=101, completion_tokens=0, total_tokens=101),
+        choices=[CompletionChoice(index=0, finish_reason="length", text=prompt, logprobs=None)])
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(completion.model_dump_json().encode())
+    record = attempt.finish(complete=True)
+    assert record is not None and not record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (101, 0)
+
+
+def test_a_tool_call_answer_without_an_output_count_is_charged_its_arguments(engine: llmbudget.Engine) -> None:
+    # a JSON answer's text is empty for a tool call: its output was left at 0, not flagged estimated
+    attempt = _begin(engine, {**CHAT_BODY, "stream": False})
+    completion = ChatCompletion(
+        id="chatcmpl-1", created=1, model="gpt-4o-mini-2024-07-18", object="chat.completion",
+        choices=[ChatChoice(index=0, finish_reason="tool_calls", message=ChatCompletionMessage(
+            role="assistant", content=None, tool_calls=[ChatCompletionMessageToolCall(
+                id="t1", type="function", function=Function(name="lookup", arguments='{"city": "Paris", "days": 3}'))]))])
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps({**_dump(completion), "usage": {"prompt_tokens": 40, "completion_tokens": None}}).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None and record.estimated
+    assert record.usage.output_tokens == tokens.count_text('{"city": "Paris", "days": 3}', "gpt-4o-mini") > 5
 
 
 def test_a_project_billed_at_priority_by_default_has_its_next_calls_reserved_at_priority() -> None:

@@ -288,7 +288,8 @@ class Batcher:
             self._leases[job] = lease
         record = {"id": job, "base_url": group.base_url, "endpoint": group.path, "created": time.time(),
                   "calls": [{"custom_id": c.custom_id, "tenant": c.tenant, "request_id": c.request_id,
-                             "model": c.model, "input_estimate": _input_estimate(group.path, c)}
+                             "model": c.model, "input_estimate": _input_estimate(group.path, c),
+                             "output_as_reported": _output_as_reported(c)}
                             for c in group.calls]}
         partial = self.state / f".{job}.json.tmp"
         partial.write_text(json.dumps(record), encoding="utf-8")
@@ -636,6 +637,16 @@ def _input_estimate(path: str, call: _Call) -> int:
         return 0
 
 
+def _output_as_reported(call: _Call) -> bool:
+    """Whether a 0 output count is the truth (a request that allows no output, or echoes its prompt), as for
+    a live call (:meth:`llmbudget.pipeline.Attempt._filled`)."""
+    body = call.line.get("body") or call.line.get("params")
+    if not isinstance(body, dict):
+        return False
+    return bool(body.get("echo")) or any(body.get(key) == 0 for key in ("max_tokens", "max_completion_tokens",
+                                                                        "max_output_tokens"))
+
+
 def _filled(usage: Any, answer: Any, call: dict[str, Any], data: Any) -> Any:
     """A batch answer's usage with the counts it leaves out estimated, as a live answer's are
     (:meth:`llmbudget.pipeline.Attempt._filled`): never a silent $0 for a call the batch ran."""
@@ -647,7 +658,7 @@ def _filled(usage: Any, answer: Any, call: dict[str, Any], data: Any) -> Any:
     estimate = call.get("input_estimate")
     if not usage.input_tokens and isinstance(estimate, int) and estimate > 0:
         changes["input_tokens"] = estimate
-    if not usage.output_tokens:
+    if not usage.output_tokens and not call.get("output_as_reported"):
         seen = tokens.estimate_output_tokens(answer.text + "".join(answer.hidden_parts) or tool_arguments(data),
                                              model=call.get("model"))
         if seen > 0:

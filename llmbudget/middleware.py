@@ -616,25 +616,27 @@ class LLMBudgetMiddleware(_Core):
             path_token = app_path.set(path)
 
             # An error handler inside the app (Starlette's ServerErrorMiddleware, when this middleware wraps the
-            # app from outside) answers an uncaught refusal with a 500, then raises it again: such a 500 is held
-            # until the app returns, and the refusal it raised again becomes the 402 instead.
-            held: list[ASGIMessage] | None = None
+            # app from outside) answers an uncaught refusal with a 500 from inside its ``except`` block, then
+            # raises it again: that 500 is answered with the 402 instead (and the rest of it dropped). A 500 the
+            # app sends otherwise (a refusal it caught, a bug) goes out as it sends it.
+            answered: Refusal | None = None
 
             async def send_wrapper(message: ASGIMessage) -> None:
-                nonlocal held
-                if held is None and message["type"] == "http.response.start" and message.get("status") == 500 \
-                        and current.refusals:
-                    held = []
-                if held is not None:
-                    held.append(message)
+                nonlocal answered, status, response_started
+                if answered is not None:
                     return
+                if message["type"] == "http.response.start" and message.get("status") == 500 \
+                        and not response_started:
+                    handling = sys.exc_info()[1]  # what the code sending this 500 is handling, if anything
+                    refusal = _find_refusal(handling) if handling is not None else None
+                    if refusal is not None:
+                        answered = refusal
+                        self.refused(refusal, current, answered=True)
+                        problem = self.problem(refusal, current, route=route)
+                        status, response_started = problem.status, True
+                        await _asgi_answer(send, problem.status, problem.headers, problem.body)
+                        return
                 await forward(message)
-
-            async def release() -> None:
-                nonlocal held
-                messages, held = held or [], None
-                for message in messages:
-                    await forward(message)
 
             async def forward(message: ASGIMessage) -> None:
                 nonlocal status, response_started
@@ -653,13 +655,12 @@ class LLMBudgetMiddleware(_Core):
 
             try:
                 await self.app(scope, receive, send_wrapper)
-                await release()  # the app answered its 500 and caught what it refused: its answer stands
             except BaseException as exc:
                 refusal = _find_refusal(exc)
                 if refusal is None:
-                    await release()
                     raise
-                held = None  # the app's own 500 for it, if it sent one: replaced by the 402
+                if answered is not None:  # the app's error handler's 500 for it: answered with the 402 already
+                    return
                 answer = not response_started and kind == "http"
                 self.refused(refusal, current, answered=answer)
                 if not answer:

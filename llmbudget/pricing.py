@@ -283,9 +283,9 @@ def _genai_version() -> str:
 _DATE_SUFFIX = re.compile(r"[-@](?:20\d\d-[01]\d-[0-3]\d|20\d\d[01]\d[0-3]\d|(?:0[1-9]|1[0-2])[0-3]\d)\Z")
 
 
-# Bedrock's ids around a model's name: a region's inference profile ("us.", "eu.", "apac.", "global.") and the
+# Bedrock's ids around a model's name: a region's inference profile ("us.", "eu.", "apac.", "us-gov.") and the
 # vendor ("anthropic."), a version after it ("-v1:0").
-_BEDROCK_PREFIX = re.compile(r"\A(?:[a-z]{2,6}\.)?anthropic\.")
+_BEDROCK_PREFIX = re.compile(r"\A(?:[a-z]{2,6}(?:-gov)?\.)?anthropic\.")
 _BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?\Z")
 
 

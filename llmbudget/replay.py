@@ -347,9 +347,6 @@ def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") ->
     for field in required:
         if field not in usage:
             return f"usage has no {field}; {expected} (replay prices answers from it)"
-        if usage[field] == 0:  # the interception would charge its estimate, and the baseline would disagree
-            return (f"usage.{field} is 0; expected at least 1 (an answered call has input and output, and "
-                    "llmbudget charges a count reported as 0 its estimate)")
     for field, count in usage.items():
         if (field.endswith("_details") or field == "cache_creation") and isinstance(count, dict):
             for inner, value in count.items():  # cached_tokens, reasoning_tokens...: null means none
@@ -357,6 +354,13 @@ def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") ->
                     return f"usage.{field}.{inner} is {value!r}; {expected}"
         elif field.endswith("_tokens") and not _is_count(count):
             return f"usage.{field} is {count!r}; {expected}"
+    # as the interception reads it (cache reads and writes are input; reasoning beside the output is output): a
+    # side at 0 would be charged its estimate when replayed, and the baseline would not be what was recorded
+    read = messages_usage(usage) if endpoint == "messages" else chat_usage(usage)
+    for side, count in (("input", read.input_tokens), ("output", read.output_tokens)):
+        if not count:
+            return (f"usage reports no {side} tokens; expected at least 1 (an answered call has input and output, "
+                    "and llmbudget charges a count reported as 0 its estimate)")
     return None
 
 

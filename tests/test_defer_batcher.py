@@ -102,3 +102,29 @@ def test_a_batch_answer_whose_usage_leaves_counts_out_is_charged_their_estimates
     assert with_estimate.usage.input_tokens == 120 and older.usage.input_tokens == 0
     assert with_estimate.usage.output_tokens == older.usage.output_tokens > 5  # the tool call's arguments
     assert with_estimate.cost_usd > older.cost_usd > 0
+
+
+def test_a_batch_line_that_allows_no_output_keeps_its_reported_zero() -> None:
+    """An echoed prompt scored with max_tokens 0 answers with the prompt as its text: its 0 output was estimated
+    from that text, the prompt charged twice (a live call keeps it)."""
+    from llmbudget.defer import _Call, _output_as_reported
+
+    prompt = "The quick brown fox jumps over the lazy dog. " * 10
+    answer = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+              "choices": [{"index": 0, "finish_reason": "length", "text": prompt, "logprobs": None}],
+              "usage": {"prompt_tokens": 101, "completion_tokens": 0, "total_tokens": 101}}
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "echo": True, "max_tokens": 0}
+    line = {"custom_id": "c1", "method": "POST", "url": "/v1/completions", "body": body}
+    assert _output_as_reported(_Call("c1", line, None, "r", body["model"]))
+    assert not _output_as_reported(_Call("c1", {**line, "body": {**body, "echo": False, "max_tokens": 5}}, None, "r",
+                                         body["model"]))
+
+    class Results:
+        def results(self, done: Any) -> dict[str, tuple[int, bytes]]:
+            return {"c1": (200, json.dumps(answer).encode())}
+
+    job = {"id": "batch_1", "endpoint": "/v1/completions", "base_url": "https://api.openai.com/v1",
+           "calls": [{"custom_id": "c1", "model": body["model"], "tenant": None, "request_id": "r",
+                      "input_estimate": 100, "output_as_reported": True}]}
+    _, (record,) = _job_records(job, Results(), {}, llmbudget.Engine())  # type: ignore[arg-type]
+    assert (record.usage.input_tokens, record.usage.output_tokens, record.estimated) == (101, 0, False)

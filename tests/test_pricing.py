@@ -468,7 +468,8 @@ def test_a_long_context_claude_call_is_priced_at_anthropics_long_context_rates()
                             model="claude-sonnet-4").usd == Decimal("0.615")
         # Bedrock's ids of the same model, at Bedrock's endpoint
         bedrock = "https://bedrock-runtime.us-east-1.amazonaws.com"
-        for model in ("anthropic.claude-sonnet-4-20250514-v1:0", "us.anthropic.claude-sonnet-4-20250514-v1:0"):
+        for model in ("anthropic.claude-sonnet-4-20250514-v1:0", "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                      "us-gov.anthropic.claude-sonnet-4-20250514-v1:0"):
             priced = pricing.cost(usage, model=model, base_url=bedrock)
             assert priced.known and priced.usd == Decimal("0.9585"), model
 

@@ -444,6 +444,8 @@ class VectorIndex:
         self._empty.move_to_end(pid)
         if len(self._empty) > _EMPTY_KEEP:
             self._empty.popitem(last=False)  # forgotten: it loads again on its next search
+        if self.directory is not None and (self.directory / f"p{pid}.json").exists():
+            self._emptied.add(pid)  # a saved index of entries now gone: removed (see _save_dirty)
 
     def _catch_up(self, view: SourceView, head: Head) -> None:
         max_id, del_seq = head
@@ -475,8 +477,6 @@ class VectorIndex:
                 if not len(part):  # let go, and its saved index file, if any, with it (see _save_dirty)
                     del self._parts[pid]
                     self._note_empty(pid)
-                    if isinstance(part, _Hnsw):
-                        self._emptied.add(pid)
                 continue
             part.add(ids[mask], vectors[mask])
             if isinstance(part, _Exact) and len(part) > self.exact_max:
@@ -572,7 +572,8 @@ class VectorIndex:
         if self.directory is None:
             return
         if self._emptied and not _NO_WAIT.get():  # (removing files takes the file lock, which may wait)
-            self._remove_files(self._emptied - set(self._parts))
+            # only partitions still without entries as of the store's head (entries may have come back since)
+            self._remove_files(self._emptied & self._empty.keys())
             self._emptied.clear()
         for pid, part in list(self._parts.items()):
             if isinstance(part, _Hnsw) and (part.built or part.dirty >= max(self.save_every, len(part) // 10)):

@@ -325,7 +325,7 @@ class CacheStore:
             token = _Token()
             setattr(self._local, "quick_token" if quick else "token", token)
             self._conns[id(token)] = conn
-            weakref.finalize(token, _forget, self._conns, id(token))
+            weakref.finalize(token, _forget, self._conns, id(token), os.getpid())
         return conn
 
     @contextlib.contextmanager
@@ -865,11 +865,21 @@ class _Token:
     __slots__ = ("__weakref__",)
 
 
-def _forget(conns: dict[int, sqlite3.Connection], key: int) -> None:
+#: Connections a forked child inherited from its parent's threads: never closed (nor freed, which closes) in the
+#: child, where another thread of the parent may have held their mutex at the fork: closing one would wait for
+#: it for ever (SQLite: a connection must not be used across a fork).
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _forget(conns: dict[int, sqlite3.Connection], key: int, pid: int) -> None:
     conn = conns.pop(key, None)  # (a finalizer: no lock, which the thread it interrupts may hold)
-    if conn is not None:
-        with contextlib.suppress(Exception):  # another thread's, or in use: garbage collection closes it
-            conn.close()
+    if conn is None:
+        return
+    if os.getpid() != pid:  # a child just forked clears the parent's other threads, and with them their tokens
+        _INHERITED.append(conn)
+        return
+    with contextlib.suppress(Exception):  # another thread's, or in use: garbage collection closes it
+        conn.close()
 
 
 def _cleanup(conns: dict[int, sqlite3.Connection], temp: str | None) -> None:

@@ -37,7 +37,8 @@ def as_int(value: Any, most: int = MAX_TOKENS, what: str = "token count") -> int
 def with_reasoning_beside(prompt: int, output: int, reasoning: int, total: Any) -> int:
     """The output tokens billed: ``output``, plus ``reasoning`` where the usage counts it beside the output rather
     than in it (some gateways' Gemini thinking): more reasoning than output, or a ``total`` that adds all three."""
-    if reasoning and (reasoning > output or (type(total) is int and total == prompt + output + reasoning)):
+    counted = isinstance(total, (int, float)) and not isinstance(total, bool)
+    if reasoning and (reasoning > output or (counted and total == prompt + output + reasoning)):
         return output + reasoning
     return output
 

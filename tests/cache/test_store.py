@@ -255,6 +255,38 @@ def test_threads_put_and_search_concurrently(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_fork_while_another_thread_is_inside_sqlite_leaves_the_child_running(tmp_path: Path) -> None:
+    # the child freed the other threads' tokens and closed their connections, waiting for ever on the mutex of
+    # one another thread of the parent was using at the fork (a gunicorn gthread worker forking mid-lookup)
+    store = make(tmp_path / "c")
+    put(store, "p", "k", "a question")
+    started = threading.Event()
+
+    def busy() -> None:
+        conn = store._conn()  # this thread's own connection, as a lookup in a worker thread has it
+        started.set()
+        conn.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000000) "
+                     "SELECT count(*) FROM c").fetchone()
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    started.wait()
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child hung"
+    worker.join()
+    store.close()
+
+
 def test_partitions_held_are_bounded_and_a_let_go_one_loads_again(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # every partition ever searched stayed in memory (~25 KB each, for good): a multi-tenant app grew without end
@@ -288,6 +320,29 @@ def test_a_partition_evicted_empty_leaves_no_index_file_behind(tmp_path: Path) -
     files = {int(f.name[1:].split("-")[0]) for f in (tmp_path / "c" / "index").glob("p*-*.usearch")}
     manifests = {int(f.stem[1:]) for f in (tmp_path / "c" / "index").glob("p*.json")}
     assert files <= live and manifests <= live and live
+    store.close()
+
+
+def test_a_partition_emptied_while_let_go_leaves_no_index_file_behind(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a partition invalidated while not held (let go beyond the bound) kept its saved index for good
+    import llmbudget.cache.index as index_module
+
+    monkeypatch.setattr(index_module, "_PARTS_KEEP", 2)
+    store = make(tmp_path / "c", exact_search_max=4)
+    for p in range(4):
+        for n in range(10):  # HNSW, saved
+            put(store, f"p{p}", f"{p}-{n}", f"question {n} of partition {p}", tenant=f"t{p}")
+    for p in range(4):
+        assert store.search(f"p{p}", f"question 1 of partition {p}") is not None
+    store.save_index()
+    store.invalidate(tenant="t0")  # p0 is not held: p2 and p3 are
+    assert store.search("p0", "question 1 of partition 0") is None
+    store.search("p3", "question 1 of partition 3")
+    pid = store._partition_id("p0")
+    index = tmp_path / "c" / "index"
+    assert not list(index.glob(f"p{pid}-*.usearch")) and not (index / f"p{pid}.json").exists()
+    assert len(list(index.glob("p*.json"))) == 3
     store.close()
 
 

@@ -177,13 +177,30 @@ def test_an_uncaught_refusal_is_a_402_when_the_middleware_wraps_the_app_from_out
             pass
         raise RuntimeError("an ordinary bug after a refusal the app caught")
 
-    inner = Starlette(routes=[Route("/refused", refused), Route("/bug", caught_then_failed)])
+    async def caught_then_500(request: Request) -> StreamingResponse:
+        try:
+            ask(client)
+        except openai.APIStatusError:
+            pass
+
+        async def report() -> Any:
+            yield b"no budget left, "
+            yield b"try tomorrow"
+
+        return StreamingResponse(report(), status_code=500)
+
+    inner = Starlette(routes=[Route("/refused", refused), Route("/bug", caught_then_failed),
+                              Route("/own500", caught_then_500)])
     outside = TestClient(LLMBudgetMiddleware(inner, policy=Policy(budgets=REFUSE_ALL)), raise_server_exceptions=False)
     response = outside.get("/refused")
     assert response.status_code == 402 and response.json()["budget"] == "request"
     assert response.headers["content-type"] == "application/problem+json"
     bug = outside.get("/bug")  # not the budget's to answer: the app's own 500 goes out as it was
     assert bug.status_code == 500 and bug.text == "Internal Server Error"
+    own = outside.get("/own500")  # a 500 the app sends on purpose after catching a refusal: its own
+    assert own.status_code == 500 and own.text == "no budget left, try tomorrow"
+    raising = TestClient(LLMBudgetMiddleware(inner, policy=Policy(budgets=REFUSE_ALL)))
+    assert raising.get("/refused").status_code == 402  # answered: the refusal is not raised to the server
 
 
 def test_a_refusal_the_app_catches_is_the_apps_business(engine: llmbudget.Engine) -> None:

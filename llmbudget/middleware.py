@@ -48,6 +48,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy
@@ -111,9 +112,35 @@ class RequestIdFilter(logging.Filter):
 # -- shared by both faces -------------------------------------------------------------------------
 
 
-def _find_refusal(exc: BaseException) -> Refusal | None:
-    """The budget refusal ``exc`` is, or that every exception of an exception group is."""
-    refusal = budget_refusal(exc)
+@dataclass(frozen=True, slots=True)
+class _StoreOutage:
+    """A call a fail-closed budget refused because its store was unavailable (the interception's 503, which the
+    SDK raises as ``openai.InternalServerError``): uncaught, it is answered with a 503 and its ``retry-after``,
+    as a budget's refusal is with the 402, not left to become the app's 500."""
+
+    detail: str
+    retry_after: int
+
+
+def _store_outage(exc: BaseException) -> _StoreOutage | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if response is None or headers is None or headers.get("x-llmbudget-refused") != "budget-store-unavailable":
+        return None
+    try:
+        retry_after = max(1, int(headers.get("retry-after", "1")))
+    except ValueError:
+        retry_after = 1
+    try:
+        detail = str(response.json()["error"]["message"])
+    except Exception:  # noqa: BLE001 - the header says what it is: the message is a nicety
+        detail = "llmbudget could not use its budget store; budgeted calls are refused until it can"
+    return _StoreOutage(detail, retry_after)
+
+
+def _find_refusal(exc: BaseException) -> Refusal | _StoreOutage | None:
+    """The budget refusal (or store outage) ``exc`` is, or that every exception of an exception group is."""
+    refusal = budget_refusal(exc) or _store_outage(exc)
     if refusal is not None:
         return refusal
     inner = getattr(exc, "exceptions", None)
@@ -341,8 +368,15 @@ class _Core:
             return value
         return uuid.uuid4().hex
 
-    def problem(self, refusal: Refusal, scope: Scope, *, route: RoutePolicy | None = None) -> _Problem:
-        """The 402 answer for an uncaught budget refusal (RFC 9457 problem+json)."""
+    def problem(self, refusal: Refusal | _StoreOutage, scope: Scope, *, route: RoutePolicy | None = None
+                ) -> _Problem:
+        """The 402 answer for an uncaught budget refusal (RFC 9457 problem+json); the 503 for a store outage."""
+        if isinstance(refusal, _StoreOutage):
+            outage = {"type": "urn:llmbudget:budget-store-unavailable", "title": "LLM budget store unavailable",
+                      "status": 503, "detail": refusal.detail, "request_id": scope.request_id}
+            return _Problem(503, [("content-type", "application/problem+json"), ("cache-control", "no-store"),
+                                  ("x-llmbudget-refused", "budget-store-unavailable"),
+                                  ("retry-after", str(refusal.retry_after))], json.dumps(outage).encode())
         data = refusal.to_dict()
         who = f" of tenant {refusal.tenant!r}" if refusal.per == "tenant" and refusal.tenant else ""
         period = f" per {refusal.period}" if refusal.period else ""
@@ -394,8 +428,12 @@ class _Core:
             ("x-llmbudget-capped", str(sum(r.capped for r in records))),
         ]
 
-    def refused(self, refusal: Refusal, scope: Scope, *, answered: bool) -> None:
+    def refused(self, refusal: Refusal | _StoreOutage, scope: Scope, *, answered: bool) -> None:
         extra = {"request_id": scope.request_id, "tenant": scope.tenant or "-"}
+        if isinstance(refusal, _StoreOutage):
+            log.warning("request %s: an LLM call was refused while the budget store is unavailable; %s",
+                        scope.request_id, "answering 503" if answered else "the response had started", extra=extra)
+            return
         if answered:
             log.warning("request %s: budget %r refused an LLM call the app did not catch; answering 402",
                         scope.request_id, refusal.budget, extra=extra)
@@ -619,7 +657,7 @@ class LLMBudgetMiddleware(_Core):
             # app from outside) answers an uncaught refusal with a 500 from inside its ``except`` block, then
             # raises it again: that 500 is answered with the 402 instead (and the rest of it dropped). A 500 the
             # app sends otherwise (a refusal it caught, a bug) goes out as it sends it.
-            answered: Refusal | None = None
+            answered: Refusal | _StoreOutage | None = None
 
             async def send_wrapper(message: ASGIMessage) -> None:
                 nonlocal answered, status, response_started
@@ -691,7 +729,7 @@ class _WSGIRequest:
 
     route: RoutePolicy
     scope: Scope | None = None
-    refusal: Refusal | None = None
+    refusal: Refusal | _StoreOutage | None = None
     status: int | None = None
     replaced: bool = False
 
@@ -916,10 +954,10 @@ class LLMBudgetWSGIMiddleware(_Core):
             on_budget=route.on_budget,
             downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens,
         )
-        counted: list[Refusal] = []
+        counted: list[Refusal | _StoreOutage] = []
         problem_body: list[bytes] = []
 
-        def note(refusal: Refusal, *, answered: bool) -> None:
+        def note(refusal: Refusal | _StoreOutage, *, answered: bool) -> None:
             if not any(r is refusal for r in counted):
                 counted.append(refusal)
                 self.refused(refusal, current, answered=answered)
@@ -932,14 +970,15 @@ class LLMBudgetWSGIMiddleware(_Core):
             if refusal is not None:
                 note(refusal, answered=False)
 
-        def answer_problem(refusal: Refusal, exc_info: Any = None) -> None:
+        def answer_problem(refusal: Refusal | _StoreOutage, exc_info: Any = None) -> None:
             note(refusal, answered=True)
             problem = self.problem(refusal, current, route=route)
             # exc_info only when the app already started a response (else servers may re-raise it).
             exc_info = exc_info if state.status is not None else None
             state.replaced, state.status = True, problem.status
             problem_body.append(problem.body)
-            start_response("402 Payment Required", [*problem.headers, ("content-length", str(len(problem.body)))],
+            start_response(f"{problem.status} {HTTPStatus(problem.status).phrase}",
+                           [*problem.headers, ("content-length", str(len(problem.body)))],
                            exc_info)
 
         def wrapped_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

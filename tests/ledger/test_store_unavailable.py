@@ -70,3 +70,46 @@ def test_on_unavailable_is_validated_and_read_from_toml():
     policy = Policy.from_config({"budgets": [{"usd": "1", "per": "tenant", "period": "day",
                                               "on_unavailable": "open"}]})
     assert policy.budgets[0].on_unavailable == "open"
+
+
+def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dead_redis, engine):
+    """A fail-closed budget's 503 the app did not catch became its own 500 (and uvicorn dropped the connection):
+    the middleware answers it as it answers an uncaught refusal, with a problem document and retry-after."""
+    import flask
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from llmbudget.middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware, Policy
+
+    llmbudget.set_engine(llmbudget.Engine(budget_store=RedisBudgetStore(dead_redis, on_unavailable="closed",
+                                                                        timeout=0.2)))
+    policy = Policy(budgets=[llmbudget.Budget("1", per="tenant", period="day")])
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+
+    def ask() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+
+    async def route(request: Request) -> JSONResponse:
+        ask()
+        return JSONResponse({})
+
+    inside = Starlette(routes=[Route("/ask", route)], middleware=[Middleware(LLMBudgetMiddleware, policy=policy)])
+    outside = LLMBudgetMiddleware(Starlette(routes=[Route("/ask", route)]), policy=policy)
+    flask_app = flask.Flask(__name__)
+    flask_app.add_url_rule("/ask", "ask", lambda: ask() or {})
+    flask_app.wsgi_app = LLMBudgetWSGIMiddleware(flask_app.wsgi_app, policy=policy)  # type: ignore[method-assign]
+    answers = [TestClient(inside, raise_server_exceptions=False).get("/ask"),
+               TestClient(outside, raise_server_exceptions=False).get("/ask"),
+               flask_app.test_client().get("/ask")]
+    for response in answers:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["x-llmbudget-refused"] == "budget-store-unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        problem = response.json if isinstance(response.json, dict) else response.json()
+        assert problem["type"] == "urn:llmbudget:budget-store-unavailable" and problem["status"] == 503
+        assert "budget store" in problem["detail"]

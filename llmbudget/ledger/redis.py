@@ -309,11 +309,20 @@ class RedisBudgetStore:
 
     def _mark_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_interval
+        _keep_trying(self)
         if not self._warned:
             self._warned = True
             action = ("serving and counting in this process until it is back" if self.on_unavailable == "open"
                       else "refusing budgeted calls (fail-closed) until it is back")
             log.warning("llmbudget: Redis budget store %s is unavailable (%s); %s", self._where(), exc, action)
+
+    def _waits(self) -> bool:
+        return bool(self._pending or self._releases)
+
+    def _try_again(self) -> None:
+        """What :func:`_keep_trying` runs: the waiting settles and releases, once Redis may be tried."""
+        if time.monotonic() >= self._down_until:
+            self._usable()
 
     def _where(self) -> str:
         parts = urlsplit(self.url)
@@ -340,8 +349,9 @@ class RedisBudgetStore:
             reservation, actual = self._pending[0]
             self._run_settle(reservation, actual)
             with self._lock:
-                if self._pending and self._pending[0][0] is reservation:
-                    self._pending.popleft()
+                if not (self._pending and self._pending[0][0] is reservation):
+                    continue  # another thread replayed it meanwhile (counted once in Redis, and here)
+                self._pending.popleft()
                 for key in reservation.keys:
                     spent, reserved = self._local.get(key, (0, 0))
                     self._local[key] = (max(spent - actual, 0), reserved)
@@ -584,6 +594,17 @@ class RedisLedger:
             if not self._waiting:
                 return
 
+    def _waits(self) -> bool:
+        return bool(self._waiting)
+
+    def _try_again(self) -> None:
+        """What :func:`_keep_trying` runs: the waiting records, once the back-off is over."""
+        if time.monotonic() >= self._retry_at and self._lock.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._lock.release()
+
     def flush(self) -> None:
         """Write every waiting record now (waiting for a write in progress, and whatever the back-off)."""
         with self._lock:
@@ -602,6 +623,7 @@ class RedisLedger:
                     self._send(batch)
             except self._errors as exc:
                 self._retry_at = time.monotonic() + self.retry_interval
+                _keep_trying(self)
                 if not self._warned:
                     self._warned = True
                     log.warning("llmbudget: Redis ledger unavailable (%s); keeping up to %d records in memory",
@@ -640,6 +662,41 @@ class RedisLedger:
 
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()  # Redis stores and ledgers, written once more at exit
+
+# One thread per process retries what Redis stores and ledgers keep waiting while Redis is down (settles,
+# releases, spend records), every second, until nothing waits: a process that gets no call after the outage
+# wrote them only with its next call (other processes read a lower spend meanwhile; reports missed records).
+_RETRYING: set[int] = set()  # id() of the owners the thread looks after
+_RETRY_LOCK = threading.Lock()
+_retrier: threading.Thread | None = None
+
+
+def _keep_trying(owner: Any) -> None:
+    global _retrier
+    with _RETRY_LOCK:
+        _RETRYING.add(id(owner))
+        if _retrier is None or not _retrier.is_alive():  # (none in a child just forked: started again there)
+            _retrier = threading.Thread(target=_retry_waiting, name="llmbudget-redis-retry", daemon=True)
+            _retrier.start()
+
+
+def _retry_waiting() -> None:
+    global _retrier
+    while True:
+        time.sleep(1.0)
+        with _RETRY_LOCK:
+            owners = [o for o in list(_LIVE) if id(o) in _RETRYING]
+            _RETRYING.intersection_update(id(o) for o in owners)
+        for owner in owners:
+            try:
+                owner._try_again()
+            except Exception as exc:  # noqa: BLE001 - still down: the next second tries again
+                log.debug("llmbudget: Redis retry failed (%s)", exc)
+        with _RETRY_LOCK:
+            _RETRYING.difference_update(id(o) for o in owners if not o._waits())
+            if not _RETRYING:
+                _retrier = None
+                return
 
 
 @atexit.register

@@ -417,6 +417,29 @@ def test_fail_closed_refuses_cleanly_and_keeps_its_settles(server: _Server, capl
     assert store.spent(bucket.key) == (Decimal("0.3"), Decimal("0.1"))  # the settle was replayed
 
 
+def test_what_waits_for_redis_is_written_once_it_is_back_without_another_call(server: _Server) -> None:
+    """Settles and spend records kept while Redis was down were written only with the process's next call: a
+    worker that got none kept them (the other workers read a lower spend: a tenant went past its budget; spend
+    reports missed the records). A background thread writes them within a second or two of Redis answering."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    ledger = RedisLedger(server.url, timeout=0.2, retry_interval=0.2)
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    server.kill()
+    store.settle(held, Decimal("0.3"))
+    ledger.add(_record(1))
+    assert store.pending_settles == 1 and len(ledger._waiting) == 1
+    server.start()
+    deadline = time.monotonic() + 10
+    reader = RedisBudgetStore(server.url)
+    while time.monotonic() < deadline and (store.pending_settles or ledger._waiting):
+        time.sleep(0.1)
+    assert store.pending_settles == 0 and not ledger._waiting  # no call was made meanwhile
+    assert reader.spent(bucket.key)[0] == Decimal("0.3")
+    assert len(list(RedisLedger(server.url).records())) == 1
+
+
 @pytest.mark.parametrize("fault", ["oom", "readonly", "noreplicas"])
 def test_a_redis_that_refuses_writes_counts_as_unavailable(server: _Server, fault: str) -> None:
     """Reachable but refusing writes (OOM under noeviction, READONLY after a failover, NOREPLICAS): fail-closed

@@ -112,6 +112,10 @@ class RequestIdFilter(logging.Filter):
 # -- shared by both faces -------------------------------------------------------------------------
 
 
+#: The body of the 500 Starlette's ServerErrorMiddleware sends for an uncaught exception (not in debug mode).
+_STARLETTE_500 = b"Internal Server Error"
+
+
 @dataclass(frozen=True, slots=True)
 class _StoreOutage:
     """A call a fail-closed budget refused because its store was unavailable (the interception's 503, which the
@@ -146,8 +150,8 @@ def _find_refusal(exc: BaseException) -> Refusal | _StoreOutage | None:
     inner = getattr(exc, "exceptions", None)
     if "ExceptionGroup" in type(exc).__name__ and isinstance(inner, tuple) and inner:
         found = [_find_refusal(e) for e in inner]
-        if all(r is not None for r in found):
-            return found[0]
+        if all(r is not None for r in found):  # a budget's refusal first, whatever the order (a fixed answer)
+            return next((r for r in found if isinstance(r, Refusal)), found[0])
     return None
 
 
@@ -371,9 +375,10 @@ class _Core:
     def problem(self, refusal: Refusal | _StoreOutage, scope: Scope, *, route: RoutePolicy | None = None
                 ) -> _Problem:
         """The 402 answer for an uncaught budget refusal (RFC 9457 problem+json); the 503 for a store outage."""
-        if isinstance(refusal, _StoreOutage):
+        if isinstance(refusal, _StoreOutage):  # (its cause, hosts and paths included, goes to the log only)
             outage = {"type": "urn:llmbudget:budget-store-unavailable", "title": "LLM budget store unavailable",
-                      "status": 503, "detail": refusal.detail, "request_id": scope.request_id}
+                      "status": 503, "detail": "The service cannot check its LLM budgets right now; try again "
+                      f"in {refusal.retry_after} s.", "request_id": scope.request_id}
             return _Problem(503, [("content-type", "application/problem+json"), ("cache-control", "no-store"),
                                   ("x-llmbudget-refused", "budget-store-unavailable"),
                                   ("retry-after", str(refusal.retry_after))], json.dumps(outage).encode())
@@ -431,8 +436,9 @@ class _Core:
     def refused(self, refusal: Refusal | _StoreOutage, scope: Scope, *, answered: bool) -> None:
         extra = {"request_id": scope.request_id, "tenant": scope.tenant or "-"}
         if isinstance(refusal, _StoreOutage):
-            log.warning("request %s: an LLM call was refused while the budget store is unavailable; %s",
-                        scope.request_id, "answering 503" if answered else "the response had started", extra=extra)
+            log.warning("request %s: an LLM call was refused while the budget store is unavailable (%s); %s",
+                        scope.request_id, refusal.detail, "answering 503" if answered else "the response had started",
+                        extra=extra)
             return
         if answered:
             log.warning("request %s: budget %r refused an LLM call the app did not catch; answering 402",
@@ -653,26 +659,36 @@ class LLMBudgetMiddleware(_Core):
             token = _route.set(route)
             path_token = app_path.set(path)
 
-            # An error handler inside the app (Starlette's ServerErrorMiddleware, when this middleware wraps the
-            # app from outside) answers an uncaught refusal with a 500 from inside its ``except`` block, then
-            # raises it again: that 500 is answered with the 402 instead (and the rest of it dropped). A 500 the
-            # app sends otherwise (a refusal it caught, a bug) goes out as it sends it.
+            # Starlette's ServerErrorMiddleware (inside the app when this middleware wraps it from outside)
+            # answers an uncaught refusal with its plain 500 "Internal Server Error" from inside its ``except``
+            # block, then raises it again: that 500 is answered with the 402 (or 503) instead. Its start is held
+            # until its body shows it is that one; any other 500 (an app's own handler, a debug page, a refusal
+            # the app caught) goes out as the app sends it.
             answered: Refusal | _StoreOutage | None = None
+            held: tuple[ASGIMessage, Refusal | _StoreOutage] | None = None
 
             async def send_wrapper(message: ASGIMessage) -> None:
-                nonlocal answered, status, response_started
+                nonlocal answered, held, status, response_started
                 if answered is not None:
                     return
-                if message["type"] == "http.response.start" and message.get("status") == 500 \
-                        and not response_started:
-                    handling = sys.exc_info()[1]  # what the code sending this 500 is handling, if anything
-                    refusal = _find_refusal(handling) if handling is not None else None
-                    if refusal is not None:
+                if held is not None:
+                    start, refusal = held
+                    held = None
+                    if message["type"] == "http.response.body" and not message.get("more_body", False) \
+                            and message.get("body") == _STARLETTE_500:
                         answered = refusal
                         self.refused(refusal, current, answered=True)
                         problem = self.problem(refusal, current, route=route)
                         status, response_started = problem.status, True
                         await _asgi_answer(send, problem.status, problem.headers, problem.body)
+                        return
+                    await forward(start)
+                elif message["type"] == "http.response.start" and message.get("status") == 500 \
+                        and not response_started:
+                    handling = sys.exc_info()[1]  # what the code sending this 500 is handling, if anything
+                    found = _find_refusal(handling) if handling is not None else None
+                    if found is not None:
+                        held = (message, found)
                         return
                 await forward(message)
 
@@ -693,11 +709,13 @@ class LLMBudgetMiddleware(_Core):
 
             try:
                 await self.app(scope, receive, send_wrapper)
+                if held is not None:  # a start with no body after it: the app's own, sent as it was
+                    await forward(held[0])
             except BaseException as exc:
                 refusal = _find_refusal(exc)
                 if refusal is None:
                     raise
-                if answered is not None:  # the app's error handler's 500 for it: answered with the 402 already
+                if answered is not None:  # Starlette's 500 for it: answered with the 402 already
                     return
                 answer = not response_started and kind == "http"
                 self.refused(refusal, current, answered=answer)
@@ -746,7 +764,16 @@ class _RefusalTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return error is None or _find_refusal(error) is None
+        if error is None or not _framework_traceback(record):  # the app's own logs pass, whatever they carry
+            return True
+        return _find_refusal(error) is None
+
+
+def _framework_traceback(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is Flask's or Django's own log line for an uncaught exception (a 500)."""
+    message = record.msg if isinstance(record.msg, str) else ""
+    return message.startswith("Exception on ") or (record.name == "django.request"
+                                                   and getattr(record, "status_code", None) == 500)
 
 
 _REFUSAL_TRACEBACK = _RefusalTraceback()

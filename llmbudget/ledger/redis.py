@@ -55,8 +55,10 @@ _ZERO = Decimal(0)
 _BUCKET_MARGIN_S = 2 * 86400
 #: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
 _UNPERIODED_TTL_S = 86400
-#: Settled reservation ids are remembered this long (a settle retried later double-counts), in one hash per hour
-#: in which reservations were made (``settled:<hour>``: about 70 bytes an id, not a key of ~190 each).
+#: Settled reservation ids are remembered at least this long after their settle (a settle retried later would
+#: double-count), in small hashes: one per hour in which reservations were made and per first two hex digits of
+#: the id's random part (``settled:<hour>:<xx>``: about 100 bytes an id, not a key of ~190 each; a hash of a whole
+#: hour's ids stalled Redis for half a second when it expired, freed at once).
 _SETTLED_TTL_S = 86400
 #: Stale reservations one script call expires at most (the rest go on the next call).
 _EXPIRE_BATCH = 256
@@ -200,7 +202,7 @@ return {1, 0, unpack(counters)}
 # ARGV: id, actual, amount, settled ttl (s), then per bucket: expire_at_ms (0: leave)
 _SETTLE = """
 if redis.call('HSETNX', KEYS[3], ARGV[1], 1) == 0 then return 0 end
-if redis.call('TTL', KEYS[3]) == -1 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4])) end
+if redis.call('TTL', KEYS[3]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4])) end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 redis.call('HDEL', KEYS[2], ARGV[1])
 for i = 4, #KEYS do
@@ -221,10 +223,11 @@ def _new_id() -> str:
     return f"{int(time.time()) // 3600:x}.{uuid.uuid4().hex}"
 
 
-def _hour_of(rid: str) -> str:
-    """The hour part of a reservation id (:func:`_new_id`); ids of an older release have none: "0"."""
-    hour, dot, _ = rid.removeprefix(_LOCAL_PREFIX).partition(".")
-    return hour if dot and hour else "0"
+def _settled_bucket(rid: str) -> str:
+    """Which hash remembers that reservation ``rid`` was settled: its hour (:func:`_new_id`) and the first two
+    hex digits of its random part (ids of an older release have no hour: "0")."""
+    hour, dot, rest = rid.removeprefix(_LOCAL_PREFIX).partition(".")
+    return f"{hour}:{rest[:2]}" if dot and hour else f"0:{rid[-2:]}"
 
 
 class RedisBudgetStore:
@@ -484,7 +487,7 @@ class RedisBudgetStore:
             log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())
 
     def _run_settle(self, reservation: Reservation, pico: int) -> None:
-        keys = [self._zset, self._data, f"{self.prefix}settled:{_hour_of(reservation.id)}",
+        keys = [self._zset, self._data, f"{self.prefix}settled:{_settled_bucket(reservation.id)}",
                 *(self._key(k) for k in reservation.keys)]
         args = [reservation.id, pico, to_pico(reservation.amount), _SETTLED_TTL_S + 3600,
                 *(self._expiry.get(k, 0) for k in reservation.keys)]

@@ -182,18 +182,28 @@ def test_keys_expire_after_their_period_and_settled_ids_are_kept_a_while(prefix:
     assert abs(client.pttl(f"{prefix}b:{daily.key}") - expected) < 5000
     assert client.pttl(f"{prefix}b:{forever.key}") == -1  # a budget without a period counts forever
     assert 0 < client.pttl(f"{prefix}b:{request.key}") <= 86400 * 1000
-    # settled ids: one hash per hour of reservations, not a key per call (8,000 calls made 8,000 keys of ~190
-    # bytes, kept a day); a settle sent again is still counted once
+    # settled ids: in small hashes (per hour of reservations and first two hex digits), not a key per call (8,000
+    # calls made 8,000 keys of ~190 bytes, kept a day), nor one hash per hour (freed at once when it expired, it
+    # stalled Redis past the client's timeout); each id kept at least a day after its own settle
     hour = f"{int(time.time()) // 3600:x}"
     assert held.id.startswith(hour + ".")
-    assert client.hexists(f"{prefix}settled:{hour}", held.id)
-    assert 86400 < client.ttl(f"{prefix}settled:{hour}") <= 86400 + 3600
-    more = [store.reserve([daily], Decimal("0.01")) for _ in range(20)]
+
+    def bucket(rid: str) -> str:
+        return f"{prefix}settled:{hour}:{rid.split('.', 1)[1][:2]}"
+
+    assert client.hexists(bucket(held.id), held.id)
+    assert 86400 < client.ttl(bucket(held.id)) <= 86400 + 3600
+    more = [store.reserve([daily], Decimal("0.01")) for _ in range(40)]
     for reservation in more:
         assert isinstance(reservation, Reservation)
         store.settle(reservation, Decimal("0.01"))
-    assert [k for k in client.scan_iter(f"{prefix}settled:*")] == [f"{prefix}settled:{hour}".encode()]
-    assert client.hlen(f"{prefix}settled:{hour}") == 21
+    buckets = {k.decode() for k in client.scan_iter(f"{prefix}settled:*")}
+    assert buckets == {bucket(r.id) for r in [held, *more]}  # type: ignore[union-attr]
+    assert sum(client.hlen(b) for b in buckets) == 41
+    client.expire(bucket(held.id), 10)
+    late = Reservation(held.id[:-8] + "0badcafe", (daily.key,), Decimal(0))  # settled later, into the same hash
+    store._run_settle(late, 0)
+    assert bucket(late.id) == bucket(held.id) and client.ttl(bucket(late.id)) > 86400  # kept a day past it
     before = client.hget(f"{prefix}b:{daily.key}", "s")
     store._run_settle(more[0], to_pico(Decimal("0.01")))  # a settle Redis applied, sent again after a timeout
     assert client.hget(f"{prefix}b:{daily.key}", "s") == before

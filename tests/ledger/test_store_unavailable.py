@@ -112,4 +112,89 @@ def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dea
         assert int(response.headers["retry-after"]) >= 1
         problem = response.json if isinstance(response.json, dict) else response.json()
         assert problem["type"] == "urn:llmbudget:budget-store-unavailable" and problem["status"] == 503
-        assert "budget store" in problem["detail"]
+        assert "LLM budgets" in problem["detail"] and "127.0.0.1" not in response.text  # no host for end users
+
+
+def test_an_apps_own_handling_of_the_outage_is_the_apps_answer_and_log(dead_redis, engine, caplog):
+    """An app's exception handler for InternalServerError sent its own 500 from inside an ``except`` block: it was
+    replaced by llmbudget's 503. And once an uncaught one was answered, Flask's logger dropped every later record
+    carrying such an error, the app's own ``logger.exception`` in a route that caught it too."""
+    import logging
+
+    import flask
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from llmbudget.middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware, Policy
+
+    llmbudget.set_engine(llmbudget.Engine(budget_store=RedisBudgetStore(dead_redis, on_unavailable="closed",
+                                                                        timeout=0.2)))
+    policy = Policy(budgets=[llmbudget.Budget("1", per="tenant", period="day")])
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
+
+    def ask() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
+
+    async def route(request: Request) -> JSONResponse:
+        ask()
+        return JSONResponse({})
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"fallback": "our own"}, status_code=500)
+
+    for app in (Starlette(routes=[Route("/ask", route)], exception_handlers={openai.InternalServerError: handler},
+                          middleware=[Middleware(LLMBudgetMiddleware, policy=policy)]),
+                LLMBudgetMiddleware(Starlette(routes=[Route("/ask", route)],
+                                              exception_handlers={openai.InternalServerError: handler}),
+                                    policy=policy)):
+        response = TestClient(app, raise_server_exceptions=False).get("/ask")
+        assert (response.status_code, response.json()) == (500, {"fallback": "our own"})
+
+    flask_app = flask.Flask("outage_logs")
+
+    @flask_app.get("/uncaught")
+    def uncaught() -> dict:
+        ask()
+        return {}
+
+    @flask_app.get("/caught")
+    def caught() -> dict:
+        try:
+            ask()
+        except openai.InternalServerError:
+            flask_app.logger.exception("LLM call failed; serving the fallback")
+        return {"fallback": True}
+
+    flask_app.wsgi_app = LLMBudgetWSGIMiddleware(flask_app.wsgi_app, policy=policy)  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="outage_logs"):
+        assert flask_app.test_client().get("/uncaught").status_code == 503
+        assert flask_app.test_client().get("/caught").status_code == 200
+    assert "LLM call failed; serving the fallback" in caplog.text  # the app's own log line stays
+    assert "Exception on /uncaught" not in caplog.text  # Flask's traceback for the one answered with the 503
+
+
+def test_a_group_of_a_refusal_and_an_outage_is_answered_the_same_whatever_their_order() -> None:
+    from llmbudget.middleware import _find_refusal, _StoreOutage
+    from llmbudget.ledger.budgets import Refusal
+
+    class Response:
+        def __init__(self, kind: str) -> None:
+            self.headers = {"x-llmbudget-refused": kind, "retry-after": "2"}
+
+        def json(self) -> dict:
+            return {"error": {"message": "down", "llmbudget": {
+                "budget": "b", "per": "request", "period": None, "limit_usd": 0.0, "spent_usd": 0.0,
+                "reserved_usd": 0.0, "estimated_cost_usd": 0.001, "resets_at": None}}}
+
+    class Raised(Exception):
+        def __init__(self, kind: str) -> None:
+            self.response = Response(kind)
+
+    refusal, outage = Raised("budget"), Raised("budget-store-unavailable")
+    assert isinstance(_find_refusal(outage), _StoreOutage)
+    for group in (ExceptionGroup("g", [refusal, outage]), ExceptionGroup("g", [outage, refusal])):
+        assert isinstance(_find_refusal(group), Refusal)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -267,6 +268,8 @@ class RedisBudgetStore:
         self.reservation_ttl = float(reservation_ttl)
         self.timeout = float(timeout)
         self.on_unavailable: OnUnavailable = mode  # type: ignore[assignment]
+        if not retry_interval > 0:
+            raise ValueError(f"retry_interval must be a number of seconds above 0, got {retry_interval!r}")
         self.retry_interval = float(retry_interval)
         self._redis = client if client is not None else _client(url, self.timeout)
         self._reserve_script = self._redis.register_script(_RESERVE)
@@ -342,14 +345,21 @@ class RedisBudgetStore:
     def _reconcile(self) -> None:
         """Replay settles made while Redis was unreachable (idempotent: each id is charged once), then release the
         holds of reserves whose reply never came (a no-op for one Redis never ran)."""
-        while self._releases:
-            self._run_settle(self._releases[0], 0)
+        while True:  # (another thread may replay too, the retry thread's or a request's: each is sent once or
+            with self._lock:  # more, counted once by the script, and taken off once)
+                if not self._releases:
+                    break
+                release = self._releases[0]
+            self._run_settle(release, 0)
             with self._lock:
-                if self._releases:
+                if self._releases and self._releases[0] is release:
                     self._releases.popleft()
         replayed = 0
-        while self._pending:
-            reservation, actual = self._pending[0]
+        while True:
+            with self._lock:
+                if not self._pending:
+                    break
+                reservation, actual = self._pending[0]
             self._run_settle(reservation, actual)
             with self._lock:
                 if not (self._pending and self._pending[0][0] is reservation):
@@ -483,6 +493,7 @@ class RedisBudgetStore:
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)
+        _keep_trying(self)  # (after it waits: the retry thread may have looked and left just before)
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())
 
@@ -568,6 +579,8 @@ class RedisLedger:
     ) -> None:
         url, options = _split_url(url)
         self.url = url
+        if not retry_interval > 0:
+            raise ValueError(f"retry_interval must be a number of seconds above 0, got {retry_interval!r}")
         self.retry_interval = retry_interval
         self._retry_at = 0.0
         self.prefix = prefix if prefix is not None else options.get("prefix", "llmbudget:")
@@ -670,8 +683,24 @@ _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()  # Redis stores and ledgers, wri
 # releases, spend records), every second, until nothing waits: a process that gets no call after the outage
 # wrote them only with its next call (other processes read a lower spend meanwhile; reports missed records).
 _RETRYING: set[int] = set()  # id() of the owners the thread looks after
-_RETRY_LOCK = threading.Lock()
+_RETRY_LOCK = threading.RLock()  # (re-entered by a finalizer that settles a dropped response, run by a garbage
+# collection while this thread holds it)
 _retrier: threading.Thread | None = None
+
+
+def _after_fork_in_child() -> None:
+    """In a child just forked: new locks for the retry thread's set and every store and ledger (the parent's retry
+    thread, not here, may have held them, writing to Redis), and no retry thread until one is needed."""
+    global _RETRY_LOCK, _retrier
+    _RETRY_LOCK = threading.RLock()
+    _RETRYING.clear()
+    _retrier = None
+    for owner in list(_LIVE):
+        owner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _keep_trying(owner: Any) -> None:

@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import logging
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -448,6 +449,46 @@ def test_what_waits_for_redis_is_written_once_it_is_back_without_another_call(se
     assert store.pending_settles == 0 and not ledger._waiting  # no call was made meanwhile
     assert reader.spent(bucket.key)[0] == Decimal("0.3")
     assert len(list(RedisLedger(server.url).records())) == 1
+
+
+def test_a_settle_queued_while_the_store_backs_off_is_written_without_another_call(server: _Server) -> None:
+    """A settle queued inside the store's back-off (after a failed read, with nothing waiting yet) was left out
+    of the retry thread's round: it waited for the worker's next call."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.5, on_unavailable="open")
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    server.kill()
+    store.spent(bucket.key)  # fails: Redis marked down, nothing waits yet
+    time.sleep(1.2)  # the retry thread looks, finds nothing, and leaves
+    store._down_until = time.monotonic() + 30  # still backing off when the settle comes
+    store.settle(held, Decimal("0.3"))
+    assert store.pending_settles == 1
+    server.start()
+    store._down_until = 0.0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and store.pending_settles:
+        time.sleep(0.1)
+    assert store.pending_settles == 0
+    assert RedisBudgetStore(server.url).spent(bucket.key)[0] == Decimal("0.3")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_child_forked_while_a_ledger_writes_gets_its_own_lock(server: _Server) -> None:
+    """A fork while the retry thread held a ledger's lock (writing to a Redis that hung) left the child's ledger
+    locked for good: its records never written, and its exit hung flushing them."""
+    ledger = RedisLedger(server.url, timeout=0.2)
+    ledger._lock.acquire()  # as the parent's retry thread holds it mid-write
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            free = ledger._lock.acquire(timeout=1)
+            ledger._lock.release() if free else None
+            os._exit(0 if free else 1)
+    finally:
+        ledger._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("fault", ["oom", "readonly", "noreplicas"])

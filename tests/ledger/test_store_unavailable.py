@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import flask
 import openai
 import pytest
 from llama_server import free_port
 from servers import base_url, proxy
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 import llmbudget
 from llmbudget.ledger import RedisBudgetStore
+from llmbudget.ledger.budgets import Refusal
+from llmbudget.middleware import (
+    LLMBudgetMiddleware,
+    LLMBudgetWSGIMiddleware,
+    Policy,
+    _find_refusal,
+    _StoreOutage,
+)
 
 HI = [{"role": "user", "content": "Say hi"}]
 
@@ -63,8 +82,6 @@ def test_fail_open_or_closed_per_budget(llm_server, dead_redis, engine, store_mo
 
 
 def test_on_unavailable_is_validated_and_read_from_toml():
-    from llmbudget.config import Policy
-
     with pytest.raises(ValueError, match="on_unavailable"):
         llmbudget.Budget("1", per="tenant", on_unavailable="maybe")
     policy = Policy.from_config({"budgets": [{"usd": "1", "per": "tenant", "period": "day",
@@ -72,19 +89,9 @@ def test_on_unavailable_is_validated_and_read_from_toml():
     assert policy.budgets[0].on_unavailable == "open"
 
 
-def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dead_redis, engine):
-    """A fail-closed budget's 503 the app did not catch became its own 500 (and uvicorn dropped the connection):
-    the middleware answers it as it answers an uncaught refusal, with a problem document and retry-after."""
-    import flask
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-
-    from llmbudget.middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware, Policy
-
+def _down_store_app(dead_redis: str) -> tuple[Policy, Callable[[], None], Any]:
+    """A fail-closed budget on a Redis that is not there: the policy, a call that raises its 503 in the SDK, and a
+    Starlette endpoint making it uncaught."""
     llmbudget.set_engine(llmbudget.Engine(budget_store=RedisBudgetStore(dead_redis, on_unavailable="closed",
                                                                         timeout=0.2)))
     policy = Policy(budgets=[llmbudget.Budget("1", per="tenant", period="day")])
@@ -97,6 +104,13 @@ def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dea
         ask()
         return JSONResponse({})
 
+    return policy, ask, route
+
+
+def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dead_redis, engine):
+    """A fail-closed budget's 503 the app did not catch became its own 500 (and uvicorn dropped the connection):
+    the middleware answers it as it answers an uncaught refusal, with a problem document and retry-after."""
+    policy, ask, route = _down_store_app(dead_redis)
     inside = Starlette(routes=[Route("/ask", route)], middleware=[Middleware(LLMBudgetMiddleware, policy=policy)])
     outside = LLMBudgetMiddleware(Starlette(routes=[Route("/ask", route)]), policy=policy)
     flask_app = flask.Flask(__name__)
@@ -119,29 +133,7 @@ def test_an_apps_own_handling_of_the_outage_is_the_apps_answer_and_log(dead_redi
     """An app's exception handler for InternalServerError sent its own 500 from inside an ``except`` block: it was
     replaced by llmbudget's 503. And once an uncaught one was answered, Flask's logger dropped every later record
     carrying such an error, the app's own ``logger.exception`` in a route that caught it too."""
-    import logging
-
-    import flask
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-
-    from llmbudget.middleware import LLMBudgetMiddleware, LLMBudgetWSGIMiddleware, Policy
-
-    llmbudget.set_engine(llmbudget.Engine(budget_store=RedisBudgetStore(dead_redis, on_unavailable="closed",
-                                                                        timeout=0.2)))
-    policy = Policy(budgets=[llmbudget.Budget("1", per="tenant", period="day")])
-    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0)
-
-    def ask() -> None:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=3)
-
-    async def route(request: Request) -> JSONResponse:
-        ask()
-        return JSONResponse({})
+    policy, ask, route = _down_store_app(dead_redis)
 
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"fallback": "our own"}, status_code=500)
@@ -178,9 +170,6 @@ def test_an_apps_own_handling_of_the_outage_is_the_apps_answer_and_log(dead_redi
 
 
 def test_a_group_of_a_refusal_and_an_outage_is_answered_the_same_whatever_their_order() -> None:
-    from llmbudget.middleware import _find_refusal, _StoreOutage
-    from llmbudget.ledger.budgets import Refusal
-
     class Response:
         def __init__(self, kind: str) -> None:
             self.headers = {"x-llmbudget-refused": kind, "retry-after": "2"}

@@ -39,6 +39,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .providers._base import output_as_reported
+
 if TYPE_CHECKING:
     from .scope import Scope
 
@@ -624,46 +626,39 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
     return lines, records
 
 
+def _body_of(call: _Call) -> dict[str, Any]:
+    """The request a batch line carries (OpenAI's ``body``, Anthropic's ``params``)."""
+    body = call.line.get("body") or call.line.get("params")
+    return body if isinstance(body, dict) else {}
+
+
+def _output_as_reported(call: _Call) -> bool:
+    """Whether the line's 0 output count is the truth (:func:`~llmbudget.providers._base.output_as_reported`)."""
+    return output_as_reported(_body_of(call))
+
+
 def _input_estimate(path: str, call: _Call) -> int:
     """The call's estimated input tokens, kept with the job: what its record is charged if the answer's usage
     leaves the input out."""
     from .providers import adapter_for_path
 
     found = adapter_for_path(path)
-    body = call.line.get("body") or call.line.get("params")
     try:
-        return found[0].estimate_input_tokens(body, call.model) if found and isinstance(body, dict) else 0
+        return found[0].estimate_input_tokens(_body_of(call), call.model) if found else 0
     except Exception:  # noqa: BLE001 - an estimate only
         return 0
 
 
-def _output_as_reported(call: _Call) -> bool:
-    """Whether a 0 output count is the truth (a request that allows no output, or echoes its prompt), as for
-    a live call (:meth:`llmbudget.pipeline.Attempt._filled`)."""
-    body = call.line.get("body") or call.line.get("params")
-    if not isinstance(body, dict):
-        return False
-    return bool(body.get("echo")) or any(body.get(key) == 0 for key in ("max_tokens", "max_completion_tokens",
-                                                                        "max_output_tokens"))
-
-
 def _filled(usage: Any, answer: Any, call: dict[str, Any], data: Any) -> Any:
     """A batch answer's usage with the counts it leaves out estimated, as a live answer's are
-    (:meth:`llmbudget.pipeline.Attempt._filled`): never a silent $0 for a call the batch ran."""
-    from . import tokens
-    from .calls import Usage
-    from .providers._base import tool_arguments
+    (:func:`~llmbudget.providers._base.filled_usage`; the job keeps what the request said of them)."""
+    from .providers._base import filled_usage, tool_arguments
 
-    changes: dict[str, int] = {}
     estimate = call.get("input_estimate")
-    if not usage.input_tokens and isinstance(estimate, int) and estimate > 0:
-        changes["input_tokens"] = estimate
-    if not usage.output_tokens and not call.get("output_as_reported"):
-        seen = tokens.estimate_output_tokens(answer.text + "".join(answer.hidden_parts) or tool_arguments(data),
-                                             model=call.get("model"))
-        if seen > 0:
-            changes["output_tokens"] = seen
-    return usage.replace(**changes, estimated=True) if changes or usage.estimated or usage == Usage() else usage
+    filled = filled_usage(usage, input_estimate=lambda: estimate if isinstance(estimate, int) else 0,
+                          output_text=lambda: answer.text + "".join(answer.hidden_parts) or tool_arguments(data),
+                          model=call.get("model"), reported_output_stands=bool(call.get("output_as_reported")))
+    return filled.replace(estimated=True) if not (filled.input_tokens or filled.output_tokens) else filled
 
 
 def resume(state: str | os.PathLike[str], *, api_key: str | None, engine: Any, wait: bool = False,

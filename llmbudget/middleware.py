@@ -667,8 +667,16 @@ class LLMBudgetMiddleware(_Core):
             answered: Refusal | _StoreOutage | None = None
             held: tuple[ASGIMessage, Refusal | _StoreOutage] | None = None
 
+            async def answer(refusal: Refusal | _StoreOutage) -> None:
+                """The 402 (or 503) problem, sent instead of the app's answer."""
+                nonlocal status, response_started
+                self.refused(refusal, current, answered=True)
+                problem = self.problem(refusal, current, route=route)
+                status, response_started = problem.status, True
+                await _asgi_answer(send, problem.status, problem.headers, problem.body)
+
             async def send_wrapper(message: ASGIMessage) -> None:
-                nonlocal answered, held, status, response_started
+                nonlocal answered, held
                 if answered is not None:
                     return
                 if held is not None:
@@ -677,10 +685,7 @@ class LLMBudgetMiddleware(_Core):
                     if message["type"] == "http.response.body" and not message.get("more_body", False) \
                             and message.get("body") == _STARLETTE_500:
                         answered = refusal
-                        self.refused(refusal, current, answered=True)
-                        problem = self.problem(refusal, current, route=route)
-                        status, response_started = problem.status, True
-                        await _asgi_answer(send, problem.status, problem.headers, problem.body)
+                        await answer(refusal)
                         return
                     await forward(start)
                 elif message["type"] == "http.response.start" and message.get("status") == 500 \
@@ -717,13 +722,10 @@ class LLMBudgetMiddleware(_Core):
                     raise
                 if answered is not None:  # Starlette's 500 for it: answered with the 402 already
                     return
-                answer = not response_started and kind == "http"
-                self.refused(refusal, current, answered=answer)
-                if not answer:
+                if response_started or kind != "http":
+                    self.refused(refusal, current, answered=False)
                     raise
-                problem = self.problem(refusal, current, route=route)
-                status = problem.status
-                await _asgi_answer(send, problem.status, problem.headers, problem.body)
+                await answer(refusal)
             finally:
                 app_path.reset(path_token)
                 _route.reset(token)

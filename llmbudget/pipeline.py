@@ -47,7 +47,12 @@ from .output import Output, apply_directive, schema_cap, wants_json
 from .prefix import PrefixWatch
 from .pricing import DEFERRED_TIERS, PriceLike, Pricing
 from .providers import Adapter, ResponseState, adapter_for_path
-from .providers._base import WEB_SEARCH_RESULT_TOKENS, tool_arguments
+from .providers._base import (
+    WEB_SEARCH_RESULT_TOKENS,
+    filled_usage,
+    output_as_reported,
+    tool_arguments,
+)
 from .scope import Scope, current_scope
 
 if TYPE_CHECKING:
@@ -1127,8 +1132,7 @@ class Attempt:
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
-            if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto") \
-                    and call.base_url not in self.engine.priority_by_default:
+            if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto"):
                 self.engine.priority_by_default.add(call.base_url)  # the project's default tier (see _worst_input)
             if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None
                                               and "api.openai.com" in call.base_url):
@@ -1201,23 +1205,10 @@ class Attempt:
                 and not self.call.body.get("stream") and not bytes(self._buffer[:64]).lstrip().startswith(b'{"error"'))
 
     def _filled(self, usage: Usage) -> Usage:
-        """A usage the server reported, with what it left out filled in (``estimated``): no input count (``{}``,
-        a null ``prompt_tokens``, a gateway's stream without Anthropic's ``message_start``) is the input's
-        estimate, and no output count for an answer that has output, the estimate of what was seen (its text,
-        and the tool calls' arguments a JSON answer holds). Never a silent $0 for an answered call. A request
-        that allows no output (``max_tokens: 0``) or echoes its prompt (legacy completions' ``echo``, whose text
-        is the prompt) keeps the output reported."""
-        changes: dict[str, Any] = {}
-        if not usage.input_tokens:
-            guess = self.estimate_input_tokens()
-            if guess > 0:
-                changes["input_tokens"] = guess
-        if not usage.output_tokens and self.call.max_output_tokens != 0 and not self.call.body.get("echo"):
-            seen = tokens.estimate_output_tokens(self._billed_text() or tool_arguments(self._json),
-                                                 model=self.call.model)
-            if seen > 0:
-                changes["output_tokens"] = seen
-        return usage.replace(**changes, estimated=True) if changes else usage
+        """The usage the server reported, with what it left out estimated (:func:`filled_usage`)."""
+        return filled_usage(usage, input_estimate=self.estimate_input_tokens, model=self.call.model,
+                            output_text=lambda: self._billed_text() or tool_arguments(self._json),
+                            reported_output_stands=output_as_reported(self.call.body))
 
     def _seen_usage(self) -> Usage:
         """An answer that failed after it started: the usage the server reported (its input; Anthropic's

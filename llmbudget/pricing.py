@@ -96,6 +96,11 @@ class Price:
         """What ``usage`` costs at these prices: one-hour cache writes at twice the input price (Anthropic's
         rule) or the write price if dearer, audio tokens at the audio prices where given (else as text), and
         web searches at $10 per 1,000 (OpenAI's and Anthropic's)."""
+        return self.token_cost(usage) + self.search_fees(usage)
+
+    def token_cost(self, usage: Usage, *, long_context: bool = False) -> Decimal:
+        """The tokens' part of :meth:`cost` (an override's price holds at any length: ``long_context`` is
+        ignored)."""
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
         written_1h = min(usage.cache_write_1h_tokens, written)
@@ -112,11 +117,15 @@ class Price:
             + (usage.output_tokens - audio_out) * self.output
             + audio_out * (self.output_audio or 0)
         )
-        return total / _MILLION + self.search_fees(usage)
+        return total / _MILLION
 
     def search_fees(self, usage: Usage) -> Decimal:
         """What ``usage``'s web searches cost at this price ($10 per 1,000)."""
         return usage.web_searches * WEB_SEARCH_USD
+
+    def long_context(self, usage: Usage, model: str) -> bool:
+        """An override is the price at any length."""
+        return False
 
     def gap(self, usage: Usage, model: str) -> str | None:
         """What of ``usage`` this override cannot price (None: nothing): audio tokens without an audio price."""
@@ -218,7 +227,7 @@ class _ModelRate:
         listed = getattr(self.model_price, "web_searches_kcount", None)
         return usage.web_searches * (listed / _THOUSAND if isinstance(listed, Decimal) else WEB_SEARCH_USD)
 
-    def cost(self, usage: Usage, *, long_context: bool = False) -> Decimal:
+    def token_cost(self, usage: Usage, *, long_context: bool = False) -> Decimal:
         """The tokens' cost (and a per-request fee if listed), without web searches (:meth:`search_fees`)."""
         if usage.web_searches:
             usage = usage.replace(web_searches=0)
@@ -403,10 +412,7 @@ class Pricing:
         if rate is not None:
             source = "override" if isinstance(rate, Price) else "genai-prices"
             fees = rate.search_fees(usage) + tool_fees(usage)
-            if isinstance(rate, Price):
-                cost = rate.cost(usage) - rate.search_fees(usage)
-            else:
-                cost = rate.cost(usage, long_context=rate.long_context(usage, name))
+            cost = rate.token_cost(usage, long_context=rate.long_context(usage, name))
             gap = rate.gap(usage, name)
             if gap is not None:
                 self._warn_once((name, gap), (

@@ -7,6 +7,7 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,33 @@ def with_reasoning_beside(prompt: int, output: int, reasoning: int, total: Any) 
     if reasoning and (reasoning > output or (counted and total == prompt + output + reasoning)):
         return output + reasoning
     return output
+
+
+def output_as_reported(body: Mapping[str, Any]) -> bool:
+    """Whether a 0 output count is the truth for a request: one that allows no output (a limit of 0) or echoes
+    its prompt (legacy completions' ``echo``, whose text is the prompt, not output)."""
+    return bool(body.get("echo")) or any(body.get(key) == 0 for key in ("max_tokens", "max_completion_tokens",
+                                                                        "max_output_tokens"))
+
+
+def filled_usage(usage: Usage, *, input_estimate: Callable[[], int], output_text: Callable[[], str],
+                 model: str | None, reported_output_stands: bool) -> Usage:
+    """A usage a server reported, with what it left out filled in (``estimated``): no input count (``{}``, a null
+    ``prompt_tokens``, a gateway's stream without Anthropic's ``message_start``) is ``input_estimate()``, and no
+    output count for an answer that has output, the estimate of ``output_text()`` (its text, and its tool calls'
+    arguments, :func:`tool_arguments`), unless the request says 0 is right (``reported_output_stands``: see
+    :func:`output_as_reported`). Never
+    a silent $0 for an answered call: live (:class:`~llmbudget.pipeline.Attempt`) or in a batch's results."""
+    changes: dict[str, Any] = {}
+    if not usage.input_tokens:
+        guess = input_estimate()
+        if guess > 0:
+            changes["input_tokens"] = guess
+    if not usage.output_tokens and not reported_output_stands:
+        seen = tokens.estimate_output_tokens(output_text(), model=model)
+        if seen > 0:
+            changes["output_tokens"] = seen
+    return usage.replace(**changes, estimated=True) if changes else usage
 
 
 def tool_arguments(answer: Any, depth: int = 0) -> str:

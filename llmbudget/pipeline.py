@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import inspect
 import json
 import logging
@@ -176,6 +177,9 @@ class Engine:
         #: Base URLs that billed a call at the priority tier it did not ask for (an OpenAI project whose default
         #: tier is priority): their calls that name no tier are reserved at the priority price from then on.
         self.priority_by_default: set[str] = set()
+        #: (base URL, model) of small tiers that answered the cascade's log-probabilities with HTTP 400 and the
+        #: same call without them with an answer: their calls are sent without the probe from then on.
+        self.probe_refused: set[tuple[str, str]] = set()
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -332,7 +336,7 @@ class Attempt:
         self._tail: bytearray | None = None  # the end of a body too large to keep whole
         self._head = b""  # and its start
         self._overflow_events = 0  # SSE events of such a body (a stream's chunks carry about a token each)
-        self._decoder: Any = None
+        self._decoder: Callable[[bytes], bytes] | None = None
         self._encoding = ""
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._broken_events = 0  # stream events that are not JSON
@@ -370,6 +374,8 @@ class Attempt:
         #: ``probed``: it asked for them itself (the app did not), so they are taken out before the app sees them.
         self.cascade = False
         self.probed = False
+        #: A call sent again without the probe, which its tier refused (HTTP 400).
+        self.no_probe = False
         #: llmbudget added an Anthropic cache breakpoint ([prefix_cache] breakpoints = "auto").
         self.breakpoint = False
         #: The length directive or schema cap applied (``record.output``), if any.
@@ -604,16 +610,23 @@ class Attempt:
 
     def _answer_model(self) -> str | None:
         """The model a cached answer must come from: the one the app asked for where routing may not change it
-        (no routing, or ``routing=False`` in scope), the forced tier's under ``routing="<tier>"``; None (any)
-        where the router decides, which may send this very call to the small tier."""
+        (no routing, or ``routing=False`` in scope), the forced tier's under ``routing="<tier>"`` and on an
+        escalation's retry (the strong tier's: never another small-tier answer); None (any) where the router
+        decides, which may send this very call to the small tier."""
         routing = self.engine.routing
         setting = self.scope.routing if self.scope is not None else None
         if routing is None or setting is False:
             return self.call.model
-        if isinstance(setting, str):
-            tier = routing.tiers.get(setting)
+        forced = self._forced_tier()
+        if forced is not None:
+            tier = routing.tiers.get(forced)
             return (tier.model_for(self.call.endpoint) if tier is not None else None) or self.call.model
         return None
+
+    def _forced_tier(self) -> str | None:
+        """The tier this call must go to: an escalation's (the strong one), or the scope's ``routing="<tier>"``."""
+        setting = self.scope.routing if self.scope is not None else None
+        return self.force_tier or (setting if isinstance(setting, str) else None)
 
     def _record_hit(self, lookup: CacheLookup, raw_usage: dict[str, Any] | None) -> None:
         found = self.adapter.reported_usage(raw_usage) if raw_usage is not None else None
@@ -635,6 +648,12 @@ class Attempt:
             record.from_cache, record.saved_usd = True, saved
             record.model_answered = model
             record.cache_tier, record.cache_score = lookup.tier, lookup.score
+            if self.escalated_from is not None and self.engine.routing is not None:
+                # an escalation answered by the strong tier's stored answer: the record says why, and takes back
+                # the weak call's saving as a retry sent upstream would
+                record.routing = {"tier": self.engine.routing.strong, "reason": self._escalated_reason()}
+            if self.routing_offset_usd is not None:
+                record.routing_saved_usd -= self.routing_offset_usd
             self.record = record
         self.engine.record(record, self.scope)
 
@@ -698,10 +717,9 @@ class Attempt:
 
         if routing is not None and setting is not False and not fine_tuned(call.model):
             # (no tier stands in for a fine-tune: it keeps its model and its host, as if routing were off)
-            forced = self.force_tier or (setting if isinstance(setting, str) else None)
+            forced = self._forced_tier()
             decision = routing.decide(call, path=path, forced=forced)
-            reason = f"escalated: the weak tier's answer was {self.escalated_from}" if self.escalated_from \
-                else decision.reason
+            reason = self._escalated_reason() if self.escalated_from else decision.reason
             chosen, tier = decision.tier, routing.tiers[decision.tier]
             model, tier_url = tier.model_for(call.endpoint), tier.base_url_for(call.endpoint)
             if chosen != routing.strong and not model and not tier_url:
@@ -746,9 +764,10 @@ class Attempt:
             if tier.output is not None and not kept and self.output is None and (scope is None
                                                                                  or scope.output is not False):
                 body = self._directed(body, tier.output, f"tier {chosen}", base_url) or body
-            if (routing.min_confidence is not None and chosen == routing.weak and self.force_tier is None and not kept
+            if (routing.min_confidence is not None and chosen == routing.weak and forced is None and not kept
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
-                    and not REPLAYED_STREAM.get()):
+                    and not REPLAYED_STREAM.get() and not self.no_probe
+                    and (base_url, body.get("model")) not in engine.probe_refused):
                 from .routing.confidence import probe
 
                 probed = probe(body)
@@ -787,13 +806,21 @@ class Attempt:
         self.rewritten = True
         return True
 
+    def _escalated_reason(self) -> str:
+        return f"escalated: the weak tier's answer was {self.escalated_from}"
+
     def may_escalate(self) -> bool:
         """Whether the answer must be checked before the app sees it (weak tier, escalation or a cascade on)."""
         routing = self.engine.routing
         return (routing is not None and (routing.escalate or routing.min_confidence is not None)
-                and not self.call.stream and not REPLAYED_STREAM.get() and self.force_tier is None
+                and not self.call.stream and not REPLAYED_STREAM.get() and self._forced_tier() is None
                 and not self.call.body.get("background")  # a queued job has no answer to judge yet
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
+
+    def probe_refused(self) -> bool:
+        """Whether the tier answered the cascade's probe (log-probabilities the app did not ask for) with HTTP
+        400, as providers that do not return them do: the call is sent again without it."""
+        return self.probed and self.status == 400
 
     def tier_failed(self, *, unreachable: bool = False) -> bool:
         """Whether the tier routing (or a budget's downgrade) sent this call to failed it where the app's own
@@ -889,17 +916,16 @@ class Attempt:
 
     def start_response(self, status: int, headers: Mapping[str, str]) -> None:
         self.status = status
+        if self.no_probe and status < 400 and (self.call.base_url, self.call.model) not in self.engine.probe_refused:
+            log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
+                        "stand as they are", self.call.model, self.call.base_url)
+            self.engine.probe_refused.add((self.call.base_url, self.call.model))
         self._sse = "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "").strip().lower()
         self._encoding = encoding
-        if encoding in ("gzip", "x-gzip"):
-            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._decoder = zlib.decompressobj()
-        elif encoding in ("", "identity"):
-            self._decoder = None
-        else:  # br, zstd...: not read, the usage is estimated
+        self._decoder = None if encoding in ("", "identity") else _decompressor(encoding)
+        if encoding not in ("", "identity") and self._decoder is None:  # not read: the usage is estimated
             self._overflow = True
 
     def feed(self, chunk: bytes) -> None:
@@ -907,8 +933,8 @@ class Attempt:
         if (self._overflow and self._tail is None) or self.status is None or self.status >= 400:
             return
         try:
-            data = self._decoder.decompress(chunk) if self._decoder is not None else chunk
-        except zlib.error:
+            data = self._decoder(chunk) if self._decoder is not None else chunk
+        except Exception:  # noqa: BLE001 - zlib's, brotli's or zstd's error: a body the app cannot read either
             self._overflow, self._tail = True, None
             self._undecodable = self._encoding
             return
@@ -1277,6 +1303,38 @@ _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completion
 
 # set by JSONDecoder.__init__ (the C scanner when there is one); typeshed does not declare it
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
+    """A decoder of a body sent with ``Content-Encoding: encoding``, fed chunk by chunk, as the HTTP client decodes
+    it: gzip and deflate, and brotli and zstd with the packages httpx decodes them with (it asks for an encoding
+    only when it can decode it). None for an encoding that no installed package reads."""
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+    if encoding == "deflate":
+        return zlib.decompressobj().decompress
+    if encoding == "br":
+        try:
+            import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError:
+            try:
+                import brotlicffi as brotli  # type: ignore[import-not-found,no-redef,unused-ignore]
+            except ImportError:
+                return None
+        decompressor = brotli.Decompressor()
+        return getattr(decompressor, "process", None) or decompressor.decompress  # type: ignore[no-any-return]
+    if encoding == "zstd":
+        for module in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport
+            try:
+                return importlib.import_module(module).ZstdDecompressor().decompress  # type: ignore[no-any-return]
+            except ImportError:
+                continue
+        try:
+            import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError:
+            return None
+        return zstandard.ZstdDecompressor().decompressobj().decompress  # type: ignore[no-any-return]
+    return None
 
 
 def _json_loads(text: str) -> Any:

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import brotli
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -76,9 +78,14 @@ class _Proxy(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else None
         self.server.received.append((self.command, self.path, body or b"", dict(self.headers)))
-        if len(self.server.received) <= options.get("fail_first", 0):
+        refused = options["refuse"](body or b"") if options.get("refuse") is not None else None
+        if refused == 0:  # no answer: the connection just closes
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if refused is not None or len(self.server.received) <= options.get("fail_first", 0):
             payload = b'{"error": {"message": "try again", "type": "server_error"}}'
-            self.send_response(options.get("fail_status", 503))
+            self.send_response(refused or options.get("fail_status", 503))
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
@@ -96,9 +103,10 @@ class _Proxy(BaseHTTPRequestHandler):
             status, content, content_type = exc.code, exc.read(), exc.headers["content-type"]
         self.send_response(status)
         self.send_header("content-type", content_type or "application/json")
-        if options.get("gzip") and "gzip" in self.headers.get("accept-encoding", ""):
-            content = gzip.compress(content)
-            self.send_header("content-encoding", "gzip")
+        compress = options.get("compress")
+        if compress and compress in self.headers.get("accept-encoding", ""):
+            content = gzip.compress(content) if compress == "gzip" else brotli.compress(content)
+            self.send_header("content-encoding", compress)
         if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
             content = content[: len(content) // 2]
         if options.get("rewrite") is not None:  # the server's real bytes, changed by the test
@@ -121,17 +129,21 @@ class _Proxy(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, gzip: bool = False, cut: bool = False,
-          garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
-          encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None) -> Iterator[_Server]:
+def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compress: str | None = None,
+          cut: bool = False, garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
+          encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None,
+          refuse: Callable[[bytes], int | None] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
+    ``compress``: "gzip" or "br", the answers' content-encoding where the client accepts it; ``refuse``: a function
+    of each request's bytes, the error status to answer it with (None: forwarded; 0: the connection closes
+    without an answer);
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
     it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came).
     """
-    yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, gzip=gzip, cut=cut,
-                      garble=garble, rewrite=rewrite, encoding=encoding, forward=forward)
+    yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, compress=compress,
+                      cut=cut, garble=garble, rewrite=rewrite, encoding=encoding, forward=forward, refuse=refuse)
 
 
 def base_url(server: _Server) -> str:

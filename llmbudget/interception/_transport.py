@@ -272,9 +272,24 @@ def _failure_reason(attempt: Attempt, error: BaseException | None = None) -> str
     return f"HTTP {attempt.status} from the tier" if attempt.tier_failed() else None
 
 
-def _kept_weak(attempt: Attempt) -> None:
-    log.warning("llmbudget: a budget refused the escalation of a weak-tier answer that was %s; the app gets that "
-                "answer (it was paid for)", attempt.escalated_from)
+def _kept_weak(attempt: Attempt, why: str = "a budget refused it") -> None:
+    log.warning("llmbudget: the escalation of a weak-tier answer that was %s failed (%s); the app gets that "
+                "answer (it was paid for)", attempt.escalated_from, why)
+
+
+def _retry_failed(status: int) -> bool:
+    """Whether an escalation's retry answered so that the weak answer is better kept: rate-limited or failed."""
+    return status == 429 or status >= 500
+
+
+def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str]) -> Attempt | None:
+    """The same call again without the cascade's probe, after its tier refused it (:meth:`Attempt.probe_refused`)."""
+    if not attempt.probe_refused():
+        return None
+    retry = _begin(request, request.content, wanted)
+    if retry is not None:
+        retry.no_probe = True
+    return retry
 
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
@@ -414,7 +429,9 @@ def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
 
 
 def _build(httpx: ModuleType) -> tuple[type, type]:
-    _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing was sent
+    # no answer came (a tier on another host that could not be reached, timed out or dropped the connection): a
+    # routed call goes to the strong tier (see Attempt.tier_failed); any other call's error is the app's
+    _NO_ANSWER = httpx.TransportError
     class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
@@ -519,7 +536,11 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             path = wanted[1]
             try:
                 response = self._through(request, attempt, path)
-            except _UNREACHABLE as exc:  # a tier on another host that cannot be reached: the strong tier's turn
+                unprobed = _without_probe(request, attempt, wanted)
+                if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
+                    response.close()
+                    attempt, response = unprobed, self._through(request, unprobed, path)
+            except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
                 retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
@@ -542,8 +563,18 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is not None and _refused(answer):
                 _kept_weak(retry)
                 return _unprobed(httpx, response, attempt)
+            if answer is None:
+                try:
+                    answer = self._send(sent, retry, path)
+                except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
+                    _kept_weak(retry, type(exc).__name__)
+                    return _unprobed(httpx, response, attempt)
+                if _retry_failed(answer.status_code):
+                    answer.close()
+                    _kept_weak(retry, f"HTTP {answer.status_code}")
+                    return _unprobed(httpx, response, attempt)
             response.close()
-            return answer if answer is not None else self._send(sent, retry, path)
+            return answer
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = _open(httpx, request, attempt, path)
@@ -592,7 +623,11 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             path = wanted[1]
             try:
                 response = await self._through(request, attempt, path)
-            except _UNREACHABLE as exc:  # a tier on another host that cannot be reached: the strong tier's turn
+                unprobed = _without_probe(request, attempt, wanted)
+                if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
+                    await response.aclose()
+                    attempt, response = unprobed, await self._through(request, unprobed, path)
+            except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
                 retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
@@ -614,8 +649,18 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is not None and _refused(answer):
                 _kept_weak(retry)
                 return _unprobed(httpx, response, attempt)
+            if answer is None:
+                try:
+                    answer = await self._send(sent, retry, path)
+                except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
+                    _kept_weak(retry, type(exc).__name__)
+                    return _unprobed(httpx, response, attempt)
+                if _retry_failed(answer.status_code):
+                    await answer.aclose()
+                    _kept_weak(retry, f"HTTP {answer.status_code}")
+                    return _unprobed(httpx, response, attempt)
             await response.aclose()
-            return answer if answer is not None else await self._send(sent, retry, path)
+            return answer
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = await _open_async(httpx, request, attempt, path)

@@ -125,11 +125,13 @@ def test_async_stream(llm_server, records):
     assert len(records) == 1 and records[0].estimated
 
 
-def test_gzip_encoded_answers_are_read(llm_server, records):
-    with proxy(llm_server, gzip=True) as server:
+@pytest.mark.parametrize("compress", ["gzip", "br"])  # br: httpx asks for it whenever brotli is installed
+def test_compressed_answers_are_read(llm_server, records, compress):
+    with proxy(llm_server, compress=compress) as server:
         client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
         answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
-        assert "gzip" in server.received[0][3].get("Accept-Encoding", "")
+        assert compress in server.received[0][3].get("Accept-Encoding", "")
+        assert server.sent[0][:1] != b"{"  # compressed on the wire
     (record,) = records
     assert not record.estimated
     assert record.usage.input_tokens == answer.usage.prompt_tokens

@@ -17,6 +17,7 @@ from llmbudget.routing.confidence import answer_confidence, probe, without_logpr
 from llmbudget.routing.tiers import Routing
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+WHOLE = dict(messages=QUESTION, max_tokens=24, temperature=0, stop=["\n"])  # an answer that stops on its own
 
 
 def client_for(url: str, **options: object) -> openai.OpenAI:
@@ -124,3 +125,96 @@ def test_min_confidence_in_the_policy(tmp_path):
 def test_a_bad_threshold_names_its_key(bad):
     with pytest.raises(ConfigError, match=r"threshold must be a number within \[0, 1\]"):
         engine_from_config({"routing": {"tiers": {"small": "m", "large": ""}, "threshold": bad}}, source="t")
+
+
+def _asks_for(model: str, body: bytes) -> bool:
+    return json.loads(body or b"{}").get("model") == model
+
+
+def test_a_tier_that_refuses_logprobs_is_asked_again_without_them_and_then_never(llm_server, cascade, records,
+                                                                                    caplog):
+    cascade(0.999)  # every probed answer would escalate: none is probed
+    with proxy(llm_server, refuse=lambda body: 400 if b'"logprobs"' in body else None) as tier:
+        client = client_for(base_url(tier))
+        first = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
+        second = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
+        sent = [json.loads(entry[2]) for entry in tier.received]
+    assert first.model == second.model == "gpt-4.1-nano"  # routing still saves: the answers stand
+    assert [(body["model"], "logprobs" in body) for body in sent] == [
+        ("gpt-4.1-nano", True), ("gpt-4.1-nano", False), ("gpt-4.1-nano", False)]
+    assert [(r.model_sent, r.status) for r in records] == [("gpt-4.1-nano", 400), ("gpt-4.1-nano", 200),
+                                                           ("gpt-4.1-nano", 200)]
+    assert sum("refuses log-probabilities" in m for m in caplog.messages) == 1
+
+
+@pytest.mark.parametrize("failure", [503, 429, "dropped"])
+@pytest.mark.parametrize("async_", [False, True])
+def test_the_weak_answer_is_kept_when_the_strong_retry_fails(llm_server, cascade, records, failure, async_):
+    import asyncio
+
+    cascade(0.999)
+    status = failure if isinstance(failure, int) else None  # "dropped": the connection closes, no answer
+    with proxy(llm_server, refuse=lambda body: (status or 0) if _asks_for("gpt-4o", body) else None) as upstream:
+
+        async def ask_async() -> object:
+            async with openai.AsyncOpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                                          http_client=llmbudget.async_http_client()) as client:
+                return await client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
+
+        answer = asyncio.run(ask_async()) if async_ else client_for(base_url(upstream)).chat.completions.create(
+            model="gpt-4o", messages=QUESTION, max_tokens=6)
+        sent = [json.loads(entry[2])["model"] for entry in upstream.received]
+    assert sent == ["gpt-4.1-nano", "gpt-4o"]
+    assert answer.model == "gpt-4.1-nano" and answer.choices[0].logprobs is None  # paid for, and as asked
+    assert answer.choices[0].message.content
+    weak, strong = records
+    assert weak.status == 200 and weak.cost_usd > 0 and strong.model_sent == "gpt-4o"
+    assert strong.status == status and strong.error
+
+
+def test_a_forced_small_tier_is_neither_probed_nor_escalated(llm_server, cascade, records):
+    cascade(0.999)
+    with proxy(llm_server) as upstream, llmbudget.scope(routing="small"):
+        answer = client_for(base_url(upstream)).chat.completions.create(model="gpt-4o", messages=QUESTION,
+                                                                         max_tokens=6)
+        sent = [json.loads(entry[2]) for entry in upstream.received]
+    assert answer.model == "gpt-4.1-nano" and [r.model_sent for r in records] == ["gpt-4.1-nano"]
+    assert len(sent) == 1 and "logprobs" not in sent[0]
+
+
+def test_an_escalation_is_answered_from_the_cache_only_by_a_strong_tier_answer(llm_server, cascade, records,
+                                                                                 tmp_path):
+    engine = cascade(0.001)  # the small tier's sure answer stands and is stored (whole: it stops on its own)
+    engine.cache = llmbudget.Cache(tmp_path / "cache")
+    client_for(llm_server).chat.completions.create(model="gpt-4o", **WHOLE)
+    url = llm_server + "/chat/completions"
+    body = json.dumps({"model": "gpt-4o", **WHOLE}).encode()
+
+    def escalation() -> llmbudget.pipeline.Attempt:
+        attempt = engine.begin(url=url, path="/v1/chat/completions", headers={}, body=body)
+        attempt.force_tier, attempt.escalated_from = "large", "unsure (confidence 0.1 < 0.999)"
+        attempt.routing_offset_usd = records[0].cost_usd
+        return attempt
+
+    assert engine.begin(url=url, path="/v1/chat/completions", headers={}, body=body).lookup_cache() is not None
+    assert escalation().lookup_cache() is None  # another small-tier answer would be no escalation
+    with llmbudget.scope(routing="large"):  # the strong tier's answer is stored too
+        client_for(llm_server).chat.completions.create(model="gpt-4o", **WHOLE)
+    retry = escalation()
+    assert retry.lookup_cache() is not None
+    hit = retry.record
+    assert hit.from_cache and hit.model_answered == "gpt-4o"
+    assert hit.routing["reason"].startswith("escalated: the weak tier's answer was unsure")
+    assert hit.routing_saved_usd == -records[0].cost_usd  # the weak call's cost, taken back
+
+
+def test_a_brotli_encoded_weak_answer_is_judged_and_loses_its_logprobs(llm_server, cascade, records):
+    cascade(0.001)
+    with proxy(llm_server, compress="br") as upstream:
+        answer = client_for(base_url(upstream)).chat.completions.create(model="gpt-4o", messages=QUESTION,
+                                                                         max_tokens=6)
+        assert upstream.sent[0][:1] != b"{"
+    (record,) = records
+    assert answer.model == "gpt-4.1-nano" and answer.choices[0].logprobs is None
+    assert record.routing["confidence"] >= 0.001 and not record.estimated
+    assert record.usage.output_tokens == answer.usage.completion_tokens

@@ -435,7 +435,7 @@ def test_a_budget_that_cannot_pay_for_the_escalation_never_downgrades_or_caps_it
     assert scope.refusals == []  # the app got an answer: no refusal to report
 
 
-@pytest.mark.parametrize("failure", ["unreachable", 401, 503])
+@pytest.mark.parametrize("failure", ["unreachable", "dropped", 401, 503])
 def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_strong_tier(
         llm_server, route, records, failure):
     import socket
@@ -447,8 +447,9 @@ def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_
             route(tiers={"small": {"model": "gemma-3-270m", "base_url": f"http://127.0.0.1:{port}/v1"},
                          "large": None}, threshold=1.0)
             answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
-    else:
-        with proxy(llm_server, fail_first=1, fail_status=failure) as gpu_box:
+    else:  # "dropped": the connection closes before any answer
+        options = {"refuse": lambda body: 0} if failure == "dropped" else {"fail_first": 1, "fail_status": failure}
+        with proxy(llm_server, **options) as gpu_box:
             route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(gpu_box)}, "large": None},
                   threshold=1.0)
             answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)

@@ -767,7 +767,7 @@ class Attempt:
             if (routing.min_confidence is not None and chosen == routing.weak and forced is None and not kept
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
                     and not REPLAYED_STREAM.get() and not self.no_probe
-                    and (base_url, body.get("model")) not in engine.probe_refused):
+                    and (base_url, body.get("model") or "") not in engine.probe_refused):
                 from .routing.confidence import probe
 
                 probed = probe(body)
@@ -916,10 +916,11 @@ class Attempt:
 
     def start_response(self, status: int, headers: Mapping[str, str]) -> None:
         self.status = status
-        if self.no_probe and status < 400 and (self.call.base_url, self.call.model) not in self.engine.probe_refused:
+        tier = (self.call.base_url, self.call.model or "")
+        if self.no_probe and status < 400 and tier not in self.engine.probe_refused:
             log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
-                        "stand as they are", self.call.model, self.call.base_url)
-            self.engine.probe_refused.add((self.call.base_url, self.call.model))
+                        "stand as they are", *reversed(tier))
+            self.engine.probe_refused.add(tier)
         self._sse = "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "").strip().lower()

@@ -218,7 +218,7 @@ def _eval_router(ns: argparse.Namespace) -> int:
     for column in ("strong calls", "accuracy", "gap recovered", "input tokens strong"):
         table.add_column(column, justify="right")
     for point in result["curve"]:
-        recovered = (point["accuracy"] - weak) / gap if gap else float("nan")
+        recovered = (point["accuracy"] - weak) / gap if gap > 0 else float("nan")
         table.add_row(f"{point['strong_fraction']:.0%}", f"{point['accuracy']:.4f}", f"{recovered:.1%}",
                       f"{point.get('strong_token_share', float('nan')):.1%}")
     _console().print(table)

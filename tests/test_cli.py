@@ -94,6 +94,29 @@ def test_an_extra_left_out_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     assert err.startswith("llmbudget eval: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_eval_cache_reads_quoras_field_names_and_string_labels(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"question1": "How do I learn Python quickly?", "question2": "How can I learn Python fast?",
+             "is_duplicate": "1"},
+            {"question1": "What is 2+2?", "question2": "What is 2+3?", "is_duplicate": 0},
+            {"a": "What is the capital of France?", "b": "Capital of Peru?", "label": "false"}]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, doc = run(capsys, "eval", "cache", str(pairs), "--mode", "pairs", "--json")
+    assert code == 0 and doc["pairs"] == 3
+
+
+def test_eval_cache_pairs_decide_as_the_store_does(tmp_path, capsys):
+    # empty texts are never searched, and pairs below the store's WordLlama floor are never scored
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("", "", True), ("   ", "\n\t", False), ("How do I bake bread?", "What is the tallest mountain?", False)]
+    pairs.write_text("".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in rows))
+    code, pairs_doc = run(capsys, "eval", "cache", str(pairs), "--mode", "pairs", "--json")
+    assert code == 0 and pairs_doc["default"]["precision"] in (None, 1.0) and pairs_doc["default"]["recall"] == 0.0
+    code, replay = run(capsys, "eval", "cache", str(pairs), "--mode", "replay", "--json")
+    assert replay["correct_hits"] == replay["wrong_hits"] == 0
+    assert replay["hit_precision"] is None  # no hit: no precision (0 read as "every hit wrong")
+
+
 def test_eval_cache_pairs_and_replay_keys(tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     rows = [("How do I learn Python quickly?", "How can I learn Python fast?", True),
@@ -362,6 +385,9 @@ def test_report_counts_json_answers_valid_invalid_and_cut(tmp_path, capsys):
     ('{"a": "\\ud800", "b": "y", "duplicate": true}\n', "pairs.jsonl:1: expected"),
     ('{"a": "x", "b": "y", "duplicate": 2}\n', "pairs.jsonl:1: expected"),
     ("\n\n", "pairs.jsonl: no pairs"),
+    ('{"a": "x", "b": "y", "duplicate": "maybe"}\n', "'duplicate' is 'maybe'; expected true or false"),
+    ('{"a": "x", "second": "y", "duplicate": true}\n', "no 'b' field (nor 'question2'"),
+    ('{"a": "x", "b": 3, "duplicate": true}\n', "'b' is int, not a string"),
 ])
 @pytest.mark.parametrize("mode", ["pairs", "replay"])
 def test_eval_cache_refuses_bad_pair_files_in_one_line(tmp_path, capsys, content, message, mode):

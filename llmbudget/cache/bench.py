@@ -345,7 +345,7 @@ def _replay_figures(pairs: Sequence[dict[str, Any]], outcomes: Sequence[str]) ->
                    if p["duplicate"] and outcome in ("correct", "same_text"))
     return {"correct_hits": correct, "wrong_hits": wrong, "misses": len(outcomes) - correct - wrong,
             "same_text_hits": sum(outcome == "same_text" for outcome in outcomes),
-            "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else 0.0,
+            "hit_precision": round(correct / (correct + wrong), 4) if correct + wrong else None,  # no hit: none
             "hit_recall": round(recalled / duplicates, 4) if duplicates else 0.0}
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..textfiles import utf8_lines
+from .store import DEFAULT_MIN_COSINE
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 if TYPE_CHECKING:
@@ -25,27 +26,57 @@ logger = logging.getLogger("llmbudget.cache")
 PRECISION_TARGETS: tuple[str, ...] = ("0.8", "0.9", "0.95")
 
 
+#: Other names a pair file's fields go by (Quora's and GPTCache's, MRPC's, similar sets'): read as a, b, duplicate.
+_FIELD_NAMES: dict[str, tuple[str, ...]] = {
+    "a": ("a", "question1", "q1", "sentence1", "text1", "origin", "query"),
+    "b": ("b", "question2", "q2", "sentence2", "text2", "similar", "paraphrase"),
+    "duplicate": ("duplicate", "is_duplicate", "label"),
+}
+_LABELS = {"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False}
+
+
+def _pair_row(row: Any) -> dict[str, Any]:
+    """A line's object as ``{"a", "b", "duplicate": bool, ...}``, or a ``ValueError`` saying which field is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON object, not {type(row).__name__}")
+    out = dict(row)
+    for field, names in _FIELD_NAMES.items():
+        name = next((n for n in names if n in row), None)
+        if name is None:
+            raise ValueError(f"no {field!r} field (nor {', '.join(repr(n) for n in names[1:])}); it has "
+                             f"{', '.join(repr(k) for k in list(row)[:8])}")
+        value = row[name]
+        if field == "duplicate":
+            label = _LABELS.get(value.strip().lower()) if isinstance(value, str) else (
+                bool(value) if isinstance(value, (bool, int, float)) and value in (0, 1) else None)
+            if label is None:
+                raise ValueError(f"{name!r} is {value!r}; expected true or false (or 1 / 0)")
+            value = label
+        elif not isinstance(value, str):
+            raise ValueError(f"{name!r} is {type(value).__name__}, not a string")
+        else:
+            try:
+                value.encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
+            except UnicodeEncodeError:
+                raise ValueError(f"{name!r} is not valid Unicode (a lone surrogate)") from None
+        out[field] = value
+    return out
+
+
 def read_pair_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The JSONL lines ``{"a": str, "b": str, "duplicate": bool, ...}`` of ``path`` (blank lines skipped), checked:
-    a line that is not such an object, or whose texts are not valid Unicode, is a ``ValueError`` naming it."""
+    a line that is not such an object, or whose texts are not valid Unicode, is a ``ValueError`` naming it and the
+    field. Quora's names (``question1``, ``question2``, ``is_duplicate``) and a few others' are read too, and a
+    label may be ``1`` / ``0`` or ``"true"`` / ``"1"``."""
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(utf8_lines(path), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            ok = (isinstance(row, dict) and isinstance(row.get("a"), str) and isinstance(row.get("b"), str)
-                  and type(row.get("duplicate")) in (bool, int) and row["duplicate"] in (0, 1))
-            if ok:
-                row["duplicate"] = bool(row["duplicate"])  # 0 / 1 as many label files write it
-                row["a"].encode("utf-8")  # a lone surrogate ("\ud800") is not text a model can read
-                row["b"].encode("utf-8")
-        except (ValueError, RecursionError):
-            ok = False
-        if not ok:
-            raise ValueError(f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}} with '
-                             f'UTF-8 texts, got {line[:80]!r}')
-        rows.append(row)
+            rows.append(_pair_row(json.loads(line)))
+        except (ValueError, RecursionError) as exc:  # json's own errors are ValueErrors too
+            why = "nested too deep" if isinstance(exc, RecursionError) else exc
+            raise ValueError(f'{path}:{number}: expected {{"a": str, "b": str, "duplicate": bool}}: {why}') from None
     if not rows:
         raise ValueError(f'{path}: no pairs; expected JSON lines {{"a": str, "b": str, "duplicate": bool}}')
     return rows
@@ -177,7 +208,8 @@ def eval_pairs(
     texts included. As in the store, a pair with a text longer than
     ``max_semantic_chars`` (``None``: no limit), or that ``template_guard``
     refuses (``None``: no guard), scores -inf (a hit at no threshold) without being embedded or scored; so does a pair
-    below a second stage's WordLlama floor (``verifier.min_cosine``, :class:`RewordReranker`'s). The threshold is ``verifier.threshold`` (default: the shipped
+    below the store's WordLlama floor (0.6 for the bundled verifier; a second stage's ``verifier.min_cosine``,
+    :class:`RewordReranker`'s) or with an empty text (no vector: never searched). The threshold is ``verifier.threshold`` (default: the shipped
     verifier and ``DEFAULT_THRESHOLD``). Returns ``pairs``, ``auc``,
     ``recall_at_precision`` ("0.8", "0.9", "0.95"), ``default`` (threshold,
     precision, recall), ``score_p50_ms`` and ``score_p99_ms``, and ``by_duplicate_share``:
@@ -186,13 +218,14 @@ def eval_pairs(
     (recall at a fixed precision depends strongly on it). ``progress(done,
     total)`` is called every 500 pairs.
     """
+    # the store's floor: a second stage's own (it sees candidates above it only), the bundled verifier's default
+    floor: float | None = DEFAULT_MIN_COSINE if verifier is None else getattr(verifier, "min_cosine", None)
     if verifier is None:
         from .verifier import default_verifier
 
         verifier = default_verifier()
     pairs = load_pairs(path)
     embedder = verifier.embedder
-    floor: float | None = getattr(verifier, "min_cosine", None)  # a second stage sees candidates above it only
     embedder.embed(["warm up"])
     scores = np.empty(len(pairs), dtype=np.float64)
     elapsed = np.empty(len(pairs), dtype=np.float64)
@@ -201,7 +234,9 @@ def eval_pairs(
         start = time.perf_counter()
         if _semantic_candidate(a, b, max_semantic_chars, template_guard):
             vectors = embedder.embed([a, b])
-            if floor is not None and _cosine(vectors[0], vectors[1]) < floor:
+            if not (np.any(vectors[0]) and np.any(vectors[1])):
+                scores[i] = _NEVER  # an empty text has no vector: the store neither stores nor searches one
+            elif floor is not None and _cosine(vectors[0], vectors[1]) < floor:
                 scores[i] = _NEVER  # below the candidates' WordLlama floor: the store never scores it
             else:
                 scores[i] = verifier.score(a, vectors[0], b, vectors[1])

@@ -61,6 +61,7 @@ from .index import EXACT_MAX, IndexDType, _Exact, _Hnsw
 from .store import (
     _PURGE_INTERVAL,
     _UNSET,
+    DEFAULT_MIN_COSINE,
     Answer,
     CacheStore,
     Entry,
@@ -353,7 +354,8 @@ class RedisCacheStore:
         self.max_entries = max_entries
         self.ttl = ttl
         self.candidates = candidates
-        self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else 0.6)
+        self.min_cosine = min_cosine if min_cosine is not None else (
+            -1.0 if scorer is not None else DEFAULT_MIN_COSINE)
         self.max_semantic_chars = max_semantic_chars
         self.template_guard: TemplateGuard | None = TemplateGuard() if template_guard is _UNSET else template_guard
         self._scorer = scorer

@@ -188,6 +188,10 @@ def _waitless(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The bundled verifier's candidates are those at least this similar (WordLlama cosine): below it, none is scored.
+DEFAULT_MIN_COSINE = 0.6
+
+
 def near_ids(found: Sequence[tuple[int, float]], min_cosine: float) -> list[int]:
     """The ids of the index's nearest entries worth fetching: those not clearly below ``min_cosine``.
 
@@ -270,7 +274,7 @@ class CacheStore:
         #: Candidates less similar than this are not scored. Default: 0.6 with the bundled verifier
         #: (on Quora pairs its hits all sit above WordLlama cosine 0.57, so the floor costs no hits and
         #: saves scoring time); no floor with a scorer of your own.
-        self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else 0.6)
+        self.min_cosine = min_cosine if min_cosine is not None else (-1.0 if scorer is not None else DEFAULT_MIN_COSINE)
         self.max_semantic_chars = max_semantic_chars
         self.template_guard: TemplateGuard | None = TemplateGuard() if template_guard is _UNSET else template_guard
         self._scorer = scorer

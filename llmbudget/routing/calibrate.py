@@ -150,8 +150,11 @@ def read_labeled(path: str | Path, *, weak: str, strong: str) -> tuple[list[dict
         if not isinstance(request, dict):
             raise ValueError(f"{file}:{number}: expected a traffic line with a 'request' object")
         if isinstance(correct, dict) and weak in correct and strong in correct:
+            if not all(isinstance(correct[m], bool) for m in (weak, strong)):
+                raise ValueError(f"{file}:{number}: 'correct' must map each model to true or false, as replay "
+                                 f"reads it; it has {weak!r}: {correct[weak]!r}, {strong!r}: {correct[strong]!r}")
             bodies.append(_as_routed(request, item.get("endpoint")))
-            labels.append((float(bool(correct[weak])), float(bool(correct[strong]))))
+            labels.append((float(correct[weak]), float(correct[strong])))
     if not bodies:
         raise ValueError(f"{file}: no line has 'correct' labels for both {weak!r} and {strong!r}")
     pairs = np.asarray(labels, dtype=np.float64)

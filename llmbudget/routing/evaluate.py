@@ -1,7 +1,9 @@
 """Offline evaluation of a router on labeled prompts (RouteLLM's APGR and CPT).
 
 A label file is a CSV with a ``prompt`` column and one ``True``/``False``
-correctness column per model (the format of ``../shared/data/routing``).  For
+correctness column per model (the format of ``../shared/data/routing``; ``1``/``0``
+too, or a graded score from 0 to 1; a row with an empty label is left out and
+counted as ``unlabeled_rows``).  For
 every strong-call fraction ``f`` in 0, 0.1, ..., 1 the ``round(f * n)``
 prompts the router scores highest go to the strong model, the rest to the
 weak one.  PGR(f), the performance gap recovered, is
@@ -49,68 +51,103 @@ __all__ = [
 #: Strong-call fractions the curve is measured at.
 FRACTIONS: tuple[float, ...] = tuple(i / 10 for i in range(11))
 
-_TRUE = frozenset({"true", "1", "yes", "t", "1.0"})
-_FALSE = frozenset({"false", "0", "no", "f", "0.0", ""})
+_TRUE = frozenset({"true", "yes", "t"})
+_FALSE = frozenset({"false", "no", "f"})
 
 
-def _as_bool(value: str, *, column: str, where: str) -> bool:
+def _as_label(value: str, *, column: str, where: str) -> float | None:
+    """A correctness cell: True / False (1 / 0), or a graded score from 0 to 1 (a judge's, scaled); None when
+    empty (the row has no label: it is left out and counted)."""
     text = value.strip().lower()
+    if not text:
+        return None
     if text in _TRUE:
-        return True
+        return 1.0
     if text in _FALSE:
-        return False
-    raise ValueError(f"{where}: column {column!r} holds {value!r}; expected True or False")
+        return 0.0
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if 0.0 <= number <= 1.0:
+        return number
+    raise ValueError(f"{where}: column {column!r} holds {value!r}; expected True or False (or a score from 0 to 1)")
 
 
 def _csv_files(labels: str | Path) -> list[Path]:
     path = Path(labels)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.csv") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".csv")
         if not files:
             raise FileNotFoundError(f"no *.csv files under {path}; expected label CSVs with a 'prompt' column")
         return files
     if path.is_file():
+        if path.suffix.lower() in (".jsonl", ".json"):
+            raise ValueError(f"{path}: eval router reads label CSVs (a 'prompt' column and one correctness column "
+                             "per model, as RouteLLM's MMLU files); replay traffic with 'correct' labels goes to "
+                             "'llmbudget calibrate router' or 'llmbudget replay'")
         return [path]
     raise FileNotFoundError(f"labels {path} not found; pass a CSV file or a folder of CSV files")
 
 
+def _group(file: Path, labels: Path) -> str:
+    """A label file's name in the per-file figures: its path under the folder, without ``.csv``."""
+    if labels.is_dir():
+        return file.relative_to(labels).with_suffix("").as_posix()
+    return file.stem
+
+
 def load_labels(labels: str | Path, *, weak: str, strong: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Read prompts and the weak/strong correctness columns from a CSV file or a folder of CSVs."""
-    prompts, weak_ok, strong_ok, _ = _load_labels(labels, weak=weak, strong=strong)
+    """Read prompts and the weak/strong correctness columns from a CSV file or a folder of CSVs (rows with an empty
+    label are left out)."""
+    prompts, weak_ok, strong_ok, _, _ = _load_labels(labels, weak=weak, strong=strong)
     return prompts, weak_ok, strong_ok
 
 
 def _load_labels(
     labels: str | Path, *, weak: str, strong: str
-) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """``load_labels`` plus each prompt's file (its stem: one group of the per-file figures)."""
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str], int]:
+    """``load_labels`` plus each prompt's file (one group of the per-file figures) and how many rows were left
+    out for an empty label."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     prompts: list[str] = []
-    weak_ok: list[bool] = []
-    strong_ok: list[bool] = []
+    weak_ok: list[float] = []
+    strong_ok: list[float] = []
     groups: list[str] = []
+    unlabeled = 0
     for file in _csv_files(labels):
         reader = csv.DictReader(utf8_lines(file))
-        columns = reader.fieldnames or []
-        missing = [c for c in ("prompt", weak, strong) if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{file}: missing column(s) {missing}; it has {columns}. "
-                "Pass --weak/--strong as the names of the models' correctness columns."
-            )
-        line = reader.line_num + 1  # where the next row starts: a quoted prompt may take several lines
-        for row in reader:
-            where, line = f"{file}:{line}", reader.line_num + 1
-            if row["prompt"] is None or row[weak] is None or row[strong] is None or None in row:
-                # a row cut short, or one field too many
-                fields = sum(value is not None for key, value in row.items() if key is not None)
-                raise ValueError(f"{where}: a row with {fields + len(row.get(None) or [])} field(s); the header has "
-                                 f"{len(columns)} (a row cut short, or a quote never closed?)")
-            prompts.append(row["prompt"] or "")
-            weak_ok.append(_as_bool(row[weak] or "", column=weak, where=where))
-            strong_ok.append(_as_bool(row[strong] or "", column=strong, where=where))
-            groups.append(file.stem)
-    return prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64), groups
+        line = 1
+        try:
+            columns = reader.fieldnames or []
+            missing = [c for c in ("prompt", weak, strong) if c not in columns]
+            if missing:
+                shown = columns if len(", ".join(columns)) <= 300 else [*columns[:5], "..."]
+                raise ValueError(
+                    f"{file}: missing column(s) {missing}; it has {shown}. "
+                    "Pass --weak/--strong as the names of the models' correctness columns."
+                )
+            line = reader.line_num + 1  # where the next row starts: a quoted prompt may take several lines
+            for row in reader:
+                where, line = f"{file}:{line}", reader.line_num + 1
+                if row["prompt"] is None or row[weak] is None or row[strong] is None or None in row:
+                    # a row cut short, or one field too many
+                    fields = sum(value is not None for key, value in row.items() if key is not None)
+                    raise ValueError(f"{where}: a row with {fields + len(row.get(None) or [])} field(s); the header "
+                                     f"has {len(columns)} (a row cut short, or a quote never closed?)")
+                w = _as_label(row[weak] or "", column=weak, where=where)
+                s = _as_label(row[strong] or "", column=strong, where=where)
+                if w is None or s is None:
+                    unlabeled += 1
+                    continue
+                prompts.append(row["prompt"] or "")
+                weak_ok.append(w)
+                strong_ok.append(s)
+                groups.append(_group(file, Path(labels)))
+        except csv.Error as exc:  # a bare carriage return in a field, a NUL...: not a ValueError of its own
+            raise ValueError(f"{file}:{line}: {exc}") from None
+    return (prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64), groups,
+            unlabeled)
 
 
 def _routed_gain(scores: np.ndarray, gain: np.ndarray, counts: Sequence[int]) -> np.ndarray:
@@ -151,7 +188,7 @@ def pgr_curve(
     w = np.asarray(weak if isinstance(weak, np.ndarray) else list(weak), dtype=np.float64)
     g = np.asarray(strong if isinstance(strong, np.ndarray) else list(strong), dtype=np.float64) - w
     total_gap = float(g.sum())
-    if len(s) == 0 or total_gap == 0.0:
+    if len(s) == 0 or total_gap <= 0.0:  # no gap to recover (or the strong model worse): PGR is undefined
         return np.full(len(fractions), math.nan)
     return _routed_gain(s, g, _counts(len(s), fractions)) / total_gap
 
@@ -243,7 +280,11 @@ def routing_metrics(
             point["strong_token_share"] = float(share)
         if n and "strong_fraction" in at and not math.isnan(at["strong_fraction"]):
             at["strong_token_share"] = float(t[scores >= threshold].sum()) / total if total else 0.0
+    notes = {} if n == 0 or float(strong.sum()) > float(weak.sum()) else {
+        "note": "the strong model is not more accurate than the weak one on these prompts: there is no gap for "
+                "routing to recover, so APGR, CPT(50%) and the oracle's APGR are undefined (NaN)"}
     return {
+        **notes,
         "prompts": int(n),
         "weak_accuracy": float(weak.mean()) if n else math.nan,
         "strong_accuracy": float(strong.mean()) if n else math.nan,
@@ -302,7 +343,7 @@ def eval_router(
         from llmbudget.routing.classifier import Router
 
         router = Router()
-    prompts, weak_ok, strong_ok, groups = _load_labels(labels, weak=weak, strong=strong)
+    prompts, weak_ok, strong_ok, groups, unlabeled = _load_labels(labels, weak=weak, strong=strong)
     if not prompts:
         raise ValueError(f"{labels}: no labeled prompts (each row needs a prompt and both {weak!r} and {strong!r})")
     bodies = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
@@ -313,6 +354,7 @@ def eval_router(
 
     tokens = np.asarray([input_tokens(body) for body in bodies], dtype=np.float64)
     result = routing_metrics(scores, weak_ok, strong_ok, threshold=threshold, tokens=tokens)
+    result["unlabeled_rows"] = unlabeled  # rows with an empty label cell: left out
     if baselines:
         from llmbudget.routing.baselines import BASELINES
 

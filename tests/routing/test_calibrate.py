@@ -158,6 +158,15 @@ def test_calibrate_quality_on_traffic_and_the_cli_writes_the_policy(tmp_path, ca
     assert tomllib.loads(policy.read_text())["routing"]["threshold"] == pytest.approx(result["threshold"], abs=1e-6)
 
 
+def test_traffic_labels_must_be_true_or_false(tmp_path):
+    traffic = tmp_path / "traffic.jsonl"
+    line = json.loads(_traffic_line("hi", True, True))
+    line["correct"] = {model: "false" for model in line["correct"]}  # a string reads as True by bool()
+    traffic.write_text(_traffic_line("hello", True, True) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match="traffic.jsonl:2: 'correct' must map each model to true or false"):
+        calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.9)
+
+
 def test_calibrate_cli_needs_one_mode(tmp_path, capsys):
     sample = tmp_path / "s.jsonl"
     sample.write_text(_traffic_line("hi", True, True) + "\n")

@@ -28,6 +28,7 @@ KEYS = {
     "oracle_apgr",
     "at_threshold",
     "curve",
+    "unlabeled_rows",
 }
 
 
@@ -324,7 +325,7 @@ def test_eval_router_perfect_router_reaches_oracle(tmp_path: Path) -> None:
     oracle = {p: float(s) - float(w) for p, w, s in rows}
     result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model",
                          router=TableRouter(oracle, threshold=0.5))
-    assert set(result) == KEYS
+    assert set(result) == KEYS | {"note"}  # equal accuracies: the note says why APGR is NaN
     assert set(result["at_threshold"]) == {"strong_fraction", "accuracy", "strong_token_share"}
     assert result["prompts"] == 40
     assert result["weak_accuracy"] == 0.5 and result["strong_accuracy"] == 0.5
@@ -365,7 +366,7 @@ def test_eval_router_constant_router_is_random_and_folders_are_read(tmp_path: Pa
 
 
 def test_eval_router_with_the_shipped_router_and_bad_columns(tmp_path: Path) -> None:
-    rows = [("hi", True, True), ("Solve 3x + 5 = 20 step by step.", False, True), ("thanks", True, False)]
+    rows = [("hi", True, True), ("Solve 3x + 5 = 20 step by step.", False, True), ("thanks", True, True)]
     write_labels(tmp_path / "labels.csv", rows)
     result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model")
     assert set(result) == KEYS and result["prompts"] == 3
@@ -387,6 +388,53 @@ def test_a_label_row_cut_short_or_bad_names_the_line_it_starts_on(tmp_path: Path
     (tmp_path / "labels.csv").write_text("prompt,weak,strong\n" + rows + tail, encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape(message)):
         eval_router(tmp_path / "labels.csv", weak="weak", strong="strong")
+
+
+def test_no_gap_to_recover_gives_no_apgr_and_says_why(tmp_path: Path) -> None:
+    # one subject where the strong model is the less accurate (two of ../shared's MMLU subjects are so)
+    rows = [(f"q{i}", i % 2 == 0, i % 3 == 0) for i in range(30)]
+    write_labels(tmp_path / "labels.csv", rows)
+    result = eval_router(tmp_path / "labels.csv", weak="weak/model", strong="strong-model", baselines=True)
+    assert result["strong_accuracy"] < result["weak_accuracy"]
+    for figure in (result["apgr"], result["cpt50"], result["oracle_apgr"], result["baselines"]["length"]["apgr"]):
+        assert math.isnan(figure)
+    assert "no gap for routing to recover" in result["note"] and result["by_file"]["summary"]["groups"] == 0
+    assert result["curve"][0]["accuracy"] == pytest.approx(result["weak_accuracy"])  # the curve itself stays
+
+
+def test_empty_label_cells_are_left_out_and_graded_scores_read(tmp_path: Path) -> None:
+    text = ("\ufeffprompt,weak,strong,notes\r\n"
+            "a,True,1,x\r\n"
+            "b,,True,not judged\r\n"
+            "c,0,,\r\n"
+            '"d\nmore",FALSE,0.75,\r\n'
+            "e,1.0,TRUE,\r\n")
+    (tmp_path / "labels.csv").write_text(text, encoding="utf-8")
+    prompts, weak, strong = load_labels(tmp_path / "labels.csv", weak="weak", strong="strong")
+    assert prompts == ["a", "d\nmore", "e"]
+    assert weak.tolist() == [1.0, 0.0, 1.0] and strong.tolist() == [1.0, 0.75, 1.0]
+    assert eval_router(tmp_path / "labels.csv", weak="weak", strong="strong")["unlabeled_rows"] == 2
+    (tmp_path / "labels.csv").write_text("prompt,weak,strong\na,1.5,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape("labels.csv:2: column 'weak' holds '1.5'")):
+        load_labels(tmp_path / "labels.csv", weak="weak", strong="strong")
+
+
+def test_label_files_the_loader_cannot_read_are_named(tmp_path: Path) -> None:
+    (tmp_path / "old_mac.csv").write_bytes(b"prompt,weak,strong\ra,True,False\rb,False,True\r")
+    with pytest.raises(ValueError, match=r"old_mac\.csv:1: new-line character seen in unquoted field"):
+        load_labels(tmp_path / "old_mac.csv", weak="weak", strong="strong")
+    (tmp_path / "judgements.jsonl").write_text('{"question_id": 81, "model": "gpt-4", "score": 9}\n')
+    with pytest.raises(ValueError, match="eval router reads label CSVs"):
+        eval_router(tmp_path / "judgements.jsonl", weak="weak", strong="strong")
+
+
+def test_a_folder_names_each_file_by_its_path(tmp_path: Path) -> None:
+    for folder, name in (("run1", "test.csv"), ("run2", "test.csv"), (".", "MANAGEMENT.CSV")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        write_labels(tmp_path / folder / name, [(f"{folder} q{i}", i % 2 == 0, True) for i in range(10)])
+    result = eval_router(tmp_path, weak="weak/model", strong="strong-model", baselines=True)
+    assert result["prompts"] == 30
+    assert sorted(result["by_file"]["groups"]) == ["MANAGEMENT", "run1/test", "run2/test"]
 
 
 def test_eval_router_curve_spans_weak_to_strong_and_gives_the_apgr(tmp_path: Path) -> None:
@@ -435,7 +483,8 @@ def test_eval_router_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong",
                  "strong-model", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == KEYS and len(doc["curve"]) == 11
+    assert set(doc) == KEYS | {"note"} and len(doc["curve"]) == 11  # (no gap in these labels)
+    assert doc["apgr"] is None and "no gap" in doc["note"]
     assert main(["eval", "router", str(tmp_path / "labels.csv"), "--weak", "weak/model", "--strong",
                  "strong-model"]) == 0
     out = capsys.readouterr().out

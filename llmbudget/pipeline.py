@@ -1306,6 +1306,25 @@ _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completion
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
+def _inflate() -> Callable[[bytes], bytes]:
+    """A ``deflate`` body's decoder: zlib's format, or raw deflate when its first bytes are not (as httpx reads it)."""
+    decoders = [zlib.decompressobj()]
+    read: list[bool] = []  # a chunk was decoded: an error past it is the body's
+
+    def decode(chunk: bytes) -> bytes:
+        try:
+            data = decoders[-1].decompress(chunk)
+        except zlib.error:
+            if read or len(decoders) > 1:
+                raise
+            decoders.append(zlib.decompressobj(-zlib.MAX_WBITS))
+            data = decoders[-1].decompress(chunk)
+        read.append(True)
+        return data
+
+    return decode
+
+
 def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
     """A decoder of a body sent with ``Content-Encoding: encoding``, fed chunk by chunk, as the HTTP client decodes
     it: gzip and deflate, and brotli and zstd with the packages httpx decodes them with (it asks for an encoding
@@ -1313,7 +1332,7 @@ def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
     if encoding in ("gzip", "x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
     if encoding == "deflate":
-        return zlib.decompressobj().decompress
+        return _inflate()
     if encoding == "br":
         try:
             import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]

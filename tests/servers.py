@@ -6,6 +6,7 @@ import gzip
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,7 +106,11 @@ class _Proxy(BaseHTTPRequestHandler):
         self.send_header("content-type", content_type or "application/json")
         compress = options.get("compress")
         if compress and compress in self.headers.get("accept-encoding", ""):
-            content = gzip.compress(content) if compress == "gzip" else brotli.compress(content)
+            if compress == "deflate":  # raw deflate, as some servers send it (httpx reads both kinds)
+                packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                content = packer.compress(content) + packer.flush()
+            else:
+                content = gzip.compress(content) if compress == "gzip" else brotli.compress(content)
             self.send_header("content-encoding", compress)
         if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
             content = content[: len(content) // 2]
@@ -135,7 +140,7 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
           refuse: Callable[[bytes], int | None] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
-    ``compress``: "gzip" or "br", the answers' content-encoding where the client accepts it; ``refuse``: a function
+    ``compress``: "gzip", "br" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
     of each request's bytes, the error status to answer it with (None: forwarded; 0: the connection closes
     without an answer);
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;

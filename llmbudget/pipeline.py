@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import inspect
 import json
 import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,6 +31,7 @@ from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
 from .caps import apply_cap, suited, thinks
 from .defer import Batcher
+from .encodings import Decoder, decoder_for
 from .ledger.budgets import (
     Budget,
     BudgetStore,
@@ -336,7 +335,7 @@ class Attempt:
         self._tail: bytearray | None = None  # the end of a body too large to keep whole
         self._head = b""  # and its start
         self._overflow_events = 0  # SSE events of such a body (a stream's chunks carry about a token each)
-        self._decoder: Callable[[bytes], bytes] | None = None
+        self._decoder: Decoder | None = None
         self._encoding = ""
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._broken_events = 0  # stream events that are not JSON
@@ -806,6 +805,11 @@ class Attempt:
         self.rewritten = True
         return True
 
+    def retry_failed(self) -> bool:
+        """Whether this escalation's retry got no answer that serves the app better than the weak one it would
+        replace (an error, HTTP 429 or 5xx): the app is then given the weak answer, whose saving stands."""
+        return self.escalated_from is not None and (self.status is None or self.status == 429 or self.status >= 500)
+
     def _escalated_reason(self) -> str:
         return f"escalated: the weak tier's answer was {self.escalated_from}"
 
@@ -925,7 +929,7 @@ class Attempt:
         self._json_body = "json" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "").strip().lower()
         self._encoding = encoding
-        self._decoder = None if encoding in ("", "identity") else _decompressor(encoding)
+        self._decoder = None if encoding in ("", "identity") else decoder_for(encoding)
         if encoding not in ("", "identity") and self._decoder is None:  # not read: the usage is estimated
             self._overflow = True
 
@@ -933,12 +937,20 @@ class Attempt:
         """Take a chunk of the raw body as it passes to the app. Never raises."""
         if (self._overflow and self._tail is None) or self.status is None or self.status >= 400:
             return
+        if self._decoder is None:
+            self._take(chunk)
+            return
         try:
-            data = self._decoder(chunk) if self._decoder is not None else chunk
+            for piece in self._decoder(chunk):  # bounded pieces: a small body may expand to gigabytes
+                self._take(piece)
+                if self._overflow and self._tail is None:
+                    return
         except Exception:  # noqa: BLE001 - zlib's, brotli's or zstd's error: a body the app cannot read either
             self._overflow, self._tail = True, None
             self._undecodable = self._encoding
-            return
+
+    def _take(self, data: bytes) -> None:
+        """Keep a decoded piece of the body: all of it up to ``MAX_BODY_BYTES``, then its head and end."""
         if self._tail is not None:  # too large already: keep only its end, where the usage is
             self._overflow_events += data.count(b"\ndata:") + (data.startswith(b"data:") and self._tail.endswith(b"\n"))
             self._tail += data
@@ -1193,7 +1205,7 @@ class Attempt:
             as_requested = self.engine.pricing.cost(usage, model=requested, base_url=self.base_url_requested)
             if as_requested.known:  # < 0 when the tier's model costs more than the one asked for
                 record.routing_saved_usd = as_requested.usd - priced.usd
-        if self.routing_offset_usd is not None:
+        if self.routing_offset_usd is not None and not self.retry_failed():  # (else the weak answer is served)
             record.routing_saved_usd -= self.routing_offset_usd
         if priced is not None and priced.known and usage.service_tier in DEFERRED_TIERS:
             record.deferred = usage.service_tier
@@ -1304,57 +1316,6 @@ _BATCHED = frozenset({"chat.completions", "responses", "embeddings", "completion
 
 # set by JSONDecoder.__init__ (the C scanner when there is one); typeshed does not declare it
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _inflate() -> Callable[[bytes], bytes]:
-    """A ``deflate`` body's decoder: zlib's format, or raw deflate when its first bytes are not (as httpx reads it)."""
-    decoders = [zlib.decompressobj()]
-    read: list[bool] = []  # a chunk was decoded: an error past it is the body's
-
-    def decode(chunk: bytes) -> bytes:
-        try:
-            data = decoders[-1].decompress(chunk)
-        except zlib.error:
-            if read or len(decoders) > 1:
-                raise
-            decoders.append(zlib.decompressobj(-zlib.MAX_WBITS))
-            data = decoders[-1].decompress(chunk)
-        read.append(True)
-        return data
-
-    return decode
-
-
-def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
-    """A decoder of a body sent with ``Content-Encoding: encoding``, fed chunk by chunk, as the HTTP client decodes
-    it: gzip and deflate, and brotli and zstd with the packages httpx decodes them with (it asks for an encoding
-    only when it can decode it). None for an encoding that no installed package reads."""
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
-    if encoding == "deflate":
-        return _inflate()
-    if encoding == "br":
-        try:
-            import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
-        except ImportError:
-            try:
-                import brotlicffi as brotli  # type: ignore[import-not-found,no-redef,unused-ignore]
-            except ImportError:
-                return None
-        decompressor = brotli.Decompressor()
-        return getattr(decompressor, "process", None) or decompressor.decompress  # type: ignore[no-any-return]
-    if encoding == "zstd":
-        for module in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport
-            try:
-                return importlib.import_module(module).ZstdDecompressor().decompress  # type: ignore[no-any-return]
-            except ImportError:
-                continue
-        try:
-            import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
-        except ImportError:
-            return None
-        return zstandard.ZstdDecompressor().decompressobj().decompress  # type: ignore[no-any-return]
-    return None
 
 
 def _json_loads(text: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import urllib.error
 import urllib.request
@@ -13,6 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import brotli
+
+try:
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:  # before Python 3.14
+    from backports import zstd
 
 
 class _Server(ThreadingHTTPServer):
@@ -80,12 +86,15 @@ class _Proxy(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         self.server.received.append((self.command, self.path, body or b"", dict(self.headers)))
         refused = options["refuse"](body or b"") if options.get("refuse") is not None else None
+        message = "try again"
+        if isinstance(refused, tuple):
+            refused, message = refused
         if refused == 0:  # no answer: the connection just closes
             self.close_connection = True
             self.connection.shutdown(2)
             return
         if refused is not None or len(self.server.received) <= options.get("fail_first", 0):
-            payload = b'{"error": {"message": "try again", "type": "server_error"}}'
+            payload = json.dumps({"error": {"message": message, "type": "server_error"}}).encode()
             self.send_response(refused or options.get("fail_status", 503))
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(payload)))
@@ -109,6 +118,9 @@ class _Proxy(BaseHTTPRequestHandler):
             if compress == "deflate":  # raw deflate, as some servers send it (httpx reads both kinds)
                 packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
                 content = packer.compress(content) + packer.flush()
+            elif compress == "zstd":  # two frames, as a server that flushes mid-body sends them
+                half = len(content) // 2
+                content = zstd.compress(content[:half]) + zstd.compress(content[half:])
             else:
                 content = gzip.compress(content) if compress == "gzip" else brotli.compress(content)
             self.send_header("content-encoding", compress)
@@ -137,12 +149,12 @@ class _Proxy(BaseHTTPRequestHandler):
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compress: str | None = None,
           cut: bool = False, garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
           encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None,
-          refuse: Callable[[bytes], int | None] | None = None) -> Iterator[_Server]:
+          refuse: Callable[[bytes], int | tuple[int, str] | None] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
-    ``compress``: "gzip", "br" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
-    of each request's bytes, the error status to answer it with (None: forwarded; 0: the connection closes
-    without an answer);
+    ``compress``: "gzip", "br", "zstd" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
+    of each request's bytes, the error status to answer it with, or (status, error message) (None: forwarded;
+    0: the connection closes without an answer);
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
     it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came).

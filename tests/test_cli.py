@@ -388,6 +388,7 @@ def test_report_counts_json_answers_valid_invalid_and_cut(tmp_path, capsys):
     ('{"a": "x", "b": "y", "duplicate": "maybe"}\n', "'duplicate' is 'maybe'; expected true or false"),
     ('{"a": "x", "second": "y", "duplicate": true}\n', "no 'b' field (nor 'question2'"),
     ('{"a": "x", "b": 3, "duplicate": true}\n', "'b' is int, not a string"),
+    ('{"a": "x", "b": "y", "duplicate": true, "is_duplicate": 0}\n', "both 'duplicate' and 'is_duplicate'"),
 ])
 @pytest.mark.parametrize("mode", ["pairs", "replay"])
 def test_eval_cache_refuses_bad_pair_files_in_one_line(tmp_path, capsys, content, message, mode):

@@ -41,7 +41,10 @@ def _pair_row(row: Any) -> dict[str, Any]:
         raise ValueError(f"a JSON object, not {type(row).__name__}")
     out = dict(row)
     for field, names in _FIELD_NAMES.items():
-        name = next((n for n in names if n in row), None)
+        present = [n for n in names if n in row]
+        if len(present) > 1:
+            raise ValueError(f"both {present[0]!r} and {present[1]!r}: which is the {field!r} field?")
+        name = present[0] if present else None
         if name is None:
             raise ValueError(f"no {field!r} field (nor {', '.join(repr(n) for n in names[1:])}); it has "
                              f"{', '.join(repr(k) for k in list(row)[:8])}")

@@ -268,7 +268,7 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
 def _failure_reason(attempt: Attempt, error: BaseException | None = None) -> str | None:
     """Why a tier's failure of a routed call (:meth:`Attempt.tier_failed`) sends it to the strong tier, or None."""
     if error is not None:
-        return f"unreachable ({type(error).__name__})" if attempt.tier_failed(unreachable=True) else None
+        return f"no answer ({type(error).__name__})" if attempt.tier_failed(unreachable=True) else None
     return f"HTTP {attempt.status} from the tier" if attempt.tier_failed() else None
 
 
@@ -277,14 +277,11 @@ def _kept_weak(attempt: Attempt, why: str = "a budget refused it") -> None:
                 "answer (it was paid for)", attempt.escalated_from, why)
 
 
-def _retry_failed(status: int) -> bool:
-    """Whether an escalation's retry answered so that the weak answer is better kept: rate-limited or failed."""
-    return status == 429 or status >= 500
-
-
-def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str]) -> Attempt | None:
-    """The same call again without the cascade's probe, after its tier refused it (:meth:`Attempt.probe_refused`)."""
-    if not attempt.probe_refused():
+def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], error: bytes) -> Attempt | None:
+    """The same call again without the cascade's probe, after its tier refused it (:meth:`Attempt.probe_refused`)
+    with an ``error`` that names log-probabilities (a 400 for another reason, a prompt too long, goes on as any
+    tier's refusal does)."""
+    if b"logprob" not in error.lower():
         return None
     retry = _begin(request, request.content, wanted)
     if retry is not None:
@@ -429,9 +426,11 @@ def _cached_response(httpx: ModuleType, cached: tuple[bytes, str]) -> Any:
 
 
 def _build(httpx: ModuleType) -> tuple[type, type]:
-    # no answer came (a tier on another host that could not be reached, timed out or dropped the connection): a
-    # routed call goes to the strong tier (see Attempt.tier_failed); any other call's error is the app's
+    # no answer came (a tier on another host that could not be reached or dropped the connection): a routed call
+    # goes to the strong tier (see Attempt.tier_failed); any other call's error is the app's. Not after waiting out
+    # the app's own timeout for an answer (or a pooled connection): the strong tier's would double it.
     _NO_ANSWER = httpx.TransportError
+    _WAITED = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
     class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
@@ -536,12 +535,14 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             path = wanted[1]
             try:
                 response = self._through(request, attempt, path)
-                unprobed = _without_probe(request, attempt, wanted)
-                if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
-                    response.close()
-                    attempt, response = unprobed, self._through(request, unprobed, path)
+                if attempt.probe_refused():
+                    unprobed = _without_probe(request, attempt, wanted, response.read())
+                    if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
+                        response.close()
+                        attempt, response = unprobed, self._through(request, unprobed, path)
             except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
-                retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
+                retry = None if isinstance(exc, _WAITED) else _escalation(
+                    request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
                 return self._through(request, retry, path)
@@ -569,7 +570,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
-                if _retry_failed(answer.status_code):
+                if retry.retry_failed():
                     answer.close()
                     _kept_weak(retry, f"HTTP {answer.status_code}")
                     return _unprobed(httpx, response, attempt)
@@ -623,12 +624,14 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             path = wanted[1]
             try:
                 response = await self._through(request, attempt, path)
-                unprobed = _without_probe(request, attempt, wanted)
-                if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
-                    await response.aclose()
-                    attempt, response = unprobed, await self._through(request, unprobed, path)
+                if attempt.probe_refused():
+                    unprobed = _without_probe(request, attempt, wanted, await response.aread())
+                    if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
+                        await response.aclose()
+                        attempt, response = unprobed, await self._through(request, unprobed, path)
             except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
-                retry = _escalation(request, attempt, _failure_reason(attempt, exc), wanted)
+                retry = None if isinstance(exc, _WAITED) else _escalation(
+                    request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
                 return await self._through(request, retry, path)
@@ -655,7 +658,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
-                if _retry_failed(answer.status_code):
+                if retry.retry_failed():
                     await answer.aclose()
                     _kept_weak(retry, f"HTTP {answer.status_code}")
                     return _unprobed(httpx, response, attempt)

@@ -125,7 +125,7 @@ def test_async_stream(llm_server, records):
     assert len(records) == 1 and records[0].estimated
 
 
-@pytest.mark.parametrize("compress", ["gzip", "br", "deflate"])  # br: httpx asks for it when brotli is installed
+@pytest.mark.parametrize("compress", ["gzip", "br", "zstd", "deflate"])  # httpx asks for br, zstd when it reads them
 def test_compressed_answers_are_read(llm_server, records, compress):
     with proxy(llm_server, compress=compress) as server:
         client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())

@@ -134,7 +134,8 @@ def _asks_for(model: str, body: bytes) -> bool:
 def test_a_tier_that_refuses_logprobs_is_asked_again_without_them_and_then_never(llm_server, cascade, records,
                                                                                     caplog):
     cascade(0.999)  # every probed answer would escalate: none is probed
-    with proxy(llm_server, refuse=lambda body: 400 if b'"logprobs"' in body else None) as tier:
+    refusal = (400, "logprobs is not supported with this model")  # as Groq words it
+    with proxy(llm_server, refuse=lambda body: refusal if b'"logprobs"' in body else None) as tier:
         client = client_for(base_url(tier))
         first = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
         second = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
@@ -170,6 +171,19 @@ def test_the_weak_answer_is_kept_when_the_strong_retry_fails(llm_server, cascade
     weak, strong = records
     assert weak.status == 200 and weak.cost_usd > 0 and strong.model_sent == "gpt-4o"
     assert strong.status == status and strong.error
+    # the app was served the weak answer: routing saved what its record says, the failed retry takes none back
+    assert weak.routing_saved_usd > 0 and strong.routing_saved_usd == 0
+
+
+def test_a_400_for_another_reason_is_not_asked_again_without_the_probe(llm_server, cascade, records):
+    cascade(0.999)
+    too_long = (400, "This model's maximum context length is 8192 tokens")
+    with proxy(llm_server, refuse=lambda body: too_long if _asks_for("gpt-4.1-nano", body) else None) as upstream:
+        answer = client_for(base_url(upstream)).chat.completions.create(model="gpt-4o", messages=QUESTION,
+                                                                         max_tokens=6)
+        sent = [json.loads(entry[2])["model"] for entry in upstream.received]
+    assert sent == ["gpt-4.1-nano", "gpt-4o"] and answer.model == "gpt-4o"  # the tier's refusal: strong, once
+    assert [r.status for r in records] == [400, 200]
 
 
 def test_a_forced_small_tier_is_neither_probed_nor_escalated(llm_server, cascade, records):

@@ -459,6 +459,34 @@ def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_
     assert strong.routing["reason"].startswith("escalated: the weak tier's answer was ")
 
 
+@pytest.mark.parametrize("async_", [False, True])
+def test_a_tier_elsewhere_that_never_answers_is_not_waited_for_twice(llm_server, route, records, async_):
+    import asyncio
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": f"http://127.0.0.1:{silent.getsockname()[1]}/v1"},
+                     "large": None}, threshold=1.0)
+        started = time.monotonic()
+        with pytest.raises(openai.APITimeoutError):
+            if async_:
+                async def ask() -> None:
+                    async with openai.AsyncOpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, timeout=0.5,
+                                                  http_client=llmbudget.async_http_client()) as client:
+                        await client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+                asyncio.run(ask())
+            else:
+                openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client(),
+                              max_retries=0, timeout=0.5).chat.completions.create(model="gpt-4o", messages=HI,
+                                                                                  max_tokens=3)
+        waited = time.monotonic() - started
+    assert waited < 1.5  # the app's own timeout, once: no strong call after it
+    assert [r.model_sent for r in records] == ["gemma-3-270m"] and "ReadTimeout" in records[0].error
+
+
 def _settled(engine, url: str, path: str, body: dict, answer: dict):
     attempt = engine.begin(url=url, path=path, headers={}, body=json.dumps(body).encode())
     attempt.plan("/")

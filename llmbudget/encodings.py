@@ -1,0 +1,114 @@
+"""Response bodies' content encodings, decoded as the HTTP client decodes them, in bounded pieces.
+
+The pipeline reads each answer as it passes to the app (its usage, its text) and must read it whatever the
+server compressed it with: gzip and deflate (zlib's format or raw), and brotli and zstd with the packages httpx
+decodes them with (it asks for an encoding only when it can decode it). A decoder is fed the body's chunks and
+yields the decoded bytes in pieces of at most :data:`PIECE_BYTES`, so that a few compressed bytes that expand to a
+gigabyte never sit in memory at once (the reader keeps what it needs of each piece and lets it go).
+"""
+
+from __future__ import annotations
+
+import importlib
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["PIECE_BYTES", "Decoder", "decoder_for"]
+
+#: The most a decoder yields at a time (brotli's bound is looser: about twice that).
+PIECE_BYTES = 1 << 20
+
+#: Feeds a chunk of the encoded body, yields its decoded pieces; raises on a body that is not validly encoded.
+Decoder = Callable[[bytes], Iterator[bytes]]
+
+
+def decoder_for(encoding: str) -> Decoder | None:
+    """The decoder of a body sent with ``Content-Encoding: encoding`` (lower case, no spaces), or None when no
+    installed package reads it."""
+    if encoding in ("gzip", "x-gzip"):
+        return _zlib(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
+    if encoding == "deflate":
+        return _zlib(zlib.decompressobj, raw_fallback=True)
+    if encoding == "br":
+        return _brotli()
+    if encoding == "zstd":
+        return _zstd()
+    return None
+
+
+def _zlib(make: Callable[[], Any], *, raw_fallback: bool = False) -> Decoder:
+    """gzip or deflate; with ``raw_fallback``, raw deflate when the first bytes are not zlib's format."""
+    state = {"decoder": make(), "read": False}
+
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        decoder = state["decoder"]
+        try:
+            data = decoder.decompress(chunk, PIECE_BYTES)
+        except zlib.error:
+            if state["read"] or not raw_fallback:
+                raise
+            decoder = state["decoder"] = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = decoder.decompress(chunk, PIECE_BYTES)
+        state["read"] = True
+        while data:
+            yield data
+            data = decoder.decompress(decoder.unconsumed_tail, PIECE_BYTES)  # b"": what it still holds
+
+    return decode
+
+
+def _brotli() -> Decoder | None:
+    try:
+        import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        try:
+            import brotlicffi as brotli  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            return None
+    decompressor = brotli.Decompressor()
+    step = getattr(decompressor, "process", None) or decompressor.decompress  # Brotli's name, brotlicffi's
+    try:
+        step(b"", output_buffer_limit=PIECE_BYTES)
+    except TypeError:  # a release that cannot bound its output: the body is not read (its usage is estimated)
+        return None
+
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        data = step(chunk, output_buffer_limit=PIECE_BYTES)
+        while data:
+            yield data
+            data = step(b"", output_buffer_limit=PIECE_BYTES)
+
+    return decode
+
+
+def _zstd() -> Decoder | None:
+    for name in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport (httpx's own choice)
+        try:
+            module = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    else:
+        return None
+    state = {"decoder": module.ZstdDecompressor()}
+
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while True:
+            decoder = state["decoder"]
+            if decoder.eof:  # a body of several frames: the next one starts where this one ended
+                data = decoder.unused_data + data
+                if not data:
+                    return
+                decoder = state["decoder"] = module.ZstdDecompressor()
+            piece = decoder.decompress(data, max_length=PIECE_BYTES)
+            data = b""
+            if piece:
+                yield piece
+            elif not decoder.eof:
+                return
+            if decoder.needs_input and not decoder.eof:
+                return
+
+    return decode

@@ -128,8 +128,9 @@ class Metrics:
         self.routing_saved = counter("routing_saved_usd",
                                      "USD saved by routing: calls priced at the model asked for minus what they cost")
         self.escalation_cost = counter("routing_escalation_usd",
-                                       "USD routing gave back when a weak answer was retried on the strong tier "
-                                       "(net routing saving: routing_saved_usd minus this)")
+                                       "USD routing gave back when a weak answer was retried on the strong tier, "
+                                       "or when a tier cost more than the model asked for (net routing saving: "
+                                       "routing_saved_usd minus this)")
         self.prompt_cache_saved = counter("prompt_cache_saved_usd",
                                           "USD the provider's prompt cache took off calls (cached input tokens)")
         self.prompt_cache_premium = counter("prompt_cache_write_premium_usd",

@@ -806,9 +806,10 @@ class Attempt:
         return True
 
     def retry_failed(self) -> bool:
-        """Whether this escalation's retry got no answer that serves the app better than the weak one it would
-        replace (an error, HTTP 429 or 5xx): the app is then given the weak answer, whose saving stands."""
-        return self.escalated_from is not None and (self.status is None or self.status == 429 or self.status >= 500)
+        """Whether this retry of a weak answer (``has_fallback``: not of a tier's failure, which left none) got no
+        answer that serves the app better (an error, HTTP 429 or 5xx): the app is then given the weak answer,
+        whose saving stands."""
+        return self.has_fallback and (self.status is None or self.status == 429 or self.status >= 500)
 
     def _escalated_reason(self) -> str:
         return f"escalated: the weak tier's answer was {self.escalated_from}"

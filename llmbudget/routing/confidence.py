@@ -29,25 +29,38 @@ def _token_logprobs(choice: Mapping[str, Any]) -> list[float] | None:
         if not isinstance(legacy, list):
             return None
         values = legacy
-    found = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not values:
+        return None
+    # a sampled token without a finite log-probability (null, -inf, NaN) was all but impossible: OpenAI's own
+    # floor for it, not left out (which made the answer look surer); a legacy prompt's first token has none
+    found = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else _FLOOR
+             for v in (values[1:] if not isinstance(content, list) and values[0] is None else values)]
     return found or None
 
 
-def answer_confidence(body: Any) -> float | None:
-    """The geometric-mean probability of the first choice's tokens, in (0, 1]; ``None`` without log-probabilities.
+#: The log-probability of a sampled token that has none (OpenAI's floor, -9999).
+_FLOOR = -9999.0
 
-    Reads a chat completion (``choices[0].logprobs.content``) or a legacy completion
-    (``choices[0].logprobs.token_logprobs``).
+
+def answer_confidence(body: Any) -> float | None:
+    """The geometric-mean probability of an answer's tokens, in (0, 1], the least sure choice's when there are
+    several (``n`` > 1); ``None`` without log-probabilities.
+
+    Reads a chat completion (``choices[i].logprobs.content``) or a legacy completion
+    (``choices[i].logprobs.token_logprobs``).
     """
     if not isinstance(body, Mapping):
         return None
     choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+    if not isinstance(choices, list) or not choices:
         return None
-    values = _token_logprobs(choices[0])
-    if values is None:
-        return None
-    return math.exp(max(min(sum(values) / len(values), 0.0), -700.0))
+    confidences = []
+    for choice in choices:
+        values = _token_logprobs(choice) if isinstance(choice, Mapping) else None
+        if values is None:
+            return None  # a choice it cannot judge: none is judged
+        confidences.append(math.exp(max(min(sum(values) / len(values), 0.0), -700.0)))
+    return min(confidences)
 
 
 def probe(body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -42,6 +42,18 @@ def test_confidence_from_the_servers_real_logprobs(llm_server):
         assert answer_confidence(nothing) is None
 
 
+def test_every_choice_is_judged_and_a_token_without_a_logprob_counts_as_unlikely():
+    def choice(*values: object) -> dict:
+        return {"logprobs": {"content": [{"token": "x", "logprob": v} for v in values]}}
+
+    sure = answer_confidence({"choices": [choice(-0.01)]})
+    assert sure == pytest.approx(math.exp(-0.01))
+    assert answer_confidence({"choices": [choice(-0.01), choice(-4.5)]}) == pytest.approx(math.exp(-4.5))  # n = 2
+    for missing in (None, float("-inf"), float("nan")):  # left out, they made the answer look sure (0.99)
+        assert answer_confidence({"choices": [choice(-0.01, missing)]}) < 1e-100
+    assert answer_confidence({"choices": [choice(-0.01), {"logprobs": None}]}) is None  # one choice not judged
+
+
 def test_probe_asks_only_where_it_may():
     assert probe({"messages": QUESTION}) == {"messages": QUESTION, "logprobs": True, "top_logprobs": 1}
     for body in ({"messages": QUESTION, "stream": True}, {"messages": QUESTION, "logprobs": True},

@@ -459,6 +459,18 @@ def test_a_tier_elsewhere_that_is_down_or_refuses_its_key_sends_the_call_to_the_
     assert strong.routing["reason"].startswith("escalated: the weak tier's answer was ")
 
 
+def test_when_the_tier_and_then_the_strong_tier_fail_routing_saved_nothing(llm_server, route, records):
+    # the tier elsewhere drops the connection, the strong retry answers 500: the app gets the error, and the
+    # request's routing saving is minus what the tier's call cost (no weak answer was served)
+    with proxy(llm_server, refuse=lambda body: 0) as gpu_box, proxy(llm_server, fail_first=1, fail_status=500) as app:
+        route(tiers={"small": {"model": "gemma-3-270m", "base_url": base_url(gpu_box)}, "large": None}, threshold=1.0)
+        with pytest.raises(openai.InternalServerError):
+            client_for(base_url(app)).chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
+    weak, strong = records
+    assert weak.model_sent == "gemma-3-270m" and strong.status == 500
+    assert weak.routing_saved_usd + strong.routing_saved_usd == -weak.cost_usd
+
+
 @pytest.mark.parametrize("async_", [False, True])
 def test_a_tier_elsewhere_that_never_answers_is_not_waited_for_twice(llm_server, route, records, async_):
     import asyncio

@@ -67,6 +67,11 @@ against 27.4% at 101.4%; but leave one domain out it falls to a mean of 0.574,
 worst 0.465, and beats the rules scorer on 4 of 6 folds instead of 5; subject
 folds 0.581 against 0.593. Still not shipped: the folds are what we can judge
 unseen domains by.)
+Blending in the rule-based baseline (``llmbudget.routing.baselines``, the scorer that reached 0.633 on the other 28
+MMLU subjects): the held-out log-odds plus 0.25 / 0.5 / 1.0 standard deviations of its z-scored score per standard
+deviation of theirs gives a leave-one-domain-out mean of 0.589 / 0.582 / 0.576 (worst 0.491 / 0.493 / 0.488; the
+shipped 0.591 / 0.493), subject folds 0.586 / 0.579 / 0.568 (shipped 0.593); with a length blend of 0.5 on top,
+0.574-0.576 and 0.569-0.576: every mix lowers the mean here, so none is shipped.
 Token-rarity features (mean log o200k token id, share of ids above 20,000,
 tokens per word) moved leave-one-subject-out APGR by under 0.003.
 Per-subject intercepts fitted beside the weights and dropped after (so the weights

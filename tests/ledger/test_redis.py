@@ -665,7 +665,9 @@ def test_fail_open_is_bounded_by_a_share_per_process(server: _Server) -> None:
 
 def test_a_reserve_that_timed_out_is_released_by_its_id(server: _Server) -> None:
     """Redis paused past the client timeout runs the reserve script later; its hold must not stay orphaned."""
-    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.3, on_unavailable="closed")
+    # (retry_interval 1 s: the background retry thread replays the release no sooner, so the check below sees
+    # it waiting; at 0.3 s a slow machine let the thread replay it first)
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=1.0, on_unavailable="closed")
     bucket = _now_bucket("1.00")
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)  # the script is loaded
     assert server.proc is not None
@@ -675,10 +677,12 @@ def test_a_reserve_that_timed_out_is_released_by_its_id(server: _Server) -> None
             store.reserve([bucket], Decimal("0.4"))  # times out; Redis runs it on waking
     finally:
         server.proc.send_signal(signal.SIGCONT)
-    time.sleep(0.5)
+    failed = time.monotonic()
+    time.sleep(0.3)
     admin = redis.Redis(port=server.port)
     assert int(admin.hget(f"{store.prefix}b:{bucket.key}", "r")) > 0  # the orphan hold, and the first one
     assert len(store._releases) == 1  # its release waits for Redis
+    time.sleep(max(0.0, failed + 1.2 - time.monotonic()))  # past the retry interval
     held = store.reserve([bucket], Decimal("0.1"))  # Redis answers again: the release is replayed first
     assert isinstance(held, Reservation) and not store._releases
     assert store.spent(bucket.key) == (Decimal(0), Decimal("0.2"))  # 0.1 + 0.1 held; the timed-out 0.4 released

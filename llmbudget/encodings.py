@@ -53,7 +53,9 @@ def _zlib(make: Callable[[], Any], *, raw_fallback: bool = False) -> Decoder:
         state["read"] = True
         while data:
             yield data
-            data = decoder.decompress(decoder.unconsumed_tail, PIECE_BYTES)  # b"": what it still holds
+            if len(data) < PIECE_BYTES:  # short of the limit: zlib took all the input and gave all it could
+                return
+            data = decoder.decompress(decoder.unconsumed_tail, PIECE_BYTES)
 
     return decode
 
@@ -70,8 +72,14 @@ def _brotli() -> Decoder | None:
     step = getattr(decompressor, "process", None) or decompressor.decompress  # Brotli's name, brotlicffi's
     try:
         step(b"", output_buffer_limit=PIECE_BYTES)
-    except TypeError:  # a release that cannot bound its output: the body is not read (its usage is estimated)
-        return None
+    except TypeError:  # a release before 1.2, which cannot bound its output: a chunk at a time, as httpx reads it
+
+        def whole(chunk: bytes) -> Iterator[bytes]:
+            data = step(chunk)
+            if data:
+                yield data
+
+        return whole
 
     def decode(chunk: bytes) -> Iterator[bytes]:
         data = step(chunk, output_buffer_limit=PIECE_BYTES)
@@ -82,15 +90,20 @@ def _brotli() -> Decoder | None:
     return decode
 
 
+#: Compressed bytes given python-zstandard at a time: a zstd block expands at most 32,768 times, so a slice of
+#: this much gives at most 32 MiB (it has no bound of its own on what one call returns).
+_ZSTANDARD_SLICE = 1024
+
+
 def _zstd() -> Decoder | None:
-    for name in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport (httpx's own choice)
+    for name in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport (httpx2's choice)
         try:
             module = importlib.import_module(name)
             break
         except ImportError:
             continue
     else:
-        return None
+        return _zstandard()  # httpx's choice
     state = {"decoder": module.ZstdDecompressor()}
 
     def decode(chunk: bytes) -> Iterator[bytes]:
@@ -110,5 +123,27 @@ def _zstd() -> Decoder | None:
                 return
             if decoder.needs_input and not decoder.eof:
                 return
+
+    return decode
+
+
+def _zstandard() -> Decoder | None:
+    try:
+        import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    state = {"decoder": zstandard.ZstdDecompressor().decompressobj()}
+
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        for start in range(0, len(chunk), _ZSTANDARD_SLICE):
+            data = chunk[start:start + _ZSTANDARD_SLICE]
+            while data:
+                decoder = state["decoder"]
+                if decoder.eof:  # the next frame of a body of several (``data`` starts it)
+                    decoder = state["decoder"] = zstandard.ZstdDecompressor().decompressobj()
+                piece = decoder.decompress(data)
+                data = decoder.unused_data if decoder.eof else b""
+                if piece:
+                    yield piece
 
     return decode

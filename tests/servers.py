@@ -97,6 +97,8 @@ class _Proxy(BaseHTTPRequestHandler):
             payload = json.dumps({"error": {"message": message, "type": "server_error"}}).encode()
             self.send_response(refused or options.get("fail_status", 503))
             self.send_header("content-type", "application/json")
+            if options.get("encoding"):  # a content-encoding the body does not have
+                self.send_header("content-encoding", options["encoding"])
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

@@ -16,7 +16,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus
@@ -275,6 +275,21 @@ def _failure_reason(attempt: Attempt, error: BaseException | None = None) -> str
 def _kept_weak(attempt: Attempt, why: str = "a budget refused it") -> None:
     log.warning("llmbudget: the escalation of a weak-tier answer that was %s failed (%s); the app gets that "
                 "answer (it was paid for)", attempt.escalated_from, why)
+
+
+def _error_body(read: Callable[[], bytes]) -> bytes:
+    """An error answer's body, or b"" when it cannot be read (cut, not in its encoding): the status alone decides."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - whatever reading it raised, routing must not be why the call fails
+        return b""
+
+
+async def _error_body_async(read: Callable[[], Awaitable[bytes]]) -> bytes:
+    try:
+        return await read()
+    except Exception:  # noqa: BLE001 - as _error_body
+        return b""
 
 
 def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], error: bytes) -> Attempt | None:
@@ -536,7 +551,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 response = self._through(request, attempt, path)
                 if attempt.probe_refused():
-                    unprobed = _without_probe(request, attempt, wanted, response.read())
+                    unprobed = _without_probe(request, attempt, wanted, _error_body(response.read))
                     if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
                         response.close()
                         attempt, response = unprobed, self._through(request, unprobed, path)
@@ -625,7 +640,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 response = await self._through(request, attempt, path)
                 if attempt.probe_refused():
-                    unprobed = _without_probe(request, attempt, wanted, await response.aread())
+                    unprobed = _without_probe(request, attempt, wanted, await _error_body_async(response.aread))
                     if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
                         await response.aclose()
                         attempt, response = unprobed, await self._through(request, unprobed, path)

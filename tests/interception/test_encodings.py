@@ -65,3 +65,14 @@ def test_a_body_not_in_its_encoding_raises(encoding):
 
 def test_an_encoding_nothing_reads_has_no_decoder():
     assert decoder_for("compress") is None and decoder_for("x-custom") is None
+
+
+def test_zstd_through_python_zstandard_as_httpx_reads_it():
+    from llmbudget.encodings import _zstandard
+
+    frames = zstd.compress(BODY[:3000]) + zstd.compress(BODY[3000:])
+    for step in (1, 700, 1 << 30):
+        decode = _zstandard()
+        assert b"".join(piece for i in range(0, len(frames), step) for piece in decode(frames[i:i + step])) == BODY
+    sizes = [len(piece) for piece in _zstandard()(zstd.compress(b"\n" * (256 << 20)))]
+    assert sum(sizes) == 256 << 20 and max(sizes) <= 32 << 20  # bounded by the input slice

@@ -187,6 +187,18 @@ def test_the_weak_answer_is_kept_when_the_strong_retry_fails(llm_server, cascade
     assert weak.routing_saved_usd > 0 and strong.routing_saved_usd == 0
 
 
+def test_a_refusal_whose_body_cannot_be_read_sends_the_call_to_the_strong_tier(llm_server, engine, records):
+    # a tier elsewhere answers the probed call 400 with a body that is not the gzip it says: routing must not be
+    # why the call fails
+    refusal = (400, "logprobs is not supported")
+    with proxy(llm_server, refuse=lambda body: refusal, encoding="gzip") as tier:
+        engine.routing = Routing(tiers={"small": {"model": "gpt-4.1-nano", "base_url": base_url(tier)},
+                                        "large": None}, threshold=1.0, min_confidence=0.5)
+        answer = client_for(llm_server).chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6)
+    assert answer.model == "gpt-4o" and [(r.model_sent, r.status) for r in records] == [("gpt-4.1-nano", 400),
+                                                                                       ("gpt-4o", 200)]
+
+
 def test_a_400_for_another_reason_is_not_asked_again_without_the_probe(llm_server, cascade, records):
     cascade(0.999)
     too_long = (400, "This model's maximum context length is 8192 tokens")

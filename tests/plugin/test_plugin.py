@@ -668,7 +668,8 @@ def test_the_step_summary_shows_test_ids_in_verdicts_as_text_not_markdown(suite,
 def test_the_plugins_notices_never_stop_a_run_where_warnings_are_errors(suite, monkeypatch):
     """With filterwarnings = error, the 'markers but no flag' notice was an INTERNALERROR (exit 3), and an
     unwritable GITHUB_STEP_SUMMARY a traceback out of the run's end."""
-    suite.makeini("[pytest]\nfilterwarnings = error\n")
+    # (the inner run shares this process: a socket another test left to the garbage collector must not be its error)
+    suite.makeini("[pytest]\nfilterwarnings =\n    error\n    ignore::pytest.PytestUnraisableExceptionWarning\n")
     suite.makepyfile(test_marked='''
 import pytest
 

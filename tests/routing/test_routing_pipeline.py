@@ -491,9 +491,9 @@ def test_a_tier_elsewhere_that_never_answers_is_not_waited_for_twice(llm_server,
                         await client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
                 asyncio.run(ask())
             else:
-                openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client(),
-                              max_retries=0, timeout=0.5).chat.completions.create(model="gpt-4o", messages=HI,
-                                                                                  max_tokens=3)
+                with openai.OpenAI(base_url=llm_server, api_key="sk-test", http_client=llmbudget.http_client(),
+                                   max_retries=0, timeout=0.5) as client:
+                    client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=3)
         waited = time.monotonic() - started
     assert waited < 1.5  # the app's own timeout, once: no strong call after it
     assert [r.model_sent for r in records] == ["gemma-3-270m"] and "ReadTimeout" in records[0].error

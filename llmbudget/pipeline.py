@@ -278,8 +278,9 @@ class Engine:
                        size=len(body))
 
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
-        """Keep a settled record: ledger, scope totals, observers. Never raises."""
-        for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers):
+        """Keep a settled record: ledger, scope totals, observers (this engine's, and those of every engine: see
+        :func:`watch_every_engine`). Never raises."""
+        for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers, *_WATCHERS):
             if sink is None:
                 continue
             try:
@@ -1449,6 +1450,26 @@ def _describe(error: BaseException | None, status: int | None) -> str:
 _engine = Engine()
 _INITIAL = _engine
 _engine_lock = threading.Lock()
+
+
+#: Observers of every engine's records, whichever engine is current (see :func:`watch_every_engine`).
+_WATCHERS: tuple[Observer, ...] = ()
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watch_every_engine(observer: Observer) -> None:
+    """Call ``observer`` with every settled record of every engine, the current one or any other: what the pytest
+    plugin measures with, since an app under test may :func:`configure` an engine of its own at any time."""
+    global _WATCHERS
+    with _WATCHERS_LOCK:
+        _WATCHERS = (*_WATCHERS, observer)
+
+
+def unwatch_every_engine(observer: Observer) -> None:
+    """Stop calling ``observer`` (see :func:`watch_every_engine`)."""
+    global _WATCHERS
+    with _WATCHERS_LOCK:
+        _WATCHERS = tuple(o for o in _WATCHERS if o is not observer)
 
 
 def engine_configured() -> bool:

@@ -101,9 +101,16 @@ def _unrouted(body: dict[str, Any], directives: tuple[str, ...]) -> dict[str, An
     return rest
 
 
-def _key(method: str, path: str, body: dict[str, Any], directives: tuple[str, ...] = ()) -> str:
+def _key(method: str, path: str, body: dict[str, Any], directives: tuple[str, ...] = (), *,
+         prompt_only: bool = False) -> str:
     rest = _unrouted(body, directives)
+    if prompt_only:  # what is asked, without the fields that may change on every run (user, metadata, a seed)
+        rest = {k: v for k, v in rest.items() if k in _PROMPT_FIELDS}
     return json.dumps([method.upper(), path.rstrip("/"), rest], sort_keys=True, default=str)
+
+
+#: The fields that make a request's prompt (every API's).
+_PROMPT_FIELDS = frozenset({"messages", "input", "instructions", "system", "prompt", "tools"})
 
 
 def prompt_of(body: dict[str, Any]) -> str:
@@ -149,12 +156,19 @@ class GoldenRouting:
         body = _body(request.body)
         if body is None or not isinstance(body.get("model"), str):
             return None
-        key = _key(request.method, request.path, body, self.directives)
-        old_models = []
-        for old in recorded:
-            old_body = _body(old.body)
-            if old_body is not None and _key(old.method, old.path, old_body, self.directives) == key:
-                old_models.append(old_body.get("model"))
+        recorded = list(recorded)
+        old_models: list[Any] = []
+        # the request as recorded; else one with the same prompt (a field such as ``user`` or a request id in
+        # ``metadata`` changes on every run: such a request never matched, and its moves passed unseen)
+        for prompt_only in (False, True):
+            key = _key(request.method, request.path, body, self.directives, prompt_only=prompt_only)
+            for old in recorded:
+                old_body = _body(old.body)
+                if old_body is not None and _key(old.method, old.path, old_body, self.directives,
+                                                 prompt_only=prompt_only) == key:
+                    old_models.append(old_body.get("model"))
+            if old_models:
+                break
         if not old_models or body["model"] in old_models:
             return None
         moved = self._moved(request.path, body, str(old_models[0]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Generator
 from decimal import Decimal, InvalidOperation
@@ -20,6 +21,11 @@ import llmbudget
 from llmbudget.calls import SpendRecord
 from llmbudget.config import ConfigError, engine_from_config, locate_config
 from llmbudget.money import exact_usd, usd
+from llmbudget.pipeline import (
+    engine_configured,
+    unwatch_every_engine,
+    watch_every_engine,
+)
 from llmbudget.prefix import unstable_prefixes
 
 from . import report
@@ -261,26 +267,35 @@ class LLMBudgetPlugin:
         self.baseline = _load_baseline(compare) if compare and not self.is_worker else None
         self.defaults = _ini_limits(config)  # checked up front: a usage error, not a crash after the first test
         self.flag = _flag_in_use
-        self.engine = _project_engine(config) or llmbudget.Engine()
+        # An engine the project configured already (conftest.py's configure()) is the one its calls go through:
+        # measured as it is, not replaced (routing, caches and prices as the app has them)
+        self.owns_engine = not engine_configured()
+        self.engine = (_project_engine(config) or llmbudget.Engine()) if self.owns_engine else llmbudget.get_engine()
         self.tests: dict[str, TestSpend] = {}
         self.outcomes: dict[str, str] = {}
         self.outside = TestSpend()
+        self.workers = 1  # xdist's, counted as they finish
+        self._workers_seen: set[str] = set()
         self._current: TestSpend | None = None
         self._current_id: str | None = None
+        self._current_started = 0.0
+        self._strays: dict[str, int] = {}  # calls that ended in a test they did not start in, by that test
         self._saved: list[tuple[TestSpend | None, str | None]] = []  # tests set aside by wider fixtures' work
         self._lock = threading.Lock()
         self.verdicts: list[str] = []
         self.notes: list[str] = []  # said at the end, failing nothing
         self.new_tests: list[str] = []
         self.failed = False
-        self._previous_engine = llmbudget.set_engine(self.engine)
+        self._previous_engine = llmbudget.set_engine(self.engine) if self.owns_engine else None
         self._was_installed = llmbudget.installed()
         llmbudget.install()
-        self.engine.add_observer(self._on_record)
+        # every engine's records: a test (or the app it tests) may configure() one of its own at any time
+        watch_every_engine(self._on_record)
 
     def close(self) -> None:
-        self.engine.remove_observer(self._on_record)
-        llmbudget.set_engine(self._previous_engine)
+        unwatch_every_engine(self._on_record)
+        if self._previous_engine is not None:
+            llmbudget.set_engine(self._previous_engine)
         if not self._was_installed:
             llmbudget.uninstall()
 
@@ -288,7 +303,12 @@ class LLMBudgetPlugin:
 
     def _on_record(self, record: SpendRecord) -> None:
         with self._lock:
-            spend, test_id = self._current, self._current_id
+            spend, test_id, started = self._current, self._current_id, self._current_started
+            if spend is not None and record.time < started:
+                # started before this test did (a thread or task an earlier test left running): not this
+                # test's spend, whose budget it would fail; counted outside tests, and said at the end
+                self._strays[test_id or ""] = self._strays.get(test_id or "", 0) + 1
+                spend = test_id = None
         if test_id is not None and record.test_id is None:
             record.test_id = test_id
         (spend if spend is not None else self.outside).add(record)
@@ -301,7 +321,7 @@ class LLMBudgetPlugin:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
         spend = TestSpend()
         with self._lock:
-            self._current, self._current_id = spend, item.nodeid
+            self._current, self._current_id, self._current_started = spend, item.nodeid, time.time()
         try:
             return (yield)
         finally:
@@ -360,6 +380,14 @@ class LLMBudgetPlugin:
             item.stash[_JUDGE_TEARDOWN] = rep.passed
             if rep.passed:
                 self._judge(item, spend, rep)
+            else:  # failed, skipped or xfailed on its own: its overspend is said, not judged
+                problems = self._over_budget(item, spend)
+                if problems:
+                    text = f"exceeded its LLM budget: {'; '.join(problems)}"
+                    rep.sections.append(("llmbudget", text))
+                    if not rep.failed:
+                        kind = "xfailed" if hasattr(rep, "wasxfail") else "skipped"
+                        rep.llm_budget_note = f"{item.nodeid} {kind} after it {text}"  # type: ignore[attr-defined]
         elif call.when == "teardown" and rep.passed and item.stash.get(_JUDGE_TEARDOWN, False):
             self._judge(item, spend, rep)  # what fixtures spent after the test (their teardown) counts too
         if call.when == "teardown":
@@ -385,12 +413,16 @@ class LLMBudgetPlugin:
         return problems
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        xfail = hasattr(report, "wasxfail")
         if report.failed:
             self.outcomes[report.nodeid] = "failed" if report.when == "call" else "error"
         elif report.skipped and report.nodeid not in self.outcomes:
-            self.outcomes[report.nodeid] = "skipped"
+            self.outcomes[report.nodeid] = "xfailed" if xfail else "skipped"
         elif report.when == "call" and report.passed:
-            self.outcomes.setdefault(report.nodeid, "passed")
+            self.outcomes.setdefault(report.nodeid, "xpassed" if xfail else "passed")
+        note = getattr(report, "llm_budget_note", None)
+        if isinstance(note, str):  # (from an xdist worker too: the report carries it)
+            self.notes.append(note)
         payload = getattr(report, "llm_budget", None)
         if report.when == "teardown" and isinstance(payload, dict):
             self.tests[report.nodeid] = TestSpend.from_wire(payload)
@@ -410,21 +442,33 @@ class LLMBudgetPlugin:
         return report.Summary(
             tests=self.tests, outcomes=self.outcomes, models=models, total=total,
             outside=self.outside, snapshot=self.engine.pricing.snapshot, unpriced=sorted(unpriced),
-            prefixes=unstable_prefixes(rows, self.engine.pricing),
+            prefixes=unstable_prefixes(rows, self.engine.pricing), workers=self.workers,
         )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """pytest-xdist: a worker's spend outside tests (at import, in session fixtures) joins the run's."""
-        payload = getattr(node, "workeroutput", {}).get("llm_budget_outside")
+        output = getattr(node, "workeroutput", {})
+        payload = output.get("llm_budget_outside")
         if isinstance(payload, dict):
             self.outside.merge_spend(TestSpend.from_wire(payload))
+        with self._lock:
+            self._workers_seen.add(str(getattr(getattr(node, "gateway", None), "id", None) or id(node)))
+            self.workers = len(self._workers_seen)
+        for test, count in (output.get("llm_budget_strays") or {}).items():
+            self._strays[test] = self._strays.get(test, 0) + int(count)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:  # xdist sends this to the controller with the worker's other output
             self.config.workeroutput["llm_budget_outside"] = self.outside.to_wire()  # type: ignore[attr-defined]
+            self.config.workeroutput["llm_budget_strays"] = dict(self._strays)  # type: ignore[attr-defined]
             return
+        if self._strays:
+            self.notes.append(
+                f"{sum(self._strays.values())} LLM call(s) ended during a test they had not started in (a thread or "
+                f"task an earlier test left running), counted outside tests, not against it: during "
+                + ", ".join(f"{test} ({count})" for test, count in sorted(self._strays.items())))
         summary = self.summary()
         if self.run_budget is not None and summary.total.cost_usd > self.run_budget:
             self.verdicts.append(
@@ -489,6 +533,8 @@ def _load_baseline(path: str) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise pytest.UsageError(f"--llm-budget-compare: {path} is not a llmbudget baseline: {exc}") from None
+    except OSError as exc:  # a folder, a file it may not read
+        raise pytest.UsageError(f"--llm-budget-compare: cannot read {path}: {exc}") from None
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ class Summary:
     snapshot: PriceSnapshot
     unpriced: list[str]
     prefixes: list[PrefixFinding] = field(default_factory=list)
+    workers: int = 1  # xdist workers (1: no xdist), each of which runs the session's fixtures once
 
     def rows(self) -> list[tuple[str, Counters]]:
         rows: list[tuple[str, Counters]] = [(nodeid, spend) for nodeid, spend in self.tests.items() if spend.calls]
@@ -105,6 +106,7 @@ def json_document(summary: Summary) -> dict[str, Any]:
         "models": {model: exact(counters) for model, counters in sorted(summary.models.items())},
         "total": exact(summary.total),
         "outside_tests": exact(summary.outside),
+        "workers": summary.workers,
         "unpriced_models": summary.unpriced,
         "unstable_prefixes": [finding.to_dict() for finding in summary.prefixes],
     }
@@ -130,6 +132,9 @@ def read_json(path: Path) -> dict[str, Any]:
     doc = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("tests"), dict):
         raise ValueError("expected a JSON object with version 1 and a tests table")
+    workers = doc.get("workers", 1)
+    if type(workers) is not int or workers < 1:
+        raise ValueError(f"workers is {workers!r}; expected a whole number of 1 or more")
     entries = [(f"tests[{name!r}]", entry) for name, entry in doc["tests"].items()]
     entries += [(key, doc[key]) for key in ("total", "outside_tests") if key in doc]
     for where, entry in entries:
@@ -172,9 +177,15 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
     new_tests = [nodeid for nodeid, spend in summary.tests.items() if nodeid not in known and spend.calls]
     # The total compares what both runs share: the tests the baseline knows and the spend outside tests. New
     # tests are listed, not judged, so a pull request that adds one is not failed by the total either.
-    now_total = summary.outside.cost_usd + sum(
+    # Spend outside tests (session fixtures, imports) is made once per xdist worker: with another number of workers
+    # than the baseline's it is not compared (a run was failed for adding -n auto)
+    workers_before = baseline.get("workers", 1)
+    same_workers = workers_before == summary.workers
+    now_total = (summary.outside.cost_usd if same_workers else Decimal(0)) + sum(
         (spend.cost_usd for nodeid, spend in summary.tests.items() if nodeid in known), Decimal(0))
-    if "outside_tests" in baseline:
+    if not same_workers:
+        before_total = Decimal(0)
+    elif "outside_tests" in baseline:
         before_total = _cost(baseline["outside_tests"], "outside_tests")
     elif "total" in baseline:  # an older baseline: what the tests did not spend
         before_total = _cost(baseline["total"], "total") - sum((_cost(entry) for entry in known.values()), Decimal(0))
@@ -185,6 +196,9 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
     if over(now_total, before_total):
         partial = new_tests or any(nodeid not in summary.tests for nodeid in known)
         shared = " (the tests both runs have, and spend outside tests)" if partial else ""
+        if not same_workers:
+            shared = (f" (the tests both runs have; spend outside tests not compared: the baseline ran "
+                      f"{workers_before} worker(s), this run {summary.workers})")
         regressions.append(
             f"total LLM cost rose from {usd(before_total)} to {usd(now_total)}{shared}"
             f" (tolerance {tolerance * 100:g}%)"

@@ -1,0 +1,172 @@
+"""Which test a call is charged to, whatever engine is current, and what a run says about tests that did not pass
+(pytest --llm-budget on inner suites that replay cassettes recorded from a real server)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from test_plugin import CONFTEST, TESTS
+
+import llmbudget
+from llmbudget.routing.tiers import Routing
+from pytest_llmbudget.golden import GoldenRouting
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_app=TESTS)
+    pytester.syspathinsert()
+    previous = llmbudget.get_engine()
+    yield pytester
+    llmbudget.set_engine(previous)  # an inner conftest's configure() must not outlive its run
+
+
+def _spend(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:
+    out = pytester.path / "spend.json"
+    result = pytester.runpytest("--llm-budget", "--llm-budget-json", str(out), *args)
+    return result, json.loads(out.read_text())
+
+
+def test_calls_after_the_app_configures_an_engine_of_its_own_are_still_measured(suite):
+    suite.makepyfile(test_app='''
+import llmbudget
+from conftest import ask
+
+def test_app_configures(client, cassette):
+    llmbudget.configure(default_tenant="app")
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+
+def test_after(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(passed=2)
+    assert [doc["tests"][f"test_app.py::{name}"]["calls"] for name in ("test_app_configures", "test_after")] == [1, 1]
+
+
+def test_the_engine_the_project_configured_is_measured_not_replaced(suite):
+    suite.makeconftest(CONFTEST + '''
+import llmbudget
+llmbudget.configure(default_tenant="configured-by-the-app")
+''')
+    suite.makepyfile(test_app='''
+import llmbudget
+from conftest import ask
+
+def test_sees_the_apps_engine(client, cassette):
+    assert llmbudget.get_engine().default_tenant == "configured-by-the-app"
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(passed=1)
+    assert doc["tests"]["test_app.py::test_sees_the_apps_engine"]["calls"] == 1
+
+
+def test_a_call_a_thread_started_in_an_earlier_test_is_not_charged_to_the_next(suite):
+    suite.makepyfile(test_app='''
+import threading, time
+import httpx, openai, pytest
+from conftest import ask
+
+def test_starts_a_call(cassette):
+    def work():
+        slow = httpx.Client(event_hooks={"response": [lambda response: time.sleep(1.0)]})  # its answer read late
+        with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0,
+                           http_client=slow) as c, cassette("chat.yaml"):
+            ask(c, "What is the capital of France?", 16)
+    threading.Thread(target=work).start()
+    time.sleep(0.3)  # the call is under way; the test ends before it does
+
+@pytest.mark.llm_budget(calls=0)
+def test_makes_no_calls():
+    time.sleep(2.0)
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(passed=2)
+    assert doc["tests"]["test_app.py::test_makes_no_calls"]["calls"] == 0 and doc["outside_tests"]["calls"] == 1
+    result.stdout.fnmatch_lines(["*1 LLM call(s) ended during a test they had not started in*test_makes_no_calls*"])
+
+
+def test_tests_that_do_not_pass_say_their_overspend_and_keep_their_outcome(suite):
+    suite.makepyfile(test_app='''
+import pytest
+from conftest import ask
+
+@pytest.mark.llm_budget(calls=0)
+def test_overspends_then_skips(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+    pytest.skip("not today")
+
+@pytest.mark.xfail(reason="known")
+@pytest.mark.llm_budget(calls=0)
+def test_overspends_and_xfails(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+    assert False
+
+@pytest.mark.llm_budget(calls=0)
+def test_overspends_and_fails(client, cassette):
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+    assert False, "wrong answer"
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(skipped=1, xfailed=1, failed=1)
+    outcomes = {name.split("::")[1]: entry["outcome"] for name, entry in doc["tests"].items()}
+    assert outcomes == {"test_overspends_then_skips": "skipped", "test_overspends_and_xfails": "xfailed",
+                        "test_overspends_and_fails": "failed"}
+    result.stdout.fnmatch_lines([
+        "*- llmbudget -*", "exceeded its LLM budget: calls 1 > budget 0",  # the failed test's own section
+        "*test_overspends_then_skips skipped after it exceeded its LLM budget: calls 1 > budget 0*",
+        "*test_overspends_and_xfails xfailed after it exceeded its LLM budget: calls 1 > budget 0*",
+    ], consecutive=False)
+
+
+def test_a_baseline_path_that_cannot_be_read_is_a_usage_error(suite):
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(suite.path))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llm-budget-compare: cannot read*"])
+
+
+def test_spend_outside_tests_is_not_compared_across_numbers_of_xdist_workers(suite):
+    suite.makeconftest(CONFTEST + '''
+@pytest.fixture(scope="session")
+def warm():
+    with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0) as c, \\
+            _vcr.use_cassette("chat.yaml"):
+        ask(c, "What is the capital of France?", 16)  # once per worker
+''')
+    suite.makepyfile(test_app='''
+def test_a(warm):
+    pass
+
+def test_b(warm):
+    pass
+''')
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest_subprocess("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    assert json.loads(baseline.read_text())["workers"] == 1
+    result = suite.runpytest_subprocess("-n", "2", "--llm-budget", "--llm-budget-compare", str(baseline),
+                                        "--llm-budget-tolerance", "10%")
+    assert result.ret == 0, result.stdout.str()  # twice the session fixture's spend: two workers, not a regression
+
+
+def test_golden_routing_sees_a_move_in_a_request_with_a_field_that_changes_every_run():
+    golden = GoldenRouting(Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.5))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+
+    def request(model: str, user: str) -> SimpleNamespace:
+        body = json.dumps({"model": model, "messages": question, "user": user}).encode()
+        return SimpleNamespace(method="POST", path="/v1/chat/completions", body=body)
+
+    recorded = [request("gpt-4.1-nano", "run-1")]
+    moved = golden.check(request("gpt-4o", "run-2"), recorded)
+    assert moved is not None and (moved.old_tier, moved.new_tier) == ("small", "large")
+    assert golden.check(request("gpt-4.1-nano", "run-3"), recorded) is None

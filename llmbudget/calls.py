@@ -116,6 +116,9 @@ class SpendRecord:
     #: "flex" or "batch" when the call was deferred (``llmbudget.defer``), and what that took off its price.
     deferred: str | None = None
     deferred_saved_usd: Decimal = field(default_factory=Decimal)
+    #: Where the call's start falls in this process's order of calls (0: not known, as for a record read back);
+    #: the pytest plugin tells by it which test a call began in. Not kept in the ledger.
+    sequence: int = field(default=0, repr=False, compare=False)
 
     @property
     def saved_by(self) -> dict[str, Decimal]:
@@ -135,7 +138,7 @@ class SpendRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (costs as decimal strings, usage flattened)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "usage"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("usage", "sequence")}
         for key in _MONEY:
             data[key] = plain_decimal(getattr(self, key))
         data["usage"] = dataclasses.asdict(self.usage)
@@ -148,6 +151,7 @@ class SpendRecord:
         if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
             raise ValueError("not a spend record (expected an object with a usage object)")
         values = dict(data)
+        values.pop("sequence", None)  # this process's own order: never read back
         try:
             values["usage"] = usage = Usage(**values["usage"])
         except TypeError as exc:

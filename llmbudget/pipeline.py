@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -179,6 +180,9 @@ class Engine:
         #: (base URL, model) of small tiers that answered the cascade's log-probabilities with HTTP 400 and the
         #: same call without them with an answer: their calls are sent without the probe from then on.
         self.probe_refused: set[tuple[str, str]] = set()
+        #: Its calls are simulated (``llmbudget replay`` answers them from recorded traffic): nobody's spend, so
+        #: not shown to :func:`watch_every_engine`'s observers.
+        self.simulated = False
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -280,7 +284,8 @@ class Engine:
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
         """Keep a settled record: ledger, scope totals, observers (this engine's, and those of every engine: see
         :func:`watch_every_engine`). Never raises."""
-        for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers, *_WATCHERS):
+        watchers = () if self.simulated else _WATCHERS
+        for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers, *watchers):
             if sink is None:
                 continue
             try:
@@ -325,6 +330,7 @@ class Attempt:
         self.size = size
         self.started = time.perf_counter()
         self.time = time.time()
+        self.sequence = next(_SEQUENCE)  # (a clock may be frozen or patched in tests: this order never is)
         self.status: int | None = None
         #: The connection took the request's body to its last byte: the provider has the request whole.
         self.sent = False
@@ -652,8 +658,7 @@ class Attempt:
                 # an escalation answered by the strong tier's stored answer: the record says why, and takes back
                 # the weak call's saving as a retry sent upstream would
                 record.routing = {"tier": self.engine.routing.strong, "reason": self._escalated_reason()}
-            if self.routing_offset_usd is not None:
-                record.routing_saved_usd -= self.routing_offset_usd
+            self._net_of_the_weak_call(record)
             self.record = record
         self.engine.record(record, self.scope)
 
@@ -811,6 +816,12 @@ class Attempt:
         answer that serves the app better (an error, HTTP 429 or 5xx): the app is then given the weak answer,
         whose saving stands."""
         return self.has_fallback and (self.status is None or self.status == 429 or self.status >= 500)
+
+    def _net_of_the_weak_call(self, record: SpendRecord) -> None:
+        """An escalation's retry takes back the weak call's cost and claimed saving (the request's routing saving is
+        net), unless the app is given the weak answer after all (:meth:`retry_failed`)."""
+        if self.routing_offset_usd is not None and not self.retry_failed():
+            record.routing_saved_usd -= self.routing_offset_usd
 
     def _escalated_reason(self) -> str:
         return f"escalated: the weak tier's answer was {self.escalated_from}"
@@ -1207,8 +1218,7 @@ class Attempt:
             as_requested = self.engine.pricing.cost(usage, model=requested, base_url=self.base_url_requested)
             if as_requested.known:  # < 0 when the tier's model costs more than the one asked for
                 record.routing_saved_usd = as_requested.usd - priced.usd
-        if self.routing_offset_usd is not None and not self.retry_failed():  # (else the weak answer is served)
-            record.routing_saved_usd -= self.routing_offset_usd
+        self._net_of_the_weak_call(record)
         if priced is not None and priced.known and usage.service_tier in DEFERRED_TIERS:
             record.deferred = usage.service_tier
             standard = self.engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=call.base_url)
@@ -1310,6 +1320,7 @@ class Attempt:
             truncated_by_cap=self.capped and "length" in self.state.finish_reasons,
             prefix=prefix,
             output=output,
+            sequence=self.sequence,
         )
 
 
@@ -1450,6 +1461,15 @@ def _describe(error: BaseException | None, status: int | None) -> str:
 _engine = Engine()
 _INITIAL = _engine
 _engine_lock = threading.Lock()
+
+
+#: The order calls start in, in this process (``SpendRecord.sequence``); see :func:`next_sequence`.
+_SEQUENCE = itertools.count(1)
+
+
+def next_sequence() -> int:
+    """A number above every call's ``SpendRecord.sequence`` so far and below every later one's."""
+    return next(_SEQUENCE)
 
 
 #: Observers of every engine's records, whichever engine is current (see :func:`watch_every_engine`).

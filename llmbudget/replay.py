@@ -462,6 +462,7 @@ def _policy(path: Path, cache_dir: str, *, without: str | None = None) -> tuple[
         config["cache"] = {**cache, "path": cache_dir}
     policy = Policy.from_config(config, source=str(path), root=path.parent)
     engine = policy.engine or Engine()
+    engine.simulated = True  # answered from the traffic file: nobody's spend (a pytest run measuring is not told)
     started = time.time()
     engine.clock = lambda: started  # the whole file is one budget period, however long the replay takes
     return policy, engine

@@ -104,13 +104,13 @@ def _unrouted(body: dict[str, Any], directives: tuple[str, ...]) -> dict[str, An
 def _key(method: str, path: str, body: dict[str, Any], directives: tuple[str, ...] = (), *,
          prompt_only: bool = False) -> str:
     rest = _unrouted(body, directives)
-    if prompt_only:  # what is asked, without the fields that may change on every run (user, metadata, a seed)
-        rest = {k: v for k, v in rest.items() if k in _PROMPT_FIELDS}
+    if prompt_only:  # without the fields that may change on every run
+        rest = {k: v for k, v in rest.items() if k not in _PER_RUN}
     return json.dumps([method.upper(), path.rstrip("/"), rest], sort_keys=True, default=str)
 
 
-#: The fields that make a request's prompt (every API's).
-_PROMPT_FIELDS = frozenset({"messages", "input", "instructions", "system", "prompt", "tools"})
+#: Fields an app may set anew on every run (an end user's id, a request id, a seed); none of them routes a call.
+_PER_RUN = frozenset({"user", "metadata", "seed", "safety_identifier", "prompt_cache_key"})
 
 
 def prompt_of(body: dict[str, Any]) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import warnings
+import weakref
 from collections.abc import Generator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -23,6 +23,7 @@ from llmbudget.config import ConfigError, engine_from_config, locate_config
 from llmbudget.money import exact_usd, usd
 from llmbudget.pipeline import (
     engine_configured,
+    next_sequence,
     unwatch_every_engine,
     watch_every_engine,
 )
@@ -35,6 +36,9 @@ from .spend import Counters, TestSpend
 _FLAG = "--llm-budget"
 _FALLBACK_FLAG = "--llmbudget"
 _KEY = pytest.StashKey["LLMBudgetPlugin"]()
+#: Engines a plugin made current (not a project's), and the plugins running, the innermost last.
+_PLUGIN_ENGINES: weakref.WeakSet[llmbudget.Engine] = weakref.WeakSet()
+_ACTIVE: list[LLMBudgetPlugin] = []
 _flag_in_use = _FLAG
 
 
@@ -269,16 +273,16 @@ class LLMBudgetPlugin:
         self.flag = _flag_in_use
         # An engine the project configured already (conftest.py's configure()) is the one its calls go through:
         # measured as it is, not replaced (routing, caches and prices as the app has them)
-        self.owns_engine = not engine_configured()
+        # (an engine an outer run's plugin made, a pytester run inside a measured test, is no project's)
+        self.owns_engine = not engine_configured() or llmbudget.get_engine() in _PLUGIN_ENGINES
         self.engine = (_project_engine(config) or llmbudget.Engine()) if self.owns_engine else llmbudget.get_engine()
         self.tests: dict[str, TestSpend] = {}
         self.outcomes: dict[str, str] = {}
         self.outside = TestSpend()
-        self.workers = 1  # xdist's, counted as they finish
-        self._workers_seen: set[str] = set()
+        self.workers = 1  # xdist's (pytest_xdist_setupnodes)
         self._current: TestSpend | None = None
         self._current_id: str | None = None
-        self._current_started = 0.0
+        self._current_started = 0  # the call sequence number the running test started at
         self._strays: dict[str, int] = {}  # calls that ended in a test they did not start in, by that test
         self._saved: list[tuple[TestSpend | None, str | None]] = []  # tests set aside by wider fixtures' work
         self._lock = threading.Lock()
@@ -287,13 +291,19 @@ class LLMBudgetPlugin:
         self.new_tests: list[str] = []
         self.failed = False
         self._previous_engine = llmbudget.set_engine(self.engine) if self.owns_engine else None
+        if self.owns_engine:
+            _PLUGIN_ENGINES.add(self.engine)
         self._was_installed = llmbudget.installed()
         llmbudget.install()
-        # every engine's records: a test (or the app it tests) may configure() one of its own at any time
+        # every engine's records: a test (or the app it tests) may configure() one of its own at any time; only
+        # the innermost run's plugin counts them (a pytester run inside a measured test is not the outer test's)
+        _ACTIVE.append(self)
         watch_every_engine(self._on_record)
 
     def close(self) -> None:
         unwatch_every_engine(self._on_record)
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self._previous_engine is not None:
             llmbudget.set_engine(self._previous_engine)
         if not self._was_installed:
@@ -302,9 +312,11 @@ class LLMBudgetPlugin:
     # -- recording -----------------------------------------------------------------------------
 
     def _on_record(self, record: SpendRecord) -> None:
+        if _ACTIVE and _ACTIVE[-1] is not self:
+            return
         with self._lock:
             spend, test_id, started = self._current, self._current_id, self._current_started
-            if spend is not None and record.time < started:
+            if spend is not None and 0 < record.sequence < started:
                 # started before this test did (a thread or task an earlier test left running): not this
                 # test's spend, whose budget it would fail; counted outside tests, and said at the end
                 self._strays[test_id or ""] = self._strays.get(test_id or "", 0) + 1
@@ -321,7 +333,7 @@ class LLMBudgetPlugin:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
         spend = TestSpend()
         with self._lock:
-            self._current, self._current_id, self._current_started = spend, item.nodeid, time.time()
+            self._current, self._current_id, self._current_started = spend, item.nodeid, next_sequence()
         try:
             return (yield)
         finally:
@@ -446,15 +458,18 @@ class LLMBudgetPlugin:
         )
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: list[Any]) -> None:
+        """pytest-xdist: how many workers run (each runs the session's fixtures once); a worker that crashes and
+        is replaced is not counted twice."""
+        self.workers = max(1, len(specs))
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """pytest-xdist: a worker's spend outside tests (at import, in session fixtures) joins the run's."""
         output = getattr(node, "workeroutput", {})
         payload = output.get("llm_budget_outside")
         if isinstance(payload, dict):
             self.outside.merge_spend(TestSpend.from_wire(payload))
-        with self._lock:
-            self._workers_seen.add(str(getattr(getattr(node, "gateway", None), "id", None) or id(node)))
-            self.workers = len(self._workers_seen)
         for test, count in (output.get("llm_budget_strays") or {}).items():
             self._strays[test] = self._strays.get(test, 0) + int(count)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -162,11 +163,75 @@ def test_golden_routing_sees_a_move_in_a_request_with_a_field_that_changes_every
     golden = GoldenRouting(Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.5))
     question = [{"role": "user", "content": "What is the capital of France?"}]
 
-    def request(model: str, user: str) -> SimpleNamespace:
-        body = json.dumps({"model": model, "messages": question, "user": user}).encode()
+    def request(model: str, user: str, **extra: object) -> SimpleNamespace:
+        body = json.dumps({"model": model, "messages": question, "user": user, **extra}).encode()
         return SimpleNamespace(method="POST", path="/v1/chat/completions", body=body)
 
-    recorded = [request("gpt-4.1-nano", "run-1")]
+    # the same prompt with a response schema went strong (never routed): it is another request, not a match
+    schema = {"response_format": {"type": "json_object"}}
+    recorded = [request("gpt-4.1-nano", "run-1"), request("gpt-4o", "run-1", **schema)]
     moved = golden.check(request("gpt-4o", "run-2"), recorded)
     assert moved is not None and (moved.old_tier, moved.new_tier) == ("small", "large")
     assert golden.check(request("gpt-4.1-nano", "run-3"), recorded) is None
+    assert golden.check(request("gpt-4o", "run-3", **schema), recorded) is None
+
+
+def test_a_replay_inside_a_measured_test_is_nobodys_spend(suite):
+    sample = Path(__file__).resolve().parents[2] / "fixtures" / "traffic"
+    suite.makepyfile(test_app=f'''
+import pytest
+from llmbudget.replay import replay
+
+@pytest.mark.llm_budget(calls=0)
+def test_replays_the_sample():
+    replay({str(sample / "sample.jsonl")!r}, {str(sample / "llmbudget.toml")!r})  # answered from the file
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(passed=1)
+    assert doc["total"]["calls"] == 0
+
+
+def test_a_frozen_clock_leaves_the_test_its_calls(suite):
+    suite.makepyfile(test_app='''
+import time
+import pytest
+from conftest import ask
+
+@pytest.mark.llm_budget(calls=0)
+def test_frozen(client, cassette, monkeypatch):
+    monkeypatch.setattr(time, "time", lambda: 1_600_000_000.0)  # as freezegun and time-machine do
+    with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(failed=1)
+    assert doc["tests"]["test_app.py::test_frozen"]["calls"] == 1
+
+
+def test_a_measured_test_that_runs_a_measured_suite_in_process(suite):
+    # the inner run reads its own policy and counts its own calls; the outer test is not charged for them
+    (suite.path / "inner_conftest.txt").write_text(CONFTEST)
+    suite.makeconftest(CONFTEST + '\npytest_plugins = ["pytester"]\n')
+    suite.makepyfile(test_app='''
+import json
+from decimal import Decimal
+from pathlib import Path
+
+def test_inner(pytester, request):
+    pytester.makeconftest((Path(str(request.config.rootpath)) / "inner_conftest.txt").read_text())
+    pytester.makefile(".toml", llmbudget='[prices]\\n"gemma-3-*" = { input = 1, output = 2 }\\n')
+    pytester.makepyfile(test_local="""
+from conftest import ask
+def test_local(client, cassette):
+    with cassette("chat_local_model.yaml"):
+        ask(client, "What is the capital of France?", 16, model="gemma-3-270m-q4_k_m")
+""")
+    out = pytester.path / "inner.json"
+    pytester.runpytest_inprocess("--llm-budget", "--llm-budget-json", str(out)).assert_outcomes(passed=1)
+    doc = json.loads(out.read_text())
+    assert doc["unpriced_models"] == [] and Decimal(doc["total"]["cost_usd_exact"]) == Decimal(48) / 10**6
+''')
+    out = suite.path / "outer.json"
+    result = suite.runpytest_subprocess("--llm-budget", "--llm-budget-json", str(out))
+    result.assert_outcomes(passed=1)
+    assert json.loads(out.read_text())["total"]["calls"] == 0

@@ -15,6 +15,11 @@ from llmbudget.routing.tiers import Routing
 from pytest_llmbudget.golden import GoldenRouting
 
 
+#: An inner test's call, replayed from chat.yaml.
+CALL = '''with cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)'''
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest(CONFTEST)
@@ -32,18 +37,16 @@ def _spend(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dic
 
 
 def test_calls_after_the_app_configures_an_engine_of_its_own_are_still_measured(suite):
-    suite.makepyfile(test_app='''
+    suite.makepyfile(test_app=f'''
 import llmbudget
 from conftest import ask
 
 def test_app_configures(client, cassette):
     llmbudget.configure(default_tenant="app")
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
 
 def test_after(client, cassette):
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
 ''')
     result, doc = _spend(suite)
     result.assert_outcomes(passed=2)
@@ -55,14 +58,13 @@ def test_the_engine_the_project_configured_is_measured_not_replaced(suite):
 import llmbudget
 llmbudget.configure(default_tenant="configured-by-the-app")
 ''')
-    suite.makepyfile(test_app='''
+    suite.makepyfile(test_app=f'''
 import llmbudget
 from conftest import ask
 
 def test_sees_the_apps_engine(client, cassette):
     assert llmbudget.get_engine().default_tenant == "configured-by-the-app"
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
 ''')
     result, doc = _spend(suite)
     result.assert_outcomes(passed=1)
@@ -95,27 +97,24 @@ def test_makes_no_calls():
 
 
 def test_tests_that_do_not_pass_say_their_overspend_and_keep_their_outcome(suite):
-    suite.makepyfile(test_app='''
+    suite.makepyfile(test_app=f'''
 import pytest
 from conftest import ask
 
 @pytest.mark.llm_budget(calls=0)
 def test_overspends_then_skips(client, cassette):
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
     pytest.skip("not today")
 
 @pytest.mark.xfail(reason="known")
 @pytest.mark.llm_budget(calls=0)
 def test_overspends_and_xfails(client, cassette):
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
     assert False
 
 @pytest.mark.llm_budget(calls=0)
 def test_overspends_and_fails(client, cassette):
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
     assert False, "wrong answer"
 ''')
     result, doc = _spend(suite)
@@ -192,7 +191,7 @@ def test_replays_the_sample():
 
 
 def test_a_frozen_clock_leaves_the_test_its_calls(suite):
-    suite.makepyfile(test_app='''
+    suite.makepyfile(test_app=f'''
 import time
 import pytest
 from conftest import ask
@@ -200,8 +199,7 @@ from conftest import ask
 @pytest.mark.llm_budget(calls=0)
 def test_frozen(client, cassette, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: 1_600_000_000.0)  # as freezegun and time-machine do
-    with cassette("chat.yaml"):
-        ask(client, "What is the capital of France?", 16)
+    {CALL}
 ''')
     result, doc = _spend(suite)
     result.assert_outcomes(failed=1)

@@ -67,6 +67,14 @@ log = logging.getLogger("llmbudget.pipeline")
 #: judged as the stream it was, never probed for log-probabilities nor escalated, as live.
 REPLAYED_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_replayed_stream", default=False)
 
+#: Set by ``llmbudget replay`` around its own calls, which recorded traffic answers: nobody's spend, so not shown to
+#: :func:`watch_every_engine`'s observers (the app's own calls, in its other threads, still are).
+SIMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_simulated", default=False)
+
+#: The ``SpendRecord.sequence`` of the call this thread or task is making (its first attempt's: an SDK's retry of
+#: it is the same call, begun when it began).
+_CALL_SEQUENCE: contextvars.ContextVar[int] = contextvars.ContextVar("llmbudget_call_sequence", default=0)
+
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 #: The largest ``input_estimate_margin`` taken: a larger pad (or infinity, or NaN) would price no reservation.
@@ -180,9 +188,6 @@ class Engine:
         #: (base URL, model) of small tiers that answered the cascade's log-probabilities with HTTP 400 and the
         #: same call without them with an answer: their calls are sent without the probe from then on.
         self.probe_refused: set[tuple[str, str]] = set()
-        #: Its calls are simulated (``llmbudget replay`` answers them from recorded traffic): nobody's spend, so
-        #: not shown to :func:`watch_every_engine`'s observers.
-        self.simulated = False
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -284,7 +289,7 @@ class Engine:
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
         """Keep a settled record: ledger, scope totals, observers (this engine's, and those of every engine: see
         :func:`watch_every_engine`). Never raises."""
-        watchers = () if self.simulated else _WATCHERS
+        watchers = () if SIMULATED.get() else _WATCHERS
         for sink in (self.ledger.add, scope.add if scope is not None else None, *self._observers, *watchers):
             if sink is None:
                 continue
@@ -330,7 +335,10 @@ class Attempt:
         self.size = size
         self.started = time.perf_counter()
         self.time = time.time()
-        self.sequence = next(_SEQUENCE)  # (a clock may be frozen or patched in tests: this order never is)
+        # (a clock may be frozen or patched in tests: this order never is)
+        self.sequence = (attempt and _CALL_SEQUENCE.get()) or next(_SEQUENCE)
+        if not attempt:
+            _CALL_SEQUENCE.set(self.sequence)
         self.status: int | None = None
         #: The connection took the request's body to its last byte: the provider has the request whole.
         self.sent = False

@@ -40,7 +40,7 @@ from typing import Any
 from .calls import MAX_TOKENS, SpendRecord, Usage
 from .caps import cap_field
 from .config import ConfigError, Policy, load_config
-from .pipeline import REPLAYED_STREAM, Engine, set_engine
+from .pipeline import REPLAYED_STREAM, SIMULATED, Engine, set_engine
 from .providers._base import BadUsage, as_int
 from .providers.chat import chat_usage
 from .providers.messages import messages_usage
@@ -462,7 +462,6 @@ def _policy(path: Path, cache_dir: str, *, without: str | None = None) -> tuple[
         config["cache"] = {**cache, "path": cache_dir}
     policy = Policy.from_config(config, source=str(path), root=path.parent)
     engine = policy.engine or Engine()
-    engine.simulated = True  # answered from the traffic file: nobody's spend (a pytest run measuring is not told)
     started = time.time()
     engine.clock = lambda: started  # the whole file is one budget period, however long the replay takes
     return policy, engine
@@ -667,6 +666,7 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                                http_client=http_client(transport=_transport(answers, openai)))
         messages_client = _messages_client(answers) if any(line.endpoint == "messages" for line in lines) else None
         previous = set_engine(engine)
+        simulated = SIMULATED.set(True)  # answered from the traffic file: nobody's spend
         results: list[LineResult] = []
         try:
             for index, line in enumerate(lines):
@@ -696,6 +696,7 @@ def _replay_once(lines: list[TrafficLine], policy: Path, *, without: str | None 
                 if progress is not None:
                     progress(index + 1, len(lines))
         finally:
+            SIMULATED.reset(simulated)
             set_engine(previous)
             client.close()
             if messages_client is not None:

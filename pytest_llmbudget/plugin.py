@@ -114,12 +114,9 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = LLMBudgetPlugin(config)
     config.stash[_KEY] = plugin
     config.pluginmanager.register(plugin, "llmbudget-recorder")
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    plugin = config.stash.get(_KEY, None)
-    if plugin is not None:
-        plugin.close()
+    # a cleanup runs even when another plugin's pytest_unconfigure raises: a run left active (an inner pytester
+    # run's) would keep the outer run from counting anything after it
+    config.add_cleanup(plugin.close)
 
 
 def _usd(value: Any, what: str) -> Decimal:
@@ -291,8 +288,7 @@ class LLMBudgetPlugin:
         self.new_tests: list[str] = []
         self.failed = False
         self._previous_engine = llmbudget.set_engine(self.engine) if self.owns_engine else None
-        if self.owns_engine:
-            _PLUGIN_ENGINES.add(self.engine)
+        _PLUGIN_ENGINES.add(self.engine)  # an inner run (pytester) reads its own project's policy, not this
         self._was_installed = llmbudget.installed()
         llmbudget.install()
         # every engine's records: a test (or the app it tests) may configure() one of its own at any time; only
@@ -301,9 +297,10 @@ class LLMBudgetPlugin:
         watch_every_engine(self._on_record)
 
     def close(self) -> None:
+        if self not in _ACTIVE:  # closed already
+            return
+        _ACTIVE.remove(self)
         unwatch_every_engine(self._on_record)
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
         if self._previous_engine is not None:
             llmbudget.set_engine(self._previous_engine)
         if not self._was_installed:
@@ -560,14 +557,19 @@ def llm_spend(request: pytest.FixtureRequest) -> Generator[TestSpend, None, None
         yield plugin.current()
         return
     spend = TestSpend()
-    engine = llmbudget.get_engine()
+    started = next_sequence()
+
+    def add(record: SpendRecord) -> None:  # every engine's (the app may configure one), calls begun from here on
+        if not 0 < record.sequence < started:
+            spend.add(record)
+
     was_installed = llmbudget.installed()
     llmbudget.install()
-    engine.add_observer(spend.add)
+    watch_every_engine(add)
     try:
         yield spend
     finally:
-        engine.remove_observer(spend.add)
+        unwatch_every_engine(add)
         if not was_installed:
             llmbudget.uninstall()
 

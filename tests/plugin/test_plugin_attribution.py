@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy  # noqa: F401  (imported here so pytester's in-process runs share one copy: numpy loads once a process)
 import pytest
 from test_plugin import CONFTEST, TESTS
 
 import llmbudget
+import llmbudget.replay  # noqa: F401  (as numpy)
 from llmbudget.routing.tiers import Routing
 from pytest_llmbudget.golden import GoldenRouting
-
 
 #: An inner test's call, replayed from chat.yaml.
 CALL = '''with cassette("chat.yaml"):
@@ -78,13 +79,19 @@ import httpx, openai, pytest
 from conftest import ask
 
 def test_starts_a_call(cassette):
+    answered = threading.Event()
+
+    def late(response):  # the answer came: it is read a second later, in the next test
+        answered.set()
+        time.sleep(1.0)
+
     def work():
-        slow = httpx.Client(event_hooks={"response": [lambda response: time.sleep(1.0)]})  # its answer read late
+        slow = httpx.Client(event_hooks={"response": [late]})
         with openai.OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="sk-test", max_retries=0,
                            http_client=slow) as c, cassette("chat.yaml"):
             ask(c, "What is the capital of France?", 16)
     threading.Thread(target=work).start()
-    time.sleep(0.3)  # the call is under way; the test ends before it does
+    assert answered.wait(30)  # the call is under way; the test ends before it does
 
 @pytest.mark.llm_budget(calls=0)
 def test_makes_no_calls():
@@ -206,10 +213,12 @@ def test_frozen(client, cassette, monkeypatch):
     assert doc["tests"]["test_app.py::test_frozen"]["calls"] == 1
 
 
-def test_a_measured_test_that_runs_a_measured_suite_in_process(suite):
+@pytest.mark.parametrize("outer_configures", [False, True])
+def test_a_measured_test_that_runs_a_measured_suite_in_process(suite, outer_configures):
     # the inner run reads its own policy and counts its own calls; the outer test is not charged for them
     (suite.path / "inner_conftest.txt").write_text(CONFTEST)
-    suite.makeconftest(CONFTEST + '\npytest_plugins = ["pytester"]\n')
+    configures = "import llmbudget\nllmbudget.configure(default_tenant='outer')\n" if outer_configures else ""
+    suite.makeconftest(CONFTEST + '\npytest_plugins = ["pytester"]\n' + configures)
     suite.makepyfile(test_app='''
 import json
 from decimal import Decimal
@@ -233,3 +242,88 @@ def test_local(client, cassette):
     result = suite.runpytest_subprocess("--llm-budget", "--llm-budget-json", str(out))
     result.assert_outcomes(passed=1)
     assert json.loads(out.read_text())["total"]["calls"] == 0
+
+
+def test_an_inner_run_that_fails_to_end_cleanly_leaves_the_outer_run_counting(suite):
+    (suite.path / "inner_conftest.txt").write_text(CONFTEST + """
+def pytest_unconfigure(config):
+    raise RuntimeError("an inner plugin's unconfigure fails")
+""")
+    suite.makeconftest(CONFTEST + '\npytest_plugins = ["pytester"]\n')
+    suite.makepyfile(test_app=f'''
+from pathlib import Path
+import pytest
+from conftest import ask
+
+def test_1_runs_an_inner_suite(pytester, request):
+    pytester.makeconftest((Path(str(request.config.rootpath)) / "inner_conftest.txt").read_text())
+    pytester.makepyfile(test_inner="def test_nothing():\\n    pass\\n")
+    try:
+        pytester.runpytest_inprocess("--llm-budget")
+    except RuntimeError:
+        pass
+
+@pytest.mark.llm_budget(calls=0)
+def test_2_overspends(client, cassette):
+    {CALL}
+''')
+    out = suite.path / "outer.json"
+    result = suite.runpytest_subprocess("--llm-budget", "--llm-budget-json", str(out))
+    result.assert_outcomes(passed=1, failed=1)
+    assert json.loads(out.read_text())["tests"]["test_app.py::test_2_overspends"]["calls"] == 1
+
+
+def test_an_app_call_made_while_a_replay_runs_is_still_measured(suite):
+    sample = Path(__file__).resolve().parents[2] / "fixtures" / "traffic"
+    suite.makepyfile(test_app=f'''
+import threading, time
+import llmbudget, pytest
+from llmbudget.replay import replay
+from conftest import ask
+
+@pytest.mark.llm_budget(calls=0)
+def test_calls_while_replaying(client, cassette):
+    before = llmbudget.get_engine()
+
+    def app():  # the app's own call, in another thread, while the replay runs
+        while llmbudget.get_engine() is before:
+            time.sleep(0.001)
+        with cassette("chat.yaml"):
+            ask(client, "What is the capital of France?", 16)
+
+    thread = threading.Thread(target=app)
+    thread.start()
+    replay({str(sample / "sample.jsonl")!r}, {str(sample / "llmbudget.toml")!r}, features=False)
+    thread.join()
+''')
+    result, doc = _spend(suite)
+    result.assert_outcomes(failed=1)
+    assert doc["tests"]["test_app.py::test_calls_while_replaying"]["calls"] == 1
+
+
+def test_llm_spend_without_the_flag_follows_an_engine_the_app_configures(suite):
+    suite.makepyfile(test_app=f'''
+import llmbudget
+from conftest import ask
+
+def test_live(client, cassette, llm_spend):
+    llmbudget.configure(default_tenant="app")
+    {CALL}
+    assert llm_spend.calls == 1
+''')
+    suite.runpytest().assert_outcomes(passed=1)
+
+
+def test_an_sdk_retry_or_escalation_is_the_call_it_retries():
+    engine = llmbudget.Engine()
+    url = "https://api.openai.com/v1/chat/completions"
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def begin(retries: int) -> int:
+        attempt = engine.begin(url=url, path="/v1/chat/completions", body=body,
+                               headers={"x-stainless-retry-count": str(retries)})
+        return attempt.sequence
+
+    first = begin(0)
+    assert begin(1) == begin(2) == first  # the SDK's retries of that call
+    assert begin(0) > first  # the next call

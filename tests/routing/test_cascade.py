@@ -83,6 +83,7 @@ def test_an_unsure_weak_answer_is_retried_on_the_strong_tier(llm_server, cascade
     assert 0.0 < weak.routing["confidence"] < 0.999 and weak.cost_usd > 0
     assert strong.routing["reason"].startswith("escalated: the weak tier's answer was unsure (confidence")
     assert strong.model_sent == "gpt-4o" and strong.cost_usd > weak.cost_usd
+    assert strong.sequence == weak.sequence  # one call: it began when the weak attempt did
 
 
 def test_a_sure_enough_answer_stands_without_the_logprobs_the_app_did_not_ask_for(llm_server, cascade, records):

@@ -73,7 +73,8 @@ SIMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_simu
 
 #: The ``SpendRecord.sequence`` of the call this thread or task is making (its first attempt's: an SDK's retry of
 #: it is the same call, begun when it began).
-_CALL_SEQUENCE: contextvars.ContextVar[int] = contextvars.ContextVar("llmbudget_call_sequence", default=0)
+_CALL_SEQUENCE: contextvars.ContextVar[tuple[int, tuple[str, int] | None]] = contextvars.ContextVar(
+    "llmbudget_call_sequence", default=(0, None))
 
 #: Responses larger than this are passed through without being read for usage.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -283,8 +284,10 @@ class Engine:
         base_url = base_url[: -len(adapter.path)] if base_url.endswith(adapter.path) else base_url
         call = adapter.parse(data, base_url)
         retry = headers.get("x-stainless-retry-count", "0")
-        return Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0,
-                       size=len(body))
+        attempt = Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0,
+                          size=len(body))
+        attempt.begun_with((url, hash(body)))
+        return attempt
 
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
         """Keep a settled record: ledger, scope totals, observers (this engine's, and those of every engine: see
@@ -335,10 +338,10 @@ class Attempt:
         self.size = size
         self.started = time.perf_counter()
         self.time = time.time()
-        # (a clock may be frozen or patched in tests: this order never is)
-        self.sequence = (attempt and _CALL_SEQUENCE.get()) or next(_SEQUENCE)
-        if not attempt:
-            _CALL_SEQUENCE.set(self.sequence)
+        #: Where the call began in this process's order of calls (``SpendRecord.sequence``; a clock may be frozen or
+        #: patched in tests, this order never is). See :meth:`begun_with` and :meth:`continues`.
+        self.sequence = next(_SEQUENCE)
+        self._request: tuple[str, int] | None = None
         self.status: int | None = None
         #: The connection took the request's body to its last byte: the provider has the request whole.
         self.sent = False
@@ -636,6 +639,24 @@ class Attempt:
             tier = routing.tiers.get(forced)
             return (tier.model_for(self.call.endpoint) if tier is not None else None) or self.call.model
         return None
+
+    def begun_with(self, request: tuple[str, int]) -> None:
+        """``request`` (its URL and body's hash) is what this attempt sends: an SDK's retry of the very request this
+        thread or task sent last (``x-stainless-retry-count`` above 0, the same URL and body) is that call, begun
+        when it began; anything else begins now."""
+        self._request = request
+        sequence, last = _CALL_SEQUENCE.get()
+        if self.attempt and last == request:
+            self.sequence = sequence
+        else:
+            _CALL_SEQUENCE.set((self.sequence, request))
+
+    def continues(self, earlier: Attempt) -> None:
+        """This attempt sends ``earlier``'s call again (an escalation, a resend without the probe): it began when
+        that call began, and so does an SDK's retry of it."""
+        self.sequence = earlier.sequence
+        if self._request is not None:
+            _CALL_SEQUENCE.set((self.sequence, self._request))
 
     def _forced_tier(self) -> str | None:
         """The tier this call must go to: an escalation's (the strong one), or the scope's ``routing="<tier>"``."""

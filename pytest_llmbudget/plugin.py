@@ -271,8 +271,10 @@ class LLMBudgetPlugin:
         # An engine the project configured already (conftest.py's configure()) is the one its calls go through:
         # measured as it is, not replaced (routing, caches and prices as the app has them)
         # (an engine an outer run's plugin made, a pytester run inside a measured test, is no project's)
-        self.owns_engine = not engine_configured() or llmbudget.get_engine() in _PLUGIN_ENGINES
-        self.engine = (_project_engine(config) or llmbudget.Engine()) if self.owns_engine else llmbudget.get_engine()
+        current = llmbudget.get_engine()
+        self.owns_engine = (not engine_configured() or current in _PLUGIN_ENGINES
+                            or bool(_ACTIVE) and current is _ACTIVE[-1].engine)
+        self.engine: llmbudget.Engine = (_project_engine(config) or llmbudget.Engine()) if self.owns_engine else current
         self.tests: dict[str, TestSpend] = {}
         self.outcomes: dict[str, str] = {}
         self.outside = TestSpend()
@@ -288,7 +290,8 @@ class LLMBudgetPlugin:
         self.new_tests: list[str] = []
         self.failed = False
         self._previous_engine = llmbudget.set_engine(self.engine) if self.owns_engine else None
-        _PLUGIN_ENGINES.add(self.engine)  # an inner run (pytester) reads its own project's policy, not this
+        if self.owns_engine:  # an inner run (pytester) reads its own project's policy, not this
+            _PLUGIN_ENGINES.add(self.engine)
         self._was_installed = llmbudget.installed()
         llmbudget.install()
         # every engine's records: a test (or the app it tests) may configure() one of its own at any time; only

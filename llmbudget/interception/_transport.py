@@ -259,7 +259,7 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
         return None
     retry.force_tier = routing.strong
     retry.escalated_from = reason
-    retry.sequence = weak.sequence  # the same call, begun when the weak attempt began
+    retry.continues(weak)  # the same call, begun when the weak attempt began
     if weak.record is not None:  # routing paid for the weak answer too: the retry's record takes its saving back
         retry.routing_offset_usd = weak.record.cost_usd + weak.record.routing_saved_usd
     log.info("llmbudget: escalating to tier %r: the %r tier's answer was %s", routing.strong, routing.weak, reason)
@@ -301,7 +301,8 @@ def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], 
         return None
     retry = _begin(request, request.content, wanted)
     if retry is not None:
-        retry.no_probe, retry.sequence = True, attempt.sequence
+        retry.no_probe = True
+        retry.continues(attempt)
     return retry
 
 

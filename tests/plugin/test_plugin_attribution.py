@@ -317,13 +317,35 @@ def test_live(client, cassette, llm_spend):
 def test_an_sdk_retry_or_escalation_is_the_call_it_retries():
     engine = llmbudget.Engine()
     url = "https://api.openai.com/v1/chat/completions"
-    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
-    def begin(retries: int) -> int:
-        attempt = engine.begin(url=url, path="/v1/chat/completions", body=body,
-                               headers={"x-stainless-retry-count": str(retries)})
-        return attempt.sequence
+    def begin(retries: int, text: str = "hi") -> llmbudget.pipeline.Attempt:
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}).encode()
+        return engine.begin(url=url, path="/v1/chat/completions", body=body,
+                            headers={"x-stainless-retry-count": str(retries)})
 
-    first = begin(0)
-    assert begin(1) == begin(2) == first  # the SDK's retries of that call
-    assert begin(0) > first  # the next call
+    first = begin(0).sequence
+    assert begin(1).sequence == begin(2).sequence == first  # the SDK's retries of that call
+    # a first request that says "retry" (a gateway forwarding its client's headers) is another call: it begins now
+    assert begin(1, "another question").sequence > first
+    weak = begin(0)
+    escalation = begin(0)  # an escalation (or a resend without the probe) is a new attempt of the same call ...
+    escalation.continues(weak)
+    assert escalation.sequence == weak.sequence
+    assert begin(1).sequence == weak.sequence  # ... and so is the SDK's retry of it
+
+
+def test_pytest_run_twice_in_a_process_keeps_the_engine_the_app_configured(suite):
+    suite.makeconftest(CONFTEST)
+    suite.makepyfile(test_app=f'''
+import llmbudget
+from conftest import ask
+
+def test_sees_the_apps_engine(client, cassette):
+    assert llmbudget.get_engine().default_tenant == "configured-once"
+    {CALL}
+''')
+    llmbudget.configure(default_tenant="configured-once")  # as an app module does at import, once a process
+    for _ in range(2):
+        result, doc = _spend(suite)
+        result.assert_outcomes(passed=1)
+        assert doc["tests"]["test_app.py::test_sees_the_apps_engine"]["calls"] == 1

@@ -9,6 +9,7 @@ gigabyte never sit in memory at once (the reader keeps what it needs of each pie
 
 from __future__ import annotations
 
+import functools
 import importlib
 import zlib
 from collections.abc import Callable, Iterator
@@ -60,14 +61,22 @@ def _zlib(make: Callable[[], Any], *, raw_fallback: bool = False) -> Decoder:
     return decode
 
 
-def _brotli() -> Decoder | None:
-    try:
-        import brotli  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
+@functools.cache
+def _module(*names: str) -> Any:
+    """The first of the modules ``names`` that imports, or None; looked for once (a failed import searches the
+    whole path again each time)."""
+    for name in names:
         try:
-            import brotlicffi as brotli  # type: ignore[import-not-found,no-redef,unused-ignore]
+            return importlib.import_module(name)
         except ImportError:
-            return None
+            continue
+    return None
+
+
+def _brotli() -> Decoder | None:
+    brotli = _module("brotli", "brotlicffi")  # Brotli's, and brotlicffi (the names httpx reads br with)
+    if brotli is None:
+        return None
     decompressor = brotli.Decompressor()
     step = getattr(decompressor, "process", None) or decompressor.decompress  # Brotli's name, brotlicffi's
     try:
@@ -96,13 +105,8 @@ _ZSTANDARD_SLICE = 1024
 
 
 def _zstd() -> Decoder | None:
-    for name in ("compression.zstd", "backports.zstd"):  # Python 3.14's, and its backport (httpx2's choice)
-        try:
-            module = importlib.import_module(name)
-            break
-        except ImportError:
-            continue
-    else:
+    module = _module("compression.zstd", "backports.zstd")  # Python 3.14's, and its backport (httpx2's choice)
+    if module is None:
         return _zstandard()  # httpx's choice
     state = {"decoder": module.ZstdDecompressor()}
 
@@ -128,9 +132,8 @@ def _zstd() -> Decoder | None:
 
 
 def _zstandard() -> Decoder | None:
-    try:
-        import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
+    zstandard = _module("zstandard")
+    if zstandard is None:
         return None
     state = {"decoder": zstandard.ZstdDecompressor().decompressobj()}
 

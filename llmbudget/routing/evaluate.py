@@ -116,6 +116,7 @@ def _load_labels(
     groups: list[str] = []
     unlabeled = 0
     for file in _csv_files(labels):
+        group = _group(file, Path(labels))
         reader = csv.DictReader(utf8_lines(file))
         line = 1
         try:
@@ -143,7 +144,7 @@ def _load_labels(
                 prompts.append(row["prompt"] or "")
                 weak_ok.append(w)
                 strong_ok.append(s)
-                groups.append(_group(file, Path(labels)))
+                groups.append(group)
         except csv.Error as exc:  # a bare carriage return in a field, a NUL...: not a ValueError of its own
             raise ValueError(f"{file}:{line}: {exc}") from None
     return (prompts, np.asarray(weak_ok, dtype=np.float64), np.asarray(strong_ok, dtype=np.float64), groups,

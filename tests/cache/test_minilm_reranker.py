@@ -33,7 +33,8 @@ def test_rewording_scores_above_near_misses(reranker) -> None:  # noqa: ANN001
 
 def test_a_wordy_llm_style_rewording_outranks_a_question_about_something_else(reranker) -> None:  # noqa: ANN001
     # the weights learned LLM-written rewordings (MQuAKE's) beside Quora's: a polite, reworded question scores
-    # high, and above the same frame asking for another fact; the weights before scored them 0.36 and 0.73
+    # high, and above the same frame asking for another fact; the weights before scored the two rewordings
+    # 0.36 and 0.73
     q = "Who is the CEO of Tesla?"
     reworded, other = reranker.score_many(q, None, [
         "Can you tell me who currently holds the position of chief executive at Tesla?",
@@ -41,7 +42,7 @@ def test_a_wordy_llm_style_rewording_outranks_a_question_about_something_else(re
     assert reworded > 0.8 and other < 0.7
     assert reranker.score("Who wrote Pride and Prejudice?", None,
                           "Could you please tell me who the author of Pride and Prejudice is?", None) > 0.8
-    assert reranker.score("Who wrote Pride and Prejudice?", None, "Who wrote Sense and Sensibility?", None) < 0.2
+    assert reranker.score("Who wrote Pride and Prejudice?", None, "Who wrote Sense and Sensibility?", None) < 0.3
 
 
 def test_same_words_are_a_hit(reranker) -> None:  # noqa: ANN001

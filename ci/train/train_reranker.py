@@ -35,9 +35,8 @@ Data (read by path, never committed; give the folder with ``--data``):
   (``load_mquake``).  ``--llm-exclude`` names ``ci/build_llm_rewordings.py``'s replay: every case
   with a question of it, or whose subject (a name in its single-hop question) is a run of words of a
   replay text, is left out, and so are phrasings with an unfilled placeholder; 5,358 positive and
-  3,719 negative pairs remain,
-  so that replay's MQuAKE pairs are of other subjects and its KEBench pairs (ChatGPT, built on
-  MQuAKE's subjects) share none.
+  3,719 negative pairs remain, so that replay's MQuAKE pairs are of other subjects and its KEBench
+  pairs (ChatGPT, built on MQuAKE's subjects) share none.
 
 Validation: QQP validation pairs (the verifier's own held-out split), a proxy
 rewording replay (QQP-validation duplicates and MRPC-test paraphrases as
@@ -219,11 +218,11 @@ def load_mquake(path: Path, exclude: Iterable[str]) -> list[Pair]:
     nearest of each other) is kept once."""
     rows = json.loads(path.read_text(encoding="utf-8"))
     exclude = list(exclude)
-    grams, texts = _word_grams(exclude), {_fold(t) for t in exclude}
+    grams, excluded = _word_grams(exclude), {_fold(t) for t in exclude}
     cases = []
     for r in rows:
         qs = [q for q in dict.fromkeys(r["two_hop_questions"]) if not _BROKEN.search(q)]
-        if (len(qs) >= 2 and not any(_fold(t) in texts for t in [r["first_questions"], *r["two_hop_questions"]])
+        if (len(qs) >= 2 and not any(_fold(t) in excluded for t in [r["first_questions"], *r["two_hop_questions"]])
                 and not any(name in grams for name in _names(r["first_questions"]))):
             cases.append({**r, "two_hop_questions": qs})
     out: list[Pair] = []

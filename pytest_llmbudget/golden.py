@@ -156,17 +156,14 @@ class GoldenRouting:
         body = _body(request.body)
         if body is None or not isinstance(body.get("model"), str):
             return None
-        recorded = list(recorded)
+        olds = [(old, old_body) for old in recorded if (old_body := _body(old.body)) is not None]
         old_models: list[Any] = []
         # the request as recorded; else one with the same prompt (a field such as ``user`` or a request id in
         # ``metadata`` changes on every run: such a request never matched, and its moves passed unseen)
         for prompt_only in (False, True):
             key = _key(request.method, request.path, body, self.directives, prompt_only=prompt_only)
-            for old in recorded:
-                old_body = _body(old.body)
-                if old_body is not None and _key(old.method, old.path, old_body, self.directives,
-                                                 prompt_only=prompt_only) == key:
-                    old_models.append(old_body.get("model"))
+            old_models = [old_body.get("model") for old, old_body in olds
+                          if _key(old.method, old.path, old_body, self.directives, prompt_only=prompt_only) == key]
             if old_models:
                 break
         if not old_models or body["model"] in old_models:

@@ -443,13 +443,10 @@ def build_sets(data: Path, mrpc: Path | None, sizes: dict[str, int],
         sets["mrpc_train"] = load_mrpc(mrpc / "msr_paraphrase_train.txt")[: sizes["mrpc_train"]]
         sets["mrpc_test"] = load_mrpc(mrpc / "msr_paraphrase_test.txt")
     if llm is not None:
-        exclude: list[str] = []
-        if llm_exclude is not None:
-            for line in llm_exclude.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    exclude += [row["a"], row["b"]]
-        sets["llm_train"] = load_mquake(llm, exclude)
+        from llmbudget.cache.evaluate import read_pair_rows
+
+        rows = read_pair_rows(llm_exclude) if llm_exclude is not None else []
+        sets["llm_train"] = load_mquake(llm, [text for row in rows for text in (row["a"], row["b"])])
     stsb = data / "stsb_dev.tsv"
     if stsb.exists():
         sets["stsb"] = load_stsb(stsb)

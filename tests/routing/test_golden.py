@@ -13,6 +13,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy  # noqa: F401  (the same: numpy loads once a process, and the inner runs' llmbudget imports it)
 import openai  # noqa: F401  (imported here so pytester's in-process runs share one copy)
 import pytest
 import yaml

@@ -682,7 +682,9 @@ _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()  # Redis stores and ledgers, wri
 # One thread per process retries what Redis stores and ledgers keep waiting while Redis is down (settles,
 # releases, spend records), every second, until nothing waits: a process that gets no call after the outage
 # wrote them only with its next call (other processes read a lower spend meanwhile; reports missed records).
-_RETRYING: set[int] = set()  # id() of the owners the thread looks after
+# The owners the thread looks after, by id(), held strongly until nothing of theirs waits: an app that drops
+# its store or ledger while Redis is down (an engine configured again, a test's fixture gone) lost what waited.
+_RETRYING: dict[int, Any] = {}
 _RETRY_LOCK = threading.RLock()  # (re-entered by a finalizer that settles a dropped response, run by a garbage
 # collection while this thread holds it)
 _retrier: threading.Thread | None = None
@@ -706,7 +708,7 @@ if hasattr(os, "register_at_fork"):
 def _keep_trying(owner: Any) -> None:
     global _retrier
     with _RETRY_LOCK:
-        _RETRYING.add(id(owner))
+        _RETRYING[id(owner)] = owner
         if _retrier is None or not _retrier.is_alive():  # (none in a child just forked: started again there)
             _retrier = threading.Thread(target=_retry_waiting, name="llmbudget-redis-retry", daemon=True)
             _retrier.start()
@@ -717,15 +719,16 @@ def _retry_waiting() -> None:
     while True:
         time.sleep(1.0)
         with _RETRY_LOCK:
-            owners = [o for o in list(_LIVE) if id(o) in _RETRYING]
-            _RETRYING.intersection_update(id(o) for o in owners)
+            owners = list(_RETRYING.values())
         for owner in owners:
             try:
                 owner._try_again()
             except Exception as exc:  # noqa: BLE001 - still down: the next second tries again
                 log.debug("llmbudget: Redis retry failed (%s)", exc)
         with _RETRY_LOCK:
-            _RETRYING.difference_update(id(o) for o in owners if not o._waits())
+            for owner in owners:
+                if not owner._waits():
+                    _RETRYING.pop(id(owner), None)
             if not _RETRYING:
                 _retrier = None
                 return

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -449,6 +450,43 @@ def test_what_waits_for_redis_is_written_once_it_is_back_without_another_call(se
     assert store.pending_settles == 0 and not ledger._waiting  # no call was made meanwhile
     assert reader.spent(bucket.key)[0] == Decimal("0.3")
     assert len(list(RedisLedger(server.url).records())) == 1
+
+
+def test_what_waits_for_redis_is_written_although_the_app_dropped_its_store_and_ledger(
+    server: _Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry thread knew stores and ledgers by weak reference only: an app that let go of them while Redis
+    was down (an engine configured again, a worker's objects replaced) lost the settles and records that
+    waited, though the thread would have written them a second after Redis came back."""
+    import gc
+
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    ledger = RedisLedger(server.url, timeout=0.2, retry_interval=0.2)
+    bucket = _now_bucket("1.00")
+    held = store.reserve([bucket], Decimal("0.5"))
+    assert isinstance(held, Reservation)
+    server.kill()
+    # Not logged here: a captured warning keeps its error's traceback, whose frames keep the store and ledger.
+    with caplog.at_level(logging.ERROR, logger="llmbudget"):
+        store.settle(held, Decimal("0.3"))
+        ledger.add(_record(1))
+    assert store.pending_settles == 1 and len(ledger._waiting) == 1
+    ref = weakref.ref(ledger)
+    del store, ledger, held
+    gc.collect()
+    assert ref() is not None  # kept while its record waits
+    server.start()
+    reader = RedisBudgetStore(server.url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (reader.spent(bucket.key)[0] and list(RedisLedger(server.url).records())):
+        time.sleep(0.1)
+    assert reader.spent(bucket.key)[0] == Decimal("0.3")
+    assert len(list(RedisLedger(server.url).records())) == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and ref() is not None:  # and let go of once written
+        time.sleep(0.1)
+        gc.collect()
+    assert ref() is None
 
 
 def test_a_settle_queued_while_the_store_backs_off_is_written_without_another_call(server: _Server) -> None:

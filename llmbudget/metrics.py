@@ -141,6 +141,9 @@ class Metrics:
         self.routed = counter("routed", "Calls sent to another model than the one asked for")
         self.capped = counter("capped", "Calls whose output was capped")
         self.refusals = counter("refusals", "Calls refused by a budget", ("tenant", "budget"))
+        self.store_unavailable = counter("budget_store_unavailable",
+                                         "Calls refused because a fail-closed budget store was unavailable (503)",
+                                         ("tenant",))
 
     def observe(self, record: SpendRecord) -> None:
         """Count one settled attempt (an :class:`~llmbudget.Engine` observer)."""
@@ -175,6 +178,10 @@ class Metrics:
     def refusal(self, refusal: Refusal) -> None:
         """Count one budget refusal."""
         self.refusals.labels(self._tenant(refusal.tenant, "default"), refusal.budget).inc()
+
+    def store_outage(self, tenant: str | None) -> None:
+        """Count one call refused while a fail-closed budget store was unavailable."""
+        self.store_unavailable.labels(self._tenant(tenant, "default")).inc()
 
     def attach(self, engine: Engine) -> None:
         """Observe every attempt ``engine`` settles (once per engine)."""

@@ -439,6 +439,8 @@ class _Core:
             log.warning("request %s: an LLM call was refused while the budget store is unavailable (%s); %s",
                         scope.request_id, refusal.detail, "answering 503" if answered else "the response had started",
                         extra=extra)
+            if self.metrics is not None:
+                self.metrics.store_outage(scope.tenant)
             return
         if answered:
             log.warning("request %s: budget %r refused an LLM call the app did not catch; answering 402",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from llmbudget.ledger.budgets import Refusal
 from llmbudget.middleware import (
     LLMBudgetMiddleware,
     LLMBudgetWSGIMiddleware,
+    MetricsPolicy,
     Policy,
     _find_refusal,
     _StoreOutage,
@@ -127,6 +129,23 @@ def test_an_uncaught_store_outage_is_a_503_with_retry_after_not_the_apps_500(dea
         problem = response.json if isinstance(response.json, dict) else response.json()
         assert problem["type"] == "urn:llmbudget:budget-store-unavailable" and problem["status"] == 503
         assert "LLM budgets" in problem["detail"] and "127.0.0.1" not in response.text  # no host for end users
+
+
+def test_an_uncaught_store_outage_is_counted_in_the_metrics(dead_redis, engine):
+    """Uncaught refusals had a counter and outages none: a dashboard showed no sign of the 503s."""
+    policy, ask, route = _down_store_app(dead_redis)
+    policy = dataclasses.replace(policy, trust_tenant_header=True, metrics=MetricsPolicy(path="/metrics"))
+    asgi = TestClient(LLMBudgetMiddleware(Starlette(routes=[Route("/ask", route)]), policy=policy),
+                      raise_server_exceptions=False)
+    flask_app = flask.Flask("outage_metrics")
+    flask_app.add_url_rule("/ask", "ask", lambda: ask() or {})
+    flask_app.wsgi_app = LLMBudgetWSGIMiddleware(flask_app.wsgi_app, policy=policy)  # type: ignore[method-assign]
+    wsgi = flask_app.test_client()
+    for _ in range(2):
+        assert asgi.get("/ask", headers={"x-tenant-id": "acme"}).status_code == 503
+    assert wsgi.get("/ask", headers={"x-tenant-id": "blue"}).status_code == 503
+    assert 'llmbudget_budget_store_unavailable_total{tenant="acme"} 2.0' in asgi.get("/metrics").text
+    assert 'llmbudget_budget_store_unavailable_total{tenant="blue"} 1.0' in wsgi.get("/metrics").get_data(as_text=True)
 
 
 def test_an_apps_own_handling_of_the_outage_is_the_apps_answer_and_log(dead_redis, engine, caplog):

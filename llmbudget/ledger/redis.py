@@ -52,8 +52,10 @@ OnUnavailable = Literal["open", "closed"]
 _PICO = 10**12
 _MAX_PICO = 2**63 - 1
 _ZERO = Decimal(0)
-#: Bucket keys live this long after their period ends (late settles still find them).
+#: Bucket keys of a day or a month live this long after their period ends (late settles still find them);
+#: those of a minute or an hour, see :func:`_bucket_margin`.
 _BUCKET_MARGIN_S = 2 * 86400
+_PERIOD_S = {"minute": 60, "hour": 3600}
 #: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
 _UNPERIODED_TTL_S = 86400
 #: Settled reservation ids are remembered at least this long after their settle (a settle retried later would
@@ -222,6 +224,16 @@ return 2
 def _new_id() -> str:
     """A reservation id that says the hour it was made in (hex hours since the epoch, then a random part)."""
     return f"{int(time.time()) // 3600:x}.{uuid.uuid4().hex}"
+
+
+def _bucket_margin(period: str | None, reservation_ttl: float) -> float:
+    """How long a bucket's key outlives its period. Two days kept a per-minute budget's 2,880 keys per tenant
+    (an hour's 48): a minute's or an hour's key is kept two periods, and at least an hour past the longest
+    hold, so that a settle that comes late still finds it; no call charges it after that."""
+    length = _PERIOD_S.get(period or "")
+    if length is None:
+        return _BUCKET_MARGIN_S
+    return min(_BUCKET_MARGIN_S, max(2 * length, reservation_ttl + 3600))
 
 
 def _settled_bucket(rid: str) -> str:
@@ -405,7 +417,7 @@ class RedisBudgetStore:
         for bucket in buckets:
             resets = bucket.resets_at
             if resets is not None:
-                exp = int((resets + _BUCKET_MARGIN_S) * 1000)
+                exp = int((resets + _bucket_margin(bucket.budget.period, self.reservation_ttl)) * 1000)
             elif bucket.budget.per == "request":
                 exp = int((now + _UNPERIODED_TTL_S) * 1000)
             else:

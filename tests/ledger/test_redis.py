@@ -212,6 +212,20 @@ def test_keys_expire_after_their_period_and_settled_ids_are_kept_a_while(prefix:
     assert client.zcard(f"{prefix}reservations") == 0 and client.hlen(f"{prefix}reservation-data") == 0
 
 
+def test_minute_and_hour_keys_are_kept_two_periods_and_an_hour_past_the_longest_hold(prefix: str) -> None:
+    """Kept two days after their period like a day's, a per-minute budget's keys numbered 2,880 per tenant."""
+    client = redis.Redis.from_url(URL)
+    short = RedisBudgetStore(URL, prefix=prefix, reservation_ttl=60)
+    minute = _now_bucket("1", per="tenant", period="minute", name="m")
+    hour = _now_bucket("1", per="tenant", period="hour", name="h")
+    brief = short.reserve([minute, hour], Decimal("0.1"))
+    assert isinstance(brief, Reservation)
+    short.settle(brief, Decimal("0.1"))
+    for kept, period in ((60 + 3600, minute), (2 * 3600, hour)):
+        assert period.resets_at is not None
+        assert abs(client.pttl(f"{prefix}b:{period.key}") - (period.resets_at + kept - time.time()) * 1000) < 5000
+
+
 def test_large_budgets_compare_exactly(prefix: str) -> None:
     """Above 2**53 pico-dollars (~$9007) Lua's doubles are not exact; the script compares exactly."""
     store = RedisBudgetStore(URL, prefix=prefix)

@@ -145,12 +145,16 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     return (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, InvalidResponse, OSError)
 
 
-# KEYS: reservations zset, reservation data hash, bucket hashes...
+# KEYS: reservations zset, reservation data hash, the settled ids' hash of the reservation's hour, bucket hashes...
 # ARGV: now is taken from the server; id, amount, ttl_ms, expire batch, then per bucket: limit, expire_at_ms
+# A reservation id held or settled already is not held again: redis-py sends a command once more on a new
+# connection after a timeout, and the first copy, left on the old one, still runs once Redis answers (a pause
+# just past the client's timeout held the amount twice, and the settle freed it once: an orphaned hold).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local zset, data = KEYS[1], KEYS[2]
+if redis.call('ZSCORE', zset, ARGV[1]) or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {2, 0} end
 local stale = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, rid in ipairs(stale) do
   local held = redis.call('HGET', data, rid)
@@ -174,25 +178,25 @@ end
 local amount = ARGV[2]
 local ahi, alo = split(amount)
 local counters = {}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local c = redis.call('HMGET', KEYS[i], 's', 'r')
   local s, r = c[1] or '0', c[2] or '0'
   counters[#counters + 1] = s
   counters[#counters + 1] = r
   local shi, slo = split(s)
   local rhi, rlo = split(r)
-  local lhi, llo = split(ARGV[3 + 2 * (i - 2)])
+  local lhi, llo = split(ARGV[3 + 2 * (i - 3)])
   local lo = slo + rlo + alo
   local hi = shi + rhi + ahi + math.floor(lo / 1000000000)
   lo = lo % 1000000000
   if hi > lhi or (hi == lhi and lo > llo) then
-    return {0, i - 3, s, r}
+    return {0, i - 4, s, r}
   end
 end
 local keys = {amount}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
-  local exp = tonumber(ARGV[4 + 2 * (i - 2)])
+  local exp = tonumber(ARGV[4 + 2 * (i - 3)])
   if exp > 0 then redis.call('PEXPIREAT', KEYS[i], math.max(exp, now + 60000)) end
   keys[#keys + 1] = KEYS[i]
 end
@@ -424,7 +428,8 @@ class RedisBudgetStore:
                 exp = 0  # a budget without a period counts forever
             args += [limit_pico(bucket.limit), exp]
             self._remember(self._expiry, bucket.key, exp)
-        keys = [self._zset, self._data, *(self._key(b.key) for b in buckets)]
+        keys = [self._zset, self._data, f"{self.prefix}settled:{_settled_bucket(rid)}",
+                *(self._key(b.key) for b in buckets)]
         try:
             result = self._reserve_script(keys=keys, args=args)
         except self._errors:
@@ -433,7 +438,7 @@ class RedisBudgetStore:
             with self._lock:
                 self._releases.append(Reservation(rid, tuple(b.key for b in buckets), amount))
             raise
-        if int(result[0]) == 1:
+        if int(result[0]) in (1, 2):  # (2: this id was held by a copy of this command that ran first)
             for bucket, spent in zip(buckets, result[2::2]):
                 self._remember(self._known, bucket.key, int(spent))
             return Reservation(rid, tuple(b.key for b in buckets), amount)

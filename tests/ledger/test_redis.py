@@ -672,6 +672,34 @@ def test_ledger_writes_are_idempotent_across_a_client_timeout(server: _Server) -
     admin.close()
 
 
+def test_a_reserve_redis_py_sends_again_after_a_timeout_holds_once(server: _Server) -> None:
+    """redis-py sends a command once more on a new connection after a timeout; with Redis paused a little past
+    the client's timeout, both copies ran: the amount was held twice, the settle freed it once, and the rest
+    stayed held by no reservation until the bucket's key expired (days), shrinking the tenant's budget."""
+    store = RedisBudgetStore(server.url, prefix="twice:", timeout=0.25, on_unavailable="closed")
+    admin = redis.Redis(port=server.port)
+    bucket = _now_bucket("1.00")
+    first = store.reserve([bucket], Decimal("0.01"))  # connected, and the script loaded, before the pause
+    assert isinstance(first, Reservation)
+    store.settle(first, Decimal(0))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    waker = threading.Timer(0.4, server.proc.send_signal, (signal.SIGCONT,))  # past the timeout, before the retry's
+    waker.start()
+    try:
+        held = store.reserve([bucket], Decimal("0.01"))
+    finally:
+        waker.join()
+        server.proc.send_signal(signal.SIGCONT)
+    assert isinstance(held, Reservation)
+    time.sleep(0.2)  # both copies have run
+    assert store.spent(bucket.key) == (Decimal(0), Decimal("0.01"))  # held once
+    store.settle(held, Decimal("0.004"))
+    assert store.spent(bucket.key) == (Decimal("0.004"), Decimal(0))  # nothing left held
+    assert admin.zcard("twice:reservations") == 0
+    admin.close()
+
+
 def test_a_paused_redis_does_not_stall_the_calls_that_record_spend(server: _Server) -> None:
     """Each record re-sent the backlog on the caller's thread, under one lock: with Redis paused every call
     waited for the timeout (0.5 s each), and concurrent calls queued behind one another."""

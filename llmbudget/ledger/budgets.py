@@ -641,6 +641,7 @@ class SQLiteBudgetStore:
         Inside :func:`no_wait`, :class:`WouldWait` when another connection holds the write lock.
         """
         quick = _NO_WAIT.get()
+        started = time.monotonic()
         locked = self._write_lock.acquire(blocking=False) if quick else self._write_lock.acquire(timeout=self.timeout)
         if not locked:
             if quick:
@@ -648,12 +649,22 @@ class SQLiteBudgetStore:
             raise sqlite3.OperationalError("database is locked")  # as SQLite says after its own wait
         try:
             conn = self._conn(quick=quick)
+            # The wait for this process's lock counts against ``timeout``: with another process holding the
+            # file, a thread waited ``timeout`` for the thread before it, then ``timeout`` again in SQLite.
+            waited = 0.0 if quick else time.monotonic() - started
+            if waited > 0.001:
+                if time.monotonic() < self._down_until:  # the thread before found the file unavailable
+                    raise sqlite3.OperationalError("database is locked")
+                conn.execute(f"PRAGMA busy_timeout={max(1, int((self.timeout - waited) * 1000))}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if quick and is_busy(exc):  # another process is writing
                     raise WouldWait(f"SQLite budget store {self.path}: another process is writing") from exc
                 raise
+            finally:
+                if waited > 0.001:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             try:
                 result = work(conn)
                 conn.execute("COMMIT")

@@ -129,6 +129,28 @@ def test_a_locked_file_refuses_within_the_wait(lock_holder, caplog) -> None:  # 
     assert len(warnings) == 1 and "database is locked" in warnings[0]  # once per outage, with the cause
 
 
+def test_threads_waiting_for_a_locked_file_wait_at_most_the_timeout_in_all(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    """A thread waited ``timeout`` for this process's lock while the thread before it waited in SQLite, then
+    ``timeout`` again in SQLite's busy handler: twice the bound README gives."""
+    path, _ = lock_holder
+    store = SQLiteBudgetStore(path, timeout=1.0)
+    took: list[float] = []
+
+    def reserve() -> None:
+        started = time.monotonic()
+        with pytest.raises(BudgetStoreUnavailable):
+            store.reserve([_bucket()], Decimal("0.1"))
+        took.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=reserve) for _ in range(4)]
+    for thread in threads:  # the later ones get this process's lock as the first gives up
+        thread.start()
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join()
+    assert len(took) == 4 and max(took) < 1.5, took  # each within the timeout (and the scheduler's slack)
+
+
 def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder) -> None:  # type: ignore[no-untyped-def]
     path, holder = lock_holder
     store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2&open_share=1", retry_interval=0)

@@ -147,13 +147,25 @@ def tokenizable(text: str) -> str:
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
-@functools.lru_cache(maxsize=256)
+#: Texts longer than this are tokenised without the memo, and by ``encode_batch``, which lets go of the GIL.
+_LONG_TEXT = 8192
+
+
 def _wordllama_ids(text: str) -> tuple[int, ...]:
-    """The WordLlama token ids of ``text`` (no special tokens), memoised for the last texts seen.
+    """The WordLlama token ids of ``text`` (no special tokens), memoised for the last short texts seen.
 
     A semantic lookup tokenises its query twice, to embed it and in the verifier;
-    the second time is a cache hit.
+    the second time is a cache hit. A long text is not memoised (256 prompts of a
+    megabyte kept 3 GB), and is tokenised without holding the GIL: ``encode`` held it
+    for about a second per megabyte, and an app's event loop stopped for as long.
     """
+    if len(text) > _LONG_TEXT:
+        return tuple(_load_wordllama().tokenizer.encode_batch([tokenizable(text)], add_special_tokens=False)[0].ids)
+    return _short_ids(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _short_ids(text: str) -> tuple[int, ...]:
     return tuple(_load_wordllama().tokenizer.encode(tokenizable(text), add_special_tokens=False).ids)
 
 
@@ -176,13 +188,11 @@ class WordLlamaEmbedder:
 
     def token_ids(self, text: str) -> list[int]:
         """Return the WordLlama token ids of ``text`` (no special tokens)."""
-        return _load_wordllama().tokenizer.encode(tokenizable(text), add_special_tokens=False).ids
+        return list(_wordllama_ids(text))
 
     def token_vectors(self, text: str) -> np.ndarray:
         """Return the un-pooled token vectors of ``text``, shape ``(tokens, dim)``."""
-        model = _load_wordllama()
-        ids = model.tokenizer.encode(tokenizable(text), add_special_tokens=False).ids
-        return model.table[ids, : self.dim]
+        return _load_wordllama().table[list(_wordllama_ids(text)), : self.dim]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return unit-norm mean-pooled vectors, shape ``(len(texts), dim)``; empty text gives zeros."""

@@ -35,7 +35,7 @@ from ..ledger.budgets import _NO_WAIT, WouldWait, is_busy, thread_connection
 from . import embedders
 from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
-from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+from .templates import DEFAULT_MAX_SEMANTIC_CHARS, SEMANTIC_CHARS_CEILING, TemplateGuard
 
 __all__ = ["CacheStore", "CosineScorer", "Entry", "Hit", "Scorer"]
 
@@ -220,7 +220,8 @@ class CacheStore:
       replay a second one, scored too, added more wrong hits than right ones).
     - ``max_semantic_chars``: texts longer than this are matched by the exact tier only:
       a longer query is not embedded nor searched, a longer stored text gets no vector
-      (default :data:`~llmbudget.cache.templates.DEFAULT_MAX_SEMANTIC_CHARS`; ``None``: no limit).
+      (default :data:`~llmbudget.cache.templates.DEFAULT_MAX_SEMANTIC_CHARS`; ``None``: no limit but the
+      ceiling, :data:`~llmbudget.cache.templates.SEMANTIC_CHARS_CEILING`, 100,000 characters).
     - ``template_guard``: refuses hits between texts that share a template but differ in its
       data (default: :class:`~llmbudget.cache.templates.TemplateGuard` ``()``; ``None``: off).
     - ``index_dtype``: usearch's storage of vectors in big partitions (``"f16"`` or ``"i8"``);
@@ -582,9 +583,10 @@ class CacheStore:
         return True
 
     def _within_length(self, text: str) -> bool:
-        """True when ``text`` is short enough for the semantic tier (``max_semantic_chars``)."""
+        """True when ``text`` is short enough for the semantic tier (``max_semantic_chars``, and never longer
+        than :data:`~llmbudget.cache.templates.SEMANTIC_CHARS_CEILING`)."""
         limit = self.max_semantic_chars
-        return limit is None or len(text) <= limit
+        return len(text) <= (SEMANTIC_CHARS_CEILING if limit is None else min(limit, SEMANTIC_CHARS_CEILING))
 
     def put(
         self,
@@ -843,7 +845,7 @@ def _check_semantic_chars(value: int | None) -> None:
     """Refuse a ``max_semantic_chars`` that is not a positive whole number or None."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"max_semantic_chars={value!r}: expected a positive number of characters, "
-                         "or None to match texts of any length semantically")
+                         f"or None for no limit below the ceiling ({SEMANTIC_CHARS_CEILING:,} characters)")
 
 
 def _after_fork_in_child() -> None:

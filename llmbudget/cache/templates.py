@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_SEMANTIC_CHARS",
     "DEFAULT_MIN_SHARED_TOKENS",
     "DEFAULT_MIN_SHARED_TOKENS_MULTILINE",
+    "SEMANTIC_CHARS_CEILING",
     "TemplateGuard",
 ]
 
@@ -58,6 +59,10 @@ DEFAULT_MIN_SHARED_TOKENS_MULTILINE = 8
 
 DEFAULT_MAX_SEMANTIC_CHARS = 500
 """Longest text the semantic tier matches (longer ones use the exact tier only); see ``CacheStore``."""
+
+SEMANTIC_CHARS_CEILING = 100_000
+"""Longest text the semantic tier ever matches, whatever ``max_semantic_chars`` says (None included): embedding
+and verifying a text costs CPU and memory in proportion to its length (a 10 MB message took half a minute)."""
 
 _TOKENS = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]|\s+")
 _SENTENCE = frozenset("?.,!:;")  # sentence punctuation: soft where a space or the end follows it

@@ -15,7 +15,7 @@ from llmbudget.cache import Cache
 from llmbudget.cache.bench import eval_replay
 from llmbudget.cache.evaluate import eval_pairs
 from llmbudget.cache.store import CacheStore
-from llmbudget.cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+from llmbudget.cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, SEMANTIC_CHARS_CEILING, TemplateGuard
 from llmbudget.config import ConfigError, engine_from_config
 from llmbudget.providers import adapter_for_endpoint
 
@@ -294,6 +294,50 @@ def test_long_texts_use_the_exact_tier_only_unless_configured() -> None:
         unlimited.close()
     with pytest.raises(ValueError, match="max_semantic_chars"):
         _store(max_semantic_chars=0)
+
+
+def test_no_text_over_the_ceiling_is_embedded_even_without_a_limit() -> None:
+    """``max_semantic_chars=None`` embedded a message of any size: 10 MB took half a minute of CPU (and memory
+    in proportion), on the worker thread of a lookup that held the GIL throughout."""
+    huge = "Summarise this report for the board: " + "Sales rose in every region this quarter. " * 2500
+    assert len(huge) > SEMANTIC_CHARS_CEILING
+    for limit in (None, 10 * SEMANTIC_CHARS_CEILING):
+        embedder = _CountingEmbedder()
+        store = _store(embedder=embedder, max_semantic_chars=limit)
+        try:
+            assert store.query_vector(huge) is None and store.search("p", huge) is None
+            store.put(partition="p", exact_key="k", text=huge, response="r", tenant="t", model="m")
+            assert embedder.texts == []  # neither embedded to search nor stored with a vector
+            assert store.get_exact("p", "k") is not None  # the exact tier still serves it
+            assert store.query_vector(huge[:SEMANTIC_CHARS_CEILING]) is not None
+        finally:
+            store.close()
+
+
+def test_a_long_text_is_tokenised_without_holding_the_gil_nor_kept_in_the_memo() -> None:
+    """``tokenizers``' ``encode`` holds the GIL, about a second per megabyte: an async app's lookup in its
+    worker thread stopped the event loop for as long. And the memo of the last 256 texts kept them all."""
+    import threading
+    import time
+
+    from llmbudget.cache import embedders
+
+    text = "the quick brown fox asks about invoice 1234 and the garden kernel " * 30_000  # 2 MB
+    before = embedders._short_ids.cache_info().currsize
+    done = threading.Event()
+    ids: list[tuple[int, ...]] = []
+    worker = threading.Thread(target=lambda: (ids.append(embedders._wordllama_ids(text)), done.set()))
+    worker.start()
+    worst, last = 0.0, time.perf_counter()
+    while not done.is_set():
+        time.sleep(0.002)
+        now = time.perf_counter()
+        worst, last = max(worst, now - last), now
+    worker.join()
+    assert worst < 0.5  # encode held it about 2 s
+    assert len(ids[0]) > 100_000
+    assert ids[0] == tuple(embedders._load_wordllama().tokenizer.encode(text, add_special_tokens=False).ids)
+    assert embedders._short_ids.cache_info().currsize == before
 
 
 def test_the_length_rule_is_read_from_the_policy(tmp_path: Path) -> None:

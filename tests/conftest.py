@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
 sys.path.insert(0, str(ROOT / "ci"))
+# Settles a Redis store could not write by exit are kept in the state folder for the next process: the tests'
+# stores (on Redis servers they kill) keep theirs in a folder of this run's own, never in the home folder.
+os.environ["LLMBUDGET_STATE_DIR"] = tempfile.mkdtemp(prefix="llmbudget-test-state-")
+# registered before llmbudget is imported: exit hooks run last first, so this runs after its stores have spooled
+atexit.register(shutil.rmtree, os.environ["LLMBUDGET_STATE_DIR"], ignore_errors=True)
 
 # Import both HTTP libraries up front: the openai SDK looks httpx up in sys.modules
 # while streams close, and a first import in the middle of that confuses it.

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from ..money import exact_usd
 from ..money import usd as to_usd
+from . import spool
 
 __all__ = [
     "Budget",
@@ -526,7 +527,12 @@ def _wait_for_work(owner: Any, queued: Sized) -> bool:
 @atexit.register
 def _flush_at_exit() -> None:
     for store in list(_LIVE_STORES):
-        store.flush()
+        try:
+            store.flush()
+            store._spool_pending()
+        except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
+            log.warning("llmbudget: writing what waited for SQLite at %s at exit failed (%s: %s)", store.path,
+                        type(exc).__name__, exc)
 
 
 class SQLiteBudgetStore:
@@ -624,8 +630,35 @@ class SQLiteBudgetStore:
         self._pruned_at = time.time()  # ... and of counters of periods over
         self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
         self._conn()
+        for row in spool.claim(self._spool_base) if self._spool_base is not None else ():
+            try:  # settles a process that ended while the file was unavailable could not write
+                self._defer(Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"])),
+                            Decimal(row["actual"]))
+            except (KeyError, TypeError, ArithmeticError) as exc:
+                log.warning("llmbudget: a kept budget settle of %s does not read (%s); skipped", self.path, exc)
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
+
+    @property
+    def _spool_base(self) -> Path | None:
+        """What :mod:`.spool` names this store's files after (none for an in-memory database)."""
+        name = os.fspath(self.path)
+        return None if name == ":memory:" or name.startswith("file:") else Path(name)
+
+    def _spool_pending(self) -> None:
+        """At exit: the settles still waiting for the file, kept beside it for the next process (see :mod:`.spool`)."""
+        with self._lock:
+            waiting = list(self._pending)
+        if not waiting or self._spool_base is None:
+            return
+        rows = [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": str(actual)}
+                for r, actual in waiting]
+        kept = spool.write(self._spool_base, rows)
+        if kept is not None:
+            with self._lock:
+                self._pending.clear()
+            log.warning("llmbudget: %d budget settle(s) could not be written to SQLite at %s before exit; kept in %s "
+                        "for the next process that opens it", len(rows), self.path, kept)
 
     def _conn(self, *, quick: bool = False) -> sqlite3.Connection:
         """This thread's connection; ``quick``: its other one, which never waits for a lock."""

@@ -20,6 +20,7 @@ starts every counter from zero.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -30,10 +31,12 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..calls import SpendRecord
+from . import spool
 from .budgets import (
     Bucket,
     BudgetStoreUnavailable,
@@ -299,8 +302,58 @@ class RedisBudgetStore:
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
-        _LIVE.add(self)
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
+        _LIVE.add(self)
+        self._take_spooled()
+
+    # -- settles kept across a restart (see .spool) -----------------------------------------------
+
+    @property
+    def _spool_base(self) -> Path:
+        digest = hashlib.sha256(f"{self.url}\0{self.prefix}".encode()).hexdigest()[:16]
+        return spool.state_dir() / f"redis-{digest}"
+
+    def _take_spooled(self) -> None:
+        """Settles and releases a process that ended while Redis was down could not write: counted here as this
+        process's own waiting ones, and written by the retry thread once Redis answers."""
+        rows = spool.claim(self._spool_base)
+        for row in rows:
+            try:
+                reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
+                if row.get("release"):
+                    self._releases.append(reservation)
+                    continue
+                pico = int(row["actual"])
+                for key, expires in dict(row.get("expiry") or {}).items():
+                    self._remember(self._expiry, str(key), int(expires))
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                log.warning("llmbudget: a kept budget settle for Redis at %s does not read (%s); skipped",
+                            self._where(), exc)
+                continue
+            self._pending.append((reservation, pico))
+            for key in reservation.keys:
+                spent, reserved = self._local.get(key, (0, 0))
+                self._local[key] = (spent + pico, reserved)
+        if rows:
+            _keep_trying(self)
+
+    def _spool_pending(self) -> None:
+        """At exit: the settles and releases still waiting for Redis, kept for the next process (see :mod:`.spool`)."""
+        with self._lock:
+            rows: list[dict[str, Any]] = [
+                {"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": pico,
+                 "expiry": {k: self._expiry[k] for k in r.keys if k in self._expiry}} for r, pico in self._pending]
+            rows += [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "release": True}
+                     for r in self._releases]
+        if not rows:
+            return
+        kept = spool.write(self._spool_base, rows)
+        if kept is not None:
+            with self._lock:
+                self._pending.clear()
+                self._releases.clear()
+            log.warning("llmbudget: %d budget settle(s) could not be written to Redis at %s before exit; kept in %s "
+                        "for the next process that uses it", len(rows), self._where(), kept)
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -765,6 +818,10 @@ def _write_what_waits_at_exit() -> None:
                         log.warning("llmbudget: %d spend record(s) could not be written to Redis before exit",
                                     len(owner._waiting))
             elif owner._pending or owner._releases:
-                owner._reconcile()
+                try:
+                    owner._reconcile()
+                except owner._errors:
+                    pass  # still down
+                owner._spool_pending()  # what Redis did not take, kept for the next process
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for Redis at exit failed (%s: %s)", type(exc).__name__, exc)

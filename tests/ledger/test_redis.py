@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -501,6 +502,43 @@ def test_what_waits_for_redis_is_written_although_the_app_dropped_its_store_and_
         time.sleep(0.1)
         gc.collect()
     assert ref() is None
+
+
+_SPEND_WHILE_DOWN = """
+import sys, time
+from decimal import Decimal
+from llmbudget.ledger import RedisBudgetStore
+from llmbudget.ledger.budgets import Budget, Reservation
+store = RedisBudgetStore(sys.argv[1], timeout=0.2, on_unavailable="open")
+bucket = Budget("1.00", per="global").bucket(tenant="acme", request_id="req-1", now=time.time())
+held = store.reserve([bucket], Decimal("0.2"))
+assert isinstance(held, Reservation), held
+store.settle(held, Decimal("0.2"))
+assert store.pending_settles == 1
+"""
+
+
+def test_settles_a_process_could_not_write_to_redis_by_its_exit_are_written_by_the_next(server: _Server) -> None:
+    """A fail-open process that ended while Redis was down lost the settles it had not written: the spend was
+    never charged, and the process after it (a recycled worker) got a fresh open_share of the limit."""
+    server.kill()
+    child = subprocess.run([sys.executable, "-c", _SPEND_WHILE_DOWN, server.url], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert "kept in" in child.stderr
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    assert store.pending_settles == 1
+    bucket = _now_bucket("1.00")
+    # still down: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
+    assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
+    assert RedisBudgetStore(server.url, timeout=0.2, on_unavailable="open").pending_settles == 0  # taken once
+    server.start()
+    reader = RedisBudgetStore(server.url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and store.pending_settles:
+        time.sleep(0.1)
+    assert reader.spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
 
 
 def test_a_settle_queued_while_the_store_backs_off_is_written_without_another_call(server: _Server) -> None:

@@ -170,6 +170,39 @@ def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder)
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.5")
 
 
+_SPEND_WHILE_LOCKED = """
+import sys, time
+from decimal import Decimal
+from llmbudget.ledger.budgets import Budget, Reservation, SQLiteBudgetStore
+store = SQLiteBudgetStore(sys.argv[1] + "?on_unavailable=open&timeout=0.2")
+bucket = Budget("1", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+held = store.reserve([bucket], Decimal("0.2"))
+assert isinstance(held, Reservation), held
+store.settle(held, Decimal("0.2"))
+assert store.pending_settles == 1
+"""
+
+
+def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    """A fail-open process that ended while the file was locked lost the settles it had not written: the spend
+    was never charged, and the process after it (a recycled worker) got a fresh open_share of the limit."""
+    path, holder = lock_holder
+    child = subprocess.run([sys.executable, "-c", _SPEND_WHILE_LOCKED, str(path)], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert "kept in" in child.stderr and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    assert store.pending_settles == 1 and not list(path.parent.glob("budgets.db.pending-*"))  # taken
+    bucket = _bucket("1")
+    # still locked: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
+    assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
+    _release(holder)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
+    assert store.pending_settles == 0
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
+
+
 def test_a_fresh_process_fails_open_from_the_spend_it_reads_and_within_its_share(tmp_path: Path) -> None:
     """A process that never read the budget (a recycled worker) while another holds the lock: it reads the
     spend the file still shows, and spends at most open_share of the limit during the outage either way."""

@@ -17,6 +17,7 @@ import contextvars
 import inspect
 import itertools
 import json
+import re
 import logging
 import os
 import threading
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Attempt", "configure", "get_engine", "set_engine"]
 
 log = logging.getLogger("llmbudget.pipeline")
+#: The head of an error object a provider sends instead of an answer: OpenAI's ``{"error": ...}``, Anthropic's
+#: ``{"type": "error", ...}`` (any spacing).
+_ERROR_OBJECT = re.compile(rb'\s*\{\s*"(?:error"|type"\s*:\s*"error")').match
 #: Set by ``llmbudget replay`` for a recorded line the app streamed (replayed as one JSON answer): the call is
 #: judged as the stream it was, never probed for log-probabilities nor escalated, as live.
 REPLAYED_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_replayed_stream", default=False)
@@ -1282,7 +1286,7 @@ class Attempt:
         """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,
         however labelled; not an ``error`` object) to a call that generates one (not an embedding)."""
         return (self.status == 200 and not self._sse and self._json_body and self.call.endpoint != "embeddings"
-                and not self.call.body.get("stream") and not bytes(self._buffer[:64]).lstrip().startswith(b'{"error"'))
+                and not self.call.body.get("stream") and not _ERROR_OBJECT(bytes(self._buffer[:128])))
 
     def _filled(self, usage: Usage) -> Usage:
         """The usage the server reported, with what it left out estimated (:func:`filled_usage`)."""

@@ -683,6 +683,11 @@ def test_an_answer_left_unread_is_charged_its_worst_case_unless_streamed(engine:
     ("a proxy's HTML page", "/v1/chat/completions", {**CHAT_BODY, "stream": False}, "text/html", b"<html><body>Sign"),
     ("an error object", "/v1/chat/completions", {**CHAT_BODY, "stream": False}, "application/json",
      b'{"error": {"message": "over'),
+    ("an error object, spaced", "/v1/chat/completions", {**CHAT_BODY, "stream": False}, "application/json",
+     b'{\n  "error" : {"message": "over'),
+    ("Anthropic's error object", "/v1/messages",  # charged its worst case before: only OpenAI's shape was known
+     {"model": "claude-haiku-4-5", "max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]},
+     "application/json", b'{"type":"error","error":{"type":"overloaded_error","mess'),
     ("an embedding", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hello"}, "application/json",
      b'{"object": "list", "data": [{"embedding": [0.1,'),
 ])

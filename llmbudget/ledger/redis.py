@@ -163,8 +163,9 @@ for _, rid in ipairs(stale) do
   local held = redis.call('HGET', data, rid)
   if held then
     local parts = cjson.decode(held)
-    for i = 2, #parts do
-      if parts[1] ~= '0' and redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then
+    for i = 2, #parts do  -- (a key that expired meanwhile is not made again, without a TTL)
+      if parts[1] ~= '0' and redis.call('EXISTS', parts[i]) == 1
+          and redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then
         redis.call('HSET', parts[i], 'r', 0)
       end
     end
@@ -199,8 +200,11 @@ end
 local keys = {amount}
 for i = 4, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
-  local exp = tonumber(ARGV[4 + 2 * (i - 3)])
-  if exp > 0 then redis.call('PEXPIREAT', KEYS[i], math.max(exp, now + 60000)) end
+  local exp = math.max(tonumber(ARGV[4 + 2 * (i - 3)]), now + 60000)
+  local left = redis.call('PTTL', KEYS[i])  -- only ever later: a batch call's long hold keeps its key
+  if tonumber(ARGV[4 + 2 * (i - 3)]) > 0 and (left < 0 or now + left < exp) then
+    redis.call('PEXPIREAT', KEYS[i], exp)
+  end
   keys[#keys + 1] = KEYS[i]
 end
 redis.call('ZADD', zset, now + tonumber(ARGV[3]), ARGV[1])
@@ -235,8 +239,9 @@ def _new_id() -> str:
 
 def _bucket_margin(period: str | None, reservation_ttl: float) -> float:
     """How long a bucket's key outlives its period. Two days kept a per-minute budget's 2,880 keys per tenant
-    (an hour's 48): a minute's or an hour's key is kept two periods, and at least an hour past the longest
-    hold, so that a settle that comes late still finds it; no call charges it after that."""
+    (an hour's 48): a minute's or an hour's key is kept two periods, and at least an hour past the hold of the
+    call that reserves (``reservation_ttl``, a Batch API call's hold for its job), so that a settle that comes
+    late still finds it; no call charges it after that."""
     length = _PERIOD_S.get(period or "")
     if length is None:
         return _BUCKET_MARGIN_S
@@ -474,7 +479,7 @@ class RedisBudgetStore:
         for bucket in buckets:
             resets = bucket.resets_at
             if resets is not None:
-                exp = int((resets + _bucket_margin(bucket.budget.period, self.reservation_ttl)) * 1000)
+                exp = int((resets + _bucket_margin(bucket.budget.period, max(ttl, self.reservation_ttl))) * 1000)
             elif bucket.budget.per == "request":
                 exp = int((now + _UNPERIODED_TTL_S) * 1000)
             else:

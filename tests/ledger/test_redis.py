@@ -225,6 +225,17 @@ def test_minute_and_hour_keys_are_kept_two_periods_and_an_hour_past_the_longest_
     for kept, period in ((60 + 3600, minute), (2 * 3600, hour)):
         assert period.resets_at is not None
         assert abs(client.pttl(f"{prefix}b:{period.key}") - (period.resets_at + kept - time.time()) * 1000) < 5000
+    # a Batch API call holds for its job (a day): its key outlives the hold, and a later call never shortens it
+    day = 86400
+    batch = short.reserve([minute], Decimal("0.1"), ttl=day)
+    assert isinstance(batch, Reservation)
+    assert isinstance(short.reserve([minute], Decimal("0.1")), Reservation)
+    assert client.pttl(f"{prefix}b:{minute.key}") > (day + 3600 - 5) * 1000
+    # a stale hold whose key has expired meanwhile does not bring the key back without a TTL
+    client.delete(f"{prefix}b:{minute.key}")
+    client.zadd(f"{prefix}reservations", {batch.id: 0})  # its hold lapses now
+    assert isinstance(short.reserve([hour], Decimal("0.1")), Reservation)  # (a reserve sweeps stale holds)
+    assert client.exists(f"{prefix}b:{minute.key}") == 0
 
 
 def test_large_budgets_compare_exactly(prefix: str) -> None:

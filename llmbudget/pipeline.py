@@ -17,9 +17,9 @@ import contextvars
 import inspect
 import itertools
 import json
-import re
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence

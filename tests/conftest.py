@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import sys
@@ -17,10 +16,27 @@ SHARED = ROOT.parent / "shared"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "data" / "tiktoken"))
 sys.path.insert(0, str(ROOT / "ci"))
 # Settles a Redis store could not write by exit are kept in the state folder for the next process: the tests'
-# stores (on Redis servers they kill) keep theirs in a folder of this run's own, never in the home folder.
-os.environ["LLMBUDGET_STATE_DIR"] = tempfile.mkdtemp(prefix="llmbudget-test-state-")
-# registered before llmbudget is imported: exit hooks run last first, so this runs after its stores have spooled
-atexit.register(shutil.rmtree, os.environ["LLMBUDGET_STATE_DIR"], ignore_errors=True)
+# stores (on Redis servers they kill) keep theirs in a folder of this process's own, never in the home folder.
+# Those of finished runs are removed here (a store writes its files as the process exits, after any hook here).
+
+
+def _gone(pid: str) -> bool:
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+_TMP = Path(tempfile.gettempdir())
+for _old in _TMP.glob("llmbudget-test-state-*"):
+    if _gone(_old.name.rsplit("-", 1)[-1]):
+        shutil.rmtree(_old, ignore_errors=True)
+os.environ["LLMBUDGET_STATE_DIR"] = str(_TMP / f"llmbudget-test-state-{os.getpid()}")
 
 # Import both HTTP libraries up front: the openai SDK looks httpx up in sys.modules
 # while streams close, and a first import in the middle of that confuses it.

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("llmbudget.ledger.budgets")
+#: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
+_SPOOL_EVERY_S = 5.0
 _sleep = time.sleep  # bound at import: tests stand a fake clock in for ``time``
 _WRITER_IDLE_S = 30.0  # a writer thread with nothing to write for this long ends
 _T = TypeVar("_T")
@@ -529,6 +531,7 @@ def _flush_at_exit() -> None:
     for store in list(_LIVE_STORES):
         try:
             store.flush()
+            store._usable()  # writes what waits, where the file answers again
             store._spool_pending()
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for SQLite at %s at exit failed (%s: %s)", store.path,
@@ -548,7 +551,8 @@ class SQLiteBudgetStore:
     limit per process while it is down, so a process that never read a budget cannot spend all of
     it again: the worst overspend of one outage is ``processes x open_share x limit``. Either way
     the cause is logged once per outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
-    be written wait in memory and are written (idempotently) once the file answers again.
+    be written wait in memory and are written (idempotently) once the file answers again; those still waiting
+    when the process exits are kept beside the file for the host's other processes (:mod:`llmbudget.ledger.spool`).
 
     ``settle_delay`` (seconds, default None): with None a settle is written before
     :meth:`settle` returns, so every process sees it at once. With a number, settles queue and
@@ -630,14 +634,12 @@ class SQLiteBudgetStore:
         self._pruned_at = time.time()  # ... and of counters of periods over
         self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
         self._conn()
-        for row in spool.claim(self._spool_base) if self._spool_base is not None else ():
-            try:  # settles a process that ended while the file was unavailable could not write
-                self._defer(Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"])),
-                            Decimal(row["actual"]))
-            except (KeyError, TypeError, ArithmeticError) as exc:
-                log.warning("llmbudget: a kept budget settle of %s does not read (%s); skipped", self.path, exc)
+        self._spool_due = 0.0  # monotonic: when to look for settles earlier processes kept (see .spool)
+        self._inherited: dict[str, Decimal] = {}  # ... and their spend per key, counted while the file is down
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
+
+    # -- settles kept across a restart (see .spool) -----------------------------------------------
 
     @property
     def _spool_base(self) -> Path | None:
@@ -645,20 +647,85 @@ class SQLiteBudgetStore:
         name = os.fspath(self.path)
         return None if name == ":memory:" or name.startswith("file:") else Path(name)
 
+    def _spooled(self, rows: list[dict[str, Any]]) -> list[tuple[Reservation, Decimal]]:
+        """The settles of spool ``rows`` that read (a damaged row is skipped, and said so)."""
+        out = []
+        for row in rows:
+            try:
+                reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
+                actual = Decimal(row["actual"])
+                if not (actual.is_finite() and actual >= 0 and reservation.amount.is_finite()):
+                    raise ValueError(f"amounts {row['amount']!r}, {row['actual']!r}")
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                log.warning("llmbudget: a kept budget settle of %s does not read (%s); skipped", self.path, exc)
+                continue
+            out.append((reservation, actual))
+        return out
+
+    def _take_spool(self) -> None:
+        """Settles earlier processes kept (see :mod:`.spool`), taken and written with this process's waiting ones;
+        back to a file if the file does not take them after all, so that none lives only in this process."""
+        base = self._spool_base
+        now = time.monotonic()
+        if base is None or now < self._spool_due:
+            return
+        self._spool_due = now + _SPOOL_EVERY_S
+        taken = self._spooled(spool.claim(base))
+        for reservation, actual in taken:
+            self._defer(reservation, actual)
+        try:
+            self._replay()
+        except BaseException:
+            self._keep({r.id for r, _ in taken})
+            raise
+
+    def _keep(self, ids: set[str] | None) -> Path | None:
+        """Move waiting settles (those of ``ids``; None: all) to a spool file for the next process; its path."""
+        base = self._spool_base
+        if base is None:
+            return None
+        with self._lock:
+            moving = [(r, a) for r, a in self._pending if ids is None or r.id in ids]
+        if not moving:
+            return None
+        kept = spool.write(base, [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": str(a)}
+                                  for r, a in moving])
+        if kept is not None:
+            gone = {r.id for r, _ in moving}
+            with self._lock:
+                self._pending = deque(item for item in self._pending if item[0].id not in gone)
+                for reservation, actual in moving:
+                    for key in reservation.keys:
+                        spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+                        self._local[key] = (max(spent - actual, _ZERO), reserved)
+        return kept
+
+    def _peek_spool(self) -> None:
+        """The file is down: what earlier processes kept and could not write counts as spent here too."""
+        base = self._spool_base
+        if base is None:
+            return
+        with self._lock:
+            own = {r.id for r, _ in self._pending}
+        inherited: dict[str, Decimal] = {}
+        seen: set[str] = set()
+        for reservation, actual in self._spooled(spool.peek(base)):
+            if reservation.id in own or reservation.id in seen:
+                continue
+            seen.add(reservation.id)
+            for key in reservation.keys:
+                inherited[key] = inherited.get(key, _ZERO) + actual
+        self._inherited = inherited
+        if seen:
+            self._spool_due = 0.0  # tried again after the outage, the store takes and writes them at once
+
     def _spool_pending(self) -> None:
         """At exit: the settles still waiting for the file, kept beside it for the next process (see :mod:`.spool`)."""
-        with self._lock:
-            waiting = list(self._pending)
-        if not waiting or self._spool_base is None:
-            return
-        rows = [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": str(actual)}
-                for r, actual in waiting]
-        kept = spool.write(self._spool_base, rows)
+        count = len(self._pending)
+        kept = self._keep(None)
         if kept is not None:
-            with self._lock:
-                self._pending.clear()
             log.warning("llmbudget: %d budget settle(s) could not be written to SQLite at %s before exit; kept in %s "
-                        "for the next process that opens it", len(rows), self.path, kept)
+                        "for the next process that opens it", count, self.path, kept)
 
     def _conn(self, *, quick: bool = False) -> sqlite3.Connection:
         """This thread's connection; ``quick``: its other one, which never waits for a lock."""
@@ -686,8 +753,8 @@ class SQLiteBudgetStore:
             # file, a thread waited ``timeout`` for the thread before it, then ``timeout`` again in SQLite.
             waited = 0.0 if quick else time.monotonic() - started
             if waited > 0.001:
-                if time.monotonic() < self._down_until:  # the thread before found the file unavailable
-                    raise sqlite3.OperationalError("database is locked")
+                if time.monotonic() < self._down_until:  # the thread before found the file unavailable: its cause
+                    raise sqlite3.OperationalError(str(self._last_error or "database is locked"))
                 conn.execute(f"PRAGMA busy_timeout={max(1, int((self.timeout - waited) * 1000))}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -716,17 +783,19 @@ class SQLiteBudgetStore:
         """Whether to try the file now; writes waiting settles first when it was unavailable."""
         if time.monotonic() < self._down_until:
             return False
-        if self._pending:
-            try:
+        try:
+            self._take_spool()
+            if self._pending:
                 self._replay()
-            except _SQLITE_ERRORS as exc:
-                self._mark_down(exc)
-                return False
+        except _SQLITE_ERRORS as exc:
+            self._mark_down(exc)
+            return False
         return True
 
     def _mark_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_interval
         self._last_error = exc
+        self._peek_spool()
         with self._lock:
             first, self._down = not self._down, True
         for reservation, actual in self._take_settles():  # counted in this process until written
@@ -922,6 +991,7 @@ class SQLiteBudgetStore:
             for bucket in buckets:
                 spent, reserved = self._local.get(bucket.key, (_ZERO, _ZERO))
                 floor = bucket.limit - bucket.limit * share  # at most open_share of the limit while it is down
+                spent += self._inherited.get(bucket.key, _ZERO)  # what processes before kept, unwritten
                 counters[bucket.key] = (max(self._known.get(bucket.key, _ZERO), floor) + spent, reserved)
             refusal = _check(counters, buckets, amount, tenant)
             if refusal is not None:

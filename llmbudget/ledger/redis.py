@@ -58,6 +58,8 @@ _ZERO = Decimal(0)
 #: Bucket keys of a day or a month live this long after their period ends (late settles still find them);
 #: those of a minute or an hour, see :func:`_bucket_margin`.
 _BUCKET_MARGIN_S = 2 * 86400
+#: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
+_SPOOL_EVERY_S = 5.0
 _PERIOD_S = {"minute": 60, "hour": 3600}
 #: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
 _UNPERIODED_TTL_S = 86400
@@ -264,7 +266,9 @@ class RedisBudgetStore:
     ``open_share`` bounds fail-open: while Redis is unreachable, one process may spend at
     most this share of each budget's limit beyond the last spend it read from Redis (and
     never past the limit). With N processes the worst overspend of one outage is therefore
-    ``N * open_share * limit``, whether or not a process had ever seen the budget's spend.
+    ``N * open_share * limit``, whether or not a process had ever seen the budget's spend. Settles still
+    waiting when a process exits are kept in the state folder for the host's other processes, which count
+    them meanwhile (:mod:`llmbudget.ledger.spool`).
     """
 
     def __init__(
@@ -308,57 +312,118 @@ class RedisBudgetStore:
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
+        self._spool_due = 0.0  # monotonic: when to look for settles earlier processes kept (see .spool)
+        self._inherited: dict[str, int] = {}  # ... and their spend per key (pico), counted while Redis is down
         _LIVE.add(self)
-        self._take_spooled()
 
     # -- settles kept across a restart (see .spool) -----------------------------------------------
 
     @property
     def _spool_base(self) -> Path:
-        digest = hashlib.sha256(f"{self.url}\0{self.prefix}".encode()).hexdigest()[:16]
+        """What :mod:`.spool` names this store's files after: the server (the client's, when one was given) and
+        the prefix."""
+        kwargs = getattr(getattr(self._redis, "connection_pool", None), "connection_kwargs", {})
+        server = (f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
+                  if kwargs else self.url)
+        digest = hashlib.sha256(f"{server}\0{self.prefix}".encode()).hexdigest()[:16]
         return spool.state_dir() / f"redis-{digest}"
 
-    def _take_spooled(self) -> None:
-        """Settles and releases a process that ended while Redis was down could not write: counted here as this
-        process's own waiting ones, and written by the retry thread once Redis answers."""
-        rows = spool.claim(self._spool_base)
+    def _spooled(self, rows: list[dict[str, Any]]) -> list[tuple[Reservation, int | None, dict[str, int]]]:
+        """Spool ``rows`` that read: (reservation, actual in pico or None for a release, key expiries)."""
+        out = []
         for row in rows:
             try:
                 reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
-                if row.get("release"):
-                    self._releases.append(reservation)
-                    continue
-                pico = int(row["actual"])
-                for key, expires in dict(row.get("expiry") or {}).items():
-                    self._remember(self._expiry, str(key), int(expires))
+                pico = None if row.get("release") else int(row["actual"])
+                expiry = {str(k): int(v) for k, v in dict(row.get("expiry") or {}).items()}
+                if not reservation.amount.is_finite() or (pico is not None and not 0 <= pico <= _MAX_PICO):
+                    raise ValueError(f"amounts {row['amount']!r}, {row.get('actual')!r}")
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 log.warning("llmbudget: a kept budget settle for Redis at %s does not read (%s); skipped",
                             self._where(), exc)
                 continue
-            self._pending.append((reservation, pico))
+            out.append((reservation, pico, expiry))
+        return out
+
+    def _take_spool(self) -> None:
+        """Settles and releases earlier processes kept (see :mod:`.spool`), taken and written with this process's
+        waiting ones; back to a file if Redis does not take them after all, so that none lives only here."""
+        now = time.monotonic()
+        if now < self._spool_due:
+            return
+        self._spool_due = now + _SPOOL_EVERY_S
+        rows = self._spooled(spool.claim(self._spool_base))
+        if not rows:
+            return
+        with self._lock:
+            waiting = {r.id for r, _ in self._pending} | {r.id for r in self._releases}
+            taken = set()
+            for reservation, pico, expiry in rows:
+                if reservation.id in waiting:
+                    continue  # (a child forked with settles waiting kept them too)
+                waiting.add(reservation.id)
+                taken.add(reservation.id)
+                if pico is None:
+                    self._releases.append(reservation)
+                    continue
+                for key, expires in expiry.items():
+                    self._remember(self._expiry, key, expires)
+                self._pending.append((reservation, pico))
+                for key in reservation.keys:
+                    spent, reserved = self._local.get(key, (0, 0))
+                    self._local[key] = (spent + pico, reserved)
+        try:
+            self._reconcile()
+        except BaseException:
+            self._keep(taken)
+            raise
+
+    def _keep(self, ids: set[str] | None) -> Path | None:
+        """Move waiting settles and releases (those of ``ids``; None: all) to a spool file for the next process."""
+        with self._lock:
+            settles = [(r, p) for r, p in self._pending if ids is None or r.id in ids]
+            releases = [r for r in self._releases if ids is None or r.id in ids]
+            rows: list[dict[str, Any]] = [
+                {"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": pico,
+                 "expiry": {k: self._expiry[k] for k in r.keys if k in self._expiry}} for r, pico in settles]
+        rows += [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "release": True} for r in releases]
+        if not rows:
+            return None
+        kept = spool.write(self._spool_base, rows)
+        if kept is not None:
+            gone = {row["id"] for row in rows}
+            with self._lock:
+                self._pending = deque(item for item in self._pending if item[0].id not in gone)
+                self._releases = deque((r for r in self._releases if r.id not in gone), maxlen=self._releases.maxlen)
+                for reservation, pico in settles:
+                    for key in reservation.keys:
+                        spent, reserved = self._local.get(key, (0, 0))
+                        self._local[key] = (max(spent - pico, 0), reserved)
+        return kept
+
+    def _peek_spool(self) -> None:
+        """Redis is down: what earlier processes kept and could not write counts as spent here too."""
+        with self._lock:
+            own = {r.id for r, _ in self._pending}
+        inherited: dict[str, int] = {}
+        seen: set[str] = set()
+        for reservation, pico, _ in self._spooled(spool.peek(self._spool_base)):
+            if pico is None or reservation.id in own or reservation.id in seen:
+                continue
+            seen.add(reservation.id)
             for key in reservation.keys:
-                spent, reserved = self._local.get(key, (0, 0))
-                self._local[key] = (spent + pico, reserved)
-        if rows:
-            _keep_trying(self)
+                inherited[key] = inherited.get(key, 0) + pico
+        self._inherited = inherited
+        if seen:
+            self._spool_due = 0.0  # tried again after the outage, the store takes and writes them at once
 
     def _spool_pending(self) -> None:
         """At exit: the settles and releases still waiting for Redis, kept for the next process (see :mod:`.spool`)."""
-        with self._lock:
-            rows: list[dict[str, Any]] = [
-                {"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": pico,
-                 "expiry": {k: self._expiry[k] for k in r.keys if k in self._expiry}} for r, pico in self._pending]
-            rows += [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "release": True}
-                     for r in self._releases]
-        if not rows:
-            return
-        kept = spool.write(self._spool_base, rows)
+        count = len(self._pending) + len(self._releases)
+        kept = self._keep(None)
         if kept is not None:
-            with self._lock:
-                self._pending.clear()
-                self._releases.clear()
             log.warning("llmbudget: %d budget settle(s) could not be written to Redis at %s before exit; kept in %s "
-                        "for the next process that uses it", len(rows), self._where(), kept)
+                        "for the next process that uses it", count, self._where(), kept)
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -379,16 +444,18 @@ class RedisBudgetStore:
         """Whether to try Redis now; replays waiting settles first when it is back."""
         if time.monotonic() < self._down_until:
             return False
-        if self._pending or self._releases:
-            try:
+        try:
+            self._take_spool()
+            if self._pending or self._releases:
                 self._reconcile()
-            except self._errors as exc:
-                self._mark_down(exc)
-                return False
+        except self._errors as exc:
+            self._mark_down(exc)
+            return False
         return True
 
     def _mark_down(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.retry_interval
+        self._peek_spool()
         _keep_trying(self)
         if not self._warned:
             self._warned = True
@@ -524,6 +591,7 @@ class RedisBudgetStore:
                 # bucket's spend (0) cannot spend the whole budget again while Redis is down
                 limit = limit_pico(bucket.limit)
                 floor = limit - int(limit * self.open_share)
+                spent += self._inherited.get(bucket.key, 0)  # what processes before kept, unwritten
                 counters[bucket.key] = (from_pico(max(self._known.get(bucket.key, 0), floor) + spent),
                                         from_pico(reserved))
             refusal = _check(counters, buckets, amount, tenant)

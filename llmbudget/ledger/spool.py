@@ -4,11 +4,14 @@ A fail-open store counts the calls it serves while its SQLite file or Redis is d
 once the store answers again. A process that ended first (a worker recycled, a deploy) lost them: the spend was
 never charged, and the process after it started from the last spend it read, so each restart got another
 ``open_share`` of the limit. At exit such settles go to a file beside the store: ``<db>.pending-<pid>-<random>.jsonl``
-for SQLite, ``redis-<digest of the URL and prefix>.pending-...`` in the state folder for Redis (see
-:func:`state_dir`). The next process to open the store takes the files, counts their settles as its own waiting
-ones (while the store is still down it may spend what the one before left of its share, not a share of its own)
-and writes them once the store answers. A settle is idempotent (a reservation id is charged once), so nothing is
-charged twice whoever writes it.
+for SQLite, ``redis-<digest of the server and prefix>.pending-...`` in the state folder for Redis (see
+:func:`state_dir`).
+
+While the store is down, a process counts the settles in those files (:func:`peek`) as spent beyond the last
+spend it read, so a worker restarted during the outage spends what the ones before left of the share, not a
+share of its own. Once the store answers, the first process to use it takes the files (:func:`claim`) and
+writes their settles. A settle is idempotent (a reservation id is charged once), so nothing is charged twice
+whoever writes it, and a file two processes both wrote (a child forked with settles waiting) counts once.
 """
 
 from __future__ import annotations
@@ -56,14 +59,42 @@ def write(base: Path, rows: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+def _files(base: Path) -> list[Path]:
+    try:
+        return sorted(base.parent.glob(f"{glob.escape(base.name)}.pending-*.jsonl"))
+    except OSError:
+        return []
+
+
+def _rows(path: Path, lines: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            log.warning("llmbudget: %s line %d is not a budget settle; skipped", path, number)
+    return rows
+
+
+def peek(base: Path) -> list[dict[str, Any]]:
+    """The rows of every spool file of ``base``, left in place."""
+    rows: list[dict[str, Any]] = []
+    for path in _files(base):
+        try:
+            rows += _rows(path, path.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError):
+            continue  # taken meanwhile, or not ours to read
+    return rows
+
+
 def claim(base: Path) -> list[dict[str, Any]]:
     """Take every spool file of ``base`` (each renamed first, so no two processes take one) and return its rows."""
     rows: list[dict[str, Any]] = []
-    try:
-        found = sorted(base.parent.glob(f"{glob.escape(base.name)}.pending-*.jsonl"))
-    except OSError:
-        return rows
-    for path in found:
+    for path in _files(base):
         taken = path.with_name(f"{path.name}.taken-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(path, taken)
@@ -74,15 +105,7 @@ def claim(base: Path) -> list[dict[str, Any]]:
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("llmbudget: could not read the budget settles kept in %s (%s)", taken, exc)
             continue
-        for number, line in enumerate(lines, 1):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                log.warning("llmbudget: %s line %d is not a budget settle; skipped", taken, number)
+        rows += _rows(taken, lines)
         with contextlib.suppress(OSError):
             taken.unlink()
     if rows:

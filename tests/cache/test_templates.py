@@ -15,7 +15,11 @@ from llmbudget.cache import Cache
 from llmbudget.cache.bench import eval_replay
 from llmbudget.cache.evaluate import eval_pairs
 from llmbudget.cache.store import CacheStore
-from llmbudget.cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, SEMANTIC_CHARS_CEILING, TemplateGuard
+from llmbudget.cache.templates import (
+    DEFAULT_MAX_SEMANTIC_CHARS,
+    SEMANTIC_CHARS_CEILING,
+    TemplateGuard,
+)
 from llmbudget.config import ConfigError, engine_from_config
 from llmbudget.providers import adapter_for_endpoint
 

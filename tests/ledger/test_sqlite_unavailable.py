@@ -187,20 +187,62 @@ def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(l
     """A fail-open process that ended while the file was locked lost the settles it had not written: the spend
     was never charged, and the process after it (a recycled worker) got a fresh open_share of the limit."""
     path, holder = lock_holder
+    # made before the other process ends, as a worker forked from a preloaded app has its store
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
     child = subprocess.run([sys.executable, "-c", _SPEND_WHILE_LOCKED, str(path)], capture_output=True, text=True,
                            timeout=60)
     assert child.returncode == 0, child.stderr
     assert "kept in" in child.stderr and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
-    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
-    assert store.pending_settles == 1 and not list(path.parent.glob("budgets.db.pending-*"))  # taken
     bucket = _bucket("1")
     # still locked: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
     assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
+    # taken when the file was tried, and put back when it did not answer: they never live in one process only
+    assert store.pending_settles == 0 and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
     _release(holder)
-    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
-    assert store.pending_settles == 0
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: taken, written
+    assert store.pending_settles == 0 and not list(path.parent.glob("budgets.db.pending-*"))
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
+
+
+def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:
+    """At exit, settles that waited for a file which answered again meanwhile were kept for the next process
+    instead of written."""
+    path = tmp_path / "budgets.db"
+    SQLiteBudgetStore(path)
+    script = _SPEND_WHILE_LOCKED.replace("assert store.pending_settles == 1", "assert store.pending_settles == 1\n"
+                                         "sys.stdin.readline()  # the lock goes meanwhile")
+    with _holding(path) as holder:
+        child = subprocess.Popen([sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(2)  # it reserves and settles while the file is locked
+        _release(holder)
+    _, err = child.communicate("go\n", timeout=60)
+    assert child.returncode == 0, err
+    assert "kept in" not in err and not list(tmp_path.glob("budgets.db.pending-*"))
+    assert SQLiteBudgetStore(path).spent(_bucket("1").key)[0] == Decimal("0.2")
+
+
+def test_kept_settles_count_once_and_damaged_ones_are_skipped(lock_holder, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A child forked with settles waiting keeps them too (two files with the same settle: counted twice); a
+    damaged row stopped the store from starting, and "NaN" was committed as a spend."""
+    from llmbudget.ledger import spool
+
+    path, holder = lock_holder
+    bucket = _bucket("1")
+    row = {"id": "local-x1", "keys": [bucket.key], "amount": "0.2", "actual": "0.2"}  # served while it was down
+    for rows in ([row], [row], [{**row, "id": "x2", "amount": [1, 2]}, {**row, "id": "x3", "actual": "NaN"},
+                                {**row, "id": "x4", "actual": "-1"}, {"id": "x5"}]):
+        assert spool.write(path, rows) is not None
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    caplog.set_level(logging.WARNING, logger=LOG)
+    assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)  # 0.75 + 0.2 (once) + 0.05
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Refusal)
+    assert "does not read" in caplog.text
+    _release(holder)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")
+    assert not list(path.parent.glob("budgets.db.pending-*"))
 
 
 def test_a_fresh_process_fails_open_from_the_spend_it_reads_and_within_its_share(tmp_path: Path) -> None:

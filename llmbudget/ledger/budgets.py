@@ -665,11 +665,13 @@ class SQLiteBudgetStore:
     def _take_spool(self) -> None:
         """Settles earlier processes kept (see :mod:`.spool`), taken and written with this process's waiting ones;
         back to a file if the file does not take them after all, so that none lives only in this process."""
-        base = self._spool_base
         now = time.monotonic()
-        if base is None or now < self._spool_due:
+        if now < self._spool_due:
             return
         self._spool_due = now + _SPOOL_EVERY_S
+        base = self._spool_base
+        if base is None:
+            return
         taken = self._spooled(spool.claim(base))
         for reservation, actual in taken:
             self._defer(reservation, actual)

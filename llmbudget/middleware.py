@@ -876,6 +876,16 @@ class _Body:
             self._finish()
 
 
+def _wsgi_text(value: str) -> str:
+    """An environ string a server set from bytes (PEP 3333: decoded as latin-1), as the UTF-8 text they carry, as
+    tenant headers are read (a ``REMOTE_USER`` of ``josé`` became ``josÃ©``); as it is where it is not such a
+    string (Python code set it, with characters past latin-1) or its bytes are not UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def _environ_header(environ: Mapping[str, Any], name: str | None) -> str | None:
     if name is None:
         return None
@@ -973,7 +983,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         remote_user = environ.get("REMOTE_USER")
         try:
             tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header),
-                                 remote_user if isinstance(remote_user, str) else None, environ.get("REMOTE_ADDR"))
+                                 _wsgi_text(remote_user) if isinstance(remote_user, str) else None,
+                                 environ.get("REMOTE_ADDR"))
         except _TenantRefused as refused:
             problem = self.tenant_problem(refused, request_id, method, path)
             start_response("400 Bad Request", [*problem.headers, ("content-length", str(len(problem.body)))])

@@ -229,6 +229,10 @@ def test_remote_user_outranks_the_tenant_header(engine: llmbudget.Engine) -> Non
     assert client.get("/", headers={"x-tenant-id": "acme"}).get_data() == b"acme"
     untrusted = Client(LLMBudgetWSGIMiddleware(app, policy=Policy()))
     assert untrusted.get("/", headers={"x-tenant-id": "acme"}).get_data() == b"None"
+    # a server sets REMOTE_USER from bytes, as latin-1 (PEP 3333): read as UTF-8, as a header is ("josÃ©" before)
+    for remote_user in ("josé".encode().decode("latin-1"), "josé"):  # a server's; a WSGI middleware's own str
+        named = client.get("/", environ_overrides={"REMOTE_USER": remote_user}).get_data().decode()
+        assert named == "josé"
 
 
 def test_disabled_routes_and_install(engine: llmbudget.Engine) -> None:

@@ -532,7 +532,10 @@ def _flush_at_exit() -> None:
         try:
             store.flush()
             store._usable()  # writes what waits, where the file answers again
-            store._spool_pending()
+            if store._pending and store._journal.path is not None:
+                log.warning("llmbudget: %d budget settle(s) could not be written to SQLite at %s before exit; "
+                            "kept in %s for the host's other processes", len(store._pending), store.path,
+                            store._journal.path)
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for SQLite at %s at exit failed (%s: %s)", store.path,
                         type(exc).__name__, exc)
@@ -551,8 +554,9 @@ class SQLiteBudgetStore:
     limit per process while it is down, so a process that never read a budget cannot spend all of
     it again: the worst overspend of one outage is ``processes x open_share x limit``. Either way
     the cause is logged once per outage, the file is not tried again for ``retry_interval`` seconds, and settles that could not
-    be written wait in memory and are written (idempotently) once the file answers again; those still waiting
-    when the process exits are kept beside the file for the host's other processes (:mod:`llmbudget.ledger.spool`).
+    be written wait in memory and are written (idempotently) once the file answers again; each is kept on disk
+    beside the file meanwhile, for the host's other processes to count, and to write if this one ends first
+    (:mod:`llmbudget.ledger.spool`).
 
     ``settle_delay`` (seconds, default None): with None a settle is written before
     :meth:`settle` returns, so every process sees it at once. With a number, settles queue and
@@ -634,8 +638,10 @@ class SQLiteBudgetStore:
         self._pruned_at = time.time()  # ... and of counters of periods over
         self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
         self._conn()
-        self._spool_due = 0.0  # monotonic: when to look for settles earlier processes kept (see .spool)
-        self._inherited: dict[str, Decimal] = {}  # ... and their spend per key, counted while the file is down
+        self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
+        self._inherited: dict[str, Decimal] = {}  # other processes' waiting spend per key, while the file is down
+        self._journal = spool.Journal(self._spool_base)  # this process's waiting settles, on disk
+        self._replaying = 0  # settles taken off _pending and being written
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
 
@@ -663,8 +669,7 @@ class SQLiteBudgetStore:
         return out
 
     def _take_spool(self) -> None:
-        """Settles earlier processes kept (see :mod:`.spool`), taken and written with this process's waiting ones;
-        back to a file if the file does not take them after all, so that none lives only in this process."""
+        """The file answers: write what processes that have ended kept (see :mod:`.spool`), then drop their files."""
         now = time.monotonic()
         if now < self._spool_due:
             return
@@ -672,38 +677,18 @@ class SQLiteBudgetStore:
         base = self._spool_base
         if base is None:
             return
-        taken = self._spooled(spool.claim(base))
-        for reservation, actual in taken:
-            self._defer(reservation, actual)
-        try:
-            self._replay()
-        except BaseException:
-            self._keep({r.id for r, _ in taken})
-            raise
-
-    def _keep(self, ids: set[str] | None) -> Path | None:
-        """Move waiting settles (those of ``ids``; None: all) to a spool file for the next process; its path."""
-        base = self._spool_base
-        if base is None:
-            return None
-        with self._lock:
-            moving = [(r, a) for r, a in self._pending if ids is None or r.id in ids]
-        if not moving:
-            return None
-        kept = spool.write(base, [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": str(a)}
-                                  for r, a in moving])
-        if kept is not None:
-            gone = {r.id for r, _ in moving}
-            with self._lock:
-                self._pending = deque(item for item in self._pending if item[0].id not in gone)
-                for reservation, actual in moving:
-                    for key in reservation.keys:
-                        spent, reserved = self._local.get(key, (_ZERO, _ZERO))
-                        self._local[key] = (max(spent - actual, _ZERO), reserved)
-        return kept
+        found = spool.orphans(base)
+        if not found:
+            return
+        settles = self._spooled([row for _, rows in found for row in rows])
+        self._transaction(lambda conn: self._settle_all_in(conn, settles))  # raises: the files stay
+        spool.remove([path for path, _ in found])
+        if settles:
+            log.warning("llmbudget: SQLite budget store %s: wrote %d settle(s) that processes which have ended "
+                        "could not", self.path, len(settles))
 
     def _peek_spool(self) -> None:
-        """The file is down: what earlier processes kept and could not write counts as spent here too."""
+        """The file is down: what other processes keep waiting counts as spent here too."""
         base = self._spool_base
         if base is None:
             return
@@ -711,7 +696,7 @@ class SQLiteBudgetStore:
             own = {r.id for r, _ in self._pending}
         inherited: dict[str, Decimal] = {}
         seen: set[str] = set()
-        for reservation, actual in self._spooled(spool.peek(base)):
+        for reservation, actual in self._spooled(spool.peek(base, skip=self._journal.path)):
             if reservation.id in own or reservation.id in seen:
                 continue
             seen.add(reservation.id)
@@ -719,15 +704,7 @@ class SQLiteBudgetStore:
                 inherited[key] = inherited.get(key, _ZERO) + actual
         self._inherited = inherited
         if seen:
-            self._spool_due = 0.0  # tried again after the outage, the store takes and writes them at once
-
-    def _spool_pending(self) -> None:
-        """At exit: the settles still waiting for the file, kept beside it for the next process (see :mod:`.spool`)."""
-        count = len(self._pending)
-        kept = self._keep(None)
-        if kept is not None:
-            log.warning("llmbudget: %d budget settle(s) could not be written to SQLite at %s before exit; kept in %s "
-                        "for the next process that opens it", count, self.path, kept)
+            self._spool_due = 0.0  # tried again after the outage, the store writes those it may at once
 
     def _conn(self, *, quick: bool = False) -> sqlite3.Connection:
         """This thread's connection; ``quick``: its other one, which never waits for a lock."""
@@ -841,15 +818,20 @@ class SQLiteBudgetStore:
         while True:
             with self._lock:
                 if not self._pending:
+                    if not self._replaying:  # none waits, none is being written: its file goes
+                        self._journal.clear()
                     break
                 reservation, actual = self._pending.popleft()
+                self._replaying += 1
             try:
                 self._transaction(lambda conn: self._settle_in(conn, reservation, actual))
             except BaseException:
                 with self._lock:
                     self._pending.appendleft((reservation, actual))
+                    self._replaying -= 1
                 raise
             with self._lock:
+                self._replaying -= 1
                 for key in reservation.keys:
                     spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                     self._local[key] = (max(spent - actual, _ZERO), reserved)
@@ -1104,6 +1086,8 @@ class SQLiteBudgetStore:
             if any(r.id == reservation.id for r, _ in self._pending):
                 return
             self._pending.append((reservation, actual))
+            self._journal.add({"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount),
+                               "actual": str(actual)})
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent + actual, reserved)

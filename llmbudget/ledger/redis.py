@@ -266,9 +266,9 @@ class RedisBudgetStore:
     ``open_share`` bounds fail-open: while Redis is unreachable, one process may spend at
     most this share of each budget's limit beyond the last spend it read from Redis (and
     never past the limit). With N processes the worst overspend of one outage is therefore
-    ``N * open_share * limit``, whether or not a process had ever seen the budget's spend. Settles still
-    waiting when a process exits are kept in the state folder for the host's other processes, which count
-    them meanwhile (:mod:`llmbudget.ledger.spool`).
+    ``N * open_share * limit``, whether or not a process had ever seen the budget's spend. Settles that wait
+    are kept on disk in the state folder meanwhile, for the host's other processes to count, and to write if
+    this one ends first (:mod:`llmbudget.ledger.spool`).
     """
 
     def __init__(
@@ -312,21 +312,33 @@ class RedisBudgetStore:
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, int] = OrderedDict()  # last spent seen in Redis, per bucket key
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
-        self._spool_due = 0.0  # monotonic: when to look for settles earlier processes kept (see .spool)
-        self._inherited: dict[str, int] = {}  # ... and their spend per key (pico), counted while Redis is down
+        self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
+        self._inherited: dict[str, int] = {}  # other processes' waiting spend per key (pico), while Redis is down
+        server = url if client is None else self._server(client)
+        self._spool_base: Path | None = None
+        if server is not None:
+            digest = hashlib.sha256(f"{server}\0{self.prefix}".encode()).hexdigest()[:16]
+            self._spool_base = spool.state_dir() / f"redis-{digest}"
+        else:
+            log.warning("llmbudget: Redis budget store: the client given names no server; settles that wait when "
+                        "its process ends are not kept for the host's other processes")
+        self._journal = spool.Journal(self._spool_base)  # this process's waiting settles and releases, on disk
         _LIVE.add(self)
 
     # -- settles kept across a restart (see .spool) -----------------------------------------------
 
-    @property
-    def _spool_base(self) -> Path:
-        """What :mod:`.spool` names this store's files after: the server (the client's, when one was given) and
-        the prefix."""
-        kwargs = getattr(getattr(self._redis, "connection_pool", None), "connection_kwargs", {})
-        server = (f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
-                  if kwargs else self.url)
-        digest = hashlib.sha256(f"{server}\0{self.prefix}".encode()).hexdigest()[:16]
-        return spool.state_dir() / f"redis-{digest}"
+    def _server(self, client: Any) -> str | None:
+        """The server ``client`` talks to, as a name for this store's files (None: it does not say)."""
+        pool = getattr(client, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", None) or {}
+        if getattr(pool, "service_name", None):  # Sentinel: the service, whichever node is its master
+            return f"sentinel:{pool.service_name}/{kwargs.get('db', 0)}"  # type: ignore[union-attr]
+        if kwargs.get("host") or kwargs.get("path"):
+            return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
+        nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
+        if nodes:  # a Redis Cluster client
+            return "cluster:" + ",".join(sorted(map(str, nodes)))
+        return None
 
     def _spooled(self, rows: list[dict[str, Any]]) -> list[tuple[Reservation, int | None, dict[str, int]]]:
         """Spool ``rows`` that read: (reservation, actual in pico or None for a release, key expiries)."""
@@ -346,68 +358,42 @@ class RedisBudgetStore:
         return out
 
     def _take_spool(self) -> None:
-        """Settles and releases earlier processes kept (see :mod:`.spool`), taken and written with this process's
-        waiting ones; back to a file if Redis does not take them after all, so that none lives only here."""
+        """Redis answers: write what processes that have ended kept (see :mod:`.spool`), then drop their files."""
         now = time.monotonic()
-        if now < self._spool_due:
+        if now < self._spool_due or self._spool_base is None:
             return
         self._spool_due = now + _SPOOL_EVERY_S
-        rows = self._spooled(spool.claim(self._spool_base))
-        if not rows:
+        found = spool.orphans(self._spool_base)
+        if not found:
             return
-        with self._lock:
-            waiting = {r.id for r, _ in self._pending} | {r.id for r in self._releases}
-            taken = set()
-            for reservation, pico, expiry in rows:
-                if reservation.id in waiting:
-                    continue  # (a child forked with settles waiting kept them too)
-                waiting.add(reservation.id)
-                taken.add(reservation.id)
-                if pico is None:
-                    self._releases.append(reservation)
-                    continue
-                for key, expires in expiry.items():
-                    self._remember(self._expiry, key, expires)
-                self._pending.append((reservation, pico))
-                for key in reservation.keys:
-                    spent, reserved = self._local.get(key, (0, 0))
-                    self._local[key] = (spent + pico, reserved)
-        try:
-            self._reconcile()
-        except BaseException:
-            self._keep(taken)
-            raise
+        rows = self._spooled([row for _, rows in found for row in rows])
+        for reservation, pico, expiry in rows:  # raises: the files stay (each settle is charged once)
+            for key, expires in expiry.items():
+                self._remember(self._expiry, key, expires)
+            self._run_settle(reservation, 0 if pico is None else pico)
+        spool.remove([path for path, _ in found])
+        if rows:
+            log.warning("llmbudget: Redis budget store %s: wrote %d settle(s) that processes which have ended "
+                        "could not", self._where(), len(rows))
 
-    def _keep(self, ids: set[str] | None) -> Path | None:
-        """Move waiting settles and releases (those of ``ids``; None: all) to a spool file for the next process."""
-        with self._lock:
-            settles = [(r, p) for r, p in self._pending if ids is None or r.id in ids]
-            releases = [r for r in self._releases if ids is None or r.id in ids]
-            rows: list[dict[str, Any]] = [
-                {"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "actual": pico,
-                 "expiry": {k: self._expiry[k] for k in r.keys if k in self._expiry}} for r, pico in settles]
-        rows += [{"id": r.id, "keys": list(r.keys), "amount": str(r.amount), "release": True} for r in releases]
-        if not rows:
-            return None
-        kept = spool.write(self._spool_base, rows)
-        if kept is not None:
-            gone = {row["id"] for row in rows}
-            with self._lock:
-                self._pending = deque(item for item in self._pending if item[0].id not in gone)
-                self._releases = deque((r for r in self._releases if r.id not in gone), maxlen=self._releases.maxlen)
-                for reservation, pico in settles:
-                    for key in reservation.keys:
-                        spent, reserved = self._local.get(key, (0, 0))
-                        self._local[key] = (max(spent - pico, 0), reserved)
-        return kept
+    def _journal_row(self, reservation: Reservation, pico: int | None) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount)}
+        if pico is None:
+            row["release"] = True
+        else:
+            row["actual"] = pico
+            row["expiry"] = {k: self._expiry[k] for k in reservation.keys if k in self._expiry}
+        return row
 
     def _peek_spool(self) -> None:
-        """Redis is down: what earlier processes kept and could not write counts as spent here too."""
+        """Redis is down: what other processes keep waiting counts as spent here too."""
+        if self._spool_base is None:
+            return
         with self._lock:
             own = {r.id for r, _ in self._pending}
         inherited: dict[str, int] = {}
         seen: set[str] = set()
-        for reservation, pico, _ in self._spooled(spool.peek(self._spool_base)):
+        for reservation, pico, _ in self._spooled(spool.peek(self._spool_base, skip=self._journal.path)):
             if pico is None or reservation.id in own or reservation.id in seen:
                 continue
             seen.add(reservation.id)
@@ -415,15 +401,7 @@ class RedisBudgetStore:
                 inherited[key] = inherited.get(key, 0) + pico
         self._inherited = inherited
         if seen:
-            self._spool_due = 0.0  # tried again after the outage, the store takes and writes them at once
-
-    def _spool_pending(self) -> None:
-        """At exit: the settles and releases still waiting for Redis, kept for the next process (see :mod:`.spool`)."""
-        count = len(self._pending) + len(self._releases)
-        kept = self._keep(None)
-        if kept is not None:
-            log.warning("llmbudget: %d budget settle(s) could not be written to Redis at %s before exit; kept in %s "
-                        "for the next process that uses it", count, self._where(), kept)
+            self._spool_due = 0.0  # tried again after the outage, the store writes those it may at once
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -513,6 +491,8 @@ class RedisBudgetStore:
         with self._lock:
             if not self._local_open:
                 self._local = {k: v for k, v in self._local.items() if v != (0, 0)}
+            if not self._pending and not self._releases:  # (taken off only once written): its file goes
+                self._journal.clear()
         if replayed:
             log.warning("llmbudget: Redis budget store %s is back; replayed %d settle(s)", self._where(), replayed)
         self._warned = False
@@ -561,7 +541,9 @@ class RedisBudgetStore:
             # Redis may run the script after the client gave up (paused, slow): release that hold, by its id,
             # once Redis answers again, instead of leaving it orphaned until the reservation's TTL
             with self._lock:
-                self._releases.append(Reservation(rid, tuple(b.key for b in buckets), amount))
+                released = Reservation(rid, tuple(b.key for b in buckets), amount)
+                self._releases.append(released)
+                self._journal.add(self._journal_row(released, None))
             raise
         if int(result[0]) in (1, 2):  # (2: this id was held by a copy of this command that ran first)
             for bucket, spent in zip(buckets, result[2::2]):
@@ -633,6 +615,7 @@ class RedisBudgetStore:
             if any(r.id == reservation.id for r, _ in self._pending):
                 return
             self._pending.append((reservation, pico))
+            self._journal.add(self._journal_row(reservation, pico))
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)
@@ -893,8 +876,10 @@ def _write_what_waits_at_exit() -> None:
             elif owner._pending or owner._releases:
                 try:
                     owner._reconcile()
-                except owner._errors:
-                    pass  # still down
-                owner._spool_pending()  # what Redis did not take, kept for the next process
+                except owner._errors:  # still down: its file keeps what waits, for the host's other processes
+                    if owner._journal.path is not None:
+                        log.warning("llmbudget: %d budget settle(s) could not be written to Redis at %s before "
+                                    "exit; kept in %s for the host's other processes",
+                                    len(owner._pending) + len(owner._releases), owner._where(), owner._journal.path)
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for Redis at exit failed (%s: %s)", type(exc).__name__, exc)

@@ -1,17 +1,19 @@
-"""Settles a budget store could not write before its process ended, kept in files for the next process.
+"""Settles a budget store could not write, kept in files until they are written.
 
 A fail-open store counts the calls it serves while its SQLite file or Redis is down and writes their settles
-once the store answers again. A process that ended first (a worker recycled, a deploy) lost them: the spend was
-never charged, and the process after it started from the last spend it read, so each restart got another
-``open_share`` of the limit. At exit such settles go to a file beside the store: ``<db>.pending-<pid>-<random>.jsonl``
-for SQLite, ``redis-<digest of the server and prefix>.pending-...`` in the state folder for Redis (see
-:func:`state_dir`).
+once the store answers again. A process that ended first (a worker recycled, a deploy, a pool worker ended by
+``os._exit``, a SIGKILL) lost them: the spend was never charged, and the process after it started from the last
+spend it read, so each restart got another ``open_share`` of the limit.
 
-While the store is down, a process counts the settles in those files (:func:`peek`) as spent beyond the last
-spend it read, so a worker restarted during the outage spends what the ones before left of the share, not a
-share of its own. Once the store answers, the first process to use it takes the files (:func:`claim`) and
-writes their settles. A settle is idempotent (a reservation id is charged once), so nothing is charged twice
-whoever writes it, and a file two processes both wrote (a child forked with settles waiting) counts once.
+So each settle a store keeps waiting is also appended to a file of its process's own (:class:`Journal`), beside
+the store: ``<db>.pending-<pid>-<random>.jsonl`` for SQLite, ``redis-<digest of the server and prefix>.pending-...``
+in the state folder for Redis (see :func:`state_dir`); the file goes once all of them are written. While the store
+is down, every process on the host counts the settles in the other processes' files as spent (:func:`peek`), so a
+worker restarted during the outage spends what the ones before left of the share, not a share of its own. Once
+the store answers, a process writes the files of processes that are gone (:func:`orphans`) and then removes
+them: a file leaves the disk only once what it holds is written. A settle is idempotent (a reservation id is
+charged once), so nothing is charged twice whoever writes it, and a settle two files hold (a child forked with
+settles waiting keeps its parent's) counts once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,34 +32,18 @@ log = logging.getLogger("llmbudget.ledger")
 
 
 def state_dir() -> Path:
-    """Where Redis stores spool: ``LLMBUDGET_STATE_DIR``, else ``$XDG_STATE_HOME/llmbudget``, else
-    ``~/.local/state/llmbudget``."""
+    """Where Redis stores keep their files: ``LLMBUDGET_STATE_DIR``, else ``$XDG_STATE_HOME/llmbudget``, else
+    ``~/.local/state/llmbudget`` (without a home folder, ``llmbudget-<uid>`` in the temporary folder)."""
     own = os.environ.get("LLMBUDGET_STATE_DIR")
     if own:
         return Path(own)
     xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "llmbudget"
-
-
-def write(base: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Write ``rows`` to a new spool file of ``base``; its path, or None where it could not be written."""
-    if not rows:
-        return None
-    path = base.with_name(f"{base.name}.pending-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-    partial = path.with_suffix(".tmp")  # renamed once whole: a reader never takes half a file
+    if xdg:
+        return Path(xdg) / "llmbudget"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(row) + "\n" for row in rows)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        log.warning("llmbudget: %d budget settle(s) could not be kept in %s (%s); they are lost", len(rows), path, exc)
-        return None
-    return path
+        return Path.home() / ".local" / "state" / "llmbudget"
+    except (RuntimeError, KeyError):  # no HOME, and a uid without a passwd entry (a container's)
+        return Path(tempfile.gettempdir()) / f"llmbudget-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _files(base: Path) -> list[Path]:
@@ -66,49 +53,93 @@ def _files(base: Path) -> list[Path]:
         return []
 
 
-def _rows(path: Path, lines: list[str]) -> list[dict[str, Any]]:
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``path`` (a line that is not a JSON object, or not UTF-8, is skipped and said so)."""
     rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            log.warning("llmbudget: %s line %d is not a budget settle; skipped", path, number)
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except ValueError:  # (UnicodeDecodeError is one)
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif raw.strip():  # (a line cut by a kill mid-write is the last one)
+                log.warning("llmbudget: %s line %d is not a budget settle; skipped", path, number)
     return rows
 
 
-def peek(base: Path) -> list[dict[str, Any]]:
-    """The rows of every spool file of ``base``, left in place."""
+def _gone(path: Path) -> bool:
+    """Whether the process that wrote ``path`` (its pid is in the name) has ended."""
+    pid = path.name.rsplit(".pending-", 1)[-1].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def peek(base: Path, skip: Path | None = None) -> list[dict[str, Any]]:
+    """The rows of every file of ``base`` but ``skip`` (this process's own), left in place."""
     rows: list[dict[str, Any]] = []
     for path in _files(base):
-        try:
-            rows += _rows(path, path.read_text(encoding="utf-8").splitlines())
-        except (OSError, UnicodeDecodeError):
-            continue  # taken meanwhile, or not ours to read
+        if path != skip:
+            with contextlib.suppress(OSError):  # removed meanwhile, or not ours to read
+                rows += _rows(path)
     return rows
 
 
-def claim(base: Path) -> list[dict[str, Any]]:
-    """Take every spool file of ``base`` (each renamed first, so no two processes take one) and return its rows."""
-    rows: list[dict[str, Any]] = []
+def orphans(base: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
+    """The files of ``base`` whose processes have ended, with their rows: theirs to write, and then :func:`remove`."""
+    found = []
     for path in _files(base):
-        taken = path.with_name(f"{path.name}.taken-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(path, taken)
-        except OSError:
-            continue  # another process took it
-        try:
-            lines = taken.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("llmbudget: could not read the budget settles kept in %s (%s)", taken, exc)
-            continue
-        rows += _rows(taken, lines)
+        if _gone(path):
+            with contextlib.suppress(OSError):
+                found.append((path, _rows(path)))
+    return found
+
+
+def remove(paths: list[Path]) -> None:
+    for path in paths:
         with contextlib.suppress(OSError):
-            taken.unlink()
-    if rows:
-        log.info("llmbudget: %d budget settle(s) an earlier process could not write are taken from %s",
-                 len(rows), base.parent)
-    return rows
+            path.unlink()
+
+
+class Journal:
+    """This process's file of a store's waiting settles (none for ``base=None``): each one appended as it starts
+    to wait, the file removed once none waits."""
+
+    def __init__(self, base: Path | None) -> None:
+        self.base = base
+        self.path: Path | None = None
+        self._pid = 0
+        self._warned = False
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.base is None:
+            return
+        if self.path is None or self._pid != os.getpid():  # (a child forked: its own file)
+            self._pid = os.getpid()
+            self.path = self.base.with_name(f"{self.base.name}.pending-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as out:  # opened each time: a file removed is made again
+                out.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("llmbudget: budget settles that wait cannot be kept in %s (%s); a process that ends "
+                            "before the store answers loses them", self.path, exc)
+
+    def clear(self) -> None:
+        """Nothing waits any more: the file goes."""
+        if self.path is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.path = None

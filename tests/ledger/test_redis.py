@@ -515,16 +515,20 @@ assert store.pending_settles == 1
 """
 
 
-def test_settles_a_process_could_not_write_to_redis_by_its_exit_are_written_by_the_next(server: _Server) -> None:
+@pytest.mark.parametrize("ending", ["exit", "os._exit"])
+def test_settles_a_process_could_not_write_to_redis_by_its_exit_are_written_by_the_next(
+    server: _Server, ending: str
+) -> None:
     """A fail-open process that ended while Redis was down lost the settles it had not written: the spend was
-    never charged, and the process after it (a recycled worker) got a fresh open_share of the limit."""
+    never charged, and the process after it (a recycled worker) got a fresh open_share of the limit. A pool
+    worker ends by ``os._exit``, without exit hooks: each settle is kept on disk as it starts to wait."""
     # made before the other process ends, as a worker forked from a preloaded app has its store
     store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
     server.kill()
-    child = subprocess.run([sys.executable, "-c", _SPEND_WHILE_DOWN, server.url], capture_output=True, text=True,
-                           timeout=60)
+    script = _SPEND_WHILE_DOWN + ("import os; os._exit(0)\n" if ending == "os._exit" else "")
+    child = subprocess.run([sys.executable, "-c", script, server.url], capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr
-    assert "kept in" in child.stderr
+    assert ("kept in" in child.stderr) is (ending == "exit")  # (no exit hook runs on os._exit)
     bucket = _now_bucket("1.00")
     # still down: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
@@ -537,13 +541,35 @@ def test_settles_a_process_could_not_write_to_redis_by_its_exit_are_written_by_t
     assert RedisBudgetStore(server.url).spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
 
 
+def test_the_state_folder_without_a_home_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HOME and with a uid that has no passwd entry (a container's), ``Path.home()`` raises: every
+    reservation on a Redis store failed with RuntimeError."""
+    import tempfile
+
+    from llmbudget.ledger import spool
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("LLMBUDGET_STATE_DIR")
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert spool.state_dir().parent == Path(tempfile.gettempdir())
+    assert RedisBudgetStore("redis://127.0.0.1:1/0")._spool_base is not None
+
+
 def test_stores_given_clients_of_other_servers_keep_their_settles_apart() -> None:
     """The spool was named after the URL, the default one for a store given its own client: settles kept for
     one server would have been written to another."""
+    from redis.sentinel import Sentinel
+
     one = RedisBudgetStore(client=redis.Redis(host="10.0.0.5"))
     other = RedisBudgetStore(client=redis.Redis(host="10.0.0.6", port=6380))
     assert one._spool_base != other._spool_base
     assert one._spool_base == RedisBudgetStore(client=redis.Redis(host="10.0.0.5"))._spool_base
+    sentinel = Sentinel([("10.0.0.7", 26379)])  # (nothing connects before a command)
+    eu, us = (RedisBudgetStore(client=sentinel.master_for(name)) for name in ("eu", "us"))
+    assert len({one._spool_base, eu._spool_base, us._spool_base}) == 3
 
 
 def test_a_settle_queued_while_the_store_backs_off_is_written_without_another_call(server: _Server) -> None:

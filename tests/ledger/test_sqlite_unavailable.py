@@ -183,24 +183,26 @@ assert store.pending_settles == 1
 """
 
 
-def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(lock_holder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("ending", ["exit", "os._exit"])
+def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(lock_holder, ending) -> None:  # type: ignore[no-untyped-def]
     """A fail-open process that ended while the file was locked lost the settles it had not written: the spend
-    was never charged, and the process after it (a recycled worker) got a fresh open_share of the limit."""
+    was never charged, and the process after it (a recycled worker) got a fresh open_share of the limit. A pool
+    worker ends by ``os._exit``, without exit hooks: each settle is kept on disk as it starts to wait."""
     path, holder = lock_holder
     # made before the other process ends, as a worker forked from a preloaded app has its store
     store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
-    child = subprocess.run([sys.executable, "-c", _SPEND_WHILE_LOCKED, str(path)], capture_output=True, text=True,
-                           timeout=60)
+    script = _SPEND_WHILE_LOCKED + ("import os; os._exit(0)\n" if ending == "os._exit" else "")
+    child = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr
-    assert "kept in" in child.stderr and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
+    assert ("kept in" in child.stderr) is (ending == "exit")  # (no exit hook runs on os._exit)
+    assert len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
     bucket = _bucket("1")
     # still locked: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
     assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
-    # taken when the file was tried, and put back when it did not answer: they never live in one process only
-    assert store.pending_settles == 0 and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1
+    assert store.pending_settles == 0 and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1  # left
     _release(holder)
-    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: taken, written
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
     assert store.pending_settles == 0 and not list(path.parent.glob("budgets.db.pending-*"))
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
 
@@ -225,20 +227,21 @@ def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_
 
 def test_kept_settles_count_once_and_damaged_ones_are_skipped(lock_holder, caplog) -> None:  # type: ignore[no-untyped-def]
     """A child forked with settles waiting keeps them too (two files with the same settle: counted twice); a
-    damaged row stopped the store from starting, and "NaN" was committed as a spend."""
-    from llmbudget.ledger import spool
-
+    damaged row stopped the store from starting, "NaN" was committed as a spend, and a byte that was not UTF-8
+    lost the whole file."""
     path, holder = lock_holder
     bucket = _bucket("1")
     row = {"id": "local-x1", "keys": [bucket.key], "amount": "0.2", "actual": "0.2"}  # served while it was down
-    for rows in ([row], [row], [{**row, "id": "x2", "amount": [1, 2]}, {**row, "id": "x3", "actual": "NaN"},
-                                {**row, "id": "x4", "actual": "-1"}, {"id": "x5"}]):
-        assert spool.write(path, rows) is not None
+    damaged = [{**row, "id": "x2", "amount": [1, 2]}, {**row, "id": "x3", "actual": "NaN"},
+               {**row, "id": "x4", "actual": "-1"}, {"id": "x5"}]
+    for n, rows in enumerate(([row], [row], damaged)):  # files of processes that have ended (no such pid)
+        lines = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+        (path.parent / f"budgets.db.pending-99999999{n}-abcd.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + lines)
     store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
-    caplog.set_level(logging.WARNING, logger=LOG)
+    caplog.set_level(logging.WARNING)
     assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)  # 0.75 + 0.2 (once) + 0.05
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Refusal)
-    assert "does not read" in caplog.text
+    assert "does not read" in caplog.text and "not a budget settle" in caplog.text
     _release(holder)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")

@@ -50,6 +50,8 @@ __all__ = [
 log = logging.getLogger("llmbudget.ledger.budgets")
 #: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
 _SPOOL_EVERY_S = 5.0
+#: A kept settle of this many dollars or more is damaged, not spend.
+_SPOOL_MAX_USD = Decimal(10**9)
 _sleep = time.sleep  # bound at import: tests stand a fake clock in for ``time``
 _WRITER_IDLE_S = 30.0  # a writer thread with nothing to write for this long ends
 _T = TypeVar("_T")
@@ -510,8 +512,16 @@ def _after_fork() -> None:
         _fork_held.pop().release()
 
 
+def _after_fork_in_child() -> None:
+    _after_fork()
+    for obj in list(_FORK_GUARDED):  # another thread of the parent may have held it (deferring a settle)
+        if isinstance(obj, SQLiteBudgetStore):
+            obj._lock = threading.Lock()
+            obj._replaying = 0
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child)
 
 
 def _wait_for_work(owner: Any, queued: Sized) -> bool:
@@ -641,6 +651,7 @@ class SQLiteBudgetStore:
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, Decimal] = {}  # other processes' waiting spend per key, while the file is down
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles, on disk
+        self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         self._replaying = 0  # settles taken off _pending and being written
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
@@ -660,7 +671,7 @@ class SQLiteBudgetStore:
             try:
                 reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
                 actual = Decimal(row["actual"])
-                if not (actual.is_finite() and actual >= 0 and reservation.amount.is_finite()):
+                if not all(v.is_finite() and 0 <= v < _SPOOL_MAX_USD for v in (actual, reservation.amount)):
                     raise ValueError(f"amounts {row['amount']!r}, {row['actual']!r}")
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 log.warning("llmbudget: a kept budget settle of %s does not read (%s); skipped", self.path, exc)
@@ -696,7 +707,7 @@ class SQLiteBudgetStore:
             own = {r.id for r, _ in self._pending}
         inherited: dict[str, Decimal] = {}
         seen: set[str] = set()
-        for reservation, actual in self._spooled(spool.peek(base, skip=self._journal.path)):
+        for reservation, actual in self._spooled(self._peeker.rows(base, skip=self._journal.own_path)):
             if reservation.id in own or reservation.id in seen:
                 continue
             seen.add(reservation.id)
@@ -1086,11 +1097,12 @@ class SQLiteBudgetStore:
             if any(r.id == reservation.id for r, _ in self._pending):
                 return
             self._pending.append((reservation, actual))
-            self._journal.add({"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount),
-                               "actual": str(actual)})
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent + actual, reserved)
+        # on disk, outside the lock (file I/O): a fork or another thread never waits on it
+        self._journal.add({"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount),
+                           "actual": str(actual)})
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for SQLite at %s", len(self._pending), self.path)
 

@@ -60,6 +60,8 @@ _ZERO = Decimal(0)
 _BUCKET_MARGIN_S = 2 * 86400
 #: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
 _SPOOL_EVERY_S = 5.0
+#: A kept settle of this many dollars or more is damaged, not spend.
+_SPOOL_MAX_USD = Decimal(10**9)
 _PERIOD_S = {"minute": 60, "hour": 3600}
 #: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
 _UNPERIODED_TTL_S = 86400
@@ -314,7 +316,7 @@ class RedisBudgetStore:
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, int] = {}  # other processes' waiting spend per key (pico), while Redis is down
-        server = url if client is None else self._server(client)
+        server = self._server(self._redis)  # (not the URL as written: localhost, a rotated password)
         self._spool_base: Path | None = None
         if server is not None:
             digest = hashlib.sha256(f"{server}\0{self.prefix}".encode()).hexdigest()[:16]
@@ -323,6 +325,7 @@ class RedisBudgetStore:
             log.warning("llmbudget: Redis budget store: the client given names no server; settles that wait when "
                         "its process ends are not kept for the host's other processes")
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles and releases, on disk
+        self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         _LIVE.add(self)
 
     # -- settles kept across a restart (see .spool) -----------------------------------------------
@@ -334,7 +337,9 @@ class RedisBudgetStore:
         if getattr(pool, "service_name", None):  # Sentinel: the service, whichever node is its master
             return f"sentinel:{pool.service_name}/{kwargs.get('db', 0)}"  # type: ignore[union-attr]
         if kwargs.get("host") or kwargs.get("path"):
-            return f"{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
+            host = str(kwargs.get("host"))
+            host = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}.get(host, host)
+            return f"{host}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
         nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
         if nodes:  # a Redis Cluster client
             return "cluster:" + ",".join(sorted(map(str, nodes)))
@@ -348,8 +353,10 @@ class RedisBudgetStore:
                 reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
                 pico = None if row.get("release") else int(row["actual"])
                 expiry = {str(k): int(v) for k, v in dict(row.get("expiry") or {}).items()}
-                if not reservation.amount.is_finite() or (pico is not None and not 0 <= pico <= _MAX_PICO):
-                    raise ValueError(f"amounts {row['amount']!r}, {row.get('actual')!r}")
+                to_pico(reservation.amount)  # (raises for a negative or non-finite amount)
+                if (pico is not None and not 0 <= pico <= _MAX_PICO) or reservation.amount > _SPOOL_MAX_USD \
+                        or not all(0 <= v < 2**53 for v in expiry.values()):
+                    raise ValueError(f"amounts {row['amount']!r}, {row.get('actual')!r}, expiry {expiry!r}")
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 log.warning("llmbudget: a kept budget settle for Redis at %s does not read (%s); skipped",
                             self._where(), exc)
@@ -393,7 +400,7 @@ class RedisBudgetStore:
             own = {r.id for r, _ in self._pending}
         inherited: dict[str, int] = {}
         seen: set[str] = set()
-        for reservation, pico, _ in self._spooled(spool.peek(self._spool_base, skip=self._journal.path)):
+        for reservation, pico, _ in self._spooled(self._peeker.rows(self._spool_base, skip=self._journal.own_path)):
             if pico is None or reservation.id in own or reservation.id in seen:
                 continue
             seen.add(reservation.id)
@@ -615,10 +622,10 @@ class RedisBudgetStore:
             if any(r.id == reservation.id for r, _ in self._pending):
                 return
             self._pending.append((reservation, pico))
-            self._journal.add(self._journal_row(reservation, pico))
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)
+        self._journal.add(self._journal_row(reservation, pico))  # on disk, outside the lock (file I/O)
         _keep_trying(self)  # (after it waits: the retry thread may have looked and left just before)
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())

@@ -8,7 +8,7 @@ spend it read, so each restart got another ``open_share`` of the limit.
 So each settle a store keeps waiting is also appended to a file of its process's own (:class:`Journal`), beside
 the store: ``<db>.pending-<pid>-<random>.jsonl`` for SQLite, ``redis-<digest of the server and prefix>.pending-...``
 in the state folder for Redis (see :func:`state_dir`); the file goes once all of them are written. While the store
-is down, every process on the host counts the settles in the other processes' files as spent (:func:`peek`), so a
+is down, every process on the host counts the settles in the other processes' files as spent (:class:`Peeker`), so a
 worker restarted during the outage spends what the ones before left of the share, not a share of its own. Once
 the store answers, a process writes the files of processes that are gone (:func:`orphans`) and then removes
 them: a file leaves the disk only once what it holds is written. A settle is idempotent (a reservation id is
@@ -53,20 +53,24 @@ def _files(base: Path) -> list[Path]:
         return []
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``path`` (a line that is not a JSON object, or not UTF-8, is skipped and said so)."""
+def _parse(path: Path, lines: list[bytes]) -> list[dict[str, Any]]:
+    """The rows of ``lines`` (a line that is not a JSON object, or not UTF-8, is skipped and said so)."""
     rows = []
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except ValueError:  # (UnicodeDecodeError is one)
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
-            elif raw.strip():  # (a line cut by a kill mid-write is the last one)
-                log.warning("llmbudget: %s line %d is not a budget settle; skipped", path, number)
+    for raw in lines:
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError:  # (UnicodeDecodeError is one)
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif raw.strip():
+            log.warning("llmbudget: %s holds a line that is not a budget settle; skipped", path)
     return rows
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    with open(path, "rb") as lines:
+        return _parse(path, list(lines))
 
 
 def _gone(path: Path) -> bool:
@@ -85,14 +89,36 @@ def _gone(path: Path) -> bool:
     return False
 
 
-def peek(base: Path, skip: Path | None = None) -> list[dict[str, Any]]:
-    """The rows of every file of ``base`` but ``skip`` (this process's own), left in place."""
-    rows: list[dict[str, Any]] = []
-    for path in _files(base):
-        if path != skip:
-            with contextlib.suppress(OSError):  # removed meanwhile, or not ours to read
-                rows += _rows(path)
-    return rows
+class Peeker:
+    """The rows of every file of a store but this process's own, left in place; each file is read from where
+    the last look stopped (a store looks once per retry while it is down, and the files grow with every call
+    the other processes serve: reading them whole each time took seconds in a long outage)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[int, int, list[dict[str, Any]]]] = {}  # path -> (inode, offset, rows)
+
+    def rows(self, base: Path, skip: Path | None = None) -> list[dict[str, Any]]:
+        seen: dict[Path, tuple[int, int, list[dict[str, Any]]]] = {}
+        out: list[dict[str, Any]] = []
+        for path in _files(base):
+            if path == skip:
+                continue
+            try:
+                with open(path, "rb") as source:
+                    inode = os.fstat(source.fileno()).st_ino
+                    known, offset, rows = self._seen.get(path, (inode, 0, []))
+                    if known != inode:  # another file under that name
+                        offset, rows = 0, []
+                    source.seek(offset)
+                    chunk = source.read()
+            except OSError:
+                continue  # removed meanwhile, or not ours to read
+            whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+            rows = rows + _parse(path, whole.splitlines())
+            seen[path] = (inode, offset + len(whole), rows)
+            out += rows
+        self._seen = seen  # (files gone are forgotten)
+        return out
 
 
 def orphans(base: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
@@ -136,6 +162,11 @@ class Journal:
                 self._warned = True
                 log.warning("llmbudget: budget settles that wait cannot be kept in %s (%s); a process that ends "
                             "before the store answers loses them", self.path, exc)
+
+    @property
+    def own_path(self) -> Path | None:
+        """This process's file (None in a child forked before it wrote any: the parent's is not its own)."""
+        return self.path if self._pid == os.getpid() else None
 
     def clear(self) -> None:
         """Nothing waits any more: the file goes."""

@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("llmbudget.ledger.budgets")
-#: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
-_SPOOL_EVERY_S = 5.0
-#: A kept settle of this many dollars or more is damaged, not spend.
-_SPOOL_MAX_USD = Decimal(10**9)
 _sleep = time.sleep  # bound at import: tests stand a fake clock in for ``time``
 _WRITER_IDLE_S = 30.0  # a writer thread with nothing to write for this long ends
 _T = TypeVar("_T")
@@ -650,6 +646,8 @@ class SQLiteBudgetStore:
         self._conn()
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, Decimal] = {}  # other processes' waiting spend per key, while the file is down
+        name = os.fspath(self.path)  # what .spool names this store's files after (none for an in-memory database)
+        self._spool_base = None if name == ":memory:" or name.startswith("file:") else Path(name)
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles, on disk
         self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         self._replaying = 0  # settles taken off _pending and being written
@@ -658,12 +656,6 @@ class SQLiteBudgetStore:
 
     # -- settles kept across a restart (see .spool) -----------------------------------------------
 
-    @property
-    def _spool_base(self) -> Path | None:
-        """What :mod:`.spool` names this store's files after (none for an in-memory database)."""
-        name = os.fspath(self.path)
-        return None if name == ":memory:" or name.startswith("file:") else Path(name)
-
     def _spooled(self, rows: list[dict[str, Any]]) -> list[tuple[Reservation, Decimal]]:
         """The settles of spool ``rows`` that read (a damaged row is skipped, and said so)."""
         out = []
@@ -671,7 +663,7 @@ class SQLiteBudgetStore:
             try:
                 reservation = Reservation(str(row["id"]), tuple(map(str, row["keys"])), Decimal(row["amount"]))
                 actual = Decimal(row["actual"])
-                if not all(v.is_finite() and 0 <= v < _SPOOL_MAX_USD for v in (actual, reservation.amount)):
+                if not all(v.is_finite() and 0 <= v < spool.MAX_USD for v in (actual, reservation.amount)):
                     raise ValueError(f"amounts {row['amount']!r}, {row['actual']!r}")
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 log.warning("llmbudget: a kept budget settle of %s does not read (%s); skipped", self.path, exc)
@@ -684,7 +676,7 @@ class SQLiteBudgetStore:
         now = time.monotonic()
         if now < self._spool_due:
             return
-        self._spool_due = now + _SPOOL_EVERY_S
+        self._spool_due = now + spool.EVERY_S
         base = self._spool_base
         if base is None:
             return
@@ -705,16 +697,8 @@ class SQLiteBudgetStore:
             return
         with self._lock:
             own = {r.id for r, _ in self._pending}
-        inherited: dict[str, Decimal] = {}
-        seen: set[str] = set()
-        for reservation, actual in self._spooled(self._peeker.rows(base, skip=self._journal.own_path)):
-            if reservation.id in own or reservation.id in seen:
-                continue
-            seen.add(reservation.id)
-            for key in reservation.keys:
-                inherited[key] = inherited.get(key, _ZERO) + actual
-        self._inherited = inherited
-        if seen:
+        self._inherited = spool.spent_by_key(self._spooled(self._peeker.rows(base, skip=self._journal.own_path)), own)
+        if self._inherited:
             self._spool_due = 0.0  # tried again after the outage, the store writes those it may at once
 
     def _conn(self, *, quick: bool = False) -> sqlite3.Connection:

@@ -58,10 +58,6 @@ _ZERO = Decimal(0)
 #: Bucket keys of a day or a month live this long after their period ends (late settles still find them);
 #: those of a minute or an hour, see :func:`_bucket_margin`.
 _BUCKET_MARGIN_S = 2 * 86400
-#: How often a store looks for settles that earlier processes kept (see :mod:`.spool`), at most.
-_SPOOL_EVERY_S = 5.0
-#: A kept settle of this many dollars or more is damaged, not spend.
-_SPOOL_MAX_USD = Decimal(10**9)
 _PERIOD_S = {"minute": 60, "hour": 3600}
 #: Per-request buckets expire this long after their last use (tenant/global ones without a period never do).
 _UNPERIODED_TTL_S = 86400
@@ -354,7 +350,7 @@ class RedisBudgetStore:
                 pico = None if row.get("release") else int(row["actual"])
                 expiry = {str(k): int(v) for k, v in dict(row.get("expiry") or {}).items()}
                 to_pico(reservation.amount)  # (raises for a negative or non-finite amount)
-                if (pico is not None and not 0 <= pico <= _MAX_PICO) or reservation.amount > _SPOOL_MAX_USD \
+                if (pico is not None and not 0 <= pico <= _MAX_PICO) or reservation.amount > spool.MAX_USD \
                         or not all(0 <= v < 2**53 for v in expiry.values()):
                     raise ValueError(f"amounts {row['amount']!r}, {row.get('actual')!r}, expiry {expiry!r}")
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -369,7 +365,7 @@ class RedisBudgetStore:
         now = time.monotonic()
         if now < self._spool_due or self._spool_base is None:
             return
-        self._spool_due = now + _SPOOL_EVERY_S
+        self._spool_due = now + spool.EVERY_S
         found = spool.orphans(self._spool_base)
         if not found:
             return
@@ -398,16 +394,9 @@ class RedisBudgetStore:
             return
         with self._lock:
             own = {r.id for r, _ in self._pending}
-        inherited: dict[str, int] = {}
-        seen: set[str] = set()
-        for reservation, pico, _ in self._spooled(self._peeker.rows(self._spool_base, skip=self._journal.own_path)):
-            if pico is None or reservation.id in own or reservation.id in seen:
-                continue
-            seen.add(reservation.id)
-            for key in reservation.keys:
-                inherited[key] = inherited.get(key, 0) + pico
-        self._inherited = inherited
-        if seen:
+        rows = self._spooled(self._peeker.rows(self._spool_base, skip=self._journal.own_path))
+        self._inherited = spool.spent_by_key(((reservation, pico) for reservation, pico, _ in rows), own)
+        if self._inherited:
             self._spool_due = 0.0  # tried again after the outage, the store writes those it may at once
 
     # -- keys -------------------------------------------------------------------------------------

@@ -25,10 +25,30 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("llmbudget.ledger")
+
+#: How often a store looks for the files of processes that have ended, at most (it is asked on every call).
+EVERY_S = 5.0
+#: A kept settle of this many dollars or more is damaged, not spend.
+MAX_USD = 10**9
+
+
+def spent_by_key(settles: Iterable[tuple[Any, Any]], own: set[str]) -> dict[str, Any]:
+    """Per bucket key, what ``settles`` (reservation, amount; None for a release) charge, each id once and none of
+    ``own`` (the store's own waiting ones, which it counts already)."""
+    out: dict[str, Any] = {}
+    seen = set(own)
+    for reservation, amount in settles:
+        if amount is None or reservation.id in seen:
+            continue
+        seen.add(reservation.id)
+        for key in reservation.keys:
+            out[key] = out.get(key, 0) + amount
+    return out
 
 
 def state_dir() -> Path:

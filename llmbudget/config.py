@@ -95,7 +95,7 @@ _ENGINE_KEYS = frozenset(
 )
 _PREFIX_CACHE_KEYS = frozenset({"breakpoints", "watch"})
 _CACHE_KEYS = frozenset({"enabled", "path", "semantic", "allow_temperature", "ttl", "max_entries", "threshold",
-                         "max_semantic_chars", "reranker"})
+                         "max_semantic_chars", "reranker", "worker"})
 _ROUTING_KEYS = frozenset({"enabled", "tiers", "weak", "strong", "threshold", "never", "route_tools", "route_schemas",
                            "escalate", "min_confidence"})
 _POLICY_KEYS = frozenset(
@@ -717,7 +717,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
         return None
     from .cache import Cache
 
-    for key in ("semantic", "allow_temperature", "reranker"):
+    for key in ("semantic", "allow_temperature", "reranker", "worker"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
     if "ttl" in table:  # the stores' own bound, said as the policy's error
@@ -750,6 +750,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
             max_entries=int(table.get("max_entries", 100_000)),
             threshold=threshold,
             reranker=table.get("reranker", False),
+            worker=table.get("worker", False),
             **semantic_chars,
         ), where, source)
     except ImportError as exc:  # redis-py for a Redis path, MiniLM's weights for the reranker

@@ -606,13 +606,37 @@ class Attempt:
     def tenant(self) -> str:
         return (self.scope.tenant if self.scope else None) or self.engine.default_tenant
 
-    def lookup_cache(self) -> tuple[bytes, str] | None:
-        """A cached answer for this call (body, content type), recorded as a hit; None on a miss."""
+    def lookup_cache(self, *, semantic: bool = True) -> tuple[bytes, str] | None:
+        """A cached answer for this call (body, content type), recorded as a hit; None on a miss.
+
+        ``semantic=False``: the exact tier only; :meth:`cache_pending` then says what the semantic tier is to
+        be asked, and :meth:`resolve_cache` takes its answer (the cache's worker process)."""
         cache = self.engine.cache
         if cache is None or (self.scope is not None and self.scope.cache is False):
             return None
+        return self._cached(lambda: cache.lookup(self.call, tenant=self.tenant, model=self._answer_model(),
+                                                 semantic=semantic))
+
+    def cache_pending(self) -> tuple[str, str] | None:
+        """(partition, text) when the exact tier missed and the semantic tier is still to be asked."""
+        return self._lookup.pending if self._lookup is not None else None
+
+    def resolve_cache(self, found: Any) -> tuple[bytes, str] | None:
+        """:meth:`lookup_cache` finished with what the semantic tier found elsewhere (a ``Hit``, or None)."""
+        cache, lookup = self.engine.cache, self._lookup
+        if cache is None or lookup is None:
+            return None
+        pending = lookup.pending
         try:
-            lookup = self._lookup = cache.lookup(self.call, tenant=self.tenant, model=self._answer_model())
+            return self._cached(lambda: cache.resolve(lookup, found, model=self._answer_model()))
+        except WouldWait:  # inside no_wait(): the caller resolves it again where it may wait
+            lookup.pending, lookup.stored, lookup.tier, lookup.score, lookup.entry_id = pending, None, None, None, None
+            self._lookup = lookup
+            raise
+
+    def _cached(self, look: Callable[[], CacheLookup]) -> tuple[bytes, str] | None:
+        try:
+            lookup = self._lookup = look()
             if not lookup.hit:
                 return None
             from .cache.answers import render, stored_usage

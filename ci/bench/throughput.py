@@ -11,6 +11,8 @@ mode, each answering ``POST /ask`` with one ``AsyncOpenAI`` chat completion:
   prompt unique, so every call looks up, misses, calls upstream and stores;
 - ``exact`` (not run by default): ``full`` with the cache's ``semantic = false``
   (exact repeats only: nothing embedded, no verifier);
+- ``worker``: ``full`` with the cache's ``worker = true`` (its semantic tier in a
+  process of its own; its CPU is reported apart);
 - ``batched``: ``budgets`` with SQLite settles batched (``settle_delay=0.02``).
 
 A load generator with ``--concurrency`` clients sends ``--requests`` requests to
@@ -20,7 +22,7 @@ rotates), so machine noise hits every mode alike. Each run is bounded in time by
 the p50 and p99 latency over all requests, and the median of the per-round ratio
 to ``plain``.
 
-    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full,exact]
+    python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full,exact,worker]
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ path = "cache"
 """
 # the same cache, exact repeats only: no embedding, no verifier
 POLICIES["exact"] = POLICIES["full"] + "semantic = false\n"
+# the same cache, its semantic tier in a worker process
+POLICIES["worker"] = POLICIES["full"] + "worker = true\n"
 
 WORDS = (
     "invoice refund shipping warranty password router printer kernel garden recipe bicycle lease mortgage "
@@ -104,13 +108,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) the process has used so far; 0 where /proc is missing."""
+def cpu_seconds(pid: int, stat: str = "stat") -> float:
+    """CPU time (user + system) the process has used so far (``stat="task/<pid>/stat"``: its main thread,
+    uvicorn's event loop); 0 where /proc is missing."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{stat}").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time the process's running children have used so far (the cache's worker process)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @contextmanager
@@ -197,6 +215,8 @@ def main() -> None:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     rps: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}  # app CPU seconds per request, per run
+    loop_cpu: dict[str, list[float]] = {m: [] for m in modes}  # of it, its event loop's thread
+    child_cpu: dict[str, list[float]] = {m: [] for m in modes}  # its children's (the cache worker)
     lat: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         upstream, _ = stack.enter_context(uvicorn("throughput_apps:upstream", env=env))
@@ -211,25 +231,30 @@ def main() -> None:
             apps[mode] = stack.enter_context(uvicorn("throughput_apps:app", env=mode_env, factory=True))
         texts = prompts(args.rounds * args.requests * len(modes) + args.warmup * len(modes), seed=7)
 
-        def run(mode: str, count: int) -> tuple[float, list[float], float]:
+        def run(mode: str, count: int) -> tuple[float, list[float], tuple[float, float, float]]:
             url, pid = apps[mode]
-            before = cpu_seconds(pid)
+            loop = f"task/{pid}/stat"
+            before = cpu_seconds(pid), cpu_seconds(pid, loop), children_cpu_seconds(pid)
             rate, latencies, failed = asyncio.run(load(url, [texts.pop() for _ in range(count)],
                                                        args.concurrency, args.max_seconds))
             if failed:
                 raise SystemExit(f"{mode}: {len(failed)} of {count} requests failed; the first: {failed[0]}")
-            return rate, latencies, (cpu_seconds(pid) - before) / max(1, len(latencies))
+            after = cpu_seconds(pid), cpu_seconds(pid, loop), children_cpu_seconds(pid)
+            used = tuple((b - a) / max(1, len(latencies)) for a, b in zip(before, after, strict=True))
+            return rate, latencies, used  # type: ignore[return-value]
 
         for mode in modes:
             run(mode, args.warmup)
         for r in range(args.rounds):
             for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
-                rate, latencies, per_request = run(mode, args.requests)
+                rate, latencies, (per_request, on_loop, in_child) = run(mode, args.requests)
                 rps[mode].append(rate)
                 cpu[mode].append(per_request)
+                loop_cpu[mode].append(on_loop)
+                child_cpu[mode].append(in_child)
                 lat[mode].extend(latencies)
-                print(f"round {r + 1} {mode:8} {rate:7.1f} req/s {per_request * 1000:6.2f} ms app CPU per request",
-                      flush=True)
+                print(f"round {r + 1} {mode:8} {rate:7.1f} req/s {per_request * 1000:6.2f} ms app CPU per request "
+                      f"({on_loop * 1000:.2f} on its event loop, {in_child * 1000:.2f} in its worker)", flush=True)
 
     def ratio(figures: dict[str, list[float]], mode: str, invert: bool = False) -> str:
         if "plain" not in figures or mode == "plain":
@@ -238,13 +263,18 @@ def main() -> None:
         return f"{statistics.median((b / a) if invert else (a / b) for a, b in pairs):.2f}x"
 
     print(f"\n{args.requests} unique prompts per run, {args.concurrency} concurrent clients, {args.rounds} rounds")
-    print(f"{'mode':8} {'req/s':>8} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x plain (CPU)':>14}")
+    print(f"{'mode':8} {'req/s':>8} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x plain (CPU)':>14}"
+          f" {'loop ms/req':>12} {'x plain (loop)':>15} {'worker ms/req':>14}")
     for mode in modes:
         print(f"{mode:8} {statistics.median(rps[mode]):8.1f} {ratio(rps, mode):>8} "
               f"{_pct(lat[mode], 0.5) * 1000:8.1f} {_pct(lat[mode], 0.99) * 1000:8.1f} "
-              f"{statistics.median(cpu[mode]) * 1000:11.2f} {ratio(cpu, mode, invert=True):>14}")
+              f"{statistics.median(cpu[mode]) * 1000:11.2f} {ratio(cpu, mode, invert=True):>14} "
+              f"{statistics.median(loop_cpu[mode]) * 1000:12.2f} {ratio(loop_cpu, mode, invert=True):>15} "
+              f"{statistics.median(child_cpu[mode]) * 1000:14.2f}")
     print("req/s and latency: medians over rounds; x plain: the median of the per-round ratios; x plain (CPU):\n"
-          "plain's app CPU per request over this mode's, the throughput ratio when the app's core is the limit.")
+          "plain's app CPU per request over this mode's; x plain (loop): the same of the event loop's thread alone,\n"
+          "the throughput ratio when that thread's core is the limit (a machine with cores to spare); worker: the\n"
+          "CPU of the app's child processes (the cache worker), not in the app's.")
 
 if __name__ == "__main__":
     main()

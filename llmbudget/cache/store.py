@@ -257,6 +257,8 @@ class CacheStore:
         if path is None:
             self._temp = tempfile.mkdtemp(prefix="llmbudget-cache-")
             path = self._temp
+        #: The directory or file the store was opened on (a temporary directory for ``path=None``).
+        self.location = os.fspath(path)
         where = Path(path)
         if where.suffix in (".sqlite3", ".sqlite", ".db") or where.is_file():
             self.db_path, self.index_dir = where, where.with_name(where.name + ".index")

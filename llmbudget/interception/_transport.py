@@ -207,7 +207,7 @@ async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: s
         return await _in_thread(attempt, _open, httpx, request, attempt, path)
     attempt.shape_output()
     if attempt.engine.cache is not None:
-        cached = await _cache_work(attempt, attempt.lookup_cache, quick=True)
+        cached = await _lookup(attempt)
         if cached is not None:
             return None, _cached_response(httpx, cached)
     original_base = attempt.call.base_url
@@ -361,6 +361,21 @@ async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) 
         except WouldWait:
             pass
     return await _in_thread(attempt, work)
+
+
+async def _lookup(attempt: Attempt) -> tuple[bytes, str] | None:
+    """The cache lookup of an async call: with a cache worker connected to this event loop, the exact tier
+    here and the semantic tier in the worker; else all of it as :func:`_cache_work` says."""
+    worker = getattr(attempt.engine.cache, "worker", None)
+    client = worker.client() if worker is not None else None
+    if client is None:
+        return await _cache_work(attempt, attempt.lookup_cache, quick=True)
+    cached = await _cache_work(attempt, functools.partial(attempt.lookup_cache, semantic=False), quick=True)
+    pending = attempt.cache_pending()
+    if cached is not None or pending is None:
+        return cached
+    found = await client.search(*pending)
+    return await _cache_work(attempt, functools.partial(attempt.resolve_cache, found), quick=True)
 
 
 async def _finish(attempt: Attempt, *, complete: bool, error: BaseException | None = None) -> None:

@@ -1,0 +1,206 @@
+"""The cache's semantic tier in a worker process: the real SDK, the real local server behind a counting proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+from llmbudget.cache import Cache
+from llmbudget.config import ConfigError, engine_from_config
+
+ASK = dict(model="gpt-4o-mini", max_tokens=24, temperature=0, stop=["\n"])
+FIRST = "How do I learn Python quickly?"
+REWORDED = "How can I learn Python fast?"
+
+
+@pytest.fixture
+def worker_cache(engine, tmp_path, llm_server):
+    cache = engine.cache = Cache(tmp_path / "cache", worker=True)
+    assert cache.worker is not None
+    with proxy(llm_server) as server:
+        yield cache, server
+    cache.worker.close()
+
+
+def _client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                              http_client=llmbudget.async_http_client())
+
+
+async def _ask(client: openai.AsyncOpenAI, text: str) -> str:
+    answer = await client.chat.completions.create(messages=[{"role": "user", "content": text}], **ASK)
+    return answer.choices[0].message.content or ""
+
+
+async def _until(check, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def test_the_worker_stores_answers_and_finds_rewordings(worker_cache, records):
+    cache, server = worker_cache
+    assert cache.worker is not None
+
+    async def main() -> tuple[str, str, int]:
+        async with _client(server) as client:
+            await _until(lambda: cache.worker.client() is not None)  # the child loads its models, then listens
+            first = await _ask(client, FIRST)
+            await _until(lambda: cache.store.stats()["entries"] == 1)  # stored by the child, without waiting
+            again = await _ask(client, REWORDED)
+            connection = cache.worker.client()
+            assert connection is not None
+            return first, again, connection._next_id
+
+    first, again, asked = asyncio.run(main())
+    assert again == first and len(server.received) == 1
+    assert [r.from_cache for r in records] == [False, True]
+    assert records[1].cache_tier == "semantic" and records[1].cache_score >= 0.85
+    assert asked == 2  # both lookups went to the child, which found the second
+    assert records[1].saved_usd == records[0].cost_usd > 0
+
+
+def test_sync_calls_look_up_themselves_in_the_same_directory(worker_cache, records):
+    cache, server = worker_cache
+    client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
+                           max_retries=0)
+    ask = lambda text: client.chat.completions.create(messages=[{"role": "user", "content": text}], **ASK)  # noqa: E731
+    ask(FIRST)
+    ask(REWORDED)
+    ask("How do I learn Java quickly?")
+    assert len(server.received) == 2 and [r.cache_tier for r in records] == [None, "semantic", None]
+
+
+def test_a_worker_that_stops_answering_costs_a_miss_not_a_failed_call(worker_cache, records):
+    cache, server = worker_cache
+    worker = cache.worker
+    assert worker is not None and worker.pid is not None
+    worker.timeout = 0.3
+
+    async def main() -> None:
+        async with _client(server) as client:
+            await _until(lambda: worker.client() is not None)
+            await _ask(client, FIRST)
+            await _until(lambda: cache.store.stats()["entries"] == 1)
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert await _ask(client, REWORDED)  # asked of the server: the child did not answer in time
+                assert time.monotonic() - started < 0.3 + 30
+                worker.max_waiting = 1
+                await _ask(client, "How can one learn Python fast?")  # the one question still waits: a miss at once
+                connection = worker.client()
+                assert connection is not None and len(connection._waiting) == 1
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            await _until(lambda: not connection._waiting)  # the child answers late; the answer is dropped
+
+    asyncio.run(main())
+    assert len(server.received) == 3 and not any(r.from_cache for r in records)
+    assert all(r.error is None for r in records)
+
+
+def test_a_worker_that_died_is_started_again_and_the_app_looks_up_itself_meanwhile(worker_cache, records):
+    cache, server = worker_cache
+    worker = cache.worker
+    assert worker is not None and worker.pid is not None
+    first_pid = worker.pid
+
+    async def main() -> None:
+        async with _client(server) as client:
+            await _until(lambda: worker.client() is not None)
+            await _ask(client, FIRST)
+            await _until(lambda: cache.store.stats()["entries"] == 1)
+            worker._retry_s = 60.0
+            os.kill(first_pid, signal.SIGKILL)
+            await _until(lambda: worker.client() is None)  # the connection ends with the child
+            await _ask(client, REWORDED)  # looked up here, in the same directory: still a hit
+            worker._retry_s = 0.0
+            worker._next_check = 0.0
+            await _until(lambda: worker.client() is not None and worker.pid != first_pid)  # client() starts it
+            await _ask(client, REWORDED)  # a hit is not stored: asked again, the new child finds it
+
+        connection = worker.client()
+        assert connection is not None and connection._next_id == 1
+
+    asyncio.run(main())
+    assert [r.cache_tier for r in records] == [None, "semantic", "semantic"] and len(server.received) == 1
+    assert not _alive(first_pid) and _alive(worker.pid)
+
+
+_APP = textwrap.dedent("""
+    import os, sys, time
+    from llmbudget.cache import Cache
+    cache = Cache(sys.argv[1], worker=True)
+    print(cache.worker.pid, cache.worker.socket_path, flush=True)
+    while not os.path.exists(cache.worker.socket_path):
+        time.sleep(0.05)
+    if sys.argv[2] == "fork":
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)  # a forked process leaves the child and its folder to the process that started it
+        os.waitpid(child, 0)
+        print(os.path.exists(cache.worker.socket_path), flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("end", ["SIGKILL", "fork then SIGTERM"])
+def test_the_worker_ends_with_the_app_that_started_it(tmp_path, end):
+    app = subprocess.Popen([sys.executable, "-c", _APP, str(tmp_path / "cache"), end.split()[0]],
+                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert app.stdout is not None
+        pid, socket_path = app.stdout.readline().split()
+        if end.startswith("fork"):
+            assert app.stdout.readline().strip() == "True"
+            assert _alive(int(pid))
+        app.send_signal(signal.SIGKILL if end == "SIGKILL" else signal.SIGTERM)
+        app.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(int(pid)):
+            assert time.monotonic() < deadline, "the worker outlived the app"
+            time.sleep(0.05)
+    finally:
+        app.kill()
+        app.wait()
+
+
+def test_the_policy_turns_the_worker_on(tmp_path):
+    engine = engine_from_config({"cache": {"path": str(tmp_path / "cache"), "worker": True}})
+    try:
+        assert engine.cache is not None and engine.cache.worker is not None and _alive(engine.cache.worker.pid)
+    finally:
+        engine.cache.worker.close()
+    with pytest.raises(ConfigError, match="cache.worker must be true or false"):
+        engine_from_config({"cache": {"worker": "yes"}})
+    with pytest.raises(ConfigError, match="not with .*a Redis URL"):
+        engine_from_config({"cache": {"path": "redis://127.0.0.1:6379/0", "worker": True}})
+
+
+def test_a_worker_needs_a_local_store_with_the_bundled_embedder(tmp_path):
+    from llmbudget.cache.store import CacheStore
+
+    with pytest.raises(ValueError, match="worker=True"):
+        Cache(store=CacheStore(tmp_path / "c"), worker=True)
+    assert Cache(tmp_path / "d", worker=True, semantic=False).worker is None  # nothing to run elsewhere

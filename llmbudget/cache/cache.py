@@ -98,9 +98,11 @@ class Cache:
             second_stage.minilm.load_in_background()  # the first lookup with a candidate need not wait a second
             options.update(second_stage.store_options())
         url = path if isinstance(path, str) and path.startswith(("redis://", "rediss://")) else None
-        if worker and (store is not None or url is not None or embedder is not None):
+        if worker and (store is not None or url is not None or embedder is not None
+                       or type(template_guard) not in (TemplateGuard, type(None))):
             raise ValueError("Cache(worker=True) runs the semantic tier of a local cache directory with the bundled "
-                             "embedder in a child process: not with a store of your own, a Redis URL or an embedder")
+                             "embedder and template guard in a child process: not with a store of your own, a Redis "
+                             "URL, an embedder or a template guard of your own")
         if store is None and url is not None:
             from .redis_store import RedisCacheStore
 
@@ -118,9 +120,13 @@ class Cache:
         #: The child process running the semantic tier (``worker=True``), else None.
         self.worker: CacheWorker | None = None
         if worker and semantic:
-            from .worker import CacheWorker
+            from .worker import CacheWorker, worker_unavailable
 
-            self.worker = CacheWorker(store.location, own, reranker=reranker)
+            why = worker_unavailable()
+            if why is None:
+                self.worker = CacheWorker(store.location, own, reranker=reranker)
+            else:
+                log.warning("llmbudget: Cache(worker=True) runs without its worker process: %s", why)
 
     def lookup(self, call: Call, *, tenant: str, model: str | None = None, semantic: bool = True) -> CacheLookup:
         """Look ``call`` up: exact tier, then (when allowed) the semantic tier.
@@ -191,10 +197,21 @@ class Cache:
                     semantic=bool(self.semantic and keys.text and keys.partition))
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
-        elif item["semantic"] and self.worker is not None and self.worker.put(item):
-            return True  # the worker embeds and stores it
+        elif item["semantic"] and self.worker is not None:
+            client = self.worker.client()
+            if client is not None:  # stored here for exact lookups at once; the worker adds its vector
+                client.embed(self.store.put(**{**item, "semantic": False}))
+                return True
         self.store.put(**item)
         return True
+
+    def close(self) -> None:
+        """Stop the worker process, if any, and close the store (saving its indexes)."""
+        if self.worker is not None:
+            self.worker.close()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
 
     def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
         """Drop entries of a tenant, of a model, or (no argument) all of them."""

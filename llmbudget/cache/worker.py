@@ -1,22 +1,23 @@
 """The semantic tier in a process of its own (``Cache(worker=True)``, ``[cache] worker = true``).
 
-A missed call's semantic work (embedding the question, the index search, the verifier, and storing the answer
-with its vector) takes 1-1.5 ms of CPU. On an async server that is the event loop's thread, the one thread that
-serves every request of the process: a busy uvicorn worker spends a third of its time there. With a worker, the
-app's event loop sends the question to a child process over a Unix socket and awaits its answer, and hands it the
-answers to store without waiting; the child runs the same :class:`~llmbudget.cache.store.CacheStore` on the same
-directory. The exact tier, a hit's reading and recording stay in the app (tens of microseconds).
+A missed call's semantic work (embedding the question, the index search, the verifier, and embedding the answer's
+question to store it) takes 1-1.5 ms of CPU. On an async server that is the event loop's thread, the one thread
+that serves every request of the process. With a worker, async calls look the exact tier up on the event loop,
+send the question to a child process over a Unix socket and await its answer; an answer is stored by the app at
+once for exact lookups (an exact hit straight away), and the child then gives it its vector (a semantic hit from
+then on). The child runs the same :class:`~llmbudget.cache.store.CacheStore` on the same directory.
 
 What it never does is make a call fail or wait long:
 
 - while the child starts (about a second: it loads the embedder and verifier before it listens), after it died,
-  in a thread (a sync client, a WSGI app) or under another event loop than asyncio's, the app does the work
-  itself, as without a worker;
-- a question it has not answered within :attr:`CacheWorker.timeout` is a miss, and while
-  :attr:`CacheWorker.max_waiting` questions wait on it (a child too slow for the traffic) further ones are misses
-  at once; answers to store are dropped while a megabyte of them waits to be sent;
-- it dies with the process that started it (and every process forked from that one): it watches a pipe only they
-  hold open. A child that died is started again, after 5 s and then at most once a minute.
+  in a thread (a sync client, a WSGI app), under another event loop than asyncio's, and while
+  :attr:`CacheWorker.max_waiting` questions wait on it (a burst, or a child that stopped answering), the app does
+  the work itself, as without a worker;
+- a question it has not answered within :attr:`CacheWorker.timeout` is a miss; answers sent to it to embed are
+  dropped while a megabyte of them waits (they stay exact-only);
+- it ends with the process that started it and every process forked from that one (it watches a pipe only they
+  hold open), and removes its folder. A child that died is started again, after 5 s and then at most once a
+  minute; a forked process whose shared child died starts one of its own.
 """
 
 from __future__ import annotations
@@ -35,18 +36,33 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-__all__ = ["CacheWorker"]
+__all__ = ["CacheWorker", "worker_unavailable"]
 
 log = logging.getLogger("llmbudget.cache")
 
 _HEADER = struct.Struct("!I")
-_SEARCH, _PUT = 0, 1
+_SEARCH, _EMBED = 0, 1
 _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
-_MAX_BUFFERED = 1 << 20  # bytes of answers to store waiting to be sent: beyond it, answers are dropped
+_MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
+# The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
+# the spec, both on stdin; nothing is put on PYTHONPATH.
+_BOOTSTRAP = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+              "from llmbudget.cache.worker import main; main()")
+
+
+def worker_unavailable() -> str | None:
+    """Why this process cannot run a cache worker (no Unix sockets, no Python interpreter to start), or None."""
+    if sys.platform == "win32":
+        return "it talks to its child process over a Unix socket (Linux and macOS only)"
+    if getattr(sys, "frozen", False):
+        return "this is a frozen app (sys.executable is the app, not a Python interpreter)"
+    name = os.path.basename(sys.executable or "").lower()
+    if not name.startswith(("python", "pypy")) or not os.access(sys.executable, os.X_OK):
+        return f"sys.executable ({sys.executable!r}) is not a Python interpreter it can start"
+    return None
 
 
 def _frame(message: Any) -> bytes:
@@ -71,105 +87,110 @@ def _frames(buffer: bytearray) -> list[Any]:
 
 
 class CacheWorker:
-    """The child process that runs a cache directory's semantic tier, and the app's connections to it.
+    """The child process that runs a cache directory's semantic tier, and this process's connections to it.
 
-    Made by :class:`~llmbudget.cache.Cache` (``worker=True``), which gives it what it gave its own store:
-    ``path`` (the directory or SQLite file), ``options`` (the store's keyword arguments, all of them
+    Made by :class:`~llmbudget.cache.Cache` (``worker=True``), which gives it what it built its own store with:
+    ``path`` (the directory or SQLite file, absolute), ``options`` (the store's keyword arguments, all of them
     picklable) and ``reranker``. The child is started at once."""
 
     #: Seconds a lookup waits for the child's answer before it is a miss.
     timeout: float = 0.5
-    #: Questions waiting on the child (per event loop) beyond which further ones are misses at once.
+    #: Questions waiting on the child (per event loop) beyond which the app looks up itself.
     max_waiting: int = 64
 
     def __init__(self, path: str, options: Mapping[str, Any], *, reranker: bool = False) -> None:
         self._spec = {"path": path, "options": dict(options), "reranker": reranker}
         pickle.dumps(self._spec)  # fails here, in the app's start, rather than in the child
         self._lock = threading.Lock()
-        self._owner = self._pid = os.getpid()
+        self._pid = os.getpid()
         self._clients: dict[int, _Client] = {}  # id(loop): its connection (this process's loops only)
         self._connecting: set[int] = set()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._parent_end: int | None = None  # the pipe the child watches: it ends when no process holds this end
-        self._folder = tempfile.mkdtemp(prefix="llmbudget-w-")  # short: a Unix socket's path has ~100 bytes
-        self.socket_path = os.path.join(self._folder, "s")
-        self._next_check = 0.0
+        self._next_check = self._next_connect = 0.0
         self._retry_s = _FIRST_RETRY_S
+        self._refused = False  # the last connection attempt found no child listening
         self._warned = False
+        self._closed = False
         self._start()
-        self._finalizer = weakref.finalize(self, _stop, self._state)
 
     # -- the child ---------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (None: not running)."""
-        return self._proc.pid if self._proc is not None else None
+        """The child's process id."""
+        return self._state.proc.pid
+
+    @property
+    def socket_path(self) -> str:
+        return self._state.socket_path
 
     def _start(self) -> None:
+        folder = tempfile.mkdtemp(prefix="llmbudget-w-")  # short: a Unix socket's path has ~100 bytes
         read_end, write_end = os.pipe()
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llmbudget.cache.worker", self.socket_path, str(read_end)],
-                stdin=subprocess.PIPE, pass_fds=(read_end,), env=env, close_fds=True,
+                [sys.executable, "-c", _BOOTSTRAP, os.path.join(folder, "s"), str(read_end)],
+                stdin=subprocess.PIPE, pass_fds=(read_end,), close_fds=True,
             )
             assert proc.stdin is not None
-            proc.stdin.write(pickle.dumps(self._spec))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(pickle.dumps(list(sys.path)) + pickle.dumps(self._spec))
+                proc.stdin.close()
+            except OSError:  # it ended already; _check sees it
+                pass
         except BaseException:
             os.close(write_end)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
             os.close(read_end)
-        self._proc, self._parent_end = proc, write_end
-        self._state = _State(proc, write_end, self._folder)
+        self._state = _State(proc, write_end, folder)
         self._started = time.monotonic()
+        self._refused = False
+        self._finalizer = weakref.finalize(self, _stop, self._state)
 
     def _check(self) -> None:
-        """Start the child again if it died (not in a forked process: the child is its parent's)."""
+        """Start the child again if it died; in a forked process, start one of its own when the shared one no
+        longer listens."""
         now = time.monotonic()
-        if now < self._next_check or os.getpid() != self._owner:
+        if now < self._next_check or self._closed:
             return
         with self._lock:
-            if now < self._next_check:
+            if now < self._next_check or self._closed:
                 return
             self._next_check = now + 0.5
-            proc = self._proc
-            if proc is None or proc.poll() is None:
+            state = self._state
+            if os.getpid() == state.owner:
+                if state.proc.poll() is None:
+                    return
+                why = f"ended with status {state.proc.returncode}"
+            elif self._refused:
+                why = "no longer listens"
+            else:
                 return
             if not self._warned:
-                log.warning("llmbudget: the cache worker (pid %d) ended with status %s; lookups are made in the "
-                            "app until it is started again", proc.pid, proc.returncode)
+                log.warning("llmbudget: the cache worker (pid %d) %s; the app looks up and stores itself until "
+                            "it is started again", state.proc.pid, why)
                 self._warned = True
             if now - self._started < self._retry_s:
                 return
-            # a child that lived long had been working: the next one waits the shortest time again
-            self._retry_s = _FIRST_RETRY_S if now - self._started > 10 * _MAX_RETRY_S else min(
-                self._retry_s * 2, _MAX_RETRY_S)
-            self._state.close()
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+            # a child that had lived long was working: the next one waits the shortest time again
+            lived = now - self._started
+            self._retry_s = _FIRST_RETRY_S if lived > 10 * _MAX_RETRY_S else min(self._retry_s * 2, _MAX_RETRY_S)
+            self._finalizer()
             try:
                 self._start()
             except Exception:  # noqa: BLE001 - without a worker, the app does the work itself
                 log.exception("llmbudget: starting the cache worker again failed")
                 self._started = now
                 return
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _stop, self._state)
             self._warned = False
 
     # -- the app's side ----------------------------------------------------------------------------
 
     def client(self) -> _Client | None:
-        """The running event loop's connection to the child, or None (no asyncio loop running in this thread,
-        the child not listening yet, or gone): the caller then does the work itself. Starts connecting when
-        there is none."""
+        """The running event loop's connection to the child when it may take a question, or None (no asyncio
+        loop running in this thread, the child not listening yet or gone, too many questions waiting on it):
+        the caller then does the work itself. Starts connecting when there is no connection."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -178,81 +199,95 @@ class CacheWorker:
             self._pid, self._clients, self._connecting = os.getpid(), {}, set()
         key = id(loop)
         client = self._clients.get(key)
-        if client is not None and client.loop is loop and client.pid == os.getpid():
-            return client if client.open else None
+        if client is not None and client.loop is loop:
+            return client if client.open and len(client.waiting) < self.max_waiting else None
+        if self._closed:
+            return None
         self._check()
-        if client is not None:  # another loop's, now closed, whose id this loop got
-            client.close()
-        if key not in self._connecting and os.path.exists(self.socket_path):
+        now = time.monotonic()
+        if key not in self._connecting and now >= self._next_connect:
+            self._next_connect = now + 0.1
+            for other in list(self._clients.values()):  # connections of loops that ended (asyncio.run returned)
+                if other.loop.is_closed():
+                    other.close()
             self._connecting.add(key)
             loop.create_task(self._connect(loop, key))
         return None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, key: int) -> None:
+        state = self._state
         try:
-            await loop.create_unix_connection(lambda: _Client(self, loop, key), self.socket_path)
+            if not os.path.exists(state.socket_path):
+                if os.getpid() != state.owner and not _alive(state.proc.pid):
+                    self._refused = True
+                return  # not listening yet
+            await loop.create_unix_connection(lambda: _Client(self, loop, key), state.socket_path)
+            self._refused = False
         except OSError as exc:
             log.debug("llmbudget: connecting to the cache worker failed: %s", exc)
+            self._refused = True
             self._next_check = 0.0
         finally:
             self._connecting.discard(key)
 
-    def put(self, item: Mapping[str, Any]) -> bool:
-        """Hand ``item`` (:meth:`CacheStore.put`'s arguments) to the child to store; False when the caller must
-        store it itself (no connection from this event loop)."""
-        client = self.client()
-        if client is None:
-            return False
-        client.put(item)
-        return True
-
     def close(self) -> None:
-        """Stop the child and close the connections (also done when the Cache is collected, and at exit)."""
+        """Stop the child and close this process's connections; for good (also done when the Cache is
+        collected, and at exit)."""
+        self._closed = True
         for client in list(self._clients.values()):
             client.close()
         self._finalizer()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class _State:
-    """What stopping the child needs, apart from the worker object (for its finalizer)."""
+    """What stopping a child needs (for its finalizer, without the worker object)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], parent_end: int, folder: str) -> None:
         self.proc, self.parent_end, self.folder = proc, parent_end, folder
+        self.socket_path = os.path.join(folder, "s")
         self.owner = os.getpid()
-
-    def close(self) -> None:
-        if self.parent_end >= 0:
-            try:
-                os.close(self.parent_end)  # the child sees the pipe end and stops
-            except OSError:
-                pass
-            self.parent_end = -1
 
 
 def _stop(state: _State) -> None:
-    """Close this process's end of the child's pipe; the process that started the child also waits for it to
-    end (it saves its indexes) and removes its folder. A forked process leaves both to that one."""
-    state.close()
-    if os.getpid() != state.owner:
-        return
-    try:
-        state.proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        state.proc.kill()
-    except Exception:  # noqa: BLE001 - at exit, nothing to report to
-        pass
-    shutil.rmtree(state.folder, ignore_errors=True)
+    """Close this process's end of the child's pipe: the child ends once no process holds it, and removes its
+    folder. The process that started it removes the folder of a child that died without doing so. Nothing
+    here waits for the child (a forked process may still use it)."""
+    if state.parent_end >= 0:
+        try:
+            os.close(state.parent_end)
+        except OSError:
+            pass
+        state.parent_end = -1
+    if os.getpid() == state.owner:
+        try:
+            ended = state.proc.poll() is not None
+        except Exception:  # noqa: BLE001 - at exit, nothing to report to
+            ended = False
+        if ended:
+            shutil.rmtree(state.folder, ignore_errors=True)
 
 
 class _Client(asyncio.Protocol):
-    """One event loop's connection to the child: questions out, answers back in order of their ids."""
+    """One event loop's connection to the child: questions out, answers back by their ids."""
 
     def __init__(self, worker: CacheWorker, loop: asyncio.AbstractEventLoop, key: int) -> None:
-        self.worker, self.loop, self.key, self.pid = worker, loop, key, os.getpid()
+        self.worker, self.loop, self.key = worker, loop, key
         self.transport: asyncio.Transport | None = None
         self.open = False
         self._buffer = bytearray()
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        #: Questions sent and not answered yet (those that timed out included: a child that stopped
+        #: answering fills it, and the app then looks up itself).
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self.dropped = 0
 
@@ -270,7 +305,7 @@ class _Client(asyncio.Protocol):
             self.close()
             return
         for ident, found in answers:
-            future = self._waiting.pop(ident, None)
+            future = self.waiting.pop(ident, None)
             if future is not None and not future.done():
                 future.set_result(found)
 
@@ -278,10 +313,10 @@ class _Client(asyncio.Protocol):
         self.open = False
         if self.worker._clients.get(self.key) is self:
             del self.worker._clients[self.key]
-        for future in self._waiting.values():
+        for future in self.waiting.values():
             if not future.done():
                 future.set_result(None)
-        self._waiting.clear()
+        self.waiting.clear()
 
     def close(self) -> None:
         transport = self.transport
@@ -290,7 +325,7 @@ class _Client(asyncio.Protocol):
         if not self.loop.is_closed():
             transport.close()
             return
-        # its loop ended (asyncio.run returned) with the connection open: the transport cannot close itself there
+        # its loop ended with the connection open: the transport cannot close itself there
         self.connection_lost(None)
         sock = getattr(transport, "_sock", None)
         if sock is not None:
@@ -300,13 +335,12 @@ class _Client(asyncio.Protocol):
     async def search(self, partition: str, text: str) -> Any:
         """The child's :meth:`CacheStore.search` of ``text`` in ``partition`` (a ``Hit``), or None: no hit, or no
         answer in time."""
-        if not self.open or len(self._waiting) >= self.worker.max_waiting:
+        if not self.open or self.transport is None:
             return None
-        assert self.transport is not None
         self._next_id += 1
         ident = self._next_id
         future = self.loop.create_future()
-        self._waiting[ident] = future  # kept until answered: a child that stopped answering fills the queue
+        self.waiting[ident] = future
         self.transport.write(_frame((_SEARCH, ident, (partition, text))))
         timer = self.loop.call_later(self.worker.timeout, _expire, future)
         try:
@@ -314,12 +348,12 @@ class _Client(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    def put(self, item: Mapping[str, Any]) -> None:
-        assert self.transport is not None
-        if self.transport.get_write_buffer_size() > _MAX_BUFFERED:
-            self.dropped += 1  # the child cannot keep up: this answer is not kept
+    def embed(self, entry_id: int) -> None:
+        """Hand the child an entry the app just stored for exact lookups only, to give it its vector."""
+        if self.transport is None or self.transport.get_write_buffer_size() > _MAX_BUFFERED:
+            self.dropped += 1  # the child cannot keep up: this answer stays an exact-only one
             return
-        self.transport.write(_frame((_PUT, 0, dict(item))))
+        self.transport.write(_frame((_EMBED, entry_id, None)))
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -330,12 +364,12 @@ def _expire(future: asyncio.Future[Any]) -> None:
 # -- the child process --------------------------------------------------------------------------------------
 
 class _Serve(asyncio.Protocol):
-    """The child's side of one connection: questions answered as they come, answers to store in batches."""
+    """The child's side of one connection: questions answered as they come, entries to embed in batches."""
 
     def __init__(self, store: Any, vectors: OrderedDict[str, Any]) -> None:
         self.store, self.vectors = store, vectors
         self._buffer = bytearray()
-        self._puts: list[dict[str, Any]] = []
+        self._embed: list[int] = []
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -343,29 +377,28 @@ class _Serve(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
         self._buffer += data
         try:
             messages = _frames(self._buffer)
         except Exception:  # noqa: BLE001
             log.exception("a message could not be read; closing the connection")
-            assert self.transport is not None
             self.transport.close()
             return
         for kind, ident, payload in messages:
             if kind == _SEARCH:
-                assert self.transport is not None
                 self.transport.write(_frame((ident, self._search(*payload))))
-            elif kind == _PUT:
-                if not self._puts:
+            elif kind == _EMBED:
+                if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
-                self._puts.append(payload)
+                self._embed.append(ident)
 
     def _search(self, partition: str, text: str) -> Any:
         try:
             vector = self.store.query_vector(text)
             if vector is None:
                 return None
-            self.vectors[text] = vector  # storing the answer to this question reuses it
+            self.vectors[text] = vector  # the answer to this question, stored, is embedded with it
             if len(self.vectors) > 4096:
                 self.vectors.popitem(last=False)
             return self.store.search(partition, text, vector)
@@ -374,43 +407,40 @@ class _Serve(asyncio.Protocol):
             return None
 
     def _store(self) -> None:
-        puts, self._puts = self._puts, []
-        for item in puts:
-            vector = self.vectors.pop(item.get("text", ""), None)
-            if vector is not None and item.get("semantic", True):
-                item["vector"] = vector
+        ids, self._embed = self._embed, []
         try:
-            self.store.put_many(puts)
-        except Exception:  # noqa: BLE001 - an answer not kept is a later miss
-            log.exception("storing %d answers failed", len(puts))
+            self.store.add_vectors(ids, self.vectors)
+        except Exception:  # noqa: BLE001 - an answer left exact-only is a later semantic miss
+            log.exception("embedding %d stored answers failed", len(ids))
 
 
 def _serve(socket_path: str, parent_fd: int, spec: Mapping[str, Any]) -> None:
     from .store import CacheStore
 
-    options = dict(spec["options"])
-    if spec.get("reranker"):
-        from .reranker import RewordReranker
-
-        options.update(RewordReranker().store_options())
-    store = CacheStore(spec["path"], **options)
-    store.query_vector("a question to load the embedder")  # loaded before the app may connect
-    store._scoring()
+    folder = os.path.dirname(socket_path)
+    store = None
     loop = asyncio.new_event_loop()
-    vectors: OrderedDict[str, Any] = OrderedDict()
-    loop.add_reader(parent_fd, loop.stop)  # every process holding the other end has ended
-    listening = socket_path + ".new"
-    server = loop.run_until_complete(loop.create_unix_server(lambda: _Serve(store, vectors), listening))
-    os.replace(listening, socket_path)  # the app connects only once this is here: the models are loaded
     try:
+        options = dict(spec["options"])
+        if spec.get("reranker"):
+            from .reranker import RewordReranker
+
+            options.update(RewordReranker().store_options())
+        store = CacheStore(spec["path"], **options)
+        store.query_vector("a question to load the embedder")  # loaded before the app may connect
+        store._scoring()
+        vectors: OrderedDict[str, Any] = OrderedDict()
+        listening = socket_path + ".new"
+        server = loop.run_until_complete(loop.create_unix_server(lambda: _Serve(store, vectors), listening))
+        os.replace(listening, socket_path)  # the app connects only once this is here: the models are loaded
+        loop.add_reader(parent_fd, loop.stop)  # readable (at its end) once every process holding it has ended
         loop.run_forever()
-    finally:
         server.close()
-        try:
-            os.unlink(socket_path)
-        except OSError:
-            pass
-        store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if store is not None:
+            store.close()
+        loop.close()
 
 
 def main() -> None:
@@ -418,10 +448,6 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the app, which ends this
     logging.basicConfig(level=logging.WARNING, format="llmbudget cache worker: %(levelname)s %(message)s")
-    socket_path, parent_fd = sys.argv[1], int(sys.argv[2])
+    socket_path, parent_fd = sys.argv[-2], int(sys.argv[-1])
     spec = pickle.load(sys.stdin.buffer)
     _serve(socket_path, parent_fd, spec)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ from servers import base_url, proxy
 
 import llmbudget
 from llmbudget.cache import Cache
+from llmbudget.cache.templates import TemplateGuard
 from llmbudget.config import ConfigError, engine_from_config
 
 ASK = dict(model="gpt-4o-mini", max_tokens=24, temperature=0, stop=["\n"])
@@ -30,7 +31,7 @@ def worker_cache(engine, tmp_path, llm_server):
     assert cache.worker is not None
     with proxy(llm_server) as server:
         yield cache, server
-    cache.worker.close()
+    cache.close()
 
 
 def _client(server) -> openai.AsyncOpenAI:
@@ -50,6 +51,11 @@ async def _until(check, seconds: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def _embedded(cache: Cache) -> int:
+    """Entries with a vector (given by the worker to the answers the app stored)."""
+    return cache.store._conn().execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL").fetchone()[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -66,7 +72,8 @@ def test_the_worker_stores_answers_and_finds_rewordings(worker_cache, records):
         async with _client(server) as client:
             await _until(lambda: cache.worker.client() is not None)  # the child loads its models, then listens
             first = await _ask(client, FIRST)
-            await _until(lambda: cache.store.stats()["entries"] == 1)  # stored by the child, without waiting
+            assert await _ask(client, FIRST) == first  # stored by the app for exact lookups at once
+            await _until(lambda: _embedded(cache) == 1)  # its vector given by the child, without waiting
             again = await _ask(client, REWORDED)
             connection = cache.worker.client()
             assert connection is not None
@@ -74,10 +81,24 @@ def test_the_worker_stores_answers_and_finds_rewordings(worker_cache, records):
 
     first, again, asked = asyncio.run(main())
     assert again == first and len(server.received) == 1
-    assert [r.from_cache for r in records] == [False, True]
-    assert records[1].cache_tier == "semantic" and records[1].cache_score >= 0.85
-    assert asked == 2  # both lookups went to the child, which found the second
-    assert records[1].saved_usd == records[0].cost_usd > 0
+    assert [r.cache_tier for r in records] == [None, "exact", "semantic"] and records[2].cache_score >= 0.85
+    assert asked == 2  # both misses of the exact tier went to the child, which found the second
+    assert records[2].saved_usd == records[0].cost_usd > 0
+
+
+def test_answers_invalidated_before_the_worker_embeds_them_stay_gone(worker_cache, records):
+    cache, server = worker_cache
+
+    async def main() -> None:
+        async with _client(server) as client:
+            await _until(lambda: cache.worker.client() is not None)
+            await _ask(client, FIRST)
+            assert cache.invalidate() == 1  # the child may not have embedded it yet
+            await asyncio.sleep(0.5)
+            await _ask(client, FIRST)
+
+    asyncio.run(main())
+    assert len(server.received) == 2 and [r.from_cache for r in records] == [False, False]
 
 
 def test_sync_calls_look_up_themselves_in_the_same_directory(worker_cache, records):
@@ -101,22 +122,24 @@ def test_a_worker_that_stops_answering_costs_a_miss_not_a_failed_call(worker_cac
         async with _client(server) as client:
             await _until(lambda: worker.client() is not None)
             await _ask(client, FIRST)
-            await _until(lambda: cache.store.stats()["entries"] == 1)
+            await _until(lambda: _embedded(cache) == 1)
             os.kill(worker.pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
                 assert await _ask(client, REWORDED)  # asked of the server: the child did not answer in time
                 assert time.monotonic() - started < 0.3 + 30
-                worker.max_waiting = 1
-                await _ask(client, "How can one learn Python fast?")  # the one question still waits: a miss at once
                 connection = worker.client()
-                assert connection is not None and len(connection._waiting) == 1
+                assert connection is not None and len(connection.waiting) == 1
+                worker.max_waiting = 1  # one question waits: the app looks up itself (an exact hit here)
+                assert worker.client() is None
+                await _ask(client, REWORDED)
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
-            await _until(lambda: not connection._waiting)  # the child answers late; the answer is dropped
+            await _until(lambda: not connection.waiting)  # the child answers late; the answer is dropped
+            await _until(lambda: _embedded(cache) == 2)  # and embeds what the app stored meanwhile
 
     asyncio.run(main())
-    assert len(server.received) == 3 and not any(r.from_cache for r in records)
+    assert len(server.received) == 2 and [r.cache_tier for r in records] == [None, None, "exact"]
     assert all(r.error is None for r in records)
 
 
@@ -130,7 +153,7 @@ def test_a_worker_that_died_is_started_again_and_the_app_looks_up_itself_meanwhi
         async with _client(server) as client:
             await _until(lambda: worker.client() is not None)
             await _ask(client, FIRST)
-            await _until(lambda: cache.store.stats()["entries"] == 1)
+            await _until(lambda: _embedded(cache) == 1)
             worker._retry_s = 60.0
             os.kill(first_pid, signal.SIGKILL)
             await _until(lambda: worker.client() is None)  # the connection ends with the child
@@ -203,4 +226,71 @@ def test_a_worker_needs_a_local_store_with_the_bundled_embedder(tmp_path):
 
     with pytest.raises(ValueError, match="worker=True"):
         Cache(store=CacheStore(tmp_path / "c"), worker=True)
+    with pytest.raises(ValueError, match="template guard of your own"):
+        Cache(tmp_path / "e", worker=True, template_guard=type("Strict", (TemplateGuard,), {})())
     assert Cache(tmp_path / "d", worker=True, semantic=False).worker is None  # nothing to run elsewhere
+
+
+def test_connections_of_ended_loops_are_closed_and_a_closed_worker_stays_closed(tmp_path):
+    cache = Cache(tmp_path / "cache", worker=True)
+    worker = cache.worker
+    assert worker is not None
+
+    async def once() -> bool:
+        deadline = time.monotonic() + 60
+        while worker.client() is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        return True
+
+    for _ in range(12):  # a loop per job, as asgiref's async_to_sync or a task calling asyncio.run makes
+        assert asyncio.run(once())
+    assert len(worker._clients) <= 2
+    pid = worker.pid
+    cache.close()
+
+    async def closed() -> bool:
+        worker._next_check = 0.0
+        return worker.client() is None
+
+    assert asyncio.run(closed()) and worker.pid == pid
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the worker outlived close()"
+        time.sleep(0.05)
+    assert not Path(worker.socket_path).parent.exists()  # the child removed its folder
+
+
+_PRELOADED = textwrap.dedent("""
+    import asyncio, os, signal, sys, time
+    from llmbudget.cache import Cache
+    cache = Cache(sys.argv[1], worker=True)  # built before the fork, as gunicorn --preload does
+    worker = cache.worker
+    while not os.path.exists(worker.socket_path):
+        time.sleep(0.05)
+    shared = worker.pid
+    child = os.fork()
+    if child == 0:
+        async def main():
+            deadline = time.monotonic() + 60
+            while worker.client() is None:  # the shared child answers the fork
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            os.kill(shared, signal.SIGKILL)  # it dies; the master never looks
+            worker._retry_s = 0.0
+            while worker.client() is None or worker.pid == shared:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            print(shared, worker.pid, flush=True)
+        asyncio.run(main())
+        cache.close()
+        os._exit(0)
+    os.waitpid(child, 0)
+""")
+
+
+def test_a_forked_process_whose_shared_worker_died_starts_its_own(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _PRELOADED, str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    shared, own = done.stdout.split()
+    assert shared != own and "no longer listens" in done.stderr

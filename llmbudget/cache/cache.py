@@ -198,7 +198,11 @@ class Cache:
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
         elif item["semantic"] and self.worker is not None:
-            client = self.worker.client()
+            try:
+                client = self.worker.client() or self.worker.caller()
+            except Exception:  # noqa: BLE001 - without the worker, stored here as without one
+                log.exception("llmbudget: the cache worker could not be reached")
+                client = None
             if client is not None:  # stored here for exact lookups at once; the worker adds its vector
                 client.embed(self.store.put(**{**item, "semantic": False}))
                 return True
@@ -207,11 +211,13 @@ class Cache:
 
     def close(self) -> None:
         """Stop the worker process, if any, and close the store (saving its indexes)."""
-        if self.worker is not None:
-            self.worker.close()
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        try:
+            if self.worker is not None:
+                self.worker.close()
+        finally:
+            close = getattr(self.store, "close", None)
+            if close is not None:
+                close()
 
     def invalidate(self, *, tenant: str | None = None, model: str | None = None) -> int:
         """Drop entries of a tenant, of a model, or (no argument) all of them."""

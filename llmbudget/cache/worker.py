@@ -23,6 +23,7 @@ What it never does is make a call fail or wait long:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import pickle
@@ -128,7 +129,8 @@ class CacheWorker:
         read_end, write_end = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOTSTRAP, os.path.join(folder, "s"), str(read_end)],
+                # -I: the working directory's own pickle.py or struct.py is not imported before sys.path is set
+                [sys.executable, "-I", "-c", _BOOTSTRAP, os.path.join(folder, "s"), str(read_end)],
                 stdin=subprocess.PIPE, pass_fds=(read_end,), close_fds=True,
             )
             assert proc.stdin is not None
@@ -195,8 +197,9 @@ class CacheWorker:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        if self._pid != os.getpid():  # forked: the parent's connections are not this process's
+        if self._pid != os.getpid():  # forked: the parent's connections, lock and findings are not this process's
             self._pid, self._clients, self._connecting = os.getpid(), {}, set()
+            self._lock, self._refused, self._warned, self._next_check = threading.Lock(), False, False, 0.0
         key = id(loop)
         client = self._clients.get(key)
         if client is not None and client.loop is loop:
@@ -223,12 +226,22 @@ class CacheWorker:
                 return  # not listening yet
             await loop.create_unix_connection(lambda: _Client(self, loop, key), state.socket_path)
             self._refused = False
-        except OSError as exc:
+        except (ConnectionRefusedError, FileNotFoundError) as exc:  # nothing listens there
             log.debug("llmbudget: connecting to the cache worker failed: %s", exc)
             self._refused = True
             self._next_check = 0.0
+        except OSError as exc:  # too many open files, a full backlog: the child may be well; tried again later
+            log.debug("llmbudget: connecting to the cache worker failed: %s", exc)
         finally:
             self._connecting.discard(key)
+
+    def caller(self) -> _Client | None:
+        """The connection of the async call this thread works for (set by the transport before it hands work to
+        a worker thread; see :func:`set_caller`), while open: to hand the child an answer to embed from there."""
+        client = _CALLER.get()
+        if client is None or client.worker is not self or not client.open or client.loop.is_closed():
+            return None
+        return client
 
     def close(self) -> None:
         """Stop the child and close this process's connections; for good (also done when the Cache is
@@ -239,14 +252,27 @@ class CacheWorker:
         self._finalizer()
 
 
+_CALLER: contextvars.ContextVar[_Client | None] = contextvars.ContextVar("llmbudget_cache_worker", default=None)
+
+
+def set_caller(client: _Client | None) -> None:
+    """The connection the current async call uses (its context, copied into the worker threads it hands work to)."""
+    _CALLER.set(client)
+
+
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended and not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): as kill said
 
 
 class _State:
@@ -289,6 +315,7 @@ class _Client(asyncio.Protocol):
         #: answering fills it, and the app then looks up itself).
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
+        self._thread = threading.get_ident()  # the loop's
         self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -325,8 +352,12 @@ class _Client(asyncio.Protocol):
         if not self.loop.is_closed():
             transport.close()
             return
-        # its loop ended with the connection open: the transport cannot close itself there
-        self.connection_lost(None)
+        # its loop ended with the connection open: the transport cannot close itself there, nor its futures
+        # take a result
+        self.open = False
+        self.waiting.clear()
+        if self.worker._clients.get(self.key) is self:
+            del self.worker._clients[self.key]
         sock = getattr(transport, "_sock", None)
         if sock is not None:
             sock.close()
@@ -349,7 +380,14 @@ class _Client(asyncio.Protocol):
             timer.cancel()
 
     def embed(self, entry_id: int) -> None:
-        """Hand the child an entry the app just stored for exact lookups only, to give it its vector."""
+        """Hand the child an entry the app just stored for exact lookups only, to give it its vector (from a
+        worker thread too: it is then handed to the connection's loop)."""
+        if threading.get_ident() != self._thread:
+            try:
+                self.loop.call_soon_threadsafe(self.embed, entry_id)
+            except RuntimeError:  # the loop is closed: the answer stays an exact-only one
+                pass
+            return
         if self.transport is None or self.transport.get_write_buffer_size() > _MAX_BUFFERED:
             self.dropped += 1  # the child cannot keep up: this answer stays an exact-only one
             return
@@ -447,6 +485,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the app, which ends this
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a group's SIGTERM (docker stop): folder removed
     logging.basicConfig(level=logging.WARNING, format="llmbudget cache worker: %(levelname)s %(message)s")
     socket_path, parent_fd = sys.argv[-2], int(sys.argv[-1])
     spec = pickle.load(sys.stdin.buffer)

@@ -204,7 +204,14 @@ async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: s
     lookup too when the cache is, see :func:`_cache_work`); when a SQLite budget file turns out busy
     there, the reservation waits for it in a worker thread."""
     if not _quick(attempt):
-        return await _in_thread(attempt, _open, httpx, request, attempt, path)
+        if _worker_client(attempt) is None:
+            return await _in_thread(attempt, _open, httpx, request, attempt, path)
+        # a large body (a long system prompt or history): its work in threads, the semantic tier in the worker
+        await _in_thread(attempt, attempt.shape_output)
+        cached = await _lookup(attempt, quick=False)
+        if cached is not None:
+            return None, _cached_response(httpx, cached)
+        return await _in_thread(attempt, lambda: _answered(httpx, *_prepare(httpx, request, attempt)))
     attempt.shape_output()
     if attempt.engine.cache is not None:
         cached = await _lookup(attempt)
@@ -363,19 +370,36 @@ async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) 
     return await _in_thread(attempt, work)
 
 
-async def _lookup(attempt: Attempt) -> tuple[bytes, str] | None:
-    """The cache lookup of an async call: with a cache worker connected to this event loop, the exact tier
-    here and the semantic tier in the worker; else all of it as :func:`_cache_work` says."""
+def _worker_client(attempt: Attempt) -> Any:
+    """The cache worker's connection for this event loop (remembered in the call's context, for the answer's
+    embedding handed over from a worker thread), or None: no worker, or none that may take a question now."""
     worker = getattr(attempt.engine.cache, "worker", None)
-    client = worker.client() if worker is not None else None
+    if worker is None:
+        return None
+    try:
+        client = worker.client()
+    except Exception:  # noqa: BLE001 - without the worker, the call is looked up here as without one
+        log.exception("llmbudget: the cache worker could not be reached")
+        return None
+    if client is not None:
+        from ..cache.worker import set_caller
+
+        set_caller(client)
+    return client
+
+
+async def _lookup(attempt: Attempt, *, quick: bool = True) -> tuple[bytes, str] | None:
+    """The cache lookup of an async call: with a cache worker connected to this event loop, the exact tier
+    here and the semantic tier in the worker; else all of it here. Here: as :func:`_cache_work` says."""
+    client = _worker_client(attempt)
     if client is None:
-        return await _cache_work(attempt, attempt.lookup_cache, quick=True)
-    cached = await _cache_work(attempt, functools.partial(attempt.lookup_cache, semantic=False), quick=True)
+        return await _cache_work(attempt, attempt.lookup_cache, quick=quick)
+    cached = await _cache_work(attempt, functools.partial(attempt.lookup_cache, semantic=False), quick=quick)
     pending = attempt.cache_pending()
     if cached is not None or pending is None:
         return cached
     found = await client.search(*pending)
-    return await _cache_work(attempt, functools.partial(attempt.resolve_cache, found), quick=True)
+    return await _cache_work(attempt, functools.partial(attempt.resolve_cache, found), quick=quick)
 
 
 async def _finish(attempt: Attempt, *, complete: bool, error: BaseException | None = None) -> None:

@@ -178,6 +178,7 @@ _APP = textwrap.dedent("""
     print(cache.worker.pid, cache.worker.socket_path, flush=True)
     while not os.path.exists(cache.worker.socket_path):
         time.sleep(0.05)
+    print("listening", flush=True)
     if sys.argv[2] == "fork":
         child = os.fork()
         if child == 0:
@@ -188,21 +189,26 @@ _APP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("end", ["SIGKILL", "fork then SIGTERM"])
+@pytest.mark.parametrize("end", ["SIGKILL", "fork then SIGTERM", "SIGTERM to the group"])
 def test_the_worker_ends_with_the_app_that_started_it(tmp_path, end):
     app = subprocess.Popen([sys.executable, "-c", _APP, str(tmp_path / "cache"), end.split()[0]],
-                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                           start_new_session=True)
     try:
         assert app.stdout is not None
         pid, socket_path = app.stdout.readline().split()
+        assert app.stdout.readline().strip() == "listening"
         if end.startswith("fork"):
             assert app.stdout.readline().strip() == "True"
             assert _alive(int(pid))
-        app.send_signal(signal.SIGKILL if end == "SIGKILL" else signal.SIGTERM)
+        if end.endswith("group"):  # docker stop, systemd, timeout: the child gets it too
+            os.killpg(app.pid, signal.SIGTERM)
+        else:
+            app.send_signal(signal.SIGKILL if end == "SIGKILL" else signal.SIGTERM)
         app.wait(30)
         deadline = time.monotonic() + 30
-        while _alive(int(pid)):
-            assert time.monotonic() < deadline, "the worker outlived the app"
+        while _alive(int(pid)) or Path(socket_path).parent.exists():
+            assert time.monotonic() < deadline, "the worker outlived the app, or left its folder"
             time.sleep(0.05)
     finally:
         app.kill()
@@ -294,3 +300,53 @@ def test_a_forked_process_whose_shared_worker_died_starts_its_own(tmp_path):
                           timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     shared, own = done.stdout.split()
     assert shared != own and "no longer listens" in done.stderr
+
+
+def test_calls_with_a_long_system_prompt_use_the_worker_too(worker_cache, records):
+    # a body over 8 KiB is worked on in threads: its lookup and its answer's embedding still go to the child
+    cache, server = worker_cache
+    system = {"role": "system", "content": "You answer questions about learning. " * 250}
+
+    async def main() -> int:
+        async with _client(server) as client:
+            await _until(lambda: cache.worker.client() is not None)
+            for text in (FIRST, REWORDED):
+                await client.chat.completions.create(messages=[system, {"role": "user", "content": text}], **ASK)
+                await _until(lambda: _embedded(cache) == 1)
+            connection = cache.worker.client()
+            assert connection is not None
+            return connection._next_id
+
+    assert asyncio.run(main()) == 2  # both lookups went to the child
+    assert [r.cache_tier for r in records] == [None, "semantic"] and len(server.received) == 1
+
+
+def test_a_loop_closed_while_a_question_waits_fails_no_later_call(tmp_path):
+    cache = Cache(tmp_path / "cache", worker=True)
+    worker = cache.worker
+    assert worker is not None and worker.pid is not None
+    loop = asyncio.new_event_loop()
+
+    async def connected():
+        while worker.client() is None:
+            await asyncio.sleep(0.05)
+        return worker.client()
+
+    connection = loop.run_until_complete(asyncio.wait_for(connected(), 60))
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        pending = loop.create_task(connection.search("p", "a question"))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert not pending.done()
+        loop.close()  # a background thread's loop, closed with the question waiting
+
+        async def later() -> None:
+            worker._next_connect = 0.0
+            worker.client()  # closes the ended loop's connection: must not raise
+
+        asyncio.run(later())
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert not connection.open and not connection.waiting
+    cache.close()
+    assert cache.store._closed

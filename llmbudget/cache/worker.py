@@ -50,8 +50,18 @@ _MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, ans
 _MAX_FRAME = 1 << 30
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
 # the spec, both on stdin; nothing is put on PYTHONPATH.
-_BOOTSTRAP = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
-              "from llmbudget.cache.worker import main; main()")
+_BOOTSTRAP = """\
+import os, shutil, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a group's SIGTERM (docker stop): the folder still goes
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the app, which ends this
+try:
+    import pickle
+    sys.path[:] = pickle.load(sys.stdin.buffer)
+    from llmbudget.cache.worker import main
+    main()
+finally:
+    shutil.rmtree(os.path.dirname(sys.argv[-2]), ignore_errors=True)
+"""
 
 
 def worker_unavailable() -> str | None:
@@ -482,10 +492,7 @@ def _serve(socket_path: str, parent_fd: int, spec: Mapping[str, Any]) -> None:
 
 
 def main() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the app, which ends this
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a group's SIGTERM (docker stop): folder removed
+    """The child's start (see ``_BOOTSTRAP``, which also handles SIGTERM and SIGINT)."""
     logging.basicConfig(level=logging.WARNING, format="llmbudget cache worker: %(levelname)s %(message)s")
     socket_path, parent_fd = sys.argv[-2], int(sys.argv[-1])
     spec = pickle.load(sys.stdin.buffer)

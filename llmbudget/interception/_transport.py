@@ -183,10 +183,23 @@ def _refused(response: Any) -> bool:
     return "x-llmbudget-refused" in response.headers
 
 
-def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str) -> tuple[Any, Any]:
-    """(the request to send, None), or (None, the response that answers it: a cache hit or a refusal)."""
+def _open(httpx: ModuleType, request: Any, attempt: Attempt, path: str, *, semantic: bool = True) -> tuple[Any, Any]:
+    """(the request to send, None), or (None, the response that answers it: a cache hit or a refusal).
+
+    ``semantic=False``: the exact tier only; (None, None) when the cache's worker is to be asked next
+    (:meth:`Attempt.cache_pending`), and :func:`_resolved` then goes on."""
     attempt.shape_output()
-    cached = attempt.lookup_cache()
+    cached = attempt.lookup_cache(semantic=semantic)
+    if cached is not None:
+        return None, _cached_response(httpx, cached)
+    if attempt.cache_pending() is not None:
+        return None, None
+    return _answered(httpx, *_prepare(httpx, request, attempt))
+
+
+def _resolved(httpx: ModuleType, request: Any, attempt: Attempt, found: Any) -> tuple[Any, Any]:
+    """:func:`_open` after the cache's worker answered the semantic tier (``found``: a hit, or None)."""
+    cached = attempt.resolve_cache(found)
     if cached is not None:
         return None, _cached_response(httpx, cached)
     return _answered(httpx, *_prepare(httpx, request, attempt))
@@ -204,14 +217,16 @@ async def _open_async(httpx: ModuleType, request: Any, attempt: Attempt, path: s
     lookup too when the cache is, see :func:`_cache_work`); when a SQLite budget file turns out busy
     there, the reservation waits for it in a worker thread."""
     if not _quick(attempt):
-        if _worker_client(attempt) is None:
+        client = _worker_client(attempt)
+        if client is None:
             return await _in_thread(attempt, _open, httpx, request, attempt, path)
-        # a large body (a long system prompt or history): its work in threads, the semantic tier in the worker
-        await _in_thread(attempt, attempt.shape_output)
-        cached = await _lookup(attempt, quick=False)
-        if cached is not None:
-            return None, _cached_response(httpx, cached)
-        return await _in_thread(attempt, lambda: _answered(httpx, *_prepare(httpx, request, attempt)))
+        # a large body, or a blocking store: its work in a thread, and the semantic tier, if it is asked, in the
+        # worker (then a second thread job)
+        opened = await _in_thread(attempt, _open, httpx, request, attempt, path, semantic=False)
+        pending = attempt.cache_pending()
+        if opened[0] is not None or opened[1] is not None or pending is None:
+            return opened
+        return await _in_thread(attempt, _resolved, httpx, request, attempt, await client.search(*pending))
     attempt.shape_output()
     if attempt.engine.cache is not None:
         cached = await _lookup(attempt)

@@ -10,11 +10,13 @@ then on). The child runs the same :class:`~llmbudget.cache.store.CacheStore` on 
 What it never does is make a call fail or wait long:
 
 - while the child starts (about a second: it loads the embedder and verifier before it listens), after it died,
-  in a thread (a sync client, a WSGI app), under another event loop than asyncio's, and while
-  :attr:`CacheWorker.max_waiting` questions wait on it (a burst, or a child that stopped answering), the app does
-  the work itself, as without a worker;
-- a question it has not answered within :attr:`CacheWorker.timeout` is a miss; answers sent to it to embed are
-  dropped while a megabyte of them waits (they stay exact-only);
+  in a thread (a sync client, a WSGI app) and under another event loop than asyncio's, the app does the work
+  itself, as without a worker;
+- a question it has not answered within :attr:`CacheWorker.timeout` is a miss, and so is every question while
+  :attr:`CacheWorker.max_waiting` wait on it (a child too slow for the traffic: the app never takes its work on
+  then, which would slow every request); the exact tier goes on. The child skips the questions that waited past
+  the timeout, and answers to embed beyond a backlog are dropped (they stay exact-only). A child that has left a
+  question unanswered for :data:`HUNG_S` seconds is stopped and started again;
 - it ends with the process that started it and every process forked from that one (it watches a pipe only they
   hold open), and removes its folder. A child that died is started again, after 5 s and then at most once a
   minute; a forked process whose shared child died starts one of its own.
@@ -48,6 +50,9 @@ _SEARCH, _EMBED = 0, 1
 _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
 _MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
+_MAX_BACKLOG = 4096  # entries the child has yet to embed: beyond it, new ones are dropped (left exact-only)
+#: Seconds a question may wait on the child, with the most allowed waiting, before the child counts as hung.
+HUNG_S = 30.0
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
 # the spec, both on stdin; nothing is put on PYTHONPATH.
 _BOOTSTRAP = """\
@@ -106,11 +111,11 @@ class CacheWorker:
 
     #: Seconds a lookup waits for the child's answer before it is a miss.
     timeout: float = 0.5
-    #: Questions waiting on the child (per event loop) beyond which the app looks up itself.
-    max_waiting: int = 64
+    #: Questions waiting on the child (per event loop) beyond which the semantic tier is a miss.
+    max_waiting: int = 256
 
     def __init__(self, path: str, options: Mapping[str, Any], *, reranker: bool = False) -> None:
-        self._spec = {"path": path, "options": dict(options), "reranker": reranker}
+        self._spec = {"path": path, "options": dict(options), "reranker": reranker, "timeout": self.timeout}
         pickle.dumps(self._spec)  # fails here, in the app's start, rather than in the child
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -200,9 +205,9 @@ class CacheWorker:
     # -- the app's side ----------------------------------------------------------------------------
 
     def client(self) -> _Client | None:
-        """The running event loop's connection to the child when it may take a question, or None (no asyncio
-        loop running in this thread, the child not listening yet or gone, too many questions waiting on it):
-        the caller then does the work itself. Starts connecting when there is no connection."""
+        """The running event loop's connection to the child, or None (no asyncio loop running in this thread,
+        the child not listening yet, or gone): the caller then does the work itself. Starts connecting when
+        there is no connection."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -213,7 +218,7 @@ class CacheWorker:
         key = id(loop)
         client = self._clients.get(key)
         if client is not None and client.loop is loop:
-            return client if client.open and len(client.waiting) < self.max_waiting else None
+            return client if client.open else None
         if self._closed:
             return None
         self._check()
@@ -244,6 +249,17 @@ class CacheWorker:
             log.debug("llmbudget: connecting to the cache worker failed: %s", exc)
         finally:
             self._connecting.discard(key)
+
+    def _hung(self) -> None:
+        """The child has left a question unanswered for :data:`HUNG_S` seconds: stopped (SIGKILL), then started
+        again by :meth:`_check`. Only the process that started it stops it."""
+        state = self._state
+        if os.getpid() != state.owner or state.proc.poll() is not None:
+            return
+        log.warning("llmbudget: the cache worker (pid %d) has not answered for %.0f s; stopping it", state.proc.pid,
+                    HUNG_S)
+        state.proc.kill()
+        self._next_check = 0.0
 
     def caller(self) -> _Client | None:
         """The connection of the async call this thread works for (set by the transport before it hands work to
@@ -324,6 +340,7 @@ class _Client(asyncio.Protocol):
         #: Questions sent and not answered yet (those that timed out included: a child that stopped
         #: answering fills it, and the app then looks up itself).
         self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self._sent: dict[int, float] = {}  # when each waiting question was sent
         self._next_id = 0
         self._thread = threading.get_ident()  # the loop's
         self.dropped = 0
@@ -342,6 +359,7 @@ class _Client(asyncio.Protocol):
             self.close()
             return
         for ident, found in answers:
+            self._sent.pop(ident, None)
             future = self.waiting.pop(ident, None)
             if future is not None and not future.done():
                 future.set_result(found)
@@ -354,6 +372,7 @@ class _Client(asyncio.Protocol):
             if not future.done():
                 future.set_result(None)
         self.waiting.clear()
+        self._sent.clear()
 
     def close(self) -> None:
         transport = self.transport
@@ -366,6 +385,7 @@ class _Client(asyncio.Protocol):
         # take a result
         self.open = False
         self.waiting.clear()
+        self._sent.clear()
         if self.worker._clients.get(self.key) is self:
             del self.worker._clients[self.key]
         sock = getattr(transport, "_sock", None)
@@ -374,14 +394,20 @@ class _Client(asyncio.Protocol):
             transport._sock = None  # type: ignore[attr-defined]
 
     async def search(self, partition: str, text: str) -> Any:
-        """The child's :meth:`CacheStore.search` of ``text`` in ``partition`` (a ``Hit``), or None: no hit, or no
-        answer in time."""
+        """The child's :meth:`CacheStore.search` of ``text`` in ``partition`` (a ``Hit``), or None: no hit, no
+        answer in time, or too many questions waiting on the child."""
         if not self.open or self.transport is None:
+            return None
+        if len(self.waiting) >= self.worker.max_waiting:
+            oldest = next(iter(self.waiting))
+            if time.monotonic() - self._sent.get(oldest, time.monotonic()) > HUNG_S:
+                self.worker._hung()
             return None
         self._next_id += 1
         ident = self._next_id
         future = self.loop.create_future()
         self.waiting[ident] = future
+        self._sent[ident] = time.monotonic()
         self.transport.write(_frame((_SEARCH, ident, (partition, text))))
         timer = self.loop.call_later(self.worker.timeout, _expire, future)
         try:
@@ -414,10 +440,11 @@ def _expire(future: asyncio.Future[Any]) -> None:
 class _Serve(asyncio.Protocol):
     """The child's side of one connection: questions answered as they come, entries to embed in batches."""
 
-    def __init__(self, store: Any, vectors: OrderedDict[str, Any]) -> None:
-        self.store, self.vectors = store, vectors
+    def __init__(self, store: Any, vectors: OrderedDict[str, Any], timeout: float) -> None:
+        self.store, self.vectors, self.timeout = store, vectors, timeout
         self._buffer = bytearray()
         self._embed: list[int] = []
+        self.dropped = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -433,13 +460,21 @@ class _Serve(asyncio.Protocol):
             log.exception("a message could not be read; closing the connection")
             self.transport.close()
             return
+        arrived = time.monotonic()
         for kind, ident, payload in messages:
+            if self.transport.is_closing():  # the app went: nobody waits for the rest
+                return
             if kind == _SEARCH:
-                self.transport.write(_frame((ident, self._search(*payload))))
+                # a question the app stopped waiting for (the ones before it took long) is not worked on
+                late = time.monotonic() - arrived > self.timeout
+                self.transport.write(_frame((ident, None if late else self._search(*payload))))
             elif kind == _EMBED:
                 if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
-                self._embed.append(ident)
+                if len(self._embed) < _MAX_BACKLOG:
+                    self._embed.append(ident)
+                else:
+                    self.dropped += 1
 
     def _search(self, partition: str, text: str) -> Any:
         try:
@@ -479,7 +514,8 @@ def _serve(socket_path: str, parent_fd: int, spec: Mapping[str, Any]) -> None:
         store._scoring()
         vectors: OrderedDict[str, Any] = OrderedDict()
         listening = socket_path + ".new"
-        server = loop.run_until_complete(loop.create_unix_server(lambda: _Serve(store, vectors), listening))
+        timeout = float(spec.get("timeout", CacheWorker.timeout))
+        server = loop.run_until_complete(loop.create_unix_server(lambda: _Serve(store, vectors, timeout), listening))
         os.replace(listening, socket_path)  # the app connects only once this is here: the models are loaded
         loop.add_reader(parent_fd, loop.stop)  # readable (at its end) once every process holding it has ended
         loop.run_forever()

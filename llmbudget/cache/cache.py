@@ -199,11 +199,7 @@ class Cache:
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
         elif item["semantic"] and self.worker is not None:
-            try:
-                client = self.worker.client() or self.worker.caller()
-            except Exception:  # noqa: BLE001 - without the worker, stored here as without one
-                log.exception("llmbudget: the cache worker could not be reached")
-                client = None
+            client = self.worker.client() or self.worker.caller()
             if client is not None:  # stored here for exact lookups at once; the worker adds its vector
                 client.embed(self.store.put(**{**item, "semantic": False}))
                 return True

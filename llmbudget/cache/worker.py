@@ -41,6 +41,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from ..ledger.spool import alive
+
 __all__ = ["CacheWorker", "worker_unavailable"]
 
 log = logging.getLogger("llmbudget.cache")
@@ -132,7 +134,7 @@ class CacheWorker:
     # -- the child ---------------------------------------------------------------------------------
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         """The child's process id."""
         return self._state.proc.pid
 
@@ -208,11 +210,18 @@ class CacheWorker:
     def client(self) -> _Client | None:
         """The running event loop's connection to the child, or None (no asyncio loop running in this thread,
         the child not listening yet, or gone): the caller then does the work itself. Starts connecting when
-        there is no connection."""
+        there is no connection. Never raises: whatever goes wrong here, the caller does the work itself."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
+        try:
+            return self._client(loop)
+        except Exception:  # noqa: BLE001 - without the worker, the app works as without one
+            log.exception("llmbudget: the cache worker could not be reached")
+            return None
+
+    def _client(self, loop: asyncio.AbstractEventLoop) -> _Client | None:
         if self._pid != os.getpid():  # forked: the parent's connections, lock and findings are not this process's
             self._pid, self._clients, self._connecting = os.getpid(), {}, set()
             self._lock, self._refused, self._warned, self._next_check = threading.Lock(), False, False, 0.0
@@ -239,7 +248,7 @@ class CacheWorker:
         state = self._state
         try:
             if not os.path.exists(state.socket_path):
-                if os.getpid() != state.owner and not _alive(state.proc.pid):
+                if os.getpid() != state.owner and not alive(state.proc.pid):
                     self._refused = True
                 return  # not listening yet
             await loop.create_unix_connection(lambda: _Client(self, loop, key), state.socket_path)
@@ -289,21 +298,6 @@ def set_caller(client: _Client | None) -> None:
     _CALLER.set(client)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, ended and not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): as kill said
-
-
 class _State:
     """What stopping a child needs (for its finalizer, without the worker object)."""
 
@@ -346,7 +340,6 @@ class _Client(asyncio.Protocol):
         self._sent: dict[int, float] = {}  # when each waiting question was sent
         self._next_id = 0
         self._thread = threading.get_ident()  # the loop's
-        self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -428,8 +421,7 @@ class _Client(asyncio.Protocol):
                 pass
             return
         if self.transport is None or self.transport.get_write_buffer_size() > _MAX_BUFFERED:
-            self.dropped += 1  # the child cannot keep up: this answer stays an exact-only one
-            return
+            return  # the child cannot keep up: this answer stays an exact-only one
         self.transport.write(_frame((_EMBED, entry_id, None)))
 
 
@@ -447,7 +439,6 @@ class _Serve(asyncio.Protocol):
         self.store, self.vectors, self.timeout = store, vectors, timeout
         self._buffer = bytearray()
         self._embed: list[int] = []
-        self.dropped = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -474,10 +465,8 @@ class _Serve(asyncio.Protocol):
             elif kind == _EMBED:
                 if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
-                if len(self._embed) < _MAX_BACKLOG:
+                if len(self._embed) < _MAX_BACKLOG:  # beyond it, the answer stays an exact-only one
                     self._embed.append(ident)
-                else:
-                    self.dropped += 1
 
     def _search(self, partition: str, text: str) -> Any:
         try:

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus
 
+from ..cache.worker import set_caller
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import Attempt, get_engine
 from ..providers import Adapter
@@ -389,16 +390,8 @@ def _worker_client(attempt: Attempt) -> Any:
     """The cache worker's connection for this event loop (remembered in the call's context, for the answer's
     embedding handed over from a worker thread), or None: no worker, or none connected to this loop."""
     worker = getattr(attempt.engine.cache, "worker", None)
-    if worker is None:
-        return None
-    try:
-        client = worker.client()
-    except Exception:  # noqa: BLE001 - without the worker, the call is looked up here as without one
-        log.exception("llmbudget: the cache worker could not be reached")
-        return None
+    client = worker.client() if worker is not None else None  # (never raises)
     if client is not None:
-        from ..cache.worker import set_caller
-
         set_caller(client)
     return client
 

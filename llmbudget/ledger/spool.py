@@ -93,20 +93,27 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return _parse(path, list(lines))
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended and not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): as kill said
+
+
 def _gone(path: Path) -> bool:
     """Whether the process that wrote ``path`` (its pid is in the name) has ended."""
     pid = path.name.rsplit(".pending-", 1)[-1].split("-", 1)[0]
     if not pid.isdigit():
         return True
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
-    return False
+    return int(pid) != os.getpid() and not alive(int(pid))
 
 
 class Peeker:

@@ -19,6 +19,7 @@ import llmbudget
 from llmbudget.cache import Cache
 from llmbudget.cache.templates import TemplateGuard
 from llmbudget.config import ConfigError, engine_from_config
+from llmbudget.ledger.spool import alive
 
 ASK = dict(model="gpt-4o-mini", max_tokens=24, temperature=0, stop=["\n"])
 FIRST = "How do I learn Python quickly?"
@@ -54,14 +55,6 @@ async def _until(check, seconds: float = 60.0) -> None:
 def _embedded(cache: Cache) -> int:
     """Entries with a vector (given by the worker to the answers the app stored)."""
     return cache.store._conn().execute("SELECT count(*) FROM cache_entries WHERE vector IS NOT NULL").fetchone()[0]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
 
 
 def test_the_worker_stores_answers_and_finds_rewordings(worker_cache, records):
@@ -170,7 +163,7 @@ def test_a_worker_that_died_is_started_again_and_the_app_looks_up_itself_meanwhi
 
     asyncio.run(main())
     assert [r.cache_tier for r in records] == [None, "semantic", "semantic"] and len(server.received) == 1
-    assert not _alive(first_pid) and _alive(worker.pid)
+    assert not alive(first_pid) and alive(worker.pid)
 
 
 _APP = textwrap.dedent("""
@@ -202,14 +195,14 @@ def test_the_worker_ends_with_the_app_that_started_it(tmp_path, end):
         assert app.stdout.readline().strip() == "listening"
         if end.startswith("fork"):
             assert app.stdout.readline().strip() == "True"
-            assert _alive(int(pid))
+            assert alive(int(pid))
         if end.endswith("group"):  # docker stop, systemd, timeout: the child gets it too
             os.killpg(app.pid, signal.SIGTERM)
         else:
             app.send_signal(signal.SIGKILL if end == "SIGKILL" else signal.SIGTERM)
         app.wait(30)
         deadline = time.monotonic() + 30
-        while _alive(int(pid)) or Path(socket_path).parent.exists():
+        while alive(int(pid)) or Path(socket_path).parent.exists():
             assert time.monotonic() < deadline, "the worker outlived the app, or left its folder"
             time.sleep(0.05)
     finally:
@@ -220,7 +213,7 @@ def test_the_worker_ends_with_the_app_that_started_it(tmp_path, end):
 def test_the_policy_turns_the_worker_on(tmp_path):
     engine = engine_from_config({"cache": {"path": str(tmp_path / "cache"), "worker": True}})
     try:
-        assert engine.cache is not None and engine.cache.worker is not None and _alive(engine.cache.worker.pid)
+        assert engine.cache is not None and engine.cache.worker is not None and alive(engine.cache.worker.pid)
     finally:
         engine.cache.worker.close()
     with pytest.raises(ConfigError, match="cache.worker must be true or false"):
@@ -263,7 +256,7 @@ def test_connections_of_ended_loops_are_closed_and_a_closed_worker_stays_closed(
 
     assert asyncio.run(closed()) and worker.pid == pid
     deadline = time.monotonic() + 30
-    while _alive(pid):
+    while alive(pid):
         assert time.monotonic() < deadline, "the worker outlived close()"
         time.sleep(0.05)
     assert not Path(worker.socket_path).parent.exists()  # the child removed its folder
@@ -377,7 +370,7 @@ def test_a_hung_worker_is_stopped_and_started_again(tmp_path, monkeypatch):
         asyncio.run(main())
     finally:
         cache.close()
-    assert not _alive(hung)
+    assert not alive(hung)
 
 
 def test_the_child_finds_the_cache_wherever_the_app_goes_and_whatever_its_folder_holds(tmp_path, monkeypatch):

@@ -108,6 +108,8 @@ _EMPTY: frozenset[Any] = frozenset()
 # Verifier._pack_texts's data: this format's byte, the tokenizer's tag (4 bytes), uint32 count, uint16 token ids,
 # word fields. Bump the byte when _word_fields changes: data of another format or tokenizer is not unpacked.
 _PACKED = b"\x02"
+#: Up to this many texts packed at once are tokenised one by one, through the memo; more in one batch call.
+_MEMO_BATCH = 32
 
 
 @functools.lru_cache(maxsize=4)
@@ -415,8 +417,8 @@ class Verifier:
         tag = self._pack_tag
         if tag is None or self._table.shape[0] > 1 << 16:  # pragma: no cover - ids are packed as uint16
             return [None] * len(texts)
-        try:  # one answer stored after its lookup: the ids of its query are in the memo
-            batch = ([_wordllama_ids(texts[0])] if len(texts) == 1
+        try:  # a few answers stored after their lookups: the ids of their queries are in the memo
+            batch = ([_wordllama_ids(text) for text in texts] if len(texts) <= _MEMO_BATCH
                      else [e.ids for e in self._tokenizer.encode_batch([tokenizable(t) for t in texts],
                                                                     add_special_tokens=False)])
         except Exception:  # noqa: BLE001 - a text the tokenizer refuses anyway is prepared when scored

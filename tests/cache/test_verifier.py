@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import llmbudget.cache.verifier as verifier_module
 from llmbudget.cache.embedders import WordLlamaEmbedder
 from llmbudget.cache.evaluate import auc, eval_pairs, pair_metrics, recall_at_precision
 from llmbudget.cache.verifier import (
@@ -178,16 +179,18 @@ def test_packed_data_of_another_tokenizer_or_damaged_is_not_unpacked(verifier: V
         assert verifier._score_packed(query, None, [text], None, [bad]).tolist() == expected.tolist()
 
 
-def test_one_text_packs_as_it_does_in_a_batch(verifier: Verifier) -> None:
-    # One answer stored after its lookup reads the memoised token ids and words; a batch tokenises anew.
+def test_one_text_packs_as_it_does_in_a_batch(verifier: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A few answers stored after their lookups read the memoised token ids; a large batch tokenises anew.
     texts = ["Wie setze ich mein Passwort zurück? (Bestellung 12)", "How do I reset my password?"]
     alone = [verifier._pack_texts([t])[0] for t in texts]
     assert alone == verifier._pack_texts(texts) and all(alone)
-    # A lone surrogate (a JSON "\ud800" escape) is tokenised as U+FFFD: it packs alone and in a batch alike,
-    # and its packed form scores as the text does from scratch.
     lone = "lone \ud800 surrogate"
     packed = verifier._pack_texts([lone])
     assert packed == verifier._pack_texts([lone, texts[0]])[:1] and packed[0] is not None
+    monkeypatch.setattr(verifier_module, "_MEMO_BATCH", 1)  # the batch call, as for a bulk store
+    assert verifier._pack_texts(texts) == alone and verifier._pack_texts([lone, texts[0]])[:1] == packed
+    # A lone surrogate (a JSON "\ud800" escape) is tokenised as U+FFFD: it packs alone and in a batch alike,
+    # and its packed form scores as the text does from scratch.
     verifier.clear_cache()
     expected = verifier.score_many("lone surrogate", None, [lone]).tolist()
     verifier.clear_cache()

@@ -8,6 +8,7 @@ call, to a :class:`Bucket` (a counter key, its limit and when it resets). A
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextvars
 import json
@@ -565,7 +566,8 @@ class SQLiteBudgetStore:
     (:mod:`llmbudget.ledger.spool`).
 
     ``settle_delay`` (seconds, default None): with None a settle is written before
-    :meth:`settle` returns, so every process sees it at once. With a number, settles queue and
+    :meth:`settle` returns, so every process sees it at once (inside :func:`no_wait` on an event loop, at the
+    end of the loop's turn, with the turn's other settles or in a reservation's transaction). With a number, settles queue and
     are written in the same transaction as this process's next reservation, or by a writer thread
     after that delay: one write per call instead of two, at the price of other processes seeing a
     settled call's hold (its worst case, never less than its cost) for up to that long, so they may
@@ -630,6 +632,8 @@ class SQLiteBudgetStore:
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
         self.settle_delay = settle_delay
         self._settles: deque[tuple[Reservation, Decimal]] = deque()
+        # the event loop whose next turn writes the queued settles (see settle)
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._writing = 0  # settles flush() took and has not written (or deferred) yet
         self._settle_lock = threading.Lock()  # one settle writer at a time
         # One transaction at a time per process: threads wait on this lock, woken at once, instead of
@@ -990,7 +994,8 @@ class SQLiteBudgetStore:
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Charge ``actual`` and drop the hold; a second settle of one reservation changes nothing.
 
-        Written before returning, or with ``settle_delay`` set, queued (see the class); :meth:`flush`
+        Written before returning (on an event loop inside :func:`no_wait`, by the end of the loop's turn), or
+        with ``settle_delay`` set, queued (see the class); :meth:`flush`
         writes queued settles now. Never raises because the
         file is unavailable: the settle then waits in memory and is written once the file answers.
         """
@@ -1007,14 +1012,37 @@ class SQLiteBudgetStore:
             if not _NO_WAIT.get():
                 self.flush()
                 return
-            if self._settle_lock.acquire(blocking=False):  # else the writer thread is writing: it takes this too
-                try:
-                    self._flush_held()
-                    return
-                except WouldWait:  # another connection holds the lock: the writer thread waits for it
-                    pass
-                finally:
-                    self._settle_lock.release()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._flush_quick()
+                return
+            # On the event loop: written at the end of this turn of the loop, in one transaction with the
+            # other settles of the turn (a reservation made meanwhile takes them along in its own).
+            with self._lock:
+                scheduled, self._flush_loop = self._flush_loop is loop, loop
+            if not scheduled:
+                loop.call_soon(self._flush_quick)
+            return
+        self._start_writer()
+
+    def _flush_quick(self) -> None:
+        """Write the queued settles now, inside :func:`no_wait`; if the lock is busy, the writer thread does."""
+        with self._lock:
+            self._flush_loop = None
+        if not self._settles:  # a reservation took them along
+            return
+        if self._settle_lock.acquire(blocking=False):  # else the writer thread is writing: it takes these too
+            try:
+                self._flush_held()
+                return
+            except WouldWait:  # another connection holds the lock: the writer thread waits for it
+                pass
+            finally:
+                self._settle_lock.release()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         with self._lock:
             if self._writer is None or self._writer_pid != os.getpid():
                 self._writer_pid = os.getpid()

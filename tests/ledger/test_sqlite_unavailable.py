@@ -613,6 +613,64 @@ def test_a_queued_settle_is_written_by_the_writer_thread(tmp_path: Path) -> None
     assert SQLiteBudgetStore(tmp_path / "b.db").spent(bucket.key) == (Decimal("0.2"), Decimal("0"))
 
 
+def test_settles_on_the_event_loop_are_written_together_by_its_next_turn(tmp_path: Path) -> None:
+    store = SQLiteBudgetStore(tmp_path / "b.db")
+    other = SQLiteBudgetStore(tmp_path / "b.db")
+    bucket = _bucket("1")
+    commits: list[str] = []
+
+    async def main() -> None:
+        with no_wait():
+            held = [store.reserve([bucket], Decimal("0.1")) for _ in range(4)]
+        store._conn(quick=True).set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        with no_wait():
+            for reservation in held[:3]:
+                assert isinstance(reservation, Reservation)
+                store.settle(reservation, Decimal("0.05"))
+        assert store.pending_settles == 3 and not commits  # queued for the end of this turn of the loop
+        await asyncio.sleep(0)
+        assert store.pending_settles == 0 and commits == ["COMMIT"]  # one transaction for the three
+        assert other.spent(bucket.key) == (Decimal("0.15"), Decimal("0.1"))
+        with no_wait():  # a reservation in the same turn takes a queued settle along, in its own transaction
+            assert isinstance(held[3], Reservation)
+            store.settle(held[3], Decimal("0.05"))
+            assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)
+        assert store.pending_settles == 0 and commits == ["COMMIT"] * 2
+        await asyncio.sleep(0)
+        assert commits == ["COMMIT"] * 2 and other.spent(bucket.key) == (Decimal("0.20"), Decimal("0.1"))
+
+    asyncio.run(main())
+
+
+def test_a_settle_left_by_a_loop_that_closed_is_written_by_the_next_read_or_reserve(tmp_path: Path) -> None:
+    store = SQLiteBudgetStore(tmp_path / "b.db")
+    bucket = _bucket("1")
+    held = store.reserve([bucket], Decimal("0.3"))
+    assert isinstance(held, Reservation)
+    loop = asyncio.new_event_loop()
+
+    async def settle() -> None:
+        with no_wait():
+            store.settle(held, Decimal("0.2"))
+
+    loop.run_until_complete(settle())  # its last turn ran the write
+    assert store.pending_settles == 0
+    second = store.reserve([bucket], Decimal("0.3"))
+    assert isinstance(second, Reservation)
+
+    def in_its_last_turn() -> None:
+        with no_wait():
+            store.settle(second, Decimal("0.1"))
+        loop.stop()  # the turn ends, and the loop with it: the write it scheduled never runs
+
+    loop.call_soon(in_its_last_turn)
+    loop.run_forever()
+    loop.close()
+    assert store.pending_settles == 1
+    assert SQLiteBudgetStore(tmp_path / "b.db").spent(bucket.key) == (Decimal("0.2"), Decimal("0.3"))  # held
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal(0)) and store.pending_settles == 0
+
+
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_an_unexpected_store_error_refuses_a_fail_closed_budget(tmp_path: Path, engine, caplog, mode) -> None:  # type: ignore[no-untyped-def]
     # Any error but the store's own "unavailable" let the call go ahead unbudgeted, fail-closed or not (a Redis

@@ -626,7 +626,7 @@ class SQLiteBudgetStore:
         self._down_until = 0.0  # monotonic; while in the future, the file is not tried
         self._down = False  # an outage is under way (its warning was logged)
         self._last_error: BaseException | None = None
-        self._pending: deque[tuple[Reservation, Decimal]] = deque()  # settles waiting for the file
+        self._pending: spool.Waiting[Decimal] = spool.Waiting()  # settles waiting for the file
         self._local: dict[str, tuple[Decimal, Decimal]] = {}  # fail-open counters: (spent, reserved)
         self._local_open: dict[str, tuple[Reservation, float]] = {}
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
@@ -1106,9 +1106,8 @@ class SQLiteBudgetStore:
     def _defer(self, reservation: Reservation, actual: Decimal) -> None:
         """Keep a settle the file could not take, counted in this process until it is written."""
         with self._lock:
-            if any(r.id == reservation.id for r, _ in self._pending):
+            if not self._pending.add(reservation, actual):
                 return
-            self._pending.append((reservation, actual))
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent + actual, reserved)

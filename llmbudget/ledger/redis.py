@@ -304,7 +304,7 @@ class RedisBudgetStore:
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic; while in the future, Redis is not tried
         self._warned = False
-        self._pending: deque[tuple[Reservation, int]] = deque()  # settles waiting for Redis
+        self._pending: spool.Waiting[int] = spool.Waiting()  # settles waiting for Redis
         self._releases: deque[Reservation] = deque(maxlen=100_000)  # reserves whose reply never came
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
@@ -608,9 +608,8 @@ class RedisBudgetStore:
             except self._errors as exc:
                 self._mark_down(exc)
         with self._lock:
-            if any(r.id == reservation.id for r, _ in self._pending):
+            if not self._pending.add(reservation, pico):
                 return
-            self._pending.append((reservation, pico))
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)

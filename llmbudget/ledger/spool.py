@@ -25,9 +25,12 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("llmbudget.ledger")
 
@@ -35,6 +38,45 @@ log = logging.getLogger("llmbudget.ledger")
 EVERY_S = 5.0
 #: A kept settle of this many dollars or more is damaged, not spend.
 MAX_USD = 10**9
+
+
+class Waiting(Generic[_T]):
+    """The settles a store keeps waiting, in order, as ``(reservation, actual)``, with their reservation ids: a
+    settle already waiting is not added again, and that check is a set's, not a scan of the queue (a long outage
+    keeps hundreds of thousands waiting, and every call's settle asked)."""
+
+    __slots__ = ("_ids", "_items")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, _T]] = deque()
+        self._ids: set[str] = set()
+
+    def add(self, reservation: Any, actual: _T) -> bool:
+        """Queue a settle; False (nothing queued) when one of the same reservation waits already."""
+        if reservation.id in self._ids:
+            return False
+        self._ids.add(reservation.id)
+        self._items.append((reservation, actual))
+        return True
+
+    def popleft(self) -> tuple[Any, _T]:
+        item = self._items.popleft()
+        self._ids.discard(item[0].id)
+        return item
+
+    def appendleft(self, item: tuple[Any, _T]) -> None:
+        """Put back a settle taken off the front (its write failed)."""
+        self._ids.add(item[0].id)
+        self._items.appendleft(item)
+
+    def __getitem__(self, index: int) -> tuple[Any, _T]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[tuple[Any, _T]]:
+        return iter(self._items)
 
 
 def spent_by_key(settles: Iterable[tuple[Any, Any]], own: set[str]) -> dict[str, Any]:

@@ -84,12 +84,15 @@ def test_the_worker_stores_answers_and_finds_rewordings(worker_cache, records):
     assert records[2].saved_usd == records[0].cost_usd > 0
 
 
+#: an answer to store as Cache.save hands it to the worker
+_ITEM = dict(partition="p", exact_key="k1", text=FIRST, response='{"answer": 1}', tenant="t", model="m", semantic=True)
+
+
 def test_a_question_asked_again_before_the_child_wrote_its_answer_is_served_from_it(worker_cache, records):
     cache, server = worker_cache
     worker = cache.worker
     assert worker is not None
-    item = dict(partition="p", exact_key="k1", text=FIRST, response='{"answer": 1}', tenant="t", model="m",
-                semantic=True)
+    item = _ITEM
 
     async def main() -> tuple[object, object]:
         await _until(lambda: worker.client() is not None)
@@ -113,8 +116,7 @@ def test_answers_sent_to_the_worker_before_an_invalidation_are_not_stored(worker
     cache, server = worker_cache
     worker = cache.worker
     assert worker is not None
-    item = dict(partition="p", exact_key="k1", text=FIRST, response='{"answer": 1}', tenant="t", model="m",
-                semantic=True)
+    item = _ITEM
 
     async def main() -> object:
         async with _client(server) as client:

@@ -617,12 +617,12 @@ class Attempt:
         return self._cached(lambda: cache.lookup(self.call, tenant=self.tenant, model=self._answer_model(),
                                                  semantic=semantic))
 
-    def cache_pending(self) -> tuple[str, str, str] | None:
-        """(partition, text, exact key) when the exact tier missed and the semantic tier is still to be asked."""
+    def cache_pending(self) -> tuple[str, str] | None:
+        """(partition, text) when the exact tier missed and the semantic tier is still to be asked."""
         return self._lookup.pending if self._lookup is not None else None
 
     def resolve_cache(self, found: Any) -> tuple[bytes, str] | None:
-        """:meth:`lookup_cache` finished with what the cache's worker found (see :meth:`Cache.resolve`)."""
+        """:meth:`lookup_cache` finished with what the semantic tier found elsewhere (a ``Hit``, or None)."""
         cache, lookup = self.engine.cache, self._lookup
         if cache is None or lookup is None:
             return None

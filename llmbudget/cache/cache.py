@@ -31,9 +31,9 @@ class CacheLookup:
     score: float | None = None
     entry_id: int | None = None
     vector: Any = None  # the query's vector, made by the semantic search; storing the answer reuses it
-    #: (partition, text, exact key) when the exact tier missed and the semantic tier is still to be asked
+    #: (partition, text) when the exact tier missed and the semantic tier is still to be asked
     #: (``Cache.lookup(..., semantic=False)``): :meth:`Cache.resolve` then takes what the worker found
-    pending: tuple[str, str, str] | None = None
+    pending: tuple[str, str] | None = None
 
     @property
     def hit(self) -> bool:
@@ -148,7 +148,7 @@ class Cache:
             if not semantic:
                 within = getattr(self.store, "_within_length", None)
                 if within is None or within(keys.text):
-                    lookup.pending = (keys.partition, keys.text, keys.exact)
+                    lookup.pending = (keys.partition, keys.text)
                 return lookup
             embed = getattr(self.store, "query_vector", None)  # a store of your own may not have it
             if embed is None:
@@ -160,13 +160,9 @@ class Cache:
         return self._served(lookup, entry, model)
 
     def resolve(self, lookup: CacheLookup, found: Any, *, model: str | None = None) -> CacheLookup:
-        """Finish a ``pending`` lookup with the worker's answer, as :meth:`lookup` would have: a
-        :class:`~llmbudget.cache.store.Hit` of the semantic tier, an :class:`~llmbudget.cache.store.Entry` of the
-        exact one (an answer the worker had yet to write when the question came again), or None for a miss."""
+        """Finish a ``pending`` lookup with the semantic tier's answer (a :class:`~llmbudget.cache.store.Hit`, or
+        None for a miss), as :meth:`lookup` would have."""
         lookup.pending = None
-        if found is not None and not hasattr(found, "entry"):
-            lookup.tier, lookup.score = "exact", 1.0
-            return self._served(lookup, found, model)
         return self._found(lookup, found, model)
 
     def _found(self, lookup: CacheLookup, found: Any, model: str | None) -> CacheLookup:
@@ -204,9 +200,8 @@ class Cache:
             item["vector"] = lookup.vector
         elif item["semantic"] and self.worker is not None:
             client = self.worker.client() or self.worker.caller()
-            if client is not None:  # the worker stores it, with the vector it made of the question
-                if not client.store(item):  # it is late: stored here, for exact lookups only (nothing embedded)
-                    self.store.put(**{**item, "semantic": False})
+            if client is not None:  # stored here for exact lookups at once; the worker adds its vector
+                client.embed(self.store.put(**{**item, "semantic": False}))
                 return True
         self.store.put(**item)
         return True

@@ -95,6 +95,8 @@ CREATE TRIGGER IF NOT EXISTS cache_entries_deleted AFTER DELETE ON cache_entries
 END;
 """
 
+# what an entry keeps when it is stored again with its vector (size last: it grows by the vector's)
+_MOVED = "partition, partition_id, exact_key, tenant, model, text, response, created, expires, last_hit, used, hits, size"
 _COLUMNS = "id, exact_key, tenant, model, text, response, created, expires, last_hit, hits, size"
 _INSERT = ("INSERT INTO cache_entries (partition, partition_id, exact_key, tenant, model, text, vector, scorer_data,"
            " response, created, expires, used, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -650,6 +652,42 @@ class CacheStore:
             self._maybe_purge(self._clock())  # the commit may hand the store on to be done again
         return ids
 
+    def add_vectors(self, ids: Sequence[int], known: Mapping[str, Any] | None = None) -> int:
+        """Make entries stored for exact lookups only (``semantic=False``) semantic: each gets its vector and
+        scorer data (``known``: vectors already made, by text). An entry gone or replaced meanwhile, already
+        with a vector, or longer than ``max_semantic_chars`` is left as it is. The entry is stored again, under
+        a new id, so that every process's index learns of it as of any new entry. Returns how many changed.
+
+        The cache's worker process does this for the answers the app stored (:class:`~llmbudget.cache.Cache`
+        ``worker=True``): an answer is an exact hit at once, and a semantic one once its vector is in."""
+        if not ids:
+            return 0
+        conn = self._conn()
+        rows = conn.execute(
+            f"SELECT id, text FROM cache_entries WHERE vector IS NULL AND id IN ({','.join('?' * len(ids))})",
+            list(ids)).fetchall()
+        rows = [(entry_id, text) for entry_id, text in rows if self._within_length(text)]
+        if not rows:
+            return 0
+        self._models_ready()
+        texts = [text for _, text in rows]
+        known = known or {}
+        blobs = self._vectors(texts, [known.get(text) for text in texts])
+        extra = self._scorer_data(texts)
+        changed = 0
+        with self._write() as conn:
+            for (entry_id, text), blob, packed in zip(rows, blobs, extra, strict=True):
+                row = conn.execute(f"SELECT {_MOVED} FROM cache_entries WHERE id = ? AND vector IS NULL AND text = ?",
+                                   (entry_id, text)).fetchone()
+                if row is None or blob is None:
+                    continue
+                conn.execute("DELETE FROM cache_entries WHERE id = ?", (entry_id,))
+                size = row[-1] + len(blob) + (len(packed) if packed is not None else 0)
+                conn.execute(f"INSERT INTO cache_entries ({_MOVED}, vector, scorer_data) "
+                             f"VALUES ({', '.join('?' * (len(row) + 2))})", (*row[:-1], size, blob, packed))
+                changed += 1
+        return changed
+
     def _scorer_data(self, texts: list[str]) -> list[bytes | None]:
         """What the scorer precomputes per stored text (the verifier: token ids and words), if it does."""
         if not texts:
@@ -723,20 +761,9 @@ class CacheStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._write() as conn:
             deleted = int(conn.execute(f"DELETE FROM cache_entries{where}", params).rowcount)
-            # what a cache worker holds to store was asked before this: it is not stored (see invalidated_at)
-            conn.execute("INSERT OR REPLACE INTO cache_meta (key, value) VALUES ('invalidated', ?)",
-                         (repr(time.time()),))
         logger.info("cache: invalidated %d entries (tenant=%r, model=%r)", deleted, tenant, model)
         self._trim_log()
         return deleted
-
-    def invalidated_at(self) -> float:
-        """The wall-clock time of the last :meth:`invalidate` of this store, by any process (0.0: never)."""
-        row = self._conn().execute("SELECT value FROM cache_meta WHERE key = 'invalidated'").fetchone()
-        try:
-            return float(row[0]) if row is not None else 0.0
-        except ValueError:
-            return 0.0
 
     def purge(self) -> int:
         """Delete expired entries now (also done automatically); returns how many."""

@@ -3,11 +3,9 @@
 A missed call's semantic work (embedding the question, the index search, the verifier, and embedding the answer's
 question to store it) takes 1-1.5 ms of CPU. On an async server that is the event loop's thread, the one thread
 that serves every request of the process. With a worker, async calls look the exact tier up on the event loop,
-send the question to a child process over a Unix socket and await its answer; an answer to store is sent to the
-child too, which stores it with its vector (the question's, made when it looked the question up), in one
-transaction with the others that came meanwhile. A question the app asks again before its answer is written is
-answered from the stored answer (the child writes the answers it holds for that question first). The child runs
-the same :class:`~llmbudget.cache.store.CacheStore` on the same directory.
+send the question to a child process over a Unix socket and await its answer; an answer is stored by the app at
+once for exact lookups (an exact hit straight away), and the child then gives it its vector (a semantic hit from
+then on). The child runs the same :class:`~llmbudget.cache.store.CacheStore` on the same directory.
 
 What it never does is make a call fail or wait long:
 
@@ -17,10 +15,8 @@ What it never does is make a call fail or wait long:
 - a question it has not answered within :attr:`CacheWorker.timeout` is a miss, and so is every question while
   :attr:`CacheWorker.max_waiting` wait on it (a child too slow for the traffic: the app never takes its work on
   then, which would slow every request); the exact tier goes on. The child skips the questions that waited past
-  the timeout. While it is late (a question waits past the timeout, or much is still to be sent to it), the app
-  stores answers itself, for exact lookups only (no embedding on the event loop). Answers the child holds when it
-  dies are not cached; answers sent before an ``invalidate()`` (of any process) are not stored. A child that has
-  left a question unanswered for :data:`HUNG_S` seconds is stopped and started again;
+  the timeout, and answers to embed beyond a backlog are dropped (they stay exact-only). A child that has left a
+  question unanswered for :data:`HUNG_S` seconds is stopped and started again;
 - it ends with the process that started it and every process forked from that one (it watches a pipe only they
   hold open), and removes its folder. A child that died is started again, after 5 s and then at most once a
   minute; a forked process whose shared child died starts one of its own.
@@ -52,11 +48,11 @@ __all__ = ["CacheWorker", "worker_unavailable"]
 log = logging.getLogger("llmbudget.cache")
 
 _HEADER = struct.Struct("!I")
-_SEARCH, _STORE = 0, 1
+_SEARCH, _EMBED = 0, 1
 _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
-_MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, the app stores answers itself
+_MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
-_MAX_BACKLOG = 4096  # answers the child has yet to store: beyond it, new ones are dropped (not cached)
+_MAX_BACKLOG = 4096  # entries the child has yet to embed: beyond it, new ones are dropped (left exact-only)
 #: Seconds a question may wait on the child, with the most allowed waiting, before the child counts as hung.
 HUNG_S = 30.0
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
@@ -279,7 +275,7 @@ class CacheWorker:
 
     def caller(self) -> _Client | None:
         """The connection of the async call this thread works for (set by the transport before it hands work to
-        a worker thread; see :func:`set_caller`), while open: to hand the child an answer to store from there."""
+        a worker thread; see :func:`set_caller`), while open: to hand the child an answer to embed from there."""
         client = _CALLER.get()
         if client is None or client.worker is not self or not client.open or client.loop.is_closed():
             return None
@@ -393,10 +389,9 @@ class _Client(asyncio.Protocol):
             sock.close()
             transport._sock = None  # type: ignore[attr-defined]
 
-    async def search(self, partition: str, text: str, exact_key: str) -> Any:
-        """The child's :meth:`CacheStore.search` of ``text`` in ``partition`` (a ``Hit``); the ``Entry`` stored
-        under ``exact_key`` when the child held an answer to store for it (the app asked again before it was
-        written); or None: no hit, no answer in time, or too many questions waiting on the child."""
+    async def search(self, partition: str, text: str) -> Any:
+        """The child's :meth:`CacheStore.search` of ``text`` in ``partition`` (a ``Hit``), or None: no hit, no
+        answer in time, or too many questions waiting on the child."""
         if not self.open or self.transport is None:
             return None
         if len(self.waiting) >= self.worker.max_waiting:
@@ -409,48 +404,25 @@ class _Client(asyncio.Protocol):
         future = self.loop.create_future()
         self.waiting[ident] = future
         self._sent[ident] = time.monotonic()
-        self.transport.write(_frame((_SEARCH, ident, (partition, text, exact_key))))
+        self.transport.write(_frame((_SEARCH, ident, (partition, text))))
         timer = self.loop.call_later(self.worker.timeout, _expire, future)
         try:
             return await future
         finally:
             timer.cancel()
 
-    def store(self, item: Mapping[str, Any]) -> bool:
-        """Hand the child an answer to store (:meth:`CacheStore.put`'s arguments, no vector; from a worker thread
-        too: it is then handed to the connection's loop). False when the child is late or the connection gone:
-        the caller stores it itself."""
-        transport = self.transport
-        if not self.open or transport is None or transport.is_closing() or self.late():
-            return False
-        message = _frame((_STORE, 0, (dict(item), time.time())))
-        if threading.get_ident() == self._thread:
-            transport.write(message)
-            return True
-        try:
-            self.loop.call_soon_threadsafe(self._write, message)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
-
-    def _write(self, message: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(message)
-
-    def late(self) -> bool:
-        """Whether the child is behind: a question has waited on it past the timeout, or more than
-        :data:`_MAX_BUFFERED` bytes wait to be sent to it."""
-        transport = self.transport
-        if transport is None or transport.get_write_buffer_size() > _MAX_BUFFERED:
-            return True
-        sent = self._sent
-        if not sent:
-            return False
-        try:
-            oldest = sent[next(iter(sent))]
-        except (StopIteration, KeyError, RuntimeError):  # answered meanwhile (from another thread's view)
-            return False
-        return time.monotonic() - oldest > self.worker.timeout
+    def embed(self, entry_id: int) -> None:
+        """Hand the child an entry the app just stored for exact lookups only, to give it its vector (from a
+        worker thread too: it is then handed to the connection's loop)."""
+        if threading.get_ident() != self._thread:
+            try:
+                self.loop.call_soon_threadsafe(self.embed, entry_id)
+            except RuntimeError:  # the loop is closed: the answer stays an exact-only one
+                pass
+            return
+        if self.transport is None or self.transport.get_write_buffer_size() > _MAX_BUFFERED:
+            return  # the child cannot keep up: this answer stays an exact-only one
+        self.transport.write(_frame((_EMBED, entry_id, None)))
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -461,13 +433,12 @@ def _expire(future: asyncio.Future[Any]) -> None:
 # -- the child process --------------------------------------------------------------------------------------
 
 class _Serve(asyncio.Protocol):
-    """The child's side of one connection: questions answered as they come, answers stored in batches."""
+    """The child's side of one connection: questions answered as they come, entries to embed in batches."""
 
     def __init__(self, store: Any, vectors: OrderedDict[str, Any], timeout: float) -> None:
         self.store, self.vectors, self.timeout = store, vectors, timeout
         self._buffer = bytearray()
-        #: answers to store, by exact key (a later one replaces an earlier), with when the app sent them
-        self._queued: dict[str, tuple[dict[str, Any], float]] = {}
+        self._embed: list[int] = []
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -491,19 +462,14 @@ class _Serve(asyncio.Protocol):
                 # a question the app stopped waiting for (the ones before it took long) is not worked on
                 late = time.monotonic() - arrived > self.timeout
                 self.transport.write(_frame((ident, None if late else self._search(*payload))))
-            elif kind == _STORE:
-                if not self._queued:
+            elif kind == _EMBED:
+                if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
-                item, sent = payload
-                key = item.get("exact_key")
-                if isinstance(key, str) and (key in self._queued or len(self._queued) < _MAX_BACKLOG):
-                    self._queued[key] = (item, sent)  # beyond the backlog, the answer is not cached
+                if len(self._embed) < _MAX_BACKLOG:  # beyond it, the answer stays an exact-only one
+                    self._embed.append(ident)
 
-    def _search(self, partition: str, text: str, exact_key: str) -> Any:
+    def _search(self, partition: str, text: str) -> Any:
         try:
-            if exact_key in self._queued:  # asked again before its answer was written: written now, and served
-                self._store()
-                return self.store.get_exact(partition, exact_key)
             vector = self.store.query_vector(text)
             if vector is None:
                 return None
@@ -516,16 +482,11 @@ class _Serve(asyncio.Protocol):
             return None
 
     def _store(self) -> None:
-        queued, self._queued = self._queued, {}
-        if not queued:
-            return
+        ids, self._embed = self._embed, []
         try:
-            since = self.store.invalidated_at()  # answers sent before an invalidation are not stored
-            items = [{**item, "vector": self.vectors.get(str(item.get("text")))}
-                     for item, sent in queued.values() if sent > since]
-            self.store.put_many(items)
-        except Exception:  # noqa: BLE001 - an answer not stored is a later miss
-            log.exception("storing %d answers failed", len(queued))
+            self.store.add_vectors(ids, self.vectors)
+        except Exception:  # noqa: BLE001 - an answer left exact-only is a later semantic miss
+            log.exception("embedding %d stored answers failed", len(ids))
 
 
 def _serve(socket_path: str, parent_fd: int, spec: Mapping[str, Any]) -> None:

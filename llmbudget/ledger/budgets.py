@@ -999,6 +999,8 @@ class SQLiteBudgetStore:
         writes queued settles now. Never raises because the
         file is unavailable: the settle then waits in memory and is written once the file answers.
         """
+        if not isinstance(actual, (Decimal, int)) or isinstance(actual, bool):  # refused here, not in a batch
+            raise TypeError(f"settle(): actual must be a Decimal (USD), not {type(actual).__name__}")
         if reservation.id.startswith(_LOCAL_PREFIX):
             with self._lock:
                 if self._local_open.pop(reservation.id, None) is not None:

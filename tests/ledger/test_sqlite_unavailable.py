@@ -639,6 +639,14 @@ def test_settles_on_the_event_loop_are_written_together_by_its_next_turn(tmp_pat
         assert store.pending_settles == 0 and commits == ["COMMIT"] * 2
         await asyncio.sleep(0)
         assert commits == ["COMMIT"] * 2 and other.spent(bucket.key) == (Decimal("0.20"), Decimal("0.1"))
+        third = store.reserve([bucket], Decimal("0.1"))
+        assert isinstance(third, Reservation)
+        with no_wait():  # a settle that could never be written is refused at once, not lost with its turn's others
+            with pytest.raises(TypeError, match="Decimal"):
+                store.settle(third, 0.05)  # type: ignore[arg-type]
+            store.settle(third, Decimal("0.05"))
+        await asyncio.sleep(0)
+        assert store.pending_settles == 0 and other.spent(bucket.key) == (Decimal("0.25"), Decimal("0.1"))
 
     asyncio.run(main())
 

@@ -566,8 +566,9 @@ class SQLiteBudgetStore:
     (:mod:`llmbudget.ledger.spool`).
 
     ``settle_delay`` (seconds, default None): with None a settle is written before
-    :meth:`settle` returns, so every process sees it at once (inside :func:`no_wait` on an event loop, at the
-    end of the loop's turn, with the turn's other settles or in a reservation's transaction). With a number, settles queue and
+    :meth:`settle` returns, so every process sees it at once (inside :func:`no_wait` on an event
+    loop, at the end of the loop's turn, with the turn's other settles or in a reservation's
+    transaction). With a number, settles queue and
     are written in the same transaction as this process's next reservation, or by a writer thread
     after that delay: one write per call instead of two, at the price of other processes seeing a
     settled call's hold (its worst case, never less than its cost) for up to that long, so they may
@@ -632,8 +633,8 @@ class SQLiteBudgetStore:
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
         self.settle_delay = settle_delay
         self._settles: deque[tuple[Reservation, Decimal]] = deque()
-        # the event loop whose next turn writes the queued settles (see settle)
-        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        # the event loop whose next turn writes the queued settles (see settle); weak: it may close first
+        self._flush_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._writing = 0  # settles flush() took and has not written (or deferred) yet
         self._settle_lock = threading.Lock()  # one settle writer at a time
         # One transaction at a time per process: threads wait on this lock, woken at once, instead of
@@ -1022,7 +1023,8 @@ class SQLiteBudgetStore:
             # On the event loop: written at the end of this turn of the loop, in one transaction with the
             # other settles of the turn (a reservation made meanwhile takes them along in its own).
             with self._lock:
-                scheduled, self._flush_loop = self._flush_loop is loop, loop
+                scheduled = self._flush_loop is not None and self._flush_loop() is loop
+                self._flush_loop = weakref.ref(loop)
             if not scheduled:
                 loop.call_soon(self._flush_quick)
             return

@@ -108,27 +108,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _stat(path: Path) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used so far: user + system) from a /proc ``stat`` file; None when it is gone."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int, stat: str = "stat") -> float:
     """CPU time (user + system) the process has used so far (``stat="task/<pid>/stat"``: its main thread,
     uvicorn's event loop); 0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/{stat}").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found = _stat(Path(f"/proc/{pid}/{stat}"))
+    return 0.0 if found is None else found[1]
 
 
 def children_cpu_seconds(pid: int) -> float:
     """CPU time the process's running children have used so far (the cache's worker process)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    found = (_stat(path) for path in Path("/proc").glob("[0-9]*/stat"))
+    return sum(used for parent, used in filter(None, found) if parent == pid)
 
 
 @contextmanager

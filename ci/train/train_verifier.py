@@ -48,6 +48,21 @@ are not from where marked "unseen", and on the near-miss sets of ``ci/build_fres
   2,648 MQuAKE pairs and 2,080 of its single-hop / two-hop questions as negatives the threshold rose to 0.95
   and QQP recall fell to 0.03.  Not shipped: more rewordings found, at the cost of near misses served, which
   the cache must never do.
+- ``--llm`` (2026-12-06; MQuAKE through ``train_reranker.load_mquake`` with ``--llm-exclude`` naming that
+  set: 9,077 pairs, 5,358 positive, no case of the set's questions or subjects), against this script's own
+  weights without it (threshold 0.852, QQP R@P0.9 0.203; the shipped file, trained on 2026-11-27's features,
+  has 0.858): rewordings found 71 -> 220 of 650, precision over them and the Quora non-duplicates 0.899 ->
+  0.978 (measured against the shipped weights; KEBench 9 -> 43, its subjects left out; MQuAKE's other
+  subjects 7 -> 111; unseen APTY 42 -> 47, GSM-Plus 13 -> 19), Quora non-duplicates served 8 -> 5,
+  meaning-changing rewrites served 12 -> 11, the Quora replay 0.844 / 0.261 -> 0.843 / 0.236, QQP R@P0.9
+  0.183 (threshold 0.879), templates 0 -> 0, ``build_near_miss_pairs`` 1 -> 1, the bundled sample's replay
+  27.4% -> 28.0% saved at 101.4% kept; but ``build_fresh_near_misses`` served 0 -> 3 ("which formula sums
+  column B" answered with "... averages column B", twice, and "True if any of the numbers are negative"
+  with "... exactly two of them"): tolerating LLM rewording, the WordLlama features cannot tell a
+  rephrased frame from one swapped content word.  ``--rules 6000`` (the reranker's rule rewordings and
+  near-misses) on top raised the threshold to 0.970 (QQP recall 0.026); ``--rules-negatives-only`` with
+  2,000 / 6,000 questions found 222 / 201 rewordings and still served 4 fresh near misses.  Not shipped, for
+  the same reason.  Each run: about a minute here; ``eval cache --mode replay`` on each set, a few seconds.
 
 Run from the project root (deterministic; about 3-4 minutes on 2 cores)::
 
@@ -343,6 +358,33 @@ def score_all(verifier: Verifier, pairs: Sequence[Pair]) -> np.ndarray:
     return out
 
 
+def extra_pairs(train: Sequence[Pair], llm: Path | None, llm_exclude: Path | None, rules: int,
+                rules_positives: bool = True) -> list[Pair]:
+    """Training pairs beside QQP's: MQuAKE's LLM phrasings (``--llm``) and rule rewordings and near-misses of
+    training-split questions (``--rules``; the near-misses alone with ``rules_positives=False``), as
+    ``train_reranker.py`` builds them."""
+    if llm is None and not rules:
+        return []
+    import random
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import train_reranker as tr
+
+    out: list[Pair] = []
+    if llm is not None:
+        exclude = [t for line in llm_exclude.read_text(encoding="utf-8").splitlines() if line.strip()
+                   for t in (json.loads(line)["a"], json.loads(line)["b"])] if llm_exclude else []
+        out += tr.load_mquake(llm, exclude)
+    if rules:
+        questions = list(dict.fromkeys(q for a, b, _ in train for q in (a, b)))
+        rng = random.Random(SEED + 11)
+        rng.shuffle(questions)
+        made = tr._generated(questions[:rules], tr.TRAIN_FAMILIES + tr.VAL_FAMILIES,
+                             tr.TRAIN_MISSES + tr.VAL_MISSES, rng)
+        out += made if rules_positives else [pair for pair in made if not pair[2]]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "qqp_dev.jsonl")
@@ -351,6 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="report only, leave the weights file alone")
     parser.add_argument("--write-validation", type=Path, metavar="PATH",
                         help="also write the validation pairs as JSONL (for `llmbudget eval cache PATH`)")
+    parser.add_argument("--llm", type=Path, metavar="1_2_DATA_JSON",
+                        help="also train on MQuAKE's LLM phrasings (train_reranker.load_mquake)")
+    parser.add_argument("--llm-exclude", type=Path, metavar="PAIRS",
+                        help="with --llm: leave out the cases of this replay's texts (ci/build_llm_rewordings.py)")
+    parser.add_argument("--rules", type=int, default=0, metavar="N",
+                        help="also train on rule rewordings and near-misses of N training-split questions")
+    parser.add_argument("--rules-negatives-only", action="store_true", help="with --rules: the near-misses alone")
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -358,15 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_val = split_by_question(pairs, SEED, VALIDATION_SHARE)
     train = [p for p, v in zip(pairs, is_val) if not v]
     val = [p for p, v in zip(pairs, is_val) if v]
+    extra = extra_pairs(train, args.llm, args.llm_exclude, args.rules, not args.rules_negatives_only)
+    qqp_train = train
+    train = train + extra
     y = np.array([p[2] for p in train], dtype=np.float64)
-    print(f"pairs: {len(train)} train, {len(val)} validation (split by question, seed {SEED})")
+    print(f"pairs: {len(train)} train ({len(extra)} of them --llm / --rules), {len(val)} validation (split by question, seed {SEED})")
     if args.write_validation:
         args.write_validation.write_text(
             "".join(json.dumps({"a": a, "b": b, "duplicate": d}) + "\n" for a, b, d in val), encoding="utf-8"
         )
 
     model = _load_wordllama()
-    questions = list(dict.fromkeys(q for a, b, _ in train for q in (a, b)))
+    questions = list(dict.fromkeys(q for a, b, _ in qqp_train for q in (a, b)))
     idf_q, idf_scale = token_idf(model.table.shape[0], questions, model.tokenizer)
     weights = base_weights(idf_q, idf_scale)
     featurizer = Verifier(weights)

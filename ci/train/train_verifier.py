@@ -3,7 +3,16 @@
 Data: ../shared/data/cache/qqp_dev.jsonl (64,130 Quora question pairs).  The
 pairs are split by question: questions (case and spacing folded) that share a
 pair form connected groups, and whole groups go to validation (fixed seed)
-until it holds ~20% of the pairs, so no question text is on both sides.
+until it holds ~20% of the pairs, so no question text is on both sides.  The
+shipped weights (since 2026-12-06) also train on LLM-written phrasings,
+``--llm``: gpt-3.5-turbo's three phrasings of each two-hop question of MQuAKE
+(princeton-nlp/MQuAKE, MIT; Zhong et al. 2023), read from ``dataset/1_2_data.json``
+of github.com/Hi-archers/StableKE @ 42107467939fde610aeba22d7e1d3ea97b50973a, as
+``train_reranker.load_mquake`` pairs them (positives: two phrasings of a case;
+negatives: a phrasing and the nearest one of another case with another answer),
+with ``--llm-exclude`` naming ``ci/build_llm_rewordings.py``'s replay so that no
+case of its questions or subjects is trained on.  Validation, IDF and the
+threshold stay Quora's.
 
 Model (pure numpy, here and at inference), on the features of
 ``llmbudget.cache.verifier.FEATURE_NAMES``:
@@ -51,9 +60,9 @@ are not from where marked "unseen", and on the near-miss sets of ``ci/build_fres
 - ``--llm`` (2026-12-06; MQuAKE through ``train_reranker.load_mquake`` with ``--llm-exclude`` naming that
   set: 9,077 pairs, 5,358 positive, no case of the set's questions or subjects), against this script's own
   weights without it (threshold 0.852, QQP R@P0.9 0.203; the shipped file, trained on 2026-11-27's features,
-  has 0.858): rewordings found 71 -> 220 of 650, precision over them and the Quora non-duplicates 0.899 ->
-  0.978 (measured against the shipped weights; KEBench 9 -> 43, its subjects left out; MQuAKE's other
-  subjects 7 -> 111; unseen APTY 42 -> 47, GSM-Plus 13 -> 19), Quora non-duplicates served 8 -> 5,
+  has 0.858): rewordings found 71 -> 220 of 650 (measured against the previously shipped weights; KEBench
+  9 -> 43, its subjects left out; MQuAKE's other subjects 7 -> 111; unseen APTY 42 -> 47, GSM-Plus
+  13 -> 19), Quora non-duplicates served 8 -> 5,
   meaning-changing rewrites served 12 -> 11, the Quora replay 0.844 / 0.261 -> 0.843 / 0.236, QQP R@P0.9
   0.183 (threshold 0.879), templates 0 -> 0, ``build_near_miss_pairs`` 1 -> 1, the bundled sample's replay
   27.4% -> 28.0% saved at 101.4% kept; but ``build_fresh_near_misses`` served 0 -> 3 ("which formula sums
@@ -61,13 +70,26 @@ are not from where marked "unseen", and on the near-miss sets of ``ci/build_fres
   with "... exactly two of them"): tolerating LLM rewording, the WordLlama features cannot tell a
   rephrased frame from one swapped content word.  ``--rules 6000`` (the reranker's rule rewordings and
   near-misses) on top raised the threshold to 0.970 (QQP recall 0.026); ``--rules-negatives-only`` with
-  2,000 / 6,000 questions found 222 / 201 rewordings and still served 4 fresh near misses.  Not shipped, for
-  the same reason.  Each run: about a minute here; ``eval cache --mode replay`` on each set, a few seconds.
+  2,000 / 6,000 questions found 222 / 201 rewordings and still served 4 fresh near misses (``--rules`` draws
+  on every rule family and near-miss kind, the reranker's validation ones too: an experiment, not for shipped
+  weights).  Each run: about a minute here; ``eval cache --mode replay`` on each set, a few seconds.
+  Shipped all the same (``--llm`` alone), once four rules of the template guard that hold whatever else is
+  reworded took those near misses away: another aggregate ("sums" / "averages"), an exact count the other
+  text never names, the same two things the other way round ("Berlin to Rome" / "Rome to Berlin") and one
+  text negating where the other does not; and two texts with the same content words are taken as the same
+  question whatever the score.  With them (``eval cache --mode replay``, before -> after): the fresh set's
+  false hits 0 -> 0 and its paraphrases found 14 -> 18 of 100; ``build_near_miss_pairs`` 1 -> 1; templates
+  0 -> 0; the LLM rewordings 71 -> 221 of 650 found, precision 0.899 -> 0.969 (without the 140 rewrites
+  that change the meaning); the rule rewordings 0.971 / 0.237 -> 0.983 / 0.235; Quora 0.879 / 0.200 ->
+  0.880 / 0.179; MRPC 0.927 / 0.152 -> 0.966 / 0.172 (the sets of ``train_reranker.py export``).
 
-Run from the project root (deterministic; about 3-4 minutes on 2 cores)::
+Run from the project root (deterministic; about a minute on 2 cores; LLM_DIR: the files
+``ci/build_llm_rewordings.py`` reads, /tmp/llm_rewordings.jsonl: what it writes)::
 
-    .venv/bin/python ci/train/train_verifier.py             # writes the weights
-    .venv/bin/python ci/train/train_verifier.py --no-write  # validation only
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python ci/train/train_verifier.py --llm LLM_DIR/1_2_data.json \
+        --llm-exclude /tmp/llm_rewordings.jsonl              # writes the shipped weights, bit for bit
+                                                             # (more BLAS threads move the linear part by 1e-12)
+    .venv/bin/python ci/train/train_verifier.py --no-write  # validation only (Quora alone)
 """
 
 from __future__ import annotations
@@ -466,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data": args.data.name,
         "seed": SEED,
         "train_pairs": len(train),
+        "llm": args.llm.name if args.llm else None,
+        "extra_pairs": len(extra),  # --llm and --rules
         "validation_pairs": len(val),
         "model": f"logistic regression (dense + per-token) stacked under {TREES} depth-{DEPTH} boosted trees",
     }

@@ -30,9 +30,16 @@ closes the request; nor, in code or SQL, texts that differ in one name's plural 
 Some rules hold whatever else is reworded, template or not: two texts that both quantify must quantify
 alike ("all birds" and "most birds"; "some", "many" and "any" are left free); two comparisons with the same
 comparative must not compare the same things the other way round ("C++ faster than Rust", "Rust faster than
-C++"); neither text may use an opposite the other replaces ("keep the changes", "discard the changes");
-and two texts that each quote a short string the other does not ('delivered', 'shipped') ask about other
-data.
+C++"); neither text may use an opposite the other replaces ("keep the changes", "discard the changes"), nor
+another aggregate ("sums column B", "averages column B"); two texts that each quote a short string the other
+does not ('delivered', 'shipped') ask about other data; so does one that asks for exactly a number of things
+the other never names ("any of the numbers", "exactly two of the numbers"), two that go between the same two
+things the other way round ("Berlin to Rome", "Rome to Berlin") and one that negates where the other does not
+("who placed an order", "who have not placed an order"; a "why not" asking for both sides aside).
+
+And two texts with the same content words in the same order (fillers, sentence punctuation and the case a user
+may drop aside) and no conflict are the same question, whatever a scorer makes of them
+(:meth:`TemplateGuard.same_question`).
 """
 
 from __future__ import annotations
@@ -298,7 +305,8 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "higher | lower",
         "larger bigger | smaller",
         "increase increases | decrease decreases",
-        "maximum max | minimum min",
+        "maximum max | minimum min | sum sums summed summing | average averages averaged averaging avg"
+        " | median medians | count counts counted counting",  # aggregates ("mean" and "total" are other words too)
         "first | last",
         "one | two | three | four | five | six | seven | eight | nine | ten | dozen | hundred | thousand | million"
         " | billion",
@@ -406,6 +414,7 @@ def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
 _QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority", "few", "none", "exactly"))
                 for w in words.split()}
 _NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten dozen hundred".split())
+_DIGITS = {w: str(n) for n, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 
 
 def _quantifiers(words: Sequence[str]) -> frozenset[int]:
@@ -431,6 +440,51 @@ def _quantifiers_differ(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether both texts quantify and not alike: "Can all birds fly?" and "Are most birds able to fly?"."""
     qa, qb = _quantifiers(a), _quantifiers(b)
     return bool(qa) and bool(qb) and qa != qb
+
+
+def _exact_counts(words: Sequence[str]) -> set[str]:
+    """The numbers ``words`` (bare, lower case) say "exactly" before ("exactly two", "exactly 3"), as digits."""
+    return {_DIGITS.get(words[i + 1], words[i + 1]) for i in range(len(words) - 1)
+            if words[i] == "exactly" and (words[i + 1][:1].isdigit() or words[i + 1] in _NUMBER_WORDS)}
+
+
+def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether one text asks for exactly a number of things and the other never says that number: "True if any
+    of the numbers are negative" and "True when exactly two of the numbers are negative" ("exactly 2" and "exactly
+    two" are one number)."""
+    for x, y in ((a, b), (b, a)):
+        counts = _exact_counts(x)
+        if counts and not counts <= {_DIGITS.get(w, w) for w in y}:
+            return True
+    return False
+
+
+def _direction_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether the two texts (bare words) go between the same two things the other way round, whatever else is
+    reworded: "the cheapest flight Berlin to Rome" and "Cheapest Rome to Berlin flight", "convert USD into EUR"
+    and "EUR into USD"."""
+    pairs = {(a[i - 1], a[i + 1]) for i in range(1, len(a) - 1) if a[i] in _DIRECTED}
+    return any((b[j + 1], b[j - 1]) in pairs and b[j - 1] != b[j + 1]
+               for j in range(1, len(b) - 1) if b[j] in _DIRECTED)
+
+
+_DIRECTED = frozenset(("to", "into"))
+_NEGATORS = frozenset(("not", "t", "never", "no", "cannot"))  # "t": the end of "don't", as the tokens split it
+
+
+def _negates(words: Sequence[str]) -> bool:
+    """Whether ``words`` (bare, lower case) negate ("not", "n't", "never", "no", "cannot"); not the "why not" or "or not"
+    that asks for both sides ("Should healthcare be free? Why or why not?", "If not, why not?")."""
+    return any(w in _NEGATORS and not (w == "not" and i and words[i - 1] in _BOTH_SIDES) for i, w in enumerate(words))
+
+
+_BOTH_SIDES = frozenset(("why", "or", "if"))
+
+
+def _negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether one text negates and the other does not: "customers that have placed any order" and "customers who
+    have not placed an order"."""
+    return _negates(a) != _negates(b)
 
 
 def _comparison_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -473,7 +527,7 @@ def _strings(text: str) -> list[tuple[str, ...]]:
 # month"; "Why is Python slower than C?", "Why is C faster than Python?"): they count only in place, within a
 # shared template.
 _ANYWHERE = frozenset(c for c, groups in enumerate(_CLASSES) if {w for g in groups for w in g} & frozenset(
-    "keep buy import win inside left increase ascending maximum fast best".split()))
+    "keep buy import win inside left increase ascending maximum fast best".split()))  # maximum: the aggregates
 
 
 def _members(words: Sequence[str]) -> dict[int, set[int]]:
@@ -559,7 +613,8 @@ class TemplateGuard:
         if _plural_only(words_a, words_b) and (_code_like(query) or _code_like(candidate)):
             return True  # in code or SQL a name's plural is another name: "FROM users", "FROM user"
         if _quantifiers_differ(words_a, words_b) or _comparison_reversed(words_a, words_b) \
-                or _opposed_anywhere(words_a, words_b):
+                or _opposed_anywhere(words_a, words_b) or _exact_count_dropped(words_a, words_b) \
+                or _direction_reversed(words_a, words_b) or _negation_differs(words_a, words_b):
             return True  # "all birds" and "most birds"; "C++ faster than Rust" turned round; "keep" and "discard"
         if _quoted_data_differs(query, candidate):
             return True  # another quoted string: "status is 'delivered'", "status is 'shipped'"
@@ -574,6 +629,14 @@ class TemplateGuard:
             return False
         return any(_content(a[i1:i2]) != _content(b[j1:j2])
                    for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
+
+    def same_question(self, query: str, candidate: str) -> bool:
+        """True when the texts ask the same thing in the same words: the same content words in the same order
+        (articles, courtesy and emphasis fillers, sentence punctuation and the case a user may drop aside) and no
+        conflict. "Please summarise this report: ..." asks what "Summarise this report: ..." asks, whatever a
+        scorer makes of a text longer than those it learned from."""
+        tokens_a, tokens_b = _tokens(query), _tokens(candidate)
+        return _content(_keys(tokens_a)) == _content(_keys(tokens_b)) and not self.conflict(query, candidate)
 
     def _needed(self, query: str, candidate: str) -> int:
         """Shared tokens that make the two texts one template."""

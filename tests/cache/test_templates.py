@@ -70,16 +70,25 @@ def _never_a_hit(stored: str, asked: str) -> None:
         store.close()
 
 
+class _SureScorer:
+    """Takes every candidate for the same question, as an embedding cosine does a long shared template."""
+
+    def score_many(self, query_text: str, query_vec: Any, cand_texts: list[str], cand_vecs: Any = None) -> Any:
+        return [1.0] * len(cand_texts)
+
+
 @pytest.mark.parametrize("stored, asked", NEAR_MISSES.values(), ids=list(NEAR_MISSES))
 def test_a_templated_near_miss_is_not_a_semantic_hit(stored: str, asked: str) -> None:
-    unguarded = _store(template_guard=None, max_semantic_chars=None)
+    unguarded = _store(template_guard=None, max_semantic_chars=None, scorer=_SureScorer(), threshold=0.5)
+    sure = _store(max_semantic_chars=None, scorer=_SureScorer(), threshold=0.5)
     guarded = _store()
     try:
-        assert _hit(unguarded, stored, asked), "the verifier alone takes this pair for a hit: the guard must stop it"
+        assert _hit(unguarded, stored, asked), "a scorer that takes every candidate serves it without the guard"
+        assert not _hit(sure, stored, asked)  # the guard alone stops it, whatever the scorer says
         assert not _hit(guarded, stored, asked)
     finally:
-        unguarded.close()
-        guarded.close()
+        for store in (unguarded, sure, guarded):
+            store.close()
 
 
 def _call(text: str) -> Any:
@@ -231,6 +240,14 @@ def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(store
      "In git, how do I undo the last commit and discard the changes?"),
     ("Write a SQL query to count orders per customer where the status is 'shipped'.",
      "Write a SQL query to count orders per customer where the status is 'delivered'."),
+    # this release's rules, for the near misses the verifier trained on LLM phrasings served
+    ('In Excel, which formula sums the values in column B when column A is "Paid"?',
+     'What Excel formula averages column B where column A equals "Paid"?'),
+    ("Write a Python function that returns True if any of the numbers in a list are negative.",
+     "Python: a function returning True when exactly two of the list's numbers are negative."),
+    ("What's the cheapest flight Berlin to Rome on 12 May?", "Cheapest Rome to Berlin flight on 12 May, please."),
+    ("SQL to list customers that have placed any order in the past 30 days?",
+     "Write a SQL query to find customers who have not placed an order in the last 30 days."),
 ])
 def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or_another_quotation_is_never_a_hit(
         stored: str, asked: str) -> None:
@@ -249,9 +266,37 @@ def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or
     ("In git, how do I undo the last commit but keep the changes?", "git: undo my last commit, keeping the changes"),
     ("Is it 's' or 'z' in 'organise'?", "In 'organise', is it 's' or 'z'?"),
     ("Why is the sky blue in summer?", "Why is the sky blue during summer?"),  # "in" is an inch only after a number
+    ("Which Excel formula sums column B if A is Paid?", "In Excel, how do I sum column B where column A equals Paid?"),
+    ("Find exactly 2 numbers that add to 10", "Find exactly two numbers that add up to 10"),
+    ("How do I fly from Berlin to Rome cheaply?", "What's the cheapest way to get to Rome from Berlin?"),
+    ("Why don't cats like water?", "Why do cats not like water?"),
+    ("Should healthcare be free for everyone?", "Should healthcare be free for everyone? Why or why not?"),
 ])
 def test_the_same_quantifier_comparison_or_quotation_reworded_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)
+
+
+def test_the_same_content_words_are_a_hit_whatever_the_score() -> None:
+    """A long prompt asked again with a courtesy word: no scorer is needed to see it is the same question."""
+    long_text = "Summarise this report for the board: " + "Sales rose in every region this quarter. " * 15
+    asked = "Please s" + long_text[1:]
+    guard = TemplateGuard()
+    assert guard.same_question(asked, long_text) and guard.same_question("What is 2+2?", "what is 2+2")
+    assert not guard.same_question("What is 12 - 5?", "What is 12 / 5?")  # the same words, another symbol
+    assert not guard.same_question("How do I learn Python quickly?", "How can I learn Python fast?")
+    store = _store(max_semantic_chars=None, scorer=_NeverScorer(), threshold=0.5)
+    try:
+        assert _hit(store, long_text, asked)
+        assert not _hit(store, "How do I learn Python quickly?", "How can I learn Python fast?")
+    finally:
+        store.close()
+
+
+class _NeverScorer:
+    """Takes no candidate for the same question."""
+
+    def score_many(self, query_text: str, query_vec: Any, cand_texts: list[str], cand_vecs: Any = None) -> Any:
+        return [0.0] * len(cand_texts)
 
 
 def test_the_guard_needs_fewer_shared_tokens_for_multiline_texts() -> None:
@@ -405,7 +450,7 @@ def test_the_near_miss_builder_is_deterministic_and_replay_reports_false_hits(tm
     path.write_text("".join(json.dumps(pair) + "\n" for pair in [*pairs, *extra]), encoding="utf-8")
 
     before = eval_replay(path, template_guard=None, max_semantic_chars=None)
-    assert before["by_kind"]["handwritten"]["false_hits"] == len(NEAR_MISSES)
+    assert before["false_hits"] > 0 and before["by_kind"]["handwritten"]["false_hits"] >= 1  # the verifier alone
     after = eval_replay(path)
     assert after["false_hits"] == 0 and after["false_hit_rate"] == 0.0
     assert after["by_kind"]["rewording"] == {"pairs": 1, "false_hits": 0, "false_hit_rate": 0.0,

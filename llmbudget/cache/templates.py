@@ -37,9 +37,8 @@ the other never names ("any of the numbers", "exactly two of the numbers"), two 
 things the other way round ("Berlin to Rome", "Rome to Berlin") and one that negates where the other does not
 ("who placed an order", "who have not placed an order"; a "why not" asking for both sides aside).
 
-And two texts with the same content words in the same order (fillers, sentence punctuation and the case a user
-may drop aside) and no conflict are the same question, whatever a scorer makes of them
-(:meth:`TemplateGuard.same_question`).
+And two texts with the same words (as :func:`same_text` reads them) but for the courtesy that opens or closes
+a request are the same question, whatever a scorer makes of them (:meth:`TemplateGuard.same_question`).
 """
 
 from __future__ import annotations
@@ -305,8 +304,9 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "higher | lower",
         "larger bigger | smaller",
         "increase increases | decrease decreases",
-        "maximum max | minimum min | sum sums summed summing | average averages averaged averaging avg"
-        " | median medians | count counts counted counting",  # aggregates ("mean" and "total" are other words too)
+        "maximum max | minimum min",
+        "sum sums summed summing | average averages averaged averaging avg | median medians"
+        " | count counts counted counting",  # aggregates ("mean" and "total" are other words too)
         "first | last",
         "one | two | three | four | five | six | seven | eight | nine | ten | dozen | hundred | thousand | million"
         " | billion",
@@ -357,6 +357,21 @@ def _trimmed(words: Sequence[str]) -> Sequence[str]:
         else:
             break
     return words[start:end]
+
+
+def _courteous_trimmed(tokens: Sequence[str]) -> Sequence[str]:
+    """``tokens`` (as :func:`_tokens` gives them) without the courtesy words that open or close a request."""
+    start, end = 0, len(tokens)
+    while start < end and tokens[start].lower() in _OPENERS:
+        start += 1
+    while end > start:
+        if tokens[end - 1].lower() in _CLOSERS:
+            end -= 1
+        elif end - start >= 2 and tokens[end - 2].lower() == "thank" and tokens[end - 1].lower() == "you":
+            end -= 2
+        else:
+            break
+    return tokens[start:end]
 
 
 def _differing(a: Sequence[str], b: Sequence[str]) -> list[int]:
@@ -414,7 +429,9 @@ def _plural_only(a: Sequence[str], b: Sequence[str]) -> bool:
 _QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority", "few", "none", "exactly"))
                 for w in words.split()}
 _NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten dozen hundred".split())
-_DIGITS = {w: str(n) for n, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_DIGITS = {w: str(n) for n, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
+    " eighteen nineteen twenty".split())}
 
 
 def _quantifiers(words: Sequence[str]) -> frozenset[int]:
@@ -442,10 +459,16 @@ def _quantifiers_differ(a: Sequence[str], b: Sequence[str]) -> bool:
     return bool(qa) and bool(qb) and qa != qb
 
 
+def _number(word: str) -> str:
+    """``word`` as digits when it is a number ("two" and "2", "1,000" and "1000"), else as it is."""
+    return _DIGITS.get(word) or (word.replace(",", "") if word[:1].isdigit() and _THOUSANDS(word) else word)
+
+
 def _exact_counts(words: Sequence[str]) -> set[str]:
     """The numbers ``words`` (bare, lower case) say "exactly" before ("exactly two", "exactly 3"), as digits."""
-    return {_DIGITS.get(words[i + 1], words[i + 1]) for i in range(len(words) - 1)
-            if words[i] == "exactly" and (words[i + 1][:1].isdigit() or words[i + 1] in _NUMBER_WORDS)}
+    return {_number(words[i + 1]) for i in range(len(words) - 1)
+            if words[i] == "exactly" and (words[i + 1][:1].isdigit() or words[i + 1] in _DIGITS
+                                          or words[i + 1] in _NUMBER_WORDS)}
 
 
 def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -454,7 +477,7 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
     two" are one number)."""
     for x, y in ((a, b), (b, a)):
         counts = _exact_counts(x)
-        if counts and not counts <= {_DIGITS.get(w, w) for w in y}:
+        if counts and not counts <= {_number(w) for w in y}:
             return True
     return False
 
@@ -462,23 +485,31 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
 def _direction_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether the two texts (bare words) go between the same two things the other way round, whatever else is
     reworded: "the cheapest flight Berlin to Rome" and "Cheapest Rome to Berlin flight", "convert USD into EUR"
-    and "EUR into USD"."""
-    pairs = {(a[i - 1], a[i + 1]) for i in range(1, len(a) - 1) if a[i] in _DIRECTED}
-    return any((b[j + 1], b[j - 1]) in pairs and b[j - 1] != b[j + 1]
-               for j in range(1, len(b) - 1) if b[j] in _DIRECTED)
+    and "EUR into USD"; not a text that goes both ways itself ("Celsius to Fahrenheit and Fahrenheit to
+    Celsius")."""
+    ways_a, ways_b = _ways(a), _ways(b)
+    return any((y, x) in ways_b and (x, y) not in ways_b and (y, x) not in ways_a for x, y in ways_a if x != y)
+
+
+def _ways(words: Sequence[str]) -> set[tuple[str, str]]:
+    """The (from, to) of each "X to Y" / "X into Y" in ``words``."""
+    return {(words[i - 1], words[i + 1]) for i in range(1, len(words) - 1) if words[i] in _DIRECTED}
 
 
 _DIRECTED = frozenset(("to", "into"))
-_NEGATORS = frozenset(("not", "t", "never", "no", "cannot"))  # "t": the end of "don't", as the tokens split it
+_NEGATORS = frozenset("not never no cannot without nobody nothing neither nor none dont cant wont isnt arent wasnt"
+                      " werent doesnt didnt shouldnt wouldnt couldnt havent hasnt aint".split())
 
 
 def _negates(words: Sequence[str]) -> bool:
-    """Whether ``words`` (bare, lower case) negate ("not", "n't", "never", "no", "cannot"); not the "why not" or "or not"
-    that asks for both sides ("Should healthcare be free? Why or why not?", "If not, why not?")."""
-    return any(w in _NEGATORS and not (w == "not" and i and words[i - 1] in _BOTH_SIDES) for i, w in enumerate(words))
+    """Whether ``words`` (bare, lower case) negate ("not", "n't", "never", "no", "without", "nobody", ...); not the
+    "why not" or "or not" that asks for both sides ("Should healthcare be free? Why or why not?")."""
+    return any((w in _NEGATORS and not (w == "not" and i and words[i - 1] in _BOTH_SIDES))
+               or (w == "t" and i and words[i - 1].endswith("n"))  # "don't", as the tokens split it ("t-test": no)
+               for i, w in enumerate(words))
 
 
-_BOTH_SIDES = frozenset(("why", "or", "if"))
+_BOTH_SIDES = frozenset(("why", "or"))
 
 
 def _negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -527,7 +558,7 @@ def _strings(text: str) -> list[tuple[str, ...]]:
 # month"; "Why is Python slower than C?", "Why is C faster than Python?"): they count only in place, within a
 # shared template.
 _ANYWHERE = frozenset(c for c, groups in enumerate(_CLASSES) if {w for g in groups for w in g} & frozenset(
-    "keep buy import win inside left increase ascending maximum fast best".split()))  # maximum: the aggregates
+    "keep buy import win inside left increase ascending maximum sum fast best".split()))
 
 
 def _members(words: Sequence[str]) -> dict[int, set[int]]:
@@ -631,12 +662,13 @@ class TemplateGuard:
                    for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
 
     def same_question(self, query: str, candidate: str) -> bool:
-        """True when the texts ask the same thing in the same words: the same content words in the same order
-        (articles, courtesy and emphasis fillers, sentence punctuation and the case a user may drop aside) and no
-        conflict. "Please summarise this report: ..." asks what "Summarise this report: ..." asks, whatever a
-        scorer makes of a text longer than those it learned from."""
-        tokens_a, tokens_b = _tokens(query), _tokens(candidate)
-        return _content(_keys(tokens_a)) == _content(_keys(tokens_b)) and not self.conflict(query, candidate)
+        """True when the texts are the same words, as :func:`same_text` reads them (spacing, sentence punctuation,
+        quotes around prose and the case a user may drop folded), but for courtesy that opens or closes the
+        request ("Hey,", "Please", "Thanks!"). "Please summarise this report: ..." asks what "Summarise this
+        report: ..." asks, whatever a scorer makes of a text longer than those it learned from; "say hello" and
+        "say thanks", "hepatitis A" and "hepatitis", ``foo(a)`` and ``foo()`` are other words."""
+        a, b = _courteous_trimmed(_tokens(query)), _courteous_trimmed(_tokens(candidate))
+        return bool(a) and _same(a, b)
 
     def _needed(self, query: str, candidate: str) -> int:
         """Shared tokens that make the two texts one template."""

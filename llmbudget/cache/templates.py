@@ -359,19 +359,18 @@ def _trimmed(words: Sequence[str]) -> Sequence[str]:
     return words[start:end]
 
 
-def _courteous_trimmed(tokens: Sequence[str]) -> Sequence[str]:
-    """``tokens`` (as :func:`_tokens` gives them) without the courtesy words that open or close a request."""
-    start, end = 0, len(tokens)
-    while start < end and tokens[start].lower() in _OPENERS:
-        start += 1
-    while end > start:
-        if tokens[end - 1].lower() in _CLOSERS:
-            end -= 1
-        elif end - start >= 2 and tokens[end - 2].lower() == "thank" and tokens[end - 1].lower() == "you":
-            end -= 2
-        else:
-            break
-    return tokens[start:end]
+# Courtesy set off from the request in the raw text: a greeting with its comma or "!", a "please" before a word
+# in lower case, a closing "please" or "thanks" after sentence punctuation. Not "Hello world", "Hey Jude",
+# "Please Please Me", "Spanish for please", "Reply with one word: thanks", ``hello.py``.
+_OPENING_COURTESY = re.compile(r"\A\s*(?:(?i:hey|hi|hello)\s*[,!]|(?i:please|kindly)(?=\s+[a-z]))\s*")
+_CLOSING_COURTESY = re.compile(r"(?<=[,.!?])\s*(?i:please|thanks|thx|cheers|thank\s+you)\s*[.!?]*\s*\Z")
+
+
+def _courtesy_off(text: str) -> str:
+    """``text`` without the courtesy that opens or closes it ("Hey, please summarise ... Thanks!")."""
+    for _ in range(2):
+        text = _OPENING_COURTESY.sub("", text, count=1)
+    return _CLOSING_COURTESY.sub("", text, count=1)
 
 
 def _differing(a: Sequence[str], b: Sequence[str]) -> list[int]:
@@ -663,11 +662,11 @@ class TemplateGuard:
 
     def same_question(self, query: str, candidate: str) -> bool:
         """True when the texts are the same words, as :func:`same_text` reads them (spacing, sentence punctuation,
-        quotes around prose and the case a user may drop folded), but for courtesy that opens or closes the
-        request ("Hey,", "Please", "Thanks!"). "Please summarise this report: ..." asks what "Summarise this
+        quotes around prose and the case a user may drop folded), but for courtesy set off from the request ("Hey,",
+        "Please" before a word in lower case, ", thanks!"; not "Hello world" nor "Spanish for please"). "Please summarise this report: ..." asks what "Summarise this
         report: ..." asks, whatever a scorer makes of a text longer than those it learned from; "say hello" and
         "say thanks", "hepatitis A" and "hepatitis", ``foo(a)`` and ``foo()`` are other words."""
-        a, b = _courteous_trimmed(_tokens(query)), _courteous_trimmed(_tokens(candidate))
+        a, b = _tokens(_courtesy_off(query)), _tokens(_courtesy_off(candidate))
         return bool(a) and _same(a, b)
 
     def _needed(self, query: str, candidate: str) -> int:

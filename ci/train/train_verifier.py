@@ -98,6 +98,7 @@ import argparse
 import base64
 import csv
 import json
+import random
 import sys
 import time
 import zlib
@@ -387,16 +388,13 @@ def extra_pairs(train: Sequence[Pair], llm: Path | None, llm_exclude: Path | Non
     ``train_reranker.py`` builds them."""
     if llm is None and not rules:
         return []
-    import random
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import train_reranker as tr
+    import train_reranker as tr  # beside this script (its folder is on sys.path); it imports this module
 
     out: list[Pair] = []
     if llm is not None:
-        exclude = [t for line in llm_exclude.read_text(encoding="utf-8").splitlines() if line.strip()
-                   for t in (json.loads(line)["a"], json.loads(line)["b"])] if llm_exclude else []
-        out += tr.load_mquake(llm, exclude)
+        rows = [json.loads(line) for line in llm_exclude.read_text(encoding="utf-8").splitlines()
+                if line.strip()] if llm_exclude else []
+        out += tr.load_mquake(llm, [text for row in rows for text in (row["a"], row["b"])])
     if rules:
         questions = list(dict.fromkeys(q for a, b, _ in train for q in (a, b)))
         rng = random.Random(SEED + 11)

@@ -574,7 +574,7 @@ class CacheStore:
         kept = None if data is None else [data[i] for i in keep]
         scores = self._score(scorer, text, query, [texts[i] for i in keep], picked, kept).tolist()
         guard = self.template_guard
-        if guard is not None:  # the same words but for fillers: a hit at any threshold ("Please summarise ...")
+        if guard is not None:  # the same words but for courtesy: a hit at any threshold ("Please summarise ...")
             scores = [1.0 if score < 1.0 and guard.same_question(text, texts[keep[i]]) else score
                       for i, score in enumerate(scores)]
         best = max(range(len(keep)), key=lambda i: (scores[i], cosines[keep[i]]))

@@ -37,8 +37,9 @@ the other never names ("any of the numbers", "exactly two of the numbers"), two 
 things the other way round ("Berlin to Rome", "Rome to Berlin") and one that negates where the other does not
 ("who placed an order", "who have not placed an order"; a "why not" asking for both sides aside).
 
-And two texts with the same words (as :func:`same_text` reads them) but for the courtesy that opens or closes
-a request are the same question, whatever a scorer makes of them (:meth:`TemplateGuard.same_question`).
+And two texts with the same words (as :func:`same_text` reads them) but for courtesy set off from the request
+("Hey,", "Please summarise ...", "..., thanks!") are the same question, whatever a scorer makes of them
+(:meth:`TemplateGuard.same_question`).
 """
 
 from __future__ import annotations
@@ -662,12 +663,13 @@ class TemplateGuard:
 
     def same_question(self, query: str, candidate: str) -> bool:
         """True when the texts are the same words, as :func:`same_text` reads them (spacing, sentence punctuation,
-        quotes around prose and the case a user may drop folded), but for courtesy set off from the request ("Hey,",
-        "Please" before a word in lower case, ", thanks!"; not "Hello world" nor "Spanish for please"). "Please summarise this report: ..." asks what "Summarise this
-        report: ..." asks, whatever a scorer makes of a text longer than those it learned from; "say hello" and
-        "say thanks", "hepatitis A" and "hepatitis", ``foo(a)`` and ``foo()`` are other words."""
-        a, b = _tokens(_courtesy_off(query)), _tokens(_courtesy_off(candidate))
-        return bool(a) and _same(a, b)
+        quotes around prose and the case a user may drop folded), but for courtesy set off from the request
+        ("Hey,", "Please" before a word in lower case, ", thanks!"; not "Hello world" nor "Spanish for please").
+        "Please summarise this report: ..." asks what "Summarise this report: ..." asks, whatever a scorer makes
+        of a text longer than those it learned from; "say hello" and "say thanks", "hepatitis A" and "hepatitis",
+        ``foo(a)`` and ``foo()`` are other words."""
+        a, b = _courtesy_off(query), _courtesy_off(candidate)
+        return bool(_tokens(a)) and same_text(a, b)
 
     def _needed(self, query: str, candidate: str) -> int:
         """Shared tokens that make the two texts one template."""

@@ -77,6 +77,13 @@ class _SureScorer:
         return [1.0] * len(cand_texts)
 
 
+class _NeverScorer:
+    """Takes no candidate for the same question."""
+
+    def score_many(self, query_text: str, query_vec: Any, cand_texts: list[str], cand_vecs: Any = None) -> Any:
+        return [0.0] * len(cand_texts)
+
+
 @pytest.mark.parametrize("stored, asked", NEAR_MISSES.values(), ids=list(NEAR_MISSES))
 def test_a_templated_near_miss_is_not_a_semantic_hit(stored: str, asked: str) -> None:
     unguarded = _store(template_guard=None, max_semantic_chars=None, scorer=_SureScorer(), threshold=0.5)
@@ -312,13 +319,6 @@ def test_the_same_content_words_are_a_hit_whatever_the_score() -> None:
         assert not _hit(store, "How do I learn Python quickly?", "How can I learn Python fast?")
     finally:
         store.close()
-
-
-class _NeverScorer:
-    """Takes no candidate for the same question."""
-
-    def score_many(self, query_text: str, query_vec: Any, cand_texts: list[str], cand_vecs: Any = None) -> Any:
-        return [0.0] * len(cand_texts)
 
 
 def test_the_guard_needs_fewer_shared_tokens_for_multiline_texts() -> None:

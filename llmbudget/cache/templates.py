@@ -304,6 +304,8 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "keep | discard",
         "higher | lower",
         "larger bigger | smaller",
+        "older elder | younger", "taller | shorter", "earlier sooner | later", "heavier | lighter",
+        "warmer hotter | colder cooler", "stronger | weaker", "richer wealthier | poorer",
         "increase increases | decrease decreases",
         "maximum max | minimum min",
         "sum sums summed summing | average averages averaged averaging avg | median medians"
@@ -482,6 +484,62 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
     return False
 
 
+# The bound a text puts on a number: "more than 5" and "over 5" ask another question than "at least 5", "up to 5" or
+# "exactly 5". Read before the number (the longest phrase first; a currency between them skipped) and after it
+# ("5 or more").
+_BOUNDS_BEFORE: tuple[tuple[tuple[str, ...], str], ...] = tuple(
+    (tuple(phrase.split()), bound) for bound, phrases in (
+        (">=", "no less than | no fewer than | not less than | not fewer than | at least | a minimum of | minimum of"
+               " | min"),
+        ("<=", "no more than | not more than | no greater than | not greater than | at most | a maximum of"
+               " | maximum of | up to | max"),
+        (">", "more than | greater than | exceeding | over | above"),
+        ("<", "less than | fewer than | under | below"),
+        ("=", "exactly"),
+    ) for phrase in phrases.split(" | "))
+_BOUNDS_AFTER: dict[tuple[str, ...], str] = {
+    **{("or", w): ">=" for w in ("more", "above", "over", "higher", "greater")}, ("and", "up"): ">=",
+    ("and", "above"): ">=", ("and", "over"): ">=", **{("or", w): "<=" for w in ("less", "fewer", "below", "under")},
+    ("and", "below"): "<=", ("and", "under"): "<=",
+}
+_CURRENCY = frozenset("rs inr usd us eur gbp aud cad jpy chf cny".split())  # (their symbols are no words)
+_SUMMING = frozenset("add added adding sum summed summing total totalled totaling round rounded rounding".split())
+
+
+def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
+    """Per number ``words`` (bare, lower case) name (as digits: "two" is "2"), the bounds put on it: ">=", "<=",
+    ">", "<", "=" (none for a bare number)."""
+    out: dict[str, set[str]] = {}
+    for i, word in enumerate(words):
+        if not (word[:1].isdigit() or word in _DIGITS or word in _NUMBER_WORDS):
+            continue
+        found = out.setdefault(_number(word), set())
+        at = i - 1 if i and words[i - 1] in _CURRENCY else i  # "under Rs 15000"
+        for phrase, bound in _BOUNDS_BEFORE:
+            if tuple(words[max(0, at - len(phrase)) : at]) == phrase:
+                if not (phrase == ("up", "to") and at > 2 and _stem(words[at - 3]) in _SUMMING):  # "add up to 10"
+                    found.add(bound)
+                break
+        else:
+            after = _BOUNDS_AFTER.get(tuple(words[i + 1 : i + 3]))
+            if after is not None:
+                found.add(after)
+    return out
+
+
+def _bound_differs(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether both texts bound a number they both name, and otherwise, whatever else is reworded: "exactly two of
+    the numbers" and "at least two of them", "employees who earn more than 50,000" and "... at least 50000",
+    "priced over 100 dollars" and "up to $100". "More than" and "over", "at least 5" and "5 or more" are one bound;
+    a number left bare in either text is no conflict ("a crowd of more than 10,000", "a crowd of 10,000";
+    "hands over 66 notes", "delivers 66 messages")."""
+    ba = _bounds(a)
+    if not any(ba.values()):
+        return False
+    bb = _bounds(b)
+    return any(ba[n] and bb[n] and ba[n] != bb[n] for n in ba.keys() & bb.keys())
+
+
 def _direction_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether the two texts (bare words) go between the same two things the other way round, whatever else is
     reworded: "the cheapest flight Berlin to Rome" and "Cheapest Rome to Berlin flight", "convert USD into EUR"
@@ -645,7 +703,8 @@ class TemplateGuard:
             return True  # in code or SQL a name's plural is another name: "FROM users", "FROM user"
         if _quantifiers_differ(words_a, words_b) or _comparison_reversed(words_a, words_b) \
                 or _opposed_anywhere(words_a, words_b) or _exact_count_dropped(words_a, words_b) \
-                or _direction_reversed(words_a, words_b) or _negation_differs(words_a, words_b):
+                or _direction_reversed(words_a, words_b) or _negation_differs(words_a, words_b) \
+                or _bound_differs(words_a, words_b):
             return True  # "all birds" and "most birds"; "C++ faster than Rust" turned round; "keep" and "discard"
         if _quoted_data_differs(query, candidate):
             return True  # another quoted string: "status is 'delivered'", "status is 'shipped'"

@@ -187,6 +187,8 @@ class SpendRecord:
                 amount = Decimal("NaN")
             if not amount.is_finite() or amount.copy_abs() > _MAX_USD:  # abs() rounds: 1e999999999 overflowed
                 raise ValueError(f"{key} is {raw!r}; expected an amount in dollars")
+            if amount < 0 and key in _NEVER_NEGATIVE:  # a saving may be (a tier dearer than the model asked for)
+                raise ValueError(f"{key} is {raw!r}; expected an amount of at least 0 dollars")
             values[key] = amount
         try:
             return cls(**values)
@@ -207,6 +209,7 @@ _OBJECTS = ("routing", "prefix", "output")
 _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can still show
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")
+_NEVER_NEGATIVE = frozenset(("cost_usd", "saved_usd"))  # what a call cost; what a cache hit would have cost
 
 
 def _check_prefix(prefix: dict[str, Any] | None) -> None:

@@ -261,6 +261,8 @@ def test_report_errors_name_the_ledger(tmp_path, capsys):
     (lambda r: {**r, "cost_usd": "1e999999999"}, "cost_usd is '1e999999999'"),  # decimal.Overflow in the check
     (lambda r: {**r, "output": {"json": []}}, "output.json is []"),  # unhashable in the JSON answers' count
     (lambda r: {**r, "saved_usd": "lots"}, "saved_usd is 'lots'"),
+    (lambda r: {**r, "cost_usd": "-999.999"}, "cost_usd is '-999.999'; expected an amount of at least 0"),  # a total < 0
+    (lambda r: {**r, "saved_usd": "-5"}, "saved_usd is '-5'"),
     (lambda r: {**r, "time": "yesterday"}, "time is 'yesterday'"),
     (lambda r: {**r, "time": 1e300}, "time is 1e+300"),
     (lambda r: {**r, "usage": {**r["usage"], "output_tokens": "5"}}, "usage.output_tokens is '5'"),

@@ -539,10 +539,8 @@ def _flush_at_exit() -> None:
         try:
             store.flush()
             store._usable()  # writes what waits, where the file answers again
-            if store._pending and store._journal.path is not None:
-                log.warning("llmbudget: %d budget settle(s) could not be written to SQLite at %s before exit; "
-                            "kept in %s for the host's other processes", len(store._pending), store.path,
-                            store._journal.path)
+            if store._pending:
+                store._journal.warn_at_exit(len(store._pending), f"to SQLite at {store.path}")
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for SQLite at %s at exit failed (%s: %s)", store.path,
                         type(exc).__name__, exc)

@@ -872,9 +872,7 @@ def _write_what_waits_at_exit() -> None:
                 try:
                     owner._reconcile()
                 except owner._errors:  # still down: its file keeps what waits, for the host's other processes
-                    if owner._journal.path is not None:
-                        log.warning("llmbudget: %d budget settle(s) could not be written to Redis at %s before "
-                                    "exit; kept in %s for the host's other processes",
-                                    len(owner._pending) + len(owner._releases), owner._where(), owner._journal.path)
+                    owner._journal.warn_at_exit(len(owner._pending) + len(owner._releases),
+                                                f"to Redis at {owner._where()}")
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for Redis at exit failed (%s: %s)", type(exc).__name__, exc)

@@ -215,6 +215,8 @@ class Journal:
         self.path: Path | None = None
         self._pid = 0
         self._warned = False
+        #: Rows that could not be written to the file since it was started (a full disk): lost if the process ends.
+        self.lost = 0
 
     def add(self, row: dict[str, Any]) -> None:
         if self.base is None:
@@ -227,6 +229,7 @@ class Journal:
             with open(self.path, "a", encoding="utf-8") as out:  # opened each time: a file removed is made again
                 out.write(json.dumps(row) + "\n")
         except OSError as exc:
+            self.lost += 1
             if not self._warned:
                 self._warned = True
                 log.warning("llmbudget: budget settles that wait cannot be kept in %s (%s); a process that ends "
@@ -243,3 +246,17 @@ class Journal:
             with contextlib.suppress(OSError):
                 self.path.unlink()
         self.path = None
+        self.lost = 0
+
+    def warn_at_exit(self, waiting: int, where: str) -> None:
+        """Log, as the process ends, what becomes of the ``waiting`` settles that could not be written ``where``
+        ("to SQLite at ..."): kept in this file for the host's other processes, or lost where it could not be
+        written."""
+        if self.path is None:
+            return
+        if not self.lost:
+            log.warning("llmbudget: %d budget settle(s) could not be written %s before exit; kept in %s for the "
+                        "host's other processes", waiting, where, self.path)
+        else:
+            log.warning("llmbudget: %d budget settle(s) could not be written %s before exit, and %d of them could "
+                        "not be kept in %s either: they are lost", waiting, where, min(self.lost, waiting), self.path)

@@ -21,6 +21,7 @@ import pytest
 
 import llmbudget
 from llmbudget.config import engine_from_config
+from llmbudget.ledger import spool
 from llmbudget.ledger.budgets import (
     SQLITE_TIMEOUT_S,
     Budget,
@@ -717,3 +718,22 @@ def test_the_hold_of_a_killed_process_lapses_after_the_policys_reservation_ttl(t
     assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Refusal)
     time.sleep(1.3)
     assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Reservation)
+
+
+def test_the_exit_log_says_settles_are_lost_where_their_file_could_not_be_written(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """On a full disk the file of waiting settles stayed empty, and the exit log still said they were kept in it."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    lost = spool.Journal(blocker / "budgets.db")  # its folder is a file: nothing can be written there
+    kept = spool.Journal(tmp_path / "budgets.db")
+    with caplog.at_level(logging.WARNING, logger="llmbudget"):
+        lost.add({"id": "r1", "amount": "0.2"})
+        kept.add({"id": "r1", "amount": "0.2"})
+        lost.warn_at_exit(1, "to SQLite at x")
+        assert "they are lost" in caplog.text and "for the host's other processes" not in caplog.text
+        caplog.clear()
+        kept.warn_at_exit(1, "to SQLite at x")
+    assert "kept in" in caplog.text and "lost" not in caplog.text
+    assert kept.path is not None and kept.path.read_text().count("\n") == 1
+    kept.clear()
+    assert kept.path is None and kept.lost == 0

@@ -22,6 +22,8 @@ import os
 import re
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -1581,10 +1583,25 @@ def _keywords_of(build: Callable[_P, Engine]) -> Callable[[Callable[..., Engine]
     return typed
 
 
+#: The engine the last :func:`configure` made, and the keywords it was given.
+_configured: tuple[weakref.ref[Engine], frozenset[str]] | None = None
+
+
 @_keywords_of(Engine)
 def configure(**options: Any) -> Engine:
     """Build an :class:`Engine` from keyword options (those of ``Engine(...)``, typed alike) and make it current.
-    Returns it."""
+    Returns it. It takes the whole configuration: what an earlier call set and this one does not pass is gone (a
+    warning names it)."""
+    global _configured
     engine = Engine(**options)
-    set_engine(engine)
+    previous = set_engine(engine)
+    earlier = _configured
+    _configured = (weakref.ref(engine), frozenset(options))
+    if earlier is not None and earlier[0]() is previous:
+        dropped = sorted(earlier[1] - options.keys())
+        if dropped:
+            warnings.warn(
+                f"llmbudget.configure() replaced the engine an earlier configure() made: its {', '.join(dropped)} "
+                "no longer apply (configure takes the whole configuration: pass every option in one call)",
+                UserWarning, stacklevel=2)
     return engine

@@ -79,3 +79,24 @@ def test_a_redis_url_without_redis_py_names_the_extra(tmp_path: Path, monkeypatc
             Policy.from_file(tmp_path / "llmbudget.toml")
         assert "reranker" not in str(error.value) and "pip install 'llmbudget[redis]'" in str(error.value)
         assert ("cache.path" if "[cache]" in policy else "budget_store") in str(error.value)
+
+
+def test_a_second_configure_says_what_it_drops(tmp_path: Path) -> None:
+    """configure(budgets=...) then configure(cache=...), as two README sections read, silently dropped the budgets
+    and the ledger: calls went ahead unbudgeted and unrecorded."""
+    import warnings
+
+    previous = llmbudget.get_engine()
+    try:
+        llmbudget.configure(budgets=[llmbudget.Budget("0.000001", per="tenant", period="day")],
+                            ledger=SQLiteLedger(tmp_path / "ledger.db"))
+        with pytest.warns(UserWarning, match=r"its budgets, ledger no longer apply .*pass every option in one call"):
+            engine = llmbudget.configure(cache=llmbudget.Cache(None))
+        assert not engine.budgets  # replaced, as documented: the warning says so
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            llmbudget.configure(cache=llmbudget.Cache(None), default_tenant="app")  # nothing dropped
+            llmbudget.set_engine(llmbudget.Engine(budgets=[llmbudget.Budget("1", per="global")]))
+            llmbudget.configure(default_tenant="app")  # the engine it replaces is not the last configure()'s
+    finally:
+        llmbudget.set_engine(previous)

@@ -339,12 +339,13 @@ def _prices(ns: argparse.Namespace) -> int:
                          "output_per_mtok": None, "charged_input_per_mtok": float(fallback.input),
                          "charged_output_per_mtok": float(fallback.output)})
             continue
-        million = pricing.cost(Usage(input_tokens=1_000_000), model=model, base_url=ns.base_url)
-        output = pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=ns.base_url)
-        cached = pricing.cost(Usage(input_tokens=1_000_000, cached_input_tokens=1_000_000), model=model,
-                              base_url=ns.base_url)
-        rows.append({"model": model, "known": million.known, "input_per_mtok": float(million.usd),
-                     "cached_input_per_mtok": float(cached.usd), "output_per_mtok": float(output.usd)})
+        # a thousand tokens, times a thousand: a call of a million would cross the long-context line (200k tokens
+        # for Claude and Gemini 2.5 Pro) and show its doubled rates as the model's price
+        inputs = pricing.cost(Usage(input_tokens=1_000), model=model, base_url=ns.base_url)
+        output = pricing.cost(Usage(output_tokens=1_000), model=model, base_url=ns.base_url)
+        cached = pricing.cost(Usage(input_tokens=1_000, cached_input_tokens=1_000), model=model, base_url=ns.base_url)
+        rows.append({"model": model, "known": inputs.known, "input_per_mtok": float(inputs.usd * 1000),
+                     "cached_input_per_mtok": float(cached.usd * 1000), "output_per_mtok": float(output.usd * 1000)})
     snapshot = pricing.snapshot
     if ns.json:
         print(json.dumps({"prices": {"source": snapshot.source, "as_of": snapshot.as_of}, "models": rows}, indent=2))

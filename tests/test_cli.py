@@ -44,6 +44,21 @@ def test_prices_known_and_unknown(capsys):
     assert run(capsys, "prices", "gpt-4o-mini", "--json")[0] == 0
 
 
+def test_prices_are_a_calls_rates_below_the_long_context_line(capsys):
+    """A call of a million tokens crosses Claude's and Gemini 2.5 Pro's 200k-token line: their doubled rates were
+    shown as the model's price (claude-sonnet-4 input $6, not $3)."""
+    from llmbudget.calls import Usage
+    from llmbudget.pricing import Pricing
+
+    code, doc = run(capsys, "prices", "claude-sonnet-4", "gemini-2.5-pro", "--json")
+    assert code == 0
+    pricing = Pricing()
+    for row in doc["models"]:
+        small = pricing.cost(Usage(input_tokens=1_000), model=row["model"]).usd * 1000
+        long_context = pricing.cost(Usage(input_tokens=1_000_000), model=row["model"]).usd
+        assert row["input_per_mtok"] == float(small) < float(long_context), row
+
+
 def record(tenant: str, model: str, cost: str, saved: str = "0", day: float = 0.0, prompt_cache: str = "0",
            routing: str = "0") -> SpendRecord:
     return SpendRecord(time=time.time() - day * 86400, endpoint="chat.completions", base_url="https://api.openai.com/v1",

@@ -96,8 +96,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         parser.getgroup("llmbudget").addoption(
             _FLAG, dest="llmbudget_usd", nargs="?", const="", default=None, metavar="USD", help=_HELP
         )
-    for i, arg in enumerate(args):
-        if arg == _flag_in_use and i + 1 < len(args) and not _is_amount(args[i + 1]):
+    for i, arg in enumerate(args):  # (--llmbudget too: it is always this plugin's)
+        if arg in (_flag_in_use, _FALLBACK_FLAG) and i + 1 < len(args) and not _is_amount(args[i + 1]):
             args[i] = f"{arg}="
 
 
@@ -261,7 +261,9 @@ class LLMBudgetPlugin:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
         raw = config.getoption("llmbudget_usd")
-        self.run_budget = _usd(raw, "--llm-budget") if raw else None
+        given = config.invocation_params.args
+        flag = _FALLBACK_FLAG if any(str(a).split("=")[0] == _FALLBACK_FLAG for a in given) else _flag_in_use
+        self.run_budget = _usd(raw, flag) if raw else None
         self.tolerance = _ini_tolerance(config)
         compare = config.getoption("llm_budget_compare")
         # read (and checked) before any test runs: a baseline that cannot be compared is a usage error up front

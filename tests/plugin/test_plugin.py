@@ -263,6 +263,11 @@ def test_live(client, cassette, llm_spend):
 ''')
     suite.runpytest("--llm-budget", "test_fixture.py").assert_outcomes(passed=1)
     suite.runpytest("test_fixture.py").assert_outcomes(passed=1)  # works without the flag too
+    # the other spelling keeps a path a path too ("--llm-budget must be an amount in USD, got 'test_fixture.py'")
+    suite.runpytest("--llmbudget", "test_fixture.py").assert_outcomes(passed=1)
+    result = suite.runpytest("--llmbudget=lots", "test_fixture.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llmbudget must be an amount in USD*lots*"])
 
 
 def test_falls_back_to_llmbudget_when_another_plugin_owns_the_flag(suite):

@@ -316,12 +316,18 @@ def _route(ns: argparse.Namespace) -> int:
 
 
 def _apps_policy(named: str | None) -> tuple[Any, dict[str, Any]] | None:
-    """The app's policy file and table: the one ``--policy`` names, else found as the app finds it."""
+    """The app's policy file and table: the one ``--policy`` names, else found as the app finds it; its keys
+    checked (a typo such as ``ledgr`` is an error here as in the app)."""
     from pathlib import Path
 
-    from .config import load_config, locate_config
+    from .config import ConfigError, check_keys, load_config, locate_config
 
-    return (Path(named), load_config(Path(named))) if named else locate_config(Path.cwd())
+    if named and not Path(named).is_file():
+        raise ConfigError(f"{named}: no such policy file; expected an llmbudget.toml or a pyproject.toml")
+    found = (Path(named), load_config(Path(named))) if named else locate_config(Path.cwd())
+    if found is not None:
+        check_keys(found[1], str(found[0]))
+    return found
 
 
 def _prices(ns: argparse.Namespace) -> int:
@@ -449,15 +455,21 @@ def _report(ns: argparse.Namespace) -> int:
 
 
 def _ledger_records(path: str) -> list[Any]:
-    """Every record of a SQLite ledger file, or an error naming the file when it is not one."""
+    """Every record of a SQLite ledger file or a Redis ledger (its ``redis://`` URL), or an error naming the file
+    when it is not one."""
     import sqlite3
     from pathlib import Path
 
     from .ledger.records import SQLiteLedger
 
+    if path.startswith(("redis://", "rediss://")):
+        return _redis_records(path)
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a folder, not a ledger; expected the SQLite file named by ledger = ... in the "
+                         "policy, or its redis:// URL")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such ledger file; expected the SQLite file named by ledger = ... "
-                                "in the policy")
+                                "in the policy, or its redis:// URL")
     try:
         # read-only first: a file without the ledger's table (an empty file, another app's database) is
         # refused untouched; opening it as a ledger would write the schema into it
@@ -472,6 +484,25 @@ def _ledger_records(path: str) -> list[Any]:
     except sqlite3.Error as exc:
         raise ValueError(f"{path}: not an llmbudget SQLite ledger ({exc}); expected the file named by "
                          "ledger = ... in the policy") from None
+
+
+def _redis_records(url: str) -> list[Any]:
+    """Every record of the Redis ledger at ``url`` (as the policy's ``ledger = "redis://..."`` names it)."""
+    from urllib.parse import urlsplit
+
+    from .config import ConfigError, _redis_backend
+
+    ledger = _redis_backend("ledger", url, "the ledger URL")
+    try:
+        return list(ledger.records())
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused: said in one line, without the password
+        parts = urlsplit(url)
+        raise ValueError(f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}: the ledger could not be "
+                         f"read ({type(exc).__name__}: {exc})") from None
+    finally:
+        ledger.close()
 
 
 def _batches(ns: argparse.Namespace) -> int:
@@ -760,8 +791,8 @@ def _parser() -> argparse.ArgumentParser:
     prices.add_argument("--json", action="store_true")
     prices.set_defaults(handler=_prices)
 
-    report = commands.add_parser("report", help="spend and savings by tenant, model and day from a SQLite ledger")
-    report.add_argument("ledger", help="the ledger file (ledger = ... in the policy)")
+    report = commands.add_parser("report", help="spend and savings by tenant, model and day from a ledger")
+    report.add_argument("ledger", help="the ledger: its SQLite file or redis:// URL (ledger = ... in the policy)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(handler=_report)
 

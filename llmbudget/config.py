@@ -330,7 +330,10 @@ class Policy:
             values["engine"] = engine_from_config(config, source=source, root=root)
         values.update(options)
         try:
-            return cls(**values)
+            policy = cls(**values)
+            if policy.engine is not None:
+                check_route_tiers(policy, policy.engine.routing)
+            return policy
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -351,6 +354,15 @@ class Policy:
             return cls(**options)
         path, table = found
         return cls.from_config(table, source=str(path), root=path.parent, **options)
+
+
+def check_route_tiers(policy: Policy, routing: Any) -> None:
+    """A ConfigError for a route that forces a routing tier the engine's ``routing`` does not have (else every
+    request it serves went out unrouted, with an error in the log)."""
+    for index, route in enumerate(policy.routes):
+        if isinstance(route.routing, str) and routing is not None and route.routing not in routing.tiers:
+            raise ConfigError(f"routes[{index}] ({route.path!r}): routing = {route.routing!r} names no tier; the "
+                              f"tiers are {sorted(routing.tiers)}")
 
 
 # -- validation helpers ---------------------------------------------------------------------------
@@ -490,6 +502,11 @@ def _route_from_config(value: Any, what: str) -> Route:
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def check_keys(config: Mapping[str, Any], source: str) -> None:
+    """A ConfigError naming the file for a key no policy has, or a middleware key of the wrong kind."""
+    _policy_options(config, source)
+
+
 def _policy_options(config: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Keyword options for :class:`Policy` from a config table (engine keys are left out)."""
     unknown = set(config) - _KEYS
@@ -616,11 +633,13 @@ def pricing_from_config(config: Mapping[str, Any], *, source: str = "configurati
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def engine_from_config(config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None) -> Engine:
+def engine_from_config(config: Mapping[str, Any], *, source: str = "configuration", root: Path | None = None,
+                       cache: bool = True) -> Engine:
     """An Engine from a config table, with errors that name the file and the key.
 
     Middleware keys (budgets, routes, ...) are validated too, but only a
     :class:`Policy` applies them: the engine's own budgets stay empty.
+    ``cache=False``: the [cache] table is checked but not opened (the engine has no cache).
     """
     _policy_options(config, source)
     pricing = pricing_from_config(config, source=source)
@@ -668,7 +687,7 @@ def engine_from_config(config: Mapping[str, Any], *, source: str = "configuratio
         output=output,
         breakpoints=breakpoints,
         prefix_watch=watch,
-        cache=_cache_from_config(config.get("cache"), source, root),
+        cache=_cache_from_config(config.get("cache"), source, root, opened=cache),
         routing=_routing_from_config(config.get("routing"), source),
         prompt_cache_keys=prompt_cache_keys,
         input_estimate_margin=float(margin),
@@ -711,12 +730,11 @@ def _table(value: Any, name: str, keys: frozenset[str], source: str) -> Mapping[
     return value
 
 
-def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
+def _cache_from_config(value: Any, source: str, root: Path | None, *, opened: bool = True) -> Any:
+    """The [cache] table's Cache, its keys and values checked; ``opened=False``: checked only (None)."""
     table = _table(value, "cache", _CACHE_KEYS, source)
     if table is None:
         return None
-    from .cache import Cache
-
     for key in ("semantic", "allow_temperature", "reranker", "worker"):
         if key in table and not isinstance(table[key], bool):
             raise ConfigError(f"{source}: cache.{key} must be true or false, got {table[key]!r}")
@@ -741,6 +759,10 @@ def _cache_from_config(value: Any, source: str, root: Path | None) -> Any:
     # absent: the Cache's default limit; 0: no limit
     semantic_chars: dict[str, Any] = {} if limit is None else {"max_semantic_chars": limit or None}
     where = _redis_url(table.get("path")) or _path(table.get("path"), "cache.path", source, root)
+    if not opened:
+        return None
+    from .cache import Cache
+
     try:
         return _open_file("cache.path", lambda path: Cache(
             path,

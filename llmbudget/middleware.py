@@ -51,7 +51,7 @@ from decimal import Decimal
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy
+from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy, check_route_tiers
 from .interception.install import install as _install
 from .ledger.budgets import Refusal
 from .pipeline import Engine, engine_configured, get_engine, set_engine
@@ -489,15 +489,11 @@ _SERVED = "llmbudget.served"
 def _check_route_tiers(policy: Policy, engine: Engine) -> None:
     """A route that forces a routing tier names one the engine's routing has (else every request it serves
     logged an error and went out unrouted, or, without routing, nothing said the route did nothing)."""
+    check_route_tiers(policy, engine.routing)
     for index, route in enumerate(policy.routes):
-        if not isinstance(route.routing, str):
-            continue
-        where = f"routes[{index}] ({route.path!r}): routing = {route.routing!r}"
-        if engine.routing is None:  # the app may still configure routing (configure(routing=...)) after this
-            log.warning("llmbudget: %s forces a tier, but the engine has no routing (yet): without it the route "
-                        "routes nothing", where)
-        elif route.routing not in engine.routing.tiers:
-            raise ConfigError(f"{where} names no tier; the tiers are {sorted(engine.routing.tiers)}")
+        if isinstance(route.routing, str) and engine.routing is None:  # the app may still configure routing later
+            log.warning("llmbudget: routes[%d] (%r): routing = %r forces a tier, but the engine has no routing (yet): "
+                        "without it the route routes nothing", index, route.path, route.routing)
 
 
 def _check_downgrade(policy: Policy, engine: Engine) -> None:

@@ -246,10 +246,8 @@ def _project_engine(config: pytest.Config) -> llmbudget.Engine | None:
     if found is None:
         return None
     path, table = found
-    if not config.getini("llm_budget_cache"):
-        table = {key: value for key, value in table.items() if key != "cache"}
-    try:
-        return engine_from_config(table, source=str(path), root=path.parent)
+    try:  # [cache] is checked whether or not the tests use it: a typo there is one in the app's policy
+        return engine_from_config(table, source=str(path), root=path.parent, cache=config.getini("llm_budget_cache"))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
 

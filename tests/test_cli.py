@@ -33,6 +33,15 @@ def test_prices_use_the_apps_own_prices(capsys, tmp_path, monkeypatch):
     assert code == 0 and doc["models"][0]["known"]
 
 
+def test_prices_check_the_policy_file_as_the_app_does(capsys, tmp_path):
+    # a missing file was a raw "[Errno 2] ...", and a typo at the top level was accepted (the app refuses it)
+    assert main(["prices", "gpt-4o", "--policy", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml: no such policy file" in capsys.readouterr().err
+    (tmp_path / "llmbudget.toml").write_text('ledgr = "x.db"\n')
+    assert main(["prices", "gpt-4o", "--policy", str(tmp_path / "llmbudget.toml")]) == 2
+    assert "llmbudget.toml: unknown keys ['ledgr']" in capsys.readouterr().err
+
+
 def test_prices_known_and_unknown(capsys):
     code, doc = run(capsys, "prices", "gpt-4o-mini", "no-such-model", "--json")
     assert code == 1  # an unknown model is an error, not $0
@@ -244,7 +253,8 @@ def test_file_names_with_markup_are_printed_as_text(tmp_path, capsys):
 def test_report_errors_name_the_ledger(tmp_path, capsys):
     (tmp_path / "afile").write_text("not a database, just text\n" * 20)
     for path, message in ((tmp_path / "none.db", "no such ledger file"), (tmp_path / "afile" / "ledger.db",
-                          "no such ledger file"), (tmp_path / "afile", "not an llmbudget SQLite ledger")):
+                          "no such ledger file"), (tmp_path / "afile", "not an llmbudget SQLite ledger"),
+                         (tmp_path, "a folder, not a ledger")):
         assert main(["report", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"llmbudget report: {path}: {message}" in err

@@ -315,6 +315,22 @@ def test_ledger_stream_round_trips_and_trims(prefix: str) -> None:
     drop(prefix + "small:")
 
 
+def test_report_reads_a_redis_ledger_by_its_url(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """README lets ``ledger`` be a redis:// URL; ``llmbudget report`` said "no such ledger file" for it."""
+    from llmbudget.cli import main
+
+    ledger = RedisLedger(URL, prefix=prefix)
+    for i in (1, 2):
+        ledger.add(_record(i))
+    ledger.close()
+    assert main(["report", f"{URL}?prefix={prefix}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["total"]["calls"] == 2 and doc["total"]["cost_usd_exact"] == "0.000369"
+    assert main(["report", "redis://user:secret@127.0.0.1:1/0"]) == 2  # nothing listens there
+    err = capsys.readouterr().err
+    assert "redis at 127.0.0.1:1: the ledger could not be read" in err and "secret" not in err
+
+
 # -- many processes against one budget ---------------------------------------------------------------------
 
 

@@ -161,6 +161,9 @@ def test_a_middleware_without_a_policy_uses_the_discovered_one(tmp_path: Path, m
         ("surprise = 1", r"unknown keys \['surprise'\]"),
         ('budget_store = "b.db?on_unavailble=open"', r"budget_store: .*unknown option"),  # was a bare ValueError
         ('ledger = "l.db?timeout=2"', r"a SQLite ledger takes no \?options"),  # it named the file "l.db?timeout=2"
+        # the middleware said so at start-up without naming the file
+        ('[routing.tiers]\nsmall = "gpt-4.1-nano"\nlarge = ""\n[[routes]]\npath = "/chat/*"\nrouting = "smal"',
+         r"routes\[0\] \('/chat/\*'\): routing = 'smal' names no tier; the tiers are \['large', 'small'\]"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

@@ -302,6 +302,13 @@ def test_bad_config_is_a_clear_usage_error(suite):
     result = suite.runpytest("--llm-budget")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*llmbudget.toml*both 'input' and 'output'*"])
+    # [cache] too, which the tests do not open (ini llm_budget_cache off): a typo there was let through
+    suite.makefile(".toml", llmbudget='[cache]\nsemantc = true\n')
+    result = suite.runpytest("--llm-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*llmbudget.toml: cache: unknown keys ?'semantc'?*"])
+    suite.makefile(".toml", llmbudget='[cache]\nsemantic = true\npath = "never-opened"\n')
+    assert suite.runpytest("--llm-budget").ret == 0 and not (suite.path / "never-opened").exists()
 
 
 # -- the sharp edges a newcomer hit (issue 13) ---------------------------------------------------------------

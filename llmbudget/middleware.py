@@ -609,6 +609,18 @@ def _django_user(request: Any) -> str | None:
     return _named(name)
 
 
+async def _fail_start(error: ConfigError, scope: MutableMapping[str, Any], receive: ASGIReceive,
+                      send: ASGISend) -> None:
+    """Fail the server's start-up with ``error`` (a lifespan event), or raise it (a request)."""
+    if scope["type"] != "lifespan":
+        raise error
+    message = await receive()
+    if message.get("type") == "lifespan.startup":  # (the server logs the message)
+        await send({"type": "lifespan.startup.failed", "message": f"llmbudget: {error}"})
+    elif message.get("type") == "lifespan.shutdown":
+        await send({"type": "lifespan.shutdown.complete"})
+
+
 class LLMBudgetMiddleware(_Core):
     """Pure ASGI middleware: ``app.add_middleware(LLMBudgetMiddleware, policy=Policy(...))``.
 
@@ -617,11 +629,27 @@ class LLMBudgetMiddleware(_Core):
     (default True: put every openai client of the process behind llmbudget).
     """
 
+    #: The policy error of a middleware built inside a running server (see ``__init__``), raised as it serves.
+    _failed: ConfigError | None = None
+
     def __init__(self, app: ASGIApp, *, policy: Policy | None = None, install: bool = True) -> None:
-        super().__init__(policy, install=install)
         self.app = app
+        try:
+            super().__init__(policy, install=install)
+        except ConfigError as exc:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise exc from None
+            # Built by Starlette's add_middleware at the server's first event: raised here, uvicorn's default
+            # lifespan mode ("auto") read it as "lifespan unsupported", said "Application startup complete" and
+            # every request got a 500. Start-up fails instead, with the error.
+            self._failed = exc
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if self._failed is not None:
+            await _fail_start(self._failed, scope, receive, send)
+            return
         kind = scope["type"]
         if kind not in ("http", "websocket") or self.nested(scope):
             await self.app(scope, receive, send)

@@ -131,6 +131,43 @@ def test_a_middleware_without_a_policy_uses_the_discovered_one(tmp_path: Path, m
         make(lambda *args: None, install=False)  # type: ignore[arg-type]
 
 
+def test_a_policy_error_fails_the_servers_start_when_starlette_builds_the_middleware(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``app.add_middleware(LLMBudgetMiddleware)`` builds it at the server's first event: the error it raised there
+    was taken by uvicorn's default lifespan mode for "lifespan unsupported", start-up went on, every request got a
+    500. It now fails the start-up with the error; built outside a server, it still raises at once."""
+    import asyncio
+
+    from starlette.applications import Starlette
+
+    from llmbudget.middleware import LLMBudgetMiddleware
+
+    (tmp_path / "llmbudget.toml").write_text('[[budgets]]\nusd = 1\npr = "tenant"\n')
+    monkeypatch.setenv("LLMBUDGET_POLICY", str(tmp_path / "llmbudget.toml"))
+    with pytest.raises(ConfigError, match=r"budgets\[0\]: unknown keys \['pr'\]"):
+        LLMBudgetMiddleware(Starlette(), install=False)
+    app = Starlette()
+    app.add_middleware(LLMBudgetMiddleware, install=False)
+    sent: list[dict[str, object]] = []
+
+    async def serve() -> None:
+        events = iter([{"type": "lifespan.startup"}])
+
+        async def receive() -> dict[str, object]:
+            return next(events)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+        with pytest.raises(ConfigError, match="unknown keys"):  # a request, should one come: the error, not a pass
+            await app({"type": "http", "path": "/", "method": "GET", "headers": []}, receive, send)
+
+    asyncio.run(serve())
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert str(tmp_path / "llmbudget.toml") in str(sent[0]["message"]) and "'pr'" in str(sent[0]["message"])
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [

@@ -51,7 +51,14 @@ from decimal import Decimal
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, MetricsPolicy, Policy, Route, RoutePolicy, check_route_tiers
+from .config import (
+    ConfigError,
+    MetricsPolicy,
+    Policy,
+    Route,
+    RoutePolicy,
+    check_route_tiers,
+)
 from .interception.install import install as _install
 from .ledger.budgets import Refusal
 from .pipeline import Engine, engine_configured, get_engine, set_engine

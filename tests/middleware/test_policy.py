@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 import llmbudget
-from llmbudget.config import ConfigError, MetricsPolicy, Policy, Route, engine_from_config
+from llmbudget.config import (
+    ConfigError,
+    MetricsPolicy,
+    Policy,
+    Route,
+    engine_from_config,
+)
 
 FULL = """
 hosts = ["api.openai.com", "llm.internal"]

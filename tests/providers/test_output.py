@@ -315,3 +315,32 @@ def test_a_stated_length_is_found_after_a_long_run_of_digits() -> None:
     # the digits branch was tried at every digit of a run (quadratic: 4 KB of digits stalled the loop 1.3 s)
     assert says_length("chat.completions", chat(("user", "7" * 20_000 + " and then 500 слов, please")))
     assert not says_length("chat.completions", chat(("user", "7" * 20_000)))
+
+
+def test_a_schema_cap_is_added_to_a_request_without_a_limit_only_below_what_it_would_reserve(llm_server, records):
+    """A schema with long strings gave a cap of 38,446 tokens, written into a request that set none: over
+    gpt-4o-mini's 16,384, so OpenAI refused a call the plain SDK sent fine."""
+    def schema(length: int) -> dict:
+        return {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+            "type": "object", "required": ["summary"], "additionalProperties": False,
+            "properties": {"summary": {"type": "string", "maxLength": length}}}}}
+
+    def short(raw: bytes) -> bytes:  # the local model answers in a few tokens (its server takes no json_schema)
+        body = {**json.loads(raw), "max_tokens": 4}
+        body.pop("response_format")
+        return json.dumps(body).encode()
+
+    with proxy(llm_server, forward=short) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        for length, limit in ((5000, None), (40, None), (5000, 20_000)):
+            extra = {} if limit is None else {"max_tokens": limit}
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": ASK}],
+                                           temperature=0, response_format=schema(length), **extra)
+            sent = json.loads(server.received[-1][2])
+            body = chat(("user", ASK), response_format=schema(length))
+            if length == 5000:
+                assert schema_cap(body) > 4096 and sent.get("max_tokens") == limit  # none added; the app's kept
+            else:
+                assert sent["max_tokens"] == schema_cap(body) < 4096  # a small schema's cap still goes in
+    assert [bool(r.output and "schema_cap" in r.output) for r in records] == [False, True, False]

@@ -1012,9 +1012,11 @@ class LLMBudgetWSGIMiddleware(_Core):
         started_at = time.perf_counter()
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
+        user = _wsgi_text(remote_user) if isinstance(remote_user, str) else None
+        if user is None and isinstance(environ.get(_DJANGO_USER), str):
+            user = environ[_DJANGO_USER]  # Python text as Django has it: not bytes a server decoded as latin-1
         try:
-            tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header),
-                                 _wsgi_text(remote_user) if isinstance(remote_user, str) else None,
+            tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header), user,
                                  environ.get("REMOTE_ADDR"))
         except _TenantRefused as refused:
             problem = self.tenant_problem(refused, request_id, method, path)
@@ -1102,6 +1104,7 @@ class LLMBudgetWSGIMiddleware(_Core):
 _DJANGO_REQUEST = "llmbudget.django_request"
 _DJANGO_RESPONSE = "llmbudget.django_response"
 _DJANGO_CONTEXT = "llmbudget.django_context"
+_DJANGO_USER = "llmbudget.django_user"  # request.user's name, as Django has it
 
 
 def _in_context(context: contextvars.Context, chunks: Iterable[Any]) -> Iterator[Any]:
@@ -1185,7 +1188,9 @@ class LLMBudgetDjangoMiddleware:
         if not environ.get("REMOTE_USER"):
             user = _django_user(request)
             if user is not None:
-                environ["REMOTE_USER"] = user
+                # apart from REMOTE_USER, whose text is read back as the UTF-8 bytes a server decoded as latin-1:
+                # "Ãª" became "ê", and two users shared one tenant, its cache and its budgets
+                environ[_DJANGO_USER] = user
         environ[_DJANGO_REQUEST] = request
         started: dict[str, Any] = {}
 

@@ -192,6 +192,35 @@ def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_t
     assert by_callable(request).status_code == 200 and seen[-1] == "acme"
 
 
+def test_django_users_are_named_as_django_has_them(engine: llmbudget.Engine) -> None:
+    """request.user's name went through REMOTE_USER, whose text is read back as the UTF-8 bytes a server decoded
+    as latin-1: users "Ãª" and "ê" were one tenant "ê", with one cache and one budget."""
+    django_app(Policy())  # configures Django once in this process
+    from django.test import RequestFactory
+    from django.test.utils import override_settings
+
+    from llmbudget.middleware import LLMBudgetDjangoMiddleware
+
+    seen: list[Any] = []
+
+    def view(request: Any) -> JsonResponse:
+        current = llmbudget.current_scope()
+        seen.append(current and current.tenant)
+        return JsonResponse({})
+
+    with override_settings(LLMBUDGET_POLICY=Policy()):
+        middleware = LLMBudgetDjangoMiddleware(view)
+    for name in ("ê", "Ãª", "bob@Ã©xample.com", "bob@éxample.com"):
+        request = RequestFactory().get("/answer")
+        request.user = _DjangoUser(name)
+        assert middleware(request).status_code == 200
+    assert seen == ["ê", "Ãª", "bob@Ã©xample.com", "bob@éxample.com"]
+    # a REMOTE_USER the server set is still bytes it decoded as latin-1: read as their UTF-8 text
+    request = RequestFactory().get("/answer", REMOTE_USER="jos\xc3\xa9")
+    request.user = _DjangoUser("ignored")
+    assert middleware(request).status_code == 200 and seen[-1] == "josé"
+
+
 def test_an_async_streamed_responses_generator_runs_in_the_requests_scope_under_asgi(
     engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str
 ) -> None:

@@ -38,7 +38,9 @@ def apply_cap(endpoint: str, body: dict[str, Any], model: str | None, cap: int) 
     if field is None or cap <= 0:
         return body, False
     current = body.get(field)
-    if isinstance(current, int) and not isinstance(current, bool) and 0 < current <= cap:
+    if current is not None and (isinstance(current, bool) or not isinstance(current, int) or current <= 0):
+        return body, False  # the app's own limit, wrong ("20", 0, -5, true): the API's to refuse, as without llmbudget
+    if current is not None and current <= cap:
         return body, False
     return {**body, field: cap}, True
 

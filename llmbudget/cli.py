@@ -125,7 +125,12 @@ def _eval_cache(ns: argparse.Namespace) -> int:
     from .cache.templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
     if not os.path.isfile(ns.pairs):  # said before any model loads or progress shows
-        raise ValueError(f'{ns.pairs}: no such file (expected JSON lines {{"a": str, "b": str, "duplicate": bool}})')
+        what = "a folder, not a file" if os.path.isdir(ns.pairs) else \
+            "not a regular file" if os.path.exists(ns.pairs) else "no such file"
+        raise ValueError(f'{ns.pairs}: {what} (expected JSON lines {{"a": str, "b": str, "duplicate": bool}})')
+    if ns.max_semantic_chars is not None and ns.max_semantic_chars < 0:
+        raise ValueError(f"--max-semantic-chars {ns.max_semantic_chars}: expected a number of characters (0: no "
+                         "limit)")
 
     limit = DEFAULT_MAX_SEMANTIC_CHARS if ns.max_semantic_chars is None else ns.max_semantic_chars or None
     options: dict[str, Any] = {"pairs_path" if ns.mode == "replay" else "path": ns.pairs, "max_semantic_chars": limit,

@@ -432,6 +432,11 @@ def test_eval_cache_says_a_missing_file_before_it_starts(tmp_path, capsys, mode)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "missing.jsonl: no such file (expected JSON lines" in captured.err
+    assert main(["eval", "cache", str(tmp_path), "--mode", mode]) == 2  # it said "no such file" for a folder
+    assert f"{tmp_path}: a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "pairs.jsonl").write_text('{"a": "x", "b": "y", "duplicate": false}\n')
+    assert main(["eval", "cache", str(tmp_path / "pairs.jsonl"), "--max-semantic-chars", "-5"]) == 2  # was taken
+    assert "--max-semantic-chars -5: expected a number of characters" in capsys.readouterr().err
 
 
 def test_a_policy_nested_too_deeply_is_a_config_error(tmp_path, capsys):

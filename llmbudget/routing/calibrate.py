@@ -43,8 +43,15 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
             yield _as_routed(item["request"], item.get("endpoint"))
         elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
             yield {"messages": [{"role": "user", "content": item["prompt"]}]}
-        elif isinstance(item, dict) and ("messages" in item or "input" in item):
+        elif isinstance(item, dict) and (isinstance(item.get("messages"), list)
+                                         or isinstance(item.get("input"), (str, list))):
+            if "system" in item and not isinstance(item["system"], (str, list)):
+                raise ValueError(f"{path}:{number}: system is {item['system']!r}; expected text or content blocks")
             yield item
+        elif isinstance(item, dict) and ("messages" in item or "input" in item):
+            key = "messages" if "messages" in item else "input"
+            raise ValueError(f"{path}:{number}: {key} is {item[key]!r:.60}; expected a list of messages"
+                             + (" or text" if key == "input" else ""))
         else:
             raise ValueError(f"{path}:{number}: expected a request body, {{'request': ...}} or {{'prompt': ...}}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -191,6 +192,21 @@ def test_calibrate_names_a_hostile_traffic_line(tmp_path, bad, message):
     traffic.write_bytes(_traffic_line("hi", True, True).encode() + b"\n" + bad + b"\n")
     with pytest.raises(ValueError, match=f"traffic.jsonl:2: {message}"):
         calibrate_quality(traffic, weak="gpt-4.1-nano", strong="gpt-4o", keep=0.9)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"messages": "notalist"}', "messages is 'notalist'; expected a list of messages"),
+    ('{"input": 5}', "input is 5; expected a list of messages or text"),
+    ('{"messages": [{"role": "user", "content": "hi"}], "system": 7}', "system is 7; expected text or content"),
+])
+def test_a_sample_line_of_the_wrong_shape_is_named_not_scored(tmp_path, line, message):
+    """Such a line was scored as a prompt, moving the threshold by a request no app can send."""
+    from llmbudget.routing.calibrate import read_sample
+
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text('{"input": "a question"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"sample.jsonl:2: {re.escape(message)}"):
+        list(read_sample(sample))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

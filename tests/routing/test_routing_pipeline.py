@@ -92,6 +92,11 @@ def test_cap_fields_follow_the_api_and_the_model():
     assert apply_cap("chat.completions", {"max_tokens": 10}, "gpt-4o", 50) == ({"max_tokens": 10}, False)
     assert apply_cap("chat.completions", {"max_tokens": 100}, "gpt-4o", 50) == ({"max_tokens": 50}, True)
     assert apply_cap("responses", {}, "gpt-4o", 7) == ({"max_output_tokens": 7}, True)
+    assert apply_cap("chat.completions", {"max_tokens": None}, "gpt-4o", 50) == ({"max_tokens": 50}, True)
+    # a limit the app got wrong goes out as it wrote it, for the API to refuse as it would without llmbudget (a
+    # directive's cap made each of these a valid request, and one cache key)
+    for wrong in (0, -5, "20", 20.5, True):
+        assert apply_cap("chat.completions", {"max_tokens": wrong}, "gpt-4o", 150) == ({"max_tokens": wrong}, False)
 
 
 def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine):

@@ -872,7 +872,10 @@ def _write_what_waits_at_exit() -> None:
                 try:
                     owner._reconcile()
                 except owner._errors:  # still down: its file keeps what waits, for the host's other processes
+                    # (a release: of a hold a reserve that timed out may have made, or a refused call's)
                     owner._journal.warn_at_exit(len(owner._pending) + len(owner._releases),
-                                                f"to Redis at {owner._where()}")
+                                                f"to Redis at {owner._where()}",
+                                                "budget settle(s) and release(s)" if owner._releases else
+                                                "budget settle(s)")
         except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
             log.warning("llmbudget: writing what waited for Redis at exit failed (%s: %s)", type(exc).__name__, exc)

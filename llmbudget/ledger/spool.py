@@ -248,15 +248,15 @@ class Journal:
         self.path = None
         self.lost = 0
 
-    def warn_at_exit(self, waiting: int, where: str) -> None:
-        """Log, as the process ends, what becomes of the ``waiting`` settles that could not be written ``where``
-        ("to SQLite at ..."): kept in this file for the host's other processes, or lost where it could not be
-        written."""
+    def warn_at_exit(self, waiting: int, where: str, what: str = "budget settle(s)") -> None:
+        """Log, as the process ends, what becomes of the ``waiting`` settles (``what``) that could not be written
+        ``where`` ("to SQLite at ..."): kept in this file for the host's other processes, or lost where it could not
+        be written."""
         if self.path is None:
             return
         if not self.lost:
-            log.warning("llmbudget: %d budget settle(s) could not be written %s before exit; kept in %s for the "
-                        "host's other processes", waiting, where, self.path)
+            log.warning("llmbudget: %d %s could not be written %s before exit; kept in %s for the host's other "
+                        "processes", waiting, what, where, self.path)
         else:
-            log.warning("llmbudget: %d budget settle(s) could not be written %s before exit, and %d of them could "
-                        "not be kept in %s either: they are lost", waiting, where, min(self.lost, waiting), self.path)
+            log.warning("llmbudget: %d %s could not be written %s before exit, and %d of them could not be kept in "
+                        "%s either: they are lost", waiting, what, where, min(self.lost, waiting), self.path)

@@ -159,26 +159,32 @@ class _DjangoUser:
         return self.name
 
 
+def _tenant_middleware(policy: Policy, seen: list[Any] | None = None) -> tuple[Any, list[Any]]:
+    """The Django middleware with ``policy`` around a view that notes each request's tenant in ``seen``."""
+    django_app(Policy())  # configures Django once in this process
+    from django.test.utils import override_settings
+
+    from llmbudget.middleware import LLMBudgetDjangoMiddleware
+
+    noted: list[Any] = [] if seen is None else seen
+
+    def view(request: Any) -> JsonResponse:
+        current = llmbudget.current_scope()
+        noted.append(current and current.tenant)
+        return JsonResponse({})
+
+    with override_settings(LLMBUDGET_POLICY=policy):
+        return LLMBudgetDjangoMiddleware(view), noted
+
+
 @pytest.mark.parametrize("name", ["", "   ", None, RuntimeError("the user table is down")])
 def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_the_header(
         engine: llmbudget.Engine, name: Any) -> None:
     """get_username() returning "" let the trusted header name the tenant, None counted every such user as one
     tenant 'None', and raising answered 500 from the middleware itself: each is the 400 unnamed_user ASGI gives."""
-    django_app(Policy())  # configures Django once in this process
     from django.test import RequestFactory
-    from django.test.utils import override_settings
 
-    from llmbudget.middleware import LLMBudgetDjangoMiddleware
-
-    seen: list[Any] = []
-
-    def view(request: Any) -> JsonResponse:
-        current = llmbudget.current_scope()
-        seen.append(current and current.tenant)
-        return JsonResponse({})
-
-    with override_settings(LLMBUDGET_POLICY=Policy(trust_tenant_header=True)):
-        middleware = LLMBudgetDjangoMiddleware(view)
+    middleware, seen = _tenant_middleware(Policy(trust_tenant_header=True))
     request = RequestFactory().get("/answer", headers={"x-tenant-id": "acme"})
     request.user = _DjangoUser(name)
     response = middleware(request)
@@ -186,8 +192,7 @@ def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_t
     assert json.loads(response.content)["reason"] == "unnamed_user"
     request.user = _DjangoUser("globex")  # a named user outranks the header
     assert middleware(request).status_code == 200 and seen == ["globex"]
-    with override_settings(LLMBUDGET_POLICY=Policy(tenant=lambda environ: "acme")):
-        by_callable = LLMBudgetDjangoMiddleware(view)
+    by_callable, _ = _tenant_middleware(Policy(tenant=lambda environ: "acme"), seen)
     request.user = _DjangoUser(name)  # the policy's callable names the tenant: the user's name is not needed
     assert by_callable(request).status_code == 200 and seen[-1] == "acme"
 
@@ -195,21 +200,9 @@ def test_django_an_authenticated_user_without_a_name_is_refused_never_named_by_t
 def test_django_users_are_named_as_django_has_them(engine: llmbudget.Engine) -> None:
     """request.user's name went through REMOTE_USER, whose text is read back as the UTF-8 bytes a server decoded
     as latin-1: users "Ãª" and "ê" were one tenant "ê", with one cache and one budget."""
-    django_app(Policy())  # configures Django once in this process
     from django.test import RequestFactory
-    from django.test.utils import override_settings
 
-    from llmbudget.middleware import LLMBudgetDjangoMiddleware
-
-    seen: list[Any] = []
-
-    def view(request: Any) -> JsonResponse:
-        current = llmbudget.current_scope()
-        seen.append(current and current.tenant)
-        return JsonResponse({})
-
-    with override_settings(LLMBUDGET_POLICY=Policy()):
-        middleware = LLMBudgetDjangoMiddleware(view)
+    middleware, seen = _tenant_middleware(Policy())
     for name in ("ê", "Ãª", "bob@Ã©xample.com", "bob@éxample.com"):
         request = RequestFactory().get("/answer")
         request.user = _DjangoUser(name)

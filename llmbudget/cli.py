@@ -351,12 +351,16 @@ def _prices(ns: argparse.Namespace) -> int:
                          "charged_output_per_mtok": float(fallback.output)})
             continue
         # a thousand tokens, times a thousand: a call of a million would cross the long-context line (200k tokens
-        # for Claude and Gemini 2.5 Pro) and show its doubled rates as the model's price
-        inputs = pricing.cost(Usage(input_tokens=1_000), model=model, base_url=ns.base_url)
-        output = pricing.cost(Usage(output_tokens=1_000), model=model, base_url=ns.base_url)
-        cached = pricing.cost(Usage(input_tokens=1_000, cached_input_tokens=1_000), model=model, base_url=ns.base_url)
-        rows.append({"model": model, "known": inputs.known, "input_per_mtok": float(inputs.usd * 1000),
-                     "cached_input_per_mtok": float(cached.usd * 1000), "output_per_mtok": float(output.usd * 1000)})
+        # for Claude and Gemini 2.5 Pro) and show its doubled rates as the model's price; less what a call costs
+        # whatever its tokens (Perplexity's fee per request), which is not a price per token
+        def per_million(usage: Usage) -> float:
+            return float((pricing.cost(usage, model=model, base_url=ns.base_url).usd - fee) * 1000)
+
+        bare = pricing.cost(Usage(), model=model, base_url=ns.base_url)
+        fee = bare.usd
+        rows.append({"model": model, "known": bare.known, "input_per_mtok": per_million(Usage(input_tokens=1_000)),
+                     "cached_input_per_mtok": per_million(Usage(input_tokens=1_000, cached_input_tokens=1_000)),
+                     "output_per_mtok": per_million(Usage(output_tokens=1_000)), "per_request": float(fee)})
     snapshot = pricing.snapshot
     if ns.json:
         print(json.dumps({"prices": {"source": snapshot.source, "as_of": snapshot.as_of}, "models": rows}, indent=2))
@@ -374,6 +378,9 @@ def _prices(ns: argparse.Namespace) -> int:
             table.add_row(escape(row["model"]), f"{row['input_per_mtok']:g}", f"{row['cached_input_per_mtok']:g}",
                           f"{row['output_per_mtok']:g}")
     _console().print(table)
+    for row in rows:
+        if row.get("per_request"):
+            _console().print(escape(f"{row['model']}: plus ${row['per_request']:g} per request"), highlight=False)
     if not all(row["known"] for row in rows):
         _console().print("unknown models are charged the conservative price shown, with a warning; add their "
                          "prices under \\[prices] in llmbudget.toml to price them exactly")

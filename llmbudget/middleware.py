@@ -616,6 +616,19 @@ def _django_user(request: Any) -> str | None:
     return _named(name)
 
 
+def _built_by_starlette() -> bool:
+    """Whether the middleware being made is made by Starlette's (or FastAPI's) ``build_middleware_stack``, which
+    ``add_middleware`` leaves to the server's first event (a subclass's ``__init__`` may stand between)."""
+    frame = sys._getframe(2)  # (this function's caller is __init__)
+    for _ in range(3):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "build_middleware_stack":
+            return True
+        frame = frame.f_back
+    return False
+
+
 async def _fail_start(error: ConfigError, scope: MutableMapping[str, Any], receive: ASGIReceive,
                       send: ASGISend) -> None:
     """Fail the server's start-up with ``error`` (a lifespan event), or raise it (a request)."""
@@ -644,10 +657,8 @@ class LLMBudgetMiddleware(_Core):
         try:
             super().__init__(policy, install=install)
         except ConfigError as exc:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                raise exc from None
+            if not _built_by_starlette():
+                raise
             # Built by Starlette's add_middleware at the server's first event: raised here, uvicorn's default
             # lifespan mode ("auto") read it as "lifespan unsupported", said "Application startup complete" and
             # every request got a 500. Start-up fails instead, with the error.
@@ -1013,7 +1024,7 @@ class LLMBudgetWSGIMiddleware(_Core):
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
         user = _wsgi_text(remote_user) if isinstance(remote_user, str) else None
-        if user is None and isinstance(environ.get(_DJANGO_USER), str):
+        if not user and isinstance(environ.get(_DJANGO_USER), str):  # (an empty REMOTE_USER names no one)
             user = environ[_DJANGO_USER]  # Python text as Django has it: not bytes a server decoded as latin-1
         try:
             tenant = self.tenant(environ, _environ_header_values(environ, self.policy.tenant_header), user,

@@ -1601,11 +1601,11 @@ def configure(**options: Any) -> Engine:
     """Build an :class:`Engine` from keyword options (those of ``Engine(...)``, typed alike) and make it current.
     Returns it. It takes the whole configuration: what an earlier call set and this one does not pass is gone (a
     warning names it)."""
-    global _configured
+    global _configured, _engine
     engine = Engine(**options)
-    previous = set_engine(engine)
-    earlier = _configured
-    _configured = (weakref.ref(engine), frozenset(options))
+    with _engine_lock:  # (two threads configuring at once: each compares with the engine it replaced)
+        previous, _engine = _engine, engine
+        earlier, _configured = _configured, (weakref.ref(engine), frozenset(options))
     if earlier is not None and earlier[0]() is previous:
         dropped = sorted(earlier[1] - options.keys())
         if dropped:

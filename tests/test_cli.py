@@ -47,7 +47,7 @@ def test_prices_known_and_unknown(capsys):
     assert code == 1  # an unknown model is an error, not $0
     known, unknown = doc["models"]
     assert known == {"model": "gpt-4o-mini", "known": True, "input_per_mtok": 0.15, "cached_input_per_mtok": 0.075,
-                     "output_per_mtok": 0.6}
+                     "output_per_mtok": 0.6, "per_request": 0.0}
     assert unknown["known"] is False and unknown["input_per_mtok"] is None
     assert doc["prices"]["source"].startswith("genai-prices")
     assert run(capsys, "prices", "gpt-4o-mini", "--json")[0] == 0
@@ -66,6 +66,14 @@ def test_prices_are_a_calls_rates_below_the_long_context_line(capsys):
         small = pricing.cost(Usage(input_tokens=1_000), model=row["model"]).usd * 1000
         long_context = pricing.cost(Usage(input_tokens=1_000_000), model=row["model"]).usd
         assert row["input_per_mtok"] == float(small) < float(long_context), row
+    # a fee per request is not a price per token: it was counted a thousand times ("sonar" input at $13 per 1M)
+    code, doc = run(capsys, "prices", "sonar", "--base-url", "https://api.perplexity.ai", "--json")
+    [row] = doc["models"]
+    fee = pricing.cost(Usage(), model="sonar", base_url="https://api.perplexity.ai").usd
+    per_token = pricing.cost(Usage(input_tokens=1_000), model="sonar", base_url="https://api.perplexity.ai").usd - fee
+    assert code == 0 and fee > 0 and row["per_request"] == float(fee) and row["input_per_mtok"] == float(per_token * 1000)
+    assert main(["prices", "sonar", "--base-url", "https://api.perplexity.ai"]) == 0
+    assert f"sonar: plus ${float(fee):g} per request" in capsys.readouterr().out
 
 
 def record(tenant: str, model: str, cost: str, saved: str = "0", day: float = 0.0, prompt_cache: str = "0",

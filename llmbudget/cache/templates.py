@@ -484,31 +484,37 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
     return False
 
 
-# The bound a text puts on a number: "more than 5" and "over 5" ask another question than "at least 5", "up to 5" or
-# "exactly 5". Read before the number (the longest phrase first; a currency between them skipped) and after it
-# ("5 or more").
+# The bound a text puts on a number, by direction: "more than 5", "over 5" and "5 or more" ask another question
+# than "under 5", "up to 5" or "exactly 5". Strict and not ("over 18", "18 and over") are one direction: users trade
+# them. Read before the number (a currency between them skipped; "not" just before the phrase turns it round: "not
+# more than" is "at most") and after it ("5 or more").
 _BOUNDS_BEFORE: tuple[tuple[tuple[str, ...], str], ...] = tuple(
     (tuple(phrase.split()), bound) for bound, phrases in (
-        (">=", "no less than | no fewer than | not less than | not fewer than | at least | a minimum of | minimum of"
-               " | min"),
-        ("<=", "no more than | not more than | no greater than | not greater than | at most | a maximum of"
-               " | maximum of | up to | max"),
-        (">", "more than | greater than | exceeding | over | above"),
-        ("<", "less than | fewer than | under | below"),
-        ("=", "exactly"),
+        ("up", "no less than | no fewer than | at least | a minimum of | minimum of | min | more than | greater than"
+               " | exceeding | over | above | greater than or equal to | more than or equal to"),
+        ("down", "no more than | no greater than | at most | a maximum of | maximum of | up to | max | less than"
+                 " | fewer than | under | below | less than or equal to"),
+        ("exact", "exactly"),
     ) for phrase in phrases.split(" | "))
 _BOUNDS_AFTER: dict[tuple[str, ...], str] = {
-    **{("or", w): ">=" for w in ("more", "above", "over", "higher", "greater")}, ("and", "up"): ">=",
-    ("and", "above"): ">=", ("and", "over"): ">=", **{("or", w): "<=" for w in ("less", "fewer", "below", "under")},
-    ("and", "below"): "<=", ("and", "under"): "<=",
+    **{(joined, w): "up" for joined in ("or", "and") for w in ("more", "above", "over", "higher", "greater", "later",
+                                                               "newer", "older", "up")},
+    **{(joined, w): "down" for joined in ("or", "and") for w in ("less", "fewer", "below", "under", "lower", "earlier",
+                                                                 "younger")},
 }
+_TURNED = {"up": "down", "down": "up", "exact": "exact"}
+_BOUND_WORDS = frozenset(w for phrase, _ in _BOUNDS_BEFORE for w in phrase) | {w for _, w in _BOUNDS_AFTER}
 _CURRENCY = frozenset("rs inr usd us eur gbp aud cad jpy chf cny".split())  # (their symbols are no words)
-_SUMMING = frozenset("add added adding sum summed summing total totalled totaling round rounded rounding".split())
+# "add up to 10" is a sum, "scale (it) up to 10,000" a target: not a bound
+_UP_VERBS = frozenset("add added adding sum summed summing total totalled totaling round rounded rounding scale scaled"
+                      " scaling go goes going went count counted counting climb climbed climbing rise rising rose grow"
+                      " growing grew ramp ramped ramping speed sped step stepped move moved moving build building"
+                      " built level levelled leveling bump bumped turn turned".split())
 
 
 def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
-    """Per number ``words`` (bare, lower case) name (as digits: "two" is "2"), the bounds put on it: ">=", "<=",
-    ">", "<", "=" (none for a bare number)."""
+    """Per number ``words`` (bare, lower case) name (as digits: "two" is "2"), the directions of the bounds put on
+    it: "up", "down", "exact" (none for a bare number)."""
     out: dict[str, set[str]] = {}
     for i, word in enumerate(words):
         if not (word[:1].isdigit() or word in _DIGITS or word in _NUMBER_WORDS):
@@ -516,10 +522,16 @@ def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
         found = out.setdefault(_number(word), set())
         at = i - 1 if i and words[i - 1] in _CURRENCY else i  # "under Rs 15000"
         for phrase, bound in _BOUNDS_BEFORE:
-            if tuple(words[max(0, at - len(phrase)) : at]) == phrase:
-                if not (phrase == ("up", "to") and at > 2 and _stem(words[at - 3]) in _SUMMING):  # "add up to 10"
-                    found.add(bound)
-                break
+            start = at - len(phrase)
+            if start < 0 or tuple(words[start:at]) != phrase:
+                continue
+            if phrase == ("up", "to") and {_stem(w) for w in words[max(0, start - 2) : start]} & _UP_VERBS:
+                break  # ("scale Postgres up to 10,000")
+            before = words[max(0, start - 2) : start]
+            if phrase[0] != "no" and (_NEGATORS.intersection(before) or "t" in before):  # ("n't" splits off a "t")
+                bound = _TURNED[bound]  # "must not be under 18": at least 18
+            found.add(bound)
+            break
         else:
             after = _BOUNDS_AFTER.get(tuple(words[i + 1 : i + 3]))
             if after is not None:
@@ -529,14 +541,13 @@ def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
 
 def _bound_differs(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether both texts bound a number they both name, and otherwise, whatever else is reworded: "exactly two of
-    the numbers" and "at least two of them", "employees who earn more than 50,000" and "... at least 50000",
-    "priced over 100 dollars" and "up to $100". "More than" and "over", "at least 5" and "5 or more" are one bound;
-    a number left bare in either text is no conflict ("a crowd of more than 10,000", "a crowd of 10,000";
-    "hands over 66 notes", "delivers 66 messages")."""
-    ba = _bounds(a)
-    if not any(ba.values()):
+    the numbers" and "at least two of them", "earn more than 50,000" and "earn under 50000", "priced over 100
+    dollars" and "up to $100". "More than", "over" and "at least", "under" and "5 or less" are each one direction;
+    a number left bare in either text is no conflict ("a crowd of more than 10,000", "a crowd of 10,000"; "hands
+    over 66 notes", "delivers 66 messages")."""
+    if not (_BOUND_WORDS.intersection(a) and _BOUND_WORDS.intersection(b)):
         return False
-    bb = _bounds(b)
+    ba, bb = _bounds(a), _bounds(b)
     return any(ba[n] and bb[n] and ba[n] != bb[n] for n in ba.keys() & bb.keys())
 
 

@@ -215,7 +215,8 @@ class Journal:
         self.path: Path | None = None
         self._pid = 0
         self._warned = False
-        #: Rows that could not be written to the file since it was started (a full disk): lost if the process ends.
+        #: Rows that could not be written to the file since it was started (a full disk): lost if the process ends
+        #: before the store takes them.
         self.lost = 0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -257,6 +258,7 @@ class Journal:
         if not self.lost:
             log.warning("llmbudget: %d %s could not be written %s before exit; kept in %s for the host's other "
                         "processes", waiting, what, where, self.path)
-        else:
-            log.warning("llmbudget: %d %s could not be written %s before exit, and %d of them could not be kept in "
-                        "%s either: they are lost", waiting, what, where, min(self.lost, waiting), self.path)
+        else:  # (the rows that failed may have been written to the store since: "up to")
+            log.warning("llmbudget: %d %s could not be written %s before exit; kept in %s for the host's other "
+                        "processes, but up to %d of them could not be written to that file either: those are lost",
+                        waiting, what, where, self.path, min(self.lost, waiting))

@@ -258,7 +258,9 @@ def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(store
     # another bound on the same number, whatever else is reworded
     ("Python: return True if exactly two of the numbers are negative.",
      "Write a function that returns True when at least two of the list's numbers are negative."),
-    ("SQL: which employees earn more than 50,000 a year?", "Write a query listing employees earning at least 50000 per year"),
+    ("SQL: which employees earn more than 50,000 a year?", "Write a query listing employees earning at most 50000 per year"),
+    ("Is a user who is greater than or equal to 18 allowed?", "Is a user who is less than 18 allowed?"),
+    ("Does this need Python 3.8 or later?", "Does it work on Python 3.8 or below?"),
     ("List the products priced over 100 dollars", "Show me products that cost up to $100"),
     ("How many people own at least one car?", "What number of people own exactly one car?"),
     ("Find users with no more than 3 orders", "Find users who placed fewer than 3 orders"),
@@ -302,6 +304,15 @@ def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or
     ("He hands over 66 notes to the teacher. How many are left?", "He gives 66 notes to the teacher. How many are left?"),
     ("Can I run up to 3 containers on the free plan?", "Can I run at most three containers on the free plan?"),
     ("users under 18", "users younger than 18"),
+    # strict or not is one direction, and "not" turns a bound round (from a review)
+    ("Tickets for people over 18", "Tickets for people aged 18 and over"),
+    ("Best laptop under $500?", "Best laptop for $500 or less?"),
+    ("Activities for kids under 12", "Activities for kids 12 and under"),
+    ("Recipes with more than 4 cups of flour", "Recipes with 4 or more cups of flour"),
+    ("The name should not be more than 64 characters", "The name should be no more than 64 characters"),
+    ("Can the price be not over $20,000?", "Can the price be no more than $20,000?"),
+    ("Users must not be under 18", "Users must be no less than 18"),
+    ("How do I scale Postgres up to 10,000 connections?", "How do I scale Postgres to over 10,000 connections?"),
 ])
 def test_the_same_quantifier_comparison_or_quotation_reworded_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

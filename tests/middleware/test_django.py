@@ -208,6 +208,9 @@ def test_django_users_are_named_as_django_has_them(engine: llmbudget.Engine) -> 
         request.user = _DjangoUser(name)
         assert middleware(request).status_code == 200
     assert seen == ["ê", "Ãª", "bob@Ã©xample.com", "bob@éxample.com"]
+    request = RequestFactory().get("/answer", REMOTE_USER="")  # IIS and CGI gateways send it empty: no one
+    request.user = _DjangoUser("alice")
+    assert middleware(request).status_code == 200 and seen[-1] == "alice"
     # a REMOTE_USER the server set is still bytes it decoded as latin-1: read as their UTF-8 text
     request = RequestFactory().get("/answer", REMOTE_USER="jos\xc3\xa9")
     request.user = _DjangoUser("ignored")

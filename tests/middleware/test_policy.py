@@ -141,7 +141,7 @@ def test_a_policy_error_fails_the_servers_start_when_starlette_builds_the_middle
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``app.add_middleware(LLMBudgetMiddleware)`` builds it at the server's first event: the error it raised there
     was taken by uvicorn's default lifespan mode for "lifespan unsupported", start-up went on, every request got a
-    500. It now fails the start-up with the error; built outside a server, it still raises at once."""
+    500. It now fails the start-up with the error; made anywhere else (a factory, a test), it still raises at once."""
     import asyncio
 
     from starlette.applications import Starlette
@@ -165,6 +165,8 @@ def test_a_policy_error_fails_the_servers_start_when_starlette_builds_the_middle
         async def send(message: dict[str, object]) -> None:
             sent.append(message)
 
+        with pytest.raises(ConfigError, match="unknown keys"):  # made directly inside a loop (a factory): at once
+            LLMBudgetMiddleware(Starlette(), install=False)
         await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
         with pytest.raises(ConfigError, match="unknown keys"):  # a request, should one come: the error, not a pass
             await app({"type": "http", "path": "/", "method": "GET", "headers": []}, receive, send)

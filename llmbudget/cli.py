@@ -353,14 +353,13 @@ def _prices(ns: argparse.Namespace) -> int:
         # a thousand tokens, times a thousand: a call of a million would cross the long-context line (200k tokens
         # for Claude and Gemini 2.5 Pro) and show its doubled rates as the model's price; less what a call costs
         # whatever its tokens (Perplexity's fee per request), which is not a price per token
-        def per_million(usage: Usage) -> float:
-            return float((pricing.cost(usage, model=model, base_url=ns.base_url).usd - fee) * 1000)
-
         bare = pricing.cost(Usage(), model=model, base_url=ns.base_url)
-        fee = bare.usd
-        rows.append({"model": model, "known": bare.known, "input_per_mtok": per_million(Usage(input_tokens=1_000)),
-                     "cached_input_per_mtok": per_million(Usage(input_tokens=1_000, cached_input_tokens=1_000)),
-                     "output_per_mtok": per_million(Usage(output_tokens=1_000)), "per_request": float(fee)})
+        inputs, cached, output = (float((pricing.cost(usage, model=model, base_url=ns.base_url).usd - bare.usd) * 1000)
+                                  for usage in (Usage(input_tokens=1_000),
+                                                Usage(input_tokens=1_000, cached_input_tokens=1_000),
+                                                Usage(output_tokens=1_000)))
+        rows.append({"model": model, "known": bare.known, "input_per_mtok": inputs, "cached_input_per_mtok": cached,
+                     "output_per_mtok": output, "per_request": float(bare.usd)})
     snapshot = pricing.snapshot
     if ns.json:
         print(json.dumps({"prices": {"source": snapshot.source, "as_of": snapshot.as_of}, "models": rows}, indent=2))

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from http import HTTPStatus
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import (
@@ -619,7 +620,7 @@ def _django_user(request: Any) -> str | None:
 def _built_by_starlette() -> bool:
     """Whether the middleware being made is made by Starlette's (or FastAPI's) ``build_middleware_stack``, which
     ``add_middleware`` leaves to the server's first event (a subclass's ``__init__`` may stand between)."""
-    frame = sys._getframe(2)  # (this function's caller is __init__)
+    frame: FrameType | None = sys._getframe(2)  # (this function's caller is __init__)
     for _ in range(3):
         if frame is None:
             return False

@@ -503,17 +503,22 @@ def _redis_records(url: str) -> list[Any]:
 
     from .config import ConfigError, _redis_backend
 
-    ledger = _redis_backend("ledger", url, "the ledger URL")
+    parts = urlsplit(url)
+    where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+    ledger = None
     try:
-        return list(ledger.records())
-    except ConfigError:
+        ledger = _redis_backend("ledger", url, "the ledger URL")
+        records = list(ledger.records())
+        if not records and not ledger._redis.exists(ledger.stream):
+            raise ValueError(f"{where}: no ledger stream {ledger.stream!r} (is the URL's prefix= the policy's?)")
+        return records
+    except (ConfigError, ValueError):
         raise
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused: said in one line, without the password
-        parts = urlsplit(url)
-        raise ValueError(f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}: the ledger could not be "
-                         f"read ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, bad TLS options: one line, without the password
+        raise ValueError(f"{where}: the ledger could not be read ({type(exc).__name__}: {exc})") from None
     finally:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
 
 
 def _batches(ns: argparse.Namespace) -> int:

@@ -329,6 +329,8 @@ def test_report_reads_a_redis_ledger_by_its_url(prefix: str, capsys: pytest.Capt
     assert main(["report", "redis://user:secret@127.0.0.1:1/0"]) == 2  # nothing listens there
     err = capsys.readouterr().err
     assert "redis at 127.0.0.1:1: the ledger could not be read" in err and "secret" not in err
+    assert main(["report", f"{URL}?prefix={prefix}typo:"]) == 2  # a mistyped prefix reported 0 calls
+    assert f"no ledger stream '{prefix}typo:spend'" in capsys.readouterr().err
 
 
 # -- many processes against one budget ---------------------------------------------------------------------

@@ -347,7 +347,7 @@ def _prices(ns: argparse.Namespace) -> int:
         if pricing.rate(model, ns.base_url) is None:
             fallback = pricing.unknown_model_price  # what an unpriced call is charged, with a warning
             rows.append({"model": model, "known": False, "input_per_mtok": None, "cached_input_per_mtok": None,
-                         "output_per_mtok": None, "charged_input_per_mtok": float(fallback.input),
+                         "output_per_mtok": None, "per_request": None, "charged_input_per_mtok": float(fallback.input),
                          "charged_output_per_mtok": float(fallback.output)})
             continue
         # a thousand tokens, times a thousand: a call of a million would cross the long-context line (200k tokens
@@ -503,22 +503,24 @@ def _redis_records(url: str) -> list[Any]:
 
     from .config import ConfigError, _redis_backend
 
-    parts = urlsplit(url)
-    where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
-    ledger = None
     try:
         ledger = _redis_backend("ledger", url, "the ledger URL")
-        records = list(ledger.records())
-        if not records and not ledger._redis.exists(ledger.stream):
-            raise ValueError(f"{where}: no ledger stream {ledger.stream!r} (is the URL's prefix= the policy's?)")
-        return records
-    except (ConfigError, ValueError):
+        parts = urlsplit(url)
+        where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+    except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused, bad TLS options: one line, without the password
+    except Exception as exc:  # noqa: BLE001 - a bad port or TLS option: one line, without the password
+        raise ValueError(f"the ledger URL: {type(exc).__name__}: {exc}") from None
+    try:
+        records = list(ledger.records())
+        stream_found = bool(records) or bool(ledger._redis.exists(ledger.stream))
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, a damaged entry: one line, without the password
         raise ValueError(f"{where}: the ledger could not be read ({type(exc).__name__}: {exc})") from None
     finally:
-        if ledger is not None:
-            ledger.close()
+        ledger.close()
+    if not stream_found:
+        raise ValueError(f"{where}: no ledger stream {ledger.stream!r} (is the URL's prefix= the policy's?)")
+    return records
 
 
 def _batches(ns: argparse.Namespace) -> int:

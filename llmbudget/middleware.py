@@ -619,11 +619,10 @@ def _django_user(request: Any) -> str | None:
 
 def _built_by_starlette() -> bool:
     """Whether the middleware being made is made by Starlette's (or FastAPI's) ``build_middleware_stack``, which
-    ``add_middleware`` leaves to the server's first event (a subclass's ``__init__`` may stand between)."""
-    frame: FrameType | None = sys._getframe(2)  # (this function's caller is __init__)
-    for _ in range(3):
-        if frame is None:
-            return False
+    ``add_middleware`` leaves to the server's first event (a subclass's ``__init__`` and its helpers may stand
+    between)."""
+    frame: FrameType | None = sys._getframe(2)  # (this function's caller is __init__; it runs on errors only)
+    while frame is not None:
         if frame.f_code.co_name == "build_middleware_stack":
             return True
         frame = frame.f_back

@@ -484,37 +484,39 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
     return False
 
 
-# The bound a text puts on a number, by direction: "more than 5", "over 5" and "5 or more" ask another question
-# than "under 5", "up to 5" or "exactly 5". Strict and not ("over 18", "18 and over") are one direction: users trade
-# them. Read before the number (a currency between them skipped; "not" just before the phrase turns it round: "not
-# more than" is "at most") and after it ("5 or more").
+# The bound a text puts on a number: "more than 5", "over 5" and "5 or more" ask another question than "under 5",
+# "up to 5" or "exactly 5". Strict and not ("over 18", "18 and over") are one direction, as users trade them, but
+# for 0, 1 and 2 ("more than one car", "at least one car"). Read before the number (a currency between them
+# skipped) and after it ("5 or more").
 _BOUNDS_BEFORE: tuple[tuple[tuple[str, ...], str], ...] = tuple(
     (tuple(phrase.split()), bound) for bound, phrases in (
-        ("up", "no less than | no fewer than | at least | a minimum of | minimum of | min | more than | greater than"
-               " | exceeding | over | above | greater than or equal to | more than or equal to"),
-        ("down", "no more than | no greater than | at most | a maximum of | maximum of | up to | max | less than"
-                 " | fewer than | under | below | less than or equal to"),
-        ("exact", "exactly"),
+        (">=", "no less than | no fewer than | at least | a minimum of | minimum of | min | greater than or equal to"
+               " | more than or equal to"),
+        (">", "more than | greater than | exceeding | over | above"),
+        ("<=", "no more than | no greater than | at most | a maximum of | maximum of | up to | max"
+               " | less than or equal to"),
+        ("<", "less than | fewer than | under | below"),
+        ("=", "exactly"),
     ) for phrase in phrases.split(" | "))
 _BOUNDS_AFTER: dict[tuple[str, ...], str] = {
-    **{(joined, w): "up" for joined in ("or", "and") for w in ("more", "above", "over", "higher", "greater", "later",
+    **{(joined, w): ">=" for joined in ("or", "and") for w in ("more", "above", "over", "higher", "greater", "later",
                                                                "newer", "older", "up")},
-    **{(joined, w): "down" for joined in ("or", "and") for w in ("less", "fewer", "below", "under", "lower", "earlier",
-                                                                 "younger")},
+    **{(joined, w): "<=" for joined in ("or", "and") for w in ("less", "fewer", "below", "under", "lower", "earlier",
+                                                               "younger")},
 }
-_TURNED = {"up": "down", "down": "up", "exact": "exact"}
+_TURNED = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "=": "="}  # "not more than 5" is "at most 5"
+_DIRECTION = {">=": ">", ">": ">", "<=": "<", "<": "<", "=": "="}
+_STRICT_FOR = frozenset(("0", "1", "2"))
 _BOUND_WORDS = frozenset(w for phrase, _ in _BOUNDS_BEFORE for w in phrase) | {w for _, w in _BOUNDS_AFTER}
 _CURRENCY = frozenset("rs inr usd us eur gbp aud cad jpy chf cny".split())  # (their symbols are no words)
-# "add up to 10" is a sum, "scale (it) up to 10,000" a target: not a bound
-_UP_VERBS = frozenset("add added adding sum summed summing total totalled totaling round rounded rounding scale scaled"
-                      " scaling go goes going went count counted counting climb climbed climbing rise rising rose grow"
-                      " growing grew ramp ramped ramping speed sped step stepped move moved moving build building"
-                      " built level levelled leveling bump bumped turn turned".split())
+_SUMMING = frozenset("add added adding sum summed summing total totalled totaling round rounded rounding scale scaled"
+                     " scaling".split())  # "add up to 10" is a sum, "scale (it) up to 10,000" a target: no bound
 
 
-def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
-    """Per number ``words`` (bare, lower case) name (as digits: "two" is "2"), the directions of the bounds put on
-    it: "up", "down", "exact" (none for a bare number)."""
+def _bounds(words: Sequence[str], turn: bool) -> dict[str, set[str]]:
+    """Per number ``words`` (bare, lower case) name (as digits: "two" is "2"), the bounds put on it (">=", ">",
+    "<=", "<", "="; none for a bare number); ``turn``: a negation just before a bound turns it round ("must not be
+    under 18")."""
     out: dict[str, set[str]] = {}
     for i, word in enumerate(words):
         if not (word[:1].isdigit() or word in _DIGITS or word in _NUMBER_WORDS):
@@ -525,30 +527,34 @@ def _bounds(words: Sequence[str]) -> dict[str, set[str]]:
             start = at - len(phrase)
             if start < 0 or tuple(words[start:at]) != phrase:
                 continue
-            if phrase == ("up", "to") and {_stem(w) for w in words[max(0, start - 2) : start]} & _UP_VERBS:
-                break  # ("scale Postgres up to 10,000")
+            if phrase == ("up", "to") and {_stem(w) for w in words[max(0, start - 2) : start]} & _SUMMING:
+                break
             before = words[max(0, start - 2) : start]
-            if phrase[0] != "no" and (_NEGATORS.intersection(before) or "t" in before):  # ("n't" splits off a "t")
-                bound = _TURNED[bound]  # "must not be under 18": at least 18
+            if turn and phrase[0] != "no" and (_NEGATORS.intersection(before) or "t" in before):  # ("n't": "t")
+                bound = _TURNED[bound]
             found.add(bound)
             break
         else:
             after = _BOUNDS_AFTER.get(tuple(words[i + 1 : i + 3]))
             if after is not None:
                 found.add(after)
-    return out
+    return {n: found if n in _STRICT_FOR else {_DIRECTION[b] for b in found} for n, found in out.items()}
 
 
 def _bound_differs(a: Sequence[str], b: Sequence[str]) -> bool:
-    """Whether both texts bound a number they both name, and otherwise, whatever else is reworded: "exactly two of
-    the numbers" and "at least two of them", "earn more than 50,000" and "earn under 50000", "priced over 100
-    dollars" and "up to $100". "More than", "over" and "at least", "under" and "5 or less" are each one direction;
-    a number left bare in either text is no conflict ("a crowd of more than 10,000", "a crowd of 10,000"; "hands
-    over 66 notes", "delivers 66 messages")."""
+    """Whether both texts bound a number they both name, and the other way, whatever else is reworded: "exactly two
+    of the numbers" and "at least two of them", "earn more than 50,000" and "earn at most 50000", "priced over 100
+    dollars" and "up to $100". "More than", "over", "at least" and "5 or more" are one direction (but for 0, 1 and
+    2); a number left bare in either text is no conflict ("a crowd of more than 10,000", "a crowd of 10,000";
+    "hands over 66 notes", "delivers 66 messages"). A negation may or may not bear on a bound ("must not be over
+    10 MB", "files over 10 MB are not accepted"): the bounds must differ read either way."""
     if not (_BOUND_WORDS.intersection(a) and _BOUND_WORDS.intersection(b)):
         return False
-    ba, bb = _bounds(a), _bounds(b)
-    return any(ba[n] and bb[n] and ba[n] != bb[n] for n in ba.keys() & bb.keys())
+    for turn in (False, True):
+        ba, bb = _bounds(a, turn), _bounds(b, turn)
+        if not any(ba[n] and bb[n] and ba[n] != bb[n] for n in ba.keys() & bb.keys()):
+            return False
+    return True
 
 
 def _direction_reversed(a: Sequence[str], b: Sequence[str]) -> bool:

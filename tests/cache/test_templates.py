@@ -261,6 +261,8 @@ def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(store
     ("SQL: which employees earn more than 50,000 a year?", "Write a query listing employees earning at most 50000 per year"),
     ("Is a user who is greater than or equal to 18 allowed?", "Is a user who is less than 18 allowed?"),
     ("Does this need Python 3.8 or later?", "Does it work on Python 3.8 or below?"),
+    ("How many people own more than one car?", "How many people own at least one car?"),  # off by one matters at 1
+    ("Can I build up to 3 apps on the free tier?", "Can I build over 3 apps on the free tier?"),
     ("List the products priced over 100 dollars", "Show me products that cost up to $100"),
     ("How many people own at least one car?", "What number of people own exactly one car?"),
     ("Find users with no more than 3 orders", "Find users who placed fewer than 3 orders"),
@@ -313,6 +315,11 @@ def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or
     ("Can the price be not over $20,000?", "Can the price be no more than $20,000?"),
     ("Users must not be under 18", "Users must be no less than 18"),
     ("How do I scale Postgres up to 10,000 connections?", "How do I scale Postgres to over 10,000 connections?"),
+    # a negation that bears on the verb, not on the bound (from a second review)
+    ("I can't upload more than 10 photos", "Why can't I upload more than 10 photos?"),
+    ("Why don't kids under 12 need a passport?", "Why do kids under 12 not need a passport?"),
+    ("No kids under 5 are allowed in the pool", "Kids under 5 are not allowed in the pool"),
+    ("The file must not be over 10 MB", "Files over 10 MB are not accepted"),
 ])
 def test_the_same_quantifier_comparison_or_quotation_reworded_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

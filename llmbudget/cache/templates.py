@@ -487,15 +487,15 @@ def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
 # The bound a text puts on a number: "more than 5", "over 5" and "5 or more" ask another question than "under 5",
 # "up to 5" or "exactly 5". Strict and not ("over 18", "18 and over") are one direction, as users trade them, but
 # for 0, 1 and 2 ("more than one car", "at least one car"). Read before the number (a currency between them
-# skipped) and after it ("5 or more").
+# skipped) and after it, or after its unit ("5 or more", "18 years or older").
 _BOUNDS_BEFORE: tuple[tuple[tuple[str, ...], str], ...] = tuple(
     (tuple(phrase.split()), bound) for bound, phrases in (
         (">=", "no less than | no fewer than | at least | a minimum of | minimum of | min | greater than or equal to"
                " | more than or equal to"),
-        (">", "more than | greater than | exceeding | over | above"),
+        (">", "more than | greater than | higher than | exceeding | exceeds | exceed | over | above"),
         ("<=", "no more than | no greater than | at most | a maximum of | maximum of | up to | max"
                " | less than or equal to"),
-        ("<", "less than | fewer than | under | below"),
+        ("<", "less than | fewer than | lower than | under | below"),
         ("=", "exactly"),
     ) for phrase in phrases.split(" | "))
 _BOUNDS_AFTER: dict[tuple[str, ...], str] = {
@@ -534,8 +534,8 @@ def _bounds(words: Sequence[str], turn: bool) -> dict[str, set[str]]:
                 bound = _TURNED[bound]
             found.add(bound)
             break
-        else:
-            after = _BOUNDS_AFTER.get(tuple(words[i + 1 : i + 3]))
+        else:  # right after the number, or after its unit ("18 years or older", "3 bedrooms or more")
+            after = _BOUNDS_AFTER.get(tuple(words[i + 1 : i + 3])) or _BOUNDS_AFTER.get(tuple(words[i + 2 : i + 4]))
             if after is not None:
                 found.add(after)
     return {n: found if n in _STRICT_FOR else {_DIRECTION[b] for b in found} for n, found in out.items()}

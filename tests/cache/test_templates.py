@@ -263,6 +263,9 @@ def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(store
     ("Does this need Python 3.8 or later?", "Does it work on Python 3.8 or below?"),
     ("How many people own more than one car?", "How many people own at least one car?"),  # off by one matters at 1
     ("Can I build up to 3 apps on the free tier?", "Can I build over 3 apps on the free tier?"),
+    ("Discounts for people 18 years or older", "Discounts for people under 18 years"),
+    ("Which scores are higher than 90?", "Which scores are lower than 90?"),
+    ("Orders whose total exceeds 500 dollars", "Orders whose total is at most 500 dollars"),
     ("List the products priced over 100 dollars", "Show me products that cost up to $100"),
     ("How many people own at least one car?", "What number of people own exactly one car?"),
     ("Find users with no more than 3 orders", "Find users who placed fewer than 3 orders"),
@@ -320,6 +323,8 @@ def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or
     ("Why don't kids under 12 need a passport?", "Why do kids under 12 not need a passport?"),
     ("No kids under 5 are allowed in the pool", "Kids under 5 are not allowed in the pool"),
     ("The file must not be over 10 MB", "Files over 10 MB are not accepted"),
+    ("Houses with 3 bedrooms or more", "Houses with at least 3 bedrooms"),
+    ("Which scores are higher than 90?", "Which scores are above 90?"),
 ])
 def test_the_same_quantifier_comparison_or_quotation_reworded_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

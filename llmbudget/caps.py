@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cap_field", "apply_cap", "thinks", "suited", "reasoning_model", "REASONING_PREFIXES"]
+__all__ = ["cap_field", "apply_cap", "has_limit", "thinks", "suited", "reasoning_model", "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -18,7 +18,7 @@ _PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-")
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias")
 
 
-def cap_field(endpoint: str, body: dict[str, Any], model: str | None) -> str | None:
+def cap_field(endpoint: str, body: Mapping[str, Any], model: str | None) -> str | None:
     """The output-limit field of a request: the one it uses, else the one its API and model read."""
     if endpoint == "responses":
         return "max_output_tokens"
@@ -30,6 +30,12 @@ def cap_field(endpoint: str, body: dict[str, Any], model: str | None) -> str | N
         if key in body:
             return key
     return "max_completion_tokens" if reasoning_model(model) else "max_tokens"
+
+
+def has_limit(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
+    """Whether the request sets its own output limit (a cap then only lowers it)."""
+    field = cap_field(endpoint, body, model)
+    return field is not None and body.get(field) is not None
 
 
 def apply_cap(endpoint: str, body: dict[str, Any], model: str | None, cap: int) -> tuple[dict[str, Any], bool]:

@@ -499,17 +499,12 @@ def _ledger_records(path: str) -> list[Any]:
 
 def _redis_records(url: str) -> list[Any]:
     """Every record of the Redis ledger at ``url`` (as the policy's ``ledger = "redis://..."`` names it)."""
-    from urllib.parse import urlsplit
-
-    from .config import ConfigError, _redis_backend
-
     try:
-        ledger = _redis_backend("ledger", url, "the ledger URL")
-        parts = urlsplit(url)
-        where = f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bad port or TLS option: one line, without the password
+        from .ledger.redis import RedisLedger, location
+
+        ledger = RedisLedger(url)
+        where = f"redis at {location(url)}"
+    except Exception as exc:  # noqa: BLE001 - redis-py missing, a bad port or TLS option: one line, no password
         raise ValueError(f"the ledger URL: {type(exc).__name__}: {exc}") from None
     try:
         records = list(ledger.records())

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from . import tokens
 from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
-from .caps import apply_cap, suited, thinks
+from .caps import apply_cap, has_limit, suited, thinks
 from .defer import Batcher
 from .encodings import Decoder, decoder_for
 from .ledger.budgets import (
@@ -854,7 +854,8 @@ class Attempt:
             self.defer_mode = "batch"
         bound = schema_cap(body) if self.escalated_from is None and not _may_reason(
             call.endpoint, body, base_url) else None
-        if bound is not None and bound > engine.default_max_output_tokens and not _has_limit(body):
+        if bound is not None and bound > engine.default_max_output_tokens and not has_limit(
+                call.endpoint, body, body.get("model")):
             # a request without a limit gets one only below what an uncapped call reserves: a schema's long strings
             # made 38,446 tokens, over gpt-4o-mini's 16,384, and the API refused the call the app wrote
             bound = None
@@ -1501,11 +1502,6 @@ def _unknown_model(base_url: str) -> bool:
     except ValueError:
         host = ""
     return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
-
-
-def _has_limit(body: Mapping[str, Any]) -> bool:
-    """Whether the request sets its own output limit (a cap then only lowers it)."""
-    return any(isinstance(body.get(key), int) for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"))
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:

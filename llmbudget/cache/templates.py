@@ -461,6 +461,11 @@ def _quantifiers_differ(a: Sequence[str], b: Sequence[str]) -> bool:
     return bool(qa) and bool(qb) and qa != qb
 
 
+def _is_number(word: str) -> bool:
+    """Whether ``word`` (bare, lower case) is a number: digits, or a number word ("two", "twelve", "dozen")."""
+    return word[:1].isdigit() or word in _DIGITS or word in _NUMBER_WORDS
+
+
 def _number(word: str) -> str:
     """``word`` as digits when it is a number ("two" and "2", "1,000" and "1000"), else as it is."""
     return _DIGITS.get(word) or (word.replace(",", "") if word[:1].isdigit() and _THOUSANDS(word) else word)
@@ -468,9 +473,7 @@ def _number(word: str) -> str:
 
 def _exact_counts(words: Sequence[str]) -> set[str]:
     """The numbers ``words`` (bare, lower case) say "exactly" before ("exactly two", "exactly 3"), as digits."""
-    return {_number(words[i + 1]) for i in range(len(words) - 1)
-            if words[i] == "exactly" and (words[i + 1][:1].isdigit() or words[i + 1] in _DIGITS
-                                          or words[i + 1] in _NUMBER_WORDS)}
+    return {_number(words[i + 1]) for i in range(len(words) - 1) if words[i] == "exactly" and _is_number(words[i + 1])}
 
 
 def _exact_count_dropped(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -519,7 +522,7 @@ def _bounds(words: Sequence[str], turn: bool) -> dict[str, set[str]]:
     under 18")."""
     out: dict[str, set[str]] = {}
     for i, word in enumerate(words):
-        if not (word[:1].isdigit() or word in _DIGITS or word in _NUMBER_WORDS):
+        if not _is_number(word):
             continue
         found = out.setdefault(_number(word), set())
         at = i - 1 if i and words[i - 1] in _CURRENCY else i  # "under Rs 15000"
@@ -529,8 +532,7 @@ def _bounds(words: Sequence[str], turn: bool) -> dict[str, set[str]]:
                 continue
             if phrase == ("up", "to") and {_stem(w) for w in words[max(0, start - 2) : start]} & _SUMMING:
                 break
-            before = words[max(0, start - 2) : start]
-            if turn and phrase[0] != "no" and (_NEGATORS.intersection(before) or "t" in before):  # ("n't": "t")
+            if turn and phrase[0] != "no" and any(_negator(words, j) for j in range(max(0, start - 2), start)):
                 bound = _TURNED[bound]
             found.add(bound)
             break
@@ -576,11 +578,17 @@ _NEGATORS = frozenset("not never no cannot without nobody nothing neither nor no
                       " werent doesnt didnt shouldnt wouldnt couldnt havent hasnt aint".split())
 
 
+def _negator(words: Sequence[str], i: int) -> bool:
+    """Whether ``words[i]`` (bare, lower case) negates: "not", "never", "no", "without", ..., or the "t" of "n't" as
+    the tokens split it ("don't"; not the "t" of "t-test")."""
+    word = words[i]
+    return word in _NEGATORS or (word == "t" and i > 0 and words[i - 1].endswith("n"))
+
+
 def _negates(words: Sequence[str]) -> bool:
     """Whether ``words`` (bare, lower case) negate ("not", "n't", "never", "no", "without", "nobody", ...); not the
     "why not" or "or not" that asks for both sides ("Should healthcare be free? Why or why not?")."""
-    return any((w in _NEGATORS and not (w == "not" and i and words[i - 1] in _BOTH_SIDES))
-               or (w == "t" and i and words[i - 1].endswith("n"))  # "don't", as the tokens split it ("t-test": no)
+    return any(_negator(words, i) and not (w == "not" and i and words[i - 1] in _BOTH_SIDES)
                for i, w in enumerate(words))
 
 

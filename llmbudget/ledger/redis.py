@@ -255,6 +255,12 @@ def _settled_bucket(rid: str) -> str:
     return f"{hour}:{rest[:2]}" if dot and hour else f"0:{rid[-2:]}"
 
 
+
+def location(url: str) -> str:
+    """``host:port`` of a Redis URL, for messages (never its password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
 class RedisBudgetStore:
     """Budget counters in Redis: atomic reservations across processes and hosts.
 
@@ -446,8 +452,7 @@ class RedisBudgetStore:
             self._usable()
 
     def _where(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        return location(self.url)
 
     def _unavailable(self, exc: BaseException | None) -> BudgetStoreUnavailable:
         return BudgetStoreUnavailable(

@@ -564,6 +564,8 @@ def _batches(ns: argparse.Namespace) -> int:
             else:
                 print(f"{summary['id']}: {summary['status']}, {summary['recorded']} of {summary['calls']} "
                       "call(s) recorded")
+        if not summaries:
+            print(f"no pending jobs in {ns.state}: nothing to resume")
     return 1 if any(summary["status"] == "error" for summary in summaries) else 0
 
 

@@ -587,3 +587,10 @@ def test_a_report_on_a_very_long_tenant_or_model_name_does_not_hang(tmp_path, ca
     assert main(["report", str(tmp_path / "ledger.db")]) == 0
     assert time.perf_counter() - started < 8
     assert "t" * 1000 in capsys.readouterr().out.replace("\n", "")
+
+
+def test_resuming_a_folder_with_no_pending_jobs_says_so(tmp_path, capsys):
+    # `batches --resume` on a folder with nothing pending printed nothing at all
+    (tmp_path / "state").mkdir()
+    assert main(["batches", "--state", str(tmp_path / "state"), "--resume", "--ledger", str(tmp_path / "l.db")]) == 0
+    assert "no pending jobs" in capsys.readouterr().out

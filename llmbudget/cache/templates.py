@@ -471,6 +471,15 @@ def _number(word: str) -> str:
     return _DIGITS.get(word) or (word.replace(",", "") if word[:1].isdigit() and _THOUSANDS(word) else word)
 
 
+def _thousands(number: str) -> str:
+    """``number`` (digits, as :func:`_number` gives them) times 1,000: the "1" of "1k" (a word of its own) and "1000"
+    are one amount, "2.5" of "2.5k" and "2500" too; ``number`` as it is where it is no plain decimal."""
+    whole, _, fraction = number.partition(".")
+    if not (whole.isdigit() and (fraction.isdigit() or not fraction) and len(fraction) <= 3):
+        return number
+    return str(int(whole) * 1000 + int(fraction.ljust(3, "0")))
+
+
 def _exact_counts(words: Sequence[str]) -> set[str]:
     """The numbers ``words`` (bare, lower case) say "exactly" before ("exactly two", "exactly 3"), as digits."""
     return {_number(words[i + 1]) for i in range(len(words) - 1) if words[i] == "exactly" and _is_number(words[i + 1])}
@@ -524,7 +533,8 @@ def _bounds(words: Sequence[str], turn: bool) -> dict[str, set[str]]:
     for i, word in enumerate(words):
         if not _is_number(word):
             continue
-        found = out.setdefault(_number(word), set())
+        number = _number(word)
+        found = out.setdefault(_thousands(number) if words[i + 1 : i + 2] == ["k"] else number, set())  # "1k"
         at = i - 1 if i and words[i - 1] in _CURRENCY else i  # "under Rs 15000"
         for phrase, bound in _BOUNDS_BEFORE:
             start = at - len(phrase)

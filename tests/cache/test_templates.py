@@ -270,6 +270,7 @@ def test_case_sentence_punctuation_spelling_and_politeness_are_no_conflict(store
     ("How many people own at least one car?", "What number of people own exactly one car?"),
     ("Find users with no more than 3 orders", "Find users who placed fewer than 3 orders"),
     ("Show employees older than 40", "Show employees younger than 40"),
+    ("Laptops priced over 1k dollars", "Laptops that cost under $1000"),  # "1k" is 1000
 ])
 def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or_another_quotation_is_never_a_hit(
         stored: str, asked: str) -> None:
@@ -325,6 +326,8 @@ def test_a_rewording_with_other_quantifiers_a_reversed_comparison_an_opposite_or
     ("The file must not be over 10 MB", "Files over 10 MB are not accepted"),
     ("Houses with 3 bedrooms or more", "Houses with at least 3 bedrooms"),
     ("Which scores are higher than 90?", "Which scores are above 90?"),
+    ("Laptops priced over 1k dollars", "Laptops that cost more than $1,000"),
+    ("Jobs paying over 2.5k a month", "Jobs paying more than 2500 a month"),
 ])
 def test_the_same_quantifier_comparison_or_quotation_reworded_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

@@ -102,21 +102,25 @@ def without_cache_control(body: Any, found: list[Any] | None = None) -> Any:
 def _unmarked(item: dict[str, Any], found: list[Any] | None) -> dict[str, Any]:
     if "cache_control" not in item:
         return dict(item)
-    if found is not None:
+    if found is not None and item["cache_control"] is not None:  # null: no breakpoint, as the API reads it
         found.append(item["cache_control"])
     return {k: v for k, v in item.items() if k != "cache_control"}
 
 
 def _unmarked_blocks(content: Any, found: list[Any] | None) -> Any:
-    """Content blocks without their ``cache_control`` (a tool result's own blocks too); one text block: its text."""
+    """Content blocks without their ``cache_control`` (the blocks inside a tool result, a search result and a
+    document's ``content`` source too); one text block: its text."""
     if not isinstance(content, list):
         return content
     blocks = []
     for block in content:
         if isinstance(block, dict):
             block = _unmarked(block, found)
-            if block.get("type") == "tool_result" and "content" in block:
+            if block.get("type") in ("tool_result", "search_result") and "content" in block:
                 block["content"] = _unmarked_blocks(block["content"], found)
+            source = block.get("source")
+            if block.get("type") == "document" and isinstance(source, dict) and isinstance(source.get("content"), list):
+                block["source"] = {**source, "content": _unmarked_blocks(source["content"], found)}
         blocks.append(block)
     if len(blocks) == 1 and isinstance(blocks[0], dict) and set(blocks[0]) == {"type", "text"} \
             and blocks[0]["type"] == "text":

@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["cap_field", "apply_cap", "has_limit", "thinks", "suited", "reasoning_model", "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
-REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "codex-mini")
 #: OpenAI models that do not reason, and refuse ``reasoning_effort`` / ``reasoning``.
 _PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-")
 #: Sampling parameters OpenAI's reasoning models refuse (with HTTP 400).
@@ -61,21 +61,28 @@ def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
         return isinstance(thinking, Mapping) and thinking.get("type") not in (None, "disabled")
     if endpoint not in ("chat.completions", "responses"):
         return False
-    reasoning = body.get("reasoning")
-    if body.get("reasoning_effort") not in (None, "none") or (
-            isinstance(reasoning, Mapping) and reasoning.get("effort") not in (None, "none")):
-        return True
+    reasoning, thinking, template = body.get("reasoning"), body.get("thinking"), body.get("chat_template_kwargs")
+    if body.get("reasoning_effort") not in (None, "none") or (isinstance(reasoning, Mapping) and (
+            reasoning.get("effort") not in (None, "none") or reasoning.get("max_tokens")  # OpenRouter's
+            or reasoning.get("enabled") is True)) \
+            or (isinstance(thinking, Mapping) and thinking.get("type") not in (None, "disabled")) \
+            or (isinstance(template, Mapping) and template.get("enable_thinking") is True):  # vLLM's, Qwen3's
+        return True  # (Anthropic's and Gemini's OpenAI-compatible APIs take "thinking" in a chat request too)
     return reasoning_model(model) or other_reasoner(model) or _speaks(body)
 
 
 #: Open and other providers' models whose output limit also bounds their reasoning (gpt-oss, DeepSeek's
-#: reasoner and R1, QwQ, Magistral, and any "-thinking" or "reasoner" model name).
-OTHER_REASONER_PREFIXES = ("gpt-oss", "deepseek-reasoner", "deepseek-r1", "qwq", "magistral")
+#: reasoner and R1, QwQ, Magistral, Gemini 2.5 and 3, which think by default, Qwen3 but its instruct models, Grok 4
+#: and Grok 3 mini, and any "-thinking" or "reasoner" model name).
+OTHER_REASONER_PREFIXES = ("gpt-oss", "deepseek-reasoner", "deepseek-r1", "qwq", "magistral", "gemini-2.5",
+                           "gemini-3", "qwen3", "grok-4", "grok-3-mini")
 
 
 def other_reasoner(model: str | None) -> bool:
     """Whether ``model`` reasons before it answers, within its output limit, though not one of OpenAI's."""
     name = _family(model)
+    if name.startswith("qwen3") and "instruct" in name:  # Qwen3's instruct models do not think
+        return False
     return name.startswith(OTHER_REASONER_PREFIXES) or "-thinking" in name or "reasoner" in name
 
 

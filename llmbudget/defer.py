@@ -719,6 +719,11 @@ def _resume_job(folder: Path, job: dict[str, Any], *, api_key: str | None, anthr
     flush = getattr(engine.ledger, "flush", None)
     if flush is not None:
         flush()  # written before the job is forgotten: a crash in between is the only way to record it twice
+    if getattr(engine.ledger, "pending", 0):  # the ledger could not be written (locked, full, down): the job stays,
+        engine.ledger.withdraw()  # and none of its records is written later, which a later --resume would repeat
+        return {"id": job["id"], "status": "error", "calls": len(job["calls"]), "recorded": 0,
+                "error": f"the ledger {getattr(engine.ledger, 'path', '')} could not be written (see the log); none "
+                         "of the job's calls recorded"}
     recorded = len(records)
     (folder / f"{job['id']}.json").unlink(missing_ok=True)
     return {"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": recorded}

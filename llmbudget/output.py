@@ -102,18 +102,22 @@ _SAMPLE_CHARS = 2000
 
 
 def tokens_per_word(endpoint: str, body: Mapping[str, Any], model: str | None) -> float:
-    """Tokens per whitespace-separated word in the request's own text (its first 2,000 characters), from 1.3
-    to 8 (a script without spaces between words, Chinese or Thai, reads as long words: the most)."""
+    """Tokens per whitespace-separated word in the request's own text (its first 2,000 characters), or in its
+    user turns where they take more (a Tamil question under an English system prompt is answered in Tamil), from
+    1.3 to 8 (a script without spaces between words, Chinese or Thai, reads as long words: the most)."""
     from .tokens import count_text
 
-    text = " ".join(_texts(endpoint, body))[:_SAMPLE_CHARS]
-    words = len(text.split())
-    if not words:
-        return 1.3
-    return min(max(count_text(text, model) / words, 1.3), 8.0)
+    ratio = 1.3
+    for text in (" ".join(_texts(endpoint, body)), " ".join(_texts(endpoint, body, ("user", None)))):
+        text = text[:_SAMPLE_CHARS]
+        if words := len(text.split()):
+            ratio = max(ratio, count_text(text, model) / words)
+    return min(ratio, 8.0)
 
 
-def _texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
+def _texts(endpoint: str, body: Mapping[str, Any],
+           roles: tuple[str | None, ...] = ("system", "developer", "user", None)) -> list[str]:
+    """The request's own text: its instructions (with the system roles) and the turns of ``roles``."""
     out: list[str] = []
 
     def add(content: Any) -> None:
@@ -126,14 +130,15 @@ def _texts(endpoint: str, body: Mapping[str, Any]) -> list[str]:
                 elif isinstance(part, str):
                     out.append(part)
 
-    for key in ("system", "instructions"):
-        add(body.get(key))
+    if "system" in roles:
+        for key in ("system", "instructions"):
+            add(body.get(key))
     turns = body.get("messages") if endpoint != "responses" else body.get("input")
     if isinstance(turns, str):
         out.append(turns)
     elif isinstance(turns, list):
         for turn in turns:
-            if isinstance(turn, dict) and turn.get("role") in ("system", "developer", "user", None):
+            if isinstance(turn, dict) and turn.get("role") in roles:
                 add(turn.get("content"))
     return out
 

@@ -842,7 +842,7 @@ class Attempt:
             log.debug("llmbudget route: tier=%s score=%s threshold=%s reason=%s features=%s",
                       decision.tier, decision.score, decision.threshold, decision.reason, decision.features)
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
-                and call.endpoint in ("chat.completions", "responses") and "api.openai.com" in base_url):
+                and call.endpoint in ("chat.completions", "responses") and _openai(base_url)):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
         deferral = scope.defer if scope is not None else None
         if deferral == "flex" and call.endpoint in ("chat.completions", "responses") and "service_tier" not in body:
@@ -1251,7 +1251,7 @@ class Attempt:
             if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto"):
                 self.engine.priority_by_default.add(call.base_url)  # the project's default tier (see _worst_input)
             if self.defer_mode == "batch" or (self.defer_mode == "flex" and usage.service_tier is None
-                                              and "api.openai.com" in call.base_url):
+                                              and _openai(call.base_url)):
                 # the server did not say: as asked (flex only where it exists: another host that ignores
                 # service_tier bills the standard rate, and was recorded at half of it)
                 usage = usage.replace(service_tier=self.defer_mode)
@@ -1502,6 +1502,15 @@ def _unknown_model(base_url: str) -> bool:
     except ValueError:
         host = ""
     return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
+
+
+def _openai(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenAI's own API host (not one whose name or path only holds "api.openai.com":
+    ``https://api.openai.com.evil.example``, ``https://proxy.example/api.openai.com/v1``)."""
+    try:
+        return (urlsplit(base_url).hostname or "").rstrip(".") == "api.openai.com"
+    except ValueError:
+        return False
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:

@@ -62,11 +62,13 @@ MAX_PRICE = Decimal(1_000_000)
 
 #: Service tiers priced as deferred work: flex, and the Batch API (``"batch"``, llmbudget's own name for it).
 DEFERRED_TIERS = frozenset({"flex", "batch"})
+_WRITE_PREMIUM = Decimal("1.25")  # Anthropic's 5-minute cache write, per input token
 
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per 1M tokens by kind. Cached input and cache writes default to the input price."""
+    """USD per 1M tokens by kind. Cached input defaults to the input price (never less than it costs), a
+    5-minute cache write to 1.25 times it (Anthropic's rule; only Anthropic's usage reports writes)."""
 
     input: Decimal
     output: Decimal
@@ -107,7 +109,7 @@ class Price:
         plain = usage.input_tokens - cached - written
         audio_in = min(usage.input_audio_tokens, plain) if self.input_audio is not None else 0
         audio_out = min(usage.output_audio_tokens, usage.output_tokens) if self.output_audio is not None else 0
-        write = self.input if self.cache_write is None else self.cache_write
+        write = self.input * _WRITE_PREMIUM if self.cache_write is None else self.cache_write
         total = (
             (plain - audio_in) * self.input
             + audio_in * (self.input_audio or 0)

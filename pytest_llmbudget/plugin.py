@@ -420,8 +420,8 @@ class LLMBudgetPlugin:
             problems.append(f"cost {exact_usd(spend.cost_usd)} > budget {exact_usd(limits['usd'])}")
         if "tokens" in limits and spend.tokens > limits["tokens"]:
             problems.append(f"tokens {spend.tokens} > budget {limits['tokens']}")
-        if "calls" in limits and spend.calls > limits["calls"]:
-            problems.append(f"calls {spend.calls} > budget {limits['calls']}")
+        if "calls" in limits and spend.calls - spend.refused > limits["calls"]:  # not a 429 the SDK retried
+            problems.append(f"calls {spend.calls - spend.refused} > budget {limits['calls']}")
         return problems
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

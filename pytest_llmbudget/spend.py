@@ -39,6 +39,8 @@ class TestSpend(Counters):
     records: list[SpendRecord] = field(default_factory=list)
     #: Each call's prefix (``llmbudget.prefix.prefix_row``), for the prefix-stability check.
     prefixes: list[dict[str, Any]] = field(default_factory=list)
+    #: Attempts the API refused unbilled (a 429 or 5xx the SDK retried): no call of the test's ``calls=`` budget.
+    refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, record: SpendRecord) -> None:
@@ -51,6 +53,8 @@ class TestSpend(Counters):
                 self.prefixes.append(row)
             if record.price_source == "unknown":
                 self.unpriced.add(record.model)
+            if record.status is not None and record.status >= 400 and not record.cost_usd:
+                self.refused += 1
             usage = record.usage
             flags = [name for name in ("estimated", "from_cache") if getattr(record, name)]
             if record.error:
@@ -69,6 +73,7 @@ class TestSpend(Counters):
                 self.models.setdefault(model, Counters()).merge(counters)
             self.calls_seen.extend(other.calls_seen)
             self.unpriced |= other.unpriced
+            self.refused += other.refused
             self.prefixes.extend(other.prefixes[: max(_MAX_PREFIXES - len(self.prefixes), 0)])
 
     def to_wire(self) -> dict[str, Any]:
@@ -79,6 +84,7 @@ class TestSpend(Counters):
             data["calls_seen"] = list(self.calls_seen[:200])
             data["unpriced"] = sorted(self.unpriced)
             data["prefixes"] = list(self.prefixes)
+            data["refused"] = self.refused
             return data
 
     @classmethod
@@ -89,4 +95,5 @@ class TestSpend(Counters):
         spend.calls_seen = list(data.get("calls_seen", []))
         spend.unpriced = set(data.get("unpriced", []))
         spend.prefixes = list(data.get("prefixes", []))
+        spend.refused = int(data.get("refused", 0))
         return spend

@@ -261,6 +261,16 @@ def test_override_prices_cached_input_and_cache_writes() -> None:
     assert pricing.cost(usage, model="mine").usd == expected
 
 
+def test_an_override_without_a_write_price_charges_anthropics_write_premium() -> None:
+    # {input, output} alone priced a 5-minute cache write at the input price: $5.00 for 1M tokens at $5/M,
+    # $6.25 at Anthropic's rule (an undercharge; a read at the input price is a charge never below the real one)
+    price = Price.of({"input": 5, "output": 25})
+    assert price.cost(Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000)) == Decimal("6.25")
+    assert price.cost(Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000,
+                            cache_write_1h_tokens=1_000_000)) == Decimal("10")
+    assert price.cost(Usage(input_tokens=1_000_000, cached_input_tokens=1_000_000)) == Decimal("5")
+
+
 def test_override_floats_become_exact_decimals() -> None:
     price = Price.of({"input": 0.1, "output": 0.4})
     assert price.input == Decimal("0.1")

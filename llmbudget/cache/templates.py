@@ -102,6 +102,8 @@ _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?\Z").match  # 1,000 or 12,
 
 
 _CODE = "\x00"  # marks a capitalised word touching code (``user.Name``, ``A[i]``): its case is compared exactly
+_DATA = "\x01"  # marks a payload's word: its case is compared exactly ("paris", "Paris"), its key read as a word's
+_MARKS = frozenset((_CODE, _DATA))
 
 
 def _in_prose(text: str, i: int, step: int, brackets: frozenset[str]) -> bool:
@@ -133,16 +135,36 @@ def _run_end(text: str, i: int) -> int:
     return i
 
 
-def _scan(text: str) -> tuple[str, ...]:
+# Where a text's payload begins: after its first colon that ends a word ("Is this a comma splice: I went home, I
+# slept.", "Transcript:\n..."). There the text is data, as an app sends it: its punctuation, its capitals and its
+# courtesy are what is asked about. (Not after a question that more text follows, "What is X? Explain briefly.",
+# nor at a line break, which an app's greeting or a user's own layout may add above the same prompt.)
+_PAYLOAD = re.compile(r"(?<=\w):[ \t]*(?:\r?\n\s*)?(?=\S)")
+
+
+def _payload_start(text: str) -> int:
+    """The index where ``text``'s payload begins (see :data:`_PAYLOAD`); past the end when it has none."""
+    match = _PAYLOAD.search(text)
+    return match.end() if match else len(text) + 1
+
+
+def _shouting(text: str) -> bool:
+    """Whether ``text`` is typed in capitals throughout (not one acronym): its case says nothing."""
+    return text == text.upper() and sum(c.isalpha() for c in text) >= 8
+
+
+def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text``, soft punctuation dropped (see :func:`_tokens`)."""
-    shouting = text == text.upper() and sum(c.isalpha() for c in text) >= 8  # all capitals, not one acronym
+    shouting = _shouting(text)
+    payload = _payload_start(text)
     out: list[str] = []
     append = out.append
     end = len(text)
     code = _code_spans(text)
     code_like = _code_like(text)
     quotes: list[tuple[int, int]] | None = None  # quoted strings, found when a run of spaces needs them
-    quoted = False  # inside double quotes around prose: the quoted text's punctuation is its data
+    quoted = False  # inside quotes around prose: the quoted text's punctuation is its data
+    named = 0  # the end of a run of symbols named in prose ("what does ?? mean")
     for match in _TOKENS.finditer(text):
         token = match.group()
         first = token[0]
@@ -160,8 +182,8 @@ def _scan(text: str) -> tuple[str, ...]:
                 if code_like or any(s <= start < e for s, e in quotes):
                     append(token)
             continue
-        if token == _CODE:  # a NUL in the text is a symbol, never the marker: doubled, it is compared exactly
-            append(_CODE + _CODE)
+        if token in (_CODE, _DATA):  # a NUL in the text is a symbol, never a marker: doubled, compared exactly
+            append(_CODE + token)
             continue
         if code and any(s <= start < e for s, e in code):  # code: every symbol counts, and every capital
             append(_CODE + token if token.isalpha() and not token.islower() else token)
@@ -169,8 +191,19 @@ def _scan(text: str) -> tuple[str, ...]:
         if first in _SOFTISH:
             before = text[start - 1] if start else " "
             following = text[after] if after < end else " "
-            if first in _SENTENCE and not quoted:
+            if start >= payload and not (first in _SENTENCE and not text[_run_end(text, after):].strip()):
+                append(token)  # the payload's punctuation, quotes and apostrophes are its data (not the text's last)
+                continue
+            if start < named:  # the rest of a symbol named in prose
+                append(token)
+                continue
+            if first in _SENTENCE and not quoted and not (first == "!" and before.isdigit()):  # "20!": factorial
                 beyond = _run_end(text, after)
+                if before.isspace() and beyond < end and text[beyond].isspace() \
+                        and text[beyond:].lstrip()[:1].islower():
+                    named = beyond  # a symbol named in prose: "what does . match", "the ! operator", "?? mean"
+                    append(token)
+                    continue
                 word_end = before.isalnum() or before in _CLOSING or before in _SENTENCE
                 spaced = beyond < end and text[beyond].isspace()
                 if (_line_end(text, beyond) and (word_end or before.isspace())) or (spaced and (
@@ -181,7 +214,7 @@ def _scan(text: str) -> tuple[str, ...]:
                 continue  # "What's", "India's"
             if first in _QUOTES:
                 if (before.isspace() or before in _SENTENCE) and following.isalnum():  # an opening quote
-                    quoted = first in _DOUBLE_QUOTES
+                    quoted = True  # single quotes too: "Is the comma needed in 'However, it rained'?"
                     continue
                 if (before.isalnum() or before in _SENTENCE) and (following.isspace() or following in _SENTENCE):
                     quoted = False
@@ -189,12 +222,15 @@ def _scan(text: str) -> tuple[str, ...]:
             append(token)
         elif shouting:
             append(token.lower())
+        elif payload_case and start >= payload and token.isalpha() and not _sentence_start(text, start):
+            append(_DATA + token)  # the payload's words, but for a sentence's first: their case is data ("paris")
         elif token.islower() or not token.isalpha():  # most words, numbers, symbols, mixed identifiers: as they are
             append(token)
-        elif token in ("I", "A"):
+        elif token in ("I", "A") and not (quoted or code_like):  # but the letter quoted or in code: ord('A')
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
-            prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING)
+            prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING) \
+                and not (out and out[-1][:1].isdigit() and len(token) <= 5)  # a unit's case: "2 MW", "100 MBps"
             # compared exactly beside code, and for a word whose capital changes it past a sentence's start
             # ("Polish" is not "polish", "US" not "us")
             exact = not prose or (token.lower() in _CAPITONYMS and not _sentence_start(text, start))
@@ -221,12 +257,13 @@ def _line_end(text: str, i: int) -> bool:
 _memo_scan = functools.lru_cache(maxsize=4096)(_scan)
 
 
-def _tokens(text: str) -> tuple[str, ...]:
+def _tokens(text: str, payload_case: bool = True) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text`` with soft punctuation dropped: sentence punctuation outside double
     quotes where a space or the end follows its run (``.*?`` keeps its ``?``, ``xs[1:]`` its ``:``, ``data?.user``
     its ``?``), an apostrophe between two letters, quotes around prose; nothing inside backticks or a fence.
-    Capitals are kept: :func:`_same_token` compares them. Texts up to 2,048 characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
-    return _memo_scan(text) if len(text) <= 2048 else _scan(text)
+    Capitals are kept: :func:`_same_token` compares them; a payload's exactly (``payload_case``; off where one of
+    two texts is typed in capitals throughout, whose case says nothing). Texts up to 2,048 characters are memoised (a lookup compares its query with each candidate; stored texts come back)."""
+    return _memo_scan(text, payload_case) if len(text) <= 2048 else _scan(text, payload_case)
 
 
 def _same_token(x: str, y: str) -> bool:
@@ -235,7 +272,7 @@ def _same_token(x: str, y: str) -> bool:
     and "Co", not ``S`` and ``s``, not a word touching code)."""
     if x == y:
         return True
-    if len(x) < 2 or x[0] == _CODE or y[0] == _CODE or x.lower() != y.lower():
+    if len(x) < 2 or x[0] in _MARKS or y[0] in _MARKS or x.lower() != y.lower():
         return False
     return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
 
@@ -248,12 +285,13 @@ def _same(a: Sequence[str], b: Sequence[str]) -> bool:
 def same_text(a: str, b: str) -> bool:
     """Whether two texts are the same question as the guard reads them: spacing, sentence punctuation, quotes
     around prose and the case a user may drop folded; "CO" is not "Co", "12 - 5" not "12 / 5"."""
-    return a == b or _same(_tokens(a), _tokens(b))
+    case = not (_shouting(a) or _shouting(b))
+    return a == b or _same(_tokens(a, case), _tokens(b, case))
 
 
 def _keys(tokens: Sequence[str]) -> list[str]:
     """Tokens to align and compare: prose words in lower case, words beside code as they are."""
-    return [t if t[0] == _CODE else t.lower() for t in tokens]
+    return [t if t[0] == _CODE else t[1:].lower() if t[0] == _DATA else t.lower() for t in tokens]
 
 
 def _bare(keys: Sequence[str]) -> list[str]:
@@ -311,8 +349,9 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "sum sums summed summing | average averages averaged averaging avg | median medians"
         " | count counts counted counting",  # aggregates ("mean" and "total" are other words too)
         "first | last",
-        "one | two | three | four | five | six | seven | eight | nine | ten | dozen | hundred | thousand | million"
-        " | billion",
+        "one | two | three | four | five | six | seven | eight | nine | ten | eleven | twelve | thirteen | fourteen"
+        " | fifteen | sixteen | seventeen | eighteen | nineteen | twenty | thirty | forty | fifty | sixty | seventy"
+        " | eighty | ninety | dozen | hundred | thousand | million | billion",
         "true | false",
         "yes | no",
         "left | right",
@@ -331,7 +370,7 @@ for _c, _groups in enumerate(_CLASSES):
     for _g, _group in enumerate(_groups):
         for _spelling in _group:
             _MEMBER.setdefault(_spelling, (_c, _g))
-_NEGATING = ("un", "in", "im", "il", "ir", "non", "dis")
+_NEGATING = ("un", "in", "im", "il", "ir", "non", "dis", "de", "anti")  # "decompress", "antivirus"
 
 
 def _opposed(x: str, y: str) -> bool:
@@ -370,9 +409,12 @@ _CLOSING_COURTESY = re.compile(r"(?<=[,.!?])\s*(?i:please|thanks|thx|cheers|than
 
 
 def _courtesy_off(text: str) -> str:
-    """``text`` without the courtesy that opens or closes it ("Hey, please summarise ... Thanks!")."""
+    """``text`` without the courtesy that opens or closes it ("Hey, please summarise ... Thanks!"); a payload's
+    closing courtesy is its data ("Translate to French: Sit down, please.")."""
     for _ in range(2):
         text = _OPENING_COURTESY.sub("", text, count=1)
+    if _payload_start(text) <= len(text):
+        return text
     return _CLOSING_COURTESY.sub("", text, count=1)
 
 
@@ -433,7 +475,8 @@ _QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority
 _NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten dozen hundred".split())
 _DIGITS = {w: str(n) for n, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
-    " eighteen nineteen twenty".split())}
+    " eighteen nineteen twenty".split())} | {w: str(n) for n, w in zip(range(30, 100, 10),
+                                                                  "thirty forty fifty sixty seventy eighty ninety".split())}
 
 
 def _quantifiers(words: Sequence[str]) -> frozenset[int]:
@@ -624,6 +667,19 @@ def _comparison_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
     return False
 
 
+def _payload_differs(a: str, b: str) -> bool:
+    """Whether the two texts give one instruction (its content words alike) to payloads (see :data:`_PAYLOAD`)
+    with other words, however short: "Translate to French: I saw a dog." and "... I saw the dog.", "Rate the
+    sentiment: The food was very good." and "... The food was good." (a filler or a courtesy word is the
+    payload's data too). Not a payload that asks a question, which the verifier reads: a user's question after its
+    topic ("Theology: What are the best arguments for God's existence?") is reworded as any other."""
+    at, bt = _payload_start(a), _payload_start(b)
+    if at > len(a) or bt > len(b) or a.rstrip().endswith("?") or b.rstrip().endswith("?"):
+        return False  # none, or a question after its topic: "Music: What's your favourite song right now?"
+    return _content(_keys(_tokens(a[:at]))) == _content(_keys(_tokens(b[:bt]))) \
+        and _bare(_keys(_tokens(a[at:]))) != _bare(_keys(_tokens(b[bt:])))
+
+
 def _quoted_data_differs(a: str, b: str) -> bool:
     """Whether each text quotes a short string (five words at most) that the other does not: "where the status is
     'delivered'" and "... 'shipped'" (a string only dropped, as a paraphrase may drop one of a list, is not this).
@@ -727,7 +783,8 @@ class TemplateGuard:
 
     def conflict(self, query: str, candidate: str) -> bool:
         """True when the texts share a template and the parts that differ carry different content."""
-        tokens_a, tokens_b = _tokens(query), _tokens(candidate)
+        case = not (_shouting(query) or _shouting(candidate))
+        tokens_a, tokens_b = _tokens(query, case), _tokens(candidate, case)
         a, b = _keys(tokens_a), _keys(tokens_b)
         words_a, words_b = _bare(a), _bare(b)
         if words_a == words_b and not _same(tokens_a, tokens_b):
@@ -743,6 +800,8 @@ class TemplateGuard:
             return True  # "all birds" and "most birds"; "C++ faster than Rust" turned round; "keep" and "discard"
         if _quoted_data_differs(query, candidate):
             return True  # another quoted string: "status is 'delivered'", "status is 'shipped'"
+        if _payload_differs(query, candidate):
+            return True  # one instruction around another input: "Translate to French: I saw a dog" / "... the dog"
         needed = self._needed(query, candidate)
         if min(len(a), len(b)) < needed:
             return False

@@ -195,6 +195,13 @@ class SQLiteLedger:
         """Records queued and not written yet."""
         return len(self._queue)
 
+    def withdraw(self) -> int:
+        """Drop every record queued and not written yet (they will not be written); how many there were."""
+        with self._lock:
+            count = len(self._queue)
+            self._queue.clear()
+        return count
+
     def records(self) -> Iterator[SpendRecord]:
         """Every record in the file, oldest first (this process's queue is written first)."""
         if self._pid == os.getpid():

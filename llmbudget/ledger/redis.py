@@ -747,6 +747,18 @@ class RedisLedger:
             finally:
                 self._lock.release()
 
+    @property
+    def pending(self) -> int:
+        """Records waiting to be written."""
+        return len(self._waiting)
+
+    def withdraw(self) -> int:
+        """Drop every record waiting to be written (they will not be written); how many there were."""
+        with self._lock:
+            count = len(self._waiting)
+            self._waiting.clear()
+        return count
+
     def flush(self) -> None:
         """Write every waiting record now (waiting for a write in progress, and whatever the back-off)."""
         with self._lock:

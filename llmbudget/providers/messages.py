@@ -26,6 +26,7 @@ from ._base import (
     as_int,
     items,
     json_text,
+    log,
     pdf_tokens,
 )
 
@@ -38,7 +39,39 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 
 
 def messages_usage(raw: dict[str, Any]) -> Usage:
-    """Usage from a Messages ``usage`` object."""
+    """Usage from a Messages ``usage`` object, with the tokens of its ``compaction`` iterations (a context
+    compaction's own request, which the top-level fields leave out: the SDK's ``BetaUsage.iterations``)."""
+    plain, written, read, written_1h = _input_counts(raw)
+    output = as_int(raw.get("output_tokens"))
+    for step in items(raw.get("iterations")):
+        if isinstance(step, dict) and step.get("type") == "compaction":
+            more = _input_counts(step)
+            plain, written, read, written_1h = (x + y for x, y in zip((plain, written, read, written_1h), more,
+                                                                       strict=True))
+            output += as_int(step.get("output_tokens"))
+    if raw.get("speed") == "fast" and not _FAST_SEEN:  # Anthropic's fast mode: a multiple of the standard rate
+        _FAST_SEEN.append(True)
+        log.warning("llmbudget: a Messages call ran in fast mode (usage.speed 'fast'); it is priced at the "
+                    "model's standard rate, which genai-prices lists alone: add a price override for the fast "
+                    "rate if the app uses it")
+    server = raw.get("server_tool_use")
+    return Usage(
+        input_tokens=plain + written + read,
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(written_1h, written),
+        output_tokens=output,
+        service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
+        web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
+        if isinstance(server, dict) else 0,
+    )
+
+
+_FAST_SEEN: list[bool] = []  # whether the fast-mode warning was given (once per process)
+
+
+def _input_counts(raw: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(uncached input, cache writes, cache reads, 1-hour writes) of a Messages usage object (or iteration)."""
     plain = as_int(raw.get("input_tokens"))
     written = as_int(raw.get("cache_creation_input_tokens"))
     read = as_int(raw.get("cache_read_input_tokens"))
@@ -46,17 +79,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     written_1h = as_int(by_ttl.get("ephemeral_1h_input_tokens")) if isinstance(by_ttl, dict) else 0
     if isinstance(by_ttl, dict):  # writes a usage gives only by TTL (no cache_creation_input_tokens) are writes too
         written = max(written, written_1h + as_int(by_ttl.get("ephemeral_5m_input_tokens")))
-    server = raw.get("server_tool_use")
-    return Usage(
-        input_tokens=plain + written + read,
-        cached_input_tokens=read,
-        cache_write_tokens=written,
-        cache_write_1h_tokens=min(written_1h, written),
-        output_tokens=as_int(raw.get("output_tokens")),
-        service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
-        web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
-        if isinstance(server, dict) else 0,
-    )
+    return plain, written, read, written_1h
 
 
 def _block_text(content: Any, out: list[str]) -> None:

@@ -659,3 +659,42 @@ def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(
     assert guard.conflict("+".join(first[i % 13] for i in range(250)), "+".join(second[i % 13] for i in range(250)))
     same = "+".join(first[i % 13] for i in range(250))
     assert not guard.conflict(same, same + " ")
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    # an instruction's payload: its punctuation, capitals, courtesy and every word are data (from a red-team pass:
+    # each was served with score 1.0, and counted as a correct "same text" hit by eval cache)
+    ("Is this a comma splice: I went home, I slept.", "Is this a comma splice: I went home. I slept."),
+    ("Does this sentence need a semicolon: I like cats; dogs are fine.",
+     "Does this sentence need a semicolon: I like cats, dogs are fine."),
+    ("Proofread: The students' essays are due Friday.", "Proofread: The students essays are due Friday."),
+    ("Is this capitalized correctly: i moved to paris in june.", "Is this capitalized correctly: I moved to Paris in June."),
+    ("Translate to French: Sit down, please.", "Translate to French: Sit down."),
+    ("Rate the politeness of this email from 1 to 5: Fix the bug today, thanks!",
+     "Rate the politeness of this email from 1 to 5: Fix the bug today!"),
+    ("Translate to French: I saw a dog in the garden.", "Translate to French: I saw the dog in the garden."),
+    ("Rate the sentiment from 1 to 5: The food was very good.", "Rate the sentiment from 1 to 5: The food was good."),
+    ("Translate into Portuguese: I would buy the car.", "Translate into Portuguese: I will buy the car."),
+    # symbols named in prose, a factorial, a quoted letter, a unit's case, a negating prefix, a tens word
+    ("In regex, what does . match?", "In regex, what does ? match?"),
+    ("What does ?? mean in C#?", "What does ?. mean in C#?"),
+    ("What is 20! divided by 18!?", "What is 20 divided by 18?"),
+    ("Is the comma needed in 'However, it rained all day'?", "Is the comma needed in 'However it rained all day'?"),
+    ("What does ord('A') return in Python?", "What does ord('a') return in Python?"),
+    ("Is a 2 mw laser pointer dangerous to the eyes?", "Is a 2 MW laser pointer dangerous to the eyes?"),
+    ("How can I compress all the cells in Excel?", "How can I decompress all the cells in Excel?"),
+    ("Is it safe to leave a forty year old boiler running?", "Is it safe to leave a fifty year old boiler running?"),
+])
+def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, asked: str) -> None:
+    _never_a_hit(stored, asked)
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("Music: What's your favourite song at the moment?", "Music: What is your favorite song right now?"),
+    ("Summarise this report: Sales rose in every region.", "summarise this report: Sales rose in every region"),
+    ("Quick question: how do I learn Python?", "Quick question: How do I learn Python?"),  # a sentence's first capital
+    ("What is the capital of France ? Tell me please", "What is the capital of France? Tell me please"),
+    ("TRANSLATE TO FRENCH: I SAW A DOG IN THE GARDEN", "Translate to French: I saw a dog in the garden"),
+])
+def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: str) -> None:
+    assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

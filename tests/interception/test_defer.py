@@ -587,3 +587,29 @@ def test_finding_a_lost_create_reads_one_page_of_jobs():
 
     assert defer_module._find_created(Client(), "m7") == "batch_7"
     assert defer_module._find_created(Client(), "m500") is None
+
+
+def test_resume_keeps_a_job_whose_records_the_ledger_could_not_take(llm_server, engine, tmp_path, capsys,
+                                                                     monkeypatch):
+    """With the ledger's write lock held by another process, --resume said "3 of 3 call(s) recorded", forgot the
+    job, and the records stayed in memory only: none reached the file."""
+    import sqlite3
+
+    state = tmp_path / "batches"
+    ledger = tmp_path / "ledger.db"
+    SQLiteLedger(ledger)  # the file and its table
+    with _left_job(llm_server, engine, state) as job:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process writing
+        try:
+            assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger",
+                         f"{ledger}"]) == 1
+            out = capsys.readouterr().out
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert f"{job['id']}: not resumed" in out and "could not be written" in out
+        assert [j["id"] for j in pending_jobs(state)] == [job["id"]]  # kept for a later --resume
+        assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger", str(ledger)]) == 0
+    assert len(list(SQLiteLedger(ledger).records())) == 3  # once: nothing of the first try was written later

@@ -734,3 +734,24 @@ def pytest_runtest_protocol(item, nextitem):
     assert sorted(names) == sorted(set(names)) and "llm_cost_usd" in names
     calls = {p.get("name"): p.get("value") for p in case.iter("property")}["llm_calls"]
     assert calls == "2"  # both runs' spend, once
+
+
+def test_an_attempt_refused_unbilled_is_no_call_of_a_tests_calls_budget():
+    # a red-team pass: flex's routine 429, retried by the SDK, failed a test marked calls=1 ("calls 2 > budget 1")
+    from llmbudget.calls import SpendRecord, Usage
+    from pytest_llmbudget.spend import TestSpend
+
+    def attempt(status: int, cost: str) -> SpendRecord:
+        return SpendRecord(time=0.0, endpoint="chat.completions", base_url="https://api.openai.com/v1",
+                           model_requested="gpt-4o-mini", model_sent="gpt-4o-mini", model_answered="gpt-4o-mini",
+                           usage=Usage(input_tokens=10, output_tokens=5), cost_usd=Decimal(cost), latency_s=0.1,
+                           status=status)
+
+    spend = TestSpend()
+    for record in (attempt(429, "0"), attempt(500, "0"), attempt(200, "0.00001"), attempt(400, "0.000002")):
+        spend.add(record)
+    assert spend.calls == 4 and spend.refused == 2  # a refusal that was billed (cost > 0) is a call
+    again = TestSpend.from_wire(spend.to_wire())  # as an xdist worker sends it
+    assert again.refused == 2
+    again.merge_spend(spend)
+    assert again.refused == 4

@@ -44,6 +44,31 @@ def test_cache_writes_given_only_by_their_ttl_are_writes():
     assert cost.usd == (50 * Decimal(1) + 300 * Decimal("1.25") + 1000 * Decimal(2) + 80 * Decimal(5)) / 10**6
 
 
+def test_a_compactions_tokens_count_though_the_top_level_fields_leave_them_out():
+    # the SDK (BetaUsage.iterations): "A `compaction` entry's tokens are not included in the top-level `usage`
+    # fields"; they were not counted, so a call that compacted 180,000 tokens was priced at its last turn alone
+    raw = {"input_tokens": 9000, "output_tokens": 800, "cache_read_input_tokens": 1000,
+           "iterations": [
+               {"type": "compaction", "input_tokens": 180000, "output_tokens": 3500, "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0},
+               {"type": "message", "input_tokens": 9000, "output_tokens": 800, "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 0},  # the top-level fields' own: not counted twice
+               "not an iteration"]}
+    usage = messages_usage(raw)
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (190000, 1000, 4300)
+
+
+def test_a_fast_mode_call_says_it_is_priced_at_the_standard_rate(caplog):
+    # genai-prices lists no fast-mode rate (a multiple of the standard one): the call was under-priced silently
+    import llmbudget.providers.messages as messages
+
+    messages._FAST_SEEN.clear()
+    with caplog.at_level("WARNING", logger="llmbudget"):
+        messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})
+        messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})
+    assert sum("fast mode" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_each_kind_of_token_is_priced_at_its_own_rate():
     """claude-haiku-4-5 at genai-prices: $1 input, $5 output, $0.10 cache read, $1.25 5-minute and $2 1-hour write."""
     cost = Pricing().cost(messages_usage(DOCUMENTED_USAGE), model="claude-haiku-4-5",
@@ -160,6 +185,25 @@ def test_a_field_named_cache_control_in_a_tool_schema_is_not_a_breakpoint():
     assert points.apply(body, tenant="t", model="claude-sonnet-4-5") is not None
     marked = {**body, "tools": [{**tool, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
     assert has_cache_control(marked)
+
+
+def test_breakpoints_inside_a_document_or_a_search_result_are_the_apps_own_and_null_is_none():
+    # nested markers were not seen: llmbudget added a fifth breakpoint (the API allows four), or a 5-minute one
+    # before the app's 1-hour one, and reserved no write premium; "cache_control": null counted as a marker
+    ttl = {"type": "ephemeral", "ttl": "1h"}
+    document = {"type": "document", "source": {"type": "content", "content": [
+        {"type": "text", "text": "chapter one", "cache_control": ttl}]}}
+    search = {"type": "search_result", "source": "https://example.com", "title": "t",
+              "content": [{"type": "text", "text": "a result", "cache_control": {"type": "ephemeral"}}]}
+    for block in (document, search):
+        body = _body([block, {"type": "text", "text": LONG}])
+        assert has_cache_control(body)
+        points = Breakpoints(Pricing(), clock=Clock())
+        assert all(points.apply(body, tenant="t", model="claude-sonnet-4-5") is None for _ in range(3))
+    from llmbudget.breakpoints import cache_write_ttls
+    assert cache_write_ttls(_body([document])) == {"1h"}
+    null = _body([{"type": "text", "text": LONG, "cache_control": None}])
+    assert not has_cache_control(null) and cache_write_ttls(null) == set()
 
 
 def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():

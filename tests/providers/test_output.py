@@ -176,6 +176,16 @@ def test_requests_whose_limit_also_bounds_reasoning_are_told_apart():
         assert thinks("chat.completions", {}, model), model
     assert thinks("chat.completions", {"modalities": ["text", "audio"]}, "gpt-4o-audio-preview")
     assert not thinks("chat.completions", {"modalities": ["text"]}, "gpt-4o-audio-preview")
+    # reasoning asked for the ways other APIs take it, and models that think by default (from a red-team pass:
+    # each got a directive's 290-token cap, which Anthropic's OpenAI-compatible API refuses below budget_tokens)
+    assert thinks("chat.completions", {"thinking": {"type": "enabled", "budget_tokens": 2048}}, "claude-sonnet-4-5")
+    assert not thinks("chat.completions", {"thinking": {"type": "disabled"}}, "claude-sonnet-4-5")
+    assert thinks("chat.completions", {"reasoning": {"max_tokens": 2000}}, "anthropic/claude-sonnet-4")
+    assert thinks("chat.completions", {"chat_template_kwargs": {"enable_thinking": True}}, "my-local-model")
+    assert not thinks("chat.completions", {"chat_template_kwargs": {"enable_thinking": False}}, "my-local-model")
+    for model in ("gemini-2.5-pro", "google/gemini-2.5-flash", "codex-mini-latest", "qwen3-32b", "grok-4"):
+        assert thinks("chat.completions", {}, model), model
+    assert not thinks("chat.completions", {}, "qwen3-235b-a22b-instruct-2507")
 
 
 def test_a_stored_prompt_template_gets_no_directive():

@@ -122,6 +122,12 @@ def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine)
     # a system message after the first turn (the time, retrieved context) is not the prefix: the key changed per call
     assert len({key_for("Be brief.", "a", [{"role": "system", "content": f"Current time: 10:00:0{i}"}])
                 for i in range(3)}) == 1
+    # a host that only holds OpenAI's name is another host: no key (a red-team pass found one added there)
+    for url in ("https://api.openai.com.evil.example/v1", "https://proxy.example/api.openai.com/v1"):
+        attempt = get_engine().begin(url=f"{url}/chat/completions", path="/v1/chat/completions", headers={},
+                                     body=json.dumps({"model": "gpt-4o", "messages": HI}).encode())
+        attempt.plan("/v1/chat/completions")
+        assert "prompt_cache_key" not in attempt.call.body, url
 
 
 def test_unknown_tiers_are_configuration_errors():
@@ -661,6 +667,22 @@ def test_the_directives_cap_is_measured_on_the_apps_own_words(engine):
                            headers={}, body=json.dumps(body).encode())
     assert attempt.shape_output()
     assert attempt.call.body["max_tokens"] > 250 == llmbudget.Output(max_words=100).cap
+
+
+def test_the_directives_cap_follows_the_users_language_under_an_english_system_prompt(engine):
+    # a red-team pass: a Tamil question alone got 570 tokens, with a long English system prompt 290, and a
+    # 120-word Tamil answer (347 tokens) that obeyed the directive was cut
+    engine.output = llmbudget.Output(max_words=120)
+    system = "You are a helpful assistant for a travel company. Answer politely and accurately. " * 8
+    question = "சென்னையில் இருந்து மதுரைக்கு ரயிலில் செல்ல எவ்வளவு நேரம் ஆகும்? சிறந்த ரயில் எது?"
+    caps = []
+    for messages in ([{"role": "user", "content": question}],
+                     [{"role": "system", "content": system}, {"role": "user", "content": question}]):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps({"model": "gpt-4o", "messages": messages}).encode())
+        assert attempt.shape_output()
+        caps.append(attempt.call.body["max_tokens"])
+    assert caps[0] == caps[1] > 400 > llmbudget.Output(max_words=120).cap  # (347 tokens for 120 words)
 
 
 @pytest.mark.parametrize(("extra", "tier_url", "routed"), [

@@ -6,7 +6,7 @@ retries handle it; give such clients a long timeout).
 
 ``with llmbudget.defer("batch"):`` collects the block's non-streamed OpenAI calls into
 Batch API jobs instead of sending them: each call waits while the engine's :class:`Batcher`
-(``Engine(batcher=Batcher(state=...))``, ``[defer]`` in the policy) gathers
+(``configure(batcher=Batcher(state=...))``; without a ``state`` folder, in memory only) gathers
 the calls made within ``linger`` seconds (from threads or asyncio tasks), uploads them as a
 JSONL file (``POST /v1/files``, purpose ``batch``), creates the job (``POST /v1/batches``),
 polls it, downloads the output and error files and hands every caller its own answer,
@@ -132,6 +132,7 @@ class Batcher:
         self.linger, self.max_lines, self.poll_interval = linger, max_lines, poll_interval
         self.completion_window, self.timeout = completion_window, timeout
         self.state = Path(state) if state is not None else None
+        self._warned_stateless = False
         self._groups: dict[_Key, _Group] = {}
         self._leases: dict[str, int] = {}  # job id -> the file descriptor of its locked lease file
         self._lock = threading.Lock()
@@ -283,6 +284,12 @@ class Batcher:
 
     def _keep(self, job: str, group: _Group) -> None:
         if self.state is None:
+            if not self._warned_stateless:
+                self._warned_stateless = True
+                log.warning("llmbudget: batch job %s is kept in memory only (a Batcher without state=): if this "
+                            "process ends before it is answered, its answers and spend are lost and `llmbudget "
+                            "batches --resume` cannot find it; configure(batcher=Batcher(state=\".llmbudget/"
+                            "batches\")) keeps jobs on disk", job)
             return
         self.state.mkdir(parents=True, exist_ok=True)
         lease = _take_lease(self.state, job)  # held while this process polls: --resume leaves the job alone

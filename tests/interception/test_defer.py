@@ -258,12 +258,14 @@ def test_a_route_defers_its_calls(engine):
         Route("/x", defer="tomorrow")
 
 
-def test_a_full_job_is_sent_at_once_and_the_next_calls_start_another(llm_server, engine, records, tmp_path):
+def test_a_full_job_is_sent_at_once_and_the_next_calls_start_another(llm_server, engine, records, tmp_path, caplog):
     engine._batcher = Batcher(linger=0.5, max_lines=2, poll_interval=0.05)
-    with batch_server(llm_server) as server:
+    with batch_server(llm_server) as server, caplog.at_level("WARNING", logger="llmbudget.defer"):
         answers = together(ask, client_of(server), QUESTIONS)
         totals = sorted(job["request_counts"]["total"] for job in server.batches.values())
     assert totals == [1, 2] and len(answers) == 3 and len(records) == 3
+    # a Batcher without a state folder says, once, that a restart would lose its jobs (it said nothing)
+    assert sum("kept in memory only" in r.getMessage() for r in caplog.records) == 1
 
 
 # --------------------------------------------------------------------------- Anthropic's Message Batches

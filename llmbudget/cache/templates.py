@@ -475,8 +475,8 @@ _QUANTIFIERS = {w: g for g, words in enumerate(("all every each", "most majority
 _NUMBER_WORDS = frozenset("one two three four five six seven eight nine ten dozen hundred".split())
 _DIGITS = {w: str(n) for n, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen"
-    " eighteen nineteen twenty".split())} | {w: str(n) for n, w in zip(range(30, 100, 10),
-                                                                  "thirty forty fifty sixty seventy eighty ninety".split())}
+    " eighteen nineteen twenty".split())} | {w: str(n) for n, w in zip(
+        range(30, 100, 10), "thirty forty fifty sixty seventy eighty ninety".split(), strict=True)}
 
 
 def _quantifiers(words: Sequence[str]) -> frozenset[int]:

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from .scope import Scope
 
 log = logging.getLogger("llmbudget.defer")
+#: The endpoints a job's lines name, as the path after an API's base URL ("chat/completions" before "completions").
+_ENDPOINTS = ("chat/completions", "responses", "embeddings", "completions", "messages")
 
 __all__ = ["DEFER_MODES", "BatchError", "Batcher", "defer", "pending_jobs", "resume"]
 
@@ -155,10 +157,14 @@ class Batcher:
     def submit(self, *, url: str, path: str, headers: dict[str, str], body: dict[str, Any], tenant: str | None,
                request_id: str | None) -> concurrent.futures.Future[tuple[int, bytes]]:
         """Queue one call; its future gets (status, JSON body) once the job is done."""
-        version = "/v1"
-        root, _, rest = url.partition(version + "/")
-        base_url = root + version if rest else url.rsplit("/", 1)[0]
-        endpoint = "/v1/" + rest if rest else path
+        plain = url.split("?", 1)[0]
+        known = next((s for s in _ENDPOINTS if plain.endswith("/" + s)), None)
+        if known is not None:  # the API's own path after the base URL, whatever the base holds (a gateway's "/v1/")
+            base_url, endpoint = plain[: -len(known) - 1], "/v1/" + known
+        else:
+            root, _, rest = url.partition("/v1/")
+            base_url = root + "/v1" if rest else url.rsplit("/", 1)[0]
+            endpoint = "/v1/" + rest if rest else path
         call = _Call(custom_id=f"llmbudget-{uuid.uuid4().hex}", tenant=tenant, request_id=request_id,
                      model=body.get("model") if isinstance(body.get("model"), str) else None,
                      line={"method": "POST", "url": endpoint, "body": body})

@@ -128,3 +128,27 @@ def test_a_batch_line_that_allows_no_output_keeps_its_reported_zero() -> None:
                       "input_estimate": 100, "output_as_reported": True}]}
     _, (record,) = _job_records(job, Results(), {}, llmbudget.Engine())  # type: ignore[arg-type]
     assert (record.usage.input_tokens, record.usage.output_tokens, record.estimated) == (101, 0, False)
+
+
+class _Grouping(_Recording):
+    """A Batcher that keeps the groups it would send."""
+
+    def _run(self, group) -> None:  # noqa: ANN001 - the group as Batcher sends it
+        with self._sent_lock:
+            self.groups.append(group)
+
+
+def test_a_gateways_base_url_keeps_its_own_path() -> None:
+    # behind a gateway whose path holds "/v1/" (Cloudflare AI Gateway), files and batches went to the gateway's
+    # root and each line named "/v1/ACCT/GW/openai/chat/completions": every deferred call failed
+    batcher = _Grouping(linger=60.0, max_lines=1, poll_interval=1.0)
+    batcher.groups = []
+    for url in ("https://gateway.ai.cloudflare.com/v1/acct/gw/openai/chat/completions",
+                "https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1/responses",
+                "https://api.anthropic.com/v1/messages"):
+        batcher.submit(url=url, path="/v1/chat/completions", headers={"authorization": "Bearer k"},
+                       body={"model": "m", "messages": []}, tenant=None, request_id=None)
+    sent = [(group.base_url, group.calls[0].line["url"]) for group in batcher.groups]
+    assert sent == [("https://gateway.ai.cloudflare.com/v1/acct/gw/openai", "/v1/chat/completions"),
+                    ("https://api.openai.com/v1", "/v1/chat/completions"), ("https://api.openai.com/v1", "/v1/responses"),
+                    ("https://api.anthropic.com/v1", "/v1/messages")]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .scope import Scope
 
 log = logging.getLogger("llmbudget.defer")
+_FLUSH_TRIES = 3  # --resume: writes of a job's records to the ledger before it is kept for a later --resume
 #: The endpoints a job's lines name, as the path after an API's base URL ("chat/completions" before "completions").
 _ENDPOINTS = ("chat/completions", "responses", "embeddings", "completions", "messages")
 
@@ -730,13 +731,19 @@ def _resume_job(folder: Path, job: dict[str, Any], *, api_key: str | None, anthr
     for record in records:
         engine.record(record, None)
     flush = getattr(engine.ledger, "flush", None)
-    if flush is not None:
+    for attempt in range(_FLUSH_TRIES if flush is not None else 0):
+        if attempt:
+            time.sleep(1.0)
         flush()  # written before the job is forgotten: a crash in between is the only way to record it twice
-    if getattr(engine.ledger, "pending", 0):  # the ledger could not be written (locked, full, down): the job stays,
-        engine.ledger.withdraw()  # and none of its records is written later, which a later --resume would repeat
-        return {"id": job["id"], "status": "error", "calls": len(job["calls"]), "recorded": 0,
-                "error": f"the ledger {getattr(engine.ledger, 'path', '')} could not be written (see the log); none "
-                         "of the job's calls recorded"}
+        if not getattr(engine.ledger, "pending", 0):
+            break  # (tried again: a Redis reply lost after the write is sent again under the same ids, kept once)
+    else:
+        withdraw = getattr(engine.ledger, "withdraw", None)
+        if withdraw is not None and withdraw():  # the ledger could not be written (locked, full, down): the job
+            # stays, and none of its records is written later, which a later --resume would repeat
+            return {"id": job["id"], "status": "error", "calls": len(job["calls"]), "recorded": 0,
+                    "error": f"the ledger {getattr(engine.ledger, 'path', '')} could not be written (see the log); "
+                             "none of the job's calls recorded"}
     recorded = len(records)
     (folder / f"{job['id']}.json").unlink(missing_ok=True)
     return {"id": job["id"], "status": jobs.ended(done), "calls": len(job["calls"]), "recorded": recorded}

@@ -1505,12 +1505,13 @@ def _unknown_model(base_url: str) -> bool:
 
 
 def _openai(base_url: str) -> bool:
-    """Whether ``base_url`` is OpenAI's own API host (not one whose name or path only holds "api.openai.com":
-    ``https://api.openai.com.evil.example``, ``https://proxy.example/api.openai.com/v1``)."""
+    """Whether ``base_url`` is OpenAI's own API host, regional ones too (``eu.api.openai.com``), not one whose name
+    or path only holds "api.openai.com" (``https://api.openai.com.evil.example``, ``https://proxy.example/api.openai.com``)."""
     try:
-        return (urlsplit(base_url).hostname or "").rstrip(".") == "api.openai.com"
+        host = (urlsplit(base_url).hostname or "").rstrip(".")
     except ValueError:
         return False
+    return host == "api.openai.com" or host.endswith(".api.openai.com")
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:

@@ -39,7 +39,7 @@ class TestSpend(Counters):
     records: list[SpendRecord] = field(default_factory=list)
     #: Each call's prefix (``llmbudget.prefix.prefix_row``), for the prefix-stability check.
     prefixes: list[dict[str, Any]] = field(default_factory=list)
-    #: Attempts the API refused unbilled (a 429 or 5xx the SDK retried): no call of the test's ``calls=`` budget.
+    #: Attempts refused unbilled with a 429 or 5xx (which the SDK retries): no call of the test's ``calls=`` budget.
     refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -53,7 +53,7 @@ class TestSpend(Counters):
                 self.prefixes.append(row)
             if record.price_source == "unknown":
                 self.unpriced.add(record.model)
-            if record.status is not None and record.status >= 400 and not record.cost_usd:
+            if record.status is not None and (record.status == 429 or record.status >= 500) and not record.cost_usd:
                 self.refused += 1
             usage = record.usage
             flags = [name for name in ("estimated", "from_cache") if getattr(record, name)]

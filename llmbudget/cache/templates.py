@@ -139,7 +139,7 @@ def _run_end(text: str, i: int) -> int:
 # slept.", "Transcript:\n..."). There the text is data, as an app sends it: its punctuation, its capitals and its
 # courtesy are what is asked about. (Not after a question that more text follows, "What is X? Explain briefly.",
 # nor at a line break, which an app's greeting or a user's own layout may add above the same prompt.)
-_PAYLOAD = re.compile(r"(?<=\w):[ \t]*(?:\r?\n\s*)?(?=\S)")
+_PAYLOAD = re.compile(r"(?<=\w):(?:[ \t]+|[ \t]*\r?\n\s*)(?=\S)")  # not "10:30", "https://", "std::"
 
 
 def _payload_start(text: str) -> int:
@@ -148,9 +148,39 @@ def _payload_start(text: str) -> int:
     return match.end() if match else len(text) + 1
 
 
+def _factorial(text: str, start: int, after: int) -> bool:
+    """Whether the "!" at ``start`` is a number's factorial ("20!", "25! have"), not an exclamation after a number
+    ("turning 60!", "60! Then ...")."""
+    if text[start] != "!" or not start or not text[start - 1].isdigit():
+        return False
+    rest = text[after:].lstrip(" \t")
+    return bool(rest) and not rest[0].isupper() and rest[0] not in "\r\n"
+
+
+def _word_before(text: str, start: int) -> str:
+    """The word before ``text[start]`` (spaces skipped), in lower case."""
+    head = text[:start].rstrip()
+    i = len(head)
+    while i and (head[i - 1].isalnum() or head[i - 1] == "_"):
+        i -= 1
+    return head[i:].lower()
+
+
+# Words after which a symbol standing alone is named, not written: "what does . match", "the ! operator",
+# "between ! and ?", "ending in ?", "starting with !".
+_NAMING = frozenset("does do did the a an and or between in with is are of means mean use uses using like as "
+                    "than vs versus after before character char symbol sign operator".split())
+
+
 def _shouting(text: str) -> bool:
     """Whether ``text`` is typed in capitals throughout (not one acronym): its case says nothing."""
     return text == text.upper() and sum(c.isalpha() for c in text) >= 8
+
+
+def _caseless(text: str) -> bool:
+    """Whether ``text``'s case says nothing: typed in capitals throughout, or with none ("translate to french:
+    i saw a dog in paris")."""
+    return _shouting(text) or (text == text.lower() and sum(c.isalpha() for c in text) >= 8)
 
 
 def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
@@ -197,12 +227,12 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             if start < named:  # the rest of a symbol named in prose
                 append(token)
                 continue
-            if first in _SENTENCE and not quoted and not (first == "!" and before.isdigit()):  # "20!": factorial
+            if first in _SENTENCE and not quoted and not _factorial(text, start, after):
                 beyond = _run_end(text, after)
                 if before.isspace() and beyond < end and text[beyond].isspace() \
-                        and text[beyond:].lstrip()[:1].islower():
+                        and text[beyond:].lstrip()[:1].islower() and _word_before(text, start) in _NAMING:
                     named = beyond  # a symbol named in prose: "what does . match", "the ! operator", "?? mean"
-                    append(token)
+                    append(token)  # (not French spacing, "la France ? réponds", nor "apples , oranges")
                     continue
                 word_end = before.isalnum() or before in _CLOSING or before in _SENTENCE
                 spaced = beyond < end and text[beyond].isspace()
@@ -214,7 +244,8 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
                 continue  # "What's", "India's"
             if first in _QUOTES:
                 if (before.isspace() or before in _SENTENCE) and following.isalnum():  # an opening quote
-                    quoted = True  # single quotes too: "Is the comma needed in 'However, it rained'?"
+                    # single quotes too ("Is the comma needed in 'However, it rained'?"), not a decade's "'80s"
+                    quoted = quoted or not (first in _APOSTROPHES and following.isdigit())
                     continue
                 if (before.isalnum() or before in _SENTENCE) and (following.isspace() or following in _SENTENCE):
                     quoted = False
@@ -226,11 +257,13 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             append(_DATA + token)  # the payload's words, but for a sentence's first: their case is data ("paris")
         elif token.islower() or not token.isalpha():  # most words, numbers, symbols, mixed identifiers: as they are
             append(token)
-        elif token in ("I", "A") and not (quoted or code_like):  # but the letter quoted or in code: ord('A')
+        elif token in ("I", "A") and not (quoted or (text[start - 1 : start] in _QUOTES
+                                                      and text[after : after + 1] in _QUOTES)):  # not ord('A')
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING) \
-                and not (out and out[-1][:1].isdigit() and len(token) <= 5)  # a unit's case: "2 MW", "100 MBps"
+                and not (out and out[-1][:1].isdigit() and len(token) <= 5 and not token[1:].islower()
+                         and token.lower() not in ("am", "pm"))  # a unit's case is data: "2 mW", "2 MW"
             # compared exactly beside code, and for a word whose capital changes it past a sentence's start
             # ("Polish" is not "polish", "US" not "us")
             exact = not prose or (token.lower() in _CAPITONYMS and not _sentence_start(text, start))
@@ -272,6 +305,8 @@ def _same_token(x: str, y: str) -> bool:
     and "Co", not ``S`` and ``s``, not a word touching code)."""
     if x == y:
         return True
+    if x[:1] == _DATA or y[:1] == _DATA:  # a payload's word: the same letters in the same case
+        return x.lstrip(_DATA) == y.lstrip(_DATA)
     if len(x) < 2 or x[0] in _MARKS or y[0] in _MARKS or x.lower() != y.lower():
         return False
     return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
@@ -285,7 +320,7 @@ def _same(a: Sequence[str], b: Sequence[str]) -> bool:
 def same_text(a: str, b: str) -> bool:
     """Whether two texts are the same question as the guard reads them: spacing, sentence punctuation, quotes
     around prose and the case a user may drop folded; "CO" is not "Co", "12 - 5" not "12 / 5"."""
-    case = not (_shouting(a) or _shouting(b))
+    case = not (_caseless(a) or _caseless(b))
     return a == b or _same(_tokens(a, case), _tokens(b, case))
 
 
@@ -518,7 +553,8 @@ def _thousands(number: str) -> str:
     """``number`` (digits, as :func:`_number` gives them) times 1,000: the "1" of "1k" (a word of its own) and "1000"
     are one amount, "2.5" of "2.5k" and "2500" too; ``number`` as it is where it is no plain decimal."""
     whole, _, fraction = number.partition(".")
-    if not (whole.isdigit() and (fraction.isdigit() or not fraction) and len(fraction) <= 3):
+    if not (whole.isascii() and whole.isdigit() and (not fraction or (fraction.isascii() and fraction.isdigit()))
+            and len(fraction) <= 3):
         return number
     return str(int(whole) * 1000 + int(fraction.ljust(3, "0")))
 
@@ -674,10 +710,28 @@ def _payload_differs(a: str, b: str) -> bool:
     payload's data too). Not a payload that asks a question, which the verifier reads: a user's question after its
     topic ("Theology: What are the best arguments for God's existence?") is reworded as any other."""
     at, bt = _payload_start(a), _payload_start(b)
-    if at > len(a) or bt > len(b) or a.rstrip().endswith("?") or b.rstrip().endswith("?"):
+    if at > len(a) or bt > len(b) or _asks(a[at:]) or _asks(b[bt:]):
         return False  # none, or a question after its topic: "Music: What's your favourite song right now?"
-    return _content(_keys(_tokens(a[:at]))) == _content(_keys(_tokens(b[:bt]))) \
+    instruction = _content(_keys(_tokens(a[:at])))
+    return bool(_TASKS.intersection(instruction)) and instruction == _content(_keys(_tokens(b[:bt]))) \
         and _bare(_keys(_tokens(a[at:]))) != _bare(_keys(_tokens(b[bt:])))
+
+
+def _asks(payload: str) -> bool:
+    """Whether a payload is a user's question: it ends with "?" or opens with a question word ("how do I ...")."""
+    words = payload.split(None, 1)
+    return payload.rstrip().endswith("?") or (bool(words) and words[0].lower().strip(",") in _ASKING)
+
+
+_ASKING = frozenset("how what why when where who whom whose which can could should would will is are was were do "
+                    "does did may might must shall".split())
+# An instruction that works on its payload ("Translate to French:", "Rate the sentiment of this review:", "Is this
+# grammatical:"), not a topic a user sets before their own words ("Quick question:", "Note:", "Background:").
+_TASKS = frozenset("translate translation rate rating classify classification label tag categorize categorise "
+                   "summarize summarise summary rewrite rephrase paraphrase proofread correct fix check edit improve "
+                   "count detect extract analyze analyse score grade evaluate convert format sentiment tone spell "
+                   "spelling grammar grammatical punctuate punctuation capitalize capitalise capitalization "
+                   "capitalisation this these following below text sentence message review email input".split())
 
 
 def _quoted_data_differs(a: str, b: str) -> bool:
@@ -783,7 +837,7 @@ class TemplateGuard:
 
     def conflict(self, query: str, candidate: str) -> bool:
         """True when the texts share a template and the parts that differ carry different content."""
-        case = not (_shouting(query) or _shouting(candidate))
+        case = not (_caseless(query) or _caseless(candidate))
         tokens_a, tokens_b = _tokens(query, case), _tokens(candidate, case)
         a, b = _keys(tokens_a), _keys(tokens_b)
         words_a, words_b = _bare(a), _bare(b)

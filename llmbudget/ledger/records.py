@@ -196,8 +196,9 @@ class SQLiteLedger:
         return len(self._queue)
 
     def withdraw(self) -> int:
-        """Drop every record queued and not written yet (they will not be written); how many there were."""
-        with self._lock:
+        """Drop every record queued and not written yet (they will not be written); how many there were. A write
+        in progress (the writer thread's) ends first: what it wrote is not counted."""
+        with self._write_lock, self._lock:
             count = len(self._queue)
             self._queue.clear()
         return count

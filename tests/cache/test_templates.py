@@ -695,6 +695,27 @@ def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, a
     ("Quick question: how do I learn Python?", "Quick question: How do I learn Python?"),  # a sentence's first capital
     ("What is the capital of France ? Tell me please", "What is the capital of France? Tell me please"),
     ("TRANSLATE TO FRENCH: I SAW A DOG IN THE GARDEN", "Translate to French: I saw a dog in the garden"),
+    # from a review of the payload rules: a time's or a URL's colon starts no payload, French spacing names no
+    # symbol, a text typed in lower case says nothing by its case, a user's own words after a topic are reworded
+    ("What is 10:30 pm in tokyo time", "What is 10:30 PM in Tokyo time"),
+    ("Set an alarm for 10:30 tomorrow morning", "Set an alarm for 10:30 tomorrow morning, please"),
+    ("Explain std::vector in C++ briefly", "Explain std::vector in C++ briefly, please"),
+    ("Quelle est la capitale de la France ? réponds en une phrase",
+     "Quelle est la capitale de la France? réponds en une phrase"),
+    ("Compare apples , oranges and pears", "Compare apples, oranges and pears"),
+    ("translate to french: i saw a dog in paris", "Translate to French: I saw a dog in Paris"),
+    ("Translate to French: I saw a dog", "Translate to French I saw a dog"),
+    ("Quick question: how do I learn Python", "Quick question: how can I learn Python"),
+    ("iphone 15 pro max price", "iPhone 15 Pro Max price"),
+    ("What does x = 5 do if I run it", "what does x = 5 do if i run it"),
+    ("Which films from the '80s, if any, won an Oscar?", "Which films from the '80s if any won an Oscar?"),
+    ("Gift ideas for my dad who is turning 60!", "Gift ideas for my dad who is turning 60"),
 ])
 def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)
+
+
+def test_digits_of_other_scripts_beside_a_k_are_no_crash() -> None:
+    # "⁵".isdigit() is true and int("⁵") raises: every lookup compared with such a stored text raised
+    text = "Find plots of land over 10 ⁵ k square metres"
+    assert not TemplateGuard().conflict(text, text) and not TemplateGuard().conflict(text, text.replace("10", "12"))

@@ -748,9 +748,10 @@ def test_an_attempt_refused_unbilled_is_no_call_of_a_tests_calls_budget():
                            status=status)
 
     spend = TestSpend()
-    for record in (attempt(429, "0"), attempt(500, "0"), attempt(200, "0.00001"), attempt(400, "0.000002")):
+    for record in (attempt(429, "0"), attempt(500, "0"), attempt(200, "0.00001"), attempt(400, "0.000002"),
+                   attempt(400, "0")):
         spend.add(record)
-    assert spend.calls == 4 and spend.refused == 2  # a refusal that was billed (cost > 0) is a call
+    assert spend.calls == 5 and spend.refused == 2  # a billed refusal, or an invalid request's 400, is a call
     again = TestSpend.from_wire(spend.to_wire())  # as an xdist worker sends it
     assert again.refused == 2
     again.merge_spend(spend)

@@ -128,6 +128,10 @@ def test_openai_requests_get_a_stable_prompt_cache_key_and_others_do_not(engine)
                                      body=json.dumps({"model": "gpt-4o", "messages": HI}).encode())
         attempt.plan("/v1/chat/completions")
         assert "prompt_cache_key" not in attempt.call.body, url
+    regional = get_engine().begin(url="https://eu.api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                                  headers={}, body=json.dumps({"model": "gpt-4o", "messages": HI}).encode())
+    regional.plan("/v1/chat/completions")
+    assert "prompt_cache_key" in regional.call.body  # OpenAI's regional hosts are OpenAI's
 
 
 def test_unknown_tiers_are_configuration_errors():

@@ -730,8 +730,8 @@ def _resume_job(folder: Path, job: dict[str, Any], *, api_key: str | None, anthr
         raise
     for record in records:
         engine.record(record, None)
-    flush = getattr(engine.ledger, "flush", None)
-    for attempt in range(_FLUSH_TRIES if flush is not None else 0):
+    flush = getattr(engine.ledger, "flush", None) or (lambda: None)
+    for attempt in range(_FLUSH_TRIES):
         if attempt:
             time.sleep(1.0)
         flush()  # written before the job is forgotten: a crash in between is the only way to record it twice

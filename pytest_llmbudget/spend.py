@@ -13,6 +13,7 @@ from llmbudget.prefix import prefix_row
 
 __all__ = ["Counters", "TestSpend", "COUNTER_KEYS", "to_report"]
 
+_RETRIED = frozenset((408, 409, 429))  # what the openai and anthropic SDKs retry, with 5xx
 _MAX_PREFIXES = 5000  # per test: what the prefix check reads of a test that makes more calls than that
 COUNTER_KEYS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                 "reasoning_tokens")
@@ -39,7 +40,7 @@ class TestSpend(Counters):
     records: list[SpendRecord] = field(default_factory=list)
     #: Each call's prefix (``llmbudget.prefix.prefix_row``), for the prefix-stability check.
     prefixes: list[dict[str, Any]] = field(default_factory=list)
-    #: Attempts refused unbilled with a 429 or 5xx (which the SDK retries): no call of the test's ``calls=`` budget.
+    #: Attempts refused unbilled with a 408, 409, 429 or 5xx (which the SDKs retry): no call of a ``calls=`` budget.
     refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -53,7 +54,7 @@ class TestSpend(Counters):
                 self.prefixes.append(row)
             if record.price_source == "unknown":
                 self.unpriced.add(record.model)
-            if record.status is not None and (record.status == 429 or record.status >= 500) and not record.cost_usd:
+            if (record.status in _RETRIED or (record.status or 0) >= 500) and not record.cost_usd:
                 self.refused += 1
             usage = record.usage
             flags = [name for name in ("estimated", "from_cache") if getattr(record, name)]

@@ -139,7 +139,8 @@ def _run_end(text: str, i: int) -> int:
 # slept.", "Transcript:\n..."). There the text is data, as an app sends it: its punctuation, its capitals and its
 # courtesy are what is asked about. (Not after a question that more text follows, "What is X? Explain briefly.",
 # nor at a line break, which an app's greeting or a user's own layout may add above the same prompt.)
-_PAYLOAD = re.compile(r"(?<=\w):(?:[ \t]+|[ \t]*\r?\n\s*)(?=\S)")  # not "10:30", "https://", "std::"
+_PAYLOAD = re.compile(  # not "10:30", "https://", "std::"; "**Text:** ...", 'French:"I saw ..."', "anglais : J'ai",
+    r"(?<=[\w)])[ \t]?(?::[*_]*(?:[ \t]+|[ \t]*\r?\n\s*|(?=[\"'“‘]))|：[ \t]*)(?=\S)")  # "(to French):", "英文："
 
 
 def _payload_start(text: str) -> int:
@@ -148,13 +149,10 @@ def _payload_start(text: str) -> int:
     return match.end() if match else len(text) + 1
 
 
-def _factorial(text: str, start: int, after: int) -> bool:
-    """Whether the "!" at ``start`` is a number's factorial ("20!", "25! have"), not an exclamation after a number
-    ("turning 60!", "60! Then ...")."""
-    if text[start] != "!" or not start or not text[start - 1].isdigit():
-        return False
-    rest = text[after:].lstrip(" \t")
-    return bool(rest) and not rest[0].isupper() and rest[0] not in "\r\n"
+def _factorial(text: str, start: int) -> bool:
+    """Whether the "!" at ``start`` may be a number's factorial: right after a digit ("20!", "How many trailing
+    zeros in 100!"; so is "turning 60!", whose "!" is kept as data too)."""
+    return text[start] == "!" and start > 0 and text[start - 1].isdigit()
 
 
 def _word_before(text: str, start: int) -> str:
@@ -168,19 +166,16 @@ def _word_before(text: str, start: int) -> str:
 
 # Words after which a symbol standing alone is named, not written: "what does . match", "the ! operator",
 # "between ! and ?", "ending in ?", "starting with !".
-_NAMING = frozenset("does do did the a an and or between in with is are of means mean use uses using like as "
-                    "than vs versus after before character char symbol sign operator".split())
+_NAMING = frozenset("does do did the a an and or between in with without is are of means mean use uses using like "
+                    "as than vs versus after before character char symbol sign operator on by at to from for into "
+                    "about type typing escape escaping add adding remove removing trailing leading print printing "
+                    "replace replacing split splitting insert inserting delete deleting strip find match matches "
+                    "matching contains contain ending starting end start put".split())
 
 
 def _shouting(text: str) -> bool:
     """Whether ``text`` is typed in capitals throughout (not one acronym): its case says nothing."""
     return text == text.upper() and sum(c.isalpha() for c in text) >= 8
-
-
-def _caseless(text: str) -> bool:
-    """Whether ``text``'s case says nothing: typed in capitals throughout, or with none ("translate to french:
-    i saw a dog in paris")."""
-    return _shouting(text) or (text == text.lower() and sum(c.isalpha() for c in text) >= 8)
 
 
 def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
@@ -227,7 +222,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             if start < named:  # the rest of a symbol named in prose
                 append(token)
                 continue
-            if first in _SENTENCE and not quoted and not _factorial(text, start, after):
+            if first in _SENTENCE and not quoted and not _factorial(text, start):
                 beyond = _run_end(text, after)
                 if before.isspace() and beyond < end and text[beyond].isspace() \
                         and text[beyond:].lstrip()[:1].islower() and _word_before(text, start) in _NAMING:
@@ -320,7 +315,7 @@ def _same(a: Sequence[str], b: Sequence[str]) -> bool:
 def same_text(a: str, b: str) -> bool:
     """Whether two texts are the same question as the guard reads them: spacing, sentence punctuation, quotes
     around prose and the case a user may drop folded; "CO" is not "Co", "12 - 5" not "12 / 5"."""
-    case = not (_caseless(a) or _caseless(b))
+    case = not (_shouting(a) or _shouting(b))
     return a == b or _same(_tokens(a, case), _tokens(b, case))
 
 
@@ -706,27 +701,29 @@ def _comparison_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
 def _payload_differs(a: str, b: str) -> bool:
     """Whether the two texts give one instruction (its content words alike) to payloads (see :data:`_PAYLOAD`)
     with other words, however short: "Translate to French: I saw a dog." and "... I saw the dog.", "Rate the
-    sentiment: The food was very good." and "... The food was good." (a filler or a courtesy word is the
-    payload's data too). Not a payload that asks a question, which the verifier reads: a user's question after its
-    topic ("Theology: What are the best arguments for God's existence?") is reworded as any other."""
+    sentiment: The food was very good." and "... The food was good.", "Solve: 2x + 3 = 7" and "... = 9" (a filler
+    or a courtesy word is the payload's data too). Not after a label a user sets before their own words ("Quick
+    question:", "Note:"), nor a question after its topic ("Theology: What are the best arguments for God's
+    existence?"), which are reworded as any other, unless the instruction works on its payload ("Translate to
+    French: Where is the dog?")."""
     at, bt = _payload_start(a), _payload_start(b)
-    if at > len(a) or bt > len(b) or _asks(a[at:]) or _asks(b[bt:]):
-        return False  # none, or a question after its topic: "Music: What's your favourite song right now?"
+    if at > len(a) or bt > len(b):
+        return False
     instruction = _content(_keys(_tokens(a[:at])))
-    return bool(_TASKS.intersection(instruction)) and instruction == _content(_keys(_tokens(b[:bt]))) \
-        and _bare(_keys(_tokens(a[at:]))) != _bare(_keys(_tokens(b[bt:])))
+    if " ".join(instruction) in _FRAMES:  # a label before the user's own words: "Quick question:", "Note:"
+        return False
+    if (a.rstrip().endswith("?") or b.rstrip().endswith("?")) and not _TASKS.intersection(instruction):
+        return False  # a question after its topic: "Music: What's your favourite song right now?"
+    return instruction == _content(_keys(_tokens(b[:bt]))) and _bare(_keys(_tokens(a[at:]))) != \
+        _bare(_keys(_tokens(b[bt:])))
 
 
-def _asks(payload: str) -> bool:
-    """Whether a payload is a user's question: it ends with "?" or opens with a question word ("how do I ...")."""
-    words = payload.split(None, 1)
-    return payload.rstrip().endswith("?") or (bool(words) and words[0].lower().strip(",") in _ASKING)
-
-
-_ASKING = frozenset("how what why when where who whom whose which can could should would will is are was were do "
-                    "does did may might must shall".split())
+# Labels a user sets before their own words, which are reworded as any question is.
+_FRAMES = frozenset(("question", "quick question", "q", "note", "notes", "background", "context", "fyi", "ps",
+                     "update", "edit", "tl dr", "tldr", "topic", "subject", "re", "help", "problem", "issue",
+                     "my question", "one question", "question for you", "follow up", "followup"))
 # An instruction that works on its payload ("Translate to French:", "Rate the sentiment of this review:", "Is this
-# grammatical:"), not a topic a user sets before their own words ("Quick question:", "Note:", "Background:").
+# grammatical:"): its payload is data even where it asks a question ("Translate to French: Where is the dog?").
 _TASKS = frozenset("translate translation rate rating classify classification label tag categorize categorise "
                    "summarize summarise summary rewrite rephrase paraphrase proofread correct fix check edit improve "
                    "count detect extract analyze analyse score grade evaluate convert format sentiment tone spell "
@@ -837,7 +834,7 @@ class TemplateGuard:
 
     def conflict(self, query: str, candidate: str) -> bool:
         """True when the texts share a template and the parts that differ carry different content."""
-        case = not (_caseless(query) or _caseless(candidate))
+        case = not (_shouting(query) or _shouting(candidate))
         tokens_a, tokens_b = _tokens(query, case), _tokens(candidate, case)
         a, b = _keys(tokens_a), _keys(tokens_b)
         words_a, words_b = _bare(a), _bare(b)

@@ -684,6 +684,17 @@ def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(
     ("Is a 2 mw laser pointer dangerous to the eyes?", "Is a 2 MW laser pointer dangerous to the eyes?"),
     ("How can I compress all the cells in Excel?", "How can I decompress all the cells in Excel?"),
     ("Is it safe to leave a forty year old boiler running?", "Is it safe to leave a fifty year old boiler running?"),
+    # from a review of the first version of these rules: a payload's case in a text typed in lower case, symbols
+    # named after other words, a factorial at the end, instructions in other words and languages, a payload that
+    # opens like a question, a label in bold
+    ("count the uppercase letters: hello world", "count the uppercase letters: Hello World"),
+    ("Split a string on , in Python", "Split a string on ; in Python"),
+    ("How many trailing zeros in 100!", "How many trailing zeros in 100?"),
+    ("Solve: 2x + 3 = 7", "Solve: 2x + 3 = 9"),
+    ("Traduce al inglés: Vi un perro.", "Traduce al inglés: Vi el perro."),
+    ("Translate to German: How are you", "Translate to German: How old are you"),
+    ("**Translate to French:** I saw a dog.", "**Translate to French:** I saw the dog."),
+    ("Translate (to French): I saw a dog.", "Translate (to French): I saw the dog."),
 ])
 def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, asked: str) -> None:
     _never_a_hit(stored, asked)
@@ -703,13 +714,11 @@ def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, a
     ("Quelle est la capitale de la France ? réponds en une phrase",
      "Quelle est la capitale de la France? réponds en une phrase"),
     ("Compare apples , oranges and pears", "Compare apples, oranges and pears"),
-    ("translate to french: i saw a dog in paris", "Translate to French: I saw a dog in Paris"),
     ("Translate to French: I saw a dog", "Translate to French I saw a dog"),
     ("Quick question: how do I learn Python", "Quick question: how can I learn Python"),
     ("iphone 15 pro max price", "iPhone 15 Pro Max price"),
     ("What does x = 5 do if I run it", "what does x = 5 do if i run it"),
     ("Which films from the '80s, if any, won an Oscar?", "Which films from the '80s if any won an Oscar?"),
-    ("Gift ideas for my dad who is turning 60!", "Gift ideas for my dad who is turning 60"),
 ])
 def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

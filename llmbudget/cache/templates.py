@@ -156,12 +156,23 @@ def _factorial(text: str, start: int) -> bool:
 
 
 def _word_before(text: str, start: int) -> str:
-    """The word before ``text[start]`` (spaces skipped), in lower case."""
-    head = text[:start].rstrip()
-    i = len(head)
-    while i and (head[i - 1].isalnum() or head[i - 1] == "_"):
+    """The word before ``text[start]`` (spaces skipped), in lower case (read in place: a long text is not copied
+    for each symbol in it)."""
+    end = start
+    while end and text[end - 1].isspace():
+        end -= 1
+    i = end
+    while i and (text[i - 1].isalnum() or text[i - 1] == "_"):
         i -= 1
-    return head[i:].lower()
+    return text[i:end].lower()
+
+
+def _next_char(text: str, i: int) -> str:
+    """The first character at or after ``i`` that is not a space ("" at the end), read in place."""
+    end = len(text)
+    while i < end and text[i].isspace():
+        i += 1
+    return text[i : i + 1]
 
 
 # Words after which a symbol standing alone is named, not written: "what does . match", "the ! operator",
@@ -182,6 +193,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
     """Words, numbers and symbols of ``text``, soft punctuation dropped (see :func:`_tokens`)."""
     shouting = _shouting(text)
     payload = _payload_start(text)
+    last = len(text.rstrip())  # where the text's trailing spaces begin
     out: list[str] = []
     append = out.append
     end = len(text)
@@ -216,7 +228,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
         if first in _SOFTISH:
             before = text[start - 1] if start else " "
             following = text[after] if after < end else " "
-            if start >= payload and not (first in _SENTENCE and not text[_run_end(text, after):].strip()):
+            if start >= payload and not (first in _SENTENCE and _run_end(text, after) >= last):
                 append(token)  # the payload's punctuation, quotes and apostrophes are its data (not the text's last)
                 continue
             if start < named:  # the rest of a symbol named in prose
@@ -225,7 +237,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             if first in _SENTENCE and not quoted and not _factorial(text, start):
                 beyond = _run_end(text, after)
                 if before.isspace() and beyond < end and text[beyond].isspace() \
-                        and text[beyond:].lstrip()[:1].islower() and _word_before(text, start) in _NAMING:
+                        and _next_char(text, beyond).islower() and _word_before(text, start) in _NAMING:
                     named = beyond  # a symbol named in prose: "what does . match", "the ! operator", "?? mean"
                     append(token)  # (not French spacing, "la France ? réponds", nor "apples , oranges")
                     continue

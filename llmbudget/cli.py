@@ -508,7 +508,7 @@ def _redis_records(url: str) -> list[Any]:
         raise ValueError(f"the ledger URL: {type(exc).__name__}: {exc}") from None
     try:
         records = list(ledger.records())
-        stream_found = bool(records) or bool(ledger._redis.exists(ledger.stream))
+        stream_found = bool(records) or ledger.exists()
     except Exception as exc:  # noqa: BLE001 - unreachable, refused, a damaged entry: one line, without the password
         raise ValueError(f"{where}: the ledger could not be read ({type(exc).__name__}: {exc})") from None
     finally:

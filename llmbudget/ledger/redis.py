@@ -255,11 +255,11 @@ def _settled_bucket(rid: str) -> str:
     return f"{hour}:{rest[:2]}" if dot and hour else f"0:{rid[-2:]}"
 
 
-
 def location(url: str) -> str:
     """``host:port`` of a Redis URL, for messages (never its password)."""
     parts = urlsplit(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
 
 class RedisBudgetStore:
     """Budget counters in Redis: atomic reservations across processes and hosts.
@@ -799,6 +799,10 @@ class RedisLedger:
                 args += [record_id, payload]
             pipe.evalsha(self._sha, 2, self.stream, self._ids, *args)
         pipe.execute()
+
+    def exists(self) -> bool:
+        """Whether the ledger's stream exists in Redis (a mistyped ``prefix=`` names one that does not)."""
+        return bool(self._redis.exists(self.stream))
 
     def records(self) -> Iterator[SpendRecord]:
         """Every record in the stream, oldest first (read in pages)."""

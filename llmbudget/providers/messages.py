@@ -49,8 +49,9 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
             plain, written, read, written_1h = (x + y for x, y in zip((plain, written, read, written_1h), more,
                                                                        strict=True))
             output += as_int(step.get("output_tokens"))
-    if raw.get("speed") == "fast" and not _FAST_SEEN:  # Anthropic's fast mode: a multiple of the standard rate
-        _FAST_SEEN.append(True)
+    global _fast_warned
+    if raw.get("speed") == "fast" and not _fast_warned:  # Anthropic's fast mode: a multiple of the standard rate
+        _fast_warned = True
         log.warning("llmbudget: a Messages call ran in fast mode (usage.speed 'fast'); it is priced at the "
                     "model's standard rate, which genai-prices lists alone: add a price override for the fast "
                     "rate if the app uses it")
@@ -67,7 +68,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     )
 
 
-_FAST_SEEN: list[bool] = []  # whether the fast-mode warning was given (once per process)
+_fast_warned = False  # whether the fast-mode warning was given (once per process)
 
 
 def _input_counts(raw: dict[str, Any]) -> tuple[int, int, int, int]:

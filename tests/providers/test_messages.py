@@ -58,11 +58,11 @@ def test_a_compactions_tokens_count_though_the_top_level_fields_leave_them_out()
     assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (190000, 1000, 4300)
 
 
-def test_a_fast_mode_call_says_it_is_priced_at_the_standard_rate(caplog):
+def test_a_fast_mode_call_says_it_is_priced_at_the_standard_rate(caplog, monkeypatch):
     # genai-prices lists no fast-mode rate (a multiple of the standard one): the call was under-priced silently
     import llmbudget.providers.messages as messages
 
-    messages._FAST_SEEN.clear()
+    monkeypatch.setattr(messages, "_fast_warned", False)
     with caplog.at_level("WARNING", logger="llmbudget"):
         messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})
         messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})

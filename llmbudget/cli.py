@@ -258,8 +258,10 @@ def _calibrate_router(ns: argparse.Namespace) -> int:
             raise ConfigError("--keep-quality needs --weak and --strong: the label columns (CSV) or the models "
                               "(replay traffic JSONL) of the small and the large tier")
         result = calibrate_quality(ns.sample, weak=ns.weak, strong=ns.strong, keep=ns.keep_quality,
-                                   confidence=ns.confidence)
+                                   confidence=ns.confidence, every_file=ns.every_file)
     else:
+        if ns.every_file:
+            raise ConfigError("--every-file goes with --keep-quality: it keeps that share in every label file")
         result = calibrate(ns.sample, strong_fraction=ns.strong_fraction)
     if ns.policy:
         write_threshold(ns.policy, result["threshold"])
@@ -272,6 +274,10 @@ def _calibrate_router(ns: argparse.Namespace) -> int:
             f"{lo:.1%}-{hi:.1%}) and sends {result['small_fraction']:.1%} of the calls "
             f"({result['small_token_share']:.1%} of the input tokens) to the small tier"
         )
+        if "by_group" in result:
+            kept = [g["quality_kept"] for g in result["by_group"].values() if g["quality_kept"] is not None]
+            _console().print(f"every file keeps at least {min(kept):.1%}; the threshold is "
+                             f"{escape(str(result['binding_group']))}'s")
     return 0
 
 
@@ -783,6 +789,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate_router.add_argument("--strong", help="the large tier's label column (CSV) or model (traffic JSONL)")
     calibrate_router.add_argument("--confidence", type=float, default=0.9,
                                   help="keep the share at this one-sided bootstrap confidence (default 0.9)")
+    calibrate_router.add_argument("--every-file", action="store_true",
+                                  help="with --keep-quality and a folder of label CSVs (one per domain or task): keep "
+                                  "the share in every file, not only pooled (the lowest of their thresholds)")
     calibrate_router.add_argument("--strong-fraction", type=float, help="send this share of the sample to strong")
     calibrate_router.add_argument("--policy", help="write the threshold to this policy file (llmbudget.toml or pyproject)")
     calibrate_router.add_argument("--json", action="store_true")

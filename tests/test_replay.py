@@ -231,7 +231,9 @@ def test_lost_and_gained_answers_are_counted_per_decision_and_feature(sliced: di
     cache_alone, routing_alone = summary["features"]["cache alone"], summary["features"]["routing alone"]
     assert cache_alone["routed"] == 0 and cache_alone["quality"]["by_decision"]["routed"]["requests"] == 0
     assert routing_alone["cache"] == {"exact": 0, "semantic": 0, "wrong": 0}
-    assert routing_alone["savings_pct"] > cache_alone["savings_pct"] > 0
+    # each saves something, and together more than either alone
+    assert summary["savings_pct"] > max(routing_alone["savings_pct"], cache_alone["savings_pct"])
+    assert min(routing_alone["savings_pct"], cache_alone["savings_pct"]) > 0
     html = sliced["html"].read_text(encoding="utf-8")
     assert "What each feature saves and keeps" in html and "cache alone" in html
 

@@ -98,7 +98,11 @@ def test_reports_the_share_of_input_tokens_sent_strong(sample):
 
 import numpy as np  # noqa: E402
 
-from llmbudget.routing.calibrate import calibrate_quality, keep_quality_threshold  # noqa: E402
+from llmbudget.routing.calibrate import (  # noqa: E402
+    calibrate_quality,
+    keep_quality_everywhere,
+    keep_quality_threshold,
+)
 
 
 def test_keep_quality_sends_just_enough_strong() -> None:
@@ -135,6 +139,53 @@ def test_keep_quality_refuses_bad_input() -> None:
         keep_quality_threshold(np.ones(0), np.ones(0), np.ones(0), keep=0.9)
     with pytest.raises(ValueError, match="strong model answers none"):
         keep_quality_threshold(np.ones(3), np.zeros(3), np.zeros(3), keep=0.9)
+
+
+def test_keep_quality_everywhere_keeps_the_share_in_the_domain_the_router_reads_worst() -> None:
+    # Two domains of 100 prompts. In "facts" the weak model misses only the highest-scored 10; in "maths" the
+    # router's scores say nothing: the weak model misses every other prompt, whatever its score.
+    scores = np.concatenate([np.arange(100, dtype=float), np.arange(100, dtype=float)])
+    weak = np.concatenate([(np.arange(100) < 90).astype(float), (np.arange(100) % 2).astype(float)])
+    strong = np.ones(200)
+    groups = ["facts"] * 100 + ["maths"] * 100
+    pooled = keep_quality_threshold(scores, weak, strong, keep=0.9, confidence=0.5)
+    every = keep_quality_everywhere(scores, weak, strong, groups, keep=0.9, confidence=0.5)
+    maths = np.asarray(groups) == "maths"
+
+    def kept(threshold: float, mask: np.ndarray) -> float:
+        return float(np.where(scores[mask] >= threshold, strong[mask], weak[mask]).sum() / strong[mask].sum())
+
+    assert kept(pooled["threshold"], maths) < 0.9  # pooled, maths loses more than the share allows
+    assert every["binding_group"] == "maths" and every["threshold"] < pooled["threshold"]
+    assert kept(every["threshold"], maths) >= 0.9 and kept(every["threshold"], ~maths) >= 0.9
+    assert every["by_group"]["maths"]["quality_kept"] == pytest.approx(kept(every["threshold"], maths))
+    assert every["by_group"]["facts"]["threshold"] == pytest.approx(
+        keep_quality_threshold(scores[:100], weak[:100], strong[:100], keep=0.9, confidence=0.5)["threshold"])
+    assert every["quality_kept"] == pytest.approx(kept(every["threshold"], np.ones(200, dtype=bool)))
+    assert every["strong_fraction"] == pytest.approx(float(np.mean(scores >= every["threshold"])))
+    lo, hi = keep_quality_everywhere(scores, weak, strong, groups, keep=0.9)["quality_kept_interval"]
+    assert lo <= every["quality_kept"] <= hi
+    with pytest.raises(ValueError, match="3 groups for 200 prompts"):
+        keep_quality_everywhere(scores, weak, strong, groups[:3], keep=0.9)
+
+
+def test_calibrate_every_file_of_a_label_folder(tmp_path, capsys):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for name, weak_ok in (("easy", lambda i: True), ("hard", lambda i: i % 2 == 0)):
+        rows = ["prompt,weak,strong"] + [f'"{p} ({name} {i})",{int(weak_ok(i))},1' for i, p in enumerate(PROMPTS * 2)]
+        (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    result = calibrate_quality(folder, weak="weak", strong="strong", keep=0.9, every_file=True)
+    assert result["binding_group"] == "hard" and set(result["by_group"]) == {"easy", "hard"}
+    assert min(g["quality_kept"] for g in result["by_group"].values()) >= 0.9
+    assert result["threshold"] <= calibrate_quality(folder, weak="weak", strong="strong", keep=0.9)["threshold"]
+    assert main(["calibrate", "router", str(folder), "--keep-quality", "0.9", "--weak", "weak", "--strong",
+                 "strong", "--every-file"]) == 0
+    assert "the threshold is hard's" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="needs a folder of label CSVs"):
+        calibrate_quality(folder / "easy.csv", weak="weak", strong="strong", keep=0.9, every_file=True)
+    assert main(["calibrate", "router", str(folder), "--strong-fraction", "0.3", "--every-file"]) == 2
+    assert "--every-file goes with --keep-quality" in capsys.readouterr().err
 
 
 def _traffic_line(prompt: str, weak_ok: bool, strong_ok: bool) -> str:

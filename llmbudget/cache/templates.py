@@ -138,7 +138,8 @@ def _run_end(text: str, i: int) -> int:
 # Where a text's payload begins: after its first colon that ends a word ("Is this a comma splice: I went home, I
 # slept.", "Transcript:\n..."). There the text is data, as an app sends it: its punctuation, its capitals and its
 # courtesy are what is asked about. (Not after a question that more text follows, "What is X? Explain briefly.",
-# nor at a line break, which an app's greeting or a user's own layout may add above the same prompt.)
+# nor at a line break, which an app's greeting or a user's own layout may add above the same prompt; after a
+# question that works on the text after it, its words are data, see _asked_payload_differs.)
 _PAYLOAD = re.compile(  # not "10:30", "https://", "std::"; "**Text:** ...", 'French:"I saw ..."', "anglais : J'ai",
     r"(?<=[\w)])[ \t]?(?::[*_]*(?:[ \t]+|[ \t]*\r?\n\s*|(?=[\"'“‘]))|：[ \t]*)(?=\S)")  # "(to French):", "英文："
 
@@ -182,6 +183,10 @@ _NAMING = frozenset("does do did the a an and or between in with without is are 
                     "about type typing escape escaping add adding remove removing trailing leading print printing "
                     "replace replacing split splitting insert inserting delete deleting strip find match matches "
                     "matching contains contain ending starting end start put".split())
+
+
+# Words after which a letter is named, its case with it: "the letter A" is not "the letter a" (65 and 97 in ASCII).
+_LETTER_NAMES = frozenset("letter letters character characters char".split())
 
 
 def _shouting(text: str) -> bool:
@@ -265,7 +270,8 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
         elif token.islower() or not token.isalpha():  # most words, numbers, symbols, mixed identifiers: as they are
             append(token)
         elif token in ("I", "A") and not (quoted or (text[start - 1 : start] in _QUOTES
-                                                      and text[after : after + 1] in _QUOTES)):  # not ord('A')
+                                                      and text[after : after + 1] in _QUOTES)
+                                           or _word_before(text, start) in _LETTER_NAMES):  # not ord('A'), "letter A"
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING) \
@@ -396,6 +402,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         " | eighty | ninety | dozen | hundred | thousand | million | billion",
         "true | false",
         "yes | no",
+        "am | pm",  # "5am", "5 pm" ("5 a.m." and "5 p.m." differ in a letter: see _opposed)
         "left | right",
         "buy | sell",
         "import | export",
@@ -416,7 +423,10 @@ _NEGATING = ("un", "in", "im", "il", "ir", "non", "dis", "de", "anti")  # "decom
 
 
 def _opposed(x: str, y: str) -> bool:
-    """Two different members of one closed class, or a word and its negation by prefix ("legal", "illegal")."""
+    """Two different members of one closed class, two different letters ("option a" and "option b", "solve for
+    x" and "... y", "5 a.m." and "5 p.m."), or a word and its negation by prefix ("legal", "illegal")."""
+    if len(x) == 1 and len(y) == 1 and x.isalpha() and y.isalpha():
+        return x != y
     mx, my = _MEMBER.get(x), _MEMBER.get(y)
     if mx is not None and my is not None and mx[0] == my[0] and mx[1] != my[1]:
         return True
@@ -719,6 +729,8 @@ def _payload_differs(a: str, b: str) -> bool:
     existence?"), which are reworded as any other, unless the instruction works on its payload ("Translate to
     French: Where is the dog?")."""
     at, bt = _payload_start(a), _payload_start(b)
+    if at > len(a) and bt > len(b):
+        return _asked_payload_differs(a, b)
     if at > len(a) or bt > len(b):
         return False
     instruction = _content(_keys(_tokens(a[:at])))
@@ -728,6 +740,26 @@ def _payload_differs(a: str, b: str) -> bool:
         return False  # a question after its topic: "Music: What's your favourite song right now?"
     return instruction == _content(_keys(_tokens(b[:bt]))) and _bare(_keys(_tokens(a[at:]))) != \
         _bare(_keys(_tokens(b[bt:])))
+
+
+_ASKED = re.compile(r"\?+[ \t]*(?:\r?\n\s*)?(?=\S)")  # a question mark that more text follows
+
+
+def _asked_payload_differs(a: str, b: str) -> bool:
+    """Whether the two texts ask one question about their input, written after it, and give it inputs of other
+    words: "Is this sentence correct? I went home." and "... I go home.", "Is this grammatical? She don't like
+    it." (the colon's rule of :func:`_payload_differs`, with a question mark ending the instruction). Only where
+    the question works on its input (a word of :data:`_TASKS`: "this", "correct", "grammatical", "sentence", ...):
+    "What's the capital of France? I need it for homework." is a question and a remark, reworded as any other. The
+    input's punctuation and case are not read here (a surface paraphrase of a multiple-choice question drops the
+    "?" before its options, or writes a scenario's "I" in lower case)."""
+    ma, mb = _ASKED.search(a), _ASKED.search(b)
+    if ma is None or mb is None:
+        return False
+    instruction = _content(_keys(_tokens(a[: ma.start()])))
+    if not _TASKS.intersection(instruction) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
+        return False
+    return _bare(_keys(_tokens(a[ma.end() :]))) != _bare(_keys(_tokens(b[mb.end() :])))
 
 
 # Labels a user sets before their own words, which are reworded as any question is.

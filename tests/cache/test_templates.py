@@ -695,6 +695,17 @@ def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(
     ("Translate to German: How are you", "Translate to German: How old are you"),
     ("**Translate to French:** I saw a dog.", "**Translate to French:** I saw the dog."),
     ("Translate (to French): I saw a dog.", "Translate (to French): I saw the dog."),
+    # a time of day, a letter named as one, a task asked as a question before its input (the red team's leftovers:
+    # each was served, "5 am" / "5 pm" at 0.88, "the letter A" / "the letter a" at 1.0)
+    ("Set an alarm for 5 am tomorrow", "Set an alarm for 5 pm tomorrow"),
+    ("Set an alarm for 5am tomorrow", "Set an alarm for 5pm tomorrow"),
+    ("Remind me at 7:30 a.m. to call mom", "Remind me at 7:30 p.m. to call mom"),
+    ("What is the ASCII code of the letter A?", "What is the ASCII code of the letter a?"),
+    ("Which option is right, a or b?", "Which option is right, a or c?"),
+    ("Is this sentence correct? I went home.", "Is this sentence correct? I go home."),
+    ("Is this grammatical? She don't like it.", "Is this grammatical? She doesn't like it."),
+    ("Sentiment? Great value for the price.", "Sentiment? Poor value for the price."),
+    ("Is this message polite or rude? Send me the file, please.", "Is this message polite or rude? Send me the file."),
 ])
 def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, asked: str) -> None:
     _never_a_hit(stored, asked)
@@ -719,6 +730,12 @@ def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, a
     ("iphone 15 pro max price", "iPhone 15 Pro Max price"),
     ("What does x = 5 do if I run it", "what does x = 5 do if i run it"),
     ("Which films from the '80s, if any, won an Oscar?", "Which films from the '80s if any won an Oscar?"),
+    # a question and a remark after it, with no task on an input, is reworded as any other; "I am" is no time
+    ("What's the capital of France? I need it for homework.", "What is the capital of France? I need it for my homework."),
+    ("Can you help? My printer won't print.", "Can you help? My printer will not print."),
+    ("Meet me at 5 pm tomorrow", "meet me at 5 PM tomorrow"),
+    ("Why am I always tired?", "Why am i always tired?"),
+    ("Is this sentence correct? I went home.", "is this sentence correct?  I went home"),
 ])
 def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

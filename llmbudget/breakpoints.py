@@ -45,9 +45,11 @@ CHARS_PER_TOKEN = 4
 
 
 def min_cacheable_tokens(model: str | None) -> int:
-    """The shortest prefix Anthropic caches for ``model`` (its docs' table; unknown models: 1,024)."""
-    name = (model or "").lower()
-    if "haiku-4-5" in name or "haiku-4.5" in name or "opus-4-5" in name or "opus-4.5" in name:
+    """The shortest prefix Anthropic caches for ``model`` (its docs' table: 4,096 for Opus 4.6, Opus 4.5 and
+    Haiku 4.5, 2,048 for the Haiku 3 models; others and unknown models 1,024, where a breakpoint on a shorter
+    prefix would be a slot spent, not a write paid: nothing under the minimum is written)."""
+    name = (model or "").lower().replace(".", "-")
+    if any(f"{family}-4-{minor}" in name for family, minor in (("haiku", 5), ("opus", 5), ("opus", 6))):
         return 4096
     if "haiku-3" in name or "3-haiku" in name or "3-5-haiku" in name:
         return 2048

@@ -216,6 +216,10 @@ def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():
         assert points.apply(own, tenant="t", model="claude-sonnet-4-5") is None
     assert has_cache_control(own) and not has_cache_control(_body(LONG))
     assert min_cacheable_tokens("claude-haiku-4-5") == 4096 and min_cacheable_tokens("claude-3-haiku-20240307") == 2048
+    # Opus 4.6 as Opus 4.5 (it was read as 1,024); other Opus and Sonnet releases 1,024
+    assert [min_cacheable_tokens(m) for m in ("claude-opus-4-6", "anthropic/claude-opus-4.6", "claude-opus-4-5-20251101",
+                                              "claude-opus-4-1-20250805", "claude-sonnet-4-6")] == [4096, 4096, 4096,
+                                                                                                    1024, 1024]
     for _ in range(3):  # about 1,200 tokens is too short for Haiku 4.5
         assert points.apply(_body(LONG), tenant="t", model="claude-haiku-4-5") is None
 

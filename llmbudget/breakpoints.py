@@ -33,6 +33,8 @@ from collections import OrderedDict
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .tokens import estimate_text
+
 if TYPE_CHECKING:
     from .pricing import Pricing
 
@@ -41,7 +43,6 @@ __all__ = ["Breakpoints", "cache_write_ttls", "has_cache_control", "min_cacheabl
 TTL_S = 300.0
 #: Used when the model's prices are unknown: Anthropic's multipliers of the input price.
 _WRITE, _READ = Decimal("1.25"), Decimal("0.1")
-CHARS_PER_TOKEN = 4
 
 
 def min_cacheable_tokens(model: str | None) -> int:
@@ -226,7 +227,7 @@ class Breakpoints:
         chosen = None
         for name, stable in candidates:
             text = json.dumps(stable, separators=(",", ":"), ensure_ascii=False, default=str)
-            tokens = len(text) // CHARS_PER_TOKEN
+            tokens = estimate_text(text)
             if tokens < minimum:
                 continue
             sightings = self._sightings(self._key(tenant, model, text), retry)
@@ -239,7 +240,7 @@ class Breakpoints:
                                                             ensure_ascii=False, default=str))
         share = self._continues(tenant, earlier, retry)
         self._sightings(self._key(tenant, model, whole), retry)  # what the next turn will look for
-        tokens = len(whole) // CHARS_PER_TOKEN
+        tokens = estimate_text(whole)
         last = tokens >= minimum and self._worth_it(model, tokens, share, base_url)
         marked = body
         if chosen == "turns" and isinstance(messages[-2], dict):

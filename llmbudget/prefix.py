@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .calls import Usage
 from .money import format_usd
 from .providers._base import json_text
+from .tokens import estimate_text
 
 if TYPE_CHECKING:
     from .calls import SpendRecord
@@ -122,7 +123,7 @@ class PrefixWatch:
                 self._groups.move_to_end(group)
                 if first[0] != full:
                     differs_at = _common_prefix(first[1], text)
-        out: dict[str, Any] = {"group": group, "hash": full, "chars": len(text)}
+        out: dict[str, Any] = {"group": group, "hash": full, "chars": len(text), "tokens": estimate_text(text)}
         if differs_at is not None and first is not None:
             if differs_at == _KEPT:  # past the characters kept: the first chunk that differs
                 chunk = next((i for i, digest in enumerate(first[2])
@@ -193,10 +194,11 @@ def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -
         if not row:
             continue
         group = groups.setdefault(row["group"], {"calls": 0, "hashes": set(), "differs_at": None, "excerpt": "", "within": 0,
-                                                  "chars": 0, "row": row, "tests": []})
+                                                  "tokens": 0, "row": row, "tests": []})
         group["calls"] += 1
         group["hashes"].add(row["hash"])
-        group["chars"] = max(group["chars"], int(row.get("chars", 0)))
+        # (a row written before rows carried their estimate: its characters, four a token)
+        group["tokens"] = max(group["tokens"], int(row.get("tokens", int(row.get("chars", 0)) // CHARS_PER_TOKEN)))
         at = row.get("differs_at")
         if at is not None and (group["differs_at"] is None or at < group["differs_at"]):
             group["differs_at"], group["excerpt"], group["within"] = at, row.get("excerpt", ""), row.get("within", 0)
@@ -209,7 +211,7 @@ def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -
         if distinct < 2 or group["differs_at"] is None or distinct * 2 < calls:
             continue
         row = group["row"]
-        tokens = group["chars"] // CHARS_PER_TOKEN
+        tokens = group["tokens"]
         saving = Decimal(0)
         if tokens >= _minimum_tokens(row["endpoint"], row["model"]):
             base_url = row.get("base_url", "")

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
-__all__ = ["FALLBACK_NOTE", "count_text", "estimate_input_tokens", "estimate_output_tokens", "unavailable_encodings"]
+__all__ = ["FALLBACK_NOTE", "count_text", "estimate_input_tokens", "estimate_output_tokens", "estimate_text",
+           "unavailable_encodings"]
 
 log = logging.getLogger("llmbudget.tokens")
 
@@ -26,6 +27,9 @@ TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
 #: Roughly four characters per token for English text.
 _CHARS_PER_TOKEN = 4
+#: ... and three UTF-8 bytes per token for other scripts: a CJK character (3 bytes) about one token, as tokenizers
+#: count them (4 characters a token counted a quarter of a Chinese prompt); a Cyrillic or Greek one two thirds.
+_BYTES_PER_TOKEN = 3
 
 
 class _Encoding(Protocol):
@@ -39,7 +43,8 @@ _unavailable: set[str] = set()
 #: What reports print when an estimate fell back to characters (see :func:`unavailable_encodings`).
 FALLBACK_NOTE = (
     "token estimates: tiktoken's {names} encoding could not be loaded (offline, no cached files), so "
-    f"estimates count {_CHARS_PER_TOKEN} characters per token; set TIKTOKEN_CACHE_DIR to a folder holding the "
+    f"estimates count {_CHARS_PER_TOKEN} characters per token ({_BYTES_PER_TOKEN} bytes of other scripts); set "
+    "TIKTOKEN_CACHE_DIR to a folder holding the "
     "encoding files for tiktoken's own counts"
 )
 
@@ -150,13 +155,21 @@ def encoding_name(model: str | None) -> str:
 
 
 def count_text(text: str, model: str | None = None) -> int:
-    """Tokens in ``text`` for ``model`` (an estimate when tiktoken can't load)."""
+    """Tokens in ``text`` for ``model`` (:func:`estimate_text` when tiktoken can't load)."""
     if not text:
         return 0
     encoding = _encoding(encoding_name(model))
     if encoding is None:
-        return -(-len(text) // _CHARS_PER_TOKEN)
+        return estimate_text(text)
     return len(encoding.encode_ordinary(text))
+
+
+def estimate_text(text: str) -> int:
+    """Tokens in ``text`` without a tokenizer: four ASCII characters a token, three UTF-8 bytes of any other
+    character a token (a CJK character about one, as tokenizers count them)."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    other = len(text.encode("utf-8", "surrogatepass")) - ascii_chars
+    return -(-ascii_chars // _CHARS_PER_TOKEN) - (-other // _BYTES_PER_TOKEN)
 
 
 def _count_input(text: str, encoding: _Encoding) -> int:

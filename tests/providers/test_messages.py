@@ -206,6 +206,16 @@ def test_breakpoints_inside_a_document_or_a_search_result_are_the_apps_own_and_n
     assert not has_cache_control(null) and cache_write_ttls(null) == set()
 
 
+def test_a_chinese_system_prompt_over_the_minimum_gets_its_breakpoint():
+    # about 1,500 tokens for Claude (a token a character), read as 375 at four characters a token: never marked
+    chinese = "你是一家自行车店的助手，请用简短的中文回答顾客关于自行车维修和保养的问题。" * 40
+    points = Breakpoints(Pricing(), clock=Clock())
+    assert points.apply(_body(chinese), tenant="t", model="claude-sonnet-4-5") is None  # first sighting
+    assert has_cache_control(points.apply(_body(chinese), tenant="t", model="claude-sonnet-4-5"))
+    short = "你是一家自行车店的助手。" * 40  # 480 characters: under the minimum
+    assert all(points.apply(_body(short), tenant="t", model="claude-sonnet-4-5") is None for _ in range(3))
+
+
 def test_breakpoints_respect_the_minimum_length_and_the_apps_own_markers():
     points = Breakpoints(Pricing(), clock=Clock())
     short = "Be brief. " * 20

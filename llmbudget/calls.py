@@ -45,6 +45,10 @@ class Usage:
     #: containers (per container)
     file_searches: int = 0
     code_containers: int = 0
+    #: Inferences the provider ran inside the call on other models and reports beside its usage, each billed at
+    #: its own model's rates (Anthropic's advisor tool: ``usage.iterations`` of type ``advisor_message``): pairs of
+    #: (model, usage). The fields above are the call's own model's.
+    others: tuple[tuple[str, Usage], ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -152,14 +156,7 @@ class SpendRecord:
             raise ValueError("not a spend record (expected an object with a usage object)")
         values = dict(data)
         values.pop("sequence", None)  # this process's own order: never read back
-        try:
-            values["usage"] = usage = Usage(**values["usage"])
-        except TypeError as exc:
-            raise ValueError(f"usage: {exc}") from None
-        for name in _USAGE_COUNTS:
-            count = getattr(usage, name)
-            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
-                raise ValueError(f"usage.{name} is {count!r}; expected a whole number of tokens")
+        values["usage"] = _usage_from(values["usage"], "usage")
         for name in _TEXTS:  # report sorts and groups by these: an int or a list there crashed it
             text = values.get(name)
             if text is not None and not isinstance(text, str):
@@ -210,6 +207,27 @@ _YEAR_10000 = 253_402_300_800  # seconds since the epoch: a date datetime can st
 #: The money fields of a record and of counters: spent, then saved by mechanism (cache, routing, prompt cache).
 _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd", "deferred_saved_usd")
 _NEVER_NEGATIVE = frozenset(("cost_usd", "saved_usd"))  # what a call cost; what a cache hit would have cost
+
+
+def _usage_from(data: dict[str, Any], where: str) -> Usage:
+    """The :class:`Usage` that ``dataclasses.asdict`` wrote (``others`` as [model, usage] pairs); ValueError naming
+    ``where`` for a count that is not a whole number of tokens, or another model's usage that is malformed."""
+    values = dict(data)
+    others = values.pop("others", ())
+    if not isinstance(others, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], dict)
+            for pair in others):
+        raise ValueError(f"{where}.others is {others!r}; expected [model, usage] pairs")
+    try:
+        usage = Usage(**values, others=tuple((model, _usage_from(sub, f"{where}.others[{model}]"))
+                                             for model, sub in others))
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    for name in _USAGE_COUNTS:
+        count = getattr(usage, name)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
+            raise ValueError(f"{where}.{name} is {count!r}; expected a whole number of tokens")
+    return usage
 
 
 def _check_prefix(prefix: dict[str, Any] | None) -> None:

@@ -462,7 +462,8 @@ class Attempt:
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
                      service_tier=tier, web_searches=searches, input_audio_tokens=audio,
-                     file_searches=files, code_containers=containers)
+                     file_searches=files, code_containers=containers,
+                     others=self.adapter.advisors(self.call.body, padded + fetched))
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.

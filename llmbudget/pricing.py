@@ -408,7 +408,19 @@ class Pricing:
             )
 
     def cost(self, usage: Usage, *, model: str | None, base_url: str = "") -> Priced:
-        """What ``usage`` cost on ``model``; unknown models warn once and get ``unknown_model_price``."""
+        """What ``usage`` cost on ``model``, with its inferences on other models (``usage.others``) each at its
+        own model's price; unknown models warn once and get ``unknown_model_price`` (the cost's source is then
+        ``unknown``, for any part)."""
+        own = self._cost(usage, model=model, base_url=base_url)
+        if not usage.others:
+            return own
+        parts = [self._cost(sub, model=name, base_url=base_url) for name, sub in usage.others]
+        known = own.known and all(part.known for part in parts)
+        return Priced(own.usd + sum((part.usd for part in parts), Decimal(0)), own.source if known else "unknown",
+                      own.model)
+
+    def _cost(self, usage: Usage, *, model: str | None, base_url: str = "") -> Priced:
+        """:meth:`cost` of ``usage``'s own model alone."""
         name = model or "unknown"
         rate = self.rate(name, base_url, service_tier=usage.service_tier) if model else None
         if rate is not None:

@@ -181,6 +181,11 @@ class Adapter:
         none for most APIs."""
         return 0
 
+    def advisors(self, body: dict[str, Any], input_tokens: int) -> tuple[tuple[str, Usage], ...]:
+        """The most the request's server-side inferences on other models may bill, as (model, usage) pairs
+        (Anthropic's advisor tool), for a request of ``input_tokens``: none for most APIs."""
+        return ()
+
     def audio(self, body: dict[str, Any]) -> tuple[int, bool]:
         """Estimated tokens of the audio the input carries, and whether the answer may be audio (priced at the
         model's audio rates, higher than its text ones)."""

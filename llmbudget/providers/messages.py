@@ -32,6 +32,12 @@ from ._base import (
 
 __all__ = ["STOP_REASONS", "MessagesAdapter", "messages_usage"]
 
+#: Advisor inferences a request's advisor tool is held to without a ``max_uses`` of its own (a reservation's
+#: estimate: the API sets no limit, and the executor consults it a few times in a long task), and the output each
+#: may write without a ``max_tokens`` (Anthropic's docs: typically 1,400 to 1,800 tokens with thinking).
+DEFAULT_ADVISOR_USES = 3
+ADVISOR_OUTPUT_TOKENS = 2048
+
 #: Anthropic ``stop_reason`` -> the OpenAI ``finish_reason`` the pipeline reasons about.
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                 "refusal": "content_filter", "pause_turn": "pause_turn",
@@ -40,15 +46,24 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 
 def messages_usage(raw: dict[str, Any]) -> Usage:
     """Usage from a Messages ``usage`` object, with the tokens of its ``compaction`` iterations (a context
-    compaction's own request, which the top-level fields leave out: the SDK's ``BetaUsage.iterations``)."""
+    compaction's own request, which the top-level fields leave out: the SDK's ``BetaUsage.iterations``) and, as
+    ``others``, its ``advisor_message`` iterations (the advisor tool's inferences, on the advisor's model and
+    billed at its rates; also left out of the top-level fields)."""
     plain, written, read, written_1h = _input_counts(raw)
     output = as_int(raw.get("output_tokens"))
+    others: list[tuple[str, Usage]] = []
     for step in items(raw.get("iterations")):
         if isinstance(step, dict) and step.get("type") == "compaction":
             more = _input_counts(step)
             plain, written, read, written_1h = (x + y for x, y in zip((plain, written, read, written_1h), more,
                                                                        strict=True))
             output += as_int(step.get("output_tokens"))
+        elif isinstance(step, dict) and step.get("type") == "advisor_message":
+            a_plain, a_written, a_read, a_1h = _input_counts(step)
+            model = step.get("model")
+            others.append((model if isinstance(model, str) and model else "unknown", Usage(
+                input_tokens=a_plain + a_written + a_read, cached_input_tokens=a_read, cache_write_tokens=a_written,
+                cache_write_1h_tokens=min(a_1h, a_written), output_tokens=as_int(step.get("output_tokens")))))
     global _fast_warned
     if raw.get("speed") == "fast" and not _fast_warned:  # Anthropic's fast mode: a multiple of the standard rate
         _fast_warned = True
@@ -65,6 +80,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
         service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
         web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
         if isinstance(server, dict) else 0,
+        others=tuple(others),
     )
 
 
@@ -178,6 +194,20 @@ class MessagesAdapter(Adapter):
                    * (_count(tool.get("max_content_tokens")) or WEB_FETCH_TOKENS)
                    for tool in items(body.get("tools"))
                    if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_fetch"))
+
+    def advisors(self, body: dict[str, Any], input_tokens: int) -> tuple[tuple[str, Usage], ...]:
+        """The most each advisor tool (``advisor_20260301``) may bill, on its model: ``max_uses`` inferences
+        (:data:`DEFAULT_ADVISOR_USES` without one), each reading the whole conversation (``input_tokens``) and
+        writing up to its ``max_tokens`` (:data:`ADVISOR_OUTPUT_TOKENS` without one)."""
+        out = []
+        for tool in items(body.get("tools")):
+            if isinstance(tool, dict) and str(tool.get("type", "")).startswith("advisor_"):
+                uses = _count(tool.get("max_uses")) or DEFAULT_ADVISOR_USES
+                model = tool.get("model")
+                out.append((model if isinstance(model, str) and model else "unknown", Usage(
+                    input_tokens=uses * input_tokens, estimated=True,
+                    output_tokens=uses * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))))
+        return tuple(out)
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

@@ -507,6 +507,16 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
          "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
          "usage": {"input_tokens": 95_000, "output_tokens": 1024}}, "anthropic"),
+    "Anthropic advisor tool": (  # its inferences bill the advisor's (dearer) model: reserved and priced as none
+        "/messages", {"model": "claude-sonnet-4-6", "max_tokens": 512, "messages": [
+            {"role": "user", "content": "Plan the database migration, then write the first step."}], "tools": [
+            {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 2}]},
+        {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+         "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+         "usage": {"input_tokens": 420, "output_tokens": 512, "iterations": [
+             {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 160, "output_tokens": 1750},
+             {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 380, "output_tokens": 1600}]}},
+        "anthropic"),
     "Anthropic-defined tools": (  # their system prompts (346 + 245 + 700 tokens) are billed beside the request
         "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": [
             {"role": "user", "content": "List the files in the repo."}], "tools": [
@@ -528,6 +538,8 @@ def test_the_worst_case_covers_what_the_provider_charges(case: str) -> None:
         reserved, charged = _reserved_and_charged(path, body, answer, host)
     assert charged > 0 and reserved >= charged, (reserved, charged)
     assert reserved < 3 * charged  # and not absurdly above it
+    if case == "Anthropic advisor tool":  # Opus's 3,350 output tokens at $25 per million are in the charge
+        assert charged > Decimal(3350 * 25) / 10**6
 
 
 def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turns() -> None:

@@ -58,6 +58,67 @@ def test_a_compactions_tokens_count_though_the_top_level_fields_leave_them_out()
     assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (190000, 1000, 4300)
 
 
+ADVISED = {"input_tokens": 2000, "output_tokens": 600, "iterations": [
+    {"type": "message", "input_tokens": 1200, "output_tokens": 200},  # the executor's own: in the top-level fields
+    {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 1500, "output_tokens": 1600,
+     "cache_read_input_tokens": 500, "cache_creation_input_tokens": 0},
+    {"type": "message", "input_tokens": 800, "output_tokens": 400}]}
+
+
+def test_an_advisors_inferences_are_priced_at_the_advisors_model():
+    # the advisor tool's sub-inferences (usage.iterations, "advisor_message") are billed at the advisor model's
+    # rates and left out of the top-level fields: a Sonnet call that consulted Opus was priced as Sonnet alone
+    usage = messages_usage(ADVISED)
+    assert (usage.input_tokens, usage.output_tokens) == (2000, 600)
+    [(model, advice)] = usage.others
+    assert model == "claude-opus-4-6" and (advice.input_tokens, advice.cached_input_tokens, advice.output_tokens) == (
+        2000, 500, 1600)
+    url = "https://api.anthropic.com/v1"
+    cost = Pricing().cost(usage, model="claude-sonnet-4-6", base_url=url)
+    sonnet = (2000 * Decimal(3) + 600 * Decimal(15)) / 10**6
+    opus = (1500 * Decimal(5) + 500 * Decimal("0.5") + 1600 * Decimal(25)) / 10**6
+    assert cost.usd == sonnet + opus and cost.source == "genai-prices"
+    assert Pricing().cost(usage.replace(others=()), model="claude-sonnet-4-6", base_url=url).usd == sonnet
+    # an advisor model without a price is priced conservatively, and the cost says it is not known
+    unknown = messages_usage({**ADVISED, "iterations": [{"type": "advisor_message", "input_tokens": 10,
+                                                         "output_tokens": 10}]})
+    with pytest.warns(UserWarning, match="no price for model 'unknown'"):
+        assert Pricing().cost(unknown, model="claude-sonnet-4-6", base_url=url).source == "unknown"
+
+
+def test_an_advisors_usage_survives_the_ledger_and_malformed_ones_are_named():
+    from llmbudget.calls import SpendRecord
+
+    usage = messages_usage(ADVISED)
+    record = SpendRecord(time=1.0, endpoint="messages", base_url="", model_requested="claude-sonnet-4-6",
+                         model_sent="claude-sonnet-4-6", model_answered="claude-sonnet-4-6", usage=usage,
+                         cost_usd=Decimal("0.1"), latency_s=0.1)
+    back = SpendRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert back.usage == usage and back.usage.others[0][1].output_tokens == 1600
+    data = json.loads(json.dumps(record.to_dict()))
+    data["usage"]["others"][0][1]["output_tokens"] = -5
+    with pytest.raises(ValueError, match=r"usage.others\[claude-opus-4-6\].output_tokens is -5"):
+        SpendRecord.from_dict(data)
+    data["usage"]["others"] = "opus"
+    with pytest.raises(ValueError, match="usage.others is 'opus'; expected"):
+        SpendRecord.from_dict(data)
+    old = json.loads(json.dumps(record.to_dict()))
+    del old["usage"]["others"]  # a record written before the field
+    assert SpendRecord.from_dict(old).usage.others == ()
+
+
+def test_an_advisor_tool_is_held_in_the_reservation_at_its_models_price():
+    adapter = MessagesAdapter()
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 1000, "messages": [{"role": "user", "content": "plan it"}],
+            "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 2}]}
+    [(model, most)] = adapter.advisors(body, 5000)
+    assert model == "claude-opus-4-6" and (most.input_tokens, most.output_tokens) == (10000, 2 * 2048)
+    [(_, default)] = adapter.advisors({**body, "tools": [{"type": "advisor_20260301", "model": "claude-opus-4-6",
+                                                          "max_tokens": 1500}]}, 100)
+    assert (default.input_tokens, default.output_tokens) == (300, 4500)  # three uses without max_uses
+    assert adapter.advisors({**body, "tools": [{"type": "web_search_20250305"}]}, 100) == ()
+
+
 def test_a_fast_mode_call_says_it_is_priced_at_the_standard_rate(caplog, monkeypatch):
     # genai-prices lists no fast-mode rate (a multiple of the standard one): the call was under-priced silently
     import llmbudget.providers.messages as messages

@@ -185,8 +185,11 @@ _NAMING = frozenset("does do did the a an and or between in with without is are 
                     "matching contains contain ending starting end start put".split())
 
 
-# Words after which a letter is named, its case with it: "the letter A" is not "the letter a" (65 and 97 in ASCII).
-_LETTER_NAMES = frozenset("letter letters character characters char".split())
+# Words that make a letter's case what is asked about: "the ASCII code of the letter A" is not "... of a" (65 and
+# 97), "Convert A to binary" not "Convert a to binary"; in "words that start with the letter A" it is no matter.
+_CASED = re.compile(r"(?i)\b(?:ascii|unicode|code ?points?|utf-?(?:8|16|32)|binary|hex(?:adecimal)?|bytes?|ord|chr"
+                    r"|key ?codes?|upper ?case|lower ?case|case[- ]sensitive|capital letters?|regexp?)\b").search
+
 
 
 def _shouting(text: str) -> bool:
@@ -207,6 +210,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
     quotes: list[tuple[int, int]] | None = None  # quoted strings, found when a run of spaces needs them
     quoted = False  # inside quotes around prose: the quoted text's punctuation is its data
     named = 0  # the end of a run of symbols named in prose ("what does ?? mean")
+    cased = functools.cache(lambda: _CASED(text) is not None)  # a letter's case asked about (read once, if needed)
     for match in _TOKENS.finditer(text):
         token = match.group()
         first = token[0]
@@ -271,7 +275,7 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             append(token)
         elif token in ("I", "A") and not (quoted or (text[start - 1 : start] in _QUOTES
                                                       and text[after : after + 1] in _QUOTES)
-                                           or _word_before(text, start) in _LETTER_NAMES):  # not ord('A'), "letter A"
+                                           or cased()):  # not ord('A'), nor "the ASCII code of A"
             append(token.lower())
         else:  # a capital: kept, compared loosely in prose and exactly beside code
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING) \
@@ -420,13 +424,15 @@ for _c, _groups in enumerate(_CLASSES):
         for _spelling in _group:
             _MEMBER.setdefault(_spelling, (_c, _g))
 _NEGATING = ("un", "in", "im", "il", "ir", "non", "dis", "de", "anti")  # "decompress", "antivirus"
+_SHORTHAND = frozenset("iu")  # "i" and "u" stand for "I" and "you" in a text typed fast
 
 
 def _opposed(x: str, y: str) -> bool:
     """Two different members of one closed class, two different letters ("option a" and "option b", "solve for
-    x" and "... y", "5 a.m." and "5 p.m."), or a word and its negation by prefix ("legal", "illegal")."""
+    x" and "... y", "5 a.m." and "5 p.m."; not "u" for "i", a texter's "How do u reset..."), or a word and its
+    negation by prefix ("legal", "illegal")."""
     if len(x) == 1 and len(y) == 1 and x.isalpha() and y.isalpha():
-        return x != y
+        return x != y and x not in _SHORTHAND and y not in _SHORTHAND
     mx, my = _MEMBER.get(x), _MEMBER.get(y)
     if mx is not None and my is not None and mx[0] == my[0] and mx[1] != my[1]:
         return True
@@ -749,18 +755,26 @@ def _asked_payload_differs(a: str, b: str) -> bool:
     """Whether the two texts ask one question about their input, written after it, and give it inputs of other
     words: "Is this sentence correct? I went home." and "... I go home.", "Is this grammatical? She don't like
     it." (the colon's rule of :func:`_payload_differs`, with a question mark ending the instruction). Only where
-    the question works on its input (a word of :data:`_TASKS`: "this", "correct", "grammatical", "sentence", ...):
-    "What's the capital of France? I need it for homework." is a question and a remark, reworded as any other. The
+    the question judges its input (a word of :data:`_JUDGED`: "sentence", "grammatical", "sentiment", "spam",
+    ...): "What's the capital of France? I need it for homework.", "How do I fix this? My printer won't print." and
+    "Is this normal? My cat sleeps all day." are a question and a remark, reworded as any other. The
     input's punctuation and case are not read here (a surface paraphrase of a multiple-choice question drops the
     "?" before its options, or writes a scenario's "I" in lower case)."""
     ma, mb = _ASKED.search(a), _ASKED.search(b)
     if ma is None or mb is None:
         return False
     instruction = _content(_keys(_tokens(a[: ma.start()])))
-    if not _TASKS.intersection(instruction) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
+    if not _JUDGED.intersection(instruction) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
         return False
     return _bare(_keys(_tokens(a[ma.end() :]))) != _bare(_keys(_tokens(b[mb.end() :])))
 
+
+# What a question asked before its input judges in it ("Is this sentence correct?", "Sentiment?", "Is this email
+# spam?", "Fact or opinion?"): narrower than _TASKS, whose "this", "fix", "check" or "rate" a question about the
+# user's own situation uses too ("How do I fix this? My printer won't print.").
+_JUDGED = frozenset("sentence sentences phrase paragraph grammatical grammar punctuated punctuation spelled spelling "
+                    "sentiment tone capitalized capitalised capitalization capitalisation translate translation spam "
+                    "sarcastic polite rude positive negative neutral formal informal fact opinion".split())
 
 # Labels a user sets before their own words, which are reworded as any question is.
 _FRAMES = frozenset(("question", "quick question", "q", "note", "notes", "background", "context", "fyi", "ps",

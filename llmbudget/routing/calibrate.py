@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,7 @@ def keep_quality_everywhere(
     scores: np.ndarray,
     weak: np.ndarray,
     strong: np.ndarray,
-    groups: list[str],
+    groups: Sequence[Any],
     *,
     keep: float,
     confidence: float = 0.9,
@@ -269,12 +269,18 @@ def keep_quality_everywhere(
     :func:`keep_quality_threshold` returns, for all prompts at the chosen threshold, plus ``by_group`` (each
     group's prompts, own threshold, and quality kept and strong share at the chosen one) and
     ``binding_group`` (the group whose threshold was chosen). A group where the strong model answers none
-    right has no quality to keep and no threshold of its own."""
+    right has no quality to keep and no threshold of its own (its ``threshold`` and ``quality_kept`` are None:
+    the guarantee does not cover it)."""
     s = np.asarray(scores, dtype=np.float64)
     w = np.asarray(weak, dtype=np.float64)
     g = np.asarray(strong, dtype=np.float64)
+    groups = [str(name) for name in groups]  # (numpy's integers are no JSON keys)
+    if len(s) == 0:
+        raise ValueError("no labeled prompts to calibrate on")
     if len(groups) != len(s):
         raise ValueError(f"{len(groups)} groups for {len(s)} prompts")
+    if np.isnan(s).any():  # min() over NaN thresholds depends on the order of the groups
+        raise ValueError("a score is NaN: every prompt needs a score to calibrate on")
     names = np.asarray(groups, dtype=object)
     own: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(groups):

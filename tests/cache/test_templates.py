@@ -706,6 +706,11 @@ def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(
     ("Is this grammatical? She don't like it.", "Is this grammatical? She doesn't like it."),
     ("Sentiment? Great value for the price.", "Sentiment? Poor value for the price."),
     ("Is this message polite or rude? Send me the file, please.", "Is this message polite or rude? Send me the file."),
+    # from a review of those rules: a letter's case where codes are asked about, a judgement asked without "this"
+    ("What's the ASCII value of A", "What's the ASCII value of a"),
+    ("Convert A to binary", "Convert a to binary"),
+    ("Positive or negative? Great value for the price.", "Positive or negative? Poor value for the price."),
+    ("Fact or opinion? Paris is the best city.", "Fact or opinion? Paris is the capital."),
 ])
 def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, asked: str) -> None:
     _never_a_hit(stored, asked)
@@ -736,6 +741,15 @@ def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, a
     ("Meet me at 5 pm tomorrow", "meet me at 5 PM tomorrow"),
     ("Why am I always tired?", "Why am i always tired?"),
     ("Is this sentence correct? I went home.", "is this sentence correct?  I went home"),
+    # from a review of the rules above: a question about the user's own situation and a remark after it, a texter's
+    # "u" for "i", a letter whose case no code or case is asked about
+    ("How do I fix this? My printer won't print.", "How do I fix this? My printer will not print."),
+    ("Can you check this? I think my code has a bug.", "Can you check this? I believe my code has a bug."),
+    ("Is this normal? My cat sleeps all day.", "Is this normal? My cat sleeps the whole day."),
+    ("How do I improve my credit score? I have a lot of debt.", "How do I improve my credit score? I have lots of debt."),
+    ("What's the best email client? I use a Mac.", "What's the best email client? I'm on a Mac."),
+    ("How do u reset a password", "How do I reset a password"),
+    ("What words start with the letter A?", "What words start with the letter a?"),
 ])
 def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: str) -> None:
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)

@@ -167,6 +167,13 @@ def test_keep_quality_everywhere_keeps_the_share_in_the_domain_the_router_reads_
     assert lo <= every["quality_kept"] <= hi
     with pytest.raises(ValueError, match="3 groups for 200 prompts"):
         keep_quality_everywhere(scores, weak, strong, groups[:3], keep=0.9)
+    # from a review: a NaN score made the threshold NaN (nothing strong, quality kept 0.5 against 0.9, silently)
+    with pytest.raises(ValueError, match="a score is NaN"):
+        keep_quality_everywhere([float("nan"), .1, .3, .4], [0, 0, 1, 1], [1, 1, 1, 1], ["a", "a", "b", "b"], keep=0.9)
+    with pytest.raises(ValueError, match="no labeled prompts"):
+        keep_quality_everywhere([], [], [], [], keep=0.9)
+    numbered = keep_quality_everywhere(scores, weak, strong, np.asarray([1] * 100 + [2] * 100), keep=0.9)
+    assert set(numbered["by_group"]) == {"1", "2"} and json.dumps(numbered)  # numpy integers as JSON keys
 
 
 def test_calibrate_every_file_of_a_label_folder(tmp_path, capsys):

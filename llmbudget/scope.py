@@ -69,13 +69,25 @@ class Scope:
     #: Budget refusals of calls made in this scope (caught by the app or not).
     refusals: list[Any] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
-    #: Per-request budgets count in memory, in the scope itself.
-    store: MemoryBudgetStore = field(default_factory=MemoryBudgetStore, repr=False)
+    #: Per-request budgets count in memory, in the scope itself (see :attr:`store`; made on first use: most
+    #: scopes, one per served request, hold no per-request budget).
+    _store: MemoryBudgetStore | None = field(default=None, repr=False, init=False)
     #: A disabled route's scope (the middleware's): its calls name no tenant, so they pass the cache, routing and
     #: directives by; a scope inside it that names a tenant does not inherit that.
     passing_by: bool = field(default=False, repr=False)
     #: The settings (cache, routing, output, defer) this scope was given, not inherited.
     given: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def store(self) -> MemoryBudgetStore:
+        """Where this scope's per-request budgets count."""
+        store = self._store
+        if store is None:
+            with _store_lock:
+                if self._store is None:
+                    self._store = MemoryBudgetStore()
+                store = self._store
+        return store
 
     def add(self, record: SpendRecord) -> None:
         node: Scope | None = self
@@ -84,6 +96,7 @@ class Scope:
             node = node.parent
 
 
+_store_lock = threading.Lock()  # a scope's calls in threads of their own make its store once
 _current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("llmbudget_scope", default=None)
 #: The path of the app's request being served (set by the middleware): what routing's ``never`` globs match.
 app_path: contextvars.ContextVar[str] = contextvars.ContextVar("llmbudget_app_path", default="")

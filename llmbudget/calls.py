@@ -209,17 +209,18 @@ _MONEY = ("cost_usd", "saved_usd", "routing_saved_usd", "prompt_cache_saved_usd"
 _NEVER_NEGATIVE = frozenset(("cost_usd", "saved_usd"))  # what a call cost; what a cache hit would have cost
 
 
-def _usage_from(data: dict[str, Any], where: str) -> Usage:
-    """The :class:`Usage` that ``dataclasses.asdict`` wrote (``others`` as [model, usage] pairs); ValueError naming
-    ``where`` for a count that is not a whole number of tokens, or another model's usage that is malformed."""
+def _usage_from(data: dict[str, Any], where: str, *, nested: bool = False) -> Usage:
+    """The :class:`Usage` that ``dataclasses.asdict`` wrote (``others`` as [model, usage] pairs, one level deep);
+    ValueError naming ``where`` for a count that is not a whole number of tokens, or another model's usage that is
+    malformed."""
     values = dict(data)
     others = values.pop("others", ())
     if not isinstance(others, (list, tuple)) or not all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], dict)
-            for pair in others):
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]
+            and isinstance(pair[1], dict) for pair in others) or (nested and others):
         raise ValueError(f"{where}.others is {others!r}; expected [model, usage] pairs")
     try:
-        usage = Usage(**values, others=tuple((model, _usage_from(sub, f"{where}.others[{model}]"))
+        usage = Usage(**values, others=tuple((model, _usage_from(sub, f"{where}.others[{model}]", nested=True))
                                              for model, sub in others))
     except TypeError as exc:
         raise ValueError(f"{where}: {exc}") from None
@@ -237,9 +238,9 @@ def _check_prefix(prefix: dict[str, Any] | None) -> None:
     for key in ("group", "hash"):
         if not isinstance(prefix.get(key), str):
             raise ValueError(f"prefix.{key} is {prefix.get(key)!r}; expected a string")
-    for key in ("chars", "differs_at", "within"):
+    for key in ("chars", "differs_at", "within", "tokens"):
         count = prefix.get(key)
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS):
             raise ValueError(f"prefix.{key} is {count!r}; expected a whole number or null")
     excerpt = prefix.get("excerpt")
     if excerpt is not None and not isinstance(excerpt, str):

@@ -438,7 +438,15 @@ class Attempt:
         usage = self._worst_input(audio_in).replace(output_tokens=max_output)
         if audio_out:  # all of it may be audio, at the audio rate
             usage = usage.replace(output_audio_tokens=max_output)
-        return usage
+        return usage.replace(others=self._worst_advisors(usage.input_tokens + max_output))
+
+    def _worst_advisors(self, transcript: int | None = None) -> tuple[tuple[str, Usage], ...]:
+        """What an advisor tool's inferences on their own model may bill (:meth:`Adapter.advisors`), each
+        reading the whole transcript: the input with what its tools add, and the executor's output so far
+        (``transcript`` tokens; by default as :meth:`worst_usage` counts them)."""
+        if transcript is None:
+            return self.worst_usage().others if self.adapter.advisors(self.call.body, 0) else ()
+        return self.adapter.advisors(self.call.body, transcript)
 
     def _worst_input(self, audio_tokens: int | None = None) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
@@ -462,8 +470,7 @@ class Attempt:
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
                      service_tier=tier, web_searches=searches, input_audio_tokens=audio,
-                     file_searches=files, code_containers=containers,
-                     others=self.adapter.advisors(self.call.body, padded + fetched))
+                     file_searches=files, code_containers=containers)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.
@@ -1271,12 +1278,8 @@ class Attempt:
             estimated=estimated,  # the tokens; an unknown model's fallback price says so in price_source
             error=_describe(error, self.status) if failed else problem,
         )
-        if priced is not None and priced.known and (usage.cached_input_tokens or usage.cache_write_tokens):
-            # reads at the input rate minus what they cost; writes (Anthropic) pay a premium: the net may be < 0
-            uncached = self.engine.pricing.cost(
-                usage.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0), model=model,
-                base_url=call.base_url)
-            record.prompt_cache_saved_usd = uncached.usd - priced.usd
+        if priced is not None:
+            record.prompt_cache_saved_usd = self._prompt_cache_saving(usage, model)
         requested = self.model_requested
         if priced is not None and priced.known and requested and requested != model and self.routed:
             # at the base URL the app asked for: a tier elsewhere (self-hosted) is priced at its own host
@@ -1289,6 +1292,22 @@ class Attempt:
             standard = self.engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=call.base_url)
             record.deferred_saved_usd = max(standard.usd - priced.usd, Decimal(0))
         return record
+
+    def _prompt_cache_saving(self, usage: Usage, model: str | None) -> Decimal:
+        """What the provider's prompt cache took off ``usage``: its reads at the input rate minus what they cost,
+        and the writes' premium (Anthropic's) taken back, so the net may be < 0; for the call's own model and
+        each other model it ran on (an advisor's), each part whose price is known."""
+        pricing, base_url = self.engine.pricing, self.call.base_url
+        saving = Decimal(0)
+        for name, part in ((model, usage.replace(others=())), *usage.others):
+            if not (part.cached_input_tokens or part.cache_write_tokens):
+                continue
+            paid = pricing.cost(part, model=name, base_url=base_url)
+            uncached = pricing.cost(part.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0),
+                                    model=name, base_url=base_url)
+            if paid.known and uncached.known:
+                saving += uncached.usd - paid.usd
+        return saving
 
     def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:
         priced = self.engine.pricing.cost(usage, model=self.state.model or self.call.model,
@@ -1333,8 +1352,12 @@ class Attempt:
         output = tokens.estimate_output_tokens(self._billed_text(), model=self.call.model)
         seen = self.state.usage
         if seen is not None and seen.input_tokens:
-            return seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
-        return Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+            usage = seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
+        else:
+            usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
+        if not usage.others:  # an advisor's inferences are reported with the final usage alone: as many as allowed
+            usage = usage.replace(others=self._worst_advisors())
+        return usage
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:
         """The record of a call whose record could not be built: charged its worst case (what it held), never a

@@ -197,8 +197,10 @@ def unstable_prefixes(rows: Iterable[dict[str, Any] | None], pricing: Pricing) -
                                                   "tokens": 0, "row": row, "tests": []})
         group["calls"] += 1
         group["hashes"].add(row["hash"])
-        # (a row written before rows carried their estimate: its characters, four a token)
-        group["tokens"] = max(group["tokens"], int(row.get("tokens", int(row.get("chars", 0)) // CHARS_PER_TOKEN)))
+        tokens = row.get("tokens")
+        if tokens is None:  # a row written before rows carried their estimate: its characters, four a token
+            tokens = int(row.get("chars") or 0) // CHARS_PER_TOKEN
+        group["tokens"] = max(group["tokens"], int(tokens))
         at = row.get("differs_at")
         if at is not None and (group["differs_at"] is None or at < group["differs_at"]):
             group["differs_at"], group["excerpt"], group["within"] = at, row.get("excerpt", ""), row.get("within", 0)

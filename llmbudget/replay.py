@@ -356,7 +356,10 @@ def _usage_problem(usage: dict[str, Any], endpoint: str = "chat.completions") ->
             return f"usage.{field} is {count!r}; {expected}"
     # as the interception reads it (cache reads and writes are input; reasoning beside the output is output): a
     # side at 0 would be charged its estimate when replayed, and the baseline would not be what was recorded
-    read = messages_usage(usage) if endpoint == "messages" else chat_usage(usage)
+    try:
+        read = messages_usage(usage) if endpoint == "messages" else chat_usage(usage)
+    except BadUsage as exc:  # a count inside usage.iterations (a compaction's, an advisor's)
+        return f"usage.iterations: {exc}; {expected}"
     for side, count in (("input", read.input_tokens), ("output", read.output_tokens)):
         if not count:
             return (f"usage reports no {side} tokens; expected at least 1 (an answered call has input and output, "

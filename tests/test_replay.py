@@ -432,6 +432,22 @@ def test_more_hostile_lines_are_refused_with_their_line_number(
     assert err.count("\n") == 1 and "t.jsonl line 2: " in err and "expected" in err
 
 
+def test_a_bad_count_inside_usage_iterations_names_its_line(tmp_path: Path) -> None:
+    # an advisor's (or a compaction's) count inside usage.iterations raised a bare BadUsage, no file or line named
+    answer = {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+              "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+              "usage": {"input_tokens": 10, "output_tokens": 5,
+                        "iterations": [{"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": -5}]}}
+    line = {"endpoint": "messages", "request": {"model": "claude-sonnet-4-6", "max_tokens": 16,
+                                                "messages": [{"role": "user", "content": "hi"}]},
+            "responses": {"claude-sonnet-4-6": answer}}
+    traffic = tmp_path / "t.jsonl"
+    traffic.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    with pytest.raises(TrafficError, match=r"t.jsonl line 1: responses\['claude-sonnet-4-6'\].usage.iterations: "
+                                           r"token count -5 is not a whole number"):
+        load_traffic(traffic)
+
+
 def test_odd_but_sound_lines_still_load(tmp_path: Path) -> None:
     """A byte-order mark, counts written as 12.0, null details: what providers and editors really write."""
     usage = {"prompt_tokens": 12.0, "completion_tokens": 3, "total_tokens": 15,

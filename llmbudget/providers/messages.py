@@ -51,7 +51,7 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     billed at its rates; also left out of the top-level fields)."""
     plain, written, read, written_1h = _input_counts(raw)
     output = as_int(raw.get("output_tokens"))
-    others: list[tuple[str, Usage]] = []
+    others: dict[str, Usage] = {}  # by model: a long agentic call consults its advisor many times
     for step in items(raw.get("iterations")):
         if isinstance(step, dict) and step.get("type") == "compaction":
             more = _input_counts(step)
@@ -61,9 +61,15 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
         elif isinstance(step, dict) and step.get("type") == "advisor_message":
             a_plain, a_written, a_read, a_1h = _input_counts(step)
             model = step.get("model")
-            others.append((model if isinstance(model, str) and model else "unknown", Usage(
-                input_tokens=a_plain + a_written + a_read, cached_input_tokens=a_read, cache_write_tokens=a_written,
-                cache_write_1h_tokens=min(a_1h, a_written), output_tokens=as_int(step.get("output_tokens")))))
+            name = model if isinstance(model, str) and model else "unknown"
+            was = others.get(name, _NONE)
+            others[name] = Usage(
+                input_tokens=as_int(was.input_tokens + a_plain + a_written + a_read, what="advisor input tokens"),
+                cached_input_tokens=was.cached_input_tokens + a_read,
+                cache_write_tokens=was.cache_write_tokens + a_written,
+                cache_write_1h_tokens=was.cache_write_1h_tokens + min(a_1h, a_written),
+                output_tokens=as_int(was.output_tokens + as_int(step.get("output_tokens")),
+                                     what="advisor output tokens"))
     global _fast_warned
     if raw.get("speed") == "fast" and not _fast_warned:  # Anthropic's fast mode: a multiple of the standard rate
         _fast_warned = True
@@ -80,11 +86,12 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
         service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
         web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
         if isinstance(server, dict) else 0,
-        others=tuple(others),
+        others=tuple(others.items()),
     )
 
 
 _fast_warned = False  # whether the fast-mode warning was given (once per process)
+_NONE = Usage()
 
 
 def _input_counts(raw: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -197,17 +204,28 @@ class MessagesAdapter(Adapter):
 
     def advisors(self, body: dict[str, Any], input_tokens: int) -> tuple[tuple[str, Usage], ...]:
         """The most each advisor tool (``advisor_20260301``) may bill, on its model: ``max_uses`` inferences
-        (:data:`DEFAULT_ADVISOR_USES` without one), each reading the whole conversation (``input_tokens``) and
-        writing up to its ``max_tokens`` (:data:`ADVISOR_OUTPUT_TOKENS` without one)."""
-        out = []
+        (:data:`DEFAULT_ADVISOR_USES` without one: the API sets no limit, so a call that consults it more may
+        cost more than this), each reading the whole transcript so far (``input_tokens``: the request, what its
+        tools may add and the executor's own output) and writing up to its ``max_tokens``
+        (:data:`ADVISOR_OUTPUT_TOKENS` without one); with the tool's ``caching``, that input written to the
+        prompt cache (at 2x the input price for ``ttl: "1h"``)."""
+        out: dict[str, Usage] = {}
         for tool in items(body.get("tools")):
             if isinstance(tool, dict) and str(tool.get("type", "")).startswith("advisor_"):
                 uses = _count(tool.get("max_uses")) or DEFAULT_ADVISOR_USES
                 model = tool.get("model")
-                out.append((model if isinstance(model, str) and model else "unknown", Usage(
-                    input_tokens=uses * input_tokens, estimated=True,
-                    output_tokens=uses * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))))
-        return tuple(out)
+                name = model if isinstance(model, str) and model else "unknown"
+                caching = tool.get("caching")
+                read = uses * input_tokens
+                written = read if isinstance(caching, dict) else 0
+                was = out.get(name, _NONE)
+                out[name] = Usage(
+                    input_tokens=was.input_tokens + read, estimated=True,
+                    cache_write_tokens=was.cache_write_tokens + written,
+                    cache_write_1h_tokens=was.cache_write_1h_tokens + (
+                        written if isinstance(caching, dict) and caching.get("ttl") == "1h" else 0),
+                    output_tokens=was.output_tokens + uses * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))
+        return tuple(out.items())
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         return messages_usage(data)

@@ -102,9 +102,129 @@ def test_an_advisors_usage_survives_the_ledger_and_malformed_ones_are_named():
     data["usage"]["others"] = "opus"
     with pytest.raises(ValueError, match="usage.others is 'opus'; expected"):
         SpendRecord.from_dict(data)
+    for bad in ([["", {"output_tokens": 1}]], [["m", {"others": [["n", {"output_tokens": 1}]]}]]):
+        data["usage"]["others"] = bad  # no model; another model's usage of another model's (priced at $0)
+        with pytest.raises(ValueError, match="others is"):
+            SpendRecord.from_dict(data)
+    data = json.loads(json.dumps(record.to_dict()))
+    for tokens in (None, "many", -5, 10**30):  # the prefix report read int(tokens): a crash, or $1e21 saved
+        data["prefix"] = {"group": "g", "hash": "h", "chars": 10, "tokens": tokens}
+        if tokens is None:
+            assert SpendRecord.from_dict(data).prefix["tokens"] is None
+        else:
+            with pytest.raises(ValueError, match="prefix.tokens is"):
+                SpendRecord.from_dict(data)
     old = json.loads(json.dumps(record.to_dict()))
     del old["usage"]["others"]  # a record written before the field
     assert SpendRecord.from_dict(old).usage.others == ()
+
+
+def test_an_advisors_iterations_are_summed_per_model_and_bad_counts_are_bad_usage():
+    many = {"input_tokens": 10, "output_tokens": 5, "iterations": [
+        {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 100, "output_tokens": 10}] * 10_000}
+    [(model, advice)] = messages_usage(many).others  # one pair, not 10,000 (a 3 MB ledger row)
+    assert model == "claude-opus-4-6" and (advice.input_tokens, advice.output_tokens) == (1_000_000, 100_000)
+    from llmbudget.providers._base import BadUsage
+
+    with pytest.raises(BadUsage):
+        messages_usage({**many, "iterations": [{"type": "advisor_message", "input_tokens": -5}]})
+    with pytest.raises(BadUsage):  # each count within the limit, their sum not
+        messages_usage({**many, "iterations": [{"type": "advisor_message", "input_tokens": 10**9}] * 2})
+
+
+def _advisor_stream(final_usage: bool) -> bytes:
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "content": [],
+            "usage": {"input_tokens": 400, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "Step one: back up the database."}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ]
+    if final_usage:
+        events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
+            "output_tokens": 30, "iterations": [{"type": "advisor_message", "model": "claude-opus-4-6",
+                                                 "input_tokens": 450, "output_tokens": 1700}]}}))
+        events.append(("message_stop", {"type": "message_stop"}))
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+
+
+ADVISOR_BODY = {"model": "claude-sonnet-4-6", "max_tokens": 512, "stream": True,
+                "messages": [{"role": "user", "content": "Plan the migration, then write the first step."}],
+                "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 1}]}
+
+
+def _streamed(body: dict, data: bytes, complete: bool):
+    import llmbudget
+
+    engine = llmbudget.Engine()
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                           body=json.dumps(body).encode())
+    assert attempt is not None
+    reserved = attempt.worst_case_usd()
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(data)
+    return reserved, attempt.finish(complete=complete)
+
+
+def test_a_stream_cut_before_its_final_usage_is_charged_its_advisors_worst_case():
+    # from a red-team pass: an advisor's inferences come with the final usage alone; a stream cut before it (or a
+    # gateway that strips message_delta's usage) was charged the executor's tokens, the Opus inference Anthropic
+    # billed not at all
+    reserved, whole = _streamed(ADVISOR_BODY, _advisor_stream(True), complete=True)
+    assert whole.usage.others[0][1].output_tokens == 1700 and not whole.estimated
+    _, cut = _streamed(ADVISOR_BODY, _advisor_stream(False), complete=False)
+    [(model, advice)] = cut.usage.others
+    assert model == "claude-opus-4-6" and advice.output_tokens == 2048 and cut.estimated
+    assert whole.cost_usd <= cut.cost_usd <= reserved
+    plain = {**ADVISOR_BODY, "tools": []}  # no advisor: nothing added
+    assert _streamed(plain, _advisor_stream(False), complete=False)[1].usage.others == ()
+
+
+def test_an_advisor_reads_what_the_tools_and_the_executor_added_and_its_cache_writes_are_reserved():
+    adapter = MessagesAdapter()
+    tool = {"type": "advisor_20260301", "model": "claude-opus-4-6", "max_uses": 1,
+            "caching": {"type": "ephemeral", "ttl": "1h"}}
+    [(_, cached)] = adapter.advisors({"tools": [tool]}, 1000)
+    assert (cached.cache_write_tokens, cached.cache_write_1h_tokens) == (1000, 1000)
+    import llmbudget
+
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 32000, "messages": [{"role": "user", "content": "Go."}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+                      {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 1}]}
+    attempt = llmbudget.Engine().begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages",
+                                       headers={}, body=json.dumps(body).encode())
+    worst = attempt.worst_usage()
+    # a late consultation reads the search results and the executor's 32,000 tokens of output
+    assert worst.others[0][1].input_tokens == worst.input_tokens + 32000
+
+
+def test_an_advisors_cache_reads_are_a_prompt_cache_saving_and_an_unknown_advisor_leaves_the_rest():
+    import llmbudget
+
+    body = {**ADVISOR_BODY, "stream": False}
+    answer = {"id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+              "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
+              "usage": {"input_tokens": 100, "cache_read_input_tokens": 1000, "output_tokens": 20, "iterations": [
+                  {"type": "advisor_message", "model": "claude-opus-4-6", "input_tokens": 500,
+                   "cache_read_input_tokens": 20000, "output_tokens": 1500}]}}
+
+    def saving(model: str) -> Decimal:
+        iteration = {**answer["usage"]["iterations"][0], "model": model}
+        data = {**answer, "usage": {**answer["usage"], "iterations": [iteration]}}
+        attempt = llmbudget.Engine().begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages",
+                                           headers={}, body=json.dumps(body).encode())
+        attempt.start_response(200, {"content-type": "application/json"})
+        attempt.feed(json.dumps(data).encode())
+        return attempt.finish(complete=True).prompt_cache_saved_usd
+
+    executor = 1000 * (Decimal(3) - Decimal("0.3")) / 10**6
+    advisor = 20000 * (Decimal(5) - Decimal("0.5")) / 10**6
+    assert saving("claude-opus-4-6") == executor + advisor
+    with pytest.warns(UserWarning):
+        assert saving("claude-opus-9-unknown") == executor  # not wiped out by the advisor's unknown price
 
 
 def test_an_advisor_tool_is_held_in_the_reservation_at_its_models_price():

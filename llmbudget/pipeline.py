@@ -435,10 +435,10 @@ class Attempt:
         if max_output is None:  # the default limit, once per answer the request asks for
             max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
         audio_in, audio_out = self.adapter.audio(self.call.body)
-        usage = self._worst_input(audio_in).replace(output_tokens=max_output)
-        if audio_out:  # all of it may be audio, at the audio rate
-            usage = usage.replace(output_audio_tokens=max_output)
-        return usage.replace(others=self._worst_advisors(usage.input_tokens + max_output))
+        # all of the output may be audio, at the audio rate
+        usage = self._worst_input(audio_in, output=max_output, audio_output=max_output if audio_out else 0)
+        advisors = self._worst_advisors(usage.input_tokens + max_output)
+        return usage.replace(others=advisors) if advisors else usage
 
     def _worst_advisors(self, transcript: int | None = None) -> tuple[tuple[str, Usage], ...]:
         """What an advisor tool's inferences on their own model may bill (:meth:`Adapter.advisors`), each
@@ -448,7 +448,7 @@ class Attempt:
             return self.worst_usage().others if self.adapter.advisors(self.call.body, 0) else ()
         return self.adapter.advisors(self.call.body, transcript)
 
-    def _worst_input(self, audio_tokens: int | None = None) -> Usage:
+    def _worst_input(self, audio_tokens: int | None = None, *, output: int = 0, audio_output: int = 0) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
         breakpoints (its own, or llmbudget's) may write all of it to the prompt cache, at 1.25x the input
         price (2x for a one-hour write); deferred work at its own price, ``service_tier: "priority"`` at its
@@ -470,7 +470,8 @@ class Attempt:
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
                      service_tier=tier, web_searches=searches, input_audio_tokens=audio,
-                     file_searches=files, code_containers=containers)
+                     file_searches=files, code_containers=containers, output_tokens=output,
+                     output_audio_tokens=audio_output)
 
     def reserve(self) -> Refusal | None:
         """Hold the worst case against every budget in scope; a Refusal if one would overflow.
@@ -1299,9 +1300,11 @@ class Attempt:
         each other model it ran on (an advisor's), each part whose price is known."""
         pricing, base_url = self.engine.pricing, self.call.base_url
         saving = Decimal(0)
-        for name, part in ((model, usage.replace(others=())), *usage.others):
+        for name, part in ((model, usage), *usage.others):
             if not (part.cached_input_tokens or part.cache_write_tokens):
                 continue
+            if part.others:  # the call's own model alone
+                part = part.replace(others=())
             paid = pricing.cost(part, model=name, base_url=base_url)
             uncached = pricing.cost(part.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0),
                                     model=name, base_url=base_url)

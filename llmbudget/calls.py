@@ -145,7 +145,9 @@ class SpendRecord:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("usage", "sequence")}
         for key in _MONEY:
             data[key] = plain_decimal(getattr(self, key))
-        data["usage"] = dataclasses.asdict(self.usage)
+        data["usage"] = usage = dataclasses.asdict(self.usage)
+        if not usage["others"]:  # as records were before the field: a reader of an earlier release still reads them
+            del usage["others"]
         return data
 
     @classmethod

@@ -117,6 +117,9 @@ def test_an_advisors_usage_survives_the_ledger_and_malformed_ones_are_named():
     old = json.loads(json.dumps(record.to_dict()))
     del old["usage"]["others"]  # a record written before the field
     assert SpendRecord.from_dict(old).usage.others == ()
+    plain = SpendRecord(time=1.0, endpoint="messages", base_url="", model_requested="m", model_sent="m",
+                        model_answered="m", usage=Usage(input_tokens=5), cost_usd=Decimal("0.1"), latency_s=0.1)
+    assert "others" not in plain.to_dict()["usage"]  # as before the field: an earlier release still reads it
 
 
 def test_an_advisors_iterations_are_summed_per_model_and_bad_counts_are_bad_usage():

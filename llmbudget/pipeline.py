@@ -429,9 +429,11 @@ class Attempt:
         """Estimated input plus the most output the request allows, at the model's prices."""
         return self.engine.pricing.cost(self.worst_usage(), model=self.call.model, base_url=self.call.base_url).usd
 
-    def worst_usage(self) -> Usage:
-        """The usage :meth:`worst_case_usd` prices: estimated input (see :meth:`_worst_input`) and the most output."""
-        max_output = self.call.max_output_tokens
+    def worst_usage(self, max_output: int | None = None) -> Usage:
+        """The usage :meth:`worst_case_usd` prices: estimated input (see :meth:`_worst_input`) and the most output
+        (``max_output`` tokens over all answers: by default what the request allows)."""
+        if max_output is None:
+            max_output = self.call.max_output_tokens
         if max_output is None:  # the default limit, once per answer the request asks for
             max_output = self.engine.default_max_output_tokens * self.adapter.answers(self.call.body)
         audio_in, audio_out = self.adapter.audio(self.call.body)
@@ -440,12 +442,10 @@ class Attempt:
         advisors = self._worst_advisors(usage.input_tokens + max_output)
         return usage.replace(others=advisors) if advisors else usage
 
-    def _worst_advisors(self, transcript: int | None = None) -> tuple[tuple[str, Usage], ...]:
+    def _worst_advisors(self, transcript: int) -> tuple[tuple[str, Usage], ...]:
         """What an advisor tool's inferences on their own model may bill (:meth:`Adapter.advisors`), each
-        reading the whole transcript: the input with what its tools add, and the executor's output so far
-        (``transcript`` tokens; by default as :meth:`worst_usage` counts them)."""
-        if transcript is None:
-            return self.worst_usage().others if self.adapter.advisors(self.call.body, 0) else ()
+        reading the whole transcript: the input with what its tools add, and the executor's output
+        (``transcript`` tokens)."""
         return self.adapter.advisors(self.call.body, transcript)
 
     def _worst_input(self, audio_tokens: int | None = None, *, output: int = 0, audio_output: int = 0) -> Usage:
@@ -503,8 +503,9 @@ class Attempt:
     def _cap_to(self, refusal: Refusal) -> bool:
         """Cap the output so the worst case fits what the refusing budget has left."""
         pricing, call = self.engine.pricing, self.call
-        input_cost = pricing.cost(self._worst_input(), model=call.model, base_url=call.base_url).usd
-        per_token = pricing.cost(Usage(output_tokens=1_000_000), model=call.model, base_url=call.base_url).usd
+        # the worst case is linear in the output allowed (an advisor reads it too): priced with none and a million
+        input_cost = pricing.cost(self.worst_usage(0), model=call.model, base_url=call.base_url).usd
+        per_token = pricing.cost(self.worst_usage(1_000_000), model=call.model, base_url=call.base_url).usd - input_cost
         if per_token <= 0:
             return False
         if self.escalated_from is not None:  # a capped retry would be cut: the app keeps the paid weak answer
@@ -1358,8 +1359,12 @@ class Attempt:
             usage = seen.replace(output_tokens=max(seen.output_tokens, output), estimated=True)
         else:
             usage = Usage(input_tokens=self.estimate_input_tokens(), output_tokens=output, estimated=True)
-        if not usage.others:  # an advisor's inferences are reported with the final usage alone: as many as allowed
-            usage = usage.replace(others=self._worst_advisors())
+        if not usage.others and self.state.advisor_uses and not (seen is not None and seen.input_tokens
+                                                                    and self.state.usage_final):
+            # an advisor's inferences are reported with the final usage alone: each one the answer began, at the
+            # most it may bill, reading the transcript so far
+            usage = usage.replace(others=self.adapter.advisors(
+                self.call.body, usage.input_tokens + usage.output_tokens, uses=self.state.advisor_uses))
         return usage
 
     def _fallback_record(self, error: BaseException | None) -> SpendRecord:

@@ -120,6 +120,9 @@ class ResponseState:
     #: The model refused to answer (chat ``message.refusal``, a Responses ``refusal`` part, Anthropic's
     #: ``stop_reason: "refusal"``).
     refused: bool = False
+    #: Server-side advisor consultations the answer began (Anthropic's ``server_tool_use`` blocks named by an
+    #: advisor tool): what an answer cut before its final usage may have billed on the advisor's model.
+    advisor_uses: int = 0
 
     @property
     def text(self) -> str:
@@ -181,9 +184,11 @@ class Adapter:
         none for most APIs."""
         return 0
 
-    def advisors(self, body: dict[str, Any], input_tokens: int) -> tuple[tuple[str, Usage], ...]:
+    def advisors(self, body: dict[str, Any], input_tokens: int, uses: int | None = None
+                 ) -> tuple[tuple[str, Usage], ...]:
         """The most the request's server-side inferences on other models may bill, as (model, usage) pairs
-        (Anthropic's advisor tool), for a request of ``input_tokens``: none for most APIs."""
+        (Anthropic's advisor tool), for a transcript of ``input_tokens`` and at most ``uses`` inferences each:
+        none for most APIs."""
         return ()
 
     def audio(self, body: dict[str, Any]) -> tuple[int, bool]:

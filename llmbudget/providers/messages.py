@@ -202,21 +202,26 @@ class MessagesAdapter(Adapter):
                    for tool in items(body.get("tools"))
                    if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_fetch"))
 
-    def advisors(self, body: dict[str, Any], input_tokens: int) -> tuple[tuple[str, Usage], ...]:
+    def advisors(self, body: dict[str, Any], input_tokens: int, uses: int | None = None
+                 ) -> tuple[tuple[str, Usage], ...]:
         """The most each advisor tool (``advisor_20260301``) may bill, on its model: ``max_uses`` inferences
         (:data:`DEFAULT_ADVISOR_USES` without one: the API sets no limit, so a call that consults it more may
         cost more than this), each reading the whole transcript so far (``input_tokens``: the request, what its
         tools may add and the executor's own output) and writing up to its ``max_tokens``
         (:data:`ADVISOR_OUTPUT_TOKENS` without one); with the tool's ``caching``, that input written to the
-        prompt cache (at 2x the input price for ``ttl: "1h"``)."""
+        prompt cache (at 2x the input price for ``ttl: "1h"``). ``uses``: the most consultations to count
+        (those an answer cut short began)."""
         out: dict[str, Usage] = {}
         for tool in items(body.get("tools")):
             if isinstance(tool, dict) and str(tool.get("type", "")).startswith("advisor_"):
-                uses = _count(tool.get("max_uses")) or DEFAULT_ADVISOR_USES
+                most = _count(tool.get("max_uses")) or DEFAULT_ADVISOR_USES
+                count = most if uses is None else min(most, uses)
+                if not count:
+                    continue
                 model = tool.get("model")
                 name = model if isinstance(model, str) and model else "unknown"
                 caching = tool.get("caching")
-                read = uses * input_tokens
+                read = count * input_tokens
                 written = read if isinstance(caching, dict) else 0
                 was = out.get(name, _NONE)
                 out[name] = Usage(
@@ -224,7 +229,7 @@ class MessagesAdapter(Adapter):
                     cache_write_tokens=was.cache_write_tokens + written,
                     cache_write_1h_tokens=was.cache_write_1h_tokens + (
                         written if isinstance(caching, dict) and caching.get("ttl") == "1h" else 0),
-                    output_tokens=was.output_tokens + uses * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))
+                    output_tokens=was.output_tokens + count * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))
         return tuple(out.items())
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
@@ -237,6 +242,7 @@ class MessagesAdapter(Adapter):
                     state.text_parts.append(block["text"])
                 elif block.get("type") in ("tool_use", "server_tool_use"):
                     state.tool_calls = True
+                    state.advisor_uses += block.get("type") == "server_tool_use" and block.get("name") == "advisor"
         reason = data.get("stop_reason")
         if isinstance(reason, str):
             state.finish_reasons.append(STOP_REASONS.get(reason, reason))
@@ -265,6 +271,7 @@ class MessagesAdapter(Adapter):
                 block = event.get("content_block")
                 if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
                     state.tool_calls = True
+                    state.advisor_uses += block.get("type") == "server_tool_use" and block.get("name") == "advisor"
             elif kind == "content_block_delta":
                 delta = event.get("delta")
                 if isinstance(delta, dict):

@@ -107,3 +107,25 @@ def test_cap_with_several_answers_caps_each_to_its_share(engine):
     assert attempt.capped and attempt.worst_case_usd() <= llmbudget.Budget("0.0001").usd
     assert 16 <= attempt.call.body["max_tokens"] < 500
     attempt.release()
+
+
+def test_cap_counts_what_an_advisor_reads_of_the_output(engine):
+    """From a review: the cap priced the output at the executor's rate alone, while each advisor consultation also
+    reads it (and bills its own fixed part): a call the cap could fit was refused, and one was rewritten and flagged
+    capped but refused all the same."""
+    import json
+
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 8000, "messages": ASK,
+            "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 3}]}
+    for usd in ("0.30", "0.20"):
+        with llmbudget.scope(budgets=[llmbudget.Budget(usd)], on_budget="cap"):
+            attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                                   body=json.dumps(body).encode())
+            assert attempt.reserve() is None, usd
+        assert attempt.capped and attempt.worst_case_usd() <= llmbudget.Budget(usd).usd
+        assert 16 <= attempt.call.body["max_tokens"] < 8000
+        attempt.release()
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.12")], on_budget="cap"):  # the advisors alone cost more
+        attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages", headers={},
+                               body=json.dumps(body).encode())
+        assert attempt.reserve() is not None and not attempt.capped and attempt.call.body["max_tokens"] == 8000

@@ -135,7 +135,7 @@ def test_an_advisors_iterations_are_summed_per_model_and_bad_counts_are_bad_usag
         messages_usage({**many, "iterations": [{"type": "advisor_message", "input_tokens": 10**9}] * 2})
 
 
-def _advisor_stream(final_usage: bool) -> bytes:
+def _advisor_stream(final_usage: bool, consulted: bool = True) -> bytes:
     events = [
         ("message_start", {"type": "message_start", "message": {
             "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "content": [],
@@ -146,6 +146,9 @@ def _advisor_stream(final_usage: bool) -> bytes:
                                  "delta": {"type": "text_delta", "text": "Step one: back up the database."}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
     ]
+    if consulted:
+        events.append(("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "server_tool_use", "id": "srvtoolu_1", "name": "advisor", "input": {}}}))
     if final_usage:
         events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {
             "output_tokens": 30, "iterations": [{"type": "advisor_message", "model": "claude-opus-4-6",
@@ -184,6 +187,14 @@ def test_a_stream_cut_before_its_final_usage_is_charged_its_advisors_worst_case(
     assert whole.cost_usd <= cut.cost_usd <= reserved
     plain = {**ADVISOR_BODY, "tools": []}  # no advisor: nothing added
     assert _streamed(plain, _advisor_stream(False), complete=False)[1].usage.others == ()
+    # from a review: cut before any consultation began, nothing for the advisor; and an answer whose final usage
+    # was read (no advisor ran) then failed was charged every consultation allowed, 35 times its cost
+    assert _streamed(ADVISOR_BODY, _advisor_stream(False, consulted=False), complete=False)[1].usage.others == ()
+    ran_none = _advisor_stream(True, consulted=False).replace(b', "iterations": [{"type": "advisor_message", '
+                                                              b'"model": "claude-opus-4-6", "input_tokens": 450, '
+                                                              b'"output_tokens": 1700}]', b"")
+    _, failed_after = _streamed(ADVISOR_BODY, ran_none, complete=False)
+    assert failed_after.usage.others == () and failed_after.usage.output_tokens == 30
 
 
 def test_an_advisor_reads_what_the_tools_and_the_executor_added_and_its_cache_writes_are_reserved():

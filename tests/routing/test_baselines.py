@@ -65,6 +65,14 @@ def test_eval_router_reports_the_baselines_by_file(tmp_path: Path) -> None:
     # without the flag the keys stay as they were
     assert "baselines" not in eval_router(tmp_path, weak="weak/model", strong="strong-model",
                                           router=TableRouter(oracle))
+    # at the threshold, each file's quality kept (the oracle at 0.5: the gain prompts strong, the rest weak)
+    at = eval_router(tmp_path, weak="weak/model", strong="strong-model", router=TableRouter(oracle, threshold=0.5),
+                     )["at_threshold"]["by_file"]
+    assert at["files"]["a"] == {"prompts": 20, "strong_fraction": 0.5, "quality_kept": 1.0}
+    assert at["worst_quality_kept"] == 1.0
+    weak_only = eval_router(tmp_path, weak="weak/model", strong="strong-model",
+                            router=TableRouter(oracle, threshold=2.0))["at_threshold"]["by_file"]
+    assert weak_only["files"]["a"]["quality_kept"] == 0.5 and weak_only["worst_quality_kept"] == 0.5
 
 
 def test_eval_router_cli_prints_the_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

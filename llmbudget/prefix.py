@@ -38,7 +38,8 @@ __all__ = ["MIN_CACHEABLE_TOKENS", "PrefixFinding", "PrefixWatch", "prefix_lines
 
 #: The shortest prefix the providers cache (OpenAI and most Claude models: 1,024 tokens).
 MIN_CACHEABLE_TOKENS = 1024
-#: An estimate of the tokens in a prefix, from its characters (reports only: nothing is charged by it).
+#: The tokens of a prefix recorded before records carried their own estimate (``tokens``, from
+#: :func:`llmbudget.tokens.estimate_text`): its characters, four a token (reports only: nothing is charged by it).
 CHARS_PER_TOKEN = 4
 _TAIL = 256
 _KEPT = 16_384  # characters of a group's first prefix kept to find where later ones differ

@@ -89,6 +89,10 @@ class Scope:
                 store = self._store
         return store
 
+    @store.setter
+    def store(self, store: MemoryBudgetStore) -> None:
+        self._store = store
+
     def add(self, record: SpendRecord) -> None:
         node: Scope | None = self
         while node is not None:

@@ -129,11 +129,12 @@ def _encoding(name: str) -> _Encoding | None:
                 _warned = True
                 log.warning(
                     "tiktoken encoding %r is not available (%s); token estimates fall back to "
-                    "%d characters per token. Set TIKTOKEN_CACHE_DIR to a folder holding the "
-                    "encoding files to get exact estimates offline.",
+                    "%d characters per token (%d bytes of other scripts). Set TIKTOKEN_CACHE_DIR to a folder "
+                    "holding the encoding files to get exact estimates offline.",
                     name,
                     exc,
                     _CHARS_PER_TOKEN,
+                    _BYTES_PER_TOKEN,
                 )
         return None
 

@@ -76,3 +76,30 @@ def test_a_tenant_named_inside_a_disabled_routes_scope_keeps_what_the_apps_own_s
             assert middle.cache is False and inner.cache is None and inner.routing is None
         with llmbudget.scope(routing="large"), llmbudget.defer("flex"), llmbudget.scope(tenant="acme") as own:
             assert (own.routing, own.defer, own.cache) == ("large", "flex", None)
+
+
+def test_a_scopes_per_request_store_is_made_once_on_first_use_and_may_be_set() -> None:
+    """Most served requests' scopes hold no per-request budget: the store is made when one is first counted, once
+    for all of the scope's threads, and an app may still give a scope its own."""
+    import threading
+
+    from llmbudget.ledger.budgets import MemoryBudgetStore
+
+    with llmbudget.scope() as scope:
+        assert scope._store is None  # nothing made for a scope that counts no per-request budget
+        seen: list[MemoryBudgetStore] = []
+        barrier = threading.Barrier(6)
+
+        def take() -> None:
+            barrier.wait()
+            seen.append(scope.store)
+
+        threads = [threading.Thread(target=take) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(store) for store in seen}) == 1 and scope.store is seen[0]
+        own = MemoryBudgetStore()
+        scope.store = own
+        assert scope.store is own

@@ -733,7 +733,8 @@ def _payload_differs(a: str, b: str) -> bool:
     or a courtesy word is the payload's data too). Not after a label a user sets before their own words ("Quick
     question:", "Note:"), nor a question after its topic ("Theology: What are the best arguments for God's
     existence?"), which are reworded as any other, unless the instruction works on its payload ("Translate to
-    French: Where is the dog?")."""
+    French: Where is the dog?"). Two texts without a colon's payload are read by :func:`_asked_payload_differs`
+    (a judgement asked as a question before its input)."""
     at, bt = _payload_start(a), _payload_start(b)
     if at > len(a) and bt > len(b):
         return _asked_payload_differs(a, b)

@@ -758,16 +758,23 @@ def _asked_payload_differs(a: str, b: str) -> bool:
     it." (the colon's rule of :func:`_payload_differs`, with a question mark ending the instruction). Only where
     the question judges its input (a word of :data:`_JUDGED`: "sentence", "grammatical", "sentiment", "spam",
     ...): "What's the capital of France? I need it for homework.", "How do I fix this? My printer won't print." and
-    "Is this normal? My cat sleeps all day." are a question and a remark, reworded as any other. The
-    input's punctuation and case are not read here (a surface paraphrase of a multiple-choice question drops the
-    "?" before its options, or writes a scenario's "I" in lower case)."""
+    "Is this normal? My cat sleeps all day." are a question and a remark, reworded as any other. There the
+    input's punctuation and capitals count too, as a colon's payload's do ("Is this punctuated correctly? Its a
+    nice day, isn't it?" and "... day isn't it?"); elsewhere the text after a question mark is not a payload (a
+    surface paraphrase of a multiple-choice question drops the "?" before its options, or writes a scenario's "I"
+    in lower case)."""
     ma, mb = _ASKED.search(a), _ASKED.search(b)
     if ma is None or mb is None:
         return False
     instruction = _content(_keys(_tokens(a[: ma.start()])))
     if not _JUDGED.intersection(instruction) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
         return False
-    return _bare(_keys(_tokens(a[ma.end() :]))) != _bare(_keys(_tokens(b[mb.end() :])))
+    # both inputs read as a colon's payload: their words, punctuation and capitals are what is judged ("Is this
+    # punctuated correctly? Its a nice day, isn't it?" and "... day isn't it?")
+    return not _same(_tokens(_INPUT + a[ma.end() :]), _tokens(_INPUT + b[mb.end() :]))
+
+
+_INPUT = "input: "  # before a text, makes all of it a payload (see _PAYLOAD)
 
 
 # What a question asked before its input judges in it ("Is this sentence correct?", "Sentiment?", "Is this email

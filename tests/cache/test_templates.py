@@ -711,6 +711,9 @@ def test_texts_of_few_distinct_tokens_are_compared_by_their_content_not_aligned(
     ("Convert A to binary", "Convert a to binary"),
     ("Positive or negative? Great value for the price.", "Positive or negative? Poor value for the price."),
     ("Fact or opinion? Paris is the best city.", "Fact or opinion? Paris is the capital."),
+    # ... and there the input's punctuation and capitals, as a colon's payload's
+    ("Is this punctuated correctly? Its a nice day, isn't it?", "Is this punctuated correctly? Its a nice day isn't it?"),
+    ("Is this sentence capitalized correctly? i moved to paris.", "Is this sentence capitalized correctly? I moved to Paris."),
 ])
 def test_a_payloads_form_a_named_symbol_and_a_units_case_are_data(stored: str, asked: str) -> None:
     _never_a_hit(stored, asked)

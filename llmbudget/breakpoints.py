@@ -33,6 +33,7 @@ from collections import OrderedDict
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .pricing import CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER
 from .tokens import estimate_text
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Breakpoints", "cache_write_ttls", "has_cache_control", "min_cacheable_tokens", "without_cache_control"]
 
 TTL_S = 300.0
-#: Used when the model's prices are unknown: Anthropic's multipliers of the input price.
-_WRITE, _READ = Decimal("1.25"), Decimal("0.1")
 
 
 def min_cacheable_tokens(model: str | None) -> int:
@@ -183,7 +182,7 @@ class Breakpoints:
                                      base_url=base_url).usd
             premium, gain = write - input_.usd, input_.usd - read
         else:
-            premium, gain = _WRITE - 1, 1 - _READ
+            premium, gain = CACHE_WRITE_MULTIPLIER - 1, 1 - CACHE_READ_MULTIPLIER  # (prices unknown)
         return Decimal(repr(sightings)) * gain > premium
 
     def _continues(self, tenant: str, earlier: str | None, retry: bool = False) -> float:

@@ -439,14 +439,10 @@ class Attempt:
         audio_in, audio_out = self.adapter.audio(self.call.body)
         # all of the output may be audio, at the audio rate
         usage = self._worst_input(audio_in, output=max_output, audio_output=max_output if audio_out else 0)
-        advisors = self._worst_advisors(usage.input_tokens + max_output)
+        # an advisor tool's inferences on their own model, each reading the whole transcript: the input with what
+        # its tools add, and the executor's output
+        advisors = self.adapter.advisors(self.call.body, usage.input_tokens + max_output)
         return usage.replace(others=advisors) if advisors else usage
-
-    def _worst_advisors(self, transcript: int) -> tuple[tuple[str, Usage], ...]:
-        """What an advisor tool's inferences on their own model may bill (:meth:`Adapter.advisors`), each
-        reading the whole transcript: the input with what its tools add, and the executor's output
-        (``transcript`` tokens)."""
-        return self.adapter.advisors(self.call.body, transcript)
 
     def _worst_input(self, audio_tokens: int | None = None, *, output: int = 0, audio_output: int = 0) -> Usage:
         """The estimated input (with the margin), priced as dearly as the call may be: a Messages call with
@@ -1529,21 +1525,22 @@ def _unknown_model(base_url: str) -> bool:
     cut (an o3-mini deployment named "classifier")."""
     if _deployment(base_url):
         return True
-    try:
-        host = (urlsplit(base_url).hostname or "").rstrip(".")
-    except ValueError:
-        host = ""
-    return host.endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
+    return _host(base_url).endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"))
 
 
 def _openai(base_url: str) -> bool:
     """Whether ``base_url`` is OpenAI's own API host, regional ones too (``eu.api.openai.com``), not one whose name
     or path only holds "api.openai.com" (``https://api.openai.com.evil.example``, ``https://proxy.example/api.openai.com``)."""
-    try:
-        host = (urlsplit(base_url).hostname or "").rstrip(".")
-    except ValueError:
-        return False
+    host = _host(base_url)
     return host == "api.openai.com" or host.endswith(".api.openai.com")
+
+
+def _host(base_url: str) -> str:
+    """The host of ``base_url`` ("" for a URL that does not parse)."""
+    try:
+        return (urlsplit(base_url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:

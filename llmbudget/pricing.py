@@ -62,7 +62,8 @@ MAX_PRICE = Decimal(1_000_000)
 
 #: Service tiers priced as deferred work: flex, and the Batch API (``"batch"``, llmbudget's own name for it).
 DEFERRED_TIERS = frozenset({"flex", "batch"})
-_WRITE_PREMIUM = Decimal("1.25")  # Anthropic's 5-minute cache write, per input token
+#: Anthropic's multipliers of the input price: a 5-minute cache write, and a cache read.
+CACHE_WRITE_MULTIPLIER, CACHE_READ_MULTIPLIER = Decimal("1.25"), Decimal("0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class Price:
         plain = usage.input_tokens - cached - written
         audio_in = min(usage.input_audio_tokens, plain) if self.input_audio is not None else 0
         audio_out = min(usage.output_audio_tokens, usage.output_tokens) if self.output_audio is not None else 0
-        write = self.input * _WRITE_PREMIUM if self.cache_write is None else self.cache_write
+        write = self.input * CACHE_WRITE_MULTIPLIER if self.cache_write is None else self.cache_write
         total = (
             (plain - audio_in) * self.input
             + audio_in * (self.input_audio or 0)

@@ -191,7 +191,6 @@ _CASED = re.compile(r"(?i)\b(?:ascii|unicode|code ?points?|utf-?(?:8|16|32)|bina
                     r"|key ?codes?|upper ?case|lower ?case|case[- ]sensitive|capital letters?|regexp?)\b").search
 
 
-
 def _shouting(text: str) -> bool:
     """Whether ``text`` is typed in capitals throughout (not one acronym): its case says nothing."""
     return text == text.upper() and sum(c.isalpha() for c in text) >= 8

@@ -60,16 +60,12 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
             output += as_int(step.get("output_tokens"))
         elif isinstance(step, dict) and step.get("type") == "advisor_message":
             a_plain, a_written, a_read, a_1h = _input_counts(step)
-            model = step.get("model")
-            name = model if isinstance(model, str) and model else "unknown"
-            was = others.get(name, _NONE)
-            others[name] = Usage(
-                input_tokens=as_int(was.input_tokens + a_plain + a_written + a_read, what="advisor input tokens"),
-                cached_input_tokens=was.cached_input_tokens + a_read,
-                cache_write_tokens=was.cache_write_tokens + a_written,
-                cache_write_1h_tokens=was.cache_write_1h_tokens + min(a_1h, a_written),
-                output_tokens=as_int(was.output_tokens + as_int(step.get("output_tokens")),
-                                     what="advisor output tokens"))
+            _add(others, step.get("model"), Usage(
+                input_tokens=a_plain + a_written + a_read, cached_input_tokens=a_read, cache_write_tokens=a_written,
+                cache_write_1h_tokens=min(a_1h, a_written), output_tokens=as_int(step.get("output_tokens"))))
+    for part in others.values():  # each count was within the limit; their sums must be too
+        as_int(part.input_tokens, what="advisor input tokens")
+        as_int(part.output_tokens, what="advisor output tokens")
     global _fast_warned
     if raw.get("speed") == "fast" and not _fast_warned:  # Anthropic's fast mode: a multiple of the standard rate
         _fast_warned = True
@@ -91,7 +87,26 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
 
 
 _fast_warned = False  # whether the fast-mode warning was given (once per process)
-_NONE = Usage()
+
+
+def _add(parts: dict[str, Usage], model: Any, usage: Usage) -> None:
+    """Add ``usage`` to what ``parts`` holds for ``model`` ("unknown" where it is not a name): one pair per model,
+    however many inferences ran on it."""
+    name = model if isinstance(model, str) and model else "unknown"
+    was = parts.get(name)
+    parts[name] = usage if was is None else usage.replace(
+        input_tokens=was.input_tokens + usage.input_tokens,
+        cached_input_tokens=was.cached_input_tokens + usage.cached_input_tokens,
+        cache_write_tokens=was.cache_write_tokens + usage.cache_write_tokens,
+        cache_write_1h_tokens=was.cache_write_1h_tokens + usage.cache_write_1h_tokens,
+        output_tokens=was.output_tokens + usage.output_tokens)
+
+
+def _note_tool_use(block: Any, state: ResponseState) -> None:
+    """A content block that calls a tool: the answer has tool calls, and an advisor's begins a consultation."""
+    if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+        state.tool_calls = True
+        state.advisor_uses += block.get("type") == "server_tool_use" and block.get("name") == "advisor"
 
 
 def _input_counts(raw: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -218,18 +233,13 @@ class MessagesAdapter(Adapter):
                 count = most if uses is None else min(most, uses)
                 if not count:
                     continue
-                model = tool.get("model")
-                name = model if isinstance(model, str) and model else "unknown"
                 caching = tool.get("caching")
                 read = count * input_tokens
                 written = read if isinstance(caching, dict) else 0
-                was = out.get(name, _NONE)
-                out[name] = Usage(
-                    input_tokens=was.input_tokens + read, estimated=True,
-                    cache_write_tokens=was.cache_write_tokens + written,
-                    cache_write_1h_tokens=was.cache_write_1h_tokens + (
-                        written if isinstance(caching, dict) and caching.get("ttl") == "1h" else 0),
-                    output_tokens=was.output_tokens + count * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS))
+                _add(out, tool.get("model"), Usage(
+                    input_tokens=read, estimated=True, cache_write_tokens=written,
+                    cache_write_1h_tokens=written if isinstance(caching, dict) and caching.get("ttl") == "1h" else 0,
+                    output_tokens=count * (_count(tool.get("max_tokens")) or ADVISOR_OUTPUT_TOKENS)))
         return tuple(out.items())
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
@@ -240,9 +250,8 @@ class MessagesAdapter(Adapter):
             if isinstance(block, dict):
                 if block.get("type") == "text" and isinstance(block.get("text"), str):
                     state.text_parts.append(block["text"])
-                elif block.get("type") in ("tool_use", "server_tool_use"):
-                    state.tool_calls = True
-                    state.advisor_uses += block.get("type") == "server_tool_use" and block.get("name") == "advisor"
+                else:
+                    _note_tool_use(block, state)
         reason = data.get("stop_reason")
         if isinstance(reason, str):
             state.finish_reasons.append(STOP_REASONS.get(reason, reason))
@@ -268,10 +277,7 @@ class MessagesAdapter(Adapter):
                 if isinstance(message.get("usage"), dict):
                     usage.update(message["usage"])
             elif kind == "content_block_start":
-                block = event.get("content_block")
-                if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
-                    state.tool_calls = True
-                    state.advisor_uses += block.get("type") == "server_tool_use" and block.get("name") == "advisor"
+                _note_tool_use(event.get("content_block"), state)
             elif kind == "content_block_delta":
                 delta = event.get("delta")
                 if isinstance(delta, dict):

@@ -23,6 +23,7 @@ the p50 and p99 latency over all requests, and the median of the per-round ratio
 to ``plain``.
 
     python ci/bench/throughput.py [--requests 2000] [--concurrency 32] [--rounds 3] [--modes plain,budgets,batched,full,exact,worker]
+        [--against OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -204,11 +205,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="requests per mode before measuring")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit of one run")
     parser.add_argument("--modes", default="plain,budgets,batched,full")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also run every mode but plain with llmbudget from another checkout (named MODE@base), "
+                             "alternating with this one's: two versions compared within one run")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"plain", *POLICIES}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if args.against is not None:
+        if not (args.against / "llmbudget" / "__init__.py").is_file():
+            parser.error(f"--against {args.against}: no llmbudget package there")
+        modes += [f"{m}@base" for m in modes if m != "plain"]
 
     env = {"TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR", str(TIKTOKEN)),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -222,10 +230,12 @@ def main() -> None:
         apps: dict[str, tuple[str, int]] = {}
         for mode in modes:
             mode_env = {**env, "BENCH_UPSTREAM": upstream + "/v1"}
+            if mode.endswith("@base"):
+                mode_env["PYTHONPATH"] = os.pathsep.join([str(args.against.resolve()), env["PYTHONPATH"]])
             if mode != "plain":
                 folder = Path(tmp) / mode
                 folder.mkdir()
-                (folder / "llmbudget.toml").write_text(POLICIES[mode])
+                (folder / "llmbudget.toml").write_text(POLICIES[mode.removesuffix("@base")])
                 mode_env["BENCH_POLICY"] = str(folder / "llmbudget.toml")
             apps[mode] = stack.enter_context(uvicorn("throughput_apps:app", env=mode_env, factory=True))
         texts = prompts(args.rounds * args.requests * len(modes) + args.warmup * len(modes), seed=7)
@@ -252,7 +262,7 @@ def main() -> None:
                 loop_cpu[mode].append(on_loop)
                 child_cpu[mode].append(in_child)
                 lat[mode].extend(latencies)
-                print(f"round {r + 1} {mode:8} {rate:7.1f} req/s {per_request * 1000:6.2f} ms app CPU per request "
+                print(f"round {r + 1} {mode:12} {rate:7.1f} req/s {per_request * 1000:6.2f} ms app CPU per request "
                       f"({on_loop * 1000:.2f} on its event loop, {in_child * 1000:.2f} in its worker)", flush=True)
 
     def ratio(figures: dict[str, list[float]], mode: str, invert: bool = False) -> str:
@@ -262,10 +272,10 @@ def main() -> None:
         return f"{statistics.median((b / a) if invert else (a / b) for a, b in pairs):.2f}x"
 
     print(f"\n{args.requests} unique prompts per run, {args.concurrency} concurrent clients, {args.rounds} rounds")
-    print(f"{'mode':8} {'req/s':>8} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x plain (CPU)':>14}"
+    print(f"{'mode':12} {'req/s':>8} {'x plain':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} {'x plain (CPU)':>14}"
           f" {'loop ms/req':>12} {'x plain (loop)':>15} {'worker ms/req':>14}")
     for mode in modes:
-        print(f"{mode:8} {statistics.median(rps[mode]):8.1f} {ratio(rps, mode):>8} "
+        print(f"{mode:12} {statistics.median(rps[mode]):8.1f} {ratio(rps, mode):>8} "
               f"{_pct(lat[mode], 0.5) * 1000:8.1f} {_pct(lat[mode], 0.99) * 1000:8.1f} "
               f"{statistics.median(cpu[mode]) * 1000:11.2f} {ratio(cpu, mode, invert=True):>14} "
               f"{statistics.median(loop_cpu[mode]) * 1000:12.2f} {ratio(loop_cpu, mode, invert=True):>15} "

@@ -53,6 +53,7 @@ _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
 _MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
 _MAX_BACKLOG = 4096  # entries the child has yet to embed: beyond it, new ones are dropped (left exact-only)
+_FLUSH_S = 0.002  # the child writes its answers together, but holds none longer than this
 #: Seconds a question may wait on the child, with the most allowed waiting, before the child counts as hung.
 HUNG_S = 30.0
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
@@ -340,6 +341,9 @@ class _Client(asyncio.Protocol):
         self._sent: dict[int, float] = {}  # when each waiting question was sent
         self._next_id = 0
         self._thread = threading.get_ident()  # the loop's
+        #: Frames to send at the end of this turn of the loop, in one write: a write is a system call that
+        #: wakes the child, and under load many calls ask in the same turn.
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -404,7 +408,7 @@ class _Client(asyncio.Protocol):
         future = self.loop.create_future()
         self.waiting[ident] = future
         self._sent[ident] = time.monotonic()
-        self.transport.write(_frame((_SEARCH, ident, (partition, text))))
+        self._send(_frame((_SEARCH, ident, (partition, text))))
         timer = self.loop.call_later(self.worker.timeout, _expire, future)
         try:
             return await future
@@ -422,7 +426,17 @@ class _Client(asyncio.Protocol):
             return
         if self.transport is None or self.transport.get_write_buffer_size() > _MAX_BUFFERED:
             return  # the child cannot keep up: this answer stays an exact-only one
-        self.transport.write(_frame((_EMBED, entry_id, None)))
+        self._send(_frame((_EMBED, entry_id, None)))
+
+    def _send(self, frame: bytes) -> None:
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(frames))
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -454,19 +468,25 @@ class _Serve(asyncio.Protocol):
             log.exception("a message could not be read; closing the connection")
             self.transport.close()
             return
-        arrived = time.monotonic()
+        arrived = sent = time.monotonic()
+        answers: list[bytes] = []  # written together: one system call, one wake of the app
         for kind, ident, payload in messages:
             if self.transport.is_closing():  # the app went: nobody waits for the rest
                 return
             if kind == _SEARCH:
                 # a question the app stopped waiting for (the ones before it took long) is not worked on
                 late = time.monotonic() - arrived > self.timeout
-                self.transport.write(_frame((ident, None if late else self._search(*payload))))
+                answers.append(_frame((ident, None if late else self._search(*payload))))
+                if time.monotonic() - sent > _FLUSH_S:  # the first answers do not wait for the last
+                    self.transport.write(b"".join(answers))
+                    answers, sent = [], time.monotonic()
             elif kind == _EMBED:
                 if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
                 if len(self._embed) < _MAX_BACKLOG:  # beyond it, the answer stays an exact-only one
                     self._embed.append(ident)
+        if answers and not self.transport.is_closing():
+            self.transport.write(b"".join(answers))
 
     def _search(self, partition: str, text: str) -> Any:
         try:

@@ -392,3 +392,35 @@ def test_the_child_finds_the_cache_wherever_the_app_goes_and_whatever_its_folder
         assert worker._state.proc.poll() is None
     finally:
         cache.close()
+
+
+def test_questions_asked_in_one_turn_of_the_loop_go_to_the_child_in_one_write(tmp_path):
+    """Under load many calls ask in the same turn: one system call (one wake of the child) for all of them, and
+    the child answers each, by its id, also in as few writes."""
+    cache = Cache(tmp_path / "cache", worker=True)
+    worker = cache.worker
+    assert worker is not None
+
+    async def main() -> tuple[list[object], list[int], int]:
+        deadline = time.monotonic() + 60
+        while (client := worker.client()) is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert client.transport is not None
+        writes: list[int] = []
+        write = client.transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(len(data))
+            write(data)
+
+        client.transport.write = counted  # type: ignore[method-assign]
+        found = await asyncio.gather(*(client.search("p", f"question number {i}?") for i in range(8)))
+        return list(found), writes, len(client.waiting)
+
+    try:
+        found, writes, unanswered = asyncio.run(main())
+    finally:
+        cache.close()
+    assert found == [None] * 8 and unanswered == 0  # each answered (a miss: nothing stored), none timed out
+    assert len(writes) == 1

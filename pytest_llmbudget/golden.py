@@ -62,7 +62,7 @@ def _body(raw: Any) -> dict[str, Any] | None:
         return None
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
 

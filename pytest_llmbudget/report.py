@@ -129,7 +129,10 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     """A report or baseline, every cost in it checked (a missing, null, negative or NaN cost is a ValueError
     that names the entry: compared, it would crash the run's end or pass anything)."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply to read") from None
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("tests"), dict):
         raise ValueError("expected a JSON object with version 1 and a tests table")
     workers = doc.get("workers", 1)
@@ -149,7 +152,7 @@ def _cost(entry: Any, where: str = "entry") -> Decimal:
     raw = exact if exact is not None else entry.get("cost_usd")
     amount = _amount(raw)
     if amount is None:
-        raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars of 0 or more")
+        raise ValueError(f"{where}: cost_usd is {raw!r}; expected an amount in dollars from 0 to {MAX_USD:,.0f}")
     shown = entry.get("cost_usd")
     if exact is not None and shown is not None:  # cost_usd is cost_usd_exact as a float: one edited alone
         as_float = _amount(shown)
@@ -159,13 +162,18 @@ def _cost(entry: Any, where: str = "entry") -> Decimal:
     return amount
 
 
+#: The most a cost in a report or baseline may be: more is not a test suite's spend but an edit or a corrupt file
+#: (and 1e999999999 made the run's end crash with decimal.Overflow when summed).
+MAX_USD = Decimal("1e12")
+
+
 def _amount(raw: Any) -> Decimal | None:
-    """``raw`` as a finite amount of 0 or more, or None."""
+    """``raw`` as a finite amount from 0 to :data:`MAX_USD`, or None."""
     try:
         amount = Decimal(str(raw)) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else None
     except ArithmeticError:
         return None
-    return amount if amount is not None and amount.is_finite() and amount >= 0 else None
+    return amount if amount is not None and amount.is_finite() and 0 <= amount <= MAX_USD else None
 
 
 def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> tuple[list[str], list[str]]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..calls import Call
 from .answers import storable
@@ -16,9 +20,16 @@ from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 if TYPE_CHECKING:
     from .worker import CacheWorker
 
+_T = TypeVar("_T")
+
 __all__ = ["Cache", "CacheLookup"]
 
 log = logging.getLogger("llmbudget.cache")
+
+#: Seconds a cache whose SQLite store failed (its lock held past the store's ``timeout``, the disk full, an I/O
+#: error) is left out: calls go on without it (lookups miss, stores are skipped), and the first call after this
+#: tries the store again. Without it, every call waited for the lock in turn.
+RETRY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -68,6 +79,10 @@ class Cache:
       hold 1-1.5 ms per missed call; sync calls, and async ones while the child starts, do it themselves. Only for
       a local store made here with the bundled embedder and template guard (not a ``store``, a Redis URL, an
       ``embedder`` or a ``template_guard`` of your own). :meth:`close` stops it.
+
+    When the SQLite store fails (its write lock held by another process past the store's ``timeout``, 5 s, the
+    disk full, an I/O error), the call goes on without the cache, and so do the calls of the next ``RETRY_S``
+    (5) seconds, without waiting: lookups miss and answers are not stored. The cause is logged once per outage.
     """
 
     def __init__(
@@ -120,6 +135,8 @@ class Cache:
         self.allow_temperature = allow_temperature
         #: The child process running the semantic tier (``worker=True``), else None.
         self.worker: CacheWorker | None = None
+        self._down_until: float | None = None  # while the store is left out (see RETRY_S); None: it answers
+        self._down_lock = threading.Lock()
         if worker and semantic:
             from .worker import CacheWorker, worker_unavailable
 
@@ -140,6 +157,11 @@ class Cache:
         lookup = CacheLookup(keys)
         if not keys.cacheable or keys.exact is None:
             return lookup
+        return self._guarded(lambda: self._lookup(lookup, model, semantic), lookup)
+
+    def _lookup(self, lookup: CacheLookup, model: str | None, semantic: bool) -> CacheLookup:
+        keys = lookup.keys
+        assert keys.exact is not None
         partition = keys.partition or f"exact:{keys.exact}"
         entry = self.store.get_exact(partition, keys.exact)
         if entry is not None:
@@ -198,13 +220,38 @@ class Cache:
                     semantic=bool(self.semantic and keys.text and keys.partition))
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
-        elif item["semantic"] and self.worker is not None:
+        return self._guarded(lambda: self._put(item), False)
+
+    def _put(self, item: dict[str, Any]) -> bool:
+        if item["semantic"] and self.worker is not None and "vector" not in item:
             client = self.worker.client() or self.worker.caller()
             if client is not None:  # stored here for exact lookups at once; the worker adds its vector
                 client.embed(self.store.put(**{**item, "semantic": False}))
                 return True
         self.store.put(**item)
         return True
+
+    def _guarded(self, work: Callable[[], _T], skipped: _T) -> _T:
+        """``work()``, or ``skipped`` while the SQLite store is left out after it failed (see ``RETRY_S``)."""
+        down = self._down_until
+        if down is not None and time.monotonic() < down:
+            return skipped
+        try:
+            done = work()
+        except sqlite3.OperationalError as exc:  # (a WouldWait, inside no_wait(), is not one: it goes on up)
+            with self._down_lock:
+                if self._down_until is None:
+                    log.warning("llmbudget: the cache at %s cannot be used (%s: %s); calls go on without it, "
+                                "trying it again every %.0f s", getattr(self.store, "location", "?"),
+                                type(exc).__name__, exc, RETRY_S)
+                self._down_until = time.monotonic() + RETRY_S
+            return skipped
+        if down is not None:
+            with self._down_lock:
+                if self._down_until is not None:
+                    self._down_until = None
+                    log.warning("llmbudget: the cache at %s answers again", getattr(self.store, "location", "?"))
+        return done
 
     def close(self) -> None:
         """Stop the worker process, if any, and close the store (saving its indexes)."""

@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from ..ledger.budgets import _NO_WAIT, WouldWait, is_busy, thread_connection
+from ..ledger.budgets import _NO_WAIT, SQLITE_TIMEOUT_S, WouldWait, is_busy, thread_connection
 from . import embedders
 from .embedders import Embedder, tokenizable
 from .index import EXACT_MAX, Head, IndexDType, VectorIndex
@@ -229,6 +229,9 @@ class CacheStore:
     - ``index_dtype``: usearch's storage of vectors in big partitions (``"f16"`` or ``"i8"``);
       ``exact_search_max``: partitions up to this size are searched by exact brute force.
     - ``clock``: the time source, epoch seconds (tests).
+    - ``timeout``: seconds a write waits for SQLite's lock, held by another process (default 5), before it
+      fails with ``sqlite3.OperationalError`` (:class:`~llmbudget.cache.Cache` then goes on without the
+      cache for a while); reads never wait for it (WAL).
     """
 
     def __init__(
@@ -248,6 +251,7 @@ class CacheStore:
         index_dtype: IndexDType = "i8",
         exact_search_max: int = EXACT_MAX,
         clock: Callable[[], float] = time.time,
+        timeout: float = SQLITE_TIMEOUT_S,
     ) -> None:
         check_store_options(max_semantic_chars=max_semantic_chars, max_entries=max_entries, ttl=ttl,
                             candidates=candidates, min_cosine=min_cosine, threshold=threshold)
@@ -255,6 +259,9 @@ class CacheStore:
             raise ValueError(f"eviction={eviction!r}: expected 'lru' or 'lfu'")
         if scorer is not None and threshold is None and getattr(scorer, "threshold", None) is None:
             raise ValueError("a custom scorer needs a threshold: pass threshold=... or give the scorer a .threshold")
+        if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 <= timeout < 1e6):
+            raise ValueError(f"timeout={timeout!r}: expected seconds, a number from 0")
+        self.timeout = float(timeout)
         self._temp: str | None = None
         if path is None:
             self._temp = tempfile.mkdtemp(prefix="llmbudget-cache-")
@@ -327,7 +334,7 @@ class CacheStore:
         if self._closed:
             raise RuntimeError(f"this CacheStore ({self.db_path}) is closed")
         quick = _NO_WAIT.get()
-        conn, new = thread_connection(self._local, self.db_path, quick=quick, timeout=30.0)
+        conn, new = thread_connection(self._local, self.db_path, quick=quick, timeout=self.timeout)
         if new:
             # Kept for close(), and dropped (closed) when the thread ends, as its thread-local goes with it: a
             # server that starts a thread per request (flask run, Django's runserver) leaked two files a request.

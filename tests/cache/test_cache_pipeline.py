@@ -190,3 +190,43 @@ def test_an_answer_a_budget_downgraded_is_not_kept_for_calls_without_that_pressu
         cheap = client.chat.completions.create(messages=QUESTION, **{**ask, "max_tokens": 200})
     full = client.chat.completions.create(messages=QUESTION, **{**ask, "max_tokens": 200})
     assert (cheap.model, full.model) == ("gpt-4o-mini", "gpt-4o") and not records[1].from_cache
+
+
+def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_one_per_call(
+        engine, tmp_path, llm_server, records, monkeypatch, caplog):
+    # the store's lock was waited for 30 s by every call (hits too), with no way to change it
+    import subprocess
+    import sys
+    import time
+
+    from llmbudget.cache import cache as cache_module
+    from llmbudget.cache.store import CacheStore
+
+    monkeypatch.setattr(cache_module, "RETRY_S", 1.0)
+    engine.cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.3))
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
+                               max_retries=0)
+        first = client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+             " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)",
+             str(tmp_path / "cache" / "cache.sqlite3")], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            waited = []
+            for question in ("What is the capital of Spain?", "What is the capital of France?", "Capital of Peru?"):
+                began = time.monotonic()
+                client.chat.completions.create(messages=[{"role": "user", "content": question}], **ASK)
+                waited.append(time.monotonic() - began)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert 0.3 <= waited[0] < 0.3 + 5  # the store's timeout, then the answer is served
+        # the next calls go on without the cache, not waiting: a repeat is a miss while it is left out
+        assert records[2].cache_tier is None and len(server.received) == 4
+        assert sum(1 for r in caplog.records if "cannot be used" in r.getMessage()) == 1
+        assert "database is locked" in caplog.text
+        time.sleep(1.05)  # RETRY_S later, it is tried again: the file answers, and the first answer is found
+        again = client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content
+    assert again == first and records[-1].cache_tier == "exact" and "answers again" in caplog.text

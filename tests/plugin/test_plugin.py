@@ -516,7 +516,8 @@ def test_collect_only_leaves_the_baseline_as_it_was(suite):
     result.stdout.fnmatch_lines(["*--llm-budget-save: */baseline.json not written: no test ran*"])
 
 
-@pytest.mark.parametrize("cost", ["null", "NaN", "-1", '"lots"'])
+# "1e999999999" passed as finite, and summing it crashed the run's end with decimal.Overflow
+@pytest.mark.parametrize("cost", ["null", "NaN", "-1", '"lots"', '"1e999999999"', "1e300"])
 def test_a_baseline_with_a_bad_cost_is_a_usage_error_before_the_tests(suite, cost):
     baseline = suite.path / "baseline.json"
     assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
@@ -527,6 +528,14 @@ def test_a_baseline_with_a_bad_cost_is_a_usage_error_before_the_tests(suite, cos
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*baseline.json is not a llmbudget baseline: tests?'test_app.py::test_capital'?: "
                                  "cost_usd is *"])
+
+
+def test_a_baseline_nested_too_deeply_is_a_usage_error_not_an_internal_error(suite):
+    baseline = suite.path / "baseline.json"
+    baseline.write_text("[" * 100_000)
+    result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
+    result.stderr.fnmatch_lines(["*baseline.json is not a llmbudget baseline: its JSON is nested too deeply*"])
 
 
 @pytest.mark.parametrize("flag", [["--llm-budget"], []])  # checked with or without it, as README says

@@ -300,11 +300,17 @@ class _Core:
             try:
                 value = finder(request)
                 if isinstance(value, bytes):  # a header read from the ASGI scope as it is
-                    value = value.decode("utf-8")
+                    try:
+                        value = value.decode("utf-8")
+                    except UnicodeDecodeError:  # refused as a header's: not the default tenant, shared by all
+                        raise _TenantRefused("invalid_utf8", "callable", "The tenant named by the policy's tenant "
+                                             "callable is bytes that are not valid UTF-8.") from None
                 if not isinstance(value, (str, int, type(None))):
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited: closed, not left to warn
                     raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str) or None")
+            except _TenantRefused:
+                raise
             except Exception:
                 log.exception("llmbudget: the tenant callable failed; the request counts for the default tenant")
                 return None
@@ -921,7 +927,10 @@ class _Body:
 def _wsgi_text(value: str) -> str:
     """An environ string a server set from bytes (PEP 3333: decoded as latin-1), as the UTF-8 text they carry, as
     tenant headers are read (a ``REMOTE_USER`` of ``josé`` became ``josÃ©``); as it is where it is not such a
-    string (Python code set it, with characters past latin-1) or its bytes are not UTF-8."""
+    string (Python code set it, with characters past latin-1) or its bytes are not UTF-8: a WSGI middleware's own
+    text (``"josé"``, which PEP 3333 cannot tell from the latin-1 bytes ``jos\\xe9``), or a server whose users'
+    names are latin-1. Refusing those would break both; only a deployment mixing the two encodings for two users
+    could make them meet."""
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:

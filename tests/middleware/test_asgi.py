@@ -504,6 +504,14 @@ def test_a_tenant_callable_may_return_bytes(engine: llmbudget.Engine, returned: 
     assert client.get("/info").json()["tenant"] == "acme"
 
 
+def test_a_tenant_callable_returning_bytes_that_are_not_utf8_is_refused_not_the_default_tenant(
+        engine: llmbudget.Engine) -> None:
+    client = TestClient(build(Policy(tenant=lambda scope: b"\xffacme")))
+    response = client.get("/info")
+    assert response.status_code == 400 and response.headers["x-llmbudget-refused"] == "tenant"
+    assert response.json()["reason"] == "invalid_utf8" and response.json()["source"] == "callable"
+
+
 def test_an_async_tenant_callable_is_refused_at_start_up() -> None:
     """It was never awaited: the coroutine's repr became the tenant (shared by unrelated requests)."""
     async def tenant(scope: Any) -> str:

@@ -949,19 +949,19 @@ class SQLiteBudgetStore:
                        ) -> Reservation | Refusal:
         """Fail-open: check against the last spend read from the file plus what this process did since.
 
-        Buckets this process never read are read now if the file still reads. Whatever was read, this
-        process spends at most ``open_share`` of a limit while the file is down.
+        The buckets' spend is read again now if the file still reads (a held lock or a full disk stops writes,
+        not reads: another process's spend written before the outage counts; the last read was stale). Whatever
+        was read, this process spends at most ``open_share`` of a limit while the file is down.
         """
-        unread = [b.key for b in buckets if b.key not in self._known]
-        if unread:
-            try:
-                counters = self._load(self._conn(quick=_NO_WAIT.get()), unread)
-            except _SQLITE_ERRORS:
-                pass
-            else:
-                with self._lock:
-                    for key in unread:  # a bucket with no row yet has spent nothing: read once, not per call
-                        self._remember(key, counters.get(key, (_ZERO, _ZERO))[0])
+        keys = [b.key for b in buckets]
+        try:
+            counters = self._load(self._conn(quick=_NO_WAIT.get()), keys)
+        except _SQLITE_ERRORS:
+            pass
+        else:
+            with self._lock:
+                for key in keys:  # a bucket with no row yet has spent nothing
+                    self._remember(key, counters.get(key, (_ZERO, _ZERO))[0])
         share = Decimal(str(self.open_share))
         with self._lock:
             now = time.monotonic()

@@ -271,6 +271,27 @@ def test_a_fresh_process_fails_open_from_the_spend_it_reads_and_within_its_share
         SQLiteBudgetStore(f"{path}?open_share=0")
 
 
+def test_a_process_that_read_the_spend_before_reads_it_again_while_the_file_still_reads(tmp_path: Path) -> None:
+    """Its last read was stale: another process spent since. Read again during the outage (a held lock stops
+    writes, not reads), as README says; counted from the stale read, $1.10 of a $1 budget was spent."""
+    path = tmp_path / "budgets.db"
+    bucket = _bucket("1")
+    this = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.1", retry_interval=60)
+    mine = this.reserve([bucket], Decimal("0.01"))
+    assert isinstance(mine, Reservation)
+    this.settle(mine, Decimal("0.01"))  # this process last read $0.01 spent
+    other = SQLiteBudgetStore(path)
+    theirs = other.reserve([bucket], Decimal("0.84"))
+    assert isinstance(theirs, Reservation)
+    other.settle(theirs, Decimal("0.84"))  # $0.85 spent in the file
+    with _holding(path):
+        served = Decimal(0)
+        while isinstance(this.reserve([bucket], Decimal("0.05")), Reservation):
+            served += Decimal("0.05")
+            assert served < 1, "never refused"
+    assert served == Decimal("0.15")  # what the file says is left, not what the stale read left ($0.25)
+
+
 def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no-untyped-def]
     path, _ = lock_holder
     closed_store = SQLiteBudgetStore(path, timeout=0.1, retry_interval=0)

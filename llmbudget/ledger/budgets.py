@@ -454,6 +454,20 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def is_outage(exc: BaseException, path: Any) -> bool:
+    """Whether opening an existing SQLite file at ``path`` failed for a while, not for good: its lock held, the disk
+    full, an I/O error (SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL). A store made then starts as one
+    that became unavailable (a worker restarted during the outage must come up); a file that is not SQLite's, or
+    a folder it cannot create a file in, is a mistake to report at start-up."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = (code & 0xFF in (5, 6, 10, 13)) if isinstance(code, int) else (
+        is_busy(exc) or "disk I/O error" in str(exc) or "disk is full" in str(exc))
+    try:
+        return transient and os.path.isfile(os.fspath(path))
+    except (TypeError, ValueError):
+        return False
+
+
 def _rollback(conn: sqlite3.Connection) -> bool:
     """Roll back the open transaction, if any; never raises (the error being handled is the one to report).
 
@@ -646,7 +660,6 @@ class SQLiteBudgetStore:
         self._expired_at = 0.0  # time.time() of this process's last sweep of expired holds
         self._pruned_at = time.time()  # ... and of counters of periods over
         self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
-        self._conn()
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, Decimal] = {}  # other processes' waiting spend per key, while the file is down
         name = os.fspath(self.path)  # what .spool names this store's files after (none for an in-memory database)
@@ -654,6 +667,12 @@ class SQLiteBudgetStore:
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles, on disk
         self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         self._replaying = 0  # settles taken off _pending and being written
+        try:
+            self._conn()
+        except _SQLITE_ERRORS as exc:
+            if not is_outage(exc, self.path):
+                raise
+            self._mark_down(exc)  # fail-closed budgets refuse, fail-open ones serve within their share
         _LIVE_STORES.add(self)
         _FORK_GUARDED.add(self)
 

@@ -24,6 +24,7 @@ from .budgets import (
     _sleep,
     _wait_for_work,
     connect,
+    is_outage,
 )
 
 log = logging.getLogger("llmbudget.ledger")
@@ -100,7 +101,16 @@ class SQLiteLedger:
         self.buffer = buffer
         self.retry_interval = retry_interval
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        self._schema_ready = False
+        self._down = False
+        try:
+            self._ready()
+        except _SQLITE_ERRORS as exc:  # an existing file, its disk full or its lock held: records wait in memory
+            if not is_outage(exc, self.path):
+                raise
+            self._down = True
+            log.warning("llmbudget: the ledger %s cannot be written (%s: %s); records wait in memory and are written "
+                        "when it can", self.path, type(exc).__name__, exc)
         self._fork_guard = threading.Lock()  # held while the writer is inside SQLite (see budgets._FORK_GUARDED)
         self._fork_guards = (self._fork_guard,)
         self._start()
@@ -115,8 +125,15 @@ class SQLiteLedger:
         self._write_lock = threading.Lock()  # one writer at a time
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
-        self._down = False
         self._dropped = 0
+
+    def _ready(self):  # type: ignore[no-untyped-def]
+        """This thread's connection, the file's tables made first if they are not yet."""
+        conn = self._conn()
+        if not self._schema_ready:
+            conn.executescript(_SCHEMA)
+            self._schema_ready = True
+        return conn
 
     def _conn(self):  # type: ignore[no-untyped-def]
         conn = getattr(self._local, "conn", None)
@@ -165,7 +182,7 @@ class SQLiteLedger:
             rows = [(r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, plain_decimal(r.cost_usd),
                      json.dumps(r.to_dict())) for _, r in batch]
             try:
-                conn = self._conn()
+                conn = self._ready()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.executemany(_INSERT, rows)

@@ -292,6 +292,51 @@ def test_a_process_that_read_the_spend_before_reads_it_again_while_the_file_stil
     assert served == Decimal("0.15")  # what the file says is left, not what the stale read left ($0.25)
 
 
+_HOLD_EXCLUSIVE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_a_store_and_a_ledger_made_while_their_file_cannot_be_opened_start_as_unavailable(
+        tmp_path: Path, mode: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A worker restarted during an outage (a lock nobody else can read past, a full disk): the store could not
+    be made, so the app could not start, even with on_unavailable="open"; it now starts as unavailable."""
+    from llmbudget.ledger import SQLiteLedger
+
+    path, ledger_path = tmp_path / "budgets.db", tmp_path / "ledger.db"
+    made = ("import sys; from llmbudget.ledger import SQLiteBudgetStore, SQLiteLedger; "
+            "SQLiteBudgetStore(sys.argv[1]); SQLiteLedger(sys.argv[2]).flush()")  # files no connection here holds
+    subprocess.run([sys.executable, "-c", made, str(path), str(ledger_path)], check=True, timeout=60)
+    holders = [subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(p)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for p in (path, ledger_path)]
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        store = SQLiteBudgetStore(f"{path}?on_unavailable={mode}&timeout=0.2", retry_interval=60)
+        ledger = SQLiteLedger(ledger_path, timeout=0.2)
+        assert "cannot be written" in caplog.text and "is unavailable" in caplog.text
+        if mode == "closed":
+            with pytest.raises(BudgetStoreUnavailable, match="locked"):
+                store.reserve([_bucket("1")], Decimal("0.10"))
+        else:  # served within its share of the limit
+            assert isinstance(store.reserve([_bucket("1")], Decimal("0.25")), Reservation)
+            assert isinstance(store.reserve([_bucket("1")], Decimal("0.01")), Refusal)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    assert ledger.flush() or ledger.flush()  # the file answers again: written
+    with pytest.raises(sqlite3.DatabaseError):  # a file that is not SQLite's is a mistake, said at start-up
+        (tmp_path / "notes.db").write_text("not a database" * 100)
+        SQLiteBudgetStore(tmp_path / "notes.db")
+
+
 def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no-untyped-def]
     path, _ = lock_holder
     closed_store = SQLiteBudgetStore(path, timeout=0.1, retry_interval=0)

@@ -805,12 +805,18 @@ class RedisLedger:
         return bool(self._redis.exists(self.stream))
 
     def records(self) -> Iterator[SpendRecord]:
-        """Every record in the stream, oldest first (read in pages)."""
+        """Every record in the stream, oldest first (read in pages); ValueError naming the stream entry of one
+        that does not read."""
         start = "-"
         while True:
             page = self._redis.xrange(self.stream, min=start, max="+", count=1000)
             for entry_id, fields in page:
-                yield SpendRecord.from_dict(json.loads(fields[b"r"]))
+                try:
+                    record = SpendRecord.from_dict(json.loads(fields[b"r"]))
+                except (KeyError, ValueError, TypeError, RecursionError) as exc:  # UnicodeDecodeError too
+                    name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    raise ValueError(f"stream entry {name} is not a readable record ({exc})") from None
+                yield record
             if len(page) < 1000:
                 return
             start = "(" + page[-1][0].decode()

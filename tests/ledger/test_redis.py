@@ -331,6 +331,15 @@ def test_report_reads_a_redis_ledger_by_its_url(prefix: str, capsys: pytest.Capt
     assert "redis at 127.0.0.1:1: the ledger could not be read" in err and "secret" not in err
     assert main(["report", f"{URL}?prefix={prefix}typo:"]) == 2  # a mistyped prefix reported 0 calls
     assert f"no ledger stream '{prefix}typo:spend'" in capsys.readouterr().err
+    # a damaged entry is named by its id, as a SQLite ledger's row is by its number
+    damaged = _record(3).to_dict()
+    damaged["usage"]["output_tokens"] = 1e30
+    client = redis.Redis.from_url(URL)
+    entry = client.xadd(f"{prefix}spend", {"r": json.dumps(damaged)}).decode()
+    client.close()
+    assert main(["report", f"{URL}?prefix={prefix}"]) == 2
+    err = capsys.readouterr().err
+    assert f"stream entry {entry} is not a readable record" in err and "output_tokens" in err
 
 
 # -- many processes against one budget ---------------------------------------------------------------------

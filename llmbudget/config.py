@@ -55,6 +55,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import ipaddress
+import logging
 import os
 import sqlite3
 import tomllib
@@ -64,12 +65,14 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from .calls import MAX_TOKENS
-from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore, budget_list
+from .ledger.budgets import PERIODS, Budget, SQLiteBudgetStore, budget_list, is_outage
 from .ledger.records import SQLiteLedger
 from .output import Output
 from .pipeline import MAX_INPUT_ESTIMATE_MARGIN as _MAX_MARGIN
 from .pipeline import Engine
 from .pricing import CONSERVATIVE_PRICE, Pricing
+
+log = logging.getLogger("llmbudget")
 
 __all__ = [
     "ConfigError",
@@ -764,7 +767,7 @@ def _cache_from_config(value: Any, source: str, root: Path | None, *, opened: bo
     from .cache import Cache
 
     try:
-        return _open_file("cache.path", lambda path: Cache(
+        return _open_file("cache.path", lambda path: _started(path, source, lambda: Cache(
             path,
             semantic=table.get("semantic", True),
             allow_temperature=table.get("allow_temperature", False),
@@ -774,10 +777,27 @@ def _cache_from_config(value: Any, source: str, root: Path | None, *, opened: bo
             reranker=table.get("reranker", False),
             worker=table.get("worker", False),
             **semantic_chars,
-        ), where, source)
+        )), where, source)
     except ImportError as exc:  # redis-py for a Redis path, MiniLM's weights for the reranker
         key = "cache.path" if _redis_url(table.get("path")) and "redis" in str(exc) else "cache.reranker = true"
         raise ConfigError(f"{source}: {key}: {exc}") from None
+
+
+def _started(path: Any, source: str, make: Callable[[], Any]) -> Any:
+    """``make()`` (the cache at ``path``), or None where its existing SQLite file cannot be opened for a while (its
+    disk full, an exclusive lock, an I/O error): the app starts without its cache, said in the log, rather than
+    not at all (the budget store and the ledger start as unavailable and come back; the cache comes back when
+    the app restarts). A path that is wrong for good still fails at start-up."""
+    try:
+        return make()
+    except sqlite3.Error as exc:
+        where = Path(os.fspath(path)) if not isinstance(path, str) or not _redis_url(path) else None
+        db = None if where is None else where if where.is_file() else where / "cache.sqlite3"
+        if db is None or not is_outage(exc, db):
+            raise
+        log.warning("llmbudget: %s: the cache at %s cannot be opened now (%s: %s); the app runs without it until it "
+                    "restarts", source, path, type(exc).__name__, exc)
+        return None
 
 
 def _routing_from_config(value: Any, source: str) -> Any:

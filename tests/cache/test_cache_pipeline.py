@@ -230,3 +230,33 @@ def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_on
         time.sleep(1.05)  # RETRY_S later, it is tried again: the file answers, and the first answer is found
         again = client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content
     assert again == first and records[-1].cache_tier == "exact" and "answers again" in caplog.text
+
+
+def test_an_app_whose_cache_file_cannot_be_opened_now_starts_without_its_cache(tmp_path, caplog):
+    # its disk full or an exclusive lock held at start-up: the policy failed, so the app did not start at all
+    import subprocess
+    import sys
+
+    from llmbudget.cache.store import CacheStore
+    from llmbudget.config import ConfigError, Policy, _started
+
+    folder = tmp_path / "cache"
+    subprocess.run([sys.executable, "-c", "import sys, llmbudget; llmbudget.Cache(sys.argv[1]).close()", str(folder)],
+                   check=True, timeout=120)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True);"
+         " time.sleep(60)", str(folder / "cache.sqlite3")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert _started(folder, "llmbudget.toml", lambda: Cache(store=CacheStore(folder, timeout=0.2))) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "llmbudget.toml: the cache at" in caplog.text and "runs without it until it restarts" in caplog.text
+    # a path that is wrong for good still fails at start-up, naming the key
+    (tmp_path / "notes").write_text("not a database" * 100)
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text('[cache]\npath = "notes"\n')
+    with pytest.raises(ConfigError, match="cache.path"):
+        Policy.from_file(policy)

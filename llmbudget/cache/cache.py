@@ -81,8 +81,9 @@ class Cache:
       ``embedder`` or a ``template_guard`` of your own). :meth:`close` stops it.
 
     When the SQLite store fails (its write lock held by another process past the store's ``timeout``, 5 s, the
-    disk full, an I/O error), the call goes on without the cache, and so do the calls of the next ``RETRY_S``
-    (5) seconds, without waiting: lookups miss and answers are not stored. The cause is logged once per outage.
+    disk full, an I/O error), the call goes on without the cache, and so do the others, without waiting: lookups
+    miss and answers are not stored. Every ``RETRY_S`` (5) seconds one call storing an answer tries the store
+    again; its success brings the cache back. The cause is logged once per outage.
     """
 
     def __init__(
@@ -185,7 +186,7 @@ class Cache:
         """Finish a ``pending`` lookup with the semantic tier's answer (a :class:`~llmbudget.cache.store.Hit`, or
         None for a miss), as :meth:`lookup` would have."""
         lookup.pending = None
-        return self._found(lookup, found, model)
+        return self._guarded(lambda: self._found(lookup, found, model), lookup)
 
     def _found(self, lookup: CacheLookup, found: Any, model: str | None) -> CacheLookup:
         if found is None:
@@ -220,7 +221,7 @@ class Cache:
                     semantic=bool(self.semantic and keys.text and keys.partition))
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
-        return self._guarded(lambda: self._put(item), False)
+        return self._guarded(lambda: self._put(item), False, writes=True)
 
     def _put(self, item: dict[str, Any]) -> bool:
         if item["semantic"] and self.worker is not None and "vector" not in item:
@@ -231,26 +232,38 @@ class Cache:
         self.store.put(**item)
         return True
 
-    def _guarded(self, work: Callable[[], _T], skipped: _T) -> _T:
-        """``work()``, or ``skipped`` while the SQLite store is left out after it failed (see ``RETRY_S``)."""
-        down = self._down_until
-        if down is not None and time.monotonic() < down:
-            return skipped
+    def _guarded(self, work: Callable[[], _T], skipped: _T, *, writes: bool = False) -> _T:
+        """``work()``, or ``skipped`` while the SQLite store is left out after it failed (see ``RETRY_S``).
+
+        Once ``RETRY_S`` has passed, one call that writes (``writes``: storing an answer) tries the store while
+        the others go on skipping it; it is back when that write succeeds (a read may succeed while another
+        process holds the write lock: it proves nothing)."""
+        trial = False
+        if self._down_until is not None:
+            with self._down_lock:
+                down = self._down_until
+                if down is not None:
+                    now = time.monotonic()
+                    if now < down or not writes:
+                        return skipped
+                    # this call tries the store; the others skip it while it may wait for the lock
+                    self._down_until = now + float(getattr(self.store, "timeout", 0.0) or 0.0) + RETRY_S
+                    trial = True
         try:
             done = work()
         except sqlite3.OperationalError as exc:  # (a WouldWait, inside no_wait(), is not one: it goes on up)
             with self._down_lock:
                 if self._down_until is None:
                     log.warning("llmbudget: the cache at %s cannot be used (%s: %s); calls go on without it, "
-                                "trying it again every %.0f s", getattr(self.store, "location", "?"),
+                                "one storing an answer trying it again every %.0f s", getattr(self.store, "location",
+                                                                                          "?"),
                                 type(exc).__name__, exc, RETRY_S)
                 self._down_until = time.monotonic() + RETRY_S
             return skipped
-        if down is not None:
+        if trial:
             with self._down_lock:
-                if self._down_until is not None:
-                    self._down_until = None
-                    log.warning("llmbudget: the cache at %s answers again", getattr(self.store, "location", "?"))
+                self._down_until = None
+            log.warning("llmbudget: the cache at %s answers again", getattr(self.store, "location", "?"))
         return done
 
     def close(self) -> None:

@@ -53,7 +53,6 @@ _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
 _MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
 _MAX_BACKLOG = 4096  # entries the child has yet to embed: beyond it, new ones are dropped (left exact-only)
-_FLUSH_S = 0.002  # the child writes its answers together, but holds none longer than this
 #: Seconds a question may wait on the child, with the most allowed waiting, before the child counts as hung.
 HUNG_S = 30.0
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
@@ -468,25 +467,20 @@ class _Serve(asyncio.Protocol):
             log.exception("a message could not be read; closing the connection")
             self.transport.close()
             return
-        arrived = sent = time.monotonic()
-        answers: list[bytes] = []  # written together: one system call, one wake of the app
+        arrived = time.monotonic()
         for kind, ident, payload in messages:
             if self.transport.is_closing():  # the app went: nobody waits for the rest
                 return
             if kind == _SEARCH:
-                # a question the app stopped waiting for (the ones before it took long) is not worked on
+                # a question the app stopped waiting for (the ones before it took long) is not worked on; each
+                # answer is written as soon as it is found (held for the next search, one could miss its timeout)
                 late = time.monotonic() - arrived > self.timeout
-                answers.append(_frame((ident, None if late else self._search(*payload))))
-                if time.monotonic() - sent > _FLUSH_S:  # the first answers do not wait for the last
-                    self.transport.write(b"".join(answers))
-                    answers, sent = [], time.monotonic()
+                self.transport.write(_frame((ident, None if late else self._search(*payload))))
             elif kind == _EMBED:
                 if not self._embed:
                     asyncio.get_running_loop().call_soon(self._store)
                 if len(self._embed) < _MAX_BACKLOG:  # beyond it, the answer stays an exact-only one
                     self._embed.append(ident)
-        if answers and not self.transport.is_closing():
-            self.transport.write(b"".join(answers))
 
     def _search(self, partition: str, text: str) -> Any:
         try:

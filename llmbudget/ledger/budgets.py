@@ -973,8 +973,12 @@ class SQLiteBudgetStore:
         was read, this process spends at most ``open_share`` of a limit while the file is down.
         """
         keys = [b.key for b in buckets]
-        try:
-            counters = self._load(self._conn(quick=_NO_WAIT.get()), keys)
+        # What other processes keep waiting, read first: a settle one of them writes meanwhile is counted twice
+        # (in the file and as waiting), never not at all; read with the file, or it counted twice until the next
+        # retry (a settle another process wrote since the last look was in both).
+        self._peek_spool()
+        try:  # never waits (a lock that stops reads too made every call wait `timeout`)
+            counters = self._load(self._conn(quick=True), keys)
         except _SQLITE_ERRORS:
             pass
         else:

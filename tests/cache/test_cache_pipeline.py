@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import openai
 import pytest
@@ -207,29 +208,37 @@ def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_on
     with proxy(llm_server) as server:
         client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
                                max_retries=0)
-        first = client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content
+
+        def ask(question: str) -> tuple[str, float]:
+            began = time.monotonic()
+            answer = client.chat.completions.create(messages=[{"role": "user", "content": question}], **ASK)
+            return answer.choices[0].message.content or "", time.monotonic() - began
+
+        first, _ = ask(QUESTION[0]["content"])
         holder = subprocess.Popen(
             [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-             " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)",
-             str(tmp_path / "cache" / "cache.sqlite3")], stdout=subprocess.PIPE, text=True)
+             " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
+             str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            waited = []
-            for question in ("What is the capital of Spain?", "What is the capital of France?", "Capital of Peru?"):
-                began = time.monotonic()
-                client.chat.completions.create(messages=[{"role": "user", "content": question}], **ASK)
-                waited.append(time.monotonic() - began)
+            _, waited = ask("What is the capital of Spain?")  # its store waits the store's timeout, then fails
+            assert waited >= 0.3
+            ask(QUESTION[0]["content"])  # the cache left out: a miss (reads still work: they prove nothing)
+            assert records[2].cache_tier is None and len(server.received) == 3
+            time.sleep(1.05)  # RETRY_S later one call storing an answer tries again: the lock is still held
+            ask("What is the capital of Peru?")
+            assert len(server.received) == 4 and "answers again" not in caplog.text
         finally:
-            holder.kill()
-            holder.wait()
-        assert 0.3 <= waited[0] < 0.3 + 5  # the store's timeout, then the answer is served
-        # the next calls go on without the cache, not waiting: a repeat is a miss while it is left out
-        assert records[2].cache_tier is None and len(server.received) == 4
-        assert sum(1 for r in caplog.records if "cannot be used" in r.getMessage()) == 1
-        assert "database is locked" in caplog.text
-        time.sleep(1.05)  # RETRY_S later, it is tried again: the file answers, and the first answer is found
-        again = client.chat.completions.create(messages=QUESTION, **ASK).choices[0].message.content
+            assert holder.stdin is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            holder.wait(timeout=10)
+        time.sleep(1.05)
+        ask("What is the capital of Chile?")  # its answer stored: the cache is back
+        again, _ = ask(QUESTION[0]["content"])
     assert again == first and records[-1].cache_tier == "exact" and "answers again" in caplog.text
+    assert sum(1 for r in caplog.records if "cannot be used" in r.getMessage()) == 1  # once per outage
+    assert "database is locked" in caplog.text
 
 
 def test_an_app_whose_cache_file_cannot_be_opened_now_starts_without_its_cache(tmp_path, caplog):
@@ -260,3 +269,49 @@ def test_an_app_whose_cache_file_cannot_be_opened_now_starts_without_its_cache(t
     policy.write_text('[cache]\npath = "notes"\n')
     with pytest.raises(ConfigError, match="cache.path"):
         Policy.from_file(policy)
+
+
+def test_after_the_cache_failed_one_store_at_a_time_tries_the_locked_file_again(tmp_path, monkeypatch):
+    # every call arriving once RETRY_S had passed tried the file and waited its timeout, on every thread
+    import concurrent.futures
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from llmbudget.cache import cache as cache_module
+    from llmbudget.cache.store import CacheStore
+    from llmbudget.providers import adapter_for_endpoint
+
+    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
+    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
+    monkeypatch.setattr(cache_module, "RETRY_S", 0.5)
+    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.5), semantic=False)
+
+    def save(text: str) -> float:
+        call = adapter_for_endpoint("chat.completions").parse(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, "http://127.0.0.1/v1")
+        began = time.monotonic()
+        cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=recorded)
+        return time.monotonic() - began
+
+    save("warm up")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
+         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert save("the first") >= 0.5  # fails after the store's timeout: the cache is left out
+        time.sleep(0.55)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            waited = sorted(pool.map(save, [f"question {i}" for i in range(8)]))
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+        cache.close()
+    assert waited[-1] >= 0.5 and waited[-2] < 0.25  # one tried the file (and waited); seven went on at once

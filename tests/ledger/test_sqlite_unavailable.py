@@ -318,15 +318,19 @@ def test_a_store_and_a_ledger_made_while_their_file_cannot_be_opened_start_as_un
     try:
         for holder in holders:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        store = SQLiteBudgetStore(f"{path}?on_unavailable={mode}&timeout=0.2", retry_interval=60)
+        store = SQLiteBudgetStore(f"{path}?on_unavailable={mode}&timeout=1", retry_interval=60)
         ledger = SQLiteLedger(ledger_path, timeout=0.2)
         assert "cannot be written" in caplog.text and "is unavailable" in caplog.text
+        began = time.monotonic()
         if mode == "closed":
             with pytest.raises(BudgetStoreUnavailable, match="locked"):
                 store.reserve([_bucket("1")], Decimal("0.10"))
         else:  # served within its share of the limit
             assert isinstance(store.reserve([_bucket("1")], Decimal("0.25")), Reservation)
             assert isinstance(store.reserve([_bucket("1")], Decimal("0.01")), Refusal)
+        # neither waits for the lock (the store's timeout) before retry_interval: reading the spend again
+        # waited it on every fail-open call, since this lock stops reads too
+        assert time.monotonic() - began < 0.5
     finally:
         for holder in holders:
             holder.kill()
@@ -335,6 +339,51 @@ def test_a_store_and_a_ledger_made_while_their_file_cannot_be_opened_start_as_un
     with pytest.raises(sqlite3.DatabaseError):  # a file that is not SQLite's is a mistake, said at start-up
         (tmp_path / "notes.db").write_text("not a database" * 100)
         SQLiteBudgetStore(tmp_path / "notes.db")
+
+
+_OTHER_PROCESS = """
+import sys, time
+from decimal import Decimal
+from llmbudget.ledger.budgets import Budget, SQLiteBudgetStore
+bucket = Budget("10", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+store = SQLiteBudgetStore(f"{sys.argv[1]}?on_unavailable=open&timeout=0.1", retry_interval=0)
+held = store.reserve([bucket], Decimal("1.00"))
+store.settle(held, Decimal("1.00"))  # during the outage: it waits, kept on disk for the others to count
+print("settled", store.pending_settles, flush=True)
+sys.stdin.readline()  # the file answers again
+store.reserve([bucket], Decimal("0.01"))  # its waiting settle is written first
+print("written", store.pending_settles, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_settle_another_process_kept_and_then_wrote_counts_once(tmp_path: Path) -> None:
+    """Reading the spend again found the other process's settle in the file, and it was still counted as waiting
+    (read from its spool file at the last retry): $9.01 of $10 spent, a call of $0.50 refused."""
+    path = tmp_path / "budgets.db"
+    bucket = Budget("10", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+    this = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.1", retry_interval=60)
+    held = this.reserve([bucket], Decimal("8.00"))
+    assert isinstance(held, Reservation)
+    this.settle(held, Decimal("8.00"))
+    with _holding(path) as holder:
+        other = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS, str(path)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().split() == ["settled", "1"]
+            mine = this.reserve([bucket], Decimal("0.01"))  # the outage: this process counts the other's $1
+            assert isinstance(mine, Reservation)
+            this.settle(mine, Decimal("0.01"))
+            _release(holder)
+            assert other.stdin is not None
+            other.stdin.write("go\n")
+            other.stdin.flush()
+            assert other.stdout.readline().split() == ["written", "0"]
+            # this process still fails open (its retry_interval): $8 + $1 + $0.01 = $9.01 spent
+            assert isinstance(this.reserve([bucket], Decimal("0.50")), Reservation)
+        finally:
+            other.kill()
+            other.wait()
 
 
 def test_a_budget_can_choose_for_itself(lock_holder) -> None:  # type: ignore[no-untyped-def]

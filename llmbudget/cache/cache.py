@@ -238,7 +238,7 @@ class Cache:
         Once ``RETRY_S`` has passed, one call that writes (``writes``: storing an answer) tries the store while
         the others go on skipping it; it is back when that write succeeds (a read may succeed while another
         process holds the write lock: it proves nothing)."""
-        trial = False
+        trial, down = False, None
         if self._down_until is not None:
             with self._down_lock:
                 down = self._down_until
@@ -260,6 +260,11 @@ class Cache:
                                 type(exc).__name__, exc, RETRY_S)
                 self._down_until = time.monotonic() + RETRY_S
             return skipped
+        except BaseException:
+            if trial:  # not tried after all (WouldWait, inside no_wait(): done again in a thread, which may try)
+                with self._down_lock:
+                    self._down_until = down
+            raise
         if trial:
             with self._down_lock:
                 self._down_until = None

@@ -315,3 +315,50 @@ def test_after_the_cache_failed_one_store_at_a_time_tries_the_locked_file_again(
         holder.wait(timeout=10)
         cache.close()
     assert waited[-1] >= 0.5 and waited[-2] < 0.25  # one tried the file (and waited); seven went on at once
+
+
+def test_a_trial_store_that_would_wait_on_the_event_loop_is_tried_again_in_a_thread(tmp_path, monkeypatch):
+    # inside no_wait() the trial raised WouldWait to be done again in a worker thread, which found the trial
+    # taken (by itself) and skipped the cache: an async app's cache came back only by chance
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from llmbudget.cache import cache as cache_module
+    from llmbudget.cache.store import CacheStore
+    from llmbudget.ledger.budgets import WouldWait, no_wait
+    from llmbudget.providers import adapter_for_endpoint
+
+    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
+    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
+    monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
+    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.2), semantic=False)
+    call = adapter_for_endpoint("chat.completions").parse(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello?"}]}, "http://127.0.0.1/v1")
+
+    def save() -> bool:
+        return cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=recorded)
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
+         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert save() is False  # the cache is left out
+        time.sleep(0.25)
+        with pytest.raises(WouldWait), no_wait():  # the trial, on the event loop: it would wait for the lock
+            save()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+    try:
+        assert save() is True  # done again where it may wait: still the trial, and the file answers
+        assert cache.lookup(call, tenant="t").tier == "exact"
+    finally:
+        cache.close()

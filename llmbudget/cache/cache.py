@@ -82,8 +82,8 @@ class Cache:
 
     When the SQLite store fails (its write lock held by another process past the store's ``timeout``, 5 s, the
     disk full, an I/O error), the call goes on without the cache, and so do the others, without waiting: lookups
-    miss and answers are not stored. Every ``RETRY_S`` (5) seconds one call storing an answer tries the store
-    again; its success brings the cache back. The cause is logged once per outage.
+    miss and answers are not stored. Every ``RETRY_S`` (5) seconds one call tries the store again (its write
+    lock first); its success brings the cache back. The cause is logged once per outage.
     """
 
     def __init__(
@@ -221,7 +221,7 @@ class Cache:
                     semantic=bool(self.semantic and keys.text and keys.partition))
         if lookup.vector is not None:  # a store of your own may not take one
             item["vector"] = lookup.vector
-        return self._guarded(lambda: self._put(item), False, writes=True)
+        return self._guarded(lambda: self._put(item), False)
 
     def _put(self, item: dict[str, Any]) -> bool:
         if item["semantic"] and self.worker is not None and "vector" not in item:
@@ -232,43 +232,48 @@ class Cache:
         self.store.put(**item)
         return True
 
-    def _guarded(self, work: Callable[[], _T], skipped: _T, *, writes: bool = False) -> _T:
+    def _guarded(self, work: Callable[[], _T], skipped: _T) -> _T:
         """``work()``, or ``skipped`` while the SQLite store is left out after it failed (see ``RETRY_S``).
 
-        Once ``RETRY_S`` has passed, one call that writes (``writes``: storing an answer) tries the store while
-        the others go on skipping it; it is back when that write succeeds (a read may succeed while another
-        process holds the write lock: it proves nothing)."""
-        trial, down = False, None
+        Once ``RETRY_S`` has passed, one call tries the store while the others go on skipping it: it takes the
+        file's write lock first (a read may succeed while another process holds it, and a call that stores
+        nothing must bring the cache back too), and the cache is back when that succeeds."""
+        trial, down, pushed = False, None, None
         if self._down_until is not None:
             with self._down_lock:
                 down = self._down_until
                 if down is not None:
                     now = time.monotonic()
-                    if now < down or not writes:
+                    if now < down:
                         return skipped
                     # this call tries the store; the others skip it while it may wait for the lock
-                    self._down_until = now + float(getattr(self.store, "timeout", 0.0) or 0.0) + RETRY_S
+                    self._down_until = pushed = now + float(getattr(self.store, "timeout", 0.0) or 0.0) + RETRY_S
                     trial = True
         try:
+            if trial and callable(probe := getattr(self.store, "probe_write", None)):
+                probe()
             done = work()
         except sqlite3.OperationalError as exc:  # (a WouldWait, inside no_wait(), is not one: it goes on up)
             with self._down_lock:
                 if self._down_until is None:
                     log.warning("llmbudget: the cache at %s cannot be used (%s: %s); calls go on without it, "
-                                "one storing an answer trying it again every %.0f s", getattr(self.store, "location",
-                                                                                          "?"),
+                                "one of them trying it again every %.0f s", getattr(self.store, "location", "?"),
                                 type(exc).__name__, exc, RETRY_S)
                 self._down_until = time.monotonic() + RETRY_S
             return skipped
         except BaseException:
             if trial:  # not tried after all (WouldWait, inside no_wait(): done again in a thread, which may try)
                 with self._down_lock:
-                    self._down_until = down
+                    if self._down_until == pushed:
+                        self._down_until = down
             raise
         if trial:
             with self._down_lock:
-                self._down_until = None
-            log.warning("llmbudget: the cache at %s answers again", getattr(self.store, "location", "?"))
+                back = self._down_until == pushed  # (not if a call failing meanwhile left it out again)
+                if back:
+                    self._down_until = None
+            if back:
+                log.warning("llmbudget: the cache at %s answers again", getattr(self.store, "location", "?"))
         return done
 
     def close(self) -> None:

@@ -344,6 +344,13 @@ class CacheStore:
             weakref.finalize(token, _forget, self._conns, id(token), os.getpid())
         return conn
 
+    @_waitless
+    def probe_write(self) -> None:
+        """Take the write lock and let it go, writing nothing: raises as a store would when the file cannot be
+        written now (:class:`~llmbudget.cache.Cache` tries it before a call may use a cache it left out)."""
+        with self._write():
+            pass
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()

@@ -389,6 +389,8 @@ SQLITE_TIMEOUT_S = 5.0
 #: Errors that make a SQLite budget store unavailable: locked past the wait, disk full, I/O errors, a bad file.
 _SQLITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.DatabaseError, OSError)
 _SQLITE_OPTIONS = ("on_unavailable", "timeout", "settle_delay", "open_share", "reservation_ttl")
+#: While a SQLite store is down (fail-open), seconds between two reads of the other processes' waiting settles.
+_PEEK_S = 1.0
 
 #: While a budget store is down (fail-open), the share of a budget's limit one process may spend beyond the last
 #: spend it read.
@@ -662,6 +664,7 @@ class SQLiteBudgetStore:
         self._clock_seen = 0.0  # the latest time buckets were made for (the engine's clock)
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, Decimal] = {}  # other processes' waiting spend per key, while the file is down
+        self._peeked_at = 0.0  # monotonic: when _inherited was last read
         name = os.fspath(self.path)  # what .spool names this store's files after (none for an in-memory database)
         self._spool_base = None if name == ":memory:" or name.startswith("file:") else Path(name)
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles, on disk
@@ -714,6 +717,7 @@ class SQLiteBudgetStore:
 
     def _peek_spool(self) -> None:
         """The file is down: what other processes keep waiting counts as spent here too."""
+        self._peeked_at = time.monotonic()
         base = self._spool_base
         if base is None:
             return
@@ -973,10 +977,12 @@ class SQLiteBudgetStore:
         was read, this process spends at most ``open_share`` of a limit while the file is down.
         """
         keys = [b.key for b in buckets]
-        # What other processes keep waiting, read first: a settle one of them writes meanwhile is counted twice
-        # (in the file and as waiting), never not at all; read with the file, or it counted twice until the next
-        # retry (a settle another process wrote since the last look was in both).
-        self._peek_spool()
+        # What other processes keep waiting, read first (a settle one of them writes meanwhile is counted twice, in
+        # the file and as waiting, never not at all), at most every _PEEK_S: read at each retry only, a settle
+        # another process wrote since was counted twice until then; read at every call, a long outage's files
+        # took a fraction of a second each time.
+        if time.monotonic() - self._peeked_at >= _PEEK_S:
+            self._peek_spool()
         try:  # never waits (a lock that stops reads too made every call wait `timeout`)
             counters = self._load(self._conn(quick=True), keys)
         except _SQLITE_ERRORS:

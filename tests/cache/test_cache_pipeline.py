@@ -362,3 +362,49 @@ def test_a_trial_store_that_would_wait_on_the_event_loop_is_tried_again_in_a_thr
         assert cache.lookup(call, tenant="t").tier == "exact"
     finally:
         cache.close()
+
+
+def test_a_cache_left_out_comes_back_with_traffic_that_stores_nothing(tmp_path, monkeypatch):
+    # only a call storing an answer tried the store again: hits turned misses, and answers that are never stored
+    # (cut at max_tokens, tool calls, a budget's downgrade), kept the cache out for good
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from llmbudget.cache import cache as cache_module
+    from llmbudget.cache.store import CacheStore
+    from llmbudget.providers import adapter_for_endpoint
+
+    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
+    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
+    monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
+    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.2), semantic=False)
+
+    def call(text: str):  # type: ignore[no-untyped-def]
+        return adapter_for_endpoint("chat.completions").parse(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, "http://127.0.0.1/v1")
+
+    known = call("Hello?")
+    assert cache.save(cache.lookup(known, tenant="t"), known, tenant="t", model="gpt-4o-mini", body=recorded)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
+         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        other = call("Another question?")
+        assert not cache.save(cache.lookup(other, tenant="t"), other, tenant="t", model="gpt-4o-mini", body=recorded)
+        assert not cache.lookup(known, tenant="t").hit  # left out
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+    time.sleep(0.25)
+    try:
+        assert cache.lookup(known, tenant="t").tier == "exact"  # a lookup alone tried the store: back
+    finally:
+        cache.close()

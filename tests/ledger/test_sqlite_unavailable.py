@@ -357,9 +357,13 @@ sys.stdin.readline()
 """
 
 
-def test_a_settle_another_process_kept_and_then_wrote_counts_once(tmp_path: Path) -> None:
+def test_a_settle_another_process_kept_and_then_wrote_counts_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Reading the spend again found the other process's settle in the file, and it was still counted as waiting
-    (read from its spool file at the last retry): $9.01 of $10 spent, a call of $0.50 refused."""
+    (read from its spool file at the last retry): $9.01 of $10 spent, a call of $0.50 refused. The waiting settles
+    are read again with the file at most every _PEEK_S (1 s; 0 here): until then, counted twice."""
+    from llmbudget.ledger import budgets
+
+    monkeypatch.setattr(budgets, "_PEEK_S", 0.0)
     path = tmp_path / "budgets.db"
     bucket = Budget("10", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
     this = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.1", retry_interval=60)

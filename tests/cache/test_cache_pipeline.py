@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+import yaml
 from servers import base_url, proxy
 
 import llmbudget
 from llmbudget.cache import Cache
+from llmbudget.cache import cache as cache_module
+from llmbudget.cache.store import CacheStore
+from llmbudget.config import ConfigError, Policy, _started
+from llmbudget.ledger.budgets import WouldWait, no_wait
+from llmbudget.providers import adapter_for_endpoint
 
 # The local model stops at the first newline when told to: a complete answer ("stop") that may be cached.
 ASK = dict(model="gpt-4o-mini", max_tokens=24, temperature=0, stop=["\n"])
@@ -193,16 +207,53 @@ def test_an_answer_a_budget_downgraded_is_not_kept_for_calls_without_that_pressu
     assert (cheap.model, full.model) == ("gpt-4o-mini", "gpt-4o") and not records[1].from_cache
 
 
+# -- the cache's SQLite file locked or full (a second process holds the lock) -------------------------------------
+
+_HOLD = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); {} c.execute('BEGIN {}');"
+         " print('locked', flush=True); sys.stdin.readline()")
+
+
+@contextmanager
+def _locked(database: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Another process holds ``database``'s write lock (``exclusive``: reads too) until the block ends."""
+    code = _HOLD.format("c.execute('PRAGMA locking_mode=EXCLUSIVE');" if exclusive else "",
+                        "EXCLUSIVE" if exclusive else "IMMEDIATE")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(database)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+
+
+def _recorded() -> dict[str, Any]:
+    """An answer recorded from the real server (the throughput bench's)."""
+    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
+    return json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
+
+
+def _chat(text: str) -> Any:
+    return adapter_for_endpoint("chat.completions").parse(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, "http://127.0.0.1/v1")
+
+
+def _left_out_for(monkeypatch: pytest.MonkeyPatch, seconds: float, folder: Path, timeout: float) -> Cache:
+    """An exact cache in ``folder`` whose store waits ``timeout`` for the lock, left out ``seconds`` after it fails."""
+    monkeypatch.setattr(cache_module, "RETRY_S", seconds)
+    return Cache(store=CacheStore(folder, timeout=timeout), semantic=False)
+
+
+def _save(cache: Cache, call: Any, answer: dict[str, Any]) -> bool:
+    return cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=answer)
+
+
 def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_one_per_call(
         engine, tmp_path, llm_server, records, monkeypatch, caplog):
     # the store's lock was waited for 30 s by every call (hits too), with no way to change it
-    import subprocess
-    import sys
-    import time
-
-    from llmbudget.cache import cache as cache_module
-    from llmbudget.cache.store import CacheStore
-
     monkeypatch.setattr(cache_module, "RETRY_S", 1.0)
     engine.cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.3))
     with proxy(llm_server) as server:
@@ -215,26 +266,16 @@ def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_on
             return answer.choices[0].message.content or "", time.monotonic() - began
 
         first, _ = ask(QUESTION[0]["content"])
-        holder = subprocess.Popen(
-            [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-             " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
-             str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with _locked(tmp_path / "cache" / "cache.sqlite3"):
             _, waited = ask("What is the capital of Spain?")  # its store waits the store's timeout, then fails
             assert waited >= 0.3
             ask(QUESTION[0]["content"])  # the cache left out: a miss (reads still work: they prove nothing)
             assert records[2].cache_tier is None and len(server.received) == 3
-            time.sleep(1.05)  # RETRY_S later one call storing an answer tries again: the lock is still held
+            time.sleep(1.05)  # RETRY_S later one call tries again: the lock is still held
             ask("What is the capital of Peru?")
             assert len(server.received) == 4 and "answers again" not in caplog.text
-        finally:
-            assert holder.stdin is not None
-            holder.stdin.write("go\n")
-            holder.stdin.flush()
-            holder.wait(timeout=10)
         time.sleep(1.05)
-        ask("What is the capital of Chile?")  # its answer stored: the cache is back
+        ask("What is the capital of Chile?")  # it takes the lock: the cache is back
         again, _ = ask(QUESTION[0]["content"])
     assert again == first and records[-1].cache_tier == "exact" and "answers again" in caplog.text
     assert sum(1 for r in caplog.records if "cannot be used" in r.getMessage()) == 1  # once per outage
@@ -243,25 +284,11 @@ def test_a_cache_file_another_process_holds_locked_costs_one_bounded_wait_not_on
 
 def test_an_app_whose_cache_file_cannot_be_opened_now_starts_without_its_cache(tmp_path, caplog):
     # its disk full or an exclusive lock held at start-up: the policy failed, so the app did not start at all
-    import subprocess
-    import sys
-
-    from llmbudget.cache.store import CacheStore
-    from llmbudget.config import ConfigError, Policy, _started
-
     folder = tmp_path / "cache"
     subprocess.run([sys.executable, "-c", "import sys, llmbudget; llmbudget.Cache(sys.argv[1]).close()", str(folder)],
                    check=True, timeout=120)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-         " c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True);"
-         " time.sleep(60)", str(folder / "cache.sqlite3")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with _locked(folder / "cache.sqlite3", exclusive=True):
         assert _started(folder, "llmbudget.toml", lambda: Cache(store=CacheStore(folder, timeout=0.2))) is None
-    finally:
-        holder.kill()
-        holder.wait()
     assert "llmbudget.toml: the cache at" in caplog.text and "runs without it until it restarts" in caplog.text
     # a path that is wrong for good still fails at start-up, naming the key
     (tmp_path / "notes").write_text("not a database" * 100)
@@ -273,46 +300,22 @@ def test_an_app_whose_cache_file_cannot_be_opened_now_starts_without_its_cache(t
 
 def test_after_the_cache_failed_one_store_at_a_time_tries_the_locked_file_again(tmp_path, monkeypatch):
     # every call arriving once RETRY_S had passed tried the file and waited its timeout, on every thread
-    import concurrent.futures
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from llmbudget.cache import cache as cache_module
-    from llmbudget.cache.store import CacheStore
-    from llmbudget.providers import adapter_for_endpoint
-
-    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
-    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
-    monkeypatch.setattr(cache_module, "RETRY_S", 0.5)
-    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.5), semantic=False)
+    cache = _left_out_for(monkeypatch, 0.5, tmp_path / "cache", timeout=0.5)
+    answer = _recorded()
 
     def save(text: str) -> float:
-        call = adapter_for_endpoint("chat.completions").parse(
-            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, "http://127.0.0.1/v1")
         began = time.monotonic()
-        cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=recorded)
+        _save(cache, _chat(text), answer)
         return time.monotonic() - began
 
     save("warm up")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
-         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        assert save("the first") >= 0.5  # fails after the store's timeout: the cache is left out
-        time.sleep(0.55)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            waited = sorted(pool.map(save, [f"question {i}" for i in range(8)]))
+        with _locked(tmp_path / "cache" / "cache.sqlite3"):
+            assert save("the first") >= 0.5  # fails after the store's timeout: the cache is left out
+            time.sleep(0.55)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                waited = sorted(pool.map(save, [f"question {i}" for i in range(8)]))
     finally:
-        assert holder.stdin is not None
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        holder.wait(timeout=10)
         cache.close()
     assert waited[-1] >= 0.5 and waited[-2] < 0.25  # one tried the file (and waited); seven went on at once
 
@@ -320,45 +323,15 @@ def test_after_the_cache_failed_one_store_at_a_time_tries_the_locked_file_again(
 def test_a_trial_store_that_would_wait_on_the_event_loop_is_tried_again_in_a_thread(tmp_path, monkeypatch):
     # inside no_wait() the trial raised WouldWait to be done again in a worker thread, which found the trial
     # taken (by itself) and skipped the cache: an async app's cache came back only by chance
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from llmbudget.cache import cache as cache_module
-    from llmbudget.cache.store import CacheStore
-    from llmbudget.ledger.budgets import WouldWait, no_wait
-    from llmbudget.providers import adapter_for_endpoint
-
-    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
-    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
-    monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
-    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.2), semantic=False)
-    call = adapter_for_endpoint("chat.completions").parse(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello?"}]}, "http://127.0.0.1/v1")
-
-    def save() -> bool:
-        return cache.save(cache.lookup(call, tenant="t"), call, tenant="t", model="gpt-4o-mini", body=recorded)
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
-         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cache = _left_out_for(monkeypatch, 0.2, tmp_path / "cache", timeout=0.2)
+    call, answer = _chat("Hello?"), _recorded()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        assert save() is False  # the cache is left out
-        time.sleep(0.25)
-        with pytest.raises(WouldWait), no_wait():  # the trial, on the event loop: it would wait for the lock
-            save()
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        holder.wait(timeout=10)
-    try:
-        assert save() is True  # done again where it may wait: still the trial, and the file answers
+        with _locked(tmp_path / "cache" / "cache.sqlite3"):
+            assert _save(cache, call, answer) is False  # the cache is left out
+            time.sleep(0.25)
+            with pytest.raises(WouldWait), no_wait():  # the trial, on the event loop: it would wait for the lock
+                _save(cache, call, answer)
+        assert _save(cache, call, answer) is True  # done again where it may wait: still the trial; the file answers
         assert cache.lookup(call, tenant="t").tier == "exact"
     finally:
         cache.close()
@@ -367,44 +340,14 @@ def test_a_trial_store_that_would_wait_on_the_event_loop_is_tried_again_in_a_thr
 def test_a_cache_left_out_comes_back_with_traffic_that_stores_nothing(tmp_path, monkeypatch):
     # only a call storing an answer tried the store again: hits turned misses, and answers that are never stored
     # (cut at max_tokens, tool calls, a budget's downgrade), kept the cache out for good
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import yaml
-
-    from llmbudget.cache import cache as cache_module
-    from llmbudget.cache.store import CacheStore
-    from llmbudget.providers import adapter_for_endpoint
-
-    cassette = Path(__file__).resolve().parents[2] / "fixtures" / "cassettes" / "chat_instruct.yaml"
-    recorded = json.loads(yaml.safe_load(cassette.read_text())["interactions"][0]["response"]["body"]["string"])
-    monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
-    cache = Cache(store=CacheStore(tmp_path / "cache", timeout=0.2), semantic=False)
-
-    def call(text: str):  # type: ignore[no-untyped-def]
-        return adapter_for_endpoint("chat.completions").parse(
-            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}, "http://127.0.0.1/v1")
-
-    known = call("Hello?")
-    assert cache.save(cache.lookup(known, tenant="t"), known, tenant="t", model="gpt-4o-mini", body=recorded)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()",
-         str(tmp_path / "cache" / "cache.sqlite3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cache = _left_out_for(monkeypatch, 0.2, tmp_path / "cache", timeout=0.2)
+    known, answer = _chat("Hello?"), _recorded()
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        other = call("Another question?")
-        assert not cache.save(cache.lookup(other, tenant="t"), other, tenant="t", model="gpt-4o-mini", body=recorded)
-        assert not cache.lookup(known, tenant="t").hit  # left out
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        holder.wait(timeout=10)
-    time.sleep(0.25)
-    try:
+        assert _save(cache, known, answer)
+        with _locked(tmp_path / "cache" / "cache.sqlite3"):
+            assert not _save(cache, _chat("Another question?"), answer)
+            assert not cache.lookup(known, tenant="t").hit  # left out
+        time.sleep(0.25)
         assert cache.lookup(known, tenant="t").tier == "exact"  # a lookup alone tried the store: back
     finally:
         cache.close()

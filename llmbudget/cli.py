@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC
+from decimal import Decimal
 from typing import Any
 
 from . import __version__
@@ -404,6 +405,7 @@ def _report(ns: argparse.Namespace) -> int:
     total = Counters()
     prefixes = []
     json_answers = {"valid": 0, "invalid": 0, "cut": 0}  # answers to requests for JSON (record.output["json"])
+    pricing = Pricing()
     for record in _ledger_records(ns.ledger):
         prefixes.append(prefix_row(record))
         verdict = (record.output or {}).get("json")
@@ -413,6 +415,9 @@ def _report(ns: argparse.Namespace) -> int:
         keys = (("tenant", record.tenant or "-"), ("model", record.model), ("day", day))
         for row in [groups[name].setdefault(key, Counters()) for name, key in keys] + [total]:
             row.add_record(record)
+        for model, usd in _other_models(record, pricing):  # an advisor's inferences: under the advisor's model
+            groups["model"][record.model].cost_usd -= usd
+            groups["model"].setdefault(model, Counters()).cost_usd += usd
 
     def out(row: Counters) -> dict[str, Any]:
         # saved_usd: by the cache; routing_saved_usd: by routing (net of escalations); prompt_cache_saved_usd:
@@ -426,7 +431,7 @@ def _report(ns: argparse.Namespace) -> int:
     result: dict[str, Any] = {name: {key: out(row) for key, row in sorted(rows.items())}
                               for name, rows in groups.items()}
     result["total"] = out(total)
-    findings = unstable_prefixes(prefixes, Pricing())
+    findings = unstable_prefixes(prefixes, pricing)
     result["unstable_prefixes"] = [finding.to_dict() for finding in findings]
     result["json_answers"] = json_answers
     if ns.json:
@@ -501,6 +506,28 @@ def _ledger_records(path: str) -> list[Any]:
     except sqlite3.Error as exc:
         raise ValueError(f"{path}: not an llmbudget SQLite ledger ({exc}); expected the file named by "
                          "ledger = ... in the policy") from None
+
+
+def _other_models(record: Any, pricing: Any) -> list[tuple[str, Decimal]]:
+    """The share of ``record``'s cost that went to inferences on other models (``usage.others``: an advisor's), per
+    model: the recorded cost split as today's prices split it (to the picodollar; the call's own model keeps the
+    rest, so the models still sum to the record). None where a part has no known price, or for the call's own
+    model."""
+    others = [(name, sub) for name, sub in record.usage.others if name != record.model]
+    if not others or record.cost_usd <= 0:
+        return []
+    own = pricing.cost(record.usage.replace(others=()), model=record.model, base_url=record.base_url)
+    parts = [(name, pricing.cost(sub, model=name, base_url=record.base_url)) for name, sub in others]
+    whole = own.usd + sum((part.usd for _, part in parts), Decimal(0))
+    if not (own.known and all(part.known for _, part in parts)) or whole <= 0:
+        return []
+    split: dict[str, Decimal] = {}
+    for name, part in parts:
+        split[name] = split.get(name, Decimal(0)) + (record.cost_usd * part.usd / whole).quantize(_PICODOLLAR).normalize()
+    return list(split.items())
+
+
+_PICODOLLAR = Decimal("1e-12")
 
 
 def _redis_records(url: str) -> list[Any]:

@@ -102,6 +102,29 @@ def test_report_sums_spend_and_savings_by_tenant_model_and_day(tmp_path, capsys)
                             "prompt_cache_saved_usd": pytest.approx(0.004), "deferred_saved_usd": 0.0}
 
 
+def test_report_puts_an_advisors_cost_under_the_advisors_model(tmp_path, capsys):
+    # a Sonnet call that consulted Opus showed Opus's share under Sonnet
+    from llmbudget.pricing import Pricing
+
+    base = "https://api.anthropic.com/v1"
+    advised = Usage(input_tokens=1_000, output_tokens=100,
+                    others=(("claude-opus-4-6", Usage(input_tokens=2_000, output_tokens=400)),))
+    cost = Pricing().cost(advised, model="claude-sonnet-4-6", base_url=base).usd
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    for usage, usd in ((advised, cost), (Usage(input_tokens=10, output_tokens=5), Decimal("0.0001"))):
+        ledger.add(SpendRecord(time=time.time(), endpoint="messages", base_url=base, model_requested="claude-sonnet-4-6",
+                               model_sent="claude-sonnet-4-6", model_answered="claude-sonnet-4-6", usage=usage,
+                               cost_usd=usd, latency_s=0.1, tenant="a"))
+    ledger.flush()
+    code, doc = run(capsys, "report", str(tmp_path / "ledger.db"), "--json")
+    assert code == 0
+    sonnet, opus = doc["model"]["claude-sonnet-4-6"], doc["model"]["claude-opus-4-6"]
+    # Sonnet: $3 / $15 per 1M tokens, Opus: $5 / $25; the call's own part and the advisor's, as priced
+    assert sonnet["cost_usd_exact"] == "0.0046" and opus["cost_usd_exact"] == "0.02"
+    assert sonnet["calls"] == 2 and opus["calls"] == 0  # the calls stay the executor's: one request each
+    assert doc["total"]["cost_usd_exact"] == "0.0246" and doc["tenant"]["a"]["cost_usd_exact"] == "0.0246"
+
+
 def test_exact_amounts_are_written_without_exponents(tmp_path, capsys):
     # the ledger's cost_usd column held "1E-7" and "6.75E-7", and report --json gave floats only
     ledger = SQLiteLedger(tmp_path / "ledger.db")

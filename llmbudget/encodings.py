@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["PIECE_BYTES", "Decoder", "decoder_for"]
+__all__ = ["PIECE_BYTES", "Decoder", "codings", "decoder_for"]
 
 #: The most a decoder yields at a time (brotli's bound is looser: about twice that).
 PIECE_BYTES = 1 << 20
@@ -24,9 +24,34 @@ PIECE_BYTES = 1 << 20
 Decoder = Callable[[bytes], Iterator[bytes]]
 
 
+def codings(header: str) -> list[str]:
+    """The codings a ``Content-Encoding`` header lists, in the order they were applied, ``identity`` left out."""
+    return [c for c in (part.strip().lower() for part in header.split(",")) if c and c != "identity"]
+
+
 def decoder_for(encoding: str) -> Decoder | None:
-    """The decoder of a body sent with ``Content-Encoding: encoding`` (lower case, no spaces), or None when no
-    installed package reads it."""
+    """The decoder of a body sent with ``Content-Encoding: encoding`` (one coding, or several: ``gzip, br``, undone
+    last first, as httpx does), or None when no installed package reads one of them."""
+    applied = codings(encoding)
+    decoders = [d for d in map(_decoder, applied) if d is not None]
+    if not decoders or len(decoders) < len(applied):
+        return None
+    chained = decoders[0]
+    for inner in decoders[1:]:  # the last coding applied is undone first: each piece it yields goes through the rest
+        chained = _chain(inner, chained)
+    return chained
+
+
+def _chain(first: Decoder, then: Decoder) -> Decoder:
+    def decode(chunk: bytes) -> Iterator[bytes]:
+        for piece in first(chunk):
+            yield from then(piece)
+
+    return decode
+
+
+def _decoder(encoding: str) -> Decoder | None:
+    """One coding's decoder."""
     if encoding in ("gzip", "x-gzip"):
         return _zlib(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
     if encoding == "deflate":

@@ -35,7 +35,7 @@ from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
 from .caps import apply_cap, has_limit, suited, thinks
 from .defer import Batcher
-from .encodings import Decoder, decoder_for
+from .encodings import Decoder, codings, decoder_for
 from .ledger.budgets import (
     Budget,
     BudgetStore,
@@ -1010,10 +1010,10 @@ class Attempt:
             self.engine.probe_refused.add(tier)
         self._sse = "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
-        encoding = headers.get("content-encoding", "").strip().lower()
-        self._encoding = encoding
-        self._decoder = None if encoding in ("", "identity") else decoder_for(encoding)
-        if encoding not in ("", "identity") and self._decoder is None:  # not read: the usage is estimated
+        applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
+        self._encoding = ", ".join(applied)
+        self._decoder = decoder_for(self._encoding) if applied else None
+        if applied and self._decoder is None:  # not read: the usage is estimated
             self._overflow = True
 
     def feed(self, chunk: bytes) -> None:

@@ -115,16 +115,19 @@ class _Proxy(BaseHTTPRequestHandler):
             status, content, content_type = exc.code, exc.read(), exc.headers["content-type"]
         self.send_response(status)
         self.send_header("content-type", content_type or "application/json")
-        compress = options.get("compress")
-        if compress and compress in self.headers.get("accept-encoding", ""):
-            if compress == "deflate":  # raw deflate, as some servers send it (httpx reads both kinds)
-                packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-                content = packer.compress(content) + packer.flush()
-            elif compress == "zstd":  # two frames, as a server that flushes mid-body sends them
-                half = len(content) // 2
-                content = zstd.compress(content[:half]) + zstd.compress(content[half:])
-            else:
-                content = gzip.compress(content) if compress == "gzip" else brotli.compress(content)
+        compress = options.get("compress")  # one coding, or several applied in turn ("gzip, br")
+        codings = [c.strip() for c in compress.split(",")] if compress else []
+        accepted = self.headers.get("accept-encoding", "")
+        if codings and all(c in accepted or c == "identity" for c in codings):
+            for coding in codings:
+                if coding == "deflate":  # raw deflate, as some servers send it (httpx reads both kinds)
+                    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                    content = packer.compress(content) + packer.flush()
+                elif coding == "zstd":  # two frames, as a server that flushes mid-body sends them
+                    half = len(content) // 2
+                    content = zstd.compress(content[:half]) + zstd.compress(content[half:])
+                elif coding != "identity":
+                    content = gzip.compress(content) if coding == "gzip" else brotli.compress(content)
             self.send_header("content-encoding", compress)
         if options.get("garble"):  # the server's real bytes, cut in half: not valid JSON any more
             content = content[: len(content) // 2]

@@ -65,6 +65,17 @@ def test_a_body_not_in_its_encoding_raises(encoding):
 
 def test_an_encoding_nothing_reads_has_no_decoder():
     assert decoder_for("compress") is None and decoder_for("x-custom") is None
+    assert decoder_for("gzip, x-custom") is None and decoder_for("identity") is None
+
+
+@pytest.mark.parametrize("step", [1, 997, 1 << 30])
+def test_several_codings_are_undone_last_first_in_bounded_pieces(step):
+    body = brotli.compress(gzip.compress(BODY))  # "gzip, br": gzip applied first
+    assert b"".join(_decode("gzip, br", body, step)) == BODY
+    assert b"".join(_decode("Identity, GZIP , identity", gzip.compress(BODY), step)) == BODY
+    bomb = gzip.compress(gzip.compress(b"\n" * (64 << 20)))
+    sizes = [len(piece) for piece in _decode("gzip, gzip", bomb, step if step > 1 else 4096)]
+    assert sum(sizes) == 64 << 20 and max(sizes) <= PIECE_BYTES
 
 
 def test_zstd_through_python_zstandard_as_httpx_reads_it():

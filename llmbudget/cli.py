@@ -511,8 +511,8 @@ def _ledger_records(path: str) -> list[Any]:
 def _other_models(record: Any, pricing: Any) -> list[tuple[str, Decimal]]:
     """The share of ``record``'s cost that went to inferences on other models (``usage.others``: an advisor's), per
     model: the recorded cost split as today's prices split it (to the picodollar; the call's own model keeps the
-    rest, so the models still sum to the record). None where a part has no known price, or for the call's own
-    model."""
+    rest, so the models still sum to the record). Nothing where a part has no known price; the call's own model
+    named among them stays with the call."""
     others = [(name, sub) for name, sub in record.usage.others if name != record.model]
     if not others or record.cost_usd <= 0:
         return []

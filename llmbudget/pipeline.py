@@ -1228,8 +1228,10 @@ class Attempt:
                 # the app got this error too: what the server reported, at least what was seen
                 return self._estimated_record(self._seen_usage(), problem)
             # (a response that failed with its final usage, as a Responses one does: priced as reported)
-            if not self._sse and self._json is None and self._buffer and not self._overflow and complete:
-                # the app's JSON decoding fails on this body too: record that, with the input it paid for
+            if not self._sse and self._json is None and not self._overflow and complete and (
+                    self._buffer or (self._json_body and self.status == 200)):
+                # the app's JSON decoding fails on this body too (an empty one as well): record that, with the
+                # input it paid for
                 return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
                                               "the response body is not valid JSON (the app could not read it either)")
             usage_seen = state.usage

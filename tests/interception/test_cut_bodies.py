@@ -48,8 +48,10 @@ def test_a_cut_stream_is_recorded_with_its_error_and_the_text_seen(llm_server, e
     assert record.status == 200 and record.error is not None and record.estimated
 
 
-def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, records):
-    with proxy(llm_server, garble=True) as upstream:
+@pytest.mark.parametrize("broken", [{"garble": True}, {"rewrite": lambda content: b""}])  # cut, or empty
+def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, records, broken):
+    # an empty 200 JSON body was recorded with no error, although the app's SDK failed on it
+    with proxy(llm_server, **broken) as upstream:
         client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
                                http_client=llmbudget.http_client())
         with pytest.raises((json.JSONDecodeError, openai.APIResponseValidationError)):

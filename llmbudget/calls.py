@@ -184,7 +184,7 @@ class SpendRecord:
                 amount = Decimal(str(raw))
             except ArithmeticError:
                 amount = Decimal("NaN")
-            if not amount.is_finite() or amount.copy_abs() > _MAX_USD:  # abs() rounds: 1e999999999 overflowed
+            if not amount.is_finite() or amount.copy_abs() > MAX_USD:  # abs() rounds: 1e999999999 overflowed
                 raise ValueError(f"{key} is {raw!r}; expected an amount in dollars")
             if amount < 0 and key in _NEVER_NEGATIVE:  # a saving may be (a tier dearer than the model asked for)
                 raise ValueError(f"{key} is {raw!r}; expected an amount of at least 0 dollars")
@@ -200,7 +200,7 @@ _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens",
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
                  "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches", "file_searches",
                  "code_containers")
-_MAX_USD = Decimal(10) ** 15
+MAX_USD = Decimal(10) ** 15
 _TEXTS = ("endpoint", "base_url", "model_requested", "model_sent", "model_answered", "tenant", "request_id", "test_id",
           "price_source", "error", "deferred", "cache_tier")
 _FLAGS = ("from_cache", "routed", "capped", "estimated", "truncated_by_cap")

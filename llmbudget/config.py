@@ -791,9 +791,9 @@ def _started(path: Any, source: str, make: Callable[[], Any]) -> Any:
     try:
         return make()
     except sqlite3.Error as exc:
-        where = Path(os.fspath(path)) if not isinstance(path, str) or not _redis_url(path) else None
-        db = None if where is None else where if where.is_file() else where / "cache.sqlite3"
-        if db is None or not is_outage(exc, db):
+        from .cache.store import database_path
+
+        if (isinstance(path, str) and _redis_url(path)) or not is_outage(exc, database_path(path)):
             raise
         log.warning("llmbudget: %s: the cache at %s cannot be opened now (%s: %s); the app runs without it until it "
                     "restarts", source, path, type(exc).__name__, exc)

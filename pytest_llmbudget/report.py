@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from llmbudget.calls import MAX_USD
 from llmbudget.money import format_usd, plain_decimal
 from llmbudget.prefix import PrefixFinding, prefix_lines
 from llmbudget.pricing import PriceSnapshot
@@ -162,13 +163,9 @@ def _cost(entry: Any, where: str = "entry") -> Decimal:
     return amount
 
 
-#: The most a cost in a report or baseline may be: more is not a test suite's spend but an edit or a corrupt file
-#: (and 1e999999999 made the run's end crash with decimal.Overflow when summed).
-MAX_USD = Decimal("1e12")
-
-
 def _amount(raw: Any) -> Decimal | None:
-    """``raw`` as a finite amount from 0 to :data:`MAX_USD`, or None."""
+    """``raw`` as a finite amount from 0 to a record's most (:data:`llmbudget.calls.MAX_USD`: 1e999999999 made the
+    run's end crash with decimal.Overflow when summed), or None."""
     try:
         amount = Decimal(str(raw)) if isinstance(raw, (int, float, str)) and not isinstance(raw, bool) else None
     except ArithmeticError:

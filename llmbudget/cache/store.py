@@ -205,6 +205,13 @@ def near_ids(found: Sequence[tuple[int, float]], min_cosine: float) -> list[int]
     return [key for key, cosine in found if cosine >= floor]
 
 
+def database_path(path: str | os.PathLike[str]) -> Path:
+    """The SQLite file of a cache at ``path``: ``path`` itself when it is a ``.sqlite3``/``.sqlite``/``.db`` file (or
+    any file), else ``cache.sqlite3`` in that directory."""
+    where = Path(path)
+    return where if where.suffix in (".sqlite3", ".sqlite", ".db") or where.is_file() else where / "cache.sqlite3"
+
+
 class CacheStore:
     """Cached answers of one directory: exact lookups, semantic search inside a partition, TTL and a size cap.
 
@@ -268,11 +275,9 @@ class CacheStore:
             path = self._temp
         #: The directory or file the store was opened on (a temporary directory for ``path=None``).
         self.location = os.path.abspath(path)
-        where = Path(path)
-        if where.suffix in (".sqlite3", ".sqlite", ".db") or where.is_file():
-            self.db_path, self.index_dir = where, where.with_name(where.name + ".index")
-        else:
-            self.db_path, self.index_dir = where / "cache.sqlite3", where / "index"
+        self.db_path = database_path(path)
+        self.index_dir = self.db_path.with_name(self.db_path.name + ".index") if self.db_path == Path(path) \
+            else Path(path) / "index"
         if embedder is None:
             from .embedders import WordLlamaEmbedder
 

@@ -462,7 +462,7 @@ def is_outage(exc: BaseException, path: Any) -> bool:
     that became unavailable (a worker restarted during the outage must come up); a file that is not SQLite's, or
     a folder it cannot create a file in, is a mistake to report at start-up."""
     code = getattr(exc, "sqlite_errorcode", None)
-    transient = (code & 0xFF in (5, 6, 10, 13)) if isinstance(code, int) else (
+    transient = ((code & 0xFF) in (5, 6, 10, 13)) if isinstance(code, int) else (
         is_busy(exc) or "disk I/O error" in str(exc) or "disk is full" in str(exc))
     try:
         return transient and os.path.isfile(os.fspath(path))

@@ -293,18 +293,24 @@ def keep_quality_everywhere(
     binding = min(own, key=lambda name: own[name]["threshold"])
     threshold = own[binding]["threshold"]
     result = _kept_at(s, w, g, threshold, confidence=confidence, bootstraps=bootstraps, seed=seed)
-    by_group = {}
-    for name in dict.fromkeys(groups):
-        mask = names == name
-        strong_sum = float(np.sum(g[mask]))
-        by_group[name] = {
-            "prompts": int(mask.sum()),
-            "threshold": own[name]["threshold"] if name in own else None,
-            "quality_kept": float(np.sum(np.where(s[mask] >= threshold, g[mask], w[mask])) / strong_sum)
-            if strong_sum else None,
-            "strong_fraction": float(np.mean(s[mask] >= threshold)),
-        }
+    by_group = {name: {"prompts": row["prompts"], "threshold": own[name]["threshold"] if name in own else None, **row}
+                for name, row in kept_by_group(s, w, g, groups, threshold).items()}
     return {**result, "binding_group": binding, "by_group": by_group}
+
+
+def kept_by_group(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, groups: Sequence[str],
+                  threshold: float) -> dict[str, dict[str, Any]]:
+    """Per group (in the order first met) at ``threshold``: its prompts, the share sent strong and the share of its
+    all-strong accuracy kept (None where the strong model answers none right)."""
+    names = np.asarray([str(name) for name in groups], dtype=object)
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(names.tolist()):
+        mask = names == name
+        routed = scores[mask] >= threshold
+        top = float(np.sum(strong[mask]))
+        out[name] = {"prompts": int(mask.sum()), "strong_fraction": float(np.mean(routed)),
+                     "quality_kept": float(np.sum(np.where(routed, strong[mask], weak[mask]))) / top if top else None}
+    return out
 
 
 def _kept_at(s: np.ndarray, w: np.ndarray, g: np.ndarray, threshold: float, *, confidence: float,

@@ -324,16 +324,11 @@ def _by_group(
 
 def _kept_by_group(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, groups: Sequence[str],
                    threshold: float) -> dict[str, Any]:
-    """Per group (file) at ``threshold``: its prompts, the share sent strong and the share of its all-strong
-    accuracy kept (None where the strong model answers none right), and the worst share kept (``worst``)."""
-    keys = np.asarray(groups)
-    out: dict[str, Any] = {}
-    for group in sorted(set(groups)):
-        sel = keys == group
-        routed = scores[sel] >= threshold
-        top = float(strong[sel].sum())
-        out[group] = {"prompts": int(sel.sum()), "strong_fraction": float(routed.mean()),
-                      "quality_kept": float(np.where(routed, strong[sel], weak[sel]).sum()) / top if top else None}
+    """Per group (file) at ``threshold``: what :func:`~llmbudget.routing.calibrate.kept_by_group` gives, and the
+    worst share kept (``worst``)."""
+    from llmbudget.routing.calibrate import kept_by_group
+
+    out = dict(sorted(kept_by_group(scores, weak, strong, groups, threshold).items()))
     kept = [g["quality_kept"] for g in out.values() if g["quality_kept"] is not None]
     return {"files": out, "worst_quality_kept": min(kept) if kept else None}
 

@@ -31,10 +31,11 @@ def codings(header: str) -> list[str]:
 
 def decoder_for(encoding: str) -> Decoder | None:
     """The decoder of a body sent with ``Content-Encoding: encoding`` (one coding, or several: ``gzip, br``, undone
-    last first, as httpx does), or None when no installed package reads one of them."""
-    applied = codings(encoding)
-    decoders = [d for d in map(_decoder, applied) if d is not None]
-    if not decoders or len(decoders) < len(applied):
+    last first), or None when nothing is to be undone: as httpx does, a coding it does not read (``compress``, a
+    name of the server's own, ``br`` without a brotli package) is passed over and the body read as the rest leave
+    it, which the app's SDK then reads or fails on as the pipeline does."""
+    decoders = [d for d in map(_decoder, codings(encoding)) if d is not None]
+    if not decoders:
         return None
     chained = decoders[0]
     for inner in decoders[1:]:  # the last coding applied is undone first: each piece it yields goes through the rest
@@ -52,7 +53,7 @@ def _chain(first: Decoder, then: Decoder) -> Decoder:
 
 def _decoder(encoding: str) -> Decoder | None:
     """One coding's decoder."""
-    if encoding in ("gzip", "x-gzip"):
+    if encoding == "gzip":  # (httpx reads no "x-gzip": nor does the pipeline, or it would read what the app cannot)
         return _zlib(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
     if encoding == "deflate":
         return _zlib(zlib.decompressobj, raw_fallback=True)

@@ -1012,9 +1012,7 @@ class Attempt:
         self._json_body = "json" in headers.get("content-type", "")
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
-        self._decoder = decoder_for(self._encoding) if applied else None
-        if applied and self._decoder is None:  # not read: the usage is estimated
-            self._overflow = True
+        self._decoder = decoder_for(self._encoding) if applied else None  # (None: read as it comes, as httpx does)
 
     def feed(self, chunk: bytes) -> None:
         """Take a chunk of the raw body as it passes to the app. Never raises."""
@@ -1072,14 +1070,14 @@ class Attempt:
     def _parse(self) -> None:
         if self._overflow or not self._buffer:
             return
-        text = self._buffer.decode("utf-8", "replace")
         if not self._sse:
-            try:
-                self._json = _json_loads(text)
+            try:  # as the SDK reads it (httpx's json(): json.loads of the bytes, a BOM or UTF-16 detected)
+                self._json = _json_body(self._buffer)
             except (ValueError, RecursionError):
                 return
             self.adapter.read_json(self._json, self.state)
             return
+        text = self._buffer.decode("utf-8", "replace")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR alone ends a line too (SSE)
         payloads, joined = _sse_payloads(text, self.state)
@@ -1438,7 +1436,7 @@ def _json_loads(text: str) -> Any:
     return value
 
 
-def _json_body(body: bytes) -> Any:
+def _json_body(body: bytes | bytearray) -> Any:
     """``json.loads(body)``: a body opening with ``{`` then a non-NUL byte is the UTF-8 that json.loads would
     detect; anything else (UTF-16 or 32, a BOM...) goes to json.loads itself."""
     if body[:1] == b"{" and body[1:2] != b"\x00":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 from decimal import Decimal
 
@@ -138,6 +139,32 @@ def test_compressed_answers_are_read(llm_server, records, compress):
     assert not record.estimated
     assert record.usage.input_tokens == answer.usage.prompt_tokens
     assert record.usage.output_tokens == answer.usage.completion_tokens
+
+
+# a coding httpx does not know is passed over, by httpx and by the pipeline: such an answer was recorded with no
+# output and no error, 1,500 times too cheap
+@pytest.mark.parametrize("encoding", ["gzip, x-custom", "x-custom, gzip", "x-custom"])
+def test_a_coding_the_client_does_not_know_is_passed_over_as_httpx_does(llm_server, records, encoding):
+    compress = gzip.compress if "gzip" in encoding else (lambda content: content)
+    with proxy(llm_server, rewrite=compress, encoding=encoding) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+        assert server.sent[0][:1] == (b"\x1f" if "gzip" in encoding else b"{")
+    (record,) = records
+    assert not record.estimated and record.error is None
+    assert record.usage.output_tokens == answer.usage.completion_tokens > 0
+
+
+# the SDK reads a JSON body as json.loads reads bytes (a BOM, UTF-16): recorded as not JSON, its output unpriced
+@pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-16-le"])
+def test_a_json_body_in_another_unicode_form_is_read_as_the_sdk_reads_it(llm_server, records, codec):
+    with proxy(llm_server, rewrite=lambda content: content.decode().encode(codec)) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+        assert not server.sent[0].startswith(b'{"')
+    (record,) = records
+    assert not record.estimated and record.error is None
+    assert record.usage.output_tokens == answer.usage.completion_tokens > 0
 
 
 def test_every_sdk_retry_is_recorded_as_an_attempt(llm_server, records):

@@ -482,6 +482,7 @@ def _ledger_records(path: str) -> list[Any]:
     import sqlite3
     from pathlib import Path
 
+    from .ledger.budgets import is_outage
     from .ledger.records import SQLiteLedger
 
     if path.startswith(("redis://", "rediss://")):
@@ -504,6 +505,9 @@ def _ledger_records(path: str) -> list[Any]:
             raise sqlite3.DatabaseError("no spend table")
         return list(SQLiteLedger(path).records())
     except sqlite3.Error as exc:
+        if is_outage(exc, path):  # a ledger, busy (another process's lock) or on a failing disk: not "not one"
+            raise ValueError(f"{path}: the ledger cannot be read now ({type(exc).__name__}: {exc}); another process "
+                             "may hold its lock: try again") from None
         raise ValueError(f"{path}: not an llmbudget SQLite ledger ({exc}); expected the file named by "
                          "ledger = ... in the policy") from None
 

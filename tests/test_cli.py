@@ -617,3 +617,31 @@ def test_resuming_a_folder_with_no_pending_jobs_says_so(tmp_path, capsys):
     (tmp_path / "state").mkdir()
     assert main(["batches", "--state", str(tmp_path / "state"), "--resume", "--ledger", str(tmp_path / "l.db")]) == 0
     assert "no pending jobs" in capsys.readouterr().out
+
+
+def test_report_on_a_ledger_another_process_locked_says_so(tmp_path, capsys):
+    """It said "not an llmbudget SQLite ledger (database is locked)" of a ledger that was one."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    made = ("import sys; from decimal import Decimal; from llmbudget.ledger import SQLiteLedger; "
+            "from llmbudget.calls import SpendRecord, Usage; ledger = SQLiteLedger(sys.argv[1]); "
+            "ledger.add(SpendRecord(time=1.0, endpoint='chat.completions', base_url='http://h/v1', model_requested='m', "
+            "model_sent='m', model_answered='m', usage=Usage(1, 1), cost_usd=Decimal('0.01'), latency_s=0.1)); "
+            "ledger.flush()")  # (made in a process of its own: a connection here would stop the exclusive lock)
+    subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)
+    hold = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); "
+            "sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["report", str(path)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert "the ledger cannot be read now" in err and "not an llmbudget" not in err
+    assert main(["report", str(path)]) == 0

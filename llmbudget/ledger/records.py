@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import threading
+import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -69,11 +73,20 @@ CREATE TABLE IF NOT EXISTS spend (
     record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS spend_time ON spend (time);
 CREATE INDEX IF NOT EXISTS spend_tenant ON spend (tenant, time);
+CREATE TABLE IF NOT EXISTS spend_kept (name TEXT PRIMARY KEY);
 """
+#: How often, at most, a ledger that writes looks for the records that ended processes could not write (see
+#: :meth:`SQLiteLedger.flush`).
+_KEPT_EVERY_S = 5.0
 
 
 _INSERT = ("INSERT INTO spend (time, tenant, request_id, test_id, endpoint, model, cost_usd, record)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _row(r: SpendRecord) -> tuple[object, ...]:
+    return (r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, plain_decimal(r.cost_usd),
+            json.dumps(r.to_dict()))
 _LIVE: weakref.WeakSet[SQLiteLedger] = weakref.WeakSet()
 
 
@@ -89,7 +102,10 @@ class SQLiteLedger:
 
     When the file cannot be written (its lock held past ``timeout`` seconds, the disk full), the
     records wait in memory (the newest ``buffer``) and are written, once each, when it can; the
-    cause is logged once per outage, with SQLite's own error.
+    cause is logged once per outage, with SQLite's own error. A process that ends while they
+    still wait keeps them in a file beside the ledger (``<ledger>.records-<pid>-<random>.jsonl``),
+    which the next process to write the ledger writes into it, once (the file's name is recorded
+    in the same transaction), and removes.
     """
 
     blocking: ClassVar[bool] = False  # add() only queues
@@ -103,6 +119,7 @@ class SQLiteLedger:
         self._local = threading.local()
         self._schema_ready = False
         self._down = False
+        self._kept_at = 0.0  # when the files of ended processes' records were last looked for
         try:
             self._ready()
         except _SQLITE_ERRORS as exc:  # an existing file, its disk full or its lock held: records wait in memory
@@ -116,6 +133,8 @@ class SQLiteLedger:
         self._start()
         _LIVE.add(self)
         _FORK_GUARDED.add(self)
+        if not self._down:
+            self._write_kept(force=True)
 
     def _start(self) -> None:
         self._pid = os.getpid()
@@ -179,8 +198,7 @@ class SQLiteLedger:
                 batch = list(self._queue)
             if not batch:
                 return True
-            rows = [(r.time, r.tenant, r.request_id, r.test_id, r.endpoint, r.model, plain_decimal(r.cost_usd),
-                     json.dumps(r.to_dict())) for _, r in batch]
+            rows = [_row(r) for _, r in batch]
             try:
                 conn = self._ready()
                 conn.execute("BEGIN IMMEDIATE")
@@ -205,7 +223,79 @@ class SQLiteLedger:
             if self._down:
                 self._down = False
                 log.warning("llmbudget: the ledger %s is written again", self.path)
+            self._write_kept()
             return True
+
+    def _kept_files(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{glob_escape(self.path.name)}.records-*.jsonl"))
+
+    def _write_kept(self, *, force: bool = False) -> None:
+        """Write the records that processes which ended during an outage kept in files (at most every
+        ``_KEPT_EVERY_S``): each file once, its name recorded in the same transaction, then removed. Never raises."""
+        now = time.monotonic()
+        if not force and now < self._kept_at + _KEPT_EVERY_S:
+            return
+        self._kept_at = now
+        try:
+            files = self._kept_files()
+        except OSError:
+            return
+        for path in files:
+            try:
+                lines = path.read_bytes().splitlines()
+                rows = []
+                for number, line in enumerate(lines, 1):
+                    try:
+                        record = SpendRecord.from_dict(json.loads(line))
+                    except (ValueError, TypeError, RecursionError) as exc:
+                        log.warning("llmbudget: %s line %d is not a readable spend record (%s); left out",
+                                    path, number, exc)
+                        continue
+                    rows.append(_row(record))
+                conn = self._ready()
+                conn.execute("BEGIN IMMEDIATE")
+                try:  # (two processes may find the file: the one that records its name writes it)
+                    written = conn.execute("SELECT 1 FROM spend_kept WHERE name = ?", (path.name,)).fetchone()
+                    if written is None:
+                        conn.executemany(_INSERT, rows)
+                        conn.execute("INSERT INTO spend_kept (name) VALUES (?)", (path.name,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if not _rollback(conn):
+                        self._local.conn = None
+                        conn.close()
+                    raise
+            except (OSError, *_SQLITE_ERRORS) as exc:  # tried again later
+                log.warning("llmbudget: the records kept in %s could not be written to the ledger yet (%s: %s)",
+                            path, type(exc).__name__, exc)
+                return
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if written is None:
+                log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to the "
+                            "ledger %s", len(rows), path, self.path)
+
+    def _keep_at_exit(self) -> None:
+        """The process ends with records the file would not take: keep them in a file beside it, for the next
+        process that writes it (see :meth:`_write_kept`), and say so."""
+        with self._lock:
+            batch = [record for _, record in self._queue]
+        if not batch:
+            return
+        path = self.path.with_name(f"{self.path.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+        partial = path.with_name(path.name + ".partial")  # (renamed once whole: never read half written)
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                out.writelines(json.dumps(record.to_dict()) + "\n" for record in batch)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            log.warning("llmbudget: %d spend record(s) could not be written to the ledger %s before exit, nor kept "
+                        "in %s (%s): they are lost", len(batch), self.path, path, exc)
+            return
+        log.warning("llmbudget: %d spend record(s) could not be written to the ledger %s before exit; kept in %s, "
+                    "which the next process to write the ledger writes into it", len(batch), self.path, path)
 
     @property
     def pending(self) -> int:
@@ -258,4 +348,9 @@ if hasattr(os, "register_at_fork"):
 def _flush_at_exit() -> None:
     for ledger in list(_LIVE):
         if ledger._pid == os.getpid():
-            ledger.flush()
+            try:
+                if not ledger.flush():
+                    ledger._keep_at_exit()
+            except Exception as exc:  # noqa: BLE001 - at exit: say what is lost, never raise
+                log.warning("llmbudget: writing the ledger %s at exit failed (%s: %s)", ledger.path,
+                            type(exc).__name__, exc)

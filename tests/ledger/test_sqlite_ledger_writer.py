@@ -135,3 +135,56 @@ def test_records_reads_what_this_process_queued(tmp_path: Path) -> None:
     for i in range(5):
         ledger.add(_record(i))
     assert [r.request_id for r in ledger.records()] == [f"r{i}" for i in range(5)]
+
+
+_ENDS_DURING_AN_OUTAGE = """
+import sys
+from decimal import Decimal
+from llmbudget.calls import SpendRecord, Usage
+from llmbudget.ledger.records import SQLiteLedger
+ledger = SQLiteLedger(sys.argv[1], timeout=0.2)
+for i in range(3):
+    ledger.add(SpendRecord(time=1000.0 + i, endpoint="chat.completions", base_url="http://127.0.0.1/v1",
+                           model_requested="m", model_sent="m", model_answered="m", usage=Usage(10, i),
+                           cost_usd=Decimal("0.01"), latency_s=0.01, tenant="acme", request_id=f"gone{i}"))
+"""
+_HOLD_EXCLUSIVE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_records_a_process_could_not_write_before_it_ended_are_kept_and_written_once(tmp_path: Path) -> None:
+    """A worker ending (a deploy, a recycle) while the ledger's file was locked or its disk full lost the records
+    that waited in memory, with nothing logged; they are kept beside the ledger and written by the next process."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    made = "import sys; from llmbudget.ledger import SQLiteLedger; SQLiteLedger(sys.argv[1]).flush()"
+    subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)  # no connection here holds it
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        ended = subprocess.run([sys.executable, "-c", _ENDS_DURING_AN_OUTAGE, str(path)], capture_output=True,
+                               text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ended.returncode == 0 and "3 spend record(s) could not be written" in ended.stderr
+    (kept,) = tmp_path.glob("ledger.db.records-*.jsonl")
+    assert str(kept) in ended.stderr and len(kept.read_text().splitlines()) == 3
+    copy = kept.read_bytes()
+    SQLiteLedger(path)  # the next process to open the ledger writes them
+    assert _rows(path) == ["gone0", "gone1", "gone2"] and not kept.exists()
+    kept.write_bytes(copy)  # removing the file failed after its records were written (a crash): not twice
+    ledger = SQLiteLedger(path)
+    assert _rows(path) == ["gone0", "gone1", "gone2"] and not kept.exists()
+    (tmp_path / "ledger.db.records-1-x.jsonl").write_text('{"not": "a record"}\n' + copy.decode().splitlines()[0])
+    ledger._write_kept(force=True)  # a damaged line is left out, the others written
+    assert _rows(path) == ["gone0", "gone1", "gone2", "gone0"]

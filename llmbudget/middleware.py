@@ -1032,7 +1032,8 @@ class LLMBudgetWSGIMiddleware(_Core):
         started_at = time.perf_counter()
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
-        user = _wsgi_text(remote_user) if isinstance(remote_user, str) else None
+        # a blank one (spaces) names no one, as a blank ASGI identity: refused, never read past to the header
+        user = _named(_wsgi_text(remote_user)) if isinstance(remote_user, str) and remote_user else None
         if not user and isinstance(environ.get(_DJANGO_USER), str):  # (an empty REMOTE_USER names no one)
             user = environ[_DJANGO_USER]  # Python text as Django has it: not bytes a server decoded as latin-1
         try:

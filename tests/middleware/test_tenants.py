@@ -374,6 +374,11 @@ def test_wsgi_remote_user_outranks_any_tenant_header(engine: llmbudget.Engine, t
     # a user's name is kept as it is ("acme " is another account than "acme"); a header's spaces are not its value
     assert client.get("/info", environ_overrides={"REMOTE_USER": "acme "}).json["tenant"] == "acme "
     assert client.get("/info", headers={"x-tenant-id": " acme "}).json["tenant"] == ("acme" if trust else None)
+    # a REMOTE_USER of spaces names no one, as a blank ASGI identity: refused (the header named the tenant)
+    blank = client.get("/info", headers={"x-tenant-id": "acme"}, environ_overrides={"REMOTE_USER": "   "})
+    assert problem_of(blank)["reason"] == "unnamed_user"
+    # (an empty one, as IIS and CGI gateways send it, is no one logged in)
+    assert client.get("/info", environ_overrides={"REMOTE_USER": ""}).json["tenant"] is None
 
 
 def test_wsgi_the_tenant_header_is_trusted_from_listed_proxies_only(engine: llmbudget.Engine) -> None:

@@ -93,7 +93,9 @@ def _speaks(body: Mapping[str, Any]) -> bool:
 
 
 def _family(model: str | None) -> str:
-    return (model or "").lower().split("/")[-1]
+    """The model's name without its provider's prefix; "" for none, or a body's ``model`` that is not a string
+    (the request goes as it is, for the server to refuse)."""
+    return model.lower().split("/")[-1] if isinstance(model, str) else ""
 
 
 def reasoning_model(model: str | None) -> bool:

@@ -734,7 +734,7 @@ class Attempt:
         cache keys on the request as sent; True when the body changed. Never raises."""
         scope_output = self.scope.output if self.scope is not None else None
         output = scope_output if scope_output is not None else self.engine.output
-        if not output:
+        if not output or self._unreadable_model():
             return False
         try:
             return self._direct(output, "route" if scope_output is not None else "policy")
@@ -769,8 +769,16 @@ class Attempt:
                        "source": source, "in": where}
         return body
 
+    def _unreadable_model(self) -> bool:
+        """The body names its model with something other than a string (null included): it goes as the app wrote
+        it, neither routed, capped, directed nor keyed, for the server to refuse (as it would without llmbudget)."""
+        body = self.call.body
+        return isinstance(body, dict) and not isinstance(body.get("model", ""), str)
+
     def plan(self, path: str = "") -> bool:
         """Route, cap and key the request; True when its body or base URL changed."""
+        if self._unreadable_model():
+            return False
         try:
             return self._plan(path)
         except Exception:

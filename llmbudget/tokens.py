@@ -139,20 +139,23 @@ def _encoding(name: str) -> _Encoding | None:
         return None
 
 
-@functools.lru_cache(maxsize=512)
 def encoding_name(model: str | None) -> str:
-    """The tiktoken encoding tiktoken itself maps ``model`` to (fine-tunes by their base); else o200k_base."""
-    if model:
-        name = model.lower()
-        if name.startswith("ft:"):
-            name = name[3:].split(":", 1)[0]
-        try:
-            from tiktoken.model import encoding_name_for_model
+    """The tiktoken encoding tiktoken itself maps ``model`` to (fine-tunes by their base); else o200k_base (also
+    for a body's ``model`` that is not a string, sent as it is for the server to refuse)."""
+    return _encoding_name(model) if isinstance(model, str) and model else "o200k_base"
 
-            return encoding_name_for_model(name)
-        except (ImportError, KeyError):
-            pass
-    return "o200k_base"
+
+@functools.lru_cache(maxsize=512)
+def _encoding_name(model: str) -> str:
+    name = model.lower()
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    try:
+        from tiktoken.model import encoding_name_for_model
+
+        return encoding_name_for_model(name)
+    except (ImportError, KeyError):
+        return "o200k_base"
 
 
 def count_text(text: str, model: str | None = None) -> int:

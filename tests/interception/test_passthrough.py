@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import warnings
 from collections.abc import Iterator
@@ -308,3 +309,37 @@ def test_a_transport_that_is_both_sync_and_async_serves_each_kind_of_client(harn
             return (await client.get("http://example.test/ping")).json()
 
     assert asyncio.run(async_get()) == {"path": "/ping"}
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@SETTINGS
+@given(request=CHAT_REQUESTS, model=JSON.filter(lambda value: not isinstance(value, str)))
+def test_a_model_that_is_not_a_string_passes_through_with_no_error_logged(harness: Harness, library: str,
+                                                                          request: dict[str, Any], model: Any) -> None:
+    """``"model": 123`` logged a traceback per call ("routing or capping failed", "adding a length directive
+    failed") with output caps, a directive or routing on; it goes to the server as it is, for it to refuse."""
+    from llmbudget.config import engine_from_config
+
+    engine = engine_from_config({"output": {"max_words": 50},
+                                 "routing": {"tiers": {"small": "gpt-4.1-nano", "large": ""}}})
+    engine.add_observer(harness.records.append)
+    previous = llmbudget.set_engine(engine)
+    errors = _Errors()
+    logging.getLogger("llmbudget").addHandler(errors)
+    try:
+        body = json.dumps({**request, "model": model}).encode()
+        response = harness.send(library, "POST", "/chat/completions", body)
+        assert harness.received()[2] == body and response.content == body
+    finally:
+        logging.getLogger("llmbudget").removeHandler(errors)
+        llmbudget.set_engine(previous)
+    assert errors.seen == []

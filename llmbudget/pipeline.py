@@ -1234,12 +1234,16 @@ class Attempt:
                 # the app got this error too: what the server reported, at least what was seen
                 return self._estimated_record(self._seen_usage(), problem)
             # (a response that failed with its final usage, as a Responses one does: priced as reported)
-            if not self._sse and self._json is None and not self._overflow and complete and (
-                    self._buffer or (self._json_body and self.status == 200)):
-                # the app's JSON decoding fails on this body too (an empty one as well): record that, with the
-                # input it paid for
-                return self._estimated_record(Usage(input_tokens=self.estimate_input_tokens(), estimated=True),
-                                              "the response body is not valid JSON (the app could not read it either)")
+            if not self._sse and self._json is None and not self._overflow and complete:
+                # the app's JSON decoding fails on this body too (an empty one with a JSON type as well, whatever
+                # the 2xx status), or it got an empty answer (the SDK returns "" for an empty body of another
+                # type): record that, with the input it paid for
+                input_only = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
+                if self._buffer or self._json_body:
+                    return self._estimated_record(input_only, "the response body is not valid JSON (the app could "
+                                                  "not read it either)")
+                return self._estimated_record(input_only, f"HTTP {self.status} with an empty body: the app got no "
+                                              "answer")
             usage_seen = state.usage
             if usage_seen is None and self.call.body.get("background") and not self._sse and \
                     set(state.finish_reasons) & {"queued", "in_progress"}:

@@ -113,8 +113,10 @@ class _Proxy(BaseHTTPRequestHandler):
                 status, content, content_type = response.status, response.read(), response.headers["content-type"]
         except urllib.error.HTTPError as exc:
             status, content, content_type = exc.code, exc.read(), exc.headers["content-type"]
+        if options.get("status") is not None and status < 300:  # another success status than the server's
+            status = options["status"]
         self.send_response(status)
-        self.send_header("content-type", content_type or "application/json")
+        self.send_header("content-type", options.get("content_type") or content_type or "application/json")
         compress = options.get("compress")  # one coding, or several applied in turn ("gzip, br")
         codings = [c.strip() for c in compress.split(",")] if compress else []
         accepted = self.headers.get("accept-encoding", "")
@@ -154,7 +156,8 @@ class _Proxy(BaseHTTPRequestHandler):
 def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compress: str | None = None,
           cut: bool = False, garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
           encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None,
-          refuse: Callable[[bytes], int | tuple[int, str] | None] | None = None) -> Iterator[_Server]:
+          refuse: Callable[[bytes], int | tuple[int, str] | None] | None = None, status: int | None = None,
+          content_type: str | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``compress``: "gzip", "br", "zstd" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
@@ -162,10 +165,12 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
     0: the connection closes without an answer);
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
-    it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came).
+    it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came);
+    ``status``, ``content_type``: sent instead of the server's, for its successful answers (the type: for all).
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, compress=compress,
-                      cut=cut, garble=garble, rewrite=rewrite, encoding=encoding, forward=forward, refuse=refuse)
+                      cut=cut, garble=garble, rewrite=rewrite, encoding=encoding, forward=forward, refuse=refuse,
+                      status=status, content_type=content_type)
 
 
 def base_url(server: _Server) -> str:

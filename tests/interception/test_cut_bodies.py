@@ -61,6 +61,25 @@ def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, rec
     assert record.estimated and record.usage.input_tokens > 0 and record.usage.output_tokens == 0
 
 
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_an_empty_answer_with_another_success_status_is_recorded_as_an_error(llm_server, engine, records, status):
+    # only an empty 200 was: the app's SDK fails on any empty JSON body, and gets "" for one of another type
+    with proxy(llm_server, rewrite=lambda content: b"", status=status) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(json.JSONDecodeError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    with proxy(llm_server, rewrite=lambda content: b"", status=status, content_type="text/plain") as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8) == ""
+    as_json, as_text = records
+    assert (as_json.status, as_text.status) == (status, status)
+    assert as_json.error is not None and "not valid JSON" in as_json.error
+    assert as_text.error is not None and "empty body" in as_text.error
+    assert all(r.estimated and r.usage.input_tokens > 0 and r.usage.output_tokens == 0 for r in records)
+
+
 def test_an_answer_too_large_to_keep_is_priced_from_the_usage_at_its_end(llm_server, engine, records, monkeypatch):
     from llmbudget import pipeline
 

@@ -15,8 +15,11 @@ What it never does is make a call fail or wait long:
 - a question it has not answered within :attr:`CacheWorker.timeout` is a miss, and so is every question while
   :attr:`CacheWorker.max_waiting` wait on it (a child too slow for the traffic: the app never takes its work on
   then, which would slow every request); the exact tier goes on. The child skips the questions that waited past
-  the timeout, and answers to embed beyond a backlog are dropped (they stay exact-only). A child that has left a
-  question unanswered for :data:`HUNG_S` seconds is stopped and started again;
+  the timeout, and answers to embed beyond a backlog are dropped (they stay exact-only). While a question has
+  waited :data:`STALLED_S` seconds unanswered, lookups do not wait for the child (each is a miss at once) until
+  it answers again; a child that has left a question unanswered for :data:`HUNG_S` seconds is stopped and started
+  again (by a process forked from the one that started it too: it stops the child, where it can tell that
+  process id is still the child's, and starts one of its own);
 - it ends with the process that started it and every process forked from that one (it watches a pipe only they
   hold open), and removes its folder. A child that died is started again, after 5 s and then at most once a
   minute; a forked process whose shared child died starts one of its own.
@@ -30,6 +33,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -53,7 +57,9 @@ _FIRST_RETRY_S, _MAX_RETRY_S = 5.0, 60.0
 _MAX_BUFFERED = 1 << 20  # bytes waiting to be sent to the child: beyond it, answers to embed are dropped
 _MAX_FRAME = 1 << 30
 _MAX_BACKLOG = 4096  # entries the child has yet to embed: beyond it, new ones are dropped (left exact-only)
-#: Seconds a question may wait on the child, with the most allowed waiting, before the child counts as hung.
+#: Seconds a question may wait on the child unanswered before lookups stop waiting for it (a miss at once).
+STALLED_S = 2.0
+#: Seconds a question may wait on the child unanswered before the child counts as hung: stopped, started again.
 HUNG_S = 30.0
 # The child's start: sys.path as the app has it (a module of the app's own may be needed to unpickle), then
 # the spec, both on stdin; nothing is put on PYTHONPATH.
@@ -264,14 +270,32 @@ class CacheWorker:
 
     def _hung(self) -> None:
         """The child has left a question unanswered for :data:`HUNG_S` seconds: stopped (SIGKILL), then started
-        again by :meth:`_check`. Only the process that started it stops it."""
+        again by :meth:`_check`. A process forked from the one that started it (gunicorn ``--preload``: that one
+        serves nothing, and would never find it hung) cannot wait for it: it stops it where ``/proc`` shows the
+        process id is still the child's (never another process that took the id), and starts one of its own."""
         state = self._state
-        if os.getpid() != state.owner or state.proc.poll() is not None:
+        if state.stopped:
             return
-        log.warning("llmbudget: the cache worker (pid %d) has not answered for %.0f s; stopping it", state.proc.pid,
-                    HUNG_S)
-        state.proc.kill()
-        self._next_check = 0.0
+        state.stopped = True  # (said once: the questions after this one find it too, until it is gone)
+        pid = state.proc.pid
+        if os.getpid() == state.owner:
+            if state.proc.poll() is not None:
+                return
+            log.warning("llmbudget: the cache worker (pid %d) has not answered for %.0f s; stopping it", pid, HUNG_S)
+            state.proc.kill()
+            self._next_check = 0.0
+            return
+        log.warning("llmbudget: the shared cache worker (pid %d) has not answered for %.0f s; this process stops "
+                    "it where it can and starts its own", pid, HUNG_S)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if os.fsencode(state.socket_path) in cmdline.read().split(b"\0"):
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:  # no /proc (not Linux), gone already, or not ours to stop: this process's own child still
+            pass
+        self._refused, self._next_check = True, 0.0  # _check starts this process's own
+        for client in list(self._clients.values()):
+            client.close()
 
     def caller(self) -> _Client | None:
         """The connection of the async call this thread works for (set by the transport before it hands work to
@@ -305,6 +329,7 @@ class _State:
         self.proc, self.parent_end, self.folder = proc, parent_end, folder
         self.socket_path = os.path.join(folder, "s")
         self.owner = os.getpid()
+        self.stopped = False  # found hung (see CacheWorker._hung)
 
 
 def _stop(state: _State) -> None:
@@ -397,11 +422,13 @@ class _Client(asyncio.Protocol):
         answer in time, or too many questions waiting on the child."""
         if not self.open or self.transport is None:
             return None
-        if len(self.waiting) >= self.worker.max_waiting:
-            oldest = next(iter(self.waiting))
-            if time.monotonic() - self._sent.get(oldest, time.monotonic()) > HUNG_S:
+        if self.waiting:  # the oldest question unanswered: a child stalled is not waited for, one hung is stopped
+            now = time.monotonic()
+            waited = now - self._sent.get(next(iter(self.waiting)), now)
+            if waited > HUNG_S:
                 self.worker._hung()
-            return None
+            if waited > STALLED_S or len(self.waiting) >= self.worker.max_waiting:
+                return None
         self._next_id += 1
         ident = self._next_id
         future = self.loop.create_future()

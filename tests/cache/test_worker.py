@@ -290,6 +290,50 @@ _PRELOADED = textwrap.dedent("""
 """)
 
 
+_PRELOADED_HUNG = textwrap.dedent("""
+    import asyncio, os, signal, sys, time
+    from llmbudget.cache import Cache, worker as module
+    module.STALLED_S, module.HUNG_S = 0.2, 0.5
+    cache = Cache(sys.argv[1], worker=True)  # built before the fork, as gunicorn --preload does
+    worker = cache.worker
+    worker.timeout = 0.1
+    while not os.path.exists(worker.socket_path):
+        time.sleep(0.05)
+    shared = worker.pid
+    child = os.fork()
+    if child == 0:
+        async def main():
+            deadline = time.monotonic() + 60
+            while worker.client() is None:  # the shared child answers the fork
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            os.kill(shared, signal.SIGSTOP)  # it hangs; the master, which serves nothing, never looks
+            worker._retry_s = 0.0
+            while worker.client() is None or worker.pid == shared:
+                assert time.monotonic() < deadline
+                connection = worker.client()
+                if connection is not None:
+                    await connection.search("any", "a question")
+                await asyncio.sleep(0.05)
+            print(shared, worker.pid, flush=True)
+        asyncio.run(main())
+        cache.close()
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.waitpid(shared, 0)  # stopped by the forked process, which could tell it was still the child
+    print("reaped", flush=True)
+""")
+
+
+def test_a_forked_process_whose_shared_worker_hangs_stops_it_and_starts_its_own(tmp_path):
+    # the master (gunicorn --preload) serves nothing, so it never found its child hung: the semantic tier stayed
+    # off in every worker for as long as it hung
+    done = subprocess.run([sys.executable, "-c", _PRELOADED_HUNG, str(tmp_path / "cache")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    shared, own, reaped = done.stdout.split()
+    assert shared != own and reaped == "reaped" and "shared cache worker" in done.stderr, done.stderr
+
+
 def test_a_forked_process_whose_shared_worker_died_starts_its_own(tmp_path):
     done = subprocess.run([sys.executable, "-c", _PRELOADED, str(tmp_path / "cache")], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -347,23 +391,31 @@ def test_a_loop_closed_while_a_question_waits_fails_no_later_call(tmp_path):
     assert cache.store._closed
 
 
-def test_a_hung_worker_is_stopped_and_started_again(tmp_path, monkeypatch):
+def test_a_hung_worker_is_not_waited_for_then_stopped_and_started_again(tmp_path, monkeypatch, caplog):
+    # it was stopped only once max_waiting (256) questions waited on it, minutes of ordinary traffic, each miss
+    # waiting the timeout meanwhile
     from llmbudget.cache import worker as module
 
-    monkeypatch.setattr(module, "HUNG_S", 0.3)
+    monkeypatch.setattr(module, "STALLED_S", 0.3)
+    monkeypatch.setattr(module, "HUNG_S", 0.8)
     cache = Cache(tmp_path / "cache", worker=True)
     worker = cache.worker
     assert worker is not None and worker.pid is not None
     hung = worker.pid
-    worker.timeout, worker.max_waiting, worker._retry_s = 0.1, 1, 0.0
+    worker.timeout, worker._retry_s = 0.1, 0.0
 
     async def main() -> None:
         await _until(lambda: worker.client() is not None)
         connection = worker.client()
         os.kill(hung, signal.SIGSTOP)
         assert await connection.search("any", "a question") is None  # timed out; it still waits
-        await asyncio.sleep(0.4)
-        assert await connection.search("any", "another") is None  # the oldest waited past HUNG_S: stopped
+        await asyncio.sleep(0.35)
+        started = time.monotonic()
+        assert await connection.search("any", "another") is None  # stalled: a miss at once, nothing sent
+        assert time.monotonic() - started < 0.05 and len(connection.waiting) == 1
+        await asyncio.sleep(0.5)
+        for _ in range(3):
+            assert await connection.search("any", "another") is None  # the oldest waited past HUNG_S: stopped
         await _until(lambda: worker.client() is not None and worker.pid != hung)
 
     try:
@@ -371,6 +423,7 @@ def test_a_hung_worker_is_stopped_and_started_again(tmp_path, monkeypatch):
     finally:
         cache.close()
     assert not alive(hung)
+    assert caplog.text.count("has not answered for") == 1  # said once, though three questions found it
 
 
 def test_the_child_finds_the_cache_wherever_the_app_goes_and_whatever_its_folder_holds(tmp_path, monkeypatch):

@@ -265,7 +265,7 @@ class SQLiteLedger:
                         self._local.conn = None
                         conn.close()
                     raise
-            except (OSError, *_SQLITE_ERRORS) as exc:  # tried again later
+            except _SQLITE_ERRORS as exc:  # (OSError too) tried again later
                 log.warning("llmbudget: the records kept in %s could not be written to the ledger yet (%s: %s)",
                             path, type(exc).__name__, exc)
                 return

@@ -327,9 +327,9 @@ def test_a_busy_cache_database_sends_the_store_to_a_worker_thread(llm_server, en
     blocker = sqlite3.connect(tmp_path / "cache" / "cache.sqlite3", isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")  # the write lock, as another process writing would hold it
     release = threading.Timer(1.0, blocker.execute, ("COMMIT",))
+    started = time.monotonic()  # (before the timer starts: the lock is held for a second from here at least)
     release.start()
     try:
-        started = time.monotonic()
         loop_thread = _ask_twice(llm_server, QUESTION)
     finally:
         release.join()

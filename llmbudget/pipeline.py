@@ -363,6 +363,7 @@ class Attempt:
         self._encoding = ""
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._broken_events = 0  # stream events that are not JSON
+        self._unstreamed = False  # a JSON answer to a streamed request (the app's SDK read no event from it)
         self._sse = False
         self._json_body = False
         self._events: list[Any] = []
@@ -1016,7 +1017,9 @@ class Attempt:
             log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
                         "stand as they are", *reversed(tier))
             self.engine.probe_refused.add(tier)
-        self._sse = "text/event-stream" in headers.get("content-type", "")
+        # read as the app's SDK reads it: a streamed request's body as server-sent events, any other as JSON,
+        # whatever the content type says (one mislabelled by a gateway went unread: a billed call settled at ~$0)
+        self._sse = self.call.stream
         self._json_body = "json" in headers.get("content-type", "")
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
@@ -1089,6 +1092,15 @@ class Attempt:
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR alone ends a line too (SSE)
         payloads, joined = _sse_payloads(text, self.state)
+        if not payloads and text.lstrip("\ufeff \t\n").startswith("{"):
+            try:  # a server that does not stream answered in JSON: billed as that, though the app read no event
+                value = _json_body(self._buffer)
+            except (ValueError, RecursionError):
+                value = None
+            if isinstance(value, dict):
+                self._sse, self._json, self._unstreamed = False, value, True
+                self.adapter.read_json(value, self.state)
+                return
         cut = not text.endswith("\n\n")  # the last event is unfinished (a stream closed early): not a broken one
         try:  # one parse per 512 events (a long stream's, read in a worker thread, lets the event loop in between
             # parses: one parse of 30,000 events held the GIL for a tenth of a second); event by event only if
@@ -1129,6 +1141,8 @@ class Attempt:
                 message = detail.get("message") if isinstance(detail, dict) else None
                 what = "an error event in the stream" if self._sse else "an error object instead of an answer"
                 return f"the server answered {what}" + (f": {str(message)[:200]}" if message else "")
+        if self._unstreamed:
+            return "the server answered a streamed request in JSON, not as a stream: the app's SDK read no event"
         return None
 
     def _output_text(self) -> str:

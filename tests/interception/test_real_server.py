@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import threading
 from decimal import Decimal
 
@@ -250,3 +251,46 @@ def test_threads_and_tasks_inherit_the_scope(llm_server, records):
         thread.start()
         thread.join()
     assert scope.totals.calls == 1 and records[0].tenant == "t-threads"
+
+
+# the SDK reads a streamed request's body as events and any other as JSON, whatever its content type says: a body
+# mislabelled (by a gateway) went unread, its billed call recorded and settled at its input alone, with no error
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_with_a_wrong_content_type_is_read_as_the_sdk_reads_it(llm_server, records, stream):
+    ask = dict(model="gpt-4o-mini", messages=HI, max_tokens=4, temperature=0, stream=stream)
+    if stream:
+        ask["stream_options"] = {"include_usage": True}
+
+    def call(client):  # type: ignore[no-untyped-def]
+        answer = client.chat.completions.create(**ask)
+        return [chunk for chunk in answer] if stream else answer
+
+    with proxy(llm_server) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        labelled = call(client)
+    with proxy(llm_server, content_type="application/json" if stream else "text/event-stream") as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        mislabelled = call(client)
+    if stream:
+        assert [c.choices[0].delta.content for c in mislabelled if c.choices] == \
+            [c.choices[0].delta.content for c in labelled if c.choices]
+    else:
+        assert mislabelled.usage == labelled.usage
+    right, wrong = records
+    assert wrong.error is None and wrong.estimated == right.estimated
+    assert wrong.usage.output_tokens == right.usage.output_tokens > 0 and wrong.cost_usd == right.cost_usd
+
+
+def test_a_streamed_request_answered_in_json_is_billed_as_the_answer_and_says_the_app_read_none(llm_server,
+                                                                                                 records):
+    def unstreamed(body: bytes) -> bytes:  # a server that does not stream
+        return json.dumps({**json.loads(body), "stream": False}).encode()
+
+    with proxy(llm_server, forward=unstreamed) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4, stream=True))
+        billed = json.loads(server.sent[0])["usage"]
+    assert chunks == []  # the SDK read no event
+    (record,) = records
+    assert record.usage.output_tokens == billed["completion_tokens"] > 0 and not record.estimated
+    assert record.error is not None and "in JSON, not as a stream" in record.error

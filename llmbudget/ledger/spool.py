@@ -150,12 +150,24 @@ def alive(pid: int) -> bool:
         return True  # no /proc (macOS): as kill said
 
 
+#: The files this process's journals keep (emptied in a child just forked: its parent's are not its own).
+_MINE: set[Path] = set()
+
+
 def _gone(path: Path) -> bool:
-    """Whether the process that wrote ``path`` (its pid is in the name) has ended."""
+    """Whether the process that wrote ``path`` (its pid is in the name) has ended. A file with this process's pid
+    that none of its journals keeps is an ended process's: one restarted with the same pid (a container's
+    process 1 after each restart) left it, and its settles were never written."""
     pid = path.name.rsplit(".pending-", 1)[-1].split("-", 1)[0]
     if not pid.isdigit():
         return True
-    return int(pid) != os.getpid() and not alive(int(pid))
+    if int(pid) == os.getpid():
+        return path not in _MINE
+    return not alive(int(pid))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_MINE.clear)
 
 
 class Peeker:
@@ -225,6 +237,7 @@ class Journal:
         if self.path is None or self._pid != os.getpid():  # (a child forked: its own file)
             self._pid = os.getpid()
             self.path = self.base.with_name(f"{self.base.name}.pending-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl")
+            _MINE.add(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as out:  # opened each time: a file removed is made again
@@ -246,6 +259,7 @@ class Journal:
         if self.path is not None and self._pid == os.getpid():
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            _MINE.discard(self.path)
         self.path = None
         self.lost = 0
 

@@ -856,3 +856,25 @@ def test_the_exit_log_says_settles_are_lost_where_their_file_could_not_be_writte
     assert kept.path is not None and kept.path.read_text().count("\n") == 1
     kept.clear()
     assert kept.path is None and kept.lost == 0
+
+
+def test_settles_kept_by_an_ended_process_with_this_process_id_are_written(tmp_path: Path) -> None:
+    """A container's app runs as process 1 after each restart: the file its previous life kept (named with the
+    same pid) was taken for this process's own and never written, the spend never charged."""
+    import os
+
+    path = tmp_path / "budgets.db"
+    SQLiteBudgetStore(path)
+    bucket = _bucket("1")
+    row = {"id": "local-before-restart", "keys": [bucket.key], "amount": "0.2", "actual": "0.2"}
+    kept = path.parent / f"budgets.db.pending-{os.getpid()}-0cc0c9ea.jsonl"
+    kept.write_text(json.dumps(row) + "\n")
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open", retry_interval=0)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)
+    assert store.spent(bucket.key)[0] == Decimal("0.2") and not kept.exists()
+    with _holding(path):  # this process's own file, while it waits, is still its own
+        held = store.reserve([bucket], Decimal("0.01"))
+        assert isinstance(held, Reservation)
+        store.settle(held, Decimal("0.01"))
+        own = store._journal.own_path
+        assert own is not None and own.exists() and not spool._gone(own)

@@ -227,6 +227,15 @@ class Refusal:
         ).encode()
 
 
+def unkept(journal: spool.Journal, where: str, store: str, retry_after: float) -> BudgetStoreUnavailable:
+    """A fail-open store's refusal while what it would serve cannot be kept on disk (see ``Journal.keeps``)."""
+    return BudgetStoreUnavailable(
+        f"llmbudget could not use its budget store ({where}), and what it would serve meanwhile cannot be kept on "
+        f"disk either ({journal.path}: {journal.error}): budgeted calls are refused until one of them can, as "
+        f"on_unavailable='closed' refuses them (served, they would be lost at exit, and each process after this "
+        f"one would serve another share of the limit)", store=store, retry_after=retry_after)
+
+
 class BudgetStoreUnavailable(RuntimeError):
     """The budget store could not be reached or written and its policy is fail-closed.
 
@@ -814,6 +823,9 @@ class SQLiteBudgetStore:
                 was, self._down = self._down, False
             if was:
                 log.warning("llmbudget: SQLite budget store %s is available again", self.path)
+                with self._lock:  # a file made to keep what this process serves, that nothing waits in, goes
+                    if not self._pending and not self._replaying:
+                        self._journal.clear()
 
     def _cause(self, exc: BaseException | None) -> str:
         late = exc is None
@@ -976,6 +988,8 @@ class SQLiteBudgetStore:
         not reads: another process's spend written before the outage counts; the last read was stale). Whatever
         was read, this process spends at most ``open_share`` of a limit while the file is down.
         """
+        if not self._journal.keeps():
+            raise unkept(self._journal, f"SQLite at {self.path}: {self._cause(None)}", "sqlite", self.retry_interval)
         keys = [b.key for b in buckets]
         # What other processes keep waiting, read first (a settle one of them writes meanwhile is counted twice, in
         # the file and as waiting, never not at all), at most every _PEEK_S: read at each retry only, a settle

@@ -43,6 +43,7 @@ from .budgets import (
     Refusal,
     Reservation,
     _check,
+    unkept,
     _open_share,
     _reservation_ttl,
 )
@@ -559,6 +560,8 @@ class RedisBudgetStore:
     def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:
         """Fail-open: check against the last spend seen in Redis plus what this process did since."""
+        if not self._journal.keeps():
+            raise unkept(self._journal, f"Redis at {self._where()}: unreachable", "redis", self.retry_interval)
         with self._lock:
             now = time.monotonic()
             for rid, (res, deadline) in list(self._local_open.items()):

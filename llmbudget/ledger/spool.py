@@ -230,24 +230,52 @@ class Journal:
         #: Rows that could not be written to the file since it was started (a full disk): lost if the process ends
         #: before the store takes them.
         self.lost = 0
+        self._kept: Path | None = None  # the file :meth:`keeps` found writable
+        #: Why the file could not be written, the last time it could not.
+        self.error: OSError | None = None
 
-    def add(self, row: dict[str, Any]) -> None:
-        if self.base is None:
-            return
+    def _own(self) -> Path:
+        assert self.base is not None
         if self.path is None or self._pid != os.getpid():  # (a child forked: its own file)
             self._pid = os.getpid()
             self.path = self.base.with_name(f"{self.base.name}.pending-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl")
             _MINE.add(self.path)
+        return self.path
+
+    def _append(self, text: str) -> bool:
+        path = self._own()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as out:  # opened each time: a file removed is made again
-                out.write(json.dumps(row) + "\n")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as out:  # opened each time: a file removed is made again
+                out.write(text)
         except OSError as exc:
             self.lost += 1
+            self.error = exc
             if not self._warned:
                 self._warned = True
                 log.warning("llmbudget: budget settles that wait cannot be kept in %s (%s); a process that ends "
-                            "before the store answers loses them", self.path, exc)
+                            "before the store answers loses them", path, exc)
+            return False
+        return True
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.base is not None:
+            self._append(json.dumps(row) + "\n")
+
+    def keeps(self) -> bool:
+        """Whether what a fail-open store serves can be kept on disk: this process's file takes a line (an empty
+        one, tried once per file) and none has failed since. A store that could not keep it and served anyway
+        lost it at exit, and each process after it (a restart, a crash loop) served a fresh share of the limit."""
+        if self.base is None:
+            return True
+        if self.lost:
+            return False
+        if self._kept is not None and self._kept == self.path and self._pid == os.getpid():
+            return True
+        if not self._append("\n"):  # (a blank line: skipped where the rows are read)
+            return False
+        self._kept = self.path
+        return True
 
     @property
     def own_path(self) -> Path | None:
@@ -260,7 +288,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             _MINE.discard(self.path)
-        self.path = None
+        self.path = self._kept = None
         self.lost = 0
 
     def warn_at_exit(self, waiting: int, where: str, what: str = "budget settle(s)") -> None:

@@ -916,3 +916,23 @@ def test_what_waited_for_redis_is_written_as_the_process_exits(server: _Server) 
     assert [r.request_id for r in ledger.records()] == ["late"]
     assert store.pending_settles == 0
     assert RedisBudgetStore(server.url + "?prefix=exit:").spent(bucket.key) == (Decimal("0.25"), 0)
+
+
+def test_fail_open_refuses_what_it_cannot_keep_in_its_state_folder(server: _Server, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Served while Redis was down and nothing could be kept on disk, the spend was lost at exit, and each
+    process after it served another share of the limit."""
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("LLMBUDGET_STATE_DIR", str(tmp_path / "a-file" / "state"))  # never writable
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=60, on_unavailable="open")
+    bucket = _now_bucket("1.00")
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Reservation)  # Redis answers: nothing to keep
+    server.kill()
+    try:
+        with pytest.raises(BudgetStoreUnavailable, match="cannot be kept on disk"):
+            store.reserve([bucket], Decimal("0.1"))
+        monkeypatch.setenv("LLMBUDGET_STATE_DIR", str(tmp_path / "state"))
+        other = RedisBudgetStore(server.url, timeout=0.2, retry_interval=60, on_unavailable="open")
+        assert isinstance(other.reserve([bucket], Decimal("0.1")), Reservation)  # where it can be kept: served
+    finally:
+        server.start()

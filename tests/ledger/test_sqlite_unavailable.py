@@ -201,7 +201,9 @@ def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(l
     # still locked: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
     assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
-    assert store.pending_settles == 0 and len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1  # left
+    # the other process's file is left (this one's own, made as it served, keeps what it will spend)
+    assert store.pending_settles == 0 and len(set(path.parent.glob("budgets.db.pending-*.jsonl")) -
+                                              {store._journal.own_path}) == 1
     _release(holder)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
     assert store.pending_settles == 0 and not list(path.parent.glob("budgets.db.pending-*"))
@@ -878,3 +880,40 @@ def test_settles_kept_by_an_ended_process_with_this_process_id_are_written(tmp_p
         store.settle(held, Decimal("0.01"))
         own = store._journal.own_path
         assert own is not None and own.exists() and not spool._gone(own)
+
+
+_SERVE_WHEN_NOTHING_CAN_BE_WRITTEN = """
+import resource, signal, sys
+from decimal import Decimal
+from llmbudget.ledger.budgets import Budget, BudgetStoreUnavailable, Reservation, SQLiteBudgetStore
+import time
+bucket = Budget("1", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+store = SQLiteBudgetStore(f"{sys.argv[1]}?on_unavailable=open&timeout=0.2", retry_interval=60)
+if sys.argv[2] == "full":  # no file grows any more: a full disk, as far as this process can tell
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+try:
+    held = store.reserve([bucket], Decimal("0.05"))
+except BudgetStoreUnavailable as exc:
+    print("refused", exc)
+else:
+    assert isinstance(held, Reservation)
+    store.settle(held, Decimal("0.05"))
+    print("served")
+"""
+
+
+@pytest.mark.parametrize("disk", ["full", "room"])
+def test_fail_open_refuses_what_it_cannot_keep_on_disk(lock_holder, disk) -> None:  # type: ignore[no-untyped-def]
+    """With the file locked and the disk full, each process served its open_share and lost it at exit: four
+    restarts in one outage spent 87% of a limit, a crash loop without bound. What it serves must be kept."""
+    path, _holder = lock_holder
+    run = subprocess.run([sys.executable, "-c", _SERVE_WHEN_NOTHING_CAN_BE_WRITTEN, str(path), disk],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    if disk == "full":
+        assert run.stdout.startswith("refused") and "cannot be kept on disk" in run.stdout
+        assert "database is locked" in run.stdout  # the store's own error is named too
+    else:
+        assert run.stdout.strip() == "served"
+        assert len(list(path.parent.glob("budgets.db.pending-*.jsonl"))) == 1  # kept for the next process

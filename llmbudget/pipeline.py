@@ -103,6 +103,12 @@ def _check_part(name: str, value: object, methods: tuple[str, ...], expected: st
     raise TypeError(f"Engine({name}=...) must be {expected}, got {value!r}{hint}")
 
 
+class UnreadableRequest(ValueError):
+    """An LLM call whose JSON body llmbudget cannot read (nested past Python's recursion limit, an integer of more
+    than 4,300 digits, bytes that are not UTF-8) while a budget applies: refused (HTTP 400), since it could be
+    neither priced nor held against the budget. Without a budget such a body passes through untouched."""
+
+
 class Engine:
     """The configuration calls are judged by: prices, budgets, where records go.
 
@@ -282,7 +288,9 @@ class Engine:
             adapter = found[0]
         try:
             data = _json_body(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            if self._budgeted():  # sent, it could be neither priced nor held against the budget
+                raise UnreadableRequest(f"{type(exc).__name__}: {str(exc)[:200]}") from None
             return None
         if not isinstance(data, dict):
             return None
@@ -294,6 +302,17 @@ class Engine:
                           size=len(body))
         attempt.begun_with((url, hash(body)))
         return attempt
+
+    def _budgeted(self) -> bool:
+        """Whether a budget (the engine's, or a scope's this call runs in) applies to a call made now."""
+        if self.budgets:
+            return True
+        node = current_scope()
+        while node is not None:
+            if node.budgets:
+                return True
+            node = node.parent
+        return False
 
     def record(self, record: SpendRecord, scope: Scope | None) -> None:
         """Keep a settled record: ledger, scope totals, observers (this engine's, and those of every engine: see

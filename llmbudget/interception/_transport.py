@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import json
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from ..cache.worker import set_caller
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
-from ..pipeline import Attempt, get_engine
+from ..pipeline import Attempt, UnreadableRequest, get_engine
 from ..providers import Adapter
 from ..scope import app_path
 
@@ -58,10 +59,21 @@ class Transports:
         return (self.Async if async_ else self.Sync)(transport, explicit=explicit)
 
 
-def _begin(request: Any, body: bytes, wanted: tuple[Adapter, str]) -> Attempt | None:
+def _begin(request: Any, body: bytes, wanted: tuple[Adapter, str]
+           ) -> Attempt | tuple[int, dict[str, str], bytes] | None:
+    """The call's Attempt; None to pass it through untouched; or the response that refuses it (a body a budget
+    applies to, which llmbudget cannot read)."""
     try:
         adapter, path = wanted
         return get_engine().begin(url=str(request.url), path=path, headers=request.headers, body=body, adapter=adapter)
+    except UnreadableRequest as exc:
+        log.warning("llmbudget: refused an LLM call whose JSON body cannot be read (%s): a budget applies, and the "
+                    "call could be neither priced nor held against it", exc)
+        message = (f"llmbudget cannot read this request's JSON body ({exc}), so it can neither price it nor hold it "
+                   "against the budget that applies to it; the call was not sent")
+        return 400, {**_REFUSAL_HEADERS, "x-llmbudget-refused": "unreadable-request"}, json.dumps(
+            {"error": {"message": message, "type": "invalid_request_error", "code": "llmbudget_unreadable_request"}}
+        ).encode()
     except Exception:
         log.exception("llmbudget: could not read an LLM request; it passes through untouched")
         return None
@@ -278,7 +290,7 @@ def _escalation(request: Any, weak: Attempt, reason: str | None, wanted: tuple[A
     if reason is None or routing is None:
         return None
     retry = _begin(request, request.content, wanted)
-    if retry is None:
+    if not isinstance(retry, Attempt):  # (read once already: never refused for that)
         return None
     retry.force_tier = routing.strong
     retry.escalated_from = reason
@@ -323,9 +335,10 @@ def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], 
     if b"logprob" not in error.lower():
         return None
     retry = _begin(request, request.content, wanted)
-    if retry is not None:
-        retry.no_probe = True
-        retry.continues(attempt)
+    if not isinstance(retry, Attempt):
+        return None
+    retry.no_probe = True
+    retry.continues(attempt)
     return retry
 
 
@@ -596,6 +609,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, request.read(), wanted)
             if attempt is None:
                 return self.inner.handle_request(request)
+            if isinstance(attempt, tuple):  # refused
+                return _answered(httpx, request, attempt)[1]
             path = wanted[1]
             try:
                 response = self._through(request, attempt, path)
@@ -685,6 +700,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = _begin(request, await request.aread(), wanted)
             if attempt is None:
                 return await self.inner.handle_async_request(request)
+            if isinstance(attempt, tuple):  # refused
+                return _answered(httpx, request, attempt)[1]
             path = wanted[1]
             try:
                 response = await self._through(request, attempt, path)

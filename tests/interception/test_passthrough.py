@@ -343,3 +343,28 @@ def test_a_model_that_is_not_a_string_passes_through_with_no_error_logged(harnes
         logging.getLogger("llmbudget").removeHandler(errors)
         llmbudget.set_engine(previous)
     assert errors.seen == []
+
+
+UNREADABLE = {  # JSON bodies Python's json cannot read, which a server may
+    "nested past the recursion limit": b'{"model": "gpt-4o-mini", "messages": [], "tools": ' + b"[" * 5000 +
+    b"]" * 5000 + b"}",
+    "an integer of 4,301 digits": b'{"model": "gpt-4o-mini", "messages": [], "seed": ' + b"7" * 4301 + b"}",
+    "bytes that are not UTF-8": b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\xe9"}]}',
+}
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_a_body_llmbudget_cannot_read_is_refused_where_a_budget_applies_else_passed_through(
+        harness: Harness, library: str, kind: str) -> None:
+    """Sent untouched, such a call skipped every budget and the ledger: a $0 budget refused a plain call and let
+    these through."""
+    body = UNREADABLE[kind]
+    with llmbudget.scope(tenant="acme", budgets=[llmbudget.Budget("0.01")]):
+        harness.reset()
+        refused = harness.clients[library].post(harness.url + "/chat/completions", content=body, headers=SDK_HEADERS)
+    assert refused.status_code == 400 and refused.headers["x-llmbudget-refused"] == "unreadable-request"
+    assert refused.json()["error"]["code"] == "llmbudget_unreadable_request"
+    assert harness.server.received == [] and harness.records == []  # never sent
+    response = harness.send(library, "POST", "/chat/completions", body)  # no budget: untouched, as before
+    assert harness.received()[2] == body and response.content == body

@@ -27,9 +27,9 @@ def escape(text: str) -> str:
     non-printable characters are written as escapes (``\\x1b``), so a name cannot drive the terminal."""
     from rich.markup import escape as rich_escape
 
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return rich_escape(text)
+    from .textfiles import shown
+
+    return rich_escape(shown(text))
 
 
 def _console() -> Any:

@@ -66,6 +66,7 @@ from .pipeline import Engine, engine_configured, get_engine, set_engine
 from .refusals import budget_refusal
 from .scope import Scope, app_path, current_scope
 from .scope import scope as _llm_scope
+from .textfiles import shown
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -361,7 +362,7 @@ class _Core:
 
     def tenant_problem(self, refused: _TenantRefused, request_id: str, method: str, path: str) -> _Problem:
         """The 400 answer for a request whose tenant cannot be used (RFC 9457 problem+json)."""
-        log.warning("request %s %s %s refused with 400: %s", request_id, method, path, refused.detail,
+        log.warning("request %s %s %s refused with 400: %s", request_id, method, shown(path), refused.detail,
                     extra={"request_id": request_id, "tenant": "-"})
         body = {
             "type": _TENANT_PROBLEM_TYPE,
@@ -470,7 +471,7 @@ class _Core:
         level = logging.INFO if totals.calls else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "request %s %s %s tenant=%s status=%s: %d LLM call(s), %d tokens, $%s in %.3fs",
-                    scope.request_id, method, path, scope.tenant or "-", status if status is not None else "-",
+                    scope.request_id, method, shown(path), scope.tenant or "-", status if status is not None else "-",
                     totals.calls, totals.tokens, _usd(totals.cost_usd), time.perf_counter() - started,
                     extra={"request_id": scope.request_id, "tenant": scope.tenant or "-"})
 

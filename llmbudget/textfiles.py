@@ -1,4 +1,5 @@
-"""Reading the text files the CLI takes (traffic, labels, pairs, samples): line by line, naming the line that fails."""
+"""Text in and out: reading the text files the CLI takes (traffic, labels, pairs, samples) line by line, naming the
+line that fails; and showing names that come from outside (a model, a path, a tenant) in logs and reports."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["utf8_lines"]
+__all__ = ["shown", "utf8_lines"]
+
+
+def shown(text: str) -> str:
+    """``text`` with its control and other non-printable characters written as escapes (``\\n``, ``\\x1b``): a
+    name that came from a request, an answer or a file cannot forge a line of a log or report, nor drive the
+    terminal that shows it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def utf8_lines(path: str | os.PathLike[str], *,

@@ -15,6 +15,7 @@ from llmbudget.calls import MAX_USD
 from llmbudget.money import format_usd, plain_decimal
 from llmbudget.prefix import PrefixFinding, prefix_lines
 from llmbudget.pricing import PriceSnapshot
+from llmbudget.textfiles import shown
 
 from .spend import Counters, TestSpend, to_report
 
@@ -56,7 +57,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _cells(name: str, c: Counters) -> list[str]:
-    return [name, str(c.calls), str(c.input_tokens), str(c.cached_input_tokens), str(c.output_tokens), usd(c.cost_usd)]
+    return [shown(name), str(c.calls), str(c.input_tokens), str(c.cached_input_tokens), str(c.output_tokens), usd(c.cost_usd)]
 
 
 _HEADER = ["calls", "input", "cached", "output", "USD"]
@@ -254,7 +255,7 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str
 def _code(text: str, *, cell: bool = False) -> str:
     """``text`` as a Markdown code span that its own backticks cannot end (and, in a table ``cell``, whose ``|``
     cannot split the row): a test id or model name is shown as it is, never read as Markdown."""
-    text = " ".join(text.split())  # a line break would end the table row
+    text = shown(" ".join(text.split()))  # a line break would end the table row; an escape drive the terminal
     if cell:
         text = text.replace("|", "\\|")  # GitHub's tables split on | even inside code spans
     run = max((len(r) for r in re.findall(r"`+", text)), default=0) + 1
@@ -266,7 +267,8 @@ def budget_failure(nodeid: str, problems: list[str], spend: TestSpend) -> str:
     """The failure text of a test over its llm_budget: what was exceeded and every call."""
     lines = [f"{nodeid} exceeded its LLM budget: " + "; ".join(problems), "calls:"]
     lines += [f"  {line}" for line in spend.calls_seen] or ["  (none)"]
-    by_model = ", ".join(f"{model} {usd(c.cost_usd)} ({c.calls} calls)" for model, c in sorted(spend.models.items()))
+    by_model = ", ".join(f"{shown(model)} {usd(c.cost_usd)} ({c.calls} calls)"
+                         for model, c in sorted(spend.models.items()))
     lines.append(f"by model: {by_model}")
     lines.append(f"total: {spend.calls} calls, {spend.tokens} tokens, {usd(spend.cost_usd)}")
     return "\n".join(lines)

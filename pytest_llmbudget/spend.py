@@ -10,6 +10,7 @@ from typing import Any
 from llmbudget.calls import Counters, SpendRecord
 from llmbudget.money import exact_usd
 from llmbudget.prefix import prefix_row
+from llmbudget.textfiles import shown
 
 __all__ = ["Counters", "TestSpend", "COUNTER_KEYS", "to_report"]
 
@@ -59,9 +60,9 @@ class TestSpend(Counters):
             usage = record.usage
             flags = [name for name in ("estimated", "from_cache") if getattr(record, name)]
             if record.error:
-                flags.append(f"error: {record.error}")
-            self.calls_seen.append(
-                f"{record.endpoint} {record.model}: {usage.input_tokens} in"
+                flags.append(f"error: {shown(record.error)}")
+            self.calls_seen.append(  # (the model and error as the answer named them: escaped, never raw)
+                f"{record.endpoint} {shown(record.model)}: {usage.input_tokens} in"
                 f" ({usage.cached_input_tokens} cached) / {usage.output_tokens} out tokens,"
                 f" {exact_usd(record.cost_usd)}" + (f" [{', '.join(flags)}]" if flags else "")
             )

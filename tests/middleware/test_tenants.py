@@ -468,3 +468,14 @@ def test_a_user_or_header_naming_the_default_tenant_is_refused(cached_engine: ll
     assert problem_of(starlette_app(Policy()).get("/info", headers={"x-user": "default"}))["reason"] == "reserved"
     # the app's own tenant callable may name it (anonymous traffic, on purpose)
     assert starlette_app(Policy(tenant=lambda scope: "default")).get("/info").json()["tenant"] == "default"
+
+
+def test_a_request_path_cannot_forge_a_line_of_the_log(engine: llmbudget.Engine, caplog) -> None:
+    """uvicorn decodes %0A into scope["path"]: written raw, a path forged a second log line."""
+    client = starlette_app(Policy(trust_tenant_header=True))
+    forged = "/info%0AINFO llmbudget.middleware request abc POST /admin tenant=globex%1B[2J"
+    with caplog.at_level(logging.WARNING, logger="llmbudget.middleware"):
+        response = client.get(forged, headers=[("x-tenant-id", "acme"), ("x-tenant-id", "globex")])
+    assert response.status_code == 400
+    (line,) = [r.getMessage() for r in caplog.records if "refused with 400" in r.getMessage()]
+    assert "\n" not in line and "\x1b" not in line and "/info\\nINFO llmbudget" in line

@@ -765,3 +765,24 @@ def test_an_attempt_refused_unbilled_is_no_call_of_a_tests_calls_budget():
     assert again.refused == 2
     again.merge_spend(spend)
     assert again.refused == 4
+
+
+def test_a_model_name_from_an_answer_cannot_drive_the_terminal_or_forge_a_row():
+    # the model name comes from the answer (a provider, a cassette): ESC sequences cleared the screen, and a line
+    # break forged a "TOTAL ... $0.000000" row in the model table, the calls list and the failure report
+    from llmbudget.calls import SpendRecord, Usage
+    from pytest_llmbudget.report import _cells, _code, budget_failure
+    from pytest_llmbudget.spend import TestSpend
+
+    forged = "gpt-4o-mini\x1b[2J\x1b[H\nTOTAL  0  0  0  0  $0.000000"
+    spend = TestSpend()
+    spend.add(SpendRecord(time=0.0, endpoint="chat.completions", base_url="https://api.openai.com/v1",
+                          model_requested="gpt-4o-mini", model_sent="gpt-4o-mini", model_answered=forged,
+                          usage=Usage(input_tokens=10, output_tokens=5), cost_usd=Decimal("0.00001"), latency_s=0.1,
+                          status=200, error="bad\nline"))
+    shown = [budget_failure("test_x", ["cost over"], spend), _cells(forged, spend)[0], _code(forged, cell=True)]
+    for text in shown:
+        assert "\x1b" not in text and "TOTAL" in text
+    failure = shown[0]
+    assert all(not line.startswith("TOTAL") for line in failure.splitlines())  # no forged line
+    assert "\\x1b[2J" in failure and "\\nTOTAL" in failure and "bad\\nline" in failure

@@ -306,7 +306,7 @@ class _Core:
                     except UnicodeDecodeError:  # refused as a header's: not the default tenant, shared by all
                         raise _TenantRefused("invalid_utf8", "callable", "The tenant named by the policy's tenant "
                                              "callable is bytes that are not valid UTF-8.") from None
-                if not isinstance(value, (str, int, type(None))):
+                if not isinstance(value, (str, int, type(None))) or isinstance(value, bool):  # (True is no name)
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited: closed, not left to warn
                     raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str) or None")
@@ -536,13 +536,19 @@ def _check_overlap(policy: Policy, engine: Engine) -> None:
 # -- ASGI -----------------------------------------------------------------------------------------
 
 
+def _raw(value: Any) -> bytes:
+    """A header's name or value as the bytes ASGI promises (a server that passes ``str`` instead: its latin-1
+    bytes, as the server would have sent them; the middleware must not be what fails such a request)."""
+    return value.encode("latin-1", "replace") if isinstance(value, str) else bytes(value)
+
+
 def _asgi_header(scope: Mapping[str, Any], name: str | None) -> str | None:
     if name is None:
         return None
     key = name.encode("latin-1")
     for header, value in scope.get("headers") or ():
-        if header.lower() == key:
-            return bytes(value).decode("latin-1")
+        if _raw(header).lower() == key:
+            return _raw(value).decode("latin-1")
     return None
 
 
@@ -551,7 +557,7 @@ def _asgi_header_values(scope: Mapping[str, Any], name: str | None) -> list[byte
     if name is None:
         return []
     key = name.encode("latin-1")
-    return [bytes(value) for header, value in scope.get("headers") or () if bytes(header).lower() == key]
+    return [_raw(value) for header, value in scope.get("headers") or () if _raw(header).lower() == key]
 
 
 def _asgi_peer(scope: Mapping[str, Any]) -> str | None:
@@ -599,6 +605,11 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
         except Exception:  # NotImplementedError (Starlette's BaseUser), AttributeError, or the app's own
             log.debug("llmbudget: could not read the authenticated user's %s", attribute, exc_info=True)
             continue
+        if isinstance(value, (bytes, bytearray)):  # read as UTF-8, as a header's are (str() made "b'globex'")
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
         if _named(value) != _UNNAMED:  # a blank identity names no one: the display_name may
             return str(value)
     return _UNNAMED  # refused where the user would name the tenant (not where the policy's tenant callable does)
@@ -1033,8 +1044,15 @@ class LLMBudgetWSGIMiddleware(_Core):
         started_at = time.perf_counter()
         request_id = self.request_id(_environ_header(environ, self.policy.request_id_header))
         remote_user = environ.get("REMOTE_USER")
-        # a blank one (spaces) names no one, as a blank ASGI identity: refused, never read past to the header
-        user = _named(_wsgi_text(remote_user)) if isinstance(remote_user, str) and remote_user else None
+        # a blank one (spaces) names no one, as a blank ASGI identity: refused, never read past to the header;
+        # bytes (a server against PEP 3333) are read as UTF-8, or name no one
+        if isinstance(remote_user, (bytes, bytearray)):
+            try:
+                user = _named(bytes(remote_user).decode("utf-8")) if remote_user else None
+            except UnicodeDecodeError:
+                user = _UNNAMED
+        else:
+            user = _named(_wsgi_text(remote_user)) if isinstance(remote_user, str) and remote_user else None
         if not user and isinstance(environ.get(_DJANGO_USER), str):  # (an empty REMOTE_USER names no one)
             user = environ[_DJANGO_USER]  # Python text as Django has it: not bytes a server decoded as latin-1
         try:

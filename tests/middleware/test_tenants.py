@@ -303,6 +303,8 @@ class _NamedBy:
     (_NamedBy("bob", "   "), "bob"),  # a blank identity: its display name
     (_NamedBy(" acme"), " acme"),  # kept as it is: trimmed, it was user "acme"'s tenant (its cache, its budgets)
     (_NamedBy("x", "acme "), "acme "),
+    (_NamedBy("x", b"glob\xc3\xa9x"), "globéx"),  # bytes, read as UTF-8 (it was the tenant "b'glob...'")
+    (_NamedBy(b"\xff\xfe"), None),  # bytes that are not UTF-8 name no one
 ])
 def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused(
         engine: llmbudget.Engine, user: Any, tenant: str | None) -> None:
@@ -479,3 +481,20 @@ def test_a_request_path_cannot_forge_a_line_of_the_log(engine: llmbudget.Engine,
     assert response.status_code == 400
     (line,) = [r.getMessage() for r in caplog.records if "refused with 400" in r.getMessage()]
     assert "\n" not in line and "\x1b" not in line and "/info\\nINFO llmbudget" in line
+
+
+def test_odd_types_where_a_server_or_the_app_names_the_tenant(engine: llmbudget.Engine, caplog) -> None:
+    """A raw ASGI server that passes header names or values as str (any header: the middleware raised TypeError
+    on a request the app may serve), a WSGI REMOTE_USER as bytes (ignored: a trusted header outranked the user),
+    and a tenant callable returning True (the tenant "True")."""
+    client = starlette_app(Policy(trust_tenant_header=True))
+    response = raw_get(client, [("user-agent", "curl/8"), (b"x-tenant-id", "acme")])  # type: ignore[list-item]
+    assert response.status_code == 200 and json.loads(response.content)["tenant"] == "acme"
+    flask = flask_client(Policy(trust_tenant_header=True))
+    named = flask.get("/info", headers={"x-tenant-id": "acme"}, environ_overrides={"REMOTE_USER": b"glob\xc3\xa9x"})
+    assert named.json["tenant"] == "globéx"
+    unnamed = flask.get("/info", headers={"x-tenant-id": "acme"}, environ_overrides={"REMOTE_USER": b"\xff"})
+    assert problem_of(unnamed)["reason"] == "unnamed_user"
+    with caplog.at_level(logging.ERROR, logger="llmbudget.middleware"):
+        assert starlette_app(Policy(tenant=lambda scope: True)).get("/info").json()["tenant"] is None
+    assert "returned bool" in caplog.text  # logged, counted for the default tenant, as any other odd value

@@ -3,11 +3,12 @@ line that fails; and showing names that come from outside (a model, a path, a te
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["shown", "utf8_lines"]
+__all__ = ["csv_rows", "shown", "utf8_lines"]
 
 
 def shown(text: str) -> str:
@@ -32,3 +33,15 @@ def utf8_lines(path: str | os.PathLike[str], *,
                 why = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
                 raise (fail(number, why) if fail is not None
                        else ValueError(f"{path}:{number}: {why}; expected UTF-8")) from None
+
+
+def csv_rows(path: str | os.PathLike[str]) -> csv.DictReader[str]:
+    """A ``csv.DictReader`` over :func:`utf8_lines` of ``path``; a ``ValueError`` naming the file when its header
+    names a column twice (the last one silently won: a label file with two ``weak`` columns was read wrong)."""
+    reader = csv.DictReader(utf8_lines(path))
+    columns = reader.fieldnames or []
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValueError(f"{path}: the header names column(s) {[shown(c) for c in twice]} more than once; each "
+                         "column needs a name of its own")
+    return reader

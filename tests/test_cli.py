@@ -645,3 +645,15 @@ def test_report_on_a_ledger_another_process_locked_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the ledger cannot be read now" in err and "not an llmbudget" not in err
     assert main(["report", str(path)]) == 0
+
+
+def test_a_label_file_that_names_a_column_twice_is_refused(tmp_path, capsys):
+    """prompt,weak,weak,strong: the last "weak" silently won, and eval and calibrate reported 0% weak accuracy."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("prompt,weak,weak,strong\nWhat is 2+2?,1,0,1\nProve it.,1,0,1\n")
+    for command in (["eval", "router", str(labels), "--weak", "weak", "--strong", "strong"],
+                    ["calibrate", "router", str(labels), "--weak", "weak", "--strong", "strong",
+                     "--keep-quality", "0.97"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{labels}: the header names column(s) ['weak'] more than once" in err and "Traceback" not in err

@@ -14,7 +14,6 @@ Two ways to pick the threshold (requests scoring at or above it go to the strong
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..textfiles import utf8_lines
+from ..textfiles import csv_rows, utf8_lines
 
 __all__ = ["calibrate", "calibrate_quality", "input_tokens", "keep_quality_everywhere", "keep_quality_threshold",
            "read_labeled", "read_sample", "write_threshold"]
@@ -34,7 +33,7 @@ def read_sample(path: str | Path) -> Iterator[dict[str, Any]]:
     lines, or a CSV with a ``prompt`` column."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(utf8_lines(path))
+        reader = csv_rows(path)
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
             raise ValueError(f"{path}: a CSV sample needs a 'prompt' column")
         for row in reader:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..textfiles import utf8_lines
+from ..textfiles import csv_rows
 
 if TYPE_CHECKING:
     from llmbudget.routing.classifier import Router
@@ -117,9 +117,9 @@ def _load_labels(
     unlabeled = 0
     for file in _csv_files(labels):
         group = _group(file, Path(labels))
-        reader = csv.DictReader(utf8_lines(file))
         line = 1
         try:
+            reader = csv_rows(file)
             columns = reader.fieldnames or []
             missing = [c for c in ("prompt", weak, strong) if c not in columns]
             if missing:

@@ -772,7 +772,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="pairs: score each pair; replay: store the first of each, look the other up (default: "
                             "pairs)")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
-    cache.add_argument("--max-semantic-chars", type=int, default=None, metavar="N",
+    cache.add_argument("--max-semantic-chars", type=_count, default=None, metavar="N",
                        help="texts longer than N characters use the exact tier only (default: the cache's, 500; "
                             "0: no limit)")
     cache.add_argument("--no-template-guard", action="store_true",
@@ -801,7 +801,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     bench_what = bench.add_subparsers(dest="what", required=True)
     bench_cache = bench_what.add_parser("cache", help="time cache lookups at N entries (embedding included)")
-    bench_cache.add_argument("--entries", type=int, default=100_000, help="entries in the store (default 100000)")
+    bench_cache.add_argument("--entries", type=_count, default=100_000, help="entries in the store (default 100000)")
     bench_cache.add_argument("--reranker", action="store_true",
                              help="the store [cache] reranker = true builds (stored MiniLM vectors are random)")
     bench_cache.add_argument("--json", action="store_true")
@@ -834,7 +834,7 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--model", default="gpt-4o", help="the model the app asks for (default gpt-4o)")
     route.add_argument("--system", help="a system message to send with it")
     route.add_argument("--path", default="", help="the request path, for the policy's never-route globs")
-    route.add_argument("--top", type=int, default=5, help="how many contributions to list (default 5)")
+    route.add_argument("--top", type=_count, default=5, help="how many contributions to list (default 5)")
     route.add_argument("--json", action="store_true")
     route.set_defaults(handler=_route)
 
@@ -874,6 +874,17 @@ def _parser() -> argparse.ArgumentParser:
     batches.add_argument("--json", action="store_true")
     batches.set_defaults(handler=_batches)
     return parser
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more (``--top -1`` printed nothing and said nothing)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return count
 
 
 def _share(text: str) -> float:

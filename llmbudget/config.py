@@ -344,7 +344,7 @@ class Policy:
     def from_file(cls, path: str | Path, **options: Any) -> Policy:
         """A Policy from ``llmbudget.toml`` (whole file) or ``pyproject.toml`` (``[tool.llmbudget]``)."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{path}: no such file; expected an llmbudget.toml or a pyproject.toml")
         return cls.from_config(load_config(path), source=str(path), root=path.parent, **options)
 
@@ -570,8 +570,15 @@ def locate_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        data = path.read_bytes()
+        # a UTF-8 byte-order mark (Windows editors write one), which TOML does not allow, is dropped, as the traffic
+        # and label files' is: tomllib called it "Invalid statement (at line 1, column 1)"
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a policy file; expected an llmbudget.toml or a pyproject.toml") \
+            from None
+    except OSError as exc:  # unreadable (permissions), a symlink loop...
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:

@@ -657,3 +657,12 @@ def test_a_label_file_that_names_a_column_twice_is_refused(tmp_path, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"{labels}: the header names column(s) ['weak'] more than once" in err and "Traceback" not in err
+
+
+def test_counts_on_the_command_line_are_whole_numbers_from_zero(capsys):
+    for command in (["route", "hello", "--top", "-1"], ["bench", "cache", "--entries", "-5"],
+                    ["route", "hello", "--top", "many"]):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 2 and "expected a whole number, 0 or more" in capsys.readouterr().err
+    assert main(["route", "hello", "--top", "0"]) == 0

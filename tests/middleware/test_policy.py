@@ -232,6 +232,12 @@ def test_invalid_toml_and_missing_files(tmp_path: Path) -> None:
         Policy.from_file(tmp_path / "llmbudget.toml")
     with pytest.raises(ConfigError, match="no such file"):
         Policy.from_file(tmp_path / "missing.toml")
+    (tmp_path / "a-folder.toml").mkdir()  # it said "no such file" of a folder
+    with pytest.raises(ConfigError, match="a folder, not a policy file"):
+        Policy.from_file(tmp_path / "a-folder.toml")
+    # a byte-order mark, as Windows editors write it: read as the traffic files' is ("Invalid statement" before)
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfmetrics = true\n")
+    assert Policy.from_file(tmp_path / "bom.toml").metrics_policy.enabled
 
 
 def test_python_policies_are_validated() -> None:

@@ -772,7 +772,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="pairs: score each pair; replay: store the first of each, look the other up (default: "
                             "pairs)")
     cache.add_argument("--json", action="store_true", help="print one JSON object")
-    cache.add_argument("--max-semantic-chars", type=_count, default=None, metavar="N",
+    cache.add_argument("--max-semantic-chars", type=int, default=None, metavar="N",
                        help="texts longer than N characters use the exact tier only (default: the cache's, 500; "
                             "0: no limit)")
     cache.add_argument("--no-template-guard", action="store_true",

@@ -383,6 +383,7 @@ class Attempt:
         self._undecodable: str | None = None  # the content-encoding a body did not decode from
         self._broken_events = 0  # stream events that are not JSON
         self._unstreamed = False  # a JSON answer to a streamed request (the app's SDK read no event from it)
+        self._unparsed = False  # events labelled JSON, to a request not streamed (the app's SDK raised on them)
         self._sse = False
         self._json_body = False
         self._events: list[Any] = []
@@ -1036,9 +1037,9 @@ class Attempt:
             log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
                         "stand as they are", *reversed(tier))
             self.engine.probe_refused.add(tier)
-        # read as the app's SDK reads it: a streamed request's body as server-sent events, any other as JSON,
-        # whatever the content type says (one mislabelled by a gateway went unread: a billed call settled at ~$0)
-        self._sse = self.call.stream
+        # events or JSON: as the request asked or the label says, until the body's first bytes say which it is
+        # (see _parse: a body mislabelled by a gateway went unread, a billed call settled at ~$0)
+        self._sse = bool(self.call.body.get("stream")) or "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
@@ -1071,6 +1072,8 @@ class Attempt:
             self._overflow = True
             head = bytes(self._buffer[:_TAIL_BYTES])
             self._head = head + data[: _TAIL_BYTES - len(head)]
+            if (looks := _sniffed(self._head)) is not None:  # (as _parse reads a body it keeps)
+                self._sse = looks == "events"
             self._overflow_events = self._buffer.count(b"\ndata:") + data.count(b"\ndata:") + 1  # + the first
             self._tail = bytearray(self._buffer[-_TAIL_BYTES:]) + data
             del self._tail[:-_TAIL_BYTES]
@@ -1100,6 +1103,13 @@ class Attempt:
     def _parse(self) -> None:
         if self._overflow or not self._buffer:
             return
+        looks = _sniffed(self._buffer)
+        if looks is not None:  # read as what it is, whatever it was asked for or labelled: that is what was billed
+            self._sse = looks == "events"
+            # what the app got of it: a streamed request's SDK reads no event from JSON (a queued background job
+            # is charged its worst case, below), and another's raises on events labelled as JSON
+            self._unstreamed = looks == "json" and self.call.stream and not self._background()
+            self._unparsed = looks == "events" and not self.call.body.get("stream") and self._json_body
         if not self._sse:
             try:  # as the SDK reads it (httpx's json(): json.loads of the bytes, a BOM or UTF-16 detected)
                 self._json = _json_body(self._buffer)
@@ -1111,15 +1121,6 @@ class Attempt:
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR alone ends a line too (SSE)
         payloads, joined = _sse_payloads(text, self.state)
-        if not payloads and text.lstrip("\ufeff \t\n").startswith("{"):
-            try:  # a server that does not stream answered in JSON: billed as that, though the app read no event
-                value = _json_body(self._buffer)
-            except (ValueError, RecursionError):
-                value = None
-            if isinstance(value, dict):
-                self._sse, self._json, self._unstreamed = False, value, True
-                self.adapter.read_json(value, self.state)
-                return
         cut = not text.endswith("\n\n")  # the last event is unfinished (a stream closed early): not a broken one
         try:  # one parse per 512 events (a long stream's, read in a worker thread, lets the event loop in between
             # parses: one parse of 30,000 events held the GIL for a tenth of a second); event by event only if
@@ -1162,6 +1163,9 @@ class Attempt:
                 return f"the server answered {what}" + (f": {str(message)[:200]}" if message else "")
         if self._unstreamed:
             return "the server answered a streamed request in JSON, not as a stream: the app's SDK read no event"
+        if self._unparsed:
+            return ("the server answered with a stream's events labelled as JSON: the app's SDK could not read them "
+                    "(it raised on the body)")
         return None
 
     def _output_text(self) -> str:
@@ -1267,12 +1271,12 @@ class Attempt:
                 # the app got this error too: what the server reported, at least what was seen
                 return self._estimated_record(self._seen_usage(), problem)
             # (a response that failed with its final usage, as a Responses one does: priced as reported)
-            if not self._sse and self._json is None and not self._overflow and complete:
+            if self._json is None and not self._overflow and complete and not (self._sse and self._buffer):
                 # the app's JSON decoding fails on this body too (an empty one with a JSON type as well, whatever
                 # the 2xx status), or it got an empty answer (the SDK returns "" for an empty body of another
-                # type): record that, with the input it paid for
+                # type, a stream with no event for an empty stream): record that, with the input it paid for
                 input_only = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
-                if self._buffer or self._json_body:
+                if self._buffer or (self._json_body and not self._sse):
                     return self._estimated_record(input_only, "the response body is not valid JSON (the app could "
                                                   "not read it either)")
                 return self._estimated_record(input_only, f"HTTP {self.status} with an empty body: the app got no "
@@ -1381,7 +1385,8 @@ class Attempt:
     def _whole_answer_coming(self) -> bool:
         """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,
         however labelled; not an ``error`` object) to a call that generates one (not an embedding)."""
-        return (self.status == 200 and not self._sse and self._json_body and self.call.endpoint != "embeddings"
+        return (self.status == 200 and not self._sse and self.call.endpoint != "embeddings"
+                and (self._json_body or _sniffed(self._buffer) == "json")  # (however labelled, as the SDK reads it)
                 and not self.call.body.get("stream") and not _ERROR_OBJECT(bytes(self._buffer[:128])))
 
     def _filled(self, usage: Usage) -> Usage:
@@ -1479,6 +1484,18 @@ def _json_loads(text: str) -> Any:
     if end != len(text) and text[end:].strip(" \t\n\r"):
         raise json.JSONDecodeError("Extra data", text, end)
     return value
+
+
+_EVENT_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def _sniffed(body: bytes | bytearray) -> str | None:
+    """What a response body is by its first bytes (a UTF-8 byte-order mark and blank space skipped): "json" (an
+    object or array), "events" (a server-sent event's field or comment), or None (neither: its label decides)."""
+    start = bytes(body[:256]).removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if start[:1] in (b"{", b"["):
+        return "json"
+    return "events" if start.startswith(_EVENT_FIELDS) else None
 
 
 def _json_body(body: bytes | bytearray) -> Any:

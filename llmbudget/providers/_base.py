@@ -130,6 +130,10 @@ class ResponseState:
 
 
 def _count(value: Any) -> int | None:
+    """A positive whole number from a request (``100000.0`` too, which lax servers take as the limit it equals:
+    read as none, the call was held at a default far below what it could spend); else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 

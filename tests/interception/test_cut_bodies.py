@@ -756,3 +756,14 @@ def test_a_long_streamed_answer_is_settled_off_the_event_loop(engine: llmbudget.
     asyncio.run(main(2000))  # about 300 KB
     assert threads and main_thread not in threads
     assert [r.usage.output_tokens > 1000 for r in records] == [False, True]
+
+
+def test_a_whole_answer_cut_mid_way_is_charged_its_worst_case_however_labelled(llm_server, engine, records):
+    # labelled text/plain, the JSON answer (generated and billed before its first byte) was charged its input
+    with proxy(llm_server, cut=True, content_type="text/plain") as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(openai.APIConnectionError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    (record,) = records
+    assert record.estimated and record.usage.output_tokens == 8 and record.error

@@ -294,3 +294,47 @@ def test_a_streamed_request_answered_in_json_is_billed_as_the_answer_and_says_th
     (record,) = records
     assert record.usage.output_tokens == billed["completion_tokens"] > 0 and not record.estimated
     assert record.error is not None and "in JSON, not as a stream" in record.error
+
+
+def _streamed_upstream(body: bytes) -> bytes:  # a gateway that always streams (and asks for the usage)
+    return json.dumps({**json.loads(body), "stream": True, "stream_options": {"include_usage": True}}).encode()
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/json"])
+def test_events_answering_a_request_not_streamed_are_billed_as_events(llm_server, records, content_type):
+    # the SDK returns such a body as text (labelled JSON: it raises); read as JSON, it was recorded at its input
+    # alone with a false "not valid JSON"
+    with proxy(llm_server, forward=_streamed_upstream, content_type=content_type) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        if content_type == "application/json":
+            with pytest.raises(json.JSONDecodeError):
+                client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+        else:
+            assert client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4).startswith("data:")
+    (record,) = records
+    # (this server reports no usage in a stream: the output is counted from the events' text, as any stream's)
+    assert record.usage.output_tokens > 0 and record.usage.input_tokens > 0
+    if content_type == "application/json":
+        assert record.error is not None and "events labelled as JSON" in record.error
+    else:
+        assert record.error is None
+
+
+def test_a_stream_asked_for_with_a_string_is_billed_from_its_events(llm_server, records):
+    # "stream": "true" from a client of the app's own (servers that coerce it stream): read as JSON, ~$0
+    with proxy(llm_server, forward=_streamed_upstream) as server:
+        with llmbudget.http_client() as client:
+            answer = client.post(base_url(server) + "/chat/completions", headers={"user-agent": "OpenAI/Python"},
+                                 json={"model": "gpt-4o-mini", "messages": HI, "max_tokens": 4, "stream": "true"})
+        assert answer.text.startswith("data:")
+    (record,) = records
+    assert record.usage.output_tokens > 0 and record.error is None
+
+
+def test_an_empty_stream_is_recorded_as_an_answer_the_app_did_not_get(llm_server, records):
+    with proxy(llm_server, rewrite=lambda content: b"", content_type="text/event-stream") as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        assert list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4,
+                                                   stream=True)) == []
+    (record,) = records
+    assert record.error is not None and "empty body" in record.error and record.usage.output_tokens == 0

@@ -756,3 +756,25 @@ def test_an_azure_stream_is_priced_by_the_model_its_chunks_name_not_its_filter_r
     record = attempt.finish(complete=True)
     assert record is not None and record.model_answered == "gpt-4o-2024-08-06" and not record.estimated
     assert record.cost_usd == Pricing().cost(Usage(input_tokens=100, output_tokens=10), model="gpt-4o").usd
+
+
+@pytest.mark.parametrize(("limits", "floats"), [
+    ({"max_tokens": 100_000}, {"max_tokens": 100_000.0}),
+    ({"max_tokens": 5000, "n": 10}, {"max_tokens": 5000, "n": 10.0}),
+    ({"max_completion_tokens": 64}, {"max_completion_tokens": 64.0}),
+])
+def test_a_limit_written_as_a_whole_float_holds_what_its_integer_holds(limits, floats):
+    """Lax servers take 100000.0 as 100000: read as no limit, the call was held at a default far below it and a
+    $0.10 request budget let a $1 call through."""
+    import json
+
+    import llmbudget
+
+    def worst(extra):  # type: ignore[no-untyped-def]
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **extra}
+        attempt = llmbudget.Engine().begin(url="https://api.openai.com/v1/chat/completions",
+                                           path="/v1/chat/completions", headers={}, body=json.dumps(body).encode())
+        assert attempt is not None
+        return attempt.worst_usage().output_tokens
+
+    assert worst(floats) == worst(limits) and worst({"max_tokens": 12.5}) == worst({})  # (not whole: no limit)

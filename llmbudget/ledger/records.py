@@ -278,8 +278,10 @@ class SQLiteLedger:
     def _keep_at_exit(self) -> None:
         """The process ends with records the file would not take: keep them in a file beside it, for the next
         process that writes it (see :meth:`_write_kept`), and say so."""
-        with self._lock:
+        with self._write_lock, self._lock:  # taken off the queue: the writer thread, still running while other
+            # exit hooks run, must not write them too once the file answers (they were written twice)
             batch = [record for _, record in self._queue]
+            self._queue.clear()
         if not batch:
             return
         path = self.path.with_name(f"{self.path.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")

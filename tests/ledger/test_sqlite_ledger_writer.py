@@ -188,3 +188,43 @@ def test_records_a_process_could_not_write_before_it_ended_are_kept_and_written_
     (tmp_path / "ledger.db.records-1-x.jsonl").write_text('{"not": "a record"}\n' + copy.decode().splitlines()[0])
     ledger._write_kept(force=True)  # a damaged line is left out, the others written
     assert _rows(path) == ["gone0", "gone1", "gone2", "gone0"]
+
+
+_LOCK_GOES_DURING_EXIT = """
+import atexit, subprocess, sys, time
+path, hold = sys.argv[1], sys.argv[2]
+holder = subprocess.Popen([sys.executable, "-c", hold, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == "locked"
+
+def another_librarys_exit_work():  # registered first: runs after the ledger's exit hook
+    holder.kill()
+    holder.wait()
+    time.sleep(1.5)  # the ledger's writer thread still runs, and the file answers now
+
+atexit.register(another_librarys_exit_work)
+from decimal import Decimal  # (llmbudget imported after: its exit hook runs first)
+from llmbudget.calls import SpendRecord, Usage
+from llmbudget.ledger.records import SQLiteLedger
+ledger = SQLiteLedger(path, timeout=0.2, retry_interval=0.3)
+for i in range(3):
+    ledger.add(SpendRecord(time=1000.0 + i, endpoint="chat.completions", base_url="http://127.0.0.1/v1",
+                           model_requested="m", model_sent="m", model_answered="m", usage=Usage(10, i),
+                           cost_usd=Decimal("0.01"), latency_s=0.01, tenant="acme", request_id=f"gone{i}"))
+time.sleep(0.5)
+"""
+
+
+def test_records_kept_at_exit_are_not_also_written_by_the_writer_thread(tmp_path: Path) -> None:
+    """The records kept in a file at exit stayed queued: the writer thread, still running while other exit hooks
+    ran, wrote them once the file answered, and the next process wrote the kept file too (each record twice)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    made = "import sys; from llmbudget.ledger import SQLiteLedger; SQLiteLedger(sys.argv[1]).flush()"
+    subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)
+    ended = subprocess.run([sys.executable, "-c", _LOCK_GOES_DURING_EXIT, str(path), _HOLD_EXCLUSIVE],
+                           capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 0, ended.stderr
+    SQLiteLedger(path)  # writes what was kept, if anything was
+    assert sorted(_rows(path)) == ["gone0", "gone1", "gone2"]

@@ -294,8 +294,18 @@ class CacheWorker:
         except OSError:  # no /proc (not Linux), gone already, or not ours to stop: this process's own child still
             pass
         self._refused, self._next_check = True, 0.0  # _check starts this process's own
-        for client in list(self._clients.values()):
-            client.close()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for client in list(self._clients.values()):  # each closed on its own loop (a transport is not thread-safe)
+            if client.loop is running or client.loop.is_closed():
+                client.close()
+            else:
+                try:
+                    client.loop.call_soon_threadsafe(client.close)
+                except RuntimeError:  # closed meanwhile
+                    client.close()
 
     def caller(self) -> _Client | None:
         """The connection of the async call this thread works for (set by the transport before it hands work to
@@ -368,6 +378,7 @@ class _Client(asyncio.Protocol):
         #: Frames to send at the end of this turn of the loop, in one write: a write is a system call that
         #: wakes the child, and under load many calls ask in the same turn.
         self._out: list[bytes] = []
+        self._hung_check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -425,8 +436,10 @@ class _Client(asyncio.Protocol):
         if self.waiting:  # the oldest question unanswered: a child stalled is not waited for, one hung is stopped
             now = time.monotonic()
             waited = now - self._sent.get(next(iter(self.waiting)), now)
-            if waited > HUNG_S:
-                self.worker._hung()
+            if waited > HUNG_S and self._hung_check is None:
+                # stopped only if still unanswered once the loop has read what the socket holds: a loop blocked
+                # itself (a sync call on it, a debugger) finds the child's answers waiting there, unread
+                self._hung_check = self.loop.call_later(0.1, self._still_hung, next(iter(self.waiting)))
             if waited > STALLED_S or len(self.waiting) >= self.worker.max_waiting:
                 return None
         self._next_id += 1
@@ -440,6 +453,11 @@ class _Client(asyncio.Protocol):
             return await future
         finally:
             timer.cancel()
+
+    def _still_hung(self, ident: int) -> None:
+        self._hung_check = None
+        if ident in self.waiting:
+            self.worker._hung()
 
     def embed(self, entry_id: int) -> None:
         """Hand the child an entry the app just stored for exact lookups only, to give it its vector (from a

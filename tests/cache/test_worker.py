@@ -426,6 +426,36 @@ def test_a_hung_worker_is_not_waited_for_then_stopped_and_started_again(tmp_path
     assert caplog.text.count("has not answered for") == 1  # said once, though three questions found it
 
 
+def test_a_child_is_not_taken_for_hung_while_the_apps_own_loop_was_blocked(tmp_path, monkeypatch, caplog):
+    # its answer sat unread in the socket while the loop was blocked (a sync call on it, a debugger): the next
+    # lookup found the question older than HUNG_S and killed a healthy child
+    from llmbudget.cache import worker as module
+
+    monkeypatch.setattr(module, "HUNG_S", 0.5)
+    cache = Cache(tmp_path / "cache", worker=True)
+    worker = cache.worker
+    assert worker is not None and worker.pid is not None
+    child = worker.pid
+
+    async def main() -> None:
+        await _until(lambda: worker.client() is not None)
+        connection = worker.client()
+        asked = asyncio.get_running_loop().create_task(connection.search("any", "a question"))
+        await asyncio.sleep(0)  # sent at the end of this turn
+        await asyncio.sleep(0)
+        time.sleep(0.8)  # the loop is blocked; the child answers meanwhile
+        await connection.search("any", "another")
+        await asyncio.sleep(0.3)
+        await asked
+        assert not connection.waiting and connection.open
+
+    try:
+        asyncio.run(main())
+        assert alive(child) and worker.pid == child and "has not answered" not in caplog.text
+    finally:
+        cache.close()
+
+
 def test_the_child_finds_the_cache_wherever_the_app_goes_and_whatever_its_folder_holds(tmp_path, monkeypatch):
     # a relative path is the app's folder at the start, not the child's; the folder's own pickle.py is not imported
     (tmp_path / "pickle.py").write_text("raise SystemExit('the working folder was imported')\n")

@@ -40,7 +40,7 @@ def csv_rows(path: str | os.PathLike[str]) -> csv.DictReader[str]:
     names a column twice (the last one silently won: a label file with two ``weak`` columns was read wrong)."""
     reader = csv.DictReader(utf8_lines(path))
     columns = reader.fieldnames or []
-    twice = sorted({c for c in columns if columns.count(c) > 1})
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})  # (a spreadsheet's trailing commas: no name)
     if twice:
         raise ValueError(f"{path}: the header names column(s) {[shown(c) for c in twice]} more than once; each "
                          "column needs a name of its own")

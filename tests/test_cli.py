@@ -657,6 +657,8 @@ def test_a_label_file_that_names_a_column_twice_is_refused(tmp_path, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"{labels}: the header names column(s) ['weak'] more than once" in err and "Traceback" not in err
+    labels.write_text("prompt,weak,strong,,\nWhat is 2+2?,1,1,,\nProve it.,0,1,,\n")  # a spreadsheet's export
+    assert main(["eval", "router", str(labels), "--weak", "weak", "--strong", "strong"]) == 0
 
 
 def test_counts_on_the_command_line_are_whole_numbers_from_zero(capsys):

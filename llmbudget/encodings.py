@@ -53,7 +53,7 @@ def _chain(first: Decoder, then: Decoder) -> Decoder:
 
 def _decoder(encoding: str) -> Decoder | None:
     """One coding's decoder."""
-    if encoding == "gzip":  # (httpx reads no "x-gzip": nor does the pipeline, or it would read what the app cannot)
+    if encoding in ("gzip", "x-gzip"):  # (httpx reads no x-gzip: the app fails on it, but it was billed as read)
         return _zlib(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))
     if encoding == "deflate":
         return _zlib(zlib.decompressobj, raw_fallback=True)

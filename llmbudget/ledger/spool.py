@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -231,6 +232,7 @@ class Journal:
         #: before the store takes them.
         self.lost = 0
         self._kept: Path | None = None  # the file :meth:`keeps` found writable
+        self._lock = threading.Lock()  # one file per process: threads starting an outage together made several
         #: Why the file could not be written, the last time it could not.
         self.error: OSError | None = None
 
@@ -243,6 +245,12 @@ class Journal:
         return self.path
 
     def _append(self, text: str) -> bool:
+        if self._pid and self._pid != os.getpid():  # a child forked, maybe while another thread held it
+            self._lock = threading.Lock()
+        with self._lock:
+            return self._append_locked(text)
+
+    def _append_locked(self, text: str) -> bool:
         path = self._own()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

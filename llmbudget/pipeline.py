@@ -289,7 +289,10 @@ class Engine:
         try:
             data = _json_body(body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            if self._budgeted():  # sent, it could be neither priced nor held against the budget
+            content_type = headers.get("content-type", "")
+            if self._budgeted() and (not content_type or "json" in content_type):
+                # sent, it could be neither priced nor held against the budget (a body labelled otherwise, a
+                # form's, is not one of these calls: it passes through)
                 raise UnreadableRequest(f"{type(exc).__name__}: {str(exc)[:200]}") from None
             return None
         if not isinstance(data, dict):

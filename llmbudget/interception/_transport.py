@@ -117,7 +117,7 @@ def _fails_closed(attempt: Attempt) -> bool:
 
 
 def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
-    """The adapter and URL path of an LLM call with a JSON body to intercept; None passes it through."""
+    """The adapter and URL path of an LLM call to intercept; None passes it through."""
     try:
         url = request.url
         path = url.path
@@ -127,8 +127,7 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
     except Exception:
         log.exception("llmbudget: could not classify a request; it passes through untouched")
         return None
-    content_type = request.headers.get("content-type", "")
-    return (adapter, path) if not content_type or "json" in content_type else None
+    return adapter, path  # (a body labelled other than JSON too: Engine.begin reads it, as lax servers do)
 
 
 def _started(attempt: Attempt, response: Any) -> None:

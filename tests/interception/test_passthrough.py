@@ -207,7 +207,9 @@ def test_other_methods_and_paths_pass_through_untouched(harness: Harness, librar
 
 @pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "multipart/form-data; boundary=x"])
-def test_non_json_content_type_passes_through_untouched(harness: Harness, library: str, content_type: str) -> None:
+def test_a_json_call_labelled_otherwise_goes_as_it_is_and_is_counted(harness: Harness, library: str,
+                                                                      content_type: str) -> None:
+    # lax servers (llama.cpp's, vLLM) read and bill such a body: passed through uncounted, it skipped every budget
     body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
     headers = {**SDK_HEADERS, "content-type": content_type}
     response = harness.send(library, "POST", "/chat/completions", body, headers=headers)
@@ -215,7 +217,14 @@ def test_non_json_content_type_passes_through_untouched(harness: Harness, librar
     assert (method, path, received) == ("POST", "/v1/chat/completions", body)
     assert _header(server_headers, "content-type") == content_type
     assert response.content == body
-    assert harness.records == []
+    assert len(harness.records) == 1
+    with llmbudget.scope(budgets=[llmbudget.Budget("0.0000001")]):
+        refused = harness.clients[library].post(harness.url + "/chat/completions", content=body, headers=headers)
+    assert refused.status_code == 402
+    form = b"--x\r\ncontent-disposition: form-data; name=file\r\n\r\n\xff\r\n--x--\r\n"  # not JSON: untouched
+    with llmbudget.scope(budgets=[llmbudget.Budget("1")]):
+        harness.send(library, "POST", "/chat/completions", form, headers=headers)
+    assert harness.received()[2] == form and harness.records == []
 
 
 def test_billed_endpoints_without_an_adapter_pass_through_and_are_said_once(harness: Harness) -> None:

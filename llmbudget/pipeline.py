@@ -1223,6 +1223,8 @@ class Attempt:
             return False
         if self.record is not None and self.record.error:  # an error the app got too (a broken stream event...)
             return False
+        if self._sse != self.call.stream:  # not the form asked for (events to a call not streamed: the app got
+            return False  # their text), which a hit, given in the form asked for, would not reproduce
         from .cache.answers import storable
 
         try:

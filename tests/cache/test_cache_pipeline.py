@@ -351,3 +351,19 @@ def test_a_cache_left_out_comes_back_with_traffic_that_stores_nothing(tmp_path, 
         assert cache.lookup(known, tenant="t").tier == "exact"  # a lookup alone tried the store: back
     finally:
         cache.close()
+
+
+def test_events_answering_a_call_not_streamed_are_not_kept(engine, tmp_path, llm_server, records):
+    """The app got their text (the SDK returns a str): a hit, given as the answer object asked for, would change
+    what it sees."""
+    def streamed(body: bytes) -> bytes:  # a gateway that always streams
+        return json.dumps({**json.loads(body), "stream": True}).encode()
+
+    engine.cache = Cache(tmp_path / "cache")
+    with proxy(llm_server, forward=streamed, content_type="text/event-stream") as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client(),
+                               max_retries=0)
+        for _ in range(2):
+            assert isinstance(client.chat.completions.create(messages=QUESTION, **ASK), str)
+        assert len(server.received) == 2
+    assert [r.from_cache for r in records] == [False, False] and records[0].usage.output_tokens > 0

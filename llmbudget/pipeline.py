@@ -387,6 +387,7 @@ class Attempt:
         self._broken_events = 0  # stream events that are not JSON
         self._unstreamed = False  # a JSON answer to a streamed request (the app's SDK read no event from it)
         self._unparsed = False  # events labelled JSON, to a request not streamed (the app's SDK raised on them)
+        self._unread_coding: str | None = None  # a content coding llmbudget decodes and httpx does not (x-gzip)
         self._sse = False
         self._json_body = False
         self._events: list[Any] = []
@@ -1042,11 +1043,12 @@ class Attempt:
             self.engine.probe_refused.add(tier)
         # events or JSON: as the request asked or the label says, until the body's first bytes say which it is
         # (see _parse: a body mislabelled by a gateway went unread, a billed call settled at ~$0)
-        self._sse = bool(self.call.body.get("stream")) or "text/event-stream" in headers.get("content-type", "")
+        self._sse = _asks_stream(self.call.body.get("stream")) or "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
         self._decoder = decoder_for(self._encoding) if applied else None  # (None: read as it comes, as httpx does)
+        self._unread_coding = "x-gzip" if "x-gzip" in applied else None  # (read for what was billed; not by httpx)
 
     def feed(self, chunk: bytes) -> None:
         """Take a chunk of the raw body as it passes to the app. Never raises."""
@@ -1075,8 +1077,7 @@ class Attempt:
             self._overflow = True
             head = bytes(self._buffer[:_TAIL_BYTES])
             self._head = head + data[: _TAIL_BYTES - len(head)]
-            if (looks := _sniffed(self._head)) is not None:  # (as _parse reads a body it keeps)
-                self._sse = looks == "events"
+            self._read_as(_sniffed(self._head))  # (as _parse reads a body it keeps)
             self._overflow_events = self._buffer.count(b"\ndata:") + data.count(b"\ndata:") + 1  # + the first
             self._tail = bytearray(self._buffer[-_TAIL_BYTES:]) + data
             del self._tail[:-_TAIL_BYTES]
@@ -1103,16 +1104,25 @@ class Attempt:
             return None
         return self.adapter.reported_usage({**(head or {}), **{k: v for k, v in (tail or {}).items() if v is not None}})
 
+    def _read_as(self, looks: str | None) -> None:
+        """Read the body as what its first bytes say (``looks``: see :func:`_sniffed`), whatever was asked for or
+        labelled: that is what was billed; and note what the app got of it: a streamed request's SDK reads no
+        event from JSON or from bytes that are neither (a queued background job is charged its worst case), and
+        another's raises on events labelled as JSON."""
+        if looks is not None:
+            self._sse = looks == "events"
+        asked = _asks_stream(self.call.body.get("stream"))
+        self._unstreamed = asked and looks != "events" and not (looks == "json" and self._queued_job())
+        self._unparsed = looks == "events" and not asked and self._json_body
+
+    def _queued_job(self) -> bool:
+        """A background Responses job answered as queued (the JSON of its start): it runs on, read or not."""
+        return self._background() and _QUEUED.search(bytes((self._head or self._buffer)[:4096])) is not None
+
     def _parse(self) -> None:
         if self._overflow or not self._buffer:
             return
-        looks = _sniffed(self._buffer)
-        if looks is not None:  # read as what it is, whatever it was asked for or labelled: that is what was billed
-            self._sse = looks == "events"
-            # what the app got of it: a streamed request's SDK reads no event from JSON (a queued background job
-            # is charged its worst case, below), and another's raises on events labelled as JSON
-            self._unstreamed = looks == "json" and self.call.stream and not self._background()
-            self._unparsed = looks == "events" and not self.call.body.get("stream") and self._json_body
+        self._read_as(_sniffed(self._buffer))
         if not self._sse:
             try:  # as the SDK reads it (httpx's json(): json.loads of the bytes, a BOM or UTF-16 detected)
                 self._json = _json_body(self._buffer)
@@ -1165,7 +1175,10 @@ class Attempt:
                 what = "an error event in the stream" if self._sse else "an error object instead of an answer"
                 return f"the server answered {what}" + (f": {str(message)[:200]}" if message else "")
         if self._unstreamed:
-            return "the server answered a streamed request in JSON, not as a stream: the app's SDK read no event"
+            return "the server answered a streamed request with no event (in JSON, or neither): the app's SDK read none"
+        if self._unread_coding:
+            return (f"the response is sent with {self._unread_coding}, which the app's HTTP client does not decode: "
+                    "it could not read the answer")
         if self._unparsed:
             return ("the server answered with a stream's events labelled as JSON: the app's SDK could not read them "
                     "(it raised on the body)")
@@ -1272,7 +1285,8 @@ class Attempt:
         else:
             self._parse()
             problem = self._body_error()
-            if problem is not None and not (state.done and state.usage is not None):
+            if problem is not None and not (state.done and state.usage is not None) and not (
+                    self._tail is not None and self._usage_from_tail() is not None):  # (too large to keep: its end)
                 # the app got this error too: what the server reported, at least what was seen
                 return self._estimated_record(self._seen_usage(), problem)
             # (a response that failed with its final usage, as a Responses one does: priced as reported)
@@ -1390,9 +1404,13 @@ class Attempt:
     def _whole_answer_coming(self) -> bool:
         """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,
         however labelled; not an ``error`` object) to a call that generates one (not an embedding)."""
-        return (self.status == 200 and not self._sse and self.call.endpoint != "embeddings"
-                and (self._json_body or _sniffed(self._buffer) == "json")  # (however labelled, as the SDK reads it)
-                and not self.call.body.get("stream") and not _ERROR_OBJECT(bytes(self._buffer[:128])))
+        start = bytes((self._head or self._buffer)[:256])  # (the body's start: kept apart once it is too large)
+        looks = _sniffed(start)
+        # JSON, however labelled and whatever was asked (a stream asked for and answered in JSON was generated
+        # whole too); a body that says neither, by its label and what was asked
+        whole = looks == "json" if looks is not None else (self._json_body and not self._sse)
+        return (self.status == 200 and whole and self.call.endpoint != "embeddings"
+                and not _ERROR_OBJECT(start[:128]))
 
     def _filled(self, usage: Usage) -> Usage:
         """The usage the server reported, with what it left out estimated (:func:`filled_usage`)."""
@@ -1492,6 +1510,15 @@ def _json_loads(text: str) -> Any:
 
 
 _EVENT_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+_QUEUED = re.compile(rb'"status"\s*:\s*"(queued|in_progress)"')
+
+
+def _asks_stream(value: Any) -> bool:
+    """Whether a request's ``stream`` asks for one, as lax servers read it: true, and "true" or 1 too (never
+    "false", which is a truthy string)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return value is True or (type(value) is int and value == 1)
 
 
 def _sniffed(body: bytes | bytearray) -> str | None:

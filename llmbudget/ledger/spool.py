@@ -26,6 +26,7 @@ import os
 import tempfile
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -167,8 +168,18 @@ def _gone(path: Path) -> bool:
     return not alive(int(pid))
 
 
+#: Every journal, for a child just forked: its locks are new (another thread of the parent may have held one).
+_JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    _MINE.clear()
+    for journal in list(_JOURNALS):
+        journal._lock = threading.Lock()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_MINE.clear)
+    os.register_at_fork(after_in_child=_forked)
 
 
 class Peeker:
@@ -233,20 +244,20 @@ class Journal:
         self.lost = 0
         self._kept: Path | None = None  # the file :meth:`keeps` found writable
         self._lock = threading.Lock()  # one file per process: threads starting an outage together made several
+        _JOURNALS.add(self)
         #: Why the file could not be written, the last time it could not.
         self.error: OSError | None = None
 
     def _own(self) -> Path:
         assert self.base is not None
         if self.path is None or self._pid != os.getpid():  # (a child forked: its own file)
-            self._pid = os.getpid()
-            self.path = self.base.with_name(f"{self.base.name}.pending-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl")
+            pid = os.getpid()
+            self.path = self.base.with_name(f"{self.base.name}.pending-{pid}-{uuid.uuid4().hex[:8]}.jsonl")
+            self._pid = pid  # (after the path: a thread that sees this pid sees its own file)
             _MINE.add(self.path)
         return self.path
 
     def _append(self, text: str) -> bool:
-        if self._pid and self._pid != os.getpid():  # a child forked, maybe while another thread held it
-            self._lock = threading.Lock()
         with self._lock:
             return self._append_locked(text)
 
@@ -292,12 +303,13 @@ class Journal:
 
     def clear(self) -> None:
         """Nothing waits any more: the file goes."""
-        if self.path is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            _MINE.discard(self.path)
-        self.path = self._kept = None
-        self.lost = 0
+        with self._lock:
+            if self.path is not None and self._pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                _MINE.discard(self.path)
+            self.path = self._kept = None
+            self.lost = 0
 
     def warn_at_exit(self, waiting: int, where: str, what: str = "budget settle(s)") -> None:
         """Log, as the process ends, what becomes of the ``waiting`` settles (``what``) that could not be written

@@ -293,7 +293,7 @@ def test_a_streamed_request_answered_in_json_is_billed_as_the_answer_and_says_th
     assert chunks == []  # the SDK read no event
     (record,) = records
     assert record.usage.output_tokens == billed["completion_tokens"] > 0 and not record.estimated
-    assert record.error is not None and "in JSON, not as a stream" in record.error
+    assert record.error is not None and "a streamed request with no event (in JSON" in record.error
 
 
 def _streamed_upstream(body: bytes) -> bytes:  # a gateway that always streams (and asks for the usage)
@@ -338,3 +338,29 @@ def test_an_empty_stream_is_recorded_as_an_answer_the_app_did_not_get(llm_server
                                                    stream=True)) == []
     (record,) = records
     assert record.error is not None and "empty body" in record.error and record.usage.output_tokens == 0
+
+
+def test_what_the_app_could_not_read_is_recorded_with_what_was_billed(llm_server, records, monkeypatch):
+    # an x-gzip answer (httpx does not decode it: the app fails), a streamed request answered with a page that is
+    # neither events nor JSON (the app reads no event), and one answered in JSON too large to keep (read from its
+    # end): each was recorded as a clean success, or its error hid the usage
+    from llmbudget import pipeline
+
+    with proxy(llm_server, rewrite=gzip.compress, encoding="x-gzip") as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        with pytest.raises(ValueError):  # (the gzip bytes: not UTF-8, not JSON)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4)
+    with proxy(llm_server, rewrite=lambda content: b"<html>busy</html>", content_type="text/html") as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        assert list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4, stream=True)) == []
+    monkeypatch.setattr(pipeline, "MAX_BODY_BYTES", 64)
+    unstreamed = lambda body: json.dumps({**json.loads(body), "stream": False}).encode()  # noqa: E731
+    with proxy(llm_server, forward=unstreamed) as server:
+        client = openai.OpenAI(base_url=base_url(server), api_key="sk-test", http_client=llmbudget.http_client())
+        assert list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=4, stream=True)) == []
+        billed = json.loads(server.sent[0])["usage"]["completion_tokens"]
+    x_gzip, page, large = records
+    assert x_gzip.error is not None and "x-gzip" in x_gzip.error and x_gzip.usage.output_tokens > 0
+    assert not x_gzip.estimated and x_gzip.from_cache is False
+    assert page.error is not None and "no event" in page.error and page.usage.output_tokens == 0
+    assert large.error is not None and "no event" in large.error and large.usage.output_tokens == billed > 0

@@ -290,7 +290,7 @@ class Engine:
             data = _json_body(body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             content_type = headers.get("content-type", "")
-            if self._budgeted() and (not content_type or "json" in content_type):
+            if self._budgeted() and (not content_type or "json" in content_type.lower()):
                 # sent, it could be neither priced nor held against the budget (a body labelled otherwise, a
                 # form's, is not one of these calls: it passes through)
                 raise UnreadableRequest(f"{type(exc).__name__}: {str(exc)[:200]}") from None

@@ -43,9 +43,9 @@ from .budgets import (
     Refusal,
     Reservation,
     _check,
-    unkept,
     _open_share,
     _reservation_ttl,
+    unkept,
 )
 
 __all__ = ["BudgetStoreUnavailable", "RedisBudgetStore", "RedisLedger"]

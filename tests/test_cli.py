@@ -631,10 +631,9 @@ def test_report_on_a_ledger_another_process_locked_says_so(tmp_path, capsys):
             "model_sent='m', model_answered='m', usage=Usage(1, 1), cost_usd=Decimal('0.01'), latency_s=0.1)); "
             "ledger.flush()")  # (made in a process of its own: a connection here would stop the exclusive lock)
     subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)
-    hold = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-            "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); "
-            "sys.stdin.readline()")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    from sqlite_locks import HOLD_EXCLUSIVE
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 from ..calls import SpendRecord
 from ..money import plain_decimal
@@ -32,6 +34,7 @@ from .budgets import (
 )
 
 log = logging.getLogger("llmbudget.ledger")
+_T = TypeVar("_T")
 
 __all__ = ["Ledger", "MemoryLedger", "SQLiteLedger"]
 
@@ -82,6 +85,16 @@ _KEPT_EVERY_S = 5.0
 
 _INSERT = ("INSERT INTO spend (time, tenant, request_id, test_id, endpoint, model, cost_usd, record)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _insert_once(conn: sqlite3.Connection, *, name: str, rows: list[tuple[object, ...]]) -> bool:
+    """Insert the rows of the kept file ``name`` unless its name is recorded already (two processes may find the
+    file: the one that records its name writes it); whether it did."""
+    if conn.execute("SELECT 1 FROM spend_kept WHERE name = ?", (name,)).fetchone() is not None:
+        return False
+    conn.executemany(_INSERT, rows)
+    conn.execute("INSERT INTO spend_kept (name) VALUES (?)", (name,))
+    return True
 
 
 def _row(r: SpendRecord) -> tuple[object, ...]:
@@ -200,16 +213,7 @@ class SQLiteLedger:
                 return True
             rows = [_row(r) for _, r in batch]
             try:
-                conn = self._ready()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if not _rollback(conn):
-                        self._local.conn = None
-                        conn.close()
-                    raise
+                self._transaction(lambda conn: conn.executemany(_INSERT, rows))
             except _SQLITE_ERRORS as exc:
                 if not self._down:
                     self._down = True
@@ -225,6 +229,21 @@ class SQLiteLedger:
                 log.warning("llmbudget: the ledger %s is written again", self.path)
             self._write_kept()
             return True
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(conn)`` in one write transaction of this thread's connection; a connection left inside the
+        transaction (its rollback failed) is closed, not used again."""
+        conn = self._ready()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if not _rollback(conn):
+                self._local.conn = None
+                conn.close()
+            raise
+        return done
 
     def _kept_files(self) -> list[Path]:
         return sorted(self.path.parent.glob(f"{glob_escape(self.path.name)}.records-*.jsonl"))
@@ -252,26 +271,14 @@ class SQLiteLedger:
                                     path, number, exc)
                         continue
                     rows.append(_row(record))
-                conn = self._ready()
-                conn.execute("BEGIN IMMEDIATE")
-                try:  # (two processes may find the file: the one that records its name writes it)
-                    written = conn.execute("SELECT 1 FROM spend_kept WHERE name = ?", (path.name,)).fetchone()
-                    if written is None:
-                        conn.executemany(_INSERT, rows)
-                        conn.execute("INSERT INTO spend_kept (name) VALUES (?)", (path.name,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if not _rollback(conn):
-                        self._local.conn = None
-                        conn.close()
-                    raise
+                written = self._transaction(functools.partial(_insert_once, name=path.name, rows=rows))
             except _SQLITE_ERRORS as exc:  # (OSError too) tried again later
                 log.warning("llmbudget: the records kept in %s could not be written to the ledger yet (%s: %s)",
                             path, type(exc).__name__, exc)
                 return
             with contextlib.suppress(OSError):
                 path.unlink()
-            if written is None:
+            if written:
                 log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to the "
                             "ledger %s", len(rows), path, self.path)
 

@@ -264,34 +264,6 @@ def test_connections_of_ended_loops_are_closed_and_a_closed_worker_stays_closed(
 
 _PRELOADED = textwrap.dedent("""
     import asyncio, os, signal, sys, time
-    from llmbudget.cache import Cache
-    cache = Cache(sys.argv[1], worker=True)  # built before the fork, as gunicorn --preload does
-    worker = cache.worker
-    while not os.path.exists(worker.socket_path):
-        time.sleep(0.05)
-    shared = worker.pid
-    child = os.fork()
-    if child == 0:
-        async def main():
-            deadline = time.monotonic() + 60
-            while worker.client() is None:  # the shared child answers the fork
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            os.kill(shared, signal.SIGKILL)  # it dies; the master never looks
-            worker._retry_s = 0.0
-            while worker.client() is None or worker.pid == shared:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            print(shared, worker.pid, flush=True)
-        asyncio.run(main())
-        cache.close()
-        os._exit(0)
-    os.waitpid(child, 0)
-""")
-
-
-_PRELOADED_HUNG = textwrap.dedent("""
-    import asyncio, os, signal, sys, time
     from llmbudget.cache import Cache, worker as module
     module.STALLED_S, module.HUNG_S = 0.2, 0.5
     cache = Cache(sys.argv[1], worker=True)  # built before the fork, as gunicorn --preload does
@@ -307,7 +279,8 @@ _PRELOADED_HUNG = textwrap.dedent("""
             while worker.client() is None:  # the shared child answers the fork
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
-            os.kill(shared, signal.SIGSTOP)  # it hangs; the master, which serves nothing, never looks
+            # it dies (SIGKILL) or hangs (SIGSTOP); the master, which serves nothing, never looks
+            os.kill(shared, getattr(signal, sys.argv[2]))
             worker._retry_s = 0.0
             while worker.client() is None or worker.pid == shared:
                 assert time.monotonic() < deadline
@@ -320,25 +293,28 @@ _PRELOADED_HUNG = textwrap.dedent("""
         cache.close()
         os._exit(0)
     os.waitpid(child, 0)
-    os.waitpid(shared, 0)  # stopped by the forked process, which could tell it was still the child
+    os.waitpid(shared, 0)  # ended: killed, or stopped by the forked process, which could tell it was the child
     print("reaped", flush=True)
 """)
+
+
+def _preloaded(tmp_path: Path, signal_name: str) -> tuple[list[str], str]:
+    done = subprocess.run([sys.executable, "-c", _PRELOADED, str(tmp_path / "cache"), signal_name],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return done.stdout.split(), done.stderr
 
 
 def test_a_forked_process_whose_shared_worker_hangs_stops_it_and_starts_its_own(tmp_path):
     # the master (gunicorn --preload) serves nothing, so it never found its child hung: the semantic tier stayed
     # off in every worker for as long as it hung
-    done = subprocess.run([sys.executable, "-c", _PRELOADED_HUNG, str(tmp_path / "cache")], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    shared, own, reaped = done.stdout.split()
-    assert shared != own and reaped == "reaped" and "shared cache worker" in done.stderr, done.stderr
+    (shared, own, reaped), err = _preloaded(tmp_path, "SIGSTOP")
+    assert shared != own and reaped == "reaped" and "shared cache worker" in err, err
 
 
 def test_a_forked_process_whose_shared_worker_died_starts_its_own(tmp_path):
-    done = subprocess.run([sys.executable, "-c", _PRELOADED, str(tmp_path / "cache")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    shared, own = done.stdout.split()
-    assert shared != own and "no longer listens" in done.stderr
+    (shared, own, reaped), err = _preloaded(tmp_path, "SIGKILL")
+    assert shared != own and reaped == "reaped" and "no longer listens" in err, err
 
 
 def test_calls_with_a_long_system_prompt_use_the_worker_too(worker_cache, records):

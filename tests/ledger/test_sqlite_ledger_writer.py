@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlite_locks import HOLD_EXCLUSIVE
 
 from llmbudget.calls import SpendRecord, Usage
 from llmbudget.ledger.records import SQLiteLedger
@@ -148,14 +149,6 @@ for i in range(3):
                            model_requested="m", model_sent="m", model_answered="m", usage=Usage(10, i),
                            cost_usd=Decimal("0.01"), latency_s=0.01, tenant="acme", request_id=f"gone{i}"))
 """
-_HOLD_EXCLUSIVE = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-"""
 
 
 def test_records_a_process_could_not_write_before_it_ended_are_kept_and_written_once(tmp_path: Path) -> None:
@@ -167,7 +160,7 @@ def test_records_a_process_could_not_write_before_it_ended_are_kept_and_written_
     path = tmp_path / "ledger.db"
     made = "import sys; from llmbudget.ledger import SQLiteLedger; SQLiteLedger(sys.argv[1]).flush()"
     subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)  # no connection here holds it
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdin=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -223,7 +216,7 @@ def test_records_kept_at_exit_are_not_also_written_by_the_writer_thread(tmp_path
     path = tmp_path / "ledger.db"
     made = "import sys; from llmbudget.ledger import SQLiteLedger; SQLiteLedger(sys.argv[1]).flush()"
     subprocess.run([sys.executable, "-c", made, str(path)], check=True, timeout=60)
-    ended = subprocess.run([sys.executable, "-c", _LOCK_GOES_DURING_EXIT, str(path), _HOLD_EXCLUSIVE],
+    ended = subprocess.run([sys.executable, "-c", _LOCK_GOES_DURING_EXIT, str(path), HOLD_EXCLUSIVE],
                            capture_output=True, text=True, timeout=60)
     assert ended.returncode == 0, ended.stderr
     SQLiteLedger(path)  # writes what was kept, if anything was

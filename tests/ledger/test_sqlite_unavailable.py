@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from sqlite_locks import HOLD_EXCLUSIVE
 
 import llmbudget
 from llmbudget.config import engine_from_config
@@ -294,14 +295,6 @@ def test_a_process_that_read_the_spend_before_reads_it_again_while_the_file_stil
     assert served == Decimal("0.15")  # what the file says is left, not what the stale read left ($0.25)
 
 
-_HOLD_EXCLUSIVE = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-"""
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
@@ -315,7 +308,7 @@ def test_a_store_and_a_ledger_made_while_their_file_cannot_be_opened_start_as_un
     made = ("import sys; from llmbudget.ledger import SQLiteBudgetStore, SQLiteLedger; "
             "SQLiteBudgetStore(sys.argv[1]); SQLiteLedger(sys.argv[2]).flush()")  # files no connection here holds
     subprocess.run([sys.executable, "-c", made, str(path), str(ledger_path)], check=True, timeout=60)
-    holders = [subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(p)], stdin=subprocess.PIPE,
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(p)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for p in (path, ledger_path)]
     try:
         for holder in holders:

@@ -325,6 +325,8 @@ class MemoryBudgetStore:
     _counters: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     _open: dict[str, tuple[Reservation, float]] = field(default_factory=dict)
     _settled: dict[str, None] = field(default_factory=dict)
+    #: Holds that expired unsettled, charged their amount (see :meth:`_expire`): a late settle replaces it.
+    _expired: dict[str, Decimal] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pruned_at: float = field(default_factory=time.monotonic)
     _clock_seen: float = 0.0  # the latest time buckets were made for (the engine's clock)
@@ -352,6 +354,7 @@ class MemoryBudgetStore:
             if reservation.id in self._settled:
                 return
             held = self._open.pop(reservation.id, None) is not None
+            charged = self._expired.pop(reservation.id, _ZERO)  # its worst case, charged when its hold expired
             self._settled[reservation.id] = None
             if len(self._settled) > 100_000:
                 del self._settled[next(iter(self._settled))]
@@ -361,20 +364,26 @@ class MemoryBudgetStore:
                 spent, reserved = self._counters[key]
                 if held:
                     reserved = max(reserved - reservation.amount, _ZERO)
-                self._counters[key] = (spent + actual, reserved)
+                self._counters[key] = (spent + actual - charged, reserved)
 
     def spent(self, key: str) -> tuple[Decimal, Decimal]:
         with self._lock:
             return self._counters.get(key, (_ZERO, _ZERO))
 
     def _expire(self, now: float) -> None:
+        """Holds past their time, never settled, are charged what they held: the call may have been served (a
+        process ended mid-call: the provider bills the answers it was generating, and a released hold let
+        calls past the limit). A settle that comes after all replaces the charge with the cost."""
         for rid, (reservation, deadline) in list(self._open.items()):
             if deadline < now:
                 del self._open[rid]
+                self._expired[rid] = reservation.amount
+                if len(self._expired) > 100_000:
+                    del self._expired[next(iter(self._expired))]
                 for key in reservation.keys:
                     if key in self._counters:
                         spent, reserved = self._counters[key]
-                        self._counters[key] = (spent, max(reserved - reservation.amount, _ZERO))
+                        self._counters[key] = (spent + reservation.amount, max(reserved - reservation.amount, _ZERO))
 
     def _prune(self) -> None:
         """Drop the counters of periods that are over and hold nothing (a process with minute budgets for
@@ -898,8 +907,8 @@ class SQLiteBudgetStore:
             "SELECT id, keys, amount FROM budget_reservations WHERE state = 'open' AND expires < ?", (now,)
         ).fetchall():
             conn.execute("UPDATE budget_reservations SET state = 'expired' WHERE id = ?", (rid,))
-            for key in json.loads(keys):
-                self._add(conn, key, _ZERO, -Decimal(amount))
+            for key in json.loads(keys):  # charged what it held (see MemoryBudgetStore._expire); a late settle
+                self._add(conn, key, Decimal(amount), -Decimal(amount))  # replaces the charge with the cost
         # Keep settled and expired ids a day, so late or repeated settles stay idempotent.
         conn.execute("DELETE FROM budget_reservations WHERE state != 'open' AND expires < ?", (now - 86400,))
         if now - self._pruned_at >= PRUNE_EVERY and self._clock_seen:
@@ -939,7 +948,7 @@ class SQLiteBudgetStore:
         return reservation
 
     def _settle_in(self, conn: sqlite3.Connection, reservation: Reservation, actual: Decimal) -> None:
-        row = conn.execute("SELECT state FROM budget_reservations WHERE id = ?", (reservation.id,)).fetchone()
+        row = conn.execute("SELECT state, amount FROM budget_reservations WHERE id = ?", (reservation.id,)).fetchone()
         if row is None and reservation.id.startswith(_LOCAL_PREFIX):
             # Served while the file was unavailable (fail-open): charge it once, remembered by its id.
             conn.execute(
@@ -950,9 +959,10 @@ class SQLiteBudgetStore:
                 self._add(conn, key, actual, _ZERO)
         elif row is not None and row[0] != "settled":
             held = reservation.amount if row[0] == "open" else _ZERO
+            charged = Decimal(row[1]) if row[0] == "expired" else _ZERO  # charged when its hold expired
             conn.execute("UPDATE budget_reservations SET state = 'settled' WHERE id = ?", (reservation.id,))
             for key in reservation.keys:
-                self._add(conn, key, actual, -held)
+                self._add(conn, key, actual - charged, -held)
 
     # -- the protocol --------------------------------------------------------------------------
 

@@ -163,14 +163,19 @@ local stale = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, tonumbe
 for _, rid in ipairs(stale) do
   local held = redis.call('HGET', data, rid)
   if held then
+    -- charged what it held (the call may have been served: a process ended mid-call), and kept as 'x' .. amount
+    -- for a settle that comes after all, which replaces the charge with the cost
     local parts = cjson.decode(held)
-    for i = 2, #parts do  -- (a key that expired meanwhile is not made again, without a TTL)
-      if parts[1] ~= '0' and redis.call('EXISTS', parts[i]) == 1
-          and redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then
-        redis.call('HSET', parts[i], 'r', 0)
+    if string.sub(parts[1], 1, 1) ~= 'x' then
+      for i = 2, #parts do  -- (a key that expired meanwhile is not made again, without a TTL)
+        if parts[1] ~= '0' and redis.call('EXISTS', parts[i]) == 1 then
+          if redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then redis.call('HSET', parts[i], 'r', 0) end
+          redis.call('HINCRBY', parts[i], 's', parts[1])
+        end
       end
+      parts[1] = 'x' .. parts[1]
+      redis.call('HSET', data, rid, cjson.encode(parts))
     end
-    redis.call('HDEL', data, rid)
   end
   redis.call('ZREM', zset, rid)
 end
@@ -219,9 +224,16 @@ _SETTLE = """
 if redis.call('HSETNX', KEYS[3], ARGV[1], 1) == 0 then return 0 end
 if redis.call('TTL', KEYS[3]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4])) end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
+local charged = nil  -- what its hold was charged when it expired (see _RESERVE), replaced by the cost
+local prior = redis.call('HGET', KEYS[2], ARGV[1])
+if prior and not held then
+  local mark = cjson.decode(prior)[1]
+  if string.sub(mark, 1, 1) == 'x' and mark ~= 'x0' then charged = string.sub(mark, 2) end
+end
 redis.call('HDEL', KEYS[2], ARGV[1])
 for i = 4, #KEYS do
   if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[i], 's', ARGV[2]) end
+  if charged and redis.call('HINCRBY', KEYS[i], 's', '-' .. charged) < 0 then redis.call('HSET', KEYS[i], 's', 0) end
   if held and ARGV[3] ~= '0' then
     if redis.call('HINCRBY', KEYS[i], 'r', '-' .. ARGV[3]) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
   end

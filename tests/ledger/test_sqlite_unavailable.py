@@ -818,9 +818,9 @@ def test_an_unexpected_store_error_refuses_a_fail_closed_budget(tmp_path: Path, 
     assert "unexpected keyword argument" in caught.value.response.json()["error"]["message"]
 
 
-def test_the_hold_of_a_killed_process_lapses_after_the_policys_reservation_ttl(tmp_path: Path) -> None:
-    """reservation_ttl could be set in Python only: from a policy file, a killed worker's holds kept a small
-    budget's room for 600 s."""
+def test_the_hold_of_a_killed_process_is_charged_after_the_policys_reservation_ttl(tmp_path: Path) -> None:
+    """reservation_ttl could be set in Python only: from a policy file, a killed worker's holds waited 600 s. Once
+    expired, a hold is charged what it held (its call may have been served), no longer released."""
     engine = engine_from_config({"budget_store": "budgets.db?reservation_ttl=1"}, root=tmp_path)
     store = engine.budget_store
     assert isinstance(store, SQLiteBudgetStore) and store.reservation_ttl == 1.0
@@ -830,8 +830,10 @@ def test_the_hold_of_a_killed_process_lapses_after_the_policys_reservation_ttl(t
     assert isinstance(store.reserve([bucket], Decimal(1)), Reservation)  # then its process dies: never settled
     survivor = SQLiteBudgetStore(f"{tmp_path / 'budgets.db'}?reservation_ttl=1")
     assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Refusal)
+    assert survivor.spent(bucket.key) == (Decimal(0), Decimal(1))
     time.sleep(1.3)
-    assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Reservation)
+    assert isinstance(survivor.reserve([bucket], Decimal("0.5")), Refusal)  # expired: charged, not released
+    assert survivor.spent(bucket.key) == (Decimal(1), Decimal(0))
 
 
 def test_the_exit_log_says_settles_are_lost_where_their_file_could_not_be_written(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]

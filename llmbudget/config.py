@@ -57,6 +57,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import re
 import sqlite3
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -294,7 +295,11 @@ class Policy:
         return cast(MetricsPolicy, self.metrics)
 
     def for_path(self, path: str) -> RoutePolicy:
-        """The settings for a request path: the first route whose glob matches, over the policy's."""
+        """The settings for a request path: the first route whose glob matches, over the policy's. Repeated
+        slashes count as one, as routers read them (werkzeug served ``//limited/chat`` as ``/limited/chat``, and
+        the route ``/limited/*``'s budgets were skipped)."""
+        if "//" in path:
+            path = re.sub(r"/{2,}", "/", path)
         for route in self.routes:
             if fnmatch.fnmatchcase(path, route.path):
                 return RoutePolicy(

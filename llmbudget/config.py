@@ -214,6 +214,13 @@ class RoutePolicy:
     defer: str | None = None
 
 
+def request_path(path: str) -> str:
+    """A request's path as routes and routing's ``never`` globs match it: repeated slashes count as one, as routers
+    read them (werkzeug served ``//limited/chat`` as ``/limited/chat``, and the route ``/limited/*``'s budgets were
+    skipped)."""
+    return re.sub(r"/{2,}", "/", path) if "//" in path else path
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """What the middleware does with each request: tenant, budgets, routes, headers, metrics.
@@ -295,11 +302,9 @@ class Policy:
         return cast(MetricsPolicy, self.metrics)
 
     def for_path(self, path: str) -> RoutePolicy:
-        """The settings for a request path: the first route whose glob matches, over the policy's. Repeated
-        slashes count as one, as routers read them (werkzeug served ``//limited/chat`` as ``/limited/chat``, and
-        the route ``/limited/*``'s budgets were skipped)."""
-        if "//" in path:
-            path = re.sub(r"/{2,}", "/", path)
+        """The settings for a request path (read as :func:`request_path` reads it): the first route whose glob
+        matches, over the policy's."""
+        path = request_path(path)
         for route in self.routes:
             if fnmatch.fnmatchcase(path, route.path):
                 return RoutePolicy(

@@ -59,6 +59,7 @@ from .config import (
     Route,
     RoutePolicy,
     check_route_tiers,
+    request_path,
 )
 from .interception.install import install as _install
 from .ledger.budgets import Refusal
@@ -690,7 +691,7 @@ class LLMBudgetMiddleware(_Core):
         if kind not in ("http", "websocket") or self.nested(scope):
             await self.app(scope, receive, send)
             return
-        path = _route_path(scope)
+        path = request_path(_route_path(scope))  # (as routes and routing's never globs read it)
         if self.metrics_path is not None and path == self.metrics_path and kind == "http":
             await _asgi_answer(send, *self.metrics_answer(scope.get("method", "GET")))
             return
@@ -1015,7 +1016,7 @@ class LLMBudgetWSGIMiddleware(_Core):
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if self.nested(environ):
             return self.app(environ, start_response)
-        path = environ.get("PATH_INFO") or "/"
+        path = request_path(environ.get("PATH_INFO") or "/")  # (as routes and routing's never globs read it)
         method = environ.get("REQUEST_METHOD", "GET")
         if self.metrics_path is not None and path == self.metrics_path:
             status, headers, body = self.metrics_answer(method)

@@ -573,3 +573,21 @@ def test_spend_headers_are_added_beside_header_names_an_app_sends_as_str(engine:
     asyncio.run(LLMBudgetMiddleware(app, policy=Policy(headers=True), install=False)(scope, receive, send))
     names = [name for name, _ in sent[0]["headers"]]
     assert sent[0]["status"] == 200 and names[0] == "content-type" and b"x-llmbudget-calls" in names
+
+
+def test_routes_and_routings_never_globs_read_repeated_slashes_as_one(engine: llmbudget.Engine) -> None:
+    """werkzeug serves //secret/chat as /secret/chat: the route /secret/*'s budgets were skipped, and routing's
+    never globs, given the path as it came, sent such a request to the small tier."""
+    from llmbudget.scope import app_path
+
+    seen: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(app_path.get())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = TestClient(LLMBudgetMiddleware(inner, policy=Policy(), install=False))
+    client.get("/secret//chat")
+    assert seen == ["/secret/chat"]
+    assert Policy(routes=[PolicyRoute("/secret/*", enabled=False)]).for_path("//secret/chat").route == "/secret/*"

@@ -378,8 +378,10 @@ class MemoryBudgetStore:
             if deadline < now:
                 del self._open[rid]
                 self._expired[rid] = reservation.amount
-                if len(self._expired) > 100_000:
-                    del self._expired[next(iter(self._expired))]
+                if len(self._expired) > 100_000:  # the oldest forgotten: its late settle changes nothing (the
+                    oldest = next(iter(self._expired))  # charge stands), never charged on top of it
+                    del self._expired[oldest]
+                    self._settled[oldest] = None
                 for key in reservation.keys:
                     if key in self._counters:
                         spent, reserved = self._counters[key]

@@ -150,7 +150,8 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 
 # KEYS: reservations zset, reservation data hash, the settled ids' hash of the reservation's hour, bucket hashes...
-# ARGV: now is taken from the server; id, amount, ttl_ms, expire batch, then per bucket: limit, expire_at_ms
+# ARGV: now is taken from the server; id, amount, ttl_ms, expire batch, settled ttl (s), then per bucket: limit,
+# expire_at_ms
 # A reservation id held or settled already is not held again: redis-py sends a command once more on a new
 # connection after a timeout, and the first copy, left on the old one, still runs once Redis answers (a pause
 # just past the client's timeout held the amount twice, and the settle freed it once: an orphaned hold).
@@ -160,21 +161,26 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local zset, data = KEYS[1], KEYS[2]
 if redis.call('ZSCORE', zset, ARGV[1]) or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {2, 0} end
 local stale = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local base = string.match(KEYS[3], '^(.*settled:)')
 for _, rid in ipairs(stale) do
   local held = redis.call('HGET', data, rid)
   if held then
-    -- charged what it held (the call may have been served: a process ended mid-call), and kept as 'x' .. amount
-    -- for a settle that comes after all, which replaces the charge with the cost
+    -- charged what it held (the call may have been served: a process ended mid-call); remembered as 'x' .. amount
+    -- where its settle is remembered (the hash of its id's hour, which expires), for a settle that comes after
+    -- all, which replaces the charge with the cost (and for a copy of its reserve, which finds it there)
     local parts = cjson.decode(held)
-    if string.sub(parts[1], 1, 1) ~= 'x' then
-      for i = 2, #parts do  -- (a key that expired meanwhile is not made again, without a TTL)
-        if parts[1] ~= '0' and redis.call('EXISTS', parts[i]) == 1 then
-          if redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then redis.call('HSET', parts[i], 'r', 0) end
-          redis.call('HINCRBY', parts[i], 's', parts[1])
-        end
+    for i = 2, #parts do  -- (a key that expired meanwhile is not made again, without a TTL)
+      if parts[1] ~= '0' and redis.call('EXISTS', parts[i]) == 1 then
+        if redis.call('HINCRBY', parts[i], 'r', '-' .. parts[1]) < 0 then redis.call('HSET', parts[i], 'r', 0) end
+        redis.call('HINCRBY', parts[i], 's', parts[1])
       end
-      parts[1] = 'x' .. parts[1]
-      redis.call('HSET', data, rid, cjson.encode(parts))
+    end
+    redis.call('HDEL', data, rid)
+    if base then  -- (the bucket as _settled_bucket names it)
+      local hour, rest = string.match(rid, '^([^%.]+)%.(.*)$')
+      local settled = base .. (hour and (hour .. ':' .. string.sub(rest, 1, 2)) or ('0:' .. string.sub(rid, -2)))
+      redis.call('HSETNX', settled, rid, 'x' .. parts[1])
+      if redis.call('TTL', settled) < tonumber(ARGV[5]) then redis.call('EXPIRE', settled, tonumber(ARGV[5])) end
     end
   end
   redis.call('ZREM', zset, rid)
@@ -195,7 +201,7 @@ for i = 4, #KEYS do
   counters[#counters + 1] = r
   local shi, slo = split(s)
   local rhi, rlo = split(r)
-  local lhi, llo = split(ARGV[3 + 2 * (i - 3)])
+  local lhi, llo = split(ARGV[4 + 2 * (i - 3)])
   local lo = slo + rlo + alo
   local hi = shi + rhi + ahi + math.floor(lo / 1000000000)
   lo = lo % 1000000000
@@ -206,9 +212,9 @@ end
 local keys = {amount}
 for i = 4, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
-  local exp = math.max(tonumber(ARGV[4 + 2 * (i - 3)]), now + 60000)
+  local exp = math.max(tonumber(ARGV[5 + 2 * (i - 3)]), now + 60000)
   local left = redis.call('PTTL', KEYS[i])  -- only ever later: a batch call's long hold keeps its key
-  if tonumber(ARGV[4 + 2 * (i - 3)]) > 0 and (left < 0 or now + left < exp) then
+  if tonumber(ARGV[5 + 2 * (i - 3)]) > 0 and (left < 0 or now + left < exp) then
     redis.call('PEXPIREAT', KEYS[i], exp)
   end
   keys[#keys + 1] = KEYS[i]
@@ -221,19 +227,21 @@ return {1, 0, unpack(counters)}
 # KEYS: reservations zset, reservation data hash, the settled ids' hash of the reservation's hour, bucket hashes...
 # ARGV: id, actual, amount, settled ttl (s), then per bucket: expire_at_ms (0: leave)
 _SETTLE = """
-if redis.call('HSETNX', KEYS[3], ARGV[1], 1) == 0 then return 0 end
+local prior = redis.call('HGET', KEYS[3], ARGV[1])
+if prior and string.sub(prior, 1, 1) ~= 'x' then return 0 end  -- settled already
+local charged = nil  -- what its hold was charged when it expired (see _RESERVE): replaced by the cost
+if prior and prior ~= 'x0' then charged = string.sub(prior, 2) end
+redis.call('HSET', KEYS[3], ARGV[1], 1)
 if redis.call('TTL', KEYS[3]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4])) end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
-local charged = nil  -- what its hold was charged when it expired (see _RESERVE), replaced by the cost
-local prior = redis.call('HGET', KEYS[2], ARGV[1])
-if prior and not held then
-  local mark = cjson.decode(prior)[1]
-  if string.sub(mark, 1, 1) == 'x' and mark ~= 'x0' then charged = string.sub(mark, 2) end
-end
 redis.call('HDEL', KEYS[2], ARGV[1])
 for i = 4, #KEYS do
+  -- (a key gone meanwhile, its period over, is not made again by taking the charge back)
+  if charged and redis.call('EXISTS', KEYS[i]) == 1
+      and redis.call('HINCRBY', KEYS[i], 's', '-' .. charged) < 0 then
+    redis.call('HSET', KEYS[i], 's', 0)
+  end
   if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[i], 's', ARGV[2]) end
-  if charged and redis.call('HINCRBY', KEYS[i], 's', '-' .. charged) < 0 then redis.call('HSET', KEYS[i], 's', 0) end
   if held and ARGV[3] ~= '0' then
     if redis.call('HINCRBY', KEYS[i], 'r', '-' .. ARGV[3]) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
   end
@@ -536,7 +544,7 @@ class RedisBudgetStore:
                        ) -> Reservation | Refusal:
         rid = _new_id()
         now = time.time()
-        args: list[Any] = [rid, pico, int(ttl * 1000), _EXPIRE_BATCH]
+        args: list[Any] = [rid, pico, int(ttl * 1000), _EXPIRE_BATCH, _SETTLED_TTL_S + 3600]
         for bucket in buckets:
             resets = bucket.resets_at
             if resets is not None:

@@ -940,3 +940,24 @@ def test_fail_open_refuses_what_it_cannot_keep_in_its_state_folder(server: _Serv
         assert isinstance(other.reserve([bucket], Decimal("0.1")), Reservation)  # where it can be kept: served
     finally:
         server.start()
+
+
+def test_a_charged_expiry_is_remembered_where_settles_are_and_taken_back_once(server: _Server) -> None:
+    """The marks of expired holds stayed in the reservations' hash for good; a copy of the reserve coming after the
+    sweep held the id again and its settle never took the charge back (spent 0.55 for a 0.25 call); a release of a
+    hold whose key had gone made the key again, with no TTL."""
+    import redis as redis_module
+
+    store = RedisBudgetStore(server.url, prefix="charged:", reservation_ttl=0.2)
+    bucket = _now_bucket("1.00")
+    held = [store.reserve([bucket], Decimal("0.1")) for _ in range(3)]
+    assert all(isinstance(h, Reservation) for h in held)
+    time.sleep(0.3)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # sweeps the three: charged
+    assert store.spent(bucket.key) == (Decimal("0.3"), Decimal("0.01"))
+    client = redis_module.Redis.from_url(server.url)
+    assert client.hlen("charged:reservation-data") <= 1  # only the open hold's entry is left
+    store.settle(held[0], Decimal("0.05"))  # served after all
+    store.settle(held[0], Decimal("0.05"))
+    store.settle(held[1], Decimal(0))  # never sent
+    assert store.spent(bucket.key) == (Decimal("0.15"), Decimal("0.01"))

@@ -20,6 +20,9 @@ What it never does is make a call fail or wait long:
   it answers again; a child that has left a question unanswered for :data:`HUNG_S` seconds is stopped and started
   again (by a process forked from the one that started it too: it stops the child, where it can tell that
   process id is still the child's, and starts one of its own);
+- it runs at a lower CPU priority than the app (:attr:`CacheWorker.nice`): where the cores are busy, requests
+  are served first and the semantic tier gets the time left (its questions then wait longer, and are misses past
+  the timeout);
 - it ends with the process that started it and every process forked from that one (it watches a pipe only they
   hold open), and removes its folder. A child that died is started again, after 5 s and then at most once a
   minute; a forked process whose shared child died starts one of its own.
@@ -121,9 +124,14 @@ class CacheWorker:
     timeout: float = 0.5
     #: Questions waiting on the child (per event loop) beyond which the semantic tier is a miss.
     max_waiting: int = 256
+    #: How much lower the child's CPU priority is than the app's (``os.nice``; 0: the same). Where the cores are
+    #: busy, the app's requests run first and the semantic tier takes what is left: its questions then wait
+    #: longer, and one unanswered within :attr:`timeout` is a miss. With cores to spare it changes nothing.
+    nice: int = 10
 
     def __init__(self, path: str, options: Mapping[str, Any], *, reranker: bool = False) -> None:
-        self._spec = {"path": path, "options": dict(options), "reranker": reranker, "timeout": self.timeout}
+        self._spec = {"path": path, "options": dict(options), "reranker": reranker, "timeout": self.timeout,
+                      "nice": self.nice}
         pickle.dumps(self._spec)  # fails here, in the app's start, rather than in the child
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -583,4 +591,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="llmbudget cache worker: %(levelname)s %(message)s")
     socket_path, parent_fd = sys.argv[-2], int(sys.argv[-1])
     spec = pickle.load(sys.stdin.buffer)
+    if spec.get("nice"):
+        try:
+            os.nice(int(spec["nice"]))
+        except OSError as exc:  # a sandbox that forbids it: the child runs at the app's priority
+            log.warning("the cache worker's priority could not be lowered (%s)", exc)
     _serve(socket_path, parent_fd, spec)

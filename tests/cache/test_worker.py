@@ -483,3 +483,18 @@ def test_questions_asked_in_one_turn_of_the_loop_go_to_the_child_in_one_write(tm
         cache.close()
     assert found == [None] * 8 and unanswered == 0  # each answered (a miss: nothing stored), none timed out
     assert len(writes) == 1
+
+
+def test_the_child_runs_at_a_lower_cpu_priority_than_the_app(tmp_path):
+    """Where the cores are busy, the app's requests come first: the semantic tier gets the time left."""
+    cache = Cache(tmp_path / "cache", worker=True)
+    try:
+        assert cache.worker is not None
+        deadline = time.monotonic() + 60
+        while not Path(cache.worker.socket_path).exists():  # set before it listens
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.05)
+        app = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, cache.worker.pid) == min(app + cache.worker.nice, 19)
+    finally:
+        cache.close()

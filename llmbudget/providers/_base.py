@@ -130,8 +130,18 @@ class ResponseState:
 
 
 def _count(value: Any) -> int | None:
-    """A positive whole number from a request (``100000.0`` too, which lax servers take as the limit it equals:
-    read as none, the call was held at a default far below what it could spend); else None."""
+    """A positive whole number from a request; else None. Written as a whole float (``100000.0``) or as a string
+    (``"4"``, ``" 4 "``, ``"4.0"``) too, which lax servers (pydantic's, as vLLM and llama.cpp's Python server use)
+    take as the number it names: read as none, the call was held at a default far below what it could spend."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

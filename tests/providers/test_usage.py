@@ -762,10 +762,13 @@ def test_an_azure_stream_is_priced_by_the_model_its_chunks_name_not_its_filter_r
     ({"max_tokens": 100_000}, {"max_tokens": 100_000.0}),
     ({"max_tokens": 5000, "n": 10}, {"max_tokens": 5000, "n": 10.0}),
     ({"max_completion_tokens": 64}, {"max_completion_tokens": 64.0}),
+    ({"max_tokens": 1000, "n": 4}, {"max_tokens": 1000, "n": "4"}),
+    ({"max_tokens": 100_000}, {"max_tokens": " 100000 "}),
+    ({"max_tokens": 5000, "n": 10}, {"max_tokens": "5000.0", "n": "10"}),
 ])
 def test_a_limit_written_as_a_whole_float_holds_what_its_integer_holds(limits, floats):
-    """Lax servers take 100000.0 as 100000: read as no limit, the call was held at a default far below it and a
-    $0.10 request budget let a $1 call through."""
+    """Lax servers take 100000.0 (and "100000", "4" for n) as 100000: read as no limit, the call was held at a
+    default far below it and a $0.10 request budget let a $1 call through."""
     import json
 
     import llmbudget
@@ -778,3 +781,4 @@ def test_a_limit_written_as_a_whole_float_holds_what_its_integer_holds(limits, f
         return attempt.worst_usage().output_tokens
 
     assert worst(floats) == worst(limits) and worst({"max_tokens": 12.5}) == worst({})  # (not whole: no limit)
+    assert worst({"max_tokens": "lots"}) == worst({"max_tokens": "12.5"}) == worst({"max_tokens": "nan"}) == worst({})

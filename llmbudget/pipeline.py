@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from . import tokens
 from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
-from .caps import apply_cap, has_limit, suited, thinks
+from .caps import apply_cap, has_limit, reasoning_model, suited, thinks
 from .defer import Batcher
 from .encodings import Decoder, codings, decoder_for
 from .ledger.budgets import (
@@ -201,6 +201,10 @@ class Engine:
         #: (base URL, model) of small tiers that answered the cascade's log-probabilities with HTTP 400 and the
         #: same call without them with an answer: their calls are sent without the probe from then on.
         self.probe_refused: set[tuple[str, str]] = set()
+        #: (base URL, model) that answered a stream's ``stream_options`` llmbudget added with HTTP 400 and the
+        #: same call without it with an answer: their streams are sent as the app wrote them from then on.
+        self.usage_option_refused: set[tuple[str, str]] = set()
+        self._unreadable_warned = False
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -294,6 +298,11 @@ class Engine:
                 # sent, it could be neither priced nor held against the budget (a body labelled otherwise, a
                 # form's, is not one of these calls: it passes through)
                 raise UnreadableRequest(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            if not self._unreadable_warned:  # (once: the app's own calls, each failing or billed alike)
+                self._unreadable_warned = True
+                log.warning("llmbudget: an LLM call to %s whose body cannot be read as JSON (%s) went out unpriced "
+                            "and unrecorded (no budget applies to it; under one it is refused); later ones are not "
+                            "logged", path, type(exc).__name__)
             return None
         if not isinstance(data, dict):
             return None
@@ -424,6 +433,15 @@ class Attempt:
         self.probed = False
         #: A call sent again without the probe, which its tier refused (HTTP 400).
         self.no_probe = False
+        #: A stream of a model whose reasoning is hidden, for which llmbudget asked the usage (``stream_options``
+        #: ``include_usage``) that the app did not: the usage's own event is taken out before the app sees it.
+        self.usage_added = False
+        #: A stream sent again without that option, which its server refused (HTTP 400).
+        self.no_usage_option = False
+        self._unshown = bytearray()  # (usage_added: the start of an event not yet passed on whole)
+        self._scanned = 0  # (of it, the bytes already read for the blank line that ends an event)
+        self._line_start = True  # (whether the byte at _scanned starts a line)
+        self._event_stream = False  # (the answer is labelled as events)
         #: llmbudget added an Anthropic cache breakpoint ([prefix_cache] breakpoints = "auto").
         self.breakpoint = False
         #: The length directive or schema cap applied (``record.output``), if any.
@@ -880,6 +898,16 @@ class Attempt:
                     self.cascade = True
             log.debug("llmbudget route: tier=%s score=%s threshold=%s reason=%s features=%s",
                       decision.tier, decision.score, decision.threshold, decision.reason, decision.features)
+        if (call.endpoint == "chat.completions" and _asks_stream(body.get("stream")) and not self.no_usage_option
+                and (reasoning_model(body.get("model")) or _unknown_model(base_url)) and not REPLAYED_STREAM.get()
+                and (base_url, body.get("model") or "") not in engine.usage_option_refused):
+            # its reasoning tokens are billed as output but never streamed: without the usage the server reports
+            # when asked, the stream was priced from its visible text, a fraction of the bill (an Azure
+            # deployment's name says nothing of its model: an o3-mini deployment named "classifier")
+            options = body.get("stream_options")
+            if options is None or (isinstance(options, dict) and options.get("include_usage") in (None, False)):
+                body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+                self.usage_added = True
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
                 and call.endpoint in ("chat.completions", "responses") and _openai(base_url)):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
@@ -937,10 +965,11 @@ class Attempt:
                 and not self.call.body.get("background")  # a queued job has no answer to judge yet
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
-    def probe_refused(self) -> bool:
-        """Whether the tier answered the cascade's probe (log-probabilities the app did not ask for) with HTTP
-        400, as providers that do not return them do: the call is sent again without it."""
-        return self.probed and self.status == 400
+    def addition_refused(self) -> bool:
+        """Whether the server answered with HTTP 400 a request to which llmbudget added what the app did not ask
+        for: the cascade's probe (log-probabilities, which some providers do not return) or a stream's usage
+        option (which some servers do not take). The call is then sent again without it, if the error names it."""
+        return (self.probed or self.usage_added) and self.status == 400
 
     def tier_failed(self, *, unreachable: bool = False) -> bool:
         """Whether the tier routing (or a budget's downgrade) sent this call to failed it where the app's own
@@ -1041,10 +1070,15 @@ class Attempt:
             log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
                         "stand as they are", *reversed(tier))
             self.engine.probe_refused.add(tier)
+        if self.no_usage_option and status < 400 and tier not in self.engine.usage_option_refused:
+            log.warning("llmbudget: %s at %s refuses stream_options: its streams, which report no usage then, are "
+                        "priced from the text they stream (its hidden reasoning is not in it)", *reversed(tier))
+            self.engine.usage_option_refused.add(tier)
         # events or JSON: as the request asked or the label says, until the body's first bytes say which it is
         # (see _parse: a body mislabelled by a gateway went unread, a billed call settled at ~$0)
         self._sse = _asks_stream(self.call.body.get("stream")) or "text/event-stream" in headers.get("content-type", "")
         self._json_body = "json" in headers.get("content-type", "")
+        self._event_stream = "text/event-stream" in headers.get("content-type", "")
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
         self._decoder = decoder_for(self._encoding) if applied else None  # (None: read as it comes, as httpx does)
@@ -1065,6 +1099,40 @@ class Attempt:
         except Exception:  # noqa: BLE001 - zlib's, brotli's or zstd's error: a body the app cannot read either
             self._overflow, self._tail = True, None
             self._undecodable = self._encoding
+
+    def shown(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` the app sees: all of it, unless llmbudget asked a stream's usage for the app
+        (:attr:`usage_added`). The event that carries it (no choices, the usage) is then taken out, and the
+        ``"usage": null`` the others carry with it; the events are passed on whole, the start of one held until
+        the blank line that ends it (:meth:`shown_rest` gives what is held at the end). A body that is not
+        labelled as events, has a content coding (it was asked for none) or is an error is passed on as it
+        came."""
+        if not self.usage_added or not self._event_stream or self._decoder is not None or self.status != 200:
+            return chunk
+        held = self._unshown
+        held += chunk
+        events: list[bytes] = []
+        start, line_start, at = 0, self._line_start, self._scanned
+        for end in _LINE_END.finditer(held, at):
+            if end.group() == b"\r" and end.end() == len(held):  # a CR that a LF may follow in the next chunk
+                break
+            if line_start and end.start() == at:  # an empty line: it ends the event
+                events.append(bytes(held[start:end.end()]))
+                start = end.end()
+            at, line_start = end.end(), True
+        else:
+            at = len(held)
+            line_start = at == 0 or held[at - 1] in b"\r\n"
+        if at > 0 and held[at - 1:at] not in (b"\r", b"\n"):  # mid-line: no empty line can begin there
+            line_start = False
+        self._scanned, self._line_start = at - start, line_start
+        del held[:start]
+        return b"".join(_shown_event(event) for event in events)
+
+    def shown_rest(self) -> bytes:
+        """What :meth:`shown` held at the stream's end (an event without its blank line)."""
+        rest, self._unshown, self._scanned = bytes(self._unshown), bytearray(), 0
+        return _shown_event(rest) if rest else b""
 
     def _take(self, data: bytes) -> None:
         """Keep a decoded piece of the body: all of it up to ``MAX_BODY_BYTES``, then its head and end."""
@@ -1519,6 +1587,35 @@ def _asks_stream(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1")
     return value is True or (type(value) is int and value == 1)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]').search
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+def _shown_event(event: bytes) -> bytes:
+    """An event of a stream whose usage llmbudget asked for the app: none for the usage's own, else the event
+    without the ``"usage": null`` the server adds to each chunk then (its SDK object's ``to_json()`` would show
+    it)."""
+    if b'"usage"' not in event:
+        return event
+    if _usage_only(event):
+        return b""
+    return _USAGE_NULL.sub(b"", event)
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether an event is a chat stream's usage chunk (``"choices": []`` and its ``usage``), which the server
+    sends when asked ``stream_options.include_usage``."""
+    if b'"usage"' not in event or not _NO_CHOICES(event):
+        return False
+    data = b"".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
 def _sniffed(body: bytes | bytearray) -> str | None:

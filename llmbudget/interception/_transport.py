@@ -151,6 +151,8 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
         return request, refusal
     url = str(request.url)
     headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
+    if attempt.usage_added:  # the usage's event is taken out of the events: they must come as they are
+        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("accept-encoding", "identity")]
     if attempt.call.base_url != original_base and url.startswith(original_base):
         tier_base, _, tier_query = attempt.call.base_url.partition("?")  # a tier's own query (Azure's api-version)
         url = tier_base + url[len(original_base):]
@@ -327,16 +329,22 @@ async def _error_body_async(read: Callable[[], Awaitable[bytes]]) -> bytes:
         return b""
 
 
-def _without_probe(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], error: bytes) -> Attempt | None:
-    """The same call again without the cascade's probe, after its tier refused it (:meth:`Attempt.probe_refused`)
-    with an ``error`` that names log-probabilities (a 400 for another reason, a prompt too long, goes on as any
-    tier's refusal does)."""
-    if b"logprob" not in error.lower():
+def _without_addition(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], error: bytes) -> Attempt | None:
+    """The same call again without what llmbudget added to it, after its server refused it
+    (:meth:`Attempt.addition_refused`) with an ``error`` that names it: the cascade's log-probabilities, or a
+    stream's ``stream_options`` (a 400 for another reason, a prompt too long, goes on as any refusal does)."""
+    lowered = error.lower()
+    probe = attempt.probed and b"logprob" in lowered
+    usage = attempt.usage_added and b"stream_options" in lowered
+    if not (probe or usage):
         return None
     retry = _begin(request, request.content, wanted)
     if not isinstance(retry, Attempt):
         return None
-    retry.no_probe = True
+    retry.no_probe, retry.no_usage_option = attempt.no_probe or probe, attempt.no_usage_option or usage
+    # an escalation's (or a failed tier's) retry stays one: the same tier, its reason, the saving it takes back
+    retry.force_tier, retry.escalated_from = attempt.force_tier, attempt.escalated_from
+    retry.routing_offset_usd = attempt.routing_offset_usd
     retry.continues(attempt)
     return retry
 
@@ -518,7 +526,12 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 for chunk in self._inner:
                     attempt.feed(chunk)
-                    yield chunk
+                    shown = attempt.shown(chunk)
+                    if shown:
+                        yield shown
+                rest = attempt.shown_rest()
+                if rest:
+                    yield rest
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 attempt.finish(complete=False, error=exc)
                 raise
@@ -541,7 +554,12 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 async for chunk in self._inner:
                     attempt.feed(chunk)
-                    yield chunk
+                    shown = attempt.shown(chunk)
+                    if shown:
+                        yield shown
+                rest = attempt.shown_rest()
+                if rest:
+                    yield rest
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 await _finish(attempt, complete=False, error=exc)
                 raise
@@ -612,22 +630,17 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 return _answered(httpx, request, attempt)[1]
             path = wanted[1]
             try:
-                response = self._through(request, attempt, path)
-                if attempt.probe_refused():
-                    unprobed = _without_probe(request, attempt, wanted, _error_body(response.read))
-                    if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
-                        response.close()
-                        attempt, response = unprobed, self._through(request, unprobed, path)
+                attempt, response = self._sent(request, attempt, wanted)
             except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
                 retry = None if isinstance(exc, _WAITED) else _escalation(
                     request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
-                return self._through(request, retry, path)
+                return self._sent(request, retry, wanted)[1]
             retry = _escalation(request, attempt, _failure_reason(attempt), wanted)
             if retry is not None:  # a 4xx or 5xx: nothing to keep, not even when the retry is refused
                 response.close()
-                return self._through(request, retry, path)
+                return self._sent(request, retry, wanted)[1]
             if not (attempt.may_escalate() and attempt.status == 200):
                 return response
             response.read()  # settles the weak tier's attempt
@@ -654,6 +667,17 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     return _unprobed(httpx, response, attempt)
             response.close()
             return answer
+
+        def _sent(self, request: Any, attempt: Attempt, wanted: tuple[Adapter, str]) -> tuple[Attempt, Any]:
+            """The attempt and its response; sent again without what llmbudget added, where the server refused
+            it (:func:`_without_addition`)."""
+            response = self._through(request, attempt, wanted[1])
+            if attempt.addition_refused():
+                plain = _without_addition(request, attempt, wanted, _error_body(response.read))
+                if plain is not None:  # the server takes no log-probabilities, or no stream_options
+                    response.close()
+                    attempt, response = plain, self._through(request, plain, wanted[1])
+            return attempt, response
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = _open(httpx, request, attempt, path)
@@ -703,22 +727,17 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 return _answered(httpx, request, attempt)[1]
             path = wanted[1]
             try:
-                response = await self._through(request, attempt, path)
-                if attempt.probe_refused():
-                    unprobed = _without_probe(request, attempt, wanted, await _error_body_async(response.aread))
-                    if unprobed is not None:  # the tier takes no log-probabilities: asked again without them
-                        await response.aclose()
-                        attempt, response = unprobed, await self._through(request, unprobed, path)
+                attempt, response = await self._sent(request, attempt, wanted)
             except _NO_ANSWER as exc:  # a tier on another host that gave no answer: the strong tier's turn
                 retry = None if isinstance(exc, _WAITED) else _escalation(
                     request, attempt, _failure_reason(attempt, exc), wanted)
                 if retry is None:
                     raise
-                return await self._through(request, retry, path)
+                return (await self._sent(request, retry, wanted))[1]
             retry = _escalation(request, attempt, _failure_reason(attempt), wanted)
             if retry is not None:  # a 4xx or 5xx: nothing to keep, not even when the retry is refused
                 await response.aclose()
-                return await self._through(request, retry, path)
+                return (await self._sent(request, retry, wanted))[1]
             if not (attempt.may_escalate() and attempt.status == 200):
                 return response
             await response.aread()  # settles the weak tier's attempt
@@ -744,6 +763,17 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     return _unprobed(httpx, response, attempt)
             await response.aclose()
             return answer
+
+        async def _sent(self, request: Any, attempt: Attempt, wanted: tuple[Adapter, str]) -> tuple[Attempt, Any]:
+            """The attempt and its response; sent again without what llmbudget added, where the server refused
+            it (:func:`_without_addition`)."""
+            response = await self._through(request, attempt, wanted[1])
+            if attempt.addition_refused():
+                plain = _without_addition(request, attempt, wanted, await _error_body_async(response.aread))
+                if plain is not None:  # the server takes no log-probabilities, or no stream_options
+                    await response.aclose()
+                    attempt, response = plain, await self._through(request, plain, wanted[1])
+            return attempt, response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
             request, answer = await _open_async(httpx, request, attempt, path)

@@ -136,6 +136,11 @@ def test_any_json_value_passes_through(harness: Harness, library: str, value: An
 @given(request=CHAT_REQUESTS, ascii_only=st.booleans())
 def test_chat_shaped_requests_pass_through(harness: Harness, library: str, request: dict[str, Any],
                                            ascii_only: bool) -> None:
+    if request["model"] == "o3" and request.get("stream") is True:  # a reasoning model's stream: asked its usage
+        response = harness.send(library, "POST", "/chat/completions", _encoded(request, ascii_only))
+        assert json.loads(harness.received()[2]) == {**request, "stream_options": {"include_usage": True}}
+        assert len(harness.records) == 1 and response.status_code == 200
+        return
     _check_round_trip(harness, library, _encoded(request, ascii_only))
 
 
@@ -375,5 +380,14 @@ def test_a_body_llmbudget_cannot_read_is_refused_where_a_budget_applies_else_pas
     assert refused.status_code == 400 and refused.headers["x-llmbudget-refused"] == "unreadable-request"
     assert refused.json()["error"]["code"] == "llmbudget_unreadable_request"
     assert harness.server.received == [] and harness.records == []  # never sent
-    response = harness.send(library, "POST", "/chat/completions", body)  # no budget: untouched, as before
-    assert harness.received()[2] == body and response.content == body
+    warnings = _Errors()  # no budget: untouched, as before, and said once (it goes out unpriced and unrecorded)
+    warnings.setLevel(logging.WARNING)
+    harness.engine._unreadable_warned = False  # (the module's engine: said once per engine)
+    logging.getLogger("llmbudget").addHandler(warnings)
+    try:
+        for _ in range(2):
+            response = harness.send(library, "POST", "/chat/completions", body)
+            assert harness.received()[2] == body and response.content == body
+    finally:
+        logging.getLogger("llmbudget").removeHandler(warnings)
+    assert [m for m in warnings.seen if "unpriced and unrecorded" in m] == warnings.seen and len(warnings.seen) == 1

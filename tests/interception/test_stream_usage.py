@@ -1,0 +1,225 @@
+"""Streams of reasoning models: their hidden reasoning is billed as output but never streamed, so llmbudget asks the
+server for the stream's usage (``stream_options.include_usage``) and takes that event out again before the app
+sees it. Against llama.cpp's own server (real, Gemma 3 270M), which reports a stream's usage as OpenAI does:
+in a last chunk with no choices, only when asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import openai
+import pytest
+from servers import base_url, proxy
+
+import llmbudget
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _reported(answers: list[bytes]):  # type: ignore[no-untyped-def]
+    """A proxy rewrite that keeps the usage each answer reported (the server's own count)."""
+
+    def keep(content: bytes) -> bytes:
+        answers.append(content)
+        return content
+
+    return keep
+
+
+def _usage_in(content: bytes) -> dict[str, Any] | None:
+    for line in content.splitlines():
+        if line.startswith(b"data: {"):
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                return chunk["usage"]
+    return None
+
+
+def _sent(upstream: Any) -> list[dict[str, Any]]:
+    return [json.loads(body) for method, _, body, _ in upstream.received if method == "POST"]
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+def test_a_reasoning_models_stream_is_priced_from_the_usage_it_was_asked_for(messages_server, engine, records,
+                                                                             client_kind):
+    """A streamed o4-mini call without include_usage (the SDK's default) was priced from its visible text: the
+    reasoning billed beside it never counted, and a $0.05 budget let $0.70 through."""
+    answers: list[bytes] = []
+    with proxy(f"{messages_server}/v1", rewrite=_reported(answers)) as upstream:
+        url = base_url(upstream)
+        ask = dict(model="o4-mini", messages=QUESTION, max_completion_tokens=6, stream=True)
+        if client_kind == "sync":
+            client = openai.OpenAI(base_url=url, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+            chunks = list(client.chat.completions.create(**ask))
+        else:
+            async def run() -> list[Any]:
+                client = openai.AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0,
+                                            http_client=llmbudget.async_http_client())
+                return [chunk async for chunk in await client.chat.completions.create(**ask)]
+
+            chunks = asyncio.run(run())
+        (sent,) = _sent(upstream)
+        (headers,) = [{k.lower(): v for k, v in h.items()} for _, _, _, h in upstream.received]
+    assert sent["stream_options"] == {"include_usage": True}
+    assert headers["accept-encoding"] == "identity"  # events it may take out must come as they are, not gzipped
+    # the app sees the stream it asked for: every chunk has its choice, none the usage event it did not ask for
+    assert chunks and all(chunk.choices and chunk.usage is None for chunk in chunks)
+    (record,) = records
+    reported = _usage_in(answers[0])
+    assert reported is not None and not record.estimated and record.error is None
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (reported["prompt_tokens"],
+                                                                       reported["completion_tokens"])
+
+
+def test_an_app_that_asks_for_the_usage_gets_it_and_other_models_streams_go_as_written(messages_server, engine,
+                                                                                     records):
+    with proxy(f"{messages_server}/v1") as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        asked = list(client.chat.completions.create(model="o4-mini", messages=QUESTION, max_completion_tokens=6,
+                                                    stream=True, stream_options={"include_usage": True}))
+        plain = list(client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=6, stream=True))
+        first, second = _sent(upstream)
+    assert asked[-1].choices == [] and asked[-1].usage is not None and asked[-1].usage.completion_tokens > 0
+    assert first["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in second and all(chunk.choices for chunk in plain)  # its text is all it bills
+    assert not records[0].estimated and records[1].estimated
+
+
+def test_a_server_that_refuses_the_option_is_asked_again_without_it_and_not_asked_again(messages_server, engine,
+                                                                                        records, caplog):
+    """Servers that do not know stream_options (Azure's older API versions) answer 400: the app's call must not
+    fail for what llmbudget added."""
+
+    def refuse(body: bytes) -> tuple[int, str] | None:
+        if b"stream_options" in body:
+            return 400, "Unrecognized request argument supplied: stream_options"
+        return None
+
+    with caplog.at_level(logging.WARNING, logger="llmbudget"), proxy(f"{messages_server}/v1",
+                                                                      refuse=refuse) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        for _ in range(2):
+            chunks = list(client.chat.completions.create(model="o4-mini", messages=QUESTION,
+                                                         max_completion_tokens=6, stream=True))
+            assert chunks and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        sent = _sent(upstream)
+    assert ["stream_options" in body for body in sent] == [True, False, False]
+    assert [record.status for record in records] == [400, 200, 200]
+    assert sum("refuses stream_options" in message for message in caplog.messages) == 1
+
+
+def _pieces(whole: bytes) -> Any:
+    """Every way to cut ``whole`` in two, then one byte at a time."""
+    for cut in range(1, len(whole)):
+        yield [whole[:cut], whole[cut:]]
+    yield [whole[i:i + 1] for i in range(len(whole))]
+
+
+@pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n", b"\r\n\r"])
+def test_the_usage_event_is_taken_out_wherever_the_body_breaks(end):
+    """The event split over any chunks, in any line endings the SSE format allows (mixed too), is taken out; so
+    is the ``"usage": null`` the server adds to the other chunks once asked; nothing else is, nor held back
+    past the end of its event."""
+    from llmbudget.pipeline import Attempt
+
+    engine = llmbudget.Engine()
+    body = {"model": "o4-mini", "messages": QUESTION, "stream": True}
+
+    def event(chunk: dict[str, Any]) -> bytes:
+        return b": a comment\r\ndata: " + json.dumps(chunk, separators=(",", ":")).encode() + end
+
+    content = {"choices": [{"index": 0, "delta": {"content": "Paris"}}]}
+    stop = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    usage = {"prompt_tokens": 9, "completion_tokens": 70, "total_tokens": 79}
+    sent = [event({**content, "usage": None}), event({"usage": None, **stop}),
+            event({"choices": [], "usage": usage}), b"data: [DONE]" + end]
+    expected = event(content) + event(stop) + b"data: [DONE]" + end
+    for pieces in _pieces(b"".join(sent)):
+        attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                               headers={}, body=json.dumps(body).encode())
+        assert isinstance(attempt, Attempt)
+        attempt.plan()
+        assert attempt.usage_added
+        attempt.start_response(200, {"content-type": "text/event-stream"})
+        shown, passed = b"", 0
+        for piece in pieces:
+            attempt.feed(piece)
+            shown += attempt.shown(piece)
+            passed += len(piece)
+            if passed == len(sent[0]) and not end.endswith(b"\r"):  # (a CR's LF may come next)
+                assert shown == event(content), (end, pieces)  # an event whole is passed on at once
+        shown += attempt.shown_rest()
+        assert shown == expected, (end, pieces)
+        record = attempt.finish(complete=True)
+        assert record is not None and record.usage.output_tokens == 70 and not record.estimated
+
+
+def test_a_long_event_is_read_once(monkeypatch):
+    """Each chunk is read once for the blank line that ends an event: a 16 MiB event in 64 KiB pieces was read
+    again from its start with each piece (47 s, against 11 s without llmbudget)."""
+    from llmbudget import pipeline
+
+    read: list[int] = []
+
+    class Counted:
+        def finditer(self, held: bytearray, at: int) -> Any:
+            read.append(len(held) - at)
+            return pipeline._LINE_END_PATTERN.finditer(held, at)
+
+    monkeypatch.setattr(pipeline, "_LINE_END_PATTERN", pipeline._LINE_END, raising=False)
+    monkeypatch.setattr(pipeline, "_LINE_END", Counted())
+    attempt = llmbudget.Engine().begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                                       headers={}, body=json.dumps({"model": "o4-mini", "messages": QUESTION,
+                                                                    "stream": True}).encode())
+    assert isinstance(attempt, pipeline.Attempt)
+    attempt.plan()
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    pieces = [b"data: {" + b"x" * 65536] + [b"y" * 65536] * 255 + [b"}\n\n"]
+    shown = b"".join(attempt.shown(piece) for piece in pieces)
+    assert shown == b"".join(pieces) and sum(read) <= len(shown)
+
+
+def test_a_call_sent_on_after_its_tier_failed_is_asked_again_without_the_option(messages_server, records):
+    """A weak tier that cannot be reached sends the stream on to the app's own model and host, which refuses
+    the option: that retry's 400 went to the app."""
+    def refuse(body: bytes) -> tuple[int, str] | None:
+        return (400, "Unrecognized request argument supplied: stream_options") if b"stream_options" in body else None
+
+    routed = llmbudget.Engine(routing=llmbudget.Routing(
+        tiers={"small": {"model": "o4-mini", "base_url": "http://127.0.0.1:9/v1"}, "large": None}, threshold=1.0))
+    routed.add_observer(records.append)
+    previous = llmbudget.set_engine(routed)
+    try:
+        with proxy(f"{messages_server}/v1", refuse=refuse) as upstream:
+            client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                                   http_client=llmbudget.http_client())
+            chunks = list(client.chat.completions.create(model="o3", messages=QUESTION, max_completion_tokens=6,
+                                                         stream=True))
+            sent = _sent(upstream)
+    finally:
+        llmbudget.set_engine(previous)
+    assert chunks and all(chunk.choices for chunk in chunks)
+    assert [("stream_options" in body, body["model"]) for body in sent] == [(True, "o3"), (False, "o3")]
+    assert records[-1].status == 200 and records[-1].model_requested == "o3"
+
+
+@pytest.mark.parametrize(("url", "asked"), [
+    ("https://acme.openai.azure.com/openai/deployments/classifier/chat/completions?api-version=2025-01-01", True),
+    ("https://acme.openai.azure.com/openai/v1/chat/completions", True),
+    ("https://api.openai.com/v1/chat/completions", False),
+])
+def test_a_deployments_stream_is_asked_its_usage_whatever_its_name(url, asked):
+    """An Azure deployment's name says nothing of the model it runs (an o3-mini deployment named "classifier")."""
+    from llmbudget.pipeline import Attempt
+
+    body = {"model": "classifier", "messages": QUESTION, "stream": True}
+    attempt = llmbudget.Engine().begin(url=url, path="/chat/completions", headers={}, body=json.dumps(body).encode())
+    assert isinstance(attempt, Attempt)
+    attempt.plan()
+    assert attempt.usage_added is asked
+    assert ("stream_options" in json.loads(attempt.request_bytes())) is asked

@@ -546,15 +546,8 @@ class RedisBudgetStore:
         now = time.time()
         args: list[Any] = [rid, pico, int(ttl * 1000), _EXPIRE_BATCH, _SETTLED_TTL_S + 3600]
         for bucket in buckets:
-            resets = bucket.resets_at
-            if resets is not None:
-                exp = int((resets + _bucket_margin(bucket.budget.period, max(ttl, self.reservation_ttl))) * 1000)
-            elif bucket.budget.per == "request":
-                exp = int((now + _UNPERIODED_TTL_S) * 1000)
-            else:
-                exp = 0  # a budget without a period counts forever
+            exp = self._expiry_of(bucket, now, ttl)
             args += [limit_pico(bucket.limit), exp]
-            self._remember(self._expiry, bucket.key, exp)
         keys = [self._zset, self._data, f"{self.prefix}settled:{_settled_bucket(rid)}",
                 *(self._key(b.key) for b in buckets)]
         try:
@@ -577,11 +570,27 @@ class RedisBudgetStore:
         return Refusal(b.name, b.per, b.period, buckets[index].limit, from_pico(spent), from_pico(reserved), amount,
                        buckets[index].resets_at, tenant)
 
+    def _expiry_of(self, bucket: Bucket, now: float, ttl: float) -> int:
+        """When ``bucket``'s key is to expire in Redis (ms since the epoch; 0: never), remembered for its settles:
+        a settle replayed after an outage makes the key where no reserve did, and it must expire as well."""
+        resets = bucket.resets_at
+        if resets is not None:
+            exp = int((resets + _bucket_margin(bucket.budget.period, max(ttl, self.reservation_ttl))) * 1000)
+        elif bucket.budget.per == "request":
+            exp = int((now + _UNPERIODED_TTL_S) * 1000)
+        else:
+            exp = 0  # a budget without a period counts forever
+        self._remember(self._expiry, bucket.key, exp)
+        return exp
+
     def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:
         """Fail-open: check against the last spend seen in Redis plus what this process did since."""
         if not self._journal.keeps():
             raise unkept(self._journal, f"Redis at {self._where()}: unreachable", "redis", self.retry_interval)
+        wall = time.time()
+        for bucket in buckets:  # (its settle, replayed when Redis answers, makes a key that expires)
+            self._expiry_of(bucket, wall, ttl)
         with self._lock:
             now = time.monotonic()
             for rid, (res, deadline) in list(self._local_open.items()):

@@ -961,3 +961,28 @@ def test_a_charged_expiry_is_remembered_where_settles_are_and_taken_back_once(se
     store.settle(held[0], Decimal("0.05"))
     store.settle(held[1], Decimal(0))  # never sent
     assert store.spent(bucket.key) == (Decimal("0.15"), Decimal("0.01"))
+
+
+@pytest.mark.parametrize("period", ["minute", "day"])
+def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: _Server, period: str) -> None:
+    """Fail-open: a settle kept while Redis was down made its key when written, without the expiry a reserve
+    sets: every tenant and period an outage touched stayed in Redis for good."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    bucket = _now_bucket("1.00", per="tenant", period=period, tenant="never-seen-before")
+    server.kill()
+    first = store.reserve([_now_bucket("1.00", per="tenant", period=period, tenant="seen")], Decimal("0.2"))
+    assert isinstance(first, Reservation) and first.id.startswith("local-")  # Redis is known to be down now
+    held = store.reserve([bucket], Decimal("0.2"))
+    assert isinstance(held, Reservation) and held.id.startswith("local-")
+    store.settle(held, Decimal("0.1"))
+    store.settle(first, Decimal(0))
+    server.start()
+    client = redis.Redis(port=server.port)
+    key = store._key(bucket.key)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not client.exists(key):
+        time.sleep(0.05)  # written by the store's own thread once Redis answers
+    assert store.spent(bucket.key)[0] == Decimal("0.1")
+    expires_in = client.pttl(key) / 1000
+    assert bucket.resets_at is not None and 0 < expires_in
+    assert expires_in <= bucket.resets_at - time.time() + 3 * 86_400  # as its reserves would have set it

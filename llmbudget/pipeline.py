@@ -441,6 +441,8 @@ class Attempt:
         self._unshown = bytearray()  # (usage_added: the start of an event not yet passed on whole)
         self._scanned = 0  # (of it, the bytes already read for the blank line that ends an event)
         self._line_start = True  # (whether the byte at _scanned starts a line)
+        self._after_cr = False  # (the last event passed on ended with a CR, whose LF may come next)
+        self._taken_out = False  # (that event was taken out)
         self._event_stream = False  # (the answer is labelled as events)
         #: llmbudget added an Anthropic cache breakpoint ([prefix_cache] breakpoints = "auto").
         self.breakpoint = False
@@ -1113,12 +1115,22 @@ class Attempt:
         held += chunk
         events: list[bytes] = []
         start, line_start, at = 0, self._line_start, self._scanned
+        if self._after_cr and held:
+            self._after_cr = False
+            if held[:1] == b"\n":  # the LF of the CR that ended the last event (a CRLF): its own, no empty line
+                if not self._taken_out:  # (of an event taken out: it goes too)
+                    events.append(b"\n")
+                start, at, line_start = 1, 1, True
         for end in _LINE_END.finditer(held, at):
-            if end.group() == b"\r" and end.end() == len(held):  # a CR that a LF may follow in the next chunk
-                break
-            if line_start and end.start() == at:  # an empty line: it ends the event
-                events.append(bytes(held[start:end.end()]))
+            last_cr = end.group() == b"\r" and end.end() == len(held)  # a LF may follow it in the next chunk
+            if line_start and end.start() == at:  # an empty line (a CR or a CRLF alike): it ends the event
+                event = bytes(held[start:end.end()])
+                shown = _shown_event(event)
+                events.append(shown)
                 start = end.end()
+                self._after_cr, self._taken_out = last_cr, not shown
+            elif last_cr:  # whether it ends its line alone is not known yet
+                break
             at, line_start = end.end(), True
         else:
             at = len(held)
@@ -1127,11 +1139,11 @@ class Attempt:
             line_start = False
         self._scanned, self._line_start = at - start, line_start
         del held[:start]
-        return b"".join(_shown_event(event) for event in events)
+        return b"".join(events)
 
     def shown_rest(self) -> bytes:
         """What :meth:`shown` held at the stream's end (an event without its blank line)."""
-        rest, self._unshown, self._scanned = bytes(self._unshown), bytearray(), 0
+        rest, self._unshown, self._scanned, self._after_cr = bytes(self._unshown), bytearray(), 0, False
         return _shown_event(rest) if rest else b""
 
     def _take(self, data: bytes) -> None:

@@ -25,7 +25,8 @@ from llmbudget.routing.tiers import Routing
 # models no reasoning settings; see ``llmbudget.caps.suited``): they are not part of "the same prompt".
 _ROUTED_FIELDS = frozenset({"model", "max_tokens", "max_completion_tokens", "max_output_tokens",
                             "logprobs", "top_logprobs", "temperature", "top_p", "presence_penalty",
-                            "frequency_penalty", "logit_bias", "reasoning_effort", "reasoning", "prompt_cache_key"})
+                            "frequency_penalty", "logit_bias", "reasoning_effort", "reasoning", "prompt_cache_key",
+                            "stream_options"})  # (llmbudget asks a reasoning tier's stream for its usage)
 _EXCERPT = 60
 
 __all__ = ["GoldenRouting", "Moved"]

@@ -332,6 +332,9 @@ class RedisBudgetStore:
         self._down_until = 0.0  # monotonic; while in the future, Redis is not tried
         self._warned = False
         self._pending: spool.Waiting[int] = spool.Waiting()  # settles waiting for Redis
+        # their keys' expiries (ms), by reservation id: _expiry forgets the oldest of its 10,000 keys, and a long
+        # outage under per-request budgets (a key each) keeps more waiting, whose keys must expire all the same
+        self._pending_expiry: dict[str, tuple[int, ...]] = {}
         self._releases: deque[Reservation] = deque(maxlen=100_000)  # reserves whose reply never came
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
@@ -501,11 +504,13 @@ class RedisBudgetStore:
                 if not self._pending:
                     break
                 reservation, actual = self._pending[0]
-            self._run_settle(reservation, actual)
+                expiry = self._pending_expiry.get(reservation.id)
+            self._run_settle(reservation, actual, expiry)
             with self._lock:
                 if not (self._pending and self._pending[0][0] is reservation):
                     continue  # another thread replayed it meanwhile (counted once in Redis, and here)
                 self._pending.popleft()
+                self._pending_expiry.pop(reservation.id, None)
                 for key in reservation.keys:
                     spent, reserved = self._local.get(key, (0, 0))
                     self._local[key] = (max(spent - actual, 0), reserved)
@@ -647,6 +652,7 @@ class RedisBudgetStore:
         with self._lock:
             if not self._pending.add(reservation, pico):
                 return
+            self._pending_expiry[reservation.id] = tuple(self._expiry.get(k, 0) for k in reservation.keys)
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)
@@ -655,11 +661,13 @@ class RedisBudgetStore:
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())
 
-    def _run_settle(self, reservation: Reservation, pico: int) -> None:
+    def _run_settle(self, reservation: Reservation, pico: int, expiry: Sequence[int] | None = None) -> None:
+        """Write a settle; ``expiry``: its keys' expiries (ms; else as :attr:`_expiry` remembers them)."""
         keys = [self._zset, self._data, f"{self.prefix}settled:{_settled_bucket(reservation.id)}",
                 *(self._key(k) for k in reservation.keys)]
-        args = [reservation.id, pico, to_pico(reservation.amount), _SETTLED_TTL_S + 3600,
-                *(self._expiry.get(k, 0) for k in reservation.keys)]
+        if expiry is None:
+            expiry = [self._expiry.get(k, 0) for k in reservation.keys]
+        args = [reservation.id, pico, to_pico(reservation.amount), _SETTLED_TTL_S + 3600, *expiry]
         self._settle_script(keys=keys, args=args)
 
     def spent(self, key: str) -> tuple[Decimal, Decimal]:
@@ -690,9 +698,12 @@ class RedisBudgetStore:
     def _remember(table: OrderedDict[str, int], key: str, value: int) -> None:
         table[key] = value
         table.move_to_end(key)
-        if len(table) > 10_000:
+        if len(table) > _REMEMBERED:
             table.popitem(last=False)
 
+
+#: Bucket keys whose last spend and expiry a store remembers (the oldest are forgotten).
+_REMEMBERED = 10_000
 
 #: Appends each record whose id was not written before (ids kept ``ARGV[2]`` seconds): a batch re-sent after a
 #: client timeout, when Redis had applied it already, adds nothing twice.

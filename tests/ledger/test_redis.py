@@ -964,9 +964,14 @@ def test_a_charged_expiry_is_remembered_where_settles_are_and_taken_back_once(se
 
 
 @pytest.mark.parametrize("period", ["minute", "day"])
-def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: _Server, period: str) -> None:
+def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: _Server, period: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail-open: a settle kept while Redis was down made its key when written, without the expiry a reserve
-    sets: every tenant and period an outage touched stayed in Redis for good."""
+    sets: every tenant and period an outage touched stayed in Redis for good. So did the keys of settles kept
+    past the 10,000 keys a store remembers (a long outage under per-request budgets: a key each)."""
+    from llmbudget.ledger import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "_REMEMBERED", 3)
     store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
     bucket = _now_bucket("1.00", per="tenant", period=period, tenant="never-seen-before")
     server.kill()
@@ -976,6 +981,11 @@ def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: 
     assert isinstance(held, Reservation) and held.id.startswith("local-")
     store.settle(held, Decimal("0.1"))
     store.settle(first, Decimal(0))
+    for i in range(5):  # more keys than the store remembers, after this one's
+        other = store.reserve([_now_bucket("1.00", per="tenant", period=period, tenant=f"t{i}")], Decimal("0.1"))
+        assert isinstance(other, Reservation)
+        store.settle(other, Decimal("0.01"))
+    assert bucket.key not in store._expiry
     server.start()
     client = redis.Redis(port=server.port)
     key = store._key(bucket.key)

@@ -182,6 +182,23 @@ def test_golden_routing_sees_a_move_in_a_request_with_a_field_that_changes_every
     assert golden.check(request("gpt-4o", "run-3", **schema), recorded) is None
 
 
+def test_golden_routing_sees_a_stream_move_to_or_from_a_reasoning_tier():
+    """llmbudget asks a reasoning model's stream for its usage (stream_options): a stream recorded on one tier
+    and now sent to the other was another request, not a move, and its old answer replayed silently."""
+    golden = GoldenRouting(Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=0.5))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+
+    def request(model: str, **extra: object) -> SimpleNamespace:
+        body = json.dumps({"model": model, "messages": question, "stream": True, **extra}).encode()
+        return SimpleNamespace(method="POST", path="/v1/chat/completions", body=body)
+
+    usage = {"stream_options": {"include_usage": True}}
+    moved = golden.check(request("o4-mini", **usage), [request("gpt-4.1-nano")])
+    assert moved is not None and (moved.old_tier, moved.new_tier) == ("small", "large")
+    moved = golden.check(request("gpt-4.1-nano"), [request("o4-mini", **usage)])
+    assert moved is not None and (moved.old_tier, moved.new_tier) == ("large", "small")
+
+
 def test_a_replay_inside_a_measured_test_is_nobodys_spend(suite):
     sample = Path(__file__).resolve().parents[2] / "fixtures" / "traffic"
     suite.makepyfile(test_app=f'''

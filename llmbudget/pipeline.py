@@ -1102,6 +1102,11 @@ class Attempt:
             self._overflow, self._tail = True, None
             self._undecodable = self._encoding
 
+    def pass_on(self, chunk: bytes) -> bytes:
+        """:meth:`feed` the chunk; what of it the app sees (:meth:`shown`)."""
+        self.feed(chunk)
+        return self.shown(chunk)
+
     def shown(self, chunk: bytes) -> bytes:
         """What of ``chunk`` the app sees: all of it, unless llmbudget asked a stream's usage for the app
         (:attr:`usage_added`). The event that carries it (no choices, the usage) is then taken out, and the

@@ -525,12 +525,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = self._attempt
             try:
                 for chunk in self._inner:
-                    attempt.feed(chunk)
-                    shown = attempt.shown(chunk)
+                    shown = attempt.pass_on(chunk)
                     if shown:
                         yield shown
-                rest = attempt.shown_rest()
-                if rest:
+                if rest := attempt.shown_rest():
                     yield rest
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 attempt.finish(complete=False, error=exc)
@@ -553,12 +551,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt = self._attempt
             try:
                 async for chunk in self._inner:
-                    attempt.feed(chunk)
-                    shown = attempt.shown(chunk)
+                    shown = attempt.pass_on(chunk)
                     if shown:
                         yield shown
-                rest = attempt.shown_rest()
-                if rest:
+                if rest := attempt.shown_rest():
                     yield rest
             except Exception as exc:  # a reset or a timeout mid-body: the app gets it too, so does the record
                 await _finish(attempt, complete=False, error=exc)

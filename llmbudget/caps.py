@@ -45,7 +45,9 @@ def apply_cap(endpoint: str, body: dict[str, Any], model: str | None, cap: int) 
         return body, False
     current = body.get(field)
     if current is not None and (isinstance(current, bool) or not isinstance(current, int) or current <= 0):
-        return body, False  # the app's own limit, wrong ("20", 0, -5, true): the API's to refuse, as without llmbudget
+        # the app's own limit, wrong for OpenAI ("20", 0, -5, true): the API's to refuse, as without llmbudget (a lax
+        # server takes "500" as 500: the reservation holds that much, see providers._base._count; no cap replaces it)
+        return body, False
     if current is not None and current <= cap:
         return body, False
     return {**body, field: cap}, True

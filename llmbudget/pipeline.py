@@ -1102,6 +1102,11 @@ class Attempt:
             self._overflow, self._tail = True, None
             self._undecodable = self._encoding
 
+    def edits_events(self) -> bool:
+        """Whether the app sees this answer's events without those llmbudget asked for (:meth:`shown`): its
+        length then is not the server's."""
+        return self.usage_added and self._event_stream and self._decoder is None and self.status == 200
+
     def pass_on(self, chunk: bytes) -> bytes:
         """:meth:`feed` the chunk; what of it the app sees (:meth:`shown`)."""
         self.feed(chunk)
@@ -1114,7 +1119,7 @@ class Attempt:
         the blank line that ends it (:meth:`shown_rest` gives what is held at the end). A body that is not
         labelled as events, has a content coding (it was asked for none) or is an error is passed on as it
         came."""
-        if not self.usage_added or not self._event_stream or self._decoder is not None or self.status != 200:
+        if not self.edits_events():
             return chunk
         held = self._unshown
         held += chunk

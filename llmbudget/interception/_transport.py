@@ -597,13 +597,16 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         if isinstance(request.stream, (httpx.SyncByteStream, httpx.AsyncByteStream)):
             request.stream = SentBody(request.stream, attempt)
 
-    def _wrap_response(response: Any, stream: Any) -> Any:
-        if not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
+    def _wrap_response(response: Any, stream: Any, attempt: Attempt) -> Any:
+        headers = response.headers
+        if attempt.edits_events() and "content-length" in headers:  # the app gets fewer bytes than were sent
+            headers = [(k, v) for k, v in headers.multi_items() if k.lower() != "content-length"]
+        elif not hasattr(response, "_content"):  # not read yet: the client reads it through ``stream``
             response.stream = stream
             return response
         return httpx.Response(
             status_code=response.status_code,
-            headers=response.headers,
+            headers=headers,
             stream=stream,
             extensions=response.extensions,
         )
@@ -693,7 +696,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 attempt.finish(complete=False, error=exc)
                 raise
             _started(attempt, response)
-            return _wrap_response(response, SyncStream(response.stream, attempt))
+            return _wrap_response(response, SyncStream(response.stream, attempt), attempt)
 
         def close(self) -> None:
             self.inner.close()
@@ -795,7 +798,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     await _finish(attempt, complete=False, error=exc)  # (a batched one settles when answered)
                 raise
             _started(attempt, response)
-            return _wrap_response(response, AsyncStream(response.stream, attempt))
+            return _wrap_response(response, AsyncStream(response.stream, attempt), attempt)
 
         async def aclose(self) -> None:
             await self.inner.aclose()

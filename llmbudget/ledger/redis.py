@@ -335,6 +335,7 @@ class RedisBudgetStore:
         # their keys' expiries (ms), by reservation id: _expiry forgets the oldest of its 10,000 keys, and a long
         # outage under per-request budgets (a key each) keeps more waiting, whose keys must expire all the same
         self._pending_expiry: dict[str, tuple[int, ...]] = {}
+        self._local_expiry: dict[str, tuple[int, ...]] = {}  # the same, of reservations held locally
         self._releases: deque[Reservation] = deque(maxlen=100_000)  # reserves whose reply never came
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
@@ -409,13 +410,15 @@ class RedisBudgetStore:
             log.warning("llmbudget: Redis budget store %s: wrote %d settle(s) that processes which have ended "
                         "could not", self._where(), len(rows))
 
-    def _journal_row(self, reservation: Reservation, pico: int | None) -> dict[str, Any]:
+    def _journal_row(self, reservation: Reservation, pico: int | None,
+                     expiry: Sequence[int] = ()) -> dict[str, Any]:
+        """A settle (``pico``; None: a release) as kept on disk, with its keys' expiries (ms; 0: none known)."""
         row: dict[str, Any] = {"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount)}
         if pico is None:
             row["release"] = True
         else:
             row["actual"] = pico
-            row["expiry"] = {k: self._expiry[k] for k in reservation.keys if k in self._expiry}
+            row["expiry"] = {k: e for k, e in zip(reservation.keys, expiry) if e}
         return row
 
     def _peek_spool(self) -> None:
@@ -550,8 +553,11 @@ class RedisBudgetStore:
         rid = _new_id()
         now = time.time()
         args: list[Any] = [rid, pico, int(ttl * 1000), _EXPIRE_BATCH, _SETTLED_TTL_S + 3600]
-        for bucket in buckets:
-            exp = self._expiry_of(bucket, now, ttl)
+        expiry = [self._expiry_of(bucket, now, ttl) for bucket in buckets]
+        with self._lock:
+            for bucket, exp in zip(buckets, expiry, strict=True):
+                self._remember(self._expiry, bucket.key, exp)
+        for bucket, exp in zip(buckets, expiry, strict=True):
             args += [limit_pico(bucket.limit), exp]
         keys = [self._zset, self._data, f"{self.prefix}settled:{_settled_bucket(rid)}",
                 *(self._key(b.key) for b in buckets)]
@@ -576,17 +582,14 @@ class RedisBudgetStore:
                        buckets[index].resets_at, tenant)
 
     def _expiry_of(self, bucket: Bucket, now: float, ttl: float) -> int:
-        """When ``bucket``'s key is to expire in Redis (ms since the epoch; 0: never), remembered for its settles:
-        a settle replayed after an outage makes the key where no reserve did, and it must expire as well."""
+        """When ``bucket``'s key is to expire in Redis (ms since the epoch; 0: never). Its settles send it too: a
+        settle replayed after an outage makes the key where no reserve did, and it must expire as well."""
         resets = bucket.resets_at
         if resets is not None:
-            exp = int((resets + _bucket_margin(bucket.budget.period, max(ttl, self.reservation_ttl))) * 1000)
-        elif bucket.budget.per == "request":
-            exp = int((now + _UNPERIODED_TTL_S) * 1000)
-        else:
-            exp = 0  # a budget without a period counts forever
-        self._remember(self._expiry, bucket.key, exp)
-        return exp
+            return int((resets + _bucket_margin(bucket.budget.period, max(ttl, self.reservation_ttl))) * 1000)
+        if bucket.budget.per == "request":
+            return int((now + _UNPERIODED_TTL_S) * 1000)
+        return 0  # a budget without a period counts forever
 
     def _reserve_local(self, buckets: Sequence[Bucket], amount: Decimal, pico: int, tenant: str | None, ttl: float
                        ) -> Reservation | Refusal:
@@ -594,13 +597,13 @@ class RedisBudgetStore:
         if not self._journal.keeps():
             raise unkept(self._journal, f"Redis at {self._where()}: unreachable", "redis", self.retry_interval)
         wall = time.time()
-        for bucket in buckets:  # (its settle, replayed when Redis answers, makes a key that expires)
-            self._expiry_of(bucket, wall, ttl)
+        expiry = tuple(self._expiry_of(bucket, wall, ttl) for bucket in buckets)
         with self._lock:
             now = time.monotonic()
             for rid, (res, deadline) in list(self._local_open.items()):
                 if deadline < now:
                     del self._local_open[rid]
+                    self._local_expiry.pop(rid, None)
                     for key in res.keys:
                         spent, reserved = self._local.get(key, (0, 0))
                         self._local[key] = (spent, max(reserved - to_pico(res.amount), 0))
@@ -622,6 +625,11 @@ class RedisBudgetStore:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent, reserved + pico)
             self._local_open[reservation.id] = (reservation, now + ttl)
+            # its settle, replayed when Redis answers, makes keys that must expire: their expiries as of now (the
+            # store remembers 10,000 keys', which other calls may push out while this one runs)
+            self._local_expiry[reservation.id] = expiry
+            for bucket, exp in zip(buckets, expiry, strict=True):
+                self._remember(self._expiry, bucket.key, exp)
             return reservation
 
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
@@ -633,15 +641,18 @@ class RedisBudgetStore:
             return
         pico = to_pico(actual)
         local = reservation.id.startswith(_LOCAL_PREFIX)
-        if local:
-            with self._lock:
-                if self._local_open.pop(reservation.id, None) is not None:
-                    for key in reservation.keys:
-                        spent, reserved = self._local.get(key, (0, 0))
-                        self._local[key] = (spent, max(reserved - to_pico(reservation.amount), 0))
+        with self._lock:
+            # its keys' expiries: as its reserve found them (held locally), else as remembered
+            expiry = self._local_expiry.pop(reservation.id, None) if local else None
+            if expiry is None:
+                expiry = tuple(self._expiry.get(k, 0) for k in reservation.keys)
+            if local and self._local_open.pop(reservation.id, None) is not None:
+                for key in reservation.keys:
+                    spent, reserved = self._local.get(key, (0, 0))
+                    self._local[key] = (spent, max(reserved - to_pico(reservation.amount), 0))
         if self._usable():
             try:
-                self._run_settle(reservation, pico)
+                self._run_settle(reservation, pico, expiry)
                 with self._lock:
                     for key in reservation.keys:
                         if key in self._known:
@@ -652,11 +663,11 @@ class RedisBudgetStore:
         with self._lock:
             if not self._pending.add(reservation, pico):
                 return
-            self._pending_expiry[reservation.id] = tuple(self._expiry.get(k, 0) for k in reservation.keys)
+            self._pending_expiry[reservation.id] = expiry
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)
-        self._journal.add(self._journal_row(reservation, pico))  # on disk, outside the lock (file I/O)
+        self._journal.add(self._journal_row(reservation, pico, expiry))  # on disk, outside the lock (file I/O)
         _keep_trying(self)  # (after it waits: the retry thread may have looked and left just before)
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for Redis at %s", len(self._pending), self._where())

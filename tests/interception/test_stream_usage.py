@@ -224,3 +224,35 @@ def test_a_deployments_stream_is_asked_its_usage_whatever_its_name(url, asked):
     attempt.plan()
     assert attempt.usage_added is asked
     assert ("stream_options" in json.loads(attempt.request_bytes())) is asked
+
+
+@pytest.mark.parametrize("read", [True, False], ids=["already-read", "streamed"])
+def test_the_app_is_not_told_a_length_its_events_no_longer_have(read):
+    """A server (a gateway, a mock) that sends a stream with its Content-Length: the app got fewer bytes than
+    the length it was told, once the usage's event was taken out."""
+    import httpx2
+
+    usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 70, "total_tokens": 79}}
+    body = (b'data: {"choices":[{"index":0,"delta":{"content":"Paris"}}]}\n\n'
+            + b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+
+    class Once(httpx2.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield body
+
+    def answer(request: Any) -> Any:
+        headers = {"content-type": "text/event-stream", "content-length": str(len(body))}
+        return httpx2.Response(200, headers=headers, **({"content": body} if read else {"stream": Once()}))
+
+    engine = llmbudget.Engine()
+    previous = llmbudget.set_engine(engine)
+    try:
+        with llmbudget.http_client(transport=httpx2.MockTransport(answer)) as client, client.stream(
+                "POST", "https://api.openai.com/v1/chat/completions",
+                json={"model": "o4-mini", "messages": QUESTION, "stream": True}) as response:
+            got = b"".join(response.iter_raw())
+            length = response.headers.get("content-length")
+    finally:
+        llmbudget.set_engine(previous)
+    assert b'"usage"' not in got and got.startswith(b'data: {"choices":[{"index":0,"delta":{"content":"Paris"}}]}')
+    assert length is None or int(length) == len(got)

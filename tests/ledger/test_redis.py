@@ -963,12 +963,14 @@ def test_a_charged_expiry_is_remembered_where_settles_are_and_taken_back_once(se
     assert store.spent(bucket.key) == (Decimal("0.15"), Decimal("0.01"))
 
 
-@pytest.mark.parametrize("period", ["minute", "day"])
+@pytest.mark.parametrize(("period", "settled_last"), [("minute", False), ("day", False), ("day", True)])
 def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: _Server, period: str,
+                                                                        settled_last: bool,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail-open: a settle kept while Redis was down made its key when written, without the expiry a reserve
-    sets: every tenant and period an outage touched stayed in Redis for good. So did the keys of settles kept
-    past the 10,000 keys a store remembers (a long outage under per-request budgets: a key each)."""
+    sets: every tenant and period an outage touched stayed in Redis for good. So did the keys a store no longer
+    remembers (it remembers 10,000; a long outage under per-request budgets makes a key a call), pushed out
+    after the settle or, ``settled_last``, while the call ran."""
     from llmbudget.ledger import redis as redis_store
 
     monkeypatch.setattr(redis_store, "_REMEMBERED", 3)
@@ -979,13 +981,16 @@ def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: 
     assert isinstance(first, Reservation) and first.id.startswith("local-")  # Redis is known to be down now
     held = store.reserve([bucket], Decimal("0.2"))
     assert isinstance(held, Reservation) and held.id.startswith("local-")
-    store.settle(held, Decimal("0.1"))
+    if not settled_last:
+        store.settle(held, Decimal("0.1"))
     store.settle(first, Decimal(0))
     for i in range(5):  # more keys than the store remembers, after this one's
         other = store.reserve([_now_bucket("1.00", per="tenant", period=period, tenant=f"t{i}")], Decimal("0.1"))
         assert isinstance(other, Reservation)
         store.settle(other, Decimal("0.01"))
     assert bucket.key not in store._expiry
+    if settled_last:
+        store.settle(held, Decimal("0.1"))
     server.start()
     client = redis.Redis(port=server.port)
     key = store._key(bucket.key)

@@ -335,7 +335,9 @@ class RedisBudgetStore:
         # their keys' expiries (ms), by reservation id: _expiry forgets the oldest of its 10,000 keys, and a long
         # outage under per-request budgets (a key each) keeps more waiting, whose keys must expire all the same
         self._pending_expiry: dict[str, tuple[int, ...]] = {}
-        self._local_expiry: dict[str, tuple[int, ...]] = {}  # the same, of reservations held locally
+        # the same, of reservations held locally, from their reserve until their settle, however late (the most
+        # recent 100,000: a reservation never settled is forgotten in time)
+        self._local_expiry: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._releases: deque[Reservation] = deque(maxlen=100_000)  # reserves whose reply never came
         self._local: dict[str, tuple[int, int]] = {}  # fail-open counters: (spent, reserved) pico
         self._local_open: dict[str, tuple[Reservation, float]] = {}
@@ -601,9 +603,8 @@ class RedisBudgetStore:
         with self._lock:
             now = time.monotonic()
             for rid, (res, deadline) in list(self._local_open.items()):
-                if deadline < now:
+                if deadline < now:  # (its settle may come yet: its expiries stay in _local_expiry)
                     del self._local_open[rid]
-                    self._local_expiry.pop(rid, None)
                     for key in res.keys:
                         spent, reserved = self._local.get(key, (0, 0))
                         self._local[key] = (spent, max(reserved - to_pico(res.amount), 0))
@@ -627,7 +628,7 @@ class RedisBudgetStore:
             self._local_open[reservation.id] = (reservation, now + ttl)
             # its settle, replayed when Redis answers, makes keys that must expire: their expiries as of now (the
             # store remembers 10,000 keys', which other calls may push out while this one runs)
-            self._local_expiry[reservation.id] = expiry
+            self._remember(self._local_expiry, reservation.id, expiry, 10 * _REMEMBERED)
             for bucket, exp in zip(buckets, expiry, strict=True):
                 self._remember(self._expiry, bucket.key, exp)
             return reservation
@@ -706,10 +707,10 @@ class RedisBudgetStore:
         self._redis.close()
 
     @staticmethod
-    def _remember(table: OrderedDict[str, int], key: str, value: int) -> None:
+    def _remember(table: OrderedDict[str, Any], key: str, value: Any, most: int | None = None) -> None:
         table[key] = value
         table.move_to_end(key)
-        if len(table) > _REMEMBERED:
+        if len(table) > (_REMEMBERED if most is None else most):
             table.popitem(last=False)
 
 

@@ -420,7 +420,7 @@ class RedisBudgetStore:
             row["release"] = True
         else:
             row["actual"] = pico
-            row["expiry"] = {k: e for k, e in zip(reservation.keys, expiry) if e}
+            row["expiry"] = {k: e for k, e in zip(reservation.keys, expiry, strict=True) if e}
         return row
 
     def _peek_spool(self) -> None:

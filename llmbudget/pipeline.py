@@ -1144,7 +1144,6 @@ class Attempt:
             at, line_start = end.end(), True
         else:
             at = len(held)
-            line_start = at == 0 or held[at - 1] in b"\r\n"
         if at > 0 and held[at - 1:at] not in (b"\r", b"\n"):  # mid-line: no empty line can begin there
             line_start = False
         self._scanned, self._line_start = at - start, line_start
@@ -1630,7 +1629,7 @@ def _shown_event(event: bytes) -> bytes:
 def _usage_only(event: bytes) -> bool:
     """Whether an event is a chat stream's usage chunk (``"choices": []`` and its ``usage``), which the server
     sends when asked ``stream_options.include_usage``."""
-    if b'"usage"' not in event or not _NO_CHOICES(event):
+    if not _NO_CHOICES(event):
         return False
     data = b"".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
     try:

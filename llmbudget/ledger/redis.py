@@ -331,10 +331,9 @@ class RedisBudgetStore:
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic; while in the future, Redis is not tried
         self._warned = False
-        self._pending: spool.Waiting[int] = spool.Waiting()  # settles waiting for Redis
-        # their keys' expiries (ms), by reservation id: _expiry forgets the oldest of its 10,000 keys, and a long
-        # outage under per-request budgets (a key each) keeps more waiting, whose keys must expire all the same
-        self._pending_expiry: dict[str, tuple[int, ...]] = {}
+        # settles waiting for Redis: (pico, their keys' expiries in ms; _expiry forgets the oldest of its 10,000
+        # keys, and a long outage under per-request budgets, a key each, keeps more waiting, which must expire too)
+        self._pending: spool.Waiting[tuple[int, tuple[int, ...]]] = spool.Waiting()
         # the same, of reservations held locally, from their reserve until their settle, however late (the most
         # recent 100,000: a reservation never settled is forgotten in time)
         self._local_expiry: OrderedDict[str, tuple[int, ...]] = OrderedDict()
@@ -508,14 +507,12 @@ class RedisBudgetStore:
             with self._lock:
                 if not self._pending:
                     break
-                reservation, actual = self._pending[0]
-                expiry = self._pending_expiry.get(reservation.id)
+                reservation, (actual, expiry) = self._pending[0]
             self._run_settle(reservation, actual, expiry)
             with self._lock:
                 if not (self._pending and self._pending[0][0] is reservation):
                     continue  # another thread replayed it meanwhile (counted once in Redis, and here)
                 self._pending.popleft()
-                self._pending_expiry.pop(reservation.id, None)
                 for key in reservation.keys:
                     spent, reserved = self._local.get(key, (0, 0))
                     self._local[key] = (max(spent - actual, 0), reserved)
@@ -662,9 +659,8 @@ class RedisBudgetStore:
             except self._errors as exc:
                 self._mark_down(exc)
         with self._lock:
-            if not self._pending.add(reservation, pico):
+            if not self._pending.add(reservation, (pico, expiry)):
                 return
-            self._pending_expiry[reservation.id] = expiry
             for key in reservation.keys:
                 spent, reserved = self._local.get(key, (0, 0))
                 self._local[key] = (spent + pico, reserved)

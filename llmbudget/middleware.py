@@ -310,7 +310,7 @@ class _Core:
                 if not isinstance(value, (str, int, type(None))) or isinstance(value, bool):  # (True is no name)
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited: closed, not left to warn
-                    raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str) or None")
+                    raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str, or an int id) or None")
             except _TenantRefused:
                 raise
             except Exception:

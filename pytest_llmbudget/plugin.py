@@ -131,7 +131,7 @@ def _tolerance(value: str, what: str = "--llm-budget-tolerance") -> Decimal:
     text = value.strip()
     try:
         amount = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
-    except InvalidOperation:
+    except ArithmeticError:  # InvalidOperation, and Overflow for a percentage such as 1e99999999%
         raise pytest.UsageError(f"{what}: expected a percentage such as 10%, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise pytest.UsageError(f"{what} must be a percentage of 0% or more, got {value!r}")

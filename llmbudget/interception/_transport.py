@@ -455,9 +455,9 @@ async def _store(attempt: Attempt, *, complete: bool = True, error: BaseExceptio
                           quick=_quick(attempt) and attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
 
 
-async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+async def _in_thread(attempt: Attempt | None, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     """``work(...)`` in a worker thread, in this context. It always runs to its end, even when the
-    caller is cancelled (what it reserved is then released)."""
+    caller is cancelled (what ``attempt`` reserved is then released; None: the call is not begun yet)."""
     context = contextvars.copy_context()
     job = functools.partial(context.run, work, *args, **kwargs)
     try:
@@ -471,7 +471,8 @@ async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, *
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         # The caller gave up; the work finishes in its thread, and what it reserved is released.
-        future.add_done_callback(lambda _: _executor().submit(attempt.release))
+        if attempt is not None:
+            future.add_done_callback(lambda _: _executor().submit(attempt.release))
         raise
 
 
@@ -719,7 +720,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             wanted = _wanted(request, self.explicit)
             if wanted is None:
                 return await self.inner.handle_async_request(request)
-            attempt = _begin(request, await request.aread(), wanted)
+            body = await request.aread()
+            # a large body takes its JSON parse to a thread: 20 MB of tools held the event loop for a second
+            attempt = (_begin(request, body, wanted) if len(body) <= _QUICK_BODY_BYTES
+                       else await _in_thread(None, _begin, request, body, wanted))
             if attempt is None:
                 return await self.inner.handle_async_request(request)
             if isinstance(attempt, tuple):  # refused

@@ -315,7 +315,7 @@ def request_text(body: Any) -> RequestText:
         out.has_system = True
         out.context.append(instructions)
     last_user = -1
-    texts: list[str] = []
+    texts: list[list[str]] = []  # each turn's pieces: a user turn's bare parts join it at the end (in one go)
     role: Any
     for message in _messages(body):
         if isinstance(message, str):
@@ -331,7 +331,7 @@ def request_text(body: Any) -> RequestText:
                 text = _part_text(message, out)
                 if last_user >= 0 and last_user == len(texts) - 1:
                     if text:
-                        texts[-1] = f"{texts[-1]}\n{text}" if texts[-1] else text
+                        texts[-1].append(text)
                     continue
             else:
                 text = _content_text(message.get("content", message.get("output", message.get("text"))), out)
@@ -344,8 +344,9 @@ def request_text(body: Any) -> RequestText:
         elif role == "user":
             out.turns += 1
             last_user = len(texts)
-        texts.append(text)
-    for i, text in enumerate(texts):
+        texts.append([text])
+    for i, pieces in enumerate(texts):
+        text = "\n".join(piece for piece in pieces if piece) if len(pieces) > 1 else pieces[0]
         if i == last_user:
             out.query = text
         elif text:

@@ -504,6 +504,14 @@ def test_a_tenant_callable_may_return_bytes(engine: llmbudget.Engine, returned: 
     assert client.get("/info").json()["tenant"] == "acme"
 
 
+@pytest.mark.parametrize(("returned", "tenant"), [(42, "42"), (0, "0"), (True, None), (3.0, None)])
+def test_a_tenant_callable_may_return_an_int_id_but_not_a_bool_or_float(engine: llmbudget.Engine, returned: Any,
+                                                                       tenant: str | None) -> None:
+    """README says so: a user's id names the tenant by its digits; True and 3.0 are no names (the default)."""
+    client = TestClient(build(Policy(tenant=lambda scope: returned)))
+    assert client.get("/info").json()["tenant"] == tenant
+
+
 def test_a_tenant_callable_returning_bytes_that_are_not_utf8_is_refused_not_the_default_tenant(
         engine: llmbudget.Engine) -> None:
     client = TestClient(build(Policy(tenant=lambda scope: b"\xffacme")))

@@ -151,6 +151,19 @@ def test_responses_input_and_json_mode() -> None:
     assert f["images"] == 1.0
 
 
+def test_bare_parts_join_the_user_turn_before_them_in_order() -> None:
+    """Responses input parts placed after a user turn join it, each on a line of its own (an empty turn or part
+    adds no line). Each part was added by copying the whole turn: 40,000 parts (5 MB) took 3.9 s of CPU."""
+    parts = [{"type": "input_text", "text": f"part {i}"} for i in range(3)]
+    body = {"input": [{"role": "user", "content": "Read these:"}, *parts, {"type": "input_text", "text": ""}]}
+    assert request_text(body).query == "Read these:\npart 0\npart 1\npart 2"
+    body = {"input": [{"role": "user", "content": ""}, *parts]}
+    assert request_text(body).query == "part 0\npart 1\npart 2"
+    many = [{"type": "input_text", "text": "x" * 100} for _ in range(40_000)]
+    query = request_text({"input": [{"role": "user", "content": "q"}, *many]}).query
+    assert query == "\n".join(["q", *["x" * 100] * 40_000])
+
+
 def test_multiple_choice_math_and_code_markers() -> None:
     mc = feature_dict(user("Statement 1 | Every group is abelian. Statement 2 | 7 is prime.\nA. True, True\n"
                            "B. False, False\nC. True, False\nD. False, True\nAnswer:"))

@@ -455,9 +455,9 @@ async def _store(attempt: Attempt, *, complete: bool = True, error: BaseExceptio
                           quick=_quick(attempt) and attempt.answer_bytes <= _QUICK_ANSWER_BYTES)
 
 
-async def _in_thread(attempt: Attempt | None, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+async def _in_thread(attempt: Attempt, work: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     """``work(...)`` in a worker thread, in this context. It always runs to its end, even when the
-    caller is cancelled (what ``attempt`` reserved is then released; None: the call is not begun yet)."""
+    caller is cancelled (what it reserved is then released)."""
     context = contextvars.copy_context()
     job = functools.partial(context.run, work, *args, **kwargs)
     try:
@@ -471,8 +471,7 @@ async def _in_thread(attempt: Attempt | None, work: Callable[..., _T], /, *args:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         # The caller gave up; the work finishes in its thread, and what it reserved is released.
-        if attempt is not None:
-            future.add_done_callback(lambda _: _executor().submit(attempt.release))
+        future.add_done_callback(lambda _: _executor().submit(attempt.release))
         raise
 
 
@@ -720,10 +719,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             wanted = _wanted(request, self.explicit)
             if wanted is None:
                 return await self.inner.handle_async_request(request)
-            body = await request.aread()
-            # a large body takes its JSON parse to a thread: 20 MB of tools held the event loop for a second
-            attempt = (_begin(request, body, wanted) if len(body) <= _QUICK_BODY_BYTES
-                       else await _in_thread(None, _begin, request, body, wanted))
+            attempt = _begin(request, await request.aread(), wanted)
             if attempt is None:
                 return await self.inner.handle_async_request(request)
             if isinstance(attempt, tuple):  # refused

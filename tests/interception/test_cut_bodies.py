@@ -758,39 +758,6 @@ def test_a_long_streamed_answer_is_settled_off_the_event_loop(engine: llmbudget.
     assert [r.usage.output_tokens > 1000 for r in records] == [False, True]
 
 
-def test_a_large_request_body_is_read_off_the_event_loop(engine: llmbudget.Engine, records: list[Any],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The body's JSON was parsed on the event loop whatever its size: 20 MB of tools held it for a second. A
-    body over 8 KiB is begun in a worker thread; a small one still on the loop (a hop costs more than it)."""
-    from llmbudget.pipeline import Engine
-
-    library = _sdk_library()
-    threads: list[str] = []
-    begin = Engine.begin
-
-    def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return begin(self, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "begin", noted)
-    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}}
-
-    async def main(prompt: str) -> None:
-        transport = library.MockTransport(lambda request: library.Response(200, json=answer))
-        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="sk-test", max_retries=0,
-                                    http_client=llmbudget.async_http_client(transport=transport))
-        await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
-
-    main_thread = threading.current_thread().name
-    asyncio.run(main("What is 2+2?"))
-    assert threads == [main_thread]
-    asyncio.run(main("What is 2+2? " * 1000))  # 13 KB
-    assert len(threads) == 2 and threads[1] != main_thread
-    assert [r.usage.output_tokens for r in records] == [1, 1]  # both begun, priced and recorded
-
-
 def test_a_whole_answer_cut_mid_way_is_charged_its_worst_case_however_labelled(llm_server, engine, records):
     # labelled text/plain, the JSON answer (generated and billed before its first byte) was charged its input
     with proxy(llm_server, cut=True, content_type="text/plain") as upstream:

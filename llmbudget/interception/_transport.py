@@ -8,12 +8,15 @@ hold one set each. Nothing here decides anything: the pipeline does.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextvars
 import functools
+import gc
 import json
 import logging
 import os
+import queue
 import threading
 import uuid
 import weakref
@@ -482,10 +485,84 @@ def _settle_dropped(attempt: Attempt) -> None:
         log.exception("llmbudget: settling a response nobody read failed")
 
 
+# Responses nobody read nor closed, waiting for the settling thread. The SDKs' streams are reference cycles, so the
+# cyclic garbage collector finalizes them (and closes their responses), at whatever allocation it meets, and that
+# may be inside one of llmbudget's own locks (a budget store's, a ledger's): settling there deadlocked the thread.
+# During a collection a call is only put here (a SimpleQueue's put takes no lock code below it may hold).
+_DROPPED: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
+_settler: threading.Thread | None = None
+_SETTLER_LOCK = threading.Lock()
+_collecting = False
+
+
+def _collection(phase: str, info: dict[str, int]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_collection)
+
+
+def _settle_later(attempt: Attempt) -> bool:
+    """Hand ``attempt``'s settle to the settling thread when a garbage collection runs (whatever code it
+    interrupted may hold the locks settling takes); False: settle it now."""
+    if not _collecting:
+        return False
+    _DROPPED.put(attempt)
+    return True
+
+
+def _dropped(attempt: Attempt) -> None:
+    """The finalizer of a response nobody read nor closed (run by a collection, by the last reference's owner
+    letting it go, or at exit)."""
+    if not _settle_later(attempt):
+        _settle_dropped(attempt)
+
+
+def _settle_each_dropped() -> None:
+    while True:
+        _settle_dropped(_DROPPED.get())
+
+
+def _settle_dropped_at_exit() -> None:
+    """Settle what still waits for the settling thread (a daemon: it may never run again)."""
+    enabled = gc.isenabled()
+    gc.disable()  # no collection inside these settles' locks
+    try:
+        while True:
+            try:
+                attempt = _DROPPED.get_nowait()
+            except queue.Empty:
+                return
+            _settle_dropped(attempt)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+atexit.register(_settle_dropped_at_exit)
+
+
+def _settler_after_fork() -> None:
+    """In a child just forked: a queue of its own (the parent settles what it had queued) and no thread yet."""
+    global _DROPPED, _settler, _SETTLER_LOCK
+    _DROPPED, _settler, _SETTLER_LOCK = queue.SimpleQueue(), None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_settler_after_fork)
+
+
 def _settle_when_dropped(stream: Any, attempt: Attempt) -> None:
     """A response the app never reads nor closes still settles: its hold is released and its record written
     (an estimate) when the stream object is garbage-collected, not when the reservation's TTL runs out."""
-    weakref.finalize(stream, _settle_dropped, attempt)
+    global _settler
+    if _settler is None:
+        with _SETTLER_LOCK:
+            if _settler is None:
+                _settler = threading.Thread(target=_settle_each_dropped, name="llmbudget-dropped", daemon=True)
+                _settler.start()
+    weakref.finalize(stream, _dropped, attempt)
 
 
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
@@ -539,7 +616,8 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             try:
                 self._inner.close()
             finally:
-                self._attempt.finish(complete=False)
+                if not _settle_later(self._attempt):  # (a collection closes a stream the app dropped half read)
+                    self._attempt.finish(complete=False)
 
     class AsyncStream(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:

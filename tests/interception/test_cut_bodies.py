@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import json
 import threading
+import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -215,12 +216,63 @@ def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine,
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8, stream=True)
     assert records == [] and len(store._open) == 1  # reserved, not settled: nobody read it
     del stream
-    gc.collect()
+    gc.collect()  # (a collection hands the settle to llmbudget's settling thread: at once, not after the TTL)
+    _wait_for(lambda: records and store._open == {})
     (record,) = records
     assert record.estimated and record.status == 200
-    assert store._open == {}  # the hold is released at once, not after the reservation's TTL
     (counter,) = store._counters.values()
     assert counter == (record.cost_usd, 0)
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.01)
+
+
+class _CollectingLock:
+    """A lock that runs a garbage collection once taken, as an allocation inside a locked section may."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _CollectingLock:
+        self._lock.acquire()
+        import gc
+
+        gc.collect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("half_read", [False, True])
+def test_a_dropped_stream_collected_inside_a_budget_stores_lock_settles_without_deadlock(
+        llm_server, engine, records, half_read):
+    """The SDK's Stream is a reference cycle, so the collector finalizes a dropped one (and, half read, its
+    generator closes the response) wherever it runs: inside the store's lock, in the next call's reserve, the
+    settle waited for that very lock forever. The collector now only hands the settle to a thread."""
+    store = llmbudget.MemoryBudgetStore()
+    engine.budget_store = store
+    engine.budgets = [llmbudget.Budget("1", per="tenant", period="day")]
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8, stream=True)
+    if half_read:
+        for _ in stream:
+            break
+    del stream
+    store._lock = _CollectingLock()  # type: ignore[assignment]
+    done: list[Any] = []
+    call = threading.Thread(target=lambda: done.append(client.chat.completions.create(
+        model="gpt-4o-mini", messages=QUESTION, max_tokens=8)), daemon=True)
+    call.start()
+    call.join(30)
+    assert not call.is_alive() and done, "the call deadlocked in its reserve"
+    _wait_for(lambda: len(records) == 2 and store._open == {})
+    (counter,) = store._counters.values()
+    assert counter == (sum(r.cost_usd for r in records), 0)
 
 
 def _watch_cache_threads(monkeypatch) -> dict[str, list[int]]:

@@ -1385,8 +1385,8 @@ class Attempt:
                 # type, a stream with no event for an empty stream): record that, with the input it paid for
                 input_only = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
                 if self._buffer or (self._json_body and not self._sse):
-                    return self._estimated_record(input_only, "the response body is not valid JSON (the app could "
-                                                  "not read it either)")
+                    return self._estimated_record(self._unreadable_usage(input_only), "the response body is not "
+                                                  "valid JSON (the app could not read it either)")
                 return self._estimated_record(input_only, f"HTTP {self.status} with an empty body: the app got no "
                                               "answer")
             usage_seen = state.usage
@@ -1489,6 +1489,18 @@ class Attempt:
     def _background(self) -> bool:
         """A Responses job run in the background: it goes on whoever reads its stream."""
         return self.call.endpoint == "responses" and bool(self.call.body.get("background"))
+
+    def _unreadable_usage(self, input_only: Usage) -> Usage:
+        """A body that is not JSON the app can read: a whole answer's was generated and billed all the same, so
+        the usage it names (its last ``"usage": {...}`` that parses: a proxy's stray comma, a Content-Length
+        short of the body), else its worst case (what its reservation held); anything else, its input."""
+        if not self._buffer or not self._whole_answer_coming():
+            return input_only
+        found = _edge_usage(self._buffer.decode("utf-8", "replace"), last=True)
+        reported = self.adapter.reported_usage(found) if found is not None else None
+        if reported is not None and reported.total_tokens:
+            return reported.replace(estimated=True)
+        return self.worst_usage().replace(estimated=True)
 
     def _whole_answer_coming(self) -> bool:
         """The response under way is a whole generated answer: a 200 with a JSON body (not a stream's events,

@@ -59,7 +59,27 @@ def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, rec
             client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
     (record,) = records
     assert record.status == 200 and record.error is not None and "not valid JSON" in record.error
-    assert record.estimated and record.usage.input_tokens > 0 and record.usage.output_tokens == 0
+    # cut in half (no usage left to read), the whole answer was generated and billed: its worst case; empty, its
+    # input alone (it was charged the input alone when cut too)
+    assert record.estimated and record.usage.input_tokens > 0
+    assert record.usage.output_tokens == (8 if broken.get("garble") else 0)
+
+
+def test_a_whole_answer_that_is_not_json_is_charged_the_usage_it_names(llm_server, engine, records):
+    """A proxy's stray comma: the app's SDK cannot read the answer, but the server generated and billed it, and
+    its usage is there to read. It was charged its input alone."""
+    with proxy(llm_server, rewrite=lambda content: content.replace(b"{", b"{,", 1)) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(json.JSONDecodeError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+        (sent,) = upstream.sent
+    usage = json.loads(sent.replace(b"{,", b"{", 1))["usage"]
+    (record,) = records
+    assert record.error is not None and "not valid JSON" in record.error and record.estimated
+    assert (record.usage.input_tokens, record.usage.output_tokens) == (usage["prompt_tokens"],
+                                                                       usage["completion_tokens"])
+    assert record.usage.output_tokens > 0
 
 
 @pytest.mark.parametrize("status", [201, 202, 204])

@@ -103,6 +103,11 @@ def _check_part(name: str, value: object, methods: tuple[str, ...], expected: st
     raise TypeError(f"Engine({name}=...) must be {expected}, got {value!r}{hint}")
 
 
+#: How long a call a 307 or 308 answered is awaited where it points, and how many such places are kept.
+_REDIRECT_WAIT_S = 60.0
+_REDIRECTS_KEPT = 1000
+
+
 class UnreadableRequest(ValueError):
     """An LLM call whose JSON body llmbudget cannot read (nested past Python's recursion limit, an integer of more
     than 4,300 digits, bytes that are not UTF-8) while a budget applies: refused (HTTP 400), since it could be
@@ -205,6 +210,10 @@ class Engine:
         #: same call without it with an answer: their streams are sent as the app wrote them from then on.
         self.usage_option_refused: set[tuple[str, str]] = set()
         self._unreadable_warned = False
+        #: (host, path) a 307 or 308 sent an LLM call to, each with when its wait ends and the call's adapter:
+        #: the client sends the call again there, where the path may name no endpoint (a gateway's route).
+        self._redirects: dict[tuple[str, str], list[tuple[float, Adapter]]] = {}
+        self._redirects_lock = threading.Lock()
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -278,6 +287,30 @@ class Engine:
                 return found[0]
             self.pricing.warn_unpriced_endpoint(unpriced or path)
         return None
+
+    def expect_redirect(self, host: str, path: str, adapter: Adapter) -> None:
+        """A 307 or 308 answered an LLM call: the client sends it again to ``host`` and ``path`` (within a minute),
+        which :meth:`redirected_to` then names as that call, whatever its path says."""
+        with self._redirects_lock:
+            waiting = self._redirects.setdefault((host.lower(), path), [])
+            waiting.append((time.monotonic() + _REDIRECT_WAIT_S, adapter))
+            del waiting[:-_REDIRECTS_KEPT]
+            if len(self._redirects) > _REDIRECTS_KEPT:
+                del self._redirects[next(iter(self._redirects))]
+
+    def redirected_to(self, host: str, path: str) -> Adapter | None:
+        """The adapter of the LLM call a 307 or 308 sent here (see :meth:`expect_redirect`), once; else None."""
+        if not self._redirects:
+            return None
+        key, now = (host.lower(), path), time.monotonic()
+        with self._redirects_lock:
+            waiting = [w for w in self._redirects.get(key, ()) if w[0] >= now]
+            found = waiting.pop(0)[1] if waiting else None
+            if waiting:
+                self._redirects[key] = waiting
+            else:
+                self._redirects.pop(key, None)
+            return found
 
     def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes,
               adapter: Adapter | None = None) -> Attempt | None:

@@ -124,7 +124,10 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
     try:
         url = request.url
         path = url.path
-        adapter = get_engine().wanted(request.method, url.host, path, request.headers, explicit=explicit)
+        engine = get_engine()
+        adapter = engine.wanted(request.method, url.host, path, request.headers, explicit=explicit)
+        if adapter is None and request.method == "POST":  # a call a 307 or 308 sent here, to a path of any name
+            adapter = engine.redirected_to(url.host, path)
         if adapter is None:
             return None
     except Exception:
@@ -133,9 +136,13 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
     return adapter, path  # (a body labelled other than JSON too: Engine.begin reads it, as lax servers do)
 
 
-def _started(attempt: Attempt, response: Any) -> None:
+def _started(attempt: Attempt, response: Any, request: Any) -> None:
     try:
         attempt.start_response(response.status_code, response.headers)
+        location = response.headers.get("location")
+        if response.status_code in (307, 308) and location:  # the client sends the call there, as it was
+            to = request.url.join(location)
+            attempt.engine.expect_redirect(to.host, to.path, attempt.adapter)
     except Exception:
         log.exception("llmbudget: could not read response headers")
 
@@ -773,7 +780,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             except BaseException as exc:
                 attempt.finish(complete=False, error=exc)
                 raise
-            _started(attempt, response)
+            _started(attempt, response, request)
             return _wrap_response(response, SyncStream(response.stream, attempt), attempt)
 
         def close(self) -> None:
@@ -875,7 +882,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if not (attempt.defer_mode == "batch" and isinstance(exc, asyncio.CancelledError)):
                     await _finish(attempt, complete=False, error=exc)  # (a batched one settles when answered)
                 raise
-            _started(attempt, response)
+            _started(attempt, response, request)
             return _wrap_response(response, AsyncStream(response.stream, attempt), attempt)
 
         async def aclose(self) -> None:

@@ -148,6 +148,28 @@ def test_a_followed_redirect_is_one_call_not_two(engine: llmbudget.Engine, recor
     assert record.status == 200 and not record.estimated
 
 
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], status: int) -> None:
+    """A gateway answering a chat call with a 307 to its own route (``/gw/route-42``): the hop there passed
+    through unread, so no hop recorded the call and no budget held it (5 calls against a budget that fits 1)."""
+    sent: list[Any] = []
+    chat = _chat_handler(sent)
+
+    def handle(request: Any) -> Any:
+        if request.url.path == "/v1/chat/completions":
+            return httpx2.Response(status, headers={"location": "/gw/route-42"})
+        return chat(request)
+
+    with llmbudget.http_client(transport=httpx2.MockTransport(handle), follow_redirects=True) as client:
+        assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).content == ANSWER
+        [record] = records
+        assert record.status == 200 and record.usage.total_tokens > 0 and record.cost_usd > 0
+        # once: a later call straight to that route is no LLM call llmbudget knows of
+        assert client.post("https://gateway.example/gw/route-42", json=REQUEST).content == ANSWER
+    assert len(records) == 1 and [url for url, _, _ in sent] == ["https://gateway.example/gw/route-42"] * 2
+
+
 def test_the_mounts_of_a_client_given_its_transport_are_intercepted_too(
         engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
     sent: list[Any] = []

@@ -1721,7 +1721,8 @@ def _sse_payloads(text: str, state: ResponseState) -> tuple[list[str], str]:
         if block.startswith("data: ") and "\n" not in block:
             payload = block[6:]
         else:
-            payload = "\n".join(line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:"))
+            payload = "\n".join(line[6:] if line[5:6] == " " else line[5:]  # (one space goes, as the SDKs read it)
+                                for line in block.split("\n") if line.startswith("data:"))  # (not U+2028)
         if payload == "[DONE]":
             state.done = True
         elif payload:

@@ -29,7 +29,8 @@ def _reference_payloads(text: str) -> tuple[list[str], bool]:
         if block.startswith("data: ") and "\n" not in block:
             payload = block[6:]
         else:
-            payload = "\n".join(line[5:].lstrip(" ") for line in block.splitlines() if line.startswith("data:"))
+            payload = "\n".join(line[6:] if line[5:6] == " " else line[5:]  # (one space goes, as the SDKs read it)
+                                for line in block.split("\n") if line.startswith("data:"))  # (not U+2028)
         if payload == "[DONE]":
             done = True
         elif payload:
@@ -99,6 +100,16 @@ def test_sse_payloads_match_the_block_by_block_reader(text: str) -> None:
     assert payloads == expected
     assert joined == ",".join(expected)
     assert state.done is done
+
+
+def test_a_block_of_several_lines_is_read_as_the_sdks_read_it() -> None:
+    """A data line loses one space, as the SDKs' SSE decoders take it (all of them went); and lines end only at
+    LF (the text's CRs made LF before): str.splitlines() cut a JSON string holding U+2028, which JSON allows raw,
+    and the event was counted broken."""
+    state = ResponseState()
+    text = 'event: x\ndata: {"content": "a\u2028b"}\n\nevent: y\ndata:  [DONE]\n\n'
+    assert _sse_payloads(text, state)[0] == ['{"content": "a\u2028b"}', " [DONE]"]
+    assert not state.done  # " [DONE]" is no end for the SDKs either
 
 
 def test_the_usual_shape_takes_one_split() -> None:

@@ -103,9 +103,9 @@ def _check_part(name: str, value: object, methods: tuple[str, ...], expected: st
     raise TypeError(f"Engine({name}=...) must be {expected}, got {value!r}{hint}")
 
 
-#: How long a call a 307 or 308 answered is awaited where it points, and how many such places are kept.
-_REDIRECT_WAIT_S = 60.0
-_REDIRECTS_KEPT = 1000
+#: The fields of an answer (chat, completions, Responses, Messages), as a body that is not whole JSON shows them.
+_ANSWER_SHAPE = re.compile(rb'"(?:choices|output|content|usage)"\s*:|"object"\s*:\s*"(?:chat\.completion|text_completion'
+                           rb'|response)"|"type"\s*:\s*"message"')
 
 
 class UnreadableRequest(ValueError):
@@ -210,10 +210,6 @@ class Engine:
         #: same call without it with an answer: their streams are sent as the app wrote them from then on.
         self.usage_option_refused: set[tuple[str, str]] = set()
         self._unreadable_warned = False
-        #: (host, path) a 307 or 308 sent an LLM call to, each with when its wait ends and the call's adapter:
-        #: the client sends the call again there, where the path may name no endpoint (a gateway's route).
-        self._redirects: dict[tuple[str, str], list[tuple[float, Adapter]]] = {}
-        self._redirects_lock = threading.Lock()
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
         self._observers_lock = threading.Lock()
@@ -287,30 +283,6 @@ class Engine:
                 return found[0]
             self.pricing.warn_unpriced_endpoint(unpriced or path)
         return None
-
-    def expect_redirect(self, host: str, path: str, adapter: Adapter) -> None:
-        """A 307 or 308 answered an LLM call: the client sends it again to ``host`` and ``path`` (within a minute),
-        which :meth:`redirected_to` then names as that call, whatever its path says."""
-        with self._redirects_lock:
-            waiting = self._redirects.setdefault((host.lower(), path), [])
-            waiting.append((time.monotonic() + _REDIRECT_WAIT_S, adapter))
-            del waiting[:-_REDIRECTS_KEPT]
-            if len(self._redirects) > _REDIRECTS_KEPT:
-                del self._redirects[next(iter(self._redirects))]
-
-    def redirected_to(self, host: str, path: str) -> Adapter | None:
-        """The adapter of the LLM call a 307 or 308 sent here (see :meth:`expect_redirect`), once; else None."""
-        if not self._redirects:
-            return None
-        key, now = (host.lower(), path), time.monotonic()
-        with self._redirects_lock:
-            waiting = [w for w in self._redirects.get(key, ()) if w[0] >= now]
-            found = waiting.pop(0)[1] if waiting else None
-            if waiting:
-                self._redirects[key] = waiting
-            else:
-                self._redirects.pop(key, None)
-            return found
 
     def begin(self, *, url: str, path: str, headers: Mapping[str, str], body: bytes,
               adapter: Adapter | None = None) -> Attempt | None:
@@ -1524,11 +1496,13 @@ class Attempt:
         return self.call.endpoint == "responses" and bool(self.call.body.get("background"))
 
     def _unreadable_usage(self, input_only: Usage) -> Usage:
-        """A body that is not JSON the app can read: a whole answer's was generated and billed all the same, so
-        the usage it names (its last ``"usage": {...}`` that parses: a proxy's stray comma, a Content-Length
-        short of the body), else its worst case (what its reservation held); anything else, its input."""
-        if not self._buffer or not self._whole_answer_coming():
-            return input_only
+        """A body that is not JSON the app can read: a whole answer's (JSON with an answer's fields) was generated
+        and billed all the same, so the usage it names (its last ``"usage": {...}`` that parses: a proxy's stray
+        comma, a Content-Length short of the body), else its worst case (what its reservation held); anything
+        else, its input."""
+        start = bytes(self._buffer[:256])
+        if not (self._whole_answer_coming() and _sniffed(start) == "json" and _ANSWER_SHAPE.search(self._buffer)):
+            return input_only  # (not JSON, or another's shape: a gateway's own error, HTML labelled JSON)
         found = _edge_usage(self._buffer.decode("utf-8", "replace"), last=True)
         reported = self.adapter.reported_usage(found) if found is not None else None
         if reported is not None and reported.total_tokens:

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -124,10 +125,9 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
     try:
         url = request.url
         path = url.path
-        engine = get_engine()
-        adapter = engine.wanted(request.method, url.host, path, request.headers, explicit=explicit)
-        if adapter is None and request.method == "POST":  # a call a 307 or 308 sent here, to a path of any name
-            adapter = engine.redirected_to(url.host, path)
+        adapter = get_engine().wanted(request.method, url.host, path, request.headers, explicit=explicit)
+        if adapter is None and request.method == "POST":  # the hop of a call a 307 or 308 sent to any path
+            adapter = request.extensions.get(_REDIRECTED)
         if adapter is None:
             return None
     except Exception:
@@ -136,13 +136,17 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
     return adapter, path  # (a body labelled other than JSON too: Engine.begin reads it, as lax servers do)
 
 
+#: The key, in a request's ``extensions``, of the adapter of the LLM call a 307 or 308 answered: httpx builds the
+#: hop it follows with the same extensions, so the hop is read as that call whatever its path is named (a gateway's
+#: own route), and no other request is.
+_REDIRECTED = "llmbudget.redirected_call"
+
+
 def _started(attempt: Attempt, response: Any, request: Any) -> None:
     try:
         attempt.start_response(response.status_code, response.headers)
-        location = response.headers.get("location")
-        if response.status_code in (307, 308) and location:  # the client sends the call there, as it was
-            to = request.url.join(location)
-            attempt.engine.expect_redirect(to.host, to.path, attempt.adapter)
+        if response.status_code in (307, 308):  # (the request sent shares its extensions with the app's)
+            request.extensions[_REDIRECTED] = attempt.adapter
     except Exception:
         log.exception("llmbudget: could not read response headers")
 
@@ -495,25 +499,27 @@ def _settle_dropped(attempt: Attempt) -> None:
 # Responses nobody read nor closed, waiting for the settling thread. The SDKs' streams are reference cycles, so the
 # cyclic garbage collector finalizes them (and closes their responses), at whatever allocation it meets, and that
 # may be inside one of llmbudget's own locks (a budget store's, a ledger's): settling there deadlocked the thread.
-# During a collection a call is only put here (a SimpleQueue's put takes no lock code below it may hold).
+# A collection only puts the call here (a SimpleQueue's put takes no lock code below it may hold).
 _DROPPED: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
 _settler: threading.Thread | None = None
 _SETTLER_LOCK = threading.Lock()
-_collecting = False
+_settling: Attempt | None = None  # the call the settling thread is on
+_collector: int | None = None  # the thread a garbage collection runs in
 
 
 def _collection(phase: str, info: dict[str, int]) -> None:
-    global _collecting
-    _collecting = phase == "start"
+    global _collector
+    _collector = threading.get_ident() if phase == "start" else None
 
 
 gc.callbacks.append(_collection)
 
 
 def _settle_later(attempt: Attempt) -> bool:
-    """Hand ``attempt``'s settle to the settling thread when a garbage collection runs (whatever code it
-    interrupted may hold the locks settling takes); False: settle it now."""
-    if not _collecting:
+    """Hand ``attempt``'s settle to the settling thread when this thread runs a garbage collection (the code it
+    interrupted may hold the locks settling takes); False: settle it now (also where no settling thread could
+    be started: at interpreter shutdown)."""
+    if _collector != threading.get_ident() or _settler is None:
         return False
     _DROPPED.put(attempt)
     return True
@@ -527,12 +533,16 @@ def _dropped(attempt: Attempt) -> None:
 
 
 def _settle_each_dropped() -> None:
+    global _settling
     while True:
-        _settle_dropped(_DROPPED.get())
+        _settling = _DROPPED.get()
+        _settle_dropped(_settling)
+        _settling = None
 
 
 def _settle_dropped_at_exit() -> None:
-    """Settle what still waits for the settling thread (a daemon: it may never run again)."""
+    """Settle what still waits for the settling thread (a daemon: it may never run again), and let the one it is on
+    end (for at most 5 s), before the ledgers write what they hold at exit (their hooks run after this one)."""
     enabled = gc.isenabled()
     gc.disable()  # no collection inside these settles' locks
     try:
@@ -540,11 +550,14 @@ def _settle_dropped_at_exit() -> None:
             try:
                 attempt = _DROPPED.get_nowait()
             except queue.Empty:
-                return
+                break
             _settle_dropped(attempt)
     finally:
         if enabled:
             gc.enable()
+    deadline = time.monotonic() + 5.0
+    while _settling is not None and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 atexit.register(_settle_dropped_at_exit)
@@ -552,8 +565,8 @@ atexit.register(_settle_dropped_at_exit)
 
 def _settler_after_fork() -> None:
     """In a child just forked: a queue of its own (the parent settles what it had queued) and no thread yet."""
-    global _DROPPED, _settler, _SETTLER_LOCK
-    _DROPPED, _settler, _SETTLER_LOCK = queue.SimpleQueue(), None, threading.Lock()
+    global _DROPPED, _settler, _SETTLER_LOCK, _settling
+    _DROPPED, _settler, _SETTLER_LOCK, _settling = queue.SimpleQueue(), None, threading.Lock(), None
 
 
 if hasattr(os, "register_at_fork"):
@@ -567,8 +580,13 @@ def _settle_when_dropped(stream: Any, attempt: Attempt) -> None:
     if _settler is None:
         with _SETTLER_LOCK:
             if _settler is None:
-                _settler = threading.Thread(target=_settle_each_dropped, name="llmbudget-dropped", daemon=True)
-                _settler.start()
+                settler = threading.Thread(target=_settle_each_dropped, name="llmbudget-dropped", daemon=True)
+                try:
+                    settler.start()
+                except RuntimeError:  # at interpreter shutdown (Python 3.12 refuses new threads): settled inline
+                    pass
+                else:
+                    _settler = settler
     weakref.finalize(stream, _dropped, attempt)
 
 

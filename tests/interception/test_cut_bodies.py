@@ -6,10 +6,15 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,6 +68,20 @@ def test_a_body_that_is_not_json_is_recorded_as_an_error(llm_server, engine, rec
     # input alone (it was charged the input alone when cut too)
     assert record.estimated and record.usage.input_tokens > 0
     assert record.usage.output_tokens == (8 if broken.get("garble") else 0)
+
+
+@pytest.mark.parametrize("body", [b"upstream request timeout", b"<html><body>502 Bad Gateway</body></html>",
+                                  b'{"message": "quota exceeded", "code": 429'])
+def test_a_200_that_is_no_answer_is_charged_its_input_alone(llm_server, engine, records, body):
+    """A gateway's own error or page, labelled JSON with a 200: no answer was generated, so none is charged (its
+    worst case was once unreadable answers were charged theirs: 4,000 output tokens for a 4,000-token limit)."""
+    with proxy(llm_server, rewrite=lambda content: body) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        with pytest.raises(json.JSONDecodeError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8)
+    (record,) = records  # (its worst case would be 8 output tokens)
+    assert record.error is not None and record.usage.input_tokens > 0 and record.usage.output_tokens == 0
 
 
 def test_a_whole_answer_that_is_not_json_is_charged_the_usage_it_names(llm_server, engine, records):
@@ -242,6 +261,79 @@ def test_a_stream_never_read_nor_closed_settles_when_dropped(llm_server, engine,
     assert record.estimated and record.status == 200
     (counter,) = store._counters.values()
     assert counter == (record.cost_usd, 0)
+
+
+def test_a_close_settles_at_once_while_another_thread_collects(llm_server, engine, records, monkeypatch):
+    """A collection in another thread (its finalizers may let the GIL go) deferred this thread's close() to the
+    settling thread: right after the ``with`` block the call was neither recorded nor its hold released."""
+    from llmbudget.interception import _transport
+
+    store = llmbudget.MemoryBudgetStore()
+    engine.budget_store = store
+    engine.budgets = [llmbudget.Budget("1", per="tenant", period="day")]
+    monkeypatch.setattr(_transport, "_collector", threading.get_ident() + 1)  # some other thread's collection
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=QUESTION,
+                                                                max_tokens=8, stream=True):
+        pass
+    assert len(records) == 1 and store._open == {}
+
+
+def test_a_dropped_stream_settles_inline_where_no_thread_can_start(llm_server, engine, records, monkeypatch):
+    """Python 3.12 refuses new threads at interpreter shutdown: starting the settling thread for a response made
+    in an atexit hook raised RuntimeError into the app's call."""
+    import gc
+
+    from llmbudget.interception import _transport
+
+    def refused(self: Any) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(_transport, "_settler", None)
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    client = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=8, stream=True)
+    assert _transport._settler is None
+    del stream
+    gc.collect()  # no thread to hand it to: settled in the collection, as before there was one
+    assert len(records) == 1 and records[0].estimated
+
+
+def test_streams_dropped_just_before_exit_are_all_recorded(tmp_path):
+    """The settling thread's call in hand at exit was recorded after the ledger wrote what it held: 199 of 200."""
+    script = tmp_path / "drop.py"
+    script.write_text(textwrap.dedent("""
+        import gc, importlib, json, sys
+        import openai, llmbudget, llmbudget.ledger
+        httpx2 = importlib.import_module(sys.argv[3])  # the SDK's own library (see _sdk_library)
+        event = 'data: ' + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                                       "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "hi"},
+                                       "finish_reason": None}]}) + '\\n\\n'
+        body = (event * 3 + 'data: [DONE]\\n\\n').encode()
+        transport = httpx2.MockTransport(lambda request: httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=body))
+        llmbudget.configure(ledger=llmbudget.ledger.SQLiteLedger(sys.argv[1]),
+                            budget_store=llmbudget.ledger.SQLiteBudgetStore(sys.argv[2]),
+                            budgets=[llmbudget.Budget("10", per="global")])
+        client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", max_retries=0,
+                               http_client=llmbudget.http_client(transport=transport))
+        gc.disable()  # every stream left for one collection, just before exit
+        for _ in range(200):
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=10, stream=True):
+                break
+        gc.enable()
+        gc.collect()
+        sys.exit(0)
+    """))
+    ledger, store = tmp_path / "ledger.db", tmp_path / "budgets.db"
+    for _ in range(3):
+        ledger.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, str(script), str(ledger), str(store), _sdk_library().__name__],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(llmbudget.__file__).parents[1])})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert len(list(llmbudget.ledger.SQLiteLedger(ledger).records())) == 200
 
 
 def _wait_for(condition: Any, seconds: float = 10.0) -> None:

@@ -170,6 +170,26 @@ def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
     assert len(records) == 1 and [url for url, _, _ in sent] == ["https://gateway.example/gw/route-42"] * 2
 
 
+def test_a_redirect_not_followed_leaves_later_requests_to_its_target_alone(
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
+    """Only the hop the client builds from the redirected call is that call: a 307 the client did not follow made
+    the app's own POST to the same path (a webhook) an LLM call, refused with a 402 by the budget."""
+    engine.budgets = [llmbudget.Budget("0.01", per="global")]
+    hooks: list[bytes] = []
+
+    def handle(request: Any) -> Any:
+        if request.url.path == "/v1/chat/completions":
+            return httpx2.Response(307, headers={"location": "/hooks/deploy"})
+        hooks.append(request.read())
+        return httpx2.Response(204)
+
+    with llmbudget.http_client(transport=httpx2.MockTransport(handle), follow_redirects=False) as client:
+        assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).status_code == 307
+        response = client.post("https://gateway.example/hooks/deploy", json={"event": "deployed"})
+    assert response.status_code == 204 and hooks == [b'{"event":"deployed"}']
+    assert records == [] and engine.budget_store.spent("global:all:-:") == (0, 0)  # (a 307 is no call: no record)
+
+
 def test_the_mounts_of_a_client_given_its_transport_are_intercepted_too(
         engine: llmbudget.Engine, records: list[llmbudget.SpendRecord]) -> None:
     sent: list[Any] = []

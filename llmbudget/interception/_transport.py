@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.thread  # (imported now: tiktoken imports it, which fails in a settle at exit)
 import contextvars
 import functools
 import gc
@@ -145,10 +146,17 @@ _REDIRECTED = "llmbudget.redirected_call"
 def _started(attempt: Attempt, response: Any, request: Any) -> None:
     try:
         attempt.start_response(response.status_code, response.headers)
-        if response.status_code in (307, 308):  # (the request sent shares its extensions with the app's)
+        if response.status_code in (307, 308):
             request.extensions[_REDIRECTED] = attempt.adapter
     except Exception:
         log.exception("llmbudget: could not read response headers")
+
+
+def _redirected_as(request: Any, sent: Any) -> None:
+    """The app's ``request``, sent rewritten as ``sent`` (which httpx made with a copy of its extensions), is
+    tagged as ``sent`` was by a redirect: httpx builds the hop from the app's request."""
+    if sent is not request and _REDIRECTED in sent.extensions:
+        request.extensions[_REDIRECTED] = sent.extensions[_REDIRECTED]
 
 
 def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, Any]:
@@ -504,6 +512,7 @@ _DROPPED: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
 _settler: threading.Thread | None = None
 _SETTLER_LOCK = threading.Lock()
 _settling: Attempt | None = None  # the call the settling thread is on
+_UNREAD: dict[int, weakref.finalize[Any, Any]] = {}  # each response's finalizer, by id() of its call, till it runs
 _collector: int | None = None  # the thread a garbage collection runs in
 
 
@@ -528,6 +537,7 @@ def _settle_later(attempt: Attempt) -> bool:
 def _dropped(attempt: Attempt) -> None:
     """The finalizer of a response nobody read nor closed (run by a collection, by the last reference's owner
     letting it go, or at exit)."""
+    _UNREAD.pop(id(attempt), None)
     if not _settle_later(attempt):
         _settle_dropped(attempt)
 
@@ -541,11 +551,14 @@ def _settle_each_dropped() -> None:
 
 
 def _settle_dropped_at_exit() -> None:
-    """Settle what still waits for the settling thread (a daemon: it may never run again), and let the one it is on
-    end (for at most 5 s), before the ledgers write what they hold at exit (their hooks run after this one)."""
+    """Before the ledgers write what they hold at exit (their hooks run after this one): settle the responses
+    still unread (weakref's own exit hook may run after the ledgers'), what waits for the settling thread (a
+    daemon: it may never run again), and let the one it is on end (for at most 5 s)."""
     enabled = gc.isenabled()
     gc.disable()  # no collection inside these settles' locks
     try:
+        for finalizer in list(_UNREAD.values()):
+            finalizer()  # (once: weakref's hook does not run it again)
         while True:
             try:
                 attempt = _DROPPED.get_nowait()
@@ -567,6 +580,7 @@ def _settler_after_fork() -> None:
     """In a child just forked: a queue of its own (the parent settles what it had queued) and no thread yet."""
     global _DROPPED, _settler, _SETTLER_LOCK, _settling
     _DROPPED, _settler, _SETTLER_LOCK, _settling = queue.SimpleQueue(), None, threading.Lock(), None
+    _UNREAD.clear()  # (the parent's responses: weakref's own exit hook still runs their finalizers, as before)
 
 
 if hasattr(os, "register_at_fork"):
@@ -587,7 +601,7 @@ def _settle_when_dropped(stream: Any, attempt: Attempt) -> None:
                     pass
                 else:
                     _settler = settler
-    weakref.finalize(stream, _dropped, attempt)
+    _UNREAD[id(attempt)] = weakref.finalize(stream, _dropped, attempt)
 
 
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
@@ -760,6 +774,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is None:
                 try:
                     answer = self._send(sent, retry, path)
+                    _redirected_as(request, sent)
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
@@ -782,10 +797,12 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return attempt, response
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            request, answer = _open(httpx, request, attempt, path)
+            sent, answer = _open(httpx, request, attempt, path)
             if answer is not None:
                 return answer
-            return self._send(request, attempt, path)
+            answer = self._send(sent, attempt, path)
+            _redirected_as(request, sent)
+            return answer
 
         def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:
@@ -856,6 +873,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is None:
                 try:
                     answer = await self._send(sent, retry, path)
+                    _redirected_as(request, sent)
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
@@ -878,10 +896,12 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return attempt, response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            request, answer = await _open_async(httpx, request, attempt, path)
+            sent, answer = await _open_async(httpx, request, attempt, path)
             if answer is not None:
                 return answer
-            return await self._send(request, attempt, path)
+            answer = await self._send(sent, attempt, path)
+            _redirected_as(request, sent)
+            return answer
 
         async def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:

@@ -336,6 +336,38 @@ def test_streams_dropped_just_before_exit_are_all_recorded(tmp_path):
         assert len(list(llmbudget.ledger.SQLiteLedger(ledger).records())) == 200
 
 
+@pytest.mark.parametrize("finalizer_first", [False, True])
+def test_responses_still_unread_at_exit_are_recorded(tmp_path, finalizer_first):
+    """Responses alive and unread at exit were settled by weakref's own exit hook, which ran after the ledgers'
+    when anything had made a weakref.finalize before llmbudget was imported (a TemporaryDirectory): 0 of 3 kept."""
+    script = tmp_path / "unread.py"
+    script.write_text(textwrap.dedent("""
+        import importlib, sys, weakref
+        class Kept: pass
+        kept = Kept()
+        if sys.argv[3] == "1":
+            weakref.finalize(kept, print)  # made before llmbudget is imported: weakref's exit hook runs last
+        import llmbudget, llmbudget.ledger
+        library = importlib.import_module(sys.argv[2])
+        answer = (b'{"id": "c", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [{"index": 0, '
+                  b'"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], '
+                  b'"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}')
+        llmbudget.configure(ledger=llmbudget.ledger.SQLiteLedger(sys.argv[1]))
+        client = llmbudget.http_client(transport=library.MockTransport(lambda request: library.Response(
+            200, headers={"content-type": "application/json"}, stream=library.ByteStream(answer))))
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        KEPT = [client.send(client.build_request("POST", "https://api.openai.com/v1/chat/completions", json=body),
+                            stream=True) for _ in range(3)]
+    """))
+    ledger = tmp_path / "ledger.db"
+    done = subprocess.run([sys.executable, str(script), str(ledger), _sdk_library().__name__, str(int(finalizer_first))],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(llmbudget.__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "settling a call failed" not in done.stderr  # (tiktoken, imported in a settle at exit, raised)
+    assert len(list(llmbudget.ledger.SQLiteLedger(ledger).records())) == 3
+
+
 def _wait_for(condition: Any, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

@@ -148,11 +148,15 @@ def test_a_followed_redirect_is_one_call_not_two(engine: llmbudget.Engine, recor
     assert record.status == 200 and not record.estimated
 
 
+@pytest.mark.parametrize("routed", [False, True])
 @pytest.mark.parametrize("status", [307, 308])
 def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
-        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], status: int) -> None:
+        engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], status: int, routed: bool) -> None:
     """A gateway answering a chat call with a 307 to its own route (``/gw/route-42``): the hop there passed
-    through unread, so no hop recorded the call and no budget held it (5 calls against a budget that fits 1)."""
+    through unread, so no hop recorded the call and no budget held it (5 calls against a budget that fits 1).
+    Also when llmbudget rewrote the call (routed to a tier): httpx builds the hop from the app's request."""
+    if routed:
+        engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
     sent: list[Any] = []
     chat = _chat_handler(sent)
 
@@ -165,6 +169,8 @@ def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
         assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).content == ANSWER
         [record] = records
         assert record.status == 200 and record.usage.total_tokens > 0 and record.cost_usd > 0
+        assert record.routed is routed and json.loads(sent[0][2])["model"] == ("gpt-4.1-nano" if routed
+                                                                               else "gpt-4o-mini")
         # once: a later call straight to that route is no LLM call llmbudget knows of
         assert client.post("https://gateway.example/gw/route-42", json=REQUEST).content == ANSWER
     assert len(records) == 1 and [url for url, _, _ in sent] == ["https://gateway.example/gw/route-42"] * 2

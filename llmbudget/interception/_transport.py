@@ -527,7 +527,10 @@ gc.callbacks.append(_collection)
 def _settle_later(attempt: Attempt) -> bool:
     """Hand ``attempt``'s settle to the settling thread when this thread runs a garbage collection (the code it
     interrupted may hold the locks settling takes); False: settle it now (also where no settling thread could
-    be started: at interpreter shutdown)."""
+    be started: at interpreter shutdown). True too when it is settled already: most responses are, when their
+    stream goes."""
+    if attempt.record is not None:  # settled already (read to its end, or closed): nothing to hand over
+        return True
     if _collector != threading.get_ident() or _settler is None:
         return False
     _DROPPED.put(attempt)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import httpx2
+import openai
 import pytest
 
 import llmbudget
@@ -148,6 +150,12 @@ def test_a_followed_redirect_is_one_call_not_two(engine: llmbudget.Engine, recor
     assert record.status == 200 and not record.estimated
 
 
+def _sdk_library() -> Any:
+    """httpx2 with openai >= 3, httpx with openai 2.x: the library of ``llmbudget.http_client()``'s clients."""
+    return importlib.import_module(next(c.__module__ for c in openai.DefaultHttpxClient.__mro__
+                                        if c.__module__.startswith("httpx")).split(".")[0])
+
+
 @pytest.mark.parametrize("routed", [False, True])
 @pytest.mark.parametrize("status", [307, 308])
 def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
@@ -158,14 +166,15 @@ def test_a_redirect_to_a_path_that_names_no_endpoint_is_still_the_call(
     if routed:
         engine.routing = llmbudget.Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
     sent: list[Any] = []
-    chat = _chat_handler(sent)
+    library = _sdk_library()  # (a request passed through untouched is answered in the client's own library)
+    chat = _chat_handler(sent, library)
 
     def handle(request: Any) -> Any:
         if request.url.path == "/v1/chat/completions":
-            return httpx2.Response(status, headers={"location": "/gw/route-42"})
+            return library.Response(status, headers={"location": "/gw/route-42"})
         return chat(request)
 
-    with llmbudget.http_client(transport=httpx2.MockTransport(handle), follow_redirects=True) as client:
+    with llmbudget.http_client(transport=library.MockTransport(handle), follow_redirects=True) as client:
         assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).content == ANSWER
         [record] = records
         assert record.status == 200 and record.usage.total_tokens > 0 and record.cost_usd > 0
@@ -182,14 +191,15 @@ def test_a_redirect_not_followed_leaves_later_requests_to_its_target_alone(
     the app's own POST to the same path (a webhook) an LLM call, refused with a 402 by the budget."""
     engine.budgets = [llmbudget.Budget("0.01", per="global")]
     hooks: list[bytes] = []
+    library = _sdk_library()
 
     def handle(request: Any) -> Any:
         if request.url.path == "/v1/chat/completions":
-            return httpx2.Response(307, headers={"location": "/hooks/deploy"})
+            return library.Response(307, headers={"location": "/hooks/deploy"})
         hooks.append(request.read())
-        return httpx2.Response(204)
+        return library.Response(204)
 
-    with llmbudget.http_client(transport=httpx2.MockTransport(handle), follow_redirects=False) as client:
+    with llmbudget.http_client(transport=library.MockTransport(handle), follow_redirects=False) as client:
         assert client.post("https://gateway.example/v1/chat/completions", json=REQUEST).status_code == 307
         response = client.post("https://gateway.example/hooks/deploy", json={"event": "deployed"})
     assert response.status_code == 204 and hooks == [b'{"event":"deployed"}']

@@ -138,8 +138,8 @@ def _wanted(request: Any, explicit: bool) -> tuple[Adapter, str] | None:
 
 
 #: The key, in a request's ``extensions``, of the adapter of the LLM call a 307 or 308 answered: httpx builds the
-#: hop it follows with the same extensions, so the hop is read as that call whatever its path is named (a gateway's
-#: own route), and no other request is.
+#: hop it follows with the app's request's extensions (a rewritten request shares that dict), so the hop is read as
+#: that call whatever its path is named (a gateway's own route), and no other request is.
 _REDIRECTED = "llmbudget.redirected_call"
 
 
@@ -150,13 +150,6 @@ def _started(attempt: Attempt, response: Any, request: Any) -> None:
             request.extensions[_REDIRECTED] = attempt.adapter
     except Exception:
         log.exception("llmbudget: could not read response headers")
-
-
-def _redirected_as(request: Any, sent: Any) -> None:
-    """The app's ``request``, sent rewritten as ``sent`` (which httpx made with a copy of its extensions), is
-    tagged as ``sent`` was by a redirect: httpx builds the hop from the app's request."""
-    if sent is not request and _REDIRECTED in sent.extensions:
-        request.extensions[_REDIRECTED] = sent.extensions[_REDIRECTED]
 
 
 def _prepare(httpx: ModuleType, request: Any, attempt: Attempt) -> tuple[Any, Any]:
@@ -193,8 +186,8 @@ def _reserved(httpx: ModuleType, request: Any, attempt: Attempt, original_base: 
             key = attempt.tier_api_key()
             if key:
                 headers.append(("authorization", f"Bearer {key}"))
-    rewritten = httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes(),
-                              extensions=request.extensions)
+    rewritten = httpx.Request(request.method, url, headers=headers, content=attempt.request_bytes())
+    rewritten.extensions = request.extensions  # the app's own dict (httpx copies one given): see _REDIRECTED
     return rewritten, None
 
 
@@ -777,7 +770,6 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is None:
                 try:
                     answer = self._send(sent, retry, path)
-                    _redirected_as(request, sent)
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
@@ -800,12 +792,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return attempt, response
 
         def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            sent, answer = _open(httpx, request, attempt, path)
+            request, answer = _open(httpx, request, attempt, path)
             if answer is not None:
                 return answer
-            answer = self._send(sent, attempt, path)
-            _redirected_as(request, sent)
-            return answer
+            return self._send(request, attempt, path)
 
         def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:
@@ -876,7 +866,6 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             if answer is None:
                 try:
                     answer = await self._send(sent, retry, path)
-                    _redirected_as(request, sent)
                 except Exception as exc:  # noqa: BLE001 - the strong tier failed: the weak answer is kept
                     _kept_weak(retry, type(exc).__name__)
                     return _unprobed(httpx, response, attempt)
@@ -899,12 +888,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return attempt, response
 
         async def _through(self, request: Any, attempt: Attempt, path: str) -> Any:
-            sent, answer = await _open_async(httpx, request, attempt, path)
+            request, answer = await _open_async(httpx, request, attempt, path)
             if answer is not None:
                 return answer
-            answer = await self._send(sent, attempt, path)
-            _redirected_as(request, sent)
-            return answer
+            return await self._send(request, attempt, path)
 
         async def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
             try:

@@ -189,7 +189,14 @@ def _clean_tenant(value: Any, source: str, header: str | None = None) -> str | N
     trimming it made the two one tenant, sharing a cache and budgets."""
     if value is None:
         return None
-    text = str(value)
+    try:
+        text = str(value)
+    except ValueError:  # an int of more digits than Python writes out (4,300): too long for any name
+        if not isinstance(value, int):
+            raise
+        raise _TenantRefused("too_long", source, f"The tenant named by {_source_name(source, header)} is an "
+                             f"integer of {value.bit_length()} bits; at most {_MAX_TENANT} characters are "
+                             "allowed.", header) from None
     if not text.strip(" "):  # spaces only: str.strip() would also drop \x1c-\x1f, \x85 and U+2028 unseen
         return None
     if source == "header":  # the spaces around a header's value are not part of it (HTTP's optional whitespace)
@@ -311,6 +318,8 @@ class _Core:
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited: closed, not left to warn
                     raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str, or an int id) or None")
+                if isinstance(value, str) and type(value) is not str:  # a subclass: its own __str__, read here
+                    value = str(value)
             except _TenantRefused:
                 raise
             except Exception:
@@ -611,14 +620,20 @@ def _asgi_user(scope: Mapping[str, Any]) -> str | None:
                 value = bytes(value).decode("utf-8")
             except UnicodeDecodeError:
                 continue
-        if _named(value) != _UNNAMED:  # a blank identity names no one: the display_name may
-            return str(value)
+        name = _named(value)
+        if name != _UNNAMED:  # a blank or unwritable identity names no one: the display_name may
+            return name
     return _UNNAMED  # refused where the user would name the tenant (not where the policy's tenant callable does)
 
 
 def _named(value: Any) -> str:
-    """``value`` as a user's name, or :data:`_UNNAMED` when it names no one (None, or blank)."""
-    return str(value) if value is not None and str(value).strip(" ") else _UNNAMED
+    """``value`` as a user's name, or :data:`_UNNAMED` when it names no one (None, blank, or its ``str()``
+    fails, such as an int of more digits than Python writes out)."""
+    try:
+        text = None if value is None else str(value)
+    except Exception:  # noqa: BLE001 - the app's own user object: a name it cannot give is no name
+        return _UNNAMED
+    return text if text is not None and text.strip(" ") else _UNNAMED
 
 
 def _django_user(request: Any) -> str | None:

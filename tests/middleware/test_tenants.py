@@ -277,6 +277,22 @@ def test_asgi_malformed_users_and_callable_tenants_are_refused_too(engine: llmbu
     assert problem_of(by_callable.get("/info?org=" + "o" * 129))["source"] == "callable"
 
 
+class _Unwritable(str):
+    def __str__(self) -> str:
+        raise RuntimeError("the app's own name class cannot write itself")
+
+
+def test_a_tenant_callables_int_too_long_to_write_is_refused_and_an_unwritable_name_is_the_default(
+        engine: llmbudget.Engine) -> None:
+    """str() refuses an int of over 4,300 digits, and a str subclass may raise: both failed the request (500)."""
+    for make in (starlette_app, flask_client):
+        problem = problem_of(make(Policy(tenant=lambda request: 10**5000)).get("/info"))
+        assert (problem["reason"], problem["source"]) == ("too_long", "callable")
+        response = make(Policy(tenant=lambda request: _Unwritable("acme"))).get("/info")
+        assert response.status_code == 200
+        assert json.loads(response.get_data() if hasattr(response, "get_data") else response.content)["tenant"] is None
+
+
 class _NamedBy:
     """An authenticated user of the app's own class: some have no ``identity``, or one that raises."""
 
@@ -305,6 +321,7 @@ class _NamedBy:
     (_NamedBy("x", "acme "), "acme "),
     (_NamedBy("x", b"glob\xc3\xa9x"), "globéx"),  # bytes, read as UTF-8 (it was the tenant "b'glob...'")
     (_NamedBy(b"\xff\xfe"), None),  # bytes that are not UTF-8 name no one
+    (_NamedBy("globex", 10**5000), "globex"),  # an int str() refuses (over 4,300 digits): its display name (a 500)
 ])
 def test_asgi_a_user_without_an_identity_is_named_by_its_display_name_or_refused(
         engine: llmbudget.Engine, user: Any, tenant: str | None) -> None:

@@ -61,7 +61,7 @@ import re
 import sqlite3
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
@@ -215,9 +215,9 @@ class RoutePolicy:
 
 
 def request_path(path: str) -> str:
-    """A request's path as routes and routing's ``never`` globs match it: repeated slashes count as one, as routers
-    read them (werkzeug served ``//limited/chat`` as ``/limited/chat``, and the route ``/limited/*``'s budgets were
-    skipped)."""
+    """A request's path with repeated slashes as one, as werkzeug reads it (it served ``//limited/chat`` as
+    ``/limited/chat``, and the route ``/limited/*``'s budgets were skipped). Starlette and Django do not merge
+    them, so routes and routing's ``never`` globs read such a path both ways (:meth:`Policy.for_path`)."""
     return re.sub(r"/{2,}", "/", path) if "//" in path else path
 
 
@@ -302,9 +302,25 @@ class Policy:
         return cast(MetricsPolicy, self.metrics)
 
     def for_path(self, path: str) -> RoutePolicy:
-        """The settings for a request path (read as :func:`request_path` reads it): the first route whose glob
-        matches, over the policy's."""
-        path = request_path(path)
+        """The settings for a request path: the first route whose glob matches, over the policy's.
+
+        A path with repeated slashes is read both as it came (Starlette's and Django's routers) and with them
+        merged (werkzeug's, :func:`request_path`), as the middleware cannot know which router serves it. When
+        the two readings pick different routes, a route that turns the middleware off applies only if both
+        pick it (a client sending ``//admin/chat`` reached an app's catch-all route with no budget, read as the
+        disabled ``/admin/*``), and otherwise the merged reading's settings apply with the budgets of both."""
+        merged = self._for_path(request_path(path))
+        if "//" not in path or not self.routes:
+            return merged
+        raw = self._for_path(path)
+        if raw.route == merged.route:
+            return merged
+        if not merged.enabled or not raw.enabled:
+            return raw if raw.enabled else merged
+        budgets = merged.budgets + tuple(b for b in raw.budgets if b not in merged.budgets)
+        return replace(merged, budgets=budgets)
+
+    def _for_path(self, path: str) -> RoutePolicy:
         for route in self.routes:
             if fnmatch.fnmatchcase(path, route.path):
                 return RoutePolicy(

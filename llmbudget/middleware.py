@@ -706,8 +706,8 @@ class LLMBudgetMiddleware(_Core):
         if kind not in ("http", "websocket") or self.nested(scope):
             await self.app(scope, receive, send)
             return
-        path = request_path(_route_path(scope))  # (as routes and routing's never globs read it)
-        if self.metrics_path is not None and path == self.metrics_path and kind == "http":
+        path = _route_path(scope)  # (routes and routing's never globs read it with and without repeated slashes)
+        if self.metrics_path is not None and request_path(path) == self.metrics_path and kind == "http":
             await _asgi_answer(send, *self.metrics_answer(scope.get("method", "GET")))
             return
         route = self.policy.for_path(path)
@@ -1031,9 +1031,10 @@ class LLMBudgetWSGIMiddleware(_Core):
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if self.nested(environ):
             return self.app(environ, start_response)
-        path = request_path(environ.get("PATH_INFO") or "/")  # (as routes and routing's never globs read it)
+        raw_path = environ.get("PATH_INFO")  # the UTF-8 path's bytes as latin-1 (PEP 3333); ASGI gives the text
+        path = _wsgi_text(raw_path) if isinstance(raw_path, str) and raw_path else "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        if self.metrics_path is not None and path == self.metrics_path:
+        if self.metrics_path is not None and request_path(path) == self.metrics_path:
             status, headers, body = self.metrics_answer(method)
             length = [] if any(k == "content-length" for k, _ in headers) else [("content-length", str(len(body)))]
             start_response(f"{status} {'OK' if status == 200 else 'Method Not Allowed'}", [*headers, *length])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..calls import Call
+from ..config import request_path
 from ..output import anthropic_format
 
 __all__ = ["Tier", "Routing", "Decision"]
@@ -174,7 +175,8 @@ class Routing:
             return Decision(forced, None, None, "forced")
         if call.endpoint not in ("chat.completions", "responses", "messages"):
             return Decision(self.strong, None, None, f"{call.endpoint} is not routed")
-        if any(fnmatch.fnmatchcase(path, pattern) for pattern in self.never):
+        if any(fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(request_path(path), pattern)
+               for pattern in self.never):  # either reading of repeated slashes (werkzeug's, Starlette's)
             return Decision(self.strong, None, None, "path is never routed")
         body = chat_view(call.body) if call.endpoint == "messages" else call.body
         kept = never_routed(body, route_tools=self.route_tools, route_schemas=self.route_schemas)

@@ -583,10 +583,28 @@ def test_spend_headers_are_added_beside_header_names_an_app_sends_as_str(engine:
     assert sent[0]["status"] == 200 and names[0] == "content-type" and b"x-llmbudget-calls" in names
 
 
-def test_routes_and_routings_never_globs_read_repeated_slashes_as_one(engine: llmbudget.Engine) -> None:
-    """werkzeug serves //secret/chat as /secret/chat: the route /secret/*'s budgets were skipped, and routing's
-    never globs, given the path as it came, sent such a request to the small tier."""
+def test_routes_and_routings_never_globs_read_repeated_slashes_both_ways(engine: llmbudget.Engine) -> None:
+    """werkzeug serves //secret/chat as /secret/chat (the route /secret/*'s budgets were skipped, and routing's
+    never globs sent it to the small tier); Starlette and Django serve a path as it came (a client's //admin/x
+    reached the app's catch-all route with no budget, read as the disabled route /admin/*)."""
+    from llmbudget.calls import Call
     from llmbudget.scope import app_path
+
+    tiny, wide = llmbudget.Budget("0.0000001", per="request"), llmbudget.Budget("1", per="request")
+    policy = Policy(budgets=[tiny], routes=[PolicyRoute("/admin/*", enabled=False),
+                                            PolicyRoute("/secret/*", budgets=[wide]), PolicyRoute("/open/*", budgets=[])])
+    assert not policy.for_path("/admin/x").enabled
+    assert policy.for_path("//admin/x").enabled and policy.for_path("//admin/x").budgets == (tiny,)
+    assert policy.for_path("//secret/chat").route == "/secret/*"  # werkzeug's reading: its budgets
+    assert set(policy.for_path("//secret/chat").budgets) == {tiny, wide}  # and the path's as it came
+    assert policy.for_path("//open/chat").budgets == (tiny,)
+    assert policy.for_path("/secret//chat").budgets == (wide,)  # both readings pick /secret/*
+
+    routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0, never=["/secret/*", "//raw/*"])
+    call = Call(endpoint="chat.completions", model="gpt-4o", stream=False, base_url="https://api.openai.com/v1",
+                body={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]})
+    reasons = [routing.decide(call, path=path).reason for path in ("//secret/chat", "//raw/x", "/chat")]
+    assert reasons[:2] == ["path is never routed"] * 2 and reasons[2] != "path is never routed"
 
     seen: list[str] = []
 
@@ -595,7 +613,24 @@ def test_routes_and_routings_never_globs_read_repeated_slashes_as_one(engine: ll
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    client = TestClient(LLMBudgetMiddleware(inner, policy=Policy(), install=False))
-    client.get("/secret//chat")
-    assert seen == ["/secret/chat"]
-    assert Policy(routes=[PolicyRoute("/secret/*", enabled=False)]).for_path("//secret/chat").route == "/secret/*"
+    TestClient(LLMBudgetMiddleware(inner, policy=Policy(), install=False)).get("/secret//chat")
+    assert seen == ["/secret//chat"]  # as it came: routing's never globs read it both ways
+
+
+def test_a_catch_all_route_serving_a_disabled_routes_path_with_repeated_slashes_keeps_its_budgets(
+        engine: llmbudget.Engine, llm_server: str) -> None:
+    llm = openai.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0)
+
+    async def admin(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("admin page")
+
+    def anything(request: Request) -> PlainTextResponse:
+        llm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        return PlainTextResponse("served")
+
+    policy = Policy(budgets=[llmbudget.Budget("0.0000001", per="request")], routes=[PolicyRoute("/admin/*", enabled=False)])
+    client = TestClient(Starlette(routes=[Route("/admin/{x}", admin), Route("/{p:path}", anything)],
+                                  middleware=[Middleware(LLMBudgetMiddleware, policy=policy)]))
+    assert client.get("/admin/x").text == "admin page"
+    assert client.get("/chat").status_code == 402
+    assert client.get("http://testserver//admin/x").status_code == 402  # the catch-all served it, unbudgeted

@@ -329,3 +329,17 @@ def test_a_disabled_routes_file_wrapper_reaches_the_server_as_it_made_it(engine:
     assert made and result is made[0] and b"".join(result) == b"static bytes"
     # the server's own wrapper again, which servers check the answer against (gunicorn: isinstance, a 500 else)
     assert environ["wsgi.file_wrapper"] is file_wrapper
+
+
+def test_route_globs_match_a_wsgi_path_as_the_utf8_text_it_carries(engine: llmbudget.Engine) -> None:
+    """PEP 3333's PATH_INFO is the path's UTF-8 bytes decoded as latin-1 (/rÃ©sumÃ©/x): a route naming /résumé/*
+    never matched under WSGI, and its budgets were skipped (ASGI gives the text)."""
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        route = current_route()
+        start_response("200 OK", [])
+        return [str(None if route is None else route.route).encode()]
+
+    client = Client(LLMBudgetWSGIMiddleware(app, policy=Policy(routes=[llmbudget.config.Route("/résumé/*")]),
+                                            install=False))
+    assert client.get("/résumé/x").get_data() == "/résumé/*".encode()
+    assert client.get("/other").get_data() == b"None"

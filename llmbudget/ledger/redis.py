@@ -20,6 +20,8 @@ starts every counter from zero.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -344,12 +346,8 @@ class RedisBudgetStore:
         self._expiry: OrderedDict[str, int] = OrderedDict()  # bucket key -> expire-at ms
         self._spool_due = 0.0  # monotonic: when to look for settles processes that ended kept (see .spool)
         self._inherited: dict[str, int] = {}  # other processes' waiting spend per key (pico), while Redis is down
-        server = self._server(self._redis)  # (not the URL as written: localhost, a rotated password)
-        self._spool_base: Path | None = None
-        if server is not None:
-            digest = hashlib.sha256(f"{server}\0{self.prefix}".encode()).hexdigest()[:16]
-            self._spool_base = spool.state_dir() / f"redis-{digest}"
-        else:
+        self._spool_base = _state_base(self._redis, self.prefix, "redis")
+        if self._spool_base is None:
             log.warning("llmbudget: Redis budget store: the client given names no server; settles that wait when "
                         "its process ends are not kept for the host's other processes")
         self._journal = spool.Journal(self._spool_base)  # this process's waiting settles and releases, on disk
@@ -357,21 +355,6 @@ class RedisBudgetStore:
         _LIVE.add(self)
 
     # -- settles kept across a restart (see .spool) -----------------------------------------------
-
-    def _server(self, client: Any) -> str | None:
-        """The server ``client`` talks to, as a name for this store's files (None: it does not say)."""
-        pool = getattr(client, "connection_pool", None)
-        kwargs = getattr(pool, "connection_kwargs", None) or {}
-        if getattr(pool, "service_name", None):  # Sentinel: the service, whichever node is its master
-            return f"sentinel:{pool.service_name}/{kwargs.get('db', 0)}"  # type: ignore[union-attr]
-        if kwargs.get("host") or kwargs.get("path"):
-            host = str(kwargs.get("host"))
-            host = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}.get(host, host)
-            return f"{host}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
-        nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
-        if nodes:  # a Redis Cluster client
-            return "cluster:" + ",".join(sorted(map(str, nodes)))
-        return None
 
     def _spooled(self, rows: list[dict[str, Any]]) -> list[tuple[Reservation, int | None, dict[str, int]]]:
         """Spool ``rows`` that read: (reservation, actual in pico or None for a release, key expiries)."""
@@ -731,6 +714,37 @@ _ID_TTL_S = 3_600
 _BATCH = 500  # records per script call
 
 
+def _server(client: Any) -> str | None:
+    """The server ``client`` talks to, as a name for files kept for it (None: it does not say)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    if getattr(pool, "service_name", None):  # Sentinel: the service, whichever node is its master
+        return f"sentinel:{pool.service_name}/{kwargs.get('db', 0)}"  # type: ignore[union-attr]
+    if kwargs.get("host") or kwargs.get("path"):
+        host = str(kwargs.get("host"))
+        host = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}.get(host, host)
+        return f"{host}:{kwargs.get('port')}/{kwargs.get('db')}{kwargs.get('path') or ''}"
+    nodes = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None)
+    if nodes:  # a Redis Cluster client
+        return "cluster:" + ",".join(sorted(map(str, nodes)))
+    return None
+
+
+def _state_base(client: Any, prefix: str, kind: str) -> Path | None:
+    """Where the files kept for ``client``'s server and ``prefix`` start, in the state folder (``kind``: whose),
+    named after the server, not the URL as written (localhost, a rotated password); None when the client does not
+    name one."""
+    server = _server(client)
+    if server is None:
+        return None
+    digest = hashlib.sha256(f"{server}\0{prefix}".encode()).hexdigest()[:16]
+    return spool.state_dir() / f"{kind}-{digest}"
+
+
+#: How often a ledger looks for the records processes that ended kept in files, at most.
+_KEPT_EVERY_S = 5.0
+
+
 class RedisLedger:
     """Spend records appended to a Redis stream (``XADD`` with approximate ``MAXLEN`` trimming).
 
@@ -740,7 +754,10 @@ class RedisLedger:
     timeout. One thread writes at a time, and the others never wait for it: their records join
     what it writes. Writes are idempotent: each record carries an id that a script checks before
     appending, so a batch re-sent after a client timeout (Redis paused, a slow network) that
-    Redis had applied already is not appended twice.
+    Redis had applied already is not appended twice. A process that ends while records still
+    wait keeps them in a file of the state folder (``redis-ledger-<digest of the server and
+    prefix>.records-<pid>-<random>.jsonl``, see :func:`~llmbudget.ledger.spool.state_dir`), which
+    the next ledger on the host to write that stream writes into it and removes.
     """
 
     def __init__(
@@ -773,6 +790,8 @@ class RedisLedger:
         self._waiting: deque[tuple[str, str]] = deque(maxlen=buffer)  # (record id, record JSON)
         self._lock = threading.Lock()
         self._warned = False
+        self._kept_base = _state_base(self._redis, self.prefix, "redis-ledger")
+        self._kept_at: float | None = None  # when the files of ended processes' records were last looked for
         _LIVE.add(self)
 
     def add(self, record: SpendRecord) -> None:
@@ -838,6 +857,84 @@ class RedisLedger:
             while self._waiting and self._waiting[0][0] in written:  # records added meanwhile stay
                 self._waiting.popleft()
             self._warned = False
+        self._write_kept()
+
+    def _kept_files(self) -> list[Path]:
+        base = self._kept_base
+        if base is None:
+            return []
+        try:
+            return sorted(base.parent.glob(f"{glob.escape(base.name)}.records-*.jsonl"))
+        except OSError:
+            return []
+
+    def _write_kept(self) -> None:
+        """Write the records that processes which ended while Redis was down kept in files (Redis answers: at
+        most every ``_KEPT_EVERY_S``), then remove each file. Ids make it idempotent: a file two processes
+        write, or one written again after its removal failed, is appended once (within the ids' hour)."""
+        now = time.monotonic()
+        if self._kept_at is not None and now < self._kept_at + _KEPT_EVERY_S:
+            return
+        self._kept_at = now
+        for path in self._kept_files():
+            rows: list[tuple[str, str]] = []
+            try:
+                lines = path.read_bytes().splitlines()
+            except OSError:
+                continue
+            for number, line in enumerate(lines, 1):
+                try:
+                    row = json.loads(line)
+                    record = SpendRecord.from_dict(row["r"])
+                    if not isinstance(row["id"], str):
+                        raise TypeError(f"its id is {type(row['id']).__name__}")
+                except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                    log.warning("llmbudget: %s line %d is not a readable spend record (%s); left out", path, number,
+                                exc)
+                    continue
+                rows.append((row["id"], json.dumps(record.to_dict())))
+            try:
+                if rows:
+                    self._send(rows)
+            except self._errors + (self._no_script,) as exc:  # tried again later
+                log.warning("llmbudget: the records kept in %s could not be written to Redis yet (%s: %s)", path,
+                            type(exc).__name__, exc)
+                return
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if rows:
+                log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to the "
+                            "Redis stream %s", len(rows), path, self.stream)
+
+    def _keep_at_exit(self) -> None:
+        """The process ends with records Redis would not take: keep them in a file of the state folder, for the
+        next ledger on the host that writes this stream (see :meth:`_write_kept`), and say so."""
+        with self._lock:  # taken off the queue: the retry thread, still running while other exit hooks run, must
+            # not write them too
+            batch = list(self._waiting)
+            self._waiting.clear()
+        if not batch:
+            return
+        where = f"{self.stream} at {self.url}"
+        if self._kept_base is None:
+            log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit; the client "
+                        "given names no server, so they are not kept: they are lost", len(batch), where)
+            return
+        path = self._kept_base.with_name(f"{self._kept_base.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+        partial = path.with_name(path.name + ".partial")  # (renamed once whole: never read half written)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "w", encoding="utf-8") as out:
+                out.writelines(f'{{"id": {json.dumps(record_id)}, "r": {payload}}}\n' for record_id, payload in batch)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit, nor kept in "
+                        "%s (%s): they are lost", len(batch), where, path, exc)
+            return
+        log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit; kept in %s, which "
+                    "the next process on this host to write that stream writes into it", len(batch), where, path)
 
     def _send(self, waiting: list[tuple[str, str]]) -> None:
         """``waiting``, in one pipeline of script calls (one round trip once the script is loaded)."""
@@ -937,15 +1034,13 @@ def _retry_waiting() -> None:
 def _write_what_waits_at_exit() -> None:
     """Records and settles kept in memory while Redis was down, written once more as the process ends (a worker
     recycled after the outage, inside its retry interval, lost both: the call unrecorded and never charged, its
-    hold left until its TTL). Redis still down: they are lost, as the process's memory is."""
+    hold left until its TTL). Redis still down: settles stay in their store's file, records are kept in one."""
     for owner in list(_LIVE):
         try:
             if isinstance(owner, RedisLedger):
                 if owner._waiting:
                     owner.flush()
-                    if owner._waiting:
-                        log.warning("llmbudget: %d spend record(s) could not be written to Redis before exit",
-                                    len(owner._waiting))
+                    owner._keep_at_exit()  # (still down: kept in a file for the host's next process)
             elif owner._pending or owner._releases:
                 try:
                     owner._reconcile()

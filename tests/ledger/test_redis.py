@@ -922,6 +922,46 @@ def test_what_waited_for_redis_is_written_as_the_process_exits(server: _Server) 
     assert RedisBudgetStore(server.url + "?prefix=exit:").spent(bucket.key) == (Decimal("0.25"), 0)
 
 
+def test_records_redis_still_cannot_take_at_exit_are_kept_and_written_by_the_next_process(
+        server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A process that ended while Redis was down lost its waiting records (30 made, 2 in the stream), where the
+    SQLite ledger keeps them in a file for the next process."""
+    import llmbudget.ledger.redis as redis_ledger
+
+    monkeypatch.setenv("LLMBUDGET_STATE_DIR", str(tmp_path / "state"))
+
+    def record(name: str) -> SpendRecord:
+        return SpendRecord(time=time.time(), endpoint="chat.completions", base_url="http://x/v1", model_requested="m",
+                           model_sent="m", model_answered="m", usage=Usage(input_tokens=1), cost_usd=Decimal("0.25"),
+                           latency_s=0.0, tenant="acme", request_id=name)
+
+    ledger = RedisLedger(server.url + "?prefix=kept:", retry_interval=60, timeout=0.2)
+    server.kill()
+    for name in ("a", "b", "c"):
+        ledger.add(record(name))
+    assert ledger.pending == 3
+    redis_ledger._write_what_waits_at_exit()  # Redis still down: kept in a file
+    kept = list((tmp_path / "state").glob("redis-ledger-*.records-*.jsonl"))
+    assert len(kept) == 1 and ledger.pending == 0 and "kept in" in caplog.text
+    elsewhere = RedisLedger(server.url + "?prefix=other:", retry_interval=60)
+    server.start()
+    elsewhere.add(record("other stream"))  # another prefix: another stream's files
+    assert kept[0].exists()
+    following = RedisLedger(server.url.replace("127.0.0.1", "localhost") + "?prefix=kept:")  # the same server
+    following.add(record("after"))
+    assert sorted(r.request_id for r in following.records()) == ["a", "after", "b", "c"]
+    assert not kept[0].exists()
+    kept[0].write_text("".join(json.dumps(row) + "\n" for row in (  # a file written twice: its ids, appended once
+        {"id": "x1", "r": record("a").to_dict()}, "not a row", {"id": 5, "r": {}})), encoding="utf-8")
+    following._kept_at = None
+    following.flush()
+    following._kept_at = None
+    kept[0].write_text(json.dumps({"id": "x1", "r": record("a").to_dict()}) + "\n", encoding="utf-8")
+    following.flush()
+    assert sorted(r.request_id for r in following.records()) == ["a", "a", "after", "b", "c"]
+    assert not kept[0].exists() and "is not a readable spend record" in caplog.text
+
+
 def test_fail_open_refuses_what_it_cannot_keep_in_its_state_folder(server: _Server, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Served while Redis was down and nothing could be kept on disk, the spend was lost at exit, and each

@@ -84,6 +84,8 @@ _PUT_BATCH = 500  # answers embedded together and sent in one round trip
 _LOAD_BATCH = 500  # entries one script scans when a partition loads (a few ms of Redis time each)
 _EMPTY_KEEP = 4096  # partitions remembered as holding no entry (so their lookups skip the load)
 _BUILD_RETRY_S = 60.0  # after a build thread could not start, seconds before the next try
+#: Seconds after Redis was found down during which lookups miss and stores are skipped without trying it.
+RETRY_S = 1.0
 
 _DELETE = """
 local function delete_entry(P, id)
@@ -304,7 +306,9 @@ class RedisCacheStore:
       ``max_semantic_chars``, ``template_guard``: as :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
     - ``exact_search_max``: partitions up to this size are searched exactly; a bigger one
       gets a usearch HNSW index (``index_dtype``: ``"f16"`` or ``"i8"``), as in :class:`CacheStore`.
-    - ``timeout``: seconds a Redis command may take before the cache counts Redis as down.
+    - ``timeout``: seconds a Redis command may take before the cache counts Redis as down; then, for
+      ``RETRY_S`` (1 s), lookups miss and answers are not stored without trying Redis, so calls made
+      during an outage do not each wait for it (a paused Redis cost every call 1-3 s).
     - ``clock``: the time source, epoch seconds (tests).
     """
 
@@ -340,7 +344,7 @@ class RedisCacheStore:
         base, options = _split_url(url)
         self.url = base
         self.prefix = options.get("prefix") or prefix
-        self._redis = _client(base, timeout)
+        self._redis = _client(base, timeout, again_after_timeout=False)
         self._down = _unavailable_errors()
         import redis
 
@@ -377,6 +381,7 @@ class RedisCacheStore:
         self._position = 0  # stream entries added up to self._last_id
         self._store_id: bytes | None = None
         self._warned = False
+        self._retry_at = 0.0  # time.monotonic() before which Redis, found down, is not tried (lookups and stores)
         self._skipped = False  # a stream entry was skipped (logged once)
         self._closed = False
         _STORES.add(self)  # its locks are new in a forked child
@@ -408,10 +413,15 @@ class RedisCacheStore:
             self._empty.clear()
 
     def _unreachable(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + RETRY_S
         if not self._warned:
             self._warned = True
             log.warning("llmbudget: Redis cache at %s is unreachable (%s); lookups miss and answers are not stored "
                         "until it answers again", self.url, exc)
+
+    def _resting(self) -> bool:
+        """Whether Redis was found down less than ``RETRY_S`` ago: lookups and stores skip it meanwhile."""
+        return self._retry_at > 0.0 and time.monotonic() < self._retry_at
 
     def _reachable(self) -> None:
         if self._warned:
@@ -692,6 +702,8 @@ class RedisCacheStore:
 
     def get_exact(self, partition: str, exact_key: str) -> Entry | None:
         """The live entry stored under ``exact_key`` in ``partition``, or None (also when Redis is down)."""
+        if self._resting():
+            return None
         try:
             found = self._get_exact(partition, exact_key)
         except self._down as exc:
@@ -714,7 +726,7 @@ class RedisCacheStore:
 
     def search(self, partition: str, text: str, vector: Any | None = None) -> Hit | None:
         """The best live entry of ``partition`` whose score reaches the threshold, or None (also when Redis is down)."""
-        if not self._within_length(text):
+        if not self._within_length(text) or self._resting():
             return None
         text = tokenizable(text)  # as stored
         query = self._unit(self.embedder.embed([text])[0] if vector is None else vector)
@@ -808,6 +820,8 @@ class RedisCacheStore:
         """
         rows = list(items)
         checked = [row_fields(row, self.ttl) for row in rows]  # every answer checked before any is stored
+        if self._resting():
+            return [0] * len(rows)
         ids: list[int] = []
         for start in range(0, len(rows), _PUT_BATCH):
             chunk, fields = rows[start : start + _PUT_BATCH], checked[start : start + _PUT_BATCH]
@@ -857,6 +871,8 @@ class RedisCacheStore:
 
     def record_hit(self, entry_id: int) -> None:
         """Count a hit on ``entry_id`` (LRU orders by it)."""
+        if self._resting():
+            return
         try:
             self._hit(args=[self.prefix, int(entry_id), repr(self._clock())])
         except self._down as exc:

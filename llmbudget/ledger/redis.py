@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -110,7 +111,11 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
 
-def _client(url: str, timeout: float) -> Any:
+def _client(url: str, timeout: float, *, again_after_timeout: bool = True) -> Any:
+    """A redis-py client for ``url``. A command whose connection broke (one the pool kept across a Redis restart or
+    a failover) is sent once more on a new one, and so is one that timed out when ``again_after_timeout`` (a
+    budget reserve held up by a pause a little longer than ``timeout`` then goes through: it waits up to twice
+    ``timeout``); the cache's commands are not (a miss costs nothing, and a paused Redis made each wait twice)."""
     try:
         import redis
     except ImportError:
@@ -118,8 +123,11 @@ def _client(url: str, timeout: float) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    errors: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,)
+    if again_after_timeout:
+        errors += (redis.exceptions.TimeoutError, socket.timeout)
     client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1, supported_errors=errors),
         health_check_interval=30, decode_responses=False,
     )
     pool = client.connection_pool

@@ -595,6 +595,45 @@ def test_redis_down_means_misses_and_skipped_stores(caplog: pytest.LogCaptureFix
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # logged once
 
 
+def test_a_redis_that_stops_answering_costs_one_timeout_a_second_not_one_per_call() -> None:
+    """A paused Redis (SIGSTOP) added 1-3 s to every call: the lookup, the search and the store each waited for
+    the timeout (twice: redis-py tried again after a timeout)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:  # connections taken, never answered
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        started = time.monotonic()
+        store = make("llmbudget-test:paused:", url=f"redis://127.0.0.1:{server.getsockname()[1]}/15", timeout=0.2)
+        assert 0.15 < time.monotonic() - started < 0.35  # one timeout, not two
+        started = time.monotonic()
+        for _ in range(5):
+            assert store.get_exact("p", "k") is None and store.search("p", "any question") is None
+            assert put(store, "p", "k", "any question") == 0
+            store.record_hit(1)
+        assert time.monotonic() - started < 0.15  # found down: not tried again within the second
+        time.sleep(max(0.0, redis_store.RETRY_S - (time.monotonic() - started)) + 0.05)
+        started = time.monotonic()
+        assert store.get_exact("p", "k") is None and store.search("p", "any question") is None
+        assert 0.15 < time.monotonic() - started < 0.35  # tried again once
+        store.close()
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
 def test_a_url_to_a_service_that_is_not_redis_is_redis_down(caplog: pytest.LogCaptureFixture) -> None:
     # a typo'd port that an HTTP server answers: redis-py's protocol error escaped and stopped the app's start-up
     import socket

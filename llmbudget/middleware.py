@@ -685,6 +685,21 @@ class LLMBudgetMiddleware(_Core):
 
     #: The policy error of a middleware built inside a running server (see ``__init__``), raised as it serves.
     _failed: ConfigError | None = None
+    #: Whether the warning that authentication runs inside this middleware was given (once per middleware).
+    _user_order_warned = False
+
+    def _warn_user_order(self, scope: Mapping[str, Any]) -> None:
+        """The app set ``scope["user"]`` after this middleware read the tenant: an authentication middleware
+        added inside it (Starlette and FastAPI run the last one added first). Its users were never read, so they
+        all counted for the header's tenant or the default one, sharing a cache: say so, once."""
+        if self.policy.tenant is not None or _asgi_user(scope) is None:
+            return  # the callable names the tenant, or no one was authenticated
+        self._user_order_warned = True
+        log.warning("llmbudget: the request's authenticated user was set after LLMBudgetMiddleware read its tenant: "
+                    "an authentication middleware runs inside it, so its users are not told apart (they count for "
+                    "the tenant header's tenant or the default one, and share its cache and budgets). Add "
+                    "LLMBudgetMiddleware before the authentication middleware (app.add_middleware: last added runs "
+                    "first), or name the tenant with Policy(tenant=...)")
 
     def __init__(self, app: ASGIApp, *, policy: Policy | None = None, install: bool = True) -> None:
         self.app = app
@@ -731,6 +746,7 @@ class LLMBudgetMiddleware(_Core):
         started_at = time.perf_counter()
         status: int | None = None
         response_started = False
+        had_user = "user" in scope
         with _llm_scope(tenant=tenant, request_id=request_id, budgets=route.budgets, cache=route.cache,
                         routing=route.routing, output=route.output, defer=route.defer, on_budget=route.on_budget,
                         downgrade_to=route.downgrade_to, cap_min_output_tokens=route.cap_min_output_tokens) as current:
@@ -808,6 +824,8 @@ class LLMBudgetMiddleware(_Core):
                 app_path.reset(path_token)
                 _route.reset(token)
                 self.finished(current, scope.get("method", "WS"), path, status, started_at)
+                if not had_user and "user" in scope and not self._user_order_warned:
+                    self._warn_user_order(scope)
 
 
 async def _asgi_answer(send: ASGISend, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
@@ -957,8 +975,8 @@ def _wsgi_text(value: str) -> str:
     tenant headers are read (a ``REMOTE_USER`` of ``josé`` became ``josÃ©``); as it is where it is not such a
     string (Python code set it, with characters past latin-1) or its bytes are not UTF-8: a WSGI middleware's own
     text (``"josé"``, which PEP 3333 cannot tell from the latin-1 bytes ``jos\\xe9``), or a server whose users'
-    names are latin-1. Refusing those would break both; only a deployment mixing the two encodings for two users
-    could make them meet."""
+    names are latin-1. Refusing those would break both. The two readings meet where a middleware sets text:
+    its user ``"josÃ©"`` is read as ``"josé"`` (README says to give such users to the tenant callable)."""
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:

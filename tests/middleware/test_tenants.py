@@ -105,6 +105,26 @@ def starlette_app(policy: Policy, *, upstream: Upstream | None = None, client: t
     return TestClient(app, client=client or ("testclient", 50000))
 
 
+def test_an_authentication_middleware_inside_this_one_is_warned_about_once(
+        engine: llmbudget.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """Added in the wrong order, its users were never read: all of them shared the default tenant's cache and
+    budgets, and nothing said so."""
+    async def info(request: Request) -> JSONResponse:
+        return JSONResponse({"tenant": tenant_now()})
+
+    inside = Starlette(routes=[Route("/info", info)], middleware=[
+        Middleware(LLMBudgetMiddleware, policy=Policy()), Middleware(AuthenticationMiddleware, backend=_Auth())])
+    client = TestClient(inside)
+    with caplog.at_level(logging.WARNING, logger="llmbudget.middleware"):
+        assert client.get("/info").json()["tenant"] is None  # no one authenticated: nothing to say
+        assert not caplog.records
+        for user in ("alice", "bob"):
+            assert client.get("/info", headers={"x-user": user}).json()["tenant"] is None
+        right = starlette_app(Policy())  # the order README gives: the user names the tenant, no warning
+        assert right.get("/info", headers={"x-user": "alice"}).json()["tenant"] == "alice"
+    assert [r.getMessage().count("runs inside it") for r in caplog.records] == [1]
+
+
 @pytest.mark.parametrize("trust", [False, True])
 def test_asgi_an_authenticated_user_outranks_any_tenant_header(engine: llmbudget.Engine, trust: bool) -> None:
     client = starlette_app(Policy(trust_tenant_header=trust))

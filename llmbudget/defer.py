@@ -226,11 +226,16 @@ class Batcher:
             log.warning("llmbudget: batch %s could not be read: %s; `llmbudget batches --resume` fetches it later",
                         job, exc)
             self._unlease(job)  # this process no longer polls it: --resume may take it
+            for call in group.calls:  # it ran and is billed: each call is charged what it held, not released
+                call.future.job_ran = True  # type: ignore[attr-defined]
             _fail_all(group.calls, jobs.error(502, f"llmbudget: batch {job} could not be read: {exc}",
                                               "batch_unreadable"))
             return
         for call in group.calls:
-            status, body = answers.get(call.custom_id) or jobs.missing(job, done)
+            answer = answers.get(call.custom_id)
+            if answer is None and done.get(_UNREADABLE):  # its line may be one that did not read: it may have run
+                call.future.job_ran = True  # type: ignore[attr-defined]
+            status, body = answer or jobs.missing(job, done)
             if not call.future.done():
                 call.future.set_result((status, body))
         self._forget(job)
@@ -414,6 +419,10 @@ class _Jobs:
         reasons = [str(e.get("message")) for e in (data if isinstance(data, list) else [])
                    if isinstance(e, dict) and e.get("message")]
         why = f": {'; '.join(reasons[:3])}" if reasons else ""
+        unreadable = done.get(_UNREADABLE)
+        if unreadable:  # (a line that did not read may be this request's: it may have run, and be billed)
+            return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and {unreadable} "
+                              "result line(s) of the job did not read", "batch_line_unreadable")
         return self.error(504 if ended == "expired" else 500,
                           f"batch {job} ended {ended!r} without running this request{why}", f"batch_{ended}")
 
@@ -474,11 +483,24 @@ class _MessageBatches(_Jobs):
 
     def results(self, done: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
         with _anthropic_client(self.base_url, self.headers, self.timeout) as client:
-            try:
-                lines = [(line.custom_id, line.result.model_dump())
-                         for line in client.messages.batches.results(done["id"])]
+            try:  # read line by line here: the SDK's decoder stops at a line that does not read, losing the rest
+                with client.messages.batches.with_streaming_response.results(done["id"]) as response:
+                    raw = list(response.iter_lines())
             except Exception as exc:
                 raise BatchError(f"downloading the results of {done.get('id')}: {exc}") from exc
+        lines: list[tuple[str, dict[str, Any]]] = []
+        for number, text in enumerate(raw, 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+                custom_id, result = line["custom_id"], line["result"]
+                if not isinstance(custom_id, str) or not isinstance(result, dict):
+                    raise TypeError("its custom_id is not a string or its result not an object")
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                _unreadable_line(done, "results", number, exc)
+                continue
+            lines.append((custom_id, result))
         answers: dict[str, tuple[int, bytes]] = {}
         for custom_id, result in lines:
             kind = result.get("type")
@@ -529,18 +551,36 @@ def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, byte
             text = client.files.content(file_id).text
         except Exception as exc:
             raise BatchError(f"downloading {key} {file_id}: {exc}") from exc
-        for raw in text.splitlines():
+        for number, raw in enumerate(text.splitlines(), 1):
             if not raw.strip():
                 continue
-            line = json.loads(raw)
-            response = line.get("response") or {}
-            if isinstance(response.get("body"), dict) and response.get("status_code"):
-                answers[line["custom_id"]] = (int(response["status_code"]), json.dumps(response["body"]).encode())
-            else:
-                error = line.get("error") or {}
-                answers[line["custom_id"]] = _error(500, str(error.get("message") or "the batch line failed"),
-                                                    str(error.get("code") or "batch_line_failed"))
+            try:
+                line = json.loads(raw)
+                custom_id = line["custom_id"]
+                if not isinstance(custom_id, str):
+                    raise TypeError(f"its custom_id is {type(custom_id).__name__}")
+                response = line.get("response") or {}
+                if isinstance(response.get("body"), dict) and response.get("status_code"):
+                    answers[custom_id] = (int(response["status_code"]), json.dumps(response["body"]).encode())
+                else:
+                    error = line.get("error") or {}
+                    answers[custom_id] = _error(500, str(error.get("message") or "the batch line failed"),
+                                                str(error.get("code") or "batch_line_failed"))
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                _unreadable_line(done, key, number, exc)
     return answers
+
+
+#: Where a finished job's status counts its result lines that did not read (see :func:`_unreadable_line`).
+_UNREADABLE = "llmbudget_unreadable_lines"
+
+
+def _unreadable_line(done: dict[str, Any], where: str, number: int, exc: BaseException) -> None:
+    """Log a result line of job ``done`` that does not read: one line fails its own call alone (whose answer is
+    then the job's "missing" one), never the job's other calls, which ran and are billed."""
+    done[_UNREADABLE] = int(done.get(_UNREADABLE) or 0) + 1
+    log.warning("llmbudget: batch %s: line %d of its %s does not read (%s: %s); its call gets an error, the "
+                "others their answers", done.get("id"), number, where, type(exc).__name__, exc)
 
 
 def _take_lease(folder: Path, job: str) -> int | None:
@@ -633,7 +673,9 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
                 model_requested=call["model"], model_sent=call["model"], model_answered=model, usage=usage,
                 cost_usd=priced.usd, latency_s=0.0, tenant=call["tenant"], request_id=call["request_id"],
                 status=status, price_source=priced.source, deferred="batch", estimated=usage.estimated,
-                deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0)))
+                deferred_saved_usd=max(standard.usd - priced.usd, Decimal(0)) if priced.known else Decimal(0),
+                prompt_cache_saved_usd=engine.pricing.prompt_cache_saving(usage, model=model,
+                                                                         base_url=job["base_url"])))
         except Exception as exc:  # noqa: BLE001 - one unreadable answer must not lose the others
             log.warning("llmbudget: batch %s, call %s: its spend could not be read (%s); not recorded",
                         job["id"], call["custom_id"], exc)

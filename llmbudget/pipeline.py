@@ -455,6 +455,9 @@ class Attempt:
         self.output: dict[str, Any] | None = None
         #: "flex" or "batch" when the scope defers this call (``llmbudget.defer``); see ``defer_mode``.
         self.defer_mode: str | None = None
+        #: Settle the holds at what they held, whatever the record's cost: a batched call whose job ran (and is
+        #: billed) though its answer could not be read (``llmbudget batches --resume`` records it later).
+        self.charge_holds = False
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -508,7 +511,9 @@ class Attempt:
         padded = int(self.estimate_input_tokens() * self.engine.input_estimate_margin) + 8 + audio
         ttls = cache_write_ttls(self.call.body) if self.call.endpoint == "messages" else set()
         asked = self.call.body.get("service_tier")
-        tier = self.defer_mode or ("priority" if asked == "priority" or (
+        # flex only where it exists (OpenAI's API): another host ignores service_tier and bills its standard rate
+        deferred = self.defer_mode if self.defer_mode == "batch" or _openai(self.call.base_url) else None
+        tier = deferred or ("priority" if asked == "priority" or (
             asked in (None, "auto") and self.call.base_url in self.engine.priority_by_default) else None)
         # search results are input, never written to the prompt cache
         fetched = self.adapter.fetched_tokens(self.call.body)
@@ -650,11 +655,12 @@ class Attempt:
         """Drop every hold without charging (the call was not sent or failed before it was)."""
         self._settle_holds(Decimal(0))
 
-    def _settle_holds(self, actual: Decimal) -> None:
+    def _settle_holds(self, actual: Decimal | None) -> None:
+        """Settle every hold at ``actual`` (None: each at what it held)."""
         holds, self._holds = self._holds, []
         for hold in holds:
             try:
-                hold.store.settle(hold.reservation, actual)
+                hold.store.settle(hold.reservation, hold.reservation.amount if actual is None else actual)
             except Exception:
                 log.exception("llmbudget: settling a budget reservation failed")
 
@@ -1303,7 +1309,8 @@ class Attempt:
                 log.exception("llmbudget: settling a call failed; it is recorded as an estimate")
                 record = self._fallback_record(error)
             self.record = record
-        self._settle_holds(record.cost_usd)
+        # a batched call whose job ran but whose answer could not be read: charged what it held, as a lapsed hold is
+        self._settle_holds(None if self.charge_holds else record.cost_usd)
         if not self.redirected:  # a redirect the client follows is not a call: the next hop records it
             self.engine.record(record, self.scope)
         if store and self.stores_answer(complete=complete, error=error):
@@ -1439,7 +1446,8 @@ class Attempt:
             error=_describe(error, self.status) if failed else problem,
         )
         if priced is not None:
-            record.prompt_cache_saved_usd = self._prompt_cache_saving(usage, model)
+            record.prompt_cache_saved_usd = self.engine.pricing.prompt_cache_saving(usage, model=model,
+                                                                                   base_url=self.call.base_url)
         requested = self.model_requested
         if priced is not None and priced.known and requested and requested != model and self.routed:
             # at the base URL the app asked for: a tier elsewhere (self-hosted) is priced at its own host
@@ -1452,24 +1460,6 @@ class Attempt:
             standard = self.engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=call.base_url)
             record.deferred_saved_usd = max(standard.usd - priced.usd, Decimal(0))
         return record
-
-    def _prompt_cache_saving(self, usage: Usage, model: str | None) -> Decimal:
-        """What the provider's prompt cache took off ``usage``: its reads at the input rate minus what they cost,
-        and the writes' premium (Anthropic's) taken back, so the net may be < 0; for the call's own model and
-        each other model it ran on (an advisor's), each part whose price is known."""
-        pricing, base_url = self.engine.pricing, self.call.base_url
-        saving = Decimal(0)
-        for name, part in ((model, usage), *usage.others):
-            if not (part.cached_input_tokens or part.cache_write_tokens):
-                continue
-            if part.others:  # the call's own model alone
-                part = part.replace(others=())
-            paid = pricing.cost(part, model=name, base_url=base_url)
-            uncached = pricing.cost(part.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0),
-                                    model=name, base_url=base_url)
-            if paid.known and uncached.known:
-                saving += uncached.usd - paid.usd
-        return saving
 
     def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:
         priced = self.engine.pricing.cost(usage, model=self.state.model or self.call.model,

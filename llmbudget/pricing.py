@@ -408,6 +408,23 @@ class Pricing:
                 "([tool.llmbudget.prices] in pyproject.toml), or Pricing(overrides=...)."
             )
 
+    def prompt_cache_saving(self, usage: Usage, *, model: str | None, base_url: str = "") -> Decimal:
+        """What the provider's prompt cache took off ``usage``: its reads at the input rate minus what they cost,
+        and the writes' premium (Anthropic's) taken back, so the net may be < 0; for ``model`` and each other model
+        the call ran on (an advisor's), each part whose price is known."""
+        saving = Decimal(0)
+        for name, part in ((model, usage), *usage.others):
+            if not (part.cached_input_tokens or part.cache_write_tokens):
+                continue
+            if part.others:  # the call's own model alone
+                part = part.replace(others=())
+            paid = self.cost(part, model=name, base_url=base_url)
+            uncached = self.cost(part.replace(cached_input_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0),
+                                 model=name, base_url=base_url)
+            if paid.known and uncached.known:
+                saving += uncached.usd - paid.usd
+        return saving
+
     def cost(self, usage: Usage, *, model: str | None, base_url: str = "") -> Priced:
         """What ``usage`` cost on ``model``, with its inferences on other models (``usage.others``) each at its
         own model's price; unknown models warn once and get ``unknown_model_price`` (the cost's source is then

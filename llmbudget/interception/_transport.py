@@ -283,6 +283,7 @@ def _settle_orphan(attempt: Attempt, done: concurrent.futures.Future[tuple[int, 
     recorded as if it had been read; its hold is kept until then."""
     try:
         status, content = done.result()
+        attempt.charge_holds = getattr(done, "job_ran", False)
         attempt.start_response(status, {"content-type": "application/json"})
         attempt.feed(content)
         attempt.finish(complete=True)
@@ -798,14 +799,22 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             return self._send(request, attempt, path)
 
         def _send(self, request: Any, attempt: Attempt, path: str) -> Any:
+            pending = None
             try:
                 if attempt.defer_mode == "batch":
-                    status, content = _batched(request, attempt, path).result()
+                    pending = _batched(request, attempt, path)
+                    status, content = pending.result()
+                    attempt.charge_holds = getattr(pending, "job_ran", False)
                     response = _batch_response(httpx, request, status, content)
                 else:
                     _watch_sending(request, attempt)
                     response = self.inner.handle_request(request)
             except BaseException as exc:
+                if pending is not None and not pending.done():
+                    # the caller was interrupted (KeyboardInterrupt, a worker's SystemExit): its line runs all the
+                    # same, and is billed: settled and recorded once the job answers, its hold kept until then
+                    pending.add_done_callback(functools.partial(_settle_orphan, attempt))
+                    raise
                 attempt.finish(complete=False, error=exc)
                 raise
             _started(attempt, response, request)
@@ -902,6 +911,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     except asyncio.CancelledError:
                         pending.add_done_callback(functools.partial(_settle_orphan, attempt))
                         raise
+                    attempt.charge_holds = getattr(pending, "job_ran", False)
                     response = _batch_response(httpx, request, status, content)
                 else:
                     _watch_sending(request, attempt)

@@ -615,3 +615,142 @@ def test_resume_keeps_a_job_whose_records_the_ledger_could_not_take(llm_server, 
         assert [j["id"] for j in pending_jobs(state)] == [job["id"]]  # kept for a later --resume
         assert main(["batches", "--state", str(state), "--resume", "--wait", "--ledger", str(ledger)]) == 0
     assert len(list(SQLiteLedger(ledger).records())) == 3  # once: nothing of the first try was written later
+
+
+def test_a_result_line_that_does_not_read_fails_its_own_call_alone(llm_server, engine, records, batches,
+                                                                   monkeypatch, caplog):
+    """One truncated line in the output file failed every call of the job (502, $0), and `--resume` failed on
+    it for good: the calls that ran and were billed never reached the ledger."""
+    from batch_server import BatchServer
+
+    add_file = BatchServer.add_file
+
+    def with_a_bad_line(self, content, filename, purpose):  # noqa: ANN001
+        if purpose == "batch_output":
+            lines = content.splitlines(keepends=True)
+            content = b"".join(lines[1:]) + lines[0][:40] + b"\n" + b'{"custom_id": 5}\n'  # the first cut short
+        return add_file(self, content, filename, purpose)
+
+    monkeypatch.setattr(BatchServer, "add_file", with_a_bad_line)
+    with batch_server(llm_server) as server:
+        outcomes = together(_outcome, client_of(server), QUESTIONS)
+    failed = [o for o in outcomes if isinstance(o, openai.APIStatusError)]
+    assert len(failed) == 1 and failed[0].status_code == 502 and "did not read" in str(failed[0])
+    assert sorted(r.status for r in records) == [200, 200, 502]
+    assert all(r.cost_usd > 0 for r in records if r.status == 200)
+    assert caplog.text.count("does not read") == 2
+
+
+def test_a_message_batch_result_line_that_does_not_read_fails_its_own_call_alone(messages_server, engine, records,
+                                                                                 batches, monkeypatch):
+    from batch_server import BatchServer
+
+    run = BatchServer._run_messages
+
+    def with_a_bad_line(self, batch_id, requests):  # noqa: ANN001
+        run(self, batch_id, requests)
+        self.batches[batch_id]["_results"] += b'{"custom_id": "x", "result": {"type": "succ\n'
+
+    monkeypatch.setattr(BatchServer, "_run_messages", with_a_bad_line)
+    with batch_server(f"{messages_server}/v1") as server:
+        answers = together(claude_outcome, claude_client_of(server), QUESTIONS[:2])
+    assert all(isinstance(a, anthropic.types.Message) for a in answers)
+    assert [r.status for r in records] == [200, 200]
+
+
+def test_a_job_whose_results_cannot_be_read_charges_what_its_calls_held(llm_server, engine, records, batches,
+                                                                        monkeypatch):
+    """The job ran and is billed, but its calls' holds were released at $0: a budget that fits three calls let
+    six run (the first three recorded only by `--resume`, in the ledger)."""
+    body = {"messages": [{"role": "user", "content": "Say hi"}], **ASK}
+
+    def held() -> Decimal:
+        with llmbudget.scope(defer="batch"):
+            attempt = engine.begin(url=f"{llm_server}/chat/completions", path="/v1/chat/completions", headers={},
+                                   body=json.dumps(body).encode())
+            assert attempt is not None
+            attempt.plan()
+            return attempt.worst_case_usd()
+
+    budget = llmbudget.Budget(str(3 * held()), per="tenant", period="month")
+    results = defer_module._Jobs.results
+    unreadable = [True]
+
+    def gone(self, done):  # noqa: ANN001
+        if unreadable[0]:
+            raise BatchError("downloading output_file_id: 404 the file is gone")
+        return results(self, done)
+
+    monkeypatch.setattr(defer_module._Jobs, "results", gone)
+    with batch_server(llm_server) as server, llmbudget.scope(tenant="acme", budgets=[budget]):
+        first = together(lambda client, q: _outcome(client, "Say hi"), client_of(server), QUESTIONS)
+        assert [o.status_code for o in first] == [502] * 3  # type: ignore[union-attr]
+        unreadable[0] = False
+        second = together(lambda client, q: _outcome(client, "Say hi"), client_of(server), QUESTIONS[:1])
+    assert isinstance(second[0], openai.APIStatusError) and second[0].status_code == 402  # the budget is spent
+    assert len(server.batches) == 1
+
+
+def test_a_flex_call_to_a_host_without_flex_reserves_at_the_standard_price(engine):
+    """Booked at half price, a call a host answers at its standard rate spent twice what its budget allowed."""
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 1000,
+                       "messages": [{"role": "user", "content": "Summarise this report."}]}).encode()
+
+    def worst(mode: str | None, base_url: str) -> Decimal:
+        with llmbudget.scope(defer=mode):
+            attempt = engine.begin(url=f"{base_url}/chat/completions", path="/v1/chat/completions", headers={},
+                                   body=body)
+            assert attempt is not None
+            attempt.plan()
+            return attempt.worst_case_usd()
+
+    assert worst("flex", "https://api.openai.com/v1") == worst(None, "https://api.openai.com/v1") / 2 > 0
+    assert worst("flex", "http://vllm.internal:8000/v1") == worst(None, "http://vllm.internal:8000/v1") > 0
+
+
+def test_a_resumed_message_batch_keeps_what_the_prompt_cache_saved(engine):
+    """The record a live call makes has it; the one `--resume` made had $0."""
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE, "stop_reason": "end_turn",
+              "content": [{"type": "text", "text": "hi"}],
+              "usage": {"input_tokens": 20, "output_tokens": 5, "cache_read_input_tokens": 3000}}
+
+    class Jobs(defer_module._MessageBatches):
+        def results(self, done):  # noqa: ANN001
+            return {"c1": (200, json.dumps(answer).encode())}
+
+    job = {"id": "msgbatch_1", "endpoint": "/v1/messages", "base_url": "https://api.anthropic.com/v1",
+           "calls": [{"custom_id": "c1", "tenant": "acme", "request_id": None, "model": CLAUDE, "input_estimate": 20,
+                      "output_as_reported": False}]}
+    _, [record] = defer_module._job_records(job, Jobs("https://api.anthropic.com/v1", {}, 5.0),
+                                            {"id": "msgbatch_1"}, engine)
+    assert record.prompt_cache_saved_usd > 0
+    assert record.prompt_cache_saved_usd == engine.pricing.prompt_cache_saving(
+        record.usage, model=CLAUDE, base_url="https://api.anthropic.com/v1")
+
+
+def test_a_sync_caller_interrupted_while_its_line_waits_still_has_its_call_recorded(llm_server, engine, records,
+                                                                                    batches, monkeypatch):
+    """KeyboardInterrupt (or a worker's SystemExit) in a caller waiting on its job: the hold was released and
+    nothing recorded, though the line ran and was billed (the async caller that gives up was handled)."""
+    submit = Batcher.submit
+
+    def interrupted(self, **kwargs):  # noqa: ANN001, ANN003
+        future = submit(self, **kwargs)
+        waited = future.result
+
+        def result(timeout=None):  # noqa: ANN001 - the caller's wait is interrupted; later reads are not
+            future.result = waited  # type: ignore[method-assign]
+            raise KeyboardInterrupt
+
+        future.result = result  # type: ignore[method-assign]
+        return future
+
+    monkeypatch.setattr(Batcher, "submit", interrupted)
+    with batch_server(llm_server) as server:
+        with llmbudget.defer("batch"), pytest.raises(KeyboardInterrupt):
+            ask(client_of(server), "Say hi")
+        deadline = time.monotonic() + 30
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.05)
+    [record] = records
+    assert record.status == 200 and record.cost_usd == batch_price(record.usage) > 0

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(pairs)} lookups, {duplicates} duplicates; the nearest stored question is the pair's own for "
           f"{retrieved / duplicates:.3f} of the duplicates (retrieval)")
     print(f"best recall at precision >= {args.precision}:")
-    for name, score in [*zip(SCORES, x.T), ("all of them, fitted on this replay", fitted(x, right))]:
+    for name, score in [*zip(SCORES, x.T, strict=True), ("all of them, fitted on this replay", fitted(x, right))]:
         recall, threshold = best_recall(score, right, duplicates, args.precision)
         print(f"  {name:36s} {recall:.3f} (at {threshold:.3f})")
     return 0

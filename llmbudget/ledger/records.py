@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
 import logging
@@ -11,17 +10,16 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
 from ..calls import SpendRecord
 from ..money import plain_decimal
+from . import spool
 from .budgets import (
     _FORK_GUARDED,
     _SQLITE_ERRORS,
@@ -245,9 +243,6 @@ class SQLiteLedger:
             raise
         return done
 
-    def _kept_files(self) -> list[Path]:
-        return sorted(self.path.parent.glob(f"{glob_escape(self.path.name)}.records-*.jsonl"))
-
     def _write_kept(self, *, force: bool = False) -> None:
         """Write the records that processes which ended during an outage kept in files (at most every
         ``_KEPT_EVERY_S``): each file once, its name recorded in the same transaction, then removed. Never raises."""
@@ -255,32 +250,12 @@ class SQLiteLedger:
         if not force and now < self._kept_at + _KEPT_EVERY_S:
             return
         self._kept_at = now
-        try:
-            files = self._kept_files()
-        except OSError:
-            return
-        for path in files:
-            try:
-                lines = path.read_bytes().splitlines()
-                rows = []
-                for number, line in enumerate(lines, 1):
-                    try:
-                        record = SpendRecord.from_dict(json.loads(line))
-                    except (ValueError, TypeError, RecursionError) as exc:
-                        log.warning("llmbudget: %s line %d is not a readable spend record (%s); left out",
-                                    path, number, exc)
-                        continue
-                    rows.append(_row(record))
-                written = self._transaction(functools.partial(_insert_once, name=path.name, rows=rows))
-            except _SQLITE_ERRORS as exc:  # (OSError too) tried again later
-                log.warning("llmbudget: the records kept in %s could not be written to the ledger yet (%s: %s)",
-                            path, type(exc).__name__, exc)
-                return
-            with contextlib.suppress(OSError):
-                path.unlink()
-            if written:
-                log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to the "
-                            "ledger %s", len(rows), path, self.path)
+
+        def write(path: Path, rows: list[tuple[str | None, SpendRecord]]) -> bool:
+            return self._transaction(functools.partial(_insert_once, name=path.name,
+                                                       rows=[_row(record) for _, record in rows]))
+
+        spool.write_kept(spool.kept_record_files(self.path), write, f"the ledger {self.path}", _SQLITE_ERRORS)
 
     def _keep_at_exit(self) -> None:
         """The process ends with records the file would not take: keep them in a file beside it, for the next
@@ -289,22 +264,8 @@ class SQLiteLedger:
             # exit hooks run, must not write them too once the file answers (they were written twice)
             batch = [record for _, record in self._queue]
             self._queue.clear()
-        if not batch:
-            return
-        path = self.path.with_name(f"{self.path.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        partial = path.with_name(path.name + ".partial")  # (renamed once whole: never read half written)
-        try:
-            with open(partial, "w", encoding="utf-8") as out:
-                out.writelines(json.dumps(record.to_dict()) + "\n" for record in batch)
-            os.replace(partial, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            log.warning("llmbudget: %d spend record(s) could not be written to the ledger %s before exit, nor kept "
-                        "in %s (%s): they are lost", len(batch), self.path, path, exc)
-            return
-        log.warning("llmbudget: %d spend record(s) could not be written to the ledger %s before exit; kept in %s, "
-                    "which the next process to write the ledger writes into it", len(batch), self.path, path)
+        if batch:
+            spool.keep_records(self.path, [json.dumps(record.to_dict()) for record in batch], f"the ledger {self.path}")
 
     @property
     def pending(self) -> int:

@@ -20,8 +20,6 @@ starts every counter from zero.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import glob
 import hashlib
 import json
 import logging
@@ -867,52 +865,22 @@ class RedisLedger:
             self._warned = False
         self._write_kept()
 
-    def _kept_files(self) -> list[Path]:
-        base = self._kept_base
-        if base is None:
-            return []
-        try:
-            return sorted(base.parent.glob(f"{glob.escape(base.name)}.records-*.jsonl"))
-        except OSError:
-            return []
-
     def _write_kept(self) -> None:
         """Write the records that processes which ended while Redis was down kept in files (Redis answers: at
         most every ``_KEPT_EVERY_S``), then remove each file. Ids make it idempotent: a file two processes
         write, or one written again after its removal failed, is appended once (within the ids' hour)."""
         now = time.monotonic()
-        if self._kept_at is not None and now < self._kept_at + _KEPT_EVERY_S:
+        if self._kept_base is None or (self._kept_at is not None and now < self._kept_at + _KEPT_EVERY_S):
             return
         self._kept_at = now
-        for path in self._kept_files():
-            rows: list[tuple[str, str]] = []
-            try:
-                lines = path.read_bytes().splitlines()
-            except OSError:
-                continue
-            for number, line in enumerate(lines, 1):
-                try:
-                    row = json.loads(line)
-                    record = SpendRecord.from_dict(row["r"])
-                    if not isinstance(row["id"], str):
-                        raise TypeError(f"its id is {type(row['id']).__name__}")
-                except (ValueError, TypeError, KeyError, RecursionError) as exc:
-                    log.warning("llmbudget: %s line %d is not a readable spend record (%s); left out", path, number,
-                                exc)
-                    continue
-                rows.append((row["id"], json.dumps(record.to_dict())))
-            try:
-                if rows:
-                    self._send(rows)
-            except self._errors + (self._no_script,) as exc:  # tried again later
-                log.warning("llmbudget: the records kept in %s could not be written to Redis yet (%s: %s)", path,
-                            type(exc).__name__, exc)
-                return
-            with contextlib.suppress(OSError):
-                path.unlink()
+
+        def write(path: Path, rows: list[tuple[str | None, SpendRecord]]) -> bool:
             if rows:
-                log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to the "
-                            "Redis stream %s", len(rows), path, self.stream)
+                self._send([(ident or uuid.uuid4().hex, json.dumps(record.to_dict())) for ident, record in rows])
+            return True
+
+        spool.write_kept(spool.kept_record_files(self._kept_base), write, f"the Redis stream {self.stream}",
+                         self._errors + (self._no_script, OSError))
 
     def _keep_at_exit(self) -> None:
         """The process ends with records Redis would not take: keep them in a file of the state folder, for the
@@ -921,28 +889,9 @@ class RedisLedger:
             # not write them too
             batch = list(self._waiting)
             self._waiting.clear()
-        if not batch:
-            return
-        where = f"{self.stream} at {self.url}"
-        if self._kept_base is None:
-            log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit; the client "
-                        "given names no server, so they are not kept: they are lost", len(batch), where)
-            return
-        path = self._kept_base.with_name(f"{self._kept_base.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
-        partial = path.with_name(path.name + ".partial")  # (renamed once whole: never read half written)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(partial, "w", encoding="utf-8") as out:
-                out.writelines(f'{{"id": {json.dumps(record_id)}, "r": {payload}}}\n' for record_id, payload in batch)
-            os.replace(partial, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit, nor kept in "
-                        "%s (%s): they are lost", len(batch), where, path, exc)
-            return
-        log.warning("llmbudget: %d spend record(s) could not be written to Redis (%s) before exit; kept in %s, which "
-                    "the next process on this host to write that stream writes into it", len(batch), where, path)
+        if batch:
+            spool.keep_records(self._kept_base, [f'{{"id": {json.dumps(ident)}, "r": {payload}}}' for ident, payload
+                                                 in batch], f"the Redis stream {self.stream} at {self.url}")
 
     def _send(self, waiting: list[tuple[str, str]]) -> None:
         """``waiting``, in one pipeline of script calls (one round trip once the script is loaded)."""

@@ -14,6 +14,11 @@ the store answers, a process writes the files of processes that are gone (:func:
 them: a file leaves the disk only once what it holds is written. A settle is idempotent (a reservation id is
 charged once), so nothing is charged twice whoever writes it, and a settle two files hold (a child forked with
 settles waiting keeps its parent's) counts once.
+
+Spend records a ledger could not write before its process ended are kept the same way, in one file written as the
+process exits (:func:`keep_records`: ``<ledger>.records-<pid>-<random>.jsonl`` beside a SQLite ledger,
+``redis-ledger-<digest>.records-...`` in the state folder for a Redis one), which the next ledger to write there
+writes and removes (:func:`write_kept`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from ..calls import SpendRecord
 
 _T = TypeVar("_T")
 
@@ -324,3 +332,75 @@ class Journal:
             log.warning("llmbudget: %d %s could not be written %s before exit; kept in %s for the host's other "
                         "processes, but up to %d of them could not be written to that file either: those are lost",
                         waiting, what, where, self.path, min(self.lost, waiting))
+
+
+# -- spend records kept at exit -------------------------------------------------------------------------------
+
+
+def kept_record_files(base: Path) -> list[Path]:
+    """The files of spend records kept by processes that ended: ``<base>.records-*.jsonl``, oldest name first."""
+    try:
+        return sorted(base.parent.glob(f"{glob.escape(base.name)}.records-*.jsonl"))
+    except OSError:
+        return []
+
+
+def _kept_rows(path: Path) -> list[tuple[str | None, SpendRecord]]:
+    """``(id, record)`` of each line of ``path`` (``{"id", "r"}``, or a record alone: no id); a line that does not
+    read is logged and left out. Raises OSError where the file cannot be read."""
+    from ..calls import SpendRecord
+
+    rows: list[tuple[str | None, SpendRecord]] = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            data = json.loads(line)
+            ident = data.get("id") if isinstance(data, dict) and "r" in data else None
+            if ident is not None and not isinstance(ident, str):
+                raise TypeError(f"its id is {type(ident).__name__}")
+            rows.append((ident, SpendRecord.from_dict(data["r"] if ident is not None else data)))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            log.warning("llmbudget: %s line %d is not a readable spend record (%s); left out", path, number, exc)
+    return rows
+
+
+def write_kept(paths: list[Path], write: Any, where: str, errors: tuple[type[BaseException], ...]) -> None:
+    """Write the records kept in ``paths`` with ``write(path, rows)`` (rows: ``(id, record)``; True where it wrote
+    them, False where they were written already), then remove each file; ``where`` names the ledger in the log. An
+    error of ``errors`` stops, the files left for a later try. Never raises those."""
+    for path in paths:
+        try:
+            rows = _kept_rows(path)
+            written = write(path, rows)
+        except errors as exc:  # tried again later
+            log.warning("llmbudget: the records kept in %s could not be written to %s yet (%s: %s)", path, where,
+                        type(exc).__name__, exc)
+            return
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if written and rows:
+            log.warning("llmbudget: %d spend record(s) kept in %s by a process that ended are written to %s",
+                        len(rows), path, where)
+
+
+def keep_records(base: Path | None, lines: list[str], where: str) -> None:
+    """Keep ``lines`` (JSON, one record each) that could not be written ``where`` before exit in a new file of
+    ``base`` (None: nowhere to keep them), for the next process that writes there, and say so."""
+    if base is None:
+        log.warning("llmbudget: %d spend record(s) could not be written to %s before exit, and there is no folder to "
+                    "keep them in: they are lost", len(lines), where)
+        return
+    path = base.with_name(f"{base.name}.records-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl")
+    partial = path.with_name(path.name + ".partial")  # (renamed once whole: never read half written)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as out:
+            out.writelines(line + "\n" for line in lines)
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        log.warning("llmbudget: %d spend record(s) could not be written to %s before exit, nor kept in %s (%s): they "
+                    "are lost", len(lines), where, path, exc)
+        return
+    log.warning("llmbudget: %d spend record(s) could not be written to %s before exit; kept in %s, which the next "
+                "process to write there writes into it", len(lines), where, path)

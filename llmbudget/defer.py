@@ -502,19 +502,27 @@ class _MessageBatches(_Jobs):
                 continue
             lines.append((custom_id, result))
         answers: dict[str, tuple[int, bytes]] = {}
-        for custom_id, result in lines:
-            kind = result.get("type")
-            if kind == "succeeded":
-                answers[custom_id] = (200, json.dumps(result["message"]).encode())
-            elif kind == "errored":
-                error = (result.get("error") or {}).get("error") or {}
-                answers[custom_id] = self.error(400 if error.get("type") == "invalid_request_error" else 500,
-                                                str(error.get("message") or "the batch request failed"),
-                                                str(error.get("type") or "api_error"))
-            else:  # canceled, expired
-                answers[custom_id] = self.error(504 if kind == "expired" else 500,
-                                                f"batch {done.get('id')}: this request was {kind}", f"batch_{kind}")
+        for number, (custom_id, result) in enumerate(lines, 1):
+            try:
+                answers[custom_id] = self._answer(custom_id, result, done)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                _unreadable_line(done, "results", number, exc)
         return answers
+
+    def _answer(self, custom_id: str, result: dict[str, Any], done: dict[str, Any]) -> tuple[int, bytes]:
+        """One result line's answer, as its server would have sent it (raises where the line's shape is not one)."""
+        kind = result.get("type")
+        if kind == "succeeded":
+            if not isinstance(result["message"], dict):
+                raise TypeError("its message is not an object")
+            return 200, json.dumps(result["message"]).encode()
+        if kind == "errored":
+            error = (result.get("error") or {}).get("error") or {}
+            return self.error(400 if error.get("type") == "invalid_request_error" else 500,
+                              str(error.get("message") or "the batch request failed"),
+                              str(error.get("type") or "api_error"))
+        return self.error(504 if kind == "expired" else 500,  # canceled, expired
+                          f"batch {done.get('id')}: this request was {kind}", f"batch_{kind}")
 
 
 def _find_created(client: Any, mark: str) -> str | None:

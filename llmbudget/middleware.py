@@ -320,6 +320,8 @@ class _Core:
                     raise TypeError(f"it returned {type(value).__name__}; expected the tenant's name (a str, or an int id) or None")
                 if isinstance(value, str) and type(value) is not str:  # a subclass: its own __str__, read here
                     value = str(value)
+                elif isinstance(value, int) and type(value) is not int:  # (an int subclass's own __str__ too)
+                    value = int(value)
             except _TenantRefused:
                 raise
             except Exception:

@@ -306,9 +306,10 @@ class RedisCacheStore:
       ``max_semantic_chars``, ``template_guard``: as :class:`CacheStore`. ``max_entries``: beyond it the least recently used entries go.
     - ``exact_search_max``: partitions up to this size are searched exactly; a bigger one
       gets a usearch HNSW index (``index_dtype``: ``"f16"`` or ``"i8"``), as in :class:`CacheStore`.
-    - ``timeout``: seconds a Redis command may take before the cache counts Redis as down; then, for
-      ``RETRY_S`` (1 s), lookups miss and answers are not stored without trying Redis, so calls made
-      during an outage do not each wait for it (a paused Redis cost every call 1-3 s).
+    - ``timeout``: seconds a Redis command may take before the cache counts Redis as down; after one
+      that timed out or could not connect, for ``RETRY_S`` (1 s), lookups miss and answers are not stored
+      without trying Redis, so calls made during an outage do not each wait for it (a paused Redis cost
+      every call 1-3 s). An error Redis answers at once (a write refused under OOM) is not waited out.
     - ``clock``: the time source, epoch seconds (tests).
     """
 
@@ -349,6 +350,7 @@ class RedisCacheStore:
         import redis
 
         self._no_stream: type[Exception] = redis.ResponseError
+        self._stalled: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
         if embedder is None:
             from .embedders import WordLlamaEmbedder
 
@@ -413,7 +415,8 @@ class RedisCacheStore:
             self._empty.clear()
 
     def _unreachable(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + RETRY_S
+        if isinstance(exc, self._stalled):  # (an error Redis answered at once, OOM on a write, costs no wait)
+            self._retry_at = time.monotonic() + RETRY_S
         if not self._warned:
             self._warned = True
             log.warning("llmbudget: Redis cache at %s is unreachable (%s); lookups miss and answers are not stored "

@@ -365,6 +365,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "january jan | february feb | march mar | april apr | may | june jun | july jul | august aug"
         " | september sep sept | october oct | november nov | december dec",
         "today | tomorrow | yesterday | tonight",
+        "row rows | column columns",
         "mm millimeter millimeters millimetre millimetres | cm centimeter centimeters centimetre centimetres"
         " | m meter meters metre metres | km kilometer kilometers kilometre kilometres kms"
         " | in inch inches | ft foot feet | yd yard yards | mi mile miles",
@@ -686,7 +687,14 @@ def _ways(words: Sequence[str]) -> set[tuple[str, str]]:
 
 _DIRECTED = frozenset(("to", "into"))
 _NEGATORS = frozenset("not never no cannot without nobody nothing neither nor none dont cant wont isnt arent wasnt"
-                      " werent doesnt didnt shouldnt wouldnt couldnt havent hasnt aint".split())
+                      " werent doesnt didnt shouldnt wouldnt couldnt havent hasnt aint"
+                      # German, Dutch, French, Spanish, Portuguese, Italian, Russian: "Welche Kunden haben keine
+                      # Bestellung aufgegeben?" was answered with the customers who have one
+                      " nicht kein keine keinen keinem keiner keines nie niemals nichts niemand ohne"
+                      " niet geen nooit niets zonder ne n pas jamais rien aucun aucune sans"
+                      " nunca jamás jamas nada nadie ningún ningun ninguna ninguno sin tampoco"
+                      " não nao ninguém ninguem nenhum nenhuma sem non mai niente nulla nessuno nessuna senza"
+                      " не нет никогда ничего никто ни без".split())
 
 
 def _negator(words: Sequence[str], i: int) -> bool:
@@ -708,8 +716,26 @@ _BOTH_SIDES = frozenset(("why", "or"))
 
 def _negation_differs(a: Sequence[str], b: Sequence[str]) -> bool:
     """Whether one text negates and the other does not: "customers that have placed any order" and "customers who
-    have not placed an order"."""
-    return _negates(a) != _negates(b)
+    have not placed an order"; in Chinese and Japanese, whose words the tokens do not split, by the negations they
+    hold (:func:`_cjk_negations`: "为什么我的代码在Linux上能运行？" and "... 不能运行？")."""
+    return _negates(a) != _negates(b) or _cjk_negations(a) != _cjk_negations(b)
+
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+# Chinese and Japanese negations (不 "not", 没 "have not", 未 "not yet", 非 "non-", 无 "without", 别 "don't";
+# Japanese verb endings ない, ません, なかっ; Korean 않, 없, 못), and words that hold one without negating
+# ("非常" very, "未来" future, "无论" no matter, "不过" however), which are taken out first.
+_CJK_NEGATIONS = re.compile(r"[不没沒未非无無别別않없못]|ない|ません|なかっ")
+_CJK_NOT_NEGATING = re.compile(r"非常|未来|未來|无论|無論|不过|不過|不同|不错|不錯")
+
+
+def _cjk_negations(words: Sequence[str]) -> int:
+    """How many negations the Chinese, Japanese or Korean runs of ``words`` hold (see :data:`_CJK_NEGATIONS`)."""
+    count = 0
+    for word in words:
+        if _CJK.search(word):
+            count += len(_CJK_NEGATIONS.findall(_CJK_NOT_NEGATING.sub("", word)))
+    return count
 
 
 def _comparison_reversed(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -774,6 +800,51 @@ def _asked_payload_differs(a: str, b: str) -> bool:
 
 
 _INPUT = "input: "  # before a text, makes all of it a payload (see _PAYLOAD)
+
+# Words of a prompt that asks about the form of a text (its commas, capitals or sentences): there the text's
+# punctuation and capitals are its data wherever they stand, set off by a colon or not ("Does the sentence Let's
+# eat Grandma need a comma?", "Fix the capitalization of i met john in new york"). Not "capital", "case", "word"
+# or "list", which ask about other things as often ("What is the capital of france").
+_FORM = frozenset("comma commas splice punctuation punctuate punctuated period periods capitalize capitalise "
+                  "capitalized capitalised capitalization capitalisation uppercase lowercase sentence sentences csv "
+                  "vocative passive grammar grammatical spelling spelled quote quotes".split())
+# Where a text sets its data off without a colon: a dash between spaces, or a line break ("Sort these numbers -
+# 10, 2, 33, 4", "Classify each line below as question or statement\nYou are coming tomorrow.").
+_SET_OFF = re.compile(r"[ \t][-–—][ \t]+(?=\S)|[ \t]*\r?\n\s*(?=\S)")
+# What an instruction before such data works on, besides :data:`_TASKS`' and :data:`_JUDGED`'s words.
+_WORKS_ON = frozenset("sort list items numbers classify line lines split fields".split())
+
+
+def _form_differs(a: str, b: str) -> bool:
+    """Whether two texts (their words the same) differ in punctuation or capitals where those are data: anywhere
+    in a text that asks about its form (a word of :data:`_FORM`: a comma in "Let's eat, Grandma", "alice_2024" and
+    "Alice_2024"), or after a dash or line break that sets data off after an instruction working on it (a word
+    of :data:`_WORKS_ON`: "Sort these numbers - 10, 2, 33, 4" and "... 33 4"). There they are read as a colon's
+    payload is, every symbol and capital counting; a greeting or a user's own line break above a question,
+    whose line holds no such word, is not data."""
+    if _FORM.intersection(_bare(_keys(_tokens(a)))):
+        return _marked_differently(a, b)
+    ma, mb = _SET_OFF.search(a), _SET_OFF.search(b)
+    if ma is None or mb is None:
+        return False
+    instruction = _content(_keys(_tokens(a[: ma.start()])))
+    if not (_WORKS_ON.intersection(instruction) or _TASKS.intersection(instruction)
+            or _JUDGED.intersection(instruction)) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
+        return False
+    return _marked_differently(a[ma.end() :], b[mb.end() :])
+
+
+_END_MARKS = ".!?。？！"
+
+
+def _marked_differently(a: str, b: str) -> bool:
+    """Whether two texts differ in more than their spacing, the case of their first letter and a final mark one
+    of them leaves out ("Is this sentence correct? I went home." and "is this sentence correct?  I went home"):
+    another final mark ("Are you coming?" and "... coming."), a comma, a capital inside count."""
+    a, b = " ".join(a.split()), " ".join(b.split())
+    if bool(a) and bool(b) and (a[-1] in _END_MARKS) != (b[-1] in _END_MARKS):
+        a, b = a.rstrip(_END_MARKS), b.rstrip(_END_MARKS)
+    return a[:1].lower() + a[1:] != b[:1].lower() + b[1:]
 
 
 # What a question asked before its input judges in it ("Is this sentence correct?", "Sentiment?", "Is this email
@@ -903,7 +974,7 @@ class TemplateGuard:
         tokens_a, tokens_b = _tokens(query, case), _tokens(candidate, case)
         a, b = _keys(tokens_a), _keys(tokens_b)
         words_a, words_b = _bare(a), _bare(b)
-        if words_a == words_b and not _same(tokens_a, tokens_b):
+        if words_a == words_b and (not _same(tokens_a, tokens_b) or _form_differs(query, candidate)):
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _swapped(_trimmed(words_a), _trimmed(words_b)):
             return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
@@ -938,7 +1009,7 @@ class TemplateGuard:
         of a text longer than those it learned from; "say hello" and "say thanks", "hepatitis A" and "hepatitis",
         ``foo(a)`` and ``foo()`` are other words."""
         a, b = _courtesy_off(query), _courtesy_off(candidate)
-        return bool(_tokens(a)) and same_text(a, b)
+        return bool(_tokens(a)) and same_text(a, b) and not _form_differs(a, b)
 
     def _needed(self, query: str, candidate: str) -> int:
         """Shared tokens that make the two texts one template."""

@@ -758,6 +758,53 @@ def test_a_payload_read_as_the_user_types_it_is_no_conflict(stored: str, asked: 
     assert not TemplateGuard().conflict(asked, stored) and not TemplateGuard().conflict(stored, asked)
 
 
+@pytest.mark.parametrize(("stored", "asked"), [
+    # a red team's: punctuation and capitals that are the data, set off by no colon (the guard read both texts as
+    # one question and the store served them at score 1.0, with either scorer)
+    ("Does the sentence Let's eat Grandma need a comma, and if so where should it go?",
+     "Does the sentence Let's eat, Grandma need a comma, and if so where should it go?"),
+    ("Add the missing punctuation to this sentence and return only the corrected sentence - woman without her man "
+     "is nothing", "Add the missing punctuation to this sentence and return only the corrected sentence - woman, "
+     "without her, man is nothing"),
+    ("Does this sentence end with a question mark or a period, answer with one word - Are you coming?",
+     "Does this sentence end with a question mark or a period, answer with one word - Are you coming."),
+    ("Fix the capitalization in the sentence below and return the corrected sentence only\ni met john in new york",
+     "Fix the capitalization in the sentence below and return the corrected sentence only\nI met John in New York"),
+    ("Check the following username against our rule (must contain an uppercase letter)\nalice_2024",
+     "Check the following username against our rule (must contain an uppercase letter)\nAlice_2024"),
+    ("Sort these numbers in ascending order and reply with the sorted list only - 10, 2, 33, 4",
+     "Sort these numbers in ascending order and reply with the sorted list only - 10, 2, 33 4"),
+    ("Classify each line below as question or statement\nYou are coming tomorrow.\nShe left the keys at home?",
+     "Classify each line below as question or statement\nYou are coming tomorrow?\nShe left the keys at home."),
+    # negation in other languages and scripts
+    ("Welche Kunden haben eine Bestellung aufgegeben?", "Welche Kunden haben keine Bestellung aufgegeben?"),
+    ("Quais clientes fizeram um pedido este mês?", "Quais clientes não fizeram um pedido este mês?"),
+    ("Почему мой код работает на Linux?", "Почему мой код не работает на Linux?"),
+    ("Est-ce que le chocolat est toxique pour les chats ?", "Est-ce que le chocolat n'est pas toxique pour les chats ?"),
+    ("为什么我的代码在Linux上能运行？", "为什么我的代码在Linux上不能运行？"),
+    ("哪些员工有经理？", "哪些员工没有经理？"),
+    ("このコードはなぜ動くのですか？", "このコードはなぜ動かないのですか？"),
+    ("支払い済みの注文を一覧表示するSQLを書いて", "未払いの注文を一覧表示するSQLを書いて"),
+    ("Write a pandas snippet to sum each row of a DataFrame", "Write a pandas snippet to sum each column of a DataFrame"),
+])
+def test_punctuation_or_capitals_that_are_data_and_negations_of_other_languages_are_never_a_hit(
+        stored: str, asked: str) -> None:
+    _never_a_hit(stored, asked)
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("What is the capital of France?", "what is the capital of france"),  # "capital" asks about no form
+    ("Is this sentence correct? I went home.", "is this sentence correct?  I went home"),
+    ("Hi!\nWhat is the capital of France?", "Hi!\nwhat is the capital of France"),  # a greeting's line: no data
+    ("这个问题非常难吗？", "这个问题很难吗？"),  # 非常 ("very") negates nothing
+    ("未来会下雨吗？", "将来会下雨吗？"),  # nor 未来 ("future")
+])
+def test_case_or_a_final_mark_outside_data_and_words_holding_a_negation_sign_are_no_conflict(
+        stored: str, asked: str) -> None:
+    guard = TemplateGuard()
+    assert not guard.conflict(asked, stored) and not guard.conflict(stored, asked)
+
+
 def test_digits_of_other_scripts_beside_a_k_are_no_crash() -> None:
     # "⁵".isdigit() is true and int("⁵") raises: every lookup compared with such a stored text raised
     text = "Find plots of land over 10 ⁵ k square metres"

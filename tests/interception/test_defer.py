@@ -649,7 +649,9 @@ def test_a_message_batch_result_line_that_does_not_read_fails_its_own_call_alone
 
     def with_a_bad_line(self, batch_id, requests):  # noqa: ANN001
         run(self, batch_id, requests)
-        self.batches[batch_id]["_results"] += b'{"custom_id": "x", "result": {"type": "succ\n'
+        self.batches[batch_id]["_results"] += (b'{"custom_id": "x", "result": {"type": "succ\n'  # cut short
+                                               b'{"custom_id": "y", "result": {"type": "succeeded"}}\n'  # no message
+                                               b'{"custom_id": "z", "result": {"type": "errored", "error": "busy"}}\n')
 
     monkeypatch.setattr(BatchServer, "_run_messages", with_a_bad_line)
     with batch_server(f"{messages_server}/v1") as server:

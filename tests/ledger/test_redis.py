@@ -962,6 +962,27 @@ def test_records_redis_still_cannot_take_at_exit_are_kept_and_written_by_the_nex
     assert not kept[0].exists() and "is not a readable spend record" in caplog.text
 
 
+def test_a_redis_cache_that_refuses_writes_still_answers_its_lookups(server: _Server) -> None:
+    """Full under noeviction, Redis refuses a store (OOM) at once and still answers reads: the refused store made
+    every lookup miss for a second without asking Redis (0 of 50 hits; the wait-out is for a Redis that stalls)."""
+    from llmbudget.cache.redis_store import RedisCacheStore
+
+    store = RedisCacheStore(server.url, prefix="oom:", max_semantic_chars=1)  # exact entries: no embedding
+    store.put(partition="p", exact_key="k1", text="what is the capital of france", response="{}", tenant="t",
+              model="m")
+    admin = redis.Redis(port=server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 1024)
+    try:
+        assert store.put(partition="p", exact_key="k2", text="another question", response="{}", tenant="t",
+                         model="m") == 0  # refused
+        assert all(store.get_exact("p", "k1") is not None for _ in range(20))
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+        store.close()
+
+
 def test_fail_open_refuses_what_it_cannot_keep_in_its_state_folder(server: _Server, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Served while Redis was down and nothing could be kept on disk, the spend was lost at exit, and each

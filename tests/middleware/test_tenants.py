@@ -302,15 +302,22 @@ class _Unwritable(str):
         raise RuntimeError("the app's own name class cannot write itself")
 
 
+class _UnwritableInt(int):
+    def __str__(self) -> str:
+        raise RuntimeError("the app's own id class cannot write itself")
+
+
 def test_a_tenant_callables_int_too_long_to_write_is_refused_and_an_unwritable_name_is_the_default(
         engine: llmbudget.Engine) -> None:
     """str() refuses an int of over 4,300 digits, and a str subclass may raise: both failed the request (500)."""
     for make in (starlette_app, flask_client):
         problem = problem_of(make(Policy(tenant=lambda request: 10**5000)).get("/info"))
         assert (problem["reason"], problem["source"]) == ("too_long", "callable")
-        response = make(Policy(tenant=lambda request: _Unwritable("acme"))).get("/info")
-        assert response.status_code == 200
-        assert json.loads(response.get_data() if hasattr(response, "get_data") else response.content)["tenant"] is None
+        for unwritable, tenant in ((_Unwritable("acme"), None), (_UnwritableInt(42), "42")):
+            response = make(Policy(tenant=lambda request, name=unwritable: name)).get("/info")  # type: ignore[misc]
+            assert response.status_code == 200
+            body = response.get_data() if hasattr(response, "get_data") else response.content
+            assert json.loads(body)["tenant"] == tenant
 
 
 class _NamedBy:

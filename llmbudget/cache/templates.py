@@ -365,7 +365,7 @@ _CLASSES: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
         "january jan | february feb | march mar | april apr | may | june jun | july jul | august aug"
         " | september sep sept | october oct | november nov | december dec",
         "today | tomorrow | yesterday | tonight",
-        "row rows | column columns",
+        "row rows | column columns col cols",
         "mm millimeter millimeters millimetre millimetres | cm centimeter centimeters centimetre centimetres"
         " | m meter meters metre metres | km kilometer kilometers kilometre kilometres kms"
         " | in inch inches | ft foot feet | yd yard yards | mi mile miles",
@@ -706,9 +706,20 @@ def _negator(words: Sequence[str], i: int) -> bool:
 
 def _negates(words: Sequence[str]) -> bool:
     """Whether ``words`` (bare, lower case) negate ("not", "n't", "never", "no", "without", "nobody", ...); not the
-    "why not" or "or not" that asks for both sides ("Should healthcare be free? Why or why not?")."""
+    "why not" or "or not" that asks for both sides ("Should healthcare be free? Why or why not?"), nor, in an
+    English text, another language's short negation that is an English word or abbreviation too ("mac n cheese",
+    "sin x", "non-profit", "sans-serif")."""
+    english = not _ENGLISH.isdisjoint(words)
     return any(_negator(words, i) and not (w == "not" and i and words[i - 1] in _BOTH_SIDES)
-               for i, w in enumerate(words))
+               and not (english and w in _FOREIGN_SHORT) for i, w in enumerate(words))
+
+
+# Negations of other languages that English texts hold as words of their own, and English words no text in those
+# languages holds (not "a", "i", "in" or "do", which Italian, Spanish, Portuguese and German write too).
+_FOREIGN_SHORT = frozenset("n ne pas sin sem mai non ni sans nie nada".split())
+_ENGLISH = frozenset("the an is are was were be will should would could how what does of and for with from by on at "
+                     "my you your our can it this that why which who some any about please give recommend write "
+                     "tell explain show find get make use".split())
 
 
 _BOTH_SIDES = frozenset(("why", "or"))
@@ -725,8 +736,12 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 # Chinese and Japanese negations (不 "not", 没 "have not", 未 "not yet", 非 "non-", 无 "without", 别 "don't";
 # Japanese verb endings ない, ません, なかっ; Korean 않, 없, 못), and words that hold one without negating
 # ("非常" very, "未来" future, "无论" no matter, "不过" however), which are taken out first.
-_CJK_NEGATIONS = re.compile(r"[不没沒未非无無别別않없못]|ない|ません|なかっ")
-_CJK_NOT_NEGATING = re.compile(r"非常|未来|未來|无论|無論|不过|不過|不同|不错|不錯")
+_CJK_NEGATIONS = re.compile(r"[不没沒未非无無别別勿않없못]|ない|ません|なかっ|なけれ|なし|아니")
+_CJK_NOT_NEGATING = re.compile(
+    r"非常(?!规)|未来|未來|无论|無論|不过(?!如此)|不過|不同(?!意)|不错|不錯|不管|不断|不斷|不少|不久|不仅|不僅|差不多"
+    r"|不好意思|对不起|對不起|是不是|有没有|有沒有|要不要|能不能|可不可以|好不好|对不对|對不對|会不会|會不會"
+    r"|[区區差分特类類级級性识識告]别|[区區差分特类類级級性识識告]別|别人|別人|别的|別的|无线|無線|無料|非洲"
+    r"|すみません|ませんか|少ない|危ない|잘못")
 
 
 def _cjk_negations(words: Sequence[str]) -> int:
@@ -801,13 +816,16 @@ def _asked_payload_differs(a: str, b: str) -> bool:
 
 _INPUT = "input: "  # before a text, makes all of it a payload (see _PAYLOAD)
 
-# Words of a prompt that asks about the form of a text (its commas, capitals or sentences): there the text's
-# punctuation and capitals are its data wherever they stand, set off by a colon or not ("Does the sentence Let's
-# eat Grandma need a comma?", "Fix the capitalization of i met john in new york"). Not "capital", "case", "word"
-# or "list", which ask about other things as often ("What is the capital of france").
-_FORM = frozenset("comma commas splice punctuation punctuate punctuated period periods capitalize capitalise "
-                  "capitalized capitalised capitalization capitalisation uppercase lowercase sentence sentences csv "
-                  "vocative passive grammar grammatical spelling spelled quote quotes".split())
+# Words of a prompt that asks about a text's punctuation (:data:`_MARKS_ASKED`) or its capitals
+# (:data:`_CASE_ASKED`): there those are its data wherever they stand, set off by a colon or not ("Does the
+# sentence Let's eat Grandma need a comma?", "Fix the capitalization of i met john in new york"). Only words that
+# ask about nothing else: "sentence", "CSV", "uppercase" or "period" name other things as often ("Summarize the
+# French Revolution in one sentence", "how do i read a csv file in python").
+_MARKS_ASKED = frozenset("comma commas splice punctuation punctuate punctuated semicolon apostrophe".split())
+_CASE_ASKED = frozenset("capitalize capitalise capitalized capitalised capitalization capitalisation".split())
+# ... and words that ask about capitals in data set off below them ("How many uppercase letters are in the text
+# below?\nHello World"), though not in a question of their own ("how to convert a string to uppercase in python").
+_CASE_WORDS = _CASE_ASKED | frozenset("uppercase lowercase capital capitals case".split())
 # Where a text sets its data off without a colon: a dash between spaces, or a line break ("Sort these numbers -
 # 10, 2, 33, 4", "Classify each line below as question or statement\nYou are coming tomorrow.").
 _SET_OFF = re.compile(r"[ \t][-–—][ \t]+(?=\S)|[ \t]*\r?\n\s*(?=\S)")
@@ -817,13 +835,16 @@ _WORKS_ON = frozenset("sort list items numbers classify line lines split fields"
 
 def _form_differs(a: str, b: str) -> bool:
     """Whether two texts (their words the same) differ in punctuation or capitals where those are data: anywhere
-    in a text that asks about its form (a word of :data:`_FORM`: a comma in "Let's eat, Grandma", "alice_2024" and
-    "Alice_2024"), or after a dash or line break that sets data off after an instruction working on it (a word
-    of :data:`_WORKS_ON`: "Sort these numbers - 10, 2, 33, 4" and "... 33 4"). There they are read as a colon's
-    payload is, every symbol and capital counting; a greeting or a user's own line break above a question,
-    whose line holds no such word, is not data."""
-    if _FORM.intersection(_bare(_keys(_tokens(a)))):
-        return _marked_differently(a, b)
+    in a text that asks about its punctuation (a word of :data:`_MARKS_ASKED`: a comma in "Let's eat, Grandma")
+    or its capitals (:data:`_CASE_ASKED`: "i met john" and "I met John" after "Fix the capitalization"), or in
+    the data a dash or line break sets off after an instruction working on it (a word of :data:`_WORKS_ON`,
+    :data:`_TASKS` or :data:`_JUDGED`: "Sort these numbers - 10, 2, 33, 4" and "... 33 4"), its punctuation
+    there, its capitals where the text asks about case. Elsewhere, and a greeting's or a user's own line break
+    above a question, they are typing ("When should I use a comma before and?" and "when should i use ...")."""
+    words = set(_bare(_keys(_tokens(a))))
+    case = bool(_CASE_ASKED.intersection(words))
+    if case or _MARKS_ASKED.intersection(words):
+        return _marked_differently(a, b, case=case)
     ma, mb = _SET_OFF.search(a), _SET_OFF.search(b)
     if ma is None or mb is None:
         return False
@@ -831,20 +852,31 @@ def _form_differs(a: str, b: str) -> bool:
     if not (_WORKS_ON.intersection(instruction) or _TASKS.intersection(instruction)
             or _JUDGED.intersection(instruction)) or instruction != _content(_keys(_tokens(b[: mb.start()]))):
         return False
-    return _marked_differently(a[ma.end() :], b[mb.end() :])
+    case = bool(_CASE_WORDS.intersection(words))
+    return _marked_differently(a[ma.end() :], b[mb.end() :], case=case, first=not case)
 
 
 _END_MARKS = ".!?。？！"
+_TYPED = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "？": "?", "！": "!"})
 
 
-def _marked_differently(a: str, b: str) -> bool:
-    """Whether two texts differ in more than their spacing, the case of their first letter and a final mark one
-    of them leaves out ("Is this sentence correct? I went home." and "is this sentence correct?  I went home"):
-    another final mark ("Are you coming?" and "... coming."), a comma, a capital inside count."""
-    a, b = " ".join(a.split()), " ".join(b.split())
+def _marked_differently(a: str, b: str, *, case: bool, first: bool = True) -> bool:
+    """Whether two texts differ in their punctuation (and their capitals, with ``case``) beyond typing: spacing
+    (before a mark too), curly quotes, a doubled final mark, the case of the first letter and a final mark one of
+    them leaves out ("Is this sentence correct? I went home." and "is this sentence correct?  I went home").
+    Another final mark ("Are you coming?" and "... coming."), a comma or, with ``case``, a capital inside count
+    (and the first one, without ``first``: data set off below its instruction, "alice_2024" and "Alice_2024")."""
+    def typed(text: str) -> str:
+        text = re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.translate(_TYPED).split()))
+        text = re.sub(r"([.!?])\1+$", r"\1", text)
+        return text if case else text.lower()
+
+    a, b = typed(a), typed(b)
     if bool(a) and bool(b) and (a[-1] in _END_MARKS) != (b[-1] in _END_MARKS):
         a, b = a.rstrip(_END_MARKS), b.rstrip(_END_MARKS)
-    return a[:1].lower() + a[1:] != b[:1].lower() + b[1:]
+    if first:
+        a, b = a[:1].lower() + a[1:], b[:1].lower() + b[1:]
+    return a != b
 
 
 # What a question asked before its input judges in it ("Is this sentence correct?", "Sentiment?", "Is this email

@@ -488,7 +488,7 @@ class _MessageBatches(_Jobs):
                     raw = list(response.iter_lines())
             except Exception as exc:
                 raise BatchError(f"downloading the results of {done.get('id')}: {exc}") from exc
-        lines: list[tuple[str, dict[str, Any]]] = []
+        answers: dict[str, tuple[int, bytes]] = {}
         for number, text in enumerate(raw, 1):
             if not text.strip():
                 continue
@@ -497,19 +497,12 @@ class _MessageBatches(_Jobs):
                 custom_id, result = line["custom_id"], line["result"]
                 if not isinstance(custom_id, str) or not isinstance(result, dict):
                     raise TypeError("its custom_id is not a string or its result not an object")
-            except (ValueError, TypeError, KeyError, RecursionError) as exc:
-                _unreadable_line(done, "results", number, exc)
-                continue
-            lines.append((custom_id, result))
-        answers: dict[str, tuple[int, bytes]] = {}
-        for number, (custom_id, result) in enumerate(lines, 1):
-            try:
-                answers[custom_id] = self._answer(custom_id, result, done)
+                answers[custom_id] = self._answer(result, done)
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 _unreadable_line(done, "results", number, exc)
         return answers
 
-    def _answer(self, custom_id: str, result: dict[str, Any], done: dict[str, Any]) -> tuple[int, bytes]:
+    def _answer(self, result: dict[str, Any], done: dict[str, Any]) -> tuple[int, bytes]:
         """One result line's answer, as its server would have sent it (raises where the line's shape is not one)."""
         kind = result.get("type")
         if kind == "succeeded":

@@ -424,7 +424,7 @@ class RedisCacheStore:
 
     def _resting(self) -> bool:
         """Whether Redis was found down less than ``RETRY_S`` ago: lookups and stores skip it meanwhile."""
-        return self._retry_at > 0.0 and time.monotonic() < self._retry_at
+        return time.monotonic() < self._retry_at
 
     def _reachable(self) -> None:
         if self._warned:

@@ -33,7 +33,7 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -363,7 +363,8 @@ def _kept_rows(path: Path) -> list[tuple[str | None, SpendRecord]]:
     return rows
 
 
-def write_kept(paths: list[Path], write: Any, where: str, errors: tuple[type[BaseException], ...]) -> None:
+def write_kept(paths: list[Path], write: Callable[[Path, list[tuple[str | None, SpendRecord]]], bool], where: str,
+               errors: tuple[type[BaseException], ...]) -> None:
     """Write the records kept in ``paths`` with ``write(path, rows)`` (rows: ``(id, record)``; True where it wrote
     them, False where they were written already), then remove each file; ``where`` names the ledger in the log. An
     error of ``errors`` stops, the files left for a later try. Never raises those."""

@@ -65,9 +65,11 @@ def _has_media(content: Any) -> bool:
 
 
 def _has_tool_blocks(content: Any) -> bool:
-    """Anthropic content blocks of a tool call or its result."""
+    """Anthropic content blocks of a tool call or its result: ``tool_use``, ``tool_result`` and every kind named
+    after them (``server_tool_use``, ``mcp_tool_use``, ``mcp_tool_result``, ``web_search_tool_result``, ...)."""
     return isinstance(content, list) and any(
-        isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result", "server_tool_use")
+        isinstance(block, dict) and isinstance(kind := block.get("type"), str)
+        and ("tool_use" in kind or "tool_result" in kind)
         for block in content)
 
 
@@ -88,11 +90,17 @@ def _plain_text(content: Any) -> str | None:
     return None
 
 
+def _includes_logprobs(include: Any) -> bool:
+    """The Responses API's ``include`` asking for the answer's token log-probabilities
+    (``message.output_text.logprobs``)."""
+    return isinstance(include, list) and any(isinstance(item, str) and "logprobs" in item for item in include)
+
+
 def _sampling_rules(body: dict[str, Any], allow_temperature: bool) -> str | None:
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         return "n > 1"
-    if body.get("logprobs") or body.get("top_logprobs"):
+    if body.get("logprobs") or body.get("top_logprobs") or _includes_logprobs(body.get("include")):
         return "logprobs requested"
     temperature = body.get("temperature")
     if not allow_temperature and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):

@@ -106,6 +106,9 @@ def test_text_parts_are_joined_for_the_semantic_tier():
     ({"model": "gpt-4o-mini", "input": "hi"}, "store defaults to true"),
     ({"model": "gpt-4o-mini", "input": "hi", "store": True}, "stored"),
     ({"model": "gpt-4o-mini", "input": "hi", "store": False, "previous_response_id": "resp_1"}, "stateful"),
+    # log-probabilities asked through include: another prompt's would be served
+    ({"model": "gpt-4o-mini", "input": "hi", "store": False, "include": ["message.output_text.logprobs"]},
+     "logprobs"),
     ({"model": "gpt-4o-mini", "input": [{"type": "function_call_output", "call_id": "1", "output": "x"},
                                         {"role": "user", "content": "hi"}], "store": False}, "tool"),
 ])

@@ -458,6 +458,10 @@ def test_the_semantic_cache_key_ignores_breakpoints():
 @pytest.mark.parametrize("content", [
     [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}],
     [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+    # MCP connector and server tools' blocks: a tool's result all the same
+    [{"type": "mcp_tool_use", "id": "m1", "name": "search", "server_name": "docs", "input": {}}],
+    [{"type": "mcp_tool_result", "tool_use_id": "m1", "content": [{"type": "text", "text": "42"}]}],
+    [{"type": "web_search_tool_result", "tool_use_id": "s1", "content": []}],
 ])
 def test_conversations_with_tool_blocks_are_not_cached(content):
     from llmbudget.providers import adapter_for_endpoint

@@ -666,7 +666,7 @@ def _job_records(job: dict[str, Any], jobs: _Jobs, done: dict[str, Any], engine:
             answer = ResponseState()
             found[0].read_json(data, answer)
             usage = _filled(answer.usage or Usage(), answer, call, data).replace(service_tier="batch")
-            model = data.get("model") or call["model"]
+            model = engine.pricing.answering_model(data.get("model"), call["model"], job["base_url"])
             priced = engine.pricing.cost(usage, model=model, base_url=job["base_url"])
             standard = engine.pricing.cost(usage.replace(service_tier=None), model=model, base_url=job["base_url"])
             records.append(SpendRecord(

@@ -761,9 +761,9 @@ class Attempt:
             usage = found
         else:
             usage = Usage(input_tokens=self.estimate_input_tokens(), estimated=True)
-        model = (lookup.stored or {}).get("model")
-        if not isinstance(model, str) or not model:  # whatever the server sent there, the hit is still served
-            model = self.call.model
+        # whatever the server sent as the model, the hit is still served
+        model = self.engine.pricing.answering_model((lookup.stored or {}).get("model"), self.call.model,
+                                                    self.call.base_url)
         try:
             saved = self.engine.pricing.cost(usage, model=model, base_url=self.call.base_url).usd
         except Exception:  # noqa: BLE001 - what a hit saved is a report's figure: never the reason a call fails
@@ -1435,7 +1435,7 @@ class Attempt:
 
                 confidence = answer_confidence(self._json)
                 self.routing = {**self.routing, "confidence": None if confidence is None else round(confidence, 4)}
-        model = state.model or call.model
+        model = self._priced_model()
         billed = usage.total_tokens or usage.web_searches or usage.file_searches or usage.code_containers
         priced = self.engine.pricing.cost(usage, model=model, base_url=call.base_url) if billed else None
         record = self._record(
@@ -1462,9 +1462,11 @@ class Attempt:
         return record
 
     def _estimated_record(self, usage: Usage, error: str) -> SpendRecord:
-        priced = self.engine.pricing.cost(usage, model=self.state.model or self.call.model,
-                                          base_url=self.call.base_url)
+        priced = self.engine.pricing.cost(usage, model=self._priced_model(), base_url=self.call.base_url)
         return self._record(usage=usage, cost=priced.usd, source=priced.source, estimated=True, error=error)
+
+    def _priced_model(self) -> str | None:
+        return self.engine.pricing.answering_model(self.state.model, self.call.model, self.call.base_url)
 
     def _cut_record(self, error: BaseException) -> SpendRecord:
         """A response that started (2xx) and then failed mid-body: the input and the output seen so far, estimated,

@@ -397,6 +397,16 @@ class Pricing:
         self._rates[key] = (day, found)
         return found
 
+    def answering_model(self, answered: Any, sent: str | None, base_url: str = "") -> str | None:
+        """The model a call is priced as: the one the server answered with, or the one it was sent to where only
+        that one has a price (a llama.cpp alias or GGUF path, a gateway's name for its upstream: priced at the
+        unknown-model fallback, one such call cost 430 times its override)."""
+        if not isinstance(answered, str) or not answered:
+            return sent
+        if sent and answered != sent and self.rate(answered, base_url) is None and self.rate(sent, base_url):
+            return sent
+        return answered
+
     def require(self, model: str, base_url: str = "") -> None:
         """Raise :class:`UnknownModelError` unless ``model`` has a price (use at configuration time)."""
         if self.rate(model, base_url) is None:

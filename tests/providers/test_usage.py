@@ -782,3 +782,31 @@ def test_a_limit_written_as_a_whole_float_holds_what_its_integer_holds(limits, f
 
     assert worst(floats) == worst(limits) and worst({"max_tokens": 12.5}) == worst({})  # (not whole: no limit)
     assert worst({"max_tokens": "lots"}) == worst({"max_tokens": "12.5"}) == worst({"max_tokens": "nan"}) == worst({})
+
+
+def test_a_call_answered_under_an_unpriced_name_is_priced_as_the_model_it_was_sent_to() -> None:
+    """llama.cpp answers with its alias or the GGUF's path, a gateway with its upstream's name: priced by that
+    name alone, such a call got the unknown-model fallback (430 times the override set for the model sent to)."""
+    override = {"input": "0.1", "output": "0.3"}
+    engine = llmbudget.Engine(pricing=Pricing(overrides={"gemma-3-270m": override}))
+    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}]}
+    attempt = _begin(engine, body)
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "/models/gemma-3-270m-it-Q4_K_M.gguf",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300}}).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None and record.model_answered == "/models/gemma-3-270m-it-Q4_K_M.gguf"
+    assert record.price_source == "override"
+    assert record.cost_usd == Decimal("0.0001") + Decimal("0.00009")
+    # a name the server answered with that has a price of its own is still what is priced
+    attempt = _begin(engine, {**body, "model": "gpt-4o"})
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps({
+        "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300}}).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None
+    assert record.cost_usd == Pricing().cost(Usage(input_tokens=1000, output_tokens=300), model="gpt-4o-mini").usd

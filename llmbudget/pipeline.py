@@ -1089,9 +1089,13 @@ class Attempt:
             self.engine.usage_option_refused.add(tier)
         # events or JSON: as the request asked or the label says, until the body's first bytes say which it is
         # (see _parse: a body mislabelled by a gateway went unread, a billed call settled at ~$0)
-        self._sse = _asks_stream(self.call.body.get("stream")) or "text/event-stream" in headers.get("content-type", "")
-        self._json_body = "json" in headers.get("content-type", "")
-        self._event_stream = "text/event-stream" in headers.get("content-type", "")
+        label = headers.get("content-type", "").lower()  # (a media type's case does not matter)
+        asked = _asks_stream(self.call.body.get("stream"))
+        self._sse = asked or "text/event-stream" in label
+        self._json_body = "json" in label
+        # a stream the SDK reads as events whatever its label (none, text/plain): edited as events, or the app
+        # got the usage chunk llmbudget asked for (no choices: chunk.choices[0] raised IndexError)
+        self._event_stream = "text/event-stream" in label or (asked and not self._json_body)
         applied = codings(headers.get("content-encoding", ""))  # ("gzip, gzip", "identity, br": several, or none)
         self._encoding = ", ".join(applied)
         self._decoder = decoder_for(self._encoding) if applied else None  # (None: read as it comes, as httpx does)

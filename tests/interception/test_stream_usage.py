@@ -74,6 +74,23 @@ def test_a_reasoning_models_stream_is_priced_from_the_usage_it_was_asked_for(mes
                                                                        reported["completion_tokens"])
 
 
+@pytest.mark.parametrize("label", ["Text/Event-Stream", "text/plain; charset=utf-8"])
+def test_a_stream_labelled_otherwise_still_loses_the_usage_event_the_app_did_not_ask_for(messages_server, engine,
+                                                                                        records, label):
+    """The SDK reads a stream as events whatever its label: left in a stream labelled in capitals or as text,
+    the usage chunk llmbudget asked for reached the app (no choices: ``chunk.choices[0]`` raised)."""
+    with proxy(f"{messages_server}/v1", content_type=label) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        chunks = list(client.chat.completions.create(model="o4-mini", messages=QUESTION, max_completion_tokens=6,
+                                                     stream=True))
+        (sent,) = _sent(upstream)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert chunks and all(chunk.choices and chunk.usage is None for chunk in chunks)
+    (record,) = records
+    assert not record.estimated and record.usage.output_tokens > 0
+
+
 def test_an_app_that_asks_for_the_usage_gets_it_and_other_models_streams_go_as_written(messages_server, engine,
                                                                                      records):
     with proxy(f"{messages_server}/v1") as upstream:

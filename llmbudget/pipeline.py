@@ -53,6 +53,7 @@ from .pricing import DEFERRED_TIERS, PriceLike, Pricing
 from .providers import Adapter, ResponseState, adapter_for_path
 from .providers._base import (
     WEB_SEARCH_RESULT_TOKENS,
+    _count,
     filled_usage,
     output_as_reported,
     tool_arguments,
@@ -1122,6 +1123,23 @@ class Attempt:
         length then is not the server's."""
         return self.usage_added and self._event_stream and self._decoder is None and self.status == 200
 
+    def awaits_usage(self) -> bool:
+        """Whether this stream's answer is over (each choice's ``finish_reason``, a Responses answer's
+        ``output_text.done``) while the usage the server sends after it has not come: a stream the app closes there
+        is read on for it (up to :data:`DRAIN_BYTES`), since the answer was generated, and its hidden reasoning
+        billed, in full (settled from the text seen, a reasoning model's call was charged 1/1,400 of its bill).
+        Read from the body's bytes (its events are parsed when it is settled)."""
+        if self.record is not None or self.status is None or not 200 <= self.status < 300 or not self._sse:
+            return False
+        body = self._buffer
+        if self._overflow or not body or _USAGE_OBJECT.search(body):
+            return False
+        if self.call.endpoint == "responses":
+            return b'"response.output_text.done"' in body and not _RESPONSE_ENDED.search(body)
+        if self.call.endpoint not in ("chat.completions", "completions"):
+            return False
+        return len(_FINISHED.findall(body)) >= (_count(self.call.body.get("n")) or 1)
+
     def pass_on(self, chunk: bytes) -> bytes:
         """:meth:`feed` the chunk; what of it the app sees (:meth:`shown`)."""
         self.feed(chunk)
@@ -1628,6 +1646,15 @@ def _asks_stream(value: Any) -> bool:
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]').search
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+#: How much of a stream closed after its answer's end is read on for its usage (:meth:`Attempt.awaits_usage`), and
+#: for how long (checked between chunks: a sync read waits up to the client's own read timeout).
+DRAIN_BYTES = 1 << 20
+DRAIN_S = 2.0
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_RESPONSE_ENDED = re.compile(rb'"response\.(?:completed|incomplete|failed)"')
 
 
 def _shown_event(event: bytes) -> bytes:

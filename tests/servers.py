@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -24,6 +25,7 @@ except ImportError:  # before Python 3.14
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     received: list[tuple[str, str, bytes, dict[str, str]]]
+    held: int
     options: dict[str, Any]
 
 
@@ -31,6 +33,7 @@ def _serve(handler: type[BaseHTTPRequestHandler], **options: Any) -> Iterator[_S
     server = _Server(("127.0.0.1", 0), handler)
     server.received = []
     server.sent = []  # the bodies (or the parts of them) a proxy sent back
+    server.held = 0  # the answers a proxy sent in two parts (``hold``)
     server.options = options
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -147,6 +150,13 @@ class _Proxy(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         self.server.sent.append(content)
+        split = options["hold"](content) if options.get("hold") is not None else None
+        if split:  # the answer up to there, then the rest a little later, as a server sends its last events
+            self.server.held += 1
+            self.wfile.write(content[:split])
+            self.wfile.flush()
+            time.sleep(0.3)
+            content = content[split:]
         self.wfile.write(content)
 
     do_GET = do_POST = _forward
@@ -157,7 +167,7 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
           cut: bool = False, garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
           encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None,
           refuse: Callable[[bytes], int | tuple[int, str] | None] | None = None, status: int | None = None,
-          content_type: str | None = None) -> Iterator[_Server]:
+          content_type: str | None = None, hold: Callable[[bytes], int | None] | None = None) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``compress``: "gzip", "br", "zstd" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
@@ -166,11 +176,12 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
     ``cut``: send half of each answer's body and drop the connection; ``garble``: send half of it as the whole body;
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
     it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came);
-    ``status``, ``content_type``: sent instead of the server's, for its successful answers (the type: for all).
+    ``status``, ``content_type``: sent instead of the server's, for its successful answers (the type: for all);
+    ``hold``: a function of each answer's bytes, where to stop sending it for 0.3 s (None: nowhere).
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, compress=compress,
                       cut=cut, garble=garble, rewrite=rewrite, encoding=encoding, forward=forward, refuse=refuse,
-                      status=status, content_type=content_type)
+                      status=status, content_type=content_type, hold=hold)
 
 
 def base_url(server: _Server) -> str:

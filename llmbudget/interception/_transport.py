@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from ..cache.worker import set_caller
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
-from ..pipeline import Attempt, UnreadableRequest, get_engine
+from ..pipeline import DRAIN_BYTES, DRAIN_S, Attempt, UnreadableRequest, get_engine
 from ..providers import Adapter
 from ..scope import app_path
 
@@ -518,6 +518,48 @@ def _collection(phase: str, info: dict[str, int]) -> None:
 gc.callbacks.append(_collection)
 
 
+def _drained(attempt: Attempt, chunks: Iterator[bytes] | None) -> bool:
+    """Read on a stream the app closed after its answer's end, for the usage the server sends after it
+    (:meth:`Attempt.awaits_usage`), up to ``DRAIN_BYTES`` and ``DRAIN_S`` (checked between chunks); True when it
+    came, or the stream's end. Never in a garbage collection (no waiting there)."""
+    if chunks is None or _collector == threading.get_ident() or not attempt.awaits_usage():
+        return False
+    deadline, read = time.monotonic() + DRAIN_S, 0
+    try:
+        for chunk in chunks:
+            attempt.feed(chunk)
+            read += len(chunk)
+            if not attempt.awaits_usage():
+                return True
+            if read > DRAIN_BYTES or time.monotonic() > deadline:
+                return False
+    except Exception:  # noqa: BLE001 - the app is done with this stream: settled from what was read
+        return False
+    return True
+
+
+async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) -> bool:
+    """:func:`_drained` for an async stream (``DRAIN_S`` bounds the wait too)."""
+    if chunks is None or not attempt.awaits_usage():
+        return False
+
+    async def rest() -> bool:
+        read = 0
+        async for chunk in chunks:
+            attempt.feed(chunk)
+            read += len(chunk)
+            if not attempt.awaits_usage():
+                return True
+            if read > DRAIN_BYTES:
+                return False
+        return True
+
+    try:
+        return await asyncio.wait_for(rest(), DRAIN_S)
+    except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - settled from what was read (a cancel goes on up)
+        return False
+
+
 def _settle_later(attempt: Attempt) -> bool:
     """Hand ``attempt``'s settle to the settling thread when this thread runs a garbage collection (the code it
     interrupted may hold the locks settling takes); False: settle it now (also where no settling thread could
@@ -632,12 +674,15 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
             self._attempt = attempt
+            self._chunks: Iterator[bytes] | None = None  # the inner stream's, as the app's reading left it
             _settle_when_dropped(self, attempt)
 
         def __iter__(self) -> Iterator[bytes]:
             attempt = self._attempt
+            if self._chunks is None:
+                self._chunks = iter(self._inner)
             try:
-                for chunk in self._inner:
+                for chunk in self._chunks:
                     shown = attempt.pass_on(chunk)
                     if shown:
                         yield shown
@@ -649,22 +694,27 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             attempt.finish(complete=True)
 
         def close(self) -> None:
+            complete = False
             try:
+                complete = _drained(self._attempt, self._chunks)
                 self._inner.close()
             finally:
                 if not _settle_later(self._attempt):  # (a collection closes a stream the app dropped half read)
-                    self._attempt.finish(complete=False)
+                    self._attempt.finish(complete=complete)
 
     class AsyncStream(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
         def __init__(self, inner: Any, attempt: Attempt) -> None:
             self._inner = inner
             self._attempt = attempt
+            self._chunks: AsyncIterator[bytes] | None = None  # the inner stream's, as the app's reading left it
             _settle_when_dropped(self, attempt)
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             attempt = self._attempt
+            if self._chunks is None:
+                self._chunks = aiter(self._inner)
             try:
-                async for chunk in self._inner:
+                async for chunk in self._chunks:
                     shown = attempt.pass_on(chunk)
                     if shown:
                         yield shown
@@ -676,11 +726,13 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             await _finish(attempt, complete=True)
 
         async def aclose(self) -> None:
+            complete = False
             try:
+                complete = await _drained_async(self._attempt, self._chunks)
                 await self._inner.aclose()
             finally:
                 if self._attempt.record is None:  # read to its end, it is settled already: no thread hop
-                    await _finish(self._attempt, complete=False)
+                    await _finish(self._attempt, complete=complete)
 
     class SentBody(httpx.SyncByteStream, httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
         """A request body that notes, once the connection has taken its last byte, that the provider has the

@@ -74,6 +74,70 @@ def test_a_reasoning_models_stream_is_priced_from_the_usage_it_was_asked_for(mes
                                                                        reported["completion_tokens"])
 
 
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+@pytest.mark.parametrize("endpoint", ["chat", "responses"])
+def test_a_stream_closed_once_its_answer_ended_is_priced_from_the_usage_that_follows(messages_server, engine,
+                                                                                   records, client_kind, endpoint):
+    """An app that stops reading at the chunk with the finish_reason (or at Responses' output_text.done) and
+    closes the stream: the answer was generated, its reasoning billed, in full, but the usage comes after. Settled
+    from the text seen, an o4-mini call was charged 1/1,400 of its bill."""
+    answers: list[bytes] = []
+
+    def ended(event: Any) -> bool:
+        if endpoint == "chat":
+            return any(choice.finish_reason for choice in event.choices)
+        return event.type == "response.output_text.done"
+
+    def usage_later(content: bytes) -> int | None:  # the events after the answer's end come 0.3 s after it
+        marker = b'"finish_reason":"' if endpoint == "chat" else b'"response.output_text.done"'
+        at = content.find(marker)
+        return None if at < 0 else content.index(b"\n\n", at) + 2
+
+    with proxy(f"{messages_server}/v1", rewrite=_reported(answers), hold=usage_later) as upstream:
+        url = base_url(upstream)
+        if endpoint == "chat":
+            ask: dict[str, Any] = dict(model="o4-mini", messages=QUESTION, max_completion_tokens=6, stream=True)
+        else:
+            ask = dict(model="o4-mini", input="What is the capital of France?", max_output_tokens=16, stream=True,
+                       store=False)
+        if client_kind == "sync":
+            client = openai.OpenAI(base_url=url, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+            create = client.chat.completions.create if endpoint == "chat" else client.responses.create
+            with create(**ask) as stream:
+                seen = 0
+                for event in stream:
+                    seen += 1
+                    if ended(event):
+                        break
+        else:
+            async def run() -> int:
+                client = openai.AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0,
+                                            http_client=llmbudget.async_http_client())
+                create = client.chat.completions.create if endpoint == "chat" else client.responses.create
+                count = 0
+                async with await create(**ask) as stream:
+                    async for event in stream:
+                        count += 1
+                        if ended(event):
+                            break
+                return count
+
+            seen = asyncio.run(run())
+    assert seen > 0 and upstream.held  # (the answer's end came apart from the usage)
+    (record,) = records
+    reported = answers[0]
+    if endpoint == "chat":
+        usage = _usage_in(reported)
+        assert usage is not None
+        expected = (usage["prompt_tokens"], usage["completion_tokens"])
+    else:
+        (usage,) = [json.loads(line[6:])["response"]["usage"] for line in reported.splitlines()
+                    if line.startswith(b"data: {") and b'"response.completed"' in line]
+        expected = (usage["input_tokens"], usage["output_tokens"])
+    assert (record.usage.input_tokens, record.usage.output_tokens) == expected
+    assert not record.estimated and record.error is None
+
+
 @pytest.mark.parametrize("label", ["Text/Event-Stream", "text/plain; charset=utf-8"])
 def test_a_stream_labelled_otherwise_still_loses_the_usage_event_the_app_did_not_ask_for(messages_server, engine,
                                                                                         records, label):

@@ -37,10 +37,18 @@ def as_int(value: Any, most: int = MAX_TOKENS, what: str = "token count") -> int
 
 def with_reasoning_beside(prompt: int, output: int, reasoning: int, total: Any) -> int:
     """The output tokens billed: ``output``, plus ``reasoning`` where the usage counts it beside the output rather
-    than in it (some gateways' Gemini thinking): more reasoning than output, or a ``total`` that adds all three."""
+    than in it (some gateways' Gemini thinking): more reasoning than output, or a ``total`` that adds all three;
+    with no reasoning count, a ``total`` above ``prompt + output`` less the prompt."""
     counted = isinstance(total, (int, float)) and not isinstance(total, bool)
     if reasoning and (reasoning > output or (counted and total == prompt + output + reasoning)):
         return output + reasoning
+    if counted and not reasoning and prompt and output:  # (a count left out is estimated: see filled_usage)
+        try:
+            whole = as_int(total)
+        except BadUsage:
+            return output
+        if whole > prompt + output:  # hidden output counted in the total alone (a gateway's Gemini thinking, with
+            return whole - prompt  # no completion_tokens_details): left out, 603 billed output tokens counted 198
     return output
 
 

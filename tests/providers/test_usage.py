@@ -511,6 +511,8 @@ def test_an_answer_whose_usage_leaves_counts_out_is_charged_their_estimates(
     (100, 50, 150, 100),  # total_tokens adds prompt and completion: inside it, as OpenAI counts it
     (80, 80, None, 80),  # all of the output is reasoning
     (100, 50, 200.0, 150),  # a total written as a float, as some servers write counts
+    (198, 0, 623, 573),  # no reasoning count, and a total above prompt + output: the rest is hidden output
+    (100, 0, 140, 100),  # a total below prompt + output: the counts stand
 ])
 def test_reasoning_tokens_counted_beside_the_output_are_charged(
         engine: llmbudget.Engine, completion: int, reasoning: int, total: int | None, billed: int) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..calls import Call
 from .answers import storable
-from .keys import CacheKeys, cache_keys
+from .keys import CacheKeys, cache_keys, model_key
 from .templates import DEFAULT_MAX_SEMANTIC_CHARS, TemplateGuard
 
 if TYPE_CHECKING:
@@ -45,10 +45,17 @@ class CacheLookup:
     #: (partition, text) when the exact tier missed and the semantic tier is still to be asked
     #: (``Cache.lookup(..., semantic=False)``): :meth:`Cache.resolve` then takes what the worker found
     pending: tuple[str, str] | None = None
+    #: The exact key this call's answer is kept under, where it is not ``keys.exact`` (:func:`model_key`).
+    exact_key: str | None = None
 
     @property
     def hit(self) -> bool:
         return self.stored is not None
+
+
+def _answers(entry: Any, model: str | None) -> bool:
+    """Whether a stored entry may answer a call whose answer must come from ``model`` (None: any)."""
+    return model is None or getattr(entry, "model", model) in (model, "")
 
 
 class Cache:
@@ -165,6 +172,11 @@ class Cache:
         assert keys.exact is not None
         partition = keys.partition or f"exact:{keys.exact}"
         entry = self.store.get_exact(partition, keys.exact)
+        if entry is not None and not _answers(entry, model):  # another model's: this one's is kept beside it
+            lookup.exact_key = model_key(keys.exact, str(model))
+            entry = self.store.get_exact(partition, lookup.exact_key)
+            if entry is None:
+                return lookup
         if entry is not None:
             lookup.tier, lookup.score = "exact", 1.0
         elif self.semantic and keys.text and keys.partition:
@@ -195,7 +207,7 @@ class Cache:
         return self._served(lookup, found.entry, model)
 
     def _served(self, lookup: CacheLookup, entry: Any, model: str | None) -> CacheLookup:
-        if entry is not None and model is not None and getattr(entry, "model", model) not in (model, ""):
+        if entry is not None and not _answers(entry, model):
             entry, lookup.tier, lookup.score = None, None, None  # another model's answer: a miss
         if entry is not None:
             try:
@@ -216,7 +228,8 @@ class Cache:
         stored = storable(call, body=body, events=events)
         if stored is None:
             return False
-        item = dict(partition=keys.partition or f"exact:{keys.exact}", exact_key=keys.exact, text=keys.text or "",
+        item = dict(partition=keys.partition or f"exact:{keys.exact}", exact_key=lookup.exact_key or keys.exact,
+                    text=keys.text or "",
                     response=json.dumps(stored), tenant=tenant, model=call.model or model or "",
                     semantic=bool(self.semantic and keys.text and keys.partition))
         if lookup.vector is not None:  # a store of your own may not take one

@@ -40,6 +40,13 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+def model_key(exact: str, model: str) -> str:
+    """The exact key under which ``model``'s answer is kept when ``exact`` holds another model's: a call kept to
+    its model or forced to a tier, asked beside routed calls of the same request (each replaced the other's
+    answer, and every one of them missed)."""
+    return _digest(exact, "answered by", model)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheKeys:
     """The keys of one request, or why it must not be cached (``reason``)."""

@@ -195,7 +195,25 @@ def test_a_call_that_keeps_its_model_never_gets_another_tiers_answer(cached, eng
     again = client.chat.completions.create(messages=QUESTION, **ask)  # routed: any tier's answer will do
     assert (routed.model, kept.model) == ("gpt-4.1-nano", "gpt-4o")
     assert [r.from_cache for r in records] == [False, False, True, True] and len(server.received) == 2
-    assert forced.model == "gpt-4o" and again.model == "gpt-4o"  # the strong answer replaced the small one
+    # each model's answer kept beside the other's: the first (routed) one still answers routed calls
+    assert forced.model == "gpt-4o" and again.model == "gpt-4.1-nano"
+
+
+def test_calls_kept_to_different_models_keep_both_answers(cached, engine, records):
+    """A call kept to its model and one forced to the small tier, asked in turn: each replaced the other's answer,
+    so every one of them missed and the cache held one answer."""
+    from llmbudget.routing.tiers import Routing
+
+    client, server = cached
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
+    ask = {**ASK, "model": "gpt-4o"}
+    models = []
+    for _ in range(3):
+        for setting in (False, "small"):
+            with llmbudget.scope(routing=setting):
+                models.append(client.chat.completions.create(messages=QUESTION, **ask).model)
+    assert models == ["gpt-4o", "gpt-4.1-nano"] * 3
+    assert len(server.received) == 2 and [r.from_cache for r in records] == [False, False] + [True] * 4
 
 
 def test_an_answer_a_budget_downgraded_is_not_kept_for_calls_without_that_pressure(cached, records):

@@ -1124,21 +1124,28 @@ class Attempt:
         return self.usage_added and self._event_stream and self._decoder is None and self.status == 200
 
     def awaits_usage(self) -> bool:
-        """Whether this stream's answer is over (each choice's ``finish_reason``, a Responses answer's
-        ``output_text.done``) while the usage the server sends after it has not come: a stream the app closes there
-        is read on for it (up to :data:`DRAIN_BYTES`), since the answer was generated, and its hidden reasoning
-        billed, in full (settled from the text seen, a reasoning model's call was charged 1/1,400 of its bill).
-        Read from the body's bytes (its events are parsed when it is settled)."""
+        """Whether this stream's answer is over (each choice's ``finish_reason``; a Responses answer's
+        ``output_text.done``, no output item begun after it) while the usage the server sends after it has not
+        come, nor the stream's end: a stream the app closes there is read on for it (:meth:`usage_came`), since
+        the answer was generated, and its hidden reasoning billed, in full (settled from the text seen, a reasoning
+        model's call was charged 1/1,400 of its bill). Read from the body's bytes (its events are parsed when it
+        is settled)."""
         if self.record is not None or self.status is None or not 200 <= self.status < 300 or not self._sse:
             return False
         body = self._buffer
-        if self._overflow or not body or _USAGE_OBJECT.search(body):
+        if self._overflow or not body or self.usage_came():
             return False
         if self.call.endpoint == "responses":
-            return b'"response.output_text.done"' in body and not _RESPONSE_ENDED.search(body)
+            at = body.rfind(b'"response.output_text.done"')
+            return at >= 0 and body.find(b'"response.output_item.added"', at) < 0
         if self.call.endpoint not in ("chat.completions", "completions"):
             return False
         return len(_FINISHED.findall(body)) >= (_count(self.call.body.get("n")) or 1)
+
+    def usage_came(self) -> bool:
+        """Whether this stream's body holds its usage, or its end (``[DONE]``, a Responses stream's last event)."""
+        body = self._buffer
+        return bool(_USAGE_OBJECT.search(body) or _RESPONSE_ENDED.search(body) or _STREAM_DONE.search(body))
 
     def pass_on(self, chunk: bytes) -> bytes:
         """:meth:`feed` the chunk; what of it the app sees (:meth:`shown`)."""
@@ -1649,11 +1656,12 @@ _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null
 
 
 #: How much of a stream closed after its answer's end is read on for its usage (:meth:`Attempt.awaits_usage`), and
-#: for how long (checked between chunks: a sync read waits up to the client's own read timeout).
+#: for how long at most.
 DRAIN_BYTES = 1 << 20
 DRAIN_S = 2.0
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"[^"]')  # (not "": a server that writes it on every chunk)
+_STREAM_DONE = re.compile(rb'(?:^|[\r\n])data:\s*\[DONE\]')
 _RESPONSE_ENDED = re.compile(rb'"response\.(?:completed|incomplete|failed)"')
 
 

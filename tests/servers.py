@@ -155,7 +155,7 @@ class _Proxy(BaseHTTPRequestHandler):
             self.server.held += 1
             self.wfile.write(content[:split])
             self.wfile.flush()
-            time.sleep(0.3)
+            time.sleep(options.get("hold_s") or 0.3)
             content = content[split:]
         self.wfile.write(content)
 
@@ -167,7 +167,8 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
           cut: bool = False, garble: bool = False, rewrite: Callable[[bytes], bytes] | None = None,
           encoding: str | None = None, forward: Callable[[bytes], bytes] | None = None,
           refuse: Callable[[bytes], int | tuple[int, str] | None] | None = None, status: int | None = None,
-          content_type: str | None = None, hold: Callable[[bytes], int | None] | None = None) -> Iterator[_Server]:
+          content_type: str | None = None, hold: Callable[[bytes], int | None] | None = None,
+          hold_s: float = 0.3) -> Iterator[_Server]:
     """A proxy to the real LLM server at ``upstream`` (its base URL ``.../v1``).
 
     ``compress``: "gzip", "br", "zstd" or "deflate" (raw), the answers' content-encoding where the client accepts it; ``refuse``: a function
@@ -177,11 +178,11 @@ def proxy(upstream: str, *, fail_first: int = 0, fail_status: int = 503, compres
     ``rewrite``: a function of each answer's bytes; ``encoding``: a content-encoding header sent with the body as
     it is; ``forward``: a function of each request's bytes as sent upstream (``received`` keeps them as they came);
     ``status``, ``content_type``: sent instead of the server's, for its successful answers (the type: for all);
-    ``hold``: a function of each answer's bytes, where to stop sending it for 0.3 s (None: nowhere).
+    ``hold``: a function of each answer's bytes, where to stop sending it for ``hold_s`` seconds (None: nowhere).
     """
     yield from _serve(_Proxy, upstream=upstream, fail_first=fail_first, fail_status=fail_status, compress=compress,
                       cut=cut, garble=garble, rewrite=rewrite, encoding=encoding, forward=forward, refuse=refuse,
-                      status=status, content_type=content_type, hold=hold)
+                      status=status, content_type=content_type, hold=hold, hold_s=hold_s)
 
 
 def base_url(server: _Server) -> str:

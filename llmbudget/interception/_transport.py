@@ -520,27 +520,53 @@ gc.callbacks.append(_collection)
 
 def _drained(attempt: Attempt, chunks: Iterator[bytes] | None) -> bool:
     """Read on a stream the app closed after its answer's end, for the usage the server sends after it
-    (:meth:`Attempt.awaits_usage`), up to ``DRAIN_BYTES`` and ``DRAIN_S`` (checked between chunks); True when it
-    came, or the stream's end. Never in a garbage collection (no waiting there)."""
+    (:meth:`Attempt.awaits_usage`), up to ``DRAIN_BYTES`` and ``DRAIN_S``; True when it came, or the stream's end.
+    The reads run in a thread of their own, one at a time as asked, so that a server that sends nothing more
+    holds the app's ``close()`` for ``DRAIN_S`` at most, not for the client's read timeout (600 s with the
+    SDK's); the thread ends with its read once the stream is closed. Never in a garbage collection."""
     if chunks is None or _collector == threading.get_ident() or not attempt.awaits_usage():
         return False
+    asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    got: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+
+    def reader() -> None:
+        while asks.get():
+            try:
+                got.put(next(chunks, None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the closing thread, which settles
+                got.put(exc)
+                return
+
+    threading.Thread(target=reader, name="llmbudget-drain", daemon=True).start()
     deadline, read = time.monotonic() + DRAIN_S, 0
     try:
-        for chunk in chunks:
+        while True:
+            asks.put(True)
+            try:
+                chunk = got.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:  # nothing more in time: settled from what was read
+                return False
+            if chunk is None:  # the stream's end
+                return True
+            if isinstance(chunk, BaseException):
+                return False
             attempt.feed(chunk)
             read += len(chunk)
             if not attempt.awaits_usage():
-                return True
-            if read > DRAIN_BYTES or time.monotonic() > deadline:
+                return attempt.usage_came()
+            if read > DRAIN_BYTES:
                 return False
-    except Exception:  # noqa: BLE001 - the app is done with this stream: settled from what was read
-        return False
-    return True
+    finally:
+        asks.put(False)
 
 
 async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) -> bool:
-    """:func:`_drained` for an async stream (``DRAIN_S`` bounds the wait too)."""
+    """:func:`_drained` for an async stream, under asyncio (a trio app's is settled from what was read)."""
     if chunks is None or not attempt.awaits_usage():
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return False
 
     async def rest() -> bool:
@@ -549,7 +575,7 @@ async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) 
             attempt.feed(chunk)
             read += len(chunk)
             if not attempt.awaits_usage():
-                return True
+                return attempt.usage_came()
             if read > DRAIN_BYTES:
                 return False
         return True
@@ -696,8 +722,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         def close(self) -> None:
             complete = False
             try:
-                complete = _drained(self._attempt, self._chunks)
-                self._inner.close()
+                try:
+                    complete = _drained(self._attempt, self._chunks)
+                finally:
+                    self._inner.close()
             finally:
                 if not _settle_later(self._attempt):  # (a collection closes a stream the app dropped half read)
                     self._attempt.finish(complete=complete)
@@ -728,8 +756,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         async def aclose(self) -> None:
             complete = False
             try:
-                complete = await _drained_async(self._attempt, self._chunks)
-                await self._inner.aclose()
+                try:
+                    complete = await _drained_async(self._attempt, self._chunks)
+                finally:  # (cancelled while it read on: an anyio scope's cancel, a client gone)
+                    await self._inner.aclose()
             finally:
                 if self._attempt.record is None:  # read to its end, it is settled already: no thread hop
                     await _finish(self._attempt, complete=complete)

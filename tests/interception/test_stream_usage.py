@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import openai
@@ -136,6 +137,71 @@ def test_a_stream_closed_once_its_answer_ended_is_priced_from_the_usage_that_fol
         expected = (usage["input_tokens"], usage["output_tokens"])
     assert (record.usage.input_tokens, record.usage.output_tokens) == expected
     assert not record.estimated and record.error is None
+
+
+def _after(marker: bytes):  # type: ignore[no-untyped-def]
+    """A proxy ``hold``: the answer's bytes up to the end of the event holding ``marker``."""
+
+    def split(content: bytes) -> int | None:
+        at = content.find(marker)
+        return None if at < 0 else content.index(b"\n\n", at) + 2
+
+    return split
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+def test_closing_a_stream_whose_server_sends_nothing_after_the_answer_waits_two_seconds_at_most(
+        messages_server, engine, records, client_kind):
+    """The server sends the finish_reason chunk, then nothing for 20 s: the sync close() read on for the usage
+    until the client's read timeout (600 s with the SDK's default)."""
+    with proxy(f"{messages_server}/v1", hold=_after(b'"finish_reason":"'), hold_s=20) as upstream:
+        ask = dict(model="o4-mini", messages=QUESTION, max_completion_tokens=6, stream=True)
+        if client_kind == "sync":
+            client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0, timeout=60,
+                                   http_client=llmbudget.http_client())
+            stream = client.chat.completions.create(**ask)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    break
+            began = time.monotonic()
+            stream.close()
+            took = time.monotonic() - began
+        else:
+            async def run() -> float:
+                client = openai.AsyncOpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0, timeout=60,
+                                            http_client=llmbudget.async_http_client())
+                stream = await client.chat.completions.create(**ask)
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        break
+                start = time.monotonic()
+                await stream.close()
+                return time.monotonic() - start
+
+            took = asyncio.run(run())
+    assert took < 10  # DRAIN_S (2 s), not the hold
+    (record,) = records
+    assert record.estimated and record.usage.output_tokens > 0  # from the text it streamed
+
+
+def test_a_stream_read_to_its_done_is_not_read_on_for_usage_that_cannot_come(messages_server, engine, records):
+    """A server that ignores include_usage ends its events with [DONE] and its body later (a comment after a
+    pause): the SDK closes the stream at [DONE], and that close read on for the usage until the body's end."""
+
+    def no_usage(content: bytes) -> bytes:  # as a server that ignores stream_options sends it, and then a comment
+        kept = [event for event in content.split(b"\n\n") if b'"usage":{' not in event.replace(b" ", b"")]
+        return b"\n\n".join(kept) + b": bye\n\n"
+
+    with proxy(f"{messages_server}/v1", rewrite=no_usage, hold=_after(b"data: [DONE]"), hold_s=8) as upstream:
+        client = openai.OpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                               http_client=llmbudget.http_client())
+        began = time.monotonic()
+        chunks = list(client.chat.completions.create(model="o4-mini", messages=QUESTION, max_completion_tokens=6,
+                                                     stream=True))
+        took = time.monotonic() - began
+    assert chunks and took < 6 and upstream.held == 1
+    (record,) = records
+    assert record.estimated  # no usage came: from the text it streamed
 
 
 @pytest.mark.parametrize("label", ["Text/Event-Stream", "text/plain; charset=utf-8"])
@@ -337,3 +403,64 @@ def test_the_app_is_not_told_a_length_its_events_no_longer_have(read):
         llmbudget.set_engine(previous)
     assert b'"usage"' not in got and got.startswith(b'data: {"choices":[{"index":0,"delta":{"content":"Paris"}}]}')
     assert length is None or int(length) == len(got)
+
+
+def _events(*payloads: dict[str, Any] | str) -> bytes:
+    return b"".join(f"data: {p if isinstance(p, str) else json.dumps(p)}\n\n".encode() for p in payloads)
+
+
+def _chunk(**choice: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "o4-mini",
+            "choices": [{"index": 0, "delta": {}, **choice}]}
+
+
+@pytest.mark.parametrize(("endpoint", "body", "awaits"), [
+    ("chat", _events(_chunk(finish_reason=None), _chunk(finish_reason="stop")), True),
+    # a server that writes "finish_reason": "" on every chunk: the answer goes on
+    ("chat", _events(_chunk(finish_reason=""), _chunk(finish_reason="")), False),
+    # [DONE] (a server that ignores include_usage): nothing can follow
+    ("chat", _events(_chunk(finish_reason="stop"), "[DONE]"), False),
+    ("chat", _events(_chunk(finish_reason="stop"), {**_chunk(), "choices": [], "usage": {"prompt_tokens": 1}}), False),
+    ("responses", _events({"type": "response.output_text.done", "text": "Paris"}), True),
+    # another output item begun after the text (a tool call whose arguments are still being generated)
+    ("responses", _events({"type": "response.output_text.done", "text": "Paris"},
+                          {"type": "response.output_item.added", "item": {"type": "function_call"}}), False),
+    ("responses", _events({"type": "response.output_text.done", "text": "Paris"},
+                          {"type": "response.completed", "response": {}}), False),
+])
+def test_a_stream_is_read_on_only_once_its_answer_ended_and_before_its_usage(engine, endpoint, body, awaits):
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/responses"
+    request = ({"model": "o4-mini", "messages": QUESTION, "stream": True} if endpoint == "chat"
+               else {"model": "o4-mini", "input": "hi", "stream": True})
+    attempt = engine.begin(url="http://127.0.0.1:9" + path, path=path, headers={}, body=json.dumps(request).encode())
+    assert attempt is not None
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(body)
+    assert attempt.awaits_usage() is awaits
+
+
+def test_a_stream_closed_in_a_cancelled_scope_is_closed_all_the_same(messages_server, engine, records):
+    """Starlette cancels a request's scope when its client goes: a close() in it was cancelled while it read on
+    for the usage, and the response was never closed (its connection's request left in the pool)."""
+    import anyio
+
+    with proxy(f"{messages_server}/v1", hold=_after(b'"finish_reason":"'), hold_s=3) as upstream:
+        async def run() -> list[Any]:
+            http_client = llmbudget.async_http_client()
+            client = openai.AsyncOpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0,
+                                        http_client=http_client)
+            stream = await client.chat.completions.create(model="o4-mini", messages=QUESTION,
+                                                          max_completion_tokens=6, stream=True)
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    break
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await stream.close()
+            pool = http_client._transport.inner._pool  # (httpcore's: what it still holds)
+            return list(pool.connections)
+
+        held = asyncio.run(run())
+    assert held == []
+    (record,) = records
+    assert record.estimated

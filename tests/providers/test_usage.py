@@ -812,3 +812,16 @@ def test_a_call_answered_under_an_unpriced_name_is_priced_as_the_model_it_was_se
     record = attempt.finish(complete=True)
     assert record is not None
     assert record.cost_usd == Pricing().cost(Usage(input_tokens=1000, output_tokens=300), model="gpt-4o-mini").usd
+
+
+@pytest.mark.parametrize("prompt", ["def add(a, b):\n", ["def add(a, b):\n", "def sub(a, b):\n"]])
+def test_a_completions_suffix_is_reserved_as_the_prompt_it_is_billed_as(prompt: Any) -> None:
+    """The text after an insertion (``suffix``) is billed as prompt tokens, with every prompt: left out, a 43,000
+    token suffix went through a budget of $0.02 and spent 3.2x it."""
+    engine = llmbudget.Engine()
+    suffix = "    return result\n" * 400
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "max_tokens": 16}
+    plain = _begin(engine, body, "/v1/completions").estimate_input_tokens()
+    with_suffix = _begin(engine, {**body, "suffix": suffix}, "/v1/completions").estimate_input_tokens()
+    prompts = len(prompt) if isinstance(prompt, list) else 1
+    assert with_suffix - plain >= prompts * tokens.count_text(suffix, "gpt-3.5-turbo-instruct") > 1000

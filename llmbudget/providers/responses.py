@@ -68,6 +68,9 @@ def _remember_context(data: dict[str, Any], usage: Usage | None) -> None:
     ids = [(data.get("id"), size), (conversation, size),
            # a stored prompt template: its input is at most what a call that continues nothing took in
            (None if previous or conversation else template, usage.input_tokens)]
+    # each output item, for an input that refers to it (an ``item_reference``): at most the answer's output
+    ids.extend(("item:" + item["id"], usage.output_tokens) for item in items(data.get("output"))
+               if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"])
     with _KEPT_LOCK:
         for key, tokens in ids:
             if isinstance(key, str) and key:
@@ -81,13 +84,16 @@ def _remember_context(data: dict[str, Any], usage: Usage | None) -> None:
 
 def kept_context_tokens(body: dict[str, Any]) -> int:
     """The tokens of the earlier turns a call continues on the server (``previous_response_id``, a
-    ``conversation``) and of a stored prompt template it names, as far as this process saw them answered; 0
-    when unknown."""
+    ``conversation``), of a stored prompt template it names and of the output items its input refers to
+    (``item_reference``), as far as this process saw them answered; 0 when unknown."""
     previous, conversation, template = _context_ids(body)
+    referred = [item["id"] for item in items(body.get("input")) if isinstance(item, dict)
+                and item.get("type") == "item_reference" and isinstance(item.get("id"), str)]
     with _KEPT_LOCK:
         earlier = max([_KEPT.get(key, 0) for key in (previous, conversation) if isinstance(key, str)] or [0])
-        # a known chain holds its template already
-        return earlier or (_KEPT.get(template, 0) if template else 0)
+        # a known chain holds its template already; each output item an input refers to is input again
+        return (earlier or (_KEPT.get(template, 0) if template else 0)) + sum(
+            _KEPT.get("item:" + ident, 0) for ident in referred)
 
 
 def _item_media(item: dict[str, Any], model: str | None) -> int:

@@ -571,6 +571,22 @@ def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turn
     assert reserved < Decimal("0.01")  # a chain this process never saw is not known (README says so)
 
 
+def test_a_responses_input_that_refers_to_a_known_output_item_reserves_it() -> None:
+    """An ``item_reference`` input is the referred item again, billed as input: five references to a 20,000
+    token answer this process saw went through a $0.05 budget and spent $0.20."""
+    first = {"id": "resp_ref_1", "object": "response", "model": "gpt-4.1", "status": "completed",
+             "output": [{"type": "message", "id": "msg_ref_1", "role": "assistant", "status": "completed",
+                         "content": [{"type": "output_text", "text": "...", "annotations": []}]}],
+             "usage": {"input_tokens": 100, "output_tokens": 20_000, "total_tokens": 20_100}}
+    _reserved_and_charged("/responses", {"model": "gpt-4.1", "input": "Write it all."}, first)
+    later = {"id": "resp_ref_2", "object": "response", "model": "gpt-4.1", "status": "completed", "output": [],
+             "usage": {"input_tokens": 100_050, "output_tokens": 16, "total_tokens": 100_066}}
+    body = {"model": "gpt-4.1", "max_output_tokens": 16,
+            "input": [{"type": "item_reference", "id": "msg_ref_1"}] * 5 + [{"role": "user", "content": "Again?"}]}
+    reserved, charged = _reserved_and_charged("/responses", body, later)
+    assert reserved >= charged > Decimal("0.2"), (reserved, charged)
+
+
 def _reserved(path: str, body: dict[str, Any], host: str = "https://api.openai.com/v1") -> Decimal:
     engine = llmbudget.Engine()
     attempt = engine.begin(url=host + path, path="/v1" + path, headers={}, body=json.dumps(body).encode())

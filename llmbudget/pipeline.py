@@ -1505,12 +1505,31 @@ class Attempt:
 
     def _cut_usage(self) -> Usage:
         """An answer (2xx) not read to its end: a stream's, what the server reported and the output seen (it stops
-        generating when the client goes); a whole (non-streamed) one was generated and billed in full before its
-        first byte was sent, so unless its usage was read, its worst case (what its reservation held)."""
+        generating when the client goes), unless its model reasons out of sight (its worst case); a whole
+        (non-streamed) one was generated and billed in full before its first byte was sent, so unless its usage
+        was read, its worst case (what its reservation held)."""
         if self.state.usage is None and (self._whole_answer_coming() or self._background()):
             # (a Responses job run in the background goes on whoever reads its stream)
             return self.worst_usage().replace(estimated=True)
+        if not (self.state.usage is not None and self.state.usage_final) and self._hidden_reasoning():
+            # what it reasoned before the reader went is billed, and none of it was seen: charged from the text
+            # streamed, an o4-mini stream cut while it reasoned was charged its input alone, 1/8,500 of its bill
+            return self.worst_usage().replace(estimated=True)
         return self._seen_usage()
+
+    def _hidden_reasoning(self) -> bool:
+        """A stream whose model reasons out of sight: an OpenAI reasoning model's (o-series, gpt-5), never
+        streamed, and Claude's extended thinking, streamed summarised and billed whole."""
+        if not self._sse:
+            return False
+        if self.call.endpoint == "messages":
+            thinking = self.call.body.get("thinking")
+            return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+        body = self.call.body
+        reasoning = body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+        return (self.call.endpoint in ("chat.completions", "responses") and reasoning_model(self.call.model)
+                and effort != "none")  # (gpt-5.1's none: no reasoning)
 
     def _background(self) -> bool:
         """A Responses job run in the background: it goes on whoever reads its stream."""

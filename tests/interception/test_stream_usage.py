@@ -181,7 +181,7 @@ def test_closing_a_stream_whose_server_sends_nothing_after_the_answer_waits_two_
             took = asyncio.run(run())
     assert took < 10  # DRAIN_S (2 s), not the hold
     (record,) = records
-    assert record.estimated and record.usage.output_tokens > 0  # from the text it streamed
+    assert record.estimated and record.usage.output_tokens > 0  # (o4-mini: its worst case, nothing came after)
 
 
 def test_a_stream_read_to_its_done_is_not_read_on_for_usage_that_cannot_come(messages_server, engine, records):

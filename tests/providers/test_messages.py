@@ -175,6 +175,25 @@ def _streamed(body: dict, data: bytes, complete: bool):
     return reserved, attempt.finish(complete=complete)
 
 
+@pytest.mark.parametrize("thinking", [{"type": "enabled", "budget_tokens": 8000}, None])
+def test_a_thinking_stream_cut_before_its_final_usage_is_charged_its_worst_case(thinking):
+    """Claude's thinking is streamed summarised and billed whole: estimated from the summary seen, a stream cut
+    mid-thought was charged a fraction of its bill."""
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 16_000, "stream": True,
+            "messages": [{"role": "user", "content": "Prove it."}], **({"thinking": thinking} if thinking else {})}
+    started = [("message_start", {"type": "message_start", "message": {
+        "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "content": [],
+        "usage": {"input_tokens": 40, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "thinking", "thinking": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "Consider the square root"}})]
+    data = "".join(f"event: {name}\ndata: {json.dumps(event)}\n\n" for name, event in started).encode()
+    _, cut = _streamed(body, data, complete=False)
+    assert cut.estimated
+    assert (cut.usage.output_tokens == 16_000) is (thinking is not None)
+
+
 def test_a_stream_cut_before_its_final_usage_is_charged_its_advisors_worst_case():
     # from a red-team pass: an advisor's inferences come with the final usage alone; a stream cut before it (or a
     # gateway that strips message_delta's usage) was charged the executor's tokens, the Opus inference Anthropic

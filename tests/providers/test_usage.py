@@ -596,6 +596,30 @@ def test_cut_stream_is_estimated(engine: llmbudget.Engine, records: list[llmbudg
     assert records == [record]
 
 
+@pytest.mark.parametrize(("model", "extra", "hidden"), [
+    ("o4-mini", {}, True),
+    ("gpt-5-mini", {"reasoning_effort": "high"}, True),
+    ("gpt-5.1", {"reasoning_effort": "none"}, False),  # no reasoning at all
+    ("gpt-4o-mini", {}, False),
+])
+def test_a_cut_stream_of_a_model_that_reasons_out_of_sight_is_charged_its_worst_case(
+        engine: llmbudget.Engine, model: str, extra: dict[str, Any], hidden: bool) -> None:
+    """What a reasoning model reasoned before its reader went is billed and was never streamed: estimated from the
+    text streamed, an o4-mini stream cut while it reasoned (max_completion_tokens 30,000) was charged its input
+    alone."""
+    body = {**CHAT_BODY, "model": model, "max_completion_tokens": 30_000, **extra}
+    attempt = _begin(engine, body)
+    attempt.start_response(200, {"content-type": "text/event-stream"})
+    attempt.feed(_sse(_chunks(None)[:1], done=False))  # the role's chunk, then nothing: it reasons
+    record = attempt.finish(complete=False)
+    assert record is not None and record.estimated
+    if hidden:
+        assert record.usage == attempt.worst_usage().replace(estimated=True)
+        assert record.usage.output_tokens == 30_000
+    else:
+        assert record.usage.output_tokens == 0
+
+
 def test_a_complete_stream_without_usage_is_estimated_from_its_text(engine: llmbudget.Engine) -> None:
     attempt = _begin(engine, CHAT_BODY)
     attempt.start_response(200, {"content-type": "text/event-stream"})

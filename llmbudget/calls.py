@@ -42,7 +42,7 @@ class Usage:
     #: server-side web searches the call ran (Anthropic's ``web_search`` tool), priced per search
     web_searches: int = 0
     #: OpenAI's built-in tools billed per use beside the tokens: file searches (per call) and code interpreter
-    #: containers (per container)
+    #: containers (in GB of their memory: a 1g container is 1, a 64g one 64)
     file_searches: int = 0
     code_containers: int = 0
     #: Inferences the provider ran inside the call on other models and reports beside its usage, each billed at

@@ -143,7 +143,7 @@ _OPTIONAL_PRICES = ("cached_input", "cache_write", "input_audio", "output_audio"
 #: What one web search costs where a price says nothing of them (OpenAI and Anthropic: $10 per 1,000).
 WEB_SEARCH_USD = Decimal("0.01")
 #: OpenAI's built-in tool fees (its pricing page): a file search call ($2.50 per 1,000), a code interpreter
-#: container ($0.03).
+#: container ($0.03 a GB of its memory: ``Usage.code_containers`` counts GB, 64 for one 64g container).
 FILE_SEARCH_USD = Decimal("0.0025")
 CODE_CONTAINER_USD = Decimal("0.03")
 

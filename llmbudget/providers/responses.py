@@ -96,6 +96,19 @@ def kept_context_tokens(body: dict[str, Any]) -> int:
             _KEPT.get("item:" + ident, 0) for ident in referred)
 
 
+def container_gb(tools: Any) -> int:
+    """The memory of the code interpreter's container, in GB, as ``tools`` ask it (``container.memory_limit``:
+    "1g", "4g", "16g", "64g"; 1 where none is named): its fee is $0.03 a GB, $1.92 for 64g."""
+    most = 1
+    for tool in items(tools):
+        container = tool.get("container") if isinstance(tool, dict) and tool.get("type") == "code_interpreter" \
+            else None
+        limit = container.get("memory_limit") if isinstance(container, dict) else None
+        if isinstance(limit, str) and limit.strip().lower().endswith("g") and limit.strip()[:-1].isdigit():
+            most = max(most, min(int(limit.strip()[:-1]), 1024))
+    return most
+
+
 def _item_media(item: dict[str, Any], model: str | None) -> int:
     """Estimated tokens of the images and files an input item carries: in its content or a tool's output, a
     screenshot a computer call returned, an image a generation call made (base64 blobs are never counted as
@@ -169,7 +182,7 @@ class ResponsesAdapter(Adapter):
         request's built-in tools may bill."""
         kinds = {str(tool.get("type", "")) for tool in items(body.get("tools")) if isinstance(tool, dict)}
         files = (_count(body.get("max_tool_calls")) or DEFAULT_WEB_SEARCHES) if "file_search" in kinds else 0
-        return files, int("code_interpreter" in kinds)
+        return files, container_gb(body.get("tools")) if "code_interpreter" in kinds else 0
 
     def fetched_tokens(self, body: dict[str, Any]) -> int:
         """What file searches add to the input: each search's results, ``max_num_results`` chunks (20 without
@@ -207,8 +220,9 @@ class ResponsesAdapter(Adapter):
                 if not state.text_parts:
                     _text_of(item.get("content"), state.text_parts)
         if (searches or file_searches or containers) and state.usage is not None:
+            # (a container is billed by its memory: the response echoes the tools it ran with)
             state.usage = state.usage.replace(web_searches=searches, file_searches=file_searches,
-                                              code_containers=len(containers))
+                                              code_containers=len(containers) * container_gb(data.get("tools")))
 
     def read_json(self, data: Any, state: ResponseState) -> None:
         if isinstance(data, dict):

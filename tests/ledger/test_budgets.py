@@ -512,6 +512,14 @@ _WORST_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
             {"type": "code_interpreter_call", "id": "ci1", "status": "completed", "container_id": "cntr_1",
              "code": "print(1)"}],
          "usage": {"input_tokens": 3_000, "output_tokens": 300, "total_tokens": 3_300}}, "openai"),
+    "Responses code interpreter with a 64g container": (  # billed by its memory: reserved and charged at 1g's
+        "/responses", {"model": "gpt-4.1-mini", "max_output_tokens": 300, "input": "Crunch the big file.",
+                       "tools": [{"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "64g"}}]},
+        {"id": "r", "object": "response", "model": "gpt-4.1-mini", "status": "completed",
+         "tools": [{"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "64g"}}], "output": [
+             {"type": "code_interpreter_call", "id": "ci1", "status": "completed", "container_id": "cntr_1",
+              "code": "print(1)"}],
+         "usage": {"input_tokens": 20, "output_tokens": 300, "total_tokens": 320}}, "openai"),
     "Anthropic web fetch": (  # the fetched pages are input: reserved at 0 tokens, one call spent 3x a budget
         "/messages", {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [
             {"role": "user", "content": "Summarise these three pages."}], "tools": [
@@ -552,6 +560,8 @@ def test_the_worst_case_covers_what_the_provider_charges(case: str) -> None:
     assert reserved < 3 * charged  # and not absurdly above it
     if case == "Anthropic advisor tool":  # Opus's 3,350 output tokens at $25 per million are in the charge
         assert charged > Decimal(3350 * 25) / 10**6
+    if case == "Responses code interpreter with a 64g container":  # $0.03 a GB
+        assert charged > Decimal("1.92")
 
 
 def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turns() -> None:

@@ -516,6 +516,8 @@ class Attempt:
         deferred = self.defer_mode if self.defer_mode == "batch" or _openai(self.call.base_url) else None
         tier = deferred or ("priority" if asked == "priority" or (
             asked in (None, "auto") and self.call.base_url in self.engine.priority_by_default) else None)
+        if self.call.endpoint == "messages" and self.call.body.get("speed") == "fast":
+            tier = "fast"  # Anthropic's fast mode: its own (higher) price
         # search results are input, never written to the prompt cache
         fetched = self.adapter.fetched_tokens(self.call.body)
         files, containers = self.adapter.tool_uses(self.call.body)

@@ -62,6 +62,9 @@ MAX_PRICE = Decimal(1_000_000)
 
 #: Service tiers priced as deferred work: flex, and the Batch API (``"batch"``, llmbudget's own name for it).
 DEFERRED_TIERS = frozenset({"flex", "batch"})
+#: Anthropic's fast mode (``speed: "fast"``; ``Usage.service_tier`` "fast") where genai-prices lists no fast price
+#: for the model: its standard rate times the most Anthropic charges for it (Opus 4.6's, 6x; others' 2x).
+FAST_UNLISTED_MULTIPLIER = Decimal(6)
 #: Anthropic's multipliers of the input price: a 5-minute cache write, and a cache read.
 CACHE_WRITE_MULTIPLIER, CACHE_READ_MULTIPLIER = Decimal("1.25"), Decimal("0.1")
 
@@ -465,6 +468,12 @@ class Pricing:
                     "(USD per 1M tokens) to it to price such calls exactly."))
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
                 cost *= 1 - self.deferred_discount  # no flex / batch price listed: the tokens at the documented discount
+            elif usage.service_tier == "fast" and not self._has_own_rate(rate, name, base_url):
+                cost *= FAST_UNLISTED_MULTIPLIER
+                self._warn_once(("fast", name), (
+                    f"llmbudget: no fast-mode price is listed for model {name!r}; its fast calls (speed 'fast') are "
+                    f"priced at {FAST_UNLISTED_MULTIPLIER}x its standard rate, the most Anthropic charges for fast "
+                    "mode"))
             return Priced(cost + fees, source, name)
         self._warn_unknown(name, base_url)
         return Priced(self.unknown_model_price.cost(usage) + tool_fees(usage), "unknown", name)
@@ -563,8 +572,9 @@ def _genai_rate(model: str, provider_url: str | None, service_tier: str | None, 
         return None
     _, info = found
     when = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
-    context = ({"processing": "batch"} if service_tier == "batch" else {"service_tier": service_tier}) \
-        if service_tier else None
+    # (Anthropic's fast mode is a "speed"; the tier is named "fast" here)
+    context = ({"processing": "batch"} if service_tier == "batch" else {"service_tier": service_tier, "speed": "fast"}
+               if service_tier == "fast" else {"service_tier": service_tier}) if service_tier else None
     try:
         return _ModelRate(info.get_prices(when, context))
     except Exception:  # a price entry genai-prices itself cannot resolve

@@ -26,7 +26,6 @@ from ._base import (
     as_int,
     items,
     json_text,
-    log,
     pdf_tokens,
 )
 
@@ -66,27 +65,21 @@ def messages_usage(raw: dict[str, Any]) -> Usage:
     for part in others.values():  # each count was within the limit; their sums must be too
         as_int(part.input_tokens, what="advisor input tokens")
         as_int(part.output_tokens, what="advisor output tokens")
-    global _fast_warned
-    if raw.get("speed") == "fast" and not _fast_warned:  # Anthropic's fast mode: a multiple of the standard rate
-        _fast_warned = True
-        log.warning("llmbudget: a Messages call ran in fast mode (usage.speed 'fast'); it is priced at the "
-                    "model's standard rate, which genai-prices lists alone: add a price override for the fast "
-                    "rate if the app uses it")
     server = raw.get("server_tool_use")
+    # Anthropic's fast mode, a multiple of the standard rate, priced as the tier "fast" (see Pricing)
+    tier = "fast" if raw.get("speed") == "fast" else raw["service_tier"] if isinstance(raw.get("service_tier"),
+                                                                                          str) else None
     return Usage(
         input_tokens=plain + written + read,
         cached_input_tokens=read,
         cache_write_tokens=written,
         cache_write_1h_tokens=min(written_1h, written),
         output_tokens=output,
-        service_tier=raw["service_tier"] if isinstance(raw.get("service_tier"), str) else None,
+        service_tier=tier,
         web_searches=as_int(server.get("web_search_requests"), MAX_SEARCHES, "web search count")
         if isinstance(server, dict) else 0,
         others=tuple(others.items()),
     )
-
-
-_fast_warned = False  # whether the fast-mode warning was given (once per process)
 
 
 def _add(parts: dict[str, Usage], model: Any, usage: Usage) -> None:

@@ -272,15 +272,29 @@ def test_an_advisor_tool_is_held_in_the_reservation_at_its_models_price():
     assert adapter.advisors({**body, "tools": [{"type": "web_search_20250305"}]}, 100) == ()
 
 
-def test_a_fast_mode_call_says_it_is_priced_at_the_standard_rate(caplog, monkeypatch):
-    # genai-prices lists no fast-mode rate (a multiple of the standard one): the call was under-priced silently
-    import llmbudget.providers.messages as messages
+def test_a_fast_mode_call_is_priced_and_reserved_at_its_fast_rate(caplog):
+    """Fast mode (speed "fast") bills a multiple of the standard rate: it was reserved and priced at the standard
+    one (a claude-opus-4-6 call reserved $0.05 and billed $0.30 went through a $0.10 budget)."""
+    import llmbudget
 
-    monkeypatch.setattr(messages, "_fast_warned", False)
+    host = "https://api.anthropic.com/v1"
+    usage = messages_usage({"input_tokens": 1000, "output_tokens": 2000, "speed": "fast"})
+    standard = messages_usage({"input_tokens": 1000, "output_tokens": 2000})
+    assert usage.service_tier == "fast"
+    listed = Pricing().cost(usage, model="claude-opus-4-8", base_url=host)  # genai-prices lists its fast rate
+    assert listed.usd == 2 * Pricing().cost(standard, model="claude-opus-4-8", base_url=host).usd
     with caplog.at_level("WARNING", logger="llmbudget"):
-        messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})
-        messages_usage({"input_tokens": 10, "output_tokens": 5, "speed": "fast"})
-    assert sum("fast mode" in r.getMessage() for r in caplog.records) == 1
+        unlisted = Pricing().cost(usage, model="claude-opus-4-6", base_url=host)  # none listed: 6x, said
+    assert unlisted.usd == 6 * Pricing().cost(standard, model="claude-opus-4-6", base_url=host).usd
+    assert any("fast-mode price" in r.getMessage() for r in caplog.records)
+    body = {"model": "claude-opus-4-6", "max_tokens": 2000, "speed": "fast",
+            "messages": [{"role": "user", "content": "Refactor this module."}]}
+    attempt = llmbudget.Engine().begin(url=host + "/messages", path="/v1/messages", headers={},
+                                       body=json.dumps(body).encode())
+    assert attempt is not None
+    plain = llmbudget.Engine().begin(url=host + "/messages", path="/v1/messages", headers={},
+                                     body=json.dumps({k: v for k, v in body.items() if k != "speed"}).encode())
+    assert plain is not None and attempt.worst_case_usd() == 6 * plain.worst_case_usd()
 
 
 def test_each_kind_of_token_is_priced_at_its_own_rate():

@@ -1452,6 +1452,9 @@ class Attempt:
                 usage, estimated = (self._seen_usage() if complete or state.done else self._cut_usage()), True
                 if self._tail is not None and self._sse:  # too large to read: about a token per chunk
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
+            per_call = self.adapter.searches_per_call(self.call.body)  # (a chat search model's, reported nowhere)
+            if usage.web_searches < per_call:
+                usage = usage.replace(web_searches=per_call)
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
             if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto"):

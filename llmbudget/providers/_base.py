@@ -196,6 +196,11 @@ class Adapter:
         return sum(_count(tool.get("max_uses")) or DEFAULT_WEB_SEARCHES for tool in items(body.get("tools"))
                    if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"))
 
+    def searches_per_call(self, body: dict[str, Any]) -> int:
+        """Web searches billed with every answer, whatever it reports: none for most APIs (see the chat
+        adapter's search models)."""
+        return 0
+
     def tool_uses(self, body: dict[str, Any]) -> tuple[int, int]:
         """The most file searches and code interpreter containers the request's built-in tools may bill (each
         billed per use beside the tokens): OpenAI's Responses API only."""

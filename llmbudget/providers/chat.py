@@ -68,6 +68,18 @@ class ChatAdapter(Adapter):
                 out.append(json_text(body[key]))
         return out
 
+    def searches_per_call(self, body: dict[str, Any]) -> int:
+        """OpenAI's chat search models (``gpt-4o-search-preview``, ``gpt-5-search-api``...) search the web on
+        every call, billed per call beside the tokens and reported nowhere in the answer; so does a request with
+        ``web_search_options``. One search each (priced as genai-prices lists the model's search fee, else $10 per
+        1,000); left out, 40 such calls were recorded at $0.0005."""
+        model = body.get("model")
+        searching = isinstance(model, str) and ("-search-preview" in model or "-search-api" in model)
+        return int(searching or isinstance(body.get("web_search_options"), dict))
+
+    def web_searches(self, body: dict[str, Any]) -> int:
+        return super().web_searches(body) + self.searches_per_call(body)
+
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
         return sum(openai_media_tokens(m.get("content"), model) for m in items(body.get("messages"))
                    if isinstance(m, dict))

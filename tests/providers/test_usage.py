@@ -849,3 +849,24 @@ def test_a_completions_suffix_is_reserved_as_the_prompt_it_is_billed_as(prompt: 
     with_suffix = _begin(engine, {**body, "suffix": suffix}, "/v1/completions").estimate_input_tokens()
     prompts = len(prompt) if isinstance(prompt, list) else 1
     assert with_suffix - plain >= prompts * tokens.count_text(suffix, "gpt-3.5-turbo-instruct") > 1000
+
+
+@pytest.mark.parametrize(("model", "extra"), [("gpt-4o-mini-search-preview", {}),
+                                              ("gpt-4o-mini", {"web_search_options": {}})])
+def test_a_chat_search_models_search_is_reserved_and_charged_on_every_call(model: str, extra: dict[str, Any]) -> None:
+    """Chat search models search on every call, billed per call and reported nowhere in the answer: 40 calls
+    went through a $0.10 budget recorded at $0.0005."""
+    engine = llmbudget.Engine()
+    body = {"model": model, "messages": [{"role": "user", "content": "News today?"}], "max_tokens": 50, **extra}
+    attempt = _begin(engine, body)
+    assert attempt.worst_usage().web_searches == 1
+    attempt.start_response(200, {"content-type": "application/json"})
+    attempt.feed(json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Nothing."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).encode())
+    record = attempt.finish(complete=True)
+    assert record is not None and record.usage.web_searches == 1 and not record.estimated
+    assert record.cost_usd >= Decimal("0.01")  # the search's fee ($10 per 1,000) beside the tokens
+    plain = _begin(engine, {"model": "gpt-4o-mini", "messages": body["messages"], "max_tokens": 50})
+    assert plain.worst_usage().web_searches == 0

@@ -362,26 +362,115 @@ def image_tokens(model: str | None) -> tuple[int, int]:
 
 
 #: Audio input tokens per second (OpenAI counts user audio at about one token per 100 ms), and the lowest bit
-#: rate assumed for a compressed recording whose length cannot be read (32 kbit/s: a longer clip than most).
+#: rate of a compressed recording whose length cannot be read (8 kbit/s, MPEG-2.5's least: never shorter than it is).
 AUDIO_TOKENS_PER_SECOND = 10
-_COMPRESSED_BYTES_PER_SECOND = 4_000
+_COMPRESSED_BYTES_PER_SECOND = 1_000
+
+# MPEG audio frame headers: bit rates (kbit/s) by (MPEG-1, layer) and (MPEG-2/2.5, layer), sample rates by version
+_MP3_RATES = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_MP3_FRAMES_CHECKED = 24
+
+
+def _decoded(data: str, start: int, size: int) -> bytes:
+    """``size`` bytes of a base64 text's bytes from ``start`` (decoded from there alone)."""
+    first = start // 3 * 4
+    try:
+        chunk = base64.b64decode(data[first:first + (size // 3 + 2) * 4])
+    except (ValueError, binascii.Error):
+        return b""
+    return chunk[start % 3:start % 3 + size]
+
+
+def _mp3_frame(head: bytes, at: int) -> tuple[int, int, int, int, bool] | None:
+    """The MPEG audio frame header at ``at``: (bit rate in bit/s, sample rate, samples per frame, frame length,
+    mono); None where there is none."""
+    if at + 4 > len(head) or head[at] != 0xFF or head[at + 1] & 0xE0 != 0xE0:
+        return None
+    version, layer_bits = (head[at + 1] >> 3) & 3, (head[at + 1] >> 1) & 3
+    rate_index, sample_index = head[at + 2] >> 4, (head[at + 2] >> 2) & 3
+    if version == 1 or layer_bits == 0 or rate_index in (0, 15) or sample_index == 3:
+        return None
+    layer, mpeg1 = 4 - layer_bits, version == 3
+    bit_rate = _MP3_RATES[(mpeg1, layer)][rate_index] * 1000
+    sample_rate = _MP3_SAMPLE_RATES[version][sample_index]
+    samples = 384 if layer == 1 else 1152 if layer == 2 or mpeg1 else 576
+    padding = (head[at + 2] >> 1) & 1
+    length = (12 * bit_rate // sample_rate + padding) * 4 if layer == 1 else samples // 8 * bit_rate // sample_rate + padding
+    return bit_rate, sample_rate, samples, length, head[at + 3] >> 6 == 3
+
+
+def _mp3_seconds(data: str, size: int) -> float | None:
+    """An MP3's length: from its Xing, Info or VBRI header's frame count, else from a constant bit rate its first
+    frames all share; None where neither can be read (a variable rate with no such header)."""
+    head = _decoded(data, 0, 10)
+    start = 0
+    if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first (its size in 7-bit bytes; a cover image...)
+        start = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(head[6:10]))
+    head = _decoded(data, start, 1 << 16)
+    at = next((i for i in range(min(len(head), 4096)) if _mp3_frame(head, i) is not None), None)
+    if at is None:
+        return None
+    first = _mp3_frame(head, at)
+    assert first is not None
+    bit_rate, sample_rate, samples, _, mono = first
+    side = (17 if mono else 32) if sample_rate >= 32000 else (9 if mono else 17)
+    for tag, offset, count_at in ((b"Xing", side, 8), (b"Info", side, 8), (b"VBRI", 32, 14)):
+        found = at + 4 + offset
+        if head[found:found + 4] == tag:
+            if tag != b"VBRI" and not head[found + 7] & 1:  # no frame count
+                break
+            frames = int.from_bytes(head[found + count_at:found + count_at + 4], "big")
+            return frames * samples / sample_rate if frames else None
+    rates, here = set(), at
+    for _ in range(_MP3_FRAMES_CHECKED):  # a constant bit rate, or a variable one with no header saying so
+        frame = _mp3_frame(head, here)
+        if frame is None:
+            break
+        rates.add(frame[0])
+        here += frame[3]
+    if len(rates) != 1 or here - at < 4 * len(rates):
+        return None
+    return max(size - start - at, 0) * 8 / bit_rate
+
+
+def _wav_byte_rate(head: bytes) -> int:
+    """A WAV header's bytes per second: the least of its byte rate field and, for PCM, of what its sample rate,
+    channels and sample size make (a header whose byte rate field says more read as a shorter clip); 0 where it
+    is no WAV header."""
+    if len(head) < 36 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    stated = int.from_bytes(head[28:32], "little")
+    tag, channels = int.from_bytes(head[20:22], "little"), int.from_bytes(head[22:24], "little")
+    sample_rate, bits = int.from_bytes(head[24:28], "little"), int.from_bytes(head[34:36], "little")
+    made = sample_rate * channels * bits // 8
+    if tag in (1, 3, 0xFFFE) and made > 0:  # PCM (integer or float), or its extensible form
+        return min(stated, made) if stated > 0 else made
+    return min(stated, _COMPRESSED_BYTES_PER_SECOND) if stated > 0 else 0
 
 
 def audio_seconds(data: Any, fmt: Any) -> float:
-    """The length of a base64 recording: a WAV's from its header (its byte rate), else at the lowest bit rate
-    assumed for compressed audio (so never less than it is)."""
+    """The length of a base64 recording: a WAV's from its header, an MP3's from its frames (an MPEG header's
+    frame count, else a constant bit rate), else at the lowest bit rate of compressed audio (so never less
+    than it is)."""
     if not isinstance(data, str) or not data:
         return 0.0
     size = len(data) * 3 // 4
     if fmt == "wav":
-        try:
-            head = base64.b64decode(data[:64])
-        except (ValueError, binascii.Error):
-            head = b""
-        if len(head) >= 32 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-            byte_rate = int.from_bytes(head[28:32], "little")
-            if byte_rate > 0:
-                return size / byte_rate
+        byte_rate = _wav_byte_rate(_decoded(data, 0, 48))
+        if byte_rate > 0:
+            return size / byte_rate
+    elif fmt == "mp3":
+        seconds = _mp3_seconds(data, size)
+        if seconds is not None:
+            return seconds
     return size / _COMPRESSED_BYTES_PER_SECOND
 
 

@@ -581,6 +581,46 @@ def test_a_responses_call_that_continues_a_known_chain_reserves_its_earlier_turn
     assert reserved < Decimal("0.01")  # a chain this process never saw is not known (README says so)
 
 
+def _mp3(frames: int, header: bytes, first: bytes = b"") -> str:
+    """A base64 MP3 of ``frames`` silent frames with the 4-byte frame ``header`` (an MPEG-2.5 layer III frame
+    at 8 kbit/s and 8 kHz is 72 bytes), ``first`` put in the first frame's body (a Xing header)."""
+    import base64
+
+    body = bytearray(72 - 4)
+    frame = header + bytes(body)
+    opening = header + (first + bytes(body))[:68]
+    return base64.b64encode(opening + frame * (frames - 1)).decode()
+
+
+# MPEG-2.5 layer III, no CRC; 8 kbit/s at 8,000 Hz; mono: 72 bytes and 576 samples (72 ms) a frame
+_MP3_8K = bytes([0xFF, 0xE3, 0x18, 0xC0])
+
+
+def test_a_recordings_length_is_never_read_shorter_than_it_is() -> None:
+    """An 8 kbit/s MP3 (MPEG-2.5's least, common for voice) was read at an assumed 32 kbit/s, a quarter of its
+    length; a WAV whose header's byte rate field says more than its samples make was read as almost nothing."""
+    import base64
+    import struct
+
+    from llmbudget.providers._base import audio_seconds
+
+    ten_minutes = 600 * 1000 // 72  # frames
+    assert audio_seconds(_mp3(ten_minutes, _MP3_8K), "mp3") == pytest.approx(600, abs=1)
+    # a variable bit rate with a Xing header: its frame count says how long it is
+    xing = b"\0" * 9 + b"Xing" + struct.pack(">II", 1, ten_minutes)  # (mono MPEG-2.5: 9 bytes of side info)
+    assert audio_seconds(_mp3(10, _MP3_8K, xing), "mp3") == pytest.approx(600, abs=1)
+    # neither: a rate that varies with no header: the least rate of compressed audio
+    rising = base64.b64encode(base64.b64decode(_mp3(10, _MP3_8K)) + bytes([0xFF, 0xE3, 0x28, 0xC0]) + bytes(140))
+    assert audio_seconds(rising.decode(), "mp3") >= 11 * 72 / 1000
+    wav = bytearray(base64.b64decode(_wav(60)))
+    wav[28:32] = (10**9).to_bytes(4, "little")  # its byte rate field: a billion bytes a second
+    assert audio_seconds(base64.b64encode(bytes(wav)).decode(), "wav") == pytest.approx(60, abs=0.1)
+    assert audio_seconds(_wav(60), "wav") == pytest.approx(60, abs=0.1)
+    body = {"model": "gpt-audio-mini", "max_completion_tokens": 16, "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": _mp3(ten_minutes, _MP3_8K), "format": "mp3"}}]}]}
+    assert _reserved("/chat/completions", body) > Decimal("0.05")  # 6,000 audio tokens at gpt-audio-mini's rate
+
+
 def test_a_responses_input_that_refers_to_a_known_output_item_reserves_it() -> None:
     """An ``item_reference`` input is the referred item again, billed as input: five references to a 20,000
     token answer this process saw went through a $0.05 budget and spent $0.20."""

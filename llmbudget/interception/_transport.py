@@ -550,14 +550,20 @@ def _drained(attempt: Attempt, chunks: Iterator[bytes] | None) -> bool:
                 return True
             if isinstance(chunk, BaseException):
                 return False
-            attempt.feed(chunk)
             read += len(chunk)
-            if not attempt.awaits_usage():
-                return attempt.usage_came()
-            if read > DRAIN_BYTES:
-                return False
+            if (ended := _read_on(attempt, chunk, read)) is not None:
+                return ended
     finally:
         asks.put(False)
+
+
+def _read_on(attempt: Attempt, chunk: bytes, read: int) -> bool | None:
+    """Take a chunk a stream was read on for (:func:`_drained`), ``read`` bytes so far: None to read on, else
+    whether its usage came."""
+    attempt.feed(chunk)
+    if not attempt.awaits_usage():
+        return attempt.usage_came()
+    return False if read > DRAIN_BYTES else None
 
 
 async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) -> bool:
@@ -572,12 +578,9 @@ async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) 
     async def rest() -> bool:
         read = 0
         async for chunk in chunks:
-            attempt.feed(chunk)
             read += len(chunk)
-            if not attempt.awaits_usage():
-                return attempt.usage_came()
-            if read > DRAIN_BYTES:
-                return False
+            if (ended := _read_on(attempt, chunk, read)) is not None:
+                return ended
         return True
 
     try:

@@ -810,31 +810,33 @@ def test_a_limit_written_as_a_whole_float_holds_what_its_integer_holds(limits, f
     assert worst({"max_tokens": "lots"}) == worst({"max_tokens": "12.5"}) == worst({"max_tokens": "nan"}) == worst({})
 
 
-def test_a_call_answered_under_an_unpriced_name_is_priced_as_the_model_it_was_sent_to() -> None:
-    """llama.cpp answers with its alias or the GGUF's path, a gateway with its upstream's name: priced by that
-    name alone, such a call got the unknown-model fallback (430 times the override set for the model sent to)."""
-    override = {"input": "0.1", "output": "0.3"}
-    engine = llmbudget.Engine(pricing=Pricing(overrides={"gemma-3-270m": override}))
-    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}]}
+def _answered(engine: llmbudget.Engine, body: dict[str, Any], name: str, prompt: int, completion: int
+              ) -> llmbudget.SpendRecord:
+    """The record of a chat call ``body`` answered whole, by the model ``name``, with the usage given."""
     attempt = _begin(engine, body)
     attempt.start_response(200, {"content-type": "application/json"})
     attempt.feed(json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "/models/gemma-3-270m-it-Q4_K_M.gguf",
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300}}).encode())
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion}}).encode())
     record = attempt.finish(complete=True)
-    assert record is not None and record.model_answered == "/models/gemma-3-270m-it-Q4_K_M.gguf"
+    assert record is not None and record.model_answered == name
+    return record
+
+
+def test_a_call_answered_under_an_unpriced_name_is_priced_as_the_model_it_was_sent_to() -> None:
+    """llama.cpp answers with its alias or the GGUF's path, a gateway with its upstream's name: priced by that
+    name alone, such a call got the unknown-model fallback (430 times the override set for the model sent to)."""
+    engine = llmbudget.Engine(pricing=Pricing(overrides={"gemma-3-270m": {"input": "0.1", "output": "0.3"}}))
+
+    record = _answered(engine, {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}]},
+                       "/models/gemma-3-270m-it-Q4_K_M.gguf", 1000, 300)
     assert record.price_source == "override"
     assert record.cost_usd == Decimal("0.0001") + Decimal("0.00009")
     # a name the server answered with that has a price of its own is still what is priced
-    attempt = _begin(engine, {**body, "model": "gpt-4o"})
-    attempt.start_response(200, {"content-type": "application/json"})
-    attempt.feed(json.dumps({
-        "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300}}).encode())
-    record = attempt.finish(complete=True)
-    assert record is not None
+    record = _answered(engine, {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
+                       "gpt-4o-mini-2024-07-18", 1000, 300)
     assert record.cost_usd == Pricing().cost(Usage(input_tokens=1000, output_tokens=300), model="gpt-4o-mini").usd
 
 
@@ -858,15 +860,9 @@ def test_a_chat_search_models_search_is_reserved_and_charged_on_every_call(model
     went through a $0.10 budget recorded at $0.0005."""
     engine = llmbudget.Engine()
     body = {"model": model, "messages": [{"role": "user", "content": "News today?"}], "max_tokens": 50, **extra}
-    attempt = _begin(engine, body)
-    assert attempt.worst_usage().web_searches == 1
-    attempt.start_response(200, {"content-type": "application/json"})
-    attempt.feed(json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Nothing."}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).encode())
-    record = attempt.finish(complete=True)
-    assert record is not None and record.usage.web_searches == 1 and not record.estimated
+    assert _begin(engine, body).worst_usage().web_searches == 1
+    record = _answered(engine, body, model, 10, 3)
+    assert record.usage.web_searches == 1 and not record.estimated
     assert record.cost_usd >= Decimal("0.01")  # the search's fee ($10 per 1,000) beside the tokens
     plain = _begin(engine, {"model": "gpt-4o-mini", "messages": body["messages"], "max_tokens": 50})
     assert plain.worst_usage().web_searches == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import concurrent.futures.thread  # (imported now: tiktoken imports it, which fails in a settle at exit)
 import contextvars
 import functools
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -518,12 +520,13 @@ def _collection(phase: str, info: dict[str, int]) -> None:
 gc.callbacks.append(_collection)
 
 
-def _drained(attempt: Attempt, chunks: Iterator[bytes] | None) -> bool:
+def _drained(attempt: Attempt, chunks: Iterator[bytes] | None, wake: Callable[[], None]) -> bool:
     """Read on a stream the app closed after its answer's end, for the usage the server sends after it
     (:meth:`Attempt.awaits_usage`), up to ``DRAIN_BYTES`` and ``DRAIN_S``; True when it came, or the stream's end.
     The reads run in a thread of their own, one at a time as asked, so that a server that sends nothing more
     holds the app's ``close()`` for ``DRAIN_S`` at most, not for the client's read timeout (600 s with the
-    SDK's); the thread ends with its read once the stream is closed. Never in a garbage collection."""
+    SDK's); then ``wake()`` ends the read it waits in (the connection shut down), and the thread with it. Never
+    in a garbage collection."""
     if chunks is None or _collector == threading.get_ident() or not attempt.awaits_usage():
         return False
     asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -545,6 +548,7 @@ def _drained(attempt: Attempt, chunks: Iterator[bytes] | None) -> bool:
             try:
                 chunk = got.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:  # nothing more in time: settled from what was read
+                wake()
                 return False
             if chunk is None:  # the stream's end
                 return True
@@ -700,11 +704,21 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
     _NO_ANSWER = httpx.TransportError
     _WAITED = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
     class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, inner: Any, attempt: Attempt) -> None:
+        def __init__(self, inner: Any, attempt: Attempt, extensions: Any = None) -> None:
             self._inner = inner
             self._attempt = attempt
             self._chunks: Iterator[bytes] | None = None  # the inner stream's, as the app's reading left it
+            self._extensions = extensions  # the response's (httpcore's network stream: its socket)
             _settle_when_dropped(self, attempt)
+
+        def _wake(self) -> None:
+            """End a read of this response blocked in another thread (closing a socket does not wake it):
+            its connection is shut down."""
+            network = self._extensions.get("network_stream") if isinstance(self._extensions, dict) else None
+            with contextlib.suppress(Exception):
+                sock = network.get_extra_info("socket") if network is not None else None
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
 
         def __iter__(self) -> Iterator[bytes]:
             attempt = self._attempt
@@ -726,7 +740,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
             complete = False
             try:
                 try:
-                    complete = _drained(self._attempt, self._chunks)
+                    complete = _drained(self._attempt, self._chunks, self._wake)
                 finally:
                     self._inner.close()
             finally:
@@ -903,7 +917,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 attempt.finish(complete=False, error=exc)
                 raise
             _started(attempt, response, request)
-            return _wrap_response(response, SyncStream(response.stream, attempt), attempt)
+            return _wrap_response(response, SyncStream(response.stream, attempt, response.extensions), attempt)
 
         def close(self) -> None:
             self.inner.close()

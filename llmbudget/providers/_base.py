@@ -422,23 +422,22 @@ def _mp3_seconds(data: str, size: int) -> float | None:
     assert first is not None
     bit_rate, sample_rate, samples, _, mono = first
     side = (17 if mono else 32) if sample_rate >= 32000 else (9 if mono else 17)
+    most = size / _COMPRESSED_BYTES_PER_SECOND  # as long as its bytes can be, at MPEG audio's least bit rate
     for tag, offset, count_at in ((b"Xing", side, 8), (b"Info", side, 8), (b"VBRI", 32, 14)):
         found = at + 4 + offset
         if head[found:found + 4] == tag:
-            if tag != b"VBRI" and not head[found + 7] & 1:  # no frame count
-                break
-            frames = int.from_bytes(head[found + count_at:found + count_at + 4], "big")
-            return frames * samples / sample_rate if frames else None
-    rates, here = set(), at
-    for _ in range(_MP3_FRAMES_CHECKED):  # a constant bit rate, or a variable one with no header saying so
+            count = head[found + count_at:found + count_at + 4]
+            if len(count) < 4 or (tag != b"VBRI" and not head[found + 7] & 1):  # cut short, or no frame count
+                return None
+            frames = int.from_bytes(count, "big")
+            return min(frames * samples / sample_rate, most) if frames else None
+    frames, here, end = 0, at, min(len(head), size - start)
+    while frames < _MP3_FRAMES_CHECKED and here < end:  # a constant bit rate, or a variable one with no header
         frame = _mp3_frame(head, here)
-        if frame is None:
-            break
-        rates.add(frame[0])
-        here += frame[3]
-    if len(rates) != 1 or here - at < 4 * len(rates):
-        return None
-    return max(size - start - at, 0) * 8 / bit_rate
+        if frame is None or frame[0] != bit_rate:
+            return None  # (a rate that varies, or bytes that are no frame: a false sync)
+        frames, here = frames + 1, here + frame[3]
+    return min(max(size - start - at, 0) * 8 / bit_rate, most)
 
 
 def _wav_byte_rate(head: bytes) -> int:
@@ -468,7 +467,10 @@ def audio_seconds(data: Any, fmt: Any) -> float:
         if byte_rate > 0:
             return size / byte_rate
     elif fmt == "mp3":
-        seconds = _mp3_seconds(data, size)
+        try:
+            seconds = _mp3_seconds(data, size)
+        except Exception:  # noqa: BLE001 - whatever it holds: read at the least bit rate
+            seconds = None
         if seconds is not None:
             return seconds
     return size / _COMPRESSED_BYTES_PER_SECOND

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -166,6 +167,12 @@ def test_closing_a_stream_whose_server_sends_nothing_after_the_answer_waits_two_
             began = time.monotonic()
             stream.close()
             took = time.monotonic() - began
+            # the thread that read on ends too (a read blocked on a closed socket waited out the read timeout)
+            for _ in range(40):
+                if not any(t.name == "llmbudget-drain" for t in threading.enumerate()):
+                    break
+                time.sleep(0.05)
+            assert not any(t.name == "llmbudget-drain" for t in threading.enumerate())
         else:
             async def run() -> float:
                 client = openai.AsyncOpenAI(base_url=base_url(upstream), api_key="sk-test", max_retries=0, timeout=60,

@@ -606,12 +606,23 @@ def test_a_recordings_length_is_never_read_shorter_than_it_is() -> None:
 
     ten_minutes = 600 * 1000 // 72  # frames
     assert audio_seconds(_mp3(ten_minutes, _MP3_8K), "mp3") == pytest.approx(600, abs=1)
-    # a variable bit rate with a Xing header: its frame count says how long it is
-    xing = b"\0" * 9 + b"Xing" + struct.pack(">II", 1, ten_minutes)  # (mono MPEG-2.5: 9 bytes of side info)
-    assert audio_seconds(_mp3(10, _MP3_8K, xing), "mp3") == pytest.approx(600, abs=1)
+    # a variable bit rate with a Xing header (in a first frame at 64 kbit/s, 576 bytes; then 8 kbit/s frames):
+    # its frame count says how long it is, where the first frame's rate would read it 8 times shorter
+    xing = bytes([0xFF, 0xE3, 0x88, 0xC0]) + b"\0" * 9 + b"Xing" + struct.pack(">II", 1, 1001)
+    varying = xing + bytes(576 - len(xing)) + base64.b64decode(_mp3(1000, _MP3_8K))
+    assert audio_seconds(base64.b64encode(varying).decode(), "mp3") == pytest.approx(1001 * 0.072, abs=0.1)
     # neither: a rate that varies with no header: the least rate of compressed audio
     rising = base64.b64encode(base64.b64decode(_mp3(10, _MP3_8K)) + bytes([0xFF, 0xE3, 0x28, 0xC0]) + bytes(140))
     assert audio_seconds(rising.decode(), "mp3") >= 11 * 72 / 1000
+    # hostile or broken files: never an error (the call went out unbudgeted), never shorter, never longer than
+    # their bytes can be at the least bit rate
+    frame_448k = bytes([0xFF, 0xFF, 0xE0, 0x00])  # MPEG-1 layer I, 448 kbit/s
+    cut = base64.b64encode(bytes([0xFF, 0xFB, 0x90, 0x00]) + bytes(32) + b"Xing").decode()
+    assert audio_seconds(cut, "mp3") == pytest.approx(len(cut) * 3 // 4 / 1000)  # (the least bit rate)
+    endless = b"\0" * 9 + b"Xing" + struct.pack(">II", 1, 2**32 - 1)
+    assert audio_seconds(_mp3(6, _MP3_8K, endless), "mp3") == pytest.approx(6 * 72 / 1000)
+    lone = base64.b64encode(frame_448k + bytes(2_000_000)).decode()  # one frame header, then no frames
+    assert audio_seconds(lone, "mp3") == pytest.approx(2_000_004 / 1000)
     wav = bytearray(base64.b64decode(_wav(60)))
     wav[28:32] = (10**9).to_bytes(4, "little")  # its byte rate field: a billion bytes a second
     assert audio_seconds(base64.b64encode(bytes(wav)).decode(), "wav") == pytest.approx(60, abs=0.1)

@@ -319,6 +319,8 @@ class Engine:
         attempt = Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0,
                           size=len(body))
         attempt.begun_with((url, hash(body)))
+        # Anthropic's beta features change the answer the same body gets (its cache keys name them)
+        attempt.answer_variant = headers.get("anthropic-beta", "") if adapter.endpoint == "messages" else ""
         return attempt
 
     def _budgeted(self) -> bool:
@@ -442,6 +444,8 @@ class Attempt:
         #: A stream of a model whose reasoning is hidden, for which llmbudget asked the usage (``stream_options``
         #: ``include_usage``) that the app did not: the usage's own event is taken out before the app sees it.
         self.usage_added = False
+        #: What the request's headers change of its answer (``anthropic-beta``): part of its cache keys.
+        self.answer_variant = ""
         #: A stream sent again without that option, which its server refused (HTTP 400).
         self.no_usage_option = False
         self._unshown = bytearray()  # (usage_added: the start of an event not yet passed on whole)
@@ -682,7 +686,7 @@ class Attempt:
         if cache is None or (self.scope is not None and self.scope.cache is False):
             return None
         return self._cached(lambda: cache.lookup(self.call, tenant=self.tenant, model=self._answer_model(),
-                                                 semantic=semantic))
+                                                 semantic=semantic, variant=self.answer_variant))
 
     def cache_pending(self) -> tuple[str, str] | None:
         """(partition, text) when the exact tier missed and the semantic tier is still to be asked."""

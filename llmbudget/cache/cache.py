@@ -154,14 +154,16 @@ class Cache:
             else:
                 log.warning("llmbudget: Cache(worker=True) runs without its worker process: %s", why)
 
-    def lookup(self, call: Call, *, tenant: str, model: str | None = None, semantic: bool = True) -> CacheLookup:
+    def lookup(self, call: Call, *, tenant: str, model: str | None = None, semantic: bool = True,
+               variant: str = "") -> CacheLookup:
         """Look ``call`` up: exact tier, then (when allowed) the semantic tier.
 
         ``model``: the model the answer must have been sent to (a call that keeps its model, or is forced to a
         tier, is never answered by another tier's answer); None: any (routing decides where the call goes).
         ``semantic=False``: the exact tier only; a miss the semantic tier would take up next says so in
-        :attr:`CacheLookup.pending`, for :meth:`resolve` with what the worker found."""
-        keys = cache_keys(call, tenant=tenant, allow_temperature=self.allow_temperature)
+        :attr:`CacheLookup.pending`, for :meth:`resolve` with what the worker found. ``variant``: what the
+        request's headers change of its answer (:func:`~llmbudget.cache.keys.cache_keys`)."""
+        keys = cache_keys(call, tenant=tenant, allow_temperature=self.allow_temperature, variant=variant)
         lookup = CacheLookup(keys)
         if not keys.cacheable or keys.exact is None:
             return lookup

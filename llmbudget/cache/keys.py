@@ -18,6 +18,7 @@ from typing import Any
 
 from ..breakpoints import without_cache_control
 from ..calls import Call
+from ..providers._base import items
 
 __all__ = ["CacheKeys", "cache_keys", "canonical", "without_cache_control"]
 
@@ -97,6 +98,17 @@ def _plain_text(content: Any) -> str | None:
     return None
 
 
+def _keeps_state(endpoint: str, body: dict[str, Any]) -> bool:
+    """A call run in a container that keeps its files and state between calls: Anthropic's ``container``, a
+    Responses code interpreter given a container's id (not ``{"type": "auto"}``, made afresh)."""
+    if endpoint == "messages":
+        return bool(body.get("container"))
+    if endpoint == "responses":
+        return any(isinstance(tool, dict) and tool.get("type") == "code_interpreter"
+                   and isinstance(tool.get("container"), str) for tool in items(body.get("tools")))
+    return False
+
+
 def _includes_logprobs(include: Any) -> bool:
     """The Responses API's ``include`` asking for the answer's token log-probabilities
     (``message.output_text.logprobs``)."""
@@ -116,12 +128,13 @@ def _sampling_rules(body: dict[str, Any], allow_temperature: bool) -> str | None
     return None
 
 
-def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> CacheKeys:
+def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False, variant: str = "") -> CacheKeys:
     """The keys of ``call`` for ``tenant``, or the rule that keeps it out of the cache.
 
     Both keys name the tenant and the upstream the call is sent to (its base URL, which holds an Azure
-    deployment's name): another server's model of the same name is another model."""
-    tenant = canonical([tenant, call.base_url])
+    deployment's name): another server's model of the same name is another model; and ``variant``, where there
+    is one, what the request's headers change of the answer (Anthropic's ``anthropic-beta`` features)."""
+    tenant = canonical([tenant, call.base_url, variant] if variant else [tenant, call.base_url])
     body = call.body
     rest = {key: value for key, value in body.items() if key not in _TRANSPORT_FIELDS}
     if call.endpoint == "messages":  # a cache breakpoint changes what the provider caches, never the answer
@@ -130,6 +143,8 @@ def cache_keys(call: Call, *, tenant: str, allow_temperature: bool = False) -> C
         # the app asked OpenAI to keep this completion (evals, distillation): a hit would keep nothing, under an
         # id OpenAI does not know
         return _never("stored chat completion (store=true)")
+    if _keeps_state(call.endpoint, body):
+        return _never("a code execution container (its files and state last from call to call)")
     if call.endpoint in ("chat.completions", "messages"):
         return _chat_keys(call, rest, tenant, allow_temperature)
     if call.endpoint == "responses":

@@ -683,3 +683,33 @@ def test_the_pipeline_tells_breakpoints_an_sdk_retry_from_a_new_request(engine):
         return attempt.breakpoint
 
     assert [marked(0), marked(1), marked(2), marked(0)] == [False, False, False, True]
+
+
+def test_a_messages_call_in_a_container_is_never_cached_and_a_beta_header_keys_its_answer():
+    """A code execution container keeps its files and state from call to call, and a beta feature (the header
+    ``anthropic-beta``) changes the answer the same body gets: both shared one cached answer."""
+    import llmbudget
+    from llmbudget.providers import adapter_for_endpoint
+
+    body = _body("sys")
+    parse = adapter_for_endpoint("messages").parse
+    assert not cache_keys(parse({**body, "container": "container_011"}, "https://api.anthropic.com/v1"),
+                          tenant="t").cacheable
+    call = parse(body, "https://api.anthropic.com/v1")
+    plain, beta = cache_keys(call, tenant="t"), cache_keys(call, tenant="t", variant="context-1m-2025-08-07")
+    assert plain.cacheable and beta.cacheable and {plain.exact, plain.partition}.isdisjoint({beta.exact, beta.partition})
+    engine = llmbudget.Engine()
+    attempt = engine.begin(url="https://api.anthropic.com/v1/messages", path="/v1/messages",
+                           headers={"anthropic-beta": "context-1m-2025-08-07"}, body=json.dumps(body).encode())
+    assert attempt is not None and attempt.answer_variant == "context-1m-2025-08-07"
+
+
+def test_a_responses_code_interpreter_in_a_container_of_its_own_is_never_cached():
+    from llmbudget.providers import adapter_for_endpoint
+
+    parse = adapter_for_endpoint("responses").parse
+    body = {"model": "gpt-4.1", "input": "Plot it.", "store": False}
+    kept = {**body, "tools": [{"type": "code_interpreter", "container": "cntr_abc"}]}
+    fresh = {**body, "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}
+    assert not cache_keys(parse(kept, "https://api.openai.com/v1"), tenant="t").cacheable
+    assert cache_keys(parse(fresh, "https://api.openai.com/v1"), tenant="t").cacheable

@@ -719,7 +719,12 @@ def _settle(result: LineResult, records: list[SpendRecord], answers: _Answers, t
     baseline_model, stand_in = answers.pick(line, line.model)
     raw_usage = line.responses[baseline_model]["usage"]
     usage = messages_usage(raw_usage) if line.endpoint == "messages" else chat_usage(raw_usage)
-    result.baseline_usd = engine.pricing.cost(usage, model=line.model, base_url=_ENDPOINTS[line.endpoint][2]).usd
+    base_url = _ENDPOINTS[line.endpoint][2]
+    # priced as the interception prices an answer: by the model it names (a dated snapshot), where that has a price
+    # (a stand-in is served, and priced, as the model the line asked for)
+    named = engine.pricing.answering_model(line.model if stand_in else line.responses[baseline_model].get("model"),
+                                           line.model, base_url)
+    result.baseline_usd = engine.pricing.cost(usage, model=named, base_url=base_url).usd
     result.missing = stand_in or answers.missing
     result.baseline_correct = line.correct.get(baseline_model)
     record = records[-1] if records else None

@@ -13,6 +13,7 @@ from typing import Any
 
 from .money import format_usd
 from .replay import ReplayResult, prompt_excerpt
+from .textfiles import shown
 
 __all__ = ["render_html"]
 
@@ -25,12 +26,19 @@ _MECHANISM_LABELS = {"cache": "the cache", "routing": "routing", "caps": "output
 _WIDTH = 720
 
 
+def _text(value: str) -> str:
+    """``value`` for the page: its control and other non-printable characters (NUL, ESC, a right-to-left override,
+    a lone surrogate) written as escapes (they are parse errors in HTML and SVG, or reorder what is shown), then
+    HTML-escaped."""
+    return escape(shown(value))
+
+
 _money = format_usd
 
 
 def _svg(width: int, height: int, title: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="{escape(title)}" font-family="sans-serif" font-size="12">')
+            f'aria-label="{_text(title)}" font-family="sans-serif" font-size="12">')
 
 
 def _bars(rows: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, title: str,
@@ -45,12 +53,12 @@ def _bars(rows: Sequence[tuple[str, Sequence[tuple[str, float, str]]]], *, title
     out = [_svg(_WIDTH, height, title)]
     y = 10
     for label, series in rows:
-        out.append(f'<text x="{label_w - 8}" y="{y + bar_h - 3}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<text x="{label_w - 8}" y="{y + bar_h - 3}" text-anchor="end">{_text(label)}</text>')
         for name, value, colour in series:
             width = max(1.0, value / top * plot_w) if value > 0 else 0.0
             shown = _money(signed[label] if signed is not None else value)
             out.append(f'<rect x="{label_w}" y="{y}" width="{width:.1f}" height="{bar_h}" fill="{colour}">'
-                       f'<title>{escape(name)}: {shown}</title></rect>')
+                       f'<title>{_text(name)}: {shown}</title></rect>')
             out.append(f'<text x="{label_w + width + 4:.1f}" y="{y + bar_h - 3}" fill="#333">{shown}</text>')
             y += bar_h + 2
         y += gap
@@ -88,8 +96,8 @@ def _lines(points: Sequence[tuple[Decimal, Decimal]], *, title: str) -> str:
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = "".join(f"<th>{escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    cells = "".join(f"<th>{_text(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{_text(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -184,8 +192,8 @@ td:first-child, th:first-child {{ text-align: left; }}
 </style>
 </head>
 <body>
-<h1>llmbudget replay: {escape(traffic)}</h1>
-<p class="note">policy {escape(policy)}; prices {escape(result.prices)}; replayed in {result.seconds:.1f} s.</p>
+<h1>llmbudget replay: {_text(traffic)}</h1>
+<p class="note">policy {_text(policy)}; prices {_text(result.prices)}; replayed in {result.seconds:.1f} s.</p>
 {_table(["figure", "value"], figures)}
 {tradeoff}
 <h2>Cost with vs without llmbudget</h2>

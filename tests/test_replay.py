@@ -359,6 +359,20 @@ def test_control_characters_in_tenants_are_printed_as_escapes(tmp_path: Path) ->
     assert "\x1b]0;" not in out and "\x07" not in out and "a\\x1b]0;" in out
 
 
+def test_control_characters_in_names_are_written_as_escapes_in_the_html_report(tmp_path: Path) -> None:
+    """A NUL, an ESC or a right-to-left override in a tenant reached the HTML raw (a parse error in HTML and its
+    SVG; the override reorders what is shown), and a file name that is not UTF-8 failed the report after the
+    whole replay, leaving an empty file."""
+    lines = [_line(line, tenant="nul\x00x\x1b[31m\u202eRTL") for line in _slice()[:4]]
+    traffic = _write(tmp_path / "bad\udcffname.jsonl", lines)
+    html = tmp_path / "report.html"
+    code, _ = _cli("replay", str(traffic), "--policy", str(POLICY), "--json", "--html", str(html))
+    assert code == 0
+    page = html.read_text(encoding="utf-8")
+    assert not any(c in page for c in "\x00\x1b\u202e") and "nul\\x00x\\x1b" in page and "\\u202eRTL" in page
+    assert "bad\\udcffname.jsonl" in page
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -617,3 +631,17 @@ def test_a_hit_between_lines_not_known_to_ask_the_same_is_judged_by_the_lines_ow
     assert hit.cache_tier == "exact" and hit.correct is False
     quality = result.summary()["quality"]
     assert quality["kept_pct"] == 100.0 and quality["by_decision"]["cache"]["gained"] == 0
+
+
+def test_an_answer_naming_a_dated_snapshot_is_priced_alike_on_both_sides(tmp_path: Path) -> None:
+    """A recorded answer names the snapshot that answered (``gpt-4o-2024-05-13``, dearer than ``gpt-4o``): the
+    baseline was priced as ``gpt-4o`` and the replayed call as the snapshot, a 74% loss no policy made."""
+    base = next(line for line in _sample() if line["responses"]["gpt-4o"]["choices"][0]["finish_reason"] == "stop")
+    responses = {**base["responses"], "gpt-4o": {**base["responses"]["gpt-4o"], "model": "gpt-4o-2024-05-13"}}
+    policy = tmp_path / "llmbudget.toml"
+    policy.write_text("", encoding="utf-8")  # nothing on: what was spent is what the baseline says
+    code, out = _cli("replay", str(_write(tmp_path / "t.jsonl", [_line(base, responses=responses)])),
+                     "--policy", str(policy), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["actual_usd"] == summary["baseline_usd"] > 0 and summary["savings_pct"] == 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import contextlib
 import concurrent.futures.thread  # (imported now: tiktoken imports it, which fails in a settle at exit)
+import contextlib
 import contextvars
 import functools
 import gc

@@ -335,6 +335,10 @@ def _kept_at(s: np.ndarray, w: np.ndarray, g: np.ndarray, threshold: float, *, c
     }
 
 
+#: The fewest labeled prompts from which ``calibrate_quality`` does not warn that its bound means little.
+MIN_LABELED = 30
+
+
 def calibrate_quality(
     labels: str | Path,
     *,
@@ -377,6 +381,9 @@ def calibrate_quality(
     tokens = np.asarray([input_tokens(body) for body in bodies], dtype=np.float64)
     small = scores < result["threshold"]
     result["keep_quality"] = keep
+    if len(bodies) < MIN_LABELED:  # (a bootstrap of one row gave the interval [1.0, 1.0], said as sure)
+        result["note"] = (f"{len(bodies)} labeled prompt(s): too few for the {confidence:.0%} bound to mean "
+                          f"anything (at least {MIN_LABELED}); label more before relying on this threshold")
     result["small_fraction"] = float(small.mean())
     result["small_token_share"] = float(tokens[small].sum() / tokens.sum()) if tokens.sum() else 0.0
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,18 @@ def test_keep_quality_refuses_bad_input() -> None:
         keep_quality_threshold(np.ones(0), np.ones(0), np.ones(0), keep=0.9)
     with pytest.raises(ValueError, match="strong model answers none"):
         keep_quality_threshold(np.ones(3), np.zeros(3), np.zeros(3), keep=0.9)
+
+
+def test_keep_quality_on_a_handful_of_labels_says_its_bound_means_little(tmp_path: Path) -> None:
+    """One labeled row gave the interval [1.0, 1.0] at 90%, said as sure as a thousand."""
+    few = tmp_path / "few.csv"
+    few.write_text("prompt,weak,strong\nWhat is 2+2?,1,1\n", encoding="utf-8")
+    result = calibrate_quality(few, weak="weak", strong="strong", keep=0.9)
+    assert "too few" in result["note"] and "at least 30" in result["note"]
+    many = tmp_path / "many.csv"
+    many.write_text("prompt,weak,strong\n" + "".join(f"Question {i}?,{i % 2},1\n" for i in range(40)),
+                    encoding="utf-8")
+    assert "note" not in calibrate_quality(many, weak="weak", strong="strong", keep=0.9)
 
 
 def test_keep_quality_everywhere_keeps_the_share_in_the_domain_the_router_reads_worst() -> None:

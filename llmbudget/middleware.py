@@ -799,11 +799,13 @@ class LLMBudgetMiddleware(_Core):
                     response_started = True
                     status = message.get("status")
                     if route.headers:
+                        # read once: the headers may come as any iterable, a generator too (ASGI allows it)
+                        own = list(message.get("headers", ()))
                         present = {(k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else str(k)).lower()
-                                   for k, _ in message.get("headers", ())}  # str names, as some apps send, too
+                                   for k, _ in own}  # str names, as some apps send, too
                         extra = [(k.encode("latin-1"), v.encode("latin-1"))
                                  for k, v in self.spend_headers(current, present)]
-                        message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                        message = {**message, "headers": [*own, *extra]}
                 elif message["type"] == "websocket.accept":
                     response_started = True
                 await send(message)
@@ -1184,14 +1186,34 @@ _DJANGO_CONTEXT = "llmbudget.django_context"
 _DJANGO_USER = "llmbudget.django_user"  # request.user's name, as Django has it
 
 
-def _in_context(context: contextvars.Context, chunks: Iterable[Any]) -> Iterator[Any]:
-    """``chunks`` read inside ``context`` (a streamed response's generator: in the request's scope)."""
-    iterator = context.run(iter, chunks)
-    while True:
+class _InContext:
+    """A streamed response's chunks read inside ``context`` (the request's scope), and ``closers`` (the app's
+    generator's ``close``, then the request's end: its log line, its budgets' settling) run in it too when
+    Django closes the response, read to its end or not: run by Django outside it, a generator's cleanup
+    (``finally``) made calls outside every budget of the request."""
+
+    def __init__(self, context: contextvars.Context, chunks: Iterable[Any], closers: list[Callable[[], Any]]) -> None:
+        self._context = context
+        self._iterator = context.run(iter, chunks)
+        self._closers = closers
+
+    def __iter__(self) -> _InContext:
+        return self
+
+    def __next__(self) -> Any:
+        return self._context.run(next, self._iterator)
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
         try:
-            yield context.run(next, iterator)
-        except StopIteration:
-            return
+            for closer in closers[:-1]:
+                try:
+                    self._context.run(closer)
+                except Exception:  # noqa: BLE001 - the app's: logged, and the request still ends
+                    log.exception("llmbudget: closing a streamed response failed")
+        finally:
+            if closers:
+                self._context.run(closers[-1])
 
 
 async def _in_context_async(context: contextvars.Context, chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -1276,24 +1298,35 @@ class LLMBudgetDjangoMiddleware:
             return lambda data: None
 
         body = self._wsgi(environ, start_response)
+        end = getattr(body, "close", None) or (lambda: None)  # the request's end: its log line, its settling
         try:
             content = b"".join(body)  # the 402's problem, or nothing (the app's response is kept whole)
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
+        except BaseException:
+            end()
+            raise
         response = environ.get(_DJANGO_RESPONSE)
         code = _status_code(started.get("status", ""))
         if response is None or code != response.status_code:  # answered by the middleware: a 402, a 400, metrics
+            end()
             answer = importlib.import_module("django.http").HttpResponse(content, status=code or 500)
             for name, value in started.get("headers", []):
                 answer[name] = value
             return answer
-        for name, value in started.get("headers", []):  # the spend headers (headers=True)
-            if name.lower().startswith("x-llmbudget-"):
+        for name, value in started.get("headers", []):  # the spend headers (headers=True), and x-request-id
+            if name.lower().startswith("x-llmbudget-") or (name.lower() == "x-request-id" and name not in response):
                 response[name] = value
-        if getattr(response, "streaming", False):
-            # streamed after this returns: its generator (sync or async) still runs in the request's scope
-            wrap = _in_context_async if getattr(response, "is_async", False) else _in_context
-            response.streaming_content = wrap(environ[_DJANGO_CONTEXT], response.streaming_content)
+        if getattr(response, "streaming", False) and not getattr(response, "is_async", False):
+            # streamed after this returns: its generator runs in the request's scope, and so does its close (the
+            # generator's cleanup) and the request's end, once Django closes the response
+            source = getattr(response, "_iterator", None)
+            close = getattr(source, "close", None)
+            closers = getattr(response, "_resource_closers", None)
+            if close is not None and isinstance(closers, list):  # Django would close it, outside the scope
+                closers[:] = [closer for closer in closers if closer != close]
+            response.streaming_content = _InContext(environ[_DJANGO_CONTEXT], response.streaming_content,
+                                                    [*([close] if close is not None else []), end])
+            return response
+        end()
+        if getattr(response, "streaming", False):  # an async generator, which Django under ASGI reads
+            response.streaming_content = _in_context_async(environ[_DJANGO_CONTEXT], response.streaming_content)
         return response

@@ -634,3 +634,18 @@ def test_a_catch_all_route_serving_a_disabled_routes_path_with_repeated_slashes_
     assert client.get("/admin/x").text == "admin page"
     assert client.get("/chat").status_code == 402
     assert client.get("http://testserver//admin/x").status_code == 402  # the catch-all served it, unbudgeted
+
+
+def test_an_apps_headers_given_as_a_one_shot_iterable_are_kept(engine: llmbudget.Engine) -> None:
+    """ASGI takes any iterable of headers, a generator too: read twice for the spend headers, the app's own were
+    lost (its content-type, its cookie) with headers=True."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = ((k, v) for k, v in [(b"content-type", b"text/plain"), (b"set-cookie", b"session=abc")])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    client = TestClient(LLMBudgetMiddleware(app, policy=Policy(headers=True)))
+    response = client.get("/")
+    assert response.text == "hi" and response.headers["set-cookie"] == "session=abc"
+    assert response.headers["content-type"] == "text/plain" and response.headers["x-llmbudget-calls"] == "0"

@@ -59,8 +59,24 @@ def streamed_async(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
+def streamed_cleanup(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[str]:
+        try:
+            yield "part 1\n"
+            yield "part 2\n"
+        finally:  # the app's cleanup, also when the client went before the end: three calls
+            for _ in range(3):
+                try:
+                    client().chat.completions.create(model="gpt-4o-mini", max_tokens=8, temperature=0,
+                                                     messages=[{"role": "user", "content": "Say hi"}])
+                except openai.APIStatusError:
+                    pass
+
+    return StreamingHttpResponse(chunks())
+
+
 urlpatterns = [path("answer", answer), path("boom", boom), path("streamed", streamed),
-               path("streamed_async", streamed_async)]
+               path("streamed_async", streamed_async), path("streamed_cleanup", streamed_cleanup)]
 
 
 def django_app(policy: Policy) -> Client:
@@ -239,3 +255,33 @@ def test_an_async_streamed_responses_generator_runs_in_the_requests_scope_under_
         assert asyncio.run(body("acme")) == b"tenant acme True"
         assert asyncio.run(body("globex")) == b"tenant globex True"
     assert [r.tenant for r in records] == ["acme", "globex"]
+
+
+def test_a_django_streamed_responses_cleanup_and_end_run_in_the_requests_scope(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Django closed an abandoned StreamingHttpResponse's generator outside the request's scope: its cleanup's
+    calls went through every budget of the request, counted for the default tenant. And the request's log line
+    was written before the body streamed (0 calls), and headers=True gave no x-request-id."""
+    django_app(Policy())
+    from django.test import Client as DjangoClient
+    from django.test.utils import override_settings
+
+    one_call = records and records[0].cost_usd  # (none yet: a budget that fits one call is measured below)
+    assert not one_call
+    policy = Policy(trust_tenant_header=True, headers=True)
+    with override_settings(MIDDLEWARE=["llmbudget.middleware.LLMBudgetDjangoMiddleware"], LLMBUDGET_POLICY=policy):
+        DjangoClient().get("/answer", headers={"x-tenant-id": "probe"})
+    fits_one = records[0].cost_usd * 3 / 2
+    records.clear()
+    policy = Policy(trust_tenant_header=True, headers=True, budgets=[llmbudget.Budget(fits_one)])
+    with override_settings(MIDDLEWARE=["llmbudget.middleware.LLMBudgetDjangoMiddleware"], LLMBUDGET_POLICY=policy), \
+            caplog.at_level(logging.INFO, logger="llmbudget"):
+        response = DjangoClient().get("/streamed_cleanup", headers={"x-tenant-id": "acme", "x-request-id": "dj-9"})
+        assert response["x-request-id"] == "dj-9"
+        chunks = iter(response.streaming_content)
+        assert next(chunks) == b"part 1\n"
+        response.close()  # the client went: Django closes the response, the generator's cleanup runs
+    assert [(r.tenant, r.request_id) for r in records] == [("acme", "dj-9")]  # one fits; two refused
+    lines = [r.getMessage() for r in caplog.records if r.name == "llmbudget.middleware" and "dj-9" in r.getMessage()]
+    assert len(lines) == 1 and "1 LLM call(s)" in lines[0]

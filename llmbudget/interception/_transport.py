@@ -17,6 +17,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -578,6 +579,13 @@ async def _drained_async(attempt: Attempt, chunks: AsyncIterator[bytes] | None) 
         asyncio.get_running_loop()
     except RuntimeError:
         return False
+    try:  # not in a scope already cancelled (a client gone): a read cut there left httpcore's pool a closed
+        import anyio  # connection (anyio comes with httpx)
+
+        if anyio.current_effective_deadline() == -math.inf:
+            return False
+    except Exception:  # noqa: BLE001 - a task anyio does not know: read on
+        pass
 
     async def rest() -> bool:
         read = 0

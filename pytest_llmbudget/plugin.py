@@ -135,6 +135,7 @@ def _tolerance(value: str, what: str = "--llm-budget-tolerance") -> Decimal:
         raise pytest.UsageError(f"{what}: expected a percentage such as 10%, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise pytest.UsageError(f"{what} must be a percentage of 0% or more, got {value!r}")
+    amount = abs(amount)  # (-0% is 0%)
     if not text.endswith("%") and amount >= 1:  # "1" may mean 1% or 100%: say which
         raise pytest.UsageError(
             f"{what} {value}: a bare number is a fraction (0.1 is 10%), so this would allow a "
@@ -288,6 +289,7 @@ class LLMBudgetPlugin:
         self.verdicts: list[str] = []
         self.notes: list[str] = []  # said at the end, failing nothing
         self.new_tests: list[str] = []
+        self.gone_tests: list[str] = []  # the baseline's tests that did not run
         self.failed = False
         self._previous_engine = llmbudget.set_engine(self.engine) if self.owns_engine else None
         if self.owns_engine:  # an inner run (pytester) reads its own project's policy, not this
@@ -437,7 +439,12 @@ class LLMBudgetPlugin:
             self.notes.append(note)
         payload = getattr(report, "llm_budget", None)
         if report.when == "teardown" and isinstance(payload, dict):
-            self.tests[report.nodeid] = TestSpend.from_wire(payload)
+            spend = TestSpend.from_wire(payload)
+            earlier = self.tests.get(report.nodeid)
+            if earlier is None:
+                self.tests[report.nodeid] = spend
+            else:  # the same test run again (a rerun, --keep-duplicates): each run spent
+                earlier.merge_spend(spend)
 
     # -- the end of the run --------------------------------------------------------------------
 
@@ -492,6 +499,7 @@ class LLMBudgetPlugin:
             )
         if self.baseline is not None:
             regressions, self.new_tests = report.compare(summary, self.baseline, self.tolerance)
+            self.gone_tests = report.gone(summary, self.baseline)
             self.verdicts.extend(regressions)
         doc = report.json_document(summary)
         for option in ("llm_budget_json", "llm_budget_save"):
@@ -510,7 +518,7 @@ class LLMBudgetPlugin:
         if step_summary:
             try:
                 with open(step_summary, "a", encoding="utf-8") as handle:
-                    handle.write(report.markdown(summary, self.verdicts, self.new_tests))
+                    handle.write(report.markdown(summary, self.verdicts, self.new_tests, self.gone_tests))
             except OSError as exc:
                 _warn(self.config, UserWarning(f"llmbudget: could not write GITHUB_STEP_SUMMARY: {exc}"))
         if self.verdicts:
@@ -531,7 +539,7 @@ class LLMBudgetPlugin:
                 f"llmbudget: {_FLAG} belongs to another installed plugin; use {_FALLBACK_FLAG} for llmbudget.",
                 yellow=True,
             )
-        report.terminal(terminalreporter, summary, self.verdicts, self.new_tests)
+        report.terminal(terminalreporter, summary, self.verdicts, self.new_tests, self.gone_tests)
         for note in self.notes:
             terminalreporter.write_line(f"llmbudget: {note}", yellow=True)
         if self.verdicts:

@@ -6,13 +6,14 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from llmbudget.calls import MAX_USD
-from llmbudget.money import format_usd, plain_decimal
+from llmbudget.money import exact_usd, format_usd, plain_decimal
 from llmbudget.prefix import PrefixFinding, prefix_lines
 from llmbudget.pricing import PriceSnapshot
 from llmbudget.textfiles import shown
@@ -63,7 +64,8 @@ def _cells(name: str, c: Counters) -> list[str]:
 _HEADER = ["calls", "input", "cached", "output", "USD"]
 
 
-def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str]) -> None:
+def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str],
+             gone_tests: Sequence[str] = ()) -> None:
     """Write the spend tables and verdicts to pytest's terminal reporter."""
     tr.write_sep("=", "LLM spend (llmbudget)")
     rows = summary.rows()
@@ -89,7 +91,11 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
     for line in prefix_lines(summary.prefixes):
         tr.write_line(line, yellow=True)
     for name in new_tests:
-        tr.write_line(f"not in the baseline (not judged): {name}")
+        tr.write_line(f"not in the baseline (not judged): {shown(name)}")
+    for name in gone_tests[:20]:
+        tr.write_line(f"in the baseline, not run (not judged): {shown(name)}")
+    if len(gone_tests) > 20:
+        tr.write_line(f"... and {len(gone_tests) - 20} more of the baseline's tests not run")
     for verdict in verdicts:
         tr.write_line(f"FAILED llmbudget: {verdict}", red=True, bold=True)
 
@@ -206,18 +212,30 @@ def compare(summary: Summary, baseline: dict[str, Any], tolerance: Decimal) -> t
             shared = (f" (the tests both runs have; spend outside tests not compared: the baseline ran "
                       f"{workers_before} worker(s), this run {summary.workers})")
         regressions.append(
-            f"total LLM cost rose from {usd(before_total)} to {usd(now_total)}{shared}"
-            f" (tolerance {tolerance * 100:g}%)"
+            f"total LLM cost rose from {exact_usd(before_total)} to {exact_usd(now_total)}{shared}"
+            f" (tolerance {_percent(tolerance)})"
         )
     for nodeid, spend in summary.tests.items():
         if nodeid not in known:
             continue
         before = _cost(known[nodeid])
-        if over(spend.cost_usd, before):
-            regressions.append(
-                f"{nodeid}: LLM cost rose from {usd(before)} to {usd(spend.cost_usd)} (tolerance {tolerance * 100:g}%)"
-            )
+        if over(spend.cost_usd, before):  # (exact: rounded, a rise could read "from $0.000156 to $0.000156")
+            regressions.append(f"{shown(nodeid)}: LLM cost rose from {exact_usd(before)} to "
+                               f"{exact_usd(spend.cost_usd)} (tolerance {_percent(tolerance)})")
     return regressions, new_tests
+
+
+def gone(summary: Summary, baseline: dict[str, Any]) -> list[str]:
+    """The baseline's tests that spent and did not run now (renamed, a parametrize id changed, deselected): not
+    judged, and listed, since a rename is otherwise a silent way round the comparison."""
+    return [nodeid for nodeid, entry in baseline["tests"].items()
+            if nodeid not in summary.tests and _cost(entry) > 0]
+
+
+def _percent(fraction: Decimal) -> str:
+    """A tolerance as people write it: ``10%``, ``0.5%``, ``0%`` (never ``-0%`` nor ``0.500%``)."""
+    text = f"{(fraction * 100).normalize():f}"
+    return f"{'0' if Decimal(text) == 0 else text}%"
 
 
 def fallback_note() -> str | None:
@@ -228,12 +246,13 @@ def fallback_note() -> str | None:
     return FALLBACK_NOTE.format(names=" and ".join(names)) if names else None
 
 
-def markdown(summary: Summary, verdicts: list[str], new_tests: list[str]) -> str:
+def markdown(summary: Summary, verdicts: list[str], new_tests: list[str], gone_tests: Sequence[str] = ()) -> str:
     """A GitHub step summary: verdicts, the per-test and per-model tables."""
     lines = ["## LLM spend (llmbudget)", ""]
     lines += [f"- :x: {_code(verdict)}" for verdict in verdicts]  # they name tests: never read as Markdown
     lines += [f"- not in the baseline: {_code(name)}" for name in new_tests]
-    if verdicts or new_tests:
+    lines += [f"- in the baseline, not run: {_code(name)}" for name in gone_tests[:20]]
+    if verdicts or new_tests or gone_tests:
         lines.append("")
     lines += ["| test | calls | input | cached | output | USD |", "|---|---:|---:|---:|---:|---:|"]
     for name, c in summary.rows():
@@ -265,10 +284,10 @@ def _code(text: str, *, cell: bool = False) -> str:
 
 def budget_failure(nodeid: str, problems: list[str], spend: TestSpend) -> str:
     """The failure text of a test over its llm_budget: what was exceeded and every call."""
-    lines = [f"{nodeid} exceeded its LLM budget: " + "; ".join(problems), "calls:"]
+    lines = [f"{shown(nodeid)} exceeded its LLM budget: " + "; ".join(problems), "calls:"]
     lines += [f"  {line}" for line in spend.calls_seen] or ["  (none)"]
-    by_model = ", ".join(f"{shown(model)} {usd(c.cost_usd)} ({c.calls} calls)"
+    by_model = ", ".join(f"{shown(model)} {exact_usd(c.cost_usd)} ({c.calls} calls)"
                          for model, c in sorted(spend.models.items()))
-    lines.append(f"by model: {by_model}")
-    lines.append(f"total: {spend.calls} calls, {spend.tokens} tokens, {usd(spend.cost_usd)}")
+    lines.append(f"by model: {by_model}")  # (exact, as the problems beside them: cost $0.0001542 > budget $0.0001)
+    lines.append(f"total: {spend.calls} calls, {spend.tokens} tokens, {exact_usd(spend.cost_usd)}")
     return "\n".join(lines)

@@ -163,9 +163,10 @@ def test_new(client, cassette):
     result.stdout.fnmatch_lines([
         "*not in the baseline (not judged): test_app.py::test_new*",
         # the total compares what both runs have: a new test is listed, not judged, there too
-        "*FAILED llmbudget: total LLM cost rose from $0.000036 to $0.000053 (the tests both runs have, and spend "
-        "outside tests) (tolerance 10*%)*",
-        "*FAILED llmbudget: test_app.py::test_capital: LLM cost rose from $0.000012 to $0.000029*",
+        # exact amounts: rounded, a rise could read "from $0.000156 to $0.000156"
+        "*FAILED llmbudget: total LLM cost rose from $0.000036 to $0.0000528 (the tests both runs have, and spend "
+        "outside tests) (tolerance 10%)*",
+        "*FAILED llmbudget: test_app.py::test_capital: LLM cost rose from $0.000012 to $0.0000288*",
     ])
     assert "test_new: LLM cost rose" not in result.stdout.str()
     # A generous tolerance lets the total and the test through.
@@ -180,6 +181,57 @@ def test_new(client, cassette):
     added = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline), "--llm-budget-tolerance", "10%")
     assert added.ret == 0, added.stdout.str()
     added.stdout.fnmatch_lines(["*not in the baseline (not judged): test_app.py::test_new*"])
+
+
+def test_a_test_run_twice_is_counted_twice_and_a_renamed_one_is_listed(suite):
+    """The same test run twice (--keep-duplicates, a rerun plugin) was counted once: a run budget that both runs
+    passed let the run through. A test of the baseline that no longer runs (renamed, its id changed) was not
+    mentioned: a rename was a silent way round the comparison."""
+    once = suite.runpytest("--llm-budget", "test_app.py::test_capital")
+    assert once.ret == 0
+    twice = suite.runpytest("--llm-budget=0.00002", "--keep-duplicates", "-k", "test_capital", "test_app.py",
+                            "test_app.py")
+    twice.assert_outcomes(passed=2)
+    twice.stdout.fnmatch_lines(["*test_app.py::test_capital*2*$0.000024*"])  # two calls, each run's
+    assert twice.ret == 1  # $0.000024 is over the run budget; each run alone ($0.000012) is not
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    suite.makepyfile(test_app=TESTS.replace("def test_capital(", "def test_capital_city("))
+    renamed = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline))
+    renamed.stdout.fnmatch_lines(["*not in the baseline (not judged): test_app.py::test_capital_city*",
+                                  "*in the baseline, not run (not judged): test_app.py::test_capital"])
+
+
+def test_verdicts_show_their_tolerance_as_written_and_their_test_names_escaped(suite):
+    baseline = suite.path / "baseline.json"
+    assert suite.runpytest("--llm-budget", "--llm-budget-save", str(baseline)).ret == 0
+    suite.makepyfile(test_app=TESTS.replace(
+        'ask(client, "What is the capital of France?", 16)',
+        'ask(client, "What is the capital of France?", 16)\n    with cassette("chat_two_calls.yaml"):\n'
+        '        ask(client, "Write a haiku about rain.", 24)'))
+    for tolerance, shown in (("-0%", "(tolerance 0%)"), ("0.5%", "(tolerance 0.5%)"), ("0.1", "(tolerance 10%)")):
+        result = suite.runpytest("--llm-budget", "--llm-budget-compare", str(baseline),
+                                 f"--llm-budget-tolerance={tolerance}")
+        assert result.ret == 1 and shown in result.stdout.str(), (tolerance, result.stdout.str()[-800:])
+
+
+def test_a_regression_verdict_writes_a_test_ids_control_characters_as_escapes() -> None:
+    """Parametrize ids may hold control characters (with pytest's escaping turned off): a verdict line wrote
+    them raw (an ESC colouring the terminal, a CR or newline forging a line)."""
+    from decimal import Decimal
+
+    from llmbudget.calls import Counters
+    from llmbudget.pricing import Pricing
+    from pytest_llmbudget.report import Summary, compare
+    from pytest_llmbudget.spend import TestSpend
+
+    nodeid = "test_p.py::test_p[esc\x1b[31mred\rx\ny]"
+    spend = TestSpend(calls=1, cost_usd=Decimal("0.0002"))
+    summary = Summary(tests={nodeid: spend}, outcomes={}, models={}, total=Counters(), outside=TestSpend(),
+                      snapshot=Pricing().snapshot, unpriced=[])
+    verdicts, _ = compare(summary, {"tests": {nodeid: {"cost_usd": 0.0001}}}, Decimal(0))
+    (verdict,) = [line for line in verdicts if line.startswith("test_p.py")]
+    assert not any(c in verdict for c in "\x1b\r\n") and "esc\\x1b[31mred\\rx\\ny" in verdict
 
 
 def test_missing_baseline_is_a_usage_error(suite):

@@ -34,6 +34,7 @@ import re
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -1196,6 +1197,10 @@ class _InContext:
         self._context = context
         self._iterator = context.run(iter, chunks)
         self._closers = closers
+        # a response Django drops unclosed (a 304 ConditionalGetMiddleware made instead, an outer middleware's
+        # error): the request still ends once it is collected (ending twice does nothing)
+        if closers:
+            weakref.finalize(self, context.run, closers[-1])
 
     def __iter__(self) -> _InContext:
         return self
@@ -1304,7 +1309,7 @@ class LLMBudgetDjangoMiddleware:
         except BaseException:
             end()
             raise
-        response = environ.get(_DJANGO_RESPONSE)
+        response = environ.pop(_DJANGO_RESPONSE, None)  # (held by the request's end, it would never be collected)
         code = _status_code(started.get("status", ""))
         if response is None or code != response.status_code:  # answered by the middleware: a 402, a 400, metrics
             end()
@@ -1318,13 +1323,12 @@ class LLMBudgetDjangoMiddleware:
         if getattr(response, "streaming", False) and not getattr(response, "is_async", False):
             # streamed after this returns: its generator runs in the request's scope, and so does its close (the
             # generator's cleanup) and the request's end, once Django closes the response
-            source = getattr(response, "_iterator", None)
-            close = getattr(source, "close", None)
             closers = getattr(response, "_resource_closers", None)
-            if close is not None and isinstance(closers, list):  # Django would close it, outside the scope
-                closers[:] = [closer for closer in closers if closer != close]
+            taken: list[Callable[[], Any]] = []
+            if isinstance(closers, list):  # Django would run them outside the scope: the app's generator's, an
+                taken, closers[:] = list(closers), []  # inner middleware's (GZip's), a file's
             response.streaming_content = _InContext(environ[_DJANGO_CONTEXT], response.streaming_content,
-                                                    [*([close] if close is not None else []), end])
+                                                    [*taken, end])
             return response
         end()
         if getattr(response, "streaming", False):  # an async generator, which Django under ASGI reads

@@ -722,7 +722,10 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
         def _wake(self) -> None:
             """End a read of this response blocked in another thread (closing a socket does not wake it):
             its connection is shut down."""
-            network = self._extensions.get("network_stream") if isinstance(self._extensions, dict) else None
+            extensions = self._extensions if isinstance(self._extensions, dict) else {}
+            if extensions.get("http_version", b"HTTP/1.1") != b"HTTP/1.1":  # an HTTP/2 connection carries others'
+                return
+            network = extensions.get("network_stream")
             with contextlib.suppress(Exception):
                 sock = network.get_extra_info("socket") if network is not None else None
                 if sock is not None:

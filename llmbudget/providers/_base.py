@@ -434,6 +434,9 @@ def _mp3_seconds(data: str, size: int) -> float | None:
     frames, here, end = 0, at, min(len(head), size - start)
     while frames < _MP3_FRAMES_CHECKED and here < end:  # a constant bit rate, or a variable one with no header
         frame = _mp3_frame(head, here)
+        if frame is None and frames and (head[here:here + 3] == b"TAG" or head[here:here + 8] == b"APETAGEX"
+                                         or end - here < 4):
+            break  # a short file's end: its ID3v1 or APE tag, or a last partial frame
         if frame is None or frame[0] != bit_rate:
             return None  # (a rate that varies, or bytes that are no frame: a false sync)
         frames, here = frames + 1, here + frame[3]

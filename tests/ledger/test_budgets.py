@@ -623,6 +623,10 @@ def test_a_recordings_length_is_never_read_shorter_than_it_is() -> None:
     assert audio_seconds(_mp3(6, _MP3_8K, endless), "mp3") == pytest.approx(6 * 72 / 1000)
     lone = base64.b64encode(frame_448k + bytes(2_000_000)).decode()  # one frame header, then no frames
     assert audio_seconds(lone, "mp3") == pytest.approx(2_000_004 / 1000)
+    # a short file (fewer than 24 frames) ending in an ID3v1 tag: its frames' rate, not the least one
+    frame_128k = bytes([0xFF, 0xFB, 0x90, 0x00]) + bytes(413)  # MPEG-1 layer III, 128 kbit/s, 44.1 kHz: 417 bytes
+    tagged = base64.b64encode(frame_128k * 10 + b"TAG" + bytes(125)).decode()
+    assert audio_seconds(tagged, "mp3") == pytest.approx(10 * 1152 / 44100, abs=0.02)
     wav = bytearray(base64.b64decode(_wav(60)))
     wav[28:32] = (10**9).to_bytes(4, "little")  # its byte rate field: a billion bytes a second
     assert audio_seconds(base64.b64encode(bytes(wav)).decode(), "wav") == pytest.approx(60, abs=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -60,10 +61,11 @@ def streamed_async(request: HttpRequest) -> StreamingHttpResponse:
 
 
 def streamed_cleanup(request: HttpRequest) -> StreamingHttpResponse:
-    def chunks() -> Iterator[str]:
+    def chunks() -> Iterator[str | bytes]:
         try:
             yield "part 1\n"
-            yield "part 2\n"
+            for _ in range(3):  # what no compression shrinks: each part goes out as it comes
+                yield os.urandom(1 << 16)
         finally:  # the app's cleanup, also when the client went before the end: three calls
             for _ in range(3):
                 try:
@@ -75,8 +77,15 @@ def streamed_cleanup(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
+def streamed_tagged(request: HttpRequest) -> StreamingHttpResponse:
+    response = streamed_cleanup(request)
+    response["ETag"] = '"v1"'
+    return response
+
+
 urlpatterns = [path("answer", answer), path("boom", boom), path("streamed", streamed),
-               path("streamed_async", streamed_async), path("streamed_cleanup", streamed_cleanup)]
+               path("streamed_async", streamed_async), path("streamed_cleanup", streamed_cleanup),
+               path("streamed_tagged", streamed_tagged)]
 
 
 def django_app(policy: Policy) -> Client:
@@ -285,3 +294,39 @@ def test_a_django_streamed_responses_cleanup_and_end_run_in_the_requests_scope(
     assert [(r.tenant, r.request_id) for r in records] == [("acme", "dj-9")]  # one fits; two refused
     lines = [r.getMessage() for r in caplog.records if r.name == "llmbudget.middleware" and "dj-9" in r.getMessage()]
     assert len(lines) == 1 and "1 LLM call(s)" in lines[0]
+
+
+def test_a_django_streamed_response_ends_its_request_whatever_wraps_or_replaces_it(
+    engine: llmbudget.Engine, records: list[llmbudget.SpendRecord], server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An inner middleware wrapping the stream (GZip) left the app's generator to Django's close, outside the
+    request's scope; and a response Django drops unclosed (ConditionalGetMiddleware's 304) never ended its
+    request: no log line."""
+    import gc
+
+    django_app(Policy())
+    from django.test import Client as DjangoClient
+    from django.test.utils import override_settings
+
+    ours = "llmbudget.middleware.LLMBudgetDjangoMiddleware"
+    with override_settings(MIDDLEWARE=[ours], LLMBUDGET_POLICY=Policy(trust_tenant_header=True)):
+        DjangoClient().get("/answer", headers={"x-tenant-id": "probe"})
+    fits_one = records[0].cost_usd * 3 / 2
+    records.clear()
+    policy = Policy(trust_tenant_header=True, budgets=[llmbudget.Budget(fits_one)])
+    with override_settings(MIDDLEWARE=[ours, "django.middleware.gzip.GZipMiddleware"], LLMBUDGET_POLICY=policy):
+        response = DjangoClient().get("/streamed_cleanup", headers={"x-tenant-id": "acme",
+                                                                     "accept-encoding": "gzip"})
+        chunks = iter(response.streaming_content)
+        next(chunks), next(chunks), next(chunks)  # gzip's header, then the app's first parts
+        response.close()
+    assert [r.tenant for r in records] == ["acme"]  # in scope: one fits, two refused
+    records.clear()
+    with override_settings(MIDDLEWARE=["django.middleware.http.ConditionalGetMiddleware", ours],
+                           LLMBUDGET_POLICY=Policy(trust_tenant_header=True)), \
+            caplog.at_level(logging.DEBUG, logger="llmbudget.middleware"):
+        unchanged = DjangoClient().get("/streamed_tagged", headers={"x-tenant-id": "acme", "x-request-id": "dj-304",
+                                                                     "if-none-match": '"v1"'})
+        assert unchanged.status_code == 304
+        gc.collect()
+    assert [r for r in caplog.records if "dj-304" in r.getMessage()]  # the request ended: its line was written

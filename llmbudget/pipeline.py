@@ -1532,8 +1532,7 @@ class Attempt:
         if not self._sse:
             return False
         if self.call.endpoint == "messages":
-            thinking = self.call.body.get("thinking")
-            return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+            return thinks("messages", self.call.body, self.call.model)
         body = self.call.body
         reasoning = body.get("reasoning")
         effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")

@@ -41,6 +41,9 @@ class Usage:
     estimated: bool = False
     #: server-side web searches the call ran (Anthropic's ``web_search`` tool), priced per search
     web_searches: int = 0
+    #: of them, OpenAI's older ``web_search_preview`` tool's (and a chat search model's): $25 per 1,000 on a model
+    #: that does not reason, $10 on one that does
+    preview_searches: int = 0
     #: OpenAI's built-in tools billed per use beside the tokens: file searches (per call) and code interpreter
     #: containers (in GB of their memory: a 1g container is 1, a 64g one 64)
     file_searches: int = 0
@@ -199,7 +202,7 @@ _COUNTS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens",
            "estimated")
 _USAGE_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
                  "input_audio_tokens", "output_audio_tokens", "cache_write_1h_tokens", "web_searches", "file_searches",
-                 "code_containers")
+                 "code_containers", "preview_searches")
 MAX_USD = Decimal(10) ** 15
 _TEXTS = ("endpoint", "base_url", "model_requested", "model_sent", "model_answered", "tenant", "request_id", "test_id",
           "price_source", "error", "deferred", "cache_tier")

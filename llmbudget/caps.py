@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cap_field", "apply_cap", "has_limit", "thinks", "suited", "reasoning_model", "REASONING_PREFIXES"]
+__all__ = ["cap_field", "apply_cap", "has_limit", "thinks", "suited", "reasoning_model", "plain_model",
+           "REASONING_PREFIXES"]
 
 #: Models that take ``max_completion_tokens`` and reject ``max_tokens`` on chat completions.
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "codex-mini")
@@ -78,6 +79,26 @@ def thinks(endpoint: str, body: Mapping[str, Any], model: str | None) -> bool:
 #: and Grok 3 mini, and any "-thinking" or "reasoner" model name).
 OTHER_REASONER_PREFIXES = ("gpt-oss", "deepseek-reasoner", "deepseek-r1", "qwq", "magistral", "gemini-2.5",
                            "gemini-3", "qwen3", "grok-4", "grok-3-mini")
+
+
+#: Model families known to answer without reasoning unless a request asks them to (which :func:`thinks` reads):
+#: OpenAI's and Anthropic's non-reasoning models, Gemini before 2.5, and open families served as they come.
+PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-", "gpt-5-chat", "claude", "anthropic.claude", "gemini-1",
+                  "gemini-2.0", "gemma", "llama", "meta-llama", "mistral", "mixtral", "ministral", "codestral",
+                  "open-mistral", "pixtral", "phi-3", "phi-4", "qwen2", "qwen-", "smollm", "command",
+                  "granite", "deepseek-chat", "deepseek-coder", "deepseek-v2", "falcon", "olmo", "yi-")
+#: Marks of a reasoning variant inside a plain family's name (Phi-4-reasoning, Llama Nemotron Super, R1
+#: distills of Llama and Qwen, Gemini 2.0 Flash Thinking).
+_REASONING_MARKS = ("reason", "think", "-r1", "r1-", "nemotron", "qwq", "magistral")
+
+
+def plain_model(model: str | None) -> bool:
+    """Whether ``model`` is known to answer without reasoning (see :data:`PLAIN_PREFIXES`). Any other model may
+    reason within its output limit (a self-hosted or gateway name no list can know: Phi-4-reasoning, Sonar
+    Reasoning, GLM-4.6, MiniMax-M2 all do), so an output cap of llmbudget's own (a schema's bounds, a length
+    directive's) is only added to a model this says is plain."""
+    name = _family(model)
+    return name.startswith(PLAIN_PREFIXES) and not any(mark in name for mark in _REASONING_MARKS)
 
 
 def other_reasoner(model: str | None) -> bool:

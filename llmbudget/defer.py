@@ -227,14 +227,15 @@ class Batcher:
                         job, exc)
             self._unlease(job)  # this process no longer polls it: --resume may take it
             for call in group.calls:  # it ran and is billed: each call is charged what it held, not released
-                call.future.job_ran = True  # type: ignore[attr-defined]
+                call.future.job_ran = JOB_RESUMABLE  # type: ignore[attr-defined]
             _fail_all(group.calls, jobs.error(502, f"llmbudget: batch {job} could not be read: {exc}",
                                               "batch_unreadable"))
             return
         for call in group.calls:
             answer = answers.get(call.custom_id)
             if answer is None and done.get(_UNREADABLE):  # its line may be one that did not read: it may have run
-                call.future.job_ran = True  # type: ignore[attr-defined]
+                # (and the job is forgotten: no --resume can read that line either, so it is recorded now)
+                call.future.job_ran = LINE_UNREAD  # type: ignore[attr-defined]
             status, body = answer or jobs.missing(job, done)
             if not call.future.done():
                 call.future.set_result((status, body))
@@ -574,6 +575,11 @@ def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, byte
 
 #: Where a finished job's status counts its result lines that did not read (see :func:`_unreadable_line`).
 _UNREADABLE = "llmbudget_unreadable_lines"
+#: How a batched call failed after its job ran (``Future.job_ran``; absent where the job did not run): its job's
+#: results could not be read, and the job is kept for ``llmbudget batches --resume`` to record; or its own result
+#: line did not read, and the job is done: charged and recorded at what it held.
+JOB_RESUMABLE = "resumable"
+LINE_UNREAD = "line_unread"
 
 
 def _unreadable_line(done: dict[str, Any], where: str, number: int, exc: BaseException) -> None:

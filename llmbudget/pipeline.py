@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from . import tokens
 from .breakpoints import Breakpoints, cache_write_ttls
 from .calls import MAX_TOKENS, Call, SpendRecord, Usage
-from .caps import apply_cap, has_limit, reasoning_model, suited, thinks
+from .caps import apply_cap, has_limit, plain_model, reasoning_model, suited, thinks
 from .defer import Batcher
 from .encodings import Decoder, codings, decoder_for
 from .ledger.budgets import (
@@ -73,6 +73,24 @@ _ERROR_OBJECT = re.compile(rb'\s*\{\s*"(?:error"|type"\s*:\s*"error")').match
 #: Set by ``llmbudget replay`` for a recorded line the app streamed (replayed as one JSON answer): the call is
 #: judged as the stream it was, never probed for log-probabilities nor escalated, as live.
 REPLAYED_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudget_replayed_stream", default=False)
+
+#: What llmbudget adds to a request by itself that a server may refuse, with the words by which a refusal (HTTP
+#: 400) names it: the cascade's log-probabilities, a stream's usage option, a length directive's system message
+#: (o1-mini takes none, nor do some self-hosted chat templates), the flex tier (where the model has none). The
+#: call is then sent again without it, and the (base URL, model) that refused it is sent none from then on.
+ADDITIONS: dict[str, tuple[bytes, ...]] = {
+    "probe": (b"logprob",),
+    "usage_option": (b"stream_options",),
+    "directive": (b"system", b"developer"),
+    "flex": (b"service_tier", b"flex"),
+}
+_REFUSED_NOTE = {
+    "probe": "refuses log-probabilities: the cascade cannot judge its answers, which stand as they are",
+    "usage_option": "refuses stream_options: its streams, which report no usage then, are priced from the text they "
+                    "stream (its hidden reasoning is not in it)",
+    "directive": "refuses the length directive's system message: its calls go without the directive",
+    "flex": "refuses the flex service tier: its deferred calls go at the standard tier",
+}
 
 #: Set by ``llmbudget replay`` around its own calls, which recorded traffic answers: nobody's spend, so not shown to
 #: :func:`watch_every_engine`'s observers (the app's own calls, in its other threads, still are).
@@ -204,12 +222,9 @@ class Engine:
         #: Base URLs that billed a call at the priority tier it did not ask for (an OpenAI project whose default
         #: tier is priority): their calls that name no tier are reserved at the priority price from then on.
         self.priority_by_default: set[str] = set()
-        #: (base URL, model) of small tiers that answered the cascade's log-probabilities with HTTP 400 and the
-        #: same call without them with an answer: their calls are sent without the probe from then on.
-        self.probe_refused: set[tuple[str, str]] = set()
-        #: (base URL, model) that answered a stream's ``stream_options`` llmbudget added with HTTP 400 and the
-        #: same call without it with an answer: their streams are sent as the app wrote them from then on.
-        self.usage_option_refused: set[tuple[str, str]] = set()
+        #: Per addition of :data:`ADDITIONS`, the (base URL, model) that answered it with HTTP 400 and the same
+        #: call without it with an answer: their calls are sent without it from then on.
+        self.refused_additions: dict[str, set[tuple[str, str]]] = {name: set() for name in ADDITIONS}
         self._unreadable_warned = False
         self._refusal_observers: tuple[Callable[[Refusal, Scope | None], None], ...] = ()
         self._observers: tuple[Observer, ...] = ()
@@ -435,19 +450,14 @@ class Attempt:
         #: On an escalation's retry: the weak attempt's cost plus the saving its record claimed, which
         #: this record's ``routing_saved_usd`` takes back (net, the request's routing saved minus the weak cost).
         self.routing_offset_usd: Decimal | None = None
-        #: The cascade judges this weak-tier answer by its log-probabilities (see ``llmbudget.routing.confidence``);
-        #: ``probed``: it asked for them itself (the app did not), so they are taken out before the app sees them.
+        #: The cascade judges this weak-tier answer by its log-probabilities (see ``llmbudget.routing.confidence``).
         self.cascade = False
-        self.probed = False
-        #: A call sent again without the probe, which its tier refused (HTTP 400).
-        self.no_probe = False
-        #: A stream of a model whose reasoning is hidden, for which llmbudget asked the usage (``stream_options``
-        #: ``include_usage``) that the app did not: the usage's own event is taken out before the app sees it.
-        self.usage_added = False
+        #: What of :data:`ADDITIONS` llmbudget added to this request, and what it is sent without (a call sent
+        #: again without what its server refused).
+        self.added: set[str] = set()
+        self.without: frozenset[str] = frozenset()
         #: What the request's headers change of its answer (``anthropic-beta``): part of its cache keys.
         self.answer_variant = ""
-        #: A stream sent again without that option, which its server refused (HTTP 400).
-        self.no_usage_option = False
         self._unshown = bytearray()  # (usage_added: the start of an event not yet passed on whole)
         self._scanned = 0  # (of it, the bytes already read for the blank line that ends an event)
         self._line_start = True  # (whether the byte at _scanned starts a line)
@@ -463,6 +473,7 @@ class Attempt:
         #: Settle the holds at what they held, whatever the record's cost: a batched call whose job ran (and is
         #: billed) though its answer could not be read (``llmbudget batches --resume`` records it later).
         self.charge_holds = False
+        self.record_holds = False  # and record it at that (a batched call whose result line did not read)
         self._lock = threading.Lock()
 
     # -- before sending ------------------------------------------------------------------------
@@ -528,6 +539,7 @@ class Attempt:
         return Usage(input_tokens=padded + searches * WEB_SEARCH_RESULT_TOKENS + fetched, estimated=True,
                      cache_write_tokens=padded if ttls else 0, cache_write_1h_tokens=padded if "1h" in ttls else 0,
                      service_tier=tier, web_searches=searches, input_audio_tokens=audio,
+                     preview_searches=searches if self.adapter.preview_searches(self.call.body) else 0,
                      file_searches=files, code_containers=containers, output_tokens=output,
                      output_audio_tokens=audio_output)
 
@@ -594,8 +606,8 @@ class Attempt:
             options = []
             for tier in routing.tiers.values():
                 model, url = tier.model_for(endpoint), tier.base_url_for(endpoint) or base_url
-                if not model or (endpoint == "responses" and keeps_state(self.call.body) and elsewhere(url, base_url)):
-                    continue  # no model for this API, or a Responses chain another host does not hold
+                if not model or (keeps_state(self.call.body, endpoint) and elsewhere(url, base_url)):
+                    continue  # no model for this API, or a stored call another host does not hold
                 if url == base_url and _deployment(url):
                     continue  # an Azure deployment runs the model its URL names: the body's is not what runs
                 cost = self.engine.pricing.cost(Usage(output_tokens=1_000_000), model=model, base_url=url).usd
@@ -818,11 +830,14 @@ class Attempt:
         """``body`` with ``output``'s directive and its cap (noted in ``self.output``), or None when it gets none;
         ``base_url``: where the call goes (a tier's), if not where the app sent it."""
         endpoint = self.call.endpoint
+        if not self._may_add("directive", base_url or self.call.base_url, body):
+            return None
         cap = output.cap_for(endpoint, body, body.get("model"))  # in the request's own language (before the directive)
         applied = apply_directive(endpoint, body, output)
         if applied is None:
             return None
         body, where = applied
+        self.added.add("directive")
         capped = False
         if self.escalated_from is None and not _may_reason(endpoint, body, base_url or self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
@@ -907,34 +922,36 @@ class Attempt:
                 body = self._directed(body, tier.output, f"tier {chosen}", base_url) or body
             if (routing.min_confidence is not None and chosen == routing.weak and forced is None and not kept
                     and call.endpoint == "chat.completions" and not thinks(call.endpoint, body, body.get("model"))
-                    and not REPLAYED_STREAM.get() and not self.no_probe
-                    and (base_url, body.get("model") or "") not in engine.probe_refused):
+                    and not REPLAYED_STREAM.get() and self._may_add("probe", base_url, body)):
                 from .routing.confidence import probe
 
                 probed = probe(body)
                 if probed is not None:
-                    body, self.probed, self.cascade = probed, True, True
+                    body, self.cascade = probed, True
+                    self.added.add("probe")
                 elif body.get("logprobs") and not body.get("stream"):  # the app asked for them: read, keep
                     self.cascade = True
             log.debug("llmbudget route: tier=%s score=%s threshold=%s reason=%s features=%s",
                       decision.tier, decision.score, decision.threshold, decision.reason, decision.features)
-        if (call.endpoint == "chat.completions" and _asks_stream(body.get("stream")) and not self.no_usage_option
+        if (call.endpoint == "chat.completions" and _asks_stream(body.get("stream"))
                 and (reasoning_model(body.get("model")) or _unknown_model(base_url)) and not REPLAYED_STREAM.get()
-                and (base_url, body.get("model") or "") not in engine.usage_option_refused):
+                and self._may_add("usage_option", base_url, body)):
             # its reasoning tokens are billed as output but never streamed: without the usage the server reports
             # when asked, the stream was priced from its visible text, a fraction of the bill (an Azure
             # deployment's name says nothing of its model: an o3-mini deployment named "classifier")
             options = body.get("stream_options")
             if options is None or (isinstance(options, dict) and options.get("include_usage") in (None, False)):
                 body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-                self.usage_added = True
+                self.added.add("usage_option")
         if (engine.prompt_cache_keys and "prompt_cache_key" not in body
                 and call.endpoint in ("chat.completions", "responses") and _openai(base_url)):
             body = {**body, "prompt_cache_key": self._prompt_cache_key(body)}
         deferral = scope.defer if scope is not None else None
-        if deferral == "flex" and call.endpoint in ("chat.completions", "responses") and "service_tier" not in body:
+        if deferral == "flex" and call.endpoint in ("chat.completions", "responses") and "service_tier" not in body \
+                and self._may_add("flex", base_url, body):
             body = {**body, "service_tier": "flex"}
             self.defer_mode = "flex"
+            self.added.add("flex")
         elif deferral == "batch" and call.endpoint in _BATCHED and not call.stream and not _deployment(base_url):
             # sent as a line of a Batch API job (see the transport); an Azure deployment's call is sent as usual
             # (Azure's batch jobs live elsewhere, under another API and key header)
@@ -985,11 +1002,31 @@ class Attempt:
                 and not self.call.body.get("background")  # a queued job has no answer to judge yet
                 and self.routing is not None and self.routing.get("tier") == routing.weak)
 
+    @property
+    def probed(self) -> bool:
+        """The cascade's probe asked for log-probabilities the app did not: they are taken out before it sees them."""
+        return "probe" in self.added
+
+    @property
+    def usage_added(self) -> bool:
+        """A stream of a model whose reasoning is hidden, for which llmbudget asked the usage (``stream_options``
+        ``include_usage``) that the app did not: the usage's own event is taken out before the app sees it."""
+        return "usage_option" in self.added
+
+    def _may_add(self, name: str, base_url: str, body: Mapping[str, Any]) -> bool:
+        """Whether this request may get the addition ``name`` (see :data:`ADDITIONS`)."""
+        return name not in self.without and \
+            (base_url, body.get("model") or "") not in self.engine.refused_additions[name]
+
     def addition_refused(self) -> bool:
         """Whether the server answered with HTTP 400 a request to which llmbudget added what the app did not ask
-        for: the cascade's probe (log-probabilities, which some providers do not return) or a stream's usage
-        option (which some servers do not take). The call is then sent again without it, if the error names it."""
-        return (self.probed or self.usage_added) and self.status == 400
+        for (:data:`ADDITIONS`). The call is then sent again without it, if the error names it."""
+        return bool(self.added) and self.status == 400
+
+    def refused_additions(self, error: bytes) -> set[str]:
+        """What of this request's additions a refusal's ``error`` body names."""
+        lowered = error.lower()
+        return {name for name in self.added if any(word in lowered for word in ADDITIONS[name])}
 
     def tier_failed(self, *, unreachable: bool = False) -> bool:
         """Whether the tier routing (or a budget's downgrade) sent this call to failed it where the app's own
@@ -1086,14 +1123,11 @@ class Attempt:
     def start_response(self, status: int, headers: Mapping[str, str]) -> None:
         self.status = status
         tier = (self.call.base_url, self.call.model or "")
-        if self.no_probe and status < 400 and tier not in self.engine.probe_refused:
-            log.warning("llmbudget: %s at %s refuses log-probabilities: the cascade cannot judge its answers, which "
-                        "stand as they are", *reversed(tier))
-            self.engine.probe_refused.add(tier)
-        if self.no_usage_option and status < 400 and tier not in self.engine.usage_option_refused:
-            log.warning("llmbudget: %s at %s refuses stream_options: its streams, which report no usage then, are "
-                        "priced from the text they stream (its hidden reasoning is not in it)", *reversed(tier))
-            self.engine.usage_option_refused.add(tier)
+        for name in sorted(self.without) if status < 400 else ():
+            refused = self.engine.refused_additions[name]
+            if tier not in refused:
+                log.warning("llmbudget: %s at %s %s", tier[1], tier[0], _REFUSED_NOTE[name])
+                refused.add(tier)
         # events or JSON: as the request asked or the label says, until the body's first bytes say which it is
         # (see _parse: a body mislabelled by a gateway went unread, a billed call settled at ~$0)
         label = headers.get("content-type", "").lower()  # (a media type's case does not matter)
@@ -1406,7 +1440,9 @@ class Attempt:
         problem: str | None = None
         if failed:
             usage = Usage()
-            if error is not None and self.status is None and not (self.call.stream and not self._background()) and (
+            if self.record_holds:  # its batch job ran it (billed), and its result is lost for good
+                usage, estimated = self.worst_usage().replace(estimated=True), True
+            elif error is not None and self.status is None and not (self.call.stream and not self._background()) and (
                     _timed_out_waiting(error) or (self.sent and _cancelled(error))):
                 # Sent whole, then no answer within the client's timeout, or the caller stopped waiting (a task
                 # cancelled by asyncio.wait_for or a client gone, a thread interrupted): the provider goes on and
@@ -1458,7 +1494,7 @@ class Attempt:
                     usage = usage.replace(output_tokens=max(usage.output_tokens, self._overflow_events - 2))
             per_call = self.adapter.searches_per_call(self.call.body)  # (a chat search model's, reported nowhere)
             if usage.web_searches < per_call:
-                usage = usage.replace(web_searches=per_call)
+                usage = usage.replace(web_searches=per_call, preview_searches=per_call)
             if state.service_tier and usage.service_tier is None:
                 usage = usage.replace(service_tier=state.service_tier)
             if usage.service_tier == "priority" and self.call.body.get("service_tier") in (None, "auto"):
@@ -1834,9 +1870,12 @@ def _host(base_url: str) -> str:
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:
-    """Whether the model the request goes to may reason (a limit bounds its thinking too), or is not known from
-    the request (an Azure deployment's): no output cap of llmbudget's own is added to such a call."""
-    return thinks(endpoint, body, body.get("model")) or _unknown_model(base_url)
+    """Whether the model the request goes to may reason (a limit bounds its thinking too): it does, or is not
+    known not to (``caps.plain_model``: a self-hosted reasoning model's name), or is not known from the request
+    (an Azure deployment's). No output cap of llmbudget's own is added to such a call: capped, a reasoning model
+    spent the cap thinking and the app got no answer (no JSON for a schema)."""
+    model = body.get("model")
+    return thinks(endpoint, body, model) or not plain_model(model) or _unknown_model(base_url)
 
 
 def _cancelled(error: BaseException) -> bool:

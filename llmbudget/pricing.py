@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Union
 
 from .calls import Usage
+from .caps import reasoning_model
 from .money import usd
 
 __all__ = [
@@ -65,6 +66,13 @@ DEFERRED_TIERS = frozenset({"flex", "batch"})
 #: Anthropic's fast mode (``speed: "fast"``; ``Usage.service_tier`` "fast") where genai-prices lists no fast price
 #: for the model: its standard rate times the most Anthropic charges for it (Opus 4.6's, 6x; others' 2x).
 FAST_UNLISTED_MULTIPLIER = Decimal(6)
+#: OpenAI's priority processing where no priority price is listed (a price override's model): its standard rate
+#: times the most OpenAI charges for it (gpt-5's, 2x; gpt-4o's 1.7x).
+PRIORITY_UNLISTED_MULTIPLIER = Decimal(2)
+#: The tiers dearer than the standard one: (multiplier where unlisted, the price's name, what calls, whose rule).
+_DEARER_TIERS = {"fast": (FAST_UNLISTED_MULTIPLIER, "fast-mode", "fast calls (speed 'fast')", "Anthropic"),
+                 "priority": (PRIORITY_UNLISTED_MULTIPLIER, "priority", "priority calls (service_tier 'priority')",
+                              "OpenAI")}
 #: Anthropic's multipliers of the input price: a 5-minute cache write, and a cache read.
 CACHE_WRITE_MULTIPLIER, CACHE_READ_MULTIPLIER = Decimal("1.25"), Decimal("0.1")
 
@@ -149,6 +157,20 @@ WEB_SEARCH_USD = Decimal("0.01")
 #: container ($0.03 a GB of its memory: ``Usage.code_containers`` counts GB, 64 for one 64g container).
 FILE_SEARCH_USD = Decimal("0.0025")
 CODE_CONTAINER_USD = Decimal("0.03")
+
+
+#: OpenAI's older ``web_search_preview`` tool on a model that does not reason (gpt-4o, gpt-4.1, the chat search
+#: models): $25 per 1,000 calls, its search content free (on a reasoning model $10, as the ``web_search`` tool).
+PREVIEW_SEARCH_USD = Decimal("0.025")
+
+
+def _search_fees(rate: Any, usage: Usage, model: str) -> Decimal:
+    """What ``usage``'s web searches cost at ``rate``: the ``web_search_preview`` tool's on a model that does
+    not reason at :data:`PREVIEW_SEARCH_USD`, the others at the rate's own search price."""
+    preview = 0 if reasoning_model(model) else min(usage.preview_searches, usage.web_searches)
+    if not preview:
+        return Decimal(rate.search_fees(usage))
+    return rate.search_fees(usage.replace(web_searches=usage.web_searches - preview)) + preview * PREVIEW_SEARCH_USD
 
 
 def tool_fees(usage: Usage) -> Decimal:
@@ -456,7 +478,7 @@ class Pricing:
         rate = self.rate(name, base_url, service_tier=usage.service_tier) if model else None
         if rate is not None:
             source = "override" if isinstance(rate, Price) else "genai-prices"
-            fees = rate.search_fees(usage) + tool_fees(usage)
+            fees = _search_fees(rate, usage, name) + tool_fees(usage)
             cost = rate.token_cost(usage, long_context=rate.long_context(usage, name))
             gap = rate.gap(usage, name)
             if gap is not None:
@@ -468,12 +490,13 @@ class Pricing:
                     "(USD per 1M tokens) to it to price such calls exactly."))
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
                 cost *= 1 - self.deferred_discount  # no flex / batch price listed: the tokens at the documented discount
-            elif usage.service_tier == "fast" and not self._has_own_rate(rate, name, base_url):
-                cost *= FAST_UNLISTED_MULTIPLIER
-                self._warn_once(("fast", name), (
-                    f"llmbudget: no fast-mode price is listed for model {name!r}; its fast calls (speed 'fast') are "
-                    f"priced at {FAST_UNLISTED_MULTIPLIER}x its standard rate, the most Anthropic charges for fast "
-                    "mode"))
+            elif usage.service_tier in _DEARER_TIERS and not self._has_own_rate(rate, name, base_url):
+                multiplier, price, calls, whose = _DEARER_TIERS[usage.service_tier]
+                cost *= multiplier
+                self._warn_once((usage.service_tier, name), (
+                    f"llmbudget: no {price} price is listed for model {name!r}"
+                    f"{' (a price override has none)' if source == 'override' else ''}; its {calls} are priced at "
+                    f"{multiplier}x its standard rate, the most {whose} charges for them"))
             return Priced(cost + fees, source, name)
         self._warn_unknown(name, base_url)
         return Priced(self.unknown_model_price.cost(usage) + tool_fees(usage), "unknown", name)

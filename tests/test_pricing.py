@@ -184,6 +184,20 @@ def test_service_tier_changes_the_price(model: str, tier: str, ratio: Decimal) -
     assert tiered == _genai_total(usage, model, tier=tier)
 
 
+def test_a_priority_call_with_a_price_override_is_priced_at_the_most_priority_costs(
+        recwarn: pytest.WarningsRecorder) -> None:
+    """An override lists no priority price: a priority call (reported, or reserved for ``service_tier:
+    "priority"``) was priced at the standard rate, silently, below the 1.7-2x OpenAI bills."""
+    pricing = Pricing({"gpt-4o": {"input": "2.5", "output": "10"}})
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert pricing.cost(usage, model="gpt-4o").usd == Decimal("12.5")
+    assert pricing.cost(usage.replace(service_tier="priority"), model="gpt-4o").usd == Decimal(25)
+    assert any("no priority price is listed for model 'gpt-4o' (a price override has none)" in str(w.message)
+               for w in recwarn.list)
+    # a listed priority price is the price
+    assert Pricing().cost(usage.replace(service_tier="priority"), model="gpt-4o").usd == Decimal("21.25")
+
+
 # -- overrides -----------------------------------------------------------------------------------
 
 URL = "http://10.0.0.5:8080/v1"

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus
 
 from ..cache.worker import set_caller
+from ..defer import LINE_UNREAD
 from ..ledger.budgets import BudgetStoreUnavailable, WouldWait, no_wait
 from ..pipeline import DRAIN_BYTES, DRAIN_S, Attempt, UnreadableRequest, get_engine
 from ..providers import Adapter
@@ -281,12 +282,21 @@ def _batched(request: Any, attempt: Attempt, path: str) -> concurrent.futures.Fu
                             request_id=scope.request_id if scope is not None else None)
 
 
+def _ran(attempt: Attempt, done: concurrent.futures.Future[tuple[int, bytes]]) -> None:
+    """Tell ``attempt`` whether its batched call ran though it failed (``Future.job_ran``, see ``defer``): then its
+    holds are charged whole, and where no ``--resume`` will record it (its result line did not read), so is its
+    record."""
+    ran = getattr(done, "job_ran", None)
+    attempt.charge_holds = bool(ran)
+    attempt.record_holds = ran == LINE_UNREAD
+
+
 def _settle_orphan(attempt: Attempt, done: concurrent.futures.Future[tuple[int, bytes]]) -> None:
     """The answer of a batched call whose caller gave up: its line ran (and is billed), so it settles and is
     recorded as if it had been read; its hold is kept until then."""
     try:
         status, content = done.result()
-        attempt.charge_holds = getattr(done, "job_ran", False)
+        _ran(attempt, done)
         attempt.start_response(status, {"content-type": "application/json"})
         attempt.feed(content)
         attempt.finish(complete=True)
@@ -350,17 +360,16 @@ async def _error_body_async(read: Callable[[], Awaitable[bytes]]) -> bytes:
 
 def _without_addition(request: Any, attempt: Attempt, wanted: tuple[Adapter, str], error: bytes) -> Attempt | None:
     """The same call again without what llmbudget added to it, after its server refused it
-    (:meth:`Attempt.addition_refused`) with an ``error`` that names it: the cascade's log-probabilities, or a
-    stream's ``stream_options`` (a 400 for another reason, a prompt too long, goes on as any refusal does)."""
-    lowered = error.lower()
-    probe = attempt.probed and b"logprob" in lowered
-    usage = attempt.usage_added and b"stream_options" in lowered
-    if not (probe or usage):
+    (:meth:`Attempt.addition_refused`) with an ``error`` that names it (``pipeline.ADDITIONS``: the cascade's
+    log-probabilities, a stream's ``stream_options``, a length directive's system message, the flex tier; a 400
+    for another reason, a prompt too long, goes on as any refusal does)."""
+    refused = attempt.refused_additions(error)
+    if not refused:
         return None
     retry = _begin(request, request.content, wanted)
     if not isinstance(retry, Attempt):
         return None
-    retry.no_probe, retry.no_usage_option = attempt.no_probe or probe, attempt.no_usage_option or usage
+    retry.without = attempt.without | refused
     # an escalation's (or a failed tier's) retry stays one: the same tier, its reason, the saving it takes back
     retry.force_tier, retry.escalated_from = attempt.force_tier, attempt.escalated_from
     retry.routing_offset_usd = attempt.routing_offset_usd
@@ -914,7 +923,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                 if attempt.defer_mode == "batch":
                     pending = _batched(request, attempt, path)
                     status, content = pending.result()
-                    attempt.charge_holds = getattr(pending, "job_ran", False)
+                    _ran(attempt, pending)
                     response = _batch_response(httpx, request, status, content)
                 else:
                     _watch_sending(request, attempt)
@@ -1021,7 +1030,7 @@ def _build(httpx: ModuleType) -> tuple[type, type]:
                     except asyncio.CancelledError:
                         pending.add_done_callback(functools.partial(_settle_orphan, attempt))
                         raise
-                    attempt.charge_holds = getattr(pending, "job_ran", False)
+                    _ran(attempt, pending)
                     response = _batch_response(httpx, request, status, content)
                 else:
                     _watch_sending(request, attempt)

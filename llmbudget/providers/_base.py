@@ -189,6 +189,12 @@ class Adapter:
         request's default output limit counts once per answer too."""
         return (_count(body.get("n")) or 1) if self.limit_per_choice else 1
 
+    def preview_searches(self, body: dict[str, Any]) -> bool:
+        """Whether the request's web searches are OpenAI's older ``web_search_preview`` tool's (priced higher
+        on a model that does not reason: ``pricing.PREVIEW_SEARCH_USD``)."""
+        return any(isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search_preview")
+                   for tool in items(body.get("tools")))
+
     def web_searches(self, body: dict[str, Any]) -> int:
         """The most server-side web searches the request may make (each billed per call, its results as input):
         each web search tool's ``max_uses`` (Anthropic's ``web_search_20250305``, Responses' ``web_search``),

@@ -80,6 +80,10 @@ class ChatAdapter(Adapter):
     def web_searches(self, body: dict[str, Any]) -> int:
         return super().web_searches(body) + self.searches_per_call(body)
 
+    def preview_searches(self, body: dict[str, Any]) -> bool:
+        """A chat search model's searches are the preview tool's (OpenAI prices them so)."""
+        return super().preview_searches(body) or bool(self.searches_per_call(body))
+
     def media_tokens(self, body: dict[str, Any], model: str | None = None) -> int:
         return sum(openai_media_tokens(m.get("content"), model) for m in items(body.get("messages"))
                    if isinstance(m, dict))

@@ -221,7 +221,9 @@ class ResponsesAdapter(Adapter):
                     _text_of(item.get("content"), state.text_parts)
         if (searches or file_searches or containers) and state.usage is not None:
             # (a container is billed by its memory: the response echoes the tools it ran with)
-            state.usage = state.usage.replace(web_searches=searches, file_searches=file_searches,
+            preview = self.preview_searches(data)  # (the response echoes the request's tools)
+            state.usage = state.usage.replace(web_searches=searches, preview_searches=searches if preview else 0,
+                                              file_searches=file_searches,
                                               code_containers=len(containers) * container_gb(data.get("tools")))
 
     def read_json(self, data: Any, state: ResponseState) -> None:

@@ -160,9 +160,9 @@ class Routing:
         self.min_confidence = None if min_confidence is None else float(min_confidence)
 
     def _stays(self, call: Call, tier: str) -> bool:
-        """Whether ``call`` must not go to ``tier``: a Responses call the provider keeps (store, a chain), whose id
-        is only known where it is kept, and a tier on another host."""
-        return call.endpoint == "responses" and keeps_state(call.body) and \
+        """Whether ``call`` must not go to ``tier``: a call the provider keeps (a Responses call's store or chain,
+        a chat completion's ``store: true``), whose id is only known where it is kept, and a tier on another host."""
+        return keeps_state(call.body, call.endpoint) and \
             elsewhere(self.tiers[tier].base_url_for(call.endpoint), call.base_url)
 
     def decide(self, call: Call, *, path: str = "", forced: str | None = None) -> Decision:
@@ -197,7 +197,7 @@ class Routing:
         return Decision(tier, score, self.threshold, "router", features)
 
 
-_KEPT_ON_HOST = "a Responses call kept on its host (store or previous_response_id)"
+_KEPT_ON_HOST = "a call kept on its host (store or previous_response_id)"
 
 
 def _reasoning_refuses(endpoint: str, body: Mapping[str, Any], model: str | None) -> str | None:
@@ -218,9 +218,15 @@ def fine_tuned(model: str | None) -> bool:
     return isinstance(model, str) and (model.startswith("ft:") or ":ft-" in model)
 
 
-def keeps_state(body: Mapping[str, Any]) -> bool:
-    """A Responses request whose answer the provider stores (``store`` unless false) or that continues one
-    it stored (``previous_response_id``, ``conversation``): either ties the chain to the host that holds it."""
+def keeps_state(body: Mapping[str, Any], endpoint: str = "responses") -> bool:
+    """A request whose answer the provider stores or that continues one it stored, which ties it to the host
+    that holds it: a Responses request (``store`` unless false, ``previous_response_id``, ``conversation``), or a
+    chat completion with ``store: true`` (which ``chat.completions.retrieve`` and stored-completion evals read
+    back)."""
+    if endpoint == "chat.completions":
+        return body.get("store") is True
+    if endpoint != "responses":
+        return False
     return body.get("store") is not False or bool(body.get("previous_response_id") or body.get("conversation"))
 
 
@@ -250,6 +256,12 @@ def never_routed(body: Mapping[str, Any], *, route_tools: bool = False, route_sc
     score (its tools, its response schema), or None when its score decides."""
     if not route_tools and (body.get("tools") or body.get("functions")):
         return "request has tools"
+    if isinstance(body.get("prompt"), Mapping):  # a Responses stored prompt: its model and tools are not seen here
+        return "request uses a stored prompt"
+    model = body.get("model")
+    if isinstance(body.get("web_search_options"), Mapping) or (isinstance(model, str) and (
+            "-search-preview" in model or "-search-api" in model)):
+        return "request searches the web"  # (another model would answer without searching)
     if not route_schemas and _has_schema(body):
         return "request has a response schema"
     return None

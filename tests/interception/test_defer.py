@@ -620,7 +620,9 @@ def test_resume_keeps_a_job_whose_records_the_ledger_could_not_take(llm_server, 
 def test_a_result_line_that_does_not_read_fails_its_own_call_alone(llm_server, engine, records, batches,
                                                                    monkeypatch, caplog):
     """One truncated line in the output file failed every call of the job (502, $0), and `--resume` failed on
-    it for good: the calls that ran and were billed never reached the ledger."""
+    it for good: the calls that ran and were billed never reached the ledger. The call whose line did not read
+    (it may have run, and the job is forgotten) was then recorded at $0 although its budget was charged what it
+    held: it is recorded at that, estimated, as a batched call."""
     from batch_server import BatchServer
 
     add_file = BatchServer.add_file
@@ -638,6 +640,9 @@ def test_a_result_line_that_does_not_read_fails_its_own_call_alone(llm_server, e
     assert len(failed) == 1 and failed[0].status_code == 502 and "did not read" in str(failed[0])
     assert sorted(r.status for r in records) == [200, 200, 502]
     assert all(r.cost_usd > 0 for r in records if r.status == 200)
+    [lost] = [r for r in records if r.status == 502]
+    read = [r for r in records if r.status == 200]
+    assert lost.estimated and lost.deferred == "batch" and lost.cost_usd > max(r.cost_usd for r in read)
     assert caplog.text.count("does not read") == 2
 
 

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 
+import llmbudget
 from llmbudget.breakpoints import Breakpoints, has_cache_control, min_cacheable_tokens
 from llmbudget.cache.keys import cache_keys
 from llmbudget.calls import Usage
@@ -662,6 +663,49 @@ def test_openai_web_searches_are_counted_from_the_responses_output():
     pricing = Pricing()
     tokens_only = pricing.cost(state.usage.replace(web_searches=0), model="gpt-4.1").usd
     assert pricing.cost(state.usage, model="gpt-4.1").usd - tokens_only == Decimal("0.03")
+
+
+@pytest.mark.parametrize(("model", "fee"), [("gpt-4.1", "0.075"), ("gpt-4o", "0.075"), ("o4-mini", "0.03"),
+                                          ("gpt-5", "0.03")])
+def test_the_web_search_preview_tool_is_priced_at_its_own_rate(model: str, fee: str):
+    """OpenAI bills the older ``web_search_preview`` tool at $25 per 1,000 calls on a model that does not reason
+    ($10 on one that does, and for the ``web_search`` tool): it was charged $10, 40% of the bill."""
+    from llmbudget.providers import adapter_for_endpoint
+    from llmbudget.providers._base import ResponseState
+
+    answer = {
+        "id": "resp_1", "object": "response", "created_at": 1, "model": model, "status": "completed",
+        "output": [*({"type": "web_search_call", "id": f"ws_{i}", "status": "completed",
+                      "action": {"type": "search", "query": "news"}} for i in range(3)),
+                   {"type": "message", "id": "m", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "Here.", "annotations": []}]}],
+        "tools": [{"type": "web_search_preview"}],
+        "usage": {"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+    adapter = adapter_for_endpoint("responses")
+    state = ResponseState()
+    adapter.read_json(answer, state)
+    assert state.usage is not None and state.usage.web_searches == state.usage.preview_searches == 3
+    pricing = Pricing()
+    tokens_only = pricing.cost(state.usage.replace(web_searches=0), model=model).usd
+    assert pricing.cost(state.usage, model=model).usd - tokens_only == Decimal(fee)
+    # the GA tool is $10 per 1,000 on any model
+    state = ResponseState()
+    adapter.read_json({**answer, "tools": [{"type": "web_search"}]}, state)
+    assert state.usage is not None and state.usage.preview_searches == 0
+    assert pricing.cost(state.usage, model=model).usd - tokens_only == Decimal("0.03")
+    # and the reservation holds the preview's rate too
+    engine = llmbudget.Engine()
+    body = {"model": model, "input": "news?", "tools": [{"type": "web_search_preview"}], "max_tool_calls": 3,
+            "max_output_tokens": 100}
+    attempt = engine.begin(url="https://api.openai.com/v1/responses", path="/v1/responses", headers={},
+                           body=json.dumps(body).encode(), adapter=adapter)
+    assert attempt is not None
+    worst = attempt.worst_usage()
+    assert worst.preview_searches == worst.web_searches == 3
+    assert pricing.cost(worst, model=model).usd - pricing.cost(worst.replace(web_searches=0), model=model).usd \
+        == Decimal(fee)
 
 
 def test_an_implausible_web_search_count_is_malformed_not_charged():

@@ -715,6 +715,46 @@ def test_a_responses_call_whose_state_the_provider_keeps_stays_on_its_host(engin
     assert forced.routed is routed, forced.routing
 
 
+@pytest.mark.parametrize(("extra", "tier_url", "routed"), [
+    ({"store": True, "metadata": {"feature": "faq"}}, "http://gpu-box:8000/v1", False),  # kept at OpenAI
+    ({"store": True}, None, True),  # a tier on the app's host stores it there too
+    ({"store": False}, "http://gpu-box:8000/v1", True),
+    ({}, "http://gpu-box:8000/v1", True),  # chat completions are not stored by default
+])
+def test_a_stored_chat_completion_stays_on_its_host(engine, monkeypatch, extra, tier_url, routed):
+    """``store: true`` routed to a tier on another host: ``chat.completions.retrieve(id)`` answered 404, and the
+    completion was missing from the stored completions the app's evals read."""
+    monkeypatch.setenv("GPU_BOX_KEY", "gpu-secret")
+    small = {"model": "llama-3-8b", **({"base_url": tier_url, "api_key_env": "GPU_BOX_KEY"} if tier_url else {})}
+    engine.routing = Routing(tiers={"small": small, "large": None}, threshold=1.0)
+    body = {"model": "gpt-4o", "messages": HI, **extra}
+    for forced in (None, "small"):
+        with llmbudget.scope(routing=forced):
+            attempt = engine.begin(url="https://api.openai.com/v1/chat/completions", path="/v1/chat/completions",
+                                   headers={}, body=json.dumps(body).encode())
+            attempt.plan("/")
+        assert attempt.routed is routed, attempt.routing
+        assert attempt.call.model == ("llama-3-8b" if routed else "gpt-4o")
+
+
+@pytest.mark.parametrize(("path", "body", "why"), [
+    ("/v1/responses", {"prompt": {"id": "pmpt_abc123", "variables": {"city": "Paris"}}, "input": "hi"},
+     "request uses a stored prompt"),
+    ("/v1/chat/completions", {"model": "gpt-4o-search-preview", "messages": HI}, "request searches the web"),
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": HI, "web_search_options": {}},
+     "request searches the web"),
+])
+def test_what_the_router_cannot_judge_or_another_model_cannot_do_stays_as_sent(engine, path, body, why):
+    """A Responses stored prompt names its own model, tools and instructions, which the router never sees (a
+    tier's model was injected over the prompt's); a search model searches, which the tier's model does not."""
+    engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": None}, threshold=1.0)
+    attempt = engine.begin(url=f"https://api.openai.com{path}", path=path, headers={},
+                           body=json.dumps(body).encode())
+    attempt.plan("/")
+    assert not attempt.routed and attempt.call.model == body.get("model")
+    assert attempt.routing is not None and attempt.routing["reason"] == why
+
+
 def test_a_fine_tuned_model_keeps_its_model(engine):
     """No tier stands in for a fine-tune: it was sent to the small tier's base model, its training gone."""
     engine.routing = Routing(tiers={"small": "gpt-4.1-nano", "large": "gpt-4o"}, threshold=1.0)

@@ -728,7 +728,7 @@ class SQLiteBudgetStore:
         found = spool.orphans(base)
         if not found:
             return
-        settles = self._spooled([row for _, rows in found for row in rows])
+        settles = spool.latest(self._spooled([row for _, rows in found for row in rows]))
         self._transaction(lambda conn: self._settle_all_in(conn, settles))  # raises: the files stay
         spool.remove([path for path, _ in found])
         if settles:
@@ -836,7 +836,7 @@ class SQLiteBudgetStore:
                 log.warning("llmbudget: SQLite budget store %s is available again", self.path)
                 with self._lock:  # a file made to keep what this process serves, that nothing waits in, goes
                     if not self._pending and not self._replaying:
-                        self._journal.clear()
+                        self._clear_journal()
 
     def _cause(self, exc: BaseException | None) -> str:
         late = exc is None
@@ -863,7 +863,7 @@ class SQLiteBudgetStore:
             with self._lock:
                 if not self._pending:
                     if not self._replaying:  # none waits, none is being written: its file goes
-                        self._journal.clear()
+                        self._clear_journal()
                     break
                 reservation, actual = self._pending.popleft()
                 self._replaying += 1
@@ -1038,7 +1038,23 @@ class SQLiteBudgetStore:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent, reserved + amount)
             self._local_open[reservation.id] = (reservation, now + ttl)
-            return reservation
+        self._journal.add(self._journal_row(reservation, amount, hold=True))  # on disk, outside the lock
+        return reservation
+
+    @staticmethod
+    def _journal_row(reservation: Reservation, actual: Decimal, *, hold: bool = False) -> dict[str, Any]:
+        """A settle as kept on disk. ``hold``: a fail-open hold in flight, a settle at what it holds until a later
+        row of its id says otherwise (its process killed first, the provider billed the call: other processes
+        count it, and one charges it)."""
+        row = {"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount),
+               "actual": str(actual)}
+        return {**row, "hold": True} if hold else row
+
+    def _clear_journal(self) -> None:
+        """(Under the lock.) Nothing waits: the file goes, but for the holds still in flight."""
+        self._journal.clear()
+        for held, _ in self._local_open.values():
+            self._journal.add(self._journal_row(held, held.amount, hold=True))
 
     def _unhold(self, reservation: Reservation) -> None:
         for key in reservation.keys:
@@ -1055,13 +1071,21 @@ class SQLiteBudgetStore:
         """
         if not isinstance(actual, (Decimal, int)) or isinstance(actual, bool):  # refused here, not in a batch
             raise TypeError(f"settle(): actual must be a Decimal (USD), not {type(actual).__name__}")
-        if reservation.id.startswith(_LOCAL_PREFIX):
+        local = reservation.id.startswith(_LOCAL_PREFIX)
+        if local:
             with self._lock:
                 if self._local_open.pop(reservation.id, None) is not None:
                     self._unhold(reservation)
         if self._down:  # counted in this process at once, written when the file answers
             self._defer(reservation, actual)
             return
+        if local and self._journal.own_path is not None:  # its hold's row is done with: written to the file
+            with self._lock:
+                done = not self._local_open and not self._pending and not self._replaying
+                if done:  # nothing else to keep: the file goes
+                    self._journal.clear()
+            if not done:
+                self._journal.add(self._journal_row(reservation, _ZERO))  # (a replay of it is a no-op)
         with self._lock:
             self._settles.append((reservation, actual))
         if self.settle_delay is None:
@@ -1169,8 +1193,7 @@ class SQLiteBudgetStore:
                 spent, reserved = self._local.get(key, (_ZERO, _ZERO))
                 self._local[key] = (spent + actual, reserved)
         # on disk, outside the lock (file I/O): a fork or another thread never waits on it
-        self._journal.add({"id": reservation.id, "keys": list(reservation.keys), "amount": str(reservation.amount),
-                           "actual": str(actual)})
+        self._journal.add(self._journal_row(reservation, actual))
         if len(self._pending) % 10_000 == 0:
             log.warning("llmbudget: %d budget settles are waiting for SQLite at %s", len(self._pending), self.path)
 

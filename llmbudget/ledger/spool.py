@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..calls import SpendRecord
 
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound=tuple[Any, ...])
 
 log = logging.getLogger("llmbudget.ledger")
 
@@ -89,15 +90,23 @@ class Waiting(Generic[_T]):
         return iter(self._items)
 
 
+def latest(rows: Iterable[_R]) -> list[_R]:
+    """``rows`` (tuples that start with a reservation) with the last of each reservation id alone: a hold kept
+    on disk is superseded by its settle or release."""
+    last: dict[str, _R] = {}
+    for row in rows:
+        last.pop(row[0].id, None)  # (in the order of their last rows)
+        last[row[0].id] = row
+    return list(last.values())
+
+
 def spent_by_key(settles: Iterable[tuple[Any, Any]], own: set[str]) -> dict[str, Any]:
-    """Per bucket key, what ``settles`` (reservation, amount; None for a release) charge, each id once and none of
-    ``own`` (the store's own waiting ones, which it counts already)."""
+    """Per bucket key, what ``settles`` (reservation, amount; None for a release) charge, each id once, as its
+    last row says (:func:`latest`), and none of ``own`` (the store's own waiting ones, which it counts already)."""
     out: dict[str, Any] = {}
-    seen = set(own)
-    for reservation, amount in settles:
-        if amount is None or reservation.id in seen:
+    for reservation, amount in latest(settles):
+        if amount is None or reservation.id in own:
             continue
-        seen.add(reservation.id)
         for key in reservation.keys:
             out[key] = out.get(key, 0) + amount
     return out

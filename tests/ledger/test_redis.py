@@ -850,8 +850,10 @@ def test_a_paused_redis_does_not_stall_the_calls_that_record_spend(server: _Serv
     admin.close()
 
 
-def test_fail_open_is_bounded_by_a_share_per_process(server: _Server) -> None:
-    """Two processes that never read the budget's spend: each serves at most open_share of it while Redis is down."""
+def test_fail_open_is_bounded_by_a_share_per_process(server: _Server, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes that never read the budget's spend: each serves at most open_share of it while Redis is down
+    (on two hosts; on one host each counts what the other holds and spends, and they share one share)."""
     url = f"{server.url}?on_unavailable=open&open_share=0.25"
     bucket = _now_bucket("1.00")
     spent_before = RedisBudgetStore(url, timeout=0.2)
@@ -859,15 +861,20 @@ def test_fail_open_is_bounded_by_a_share_per_process(server: _Server) -> None:
     assert isinstance(held, Reservation)
     spent_before.settle(held, Decimal("0.5"))  # half the budget spent before the outage
     server.kill()
-    served = 0
-    for _ in range(2):  # two fresh processes, no last spend read
+
+    def serve(host: str) -> int:
+        monkeypatch.setenv("LLMBUDGET_STATE_DIR", str(tmp_path / host))
         store = RedisBudgetStore(url, timeout=0.2, retry_interval=60)
         assert store.open_share == 0.25
-        while isinstance(store.reserve([bucket], Decimal("0.1")), Reservation):
+        served = 0
+        while isinstance(store.reserve([bucket], Decimal("0.1")), Reservation):  # holds in flight, unsettled
             served += 1
             assert served < 20
-    # 2 calls of $0.10 each fit in 25% of $1.00: 4 calls, $0.40 in all, against the $0.50 left
-    assert served == 4
+        return served
+
+    # 2 calls of $0.10 each fit in 25% of $1.00: 4 calls on two hosts, $0.40 in all, against the $0.50 left
+    assert serve("host-a") + serve("host-b") == 4
+    assert serve("host-a") == 0  # another process on host a: the first one's holds count there
     with pytest.raises(ValueError, match="open_share"):
         RedisBudgetStore(f"{server.url}?open_share=2")
 
@@ -1064,3 +1071,97 @@ def test_a_key_first_charged_while_redis_was_down_expires_as_the_others(server: 
     expires_in = client.pttl(key) / 1000
     assert bucket.resets_at is not None and 0 < expires_in
     assert expires_in <= bucket.resets_at - time.time() + 3 * 86_400  # as its reserves would have set it
+
+
+def test_a_ledger_write_never_takes_on_what_other_threads_add_while_it_writes(server: _Server) -> None:
+    """The thread that wrote the ledger wrote on until nothing waited, other requests' records included: under
+    32 threads one call's ``add`` ran 7 s on a healthy Redis. It writes what waited when it began; what comes
+    meanwhile is written by the next call, or within a second by the retry thread."""
+    ledger = RedisLedger(server.url, prefix="bounded:", timeout=0.5)
+    sending, release = threading.Event(), threading.Event()
+    sends: list[tuple[str, int]] = []
+    real_send = ledger._send
+
+    def slow_send(batch: list[tuple[str, str]]) -> None:
+        sends.append((threading.current_thread().name, len(batch)))
+        if threading.current_thread().name == "first":
+            sending.set()
+            release.wait(5)
+        real_send(batch)
+
+    ledger._send = slow_send  # type: ignore[method-assign]
+    first = threading.Thread(target=ledger.add, args=(_record(0),), name="first")
+    first.start()
+    assert sending.wait(5)
+    for i in range(1, 51):  # added while the first thread writes: they return at once
+        ledger.add(_record(i))
+    release.set()
+    first.join(5)
+    assert [size for name, size in sends if name == "first"] == [1]  # its own record, not the 50 after it
+    deadline = time.monotonic() + 5
+    while ledger.pending and time.monotonic() < deadline:  # written by the retry thread, unasked
+        time.sleep(0.05)
+    assert ledger.pending == 0
+    assert sorted(r.request_id for r in ledger.records()) == sorted(f"req-{i}" for i in range(51))
+
+
+def test_settles_that_waited_are_replayed_once_in_batches_by_one_thread(server: _Server) -> None:
+    """After a pause every request thread replayed the whole backlog itself, one round trip per settle: 8,611
+    waiting settles took 29,452 scripts and held calls 3.4 s on a healthy Redis."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open", open_share=1.0)
+    bucket = _now_bucket("1000")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(1500):
+            held = store.reserve([bucket], Decimal("0.01"))
+            assert isinstance(held, Reservation)
+            store.settle(held, Decimal("0.01"))
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert store.pending_settles == 1500
+    admin = redis.Redis(port=server.port)
+    admin.config_resetstat()
+    time.sleep(0.25)  # past the retry interval
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        held_now = list(pool.map(lambda _: store.reserve([bucket], Decimal("0.01")), range(8)))
+    assert all(isinstance(h, Reservation) and not h.id.startswith("local-") for h in held_now)
+    assert store.pending_settles == 0
+    scripts = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert scripts <= 1500 + 8 + 16  # each settle sent once (and the 8 reserves), not once per thread
+    assert store.spent(bucket.key) == (Decimal("15.00"), Decimal("0.08"))
+    admin.close()
+
+
+_HOLD_AND_DIE = """
+import os, signal, sys, time
+from decimal import Decimal
+from llmbudget.ledger import RedisBudgetStore
+from llmbudget.ledger.budgets import Budget, Reservation
+store = RedisBudgetStore(sys.argv[1], timeout=0.2, on_unavailable="open")
+bucket = Budget("1.00", per="global").bucket(tenant="acme", request_id="req-1", now=time.time())
+held = store.reserve([bucket], Decimal("0.2"))
+assert isinstance(held, Reservation), held
+os.kill(os.getpid(), signal.SIGKILL)  # killed with its call at the provider (an OOM kill, a worker timeout)
+"""
+
+
+def test_a_hold_a_process_killed_while_redis_was_down_is_counted_and_charged_what_it_held(server: _Server) -> None:
+    """Fail-open holds lived in memory only: a worker SIGKILLed with calls in flight left no trace of them, the
+    next worker got a fresh share, and the calls the provider billed were never charged."""
+    store = RedisBudgetStore(server.url, timeout=0.2, retry_interval=0.2, on_unavailable="open")
+    server.kill()
+    child = subprocess.run([sys.executable, "-c", _HOLD_AND_DIE, server.url], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    bucket = _now_bucket("1.00")
+    # still down: 0.75 (the floor of a process that may spend open_share) + the 0.2 the killed one held + 0.1 > 1
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
+    kept = store.reserve([bucket], Decimal("0.05"))
+    assert isinstance(kept, Reservation)
+    store.settle(kept, Decimal("0.05"))
+    server.start()
+    time.sleep(0.3)  # past the retry interval
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # Redis answers: taken, written
+    # the killed process's call charged what it held, and this one's settle
+    assert RedisBudgetStore(server.url).spent(bucket.key)[0] == Decimal("0.25")

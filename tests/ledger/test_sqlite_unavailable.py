@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -201,14 +202,49 @@ def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(l
     bucket = _bucket("1")
     # still locked: 0.75 (the floor of a process that may spend open_share, 0.25) + 0.2 spent before + 0.1 > 1
     assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
-    assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)
+    served = store.reserve([bucket], Decimal("0.05"))
+    assert isinstance(served, Reservation)
     # the other process's file is left (this one's own, made as it served, keeps what it will spend)
     assert store.pending_settles == 0 and len(set(path.parent.glob("budgets.db.pending-*.jsonl")) -
                                               {store._journal.own_path}) == 1
     _release(holder)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
-    assert store.pending_settles == 0 and not list(path.parent.glob("budgets.db.pending-*"))
-    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")  # the earlier process's call, charged
+    assert store.pending_settles == 0 and [p.name for p in path.parent.glob("budgets.db.pending-*")] == [
+        store._journal.own_path.name]  # its own, with the hold of its call in flight
+    store.settle(served, Decimal("0.05"))
+    assert not list(path.parent.glob("budgets.db.pending-*"))  # nothing left to keep
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.25")  # the earlier process's call, charged
+
+
+_HOLD_AND_DIE = """
+import os, signal, sys, time
+from decimal import Decimal
+from llmbudget.ledger.budgets import Budget, Reservation, SQLiteBudgetStore
+store = SQLiteBudgetStore(sys.argv[1] + "?on_unavailable=open&timeout=0.2")
+bucket = Budget("1", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+held = store.reserve([bucket], Decimal("0.2"))
+assert isinstance(held, Reservation), held
+os.kill(os.getpid(), signal.SIGKILL)  # killed with its call at the provider (an OOM kill, a worker timeout)
+"""
+
+
+def test_a_hold_a_process_killed_while_the_file_was_down_is_counted_and_charged_what_it_held(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    """Fail-open holds lived in memory only: a worker SIGKILLed with calls in flight left no trace of them, the
+    next worker got a fresh share, and the calls the provider billed were never charged."""
+    path, holder = lock_holder
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    child = subprocess.run([sys.executable, "-c", _HOLD_AND_DIE, str(path)], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    bucket = _bucket("1")
+    # still locked: 0.75 (the floor of a process that may spend open_share) + the 0.2 the killed one held + 0.1 > 1
+    assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
+    served = store.reserve([bucket], Decimal("0.05"))
+    assert isinstance(served, Reservation)
+    store.settle(served, Decimal("0.05"))
+    _release(holder)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.25")  # charged what it held, and this one
 
 
 def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:
@@ -243,12 +279,14 @@ def test_kept_settles_count_once_and_damaged_ones_are_skipped(lock_holder, caplo
         (path.parent / f"budgets.db.pending-99999999{n}-abcd.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + lines)
     store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
     caplog.set_level(logging.WARNING)
-    assert isinstance(store.reserve([bucket], Decimal("0.05")), Reservation)  # 0.75 + 0.2 (once) + 0.05
+    served = store.reserve([bucket], Decimal("0.05"))  # 0.75 + 0.2 (once) + 0.05
+    assert isinstance(served, Reservation)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Refusal)
     assert "does not read" in caplog.text and "not a budget settle" in caplog.text
     _release(holder)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")
+    store.settle(served, Decimal("0.05"))
     assert not list(path.parent.glob("budgets.db.pending-*"))
 
 

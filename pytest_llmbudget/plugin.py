@@ -31,6 +31,7 @@ from llmbudget.prefix import unstable_prefixes
 
 from . import report
 from .golden import GoldenRouting
+from .replays import Stale, watch_replays
 from .spend import Counters, TestSpend
 
 _FLAG = "--llm-budget"
@@ -300,12 +301,15 @@ class LLMBudgetPlugin:
         # the innermost run's plugin counts them (a pytester run inside a measured test is not the outer test's)
         _ACTIVE.append(self)
         watch_every_engine(self._on_record)
+        self._unwatch_replays = watch_replays(self._on_stale, self._directives)
 
     def close(self) -> None:
         if self not in _ACTIVE:  # closed already
             return
         _ACTIVE.remove(self)
         unwatch_every_engine(self._on_record)
+        if self._unwatch_replays is not None:
+            self._unwatch_replays()
         if self._previous_engine is not None:
             llmbudget.set_engine(self._previous_engine)
         if not self._was_installed:
@@ -326,6 +330,22 @@ class LLMBudgetPlugin:
         if test_id is not None and record.test_id is None:
             record.test_id = test_id
         (spend if spend is not None else self.outside).add(record)
+
+    def _on_stale(self, stale: Stale) -> None:
+        if _ACTIVE and _ACTIVE[-1] is not self:
+            return
+        spend = self.current()
+        with spend._lock:
+            spend.stale_replays += 1
+            spend.stale_input_tokens += stale.input_tokens
+
+    @staticmethod
+    def _directives() -> tuple[str, ...]:
+        """The length directives the current engine adds (not part of a test's prompt)."""
+        engine = llmbudget.get_engine()
+        outputs = [engine.output] + ([tier.output for tier in engine.routing.tiers.values()]
+                                     if engine.routing is not None else [])
+        return tuple(output.text for output in outputs if output is not None)
 
     def current(self) -> TestSpend:
         with self._lock:

@@ -37,6 +37,12 @@ class Summary:
     prefixes: list[PrefixFinding] = field(default_factory=list)
     workers: int = 1  # xdist workers (1: no xdist), each of which runs the session's fixtures once
 
+    def stale(self) -> dict[str, tuple[int, int]]:
+        """Per test (and outside tests), its stale replays and the input tokens they add (see ``replays``)."""
+        spends = [*self.tests.items(), (_OUTSIDE, self.outside)]
+        return {name: (spend.stale_replays, spend.stale_input_tokens) for name, spend in spends
+                if spend.stale_replays}
+
     def rows(self) -> list[tuple[str, Counters]]:
         rows: list[tuple[str, Counters]] = [(nodeid, spend) for nodeid, spend in self.tests.items() if spend.calls]
         if self.outside.calls:
@@ -90,6 +96,8 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
                       yellow=True)
     for line in prefix_lines(summary.prefixes):
         tr.write_line(line, yellow=True)
+    for line in stale_lines(summary):
+        tr.write_line(line, yellow=True)
     for name in new_tests:
         tr.write_line(f"not in the baseline (not judged): {shown(name)}")
     for name in gone_tests[:20]:
@@ -98,6 +106,21 @@ def terminal(tr: Any, summary: Summary, verdicts: list[str], new_tests: list[str
         tr.write_line(f"... and {len(gone_tests) - 20} more of the baseline's tests not run")
     for verdict in verdicts:
         tr.write_line(f"FAILED llmbudget: {verdict}", red=True, bold=True)
+
+
+def stale_lines(summary: Summary, *, most: int = 20) -> list[str]:
+    """What the stale replays of a run come to, a line per test (see ``replays``)."""
+    stale = summary.stale()
+    if not stale:
+        return []
+    requests = sum(count for count, _ in stale.values())
+    lines = [f"{requests} replayed request(s) in {len(stale)} test(s) were recorded for another prompt: their "
+             "spend is the recording's, not what the prompt costs now; re-record their cassettes"]
+    for name, (count, tokens) in sorted(stale.items())[:most]:
+        lines.append(f"  {shown(name)}: {count} request(s), {tokens:+,} input tokens (estimated)")
+    if len(stale) > most:
+        lines.append(f"  ... and {len(stale) - most} more test(s)")
+    return lines
 
 
 def json_document(summary: Summary) -> dict[str, Any]:
@@ -117,6 +140,8 @@ def json_document(summary: Summary) -> dict[str, Any]:
         "workers": summary.workers,
         "unpriced_models": summary.unpriced,
         "unstable_prefixes": [finding.to_dict() for finding in summary.prefixes],
+        "stale_replays": {name: {"requests": count, "input_tokens": tokens}
+                          for name, (count, tokens) in sorted(summary.stale().items())},
     }
 
 
@@ -265,6 +290,9 @@ def markdown(summary: Summary, verdicts: list[str], new_tests: list[str], gone_t
     found = prefix_lines(summary.prefixes)
     if found:
         lines += [f"- {line}" for line in found] + [""]
+    stale = stale_lines(summary)
+    if stale:
+        lines += [f"- {stale[0]}"] + [f"  - {_code(line.strip())}" for line in stale[1:]] + [""]
     note = fallback_note()
     if note:
         lines += [f"> {note}", ""]

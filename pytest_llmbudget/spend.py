@@ -43,6 +43,10 @@ class TestSpend(Counters):
     prefixes: list[dict[str, Any]] = field(default_factory=list)
     #: Attempts refused unbilled with a 408, 409, 429 or 5xx (which the SDKs retry): no call of a ``calls=`` budget.
     refused: int = 0
+    #: Requests a vcrpy cassette answered with the answer recorded for another prompt (see ``replays``), and the
+    #: input tokens they add to it (estimated): spend the replayed usage does not show.
+    stale_replays: int = 0
+    stale_input_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, record: SpendRecord) -> None:
@@ -76,6 +80,8 @@ class TestSpend(Counters):
             self.calls_seen.extend(other.calls_seen)
             self.unpriced |= other.unpriced
             self.refused += other.refused
+            self.stale_replays += other.stale_replays
+            self.stale_input_tokens += other.stale_input_tokens
             self.prefixes.extend(other.prefixes[: max(_MAX_PREFIXES - len(self.prefixes), 0)])
 
     def to_wire(self) -> dict[str, Any]:
@@ -87,6 +93,7 @@ class TestSpend(Counters):
             data["unpriced"] = sorted(self.unpriced)
             data["prefixes"] = list(self.prefixes)
             data["refused"] = self.refused
+            data["stale_replays"], data["stale_input_tokens"] = self.stale_replays, self.stale_input_tokens
             return data
 
     @classmethod
@@ -98,4 +105,6 @@ class TestSpend(Counters):
         spend.unpriced = set(data.get("unpriced", []))
         spend.prefixes = list(data.get("prefixes", []))
         spend.refused = int(data.get("refused", 0))
+        spend.stale_replays = int(data.get("stale_replays", 0))
+        spend.stale_input_tokens = int(data.get("stale_input_tokens", 0))
         return spend

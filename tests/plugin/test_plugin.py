@@ -839,3 +839,38 @@ def test_a_model_name_from_an_answer_cannot_drive_the_terminal_or_forge_a_row():
     failure = shown[0]
     assert all(not line.startswith("TOTAL") for line in failure.splitlines())  # no forged line
     assert "\\x1b[2J" in failure and "\\nTOTAL" in failure and "bad\\nline" in failure
+
+
+STALE = f'''
+import openai, vcr
+from conftest import ask
+
+_loose = vcr.VCR(cassette_library_dir={str(CASSETTES)!r}, record_mode="none")  # vcrpy's default: no body
+
+def test_same(client):
+    with _loose.use_cassette("chat.yaml"):
+        ask(client, "What is the capital of France?", 16)
+
+def test_grown(client):
+    with _loose.use_cassette("chat.yaml"):
+        ask(client, "What is the capital of France? Tell me its whole history, street by street, "
+                    "with every king, every revolution and every bridge over the Seine.", 16)
+'''
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_a_replay_recorded_for_another_prompt_is_named_with_the_tokens_it_adds(suite, workers):
+    """vcrpy matches without the body by default: a prompt grown since its cassette was recorded was answered,
+    and priced, as recorded, and the pull request that made the call dearer passed the spend check unseen."""
+    suite.makepyfile(test_stale=STALE)
+    out = suite.path / "stale.json"
+    args = ("--llm-budget", "--llm-budget-json", str(out), "test_stale.py")
+    result = suite.runpytest_subprocess("-n", workers, *args) if workers else suite.runpytest(*args)
+    result.assert_outcomes(passed=2)
+    doc = json.loads(out.read_text())
+    assert list(doc["stale_replays"]) == ["test_stale.py::test_grown"]
+    grown = doc["stale_replays"]["test_stale.py::test_grown"]
+    assert grown["requests"] == 1 and grown["input_tokens"] >= 20
+    assert doc["tests"]["test_stale.py::test_grown"]["input_tokens"] == 16  # the recording's usage, as replayed
+    result.stdout.fnmatch_lines(["*1 replayed request(s) in 1 test(s) were recorded for another prompt*",
+                                 f"*test_stale.py::test_grown: 1 request(s), +{grown['input_tokens']} input tokens*"])

@@ -231,9 +231,15 @@ class Batcher:
             _fail_all(group.calls, jobs.error(502, f"llmbudget: batch {job} could not be read: {exc}",
                                               "batch_unreadable"))
             return
+        ran = jobs.ran(done)  # what the job says ran and is billed, against the answers its results give
+        unaccounted = ran - sum(200 <= status < 300 for status, _ in answers.values()) if ran is not None else 0
+        if unaccounted > 0:  # (completed with no output file, a result line left out): they ran, and are billed
+            done[_UNACCOUNTED] = unaccounted
+            log.warning("llmbudget: batch %s counts %d request(s) run with no answer in its results: the calls "
+                        "without one are charged and recorded at what they held", job, unaccounted)
         for call in group.calls:
             answer = answers.get(call.custom_id)
-            if answer is None and done.get(_UNREADABLE):  # its line may be one that did not read: it may have run
+            if answer is None and (done.get(_UNREADABLE) or unaccounted > 0):  # it may have run
                 # (and the job is forgotten: no --resume can read that line either, so it is recorded now)
                 call.future.job_ran = LINE_UNREAD  # type: ignore[attr-defined]
             status, body = answer or jobs.missing(job, done)
@@ -420,6 +426,10 @@ class _Jobs:
         reasons = [str(e.get("message")) for e in (data if isinstance(data, list) else [])
                    if isinstance(e, dict) and e.get("message")]
         why = f": {'; '.join(reasons[:3])}" if reasons else ""
+        unaccounted = done.get(_UNACCOUNTED)
+        if unaccounted:  # (it may be one of those: it may have run, and be billed)
+            return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and the job "
+                              f"counts {unaccounted} request(s) run whose results are missing", "batch_result_missing")
         unreadable = done.get(_UNREADABLE)
         if unreadable:  # (a line that did not read may be this request's: it may have run, and be billed)
             return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and {unreadable} "
@@ -429,6 +439,10 @@ class _Jobs:
 
     def ended(self, status: dict[str, Any]) -> str:
         return str(status.get("status"))
+
+    def ran(self, status: dict[str, Any]) -> int | None:
+        """How many of a finished job's requests it says ran (and are billed), if it says."""
+        return _count_of(status, "completed")
 
     def final(self, status: dict[str, Any]) -> bool:
         return status.get("status") in _FINAL
@@ -470,6 +484,9 @@ class _MessageBatches(_Jobs):
     def ended(self, status: dict[str, Any]) -> str:
         return str(status.get("processing_status"))
 
+    def ran(self, status: dict[str, Any]) -> int | None:
+        return _count_of(status, "succeeded")
+
     def final(self, status: dict[str, Any]) -> bool:
         return status.get("processing_status") == "ended"
 
@@ -498,7 +515,7 @@ class _MessageBatches(_Jobs):
                 custom_id, result = line["custom_id"], line["result"]
                 if not isinstance(custom_id, str) or not isinstance(result, dict):
                     raise TypeError("its custom_id is not a string or its result not an object")
-                answers[custom_id] = self._answer(result, done)
+                _keep(answers, custom_id, self._answer(result, done))
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 _unreadable_line(done, "results", number, exc)
         return answers
@@ -563,23 +580,40 @@ def read_results(client: Any, done: dict[str, Any]) -> dict[str, tuple[int, byte
                     raise TypeError(f"its custom_id is {type(custom_id).__name__}")
                 response = line.get("response") or {}
                 if isinstance(response.get("body"), dict) and response.get("status_code"):
-                    answers[custom_id] = (int(response["status_code"]), json.dumps(response["body"]).encode())
+                    _keep(answers, custom_id, (int(response["status_code"]), json.dumps(response["body"]).encode()))
                 else:
                     error = line.get("error") or {}
-                    answers[custom_id] = _error(500, str(error.get("message") or "the batch line failed"),
-                                                str(error.get("code") or "batch_line_failed"))
+                    _keep(answers, custom_id, _error(500, str(error.get("message") or "the batch line failed"),
+                                                     str(error.get("code") or "batch_line_failed")))
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 _unreadable_line(done, key, number, exc)
     return answers
 
 
+def _keep(answers: dict[str, tuple[int, bytes]], custom_id: str, answer: tuple[int, bytes]) -> None:
+    """Keep ``answer`` for ``custom_id``, unless it has an answer already that ran (2xx): a result listed twice,
+    answered and then errored, lost the billed answer, and the call was charged $0."""
+    earlier = answers.get(custom_id)
+    if earlier is None or not 200 <= earlier[0] < 300:
+        answers[custom_id] = answer
+
+
 #: Where a finished job's status counts its result lines that did not read (see :func:`_unreadable_line`).
 _UNREADABLE = "llmbudget_unreadable_lines"
+#: Where it counts the requests it says it ran (``request_counts``) that have no answer among its results.
+_UNACCOUNTED = "llmbudget_unaccounted_results"
 #: How a batched call failed after its job ran (``Future.job_ran``; absent where the job did not run): its job's
 #: results could not be read, and the job is kept for ``llmbudget batches --resume`` to record; or its own result
 #: line did not read, and the job is done: charged and recorded at what it held.
 JOB_RESUMABLE = "resumable"
 LINE_UNREAD = "line_unread"
+
+
+def _count_of(status: dict[str, Any], name: str) -> int | None:
+    """A job status's ``request_counts[name]``, if it is a count."""
+    counts = status.get("request_counts")
+    value = counts.get(name) if isinstance(counts, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _unreadable_line(done: dict[str, Any], where: str, number: int, exc: BaseException) -> None:

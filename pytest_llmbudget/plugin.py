@@ -215,14 +215,20 @@ def _ini_tolerance(config: pytest.Config) -> Decimal:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Check every ``llm_budget`` marker (and the ini limits), and warn once when markers are present but
     nothing checks them."""
+    limits: dict[str, Decimal | int] = {}
     if config.stash.get(_KEY, None) is None:  # with the flag, the plugin checked them when it started
-        _ini_limits(config)
+        limits = _ini_limits(config)
         _ini_tolerance(config)
     marked = [item for item in items if _check_marker(item) is not None]
     if marked and config.stash.get(_KEY, None) is None:
         _warn(config, pytest.PytestConfigWarning(
             f"{len(marked)} test(s) carry @pytest.mark.llm_budget but {_flag_in_use} is off: their LLM budgets are "
             f"not checked. Run pytest with {_flag_in_use} (or add it to addopts) to enforce them."
+        ))
+    elif limits and items:  # (a budget for every test, in the ini, as unchecked as a marker's)
+        _warn(config, pytest.PytestConfigWarning(
+            f"the ini sets {', '.join(f'llm_budget_{key}' for key in limits)} but {_flag_in_use} is off: no test's "
+            f"LLM budget is checked. Run pytest with {_flag_in_use} (or add it to addopts) to enforce them."
         ))
 
 

@@ -665,6 +665,51 @@ def test_a_message_batch_result_line_that_does_not_read_fails_its_own_call_alone
     assert [r.status for r in records] == [200, 200]
 
 
+def test_a_job_that_counts_calls_run_without_their_results_charges_and_records_what_they_held(
+        llm_server, engine, records, batches, monkeypatch):
+    """A job that ended ``completed`` with 3 requests run but no output file gave its callers "ended without
+    running this request", at $0, its holds released and the job forgotten: billed calls charged nothing."""
+    from batch_server import BatchServer
+
+    run = BatchServer._run
+
+    def without_its_output(self, batch_id, lines):  # noqa: ANN001
+        run(self, batch_id, lines)
+        self.batches[batch_id]["output_file_id"] = None
+
+    monkeypatch.setattr(BatchServer, "_run", without_its_output)
+    with batch_server(llm_server) as server:
+        outcomes = together(_outcome, client_of(server), QUESTIONS)
+    assert all(isinstance(o, openai.APIStatusError) and o.status_code == 502 and "results are missing" in str(o)
+               for o in outcomes)
+    assert [r.status for r in records] == [502] * 3
+    assert all(r.estimated and r.deferred == "batch" and r.cost_usd > 0 for r in records)
+    assert not pending_jobs(batches.state)  # (no --resume could read them either)
+
+
+def test_a_message_batch_result_listed_again_as_an_error_keeps_its_answer(messages_server, engine, records, batches,
+                                                                           monkeypatch):
+    """A custom_id answered and then listed again as errored lost the billed answer: the caller got an error and
+    the call was charged $0."""
+    from batch_server import BatchServer
+
+    run = BatchServer._run_messages
+
+    def listed_twice(self, batch_id, requests):  # noqa: ANN001
+        run(self, batch_id, requests)
+        batch = self.batches[batch_id]
+        first = json.loads(batch["_results"].splitlines()[0])
+        again = {"custom_id": first["custom_id"], "result": {
+            "type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": "listed again"}}}}
+        batch["_results"] += json.dumps(again).encode() + b"\n"
+
+    monkeypatch.setattr(BatchServer, "_run_messages", listed_twice)
+    with batch_server(f"{messages_server}/v1") as server:
+        answers = together(claude_outcome, claude_client_of(server), QUESTIONS[:2])
+    assert all(isinstance(a, anthropic.types.Message) for a in answers)
+    assert [r.status for r in records] == [200, 200] and all(r.cost_usd > 0 for r in records)
+
+
 def test_a_job_whose_results_cannot_be_read_charges_what_its_calls_held(llm_server, engine, records, batches,
                                                                         monkeypatch):
     """The job ran and is billed, but its calls' holds were released at $0: a budget that fits three calls let

@@ -390,6 +390,15 @@ def test_a_failed_budget_gate_is_in_the_final_summary_line(suite):
     assert "3 passed" in last and "1 LLM budget failed" in last, last
 
 
+def test_ini_budgets_without_the_plugin_warn_that_nothing_enforces_them(suite):
+    """A budget for every test in the ini, run without the flag, was checked by nothing and said nothing."""
+    suite.makeini("[pytest]\nllm_budget_usd = 0.01\nllm_budget_calls = 3\n")
+    result = suite.runpytest("-W", "default")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*the ini sets llm_budget_usd, llm_budget_calls but --llm-budget is off*"])
+    assert "the ini sets" not in suite.runpytest("--llm-budget").stdout.str()
+
+
 def test_markers_are_checked_without_the_plugin_and_warn_that_nothing_enforces_them(suite):
     suite.makepyfile(test_marked='''
 import pytest

@@ -115,16 +115,28 @@ def _includes_logprobs(include: Any) -> bool:
     return isinstance(include, list) and any(isinstance(item, str) and "logprobs" in item for item in include)
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a number where a server may read it as one: an int or a float, or a string of one (vLLM and
+    llama.cpp take ``"temperature": "0.7"`` and sample); None otherwise."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return None
+
+
 def _sampling_rules(body: dict[str, Any], allow_temperature: bool) -> str | None:
-    n = body.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+    n = _number(body.get("n"))
+    if n is not None and n > 1:
         return "n > 1"
     if body.get("logprobs") or body.get("top_logprobs") or _includes_logprobs(body.get("include")):
         return "logprobs requested"
-    temperature = body.get("temperature")
-    if not allow_temperature and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        if temperature > 0:
-            return "temperature > 0 (set allow_temperature to cache sampled answers)"
+    temperature = _number(body.get("temperature"))
+    if not allow_temperature and temperature is not None and temperature > 0:
+        return "temperature > 0 (set allow_temperature to cache sampled answers)"
     return None
 
 

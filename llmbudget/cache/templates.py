@@ -91,6 +91,11 @@ _CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 _CAPITONYMS = frozenset("us polish bill ms may march august turkey china will mark rose frank jack nice mobile "
                         "reading bath job hamlet amazon apple windows word chrome edge go swift rust ruby java".split())
 _SOFTISH = _SENTENCE | _QUOTES
+# Acronyms a user types in lower case as often, none of them a word: "a csv file", "5 pm". Any other word typed in
+# capitals is not the word in lower case ("IT", "it"; "WHO", "who"; "RAM", "ram").
+_FOLDED_ACRONYMS = frozenset("am pm csv tsv json xml yaml html css sql pdf png jpg jpeg gif svg url urls api apis "
+                             "http https ssh ftp dns tcp udp usb cpu gpu ui ux faq sdk cli ide os llm llms ai ml nlp "
+                             "ios npm jwt vpn wifi iot seo crm erp".split())
 # Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
 # a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
 _FILLERS = frozenset("a an the please kindly thank thanks thx cheers hey hi hello really just actually very also".split())
@@ -274,8 +279,8 @@ def _scan(text: str, payload_case: bool = True) -> tuple[str, ...]:
             append(token)
         elif token in ("I", "A") and not (quoted or (text[start - 1 : start] in _QUOTES
                                                       and text[after : after + 1] in _QUOTES)
-                                           or cased()):  # not ord('A'), nor "the ASCII code of A"
-            append(token.lower())
+                                           or cased() or text[start - 1 : start] == "-"):
+            append(token.lower())  # (not ord('A'), "the ASCII code of A", nor a flag: "grep -I" is not "grep -i")
         else:  # a capital: kept, compared loosely in prose and exactly beside code
             prose = _in_prose(text, start - 1, -1, _OPENING) and _in_prose(text, after, 1, _CLOSING) \
                 and not (out and out[-1][:1].isdigit() and len(token) <= 5 and not token[1:].islower()
@@ -317,14 +322,16 @@ def _tokens(text: str, payload_case: bool = True) -> tuple[str, ...]:
 
 def _same_token(x: str, y: str) -> bool:
     """Whether two tokens are the same word: equal, or in prose the same but for case where one of them is
-    typed in lower case or only their first letters differ ("USA" and "usa", "Python" and "python"; not "CO"
-    and "Co", not ``S`` and ``s``, not a word touching code)."""
+    typed in lower case or only their first letters differ ("Python" and "python", "Usa" and "usa"; not "USA"
+    and "usa", an acronym and a word, nor "CO" and "Co", not ``S`` and ``s``, not a word touching code)."""
     if x == y:
         return True
     if x[:1] == _DATA or y[:1] == _DATA:  # a payload's word: the same letters in the same case
         return x.lstrip(_DATA) == y.lstrip(_DATA)
     if len(x) < 2 or x[0] in _MARKS or y[0] in _MARKS or x.lower() != y.lower():
         return False
+    if ((x.isupper() and y.islower()) or (x.islower() and y.isupper())) and x.lower() not in _FOLDED_ACRONYMS:
+        return False  # an acronym is not the word: "What is IT?" and "What is it?", "RAM" and "ram", "WHO", "AND"
     return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
 
 
@@ -822,7 +829,13 @@ _INPUT = "input: "  # before a text, makes all of it a payload (see _PAYLOAD)
 # ask about nothing else: "sentence", "CSV", "uppercase" or "period" name other things as often ("Summarize the
 # French Revolution in one sentence", "how do i read a csv file in python").
 _MARKS_ASKED = frozenset("comma commas splice punctuation punctuate punctuated semicolon apostrophe".split())
-_CASE_ASKED = frozenset("capitalize capitalise capitalized capitalised capitalization capitalisation".split())
+_CASE_ASKED = frozenset("capitalize capitalise capitalized capitalised capitalization capitalisation "
+                        # and operations whose result depends on every letter's case (a hash, an encoding, a
+                        # reversal, a count of capitals): "base64 encode hello world" is not "... Hello World"
+                        "hash hashes hashed sha sha1 sha256 sha512 md5 crc crc32 checksum base64 base32 rot13 "
+                        "encode encoded decode encrypt encrypted decrypt cipher reverse reversed backwards "
+                        "palindrome anagram ascii hex hexadecimal bytes binary unicode codepoint codepoints"
+                        .split())
 # ... and words that ask about capitals in data set off below them ("How many uppercase letters are in the text
 # below?\nHello World"), though not in a question of their own ("how to convert a string to uppercase in python").
 _CASE_WORDS = _CASE_ASKED | frozenset("uppercase lowercase capital capitals case".split())
@@ -845,6 +858,8 @@ def _form_differs(a: str, b: str) -> bool:
     case = bool(_CASE_ASKED.intersection(words))
     if case or _MARKS_ASKED.intersection(words):
         return _marked_differently(a, b, case=case)
+    if _CASE_WORDS.intersection(words) and _quoted_case_differs(a, b):
+        return True  # a quoted string's capitals, asked about: 'Is "python code" all lowercase?' 
     ma, mb = _SET_OFF.search(a), _SET_OFF.search(b)
     if ma is None or mb is None:
         return False
@@ -854,6 +869,12 @@ def _form_differs(a: str, b: str) -> bool:
         return False
     case = bool(_CASE_WORDS.intersection(words))
     return _marked_differently(a[ma.end() :], b[mb.end() :], case=case, first=not case)
+
+
+def _quoted_case_differs(a: str, b: str) -> bool:
+    """Whether the two texts quote the same strings but for their capitals."""
+    qa, qb = [m.group() for m in _QUOTED.finditer(a)], [m.group() for m in _QUOTED.finditer(b)]
+    return bool(qa) and qa != qb and [q.lower() for q in qa] == [q.lower() for q in qb]
 
 
 _END_MARKS = ".!?。？！"
@@ -915,8 +936,9 @@ _QUOTE_CHARS = frozenset("'\"‘“")
 
 def _strings(text: str) -> list[tuple[str, ...]]:
     """The short quoted strings of ``text`` (five words at most: 'delivered', "carpe diem"), each as its words and
-    symbols (the quote marks, fillers such as "the" and the case a user may drop aside)."""
-    found = (tuple(_content(_keys(_tokens(m.group()[1:-1])))) for m in _QUOTED.finditer(text) if len(m.group()) > 2)
+    symbols (the quote marks and the case a user may drop aside)."""
+    # (with their fillers: "I have a apple" is not "I have an apple")
+    found = (tuple(_keys(_tokens(m.group()[1:-1]))) for m in _QUOTED.finditer(text) if len(m.group()) > 2)
     return [words for words in found if words and len(_bare(words)) <= 5]
 
 
@@ -970,6 +992,50 @@ def _content(tokens: Sequence[str]) -> list[str]:
     return [c for c in map(_content_word, tokens) if c is not None]
 
 
+# Words of a text that judges its own words' grammar or spelling: there an article is data too ("Is I have a apple
+# correct English?" is not "... an apple ...").
+_GRAMMAR = _JUDGED | frozenset("correct incorrect english proofread typo typos article articles".split())
+# Fillers a rewording trades for one another (greetings, courtesy, thanks, articles); any other two are two words
+# ("Translate please to German" is not "Translate thanks to German", nor "rhymes with really" "with very").
+_FILLER_KIND = {**dict.fromkeys(("a", "an", "the"), "article"), **dict.fromkeys(("please", "kindly"), "please"),
+                **dict.fromkeys(("thank", "thanks", "thx", "cheers"), "thanks"),
+                **dict.fromkeys(("hey", "hi", "hello"), "hello")}
+
+
+_COURTESY = frozenset(("please", "thanks", "hello"))
+
+
+def _filler_traded(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:
+    """Whether two word lists of one length differ only in fillers, one traded for another of a different kind
+    (or, ``judged``, for any other but courtesy): in a text too short to be read as a template, the one word of
+    its own (the verifier scored "Translate please to German" and "... thanks ..." alike)."""
+    where = _differing(a, b)
+    if not where or not all(a[i] in _FILLERS and b[i] in _FILLERS for i in where):
+        return False
+    return any(_FILLER_KIND.get(a[i], a[i]) != _FILLER_KIND.get(b[i], b[i])
+               or (judged and _FILLER_KIND.get(a[i]) not in _COURTESY) for i in where)
+
+
+def _judged_words(tokens: Sequence[str]) -> list[str]:
+    """The words of ``tokens`` that count in a judged text: its content words and its fillers but courtesy."""
+    return [t if t in _FILLERS else c for t in tokens
+            if _FILLER_KIND.get(t) not in _COURTESY and (c := _content_word(t) or t)]
+
+
+def _slot_differs(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:
+    """Whether two differing stretches of a shared template carry different content: other content words (and,
+    ``judged``, another article or emphasis word: only courtesy is left aside there), or a filler traded for
+    another of a different kind."""
+    if judged:
+        if _judged_words(a) != _judged_words(b):
+            return True
+    elif _content(a) != _content(b):
+        return True
+    kinds_a = {_FILLER_KIND.get(t, t) for t in a if t in _FILLERS}
+    kinds_b = {_FILLER_KIND.get(t, t) for t in b if t in _FILLERS}
+    return bool(kinds_a - kinds_b) and bool(kinds_b - kinds_a)
+
+
 def _costly_to_align(a: Sequence[str], b: Sequence[str]) -> bool:
     """Texts whose alignment would take long: difflib's matcher grows to cubic time on long texts made of few
     distinct tokens ("a+b+c+..." against "n+o+p+...": 0.4 s for 500 characters). Such a pair is compared by
@@ -1010,6 +1076,9 @@ class TemplateGuard:
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _swapped(_trimmed(words_a), _trimmed(words_b)):
             return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
+        judged = bool(_GRAMMAR.intersection(words_a))
+        if _filler_traded(words_a, words_b, judged):
+            return True  # "Translate please to German" and "... thanks ..."; "Is I have a apple correct?" and "an"
         if _plural_only(words_a, words_b) and (_code_like(query) or _code_like(candidate)):
             return True  # in code or SQL a name's plural is another name: "FROM users", "FROM user"
         if _quantifiers_differ(words_a, words_b) or _comparison_reversed(words_a, words_b) \
@@ -1030,7 +1099,7 @@ class TemplateGuard:
         shared = sum(block.size for block in matcher.get_matching_blocks())
         if shared < needed:
             return False
-        return any(_content(a[i1:i2]) != _content(b[j1:j2])
+        return any(_slot_differs(a[i1:i2], b[j1:j2], judged)
                    for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
 
     def same_question(self, query: str, candidate: str) -> bool:

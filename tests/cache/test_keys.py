@@ -70,8 +70,11 @@ def test_tenants_never_share_a_partition_or_key(t1, t2, text):
 
 @pytest.mark.parametrize("body, reason", [
     (chat(n=2), "n > 1"),
+    (chat(n="2"), "n > 1"),  # a number as a string: vLLM and llama.cpp read it as one
+    (chat(n=2.0), "n > 1"),
     (chat(logprobs=True), "logprobs"),
     (chat(temperature=0.7), "temperature > 0"),
+    (chat(temperature="0.7"), "temperature > 0"),
     ({"model": "m", "messages": [{"role": "user", "content": "hi"},
                                  {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
                                  {"role": "tool", "tool_call_id": "1", "content": "42"}]}, "tool"),

@@ -19,6 +19,7 @@ from llmbudget.cache.templates import (
     DEFAULT_MAX_SEMANTIC_CHARS,
     SEMANTIC_CHARS_CEILING,
     TemplateGuard,
+    same_text,
 )
 from llmbudget.config import ConfigError, engine_from_config
 from llmbudget.providers import adapter_for_endpoint
@@ -827,3 +828,40 @@ def test_digits_of_other_scripts_beside_a_k_are_no_crash() -> None:
     # "⁵".isdigit() is true and int("⁵") raises: every lookup compared with such a stored text raised
     text = "Find plots of land over 10 ⁵ k square metres"
     assert not TemplateGuard().conflict(text, text) and not TemplateGuard().conflict(text, text.replace("10", "12"))
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    # the case of a case-sensitive operation's input (a hash, an encoding, a reversal, a count of capitals)
+    ('What is the SHA-256 hash of "password"?', 'What is the SHA-256 hash of "PASSWORD"?'),
+    ('Reverse the string "London Bridge"', 'Reverse the string "london bridge"'),
+    ("base64 encode hello world", "base64 encode Hello World"),
+    ('Count the uppercase letters in "hello world"', 'Count the uppercase letters in "HELLO WORLD"'),
+    ('Is "python code" all lowercase?', 'Is "Python Code" all lowercase?'),
+    ('Sort the characters of "blue sky" by ASCII value', 'Sort the characters of "Blue Sky" by ASCII value'),
+    # an acronym and the word, a flag's letter and the article or pronoun
+    ("What is it?", "What is IT?"), ("What is and?", "What is AND?"), ("Explain who", "Explain WHO"),
+    ("What is ram?", "What is RAM?"), ("What is grep -I for?", "What is grep -i for?"),
+    ("Explain the ls -A flag", "Explain the ls -a flag"),
+    # an article in a text whose grammar is judged; a filler traded for one of another kind
+    ('Is "I have a apple" grammatically correct?', 'Is "I have an apple" grammatically correct?'),
+    ("Is I have a apple correct English?", "Is I have an apple correct English?"),
+    ("Translate please to German", "Translate thanks to German"),
+    ("Use the word really in a sentence", "Use the word very in a sentence"),
+    ("What rhymes with really?", "What rhymes with very?"),
+])
+def test_what_a_red_team_found_served_for_another_question_is_not_the_same_question(stored: str, asked: str) -> None:
+    """Each pair was a semantic hit (most scored 1.0, as the same question): 42 of 50 case-sensitive tasks, 36 of
+    50 acronyms, 22 of 50 grammar checks."""
+    guard = TemplateGuard()
+    assert not guard.same_question(asked, stored) and not guard.same_question(stored, asked)
+    assert guard.conflict(asked, stored) or guard.conflict(stored, asked) or not same_text(asked, stored)
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("Meet me at 5 pm", "meet me at 5 PM"), ("How do I read a CSV file in Python?", "how do i read a csv file in python"),
+    ("Hi, what is the capital of France?", "Hello, what is the capital of France?"),
+    ("Please translate 'good morning' to French", "Translate 'good morning' to French"),
+])
+def test_a_users_typing_is_still_the_same_question(stored: str, asked: str) -> None:
+    guard = TemplateGuard()
+    assert not guard.conflict(asked, stored) and not guard.conflict(stored, asked)

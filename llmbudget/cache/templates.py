@@ -859,7 +859,7 @@ def _form_differs(a: str, b: str) -> bool:
     if case or _MARKS_ASKED.intersection(words):
         return _marked_differently(a, b, case=case)
     if _CASE_WORDS.intersection(words) and _quoted_case_differs(a, b):
-        return True  # a quoted string's capitals, asked about: 'Is "python code" all lowercase?' 
+        return True  # a quoted string's capitals, asked about: 'Is "python code" all lowercase?'
     ma, mb = _SET_OFF.search(a), _SET_OFF.search(b)
     if ma is None or mb is None:
         return False

@@ -5,6 +5,7 @@ A cap never raises a limit the app set; it only lowers it or adds one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,10 +84,14 @@ OTHER_REASONER_PREFIXES = ("gpt-oss", "deepseek-reasoner", "deepseek-r1", "qwq",
 
 #: Model families known to answer without reasoning unless a request asks them to (which :func:`thinks` reads):
 #: OpenAI's and Anthropic's non-reasoning models, Gemini before 2.5, and open families served as they come.
-PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-", "gpt-5-chat", "claude", "anthropic.claude", "gemini-1",
-                  "gemini-2.0", "gemma", "llama", "meta-llama", "mistral", "mixtral", "ministral", "codestral",
-                  "open-mistral", "pixtral", "phi-3", "phi-4", "qwen2", "qwen-", "smollm", "command",
-                  "granite", "deepseek-chat", "deepseek-coder", "deepseek-v2", "falcon", "olmo", "yi-")
+PLAIN_PREFIXES = ("gpt-4", "gpt-3.5", "chatgpt-", "gpt-5-chat", "claude", "gemini-1", "gemini-2.0", "gemma",
+                  "llama", "meta-llama", "codellama", "mistral", "mixtral", "ministral", "codestral", "open-mistral",
+                  "open-mixtral", "pixtral", "phi-3", "phi3", "phi-4", "phi4", "qwen2", "qwen-", "smollm2",
+                  "smollm-", "command", "granite", "deepseek-chat", "deepseek-coder", "deepseek-v2", "deepseek-v3",
+                  "kimi-k2", "falcon", "olmo", "yi-")
+#: A cloud catalogue's prefix before the model's own name (Bedrock's ``us.anthropic.claude-...``,
+#: ``meta.llama3-...``, ``cohere.command-r-...``).
+_CATALOGUE = re.compile(r"^(?:(?:us|eu|apac|global)\.)?(?:anthropic|meta|cohere|mistral|amazon|ai21)\.")
 #: Marks of a reasoning variant inside a plain family's name (Phi-4-reasoning, Llama Nemotron Super, R1
 #: distills of Llama and Qwen, Gemini 2.0 Flash Thinking).
 _REASONING_MARKS = ("reason", "think", "-r1", "r1-", "nemotron", "qwq", "magistral")
@@ -97,7 +102,7 @@ def plain_model(model: str | None) -> bool:
     reason within its output limit (a self-hosted or gateway name no list can know: Phi-4-reasoning, Sonar
     Reasoning, GLM-4.6, MiniMax-M2 all do), so an output cap of llmbudget's own (a schema's bounds, a length
     directive's) is only added to a model this says is plain."""
-    name = _family(model)
+    name = _CATALOGUE.sub("", _family(model))
     return name.startswith(PLAIN_PREFIXES) and not any(mark in name for mark in _REASONING_MARKS)
 
 

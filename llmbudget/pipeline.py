@@ -81,8 +81,10 @@ REPLAYED_STREAM: contextvars.ContextVar[bool] = contextvars.ContextVar("llmbudge
 ADDITIONS: dict[str, tuple[bytes, ...]] = {
     "probe": (b"logprob",),
     "usage_option": (b"stream_options",),
-    "directive": (b"system", b"developer"),
-    "flex": (b"service_tier", b"flex"),
+    # (not a bare "system": "rejected as a result of our safety system" is no refusal of the directive)
+    "directive": (b"'system'", b'"system"', b"system role", b"system message", b"system prompt", b"role: system",
+                  b"'developer'", b'"developer"', b"developer role", b"developer message", b"].role"),
+    "flex": (b"service_tier", b"flex ", b"'flex'", b'"flex"'),
 }
 _REFUSED_NOTE = {
     "probe": "refuses log-probabilities: the cascade cannot judge its answers, which stand as they are",
@@ -839,7 +841,7 @@ class Attempt:
         body, where = applied
         self.added.add("directive")
         capped = False
-        if self.escalated_from is None and not _may_reason(endpoint, body, base_url or self.call.base_url):
+        if self.escalated_from is None and not _may_think(endpoint, body, base_url or self.call.base_url):
             # (a retry on the strong tier is not cut where the weak one was)
             body, capped = apply_cap(endpoint, body, body.get("model"), cap)
         self.capped = self.capped or capped
@@ -956,7 +958,7 @@ class Attempt:
             # sent as a line of a Batch API job (see the transport); an Azure deployment's call is sent as usual
             # (Azure's batch jobs live elsewhere, under another API and key header)
             self.defer_mode = "batch"
-        bound = schema_cap(body) if self.escalated_from is None and not _may_reason(
+        bound = schema_cap(body) if self.escalated_from is None and not _may_think(
             call.endpoint, body, base_url) else None
         if bound is not None and bound > engine.default_max_output_tokens and not has_limit(
                 call.endpoint, body, body.get("model")):
@@ -1870,12 +1872,18 @@ def _host(base_url: str) -> str:
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:
-    """Whether the model the request goes to may reason (a limit bounds its thinking too): it does, or is not
-    known not to (``caps.plain_model``: a self-hosted reasoning model's name), or is not known from the request
-    (an Azure deployment's). No output cap of llmbudget's own is added to such a call: capped, a reasoning model
-    spent the cap thinking and the app got no answer (no JSON for a schema)."""
-    model = body.get("model")
-    return thinks(endpoint, body, model) or not plain_model(model) or _unknown_model(base_url)
+    """Whether the model the request goes to reasons (a limit bounds its thinking too), or is not known from the
+    request (an Azure deployment's): a cap the policy sets (a tier's ``max_output_tokens``, a budget's) is not
+    added to such a call."""
+    return thinks(endpoint, body, body.get("model")) or _unknown_model(base_url)
+
+
+def _may_think(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:
+    """:func:`_may_reason`, or the model is not known not to reason (``caps.plain_model``: a self-hosted
+    reasoning model's name): no cap of llmbudget's own making (a schema's bounds, a length directive's) is added
+    to such a call; capped, a reasoning model spent it thinking and the app got no answer (no JSON for a
+    schema)."""
+    return _may_reason(endpoint, body, base_url) or not plain_model(body.get("model"))
 
 
 def _cancelled(error: BaseException) -> bool:

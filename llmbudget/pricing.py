@@ -490,7 +490,9 @@ class Pricing:
                     "(USD per 1M tokens) to it to price such calls exactly."))
             if usage.service_tier in DEFERRED_TIERS and not self._has_own_rate(rate, name, base_url):
                 cost *= 1 - self.deferred_discount  # no flex / batch price listed: the tokens at the documented discount
-            elif usage.service_tier in _DEARER_TIERS and not self._has_own_rate(rate, name, base_url):
+            elif usage.service_tier in _DEARER_TIERS and not self._has_own_rate(rate, name, base_url) and not (
+                    usage.service_tier == "priority" and "claude" in name.lower()):
+                # (Anthropic's Priority Tier, which its answers name as "priority", is billed at the standard rates)
                 multiplier, price, calls, whose = _DEARER_TIERS[usage.service_tier]
                 cost *= multiplier
                 self._warn_once((usage.service_tier, name), (

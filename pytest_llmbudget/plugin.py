@@ -28,6 +28,7 @@ from llmbudget.pipeline import (
     watch_every_engine,
 )
 from llmbudget.prefix import unstable_prefixes
+from llmbudget.scope import current_scope
 
 from . import report
 from .golden import GoldenRouting
@@ -347,11 +348,11 @@ class LLMBudgetPlugin:
 
     @staticmethod
     def _directives() -> tuple[str, ...]:
-        """The length directives the current engine adds (not part of a test's prompt)."""
-        engine = llmbudget.get_engine()
-        outputs = [engine.output] + ([tier.output for tier in engine.routing.tiers.values()]
-                                     if engine.routing is not None else [])
-        return tuple(output.text for output in outputs if output is not None)
+        """The length directives the current engine and scope add (not part of a test's prompt)."""
+        engine, scope = llmbudget.get_engine(), current_scope()
+        outputs = [engine.output, scope.output if scope is not None else None]
+        outputs += [tier.output for tier in engine.routing.tiers.values()] if engine.routing is not None else []
+        return tuple(output.text for output in outputs if output)
 
     def current(self) -> TestSpend:
         with self._lock:

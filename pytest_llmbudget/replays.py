@@ -22,6 +22,9 @@ from .golden import _body, _key
 __all__ = ["Stale", "watch_replays"]
 
 log = logging.getLogger("llmbudget")
+#: Fields of a request that are not its prompt, beside those :func:`.golden._key` leaves out: the service tier
+#: (``defer("flex")`` adds it).
+_NOT_PROMPT = frozenset({"service_tier"})
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,9 @@ class Stale:
     input_tokens: int
 
 
-def _recorded_for(cassette: Any, request: Any) -> Any | None:
-    """The recorded request vcrpy is about to answer ``request`` with (as ``Cassette.play_response`` picks it),
-    or None."""
+def _recorded_for(cassette: Any, request: Any) -> tuple[Any, Any] | None:
+    """``request`` as the cassette records it (its ``before_record_request`` filters: a redacted email, a key) and
+    the recorded request vcrpy is about to answer it with (as ``Cassette.play_response`` picks it), or None."""
     from vcr.matchers import requests_match  # type: ignore[import-untyped]
 
     filtered = cassette._before_record_request(request)
@@ -43,7 +46,7 @@ def _recorded_for(cassette: Any, request: Any) -> Any | None:
     for index, (stored, _) in enumerate(cassette.data):
         if requests_match(filtered, stored, cassette._match_on) and (
                 cassette.play_counts[index] == 0 or cassette.allow_playback_repeats):
-            return stored
+            return filtered, stored
     return None
 
 
@@ -54,6 +57,7 @@ def compare(request: Any, recorded: Any, directives: tuple[str, ...]) -> Stale |
     body, old = _body(request.body), _body(recorded.body)
     if found is None or body is None or old is None:
         return None
+    body, old = ({k: v for k, v in b.items() if k not in _NOT_PROMPT} for b in (body, old))
     if _key(request.method, request.path, body, directives, prompt_only=True) == \
             _key(recorded.method, recorded.path, old, directives, prompt_only=True):
         return None
@@ -75,8 +79,8 @@ def watch_replays(on_stale: Callable[[Stale], None], directives: Callable[[], tu
 
     def play_response(cassette: Any, request: Any) -> Any:
         try:
-            recorded = _recorded_for(cassette, request)
-            stale = compare(request, recorded, directives()) if recorded is not None else None
+            found = _recorded_for(cassette, request)
+            stale = compare(*found, directives()) if found is not None else None
         except Exception as exc:  # noqa: BLE001 - vcrpy's internals moved: the replay goes on, unjudged
             log.debug("llmbudget: could not compare a replayed request with its recording: %s", exc)
             stale = None

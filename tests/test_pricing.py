@@ -196,6 +196,9 @@ def test_a_priority_call_with_a_price_override_is_priced_at_the_most_priority_co
                for w in recwarn.list)
     # a listed priority price is the price
     assert Pricing().cost(usage.replace(service_tier="priority"), model="gpt-4o").usd == Decimal("21.25")
+    # and Anthropic's Priority Tier (its answers say "priority") is billed at the standard rates
+    claude = Pricing().cost(usage, model="claude-sonnet-4-5").usd
+    assert Pricing().cost(usage.replace(service_tier="priority"), model="claude-sonnet-4-5").usd == claude
 
 
 # -- overrides -----------------------------------------------------------------------------------

@@ -91,11 +91,44 @@ _CODE_SPANS = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)
 _CAPITONYMS = frozenset("us polish bill ms may march august turkey china will mark rose frank jack nice mobile "
                         "reading bath job hamlet amazon apple windows word chrome edge go swift rust ruby java".split())
 _SOFTISH = _SENTENCE | _QUOTES
-# Acronyms a user types in lower case as often, none of them a word: "a csv file", "5 pm". Any other word typed in
-# capitals is not the word in lower case ("IT", "it"; "WHO", "who"; "RAM", "ram").
-_FOLDED_ACRONYMS = frozenset("am pm csv tsv json xml yaml html css sql pdf png jpg jpeg gif svg url urls api apis "
-                             "http https ssh ftp dns tcp udp usb cpu gpu ui ux faq sdk cli ide os llm llms ai ml nlp "
-                             "ios npm jwt vpn wifi iot seo crm erp".split())
+# Short English words that are also acronyms, typed in capitals: "IT" is not "it", "WHO" not "who", "RAM" not
+# "ram". Other acronyms a user types in lower case as often ("usa", "dna", "csv", "nato"): a word in capitals and
+# the same in lower case are one word, as any other case a user may drop ("5 PM", "5 pm"; "am" is the word).
+_WORD_ACRONYMS = frozenset("""it its and or not who what when why how can may will shall us we our is are was be do
+    did does has had if so on in at to of for by as up an all any no yes one two sat sun net web war win top tip tap
+    tab tag tan tea ten toe ton toy try use van vet via way wet zip zoo act add age aid aim air ale ant ape arc arm
+    art ash ask ate awe axe bad bag ban bar bat bay bed bee bet bid big bin bit bow box boy bud bug bun bus but buy
+    cab cam cap car cat cod cog con cop cot cow cry cub cue cup cut dab dad dam day den dew did die dig dim dip doc
+    doe dog don dot dry due dug dye ear eat ebb egg ego elf elk elm end era eve eye fad fan far fat fax fed fee few
+    fig fin fit fix fly fog fox fry fun fur gag gal gap gas gel gem get gig gin god got gum gun gut guy gym ham hat
+    hen her hex hid him hip his hit hog hop hot hub hue hug hum hut ice ill ink inn ion ire ivy jab jam jar jaw jet
+    jig job jog joy jug key kid kin kit lab lad lag lap law lay led leg let lid lie lip lit log lot low mad man map
+    mat max men met mid mix mob mod mom mop mud mug nag nap new nod nor now nut oak oar oat odd off oil old opt orb
+    ore out owe owl own pad pal pan par pat paw pay pea peg pen pet pie pig pin pit ply pod pop pot pro pub pun pup
+    put rag ram ran rap rat raw ray red rep rib rid rim rip rob rod rot row rub rug rum run sad sag saw say sea see
+    set sew she shy sin sip sir sit six ski sky sly sob sod son sow soy spa spy sub sum tar tax the tie tin toe too
+    tub tug two urn vat vow wag was wax who why wig wit woe won wow yak yam yet zap zen also back bank base basic bear
+    beat bell best bill bird blue boot boss cafe call calm care cash cast chip city club coal code cold cool cope
+    core cost crew dare dash data dawn deal dear deep desk dial diet disk dock dome door dose down drop drum dual
+    duck dust each earn ease east easy echo edge edit else even ever exam exit face fact fail fair fall fame farm
+    fast fate fear feed feel file fill film find fine fire firm fish five flag flat flow fold font food fool foot
+    form fort four free from fuel full fund gain game gate gear gift girl give glad goal gold golf good grid grip
+    grow half hall hand hang hard harm hate have head heal hear heat help here hero hide high hill hint hire hold
+    hole home hook hope host hour huge hunt idea into iron item jazz join joke jump just keep kind king kiss lack
+    lady lake lamp land lane last late lead leaf lean left lens less life lift like line link list live load loan
+    lock long look loop lord lose loss lost love luck made mail main make male mall many mark mask mass mate meal
+    mean meat meet menu mild milk mind mine miss mode mood moon more most move much must name near neck need news
+    next nice nine none norm nose note okay once only open pace pack page paid pain pair palm park part pass past
+    path peak pick pile pink pipe plan play plot plug plus poem pole poll pool poor port pose post pour pray pull
+    pump pure push race rage rain rank rare rate read real rear rely rent rest rice rich ride ring rise risk road
+    rock role roll roof room root rope rose rule rush safe said sail sale salt same sand save scan seal seat seed
+    seek self sell send ship shop shot show shut sick side sign silk sing sink site size skin slip slow snap snow
+    soap sock soft soil sole song soon sort soul spin spot star stay step stop such suit sure swim tail take tale
+    talk tall tank tape task team tear tech tell tend term test text than that them then they thin this tide tile
+    time tiny tire told tone tool tour town tree trim trip true tube tune turn twin type unit upon used user vary
+    vast very view vote wage wait wake walk wall want ward warm wash wave weak wear week well went were west what
+    when whom wide wife wild will wind wine wing wire wise wish with wolf wood word work wrap yard yeah year your
+    zero zone smart scam spam swat aids apt mac rom""".split())
 # Words that do not change what is asked: articles, courtesy and emphasis fillers. Nothing else: a pronoun,
 # a question word, a modal, a conjunction or a comparison word in a template's slot is its data.
 _FILLERS = frozenset("a an the please kindly thank thanks thx cheers hey hi hello really just actually very also".split())
@@ -322,15 +355,15 @@ def _tokens(text: str, payload_case: bool = True) -> tuple[str, ...]:
 
 def _same_token(x: str, y: str) -> bool:
     """Whether two tokens are the same word: equal, or in prose the same but for case where one of them is
-    typed in lower case or only their first letters differ ("Python" and "python", "Usa" and "usa"; not "USA"
-    and "usa", an acronym and a word, nor "CO" and "Co", not ``S`` and ``s``, not a word touching code)."""
+    typed in lower case or only their first letters differ ("USA" and "usa", "Python" and "python"; not "IT" and
+    "it", an acronym and a word, nor "CO" and "Co", not ``S`` and ``s``, not a word touching code)."""
     if x == y:
         return True
     if x[:1] == _DATA or y[:1] == _DATA:  # a payload's word: the same letters in the same case
         return x.lstrip(_DATA) == y.lstrip(_DATA)
     if len(x) < 2 or x[0] in _MARKS or y[0] in _MARKS or x.lower() != y.lower():
         return False
-    if ((x.isupper() and y.islower()) or (x.islower() and y.isupper())) and x.lower() not in _FOLDED_ACRONYMS:
+    if ((x.isupper() and y.islower()) or (x.islower() and y.isupper())) and x.lower() in _WORD_ACRONYMS:
         return False  # an acronym is not the word: "What is IT?" and "What is it?", "RAM" and "ram", "WHO", "AND"
     return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
 
@@ -829,13 +862,14 @@ _INPUT = "input: "  # before a text, makes all of it a payload (see _PAYLOAD)
 # ask about nothing else: "sentence", "CSV", "uppercase" or "period" name other things as often ("Summarize the
 # French Revolution in one sentence", "how do i read a csv file in python").
 _MARKS_ASKED = frozenset("comma commas splice punctuation punctuate punctuated semicolon apostrophe".split())
-_CASE_ASKED = frozenset("capitalize capitalise capitalized capitalised capitalization capitalisation "
-                        # and operations whose result depends on every letter's case (a hash, an encoding, a
-                        # reversal, a count of capitals): "base64 encode hello world" is not "... Hello World"
-                        "hash hashes hashed sha sha1 sha256 sha512 md5 crc crc32 checksum base64 base32 rot13 "
-                        "encode encoded decode encrypt encrypted decrypt cipher reverse reversed backwards "
-                        "palindrome anagram ascii hex hexadecimal bytes binary unicode codepoint codepoints"
-                        .split())
+_CASE_ASKED = frozenset("capitalize capitalise capitalized capitalised capitalization capitalisation".split())
+# Operations whose result depends on every letter's case (a hash, an encoding, a reversal, byte values): their
+# input's capitals are data where the text gives one ("base64 encode hello world" is not "... Hello World", nor
+# the SHA-256 of "password" that of "PASSWORD"), not in a how-to question ("How do I reverse a list in Python?").
+_CASE_OPS = frozenset("hash hashes hashed sha sha1 sha256 sha512 md5 crc crc32 checksum base64 base32 rot13 encode "
+                      "encoded decode encrypt encrypted decrypt cipher reverse reversed backwards palindrome anagram "
+                      "ascii hex hexadecimal bytes binary unicode codepoint codepoints".split())
+_HOW_TO = frozenset(("how", "why"))
 # ... and words that ask about capitals in data set off below them ("How many uppercase letters are in the text
 # below?\nHello World"), though not in a question of their own ("how to convert a string to uppercase in python").
 _CASE_WORDS = _CASE_ASKED | frozenset("uppercase lowercase capital capitals case".split())
@@ -854,8 +888,10 @@ def _form_differs(a: str, b: str) -> bool:
     :data:`_TASKS` or :data:`_JUDGED`: "Sort these numbers - 10, 2, 33, 4" and "... 33 4"), its punctuation
     there, its capitals where the text asks about case. Elsewhere, and a greeting's or a user's own line break
     above a question, they are typing ("When should I use a comma before and?" and "when should i use ...")."""
-    words = set(_bare(_keys(_tokens(a))))
-    case = bool(_CASE_ASKED.intersection(words))
+    keys = _bare(_keys(_tokens(a)))
+    words = set(keys)
+    case = bool(_CASE_ASKED.intersection(words)) or (bool(_CASE_OPS.intersection(words)) and (
+        keys[0] not in _HOW_TO or _QUOTED.search(a) is not None or _payload_start(a) <= len(a)))
     if case or _MARKS_ASKED.intersection(words):
         return _marked_differently(a, b, case=case)
     if _CASE_WORDS.intersection(words) and _quoted_case_differs(a, b):
@@ -994,15 +1030,13 @@ def _content(tokens: Sequence[str]) -> list[str]:
 
 # Words of a text that judges its own words' grammar or spelling: there an article is data too ("Is I have a apple
 # correct English?" is not "... an apple ...").
-_GRAMMAR = _JUDGED | frozenset("correct incorrect english proofread typo typos article articles".split())
-# Fillers a rewording trades for one another (greetings, courtesy, thanks, articles); any other two are two words
-# ("Translate please to German" is not "Translate thanks to German", nor "rhymes with really" "with very").
-_FILLER_KIND = {**dict.fromkeys(("a", "an", "the"), "article"), **dict.fromkeys(("please", "kindly"), "please"),
-                **dict.fromkeys(("thank", "thanks", "thx", "cheers"), "thanks"),
-                **dict.fromkeys(("hey", "hi", "hello"), "hello")}
+_GRAMMAR = _JUDGED | frozenset("grammatically english proofread typo typos spell article articles".split())
+# Fillers a rewording trades for one another: articles for articles, courtesy and emphasis for courtesy and emphasis
+# ("Hi, ..." and "Thanks, ..."; "can you please tell me" and "can you just tell me"); not one for the other.
+_FILLER_KIND = {**dict.fromkeys(_FILLERS, "soft"), **dict.fromkeys(("a", "an", "the"), "article")}
 
 
-_COURTESY = frozenset(("please", "thanks", "hello"))
+_COURTESY = frozenset("please kindly thank thanks thx cheers hey hi hello".split())
 
 
 def _filler_traded(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:
@@ -1012,20 +1046,19 @@ def _filler_traded(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:
     where = _differing(a, b)
     if not where or not all(a[i] in _FILLERS and b[i] in _FILLERS for i in where):
         return False
-    return any(_FILLER_KIND.get(a[i], a[i]) != _FILLER_KIND.get(b[i], b[i])
-               or (judged and _FILLER_KIND.get(a[i]) not in _COURTESY) for i in where)
+    return any(_FILLER_KIND[a[i]] != _FILLER_KIND[b[i]] or (judged and not {a[i], b[i]} <= _COURTESY)
+               for i in where)
 
 
 def _judged_words(tokens: Sequence[str]) -> list[str]:
     """The words of ``tokens`` that count in a judged text: its content words and its fillers but courtesy."""
-    return [t if t in _FILLERS else c for t in tokens
-            if _FILLER_KIND.get(t) not in _COURTESY and (c := _content_word(t) or t)]
+    return [t if t in _FILLERS else c for t in tokens if t not in _COURTESY and (c := _content_word(t) or t)]
 
 
 def _slot_differs(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:
     """Whether two differing stretches of a shared template carry different content: other content words (and,
-    ``judged``, another article or emphasis word: only courtesy is left aside there), or a filler traded for
-    another of a different kind."""
+    ``judged``, another article or emphasis word: only courtesy is left aside there), or an article traded for
+    another filler."""
     if judged:
         if _judged_words(a) != _judged_words(b):
             return True

@@ -445,6 +445,8 @@ def _reservation_ttl(given: float | None, options: Mapping[str, str]) -> float:
 
 
 _LOCAL_PREFIX = "local-"
+#: Settles that waited for the file, written in one transaction once it answers.
+_REPLAY_BATCH = 256
 
 
 def connect(path: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.Connection:
@@ -857,7 +859,9 @@ class SQLiteBudgetStore:
         )
 
     def _replay(self) -> None:
-        """Write settles made while the file was unavailable (idempotent: each id is charged once)."""
+        """Write settles made while the file was unavailable (idempotent: each id is charged once), up to
+        :data:`_REPLAY_BATCH` in one transaction (one each, 10,000 settles held the calls that wrote them for
+        seconds)."""
         replayed = 0
         while True:
             with self._lock:
@@ -865,23 +869,25 @@ class SQLiteBudgetStore:
                     if not self._replaying:  # none waits, none is being written: its file goes
                         self._clear_journal()
                     break
-                reservation, actual = self._pending.popleft()
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), _REPLAY_BATCH))]
                 self._replaying += 1
             try:
-                self._transaction(lambda conn: self._settle_in(conn, reservation, actual))
+                self._transaction(lambda conn: self._settle_all_in(conn, batch))
             except BaseException:
                 with self._lock:
-                    self._pending.appendleft((reservation, actual))
+                    for item in reversed(batch):
+                        self._pending.appendleft(item)
                     self._replaying -= 1
                 raise
             with self._lock:
                 self._replaying -= 1
-                for key in reservation.keys:
-                    spent, reserved = self._local.get(key, (_ZERO, _ZERO))
-                    self._local[key] = (max(spent - actual, _ZERO), reserved)
-                    if key in self._known:
-                        self._known[key] += actual
-            replayed += 1
+                for reservation, actual in batch:
+                    for key in reservation.keys:
+                        spent, reserved = self._local.get(key, (_ZERO, _ZERO))
+                        self._local[key] = (max(spent - actual, _ZERO), reserved)
+                        if key in self._known:
+                            self._known[key] += actual
+            replayed += len(batch)
         with self._lock:
             if not self._local_open:
                 self._local = {k: v for k, v in self._local.items() if v != (_ZERO, _ZERO)}
@@ -987,6 +993,7 @@ class SQLiteBudgetStore:
                 raise
             else:
                 self._mark_up()
+                self._holds_written(settles)
                 return result
         elif closed:
             raise self._unavailable(None)
@@ -1079,13 +1086,6 @@ class SQLiteBudgetStore:
         if self._down:  # counted in this process at once, written when the file answers
             self._defer(reservation, actual)
             return
-        if local and self._journal.own_path is not None:  # its hold's row is done with: written to the file
-            with self._lock:
-                done = not self._local_open and not self._pending and not self._replaying
-                if done:  # nothing else to keep: the file goes
-                    self._journal.clear()
-            if not done:
-                self._journal.add(self._journal_row(reservation, _ZERO))  # (a replay of it is a no-op)
         with self._lock:
             self._settles.append((reservation, actual))
         if self.settle_delay is None:
@@ -1171,6 +1171,7 @@ class SQLiteBudgetStore:
                     self._mark_down(exc)
                 else:
                     self._mark_up()
+                    self._holds_written(batch)
                     return
             for reservation, actual in batch:
                 self._defer(reservation, actual)
@@ -1179,6 +1180,20 @@ class SQLiteBudgetStore:
             raise
         finally:
             self._writing = 0
+
+    def _holds_written(self, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
+        """``batch``'s settles are in the file: the rows on disk of its fail-open holds are done with (superseded,
+        or the file removed when nothing else is kept). Only once written: a process killed before, with the call
+        billed, leaves its hold to be charged."""
+        if self._journal.own_path is None or not any(r.id.startswith(_LOCAL_PREFIX) for r, _ in batch):
+            return
+        with self._lock:  # (decided and done under the lock: a settle that starts to wait meanwhile keeps its row)
+            if not self._local_open and not self._pending and not self._replaying and not self._settles:
+                self._journal.clear()
+                return
+            for reservation, _ in batch:
+                if reservation.id.startswith(_LOCAL_PREFIX):
+                    self._journal.add(self._journal_row(reservation, _ZERO))  # (a replay of it is a no-op)
 
     def _settle_all_in(self, conn: sqlite3.Connection, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
         for reservation, actual in batch:

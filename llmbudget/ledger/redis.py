@@ -522,17 +522,14 @@ class RedisBudgetStore:
                         spent, reserved = self._local.get(key, (0, 0))
                         self._local[key] = (max(spent - actual, 0), reserved)
             replayed += len(batch)
-        holds: list[tuple[Reservation, tuple[int, ...] | None]] = []
         with self._lock:
             if not self._local_open:
                 self._local = {k: v for k, v in self._local.items() if v != (0, 0)}
-            cleared = not self._pending and not self._releases  # (taken off only once written): its file goes
-            if cleared:
-                holds = [(held, self._local_expiry.get(held.id)) for held, _ in self._local_open.values()]
-        if cleared:
-            self._journal.clear()
-            for held, expiry in holds:  # but the holds still in flight, which a kill would leave uncharged
-                self._journal.add(self._journal_row(held, to_pico(held.amount), expiry or (), hold=True))
+            if not self._pending and not self._releases:  # (taken off only once written): its file goes
+                self._journal.clear()
+                for held, _ in self._local_open.values():  # but the holds still in flight (a kill: uncharged)
+                    expiry = self._local_expiry.get(held.id) or ()
+                    self._journal.add(self._journal_row(held, to_pico(held.amount), expiry, hold=True))
         if replayed:
             log.warning("llmbudget: Redis budget store %s is back; replayed %d settle(s)", self._where(), replayed)
         self._warned = False
@@ -668,12 +665,12 @@ class RedisBudgetStore:
                         if key in self._known:
                             self._known[key] += pico
                 if local and self._journal.own_path is not None:  # its hold's row is done with: written
-                    with self._lock:
-                        done = not self._local_open and not self._pending and not self._releases
-                    if done:  # nothing else to keep: the file goes
-                        self._journal.clear()
-                    else:
-                        self._journal.add(self._journal_row(reservation, None))  # (a replay of it is a no-op)
+                    with self._lock:  # (decided and done under the lock: a settle that starts to wait meanwhile
+                        # keeps its row)
+                        if not self._local_open and not self._pending and not self._releases:
+                            self._journal.clear()  # nothing else to keep: the file goes
+                        else:
+                            self._journal.add(self._journal_row(reservation, None))  # (a replay of it: a no-op)
                 return
             except self._errors as exc:
                 self._mark_down(exc)
@@ -1044,7 +1041,13 @@ def _write_what_waits_at_exit() -> None:
                     owner._keep_at_exit()  # (still down: kept in a file for the host's next process)
             elif owner._pending or owner._releases:
                 try:
-                    owner._reconcile()
+                    # (after the retry thread's replay, if it is writing: one thread replays at a time)
+                    replaying = owner._replaying.acquire(timeout=2 * owner.timeout + 1)
+                    try:
+                        owner._reconcile()
+                    finally:
+                        if replaying:
+                            owner._replaying.release()
                 except owner._errors:  # still down: its file keeps what waits, for the host's other processes
                     # (a release: of a hold a reserve that timed out may have made, or a refused call's)
                     owner._journal.warn_at_exit(len(owner._pending) + len(owner._releases),

@@ -106,3 +106,36 @@ def test_the_flex_tier_a_model_does_not_offer_is_taken_out_and_the_call_sent_at_
     assert [record.status for record in records] == [400, 200, 200, 400]
     assert records[1].deferred is None and records[1].usage.service_tier is None
     assert sum("refuses the flex service tier" in message for message in caplog.messages) == 1
+
+
+def test_a_refusal_that_names_none_of_it_is_not_sent_again(engine: llmbudget.Engine) -> None:
+    """A safety refusal ("... our safety system") was sent again without the directive, and a success then would
+    have turned the directive off for that model for good."""
+    import httpx2
+
+    sent: list[dict[str, Any]] = []
+
+    def refuse(request: Any) -> Any:
+        sent.append(json.loads(request.content))
+        return httpx2.Response(400, json={"error": {
+            "message": "Your request was rejected as a result of our safety system.", "type": "invalid_request_error",
+            "param": None, "code": "content_policy_violation"}})
+
+    engine.output = Output(max_words=30)
+    client = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="sk-test", max_retries=0,
+                           http_client=llmbudget.http_client(transport=httpx2.MockTransport(refuse)))
+    with pytest.raises(openai.BadRequestError), llmbudget.defer("flex"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+    assert len(sent) == 1 and sent[0]["messages"][0]["role"] == "system" and sent[0]["service_tier"] == "flex"
+
+
+@pytest.mark.parametrize("model", ["deepseek-v3", "kimi-k2-instruct", "my-company-model"])
+def test_a_cap_the_policy_sets_goes_to_any_model_that_does_not_reason_by_name(model: str) -> None:
+    """The rule for llmbudget's own caps dropped the ones a user set too: a tier's max_output_tokens was not sent
+    to a model outside the list, and on_budget="cap" refused such a call (402) instead of capping it."""
+    from llmbudget.routing.tiers import Routing
+
+    engine = llmbudget.Engine()
+    engine.routing = Routing(tiers={"small": {"model": model, "max_output_tokens": 3}, "large": None}, threshold=1.0)
+    tiered = _planned(engine, {"model": "gpt-4o", "messages": QUESTION, "max_tokens": 40})
+    assert tiered.call.body["model"] == model and tiered.call.body["max_tokens"] == 3

@@ -173,6 +173,26 @@ def test_a_locked_file_serves_when_open_and_writes_the_settle_later(lock_holder)
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.5")
 
 
+def test_settles_that_waited_are_written_in_a_few_transactions(lock_holder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each settle that waited was written in a transaction of its own (an fsync each): 10,000 held the calls
+    that wrote them for seconds once the file answered."""
+    path, holder = lock_holder
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2&open_share=1", retry_interval=0)
+    bucket = _bucket("1000")
+    for _ in range(600):
+        held = store.reserve([bucket], Decimal("0.01"))
+        assert isinstance(held, Reservation)
+        store.settle(held, Decimal("0.01"))
+    assert store.pending_settles == 600
+    _release(holder)
+    transactions = []
+    real = store._transaction
+    monkeypatch.setattr(store, "_transaction", lambda work: (transactions.append(1), real(work))[1])
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
+    assert store.pending_settles == 0 and len(transactions) <= 3 + 1  # 256 at a time, then the reserve
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("6.00")
+
+
 _SPEND_WHILE_LOCKED = """
 import sys, time
 from decimal import Decimal
@@ -245,6 +265,38 @@ def test_a_hold_a_process_killed_while_the_file_was_down_is_counted_and_charged_
     _release(holder)
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.25")  # charged what it held, and this one
+
+
+_SETTLE_QUEUED_AND_DIE = """
+import os, signal, sqlite3, sys, time
+from decimal import Decimal
+from llmbudget.ledger.budgets import Budget, Reservation, SQLiteBudgetStore
+path = sys.argv[1]
+store = SQLiteBudgetStore(path + "?on_unavailable=open&timeout=0.2", retry_interval=0, settle_delay=30)
+bucket = Budget("1", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
+locker = sqlite3.connect(path, isolation_level=None)
+locker.execute("BEGIN EXCLUSIVE")
+held = store.reserve([bucket], Decimal("0.2"))
+assert isinstance(held, Reservation) and held.id.startswith("local-"), held
+locker.execute("COMMIT")
+assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers again
+store.settle(held, Decimal("0.2"))  # queued for the writer thread (settle_delay)
+os.kill(os.getpid(), signal.SIGKILL)  # killed before it wrote it
+"""
+
+
+def test_a_hold_settled_but_not_yet_written_when_its_process_is_killed_is_still_charged(tmp_path: Path) -> None:
+    """Its row on disk was dropped as the settle was queued, before it was written: killed in between, the call
+    the provider billed was charged nothing."""
+    path = tmp_path / "budgets.db"
+    SQLiteBudgetStore(path)
+    child = subprocess.run([sys.executable, "-c", _SETTLE_QUEUED_AND_DIE, str(path)], capture_output=True, text=True,
+                           timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    bucket = _bucket("1")
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
+    assert isinstance(store.reserve([bucket], Decimal("0.001")), Reservation)  # the killed process's file taken
+    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")
 
 
 def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:

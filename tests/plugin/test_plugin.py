@@ -883,3 +883,41 @@ def test_a_replay_recorded_for_another_prompt_is_named_with_the_tokens_it_adds(s
     assert doc["tests"]["test_stale.py::test_grown"]["input_tokens"] == 16  # the recording's usage, as replayed
     result.stdout.fnmatch_lines(["*1 replayed request(s) in 1 test(s) were recorded for another prompt*",
                                  f"*test_stale.py::test_grown: 1 request(s), +{grown['input_tokens']} input tokens*"])
+
+
+def test_a_replay_is_compared_as_its_cassette_records_it(llm_server, tmp_path):
+    """A cassette that redacts what it records (an email, a key) was compared with the request unredacted: an
+    unchanged prompt was reported as recorded for another prompt."""
+    import openai as sdk
+    import vcr as vcrpy
+
+    import llmbudget
+    from pytest_llmbudget.replays import watch_replays
+
+    def redact(request):  # noqa: ANN001, ANN202
+        if request.body:
+            request.body = request.body.replace(b"alice@example.com", b"<EMAIL>")
+        return request
+
+    recorder = vcrpy.VCR(before_record_request=redact)
+    client = sdk.OpenAI(base_url=llm_server, api_key="sk-test", max_retries=0, http_client=llmbudget.http_client())
+    cassette = str(tmp_path / "redacted.yaml")
+
+    def ask(text: str) -> None:
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=4, temperature=0,
+                                       messages=[{"role": "user", "content": text}])
+
+    with recorder.use_cassette(cassette, record_mode="once"):
+        ask("Write to alice@example.com about the invoice")
+    stale: list = []
+    undo = watch_replays(stale.append, lambda: ())
+    try:
+        with recorder.use_cassette(cassette, record_mode="none"):
+            ask("Write to alice@example.com about the invoice")
+        assert stale == []
+        with recorder.use_cassette(cassette, record_mode="none"):
+            ask("Write to alice@example.com about the invoice, and the three overdue ones before it")
+        assert len(stale) == 1 and stale[0].input_tokens > 0
+    finally:
+        if undo is not None:
+            undo()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ParamSpec
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import tokens
 from .breakpoints import Breakpoints, cache_write_ttls
@@ -336,8 +336,10 @@ class Engine:
         attempt = Attempt(self, current_scope(), adapter, call, attempt=int(retry) if retry.isdigit() else 0,
                           size=len(body))
         attempt.begun_with((url, hash(body)))
-        # Anthropic's beta features change the answer the same body gets (its cache keys name them)
-        attempt.answer_variant = headers.get("anthropic-beta", "") if adapter.endpoint == "messages" else ""
+        # what changes the answer the same body gets (its cache keys name it): Anthropic's beta features, and the
+        # URL's query (Azure's api-version, a gateway's options), less what may hold a credential
+        beta = headers.get("anthropic-beta", "") if adapter.endpoint == "messages" else ""
+        attempt.answer_variant = "\n".join(part for part in (beta, _answer_query(url)) if part)
         return attempt
 
     def _budgeted(self) -> bool:
@@ -1869,6 +1871,21 @@ def _host(base_url: str) -> str:
         return (urlsplit(base_url).hostname or "").rstrip(".")
     except ValueError:
         return ""
+
+
+#: Query parameters that may hold a credential: never part of a cache key (nor written with one).
+_SECRET_PARAMS = frozenset(("key", "api-key", "api_key", "apikey", "subscription-key", "access_token", "token", "code",
+                            "sig", "signature", "auth", "password", "secret"))
+
+
+def _answer_query(url: str) -> str:
+    """The query of ``url`` sorted, without the parameters that may hold a credential ("" for none)."""
+    query = url.split("?", 1)[1] if "?" in url else ""
+    if not query:
+        return ""
+    kept = sorted((name, value) for name, value in parse_qsl(query, keep_blank_values=True)
+                  if name.lower() not in _SECRET_PARAMS and not name.lower().startswith("x-amz-"))
+    return urlencode(kept)
 
 
 def _may_reason(endpoint: str, body: Mapping[str, Any], base_url: str) -> bool:

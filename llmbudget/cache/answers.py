@@ -20,6 +20,7 @@ __all__ = ["storable", "render", "stored_usage"]
 
 def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
     text: list[str] = []
+    annotations: list[Any] = []  # a search model's citations, streamed beside the text
     model = fingerprint = None
     finish = None
     usage = None
@@ -39,11 +40,15 @@ def _chat_from_stream(events: list[Any]) -> dict[str, Any] | None:
                 return None  # a tool call (a forced one ends in "stop"), audio, a refusal or reasoning: never kept
             if isinstance(delta.get("content"), str):
                 text.append(delta["content"])
+            if isinstance(delta.get("annotations"), list):
+                annotations.extend(delta["annotations"])
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
     if finish != "stop":
         return None
-    message = {"role": "assistant", "content": "".join(text), "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text), "refusal": None}
+    if annotations:  # (kept: a hit without them gave the app "[1]" markers citing nothing)
+        message["annotations"] = annotations
     return {"kind": "chat", "model": model, "message": message, "finish_reason": finish, "usage": usage,
             "system_fingerprint": fingerprint}
 
@@ -223,6 +228,8 @@ def _render_chat(stored: dict[str, Any], call: Call, now: int) -> tuple[bytes, s
     delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
     if message.get("refusal"):
         delta["refusal"] = message["refusal"]
+    if message.get("annotations"):
+        delta["annotations"] = message["annotations"]
     events: list[dict[str, Any]] = [
         {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]},
         {**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},

@@ -62,6 +62,21 @@ def test_a_streamed_answer_is_stored_from_its_chunks():
     assert stored["message"]["content"] == "Paris." and stored["finish_reason"] == "stop"
 
 
+def test_a_search_models_citations_survive_a_hit_streamed_or_not():
+    """A streamed answer was stored without its ``annotations`` (a search model's citations), and a stream hit
+    rendered none of a JSON answer's: the app got "[1]" markers citing nothing."""
+    cited = json.loads(json.dumps(ORIGINAL))
+    cited["choices"][0]["message"]["annotations"] = [{"type": "url_citation", "url_citation": {
+        "start_index": 0, "end_index": 5, "url": "https://example.com/paris", "title": "Paris"}}]
+    streamed = call_of({**ASK, "stream": True})
+    body, _ = render(storable(call_of(ASK), body=cited), streamed)
+    assert [e["choices"][0]["delta"].get("annotations") for e in sse_events(body) if e["choices"]][0] == \
+        cited["choices"][0]["message"]["annotations"]
+    stored = storable(streamed, events=sse_events(body))
+    again, _ = render(stored, call_of(ASK))
+    assert json.loads(again)["choices"][0]["message"]["annotations"] == cited["choices"][0]["message"]["annotations"]
+
+
 def test_only_complete_stopped_answers_without_tool_calls_are_stored():
     truncated = json.loads(json.dumps(ORIGINAL))
     truncated["choices"][0]["finish_reason"] = "length"

@@ -146,3 +146,25 @@ def test_a_tier_on_the_same_host_keeps_its_own_query_and_its_directive_follows_i
     url = upstream.sent[-1][0]
     assert url.endswith("&api-version=2024-10-21") and "old" not in url and url.count("a%5B%5D=") == 2
     assert "50 words" in json.dumps(body["messages"]) and "max_tokens" not in body
+
+
+def test_the_api_version_is_part_of_the_cache_keys_and_a_credential_in_the_query_is_not(tmp_path) -> None:
+    """Two calls to one deployment on different api-versions shared their answers (the cache named the base URL
+    alone); a key in the query (``?api-key=``, ``?subscription-key=``) must never be part of a key either."""
+    engine = llmbudget.Engine(cache=llmbudget.Cache(str(tmp_path / "cache")))
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 0}).encode()
+    base = "https://res.openai.azure.com/openai/deployments/dep1/chat/completions"
+
+    def attempt(query: str) -> Any:
+        found = engine.begin(url=f"{base}?{query}", path="/chat/completions", headers={}, body=body)
+        assert found is not None
+        return found
+
+    old, new = attempt("api-version=2024-02-01"), attempt("api-version=2025-04-01-preview")
+    assert old.answer_variant == "api-version=2024-02-01" != new.answer_variant
+    keyed = attempt("subscription-key=s3cret&api-version=2024-02-01&api-key=k3y")
+    assert keyed.answer_variant == old.answer_variant and "s3cret" not in keyed.answer_variant
+    from llmbudget.cache.keys import cache_keys
+
+    assert cache_keys(old.call, tenant="t", variant=old.answer_variant).exact != \
+        cache_keys(new.call, tenant="t", variant=new.answer_variant).exact

@@ -426,14 +426,14 @@ class _Jobs:
         reasons = [str(e.get("message")) for e in (data if isinstance(data, list) else [])
                    if isinstance(e, dict) and e.get("message")]
         why = f": {'; '.join(reasons[:3])}" if reasons else ""
-        unaccounted = done.get(_UNACCOUNTED)
-        if unaccounted:  # (it may be one of those: it may have run, and be billed)
-            return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and the job "
-                              f"counts {unaccounted} request(s) run whose results are missing", "batch_result_missing")
         unreadable = done.get(_UNREADABLE)
         if unreadable:  # (a line that did not read may be this request's: it may have run, and be billed)
             return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and {unreadable} "
                               "result line(s) of the job did not read", "batch_line_unreadable")
+        unaccounted = done.get(_UNACCOUNTED)
+        if unaccounted:  # (it may be one of those: it may have run, and be billed)
+            return self.error(502, f"batch {job} ended {ended!r}; this request's result is missing, and the job "
+                              f"counts {unaccounted} request(s) run whose results are missing", "batch_result_missing")
         return self.error(504 if ended == "expired" else 500,
                           f"batch {job} ended {ended!r} without running this request{why}", f"batch_{ended}")
 

@@ -1873,9 +1873,17 @@ def _host(base_url: str) -> str:
         return ""
 
 
-#: Query parameters that may hold a credential: never part of a cache key (nor written with one).
-_SECRET_PARAMS = frozenset(("key", "api-key", "api_key", "apikey", "subscription-key", "access_token", "token", "code",
-                            "sig", "signature", "auth", "password", "secret"))
+#: Query parameters that may hold a credential or change with each signed URL (Azure SAS fields, expiries): never
+#: part of a cache key; nor is one whose name says so (:func:`_secret_param`).
+_SECRET_PARAMS = frozenset(("key", "code", "sig", "signature", "expires", "sv", "se", "st", "sp", "sr", "ss", "srt",
+                            "spr", "skoid", "sktid", "skt", "ske", "sks", "skv", "sdd", "sip"))
+_SECRET_WORDS = ("key", "token", "secret", "sig", "auth", "credential", "session", "jwt", "password", "x-amz-",
+                 "x-goog-")
+
+
+def _secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SECRET_PARAMS or any(word in lowered for word in _SECRET_WORDS)
 
 
 def _answer_query(url: str) -> str:
@@ -1883,8 +1891,7 @@ def _answer_query(url: str) -> str:
     query = url.split("?", 1)[1] if "?" in url else ""
     if not query:
         return ""
-    kept = sorted((name, value) for name, value in parse_qsl(query, keep_blank_values=True)
-                  if name.lower() not in _SECRET_PARAMS and not name.lower().startswith("x-amz-"))
+    kept = sorted((name, value) for name, value in parse_qsl(query, keep_blank_values=True) if not _secret_param(name))
     return urlencode(kept)
 
 

@@ -353,7 +353,7 @@ def _tokens(text: str, payload_case: bool = True) -> tuple[str, ...]:
     return _memo_scan(text, payload_case) if len(text) <= 2048 else _scan(text, payload_case)
 
 
-def _same_token(x: str, y: str) -> bool:
+def _same_token(x: str, y: str, acronyms: bool = True) -> bool:
     """Whether two tokens are the same word: equal, or in prose the same but for case where one of them is
     typed in lower case or only their first letters differ ("USA" and "usa", "Python" and "python"; not "IT" and
     "it", an acronym and a word, nor "CO" and "Co", not ``S`` and ``s``, not a word touching code)."""
@@ -363,21 +363,28 @@ def _same_token(x: str, y: str) -> bool:
         return x.lstrip(_DATA) == y.lstrip(_DATA)
     if len(x) < 2 or x[0] in _MARKS or y[0] in _MARKS or x.lower() != y.lower():
         return False
-    if ((x.isupper() and y.islower()) or (x.islower() and y.isupper())) and x.lower() in _WORD_ACRONYMS:
+    if acronyms and ((x.isupper() and y.islower()) or (x.islower() and y.isupper())) and x.lower() in _WORD_ACRONYMS:
         return False  # an acronym is not the word: "What is IT?" and "What is it?", "RAM" and "ram", "WHO", "AND"
     return x.islower() or y.islower() or (x[1:].islower() and y[1:].islower())
 
 
-def _same(a: Sequence[str], b: Sequence[str]) -> bool:
+def _same(a: Sequence[str], b: Sequence[str], acronyms: bool = True) -> bool:
     """Whether two token sequences are the same text (:func:`_same_token` for each)."""
-    return len(a) == len(b) and all(map(_same_token, a, b))
+    return len(a) == len(b) and all(_same_token(x, y, acronyms) for x, y in zip(a, b, strict=True))
+
+
+def _cased(a: str, b: str) -> bool:
+    """Whether both texts use capitals, so that a word in capitals in one and in lower case in the other says
+    something ("What is IT?" and "What is it?"); a text typed all in lower case says nothing by its case ("how
+    much ram do i need"), as one typed all in capitals does not."""
+    return any(c.isupper() for c in a) and any(c.isupper() for c in b)
 
 
 def same_text(a: str, b: str) -> bool:
     """Whether two texts are the same question as the guard reads them: spacing, sentence punctuation, quotes
     around prose and the case a user may drop folded; "CO" is not "Co", "12 - 5" not "12 / 5"."""
     case = not (_shouting(a) or _shouting(b))
-    return a == b or _same(_tokens(a, case), _tokens(b, case))
+    return a == b or _same(_tokens(a, case), _tokens(b, case), _cased(a, b))
 
 
 def _keys(tokens: Sequence[str]) -> list[str]:
@@ -1030,7 +1037,21 @@ def _content(tokens: Sequence[str]) -> list[str]:
 
 # Words of a text that judges its own words' grammar or spelling: there an article is data too ("Is I have a apple
 # correct English?" is not "... an apple ...").
-_GRAMMAR = _JUDGED | frozenset("grammatically english proofread typo typos spell article articles".split())
+_GRAMMAR = _JUDGED | frozenset("grammatically proofread typo typos spell".split())
+# ... and these two together ("Is I have a apple correct English?"), not one alone ("the correct way to boil an
+# egg", "an essay in English")
+_GRAMMAR_PAIR = (frozenset(("correct", "incorrect", "proper")), frozenset(("english", "grammar", "wording")))
+
+
+def _judges_words(words: Sequence[str]) -> bool:
+    """Whether a text (its words) judges its own words' grammar or spelling (see :data:`_GRAMMAR`); a count of
+    sentences or paragraphs is a length ("Summarize the article in three sentences")."""
+    present = {word for i, word in enumerate(words)
+               if not (word in _COUNTED and i and _is_number(words[i - 1]))}
+    return bool(_GRAMMAR & present) or all(group & present for group in _GRAMMAR_PAIR)
+
+
+_COUNTED = frozenset("sentence sentences paragraph paragraphs".split())
 # Fillers a rewording trades for one another: articles for articles, courtesy and emphasis for courtesy and emphasis
 # ("Hi, ..." and "Thanks, ..."; "can you please tell me" and "can you just tell me"); not one for the other.
 _FILLER_KIND = {**dict.fromkeys(_FILLERS, "soft"), **dict.fromkeys(("a", "an", "the"), "article")}
@@ -1105,11 +1126,12 @@ class TemplateGuard:
         tokens_a, tokens_b = _tokens(query, case), _tokens(candidate, case)
         a, b = _keys(tokens_a), _keys(tokens_b)
         words_a, words_b = _bare(a), _bare(b)
-        if words_a == words_b and (not _same(tokens_a, tokens_b) or _form_differs(query, candidate)):
+        if words_a == words_b and (not _same(tokens_a, tokens_b, _cased(query, candidate))
+                                   or _form_differs(query, candidate)):
             return True  # the same words, another symbol or case: "12 - 5" and "12 / 5", "CO" and "Co"
         if _swapped(_trimmed(words_a), _trimmed(words_b)):
             return True  # "Monday" for "Tuesday", "km" for "miles"; "Argentina beat France" turned round
-        judged = bool(_GRAMMAR.intersection(words_a))
+        judged = _judges_words(words_a) or _judges_words(words_b)
         if _filler_traded(words_a, words_b, judged):
             return True  # "Translate please to German" and "... thanks ..."; "Is I have a apple correct?" and "an"
         if _plural_only(words_a, words_b) and (_code_like(query) or _code_like(candidate)):

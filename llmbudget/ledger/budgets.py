@@ -666,6 +666,8 @@ class SQLiteBudgetStore:
         self._pending: spool.Waiting[Decimal] = spool.Waiting()  # settles waiting for the file
         self._local: dict[str, tuple[Decimal, Decimal]] = {}  # fail-open counters: (spent, reserved)
         self._local_open: dict[str, tuple[Reservation, float]] = {}
+        #: Fail-open holds whose settle is queued or being written: their rows on disk stay until it is.
+        self._unwritten: dict[str, Reservation] = {}
         self._known: OrderedDict[str, Decimal] = OrderedDict()  # last spent read from the file, per key
         self.settle_delay = settle_delay
         self._settles: deque[tuple[Reservation, Decimal]] = deque()
@@ -1058,9 +1060,10 @@ class SQLiteBudgetStore:
         return {**row, "hold": True} if hold else row
 
     def _clear_journal(self) -> None:
-        """(Under the lock.) Nothing waits: the file goes, but for the holds still in flight."""
+        """(Under the lock.) Nothing waits: the file goes, but for the holds still in flight, and those whose
+        settle another thread has yet to write (killed first, each is charged what it held)."""
         self._journal.clear()
-        for held, _ in self._local_open.values():
+        for held in [*(held for held, _ in self._local_open.values()), *self._unwritten.values()]:
             self._journal.add(self._journal_row(held, held.amount, hold=True))
 
     def _unhold(self, reservation: Reservation) -> None:
@@ -1083,6 +1086,7 @@ class SQLiteBudgetStore:
             with self._lock:
                 if self._local_open.pop(reservation.id, None) is not None:
                     self._unhold(reservation)
+                self._unwritten[reservation.id] = reservation  # its hold's row stays until its settle is written
         if self._down:  # counted in this process at once, written when the file answers
             self._defer(reservation, actual)
             return
@@ -1185,15 +1189,19 @@ class SQLiteBudgetStore:
         """``batch``'s settles are in the file: the rows on disk of its fail-open holds are done with (superseded,
         or the file removed when nothing else is kept). Only once written: a process killed before, with the call
         billed, leaves its hold to be charged."""
-        if self._journal.own_path is None or not any(r.id.startswith(_LOCAL_PREFIX) for r, _ in batch):
+        local = [reservation for reservation, _ in batch if reservation.id.startswith(_LOCAL_PREFIX)]
+        if not local:
             return
         with self._lock:  # (decided and done under the lock: a settle that starts to wait meanwhile keeps its row)
-            if not self._local_open and not self._pending and not self._replaying and not self._settles:
+            for reservation in local:
+                self._unwritten.pop(reservation.id, None)
+            if self._journal.own_path is None:
+                return
+            if not self._local_open and not self._pending and not self._replaying and not self._unwritten:
                 self._journal.clear()
                 return
-            for reservation, _ in batch:
-                if reservation.id.startswith(_LOCAL_PREFIX):
-                    self._journal.add(self._journal_row(reservation, _ZERO))  # (a replay of it is a no-op)
+            for reservation in local:
+                self._journal.add(self._journal_row(reservation, _ZERO))  # (a replay of it is a no-op)
 
     def _settle_all_in(self, conn: sqlite3.Connection, batch: Sequence[tuple[Reservation, Decimal]]) -> None:
         for reservation, actual in batch:
@@ -1202,6 +1210,7 @@ class SQLiteBudgetStore:
     def _defer(self, reservation: Reservation, actual: Decimal) -> None:
         """Keep a settle the file could not take, counted in this process until it is written."""
         with self._lock:
+            self._unwritten.pop(reservation.id, None)  # (its row on disk is now its settle's)
             if not self._pending.add(reservation, actual):
                 return
             for key in reservation.keys:

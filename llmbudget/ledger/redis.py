@@ -360,7 +360,9 @@ class RedisBudgetStore:
             log.warning("llmbudget: Redis budget store: the client given names no server; settles that wait when "
                         "its process ends are not kept for the host's other processes")
         self._journal = spool.Journal(self._spool_base)
-        self._replaying = threading.Lock()  # held by the one thread replaying what waited (see _usable)  # this process's waiting settles and releases, on disk
+        self._replaying = threading.Lock()  # held by the one thread replaying what waited (see _usable)
+        #: Fail-open holds whose settle is being written: their rows on disk stay until it is.
+        self._unwritten: dict[str, Reservation] = {}  # this process's waiting settles and releases, on disk
         self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         _LIVE.add(self)
 
@@ -414,7 +416,7 @@ class RedisBudgetStore:
             row["release"] = True
         else:
             row["actual"] = pico
-            row["expiry"] = {k: e for k, e in zip(reservation.keys, expiry, strict=True) if e}
+            row["expiry"] = {k: e for k, e in zip(reservation.keys, expiry, strict=True) if e} if expiry else {}
         if hold:
             row["hold"] = True
         return row
@@ -527,7 +529,9 @@ class RedisBudgetStore:
                 self._local = {k: v for k, v in self._local.items() if v != (0, 0)}
             if not self._pending and not self._releases:  # (taken off only once written): its file goes
                 self._journal.clear()
-                for held, _ in self._local_open.values():  # but the holds still in flight (a kill: uncharged)
+                # but the holds still in flight, and those whose settle another thread is writing (a kill: each
+                # charged what it held)
+                for held in [*(held for held, _ in self._local_open.values()), *self._unwritten.values()]:
                     expiry = self._local_expiry.get(held.id) or ()
                     self._journal.add(self._journal_row(held, to_pico(held.amount), expiry, hold=True))
         if replayed:
@@ -657,6 +661,8 @@ class RedisBudgetStore:
                 for key in reservation.keys:
                     spent, reserved = self._local.get(key, (0, 0))
                     self._local[key] = (spent, max(reserved - to_pico(reservation.amount), 0))
+            if local:
+                self._unwritten[reservation.id] = reservation  # its hold's row stays until its settle is written
         if self._usable():
             try:
                 self._run_settle(reservation, pico, expiry)
@@ -664,10 +670,14 @@ class RedisBudgetStore:
                     for key in reservation.keys:
                         if key in self._known:
                             self._known[key] += pico
-                if local and self._journal.own_path is not None:  # its hold's row is done with: written
+                if local:  # its hold's row is done with: written
                     with self._lock:  # (decided and done under the lock: a settle that starts to wait meanwhile
                         # keeps its row)
-                        if not self._local_open and not self._pending and not self._releases:
+                        self._unwritten.pop(reservation.id, None)
+                        if self._journal.own_path is None:
+                            pass
+                        elif not self._local_open and not self._pending and not self._releases \
+                                and not self._unwritten:
                             self._journal.clear()  # nothing else to keep: the file goes
                         else:
                             self._journal.add(self._journal_row(reservation, None))  # (a replay of it: a no-op)
@@ -675,6 +685,7 @@ class RedisBudgetStore:
             except self._errors as exc:
                 self._mark_down(exc)
         with self._lock:
+            self._unwritten.pop(reservation.id, None)  # (its row on disk is now its settle's)
             if not self._pending.add(reservation, (pico, expiry)):
                 return
             for key in reservation.keys:

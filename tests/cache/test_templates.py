@@ -871,6 +871,11 @@ def test_what_a_red_team_found_served_for_another_question_is_not_the_same_quest
     ("What is the correct way to boil an egg?", "What is a correct way to boil an egg?"),
     ("How do I reverse a list in Python?", "how do i reverse a list in python?"),
     ("How do I hash a password in Node.js?", "how do i hash a password in node.js?"),
+    # (and a second review's: a text typed all in lower case says nothing by its case; "article" asks no grammar)
+    ("How much RAM do I need for gaming?", "how much ram do i need for gaming?"),
+    ("How do I use SQL JOIN?", "how do i use sql join?"), ("What does SPAM stand for?", "what does spam stand for?"),
+    ("Write a short article about climate change", "Write the short article about climate change"),
+    ("Summarize the article in three sentences", "Summarize an article in three sentences"),
 ])
 def test_a_users_typing_is_still_the_same_question(stored: str, asked: str) -> None:
     guard = TemplateGuard()

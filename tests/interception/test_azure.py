@@ -164,6 +164,10 @@ def test_the_api_version_is_part_of_the_cache_keys_and_a_credential_in_the_query
     assert old.answer_variant == "api-version=2024-02-01" != new.answer_variant
     keyed = attempt("subscription-key=s3cret&api-version=2024-02-01&api-key=k3y")
     assert keyed.answer_variant == old.answer_variant and "s3cret" not in keyed.answer_variant
+    # a signed URL's fields (Azure SAS, Google's, S3's) and any parameter named as a credential
+    signed = attempt("api-version=2024-02-01&sv=2022-11-02&se=2026-12-08T10%3A00Z&sp=r&sig=abc&X-Goog-Signature=def"
+                     "&X-Goog-Date=20261208T100000Z&X-Amz-Credential=ghi&access_key=jkl&auth_token=mno&jwt=pqr")
+    assert signed.answer_variant == old.answer_variant
     from llmbudget.cache.keys import cache_keys
 
     assert cache_keys(old.call, tenant="t", variant=old.answer_variant).exact != \

@@ -299,6 +299,30 @@ def test_a_hold_settled_but_not_yet_written_when_its_process_is_killed_is_still_
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.2")
 
 
+def test_a_hold_whose_settle_another_thread_is_writing_keeps_its_row(lock_holder) -> None:  # type: ignore[no-untyped-def]
+    """One thread's written settle removed the file while another's settle of a fail-open hold was taken but not
+    yet written: killed then, that billed call was charged nothing."""
+    path, holder = lock_holder
+    store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2&open_share=1", retry_interval=0,
+                              settle_delay=30)
+    bucket = _bucket("1")
+    first, second = (store.reserve([bucket], Decimal("0.3")), store.reserve([bucket], Decimal("0.2")))
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    _release(holder)
+    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers again
+    store.settle(first, Decimal("0.3"))
+    taken = store._take_settles()  # another thread's: taken to be written, not written yet
+    store.settle(second, Decimal("0.2"))
+    store.flush()  # this one written
+    journal = store._journal.own_path
+    assert journal is not None and journal.exists()
+    rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    assert [row["actual"] for row in rows if row["id"] == first.id][-1] == "0.3"  # its hold, still charged if killed
+    store._return_settles(taken)
+    store.flush()
+    assert not journal.exists()  # both written: nothing left to keep
+
+
 def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:
     """At exit, settles that waited for a file which answered again meanwhile were kept for the next process
     instead of written."""

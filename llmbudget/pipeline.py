@@ -1874,16 +1874,19 @@ def _host(base_url: str) -> str:
 
 
 #: Query parameters that may hold a credential or change with each signed URL (Azure SAS fields, expiries): never
-#: part of a cache key; nor is one whose name says so (:func:`_secret_param`).
-_SECRET_PARAMS = frozenset(("key", "code", "sig", "signature", "expires", "sv", "se", "st", "sp", "sr", "ss", "srt",
-                            "spr", "skoid", "sktid", "skt", "ske", "sks", "skv", "sdd", "sip"))
-_SECRET_WORDS = ("key", "token", "secret", "sig", "auth", "credential", "session", "jwt", "password", "x-amz-",
-                 "x-goog-")
+#: part of a cache key; nor is one a part of whose name says so (:func:`_secret_param`).
+_SECRET_PARAMS = frozenset(("code", "expires", "sv", "se", "st", "sp", "sr", "ss", "srt", "spr", "skoid", "sktid",
+                            "skt", "ske", "sks", "skv", "sdd", "sip"))
+_SECRET_PARTS = frozenset(("key", "apikey", "token", "secret", "sig", "signature", "auth", "credential",
+                           "credentials", "session", "jwt", "password", "passwd", "amz", "goog"))
 
 
 def _secret_param(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in _SECRET_PARAMS or any(word in lowered for word in _SECRET_WORDS)
+    """Whether query parameter ``name`` may hold a credential: one of :data:`_SECRET_PARAMS`, or a part of its
+    name (split at ``-``, ``_``, ``.`` and camel case: ``api-key``, ``auth_token``, ``apiToken``,
+    ``X-Goog-Signature``) one of :data:`_SECRET_PARTS` (not "author", "keywords" or "design")."""
+    parts = re.split(r"[-_.]|(?<=[a-z0-9])(?=[A-Z])", name)
+    return name.lower() in _SECRET_PARAMS or any(part.lower() in _SECRET_PARTS for part in parts)
 
 
 def _answer_query(url: str) -> str:

@@ -553,6 +553,7 @@ def _after_fork_in_child() -> None:
         if isinstance(obj, SQLiteBudgetStore):
             obj._lock = threading.Lock()
             obj._replaying = 0
+            obj._unwritten = {}  # (the parent's settles in flight: the parent writes them, and their rows)
 
 
 if hasattr(os, "register_at_fork"):

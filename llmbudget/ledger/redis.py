@@ -359,10 +359,11 @@ class RedisBudgetStore:
         if self._spool_base is None:
             log.warning("llmbudget: Redis budget store: the client given names no server; settles that wait when "
                         "its process ends are not kept for the host's other processes")
-        self._journal = spool.Journal(self._spool_base)
+        self._journal = spool.Journal(self._spool_base)  # this process's waiting settles and releases, on disk
         self._replaying = threading.Lock()  # held by the one thread replaying what waited (see _usable)
-        #: Fail-open holds whose settle is being written: their rows on disk stay until it is.
-        self._unwritten: dict[str, Reservation] = {}  # this process's waiting settles and releases, on disk
+        #: Fail-open holds whose settle is being written (with their keys' expiries): their rows on disk stay until
+        #: it is.
+        self._unwritten: dict[str, tuple[Reservation, Sequence[int]]] = {}
         self._peeker = spool.Peeker()  # the other processes' files, read as they grow
         _LIVE.add(self)
 
@@ -531,8 +532,8 @@ class RedisBudgetStore:
                 self._journal.clear()
                 # but the holds still in flight, and those whose settle another thread is writing (a kill: each
                 # charged what it held)
-                for held in [*(held for held, _ in self._local_open.values()), *self._unwritten.values()]:
-                    expiry = self._local_expiry.get(held.id) or ()
+                holds = [(held, self._local_expiry.get(held.id) or ()) for held, _ in self._local_open.values()]
+                for held, expiry in [*holds, *self._unwritten.values()]:
                     self._journal.add(self._journal_row(held, to_pico(held.amount), expiry, hold=True))
         if replayed:
             log.warning("llmbudget: Redis budget store %s is back; replayed %d settle(s)", self._where(), replayed)
@@ -662,7 +663,7 @@ class RedisBudgetStore:
                     spent, reserved = self._local.get(key, (0, 0))
                     self._local[key] = (spent, max(reserved - to_pico(reservation.amount), 0))
             if local:
-                self._unwritten[reservation.id] = reservation  # its hold's row stays until its settle is written
+                self._unwritten[reservation.id] = (reservation, expiry)  # its hold's row stays until it is written
         if self._usable():
             try:
                 self._run_settle(reservation, pico, expiry)
@@ -1004,6 +1005,7 @@ def _after_fork_in_child() -> None:
         owner._lock = threading.Lock()
         if isinstance(owner, RedisBudgetStore):
             owner._replaying = threading.Lock()
+            owner._unwritten = {}  # (the parent's settles in flight: the parent writes them, and their rows)
 
 
 if hasattr(os, "register_at_fork"):

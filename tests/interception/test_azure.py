@@ -168,6 +168,9 @@ def test_the_api_version_is_part_of_the_cache_keys_and_a_credential_in_the_query
     signed = attempt("api-version=2024-02-01&sv=2022-11-02&se=2026-12-08T10%3A00Z&sp=r&sig=abc&X-Goog-Signature=def"
                      "&X-Goog-Date=20261208T100000Z&X-Amz-Credential=ghi&access_key=jkl&auth_token=mno&jwt=pqr")
     assert signed.answer_variant == old.answer_variant
+    # a parameter whose name only contains such a word is the request's own ("author", "keywords", "design")
+    assert attempt("api-version=2024-02-01&author=alice").answer_variant != \
+        attempt("api-version=2024-02-01&author=bob").answer_variant
     from llmbudget.cache.keys import cache_keys
 
     assert cache_keys(old.call, tenant="t", variant=old.answer_variant).exact != \

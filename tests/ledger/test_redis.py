@@ -1165,3 +1165,14 @@ def test_a_hold_a_process_killed_while_redis_was_down_is_counted_and_charged_wha
     assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # Redis answers: taken, written
     # the killed process's call charged what it held, and this one's settle
     assert RedisBudgetStore(server.url).spent(bucket.key)[0] == Decimal("0.25")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
+def test_a_child_forked_while_a_settle_is_in_flight_leaves_it_to_the_parent(server: _Server) -> None:
+    store = RedisBudgetStore(server.url, timeout=0.2, on_unavailable="open")
+    store._unwritten["local-x"] = (Reservation("local-x", ("k",), Decimal("0.3")), ())  # the parent's, in flight
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if store._unwritten == {} else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0 and "local-x" in store._unwritten

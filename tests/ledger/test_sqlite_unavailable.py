@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -321,6 +322,19 @@ def test_a_hold_whose_settle_another_thread_is_writing_keeps_its_row(lock_holder
     store._return_settles(taken)
     store.flush()
     assert not journal.exists()  # both written: nothing left to keep
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
+def test_a_child_forked_while_a_settle_is_in_flight_leaves_it_to_the_parent(tmp_path: Path) -> None:
+    """A child forked while a thread of its parent wrote a fail-open hold's settle kept that hold as its own,
+    never written there: its journal lived as long as it did, and charged the hold again after it ended."""
+    store = SQLiteBudgetStore(tmp_path / "budgets.db")
+    store._unwritten["local-x"] = Reservation("local-x", ("k",), Decimal("0.3"))  # the parent's, in flight
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if store._unwritten == {} else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0 and "local-x" in store._unwritten
 
 
 def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from fail_open import assert_a_killed_hold_is_counted_and_charged
 from sqlite_locks import HOLD_EXCLUSIVE
 
 import llmbudget
@@ -237,35 +237,14 @@ def test_settles_a_process_could_not_write_by_its_exit_are_written_by_the_next(l
     assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.25")  # the earlier process's call, charged
 
 
-_HOLD_AND_DIE = """
-import os, signal, sys, time
-from decimal import Decimal
-from llmbudget.ledger.budgets import Budget, Reservation, SQLiteBudgetStore
-store = SQLiteBudgetStore(sys.argv[1] + "?on_unavailable=open&timeout=0.2")
-bucket = Budget("1", per="global", period="day").bucket(tenant="t", request_id="r", now=time.time())
-held = store.reserve([bucket], Decimal("0.2"))
-assert isinstance(held, Reservation), held
-os.kill(os.getpid(), signal.SIGKILL)  # killed with its call at the provider (an OOM kill, a worker timeout)
-"""
-
-
 def test_a_hold_a_process_killed_while_the_file_was_down_is_counted_and_charged_what_it_held(lock_holder) -> None:  # type: ignore[no-untyped-def]
     """Fail-open holds lived in memory only: a worker SIGKILLed with calls in flight left no trace of them, the
     next worker got a fresh share, and the calls the provider billed were never charged."""
     path, holder = lock_holder
     store = SQLiteBudgetStore(f"{path}?on_unavailable=open&timeout=0.2", retry_interval=0)
-    child = subprocess.run([sys.executable, "-c", _HOLD_AND_DIE, str(path)], capture_output=True, text=True,
-                           timeout=60)
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    bucket = _bucket("1")
-    # still locked: 0.75 (the floor of a process that may spend open_share) + the 0.2 the killed one held + 0.1 > 1
-    assert isinstance(store.reserve([bucket], Decimal("0.1")), Refusal)
-    served = store.reserve([bucket], Decimal("0.05"))
-    assert isinstance(served, Reservation)
-    store.settle(served, Decimal("0.05"))
-    _release(holder)
-    assert isinstance(store.reserve([bucket], Decimal("0.01")), Reservation)  # the file answers: written
-    assert SQLiteBudgetStore(path).spent(bucket.key)[0] == Decimal("0.25")  # charged what it held, and this one
+    assert_a_killed_hold_is_counted_and_charged(
+        store, 'SQLiteBudgetStore(sys.argv[1] + "?on_unavailable=open&timeout=0.2")', str(path),
+        lambda: _release(holder), lambda key: SQLiteBudgetStore(path).spent(key)[0])
 
 
 _SETTLE_QUEUED_AND_DIE = """
@@ -322,19 +301,6 @@ def test_a_hold_whose_settle_another_thread_is_writing_keeps_its_row(lock_holder
     store._return_settles(taken)
     store.flush()
     assert not journal.exists()  # both written: nothing left to keep
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
-def test_a_child_forked_while_a_settle_is_in_flight_leaves_it_to_the_parent(tmp_path: Path) -> None:
-    """A child forked while a thread of its parent wrote a fail-open hold's settle kept that hold as its own,
-    never written there: its journal lived as long as it did, and charged the hold again after it ended."""
-    store = SQLiteBudgetStore(tmp_path / "budgets.db")
-    store._unwritten["local-x"] = Reservation("local-x", ("k",), Decimal("0.3"))  # the parent's, in flight
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os._exit(0 if store._unwritten == {} else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0 and "local-x" in store._unwritten
 
 
 def test_settles_left_at_exit_are_written_there_when_the_file_answers_again(tmp_path: Path) -> None:

@@ -1057,7 +1057,7 @@ _COUNTED = frozenset("sentence sentences paragraph paragraphs".split())
 _FILLER_KIND = {**dict.fromkeys(_FILLERS, "soft"), **dict.fromkeys(("a", "an", "the"), "article")}
 
 
-_COURTESY = frozenset("please kindly thank thanks thx cheers hey hi hello".split())
+_COURTESY = _OPENERS | _CLOSERS | {"thank"}  # (greetings, "please", thanks)
 
 
 def _filler_traded(a: Sequence[str], b: Sequence[str], judged: bool) -> bool:

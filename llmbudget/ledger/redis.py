@@ -422,6 +422,14 @@ class RedisBudgetStore:
             row["hold"] = True
         return row
 
+    def _clear_journal(self) -> None:
+        """(Under the lock.) Nothing waits: the file goes, but for the holds still in flight, and those whose
+        settle another thread has yet to write (killed first, each is charged what it held)."""
+        self._journal.clear()
+        holds = [(held, self._local_expiry.get(held.id) or ()) for held, _ in self._local_open.values()]
+        for held, expiry in [*holds, *self._unwritten.values()]:
+            self._journal.add(self._journal_row(held, to_pico(held.amount), expiry, hold=True))
+
     def _peek_spool(self) -> None:
         """Redis is down: what other processes keep waiting counts as spent here too."""
         if self._spool_base is None:
@@ -529,12 +537,7 @@ class RedisBudgetStore:
             if not self._local_open:
                 self._local = {k: v for k, v in self._local.items() if v != (0, 0)}
             if not self._pending and not self._releases:  # (taken off only once written): its file goes
-                self._journal.clear()
-                # but the holds still in flight, and those whose settle another thread is writing (a kill: each
-                # charged what it held)
-                holds = [(held, self._local_expiry.get(held.id) or ()) for held, _ in self._local_open.values()]
-                for held, expiry in [*holds, *self._unwritten.values()]:
-                    self._journal.add(self._journal_row(held, to_pico(held.amount), expiry, hold=True))
+                self._clear_journal()
         if replayed:
             log.warning("llmbudget: Redis budget store %s is back; replayed %d settle(s)", self._where(), replayed)
         self._warned = False
@@ -675,13 +678,11 @@ class RedisBudgetStore:
                     with self._lock:  # (decided and done under the lock: a settle that starts to wait meanwhile
                         # keeps its row)
                         self._unwritten.pop(reservation.id, None)
-                        if self._journal.own_path is None:
-                            pass
-                        elif not self._local_open and not self._pending and not self._releases \
-                                and not self._unwritten:
-                            self._journal.clear()  # nothing else to keep: the file goes
-                        else:
-                            self._journal.add(self._journal_row(reservation, None))  # (a replay of it: a no-op)
+                        if self._journal.own_path is not None:
+                            if not (self._local_open or self._pending or self._releases or self._unwritten):
+                                self._journal.clear()  # nothing else to keep: the file goes
+                            else:
+                                self._journal.add(self._journal_row(reservation, None))  # (replayed: a no-op)
                 return
             except self._errors as exc:
                 self._mark_down(exc)
